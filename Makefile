@@ -1,0 +1,67 @@
+# dsb: from data to a checked submission, and the project's own checks.
+#   make submit                      fetch -> train -> tune -> predict -> validate -> submit
+#   make submit DATA_SOURCE=../shared/dsb2018 TIME_BUDGET=60
+#   make test                        install with the test extras, run the suite
+#   make bench                       print speed and memory figures
+# Every target installs what it needs into $(VENV) first.
+
+PYTHON      ?= python3
+VENV        ?= .venv
+EXTRAS      ?= cpu
+TEST_EXTRAS ?= cpu,jax,test
+DATA        ?= data
+DATA_SOURCE ?=
+CONFIG      ?=
+RUN         ?= runs/default
+TIME_BUDGET ?= 60
+SUBMISSION  ?= submissions/$(notdir $(RUN)).csv
+MESSAGE     ?= dsb $(notdir $(RUN)), $(TIME_BUDGET)-minute CPU budget
+
+BIN   := $(VENV)/bin
+DSB   := $(BIN)/dsb
+comma := ,
+stamp  = $(VENV)/.installed-$(subst $(comma),-,$(1))
+
+.PHONY: install install-test test fetch train tune predict validate submit bench clean
+.DELETE_ON_ERROR:
+
+install: $(call stamp,$(EXTRAS))
+install-test: $(call stamp,$(TEST_EXTRAS))
+
+$(VENV)/.installed-%: setup.cfg pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[$(subst -,$(comma),$*)]"
+	touch $@
+
+test: install-test
+	$(BIN)/python -m pytest
+
+fetch: install
+	$(DSB) fetch --dest $(DATA) $(if $(DATA_SOURCE),--source $(DATA_SOURCE))
+
+# A finished run folder is kept: delete it (or pick another RUN) to train again.
+$(RUN)/model.keras: | fetch
+	$(DSB) train --data $(DATA) --out $(RUN) --time-budget $(TIME_BUDGET) $(if $(CONFIG),--config $(CONFIG))
+
+train: $(RUN)/model.keras
+
+$(RUN)/tuning.csv: $(RUN)/model.keras
+	$(DSB) tune $(RUN) --data $(DATA)
+
+tune: $(RUN)/tuning.csv
+
+predict: tune
+	$(DSB) predict $(RUN) --images $(DATA)/stage1_test --out $(SUBMISSION)
+
+validate: predict
+	$(DSB) validate $(SUBMISSION) --images $(DATA)/stage1_test
+
+submit: validate
+	$(DSB) submit $(SUBMISSION) --images $(DATA)/stage1_test -m "$(MESSAGE)" --skip-without-credentials
+
+bench: install-test
+	$(BIN)/python bench/run_all.py
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .hypothesis

@@ -1,0 +1,99 @@
+"""Write files and folders so that an interruption never leaves one that looks complete.
+
+Everything is written under a temporary name in the destination's own folder
+(same file system, so the final :func:`os.replace` is atomic) and renamed into
+place only once it is whole. The previous good version stays until then.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from .errors import EnvironmentProblem
+
+__all__ = ["atomic_path", "atomic_dir", "write_text", "os_error"]
+
+
+def os_error(exc: OSError, path) -> EnvironmentProblem:
+    """Turn an OSError on ``path`` into a one-line :class:`EnvironmentProblem`."""
+    if exc.errno == errno.ENOSPC:
+        what = "no space left on device"
+    elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        what = "not writable (permission denied)"
+    else:
+        what = exc.strerror or str(exc)
+    return EnvironmentProblem(what, path=path)
+
+
+@contextlib.contextmanager
+def atomic_path(path, *, suffix: str | None = None):
+    """Yield a temporary path next to ``path``; rename it to ``path`` on success.
+
+    The temporary file is removed if the block raises, so ``path`` either keeps
+    its previous content or gets the complete new one.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The final destination.
+    suffix : str, optional
+        Suffix of the temporary name (defaults to that of ``path``), for writers
+        that pick a format from the file name.
+    """
+    path = Path(path)
+    suffix = path.suffix if suffix is None else suffix
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{suffix}", dir=path.parent)
+        os.close(fd)
+    except OSError as exc:
+        raise os_error(exc, path.parent) from exc
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise os_error(exc, path) from exc
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+@contextlib.contextmanager
+def atomic_dir(path):
+    """Yield a temporary folder next to ``path``; swap it in for ``path`` on success.
+
+    An existing ``path`` is replaced only after the new folder is complete.
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    except OSError as exc:
+        raise os_error(exc, path.parent) from exc
+    try:
+        yield tmp
+        old = None
+        if path.exists():
+            old = path.with_name(f".{path.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(path, old)
+        os.replace(tmp, path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except OSError as exc:
+        raise os_error(exc, path) from exc
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_text(path, text: str) -> Path:
+    """Write ``text`` to ``path`` atomically and return the path."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)

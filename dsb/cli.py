@@ -1,0 +1,297 @@
+"""The `dsb` command line: thin click commands over the library.
+
+Each command parses its options and calls library functions. Keras (and so
+TensorFlow) is imported only inside the commands that train or predict, so
+``dsb --help``, ``dsb fetch`` and ``dsb score`` start in well under a second.
+Errors a user can act on (:class:`dsb.errors.DsbError`) become one line on
+stderr and a documented exit status; see :mod:`dsb.errors`.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from pathlib import Path
+
+import click
+
+from . import __version__
+from .errors import EXIT_BUG, EXIT_INTERRUPTED, DsbError
+
+_DIR = click.Path(file_okay=False, path_type=Path)
+_EXISTING_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
+_EXISTING_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
+_EXISTING = click.Path(exists=True, path_type=Path)
+_FILE = click.Path(dir_okay=False, path_type=Path)
+
+
+class DsbGroup(click.Group):
+    """Turns library errors into one line on stderr and a fixed exit status."""
+
+    def invoke(self, ctx: click.Context):
+        debug = bool(ctx.params.get("debug"))
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
+            raise
+        except DsbError as exc:
+            if debug:
+                traceback.print_exc()
+            click.echo(f"dsb: error: {exc}", err=True)
+            ctx.exit(exc.exit_code)
+        except KeyboardInterrupt as exc:
+            message = str(exc) or "interrupted"
+            click.echo(f"dsb: {message}", err=True)
+            ctx.exit(EXIT_INTERRUPTED)
+        except Exception as exc:  # a bug: one line unless --debug
+            if debug:
+                raise
+            click.echo(
+                f"dsb: internal error: {type(exc).__name__}: {exc} (run with --debug for a traceback)",
+                err=True,
+            )
+            ctx.exit(EXIT_BUG)
+
+
+@click.group(cls=DsbGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show a traceback for errors.")
+@click.version_option(__version__, prog_name="dsb")
+def cli(debug: bool) -> None:
+    """Nucleus instance segmentation for the 2018 Data Science Bowl.
+
+    Exit status: 0 success, 1 internal error, 2 usage error, 3 bad data,
+    4 environment (credentials, unwritable path, full disk), 130 interrupted.
+    """
+
+
+# ---------------------------------------------------------------- data
+
+@cli.command()
+@click.option("--source", type=_EXISTING, default=None,
+              help="A local copy of the competition files: the outer zip, or a folder of the inner zips.")
+@click.option("--dest", type=_DIR, default=Path("data"), show_default=True, help="Where the data goes.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def fetch(source: Path | None, dest: Path, quiet: bool) -> None:
+    """Fetch and verify the competition data (Kaggle API, or --source)."""
+    from .fetch import fetch as fetch_data
+
+    summary = fetch_data(dest, source=source, progress=not quiet)
+    click.echo(str(summary))
+
+
+@cli.command()
+@click.option("--data", type=_EXISTING_DIR, default=Path("data"), show_default=True,
+              help="The folder `dsb fetch` filled (with stage1_train/).")
+@click.option("--config", "config_path", type=_EXISTING_FILE, default=None, help="Config JSON (preprocess section).")
+def prepare(data: Path, config_path: Path | None) -> None:
+    """Decode stage1_train once into a cache that training loads in seconds."""
+    from .dataset import load_prepared
+
+    config = _load_config(config_path)
+    prepared = load_prepared(data, config.preprocess, progress=True)
+    click.echo(f"{len(prepared.ids)} images prepared in {prepared.path}")
+
+
+# ---------------------------------------------------------------- training
+
+@cli.command()
+@click.option("--config", "config_path", type=_EXISTING_FILE, default=None,
+              help="Config JSON; defaults to the shipped CPU config.")
+@click.option("--data", type=_EXISTING_DIR, default=Path("data"), show_default=True)
+@click.option("--out", type=_DIR, default=None, help="Run folder (default runs/<date-time>).")
+@click.option("--epochs", type=click.IntRange(min=1), default=None)
+@click.option("--steps-per-epoch", type=click.IntRange(min=1), default=None)
+@click.option("--time-budget", type=click.FloatRange(min=0, min_open=True), default=None, metavar="MINUTES",
+              help="Stop cleanly once this many minutes are spent, keeping the best model.")
+@click.option("--seed", type=int, default=None)
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
+@click.option("--strategy", type=click.Choice(["default", "mirrored", "multiworker"]), default="default",
+              show_default=True)
+@click.option("--precision", type=click.Choice(["float32", "mixed"]), default="float32", show_default=True)
+def train(config_path, data, out, epochs, steps_per_epoch, time_budget, seed, resume, strategy, precision) -> None:
+    """Train the U-Net; the run folder is all that `dsb predict` needs."""
+    from .train import train as train_run
+
+    if resume and out is None:
+        raise click.UsageError("--resume needs --out, the run folder to continue")
+    if out is None:
+        import time
+
+        out = Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+    config = _load_config(config_path)
+    run_dir = train_run(
+        config, data_dir=data, out_dir=out, epochs=epochs, steps_per_epoch=steps_per_epoch,
+        time_budget=time_budget, resume=resume, strategy=strategy, precision=precision, seed=seed,
+    )
+    click.echo(f"run folder: {run_dir}")
+
+
+@cli.command()
+@click.argument("run_dir", type=_EXISTING_DIR)
+@click.option("--data", type=_EXISTING_DIR, default=Path("data"), show_default=True)
+def tune(run_dir: Path, data: Path) -> None:
+    """Search post-processing parameters on the run's validation images."""
+    from .tune import tune as tune_run
+
+    best, table = tune_run(run_dir, data, progress=True)
+    click.echo(f"best post-processing, stored in {run_dir / 'config.json'}:")
+    for key, value in vars(best).items():
+        click.echo(f"  {key} = {value}")
+    click.echo(f"{table['score'].max():.6f}")
+
+
+# ---------------------------------------------------------------- prediction
+
+@cli.command()
+@click.argument("run_dir", type=_EXISTING_DIR, required=False)
+@click.option("--images", type=_EXISTING_DIR, default=Path("data/stage1_test"), show_default=True,
+              help="A stage folder ({id}/images/{id}.png) or a flat folder of images.")
+@click.option("--out", type=_FILE, default=None, help="CSV to write (default submissions/<run>.csv).")
+@click.option("--labels", type=_DIR, default=None, help="Also write one 16-bit label image per input here.")
+@click.option("--tta", is_flag=True, help="Average over flips and 90-degree rotations.")
+@click.option("--skip-bad", is_flag=True, help="Report unreadable images and go on with the rest.")
+def predict(run_dir, images, out, labels, tta, skip_bad) -> None:
+    """Segment every image of a folder into a Kaggle submission CSV.
+
+    RUN_DIR defaults to the model shipped with the package.
+    """
+    from .predict import predict_folder
+
+    run_dir = _run_or_default(run_dir)
+    if out is None:
+        out = Path("submissions") / f"{run_dir.name}{'-tta' if tta else ''}.csv"
+    result = predict_folder(run_dir, images, out_csv=out, labels_dir=labels, tta=tta, skip_bad=skip_bad,
+                            progress=True)
+    n_images = result["ImageId"].nunique()
+    n_nuclei = int((result["EncodedPixels"] != "").sum())
+    click.echo(f"{out}: {n_nuclei} nuclei in {n_images} images, validated")
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, required=True, type=_EXISTING)
+@click.option("--model", "model_dir", type=_EXISTING_DIR, default=None,
+              help="Run folder; defaults to the model shipped with the package.")
+@click.option("--out", type=_DIR, required=True, help="Folder for label TIFFs and measurement CSVs.")
+@click.option("--tta", is_flag=True, help="Average over flips and 90-degree rotations.")
+@click.option("--overlay", is_flag=True, help="Also write an overlay PNG per image.")
+@click.option("--skip-bad", is_flag=True, help="Report unreadable images and go on with the rest.")
+def segment(paths, model_dir, out, tta, overlay, skip_bad) -> None:
+    """Segment any PNG, TIFF or JPEG microscope images and measure each nucleus."""
+    from .segment import segment_paths
+
+    summary = segment_paths(list(paths), model_dir=model_dir, out_dir=out, tta=tta, overlay=overlay,
+                            skip_bad=skip_bad, progress=True)
+    click.echo(f"{len(summary)} images segmented into {out}")
+
+
+# ---------------------------------------------------------------- scoring and submission
+
+@cli.command()
+@click.argument("submission", type=_EXISTING_FILE)
+@click.option("--truth", type=_EXISTING, required=True,
+              help="A solution CSV (ImageId,EncodedPixels,Height,Width) or a folder in stage1_train layout.")
+@click.option("--per-image", type=_FILE, default=None, help="Write per-image scores to this CSV.")
+def score(submission: Path, truth: Path, per_image: Path | None) -> None:
+    """Score a submission with the competition metric; the last line is the score."""
+    from .metric import score_submission
+
+    value, table = score_submission(submission, truth)
+    if per_image is not None:
+        from .atomic import atomic_path
+
+        with atomic_path(per_image) as tmp:
+            table.to_csv(tmp, index=False, float_format="%.6f")
+    if "type" in table:
+        for kind, group in table.groupby("type"):
+            click.echo(f"{kind}: {group['score'].mean():.6f} ({len(group)} images)")
+    click.echo(f"{value:.6f}")
+
+
+@cli.command()
+@click.argument("submission", type=_EXISTING_FILE)
+@click.option("--images", type=_EXISTING_DIR, default=Path("data/stage1_test"), show_default=True,
+              help="The images the submission is for.")
+def validate(submission: Path, images: Path) -> None:
+    """Check a submission CSV against the images it is for; list every problem."""
+    problems = _validation_problems(submission, images)
+    for problem in problems:
+        click.echo(f"{submission}: {problem}", err=True)
+    if problems:
+        raise DsbError(f"{len(problems)} problem(s); not a valid submission", path=submission)
+    click.echo(f"{submission}: valid")
+
+
+@cli.command()
+@click.argument("csv", type=_EXISTING_FILE)
+@click.option("-m", "--message", required=True, help="The submission's description on Kaggle.")
+@click.option("--images", type=_EXISTING_DIR, default=Path("data/stage1_test"), show_default=True,
+              help="The images the submission is for (it is validated first).")
+@click.option("--skip-without-credentials", is_flag=True,
+              help="Without Kaggle credentials, say so and exit 0 instead of failing.")
+def submit(csv: Path, message: str, images: Path, skip_without_credentials: bool) -> None:
+    """Validate a CSV, then submit it to data-science-bowl-2018 on Kaggle."""
+    from . import kaggle_api
+    from .errors import EnvironmentProblem
+
+    problems = _validation_problems(csv, images)
+    for problem in problems:
+        click.echo(f"{csv}: {problem}", err=True)
+    if problems:
+        raise DsbError(f"{len(problems)} problem(s); not submitted", path=csv)
+    try:
+        client = kaggle_api.authenticate()
+    except EnvironmentProblem as exc:
+        if not skip_without_credentials:
+            raise
+        click.echo(f"{exc}; {csv} is written and validated but was not submitted")
+        return
+    kaggle_api.submit(csv, message, client=client)
+    click.echo(f"{csv}: submitted to data-science-bowl-2018")
+
+
+@cli.command()
+@click.argument("run_dir", type=_EXISTING_DIR)
+@click.option("--submission", type=_EXISTING_FILE, default=None, help="Predictions to inspect.")
+@click.option("--truth", type=_EXISTING, default=None, help="Solution CSV or stage1_train-layout folder.")
+@click.option("--images", type=_EXISTING_DIR, default=None,
+              help="Folder of the images for overlays (default: the --truth folder).")
+@click.option("--out", type=_FILE, default=Path("report.html"), show_default=True)
+def report(run_dir, submission, truth, images, out) -> None:
+    """Write a self-contained HTML report of a run (curves, scores, overlays)."""
+    from .report import build_report
+
+    if (submission is None) != (truth is None):
+        raise click.UsageError("--submission and --truth go together")
+    path = build_report(run_dir, submission=submission, truth=truth, images_dir=images, out=out)
+    click.echo(f"report: {path}")
+
+
+# ---------------------------------------------------------------- helpers
+
+def _load_config(path: Path | None):
+    from .config import load_config, shipped_config
+
+    return shipped_config("cpu") if path is None else load_config(path)
+
+
+def _run_or_default(run_dir: Path | None) -> Path:
+    if run_dir is not None:
+        return run_dir
+    from .segment import default_model_dir
+
+    return default_model_dir()
+
+
+def _validation_problems(csv: Path, images: Path) -> list:
+    from .dataset import image_shapes
+    from .submission import read_submission, validate_submission
+
+    return validate_submission(read_submission(csv), image_shapes(images), path=csv)
+
+
+def main() -> None:
+    cli(prog_name="dsb")
+
+
+if __name__ == "__main__":
+    main()

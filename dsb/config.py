@@ -1,0 +1,304 @@
+"""One configuration for a run: model, preprocessing, training, prediction, post-processing.
+
+The whole :class:`Config` is saved as ``config.json`` next to ``model.keras``,
+together with the validation ids and the tuned post-processing parameters, so
+that a run folder describes itself and ``dsb predict`` needs nothing else.
+Reading is strict: an unknown key or a value of the wrong type is an error that
+names the file and the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .atomic import write_text
+from .errors import BadDataError
+
+__all__ = [
+    "ModelConfig",
+    "PreprocessConfig",
+    "TrainConfig",
+    "PredictConfig",
+    "PostprocessConfig",
+    "Config",
+    "load_config",
+    "save_config",
+    "shipped_config",
+    "SHIPPED_CONFIGS",
+]
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+SHIPPED_CONFIGS = ("cpu", "gpu")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Shape of the U-Net.
+
+    ``filters`` gives the filters of each level from the top; when empty, level
+    ``i`` has ``base_filters * 2**i`` for ``depth`` levels. ``dropout`` is one
+    rate per level (a single value applies to all).
+    """
+
+    depth: int = 4
+    base_filters: int = 16
+    filters: tuple[int, ...] = ()
+    convs_per_block: int = 2
+    dropout: tuple[float, ...] = (0.0, 0.0, 0.1, 0.2)
+    activation: str = "relu"
+    initializer: str = "he_normal"
+    batch_norm: bool = True
+    upsampling: str = "transpose"  # "transpose" or "bilinear"
+    outputs: tuple[str, ...] = ("body", "border")
+
+    def level_filters(self) -> tuple[int, ...]:
+        if self.filters:
+            return tuple(self.filters)
+        return tuple(self.base_filters * 2**i for i in range(self.depth))
+
+    def level_dropout(self) -> tuple[float, ...]:
+        n = len(self.level_filters())
+        if len(self.dropout) == 1:
+            return tuple(self.dropout) * n
+        return tuple(self.dropout)
+
+    def check(self, where: str) -> None:
+        n = len(self.level_filters())
+        if n < 1:
+            raise BadDataError("the U-Net needs at least one level", where=f"{where}.depth")
+        if len(self.dropout) not in (1, n):
+            raise BadDataError(
+                f"has {len(self.dropout)} rates for {n} levels (give 1 or {n})", where=f"{where}.dropout"
+            )
+        if self.upsampling not in ("transpose", "bilinear"):
+            raise BadDataError(
+                f"is {self.upsampling!r}, expected 'transpose' or 'bilinear'", where=f"{where}.upsampling"
+            )
+        if tuple(self.outputs[:2]) != ("body", "border"):
+            raise BadDataError(
+                f"is {list(self.outputs)}, expected to start with ['body', 'border']", where=f"{where}.outputs"
+            )
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """Turning an image into the network's input, and labels into its targets."""
+
+    polarity: str = "auto"  # "auto", "keep" or "invert"
+    border_width: int = 2  # width in pixels of the border target inside each nucleus
+
+    def check(self, where: str) -> None:
+        if self.polarity not in ("auto", "keep", "invert"):
+            raise BadDataError(
+                f"is {self.polarity!r}, expected 'auto', 'keep' or 'invert'", where=f"{where}.polarity"
+            )
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation, augmentation and the validation split."""
+
+    crop_size: int = 256
+    batch_size: int = 8
+    epochs: int = 100
+    steps_per_epoch: int = 0  # 0: one pass over the training images per epoch
+    learning_rate: float = 1e-3
+    lr_schedule: str = "cosine"  # "cosine" or "plateau"
+    min_learning_rate: float = 1e-5
+    early_stopping_patience: int = 15
+    validation_fraction: float = 0.1
+    bce_weight: float = 1.0
+    dice_weight: float = 1.0
+    channel_weights: tuple[float, ...] = (1.0, 1.0)
+    flips: bool = True
+    rotations: bool = True
+    scale_jitter: float = 0.25  # crops are rescaled by a factor in [1 - s, 1 + s]
+    intensity_jitter: float = 0.1
+    contrast_jitter: float = 0.2
+    seed: int = 42
+
+    def check(self, where: str) -> None:
+        for name in ("crop_size", "batch_size", "epochs"):
+            if getattr(self, name) < 1:
+                raise BadDataError(f"is {getattr(self, name)}, expected at least 1", where=f"{where}.{name}")
+        if self.crop_size % 16:
+            raise BadDataError(f"is {self.crop_size}, expected a multiple of 16", where=f"{where}.crop_size")
+        if not 0.0 <= self.validation_fraction < 1.0:
+            raise BadDataError(
+                f"is {self.validation_fraction}, expected in [0, 1)", where=f"{where}.validation_fraction"
+            )
+        if self.lr_schedule not in ("cosine", "plateau"):
+            raise BadDataError(
+                f"is {self.lr_schedule!r}, expected 'cosine' or 'plateau'", where=f"{where}.lr_schedule"
+            )
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    """Tiled inference."""
+
+    tile_size: int = 256
+    overlap: int = 64
+    batch_size: int = 8
+
+    def check(self, where: str) -> None:
+        if self.tile_size % 16 or self.tile_size < 16:
+            raise BadDataError(f"is {self.tile_size}, expected a multiple of 16", where=f"{where}.tile_size")
+        if not 0 <= self.overlap < self.tile_size // 2 + 1:
+            raise BadDataError(
+                f"is {self.overlap}, expected between 0 and half the tile size", where=f"{where}.overlap"
+            )
+
+
+@dataclass(frozen=True)
+class PostprocessConfig:
+    """Marker-controlled watershed from body and border probabilities (see :mod:`dsb.postprocess`)."""
+
+    marker_threshold: float = 0.5  # body probability a marker needs
+    border_threshold: float = 0.4  # border probability a marker must stay under
+    mask_threshold: float = 0.5  # body probability that belongs to some nucleus
+    min_marker_size: int = 4
+    min_size: int = 12
+    flood: str = "probability"  # "probability" or "distance"
+    fill_holes: bool = True
+
+    def check(self, where: str) -> None:
+        for name in ("marker_threshold", "border_threshold", "mask_threshold"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise BadDataError(f"is {getattr(self, name)}, expected in [0, 1]", where=f"{where}.{name}")
+        if self.flood not in ("probability", "distance"):
+            raise BadDataError(
+                f"is {self.flood!r}, expected 'probability' or 'distance'", where=f"{where}.flood"
+            )
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything a run needs, saved as ``config.json`` in the run folder."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    predict: PredictConfig = field(default_factory=PredictConfig)
+    postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
+    validation_ids: tuple[str, ...] = ()
+
+    def check(self, *, path=None) -> "Config":
+        """Check values that types alone cannot; errors name ``path`` and the key."""
+        try:
+            for f in dataclasses.fields(self):
+                part = getattr(self, f.name)
+                if hasattr(part, "check"):
+                    part.check(f.name)
+        except BadDataError as exc:
+            if exc.path is None and path is not None:
+                exc.path = str(path)
+            raise
+        return self
+
+    def replace(self, **changes) -> "Config":
+        """A copy with whole sections or top-level fields replaced."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return _to_jsonable(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, data: dict, *, path=None) -> "Config":
+        """Build a config from a (possibly partial) dict; missing keys take defaults."""
+        return _from_dict(cls, data, path=path, prefix="").check(path=path)
+
+
+def _to_jsonable(value):
+    if isinstance(value, dict):
+        return {k: _to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_to_jsonable(v) for v in value]
+    return value
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value, tp, *, path, key):
+    """Check ``value`` against the annotation ``tp``; return it in that type."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise BadDataError(f"is {type(value).__name__}, expected an object", path=path, where=f"key {key!r}")
+        return _from_dict(tp, value, path=path, prefix=f"{key}.")
+    if origin is tuple:
+        (item_tp, _) = typing.get_args(tp)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise BadDataError(
+                f"is {type(value).__name__}, expected a list of {_type_name(item_tp)}", path=path, where=f"key {key!r}"
+            )
+        return tuple(_coerce(v, item_tp, path=path, key=f"{key}[{i}]") for i, v in enumerate(value))
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(value, inner, path=path, key=key)
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is bool or tp is str:
+        if isinstance(value, tp):
+            return value
+    raise BadDataError(
+        f"is {value!r} ({type(value).__name__}), expected {_type_name(tp)}", path=path, where=f"key {key!r}"
+    )
+
+
+def _from_dict(cls, data: dict, *, path, prefix: str):
+    if not isinstance(data, dict):
+        raise BadDataError(f"expected a JSON object, got {type(data).__name__}", path=path)
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise BadDataError(
+            f"unknown key (known: {', '.join(sorted(names))})", path=path, where=f"key {prefix + unknown[0]!r}"
+        )
+    values = {k: _coerce(v, hints[k], path=path, key=prefix + k) for k, v in data.items()}
+    return cls(**values)
+
+
+def load_config(path) -> Config:
+    """Read a config JSON file (a full ``config.json`` or a partial one)."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise BadDataError("config file not found", path=path) from None
+    except OSError as exc:
+        raise BadDataError(f"cannot read config ({exc.strerror})", path=path) from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise BadDataError(f"not valid JSON ({exc.msg} at line {exc.lineno})", path=path) from None
+    return Config.from_dict(data, path=path)
+
+
+def save_config(config: Config, path) -> Path:
+    """Write ``config`` as indented JSON, atomically."""
+    return write_text(path, json.dumps(config.to_dict(), indent=2) + "\n")
+
+
+def shipped_config(name: str) -> Config:
+    """One of the configs shipped in ``dsb/configs`` ("cpu" or "gpu")."""
+    if name not in SHIPPED_CONFIGS:
+        raise BadDataError(f"unknown shipped config {name!r} (known: {', '.join(SHIPPED_CONFIGS)})")
+    return load_config(CONFIG_DIR / f"{name}.json")

@@ -1,0 +1,89 @@
+"""The command line: fast start, no TensorFlow for data commands, one-line errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from dsb.cli import cli
+from dsb.errors import BadDataError, EnvironmentProblem
+
+
+def _python(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("args", [["--help"], ["score", "--help"], ["fetch", "--help"], ["validate", "--help"]])
+def test_help_does_not_import_keras_or_tensorflow(args):
+    code = (
+        "import sys\n"
+        "from dsb.cli import cli\n"
+        f"try:\n    cli.main({args!r}, prog_name='dsb')\nexcept SystemExit as e:\n    assert e.code == 0, e.code\n"
+        "heavy = sorted(m for m in ('keras', 'tensorflow', 'jax') if m in sys.modules)\n"
+        "print('HEAVY', heavy)\n"
+    )
+    result = _python(code)
+    assert result.returncode == 0, result.stderr
+    assert "HEAVY []" in result.stdout
+
+
+def test_import_dsb_is_light():
+    result = _python("import sys, dsb, dsb.rle, dsb.metric, dsb.submission, dsb.fetch, dsb.dataset\n"
+                     "print(sorted(m for m in ('keras', 'tensorflow') if m in sys.modules))")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+def test_console_script_help_answers():
+    result = subprocess.run([sys.executable, "-m", "dsb", "--help"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0
+    for command in ("fetch", "train", "predict", "score", "validate", "submit", "segment", "report", "tune"):
+        assert command in result.stdout
+
+
+def _group_raising(exc: BaseException) -> click.Group:
+    """The real `dsb` group with one extra command that raises ``exc``."""
+    group = click.Group.__new__(type(cli))
+    group.__dict__.update(cli.__dict__)
+    group.commands = dict(cli.commands)
+
+    @click.command("boom")
+    def boom():
+        raise exc
+
+    group.commands["boom"] = boom
+    return group
+
+
+@pytest.mark.parametrize(
+    ("exc", "code", "text"),
+    [
+        (BadDataError("RLE has an odd number of values", path="sub.csv", where="row 3"), 3,
+         "dsb: error: sub.csv: row 3: RLE has an odd number of values"),
+        (EnvironmentProblem("no Kaggle credentials"), 4, "dsb: error: no Kaggle credentials"),
+        (KeyboardInterrupt("interrupted; resume with dsb train --resume --out runs/x"), 130,
+         "dsb: interrupted; resume with dsb train --resume --out runs/x"),
+        (RuntimeError("unexpected"), 1, "dsb: internal error: RuntimeError: unexpected"),
+    ],
+)
+def test_errors_become_one_line_and_an_exit_status(exc, code, text):
+    result = CliRunner().invoke(_group_raising(exc), ["boom"])
+    assert result.exit_code == code
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(text)
+    assert "Traceback" not in result.stderr
+
+
+def test_debug_shows_the_traceback_of_a_bug():
+    result = CliRunner().invoke(_group_raising(RuntimeError("unexpected")), ["--debug", "boom"])
+    assert isinstance(result.exception, RuntimeError)
+
+
+def test_usage_error_exits_2():
+    result = CliRunner().invoke(cli, ["score"])
+    assert result.exit_code == 2
