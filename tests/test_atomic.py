@@ -1,0 +1,78 @@
+"""Atomic writes: an interrupted or failed write keeps the previous good file."""
+
+from __future__ import annotations
+
+import errno
+import os
+
+import pytest
+
+from dsb.atomic import atomic_dir, atomic_path, write_text
+from dsb.errors import EnvironmentProblem
+
+
+def test_success_replaces_and_leaves_no_temporary(tmp_path):
+    target = tmp_path / "out.csv"
+    target.write_text("old")
+    write_text(target, "new")
+    assert target.read_text() == "new"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.csv"]
+
+
+def test_interrupted_write_keeps_the_previous_file(tmp_path):
+    target = tmp_path / "out.csv"
+    target.write_text("old")
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise KeyboardInterrupt
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.csv"]
+
+
+def test_disk_full_is_one_environment_error(tmp_path, monkeypatch):
+    target = tmp_path / "out.csv"
+    target.write_text("old")
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", full)
+    with pytest.raises(EnvironmentProblem, match="no space left on device") as info:
+        write_text(target, "new")
+    assert str(target) in str(info.value)
+    monkeypatch.undo()
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.csv"]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes anywhere")
+def test_unwritable_folder(tmp_path):
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o500)
+    with pytest.raises(EnvironmentProblem, match="not writable"):
+        write_text(folder / "x.txt", "x")
+
+
+def test_unwritable_destination_is_an_environment_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where a folder should be")
+    with pytest.raises(EnvironmentProblem) as info:
+        write_text(blocker / "x.txt", "x")
+    assert str(blocker) in str(info.value)
+
+
+def test_atomic_dir_swaps_in_only_complete_folders(tmp_path):
+    target = tmp_path / "run"
+    target.mkdir()
+    (target / "a").write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_dir(target) as tmp:
+            (tmp / "a").write_text("half")
+            raise RuntimeError
+    assert (target / "a").read_text() == "old"
+    with atomic_dir(target) as tmp:
+        (tmp / "b").write_text("new")
+    assert sorted(p.name for p in target.iterdir()) == ["b"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
