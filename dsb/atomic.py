@@ -19,6 +19,12 @@ from .errors import EnvironmentProblem
 __all__ = ["atomic_path", "atomic_dir", "write_text", "os_error"]
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def os_error(exc: OSError, path) -> EnvironmentProblem:
     """Turn an OSError on ``path`` into a one-line :class:`EnvironmentProblem`."""
     if exc.errno == errno.ENOSPC:
@@ -50,6 +56,8 @@ def atomic_path(path, *, suffix: str | None = None):
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{suffix}", dir=path.parent)
+        # mkstemp makes the file 0600; give it the mode an ordinary open() would.
+        os.fchmod(fd, 0o666 & ~_umask())
         os.close(fd)
     except OSError as exc:
         raise os_error(exc, path.parent) from exc
@@ -74,6 +82,7 @@ def atomic_dir(path):
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+        tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it 0700
     except OSError as exc:
         raise os_error(exc, path.parent) from exc
     try:

@@ -76,3 +76,12 @@ def test_atomic_dir_swaps_in_only_complete_folders(tmp_path):
         (tmp / "b").write_text("new")
     assert sorted(p.name for p in target.iterdir()) == ["b"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def test_written_files_get_the_usual_permissions(tmp_path):
+    old = os.umask(0o022)
+    try:
+        path = write_text(tmp_path / "report.html", "x")
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644
