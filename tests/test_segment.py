@@ -1,0 +1,322 @@
+"""dsb segment: measurements on discs, label TIFFs, bad inputs, and a tiny model end to end."""
+
+from __future__ import annotations
+
+import errno
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+from PIL import Image
+
+from dsb import segment
+from dsb.errors import BadDataError, EnvironmentProblem
+from dsb.segment import (
+    MEASUREMENT_COLUMNS,
+    OUTLINE_COLOURS,
+    SUMMARY_COLUMNS,
+    default_model_dir,
+    find_images,
+    measure_nuclei,
+    outline_overlay,
+    segment_paths,
+    to_rgb8,
+    write_label_tiff,
+)
+
+from conftest import make_discs
+
+CENTRES = ((20, 20), (40, 44))
+RADIUS = 8
+
+
+def disc_image(shape=(64, 64), centres=CENTRES, radius=RADIUS, *, dtype=np.uint8) -> np.ndarray:
+    """Bright discs on a dark background, at the top of ``dtype``'s range."""
+    top = np.iinfo(dtype).max
+    return (make_discs(shape, centres, radius) > 0).astype(dtype) * top
+
+
+# ---------------------------------------------------------------- measurements
+
+
+def test_measure_nuclei_on_discs():
+    labels = make_discs((64, 64), CENTRES, RADIUS)
+    intensity = np.where(labels == 1, 0.25, np.where(labels == 2, 0.75, 0.0))
+    table = measure_nuclei(labels, intensity)
+
+    assert list(table.columns) == list(MEASUREMENT_COLUMNS)
+    assert table["label"].tolist() == [1, 2]
+    disc_area = sum(1 for r in range(-RADIUS, RADIUS + 1) for c in range(-RADIUS, RADIUS + 1)
+                    if r * r + c * c <= RADIUS**2)
+    assert table["area"].tolist() == [disc_area, disc_area]
+    np.testing.assert_allclose(table[["centroid_row", "centroid_col"]].to_numpy(), CENTRES)
+    # bbox max is exclusive, like a slice.
+    assert table.loc[0, ["bbox_min_row", "bbox_min_col", "bbox_max_row", "bbox_max_col"]].tolist() == [
+        12, 12, 29, 29]
+    np.testing.assert_allclose(table["mean_intensity"], [0.25, 0.75])
+    assert (table["eccentricity"] < 0.05).all()
+    # A digital disc's perimeter is near the circle's.
+    np.testing.assert_allclose(table["perimeter"], 2 * math.pi * RADIUS, rtol=0.15)
+
+
+def test_measure_nuclei_without_nuclei_has_the_columns_and_no_rows():
+    table = measure_nuclei(np.zeros((10, 12), np.int32), np.zeros((10, 12)))
+    assert list(table.columns) == list(MEASUREMENT_COLUMNS)
+    assert len(table) == 0
+
+
+def test_measure_nuclei_rejects_mismatched_shapes():
+    with pytest.raises(ValueError, match=r"`intensity` \(shape \(10, 10\)\).*\(shape \(10, 12\)\)"):
+        measure_nuclei(np.zeros((10, 12), np.int32), np.zeros((10, 10)))
+    with pytest.raises(TypeError, match="integers"):
+        measure_nuclei(np.zeros((10, 12), np.float32), np.zeros((10, 12)))
+
+
+# ---------------------------------------------------------------- display and files
+
+
+def test_to_rgb8_stretches_dim_16_bit_and_drops_alpha():
+    dim = (make_discs() > 0).astype(np.uint16) * 900 + 100
+    rgb = to_rgb8(dim)
+    assert rgb.dtype == np.uint8 and rgb.shape == (64, 64, 3)
+    assert rgb.max() == 255 and rgb.min() == 0
+
+    rgba = np.zeros((8, 9, 4), np.uint8)
+    rgba[..., 0] = 200
+    rgba[..., 3] = 255
+    rgba[0, 0, 0] = 0
+    out = to_rgb8(rgba)
+    assert out.shape == (8, 9, 3)
+    assert (out[..., 1:] == 0).all()
+
+    assert (to_rgb8(np.full((4, 4), 7, np.uint8)) == 7).all()  # flat: kept, no division by zero
+    with pytest.raises(TypeError, match="shape"):
+        to_rgb8(np.zeros((4, 4, 5)))
+    assert to_rgb8(np.zeros((4, 4, 2), np.uint8)).shape == (4, 4, 3)  # grey and alpha
+
+
+def test_outline_overlay_paints_the_edges_only():
+    labels = make_discs()
+    rgb = outline_overlay(np.zeros((64, 64), np.uint8), labels, colour=(255, 0, 0))
+    red = (rgb == (255, 0, 0)).all(axis=2)
+    assert red[20, 20 - RADIUS] and red[20, 20 + RADIUS]  # the disc's edge
+    assert not red[20, 20] and not red[0, 0]  # not its centre, not the background
+    padded = np.pad(labels, 1)
+    neighbours = [padded[1 + dr : 65 + dr, 1 + dc : 65 + dc] for dr, dc in ((-1, 0), (1, 0), (0, -1), (0, 1))]
+    on_edge = (labels > 0) & np.any([n != labels for n in neighbours], axis=0)
+    np.testing.assert_array_equal(red, on_edge)
+    # The default colour shows on the background: yellow on dark, blue on light.
+    assert (outline_overlay(np.zeros((64, 64)), labels)[20, 12] == OUTLINE_COLOURS["dark"]).all()
+    assert (outline_overlay(np.ones((64, 64)), labels)[20, 12] == OUTLINE_COLOURS["light"]).all()
+
+
+def test_write_label_tiff_round_trips_16_bit(tmp_path):
+    labels = make_discs()
+    path = write_label_tiff(tmp_path / "x_labels.tif", labels)
+    back = tifffile.imread(path)
+    assert back.dtype == np.uint16
+    np.testing.assert_array_equal(back, labels)
+    assert [p.name for p in tmp_path.iterdir()] == ["x_labels.tif"]  # no temporary left
+
+    many = np.arange(70_000, dtype=np.int32).reshape(280, 250)
+    assert tifffile.imread(write_label_tiff(tmp_path / "many.tif", many)).dtype == np.uint32
+
+
+# ---------------------------------------------------------------- default model and inputs
+
+
+def test_default_model_dir_says_what_is_missing(tmp_path, monkeypatch):
+    monkeypatch.setattr(segment, "_DEFAULT_MODEL", tmp_path / "default")
+    with pytest.raises(EnvironmentProblem, match="no default model.*--model") as info:
+        default_model_dir()
+    assert str(tmp_path / "default") in str(info.value)
+    (tmp_path / "default").mkdir()
+    (tmp_path / "default" / "model.keras").write_bytes(b"x")
+    assert default_model_dir() == tmp_path / "default"
+
+
+def test_find_images_takes_image_files_from_folders(tmp_path):
+    for name in ("b.png", "a.TIF", "c.jpeg", "notes.txt", ".hidden.png"):
+        (tmp_path / name).write_bytes(b"")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "d.png").write_bytes(b"")
+    (tmp_path / "empty").mkdir()
+
+    images, problems = find_images([tmp_path, tmp_path / "b.png", tmp_path / "notes.txt",
+                                    tmp_path / "empty", tmp_path / "gone.png"])
+    assert [p.name for p in images] == ["a.TIF", "b.png", "c.jpeg"]  # sorted, b.png only once
+    assert [(p.name, m.split()[0]) for p, m in problems] == [
+        ("notes.txt", "suffix"), ("empty", "folder"), ("gone.png", "no")]
+
+
+# ---------------------------------------------------------------- segment_paths with a stand-in model
+
+
+@pytest.fixture
+def threshold_model(monkeypatch):
+    """Replace the network by a threshold on the grey image, to test the plumbing fast."""
+    from skimage.measure import label
+
+    from dsb.preprocess import to_gray
+
+    calls = []
+
+    def predictor(model_dir, *, tta):
+        calls.append((model_dir, tta))
+        return lambda raw: label(to_gray(raw) > 0.5).astype(np.int32)
+
+    monkeypatch.setattr(segment, "_predictor", predictor)
+    return calls
+
+
+def write_images(folder):
+    """One image of each kind a microscope folder holds; returns their paths."""
+    folder.mkdir(parents=True, exist_ok=True)
+    grey = disc_image()
+    rgb = np.repeat(grey[..., None], 3, axis=2)
+    rgba = np.concatenate([rgb, np.full((64, 64, 1), 255, np.uint8)], axis=2)
+    paths = {
+        "grey": folder / "grey.png",
+        "rgb": folder / "rgb.jpg",
+        "rgba": folder / "rgba.png",
+        "deep": folder / "deep.tif",
+        "thin": folder / "thin.png",
+    }
+    Image.fromarray(grey).save(paths["grey"])
+    Image.fromarray(rgb).save(paths["rgb"], quality=95)
+    Image.fromarray(rgba).save(paths["rgba"])
+    tifffile.imwrite(paths["deep"], disc_image(dtype=np.uint16))
+    Image.fromarray(np.full((50, 1), 255, np.uint8)).save(paths["thin"])
+    return paths
+
+
+def test_segment_paths_writes_labels_measurements_overlays_and_summary(tmp_path, threshold_model):
+    paths = write_images(tmp_path / "in")
+    out = tmp_path / "out"
+    summary = segment_paths([tmp_path / "in"], out_dir=out, model_dir=tmp_path, overlay=True, tta=True,
+                            progress=False)
+
+    assert threshold_model == [(tmp_path, True)]
+    assert list(summary.columns) == list(SUMMARY_COLUMNS)
+    assert summary["file"].tolist() == [str(paths[k]) for k in ("deep", "grey", "rgb", "rgba", "thin")]
+    assert (summary["status"] == "ok").all()
+    assert summary.set_index("file").loc[str(paths["grey"]), "nuclei"] == 2
+    for stem in ("grey", "rgb", "rgba", "deep"):
+        labels = tifffile.imread(out / f"{stem}_labels.tif")
+        assert labels.dtype == np.uint16 and labels.shape == (64, 64)
+        table = pd.read_csv(out / f"{stem}_nuclei.csv")
+        assert list(table.columns) == list(MEASUREMENT_COLUMNS)
+        assert len(table) == 2
+        np.testing.assert_allclose(table[["centroid_row", "centroid_col"]], CENTRES, atol=0.5)
+        assert Image.open(out / f"{stem}_overlay.png").size == (64, 64)
+    assert tifffile.imread(out / "thin_labels.tif").shape == (50, 1)
+    pd.testing.assert_frame_equal(pd.read_csv(out / "summary.csv", keep_default_na=False), summary,
+                                  check_dtype=False)
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporaries
+
+
+def test_a_bad_image_stops_before_anything_is_written(tmp_path, threshold_model):
+    write_images(tmp_path / "in")
+    (tmp_path / "in" / "zz_corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    (tmp_path / "in" / "zero.tif").write_bytes(b"")
+    (tmp_path / "in" / "readme.txt").write_text("not an image, and not an image suffix either")
+    out = tmp_path / "out"
+    with pytest.raises(BadDataError) as info:
+        segment_paths([tmp_path / "in"], out_dir=out, model_dir=tmp_path, progress=False)
+    assert str(info.value).startswith(str(tmp_path / "in" / "zero.tif"))  # the first bad one, by name
+    assert "\n" not in str(info.value)
+    assert not out.exists()
+    assert threshold_model == []  # not even the model was loaded
+
+
+def test_skip_bad_reports_and_goes_on(tmp_path, threshold_model, capsys):
+    paths = write_images(tmp_path / "in")
+    corrupt = tmp_path / "in" / "corrupt.png"
+    corrupt.write_bytes(b"garbage")
+    stack = tmp_path / "in" / "stack.tif"
+    tifffile.imwrite(stack, np.zeros((5, 32, 32), np.uint16))
+    summary = segment_paths([tmp_path / "in", tmp_path / "missing.png"], out_dir=tmp_path / "out",
+                            model_dir=tmp_path, skip_bad=True, progress=False)
+    by_file = summary.set_index("file")
+    assert by_file.loc[str(corrupt), "status"] == "skipped"
+    assert "stacks and time series are not supported" in by_file.loc[str(stack), "error"]
+    assert by_file.loc[str(tmp_path / "missing.png"), "error"] == "no such file or folder"
+    assert (by_file.loc[[str(p) for p in paths.values()], "status"] == "ok").all()
+    err = capsys.readouterr().err
+    assert f"skipped: {corrupt}" in err and "missing.png" in err
+    assert not (tmp_path / "out" / "corrupt_labels.tif").exists()
+
+
+@pytest.mark.parametrize("inputs, skip_bad, message", [
+    (lambda d: [d / "empty"], False, "empty: folder holds no images"),
+    (lambda d: [d / "a" / "x.png", d / "b" / "x.png"], False, "same name 'x'"),
+    (lambda d: [d / "empty", d / "gone"], True, "no image to segment"),
+])
+def test_inputs_that_cannot_be_segmented(tmp_path, threshold_model, inputs, skip_bad, message):
+    (tmp_path / "empty").mkdir()
+    for sub in ("a", "b"):
+        (tmp_path / sub).mkdir()
+        Image.fromarray(disc_image()).save(tmp_path / sub / "x.png")
+    with pytest.raises(BadDataError, match=message):
+        segment_paths(inputs(tmp_path), out_dir=tmp_path / "out", model_dir=tmp_path, skip_bad=skip_bad,
+                      progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_unwritable_destination_and_full_disk(tmp_path, threshold_model, monkeypatch):
+    write_images(tmp_path / "in")
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where a folder should be")
+    with pytest.raises(EnvironmentProblem, match=str(blocker)):
+        segment_paths([tmp_path / "in" / "grey.png"], out_dir=blocker / "out", model_dir=tmp_path, progress=False)
+
+    def full(path, *args, **kwargs):
+        with open(path, "wb") as handle:
+            handle.write(b"II*\x00 half a TIFF")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(tifffile, "imwrite", full)
+    out = tmp_path / "out"
+    with pytest.raises(EnvironmentProblem, match="no space left on device"):
+        segment_paths([tmp_path / "in" / "grey.png"], out_dir=out, model_dir=tmp_path, progress=False)
+    assert list(out.iterdir()) == []  # neither the label image nor its temporary
+
+
+# ---------------------------------------------------------------- a real (tiny, untrained) model
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A run folder with an untrained two-level U-Net: fast, and enough to exercise the real path."""
+    from dsb.config import Config, ModelConfig, PredictConfig, save_config
+    from dsb.model import build_unet
+
+    run = tmp_path_factory.mktemp("tiny_run")
+    config = Config(
+        model=ModelConfig(depth=2, base_filters=4, dropout=(0.0,), batch_norm=False),
+        predict=PredictConfig(tile_size=32, overlap=8, batch_size=4),
+    )
+    build_unet(config.model).save(run / "model.keras")
+    save_config(config, run / "config.json")
+    return run
+
+
+def test_segment_paths_with_a_tiny_model(tmp_path, tiny_run):
+    paths = write_images(tmp_path / "in")
+    Image.fromarray(disc_image((37, 83))).save(tmp_path / "in" / "odd.png")
+    out = tmp_path / "out"
+    summary = segment_paths([tmp_path / "in"], model_dir=tiny_run, out_dir=out, overlay=True, progress=False)
+
+    assert (summary["status"] == "ok").all() and len(summary) == len(paths) + 1
+    for path, shape in [(paths["grey"], (64, 64)), (paths["deep"], (64, 64)), (paths["thin"], (50, 1)),
+                        (tmp_path / "in" / "odd.png", (37, 83))]:
+        labels = tifffile.imread(out / f"{path.stem}_labels.tif")
+        assert labels.dtype == np.uint16 and labels.shape == shape
+        table = pd.read_csv(out / f"{path.stem}_nuclei.csv")
+        assert list(table.columns) == list(MEASUREMENT_COLUMNS)
+        # Whatever an untrained net finds, the CSV describes exactly the label image.
+        assert sorted(table["label"]) == sorted(set(np.unique(labels)) - {0})
+        assert table["area"].sum() == (labels > 0).sum()
+        assert Image.open(out / f"{path.stem}_overlay.png").size == shape[::-1]
