@@ -1,0 +1,379 @@
+"""The competition metric: mean average precision over IoU thresholds.
+
+For each image and each threshold t in 0.50, 0.55, ..., 0.95, a predicted
+nucleus is a true positive when its IoU with a true nucleus is greater than t
+(strictly); precision(t) = TP / (TP + FP + FN); the image scores the mean over
+t, and a data set the mean over the images of the truth.
+
+As in StarDist's ``matching``, all overlaps come from one contingency table of
+(true label, predicted label) pixel counts, built with a single
+:func:`numpy.bincount`. Since t >= 0.5, a nucleus can have an IoU above t with
+at most one partner, so TP(t) is just the number of pairs above t: no
+assignment problem to solve.
+
+Conventions for the corner cases: an image with no true and no predicted
+nucleus scores 1; an image of the truth with no row at all in a submission
+scores 0 (and is counted).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .dataset import image_shapes, read_labels
+from .errors import BadDataError
+from .submission import read_solution, read_submission, solution_shapes, submission_to_labels
+
+__all__ = [
+    "THRESHOLDS",
+    "ImageScore",
+    "label_overlap",
+    "iou_matrix",
+    "image_score",
+    "score_labels",
+    "score_submission",
+]
+
+# k / 100 is the double nearest to 0.55 etc., exactly like the literal, so an IoU
+# computed as 11/20 equals the threshold and is (correctly) not a hit.
+THRESHOLDS = np.arange(50, 100, 5) / 100
+_T50, _T75 = 0, 5  # indices of 0.50 and 0.75 in THRESHOLDS
+
+COLUMNS = ["ImageId", "score", "tp_50", "fp_50", "fn_50", "tp_75", "fp_75", "fn_75", "n_true", "n_pred"]
+
+
+@dataclass(frozen=True)
+class ImageScore:
+    """The metric on one image.
+
+    Attributes
+    ----------
+    score : float
+        Mean of ``precision`` over :data:`THRESHOLDS`.
+    precision : tuple of float
+        TP / (TP + FP + FN) at each threshold.
+    tp, fp, fn : tuple of int
+        Counts at each threshold.
+    n_true, n_pred : int
+        Objects in the truth and in the prediction.
+    """
+
+    score: float
+    precision: tuple[float, ...]
+    tp: tuple[int, ...]
+    fp: tuple[int, ...]
+    fn: tuple[int, ...]
+    n_true: int
+    n_pred: int
+
+
+def _check_labels(name: str, labels) -> np.ndarray:
+    labels = np.asarray(labels)
+    if labels.ndim != 2:
+        raise TypeError(f"`{name}` must be 2-D (height, width), got shape {labels.shape}")
+    if labels.dtype == bool:
+        return labels.astype(np.intp)
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise TypeError(f"`{name}` must hold integer labels, got dtype {labels.dtype}")
+    if labels.size and labels.min() < 0:
+        raise ValueError(f"`{name}` must be non-negative, got {labels.min()}")
+    return labels
+
+
+def _sequential(labels: np.ndarray) -> tuple[np.ndarray, int]:
+    """Flat labels renumbered 1..n (0 stays background) as intp, and n."""
+    flat = labels.ravel()
+    if flat.size == 0:
+        return flat.astype(np.intp), 0
+    top = int(flat.max())
+    if top <= 2 * flat.size + 1024:
+        # A lookup table no bigger than the image: linear time, no sort.
+        flat = flat.astype(np.intp, copy=False)
+        present = np.bincount(flat, minlength=top + 1).astype(bool)
+        present[0] = False
+        n = int(np.count_nonzero(present))
+        if n == top:
+            return flat, n
+        return np.cumsum(present)[flat], n
+    # Huge label values: np.unique's inverse is the renumbering.
+    values, inverse = np.unique(flat, return_inverse=True)
+    has_background = values[0] == 0
+    return inverse.astype(np.intp) + (0 if has_background else 1), values.size - int(has_background)
+
+
+def _flat_pair(true, pred) -> tuple[np.ndarray, np.ndarray]:
+    """Both label images checked and flattened in one common pixel order.
+
+    The order is irrelevant to counting, so Fortran-ordered images (as painted
+    from run-length encodings) are flattened as views, not copied.
+    """
+    true = _check_labels("true", true)
+    pred = _check_labels("pred", pred)
+    if true.shape != pred.shape:
+        raise ValueError(f"`pred` (shape {pred.shape}) must have the same shape as `true` (shape {true.shape})")
+    order = "F" if true.flags.f_contiguous and pred.flags.f_contiguous else "C"
+    return true.ravel(order), pred.ravel(order)
+
+
+def _prepare(true, pred):
+    t, p = _flat_pair(true, pred)
+    t, n_true = _sequential(t)
+    p, n_pred = _sequential(p)
+    return t, n_true, p, n_pred
+
+
+def label_overlap(true, pred) -> np.ndarray:
+    """Contingency table of two label images.
+
+    Parameters
+    ----------
+    true, pred : (H, W) array_like of int
+        0 is background; other values need not be consecutive.
+
+    Returns
+    -------
+    (n_true + 1, n_pred + 1) ndarray of int64
+        Entry ``[i, j]`` counts pixels of true object ``i`` and predicted object
+        ``j``, objects numbered 1.. in increasing label order; row and column 0
+        are the background.
+
+    Examples
+    --------
+    >>> label_overlap([[1, 1, 0]], [[0, 2, 2]]).tolist()
+    [[0, 1], [1, 1]]
+    """
+    t, n_true, p, n_pred = _prepare(true, pred)
+    size = (n_true + 1) * (n_pred + 1)
+    return np.bincount(t * (n_pred + 1) + p, minlength=size).reshape(n_true + 1, n_pred + 1)
+
+
+def iou_matrix(true, pred) -> np.ndarray:
+    """Intersection over union of every (true, predicted) pair of objects.
+
+    Parameters
+    ----------
+    true, pred : (H, W) array_like of int
+
+    Returns
+    -------
+    (n_true, n_pred) ndarray of float64
+        Objects in increasing label order, as in :func:`label_overlap`.
+    """
+    table = label_overlap(true, pred)
+    inter = table[1:, 1:]
+    area_true = table.sum(axis=1)[1:, None]
+    area_pred = table.sum(axis=0)[None, 1:]
+    return inter / (area_true + area_pred - inter)
+
+
+def _pair_ious(true, pred) -> tuple[np.ndarray, int, int]:
+    """IoU of every pair of objects that share a pixel, and the object counts.
+
+    Labels are used as they are when the table they span is no bigger than the
+    image: absent labels only leave empty rows and columns, so no renumbering
+    pass is needed. Otherwise (huge label values, thousands of objects on both
+    sides) labels are renumbered and only the pairs that occur are counted.
+    """
+    t, p = _flat_pair(true, pred)
+    top_t = int(t.max()) if t.size else 0
+    top_p = int(p.max()) if p.size else 0
+    size = (top_t + 1) * (top_p + 1)
+    if size <= max(4 * t.size, 1 << 16):
+        table = np.bincount(t.astype(np.int64) * (top_p + 1) + p, minlength=size).reshape(top_t + 1, top_p + 1)
+        area_true = table.sum(axis=1)
+        area_pred = table.sum(axis=0)
+        ti, pi = np.nonzero(table[1:, 1:])
+        ti, pi = ti + 1, pi + 1
+        inter = table[ti, pi]
+        n_true = int(np.count_nonzero(area_true[1:]))
+        n_pred = int(np.count_nonzero(area_pred[1:]))
+    else:
+        t, n_true = _sequential(t)
+        p, n_pred = _sequential(p)
+        area_true = np.bincount(t, minlength=n_true + 1)
+        area_pred = np.bincount(p, minlength=n_pred + 1)
+        both = (t > 0) & (p > 0)
+        codes, inter = np.unique(t[both] * (n_pred + 1) + p[both], return_counts=True)
+        ti, pi = np.divmod(codes, n_pred + 1)
+    return inter / (area_true[ti] + area_pred[pi] - inter), n_true, n_pred
+
+
+def _make_score(tp: np.ndarray, n_true: int, n_pred: int) -> ImageScore:
+    fp = n_pred - tp
+    fn = n_true - tp
+    denominator = tp + fp + fn
+    # Nothing to find and nothing found is a perfect answer.
+    precision = np.where(denominator > 0, tp / np.maximum(denominator, 1), 1.0)
+    return ImageScore(
+        score=float(precision.mean()),
+        precision=tuple(precision.tolist()),
+        tp=tuple(tp.tolist()),
+        fp=tuple(fp.tolist()),
+        fn=tuple(fn.tolist()),
+        n_true=n_true,
+        n_pred=n_pred,
+    )
+
+
+def image_score(true, pred) -> ImageScore:
+    """Score one predicted label image against the true one.
+
+    Parameters
+    ----------
+    true, pred : (H, W) array_like of int
+        Instance labels, 0 background; values need not be consecutive.
+
+    Returns
+    -------
+    ImageScore
+
+    Examples
+    --------
+    >>> true = [[1, 1, 0, 2]]
+    >>> image_score(true, true).score
+    1.0
+    >>> image_score(true, [[1, 1, 1, 0]]).tp[0]  # IoU 2/3 with object 1
+    1
+    """
+    ious, n_true, n_pred = _pair_ious(true, pred)
+    tp = np.count_nonzero(ious[:, None] > THRESHOLDS[None, :], axis=0)
+    return _make_score(tp, n_true, n_pred)
+
+
+def _missing(true) -> ImageScore:
+    _, n_true = _sequential(_check_labels("true", true))
+    result = _make_score(np.zeros(THRESHOLDS.size, np.int64), n_true, 0)
+    # No rows at all is not an answer, even for an image without nuclei.
+    return ImageScore(0.0, (0.0,) * THRESHOLDS.size, result.tp, result.fp, result.fn, n_true, 0)
+
+
+def score_labels(
+    truth: Mapping[str, np.ndarray],
+    pred: Mapping[str, np.ndarray],
+    *,
+    image_types: Mapping[str, str] | None = None,
+) -> tuple[float, pd.DataFrame]:
+    """Score predicted label images against the truth.
+
+    Parameters
+    ----------
+    truth : mapping of str to (H, W) ndarray of int
+        ``{ImageId: labels}``; every image here is scored.
+    pred : mapping of str to (H, W) ndarray of int
+        ``{ImageId: labels}``; an image of ``truth`` missing here scores 0,
+        images not in ``truth`` are ignored.
+    image_types : mapping of str to str, optional
+        ``{ImageId: type}``; adds a ``type`` column (missing where unknown).
+
+    Returns
+    -------
+    score : float
+        Mean of the per-image scores.
+    table : pandas.DataFrame
+        One row per image of ``truth``, in its order, with columns ``ImageId``,
+        ``score``, ``tp_50``, ``fp_50``, ``fn_50``, ``tp_75``, ``fp_75``,
+        ``fn_75``, ``n_true``, ``n_pred`` and ``type`` when ``image_types`` is
+        given. A missing image shows ``n_pred`` 0 and score 0.
+
+    Raises
+    ------
+    BadDataError
+        When ``truth`` is empty or a prediction's shape differs from its truth.
+    """
+    if not truth:
+        raise BadDataError("the truth holds no images")
+    records = []
+    for image_id, true in truth.items():
+        if image_id in pred:
+            true_shape, pred_shape = np.shape(true), np.shape(pred[image_id])
+            if true_shape != pred_shape:
+                raise BadDataError(
+                    f"predicted labels are {pred_shape}, the truth is {true_shape}", where=f"ImageId {image_id!r}"
+                )
+            result = image_score(true, pred[image_id])
+        else:
+            result = _missing(true)
+        records.append(
+            (
+                image_id,
+                result.score,
+                result.tp[_T50],
+                result.fp[_T50],
+                result.fn[_T50],
+                result.tp[_T75],
+                result.fp[_T75],
+                result.fn[_T75],
+                result.n_true,
+                result.n_pred,
+            )
+        )
+    table = pd.DataFrame.from_records(records, columns=COLUMNS)
+    if image_types is not None:
+        table["type"] = [image_types.get(i) for i in table["ImageId"].tolist()]
+    return float(table["score"].mean()), table
+
+
+def score_submission(
+    submission_path,
+    truth_path,
+    *,
+    image_types: Mapping[str, str] | None = None,
+    allow_extra: bool = False,
+) -> tuple[float, pd.DataFrame]:
+    """Score a submission CSV against the truth, as Kaggle would.
+
+    Parameters
+    ----------
+    submission_path : str or os.PathLike
+        ``ImageId,EncodedPixels`` CSV (see :func:`dsb.submission.read_submission`).
+    truth_path : str or os.PathLike
+        Either a Kaggle solution CSV (``ImageId,EncodedPixels,Height,Width
+        [,Usage]``; images whose rows all have Usage ``Ignored`` are not
+        scored), or a folder in stage1_train layout:
+        ``{id}/images/{id}.png`` and ``{id}/masks/*.png``. Pixels that masks
+        of the truth share stay with the earlier mask (row order in a CSV,
+        file name order in a folder, see :func:`dsb.dataset.read_labels`).
+    image_types : mapping of str to str, optional
+        Passed to :func:`score_labels`.
+    allow_extra : bool, default False
+        Ignore submission rows for images the truth does not hold, instead of
+        failing at the first one.
+
+    Returns
+    -------
+    score : float
+    table : pandas.DataFrame
+        As :func:`score_labels`.
+
+    Raises
+    ------
+    BadDataError
+        When either file is malformed, or the submission has an unknown image,
+        a malformed encoding or two overlapping masks (the first one found,
+        with its row; ``dsb validate`` lists them all).
+    """
+    truth_path = Path(truth_path)
+    if truth_path.is_dir():
+        shapes = image_shapes(truth_path)
+        # return_fixes: a few training masks overlap; read_labels settles them quietly
+        # (earlier mask wins), as the solution branch does.
+        truth = {i: read_labels(truth_path / i, shapes[i], return_fixes=True)[0] for i in shapes}
+    else:
+        solution = read_solution(truth_path)
+        shapes = solution_shapes(solution)
+        if "Usage" in solution.columns:
+            solution = solution[solution["Usage"] != "Ignored"]
+        # A few training masks share a pixel or two; the earlier one keeps it.
+        truth = submission_to_labels(
+            solution[["ImageId", "EncodedPixels"]], shapes, path=truth_path, allow_overlap=True
+        )
+    if not truth:
+        raise BadDataError("the truth holds no images to score", path=truth_path)
+    submission = read_submission(submission_path)
+    pred = submission_to_labels(submission, shapes, path=submission_path, skip_unknown=allow_extra)
+    return score_labels(truth, pred, image_types=image_types)
