@@ -90,12 +90,25 @@ class PreprocessConfig:
     """Turning an image into the network's input, and labels into its targets."""
 
     polarity: str = "auto"  # "auto", "keep" or "invert"
+    stained_channel: str = "both"  # grey of stained images: "both", "hematoxylin" or "luminance"
+    percentile_low: float = 0.5  # contrast stretch: this percentile maps to 0 ...
+    percentile_high: float = 99.8  # ... and this one to 1
     border_width: int = 2  # width in pixels of the border target inside each nucleus
 
     def check(self, where: str) -> None:
         if self.polarity not in ("auto", "keep", "invert"):
             raise BadDataError(
                 f"is {self.polarity!r}, expected 'auto', 'keep' or 'invert'", where=f"{where}.polarity"
+            )
+        if self.stained_channel not in ("both", "hematoxylin", "luminance"):
+            raise BadDataError(
+                f"is {self.stained_channel!r}, expected 'both', 'hematoxylin' or 'luminance'",
+                where=f"{where}.stained_channel",
+            )
+        if not 0.0 <= self.percentile_low < self.percentile_high <= 100.0:
+            raise BadDataError(
+                f"are {self.percentile_low} and {self.percentile_high}, expected 0 <= low < high <= 100",
+                where=f"{where}.percentile_low/percentile_high",
             )
 
 
@@ -110,6 +123,8 @@ class TrainConfig:
     learning_rate: float = 1e-3
     lr_schedule: str = "cosine"  # "cosine" or "plateau"
     min_learning_rate: float = 1e-5
+    plateau_factor: float = 0.5  # "plateau": the rate is multiplied by this ...
+    plateau_patience: int = 5  # ... after this many epochs without a better monitored loss
     early_stopping_patience: int = 15
     validation_fraction: float = 0.1
     bce_weight: float = 1.0
@@ -136,6 +151,8 @@ class TrainConfig:
             raise BadDataError(
                 f"is {self.lr_schedule!r}, expected 'cosine' or 'plateau'", where=f"{where}.lr_schedule"
             )
+        if not 0.0 < self.plateau_factor <= 1.0:
+            raise BadDataError(f"is {self.plateau_factor}, expected in (0, 1]", where=f"{where}.plateau_factor")
 
 
 @dataclass(frozen=True)
@@ -166,6 +183,7 @@ class PostprocessConfig:
     min_size: int = 12
     flood: str = "probability"  # "probability" or "distance"
     fill_holes: bool = True
+    keep_unmarked: bool = True  # a body component with no marker (a tiny nucleus) becomes one nucleus
 
     def check(self, where: str) -> None:
         for name in ("marker_threshold", "border_threshold", "mask_threshold"):

@@ -1,0 +1,707 @@
+"""Images, instance labels and the training cache, in the competition's folder layout.
+
+A stage folder holds one folder per image::
+
+    stage1_train/{ImageId}/images/{ImageId}.png
+    stage1_train/{ImageId}/masks/{MaskId}.png    (training only, one nucleus each)
+
+Decoding stage1_train (664 images, 28,986 mask PNGs) takes a while, so
+:func:`prepare` does it once into a cache beside the data, which
+:func:`load_prepared` reads back in seconds: the network's input as uint8 grey
+(:func:`dsb.preprocess.preprocess_image`), the instance labels, and a table of
+image types. The cache is rebuilt when the files (names, sizes, times) or the
+preprocessing parameters change.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import sys
+import time
+import warnings
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .atomic import atomic_dir, os_error
+from .errors import BadDataError
+from .preprocess import IMAGE_TYPES, image_type, preprocess_image, to_uint8
+
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "MaskFixes",
+    "MaskFixWarning",
+    "Prepared",
+    "list_ids",
+    "image_path",
+    "read_image",
+    "read_mask",
+    "read_labels",
+    "image_shape",
+    "image_shapes",
+    "find_stage",
+    "prepare",
+    "load_prepared",
+    "cache_path",
+]
+
+IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
+CACHE_VERSION = 2  # bump when the cache's content or format changes
+# Fields of PreprocessConfig that only shape the training targets, not the cache.
+_NOT_CACHED = frozenset({"border_width"})
+
+
+# ---------------------------------------------------------------- reading
+
+
+def read_image(path) -> np.ndarray:
+    """Read an image file as it is stored.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        PNG (8 or 16 bits, grey, grey+alpha, RGB, RGBA or palette), TIFF, JPEG
+        or BMP.
+
+    Returns
+    -------
+    (H, W) or (H, W, C) ndarray, C in 1..4, usually uint8 or uint16
+        Palette images come back as RGB(A); TIFFs stored channel-first are
+        transposed to channel-last.
+
+    Raises
+    ------
+    BadDataError
+        Naming the file: missing, empty, not an image, corrupt or truncated,
+        or not 2-D (stacks and time series are not supported).
+    """
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise BadDataError("file not found", path=path) from None
+    except OSError as exc:
+        raise BadDataError(f"cannot read ({exc.strerror})", path=path) from None
+    if path.is_dir():
+        raise BadDataError("is a folder, expected an image file", path=path)
+    if size == 0:
+        raise BadDataError("empty file (0 bytes), expected an image", path=path)
+    if path.suffix.lower() in (".tif", ".tiff"):
+        image = _read_tiff(path)
+    else:
+        image = _read_pillow(path)
+    return _check_layout(image, path)
+
+
+def _read_pillow(path: Path) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+            mode = im.mode
+            if mode == "P":
+                im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+            elif mode == "PA":
+                im = im.convert("RGBA")
+            elif mode == "1":
+                im = im.convert("L")
+            elif mode in ("CMYK", "YCbCr", "LAB", "HSV"):
+                im = im.convert("RGB")
+            elif mode == "RGBa":
+                im = im.convert("RGBA")
+            image = np.array(im)
+    except UnidentifiedImageError:
+        raise BadDataError("not an image file (format not recognised)", path=path) from None
+    except (OSError, SyntaxError, ValueError, zlib.error, Image.DecompressionBombError) as exc:
+        raise BadDataError(f"corrupt or truncated image ({exc})", path=path) from None
+    if image.dtype == np.int32 and image.size and image.min() >= 0 and image.max() <= 0xFFFF:
+        image = image.astype(np.uint16)  # Pillow's mode "I" for 16-bit data
+    return image
+
+
+def _read_tiff(path: Path) -> np.ndarray:
+    import tifffile
+
+    try:
+        return np.asarray(tifffile.imread(path))
+    except Exception as exc:  # tifffile raises many types for a damaged file
+        raise BadDataError(f"corrupt or unreadable TIFF ({type(exc).__name__}: {exc})", path=path) from None
+
+
+def _check_layout(image: np.ndarray, path: Path) -> np.ndarray:
+    image = np.squeeze(image) if image.ndim > 3 else image
+    if image.ndim == 3 and image.shape[2] > 4 and 1 <= image.shape[0] <= 4:
+        image = np.moveaxis(image, 0, -1)  # channel-first TIFF
+    if not (image.ndim == 2 or (image.ndim == 3 and 1 <= image.shape[2] <= 4)):
+        raise BadDataError(
+            f"image of shape {image.shape} is not (H, W) or (H, W, C) with 1 to 4 channels "
+            "(stacks and time series are not supported)",
+            path=path,
+        )
+    if image.shape[0] < 1 or image.shape[1] < 1:
+        raise BadDataError(f"image of shape {image.shape} has no pixels", path=path)
+    return image
+
+
+def read_mask(path, shape: tuple[int, int] | None = None) -> np.ndarray:
+    """Read one nucleus mask (0 background, anything else nucleus).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+    shape : (int, int), optional
+        The (H, W) the mask must have: its image's.
+
+    Returns
+    -------
+    (H, W) ndarray of bool
+
+    Raises
+    ------
+    BadDataError
+        Unreadable mask, or a mask of another size than ``shape``.
+    """
+    mask = read_image(path)
+    if mask.ndim == 3:
+        # grey(+alpha): the grey channel; colour(+alpha): any colour channel, never alpha
+        mask = mask[..., 0] if mask.shape[2] <= 2 else mask[..., :3].max(axis=-1)
+    if shape is not None and mask.shape != tuple(shape):
+        raise BadDataError(
+            f"mask is {mask.shape[0]}x{mask.shape[1]} but its image is {shape[0]}x{shape[1]} (height x width)",
+            path=path,
+        )
+    return mask > 0
+
+
+class MaskFixWarning(UserWarning):
+    """The masks of one image needed fixing (overlaps, empty masks); see :class:`MaskFixes`."""
+
+
+@dataclass(frozen=True)
+class MaskFixes:
+    """What :func:`read_labels` had to fix in the masks of one image.
+
+    Attributes
+    ----------
+    overlapping : tuple of (str, int)
+        Mask file names that overlapped earlier masks, with the number of
+        pixels left to the earlier (smaller label) mask.
+    empty : tuple of str
+        Mask files with no nucleus pixel: skipped.
+    covered : tuple of str
+        Mask files lying wholly inside earlier masks: skipped.
+    """
+
+    overlapping: tuple[tuple[str, int], ...] = ()
+    empty: tuple[str, ...] = ()
+    covered: tuple[str, ...] = ()
+
+    @property
+    def overlap_pixels(self) -> int:
+        return sum(n for _, n in self.overlapping)
+
+    def __bool__(self) -> bool:
+        return bool(self.overlapping or self.empty or self.covered)
+
+    def __str__(self) -> str:
+        parts = []
+        if self.overlapping:
+            parts.append(
+                f"{len(self.overlapping)} mask(s) overlap earlier ones "
+                f"({self.overlap_pixels} pixel(s) kept by the earlier mask, e.g. {self.overlapping[0][0]})"
+            )
+        if self.empty:
+            parts.append(f"{len(self.empty)} empty mask(s) skipped (e.g. {self.empty[0]})")
+        if self.covered:
+            parts.append(f"{len(self.covered)} mask(s) inside earlier ones skipped (e.g. {self.covered[0]})")
+        return "; ".join(parts) if parts else "no fixes"
+
+    def to_dict(self) -> dict:
+        return {
+            "overlapping": [list(o) for o in self.overlapping],
+            "empty": list(self.empty),
+            "covered": list(self.covered),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "MaskFixes":
+        return cls(
+            overlapping=tuple((str(n), int(p)) for n, p in data.get("overlapping", ())),
+            empty=tuple(data.get("empty", ())),
+            covered=tuple(data.get("covered", ())),
+        )
+
+
+def _mask_files(masks_dir: Path) -> list[Path]:
+    return sorted(
+        (p for p in masks_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")),
+        key=lambda p: p.name,
+    )
+
+
+def read_labels(sample_dir, shape: tuple[int, int] | None = None, *, return_fixes: bool = False):
+    """Instance labels of one image from its ``masks/`` folder.
+
+    The masks, sorted by file name, become labels 1..N. Where two masks
+    overlap, the pixels stay with the earlier (smaller) label; masks with no
+    pixel left are skipped, so labels stay consecutive. Such fixes are
+    returned with ``return_fixes=True``, and otherwise reported with a
+    :class:`MaskFixWarning`.
+
+    Parameters
+    ----------
+    sample_dir : str or os.PathLike
+        ``{stage}/{ImageId}``, holding ``masks/*.png``.
+    shape : (int, int), optional
+        (H, W) of the image; read from ``images/`` when not given.
+    return_fixes : bool
+        Also return the :class:`MaskFixes`.
+
+    Returns
+    -------
+    labels : (H, W) ndarray of int32
+        0 background, 1..N nuclei.
+    fixes : MaskFixes
+        Only with ``return_fixes=True``.
+
+    Raises
+    ------
+    BadDataError
+        No ``masks/`` folder, an unreadable mask, or a mask of the wrong size
+        (naming the mask file).
+    """
+    sample_dir = Path(sample_dir)
+    masks_dir = sample_dir / "masks"
+    if not masks_dir.is_dir():
+        raise BadDataError("no masks/ folder (expected {ImageId}/masks/*.png)", path=sample_dir)
+    if shape is None:
+        shape = image_shape(image_path(sample_dir.parent, sample_dir.name))
+    shape = (int(shape[0]), int(shape[1]))
+    labels = np.zeros(shape, np.int32)
+    flat = labels.reshape(-1)  # a view: writes land in labels
+    overlapping, empty, covered = [], [], []
+    next_label = 1
+    for path in _mask_files(masks_dir):
+        idx = np.flatnonzero(read_mask(path, shape))
+        if idx.size == 0:
+            empty.append(path.name)
+            continue
+        taken = flat[idx] != 0
+        if taken.any():
+            overlapping.append((path.name, int(taken.sum())))
+            idx = idx[~taken]
+            if idx.size == 0:
+                covered.append(path.name)
+                continue
+        flat[idx] = next_label
+        next_label += 1
+    fixes = MaskFixes(tuple(overlapping), tuple(empty), tuple(covered))
+    if return_fixes:
+        return labels, fixes
+    if fixes:
+        warnings.warn(f"{sample_dir}: {fixes}", MaskFixWarning, stacklevel=2)
+    return labels
+
+
+# ---------------------------------------------------------------- stage folders
+
+
+def list_ids(stage_dir) -> list[str]:
+    """Image ids of a stage folder, sorted.
+
+    Parameters
+    ----------
+    stage_dir : str or os.PathLike
+        A folder of ``{ImageId}/images/`` folders; hidden entries are ignored.
+
+    Returns
+    -------
+    list of str
+
+    Raises
+    ------
+    BadDataError
+        The folder is missing or holds no image folder.
+    """
+    stage_dir = Path(stage_dir)
+    if not stage_dir.is_dir():
+        raise BadDataError("folder not found" if not stage_dir.exists() else "not a folder", path=stage_dir)
+    try:
+        ids = sorted(
+            e.name for e in os.scandir(stage_dir)
+            if not e.name.startswith(".") and e.is_dir() and os.path.isdir(os.path.join(e.path, "images"))
+        )
+    except OSError as exc:
+        raise BadDataError(f"cannot list ({exc.strerror})", path=stage_dir) from None
+    if not ids:
+        raise BadDataError("holds no images (expected {ImageId}/images/{ImageId}.png)", path=stage_dir)
+    return ids
+
+
+def image_path(stage_dir, image_id: str) -> Path:
+    """Path of the image of ``image_id``: ``{stage_dir}/{id}/images/{id}.png``.
+
+    Another suffix (TIFF, JPEG) is found when the PNG is absent. The path is
+    returned even when no file exists; :func:`read_image` then says so.
+    """
+    images = Path(stage_dir) / image_id / "images"
+    default = images / f"{image_id}.png"
+    if default.is_file():
+        return default
+    for suffix in IMAGE_SUFFIXES[1:]:
+        for candidate in (images / f"{image_id}{suffix}", images / f"{image_id}{suffix.upper()}"):
+            if candidate.is_file():
+                return candidate
+    return default
+
+
+def image_shape(path) -> tuple[int, int]:
+    """(H, W) of an image file, from its header where possible."""
+    from PIL import Image
+
+    path = Path(path)
+    if path.suffix.lower() not in (".tif", ".tiff"):
+        try:
+            with Image.open(path) as im:
+                if im.size[0] > 0 and im.size[1] > 0:
+                    return im.size[1], im.size[0]
+        except Exception:  # noqa: BLE001 - read_image below names the problem
+            pass
+    return read_image(path).shape[:2]
+
+
+def image_shapes(stage_dir) -> dict[str, tuple[int, int]]:
+    """(H, W) of every image of a stage folder, by id (headers only: fast).
+
+    Returns
+    -------
+    dict of str to (int, int)
+    """
+    return {i: image_shape(image_path(stage_dir, i)) for i in list_ids(stage_dir)}
+
+
+def find_stage(data_dir, stage: str = "stage1_train") -> Path:
+    """The stage folder of a data folder: ``data_dir/stage``, or ``data_dir`` itself
+    when it is already a stage folder (holds ``{id}/images/``).
+
+    Raises
+    ------
+    BadDataError
+        Neither is there.
+    """
+    data_dir = Path(data_dir)
+    if (data_dir / stage).is_dir():
+        return data_dir / stage
+    if not data_dir.is_dir():
+        raise BadDataError("folder not found", path=data_dir)
+    try:
+        list_ids(data_dir)
+    except BadDataError:
+        raise BadDataError(
+            f"holds no {stage}/ folder (run `dsb fetch --dest {data_dir}` first, or give a stage folder)",
+            path=data_dir,
+        ) from None
+    return data_dir
+
+
+# ---------------------------------------------------------------- the training cache
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """The prepared training images, as :func:`load_prepared` returns them.
+
+    Attributes
+    ----------
+    path : Path
+        The cache folder.
+    ids : list of str
+        Image ids, sorted.
+    images : list of (H, W) ndarray of uint8
+        The network's input (:func:`dsb.preprocess.preprocess_image`) times 255.
+    labels : list of (H, W) ndarray of int32
+        Instance labels, 0 background, 1..N.
+    types : list of str
+        Image type of each image (one of :data:`dsb.preprocess.IMAGE_TYPES`).
+    fixes : dict of str to MaskFixes
+        The images whose masks needed fixing, by id.
+    checksum : str
+        sha256 over ids, shapes and pixels (what ``dsb.train.data_checksum``
+        computes), to tell whether a run resumes on the same data.
+    built : bool
+        Whether this call built the cache (False: read back from disk).
+    """
+
+    path: Path
+    ids: list[str]
+    images: list[np.ndarray]
+    labels: list[np.ndarray]
+    types: list[str]
+    fixes: dict[str, MaskFixes] = field(default_factory=dict)
+    checksum: str = ""
+    built: bool = False
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def summary(self) -> str:
+        """A few lines for people: counts by type, nuclei, and mask fixes."""
+        return _summary(self.ids, self.types, sum(int(lab.max(initial=0)) for lab in self.labels), self.fixes)
+
+
+def _summary(ids, types, nuclei: int, fixes: dict) -> str:
+    counts = ", ".join(f"{types.count(t)} {t}" for t in IMAGE_TYPES)
+    lines = [f"{len(ids)} images ({counts}), {nuclei} nuclei"]
+    if fixes:
+        overlaps = [f for f in fixes.values() if f.overlapping]
+        empty = sum(len(f.empty) for f in fixes.values())
+        covered = sum(len(f.covered) for f in fixes.values())
+        lines.append(
+            f"mask fixes: {len(overlaps)} image(s) with overlapping masks "
+            f"({sum(f.overlap_pixels for f in overlaps)} pixel(s) kept by the earlier mask), "
+            f"{empty} empty mask(s) skipped, {covered} mask(s) inside others skipped"
+        )
+        for image_id, f in sorted(fixes.items()):
+            lines.append(f"  {image_id}: {f}")
+    else:
+        lines.append("mask fixes: none needed")
+    return "\n".join(lines)
+
+
+def _cache_key(config) -> tuple[str, dict]:
+    params = {k: v for k, v in dataclasses.asdict(config).items() if k not in _NOT_CACHED}
+    key = json.dumps({"version": CACHE_VERSION, "preprocess": params}, sort_keys=True)
+    return hashlib.sha256(key.encode()).hexdigest()[:12], params
+
+
+def cache_path(data_dir, config, *, cache_dir=None) -> Path:
+    """Where :func:`prepare` keeps the cache for ``config``: ``{cache_dir}/prepared-{hash}``.
+
+    ``cache_dir`` defaults to ``{data_dir}/.cache``.
+    """
+    root = Path(data_dir) / ".cache" if cache_dir is None else Path(cache_dir)
+    return root / f"prepared-{_cache_key(config)[0]}"
+
+
+def _fingerprint(stage_dir: Path, ids: list[str]) -> str:
+    """sha256 of the names, sizes and modification times of every image and mask file."""
+    h = hashlib.sha256()
+    for image_id in ids:
+        for sub in ("images", "masks"):
+            folder = stage_dir / image_id / sub
+            try:
+                entries = sorted(os.scandir(folder), key=lambda e: e.name)
+            except FileNotFoundError:
+                continue
+            for e in entries:
+                st = e.stat()
+                h.update(f"{image_id}/{sub}/{e.name}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def _prepare_one(task):
+    """Decode one training image and its masks (runs in a worker process)."""
+    stage_dir, image_id, config = task
+    path = image_path(stage_dir, image_id)
+    raw = read_image(path)
+    labels, fixes = read_labels(stage_dir / image_id, raw.shape[:2], return_fixes=True)
+    if labels.max(initial=0) > np.iinfo(np.uint16).max:
+        raise BadDataError(f"{labels.max()} nuclei: more than the cache can hold (65535)", path=path.parent.parent)
+    kind = image_type(raw)
+    gray = to_uint8(preprocess_image(raw, config, kind=kind))
+    return image_id, gray, labels.astype(np.uint16), kind, fixes
+
+
+def _checksum(ids, images, labels) -> str:
+    # Same bytes as dsb.train.data_checksum, so either can vouch for the data.
+    h = hashlib.sha256()
+    for i in sorted(range(len(ids)), key=lambda k: ids[k]):
+        image = np.ascontiguousarray(images[i])
+        lab = np.ascontiguousarray(labels[i], dtype=np.int32)
+        h.update(f"{ids[i]}|{image.shape}|{image.dtype}|{lab.dtype}|".encode())
+        h.update(memoryview(image).cast("B"))
+        h.update(memoryview(lab).cast("B"))
+    return h.hexdigest()
+
+
+def _read_manifest(folder: Path) -> dict | None:
+    try:
+        return json.loads((folder / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _decode_all(stage_dir: Path, ids: list[str], config, *, workers: int, progress: bool):
+    from .progress import track
+
+    tasks = [(stage_dir, i, config) for i in ids]
+    context = _fork_context() if workers > 1 else None
+    if context is None:
+        yield from track(map(_prepare_one, tasks), length=len(tasks), label="prepare", enabled=progress)
+        return
+    with context.Pool(workers) as pool:
+        results = pool.imap(_prepare_one, tasks, chunksize=4)
+        yield from track(results, length=len(tasks), label="prepare", enabled=progress)
+
+
+def _fork_context():
+    """A "fork" multiprocessing context where forking is safe, else None (decode serially).
+
+    Not "spawn": it re-imports the caller's main module, which loops forever in
+    scripts without an ``if __name__ == "__main__"`` guard. And no fork once a
+    threaded runtime (TensorFlow, JAX) is loaded: a forked child can deadlock.
+    """
+    import multiprocessing
+    import threading
+
+    if "fork" not in multiprocessing.get_all_start_methods() or threading.active_count() > 1:
+        return None
+    if any(name in sys.modules for name in ("tensorflow", "jax", "torch")):
+        return None
+    return multiprocessing.get_context("fork")
+
+
+def prepare(data_dir, config=None, *, progress: bool = False, cache_dir=None, workers: int | None = None) -> Path:
+    """Decode the training images and masks once into a cache; return its folder.
+
+    Nothing is done when an up-to-date cache exists. The cache is rebuilt when
+    the image or mask files (names, sizes, modification times) or the
+    preprocessing parameters change; it is written to a temporary folder and
+    renamed into place, so an interrupted run never leaves a cache that looks
+    complete.
+
+    Parameters
+    ----------
+    data_dir : str or os.PathLike
+        The folder ``dsb fetch`` filled (with ``stage1_train/``), or a stage
+        folder itself.
+    config : dsb.config.PreprocessConfig, optional
+        Preprocessing parameters (defaults to ``PreprocessConfig()``).
+    progress : bool
+        Draw a progress bar while building, and print a summary of the mask
+        fixes (overlaps, empty masks) on stderr.
+    cache_dir : str or os.PathLike, optional
+        Where caches go; default ``{data_dir}/.cache``.
+    workers : int, optional
+        Processes that decode in parallel; default min(2, CPUs).
+
+    Returns
+    -------
+    Path
+        The cache folder: ``images.npz`` (uint8 (H, W) by id), ``labels.npz``
+        (uint16 (H, W) by id), ``types.csv`` (ImageId,type,height,width) and
+        ``manifest.json`` (parameters, data fingerprint, counts, fixes), the
+        last written last.
+
+    Raises
+    ------
+    BadDataError
+        No training images, or an unreadable image or mask (naming the file).
+    EnvironmentProblem
+        The cache folder cannot be written.
+    """
+    return _prepare(data_dir, config, progress=progress, cache_dir=cache_dir, workers=workers)[0]
+
+
+def _prepare(data_dir, config, *, progress, cache_dir, workers) -> tuple[Path, dict, bool]:
+    if config is None:
+        from .config import PreprocessConfig
+
+        config = PreprocessConfig()
+    config = getattr(config, "preprocess", config)  # a whole Config will do
+    data_dir = Path(data_dir)
+    stage_dir = find_stage(data_dir)
+    ids = list_ids(stage_dir)
+    folder = cache_path(data_dir, config, cache_dir=cache_dir)
+    fingerprint = _fingerprint(stage_dir, ids)
+    manifest = _read_manifest(folder)
+    manifest = manifest or {}
+    if manifest.get("fingerprint") == fingerprint and manifest.get("version") == CACHE_VERSION:
+        return folder, manifest, False
+
+    if workers is None:
+        workers = min(2, os.cpu_count() or 1)
+    start = time.perf_counter()
+    images, labels, types, fixes = {}, {}, {}, {}
+    for image_id, gray, lab, kind, fix in _decode_all(stage_dir, ids, config, workers=workers, progress=progress):
+        images[image_id], labels[image_id], types[image_id] = gray, lab, kind
+        if fix:
+            fixes[image_id] = fix
+    checksum = _checksum(ids, [images[i] for i in ids], [labels[i] for i in ids])
+    nuclei = int(sum(int(labels[i].max(initial=0)) for i in ids))
+    manifest = {
+        "version": CACHE_VERSION,
+        "preprocess": _cache_key(config)[1],
+        "stage_dir": str(stage_dir.resolve()),
+        "fingerprint": fingerprint,
+        "checksum": checksum,
+        "images": len(ids),
+        "nuclei": nuclei,
+        "types": {t: sum(1 for i in ids if types[i] == t) for t in IMAGE_TYPES},
+        "fixes": {i: f.to_dict() for i, f in sorted(fixes.items())},
+        "build_seconds": None,
+    }
+    with atomic_dir(folder) as tmp:
+        try:
+            # Images barely compress (2x) and compressing them took a quarter of the build and
+            # most of the load; labels shrink 100x and decompress fast.
+            np.savez(tmp / "images.npz", **images)
+            np.savez_compressed(tmp / "labels.npz", **labels)
+            rows = ["ImageId,type,height,width"] + [
+                f"{i},{types[i]},{images[i].shape[0]},{images[i].shape[1]}" for i in ids
+            ]
+            (tmp / "types.csv").write_text("\n".join(rows) + "\n")
+            manifest["build_seconds"] = round(time.perf_counter() - start, 1)
+            (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+        except OSError as exc:
+            raise os_error(exc, folder) from exc
+    if progress:
+        import click
+
+        fix_objs = {i: MaskFixes.from_dict(f) for i, f in manifest["fixes"].items()}
+        click.echo(_summary(ids, [types[i] for i in ids], nuclei, fix_objs), err=True)
+    return folder, manifest, True
+
+
+def load_prepared(
+    data_dir, config=None, *, progress: bool = False, cache_dir=None, workers: int | None = None
+) -> Prepared:
+    """The prepared training images, building or refreshing the cache first if needed.
+
+    Parameters are those of :func:`prepare`.
+
+    Returns
+    -------
+    Prepared
+        ``ids`` sorted; ``images`` uint8 (H, W); ``labels`` int32 (H, W);
+        ``types``; ``fixes``; ``checksum``; ``path``.
+    """
+    folder, manifest, built = _prepare(data_dir, config, progress=progress, cache_dir=cache_dir, workers=workers)
+    try:
+        with np.load(folder / "images.npz") as zi, np.load(folder / "labels.npz") as zl:
+            ids = sorted(zi.files)
+            images = [zi[i] for i in ids]
+            labels = [zl[i].astype(np.int32) for i in ids]
+        rows = (folder / "types.csv").read_text().splitlines()[1:]
+    except (OSError, ValueError, KeyError, zlib.error) as exc:
+        raise BadDataError(
+            f"prepared cache is damaged ({exc}); delete the folder and run `dsb prepare` again", path=folder
+        ) from None
+    kinds = dict(row.split(",")[:2] for row in rows)
+    fixes = {i: MaskFixes.from_dict(f) for i, f in manifest.get("fixes", {}).items()}
+    return Prepared(
+        path=folder,
+        ids=ids,
+        images=images,
+        labels=labels,
+        types=[kinds.get(i, "") for i in ids],
+        fixes=fixes,
+        checksum=manifest.get("checksum", ""),
+        built=built,
+    )

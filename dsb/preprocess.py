@@ -1,0 +1,333 @@
+"""From a raw image of any kind to the network's input: one grey channel, nuclei bright.
+
+The competition mixes three kinds of microscopy: fluorescence (bright nuclei on
+a dark background, the large majority), brightfield (dark nuclei on a light grey
+background) and stained tissue (purple nuclei on a light, coloured background,
+H&E-like). :func:`image_type` tells them apart from two statistics that leave a
+wide gap between the kinds on all 664 training and 65 test images:
+
+* brightness, the median over pixels of the brightest channel: at most 0.21
+  for fluorescence, at least 0.69 for the other two;
+* colourfulness, the mean spread between the largest and smallest channel:
+  exactly 0 for the grey brightfield images, at least 0.047 for stained ones.
+
+:func:`preprocess_image` then gives nuclei-bright grey in [0, 1]. For stained
+images the default is the geometric mean of inverted luminance and the
+hematoxylin channel of :func:`skimage.color.rgb2hed`: measured with the masks on
+the 107 stained training images (area under the ROC curve of nucleus vs
+background pixels), inverted luminance is best on most images (median 0.986)
+but fails where eosin is strong (worst 0.63); hematoxylin never fails (worst
+0.92) but is noisier (median 0.978); their geometric mean keeps the best of
+both (median 0.982, worst 0.92, mean 0.980).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = [
+    "IMAGE_TYPES",
+    "STAINED_CHANNELS",
+    "as_float",
+    "to_gray",
+    "image_stats",
+    "image_type",
+    "normalize_polarity",
+    "hematoxylin",
+    "stained_gray",
+    "stretch",
+    "preprocess_image",
+    "to_uint8",
+]
+
+IMAGE_TYPES = ("fluorescence", "brightfield", "stained")
+STAINED_CHANNELS = ("both", "hematoxylin", "luminance")
+
+# Thresholds sit in the middle of the gaps measured on the real images (see the
+# module docstring): brightness 0.21 .. 0.69, colourfulness 0.0 .. 0.047.
+LIGHT_BACKGROUND = 0.45
+COLOURFUL = 0.025
+
+_LUMA = np.array([0.2125, 0.7154, 0.0721], np.float32)  # ITU-R BT.709, as skimage.color.rgb2gray
+
+
+def _check_image(image: np.ndarray) -> np.ndarray:
+    image = np.asarray(image)
+    if image.ndim == 2 or (image.ndim == 3 and 1 <= image.shape[2] <= 4):
+        return image
+    raise TypeError(f"`image` (shape {image.shape}) must be (H, W) or (H, W, C) with 1 to 4 channels")
+
+
+def as_float(image: np.ndarray) -> np.ndarray:
+    """Scale an image of any dtype to float32 in [0, 1], channels kept.
+
+    Parameters
+    ----------
+    image : (H, W) or (H, W, C) ndarray of bool, uint or int, or float
+        Integer images are divided by the largest value of their bit depth:
+        255 for 8 bits; for wider types the smallest of 10, 12, 14 or 16 bits
+        (and so on) that holds the maximum, so a 12-bit camera image stored as
+        uint16 keeps its brightness. Floats already in [0, 1] are kept; other
+        floats are scaled from their minimum and maximum.
+
+    Returns
+    -------
+    (H, W) or (H, W, C) ndarray of float32
+    """
+    image = np.asarray(image)
+    if image.dtype == bool:
+        return image.astype(np.float32)
+    if image.dtype == np.uint8:
+        return image.astype(np.float32) / np.float32(255)
+    if np.issubdtype(image.dtype, np.integer):
+        top = int(image.max()) if image.size else 0
+        if top <= 255:
+            scale = 255
+        else:
+            bits = int(np.ceil(np.log2(top + 1)))
+            scale = 2 ** (bits + bits % 2) - 1
+        return np.clip(image.astype(np.float32) / np.float32(scale), 0, 1)
+    if np.issubdtype(image.dtype, np.floating):
+        image = np.nan_to_num(image.astype(np.float32, copy=False))
+        lo, hi = (float(image.min()), float(image.max())) if image.size else (0.0, 1.0)
+        if lo >= 0 and hi <= 1:
+            return image
+        return (image - lo) / np.float32(max(hi - lo, 1e-12))
+    raise TypeError(f"`image` has dtype {image.dtype}, expected bool, integer or float")
+
+
+def _rgb(image: np.ndarray) -> np.ndarray | None:
+    """(H, W, 3) float32 colour channels, or None for a grey image (alpha dropped)."""
+    if image.ndim == 3 and image.shape[2] >= 3:
+        return as_float(image[..., :3])
+    return None
+
+
+def _grey_channel(image: np.ndarray) -> np.ndarray:
+    """The single intensity channel of a grey (H, W), (H, W, 1) or grey+alpha image."""
+    return image if image.ndim == 2 else image[..., 0]
+
+
+def to_gray(image: np.ndarray) -> np.ndarray:
+    """Luminance of an image, whatever its channels and dtype.
+
+    Parameters
+    ----------
+    image : (H, W) or (H, W, C) ndarray, C in 1..4
+        Grey, grey+alpha, RGB or RGBA; alpha is ignored.
+
+    Returns
+    -------
+    (H, W) ndarray of float32 in [0, 1]
+        Polarity is kept: nuclei stay dark in brightfield images.
+    """
+    image = _check_image(image)
+    rgb = _rgb(image)
+    if rgb is None:
+        return as_float(_grey_channel(image)).astype(np.float32, copy=False)
+    return np.clip(rgb @ _LUMA, 0, 1)
+
+
+def image_stats(image: np.ndarray) -> tuple[float, float]:
+    """The two statistics :func:`image_type` decides on.
+
+    Returns
+    -------
+    brightness : float
+        Median over pixels of the brightest channel, in [0, 1] (the background
+        level, since background covers most pixels).
+    colourfulness : float
+        Mean over pixels of (largest - smallest channel), in [0, 1]; 0 for grey.
+    """
+    image = _check_image(image)
+    if image.ndim == 2 or image.shape[2] < 3:
+        return float(np.median(as_float(_grey_channel(image)))), 0.0
+    # Elementwise over channels, in the stored dtype: numpy reduces a short last axis slowly.
+    r, g, b = (image[..., k] for k in range(3))
+    top = as_float(np.maximum(np.maximum(r, g), b))
+    bottom = as_float(np.minimum(np.minimum(r, g), b)) if image.dtype == np.uint8 else None
+    if bottom is None:  # as_float's scale depends on the maximum: scale both alike
+        both = as_float(np.stack([np.maximum(np.maximum(r, g), b), np.minimum(np.minimum(r, g), b)]))
+        top, bottom = both[0], both[1]
+    return float(np.median(top)), float((top - bottom).mean())
+
+
+def image_type(image: np.ndarray) -> str:
+    """Which kind of microscopy an image comes from: one of :data:`IMAGE_TYPES`.
+
+    A dark background means fluorescence; a light one means brightfield when
+    grey and stained tissue when coloured (see :func:`image_stats`).
+
+    Parameters
+    ----------
+    image : (H, W) or (H, W, C) ndarray
+        The raw image, as :func:`dsb.dataset.read_image` returns it.
+
+    Returns
+    -------
+    str
+        "fluorescence", "brightfield" or "stained".
+    """
+    brightness, colourfulness = image_stats(image)
+    if brightness < LIGHT_BACKGROUND:
+        return "fluorescence"
+    return "stained" if colourfulness >= COLOURFUL else "brightfield"
+
+
+def normalize_polarity(
+    gray: np.ndarray, image: np.ndarray | None = None, *, polarity: str = "auto", kind: str | None = None
+) -> np.ndarray:
+    """Make nuclei bright on a dark background.
+
+    Parameters
+    ----------
+    gray : (H, W) ndarray of float in [0, 1]
+        A luminance image (:func:`to_gray`).
+    image : (H, W) or (H, W, C) ndarray, optional
+        The raw image ``gray`` came from, which decides "auto"; ``gray`` itself
+        is used when it is not given.
+    polarity : {"auto", "keep", "invert"}
+        "auto" inverts images with a light background (brightfield and stained);
+        "keep" and "invert" force the choice.
+    kind : str, optional
+        The image's type (:func:`image_type`), when already known.
+
+    Returns
+    -------
+    (H, W) ndarray of float32 in [0, 1]
+    """
+    gray = np.asarray(gray, dtype=np.float32)
+    if polarity == "keep":
+        return gray
+    if polarity == "invert":
+        return 1 - gray
+    if polarity != "auto":
+        raise ValueError(f"`polarity` is {polarity!r}, expected 'auto', 'keep' or 'invert'")
+    if kind is None:
+        kind = image_type(gray if image is None else image)
+    light = kind != "fluorescence"
+    return 1 - gray if light else gray
+
+
+def hematoxylin(image: np.ndarray) -> np.ndarray:
+    """Hematoxylin optical density of a colour image (colour deconvolution).
+
+    Parameters
+    ----------
+    image : (H, W, 3) or (H, W, 4) ndarray
+        A stained image; alpha is ignored.
+
+    Returns
+    -------
+    (H, W) ndarray of float32
+        High where the nuclear stain is dense (not scaled to [0, 1]).
+    """
+    from skimage.color import rgb2hed  # skimage.color is slow to import; only stained images need it
+
+    rgb = _rgb(_check_image(image))
+    if rgb is None:
+        raise TypeError("`image` must have colour channels for colour deconvolution")
+    return rgb2hed(rgb)[..., 0].astype(np.float32)
+
+
+def stained_gray(image: np.ndarray, *, channel: str = "both", low: float = 0.5, high: float = 99.8) -> np.ndarray:
+    """Nuclei-bright grey for a stained (H&E-like) colour image.
+
+    Parameters
+    ----------
+    image : (H, W, 3) or (H, W, 4) ndarray
+    channel : {"both", "hematoxylin", "luminance"}
+        "luminance" is inverted luminance; "hematoxylin" the hematoxylin
+        density; "both" the geometric mean of the two after stretching each,
+        which is bright only where both agree (eosin-rich tissue is dark in
+        luminance but carries little hematoxylin).
+    low, high : float
+        Percentiles for :func:`stretch`.
+
+    Returns
+    -------
+    (H, W) ndarray of float32 in [0, 1]
+    """
+    if channel not in STAINED_CHANNELS:
+        raise ValueError(f"`channel` is {channel!r}, expected one of {', '.join(map(repr, STAINED_CHANNELS))}")
+    if channel == "luminance":
+        return stretch(1 - to_gray(image), low=low, high=high)
+    hema = stretch(hematoxylin(image), low=low, high=high)
+    if channel == "hematoxylin":
+        return hema
+    return np.sqrt(hema * stretch(1 - to_gray(image), low=low, high=high))
+
+
+def stretch(gray: np.ndarray, *, low: float = 0.5, high: float = 99.8) -> np.ndarray:
+    """Map the ``low`` and ``high`` percentiles to 0 and 1, clipping outside.
+
+    Parameters
+    ----------
+    gray : (H, W) ndarray of float
+    low, high : float
+        Percentiles in [0, 100], ``low < high``.
+
+    Returns
+    -------
+    (H, W) ndarray of float32 in [0, 1]
+        All zeros for a flat image.
+    """
+    if not 0 <= low < high <= 100:
+        raise ValueError(f"percentiles `low` {low} and `high` {high} must satisfy 0 <= low < high <= 100")
+    gray = np.asarray(gray, dtype=np.float32)
+    if gray.size == 0:
+        return gray
+    lo, hi = np.percentile(gray, [low, high])
+    if hi - lo < 1e-6:
+        return np.zeros_like(gray)
+    return np.clip((gray - np.float32(lo)) / np.float32(hi - lo), 0, 1)
+
+
+def preprocess_image(image: np.ndarray, config=None, *, kind: str | None = None) -> np.ndarray:
+    """The network's input for one raw image: grey, nuclei bright, stretched.
+
+    Training and prediction both go through this function, so they see the
+    same input.
+
+    Parameters
+    ----------
+    image : (H, W) or (H, W, C) ndarray
+        The raw image, as :func:`dsb.dataset.read_image` returns it.
+    config : dsb.config.PreprocessConfig, optional
+        ``polarity`` ("auto" picks per image type; "keep" / "invert" apply to
+        luminance for every image), ``stained_channel`` (see
+        :func:`stained_gray`), and the stretch percentiles ``percentile_low``
+        and ``percentile_high``. Defaults to ``PreprocessConfig()``.
+    kind : str, optional
+        The image's type (:func:`image_type`), when already known.
+
+    Returns
+    -------
+    (H, W) ndarray of float32 in [0, 1]
+    """
+    if config is None:
+        from .config import PreprocessConfig
+
+        config = PreprocessConfig()
+    image = _check_image(image)
+    low, high = config.percentile_low, config.percentile_high
+    if config.polarity == "auto" and kind is None:
+        kind = image_type(image)
+    if config.polarity == "auto" and kind == "stained":
+        return stained_gray(image, channel=config.stained_channel, low=low, high=high)
+    gray = normalize_polarity(to_gray(image), image, polarity=config.polarity, kind=kind)
+    return stretch(gray, low=low, high=high)
+
+
+def to_uint8(gray: np.ndarray) -> np.ndarray:
+    """Quantise a [0, 1] float image to uint8 (rounded, clipped).
+
+    Parameters
+    ----------
+    gray : (H, W) ndarray of float
+
+    Returns
+    -------
+    (H, W) ndarray of uint8
+    """
+    return np.round(np.clip(np.asarray(gray, dtype=np.float32), 0, 1) * 255).astype(np.uint8)

@@ -1,0 +1,244 @@
+"""Grey conversion, polarity, image types and contrast stretch: synthetic images and the real data."""
+
+from __future__ import annotations
+
+import collections
+
+import numpy as np
+import pytest
+from skimage.color import rgb2gray
+
+from conftest import make_discs
+from dsb.config import PreprocessConfig
+from dsb.preprocess import (
+    IMAGE_TYPES,
+    as_float,
+    image_stats,
+    image_type,
+    normalize_polarity,
+    preprocess_image,
+    stained_gray,
+    stretch,
+    to_gray,
+    to_uint8,
+)
+
+LABELS = make_discs((64, 64), ((20, 20), (44, 44)), 8)
+RNG = np.random.default_rng(0)
+
+
+def _noisy(image: np.ndarray, sd: float = 4.0) -> np.ndarray:
+    return np.clip(image + RNG.normal(0, sd, image.shape), 0, 255).astype(np.uint8)
+
+
+def fluorescence(alpha: bool = True) -> np.ndarray:
+    grey = np.where(LABELS > 0, 170.0, 15.0)
+    channels = [grey, grey, grey] + ([np.full_like(grey, 255)] if alpha else [])
+    return _noisy(np.stack(channels, axis=-1))
+
+
+def brightfield() -> np.ndarray:
+    return _noisy(np.where(LABELS > 0, 90.0, 215.0))  # 2-D grey
+
+
+def stained(eosin: bool = False) -> np.ndarray:
+    """Purple nuclei on a light pink background; ``eosin`` adds a dense pink strip (colours from real images)."""
+    img = np.empty((64, 64, 3), np.float64)
+    img[:] = (225, 190, 215)
+    if eosin:
+        img[:, 48:][LABELS[:, 48:] == 0] = (195, 31, 101)
+    img[LABELS > 0] = (155, 68, 167)
+    return _noisy(img)
+
+
+def _contrast(gray: np.ndarray, labels: np.ndarray = LABELS) -> float:
+    return float(gray[labels > 0].mean() - gray[labels == 0].mean())
+
+
+# ---------------------------------------------------------------- as_float / to_gray
+
+
+def test_as_float_scales_by_bit_depth():
+    assert as_float(np.array([[0, 255]], np.uint8)).tolist() == [[0.0, 1.0]]
+    twelve_bit = np.array([[0, 4095]], np.uint16)  # 12-bit camera data stored in 16 bits
+    assert as_float(twelve_bit).tolist() == [[0.0, 1.0]]
+    full = np.array([[0, 65535]], np.uint16)
+    assert as_float(full).tolist() == [[0.0, 1.0]]
+    assert as_float(np.array([[True, False]])).dtype == np.float32
+    assert as_float(np.array([[0.25, 0.5]])).tolist() == [[0.25, 0.5]]
+    np.testing.assert_allclose(as_float(np.array([[-1.0, 3.0]])), [[0.0, 1.0]])
+
+
+def test_to_gray_matches_skimage_luminance_and_ignores_alpha():
+    rgba = fluorescence(alpha=True)
+    rgba[..., 3] = RNG.integers(0, 256, rgba.shape[:2])
+    gray = to_gray(rgba)
+    assert gray.dtype == np.float32 and gray.shape == (64, 64)
+    np.testing.assert_allclose(gray, rgb2gray(rgba[..., :3]), atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(32, 40), (32, 40, 1), (32, 40, 2)])
+def test_to_gray_takes_grey_layouts(shape):
+    image = RNG.integers(0, 256, shape).astype(np.uint8)
+    expected = (image if image.ndim == 2 else image[..., 0]) / 255
+    np.testing.assert_allclose(to_gray(image), expected, atol=1e-6)
+
+
+def test_to_gray_rejects_stacks():
+    with pytest.raises(TypeError, match="1 to 4 channels"):
+        to_gray(np.zeros((8, 8, 5), np.uint8))
+
+
+# ---------------------------------------------------------------- image types
+
+
+def test_image_type_of_each_kind():
+    assert image_type(fluorescence()) == "fluorescence"
+    assert image_type(fluorescence(alpha=False)) == "fluorescence"
+    assert image_type(brightfield()) == "brightfield"
+    assert image_type(brightfield()[..., None].repeat(3, axis=-1)) == "brightfield"
+    assert image_type(stained()) == "stained"
+    assert image_type(stained(eosin=True)) == "stained"
+
+
+def test_image_type_of_16_bit_images():
+    assert image_type((fluorescence(alpha=False)[..., 0].astype(np.uint16) * 16)) == "fluorescence"
+    assert image_type((brightfield().astype(np.uint16) * 16)) == "brightfield"  # 12-bit data: still light
+
+
+def test_image_stats_are_in_unit_range():
+    brightness, colour = image_stats(stained())
+    assert 0.7 < brightness <= 1 and 0.05 < colour < 1
+    assert image_stats(brightfield())[1] == 0.0
+
+
+# ---------------------------------------------------------------- polarity, stretch
+
+
+def test_normalize_polarity():
+    bf = brightfield()
+    gray = to_gray(bf)
+    assert _contrast(gray) < 0
+    assert _contrast(normalize_polarity(gray, bf)) > 0
+    assert _contrast(normalize_polarity(gray)) > 0  # decided from the grey image itself
+    fl = fluorescence()
+    np.testing.assert_array_equal(normalize_polarity(to_gray(fl), fl), to_gray(fl))
+    np.testing.assert_array_equal(normalize_polarity(gray, bf, polarity="keep"), gray)
+    np.testing.assert_allclose(normalize_polarity(gray, bf, polarity="invert"), 1 - gray)
+    with pytest.raises(ValueError, match="polarity"):
+        normalize_polarity(gray, polarity="upside-down")
+
+
+def test_stretch_maps_percentiles_to_unit_range():
+    gray = np.linspace(0.2, 0.6, 1001, dtype=np.float32).reshape(7, 143)
+    out = stretch(gray, low=0, high=100)
+    assert out.min() == 0 and out.max() == pytest.approx(1)
+    out = stretch(gray, low=10, high=90)
+    assert (out == 0).mean() == pytest.approx(0.1, abs=0.01) and (out == 1).mean() == pytest.approx(0.1, abs=0.01)
+    assert not stretch(np.full((5, 5), 0.3)).any()  # a flat image: zeros, no division by zero
+    with pytest.raises(ValueError, match="percentiles"):
+        stretch(gray, low=50, high=50)
+
+
+def test_to_uint8_rounds_and_clips():
+    assert to_uint8(np.array([[-0.5, 0.0, 0.5, 1.0, 2.0]])).tolist() == [[0, 0, 128, 255, 255]]
+
+
+# ---------------------------------------------------------------- the whole pipeline
+
+
+@pytest.mark.parametrize("make", [fluorescence, brightfield, stained])
+def test_preprocess_gives_bright_nuclei_in_unit_range(make):
+    out = preprocess_image(make(), PreprocessConfig())
+    assert out.dtype == np.float32 and out.shape == (64, 64)
+    assert 0 <= out.min() and out.max() <= 1
+    assert _contrast(out) > 0.5
+
+
+def test_preprocess_polarity_override():
+    bf = brightfield()
+    assert _contrast(preprocess_image(bf, PreprocessConfig(polarity="keep"))) < 0
+    assert _contrast(preprocess_image(fluorescence(), PreprocessConfig(polarity="invert"))) < 0
+
+
+def test_stained_channels_and_eosin():
+    """Why "both" is the default: dense eosin is bright in inverted luminance, not in hematoxylin."""
+    image = stained(eosin=True)
+    eosin = np.zeros(LABELS.shape, bool)
+    eosin[:, 48:] = LABELS[:, 48:] == 0
+    nuclei = LABELS > 0
+    lum = stained_gray(image, channel="luminance")
+    assert lum[eosin].mean() > lum[nuclei].mean()
+    for channel in ("both", "hematoxylin"):
+        gray = stained_gray(image, channel=channel)
+        assert gray[nuclei].mean() > gray[eosin].mean() + 0.5, channel
+    np.testing.assert_allclose(preprocess_image(image), stained_gray(image, channel="both", low=0.5, high=99.8))
+    with pytest.raises(ValueError, match="channel"):
+        stained_gray(image, channel="eosin")
+
+
+def test_preprocess_accepts_16_bit_and_known_kind():
+    image = brightfield().astype(np.uint16) * 257
+    out = preprocess_image(image)
+    assert _contrast(out) > 0.5
+    np.testing.assert_array_equal(preprocess_image(image, kind="brightfield"), out)
+
+
+def test_config_rejects_bad_preprocess_values():
+    from dsb.config import Config
+    from dsb.errors import BadDataError
+
+    with pytest.raises(BadDataError, match="stained_channel"):
+        Config.from_dict({"preprocess": {"stained_channel": "eosin"}})
+    with pytest.raises(BadDataError, match="percentile"):
+        Config.from_dict({"preprocess": {"percentile_low": 50, "percentile_high": 10}})
+
+
+# ---------------------------------------------------------------- real images
+
+
+def _types(stage_dir):
+    from dsb.dataset import image_path, list_ids, read_image
+
+    return {i: image_type(read_image(image_path(stage_dir, i))) for i in list_ids(stage_dir)}
+
+
+@pytest.fixture(scope="module")
+def train_types(train_dir):
+    return _types(train_dir)
+
+
+def test_real_training_image_types(train_types):
+    counts = collections.Counter(train_types.values())
+    print("stage1_train types:", dict(counts))
+    # Checked by eye on thumbnails: the grey brightfield images are the 16 of 1024x1024.
+    assert counts == {"fluorescence": 541, "brightfield": 16, "stained": 107}
+
+
+def test_real_test_image_types(test_dir):
+    counts = collections.Counter(_types(test_dir).values())
+    print("stage1_test types:", dict(counts))
+    assert sum(counts.values()) == 65
+    assert set(counts) <= set(IMAGE_TYPES) and counts["fluorescence"] >= 45 and counts["stained"] >= 8
+
+
+def test_real_polarity_per_type(train_dir, train_types):
+    """Nuclei come out brighter than background on real images of every type (a sample; all in test_dataset)."""
+    from dsb.dataset import image_path, read_image, read_labels
+
+    by_type = collections.defaultdict(list)
+    for image_id, kind in sorted(train_types.items()):
+        by_type[kind].append(image_id)
+    failures = []
+    for kind in IMAGE_TYPES:
+        ids = by_type[kind][:: max(1, len(by_type[kind]) // 16)]
+        ok = 0
+        for image_id in ids:
+            raw = read_image(image_path(train_dir, image_id))
+            labels, _ = read_labels(train_dir / image_id, raw.shape[:2], return_fixes=True)
+            if _contrast(preprocess_image(raw), labels) > 0:
+                ok += 1
+            else:
+                failures.append((kind, image_id))
+        print(f"{kind}: {ok}/{len(ids)} with brighter nuclei")
+        assert ok / len(ids) >= 0.98, failures
