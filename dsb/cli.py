@@ -89,7 +89,9 @@ def prepare(data: Path, config_path: Path | None) -> None:
 
     config = _load_config(config_path)
     prepared = load_prepared(data, config.preprocess, progress=True)
-    click.echo(f"{len(prepared.ids)} images prepared in {prepared.path}")
+    if not prepared.built:  # a fresh build has printed its summary already
+        click.echo(prepared.summary())
+    click.echo(f"cache: {prepared.path}")
 
 
 # ---------------------------------------------------------------- training
@@ -181,7 +183,9 @@ def segment(paths, model_dir, out, tta, overlay, skip_bad) -> None:
 
     summary = segment_paths(list(paths), model_dir=model_dir, out_dir=out, tta=tta, overlay=overlay,
                             skip_bad=skip_bad, progress=True)
-    click.echo(f"{len(summary)} images segmented into {out}")
+    done = int((summary["status"] == "ok").sum())
+    skipped = len(summary) - done
+    click.echo(f"{done} images segmented into {out}" + (f", {skipped} skipped" if skipped else ""))
 
 
 # ---------------------------------------------------------------- scoring and submission
@@ -190,18 +194,24 @@ def segment(paths, model_dir, out, tta, overlay, skip_bad) -> None:
 @click.argument("submission", type=_EXISTING_FILE)
 @click.option("--truth", type=_EXISTING, required=True,
               help="A solution CSV (ImageId,EncodedPixels,Height,Width) or a folder in stage1_train layout.")
+@click.option("--images", type=_EXISTING_DIR, default=None,
+              help="Images of a solution CSV, for per-type scores (a truth folder holds its own).")
 @click.option("--per-image", type=_FILE, default=None, help="Write per-image scores to this CSV.")
-def score(submission: Path, truth: Path, per_image: Path | None) -> None:
+@click.option("--allow-extra", is_flag=True, help="Ignore submission rows for images the truth lacks.")
+def score(submission: Path, truth: Path, images: Path | None, per_image: Path | None, allow_extra: bool) -> None:
     """Score a submission with the competition metric; the last line is the score."""
+    from .dataset import image_types
     from .metric import score_submission
 
-    value, table = score_submission(submission, truth)
+    images = truth if images is None and truth.is_dir() else images
+    types = image_types(images) if images is not None else None
+    value, table = score_submission(submission, truth, image_types=types, allow_extra=allow_extra)
     if per_image is not None:
         from .atomic import atomic_path
 
         with atomic_path(per_image) as tmp:
             table.to_csv(tmp, index=False, float_format="%.6f")
-    if "type" in table:
+    if types is not None:
         for kind, group in table.groupby("type"):
             click.echo(f"{kind}: {group['score'].mean():.6f} ({len(group)} images)")
     click.echo(f"{value:.6f}")
@@ -245,8 +255,8 @@ def submit(csv: Path, message: str, images: Path, skip_without_credentials: bool
             raise
         click.echo(f"{exc}; {csv} is written and validated but was not submitted")
         return
-    kaggle_api.submit(csv, message, client=client)
-    click.echo(f"{csv}: submitted to data-science-bowl-2018")
+    reply = kaggle_api.submit(csv, message, client=client)
+    click.echo(f"{csv}: submitted to data-science-bowl-2018" + (f" ({reply})" if reply else ""))
 
 
 @cli.command()

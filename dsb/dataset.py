@@ -705,3 +705,23 @@ def load_prepared(
         checksum=manifest.get("checksum", ""),
         built=built,
     )
+
+
+def image_types(stage_dir, ids=None) -> dict[str, str]:
+    """The image type of each image of a stage folder (see :func:`dsb.preprocess.image_type`).
+
+    Parameters
+    ----------
+    stage_dir : str or os.PathLike
+        A folder in stage layout (``{id}/images/{id}.png``).
+    ids : iterable of str, optional
+        The images to classify; all of the folder by default.
+
+    Returns
+    -------
+    dict of str to str
+        ``ImageId -> "fluorescence" | "brightfield" | "stained"``.
+    """
+    stage_dir = Path(stage_dir)
+    ids = list_ids(stage_dir) if ids is None else list(ids)
+    return {i: image_type(read_image(image_path(stage_dir, i))) for i in ids}
