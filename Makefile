@@ -14,6 +14,8 @@ DATA_SOURCE ?=
 CONFIG      ?=
 RUN         ?= runs/default
 TIME_BUDGET ?= 60
+# The cosine learning-rate schedule spans EPOCHS; 30 is about what 60 minutes hold on 2 CPU cores.
+EPOCHS      ?= 30
 SUBMISSION  ?= submissions/$(notdir $(RUN)).csv
 MESSAGE     ?= dsb $(notdir $(RUN)), $(TIME_BUDGET)-minute CPU budget
 
@@ -42,7 +44,8 @@ fetch: install
 
 # A finished run folder is kept: delete it (or pick another RUN) to train again.
 $(RUN)/model.keras: | fetch
-	$(DSB) train --data $(DATA) --out $(RUN) --time-budget $(TIME_BUDGET) $(if $(CONFIG),--config $(CONFIG))
+	$(DSB) prepare --data $(DATA) $(if $(CONFIG),--config $(CONFIG))
+	$(DSB) train --data $(DATA) --out $(RUN) --time-budget $(TIME_BUDGET) --epochs $(EPOCHS) $(if $(CONFIG),--config $(CONFIG))
 
 train: $(RUN)/model.keras
 

@@ -1,0 +1,74 @@
+"""Read and update a run folder (``model.keras`` + ``config.json``) that :mod:`dsb.train` wrote."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .config import Config, PostprocessConfig, load_config, save_config
+from .errors import BadDataError
+
+__all__ = ["load_run", "load_run_config", "update_postprocess"]
+
+
+def load_run_config(run_dir) -> Config:
+    """The config of a run folder, with a clear error if the folder or its config is missing or wrong."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise BadDataError("run folder not found", path=run_dir)
+    path = run_dir / "config.json"
+    if not path.is_file():
+        raise BadDataError("no config.json here: not a run folder (make one with `dsb train --out`)", path=run_dir)
+    return load_config(path)
+
+
+def load_run(run_dir):
+    """Load the model and config of a run folder.
+
+    Parameters
+    ----------
+    run_dir : path
+        A folder with ``config.json`` and ``model.keras``.
+
+    Returns
+    -------
+    (keras.Model, Config)
+        The model uncompiled (for inference).
+
+    Raises
+    ------
+    BadDataError
+        The folder, its config or its model is missing; the config has unknown
+        keys or wrong types; the model file is damaged or does not match the
+        config (input channels, output channels).
+    """
+    import keras
+
+    run_dir = Path(run_dir)
+    config = load_run_config(run_dir)
+    path = run_dir / "model.keras"
+    if not path.is_file():
+        raise BadDataError("no model.keras here: the run has not finished an epoch yet", path=run_dir)
+    try:
+        model = keras.saving.load_model(path, compile=False)
+    except Exception as exc:  # a damaged zip surfaces as many exception types
+        raise BadDataError(f"cannot load the model ({type(exc).__name__}: {exc})", path=path) from None
+    n_out = len(config.model.outputs)
+    in_shape, out_shape = tuple(model.input_shape), tuple(model.output_shape)
+    if in_shape[-1] != 1 or out_shape[-1] != n_out:
+        raise BadDataError(
+            f"model maps {in_shape[-1]} channel(s) to {out_shape[-1]}, but config.json expects 1 to {n_out} "
+            f"({list(config.model.outputs)})",
+            path=path,
+        )
+    return model, config
+
+
+def update_postprocess(run_dir, postprocess: PostprocessConfig) -> Config:
+    """Replace the post-processing section of a run's ``config.json`` (atomically); return the new config."""
+    run_dir = Path(run_dir)
+    config = load_run_config(run_dir)
+    if not isinstance(postprocess, PostprocessConfig):
+        raise TypeError(f"`postprocess` must be a PostprocessConfig, got {type(postprocess).__name__}")
+    config = config.replace(postprocess=postprocess).check()
+    save_config(config, run_dir / "config.json")
+    return config

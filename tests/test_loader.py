@@ -1,0 +1,181 @@
+"""Targets, the stratified split, augmented crops and the validation crops."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+pytest.importorskip("keras")
+
+from conftest import make_discs  # noqa: E402
+
+from dsb.config import TrainConfig  # noqa: E402
+from dsb.loader import CropLoader, ValidationLoader, augment_crop, make_targets, split_ids  # noqa: E402
+
+TOUCHING = ((20, 20), (20, 33), (44, 40))  # discs 1 and 2 touch (radius 8), 3 stands alone
+
+
+def _images(n=6, seed=0):
+    """Synthetic pairs of varied sizes; the image is bright exactly on the nuclei."""
+    rng = np.random.default_rng(seed)
+    images, labels = [], []
+    for i in range(n):
+        shape = [(64, 80), (40, 48), (100, 70)][i % 3]
+        centres = rng.integers(8, np.array(shape) - 8, size=(5, 2))
+        lab = make_discs(shape, centres, radius=6)
+        labels.append(lab)
+        images.append(np.where(lab > 0, 200, 30).astype(np.uint8))
+    return images, labels
+
+
+def test_targets_body_is_the_foreground_and_border_splits_touching_nuclei():
+    labels = make_discs((64, 64), TOUCHING, radius=8)
+    targets = make_targets(labels, border_width=2)
+    assert targets.shape == (64, 64, 2) and targets.dtype == np.float32
+    body, border = targets[..., 0] > 0, targets[..., 1] > 0
+    np.testing.assert_array_equal(body, labels > 0)
+    assert not (border & ~body).any()
+    _, n_body = ndimage.label(body)
+    _, n_cores = ndimage.label(body & ~border)
+    assert (n_body, n_cores) == (2, 3)  # touching pair is one blob; the cores are three
+
+
+@pytest.mark.parametrize("width", [1, 2, 3])
+def test_border_is_the_inner_ring_of_the_given_width(width):
+    labels = make_discs((64, 64), TOUCHING, radius=8)
+    border = make_targets(labels, border_width=width)[..., 1] > 0
+    # Distance of each nucleus pixel to the nearest pixel of any other label.
+    expected = np.zeros_like(border)
+    for value in range(1, 4):
+        inside = labels == value
+        expected |= inside & (ndimage.distance_transform_edt(inside) <= width)
+    np.testing.assert_array_equal(border, expected)
+
+
+def test_border_ignores_the_image_edge_and_can_be_off():
+    labels = np.zeros((10, 10), np.int32)
+    labels[:5, :5] = 1  # touches the top and left edges
+    border = make_targets(labels, border_width=1)[..., 1]
+    assert border[0, :4].sum() == 0 and border[:4, 0].sum() == 0
+    assert border[4, :5].all() and border[:5, 4].all()
+    assert make_targets(labels, border_width=0)[..., 1].sum() == 0
+
+
+def test_targets_reject_wrong_input():
+    with pytest.raises(ValueError, match="2-D"):
+        make_targets(np.zeros((4, 4, 1), np.int32), border_width=1)
+    with pytest.raises(TypeError, match="integers"):
+        make_targets(np.zeros((4, 4), np.float32), border_width=1)
+
+
+def test_split_is_stratified_reproducible_and_order_free():
+    ids = [f"id{i:03d}" for i in range(50)]
+    types = ["fluorescence"] * 30 + ["brightfield"] * 10 + ["stained"] * 10
+    train, val = split_ids(ids, types, fraction=0.2, seed=7)
+    assert sorted(train + val) == ids and not set(train) & set(val)
+    by_type = {t: sum(types[ids.index(i)] == t for i in val) for t in set(types)}
+    assert by_type == {"fluorescence": 6, "brightfield": 2, "stained": 2}
+    assert split_ids(ids, types, fraction=0.2, seed=7) == (train, val)
+    _, rev_val = split_ids(ids[::-1], types[::-1], fraction=0.2, seed=7)
+    assert set(rev_val) == set(val)
+    assert set(split_ids(ids, types, fraction=0.2, seed=8)[1]) != set(val)
+    assert split_ids(ids, types, fraction=0.0, seed=7) == (ids, [])
+    with pytest.raises(ValueError, match="fraction"):
+        split_ids(ids, types, fraction=1.0, seed=7)
+
+
+def test_crops_keep_image_and_targets_aligned_under_every_augmentation():
+    images, labels = _images()
+    config = TrainConfig(scale_jitter=0.3, intensity_jitter=0.0, contrast_jitter=0.0)
+    for i in range(30):
+        rng = np.random.default_rng(i)
+        k = i % len(images)
+        x, y = augment_crop(images[k], labels[k], rng, crop_size=32, border_width=1, flips=True, rotations=True,
+                            scale_jitter=config.scale_jitter)
+        assert x.shape == (32, 32, 1) and y.shape == (32, 32, 2)
+        bright = x[..., 0] > 0.45
+        # Linear vs nearest resampling may disagree on a rim of pixels only.
+        assert np.mean(bright != (y[..., 0] > 0)) < 0.06
+
+
+def test_small_images_are_padded_by_reflection():
+    labels = make_discs((20, 24), ((6, 6),), radius=4)
+    image = np.where(labels > 0, 250, 10).astype(np.uint8)
+    x, y = augment_crop(image, labels, np.random.default_rng(0), crop_size=48, border_width=1,
+                        flips=False, rotations=False)
+    assert x.shape == (48, 48, 1)
+    # Mirrored copies of the disc appear, and the image is never padded with a constant.
+    _, n = ndimage.label(y[..., 0] > 0)
+    assert n >= 2
+    np.testing.assert_array_equal(x[..., 0] > 0.5, y[..., 0] > 0)
+
+
+def test_intensity_and_contrast_jitter_change_only_the_image():
+    images, labels = _images(1)
+    args = dict(crop_size=32, border_width=1, flips=False, rotations=False)
+    x0, y0 = augment_crop(images[0], labels[0], np.random.default_rng(3), **args)
+    x1, y1 = augment_crop(images[0], labels[0], np.random.default_rng(3), intensity_jitter=0.2,
+                          contrast_jitter=0.5, **args)
+    np.testing.assert_array_equal(y0, y1)
+    assert not np.array_equal(x0, x1)
+    assert x1.min() >= 0.0 and x1.max() <= 1.0
+
+
+def test_loader_batches_are_a_pure_function_of_seed_epoch_and_batch():
+    images, labels = _images()
+    kwargs = dict(batch_size=4, steps_per_epoch=3, seed=5, crop_size=32, border_width=1, augment=TrainConfig())
+    loader = CropLoader(images, labels, **kwargs)
+    assert loader.num_batches is None
+    x, y = loader[4]
+    assert x.shape == (4, 32, 32, 1) and y.shape == (4, 32, 32, 2)
+    assert x.dtype == np.float32 and y.dtype == np.float32
+    again = CropLoader(images, labels, **kwargs)[4]
+    np.testing.assert_array_equal(x, again[0])
+    np.testing.assert_array_equal(y, again[1])
+    # A loader resumed at epoch 1 (step 3) starts with the uninterrupted one's step 3.
+    resumed = CropLoader(images, labels, start_step=3, **kwargs)
+    np.testing.assert_array_equal(resumed[1][0], x)
+    assert not np.array_equal(loader[1][0], x)
+    other_seed = CropLoader(images, labels, **{**kwargs, "seed": 6})[4]
+    assert not np.array_equal(other_seed[0], x)
+    # Two process shards put together give the global batch.
+    halves = [CropLoader(images, labels, shard=(i, 2), **kwargs)[4] for i in range(2)]
+    np.testing.assert_array_equal(np.concatenate([h[0] for h in halves]), x)
+
+
+def test_each_epoch_visits_every_image_once_in_a_new_order():
+    images, labels = _images(8)
+    loader = CropLoader(images, labels, batch_size=4, steps_per_epoch=2, seed=1, crop_size=32)
+    orders = [loader.epoch_order(e) for e in range(3)]
+    for order in orders:
+        assert sorted(order) == list(range(8))
+    assert not np.array_equal(orders[0], orders[1])
+
+
+def test_threaded_loading_keeps_the_order():
+    import keras
+
+    images, labels = _images()
+    kwargs = dict(batch_size=2, steps_per_epoch=4, seed=3, crop_size=32, border_width=1, augment=TrainConfig())
+    serial = CropLoader(images, labels, **kwargs)
+    threaded = CropLoader(images, labels, workers=3, **kwargs)
+    model = keras.Sequential([keras.Input((32, 32, 1)), keras.layers.Lambda(lambda t: t)])
+    got = model.predict(threaded, steps=6, verbose=0)
+    expected = np.concatenate([serial[i][0] for i in range(6)])
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_validation_crops_cover_every_image_in_full_batches():
+    images, labels = _images(3)  # 64x80, 40x48, 100x70
+    loader = ValidationLoader(images, labels, batch_size=4, crop_size=32, border_width=1)
+    assert loader.n_crops == 2 * 3 + 2 * 2 + 4 * 3
+    assert len(loader) == 6 and len(loader.crops) == 24
+    seen = [np.zeros(im.shape, bool) for im in images]
+    for i, (r, c) in loader.crops:
+        seen[i][max(r, 0) : r + 32, max(c, 0) : c + 32] = True
+    assert all(s.all() for s in seen)
+    x, y = loader[0]
+    assert x.shape == (4, 32, 32, 1) and y.shape == (4, 32, 32, 2)
+    np.testing.assert_array_equal(loader[0][0], x)
+    np.testing.assert_array_equal(x[..., 0] > 0.5, y[..., 0] > 0)

@@ -1,0 +1,424 @@
+"""Training runs end to end on tiny synthetic data: run folder, determinism, resume, budgets, strategies.
+
+Runs use a depth-2, 4-filter U-Net on 32-pixel crops for a few steps. Subprocesses
+cover what must happen before a backend starts (logical devices, KERAS_BACKEND,
+XLA flags) and a real SIGKILL.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+
+from conftest import make_discs  # noqa: E402
+
+from dsb.config import Config, ModelConfig, PostprocessConfig, TrainConfig, load_config  # noqa: E402
+from dsb.errors import BadDataError  # noqa: E402
+from dsb.run import load_run, update_postprocess  # noqa: E402
+from dsb.train import TrainingInterrupted, latest_checkpoint, train, train_prepared  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+TESTS = Path(__file__).resolve().parent
+
+TINY = Config(
+    model=ModelConfig(depth=2, base_filters=4, convs_per_block=1, dropout=(0.0, 0.2)),
+    train=TrainConfig(crop_size=32, batch_size=4, epochs=3, steps_per_epoch=2, validation_fraction=0.2,
+                      early_stopping_patience=10),
+)
+
+
+def tiny_prepared(n: int = 10, seed: int = 0) -> SimpleNamespace:
+    """Images of discs (bright on dark, with noise) standing in for dsb.dataset.Prepared."""
+    rng = np.random.default_rng(seed)
+    ids, images, labels, types = [], [], [], []
+    for i in range(n):
+        shape = (48, 64) if i % 2 else (32, 40)
+        lab = make_discs(shape, rng.integers(6, min(shape) - 6, size=(4, 2)), radius=5)
+        labels.append(lab)
+        images.append((np.where(lab > 0, 180, 20) + rng.integers(0, 40, shape)).astype(np.uint8))
+        ids.append(f"img{i:02d}")
+        types.append("fluorescence" if i < 7 else "brightfield")
+    return SimpleNamespace(ids=ids, images=images, labels=labels, types=types)
+
+
+def checkpoint_weights(run_dir) -> list[np.ndarray]:
+    folder, _ = latest_checkpoint(run_dir)
+    return keras.saving.load_model(folder / "model.keras", compile=False).get_weights()
+
+
+def assert_same_weights(a, b, atol=1e-6):
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        np.testing.assert_allclose(x, y, rtol=0, atol=atol)
+
+
+def history(run_dir) -> list[dict]:
+    import csv
+
+    with open(Path(run_dir) / "history.csv") as f:
+        return list(csv.DictReader(f))
+
+
+class StopAt(keras.callbacks.Callback):
+    """Raise KeyboardInterrupt at the start of (epoch, batch), like a Ctrl-C mid-epoch."""
+
+    def __init__(self, epoch: int, batch: int):
+        super().__init__()
+        self.at = (epoch, batch)
+        self.epoch = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if (self.epoch, batch) == self.at:
+            raise KeyboardInterrupt
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory) -> Path:
+    """An uninterrupted three-epoch run; its progress lines are kept in progress.txt beside it."""
+    import contextlib
+    import io
+
+    out = tmp_path_factory.mktemp("ref")
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        run = train_prepared(tiny_prepared(), TINY, out_dir=out / "run")
+    (out / "progress.txt").write_text(err.getvalue())
+    return run
+
+
+# ---------------------------------------------------------------- run folder
+
+
+def test_run_folder_holds_everything_predict_needs(reference_run, capsys):
+    run = reference_run
+    names = {p.name for p in run.iterdir()}
+    assert {"model.keras", "config.json", "history.csv", "manifest.json", "checkpoints"} <= names
+    assert not [n for n in names if n.startswith(".")]  # no temporary left behind
+
+    config = load_config(run / "config.json")
+    assert len(config.validation_ids) == 2  # 20 % of each type: 1 of 7, 1 of 3 (rounded)
+    assert config.model == TINY.model
+    assert config.train.seed == TINY.train.seed
+
+    rows = history(run)
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    assert {"loss", "val_loss", "body_iou", "val_body_iou", "val_body_dice", "learning_rate"} <= set(rows[0])
+    assert float(rows[-1]["learning_rate"]) < float(rows[0]["learning_rate"])  # cosine decay
+
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["status"] == "complete" and manifest["stop_reason"] == "completed"
+    assert manifest["epochs_run"] == 3 and manifest["seed"] == 42
+    assert manifest["backend"] == keras.backend.backend()
+    assert len(manifest["data_checksum"]) == 64 and len(manifest["config_hash"]) == 64
+    assert {"keras", "numpy", "python"} <= set(manifest["versions"])
+    best = manifest["best"]
+    assert best["val_loss"] == pytest.approx(min(float(r["val_loss"]) for r in rows))
+    assert manifest["train_images"] == 8 and manifest["validation_images"] == 2
+
+    model, loaded = load_run(run)
+    assert loaded.validation_ids == config.validation_ids
+    out = keras.ops.convert_to_numpy(model.predict(np.zeros((1, 32, 48, 1), np.float32), verbose=0))
+    assert out.shape == (1, 32, 48, 2)
+    # model.keras holds the best epoch's weights.
+    best_weights = model.get_weights()
+    if best["epoch"] == 3:
+        assert_same_weights(best_weights, checkpoint_weights(run))
+
+
+def test_progress_lines_name_the_epoch_and_an_eta(reference_run):
+    lines = (reference_run.parent / "progress.txt").read_text().splitlines()
+    epochs = [line for line in lines if line.startswith("epoch ")]
+    assert [line.split()[1] for line in epochs] == ["1/3", "2/3", "3/3"]
+    assert all("ETA" in line and "val_loss" in line for line in epochs)
+    assert lines[0].startswith("training on 8 images (2 for validation)")
+    assert lines[-1].startswith("done (completed) after epoch 3")
+
+
+def test_update_postprocess_rewrites_only_that_section(reference_run, tmp_path):
+    import shutil
+
+    run = Path(shutil.copytree(reference_run, tmp_path / "copy"))
+    before = load_config(run / "config.json")
+    after = update_postprocess(run, PostprocessConfig(marker_threshold=0.7))
+    assert after.postprocess.marker_threshold == 0.7
+    assert load_config(run / "config.json") == after == before.replace(postprocess=after.postprocess)
+
+
+def test_load_run_names_what_is_missing_or_wrong(reference_run, tmp_path):
+    import shutil
+
+    with pytest.raises(BadDataError, match="not found"):
+        load_run(tmp_path / "nowhere")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(BadDataError, match="config.json"):
+        load_run(empty)
+    run = Path(shutil.copytree(reference_run, tmp_path / "copy"))
+    (run / "model.keras").unlink()
+    with pytest.raises(BadDataError, match="model.keras"):
+        load_run(run)
+    (run / "model.keras").write_bytes(b"not a zip")
+    with pytest.raises(BadDataError, match="cannot load the model"):
+        load_run(run)
+    data = json.loads((run / "config.json").read_text())
+    data["train"]["epochz"] = 3
+    (run / "config.json").write_text(json.dumps(data))
+    with pytest.raises(BadDataError, match="epochz"):
+        load_run(run)
+    data["train"].pop("epochz")
+    data["model"]["depth"] = "four"
+    (run / "config.json").write_text(json.dumps(data))
+    with pytest.raises(BadDataError, match="model.depth"):
+        load_run(run)
+
+
+def test_a_failed_model_write_keeps_the_previous_model(reference_run, tmp_path, monkeypatch):
+    import shutil
+
+    run = Path(shutil.copytree(reference_run, tmp_path / "copy"))
+    good = (run / "model.keras").read_bytes()
+
+    def broken_save(self, path, *args, **kwargs):
+        Path(path).write_bytes(b"half a model")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(keras.Model, "save", broken_save)
+    from dsb.errors import EnvironmentProblem
+    from dsb.train import _RunKeeper
+
+    keeper = _RunKeeper(run, TINY, {"elapsed_s": 0.0, "time_budget": None}, monitor="val_loss", writer=True,
+                        progress=False, env=None)
+    model, _ = load_run(run)
+    with pytest.raises(EnvironmentProblem, match="no space left"):
+        keeper.save_best(model)
+    assert (run / "model.keras").read_bytes() == good
+    assert not [p for p in run.iterdir() if p.name.startswith(".")]
+
+
+def test_refuses_to_overwrite_a_run_and_to_resume_nothing(reference_run, tmp_path):
+    with pytest.raises(BadDataError, match="not empty"):
+        train_prepared(tiny_prepared(), TINY, out_dir=reference_run, progress=False)
+    with pytest.raises(BadDataError, match="nothing to resume"):
+        train_prepared(tiny_prepared(), TINY, out_dir=tmp_path / "none", resume=True, progress=False)
+
+
+# ---------------------------------------------------------------- determinism and resume
+
+
+def test_same_seed_same_weights_and_another_seed_differs(reference_run, tmp_path):
+    again = train_prepared(tiny_prepared(), TINY, out_dir=tmp_path / "again", progress=False)
+    assert_same_weights(checkpoint_weights(again), checkpoint_weights(reference_run), atol=0)
+    assert history(again) != [] and [r["loss"] for r in history(again)] == [r["loss"] for r in history(reference_run)]
+    other = train_prepared(tiny_prepared(), TINY, out_dir=tmp_path / "other", seed=7, epochs=1, progress=False)
+    assert not np.allclose(checkpoint_weights(other)[0], checkpoint_weights(reference_run)[0])
+
+
+def test_ctrl_c_leaves_a_checkpoint_and_resume_matches_an_uninterrupted_run(reference_run, tmp_path):
+    run = tmp_path / "run"
+    with pytest.raises(TrainingInterrupted) as caught:
+        train_prepared(tiny_prepared(), TINY, out_dir=run, progress=False, callbacks=[StopAt(epoch=1, batch=1)])
+    message = str(caught.value)
+    assert "after epoch 1" in message and f"dsb train --resume --out {run}" in message
+    assert isinstance(caught.value, KeyboardInterrupt)
+    assert json.loads((run / "manifest.json").read_text())["status"] == "interrupted"
+    assert latest_checkpoint(run)[1]["epoch"] == 1
+    assert len(history(run)) == 1
+
+    train_prepared(tiny_prepared(), None, out_dir=run, resume=True, progress=False)
+    assert len(history(run)) == len(history(reference_run)) == 3
+    assert_same_weights(checkpoint_weights(run), checkpoint_weights(reference_run))
+    for got, want in zip(history(run), history(reference_run)):
+        assert float(got["val_loss"]) == pytest.approx(float(want["val_loss"]), abs=1e-5)
+    assert json.loads((run / "manifest.json").read_text())["status"] == "complete"
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["epoch-0003"]
+
+
+def test_resume_refuses_changed_data(tmp_path):
+    run = tmp_path / "run"
+    with pytest.raises(TrainingInterrupted):
+        train_prepared(tiny_prepared(), TINY, out_dir=run, progress=False, callbacks=[StopAt(epoch=0, batch=1)])
+    with pytest.raises(BadDataError, match="data changed"):
+        train_prepared(tiny_prepared(seed=1), None, out_dir=run, resume=True, progress=False)
+
+
+def test_early_stopping_and_plateau_schedule_survive_a_resume(tmp_path):
+    # Zero loss weights: the loss is 0 every epoch, so nothing improves after epoch 1; the
+    # rate halves after each further epoch (patience 1) and training stops after epoch 4
+    # (patience 3). The history logs the rate each epoch ran with.
+    config = TINY.replace(
+        train=dataclasses.replace(TINY.train, bce_weight=0.0, dice_weight=0.0, lr_schedule="plateau",
+                                  plateau_patience=1, plateau_factor=0.5, early_stopping_patience=3, epochs=10)
+    )
+    run = tmp_path / "run"
+    with pytest.raises(TrainingInterrupted):
+        train_prepared(tiny_prepared(), config, out_dir=run, progress=False, callbacks=[StopAt(epoch=2, batch=0)])
+    train_prepared(tiny_prepared(), None, out_dir=run, resume=True, progress=False)
+    assert [float(r["learning_rate"]) for r in history(run)] == pytest.approx([1e-3, 1e-3, 5e-4, 2.5e-4])
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["stop_reason"] == "early_stopping" and manifest["epochs_run"] == 4
+    # A run that stopped early stays stopped.
+    train_prepared(tiny_prepared(), None, out_dir=run, resume=True, progress=False)
+    assert len(history(run)) == 4
+
+
+def test_time_budget_stops_at_a_batch_and_keeps_the_best_model(tmp_path):
+    run = train_prepared(tiny_prepared(), TINY, out_dir=tmp_path / "run", time_budget=1e-6, progress=False)
+    rows = history(run)
+    assert len(rows) == 1 and int(rows[0]["steps"]) == 1
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["stop_reason"] == "time_budget" and manifest["time_budget_min"] == 1e-6
+    model, _ = load_run(run)
+    assert model.output_shape[-1] == 2
+    # Resuming with the budget spent does nothing; a larger budget goes on.
+    train_prepared(tiny_prepared(), None, out_dir=run, resume=True, progress=False)
+    assert len(history(run)) == 1
+    train_prepared(tiny_prepared(), None, out_dir=run, resume=True, time_budget=60.0, progress=False)
+    assert len(history(run)) == 3
+
+
+def test_mixed_precision_trains_and_saves_a_float32_model(tmp_path):
+    before = keras.mixed_precision.global_policy().name
+    run = train_prepared(tiny_prepared(), TINY, out_dir=tmp_path / "run", epochs=1, steps_per_epoch=1,
+                         precision="mixed", progress=False)
+    assert keras.mixed_precision.global_policy().name == before
+    model, _ = load_run(run)
+    assert {layer.dtype_policy.name for layer in model.layers if layer.weights} == {"float32"}
+    assert json.loads((run / "manifest.json").read_text())["precision"] == "mixed"
+
+
+def test_train_loads_the_prepared_data_of_the_data_folder(tmp_path, monkeypatch):
+    dataset = pytest.importorskip("dsb.dataset")
+    seen = []
+
+    def fake_load_prepared(data_dir, config, *, progress=False):
+        seen.append((Path(data_dir), config))
+        return tiny_prepared()
+
+    monkeypatch.setattr(dataset, "load_prepared", fake_load_prepared)
+    run = train(TINY, data_dir=tmp_path / "data", out_dir=tmp_path / "run", epochs=1, progress=False)
+    assert seen == [(tmp_path / "data", TINY.preprocess)]
+    assert len(history(run)) == 1
+
+
+# ---------------------------------------------------------------- subprocesses: backends, strategies, SIGKILL
+
+CHILD = textwrap.dedent(
+    """
+    import json, os, signal, sys
+    args = json.loads(sys.argv[1])
+    if args.get("logical_cpus"):
+        import tensorflow as tf
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * args["logical_cpus"])
+    sys.path.insert(0, args["tests"])
+    import keras
+    from dsb.config import Config
+    from dsb.train import train_prepared
+    from test_train import tiny_prepared
+
+    class Kill(keras.callbacks.Callback):
+        def __init__(self, at):
+            super().__init__()
+            self.at = at
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch = epoch
+        def on_train_batch_begin(self, batch, logs=None):
+            if [self.epoch, batch] == self.at:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    config = Config.from_dict(args["config"])
+    for run in args["runs"]:
+        callbacks = [Kill(run["kill_at"])] if run.get("kill_at") else []
+        train_prepared(tiny_prepared(), config, out_dir=run["out"], callbacks=callbacks, progress=False,
+                       **run.get("kwargs", {}))
+    """
+)
+
+
+def run_child(tmp_path, runs: list[dict], *, env=None, **args) -> subprocess.CompletedProcess:
+    """Run ``train_prepared`` on the tiny data once per item of ``runs`` in a fresh interpreter."""
+    script = tmp_path / "child.py"
+    script.write_text(CHILD)
+    payload = {"tests": str(TESTS), "config": TINY.to_dict(), "runs": runs, **args}
+    full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
+    return subprocess.run(
+        [sys.executable, str(script), json.dumps(payload, default=str)],
+        cwd=REPO, env=full_env, capture_output=True, text=True, timeout=400,
+    )
+
+
+def _installed(name: str) -> bool:
+    return importlib.util.find_spec(name) is not None
+
+
+# Each backend in a fresh process: a default run, then its data-parallel strategy on two
+# devices (TensorFlow: MirroredStrategy over two logical CPUs; JAX: Keras DataParallel over
+# two host devices), both of which must be set up before the backend starts.
+BACKENDS = {
+    "tensorflow": ({"KERAS_BACKEND": "tensorflow"}, {"logical_cpus": 2}, "mirrored"),
+    "jax": (
+        {"KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=2"},
+        {},
+        "multiworker",
+    ),
+}
+
+
+@pytest.mark.parametrize("backend", sorted(BACKENDS))
+def test_each_installed_backend_trains_alone_and_data_parallel(backend, tmp_path):
+    if not _installed(backend):
+        pytest.skip(f"{backend} is not installed")
+    env, extra, strategy = BACKENDS[backend]
+    single, parallel = tmp_path / "single", tmp_path / "parallel"
+    runs = [
+        {"out": single, "kwargs": {"epochs": 1}},
+        {"out": parallel, "kwargs": {"epochs": 1, "strategy": strategy}},
+    ]
+    proc = run_child(tmp_path, runs, env=env, **extra)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    manifest = json.loads((single / "manifest.json").read_text())
+    assert manifest["backend"] == backend and manifest["status"] == "complete"
+    assert manifest["replicas"] == 1 and manifest["global_batch"] == TINY.train.batch_size
+    assert np.isfinite(float(history(single)[0]["loss"]))
+    model, _ = load_run(single)  # a model trained on one backend loads on this one
+    assert model.predict(np.zeros((1, 32, 32, 1), np.float32), verbose=0).shape == (1, 32, 32, 2)
+
+    manifest = json.loads((parallel / "manifest.json").read_text())
+    assert manifest["strategy"] == strategy and manifest["replicas"] == 2 and len(manifest["devices"]) == 2
+    assert manifest["global_batch"] == 2 * TINY.train.batch_size
+    assert np.isfinite(float(history(parallel)[0]["val_loss"]))
+
+
+def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(reference_run, tmp_path):
+    out = tmp_path / "run"
+    proc = run_child(tmp_path, [{"out": out, "kill_at": [2, 1]}], env={"KERAS_BACKEND": keras.backend.backend()})
+    assert proc.returncode == -9, proc.stderr[-3000:]
+    assert latest_checkpoint(out)[1]["epoch"] == 2
+    assert len(history(out)) == 2
+    train_prepared(tiny_prepared(), None, out_dir=out, resume=True, progress=False)
+    assert len(history(out)) == len(history(reference_run))
+    assert_same_weights(checkpoint_weights(out), checkpoint_weights(reference_run), atol=1e-5)
+
+
+def test_strategies_need_their_backend(tmp_path):
+    from dsb.errors import EnvironmentProblem
+
+    wrong = "multiworker" if keras.backend.backend() != "jax" else "mirrored"
+    with pytest.raises(EnvironmentProblem, match="backend"):
+        train_prepared(tiny_prepared(), TINY, out_dir=tmp_path / "run", strategy=wrong, progress=False)
