@@ -1,0 +1,252 @@
+"""From body and border probabilities to nucleus instances: a marker-controlled watershed.
+
+The network predicts, per pixel, ``body`` (inside some nucleus) and ``border``
+(in the inner ring of width ``border_width`` of a nucleus, contact lines
+included; see :func:`dsb.loader.make_targets`). Body minus border leaves one
+core per nucleus, separated even where nuclei touch; those cores are the
+markers. The watershed then floods the body mask from the markers, which
+gives each nucleus back the ring that the border target took away and splits
+touching nuclei along the contact line.
+
+Steps of :func:`labels_from_probabilities`:
+
+1. mask = body > ``mask_threshold``;
+2. markers = connected components of (body > ``marker_threshold``) & (border <
+   ``border_threshold``) inside the mask, dropping those under
+   ``min_marker_size`` pixels; a component of the mask that holds no marker
+   (a small nucleus the border covers entirely) becomes its own marker when
+   ``keep_unmarked``;
+3. flood -body (``flood="probability"``) or minus the distance to the mask's
+   edge (``flood="distance"``) from the markers, inside the mask (only mask
+   components with two or more markers need it);
+4. fill the holes of each nucleus (``fill_holes``);
+5. drop nuclei under ``min_size`` pixels and number the rest 1..N.
+
+Every pixel belongs to at most one nucleus. No deep-learning import here.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+from skimage.segmentation import watershed
+
+from .config import PostprocessConfig
+
+__all__ = ["labels_from_probabilities", "find_markers", "fill_label_holes", "remove_small", "relabel"]
+
+_CROSS = ndimage.generate_binary_structure(2, 1)
+
+
+def _check_prob(prob) -> np.ndarray:
+    if not isinstance(prob, np.ndarray):
+        prob = np.asarray(prob)
+    if prob.ndim != 3:
+        raise TypeError(f"`prob` (shape {prob.shape}) must be 3-D (H, W, C)")
+    if prob.shape[2] < 2:
+        raise ValueError(f"`prob` (shape {prob.shape}) must have C >= 2 channels (body, border)")
+    if not np.issubdtype(prob.dtype, np.floating):
+        raise TypeError(f"`prob` (dtype {prob.dtype}) must be floating point in [0, 1]")
+    return prob
+
+
+def relabel(labels: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """Keep the labels where ``keep[label]`` is true and number them 1..N in label order.
+
+    Parameters
+    ----------
+    labels : (H, W) ndarray of int
+        0 background, 1..M objects.
+    keep : (M + 1,) ndarray of bool
+        ``keep[0]`` is ignored (background stays 0).
+
+    Returns
+    -------
+    (H, W) ndarray of int32
+    """
+    keep = np.asarray(keep, bool).copy()
+    keep[0] = False
+    lut = np.zeros(keep.size, np.int32)
+    lut[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
+    return lut[labels]
+
+
+def remove_small(labels: np.ndarray, min_size: int) -> np.ndarray:
+    """Drop objects of fewer than ``min_size`` pixels and renumber the rest 1..N.
+
+    Returns
+    -------
+    (H, W) ndarray of int32
+    """
+    keep = np.bincount(labels.ravel()) >= max(min_size, 1)
+    if keep[1:].all():  # nothing to drop and no gap in the numbering
+        return labels.astype(np.int32, copy=False)
+    return relabel(labels, keep)
+
+
+def _markers(prob: np.ndarray, config: PostprocessConfig, components: np.ndarray, n: int) -> np.ndarray:
+    body, border = prob[:, :, 0], prob[:, :, 1]
+    cores = (body > config.marker_threshold) & (border < config.border_threshold) & (components > 0)
+    markers, _ = ndimage.label(cores, structure=_CROSS)
+    markers = remove_small(markers, config.min_marker_size)
+    if config.keep_unmarked:
+        marked = np.zeros(n + 1, bool)
+        marked[components[markers > 0]] = True
+        unmarked = ~marked
+        unmarked[0] = False
+        if unmarked.any():
+            # Number the new markers after the existing ones, in component order.
+            lut = np.zeros(n + 1, np.int32)
+            lut[unmarked] = np.arange(1, int(unmarked.sum()) + 1, dtype=np.int32) + int(markers.max())
+            markers = np.where(markers > 0, markers, lut[components])
+    return markers
+
+
+def find_markers(prob: np.ndarray, config: PostprocessConfig) -> tuple[np.ndarray, np.ndarray]:
+    """The body mask and the watershed markers (steps 1 and 2 of the module docstring).
+
+    Parameters
+    ----------
+    prob : (H, W, C) ndarray of float
+        Channel 0 body, channel 1 border probability.
+    config : PostprocessConfig
+
+    Returns
+    -------
+    mask : (H, W) ndarray of bool
+    markers : (H, W) ndarray of int32
+        0 outside markers, 1..K markers.
+    """
+    prob = _check_prob(prob)
+    mask = prob[:, :, 0] > config.mask_threshold
+    components, n = ndimage.label(mask, structure=_CROSS)
+    return mask, _markers(prob, config, components, n)
+
+
+def fill_label_holes(labels: np.ndarray) -> np.ndarray:
+    """Fill each object's holes with its own label.
+
+    A hole is a background region (4-connected) that does not reach the image
+    edge and that touches only one object; a gap enclosed by several touching
+    objects is not a hole of any of them and stays background. Vectorised: the
+    holes of the whole foreground are found at once and each takes the label
+    of its neighbours when they all agree.
+
+    Parameters
+    ----------
+    labels : (H, W) ndarray of int
+
+    Returns
+    -------
+    (H, W) ndarray of int32
+    """
+    labels = np.asarray(labels, np.int32)
+    # Background components that do not reach the image edge (what
+    # binary_fill_holes finds, in a tenth of its time).
+    background, n = ndimage.label(labels == 0, structure=_CROSS)
+    outside = np.zeros(n + 1, bool)
+    for edge in (background[0], background[-1], background[:, 0], background[:, -1]):
+        outside[edge] = True
+    if outside[1:].all():
+        return labels
+    inside = ~outside
+    inside[0] = False
+    hole_ids = np.where(inside[background], background, 0)
+    holes = hole_ids > 0
+    # Every 4-neighbour of a hole pixel is in the same hole or in the foreground:
+    # pair each hole pixel with its neighbours' labels, in the four directions.
+    padded = np.pad(labels, 1)
+    ys, xs = np.nonzero(holes)
+    ids, neighbours = [], []
+    for dy, dx in ((-1, 0), (1, 0), (0, -1), (0, 1)):
+        neighbour = padded[ys + 1 + dy, xs + 1 + dx]
+        seen = neighbour > 0
+        ids.append(hole_ids[ys[seen], xs[seen]])
+        neighbours.append(neighbour[seen])
+    ids, neighbours = np.concatenate(ids), np.concatenate(neighbours)
+    # Lowest and highest neighbouring label of each hole, by sorting once.
+    order = np.lexsort((neighbours, ids))
+    ids, neighbours = ids[order], neighbours[order]
+    first = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
+    last = np.r_[first[1:], ids.size] - 1
+    fill = np.zeros(n + 1, np.int32)
+    single = neighbours[first] == neighbours[last]
+    fill[ids[first[single]]] = neighbours[first[single]]
+    out = labels.copy()
+    out[ys, xs] = fill[hole_ids[ys, xs]]
+    return out
+
+
+def labels_from_probabilities(prob: np.ndarray, config: PostprocessConfig | None = None) -> np.ndarray:
+    """Nucleus instances from body and border probabilities.
+
+    Parameters
+    ----------
+    prob : (H, W, C) ndarray of float
+        Channel 0 body, channel 1 border probability, in [0, 1]; further
+        channels are ignored.
+    config : PostprocessConfig, optional
+        Thresholds and sizes (the defaults when omitted).
+
+    Returns
+    -------
+    (H, W) ndarray of int32
+        0 background, nuclei 1..N; every pixel belongs to at most one nucleus.
+
+    Examples
+    --------
+    >>> yy, xx = np.indices((40, 40))
+    >>> body = ((yy - 20) ** 2 + (xx - 20) ** 2 <= 64).astype(np.float32)
+    >>> prob = np.stack([body, np.zeros_like(body)], axis=-1)
+    >>> int(labels_from_probabilities(prob).max())
+    1
+    """
+    config = PostprocessConfig() if config is None else config
+    prob = _check_prob(prob)
+    mask = prob[:, :, 0] > config.mask_threshold
+    components, n = ndimage.label(mask, structure=_CROSS)
+    markers = _markers(prob, config, components, n)
+    if not markers.any():
+        return np.zeros(mask.shape, np.int32)
+    labels = _flood(prob, mask, markers, config.flood, components, n)
+    if config.fill_holes:
+        labels = fill_label_holes(labels)
+    return remove_small(labels, max(config.min_size, 1))
+
+
+def _flood(
+    prob: np.ndarray, mask: np.ndarray, markers: np.ndarray, flood: str, components=None, n: int = 0
+) -> np.ndarray:
+    """Watershed of the mask from the markers, run only where a mask component holds several markers.
+
+    A component with one marker floods entirely to that marker and one with
+    none stays background, whatever the surface: only components that must be
+    split go through :func:`skimage.segmentation.watershed` (the same result as
+    flooding the whole image, in a fraction of the time when most nuclei stand
+    alone).
+    """
+    if components is None:
+        components, n = ndimage.label(mask, structure=_CROSS)
+    n_markers = int(markers.max())
+    at = markers > 0
+    # Markers lie inside the mask and are 4-connected: each is in one component.
+    component_of = np.zeros(n_markers + 1, np.int64)
+    component_of[markers[at]] = components[at]
+    per_component = np.bincount(component_of[1:], minlength=n + 1)
+    per_component[0] = 0
+    alone = per_component[component_of[1:]] == 1  # per marker 1..K
+    owner = np.zeros(n + 1, np.int32)
+    owner[component_of[1:][alone]] = np.flatnonzero(alone) + 1
+    labels = owner[components]
+    split = (per_component >= 2)[components]
+    if split.any():
+        rows, cols = np.flatnonzero(split.any(axis=1)), np.flatnonzero(split.any(axis=0))
+        box = np.s_[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+        if flood == "distance":
+            surface = -ndimage.distance_transform_edt(mask)[box].astype(np.float32)
+        else:
+            surface = -prob[box][:, :, 0].astype(np.float32)
+        inside = split[box]
+        flooded = watershed(surface, np.where(inside, markers[box], 0), mask=inside)
+        labels[box] = np.where(inside, flooded, labels[box])
+    return labels

@@ -1,0 +1,233 @@
+"""Tiled inference: any image size through a fully convolutional network in bounded memory.
+
+The image is cut into overlapping tiles whose sides are multiples of the
+network's down-sampling factor; each axis gets as many tiles as
+``tile_size`` and ``overlap`` require, spread evenly, and the tile length is
+shrunk to the smallest multiple that still covers the axis with the requested
+overlap (a 520-pixel axis takes three 224-pixel tiles, not three of 256). An
+axis shorter than one tile is padded by reflection up to the next multiple.
+
+Predictions are blended with separable raised-cosine weights that taper only
+where a neighbouring tile takes over (never at the image's own edges) and are
+normalised per axis, so the weights of all tiles sum to one at every pixel: an
+identity network gives back the image. Tiles are cut and predicted
+``batch_size`` at a time and added into one ``(H, W, C)`` float32 buffer, so
+memory grows with the image, not with the number of tiles.
+
+This module imports no deep-learning library: ``predict_batch`` is any
+callable from a batch of tiles to a batch of predictions.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["AxisPlan", "plan_axis", "tile_starts", "blend_window", "axis_weights", "predict_tiled"]
+
+
+@dataclass(frozen=True)
+class AxisPlan:
+    """How one image axis is cut into tiles.
+
+    Attributes
+    ----------
+    length : int
+        The axis length of the image.
+    tile : int
+        Tile length along this axis (a multiple of the network's factor).
+    starts : tuple of int
+        Start of each tile in padded coordinates, ascending.
+    pad_before, pad_after : int
+        Reflection padding added to the image on each side (non-zero only when
+        the axis is shorter than one tile).
+    """
+
+    length: int
+    tile: int
+    starts: tuple[int, ...]
+    pad_before: int
+    pad_after: int
+
+    @property
+    def padded(self) -> int:
+        return self.length + self.pad_before + self.pad_after
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+def tile_starts(length: int, tile: int, count: int) -> np.ndarray:
+    """Starts of ``count`` tiles of length ``tile`` spread evenly over ``length`` pixels.
+
+    Returns
+    -------
+    (count,) ndarray of int64
+        The first tile starts at 0 and the last ends at ``length``.
+    """
+    if count == 1:
+        return np.zeros(1, np.int64)
+    return np.round(np.linspace(0, length - tile, count)).astype(np.int64)
+
+
+def plan_axis(length: int, tile_size: int, overlap: int, multiple: int = 16) -> AxisPlan:
+    """Choose the tile length, tile starts and padding for one axis.
+
+    Parameters
+    ----------
+    length : int
+        Axis length in pixels, at least 1.
+    tile_size : int
+        Largest tile length; rounded down to a multiple of ``multiple``.
+    overlap : int
+        Least overlap in pixels between neighbouring tiles.
+    multiple : int
+        Tile lengths are multiples of this (the network's down-sampling factor).
+    """
+    tile_max = max(multiple, tile_size // multiple * multiple)
+    if length <= tile_max:
+        tile = _round_up(length, multiple)
+        pad = tile - length
+        return AxisPlan(length, tile, (0,), pad // 2, pad - pad // 2)
+    overlap = min(overlap, tile_max - multiple)
+    count = math.ceil((length - overlap) / (tile_max - overlap))
+    # The shortest tile that still covers the axis with `overlap` between neighbours.
+    tile = min(tile_max, _round_up(math.ceil((length + (count - 1) * overlap) / count), multiple))
+    starts = tile_starts(length, tile, count)
+    return AxisPlan(length, tile, tuple(int(s) for s in starts), 0, 0)
+
+
+def blend_window(tile: int, ramp: int, *, taper_start: bool = True, taper_end: bool = True) -> np.ndarray:
+    """A 1-D raised-cosine window: rises over ``ramp`` pixels, flat at 1, falls over ``ramp``.
+
+    The window is strictly positive (sampled at pixel centres), so a pixel that
+    only one tile covers still gets a weight.
+
+    Returns
+    -------
+    (tile,) ndarray of float64
+    """
+    window = np.ones(tile)
+    ramp = min(ramp, tile)
+    if ramp > 0:
+        rise = 0.5 - 0.5 * np.cos(np.pi * (np.arange(ramp) + 0.5) / ramp)
+        if taper_start:
+            window[:ramp] = np.minimum(window[:ramp], rise)
+        if taper_end:
+            window[tile - ramp :] = np.minimum(window[tile - ramp :], rise[::-1])
+    return window
+
+
+def axis_weights(plan: AxisPlan, overlap: int) -> np.ndarray:
+    """Blending weights of each tile along one axis, normalised to sum to 1 at every pixel.
+
+    Returns
+    -------
+    (len(plan.starts), plan.tile) ndarray of float32
+    """
+    count = len(plan.starts)
+    windows = np.stack(
+        [blend_window(plan.tile, overlap, taper_start=i > 0, taper_end=i < count - 1) for i in range(count)]
+    )
+    total = np.zeros(plan.padded)
+    for start, window in zip(plan.starts, windows):
+        total[start : start + plan.tile] += window
+    for i, start in enumerate(plan.starts):
+        windows[i] /= total[start : start + plan.tile]
+    return windows.astype(np.float32)
+
+
+def _check(image, tile_size: int, overlap: int, batch_size: int, multiple: int) -> np.ndarray:
+    image = np.asarray(image)
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
+    if image.ndim != 2:
+        raise TypeError(f"`image` (shape {image.shape}) must be 2-D (H, W) or (H, W, 1)")
+    if image.size == 0:
+        raise ValueError(f"`image` (shape {image.shape}) is empty")
+    if multiple < 1 or tile_size < multiple:
+        raise ValueError(f"`tile_size` ({tile_size}) must be at least `multiple` ({multiple})")
+    if not 0 <= overlap < tile_size:
+        raise ValueError(f"`overlap` ({overlap}) must be in [0, tile_size) = [0, {tile_size})")
+    if batch_size < 1:
+        raise ValueError(f"`batch_size` ({batch_size}) must be at least 1")
+    return image.astype(np.float32, copy=False)
+
+
+def predict_tiled(
+    predict_batch: Callable[[np.ndarray], np.ndarray],
+    image: np.ndarray,
+    *,
+    tile_size: int = 256,
+    overlap: int = 64,
+    batch_size: int = 8,
+    multiple: int = 16,
+) -> np.ndarray:
+    """Predict an image of any size tile by tile and blend the tiles.
+
+    Parameters
+    ----------
+    predict_batch : callable
+        Maps a ``(B, th, tw, 1)`` float32 batch of tiles to ``(B, th, tw, C)``
+        predictions (any array convertible with ``np.asarray``). ``th`` and
+        ``tw`` are multiples of ``multiple``, at most ``tile_size``; they are the
+        same within one image and may differ between images.
+    image : (H, W) or (H, W, 1) array_like
+        The network's input, e.g. float32 in [0, 1].
+    tile_size : int
+        Largest tile side.
+    overlap : int
+        Least overlap between neighbouring tiles, in pixels; blending ramps are
+        this long.
+    batch_size : int
+        Tiles per call of ``predict_batch``.
+    multiple : int
+        Tile sides are multiples of this (``2**levels`` of a U-Net).
+
+    Returns
+    -------
+    (H, W, C) ndarray of float32
+        The blended predictions, cropped back to the image.
+
+    Examples
+    --------
+    >>> image = np.random.default_rng(0).random((300, 37), dtype=np.float32)
+    >>> out = predict_tiled(lambda b: b, image, tile_size=128, overlap=32)
+    >>> out.shape, bool(np.allclose(out[..., 0], image, atol=1e-6))
+    ((300, 37, 1), True)
+    """
+    image = _check(image, tile_size, overlap, batch_size, multiple)
+    rows = plan_axis(image.shape[0], tile_size, overlap, multiple)
+    cols = plan_axis(image.shape[1], tile_size, overlap, multiple)
+    if rows.pad_before or rows.pad_after or cols.pad_before or cols.pad_after:
+        image = np.pad(image, ((rows.pad_before, rows.pad_after), (cols.pad_before, cols.pad_after)), mode="reflect")
+    row_weights, col_weights = axis_weights(rows, overlap), axis_weights(cols, overlap)
+    th, tw = rows.tile, cols.tile
+    grid = [(i, j) for i in range(len(rows.starts)) for j in range(len(cols.starts))]
+
+    out = None
+    batch = np.empty((min(batch_size, len(grid)), th, tw, 1), np.float32)
+    for first in range(0, len(grid), batch_size):
+        chunk = grid[first : first + batch_size]
+        for k, (i, j) in enumerate(chunk):
+            y, x = rows.starts[i], cols.starts[j]
+            batch[k, :, :, 0] = image[y : y + th, x : x + tw]
+        pred = np.asarray(predict_batch(batch[: len(chunk)]), dtype=np.float32)
+        if pred.ndim != 4 or pred.shape[:3] != (len(chunk), th, tw):
+            raise ValueError(
+                f"`predict_batch` returned shape {pred.shape} for a batch of shape {(len(chunk), th, tw, 1)};"
+                f" expected ({len(chunk)}, {th}, {tw}, C)"
+            )
+        if out is None:
+            out = np.zeros((rows.padded, cols.padded, pred.shape[3]), np.float32)
+        for k, (i, j) in enumerate(chunk):
+            y, x = rows.starts[i], cols.starts[j]
+            weight = row_weights[i][:, None] * col_weights[j][None, :]
+            out[y : y + th, x : x + tw] += pred[k] * weight[:, :, None]
+    return np.ascontiguousarray(
+        out[rows.pad_before : rows.pad_before + rows.length, cols.pad_before : cols.pad_before + cols.length]
+    )

@@ -1,0 +1,222 @@
+"""Marker-controlled watershed on synthetic probability maps."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+from scipy import ndimage
+
+from dsb.config import PostprocessConfig
+from dsb.postprocess import fill_label_holes, find_markers, labels_from_probabilities, remove_small
+
+from conftest import make_discs
+
+
+def targets(labels: np.ndarray, border_width: int = 2) -> np.ndarray:
+    """Ideal network output for ``labels``: body = nuclei, border = inner ring incl. contact lines."""
+    padded = np.pad(labels, 1, mode="edge")
+    differs = np.zeros(labels.shape, bool)
+    for dy, dx in ((-1, 0), (1, 0), (0, -1), (0, 1)):
+        differs |= padded[1 + dy : 1 + dy + labels.shape[0], 1 + dx : 1 + dx + labels.shape[1]] != labels
+    edge = differs & (labels > 0)
+    ring = ndimage.distance_transform_edt(~edge) < border_width
+    body = (labels > 0).astype(np.float32)
+    border = (ring & (labels > 0)).astype(np.float32)
+    return np.stack([body, border], axis=-1)
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    return (a & b).sum() / (a | b).sum()
+
+
+def match(truth: np.ndarray, pred: np.ndarray) -> list[float]:
+    """Best IoU of each true object with some predicted one."""
+    return [max(iou(truth == t, pred == p) for p in range(1, pred.max() + 1)) for t in range(1, truth.max() + 1)]
+
+
+def test_two_touching_discs_are_split():
+    truth = make_discs((64, 64), centres=((32, 22), (32, 40)), radius=10)  # overlap: the second wins
+    assert ndimage.label(truth > 0)[1] == 1  # one blob without the border channel
+    labels = labels_from_probabilities(targets(truth), PostprocessConfig())
+    assert labels.dtype == np.int32
+    assert labels.max() == 2
+    assert min(match(truth, labels)) > 0.9
+
+
+@pytest.mark.parametrize("flood", ["probability", "distance"])
+def test_touching_discs_split_with_either_flood(flood):
+    truth = make_discs((80, 80), centres=((40, 25), (40, 43), (22, 34)), radius=10)
+    labels = labels_from_probabilities(targets(truth), PostprocessConfig(flood=flood))
+    assert labels.max() == 3
+    assert min(match(truth, labels)) > 0.85
+
+
+def test_border_ring_is_given_back():
+    truth = make_discs((48, 48), centres=((24, 24),), radius=12)
+    labels = labels_from_probabilities(targets(truth, border_width=3), PostprocessConfig())
+    # The marker is the core (radius ~9); the flood restores the full disc.
+    np.testing.assert_array_equal(labels > 0, truth > 0)
+
+
+def test_single_disc_stays_one_under_noise():
+    rng = np.random.default_rng(0)
+    truth = make_discs((64, 64), centres=((30, 30),), radius=14)
+    prob = targets(truth)
+    prob[..., 0] = np.clip(prob[..., 0] * 0.8 + 0.1 + rng.normal(0, 0.05, truth.shape), 0, 1)
+    prob[..., 1] = np.clip(prob[..., 1] * 0.8 + rng.normal(0, 0.05, truth.shape), 0, 1)
+    labels = labels_from_probabilities(prob.astype(np.float32), PostprocessConfig())
+    assert labels.max() == 1
+    assert iou(labels == 1, truth == 1) > 0.9
+
+
+def test_small_specks_are_dropped():
+    truth = make_discs((64, 64), centres=((30, 30),), radius=10)
+    prob = targets(truth)
+    prob[5:7, 5:7, 0] = 1.0  # a 4-pixel speck
+    prob[55:58, 50:53, 0] = 1.0  # a 9-pixel speck
+    labels = labels_from_probabilities(prob, PostprocessConfig(min_size=12))
+    assert labels.max() == 1
+    assert not labels[5:7, 5:7].any() and not labels[55:58, 50:53].any()
+    kept = labels_from_probabilities(prob, PostprocessConfig(min_size=1, min_marker_size=1))
+    assert kept.max() == 3
+
+
+def test_holes_are_filled():
+    truth = make_discs((64, 64), centres=((32, 32),), radius=14)
+    prob = targets(truth)
+    yy, xx = np.indices(truth.shape)
+    prob[(yy - 32) ** 2 + (xx - 32) ** 2 <= 9, 0] = 0.0  # a hole in the body
+    filled = labels_from_probabilities(prob, PostprocessConfig(fill_holes=True))
+    assert filled.max() == 1 and filled[32, 32] == 1
+    np.testing.assert_array_equal(filled > 0, truth > 0)
+    holed = labels_from_probabilities(prob, PostprocessConfig(fill_holes=False))
+    assert holed[32, 32] == 0
+
+
+def test_fill_label_holes_leaves_gaps_between_objects():
+    labels = np.zeros((12, 12), np.int32)
+    labels[1:6, 1:6] = 1
+    labels[3, 3] = 0  # a hole of object 1
+    labels[6:11, 2:10] = 2
+    labels[2:6, 6:10] = 3
+    labels[6, 5] = 0  # with (5, 5): a gap enclosed by objects 1, 2 and 3 together
+    labels[5, 5] = 0
+    filled = fill_label_holes(labels)
+    assert filled[3, 3] == 1
+    assert filled[6, 5] == 0 and filled[5, 5] == 0
+    changed = filled != labels
+    assert changed.sum() == 1
+
+
+def test_empty_input_gives_no_labels():
+    prob = np.zeros((32, 40, 2), np.float32)
+    labels = labels_from_probabilities(prob, PostprocessConfig())
+    assert labels.shape == (32, 40) and labels.dtype == np.int32 and not labels.any()
+    one_pixel = labels_from_probabilities(np.zeros((1, 1, 2), np.float32), PostprocessConfig())
+    assert one_pixel.shape == (1, 1) and not one_pixel.any()
+
+
+def test_unmarked_nucleus_is_kept():
+    # A small nucleus whose border channel covers it entirely has no marker.
+    truth = make_discs((40, 40), centres=((10, 10), (28, 28)), radius=3)
+    prob = targets(truth, border_width=4)
+    assert find_markers(prob, PostprocessConfig(keep_unmarked=False))[1].max() == 0
+    kept = labels_from_probabilities(prob, PostprocessConfig(min_size=5))
+    assert kept.max() == 2
+    dropped = labels_from_probabilities(prob, PostprocessConfig(min_size=5, keep_unmarked=False))
+    assert dropped.max() == 0
+
+
+def test_remove_small_renumbers_in_order():
+    labels = np.array([[0, 1, 1, 2], [3, 3, 3, 0]], np.int32)
+    np.testing.assert_array_equal(remove_small(labels, 3), [[0, 0, 0, 0], [1, 1, 1, 0]])
+    np.testing.assert_array_equal(remove_small(labels, 2), [[0, 1, 1, 0], [2, 2, 2, 0]])
+
+
+def test_rejects_bad_shapes():
+    with pytest.raises(ValueError, match="C >= 2"):
+        labels_from_probabilities(np.zeros((8, 8, 1), np.float32))
+    with pytest.raises(TypeError, match="3-D"):
+        labels_from_probabilities(np.zeros((8, 8), np.float32))
+    with pytest.raises(TypeError, match="floating"):
+        labels_from_probabilities(np.zeros((8, 8, 2), np.uint8))
+
+
+configs = st.builds(
+    PostprocessConfig,
+    marker_threshold=st.sampled_from([0.3, 0.5, 0.7]),
+    border_threshold=st.sampled_from([0.3, 0.5]),
+    mask_threshold=st.sampled_from([0.3, 0.5]),
+    min_marker_size=st.integers(0, 5),
+    min_size=st.integers(0, 10),
+    flood=st.sampled_from(["probability", "distance"]),
+    fill_holes=st.booleans(),
+    keep_unmarked=st.booleans(),
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    prob=arrays(np.float32, st.tuples(st.integers(1, 24), st.integers(1, 24), st.just(2)),
+                elements=st.floats(0, 1, width=32)),
+    config=configs,
+)
+def test_labels_are_valid_instances(prob, config):
+    labels = labels_from_probabilities(prob, config)
+    assert labels.dtype == np.int32 and labels.shape == prob.shape[:2]
+    n = labels.max()
+    sizes = np.bincount(labels.ravel(), minlength=n + 1)
+    assert (sizes[1:] > 0).all()  # numbered 1..N with no gaps
+    assert (sizes[1:] >= config.min_size).all()
+    if not config.fill_holes:
+        assert not labels[prob[..., 0] <= config.mask_threshold].any()
+    for i in range(1, n + 1):
+        assert ndimage.label(labels == i)[1] == 1  # each nucleus is one piece
+
+
+def test_keep_unmarked_reads_from_config_json():
+    from dsb.config import Config
+
+    assert Config.from_dict({"postprocess": {"keep_unmarked": False}}).postprocess.keep_unmarked is False
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    prob=arrays(np.float32, st.tuples(st.integers(1, 32), st.integers(1, 32), st.just(2)),
+                elements=st.floats(0, 1, width=32)),
+    config=configs,
+)
+def test_flooding_only_split_components_equals_flooding_everything(prob, config):
+    # Regression pin for the shortcut in _flood: same labels as one watershed over the image.
+    from skimage.segmentation import watershed
+
+    from dsb.postprocess import _flood
+
+    mask, markers = find_markers(prob, config)
+    if config.flood == "distance":
+        surface = -ndimage.distance_transform_edt(mask)
+    else:
+        surface = -prob[..., 0]
+    expected = watershed(surface, markers, mask=mask)
+    np.testing.assert_array_equal(_flood(prob, mask, markers, config.flood), expected)
+
+
+def test_fill_label_holes_matches_per_object_filling():
+    rng = np.random.default_rng(3)
+    labels = ndimage.label(ndimage.binary_opening(rng.random((80, 80)) > 0.35))[0].astype(np.int32)
+    expected = labels.copy()
+    for i, box in enumerate(ndimage.find_objects(labels), start=1):
+        filled = ndimage.binary_fill_holes(labels[box] == i, structure=ndimage.generate_binary_structure(2, 1))
+        # Holes that touch only this object: no other label inside the filled region.
+        holes, n = ndimage.label(filled & (labels[box] == 0))
+        for h in range(1, n + 1):
+            region = holes == h
+            ring = ndimage.binary_dilation(region) & ~region
+            if (labels[box][ring] == i).all():
+                expected[box][region] = i
+    result = fill_label_holes(labels)
+    assert (result != labels).any()  # the case has holes
+    np.testing.assert_array_equal(result, expected)

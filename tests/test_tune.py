@@ -1,0 +1,149 @@
+"""Post-processing search on cached probabilities, and `tune` on a tiny run."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import ndimage
+
+from dsb.config import Config, PostprocessConfig
+from dsb.tune import GRID, search_postprocess
+
+from conftest import make_discs
+from test_postprocess import targets
+
+
+def faint_probabilities(truth: np.ndarray, peak: float = 0.45) -> np.ndarray:
+    """Blurred ideal targets whose body never reaches 0.5: the default thresholds find nothing."""
+    prob = ndimage.gaussian_filter(targets(truth), (0.7, 0.7, 0))
+    prob[..., 0] *= peak
+    return prob.astype(np.float32)
+
+
+@pytest.fixture
+def cases():
+    truth = {
+        "a": make_discs((64, 64), centres=((32, 22), (32, 38)), radius=9),
+        "b": make_discs((48, 56), centres=((20, 20),), radius=8),
+        "c": make_discs((60, 60), centres=((15, 15), (15, 33), (40, 40)), radius=8),
+    }
+    return {k: faint_probabilities(v) for k, v in truth.items()}, truth
+
+
+def test_search_beats_a_bad_start(cases):
+    probabilities, truth = cases
+    start = PostprocessConfig()
+    best, table = search_postprocess(
+        probabilities, truth, start, image_types={"a": "fluorescence", "b": "fluorescence", "c": "stained"}
+    )
+    assert table.loc[0, "score"] == 0.0  # the start finds no nuclei
+    assert best.mask_threshold < 0.45 and best.marker_threshold < 0.45
+    assert table["score"].max() > 0.8
+    assert table["best"].sum() == 1
+    best_row = table[table["best"]].iloc[0]
+    assert best_row["score"] == table["score"].max()
+    assert best_row["mask_threshold"] == best.mask_threshold
+    assert {"score_fluorescence", "score_stained", "round", "seconds"} <= set(table.columns)
+    # Every setting is scored once, and the search stayed small.
+    keys = table[["marker_threshold", "border_threshold", "mask_threshold", "flood", "min_marker_size", "min_size"]]
+    assert not keys.duplicated().any()
+    assert len(table) <= 1 + 2 * sum(len(v) for v in GRID.values())
+
+
+def test_search_keeps_the_start_when_nothing_is_better(cases):
+    probabilities, truth = cases
+    perfect = {k: targets(v) for k, v in truth.items()}
+    start = PostprocessConfig()
+    best, table = search_postprocess(perfect, truth, start, grid={"mask_threshold": (0.3, 0.5)}, rounds=2)
+    assert best == start
+    assert table.loc[0, "score"] == 1.0
+    assert list(table["round"]) == [0, 1]  # round 2 skipped: round 1 changed nothing
+
+
+def test_min_size_reuses_the_watershed(cases, monkeypatch):
+    import dsb.tune
+
+    probabilities, truth = cases
+    calls = []
+    real = dsb.tune.labels_from_probabilities
+
+    def counting(prob, config):
+        calls.append(config)
+        return real(prob, config)
+
+    monkeypatch.setattr(dsb.tune, "labels_from_probabilities", counting)
+    start = PostprocessConfig(mask_threshold=0.3, marker_threshold=0.3)
+    _, table = search_postprocess(probabilities, truth, start, grid={"min_size": (0, 10, 1000)}, rounds=1)
+    assert len(table) == 4
+    assert len(calls) == len(truth)  # one watershed per image for all four settings
+    assert table.loc[table["min_size"] == 1000, "score"].iloc[0] == 0.0
+
+
+def test_search_rejects_unknown_parameters(cases):
+    probabilities, truth = cases
+    with pytest.raises(ValueError, match="unknown parameters"):
+        search_postprocess(probabilities, truth, PostprocessConfig(), grid={"threshold": (0.5,)})
+    with pytest.raises(ValueError, match="no probabilities"):
+        search_postprocess({}, truth, PostprocessConfig())
+
+
+# ---------------------------------------------------------------- tune on a run folder
+
+
+def test_tune_stores_the_best_in_the_run(tmp_path):
+    from dsb.config import load_config
+    from dsb.tune import tune
+    from test_predict import CONFIG, SAMPLES, make_threshold_run, write_stage
+
+    data = tmp_path / "data"
+    write_stage(data / "stage1_train", masks=True)
+    start = CONFIG.replace(postprocess=PostprocessConfig(min_size=170), validation_ids=("a_one", "b_two"))
+    run_dir = make_threshold_run(tmp_path / "run", start)
+    best, table = tune(run_dir, data, progress=False)
+
+    assert table.loc[0, "score"] < 1.0  # min_size 170 drops the smaller disc (149 pixels)
+    assert best.min_size < 149 and table["score"].max() == 1.0
+    assert load_config(run_dir / "config.json") == start.replace(postprocess=best)
+    saved = pd.read_csv(run_dir / "tuning.csv")
+    assert len(saved) == len(table) and saved["score"].max() == 1.0
+    assert sorted(p.name for p in run_dir.iterdir()) == ["config.json", "model.keras", "tuning.csv"]
+    assert set(SAMPLES) > set(start.validation_ids)
+
+
+def test_tune_needs_validation_images(tmp_path):
+    from dsb.errors import BadDataError
+    from dsb.tune import tune
+    from test_predict import CONFIG, make_threshold_run, write_stage
+
+    data = write_stage(tmp_path / "stage", masks=True)
+    run_dir = make_threshold_run(tmp_path / "run", CONFIG)
+    with pytest.raises(BadDataError, match="validation_ids.*is empty"):
+        tune(run_dir, data, progress=False)
+    run2 = make_threshold_run(tmp_path / "run2", CONFIG.replace(validation_ids=("a_one", "zz_missing")))
+    with pytest.raises(BadDataError, match="zz_missing"):
+        tune(run2, data, progress=False)
+    assert not (run2 / "tuning.csv").exists()
+    assert json.loads((run2 / "config.json").read_text())["validation_ids"] == ["a_one", "zz_missing"]
+
+
+def test_ideal_targets_of_real_nuclei_come_back(train_dir):
+    """The training targets (loader.make_targets) of real images, post-processed, score close to 1."""
+    from dsb.dataset import image_path, list_ids, read_image, read_labels
+    from dsb.loader import make_targets
+    from dsb.metric import score_labels
+    from dsb.postprocess import labels_from_probabilities
+
+    ids = list_ids(train_dir)[::83]  # 8 of 664
+    truth = {}
+    for i in ids:
+        truth[i] = read_labels(train_dir / i, read_image(image_path(train_dir, i)).shape[:2])
+    config = Config()
+    pred = {
+        i: labels_from_probabilities(make_targets(t, border_width=config.preprocess.border_width), config.postprocess)
+        for i, t in truth.items()
+    }
+    score, table = score_labels(truth, pred)
+    assert score > 0.9, table[["ImageId", "score", "n_true", "n_pred"]].to_string()
