@@ -142,6 +142,19 @@ def tune(run_dir: Path, data: Path) -> None:
     click.echo(f"{table['score'].max():.6f}")
 
 
+@cli.command()
+@click.argument("run_dir", type=_EXISTING_DIR)
+@click.option("--data", type=_EXISTING_DIR, default=Path("data"), show_default=True)
+@click.option("--tta", is_flag=True, help="Average over flips and 90-degree rotations.")
+@click.option("--per-image", type=_FILE, default=None, help="Write per-image scores to this CSV.")
+def evaluate(run_dir: Path, data: Path, tta: bool, per_image: Path | None) -> None:
+    """Score a run on its validation images; the last line is the score."""
+    from .evaluate import evaluate as evaluate_run
+
+    value, table = evaluate_run(run_dir, data, tta=tta, progress=True)
+    _report_scores(value, table, per_image)
+
+
 # ---------------------------------------------------------------- prediction
 
 @cli.command()
@@ -206,15 +219,7 @@ def score(submission: Path, truth: Path, images: Path | None, per_image: Path | 
     images = truth if images is None and truth.is_dir() else images
     types = image_types(images) if images is not None else None
     value, table = score_submission(submission, truth, image_types=types, allow_extra=allow_extra)
-    if per_image is not None:
-        from .atomic import atomic_path
-
-        with atomic_path(per_image) as tmp:
-            table.to_csv(tmp, index=False, float_format="%.6f")
-    if types is not None:
-        for kind, group in table.groupby("type"):
-            click.echo(f"{kind}: {group['score'].mean():.6f} ({len(group)} images)")
-    click.echo(f"{value:.6f}")
+    _report_scores(value, table, per_image)
 
 
 @cli.command()
@@ -282,6 +287,19 @@ def _load_config(path: Path | None):
     from .config import load_config, shipped_config
 
     return shipped_config("cpu") if path is None else load_config(path)
+
+
+def _report_scores(value: float, table, per_image: Path | None) -> None:
+    """Per-type lines, then the score alone on the last line."""
+    if per_image is not None:
+        from .atomic import atomic_path
+
+        with atomic_path(per_image) as tmp:
+            table.to_csv(tmp, index=False, float_format="%.6f")
+    if "type" in table and table["type"].notna().any():
+        for kind, group in table.groupby("type"):
+            click.echo(f"{kind}: {group['score'].mean():.6f} ({len(group)} images)")
+    click.echo(f"{value:.6f}")
 
 
 def _run_or_default(run_dir: Path | None) -> Path:

@@ -1,0 +1,54 @@
+"""`dsb evaluate`: the run's validation score equals predicting and scoring those images."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+from click.testing import CliRunner
+
+from dsb.cli import cli
+from dsb.config import PostprocessConfig
+from dsb.evaluate import evaluate
+
+from test_predict import CONFIG, make_threshold_run, write_stage
+
+
+@pytest.fixture
+def run_and_data(tmp_path):
+    data = tmp_path / "data"
+    write_stage(data / "stage1_train", masks=True)
+    # min_size 170 drops the 149-pixel disc of a_one: a score below 1 that the check can see.
+    config = CONFIG.replace(postprocess=PostprocessConfig(min_size=170), validation_ids=("a_one", "b_two"))
+    return make_threshold_run(tmp_path / "run", config), data
+
+
+def test_evaluate_matches_predict_then_score(run_and_data, tmp_path):
+    run_dir, data = run_and_data
+    value, table = evaluate(run_dir, data, progress=False)
+    assert list(table["ImageId"]) == ["a_one", "b_two"]
+    assert value == pytest.approx(0.5)  # a_one loses its only nucleus, b_two is perfect
+    assert set(table["type"]) == {"fluorescence"}
+
+    # The same images through the commands a user would chain.
+    held_out = tmp_path / "held_out"
+    for image_id in ("a_one", "b_two"):
+        shutil.copytree(data / "stage1_train" / image_id, held_out / image_id)
+    runner = CliRunner()
+    sub = tmp_path / "sub.csv"
+    result = runner.invoke(cli, ["predict", str(run_dir), "--images", str(held_out), "--out", str(sub)])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(cli, ["score", str(sub), "--truth", str(held_out)])
+    assert result.exit_code == 0, result.output
+    assert float(result.stdout.strip().splitlines()[-1]) == pytest.approx(value)
+
+
+def test_evaluate_command_prints_types_then_the_score(run_and_data, tmp_path):
+    run_dir, data = run_and_data
+    out = tmp_path / "per_image.csv"
+    result = CliRunner().invoke(cli, ["evaluate", str(run_dir), "--data", str(data), "--tta", "--per-image", str(out)])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.strip().splitlines()
+    assert lines[-2] == "fluorescence: 0.500000 (2 images)"
+    assert lines[-1] == "0.500000"
+    assert out.read_text().startswith("ImageId,score,")
