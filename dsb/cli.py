@@ -9,7 +9,9 @@ stderr and a documented exit status; see :mod:`dsb.errors`.
 
 from __future__ import annotations
 
+import os
 import sys
+import tempfile
 import traceback
 from pathlib import Path
 
@@ -112,6 +114,7 @@ def prepare(data: Path, config_path: Path | None) -> None:
 @click.option("--precision", type=click.Choice(["float32", "mixed"]), default="float32", show_default=True)
 def train(config_path, data, out, epochs, steps_per_epoch, time_budget, seed, resume, strategy, precision) -> None:
     """Train the U-Net; the run folder is all that `dsb predict` needs."""
+    _load_keras()
     from .train import train as train_run
 
     if resume and out is None:
@@ -133,6 +136,7 @@ def train(config_path, data, out, epochs, steps_per_epoch, time_budget, seed, re
 @click.option("--data", type=_EXISTING_DIR, default=Path("data"), show_default=True)
 def tune(run_dir: Path, data: Path) -> None:
     """Search post-processing parameters on the run's validation images."""
+    _load_keras()
     from .tune import tune as tune_run
 
     best, table = tune_run(run_dir, data, progress=True)
@@ -155,6 +159,19 @@ def evaluate(run_dir: Path, data: Path, tta: bool, per_image: Path | None) -> No
     _report_scores(value, table, per_image)
 
 
+@cli.command()
+@click.argument("run_dir", type=_EXISTING_DIR)
+@click.option("--out", type=_DIR, required=True, help="Folder to write (replaced once the copy is whole).")
+@click.option("--note", type=_EXISTING_FILE, default=None, help="Markdown file saved as TRAINING.md.")
+def export(run_dir: Path, out: Path, note: Path | None) -> None:
+    """Copy a run for inference only: model without optimizer state, config, manifest."""
+    from .run import export_run
+
+    export_run(run_dir, out, note=None if note is None else note.read_text())
+    size = sum(p.stat().st_size for p in out.iterdir()) / 2**20
+    click.echo(f"{out}: {size:.1f} MiB")
+
+
 # ---------------------------------------------------------------- prediction
 
 @cli.command()
@@ -173,13 +190,18 @@ def predict(run_dir, images, out, labels, tta, skip_bad) -> None:
     from .predict import predict_folder
 
     run_dir = _run_or_default(run_dir)
+    _load_keras()
     if out is None:
         out = Path("submissions") / f"{run_dir.name}{'-tta' if tta else ''}.csv"
     result = predict_folder(run_dir, images, out_csv=out, labels_dir=labels, tta=tta, skip_bad=skip_bad,
                             progress=True)
+    for line in result.attrs.get("skipped", []):
+        click.echo(f"skipped: {line}", err=True)
     n_images = result["ImageId"].nunique()
     n_nuclei = int((result["EncodedPixels"] != "").sum())
-    click.echo(f"{out}: {n_nuclei} nuclei in {n_images} images, validated")
+    skipped = len(result.attrs.get("skipped", []))
+    click.echo(f"{out}: {n_nuclei} nuclei in {n_images} images, validated"
+               + (f"; {skipped} skipped" if skipped else ""))
 
 
 @cli.command()
@@ -192,6 +214,7 @@ def predict(run_dir, images, out, labels, tta, skip_bad) -> None:
 @click.option("--skip-bad", is_flag=True, help="Report unreadable images and go on with the rest.")
 def segment(paths, model_dir, out, tta, overlay, skip_bad) -> None:
     """Segment any PNG, TIFF or JPEG microscope images and measure each nucleus."""
+    _load_keras()
     from .segment import segment_paths
 
     summary = segment_paths(list(paths), model_dir=model_dir, out_dir=out, tta=tta, overlay=overlay,
@@ -228,11 +251,7 @@ def score(submission: Path, truth: Path, images: Path | None, per_image: Path | 
               help="The images the submission is for.")
 def validate(submission: Path, images: Path) -> None:
     """Check a submission CSV against the images it is for; list every problem."""
-    problems = _validation_problems(submission, images)
-    for problem in problems:
-        click.echo(f"{submission}: {problem}", err=True)
-    if problems:
-        raise DsbError(f"{len(problems)} problem(s); not a valid submission", path=submission)
+    _raise_problems(submission, _validation_problems(submission, images), "not a valid submission")
     click.echo(f"{submission}: valid")
 
 
@@ -248,11 +267,7 @@ def submit(csv: Path, message: str, images: Path, skip_without_credentials: bool
     from . import kaggle_api
     from .errors import EnvironmentProblem
 
-    problems = _validation_problems(csv, images)
-    for problem in problems:
-        click.echo(f"{csv}: {problem}", err=True)
-    if problems:
-        raise DsbError(f"{len(problems)} problem(s); not submitted", path=csv)
+    _raise_problems(csv, _validation_problems(csv, images), "not submitted")
     try:
         client = kaggle_api.authenticate()
     except EnvironmentProblem as exc:
@@ -315,6 +330,47 @@ def _validation_problems(csv: Path, images: Path) -> list:
     from .submission import read_submission, validate_submission
 
     return validate_submission(read_submission(csv), image_shapes(images), path=csv)
+
+
+def _raise_problems(csv: Path, problems: list, verdict: str) -> None:
+    """Say every problem of a submission on stderr, one line each, and fail if there is one."""
+    if len(problems) == 1:
+        raise DsbError(f"{problems[0]}; {verdict}", path=csv)
+    for problem in problems:
+        click.echo(f"{csv}: {problem}", err=True)
+    if problems:
+        raise DsbError(f"{len(problems)} problems; {verdict}", path=csv)
+
+
+def _load_keras() -> None:
+    """Import Keras and its backend now, holding back the backend's start-up chatter.
+
+    TensorFlow writes C++ log lines to file descriptor 2 while it loads, before
+    ``TF_CPP_MIN_LOG_LEVEL`` applies; they would bury a command's one-line
+    error. With ``--debug`` they are shown.
+    """
+    if "keras" in sys.modules:
+        return
+    if click.get_current_context().find_root().params.get("debug"):
+        import keras  # noqa: F401
+
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with tempfile.TemporaryFile() as held:
+            os.dup2(held.fileno(), 2)
+            import keras  # noqa: F401
+    except ImportError as exc:
+        from .errors import EnvironmentProblem
+
+        raise EnvironmentProblem(
+            f"cannot import Keras and its backend ({exc}); see the README to install one, or run with --debug"
+        ) from None
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def main() -> None:

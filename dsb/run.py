@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
+from .atomic import atomic_dir, write_text
 from .config import Config, PostprocessConfig, load_config, save_config
 from .errors import BadDataError
 
-__all__ = ["load_run", "load_run_config", "update_postprocess"]
+__all__ = ["load_run", "load_run_config", "update_postprocess", "export_run", "EXPORTED_FILES"]
+
+# What inference and provenance need; checkpoints and logs stay behind.
+EXPORTED_FILES = ("config.json", "manifest.json", "history.csv", "tuning.csv")
 
 
 def load_run_config(run_dir) -> Config:
@@ -72,3 +77,37 @@ def update_postprocess(run_dir, postprocess: PostprocessConfig) -> Config:
     config = config.replace(postprocess=postprocess).check()
     save_config(config, run_dir / "config.json")
     return config
+
+
+def export_run(run_dir, out_dir, *, note: str | None = None) -> Path:
+    """Copy a run folder for inference only: the model without optimizer state.
+
+    ``dsb/models/default`` is made this way, so that ``dsb predict`` and ``dsb
+    segment`` work right after installation. The copy holds ``model.keras``
+    (weights only, no optimizer: a third of the size), the run's
+    :data:`EXPORTED_FILES` that exist, and ``TRAINING.md`` with ``note``.
+
+    Parameters
+    ----------
+    run_dir : str or os.PathLike
+        A run folder that :func:`load_run` accepts.
+    out_dir : str or os.PathLike
+        The folder to write; an existing one is replaced only once the copy is whole.
+    note : str, optional
+        Markdown saying how the run was made (the exact command).
+
+    Returns
+    -------
+    pathlib.Path
+        ``out_dir``.
+    """
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    model, _ = load_run(run_dir)
+    with atomic_dir(out_dir) as tmp:
+        model.save(tmp / "model.keras")
+        for name in EXPORTED_FILES:
+            if (run_dir / name).is_file():
+                shutil.copy2(run_dir / name, tmp / name)
+        if note:
+            write_text(tmp / "TRAINING.md", note.rstrip() + "\n")
+    return out_dir

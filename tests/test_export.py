@@ -1,0 +1,52 @@
+"""`dsb export`: a run folder stripped to what inference needs, and still usable."""
+
+from __future__ import annotations
+
+import numpy as np
+from click.testing import CliRunner
+
+from dsb.cli import cli
+from dsb.config import Config, ModelConfig, TrainConfig, save_config
+from dsb.run import load_run
+
+
+def _trained_run(path):
+    import keras
+
+    from dsb.model import build_unet, compile_model
+
+    config = Config(model=ModelConfig(depth=2, base_filters=4, dropout=(0.0,)), train=TrainConfig(batch_size=2))
+    model = build_unet(config.model)
+    compile_model(model, config)
+    x = np.random.default_rng(0).random((2, 32, 32, 1), np.float32)
+    model.fit(x, np.concatenate([x > 0.5, x > 0.9], axis=-1).astype(np.float32), epochs=1, verbose=0)
+    path.mkdir()
+    model.save(path / "model.keras")
+    save_config(config, path / "config.json")
+    (path / "manifest.json").write_text("{}")
+    (path / "checkpoints").mkdir()
+    return path, model, x, keras
+
+
+def test_export_keeps_predictions_and_drops_optimizer_state(tmp_path):
+    run, model, x, keras = _trained_run(tmp_path / "run")
+    note = tmp_path / "note.md"
+    note.write_text("trained with: dsb train ...")
+    out = tmp_path / "default"
+    result = CliRunner().invoke(cli, ["export", str(run), "--out", str(out), "--note", str(note)])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.iterdir()) == ["TRAINING.md", "config.json", "manifest.json", "model.keras"]
+    assert (out / "model.keras").stat().st_size < (run / "model.keras").stat().st_size
+    exported, config = load_run(out)
+    np.testing.assert_allclose(exported.predict_on_batch(x), model.predict_on_batch(x), atol=1e-6)
+    assert config == load_run(run)[1]
+    assert (out / "TRAINING.md").read_text() == "trained with: dsb train ...\n"
+
+
+def test_export_of_a_folder_without_a_model_fails_cleanly(tmp_path):
+    (tmp_path / "run").mkdir()
+    save_config(Config(), tmp_path / "run" / "config.json")
+    result = CliRunner().invoke(cli, ["export", str(tmp_path / "run"), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 3
+    assert "no model.keras here" in result.stderr
+    assert not (tmp_path / "out").exists()
