@@ -26,6 +26,8 @@ stamp  = $(VENV)/.installed-$(subst $(comma),-,$(1))
 
 .PHONY: install install-test test fetch train tune predict validate submit bench clean
 .DELETE_ON_ERROR:
+# A failed or interrupted train or tune must not delete the run's best model or tuning table.
+.PRECIOUS: $(RUN)/model.keras $(RUN)/tuning.csv
 
 install: $(call stamp,$(EXTRAS))
 install-test: $(call stamp,$(TEST_EXTRAS))
@@ -43,9 +45,11 @@ fetch: install
 	$(DSB) fetch --dest $(DATA) $(if $(DATA_SOURCE),--source $(DATA_SOURCE))
 
 # A finished run folder is kept: delete it (or pick another RUN) to train again.
+# A run that was interrupted (its folder has a checkpoint) is resumed, not restarted.
 $(RUN)/model.keras: | fetch
 	$(DSB) prepare --data $(DATA) $(if $(CONFIG),--config $(CONFIG))
-	$(DSB) train --data $(DATA) --out $(RUN) --time-budget $(TIME_BUDGET) --epochs $(EPOCHS) $(if $(CONFIG),--config $(CONFIG))
+	$(DSB) train --data $(DATA) --out $(RUN) --time-budget $(TIME_BUDGET) --epochs $(EPOCHS) \
+		$(if $(wildcard $(RUN)/checkpoints),--resume,$(if $(CONFIG),--config $(CONFIG)))
 
 train: $(RUN)/model.keras
 

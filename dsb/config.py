@@ -61,6 +61,10 @@ class ModelConfig:
             return tuple(self.filters)
         return tuple(self.base_filters * 2**i for i in range(self.depth))
 
+    def size_multiple(self) -> int:
+        """Input height and width must be multiples of this: one halving per level below the top."""
+        return 2 ** (len(self.level_filters()) - 1)
+
     def level_dropout(self) -> tuple[float, ...]:
         n = len(self.level_filters())
         if len(self.dropout) == 1:
@@ -71,6 +75,10 @@ class ModelConfig:
         n = len(self.level_filters())
         if n < 1:
             raise BadDataError("the U-Net needs at least one level", where=f"{where}.depth")
+        if min(self.level_filters()) < 1:
+            raise BadDataError(f"are {list(self.level_filters())}, expected positive filters", where=f"{where}.filters")
+        if self.convs_per_block < 1:
+            raise BadDataError(f"is {self.convs_per_block}, expected at least 1", where=f"{where}.convs_per_block")
         if len(self.dropout) not in (1, n):
             raise BadDataError(
                 f"has {len(self.dropout)} rates for {n} levels (give 1 or {n})", where=f"{where}.dropout"
@@ -141,6 +149,12 @@ class TrainConfig:
         for name in ("crop_size", "batch_size", "epochs"):
             if getattr(self, name) < 1:
                 raise BadDataError(f"is {getattr(self, name)}, expected at least 1", where=f"{where}.{name}")
+        if not self.learning_rate > 0:
+            raise BadDataError(f"is {self.learning_rate}, expected > 0", where=f"{where}.learning_rate")
+        if not 0 <= self.min_learning_rate <= self.learning_rate:
+            raise BadDataError(
+                f"is {self.min_learning_rate}, expected in [0, learning_rate]", where=f"{where}.min_learning_rate"
+            )
         if self.crop_size % 16:
             raise BadDataError(f"is {self.crop_size}, expected a multiple of 16", where=f"{where}.crop_size")
         if not 0.0 <= self.validation_fraction < 1.0:
@@ -166,6 +180,8 @@ class PredictConfig:
     def check(self, where: str) -> None:
         if self.tile_size % 16 or self.tile_size < 16:
             raise BadDataError(f"is {self.tile_size}, expected a multiple of 16", where=f"{where}.tile_size")
+        if self.batch_size < 1:
+            raise BadDataError(f"is {self.batch_size}, expected at least 1", where=f"{where}.batch_size")
         if not 0 <= self.overlap < self.tile_size // 2 + 1:
             raise BadDataError(
                 f"is {self.overlap}, expected between 0 and half the tile size", where=f"{where}.overlap"
@@ -213,6 +229,14 @@ class Config:
                 part = getattr(self, f.name)
                 if hasattr(part, "check"):
                     part.check(f.name)
+            multiple = self.model.size_multiple()
+            for where, size in (("train.crop_size", self.train.crop_size), ("predict.tile_size", self.predict.tile_size)):
+                if size % multiple:
+                    raise BadDataError(
+                        f"is {size}, expected a multiple of {multiple} for a U-Net of "
+                        f"{len(self.model.level_filters())} levels",
+                        where=where,
+                    )
         except BadDataError as exc:
             if exc.path is None and path is not None:
                 exc.path = str(path)
@@ -298,11 +322,13 @@ def load_config(path) -> Config:
     """Read a config JSON file (a full ``config.json`` or a partial one)."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise BadDataError("config file not found", path=path) from None
     except OSError as exc:
         raise BadDataError(f"cannot read config ({exc.strerror})", path=path) from None
+    except UnicodeDecodeError as exc:
+        raise BadDataError(f"not UTF-8 text (byte {exc.start})", path=path) from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:

@@ -35,8 +35,16 @@ _EPS = 1e-7
 
 
 def size_multiple(model_config: ModelConfig) -> int:
-    """Input height and width must be multiples of this (one halving per level below the top)."""
-    return 2 ** (len(model_config.level_filters()) - 1)
+    """Input height and width must be multiples of this (see :meth:`ModelConfig.size_multiple`)."""
+    return model_config.size_multiple()
+
+
+def _check_keras_name(lookup, name: str, where: str) -> None:
+    """A config names a Keras activation or initializer: say which key when it names none."""
+    try:
+        lookup(name)
+    except (ValueError, TypeError):
+        raise BadDataError(f"is {name!r}, which Keras does not know", where=where) from None
 
 
 def _conv_block(x, filters: int, dropout: float, config: ModelConfig, name: str):
@@ -82,6 +90,8 @@ def build_unet(model_config: ModelConfig) -> keras.Model:
     (None, None, None, 2)
     """
     model_config.check("model")
+    _check_keras_name(keras.activations.get, model_config.activation, "model.activation")
+    _check_keras_name(keras.initializers.get, model_config.initializer, "model.initializer")
     filters = model_config.level_filters()
     dropout = model_config.level_dropout()
     n = len(filters)

@@ -45,6 +45,11 @@ def test_partial_config_takes_defaults(tmp_path):
         ({"model": 3}, "key 'model': is int, expected an object"),
         ({"postprocess": {"flood": "lake"}}, "postprocess.flood: is 'lake'"),
         ({"model": {"depth": 3, "dropout": [0.1, 0.2]}}, "model.dropout: has 2 rates for 3 levels"),
+        ({"train": {"learning_rate": 0}}, "train.learning_rate: is 0.0, expected > 0"),
+        ({"predict": {"batch_size": 0}}, "predict.batch_size: is 0, expected at least 1"),
+        ({"model": {"depth": 6, "dropout": [0.0]}, "predict": {"tile_size": 48, "overlap": 8}},
+         "predict.tile_size: is 48, expected a multiple of 32 for a U-Net of 6 levels"),
+        ({"model": {"filters": [8, 0], "dropout": [0.0]}}, "model.filters: are [8, 0], expected positive filters"),
     ],
 )
 def test_bad_configs_name_the_file_and_key(tmp_path, data, needle):
@@ -66,3 +71,19 @@ def test_not_json(tmp_path):
 def test_missing_file(tmp_path):
     with pytest.raises(BadDataError, match="config file not found"):
         load_config(tmp_path / "nope.json")
+
+
+def test_not_utf8(tmp_path):
+    path = tmp_path / "bad.json"
+    path.write_bytes(b'{"model": "\xff"}')
+    with pytest.raises(BadDataError, match="not UTF-8"):
+        load_config(path)
+
+
+@pytest.mark.parametrize("key", ["activation", "initializer"])
+def test_unknown_keras_names_are_bad_data(key):
+    from dsb.config import ModelConfig
+    from dsb.model import build_unet
+
+    with pytest.raises(BadDataError, match=f"model.{key}: is 'relux', which Keras does not know"):
+        build_unet(ModelConfig(depth=2, base_filters=4, dropout=(0.0,), **{key: "relux"}))
