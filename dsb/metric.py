@@ -184,7 +184,9 @@ def _pair_ious(true, pred) -> tuple[np.ndarray, int, int]:
     top_p = int(p.max()) if p.size else 0
     size = (top_t + 1) * (top_p + 1)
     if size <= max(4 * t.size, 1 << 16):
-        table = np.bincount(t.astype(np.int64) * (top_p + 1) + p, minlength=size).reshape(top_t + 1, top_p + 1)
+        # Both as int64: int64 * x + uint64 would promote to float64, which bincount refuses.
+        flat = t.astype(np.int64) * (top_p + 1) + p.astype(np.int64)
+        table = np.bincount(flat, minlength=size).reshape(top_t + 1, top_p + 1)
         area_true = table.sum(axis=1)
         area_pred = table.sum(axis=0)
         ti, pi = np.nonzero(table[1:, 1:])

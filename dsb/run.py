@@ -102,7 +102,23 @@ def export_run(run_dir, out_dir, *, note: str | None = None) -> Path:
         ``out_dir``.
     """
     run_dir, out_dir = Path(run_dir), Path(out_dir)
+    if out_dir.resolve() == run_dir.resolve():
+        raise BadDataError("--out is the run folder itself; exporting there would drop its checkpoints",
+                           path=run_dir)
     model, _ = load_run(run_dir)
+    if out_dir.resolve() == run_dir.resolve():
+        raise BadDataError("is the run folder itself; export to another folder", path=out_dir)
+    if out_dir.exists():
+        # Replacing is for an earlier export; any other folder (a parent of the run, a
+        # project folder) would be deleted with everything in it.
+        if not out_dir.is_dir():
+            raise BadDataError("exists and is not a folder", path=out_dir)
+        foreign = sorted({p.name for p in out_dir.iterdir()} - {"model.keras", "TRAINING.md", *EXPORTED_FILES})
+        if foreign:
+            raise BadDataError(
+                f"exists and holds more than an export (e.g. {foreign[0]!r}); give a new or empty folder",
+                path=out_dir,
+            )
     with atomic_dir(out_dir) as tmp:
         model.save(tmp / "model.keras")
         for name in EXPORTED_FILES:

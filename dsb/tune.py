@@ -178,7 +178,8 @@ def validation_data(config, data_dir, *, progress: bool = False):
             )
         raw = read_image(image_path(stage, image_id))
         images[image_id] = raw
-        labels[image_id] = read_labels(sample, raw.shape[:2])
+        # return_fixes: the few overlapping training masks are settled quietly, as in dsb score.
+        labels[image_id] = read_labels(sample, raw.shape[:2], return_fixes=True)[0]
         types[image_id] = image_type(raw)
     return images, labels, types
 
@@ -227,7 +228,8 @@ def tune(run_dir, data_dir, *, progress: bool = True) -> tuple[PostprocessConfig
     best, table = search_postprocess(
         probabilities, labels, config.postprocess, image_types=types, progress=progress
     )
+    # config.json first: tuning.csv is what make takes as "tuned", so it must come last.
+    update_postprocess(run_dir, best)
     with atomic_path(run_dir / "tuning.csv") as tmp:
         table.to_csv(tmp, index=False, float_format="%.6g")
-    update_postprocess(run_dir, best)
     return best, table

@@ -50,3 +50,12 @@ def test_export_of_a_folder_without_a_model_fails_cleanly(tmp_path):
     assert result.exit_code == 3
     assert "no model.keras here" in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_export_onto_the_run_itself_is_refused(tmp_path):
+    run, *_ = _trained_run(tmp_path / "run")
+    before = sorted(p.name for p in run.iterdir())
+    result = CliRunner().invoke(cli, ["export", str(run), "--out", str(run)])
+    assert result.exit_code == 3
+    assert "--out is the run folder itself" in result.stderr
+    assert sorted(p.name for p in run.iterdir()) == before

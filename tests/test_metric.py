@@ -308,3 +308,12 @@ def test_real_training_masks_score_one_against_their_csv_rows(shared_data, train
     assert value == 1.0
     assert table["n_true"].tolist() == table["n_pred"].tolist()
     assert table["n_true"].min() > 0
+
+
+def test_unsigned_labels_are_counted_like_signed_ones():
+    # Regression: uint64 labels made the contingency index float64, which bincount refused.
+    true = np.zeros((8, 8), np.int64)
+    true[1:4, 1:4] = 1
+    pred = true.astype(np.uint64)
+    assert image_score(true, pred).score == 1.0
+    assert image_score(true.astype(np.uint16), pred).score == 1.0
