@@ -34,6 +34,7 @@ __all__ = [
     "ImageScore",
     "label_overlap",
     "iou_matrix",
+    "load_truth",
     "image_score",
     "score_labels",
     "score_submission",
@@ -320,6 +321,46 @@ def score_labels(
     return float(table["score"].mean()), table
 
 
+def load_truth(truth_path) -> tuple[dict[str, np.ndarray], dict[str, tuple[int, int]]]:
+    """True labels and image shapes by id, from a solution CSV or a stage1_train-layout folder.
+
+    Parameters
+    ----------
+    truth_path : str or os.PathLike
+        A Kaggle solution CSV (``ImageId,EncodedPixels,Height,Width[,Usage]``;
+        images whose rows are all ``Ignored`` are left out) or a folder of
+        ``{id}/images/{id}.png`` and ``{id}/masks/*.png``. Pixels that masks of
+        the truth share stay with the earlier mask (row order in a CSV, file
+        name order in a folder), as :func:`dsb.dataset.read_labels` settles them.
+
+    Returns
+    -------
+    labels : dict of str to (H, W) ndarray of int32
+    shapes : dict of str to (int, int)
+        Of every image the truth names, ignored ones included.
+
+    Raises
+    ------
+    BadDataError
+        A malformed file, or a truth with no image to score.
+    """
+    truth_path = Path(truth_path)
+    if truth_path.is_dir():
+        shapes = image_shapes(truth_path)
+        truth = {i: read_labels(truth_path / i, shapes[i], return_fixes=True)[0] for i in shapes}
+    else:
+        solution = read_solution(truth_path)
+        shapes = solution_shapes(solution)
+        if "Usage" in solution.columns:
+            solution = solution[solution["Usage"] != "Ignored"]
+        truth = submission_to_labels(
+            solution[["ImageId", "EncodedPixels"]], shapes, path=truth_path, allow_overlap=True
+        )
+    if not truth:
+        raise BadDataError("the truth holds no images to score", path=truth_path)
+    return truth, shapes
+
+
 def score_submission(
     submission_path,
     truth_path,
@@ -359,23 +400,7 @@ def score_submission(
         a malformed encoding or two overlapping masks (the first one found,
         with its row; ``dsb validate`` lists them all).
     """
-    truth_path = Path(truth_path)
-    if truth_path.is_dir():
-        shapes = image_shapes(truth_path)
-        # return_fixes: a few training masks overlap; read_labels settles them quietly
-        # (earlier mask wins), as the solution branch does.
-        truth = {i: read_labels(truth_path / i, shapes[i], return_fixes=True)[0] for i in shapes}
-    else:
-        solution = read_solution(truth_path)
-        shapes = solution_shapes(solution)
-        if "Usage" in solution.columns:
-            solution = solution[solution["Usage"] != "Ignored"]
-        # A few training masks share a pixel or two; the earlier one keeps it.
-        truth = submission_to_labels(
-            solution[["ImageId", "EncodedPixels"]], shapes, path=truth_path, allow_overlap=True
-        )
-    if not truth:
-        raise BadDataError("the truth holds no images to score", path=truth_path)
+    truth, shapes = load_truth(truth_path)
     submission = read_submission(submission_path)
     pred = submission_to_labels(submission, shapes, path=submission_path, skip_unknown=allow_extra)
     return score_labels(truth, pred, image_types=image_types)

@@ -398,29 +398,13 @@ def _threshold_figure(per_threshold: pd.DataFrame):
 
 
 def _load_truth(truth: Path):
-    """(labels, shapes, image types) by id, read as ``dsb score`` reads them.
+    """(labels, shapes, image types) by id, read as ``dsb score`` reads them."""
+    from .dataset import image_types
+    from .metric import load_truth
 
-    Images are read one at a time for their shape and type and not kept: a
-    whole stage folder of images would not fit in memory beside its labels.
-    """
-    from .dataset import image_path, list_ids, read_image, read_labels
-    from .preprocess import image_type
-    from .submission import read_solution, solution_shapes, submission_to_labels
-
-    if truth.is_dir():
-        labels, types = {}, {}
-        for image_id in list_ids(truth):
-            image = read_image(image_path(truth, image_id))
-            labels[image_id] = read_labels(truth / image_id, image.shape[:2])
-            types[image_id] = image_type(image)
-        return labels, {i: l.shape for i, l in labels.items()}, types
-    solution = read_solution(truth)
-    shapes = solution_shapes(solution)
-    if "Usage" in solution.columns:
-        # Kaggle's solution files mark the images that are not scored.
-        solution = solution[solution["Usage"] != "Ignored"]
-    labels = submission_to_labels(solution[["ImageId", "EncodedPixels"]], shapes, path=truth)
-    return labels, shapes, {}
+    labels, shapes = load_truth(truth)
+    types = image_types(truth, labels) if truth.is_dir() else {}
+    return labels, shapes, types
 
 
 def _load_predictions(submission: Path, shapes: dict) -> dict:

@@ -404,3 +404,18 @@ def test_report_renders_in_headless_chromium(synthetic, tmp_path):
     assert pixels.shape[:2] == (2000, 1280)
     assert pixels.std() > 10  # not blank
     assert (pixels < 128).any(axis=2).mean() > 0.01  # text and figures drawn
+
+
+def test_report_reads_a_solution_with_overlapping_masks_as_dsb_score_does(tmp_path):
+    # Regression: report refused overlapping truth masks that dsb score settles (earlier mask wins).
+    from dsb.metric import score_submission
+    from dsb.report import _load_truth
+
+    solution = tmp_path / "solution.csv"
+    solution.write_text("ImageId,EncodedPixels,Height,Width\na,1 3,4,4\na,3 2,4,4\n")
+    submission = tmp_path / "sub.csv"
+    submission.write_text("ImageId,EncodedPixels\na,1 3\n")
+    labels, shapes, _ = _load_truth(solution)
+    assert shapes == {"a": (4, 4)}
+    assert sorted(np.unique(labels["a"])) == [0, 1, 2]
+    assert score_submission(submission, solution)[0] == 0.5
