@@ -13,6 +13,7 @@ import os
 import sys
 import tempfile
 import traceback
+import warnings
 from pathlib import Path
 
 import click
@@ -33,13 +34,16 @@ class DsbGroup(click.Group):
     def invoke(self, ctx: click.Context):
         debug = bool(ctx.params.get("debug"))
         try:
-            return super().invoke(ctx)
+            with warnings.catch_warnings():
+                if not debug:
+                    warnings.showwarning = _show_warning
+                return super().invoke(ctx)
         except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
             raise
         except DsbError as exc:
             if debug:
                 traceback.print_exc()
-            click.echo(f"dsb: error: {exc}", err=True)
+            click.echo(f"dsb: error: {_one_line(str(exc))}", err=True)
             ctx.exit(exc.exit_code)
         except KeyboardInterrupt as exc:
             message = str(exc) or "interrupted"
@@ -48,11 +52,19 @@ class DsbGroup(click.Group):
         except Exception as exc:  # a bug: one line unless --debug
             if debug:
                 raise
-            click.echo(
-                f"dsb: internal error: {type(exc).__name__}: {exc} (run with --debug for a traceback)",
-                err=True,
-            )
+            what = f"{type(exc).__name__}: {_one_line(str(exc))}"
+            click.echo(f"dsb: internal error: {what} (run with --debug for a traceback)", err=True)
             ctx.exit(EXIT_BUG)
+
+
+def _one_line(text: str) -> str:
+    """``text`` with its line breaks (and the spaces around them) turned into single spaces."""
+    return " ".join(part.strip() for part in text.strip().splitlines() if part.strip())
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning as one line, without the source line Python would quote."""
+    click.echo(f"dsb: warning: {_one_line(str(message))}", err=True)
 
 
 @click.group(cls=DsbGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -153,6 +165,7 @@ def tune(run_dir: Path, data: Path) -> None:
 @click.option("--per-image", type=_FILE, default=None, help="Write per-image scores to this CSV.")
 def evaluate(run_dir: Path, data: Path, tta: bool, per_image: Path | None) -> None:
     """Score a run on its validation images; the last line is the score."""
+    _load_keras()
     from .evaluate import evaluate as evaluate_run
 
     value, table = evaluate_run(run_dir, data, tta=tta, progress=True)
@@ -165,9 +178,16 @@ def evaluate(run_dir: Path, data: Path, tta: bool, per_image: Path | None) -> No
 @click.option("--note", type=_EXISTING_FILE, default=None, help="Markdown file saved as TRAINING.md.")
 def export(run_dir: Path, out: Path, note: Path | None) -> None:
     """Copy a run for inference only: model without optimizer state, config, manifest."""
+    _load_keras()
+    from .errors import BadDataError
     from .run import export_run
 
-    export_run(run_dir, out, note=None if note is None else note.read_text())
+    try:
+        text = None if note is None else note.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadDataError(f"not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start})",
+                           path=note) from None
+    export_run(run_dir, out, note=text)
     size = sum(p.stat().st_size for p in out.iterdir()) / 2**20
     click.echo(f"{out}: {size:.1f} MiB")
 

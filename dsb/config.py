@@ -83,6 +83,8 @@ class ModelConfig:
             raise BadDataError(
                 f"has {len(self.dropout)} rates for {n} levels (give 1 or {n})", where=f"{where}.dropout"
             )
+        if not all(0.0 <= rate < 1.0 for rate in self.dropout):
+            raise BadDataError(f"are {list(self.dropout)}, expected rates in [0, 1)", where=f"{where}.dropout")
         if self.upsampling not in ("transpose", "bilinear"):
             raise BadDataError(
                 f"is {self.upsampling!r}, expected 'transpose' or 'bilinear'", where=f"{where}.upsampling"
@@ -118,6 +120,8 @@ class PreprocessConfig:
                 f"are {self.percentile_low} and {self.percentile_high}, expected 0 <= low < high <= 100",
                 where=f"{where}.percentile_low/percentile_high",
             )
+        if self.border_width < 0:
+            raise BadDataError(f"is {self.border_width}, expected at least 0", where=f"{where}.border_width")
 
 
 @dataclass(frozen=True)
@@ -149,6 +153,11 @@ class TrainConfig:
         for name in ("crop_size", "batch_size", "epochs"):
             if getattr(self, name) < 1:
                 raise BadDataError(f"is {getattr(self, name)}, expected at least 1", where=f"{where}.{name}")
+        if self.steps_per_epoch < 0:
+            raise BadDataError(
+                f"is {self.steps_per_epoch}, expected at least 0 (0: one pass over the images)",
+                where=f"{where}.steps_per_epoch",
+            )
         if not self.learning_rate > 0:
             raise BadDataError(f"is {self.learning_rate}, expected > 0", where=f"{where}.learning_rate")
         if not 0 <= self.min_learning_rate <= self.learning_rate:

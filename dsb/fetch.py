@@ -342,7 +342,7 @@ def _extract_zip(zf, label, out: Path, *, progress: bool, stage: str) -> None:
     except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
         raise _zip_error(exc, label) from None
     except OSError as exc:
-        raise os_error(exc, out) from None
+        raise os_error(exc, out.parent / stage) from None  # out is the stage's temporary folder
 
 
 class _DirMember:
@@ -365,7 +365,7 @@ def _copy_dir(src: Path, out: Path, *, progress: bool, stage: str) -> None:
             (out / image_id / sub).mkdir(parents=True, exist_ok=True)
             shutil.copy2(member.path, out / image_id / sub / file)
     except OSError as exc:
-        raise os_error(exc, out) from None
+        raise os_error(exc, out.parent / stage) from None  # out is the stage's temporary folder
 
 
 # ---------------------------------------------------------------- verification
@@ -396,7 +396,7 @@ def _verify_stage(folder: Path, *, name: str, progress: bool = False, label=None
                 im.load()  # decode fully: images are few
                 size = im.size
         except Exception as exc:  # noqa: BLE001 - any failure means unreadable
-            raise BadDataError(f"unreadable image ({_first_line(exc)})", path=image[0]) from None
+            raise _bad_file(f"unreadable image ({_first_line(exc)})", image[0], folder, label) from None
         masks_dir = folder / image_id / "masks"
         if not masks_dir.is_dir():
             continue
@@ -408,13 +408,26 @@ def _verify_stage(folder: Path, *, name: str, progress: bool = False, label=None
                     msize = im.size
                     im.verify()  # every chunk's checksum, without decoding: masks are many
             except Exception as exc:  # noqa: BLE001
-                raise BadDataError(f"unreadable mask ({_first_line(exc)})", path=mask) from None
+                raise _bad_file(f"unreadable mask ({_first_line(exc)})", mask, folder, label) from None
             if msize != size:
-                raise BadDataError(
-                    f"mask is {msize[1]}x{msize[0]} but its image is {size[1]}x{size[0]} (height x width)", path=mask
+                raise _bad_file(
+                    f"mask is {msize[1]}x{msize[0]} but its image is {size[1]}x{size[0]} (height x width)",
+                    mask, folder, label,
                 )
             n_masks += 1
     return StageSummary(name, len(ids), n_masks)
+
+
+def _bad_file(message: str, file: Path, folder: Path, label) -> BadDataError:
+    """A bad file of a stage being fetched, named as it is in the source (``label``).
+
+    While fetching, ``folder`` is a temporary folder that is gone by the time the
+    user reads the message: the source (zip or folder) and the member path are
+    what they can look at.
+    """
+    if label is None or Path(label) == folder:
+        return BadDataError(message, path=file)
+    return BadDataError(message, path=label, where=file.relative_to(folder).as_posix())
 
 
 def _first_line(exc: BaseException) -> str:

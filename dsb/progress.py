@@ -11,9 +11,20 @@ import click
 __all__ = ["track"]
 
 
+def _stderr_is_terminal() -> bool:
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):  # replaced or closed stream
+        return False
+
+
 def track(iterable: Iterable, *, length: int | None = None, label: str = "", enabled: bool = True) -> Iterator:
-    """Iterate over ``iterable``, drawing a bar with an ETA on stderr when ``enabled``."""
-    if not enabled:
+    """Iterate over ``iterable``, drawing a bar with an ETA on stderr when ``enabled``.
+
+    Nothing is drawn when stderr is not a terminal: there click would print the
+    bare label, a stray line in logs that would come before a one-line error.
+    """
+    if not enabled or not _stderr_is_terminal():
         yield from iterable
         return
     if length is None:

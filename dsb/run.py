@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import warnings
 from pathlib import Path
 
 from .atomic import atomic_dir, write_text
@@ -53,10 +54,16 @@ def load_run(run_dir):
     path = run_dir / "model.keras"
     if not path.is_file():
         raise BadDataError("no model.keras here: the run has not finished an epoch yet", path=run_dir)
-    try:
-        model = keras.saving.load_model(path, compile=False)
-    except Exception as exc:  # a damaged zip surfaces as many exception types
-        raise BadDataError(f"cannot load the model ({type(exc).__name__}: {exc})", path=path) from None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            model = keras.saving.load_model(path, compile=False)
+        except Exception as exc:  # a damaged zip surfaces as many exception types
+            # Keras explains a mismatch over dozens of lines and warnings: the first line says it.
+            lines = str(exc).strip().splitlines() or [""]
+            raise BadDataError(f"cannot load the model ({type(exc).__name__}: {lines[0][:300]})", path=path) from None
+    for w in caught:  # a model that loaded: pass on what Keras had to say
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     n_out = len(config.model.outputs)
     in_shape, out_shape = tuple(model.input_shape), tuple(model.output_shape)
     if in_shape[-1] != 1 or out_shape[-1] != n_out:
@@ -106,8 +113,6 @@ def export_run(run_dir, out_dir, *, note: str | None = None) -> Path:
         raise BadDataError("--out is the run folder itself; exporting there would drop its checkpoints",
                            path=run_dir)
     model, _ = load_run(run_dir)
-    if out_dir.resolve() == run_dir.resolve():
-        raise BadDataError("is the run folder itself; export to another folder", path=out_dir)
     if out_dir.exists():
         # Replacing is for an earlier export; any other folder (a parent of the run, a
         # project folder) would be deleted with everything in it.

@@ -770,6 +770,14 @@ def _check_new_run(out_dir: Path, resume: bool) -> None:
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise BadDataError("the run folder exists and is not empty; use --resume to continue it or another --out",
                            path=out_dir)
+    # Fail now, not after the data load: the nearest existing folder must take the run folder.
+    for folder in out_dir.parents:
+        if folder.exists():
+            if not folder.is_dir():
+                raise EnvironmentProblem("is a file, so the run folder cannot be made below it", path=folder)
+            if not os.access(folder, os.W_OK):
+                raise EnvironmentProblem("not writable (permission denied)", path=folder)
+            return
 
 
 def _split(config: Config, ids: list[str], types, seed: int) -> tuple[list[str], list[str]]:

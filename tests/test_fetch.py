@@ -259,7 +259,8 @@ def test_bad_image_or_mask_inside_a_zip(tmp_path):
     _zip(source / "stage1_train.zip", entries)
     with pytest.raises(BadDataError, match="mask is 24x40 but its image is 24x32") as info:
         fetch(tmp_path / "data", source=source)
-    assert "wide.png" in str(info.value) and "stage1_train.zip" not in str(info.value)
+    # Named as it is in the source: the temporary folder it was unpacked to is gone.
+    assert str(info.value).startswith(f"{source / 'stage1_train.zip'}: 0001abcd/masks/wide.png: ")
     _assert_nothing_complete(tmp_path / "data")
 
     entries = _stage_entries(2, 1)
