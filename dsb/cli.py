@@ -31,6 +31,25 @@ _FILE = click.Path(dir_okay=False, path_type=Path)
 class DsbGroup(click.Group):
     """Turns library errors into one line on stderr and a fixed exit status."""
 
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.UsageError as exc:
+            # click prints usage, a hint and the error over four lines; one says it.
+            command = exc.ctx.command_path if exc.ctx is not None else (prog_name or "dsb")
+            click.echo(f"{command}: usage error: {_one_line(exc.format_message())} "
+                       f"(see '{command} --help')", err=True)
+            sys.exit(exc.exit_code)
+        except click.ClickException as exc:
+            click.echo(f"dsb: error: {_one_line(exc.format_message())}", err=True)
+            sys.exit(exc.exit_code)
+        except click.exceptions.Abort:
+            click.echo("dsb: interrupted", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+        sys.exit(code if isinstance(code, int) else 0)
+
     def invoke(self, ctx: click.Context):
         debug = bool(ctx.params.get("debug"))
         try:

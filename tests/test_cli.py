@@ -84,6 +84,25 @@ def test_debug_shows_the_traceback_of_a_bug():
     assert isinstance(result.exception, RuntimeError)
 
 
-def test_usage_error_exits_2():
-    result = CliRunner().invoke(cli, ["score"])
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["score"], "score: usage error: Missing argument 'SUBMISSION'."),
+        (["score", "nope.csv", "--truth", "."], "'nope.csv' does not exist"),
+        (["train", "--epochs", "0"], "--epochs"),
+        (["frobnicate"], "No such command 'frobnicate'"),
+    ],
+)
+def test_usage_error_is_one_line_and_exits_2(args, needle):
+    result = CliRunner().invoke(cli, args)
     assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert needle in lines[0]
+
+
+def test_help_and_version_exit_0():
+    runner = CliRunner()
+    assert runner.invoke(cli, ["--help"]).exit_code == 0
+    result = runner.invoke(cli, ["--version"])
+    assert result.exit_code == 0 and "dsb, version" in result.stdout
