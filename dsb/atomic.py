@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .errors import EnvironmentProblem
 
-__all__ = ["atomic_path", "atomic_dir", "write_text", "os_error"]
+__all__ = ["atomic_path", "atomic_dir", "write_text", "os_error", "writable_dir"]
 
 
 def _umask() -> int:
@@ -104,6 +104,22 @@ def atomic_dir(path):
         raise os_error(exc, path) from exc
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def writable_dir(folder) -> Path:
+    """Make ``folder`` (and its parents) and check it can be written.
+
+    Commands call this before long work, so that an unwritable destination
+    fails at once instead of after predicting.
+    """
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise os_error(exc, folder) from exc
+    if not os.access(folder, os.W_OK):
+        raise EnvironmentProblem("not writable (permission denied)", path=folder)
+    return folder
 
 
 def write_text(path, text: str) -> Path:

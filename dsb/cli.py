@@ -365,10 +365,16 @@ def _run_or_default(run_dir: Path | None) -> Path:
 
 
 def _validation_problems(csv: Path, images: Path) -> list:
-    from .dataset import image_shapes
+    from .dataset import image_shape
+    from .predict import find_images
     from .submission import read_submission, validate_submission
 
-    return validate_submission(read_submission(csv), image_shapes(images), path=csv)
+    # The same folder reader as dsb predict: a stage folder or a flat folder of images.
+    paths, bad = find_images(images)
+    if bad:
+        raise bad[0]
+    shapes = {image_id: image_shape(path) for image_id, path in paths.items()}
+    return validate_submission(read_submission(csv), shapes, path=csv)
 
 
 def _raise_problems(csv: Path, problems: list, verdict: str) -> None:

@@ -33,13 +33,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .atomic import atomic_dir, atomic_path, os_error, write_text
+from .dataset import IMAGE_SUFFIXES
 from .errors import BadDataError
 
 __all__ = ["REQUIRED_STAGES", "StageSummary", "FetchSummary", "fetch", "verify"]
 
 REQUIRED_STAGES = ("stage1_train", "stage1_test")
 _MARKER = ".fetched.json"
-_IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
 _SAFE_NAME = re.compile(r"^(?!\.{1,2}$)[^/\\\x00]+$")
 _IGNORED = re.compile(r"(^|/)(__MACOSX|\.DS_Store|Thumbs\.db)(/|$)")
 
@@ -299,7 +299,7 @@ def _stage_layout(members, label) -> list[tuple[object, str, str, str]]:
         prefix = "/".join(parts[:-3])
         if not (_SAFE_NAME.match(image_id) and _SAFE_NAME.match(file)) or any(p in ("..", "") for p in parts[:-3]):
             raise BadDataError(f"unsafe entry name {name!r}", path=label)
-        if Path(file).suffix.lower() not in _IMAGE_SUFFIXES:
+        if Path(file).suffix.lower() not in IMAGE_SUFFIXES:
             raise BadDataError(f"unexpected entry {name!r} (expected .png files)", path=label)
         prefixes.add(prefix)
         parsed.append((info, image_id, sub, file))

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .atomic import atomic_path, os_error
+from .atomic import atomic_path, os_error, writable_dir
 from .config import Config, PredictConfig
 from .dataset import IMAGE_SUFFIXES, image_path, read_image
 from .errors import BadDataError, DsbError, EnvironmentProblem
@@ -63,11 +63,6 @@ def batch_predictor(model) -> Callable[[np.ndarray], np.ndarray]:
     if not callable(model):
         raise TypeError(f"`model` ({type(model).__name__}) must be a Keras model or a callable")
     return lambda batch: np.asarray(model(batch), np.float32)
-
-
-def _size_multiple(config: Config) -> int:
-    # Same rule as dsb.model.size_multiple, without importing Keras for a plain callable.
-    return 2 ** (len(config.model.level_filters()) - 1)
 
 
 def predict_probabilities(
@@ -139,7 +134,7 @@ def predict_labels(model, config: Config, raw_image: np.ndarray, *, tta: bool = 
     from .preprocess import preprocess_image
 
     gray = preprocess_image(raw_image, config.preprocess)
-    prob = predict_probabilities(model, gray, config.predict, tta=tta, multiple=_size_multiple(config))
+    prob = predict_probabilities(model, gray, config.predict, tta=tta, multiple=config.model.size_multiple())
     return labels_from_probabilities(prob, config.postprocess)
 
 
@@ -213,18 +208,8 @@ def _usable_id(image_id: str) -> bool:
     return image_id.strip() == image_id and image_id.isprintable() and not any(c in image_id for c in ',"')
 
 
-def _writable_dir(folder: Path) -> None:
-    """Make ``folder`` and check it can be written: fail before predicting, not after."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise os_error(exc, folder) from exc
-    if not os.access(folder, os.W_OK):
-        raise EnvironmentProblem("not writable (permission denied)", path=folder)
-
-
 def _writable_file(path: Path) -> None:
-    _writable_dir(path.parent)
+    writable_dir(path.parent)
     if path.is_dir():
         raise EnvironmentProblem("is a folder; expected a CSV file name", path=path)
 
@@ -322,7 +307,7 @@ def predict_images(
         if labels_dir.resolve() in {p.parent.resolve() for p in images.values()}:
             raise BadDataError("is where the input images are; give another folder for the label images",
                                path=labels_dir)
-        _writable_dir(labels_dir)
+        writable_dir(labels_dir)
 
     # Read every image before predicting any, so that a bad one stops the run
     # before anything is written; keep what fits in memory for the second pass.

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .atomic import atomic_path, os_error
+from .atomic import atomic_path, writable_dir
 from .dataset import IMAGE_SUFFIXES
 from .errors import BadDataError, DsbError, EnvironmentProblem
 from .progress import track
@@ -428,7 +428,7 @@ def segment_paths(
         raise BadDataError("no image to segment", path=", ".join(str(p) for p in paths) or None)
 
     predict = _predictor(model_dir, tta=tta)
-    _make_writable_dir(out_dir)
+    writable_dir(out_dir)
     for image in track(good, label="segmenting", enabled=progress):
         try:
             raw, gray = _check_image(image)
@@ -458,15 +458,6 @@ def _row(path: Path, status: str, *, nuclei: int = 0, labels: str = "", measurem
          overlay: str = "", error: str = "") -> dict:
     return {"file": str(path), "status": status, "nuclei": nuclei, "labels": labels,
             "measurements": measurements, "overlay": overlay, "error": error}
-
-
-def _make_writable_dir(path: Path) -> None:
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise os_error(exc, path) from exc
-    if not os.access(path, os.W_OK):
-        raise EnvironmentProblem("not writable (permission denied)", path=path)
 
 
 def _predictor(model_dir, *, tta: bool):

@@ -204,7 +204,6 @@ def tune(run_dir, data_dir, *, progress: bool = True) -> tuple[PostprocessConfig
         Every setting tried (see :func:`search_postprocess`), also written to
         ``run_dir/tuning.csv``.
     """
-    from .model import size_multiple
     from .predict import predict_probabilities
     from .preprocess import preprocess_image
     from .run import load_run, update_postprocess
@@ -217,7 +216,7 @@ def tune(run_dir, data_dir, *, progress: bool = True) -> tuple[PostprocessConfig
             path=run_dir / "config.json", where="key 'validation_ids'",
         )
     images, labels, types = validation_data(config, data_dir, progress=progress)
-    multiple = size_multiple(config.model)
+    multiple = config.model.size_multiple()
     probabilities = {
         image_id: predict_probabilities(
             model, preprocess_image(raw, config.preprocess), config.predict, multiple=multiple

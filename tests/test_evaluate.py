@@ -52,3 +52,21 @@ def test_evaluate_command_prints_types_then_the_score(run_and_data, tmp_path):
     assert lines[-2] == "fluorescence: 0.500000 (2 images)"
     assert lines[-1] == "0.500000"
     assert out.read_text().startswith("ImageId,score,")
+
+
+def test_validate_takes_the_flat_folder_predict_took(run_and_data, tmp_path):
+    # Regression: predict read flat folders but validate needed stage layout.
+    run_dir, data = run_and_data
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for image_id in ("a_one", "b_two", "c_none"):
+        shutil.copy(data / "stage1_train" / image_id / "images" / f"{image_id}.png", flat / f"{image_id}.png")
+    sub = tmp_path / "sub.csv"
+    runner = CliRunner()
+    assert runner.invoke(cli, ["predict", str(run_dir), "--images", str(flat), "--out", str(sub)]).exit_code == 0
+    result = runner.invoke(cli, ["validate", str(sub), "--images", str(flat)])
+    assert result.exit_code == 0, result.output
+    (flat / "a_one.png").unlink()
+    result = runner.invoke(cli, ["validate", str(sub), "--images", str(flat)])
+    assert result.exit_code == 3
+    assert "a_one" in result.stderr
