@@ -150,6 +150,9 @@ def train(config_path, data, out, epochs, steps_per_epoch, time_budget, seed, re
 
     if resume and out is None:
         raise click.UsageError("--resume needs --out, the run folder to continue")
+    if resume and (config_path is not None or seed is not None):
+        # A resumed run keeps its own config.json and seed, or it would not match an uninterrupted one.
+        raise click.UsageError("--resume continues the run's own config and seed; drop --config and --seed")
     if out is None:
         import time
 
