@@ -68,7 +68,7 @@ submit: validate
 	$(DSB) submit $(SUBMISSION) --images $(DATA)/stage1_test -m "$(MESSAGE)" --skip-without-credentials
 
 bench: install-test
-	$(BIN)/python bench/run_all.py
+	$(BIN)/python bench/run_all.py --data $(DATA) --run $(RUN)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .hypothesis

@@ -2,26 +2,39 @@
 
 Each benchmark is its own script, run in a fresh process so that its peak
 memory is its own. They need the competition files (../shared/dsb2018 or
-$DSB_SHARED) and skip with a message when those are absent.
+$DSB_SHARED), or a fetched data folder, and say so when those are absent.
+
+Usage: python bench/run_all.py [--data DIR] [--run RUN_DIR]
 """
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-BENCHES = ["bench_score.py", "bench_prepare.py", "bench_train.py", "bench_predict.py"]
-
 
 def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=None, help="a fetched data folder (with stage1_train/)")
+    parser.add_argument("--run", type=Path, default=None, help="the run folder to time prediction with")
+    args = parser.parse_args()
+    data = ["--data", str(args.data)] if args.data is not None and (args.data / "stage1_train").is_dir() else []
+    run = [str(args.run)] if args.run is not None and (args.run / "model.keras").is_file() else []
+    benches = [
+        ("bench_score.py", []),
+        ("bench_prepare.py", data),
+        ("bench_train.py", data),
+        ("bench_predict.py", run),
+    ]
     here = Path(__file__).parent
     failed = []
-    for name in BENCHES:
-        print(f"\n=== {name} ===", flush=True)
+    for name, extra in benches:
+        print(f"\n=== {name} {' '.join(extra)}".rstrip() + " ===", flush=True)
         start = time.perf_counter()
-        result = subprocess.run([sys.executable, str(here / name), *sys.argv[1:]])
+        result = subprocess.run([sys.executable, str(here / name), *extra])
         print(f"({name}: {time.perf_counter() - start:.1f} s wall)", flush=True)
         if result.returncode:
             failed.append(name)
