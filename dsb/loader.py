@@ -208,6 +208,17 @@ def augment_crop(
     return np.ascontiguousarray(x, np.float32)[..., None], np.ascontiguousarray(y, np.float32)
 
 
+def _pairs(images, labels, batch_size: int, shard: tuple[int, int], what: str) -> list:
+    """(image, labels) pairs, after the checks both loaders need."""
+    if len(images) != len(labels):
+        raise ValueError(f"{len(images)} images but {len(labels)} label images")
+    if not images:
+        raise ValueError(f"no {what} images")
+    if batch_size % shard[1]:
+        raise ValueError(f"batch size {batch_size} does not split over {shard[1]} processes")
+    return list(zip(images, labels))
+
+
 class CropLoader(keras.utils.PyDataset):
     """Endless stream of augmented training batches, indexed by global step.
 
@@ -255,14 +266,8 @@ class CropLoader(keras.utils.PyDataset):
         max_queue_size: int = 10,
     ):
         super().__init__(workers=workers, use_multiprocessing=False, max_queue_size=max_queue_size)
-        if len(images) != len(labels):
-            raise ValueError(f"{len(images)} images but {len(labels)} label images")
-        if not images:
-            raise ValueError("no training images")
+        self.pairs = _pairs(images, labels, batch_size, shard, "training")  # shuffled as pairs, never as two lists
         index, count = shard
-        if batch_size % count:
-            raise ValueError(f"batch size {batch_size} does not split over {count} processes")
-        self.pairs = list(zip(images, labels))  # shuffled as pairs, never as two lists
         self.batch_size = int(batch_size)
         self.steps_per_epoch = int(steps_per_epoch)
         self.seed = int(seed)
@@ -336,14 +341,8 @@ class ValidationLoader(keras.utils.PyDataset):
         max_queue_size: int = 10,
     ):
         super().__init__(workers=workers, use_multiprocessing=False, max_queue_size=max_queue_size)
-        if len(images) != len(labels):
-            raise ValueError(f"{len(images)} images but {len(labels)} label images")
-        if not images:
-            raise ValueError("no validation images")
+        self.pairs = _pairs(images, labels, batch_size, shard, "validation")
         index, count = shard
-        if batch_size % count:
-            raise ValueError(f"batch size {batch_size} does not split over {count} processes")
-        self.pairs = list(zip(images, labels))
         self.batch_size = int(batch_size)
         self.crop_size = int(crop_size)
         self.border_width = int(border_width)
