@@ -1,0 +1,60 @@
+"""The model shipped in the package: present, small, self-describing, and it finds nuclei."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+from scipy import ndimage
+
+from dsb.cli import cli
+from dsb.segment import default_model_dir
+
+CENTRES = [(40, 40), (40, 120), (110, 70), (150, 200), (60, 210), (150, 120)]
+
+
+@pytest.fixture(scope="module")
+def fluorescence_png(tmp_path_factory):
+    """Six separate blurred discs, bright on a dark noisy background, as in fluorescence."""
+    rr, cc = np.indices((200, 260))
+    image = np.zeros((200, 260))
+    for r, c in CENTRES:
+        image[(rr - r) ** 2 + (cc - c) ** 2 <= 14**2] = 1
+    image = ndimage.gaussian_filter(image, 1.5) * 180 + 15
+    image += np.random.default_rng(0).normal(0, 4, image.shape)
+    folder = tmp_path_factory.mktemp("own_images")
+    Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(folder / "discs.png")
+    return folder / "discs.png"
+
+
+def test_shipped_model_is_small_and_describes_itself():
+    folder = default_model_dir()
+    assert (folder / "model.keras").stat().st_size <= 16 * 2**20
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["status"] == "complete"
+    assert manifest["train_images"] + manifest["validation_images"] == 664
+    assert "dsb train" in (folder / "TRAINING.md").read_text()
+    config = json.loads((folder / "config.json").read_text())
+    assert len(config["validation_ids"]) == manifest["validation_images"]
+
+
+def test_segment_without_a_model_uses_the_shipped_one(fluorescence_png, tmp_path):
+    result = CliRunner().invoke(cli, ["segment", str(fluorescence_png), "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    nuclei = pd.read_csv(tmp_path / "discs_nuclei.csv")
+    assert len(nuclei) == len(CENTRES)
+    found = sorted(zip(nuclei["centroid_row"].round(), nuclei["centroid_col"].round()))
+    np.testing.assert_allclose(found, sorted(CENTRES), atol=2)
+    assert nuclei["area"].between(0.8 * np.pi * 14**2, 1.3 * np.pi * 14**2).all()
+
+
+def test_predict_without_a_run_uses_the_shipped_one(fluorescence_png, tmp_path):
+    out = tmp_path / "sub.csv"
+    result = CliRunner().invoke(cli, ["predict", "--images", str(fluorescence_png.parent), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    rows = pd.read_csv(out)
+    assert list(rows["ImageId"].unique()) == ["discs"] and len(rows) == len(CENTRES)
