@@ -34,7 +34,7 @@ from pathlib import Path
 
 from .atomic import atomic_dir, atomic_path, os_error, write_text
 from .dataset import IMAGE_SUFFIXES
-from .errors import BadDataError
+from .errors import BadDataError, EnvironmentProblem
 
 __all__ = ["REQUIRED_STAGES", "StageSummary", "FetchSummary", "fetch", "verify"]
 
@@ -632,12 +632,16 @@ def _download(dest: Path, *, client, progress: bool) -> Path:
     done = dest / ".download" / f"{kaggle_api.COMPETITION}.zip"
     if done.is_file():
         return done  # a previous fetch downloaded it but did not finish extracting
-    if client is None:
-        client = kaggle_api.authenticate()
-    with atomic_dir(done.parent) as tmp:
-        got = kaggle_api.download_competition(tmp, client=client, quiet=not progress)
-        if got.name != done.name:
-            got.rename(tmp / done.name)
+    try:
+        if client is None:
+            client = kaggle_api.authenticate()
+        with atomic_dir(done.parent) as tmp:
+            got = kaggle_api.download_competition(tmp, client=client, quiet=not progress)
+            if got.name != done.name:
+                got.rename(tmp / done.name)
+    except EnvironmentProblem as exc:
+        # Only fetch has a way round Kaggle: a local copy of the files.
+        raise EnvironmentProblem(f"{exc.message}, or pass --source DIR", path=exc.path, where=exc.where) from None
     return done
 
 

@@ -20,7 +20,7 @@ __all__ = ["COMPETITION", "NO_CREDENTIALS", "authenticate", "download_competitio
 COMPETITION = "data-science-bowl-2018"
 NO_CREDENTIALS = (
     "no Kaggle credentials: put kaggle.json in ~/.kaggle, set KAGGLE_USERNAME and KAGGLE_KEY "
-    "(or KAGGLE_API_TOKEN), or pass --source DIR"
+    "(or KAGGLE_API_TOKEN)"
 )
 
 
@@ -47,7 +47,7 @@ def authenticate():
             import kaggle  # signs in on import; 1.x raises without credentials, 2.x swallows it
     except ImportError:
         raise EnvironmentProblem(
-            "the kaggle package is not installed (pip install kaggle), or pass --source DIR"
+            "the kaggle package is not installed (pip install kaggle)"
         ) from None
     except (Exception, SystemExit):
         raise EnvironmentProblem(NO_CREDENTIALS) from None
@@ -83,7 +83,7 @@ def _describe(exc: Exception, doing: str) -> str:
     if status == 404:
         return f"{doing}: Kaggle has no competition {COMPETITION!r} (404 Not Found)"
     if isinstance(exc, (ConnectionError, TimeoutError)) or "Connection" in type(exc).__name__:
-        return f"{doing}: cannot reach Kaggle ({_one_line(exc)}); check the network, or pass --source DIR"
+        return f"{doing}: cannot reach Kaggle ({_one_line(exc)}); check the network"
     return f"{doing}: {_one_line(exc)}"
 
 

@@ -403,7 +403,9 @@ def test_no_credentials_and_no_source(tmp_path):
     )
     lines = result.stdout.strip().splitlines()
     assert result.returncode == 0, result.stderr
-    assert lines == [f"4|{kaggle_api.NO_CREDENTIALS}"] * 2 + ["ATTEMPTS 0"], result.stdout + result.stderr
+    # fetch alone points to the way round Kaggle: a local copy.
+    expected = [f"4|{kaggle_api.NO_CREDENTIALS}", f"4|{kaggle_api.NO_CREDENTIALS}, or pass --source DIR", "ATTEMPTS 0"]
+    assert lines == expected, result.stdout + result.stderr
     assert not (tmp_path / "data").exists()  # nothing created without a way to get the data
 
 
