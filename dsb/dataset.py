@@ -45,6 +45,8 @@ __all__ = [
     "image_shape",
     "image_shapes",
     "find_stage",
+    "data_checksum",
+    "image_types",
     "prepare",
     "load_prepared",
     "cache_path",
@@ -432,7 +434,7 @@ class Prepared:
     fixes : dict of str to MaskFixes
         The images whose masks needed fixing, by id.
     checksum : str
-        sha256 over ids, shapes and pixels (what ``dsb.train.data_checksum``
+        sha256 over ids, shapes and pixels (what :func:`data_checksum`
         computes), to tell whether a run resumes on the same data.
     built : bool
         Whether this call built the cache (False: read back from disk).
@@ -518,8 +520,11 @@ def _prepare_one(task):
     return image_id, gray, labels.astype(np.uint16), kind, fixes
 
 
-def _checksum(ids, images, labels) -> str:
-    # Same bytes as dsb.train.data_checksum, so either can vouch for the data.
+def data_checksum(ids, images, labels) -> str:
+    """sha256 over ids, shapes and pixels of images and int32 labels, in id order.
+
+    A run records it, so that ``--resume`` can refuse data that changed.
+    """
     h = hashlib.sha256()
     for i in sorted(range(len(ids)), key=lambda k: ids[k]):
         image = np.ascontiguousarray(images[i])
@@ -633,7 +638,7 @@ def _prepare(data_dir, config, *, progress, cache_dir, workers) -> tuple[Path, d
         images[image_id], labels[image_id], types[image_id] = gray, lab, kind
         if fix:
             fixes[image_id] = fix
-    checksum = _checksum(ids, [images[i] for i in ids], [labels[i] for i in ids])
+    checksum = data_checksum(ids, [images[i] for i in ids], [labels[i] for i in ids])
     nuclei = int(sum(int(labels[i].max(initial=0)) for i in ids))
     manifest = {
         "version": CACHE_VERSION,

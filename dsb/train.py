@@ -795,16 +795,10 @@ def _split(config: Config, ids: list[str], types, seed: int) -> tuple[list[str],
 
 
 def data_checksum(prepared) -> str:
-    """sha256 over ids, shapes and pixels of images and labels, in id order."""
-    h = hashlib.sha256()
-    order = sorted(range(len(prepared.ids)), key=lambda i: str(prepared.ids[i]))
-    for i in order:
-        image = np.ascontiguousarray(prepared.images[i])
-        labels = np.ascontiguousarray(prepared.labels[i])
-        h.update(f"{prepared.ids[i]}|{image.shape}|{image.dtype}|{labels.dtype}|".encode())
-        h.update(memoryview(image).cast("B"))
-        h.update(memoryview(labels).cast("B"))
-    return h.hexdigest()
+    """The checksum of a :class:`dsb.dataset.Prepared` (see :func:`dsb.dataset.data_checksum`)."""
+    from .dataset import data_checksum as checksum
+
+    return checksum(prepared.ids, prepared.images, prepared.labels)
 
 
 def config_hash(config: Config) -> str:
