@@ -270,6 +270,8 @@ def train_prepared(
                 "precision": precision,
                 "time_budget": time_budget,
                 "data_checksum": checksum,
+                # The code the run started with; a manifest written later must not say otherwise.
+                "git_commit": _git_commit(),
                 "elapsed_s": 0.0,
                 "wall_s": 0.0,
                 "best": None,
@@ -839,7 +841,7 @@ def _write_manifest(out_dir: Path, config: Config, state: dict, env: _Environmen
     manifest = {
         "status": status,
         "stop_reason": state["stop_reason"],
-        "git_commit": _git_commit(),
+        "git_commit": state.get("git_commit"),
         "data_checksum": state["data_checksum"],
         "config_hash": config_hash(config),
         "seed": state["seed"],

@@ -422,3 +422,15 @@ def test_strategies_need_their_backend(tmp_path):
     wrong = "multiworker" if keras.backend.backend() != "jax" else "mirrored"
     with pytest.raises(EnvironmentProblem, match="backend"):
         train_prepared(tiny_prepared(), TINY, out_dir=tmp_path / "run", strategy=wrong, progress=False)
+
+
+def test_manifest_keeps_the_commit_the_run_started_with(tmp_path, monkeypatch, capsys):
+    # Regression: the manifest re-read HEAD at every write, so a run trained while the
+    # repository moved on claimed the last commit rather than the code it started with.
+    import dsb.train
+
+    commits = iter(f"{i:040x}" for i in range(10_000))
+    monkeypatch.setattr(dsb.train, "_git_commit", lambda: next(commits))
+    config = TINY.replace(train=dataclasses.replace(TINY.train, epochs=2))
+    run = train_prepared(tiny_prepared(), config, out_dir=tmp_path / "run")
+    assert json.loads((run / "manifest.json").read_text())["git_commit"] == f"{0:040x}"
