@@ -91,7 +91,7 @@ def test_debug_shows_the_traceback_of_a_bug():
         (["score", "nope.csv", "--truth", "."], "'nope.csv' does not exist"),
         (["train", "--epochs", "0"], "--epochs"),
         (["frobnicate"], "No such command 'frobnicate'"),
-        (["train", "--resume", "--out", "runs/x", "--seed", "3"], "--resume continues the run's own config and seed"),
+        (["train", "--data", ".", "--resume", "--out", "runs/x", "--seed", "3"], "--resume continues the run's own config and seed"),
     ],
 )
 def test_usage_error_is_one_line_and_exits_2(args, needle):
