@@ -557,6 +557,19 @@ def test_prepare_an_empty_folder(tmp_path):
     error_line(dsb("prepare", "--data", empty), 3, empty / "stage1_train", "holds no images")
 
 
+def write_layouts(stage, layouts: dict, labels) -> None:
+    """One training sample per image layout, each with a mask per disc of ``labels``, plus a
+    one-pixel-wide strip ``thin`` with its mask."""
+    for name, image in layouts.items():
+        png(stage / name / "images" / f"{name}.png", image)
+        for k in (1, 2):
+            png(stage / name / "masks" / f"m{k}.png", ((labels == k) * 255).astype(np.uint8))
+    thin = np.zeros((30, 1), np.uint8)
+    thin[5:12] = 200
+    png(stage / "thin" / "images" / "thin.png", thin)
+    png(stage / "thin" / "masks" / "m1.png", np.where(thin > 0, 255, 0).astype(np.uint8))
+
+
 def test_prepare_takes_every_image_layout_and_settles_mask_overlaps(tmp_path):
     stage = tmp_path / "data" / "stage1_train"
     labels = make_discs((30, 40), ((10, 10), (18, 28)), 6)
@@ -568,14 +581,7 @@ def test_prepare_takes_every_image_layout_and_settles_mask_overlaps(tmp_path):
         "rgba": np.concatenate([np.repeat(grey[..., None], 3, axis=2), np.full((30, 40, 1), 255, np.uint8)], 2),
         "deep": grey.astype(np.uint16) * 250,
     }
-    for name, image in layouts.items():
-        png(stage / name / "images" / f"{name}.png", image)
-        for k in (1, 2):
-            png(stage / name / "masks" / f"m{k}.png", ((labels == k) * 255).astype(np.uint8))
-    thin = np.zeros((30, 1), np.uint8)
-    thin[5:12] = 200
-    png(stage / "thin" / "images" / "thin.png", thin)
-    png(stage / "thin" / "masks" / "m1.png", np.where(thin > 0, 255, 0).astype(np.uint8))
+    write_layouts(stage, layouts, labels)
     # Training data: a mask m0 overlaps m1 (most of disc 1, plus a bar reaching out of it),
     # and a mask m9 has no pixel.
     overlap = ((labels == 1) * 255).astype(np.uint8)
@@ -1084,14 +1090,7 @@ def test_odd_image_layouts_train_tune_evaluate_and_report(tmp_path):
     labels = make_discs((30, 40), ((10, 10), (18, 28)), 6)
     grey = disc_image(labels)
     rgba = np.concatenate([np.repeat(grey[..., None], 3, axis=2), np.full((30, 40, 1), 255, np.uint8)], 2)
-    for name, image in {"grey": grey, "rgba": rgba, "deep": grey.astype(np.uint16) * 250}.items():
-        png(stage / name / "images" / f"{name}.png", image)
-        for k in (1, 2):
-            png(stage / name / "masks" / f"m{k}.png", ((labels == k) * 255).astype(np.uint8))
-    thin = np.zeros((30, 1), np.uint8)
-    thin[5:12] = 200
-    png(stage / "thin" / "images" / "thin.png", thin)
-    png(stage / "thin" / "masks" / "m1.png", np.where(thin > 0, 255, 0).astype(np.uint8))
+    write_layouts(stage, {"grey": grey, "rgba": rgba, "deep": grey.astype(np.uint16) * 250}, labels)
     png(stage / "dot" / "images" / "dot.png", np.full((1, 1), 200, np.uint8))
     png(stage / "dot" / "masks" / "m1.png", np.full((1, 1), 255, np.uint8))
     config = _config(tmp_path, {
