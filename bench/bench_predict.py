@@ -12,7 +12,10 @@ Without RUN_DIR the model is the untrained U-Net of the shipped "cpu" config
   nothing else, and the ratio end-to-end / forward (target at most 1.3).
   Warm passes of both alternate ``--repeat`` times and the best of each is
   kept, since the machine may be shared;
-- peak memory (ru_maxrss) of a fresh process that predicts the largest image.
+- peak memory (ru_maxrss) of a fresh process that predicts the largest image,
+  and of one that predicts a synthetic 2048x2048 image of 6-pixel nuclei at
+  their diameter (upscaled to the network's: the worst case of scale
+  normalisation; target < 3 GiB).
 
 Needs the competition files (../shared/dsb2018 or $DSB_SHARED); says so and
 exits 0 when they are absent. Not a test: it prints figures.
@@ -73,7 +76,7 @@ def _peak_memory(args) -> int:
     raw = read_image(args.peak_memory)
     model.predict_on_batch(np.zeros((1, 32, 32, 1), np.float32))  # load the backend fully
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    labels = predict_labels(model, config, raw, tta=args.tta)
+    labels = predict_labels(model, config, raw, tta=args.tta, diameter=args.diameter)
     after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(before, after, int(labels.max()))
     return 0
@@ -88,6 +91,7 @@ def main() -> int:
     parser.add_argument("--tta", action="store_true")
     parser.add_argument("--repeat", type=int, default=2, help="warm passes of each measurement (best is kept)")
     parser.add_argument("--peak-memory", help=argparse.SUPPRESS)
+    parser.add_argument("--diameter", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.peak_memory:
         return _peak_memory(args)
@@ -170,20 +174,47 @@ def main() -> int:
               f" end to end / its own network calls: {total / inside:.2f}")
 
         h, w = shapes[largest]
-        cmd = [sys.executable, __file__, "--peak-memory", str(images[largest])]
-        cmd += [args.run_dir] if args.run_dir else []
-        for flag in ("tile_size", "overlap", "batch_size"):
-            if getattr(args, flag) is not None:
-                cmd += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
-        cmd += ["--tta"] if args.tta else []
-        child = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        if child.returncode:
-            print(f"peak memory: child failed:\n{child.stderr[-2000:]}")
+        measured = _child_peak(args, images[largest])
+        if measured is None:
             return 1
-        before, after, _ = map(int, child.stdout.split()[-3:])
+        before, after = measured
         print(f"peak memory predicting the largest image ({h}x{w}): {after / 2**20:.2f} GiB"
               f" (process with model loaded: {before / 2**20:.2f} GiB; target < 2 GiB)")
+        small = tmp / "small-nuclei-2048.png"
+        _write_small_nuclei(small)
+        measured = _child_peak(args, small, diameter=6.0)
+        if measured is None:
+            return 1
+        print(f"peak memory predicting 2048x2048 of 6-px nuclei (--diameter 6, resampled to the network's"
+              f" diameter): {measured[1] / 2**20:.2f} GiB (target < 3 GiB)")
     return 0
+
+
+def _write_small_nuclei(path: Path) -> None:
+    """A 2048x2048 fluorescence-like image of discs 6 pixels across, 10 pixels apart."""
+    import numpy as np
+    from PIL import Image
+
+    rr, cc = np.indices((2048, 2048))
+    discs = ((rr % 10 - 4.5) ** 2 + (cc % 10 - 4.5) ** 2) <= 9
+    Image.fromarray(np.where(discs, 200, 15).astype(np.uint8)).save(path)
+
+
+def _child_peak(args, image: Path, *, diameter: float | None = None) -> tuple[int, int] | None:
+    """ru_maxrss (KiB) of a fresh process before and after predicting ``image``; None if it failed."""
+    cmd = [sys.executable, __file__, "--peak-memory", str(image)]
+    cmd += [args.run_dir] if args.run_dir else []
+    for flag in ("tile_size", "overlap", "batch_size"):
+        if getattr(args, flag) is not None:
+            cmd += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
+    cmd += ["--tta"] if args.tta else []
+    cmd += ["--diameter", str(diameter)] if diameter else []
+    child = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if child.returncode:
+        print(f"peak memory: child failed:\n{child.stderr[-2000:]}")
+        return None
+    before, after, _ = map(int, child.stdout.split()[-3:])
+    return before, after
 
 
 if __name__ == "__main__":

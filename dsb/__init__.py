@@ -1,3 +1,75 @@
-"""dsb: nucleus instance segmentation for the 2018 Data Science Bowl."""
+"""dsb: nucleus instance segmentation for the 2018 Data Science Bowl.
+
+From Python (a notebook, a script), an image is an array and so are its nuclei:
+
+>>> import numpy as np
+>>> import dsb
+>>> image = np.zeros((64, 64), np.uint8)
+>>> image[20:36, 20:36] = 200
+>>> labels = dsb.segment(image)       # (H, W) int32: 0 background, 1..N nuclei
+>>> labels.shape
+(64, 64)
+
+=========================  ==================================================
+:func:`segment`            label the nuclei of one image (grey or colour)
+:func:`load_model`         load a trained model once, for many images
+:func:`score`              the competition metric on one image
+:func:`score_submission`   the competition metric on a submission
+:func:`rle_encode`         one mask to Kaggle's run-length encoding
+:func:`rle_decode`         a run-length encoding back to a mask
+:func:`read_submission`    read and check a submission CSV
+:func:`write_submission`   write a submission CSV
+=========================  ==================================================
+
+Everything else (training, tuning, the folder pipelines of the ``dsb``
+command) lives in the submodules. Names are imported on first use, so that
+``import dsb`` and ``dsb --help`` load neither Keras nor pandas.
+"""
+
+import importlib
+
+# Not typing.TYPE_CHECKING: importing typing would double the import time; checkers know the name.
+TYPE_CHECKING = False
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "segment",
+    "load_model",
+    "score",
+    "score_submission",
+    "rle_encode",
+    "rle_decode",
+    "read_submission",
+    "write_submission",
+]
+
+# Public name -> the module it is defined in.
+_HOMES = {
+    "segment": "._api",
+    "load_model": "._api",
+    "score": "._api",
+    "score_submission": "._api",
+    "rle_encode": ".rle",
+    "rle_decode": ".rle",
+    "read_submission": ".submission",
+    "write_submission": ".submission",
+}
+
+if TYPE_CHECKING:
+    from ._api import load_model, score, score_submission, segment
+    from .rle import rle_decode, rle_encode
+    from .submission import read_submission, write_submission
+
+
+def __getattr__(name: str):
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'dsb' has no attribute {name!r}")
+    value = getattr(importlib.import_module(home, __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*__all__, "__version__"])

@@ -28,6 +28,23 @@ _EXISTING = click.Path(exists=True, path_type=Path)
 _FILE = click.Path(dir_okay=False, path_type=Path)
 
 
+class _Diameter(click.ParamType):
+    """A nucleus diameter in pixels (see :func:`dsb.scale.check_diameter`)."""
+
+    name = "PX"
+
+    def convert(self, value, param, ctx):
+        from .scale import check_diameter
+
+        try:
+            return check_diameter(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+_DIAMETER_HELP = "Median nucleus diameter in pixels; estimated per image when not given."
+
+
 class DsbGroup(click.Group):
     """Turns library errors into one line on stderr and a fixed exit status."""
 
@@ -186,12 +203,15 @@ def tune(run_dir: Path, data: Path) -> None:
 @click.option("--tta", is_flag=True, help="Average over flips and 90-degree rotations.")
 @click.option("--per-image", type=_FILE, default=None, help="Write per-image scores to this CSV.")
 def evaluate(run_dir: Path, data: Path, tta: bool, per_image: Path | None) -> None:
-    """Score a run on its validation images; the last line is the score."""
+    """Score a run on its validation images, per group and per type; the last line is the score."""
     _load_keras()
     from .evaluate import evaluate as evaluate_run
+    from .evaluate import summary_lines
 
     value, table = evaluate_run(run_dir, data, tta=tta, progress=True)
-    _report_scores(value, table, per_image)
+    for line in summary_lines(table):
+        click.echo(line)
+    _report_scores(value, table, per_image, by_type=False)
 
 
 @cli.command()
@@ -223,8 +243,9 @@ def export(run_dir: Path, out: Path, note: Path | None) -> None:
 @click.option("--out", type=_FILE, default=None, help="CSV to write (default submissions/<run>.csv).")
 @click.option("--labels", type=_DIR, default=None, help="Also write one 16-bit label image per input here.")
 @click.option("--tta", is_flag=True, help="Average over flips and 90-degree rotations.")
+@click.option("--diameter", type=_Diameter(), default=None, help=_DIAMETER_HELP)
 @click.option("--skip-bad", is_flag=True, help="Report unreadable images and go on with the rest.")
-def predict(run_dir, images, out, labels, tta, skip_bad) -> None:
+def predict(run_dir, images, out, labels, tta, diameter, skip_bad) -> None:
     """Segment every image of a folder into a Kaggle submission CSV.
 
     RUN_DIR defaults to the model shipped with the package.
@@ -235,8 +256,8 @@ def predict(run_dir, images, out, labels, tta, skip_bad) -> None:
     _load_keras()
     if out is None:
         out = Path("submissions") / f"{run_dir.name}{'-tta' if tta else ''}.csv"
-    result = predict_folder(run_dir, images, out_csv=out, labels_dir=labels, tta=tta, skip_bad=skip_bad,
-                            progress=True)
+    result = predict_folder(run_dir, images, out_csv=out, labels_dir=labels, tta=tta, diameter=diameter,
+                            skip_bad=skip_bad, progress=True)
     for line in result.attrs.get("skipped", []):
         click.echo(f"skipped: {line}", err=True)
     n_images = result["ImageId"].nunique()
@@ -253,14 +274,15 @@ def predict(run_dir, images, out, labels, tta, skip_bad) -> None:
 @click.option("--out", type=_DIR, required=True, help="Folder for label TIFFs and measurement CSVs.")
 @click.option("--tta", is_flag=True, help="Average over flips and 90-degree rotations.")
 @click.option("--overlay", is_flag=True, help="Also write an overlay PNG per image.")
+@click.option("--diameter", type=_Diameter(), default=None, help=_DIAMETER_HELP)
 @click.option("--skip-bad", is_flag=True, help="Report unreadable images and go on with the rest.")
-def segment(paths, model_dir, out, tta, overlay, skip_bad) -> None:
+def segment(paths, model_dir, out, tta, overlay, diameter, skip_bad) -> None:
     """Segment any PNG, TIFF or JPEG microscope images and measure each nucleus."""
     _load_keras()
-    from .segment import segment_paths
+    from .segment_files import segment_paths
 
     summary = segment_paths(list(paths), model_dir=model_dir, out_dir=out, tta=tta, overlay=overlay,
-                            skip_bad=skip_bad, progress=True)
+                            diameter=diameter, skip_bad=skip_bad, progress=True)
     done = int((summary["status"] == "ok").sum())
     skipped = len(summary) - done
     click.echo(f"{done} images segmented into {out}" + (f", {skipped} skipped" if skipped else ""))
@@ -327,14 +349,20 @@ def submit(csv: Path, message: str, images: Path, skip_without_credentials: bool
 @click.option("--truth", type=_EXISTING, default=None, help="Solution CSV or stage1_train-layout folder.")
 @click.option("--images", type=_EXISTING_DIR, default=None,
               help="Folder of the images for overlays (default: the --truth folder).")
+@click.option("--data", type=click.Path(path_type=Path), default=Path("data"), show_default=True,
+              help="Training data: without --submission, the run's validation images are predicted from it.")
 @click.option("--out", type=_FILE, default=Path("report.html"), show_default=True)
-def report(run_dir, submission, truth, images, out) -> None:
-    """Write a self-contained HTML report of a run (curves, scores, overlays)."""
+def report(run_dir, submission, truth, images, data, out) -> None:
+    """Write a self-contained HTML report of a run (curves, scores per group and type, overlays)."""
     from .report import build_report
 
     if (submission is None) != (truth is None):
         raise click.UsageError("--submission and --truth go together")
-    path = build_report(run_dir, submission=submission, truth=truth, images_dir=images, out=out)
+    data_dir = None
+    if submission is None and data.is_dir() and (Path(run_dir) / "model.keras").is_file():
+        _load_keras()
+        data_dir = data
+    path = build_report(run_dir, submission=submission, truth=truth, images_dir=images, data_dir=data_dir, out=out)
     click.echo(f"report: {path}")
 
 
@@ -346,14 +374,14 @@ def _load_config(path: Path | None):
     return shipped_config("cpu") if path is None else load_config(path)
 
 
-def _report_scores(value: float, table, per_image: Path | None) -> None:
-    """Per-type lines, then the score alone on the last line."""
+def _report_scores(value: float, table, per_image: Path | None, *, by_type: bool = True) -> None:
+    """Per-type lines (unless ``by_type`` is False), then the score alone on the last line."""
     if per_image is not None:
         from .atomic import atomic_path
 
         with atomic_path(per_image) as tmp:
             table.to_csv(tmp, index=False, float_format="%.6f")
-    if "type" in table and table["type"].notna().any():
+    if by_type and "type" in table and table["type"].notna().any():
         for kind, group in table.groupby("type"):
             click.echo(f"{kind}: {group['score'].mean():.6f} ({len(group)} images)")
     click.echo(f"{value:.6f}")
@@ -362,7 +390,7 @@ def _report_scores(value: float, table, per_image: Path | None) -> None:
 def _run_or_default(run_dir: Path | None) -> Path:
     if run_dir is not None:
         return run_dir
-    from .segment import default_model_dir
+    from .segment_files import default_model_dir
 
     return default_model_dir()
 

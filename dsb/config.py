@@ -34,6 +34,8 @@ __all__ = [
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 SHIPPED_CONFIGS = ("cpu", "gpu")
+# The network's output channels, in order (see dsb.loader.make_targets).
+OUTPUTS = ("body", "border", "contact")
 
 
 @dataclass(frozen=True)
@@ -54,7 +56,8 @@ class ModelConfig:
     initializer: str = "he_normal"
     batch_norm: bool = True
     upsampling: str = "transpose"  # "transpose" or "bilinear"
-    outputs: tuple[str, ...] = ("body", "border")
+    # body, its inner border ring, and (optional) the contact zone between two nuclei.
+    outputs: tuple[str, ...] = ("body", "border", "contact")
 
     def level_filters(self) -> tuple[int, ...]:
         if self.filters:
@@ -89,9 +92,9 @@ class ModelConfig:
             raise BadDataError(
                 f"is {self.upsampling!r}, expected 'transpose' or 'bilinear'", where=f"{where}.upsampling"
             )
-        if tuple(self.outputs[:2]) != ("body", "border"):
+        if tuple(self.outputs) not in (("body", "border"), OUTPUTS):
             raise BadDataError(
-                f"is {list(self.outputs)}, expected to start with ['body', 'border']", where=f"{where}.outputs"
+                f"is {list(self.outputs)}, expected ['body', 'border'] or {list(OUTPUTS)}", where=f"{where}.outputs"
             )
 
 
@@ -104,6 +107,10 @@ class PreprocessConfig:
     percentile_low: float = 0.5  # contrast stretch: this percentile maps to 0 ...
     percentile_high: float = 99.8  # ... and this one to 1
     border_width: int = 2  # width in pixels of the border target inside each nucleus
+    contact_width: int = 2  # pixels within this distance of two different nuclei form the contact target
+    # The nucleus diameter (pixels) the network works at: training resamples each image so that
+    # its median nucleus has it, prediction estimates each image's and resamples. 0: no resampling.
+    diameter: float = 20.0
 
     def check(self, where: str) -> None:
         if self.polarity not in ("auto", "keep", "invert"):
@@ -122,6 +129,13 @@ class PreprocessConfig:
             )
         if self.border_width < 0:
             raise BadDataError(f"is {self.border_width}, expected at least 0", where=f"{where}.border_width")
+        if self.contact_width < 1:
+            raise BadDataError(f"is {self.contact_width}, expected at least 1", where=f"{where}.contact_width")
+        if self.diameter != 0 and not 4.0 <= self.diameter <= 200.0:
+            raise BadDataError(
+                f"is {self.diameter}, expected 0 (no resampling) or a diameter in [4, 200] pixels",
+                where=f"{where}.diameter",
+            )
 
 
 @dataclass(frozen=True)
@@ -138,15 +152,31 @@ class TrainConfig:
     plateau_factor: float = 0.5  # "plateau": the rate is multiplied by this ...
     plateau_patience: int = 5  # ... after this many epochs without a better monitored loss
     early_stopping_patience: int = 15
-    validation_fraction: float = 0.1
+    # "group": hold out whole imaging-experiment groups (dsb.groups), at least one of each type that
+    # has two, so validation scores unseen experiments; whole groups overshoot the fraction (0.15
+    # holds out 17-23% of stage1_train). "random": round(fraction * n) random images of each type.
+    split: str = "group"
+    validation_fraction: float = 0.15
     bce_weight: float = 1.0
     dice_weight: float = 1.0
-    channel_weights: tuple[float, ...] = (1.0, 1.0)
+    # One weight per output channel; empty: DEFAULT_CHANNEL_WEIGHTS by channel name.
+    channel_weights: tuple[float, ...] = ()
     flips: bool = True
     rotations: bool = True
-    scale_jitter: float = 0.25  # crops are rescaled by a factor in [1 - s, 1 + s]
+    scale_jitter: float = 0.25  # crops are rescaled by a further factor in [1 - s, 1 + s]
     intensity_jitter: float = 0.1
     contrast_jitter: float = 0.2
+    # Colour augmentation of stained images, on their RGB before the grey conversion (dsb.augment);
+    # all four 0: stained crops come from the cached grey like the others.
+    stain_jitter: float = 0.3  # haematoxylin, eosin and DAB amounts each scaled by [1 - s, 1 + s] ...
+    stain_shift: float = 0.012  # ... and shifted by [-s, s] (rgb2hed density units; tints the background)
+    hue_jitter: float = 0.03  # hue shifted by [-h, h] turns
+    colour_jitter: float = 0.1  # saturation and brightness scaled by [1 - c, 1 + c]
+    # Grey-level augmentation of every crop, after the grey conversion:
+    blur_probability: float = 0.2  # chance of a gaussian blur ...
+    blur_sigma: float = 1.5  # ... of a standard deviation uniform in [0.3, blur_sigma] pixels
+    noise_std: float = 0.03  # read and shot noise, each of a standard deviation uniform in [0, noise_std]
+    gamma_jitter: float = 0.3  # a power g with log(g) uniform in [-gamma_jitter, gamma_jitter]
     seed: int = 42
 
     def check(self, where: str) -> None:
@@ -170,12 +200,28 @@ class TrainConfig:
             raise BadDataError(
                 f"is {self.validation_fraction}, expected in [0, 1)", where=f"{where}.validation_fraction"
             )
+        if self.split not in ("group", "random"):
+            raise BadDataError(f"is {self.split!r}, expected 'group' or 'random'", where=f"{where}.split")
         if self.lr_schedule not in ("cosine", "plateau"):
             raise BadDataError(
                 f"is {self.lr_schedule!r}, expected 'cosine' or 'plateau'", where=f"{where}.lr_schedule"
             )
         if not 0.0 < self.plateau_factor <= 1.0:
             raise BadDataError(f"is {self.plateau_factor}, expected in (0, 1]", where=f"{where}.plateau_factor")
+        for name, top in (("stain_jitter", 1.0), ("colour_jitter", 1.0), ("hue_jitter", 0.5),
+                          ("blur_probability", 1.0), ("stain_shift", 0.1), ("noise_std", 0.5),
+                          ("gamma_jitter", 1.0), ("blur_sigma", 10.0)):
+            if not 0.0 <= getattr(self, name) <= top:
+                raise BadDataError(f"is {getattr(self, name)}, expected in [0, {top}]", where=f"{where}.{name}")
+        if self.blur_probability > 0 and self.blur_sigma < 0.3:
+            raise BadDataError(
+                f"is {self.blur_sigma}, expected at least 0.3 when train.blur_probability > 0", where=f"{where}.blur_sigma"
+            )
+
+    @property
+    def colour_augmentation(self) -> bool:
+        """Whether stained crops take the colour path (jitter on RGB, then the grey conversion)."""
+        return self.stain_jitter > 0 or self.stain_shift > 0 or self.hue_jitter > 0 or self.colour_jitter > 0
 
 
 @dataclass(frozen=True)
@@ -185,8 +231,20 @@ class PredictConfig:
     tile_size: int = 256
     overlap: int = 64
     batch_size: int = 8
+    # Resampling factors allowed when an image's nucleus diameter is estimated or given.
+    min_scale: float = 0.2
+    max_scale: float = 4.0
+    # Passes of the diameter estimate: each predicts at the scale the previous one suggests.
+    diameter_passes: int = 3
 
     def check(self, where: str) -> None:
+        if not 0 < self.min_scale <= 1.0 <= self.max_scale <= 8.0:
+            raise BadDataError(
+                f"are {self.min_scale} and {self.max_scale}, expected 0 < min_scale <= 1 <= max_scale <= 8",
+                where=f"{where}.min_scale/max_scale",
+            )
+        if self.diameter_passes < 1:
+            raise BadDataError(f"is {self.diameter_passes}, expected at least 1", where=f"{where}.diameter_passes")
         if self.tile_size % 16 or self.tile_size < 16:
             raise BadDataError(f"is {self.tile_size}, expected a multiple of 16", where=f"{where}.tile_size")
         if self.batch_size < 1:
@@ -203,6 +261,7 @@ class PostprocessConfig:
 
     marker_threshold: float = 0.5  # body probability a marker needs
     border_threshold: float = 0.4  # border probability a marker must stay under
+    contact_threshold: float = 0.5  # contact probability a marker must stay under (3-channel models)
     mask_threshold: float = 0.5  # body probability that belongs to some nucleus
     min_marker_size: int = 4
     min_size: int = 12
@@ -211,7 +270,7 @@ class PostprocessConfig:
     keep_unmarked: bool = True  # a body component with no marker (a tiny nucleus) becomes one nucleus
 
     def check(self, where: str) -> None:
-        for name in ("marker_threshold", "border_threshold", "mask_threshold"):
+        for name in ("marker_threshold", "border_threshold", "contact_threshold", "mask_threshold"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise BadDataError(f"is {getattr(self, name)}, expected in [0, 1]", where=f"{where}.{name}")
         if self.flood not in ("probability", "distance"):

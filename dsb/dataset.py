@@ -9,7 +9,8 @@ Decoding stage1_train (664 images, 28,986 mask PNGs) takes a while, so
 :func:`prepare` does it once into a cache beside the data, which
 :func:`load_prepared` reads back in seconds: the network's input as uint8 grey
 (:func:`dsb.preprocess.preprocess_image`), the instance labels, and a table of
-image types. The cache is rebuilt when the files (names, sizes, times) or the
+image types, the median nucleus diameter and the imaging-experiment group of each
+image (:mod:`dsb.groups`). The cache is rebuilt when the files (names, sizes, times) or the
 preprocessing parameters change.
 """
 
@@ -30,6 +31,7 @@ import numpy as np
 
 from .atomic import atomic_dir, os_error
 from .errors import BadDataError
+from .groups import FEATURES, N_GROUPS, assign_groups, image_features
 from .preprocess import IMAGE_TYPES, image_type, preprocess_image, to_uint8
 
 __all__ = [
@@ -49,13 +51,15 @@ __all__ = [
     "image_types",
     "prepare",
     "load_prepared",
+    "load_colour_images",
     "cache_path",
+    "load_groups",
 ]
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
-CACHE_VERSION = 2  # bump when the cache's content or format changes
+CACHE_VERSION = 3  # bump when the cache's content or format changes
 # Fields of PreprocessConfig that only shape the training targets, not the cache.
-_NOT_CACHED = frozenset({"border_width"})
+_NOT_CACHED = frozenset({"border_width", "contact_width", "diameter"})  # targets and scale: made per crop
 
 
 # ---------------------------------------------------------------- reading
@@ -431,6 +435,11 @@ class Prepared:
         Instance labels, 0 background, 1..N.
     types : list of str
         Image type of each image (one of :data:`dsb.preprocess.IMAGE_TYPES`).
+    diameters : list of float
+        Median equivalent diameter ``sqrt(4 * area / pi)`` of the nuclei of each
+        image, in pixels (NaN for an image without nuclei).
+    groups : list of str
+        Imaging-experiment group of each image (:func:`dsb.groups.assign_groups`).
     fixes : dict of str to MaskFixes
         The images whose masks needed fixing, by id.
     checksum : str
@@ -448,18 +457,22 @@ class Prepared:
     fixes: dict[str, MaskFixes] = field(default_factory=dict)
     checksum: str = ""
     built: bool = False
+    diameters: list[float] = field(default_factory=list)
+    groups: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def summary(self) -> str:
         """A few lines for people: counts by type, nuclei, and mask fixes."""
-        return _summary(self.ids, self.types, sum(int(lab.max(initial=0)) for lab in self.labels), self.fixes)
+        nuclei = sum(int(lab.max(initial=0)) for lab in self.labels)
+        return _summary(self.ids, self.types, nuclei, self.fixes, self.groups, self.diameters)
 
 
-def _summary(ids, types, nuclei: int, fixes: dict) -> str:
+def _summary(ids, types, nuclei: int, fixes: dict, groups=(), diameters=()) -> str:
     counts = ", ".join(f"{types.count(t)} {t}" for t in IMAGE_TYPES)
     lines = [f"{len(ids)} images ({counts}), {nuclei} nuclei"]
+    lines += _group_lines(types, groups, diameters)
     if fixes:
         overlaps = [f for f in fixes.values() if f.overlapping]
         empty = sum(len(f.empty) for f in fixes.values())
@@ -474,6 +487,19 @@ def _summary(ids, types, nuclei: int, fixes: dict) -> str:
     else:
         lines.append("mask fixes: none needed")
     return "\n".join(lines)
+
+
+def _group_lines(types, groups, diameters) -> list[str]:
+    """One line per group: name, type, images and median nucleus diameter."""
+    if not groups:
+        return []
+    lines = [f"{len(set(groups))} imaging-experiment groups:"]
+    for name in sorted(set(groups), key=lambda g: (IMAGE_TYPES.index(types[groups.index(g)]), g)):
+        idx = [j for j, g in enumerate(groups) if g == name]
+        d = np.asarray([diameters[j] for j in idx], dtype=float) if diameters else np.array([np.nan])
+        diam = float(np.nanmedian(d)) if np.isfinite(d).any() else float("nan")
+        lines.append(f"  group {name}: {len(idx)} {types[idx[0]]} images, median nucleus diameter {diam:.1f} px")
+    return lines
 
 
 def _cache_key(config) -> tuple[str, dict]:
@@ -517,7 +543,7 @@ def _prepare_one(task):
         raise BadDataError(f"{labels.max()} nuclei: more than the cache can hold (65535)", path=path.parent.parent)
     kind = image_type(raw)
     gray = to_uint8(preprocess_image(raw, config, kind=kind))
-    return image_id, gray, labels.astype(np.uint16), kind, fixes
+    return image_id, gray, labels.astype(np.uint16), kind, fixes, image_features(raw, labels)
 
 
 def data_checksum(ids, images, labels) -> str:
@@ -600,8 +626,9 @@ def prepare(data_dir, config=None, *, progress: bool = False, cache_dir=None, wo
     -------
     Path
         The cache folder: ``images.npz`` (uint8 (H, W) by id), ``labels.npz``
-        (uint16 (H, W) by id), ``types.csv`` (ImageId,type,height,width) and
-        ``manifest.json`` (parameters, data fingerprint, counts, fixes), the
+        (uint16 (H, W) by id), ``types.csv`` (ImageId,type,height,width),
+        ``groups.csv`` (ImageId,group,diameter and the grouping features of
+        :mod:`dsb.groups`) and ``manifest.json`` (parameters, data fingerprint, counts, fixes), the
         last written last.
 
     Raises
@@ -633,11 +660,13 @@ def _prepare(data_dir, config, *, progress, cache_dir, workers) -> tuple[Path, d
     if workers is None:
         workers = min(2, os.cpu_count() or 1)
     start = time.perf_counter()
-    images, labels, types, fixes = {}, {}, {}, {}
-    for image_id, gray, lab, kind, fix in _decode_all(stage_dir, ids, config, workers=workers, progress=progress):
-        images[image_id], labels[image_id], types[image_id] = gray, lab, kind
+    images, labels, types, fixes, features = {}, {}, {}, {}, {}
+    decoded = _decode_all(stage_dir, ids, config, workers=workers, progress=progress)
+    for image_id, gray, lab, kind, fix, feats in decoded:
+        images[image_id], labels[image_id], types[image_id], features[image_id] = gray, lab, kind, feats
         if fix:
             fixes[image_id] = fix
+    groups = dict(zip(ids, assign_groups(ids, [types[i] for i in ids], [features[i] for i in ids])))
     checksum = data_checksum(ids, [images[i] for i in ids], [labels[i] for i in ids])
     nuclei = int(sum(int(labels[i].max(initial=0)) for i in ids))
     manifest = {
@@ -649,6 +678,8 @@ def _prepare(data_dir, config, *, progress, cache_dir, workers) -> tuple[Path, d
         "images": len(ids),
         "nuclei": nuclei,
         "types": {t: sum(1 for i in ids if types[i] == t) for t in IMAGE_TYPES},
+        "groups": {g: sum(1 for i in ids if groups[i] == g) for g in sorted(set(groups.values()))},
+        "n_groups": N_GROUPS,
         "fixes": {i: f.to_dict() for i, f in sorted(fixes.items())},
         "build_seconds": None,
     }
@@ -662,6 +693,7 @@ def _prepare(data_dir, config, *, progress, cache_dir, workers) -> tuple[Path, d
                 f"{i},{types[i]},{images[i].shape[0]},{images[i].shape[1]}" for i in ids
             ]
             (tmp / "types.csv").write_text("\n".join(rows) + "\n")
+            (tmp / "groups.csv").write_text(_groups_csv(ids, groups, features))
             manifest["build_seconds"] = round(time.perf_counter() - start, 1)
             (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
         except OSError as exc:
@@ -670,8 +702,39 @@ def _prepare(data_dir, config, *, progress, cache_dir, workers) -> tuple[Path, d
         import click
 
         fix_objs = {i: MaskFixes.from_dict(f) for i, f in manifest["fixes"].items()}
-        click.echo(_summary(ids, [types[i] for i in ids], nuclei, fix_objs), err=True)
+        diameters = [_diameter(features[i]) for i in ids]
+        click.echo(_summary(ids, [types[i] for i in ids], nuclei, fix_objs, [groups[i] for i in ids], diameters), err=True)
     return folder, manifest, True
+
+
+_DIAMETER = FEATURES.index("log_diameter")
+
+
+def _diameter(features: np.ndarray) -> float:
+    return float(np.exp(features[_DIAMETER]))
+
+
+def _groups_csv(ids, groups: dict, features: dict) -> str:
+    """``groups.csv``: ImageId, group, median nucleus diameter (px), then the features of the grouping."""
+    rows = [",".join(("ImageId", "group", "diameter") + FEATURES)]
+    for i in ids:
+        values = [f"{_diameter(features[i]):.4f}"] + [f"{v:.6g}" for v in features[i]]
+        rows.append(",".join([i, groups[i]] + values))
+    return "\n".join(rows) + "\n"
+
+
+def _read_groups_csv(path: Path) -> dict[str, tuple[str, float]]:
+    """ImageId -> (group, diameter) from ``groups.csv``."""
+    out = {}
+    lines = path.read_text().splitlines()
+    if not lines or not lines[0].startswith("ImageId,group,diameter"):
+        raise ValueError(f"header is not ImageId,group,diameter,...: {lines[:1]}")
+    for n, line in enumerate(lines[1:], start=2):
+        cells = line.split(",")
+        if len(cells) < 3:
+            raise ValueError(f"row {n} has {len(cells)} cells, expected at least 3")
+        out[cells[0]] = (cells[1], float(cells[2]))
+    return out
 
 
 def load_prepared(
@@ -685,7 +748,8 @@ def load_prepared(
     -------
     Prepared
         ``ids`` sorted; ``images`` uint8 (H, W); ``labels`` int32 (H, W);
-        ``types``; ``fixes``; ``checksum``; ``path``.
+        ``types``; ``diameters`` (median nucleus diameter, px); ``groups``
+        (imaging-experiment group names); ``fixes``; ``checksum``; ``path``.
     """
     folder, manifest, built = _prepare(data_dir, config, progress=progress, cache_dir=cache_dir, workers=workers)
     try:
@@ -694,6 +758,7 @@ def load_prepared(
             images = [zi[i] for i in ids]
             labels = [zl[i].astype(np.int32) for i in ids]
         rows = (folder / "types.csv").read_text().splitlines()[1:]
+        grouping = _read_groups_csv(folder / "groups.csv")
     except (OSError, ValueError, KeyError, zlib.error) as exc:
         raise BadDataError(
             f"prepared cache is damaged ({exc}); delete the folder and run `dsb prepare` again", path=folder
@@ -709,7 +774,43 @@ def load_prepared(
         fixes=fixes,
         checksum=manifest.get("checksum", ""),
         built=built,
+        diameters=[grouping.get(i, ("", float("nan")))[1] for i in ids],
+        groups=[grouping.get(i, ("", 0.0))[0] for i in ids],
     )
+
+
+def load_groups(data_dir, config=None, *, progress: bool = False) -> tuple[dict[str, str], dict[str, float]]:
+    """The imaging-experiment group and median nucleus diameter of every training image.
+
+    Groups cluster the whole stage folder (:func:`dsb.groups.assign_groups`),
+    so they come from the training cache, built first when missing or out of
+    date (as :func:`prepare` does; seconds when it is up to date).
+
+    Parameters
+    ----------
+    data_dir, config, progress
+        As for :func:`prepare`.
+
+    Returns
+    -------
+    groups : dict of str to str
+        ``ImageId -> group``.
+    diameters : dict of str to float
+        ``ImageId -> median nucleus diameter`` in pixels.
+
+    Raises
+    ------
+    BadDataError
+        As :func:`prepare`, or the cache's ``groups.csv`` is damaged.
+    """
+    folder = _prepare(data_dir, config, progress=progress, cache_dir=None, workers=None)[0]
+    try:
+        rows = _read_groups_csv(folder / "groups.csv")
+    except (OSError, ValueError) as exc:
+        raise BadDataError(
+            f"prepared cache is damaged ({exc}); delete the folder and run `dsb prepare` again", path=folder
+        ) from None
+    return {i: g for i, (g, _) in rows.items()}, {i: d for i, (_, d) in rows.items()}
 
 
 def image_types(stage_dir, ids=None) -> dict[str, str]:
@@ -730,3 +831,67 @@ def image_types(stage_dir, ids=None) -> dict[str, str]:
     stage_dir = Path(stage_dir)
     ids = list_ids(stage_dir) if ids is None else list(ids)
     return {i: image_type(read_image(image_path(stage_dir, i))) for i in ids}
+
+
+def load_colour_images(prepared, kinds=("stained",), *, stage_dir=None) -> dict[str, np.ndarray]:
+    """The raw RGB of the prepared images of some types, for colour augmentation.
+
+    The cache holds only the grey network input; this reads the original
+    images again from the stage folder the cache was built from.
+
+    Parameters
+    ----------
+    prepared : Prepared
+        Or anything with ``path`` (the cache folder), ``ids`` and ``types``.
+    kinds : tuple of str
+        The image types to read (see :data:`dsb.preprocess.IMAGE_TYPES`).
+    stage_dir : str or os.PathLike, optional
+        Where the images are; default: ``stage_dir`` of the cache's
+        ``manifest.json``.
+
+    Returns
+    -------
+    dict of str to (H, W, 3) ndarray of uint8
+        By image id; alpha dropped.
+
+    Raises
+    ------
+    BadDataError
+        The manifest is missing or has no ``stage_dir``, or an image file is
+        missing or unreadable (naming it).
+    """
+    unknown = sorted(set(kinds) - set(IMAGE_TYPES))
+    if unknown:
+        raise ValueError(f"`kinds` holds {unknown[0]!r}, expected some of {', '.join(IMAGE_TYPES)}")
+    if stage_dir is None:
+        folder = Path(prepared.path)
+        manifest = _read_manifest(folder)
+        if manifest is None:
+            raise BadDataError("no readable manifest.json; run `dsb prepare` again", path=folder)
+        if not manifest.get("stage_dir"):
+            raise BadDataError(
+                "has no key 'stage_dir' (the folder of the raw images); run `dsb prepare` again",
+                path=folder / "manifest.json",
+            )
+        stage_dir = manifest["stage_dir"]
+    stage_dir = Path(stage_dir)
+    if not stage_dir.is_dir():
+        raise BadDataError(
+            "folder of the raw images not found (recorded in the cache's manifest.json, key 'stage_dir')",
+            path=stage_dir,
+        )
+    colour = {}
+    for image_id, kind in zip(prepared.ids, prepared.types):
+        if kind not in kinds:
+            continue
+        path = image_path(stage_dir, image_id)
+        raw = read_image(path)
+        if raw.ndim != 3 or raw.shape[2] < 3:
+            raise BadDataError(f"is {kind} in the cache but has no colour channels (shape {raw.shape})", path=path)
+        rgb = raw[..., :3]
+        if rgb.dtype != np.uint8:
+            from .preprocess import as_float
+
+            rgb = to_uint8(as_float(rgb))
+        colour[image_id] = rgb
+    return colour

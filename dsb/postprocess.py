@@ -12,7 +12,8 @@ Steps of :func:`labels_from_probabilities`:
 
 1. mask = body > ``mask_threshold``;
 2. markers = connected components of (body > ``marker_threshold``) & (border <
-   ``border_threshold``) inside the mask, dropping those under
+   ``border_threshold``) (& contact < ``contact_threshold`` when the network
+   has the third, contact channel) inside the mask, dropping those under
    ``min_marker_size`` pixels; a component of the mask that holds no marker
    (a small nucleus the border covers entirely) becomes its own marker when
    ``keep_unmarked``;
@@ -87,6 +88,8 @@ def remove_small(labels: np.ndarray, min_size: int) -> np.ndarray:
 def _markers(prob: np.ndarray, config: PostprocessConfig, components: np.ndarray, n: int) -> np.ndarray:
     body, border = prob[:, :, 0], prob[:, :, 1]
     cores = (body > config.marker_threshold) & (border < config.border_threshold) & (components > 0)
+    if prob.shape[2] >= 3:  # the contact zone between neighbours keeps their markers apart
+        cores &= prob[:, :, 2] < config.contact_threshold
     markers, _ = ndimage.label(cores, structure=_CROSS)
     markers = remove_small(markers, config.min_marker_size)
     if config.keep_unmarked:
@@ -108,7 +111,7 @@ def find_markers(prob: np.ndarray, config: PostprocessConfig) -> tuple[np.ndarra
     Parameters
     ----------
     prob : (H, W, C) ndarray of float
-        Channel 0 body, channel 1 border probability.
+        Channel 0 body, channel 1 border, channel 2 (optional) contact probability.
     config : PostprocessConfig
 
     Returns
@@ -183,8 +186,8 @@ def labels_from_probabilities(prob: np.ndarray, config: PostprocessConfig | None
     Parameters
     ----------
     prob : (H, W, C) ndarray of float
-        Channel 0 body, channel 1 border probability, in [0, 1]; further
-        channels are ignored.
+        Channel 0 body, channel 1 border probability, in [0, 1]; channel 2,
+        when present, the contact zone between nuclei.
     config : PostprocessConfig, optional
         Thresholds and sizes (the defaults when omitted).
 

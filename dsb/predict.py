@@ -14,21 +14,24 @@ called directly otherwise (any function from a ``(B, h, w, 1)`` batch to
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from .atomic import atomic_path, os_error, writable_dir
-from .config import Config, PredictConfig
+from .config import Config, PostprocessConfig, PredictConfig
 from .dataset import IMAGE_SUFFIXES, image_path, read_image
 from .errors import BadDataError, DsbError, EnvironmentProblem
-from .postprocess import labels_from_probabilities
+from .postprocess import labels_from_probabilities, relabel, remove_small
 from .progress import track
+from .scale import check_diameter, clip_scale, labels_to_shape, median_diameter, resample
 from .tiling import predict_tiled
 
 __all__ = [
@@ -36,6 +39,14 @@ __all__ = [
     "DIHEDRAL",
     "batch_predictor",
     "predict_probabilities",
+    "Scale",
+    "Scaled",
+    "Nuclei",
+    "choose_scale",
+    "predict_scaled",
+    "labels_at_scale",
+    "labels_to_image",
+    "predict_nuclei",
     "predict_labels",
     "find_images",
     "write_label_image",
@@ -112,8 +123,256 @@ def predict_probabilities(
     return total / np.float32(len(DIHEDRAL))
 
 
-def predict_labels(model, config: Config, raw_image: np.ndarray, *, tta: bool = False) -> np.ndarray:
-    """Nuclei of one raw image: preprocess, predict probabilities, watershed.
+# Above this side at the working scale, an image is predicted in overlapping chunks so that
+# memory stays bounded when small nuclei make a large image larger still (2048 x 2048 pixels
+# of 6-pixel nuclei are 6800 x 6800 at a diameter of 20).
+_CHUNK = 2048
+# Context around each chunk, in working pixels: several nuclei and more than the network's reach.
+_CHUNK_MARGIN = 128
+
+
+@dataclass(frozen=True)
+class Scale:
+    """The scale one image is predicted at.
+
+    Attributes
+    ----------
+    scale : float
+        Working size over the image's own size (1: not resampled).
+    diameter : float
+        The image's median nucleus diameter in its own pixels: given, or
+        estimated; NaN when unknown (no scale normalisation, or no nucleus found).
+    estimated : bool
+        Whether ``diameter`` was estimated.
+    passes : int
+        Network passes the estimate took.
+    """
+
+    scale: float
+    diameter: float
+    estimated: bool
+    passes: int = 0
+
+
+@dataclass(frozen=True)
+class Scaled:
+    """Probabilities of one image at the scale the network saw it (:func:`predict_scaled`)."""
+
+    probabilities: np.ndarray
+    scale: float
+    shape: tuple[int, int]
+    diameter: float
+    estimated: bool
+
+
+@dataclass(frozen=True)
+class Nuclei:
+    """The nuclei of one image (:func:`predict_nuclei`): labels and the scale they were found at."""
+
+    labels: np.ndarray
+    diameter: float
+    scale: float
+    estimated: bool
+
+
+def _network_input(raw_image, config: Config) -> np.ndarray:
+    from .preprocess import preprocess_image
+
+    return preprocess_image(raw_image, config.preprocess)
+
+
+def _at_scale(model, gray: np.ndarray, scale: float, config: Config, *, tta: bool = False) -> np.ndarray:
+    return predict_probabilities(
+        model, resample(gray, scale), config.predict, tta=tta, multiple=config.model.size_multiple()
+    )
+
+
+def _centre(gray: np.ndarray, scale: float) -> np.ndarray:
+    """The centre of ``gray`` that is at most ``_CHUNK`` pixels a side at ``scale``."""
+    side = max(1, int(_CHUNK / scale))
+    rows, cols = (slice(max(0, (n - side) // 2), max(0, (n - side) // 2) + side) for n in gray.shape[:2])
+    return gray[rows, cols]
+
+
+def choose_scale(model, config: Config, gray: np.ndarray, *, diameter: float | None = None) -> Scale:
+    """The scale to predict a preprocessed image at.
+
+    With ``config.preprocess.diameter`` set (the canonical diameter ``D``),
+    the image is resampled by ``D / diameter`` when ``diameter`` is given.
+    Otherwise the diameter is estimated: a pass at the image's own scale gives
+    nuclei whose median diameter ``d`` suggests the scale ``D / d``; when that
+    is more than 20 % away from the current one, the next pass runs there, up
+    to ``config.predict.diameter_passes`` passes. Each pass looks at the
+    image's centre, at most 2048 pixels a side at its scale. The scale stays
+    within ``predict.min_scale`` .. ``max_scale``.
+
+    Parameters
+    ----------
+    model : keras.Model or callable
+        See :func:`predict_probabilities`.
+    config : Config
+    gray : (H, W) ndarray of float32
+        The network input (:func:`dsb.preprocess.preprocess_image`).
+    diameter : float, optional
+        The image's median nucleus diameter in pixels; None estimates it.
+
+    Returns
+    -------
+    Scale
+    """
+    return _choose(model, config, gray, diameter)[0]
+
+
+def _choose(model, config: Config, gray: np.ndarray, diameter) -> tuple[Scale, np.ndarray | None]:
+    """:func:`choose_scale`, and the probabilities of its last pass when that pass saw the whole
+    image at the chosen scale (so prediction need not run again); None otherwise."""
+    canonical = config.preprocess.diameter
+    pc = config.predict
+    if not canonical:
+        return Scale(1.0, math.nan, False), None
+    if diameter is not None:
+        scale = clip_scale(canonical / check_diameter(diameter), pc.min_scale, pc.max_scale)
+        return Scale(scale, float(diameter), False), None
+    scale, passes, found = 1.0, 0, math.nan
+    while True:
+        window = _centre(gray, scale)
+        prob = _at_scale(model, window, scale, config)
+        passes += 1
+        found = median_diameter(labels_from_probabilities(prob, config.postprocess))
+        if not math.isfinite(found):
+            break
+        wanted = clip_scale(scale * canonical / found, pc.min_scale, pc.max_scale)
+        if abs(math.log(wanted / scale)) < math.log(1.2) or passes >= pc.diameter_passes:
+            break
+        scale = wanted
+    # The last pass ran at the chosen scale: its probabilities serve when it saw the whole image.
+    whole = window.shape == gray.shape[:2]
+    return Scale(scale, found / scale, True, passes), (prob if whole else None)
+
+
+def predict_scaled(
+    model, config: Config, raw_image: np.ndarray, *, tta: bool = False, diameter: float | None = None
+) -> Scaled:
+    """Probabilities of one raw image at the scale :func:`choose_scale` picks, the whole image at once.
+
+    For the post-processing search (:mod:`dsb.tune`), which keeps the
+    probabilities; :func:`predict_nuclei` bounds memory on large images.
+    """
+    gray = _network_input(raw_image, config)
+    chosen, prob = _choose(model, config, gray, diameter)
+    if prob is None or tta:
+        prob = _at_scale(model, gray, chosen.scale, config, tta=tta)
+    return Scaled(prob, chosen.scale, gray.shape[:2], chosen.diameter, chosen.estimated)
+
+
+def labels_at_scale(prob: np.ndarray, scale: float, shape: tuple[int, int], config: PostprocessConfig) -> np.ndarray:
+    """Nuclei from probabilities at the working scale, on the image's own grid.
+
+    The watershed runs where the network saw the image (its thresholds and
+    sizes are in the network's pixels); the labels then go back to ``shape``
+    by the nearest pixel. Where the image was shrunk (large nuclei), each
+    nucleus is then fitted to the body probability brought back to full
+    resolution, so outlines are not blocky.
+
+    Returns
+    -------
+    (H, W) ndarray of int32
+    """
+    return labels_to_image(labels_from_probabilities(prob, config), prob, scale, shape, config)
+
+
+def labels_to_image(
+    labels: np.ndarray, prob: np.ndarray, scale: float, shape: tuple[int, int], config: PostprocessConfig
+) -> np.ndarray:
+    """Labels found at the working scale brought back to the image's grid (see :func:`labels_at_scale`)."""
+    if labels.shape == tuple(shape):
+        return labels
+    labels = labels_to_shape(labels, shape)
+    if scale < 1.0:
+        from skimage.segmentation import expand_labels
+        from skimage.transform import resize
+
+        mask = resize(prob[:, :, 0], shape, order=1, preserve_range=True) > config.mask_threshold
+        labels = expand_labels(np.where(mask, labels, 0), distance=math.ceil(1.0 / scale)) * mask
+        labels = remove_small(labels, 1)
+    return labels
+
+
+def _segment_in_chunks(model, config: Config, gray: np.ndarray, scale: float, *, tta: bool) -> np.ndarray:
+    """Labels of a large image, chunk by chunk at the working scale.
+
+    Each chunk is a core of ``_CHUNK`` working pixels a side with
+    ``_CHUNK_MARGIN`` of context; it keeps the nuclei whose centre lies in
+    its core, which the margin holds whole. Memory follows the chunk, not the
+    image.
+    """
+    height, width = gray.shape[:2]
+    core = max(1, int(_CHUNK / scale))
+    margin = int(math.ceil(_CHUNK_MARGIN / scale))
+    out = np.zeros((height, width), np.int32)
+    count = 0
+    for r0 in range(0, height, core):
+        for c0 in range(0, width, core):
+            r1, c1 = min(r0 + core, height), min(c0 + core, width)
+            er0, ec0 = max(0, r0 - margin), max(0, c0 - margin)
+            er1, ec1 = min(height, r1 + margin), min(width, c1 + margin)
+            part = gray[er0:er1, ec0:ec1]
+            prob = _at_scale(model, part, scale, config, tta=tta)
+            labels = labels_at_scale(prob, scale, part.shape[:2], config.postprocess)
+            n = int(labels.max())
+            if not n:
+                continue
+            rows, cols = np.indices(labels.shape)
+            area = np.bincount(labels.ravel(), minlength=n + 1)
+            centre_r = np.bincount(labels.ravel(), rows.ravel(), minlength=n + 1) / np.maximum(area, 1) + er0
+            centre_c = np.bincount(labels.ravel(), cols.ravel(), minlength=n + 1) / np.maximum(area, 1) + ec0
+            keep = (centre_r >= r0) & (centre_r < r1) & (centre_c >= c0) & (centre_c < c1)
+            labels = relabel(labels, keep)
+            window = out[er0:er1, ec0:ec1]
+            free = (labels > 0) & (window == 0)
+            window[free] = labels[free] + count
+            count += int(keep[1:].sum())
+    return remove_small(out, 1)
+
+
+def predict_nuclei(
+    model, config: Config, raw_image: np.ndarray, *, tta: bool = False, diameter: float | None = None
+) -> Nuclei:
+    """Nuclei of one raw image: preprocess, resample to the network's scale, predict, watershed, back.
+
+    Parameters
+    ----------
+    model : keras.Model or callable
+        See :func:`predict_probabilities`.
+    config : Config
+    raw_image : (H, W) or (H, W, C) ndarray
+    tta : bool
+        Test-time augmentation.
+    diameter : float, optional
+        The image's median nucleus diameter in pixels; None estimates it
+        (:func:`choose_scale`).
+
+    Returns
+    -------
+    Nuclei
+        ``labels`` (H, W) int32 on the image's grid (0 background, 1..N), the
+        ``diameter`` used or estimated, the ``scale`` and whether it was ``estimated``.
+    """
+    gray = _network_input(raw_image, config)
+    chosen, prob = _choose(model, config, gray, diameter)
+    if max(gray.shape[:2]) * chosen.scale > _CHUNK + 2 * _CHUNK_MARGIN:
+        labels = _segment_in_chunks(model, config, gray, chosen.scale, tta=tta)
+    else:
+        if prob is None or tta:
+            prob = _at_scale(model, gray, chosen.scale, config, tta=tta)
+        labels = labels_at_scale(prob, chosen.scale, gray.shape[:2], config.postprocess)
+    return Nuclei(labels, chosen.diameter, chosen.scale, chosen.estimated)
+
+
+def predict_labels(
+    model, config: Config, raw_image: np.ndarray, *, tta: bool = False, diameter: float | None = None
+) -> np.ndarray:
+    """Nuclei of one raw image as a label image (:func:`predict_nuclei`).
 
     Parameters
     ----------
@@ -125,17 +384,15 @@ def predict_labels(model, config: Config, raw_image: np.ndarray, *, tta: bool = 
         As read from disk: grey, RGB or RGBA, 8 or 16 bit.
     tta : bool
         Test-time augmentation (see :func:`predict_probabilities`).
+    diameter : float, optional
+        The median nucleus diameter in pixels; None estimates it.
 
     Returns
     -------
     (H, W) ndarray of int32
         0 background, nuclei 1..N.
     """
-    from .preprocess import preprocess_image
-
-    gray = preprocess_image(raw_image, config.preprocess)
-    prob = predict_probabilities(model, gray, config.predict, tta=tta, multiple=config.model.size_multiple())
-    return labels_from_probabilities(prob, config.postprocess)
+    return predict_nuclei(model, config, raw_image, tta=tta, diameter=diameter).labels
 
 
 def find_images(images_dir) -> tuple[dict[str, Path], list[BadDataError]]:
@@ -274,6 +531,7 @@ def predict_images(
     out_csv,
     labels_dir=None,
     tta: bool = False,
+    diameter: float | None = None,
     skip_bad: bool = False,
     progress: bool = True,
 ) -> pd.DataFrame:
@@ -285,7 +543,7 @@ def predict_images(
         See :func:`predict_probabilities`.
     config : Config
         The run's config.
-    images_dir, out_csv, labels_dir, tta, skip_bad, progress
+    images_dir, out_csv, labels_dir, tta, diameter, skip_bad, progress
         See :func:`predict_folder`.
 
     Returns
@@ -342,7 +600,7 @@ def predict_images(
             path = images[image_id]
             try:
                 raw = cached.pop(image_id) if image_id in cached else _read_checked(path)
-                labels = predict_labels(model, config, raw, tta=tta)
+                labels = predict_labels(model, config, raw, tta=tta, diameter=diameter)
             except BadDataError as exc:
                 if exc.path is None:
                     exc = BadDataError(exc.message, path=path, where=exc.where)
@@ -383,6 +641,7 @@ def predict_folder(
     out_csv,
     labels_dir=None,
     tta: bool = False,
+    diameter: float | None = None,
     skip_bad: bool = False,
     progress: bool = True,
 ) -> pd.DataFrame:
@@ -403,6 +662,9 @@ def predict_folder(
         greyscale (``{id}.tif``, 32-bit, above 65535 nuclei).
     tta : bool
         Average over the eight flips and quarter turns.
+    diameter : float, optional
+        The median nucleus diameter of every image, in pixels; by default
+        each image's is estimated (:func:`predict_scaled`).
     skip_bad : bool
         Go on when an image cannot be used, naming it in
         ``result.attrs["skipped"]``; by default the first bad image stops the
@@ -429,6 +691,6 @@ def predict_folder(
 
     model, config = load_run(run_dir)
     return predict_images(
-        model, config, images_dir, out_csv=out_csv, labels_dir=labels_dir, tta=tta,
+        model, config, images_dir, out_csv=out_csv, labels_dir=labels_dir, tta=tta, diameter=diameter,
         skip_bad=skip_bad, progress=progress,
     )

@@ -26,7 +26,7 @@ import pandas as pd
 from .atomic import atomic_path
 from .config import PostprocessConfig, load_config
 from .errors import BadDataError
-from .segment import draw_outlines, to_rgb8
+from .segment_files import draw_outlines, to_rgb8
 
 __all__ = [
     "OVERLAY_COLOURS",
@@ -146,7 +146,7 @@ def overlay(
     Parameters
     ----------
     image : (H, W) or (H, W, C) ndarray, or None
-        The raw image (any depth; see :func:`dsb.segment.to_rgb8`); None draws
+        The raw image (any depth; see :func:`dsb.segment_files.to_rgb8`); None draws
         on black.
     true_labels : (H, W) ndarray of int, or None
         None draws the predictions alone, all in the matched colour.
@@ -462,6 +462,32 @@ def _evaluate(submission: Path, truth: Path, images_dir: Path | None) -> dict:
     }
 
 
+def _evaluate_run(run_dir: Path, data_dir: Path) -> dict:
+    """The run's own validation images, predicted and scored as ``dsb evaluate`` does, as :func:`_evaluate`'s result."""
+    from .dataset import find_stage
+    from .evaluate import predict_validation, score_validation
+    from .metric import THRESHOLDS
+    from .run import load_run
+
+    model, config = load_run(run_dir)
+    validation = predict_validation(model, config, data_dir, progress=False)
+    score, table = score_validation(validation)
+    table["type"] = table["type"].fillna("unknown")
+    precisions = pd.DataFrame(
+        [threshold_precisions(validation.truth[i], validation.pred.get(i)) for i in table["ImageId"]],
+        columns=[f"{t:.2f}" for t in THRESHOLDS],
+    )
+    return {
+        "score": score,
+        "table": table,
+        "precisions": precisions,
+        "truth": validation.truth,
+        "pred": validation.pred,
+        "images_dir": find_stage(data_dir),
+        "unanswered": [],
+    }
+
+
 # ---------------------------------------------------------------- HTML
 
 
@@ -587,6 +613,13 @@ def _scores_section(result) -> str:
     by_type.columns = ["image type", "images", "score", "worst", "best"]
     by_type.loc[len(by_type)] = ["all", len(table), table["score"].mean(), table["score"].min(),
                                  table["score"].max()]
+    if "group" in table:
+        from .evaluate import score_summary
+
+        by_group = score_summary(table)
+        by_group = by_group[by_group["level"] == "group"].drop(columns="level")
+        by_group.columns = ["group", "image type", "images", "score", "worst", "best"]
+        parts.append("<h3>Per imaging-experiment group</h3>" + _table(by_group))
     parts.append("<h3>Per image type</h3>" + _table(by_type))
     per_threshold = precisions.groupby(table["type"].to_numpy()).mean().T
     per_threshold["all"] = precisions.mean()
@@ -601,7 +634,7 @@ def _scores_section(result) -> str:
 
 def _per_image_section(result) -> str:
     table = result["table"].sort_values(["score", "ImageId"])
-    columns = [c for c in ("ImageId", "type", "score", "n_true", "n_pred", "tp_50", "fp_50", "fn_50",
+    columns = [c for c in ("ImageId", "type", "group", "score", "n_true", "n_pred", "tp_50", "fp_50", "fn_50",
                            "tp_75", "fp_75", "fn_75") if c in table]
     return ("<p>Worst first. TP, FP, FN at IoU thresholds 0.50 and 0.75.</p>"
             f'<div class="scroll">{_table(table[columns])}</div>')
@@ -648,7 +681,8 @@ def _overlays_section(result) -> str:
             pred = result["pred"].get(image_id, np.zeros_like(true))
             # Wider outlines on large images, which the page shows scaled down to about 600 pixels.
             rgb = overlay(images[image_id], true, pred, width=max(1, round(max(true.shape) / 600)))
-            caption = (f"{image_id} ({row['type']}): score {row['score']:.3f}; "
+            kind = f"{row['group']}, {row['type']}" if "group" in row else row["type"]
+            caption = (f"{image_id} ({kind}): score {row['score']:.3f}; "
                        f"at IoU 0.5 TP {row['tp_50']}, FP {row['fp_50']}, FN {row['fn_50']}")
             # Small images are enlarged with square pixels, not blurred.
             style = ' class="pixelated"' if max(true.shape) < 600 else ""
@@ -678,7 +712,14 @@ def _tuning_section(run_dir: Path) -> str:
     return "".join(parts)
 
 
-def build_report(run_dir, *, submission=None, truth=None, images_dir=None, out) -> Path:
+def _can_evaluate(run_dir: Path, data_dir: Path) -> bool:
+    """Whether the run has a model and validation images, and ``data_dir`` exists."""
+    if not (data_dir.is_dir() and (run_dir / "model.keras").is_file() and (run_dir / "config.json").is_file()):
+        return False
+    return bool(load_config(run_dir / "config.json").validation_ids)
+
+
+def build_report(run_dir, *, submission=None, truth=None, images_dir=None, data_dir=None, out) -> Path:
     """Write a self-contained HTML report of a run.
 
     Sections: the run (folders, config); training curves from
@@ -686,6 +727,10 @@ def build_report(run_dir, *, submission=None, truth=None, images_dir=None, out) 
     per-image scores with TP/FP/FN; overlays of the worst and best images; the
     post-processing search from ``tuning.csv``. A section whose input is
     missing says so.
+
+    Without a submission, the scores, per-image and overlay sections are
+    those of the run's own validation images, predicted as ``dsb evaluate``
+    does (``data_dir`` needed), with a table per imaging-experiment group.
 
     Parameters
     ----------
@@ -699,6 +744,9 @@ def build_report(run_dir, *, submission=None, truth=None, images_dir=None, out) 
     images_dir : str or os.PathLike, optional
         A stage folder with the images, for overlays and image types; defaults
         to ``truth`` when that is a folder.
+    data_dir : str or os.PathLike, optional
+        The training data (a stage1_train folder or one holding it): without
+        ``submission``, the run's validation images are predicted from it.
     out : str or os.PathLike
         The HTML file to write (atomically).
 
@@ -730,9 +778,18 @@ def build_report(run_dir, *, submission=None, truth=None, images_dir=None, out) 
         bodies["scores"] = _scores_section(result)
         bodies["per-image"] = _per_image_section(result)
         bodies["overlays"] = _overlays_section(result)
+    elif submission is None and truth is None and data_dir is not None and _can_evaluate(run_dir, Path(data_dir)):
+        result = _evaluate_run(run_dir, Path(data_dir))
+        note = (f"<p>The run's {len(result['table'])} validation images, predicted from {_esc(data_dir)} "
+                "as <code>dsb evaluate</code> does.</p>")
+        bodies["scores"] = note + _scores_section(result)
+        bodies["per-image"] = _per_image_section(result)
+        bodies["overlays"] = _overlays_section(result)
     else:
         given = "a submission" if submission is not None else "a truth" if truth is not None else "neither"
-        note = _missing(f"Needs both a submission and the truth (--submission and --truth); {given} was given.")
+        note = _missing(f"Needs both a submission and the truth (--submission and --truth); {given} was given. "
+                        "Without either, the run's model.keras, its validation images and the training "
+                        "data (--data) give the run's own validation scores.")
         bodies.update({"scores": note, "per-image": note, "overlays": note})
 
     nav = " ".join(f'<a href="#{anchor}">{_esc(title)}</a>' for anchor, title in SECTIONS)

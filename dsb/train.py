@@ -52,7 +52,7 @@ from . import __version__
 from .atomic import atomic_dir, atomic_path, write_text
 from .config import Config, load_config, save_config
 from .errors import BadDataError, EnvironmentProblem
-from .loader import CropLoader, ValidationLoader, split_ids
+from .loader import CropLoader, ValidationLoader, split_ids, zoom_for
 from .model import build_unet, compile_model
 
 __all__ = ["train", "train_prepared", "TrainingInterrupted", "STRATEGIES", "PRECISIONS", "latest_checkpoint"]
@@ -239,7 +239,9 @@ def train_prepared(
         )
     tc = config.train
     seed = tc.seed if seed is None else int(seed)
-    train_ids, val_ids = _split(config, ids, prepared.types, seed)
+    groups = list(getattr(prepared, "groups", None) or []) or None  # stand-ins may hold no groups
+    train_ids, val_ids = _split(config, ids, prepared.types, seed, groups)
+    val_groups = _whole_groups(ids, groups, val_ids)
     index = {id_: i for i, id_ in enumerate(ids)}
     train_idx = [index[i] for i in train_ids]
     val_idx = [index[i] for i in val_ids]
@@ -303,6 +305,8 @@ def train_prepared(
             save_config(config, out_dir / "config.json")  # keeps tuned post-processing; records new epochs
         images = prepared.images
         labels = prepared.labels
+        zooms = _zooms(prepared, config)
+        contact_width = config.preprocess.contact_width if "contact" in config.model.outputs else None
         train_data = CropLoader(
             [images[i] for i in train_idx],
             [labels[i] for i in train_idx],
@@ -311,7 +315,11 @@ def train_prepared(
             seed=seed,
             crop_size=tc.crop_size,
             border_width=config.preprocess.border_width,
+            contact_width=contact_width,
+            zooms=[zooms[i] for i in train_idx],
             augment=tc,
+            colour=_colour_images(prepared, tc, train_idx),
+            preprocess=config.preprocess,
             start_step=state["epoch"] * steps,
             shard=env.shard,
             workers=workers,
@@ -324,6 +332,8 @@ def train_prepared(
                 batch_size=global_batch,
                 crop_size=tc.crop_size,
                 border_width=config.preprocess.border_width,
+                contact_width=contact_width,
+                zooms=[zooms[i] for i in val_idx],
                 shard=env.shard,
                 workers=workers,
             )
@@ -340,6 +350,7 @@ def train_prepared(
             "train_images": len(train_idx),
             "validation_images": len(val_idx),
             "validation_crops": val_data.n_crops if val_data is not None else 0,
+            "validation_groups": val_groups,
         }
         if writer:
             _write_manifest(out_dir, config, state, env, run_info, status="running", wall_start=wall_start)
@@ -349,6 +360,8 @@ def train_prepared(
                 f"{steps} steps of {global_batch} crops per epoch, epochs {state['epoch'] + 1}..{epochs}, "
                 f"{env.describe()}; run folder {out_dir}"
             )
+            if val_groups:
+                _say(f"validation holds out the groups {', '.join(val_groups)}")
         all_callbacks = []
         if writer:
             tensorboard = _tensorboard(out_dir / "logs")
@@ -782,7 +795,21 @@ def _check_new_run(out_dir: Path, resume: bool) -> None:
             return
 
 
-def _split(config: Config, ids: list[str], types, seed: int) -> tuple[list[str], list[str]]:
+def _whole_groups(ids: list[str], groups: list[str] | None, val_ids: list[str]) -> list[str]:
+    """The groups all of whose images are in ``val_ids``, sorted (empty without groups)."""
+    if not groups or not val_ids:
+        return []
+    held = set(val_ids)
+    out = set(groups)
+    for i, g in zip(ids, groups):
+        if i not in held:
+            out.discard(g)
+    return sorted(out)
+
+
+def _split(config: Config, ids: list[str], types, seed: int, groups=None) -> tuple[list[str], list[str]]:
+    """The run's (train, validation) ids: ``config.validation_ids`` when given, else
+    whole groups held out (``train.split == "group"`` and ``groups`` known), else a random share."""
     if config.validation_ids:
         known = set(ids)
         unknown = [i for i in config.validation_ids if i not in known]
@@ -793,7 +820,43 @@ def _split(config: Config, ids: list[str], types, seed: int) -> tuple[list[str],
             )
         held = set(config.validation_ids)
         return [i for i in ids if i not in held], [i for i in ids if i in held]
-    return split_ids(ids, list(types), fraction=config.train.validation_fraction, seed=seed)
+    if config.train.split != "group" or not groups or len(groups) != len(ids):
+        groups = None
+    return split_ids(ids, list(types), fraction=config.train.validation_fraction, seed=seed, groups=groups)
+
+
+def _zooms(prepared, config: Config) -> list[float]:
+    """Per image, the zoom that takes its median nucleus to ``preprocess.diameter`` (all 1 when that is 0)."""
+    canonical = config.preprocess.diameter
+    diameters = getattr(prepared, "diameters", None)
+    if not diameters:  # data held in memory without the cache's measurements
+        from .scale import median_diameter
+
+        diameters = [median_diameter(lab) for lab in prepared.labels]
+    # The same bounds as prediction's: beyond them an image is used as near as they allow.
+    low, high = config.predict.min_scale, config.predict.max_scale
+    return [min(max(zoom_for(d, canonical), low), high) for d in diameters]
+
+
+def _colour_images(prepared, tc, indices: list[int]) -> list | None:
+    """Raw RGB of the stained images at ``indices`` (None for the others), for colour augmentation.
+
+    None when the config turns colour augmentation off, or ``prepared`` has no
+    cache folder (stand-ins holding only arrays) or its raw images cannot be
+    found (a warning): stained crops then come from the cached grey.
+    """
+    if not tc.colour_augmentation or getattr(prepared, "path", None) is None:
+        return None
+    from .dataset import load_colour_images
+
+    try:
+        colour = load_colour_images(prepared)
+    except BadDataError as exc:
+        import warnings
+
+        warnings.warn(f"no colour augmentation, stained crops come from the cached grey: {exc}", stacklevel=2)
+        return None
+    return [colour.get(str(prepared.ids[i])) for i in indices]
 
 
 def data_checksum(prepared) -> str:

@@ -32,6 +32,7 @@ __all__ = ["GRID", "search_postprocess", "tune", "validation_data"]
 GRID: dict[str, tuple] = {
     "marker_threshold": (0.3, 0.4, 0.5, 0.6, 0.7, 0.8),
     "border_threshold": (0.2, 0.3, 0.4, 0.5, 0.6),
+    "contact_threshold": (0.2, 0.3, 0.4, 0.5, 0.6, 0.7),  # only for networks with a contact channel
     "mask_threshold": (0.3, 0.4, 0.5, 0.6),
     "flood": ("probability", "distance"),
     "min_marker_size": (1, 4, 8, 16),
@@ -49,6 +50,7 @@ def search_postprocess(
     start: PostprocessConfig,
     *,
     image_types: Mapping[str, str] | None = None,
+    scales: Mapping[str, float] | None = None,
     grid: Mapping[str, Sequence] | None = None,
     rounds: int = 2,
     progress: bool = False,
@@ -57,15 +59,19 @@ def search_postprocess(
 
     Parameters
     ----------
-    probabilities : mapping of str to (H, W, C) ndarray of float32
-        Network output per image id.
+    probabilities : mapping of str to (h, w, C) ndarray of float32
+        Network output per image id, at the working scale.
     truth : mapping of str to (H, W) ndarray of int
-        True labels per image id (the same ids).
+        True labels per image id (the same ids), on the images' own grid.
     start : PostprocessConfig
         Where the search starts; it is scored first, and kept unless a setting
         scores strictly better.
     image_types : mapping of str to str, optional
         Adds one mean score per image type to the table.
+    scales : mapping of str to float, optional
+        The working scale of each image's probabilities (1 when absent): the
+        watershed runs there and its labels go back to the truth's grid
+        (:func:`dsb.predict.labels_to_image`).
     grid : mapping of str to sequence, optional
         Values to try per :class:`PostprocessConfig` field, searched in this
         order (default :data:`GRID`).
@@ -85,7 +91,12 @@ def search_postprocess(
     """
     from .metric import score_labels
 
+    from .predict import labels_to_image
+
     grid = dict(GRID if grid is None else grid)
+    if any(p.shape[2] < 3 for p in probabilities.values()):
+        grid.pop("contact_threshold", None)  # a two-channel network has no contact to threshold
+    scales = dict(scales or {})
     fields = {f.name for f in dataclasses.fields(PostprocessConfig)}
     unknown = sorted(set(grid) - fields)
     if unknown:
@@ -105,7 +116,13 @@ def search_postprocess(
         if last.get("key") != _key(base):
             last["key"] = _key(base)
             last["labels"] = {i: labels_from_probabilities(probabilities[i], base) for i in ids}
-        return {i: remove_small(labels, max(config.min_size, 1)) for i, labels in last["labels"].items()}
+        return {
+            i: labels_to_image(
+                remove_small(labels, max(config.min_size, 1)), probabilities[i], scales.get(i, 1.0),
+                truth[i].shape, config,
+            )
+            for i, labels in last["labels"].items()
+        }
 
     scored: dict[tuple, float] = {}
     rows: list[dict] = []
@@ -204,8 +221,7 @@ def tune(run_dir, data_dir, *, progress: bool = True) -> tuple[PostprocessConfig
         Every setting tried (see :func:`search_postprocess`), also written to
         ``run_dir/tuning.csv``.
     """
-    from .predict import predict_probabilities
-    from .preprocess import preprocess_image
+    from .predict import predict_scaled
     from .run import load_run, update_postprocess
 
     run_dir = Path(run_dir)
@@ -216,16 +232,15 @@ def tune(run_dir, data_dir, *, progress: bool = True) -> tuple[PostprocessConfig
             path=run_dir / "config.json", where="key 'validation_ids'",
         )
     images, labels, types = validation_data(config, data_dir, progress=progress)
-    multiple = config.model.size_multiple()
-    probabilities = {
-        image_id: predict_probabilities(
-            model, preprocess_image(raw, config.preprocess), config.predict, multiple=multiple
-        )
+    # Each image at the scale prediction would pick for it (its estimated nucleus diameter).
+    scaled = {
+        image_id: predict_scaled(model, config, raw)
         for image_id, raw in track(images.items(), length=len(images), label="predicting", enabled=progress)
     }
     del images
     best, table = search_postprocess(
-        probabilities, labels, config.postprocess, image_types=types, progress=progress
+        {i: s.probabilities for i, s in scaled.items()}, labels, config.postprocess, image_types=types,
+        scales={i: s.scale for i, s in scaled.items()}, progress=progress,
     )
     # config.json first: tuning.csv is what make takes as "tuned", so it must come last.
     update_postprocess(run_dir, best)

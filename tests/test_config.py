@@ -46,6 +46,7 @@ def test_partial_config_takes_defaults(tmp_path):
         ({"postprocess": {"flood": "lake"}}, "postprocess.flood: is 'lake'"),
         ({"model": {"depth": 3, "dropout": [0.1, 0.2]}}, "model.dropout: has 2 rates for 3 levels"),
         ({"train": {"learning_rate": 0}}, "train.learning_rate: is 0.0, expected > 0"),
+        ({"train": {"split": "groups"}}, "train.split: is 'groups', expected 'group' or 'random'"),
         ({"predict": {"batch_size": 0}}, "predict.batch_size: is 0, expected at least 1"),
         ({"model": {"depth": 6, "dropout": [0.0]}, "predict": {"tile_size": 48, "overlap": 8}},
          "predict.tile_size: is 48, expected a multiple of 32 for a U-Net of 6 levels"),

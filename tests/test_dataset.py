@@ -281,7 +281,9 @@ def test_prepare_builds_a_complete_cache(stage, capsys):
     data = stage.parent
     path = prepare(data, PreprocessConfig(), workers=1, progress=True)
     assert path == cache_path(data, PreprocessConfig()) and path.parent == data / ".cache"
-    assert sorted(p.name for p in path.iterdir()) == ["images.npz", "labels.npz", "manifest.json", "types.csv"]
+    assert sorted(p.name for p in path.iterdir()) == [
+        "groups.csv", "images.npz", "labels.npz", "manifest.json", "types.csv"
+    ]
     assert (path / "types.csv").read_text().splitlines() == [
         "ImageId,type,height,width",
         "a_fluo,fluorescence,48,64",
@@ -435,3 +437,24 @@ def test_real_polarity_all_training_images(real_prepared):
         print(f"{kind}: {len(rows) - len(failures)}/{len(rows)} brighter inside the masks "
               f"(mean difference {np.mean([d for _, d in rows]):.0f}/255); failures: {failures}")
         assert fraction >= 0.98, failures
+
+
+def test_cache_keeps_diameters_and_groups(stage):
+    from dsb.dataset import load_groups
+    from dsb.scale import median_diameter
+
+    data = stage.parent
+    built = load_prepared(data, PreprocessConfig(), workers=1)
+    again = load_prepared(data, PreprocessConfig(), workers=1)
+    assert built.built and not again.built
+    expected = [median_diameter(read_labels(stage / i)) for i in built.ids]
+    for prepared in (built, again):
+        assert prepared.diameters == pytest.approx(expected, abs=1e-3)
+        assert all(isinstance(d, float) for d in prepared.diameters)
+        # one image per type: one group each, named by its type
+        assert prepared.groups == ["fluorescence", "brightfield", "stained"]
+    groups, diameters = load_groups(data, PreprocessConfig())
+    assert groups == dict(zip(built.ids, built.groups))
+    assert list(diameters.values()) == pytest.approx(expected, abs=1e-3)
+    assert (built.path / "groups.csv").read_text().startswith("ImageId,group,diameter,log_height,")
+    assert "group stained: 1 stained images" in built.summary()

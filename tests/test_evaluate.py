@@ -70,3 +70,48 @@ def test_validate_takes_the_flat_folder_predict_took(run_and_data, tmp_path):
     result = runner.invoke(cli, ["validate", str(sub), "--images", str(flat)])
     assert result.exit_code == 3
     assert "a_one" in result.stderr
+
+
+def test_evaluate_reports_groups_and_the_densest_images(run_and_data):
+    run_dir, data = run_and_data
+    value, table = evaluate(run_dir, data, progress=False)
+    # three images, all fluorescence: too few for two groups, so one group named by the type
+    assert list(table["group"]) == ["fluorescence", "fluorescence"]
+    result = CliRunner().invoke(cli, ["evaluate", str(run_dir), "--data", str(data)])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.strip().splitlines()
+    assert lines[-3:] == [
+        "group fluorescence (fluorescence): 0.500000 (2 images)",
+        "fluorescence: 0.500000 (2 images)",
+        "0.500000",
+    ]
+    assert lines[0] == "densest 2 validation images, true nuclei found at IoU 0.5:"
+    n_true = dict(zip(table["ImageId"], table["n_true"]))
+    found = dict(zip(table["ImageId"], table["tp_50"]))
+    densest_first = sorted(n_true, key=lambda i: (-n_true[i], i))
+    for line, image_id in zip(lines[1:3], densest_first):
+        assert line.startswith(f"  {image_id} (fluorescence): found {found[image_id]}/{n_true[image_id]}, ")
+
+
+def test_score_summary_rows_by_group_then_type_then_all():
+    import pandas as pd
+
+    from dsb.evaluate import densest, score_summary
+
+    table = pd.DataFrame({
+        "ImageId": ["a", "b", "c", "d"],
+        "score": [0.2, 0.4, 0.6, 1.0],
+        "type": ["fluorescence", "fluorescence", "fluorescence", "stained"],
+        "group": ["f-1", "f-2", "f-2", "s"],
+        "n_true": [3, 9, 1, 9],
+        "tp_50": [1, 5, 1, 9],
+        "n_pred": [2, 6, 1, 9],
+    })
+    summary = score_summary(table)
+    assert list(zip(summary["level"], summary["name"], summary["images"])) == [
+        ("group", "f-1", 1), ("group", "f-2", 2), ("group", "s", 1),
+        ("type", "fluorescence", 3), ("type", "stained", 1), ("all", "all", 4),
+    ]
+    assert summary["score"].tolist() == pytest.approx([0.2, 0.5, 1.0, 0.4, 1.0, 0.55])
+    top = densest(table, 2)
+    assert top["ImageId"].tolist() == ["b", "d"] and top["found"].tolist() == [5, 9]

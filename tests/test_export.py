@@ -19,7 +19,7 @@ def _trained_run(path):
     model = build_unet(config.model)
     compile_model(model, config)
     x = np.random.default_rng(0).random((2, 32, 32, 1), np.float32)
-    model.fit(x, np.concatenate([x > 0.5, x > 0.9], axis=-1).astype(np.float32), epochs=1, verbose=0)
+    model.fit(x, np.concatenate([x > 0.5, x > 0.9, x > 0.95], axis=-1).astype(np.float32), epochs=1, verbose=0)
     path.mkdir()
     model.save(path / "model.keras")
     save_config(config, path / "config.json")

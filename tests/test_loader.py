@@ -179,3 +179,73 @@ def test_validation_crops_cover_every_image_in_full_batches():
     assert x.shape == (4, 32, 32, 1) and y.shape == (4, 32, 32, 2)
     np.testing.assert_array_equal(loader[0][0], x)
     np.testing.assert_array_equal(x[..., 0] > 0.5, y[..., 0] > 0)
+
+
+def _colour_of(image):
+    """A stained-looking RGB whose nuclei (bright in ``image``) are purple on a lavender background."""
+    t = image.astype(np.float32)[..., None] / 255
+    rgb = (1 - t) * np.array([0.85, 0.78, 0.9], np.float32) + t * np.array([0.35, 0.2, 0.55], np.float32)
+    return (rgb * 255).round().astype(np.uint8)
+
+
+def test_colour_path_is_used_for_colour_images_only_and_is_deterministic():
+    images, labels = _images(4)
+    colour = [_colour_of(images[0]), None, _colour_of(images[2]), None]
+    on = TrainConfig(intensity_jitter=0.0, contrast_jitter=0.0, blur_probability=0.0, noise_std=0.0,
+                     gamma_jitter=0.0)
+    off = TrainConfig(intensity_jitter=0.0, contrast_jitter=0.0, blur_probability=0.0, noise_std=0.0,
+                      gamma_jitter=0.0, stain_jitter=0.0, stain_shift=0.0, hue_jitter=0.0, colour_jitter=0.0)
+    kwargs = dict(batch_size=4, steps_per_epoch=1, seed=2, crop_size=32, border_width=1)
+    with_colour = CropLoader(images, labels, augment=on, colour=colour, **kwargs)
+    grey_only = CropLoader(images, labels, augment=on, **kwargs)
+    switched_off = CropLoader(images, labels, augment=off, colour=colour, **kwargs)
+    order = with_colour.epoch_order(0)
+    x, y = with_colour[0]
+    x_grey, y_grey = grey_only[0]
+    np.testing.assert_array_equal(x, CropLoader(images, labels, augment=on, colour=colour, **kwargs)[0][0])
+    for k in range(4):
+        if colour[order[k]] is None:
+            np.testing.assert_array_equal(x[k], x_grey[k])
+            np.testing.assert_array_equal(y[k], y_grey[k])
+        else:
+            assert not np.array_equal(x[k], x_grey[k])
+            # Still nuclei bright: the colour crop went through the stained grey conversion.
+            body = y[k, ..., 0] > 0
+            assert x[k, ..., 0][body].mean() > x[k, ..., 0][~body].mean() + 0.3
+    # Colour jitter off: the cached grey is used even when colour images are given.
+    x_off = switched_off[0][0]
+    off_grey = CropLoader(images, labels, augment=off, **kwargs)[0][0]
+    np.testing.assert_array_equal(x_off, off_grey)
+
+
+def test_colour_path_picks_the_same_window_as_the_labels_at_any_scale():
+    images, labels = _images(3)
+    k = 2
+    rgb = _colour_of(images[k])
+    for seed in range(10):
+        x, y = augment_crop(images[k], labels[k], np.random.default_rng(seed), crop_size=32, border_width=1,
+                            scale_jitter=0.3, colour=rgb, stain_jitter=0.2, stain_shift=0.005)
+        assert x.shape == (32, 32, 1) and x.dtype == np.float32 and 0 <= x.min() and x.max() <= 1
+        if y[..., 0].any() and not y[..., 0].all():
+            assert np.mean((x[..., 0] > 0.5) != (y[..., 0] > 0)) < 0.1
+
+
+def test_grey_level_augmentation_changes_only_the_image_and_is_seeded():
+    images, labels = _images(1)
+    args = dict(crop_size=32, border_width=1, flips=False, rotations=False)
+    grey = dict(blur_probability=1.0, blur_sigma=1.5, noise_std=0.05, gamma_jitter=0.3)
+    x0, y0 = augment_crop(images[0], labels[0], np.random.default_rng(3), **args)
+    x1, y1 = augment_crop(images[0], labels[0], np.random.default_rng(3), **args, **grey)
+    x2, _ = augment_crop(images[0], labels[0], np.random.default_rng(3), **args, **grey)
+    np.testing.assert_array_equal(y0, y1)
+    np.testing.assert_array_equal(x1, x2)
+    assert not np.array_equal(x0, x1) and x1.min() >= 0 and x1.max() <= 1
+
+
+def test_colour_list_must_match_the_images():
+    images, labels = _images(2)
+    kwargs = dict(batch_size=2, steps_per_epoch=1, seed=0, crop_size=32)
+    with pytest.raises(ValueError, match="`colour`"):
+        CropLoader(images, labels, colour=[None], **kwargs)
+    with pytest.raises(ValueError, match=r"`colour\[1\]`"):
+        CropLoader(images, labels, colour=[None, np.zeros((5, 5, 3), np.uint8)], **kwargs)

@@ -29,7 +29,7 @@ def test_unet_maps_any_multiple_of_its_stride_to_probabilities(size, upsampling)
     model = build_unet(config)
     x = np.random.default_rng(0).random((2, *size, 1), np.float32)
     y = keras.ops.convert_to_numpy(model(x, training=False))
-    assert y.shape == (2, *size, 2)
+    assert y.shape == (2, *size, 3)  # body, border, contact
     assert y.dtype == np.float32
     assert (y > 0).all() and (y < 1).all()
 
@@ -48,14 +48,14 @@ def test_unet_follows_the_config():
 
     plain = build_unet(
         ModelConfig(depth=2, base_filters=4, dropout=(0.0, 0.3), batch_norm=False, upsampling="bilinear",
-                    activation="elu", initializer="glorot_uniform", outputs=("body", "border", "extra"))
+                    activation="elu", initializer="glorot_uniform", outputs=("body", "border"))
     )
     names = [layer.name for layer in plain.layers]
     assert not any("bn" in n for n in names)
     assert not any(n.endswith("_transpose") for n in names)
     assert [n for n in names if "drop" in n] == ["down1_drop"]  # only the level with a rate
     assert plain.get_layer("down0_act0").get_config()["activation"] == "elu"
-    assert plain.output_shape == (None, None, None, 3)
+    assert plain.output_shape == (None, None, None, 2)
 
 
 def test_unet_rejects_a_bad_config():
@@ -99,10 +99,12 @@ def test_loss_rewards_the_right_answer_and_weighs_channels():
 
 
 def test_make_loss_checks_channel_weights():
-    config = Config(train=TrainConfig(channel_weights=(1.0, 2.0, 3.0)))
+    config = Config(train=TrainConfig(channel_weights=(1.0, 2.0)))
     with pytest.raises(BadDataError, match="channel_weights"):
         make_loss(config)
-    assert make_loss(Config(train=TrainConfig(channel_weights=(0.5,)))).channel_weights == (0.5, 0.5)
+    assert make_loss(Config(train=TrainConfig(channel_weights=(0.5,)))).channel_weights == (0.5, 0.5, 0.5)
+    # By default the contact channel, thin and decisive in crowded fields, weighs double.
+    assert make_loss(Config()).channel_weights == (1.0, 1.0, 2.0)
 
 
 def test_body_overlap_accumulates_over_batches():
@@ -124,14 +126,14 @@ def test_body_overlap_accumulates_over_batches():
 
 
 def test_compiled_model_round_trips_through_a_keras_file(tmp_path):
-    config = Config(model=TINY, train=TrainConfig(channel_weights=(1.0, 0.5), lr_schedule="cosine"))
+    config = Config(model=TINY, train=TrainConfig(channel_weights=(1.0, 0.5, 1.0), lr_schedule="cosine"))
     model = compile_model(build_unet(config.model), config, total_steps=10)
     x = np.random.default_rng(2).random((2, 16, 16, 1), np.float32)
-    y = (x > 0.5).astype(np.float32).repeat(2, axis=-1)
+    y = (x > 0.5).astype(np.float32).repeat(3, axis=-1)
     model.train_on_batch(x, y)
     model.save(tmp_path / "m.keras")
     loaded = keras.saving.load_model(tmp_path / "m.keras")
-    assert loaded.loss.channel_weights == (1.0, 0.5)
+    assert loaded.loss.channel_weights == (1.0, 0.5, 1.0)
     assert int(loaded.optimizer.iterations) == 1
     np.testing.assert_allclose(
         keras.ops.convert_to_numpy(loaded(x)), keras.ops.convert_to_numpy(model(x)), rtol=1e-5, atol=1e-6

@@ -129,7 +129,7 @@ def test_keras_model_predicts_any_shape():
     image = np.random.default_rng(1).random((45, 71), dtype=np.float32)
     config = PredictConfig(tile_size=32, overlap=8, batch_size=3)
     prob = predict_probabilities(model, image, config, multiple=size_multiple(model_config))
-    assert prob.shape == (45, 71, 2) and prob.dtype == np.float32
+    assert prob.shape == (45, 71, len(model_config.outputs)) and prob.dtype == np.float32
     assert 0 <= prob.min() and prob.max() <= 1
     # An image within one tile: the model's output on the reflection-padded image, cropped back.
     whole = predict_probabilities(model, image, PredictConfig(tile_size=128, overlap=0), multiple=4)
@@ -360,8 +360,9 @@ def make_threshold_run(run_dir, config: Config = CONFIG):
 
     from dsb.config import save_config
 
-    model = keras.Sequential([keras.Input((None, None, 1)), keras.layers.Conv2D(2, 1, activation="sigmoid")])
-    model.layers[-1].set_weights([np.array([[[[60.0, 0.0]]]], np.float32), np.array([-30.0, -30.0], np.float32)])
+    # Body where the input is bright; border and contact never.
+    model = keras.Sequential([keras.Input((None, None, 1)), keras.layers.Conv2D(3, 1, activation="sigmoid")])
+    model.layers[-1].set_weights([np.array([[[[60.0, 0.0, 0.0]]]], np.float32), np.full(3, -30.0, np.float32)])
     run_dir.mkdir(parents=True)
     model.save(run_dir / "model.keras")
     save_config(config, run_dir / "config.json")

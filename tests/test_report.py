@@ -419,3 +419,22 @@ def test_report_reads_a_solution_with_overlapping_masks_as_dsb_score_does(tmp_pa
     assert shapes == {"a": (4, 4)}
     assert sorted(np.unique(labels["a"])) == [0, 1, 2]
     assert score_submission(submission, solution)[0] == 0.5
+
+
+def test_report_without_a_submission_scores_the_runs_validation_groups(tmp_path):
+    # Regression: without --submission the score sections were empty notes.
+    from test_predict import CONFIG, make_threshold_run
+    from test_predict import write_stage as write_predict_stage
+
+    from dsb.evaluate import evaluate
+
+    data = tmp_path / "data"
+    write_predict_stage(data / "stage1_train", masks=True)
+    run = make_threshold_run(tmp_path / "run", CONFIG.replace(validation_ids=("a_one", "b_two")))
+    html = build_report(run, data_dir=data, out=tmp_path / "r.html").read_text(encoding="utf-8")
+    scores = section(html, "scores")
+    assert "Per imaging-experiment group" in scores and "2 validation images" in scores
+    value, _ = evaluate(run, data, progress=False)
+    assert f"{value:.4f}" in scores
+    assert "a_one" in section(html, "per-image") and "<figure>" in section(html, "overlays")
+    assert "(fluorescence, fluorescence): score" in section(html, "overlays")  # group, type

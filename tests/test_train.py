@@ -133,7 +133,7 @@ def test_run_folder_holds_everything_predict_needs(reference_run, capsys):
     model, loaded = load_run(run)
     assert loaded.validation_ids == config.validation_ids
     out = keras.ops.convert_to_numpy(model.predict(np.zeros((1, 32, 48, 1), np.float32), verbose=0))
-    assert out.shape == (1, 32, 48, 2)
+    assert out.shape == (1, 32, 48, 3)
     # model.keras holds the best epoch's weights.
     best_weights = model.get_weights()
     if best["epoch"] == 3:
@@ -283,7 +283,7 @@ def test_time_budget_stops_at_a_batch_and_keeps_the_best_model(tmp_path):
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["stop_reason"] == "time_budget" and manifest["time_budget_min"] == 1e-6
     model, _ = load_run(run)
-    assert model.output_shape[-1] == 2
+    assert model.output_shape[-1] == 3
     # Resuming with the budget spent does nothing; a larger budget goes on.
     train_prepared(tiny_prepared(), None, out_dir=run, resume=True, progress=False)
     assert len(history(run)) == 1
@@ -397,7 +397,7 @@ def test_each_installed_backend_trains_alone_and_data_parallel(backend, tmp_path
     assert manifest["replicas"] == 1 and manifest["global_batch"] == TINY.train.batch_size
     assert np.isfinite(float(history(single)[0]["loss"]))
     model, _ = load_run(single)  # a model trained on one backend loads on this one
-    assert model.predict(np.zeros((1, 32, 32, 1), np.float32), verbose=0).shape == (1, 32, 32, 2)
+    assert model.predict(np.zeros((1, 32, 32, 1), np.float32), verbose=0).shape == (1, 32, 32, 3)
 
     manifest = json.loads((parallel / "manifest.json").read_text())
     assert manifest["strategy"] == strategy and manifest["replicas"] == 2 and len(manifest["devices"]) == 2
@@ -434,3 +434,50 @@ def test_manifest_keeps_the_commit_the_run_started_with(tmp_path, monkeypatch, c
     config = TINY.replace(train=dataclasses.replace(TINY.train, epochs=2))
     run = train_prepared(tiny_prepared(), config, out_dir=tmp_path / "run")
     assert json.loads((run / "manifest.json").read_text())["git_commit"] == f"{0:040x}"
+
+
+def test_colour_images_come_from_the_cache_manifest_and_are_optional(tmp_path):
+    from PIL import Image
+
+    from dsb.train import _colour_images
+
+    tc = TrainConfig()
+    fake = tiny_prepared(2)
+    assert _colour_images(fake, tc, [0, 1]) is None  # a stand-in without a cache folder: grey only
+    stage = tmp_path / "stage1_train"
+    (stage / "img01" / "images").mkdir(parents=True)
+    rgb = np.zeros((48, 64, 3), np.uint8) + np.array([200, 180, 220], np.uint8)
+    Image.fromarray(rgb).save(stage / "img01" / "images" / "img01.png")
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    fake.path, fake.types = cache, ["fluorescence", "stained"]
+    with pytest.warns(UserWarning, match="manifest"):
+        assert _colour_images(fake, tc, [0, 1]) is None
+    (cache / "manifest.json").write_text(json.dumps({"stage_dir": str(stage)}))
+    got = _colour_images(fake, tc, [1, 0])
+    assert got[1] is None and got[0].shape == (48, 64, 3) and got[0].dtype == np.uint8
+    np.testing.assert_array_equal(got[0], rgb)
+    off = dataclasses.replace(tc, stain_jitter=0.0, stain_shift=0.0, hue_jitter=0.0, colour_jitter=0.0)
+    assert _colour_images(fake, off, [0, 1]) is None
+    (cache / "manifest.json").write_text(json.dumps({"stage_dir": str(tmp_path / "gone")}))
+    with pytest.warns(UserWarning, match="stage_dir"):
+        assert _colour_images(fake, tc, [0, 1]) is None
+
+
+def test_split_holds_out_whole_groups_unless_random_or_named():
+    from dsb.config import Config
+    from dsb.train import _split, _whole_groups
+
+    ids = [f"i{k:02d}" for k in range(24)]
+    types = ["fluorescence"] * 16 + ["stained"] * 8
+    groups = ["f-a"] * 8 + ["f-b"] * 4 + ["f-c"] * 4 + ["s-a"] * 4 + ["s-b"] * 4
+    config = Config()
+    assert config.train.split == "group"
+    train, val = _split(config, ids, types, 42, groups)
+    held = _whole_groups(ids, groups, val)
+    assert held and {g for i, g in zip(ids, groups) if i in set(val)} == set(held)
+    assert {g[0] for g in held} == {"f", "s"}  # one group or more of each type
+    random = config.replace(train=dataclasses.replace(config.train, split="random"))
+    assert _split(random, ids, types, 42, groups) == _split(random, ids, types, 42, None)
+    named = config.replace(validation_ids=("i00", "i23"))
+    assert _split(named, ids, types, 42, groups)[1] == ["i00", "i23"]

@@ -15,6 +15,7 @@ the model shipped inside the package (:func:`default_model_dir`).
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from pathlib import Path
@@ -55,7 +56,7 @@ MEASUREMENT_COLUMNS = (
     "eccentricity",
     "mean_intensity",
 )
-SUMMARY_COLUMNS = ("file", "status", "nuclei", "labels", "measurements", "overlay", "error")
+SUMMARY_COLUMNS = ("file", "status", "nuclei", "diameter", "labels", "measurements", "overlay", "error")
 # Outlines in yellow on a dark (fluorescence) image, in blue on a light (brightfield) one.
 OUTLINE_COLOURS = {"dark": (255, 255, 0), "light": (0, 70, 255)}
 
@@ -345,6 +346,7 @@ def segment_paths(
     out_dir,
     tta: bool = False,
     overlay: bool = False,
+    diameter: float | None = None,
     skip_bad: bool = False,
     progress: bool = True,
 ) -> pd.DataFrame:
@@ -369,6 +371,10 @@ def segment_paths(
         Average predictions over flips and 90-degree rotations.
     overlay : bool
         Also write ``<name>_overlay.png``.
+    diameter : float, optional
+        The median nucleus diameter in pixels of every image; by default each
+        image's is estimated (:func:`dsb.predict.predict_scaled`). The
+        summary's ``diameter`` column says which was used.
     skip_bad : bool
         Report bad images and go on with the others instead of stopping.
     progress : bool
@@ -378,7 +384,8 @@ def segment_paths(
     -------
     DataFrame
         One row per input with :data:`SUMMARY_COLUMNS`: ``file``, ``status``
-        ("ok" or "skipped"), ``nuclei``, the paths written (empty when not
+        ("ok" or "skipped"), ``nuclei``, ``diameter`` (pixels, given or
+        estimated; empty when unknown), the paths written (empty when not
         written) and ``error`` (empty when ok).
 
     Raises
@@ -427,12 +434,13 @@ def segment_paths(
     if not good:
         raise BadDataError("no image to segment", path=", ".join(str(p) for p in paths) or None)
 
-    predict = _predictor(model_dir, tta=tta)
+    predict = _predictor(model_dir, tta=tta, diameter=diameter)
     writable_dir(out_dir)
     for image in track(good, label="segmenting", enabled=progress):
         try:
             raw, gray = _check_image(image)
-            labels = predict(raw)
+            nuclei = predict(raw)
+            labels = nuclei.labels
         except BadDataError as exc:
             skip(image, exc)
             continue
@@ -445,7 +453,8 @@ def segment_paths(
             write_png(targets["overlay"], outline_overlay(raw, labels))
         else:
             del targets["overlay"]
-        rows[image] = _row(image, "ok", nuclei=len(table), **{k: str(v) for k, v in targets.items()})
+        rows[image] = _row(image, "ok", nuclei=len(table), diameter=nuclei.diameter,
+                           **{k: str(v) for k, v in targets.items()})
 
     order = [path for path, _ in problems] + images
     summary = pd.DataFrame([rows[p] for p in order if p in rows], columns=list(SUMMARY_COLUMNS))
@@ -454,16 +463,17 @@ def segment_paths(
     return summary
 
 
-def _row(path: Path, status: str, *, nuclei: int = 0, labels: str = "", measurements: str = "",
-         overlay: str = "", error: str = "") -> dict:
-    return {"file": str(path), "status": status, "nuclei": nuclei, "labels": labels,
+def _row(path: Path, status: str, *, nuclei: int = 0, diameter: float = math.nan, labels: str = "",
+         measurements: str = "", overlay: str = "", error: str = "") -> dict:
+    return {"file": str(path), "status": status, "nuclei": nuclei,
+            "diameter": round(diameter, 2) if math.isfinite(diameter) else "", "labels": labels,
             "measurements": measurements, "overlay": overlay, "error": error}
 
 
-def _predictor(model_dir, *, tta: bool):
-    """Load the model once; return a function from a raw image to its labels."""
-    from .predict import predict_labels
+def _predictor(model_dir, *, tta: bool, diameter: float | None = None):
+    """Load the model once; return a function from a raw image to its :class:`dsb.predict.Nuclei`."""
+    from .predict import predict_nuclei
     from .run import load_run
 
     model, config = load_run(model_dir)
-    return lambda raw: predict_labels(model, config, raw, tta=tta)
+    return lambda raw: predict_nuclei(model, config, raw, tta=tta, diameter=diameter)

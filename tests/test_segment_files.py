@@ -11,9 +11,10 @@ import pytest
 import tifffile
 from PIL import Image
 
-from dsb import segment
+from dsb import segment_files
 from dsb.errors import BadDataError, EnvironmentProblem
-from dsb.segment import (
+from dsb.predict import Nuclei
+from dsb.segment_files import (
     MEASUREMENT_COLUMNS,
     OUTLINE_COLOURS,
     SUMMARY_COLUMNS,
@@ -128,7 +129,7 @@ def test_write_label_tiff_round_trips_16_bit(tmp_path):
 
 
 def test_default_model_dir_says_what_is_missing(tmp_path, monkeypatch):
-    monkeypatch.setattr(segment, "_DEFAULT_MODEL", tmp_path / "default")
+    monkeypatch.setattr(segment_files, "_DEFAULT_MODEL", tmp_path / "default")
     with pytest.raises(EnvironmentProblem, match="no default model.*--model") as info:
         default_model_dir()
     assert str(tmp_path / "default") in str(info.value)
@@ -163,11 +164,11 @@ def threshold_model(monkeypatch):
 
     calls = []
 
-    def predictor(model_dir, *, tta):
+    def predictor(model_dir, *, tta, diameter=None):
         calls.append((model_dir, tta))
-        return lambda raw: label(to_gray(raw) > 0.5).astype(np.int32)
+        return lambda raw: Nuclei(label(to_gray(raw) > 0.5).astype(np.int32), 11.5, 1.0, True)
 
-    monkeypatch.setattr(segment, "_predictor", predictor)
+    monkeypatch.setattr(segment_files, "_predictor", predictor)
     return calls
 
 

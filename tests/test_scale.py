@@ -1,0 +1,172 @@
+"""Scale normalisation: nuclei of any size reach the network at its diameter, labels come back whole."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from scipy import ndimage
+
+from dsb.cli import cli
+from dsb.config import Config, PredictConfig, PreprocessConfig
+from dsb.loader import augment_crop, make_targets, zoom_for
+from dsb.metric import image_score
+from dsb.postprocess import labels_from_probabilities
+from dsb.predict import predict_nuclei, predict_scaled
+from dsb.scale import labels_to_shape, median_diameter, nucleus_diameters
+
+from conftest import make_discs
+
+CANONICAL = 20.0
+CONFIG = Config(
+    preprocess=PreprocessConfig(diameter=CANONICAL),
+    predict=PredictConfig(tile_size=512, overlap=16, batch_size=4),  # whole images: the fake sees whole nuclei
+)
+
+
+def size_tuned_network(batch: np.ndarray) -> np.ndarray:
+    """Stands in for a network that knows nuclei up to twice CANONICAL pixels across.
+
+    Body wherever the input is bright, border the ring within 2 pixels of the
+    background; a bright region wider than 2 * CANONICAL gets a cross of border
+    through its centre, so that a nucleus much bigger than the network knows
+    comes out in four pieces (as a real network trained at one scale does).
+    """
+    out = np.zeros(batch.shape[:3] + (3,), np.float32)
+    for k, image in enumerate(batch[..., 0]):
+        body = image > 0.5
+        border = body & ~ndimage.binary_erosion(body, iterations=2)
+        regions, _ = ndimage.label(body)
+        for index, (rows, cols) in enumerate(ndimage.find_objects(regions), start=1):
+            if min(rows.stop - rows.start, cols.stop - cols.start) > 2 * CANONICAL:
+                mid_r, mid_c = (rows.start + rows.stop) // 2, (cols.start + cols.stop) // 2
+                border[mid_r - 1 : mid_r + 2, cols] |= regions[mid_r - 1 : mid_r + 2, cols] == index
+                border[rows, mid_c - 1 : mid_c + 2] |= regions[rows, mid_c - 1 : mid_c + 2] == index
+        out[k, ..., 0] = body
+        out[k, ..., 1] = border
+    return out
+
+
+def grid_of_discs(shape, radius, spacing):
+    centres = [(r, c) for r in range(spacing // 2, shape[0] - radius, spacing)
+               for c in range(spacing // 2, shape[1] - radius, spacing)]
+    return make_discs(shape, centres, radius)
+
+
+def image_of(labels):
+    return np.where(labels > 0, 220, 10).astype(np.uint8)
+
+
+def test_diameters_are_equivalent_circle_diameters():
+    labels = make_discs((200, 200), ((50, 50), (140, 140)), 30)
+    d = nucleus_diameters(labels)
+    assert d.shape == (2,)
+    # A digital disc of radius 30 has about pi * 30^2 pixels: diameter about 60.
+    np.testing.assert_allclose(d, 60.0, rtol=0.02)
+    assert np.isnan(median_diameter(np.zeros((4, 4), np.int32)))
+
+
+def test_zoom_takes_nuclei_to_the_canonical_diameter():
+    assert zoom_for(60.0, 20.0) == pytest.approx(1 / 3)
+    assert zoom_for(5.0, 20.0) == 4.0
+    assert zoom_for(0.0, 20.0) == 1.0 and zoom_for(30.0, 0.0) == 1.0
+
+
+def test_training_crops_show_nuclei_at_the_canonical_size():
+    labels = grid_of_discs((600, 600), 40, 120)  # diameter about 80
+    rng = np.random.default_rng(0)
+    zoom = zoom_for(median_diameter(labels), CANONICAL)
+    x, y = augment_crop(image_of(labels), labels, rng, crop_size=128, border_width=2, contact_width=2, zoom=zoom)
+    crop_labels, _ = ndimage.label(y[..., 0] > 0.5)
+    whole = [d for d, lab in zip(nucleus_diameters(crop_labels), range(1, crop_labels.max() + 1))
+             if not _touches_edge(crop_labels == lab)]
+    assert whole, "the crop should hold whole nuclei"
+    assert np.median(whole) == pytest.approx(CANONICAL, rel=0.15)
+    assert x.shape == (128, 128, 1) and y.shape == (128, 128, 3)
+
+
+def _touches_edge(mask):
+    return mask[0].any() or mask[-1].any() or mask[:, 0].any() or mask[:, -1].any()
+
+
+def test_contact_target_marks_where_two_nuclei_meet_only():
+    alone = make_discs((40, 40), ((20, 20),), 8)
+    assert make_targets(alone, border_width=2, contact_width=2)[..., 2].sum() == 0
+    pair = make_discs((40, 60), ((20, 20), (20, 37)), 8)  # 1-pixel gap between the discs
+    contact = make_targets(pair, border_width=2, contact_width=2)[..., 2] > 0
+    assert contact.any()
+    assert (contact & (pair == 0)).any(), "the gap between the nuclei belongs to the contact zone"
+    assert not contact[:, :8].any() and not contact[:, 52:].any(), "far sides of the nuclei are not contact"
+
+
+def test_contact_channel_keeps_touching_nuclei_apart():
+    pair = make_discs((40, 60), ((20, 20), (20, 35)), 8)  # overlapping: one blob
+    body = (pair > 0).astype(np.float32)
+    no_border = np.zeros_like(body)
+    contact = make_targets(pair, border_width=2, contact_width=2)[..., 2]
+    merged = labels_from_probabilities(np.stack([body, no_border], -1))
+    split = labels_from_probabilities(np.stack([body, no_border, contact], -1))
+    assert merged.max() == 1 and split.max() == 2
+
+
+@pytest.mark.parametrize(("radius", "spacing"), [(38, 110), (12, 40)])
+def test_the_diameter_is_estimated_and_the_labels_come_back_at_full_resolution(radius, spacing):
+    truth = grid_of_discs((440, 440), radius, spacing)
+    found = predict_nuclei(size_tuned_network, CONFIG, image_of(truth))
+    assert found.estimated
+    assert found.diameter == pytest.approx(median_diameter(truth), rel=0.2)
+    assert found.labels.shape == truth.shape
+    assert found.labels.max() == truth.max()
+    assert image_score(truth, found.labels).score > 0.8
+
+
+def test_large_nuclei_are_cut_up_without_scale_normalisation():
+    truth = grid_of_discs((440, 440), 38, 110)
+    flat = CONFIG.replace(preprocess=PreprocessConfig(diameter=0.0))
+    fixed = predict_nuclei(size_tuned_network, flat, image_of(truth))
+    assert fixed.scale == 1.0 and np.isnan(fixed.diameter)
+    assert fixed.labels.max() > 1.5 * truth.max()  # what the estimate is for
+
+
+def test_a_given_diameter_is_used_as_it_is():
+    truth = grid_of_discs((300, 300), 30, 90)
+    scaled = predict_scaled(size_tuned_network, CONFIG, image_of(truth), diameter=60.0)
+    assert not scaled.estimated
+    assert scaled.scale == pytest.approx(CANONICAL / 60.0)
+    assert scaled.probabilities.shape[:2] == (100, 100)
+
+
+def test_the_scale_stays_within_the_configured_bounds():
+    truth = grid_of_discs((200, 200), 6, 30)
+    scaled = predict_scaled(size_tuned_network, CONFIG, image_of(truth), diameter=2.5)
+    assert scaled.scale == CONFIG.predict.max_scale
+
+
+def test_a_large_upscaled_image_is_segmented_in_chunks_like_a_whole_one(monkeypatch):
+    from dsb import predict
+
+    truth = grid_of_discs((300, 300), 5, 25)
+    whole = predict_nuclei(size_tuned_network, CONFIG, image_of(truth), diameter=10.0)
+    monkeypatch.setattr(predict, "_CHUNK", 128)  # many chunks instead of one
+    monkeypatch.setattr(predict, "_CHUNK_MARGIN", 48)
+    chunked = predict_nuclei(size_tuned_network, CONFIG, image_of(truth), diameter=10.0)
+    assert chunked.labels.max() == whole.labels.max() == truth.max()
+    assert image_score(truth, chunked.labels).score == pytest.approx(image_score(truth, whole.labels).score, abs=0.02)
+
+
+def test_labels_to_shape_keeps_every_label_that_survives_and_numbers_them():
+    lab = np.zeros((10, 10), np.int32)
+    lab[0, 0] = 1  # one pixel: vanishes at a quarter of the size
+    lab[4:10, 4:10] = 2
+    small = labels_to_shape(lab, (3, 3))
+    assert set(np.unique(small)) == {0, 1}
+
+
+@pytest.mark.parametrize("value", ["-3", "0", "abc", "1e9", "nan"])
+@pytest.mark.parametrize("command", ["predict", "segment"])
+def test_bad_diameter_is_one_usage_line(tmp_path, command, value):
+    target = ["--images", str(tmp_path)] if command == "predict" else [str(tmp_path), "--out", str(tmp_path / "o")]
+    result = CliRunner().invoke(cli, [command, *target, "--diameter", value])
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--diameter" in lines[0] and "nucleus diameter" in lines[0], result.stderr
