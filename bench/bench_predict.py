@@ -104,14 +104,15 @@ def main() -> int:
     import numpy as np
 
     from dsb.dataset import read_image
-    from dsb.predict import batch_predictor, find_images, predict_images
+    from dsb.pipeline import folder_images
+    from dsb.predict import batch_predictor, predict_images
     from dsb.tiling import plan_axis
 
     with tempfile.TemporaryDirectory(prefix="dsb-bench-predict-") as tmp:
         tmp = Path(tmp)
         with zipfile.ZipFile(zip_path) as zf:
             zf.extractall(tmp / "stage1_test")
-        images, _ = find_images(tmp / "stage1_test")
+        images, _ = folder_images(tmp / "stage1_test")
         shapes = {i: read_image(p).shape[:2] for i, p in images.items()}
         megapixels = sum(h * w for h, w in shapes.values()) / 1e6
         largest = max(images, key=lambda i: shapes[i][0] * shapes[i][1])

@@ -25,6 +25,7 @@ def main() -> int:
     run = [str(args.run)] if args.run is not None and (args.run / "model.keras").is_file() else []
     benches = [
         ("bench_score.py", []),
+        ("bench_fetch.py", []),
         ("bench_prepare.py", data),
         ("bench_train.py", data),
         ("bench_predict.py", run),

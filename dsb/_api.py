@@ -2,8 +2,9 @@
 
 Arrays in, arrays out: a notebook loads a model once with :func:`load_model`,
 labels images with :func:`segment` and checks them with :func:`score`. The
-command line's folder pipelines (``dsb segment``, ``dsb predict``) run the same
-:func:`dsb.predict.predict_labels` call per image.
+command line's folder pipeline (:mod:`dsb.pipeline`, behind ``dsb segment``,
+``dsb predict`` and ``dsb evaluate``) runs the same
+:func:`dsb.predict.predict_nuclei` call per image.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from ._validate import check_2d, check_image, check_labels, check_same_shape
 
 __all__ = ["LoadedModel", "load_model", "segment", "score", "score_submission"]
 
@@ -44,7 +47,7 @@ class LoadedModel:
 @functools.lru_cache(maxsize=1)
 def _default_model() -> LoadedModel:
     """The shipped model, read from disk once per session."""
-    from .segment_files import default_model_dir
+    from .run import default_model_dir
 
     return _load(default_model_dir())
 
@@ -98,16 +101,9 @@ def load_model(path=None) -> LoadedModel:
 
 
 def _check_image(image) -> np.ndarray:
-    image = np.asarray(image)
-    if not (image.ndim == 2 or (image.ndim == 3 and 1 <= image.shape[2] <= 4)):
-        raise TypeError(
-            f"`image` (shape {image.shape}) must be (H, W) grey or (H, W, C) with C = 1 to 4 "
-            "(grey, grey+alpha, RGB, RGBA)"
-        )
+    image = check_image("image", image, pixels=True)
     if not (image.dtype == bool or np.issubdtype(image.dtype, np.integer) or np.issubdtype(image.dtype, np.floating)):
-        raise TypeError(f"`image` has dtype {image.dtype}, expected bool, integer or float")
-    if image.shape[0] < 1 or image.shape[1] < 1:
-        raise ValueError(f"`image` (shape {image.shape}) has no pixels")
+        raise TypeError(f"`image` (dtype {image.dtype}) must hold bools, integers or floats")
     return image
 
 
@@ -206,14 +202,11 @@ def score(pred_labels, true_labels) -> float:
     >>> dsb.score([[1, 1, 0, 0, 0]], true)  # one of two found: 1 / (1 + 0 + 1)
     0.5
     """
-    from .metric import _check_labels, image_score
+    from .metric import image_score
 
-    pred = _check_labels("pred_labels", pred_labels)
-    true = _check_labels("true_labels", true_labels)
-    if pred.shape != true.shape:
-        raise ValueError(
-            f"`pred_labels` (shape {pred.shape}) must have the same shape as `true_labels` (shape {true.shape})"
-        )
+    pred = check_labels("pred_labels", pred_labels)
+    true = check_labels("true_labels", true_labels)
+    check_same_shape("pred_labels", pred, "true_labels", true)
     return image_score(true, pred).score
 
 
@@ -257,8 +250,8 @@ def score_submission(submission, truth):
     """
     import pandas as pd
 
-    from .metric import load_truth, score_labels
-    from .submission import SUBMISSION_COLUMNS, read_submission, submission_to_labels
+    from .metric import score_labels
+    from .submission import SUBMISSION_COLUMNS, load_truth, read_submission, submission_to_labels
 
     if isinstance(submission, pd.DataFrame):
         missing = [c for c in SUBMISSION_COLUMNS if c not in submission.columns]
@@ -274,9 +267,8 @@ def score_submission(submission, truth):
     if isinstance(truth, Mapping):
         truth = {str(i): np.asarray(labels) for i, labels in truth.items()}
         shapes = {i: labels.shape for i, labels in truth.items()}
-        for i, shape in shapes.items():
-            if len(shape) != 2:
-                raise TypeError(f"`truth[{i!r}]` must be 2-D (height, width), got shape {shape}")
+        for i, labels in truth.items():
+            check_2d(f"truth[{i!r}]", labels)
     elif isinstance(truth, (str, os.PathLike)):
         truth, shapes = load_truth(truth)
     else:

@@ -134,7 +134,7 @@ def fetch(source: Path | None, dest: Path, quiet: bool) -> None:
               help="The folder `dsb fetch` filled (with stage1_train/).")
 @click.option("--config", "config_path", type=_EXISTING_FILE, default=None, help="Config JSON (preprocess section).")
 def prepare(data: Path, config_path: Path | None) -> None:
-    """Decode stage1_train once into a cache that training loads in seconds."""
+    """Decode stage1_train (and annotated images of your own) once into a cache that training loads in seconds."""
     from .dataset import load_prepared
 
     config = _load_config(config_path)
@@ -149,7 +149,9 @@ def prepare(data: Path, config_path: Path | None) -> None:
 @cli.command()
 @click.option("--config", "config_path", type=_EXISTING_FILE, default=None,
               help="Config JSON; defaults to the shipped CPU config.")
-@click.option("--data", type=_EXISTING_DIR, default=Path("data"), show_default=True)
+@click.option("--data", type=_EXISTING_DIR, default=Path("data"), show_default=True,
+              help="stage1_train/, annotated images of your own (images/ + masks/, or NAME_masks.tif "
+                   "beside NAME.png), or both.")
 @click.option("--out", type=_DIR, default=None, help="Run folder (default runs/<date-time>).")
 @click.option("--epochs", type=click.IntRange(min=1), default=None)
 @click.option("--steps-per-epoch", type=click.IntRange(min=1), default=None)
@@ -160,8 +162,14 @@ def prepare(data: Path, config_path: Path | None) -> None:
 @click.option("--strategy", type=click.Choice(["default", "mirrored", "multiworker"]), default="default",
               show_default=True)
 @click.option("--precision", type=click.Choice(["float32", "mixed"]), default="float32", show_default=True)
-def train(config_path, data, out, epochs, steps_per_epoch, time_budget, seed, resume, strategy, precision) -> None:
-    """Train the U-Net; the run folder is all that `dsb predict` needs."""
+@click.option("--init", type=str, is_flag=False, flag_value="", default=None, metavar="[MODEL_DIR]",
+              help="Fine-tune from this run folder's weights (the shipped model when no folder is given): "
+                   "its model and preprocessing, a tenth of the learning rate, 10 short epochs.")
+@click.option("--learning-rate", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Override the (fine-tune) learning rate.")
+def train(config_path, data, out, epochs, steps_per_epoch, time_budget, seed, resume, strategy, precision,
+          init, learning_rate) -> None:
+    """Train the U-Net, or fine-tune one (--init); the run folder is all that `dsb predict` needs."""
     _load_keras()
     from .train import train as train_run
 
@@ -170,14 +178,21 @@ def train(config_path, data, out, epochs, steps_per_epoch, time_budget, seed, re
     if resume and (config_path is not None or seed is not None):
         # A resumed run keeps its own config.json and seed, or it would not match an uninterrupted one.
         raise click.UsageError("--resume continues the run's own config and seed; drop --config and --seed")
+    if resume and (init is not None or learning_rate is not None):
+        raise click.UsageError("--resume continues the run's own --init and learning rate; drop them")
     if out is None:
         import time
 
         out = Path("runs") / time.strftime("%Y%m%d-%H%M%S")
-    config = _load_config(config_path)
+    from .run import resolve_model_dir
+
+    init_dir = None if init is None else resolve_model_dir(Path(init) if init else None)
+    # A fine-tune takes the init model's config; --config then gives only the train section.
+    config = None if init_dir is not None and config_path is None else _load_config(config_path)
     run_dir = train_run(
         config, data_dir=data, out_dir=out, epochs=epochs, steps_per_epoch=steps_per_epoch,
         time_budget=time_budget, resume=resume, strategy=strategy, precision=precision, seed=seed,
+        init=init_dir, learning_rate=learning_rate,
     )
     click.echo(f"run folder: {run_dir}")
 
@@ -201,14 +216,15 @@ def tune(run_dir: Path, data: Path) -> None:
 @click.argument("run_dir", type=_EXISTING_DIR)
 @click.option("--data", type=_EXISTING_DIR, default=Path("data"), show_default=True)
 @click.option("--tta", is_flag=True, help="Average over flips and 90-degree rotations.")
+@click.option("--diameter", type=_Diameter(), default=None, help=_DIAMETER_HELP)
 @click.option("--per-image", type=_FILE, default=None, help="Write per-image scores to this CSV.")
-def evaluate(run_dir: Path, data: Path, tta: bool, per_image: Path | None) -> None:
+def evaluate(run_dir: Path, data: Path, tta: bool, diameter: float | None, per_image: Path | None) -> None:
     """Score a run on its validation images, per group and per type; the last line is the score."""
     _load_keras()
     from .evaluate import evaluate as evaluate_run
     from .evaluate import summary_lines
 
-    value, table = evaluate_run(run_dir, data, tta=tta, progress=True)
+    value, table = evaluate_run(run_dir, data, tta=tta, diameter=diameter, progress=True)
     for line in summary_lines(table):
         click.echo(line)
     _report_scores(value, table, per_image, by_type=False)
@@ -251,18 +267,17 @@ def predict(run_dir, images, out, labels, tta, diameter, skip_bad) -> None:
     RUN_DIR defaults to the model shipped with the package.
     """
     from .predict import predict_folder
+    from .run import resolve_model_dir
 
-    run_dir = _run_or_default(run_dir)
+    run_dir = resolve_model_dir(run_dir)
     _load_keras()
     if out is None:
         out = Path("submissions") / f"{run_dir.name}{'-tta' if tta else ''}.csv"
     result = predict_folder(run_dir, images, out_csv=out, labels_dir=labels, tta=tta, diameter=diameter,
                             skip_bad=skip_bad, progress=True)
-    for line in result.attrs.get("skipped", []):
-        click.echo(f"skipped: {line}", err=True)
+    skipped = _report_skipped(result.attrs["skipped"])
     n_images = result["ImageId"].nunique()
     n_nuclei = int((result["EncodedPixels"] != "").sum())
-    skipped = len(result.attrs.get("skipped", []))
     click.echo(f"{out}: {n_nuclei} nuclei in {n_images} images, validated"
                + (f"; {skipped} skipped" if skipped else ""))
 
@@ -283,8 +298,8 @@ def segment(paths, model_dir, out, tta, overlay, diameter, skip_bad) -> None:
 
     summary = segment_paths(list(paths), model_dir=model_dir, out_dir=out, tta=tta, overlay=overlay,
                             diameter=diameter, skip_bad=skip_bad, progress=True)
+    skipped = _report_skipped(summary.attrs["skipped"])
     done = int((summary["status"] == "ok").sum())
-    skipped = len(summary) - done
     click.echo(f"{done} images segmented into {out}" + (f", {skipped} skipped" if skipped else ""))
 
 
@@ -301,7 +316,7 @@ def segment(paths, model_dir, out, tta, overlay, diameter, skip_bad) -> None:
 def score(submission: Path, truth: Path, images: Path | None, per_image: Path | None, allow_extra: bool) -> None:
     """Score a submission with the competition metric; the last line is the score."""
     from .dataset import image_types
-    from .metric import score_submission
+    from .submission import score_submission
 
     images = truth if images is None and truth.is_dir() else images
     types = image_types(images) if images is not None else None
@@ -315,7 +330,9 @@ def score(submission: Path, truth: Path, images: Path | None, per_image: Path | 
               help="The images the submission is for.")
 def validate(submission: Path, images: Path) -> None:
     """Check a submission CSV against the images it is for; list every problem."""
-    _raise_problems(submission, _validation_problems(submission, images), "not a valid submission")
+    from .submission import validate_against_images
+
+    _raise_problems(submission, validate_against_images(submission, images), "not a valid submission")
     click.echo(f"{submission}: valid")
 
 
@@ -330,8 +347,9 @@ def submit(csv: Path, message: str, images: Path, skip_without_credentials: bool
     """Validate a CSV, then submit it to data-science-bowl-2018 on Kaggle."""
     from . import kaggle_api
     from .errors import EnvironmentProblem
+    from .submission import validate_against_images
 
-    _raise_problems(csv, _validation_problems(csv, images), "not submitted")
+    _raise_problems(csv, validate_against_images(csv, images), "not submitted")
     try:
         client = kaggle_api.authenticate()
     except EnvironmentProblem as exc:
@@ -387,25 +405,11 @@ def _report_scores(value: float, table, per_image: Path | None, *, by_type: bool
     click.echo(f"{value:.6f}")
 
 
-def _run_or_default(run_dir: Path | None) -> Path:
-    if run_dir is not None:
-        return run_dir
-    from .segment_files import default_model_dir
-
-    return default_model_dir()
-
-
-def _validation_problems(csv: Path, images: Path) -> list:
-    from .dataset import image_shape
-    from .predict import find_images
-    from .submission import read_submission, validate_submission
-
-    # The same folder reader as dsb predict: a stage folder or a flat folder of images.
-    paths, bad = find_images(images)
-    if bad:
-        raise bad[0]
-    shapes = {image_id: image_shape(path) for image_id, path in paths.items()}
-    return validate_submission(read_submission(csv), shapes, path=csv)
+def _report_skipped(skipped: list) -> int:
+    """Say each input a run skipped (:class:`dsb.pipeline.Skip`) on stderr, one line each; return how many."""
+    for skip in skipped:
+        click.echo(f"skipped: {skip}", err=True)
+    return len(skipped)
 
 
 def _raise_problems(csv: Path, problems: list, verdict: str) -> None:

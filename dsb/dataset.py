@@ -12,6 +12,10 @@ Decoding stage1_train (664 images, 28,986 mask PNGs) takes a while, so
 image types, the median nucleus diameter and the imaging-experiment group of each
 image (:mod:`dsb.groups`). The cache is rebuilt when the files (names, sizes, times) or the
 preprocessing parameters change.
+
+The cache takes annotated images of one's own as well, in the layouts that
+napari, Fiji, Cellpose and StarDist write, alone or beside ``stage1_train/``
+(:mod:`dsb.annotations` finds and reads them; each user folder is its own group).
 """
 
 from __future__ import annotations
@@ -439,7 +443,8 @@ class Prepared:
         Median equivalent diameter ``sqrt(4 * area / pi)`` of the nuclei of each
         image, in pixels (NaN for an image without nuclei).
     groups : list of str
-        Imaging-experiment group of each image (:func:`dsb.groups.assign_groups`).
+        Imaging-experiment group of each image (:func:`dsb.groups.assign_groups`);
+        ``user:{folder}`` for annotated images of one's own (:mod:`dsb.annotations`).
     fixes : dict of str to MaskFixes
         The images whose masks needed fixing, by id.
     checksum : str
@@ -533,17 +538,42 @@ def _fingerprint(stage_dir: Path, ids: list[str]) -> str:
     return h.hexdigest()
 
 
+def _samples_fingerprint(stage_dir: Path | None, samples) -> str:
+    """:func:`_fingerprint` of the stage samples, extended by the user samples' image and label files.
+
+    Without user samples it is :func:`_fingerprint` itself, so a cache of the
+    competition's images alone stays valid.
+    """
+    stage = _fingerprint(stage_dir, [s.id for s in samples if not s.user]) if stage_dir is not None else ""
+    users = [s for s in samples if s.user]
+    if not users:
+        return stage
+    h = hashlib.sha256(stage.encode())
+    for s in users:
+        for path in (s.image, s.labels):
+            st = path.stat()
+            h.update(f"{s.id}|{path.name}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def _stage_of(samples) -> Path | None:
+    """The stage folder of the competition's samples (``{stage}/{id}/images/{id}.png``), if any."""
+    stage = next((s for s in samples if not s.user), None)
+    return None if stage is None else stage.image.parents[2]
+
+
 def _prepare_one(task):
-    """Decode one training image and its masks (runs in a worker process)."""
-    stage_dir, image_id, config = task
-    path = image_path(stage_dir, image_id)
-    raw = read_image(path)
-    labels, fixes = read_labels(stage_dir / image_id, raw.shape[:2], return_fixes=True)
+    """Decode one training image and its labels (runs in a worker process)."""
+    from .annotations import read_sample
+
+    sample, config = task
+    raw, labels, fixes = read_sample(sample)
     if labels.max(initial=0) > np.iinfo(np.uint16).max:
-        raise BadDataError(f"{labels.max()} nuclei: more than the cache can hold (65535)", path=path.parent.parent)
+        where = sample.labels if sample.user else sample.labels.parent
+        raise BadDataError(f"{labels.max()} nuclei: more than the cache can hold (65535)", path=where)
     kind = image_type(raw)
     gray = to_uint8(preprocess_image(raw, config, kind=kind))
-    return image_id, gray, labels.astype(np.uint16), kind, fixes, image_features(raw, labels)
+    return sample.id, gray, labels.astype(np.uint16), kind, fixes, image_features(raw, labels)
 
 
 def data_checksum(ids, images, labels) -> str:
@@ -568,10 +598,10 @@ def _read_manifest(folder: Path) -> dict | None:
         return None
 
 
-def _decode_all(stage_dir: Path, ids: list[str], config, *, workers: int, progress: bool):
+def _decode_all(samples, config, *, workers: int, progress: bool):
     from .progress import track
 
-    tasks = [(stage_dir, i, config) for i in ids]
+    tasks = [(s, config) for s in samples]
     context = _fork_context() if workers > 1 else None
     if context is None:
         yield from track(map(_prepare_one, tasks), length=len(tasks), label="prepare", enabled=progress)
@@ -610,8 +640,9 @@ def prepare(data_dir, config=None, *, progress: bool = False, cache_dir=None, wo
     Parameters
     ----------
     data_dir : str or os.PathLike
-        The folder ``dsb fetch`` filled (with ``stage1_train/``), or a stage
-        folder itself.
+        The folder ``dsb fetch`` filled (with ``stage1_train/``), a stage
+        folder itself, or annotated images of one's own, alone or beside
+        ``stage1_train/`` (see :func:`dsb.annotations.find_samples`).
     config : dsb.config.PreprocessConfig, optional
         Preprocessing parameters (defaults to ``PreprocessConfig()``).
     progress : bool
@@ -647,11 +678,14 @@ def _prepare(data_dir, config, *, progress, cache_dir, workers) -> tuple[Path, d
 
         config = PreprocessConfig()
     config = getattr(config, "preprocess", config)  # a whole Config will do
+    from .annotations import find_samples
+
     data_dir = Path(data_dir)
-    stage_dir = find_stage(data_dir)
-    ids = list_ids(stage_dir)
+    samples = find_samples(data_dir)
+    stage_dir = _stage_of(samples)
+    ids = [s.id for s in samples]
     folder = cache_path(data_dir, config, cache_dir=cache_dir)
-    fingerprint = _fingerprint(stage_dir, ids)
+    fingerprint = _samples_fingerprint(stage_dir, samples)
     manifest = _read_manifest(folder)
     manifest = manifest or {}
     if manifest.get("fingerprint") == fingerprint and manifest.get("version") == CACHE_VERSION:
@@ -661,18 +695,19 @@ def _prepare(data_dir, config, *, progress, cache_dir, workers) -> tuple[Path, d
         workers = min(2, os.cpu_count() or 1)
     start = time.perf_counter()
     images, labels, types, fixes, features = {}, {}, {}, {}, {}
-    decoded = _decode_all(stage_dir, ids, config, workers=workers, progress=progress)
+    decoded = _decode_all(samples, config, workers=workers, progress=progress)
     for image_id, gray, lab, kind, fix, feats in decoded:
         images[image_id], labels[image_id], types[image_id], features[image_id] = gray, lab, kind, feats
         if fix:
             fixes[image_id] = fix
-    groups = dict(zip(ids, assign_groups(ids, [types[i] for i in ids], [features[i] for i in ids])))
+    groups = _sample_groups(samples, types, features)
+    ids = sorted(ids)
     checksum = data_checksum(ids, [images[i] for i in ids], [labels[i] for i in ids])
     nuclei = int(sum(int(labels[i].max(initial=0)) for i in ids))
     manifest = {
         "version": CACHE_VERSION,
         "preprocess": _cache_key(config)[1],
-        "stage_dir": str(stage_dir.resolve()),
+        "stage_dir": None if stage_dir is None else str(stage_dir.resolve()),
         "fingerprint": fingerprint,
         "checksum": checksum,
         "images": len(ids),
@@ -683,6 +718,8 @@ def _prepare(data_dir, config, *, progress, cache_dir, workers) -> tuple[Path, d
         "fixes": {i: f.to_dict() for i, f in sorted(fixes.items())},
         "build_seconds": None,
     }
+    if any(s.user for s in samples):
+        manifest["user_images"] = {s.id: str(s.image.resolve()) for s in samples if s.user}
     with atomic_dir(folder) as tmp:
         try:
             # Images barely compress (2x) and compressing them took a quarter of the build and
@@ -708,6 +745,22 @@ def _prepare(data_dir, config, *, progress, cache_dir, workers) -> tuple[Path, d
 
 
 _DIAMETER = FEATURES.index("log_diameter")
+
+
+def _sample_groups(samples, types: dict, features: dict) -> dict[str, str]:
+    """Groups of the competition's images by :func:`dsb.groups.assign_groups`, and of each user folder
+    its own (:func:`dsb.annotations.user_group`), so user images never join the competition's."""
+    from .annotations import user_group
+
+    stage = sorted(s.id for s in samples if not s.user)
+    groups = dict(zip(stage, assign_groups(stage, [types[i] for i in stage], [features[i] for i in stage])))
+    users = [s for s in samples if s.user]
+    kinds: dict[str, set] = {}
+    for s in users:
+        kinds.setdefault(s.source, set()).add(types[s.id])
+    for s in users:
+        groups[s.id] = user_group(s.source, types[s.id], len(kinds[s.source]))
+    return groups
 
 
 def _diameter(features: np.ndarray) -> float:
@@ -846,8 +899,9 @@ def load_colour_images(prepared, kinds=("stained",), *, stage_dir=None) -> dict[
     kinds : tuple of str
         The image types to read (see :data:`dsb.preprocess.IMAGE_TYPES`).
     stage_dir : str or os.PathLike, optional
-        Where the images are; default: ``stage_dir`` of the cache's
-        ``manifest.json``.
+        Where the competition's images are; default: ``stage_dir`` of the
+        cache's ``manifest.json``. User images (:mod:`dsb.annotations`) are
+        read from the files its ``user_images`` names.
 
     Returns
     -------
@@ -863,28 +917,30 @@ def load_colour_images(prepared, kinds=("stained",), *, stage_dir=None) -> dict[
     unknown = sorted(set(kinds) - set(IMAGE_TYPES))
     if unknown:
         raise ValueError(f"`kinds` holds {unknown[0]!r}, expected some of {', '.join(IMAGE_TYPES)}")
+    wanted = [(i, k) for i, k in zip(prepared.ids, prepared.types) if k in kinds]
+    user_images: dict = {}
     if stage_dir is None:
         folder = Path(prepared.path)
         manifest = _read_manifest(folder)
         if manifest is None:
             raise BadDataError("no readable manifest.json; run `dsb prepare` again", path=folder)
-        if not manifest.get("stage_dir"):
+        user_images = manifest.get("user_images") or {}
+        if not manifest.get("stage_dir") and any(i not in user_images for i, _ in wanted):
             raise BadDataError(
                 "has no key 'stage_dir' (the folder of the raw images); run `dsb prepare` again",
                 path=folder / "manifest.json",
             )
-        stage_dir = manifest["stage_dir"]
-    stage_dir = Path(stage_dir)
-    if not stage_dir.is_dir():
-        raise BadDataError(
-            "folder of the raw images not found (recorded in the cache's manifest.json, key 'stage_dir')",
-            path=stage_dir,
-        )
+        stage_dir = manifest.get("stage_dir")
+    if stage_dir is not None:
+        stage_dir = Path(stage_dir)
+        if not stage_dir.is_dir():
+            raise BadDataError(
+                "folder of the raw images not found (recorded in the cache's manifest.json, key 'stage_dir')",
+                path=stage_dir,
+            )
     colour = {}
-    for image_id, kind in zip(prepared.ids, prepared.types):
-        if kind not in kinds:
-            continue
-        path = image_path(stage_dir, image_id)
+    for image_id, kind in wanted:
+        path = Path(user_images[image_id]) if image_id in user_images else image_path(stage_dir, image_id)
         raw = read_image(path)
         if raw.ndim != 3 or raw.shape[2] < 3:
             raise BadDataError(f"is {kind} in the cache but has no colour channels (shape {raw.shape})", path=path)

@@ -10,13 +10,12 @@ are experiments the network never saw.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
 from .metric import score_labels
-from .progress import track
 from .tune import validation_data
 
 __all__ = [
@@ -36,6 +35,9 @@ class Validation:
         True and predicted labels.
     types, groups : dict of str to str
         Image type and imaging-experiment group of each image.
+    diameters : dict of str to float
+        The nucleus diameter prediction used for each image (given or
+        estimated, pixels; NaN when unknown).
     """
 
     images: dict
@@ -43,9 +45,12 @@ class Validation:
     pred: dict
     types: dict
     groups: dict
+    diameters: dict = field(default_factory=dict)
 
 
-def predict_validation(model, config, data_dir, *, tta: bool = False, progress: bool = True) -> Validation:
+def predict_validation(
+    model, config, data_dir, *, tta: bool = False, diameter: float | None = None, progress: bool = True
+) -> Validation:
     """Read a run's validation images and their groups, and predict their nuclei.
 
     Parameters
@@ -58,6 +63,9 @@ def predict_validation(model, config, data_dir, *, tta: bool = False, progress: 
         gives the groups (:func:`dsb.dataset.load_groups`; built when missing).
     tta : bool
         Average over the eight flips and rotations.
+    diameter : float, optional
+        The nucleus diameter of every image in pixels; by default each
+        image's is estimated, as ``dsb predict`` does.
     progress : bool
         Draw a progress bar on stderr.
 
@@ -66,22 +74,31 @@ def predict_validation(model, config, data_dir, *, tta: bool = False, progress: 
     Validation
     """
     from .dataset import load_groups
-    from .predict import predict_labels
+    from .pipeline import nuclei_predictor, predict_each
 
     images, truth, types = validation_data(config, data_dir, progress=False)
     all_groups = load_groups(data_dir, config.preprocess)[0]
-    pred = {
-        image_id: predict_labels(model, config, raw, tta=tta)
-        for image_id, raw in track(images.items(), length=len(images), label="predicting", enabled=progress)
+    predict = nuclei_predictor(model, config, tta=tta, diameter=diameter)
+    in_memory = ((image_id, None, raw) for image_id, raw in images.items())
+    found = {
+        image_id: nuclei
+        for image_id, _, _, nuclei in predict_each(predict, in_memory, progress=progress, length=len(images))
     }
     groups = {i: all_groups.get(i, "unknown") for i in images}
-    return Validation(images=images, truth=truth, pred=pred, types=types, groups=groups)
+    return Validation(images=images, truth=truth, pred={i: n.labels for i, n in found.items()}, types=types,
+                      groups=groups, diameters={i: n.diameter for i, n in found.items()})
 
 
 def score_validation(validation: Validation) -> tuple[float, pd.DataFrame]:
-    """:func:`dsb.metric.score_labels` of a :class:`Validation`, with ``type`` and ``group`` columns."""
+    """:func:`dsb.metric.score_labels` of a :class:`Validation`, with ``type`` and ``group`` columns,
+    and ``diameter`` (used by prediction) beside ``true_diameter`` (from the masks)."""
+    from .scale import median_diameter
+
     value, table = score_labels(validation.truth, validation.pred, image_types=validation.types)
-    table["group"] = [validation.groups.get(i, "unknown") for i in table["ImageId"].tolist()]
+    ids = table["ImageId"].tolist()
+    table["group"] = [validation.groups.get(i, "unknown") for i in ids]
+    table["diameter"] = [validation.diameters.get(i, float("nan")) for i in ids]
+    table["true_diameter"] = [median_diameter(validation.truth[i]) for i in ids]
     return value, table
 
 
@@ -142,7 +159,9 @@ def summary_lines(table: pd.DataFrame, *, n_dense: int = 5) -> list[str]:
     return lines
 
 
-def evaluate(run_dir, data_dir, *, tta: bool = False, progress: bool = True) -> tuple[float, pd.DataFrame]:
+def evaluate(
+    run_dir, data_dir, *, tta: bool = False, diameter: float | None = None, progress: bool = True
+) -> tuple[float, pd.DataFrame]:
     """Predict a run's validation images and score them with the competition metric.
 
     Parameters
@@ -153,6 +172,8 @@ def evaluate(run_dir, data_dir, *, tta: bool = False, progress: bool = True) -> 
         A stage1_train folder, or a folder holding one.
     tta : bool
         Average over the eight flips and rotations.
+    diameter : float, optional
+        See :func:`predict_validation`.
     progress : bool
         Draw a progress bar on stderr.
 
@@ -167,4 +188,5 @@ def evaluate(run_dir, data_dir, *, tta: bool = False, progress: bool = True) -> 
     from .run import load_run
 
     model, config = load_run(Path(run_dir))
-    return score_validation(predict_validation(model, config, data_dir, tta=tta, progress=progress))
+    return score_validation(predict_validation(model, config, data_dir, tta=tta, diameter=diameter,
+                                               progress=progress))

@@ -18,6 +18,7 @@ import numpy as np
 from scipy import ndimage
 
 from . import augment as appearance
+from ._validate import check_labels
 from .config import PreprocessConfig, TrainConfig
 from .groups import held_out_groups
 from .preprocess import preprocess_image
@@ -80,11 +81,7 @@ def make_targets(labels: np.ndarray, *, border_width: int, contact_width: int | 
     >>> make_targets(labels, border_width=1, contact_width=1)[..., 2].astype(int)[2]
     array([0, 0, 0, 1, 1, 0, 0])
     """
-    labels = np.asarray(labels)
-    if labels.ndim != 2:
-        raise ValueError(f"`labels` must be 2-D (H, W), got shape {labels.shape}")
-    if not np.issubdtype(labels.dtype, np.integer):
-        raise TypeError(f"`labels` must hold integers, got dtype {labels.dtype}")
+    labels = check_labels("labels", labels, bool_ok=False)
     if border_width < 0:
         raise ValueError(f"`border_width` must be >= 0, got {border_width}")
     body = labels > 0

@@ -14,30 +14,31 @@ assignment problem to solve.
 Conventions for the corner cases: an image with no true and no predicted
 nucleus scores 1; an image of the truth with no row at all in a submission
 scores 0 (and is counted).
+
+Arrays only: reading a submission or the truth from disk is
+:mod:`dsb.submission`'s (:func:`dsb.submission.load_truth`,
+:func:`dsb.submission.score_submission`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from .dataset import image_shapes, read_labels
+from ._validate import check_labels, check_same_shape
 from .errors import BadDataError
-from .submission import read_solution, read_submission, solution_shapes, submission_to_labels
 
 __all__ = [
     "THRESHOLDS",
     "ImageScore",
     "label_overlap",
     "iou_matrix",
-    "load_truth",
     "image_score",
     "score_labels",
-    "score_submission",
+    "match_nuclei",
 ]
 
 # k / 100 is the double nearest to 0.55 etc., exactly like the literal, so an IoU
@@ -73,19 +74,6 @@ class ImageScore:
     n_pred: int
 
 
-def _check_labels(name: str, labels) -> np.ndarray:
-    labels = np.asarray(labels)
-    if labels.ndim != 2:
-        raise TypeError(f"`{name}` must be 2-D (height, width), got shape {labels.shape}")
-    if labels.dtype == bool:
-        return labels.astype(np.intp)
-    if not np.issubdtype(labels.dtype, np.integer):
-        raise TypeError(f"`{name}` must hold integer labels, got dtype {labels.dtype}")
-    if labels.size and labels.min() < 0:
-        raise ValueError(f"`{name}` must be non-negative, got {labels.min()}")
-    return labels
-
-
 def _sequential(labels: np.ndarray) -> tuple[np.ndarray, int]:
     """Flat labels renumbered 1..n (0 stays background) as intp, and n."""
     flat = labels.ravel()
@@ -113,10 +101,9 @@ def _flat_pair(true, pred) -> tuple[np.ndarray, np.ndarray]:
     The order is irrelevant to counting, so Fortran-ordered images (as painted
     from run-length encodings) are flattened as views, not copied.
     """
-    true = _check_labels("true", true)
-    pred = _check_labels("pred", pred)
-    if true.shape != pred.shape:
-        raise ValueError(f"`pred` (shape {pred.shape}) must have the same shape as `true` (shape {true.shape})")
+    true = check_labels("true", true)
+    pred = check_labels("pred", pred)
+    check_same_shape("pred", pred, "true", true)
     order = "F" if true.flags.f_contiguous and pred.flags.f_contiguous else "C"
     return true.ravel(order), pred.ravel(order)
 
@@ -249,7 +236,7 @@ def image_score(true, pred) -> ImageScore:
 
 
 def _missing(true) -> ImageScore:
-    _, n_true = _sequential(_check_labels("true", true))
+    _, n_true = _sequential(check_labels("true", true))
     result = _make_score(np.zeros(THRESHOLDS.size, np.int64), n_true, 0)
     # No rows at all is not an answer, even for an image without nuclei.
     return ImageScore(0.0, (0.0,) * THRESHOLDS.size, result.tp, result.fp, result.fn, n_true, 0)
@@ -321,86 +308,42 @@ def score_labels(
     return float(table["score"].mean()), table
 
 
-def load_truth(truth_path) -> tuple[dict[str, np.ndarray], dict[str, tuple[int, int]]]:
-    """True labels and image shapes by id, from a solution CSV or a stage1_train-layout folder.
+def match_nuclei(true_labels, pred_labels, *, threshold: float = 0.5):
+    """Split nuclei into matched predictions, false positives and missed true nuclei.
+
+    A predicted nucleus is a true positive when its IoU with a true nucleus is
+    greater than ``threshold``; at 0.5 or above such a match is unique.
 
     Parameters
     ----------
-    truth_path : str or os.PathLike
-        A Kaggle solution CSV (``ImageId,EncodedPixels,Height,Width[,Usage]``;
-        images whose rows are all ``Ignored`` are left out) or a folder of
-        ``{id}/images/{id}.png`` and ``{id}/masks/*.png``. Pixels that masks of
-        the truth share stay with the earlier mask (row order in a CSV, file
-        name order in a folder), as :func:`dsb.dataset.read_labels` settles them.
+    true_labels, pred_labels : (H, W) array_like of int
+        Instance labels, 0 for background.
+    threshold : float
+        IoU a match needs, at least 0.5.
 
     Returns
     -------
-    labels : dict of str to (H, W) ndarray of int32
-    shapes : dict of str to (int, int)
-        Of every image the truth names, ignored ones included.
+    matched : ndarray of int
+        Predicted labels that are true positives.
+    false_positives : ndarray of int
+        Predicted labels with no match.
+    missed : ndarray of int
+        True labels with no match.
 
-    Raises
-    ------
-    BadDataError
-        A malformed file, or a truth with no image to score.
+    Examples
+    --------
+    >>> matched, false_positives, missed = match_nuclei([[1, 1, 0, 2]], [[3, 3, 3, 0]])
+    >>> matched.tolist(), false_positives.tolist(), missed.tolist()
+    ([3], [], [2])
     """
-    truth_path = Path(truth_path)
-    if truth_path.is_dir():
-        shapes = image_shapes(truth_path)
-        truth = {i: read_labels(truth_path / i, shapes[i], return_fixes=True)[0] for i in shapes}
-    else:
-        solution = read_solution(truth_path)
-        shapes = solution_shapes(solution)
-        if "Usage" in solution.columns:
-            solution = solution[solution["Usage"] != "Ignored"]
-        truth = submission_to_labels(
-            solution[["ImageId", "EncodedPixels"]], shapes, path=truth_path, allow_overlap=True
-        )
-    if not truth:
-        raise BadDataError("the truth holds no images to score", path=truth_path)
-    return truth, shapes
-
-
-def score_submission(
-    submission_path,
-    truth_path,
-    *,
-    image_types: Mapping[str, str] | None = None,
-    allow_extra: bool = False,
-) -> tuple[float, pd.DataFrame]:
-    """Score a submission CSV against the truth, as Kaggle would.
-
-    Parameters
-    ----------
-    submission_path : str or os.PathLike
-        ``ImageId,EncodedPixels`` CSV (see :func:`dsb.submission.read_submission`).
-    truth_path : str or os.PathLike
-        Either a Kaggle solution CSV (``ImageId,EncodedPixels,Height,Width
-        [,Usage]``; images whose rows all have Usage ``Ignored`` are not
-        scored), or a folder in stage1_train layout:
-        ``{id}/images/{id}.png`` and ``{id}/masks/*.png``. Pixels that masks
-        of the truth share stay with the earlier mask (row order in a CSV,
-        file name order in a folder, see :func:`dsb.dataset.read_labels`).
-    image_types : mapping of str to str, optional
-        Passed to :func:`score_labels`.
-    allow_extra : bool, default False
-        Ignore submission rows for images the truth does not hold, instead of
-        failing at the first one.
-
-    Returns
-    -------
-    score : float
-    table : pandas.DataFrame
-        As :func:`score_labels`.
-
-    Raises
-    ------
-    BadDataError
-        When either file is malformed, or the submission has an unknown image,
-        a malformed encoding or two overlapping masks (the first one found,
-        with its row; ``dsb validate`` lists them all).
-    """
-    truth, shapes = load_truth(truth_path)
-    submission = read_submission(submission_path)
-    pred = submission_to_labels(submission, shapes, path=submission_path, skip_unknown=allow_extra)
-    return score_labels(truth, pred, image_types=image_types)
+    if threshold < 0.5:
+        raise ValueError(f"`threshold` ({threshold}) must be at least 0.5 (where matches are unique)")
+    true_labels = np.asarray(true_labels)
+    pred_labels = np.asarray(pred_labels)
+    iou = iou_matrix(true_labels, pred_labels)  # checks the shapes; objects in increasing label order
+    true_ids = np.unique(true_labels[true_labels > 0])
+    pred_ids = np.unique(pred_labels[pred_labels > 0])
+    hit = iou > threshold
+    pred_hit = hit.any(axis=0)
+    true_hit = hit.any(axis=1)
+    return pred_ids[pred_hit], pred_ids[~pred_hit], true_ids[~true_hit]

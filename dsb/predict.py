@@ -4,7 +4,8 @@
 (:func:`dsb.tiling.predict_tiled`), optionally averaged over the eight flips
 and 90-degree rotations; :func:`predict_labels` adds preprocessing and the
 watershed; :func:`predict_folder` turns a folder of images into a validated
-Kaggle submission and, optionally, one label image per input.
+Kaggle submission and, optionally, one label image per input, through the
+folder pipeline of :mod:`dsb.pipeline` (find, read and check, predict, write).
 
 The model is called through ``predict_on_batch`` when it has one (a Keras
 model: compiled once per tile shape, on whatever device the backend uses), or
@@ -27,15 +28,14 @@ import pandas as pd
 
 from .atomic import atomic_path, os_error, writable_dir
 from .config import Config, PostprocessConfig, PredictConfig
-from .dataset import IMAGE_SUFFIXES, image_path, read_image
+from ._validate import check_gray
 from .errors import BadDataError, DsbError, EnvironmentProblem
+from .pipeline import Skips, folder_images, nuclei_predictor, predict_each, read_images, write_labels
 from .postprocess import labels_from_probabilities, relabel, remove_small
-from .progress import track
 from .scale import check_diameter, clip_scale, labels_to_shape, median_diameter, resample
 from .tiling import predict_tiled
 
 __all__ = [
-    "IMAGE_SUFFIXES",
     "DIHEDRAL",
     "batch_predictor",
     "predict_probabilities",
@@ -48,17 +48,12 @@ __all__ = [
     "labels_to_image",
     "predict_nuclei",
     "predict_labels",
-    "find_images",
-    "write_label_image",
     "predict_images",
     "predict_folder",
 ]
 
 # The eight symmetries of the square: (quarter turns, flip left-right first).
 DIHEDRAL = tuple((turns, flip) for flip in (False, True) for turns in range(4))
-# Decoded images kept from the checking pass for the prediction pass, in bytes
-# (the 65 stage-1 test images take 37 MB; beyond this they are read again).
-_CACHE_BYTES = 256 << 20
 
 
 def batch_predictor(model) -> Callable[[np.ndarray], np.ndarray]:
@@ -100,11 +95,7 @@ def predict_probabilities(
     (H, W, C) ndarray of float32
     """
     predict_batch = batch_predictor(model)
-    image = np.asarray(image_gray, np.float32)
-    if image.ndim == 3 and image.shape[2] == 1:
-        image = image[:, :, 0]
-    if image.ndim != 2:
-        raise TypeError(f"`image_gray` (shape {image.shape}) must be (H, W) or (H, W, 1)")
+    image = check_gray("image_gray", np.asarray(image_gray, np.float32))
 
     def run(img: np.ndarray) -> np.ndarray:
         return predict_tiled(
@@ -395,132 +386,10 @@ def predict_labels(
     return predict_nuclei(model, config, raw_image, tta=tta, diameter=diameter).labels
 
 
-def find_images(images_dir) -> tuple[dict[str, Path], list[BadDataError]]:
-    """The images of a folder in stage layout or a flat folder, by id.
-
-    A stage folder holds ``{id}/images/{id}.png`` (as Kaggle's stage zips
-    unpack; another image suffix is accepted, see
-    :func:`dsb.dataset.image_path`); a flat folder holds image files
-    directly, the id being the file name without its suffix. Hidden files and
-    folders are ignored.
-
-    Parameters
-    ----------
-    images_dir : str or os.PathLike
-
-    Returns
-    -------
-    images : dict of str to Path
-        Id to image file, sorted by id.
-    problems : list of BadDataError
-        Entries that are not usable images (a file with another suffix, a sample
-        folder without its image, two files with one id), each naming the path.
-
-    Raises
-    ------
-    BadDataError
-        When ``images_dir`` is not a folder or holds no image at all.
-    """
-    root = Path(images_dir)
-    if not root.is_dir():
-        raise BadDataError("not a folder of images", path=root)
-    try:
-        entries = sorted(p for p in root.iterdir() if not p.name.startswith("."))
-    except OSError as exc:
-        raise BadDataError(f"cannot list the folder ({exc.strerror})", path=root) from None
-    images: dict[str, Path] = {}
-    problems: list[BadDataError] = []
-    folders = [p for p in entries if p.is_dir()]
-    if any((p / "images").is_dir() for p in folders):
-        for folder in folders:
-            path = image_path(root, folder.name)
-            if path.is_file():
-                images[folder.name] = path
-            else:
-                problems.append(BadDataError(f"expected the sample's image at images/{folder.name}.png", path=folder))
-    else:
-        for path in entries:
-            if not path.is_file():
-                continue
-            if path.suffix.lower() not in IMAGE_SUFFIXES:
-                problems.append(
-                    BadDataError(f"not an image file (expected one of {', '.join(IMAGE_SUFFIXES)})", path=path)
-                )
-            elif not _usable_id(path.stem):
-                problems.append(
-                    BadDataError("the file name cannot be a submission ImageId (comma, quote or edge spaces)", path=path)
-                )
-            elif path.stem in images:
-                problems.append(BadDataError(f"has the same id {path.stem!r} as {images[path.stem].name}", path=path))
-            else:
-                images[path.stem] = path
-    if not images and not problems:
-        raise BadDataError(
-            "holds no images (expected {id}/images/{id}.png folders or PNG, TIFF, JPEG or BMP files)", path=root
-        )
-    return dict(sorted(images.items())), problems
-
-
-def _usable_id(image_id: str) -> bool:
-    return image_id.strip() == image_id and image_id.isprintable() and not any(c in image_id for c in ',"')
-
-
 def _writable_file(path: Path) -> None:
     writable_dir(path.parent)
     if path.is_dir():
         raise EnvironmentProblem("is a folder; expected a CSV file name", path=path)
-
-
-def _read_checked(path: Path) -> np.ndarray:
-    """Read an image and check the network can take it, naming the file otherwise."""
-    image = read_image(path)
-    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (1, 2, 3, 4)):
-        raise BadDataError(
-            f"image of shape {image.shape} is not 2-D grey or (H, W, C) with 1 to 4 channels", path=path
-        )
-    if image.shape[0] < 1 or image.shape[1] < 1:
-        raise BadDataError(f"image of shape {image.shape} has no pixels", path=path)
-    return image
-
-
-def write_label_image(path, labels: np.ndarray) -> Path:
-    """Write instance labels as an image that Fiji and napari open, atomically.
-
-    Up to 65535 nuclei: a 16-bit greyscale PNG (``path`` as given); more: a
-    32-bit TIFF (``path`` with suffix ``.tif``).
-
-    Parameters
-    ----------
-    path : str or os.PathLike
-        Destination, normally ``{id}.png``.
-    labels : (H, W) ndarray of int
-        0 background, 1..N nuclei.
-
-    Returns
-    -------
-    Path
-        The file written.
-    """
-    labels = np.asarray(labels)
-    path = Path(path)
-    if labels.size and labels.max() > np.iinfo(np.uint16).max:
-        import tifffile
-
-        path = path.with_suffix(".tif")
-        with atomic_path(path) as tmp:
-            tifffile.imwrite(tmp, labels.astype(np.uint32), photometric="minisblack")
-        return path
-    from PIL import Image
-
-    with atomic_path(path) as tmp:
-        Image.fromarray(labels.astype(np.uint16)).save(tmp, format="PNG")
-    return path
-
-
-def _skip_or_raise(exc: DsbError, skip_bad: bool, skipped: list[str]) -> None:
-    if not skip_bad:
-        raise exc
-    skipped.append(str(exc))
 
 
 def predict_images(
@@ -556,10 +425,10 @@ def predict_images(
 
     out_csv = Path(out_csv)
     _writable_file(out_csv)
-    images, problems = find_images(images_dir)
-    skipped: list[str] = []
+    skips = Skips(skip_bad)
+    images, problems = folder_images(images_dir)
     for problem in problems:
-        _skip_or_raise(problem, skip_bad, skipped)
+        skips(problem)
     if labels_dir is not None:
         labels_dir = Path(labels_dir)
         if labels_dir.resolve() in {p.parent.resolve() for p in images.values()}:
@@ -567,22 +436,9 @@ def predict_images(
                                path=labels_dir)
         writable_dir(labels_dir)
 
-    # Read every image before predicting any, so that a bad one stops the run
-    # before anything is written; keep what fits in memory for the second pass.
-    cached: dict[str, np.ndarray] = {}
-    cached_bytes = 0
-    good: list[str] = []
-    for image_id, path in track(images.items(), length=len(images), label="checking", enabled=progress):
-        try:
-            raw = _read_checked(path)
-        except DsbError as exc:
-            _skip_or_raise(exc, skip_bad, skipped)
-            continue
-        good.append(image_id)
-        if cached_bytes + raw.nbytes <= _CACHE_BYTES:
-            cached[image_id] = raw
-            cached_bytes += raw.nbytes
-    if not good:
+    # Every image is read before any is predicted, so that a bad one stops the run before anything is written.
+    checked = read_images(images, skips, progress=progress)
+    if not checked:
         raise BadDataError(f"none of the {len(images) + len(problems)} images could be read", path=images_dir)
 
     staging = None
@@ -596,32 +452,26 @@ def predict_images(
         rows: list[tuple[str, str]] = []
         shapes: dict[str, tuple[int, int]] = {}
         label_files: list[Path] = []
-        for image_id in track(good, label="predicting", enabled=progress):
-            path = images[image_id]
-            try:
-                raw = cached.pop(image_id) if image_id in cached else _read_checked(path)
-                labels = predict_labels(model, config, raw, tta=tta, diameter=diameter)
-            except BadDataError as exc:
-                if exc.path is None:
-                    exc = BadDataError(exc.message, path=path, where=exc.where)
-                _skip_or_raise(exc, skip_bad, skipped)
-                continue
+        predict = nuclei_predictor(model, config, tta=tta, diameter=diameter)
+        found = predict_each(predict, checked.images(skips), skips=skips, progress=progress, length=len(checked))
+        for image_id, _, _, nuclei in found:
+            labels = nuclei.labels
             shapes[image_id] = labels.shape
             rles = labels_to_rles(labels)
             rows.extend((image_id, rle) for rle in rles or [""])
             if staging is not None:
-                label_files.append(write_label_image(staging / f"{image_id}.png", labels))
+                label_files.append(write_labels(staging / f"{image_id}.png", labels))
         if not shapes:
             raise BadDataError("no image could be predicted", path=images_dir)
 
         table = pd.DataFrame(rows, columns=["ImageId", "EncodedPixels"])
-        table.attrs["skipped"] = skipped
+        table.attrs["skipped"] = skips.records
         with atomic_path(out_csv) as tmp:
             write_submission(table, tmp)
             # Validate the file as written, before it takes the place of out_csv.
-            found = validate_submission(read_submission(tmp), shapes, path=out_csv)
-            if found:
-                raise DsbError(f"the predicted submission is not valid: {found[0]} ({len(found)} problems)",
+            invalid = validate_submission(read_submission(tmp), shapes, path=out_csv)
+            if invalid:
+                raise DsbError(f"the predicted submission is not valid: {invalid[0]} ({len(invalid)} problems)",
                                path=out_csv)
             for file in label_files:
                 try:
@@ -677,8 +527,8 @@ def predict_folder(
     pandas.DataFrame
         ``ImageId``, ``EncodedPixels``: one row per nucleus, ids sorted, nuclei
         in label order; an image with no nucleus has one row with an empty
-        ``EncodedPixels``. ``attrs["skipped"]`` lists one line per skipped
-        file (empty unless ``skip_bad``).
+        ``EncodedPixels``. ``attrs["skipped"]`` holds a
+        :class:`dsb.pipeline.Skip` per skipped file (empty unless ``skip_bad``).
 
     Raises
     ------

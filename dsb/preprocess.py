@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._validate import check_image
+
 __all__ = [
     "IMAGE_TYPES",
     "STAINED_CHANNELS",
@@ -49,13 +51,6 @@ LIGHT_BACKGROUND = 0.45
 COLOURFUL = 0.025
 
 _LUMA = np.array([0.2125, 0.7154, 0.0721], np.float32)  # ITU-R BT.709, as skimage.color.rgb2gray
-
-
-def _check_image(image: np.ndarray) -> np.ndarray:
-    image = np.asarray(image)
-    if image.ndim == 2 or (image.ndim == 3 and 1 <= image.shape[2] <= 4):
-        return image
-    raise TypeError(f"`image` (shape {image.shape}) must be (H, W) or (H, W, C) with 1 to 4 channels")
 
 
 def as_float(image: np.ndarray) -> np.ndarray:
@@ -121,7 +116,7 @@ def to_gray(image: np.ndarray) -> np.ndarray:
     (H, W) ndarray of float32 in [0, 1]
         Polarity is kept: nuclei stay dark in brightfield images.
     """
-    image = _check_image(image)
+    image = check_image("image", image)
     rgb = _rgb(image)
     if rgb is None:
         return as_float(_grey_channel(image)).astype(np.float32, copy=False)
@@ -139,7 +134,7 @@ def image_stats(image: np.ndarray) -> tuple[float, float]:
     colourfulness : float
         Mean over pixels of (largest - smallest channel), in [0, 1]; 0 for grey.
     """
-    image = _check_image(image)
+    image = check_image("image", image)
     if image.ndim == 2 or image.shape[2] < 3:
         return float(np.median(as_float(_grey_channel(image)))), 0.0
     # Elementwise over channels, in the stored dtype: numpy reduces a short last axis slowly.
@@ -224,7 +219,7 @@ def hematoxylin(image: np.ndarray) -> np.ndarray:
     """
     from skimage.color import rgb2hed  # skimage.color is slow to import; only stained images need it
 
-    rgb = _rgb(_check_image(image))
+    rgb = _rgb(check_image("image", image))
     if rgb is None:
         raise TypeError("`image` must have colour channels for colour deconvolution")
     return rgb2hed(rgb)[..., 0].astype(np.float32)
@@ -309,7 +304,7 @@ def preprocess_image(image: np.ndarray, config=None, *, kind: str | None = None)
         from .config import PreprocessConfig
 
         config = PreprocessConfig()
-    image = _check_image(image)
+    image = check_image("image", image)
     low, high = config.percentile_low, config.percentile_high
     if config.polarity == "auto" and kind is None:
         kind = image_type(image)

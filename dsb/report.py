@@ -8,8 +8,9 @@ Each section says what it is missing instead of failing when a run has no
 ``history.csv`` or ``tuning.csv`` or no submission and truth were given.
 
 The figure pieces are pure functions on arrays and DataFrames
-(:func:`overlay`, :func:`match_nuclei`, :func:`threshold_precisions`,
-:func:`training_figure`, :func:`tuning_figure`) so they can be tested alone.
+(:func:`threshold_precisions`, :func:`training_figure`,
+:func:`tuning_figure`) so they can be tested alone; the overlays are drawn by
+:func:`dsb.drawing.compare_overlay`.
 """
 
 from __future__ import annotations
@@ -26,30 +27,17 @@ import pandas as pd
 from .atomic import atomic_path
 from .config import PostprocessConfig, load_config
 from .errors import BadDataError
-from .segment_files import draw_outlines, to_rgb8
+from .drawing import OVERLAY_COLOURS, compare_overlay
 
 __all__ = [
-    "OVERLAY_COLOURS",
     "SECTIONS",
-    "match_nuclei",
     "threshold_precisions",
-    "overlay",
     "read_history",
     "read_tuning",
     "training_figure",
     "tuning_figure",
     "build_report",
 ]
-
-# Outlines tell true from predicted; the two kinds of error are also filled, so
-# that they stand out where outlines crowd, and not by hue alone.
-OVERLAY_COLOURS = {
-    "true nucleus (outline)": (0, 230, 0),
-    "predicted, matched (outline)": (40, 150, 255),
-    "false positive (red fill)": (255, 40, 40),
-    "missed nucleus (yellow fill)": (255, 215, 0),
-}
-_TRUE, _MATCHED, _FALSE_POSITIVE, _MISSED = OVERLAY_COLOURS.values()
 
 # (anchor, heading) of every section, in page order.
 SECTIONS = (
@@ -65,37 +53,6 @@ _LR_COLUMNS = ("lr", "learning_rate")
 
 
 # ---------------------------------------------------------------- pure pieces
-
-
-def match_nuclei(true_labels: np.ndarray, pred_labels: np.ndarray, *, threshold: float = 0.5):
-    """Split nuclei into matched predictions, false positives and missed true nuclei.
-
-    A predicted nucleus is a true positive when its IoU with a true nucleus is
-    greater than ``threshold``; at 0.5 or above such a match is unique.
-
-    Parameters
-    ----------
-    true_labels, pred_labels : (H, W) ndarray of int
-        Instance labels, 0 for background.
-    threshold : float
-        IoU a match needs, at least 0.5.
-
-    Returns
-    -------
-    matched : ndarray of int
-        Predicted labels that are true positives.
-    false_positives : ndarray of int
-        Predicted labels with no match.
-    missed : ndarray of int
-        True labels with no match.
-    """
-    if threshold < 0.5:
-        raise ValueError(f"`threshold` is {threshold}, expected at least 0.5 (where matches are unique)")
-    true_ids, pred_ids, iou = _iou(true_labels, pred_labels)
-    hit = iou > threshold
-    pred_hit = hit.any(axis=0)
-    true_hit = hit.any(axis=1)
-    return pred_ids[pred_hit], pred_ids[~pred_hit], true_ids[~true_hit]
 
 
 def threshold_precisions(true_labels: np.ndarray, pred_labels: np.ndarray | None) -> np.ndarray:
@@ -119,65 +76,6 @@ def threshold_precisions(true_labels: np.ndarray, pred_labels: np.ndarray | None
     if pred_labels is None:
         return np.zeros(len(THRESHOLDS))
     return np.asarray(image_score(true_labels, pred_labels).precision, dtype=np.float64)
-
-
-def _iou(true_labels, pred_labels):
-    """Ids present in each label image and the IoU between them, (n_true, n_pred)."""
-    from .metric import iou_matrix
-
-    true_labels = np.asarray(true_labels)
-    pred_labels = np.asarray(pred_labels)
-    iou = iou_matrix(true_labels, pred_labels)  # checks the shapes; objects in increasing label order
-    true_ids = np.unique(true_labels[true_labels > 0])
-    pred_ids = np.unique(pred_labels[pred_labels > 0])
-    return true_ids, pred_ids, iou
-
-
-def overlay(
-    image: np.ndarray | None, true_labels: np.ndarray | None, pred_labels: np.ndarray, *, width: int = 1
-) -> np.ndarray:
-    """The image with true and predicted outlines, false positives and missed nuclei.
-
-    Colours are those of :data:`OVERLAY_COLOURS`: true nuclei outlined just
-    outside their edge, predicted nuclei outlined on their edge (matched ones in
-    blue, false positives in red over a red fill), missed true nuclei filled in
-    yellow. A prediction is matched at IoU > 0.5.
-
-    Parameters
-    ----------
-    image : (H, W) or (H, W, C) ndarray, or None
-        The raw image (any depth; see :func:`dsb.segment_files.to_rgb8`); None draws
-        on black.
-    true_labels : (H, W) ndarray of int, or None
-        None draws the predictions alone, all in the matched colour.
-    pred_labels : (H, W) ndarray of int
-    width : int
-        Outline width in pixels.
-
-    Returns
-    -------
-    (H, W, 3) ndarray of uint8
-    """
-    pred_labels = np.asarray(pred_labels)
-    if pred_labels.ndim != 2:
-        raise TypeError(f"`pred_labels` must be 2-D, got shape {pred_labels.shape}")
-    shape = pred_labels.shape
-    rgb = np.zeros(shape + (3,), np.uint8) if image is None else to_rgb8(image)
-    if rgb.shape[:2] != shape:
-        raise ValueError(f"`image` (shape {np.shape(image)}) must match the labels (shape {shape})")
-    if true_labels is None:
-        return draw_outlines(rgb, pred_labels, _MATCHED, width=width)
-    true_labels = np.asarray(true_labels)
-    matched, false_positives, missed = match_nuclei(true_labels, pred_labels)
-    fp_mask = np.isin(pred_labels, false_positives)
-    missed_mask = np.isin(true_labels, missed)
-    out = rgb.astype(np.float32)
-    for mask, colour in ((missed_mask, _MISSED), (fp_mask, _FALSE_POSITIVE)):
-        out[mask] = 0.5 * out[mask] + 0.5 * np.asarray(colour, np.float32)
-    out = np.round(out).astype(np.uint8)
-    out = draw_outlines(out, true_labels, _TRUE, mode="outer", width=width)
-    out = draw_outlines(out, np.where(fp_mask, 0, pred_labels), _MATCHED, width=width)
-    return draw_outlines(out, np.where(fp_mask, pred_labels, 0), _FALSE_POSITIVE, width=width)
 
 
 def read_history(path) -> pd.DataFrame:
@@ -400,7 +298,7 @@ def _threshold_figure(per_threshold: pd.DataFrame):
 def _load_truth(truth: Path):
     """(labels, shapes, image types) by id, read as ``dsb score`` reads them."""
     from .dataset import image_types
-    from .metric import load_truth
+    from .submission import load_truth
 
     labels, shapes = load_truth(truth)
     types = image_types(truth, labels) if truth.is_dir() else {}
@@ -680,7 +578,7 @@ def _overlays_section(result) -> str:
             true = result["truth"][image_id]
             pred = result["pred"].get(image_id, np.zeros_like(true))
             # Wider outlines on large images, which the page shows scaled down to about 600 pixels.
-            rgb = overlay(images[image_id], true, pred, width=max(1, round(max(true.shape) / 600)))
+            rgb = compare_overlay(images[image_id], true, pred, width=max(1, round(max(true.shape) / 600)))
             kind = f"{row['group']}, {row['type']}" if "group" in row else row["type"]
             caption = (f"{image_id} ({kind}): score {row['score']:.3f}; "
                        f"at IoU 0.5 TP {row['tp_50']}, FP {row['fp_50']}, FN {row['fn_50']}")

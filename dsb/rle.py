@@ -24,6 +24,7 @@ import re
 
 import numpy as np
 
+from ._validate import check_2d, check_labels
 from .errors import BadDataError
 
 __all__ = [
@@ -263,13 +264,6 @@ def rle_decode(rle: str, shape) -> np.ndarray:
     return flat.reshape((h, w), order="F")
 
 
-def _check_2d(name: str, array) -> np.ndarray:
-    array = np.asarray(array)
-    if array.ndim != 2:
-        raise TypeError(f"`{name}` must be 2-D (height, width), got shape {array.shape}")
-    return array
-
-
 def _format_runs(starts: np.ndarray, lengths: np.ndarray) -> list[str]:
     """Tokens ``[start1, length1, start2, ...]`` as strings, starts made 1-based."""
     pairs = np.empty(2 * starts.size, np.int64)
@@ -297,7 +291,7 @@ def rle_encode(mask) -> str:
     >>> rle_encode([[1, 0], [1, 0], [0, 1]])
     '1 2 6 1'
     """
-    mask = _check_2d("mask", mask)
+    mask = check_2d("mask", mask)
     flat = np.zeros(mask.size + 2, bool)
     flat[1:-1] = mask.ravel(order="F")
     # Indices where the value flips: alternately a run's start and one past its end.
@@ -325,16 +319,12 @@ def labels_to_rles(labels) -> list[str]:
     >>> labels_to_rles([[0, 2], [5, 2]])
     ['3 2', '2 1']
     """
-    labels = _check_2d("labels", labels)
-    if not (np.issubdtype(labels.dtype, np.integer) or labels.dtype == bool):
-        raise TypeError(f"`labels` must hold integers, got dtype {labels.dtype}")
+    labels = check_labels("labels", labels)
     flat = labels.ravel(order="F")
     pixels = np.flatnonzero(flat)
     if pixels.size == 0:
         return []
     values = flat[pixels]
-    if values.min() < 0:
-        raise ValueError(f"`labels` must be non-negative, got {values.min()}")
     # Group the pixels by label; the stable sort keeps each group in pixel order.
     order = np.argsort(values, kind="stable")
     pixels, values = pixels[order], values[order]

@@ -1,4 +1,8 @@
-"""Read and update a run folder (``model.keras`` + ``config.json``) that :mod:`dsb.train` wrote."""
+"""Read and update a run folder (``model.keras`` + ``config.json``) that :mod:`dsb.train` wrote.
+
+Also which folder a command's model comes from: the one given, or the model
+shipped inside the package (:func:`default_model_dir`, :func:`resolve_model_dir`).
+"""
 
 from __future__ import annotations
 
@@ -8,12 +12,48 @@ from pathlib import Path
 
 from .atomic import atomic_dir, write_text
 from .config import Config, PostprocessConfig, load_config, save_config
-from .errors import BadDataError
+from .errors import BadDataError, EnvironmentProblem
 
-__all__ = ["load_run", "load_run_config", "update_postprocess", "export_run", "EXPORTED_FILES"]
+__all__ = [
+    "default_model_dir",
+    "resolve_model_dir",
+    "load_run",
+    "load_run_config",
+    "update_postprocess",
+    "export_run",
+    "EXPORTED_FILES",
+]
 
 # What inference and provenance need; checkpoints and logs stay behind.
 EXPORTED_FILES = ("config.json", "manifest.json", "history.csv", "tuning.csv")
+_DEFAULT_MODEL = Path(__file__).parent / "models" / "default"
+
+
+def default_model_dir() -> Path:
+    """The run folder of the model shipped inside the package.
+
+    Returns
+    -------
+    Path
+        ``dsb/models/default``, holding ``model.keras`` and ``config.json``.
+
+    Raises
+    ------
+    EnvironmentProblem
+        When this installation has no shipped model yet.
+    """
+    if not (_DEFAULT_MODEL / "model.keras").is_file():
+        raise EnvironmentProblem(
+            "this installation ships no default model (model.keras is missing); "
+            "pass a run folder with --model",
+            path=_DEFAULT_MODEL,
+        )
+    return _DEFAULT_MODEL
+
+
+def resolve_model_dir(model_dir=None) -> Path:
+    """``model_dir`` as a Path, or the shipped model's folder (:func:`default_model_dir`) when None."""
+    return default_model_dir() if model_dir is None else Path(model_dir)
 
 
 def load_run_config(run_dir) -> Config:

@@ -16,6 +16,8 @@ import math
 
 import numpy as np
 
+from ._validate import check_labels
+
 __all__ = ["nucleus_diameters", "median_diameter", "clip_scale", "resample", "labels_to_shape", "check_diameter"]
 
 # A nucleus diameter outside this range (pixels) is a typo, not a microscope.
@@ -41,9 +43,7 @@ def nucleus_diameters(labels: np.ndarray) -> np.ndarray:
     >>> nucleus_diameters(lab).round(2)
     array([2.26, 5.64])
     """
-    labels = np.asarray(labels)
-    if not np.issubdtype(labels.dtype, np.integer):
-        raise TypeError(f"`labels` must hold integers, got dtype {labels.dtype}")
+    labels = check_labels("labels", labels, ndim=None, bool_ok=False)
     areas = np.bincount(labels.ravel().astype(np.int64))[1:]
     areas = areas[areas > 0]
     return np.sqrt(4.0 * areas / np.pi)

@@ -1,4 +1,4 @@
-"""Kaggle submission and solution CSVs: strict reading, atomic writing, validation.
+"""Kaggle submission and solution CSVs: strict reading, atomic writing, validation, scoring.
 
 A submission has the header ``ImageId,EncodedPixels`` and one row per predicted
 nucleus; an image with no nucleus has one row with an empty ``EncodedPixels``.
@@ -38,6 +38,9 @@ __all__ = [
     "write_submission",
     "validate_submission",
     "submission_to_labels",
+    "validate_against_images",
+    "load_truth",
+    "score_submission",
 ]
 
 SUBMISSION_COLUMNS = ("ImageId", "EncodedPixels")
@@ -487,3 +490,127 @@ def submission_to_labels(
                 message = f"ImageId {image_id!r}: EncodedPixels: {exc.message}"
             raise BadDataError(message, path=path, where=_where(second, in_file=in_file)) from None
     return labels
+
+
+def validate_against_images(csv, images_dir) -> list[Problem]:
+    """Read a submission CSV and check it against a folder of the images it is for.
+
+    Parameters
+    ----------
+    csv : str or os.PathLike
+        The submission.
+    images_dir : str or os.PathLike
+        A stage folder (``{id}/images/{id}.png``) or a flat folder of images,
+        read as ``dsb predict`` reads it (:func:`dsb.pipeline.folder_images`).
+
+    Returns
+    -------
+    list of Problem
+        As :func:`validate_submission`: empty for a valid submission.
+
+    Raises
+    ------
+    BadDataError
+        The CSV is malformed (:func:`read_submission`), or the folder holds an
+        entry that is not a usable image (the first one) or no image at all.
+    """
+    from .dataset import image_shape
+    from .pipeline import folder_images
+
+    paths, bad = folder_images(images_dir)
+    if bad:
+        raise bad[0]
+    shapes = {image_id: image_shape(path) for image_id, path in paths.items()}
+    return validate_submission(read_submission(csv), shapes, path=csv)
+
+
+# ---------------------------------------------------------------- scoring
+
+
+def load_truth(truth_path) -> tuple[dict[str, np.ndarray], dict[str, tuple[int, int]]]:
+    """True labels and image shapes by id, from a solution CSV or a stage1_train-layout folder.
+
+    Parameters
+    ----------
+    truth_path : str or os.PathLike
+        A Kaggle solution CSV (``ImageId,EncodedPixels,Height,Width[,Usage]``;
+        images whose rows are all ``Ignored`` are left out) or a folder of
+        ``{id}/images/{id}.png`` and ``{id}/masks/*.png``. Pixels that masks of
+        the truth share stay with the earlier mask (row order in a CSV, file
+        name order in a folder), as :func:`dsb.dataset.read_labels` settles them.
+
+    Returns
+    -------
+    labels : dict of str to (H, W) ndarray of int32
+    shapes : dict of str to (int, int)
+        Of every image the truth names, ignored ones included.
+
+    Raises
+    ------
+    BadDataError
+        A malformed file, or a truth with no image to score.
+    """
+    from .dataset import image_shapes, read_labels
+
+    truth_path = Path(truth_path)
+    if truth_path.is_dir():
+        shapes = image_shapes(truth_path)
+        truth = {i: read_labels(truth_path / i, shapes[i], return_fixes=True)[0] for i in shapes}
+    else:
+        solution = read_solution(truth_path)
+        shapes = solution_shapes(solution)
+        if "Usage" in solution.columns:
+            solution = solution[solution["Usage"] != "Ignored"]
+        truth = submission_to_labels(
+            solution[["ImageId", "EncodedPixels"]], shapes, path=truth_path, allow_overlap=True
+        )
+    if not truth:
+        raise BadDataError("the truth holds no images to score", path=truth_path)
+    return truth, shapes
+
+
+def score_submission(
+    submission_path,
+    truth_path,
+    *,
+    image_types: Mapping[str, str] | None = None,
+    allow_extra: bool = False,
+) -> tuple[float, pd.DataFrame]:
+    """Score a submission CSV against the truth, as Kaggle would.
+
+    Parameters
+    ----------
+    submission_path : str or os.PathLike
+        ``ImageId,EncodedPixels`` CSV (see :func:`dsb.submission.read_submission`).
+    truth_path : str or os.PathLike
+        Either a Kaggle solution CSV (``ImageId,EncodedPixels,Height,Width
+        [,Usage]``; images whose rows all have Usage ``Ignored`` are not
+        scored), or a folder in stage1_train layout:
+        ``{id}/images/{id}.png`` and ``{id}/masks/*.png``. Pixels that masks
+        of the truth share stay with the earlier mask (row order in a CSV,
+        file name order in a folder, see :func:`dsb.dataset.read_labels`).
+    image_types : mapping of str to str, optional
+        Passed to :func:`dsb.metric.score_labels`.
+    allow_extra : bool, default False
+        Ignore submission rows for images the truth does not hold, instead of
+        failing at the first one.
+
+    Returns
+    -------
+    score : float
+    table : pandas.DataFrame
+        As :func:`dsb.metric.score_labels`.
+
+    Raises
+    ------
+    BadDataError
+        When either file is malformed, or the submission has an unknown image,
+        a malformed encoding or two overlapping masks (the first one found,
+        with its row; ``dsb validate`` lists them all).
+    """
+    from .metric import score_labels
+
+    truth, shapes = load_truth(truth_path)
+    submission = read_submission(submission_path)
+    pred = submission_to_labels(submission, shapes, path=submission_path, skip_unknown=allow_extra)
+    return score_labels(truth, pred, image_types=image_types)

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ._validate import check_gray
+
 __all__ = ["AxisPlan", "plan_axis", "tile_starts", "blend_window", "axis_weights", "predict_tiled"]
 
 
@@ -142,11 +144,7 @@ def axis_weights(plan: AxisPlan, overlap: int) -> np.ndarray:
 
 
 def _check(image, tile_size: int, overlap: int, batch_size: int, multiple: int) -> np.ndarray:
-    image = np.asarray(image)
-    if image.ndim == 3 and image.shape[2] == 1:
-        image = image[:, :, 0]
-    if image.ndim != 2:
-        raise TypeError(f"`image` (shape {image.shape}) must be 2-D (H, W) or (H, W, 1)")
+    image = check_gray("image", image)
     if image.size == 0:
         raise ValueError(f"`image` (shape {image.shape}) is empty")
     if multiple < 1 or tile_size < multiple:

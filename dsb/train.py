@@ -52,6 +52,7 @@ from . import __version__
 from .atomic import atomic_dir, atomic_path, write_text
 from .config import Config, load_config, save_config
 from .errors import BadDataError, EnvironmentProblem
+from .finetune import MIN_VALIDATION_IMAGES, check_architecture, finetune_split, user_image_count
 from .loader import CropLoader, ValidationLoader, split_ids, zoom_for
 from .model import build_unet, compile_model
 
@@ -95,6 +96,8 @@ def train(
     precision: str = "float32",
     seed: int | None = None,
     progress: bool = True,
+    init=None,
+    learning_rate: float | None = None,
 ) -> Path:
     """Train a U-Net on the prepared training images of ``data_dir``.
 
@@ -106,7 +109,8 @@ def train(
         ``validation_ids`` (a config.json of an earlier run), those images are
         held out; otherwise a split stratified by image type is drawn with the seed.
     data_dir : path
-        The data folder (with ``stage1_train``); loaded through
+        The data folder (with ``stage1_train``, annotated images of one's own
+        or both, see :mod:`dsb.annotations`); loaded through
         :func:`dsb.dataset.load_prepared`, which builds the cache if needed.
     out_dir : path
         The run folder; must be missing or empty unless ``resume``.
@@ -128,6 +132,15 @@ def train(
         ``"mixed"``: ``mixed_float16`` policy with loss scaling (for GPUs).
     progress : bool
         One line per epoch on stderr.
+    init : path, optional
+        Fine-tune: start from the weights of this run folder (see
+        :mod:`dsb.finetune`). The config is
+        :func:`dsb.finetune.finetune_config` of its ``config.json``, taking
+        only the ``train`` section of ``config`` when given: a tenth of the
+        learning rate, a few epochs, and validation on a random share of the
+        user's images. Ignored when resuming (the run keeps its own).
+    learning_rate : float, optional
+        Overrides the learning rate (of the fine-tune, with ``init``).
 
     Returns
     -------
@@ -140,15 +153,25 @@ def train(
         On Ctrl-C, after making sure a resumable checkpoint exists.
     BadDataError
         Bad config, non-empty ``out_dir`` without ``resume``, nothing to resume,
-        or data that changed since the run started.
+        data that changed since the run started, or an ``init`` that is no run folder.
     """
     from .dataset import load_prepared
 
     out_dir = Path(out_dir)
     if resume:
         config = _resume_config(out_dir)
+    elif init is not None:
+        from .finetune import finetune_config
+        from .run import load_run_config
+
+        config = finetune_config(load_run_config(init), config, learning_rate=learning_rate, epochs=epochs)
     elif config is None:
         raise ValueError("`config` is required unless resuming")
+    elif learning_rate is not None:
+        rate = float(learning_rate)
+        tc = dataclasses.replace(config.train, learning_rate=rate,
+                                 min_learning_rate=min(config.train.min_learning_rate, rate))
+        config = config.replace(train=tc)
     if strategy != "multiworker":
         _check_new_run(out_dir, resume)  # before the data load, to fail fast
     prepared = load_prepared(data_dir, config.preprocess, progress=progress)
@@ -164,6 +187,7 @@ def train(
         precision=precision,
         seed=seed,
         progress=progress,
+        init=None if resume else init,
     )
 
 
@@ -183,6 +207,7 @@ def train_prepared(
     workers: int = 1,
     deterministic: bool | None = None,
     callbacks: list | None = None,
+    init=None,
 ) -> Path:
     """:func:`train` on data already in memory.
 
@@ -198,6 +223,13 @@ def train_prepared(
         Deterministic TensorFlow ops; default: when no GPU is visible.
     callbacks : list of keras.callbacks.Callback, optional
         Extra callbacks, run after the run's own (tests use them to interrupt).
+    init : path, optional
+        A run folder whose weights the model starts from; its U-Net must be
+        ``config``'s (:func:`dsb.finetune.check_architecture`). ``config`` is
+        used as given (:func:`dsb.finetune.finetune_config` makes a fine-tune
+        one); validation is :func:`dsb.finetune.finetune_split` unless
+        ``config.validation_ids`` names the images. The folder is recorded as
+        ``init`` in the manifest and kept on resume.
 
     Other parameters are those of :func:`train`.
     """
@@ -209,9 +241,11 @@ def train_prepared(
     wall_start = time.time()
     state: dict = {}
     ckpt_dir = None
+    init_model = None
     if resume:
         config = _resume_config(out_dir)
         ckpt_dir, state = latest_checkpoint(out_dir)
+        init = state.get("init")
         seed = state["seed"]
         precision = state["precision"]
         epochs = epochs or state["epochs"]
@@ -228,6 +262,8 @@ def train_prepared(
         config = config.check()
         if strategy != "multiworker":  # there, process 0 may already have started the folder
             _check_new_run(out_dir, resume)
+        if init is not None:
+            init_model = _load_init(init, config)
 
     ids = [str(i) for i in prepared.ids]
     checksum = getattr(prepared, "checksum", None) or data_checksum(prepared)
@@ -240,7 +276,7 @@ def train_prepared(
     tc = config.train
     seed = tc.seed if seed is None else int(seed)
     groups = list(getattr(prepared, "groups", None) or []) or None  # stand-ins may hold no groups
-    train_ids, val_ids = _split(config, ids, prepared.types, seed, groups)
+    train_ids, val_ids = _split(config, ids, prepared.types, seed, groups, finetune=init is not None)
     val_groups = _whole_groups(ids, groups, val_ids)
     index = {id_: i for i, id_ in enumerate(ids)}
     train_idx = [index[i] for i in train_ids]
@@ -283,6 +319,7 @@ def train_prepared(
                 "history": [],
                 "stop_reason": None,
                 "seed_states": {},
+                "init": None if init is None else str(Path(init).resolve()),
             }
         state.update(epochs=epochs, time_budget=time_budget)
 
@@ -291,6 +328,8 @@ def train_prepared(
             if ckpt_dir is None:
                 model = build_unet(config.model)
                 compile_model(model, config, total_steps=epochs * steps)
+                if init_model is not None:
+                    _set_init_weights(model, init_model, init)
             else:
                 model = _load_checkpoint_model(ckpt_dir, state)
                 if config.train.lr_schedule == "plateau":
@@ -351,6 +390,7 @@ def train_prepared(
             "validation_images": len(val_idx),
             "validation_crops": val_data.n_crops if val_data is not None else 0,
             "validation_groups": val_groups,
+            "init": state.get("init"),
         }
         if writer:
             _write_manifest(out_dir, config, state, env, run_info, status="running", wall_start=wall_start)
@@ -362,6 +402,10 @@ def train_prepared(
             )
             if val_groups:
                 _say(f"validation holds out the groups {', '.join(val_groups)}")
+            if init is not None:
+                _say(f"fine-tuning from {state.get('init')}, learning rate {config.train.learning_rate:.2e}"
+                     + ("" if val_idx else f"; no validation: {user_image_count(ids, groups)} image(s) of your "
+                        f"own, fewer than {MIN_VALIDATION_IMAGES} to hold some out, so training uses them all"))
         all_callbacks = []
         if writer:
             tensorboard = _tensorboard(out_dir / "logs")
@@ -446,6 +490,27 @@ def _save_checkpoint(run_dir: Path, model, state: dict) -> None:
     for child in root.iterdir():
         if _CKPT_RE.match(child.name) and child.name != name:
             shutil.rmtree(child, ignore_errors=True)
+
+
+def _load_init(init, config: Config):
+    """The model of the run folder ``init``, once its U-Net is known to be ``config``'s."""
+    from .run import load_run
+
+    model, init_config = load_run(init)
+    check_architecture(init_config.model, config.model, path=init)
+    return model
+
+
+def _set_init_weights(model, init_model, init) -> None:
+    try:
+        model.set_weights(init_model.get_weights())
+    except ValueError as exc:  # the configs agree but the file does not (an edited config.json)
+        raise BadDataError(f"its weights do not fit the new run's U-Net ({_first_line(exc)})",
+                           path=Path(init) / "model.keras") from None
+
+
+def _first_line(exc: Exception) -> str:
+    return (str(exc).strip().splitlines() or [""])[0][:300]
 
 
 def _load_checkpoint_model(folder: Path, state: dict):
@@ -807,8 +872,10 @@ def _whole_groups(ids: list[str], groups: list[str] | None, val_ids: list[str]) 
     return sorted(out)
 
 
-def _split(config: Config, ids: list[str], types, seed: int, groups=None) -> tuple[list[str], list[str]]:
-    """The run's (train, validation) ids: ``config.validation_ids`` when given, else
+def _split(config: Config, ids: list[str], types, seed: int, groups=None, *,
+           finetune: bool = False) -> tuple[list[str], list[str]]:
+    """The run's (train, validation) ids: ``config.validation_ids`` when given, else for a
+    fine-tune a random share of the user's images (:func:`dsb.finetune.finetune_split`), else
     whole groups held out (``train.split == "group"`` and ``groups`` known), else a random share."""
     if config.validation_ids:
         known = set(ids)
@@ -820,6 +887,8 @@ def _split(config: Config, ids: list[str], types, seed: int, groups=None) -> tup
             )
         held = set(config.validation_ids)
         return [i for i in ids if i not in held], [i for i in ids if i in held]
+    if finetune:
+        return finetune_split(ids, groups, fraction=config.train.validation_fraction, seed=seed)
     if config.train.split != "group" or not groups or len(groups) != len(ids):
         groups = None
     return split_ids(ids, list(types), fraction=config.train.validation_fraction, seed=seed, groups=groups)

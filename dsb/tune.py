@@ -172,31 +172,33 @@ def validation_data(config, data_dir, *, progress: bool = False):
     config : Config
         ``validation_ids`` name the images.
     data_dir : str or os.PathLike
-        A folder in stage1_train layout, or one holding ``stage1_train``.
+        The training folder: in stage1_train layout, one holding
+        ``stage1_train``, or annotated images of one's own
+        (:func:`dsb.annotations.find_samples`).
 
     Returns
     -------
     images, labels, types : dict of str to ndarray, dict of str to ndarray, dict of str to str
         By id, in the order of ``config.validation_ids``.
     """
-    from .dataset import find_stage, image_path, read_image, read_labels
+    from .annotations import find_samples, read_sample
     from .preprocess import image_type
 
     if not config.validation_ids:
         raise BadDataError("the config names no validation images", where="key 'validation_ids'")
-    stage = find_stage(data_dir)
+    samples = {s.id: s for s in find_samples(data_dir)}
+    stage = next((s.image.parents[2] for s in samples.values() if not s.user), Path(data_dir))
     images, labels, types = {}, {}, {}
     for image_id in track(config.validation_ids, label="reading", enabled=progress):
-        sample = stage / image_id
-        if not sample.is_dir():
+        if image_id not in samples:
             raise BadDataError(
-                f"validation image {image_id!r} is not in this folder (expected {image_id}/images/{image_id}.png)",
+                f"validation image {image_id!r} is not in this folder (expected {image_id}/images/{image_id}.png, "
+                "or the user image of that id)",
                 path=stage,
             )
-        raw = read_image(image_path(stage, image_id))
+        # The few overlapping training masks are settled quietly (read_sample keeps the fixes), as in dsb score.
+        raw, labels[image_id], _ = read_sample(samples[image_id])
         images[image_id] = raw
-        # return_fixes: the few overlapping training masks are settled quietly, as in dsb score.
-        labels[image_id] = read_labels(sample, raw.shape[:2], return_fixes=True)[0]
         types[image_id] = image_type(raw)
     return images, labels, types
 

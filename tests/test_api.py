@@ -73,7 +73,7 @@ def test_segment_passes_diameter_and_tta_on(grey, monkeypatch):
 
 def test_a_loaded_model_is_reused(grey, monkeypatch):
     from dsb import run
-    from dsb.segment_files import default_model_dir
+    from dsb.run import default_model_dir
 
     calls = []
     load_run = run.load_run
@@ -142,9 +142,9 @@ def test_score_counts_an_iou_at_a_threshold_as_a_miss():
 def test_score_names_its_arguments():
     with pytest.raises(ValueError, match=r"`pred_labels` \(shape \(2, 2\)\).*`true_labels` \(shape \(3, 3\)\)"):
         dsb.score(np.zeros((2, 2), int), np.zeros((3, 3), int))
-    with pytest.raises(TypeError, match="`true_labels` must hold integer labels"):
+    with pytest.raises(TypeError, match=r"`true_labels` \(dtype float64\) must hold integers"):
         dsb.score(np.zeros((2, 2), int), np.zeros((2, 2)))
-    with pytest.raises(TypeError, match="`pred_labels` must be 2-D"):
+    with pytest.raises(TypeError, match=r"`pred_labels` \(shape \(4,\)\) must be 2-D"):
         dsb.score(np.zeros(4, int), np.zeros((2, 2), int))
 
 

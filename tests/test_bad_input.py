@@ -29,7 +29,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from conftest import make_discs
+from conftest import assert_nothing_complete, group_raising, inner_zips, make_discs, png_bytes, stage_entries, write_zip
 from dsb.cli import cli
 from dsb.rle import labels_to_rles
 
@@ -395,13 +395,11 @@ def test_submit_without_credentials_or_with_a_failed_upload(tmp_path, stage, mon
 
 
 def _source(tmp_path) -> Path:
-    from test_fetch import _inner_zips
 
-    return _inner_zips(tmp_path / "src")
+    return inner_zips(tmp_path / "src")
 
 
 def test_fetch_bad_sources(tmp_path):
-    from test_fetch import _assert_nothing_complete, _png_bytes, _stage_entries, _zip
 
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -411,28 +409,27 @@ def test_fetch_bad_sources(tmp_path):
     source = _source(tmp_path)
     (source / "stage1_train.zip").write_bytes(b"")
     error_line(dsb("fetch", "--source", source, "--dest", dest), 3, source / "stage1_train.zip")
-    _assert_nothing_complete(dest)
+    assert_nothing_complete(dest)
 
-    entries = _stage_entries(2, 1)
+    entries = stage_entries(2, 1)
     entries["0001abcd/images/0001abcd.png"] = b"\x89PNG\r\n\x1a\nbroken"
-    _zip(source / "stage1_train.zip", entries)
+    write_zip(source / "stage1_train.zip", entries)
     error_line(dsb("fetch", "--source", source, "--dest", dest), 3,
                source / "stage1_train.zip", "0001abcd/images/0001abcd.png", "unreadable image")
-    _assert_nothing_complete(dest)
+    assert_nothing_complete(dest)
     assert not (dest / "stage1_train").exists()
 
-    entries = _stage_entries(2, 1)
-    entries["0001abcd/masks/wide.png"] = _png_bytes(np.zeros((24, 40), np.uint8))
-    _zip(source / "stage1_train.zip", entries)
+    entries = stage_entries(2, 1)
+    entries["0001abcd/masks/wide.png"] = png_bytes(np.zeros((24, 40), np.uint8))
+    write_zip(source / "stage1_train.zip", entries)
     line = error_line(dsb("fetch", "--source", source, "--dest", dest), 3,
                       source / "stage1_train.zip", "0001abcd/masks/wide.png", "mask is 24x40 but its image is 24x32")
     assert ".tmp" not in line  # the file is named where the user can find it, not in a temporary folder
-    _assert_nothing_complete(dest)
+    assert_nothing_complete(dest)
     assert temporaries(dest) == []
 
 
 def test_fetch_takes_every_image_layout(tmp_path):
-    from test_fetch import _png_bytes, _zip
 
     source = _source(tmp_path)
     layouts = {
@@ -444,18 +441,17 @@ def test_fetch_takes_every_image_layout(tmp_path):
     }
     entries = {}
     for name, image in layouts.items():
-        entries[f"{name}/images/{name}.png"] = _png_bytes(image)
+        entries[f"{name}/images/{name}.png"] = png_bytes(image)
         mask = np.zeros(image.shape[:2], np.uint8)
         mask[2:5, :1] = 255
-        entries[f"{name}/masks/m.png"] = _png_bytes(mask)
-    _zip(source / "stage1_train.zip", entries)
+        entries[f"{name}/masks/m.png"] = png_bytes(mask)
+    write_zip(source / "stage1_train.zip", entries)
     result = dsb("fetch", "--source", source, "--dest", tmp_path / "data", "--quiet")
     assert result.exit_code == 0, result.stderr
     assert "stage1_train: 5 images, 5 masks" in result.stdout and result.stderr == ""
 
 
 def test_fetch_into_an_unwritable_or_full_destination(tmp_path, blocker, monkeypatch):
-    from test_fetch import _assert_nothing_complete
 
     source = _source(tmp_path)
     error_line(dsb("fetch", "--source", source, "--dest", blocker / "data"), 4, blocker)
@@ -469,7 +465,7 @@ def test_fetch_into_an_unwritable_or_full_destination(tmp_path, blocker, monkeyp
 
     monkeypatch.setattr(shutil, "copyfileobj", full)
     error_line(dsb("fetch", "--source", source, "--dest", dest), 4, dest, "no space left on device")
-    _assert_nothing_complete(dest)
+    assert_nothing_complete(dest)
     assert not (dest / "stage1_train").exists() and temporaries(dest) == []
 
     monkeypatch.setattr(shutil, "copyfileobj", real)
@@ -1167,9 +1163,8 @@ def test_warnings_from_libraries_are_one_line_too():
 
     import click
 
-    from test_cli import _group_raising
 
-    group = _group_raising(RuntimeError("unused"))
+    group = group_raising(RuntimeError("unused"))
 
     @click.command("chatty")
     def chatty():

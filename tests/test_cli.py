@@ -5,12 +5,13 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import click
 import pytest
 from click.testing import CliRunner
 
 from dsb.cli import cli
 from dsb.errors import BadDataError, EnvironmentProblem
+
+from conftest import group_raising
 
 
 def _python(code: str) -> subprocess.CompletedProcess:
@@ -45,20 +46,6 @@ def test_console_script_help_answers():
         assert command in result.stdout
 
 
-def _group_raising(exc: BaseException) -> click.Group:
-    """The real `dsb` group with one extra command that raises ``exc``."""
-    group = click.Group.__new__(type(cli))
-    group.__dict__.update(cli.__dict__)
-    group.commands = dict(cli.commands)
-
-    @click.command("boom")
-    def boom():
-        raise exc
-
-    group.commands["boom"] = boom
-    return group
-
-
 @pytest.mark.parametrize(
     ("exc", "code", "text"),
     [
@@ -71,7 +58,7 @@ def _group_raising(exc: BaseException) -> click.Group:
     ],
 )
 def test_errors_become_one_line_and_an_exit_status(exc, code, text):
-    result = CliRunner().invoke(_group_raising(exc), ["boom"])
+    result = CliRunner().invoke(group_raising(exc), ["boom"])
     assert result.exit_code == code
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
@@ -80,7 +67,7 @@ def test_errors_become_one_line_and_an_exit_status(exc, code, text):
 
 
 def test_debug_shows_the_traceback_of_a_bug():
-    result = CliRunner().invoke(_group_raising(RuntimeError("unexpected")), ["--debug", "boom"])
+    result = CliRunner().invoke(group_raising(RuntimeError("unexpected")), ["--debug", "boom"])
     assert isinstance(result.exception, RuntimeError)
 
 

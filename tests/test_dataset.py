@@ -395,28 +395,23 @@ def test_damaged_cache_is_reported(stage):
 
 @pytest.fixture(scope="module")
 def real_prepared(train_dir, tmp_path_factory):
+    # Cold and warm times are bench/bench_prepare.py's to measure.
     cache = tmp_path_factory.mktemp("prepared")
-    start = time.perf_counter()
     cold = load_prepared(train_dir, PreprocessConfig(), cache_dir=cache)
-    cold_s = time.perf_counter() - start
-    start = time.perf_counter()
     warm = load_prepared(train_dir, PreprocessConfig(), cache_dir=cache)
-    warm_s = time.perf_counter() - start
-    print(f"\nprepare stage1_train: cold {cold_s:.1f} s, warm {warm_s:.1f} s")
     assert cold.built and not warm.built
-    return warm, warm_s
+    return warm
 
 
 @pytest.mark.slow
 def test_real_prepare(real_prepared, train_dir):
-    prepared, warm_s = real_prepared
+    prepared = real_prepared
     assert len(prepared) == 664 and prepared.ids == list_ids(train_dir)
     assert sum(int(lab.max()) for lab in prepared.labels) == 28986
     assert collections.Counter(prepared.types) == {"fluorescence": 541, "brightfield": 16, "stained": 107}
     # six training images have masks overlapping by a pixel or two: fixed and reported, not fatal
     assert len(prepared.fixes) == 6 and all(f.overlapping and f.overlap_pixels <= 2 for f in prepared.fixes.values())
     print(prepared.summary())
-    assert warm_s < 20
     i = prepared.ids.index("0a7d30b252359a10fd298b638b90cb9ada3acced4e0c0e5a3692013f432ee4e9")
     labels, fixes = read_labels(train_dir / prepared.ids[i], return_fixes=True)
     assert np.array_equal(prepared.labels[i], labels) and fixes == prepared.fixes[prepared.ids[i]]
@@ -425,7 +420,7 @@ def test_real_prepare(real_prepared, train_dir):
 @pytest.mark.slow
 def test_real_polarity_all_training_images(real_prepared):
     """After preprocessing, nuclei are brighter than background in (nearly) every training image, per type."""
-    prepared, _ = real_prepared
+    prepared = real_prepared
     results = collections.defaultdict(list)
     for image_id, image, labels, kind in zip(prepared.ids, prepared.images, prepared.labels, prepared.types):
         inside, outside = image[labels > 0], image[labels == 0]

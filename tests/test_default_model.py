@@ -12,7 +12,7 @@ from PIL import Image
 from scipy import ndimage
 
 from dsb.cli import cli
-from dsb.segment_files import default_model_dir
+from dsb.run import default_model_dir
 
 CENTRES = [(40, 40), (40, 120), (110, 70), (150, 200), (60, 210), (150, 120)]
 

@@ -11,13 +11,13 @@ from dsb.cli import cli
 from dsb.config import PostprocessConfig
 from dsb.evaluate import evaluate
 
-from test_predict import CONFIG, make_threshold_run, write_stage
+from conftest import CONFIG, make_threshold_run, write_disc_stage
 
 
 @pytest.fixture
 def run_and_data(tmp_path):
     data = tmp_path / "data"
-    write_stage(data / "stage1_train", masks=True)
+    write_disc_stage(data / "stage1_train", masks=True)
     # min_size 170 drops the 149-pixel disc of a_one: a score below 1 that the check can see.
     config = CONFIG.replace(postprocess=PostprocessConfig(min_size=170), validation_ids=("a_one", "b_two"))
     return make_threshold_run(tmp_path / "run", config), data

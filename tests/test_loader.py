@@ -63,7 +63,7 @@ def test_border_ignores_the_image_edge_and_can_be_off():
 
 
 def test_targets_reject_wrong_input():
-    with pytest.raises(ValueError, match="2-D"):
+    with pytest.raises(TypeError, match=r"`labels` \(shape \(4, 4, 1\)\) must be 2-D"):
         make_targets(np.zeros((4, 4, 1), np.int32), border_width=1)
     with pytest.raises(TypeError, match="integers"):
         make_targets(np.zeros((4, 4), np.float32), border_width=1)

@@ -14,9 +14,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from conftest import make_discs
+from conftest import make_discs, true_and_predicted_discs
 from dsb.errors import BadDataError
-from dsb.metric import THRESHOLDS, image_score, iou_matrix, label_overlap, score_labels, score_submission
+from dsb.metric import THRESHOLDS, image_score, iou_matrix, label_overlap, match_nuclei, score_labels
+from dsb.submission import score_submission
 from dsb.rle import labels_to_rles, rles_to_labels
 from dsb.submission import write_submission
 
@@ -144,7 +145,7 @@ def test_label_overlap_counts_pixels_of_each_pair():
 def test_bad_arguments():
     with pytest.raises(ValueError, match="same shape"):
         image_score(np.zeros((2, 2), int), np.zeros((2, 3), int))
-    with pytest.raises(TypeError, match="integer labels"):
+    with pytest.raises(TypeError, match=r"`true` \(dtype float64\) must hold integers"):
         image_score(np.zeros((2, 2)), np.zeros((2, 2), int))
     with pytest.raises(ValueError, match="non-negative"):
         image_score(np.array([[-1]]), np.array([[0]]))
@@ -317,3 +318,16 @@ def test_unsigned_labels_are_counted_like_signed_ones():
     pred = true.astype(np.uint64)
     assert image_score(true, pred).score == 1.0
     assert image_score(true.astype(np.uint16), pred).score == 1.0
+
+
+def test_match_nuclei_splits_matches_false_positives_and_misses():
+    true, pred = true_and_predicted_discs()
+    matched, false_positives, missed = match_nuclei(true, pred)
+    assert matched.tolist() == [1, 2]
+    assert false_positives.tolist() == [3]
+    assert missed.tolist() == [3]
+    # Label values need not be consecutive.
+    matched, false_positives, missed = match_nuclei(true * 10, np.where(pred > 0, pred + 100, 0))
+    assert (matched.tolist(), false_positives.tolist(), missed.tolist()) == ([101, 102], [103], [30])
+    with pytest.raises(ValueError, match="at least 0.5"):
+        match_nuclei(true, pred, threshold=0.3)

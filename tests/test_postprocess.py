@@ -12,20 +12,7 @@ from scipy import ndimage
 from dsb.config import PostprocessConfig
 from dsb.postprocess import fill_label_holes, find_markers, labels_from_probabilities, remove_small
 
-from conftest import make_discs
-
-
-def targets(labels: np.ndarray, border_width: int = 2) -> np.ndarray:
-    """Ideal network output for ``labels``: body = nuclei, border = inner ring incl. contact lines."""
-    padded = np.pad(labels, 1, mode="edge")
-    differs = np.zeros(labels.shape, bool)
-    for dy, dx in ((-1, 0), (1, 0), (0, -1), (0, 1)):
-        differs |= padded[1 + dy : 1 + dy + labels.shape[0], 1 + dx : 1 + dx + labels.shape[1]] != labels
-    edge = differs & (labels > 0)
-    ring = ndimage.distance_transform_edt(~edge) < border_width
-    body = (labels > 0).astype(np.float32)
-    border = (ring & (labels > 0)).astype(np.float32)
-    return np.stack([body, border], axis=-1)
+from conftest import make_discs, targets
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:

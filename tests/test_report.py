@@ -16,13 +16,11 @@ from PIL import Image
 
 from dsb.config import Config, PostprocessConfig, save_config
 from dsb.errors import BadDataError
-from dsb.metric import THRESHOLDS, image_score, score_submission
+from dsb.drawing import OVERLAY_COLOURS, compare_overlay
+from dsb.metric import THRESHOLDS, image_score
 from dsb.report import (
-    OVERLAY_COLOURS,
     SECTIONS,
     build_report,
-    match_nuclei,
-    overlay,
     read_history,
     read_tuning,
     threshold_precisions,
@@ -30,39 +28,15 @@ from dsb.report import (
     tuning_figure,
 )
 from dsb.rle import labels_to_rles
-from dsb.submission import write_submission
+from dsb.submission import score_submission, write_submission
 
-from conftest import make_discs
-
-TRUE_OUTLINE, MATCHED, FALSE_POSITIVE, MISSED = (np.array(c) for c in OVERLAY_COLOURS.values())
-CENTRES = ((14, 14), (14, 46), (46, 30))
-
-
-def truth_and_prediction():
-    """Three true discs; predicted: one exact, one shifted (IoU > 0.5), one missed, one extra."""
-    true = make_discs((64, 64), CENTRES, 7)
-    pred = make_discs((64, 64), ((14, 14), (15, 47), (50, 56)), 7)
-    return true, pred
-
+from conftest import CONFIG, make_discs, make_threshold_run, true_and_predicted_discs, write_disc_stage
 
 # ---------------------------------------------------------------- pure pieces
 
 
-def test_match_nuclei_splits_matches_false_positives_and_misses():
-    true, pred = truth_and_prediction()
-    matched, false_positives, missed = match_nuclei(true, pred)
-    assert matched.tolist() == [1, 2]
-    assert false_positives.tolist() == [3]
-    assert missed.tolist() == [3]
-    # Label values need not be consecutive.
-    matched, false_positives, missed = match_nuclei(true * 10, np.where(pred > 0, pred + 100, 0))
-    assert (matched.tolist(), false_positives.tolist(), missed.tolist()) == ([101, 102], [103], [30])
-    with pytest.raises(ValueError, match="at least 0.5"):
-        match_nuclei(true, pred, threshold=0.3)
-
-
 def test_threshold_precisions_agree_with_the_metric():
-    true, pred = truth_and_prediction()
+    true, pred = true_and_predicted_discs()
     precisions = threshold_precisions(true, pred)
     assert precisions.shape == THRESHOLDS.shape
     assert precisions.mean() == pytest.approx(image_score(true, pred).score)
@@ -70,33 +44,6 @@ def test_threshold_precisions_agree_with_the_metric():
     assert (np.diff(precisions) <= 0).all()
     assert threshold_precisions(true, true).tolist() == [1.0] * len(THRESHOLDS)
     assert threshold_precisions(true, None).tolist() == [0.0] * len(THRESHOLDS)
-
-
-def test_overlay_colours_each_kind_of_nucleus():
-    true, pred = truth_and_prediction()
-    image = np.zeros((64, 64), np.uint8)
-    rgb = overlay(image, true, pred)
-    assert rgb.dtype == np.uint8 and rgb.shape == (64, 64, 3)
-
-    def is_colour(pixel, colour):
-        return bool((rgb[pixel] == colour).all())
-
-    assert is_colour((14, 14 - 7), MATCHED)  # edge of the exact match
-    assert is_colour((14, 14 - 8), TRUE_OUTLINE)  # just outside the true disc
-    assert is_colour((50, 56 - 7), FALSE_POSITIVE)  # edge of the extra prediction
-    # Fills are half the colour over the (black) image.
-    np.testing.assert_allclose(rgb[50, 56], FALSE_POSITIVE / 2, atol=1)
-    np.testing.assert_allclose(rgb[46, 30], MISSED / 2, atol=1)
-    assert (rgb[14, 14] == 0).all() and (rgb[0, 0] == 0).all()  # matched interiors and background untouched
-
-
-def test_overlay_without_truth_or_image():
-    _, pred = truth_and_prediction()
-    rgb = overlay(None, None, pred)
-    assert (rgb[14, 14 - 7] == MATCHED).all() and (rgb[14, 14] == 0).all()
-    assert not (rgb == FALSE_POSITIVE).all(axis=2).any()
-    with pytest.raises(ValueError, match="must match"):
-        overlay(np.zeros((10, 10)), None, pred)
 
 
 def history_frame(epochs=6) -> pd.DataFrame:
@@ -315,7 +262,7 @@ def test_report_draws_the_worst_and_best_images(synthetic):
     stage = synthetic["root"] / "stage" / worst_id
     raw = np.asarray(Image.open(stage / "images" / f"{worst_id}.png"))
     true = sample_labels(N_IMAGES - 1)
-    np.testing.assert_array_equal(images[0], overlay(raw, true, np.zeros_like(true)))
+    np.testing.assert_array_equal(images[0], compare_overlay(raw, true, np.zeros_like(true)))
     assert (images[0] != images[0][0, 0]).any(axis=2).mean() > 0.05  # not blank
 
 
@@ -408,7 +355,6 @@ def test_report_renders_in_headless_chromium(synthetic, tmp_path):
 
 def test_report_reads_a_solution_with_overlapping_masks_as_dsb_score_does(tmp_path):
     # Regression: report refused overlapping truth masks that dsb score settles (earlier mask wins).
-    from dsb.metric import score_submission
     from dsb.report import _load_truth
 
     solution = tmp_path / "solution.csv"
@@ -423,13 +369,11 @@ def test_report_reads_a_solution_with_overlapping_masks_as_dsb_score_does(tmp_pa
 
 def test_report_without_a_submission_scores_the_runs_validation_groups(tmp_path):
     # Regression: without --submission the score sections were empty notes.
-    from test_predict import CONFIG, make_threshold_run
-    from test_predict import write_stage as write_predict_stage
 
     from dsb.evaluate import evaluate
 
     data = tmp_path / "data"
-    write_predict_stage(data / "stage1_train", masks=True)
+    write_disc_stage(data / "stage1_train", masks=True)
     run = make_threshold_run(tmp_path / "run", CONFIG.replace(validation_ids=("a_one", "b_two")))
     html = build_report(run, data_dir=data, out=tmp_path / "r.html").read_text(encoding="utf-8")
     scores = section(html, "scores")

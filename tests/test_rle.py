@@ -195,11 +195,31 @@ def test_label_image_round_trip(data):
     rles = labels_to_rles(labels)
     assert len(rles) == present.size
     for value, text in zip(present, rles):
-        assert text == rle_encode(labels == value)
+        # Against the reference written from Kaggle's definition, not the library's own encoder,
+        # so that a misreading the encoder and decoder shared would still fail.
+        assert text == reference_encode(labels == value)
+        np.testing.assert_array_equal(reference_decode(text, shape), labels == value)
     back = rles_to_labels(rles, shape)
     assert back.dtype == np.int32
     expected = np.searchsorted(present, labels) + 1
     np.testing.assert_array_equal(back, np.where(labels > 0, expected, 0))
+
+
+def test_label_image_encodings_by_hand():
+    # Kaggle's convention, worked by hand: pixels numbered from 1 down each column, then the
+    # next column; "start length" pairs. For this 3 x 4 image the numbers are
+    #    1  4  7 10
+    #    2  5  8 11
+    #    3  6  9 12
+    labels = np.array([[0, 5, 5, 0],
+                       [2, 5, 0, 9],
+                       [2, 0, 0, 9]], np.int32)
+    assert labels_to_rles(labels) == ["2 2", "4 2 7 1", "11 2"]
+    np.testing.assert_array_equal(rles_to_labels(["2 2", "4 2 7 1", "11 2"], (3, 4)),
+                                  [[0, 2, 2, 0], [1, 2, 0, 3], [1, 0, 0, 3]])
+    # Row-major numbering would have given label 5 the pairs "2 2 6 1": a transposed reading fails here.
+    assert rle_decode("4 2 7 1", (3, 4)).tolist() == [[False, True, True, False], [False, True, False, False],
+                                                     [False, False, False, False]]
 
 
 @settings(max_examples=300, deadline=None)

@@ -163,9 +163,10 @@ def test_labels_to_shape_keeps_every_label_that_survives_and_numbers_them():
 
 
 @pytest.mark.parametrize("value", ["-3", "0", "abc", "1e9", "nan"])
-@pytest.mark.parametrize("command", ["predict", "segment"])
+@pytest.mark.parametrize("command", ["predict", "segment", "evaluate"])
 def test_bad_diameter_is_one_usage_line(tmp_path, command, value):
-    target = ["--images", str(tmp_path)] if command == "predict" else [str(tmp_path), "--out", str(tmp_path / "o")]
+    target = {"predict": ["--images", str(tmp_path)], "segment": [str(tmp_path), "--out", str(tmp_path / "o")],
+              "evaluate": [str(tmp_path), "--data", str(tmp_path)]}[command]
     result = CliRunner().invoke(cli, [command, *target, "--diameter", value])
     assert result.exit_code == 2
     lines = result.stderr.strip().splitlines()

@@ -14,18 +14,7 @@ from PIL import Image
 from dsb import segment_files
 from dsb.errors import BadDataError, EnvironmentProblem
 from dsb.predict import Nuclei
-from dsb.segment_files import (
-    MEASUREMENT_COLUMNS,
-    OUTLINE_COLOURS,
-    SUMMARY_COLUMNS,
-    default_model_dir,
-    find_images,
-    measure_nuclei,
-    outline_overlay,
-    segment_paths,
-    to_rgb8,
-    write_label_tiff,
-)
+from dsb.segment_files import MEASUREMENT_COLUMNS, SUMMARY_COLUMNS, measure_nuclei, segment_paths
 
 from conftest import make_discs
 
@@ -73,83 +62,6 @@ def test_measure_nuclei_rejects_mismatched_shapes():
         measure_nuclei(np.zeros((10, 12), np.int32), np.zeros((10, 10)))
     with pytest.raises(TypeError, match="integers"):
         measure_nuclei(np.zeros((10, 12), np.float32), np.zeros((10, 12)))
-
-
-# ---------------------------------------------------------------- display and files
-
-
-def test_to_rgb8_stretches_dim_16_bit_and_drops_alpha():
-    dim = (make_discs() > 0).astype(np.uint16) * 900 + 100
-    rgb = to_rgb8(dim)
-    assert rgb.dtype == np.uint8 and rgb.shape == (64, 64, 3)
-    assert rgb.max() == 255 and rgb.min() == 0
-
-    rgba = np.zeros((8, 9, 4), np.uint8)
-    rgba[..., 0] = 200
-    rgba[..., 3] = 255
-    rgba[0, 0, 0] = 0
-    out = to_rgb8(rgba)
-    assert out.shape == (8, 9, 3)
-    assert (out[..., 1:] == 0).all()
-
-    assert (to_rgb8(np.full((4, 4), 7, np.uint8)) == 7).all()  # flat: kept, no division by zero
-    with pytest.raises(TypeError, match="shape"):
-        to_rgb8(np.zeros((4, 4, 5)))
-    assert to_rgb8(np.zeros((4, 4, 2), np.uint8)).shape == (4, 4, 3)  # grey and alpha
-
-
-def test_outline_overlay_paints_the_edges_only():
-    labels = make_discs()
-    rgb = outline_overlay(np.zeros((64, 64), np.uint8), labels, colour=(255, 0, 0))
-    red = (rgb == (255, 0, 0)).all(axis=2)
-    assert red[20, 20 - RADIUS] and red[20, 20 + RADIUS]  # the disc's edge
-    assert not red[20, 20] and not red[0, 0]  # not its centre, not the background
-    padded = np.pad(labels, 1)
-    neighbours = [padded[1 + dr : 65 + dr, 1 + dc : 65 + dc] for dr, dc in ((-1, 0), (1, 0), (0, -1), (0, 1))]
-    on_edge = (labels > 0) & np.any([n != labels for n in neighbours], axis=0)
-    np.testing.assert_array_equal(red, on_edge)
-    # The default colour shows on the background: yellow on dark, blue on light.
-    assert (outline_overlay(np.zeros((64, 64)), labels)[20, 12] == OUTLINE_COLOURS["dark"]).all()
-    assert (outline_overlay(np.ones((64, 64)), labels)[20, 12] == OUTLINE_COLOURS["light"]).all()
-
-
-def test_write_label_tiff_round_trips_16_bit(tmp_path):
-    labels = make_discs()
-    path = write_label_tiff(tmp_path / "x_labels.tif", labels)
-    back = tifffile.imread(path)
-    assert back.dtype == np.uint16
-    np.testing.assert_array_equal(back, labels)
-    assert [p.name for p in tmp_path.iterdir()] == ["x_labels.tif"]  # no temporary left
-
-    many = np.arange(70_000, dtype=np.int32).reshape(280, 250)
-    assert tifffile.imread(write_label_tiff(tmp_path / "many.tif", many)).dtype == np.uint32
-
-
-# ---------------------------------------------------------------- default model and inputs
-
-
-def test_default_model_dir_says_what_is_missing(tmp_path, monkeypatch):
-    monkeypatch.setattr(segment_files, "_DEFAULT_MODEL", tmp_path / "default")
-    with pytest.raises(EnvironmentProblem, match="no default model.*--model") as info:
-        default_model_dir()
-    assert str(tmp_path / "default") in str(info.value)
-    (tmp_path / "default").mkdir()
-    (tmp_path / "default" / "model.keras").write_bytes(b"x")
-    assert default_model_dir() == tmp_path / "default"
-
-
-def test_find_images_takes_image_files_from_folders(tmp_path):
-    for name in ("b.png", "a.TIF", "c.jpeg", "notes.txt", ".hidden.png"):
-        (tmp_path / name).write_bytes(b"")
-    (tmp_path / "sub").mkdir()
-    (tmp_path / "sub" / "d.png").write_bytes(b"")
-    (tmp_path / "empty").mkdir()
-
-    images, problems = find_images([tmp_path, tmp_path / "b.png", tmp_path / "notes.txt",
-                                    tmp_path / "empty", tmp_path / "gone.png"])
-    assert [p.name for p in images] == ["a.TIF", "b.png", "c.jpeg"]  # sorted, b.png only once
-    assert [(p.name, m.split()[0]) for p, m in problems] == [
-        ("notes.txt", "suffix"), ("empty", "folder"), ("gone.png", "no")]
 
 
 # ---------------------------------------------------------------- segment_paths with a stand-in model
@@ -232,7 +144,7 @@ def test_a_bad_image_stops_before_anything_is_written(tmp_path, threshold_model)
     assert threshold_model == []  # not even the model was loaded
 
 
-def test_skip_bad_reports_and_goes_on(tmp_path, threshold_model, capsys):
+def test_skip_bad_records_and_goes_on_without_printing(tmp_path, threshold_model, capsys):
     paths = write_images(tmp_path / "in")
     corrupt = tmp_path / "in" / "corrupt.png"
     corrupt.write_bytes(b"garbage")
@@ -245,8 +157,10 @@ def test_skip_bad_reports_and_goes_on(tmp_path, threshold_model, capsys):
     assert "stacks and time series are not supported" in by_file.loc[str(stack), "error"]
     assert by_file.loc[str(tmp_path / "missing.png"), "error"] == "no such file or folder"
     assert (by_file.loc[[str(p) for p in paths.values()], "status"] == "ok").all()
-    err = capsys.readouterr().err
-    assert f"skipped: {corrupt}" in err and "missing.png" in err
+    skipped = [str(skip) for skip in summary.attrs["skipped"]]
+    assert any(line.startswith(f"{corrupt}: ") for line in skipped)
+    assert f"{tmp_path / 'missing.png'}: no such file or folder" in skipped and len(skipped) == 3
+    assert capsys.readouterr().err == ""  # the library records; the command line prints
     assert not (tmp_path / "out" / "corrupt_labels.tif").exists()
 
 

@@ -148,6 +148,8 @@ def test_write_then_read_gives_the_frame_back(tmp_path_factory, rows):
     path = tmp_path_factory.getbasetemp() / "round_trip.csv"
     df = frame(rows)
     write_submission(df, path)
+    # The file as Kaggle's format spells it, written out independently of the writer and reader.
+    assert path.read_text(encoding="utf-8") == "ImageId,EncodedPixels\n" + "".join(f"{i},{e}\n" for i, e in rows)
     back = read_submission(path)
     assert back["ImageId"].tolist() == df["ImageId"].tolist()
     assert back["EncodedPixels"].tolist() == df["EncodedPixels"].tolist()
@@ -291,6 +293,12 @@ def test_submission_to_labels_paints_rows_in_order():
     labels = submission_to_labels(df, SHAPES)
     assert list(labels) == ["a", "b"]  # c has no row
     assert labels["a"].dtype == np.int32 and labels["a"].shape == (4, 5)
+    # By hand, 1-based and down the columns of the 4 x 5 image: "6 2" is pixels 6 and 7 (rows 1
+    # and 2 of column 1), "1 1" the top-left pixel, "20 1" the bottom-right one.
+    assert labels["a"].tolist() == [[2, 0, 0, 0, 0],
+                                    [0, 1, 0, 0, 0],
+                                    [0, 1, 0, 0, 0],
+                                    [0, 0, 0, 0, 3]]
     assert labels_to_rles(labels["a"]) == ["6 2", "1 1", "20 1"]
     assert not labels["b"].any() and labels["b"].shape == (3, 3)
 

@@ -15,14 +15,13 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 keras = pytest.importorskip("keras")
 
-from conftest import make_discs  # noqa: E402
+from conftest import tiny_prepared  # noqa: E402
 
 from dsb.config import Config, ModelConfig, PostprocessConfig, TrainConfig, load_config  # noqa: E402
 from dsb.errors import BadDataError  # noqa: E402
@@ -37,20 +36,6 @@ TINY = Config(
     train=TrainConfig(crop_size=32, batch_size=4, epochs=3, steps_per_epoch=2, validation_fraction=0.2,
                       early_stopping_patience=10),
 )
-
-
-def tiny_prepared(n: int = 10, seed: int = 0) -> SimpleNamespace:
-    """Images of discs (bright on dark, with noise) standing in for dsb.dataset.Prepared."""
-    rng = np.random.default_rng(seed)
-    ids, images, labels, types = [], [], [], []
-    for i in range(n):
-        shape = (48, 64) if i % 2 else (32, 40)
-        lab = make_discs(shape, rng.integers(6, min(shape) - 6, size=(4, 2)), radius=5)
-        labels.append(lab)
-        images.append((np.where(lab > 0, 180, 20) + rng.integers(0, 40, shape)).astype(np.uint8))
-        ids.append(f"img{i:02d}")
-        types.append("fluorescence" if i < 7 else "brightfield")
-    return SimpleNamespace(ids=ids, images=images, labels=labels, types=types)
 
 
 def checkpoint_weights(run_dir) -> list[np.ndarray]:
@@ -329,7 +314,7 @@ CHILD = textwrap.dedent(
     import keras
     from dsb.config import Config
     from dsb.train import train_prepared
-    from test_train import tiny_prepared
+    from conftest import tiny_prepared
 
     class Kill(keras.callbacks.Callback):
         def __init__(self, at):

@@ -12,8 +12,7 @@ from scipy import ndimage
 from dsb.config import Config, PostprocessConfig
 from dsb.tune import GRID, search_postprocess
 
-from conftest import make_discs
-from test_postprocess import targets
+from conftest import CONFIG, SAMPLES, make_discs, make_threshold_run, targets, write_disc_stage
 
 
 def faint_probabilities(truth: np.ndarray, peak: float = 0.45) -> np.ndarray:
@@ -96,10 +95,9 @@ def test_search_rejects_unknown_parameters(cases):
 def test_tune_stores_the_best_in_the_run(tmp_path):
     from dsb.config import load_config
     from dsb.tune import tune
-    from test_predict import CONFIG, SAMPLES, make_threshold_run, write_stage
 
     data = tmp_path / "data"
-    write_stage(data / "stage1_train", masks=True)
+    write_disc_stage(data / "stage1_train", masks=True)
     start = CONFIG.replace(postprocess=PostprocessConfig(min_size=170), validation_ids=("a_one", "b_two"))
     run_dir = make_threshold_run(tmp_path / "run", start)
     best, table = tune(run_dir, data, progress=False)
@@ -116,9 +114,8 @@ def test_tune_stores_the_best_in_the_run(tmp_path):
 def test_tune_needs_validation_images(tmp_path):
     from dsb.errors import BadDataError
     from dsb.tune import tune
-    from test_predict import CONFIG, make_threshold_run, write_stage
 
-    data = write_stage(tmp_path / "stage", masks=True)
+    data = write_disc_stage(tmp_path / "stage", masks=True)
     run_dir = make_threshold_run(tmp_path / "run", CONFIG)
     with pytest.raises(BadDataError, match="validation_ids.*is empty"):
         tune(run_dir, data, progress=False)

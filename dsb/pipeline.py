@@ -1,0 +1,431 @@
+"""The folder pipeline of ``dsb predict``, ``dsb segment`` and ``dsb evaluate``: find, read, predict, write.
+
+Each command runs the same four steps:
+
+1. find the images: :func:`folder_images` (a stage folder or a flat folder,
+   as ``dsb predict`` takes) or :func:`find_images` (image files and folders
+   of them, as ``dsb segment`` takes); both give ``{id: path}`` and the
+   entries that are not usable images;
+2. read and check each image once, before anything is written
+   (:func:`read_images`); decoded images are kept for step 3 up to
+   :data:`CACHE_BYTES`, beyond which they are read again there;
+3. predict each image's nuclei (:func:`predict_each` over
+   :func:`nuclei_predictor`, i.e. :func:`dsb.predict.predict_nuclei`);
+4. write what the command writes: label images (:func:`write_labels`, the
+   one label writer), RGB pictures (:func:`write_png`).
+
+A bad image is the :class:`Skips` policy's: by default it stops the run,
+with ``skip_bad`` it becomes a :class:`Skip` record that the command returns
+and the command line prints. Nothing here prints.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .atomic import atomic_path
+from .dataset import IMAGE_SUFFIXES, image_path, read_image
+from .errors import BadDataError, DsbError
+from .progress import track
+
+__all__ = [
+    "CACHE_BYTES",
+    "Skip",
+    "Skips",
+    "folder_images",
+    "find_images",
+    "Checked",
+    "read_images",
+    "nuclei_predictor",
+    "predict_each",
+    "write_labels",
+    "write_png",
+]
+
+# Decoded images kept from the checking pass for the prediction pass, in bytes
+# (the 65 stage-1 test images take 37 MB; beyond this they are read again).
+CACHE_BYTES = 256 << 20
+_UINT16_MAX = np.iinfo(np.uint16).max
+
+
+# ---------------------------------------------------------------- skip policy
+
+
+@dataclass(frozen=True)
+class Skip:
+    """An input left out of a run, and why.
+
+    ``str(skip)`` is the one line the command line prints after "skipped: ",
+    in the form of :class:`dsb.errors.DsbError`: ``path: where: message``.
+    """
+
+    path: str | None
+    message: str
+    where: str | None = None
+
+    @classmethod
+    def from_error(cls, exc: DsbError) -> Skip:
+        return cls(exc.path, exc.message, exc.where)
+
+    def __str__(self) -> str:
+        return str(DsbError(self.message, path=self.path, where=self.where))
+
+
+class Skips:
+    """What to do with a bad input: raise it (the default), or record it and go on.
+
+    Parameters
+    ----------
+    skip_bad : bool
+        Record each problem as a :class:`Skip` in :attr:`records` instead of
+        raising it.
+    """
+
+    def __init__(self, skip_bad: bool = False):
+        self.skip_bad = skip_bad
+        self.records: list[Skip] = []
+
+    def __call__(self, exc: DsbError, *, path=None) -> None:
+        """Raise ``exc`` (named after ``path`` when it names no file), or record it with ``skip_bad``."""
+        if exc.path is None and path is not None:
+            exc = type(exc)(exc.message, path=path, where=exc.where)
+        if not self.skip_bad:
+            raise exc
+        self.records.append(Skip.from_error(exc))
+
+
+# ---------------------------------------------------------------- 1. finding
+
+
+def folder_images(images_dir) -> tuple[dict[str, Path], list[BadDataError]]:
+    """The images of a folder in stage layout or a flat folder, by id.
+
+    A stage folder holds ``{id}/images/{id}.png`` (as Kaggle's stage zips
+    unpack; another image suffix is accepted, see
+    :func:`dsb.dataset.image_path`); a flat folder holds image files
+    directly, the id being the file name without its suffix. Hidden files and
+    folders are ignored.
+
+    Parameters
+    ----------
+    images_dir : str or os.PathLike
+
+    Returns
+    -------
+    images : dict of str to Path
+        Id to image file, sorted by id.
+    problems : list of BadDataError
+        Entries that are not usable images (a file with another suffix, a sample
+        folder without its image, two files with one id), each naming the path.
+
+    Raises
+    ------
+    BadDataError
+        When ``images_dir`` is not a folder or holds no image at all.
+    """
+    root = Path(images_dir)
+    if not root.is_dir():
+        raise BadDataError("not a folder of images", path=root)
+    try:
+        entries = sorted(p for p in root.iterdir() if not p.name.startswith("."))
+    except OSError as exc:
+        raise BadDataError(f"cannot list the folder ({exc.strerror})", path=root) from None
+    images: dict[str, Path] = {}
+    problems: list[BadDataError] = []
+    folders = [p for p in entries if p.is_dir()]
+    if any((p / "images").is_dir() for p in folders):
+        for folder in folders:
+            path = image_path(root, folder.name)
+            if path.is_file():
+                images[folder.name] = path
+            else:
+                problems.append(BadDataError(f"expected the sample's image at images/{folder.name}.png", path=folder))
+    else:
+        for path in entries:
+            if not path.is_file():
+                continue
+            if path.suffix.lower() not in IMAGE_SUFFIXES:
+                problems.append(
+                    BadDataError(f"not an image file (expected one of {', '.join(IMAGE_SUFFIXES)})", path=path)
+                )
+            elif not _usable_id(path.stem):
+                problems.append(
+                    BadDataError("the file name cannot be a submission ImageId (comma, quote or edge spaces)", path=path)
+                )
+            elif path.stem in images:
+                problems.append(BadDataError(f"has the same id {path.stem!r} as {images[path.stem].name}", path=path))
+            else:
+                images[path.stem] = path
+    if not images and not problems:
+        raise BadDataError(
+            "holds no images (expected {id}/images/{id}.png folders or PNG, TIFF, JPEG or BMP files)", path=root
+        )
+    return dict(sorted(images.items())), problems
+
+
+def _usable_id(image_id: str) -> bool:
+    return image_id.strip() == image_id and image_id.isprintable() and not any(c in image_id for c in ',"')
+
+
+def find_images(paths) -> tuple[dict[str, Path], list[BadDataError]]:
+    """Expand image files and folders into the images to segment, by name.
+
+    A folder contributes the image files (PNG, TIFF, JPEG, BMP: the suffixes
+    of :data:`dsb.dataset.IMAGE_SUFFIXES`) directly inside it, not those of its
+    subfolders; hidden files and other suffixes are left alone. A file named
+    explicitly must have one of those suffixes.
+
+    Parameters
+    ----------
+    paths : iterable of str or os.PathLike
+        Image files and folders of images.
+
+    Returns
+    -------
+    images : dict of str to Path
+        File name without suffix to file, in the order given (each folder
+        sorted by name); a file reached twice counts once.
+    problems : list of BadDataError
+        Paths that cannot be segmented, each naming the path: missing, a file
+        with another suffix, a folder with no images.
+
+    Raises
+    ------
+    BadDataError
+        For two different files with one name (their outputs would collide).
+    """
+    images: dict[str, Path] = {}
+    problems: list[BadDataError] = []
+    seen: set[Path] = set()
+
+    def add(path: Path) -> None:
+        key = path.resolve()
+        if key in seen:
+            return
+        seen.add(key)
+        other = images.setdefault(path.stem, path)
+        if other != path:
+            raise BadDataError(
+                f"would write the same output files as {other} (same name {path.stem!r}); rename one of them",
+                path=path,
+            )
+
+    for path in map(Path, paths):
+        if path.is_dir():
+            found = sorted(
+                p for p in path.iterdir()
+                if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES
+            )
+            if not found:
+                problems.append(BadDataError(
+                    f"folder holds no images (expected files ending {', '.join(IMAGE_SUFFIXES)})", path=path))
+            for p in found:
+                add(p)
+        elif path.is_file():
+            if path.suffix.lower() in IMAGE_SUFFIXES:
+                add(path)
+            else:
+                problems.append(BadDataError(
+                    f"suffix {path.suffix or '(none)'!r} is not one of {', '.join(IMAGE_SUFFIXES)}", path=path))
+        else:
+            problems.append(BadDataError("no such file or folder", path=path))
+    return images, problems
+
+
+# ---------------------------------------------------------------- 2. reading
+
+
+class Checked:
+    """The images that read and passed the check, by id, with the decoded ones kept.
+
+    Iterate with :meth:`images` to get each image once more for prediction.
+    """
+
+    def __init__(self, paths: dict[str, Path], cache: dict[str, np.ndarray]):
+        self.paths = paths
+        self._cache = cache
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def images(self, skips: Skips) -> Iterator[tuple[str, Path, np.ndarray]]:
+        """``(id, path, raw image)`` of each image: kept ones handed over, others read again."""
+        for image_id, path in self.paths.items():
+            if image_id in self._cache:
+                yield image_id, path, self._cache.pop(image_id)
+                continue
+            try:
+                raw = read_image(path)
+            except DsbError as exc:
+                skips(exc, path=path)
+                continue
+            yield image_id, path, raw
+
+
+def read_images(
+    images: Mapping[str, Path],
+    skips: Skips,
+    *,
+    progress: bool = False,
+    label: str = "checking",
+    cache_bytes: int = CACHE_BYTES,
+) -> Checked:
+    """Read and check every image before any is predicted, so that a bad one stops the run early.
+
+    Parameters
+    ----------
+    images : mapping of str to Path
+        From :func:`folder_images` or :func:`find_images`.
+    skips : Skips
+        Gets each image that cannot be read or taken by the network
+        (:func:`dsb.dataset.read_image`: unreadable, not an image, a stack).
+    progress : bool
+        Draw a progress bar on stderr.
+    label : str
+        The progress bar's label.
+    cache_bytes : int
+        Decoded images are kept for prediction up to this many bytes.
+
+    Returns
+    -------
+    Checked
+    """
+    good: dict[str, Path] = {}
+    cache: dict[str, np.ndarray] = {}
+    kept = 0
+    for image_id, path in track(images.items(), length=len(images), label=label, enabled=progress):
+        try:
+            raw = read_image(path)  # checks the layout: (H, W) or (H, W, 1..4), at least one pixel
+        except DsbError as exc:
+            skips(exc, path=path)
+            continue
+        good[image_id] = path
+        if kept + raw.nbytes <= cache_bytes:
+            cache[image_id] = raw
+            kept += raw.nbytes
+    return Checked(good, cache)
+
+
+# ---------------------------------------------------------------- 3. predicting
+
+
+def nuclei_predictor(model, config, *, tta: bool = False, diameter: float | None = None) -> Callable:
+    """A function from a raw image to its :class:`dsb.predict.Nuclei` (:func:`dsb.predict.predict_nuclei`)."""
+    from .predict import predict_nuclei
+
+    return lambda raw: predict_nuclei(model, config, raw, tta=tta, diameter=diameter)
+
+
+def predict_each(
+    predict: Callable,
+    images: Iterable[tuple[str, Path | None, np.ndarray]],
+    *,
+    skips: Skips | None = None,
+    progress: bool = False,
+    length: int | None = None,
+    label: str = "predicting",
+) -> Iterator[tuple[str, Path | None, np.ndarray, object]]:
+    """Predict the nuclei of each image, one at a time.
+
+    Parameters
+    ----------
+    predict : callable
+        Raw image to :class:`dsb.predict.Nuclei` (:func:`nuclei_predictor`).
+    images : iterable of (str, Path or None, ndarray)
+        ``(id, path, raw image)``: :meth:`Checked.images`, or images in memory
+        with no path.
+    skips : Skips, optional
+        Gets an image the network cannot take (BadDataError, named after its
+        path); None raises it.
+    progress, length, label
+        The progress bar on stderr.
+
+    Yields
+    ------
+    (str, Path or None, ndarray, Nuclei)
+        Id, path, raw image and its nuclei.
+    """
+    for image_id, path, raw in track(images, length=length, label=label, enabled=progress):
+        try:
+            nuclei = predict(raw)
+        except BadDataError as exc:
+            if skips is None:
+                raise
+            skips(exc, path=path)
+            continue
+        yield image_id, path, raw, nuclei
+
+
+# ---------------------------------------------------------------- 4. writing
+
+
+def write_labels(path, labels: np.ndarray) -> Path:
+    """Write instance labels as an image that Fiji, napari and scikit-image open, atomically.
+
+    The suffix of ``path`` says the format:
+
+    - ``.png``: 16-bit greyscale PNG; above 65535 nuclei, which a PNG cannot
+      hold, a 32-bit TIFF with the suffix ``.tif`` instead (``dsb predict --labels``);
+    - ``.tif`` or ``.tiff``: greyscale TIFF, deflate-compressed, 16-bit
+      (32-bit above 65535 nuclei) (``dsb segment``).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Destination.
+    labels : (H, W) ndarray of int
+        0 background, 1..N nuclei.
+
+    Returns
+    -------
+    Path
+        The file written.
+
+    Raises
+    ------
+    ValueError
+        ``path`` has another suffix.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> write_labels(folder / "a.png", np.ones((2, 2), np.int32)).name
+    'a.png'
+    >>> write_labels(folder / "b.png", np.full((2, 2), 70_000)).name
+    'b.tif'
+    """
+    labels = np.asarray(labels)
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in (".png", ".tif", ".tiff"):
+        raise ValueError(f"`path` ({path}) must end in .png, .tif or .tiff")
+    wide = bool(labels.size) and labels.max() > _UINT16_MAX
+    if suffix == ".png" and not wide:
+        from PIL import Image
+
+        with atomic_path(path) as tmp:
+            Image.fromarray(labels.astype(np.uint16)).save(tmp, format="PNG")
+        return path
+    import tifffile
+
+    if suffix == ".png":
+        path = path.with_suffix(".tif")
+    with atomic_path(path) as tmp:
+        tifffile.imwrite(tmp, labels.astype(np.uint32 if wide else np.uint16), photometric="minisblack",
+                         compression="zlib")
+    return path
+
+
+def write_png(path, rgb: np.ndarray) -> Path:
+    """Write an RGB uint8 array (:mod:`dsb.drawing`) as a PNG, atomically."""
+    from PIL import Image
+
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        Image.fromarray(np.asarray(rgb, dtype=np.uint8)).save(tmp, format="PNG")
+    return path

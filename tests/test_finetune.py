@@ -1,0 +1,399 @@
+"""Your own microscope: annotation layouts (napari, Fiji, Cellpose, StarDist), their bad pairs, and fine-tuning.
+
+The layouts and their errors go through ``dsb prepare`` / ``dsb train`` as a user
+runs them (one line, exit 3, the file named). Fine-tuning starts from a tiny
+U-Net, trains a step or two on a few images of discs (always) or on crops of
+real stage1_train images (skipped when the data are absent), and segments.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+from conftest import make_discs
+from test_bad_input import dsb, error_line, png, write_stage
+
+from dsb.annotations import find_samples, read_label_image
+from dsb.config import Config, ModelConfig, PredictConfig, PreprocessConfig, TrainConfig, save_config
+from dsb.dataset import load_prepared, read_labels
+from dsb.errors import BadDataError
+from dsb.finetune import FINETUNE_EPOCHS, check_architecture, finetune_config, finetune_split
+
+REPO = Path(__file__).resolve().parents[1]
+CENTRES = (((12, 12), (30, 34)), ((14, 30), (34, 14)), ((24, 24),), ((10, 36), (36, 10), (24, 24)))
+
+
+def disc_pair(k: int, shape=(48, 48)) -> tuple[np.ndarray, np.ndarray]:
+    """Image ``k`` of discs (bright on dark, noisy) and its labels with values 10, 20, ... (not consecutive)."""
+    labels = make_discs(shape, CENTRES[k % len(CENTRES)], 7) * 10
+    rng = np.random.default_rng(k)
+    image = (np.where(labels > 0, 180, 30) + rng.integers(0, 30, shape)).astype(np.uint8)
+    return image, labels
+
+
+def tif(path: Path, array: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tifffile.imwrite(path, array)
+    return path
+
+
+def layout_a(folder: Path, n: int = 2, *, shape=(48, 48)) -> Path:
+    """``folder/images/cell{k}.png`` and ``folder/masks/cell{k}.tif`` (16-bit labels), as StarDist keeps them."""
+    for k in range(n):
+        image, labels = disc_pair(k, shape)
+        png(folder / "images" / f"cell{k}.png", image)
+        tif(folder / "masks" / f"cell{k}.tif", labels.astype(np.uint16))
+    return folder
+
+
+def layout_b(folder: Path) -> Path:
+    """Cellpose's and napari's names beside the images: _masks.tif, _labels.png (16-bit), _cp_masks.png."""
+    image, labels = disc_pair(0)
+    png(folder / "a.png", image)
+    tif(folder / "a_masks.tif", labels.astype(np.uint32))
+    image, labels = disc_pair(1)
+    tif(folder / "b.tif", image)
+    png(folder / "b_labels.png", labels.astype(np.uint16))
+    image, labels = disc_pair(2)
+    png(folder / "c.png", image)
+    png(folder / "c_cp_masks.png", labels.astype(np.uint8))
+    return folder
+
+
+def prepared(data: Path):
+    result = dsb("prepare", "--data", data)
+    assert result.exit_code == 0, (result.stderr, result.exception)
+    return load_prepared(data, PreprocessConfig(), workers=1)
+
+
+def check_discs(prep, image_id: str, k: int) -> None:
+    labels = dict(zip(prep.ids, prep.labels))[image_id]
+    want = disc_pair(k)[1]
+    assert labels.max() == len(CENTRES[k]) and labels.dtype == np.int32
+    assert ((labels > 0) == (want > 0)).all()  # the same nuclei, renumbered 1..N
+
+
+# ---------------------------------------------------------------- layouts
+
+
+def test_layout_a_images_and_masks_folders(tmp_path):
+    data = layout_a(tmp_path / "mine", 3)
+    prep = prepared(data)
+    assert prep.ids == ["mine-cell0", "mine-cell1", "mine-cell2"]
+    assert set(prep.groups) == {"user:mine"} and set(prep.types) == {"fluorescence"}
+    for k in range(3):
+        check_discs(prep, f"mine-cell{k}", k)
+
+
+def test_layout_b_labels_beside_images(tmp_path):
+    data = layout_b(tmp_path / "cp")
+    prep = prepared(data)
+    assert prep.ids == ["cp-a", "cp-b", "cp-c"]
+    assert set(prep.groups) == {"user:cp"}
+    for k, name in enumerate("abc"):
+        check_discs(prep, f"cp-{name}", k)
+
+
+def test_mixed_with_stage1_train_keeps_the_competition_groups(tmp_path):
+    alone = write_stage(tmp_path / "alone" / "stage1_train")
+    data = tmp_path / "data"
+    write_stage(data / "stage1_train")
+    layout_a(data / "my_images", 2)
+    layout_b(data / "cellpose")
+    (data / "stage1_test" / "t1" / "images").mkdir(parents=True)  # no labels, not training data: ignored
+    png(data / "stage1_test" / "t1" / "images" / "t1.png", disc_pair(0)[0])
+    prep = prepared(data)
+    ref = load_prepared(alone.parent, PreprocessConfig(), workers=1)
+    groups = dict(zip(prep.ids, prep.groups))
+    assert sorted(prep.ids) == prep.ids
+    assert set(prep.ids) == {*ref.ids, "my_images-cell0", "my_images-cell1", "cellpose-a", "cellpose-b", "cellpose-c"}
+    assert {i: groups[i] for i in ref.ids} == dict(zip(ref.ids, ref.groups))  # unchanged by user images
+    assert groups["my_images-cell0"] == "user:my_images" and groups["cellpose-b"] == "user:cellpose"
+    manifest = json.loads((prep.path / "manifest.json").read_text())
+    assert Path(manifest["user_images"]["cellpose-b"]).name == "b.tif"
+    # A layout-(a) folder inside the stage folder is a user folder, not a stage sample.
+    layout_a(alone / "extra", 2)
+    assert {s.id for s in find_samples(alone) if s.user} == {"extra-cell0", "extra-cell1"}
+
+
+def test_a_folder_of_several_types_gets_a_group_per_type(tmp_path):
+    data = layout_a(tmp_path / "mix", 2)
+    image, labels = disc_pair(2)
+    png(data / "images" / "bf.png", (255 - image))  # dark nuclei on a bright background
+    tif(data / "masks" / "bf.tif", labels.astype(np.uint16))
+    prep = prepared(data)
+    groups = dict(zip(prep.ids, prep.groups))
+    assert groups["mix-bf"] == "user:mix-brightfield" and groups["mix-cell0"] == "user:mix-fluorescence"
+
+
+def test_read_label_image_renumbers_any_integer_type(tmp_path):
+    labels = np.array([[0, 70000, 70000], [5, 0, 2**31 + 3]], np.uint32)
+    got = read_label_image(tif(tmp_path / "l.tif", labels))
+    assert got.tolist() == [[0, 2, 2], [1, 0, 3]] and got.dtype == np.int32
+    palette = Image.fromarray(np.array([[0, 3], [3, 9]], np.uint8)).convert("P")
+    palette.save(tmp_path / "p.png")
+    assert read_label_image(tmp_path / "p.png").tolist() == [[0, 1], [1, 2]]
+
+
+def _rgb(folder):
+    tif(folder / "masks" / "cell1.tif", np.repeat(disc_pair(1)[1][..., None], 3, axis=2).astype(np.uint8))
+
+
+BAD_PAIRS = [
+    ("size mismatch", lambda f: tif(f / "masks" / "cell1.tif", np.zeros((40, 48), np.uint16)),
+     "masks/cell1.tif", ["label image is 40x48 but its image cell1.png is 48x48"]),
+    ("float labels", lambda f: tif(f / "masks" / "cell1.tif", disc_pair(1)[1].astype(np.float32)),
+     "masks/cell1.tif", ["floating point", "float32"]),
+    ("negative labels", lambda f: tif(f / "masks" / "cell1.tif", -disc_pair(1)[1].astype(np.int16)),
+     "masks/cell1.tif", ["negative values"]),
+    ("RGB labels", _rgb, "masks/cell1.tif", ["3 channels", "one channel"]),
+    ("image without labels", lambda f: (f / "masks" / "cell1.tif").unlink(),
+     "images/cell1.png", ["image without labels", "masks/cell1.tif"]),
+    ("labels without image", lambda f: (f / "images" / "cell1.png").unlink(),
+     "masks/cell1.tif", ["labels without an image", "images/cell1.png"]),
+    ("unreadable labels", lambda f: (f / "masks" / "cell1.tif").write_bytes(b"not a tiff at all"),
+     "masks/cell1.tif", ["corrupt or unreadable TIFF"]),
+]
+
+
+@pytest.mark.parametrize("what, damage, name, words", BAD_PAIRS, ids=[b[0] for b in BAD_PAIRS])
+def test_a_bad_pair_is_one_line_naming_the_file(tmp_path, what, damage, name, words):
+    data = tmp_path / "data"
+    write_stage(data / "stage1_train")
+    folder = layout_a(data / "mine", 2)
+    damage(folder)
+    error_line(dsb("prepare", "--data", data), 3, folder / name, *words)
+    assert not (data / ".cache").exists() or not any((data / ".cache").iterdir())
+
+
+def test_bad_pairs_of_layout_b_and_through_dsb_train(tmp_path):
+    folder = layout_b(tmp_path / "cp")
+    (folder / "b_labels.png").unlink()
+    error_line(dsb("train", "--data", folder, "--out", tmp_path / "run"), 3, folder / "b.tif",
+               "image without labels", "b_masks.tif")
+    assert not (tmp_path / "run").exists()
+    (folder / "b.tif").unlink()
+    png(folder / "z_masks.png", np.zeros((48, 48), np.uint8))
+    error_line(dsb("prepare", "--data", folder), 3, folder / "z_masks.png", "labels without an image")
+
+
+def test_a_folder_with_nothing_to_train_on(tmp_path):
+    (tmp_path / "empty" / "loose").mkdir(parents=True)
+    png(tmp_path / "empty" / "loose" / "x.png", disc_pair(0)[0])
+    error_line(dsb("prepare", "--data", tmp_path / "empty"), 3, tmp_path / "empty", "no stage1_train/ folder",
+               "NAME_masks.tif")
+
+
+# ---------------------------------------------------------------- the plan of a fine-tune
+
+
+def test_finetune_config_takes_the_init_model_and_a_tenth_of_the_rate():
+    init = Config(model=ModelConfig(depth=2, base_filters=4, dropout=(0.0,), outputs=("body", "border")),
+                  train=TrainConfig(learning_rate=1e-3, epochs=40), validation_ids=("x",))
+    other = Config(train=TrainConfig(learning_rate=5e-4, crop_size=64, steps_per_epoch=3))
+    config = finetune_config(init)
+    assert config.model == init.model and config.preprocess == init.preprocess
+    assert config.train.learning_rate == pytest.approx(1e-4) and config.train.epochs == FINETUNE_EPOCHS
+    assert config.validation_ids == () and config.train.split == "random" and config.train.steps_per_epoch > 0
+    config = finetune_config(init, other, learning_rate=2e-5, epochs=3)
+    assert config.model == init.model and config.train.crop_size == 64 and config.train.steps_per_epoch == 3
+    assert config.train.learning_rate == 2e-5 and config.train.min_learning_rate <= 2e-5 and config.train.epochs == 3
+
+
+def test_check_architecture_names_the_key():
+    a = ModelConfig(depth=2, base_filters=4)
+    check_architecture(a, ModelConfig(filters=(4, 8), dropout=(0.3,)))  # the same weights
+    with pytest.raises(BadDataError, match=r"model\.filters.*\[8, 16\].*\[4, 8\]"):
+        check_architecture(a, ModelConfig(depth=2, base_filters=8))
+    with pytest.raises(BadDataError, match=r"model\.outputs"):
+        check_architecture(a, ModelConfig(depth=2, base_filters=4, outputs=("body", "border")))
+
+
+def test_finetune_split_holds_out_user_images_only():
+    ids = [f"s{i}" for i in range(6)] + [f"u{i}" for i in range(10)]
+    groups = ["fluorescence-1"] * 6 + ["user:mine"] * 10
+    train, val = finetune_split(ids, groups, fraction=0.15, seed=1)
+    assert len(val) == 2 and all(v.startswith("u") for v in val) and set(train) | set(val) == set(ids)
+    assert finetune_split(ids, groups, fraction=0.15, seed=1) == (train, val)
+    assert finetune_split(ids[:8], groups[:8], fraction=0.15, seed=1) == (ids[:8], [])  # two user images
+    assert len(finetune_split(ids[:9], groups[:9], fraction=0.01, seed=1)[1]) == 1  # three: one held out
+
+
+# ---------------------------------------------------------------- fine-tuning
+
+
+@pytest.fixture(scope="module")
+def init_run(tmp_path_factory) -> Path:
+    """An untrained two-level U-Net run folder to fine-tune from."""
+    pytest.importorskip("keras")
+    from dsb.model import build_unet
+
+    run = tmp_path_factory.mktemp("init") / "run"
+    run.mkdir()
+    config = Config(
+        model=ModelConfig(depth=2, base_filters=4, convs_per_block=1, dropout=(0.0,), batch_norm=False),
+        train=TrainConfig(crop_size=32, batch_size=2, learning_rate=2e-3),
+        predict=PredictConfig(tile_size=32, overlap=8, batch_size=4),
+    )
+    build_unet(config.model).save(run / "model.keras")
+    save_config(config, run / "config.json")
+    return run
+
+
+def finetune(data: Path, out: Path, *extra):
+    result = dsb("train", "--data", data, "--out", out, "--epochs", 1, "--steps-per-epoch", 2, *extra)
+    assert result.exit_code == 0, (result.stderr, result.exception)
+    return result
+
+
+def segment(run: Path, images: Path, out: Path) -> list[Path]:
+    result = dsb("segment", images, "--model", run, "--out", out)
+    assert result.exit_code == 0, (result.stderr, result.exception)
+    return sorted(out.glob("*_labels.tif"))
+
+
+def test_finetune_discs_then_segment(init_run, tmp_path):
+    keras = pytest.importorskip("keras")
+    from dsb.config import load_config
+    from dsb.train import train_prepared
+
+    data = layout_a(tmp_path / "mine", 4)
+    result = finetune(data, tmp_path / "ft", "--init", init_run)
+    run = tmp_path / "ft"
+    assert "fine-tuning from" in result.stderr
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["init"] == str(init_run.resolve())
+    assert manifest["train_images"] == 3 and manifest["validation_images"] == 1
+    config = load_config(run / "config.json")
+    assert config.train.learning_rate == pytest.approx(2e-4) and config.model == load_config(
+        init_run / "config.json").model
+    assert len(config.validation_ids) == 1 and config.validation_ids[0].startswith("mine-")
+    assert len(segment(run, data / "images", tmp_path / "seg")) == 4
+    for command in ("tune", "evaluate"):  # on the held-out image of one's own
+        result = dsb(command, run, "--data", data)
+        assert result.exit_code == 0, (command, result.stderr, result.exception)
+    assert "user:mine" in result.stdout
+
+    # The weights start from the init model's: seen at the first batch of a library-level run.
+    class First(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            self.weights = [w.copy() for w in self.model.get_weights()]
+
+    first = First()
+    prep = load_prepared(data, config.preprocess, workers=1)
+    train_prepared(prep, config, out_dir=tmp_path / "lib", epochs=1, steps_per_epoch=1, progress=False,
+                   callbacks=[first], init=init_run)
+    want = keras.saving.load_model(init_run / "model.keras", compile=False).get_weights()
+    for got, w in zip(first.weights, want):
+        np.testing.assert_array_equal(got, w)
+    other = config.replace(model=ModelConfig(depth=2, base_filters=8, convs_per_block=1, dropout=(0.0,),
+                                             batch_norm=False))
+    with pytest.raises(BadDataError, match=r"model\.filters"):
+        train_prepared(prep, other, out_dir=tmp_path / "bad", progress=False, init=init_run)
+
+
+def test_finetune_few_images_default_init_and_resume(init_run, tmp_path, monkeypatch):
+    pytest.importorskip("keras")
+    from dsb import run as runs
+
+    monkeypatch.setattr(runs, "default_model_dir", lambda: init_run)  # the shipped model stands in
+    data = tmp_path / "data"
+    write_stage(data / "stage1_train")
+    layout_b(data / "cp")
+    (data / "cp" / "c.png").unlink()
+    (data / "cp" / "c_cp_masks.png").unlink()
+    run = tmp_path / "ft"
+    result = dsb("train", "--data", data, "--out", run, "--epochs", 1, "--steps-per-epoch", 1, "--init",
+                 "--learning-rate", "3e-4")
+    assert result.exit_code == 0, (result.stderr, result.exception)
+    assert "no validation: 2 image(s) of your own" in result.stderr  # too few to hold some out
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["init"] == str(init_run.resolve()) and manifest["validation_images"] == 0
+    assert manifest["train_images"] == 5  # three competition images and two of one's own
+    assert json.loads((run / "config.json").read_text())["train"]["learning_rate"] == 3e-4
+
+    result = dsb("train", "--data", data, "--out", run, "--resume", "--epochs", 2)
+    assert result.exit_code == 0, (result.stderr, result.exception)
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["epochs_run"] == 2 and manifest["init"] == str(init_run.resolve())
+    assert manifest["validation_images"] == 0
+    assert dsb("train", "--data", data, "--out", run, "--resume", "--init").exit_code == 2
+
+
+def test_finetune_from_a_folder_that_is_no_run(tmp_path):
+    pytest.importorskip("keras")
+    data = layout_a(tmp_path / "mine", 2)
+    error_line(dsb("train", "--data", data, "--init", tmp_path / "nowhere", "--out", tmp_path / "ft"), 3,
+               tmp_path / "nowhere", "run folder not found")
+    assert not (tmp_path / "ft").exists()
+
+
+def _real_stage() -> Path | None:
+    for path in (REPO / "data" / "stage1_train",):
+        if path.is_dir():
+            return path
+    return None
+
+
+def test_finetune_on_crops_of_real_images(init_run, tmp_path, request):
+    """Annotate: 96x96 crops of four real fluorescence images, their labels saved as 16-bit TIFFs and PNGs."""
+    pytest.importorskip("keras")
+    from dsb.dataset import image_path, list_ids, read_image
+
+    stage = _real_stage() or request.getfixturevalue("train_dir")
+    stage = stage / "stage1_train" if (stage / "stage1_train").is_dir() else stage
+    mine = tmp_path / "mine"
+    picked = 0
+    for image_id in list_ids(stage):
+        raw = read_image(image_path(stage, image_id))
+        if raw.shape[:2] != (256, 256) or raw.ndim == 3 and np.ptp(raw[..., :3].astype(int), axis=-1).max() > 0:
+            continue  # a grey 256x256 image: fluorescence
+        labels = read_labels(stage / image_id, raw.shape[:2], return_fixes=True)[0][:96, :96]
+        if labels.max() < 3:
+            continue
+        crop = raw[:96, :96]
+        png(mine / "images" / f"n{picked}.png", crop)
+        if picked % 2:
+            png(mine / "masks" / f"n{picked}.png", labels.astype(np.uint16))
+        else:
+            tif(mine / "masks" / f"n{picked}.tif", labels.astype(np.uint16))
+        picked += 1
+        if picked == 4:
+            break
+    assert picked == 4
+    finetune(mine, tmp_path / "ft", "--init", init_run)
+    assert json.loads((tmp_path / "ft" / "manifest.json").read_text())["validation_images"] == 1
+    assert len(segment(tmp_path / "ft", mine / "images", tmp_path / "seg")) == 4
+    shutil.rmtree(mine / ".cache")
+
+
+def test_bench_finetune_prints_its_table_on_a_tiny_setting(init_run, tmp_path, monkeypatch, capsys):
+    pytest.importorskip("keras")
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_finetune", REPO / "bench" / "bench_finetune.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    stage = tmp_path / "data" / "stage1_train"
+    for k in range(5):
+        image, labels = disc_pair(k)
+        png(stage / f"img{k}" / "images" / f"img{k}.png", image)
+        for n, value in enumerate(np.unique(labels)[1:]):
+            png(stage / f"img{k}" / "masks" / f"m{n}.png", ((labels == value) * 255).astype(np.uint8))
+    prep = load_prepared(tmp_path / "data", PreprocessConfig(), workers=1)
+    group = prep.groups[0]
+    monkeypatch.setattr("sys.argv", ["bench_finetune.py", "--data", str(tmp_path / "data"), "--model", str(init_run),
+                                     "--groups", group, "--n", "2", "--epochs", "1", "--steps", "1",
+                                     "--work", str(tmp_path / "work")])
+    assert bench.main() == 0
+    out = capsys.readouterr().out
+    row = [line for line in out.splitlines() if line.startswith(f"| {group} |")]
+    assert len(row) == 1 and row[0].split("|")[2:4] == [" 2 ", " 3 "], out
+    assert (tmp_path / "work" / f"{group}-2" / "mine" / "masks").is_dir()

@@ -1,0 +1,164 @@
+"""dsb.pipeline: finding images, reading each once, the skip policy, the one label writer."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+from dsb import pipeline
+from dsb.errors import BadDataError
+from dsb.pipeline import Skip, Skips, find_images, folder_images, predict_each, read_images, write_labels
+
+from conftest import SAMPLES, disc_image, make_discs, truth_labels, write_disc_stage
+
+# ---------------------------------------------------------------- finding
+
+
+def test_folder_images_in_stage_and_flat_folders(tmp_path):
+    stage = write_disc_stage(tmp_path / "stage")
+    images, problems = folder_images(stage)
+    assert list(images) == sorted(SAMPLES) and not problems
+    assert images["a_one"] == stage / "a_one" / "images" / "a_one.png"
+
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for name in ("x.png", "y.TIF", "notes.txt", ".hidden.png", "x.jpg", "bad,name.png"):
+        (flat / name).write_bytes(b"")
+    images, problems = folder_images(flat)
+    assert list(images) == ["x", "y"]
+    messages = sorted(str(p) for p in problems)
+    assert len(messages) == 3
+    assert any("notes.txt" in m and "not an image file" in m for m in messages)
+    assert any("x.jpg" in m and "same id" in m for m in messages)
+    assert any("bad,name.png" in m and "ImageId" in m for m in messages)
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(BadDataError, match="holds no images"):
+        folder_images(empty)
+    with pytest.raises(BadDataError, match="not a folder"):
+        folder_images(tmp_path / "missing")
+
+
+def test_find_images_takes_image_files_from_folders(tmp_path):
+    for name in ("b.png", "a.TIF", "c.jpeg", "notes.txt", ".hidden.png"):
+        (tmp_path / name).write_bytes(b"")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "d.png").write_bytes(b"")
+    (tmp_path / "empty").mkdir()
+
+    images, problems = find_images([tmp_path, tmp_path / "b.png", tmp_path / "notes.txt",
+                                    tmp_path / "empty", tmp_path / "gone.png"])
+    assert {name: p.name for name, p in images.items()} == {"a": "a.TIF", "b": "b.png", "c": "c.jpeg"}  # b once
+    assert [(Path(p.path).name, p.message.split()[0]) for p in problems] == [
+        ("notes.txt", "suffix"), ("empty", "folder"), ("gone.png", "no")]
+    assert all(isinstance(p, BadDataError) for p in problems)
+
+
+def test_find_images_refuses_two_files_with_one_name(tmp_path):
+    for sub in ("a", "b"):
+        (tmp_path / sub).mkdir()
+        (tmp_path / sub / "x.png").write_bytes(b"")
+    with pytest.raises(BadDataError, match="same name 'x'"):
+        find_images([tmp_path / "a", tmp_path / "b" / "x.png"])
+
+
+# ---------------------------------------------------------------- reading and skipping
+
+
+@pytest.fixture
+def reads(monkeypatch):
+    """Count the decodes of each file by the pipeline."""
+    counts: dict[str, int] = {}
+    real = pipeline.read_image
+
+    def counting(path):
+        counts[Path(path).name] = counts.get(Path(path).name, 0) + 1
+        return real(path)
+
+    monkeypatch.setattr(pipeline, "read_image", counting)
+    return counts
+
+
+def test_each_image_is_decoded_once_while_it_fits_in_memory(tmp_path, reads):
+    images, _ = folder_images(write_disc_stage(tmp_path / "stage"))
+    checked = read_images(images, Skips())
+    assert reads == {f"{i}.png": 1 for i in SAMPLES}
+    for image_id, path, raw in checked.images(Skips()):
+        np.testing.assert_array_equal(raw, disc_image(truth_labels(image_id)))
+    assert reads == {f"{i}.png": 1 for i in SAMPLES}  # handed over, not read again
+
+
+def test_images_beyond_the_memory_budget_are_read_again(tmp_path, reads):
+    images, _ = folder_images(write_disc_stage(tmp_path / "stage"))
+    checked = read_images(images, Skips(), cache_bytes=0)
+    assert [image_id for image_id, _, _ in checked.images(Skips())] == sorted(SAMPLES)
+    assert reads == {f"{i}.png": 2 for i in SAMPLES}
+
+
+def test_a_bad_image_is_raised_or_recorded(tmp_path):
+    stage = write_disc_stage(tmp_path / "stage")
+    bad = stage / "b_two" / "images" / "b_two.png"
+    bad.write_bytes(b"not a png")
+    images, _ = folder_images(stage)
+    with pytest.raises(BadDataError) as info:
+        read_images(images, Skips())
+    assert str(info.value).startswith(f"{bad}: ")
+    skips = Skips(skip_bad=True)
+    checked = read_images(images, skips)
+    assert list(checked.paths) == ["a_one", "c_none"]
+    assert [s.path for s in skips.records] == [str(bad)]
+    assert str(skips.records[0]) == str(info.value)
+
+
+def test_skip_records_name_the_file_a_prediction_failed_on(tmp_path):
+    def predict(raw):
+        raise BadDataError("the network cannot take it")
+
+    skips = Skips(skip_bad=True)
+    found = list(predict_each(predict, [("x", tmp_path / "x.png", np.zeros((2, 2)))], skips=skips))
+    assert found == [] and skips.records == [Skip(str(tmp_path / "x.png"), "the network cannot take it")]
+    assert str(skips.records[0]) == f"{tmp_path / 'x.png'}: the network cannot take it"
+    with pytest.raises(BadDataError, match="cannot take it"):
+        list(predict_each(predict, [("x", None, np.zeros((2, 2)))]))
+
+
+# ---------------------------------------------------------------- the label writer
+
+
+def test_write_labels_png_is_16_bit_then_a_32_bit_tiff(tmp_path):
+    labels = make_discs((30, 40), ((10, 10), (20, 30)), 5)
+    path = write_labels(tmp_path / "a.png", labels)
+    assert path == tmp_path / "a.png"
+    back = np.asarray(Image.open(path))
+    assert back.dtype == np.uint16
+    np.testing.assert_array_equal(back, labels)
+
+    many = np.arange(300 * 300, dtype=np.int32).reshape(300, 300)  # 89999 labels: beyond 16 bits
+    path = write_labels(tmp_path / "b.png", many)
+    assert path == tmp_path / "b.tif" and not (tmp_path / "b.png").exists()
+    np.testing.assert_array_equal(tifffile.imread(path), many)
+    assert sorted(os.listdir(tmp_path)) == ["a.png", "b.tif"]
+
+
+def test_write_labels_tiff_is_16_bit_then_32_bit(tmp_path):
+    labels = make_discs()
+    path = write_labels(tmp_path / "x_labels.tif", labels)
+    back = tifffile.imread(path)
+    assert back.dtype == np.uint16
+    np.testing.assert_array_equal(back, labels)
+    assert [p.name for p in tmp_path.iterdir()] == ["x_labels.tif"]  # no temporary left
+
+    many = np.arange(70_000, dtype=np.int32).reshape(280, 250)
+    assert tifffile.imread(write_labels(tmp_path / "many.tif", many)).dtype == np.uint32
+
+
+def test_write_labels_refuses_other_formats(tmp_path):
+    with pytest.raises(ValueError, match=r"must end in \.png, \.tif or \.tiff"):
+        write_labels(tmp_path / "x.jpg", np.zeros((2, 2), np.int32))
+    assert not list(tmp_path.iterdir())
