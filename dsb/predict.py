@@ -32,7 +32,7 @@ from ._validate import check_gray
 from .errors import BadDataError, DsbError, EnvironmentProblem
 from .pipeline import Skips, folder_images, nuclei_predictor, predict_each, read_images, write_labels
 from .postprocess import labels_from_probabilities, relabel, remove_small
-from .scale import check_diameter, clip_scale, labels_to_shape, median_diameter, resample
+from .scale import area_weighted_diameter, check_diameter, clip_scale, labels_to_shape, resample
 from .tiling import predict_tiled
 
 __all__ = [
@@ -191,7 +191,8 @@ def choose_scale(model, config: Config, gray: np.ndarray, *, diameter: float | N
     With ``config.preprocess.diameter`` set (the canonical diameter ``D``),
     the image is resampled by ``D / diameter`` when ``diameter`` is given.
     Otherwise the diameter is estimated: a pass at the image's own scale gives
-    nuclei whose median diameter ``d`` suggests the scale ``D / d``; when that
+    nuclei whose area-weighted median diameter ``d``
+    (:func:`dsb.scale.area_weighted_diameter`) suggests the scale ``D / d``; when that
     is more than 20 % away from the current one, the next pass runs there, up
     to ``config.predict.diameter_passes`` passes. Each pass looks at the
     image's centre, at most 2048 pixels a side at its scale. The scale stays
@@ -229,7 +230,7 @@ def _choose(model, config: Config, gray: np.ndarray, diameter) -> tuple[Scale, n
         window = _centre(gray, scale)
         prob = _at_scale(model, window, scale, config)
         passes += 1
-        found = median_diameter(labels_from_probabilities(prob, config.postprocess))
+        found = area_weighted_diameter(labels_from_probabilities(prob, config.postprocess))
         if not math.isfinite(found):
             break
         wanted = clip_scale(scale * canonical / found, pc.min_scale, pc.max_scale)

@@ -18,7 +18,7 @@ import numpy as np
 
 from ._validate import check_labels
 
-__all__ = ["nucleus_diameters", "median_diameter", "clip_scale", "resample", "labels_to_shape", "check_diameter"]
+__all__ = ["nucleus_diameters", "median_diameter", "area_weighted_diameter", "clip_scale", "resample", "labels_to_shape", "check_diameter"]
 
 # A nucleus diameter outside this range (pixels) is a typo, not a microscope.
 DIAMETER_RANGE = (2.0, 1000.0)
@@ -58,6 +58,30 @@ def median_diameter(labels: np.ndarray) -> float:
     """
     d = nucleus_diameters(labels)
     return float(np.median(d)) if d.size else math.nan
+
+
+def area_weighted_diameter(labels: np.ndarray) -> float:
+    """The diameter of the nucleus that the median pixel of nucleus area lies in; NaN with no nucleus.
+
+    The median with each nucleus weighted by its area. A network that sees
+    nuclei at the wrong scale cuts large ones into fragments, and the plain
+    median counts each fragment as a nucleus; weighted by area, the whole
+    nuclei that remain outweigh them. Measured as the estimate of
+    :func:`dsb.predict.choose_scale` on the 132 group-held-out validation
+    images of the default run, against the plain median: the score rose from
+    0.529 to 0.564 (stained tissue 0.201 to 0.281), although fewer estimates
+    fall within 25 % of the true median (67 % against 74 %): it errs on the
+    large side, where the network fails more gently than on the small.
+
+    >>> lab = np.zeros((20, 20), np.int32); lab[0, 0] = 1; lab[0, 2] = 2; lab[5:15, 5:15] = 3
+    >>> round(median_diameter(lab), 2), round(area_weighted_diameter(lab), 2)
+    (1.13, 11.28)
+    """
+    d = np.sort(nucleus_diameters(labels))
+    if not d.size:
+        return math.nan
+    area = np.cumsum(d**2)
+    return float(d[np.searchsorted(area, area[-1] / 2)])
 
 
 def clip_scale(scale: float, low: float, high: float) -> float:

@@ -32,7 +32,7 @@ __all__ = ["GRID", "search_postprocess", "tune", "validation_data"]
 GRID: dict[str, tuple] = {
     "marker_threshold": (0.3, 0.4, 0.5, 0.6, 0.7, 0.8),
     "border_threshold": (0.2, 0.3, 0.4, 0.5, 0.6),
-    "contact_threshold": (0.2, 0.3, 0.4, 0.5, 0.6, 0.7),  # only for networks with a contact channel
+    "contact_threshold": (0.3, 0.5, 0.7, 1.0),  # 1: contact ignored; only for networks with a contact channel
     "mask_threshold": (0.3, 0.4, 0.5, 0.6),
     "flood": ("probability", "distance"),
     "min_marker_size": (1, 4, 8, 16),
