@@ -185,6 +185,19 @@ def _is_layout_a(folder: Path, *, strict: bool = False) -> bool:
     return any(p.stem in masks for p in _images(_files(folder / "images")))
 
 
+def _labels_by_stem(paths, stem_of) -> dict[str, Path]:
+    """The label images among ``paths`` by the stem of their image (``stem_of``: None for a non-label file)."""
+    labels: dict[str, Path] = {}
+    for p in paths:
+        stem = stem_of(p)
+        if stem is None:
+            continue
+        if stem in labels:
+            raise BadDataError(f"two label images for {stem!r} ({labels[stem].name} and {p.name}); keep one", path=p)
+        labels[stem] = p
+    return labels
+
+
 def _label_stem(path: Path) -> str | None:
     """The image stem a label file of layout (b) belongs to, or None when it is not one."""
     if path.suffix.lower() not in LABEL_EXTENSIONS:
@@ -230,29 +243,17 @@ def _user_samples(folder: Path, name: str) -> list[Sample]:
     """The samples of a user folder in layout (a) (``images/``, ``masks/``) or (b) (labels beside images)."""
     if _is_layout_a(folder):
         images = _by_stem(_images(_files(folder / "images")), "images")
-        labels: dict[str, Path] = {}
-        for p in _files(folder / "masks"):
-            if p.suffix.lower() not in LABEL_EXTENSIONS:
-                continue
-            stem = p.stem if p.stem in images else (_label_stem(p) or p.stem)
-            if stem in labels:
-                raise BadDataError(f"two label images for {stem!r} ({labels[stem].name} and {p.name}); keep one",
-                                   path=p)
-            labels[stem] = p
+        labels = _labels_by_stem(
+            _files(folder / "masks"),
+            lambda p: None if p.suffix.lower() not in LABEL_EXTENSIONS
+            else p.stem if p.stem in images else (_label_stem(p) or p.stem),
+        )
         missing = "masks/{stem}.tif or masks/{stem}.png"
         orphan = "images/{stem}.png or images/{stem}.tif"
     else:
         files = _files(folder)
         images = _by_stem(_images(files), "images")
-        labels = {}
-        for p in files:
-            stem = _label_stem(p)
-            if stem is None:
-                continue
-            if stem in labels:
-                raise BadDataError(f"two label images for {stem!r} ({labels[stem].name} and {p.name}); keep one",
-                                   path=p)
-            labels[stem] = p
+        labels = _labels_by_stem(files, _label_stem)
         missing = "{stem}_masks.tif or {stem}_labels.tif beside it"
         orphan = "{stem}.png or {stem}.tif beside it"
     for stem, path in images.items():
