@@ -260,8 +260,8 @@ def augment_crop(
     Picks a zoom factor ``zoom * j`` with ``j`` in ``[1 - scale_jitter, 1 +
     scale_jitter]`` (``zoom`` takes the image's nuclei to the canonical
     diameter, :func:`zoom_for`) and a window of ``crop_size / (zoom * j)``
-    pixels (images smaller than the window are padded by reflection), resamples it to ``crop_size`` (image linear, labels
-    nearest), derives the targets at the crop's own scale (so the border is
+    pixels (images smaller than the window are padded by reflection),
+    resamples it to ``crop_size`` (image linear, labels nearest), derives the targets at the crop's own scale (so the border is
     ``border_width`` pixels wide in what the network sees), then flips and
     rotates by multiples of 90 degrees, and jitters brightness and contrast.
 
@@ -302,9 +302,10 @@ def augment_crop(
     scale = float(zoom) * jitter
     window = crop_size / scale
     start = (_window_start(rng, image.shape[0], window), _window_start(rng, image.shape[1], window))
-    x, crop_labels = _extract(image, labels, start, scale, crop_size)
-    if colour is not None:
-        rgb = _resample_window(to_network_input(colour[..., :3]), start, scale, crop_size, order=1)
+    if colour is None:
+        x, crop_labels = _extract(image, labels, start, scale, crop_size)
+    else:  # the grey crop comes from the jittered colour instead of the cache
+        rgb, crop_labels = _extract(colour[..., :3], labels, start, scale, crop_size)
         rgb = appearance.stain_jitter(rgb, rng, scale=stain_jitter, shift=stain_shift)
         rgb = appearance.colour_jitter(rgb, rng, hue=hue_jitter, saturation=colour_jitter, brightness=colour_jitter)
         x = preprocess_image(rgb, preprocess, kind="stained")
