@@ -14,6 +14,7 @@ from types import SimpleNamespace
 import click
 import numpy as np
 import pytest
+from click.testing import CliRunner
 from PIL import Image
 from scipy import ndimage
 
@@ -248,3 +249,55 @@ def group_raising(exc: BaseException) -> click.Group:
 
     group.commands["boom"] = boom
     return group
+
+
+# ---------------------------------------------------------------- driving the CLI on small stage folders
+
+# id -> (shape, disc centres); discs of radius 6 that do not touch.
+STAGE = {
+    "img_a": ((40, 48), ((12, 12), (26, 34))),
+    "img_b": ((32, 36), ((16, 18),)),
+    "img_c": ((36, 40), ((10, 28), (24, 12))),
+}
+RADIUS = 6
+
+
+def dsb(*args):
+    """Run `dsb ARGS...` in this process; stdout and stderr come back apart."""
+    from dsb.cli import cli
+
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def error_line(result, code: int, *words) -> str:
+    """The run failed with ``code`` and exactly one line on stderr holding every one of ``words``."""
+    assert result.exit_code == code, (result.exit_code, result.stdout, result.stderr, result.exception)
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    line = lines[0]
+    assert line.startswith("dsb: error: "), line
+    for word in words:
+        assert str(word) in line, (word, line)
+    assert "Traceback" not in result.stderr + result.stdout
+    return line
+
+
+def png(path: Path, array: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+    return path
+
+
+def truth(image_id: str) -> np.ndarray:
+    shape, centres = STAGE[image_id]
+    return make_discs(shape, centres, RADIUS)
+
+
+def write_stage(root: Path, samples=STAGE) -> Path:
+    """``root/{id}/images/{id}.png`` and one mask PNG per nucleus, ``masks/m1.png``..."""
+    for image_id in samples:
+        labels = truth(image_id)
+        png(root / image_id / "images" / f"{image_id}.png", disc_image(labels))
+        for k in range(1, labels.max() + 1):
+            png(root / image_id / "masks" / f"m{k}.png", ((labels == k) * 255).astype(np.uint8))
+    return root

@@ -29,41 +29,31 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from conftest import assert_nothing_complete, group_raising, inner_zips, make_discs, png_bytes, stage_entries, write_zip
+from conftest import (
+    STAGE,
+    assert_nothing_complete,
+    disc_image,
+    dsb,
+    error_line,
+    group_raising,
+    inner_zips,
+    make_discs,
+    png,
+    png_bytes,
+    stage_entries,
+    truth,
+    write_stage,
+    write_zip,
+)
 from dsb.cli import cli
 from dsb.rle import labels_to_rles
 
 REPO = Path(__file__).resolve().parents[1]
 
-# id -> (shape, disc centres); discs of radius 6 that do not touch.
-STAGE = {
-    "img_a": ((40, 48), ((12, 12), (26, 34))),
-    "img_b": ((32, 36), ((16, 18),)),
-    "img_c": ((36, 40), ((10, 28), (24, 12))),
-}
-RADIUS = 6
 ENOSPC = OSError(errno.ENOSPC, "No space left on device")
 
 
 # ---------------------------------------------------------------- helpers
-
-
-def dsb(*args):
-    """Run `dsb ARGS...` in this process; stdout and stderr come back apart."""
-    return CliRunner().invoke(cli, [str(a) for a in args])
-
-
-def error_line(result, code: int, *words) -> str:
-    """The run failed with ``code`` and exactly one line on stderr holding every one of ``words``."""
-    assert result.exit_code == code, (result.exit_code, result.stdout, result.stderr, result.exception)
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1, result.stderr
-    line = lines[0]
-    assert line.startswith("dsb: error: "), line
-    for word in words:
-        assert str(word) in line, (word, line)
-    assert "Traceback" not in result.stderr + result.stdout
-    return line
 
 
 def temporaries(folder: Path) -> list[str]:
@@ -71,31 +61,6 @@ def temporaries(folder: Path) -> list[str]:
     if not folder.exists():
         return []
     return sorted(str(p) for p in folder.rglob(".*") if ".tmp" in p.name or "scratch" in p.name)
-
-
-def png(path: Path, array: np.ndarray) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(array).save(path)
-    return path
-
-
-def truth(image_id: str) -> np.ndarray:
-    shape, centres = STAGE[image_id]
-    return make_discs(shape, centres, RADIUS)
-
-
-def disc_image(labels: np.ndarray) -> np.ndarray:
-    return np.where(labels > 0, 200, 20).astype(np.uint8)
-
-
-def write_stage(root: Path, samples=STAGE) -> Path:
-    """``root/{id}/images/{id}.png`` and one mask PNG per nucleus, ``masks/m1.png``..."""
-    for image_id in samples:
-        labels = truth(image_id)
-        png(root / image_id / "images" / f"{image_id}.png", disc_image(labels))
-        for k in range(1, labels.max() + 1):
-            png(root / image_id / "masks" / f"m{k}.png", ((labels == k) * 255).astype(np.uint8))
-    return root
 
 
 def submission_text(rows, *, newline: str = "\n") -> str:

@@ -18,7 +18,7 @@ import tifffile
 from PIL import Image
 
 from conftest import make_discs
-from test_bad_input import dsb, error_line, png, write_stage
+from conftest import dsb, error_line, png, write_stage
 
 from dsb.annotations import find_samples, read_label_image
 from dsb.config import Config, ModelConfig, PredictConfig, PreprocessConfig, TrainConfig, save_config
