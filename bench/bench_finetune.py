@@ -14,7 +14,7 @@ with ``--model`` (default runs/default) trained without that group:
    the ones scored, the same for every ``n``;
 2. score them with the competition metric (:func:`dsb.metric.score_labels`,
    predicting with :func:`dsb.predict.predict_labels`) before;
-3. fine-tune (:func:`dsb.train.train` with ``init=--model``) for at most
+3. fine-tune (:func:`dsb.training.train` with ``init=--model``) for at most
    ``--minutes`` of training, and score them again after.
 
 Prints a markdown table: group, images fine-tuned on, images scored, score
@@ -103,7 +103,7 @@ def main() -> int:
         return 0
     from dsb.dataset import load_prepared
     from dsb.run import load_run_config
-    from dsb.train import train
+    from dsb.training import train
 
     config = load_run_config(args.model)
     stage = args.data / "stage1_train"

@@ -11,7 +11,7 @@ Prints, for the shipped "cpu" config unless told otherwise:
   :class:`dsb.loader.CropLoader` instead of the constant batch (target at most
   10 %), and the loader's own time per batch without a model;
 - peak memory (ru_maxrss) of a fresh process that runs a short
-  :func:`dsb.train.train_prepared` on all of stage1_train (validation included).
+  :func:`dsb.training.train_prepared` on all of stage1_train (validation included).
 
 The data come from ``--data`` (a folder with ``stage1_train/``; default
 ``data/`` when it has one), else from ../shared/dsb2018 (or $DSB_SHARED),
@@ -71,7 +71,7 @@ def speed(args, prepared) -> None:
 
     from dsb.loader import CropLoader, split_ids
     from dsb.model import build_unet, compile_model
-    from dsb.train import _Environment
+    from dsb.training.environment import Environment
 
     config = _config(args.config)
     tc = config.train
@@ -81,7 +81,7 @@ def speed(args, prepared) -> None:
     images = [prepared.images[i] for i in idx]
     labels = [prepared.labels[i] for i in idx]
 
-    with _Environment("default", "float32", None) as env:
+    with Environment("default", "float32", None) as env:
         keras.utils.set_random_seed(tc.seed)
         model = compile_model(build_unet(config.model), config, total_steps=10_000)
         loader = CropLoader(images, labels, batch_size=tc.batch_size, steps_per_epoch=10_000, seed=tc.seed,
@@ -130,7 +130,7 @@ def speed(args, prepared) -> None:
 
 def memory(args) -> None:
     """Run in a fresh process: a short training on all of stage1_train, then print ru_maxrss."""
-    from dsb.train import train_prepared
+    from dsb.training import train_prepared
 
     with tempfile.TemporaryDirectory() as tmp:
         prepared = _prepared(args, Path(tmp))

@@ -171,7 +171,7 @@ def train(config_path, data, out, epochs, steps_per_epoch, time_budget, seed, re
           init, learning_rate) -> None:
     """Train the U-Net, or fine-tune one (--init); the run folder is all that `dsb predict` needs."""
     _load_keras()
-    from .train import train as train_run
+    from .training import train as train_run
 
     if resume and out is None:
         raise click.UsageError("--resume needs --out, the run folder to continue")

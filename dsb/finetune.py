@@ -14,7 +14,7 @@ shipped model by default) instead of random ones. This module decides how:
   (:mod:`dsb.annotations`) held out for validation, none below
   :data:`MIN_VALIDATION_IMAGES`.
 
-:func:`dsb.train.train_prepared` (``init=``) loads the weights and trains.
+:func:`dsb.training.train_prepared` (``init=``) loads the weights and trains.
 Nothing here imports Keras.
 """
 

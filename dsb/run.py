@@ -1,4 +1,4 @@
-"""Read and update a run folder (``model.keras`` + ``config.json``) that :mod:`dsb.train` wrote.
+"""Read and update a run folder (``model.keras`` + ``config.json``) that :mod:`dsb.training` wrote.
 
 Also which folder a command's model comes from: the one given, or the model
 shipped inside the package (:func:`default_model_dir`, :func:`resolve_model_dir`).

@@ -1027,7 +1027,7 @@ def test_train_bad_data_and_run_folders(tmp_path, stage, blocker):
 
 def test_train_on_a_full_disk_leaves_a_resumable_run(tmp_path, stage, full_disk):
     pytest.importorskip("keras")
-    from dsb.train import latest_checkpoint
+    from dsb.training import latest_checkpoint
 
     config = _config(tmp_path, {
         "model": {"depth": 2, "base_filters": 4, "dropout": [0.0]},
@@ -1163,7 +1163,7 @@ def test_a_real_process_says_one_line(tiny_run, tmp_path):
 
 def test_ctrl_c_during_training_says_how_to_resume(tmp_path, stage, monkeypatch):
     keras = pytest.importorskip("keras")
-    from dsb import train as train_module
+    from dsb.training import fit as train_module
 
     config = _config(tmp_path, {
         "model": {"depth": 2, "base_filters": 4, "dropout": [0.0]},
@@ -1172,7 +1172,7 @@ def test_ctrl_c_during_training_says_how_to_resume(tmp_path, stage, monkeypatch)
     run = tmp_path / "run"
 
     def ctrl_c(self, batch, logs=None):
-        if (self.state["epoch"], batch) == (1, 1):  # mid-way through the second epoch
+        if (self.state.epoch, batch) == (1, 1):  # mid-way through the second epoch
             raise KeyboardInterrupt
 
     monkeypatch.setattr(train_module._RunKeeper, "on_train_batch_begin", ctrl_c, raising=False)

@@ -262,7 +262,7 @@ def segment(run: Path, images: Path, out: Path) -> list[Path]:
 def test_finetune_discs_then_segment(init_run, tmp_path):
     keras = pytest.importorskip("keras")
     from dsb.config import load_config
-    from dsb.train import train_prepared
+    from dsb.training import train_prepared
 
     data = layout_a(tmp_path / "mine", 4)
     result = finetune(data, tmp_path / "ft", "--init", init_run)

@@ -26,7 +26,7 @@ from conftest import tiny_prepared  # noqa: E402
 from dsb.config import Config, ModelConfig, PostprocessConfig, TrainConfig, load_config  # noqa: E402
 from dsb.errors import BadDataError  # noqa: E402
 from dsb.run import load_run, update_postprocess  # noqa: E402
-from dsb.train import TrainingInterrupted, latest_checkpoint, train, train_prepared  # noqa: E402
+from dsb.training import TrainingInterrupted, latest_checkpoint, train, train_prepared  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
@@ -184,13 +184,12 @@ def test_a_failed_model_write_keeps_the_previous_model(reference_run, tmp_path, 
 
     monkeypatch.setattr(keras.Model, "save", broken_save)
     from dsb.errors import EnvironmentProblem
-    from dsb.train import _RunKeeper
+    from dsb.training.checkpoints import BestModelFile
 
-    keeper = _RunKeeper(run, TINY, {"elapsed_s": 0.0, "time_budget": None}, monitor="val_loss", writer=True,
-                        progress=False, env=None)
+    best_file = BestModelFile(run, TINY.model)
     model, _ = load_run(run)
     with pytest.raises(EnvironmentProblem, match="no space left"):
-        keeper.save_best(model)
+        best_file.save(model)
     assert (run / "model.keras").read_bytes() == good
     assert not [p for p in run.iterdir() if p.name.startswith(".")]
 
@@ -313,7 +312,7 @@ CHILD = textwrap.dedent(
     sys.path.insert(0, args["tests"])
     import keras
     from dsb.config import Config
-    from dsb.train import train_prepared
+    from dsb.training import train_prepared
     from conftest import tiny_prepared
 
     class Kill(keras.callbacks.Callback):
@@ -412,10 +411,10 @@ def test_strategies_need_their_backend(tmp_path):
 def test_manifest_keeps_the_commit_the_run_started_with(tmp_path, monkeypatch, capsys):
     # Regression: the manifest re-read HEAD at every write, so a run trained while the
     # repository moved on claimed the last commit rather than the code it started with.
-    import dsb.train
+    import dsb.training.checkpoints
 
     commits = iter(f"{i:040x}" for i in range(10_000))
-    monkeypatch.setattr(dsb.train, "_git_commit", lambda: next(commits))
+    monkeypatch.setattr(dsb.training.checkpoints, "git_commit", lambda: next(commits))
     config = TINY.replace(train=dataclasses.replace(TINY.train, epochs=2))
     run = train_prepared(tiny_prepared(), config, out_dir=tmp_path / "run")
     assert json.loads((run / "manifest.json").read_text())["git_commit"] == f"{0:040x}"
@@ -424,7 +423,7 @@ def test_manifest_keeps_the_commit_the_run_started_with(tmp_path, monkeypatch, c
 def test_colour_images_come_from_the_cache_manifest_and_are_optional(tmp_path):
     from PIL import Image
 
-    from dsb.train import _colour_images
+    from dsb.training.plan import _colour_images
 
     tc = TrainConfig()
     fake = tiny_prepared(2)
@@ -451,7 +450,7 @@ def test_colour_images_come_from_the_cache_manifest_and_are_optional(tmp_path):
 
 def test_split_holds_out_whole_groups_unless_random_or_named():
     from dsb.config import Config
-    from dsb.train import _split, _whole_groups
+    from dsb.training.plan import _split, _whole_groups
 
     ids = [f"i{k:02d}" for k in range(24)]
     types = ["fluorescence"] * 16 + ["stained"] * 8
@@ -466,3 +465,40 @@ def test_split_holds_out_whole_groups_unless_random_or_named():
     assert _split(random, ids, types, 42, groups) == _split(random, ids, types, 42, None)
     named = config.replace(validation_ids=("i00", "i23"))
     assert _split(named, ids, types, 42, groups)[1] == ["i00", "i23"]
+
+
+# ---------------------------------------------------------------- the typed run state
+
+
+def _state(**changes):
+    from dsb.training.state import RunState
+
+    base = dict(steps_per_epoch=3, global_batch=4, precision="float32", time_budget=None, data_checksum="ab" * 32,
+                learning_rate=1e-3)
+    return RunState(**{**base, **changes})
+
+
+def test_run_state_round_trips_through_json_and_reads_older_files():
+    from dsb.training.state import Best, RunState
+
+    state = _state(epoch=2, best=Best(epoch=2, monitor="val_loss", value=0.5, logs={"loss": 0.6, "val_loss": 0.5}),
+                   history=[{"epoch": 1, "loss": 0.7}, {"epoch": 2, "loss": 0.6}], seed_states={"drop": [1, 2]})
+    state.plateau.wait = 1
+    assert RunState.from_json(state.to_json()) == state
+    older = json.loads(state.to_json()) | {"seed": 42, "epochs": 3}  # the config holds these now
+    assert RunState.from_json(json.dumps(older)) == state
+    with pytest.raises(BadDataError, match="unreadable checkpoint state"):
+        RunState.from_json('{"epoch": 1}')
+
+
+def test_is_finished_is_a_pure_query():
+    from dsb.training.state import finish_reason, is_finished
+
+    state = _state(epoch=3, stop_reason="completed")
+    assert is_finished(state, epochs=3) and not is_finished(state, epochs=5)
+    assert state.stop_reason == "completed"  # asking changes nothing
+    assert finish_reason(_state(epoch=1, stop_reason="early_stopping"), epochs=5) == "early_stopping"
+    spent = _state(epoch=1, time_budget=1.0, elapsed_s=60.0, stop_reason="time_budget")
+    assert finish_reason(spent, epochs=5) == "time_budget"
+    spent.time_budget = 2.0  # a larger budget given on resume
+    assert finish_reason(spent, epochs=5) is None

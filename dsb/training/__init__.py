@@ -1,0 +1,32 @@
+"""Train the U-Net into a self-describing, resumable run folder.
+
+A run folder holds::
+
+    model.keras        best model so far by validation loss (float32)
+    config.json        the full Config, with the validation ids
+    history.csv        one row per epoch
+    manifest.json      provenance and the best validation figures
+    logs/              TensorBoard logs
+    checkpoints/epoch-NNNN/{model.keras,state.json}
+                       the last finished epoch: weights, optimizer state (with the
+                       learning-rate schedule position), dropout random state,
+                       early-stopping and plateau counters, history
+
+Every file is written under a temporary name and renamed into place, and a
+checkpoint folder is complete before the previous one is removed, so a crash
+or SIGKILL at any moment leaves the last good state; ``resume=True`` continues
+from it. Training data are a pure function of ``(seed, epoch, batch)`` (see
+:mod:`dsb.loader`), so a resumed run sees the same batches as an uninterrupted
+one and, on CPU, ends with the same weights.
+
+The modules: :mod:`.plan` (what a run will do), :mod:`.state` (the typed run
+state in state.json), :mod:`.checkpoints` (the files of the run folder),
+:mod:`.environment` (precision, determinism, distribution), :mod:`.fit` (the
+fit loop and its callback) and :mod:`.session` (the entry points).
+"""
+
+from .checkpoints import latest_checkpoint
+from .environment import PRECISIONS, STRATEGIES
+from .session import TrainingInterrupted, train, train_prepared
+
+__all__ = ["train", "train_prepared", "TrainingInterrupted", "STRATEGIES", "PRECISIONS", "latest_checkpoint"]

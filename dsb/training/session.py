@@ -1,0 +1,381 @@
+"""Train the U-Net into a self-describing, resumable run folder: the two entry points.
+
+See :mod:`dsb.training` for the run folder's layout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+
+from ..config import Config, save_config
+from ..errors import BadDataError
+from ..finetune import MIN_VALIDATION_IMAGES, user_image_count
+from ..model import build_unet, compile_model
+from . import checkpoints
+from .checkpoints import BestModelFile, check_new_run, resume_config
+from .environment import PRECISIONS, STRATEGIES, Environment, tensorboard
+from .fit import _RunKeeper, fit, format_logs, say
+from .plan import Plan, data_checksum, make_loaders, make_plan, split_data
+from .state import RunState, check_resumable, finish_reason
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training; the run folder holds a checkpoint to resume from.
+
+    A :class:`KeyboardInterrupt`, so it is never swallowed by ``except
+    Exception``; ``str()`` is the one-line message that says how to resume.
+    """
+
+    def __init__(self, run_dir, epoch: int):
+        self.run_dir = Path(run_dir)
+        self.epoch = epoch
+        super().__init__(
+            f"training interrupted; the checkpoint after epoch {epoch} is saved in {self.run_dir}. "
+            f"Resume with: dsb train --resume --out {self.run_dir}"
+        )
+
+
+def train(
+    config: Config | None,
+    *,
+    data_dir,
+    out_dir,
+    epochs: int | None = None,
+    steps_per_epoch: int | None = None,
+    time_budget: float | None = None,
+    resume: bool = False,
+    strategy: str = "default",
+    precision: str = "float32",
+    seed: int | None = None,
+    progress: bool = True,
+    init=None,
+    learning_rate: float | None = None,
+) -> Path:
+    """Train a U-Net on the prepared training images of ``data_dir``.
+
+    Parameters
+    ----------
+    config : Config or None
+        Model, preprocessing and training settings. Ignored when resuming:
+        the run's own ``config.json`` is used. When it names
+        ``validation_ids`` (a config.json of an earlier run), those images are
+        held out; otherwise a split stratified by image type is drawn with the seed.
+    data_dir : path
+        The data folder (with ``stage1_train``, annotated images of one's own
+        or both, see :mod:`dsb.annotations`); loaded through
+        :func:`dsb.dataset.load_prepared`, which builds the cache if needed.
+    out_dir : path
+        The run folder; must be missing or empty unless ``resume``.
+    epochs, steps_per_epoch, seed : int, optional
+        Override ``config.train``; ``steps_per_epoch`` 0 or None with a config
+        value of 0 means one pass over the training images per epoch.
+        On resume, ``epochs`` may extend the run; the others are the run's.
+    time_budget : float, optional
+        Minutes of training (summed over resumed sessions) after which
+        training stops at the end of a batch, keeping the best model.
+    resume : bool
+        Continue ``out_dir`` from its last checkpoint.
+    strategy : {"default", "mirrored", "multiworker"}
+        ``"mirrored"``: tf.distribute.MirroredStrategy over all local GPUs (or
+        logical CPUs), TensorFlow backend. ``"multiworker"``: Keras
+        distribution ``DataParallel`` over all devices of all processes, JAX
+        backend. The batch size in the config is per replica.
+    precision : {"float32", "mixed"}
+        ``"mixed"``: ``mixed_float16`` policy with loss scaling (for GPUs).
+    progress : bool
+        One line per epoch on stderr.
+    init : path, optional
+        Fine-tune: start from the weights of this run folder (see
+        :mod:`dsb.finetune`). The config is
+        :func:`dsb.finetune.finetune_config` of its ``config.json``, taking
+        only the ``train`` section of ``config`` when given: a tenth of the
+        learning rate, a few epochs, and validation on a random share of the
+        user's images. Ignored when resuming (the run keeps its own).
+    learning_rate : float, optional
+        Overrides the learning rate (of the fine-tune, with ``init``).
+
+    Returns
+    -------
+    Path
+        The run folder.
+
+    Raises
+    ------
+    TrainingInterrupted
+        On Ctrl-C, after making sure a resumable checkpoint exists.
+    BadDataError
+        Bad config, non-empty ``out_dir`` without ``resume``, nothing to resume,
+        data that changed since the run started, or an ``init`` that is no run folder.
+    """
+    from ..dataset import load_prepared
+
+    out_dir = Path(out_dir)
+    if resume:
+        config = resume_config(out_dir)
+    elif init is not None:
+        from ..finetune import finetune_config
+        from ..run import load_run_config
+
+        config = finetune_config(load_run_config(init), config, learning_rate=learning_rate, epochs=epochs)
+    elif config is None:
+        raise ValueError("`config` is required unless resuming")
+    elif learning_rate is not None:
+        rate = float(learning_rate)
+        tc = dataclasses.replace(config.train, learning_rate=rate,
+                                 min_learning_rate=min(config.train.min_learning_rate, rate))
+        config = config.replace(train=tc)
+    if strategy != "multiworker" and not resume:
+        check_new_run(out_dir)  # before the data load, to fail fast
+    prepared = load_prepared(data_dir, config.preprocess, progress=progress)
+    return train_prepared(
+        prepared,
+        config,
+        out_dir=out_dir,
+        epochs=epochs,
+        steps_per_epoch=steps_per_epoch,
+        time_budget=time_budget,
+        resume=resume,
+        strategy=strategy,
+        precision=precision,
+        seed=seed,
+        progress=progress,
+        init=None if resume else init,
+    )
+
+
+def train_prepared(
+    prepared,
+    config: Config | None,
+    *,
+    out_dir,
+    epochs: int | None = None,
+    steps_per_epoch: int | None = None,
+    time_budget: float | None = None,
+    resume: bool = False,
+    strategy: str = "default",
+    precision: str = "float32",
+    seed: int | None = None,
+    progress: bool = True,
+    workers: int = 1,
+    deterministic: bool | None = None,
+    callbacks: list | None = None,
+    init=None,
+) -> Path:
+    """:func:`train` on data already in memory.
+
+    Parameters
+    ----------
+    prepared
+        Anything with ``ids``, ``images`` (uint8 (H, W)), ``labels`` (int32
+        (H, W)) and ``types`` (list of str), like :class:`dsb.dataset.Prepared`;
+        ``checksum`` (str) is used when present.
+    workers : int
+        Loader threads (batches stay in order, so results do not change).
+    deterministic : bool, optional
+        Deterministic TensorFlow ops; default: when no GPU is visible.
+    callbacks : list of keras.callbacks.Callback, optional
+        Extra callbacks, run after the run's own (tests use them to interrupt).
+    init : path, optional
+        A run folder whose weights the model starts from; its U-Net must be
+        ``config``'s (:func:`dsb.finetune.check_architecture`). ``config`` is
+        used as given (:func:`dsb.finetune.finetune_config` makes a fine-tune
+        one); validation is :func:`dsb.finetune.finetune_split` unless
+        ``config.validation_ids`` names the images. The folder is recorded as
+        ``init`` in the manifest and kept on resume.
+
+    Other parameters are those of :func:`train`.
+    """
+    if strategy not in STRATEGIES:
+        raise ValueError(f"`strategy` is {strategy!r}, expected one of {STRATEGIES}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"`precision` is {precision!r}, expected one of {PRECISIONS}")
+    out_dir = Path(out_dir)
+    wall_start = time.time()
+    start = _start(prepared, config, out_dir, resume=resume, strategy=strategy, precision=precision, seed=seed,
+                   steps_per_epoch=steps_per_epoch, time_budget=time_budget, init=init)
+    split = split_data(prepared, start.config, start.seed, finetune=start.init is not None)
+    with Environment(strategy, start.precision, deterministic) as env:
+        plan = make_plan(prepared, start.config, split, seed=start.seed, epochs=epochs,
+                         steps_per_epoch=steps_per_epoch, replicas=env.replicas, resumed=start.resumed, path=out_dir)
+        state = start.resumed or _new_state(plan, start)
+        state.time_budget = start.time_budget
+        model = _model(plan, state, start, env)
+        if env.is_chief:
+            if start.resumed is None:
+                check_new_run(out_dir)  # again: only the chief of several processes can tell
+            save_config(plan.config, out_dir / "config.json")  # on resume: keeps tuned post-processing
+            if start.resumed is None:
+                checkpoints.save_checkpoint(out_dir, model, state)
+        train_data, val_data = make_loaders(plan, prepared, start_step=state.epoch * plan.steps_per_epoch,
+                                            shard=env.shard, workers=workers)
+        keeper = _RunKeeper(out_dir, plan, state, monitor="val_loss" if val_data is not None else "loss",
+                            writer=env.is_chief, progress=progress, env=env,
+                            best_file=BestModelFile(out_dir, plan.config.model))
+        session = _Session(out_dir, plan, state, env, keeper, _run_info(plan, state, val_data), wall_start)
+        session.manifest("running")
+        if progress:
+            _announce(plan, state, env, out_dir)
+        session.run(model, train_data, val_data, callbacks, progress=progress)
+    return out_dir
+
+
+@dataclass
+class _Start:
+    """What a new or resumed run starts from, before the data are split."""
+
+    config: Config
+    seed: int
+    precision: str
+    time_budget: float | None
+    checksum: str
+    init: str | Path | None
+    init_model: object = None
+    resumed: RunState | None = None
+    checkpoint: Path | None = None
+
+
+def _start(prepared, config, out_dir: Path, *, resume, strategy, precision, seed, steps_per_epoch,
+           time_budget, init) -> _Start:
+    """The config and settings of the run; for a resume, its own, once the checks pass."""
+    if not resume:
+        if config is None:
+            raise ValueError("`config` is required unless resuming")
+        config = config.check()
+        if strategy != "multiworker":  # there, process 0 may already have started the folder
+            check_new_run(out_dir)
+        init_model = None if init is None else checkpoints.load_init(init, config)
+        return _Start(config=config, seed=config.train.seed if seed is None else int(seed), precision=precision,
+                      time_budget=time_budget, checksum=_checksum(prepared), init=init, init_model=init_model)
+    config = resume_config(out_dir)
+    folder, state = checkpoints.latest_state(out_dir)
+    checkpoints.remove_stale_temporaries(out_dir)
+    checksum = _checksum(prepared)
+    check_resumable(state, steps_per_epoch=steps_per_epoch, checksum=checksum, path=out_dir)
+    # The seed and epochs are config.json's; the precision and steps are the state's.
+    return _Start(config=config, seed=config.train.seed, precision=state.precision,
+                  time_budget=time_budget if time_budget is not None else state.time_budget, checksum=checksum,
+                  init=state.init, resumed=state, checkpoint=folder)
+
+
+def _checksum(prepared) -> str:
+    return getattr(prepared, "checksum", None) or data_checksum(prepared)
+
+
+def _new_state(plan: Plan, start: _Start) -> RunState:
+    return RunState(
+        steps_per_epoch=plan.steps_per_epoch,
+        global_batch=plan.global_batch,
+        precision=start.precision,
+        time_budget=start.time_budget,
+        data_checksum=start.checksum,
+        # The code the run started with; a manifest written later must not say otherwise.
+        git_commit=checkpoints.git_commit(),
+        init=None if start.init is None else str(Path(start.init).resolve()),
+        learning_rate=plan.config.train.learning_rate,
+    )
+
+
+def _model(plan: Plan, state: RunState, start: _Start, env: Environment):
+    """A new compiled model (from the init weights when given) or the checkpoint's."""
+    keras.utils.set_random_seed(plan.seed)
+    with env.scope():
+        if start.checkpoint is None:
+            model = build_unet(plan.config.model)
+            compile_model(model, plan.config, total_steps=plan.epochs * plan.steps_per_epoch)
+            if start.init_model is not None:
+                checkpoints.set_init_weights(model, start.init_model, start.init)
+        else:
+            model = checkpoints.load_checkpoint_model(start.checkpoint, state)
+            if plan.config.train.lr_schedule == "plateau":
+                model.optimizer.learning_rate.assign(state.learning_rate)
+    return model
+
+
+def _run_info(plan: Plan, state: RunState, val_data) -> dict:
+    """The manifest's account of the images the run trains and validates on."""
+    return {
+        "train_images": len(plan.split.train_idx),
+        "validation_images": len(plan.split.val_idx),
+        "validation_crops": val_data.n_crops if val_data is not None else 0,
+        "validation_groups": list(plan.split.val_groups),
+        "init": state.init,
+    }
+
+
+def _announce(plan: Plan, state: RunState, env: Environment, out_dir: Path) -> None:
+    split = plan.split
+    say(
+        f"training on {len(split.train_idx)} images ({len(split.val_idx)} for validation), "
+        f"{plan.steps_per_epoch} steps of {plan.global_batch} crops per epoch, "
+        f"epochs {state.epoch + 1}..{plan.epochs}, {env.describe()}; run folder {out_dir}"
+    )
+    if split.val_groups:
+        say(f"validation holds out the groups {', '.join(split.val_groups)}")
+    if state.init is not None:
+        groups = None if split.groups is None else list(split.groups)
+        say(f"fine-tuning from {state.init}, learning rate {plan.config.train.learning_rate:.2e}"
+            + ("" if split.val_idx else f"; no validation: {user_image_count(list(split.ids), groups)} image(s) "
+               f"of your own, fewer than {MIN_VALIDATION_IMAGES} to hold some out, so training uses them all"))
+
+
+@dataclass
+class _Session:
+    """One session of a run: the fit, and the manifest and checkpoint it leaves however it ends."""
+
+    out_dir: Path
+    plan: Plan
+    state: RunState
+    env: Environment
+    keeper: _RunKeeper
+    run_info: dict
+    wall_start: float
+
+    def manifest(self, status: str) -> None:
+        if self.env.is_chief:
+            checkpoints.write_manifest(self.out_dir, self.plan.config, self.state, self.env, self.run_info,
+                                       status=status, wall_start=self.wall_start)
+
+    def run(self, model, train_data, val_data, callbacks, *, progress: bool) -> None:
+        """Fit unless the run is over; raise :class:`TrainingInterrupted` on Ctrl-C."""
+        state = self.state
+        state.stop_reason = finish_reason(state, epochs=self.plan.epochs)  # a resume may give more to do
+        try:
+            if state.stop_reason is not None:
+                if progress:
+                    say(f"nothing to do: the run stopped ({state.stop_reason}) after epoch {state.epoch}")
+            else:
+                fit(model, self.keeper, train_data, val_data, self._callbacks(callbacks))
+        except KeyboardInterrupt:
+            self._interrupted()
+        if self.env.is_chief:
+            if not (self.out_dir / "model.keras").exists():
+                self.keeper.best_file.save(model)
+            state.wall_s = self.keeper.wall_s()
+        self.manifest("complete")
+        if progress:
+            best = state.best
+            figures = "" if best is None else f"; best epoch {best.epoch}: {format_logs(best.logs)}"
+            say(f"done ({state.stop_reason}) after epoch {state.epoch}{figures}")
+
+    def _callbacks(self, extra) -> list:
+        found = []
+        if self.env.is_chief:
+            board = tensorboard(self.out_dir / "logs")
+            if board is not None:
+                found.append(board)
+        return [*found, self.keeper, *(extra or [])]
+
+    def _interrupted(self):
+        if self.env.is_chief:
+            self.state.wall_s = self.keeper.wall_s()
+        self.manifest("interrupted")
+        epoch = self.state.epoch
+        with contextlib.suppress(BadDataError):
+            epoch = checkpoints.latest_checkpoint(self.out_dir)[1]["epoch"]  # the one on disk, should ^C hit its writing
+        raise TrainingInterrupted(self.out_dir, epoch) from None
