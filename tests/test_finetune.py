@@ -342,36 +342,57 @@ def _real_stage() -> Path | None:
     return None
 
 
-def test_finetune_on_crops_of_real_images(init_run, tmp_path, request):
-    """Annotate: 96x96 crops of four real fluorescence images, their labels saved as 16-bit TIFFs and PNGs."""
-    pytest.importorskip("keras")
+def _real_crops(stage: Path, n: int):
+    """``n`` 96x96 crops of real grey 256x256 (fluorescence) training images with 3+ nuclei, and their ids."""
     from dsb.dataset import image_path, list_ids, read_image
 
-    stage = _real_stage() or request.getfixturevalue("train_dir")
-    stage = stage / "stage1_train" if (stage / "stage1_train").is_dir() else stage
-    mine = tmp_path / "mine"
-    picked = 0
+    picked = []
     for image_id in list_ids(stage):
         raw = read_image(image_path(stage, image_id))
         if raw.shape[:2] != (256, 256) or raw.ndim == 3 and np.ptp(raw[..., :3].astype(int), axis=-1).max() > 0:
             continue  # a grey 256x256 image: fluorescence
         labels = read_labels(stage / image_id, raw.shape[:2], return_fixes=True)[0][:96, :96]
-        if labels.max() < 3:
-            continue
-        crop = raw[:96, :96]
-        png(mine / "images" / f"n{picked}.png", crop)
-        if picked % 2:
-            png(mine / "masks" / f"n{picked}.png", labels.astype(np.uint16))
+        if labels.max() >= 3:
+            picked.append((image_id, raw[:96, :96], labels.astype(np.uint16)))
+        if len(picked) == n:
+            return picked
+    raise AssertionError(f"fewer than {n} usable real images")
+
+
+@pytest.mark.parametrize("layout", ["images-and-masks", "labels-beside-images", "mixed-with-stage1_train"])
+def test_finetune_on_crops_of_real_images(init_run, tmp_path, request, layout):
+    """Annotate 96x96 crops of four real fluorescence images in each layout (16-bit TIFF and PNG
+    labels), fine-tune, segment."""
+    pytest.importorskip("keras")
+    stage = _real_stage() or request.getfixturevalue("train_dir")
+    stage = stage / "stage1_train" if (stage / "stage1_train").is_dir() else stage
+    data = tmp_path / "data"
+    mine = data / "mine" if layout == "mixed-with-stage1_train" else data
+    crops = _real_crops(stage, 6 if layout == "mixed-with-stage1_train" else 4)
+    for k, (_, crop, labels) in enumerate(crops[:4]):
+        save = png if k % 2 else tif
+        if layout == "labels-beside-images":
+            png(mine / f"n{k}.png", crop)
+            save(mine / f"n{k}_masks.{'png' if k % 2 else 'tif'}", labels)
         else:
-            tif(mine / "masks" / f"n{picked}.tif", labels.astype(np.uint16))
-        picked += 1
-        if picked == 4:
-            break
-    assert picked == 4
-    finetune(mine, tmp_path / "ft", "--init", init_run)
-    assert json.loads((tmp_path / "ft" / "manifest.json").read_text())["validation_images"] == 1
-    assert len(segment(tmp_path / "ft", mine / "images", tmp_path / "seg")) == 4
-    shutil.rmtree(mine / ".cache")
+            png(mine / "images" / f"n{k}.png", crop)
+            save(mine / "masks" / f"n{k}.{'png' if k % 2 else 'tif'}", labels)
+    for image_id, crop, labels in crops[4:]:  # two competition samples beside the user folder
+        png(data / "stage1_train" / image_id / "images" / f"{image_id}.png", crop)
+        for j in range(1, int(labels.max()) + 1):
+            png(data / "stage1_train" / image_id / "masks" / f"m{j}.png", ((labels == j) * 255).astype(np.uint8))
+    finetune(data, tmp_path / "ft", "--init", init_run)
+    manifest = json.loads((tmp_path / "ft" / "manifest.json").read_text())
+    assert manifest["validation_images"] == 1  # a share of the four user images
+    assert manifest["train_images"] == (5 if layout == "mixed-with-stage1_train" else 3)
+    if layout == "labels-beside-images":  # segment the images alone, not their label files
+        images = tmp_path / "to_segment"
+        images.mkdir()
+        for k in range(4):
+            shutil.copy(mine / f"n{k}.png", images)
+    else:
+        images = mine / "images"
+    assert len(segment(tmp_path / "ft", images, tmp_path / "seg")) == 4
 
 
 def test_bench_finetune_prints_its_table_on_a_tiny_setting(init_run, tmp_path, monkeypatch, capsys):
