@@ -147,18 +147,22 @@ def test_random_split_unchanged_without_groups():
     assert set(val) == expected and len(val) == 6
 
 
-def _real_data() -> Path:
+def _real_data(request, tmp_path) -> Path:
+    """A data folder with stage1_train: the fetched one, or the shared zip's (its cache kept in ``tmp_path``)."""
     data = Path(os.environ.get("DSB_DATA", REPO / "data"))
-    if not (data / "stage1_train").is_dir():
-        pytest.skip(f"stage1_train not found in {data}")
-    return data
+    if (data / "stage1_train").is_dir():
+        return data
+    unzipped = request.getfixturevalue("train_dir")  # skips when the competition files are absent
+    stage = unzipped / "stage1_train" if (unzipped / "stage1_train").is_dir() else unzipped
+    (tmp_path / "stage1_train").symlink_to(stage, target_is_directory=True)
+    return tmp_path
 
 
-def test_real_stage1_train_groups():
+def test_real_stage1_train_groups(request, tmp_path):
     from dsb.dataset import load_groups, load_prepared
     from dsb.loader import split_ids
 
-    data = _real_data()
+    data = _real_data(request, tmp_path)
     groups, diameters = load_groups(data)
     prepared = load_prepared(data)
     assert prepared.groups == [groups[i] for i in prepared.ids]
