@@ -22,6 +22,7 @@ from ._validate import check_labels
 from .config import PreprocessConfig, TrainConfig
 from .groups import held_out_groups
 from .preprocess import preprocess_image
+from .scale import labels_to_shape, resample
 
 __all__ = [
     "make_targets",
@@ -510,12 +511,9 @@ def _zoom_pair(image: np.ndarray, labels: np.ndarray, zoom: float):
     """A whole image and its labels resampled by ``zoom`` (the image as float32 in [0, 1])."""
     if zoom == 1.0:
         return image, labels
-    shape = tuple(max(1, int(round(n * zoom))) for n in image.shape[:2])
-    from skimage.transform import resize
-
-    resized = resize(to_network_input(image), shape, order=1, anti_aliasing=zoom < 1, preserve_range=True)
-    lab = resize(labels, shape, order=0, anti_aliasing=False, preserve_range=True).astype(labels.dtype)
-    return resized.astype(np.float32), lab
+    # As prediction resamples an image, so that validation sees what prediction will.
+    resized = resample(to_network_input(image), zoom)
+    return resized, labels_to_shape(labels, resized.shape).astype(labels.dtype, copy=False)
 
 
 class ValidationLoader(keras.utils.PyDataset):

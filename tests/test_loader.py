@@ -249,3 +249,16 @@ def test_colour_list_must_match_the_images():
         CropLoader(images, labels, colour=[None], **kwargs)
     with pytest.raises(ValueError, match=r"`colour\[1\]`"):
         CropLoader(images, labels, colour=[None, np.zeros((5, 5, 3), np.uint8)], **kwargs)
+
+
+def test_validation_images_are_resampled_to_the_canonical_nucleus_size():
+    from dsb.scale import median_diameter
+
+    labels = make_discs((120, 160), ((30, 30), (60, 100), (90, 40)), 16)  # diameter about 32
+    image = np.where(labels > 0, 200, 20).astype(np.uint8)
+    loader = ValidationLoader([image], [labels], batch_size=2, crop_size=32, zooms=[0.5])
+    resized, resized_labels = loader.pairs[0]
+    assert resized.shape == resized_labels.shape == (60, 80)
+    assert resized.dtype == np.float32 and resized_labels.dtype == labels.dtype
+    assert resized_labels.max() == 3
+    assert median_diameter(resized_labels) == pytest.approx(median_diameter(labels) / 2, rel=0.1)

@@ -10,6 +10,7 @@ from ..config import Config
 from ..errors import BadDataError
 from ..finetune import finetune_split
 from ..loader import CropLoader, ValidationLoader, split_ids, zoom_for
+from ..scale import clip_scale, median_diameter
 from .state import RunState
 
 
@@ -174,12 +175,10 @@ def _zooms(prepared, config: Config) -> list[float]:
     canonical = config.preprocess.diameter
     diameters = getattr(prepared, "diameters", None)
     if not diameters:  # data held in memory without the cache's measurements
-        from ..scale import median_diameter
-
         diameters = [median_diameter(lab) for lab in prepared.labels]
     # The same bounds as prediction's: beyond them an image is used as near as they allow.
     low, high = config.predict.min_scale, config.predict.max_scale
-    return [min(max(zoom_for(d, canonical), low), high) for d in diameters]
+    return [clip_scale(zoom_for(d, canonical), low, high) for d in diameters]
 
 
 def _colour_images(prepared, tc, indices: list[int]) -> list | None:
