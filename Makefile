@@ -28,7 +28,7 @@ stamp  = $(VENV)/.installed-$(subst $(comma),-,$(1))
 .PHONY: install install-test test fetch train tune predict validate submit bench clean
 .DELETE_ON_ERROR:
 # A failed or interrupted train or tune must not delete the run's best model or tuning table.
-.PRECIOUS: $(RUN)/model.keras $(RUN)/tuning.csv
+.PRECIOUS: $(RUN)/model.keras $(RUN)/model.onnx $(RUN)/tuning.csv
 
 install: $(call stamp,$(EXTRAS))
 install-test: $(call stamp,$(TEST_EXTRAS))
@@ -54,7 +54,11 @@ $(RUN)/model.keras: | fetch
 
 train: $(RUN)/model.keras
 
-$(RUN)/tuning.csv: $(RUN)/model.keras
+# The network as ONNX, so that tune and predict run on OpenVINO or ONNX Runtime (dsb.engines).
+$(RUN)/model.onnx: $(RUN)/model.keras
+	$(DSB) export $(RUN) --onnx
+
+$(RUN)/tuning.csv: $(RUN)/model.onnx
 	$(DSB) tune $(RUN) --data $(DATA)
 
 tune: $(RUN)/tuning.csv

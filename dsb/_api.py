@@ -30,36 +30,53 @@ class LoadedModel:
     ----------
     path : pathlib.Path
         The run or model folder it was read from.
-    keras_model : keras.Model
-        The network, uncompiled (for inference).
+    network : dsb.engines.Network
+        The network behind its inference engine: a callable from a
+        ``(B, h, w, 1)`` batch to ``(B, h, w, C)`` probabilities.
     config : dsb.config.Config
         Preprocessing, tiling and tuned post-processing of the run.
     """
 
     path: Path
-    keras_model: object
+    network: object
     config: object
 
+    @property
+    def engine(self) -> str:
+        """The inference engine: ``"keras"``, ``"onnx"`` or ``"openvino"``."""
+        return self.network.engine
+
+    @property
+    def keras_model(self):
+        """The network as a Keras model (loaded from ``model.keras`` on first use when another engine runs it)."""
+        model = getattr(self.network, "model", None)
+        if model is None:
+            from .run import load_run
+
+            model, _ = load_run(self.path)
+            object.__setattr__(self.network, "model", model)
+        return model
+
     def __repr__(self) -> str:
-        return f"LoadedModel({str(self.path)!r})"
+        return f"LoadedModel({str(self.path)!r}, engine={self.engine!r})"
 
 
-@functools.lru_cache(maxsize=1)
-def _default_model() -> LoadedModel:
-    """The shipped model, read from disk once per session."""
+@functools.lru_cache(maxsize=4)
+def _default_model(engine: str) -> LoadedModel:
+    """The shipped model, read from disk once per session and engine."""
     from .run import default_model_dir
 
-    return _load(default_model_dir())
+    return _load(default_model_dir(), engine)
 
 
-def _load(path) -> LoadedModel:
-    from .run import load_run
+def _load(path, engine: str) -> LoadedModel:
+    from .run import load_network
 
-    keras_model, config = load_run(path)
-    return LoadedModel(Path(path), keras_model, config)
+    network, config = load_network(path, engine)
+    return LoadedModel(Path(path), network, config)
 
 
-def load_model(path=None) -> LoadedModel:
+def load_model(path=None, *, engine: str = "auto") -> LoadedModel:
     """Load a trained model once, to segment many images with it.
 
     Parameters
@@ -69,35 +86,46 @@ def load_model(path=None) -> LoadedModel:
         ``model.keras`` and ``config.json``. By default the model shipped with
         the package (``dsb/models/default``), which is read from disk only once
         per session.
+    engine : str
+        ``"keras"``, ``"onnx"`` (ONNX Runtime), ``"openvino"``, or ``"auto"``
+        (the default): the fastest one installed that the folder has a file
+        for (:func:`dsb.engines.choose_engine`).
 
     Returns
     -------
     LoadedModel
-        Pass it as ``model`` to :func:`segment`; ``.keras_model`` and
-        ``.config`` hold the network and its :class:`dsb.config.Config`.
+        Pass it as ``model`` to :func:`segment`; ``.network``, ``.engine`` and
+        ``.config`` hold the network, the engine that runs it and its
+        :class:`dsb.config.Config`.
 
     Raises
     ------
     BadDataError
         The folder, its ``config.json`` or its ``model.keras`` is missing or
-        wrong (the message names the file).
+        wrong, or its ``model.onnx`` is damaged or from another model (the
+        message names the file).
     EnvironmentProblem
-        ``path`` is None and this installation ships no model.
+        ``path`` is None and this installation ships no model, or the engine
+        asked for is not installed.
 
     Examples
     --------
     >>> import dsb
     >>> model = dsb.load_model()
-    >>> model.path.name, model.keras_model.output_shape[-1] == len(model.config.model.outputs)
-    ('default', True)
+    >>> model.path.name, model.config.model.outputs
+    ('default', ('body', 'border', 'contact'))
     >>> dsb.load_model() is model  # the shipped model is loaded once
     True
     """
+    from .engines import ENGINE_CHOICES
+
+    if engine not in ENGINE_CHOICES:
+        raise ValueError(f"`engine` is {engine!r}; expected one of {', '.join(ENGINE_CHOICES)}")
     if path is None:
-        return _default_model()
+        return _default_model(engine)
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"`path` must be a str or os.PathLike, got {type(path).__name__}")
-    return _load(path)
+    return _load(path, engine)
 
 
 def _check_image(image) -> np.ndarray:
@@ -158,14 +186,14 @@ def segment(image, model=None, *, diameter: float | None = None, tta: bool = Fal
 
     image = _check_image(image)
     if model is None:
-        model = _default_model()
+        model = _default_model("auto")
     elif isinstance(model, (str, os.PathLike)):
-        model = _load(model)
+        model = _load(model, "auto")
     elif not isinstance(model, LoadedModel):
         raise TypeError(
             f"`model` must be a folder path or what dsb.load_model returned, got {type(model).__name__}"
         )
-    return predict_labels(model.keras_model, model.config, image, tta=tta, diameter=diameter)
+    return predict_labels(model.network, model.config, image, tta=tta, diameter=diameter)
 
 
 def score(pred_labels, true_labels) -> float:

@@ -43,6 +43,9 @@ class _Diameter(click.ParamType):
 
 
 _DIAMETER_HELP = "Median nucleus diameter in pixels; estimated per image when not given."
+_ENGINE = click.option(
+    "--engine", type=click.Choice(["auto", "keras", "onnx", "openvino"]), default="auto", show_default=True,
+    help="Inference engine; auto takes OpenVINO, then ONNX Runtime, when the model folder has model.onnx.")
 
 
 class DsbGroup(click.Group):
@@ -161,7 +164,8 @@ def prepare(data: Path, config_path: Path | None) -> None:
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 @click.option("--strategy", type=click.Choice(["default", "mirrored", "multiworker"]), default="default",
               show_default=True)
-@click.option("--precision", type=click.Choice(["float32", "mixed"]), default="float32", show_default=True)
+@click.option("--precision", type=click.Choice(["float32", "mixed", "bfloat16"]), default="float32", show_default=True,
+              help="mixed: float16 compute, for GPUs; bfloat16: for CPUs with bfloat16 units (measure first: make bench).")
 @click.option("--init", type=str, is_flag=False, flag_value="", default=None, metavar="[MODEL_DIR]",
               help="Fine-tune from this run folder's weights (the shipped model when no folder is given): "
                    "its model and preprocessing, a tenth of the learning rate, 10 short epochs.")
@@ -200,12 +204,13 @@ def train(config_path, data, out, epochs, steps_per_epoch, time_budget, seed, re
 @cli.command()
 @click.argument("run_dir", type=_EXISTING_DIR)
 @click.option("--data", type=_EXISTING_DIR, default=Path("data"), show_default=True)
-def tune(run_dir: Path, data: Path) -> None:
+@_ENGINE
+def tune(run_dir: Path, data: Path, engine: str) -> None:
     """Search post-processing parameters on the run's validation images."""
-    _load_keras()
+    engine = _prepare_engine(run_dir, engine)
     from .tune import tune as tune_run
 
-    best, table = tune_run(run_dir, data, progress=True)
+    best, table = tune_run(run_dir, data, progress=True, engine=engine)
     click.echo(f"best post-processing, stored in {run_dir / 'config.json'}:")
     for key, value in vars(best).items():
         click.echo(f"  {key} = {value}")
@@ -218,13 +223,15 @@ def tune(run_dir: Path, data: Path) -> None:
 @click.option("--tta", is_flag=True, help="Average over flips and 90-degree rotations.")
 @click.option("--diameter", type=_Diameter(), default=None, help=_DIAMETER_HELP)
 @click.option("--per-image", type=_FILE, default=None, help="Write per-image scores to this CSV.")
-def evaluate(run_dir: Path, data: Path, tta: bool, diameter: float | None, per_image: Path | None) -> None:
+@_ENGINE
+def evaluate(run_dir: Path, data: Path, tta: bool, diameter: float | None, per_image: Path | None,
+             engine: str) -> None:
     """Score a run on its validation images, per group and per type; the last line is the score."""
-    _load_keras()
+    engine = _prepare_engine(run_dir, engine)
     from .evaluate import evaluate as evaluate_run
     from .evaluate import summary_lines
 
-    value, table = evaluate_run(run_dir, data, tta=tta, diameter=diameter, progress=True)
+    value, table = evaluate_run(run_dir, data, tta=tta, diameter=diameter, progress=True, engine=engine)
     for line in summary_lines(table):
         click.echo(line)
     _report_scores(value, table, per_image, by_type=False)
@@ -232,22 +239,37 @@ def evaluate(run_dir: Path, data: Path, tta: bool, diameter: float | None, per_i
 
 @cli.command()
 @click.argument("run_dir", type=_EXISTING_DIR)
-@click.option("--out", type=_DIR, required=True, help="Folder to write (replaced once the copy is whole).")
+@click.option("--out", type=_DIR, default=None, help="Folder to write (replaced once the copy is whole).")
+@click.option("--onnx", "in_place", is_flag=True,
+              help="Write model.onnx into RUN_DIR itself, for the fast CPU engines.")
+@click.option("--bioimageio", type=_DIR, default=None, help="Write a BioImage Model Zoo package into this folder.")
 @click.option("--note", type=_EXISTING_FILE, default=None, help="Markdown file saved as TRAINING.md.")
-def export(run_dir: Path, out: Path, note: Path | None) -> None:
-    """Copy a run for inference only: model without optimizer state, config, manifest."""
+def export(run_dir: Path, out: Path | None, in_place: bool, bioimageio: Path | None, note: Path | None) -> None:
+    """Export a run: a copy for inference only (--out: model.keras without optimizer state, model.onnx,
+    config, manifest), its network as ONNX in place (--onnx), a BioImage Model Zoo package (--bioimageio)."""
+    if out is None and bioimageio is None and not in_place:
+        raise click.UsageError("give --out DIR, --onnx, --bioimageio DIR, or several")
     _load_keras()
     from .errors import BadDataError
-    from .run import export_run
+    from .run import export_onnx_in_place, export_run
 
     try:
         text = None if note is None else note.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise BadDataError(f"not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start})",
                            path=note) from None
-    export_run(run_dir, out, note=text)
-    size = sum(p.stat().st_size for p in out.iterdir()) / 2**20
-    click.echo(f"{out}: {size:.1f} MiB")
+    written = []
+    if in_place:
+        written.append(export_onnx_in_place(run_dir))
+    if out is not None:
+        written.append(export_run(run_dir, out, note=text))
+    if bioimageio is not None:
+        from .bioimageio import export_bioimageio
+
+        written.append(export_bioimageio(out if out is not None else run_dir, bioimageio))
+    for path in written:
+        files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+        click.echo(f"{path}: {sum(p.stat().st_size for p in files) / 2**20:.1f} MiB")
 
 
 # ---------------------------------------------------------------- prediction
@@ -261,7 +283,8 @@ def export(run_dir: Path, out: Path, note: Path | None) -> None:
 @click.option("--tta", is_flag=True, help="Average over flips and 90-degree rotations.")
 @click.option("--diameter", type=_Diameter(), default=None, help=_DIAMETER_HELP)
 @click.option("--skip-bad", is_flag=True, help="Report unreadable images and go on with the rest.")
-def predict(run_dir, images, out, labels, tta, diameter, skip_bad) -> None:
+@_ENGINE
+def predict(run_dir, images, out, labels, tta, diameter, skip_bad, engine) -> None:
     """Segment every image of a folder into a Kaggle submission CSV.
 
     RUN_DIR defaults to the model shipped with the package.
@@ -270,11 +293,11 @@ def predict(run_dir, images, out, labels, tta, diameter, skip_bad) -> None:
     from .run import resolve_model_dir
 
     run_dir = resolve_model_dir(run_dir)
-    _load_keras()
+    engine = _prepare_engine(run_dir, engine)
     if out is None:
         out = Path("submissions") / f"{run_dir.name}{'-tta' if tta else ''}.csv"
     result = predict_folder(run_dir, images, out_csv=out, labels_dir=labels, tta=tta, diameter=diameter,
-                            skip_bad=skip_bad, progress=True)
+                            skip_bad=skip_bad, progress=True, engine=engine)
     skipped = _report_skipped(result.attrs["skipped"])
     n_images = result["ImageId"].nunique()
     n_nuclei = int((result["EncodedPixels"] != "").sum())
@@ -291,13 +314,17 @@ def predict(run_dir, images, out, labels, tta, diameter, skip_bad) -> None:
 @click.option("--overlay", is_flag=True, help="Also write an overlay PNG per image.")
 @click.option("--diameter", type=_Diameter(), default=None, help=_DIAMETER_HELP)
 @click.option("--skip-bad", is_flag=True, help="Report unreadable images and go on with the rest.")
-def segment(paths, model_dir, out, tta, overlay, diameter, skip_bad) -> None:
+@_ENGINE
+def segment(paths, model_dir, out, tta, overlay, diameter, skip_bad, engine) -> None:
     """Segment any PNG, TIFF or JPEG microscope images and measure each nucleus."""
-    _load_keras()
+    from .run import resolve_model_dir
+
+    model_dir = resolve_model_dir(model_dir)
+    engine = _prepare_engine(model_dir, engine)
     from .segment_files import segment_paths
 
     summary = segment_paths(list(paths), model_dir=model_dir, out_dir=out, tta=tta, overlay=overlay,
-                            diameter=diameter, skip_bad=skip_bad, progress=True)
+                            diameter=diameter, skip_bad=skip_bad, progress=True, engine=engine)
     skipped = _report_skipped(summary.attrs["skipped"])
     done = int((summary["status"] == "ok").sum())
     click.echo(f"{done} images segmented into {out}" + (f", {skipped} skipped" if skipped else ""))
@@ -420,6 +447,17 @@ def _raise_problems(csv: Path, problems: list, verdict: str) -> None:
         click.echo(f"{csv}: {problem}", err=True)
     if problems:
         raise DsbError(f"{len(problems)} problems; {verdict}", path=csv)
+
+
+def _prepare_engine(model_dir: Path, engine: str) -> str:
+    """The engine that will run ``model_dir`` (see :func:`dsb.engines.choose_engine`); Keras is loaded
+    quietly first when it is that one, or when the folder needs it for anything else."""
+    from .engines import choose_engine
+
+    chosen = choose_engine(model_dir, engine)
+    if chosen == "keras":
+        _load_keras()
+    return chosen
 
 
 def _load_keras() -> None:

@@ -160,7 +160,8 @@ def summary_lines(table: pd.DataFrame, *, n_dense: int = 5) -> list[str]:
 
 
 def evaluate(
-    run_dir, data_dir, *, tta: bool = False, diameter: float | None = None, progress: bool = True
+    run_dir, data_dir, *, tta: bool = False, diameter: float | None = None, progress: bool = True,
+    engine: str = "auto",
 ) -> tuple[float, pd.DataFrame]:
     """Predict a run's validation images and score them with the competition metric.
 
@@ -176,6 +177,9 @@ def evaluate(
         See :func:`predict_validation`.
     progress : bool
         Draw a progress bar on stderr.
+    engine : str
+        The inference engine: ``"keras"``, ``"onnx"``, ``"openvino"`` or
+        ``"auto"`` (see :func:`dsb.engines.choose_engine`).
 
     Returns
     -------
@@ -185,8 +189,8 @@ def evaluate(
         One row per image, as :func:`dsb.metric.score_labels`, with its
         ``type`` and imaging-experiment ``group`` (see :func:`score_summary`).
     """
-    from .run import load_run
+    from .run import load_network
 
-    model, config = load_run(Path(run_dir))
+    model, config = load_network(Path(run_dir), engine)
     return score_validation(predict_validation(model, config, data_dir, tta=tta, diameter=diameter,
                                                progress=progress))

@@ -365,9 +365,9 @@ def _evaluate_run(run_dir: Path, data_dir: Path) -> dict:
     from .dataset import find_stage
     from .evaluate import predict_validation, score_validation
     from .metric import THRESHOLDS
-    from .run import load_run
+    from .run import load_network
 
-    model, config = load_run(run_dir)
+    model, config = load_network(run_dir)
     validation = predict_validation(model, config, data_dir, progress=False)
     score, table = score_validation(validation)
     table["type"] = table["type"].fillna("unknown")

@@ -11,15 +11,18 @@ import warnings
 from pathlib import Path
 
 from .atomic import atomic_dir, write_text
-from .config import Config, PostprocessConfig, load_config, save_config
+from .config import Config, PostprocessConfig, PredictConfig, load_config, save_config
 from .errors import BadDataError, EnvironmentProblem
 
 __all__ = [
     "default_model_dir",
     "resolve_model_dir",
     "load_run",
+    "load_network",
     "load_run_config",
+    "update_inference",
     "update_postprocess",
+    "export_onnx_in_place",
     "export_run",
     "EXPORTED_FILES",
 ]
@@ -115,15 +118,78 @@ def load_run(run_dir):
     return model, config
 
 
-def update_postprocess(run_dir, postprocess: PostprocessConfig) -> Config:
-    """Replace the post-processing section of a run's ``config.json`` (atomically); return the new config."""
+def load_network(run_dir, engine: str = "auto"):
+    """Load the network of a run folder behind an inference engine, and its config.
+
+    Parameters
+    ----------
+    run_dir : path
+        A folder with ``config.json`` and ``model.keras`` or ``model.onnx``.
+    engine : str
+        ``"keras"``, ``"onnx"`` (ONNX Runtime), ``"openvino"``, or ``"auto"``:
+        the fastest installed engine the folder has a file for
+        (:func:`dsb.engines.choose_engine`).
+
+    Returns
+    -------
+    (dsb.engines.Network, Config)
+        The network is a callable from a ``(B, h, w, 1)`` batch to probabilities.
+
+    Raises
+    ------
+    BadDataError
+        As :func:`load_run`, and for a ``model.onnx`` that is missing, damaged
+        or exported from another model.
+    EnvironmentProblem
+        The engine is not installed.
+    """
+    from .engines import open_network
+
     run_dir = Path(run_dir)
     config = load_run_config(run_dir)
-    if not isinstance(postprocess, PostprocessConfig):
-        raise TypeError(f"`postprocess` must be a PostprocessConfig, got {type(postprocess).__name__}")
-    config = config.replace(postprocess=postprocess).check()
+    return open_network(run_dir, config, engine), config
+
+
+def update_inference(run_dir, *, predict: PredictConfig | None = None,
+                     postprocess: PostprocessConfig | None = None) -> Config:
+    """Replace the prediction and/or post-processing sections of a run's ``config.json`` in one
+    atomic write; return the new config."""
+    run_dir = Path(run_dir)
+    config = load_run_config(run_dir)
+    changes = {}
+    for name, value, kind in (("predict", predict, PredictConfig), ("postprocess", postprocess, PostprocessConfig)):
+        if value is not None:
+            if not isinstance(value, kind):
+                raise TypeError(f"`{name}` must be a {kind.__name__}, got {type(value).__name__}")
+            changes[name] = value
+    config = config.replace(**changes).check()
     save_config(config, run_dir / "config.json")
     return config
+
+
+def update_postprocess(run_dir, postprocess: PostprocessConfig) -> Config:
+    """Replace the post-processing section of a run's ``config.json`` (atomically); return the new config."""
+    return update_inference(run_dir, postprocess=postprocess)
+
+
+def export_onnx_in_place(run_dir) -> Path:
+    """Write ``model.onnx`` beside a run folder's ``model.keras`` (:func:`dsb.onnx_export.export_onnx`).
+
+    ``dsb predict``, ``segment``, ``evaluate`` and ``tune`` then run the
+    network on ONNX Runtime or OpenVINO (:mod:`dsb.engines`). A later
+    ``model.keras`` (a resumed training) makes the file stale, which the
+    engines detect; export again then.
+
+    Returns
+    -------
+    pathlib.Path
+        The ONNX file.
+    """
+    from .onnx_export import ONNX_FILE, export_onnx
+
+    run_dir = Path(run_dir)
+    model, config = load_run(run_dir)
+    return export_onnx(model, run_dir / ONNX_FILE, outputs=config.model.outputs, source=run_dir / "model.keras")
 
 
 def export_run(run_dir, out_dir, *, note: str | None = None) -> Path:
@@ -131,8 +197,9 @@ def export_run(run_dir, out_dir, *, note: str | None = None) -> Path:
 
     ``dsb/models/default`` is made this way, so that ``dsb predict`` and ``dsb
     segment`` work right after installation. The copy holds ``model.keras``
-    (weights only, no optimizer: a third of the size), the run's
-    :data:`EXPORTED_FILES` that exist, and ``TRAINING.md`` with ``note``.
+    (weights only, no optimizer: a third of the size), the same network as
+    ``model.onnx`` for the fast CPU engines (:mod:`dsb.onnx_export`), the
+    run's :data:`EXPORTED_FILES` that exist, and ``TRAINING.md`` with ``note``.
 
     Parameters
     ----------
@@ -152,13 +219,15 @@ def export_run(run_dir, out_dir, *, note: str | None = None) -> Path:
     if out_dir.resolve() == run_dir.resolve():
         raise BadDataError("--out is the run folder itself; exporting there would drop its checkpoints",
                            path=run_dir)
-    model, _ = load_run(run_dir)
+    from .onnx_export import ONNX_FILE, export_onnx
+
+    model, config = load_run(run_dir)
     if out_dir.exists():
         # Replacing is for an earlier export; any other folder (a parent of the run, a
         # project folder) would be deleted with everything in it.
         if not out_dir.is_dir():
             raise BadDataError("exists and is not a folder", path=out_dir)
-        foreign = sorted({p.name for p in out_dir.iterdir()} - {"model.keras", "TRAINING.md", *EXPORTED_FILES})
+        foreign = sorted({p.name for p in out_dir.iterdir()} - {"model.keras", ONNX_FILE, "TRAINING.md", *EXPORTED_FILES})
         if foreign:
             raise BadDataError(
                 f"exists and holds more than an export (e.g. {foreign[0]!r}); give a new or empty folder",
@@ -166,6 +235,7 @@ def export_run(run_dir, out_dir, *, note: str | None = None) -> Path:
             )
     with atomic_dir(out_dir) as tmp:
         model.save(tmp / "model.keras")
+        export_onnx(model, tmp / ONNX_FILE, outputs=config.model.outputs, source=tmp / "model.keras")
         for name in EXPORTED_FILES:
             if (run_dir / name).is_file():
                 shutil.copy2(run_dir / name, tmp / name)

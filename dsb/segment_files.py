@@ -127,6 +127,7 @@ def segment_paths(
     diameter: float | None = None,
     skip_bad: bool = False,
     progress: bool = True,
+    engine: str = "auto",
 ) -> pd.DataFrame:
     """Segment microscope images and measure their nuclei.
 
@@ -157,6 +158,9 @@ def segment_paths(
         Record bad images and go on with the others instead of stopping.
     progress : bool
         Draw a progress bar over the files on stderr.
+    engine : str
+        The inference engine: ``"keras"``, ``"onnx"``, ``"openvino"`` or
+        ``"auto"`` (see :func:`dsb.engines.choose_engine`).
 
     Returns
     -------
@@ -187,7 +191,7 @@ def segment_paths(
     if not checked:
         raise BadDataError("no image to segment", path=", ".join(str(p) for p in paths) or None)
 
-    predict = _predictor(model_dir, tta=tta, diameter=diameter)
+    predict = _predictor(model_dir, tta=tta, diameter=diameter, engine=engine)
     writable_dir(out_dir)
     # Rows keyed by input, so that the summary keeps the order the files were given in.
     rows: dict[str, dict] = {}
@@ -230,10 +234,10 @@ def _row(path, status: str, *, nuclei: int = 0, diameter: float = math.nan, labe
             "measurements": measurements, "overlay": overlay, "error": error}
 
 
-def _predictor(model_dir, *, tta: bool, diameter: float | None = None):
+def _predictor(model_dir, *, tta: bool, diameter: float | None = None, engine: str = "auto"):
     """Load the model once; return a function from a raw image to its :class:`dsb.predict.Nuclei`."""
     from .pipeline import nuclei_predictor
-    from .run import load_run
+    from .run import load_network, resolve_model_dir
 
-    model, config = load_run(model_dir)
+    model, config = load_network(resolve_model_dir(model_dir), engine)
     return nuclei_predictor(model, config, tta=tta, diameter=diameter)

@@ -76,8 +76,8 @@ def test_a_loaded_model_is_reused(grey, monkeypatch):
     from dsb.run import default_model_dir
 
     calls = []
-    load_run = run.load_run
-    monkeypatch.setattr(run, "load_run", lambda path: calls.append(path) or load_run(path))
+    load_network = run.load_network
+    monkeypatch.setattr(run, "load_network", lambda path, engine: calls.append(path) or load_network(path, engine))
     model = dsb.load_model(str(default_model_dir()))
     assert calls == [str(default_model_dir())]
     assert model.path == default_model_dir() and model.config.predict is not None
@@ -87,6 +87,20 @@ def test_a_loaded_model_is_reused(grey, monkeypatch):
     np.testing.assert_array_equal(first, second)
     # The shipped model is loaded once per session, whoever asks for it.
     assert dsb.load_model() is dsb.load_model()
+
+
+def test_load_model_takes_an_engine_and_keeps_the_keras_model_at_hand(grey):
+    from dsb.engines import choose_engine
+    from dsb.run import default_model_dir
+
+    keras_model = dsb.load_model(engine="keras")
+    assert keras_model.engine == "keras" and repr(keras_model).endswith("engine='keras')")
+    fast = dsb.load_model()
+    assert fast.engine == choose_engine(default_model_dir(), "auto")
+    assert fast.keras_model.count_params() == keras_model.keras_model.count_params()
+    np.testing.assert_array_equal(dsb.segment(grey, fast), dsb.segment(grey, keras_model))
+    with pytest.raises(ValueError, match="`engine` is 'tensorrt'"):
+        dsb.load_model(engine="tensorrt")
 
 
 def test_load_model_says_what_is_wrong_with_a_folder(tmp_path):

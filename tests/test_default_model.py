@@ -42,6 +42,24 @@ def test_shipped_model_is_small_and_describes_itself():
     assert len(config["validation_ids"]) == manifest["validation_images"]
 
 
+def test_shipped_model_carries_its_network_as_onnx_and_every_engine_agrees(fluorescence_png):
+    from dsb.dataset import read_image
+    from dsb.engines import check_onnx, engine_installed, open_network
+    from dsb.preprocess import preprocess_image
+    from dsb.run import load_network
+
+    folder = default_model_dir()
+    _, config = load_network(folder, "keras")
+    check_onnx(folder / "model.onnx", config.model.outputs, folder / "model.keras")  # exported from this model
+    gray = preprocess_image(read_image(fluorescence_png), config.preprocess)
+    batch = gray.reshape(1, *gray.shape[:2], 1)[:, :192, :256]
+    expected = open_network(folder, config, "keras")(batch)
+    assert expected[..., 0].max() > 0.9  # it sees the nuclei
+    for engine in ("onnx", "openvino"):
+        if engine_installed(engine):
+            assert np.abs(open_network(folder, config, engine)(batch) - expected).max() < 1e-4, engine
+
+
 def test_segment_without_a_model_uses_the_shipped_one(fluorescence_png, tmp_path):
     result = CliRunner().invoke(cli, ["segment", str(fluorescence_png), "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output

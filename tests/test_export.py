@@ -35,7 +35,8 @@ def test_export_keeps_predictions_and_drops_optimizer_state(tmp_path):
     out = tmp_path / "default"
     result = CliRunner().invoke(cli, ["export", str(run), "--out", str(out), "--note", str(note)])
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in out.iterdir()) == ["TRAINING.md", "config.json", "manifest.json", "model.keras"]
+    assert sorted(p.name for p in out.iterdir()) == ["TRAINING.md", "config.json", "manifest.json", "model.keras",
+                                                     "model.onnx"]
     assert (out / "model.keras").stat().st_size < (run / "model.keras").stat().st_size
     exported, config = load_run(out)
     np.testing.assert_allclose(exported.predict_on_batch(x), model.predict_on_batch(x), atol=1e-6)

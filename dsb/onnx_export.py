@@ -1,0 +1,122 @@
+"""The network as an ONNX file, for the fast CPU engines (:mod:`dsb.engines`) and other tools.
+
+:func:`export_onnx` writes ``model.onnx`` through Keras's own ONNX export
+(tf2onnx on TensorFlow, jax2onnx on JAX), then names the tensors for people
+who open the file elsewhere (input ``image``, output ``probabilities``, axes
+``batch, height, width, channel``) and records in its metadata what
+:func:`dsb.engines.open_network` checks before it trusts the file:
+
+- ``dsb.outputs``: the output channels in order (``body,border,contact``);
+- ``dsb.model_keras_sha256``: the digest of the ``model.keras`` it came from,
+  so that an ONNX file left behind by an earlier model is refused, not used.
+
+Export needs the ``onnx`` package and the backend's converter; inference
+needs neither (only ONNX Runtime or OpenVINO).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+
+from .atomic import atomic_path
+from .errors import EnvironmentProblem
+
+__all__ = ["ONNX_FILE", "INPUT_NAME", "OUTPUT_NAME", "OPSET", "file_digest", "export_onnx"]
+
+ONNX_FILE = "model.onnx"
+INPUT_NAME = "image"
+OUTPUT_NAME = "probabilities"
+# Opset 17 runs in every ONNX Runtime and OpenVINO release of the last years, and in deepImageJ's.
+OPSET = 17
+_AXES = ("batch", "height", "width", "channel")
+
+
+def file_digest(path) -> str:
+    """The SHA-256 of a file, as hex (the ``model.keras`` an ONNX file was exported from)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _converter_missing(exc: ImportError) -> EnvironmentProblem:
+    return EnvironmentProblem(
+        f"ONNX export needs the onnx and tf2onnx packages ({exc.name or exc} is not installed);"
+        " install them with: pip install onnx tf2onnx"
+    )
+
+
+def export_onnx(model, path, *, outputs, source=None) -> Path:
+    """Write ``model`` as ONNX to ``path``, atomically.
+
+    Parameters
+    ----------
+    model : keras.Model
+        A fully convolutional network from ``(B, H, W, 1)`` to ``(B, H, W, C)``.
+    path : str or os.PathLike
+        The file to write, usually ``RUN_DIR/model.onnx``.
+    outputs : sequence of str
+        The names of the C output channels, recorded in the file.
+    source : str or os.PathLike, optional
+        The ``model.keras`` the model was loaded from; its digest is recorded.
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
+
+    Raises
+    ------
+    EnvironmentProblem
+        The converter is not installed, or ``path`` cannot be written.
+    """
+    import keras
+
+    try:
+        import onnx
+    except ImportError as exc:
+        raise _converter_missing(exc) from None
+    path = Path(path)
+    if tuple(model.input_shape[1:]) != (None, None, 1):
+        raise ValueError(f"`model` takes inputs of shape {model.input_shape}; expected (None, None, None, 1)")
+    signature = [keras.InputSpec(shape=(None, None, None, 1), dtype="float32")]
+    with tempfile.TemporaryDirectory(prefix="dsb-onnx-") as tmp:
+        raw = Path(tmp) / "raw.onnx"
+        try:
+            model.export(str(raw), format="onnx", input_signature=signature, opset_version=OPSET, verbose=False)
+        except ImportError as exc:
+            raise _converter_missing(exc) from None
+        proto = onnx.load(str(raw))
+    _rename(proto.graph, proto.graph.input[0].name, INPUT_NAME)
+    _rename(proto.graph, proto.graph.output[0].name, OUTPUT_NAME)
+    for value in (proto.graph.input[0], proto.graph.output[0]):
+        for dim, axis in zip(value.type.tensor_type.shape.dim, _AXES):
+            if not dim.HasField("dim_value"):
+                dim.dim_param = axis
+    meta = {"dsb.outputs": ",".join(outputs)}
+    if source is not None:
+        meta["dsb.model_keras_sha256"] = file_digest(source)
+    del proto.metadata_props[:]
+    for key, value in meta.items():
+        proto.metadata_props.add(key=key, value=value)
+    proto.producer_name = "dsb"
+    onnx.checker.check_model(proto)
+    with atomic_path(path) as tmp_path:
+        onnx.save(proto, os.fspath(tmp_path))
+    return path
+
+
+def _rename(graph, old: str, new: str) -> None:
+    """Rename a tensor everywhere in ``graph``: graph inputs and outputs, and node inputs and outputs."""
+    for value in (*graph.input, *graph.output, *graph.value_info):
+        if value.name == old:
+            value.name = new
+    for node in graph.node:
+        for field in (node.input, node.output):
+            for i, name in enumerate(field):
+                if name == old:
+                    field[i] = new

@@ -1,0 +1,192 @@
+"""Inference engines: ONNX export, ONNX Runtime and OpenVINO against Keras, and their failures."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import dsb, error_line, write_stage
+from dsb.config import Config, ModelConfig, PredictConfig, save_config
+from dsb.engines import (
+    AUTO_ORDER,
+    KerasNetwork,
+    check_onnx,
+    choose_engine,
+    engine_installed,
+    open_network,
+    read_onnx_metadata,
+)
+from dsb.errors import BadDataError, EnvironmentProblem
+from dsb.onnx_export import ONNX_FILE, export_onnx, file_digest
+
+pytest.importorskip("tf2onnx", reason="ONNX export on TensorFlow needs tf2onnx")
+ONNX_ENGINES = [e for e in ("onnx", "openvino") if engine_installed(e)]
+CONFIG = Config(
+    model=ModelConfig(depth=3, base_filters=4, dropout=(0.0,)),
+    predict=PredictConfig(tile_size=64, overlap=32, context=8, batch_size=2),
+)
+
+
+def _unet_run(path, config=CONFIG, seed=0):
+    """A run folder with a small random U-Net (batch norm with non-trivial statistics) and its ONNX file."""
+    import keras
+
+    from dsb.model import build_unet
+
+    keras.utils.set_random_seed(seed)
+    model = build_unet(config.model)
+    for layer in model.layers:  # move the batch-norm statistics off their defaults
+        if isinstance(layer, keras.layers.BatchNormalization):
+            n = layer.moving_mean.shape[0]
+            rng = np.random.default_rng(seed)
+            layer.moving_mean.assign(rng.normal(0, 0.1, n).astype(np.float32))
+            layer.moving_variance.assign(rng.uniform(0.5, 2.0, n).astype(np.float32))
+    path.mkdir(parents=True)
+    model.save(path / "model.keras")
+    save_config(config, path / "config.json")
+    export_onnx(model, path / ONNX_FILE, outputs=config.model.outputs, source=path / "model.keras")
+    return path, model
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    return _unet_run(tmp_path_factory.mktemp("engines") / "run")
+
+
+def test_export_names_the_tensors_and_records_the_outputs_and_source(run):
+    path, _ = run
+    meta = read_onnx_metadata(path / ONNX_FILE)
+    assert meta["dsb.outputs"] == "body,border,contact"
+    assert meta["dsb.model_keras_sha256"] == file_digest(path / "model.keras")
+    check_onnx(path / ONNX_FILE, ("body", "border", "contact"), path / "model.keras")
+
+
+@pytest.mark.parametrize("engine", ONNX_ENGINES)
+@pytest.mark.parametrize("shape", [(1, 32, 32, 1), (3, 48, 80, 1), (2, 128, 64, 1)])
+def test_engines_agree_with_keras_within_1e_4(run, engine, shape):
+    path, model = run
+    batch = np.random.default_rng(1).random(shape, dtype=np.float32)
+    network = open_network(path, CONFIG, engine)
+    assert network.engine == engine
+    expected = KerasNetwork(model)(batch)
+    got = network(batch)
+    assert got.shape == expected.shape == shape[:3] + (3,)
+    assert np.abs(got - expected).max() < 1e-4
+    # Not the trivial agreement of a constant network.
+    assert expected.std() > 1e-3
+
+
+def test_auto_takes_the_first_installed_engine_that_has_a_file(run, tmp_path, monkeypatch):
+    path, _ = run
+    installed = [e for e in AUTO_ORDER if engine_installed(e)]
+    assert choose_engine(path, "auto") == installed[0]
+    keras_only = tmp_path / "keras-only"
+    shutil.copytree(path, keras_only)
+    (keras_only / ONNX_FILE).unlink()
+    assert choose_engine(keras_only, "auto") == "keras"
+    monkeypatch.setattr("dsb.engines.engine_installed", lambda e: e != "openvino")
+    assert choose_engine(path, "auto") == "onnx"
+
+
+@pytest.mark.parametrize("engine", ONNX_ENGINES)
+def test_the_csvs_of_every_engine_score_the_same(run, tmp_path, engine):
+    path, _ = run
+    stage = write_stage(tmp_path / "stage")
+    scores = {}
+    for name in ("keras", engine):
+        out = tmp_path / f"{name}.csv"
+        result = dsb("predict", path, "--images", stage, "--out", out, "--engine", name)
+        assert result.exit_code == 0, result.output
+        result = dsb("score", out, "--truth", stage)
+        assert result.exit_code == 0, result.output
+        scores[name] = result.stdout.strip().splitlines()[-1]
+    assert scores[engine] == scores["keras"]
+    keras_rows = pd.read_csv(tmp_path / "keras.csv").fillna("")
+    assert keras_rows.equals(pd.read_csv(tmp_path / f"{engine}.csv").fillna(""))
+
+
+def _copy(run, tmp_path, name):
+    path, _ = run
+    target = tmp_path / name
+    shutil.copytree(path, target)
+    return target
+
+
+@pytest.mark.parametrize("engine", ["auto", *ONNX_ENGINES])
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda data: data[: len(data) // 2],  # truncated
+        lambda data: b"not an onnx file at all, just text\n" * 10,
+        lambda data: b"",
+    ],
+    ids=["truncated", "text", "empty"],
+)
+def test_a_damaged_onnx_file_is_one_line_and_exit_3(run, tmp_path, engine, damage):
+    model_dir = _copy(run, tmp_path, "damaged")
+    onnx_path = model_dir / ONNX_FILE
+    onnx_path.write_bytes(damage(onnx_path.read_bytes()))
+    stage = write_stage(tmp_path / "stage")
+    result = dsb("predict", model_dir, "--images", stage, "--out", tmp_path / "out.csv", "--engine", engine)
+    error_line(result, 3, ONNX_FILE)
+    assert not (tmp_path / "out.csv").exists()
+
+
+def test_an_onnx_file_from_another_model_is_refused(run, tmp_path):
+    model_dir = _copy(run, tmp_path, "mismatched")
+    other, _ = _unet_run(tmp_path / "other", seed=1)
+    shutil.copy(other / ONNX_FILE, model_dir / ONNX_FILE)
+    stage = write_stage(tmp_path / "stage")
+    result = dsb("segment", *sorted(stage.glob("*/images/*.png")), "--model", model_dir, "--out", tmp_path / "seg")
+    line = error_line(result, 3, ONNX_FILE, "another model")
+    assert "export it again" in line
+
+
+def test_an_onnx_file_with_other_outputs_is_refused(run, tmp_path):
+    model_dir = _copy(run, tmp_path, "two-outputs")
+    config = CONFIG.replace(model=ModelConfig(depth=3, base_filters=4, dropout=(0.0,), outputs=("body", "border")))
+    save_config(config, model_dir / "config.json")
+    with pytest.raises(BadDataError, match="outputs"):
+        open_network(model_dir, config, "auto")
+
+
+def test_a_missing_onnx_file_for_an_onnx_engine_is_one_line(run, tmp_path):
+    model_dir = _copy(run, tmp_path, "no-onnx")
+    (model_dir / ONNX_FILE).unlink()
+    stage = write_stage(tmp_path / "stage")
+    result = dsb("predict", model_dir, "--images", stage, "--out", tmp_path / "out.csv", "--engine", "onnx")
+    error_line(result, 3, "no model.onnx", "dsb export")
+
+
+def test_an_engine_that_is_not_installed_is_one_line_and_exit_4(run, tmp_path, monkeypatch):
+    path, _ = run
+    monkeypatch.setattr("dsb.engines.engine_installed", lambda e: e == "keras")
+    stage = write_stage(tmp_path / "stage")
+    result = dsb("predict", path, "--images", stage, "--out", tmp_path / "out.csv", "--engine", "openvino")
+    error_line(result, 4, "openvino", "not installed", "pip install openvino")
+    with pytest.raises(EnvironmentProblem, match="onnxruntime"):
+        choose_engine(path, "onnx")
+    assert choose_engine(path, "auto") == "keras"
+
+
+def test_metadata_reader_refuses_what_is_not_onnx(tmp_path):
+    bad = tmp_path / "x.onnx"
+    bad.write_bytes(bytes([0x08, 0x07, 0x12]))  # a varint field, then a length that runs off the end
+    with pytest.raises(BadDataError, match="not an ONNX model"):
+        read_onnx_metadata(bad)
+    bad.write_bytes(bytes([0x08, 0x07]))  # a valid protobuf message with no graph
+    with pytest.raises(BadDataError, match="no graph"):
+        read_onnx_metadata(bad)
+
+
+def test_export_writes_model_onnx_beside_model_keras(run, tmp_path):
+    path, _ = run
+    out = tmp_path / "exported"
+    result = dsb("export", path, "--out", out)
+    assert result.exit_code == 0, result.output
+    assert (out / ONNX_FILE).is_file()
+    check_onnx(out / ONNX_FILE, CONFIG.model.outputs, out / "model.keras")
+    assert choose_engine(out, "auto") in AUTO_ORDER[:2] or not ONNX_ENGINES
