@@ -100,7 +100,7 @@ def predict_probabilities(
     def run(img: np.ndarray) -> np.ndarray:
         return predict_tiled(
             predict_batch, img, tile_size=config.tile_size, overlap=config.overlap,
-            batch_size=config.batch_size, multiple=multiple,
+            batch_size=config.batch_size, multiple=multiple, context=config.context,
         )
 
     if not tta:
@@ -178,11 +178,39 @@ def _at_scale(model, gray: np.ndarray, scale: float, config: Config, *, tta: boo
     )
 
 
-def _centre(gray: np.ndarray, scale: float) -> np.ndarray:
-    """The centre of ``gray`` that is at most ``_CHUNK`` pixels a side at ``scale``."""
-    side = max(1, int(_CHUNK / scale))
-    rows, cols = (slice(max(0, (n - side) // 2), max(0, (n - side) // 2) + side) for n in gray.shape[:2])
-    return gray[rows, cols]
+def _summed_area(gray: np.ndarray) -> np.ndarray:
+    """The summed-area table of ``gray``, with a leading row and column of zeros."""
+    plane = gray[:, :, 0] if gray.ndim == 3 else gray
+    return np.pad(np.cumsum(np.cumsum(plane, 0, dtype=np.float64), 1), ((1, 0), (1, 0)))
+
+
+def _window(gray: np.ndarray, side: int, table: np.ndarray) -> np.ndarray:
+    """The ``side`` x ``side`` part of ``gray`` with the most signal (nuclei are bright in the
+    network's input), or all of an axis shorter than ``side``; the whole image when the
+    window would hold half of it or more (the pass can then serve as the prediction).
+    ``table`` is ``gray``'s :func:`_summed_area`."""
+    height, width = gray.shape[:2]
+    sh, sw = min(side, height), min(side, width)
+    if 2 * sh * sw >= height * width:
+        return gray
+    # Window sums on a grid of a quarter window.
+    rows = np.unique(np.linspace(0, height - sh, max(1, 4 * height // sh)).astype(int))
+    cols = np.unique(np.linspace(0, width - sw, max(1, 4 * width // sw)).astype(int))
+    r, c = np.meshgrid(rows, cols, indexing="ij")
+    sums = table[r + sh, c + sw] - table[r, c + sw] - table[r + sh, c] + table[r, c]
+    i, j = np.unravel_index(np.argmax(sums), sums.shape)
+    return gray[r[i, j] : r[i, j] + sh, c[i, j] : c[i, j] + sw]
+
+
+def _inner_diameter(labels: np.ndarray, whole: bool) -> float:
+    """:func:`dsb.scale.area_weighted_diameter` of the nuclei a window holds whole: those that touch its
+    edge are cut and would read small, unless the window is the image or fewer than 3 are inside."""
+    if not whole:
+        edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+        inner = np.where(np.isin(labels, edge), 0, labels)
+        if len(np.unique(inner)) > 3:
+            labels = inner
+    return area_weighted_diameter(labels)
 
 
 def choose_scale(model, config: Config, gray: np.ndarray, *, diameter: float | None = None) -> Scale:
@@ -190,13 +218,20 @@ def choose_scale(model, config: Config, gray: np.ndarray, *, diameter: float | N
 
     With ``config.preprocess.diameter`` set (the canonical diameter ``D``),
     the image is resampled by ``D / diameter`` when ``diameter`` is given.
-    Otherwise the diameter is estimated: a pass at the image's own scale gives
-    nuclei whose area-weighted median diameter ``d``
+    Otherwise the diameter is estimated: a pass at ``predict.estimate_scale``
+    gives nuclei whose area-weighted median diameter ``d``
     (:func:`dsb.scale.area_weighted_diameter`) suggests the scale ``D / d``; when that
     is more than 20 % away from the current one, the next pass runs there, up
-    to ``config.predict.diameter_passes`` passes. Each pass looks at the
-    image's centre, at most 2048 pixels a side at its scale. The scale stays
-    within ``predict.min_scale`` .. ``max_scale``.
+    to ``config.predict.diameter_passes`` passes. The scale stays within
+    ``predict.min_scale`` .. ``max_scale``.
+
+    Each pass sees a window of at most ``predict.estimate_size`` pixels a side
+    at its scale, where the image is brightest, and measures the nuclei it
+    holds whole, so that the estimate costs little next to the prediction
+    itself; when the window is the whole image, its last pass is the
+    prediction. The first pass starts coarse (half scale by default): large
+    nuclei then fit the window, and small ones still show as spots whose
+    size says how far to zoom in.
 
     Parameters
     ----------
@@ -225,12 +260,14 @@ def _choose(model, config: Config, gray: np.ndarray, diameter) -> tuple[Scale, n
     if diameter is not None:
         scale = clip_scale(canonical / check_diameter(diameter), pc.min_scale, pc.max_scale)
         return Scale(scale, float(diameter), False), None
-    scale, passes, found = 1.0, 0, math.nan
+    scale, passes, found = clip_scale(pc.estimate_scale, pc.min_scale, pc.max_scale), 0, math.nan
+    table = _summed_area(gray)
     while True:
-        window = _centre(gray, scale)
+        window = _window(gray, max(1, int(pc.estimate_size / scale)), table)
+        whole = window.shape == gray.shape
         prob = _at_scale(model, window, scale, config)
         passes += 1
-        found = area_weighted_diameter(labels_from_probabilities(prob, config.postprocess))
+        found = _inner_diameter(labels_from_probabilities(prob, config.postprocess), whole)
         if not math.isfinite(found):
             break
         wanted = clip_scale(scale * canonical / found, pc.min_scale, pc.max_scale)
@@ -238,7 +275,6 @@ def _choose(model, config: Config, gray: np.ndarray, diameter) -> tuple[Scale, n
             break
         scale = wanted
     # The last pass ran at the chosen scale: its probabilities serve when it saw the whole image.
-    whole = window.shape == gray.shape[:2]
     return Scale(scale, found / scale, True, passes), (prob if whole else None)
 
 
@@ -495,6 +531,7 @@ def predict_folder(
     diameter: float | None = None,
     skip_bad: bool = False,
     progress: bool = True,
+    engine: str = "auto",
 ) -> pd.DataFrame:
     """Segment every image of a folder into a validated Kaggle submission CSV.
 
@@ -522,6 +559,9 @@ def predict_folder(
         run before anything is written.
     progress : bool
         Draw progress bars on stderr.
+    engine : str
+        The inference engine: ``"keras"``, ``"onnx"``, ``"openvino"`` or
+        ``"auto"`` (see :func:`dsb.engines.choose_engine`).
 
     Returns
     -------
@@ -538,9 +578,9 @@ def predict_folder(
     EnvironmentProblem
         An output that cannot be written.
     """
-    from .run import load_run
+    from .run import load_network
 
-    model, config = load_run(run_dir)
+    model, config = load_network(run_dir, engine)
     return predict_images(
         model, config, images_dir, out_csv=out_csv, labels_dir=labels_dir, tta=tta, diameter=diameter,
         skip_bad=skip_bad, progress=progress,

@@ -1,4 +1,8 @@
-"""Tune the post-processing of a run on its validation images, with the competition metric.
+"""Tune the inference of a run on its validation images: tiling, then post-processing.
+
+First the context the network needs is measured (:func:`tune_tiling`, with
+:func:`dsb.tiling.context_needed`), and the tile overlap set from it, so that
+tiled predictions match whole-image ones.
 
 The network runs once over the validation images; its probabilities stay in
 memory while a coordinate search tries post-processing parameters one at a
@@ -19,12 +23,16 @@ import numpy as np
 import pandas as pd
 
 from .atomic import atomic_path
-from .config import PostprocessConfig
+from .config import PostprocessConfig, PredictConfig
 from .errors import BadDataError
 from .postprocess import labels_from_probabilities, remove_small
 from .progress import track
 
-__all__ = ["GRID", "search_postprocess", "tune", "validation_data"]
+__all__ = ["GRID", "CONTEXT_TOLERANCE", "search_postprocess", "tune_tiling", "tune", "validation_data"]
+
+# Probabilities of tiled and whole-image predictions may differ by this much (far below what
+# moves a watershed threshold).
+CONTEXT_TOLERANCE = 1e-3
 
 # Values tried for each parameter, in the order they are searched: at most 21
 # watersheds a round (about a second each on 66 validation images), as min_size
@@ -164,6 +172,55 @@ def search_postprocess(
     return best, table
 
 
+def tune_tiling(model, config, images: Sequence[np.ndarray], *, tolerance: float = CONTEXT_TOLERANCE,
+                count: int = 8) -> tuple[PredictConfig, list[int]]:
+    """Overlap and context of the tiles, from the context the network needs on real images.
+
+    The context is measured (:func:`dsb.tiling.context_needed`) on up to
+    ``count`` of ``images`` at least 128 pixels a side after preprocessing,
+    and the largest is kept; the overlap is twice that plus one grid step,
+    so that neighbouring tiles hand over where both see enough.
+
+    Parameters
+    ----------
+    model : callable
+        See :func:`dsb.predict.predict_probabilities`.
+    config : Config
+        The run's config; its ``predict`` section is the starting point.
+    images : sequence of ndarray
+        Raw validation images.
+
+    Returns
+    -------
+    predict : PredictConfig
+        ``config.predict`` with ``context`` and ``overlap`` measured (unchanged
+        when no image is large enough).
+    contexts : list of int
+        The context measured on each image used.
+    """
+    from .predict import _network_input, batch_predictor
+    from .tiling import context_needed
+
+    multiple = config.model.size_multiple()
+    predict_batch = batch_predictor(model)
+    contexts = []
+    for raw in images:
+        gray = _network_input(raw, config)
+        if min(gray.shape[:2]) < 128:
+            continue
+        contexts.append(context_needed(predict_batch, gray, tolerance=tolerance, multiple=multiple)[0])
+        if len(contexts) == count:
+            break
+    if not contexts:
+        return config.predict, contexts
+    context = -(-max(contexts) // multiple) * multiple
+    overlap = 2 * context + multiple
+    predict = dataclasses.replace(config.predict, context=context, overlap=overlap,
+                                  tile_size=max(config.predict.tile_size, 4 * overlap))
+    predict.check("predict")
+    return predict, contexts
+
+
 def validation_data(config, data_dir, *, progress: bool = False):
     """Raw images, true labels and image types of the run's validation images.
 
@@ -203,7 +260,7 @@ def validation_data(config, data_dir, *, progress: bool = False):
     return images, labels, types
 
 
-def tune(run_dir, data_dir, *, progress: bool = True) -> tuple[PostprocessConfig, pd.DataFrame]:
+def tune(run_dir, data_dir, *, progress: bool = True, engine: str = "auto") -> tuple[PostprocessConfig, pd.DataFrame]:
     """Tune a run's post-processing on its validation images and store the best in the run.
 
     Parameters
@@ -214,26 +271,32 @@ def tune(run_dir, data_dir, *, progress: bool = True) -> tuple[PostprocessConfig
         The training images: a stage1_train folder, or a folder holding one.
     progress : bool
         Draw progress bars on stderr.
+    engine : str
+        The inference engine: ``"keras"``, ``"onnx"``, ``"openvino"`` or
+        ``"auto"`` (see :func:`dsb.engines.choose_engine`).
 
     Returns
     -------
     best : PostprocessConfig
-        Now also the ``postprocess`` section of ``run_dir/config.json``.
+        Now also the ``postprocess`` section of ``run_dir/config.json``, whose
+        ``predict`` section gets the measured tile overlap (:func:`tune_tiling`).
     table : pandas.DataFrame
         Every setting tried (see :func:`search_postprocess`), also written to
         ``run_dir/tuning.csv``.
     """
     from .predict import predict_scaled
-    from .run import load_run, update_postprocess
+    from .run import load_network, update_inference
 
     run_dir = Path(run_dir)
-    model, config = load_run(run_dir)
+    model, config = load_network(run_dir, engine)
     if not config.validation_ids:
         raise BadDataError(
             "is empty: the run kept no validation images to tune on (train with validation_fraction > 0)",
             path=run_dir / "config.json", where="key 'validation_ids'",
         )
     images, labels, types = validation_data(config, data_dir, progress=progress)
+    tiling, _ = tune_tiling(model, config, list(images.values()))
+    config = config.replace(predict=tiling)
     # Each image at the scale prediction would pick for it (its estimated nucleus diameter).
     scaled = {
         image_id: predict_scaled(model, config, raw)
@@ -245,7 +308,7 @@ def tune(run_dir, data_dir, *, progress: bool = True) -> tuple[PostprocessConfig
         scales={i: s.scale for i, s in scaled.items()}, progress=progress,
     )
     # config.json first: tuning.csv is what make takes as "tuned", so it must come last.
-    update_postprocess(run_dir, best)
+    update_inference(run_dir, predict=tiling, postprocess=best)
     with atomic_path(run_dir / "tuning.csv") as tmp:
         table.to_csv(tmp, index=False, float_format="%.6g")
     return best, table

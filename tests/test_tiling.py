@@ -7,7 +7,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dsb.tiling import axis_weights, blend_window, plan_axis, predict_tiled
+from scipy import ndimage
+
+from dsb.tiling import axis_weights, blend_window, context_needed, plan_axis, predict_tiled
 
 
 def identity(batch: np.ndarray) -> np.ndarray:
@@ -109,6 +111,7 @@ def test_axis_plans_cover_the_axis_with_unit_weights(length, tile, overlap_frac,
     plan = plan_axis(length, tile, overlap, multiple)
     assert plan.tile % multiple == 0 and plan.tile <= max(tile, multiple)
     assert plan.starts[0] == 0 and plan.starts[-1] + plan.tile == plan.padded
+    assert all(start % multiple == 0 for start in plan.starts), "tiles start on the network's pooling grid"
     assert plan.padded == length + plan.pad_before + plan.pad_after
     assert plan.pad_before + plan.pad_after < multiple or length < plan.tile
     gaps = np.diff(plan.starts)
@@ -160,3 +163,63 @@ def test_memory_is_bounded_by_batches():
     assert out.shape == (1040, 1388, 2)
     assert max(s[0] for s in record.shapes) == 8
     assert sum(s[0] for s in record.shapes) == 6 * 7
+
+
+def box_network(radius: int):
+    """A 'network' that sees exactly ``radius`` pixels around each pixel (zero padding, as a U-Net's)."""
+
+    def predict(batch):
+        out = ndimage.uniform_filter(batch[..., 0], size=(1, 2 * radius + 1, 2 * radius + 1), mode="constant")
+        return out[..., None]
+
+    return predict
+
+
+def block_network(batch):
+    """A 'network' whose output depends on the 16-pixel grid: the mean of each 16x16 block (like pooling)."""
+    b, h, w, _ = batch.shape
+    means = batch[..., 0].reshape(b, h // 16, 16, w // 16, 16).mean(axis=(2, 4))
+    return np.repeat(np.repeat(means, 16, axis=1), 16, axis=2)[..., None]
+
+
+def test_context_needed_is_the_reach_of_the_network():
+    image = np.random.default_rng(0).random((200, 232), dtype=np.float32)
+    for radius in (3, 11, 24):
+        context, errors = context_needed(box_network(radius), image, tolerance=1e-5)
+        assert context == radius
+        assert errors[: radius].max() > 1e-3 and errors[radius:].max() <= 1e-5
+
+
+def test_tiles_on_the_grid_reproduce_a_grid_dependent_network():
+    # Off the grid (the old tiling), the block means would differ everywhere a tile starts elsewhere.
+    image = np.random.default_rng(1).random((300, 410), dtype=np.float32)
+    tiled = predict_tiled(block_network, image, tile_size=128, overlap=32, batch_size=3)
+    padded = np.pad(image, ((2, 2), (3, 3)), mode="reflect")  # to multiples of 16, split at both ends
+    whole = block_network(padded[None, :, :, None])[0, 2:-2, 3:-3]
+    np.testing.assert_allclose(tiled, whole, atol=1e-6)
+
+
+def test_a_margin_of_the_context_makes_tiles_match_the_whole_image():
+    radius = 10
+    image = np.random.default_rng(2).random((256, 400), dtype=np.float32)
+    whole = box_network(radius)(image[None, :, :, None])[0]
+    blended = predict_tiled(box_network(radius), image, tile_size=128, overlap=48, context=0)
+    matched = predict_tiled(box_network(radius), image, tile_size=128, overlap=48, context=radius)
+    assert np.abs(blended - whole).max() > 1e-3  # ramps reach the edge, where a tile lacks context
+    np.testing.assert_allclose(matched, whole, atol=1e-5)
+
+
+def test_tune_tiling_sets_the_overlap_from_the_measured_context():
+    from dsb.config import Config, PreprocessConfig, PredictConfig
+    from dsb.tune import tune_tiling
+
+    config = Config(preprocess=PreprocessConfig(diameter=0.0), predict=PredictConfig(tile_size=256, overlap=64))
+    rng = np.random.default_rng(3)
+    images = [(rng.random((160, 200)) * 255).astype(np.uint8) for _ in range(2)] + [np.zeros((40, 40), np.uint8)]
+    predict, contexts = tune_tiling(box_network(20), config, images)
+    assert contexts == [20, 20]  # the 40x40 image is too small to measure on
+    # Rounded up to the grid of the default U-Net (8 pixels): overlap twice that plus one step.
+    assert config.model.size_multiple() == 8
+    assert (predict.context, predict.overlap, predict.tile_size) == (24, 56, 256)
+    unchanged, none = tune_tiling(box_network(20), config, images[2:])
+    assert unchanged == config.predict and none == []
