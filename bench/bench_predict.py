@@ -1,21 +1,28 @@
-"""Prediction speed and memory on the 65 stage-1 test images (11.2 megapixels).
+"""Prediction speed and memory per inference engine on the 65 stage-1 test images (11.2 megapixels).
 
-    python bench/bench_predict.py [RUN_DIR] [--tile-size N] [--overlap N] [--batch-size N] [--tta] [--repeat N]
+    python bench/bench_predict.py [RUN_DIR] [--engines keras,onnx,openvino] [--tile-size N]
+                                  [--overlap N] [--batch-size N] [--tta] [--repeat N]
 
-Without RUN_DIR the model is the untrained U-Net of the shipped "cpu" config
-(speed does not depend on the weights). Prints, without TTA unless asked:
+Without RUN_DIR the model is the one shipped with the package (speed depends
+on the weights through the scales each image's estimated nucleus size picks).
+For each engine that is installed (a folder without ``model.onnx`` gets one
+in a temporary copy), with scale normalisation on and TTA off unless asked:
 
-- end-to-end throughput of ``dsb predict`` (read, preprocess, tile, network,
-  watershed, encode, write and validate the CSV) in megapixels per second,
-  cold (first pass, graph tracing included) and warm;
-- the bare forward pass: ``predict_on_batch`` over the same tile batches and
-  nothing else, and the ratio end-to-end / forward (target at most 1.3).
-  Warm passes of both alternate ``--repeat`` times and the best of each is
-  kept, since the machine may be shared;
-- peak memory (ru_maxrss) of a fresh process that predicts the largest image,
-  and of one that predicts a synthetic 2048x2048 image of 6-pixel nuclei at
-  their diameter (upscaled to the network's: the worst case of scale
-  normalisation; target < 3 GiB).
+- end-to-end throughput of ``dsb predict`` (read, preprocess, estimate the
+  scale, tile, network, watershed, encode, write and validate the CSV) in
+  megapixels of the images per second, warm (best of ``--repeat``);
+- the share of it the scale estimate takes (its passes that do not serve as
+  the prediction; target at most 20 %);
+- the bare forward pass: the engine over the same batches (estimate passes
+  included) and nothing else, and the ratio end-to-end / forward (target at
+  most 1.3);
+- peak memory (ru_maxrss) of a fresh process that predicts a 1040x1388
+  image (a stage1_train image of that size when the training zip is there),
+  target at most 2 GiB;
+
+then, for the default engine only, the peak memory of a synthetic 2048x2048
+image of 6-pixel nuclei at their diameter (upscaled to the network's: the
+worst case of scale normalisation; target < 3 GiB).
 
 Needs the competition files (../shared/dsb2018 or $DSB_SHARED); says so and
 exits 0 when they are absent. Not a test: it prints figures.
@@ -33,6 +40,8 @@ import time
 import zipfile
 from pathlib import Path
 
+import numpy as np
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
@@ -41,28 +50,34 @@ def _shared() -> Path:
     return Path(os.environ.get("DSB_SHARED", REPO.parent / "shared" / "dsb2018"))
 
 
-def _load(run_dir: str | None, args):
-    """The model and config to measure, with the command-line overrides applied."""
-    import keras
+def _model_dir(run_dir: str | None, tmp: Path) -> Path:
+    """The folder to measure: RUN_DIR or the shipped model, with a model.onnx (exported into a copy if needed)."""
+    import shutil
 
-    from dsb.config import shipped_config
-    from dsb.model import build_unet
+    from dsb.onnx_export import ONNX_FILE
+    from dsb.run import default_model_dir, export_onnx_in_place
 
-    if run_dir:
-        from dsb.run import load_run
+    folder = Path(run_dir) if run_dir else default_model_dir()
+    if (folder / ONNX_FILE).is_file():
+        return folder
+    copy = tmp / "model"
+    shutil.copytree(folder, copy, ignore=shutil.ignore_patterns("checkpoints", "logs"))
+    export_onnx_in_place(copy)
+    return copy
 
-        model, config = load_run(run_dir)
-    else:
-        keras.utils.set_random_seed(0)
-        config = shipped_config("cpu")
-        model = build_unet(config.model)
+
+def _load(model_dir: Path, engine: str, args):
+    """The network and config to measure, with the command-line overrides applied."""
+    import dataclasses
+
+    from dsb.run import load_network
+
+    network, config = load_network(model_dir, engine)
     changes = {k: v for k, v in (("tile_size", args.tile_size), ("overlap", args.overlap),
                                  ("batch_size", args.batch_size)) if v is not None}
     if changes:
-        import dataclasses
-
         config = config.replace(predict=dataclasses.replace(config.predict, **changes)).check()
-    return model, config
+    return network, config
 
 
 def _peak_memory(args) -> int:
@@ -72,25 +87,129 @@ def _peak_memory(args) -> int:
     from dsb.dataset import read_image
     from dsb.predict import predict_labels
 
-    model, config = _load(args.run_dir, args)
+    network, config = _load(Path(args.run_dir), args.engine, args)
     raw = read_image(args.peak_memory)
-    model.predict_on_batch(np.zeros((1, 32, 32, 1), np.float32))  # load the backend fully
+    network(np.zeros((1, 32, 32, 1), np.float32))  # load the engine fully
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    labels = predict_labels(model, config, raw, tta=args.tta, diameter=args.diameter)
+    labels = predict_labels(network, config, raw, tta=args.tta, diameter=args.diameter)
     after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(before, after, int(labels.max()))
     return 0
 
 
+def _large_image(tmp: Path) -> Path:
+    """A 1040x1388 image: the first stage1_train image of that size, or a synthetic one."""
+    zip_path = _shared() / "stage1_train.zip"
+    if zip_path.is_file():
+        import io
+
+        from PIL import Image
+
+        with zipfile.ZipFile(zip_path) as zf:
+            for name in sorted(zf.namelist()):
+                if "/images/" in name and name.endswith(".png"):
+                    with zf.open(name) as f:
+                        data = f.read()
+                    if Image.open(io.BytesIO(data)).size == (1388, 1040):
+                        path = tmp / "large-1040x1388.png"
+                        path.write_bytes(data)
+                        return path
+    import numpy as np
+    from PIL import Image
+
+    rr, cc = np.indices((1040, 1388))
+    discs = ((rr % 40 - 19.5) ** 2 + (cc % 40 - 19.5) ** 2) <= 144
+    path = tmp / "synthetic-1040x1388.png"
+    Image.fromarray(np.where(discs, 180, 20).astype(np.uint8)).save(path)
+    return path
+
+
+def measure(engine: str, model_dir: Path, images_dir: Path, megapixels: float, args, tmp: Path) -> dict:
+    """End-to-end, estimate share, bare forward and peak memory of one engine."""
+    import numpy as np
+
+    import dsb.predict as predict_module
+    from dsb.predict import predict_images
+
+    network, config = _load(model_dir, engine, args)
+    batches: list[tuple[int, ...]] = []
+    spent = {"network": 0.0, "estimate": 0.0}
+
+    def timed(batch):
+        batches.append(batch.shape)
+        began = time.perf_counter()
+        out = network(batch)
+        spent["network"] += time.perf_counter() - began
+        return out
+
+    # The estimate's passes that do not serve as the prediction: all but a reused last one.
+    choose = predict_module._choose
+
+    def timed_choose(model, cfg, gray, diameter):
+        passes = []
+        at_scale = predict_module._at_scale
+
+        def timed_pass(*a, **k):
+            began = time.perf_counter()
+            out = at_scale(*a, **k)
+            passes.append(time.perf_counter() - began)
+            return out
+
+        predict_module._at_scale = timed_pass
+        try:
+            chosen, prob = choose(model, cfg, gray, diameter)
+        finally:
+            predict_module._at_scale = at_scale
+        spent["estimate"] += sum(passes) - (passes[-1] if prob is not None and passes else 0.0)
+        return chosen, prob
+
+    def end_to_end(name: str) -> tuple[float, float, float]:
+        batches.clear()
+        spent.update(network=0.0, estimate=0.0)
+        predict_module._choose = timed_choose
+        try:
+            began = time.perf_counter()
+            predict_images(timed, config, images_dir, out_csv=tmp / f"{engine}-{name}.csv", tta=args.tta,
+                           progress=False)
+            return time.perf_counter() - began, spent["network"], spent["estimate"]
+        finally:
+            predict_module._choose = choose
+
+    def bare_forward(arrays) -> float:
+        began = time.perf_counter()
+        for batch in arrays:
+            network(batch)
+        return time.perf_counter() - began
+
+    end_to_end("cold")  # first calls of each tile shape
+    arrays = [np.random.default_rng(0).random(s, dtype=np.float32) for s in batches]
+    warm, bare = [], []
+    for _ in range(args.repeat):  # the machine may be shared: alternate, keep the best of each
+        warm.append(end_to_end("warm"))
+        bare.append(bare_forward(arrays))
+    total, inside, estimate = min(warm)
+    forward = min(bare)
+    peak = _child_peak(args, model_dir, engine, _large_image(tmp))
+    return {
+        "engine": engine, "seconds": total, "mp_s": megapixels / total, "estimate_share": estimate / total,
+        "network_share": inside / total, "forward_s": forward, "forward_mp_s": megapixels / forward,
+        "ratio": total / forward, "tiles": sum(s[0] for s in batches), "batches": len(batches),
+        "tile_megapixels": sum(int(np.prod(s[:3])) for s in batches) / 1e6,
+        "peak_gib": None if peak is None else peak[1] / 2**20,
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", nargs="?")
+    parser.add_argument("--engines", default="keras,onnx,openvino")
     parser.add_argument("--tile-size", type=int)
     parser.add_argument("--overlap", type=int)
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--tta", action="store_true")
     parser.add_argument("--repeat", type=int, default=2, help="warm passes of each measurement (best is kept)")
     parser.add_argument("--peak-memory", help=argparse.SUPPRESS)
+    parser.add_argument("--engine", default="auto", help=argparse.SUPPRESS)
     parser.add_argument("--diameter", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.peak_memory:
@@ -101,93 +220,53 @@ def main() -> int:
         print(f"skipped: {zip_path} not found (set DSB_SHARED)")
         return 0
 
-    import numpy as np
-
     from dsb.dataset import read_image
+    from dsb.engines import choose_engine, engine_installed
     from dsb.pipeline import folder_images
-    from dsb.predict import batch_predictor, predict_images
-    from dsb.tiling import plan_axis
 
     with tempfile.TemporaryDirectory(prefix="dsb-bench-predict-") as tmp:
         tmp = Path(tmp)
         with zipfile.ZipFile(zip_path) as zf:
             zf.extractall(tmp / "stage1_test")
         images, _ = folder_images(tmp / "stage1_test")
-        shapes = {i: read_image(p).shape[:2] for i, p in images.items()}
-        megapixels = sum(h * w for h, w in shapes.values()) / 1e6
-        largest = max(images, key=lambda i: shapes[i][0] * shapes[i][1])
-
-        model, config = _load(args.run_dir, args)
+        megapixels = sum(int(np.prod(read_image(p).shape[:2])) for p in images.values()) / 1e6
+        model_dir = _model_dir(args.run_dir, tmp)
+        default = choose_engine(model_dir, "auto")
+        _, config = _load(model_dir, "keras" if default == "keras" else default, args)
         p = config.predict
-        multiple = 2 ** (len(config.model.level_filters()) - 1)
-        tile_pixels = 0
-        for h, w in shapes.values():
-            rows, cols = (plan_axis(n, p.tile_size, p.overlap, multiple) for n in (h, w))
-            tile_pixels += len(rows.starts) * len(cols.starts) * rows.tile * cols.tile
-        views = 8 if args.tta else 1
-        print(f"model: {args.run_dir or 'untrained shipped cpu config'}; tile {p.tile_size}, overlap {p.overlap},"
-              f" batch {p.batch_size}, TTA {'on' if args.tta else 'off'}")
-        print(f"images: {len(images)}, {megapixels:.2f} megapixels; tiles cover {tile_pixels / 1e6 * views:.2f}"
-              f" megapixels ({tile_pixels / 1e6 / megapixels:.2f}x the image area per view)")
-
-        # Record every batch the network sees, and the time it spends on them.
-        forward = batch_predictor(model)
-        batches: list[tuple[int, ...]] = []
-        spent = [0.0]
-
-        class Timed:
-            def predict_on_batch(self, batch):
-                batches.append(batch.shape)
-                began = time.perf_counter()
-                out = forward(batch)
-                spent[0] += time.perf_counter() - began
-                return out
-
-        def end_to_end(name: str) -> tuple[float, float]:
-            batches.clear()
-            spent[0] = 0.0
-            began = time.perf_counter()
-            predict_images(Timed(), config, tmp / "stage1_test", out_csv=tmp / f"{name}.csv", tta=args.tta,
-                           progress=False)
-            return time.perf_counter() - began, spent[0]
-
-        def bare_forward(arrays) -> float:
-            began = time.perf_counter()
-            for batch in arrays:
-                forward(batch)
-            return time.perf_counter() - began
-
-        cold, _ = end_to_end("cold")
-        print(f"end to end (cold, graph tracing included): {cold:.2f} s, {megapixels / cold:.2f} MP/s")
-        # The machine may be shared: alternate warm passes of both and keep the best of each.
-        arrays = [np.random.default_rng(0).random(s, dtype=np.float32) for s in batches]
-        warm, bare = [], []
-        for _ in range(args.repeat):
-            warm.append(end_to_end("warm"))
-            bare.append(bare_forward(arrays))
-        total, inside = min(warm)
-        best_bare = min(bare)
-        print(f"end to end (warm, best of {args.repeat}): {total:.2f} s, {megapixels / total:.2f} MP/s;"
-              f" network calls inside it {inside:.2f} s ({inside / total:.0%})")
-        print(f"bare forward pass over the same {sum(s[0] for s in batches)} tiles in {len(batches)} batches"
-              f" (best of {args.repeat}): {best_bare:.2f} s, {megapixels / best_bare:.2f} MP/s")
-        print(f"ratio end to end / bare forward: {total / best_bare:.2f} (target <= 1.3);"
-              f" end to end / its own network calls: {total / inside:.2f}")
-
-        h, w = shapes[largest]
-        measured = _child_peak(args, images[largest])
-        if measured is None:
-            return 1
-        before, after = measured
-        print(f"peak memory predicting the largest image ({h}x{w}): {after / 2**20:.2f} GiB"
-              f" (process with model loaded: {before / 2**20:.2f} GiB; target < 2 GiB)")
+        print(f"model: {model_dir}; tile {p.tile_size}, overlap {p.overlap}, context {p.context},"
+              f" batch {p.batch_size}; scale estimate {p.estimate_size} px windows from scale {p.estimate_scale};"
+              f" TTA {'on' if args.tta else 'off'}")
+        print(f"images: {len(images)}, {megapixels:.2f} megapixels; cores: {len(os.sched_getaffinity(0))}")
+        rows = []
+        for engine in args.engines.split(","):
+            if not engine_installed(engine):
+                print(f"{engine}: not installed, skipped")
+                continue
+            row = measure(engine, model_dir, tmp / "stage1_test", megapixels, args, tmp)
+            rows.append(row)
+            peak = "failed" if row["peak_gib"] is None else f"{row['peak_gib']:.2f} GiB"
+            print(f"{engine}: end to end {row['seconds']:.2f} s, {row['mp_s']:.2f} MP/s"
+                  f" (scale estimate {row['estimate_share']:.0%}, network {row['network_share']:.0%});"
+                  f" bare forward over the same {row['tiles']} tiles ({row['tile_megapixels']:.1f} MP at the"
+                  f" working scale) {row['forward_s']:.2f} s, {row['forward_mp_s']:.2f} MP/s;"
+                  f" ratio {row['ratio']:.2f}; peak memory on 1040x1388: {peak}", flush=True)
+        if rows:
+            print("\n| engine | end to end MP/s | scale estimate | bare forward MP/s | ratio | peak memory 1040x1388 |")
+            print("| --- | ---: | ---: | ---: | ---: | ---: |")
+            for row in rows:
+                peak = "-" if row["peak_gib"] is None else f"{row['peak_gib']:.2f} GiB"
+                mark = " (default)" if row["engine"] == default else ""
+                print(f"| {row['engine']}{mark} | {row['mp_s']:.2f} | {row['estimate_share']:.0%} |"
+                      f" {row['forward_mp_s']:.2f} | {row['ratio']:.2f} | {peak} |")
+            print("targets: at least 2 MP/s end to end for the default engine, ratio at most 1.3,"
+                  " scale estimate at most 20 %, peak memory at most 2 GiB")
         small = tmp / "small-nuclei-2048.png"
         _write_small_nuclei(small)
-        measured = _child_peak(args, small, diameter=6.0)
-        if measured is None:
-            return 1
-        print(f"peak memory predicting 2048x2048 of 6-px nuclei (--diameter 6, resampled to the network's"
-              f" diameter): {measured[1] / 2**20:.2f} GiB (target < 3 GiB)")
+        measured = _child_peak(args, model_dir, default, small, diameter=6.0)
+        if measured is not None:
+            print(f"peak memory, {default}, predicting 2048x2048 of 6-px nuclei (--diameter 6, resampled to the"
+                  f" network's diameter): {measured[1] / 2**20:.2f} GiB (target < 3 GiB)")
     return 0
 
 
@@ -201,10 +280,10 @@ def _write_small_nuclei(path: Path) -> None:
     Image.fromarray(np.where(discs, 200, 15).astype(np.uint8)).save(path)
 
 
-def _child_peak(args, image: Path, *, diameter: float | None = None) -> tuple[int, int] | None:
+def _child_peak(args, model_dir: Path, engine: str, image: Path, *,
+                diameter: float | None = None) -> tuple[int, int] | None:
     """ru_maxrss (KiB) of a fresh process before and after predicting ``image``; None if it failed."""
-    cmd = [sys.executable, __file__, "--peak-memory", str(image)]
-    cmd += [args.run_dir] if args.run_dir else []
+    cmd = [sys.executable, __file__, "--peak-memory", str(image), str(model_dir), "--engine", engine]
     for flag in ("tile_size", "overlap", "batch_size"):
         if getattr(args, flag) is not None:
             cmd += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]

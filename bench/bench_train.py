@@ -11,7 +11,14 @@ Prints, for the shipped "cpu" config unless told otherwise:
   :class:`dsb.loader.CropLoader` instead of the constant batch (target at most
   10 %), and the loader's own time per batch without a model;
 - peak memory (ru_maxrss) of a fresh process that runs a short
-  :func:`dsb.training.train_prepared` on all of stage1_train (validation included).
+  :func:`dsb.training.train_prepared` on all of stage1_train (validation included);
+- training throughput in crops per second (``--throughput``, on by default in
+  ``make bench``): each setting in a fresh process (the backend's threads and
+  oneDNN are fixed at start-up), on one constant batch of random crops:
+  float32 against ``mixed_bfloat16``, TensorFlow's op determinism (on by
+  default on CPUs), oneDNN off, one thread between ops, and batch and crop
+  sizes. Crops per second compare settings with the same crop; megapixels per
+  second compare crop sizes.
 
 The data come from ``--data`` (a folder with ``stage1_train/``; default
 ``data/`` when it has one), else from ../shared/dsb2018 (or $DSB_SHARED),
@@ -128,6 +135,65 @@ def speed(args, prepared) -> None:
               f"loader alone {loader_alone * 1000:.0f} ms per batch ({100 * loader_alone / const:.1f} % of a step)")
 
 
+# (label, precision, deterministic, environment, batch, crop): the first is the shipped cpu config.
+SETTINGS = [
+    ("float32, deterministic (shipped)", "float32", True, {}, 8, 256),
+    ("float32, not deterministic", "float32", False, {}, 8, 256),
+    ("mixed_bfloat16, deterministic", "bfloat16", True, {}, 8, 256),
+    ("float32, oneDNN off", "float32", True, {"TF_ENABLE_ONEDNN_OPTS": "0"}, 8, 256),
+    ("float32, 2 intra-op / 1 inter-op threads", "float32", True,
+     {"TF_NUM_INTRAOP_THREADS": "2", "TF_NUM_INTEROP_THREADS": "1"}, 8, 256),
+    ("float32, batch 4", "float32", True, {}, 4, 256),
+    ("float32, batch 16", "float32", True, {}, 16, 256),
+    ("float32, batch 14 of 192", "float32", True, {}, 14, 192),
+    ("float32, batch 4 of 384", "float32", True, {}, 4, 384),
+]
+
+
+def throughput_child(args) -> None:
+    """One setting, in this fresh process: train steps per second on a constant batch of random crops."""
+    import keras
+    import numpy as np
+
+    from dsb.model import build_unet, compile_model
+    from dsb.training.environment import Environment
+
+    config = _config(args.config)
+    with Environment("default", args.precision, args.deterministic == "1"):
+        keras.utils.set_random_seed(0)
+        model = compile_model(build_unet(config.model), config, total_steps=10_000)
+        rng = np.random.default_rng(0)
+        x = rng.random((args.batch, args.crop, args.crop, 1), dtype=np.float32)
+        y = (rng.random((args.batch, args.crop, args.crop, len(config.model.outputs))) > 0.7).astype(np.float32)
+        model.fit(x, y, batch_size=args.batch, epochs=1, steps_per_epoch=None, verbose=0)  # tracing
+        times = []
+        for _ in range(args.rounds):
+            start = time.perf_counter()
+            for _ in range(args.steps):
+                model.train_on_batch(x, y)
+            times.append((time.perf_counter() - start) / args.steps)
+    step = min(times)
+    print(f"{step:.4f} {args.batch / step:.2f} {args.batch * args.crop**2 / step / 1e6:.3f}")
+
+
+def throughput(args) -> None:
+    """Each setting of :data:`SETTINGS` in its own process; print crops/s and megapixels/s."""
+    print(f"training throughput, {args.config} config, best of {args.rounds} x {args.steps} steps "
+          f"on a constant batch, {len(os.sched_getaffinity(0))} cores:")
+    print("| setting | s/step | crops/s | MP/s |")
+    print("| --- | ---: | ---: | ---: |")
+    for label, precision, deterministic, env, batch, crop in SETTINGS:
+        cmd = [sys.executable, __file__, "--throughput-child", "--config", args.config, "--precision", precision,
+               "--deterministic", "1" if deterministic else "0", "--batch", str(batch), "--crop", str(crop),
+               "--steps", str(args.steps), "--rounds", str(args.rounds)]
+        child = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **env}, check=False)
+        if child.returncode:
+            print(f"| {label} | failed: {child.stderr.strip().splitlines()[-1][:120] if child.stderr else ''} | | |")
+            continue
+        step, crops, mp = child.stdout.split()[-3:]
+        print(f"| {label} | {float(step):.3f} | {float(crops):.1f} | {float(mp):.2f} |", flush=True)
+
+
 def memory(args) -> None:
     """Run in a fresh process: a short training on all of stage1_train, then print ru_maxrss."""
     from dsb.training import train_prepared
@@ -154,7 +220,21 @@ def main() -> int:
     parser.add_argument("--memory-steps", type=int, default=5)
     parser.add_argument("--memory-only", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--skip-throughput", action="store_true")
+    parser.add_argument("--throughput-only", action="store_true")
+    parser.add_argument("--throughput-child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--precision", default="float32", help=argparse.SUPPRESS)
+    parser.add_argument("--deterministic", default="1", help=argparse.SUPPRESS)
+    parser.add_argument("--batch", type=int, default=8, help=argparse.SUPPRESS)
+    parser.add_argument("--crop", type=int, default=256, help=argparse.SUPPRESS)
     args, _ = parser.parse_known_args()  # run_all.py passes its arguments to every bench
+
+    if args.throughput_child:
+        throughput_child(args)
+        return 0
+    if args.throughput_only:
+        throughput(args)
+        return 0
 
     if args.memory_only:
         memory(args)
@@ -174,6 +254,9 @@ def main() -> int:
             if args.cache_dir:
                 cmd += ["--cache-dir", args.cache_dir]
             subprocess.run(cmd, check=False)
+    if not args.skip_throughput:
+        sys.stdout.flush()
+        throughput(args)
     return 0
 
 

@@ -20,7 +20,10 @@ import numpy as np
 from ..errors import EnvironmentProblem
 
 STRATEGIES = ("default", "mirrored", "multiworker")
-PRECISIONS = ("float32", "mixed")
+# "mixed": float16 compute with loss scaling, for GPUs; "bfloat16": bfloat16 compute, for CPUs and
+# accelerators with bfloat16 units (on a CPU without them it is emulated, and slower than float32).
+PRECISIONS = ("float32", "mixed", "bfloat16")
+_POLICIES = {"mixed": "mixed_float16", "bfloat16": "mixed_bfloat16"}
 
 
 @contextlib.contextmanager
@@ -60,8 +63,8 @@ class Environment:
 
             tf.config.experimental.enable_op_determinism()
         self._previous_policy = keras.mixed_precision.global_policy()
-        if self.precision == "mixed":
-            keras.mixed_precision.set_global_policy("mixed_float16")
+        if self.precision in _POLICIES:
+            keras.mixed_precision.set_global_policy(_POLICIES[self.precision])
         if self.strategy == "mirrored":
             self._enter_mirrored(has_gpu)
         elif self.strategy == "multiworker":

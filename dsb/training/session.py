@@ -86,8 +86,9 @@ def train(
         logical CPUs), TensorFlow backend. ``"multiworker"``: Keras
         distribution ``DataParallel`` over all devices of all processes, JAX
         backend. The batch size in the config is per replica.
-    precision : {"float32", "mixed"}
-        ``"mixed"``: ``mixed_float16`` policy with loss scaling (for GPUs).
+    precision : {"float32", "mixed", "bfloat16"}
+        ``"mixed"``: ``mixed_float16`` policy with loss scaling (for GPUs);
+        ``"bfloat16"``: ``mixed_bfloat16`` (CPUs and accelerators with bfloat16 units).
     progress : bool
         One line per epoch on stderr.
     init : path, optional

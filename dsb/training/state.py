@@ -51,7 +51,7 @@ class RunState:
     steps_per_epoch, global_batch : int
         The run's resolved step count and crops per step; fixed for the run.
     precision : str
-        ``"float32"`` or ``"mixed"``; fixed for the run.
+        ``"float32"``, ``"mixed"`` or ``"bfloat16"``; fixed for the run.
     time_budget : float or None
         Minutes of training over all sessions; the latest session's value.
     data_checksum : str
