@@ -245,7 +245,7 @@ class PredictConfig:
     # dsb.predict.choose_scale): a few dozen nuclei, at a fraction of the prediction's cost.
     # On the 132 group-held-out images of the default model (OpenVINO): whole images 0.5627,
     # 256 px 0.5625, 192 px 0.5615; on the 65 stage-1 test images the estimate then took
-    # 36 %, 22 % and 19 % of prediction time.
+    # 36 %, 22 % and 19 % of prediction time (7 % once every window had one shape).
     estimate_size: int = 192
     # Scale of the estimate's first pass. Starting at 0.5 lost the small nuclei of brightfield
     # images (held-out brightfield 0.21 -> 0.09).

@@ -10,8 +10,8 @@ to ``(B, h, w, C)`` float32 probabilities, which is all that tiled inference
 is installed and has a file to run, in the order of :data:`AUTO_ORDER`:
 OpenVINO, then ONNX Runtime, then Keras. Measured with ``make bench`` on 2 CPU
 cores (AMD EPYC, AVX2), the default model over the 65 stage-1 test images:
-the bare forward pass ran at 0.81, 0.72 and 0.43 megapixels per second, and
-prediction end to end at 0.55, 0.53 and 0.35. The three agree within 1e-5 on
+the bare forward pass ran at 0.80, 0.74 and 0.42 megapixels per second, and
+prediction end to end at 0.59, 0.56 and 0.38. The three agree within 1e-5 on
 probabilities.
 
 Before an ONNX file is used it is checked against the folder: its metadata

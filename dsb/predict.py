@@ -47,6 +47,8 @@ __all__ = [
     "labels_at_scale",
     "labels_to_image",
     "predict_nuclei",
+    "network_stage",
+    "watershed_stage",
     "predict_labels",
     "predict_images",
     "predict_folder",
@@ -229,9 +231,9 @@ def choose_scale(model, config: Config, gray: np.ndarray, *, diameter: float | N
     at its scale, where the image is brightest, and measures the nuclei it
     holds whole, so that the estimate costs little next to the prediction
     itself; when the window is the whole image, its last pass is the
-    prediction. The first pass starts coarse (half scale by default): large
-    nuclei then fit the window, and small ones still show as spots whose
-    size says how far to zoom in.
+    prediction. The first pass runs at ``predict.estimate_scale``, by default
+    the image's own scale (starting at half scale lost the small nuclei of
+    held-out brightfield images).
 
     Parameters
     ----------
@@ -262,10 +264,18 @@ def _choose(model, config: Config, gray: np.ndarray, diameter) -> tuple[Scale, n
         return Scale(scale, float(diameter), False), None
     scale, passes, found = clip_scale(pc.estimate_scale, pc.min_scale, pc.max_scale), 0, math.nan
     table = _summed_area(gray)
+    multiple = config.model.size_multiple()
     while True:
-        window = _window(gray, max(1, int(pc.estimate_size / scale)), table)
+        # One pixel more than the window needs, so that it resamples to at least estimate_size.
+        window = _window(gray, max(1, math.ceil(pc.estimate_size / scale) + 1), table)
         whole = window.shape == gray.shape
-        prob = _at_scale(model, window, scale, config)
+        if whole:
+            prob = _at_scale(model, window, scale, config)
+        else:
+            # Every window the same shape at the working scale: an engine prepares a shape once.
+            side = pc.estimate_size // multiple * multiple or multiple
+            work = resample(window, scale)[:side, :side]
+            prob = predict_probabilities(model, work, config.predict, multiple=multiple)
         passes += 1
         found = _inner_diameter(labels_from_probabilities(prob, config.postprocess), whole)
         if not math.isfinite(found):
@@ -386,14 +396,34 @@ def predict_nuclei(
         ``labels`` (H, W) int32 on the image's grid (0 background, 1..N), the
         ``diameter`` used or estimated, the ``scale`` and whether it was ``estimated``.
     """
+    return watershed_stage(network_stage(model, config, raw_image, tta=tta, diameter=diameter), config)
+
+
+def network_stage(model, config: Config, raw_image: np.ndarray, *, tta: bool = False,
+                  diameter: float | None = None):
+    """The network's half of :func:`predict_nuclei`: probabilities at the chosen scale.
+
+    Returns what :func:`watershed_stage` takes: the two halves let a caller
+    run the watershed of one image while the network works on the next
+    (:func:`dsb.pipeline.predict_each`). An image large enough to be done in
+    chunks comes back as its finished :class:`Nuclei`.
+    """
     gray = _network_input(raw_image, config)
     chosen, prob = _choose(model, config, gray, diameter)
     if max(gray.shape[:2]) * chosen.scale > _CHUNK + 2 * _CHUNK_MARGIN:
         labels = _segment_in_chunks(model, config, gray, chosen.scale, tta=tta)
-    else:
-        if prob is None or tta:
-            prob = _at_scale(model, gray, chosen.scale, config, tta=tta)
-        labels = labels_at_scale(prob, chosen.scale, gray.shape[:2], config.postprocess)
+        return Nuclei(labels, chosen.diameter, chosen.scale, chosen.estimated)
+    if prob is None or tta:
+        prob = _at_scale(model, gray, chosen.scale, config, tta=tta)
+    return prob, chosen, gray.shape[:2]
+
+
+def watershed_stage(stage, config: Config) -> Nuclei:
+    """The other half of :func:`predict_nuclei`: nuclei from :func:`network_stage`'s probabilities."""
+    if isinstance(stage, Nuclei):
+        return stage
+    prob, chosen, shape = stage
+    labels = labels_at_scale(prob, chosen.scale, shape, config.postprocess)
     return Nuclei(labels, chosen.diameter, chosen.scale, chosen.estimated)
 
 

@@ -162,3 +162,50 @@ def test_write_labels_refuses_other_formats(tmp_path):
     with pytest.raises(ValueError, match=r"must end in \.png, \.tif or \.tiff"):
         write_labels(tmp_path / "x.jpg", np.zeros((2, 2), np.int32))
     assert not list(tmp_path.iterdir())
+
+
+def test_the_two_stage_predictor_yields_in_order_and_matches_one_at_a_time(tmp_path):
+    import threading
+
+    from conftest import CONFIG, threshold_model
+
+    threads = set()
+
+    class Watching(pipeline.NucleiPredictor):
+        def watershed(self, stage):
+            threads.add(threading.current_thread().name)
+            return super().watershed(stage)
+
+    predictor = Watching(threshold_model, CONFIG)
+    images = [(image_id, None, disc_image(truth_labels(image_id))) for image_id in SAMPLES]
+    staged = list(predict_each(predictor, images))
+    single = list(predict_each(lambda raw: predictor(raw), images))
+    assert [row[0] for row in staged] == list(SAMPLES)
+    for (_, _, _, a), (_, _, _, b) in zip(staged, single):
+        np.testing.assert_array_equal(a.labels, b.labels)
+    assert any(name.startswith("dsb-watershed") for name in threads), threads
+
+
+def test_the_two_stage_predictor_skips_an_image_either_stage_refuses(tmp_path):
+    from conftest import CONFIG, threshold_model
+
+    class Refusing(pipeline.NucleiPredictor):
+        def network(self, raw):
+            if raw.shape == (1, 1):
+                raise BadDataError("too small for the network")
+            return super().network(raw)
+
+        def watershed(self, stage):
+            if isinstance(stage, tuple) and stage[2] == (3, 3):
+                raise BadDataError("nothing to flood")
+            return super().watershed(stage)
+
+    good = disc_image(truth_labels("a_one"))
+    images = [("tiny", tmp_path / "tiny.png", np.zeros((1, 1), np.uint8)), ("ok", None, good),
+              ("three", tmp_path / "three.png", np.zeros((3, 3), np.uint8)), ("last", None, good)]
+    skips = Skips(skip_bad=True)
+    found = [row[0] for row in predict_each(Refusing(threshold_model, CONFIG), images, skips=skips)]
+    assert found == ["ok", "last"]
+    assert sorted(s.message for s in skips.records) == ["nothing to flood", "too small for the network"]
+    with pytest.raises(BadDataError, match="nothing to flood"):
+        list(predict_each(Refusing(threshold_model, CONFIG), images[1:3]))

@@ -171,3 +171,25 @@ def test_bad_diameter_is_one_usage_line(tmp_path, command, value):
     assert result.exit_code == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "--diameter" in lines[0] and "nucleus diameter" in lines[0], result.stderr
+
+
+def test_every_estimate_window_has_one_shape_and_the_estimate_costs_little():
+    from dsb.predict import choose_scale
+    from dsb.preprocess import preprocess_image
+
+    shapes = []
+
+    def recording(batch):
+        shapes.append(batch.shape[1:3])
+        return size_tuned_network(batch)
+
+    side = CONFIG.predict.estimate_size // CONFIG.model.size_multiple() * CONFIG.model.size_multiple()
+    # Two large images of different sizes and nucleus diameters.
+    for shape, radius, spacing in (((900, 700), 8, 30), ((760, 1000), 14, 50)):
+        shapes.clear()
+        gray = preprocess_image(image_of(grid_of_discs(shape, radius, spacing)), CONFIG.preprocess)
+        chosen = choose_scale(recording, CONFIG, gray)
+        assert chosen.diameter == pytest.approx(2 * radius, rel=0.2)
+        assert set(shapes) == {(side, side)} and len(shapes) == chosen.passes
+        # What the estimate looked at, against what the prediction will.
+        assert len(shapes) * side**2 < 0.25 * shape[0] * shape[1] * chosen.scale**2
