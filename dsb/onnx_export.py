@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import warnings
 from pathlib import Path
 
 from .atomic import atomic_path
@@ -87,7 +88,11 @@ def export_onnx(model, path, *, outputs, source=None) -> Path:
     with tempfile.TemporaryDirectory(prefix="dsb-onnx-") as tmp:
         raw = Path(tmp) / "raw.onnx"
         try:
-            model.export(str(raw), format="onnx", input_signature=signature, opset_version=OPSET, verbose=False)
+            with warnings.catch_warnings():
+                # Keras's tf2onnx shim probes np.object, which numpy 2 warns about: not the user's concern.
+                warnings.filterwarnings("ignore", category=FutureWarning, module=r"keras\.src\.export")
+                model.export(str(raw), format="onnx", input_signature=signature, opset_version=OPSET,
+                             verbose=False)
         except ImportError as exc:
             raise _converter_missing(exc) from None
         proto = onnx.load(str(raw))
