@@ -48,6 +48,7 @@ import numpy as np
 
 from .atomic import atomic_dir, write_text
 from .errors import BadDataError, EnvironmentProblem
+from .onnx_export import file_digest
 
 __all__ = ["FORMAT_VERSION", "PACKAGE_FILES", "NAME", "export_bioimageio", "synthetic_image"]
 
@@ -87,12 +88,6 @@ _CHANNEL_TEXT = {
     "border": "probability that the pixel lies on the inner ring of a nucleus (contact lines included)",
     "contact": "probability that the pixel lies within a few pixels of two different nuclei",
 }
-
-
-def _sha256(path) -> str:
-    from .onnx_export import file_digest
-
-    return file_digest(path)
 
 
 def synthetic_image(diameter: float, size: int, *, seed: int = 0) -> np.ndarray:
@@ -527,7 +522,7 @@ def export_bioimageio(model_dir, out_dir, *, sample=None) -> Path:
         tifffile.imwrite(tmp / SAMPLE_OUTPUT, test_output[0], photometric="minisblack")  # channels, not RGB
         Image.fromarray(_cover(image, test_output[0, :, :, 0])).save(tmp / COVER, format="PNG")
         write_text(tmp / README, _readme(config, step, training))
-        files = {name: _sha256(tmp / name) for name in PACKAGE_FILES if name != RDF_FILE}
+        files = {name: file_digest(tmp / name) for name in PACKAGE_FILES if name != RDF_FILE}
         rdf = _rdf(config, files, step=step, keras_info=keras_info, opset=_onnx_opset(tmp / ONNX_FILE), tags=tags)
         write_text(tmp / RDF_FILE, _dump_rdf(rdf))
     return out_dir

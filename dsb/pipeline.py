@@ -380,21 +380,21 @@ def predict_each(
     # took 18.6 s end to end instead of 20.2 s.
     from concurrent.futures import ThreadPoolExecutor
 
+    def finished(pending):
+        """The previous image with its nuclei, once its watershed is done; empty when it was skipped."""
+        if pending is not None:
+            image_id, path, raw, future = pending
+            nuclei = _attempt(lambda f: f.result(), future, path, skips)
+            if nuclei is not None:
+                yield image_id, path, raw, nuclei
+
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dsb-watershed") as pool:
         pending = None
         for image_id, path, raw in items:
             stage = _attempt(predict.network, raw, path, skips)
-            if pending is not None:
-                done = _attempt(lambda future: future.result(), pending[3], pending[1], skips)
-                if done is not None:
-                    yield pending[0], pending[1], pending[2], done
-                pending = None
-            if stage is not None:
-                pending = (image_id, path, raw, pool.submit(predict.watershed, stage))
-        if pending is not None:
-            done = _attempt(lambda future: future.result(), pending[3], pending[1], skips)
-            if done is not None:
-                yield pending[0], pending[1], pending[2], done
+            yield from finished(pending)
+            pending = None if stage is None else (image_id, path, raw, pool.submit(predict.watershed, stage))
+        yield from finished(pending)
 
 
 def _attempt(step, argument, path, skips):

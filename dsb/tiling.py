@@ -28,7 +28,7 @@ import numpy as np
 
 from ._validate import check_gray
 
-__all__ = ["AxisPlan", "plan_axis", "tile_starts", "blend_window", "axis_weights", "predict_tiled"]
+__all__ = ["AxisPlan", "plan_axis", "tile_starts", "blend_window", "axis_weights", "predict_tiled", "context_needed"]
 
 
 @dataclass(frozen=True)
@@ -111,7 +111,7 @@ def plan_axis(length: int, tile_size: int, overlap: int, multiple: int = 16) -> 
         # The shortest tile whose evenly spread, grid-aligned starts keep `least` between neighbours.
         for tile in range(max(1, math.ceil((units + (count - 1) * least) / count)), most + 1):
             if -(-(units - tile) // (count - 1)) <= tile - least:
-                starts = np.round(np.linspace(0, units - tile, count)).astype(np.int64) * multiple
+                starts = tile_starts(units, tile, count) * multiple
                 return AxisPlan(length, tile * multiple, tuple(int(v) for v in starts), pad_before, pad_after)
         count += 1
 

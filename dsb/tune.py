@@ -198,14 +198,15 @@ def tune_tiling(model, config, images: Sequence[np.ndarray], *, tolerance: float
     contexts : list of int
         The context measured on each image used.
     """
-    from .predict import _network_input, batch_predictor
+    from .predict import batch_predictor
+    from .preprocess import preprocess_image
     from .tiling import context_needed
 
     multiple = config.model.size_multiple()
     predict_batch = batch_predictor(model)
     contexts = []
     for raw in images:
-        gray = _network_input(raw, config)
+        gray = preprocess_image(raw, config.preprocess)
         if min(gray.shape[:2]) < 128:
             continue
         contexts.append(context_needed(predict_batch, gray, tolerance=tolerance, multiple=multiple)[0])
