@@ -18,7 +18,7 @@ import numpy as np
 
 from ._validate import check_labels
 
-__all__ = ["nucleus_diameters", "median_diameter", "area_weighted_diameter", "clip_scale", "resample", "labels_to_shape", "check_diameter"]
+__all__ = ["nucleus_diameters", "median_diameter", "area_weighted_diameter", "clip_scale", "resample", "resample_to", "labels_to_shape", "check_diameter"]
 
 # A nucleus diameter outside this range (pixels) is a typo, not a microscope.
 DIAMETER_RANGE = (2.0, 1000.0)
@@ -129,11 +129,52 @@ def resample(image: np.ndarray, scale: float) -> np.ndarray:
     """
     if scale == 1.0:
         return np.asarray(image, np.float32)
-    from skimage.transform import resize
+    return resample_to(image, tuple(max(1, int(round(n * scale))) for n in image.shape[:2]))
 
-    shape = tuple(max(1, int(round(n * scale))) for n in image.shape[:2])
-    out = resize(np.asarray(image, np.float32), shape, order=1, anti_aliasing=scale < 1, preserve_range=True)
-    return out.astype(np.float32, copy=False)
+
+def resample_to(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """An (H, W) float image resampled to ``shape``: linear, low-passed first along a shrinking axis.
+
+    What ``skimage.transform.resize(image, shape, order=1, anti_aliasing=True,
+    preserve_range=True)`` computes (pixel centres aligned, edges mirrored, a
+    Gaussian of sigma ``(factor - 1) / 2`` before shrinking), to float32
+    rounding, but as two separable passes of gathers: several times faster,
+    which counts on the prediction path, where every image is resampled.
+
+    Returns
+    -------
+    (shape[0], shape[1]) ndarray of float32
+    """
+    image = np.asarray(image, np.float32)
+    if image.ndim != 2:
+        raise ValueError(f"`image` (shape {image.shape}) must be 2-D (H, W)")
+    shape = (int(shape[0]), int(shape[1]))
+    if min(shape) < 1:
+        raise ValueError(f"`shape` {shape} must be at least 1 pixel a side")
+    if shape == image.shape:
+        return image
+    factors = np.divide(image.shape, shape)
+    if (factors > 1).any():
+        from scipy import ndimage
+
+        image = ndimage.gaussian_filter(image, np.maximum(0, (factors - 1) / 2), mode="mirror")
+    low, high, weight = _linear_taps(image.shape[0], shape[0])
+    image = image[low] * (1 - weight)[:, None] + image[high] * weight[:, None]
+    low, high, weight = _linear_taps(image.shape[1], shape[1])
+    return image[:, low] * (1 - weight) + image[:, high] * weight
+
+
+def _linear_taps(source: int, target: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For each of ``target`` pixel centres, the two source pixels around it and the second's weight."""
+    position = (np.arange(target) + 0.5) * (source / target) - 0.5
+    if source == 1:
+        position = np.zeros(target)
+    else:  # mirrored about the first and last pixel centres
+        position = np.abs(position)
+        position = np.where(position > source - 1, 2 * (source - 1) - position, position)
+    low = np.floor(position).astype(np.intp)
+    high = np.minimum(low + 1, source - 1)
+    return low, high, (position - low).astype(np.float32)
 
 
 def labels_to_shape(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:

@@ -193,3 +193,33 @@ def test_every_estimate_window_has_one_shape_and_the_estimate_costs_little():
         assert set(shapes) == {(side, side)} and len(shapes) == chosen.passes
         # What the estimate looked at, against what the prediction will.
         assert len(shapes) * side**2 < 0.25 * shape[0] * shape[1] * chosen.scale**2
+
+
+@pytest.mark.parametrize(
+    ("source", "target"),
+    [((512, 680), (1567, 2081)), ((256, 256), (360, 360)), ((520, 696), (218, 292)), ((519, 161), (343, 106)),
+     ((37, 300), (12, 99)), ((5, 7), (12, 18)), ((1, 9), (3, 4)), ((40, 30), (20, 90)), ((64, 64), (64, 64))],
+)
+def test_resampling_computes_what_skimage_resize_does(source, target):
+    # The separable version replaces skimage's resize on the prediction path for speed: same figures.
+    from skimage.transform import resize
+
+    from dsb.scale import resample_to
+
+    image = np.random.default_rng(sum(source)).random(source, dtype=np.float32)
+    expected = resize(image, target, order=1, anti_aliasing=None, preserve_range=True)
+    got = resample_to(image, target)
+    assert got.shape == target and got.dtype == np.float32
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
+
+
+def test_resample_scales_both_sides_and_keeps_a_flat_image_flat():
+    from dsb.scale import resample
+
+    flat = np.full((50, 80), 0.25, np.float32)
+    for scale in (0.3, 1.7, 3.06):
+        out = resample(flat, scale)
+        assert out.shape == (round(50 * scale), round(80 * scale))
+        np.testing.assert_allclose(out, 0.25, atol=1e-6)
+    with pytest.raises(ValueError, match="2-D"):
+        resample(np.zeros((4, 4, 2), np.float32), 2.0)
