@@ -136,15 +136,28 @@ def image_stats(image: np.ndarray) -> tuple[float, float]:
     """
     image = check_image("image", image)
     if image.ndim == 2 or image.shape[2] < 3:
-        return float(np.median(as_float(_grey_channel(image)))), 0.0
+        return _median(_grey_channel(image)), 0.0
     # Elementwise over channels, in the stored dtype: numpy reduces a short last axis slowly.
     r, g, b = (image[..., k] for k in range(3))
-    top = as_float(np.maximum(np.maximum(r, g), b))
-    bottom = as_float(np.minimum(np.minimum(r, g), b)) if image.dtype == np.uint8 else None
-    if bottom is None:  # as_float's scale depends on the maximum: scale both alike
-        both = as_float(np.stack([np.maximum(np.maximum(r, g), b), np.minimum(np.minimum(r, g), b)]))
-        top, bottom = both[0], both[1]
+    if image.dtype == np.uint8:
+        top, bottom = np.maximum(np.maximum(r, g), b), np.minimum(np.minimum(r, g), b)
+        return _median(top), float((top - bottom).mean(dtype=np.float64)) / 255
+    # as_float's scale depends on the maximum: scale both alike
+    both = as_float(np.stack([np.maximum(np.maximum(r, g), b), np.minimum(np.minimum(r, g), b)]))
+    top, bottom = both[0], both[1]
     return float(np.median(top)), float((top - bottom).mean())
+
+
+def _median(values: np.ndarray) -> float:
+    """The median of ``as_float(values)``; for uint8 counted from the histogram, in a fraction of
+    the time a sort takes (every image is classified before it is predicted)."""
+    if values.dtype != np.uint8:
+        return float(np.median(as_float(values)))
+    counts = np.cumsum(np.bincount(values.ravel(), minlength=256))
+    n = int(counts[-1])
+    # The values of rank (n - 1) // 2 and n // 2 (0-based), averaged as np.median does.
+    low, high = np.searchsorted(counts, [(n - 1) // 2 + 1, n // 2 + 1])
+    return (int(low) + int(high)) / 2 / 255
 
 
 def image_type(image: np.ndarray) -> str:

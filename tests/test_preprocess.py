@@ -242,3 +242,21 @@ def test_real_polarity_per_type(train_dir, train_types):
                 failures.append((kind, image_id))
         print(f"{kind}: {ok}/{len(ids)} with brighter nuclei")
         assert ok / len(ids) >= 0.98, failures
+
+
+@pytest.mark.parametrize("channels", [None, 1, 2, 3, 4])
+def test_image_stats_of_uint8_counted_from_the_histogram_match_the_float_figures(channels):
+    # uint8 medians come from a histogram (speed): the same brightness and colourfulness as in float.
+    from dsb.preprocess import as_float, image_stats
+
+    rng = np.random.default_rng(channels or 0)
+    for shape in [(1, 1), (1, 2), (7, 5), (64, 33)]:
+        image = rng.integers(0, 256, shape + ((channels,) if channels else ()), dtype=np.uint8)
+        brightness, colourfulness = image_stats(image)
+        values = as_float(image)
+        if channels is None or channels < 3:
+            expected = (float(np.median(values if channels is None else values[..., 0])), 0.0)
+        else:
+            top, bottom = values[..., :3].max(-1), values[..., :3].min(-1)
+            expected = (float(np.median(top)), float((top - bottom).mean()))
+        assert (brightness, colourfulness) == pytest.approx(expected, abs=1e-6)
