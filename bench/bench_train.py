@@ -10,8 +10,9 @@ Prints, for the shipped "cpu" config unless told otherwise:
 - the input pipeline's overhead: the same ``fit`` fed by the real augmenting
   :class:`dsb.loader.CropLoader` instead of the constant batch (target at most
   10 %), and the loader's own time per batch without a model;
-- peak memory (ru_maxrss) of a fresh process that runs a short
-  :func:`dsb.training.train_prepared` on all of stage1_train (validation included);
+- peak memory (VmHWM, :func:`_memory.peak_kib`) of a fresh process that
+  runs a short :func:`dsb.training.train_prepared` on all of stage1_train
+  (validation included);
 - training throughput in crops per second (``--throughput``, on by default in
   ``make bench``): each setting in a fresh process (the backend's threads and
   oneDNN are fixed at start-up), on one constant batch of random crops:
@@ -30,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -40,6 +40,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from _memory import peak_kib  # noqa: E402  (bench/ is the script's own folder)
 
 
 def _shared() -> Path:
@@ -197,7 +199,7 @@ def throughput(args) -> None:
 
 
 def memory(args) -> None:
-    """Run in a fresh process: a short training on all of stage1_train, then print ru_maxrss."""
+    """Run in a fresh process: a short training on all of stage1_train, then print its peak memory."""
     from dsb.training import train_prepared
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -206,7 +208,7 @@ def memory(args) -> None:
         train_prepared(prepared, _config(args.config), out_dir=Path(tmp) / "run", epochs=1,
                        steps_per_epoch=args.memory_steps, progress=False)
         took = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # KiB -> GiB
+    peak = peak_kib() / 1024**2  # KiB -> GiB
     print(f"peak memory of training on all of stage1_train ({len(prepared.ids)} images, 1 epoch of "
           f"{args.memory_steps} steps plus validation, {took:.0f} s): {peak:.2f} GiB (target < 4 GiB)")
 
