@@ -138,6 +138,7 @@ def measure(engine: str, model_dir: Path, images_dir: Path, megapixels: float, a
 
     network, config = _load(model_dir, engine, args)
     batches: list[tuple[int, ...]] = []
+    outputs: list[np.ndarray] = []  # of the cold run, which the replay in _overhead serves again
     spent = {"network": 0.0, "estimate": 0.0}
 
     def timed(batch):
@@ -146,6 +147,10 @@ def measure(engine: str, model_dir: Path, images_dir: Path, megapixels: float, a
         out = network(batch)
         spent["network"] += time.perf_counter() - began
         return out
+
+    def recorded(batch):
+        outputs.append(timed(batch))
+        return outputs[-1]
 
     # The estimate's passes that do not serve as the prediction: all but a reused last one.
     choose = predict_module._choose
@@ -168,13 +173,13 @@ def measure(engine: str, model_dir: Path, images_dir: Path, megapixels: float, a
         spent["estimate"] += sum(passes) - (passes[-1] if prob is not None and passes else 0.0)
         return chosen, prob
 
-    def end_to_end(name: str) -> tuple[float, float, float]:
+    def end_to_end(name: str, run=timed) -> tuple[float, float, float]:
         batches.clear()
         spent.update(network=0.0, estimate=0.0)
         predict_module._choose = timed_choose
         try:
             began = time.perf_counter()
-            predict_images(timed, config, images_dir, out_csv=tmp / f"{engine}-{name}.csv", tta=args.tta,
+            predict_images(run, config, images_dir, out_csv=tmp / f"{engine}-{name}.csv", tta=args.tta,
                            progress=False)
             return time.perf_counter() - began, spent["network"], spent["estimate"]
         finally:
@@ -186,7 +191,7 @@ def measure(engine: str, model_dir: Path, images_dir: Path, megapixels: float, a
             network(batch)
         return time.perf_counter() - began
 
-    end_to_end("cold")  # first calls of each tile shape
+    end_to_end("cold", recorded)  # first calls of each tile shape
     arrays = [np.random.default_rng(0).random(s, dtype=np.float32) for s in batches]
     warm, bare = [], []
     for _ in range(args.repeat):  # the machine may be shared: alternate, keep the best of each
@@ -200,31 +205,25 @@ def measure(engine: str, model_dir: Path, images_dir: Path, megapixels: float, a
     return {
         "engine": engine, "seconds": total, "mp_s": megapixels / total, "estimate_share": estimate / total,
         "network_share": inside / total, "forward_s": forward, "forward_mp_s": megapixels / forward,
-        "ratio": total / forward, "paired": paired, "overhead_s": _overhead(network, config, images_dir, args, tmp),
+        "ratio": total / forward, "paired": paired, "overhead_s": _overhead(outputs, config, images_dir, args, tmp),
         "tiles": sum(s[0] for s in batches), "batches": len(batches),
         "tile_megapixels": sum(int(np.prod(s[:3])) for s in batches) / 1e6,
         "peak_gib": None if peak is None else peak[1] / 2**20,
     }
 
 
-def _overhead(network, config, images_dir: Path, args, tmp: Path) -> float:
+def _overhead(recorded: list[np.ndarray], config, images_dir: Path, args, tmp: Path) -> float:
     """CPU seconds ``dsb predict`` spends outside the network (best of ``--repeat``): the run replayed
-    with each batch's recorded output, so no engine time is in the figure."""
+    with each batch's ``recorded`` output, so no engine time is in the figure."""
     from dsb.predict import predict_images
 
-    recorded: list[np.ndarray] = []
     calls = iter(())
-
-    def record(batch):
-        recorded.append(network(batch))
-        return recorded[-1]
 
     def replay(batch):  # the run is deterministic: the same batches come in the same order
         out = next(calls)
         assert out.shape[:3] == batch.shape[:3], "the replayed run asked for other batches"
         return out
 
-    predict_images(record, config, images_dir, out_csv=tmp / "record.csv", tta=args.tta, progress=False)
     times = []
     for _ in range(args.repeat):
         calls = iter(recorded)
