@@ -167,11 +167,11 @@ def measure(engine: str, model_dir: Path, images_dir: Path, megapixels: float, a
 
         predict_module._at_scale = timed_pass
         try:
-            chosen, prob = choose(model, cfg, gray, diameter)
+            chosen, prob, labels = choose(model, cfg, gray, diameter)
         finally:
             predict_module._at_scale = at_scale
         spent["estimate"] += sum(passes) - (passes[-1] if prob is not None and passes else 0.0)
-        return chosen, prob
+        return chosen, prob, labels
 
     def end_to_end(name: str, run=timed) -> tuple[float, float, float]:
         batches.clear()

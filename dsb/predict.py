@@ -180,28 +180,38 @@ def _at_scale(model, gray: np.ndarray, scale: float, config: Config, *, tta: boo
     )
 
 
-def _summed_area(gray: np.ndarray) -> np.ndarray:
-    """The summed-area table of ``gray``, with a leading row and column of zeros."""
-    plane = gray[:, :, 0] if gray.ndim == 3 else gray
-    return np.pad(np.cumsum(np.cumsum(plane, 0, dtype=np.float64), 1), ((1, 0), (1, 0)))
+def _prefix_sums(values: np.ndarray, at: np.ndarray, axis: int) -> np.ndarray:
+    """Sums of ``values`` along ``axis`` over ``[0, k)`` for each ``k`` in ``at`` (ascending, in
+    ``[0, n]``), in float64: one pass of block sums between the wanted indices, not a full cumsum."""
+    n = values.shape[axis]
+    edges = np.union1d([0], at[at < n])
+    blocks = np.add.reduceat(values, edges, axis=axis, dtype=np.float64)
+    shape = list(blocks.shape)
+    shape[axis] = 1
+    prefix = np.concatenate([np.zeros(shape), np.cumsum(blocks, axis=axis)], axis=axis)
+    return np.take(prefix, np.searchsorted(np.append(edges, n), at), axis=axis)
 
 
-def _window(gray: np.ndarray, side: int, table: np.ndarray) -> np.ndarray:
+def _window(gray: np.ndarray, side: int) -> np.ndarray:
     """The ``side`` x ``side`` part of ``gray`` with the most signal (nuclei are bright in the
     network's input), or all of an axis shorter than ``side``; the whole image when the
-    window would hold half of it or more (the pass can then serve as the prediction).
-    ``table`` is ``gray``'s :func:`_summed_area`."""
+    window would hold half of it or more (the pass can then serve as the prediction)."""
     height, width = gray.shape[:2]
     sh, sw = min(side, height), min(side, width)
     if 2 * sh * sw >= height * width:
         return gray
-    # Window sums on a grid of a quarter window.
+    plane = gray[:, :, 0] if gray.ndim == 3 else gray
+    # Window sums on a grid of a quarter window, from the summed-area table at the grid's corners only.
     rows = np.unique(np.linspace(0, height - sh, max(1, 4 * height // sh)).astype(int))
     cols = np.unique(np.linspace(0, width - sw, max(1, 4 * width // sw)).astype(int))
-    r, c = np.meshgrid(rows, cols, indexing="ij")
-    sums = table[r + sh, c + sw] - table[r, c + sw] - table[r + sh, c] + table[r, c]
+    row_at, col_at = np.union1d(rows, rows + sh), np.union1d(cols, cols + sw)
+    table = _prefix_sums(_prefix_sums(plane, row_at, 0), col_at, 1)
+    top, bottom = np.searchsorted(row_at, rows), np.searchsorted(row_at, rows + sh)
+    left, right = np.searchsorted(col_at, cols), np.searchsorted(col_at, cols + sw)
+    sums = (table[np.ix_(bottom, right)] - table[np.ix_(top, right)]
+            - table[np.ix_(bottom, left)] + table[np.ix_(top, left)])
     i, j = np.unravel_index(np.argmax(sums), sums.shape)
-    return gray[r[i, j] : r[i, j] + sh, c[i, j] : c[i, j] + sw]
+    return gray[rows[i] : rows[i] + sh, cols[j] : cols[j] + sw]
 
 
 def _inner_diameter(labels: np.ndarray, whole: bool) -> float:
@@ -252,22 +262,22 @@ def choose_scale(model, config: Config, gray: np.ndarray, *, diameter: float | N
     return _choose(model, config, gray, diameter)[0]
 
 
-def _choose(model, config: Config, gray: np.ndarray, diameter) -> tuple[Scale, np.ndarray | None]:
-    """:func:`choose_scale`, and the probabilities of its last pass when that pass saw the whole
-    image at the chosen scale (so prediction need not run again); None otherwise."""
+def _choose(model, config: Config, gray: np.ndarray, diameter) -> tuple[Scale, np.ndarray | None, np.ndarray | None]:
+    """:func:`choose_scale`, and the probabilities and watershed labels of its last pass when that
+    pass saw the whole image at the chosen scale (so neither the network nor the watershed need
+    run again); None and None otherwise."""
     canonical = config.preprocess.diameter
     pc = config.predict
     if not canonical:
-        return Scale(1.0, math.nan, False), None
+        return Scale(1.0, math.nan, False), None, None
     if diameter is not None:
         scale = clip_scale(canonical / check_diameter(diameter), pc.min_scale, pc.max_scale)
-        return Scale(scale, float(diameter), False), None
+        return Scale(scale, float(diameter), False), None, None
     scale, passes, found = clip_scale(pc.estimate_scale, pc.min_scale, pc.max_scale), 0, math.nan
-    table = _summed_area(gray)
     multiple = config.model.size_multiple()
     while True:
         # One pixel more than the window needs, so that it resamples to at least estimate_size.
-        window = _window(gray, max(1, math.ceil(pc.estimate_size / scale) + 1), table)
+        window = _window(gray, max(1, math.ceil(pc.estimate_size / scale) + 1))
         whole = window.shape == gray.shape
         if whole:
             prob = _at_scale(model, window, scale, config)
@@ -277,15 +287,17 @@ def _choose(model, config: Config, gray: np.ndarray, diameter) -> tuple[Scale, n
             work = resample(window, scale)[:side, :side]
             prob = predict_probabilities(model, work, config.predict, multiple=multiple)
         passes += 1
-        found = _inner_diameter(labels_from_probabilities(prob, config.postprocess), whole)
+        labels = labels_from_probabilities(prob, config.postprocess)
+        found = _inner_diameter(labels, whole)
         if not math.isfinite(found):
             break
         wanted = clip_scale(scale * canonical / found, pc.min_scale, pc.max_scale)
         if abs(math.log(wanted / scale)) < math.log(1.2) or passes >= pc.diameter_passes:
             break
         scale = wanted
-    # The last pass ran at the chosen scale: its probabilities serve when it saw the whole image.
-    return Scale(scale, found / scale, True, passes), (prob if whole else None)
+    # The last pass ran at the chosen scale: its probabilities and labels serve when it saw the whole image.
+    chosen = Scale(scale, found / scale, True, passes)
+    return (chosen, prob, labels) if whole else (chosen, None, None)
 
 
 def predict_scaled(
@@ -297,7 +309,7 @@ def predict_scaled(
     probabilities; :func:`predict_nuclei` bounds memory on large images.
     """
     gray = _network_input(raw_image, config)
-    chosen, prob = _choose(model, config, gray, diameter)
+    chosen, prob, _ = _choose(model, config, gray, diameter)
     if prob is None or tta:
         prob = _at_scale(model, gray, chosen.scale, config, tta=tta)
     return Scaled(prob, chosen.scale, gray.shape[:2], chosen.diameter, chosen.estimated)
@@ -408,21 +420,24 @@ def network_stage(model, config: Config, raw_image: np.ndarray, *, tta: bool = F
     chunks comes back as its finished :class:`Nuclei`.
     """
     gray = _network_input(raw_image, config)
-    chosen, prob = _choose(model, config, gray, diameter)
+    chosen, prob, labels = _choose(model, config, gray, diameter)
     if max(gray.shape[:2]) * chosen.scale > _CHUNK + 2 * _CHUNK_MARGIN:
         labels = _segment_in_chunks(model, config, gray, chosen.scale, tta=tta)
         return Nuclei(labels, chosen.diameter, chosen.scale, chosen.estimated)
     if prob is None or tta:
-        prob = _at_scale(model, gray, chosen.scale, config, tta=tta)
-    return prob, chosen, gray.shape[:2]
+        prob, labels = _at_scale(model, gray, chosen.scale, config, tta=tta), None
+    return prob, labels, chosen, gray.shape[:2]
 
 
 def watershed_stage(stage, config: Config) -> Nuclei:
-    """The other half of :func:`predict_nuclei`: nuclei from :func:`network_stage`'s probabilities."""
+    """The other half of :func:`predict_nuclei`: nuclei from :func:`network_stage`'s probabilities
+    (and the estimate's watershed of them at the working scale, when it made one)."""
     if isinstance(stage, Nuclei):
         return stage
-    prob, chosen, shape = stage
-    labels = labels_at_scale(prob, chosen.scale, shape, config.postprocess)
+    prob, labels, chosen, shape = stage
+    if labels is None:
+        labels = labels_from_probabilities(prob, config.postprocess)
+    labels = labels_to_image(labels, prob, chosen.scale, shape, config.postprocess)
     return Nuclei(labels, chosen.diameter, chosen.scale, chosen.estimated)
 
 

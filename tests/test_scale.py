@@ -223,3 +223,49 @@ def test_resample_scales_both_sides_and_keeps_a_flat_image_flat():
         np.testing.assert_allclose(out, 0.25, atol=1e-6)
     with pytest.raises(ValueError, match="2-D"):
         resample(np.zeros((4, 4, 2), np.float32), 2.0)
+
+
+def test_the_estimate_window_is_the_brightest_on_its_grid():
+    from dsb.predict import _window
+
+    rng = np.random.default_rng(3)
+    for _ in range(40):
+        height, width = (int(v) for v in rng.integers(30, 400, 2))
+        side = int(rng.integers(8, 200))
+        gray = (rng.random((height, width)) * (rng.random((height, width)) < 0.2)).astype(np.float32)
+        window = _window(gray, side)
+        sh, sw = min(side, height), min(side, width)
+        if 2 * sh * sw >= height * width:
+            assert window is gray
+            continue
+        rows = np.unique(np.linspace(0, height - sh, max(1, 4 * height // sh)).astype(int))
+        cols = np.unique(np.linspace(0, width - sw, max(1, 4 * width // sw)).astype(int))
+        sums = np.array([[gray[r : r + sh, c : c + sw].sum(dtype=np.float64) for c in cols] for r in rows])
+        r, c = np.unravel_index(np.argmax(sums), sums.shape)
+        assert window.shape == (sh, sw)
+        np.testing.assert_array_equal(window, gray[rows[r] : rows[r] + sh, cols[c] : cols[c] + sw])
+
+
+def test_the_estimate_pass_that_saw_the_whole_image_serves_its_watershed_too(monkeypatch):
+    from dsb import predict
+    from dsb.predict import labels_at_scale
+
+    truth = grid_of_discs((200, 200), 12, 40)  # small enough to be estimated whole
+    calls = []
+    counted = predict.labels_from_probabilities
+
+    def counting(prob, config=None):
+        calls.append(prob.shape)
+        return counted(prob, config)
+
+    monkeypatch.setattr(predict, "labels_from_probabilities", counting)
+    gray = predict._network_input(image_of(truth), CONFIG)
+    passes = predict.choose_scale(size_tuned_network, CONFIG, gray).passes
+    calls.clear()
+    found = predict_nuclei(size_tuned_network, CONFIG, image_of(truth))
+    assert found.estimated and passes >= 1
+    assert len(calls) == passes  # one watershed per estimate pass, none again for the prediction
+    scaled = predict_scaled(size_tuned_network, CONFIG, image_of(truth))
+    again = labels_at_scale(scaled.probabilities, scaled.scale, truth.shape, CONFIG.postprocess)
+    assert again.max() == truth.max()
+    np.testing.assert_array_equal(found.labels, again)
