@@ -285,10 +285,38 @@ def stretch(gray: np.ndarray, *, low: float = 0.5, high: float = 99.8) -> np.nda
     gray = np.asarray(gray, dtype=np.float32)
     if gray.size == 0:
         return gray
-    lo, hi = np.percentile(gray, [low, high])
+    lo, hi = _percentiles(gray, [low, high])
     if hi - lo < 1e-6:
         return np.zeros_like(gray)
     return np.clip((gray - np.float32(lo)) / np.float32(hi - lo), 0, 1)
+
+
+def _percentiles(values: np.ndarray, q) -> np.ndarray:
+    """``np.percentile(values, q)`` for float32 ``values``, to the bit (tested), in about a third
+    of its time: the order statistics it interpolates come from histograms of the values' bit
+    patterns (high 16 bits, then the low 16 of the one bin that holds each rank), which sort as
+    non-negative finite floats do; any other value falls back to ``np.percentile``."""
+    n = values.size
+    at = (n - 1) * (np.asarray(q, np.float64) / 100)
+    below = np.floor(at).astype(np.intp)
+    ranks = np.r_[below, np.minimum(below + 1, n - 1)]
+    bits = values.reshape(-1).view(np.uint32)
+    high = bits >> 16
+    counts = np.bincount(high, minlength=1 << 16)
+    if counts[0x7F80:].any():  # infinite, NaN or negative (sign bit set)
+        return np.percentile(values, q)
+    cumulative = np.cumsum(counts)
+    bins = np.searchsorted(cumulative, ranks + 1)
+    found = np.empty(ranks.size, np.uint32)
+    for top in np.unique(bins):
+        low = np.cumsum(np.bincount(bits[high == top] & 0xFFFF, minlength=1 << 16))
+        rank = ranks[bins == top] - (cumulative[top - 1] if top else 0)
+        found[bins == top] = (np.uint32(top) << 16) | np.searchsorted(low, rank + 1).astype(np.uint32)
+    stats = found.view(np.float32)
+    a, b = stats[: below.size], stats[below.size :]
+    # np.percentile's linear interpolation, in its dtypes and with its two formulas.
+    t = at - below
+    return np.where(t >= 0.5, b - (b - a) * (1 - t), a + (b - a) * t)
 
 
 def preprocess_image(image: np.ndarray, config=None, *, kind: str | None = None) -> np.ndarray:

@@ -260,3 +260,30 @@ def test_image_stats_of_uint8_counted_from_the_histogram_match_the_float_figures
             top, bottom = values[..., :3].max(-1), values[..., :3].min(-1)
             expected = (float(np.median(top)), float((top - bottom).mean()))
         assert (brightness, colourfulness) == pytest.approx(expected, abs=1e-6)
+
+
+def _percentile_cases():
+    rng = np.random.default_rng(7)
+    yield rng.random((37, 51)).astype(np.float32)
+    yield (np.round(rng.random((64, 64)) * 255) / 255).astype(np.float32)  # an 8-bit image's levels
+    sparse = rng.random((80, 60)).astype(np.float32)
+    sparse[rng.random(sparse.shape) < 0.8] = 0  # mostly background, many ties
+    yield sparse
+    yield np.full((9, 9), 0.25, np.float32)
+    yield np.array([[0.7]], np.float32)
+    yield (rng.random((30, 30)) - 0.4).astype(np.float32)  # negatives: the fallback
+    with_nan = rng.random((20, 20)).astype(np.float32)
+    with_nan[3, 4] = np.nan
+    yield with_nan
+    yield np.array([[0.0, np.inf, 0.5]], np.float32)
+
+
+@pytest.mark.parametrize("q", [[0.5, 99.8], [0.0, 100.0], [12.5, 50.0, 87.3]])
+def test_percentiles_from_bit_histograms_equal_numpy_to_the_bit(q):
+    from dsb.preprocess import _percentiles
+
+    for values in _percentile_cases():
+        with np.errstate(invalid="ignore"):  # numpy warns on inf - inf
+            ours, numpy_says = _percentiles(values, q), np.percentile(values, q)
+        assert ours.dtype == numpy_says.dtype
+        np.testing.assert_array_equal(ours, numpy_says)
