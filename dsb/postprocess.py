@@ -91,7 +91,8 @@ def _markers(prob: np.ndarray, config: PostprocessConfig, components: np.ndarray
     if prob.shape[2] >= 3:  # the contact zone between neighbours keeps their markers apart
         cores &= prob[:, :, 2] < config.contact_threshold
     markers, _ = ndimage.label(cores, structure=_CROSS)
-    markers = remove_small(markers, config.min_marker_size)
+    if config.min_marker_size > 1:  # every component has a pixel and the numbering has no gap
+        markers = remove_small(markers, config.min_marker_size)
     if config.keep_unmarked:
         marked = np.zeros(n + 1, bool)
         marked[components[markers > 0]] = True
