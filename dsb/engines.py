@@ -10,9 +10,9 @@ to ``(B, h, w, C)`` float32 probabilities, which is all that tiled inference
 is installed and has a file to run, in the order of :data:`AUTO_ORDER`:
 OpenVINO, then ONNX Runtime, then Keras. Measured with ``make bench`` on 2 CPU
 cores (AMD EPYC with AVX-512), the default model over the 65 stage-1 test
-images: the bare forward pass ran at 1.42, 1.33 and 1.10 megapixels per
-second, and prediction end to end at 1.02, 1.03 and 0.86, at a peak memory of
-0.61, 0.69 and 1.05 GiB on a 1040x1388 image (on a CPU with AVX2 only:
+images: the bare forward pass ran at 2.71, 2.32 and 2.04 megapixels per
+second, and prediction end to end at 1.86, 1.69 and 1.52, at a peak memory of
+0.60, 0.69 and 1.03 GiB on a 1040x1388 image (on a CPU with AVX2 only:
 0.80, 0.74 and 0.42 bare). The three agree within 1e-5 on probabilities.
 
 Before an ONNX file is used it is checked against the folder: its metadata
