@@ -436,8 +436,9 @@ def watershed_stage(stage, config: Config) -> Nuclei:
         return stage
     prob, labels, chosen, shape = stage
     if labels is None:
-        labels = labels_from_probabilities(prob, config.postprocess)
-    labels = labels_to_image(labels, prob, chosen.scale, shape, config.postprocess)
+        labels = labels_at_scale(prob, chosen.scale, shape, config.postprocess)
+    else:
+        labels = labels_to_image(labels, prob, chosen.scale, shape, config.postprocess)
     return Nuclei(labels, chosen.diameter, chosen.scale, chosen.estimated)
 
 
