@@ -12,17 +12,21 @@ in a temporary copy), with scale normalisation on and TTA off unless asked:
   scale, tile, network, watershed, encode, write and validate the CSV) in
   megapixels of the images per second, warm (best of ``--repeat``);
 - the share of it the scale estimate takes (its passes that do not serve as
-  the prediction; target at most 20 %);
+  the prediction, over the time the images spent in prediction, summed over
+  the threads when several run at once; target at most 20 %);
 - the bare forward pass: the engine over the same batches (estimate passes
-  included) and nothing else, and the ratio end-to-end / forward (target at
-  most 1.3), with the spread of the ratio run by run;
+  included) and nothing else, the faster of its streams all at once (for an
+  engine with several, :meth:`dsb.engines.Network.streams`) and one call at a
+  time on every core; and the ratio end-to-end / forward (target at most
+  1.3), with the spread of the ratio run by run;
 - the CPU time spent outside the network, measured by replaying the run
-  with each batch's recorded output (no engine time at all): what a faster
-  engine cannot take away (the watershed thread fills some of the engine's
-  idle cycles, so the ratio is below 1 + this / the bare pass);
+  serially with each batch's recorded output (no engine time at all): what
+  a faster engine cannot take away unless it runs beside the network (the
+  watershed thread, or the other images of a run in streams);
 - peak memory (VmHWM, :func:`_memory.peak_kib`) of a fresh process that
   predicts a 1040x1388 image (a stage1_train image of that size when the
-  training zip is there), target at most 2 GiB;
+  training zip is there), target at most 2 GiB; and, for an engine with
+  streams, of a folder of copies of it, one in flight per stream;
 
 then, for the default engine only, the peak memory of a synthetic 2048x2048
 image of 6-pixel nuclei at their diameter (upscaled to the network's: the
@@ -95,8 +99,19 @@ def _peak_memory(args) -> int:
     network, config = _load(Path(args.run_dir), args.engine, args)
     raw = read_image(args.peak_memory)
     network(np.zeros((1, 32, 32, 1), np.float32))  # load the engine fully
-    before = peak_kib()
-    labels = predict_labels(network, config, raw, tta=args.tta, diameter=args.diameter)
+    if args.copies > 1:  # a folder of copies, as many at once as the engine has streams
+        from dsb.pipeline import nuclei_predictor, predict_each
+
+        for stream in network.streams():
+            stream(np.zeros((1, 32, 32, 1), np.float32))
+        before = peak_kib()
+        items = [(str(i), None, raw) for i in range(args.copies)]
+        found = list(predict_each(nuclei_predictor(network, config, tta=args.tta, diameter=args.diameter), items,
+                                  length=len(items)))
+        labels = found[-1][-1].labels
+    else:
+        before = peak_kib()
+        labels = predict_labels(network, config, raw, tta=args.tta, diameter=args.diameter)
     after = peak_kib()
     print(before, after, int(labels.max()))
     return 0
@@ -129,86 +144,158 @@ def _large_image(tmp: Path) -> Path:
     return path
 
 
+class _Timed:
+    """The network, timed and with its batch shapes recorded; its streams (the engine's, when it runs
+    several at once: :meth:`dsb.engines.Network.streams`) are timed into the same record."""
+
+    def __init__(self, network, record, stream=None):
+        self.network, self.record, self.stream = network, record, stream or network
+
+    def __call__(self, batch):
+        began = time.perf_counter()
+        out = self.stream(batch)
+        self.record(batch.shape, time.perf_counter() - began, out)
+        return out
+
+    def streams(self):
+        streams = self.network.streams() if hasattr(self.network, "streams") else [self.network]
+        return [self] if len(streams) < 2 else [_Timed(self.network, self.record, s) for s in streams]
+
+
+class _Serial:
+    """A network called one batch at a time (no streams): the run whose batches are recorded in order."""
+
+    def __init__(self, network):
+        self.network = network
+
+    def __call__(self, batch):
+        return self.network(batch)
+
+
 def measure(engine: str, model_dir: Path, images_dir: Path, megapixels: float, args, tmp: Path) -> dict:
     """End-to-end, estimate share, bare forward and peak memory of one engine."""
+    import threading
+
     import numpy as np
 
     import dsb.predict as predict_module
     from dsb.predict import predict_images
 
     network, config = _load(model_dir, engine, args)
+    streams = network.streams()
     batches: list[tuple[int, ...]] = []
     outputs: list[np.ndarray] = []  # of the cold run, which the replay in _overhead serves again
-    spent = {"network": 0.0, "estimate": 0.0}
+    spent = {"network": 0.0, "estimate": 0.0, "images": 0.0}
+    lock, local = threading.Lock(), threading.local()
+    keep = {"outputs": False}
 
-    def timed(batch):
-        batches.append(batch.shape)
+    def record(shape, seconds, out):
+        with lock:
+            batches.append(shape)
+            spent["network"] += seconds
+            if keep["outputs"]:
+                outputs.append(out)
+
+    # Thread-seconds, summed over the images (several at once with streams): the estimate's passes
+    # that do not serve as the prediction (all but a reused last one), and each image's two stages.
+    choose, at_scale = predict_module._choose, predict_module._at_scale
+    stages = predict_module.network_stage, predict_module.watershed_stage
+
+    def timed_pass(*a, **k):
         began = time.perf_counter()
-        out = network(batch)
-        spent["network"] += time.perf_counter() - began
+        out = at_scale(*a, **k)
+        if getattr(local, "passes", None) is not None:
+            local.passes.append(time.perf_counter() - began)
         return out
 
-    def recorded(batch):
-        outputs.append(timed(batch))
-        return outputs[-1]
-
-    # The estimate's passes that do not serve as the prediction: all but a reused last one.
-    choose = predict_module._choose
-
     def timed_choose(model, cfg, gray, diameter):
-        passes = []
-        at_scale = predict_module._at_scale
-
-        def timed_pass(*a, **k):
-            began = time.perf_counter()
-            out = at_scale(*a, **k)
-            passes.append(time.perf_counter() - began)
-            return out
-
-        predict_module._at_scale = timed_pass
+        local.passes = []
         try:
             chosen, prob, labels = choose(model, cfg, gray, diameter)
         finally:
-            predict_module._at_scale = at_scale
-        spent["estimate"] += sum(passes) - (passes[-1] if prob is not None and passes else 0.0)
+            passes, local.passes = local.passes, None
+        with lock:
+            spent["estimate"] += sum(passes) - (passes[-1] if prob is not None and passes else 0.0)
         return chosen, prob, labels
 
-    def end_to_end(name: str, run=timed) -> tuple[float, float, float]:
+    def timed_stage(stage):
+        def run(*a, **k):
+            began = time.perf_counter()
+            try:
+                return stage(*a, **k)
+            finally:
+                with lock:
+                    spent["images"] += time.perf_counter() - began
+        return run
+
+    def end_to_end(name: str, model) -> tuple[float, float, float]:
         batches.clear()
-        spent.update(network=0.0, estimate=0.0)
-        predict_module._choose = timed_choose
+        spent.update(network=0.0, estimate=0.0, images=0.0)
+        predict_module._choose, predict_module._at_scale = timed_choose, timed_pass
+        predict_module.network_stage, predict_module.watershed_stage = map(timed_stage, stages)
         try:
             began = time.perf_counter()
-            predict_images(run, config, images_dir, out_csv=tmp / f"{engine}-{name}.csv", tta=args.tta,
+            predict_images(model, config, images_dir, out_csv=tmp / f"{engine}-{name}.csv", tta=args.tta,
                            progress=False)
-            return time.perf_counter() - began, spent["network"], spent["estimate"]
+            return (time.perf_counter() - began, spent["network"] / spent["images"],
+                    spent["estimate"] / spent["images"])
         finally:
-            predict_module._choose = choose
+            predict_module._choose, predict_module._at_scale = choose, at_scale
+            predict_module.network_stage, predict_module.watershed_stage = stages
 
-    def bare_forward(arrays) -> float:
+    def bare_forward(arrays, callers) -> float:
+        """The engine alone over ``arrays``: one batch at a time on each caller, on as many threads."""
+        todo = iter(arrays)
+        take = threading.Lock()
+
+        def work(call):
+            while True:
+                with take:
+                    batch = next(todo, None)
+                if batch is None:
+                    return
+                call(batch)
+
+        threads = [threading.Thread(target=work, args=(call,)) for call in callers]
         began = time.perf_counter()
-        for batch in arrays:
-            network(batch)
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
         return time.perf_counter() - began
 
-    end_to_end("cold", recorded)  # first calls of each tile shape
+    keep["outputs"] = True
+    end_to_end("cold", _Timed(_Serial(network), record))  # first calls of each tile shape, batches in order
+    keep["outputs"] = False
     arrays = [np.random.default_rng(0).random(s, dtype=np.float32) for s in batches]
-    warm, bare = [], []
+    model = _Timed(network, record)
+    if len(streams) > 1:
+        bare_forward(arrays, streams)  # the streams' first calls of each tile shape
+    warm, bare, bare_one = [], [], []
     for _ in range(args.repeat):  # the machine may be shared: alternate, keep the best of each
-        warm.append(end_to_end("warm"))
-        bare.append(bare_forward(arrays))
+        warm.append(end_to_end("warm", model))
+        bare.append(bare_forward(arrays, streams))
+        bare_one.append(bare_forward(arrays, [network]) if len(streams) > 1 else bare[-1])
     total, inside, estimate = min(warm)
-    forward = min(bare)
+    # The faster of the engine's two ways through the same batches: all streams at once, or one
+    # call at a time on every core.
+    fastest = [min(a, b) for a, b in zip(bare, bare_one)]
+    forward = min(fastest)
     # Each end-to-end run over the bare pass right after it: the spread says how noisy the machine was.
-    paired = sorted(w[0] / b for w, b in zip(warm, bare))
+    paired = sorted(w[0] / b for w, b in zip(warm, fastest))
     peak = _child_peak(args, model_dir, engine, _large_image(tmp))
+    # A folder of such images has one in flight per stream.
+    peak_streams = _child_peak(args, model_dir, engine, _large_image(tmp), copies=2 * len(streams)) \
+        if len(streams) > 1 else peak
     return {
-        "engine": engine, "seconds": total, "mp_s": megapixels / total, "estimate_share": estimate / total,
-        "network_share": inside / total, "forward_s": forward, "forward_mp_s": megapixels / forward,
+        "engine": engine, "seconds": total, "mp_s": megapixels / total, "estimate_share": estimate,
+        "network_share": inside, "forward_s": forward, "forward_mp_s": megapixels / forward,
+        "streams": len(streams), "streams_mp_s": megapixels / min(bare), "one_mp_s": megapixels / min(bare_one),
         "ratio": total / forward, "paired": paired, "overhead_s": _overhead(outputs, config, images_dir, args, tmp),
         "tiles": sum(s[0] for s in batches), "batches": len(batches),
         "tile_megapixels": sum(int(np.prod(s[:3])) for s in batches) / 1e6,
         "peak_gib": None if peak is None else peak[1] / 2**20,
+        "peak_streams_gib": None if peak_streams is None else peak_streams[1] / 2**20,
     }
 
 
@@ -245,6 +332,7 @@ def main() -> int:
     parser.add_argument("--peak-memory", help=argparse.SUPPRESS)
     parser.add_argument("--engine", default="auto", help=argparse.SUPPRESS)
     parser.add_argument("--diameter", type=float, help=argparse.SUPPRESS)
+    parser.add_argument("--copies", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.peak_memory:
         return _peak_memory(args)
@@ -284,10 +372,15 @@ def main() -> int:
             print(f"{engine}: end to end {row['seconds']:.2f} s, {row['mp_s']:.2f} MP/s"
                   f" (scale estimate {row['estimate_share']:.0%}, network {row['network_share']:.0%});"
                   f" bare forward over the same {row['tiles']} tiles ({row['tile_megapixels']:.1f} MP at the"
-                  f" working scale) {row['forward_s']:.2f} s, {row['forward_mp_s']:.2f} MP/s;"
+                  f" working scale) {row['forward_s']:.2f} s, {row['forward_mp_s']:.2f} MP/s"
+                  f" ({row['streams']} stream(s) at once {row['streams_mp_s']:.2f}, one call at a time"
+                  f" {row['one_mp_s']:.2f});"
                   f" ratio {row['ratio']:.2f} (run by run {paired[0]:.2f} to {paired[-1]:.2f});"
                   f" CPU time outside the network {row['overhead_s']:.2f} s;"
                   f" peak memory on 1040x1388: {peak}", flush=True)
+            if row["streams"] > 1 and row["peak_streams_gib"] is not None:
+                print(f"{engine}: peak memory on a folder of 1040x1388 images, {row['streams']} at once:"
+                      f" {row['peak_streams_gib']:.2f} GiB", flush=True)
         if rows:
             print("\n| engine | end to end MP/s | scale estimate | bare forward MP/s | ratio | CPU outside the network |"
                   " peak memory 1040x1388 |")
@@ -319,9 +412,11 @@ def _write_small_nuclei(path: Path) -> None:
 
 
 def _child_peak(args, model_dir: Path, engine: str, image: Path, *,
-                diameter: float | None = None) -> tuple[int, int] | None:
-    """Peak memory (KiB) of a fresh process before and after predicting ``image``; None if it failed."""
-    cmd = [sys.executable, __file__, "--peak-memory", str(image), str(model_dir), "--engine", engine]
+                diameter: float | None = None, copies: int = 1) -> tuple[int, int] | None:
+    """Peak memory (KiB) of a fresh process before and after predicting ``image`` (``copies`` of it, as
+    a folder); None if it failed."""
+    cmd = [sys.executable, __file__, "--peak-memory", str(image), str(model_dir), "--engine", engine,
+           "--copies", str(copies)]
     for flag in ("tile_size", "overlap", "batch_size"):
         if getattr(args, flag) is not None:
             cmd += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]

@@ -9,11 +9,21 @@ to ``(B, h, w, C)`` float32 probabilities, which is all that tiled inference
 ``engine="auto"`` (the default of every command) takes the fastest engine that
 is installed and has a file to run, in the order of :data:`AUTO_ORDER`:
 OpenVINO, then ONNX Runtime, then Keras. Measured with ``make bench`` on 2 CPU
-cores (AMD EPYC with AVX-512), the default model over the 65 stage-1 test
-images: the bare forward pass ran at 2.71, 2.32 and 2.04 megapixels per
-second, and prediction end to end at 1.86, 1.69 and 1.52, at a peak memory of
-0.60, 0.69 and 1.03 GiB on a 1040x1388 image (on a CPU with AVX2 only:
-0.80, 0.74 and 0.42 bare). The three agree within 1e-5 on probabilities.
+cores, the default model over the 65 stage-1 test images, the bare forward
+pass ran at 2.71, 2.32 and 2.04 megapixels per second for the three on an
+AMD EPYC with AVX-512, and end to end at 1.86, 1.69 and 1.52 (one call at a
+time, before streams), at a peak memory of 0.60, 0.69 and 1.03 GiB on a
+1040x1388 image. On an EPYC with AVX2 only, with streams, the bare pass ran
+at 0.99, 0.96 and 0.44 and end to end at 0.79, 0.84 and 0.37: there ONNX
+Runtime's lead end to end was within the machine's run-to-run noise, and
+OpenVINO stays first for its faster forward pass and least memory. The
+three agree within 1e-5 on probabilities.
+
+:meth:`Network.streams` gives the callables that may run at the same time:
+OpenVINO and ONNX Runtime offer one single-threaded stream per core, and a
+folder is then predicted that many images at a time, which keeps every core
+in the network while another image is in the watershed (on 2 AVX2 cores
+with OpenVINO, 0.60 MP/s end to end became 0.79).
 
 Before an ONNX file is used it is checked against the folder: its metadata
 must name the output channels of ``config.json`` and, when ``model.keras`` is
@@ -73,6 +83,16 @@ class Network:
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
+    def streams(self) -> list:
+        """Callables like this one that may run at the same time, one per thread.
+
+        An engine that computes faster as several single-threaded streams
+        than as one multi-threaded call gives one per stream, and a folder is
+        then predicted that many images at a time
+        (:func:`dsb.pipeline.predict_each`); the others give ``[self]``.
+        """
+        return [self]
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({str(self.path)!r})"
 
@@ -100,24 +120,66 @@ def _threads() -> int:
         return os.cpu_count() or 1
 
 
+def _onnx_session(path, threads: int):
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3  # errors only: the session's warnings are not the user's business
+    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _run_session(session, batch: np.ndarray) -> np.ndarray:
+    out = session.run(None, {INPUT_NAME: np.ascontiguousarray(batch, np.float32)})[0]
+    return np.asarray(out, np.float32)
+
+
 class OnnxRuntimeNetwork(Network):
-    """``model.onnx`` in an ONNX Runtime session on the CPU, one thread per core."""
+    """``model.onnx`` in an ONNX Runtime session on the CPU, one thread per core.
+
+    :meth:`streams` opens a second, single-threaded session that one thread
+    per core calls at the same time (ONNX Runtime runs a session from several
+    threads at once), for a folder predicted several images at a time.
+    """
 
     engine = "onnx"
 
     def __init__(self, path):
-        import onnxruntime
-
         super().__init__(path)
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = _threads()
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3  # errors only: the session's warnings are not the user's business
-        self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.session = _onnx_session(path, _threads())
+        self._streams = None
 
     def __call__(self, batch):
-        out = self.session.run(None, {INPUT_NAME: np.ascontiguousarray(batch, np.float32)})[0]
-        return np.asarray(out, np.float32)
+        return _run_session(self.session, batch)
+
+    def streams(self):
+        if self._streams is None:
+            threads = _threads()
+            self._streams = [self]
+            if threads > 1:
+                session = _onnx_session(self.path, 1)
+                self._streams = [_OnnxRuntimeStream(self.path, session) for _ in range(threads)]
+        return self._streams
+
+
+class _OnnxRuntimeStream(Network):
+    """A single-threaded session, called from one of several threads."""
+
+    engine = "onnx"
+
+    def __init__(self, path, session):
+        super().__init__(path)
+        self.session = session
+
+    def __call__(self, batch):
+        return _run_session(self.session, batch)
+
+
+def _infer(request, batch: np.ndarray) -> np.ndarray:
+    request.infer({0: np.ascontiguousarray(batch, np.float32)})
+    # The request's buffer is reused by the next call: copy out.
+    return np.array(request.get_output_tensor(0).data, np.float32)
 
 
 class OpenVinoNetwork(Network):
@@ -127,6 +189,13 @@ class OpenVinoNetwork(Network):
     otherwise compute in bfloat16, which moves probabilities by up to 0.03.
     One compiled model serves every tile shape (the file's height and width
     are dynamic).
+
+    A call runs on every core (OpenVINO's latency mode). :meth:`streams`
+    compiles the model a second time in throughput mode, as several streams
+    of fewer threads (one per core on 2 cores), for a folder predicted
+    several images at a time: a stream does not wait for the other cores
+    while they do one image's watershed, so the cores stay busy. Every mode
+    gives the same probabilities to the bit.
     """
 
     engine = "openvino"
@@ -135,19 +204,41 @@ class OpenVinoNetwork(Network):
         import openvino
 
         super().__init__(path)
-        core = openvino.Core()
-        config = {
-            "INFERENCE_PRECISION_HINT": "f32",
-            "PERFORMANCE_HINT": "LATENCY",
-            "INFERENCE_NUM_THREADS": _threads(),
-        }
-        self.compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
+        self._core = openvino.Core()
+        self._model = self._core.read_model(str(path))
+        self.compiled = self._compile("LATENCY")
         self.request = self.compiled.create_infer_request()
+        self._streams = None
+
+    def _compile(self, hint: str):
+        config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": hint, "INFERENCE_NUM_THREADS": _threads()}
+        return self._core.compile_model(self._model, "CPU", config)
 
     def __call__(self, batch):
-        self.request.infer({0: np.ascontiguousarray(batch, np.float32)})
-        # The request's buffer is reused by the next call: copy out.
-        return np.array(self.request.get_output_tensor(0).data, np.float32)
+        return _infer(self.request, batch)
+
+    def streams(self):
+        if self._streams is None:
+            self._streams = [self]
+            if _threads() > 1:
+                compiled = self._compile("THROUGHPUT")
+                count = int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+                if count > 1:
+                    self._streams = [_OpenVinoStream(self.path, compiled) for _ in range(count)]
+        return self._streams
+
+
+class _OpenVinoStream(Network):
+    """One infer request of a model compiled for throughput: one thread's share of the cores."""
+
+    engine = "openvino"
+
+    def __init__(self, path, compiled):
+        super().__init__(path)
+        self.request = compiled.create_infer_request()
+
+    def __call__(self, batch):
+        return _infer(self.request, batch)
 
 
 def engine_installed(engine: str) -> bool:

@@ -79,6 +79,45 @@ def test_engines_agree_with_keras_within_1e_4(run, engine, shape):
     assert expected.std() > 1e-3
 
 
+@pytest.mark.parametrize("engine", ONNX_ENGINES)
+def test_streams_give_the_same_probabilities_to_the_bit(run, monkeypatch, engine):
+    import threading
+
+    path, _ = run
+    network = open_network(path, CONFIG, engine)
+    batches = [np.random.default_rng(i).random((1, 48 + 16 * i, 64, 1), dtype=np.float32) for i in range(4)]
+    expected = [network(batch) for batch in batches]
+    streams = network.streams()
+    assert len(streams) >= 2  # on the 2 or more cores of every test machine
+    assert all(s is not network and s.engine == engine for s in streams)
+    assert network.streams() is streams  # opened once
+    # Each stream on its own thread, at the same time.
+    got = {}
+
+    def work(i, stream):
+        got[i] = [stream(batch) for batch in batches]
+
+    threads = [threading.Thread(target=work, args=(i, s)) for i, s in enumerate(streams)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(got) == len(streams)
+    for outputs in got.values():
+        for a, b in zip(outputs, expected):
+            np.testing.assert_array_equal(a, b)
+    # One core: nothing to gain from streams.
+    monkeypatch.setattr("dsb.engines._threads", lambda: 1)
+    single = open_network(path, CONFIG, engine)
+    assert single.streams() == [single]
+
+
+def test_keras_runs_one_call_at_a_time(run):
+    path, model = run
+    network = open_network(path, CONFIG, "keras", keras_model=model)
+    assert network.streams() == [network]
+
+
 def test_auto_takes_the_first_installed_engine_that_has_a_file(run, tmp_path, monkeypatch):
     path, _ = run
     installed = [e for e in AUTO_ORDER if engine_installed(e)]

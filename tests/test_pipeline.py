@@ -209,3 +209,114 @@ def test_the_two_stage_predictor_skips_an_image_either_stage_refuses(tmp_path):
     assert sorted(s.message for s in skips.records) == ["nothing to flood", "too small for the network"]
     with pytest.raises(BadDataError, match="nothing to flood"):
         list(predict_each(Refusing(threshold_model, CONFIG), images[1:3]))
+
+
+class _TwoStreams:
+    """A network with two streams that wait for each other on their first call: a folder predicted
+    one image at a time breaks the barrier. Records which threads called which stream."""
+
+    def __init__(self):
+        import threading
+
+        self.barrier = threading.Barrier(2, timeout=10)
+        self.calls: list[tuple[int, str]] = []
+        self.busy = [threading.Lock(), threading.Lock()]
+        self.overlapped = []
+        self.main_calls = 0
+
+    def __call__(self, batch):
+        from conftest import threshold_model
+
+        self.main_calls += 1
+        return threshold_model(batch)
+
+    def streams(self):
+        return [_Stream(self, 0), _Stream(self, 1)]
+
+
+class _Stream:
+    def __init__(self, owner, index):
+        self.owner, self.index, self.first = owner, index, True
+
+    def __call__(self, batch):
+        import threading
+
+        from conftest import threshold_model
+
+        if not self.owner.busy[self.index].acquire(blocking=False):
+            self.owner.overlapped.append(self.index)  # two threads in one stream at once
+            raise AssertionError("a stream was called from two threads at once")
+        try:
+            self.owner.calls.append((self.index, threading.current_thread().name))
+            if self.first:
+                self.first = False
+                self.owner.barrier.wait()
+            return threshold_model(batch)
+        finally:
+            self.owner.busy[self.index].release()
+
+
+def test_a_network_with_streams_predicts_that_many_images_at_once_in_order():
+    from conftest import CONFIG, threshold_model
+
+    images = [(f"{image_id}-{k}", None, disc_image(truth_labels(image_id))) for k in range(3) for image_id in SAMPLES]
+    network = _TwoStreams()
+    found = list(predict_each(pipeline.nuclei_predictor(network, CONFIG), images, length=len(images)))
+    alone = list(predict_each(lambda raw: pipeline.nuclei_predictor(threshold_model, CONFIG)(raw), images))
+    assert [row[0] for row in found] == [row[0] for row in images]
+    for (_, _, _, a), (_, _, _, b) in zip(found, alone):
+        np.testing.assert_array_equal(a.labels, b.labels)
+    assert {index for index, _ in network.calls} == {0, 1}  # the barrier passed: two images were in flight
+    assert all(name.startswith("dsb-stream") for _, name in network.calls)
+    assert network.main_calls == 0 and not network.overlapped
+
+
+def test_one_image_takes_the_whole_network_not_a_stream():
+    from conftest import CONFIG
+
+    network = _TwoStreams()
+    image = disc_image(truth_labels(next(iter(SAMPLES))))
+    found = list(predict_each(pipeline.nuclei_predictor(network, CONFIG), [("a", None, image)], length=1))
+    assert len(found) == 1 and found[0][-1].labels.max() > 0
+    assert network.main_calls > 0 and network.calls == []
+
+
+def test_streams_skip_an_image_the_prediction_refuses_and_keep_the_rest():
+    from conftest import CONFIG
+
+    class Refusing(pipeline.NucleiPredictor):
+        def network(self, raw):
+            if raw.shape == (3, 3):
+                raise BadDataError("too small for the network")
+            return super().network(raw)
+
+    good = disc_image(truth_labels(next(iter(SAMPLES))))
+    images = [("a", None, good), ("bad", Path("bad.png"), np.zeros((3, 3), np.uint8)), ("b", None, good),
+              ("c", None, good)]
+    skips = Skips(skip_bad=True)
+    found = [row[0] for row in predict_each(Refusing(_TwoStreams(), CONFIG), images, skips=skips, length=4)]
+    assert found == ["a", "b", "c"]
+    assert [(Path(s.path).name, s.message) for s in skips.records] == [("bad.png", "too small for the network")]
+    with pytest.raises(BadDataError, match="too small"):
+        list(predict_each(Refusing(_TwoStreams(), CONFIG), images, length=4))
+
+
+def test_stopping_early_leaves_no_stream_running():
+    import threading
+
+    from conftest import CONFIG
+
+    started = []
+
+    class Counting(pipeline.NucleiPredictor):
+        def network(self, raw):
+            started.append(1)
+            return super().network(raw)
+
+    image = disc_image(truth_labels(next(iter(SAMPLES))))
+    images = [(str(k), None, image) for k in range(40)]
+    found = predict_each(Counting(_TwoStreams(), CONFIG), images, length=len(images))
+    assert next(found)[0] == "0"
+    found.close()  # the pool is shut down, the images not started are cancelled
+    assert not [t for t in threading.enumerate() if t.name.startswith("dsb-stream")]
+    assert 2 <= len(started) < len(images)
