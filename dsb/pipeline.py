@@ -382,16 +382,20 @@ def predict_each(
     (str, Path or None, ndarray, Nuclei)
         Id, path, raw image and its nuclei.
     """
+    streams = predict.streams() if isinstance(predict, NucleiPredictor) and length != 1 else [predict]
+    if len(streams) > 1:
+        # The bar counts finished images (skipped ones too), not those handed to a stream.
+        done = _in_streams(streams, images, skips)
+        for row in track(done, length=length, label=label, enabled=progress):
+            if row[-1] is not None:
+                yield row
+        return
     items = track(images, length=length, label=label, enabled=progress)
     if not isinstance(predict, NucleiPredictor):
         for image_id, path, raw in items:
             nuclei = _attempt(predict, raw, path, skips)
             if nuclei is not None:
                 yield image_id, path, raw, nuclei
-        return
-    streams = predict.streams() if length is None or length > 1 else [predict]
-    if len(streams) > 1:
-        yield from _in_streams(streams, items, skips)
         return
     # One stream (Keras, one core, one image): the watershed of one image (numpy and scipy, one
     # core) runs while the network works on the next one (the engine's own threads). Measured
@@ -416,7 +420,8 @@ def predict_each(
 
 
 def _in_streams(streams: list[NucleiPredictor], items, skips):
-    """:func:`predict_each` with one image per stream at a time, each on its own thread, in order.
+    """:func:`predict_each` with one image per stream at a time, each on its own thread, in order;
+    a skipped image comes out with None for its nuclei.
 
     A stream is one thread's share of the engine (:meth:`dsb.engines.Network.streams`): while one
     image is in the watershed, the network of the others goes on, with no core waiting for it.
@@ -440,9 +445,7 @@ def _in_streams(streams: list[NucleiPredictor], items, skips):
 
     def finished(pending):
         image_id, path, raw, future = pending
-        nuclei = _attempt(lambda f: f.result(), future, path, skips)
-        if nuclei is not None:
-            yield image_id, path, raw, nuclei
+        yield image_id, path, raw, _attempt(lambda f: f.result(), future, path, skips)
 
     with ThreadPoolExecutor(max_workers=len(streams), thread_name_prefix="dsb-stream") as pool:
         pending: deque = deque()

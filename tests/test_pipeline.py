@@ -320,3 +320,32 @@ def test_stopping_early_leaves_no_stream_running():
     found.close()  # the pool is shut down, the images not started are cancelled
     assert not [t for t in threading.enumerate() if t.name.startswith("dsb-stream")]
     assert 2 <= len(started) < len(images)
+
+
+def test_with_streams_the_progress_bar_counts_finished_images_skipped_ones_included(monkeypatch):
+    from conftest import CONFIG
+
+    from dsb.predict import Nuclei
+
+    counted = []
+
+    def recording_track(iterable, *, length=None, label="", enabled=True):
+        for item in iterable:
+            counted.append(item)
+            yield item
+
+    monkeypatch.setattr(pipeline, "track", recording_track)
+
+    class Refusing(pipeline.NucleiPredictor):
+        def network(self, raw):
+            if raw.shape == (3, 3):
+                raise BadDataError("too small for the network")
+            return super().network(raw)
+
+    good = disc_image(truth_labels(next(iter(SAMPLES))))
+    images = [("a", None, good), ("bad", Path("bad.png"), np.zeros((3, 3), np.uint8)), ("b", None, good)]
+    found = list(predict_each(Refusing(_TwoStreams(), CONFIG), images, skips=Skips(skip_bad=True), length=3))
+    assert [row[0] for row in found] == ["a", "b"]
+    # Each tick is an image whose prediction is over: its nuclei, or None when it was skipped.
+    assert [row[0] for row in counted] == ["a", "bad", "b"]
+    assert [type(row[-1]) for row in counted] == [Nuclei, type(None), Nuclei]
