@@ -14,9 +14,10 @@ pass ran at 2.71, 2.32 and 2.04 megapixels per second for the three on an
 AMD EPYC with AVX-512, and end to end at 1.86, 1.69 and 1.52 (one call at a
 time, before streams), at a peak memory of 0.60, 0.69 and 1.03 GiB on a
 1040x1388 image. On an EPYC with AVX2 only, with streams, the bare pass ran
-at 0.99, 0.96 and 0.44 and end to end at 0.79, 0.84 and 0.37: there ONNX
-Runtime's lead end to end was within the machine's run-to-run noise, and
-OpenVINO stays first for its faster forward pass and least memory. The
+at 0.99, 0.96 and 0.44 and end to end at 0.79, 0.84 and 0.37. ONNX
+Runtime's lead there was noise: interleaved, four runs each, OpenVINO
+predicted the 65 images in 14.27 s and ONNX Runtime in 14.93 s at best. So
+OpenVINO comes first, for its faster forward pass and least memory. The
 three agree within 1e-5 on probabilities.
 
 :meth:`Network.streams` gives the callables that may run at the same time:
