@@ -21,7 +21,8 @@ OpenVINO comes first, for its faster forward pass and least memory. The
 three agree within 1e-5 on probabilities.
 
 :meth:`Network.streams` gives the callables that may run at the same time:
-OpenVINO and ONNX Runtime offer one single-threaded stream per core, and a
+OpenVINO and ONNX Runtime offer one stream per core, up to
+:data:`MAX_STREAMS`, each with its share of the threads (one on 2 cores), and a
 folder is then predicted that many images at a time, which keeps every core
 in the network while another image is in the watershed (on 2 AVX2 cores
 with OpenVINO, 0.60 MP/s end to end became 0.79).
@@ -47,6 +48,7 @@ __all__ = [
     "ENGINES",
     "ENGINE_CHOICES",
     "AUTO_ORDER",
+    "MAX_STREAMS",
     "Network",
     "KerasNetwork",
     "OnnxRuntimeNetwork",
@@ -113,6 +115,11 @@ class KerasNetwork(Network):
         return np.asarray(keras.ops.convert_to_numpy(self.model.predict_on_batch(batch)), np.float32)
 
 
+# At most this many images in flight at once (each holds its own memory: about 0.5 GiB for a
+# 1040x1388 image), whatever the number of cores; each stream then takes a share of them.
+MAX_STREAMS = 4
+
+
 def _threads() -> int:
     """The cores this process may use (a CPU-limited container or ``taskset`` gives fewer than the machine's)."""
     try:
@@ -139,9 +146,10 @@ def _run_session(session, batch: np.ndarray) -> np.ndarray:
 class OnnxRuntimeNetwork(Network):
     """``model.onnx`` in an ONNX Runtime session on the CPU, one thread per core.
 
-    :meth:`streams` opens a second, single-threaded session that one thread
-    per core calls at the same time (ONNX Runtime runs a session from several
-    threads at once), for a folder predicted several images at a time.
+    :meth:`streams` opens a second session with a share of the threads
+    (one on 2 cores) that one thread per core, up to :data:`MAX_STREAMS`,
+    calls at the same time (ONNX Runtime runs a session from several threads
+    at once), for a folder predicted several images at a time.
     """
 
     engine = "onnx"
@@ -157,10 +165,11 @@ class OnnxRuntimeNetwork(Network):
     def streams(self):
         if self._streams is None:
             threads = _threads()
+            count = min(threads, MAX_STREAMS)
             self._streams = [self]
-            if threads > 1:
-                session = _onnx_session(self.path, 1)
-                self._streams = [_OnnxRuntimeStream(self.path, session) for _ in range(threads)]
+            if count > 1:
+                session = _onnx_session(self.path, threads // count)
+                self._streams = [_OnnxRuntimeStream(self.path, session) for _ in range(count)]
         return self._streams
 
 
@@ -192,11 +201,11 @@ class OpenVinoNetwork(Network):
     are dynamic).
 
     A call runs on every core (OpenVINO's latency mode). :meth:`streams`
-    compiles the model a second time in throughput mode, as several streams
-    of fewer threads (one per core on 2 cores), for a folder predicted
-    several images at a time: a stream does not wait for the other cores
-    while they do one image's watershed, so the cores stay busy. Every mode
-    gives the same probabilities to the bit.
+    compiles the model a second time in throughput mode, as one stream per
+    core up to :data:`MAX_STREAMS`, each with its share of the threads, for a
+    folder predicted several images at a time: a stream does not wait for
+    the other cores while they do one image's watershed, so the cores stay
+    busy. Every mode gives the same probabilities to the bit.
     """
 
     engine = "openvino"
@@ -211,8 +220,10 @@ class OpenVinoNetwork(Network):
         self.request = self.compiled.create_infer_request()
         self._streams = None
 
-    def _compile(self, hint: str):
+    def _compile(self, hint: str, streams: int | None = None):
         config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": hint, "INFERENCE_NUM_THREADS": _threads()}
+        if streams:
+            config["NUM_STREAMS"] = streams
         return self._core.compile_model(self._model, "CPU", config)
 
     def __call__(self, batch):
@@ -221,9 +232,10 @@ class OpenVinoNetwork(Network):
     def streams(self):
         if self._streams is None:
             self._streams = [self]
-            if _threads() > 1:
-                compiled = self._compile("THROUGHPUT")
-                count = int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+            wanted = min(_threads(), MAX_STREAMS)
+            if wanted > 1:
+                compiled = self._compile("THROUGHPUT", wanted)
+                count = min(int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")), wanted)
                 if count > 1:
                     self._streams = [_OpenVinoStream(self.path, compiled) for _ in range(count)]
         return self._streams

@@ -335,7 +335,9 @@ class NucleiPredictor:
 
     def streams(self) -> list[NucleiPredictor]:
         """One predictor per stream of the network (:meth:`dsb.engines.Network.streams`), to run at
-        the same time on as many threads; ``[self]`` for a network that takes one call at a time."""
+        the same time on as many threads; ``[self]`` for a network that takes one call at a time.
+        Each is made as ``type(self)(stream, config, tta=..., diameter=...)``: a subclass keeps
+        that signature."""
         streams = self.model.streams() if callable(getattr(self.model, "streams", None)) else [self.model]
         if len(streams) < 2:
             return [self]
@@ -359,10 +361,12 @@ def predict_each(
     """Predict the nuclei of each image, in order.
 
     A :func:`nuclei_predictor` whose network runs as several streams
-    (:meth:`dsb.engines.Network.streams`: OpenVINO on two cores or more) takes
-    that many images at a time, one per thread, when there is more than one
-    image; otherwise one image at a time, its watershed beside the network of
-    the next. The nuclei are the same either way.
+    (:meth:`dsb.engines.Network.streams`: OpenVINO and ONNX Runtime on two
+    cores or more) takes that many images at a time, one per thread, unless
+    ``length`` says there is one image (then it takes the whole network);
+    otherwise one image at a time, its watershed beside the network of the
+    next. The nuclei are the same either way. A caller that may stop early
+    closes the iterator (``contextlib.closing``) to stop the images in flight.
 
     Parameters
     ----------

@@ -17,6 +17,7 @@ Finding, reading, predicting and writing are the folder pipeline's
 
 from __future__ import annotations
 
+import contextlib
 import math
 from pathlib import Path
 
@@ -197,8 +198,9 @@ def segment_paths(
     rows: dict[str, dict] = {}
     found = predict_each(predict, checked.images(skips), skips=skips, progress=progress, length=len(checked),
                          label="segmenting")
-    for name, image, raw, nuclei in found:
-        rows[str(image)] = _write_outputs(out_dir, name, image, raw, nuclei, overlay=overlay)
+    with contextlib.closing(found):  # a failed write stops the images in flight
+        for name, image, raw, nuclei in found:
+            rows[str(image)] = _write_outputs(out_dir, name, image, raw, nuclei, overlay=overlay)
     for skip in skips.records:
         rows[skip.path] = _row(skip.path, "skipped", error=skip.message)
 

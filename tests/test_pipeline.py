@@ -319,7 +319,8 @@ def test_stopping_early_leaves_no_stream_running():
     assert next(found)[0] == "0"
     found.close()  # the pool is shut down, the images not started are cancelled
     assert not [t for t in threading.enumerate() if t.name.startswith("dsb-stream")]
-    assert 2 <= len(started) < len(images)
+    # 16 images (8 per stream) were handed to the pool; only those already running went on.
+    assert 2 <= len(started) < 8
 
 
 def test_with_streams_the_progress_bar_counts_finished_images_skipped_ones_included(monkeypatch):
@@ -349,3 +350,36 @@ def test_with_streams_the_progress_bar_counts_finished_images_skipped_ones_inclu
     # Each tick is an image whose prediction is over: its nuclei, or None when it was skipped.
     assert [row[0] for row in counted] == ["a", "bad", "b"]
     assert [type(row[-1]) for row in counted] == [Nuclei, type(None), Nuclei]
+
+
+def test_a_failed_write_stops_the_images_in_flight(tmp_path, monkeypatch):
+    import threading
+
+    import dsb.predict
+    from conftest import CONFIG
+
+    from dsb.errors import EnvironmentProblem
+
+    stage = tmp_path / "stage"
+    for k in range(12):
+        labels = truth_labels("b_two")
+        (stage / f"i{k:02d}" / "images").mkdir(parents=True)
+        Image.fromarray(disc_image(labels)).save(stage / f"i{k:02d}" / "images" / f"i{k:02d}.png")
+    writes = []
+
+    def failing_write(path, labels):
+        writes.append(path)
+        if len(writes) == 2:
+            raise EnvironmentProblem("no space left on device", path=path)
+        return write_labels(path, labels)
+
+    monkeypatch.setattr(dsb.predict, "write_labels", failing_write)
+    out = tmp_path / "out.csv"
+    with pytest.raises(EnvironmentProblem, match="no space") as error:
+        dsb.predict.predict_images(_TwoStreams(), CONFIG, stage, out_csv=out, labels_dir=tmp_path / "labels",
+                                   progress=False)
+    # The pool was shut down with the error, not left to wait for a generator nobody reads while
+    # the traceback (kept here, as a logger or debugger would) holds it.
+    assert error.traceback
+    assert not [t for t in threading.enumerate() if t.name.startswith("dsb-stream")]
+    assert not out.exists() and not list((tmp_path / "labels").iterdir())
