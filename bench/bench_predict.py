@@ -11,9 +11,10 @@ in a temporary copy), with scale normalisation on and TTA off unless asked:
 - end-to-end throughput of ``dsb predict`` (read, preprocess, estimate the
   scale, tile, network, watershed, encode, write and validate the CSV) in
   megapixels of the images per second, warm (best of ``--repeat``);
-- the share of it the scale estimate takes (its passes that do not serve as
-  the prediction, over the time the images spent in prediction, summed over
-  the threads when several run at once; target at most 20 %);
+- the share of it the scale estimate takes (all of it, windows, network
+  passes and their watersheds, less a last pass that serves as the
+  prediction, over the time the images spent in prediction, summed over the
+  threads when several run at once; target at most 20 %);
 - the bare forward pass: the engine over the same batches (estimate passes
   included) and nothing else, the faster of its streams all at once (for an
   engine with several, :meth:`dsb.engines.Network.streams`) and one call at a
@@ -196,26 +197,33 @@ def measure(engine: str, model_dir: Path, images_dir: Path, megapixels: float, a
             if keep["outputs"]:
                 outputs.append(out)
 
-    # Thread-seconds, summed over the images (several at once with streams): the estimate's passes
-    # that do not serve as the prediction (all but a reused last one), and each image's two stages.
+    # Thread-seconds, summed over the images (several at once with streams): the scale estimate
+    # (all of _choose: windows, network passes and their watersheds) less its last pass when that
+    # one serves as the prediction (network and watershed), and each image's two stages.
     choose, at_scale = predict_module._choose, predict_module._at_scale
+    flood = predict_module.labels_from_probabilities
     stages = predict_module.network_stage, predict_module.watershed_stage
 
-    def timed_pass(*a, **k):
-        began = time.perf_counter()
-        out = at_scale(*a, **k)
-        if getattr(local, "passes", None) is not None:
-            local.passes.append(time.perf_counter() - began)
-        return out
+    def timed(step, kind):
+        def run(*a, **k):
+            began = time.perf_counter()
+            out = step(*a, **k)
+            if getattr(local, "last", None) is not None:
+                local.last[kind] = time.perf_counter() - began
+            return out
+        return run
 
     def timed_choose(model, cfg, gray, diameter):
-        local.passes = []
+        local.last = {}
+        began = time.perf_counter()
         try:
             chosen, prob, labels = choose(model, cfg, gray, diameter)
         finally:
-            passes, local.passes = local.passes, None
+            seconds, last, local.last = time.perf_counter() - began, local.last, None
+        if prob is not None:  # the last pass saw the whole image and is the prediction's
+            seconds -= last.get("pass", 0.0) + last.get("flood", 0.0)
         with lock:
-            spent["estimate"] += sum(passes) - (passes[-1] if prob is not None and passes else 0.0)
+            spent["estimate"] += seconds
         return chosen, prob, labels
 
     def timed_stage(stage):
@@ -231,7 +239,8 @@ def measure(engine: str, model_dir: Path, images_dir: Path, megapixels: float, a
     def end_to_end(name: str, model) -> tuple[float, float, float]:
         batches.clear()
         spent.update(network=0.0, estimate=0.0, images=0.0)
-        predict_module._choose, predict_module._at_scale = timed_choose, timed_pass
+        predict_module._choose, predict_module._at_scale = timed_choose, timed(at_scale, "pass")
+        predict_module.labels_from_probabilities = timed(flood, "flood")
         predict_module.network_stage, predict_module.watershed_stage = map(timed_stage, stages)
         try:
             began = time.perf_counter()
@@ -241,6 +250,7 @@ def measure(engine: str, model_dir: Path, images_dir: Path, megapixels: float, a
                     spent["estimate"] / spent["images"])
         finally:
             predict_module._choose, predict_module._at_scale = choose, at_scale
+            predict_module.labels_from_probabilities = flood
             predict_module.network_stage, predict_module.watershed_stage = stages
 
     def bare_forward(arrays, callers) -> float:

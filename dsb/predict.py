@@ -15,6 +15,7 @@ called directly otherwise (any function from a ``(B, h, w, 1)`` batch to
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shutil
@@ -234,7 +235,8 @@ def choose_scale(model, config: Config, gray: np.ndarray, *, diameter: float | N
     gives nuclei whose area-weighted median diameter ``d``
     (:func:`dsb.scale.area_weighted_diameter`) suggests the scale ``D / d``; when that
     is more than 20 % away from the current one, the next pass runs there, up
-    to ``config.predict.diameter_passes`` passes. The scale stays within
+    to ``config.predict.diameter_passes`` passes; after the last, the image is
+    predicted at the scale that pass suggests. The scale stays within
     ``predict.min_scale`` .. ``max_scale``.
 
     Each pass sees a window of at most ``predict.estimate_size`` pixels a side
@@ -292,8 +294,17 @@ def _choose(model, config: Config, gray: np.ndarray, diameter) -> tuple[Scale, n
         if not math.isfinite(found):
             break
         wanted = clip_scale(scale * canonical / found, pc.min_scale, pc.max_scale)
-        if abs(math.log(wanted / scale)) < math.log(1.2) or passes >= pc.diameter_passes:
+        if abs(math.log(wanted / scale)) < math.log(1.2):
             break
+        # A window fewer than 6 diameters across holds few whole nuclei, and the large ones
+        # least: one more pass measures them at the scale this one suggests.
+        crowded = found * 6 > pc.estimate_size
+        if passes >= pc.diameter_passes + crowded:
+            # No pass left to check it, but the last measurement still says where to predict
+            # (before, the prediction ran at the last pass's scale, and that pass's own
+            # measurement went unused).
+            diameter = found / scale
+            return Scale(wanted, diameter, True, passes), None, None
         scale = wanted
     # The last pass ran at the chosen scale: its probabilities and labels serve when it saw the whole image.
     chosen = Scale(scale, found / scale, True, passes)
@@ -536,13 +547,14 @@ def predict_images(
         label_files: list[Path] = []
         predict = nuclei_predictor(model, config, tta=tta, diameter=diameter)
         found = predict_each(predict, checked.images(skips), skips=skips, progress=progress, length=len(checked))
-        for image_id, _, _, nuclei in found:
-            labels = nuclei.labels
-            shapes[image_id] = labels.shape
-            rles = labels_to_rles(labels)
-            rows.extend((image_id, rle) for rle in rles or [""])
-            if staging is not None:
-                label_files.append(write_labels(staging / f"{image_id}.png", labels))
+        with contextlib.closing(found):  # a failed write stops the images in flight
+            for image_id, _, _, nuclei in found:
+                labels = nuclei.labels
+                shapes[image_id] = labels.shape
+                rles = labels_to_rles(labels)
+                rows.extend((image_id, rle) for rle in rles or [""])
+                if staging is not None:
+                    label_files.append(write_labels(staging / f"{image_id}.png", labels))
         if not shapes:
             raise BadDataError("no image could be predicted", path=images_dir)
 

@@ -269,3 +269,38 @@ def test_the_estimate_pass_that_saw_the_whole_image_serves_its_watershed_too(mon
     again = labels_at_scale(scaled.probabilities, scaled.scale, truth.shape, CONFIG.postprocess)
     assert again.max() == truth.max()
     np.testing.assert_array_equal(found.labels, again)
+
+
+def _passes(n):
+    import dataclasses
+
+    return dataclasses.replace(CONFIG, predict=dataclasses.replace(CONFIG.predict, diameter_passes=n))
+
+
+def test_the_image_is_predicted_at_the_scale_the_last_pass_suggests():
+    from dsb import predict
+
+    truth = grid_of_discs((440, 440), 6, 24)  # 12-pixel nuclei: the network wants them 1.7 times larger
+    gray = predict._network_input(image_of(truth), CONFIG)
+    chosen = predict.choose_scale(size_tuned_network, _passes(1), gray)
+    assert chosen.passes == 1
+    # Not the scale the one pass ran at (1.0), but the one it measured.
+    assert chosen.scale == pytest.approx(CANONICAL / median_diameter(truth), rel=0.2)
+    assert chosen.diameter == pytest.approx(median_diameter(truth), rel=0.2)
+    found = predict_nuclei(size_tuned_network, _passes(1), image_of(truth))
+    assert found.labels.max() == truth.max()
+
+
+def test_a_window_too_small_for_its_nuclei_earns_one_more_pass():
+    from dsb import predict
+
+    # 76-pixel nuclei: the network sees each in four pieces at scale 1, and a 192-pixel window holds
+    # few whole; a second pass at the scale the pieces suggest sees them whole.
+    truth = grid_of_discs((440, 440), 38, 110)
+    gray = predict._network_input(image_of(truth), CONFIG)
+    chosen = predict.choose_scale(size_tuned_network, _passes(1), gray)
+    assert chosen.passes == 2
+    assert chosen.diameter == pytest.approx(median_diameter(truth), rel=0.2)
+    # Nuclei of the network's own size need no second pass.
+    small = grid_of_discs((440, 440), 10, 40)
+    assert predict.choose_scale(size_tuned_network, _passes(1), predict._network_input(image_of(small), CONFIG)).passes == 1
