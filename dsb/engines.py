@@ -13,19 +13,20 @@ cores, the default model over the 65 stage-1 test images, the bare forward
 pass ran at 2.71, 2.32 and 2.04 megapixels per second for the three on an
 AMD EPYC with AVX-512, and end to end at 1.86, 1.69 and 1.52 (one call at a
 time, before streams), at a peak memory of 0.60, 0.69 and 1.03 GiB on a
-1040x1388 image. On an EPYC with AVX2 only, with streams, the bare pass ran
-at 0.99, 0.96 and 0.44 and end to end at 0.79, 0.84 and 0.37. ONNX
-Runtime's lead there was noise: interleaved, four runs each, OpenVINO
-predicted the 65 images in 14.27 s and ONNX Runtime in 14.93 s at best. So
-OpenVINO comes first, for its faster forward pass and least memory. The
-three agree within 1e-5 on probabilities.
+1040x1388 image. On an EPYC with AVX2 only, with streams and the one-pass
+scale estimate, the bare pass ran at 1.12, 1.13 and 0.60 and end to end at
+0.92, 0.85 and 0.50 (0.62, 0.69 and 1.05 GiB). With the earlier estimate
+ONNX Runtime led end to end there once (0.84 against 0.79), which was noise:
+interleaved, four runs each, OpenVINO predicted the 65 images in 14.27 s and
+ONNX Runtime in 14.93 s at best. So OpenVINO comes first, for its speed end
+to end and least memory. The three agree within 1e-5 on probabilities.
 
 :meth:`Network.streams` gives the callables that may run at the same time:
 OpenVINO and ONNX Runtime offer one stream per core, up to
 :data:`MAX_STREAMS`, each with its share of the threads (one on 2 cores), and a
 folder is then predicted that many images at a time, which keeps every core
 in the network while another image is in the watershed (on 2 AVX2 cores
-with OpenVINO, 0.60 MP/s end to end became 0.79).
+with OpenVINO and the three-pass estimate, 0.60 MP/s end to end became 0.79).
 
 Before an ONNX file is used it is checked against the folder: its metadata
 must name the output channels of ``config.json`` and, when ``model.keras`` is

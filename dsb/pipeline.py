@@ -429,8 +429,8 @@ def _in_streams(streams: list[NucleiPredictor], items, skips):
 
     A stream is one thread's share of the engine (:meth:`dsb.engines.Network.streams`): while one
     image is in the watershed, the network of the others goes on, with no core waiting for it.
-    Measured with ``make bench`` on 2 cores (AVX2), OpenVINO: 0.79 MP/s end to end over the 65
-    stage-1 test images, against 0.60 one image at a time.
+    Measured with ``make bench`` on 2 cores (AVX2), OpenVINO, the three-pass scale estimate:
+    0.79 MP/s end to end over the 65 stage-1 test images, against 0.60 one image at a time.
     """
     import queue
     from collections import deque
