@@ -175,7 +175,7 @@ class OnnxRuntimeNetwork(Network):
 
 
 class _OnnxRuntimeStream(Network):
-    """A single-threaded session, called from one of several threads."""
+    """The streams' shared session (a share of the threads), called from one of several threads at once."""
 
     engine = "onnx"
 

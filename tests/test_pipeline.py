@@ -256,6 +256,15 @@ class _Stream:
             self.owner.busy[self.index].release()
 
 
+class _RefusingTiny(pipeline.NucleiPredictor):
+    """Refuses a 3x3 image at the network stage."""
+
+    def network(self, raw):
+        if raw.shape == (3, 3):
+            raise BadDataError("too small for the network")
+        return super().network(raw)
+
+
 def test_a_network_with_streams_predicts_that_many_images_at_once_in_order():
     from conftest import CONFIG, threshold_model
 
@@ -284,21 +293,15 @@ def test_one_image_takes_the_whole_network_not_a_stream():
 def test_streams_skip_an_image_the_prediction_refuses_and_keep_the_rest():
     from conftest import CONFIG
 
-    class Refusing(pipeline.NucleiPredictor):
-        def network(self, raw):
-            if raw.shape == (3, 3):
-                raise BadDataError("too small for the network")
-            return super().network(raw)
-
     good = disc_image(truth_labels(next(iter(SAMPLES))))
     images = [("a", None, good), ("bad", Path("bad.png"), np.zeros((3, 3), np.uint8)), ("b", None, good),
               ("c", None, good)]
     skips = Skips(skip_bad=True)
-    found = [row[0] for row in predict_each(Refusing(_TwoStreams(), CONFIG), images, skips=skips, length=4)]
+    found = [row[0] for row in predict_each(_RefusingTiny(_TwoStreams(), CONFIG), images, skips=skips, length=4)]
     assert found == ["a", "b", "c"]
     assert [(Path(s.path).name, s.message) for s in skips.records] == [("bad.png", "too small for the network")]
     with pytest.raises(BadDataError, match="too small"):
-        list(predict_each(Refusing(_TwoStreams(), CONFIG), images, length=4))
+        list(predict_each(_RefusingTiny(_TwoStreams(), CONFIG), images, length=4))
 
 
 def test_stopping_early_leaves_no_stream_running():
@@ -337,15 +340,9 @@ def test_with_streams_the_progress_bar_counts_finished_images_skipped_ones_inclu
 
     monkeypatch.setattr(pipeline, "track", recording_track)
 
-    class Refusing(pipeline.NucleiPredictor):
-        def network(self, raw):
-            if raw.shape == (3, 3):
-                raise BadDataError("too small for the network")
-            return super().network(raw)
-
     good = disc_image(truth_labels(next(iter(SAMPLES))))
     images = [("a", None, good), ("bad", Path("bad.png"), np.zeros((3, 3), np.uint8)), ("b", None, good)]
-    found = list(predict_each(Refusing(_TwoStreams(), CONFIG), images, skips=Skips(skip_bad=True), length=3))
+    found = list(predict_each(_RefusingTiny(_TwoStreams(), CONFIG), images, skips=Skips(skip_bad=True), length=3))
     assert [row[0] for row in found] == ["a", "b"]
     # Each tick is an image whose prediction is over: its nuclei, or None when it was skipped.
     assert [row[0] for row in counted] == ["a", "bad", "b"]
