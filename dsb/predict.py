@@ -235,8 +235,9 @@ def choose_scale(model, config: Config, gray: np.ndarray, *, diameter: float | N
     gives nuclei whose area-weighted median diameter ``d``
     (:func:`dsb.scale.area_weighted_diameter`) suggests the scale ``D / d``; when that
     is more than 20 % away from the current one, the next pass runs there, up
-    to ``config.predict.diameter_passes`` passes; after the last, the image is
-    predicted at the scale that pass suggests. The scale stays within
+    to ``config.predict.diameter_passes`` passes, and one more when the last
+    pass's window was under 6 of its nuclei across; after the last, the image
+    is predicted at the scale that pass suggests. The scale stays within
     ``predict.min_scale`` .. ``max_scale``.
 
     Each pass sees a window of at most ``predict.estimate_size`` pixels a side
@@ -303,8 +304,7 @@ def _choose(model, config: Config, gray: np.ndarray, diameter) -> tuple[Scale, n
             # No pass left to check it, but the last measurement still says where to predict
             # (before, the prediction ran at the last pass's scale, and that pass's own
             # measurement went unused).
-            diameter = found / scale
-            return Scale(wanted, diameter, True, passes), None, None
+            return Scale(wanted, found / scale, True, passes), None, None
         scale = wanted
     # The last pass ran at the chosen scale: its probabilities and labels serve when it saw the whole image.
     chosen = Scale(scale, found / scale, True, passes)
