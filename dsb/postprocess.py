@@ -227,7 +227,8 @@ def _flood(
     none stays background, whatever the surface: only components that must be
     split go through :func:`skimage.segmentation.watershed` (the same result as
     flooding the whole image, in a fraction of the time when most nuclei stand
-    alone).
+    alone; where two fronts reach a pixel at the same height, the two may break
+    the tie differently, and both are watersheds).
     """
     if components is None:
         components, n = ndimage.label(mask, structure=_CROSS)
