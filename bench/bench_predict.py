@@ -163,16 +163,6 @@ class _Timed:
         return [self] if len(streams) < 2 else [_Timed(self.network, self.record, s) for s in streams]
 
 
-class _Serial:
-    """A network called one batch at a time (no streams): the run whose batches are recorded in order."""
-
-    def __init__(self, network):
-        self.network = network
-
-    def __call__(self, batch):
-        return self.network(batch)
-
-
 def measure(engine: str, model_dir: Path, images_dir: Path, megapixels: float, args, tmp: Path) -> dict:
     """End-to-end, estimate share, bare forward and peak memory of one engine."""
     import threading
@@ -275,7 +265,9 @@ def measure(engine: str, model_dir: Path, images_dir: Path, megapixels: float, a
         return time.perf_counter() - began
 
     keep["outputs"] = True
-    end_to_end("cold", _Timed(_Serial(network), record))  # first calls of each tile shape, batches in order
+    # First calls of each tile shape, one batch at a time (a plain function has no streams), so
+    # that the batches are recorded in the order the replay asks for them.
+    end_to_end("cold", _Timed(lambda batch: network(batch), record))
     keep["outputs"] = False
     arrays = [np.random.default_rng(0).random(s, dtype=np.float32) for s in batches]
     model = _Timed(network, record)
@@ -293,10 +285,10 @@ def measure(engine: str, model_dir: Path, images_dir: Path, megapixels: float, a
     forward = min(fastest)
     # Each end-to-end run over the bare pass right after it: the spread says how noisy the machine was.
     paired = sorted(w[0] / b for w, b in zip(warm, fastest))
-    peak = _child_peak(args, model_dir, engine, _large_image(tmp))
+    large = _large_image(tmp)
+    peak = _child_peak(args, model_dir, engine, large)
     # A folder of such images has one in flight per stream.
-    peak_streams = _child_peak(args, model_dir, engine, _large_image(tmp), copies=2 * len(streams)) \
-        if len(streams) > 1 else peak
+    peak_streams = _child_peak(args, model_dir, engine, large, copies=2 * len(streams)) if len(streams) > 1 else peak
     return {
         "engine": engine, "seconds": total, "mp_s": megapixels / total, "estimate_share": estimate,
         "network_share": inside, "forward_s": forward, "forward_mp_s": megapixels / forward,

@@ -36,6 +36,7 @@ and is refused with one line, as is a file neither engine can read.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -169,22 +170,21 @@ class OnnxRuntimeNetwork(Network):
             count = min(threads, MAX_STREAMS)
             self._streams = [self]
             if count > 1:
+                # One session (a share of the threads each) that the streams call at once.
                 session = _onnx_session(self.path, threads // count)
-                self._streams = [_OnnxRuntimeStream(self.path, session) for _ in range(count)]
+                self._streams = [_Stream(self, functools.partial(_run_session, session)) for _ in range(count)]
         return self._streams
 
 
-class _OnnxRuntimeStream(Network):
-    """The streams' shared session (a share of the threads), called from one of several threads at once."""
+class _Stream(Network):
+    """One thread's share of an engine (:meth:`Network.streams`): ``run(batch)``."""
 
-    engine = "onnx"
-
-    def __init__(self, path, session):
-        super().__init__(path)
-        self.session = session
+    def __init__(self, network: Network, run):
+        super().__init__(network.path)
+        self.engine, self.run = network.engine, run
 
     def __call__(self, batch):
-        return _run_session(self.session, batch)
+        return self.run(batch)
 
 
 def _infer(request, batch: np.ndarray) -> np.ndarray:
@@ -237,22 +237,10 @@ class OpenVinoNetwork(Network):
             if wanted > 1:
                 compiled = self._compile("THROUGHPUT", wanted)
                 count = min(int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")), wanted)
-                if count > 1:
-                    self._streams = [_OpenVinoStream(self.path, compiled) for _ in range(count)]
+                if count > 1:  # one infer request per stream
+                    self._streams = [_Stream(self, functools.partial(_infer, compiled.create_infer_request()))
+                                     for _ in range(count)]
         return self._streams
-
-
-class _OpenVinoStream(Network):
-    """One infer request of a model compiled for throughput: one thread's share of the cores."""
-
-    engine = "openvino"
-
-    def __init__(self, path, compiled):
-        super().__init__(path)
-        self.request = compiled.create_infer_request()
-
-    def __call__(self, batch):
-        return _infer(self.request, batch)
 
 
 def engine_installed(engine: str) -> bool:

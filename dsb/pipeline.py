@@ -449,7 +449,7 @@ def _in_streams(streams: list[NucleiPredictor], items, skips):
 
     def finished(pending):
         image_id, path, raw, future = pending
-        yield image_id, path, raw, _attempt(lambda f: f.result(), future, path, skips)
+        return image_id, path, raw, _attempt(lambda f: f.result(), future, path, skips)
 
     with ThreadPoolExecutor(max_workers=len(streams), thread_name_prefix="dsb-stream") as pool:
         pending: deque = deque()
@@ -459,10 +459,10 @@ def _in_streams(streams: list[NucleiPredictor], items, skips):
                 # a long image holds the head: 8 per stream kept 2 streams busy over the stage-1
                 # test images (4 per stream lost a quarter of the speed).
                 if len(pending) == 8 * len(streams):
-                    yield from finished(pending.popleft())
+                    yield finished(pending.popleft())
                 pending.append((image_id, path, raw, pool.submit(predict, raw)))
             while pending:
-                yield from finished(pending.popleft())
+                yield finished(pending.popleft())
         finally:
             for *_, future in pending:  # stopped early (an error, or the caller closed us)
                 future.cancel()
