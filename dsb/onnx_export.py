@@ -3,7 +3,9 @@
 :func:`export_onnx` writes ``model.onnx`` through Keras's own ONNX export
 (tf2onnx on TensorFlow, jax2onnx on JAX), then names the tensors for people
 who open the file elsewhere (input ``image``, output ``probabilities``, axes
-``batch, height, width, channel``) and records in its metadata what
+``batch, height, width, channel``), drops the crop and pad that the
+converter puts after each transposed convolution (:func:`drop_empty_crops`),
+and records in its metadata what
 :func:`dsb.engines.open_network` checks before it trusts the file:
 
 - ``dsb.outputs``: the output channels in order (``body,border,contact``);
@@ -20,12 +22,13 @@ import hashlib
 import os
 import tempfile
 import warnings
+from collections import defaultdict
 from pathlib import Path
 
 from .atomic import atomic_path
 from .errors import EnvironmentProblem
 
-__all__ = ["ONNX_FILE", "INPUT_NAME", "OUTPUT_NAME", "OPSET", "file_digest", "export_onnx"]
+__all__ = ["ONNX_FILE", "INPUT_NAME", "OUTPUT_NAME", "OPSET", "file_digest", "export_onnx", "drop_empty_crops"]
 
 ONNX_FILE = "model.onnx"
 INPUT_NAME = "image"
@@ -96,6 +99,7 @@ def export_onnx(model, path, *, outputs, source=None) -> Path:
         except ImportError as exc:
             raise _converter_missing(exc) from None
         proto = onnx.load(str(raw))
+    drop_empty_crops(proto.graph)
     _rename(proto.graph, proto.graph.input[0].name, INPUT_NAME)
     _rename(proto.graph, proto.graph.output[0].name, OUTPUT_NAME)
     for value in (proto.graph.input[0], proto.graph.output[0]):
@@ -125,3 +129,90 @@ def _rename(graph, old: str, new: str) -> None:
             for i, name in enumerate(field):
                 if name == old:
                     field[i] = new
+
+
+def _exact_upsampling(node) -> bool:
+    """Whether ``node`` is a ConvTranspose whose output is exactly ``strides`` times its input:
+    a kernel as long as the stride, no padding, output padding, output shape or dilation."""
+    import onnx
+
+    if node.op_type != "ConvTranspose":
+        return False
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    strides = list(attrs.get("strides", ()))
+    return (
+        bool(strides)
+        and list(attrs.get("kernel_shape", ())) == strides
+        and not any(attrs.get("pads", ()))
+        and not any(attrs.get("output_padding", ()))
+        and "output_shape" not in attrs
+        and all(d == 1 for d in attrs.get("dilations", ()))
+        and attrs.get("auto_pad", b"NOTSET") in (b"NOTSET", "NOTSET")
+    )
+
+
+def drop_empty_crops(graph) -> int:
+    """Bypass the Slice and Pad that follow a transposed convolution of kernel as long as its stride.
+
+    tf2onnx brings a transposed convolution's output to the size TensorFlow
+    computes at run time with a Slice, then a Pad. For a kernel as long as the
+    stride (the U-Net's 2x2, stride 2) that size is stride x input with
+    ``"same"`` and ``"valid"`` padding alike, which is what the ONNX operator
+    gives: the pair crops and pads nothing. With the height and width dynamic
+    the engines cannot see that and copy three full-size feature maps twice
+    each, about a tenth of OpenVINO's time (measured: 3.63 against 3.19 MP/s
+    on 1024x1024, probabilities the same to the bit). The Pad's readers read
+    the convolution's output instead, and the nodes that then feed nothing
+    (the pair and its shape arithmetic) are dropped.
+
+    Returns
+    -------
+    int
+        How many pairs were bypassed.
+    """
+    readers = defaultdict(list)
+    for node in graph.node:
+        for name in node.input:
+            readers[name].append(node)
+    outputs = {value.name for value in graph.output}
+    bypass = {}
+    for node in graph.node:
+        if not _exact_upsampling(node):
+            continue
+        upsampled = node.output[0]
+        for crop in readers[upsampled]:
+            if crop.op_type != "Slice" or crop.input[0] != upsampled:
+                continue
+            for pad in readers[crop.output[0]]:
+                if pad.op_type == "Pad" and pad.input[0] == crop.output[0] and pad.output[0] not in outputs:
+                    bypass[pad.output[0]] = upsampled
+    if not bypass:
+        return 0
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            if name in bypass:
+                node.input[i] = bypass[name]
+    _drop_unused(graph)
+    return len(bypass)
+
+
+def _drop_unused(graph) -> None:
+    """Remove the nodes and initializers that no graph output depends on (a graph with subgraphs,
+    whose nodes may read outer names, is left as it is)."""
+    import onnx
+
+    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in graph.node for a in n.attribute):
+        return
+    needed = {value.name for value in graph.output}
+    kept = []
+    for node in reversed(graph.node):
+        if any(name in needed for name in node.output):
+            kept.append(node)
+            needed.update(name for name in node.input if name)
+    kept.reverse()
+    del graph.node[:]
+    graph.node.extend(kept)
+    for field in (graph.initializer, graph.value_info):
+        used = [item for item in field if item.name in needed]
+        del field[:]
+        field.extend(used)

@@ -231,3 +231,61 @@ def test_export_writes_model_onnx_beside_model_keras(run, tmp_path):
     assert (out / ONNX_FILE).is_file()
     check_onnx(out / ONNX_FILE, CONFIG.model.outputs, out / "model.keras")
     assert choose_engine(out, "auto") in AUTO_ORDER[:2] or not ONNX_ENGINES
+
+
+def test_export_drops_the_empty_crops_after_each_transposed_convolution(run, tmp_path, monkeypatch):
+    """The Slice and Pad tf2onnx puts after each 2x2 stride-2 transposed convolution change nothing:
+    without them the file gives the same probabilities to the bit, and has no shape arithmetic left."""
+    import onnx
+    import onnxruntime
+
+    import dsb.onnx_export as onnx_export
+
+    path, model = run
+    graph = onnx.load(str(path / ONNX_FILE)).graph
+    ops = [node.op_type for node in graph.node]
+    assert ops.count("ConvTranspose") == CONFIG.model.depth - 1
+    assert not {"Slice", "Pad", "Shape"} & set(ops)
+
+    monkeypatch.setattr(onnx_export, "drop_empty_crops", lambda graph: 0)
+    raw_path = export_onnx(model, tmp_path / "raw.onnx", outputs=CONFIG.model.outputs)
+    raw_ops = [node.op_type for node in onnx.load(str(raw_path)).graph.node]
+    assert raw_ops.count("Slice") >= 1 and raw_ops.count("Pad") == CONFIG.model.depth - 1
+    lean = onnxruntime.InferenceSession(str(path / ONNX_FILE), providers=["CPUExecutionProvider"])
+    raw = onnxruntime.InferenceSession(str(raw_path), providers=["CPUExecutionProvider"])
+    for shape in [(1, 32, 32, 1), (2, 48, 80, 1), (1, 136, 64, 1)]:
+        batch = np.random.default_rng(shape[1]).random(shape, dtype=np.float32)
+        np.testing.assert_array_equal(lean.run(None, {"image": batch})[0], raw.run(None, {"image": batch})[0])
+
+
+def test_a_transposed_convolution_that_overlaps_keeps_its_crop():
+    """Only a kernel as long as its stride gives exactly stride x input: a 3x3 kernel of stride 2
+    does not, so the crop after it stays, and so do the nodes that feed it."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from dsb.onnx_export import drop_empty_crops
+
+    def graph(kernel):
+        weight = helper.make_tensor("w", TensorProto.FLOAT, [1, 1, kernel, kernel], [1.0] * kernel * kernel)
+        consts = [helper.make_tensor(name, TensorProto.INT64, [len(v)], v)
+                  for name, v in (("starts", [0, 0]), ("ends", [8, 8]), ("axes", [2, 3]), ("pads", [0] * 8))]
+        nodes = [
+            helper.make_node("ConvTranspose", ["x", "w"], ["up"], kernel_shape=[kernel, kernel], strides=[2, 2]),
+            helper.make_node("Slice", ["up", "starts", "ends", "axes"], ["cropped"]),
+            helper.make_node("Pad", ["cropped", "pads"], ["padded"]),
+            helper.make_node("Relu", ["padded"], ["y"]),
+        ]
+        return helper.make_graph(
+            nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 4, 4])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, 8, 8])], [weight, *consts],
+        )
+
+    overlapping = graph(3)
+    assert drop_empty_crops(overlapping) == 0
+    assert [n.op_type for n in overlapping.node] == ["ConvTranspose", "Slice", "Pad", "Relu"]
+    exact = graph(2)
+    assert drop_empty_crops(exact) == 1
+    assert [n.op_type for n in exact.node] == ["ConvTranspose", "Relu"]
+    assert [t.name for t in exact.initializer] == ["w"]
+    onnx.checker.check_graph(exact)
