@@ -51,6 +51,7 @@ __all__ = [
     "ENGINE_CHOICES",
     "AUTO_ORDER",
     "MAX_STREAMS",
+    "usable_cores",
     "Network",
     "KerasNetwork",
     "OnnxRuntimeNetwork",
@@ -122,7 +123,7 @@ class KerasNetwork(Network):
 MAX_STREAMS = 4
 
 
-def _threads() -> int:
+def usable_cores() -> int:
     """The cores this process may use (a CPU-limited container or ``taskset`` gives fewer than the machine's)."""
     try:
         return len(os.sched_getaffinity(0))
@@ -158,7 +159,7 @@ class OnnxRuntimeNetwork(Network):
 
     def __init__(self, path):
         super().__init__(path)
-        self.session = _onnx_session(path, _threads())
+        self.session = _onnx_session(path, usable_cores())
         self._streams = None
 
     def __call__(self, batch):
@@ -166,7 +167,7 @@ class OnnxRuntimeNetwork(Network):
 
     def streams(self):
         if self._streams is None:
-            threads = _threads()
+            threads = usable_cores()
             count = min(threads, MAX_STREAMS)
             self._streams = [self]
             if count > 1:
@@ -222,7 +223,7 @@ class OpenVinoNetwork(Network):
         self._streams = None
 
     def _compile(self, hint: str, streams: int | None = None):
-        config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": hint, "INFERENCE_NUM_THREADS": _threads()}
+        config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": hint, "INFERENCE_NUM_THREADS": usable_cores()}
         if streams:
             config["NUM_STREAMS"] = streams
         return self._core.compile_model(self._model, "CPU", config)
@@ -233,7 +234,7 @@ class OpenVinoNetwork(Network):
     def streams(self):
         if self._streams is None:
             self._streams = [self]
-            wanted = min(_threads(), MAX_STREAMS)
+            wanted = min(usable_cores(), MAX_STREAMS)
             if wanted > 1:
                 compiled = self._compile("THROUGHPUT", wanted)
                 count = min(int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")), wanted)

@@ -21,6 +21,7 @@ and the command line prints. Nothing here prints.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -239,6 +240,40 @@ def find_images(paths) -> tuple[dict[str, Path], list[BadDataError]]:
 # ---------------------------------------------------------------- 2. reading
 
 
+def _read_or_problem(path: Path) -> tuple[np.ndarray | None, DsbError | None]:
+    try:
+        return read_image(path), None  # checks the layout: (H, W) or (H, W, 1..4), at least one pixel
+    except DsbError as exc:
+        return None, exc
+
+
+def _read_ahead(paths: Iterable[Path]) -> Iterator[tuple[np.ndarray | None, DsbError | None]]:
+    """``(raw image, None)`` or ``(None, problem)`` for each path, in order, decoded on every core:
+    Pillow decodes outside the GIL (the 65 stage-1 test images: 0.14 s on 2 cores, 0.26 s on one).
+    At most two images per core are decoded ahead of the reader."""
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .engines import usable_cores
+
+    cores = usable_cores()
+    if cores == 1:
+        yield from map(_read_or_problem, paths)
+        return
+    with ThreadPoolExecutor(max_workers=cores, thread_name_prefix="dsb-read") as pool:
+        ahead: deque = deque()
+        try:
+            for path in paths:
+                if len(ahead) == 2 * cores:
+                    yield ahead.popleft().result()
+                ahead.append(pool.submit(_read_or_problem, path))
+            while ahead:
+                yield ahead.popleft().result()
+        finally:
+            for future in ahead:
+                future.cancel()
+
+
 class Checked:
     """The images that read and passed the check, by id, with the decoded ones kept.
 
@@ -297,16 +332,16 @@ def read_images(
     good: dict[str, Path] = {}
     cache: dict[str, np.ndarray] = {}
     kept = 0
-    for image_id, path in track(images.items(), length=len(images), label=label, enabled=progress):
-        try:
-            raw = read_image(path)  # checks the layout: (H, W) or (H, W, 1..4), at least one pixel
-        except DsbError as exc:
-            skips(exc, path=path)
-            continue
-        good[image_id] = path
-        if kept + raw.nbytes <= cache_bytes:
-            cache[image_id] = raw
-            kept += raw.nbytes
+    with contextlib.closing(_read_ahead(images.values())) as read:  # a bad image stops the reads ahead
+        for (image_id, path), (raw, problem) in track(zip(images.items(), read), length=len(images),
+                                                      label=label, enabled=progress):
+            if problem is not None:
+                skips(problem, path=path)
+                continue
+            good[image_id] = path
+            if kept + raw.nbytes <= cache_bytes:
+                cache[image_id] = raw
+                kept += raw.nbytes
     return Checked(good, cache)
 
 

@@ -109,7 +109,7 @@ def test_streams_give_the_same_probabilities_to_the_bit(run, monkeypatch, engine
         for a, b in zip(outputs, expected):
             np.testing.assert_array_equal(a, b)
     # One core: nothing to gain from streams.
-    monkeypatch.setattr("dsb.engines._threads", lambda: 1)
+    monkeypatch.setattr("dsb.engines.usable_cores", lambda: 1)
     single = open_network(path, CONFIG, engine)
     assert single.streams() == [single]
 

@@ -116,6 +116,34 @@ def test_a_bad_image_is_raised_or_recorded(tmp_path):
     assert str(skips.records[0]) == str(info.value)
 
 
+def test_a_bad_image_stops_the_reads_ahead(tmp_path, reads, monkeypatch):
+    """Images are decoded on every core, at most two per core ahead of the check, in order: the
+    first bad one stops the run without decoding the rest of a large folder."""
+    monkeypatch.setattr("dsb.engines.usable_cores", lambda: 2)
+    stage = write_disc_stage(tmp_path / "stage")
+    images, _ = folder_images(stage)
+    first = next(iter(images.values()))
+    first.write_bytes(b"not a png")
+    many = dict(images)
+    for k in range(20):  # the same good image under 20 more ids, after the bad one
+        many[f"z{k:02d}"] = images["c_none"]
+    with pytest.raises(BadDataError) as info:
+        read_images(many, Skips())
+    assert str(info.value).startswith(f"{first}: ")
+    assert sum(reads.values()) <= 4
+    import threading
+
+    threads = set()
+    counting = pipeline.read_image
+    monkeypatch.setattr(pipeline, "read_image", lambda path: threads.add(threading.current_thread().name)
+                        or counting(path))
+    skips = Skips(skip_bad=True)
+    checked = read_images(many, skips)
+    assert list(checked.paths) == list(many)[1:]
+    assert [s.path for s in skips.records] == [str(first)]
+    assert threads and all(name.startswith("dsb-read") for name in threads)  # not on the caller's thread
+
+
 def test_skip_records_name_the_file_a_prediction_failed_on(tmp_path):
     def predict(raw):
         raise BadDataError("the network cannot take it")
@@ -306,6 +334,7 @@ def test_streams_skip_an_image_the_prediction_refuses_and_keep_the_rest():
 
 def test_stopping_early_leaves_no_stream_running():
     import threading
+    import time
 
     from conftest import CONFIG
 
@@ -314,6 +343,7 @@ def test_stopping_early_leaves_no_stream_running():
     class Counting(pipeline.NucleiPredictor):
         def network(self, raw):
             started.append(1)
+            time.sleep(0.05)  # slower than the main thread's way from next() to close(), on any machine
             return super().network(raw)
 
     image = disc_image(truth_labels(next(iter(SAMPLES))))
