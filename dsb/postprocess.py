@@ -34,7 +34,7 @@ from skimage.segmentation import watershed
 
 from .config import PostprocessConfig
 
-__all__ = ["labels_from_probabilities", "find_markers", "fill_label_holes", "remove_small", "relabel"]
+__all__ = ["labels_from_probabilities", "find_markers", "fill_label_holes", "remove_small", "relabel", "grow_into_mask"]
 
 _CROSS = ndimage.generate_binary_structure(2, 1)
 
@@ -178,6 +178,41 @@ def fill_label_holes(labels: np.ndarray) -> np.ndarray:
     fill[ids[first[single]]] = neighbours[first[single]]
     out = labels.copy()
     out[ys, xs] = fill[hole_ids[ys, xs]]
+    return out
+
+
+def grow_into_mask(labels: np.ndarray, mask: np.ndarray, distance: int) -> np.ndarray:
+    """Labels kept inside ``mask`` and grown into the rest of it, up to ``distance`` pixels.
+
+    Each pixel of the mask that no label covers takes the label of the
+    nearest labelled pixel (Euclidean) when that is at most ``distance``
+    away; nothing outside the mask is labelled. The same as
+    ``skimage.segmentation.expand_labels(np.where(mask, labels, 0), distance) * mask``,
+    to the pixel, without its distance map of the whole image (a third of
+    its time): distances are computed for the uncovered mask pixels only.
+
+    Parameters
+    ----------
+    labels : (H, W) ndarray of int
+    mask : (H, W) ndarray of bool
+    distance : int
+        Farthest growth in pixels, at least 0.
+
+    Returns
+    -------
+    (H, W) ndarray of int32
+    """
+    seeded = np.where(mask, labels, 0).astype(np.int32, copy=False)
+    gaps = mask & (seeded == 0)
+    if distance < 1 or not gaps.any() or not seeded.any():
+        return seeded
+    rows, cols = ndimage.distance_transform_edt(seeded == 0, return_distances=False, return_indices=True)
+    ys, xs = np.nonzero(gaps)
+    near_y, near_x = rows[ys, xs], cols[ys, xs]
+    # Squared integer distances: exact, where a square root could round at the boundary.
+    close = (near_y - ys) ** 2 + (near_x - xs) ** 2 <= distance * distance
+    out = seeded.copy()
+    out[ys[close], xs[close]] = seeded[near_y[close], near_x[close]]
     return out
 
 

@@ -32,7 +32,7 @@ from .config import Config, PostprocessConfig, PredictConfig
 from ._validate import check_gray
 from .errors import BadDataError, DsbError, EnvironmentProblem
 from .pipeline import Skips, folder_images, nuclei_predictor, predict_each, read_images, write_labels
-from .postprocess import labels_from_probabilities, relabel, remove_small
+from .postprocess import grow_into_mask, labels_from_probabilities, relabel, remove_small
 from .scale import area_weighted_diameter, check_diameter, clip_scale, labels_to_shape, resample, resample_to
 from .tiling import predict_tiled
 
@@ -350,11 +350,8 @@ def labels_to_image(
         return labels
     labels = labels_to_shape(labels, shape)
     if scale < 1.0:
-        from skimage.segmentation import expand_labels
-
         mask = resample_to(prob[:, :, 0], shape) > config.mask_threshold
-        labels = expand_labels(np.where(mask, labels, 0), distance=math.ceil(1.0 / scale)) * mask
-        labels = remove_small(labels, 1)
+        labels = remove_small(grow_into_mask(labels, mask, math.ceil(1.0 / scale)), 1)
     return labels
 
 

@@ -221,3 +221,34 @@ def test_fill_label_holes_matches_per_object_filling():
     result = fill_label_holes(labels)
     assert (result != labels).any()  # the case has holes
     np.testing.assert_array_equal(result, expected)
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    labels=arrays(np.int32, st.tuples(st.integers(1, 40), st.integers(1, 40)), elements=st.integers(0, 4)),
+    mask=st.data(),
+    distance=st.integers(0, 6),
+)
+def test_grow_into_mask_is_skimage_expand_labels_inside_the_mask(labels, mask, distance):
+    """The same nearest labelled pixel, ties included, and the same distance test as skimage's."""
+    from skimage.segmentation import expand_labels
+
+    from dsb.postprocess import grow_into_mask
+
+    labels = np.where(labels > 2, labels - 2, 0).astype(np.int32)  # about half the pixels unlabelled
+    mask = mask.draw(arrays(bool, labels.shape))
+    expected = expand_labels(np.where(mask, labels, 0), distance=distance) * mask
+    got = grow_into_mask(labels, mask, distance)
+    assert got.dtype == np.int32
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_grow_into_mask_reaches_as_far_as_it_is_told_and_no_farther():
+    from dsb.postprocess import grow_into_mask
+
+    labels = np.zeros((1, 9), np.int32)
+    labels[0, 0] = 7
+    mask = np.ones((1, 9), bool)
+    mask[0, 8] = False
+    np.testing.assert_array_equal(grow_into_mask(labels, mask, 3)[0], [7, 7, 7, 7, 0, 0, 0, 0, 0])
+    np.testing.assert_array_equal(grow_into_mask(labels, mask, 20)[0], [7] * 8 + [0])
