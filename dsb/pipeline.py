@@ -251,7 +251,6 @@ def _read_ahead(paths: Iterable[Path]) -> Iterator[tuple[np.ndarray | None, DsbE
     """``(raw image, None)`` or ``(None, problem)`` for each path, in order, decoded on every core:
     Pillow decodes outside the GIL (the 65 stage-1 test images: 0.14 s on 2 cores, 0.26 s on one).
     At most two images per core are decoded ahead of the reader."""
-    from collections import deque
     from concurrent.futures import ThreadPoolExecutor
 
     from .engines import usable_cores
@@ -260,18 +259,29 @@ def _read_ahead(paths: Iterable[Path]) -> Iterator[tuple[np.ndarray | None, DsbE
     if cores == 1:
         yield from map(_read_or_problem, paths)
         return
-    with ThreadPoolExecutor(max_workers=cores, thread_name_prefix="dsb-read") as pool:
-        ahead: deque = deque()
-        try:
-            for path in paths:
-                if len(ahead) == 2 * cores:
-                    yield ahead.popleft().result()
-                ahead.append(pool.submit(_read_or_problem, path))
-            while ahead:
-                yield ahead.popleft().result()
-        finally:
-            for future in ahead:
-                future.cancel()
+    with ThreadPoolExecutor(max_workers=cores, thread_name_prefix="dsb-read") as pool, \
+            contextlib.closing(_in_order(pool, _read_or_problem, paths, 2 * cores)) as done:
+        for _, future in done:
+            yield future.result()
+
+
+def _in_order(pool, work: Callable, items: Iterable, ahead: int, argument: Callable = lambda item: item):
+    """``(item, future of work(argument(item)))`` for each item, in order, with at most ``ahead``
+    submitted to ``pool`` and not yet handed out; closing the generator (an error, or a caller that
+    stops early) cancels those not started."""
+    from collections import deque
+
+    pending: deque = deque()
+    try:
+        for item in items:
+            if len(pending) == ahead:
+                yield pending.popleft()
+            pending.append((item, pool.submit(work, argument(item))))
+        while pending:
+            yield pending.popleft()
+    finally:
+        for _, future in pending:
+            future.cancel()
 
 
 class Checked:
@@ -468,7 +478,6 @@ def _in_streams(streams: list[NucleiPredictor], items, skips):
     0.79 MP/s end to end over the 65 stage-1 test images, against 0.60 one image at a time.
     """
     import queue
-    from collections import deque
     from concurrent.futures import ThreadPoolExecutor
 
     free: queue.SimpleQueue = queue.SimpleQueue()
@@ -482,25 +491,13 @@ def _in_streams(streams: list[NucleiPredictor], items, skips):
         finally:
             free.put(stream)
 
-    def finished(pending):
-        image_id, path, raw, future = pending
-        return image_id, path, raw, _attempt(lambda f: f.result(), future, path, skips)
-
-    with ThreadPoolExecutor(max_workers=len(streams), thread_name_prefix="dsb-stream") as pool:
-        pending: deque = deque()
-        try:
-            for image_id, path, raw in items:
-                # Results come out in order, so the others go on only as far as this queue while
-                # a long image holds the head: 8 per stream kept 2 streams busy over the stage-1
-                # test images (4 per stream lost a quarter of the speed).
-                if len(pending) == 8 * len(streams):
-                    yield finished(pending.popleft())
-                pending.append((image_id, path, raw, pool.submit(predict, raw)))
-            while pending:
-                yield finished(pending.popleft())
-        finally:
-            for *_, future in pending:  # stopped early (an error, or the caller closed us)
-                future.cancel()
+    # Results come out in order, so the others go on only as far as this queue while a long image
+    # holds the head: 8 per stream kept 2 streams busy over the stage-1 test images (4 per stream
+    # lost a quarter of the speed).
+    with ThreadPoolExecutor(max_workers=len(streams), thread_name_prefix="dsb-stream") as pool, \
+            contextlib.closing(_in_order(pool, predict, items, 8 * len(streams), lambda item: item[2])) as done:
+        for (image_id, path, raw), future in done:
+            yield image_id, path, raw, _attempt(lambda f: f.result(), future, path, skips)
 
 
 def _attempt(step, argument, path, skips):
