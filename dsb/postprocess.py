@@ -37,6 +37,8 @@ from .config import PostprocessConfig
 __all__ = ["labels_from_probabilities", "find_markers", "fill_label_holes", "remove_small", "relabel", "grow_into_mask"]
 
 _CROSS = ndimage.generate_binary_structure(2, 1)
+# :func:`grow_into_mask` visits the offsets up to this distance (about 200 of them) one by one.
+RING_DISTANCE = 8
 
 
 def _check_prob(prob) -> np.ndarray:
@@ -186,10 +188,18 @@ def grow_into_mask(labels: np.ndarray, mask: np.ndarray, distance: int) -> np.nd
 
     Each pixel of the mask that no label covers takes the label of the
     nearest labelled pixel (Euclidean) when that is at most ``distance``
-    away; nothing outside the mask is labelled. The same as
-    ``skimage.segmentation.expand_labels(np.where(mask, labels, 0), distance) * mask``,
-    to the pixel, without its distance map of the whole image (a third of
-    its time): distances are computed for the uncovered mask pixels only.
+    away; nothing outside the mask is labelled. This is
+    ``skimage.segmentation.expand_labels(np.where(mask, labels, 0), distance) * mask``
+    but for ties: where labelled pixels of different labels are equally
+    near, the first in reading order (the upper row, then the left column)
+    wins, up to :data:`RING_DISTANCE`; beyond, the distance transform's
+    choice, as skimage's.
+
+    Up to :data:`RING_DISTANCE`, only the uncovered mask pixels are visited,
+    ring by ring of the offsets within ``distance`` (80 at distance 5, which
+    is 1 / the smallest prediction scale), each until its first ring with a
+    label: the 23 shrunk stage-1 test images took a quarter of the time of
+    the whole-image distance transform, without its two full-size index maps.
 
     Parameters
     ----------
@@ -204,16 +214,46 @@ def grow_into_mask(labels: np.ndarray, mask: np.ndarray, distance: int) -> np.nd
     """
     seeded = np.where(mask, labels, 0).astype(np.int32, copy=False)
     gaps = mask & (seeded == 0)
+    distance = int(distance)
     if distance < 1 or not gaps.any() or not seeded.any():
         return seeded
-    rows, cols = ndimage.distance_transform_edt(seeded == 0, return_distances=False, return_indices=True)
+    if distance > RING_DISTANCE:  # too many rings: the transform of the whole image is faster
+        rows, cols = ndimage.distance_transform_edt(seeded == 0, return_distances=False, return_indices=True)
+        ys, xs = np.nonzero(gaps)
+        near_y, near_x = rows[ys, xs], cols[ys, xs]
+        # Squared integer distances: exact, where a square root could round at the boundary.
+        close = (near_y - ys) ** 2 + (near_x - xs) ** 2 <= distance * distance
+        out = seeded.copy()
+        out[ys[close], xs[close]] = seeded[near_y[close], near_x[close]]
+        return out
+    padded = np.pad(seeded, distance).ravel()  # zeros beyond the edge: no label comes from there
+    width = seeded.shape[1] + 2 * distance
     ys, xs = np.nonzero(gaps)
-    near_y, near_x = rows[ys, xs], cols[ys, xs]
-    # Squared integer distances: exact, where a square root could round at the boundary.
-    close = (near_y - ys) ** 2 + (near_x - xs) ** 2 <= distance * distance
+    at = (ys + distance) * width + (xs + distance)
     out = seeded.copy()
-    out[ys[close], xs[close]] = seeded[near_y[close], near_x[close]]
+    for ring in _rings(distance, width):
+        found = np.zeros(at.size, np.int32)
+        for step in ring:  # in reading order: the first label found in the ring wins a tie
+            np.copyto(found, padded[at + step], where=found == 0)
+        hit = found > 0
+        out[ys[hit], xs[hit]] = found[hit]
+        ys, xs, at = ys[~hit], xs[~hit], at[~hit]
+        if not at.size:
+            break
     return out
+
+
+def _rings(distance: int, width: int) -> list[np.ndarray]:
+    """The offsets ``(dy, dx)`` with ``0 < dy² + dx² <= distance²``, grouped by that squared distance
+    (nearest first), each group in reading order, as steps ``dy * width + dx`` in a raveled image
+    ``width`` wide."""
+    dy, dx = np.mgrid[-distance : distance + 1, -distance : distance + 1]
+    squared = dy**2 + dx**2
+    inside = (squared > 0) & (squared <= distance * distance)
+    dy, dx, squared = dy[inside], dx[inside], squared[inside]
+    order = np.lexsort((dx, dy, squared))
+    steps = dy[order] * width + dx[order]
+    return np.split(steps, np.flatnonzero(np.diff(squared[order])) + 1)
 
 
 def labels_from_probabilities(prob: np.ndarray, config: PostprocessConfig | None = None) -> np.ndarray:

@@ -223,24 +223,72 @@ def test_fill_label_holes_matches_per_object_filling():
     np.testing.assert_array_equal(result, expected)
 
 
+def _nearest_label_within(seeded: np.ndarray, mask: np.ndarray, distance: int):
+    """By brute force: each uncovered mask pixel's nearest labelled pixels within ``distance`` (the
+    first in reading order, and whether they all have one label), for the growth reference."""
+    ys, xs = np.nonzero(seeded)
+    first = np.zeros_like(seeded)
+    unique = np.ones(seeded.shape, bool)
+    if not ys.size:
+        return first, unique
+    for y, x in zip(*np.nonzero(mask & (seeded == 0))):
+        squared = (ys - y) ** 2 + (xs - x) ** 2
+        nearest = squared == squared.min()
+        if squared.min() <= distance * distance:
+            first[y, x] = seeded[ys[nearest][0], xs[nearest][0]]  # np.nonzero is in reading order
+            unique[y, x] = np.unique(seeded[ys[nearest], xs[nearest]]).size == 1
+    return first, unique
+
+
 @settings(max_examples=80, deadline=None)
 @given(
     labels=arrays(np.int32, st.tuples(st.integers(1, 40), st.integers(1, 40)), elements=st.integers(0, 4)),
     mask=st.data(),
     distance=st.integers(0, 6),
 )
-def test_grow_into_mask_is_skimage_expand_labels_inside_the_mask(labels, mask, distance):
-    """The same nearest labelled pixel, ties included, and the same distance test as skimage's."""
+def test_grow_into_mask_takes_the_nearest_label_first_in_reading_order(labels, mask, distance):
+    """The nearest labelled pixel within the distance, the first in reading order on a tie; and so
+    skimage's expand_labels wherever the nearest pixels carry one label."""
     from skimage.segmentation import expand_labels
 
     from dsb.postprocess import grow_into_mask
 
     labels = np.where(labels > 2, labels - 2, 0).astype(np.int32)  # about half the pixels unlabelled
     mask = mask.draw(arrays(bool, labels.shape))
-    expected = expand_labels(np.where(mask, labels, 0), distance=distance) * mask
+    seeded = np.where(mask, labels, 0)
+    first, unique = _nearest_label_within(seeded, mask, distance)
     got = grow_into_mask(labels, mask, distance)
     assert got.dtype == np.int32
-    np.testing.assert_array_equal(got, expected)
+    np.testing.assert_array_equal(got, np.where(seeded > 0, seeded, first))
+    skimage = expand_labels(seeded, distance=distance) * mask
+    np.testing.assert_array_equal(got[unique], skimage[unique])
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    labels=arrays(np.int32, st.tuples(st.integers(1, 30), st.integers(1, 30)), elements=st.integers(0, 30)),
+    mask=st.data(),
+    distance=st.integers(9, 14),
+)
+def test_grow_into_mask_far_is_skimage_expand_labels_inside_the_mask(labels, mask, distance):
+    """Beyond RING_DISTANCE the distance transform decides, ties included, as in skimage."""
+    from skimage.segmentation import expand_labels
+
+    from dsb.postprocess import RING_DISTANCE, grow_into_mask
+
+    assert distance > RING_DISTANCE
+    labels = np.where(labels > 27, labels - 27, 0).astype(np.int32)  # a few labelled pixels, far apart
+    mask = mask.draw(arrays(bool, labels.shape))
+    expected = expand_labels(np.where(mask, labels, 0), distance=distance) * mask
+    np.testing.assert_array_equal(grow_into_mask(labels, mask, distance), expected)
+
+
+def test_grow_into_mask_breaks_a_tie_towards_the_upper_label():
+    from dsb.postprocess import grow_into_mask
+
+    labels = np.zeros((3, 1), np.int32)
+    labels[0, 0], labels[2, 0] = 5, 3
+    np.testing.assert_array_equal(grow_into_mask(labels, np.ones((3, 1), bool), 1)[:, 0], [5, 5, 3])
 
 
 def test_grow_into_mask_reaches_as_far_as_it_is_told_and_no_farther():
