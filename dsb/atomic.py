@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .errors import EnvironmentProblem
 
-__all__ = ["atomic_path", "atomic_dir", "write_text", "os_error", "writable_dir"]
+__all__ = ["atomic_path", "atomic_paths", "atomic_dir", "write_text", "os_error", "writable_dir"]
 
 
 def _umask() -> int:
@@ -52,6 +52,55 @@ def atomic_path(path, *, suffix: str | None = None):
         that pick a format from the file name.
     """
     path = Path(path)
+    with _temporary(path, suffix) as tmp:
+        try:
+            yield tmp
+            os.replace(tmp, path)
+        except OSError as exc:
+            raise os_error(exc, path) from exc
+
+
+@contextlib.contextmanager
+def atomic_paths(*paths):
+    """Yield one temporary path per destination; rename them all into place, in order, on success.
+
+    For files that only make sense together (a run's ``config.json`` and the
+    ``tuning.csv`` it was tuned from): if one rename fails, the files already
+    renamed get their previous content back (or are removed if they were new),
+    so either every destination is new or every one is as it was.
+    """
+    paths = [Path(p) for p in paths]
+    with contextlib.ExitStack() as stack:
+        temps = [stack.enter_context(_temporary(path)) for path in paths]
+        try:
+            yield temps
+        except OSError as exc:
+            raise os_error(exc, paths[0].parent) from exc
+        # Every previous version is kept aside before the first rename, so a failed one can be undone.
+        backups = {}
+        for path in paths:
+            if path.exists():
+                backups[path] = stack.enter_context(_temporary(path))
+                try:
+                    shutil.copy2(path, backups[path])
+                except OSError as exc:
+                    raise os_error(exc, path.parent) from exc
+        for done, (path, tmp) in enumerate(zip(paths, temps)):
+            try:
+                os.replace(tmp, path)
+            except OSError as exc:
+                for earlier in paths[:done]:
+                    with contextlib.suppress(OSError):
+                        if earlier in backups:
+                            os.replace(backups[earlier], earlier)
+                        else:
+                            earlier.unlink()
+                raise os_error(exc, path) from exc
+
+
+@contextlib.contextmanager
+def _temporary(path: Path, suffix: str | None = None):
+    """A new empty file next to ``path`` with an ordinary file's mode, removed afterwards if still there."""
     suffix = path.suffix if suffix is None else suffix
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -64,9 +113,6 @@ def atomic_path(path, *, suffix: str | None = None):
     tmp = Path(tmp)
     try:
         yield tmp
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise os_error(exc, path) from exc
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()

@@ -28,6 +28,7 @@ __all__ = [
     "Config",
     "load_config",
     "save_config",
+    "config_json",
     "shipped_config",
     "SHIPPED_CONFIGS",
 ]
@@ -432,9 +433,14 @@ def load_config(path) -> Config:
     return Config.from_dict(data, path=path)
 
 
+def config_json(config: Config) -> str:
+    """``config`` as the indented JSON text of a ``config.json``."""
+    return json.dumps(config.to_dict(), indent=2) + "\n"
+
+
 def save_config(config: Config, path) -> Path:
     """Write ``config`` as indented JSON, atomically."""
-    return write_text(path, json.dumps(config.to_dict(), indent=2) + "\n")
+    return write_text(path, config_json(config))
 
 
 def shipped_config(name: str) -> Config:

@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .atomic import atomic_path
-from .config import PostprocessConfig, PredictConfig
+from .atomic import atomic_paths
+from .config import PostprocessConfig, PredictConfig, config_json
 from .errors import BadDataError
 from .postprocess import labels_from_probabilities, remove_small
 from .progress import track
@@ -286,7 +286,7 @@ def tune(run_dir, data_dir, *, progress: bool = True, engine: str = "auto") -> t
         ``run_dir/tuning.csv``.
     """
     from .predict import predict_scaled
-    from .run import load_network, update_inference
+    from .run import inference_config, load_network
 
     run_dir = Path(run_dir)
     model, config = load_network(run_dir, engine)
@@ -308,8 +308,9 @@ def tune(run_dir, data_dir, *, progress: bool = True, engine: str = "auto") -> t
         {i: s.probabilities for i, s in scaled.items()}, labels, config.postprocess, image_types=types,
         scales={i: s.scale for i, s in scaled.items()}, progress=progress,
     )
-    # config.json first: tuning.csv is what make takes as "tuned", so it must come last.
-    update_inference(run_dir, predict=tiling, postprocess=best)
-    with atomic_path(run_dir / "tuning.csv") as tmp:
-        table.to_csv(tmp, index=False, float_format="%.6g")
+    # Both or neither: a config.json tuned with no tuning.csv, or the reverse, would not say what
+    # it was tuned on. config.json goes in first: tuning.csv is what make takes as "tuned".
+    with atomic_paths(run_dir / "config.json", run_dir / "tuning.csv") as (config_tmp, table_tmp):
+        config_tmp.write_text(config_json(inference_config(run_dir, predict=tiling, postprocess=best)))
+        table.to_csv(table_tmp, index=False, float_format="%.6g")
     return best, table

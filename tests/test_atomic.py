@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from dsb.atomic import atomic_dir, atomic_path, write_text
+from dsb.atomic import atomic_dir, atomic_path, atomic_paths, write_text
 from dsb.errors import EnvironmentProblem
 
 
@@ -85,3 +85,67 @@ def test_written_files_get_the_usual_permissions(tmp_path):
     finally:
         os.umask(old)
     assert path.stat().st_mode & 0o777 == 0o644
+
+
+def _failing_replace(monkeypatch, name):
+    """os.replace fails with ENOSPC whenever its destination is called ``name``."""
+    real = os.replace
+
+    def replace(src, dst, *args, **kwargs):
+        if os.path.basename(dst) == name:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", replace)
+
+
+def test_atomic_paths_replaces_every_file_in_order(tmp_path, monkeypatch):
+    first, second = tmp_path / "config.json", tmp_path / "tuning.csv"
+    first.write_text("old config")
+    order = []
+    real = os.replace
+    monkeypatch.setattr(os, "replace", lambda src, dst: (order.append(os.path.basename(dst)), real(src, dst)))
+    with atomic_paths(first, second) as (a, b):
+        a.write_text("new config")
+        b.write_text("new table")
+    assert (first.read_text(), second.read_text()) == ("new config", "new table")
+    assert order == ["config.json", "tuning.csv"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "tuning.csv"]
+
+
+@pytest.mark.parametrize("table_existed", [False, True])
+def test_atomic_paths_undoes_the_first_file_when_the_second_cannot_be_written(tmp_path, monkeypatch, table_existed):
+    first, second = tmp_path / "config.json", tmp_path / "tuning.csv"
+    first.write_text("old config")
+    if table_existed:
+        second.write_text("old table")
+    _failing_replace(monkeypatch, "tuning.csv")
+    with pytest.raises(EnvironmentProblem, match="no space left on device") as info:
+        with atomic_paths(first, second) as (a, b):
+            a.write_text("new config")
+            b.write_text("new table")
+    assert str(second) in str(info.value)
+    assert first.read_text() == "old config"
+    assert second.read_text() == "old table" if table_existed else not second.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json"] + (["tuning.csv"] if table_existed else [])
+
+
+def test_atomic_paths_removes_a_new_first_file_when_the_second_fails(tmp_path, monkeypatch):
+    first, second = tmp_path / "config.json", tmp_path / "tuning.csv"
+    _failing_replace(monkeypatch, "tuning.csv")
+    with pytest.raises(EnvironmentProblem):
+        with atomic_paths(first, second) as (a, b):
+            a.write_text("new config")
+            b.write_text("new table")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_paths_interrupted_before_the_renames_keeps_everything(tmp_path):
+    first, second = tmp_path / "config.json", tmp_path / "tuning.csv"
+    first.write_text("old config")
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_paths(first, second) as (a, b):
+            a.write_text("half")
+            raise KeyboardInterrupt
+    assert first.read_text() == "old config" and not second.exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["config.json"]

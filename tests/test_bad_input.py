@@ -13,6 +13,7 @@ and a real `python -m dsb` process where the process's own stderr matters.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import os
@@ -939,7 +940,23 @@ def test_tune_data_that_does_not_fit_the_run(tiny_run, tmp_path, stage):
     error_line(dsb("tune", tiny_run, "--data", stage.parent), 3, "img_b/masks/m2.png", "mask is 31x36")
 
 
-def test_tune_that_cannot_write_keeps_the_run_as_it_was(tiny_run, tmp_path, stage, full_disk):
+def test_tune_that_cannot_write_keeps_the_run_as_it_was(tiny_run, tmp_path, stage, full_disk, monkeypatch):
+    # The tiny network may score every setting alike, and then the search keeps the one it started
+    # from; make it always find another, so that the failed write below has a real change to undo.
+    from dsb import tune as tune_module
+
+    search = tune_module.search_postprocess
+
+    def search_that_finds_a_change(*args, **kwargs):
+        best, table = search(*args, **kwargs)
+        return dataclasses.replace(best, min_size=best.min_size + 1), table
+
+    monkeypatch.setattr(tune_module, "search_postprocess", search_that_finds_a_change)
+    started = _tiny_config(tiny_run)["postprocess"]["min_size"]
+    tuned = copy_run(tiny_run, tmp_path / "tuned")
+    assert dsb("tune", tuned, "--data", stage.parent).exit_code == 0
+    assert _tiny_config(tuned)["postprocess"]["min_size"] != started and (tuned / "tuning.csv").is_file()
+
     run = copy_run(tiny_run, tmp_path / "run")
     before = (run / "config.json").read_bytes()
     full_disk("tuning.csv")
