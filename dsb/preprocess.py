@@ -149,15 +149,16 @@ def image_stats(image: np.ndarray) -> tuple[float, float]:
 
 
 def _median(values: np.ndarray) -> float:
-    """The median of ``as_float(values)``; for uint8 counted from the histogram, in a fraction of
-    the time a sort takes (every image is classified before it is predicted)."""
+    """The median of ``as_float(values)``; for uint8 from numpy's stable sort, which for 8-bit
+    values is a radix sort in a fraction of np.median's time (every image is classified before
+    it is predicted), and unlike np.bincount does not hold the GIL that the other streams'
+    threads wait for (two at once on two threads: 1.9 times one, against 0.6 with np.bincount)."""
     if values.dtype != np.uint8:
         return float(np.median(as_float(values)))
-    counts = np.cumsum(np.bincount(values.ravel(), minlength=256))
-    n = int(counts[-1])
+    ordered = np.sort(values.ravel(), kind="stable")
+    n = ordered.size
     # The values of rank (n - 1) // 2 and n // 2 (0-based), averaged as np.median does.
-    low, high = np.searchsorted(counts, [(n - 1) // 2 + 1, n // 2 + 1])
-    return (int(low) + int(high)) / 2 / 255
+    return (int(ordered[(n - 1) // 2]) + int(ordered[n // 2])) / 2 / 255
 
 
 def image_type(image: np.ndarray) -> str:

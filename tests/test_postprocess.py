@@ -123,6 +123,22 @@ def test_remove_small_renumbers_in_order():
     np.testing.assert_array_equal(remove_small(labels, 2), [[0, 1, 1, 0], [2, 2, 2, 0]])
 
 
+@settings(max_examples=60, deadline=None)
+@given(labels=arrays(np.int32, st.tuples(st.integers(1, 12), st.integers(1, 12)), elements=st.integers(0, 6)),
+       min_size=st.integers(0, 8))
+def test_remove_small_keeps_the_large_objects_numbered_in_order(labels, min_size):
+    """Labels with gaps and an empty image included: objects of min_size pixels or more, renumbered
+    1..N in the order of their old labels."""
+    values, sizes = np.unique(labels[labels > 0], return_counts=True)
+    kept = values[sizes >= max(min_size, 1)]
+    expected = np.zeros_like(labels)
+    for new, old in enumerate(kept, start=1):
+        expected[labels == old] = new
+    got = remove_small(labels, min_size)
+    assert got.dtype == np.int32
+    np.testing.assert_array_equal(got, expected)
+
+
 def test_rejects_bad_shapes():
     with pytest.raises(ValueError, match="C >= 2"):
         labels_from_probabilities(np.zeros((8, 8, 1), np.float32))

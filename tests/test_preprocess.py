@@ -245,8 +245,8 @@ def test_real_polarity_per_type(train_dir, train_types):
 
 
 @pytest.mark.parametrize("channels", [None, 1, 2, 3, 4])
-def test_image_stats_of_uint8_counted_from_the_histogram_match_the_float_figures(channels):
-    # uint8 medians come from a histogram (speed): the same brightness and colourfulness as in float.
+def test_image_stats_of_uint8_sorted_by_radix_match_the_float_figures(channels):
+    # uint8 medians come from a radix sort (speed): the same brightness and colourfulness as in float.
     from dsb.preprocess import as_float, image_stats
 
     rng = np.random.default_rng(channels or 0)
