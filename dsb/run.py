@@ -20,7 +20,6 @@ __all__ = [
     "load_run",
     "load_network",
     "load_run_config",
-    "inference_config",
     "update_inference",
     "update_postprocess",
     "export_onnx_in_place",
@@ -151,9 +150,11 @@ def load_network(run_dir, engine: str = "auto"):
     return open_network(run_dir, config, engine), config
 
 
-def inference_config(run_dir, *, predict: PredictConfig | None = None,
+def update_inference(run_dir, *, predict: PredictConfig | None = None,
                      postprocess: PostprocessConfig | None = None) -> Config:
-    """A run's config with its prediction and/or post-processing sections replaced (not saved)."""
+    """Replace the prediction and/or post-processing sections of a run's ``config.json`` in one
+    atomic write; return the new config."""
+    run_dir = Path(run_dir)
     config = load_run_config(run_dir)
     changes = {}
     for name, value, kind in (("predict", predict, PredictConfig), ("postprocess", postprocess, PostprocessConfig)):
@@ -161,15 +162,8 @@ def inference_config(run_dir, *, predict: PredictConfig | None = None,
             if not isinstance(value, kind):
                 raise TypeError(f"`{name}` must be a {kind.__name__}, got {type(value).__name__}")
             changes[name] = value
-    return config.replace(**changes).check()
-
-
-def update_inference(run_dir, *, predict: PredictConfig | None = None,
-                     postprocess: PostprocessConfig | None = None) -> Config:
-    """Replace the prediction and/or post-processing sections of a run's ``config.json`` in one
-    atomic write; return the new config."""
-    config = inference_config(run_dir, predict=predict, postprocess=postprocess)
-    save_config(config, Path(run_dir) / "config.json")
+    config = config.replace(**changes).check()
+    save_config(config, run_dir / "config.json")
     return config
 
 

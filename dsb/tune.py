@@ -286,7 +286,7 @@ def tune(run_dir, data_dir, *, progress: bool = True, engine: str = "auto") -> t
         ``run_dir/tuning.csv``.
     """
     from .predict import predict_scaled
-    from .run import inference_config, load_network
+    from .run import load_network
 
     run_dir = Path(run_dir)
     model, config = load_network(run_dir, engine)
@@ -311,6 +311,6 @@ def tune(run_dir, data_dir, *, progress: bool = True, engine: str = "auto") -> t
     # Both or neither: a config.json tuned with no tuning.csv, or the reverse, would not say what
     # it was tuned on. config.json goes in first: tuning.csv is what make takes as "tuned".
     with atomic_paths(run_dir / "config.json", run_dir / "tuning.csv") as (config_tmp, table_tmp):
-        config_tmp.write_text(config_json(inference_config(run_dir, predict=tiling, postprocess=best)))
+        config_tmp.write_text(config_json(config.replace(postprocess=best).check()))
         table.to_csv(table_tmp, index=False, float_format="%.6g")
     return best, table
