@@ -61,7 +61,7 @@ __all__ = [
 ]
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
-CACHE_VERSION = 3  # bump when the cache's content or format changes
+CACHE_VERSION = 4  # bump when the cache's content or format changes (4: grey RGB images by level, not by luma)
 # Fields of PreprocessConfig that only shape the training targets, not the cache.
 _NOT_CACHED = frozenset({"border_width", "contact_width", "diameter"})  # targets and scale: made per crop
 

@@ -6,6 +6,9 @@ import collections
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 from skimage.color import rgb2gray
 
 from conftest import make_discs
@@ -287,3 +290,72 @@ def test_percentiles_from_bit_histograms_equal_numpy_to_the_bit(q):
             ours, numpy_says = _percentiles(values, q), np.percentile(values, q)
         assert ours.dtype == numpy_says.dtype
         np.testing.assert_array_equal(ours, numpy_says)
+
+
+# ---------------------------------------------------------------- 8-bit images by level
+
+
+def _grey_rgb(levels: np.ndarray, alpha: bool) -> np.ndarray:
+    return np.stack([levels] * 3 + ([np.full_like(levels, 255)] if alpha else []), axis=-1)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    levels=hnp.arrays(np.uint8, hnp.array_shapes(min_dims=2, max_dims=2, min_side=1, max_side=24)),
+    layout=st.sampled_from(["grey", "rgb", "rgba"]),
+    polarity=st.sampled_from(["auto", "keep", "invert"]),
+    q=st.tuples(st.floats(0, 50), st.floats(50, 100)).filter(lambda q: q[0] < q[1]),
+)
+def test_preprocess_of_8_bit_grey_images_by_level_equals_every_pixel_to_the_bit(levels, layout, polarity, q):
+    # 8-bit grey images (RGB with equal channels included) are preprocessed on their 256 levels and
+    # looked up: the same bits as the steps on every pixel, np.percentile's percentiles included.
+    image = levels if layout == "grey" else _grey_rgb(levels, layout == "rgba")
+    config = PreprocessConfig(polarity=polarity, percentile_low=q[0], percentile_high=q[1])
+    kind = image_type(image)
+    gray = levels.astype(np.float32) / np.float32(255)
+    assert to_gray(image).dtype == np.float32
+    np.testing.assert_array_equal(to_gray(image), gray)  # equal channels: luminance is the channel
+    if polarity == "invert" or (polarity == "auto" and kind != "fluorescence"):
+        gray = 1 - gray
+    lo, hi = np.percentile(gray, q)
+    if hi - lo < 1e-6:
+        expected = np.zeros_like(gray)
+    else:
+        expected = np.clip((gray - np.float32(lo)) / np.float32(hi - lo), 0, 1)
+    got = preprocess_image(image, config)
+    assert got.dtype == np.float32 and got.shape == levels.shape
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_equal_channels_are_grey_and_unequal_ones_keep_the_luminance_weights():
+    levels = RNG.integers(0, 256, (16, 16), dtype=np.uint8)
+    image = _grey_rgb(levels, alpha=False)
+    np.testing.assert_array_equal(to_gray(image), to_gray(levels))
+    image[3, 4, 2] ^= 1  # one channel of one pixel off: a colour image, weighted as rgb2gray
+    np.testing.assert_allclose(to_gray(image), rgb2gray(image), atol=1e-6)
+    assert to_gray(image)[3, 4] != to_gray(levels)[3, 4]
+
+
+@settings(max_examples=40, deadline=None)
+@given(image=hnp.arrays(np.uint8, st.tuples(st.integers(1, 20), st.integers(1, 20), st.sampled_from([3, 4]))))
+def test_hematoxylin_of_8_bit_images_from_level_tables_equals_rgb2hed_to_the_float32_bit(image):
+    from skimage.color import rgb2hed
+
+    from dsb.preprocess import hematoxylin
+
+    expected = rgb2hed(as_float(image[..., :3]))[..., 0].astype(np.float32)
+    np.testing.assert_array_equal(hematoxylin(image), expected)
+
+
+def test_hematoxylin_of_many_8_bit_colours_equals_rgb2hed():
+    # Every seventh row of all 2^24 colours laid out in 4096 x 4096 (2.4 million colours): no sum of
+    # level tables rounds to another float32 than rgb2hed's product.
+    from skimage.color import rgb2hed
+
+    from dsb.preprocess import hematoxylin
+
+    every = np.arange(1 << 24, dtype=np.uint32)
+    image = np.stack([every >> 16, (every >> 8) & 255, every & 255], axis=-1).astype(np.uint8).reshape(4096, 4096, 3)
+    rows = image[::7]  # all of them would need 1.2 GB of float64 temporaries in rgb2hed
+    expected = rgb2hed(as_float(rows))[..., 0].astype(np.float32)
+    np.testing.assert_array_equal(hematoxylin(rows), expected)
