@@ -275,8 +275,9 @@ def hematoxylin(image: np.ndarray) -> np.ndarray:
         raise TypeError("`image` must have colour channels for colour deconvolution")
     if image.dtype == np.uint8:
         # rgb2hed's hematoxylin column is a sum over channels of a function of each channel's
-        # level: summed from tables of the 256 levels, it takes a fifth of the time and gives the
-        # same float32 (tested); the float64 sums may differ only in their last bits.
+        # level: summed from tables of the 256 levels, it takes a third of the time (the 12 stained
+        # stage-1 test images: 0.04 against 0.11 CPU s) and gives the same float32 (tested); the
+        # float64 sums may differ only in their last bits.
         density = np.log(np.maximum(_LEVELS, 1e-6)) / np.log(1e-6)  # rgb2hed's optical density
         tables = density[None, :] * hed_from_rgb[:, :1]  # (channel, level)
         summed = np.take(tables[0], image[..., 0])
@@ -386,8 +387,9 @@ def _ranks(n: int, q) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def _percentiles_of_levels(table: np.ndarray, counts: np.ndarray, q) -> np.ndarray:
-    """``np.percentile(table[levels], q)``, to the bit, from ``counts = np.bincount(levels)``: the
-    order statistics are the table's values taken in their sorted order, as often as counted."""
+    """``np.percentile(table[levels], q)``, to the bit, from the ``counts`` of each level (as
+    :func:`_level_counts`): the order statistics are the table's values in their sorted order,
+    each as often as its level is counted."""
     order = np.argsort(table, kind="stable")
     cumulative = np.cumsum(counts[order])
     at, below, ranks = _ranks(int(cumulative[-1]), q)
@@ -424,7 +426,7 @@ def preprocess_image(image: np.ndarray, config=None, *, kind: str | None = None)
     low, high = config.percentile_low, config.percentile_high
     # An 8-bit grey image (most fluorescence images are RGB with equal channels) goes through the
     # same steps on its 256 levels and then one lookup per pixel: to the bit as on every pixel
-    # (tested), in 40 % of the time; its type and percentiles come from the counts of its levels.
+    # (tested), in under half the time; its type and percentiles come from its levels' counts.
     levels = _grey_levels(image) if image.size else None
     counts = None if levels is None else _level_counts(levels)
     if config.polarity == "auto" and kind is None:
