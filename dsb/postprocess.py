@@ -346,10 +346,11 @@ def _watershed(surface: np.ndarray, seeds: np.ndarray, mask: np.ndarray) -> np.n
     same height, the queue's order may break the tie the other way, as
     :func:`_flood`'s own shortcut may.
     """
-    settled = np.pad((seeds > 0) | ~mask, 1, constant_values=True)
+    seeded = seeds > 0
+    settled = np.pad(seeded | ~mask, 1, constant_values=True)
     idle = settled[:-2, 1:-1] & settled[2:, 1:-1]
     idle &= settled[1:-1, :-2]
     idle &= settled[1:-1, 2:]
-    idle &= (seeds > 0) & mask
+    idle &= seeded & mask
     flooded = watershed(surface, np.where(idle, 0, seeds), mask=mask & ~idle)
     return np.where(idle, seeds, flooded)

@@ -136,8 +136,11 @@ def to_gray(image: np.ndarray) -> np.ndarray:
     """
     image = check_image("image", image)
     levels = _grey_levels(image)
-    if levels is not None:
-        return np.take(_LEVELS, levels)
+    return _luminance(image) if levels is None else np.take(_LEVELS, levels)
+
+
+def _luminance(image: np.ndarray) -> np.ndarray:
+    """:func:`to_gray` of an image that is not 8-bit grey (:func:`_grey_levels` gave None)."""
     rgb = _rgb(image)
     if rgb is None:
         return as_float(_grey_channel(image)).astype(np.float32, copy=False)
@@ -434,7 +437,7 @@ def preprocess_image(image: np.ndarray, config=None, *, kind: str | None = None)
     if config.polarity == "auto" and kind == "stained":
         return stained_gray(image, channel=config.stained_channel, low=low, high=high)
     if counts is None:
-        gray = normalize_polarity(to_gray(image), image, polarity=config.polarity, kind=kind)
+        gray = normalize_polarity(_luminance(image), image, polarity=config.polarity, kind=kind)
         return stretch(gray, low=low, high=high)
     _check_percentiles(low, high)
     table = normalize_polarity(_LEVELS, polarity=config.polarity, kind=kind)

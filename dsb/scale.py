@@ -224,9 +224,9 @@ def labels_to_shape(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     present[0] = False
     if present.sum() == present.size - 1:
         return out
-    lut = np.zeros(present.size, np.int32)
-    lut[present] = np.arange(1, int(present.sum()) + 1, dtype=np.int32)
-    return np.take(lut, out)
+    from .postprocess import relabel  # only where a nucleus vanished
+
+    return relabel(out, present)
 
 
 def _nearest(source: int, target: int) -> np.ndarray:
