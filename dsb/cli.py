@@ -46,6 +46,10 @@ _DIAMETER_HELP = "Median nucleus diameter in pixels; estimated per image when no
 _ENGINE = click.option(
     "--engine", type=click.Choice(["auto", "keras", "onnx", "openvino"]), default="auto", show_default=True,
     help="Inference engine; auto takes OpenVINO, then ONNX Runtime, when the model folder has model.onnx.")
+_PRECISION = click.option(
+    "--precision", type=click.Choice(["float32", "int8"]), default="float32", show_default=True,
+    help="int8 runs model.int8.onnx (dsb export --int8) on OpenVINO or ONNX Runtime: about twice as fast on CPUs "
+         "with VNNI or AMX, probabilities within about 0.002 on average.")
 
 
 class DsbGroup(click.Group):
@@ -224,14 +228,16 @@ def tune(run_dir: Path, data: Path, engine: str) -> None:
 @click.option("--diameter", type=_Diameter(), default=None, help=_DIAMETER_HELP)
 @click.option("--per-image", type=_FILE, default=None, help="Write per-image scores to this CSV.")
 @_ENGINE
+@_PRECISION
 def evaluate(run_dir: Path, data: Path, tta: bool, diameter: float | None, per_image: Path | None,
-             engine: str) -> None:
+             engine: str, precision: str) -> None:
     """Score a run on its validation images, per group and per type; the last line is the score."""
-    engine = _prepare_engine(run_dir, engine)
+    engine = _prepare_engine(run_dir, engine, precision)
     from .evaluate import evaluate as evaluate_run
     from .evaluate import summary_lines
 
-    value, table = evaluate_run(run_dir, data, tta=tta, diameter=diameter, progress=True, engine=engine)
+    value, table = evaluate_run(run_dir, data, tta=tta, diameter=diameter, progress=True, engine=engine,
+                                precision=precision)
     for line in summary_lines(table):
         click.echo(line)
     _report_scores(value, table, per_image, by_type=False)
@@ -243,15 +249,23 @@ def evaluate(run_dir: Path, data: Path, tta: bool, diameter: float | None, per_i
 @click.option("--onnx", "in_place", is_flag=True,
               help="Write model.onnx into RUN_DIR itself, for the fast CPU engines.")
 @click.option("--bioimageio", type=_DIR, default=None, help="Write a BioImage Model Zoo package into this folder.")
+@click.option("--int8", is_flag=True,
+              help="Also write model.int8.onnx (into --out, else RUN_DIR), calibrated on the run's training images "
+                   "in --data, for --precision int8.")
+@click.option("--data", type=_EXISTING_DIR, default=None, help="The training data, for --int8 (e.g. data).")
 @click.option("--note", type=_EXISTING_FILE, default=None, help="Markdown file saved as TRAINING.md.")
-def export(run_dir: Path, out: Path | None, in_place: bool, bioimageio: Path | None, note: Path | None) -> None:
+def export(run_dir: Path, out: Path | None, in_place: bool, bioimageio: Path | None, int8: bool, data: Path | None,
+           note: Path | None) -> None:
     """Export a run: a copy for inference only (--out: model.keras without optimizer state, model.onnx,
-    config, manifest), its network as ONNX in place (--onnx), a BioImage Model Zoo package (--bioimageio)."""
-    if out is None and bioimageio is None and not in_place:
-        raise click.UsageError("give --out DIR, --onnx, --bioimageio DIR, or several")
+    config, manifest), its network as ONNX in place (--onnx) or in int8 (--int8), a BioImage Model Zoo
+    package (--bioimageio)."""
+    if out is None and bioimageio is None and not in_place and not int8:
+        raise click.UsageError("give --out DIR, --onnx, --int8, --bioimageio DIR, or several")
+    if int8 and data is None:
+        raise click.UsageError("--int8 needs --data: the training images to calibrate on")
     _load_keras()
     from .errors import BadDataError
-    from .run import export_onnx_in_place, export_run
+    from .run import export_onnx_in_place, export_run, quantize_in_place
 
     try:
         text = None if note is None else note.read_text(encoding="utf-8")
@@ -263,6 +277,8 @@ def export(run_dir: Path, out: Path | None, in_place: bool, bioimageio: Path | N
         written.append(export_onnx_in_place(run_dir))
     if out is not None:
         written.append(export_run(run_dir, out, note=text))
+    if int8:
+        written.append(quantize_in_place(out if out is not None else run_dir, data, progress=True))
     if bioimageio is not None:
         from .bioimageio import export_bioimageio
 
@@ -284,7 +300,8 @@ def export(run_dir: Path, out: Path | None, in_place: bool, bioimageio: Path | N
 @click.option("--diameter", type=_Diameter(), default=None, help=_DIAMETER_HELP)
 @click.option("--skip-bad", is_flag=True, help="Report unreadable images and go on with the rest.")
 @_ENGINE
-def predict(run_dir, images, out, labels, tta, diameter, skip_bad, engine) -> None:
+@_PRECISION
+def predict(run_dir, images, out, labels, tta, diameter, skip_bad, engine, precision) -> None:
     """Segment every image of a folder into a Kaggle submission CSV.
 
     RUN_DIR defaults to the model shipped with the package.
@@ -293,11 +310,11 @@ def predict(run_dir, images, out, labels, tta, diameter, skip_bad, engine) -> No
     from .run import resolve_model_dir
 
     run_dir = resolve_model_dir(run_dir)
-    engine = _prepare_engine(run_dir, engine)
+    engine = _prepare_engine(run_dir, engine, precision)
     if out is None:
         out = Path("submissions") / f"{run_dir.name}{'-tta' if tta else ''}.csv"
     result = predict_folder(run_dir, images, out_csv=out, labels_dir=labels, tta=tta, diameter=diameter,
-                            skip_bad=skip_bad, progress=True, engine=engine)
+                            skip_bad=skip_bad, progress=True, engine=engine, precision=precision)
     skipped = _report_skipped(result.attrs["skipped"])
     n_images = result["ImageId"].nunique()
     n_nuclei = int((result["EncodedPixels"] != "").sum())
@@ -315,16 +332,18 @@ def predict(run_dir, images, out, labels, tta, diameter, skip_bad, engine) -> No
 @click.option("--diameter", type=_Diameter(), default=None, help=_DIAMETER_HELP)
 @click.option("--skip-bad", is_flag=True, help="Report unreadable images and go on with the rest.")
 @_ENGINE
-def segment(paths, model_dir, out, tta, overlay, diameter, skip_bad, engine) -> None:
+@_PRECISION
+def segment(paths, model_dir, out, tta, overlay, diameter, skip_bad, engine, precision) -> None:
     """Segment any PNG, TIFF or JPEG microscope images and measure each nucleus."""
     from .run import resolve_model_dir
 
     model_dir = resolve_model_dir(model_dir)
-    engine = _prepare_engine(model_dir, engine)
+    engine = _prepare_engine(model_dir, engine, precision)
     from .segment_files import segment_paths
 
     summary = segment_paths(list(paths), model_dir=model_dir, out_dir=out, tta=tta, overlay=overlay,
-                            diameter=diameter, skip_bad=skip_bad, progress=True, engine=engine)
+                            diameter=diameter, skip_bad=skip_bad, progress=True, engine=engine,
+                            precision=precision)
     skipped = _report_skipped(summary.attrs["skipped"])
     done = int((summary["status"] == "ok").sum())
     click.echo(f"{done} images segmented into {out}" + (f", {skipped} skipped" if skipped else ""))
@@ -449,12 +468,12 @@ def _raise_problems(csv: Path, problems: list, verdict: str) -> None:
         raise DsbError(f"{len(problems)} problems; {verdict}", path=csv)
 
 
-def _prepare_engine(model_dir: Path, engine: str) -> str:
+def _prepare_engine(model_dir: Path, engine: str, precision: str = "float32") -> str:
     """The engine that will run ``model_dir`` (see :func:`dsb.engines.choose_engine`); Keras is loaded
     quietly first when it is that one, or when the folder needs it for anything else."""
     from .engines import choose_engine
 
-    chosen = choose_engine(model_dir, engine)
+    chosen = choose_engine(model_dir, engine, precision)
     if chosen == "keras":
         _load_keras()
     return chosen

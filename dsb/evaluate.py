@@ -161,7 +161,7 @@ def summary_lines(table: pd.DataFrame, *, n_dense: int = 5) -> list[str]:
 
 def evaluate(
     run_dir, data_dir, *, tta: bool = False, diameter: float | None = None, progress: bool = True,
-    engine: str = "auto",
+    engine: str = "auto", precision: str = "float32",
 ) -> tuple[float, pd.DataFrame]:
     """Predict a run's validation images and score them with the competition metric.
 
@@ -180,6 +180,8 @@ def evaluate(
     engine : str
         The inference engine: ``"keras"``, ``"onnx"``, ``"openvino"`` or
         ``"auto"`` (see :func:`dsb.engines.choose_engine`).
+    precision : str
+        ``"float32"``, or ``"int8"`` for the run's ``model.int8.onnx`` (:mod:`dsb.quantize`).
 
     Returns
     -------
@@ -191,6 +193,6 @@ def evaluate(
     """
     from .run import load_network
 
-    model, config = load_network(Path(run_dir), engine)
+    model, config = load_network(Path(run_dir), engine, precision)
     return score_validation(predict_validation(model, config, data_dir, tta=tta, diameter=diameter,
                                                progress=progress))

@@ -586,6 +586,7 @@ def predict_folder(
     skip_bad: bool = False,
     progress: bool = True,
     engine: str = "auto",
+    precision: str = "float32",
 ) -> pd.DataFrame:
     """Segment every image of a folder into a validated Kaggle submission CSV.
 
@@ -616,6 +617,9 @@ def predict_folder(
     engine : str
         The inference engine: ``"keras"``, ``"onnx"``, ``"openvino"`` or
         ``"auto"`` (see :func:`dsb.engines.choose_engine`).
+    precision : str
+        ``"float32"``, or ``"int8"`` for the run's ``model.int8.onnx`` on an
+        ONNX engine (:mod:`dsb.quantize`).
 
     Returns
     -------
@@ -634,7 +638,7 @@ def predict_folder(
     """
     from .run import load_network
 
-    model, config = load_network(run_dir, engine)
+    model, config = load_network(run_dir, engine, precision)
     return predict_images(
         model, config, images_dir, out_csv=out_csv, labels_dir=labels_dir, tta=tta, diameter=diameter,
         skip_bad=skip_bad, progress=progress,

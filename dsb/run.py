@@ -118,7 +118,7 @@ def load_run(run_dir):
     return model, config
 
 
-def load_network(run_dir, engine: str = "auto"):
+def load_network(run_dir, engine: str = "auto", precision: str = "float32"):
     """Load the network of a run folder behind an inference engine, and its config.
 
     Parameters
@@ -129,6 +129,9 @@ def load_network(run_dir, engine: str = "auto"):
         ``"keras"``, ``"onnx"`` (ONNX Runtime), ``"openvino"``, or ``"auto"``:
         the fastest installed engine the folder has a file for
         (:func:`dsb.engines.choose_engine`).
+    precision : str
+        ``"float32"``, or ``"int8"``: ``model.int8.onnx`` (:mod:`dsb.quantize`)
+        on an ONNX engine.
 
     Returns
     -------
@@ -147,7 +150,7 @@ def load_network(run_dir, engine: str = "auto"):
 
     run_dir = Path(run_dir)
     config = load_run_config(run_dir)
-    return open_network(run_dir, config, engine), config
+    return open_network(run_dir, config, engine, precision=precision), config
 
 
 def update_inference(run_dir, *, predict: PredictConfig | None = None,
@@ -192,6 +195,32 @@ def export_onnx_in_place(run_dir) -> Path:
     return export_onnx(model, run_dir / ONNX_FILE, outputs=config.model.outputs, source=run_dir / "model.keras")
 
 
+def quantize_in_place(run_dir, data_dir, *, progress: bool = False) -> Path:
+    """Write ``model.int8.onnx`` beside a run folder's ``model.onnx`` (:mod:`dsb.quantize`).
+
+    The activation ranges are measured on the run's training images in
+    ``data_dir`` (its validation images are left out); ``model.onnx`` is
+    exported first when the folder has none. ``--precision int8`` then runs it.
+
+    Returns
+    -------
+    pathlib.Path
+        The int8 file.
+    """
+    from .dataset import load_prepared
+    from .onnx_export import ONNX_FILE
+    from .quantize import INT8_FILE, calibration_batches, quantize_onnx
+
+    run_dir = Path(run_dir)
+    config = load_run_config(run_dir)
+    if not (run_dir / ONNX_FILE).is_file():
+        export_onnx_in_place(run_dir)
+    prepared = load_prepared(data_dir, config.preprocess, progress=progress)
+    batches = calibration_batches(prepared, config)
+    note = f"{len(batches)} training images (validation images left out)"
+    return quantize_onnx(run_dir / ONNX_FILE, run_dir / INT8_FILE, batches, note=note)
+
+
 def export_run(run_dir, out_dir, *, note: str | None = None) -> Path:
     """Copy a run folder for inference only: the model without optimizer state.
 
@@ -220,6 +249,7 @@ def export_run(run_dir, out_dir, *, note: str | None = None) -> Path:
         raise BadDataError("--out is the run folder itself; exporting there would drop its checkpoints",
                            path=run_dir)
     from .onnx_export import ONNX_FILE, export_onnx
+    from .quantize import INT8_FILE
 
     model, config = load_run(run_dir)
     if out_dir.exists():
@@ -227,7 +257,8 @@ def export_run(run_dir, out_dir, *, note: str | None = None) -> Path:
         # project folder) would be deleted with everything in it.
         if not out_dir.is_dir():
             raise BadDataError("exists and is not a folder", path=out_dir)
-        foreign = sorted({p.name for p in out_dir.iterdir()} - {"model.keras", ONNX_FILE, "TRAINING.md", *EXPORTED_FILES})
+        ours = {"model.keras", ONNX_FILE, INT8_FILE, "TRAINING.md", *EXPORTED_FILES}
+        foreign = sorted({p.name for p in out_dir.iterdir()} - ours)
         if foreign:
             raise BadDataError(
                 f"exists and holds more than an export (e.g. {foreign[0]!r}); give a new or empty folder",

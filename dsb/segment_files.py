@@ -129,6 +129,7 @@ def segment_paths(
     skip_bad: bool = False,
     progress: bool = True,
     engine: str = "auto",
+    precision: str = "float32",
 ) -> pd.DataFrame:
     """Segment microscope images and measure their nuclei.
 
@@ -162,6 +163,9 @@ def segment_paths(
     engine : str
         The inference engine: ``"keras"``, ``"onnx"``, ``"openvino"`` or
         ``"auto"`` (see :func:`dsb.engines.choose_engine`).
+    precision : str
+        ``"float32"``, or ``"int8"`` for the run's ``model.int8.onnx`` on an
+        ONNX engine (:mod:`dsb.quantize`).
 
     Returns
     -------
@@ -192,7 +196,7 @@ def segment_paths(
     if not checked:
         raise BadDataError("no image to segment", path=", ".join(str(p) for p in paths) or None)
 
-    predict = _predictor(model_dir, tta=tta, diameter=diameter, engine=engine)
+    predict = _predictor(model_dir, tta=tta, diameter=diameter, engine=engine, precision=precision)
     writable_dir(out_dir)
     # Rows keyed by input, so that the summary keeps the order the files were given in.
     rows: dict[str, dict] = {}
@@ -236,10 +240,11 @@ def _row(path, status: str, *, nuclei: int = 0, diameter: float = math.nan, labe
             "measurements": measurements, "overlay": overlay, "error": error}
 
 
-def _predictor(model_dir, *, tta: bool, diameter: float | None = None, engine: str = "auto"):
+def _predictor(model_dir, *, tta: bool, diameter: float | None = None, engine: str = "auto",
+               precision: str = "float32"):
     """Load the model once; return a function from a raw image to its :class:`dsb.predict.Nuclei`."""
     from .pipeline import nuclei_predictor
     from .run import load_network, resolve_model_dir
 
-    model, config = load_network(resolve_model_dir(model_dir), engine)
+    model, config = load_network(resolve_model_dir(model_dir), engine, precision)
     return nuclei_predictor(model, config, tta=tta, diameter=diameter)

@@ -77,7 +77,8 @@ def test_a_loaded_model_is_reused(grey, monkeypatch):
 
     calls = []
     load_network = run.load_network
-    monkeypatch.setattr(run, "load_network", lambda path, engine: calls.append(path) or load_network(path, engine))
+    monkeypatch.setattr(run, "load_network",
+                        lambda path, engine, precision: calls.append(path) or load_network(path, engine, precision))
     model = dsb.load_model(str(default_model_dir()))
     assert calls == [str(default_model_dir())]
     assert model.path == default_model_dir() and model.config.predict is not None

@@ -1,0 +1,227 @@
+"""The int8 network: calibration on training images, model.int8.onnx, --precision int8, and its failures."""
+
+from __future__ import annotations
+
+import builtins
+import math
+import shutil
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import STAGE, dsb, error_line, write_stage
+from dsb.config import Config, ModelConfig, PredictConfig, PreprocessConfig
+from dsb.engines import check_onnx, choose_engine, engine_installed, open_network, read_onnx_metadata
+from dsb.errors import BadDataError, EnvironmentProblem
+from dsb.onnx_export import ONNX_FILE, file_digest
+from dsb.quantize import INT8_FILE, calibration_batches, quantize_onnx
+
+pytest.importorskip("tf2onnx", reason="ONNX export on TensorFlow needs tf2onnx")
+pytest.importorskip("onnxruntime", reason="int8 export calibrates with ONNX Runtime")
+ONNX_ENGINES = [e for e in ("onnx", "openvino") if engine_installed(e)]
+CONFIG = Config(
+    model=ModelConfig(depth=3, base_filters=4, dropout=(0.0,)),
+    predict=PredictConfig(tile_size=64, overlap=32, context=8, batch_size=2),
+)
+
+
+@pytest.fixture(scope="module")
+def int8_run(tmp_path_factory):
+    """A small random U-Net run folder with model.onnx, then model.int8.onnx written by `dsb export --int8`."""
+    from test_engines import _unet_run
+
+    root = tmp_path_factory.mktemp("int8")
+    path, _ = _unet_run(root / "run", CONFIG)
+    stage = write_stage(root / "stage")
+    result = dsb("export", path, "--int8", "--data", stage)
+    assert result.exit_code == 0, result.output
+    return path, stage
+
+
+def _prepared(sizes, groups, diameters, ids=None):
+    rng = np.random.default_rng(0)
+    ids = ids or [f"id{i:02d}" for i in range(len(sizes))]
+    images = [rng.integers(0, 256, size, dtype=np.uint8) for size in sizes]
+    return SimpleNamespace(path="cache", ids=ids, images=images, groups=groups, diameters=diameters)
+
+
+def test_calibration_leaves_out_validation_images_and_takes_every_group_in_turn():
+    sizes = [(100, 120)] * 9
+    groups = ["a"] * 6 + ["b"] * 2 + ["c"]
+    prepared = _prepared(sizes, groups, [20.0] * 9)
+    config = CONFIG.replace(validation_ids=("id08",))  # all of group c
+    batches = calibration_batches(prepared, config, count=5, side=64)
+    assert len(batches) == 5
+    # Each image is its own random noise: find which ones were taken.
+    taken = []
+    for batch in batches:
+        for i, image in enumerate(prepared.images):
+            top, left = (100 - batch.shape[1]) // 2, (120 - batch.shape[2]) // 2
+            crop = image[top : top + batch.shape[1], left : left + batch.shape[2]].astype(np.float32) / 255
+            if np.array_equal(crop, batch[0, :, :, 0]):
+                taken.append(i)
+    assert "id08" not in [prepared.ids[i] for i in taken]
+    # a, b, a, b, a: groups alternate while both have images left.
+    assert [groups[i] for i in taken] == ["a", "b", "a", "b", "a"]
+    assert len(set(taken)) == 5
+
+
+def test_calibration_resamples_to_the_network_diameter_and_crops_to_the_size_multiple():
+    config = CONFIG.replace(preprocess=PreprocessConfig(diameter=20.0))
+    multiple = config.model.size_multiple()
+    prepared = _prepared([(90, 70), (90, 70), (90, 70)], ["a", "a", "a"], [10.0, math.nan, 40.0])
+    shapes = [b.shape for b in calibration_batches(prepared, config, side=512)]
+    # Taken from the middle of the group outwards: unknown diameter -> as it is; 40 -> half (45x35);
+    # 10 -> twice the size (180x140); each then cut to the size multiple.
+    expected = [(90, 70), (45, 35), (180, 140)]
+    assert shapes == [(1, h // multiple * multiple, w // multiple * multiple, 1) for h, w in expected]
+    assert all(b.dtype == np.float32 and 0 <= b.min() and b.max() <= 1 for b in calibration_batches(prepared, config))
+    assert all(b.shape[1] <= 64 and b.shape[2] <= 64 for b in calibration_batches(prepared, config, side=64))
+
+
+def test_calibration_without_a_training_image_is_refused():
+    prepared = _prepared([(64, 64)], ["a"], [20.0])
+    with pytest.raises(BadDataError, match="no training image"):
+        calibration_batches(prepared, CONFIG.replace(validation_ids=("id00",)))
+
+
+def test_export_int8_records_the_precision_the_outputs_and_the_source(int8_run):
+    path, _ = int8_run
+    meta = read_onnx_metadata(path / INT8_FILE)
+    assert meta["dsb.precision"] == "int8"
+    assert meta["dsb.outputs"] == ",".join(CONFIG.model.outputs)
+    assert meta["dsb.model_keras_sha256"] == file_digest(path / "model.keras")
+    assert "training images" in meta["dsb.calibration"]
+    check_onnx(path / INT8_FILE, CONFIG.model.outputs, path / "model.keras", "int8")
+    # The float32 file is untouched and still float32.
+    check_onnx(path / ONNX_FILE, CONFIG.model.outputs, path / "model.keras")
+    import onnx
+
+    ops = {node.op_type for node in onnx.load(str(path / INT8_FILE)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops
+
+
+@pytest.mark.parametrize("engine", ONNX_ENGINES)
+def test_int8_probabilities_are_close_to_float32(int8_run, engine):
+    path, _ = int8_run
+    batch = np.random.default_rng(1).random((2, 64, 96, 1), dtype=np.float32)
+    exact = open_network(path, CONFIG, "keras")(batch)
+    int8 = open_network(path, CONFIG, engine, precision="int8")
+    out = int8(batch)
+    assert out.shape == exact.shape and out.dtype == np.float32
+    diff = np.abs(out - exact)
+    # A random network's probabilities spread little (std about 0.02): the error is measured against that.
+    assert diff.mean() < 0.1 * exact.std() and diff.max() < 0.5 * np.ptp(exact), (diff.mean(), diff.max())
+    assert diff.max() > 1e-6  # it is another network, not the float32 file run again
+
+
+@pytest.mark.parametrize("engine", ["auto", *ONNX_ENGINES])
+def test_predict_in_int8_writes_a_valid_csv(int8_run, tmp_path, engine):
+    path, stage = int8_run
+    out = tmp_path / "int8.csv"
+    result = dsb("predict", path, "--images", stage, "--out", out, "--precision", "int8", "--engine", engine)
+    assert result.exit_code == 0, result.output
+    assert set(pd.read_csv(out)["ImageId"]) == set(STAGE)
+    assert dsb("validate", out, "--images", stage).exit_code == 0
+
+
+def test_int8_on_keras_is_one_line(int8_run, tmp_path):
+    path, stage = int8_run
+    result = dsb("predict", path, "--images", stage, "--out", tmp_path / "out.csv", "--precision", "int8",
+                 "--engine", "keras")
+    error_line(result, 3, "int8", "ONNX engines")
+    assert not (tmp_path / "out.csv").exists()
+
+
+def test_a_missing_int8_file_is_one_line_that_says_how_to_write_it(int8_run, tmp_path):
+    path, stage = int8_run
+    model_dir = tmp_path / "no-int8"
+    shutil.copytree(path, model_dir)
+    (model_dir / INT8_FILE).unlink()
+    result = dsb("predict", model_dir, "--images", stage, "--out", tmp_path / "out.csv", "--precision", "int8")
+    error_line(result, 3, f"no {INT8_FILE}", "dsb export", "--int8")
+
+
+def test_files_swapped_between_precisions_are_refused(int8_run, tmp_path):
+    path, stage = int8_run
+    model_dir = tmp_path / "swapped"
+    shutil.copytree(path, model_dir)
+    shutil.copy(path / INT8_FILE, model_dir / ONNX_FILE)
+    shutil.copy(path / ONNX_FILE, model_dir / INT8_FILE)
+    for precision, name, held in (("float32", ONNX_FILE, "int8"), ("int8", INT8_FILE, "float32")):
+        result = dsb("predict", model_dir, "--images", stage, "--out", tmp_path / "out.csv",
+                     "--precision", precision, "--engine", "auto")
+        error_line(result, 3, name, f"is the {held} network", "export it again")
+
+
+@pytest.mark.parametrize("damage", [lambda d: d[: len(d) // 2], lambda d: b""], ids=["truncated", "empty"])
+def test_a_damaged_int8_file_is_one_line_and_nothing_is_written(int8_run, tmp_path, damage):
+    path, stage = int8_run
+    model_dir = tmp_path / "damaged"
+    shutil.copytree(path, model_dir)
+    (model_dir / INT8_FILE).write_bytes(damage((model_dir / INT8_FILE).read_bytes()))
+    result = dsb("predict", model_dir, "--images", stage, "--out", tmp_path / "out.csv", "--precision", "int8")
+    error_line(result, 3, INT8_FILE)
+    assert not (tmp_path / "out.csv").exists()
+
+
+def test_an_int8_file_from_another_model_is_refused(int8_run, tmp_path):
+    from test_engines import _unet_run
+
+    path, stage = int8_run
+    other, _ = _unet_run(tmp_path / "other", CONFIG, seed=3)
+    quantize_onnx(other / ONNX_FILE, tmp_path / "other.int8.onnx",
+                  [np.random.default_rng(0).random((1, 32, 32, 1), dtype=np.float32)])
+    model_dir = tmp_path / "mismatched"
+    shutil.copytree(path, model_dir)
+    shutil.copy(tmp_path / "other.int8.onnx", model_dir / INT8_FILE)
+    with pytest.raises(BadDataError, match="another model"):
+        open_network(model_dir, CONFIG, "auto", precision="int8")
+
+
+def test_export_out_with_int8_calibrates_the_copy(int8_run, tmp_path):
+    path, stage = int8_run
+    out = tmp_path / "exported"
+    result = dsb("export", path, "--out", out, "--int8", "--data", stage)
+    assert result.exit_code == 0, result.output
+    # The copy's model.keras is written anew, so its int8 file must name that one.
+    check_onnx(out / INT8_FILE, CONFIG.model.outputs, out / "model.keras", "int8")
+    assert choose_engine(out, "auto", "int8") in ONNX_ENGINES
+
+
+def test_export_int8_without_data_is_a_usage_error(int8_run):
+    path, _ = int8_run
+    result = dsb("export", path, "--int8")
+    assert result.exit_code == 2
+    assert "--int8 needs --data" in result.stderr
+
+
+def test_auto_in_int8_never_falls_back_to_keras(int8_run, monkeypatch):
+    path, _ = int8_run
+    monkeypatch.setattr("dsb.engines.engine_installed", lambda e: e == "keras")
+    with pytest.raises(EnvironmentProblem, match="not installed"):
+        choose_engine(path, "auto", "int8")
+
+
+def test_quantizing_without_onnxruntime_says_what_to_install(int8_run, tmp_path, monkeypatch):
+    path, _ = int8_run
+    real_import = builtins.__import__
+
+    def no_onnxruntime(name, *args, **kwargs):
+        if name.startswith("onnxruntime"):
+            raise ImportError(f"No module named {name!r}", name=name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_onnxruntime)
+    with pytest.raises(EnvironmentProblem, match="pip install onnxruntime"):
+        quantize_onnx(path / ONNX_FILE, tmp_path / "x.onnx", [np.zeros((1, 32, 32, 1), np.float32)])
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_an_unknown_precision_is_refused(int8_run):
+    path, _ = int8_run
+    with pytest.raises(ValueError, match="precision"):
+        choose_engine(path, "auto", "float16")
+    assert dsb("predict", path, "--precision", "float16").exit_code == 2
