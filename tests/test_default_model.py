@@ -60,6 +60,33 @@ def test_shipped_model_carries_its_network_as_onnx_and_every_engine_agrees(fluor
             assert np.abs(open_network(folder, config, engine)(batch) - expected).max() < 1e-4, engine
 
 
+def test_shipped_model_carries_an_int8_network_close_to_float32(fluorescence_png, tmp_path):
+    from dsb.dataset import read_image
+    from dsb.engines import ENGINES, check_onnx, engine_installed, open_network
+    from dsb.preprocess import preprocess_image
+    from dsb.quantize import INT8_FILE
+    from dsb.run import load_network
+
+    folder = default_model_dir()
+    _, config = load_network(folder, "keras")
+    check_onnx(folder / INT8_FILE, config.model.outputs, folder / "model.keras", "int8")
+    engines = [e for e in ENGINES[1:] if engine_installed(e)]
+    if not engines:
+        pytest.skip("no ONNX engine installed")
+    gray = preprocess_image(read_image(fluorescence_png), config.preprocess)
+    batch = gray.reshape(1, *gray.shape[:2], 1)[:, :192, :256]
+    exact = open_network(folder, config, "keras")(batch)
+    for engine in engines:
+        diff = np.abs(open_network(folder, config, engine, precision="int8")(batch) - exact)
+        assert diff.mean() < 0.01 and np.quantile(diff, 0.999) < 0.1, (engine, diff.mean(), diff.max())
+    result = CliRunner().invoke(cli, ["segment", str(fluorescence_png), "--out", str(tmp_path),
+                                      "--precision", "int8"])
+    assert result.exit_code == 0, result.output
+    nuclei = pd.read_csv(tmp_path / "discs_nuclei.csv")
+    found = sorted(zip(nuclei["centroid_row"].round(), nuclei["centroid_col"].round()))
+    np.testing.assert_allclose(found, sorted(CENTRES), atol=2)
+
+
 def test_segment_without_a_model_uses_the_shipped_one(fluorescence_png, tmp_path):
     result = CliRunner().invoke(cli, ["segment", str(fluorescence_png), "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
