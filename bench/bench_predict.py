@@ -1,12 +1,13 @@
 """Prediction speed and memory per inference engine on the 65 stage-1 test images (11.2 megapixels).
 
-    python bench/bench_predict.py [RUN_DIR] [--engines keras,onnx,openvino] [--tile-size N]
+    python bench/bench_predict.py [RUN_DIR] [--engines keras,onnx,openvino,openvino:int8] [--tile-size N]
                                   [--overlap N] [--batch-size N] [--tta] [--repeat N]
 
 Without RUN_DIR the model is the one shipped with the package (speed depends
 on the weights through the scales each image's estimated nucleus size picks).
 For each engine that is installed (a folder without ``model.onnx`` gets one
-in a temporary copy), with scale normalisation on and TTA off unless asked:
+in a temporary copy; ``ENGINE:int8`` runs the folder's ``model.int8.onnx``,
+skipped when there is none), with scale normalisation on and TTA off unless asked:
 
 - end-to-end throughput of ``dsb predict`` (read, preprocess, estimate the
   scale, tile, network, watershed, encode, write and validate the CSV) in
@@ -76,13 +77,13 @@ def _model_dir(run_dir: str | None, tmp: Path) -> Path:
     return copy
 
 
-def _load(model_dir: Path, engine: str, args):
+def _load(model_dir: Path, engine: str, args, precision: str = "float32"):
     """The network and config to measure, with the command-line overrides applied."""
     import dataclasses
 
     from dsb.run import load_network
 
-    network, config = load_network(model_dir, engine)
+    network, config = load_network(model_dir, engine, precision)
     changes = {k: v for k, v in (("tile_size", args.tile_size), ("overlap", args.overlap),
                                  ("batch_size", args.batch_size)) if v is not None}
     if changes:
@@ -97,7 +98,7 @@ def _peak_memory(args) -> int:
     from dsb.dataset import read_image
     from dsb.predict import predict_labels
 
-    network, config = _load(Path(args.run_dir), args.engine, args)
+    network, config = _load(Path(args.run_dir), args.engine, args, args.precision)
     raw = read_image(args.peak_memory)
     network(np.zeros((1, 32, 32, 1), np.float32))  # load the engine fully
     if args.copies > 1:  # a folder of copies, as many at once as the engine has streams
@@ -163,8 +164,9 @@ class _Timed:
         return [self] if len(streams) < 2 else [_Timed(self.network, self.record, s) for s in streams]
 
 
-def measure(engine: str, model_dir: Path, images_dir: Path, megapixels: float, args, tmp: Path) -> dict:
-    """End-to-end, estimate share, bare forward and peak memory of one engine."""
+def measure(engine: str, model_dir: Path, images_dir: Path, megapixels: float, args, tmp: Path,
+            precision: str = "float32") -> dict:
+    """End-to-end, estimate share, bare forward and peak memory of one engine at one precision."""
     import threading
 
     import numpy as np
@@ -172,7 +174,7 @@ def measure(engine: str, model_dir: Path, images_dir: Path, megapixels: float, a
     import dsb.predict as predict_module
     from dsb.predict import predict_images
 
-    network, config = _load(model_dir, engine, args)
+    network, config = _load(model_dir, engine, args, precision)
     streams = network.streams()
     batches: list[tuple[int, ...]] = []
     outputs: list[np.ndarray] = []  # of the cold run, which the replay in _overhead serves again
@@ -234,8 +236,8 @@ def measure(engine: str, model_dir: Path, images_dir: Path, megapixels: float, a
         predict_module.network_stage, predict_module.watershed_stage = map(timed_stage, stages)
         try:
             began = time.perf_counter()
-            predict_images(model, config, images_dir, out_csv=tmp / f"{engine}-{name}.csv", tta=args.tta,
-                           progress=False)
+            predict_images(model, config, images_dir, out_csv=tmp / f"{engine}-{precision}-{name}.csv",
+                           tta=args.tta, progress=False)
             return (time.perf_counter() - began, spent["network"] / spent["images"],
                     spent["estimate"] / spent["images"])
         finally:
@@ -286,11 +288,13 @@ def measure(engine: str, model_dir: Path, images_dir: Path, megapixels: float, a
     # Each end-to-end run over the bare pass right after it: the spread says how noisy the machine was.
     paired = sorted(w[0] / b for w, b in zip(warm, fastest))
     large = _large_image(tmp)
-    peak = _child_peak(args, model_dir, engine, large)
+    peak = _child_peak(args, model_dir, engine, large, precision=precision)
     # A folder of such images has one in flight per stream.
-    peak_streams = _child_peak(args, model_dir, engine, large, copies=2 * len(streams)) if len(streams) > 1 else peak
+    peak_streams = (_child_peak(args, model_dir, engine, large, copies=2 * len(streams), precision=precision)
+                    if len(streams) > 1 else peak)
     return {
-        "engine": engine, "seconds": total, "mp_s": megapixels / total, "estimate_share": estimate,
+        "engine": engine if precision == "float32" else f"{engine} {precision}", "precision": precision,
+        "seconds": total, "mp_s": megapixels / total, "estimate_share": estimate,
         "network_share": inside, "forward_s": forward, "forward_mp_s": megapixels / forward,
         "streams": len(streams), "streams_mp_s": megapixels / min(bare), "one_mp_s": megapixels / min(bare_one),
         "ratio": total / forward, "paired": paired, "overhead_s": _overhead(outputs, config, images_dir, args, tmp),
@@ -325,7 +329,8 @@ def _overhead(recorded: list[np.ndarray], config, images_dir: Path, args, tmp: P
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", nargs="?")
-    parser.add_argument("--engines", default="keras,onnx,openvino")
+    parser.add_argument("--engines", default="keras,onnx,openvino,openvino:int8",
+                        help="ENGINE or ENGINE:int8 (the model folder's model.int8.onnx), comma-separated")
     parser.add_argument("--tile-size", type=int)
     parser.add_argument("--overlap", type=int)
     parser.add_argument("--batch-size", type=int)
@@ -333,6 +338,7 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=3, help="warm passes of each measurement (best is kept)")
     parser.add_argument("--peak-memory", help=argparse.SUPPRESS)
     parser.add_argument("--engine", default="auto", help=argparse.SUPPRESS)
+    parser.add_argument("--precision", default="float32", help=argparse.SUPPRESS)
     parser.add_argument("--diameter", type=float, help=argparse.SUPPRESS)
     parser.add_argument("--copies", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -345,7 +351,7 @@ def main() -> int:
         return 0
 
     from dsb.dataset import read_image
-    from dsb.engines import choose_engine, engine_installed
+    from dsb.engines import choose_engine, engine_installed, network_file
     from dsb.pipeline import folder_images
 
     with tempfile.TemporaryDirectory(prefix="dsb-bench-predict-") as tmp:
@@ -363,11 +369,17 @@ def main() -> int:
               f" TTA {'on' if args.tta else 'off'}")
         print(f"images: {len(images)}, {megapixels:.2f} megapixels; cores: {len(os.sched_getaffinity(0))}")
         rows = []
-        for engine in args.engines.split(","):
+        for entry in args.engines.split(","):
+            engine, _, precision = entry.partition(":")
+            precision = precision or "float32"
             if not engine_installed(engine):
-                print(f"{engine}: not installed, skipped")
+                print(f"{entry}: not installed, skipped")
                 continue
-            row = measure(engine, model_dir, tmp / "stage1_test", megapixels, args, tmp)
+            if not network_file(model_dir, precision).is_file() and (engine != "keras" or precision != "float32"):
+                print(f"{entry}: no {network_file(model_dir, precision).name} in {model_dir}, skipped")
+                continue
+            row = measure(engine, model_dir, tmp / "stage1_test", megapixels, args, tmp, precision)
+            engine = row["engine"]
             rows.append(row)
             peak = "failed" if row["peak_gib"] is None else f"{row['peak_gib']:.2f} GiB"
             paired = row["paired"]
@@ -389,7 +401,7 @@ def main() -> int:
             print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
             for row in rows:
                 peak = "-" if row["peak_gib"] is None else f"{row['peak_gib']:.2f} GiB"
-                mark = " (default)" if row["engine"] == default else ""
+                mark = " (default)" if row["engine"] == default and row["precision"] == "float32" else ""
                 print(f"| {row['engine']}{mark} | {row['mp_s']:.2f} | {row['estimate_share']:.0%} |"
                       f" {row['forward_mp_s']:.2f} | {row['ratio']:.2f} | {row['overhead_s']:.2f} s | {peak} |")
             print("targets: at least 2 MP/s end to end for the default engine, ratio at most 1.3,"
@@ -414,11 +426,12 @@ def _write_small_nuclei(path: Path) -> None:
 
 
 def _child_peak(args, model_dir: Path, engine: str, image: Path, *,
-                diameter: float | None = None, copies: int = 1) -> tuple[int, int] | None:
+                diameter: float | None = None, copies: int = 1,
+                precision: str = "float32") -> tuple[int, int] | None:
     """Peak memory (KiB) of a fresh process before and after predicting ``image`` (``copies`` of it, as
     a folder); None if it failed."""
     cmd = [sys.executable, __file__, "--peak-memory", str(image), str(model_dir), "--engine", engine,
-           "--copies", str(copies)]
+           "--copies", str(copies), "--precision", precision]
     for flag in ("tile_size", "overlap", "batch_size"):
         if getattr(args, flag) is not None:
             cmd += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
