@@ -375,7 +375,10 @@ def main() -> int:
             if not engine_installed(engine):
                 print(f"{entry}: not installed, skipped")
                 continue
-            if not network_file(model_dir, precision).is_file() and (engine != "keras" or precision != "float32"):
+            if engine == "keras" and precision != "float32":
+                print(f"{entry}: Keras runs float32 only, skipped")
+                continue
+            if engine != "keras" and not network_file(model_dir, precision).is_file():
                 print(f"{entry}: no {network_file(model_dir, precision).name} in {model_dir}, skipped")
                 continue
             row = measure(engine, model_dir, tmp / "stage1_test", megapixels, args, tmp, precision)

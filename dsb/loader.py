@@ -21,7 +21,7 @@ from . import augment as appearance
 from ._validate import check_labels
 from .config import PreprocessConfig, TrainConfig
 from .groups import held_out_groups
-from .preprocess import preprocess_image
+from .preprocess import preprocess_image, to_network_input
 from .scale import labels_to_shape, resample
 
 __all__ = [
@@ -35,14 +35,6 @@ __all__ = [
 
 # Tags that keep the streams of random numbers apart.
 _ORDER, _SAMPLE = 0, 1
-
-
-def to_network_input(image: np.ndarray) -> np.ndarray:
-    """A prepared uint8 grey image as the network sees it: float32 in [0, 1]."""
-    image = np.asarray(image)
-    if image.dtype == np.uint8:
-        return image.astype(np.float32) / np.float32(255.0)
-    return image.astype(np.float32, copy=False)
 
 
 def _disk(radius: int) -> np.ndarray:
@@ -218,19 +210,6 @@ def _extract(image, labels, start, scale: float, crop_size: int):
     return out_image.astype(np.float32, copy=False), out_labels
 
 
-def zoom_for(diameter: float, canonical: float) -> float:
-    """The factor that takes nuclei of ``diameter`` pixels to ``canonical`` (1 when either is unknown or 0).
-
-    >>> zoom_for(40.0, 20.0)
-    0.5
-    >>> zoom_for(float("nan"), 20.0)
-    1.0
-    """
-    if not canonical or not diameter or not math.isfinite(diameter) or diameter <= 0:
-        return 1.0
-    return float(canonical) / float(diameter)
-
-
 def augment_crop(
     image: np.ndarray,
     labels: np.ndarray,
@@ -260,7 +239,7 @@ def augment_crop(
 
     Picks a zoom factor ``zoom * j`` with ``j`` in ``[1 - scale_jitter, 1 +
     scale_jitter]`` (``zoom`` takes the image's nuclei to the canonical
-    diameter, :func:`zoom_for`) and a window of ``crop_size / (zoom * j)``
+    diameter, :func:`dsb.scale.zoom_for`) and a window of ``crop_size / (zoom * j)``
     pixels (images smaller than the window are padded by reflection),
     resamples it to ``crop_size`` (image linear, labels nearest), derives the targets at the crop's own scale (so the border is
     ``border_width`` pixels wide in what the network sees), then flips and
@@ -406,7 +385,7 @@ class CropLoader(keras.utils.PyDataset):
         Adds the contact target (see :func:`make_targets`).
     zooms : list of float, optional
         Per pair, the factor that takes its nuclei to the canonical diameter
-        (:func:`zoom_for`); 1 for all by default.
+        (:func:`dsb.scale.zoom_for`); 1 for all by default.
     augment : TrainConfig, optional
         Flips, rotations and jitters to apply; None: plain crops.
     colour : list of (H, W, 3) ndarray of uint8 or None, optional

@@ -31,6 +31,7 @@ __all__ = [
     "IMAGE_TYPES",
     "STAINED_CHANNELS",
     "as_float",
+    "to_network_input",
     "to_gray",
     "image_stats",
     "image_type",
@@ -397,6 +398,15 @@ def _percentiles_of_levels(table: np.ndarray, counts: np.ndarray, q) -> np.ndarr
     cumulative = np.cumsum(counts[order])
     at, below, ranks = _ranks(int(cumulative[-1]), q)
     return _between_ranks(at, below, table[order][np.searchsorted(cumulative, ranks + 1)])
+
+
+def to_network_input(image: np.ndarray) -> np.ndarray:
+    """A prepared uint8 grey image (the training cache's :func:`preprocess_image` times 255) as the
+    network sees it: float32 in [0, 1]."""
+    image = np.asarray(image)
+    if image.dtype == np.uint8:
+        return image.astype(np.float32) / np.float32(255.0)
+    return image.astype(np.float32, copy=False)
 
 
 def preprocess_image(image: np.ndarray, config=None, *, kind: str | None = None) -> np.ndarray:

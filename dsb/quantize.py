@@ -36,7 +36,7 @@ import numpy as np
 from .atomic import atomic_path
 from .errors import BadDataError, EnvironmentProblem
 
-__all__ = ["INT8_FILE", "PRECISIONS", "CALIBRATION_IMAGES", "calibration_batches", "quantize_onnx"]
+__all__ = ["INT8_FILE", "PRECISIONS", "CALIBRATION_IMAGES", "calibration_batches", "require_quantizer", "quantize_onnx"]
 
 INT8_FILE = "model.int8.onnx"
 PRECISIONS = ("float32", "int8")
@@ -70,7 +70,8 @@ def calibration_batches(prepared, config, *, count: int = CALIBRATION_IMAGES,
     BadDataError
         No training image is left once the validation images are out.
     """
-    from .scale import clip_scale, resample
+    from .preprocess import to_network_input
+    from .scale import network_zoom, resample
 
     held_out = set(config.validation_ids)
     by_group: dict[str, list[int]] = {}
@@ -87,14 +88,11 @@ def calibration_batches(prepared, config, *, count: int = CALIBRATION_IMAGES,
             if queue and len(order) < count:
                 # Spread over the group, not its first images (ids are sorted, not ordered by anything).
                 order.append(queue.pop(len(queue) // 2))
-    canonical, multiple = config.preprocess.diameter, config.model.size_multiple()
+    multiple = config.model.size_multiple()
     batches = []
     for i in order:
-        image = prepared.images[i].astype(np.float32) / 255.0
         diameter = prepared.diameters[i] if prepared.diameters else math.nan
-        if canonical and math.isfinite(diameter) and diameter > 0:
-            image = resample(image, clip_scale(canonical / diameter, config.predict.min_scale,
-                                               config.predict.max_scale))
+        image = resample(to_network_input(prepared.images[i]), network_zoom(diameter, config))
         h, w = (min(n, side) // multiple * multiple for n in image.shape)
         if h == 0 or w == 0:
             continue
@@ -129,6 +127,19 @@ def _quiet_logging():
         logging.disable(previous)
 
 
+def require_quantizer() -> None:
+    """Raise :class:`EnvironmentProblem` unless ONNX Runtime's quantizer and ``onnx`` import: checked
+    before any other work of an int8 export, so that a missing package is said first."""
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime.quantization  # noqa: F401
+    except ImportError as exc:
+        raise EnvironmentProblem(
+            f"int8 export needs onnxruntime and onnx ({exc.name or exc} is not installed);"
+            " install them with: pip install onnxruntime onnx"
+        ) from None
+
+
 def quantize_onnx(src, dst, batches, *, note: str = "") -> Path:
     """Write the int8 form of the ONNX model ``src`` to ``dst``, atomically.
 
@@ -157,14 +168,11 @@ def quantize_onnx(src, dst, batches, *, note: str = "") -> Path:
     BadDataError
         ``src`` cannot be read or quantized.
     """
-    try:
-        import onnx
-        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    except ImportError as exc:
-        raise EnvironmentProblem(
-            f"int8 export needs onnxruntime and onnx ({exc.name or exc} is not installed);"
-            " install them with: pip install onnxruntime onnx"
-        ) from None
+    require_quantizer()
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    from .atomic import os_error
     from .onnx_export import INPUT_NAME
 
     src, dst = Path(src), Path(dst)
@@ -181,6 +189,10 @@ def quantize_onnx(src, dst, batches, *, note: str = "") -> Path:
                     calibrate_method=CalibrationMethod.MinMax,
                 )
             model = onnx.load(str(raw))
+        except MemoryError:
+            raise
+        except OSError as exc:  # a full or unwritable temporary folder is the machine's problem, not the file's
+            raise os_error(exc, Path(exc.filename) if exc.filename else src) from None
         except Exception as exc:  # the quantizer raises many types for a file it cannot use
             lines = str(exc).strip().splitlines() or [type(exc).__name__]
             raise BadDataError(f"cannot quantize it ({type(exc).__name__}: {lines[0][:300]})", path=src) from None

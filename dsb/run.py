@@ -199,8 +199,10 @@ def quantize_in_place(run_dir, data_dir, *, progress: bool = False) -> Path:
     """Write ``model.int8.onnx`` beside a run folder's ``model.onnx`` (:mod:`dsb.quantize`).
 
     The activation ranges are measured on the run's training images in
-    ``data_dir`` (its validation images are left out); ``model.onnx`` is
-    exported first when the folder has none. ``--precision int8`` then runs it.
+    ``data_dir`` (its validation images are left out). ``model.onnx`` is
+    exported first when the folder has none, or one the engines would refuse
+    (from an earlier ``model.keras``): the int8 file records the digest of the
+    file it was made from. ``--precision int8`` then runs it.
 
     Returns
     -------
@@ -208,12 +210,16 @@ def quantize_in_place(run_dir, data_dir, *, progress: bool = False) -> Path:
         The int8 file.
     """
     from .dataset import load_prepared
+    from .engines import check_onnx
     from .onnx_export import ONNX_FILE
-    from .quantize import INT8_FILE, calibration_batches, quantize_onnx
+    from .quantize import INT8_FILE, calibration_batches, quantize_onnx, require_quantizer
 
+    require_quantizer()
     run_dir = Path(run_dir)
     config = load_run_config(run_dir)
-    if not (run_dir / ONNX_FILE).is_file():
+    try:
+        check_onnx(run_dir / ONNX_FILE, config.model.outputs, run_dir / "model.keras")
+    except BadDataError:  # missing, damaged, or from another model.keras
         export_onnx_in_place(run_dir)
     prepared = load_prepared(data_dir, config.preprocess, progress=progress)
     batches = calibration_batches(prepared, config)

@@ -2,7 +2,7 @@
 
 Images in the wild show nuclei from about 6 to 100 pixels across. The network
 is trained with every image resampled so that its median nucleus is
-``preprocess.diameter`` pixels across (:func:`dsb.loader.zoom_for`), so at
+``preprocess.diameter`` pixels across (:func:`zoom_for`), so at
 prediction an image is resampled by ``scale = diameter / its nucleus
 diameter``, predicted and post-processed there, and its labels are brought
 back to the image's own grid (:func:`labels_to_shape`).
@@ -18,7 +18,8 @@ import numpy as np
 
 from ._validate import check_labels
 
-__all__ = ["nucleus_diameters", "median_diameter", "area_weighted_diameter", "clip_scale", "resample", "resample_to", "labels_to_shape", "check_diameter"]
+__all__ = ["nucleus_diameters", "median_diameter", "area_weighted_diameter", "clip_scale", "zoom_for", "network_zoom",
+           "resample", "resample_to", "labels_to_shape", "check_diameter"]
 
 # A nucleus diameter outside this range (pixels) is a typo, not a microscope.
 DIAMETER_RANGE = (2.0, 1000.0)
@@ -87,6 +88,27 @@ def area_weighted_diameter(labels: np.ndarray) -> float:
 def clip_scale(scale: float, low: float, high: float) -> float:
     """``scale`` within ``[low, high]``."""
     return float(min(max(scale, low), high))
+
+
+def zoom_for(diameter: float, canonical: float) -> float:
+    """The factor that takes nuclei of ``diameter`` pixels to ``canonical`` (1 when either is unknown or 0).
+
+    >>> zoom_for(40.0, 20.0)
+    0.5
+    >>> zoom_for(float("nan"), 20.0)
+    1.0
+    """
+    if not canonical or not diameter or not math.isfinite(diameter) or diameter <= 0:
+        return 1.0
+    return float(canonical) / float(diameter)
+
+
+def network_zoom(diameter: float, config) -> float:
+    """The zoom that takes a training image whose median nucleus is ``diameter`` pixels across to the
+    network's ``preprocess.diameter``, within prediction's ``predict.min_scale .. max_scale`` (beyond
+    them an image is used as near as they allow); 1 when either diameter is unknown or 0."""
+    return clip_scale(zoom_for(diameter, config.preprocess.diameter), config.predict.min_scale,
+                      config.predict.max_scale)
 
 
 def check_diameter(value) -> float:

@@ -113,7 +113,7 @@ def test_int8_probabilities_are_close_to_float32(int8_run, engine):
     assert out.shape == exact.shape and out.dtype == np.float32
     diff = np.abs(out - exact)
     # A random network's probabilities spread little (std about 0.02): the error is measured against that.
-    assert diff.mean() < 0.1 * exact.std() and diff.max() < 0.5 * np.ptp(exact), (diff.mean(), diff.max())
+    assert diff.mean() < 0.1 * exact.std() and diff.max() < 0.25 * np.ptp(exact), (diff.mean(), diff.max())
     assert diff.max() > 1e-6  # it is another network, not the float32 file run again
 
 
@@ -205,16 +205,18 @@ def test_auto_in_int8_never_falls_back_to_keras(int8_run, monkeypatch):
         choose_engine(path, "auto", "int8")
 
 
-def test_quantizing_without_onnxruntime_says_what_to_install(int8_run, tmp_path, monkeypatch):
-    path, _ = int8_run
-    real_import = builtins.__import__
-
+def _without_onnxruntime(real_import):
     def no_onnxruntime(name, *args, **kwargs):
         if name.startswith("onnxruntime"):
             raise ImportError(f"No module named {name!r}", name=name)
         return real_import(name, *args, **kwargs)
 
-    monkeypatch.setattr(builtins, "__import__", no_onnxruntime)
+    return no_onnxruntime
+
+
+def test_quantizing_without_onnxruntime_says_what_to_install(int8_run, tmp_path, monkeypatch):
+    path, _ = int8_run
+    monkeypatch.setattr(builtins, "__import__", _without_onnxruntime(builtins.__import__))
     with pytest.raises(EnvironmentProblem, match="pip install onnxruntime"):
         quantize_onnx(path / ONNX_FILE, tmp_path / "x.onnx", [np.zeros((1, 32, 32, 1), np.float32)])
     assert not (tmp_path / "x.onnx").exists()
@@ -225,3 +227,71 @@ def test_an_unknown_precision_is_refused(int8_run):
     with pytest.raises(ValueError, match="precision"):
         choose_engine(path, "auto", "float16")
     assert dsb("predict", path, "--precision", "float16").exit_code == 2
+
+
+def _swapped(int8_run, tmp_path):
+    """A copy of the run whose int8 file is the float32 one: whatever opens it at int8 must refuse it."""
+    path, _ = int8_run
+    model_dir = tmp_path / "float32-as-int8"
+    shutil.copytree(path, model_dir)
+    shutil.copy(path / ONNX_FILE, model_dir / INT8_FILE)
+    return model_dir
+
+
+def test_segment_and_evaluate_pass_the_precision_on(int8_run, tmp_path):
+    # Both would succeed on the float32 file: the refusal shows that int8 reached the engine.
+    path, stage = int8_run
+    model_dir = _swapped(int8_run, tmp_path)
+    image = sorted(stage.glob("*/images/*.png"))[0]
+    result = dsb("segment", image, "--model", model_dir, "--out", tmp_path / "seg", "--precision", "int8")
+    error_line(result, 3, INT8_FILE, "is the float32 network")
+    result = dsb("evaluate", model_dir, "--data", stage, "--precision", "int8")
+    error_line(result, 3, INT8_FILE, "is the float32 network")
+    assert dsb("segment", image, "--model", model_dir, "--out", tmp_path / "seg").exit_code == 0
+
+
+def test_load_model_takes_a_precision(int8_run, tmp_path):
+    import dsb as package
+
+    path, _ = int8_run
+    model = package.load_model(path, precision="int8")
+    assert model.engine in ONNX_ENGINES and model.network.path.name == INT8_FILE
+    assert package.load_model(path).network.path.name in (ONNX_FILE, "model.keras")
+    with pytest.raises(ValueError, match="precision"):
+        package.load_model(path, precision="float16")
+    with pytest.raises(BadDataError, match="is the float32 network"):
+        package.load_model(_swapped(int8_run, tmp_path), precision="int8")
+
+
+@pytest.mark.parametrize("state", ["missing", "stale"])
+def test_export_int8_writes_model_onnx_first_when_it_is_missing_or_stale(int8_run, tmp_path, state):
+    from test_engines import _unet_run
+
+    path, stage = int8_run
+    model_dir = tmp_path / state
+    shutil.copytree(path, model_dir)
+    (model_dir / INT8_FILE).unlink()
+    if state == "missing":
+        (model_dir / ONNX_FILE).unlink()
+    else:  # exported from an earlier model.keras: the engines refuse it, so the int8 file must not copy it
+        other, _ = _unet_run(tmp_path / "other", CONFIG, seed=5)
+        shutil.copy(other / ONNX_FILE, model_dir / ONNX_FILE)
+    result = dsb("export", model_dir, "--int8", "--data", stage)
+    assert result.exit_code == 0, result.output
+    check_onnx(model_dir / ONNX_FILE, CONFIG.model.outputs, model_dir / "model.keras")
+    check_onnx(model_dir / INT8_FILE, CONFIG.model.outputs, model_dir / "model.keras", "int8")
+
+
+def test_data_without_int8_is_a_usage_error(int8_run, tmp_path):
+    path, stage = int8_run
+    result = dsb("export", path, "--out", tmp_path / "out", "--data", stage)
+    assert result.exit_code == 2 and "--data is for --int8 only" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_missing_quantizer_is_said_before_anything_is_written(int8_run, tmp_path, monkeypatch):
+    path, stage = int8_run
+    monkeypatch.setattr(builtins, "__import__", _without_onnxruntime(builtins.__import__))
+    result = dsb("export", path, "--out", tmp_path / "out", "--int8", "--data", stage)
+    error_line(result, 4, "pip install onnxruntime")
+    assert not (tmp_path / "out").exists()

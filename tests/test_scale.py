@@ -9,11 +9,11 @@ from scipy import ndimage
 
 from dsb.cli import cli
 from dsb.config import Config, PredictConfig, PreprocessConfig
-from dsb.loader import augment_crop, make_targets, zoom_for
+from dsb.loader import augment_crop, make_targets
 from dsb.metric import image_score
 from dsb.postprocess import labels_from_probabilities
 from dsb.predict import predict_nuclei, predict_scaled
-from dsb.scale import labels_to_shape, median_diameter, nucleus_diameters
+from dsb.scale import labels_to_shape, median_diameter, nucleus_diameters, zoom_for
 
 from conftest import make_discs
 

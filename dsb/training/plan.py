@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from ..config import Config
 from ..errors import BadDataError
 from ..finetune import finetune_split
-from ..loader import CropLoader, ValidationLoader, split_ids, zoom_for
-from ..scale import clip_scale, median_diameter
+from ..loader import CropLoader, ValidationLoader, split_ids
+from ..scale import median_diameter, network_zoom
 from .state import RunState
 
 
@@ -172,13 +172,10 @@ def _split(config: Config, ids: list[str], types, seed: int, groups=None, *,
 
 def _zooms(prepared, config: Config) -> list[float]:
     """Per image, the zoom that takes its median nucleus to ``preprocess.diameter`` (all 1 when that is 0)."""
-    canonical = config.preprocess.diameter
     diameters = getattr(prepared, "diameters", None)
     if not diameters:  # data held in memory without the cache's measurements
         diameters = [median_diameter(lab) for lab in prepared.labels]
-    # The same bounds as prediction's: beyond them an image is used as near as they allow.
-    low, high = config.predict.min_scale, config.predict.max_scale
-    return [clip_scale(zoom_for(d, canonical), low, high) for d in diameters]
+    return [network_zoom(d, config) for d in diameters]
 
 
 def _colour_images(prepared, tc, indices: list[int]) -> list | None:
