@@ -112,9 +112,6 @@ class _Reader:
     def get_next(self):
         return next(self._feeds, None)
 
-    def rewind(self):  # not needed by MinMax calibration, which reads once
-        raise NotImplementedError
-
 
 @contextlib.contextmanager
 def _quiet_logging():
@@ -173,6 +170,7 @@ def quantize_onnx(src, dst, batches, *, note: str = "") -> Path:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     from .atomic import os_error
+    from .engines import read_onnx_metadata  # engines imports this module: not at the top
     from .onnx_export import INPUT_NAME
 
     src, dst = Path(src), Path(dst)
@@ -196,7 +194,7 @@ def quantize_onnx(src, dst, batches, *, note: str = "") -> Path:
         except Exception as exc:  # the quantizer raises many types for a file it cannot use
             lines = str(exc).strip().splitlines() or [type(exc).__name__]
             raise BadDataError(f"cannot quantize it ({type(exc).__name__}: {lines[0][:300]})", path=src) from None
-    meta = {p.key: p.value for p in onnx.load(str(src), load_external_data=False).metadata_props}
+    meta = read_onnx_metadata(src)
     meta.update({"dsb.precision": "int8", "dsb.calibration": note or f"{len(batches)} images"})
     del model.metadata_props[:]
     for key, value in meta.items():
