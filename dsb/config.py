@@ -253,7 +253,10 @@ class PredictConfig:
     # dsb.predict.choose_scale): a few dozen nuclei, at a fraction of the prediction's cost.
     # On the 132 group-held-out images, with three passes: whole images 0.5627, 256 px
     # 0.5625, 192 px 0.5612, 128 px 0.5578. 128 px also missed nuclei over about 40 px
-    # across (a grid of 76-px discs was estimated at 18 px).
+    # across (a grid of 76-px discs was estimated at 18 px). With the one pass of today:
+    # 192 px 0.5601, 176 px 0.5567, 160 px 0.5532 (stained tissue 0.288, 0.291, 0.283;
+    # fluorescence 0.693, 0.687, 0.685), so the window stays at 192 although a smaller one
+    # would cut the estimate's share of prediction time.
     estimate_size: int = 192
     # Scale of the estimate's first pass. Starting at 0.5 lost the small nuclei of brightfield
     # images (held-out brightfield 0.21 -> 0.09).
