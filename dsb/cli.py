@@ -43,6 +43,8 @@ class _Diameter(click.ParamType):
 
 
 _DIAMETER_HELP = "Median nucleus diameter in pixels; estimated per image when not given."
+# Literal copies of dsb.engines.ENGINE_CHOICES and dsb.quantize.PRECISIONS, so that `dsb --help` does
+# not import numpy; tests/test_cli.py holds them to the originals.
 _ENGINE = click.option(
     "--engine", type=click.Choice(["auto", "keras", "onnx", "openvino"]), default="auto", show_default=True,
     help="Inference engine; auto takes OpenVINO, then ONNX Runtime, when the model folder has model.onnx.")

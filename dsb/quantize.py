@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import atomic_path
+from .atomic import atomic_path, os_error
 from .errors import BadDataError, EnvironmentProblem
 
 __all__ = ["INT8_FILE", "PRECISIONS", "CALIBRATION_IMAGES", "calibration_batches", "require_quantizer", "quantize_onnx"]
@@ -169,7 +169,6 @@ def quantize_onnx(src, dst, batches, *, note: str = "") -> Path:
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    from .atomic import os_error
     from .engines import read_onnx_metadata  # engines imports this module: not at the top
     from .onnx_export import INPUT_NAME
 

@@ -94,3 +94,14 @@ def test_help_and_version_exit_0():
     assert runner.invoke(cli, ["--help"]).exit_code == 0
     result = runner.invoke(cli, ["--version"])
     assert result.exit_code == 0 and "dsb, version" in result.stdout
+
+
+@pytest.mark.parametrize("command", ["predict", "segment", "evaluate", "tune"])
+def test_engine_and_precision_choices_are_the_librarys(command):
+    from dsb.engines import ENGINE_CHOICES
+    from dsb.quantize import PRECISIONS
+
+    options = {p.name: p for p in cli.commands[command].params}
+    assert tuple(options["engine"].type.choices) == ENGINE_CHOICES
+    if command != "tune":  # tune searches in float32 only
+        assert tuple(options["precision"].type.choices) == PRECISIONS
