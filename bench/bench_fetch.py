@@ -1,4 +1,4 @@
-"""How long `dsb fetch` takes when the data are already there (:func:`dsb.fetch.fetch`).
+"""How long `dsb fetch` takes when the data are already there (:func:`dsb.kaggle.fetch.fetch`).
 
     python bench/bench_fetch.py
 
@@ -84,7 +84,7 @@ def _verdict(seconds: float, budget: float) -> str:
 
 
 def main() -> int:
-    from dsb.fetch import fetch
+    from dsb.kaggle.fetch import fetch
 
     with tempfile.TemporaryDirectory(prefix="dsb-bench-fetch-") as tmp:
         tmp = Path(tmp)

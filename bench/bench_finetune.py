@@ -4,7 +4,7 @@
                                    [--minutes 10] [--work DIR] [--seed 0] [--epochs N] [--steps N]
 
 For each imaging-experiment group of stage1_train (the training cache's groups,
-:func:`dsb.dataset.load_prepared`; by default three that the default run held
+:func:`dsb.training.cache.load_prepared`; by default three that the default run held
 out: stained-256x320-large, fluorescence-360x360, brightfield-1024x1024-small),
 with ``--model`` (default runs/default) trained without that group:
 
@@ -12,8 +12,8 @@ with ``--model`` (default runs/default) trained without that group:
    ``--n``) are copied into a folder in the user layout (a) (``images/``,
    ``masks/`` with 16-bit label TIFFs), the images after the largest ``n`` are
    the ones scored, the same for every ``n``;
-2. score them with the competition metric (:func:`dsb.metric.score_labels`,
-   predicting with :func:`dsb.predict.predict_labels`) before;
+2. score them with the competition metric (:func:`dsb.kaggle.metric.score_labels`,
+   predicting with :func:`dsb.inference.predict.predict_labels`) before;
 3. fine-tune (:func:`dsb.training.train` with ``init=--model``) for at most
    ``--minutes`` of training, and score them again after.
 
@@ -26,8 +26,8 @@ Not a test: it prints figures. The run folders stay under ``--work``.
 from __future__ import annotations
 
 import argparse
-import sys
 import json
+import sys
 import tempfile
 from pathlib import Path
 
@@ -45,7 +45,7 @@ def _user_folder(folder: Path, stage: Path, ids) -> Path:
 
     import tifffile
 
-    from dsb.dataset import image_path, read_labels
+    from dsb.io.images import image_path, read_labels
 
     (folder / "images").mkdir(parents=True)
     (folder / "masks").mkdir()
@@ -59,10 +59,10 @@ def _user_folder(folder: Path, stage: Path, ids) -> Path:
 
 def _score(run_dir: Path, stage: Path, ids) -> float:
     """Mean competition score of a run on ``ids`` of the stage folder."""
-    from dsb.dataset import image_path, read_image, read_labels
-    from dsb.metric import score_labels
-    from dsb.predict import predict_labels
-    from dsb.run import load_run
+    from dsb.inference.predict import predict_labels
+    from dsb.io.images import image_path, read_image, read_labels
+    from dsb.kaggle.metric import score_labels
+    from dsb.network.model_folder import load_run
 
     model, config = load_run(run_dir)
     truth, pred = {}, {}
@@ -91,8 +91,8 @@ def main() -> int:
     parser.add_argument("--minutes", type=float, default=10.0, help="training minutes of each fine-tune")
     parser.add_argument("--work", type=Path, default=None, help="where user folders and runs go (default: temp)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--epochs", type=int, default=None, help="fine-tune epochs (default dsb.finetune's)")
-    parser.add_argument("--steps", type=int, default=None, help="steps per epoch (default dsb.finetune's)")
+    parser.add_argument("--epochs", type=int, default=None, help="fine-tune epochs (default dsb.training.finetune's)")
+    parser.add_argument("--steps", type=int, default=None, help="steps per epoch (default dsb.training.finetune's)")
     args = parser.parse_args()
 
     if not (args.data / "stage1_train").is_dir():
@@ -101,9 +101,9 @@ def main() -> int:
     if not (args.model / "model.keras").is_file():
         print(f"no model.keras in {args.model}: train one first (`make train`)")
         return 0
-    from dsb.dataset import load_prepared
-    from dsb.run import load_run_config
+    from dsb.network.model_folder import load_run_config
     from dsb.training import train
+    from dsb.training.cache import load_prepared
 
     config = load_run_config(args.model)
     stage = args.data / "stage1_train"

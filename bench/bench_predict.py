@@ -18,7 +18,7 @@ skipped when there is none), with scale normalisation on and TTA off unless aske
   threads when several run at once; target at most 20 %);
 - the bare forward pass: the engine over the same batches (estimate passes
   included) and nothing else, the faster of its streams all at once (for an
-  engine with several, :meth:`dsb.engines.Network.streams`) and one call at a
+  engine with several, :meth:`dsb.network.engines.Network.streams`) and one call at a
   time on every core; and the ratio end-to-end / forward (target at most
   1.3), with the spread of the ratio run by run;
 - the CPU time spent outside the network, measured by replaying the run
@@ -65,8 +65,8 @@ def _model_dir(run_dir: str | None, tmp: Path) -> Path:
     """The folder to measure: RUN_DIR or the shipped model, with a model.onnx (exported into a copy if needed)."""
     import shutil
 
-    from dsb.onnx_export import ONNX_FILE
-    from dsb.run import default_model_dir, export_onnx_in_place
+    from dsb.network.model_folder import ONNX_FILE, default_model_dir
+    from dsb.workflows.export import export_onnx_in_place
 
     folder = Path(run_dir) if run_dir else default_model_dir()
     if (folder / ONNX_FILE).is_file():
@@ -81,7 +81,7 @@ def _load(model_dir: Path, engine: str, args, precision: str = "float32"):
     """The network and config to measure, with the command-line overrides applied."""
     import dataclasses
 
-    from dsb.run import load_network
+    from dsb.network.engines import load_network
 
     network, config = load_network(model_dir, engine, precision)
     changes = {k: v for k, v in (("tile_size", args.tile_size), ("overlap", args.overlap),
@@ -95,14 +95,14 @@ def _peak_memory(args) -> int:
     """Child mode: predict one image in this fresh process, print its peak memory before and after (KiB)."""
     import numpy as np
 
-    from dsb.dataset import read_image
-    from dsb.predict import predict_labels
+    from dsb.inference.predict import predict_labels
+    from dsb.io.images import read_image
 
     network, config = _load(Path(args.run_dir), args.engine, args, args.precision)
     raw = read_image(args.peak_memory)
     network(np.zeros((1, 32, 32, 1), np.float32))  # load the engine fully
     if args.copies > 1:  # a folder of copies, as many at once as the engine has streams
-        from dsb.pipeline import nuclei_predictor, predict_each
+        from dsb.workflows.pipeline import nuclei_predictor, predict_each
 
         for stream in network.streams():
             stream(np.zeros((1, 32, 32, 1), np.float32))
@@ -148,7 +148,7 @@ def _large_image(tmp: Path) -> Path:
 
 class _Timed:
     """The network, timed and with its batch shapes recorded; its streams (the engine's, when it runs
-    several at once: :meth:`dsb.engines.Network.streams`) are timed into the same record."""
+    several at once: :meth:`dsb.network.engines.Network.streams`) are timed into the same record."""
 
     def __init__(self, network, record, stream=None):
         self.network, self.record, self.stream = network, record, stream or network
@@ -171,8 +171,9 @@ def measure(engine: str, model_dir: Path, images_dir: Path, megapixels: float, a
 
     import numpy as np
 
-    import dsb.predict as predict_module
-    from dsb.predict import predict_images
+    import dsb.inference.predict as predict_module
+    import dsb.inference.scale as scale_module
+    from dsb.workflows.predict_folder import predict_images
 
     network, config = _load(model_dir, engine, args, precision)
     streams = network.streams()
@@ -190,10 +191,10 @@ def measure(engine: str, model_dir: Path, images_dir: Path, megapixels: float, a
                 outputs.append(out)
 
     # Thread-seconds, summed over the images (several at once with streams): the scale estimate
-    # (all of _choose: windows, network passes and their watersheds) less its last pass when that
+    # (all of choose_scale_and_pass: windows, network passes and their watersheds) less its last pass when that
     # one serves as the prediction (network and watershed), and each image's two stages.
-    choose, at_scale = predict_module._choose, predict_module._at_scale
-    flood = predict_module.labels_from_probabilities
+    choose, at_scale = predict_module.choose_scale_and_pass, scale_module.predict_at_scale
+    flood = scale_module.labels_from_probabilities
     stages = predict_module.network_stage, predict_module.watershed_stage
 
     def timed(step, kind):
@@ -231,8 +232,10 @@ def measure(engine: str, model_dir: Path, images_dir: Path, megapixels: float, a
     def end_to_end(name: str, model) -> tuple[float, float, float]:
         batches.clear()
         spent.update(network=0.0, estimate=0.0, images=0.0)
-        predict_module._choose, predict_module._at_scale = timed_choose, timed(at_scale, "pass")
-        predict_module.labels_from_probabilities = timed(flood, "flood")
+        # The estimate's passes and watersheds run in dsb.inference.scale, the prediction's pass in .predict.
+        predict_module.choose_scale_and_pass = timed_choose
+        predict_module.predict_at_scale = scale_module.predict_at_scale = timed(at_scale, "pass")
+        scale_module.labels_from_probabilities = timed(flood, "flood")
         predict_module.network_stage, predict_module.watershed_stage = map(timed_stage, stages)
         try:
             began = time.perf_counter()
@@ -241,8 +244,9 @@ def measure(engine: str, model_dir: Path, images_dir: Path, megapixels: float, a
             return (time.perf_counter() - began, spent["network"] / spent["images"],
                     spent["estimate"] / spent["images"])
         finally:
-            predict_module._choose, predict_module._at_scale = choose, at_scale
-            predict_module.labels_from_probabilities = flood
+            predict_module.choose_scale_and_pass = choose
+            predict_module.predict_at_scale = scale_module.predict_at_scale = at_scale
+            scale_module.labels_from_probabilities = flood
             predict_module.network_stage, predict_module.watershed_stage = stages
 
     def bare_forward(arrays, callers) -> float:
@@ -308,7 +312,7 @@ def measure(engine: str, model_dir: Path, images_dir: Path, megapixels: float, a
 def _overhead(recorded: list[np.ndarray], config, images_dir: Path, args, tmp: Path) -> float:
     """CPU seconds ``dsb predict`` spends outside the network (best of ``--repeat``): the run replayed
     with each batch's ``recorded`` output, so no engine time is in the figure."""
-    from dsb.predict import predict_images
+    from dsb.workflows.predict_folder import predict_images
 
     calls = iter(())
 
@@ -350,9 +354,10 @@ def main() -> int:
         print(f"skipped: {zip_path} not found (set DSB_SHARED)")
         return 0
 
-    from dsb.dataset import read_image
-    from dsb.engines import choose_engine, engine_installed, network_file
-    from dsb.pipeline import folder_images
+    from dsb.io.folders import folder_images
+    from dsb.io.images import read_image
+    from dsb.network.engines import choose_engine, engine_installed
+    from dsb.network.model_folder import network_file
 
     with tempfile.TemporaryDirectory(prefix="dsb-bench-predict-") as tmp:
         tmp = Path(tmp)

@@ -1,4 +1,4 @@
-"""Cold and warm start of the prepared training cache (`dsb prepare`, :func:`dsb.dataset.load_prepared`).
+"""Cold and warm start of the prepared training cache (`dsb prepare`, :func:`dsb.training.cache.load_prepared`).
 
     python bench/bench_prepare.py [--data DIR] [--workers N] [--compare-workers]
 
@@ -35,8 +35,8 @@ sys.path.insert(0, str(REPO))
 WARM_CHILD = """
 import sys, time
 start = time.perf_counter()
-from dsb.dataset import load_prepared
-from dsb.config import PreprocessConfig
+from dsb.io.images import load_prepared
+from dsb.core.config import PreprocessConfig
 prepared = load_prepared(sys.argv[1], PreprocessConfig(), cache_dir=sys.argv[2])
 assert not prepared.built, "the cache was rebuilt"
 print(f"{time.perf_counter() - start:.2f} {len(prepared)}")
@@ -80,8 +80,9 @@ def main() -> int:
     parser.add_argument("--compare-workers", action="store_true", help="also time a one-process cold build")
     args, _ = parser.parse_known_args()  # run_all.py passes its own arguments to every bench
 
-    from dsb.config import PreprocessConfig
-    from dsb.dataset import _fingerprint, find_stage, list_ids, load_prepared
+    from dsb.core.config import PreprocessConfig
+    from dsb.io.images import find_stage, list_ids
+    from dsb.training.cache import _fingerprint, load_prepared
 
     with tempfile.TemporaryDirectory(prefix="dsb-bench-prepare-") as tmp:
         tmp = Path(tmp)

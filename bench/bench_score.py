@@ -7,7 +7,7 @@ pixel and 10 % of them dropped (``--perfect`` keeps them exact). Then times:
 
 - ``python -m dsb.cli score SUB --truth TRUTH`` as a fresh process (start-up,
   imports, reading, scoring), for both kinds of truth (``--no-cli`` skips it);
-- the library call :func:`dsb.submission.score_submission` in this process;
+- the library call :func:`dsb.kaggle.submission.score_submission` in this process;
 - a straightforward scorer kept in this file: Python sets of pixel indices per
   object and an IoU for every pair of objects.
 
@@ -39,10 +39,9 @@ from scipy import ndimage
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from dsb.metric import THRESHOLDS  # noqa: E402
-from dsb.submission import score_submission  # noqa: E402
-from dsb.rle import labels_to_rles, rles_to_labels  # noqa: E402
-from dsb.submission import write_submission  # noqa: E402
+from dsb.kaggle.metric import THRESHOLDS
+from dsb.kaggle.rle import labels_to_rles, rles_to_labels
+from dsb.kaggle.submission import score_submission, write_submission
 
 
 def shared_dir() -> Path:

@@ -8,7 +8,7 @@ Prints, for the shipped "cpu" config unless told otherwise:
 - train-step time per 256x256 image: ``fit`` on one constant batch of real
   crops (graph tracing excluded), divided by the batch size;
 - the input pipeline's overhead: the same ``fit`` fed by the real augmenting
-  :class:`dsb.loader.CropLoader` instead of the constant batch (target at most
+  :class:`dsb.training.loader.CropLoader` instead of the constant batch (target at most
   10 %), and the loader's own time per batch without a model;
 - peak memory (VmHWM, :func:`_memory.peak_kib`) of a fresh process that
   runs a short :func:`dsb.training.train_prepared` on all of stage1_train
@@ -49,13 +49,13 @@ def _shared() -> Path:
 
 
 def _config(name: str):
-    from dsb.config import SHIPPED_CONFIGS, load_config, shipped_config
+    from dsb.core.config import SHIPPED_CONFIGS, load_config, shipped_config
 
     return shipped_config(name) if name in SHIPPED_CONFIGS else load_config(name)
 
 
 def _prepared(args, tmp: Path):
-    from dsb.dataset import load_prepared
+    from dsb.training.cache import load_prepared
 
     data = Path(args.data) if args.data else REPO / "data"
     if not (data / "stage1_train").is_dir():
@@ -78,9 +78,9 @@ def _timed_fit(model, data, steps: int) -> float:
 def speed(args, prepared) -> None:
     import keras
 
-    from dsb.loader import CropLoader, split_ids
-    from dsb.model import build_unet, compile_model
+    from dsb.network.unet import build_unet, compile_model
     from dsb.training.environment import Environment
+    from dsb.training.loader import CropLoader, split_ids
 
     config = _config(args.config)
     tc = config.train
@@ -159,7 +159,7 @@ def throughput_child(args) -> None:
     import keras
     import numpy as np
 
-    from dsb.model import build_unet, compile_model
+    from dsb.network.unet import build_unet, compile_model
     from dsb.training.environment import Environment
 
     config = _config(args.config)

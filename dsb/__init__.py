@@ -46,20 +46,24 @@ __all__ = [
 
 # Public name -> the module it is defined in.
 _HOMES = {
-    "segment": "._api",
-    "load_model": "._api",
-    "score": "._api",
-    "score_submission": "._api",
-    "rle_encode": ".rle",
-    "rle_decode": ".rle",
-    "read_submission": ".submission",
-    "write_submission": ".submission",
+    "segment": ".api",
+    "load_model": ".api",
+    "score": ".api",
+    "score_submission": ".kaggle.submission",
+    "rle_encode": ".kaggle.rle",
+    "rle_decode": ".kaggle.rle",
+    "read_submission": ".kaggle.submission",
+    "write_submission": ".kaggle.submission",
 }
 
 if TYPE_CHECKING:
-    from ._api import load_model, score, score_submission, segment
-    from .rle import rle_decode, rle_encode
-    from .submission import read_submission, write_submission
+    from dsb.api import load_model, score, segment
+    from dsb.kaggle.rle import rle_decode, rle_encode
+    from dsb.kaggle.submission import (
+        read_submission,
+        score_submission,
+        write_submission,
+    )
 
 
 def __getattr__(name: str):

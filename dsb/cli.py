@@ -3,8 +3,8 @@
 Each command parses its options and calls library functions. Keras (and so
 TensorFlow) is imported only inside the commands that train or predict, so
 ``dsb --help``, ``dsb fetch`` and ``dsb score`` start in well under a second.
-Errors a user can act on (:class:`dsb.errors.DsbError`) become one line on
-stderr and a documented exit status; see :mod:`dsb.errors`.
+Errors a user can act on (:class:`dsb.core.errors.DsbError`) become one line on
+stderr and a documented exit status; see :mod:`dsb.core.errors`.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from pathlib import Path
 
 import click
 
-from . import __version__
-from .errors import EXIT_BUG, EXIT_INTERRUPTED, DsbError
+from dsb import __version__
+from dsb.core.errors import EXIT_BUG, EXIT_INTERRUPTED, DsbError
 
 _DIR = click.Path(file_okay=False, path_type=Path)
 _EXISTING_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
@@ -29,12 +29,12 @@ _FILE = click.Path(dir_okay=False, path_type=Path)
 
 
 class _Diameter(click.ParamType):
-    """A nucleus diameter in pixels (see :func:`dsb.scale.check_diameter`)."""
+    """A nucleus diameter in pixels (see :func:`dsb.inference.scale.check_diameter`)."""
 
     name = "PX"
 
     def convert(self, value, param, ctx):
-        from .scale import check_diameter
+        from dsb.inference.scale import check_diameter
 
         try:
             return check_diameter(value)
@@ -43,7 +43,7 @@ class _Diameter(click.ParamType):
 
 
 _DIAMETER_HELP = "Median nucleus diameter in pixels; estimated per image when not given."
-# Literal copies of dsb.engines.ENGINE_CHOICES and dsb.quantize.PRECISIONS, so that `dsb --help` does
+# Literal copies of dsb.network.engines.ENGINE_CHOICES and dsb.network.model_folder.PRECISIONS, so that `dsb --help` does
 # not import numpy; tests/test_cli.py holds them to the originals.
 _ENGINE = click.option(
     "--engine", type=click.Choice(["auto", "keras", "onnx", "openvino"]), default="auto", show_default=True,
@@ -51,8 +51,8 @@ _ENGINE = click.option(
 _PRECISION = click.option(
     "--precision", type=click.Choice(["float32", "int8"]), default="float32", show_default=True,
     help="The network's number format for inference (not training's --precision): int8 runs model.int8.onnx "
-         "(dsb export --int8) on OpenVINO or ONNX Runtime; its network ran 2.4 times as fast as float32 on a "
-         "CPU with VNNI, probabilities within about 0.002 on average.")
+         "(dsb export --int8) on OpenVINO or ONNX Runtime: faster on CPUs with integer dot-product units, "
+         "probabilities within about 0.002 on average.")
 
 
 class DsbGroup(click.Group):
@@ -133,7 +133,7 @@ def cli(debug: bool) -> None:
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def fetch(source: Path | None, dest: Path, quiet: bool) -> None:
     """Fetch and verify the competition data (Kaggle API, or --source)."""
-    from .fetch import fetch as fetch_data
+    from dsb.kaggle.fetch import fetch as fetch_data
 
     summary = fetch_data(dest, source=source, progress=not quiet)
     click.echo(str(summary))
@@ -145,7 +145,7 @@ def fetch(source: Path | None, dest: Path, quiet: bool) -> None:
 @click.option("--config", "config_path", type=_EXISTING_FILE, default=None, help="Config JSON (preprocess section).")
 def prepare(data: Path, config_path: Path | None) -> None:
     """Decode stage1_train (and annotated images of your own) once into a cache that training loads in seconds."""
-    from .dataset import load_prepared
+    from dsb.training.cache import load_prepared
 
     config = _load_config(config_path)
     prepared = load_prepared(data, config.preprocess, progress=True)
@@ -182,7 +182,7 @@ def train(config_path, data, out, epochs, steps_per_epoch, time_budget, seed, re
           init, learning_rate) -> None:
     """Train the U-Net, or fine-tune one (--init); the run folder is all that `dsb predict` needs."""
     _load_keras()
-    from .training import train as train_run
+    from dsb.training import train as train_run
 
     if resume and out is None:
         raise click.UsageError("--resume needs --out, the run folder to continue")
@@ -195,7 +195,7 @@ def train(config_path, data, out, epochs, steps_per_epoch, time_budget, seed, re
         import time
 
         out = Path("runs") / time.strftime("%Y%m%d-%H%M%S")
-    from .run import resolve_model_dir
+    from dsb.network.model_folder import resolve_model_dir
 
     init_dir = None if init is None else resolve_model_dir(Path(init) if init else None)
     # A fine-tune takes the init model's config; --config then gives only the train section.
@@ -215,7 +215,7 @@ def train(config_path, data, out, epochs, steps_per_epoch, time_budget, seed, re
 def tune(run_dir: Path, data: Path, engine: str) -> None:
     """Search post-processing parameters on the run's validation images."""
     engine = _prepare_engine(run_dir, engine)
-    from .tune import tune as tune_run
+    from dsb.workflows.tune import tune as tune_run
 
     best, table = tune_run(run_dir, data, progress=True, engine=engine)
     click.echo(f"best post-processing, stored in {run_dir / 'config.json'}:")
@@ -236,8 +236,8 @@ def evaluate(run_dir: Path, data: Path, tta: bool, diameter: float | None, per_i
              engine: str, precision: str) -> None:
     """Score a run on its validation images, per group and per type; the last line is the score."""
     engine = _prepare_engine(run_dir, engine, precision)
-    from .evaluate import evaluate as evaluate_run
-    from .evaluate import summary_lines
+    from dsb.workflows.evaluate import evaluate as evaluate_run
+    from dsb.workflows.evaluate import summary_lines
 
     value, table = evaluate_run(run_dir, data, tta=tta, diameter=diameter, progress=True, engine=engine,
                                 precision=precision)
@@ -269,9 +269,9 @@ def export(run_dir: Path, out: Path | None, in_place: bool, bioimageio: Path | N
     if data is not None and not int8:
         raise click.UsageError("--data is for --int8 only")
     _load_keras()
-    from .errors import BadDataError
-    from .quantize import require_quantizer
-    from .run import export_onnx_in_place, export_run, quantize_in_place
+    from dsb.core.errors import BadDataError
+    from dsb.network.quantize import require_quantizer
+    from dsb.workflows.export import export_onnx_in_place, export_run, quantize_in_place
 
     if int8:
         require_quantizer()  # before --out is replaced or the training cache is built
@@ -289,7 +289,7 @@ def export(run_dir: Path, out: Path | None, in_place: bool, bioimageio: Path | N
     if int8:
         written.append(quantize_in_place(out if out is not None else run_dir, data, progress=True))
     if bioimageio is not None:
-        from .bioimageio import export_bioimageio
+        from dsb.workflows.bioimageio import export_bioimageio
 
         written.append(export_bioimageio(out if out is not None else run_dir, bioimageio))
     for path in written:
@@ -315,8 +315,8 @@ def predict(run_dir, images, out, labels, tta, diameter, skip_bad, engine, preci
 
     RUN_DIR defaults to the model shipped with the package.
     """
-    from .predict import predict_folder
-    from .run import resolve_model_dir
+    from dsb.network.model_folder import resolve_model_dir
+    from dsb.workflows.predict_folder import predict_folder
 
     run_dir = resolve_model_dir(run_dir)
     engine = _prepare_engine(run_dir, engine, precision)
@@ -344,11 +344,11 @@ def predict(run_dir, images, out, labels, tta, diameter, skip_bad, engine, preci
 @_PRECISION
 def segment(paths, model_dir, out, tta, overlay, diameter, skip_bad, engine, precision) -> None:
     """Segment any PNG, TIFF or JPEG microscope images and measure each nucleus."""
-    from .run import resolve_model_dir
+    from dsb.network.model_folder import resolve_model_dir
 
     model_dir = resolve_model_dir(model_dir)
     engine = _prepare_engine(model_dir, engine, precision)
-    from .segment_files import segment_paths
+    from dsb.workflows.segment_files import segment_paths
 
     summary = segment_paths(list(paths), model_dir=model_dir, out_dir=out, tta=tta, overlay=overlay,
                             diameter=diameter, skip_bad=skip_bad, progress=True, engine=engine,
@@ -370,8 +370,8 @@ def segment(paths, model_dir, out, tta, overlay, diameter, skip_bad, engine, pre
 @click.option("--allow-extra", is_flag=True, help="Ignore submission rows for images the truth lacks.")
 def score(submission: Path, truth: Path, images: Path | None, per_image: Path | None, allow_extra: bool) -> None:
     """Score a submission with the competition metric; the last line is the score."""
-    from .dataset import image_types
-    from .submission import score_submission
+    from dsb.kaggle.submission import score_submission
+    from dsb.training.cache import image_types
 
     images = truth if images is None and truth.is_dir() else images
     types = image_types(images) if images is not None else None
@@ -385,7 +385,7 @@ def score(submission: Path, truth: Path, images: Path | None, per_image: Path | 
               help="The images the submission is for.")
 def validate(submission: Path, images: Path) -> None:
     """Check a submission CSV against the images it is for; list every problem."""
-    from .submission import validate_against_images
+    from dsb.kaggle.submission import validate_against_images
 
     _raise_problems(submission, validate_against_images(submission, images), "not a valid submission")
     click.echo(f"{submission}: valid")
@@ -400,9 +400,9 @@ def validate(submission: Path, images: Path) -> None:
               help="Without Kaggle credentials, say so and exit 0 instead of failing.")
 def submit(csv: Path, message: str, images: Path, skip_without_credentials: bool) -> None:
     """Validate a CSV, then submit it to data-science-bowl-2018 on Kaggle."""
-    from . import kaggle_api
-    from .errors import EnvironmentProblem
-    from .submission import validate_against_images
+    from dsb.core.errors import EnvironmentProblem
+    from dsb.kaggle import kaggle_api
+    from dsb.kaggle.submission import validate_against_images
 
     _raise_problems(csv, validate_against_images(csv, images), "not submitted")
     try:
@@ -427,7 +427,7 @@ def submit(csv: Path, message: str, images: Path, skip_without_credentials: bool
 @click.option("--out", type=_FILE, default=Path("report.html"), show_default=True)
 def report(run_dir, submission, truth, images, data, out) -> None:
     """Write a self-contained HTML report of a run (curves, scores per group and type, overlays)."""
-    from .report import build_report
+    from dsb.workflows.report import build_report
 
     if (submission is None) != (truth is None):
         raise click.UsageError("--submission and --truth go together")
@@ -442,7 +442,7 @@ def report(run_dir, submission, truth, images, data, out) -> None:
 # ---------------------------------------------------------------- helpers
 
 def _load_config(path: Path | None):
-    from .config import load_config, shipped_config
+    from dsb.core.config import load_config, shipped_config
 
     return shipped_config("cpu") if path is None else load_config(path)
 
@@ -450,7 +450,7 @@ def _load_config(path: Path | None):
 def _report_scores(value: float, table, per_image: Path | None, *, by_type: bool = True) -> None:
     """Per-type lines (unless ``by_type`` is False), then the score alone on the last line."""
     if per_image is not None:
-        from .atomic import atomic_path
+        from dsb.core.atomic import atomic_path
 
         with atomic_path(per_image) as tmp:
             table.to_csv(tmp, index=False, float_format="%.6f")
@@ -461,7 +461,7 @@ def _report_scores(value: float, table, per_image: Path | None, *, by_type: bool
 
 
 def _report_skipped(skipped: list) -> int:
-    """Say each input a run skipped (:class:`dsb.pipeline.Skip`) on stderr, one line each; return how many."""
+    """Say each input a run skipped (:class:`dsb.io.folders.Skip`) on stderr, one line each; return how many."""
     for skip in skipped:
         click.echo(f"skipped: {skip}", err=True)
     return len(skipped)
@@ -478,9 +478,9 @@ def _raise_problems(csv: Path, problems: list, verdict: str) -> None:
 
 
 def _prepare_engine(model_dir: Path, engine: str, precision: str = "float32") -> str:
-    """The engine that will run ``model_dir`` (see :func:`dsb.engines.choose_engine`); Keras is loaded
+    """The engine that will run ``model_dir`` (see :func:`dsb.network.engines.choose_engine`); Keras is loaded
     quietly first when it is that one, or when the folder needs it for anything else."""
-    from .engines import choose_engine
+    from dsb.network.engines import choose_engine
 
     chosen = choose_engine(model_dir, engine, precision)
     if chosen == "keras":
@@ -509,7 +509,7 @@ def _load_keras() -> None:
             os.dup2(held.fileno(), 2)
             import keras  # noqa: F401
     except ImportError as exc:
-        from .errors import EnvironmentProblem
+        from dsb.core.errors import EnvironmentProblem
 
         raise EnvironmentProblem(
             f"cannot import Keras and its backend ({exc}); see the README to install one, or run with --debug"

@@ -18,7 +18,7 @@ from click.testing import CliRunner
 from PIL import Image
 from scipy import ndimage
 
-from dsb.config import Config, PredictConfig
+from dsb.core.config import Config, PredictConfig
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -82,7 +82,7 @@ def discs() -> np.ndarray:
 
 
 def tiny_prepared(n: int = 10, seed: int = 0) -> SimpleNamespace:
-    """Images of discs (bright on dark, with noise) standing in for dsb.dataset.Prepared."""
+    """Images of discs (bright on dark, with noise) standing in for dsb.training.cache.Prepared."""
     rng = np.random.default_rng(seed)
     ids, images, labels, types = [], [], [], []
     for i in range(n):
@@ -160,7 +160,7 @@ def make_threshold_run(run_dir, config: Config = CONFIG):
     """A run folder whose model.keras is a 1x1 convolution that thresholds at 0.5 (no training needed)."""
     import keras
 
-    from dsb.config import save_config
+    from dsb.core.config import save_config
 
     # Body where the input is bright; border and contact never.
     model = keras.Sequential([keras.Input((None, None, 1)), keras.layers.Conv2D(3, 1, activation="sigmoid")])

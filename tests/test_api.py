@@ -13,7 +13,7 @@ import pytest
 from scipy import ndimage
 
 import dsb
-from dsb.errors import BadDataError
+from dsb.core.errors import BadDataError
 
 CENTRES = [(40, 40), (40, 120), (110, 70), (150, 200), (60, 210), (150, 120)]
 RADIUS = 14
@@ -64,7 +64,7 @@ def test_segment_passes_diameter_and_tta_on(grey, monkeypatch):
         seen.update(tta=tta, diameter=diameter, shape=raw.shape)
         return np.zeros(raw.shape[:2], np.int32)
 
-    monkeypatch.setattr("dsb.predict.predict_labels", fake)
+    monkeypatch.setattr("dsb.inference.predict.predict_labels", fake)
     dsb.segment(grey, diameter=28, tta=True)
     assert seen == {"tta": True, "diameter": 28, "shape": grey.shape}
     dsb.segment(grey)
@@ -72,8 +72,8 @@ def test_segment_passes_diameter_and_tta_on(grey, monkeypatch):
 
 
 def test_a_loaded_model_is_reused(grey, monkeypatch):
-    from dsb import run
-    from dsb.run import default_model_dir
+    from dsb.network import engines as run
+    from dsb.network.model_folder import default_model_dir
 
     calls = []
     load_network = run.load_network
@@ -91,8 +91,8 @@ def test_a_loaded_model_is_reused(grey, monkeypatch):
 
 
 def test_load_model_takes_an_engine_and_keeps_the_keras_model_at_hand(grey):
-    from dsb.engines import choose_engine
-    from dsb.run import default_model_dir
+    from dsb.network.engines import choose_engine
+    from dsb.network.model_folder import default_model_dir
 
     keras_model = dsb.load_model(engine="keras")
     assert keras_model.engine == "keras" and repr(keras_model).endswith("engine='keras')")
@@ -237,7 +237,7 @@ def test_all_is_exactly_the_public_names():
 
 
 def test_segment_stays_the_function_after_every_submodule_is_imported():
-    from dsb._api import segment
+    from dsb.api import segment
 
     for info in pkgutil.iter_modules(dsb.__path__):
         if info.name != "__main__":

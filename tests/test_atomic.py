@@ -7,8 +7,8 @@ import os
 
 import pytest
 
-from dsb.atomic import atomic_dir, atomic_path, atomic_paths, write_text
-from dsb.errors import EnvironmentProblem
+from dsb.core.atomic import atomic_dir, atomic_path, atomic_paths, write_text
+from dsb.core.errors import EnvironmentProblem
 
 
 def test_success_replaces_and_leaves_no_temporary(tmp_path):

@@ -1,11 +1,17 @@
-"""Stain, colour and grey-level augmentation (dsb.augment): identity at 0, ranges, determinism."""
+"""Stain, colour and grey-level augmentation (dsb.training.augment): identity at 0, ranges, determinism."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from dsb.augment import add_noise, colour_jitter, gaussian_blur, random_gamma, stain_jitter
+from dsb.training.augment import (
+    add_noise,
+    colour_jitter,
+    gaussian_blur,
+    random_gamma,
+    stain_jitter,
+)
 
 
 def _stained(seed=0, shape=(40, 48)):

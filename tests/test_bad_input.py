@@ -26,10 +26,6 @@ import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-from PIL import Image
-
 from conftest import (
     STAGE,
     assert_nothing_complete,
@@ -46,8 +42,11 @@ from conftest import (
     write_stage,
     write_zip,
 )
-from dsb.cli import cli
-from dsb.rle import labels_to_rles
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from dsb.kaggle.rle import labels_to_rles
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -152,7 +151,7 @@ def test_score_names_the_bad_row(tmp_path, stage, what, rle, words):
 
 @pytest.mark.parametrize("what, rle, words", BAD_RLES, ids=[c[0] for c in BAD_RLES])
 def test_validate_and_submit_name_the_bad_row(tmp_path, stage, monkeypatch, what, rle, words):
-    from dsb import kaggle_api
+    from dsb.kaggle import kaggle_api
 
     sub = bad_submission(tmp_path, rle)
     error_line(dsb("validate", sub, "--images", stage), 3, sub, bad_row(), "img_b", words, "not a valid")
@@ -207,7 +206,7 @@ def test_unknown_id_and_overlapping_masks_in_a_submission(tmp_path, stage):
 
 
 def test_windows_line_endings_are_fine_everywhere(tmp_path, stage, monkeypatch):
-    from dsb import kaggle_api
+    from dsb.kaggle import kaggle_api
 
     sub = tmp_path / "sub.csv"
     sub.write_bytes(submission_text(perfect_rows(), newline="\r\n").encode())
@@ -334,8 +333,8 @@ def test_score_per_image_output_that_cannot_be_written(tmp_path, stage, blocker,
 
 
 def test_submit_without_credentials_or_with_a_failed_upload(tmp_path, stage, monkeypatch):
-    from dsb import kaggle_api
-    from dsb.errors import EnvironmentProblem
+    from dsb.core.errors import EnvironmentProblem
+    from dsb.kaggle import kaggle_api
 
     sub = tmp_path / "sub.csv"
     sub.write_text(submission_text(perfect_rows()))
@@ -439,8 +438,8 @@ def test_fetch_into_an_unwritable_or_full_destination(tmp_path, blocker, monkeyp
 
 
 def test_fetch_without_source_or_credentials(tmp_path, monkeypatch):
-    from dsb import kaggle_api
-    from dsb.errors import EnvironmentProblem
+    from dsb.core.errors import EnvironmentProblem
+    from dsb.kaggle import kaggle_api
 
     def no_credentials():
         raise EnvironmentProblem(kaggle_api.NO_CREDENTIALS)
@@ -558,8 +557,8 @@ def test_prepare_takes_every_image_layout_and_settles_mask_overlaps(tmp_path):
     fixes = [line for line in result.stderr.splitlines() if line.strip().startswith("grey:")]
     assert len(fixes) == 1 and "overlap" in fixes[0] and "m1.png" in fixes[0] and "empty" in fixes[0]
 
-    from dsb.config import PreprocessConfig
-    from dsb.dataset import load_prepared
+    from dsb.core.config import PreprocessConfig
+    from dsb.training.cache import load_prepared
 
     prepared = load_prepared(tmp_path / "data", PreprocessConfig(), workers=1)
     by_id = dict(zip(prepared.ids, prepared.labels))
@@ -613,8 +612,8 @@ def test_prepare_cache_that_cannot_be_written(tmp_path, stage, monkeypatch, full
 def tiny_run(tmp_path_factory) -> Path:
     """An untrained two-level U-Net run folder whose validation images are those of :data:`STAGE`."""
     pytest.importorskip("keras")
-    from dsb.config import Config, ModelConfig, PredictConfig, save_config
-    from dsb.model import build_unet
+    from dsb.core.config import Config, ModelConfig, PredictConfig, save_config
+    from dsb.network.unet import build_unet
 
     run = tmp_path_factory.mktemp("tiny") / "run"
     run.mkdir()
@@ -677,8 +676,8 @@ def test_model_file_of_another_run_shape(tiny_run, tmp_path):
     # Weights saved from another U-Net: Keras explains over dozens of lines and warnings; dsb in one.
     import zipfile
 
-    from dsb.config import ModelConfig
-    from dsb.model import build_unet
+    from dsb.core.config import ModelConfig
+    from dsb.network.unet import build_unet
 
     run = copy_run(tiny_run, tmp_path / "run")
     build_unet(ModelConfig(depth=2, base_filters=8, dropout=(0.0,), batch_norm=False)).save(tmp_path / "other.keras")
@@ -721,7 +720,7 @@ def flat_images(folder: Path) -> dict[str, tuple[int, int]]:
 
 
 def test_predict_takes_every_image_layout(tiny_run, tmp_path):
-    from dsb.submission import read_submission, validate_submission
+    from dsb.kaggle.submission import read_submission, validate_submission
 
     shapes = flat_images(tmp_path / "images")
     out = tmp_path / "sub.csv"
@@ -838,7 +837,7 @@ def test_predict_outputs_that_cannot_be_written(tiny_run, tmp_path, blocker, ful
     assert out.read_text() == "previous good submission\n" and temporaries(tmp_path) == []
 
     # A write that fills the disk half way through the CSV.
-    from dsb import submission
+    from dsb.kaggle import submission
 
     def half(df, path):
         Path(path).write_text("ImageId,EncodedPix")
@@ -943,7 +942,7 @@ def test_tune_data_that_does_not_fit_the_run(tiny_run, tmp_path, stage):
 def test_tune_that_cannot_write_keeps_the_run_as_it_was(tiny_run, tmp_path, stage, full_disk, monkeypatch):
     # The tiny network may score every setting alike, and then the search keeps the one it started
     # from; make it always find another, so that the failed write below has a real change to undo.
-    from dsb import tune as tune_module
+    from dsb.workflows import tune as tune_module
 
     search = tune_module.search_postprocess
 
@@ -1093,7 +1092,7 @@ def test_odd_image_layouts_train_tune_evaluate_and_report(tmp_path):
 
 
 def test_report_bad_inputs(tmp_path, stage, blocker, full_disk):
-    from dsb.config import Config, save_config
+    from dsb.core.config import Config, save_config
 
     run = tmp_path / "run"
     run.mkdir()
@@ -1192,7 +1191,7 @@ def test_ctrl_c_during_training_says_how_to_resume(tmp_path, stage, monkeypatch)
         if (self.state.epoch, batch) == (1, 1):  # mid-way through the second epoch
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(train_module._RunKeeper, "on_train_batch_begin", ctrl_c, raising=False)
+    monkeypatch.setattr(train_module.RunKeeper, "on_train_batch_begin", ctrl_c, raising=False)
     result = dsb("train", "--config", config, "--data", stage.parent, "--out", run, "--seed", 1)
     assert result.exit_code == 130, (result.stderr, result.exception)
     assert result.stderr.splitlines()[-1] == (

@@ -1,4 +1,4 @@
-"""dsb.bioimageio: a model folder as a bioimage.io model package that validates offline and reproduces."""
+"""dsb.workflows.bioimageio: a model folder as a bioimage.io model package that validates offline and reproduces."""
 
 from __future__ import annotations
 
@@ -11,14 +11,19 @@ import sys
 import numpy as np
 import pytest
 import tifffile
+from conftest import CONFIG, make_threshold_run
 from PIL import Image
 
-from conftest import CONFIG, make_threshold_run
-from dsb.bioimageio import PACKAGE_FILES, _dump_rdf, export_bioimageio, synthetic_image
-from dsb.config import save_config
-from dsb.errors import BadDataError, EnvironmentProblem
-from dsb.preprocess import preprocess_image
-from dsb.run import default_model_dir, load_run
+from dsb.core.config import save_config
+from dsb.core.errors import BadDataError, EnvironmentProblem
+from dsb.inference.preprocess import preprocess_image
+from dsb.network.model_folder import default_model_dir, load_run
+from dsb.workflows.bioimageio import (
+    PACKAGE_FILES,
+    _dump_rdf,
+    export_bioimageio,
+    synthetic_image,
+)
 
 TRAINING = """# How it was trained
 

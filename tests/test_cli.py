@@ -7,11 +7,10 @@ import sys
 
 import pytest
 from click.testing import CliRunner
+from conftest import group_raising
 
 from dsb.cli import cli
-from dsb.errors import BadDataError, EnvironmentProblem
-
-from conftest import group_raising
+from dsb.core.errors import BadDataError, EnvironmentProblem
 
 
 def _python(code: str) -> subprocess.CompletedProcess:
@@ -33,7 +32,7 @@ def test_help_does_not_import_keras_or_tensorflow(args):
 
 
 def test_import_dsb_is_light():
-    result = _python("import sys, dsb, dsb.rle, dsb.metric, dsb.submission, dsb.fetch, dsb.dataset\n"
+    result = _python("import sys, dsb, dsb.kaggle.rle, dsb.kaggle.metric, dsb.kaggle.submission, dsb.kaggle.fetch, dsb.io.images\n"
                      "print(sorted(m for m in ('keras', 'tensorflow') if m in sys.modules))")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
@@ -98,8 +97,8 @@ def test_help_and_version_exit_0():
 
 @pytest.mark.parametrize("command", ["predict", "segment", "evaluate", "tune"])
 def test_engine_and_precision_choices_are_the_librarys(command):
-    from dsb.engines import ENGINE_CHOICES
-    from dsb.quantize import PRECISIONS
+    from dsb.network.engines import ENGINE_CHOICES
+    from dsb.network.model_folder import PRECISIONS
 
     options = {p.name: p for p in cli.commands[command].params}
     assert tuple(options["engine"].type.choices) == ENGINE_CHOICES

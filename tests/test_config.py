@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from dsb.config import Config, load_config, save_config, shipped_config
-from dsb.errors import BadDataError
+from dsb.core.config import Config, load_config, save_config, shipped_config
+from dsb.core.errors import BadDataError
 
 
 def test_round_trip(tmp_path):
@@ -83,8 +83,8 @@ def test_not_utf8(tmp_path):
 
 @pytest.mark.parametrize("key", ["activation", "initializer"])
 def test_unknown_keras_names_are_bad_data(key):
-    from dsb.config import ModelConfig
-    from dsb.model import build_unet
+    from dsb.core.config import ModelConfig
+    from dsb.network.unet import build_unet
 
     with pytest.raises(BadDataError, match=f"model.{key}: is 'relux', which Keras does not know"):
         build_unet(ModelConfig(depth=2, base_filters=4, dropout=(0.0,), **{key: "relux"}))

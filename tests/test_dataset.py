@@ -11,26 +11,24 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import make_discs
 from PIL import Image
 
-from conftest import make_discs
-from dsb import dataset
-from dsb.config import PreprocessConfig
-from dsb.dataset import (
+from dsb.core.config import PreprocessConfig
+from dsb.core.errors import BadDataError
+from dsb.inference.preprocess import IMAGE_TYPES, preprocess_image, to_uint8
+from dsb.training import cache as cache_module
+from dsb.io.images import (
     MaskFixWarning,
-    cache_path,
     find_stage,
     image_path,
     image_shapes,
     list_ids,
-    load_prepared,
-    prepare,
     read_image,
     read_labels,
     read_mask,
 )
-from dsb.errors import BadDataError
-from dsb.preprocess import IMAGE_TYPES, preprocess_image, to_uint8
+from dsb.training.cache import cache_path, load_prepared, prepare
 
 RNG = np.random.default_rng(1)
 
@@ -365,7 +363,7 @@ def test_interrupted_prepare_leaves_no_cache_and_keeps_the_old_one(stage, monkey
     before = (good / "manifest.json").read_text()
     labels = make_discs((32, 32), ((16, 16),), 6)
     _sample(stage, "d_new", _fluorescence(labels), labels)
-    real = dataset._prepare_one
+    real = cache_module._prepare_one
     seen = []
 
     def interrupted(task):
@@ -374,12 +372,12 @@ def test_interrupted_prepare_leaves_no_cache_and_keeps_the_old_one(stage, monkey
             raise KeyboardInterrupt
         return real(task)
 
-    monkeypatch.setattr(dataset, "_prepare_one", interrupted)
+    monkeypatch.setattr(cache_module, "_prepare_one", interrupted)
     with pytest.raises(KeyboardInterrupt):
         prepare(data, workers=1)
     assert (good / "manifest.json").read_text() == before  # the old, complete cache is untouched
     assert sorted(p.name for p in good.parent.iterdir()) == [good.name]  # no half-written folder
-    monkeypatch.setattr(dataset, "_prepare_one", real)
+    monkeypatch.setattr(cache_module, "_prepare_one", real)
     assert load_prepared(data, workers=1).ids[-1] == "d_new"
 
 
@@ -435,8 +433,8 @@ def test_real_polarity_all_training_images(real_prepared):
 
 
 def test_cache_keeps_diameters_and_groups(stage):
-    from dsb.dataset import load_groups
-    from dsb.scale import median_diameter
+    from dsb.inference.scale import median_diameter
+    from dsb.training.cache import load_groups
 
     data = stage.parent
     built = load_prepared(data, PreprocessConfig(), workers=1)

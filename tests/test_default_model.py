@@ -12,7 +12,7 @@ from PIL import Image
 from scipy import ndimage
 
 from dsb.cli import cli
-from dsb.run import default_model_dir
+from dsb.network.model_folder import default_model_dir
 
 CENTRES = [(40, 40), (40, 120), (110, 70), (150, 200), (60, 210), (150, 120)]
 
@@ -43,10 +43,10 @@ def test_shipped_model_is_small_and_describes_itself():
 
 
 def test_shipped_model_carries_its_network_as_onnx_and_every_engine_agrees(fluorescence_png):
-    from dsb.dataset import read_image
-    from dsb.engines import check_onnx, engine_installed, open_network
-    from dsb.preprocess import preprocess_image
-    from dsb.run import load_network
+    from dsb.inference.preprocess import preprocess_image
+    from dsb.io.images import read_image
+    from dsb.network.engines import engine_installed, load_network, open_network
+    from dsb.network.model_folder import check_onnx
 
     folder = default_model_dir()
     _, config = load_network(folder, "keras")
@@ -61,11 +61,15 @@ def test_shipped_model_carries_its_network_as_onnx_and_every_engine_agrees(fluor
 
 
 def test_shipped_model_carries_an_int8_network_close_to_float32(fluorescence_png, tmp_path):
-    from dsb.dataset import read_image
-    from dsb.engines import ENGINES, check_onnx, engine_installed, open_network
-    from dsb.preprocess import preprocess_image
-    from dsb.quantize import INT8_FILE
-    from dsb.run import load_network
+    from dsb.inference.preprocess import preprocess_image
+    from dsb.io.images import read_image
+    from dsb.network.engines import (
+        ENGINES,
+        engine_installed,
+        load_network,
+        open_network,
+    )
+    from dsb.network.model_folder import INT8_FILE, check_onnx
 
     folder = default_model_dir()
     _, config = load_network(folder, "keras")

@@ -1,13 +1,19 @@
-"""dsb.drawing: images made displayable, outlines, the overlays of dsb segment and dsb report."""
+"""dsb.workflows.drawing: images made displayable, outlines, the overlays of dsb segment and dsb report."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from dsb.drawing import OUTLINE_COLOURS, OVERLAY_COLOURS, compare_overlay, draw_outlines, outline_overlay, to_rgb8
-
 from conftest import make_discs, true_and_predicted_discs
+
+from dsb.workflows.drawing import (
+    OUTLINE_COLOURS,
+    OVERLAY_COLOURS,
+    compare_overlay,
+    draw_outlines,
+    outline_overlay,
+    to_rgb8,
+)
 
 RADIUS = 8
 TRUE_OUTLINE, MATCHED, FALSE_POSITIVE, MISSED = (np.array(c) for c in OVERLAY_COLOURS.values())

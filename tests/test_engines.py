@@ -8,20 +8,24 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import dsb, error_line, write_stage
-from dsb.config import Config, ModelConfig, PredictConfig, save_config
-from dsb.engines import (
+
+from dsb.core.config import Config, ModelConfig, PredictConfig, save_config
+from dsb.core.errors import BadDataError, EnvironmentProblem
+from dsb.network.engines import (
     AUTO_ORDER,
     KerasNetwork,
-    check_onnx,
     choose_engine,
     engine_installed,
     open_network,
+)
+from dsb.network.model_folder import (
+    ONNX_FILE,
+    check_onnx,
+    file_digest,
     read_onnx_metadata,
 )
-from dsb.errors import BadDataError, EnvironmentProblem
-from dsb.onnx_export import ONNX_FILE, export_onnx, file_digest
+from dsb.network.onnx_export import export_onnx
 
 pytest.importorskip("tf2onnx", reason="ONNX export on TensorFlow needs tf2onnx")
 ONNX_ENGINES = [e for e in ("onnx", "openvino") if engine_installed(e)]
@@ -35,7 +39,7 @@ def _unet_run(path, config=CONFIG, seed=0):
     """A run folder with a small random U-Net (batch norm with non-trivial statistics) and its ONNX file."""
     import keras
 
-    from dsb.model import build_unet
+    from dsb.network.unet import build_unet
 
     keras.utils.set_random_seed(seed)
     model = build_unet(config.model)
@@ -109,7 +113,7 @@ def test_streams_give_the_same_probabilities_to_the_bit(run, monkeypatch, engine
         for a, b in zip(outputs, expected):
             np.testing.assert_array_equal(a, b)
     # One core: nothing to gain from streams.
-    monkeypatch.setattr("dsb.engines.usable_cores", lambda: 1)
+    monkeypatch.setattr("dsb.network.engines.usable_cores", lambda: 1)
     single = open_network(path, CONFIG, engine)
     assert single.streams() == [single]
 
@@ -128,7 +132,7 @@ def test_auto_takes_the_first_installed_engine_that_has_a_file(run, tmp_path, mo
     shutil.copytree(path, keras_only)
     (keras_only / ONNX_FILE).unlink()
     assert choose_engine(keras_only, "auto") == "keras"
-    monkeypatch.setattr("dsb.engines.engine_installed", lambda e: e != "openvino")
+    monkeypatch.setattr("dsb.network.engines.engine_installed", lambda e: e != "openvino")
     assert choose_engine(path, "auto") == "onnx"
 
 
@@ -204,7 +208,7 @@ def test_a_missing_onnx_file_for_an_onnx_engine_is_one_line(run, tmp_path):
 
 def test_an_engine_that_is_not_installed_is_one_line_and_exit_4(run, tmp_path, monkeypatch):
     path, _ = run
-    monkeypatch.setattr("dsb.engines.engine_installed", lambda e: e == "keras")
+    monkeypatch.setattr("dsb.network.engines.engine_installed", lambda e: e == "keras")
     stage = write_stage(tmp_path / "stage")
     result = dsb("predict", path, "--images", stage, "--out", tmp_path / "out.csv", "--engine", "openvino")
     error_line(result, 4, "openvino", "not installed", "pip install openvino")
@@ -239,7 +243,7 @@ def test_export_drops_the_empty_crops_after_each_transposed_convolution(run, tmp
     import onnx
     import onnxruntime
 
-    import dsb.onnx_export as onnx_export
+    import dsb.network.onnx_export as onnx_export
 
     path, model = run
     graph = onnx.load(str(path / ONNX_FILE)).graph
@@ -264,7 +268,7 @@ def test_a_transposed_convolution_that_overlaps_keeps_its_crop():
     import onnx
     from onnx import TensorProto, helper
 
-    from dsb.onnx_export import drop_empty_crops
+    from dsb.network.onnx_export import drop_empty_crops
 
     def graph(kernel):
         weight = helper.make_tensor("w", TensorProto.FLOAT, [1, 1, kernel, kernel], [1.0] * kernel * kernel)

@@ -6,12 +6,11 @@ import shutil
 
 import pytest
 from click.testing import CliRunner
+from conftest import CONFIG, make_threshold_run, write_disc_stage
 
 from dsb.cli import cli
-from dsb.config import PostprocessConfig
-from dsb.evaluate import evaluate
-
-from conftest import CONFIG, make_threshold_run, write_disc_stage
+from dsb.core.config import PostprocessConfig
+from dsb.workflows.evaluate import evaluate
 
 
 @pytest.fixture
@@ -96,7 +95,7 @@ def test_evaluate_reports_groups_and_the_densest_images(run_and_data):
 def test_score_summary_rows_by_group_then_type_then_all():
     import pandas as pd
 
-    from dsb.evaluate import densest, score_summary
+    from dsb.workflows.evaluate import densest, score_summary
 
     table = pd.DataFrame({
         "ImageId": ["a", "b", "c", "d"],

@@ -6,14 +6,14 @@ import numpy as np
 from click.testing import CliRunner
 
 from dsb.cli import cli
-from dsb.config import Config, ModelConfig, TrainConfig, save_config
-from dsb.run import load_run
+from dsb.core.config import Config, ModelConfig, TrainConfig, save_config
+from dsb.network.model_folder import load_run
 
 
 def _trained_run(path):
     import keras
 
-    from dsb.model import build_unet, compile_model
+    from dsb.network.unet import build_unet, compile_model
 
     config = Config(model=ModelConfig(depth=2, base_filters=4, dropout=(0.0,)), train=TrainConfig(batch_size=2))
     model = build_unet(config.model)

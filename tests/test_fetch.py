@@ -12,12 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from dsb import fetch as fetch_module
-from dsb import kaggle_api
-from dsb.errors import BadDataError, EnvironmentProblem
-from dsb.fetch import FetchSummary, fetch, verify
-
 from conftest import (
     SAMPLE_CSV,
     TRAIN_CSV,
@@ -27,6 +21,11 @@ from conftest import (
     stage_entries,
     write_zip,
 )
+
+from dsb.core.errors import BadDataError, EnvironmentProblem
+from dsb.kaggle import fetch as fetch_module
+from dsb.kaggle import kaggle_api
+from dsb.kaggle.fetch import FetchSummary, fetch, verify
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -326,9 +325,9 @@ def refuse(*args, **kwargs):
 socket.socket.connect = refuse
 socket.create_connection = refuse
 socket.getaddrinfo = refuse
-from dsb.errors import DsbError
-from dsb.fetch import fetch
-from dsb.kaggle_api import authenticate
+from dsb.core.errors import DsbError
+from dsb.kaggle.fetch import fetch
+from dsb.kaggle.kaggle_api import authenticate
 for call in (authenticate, lambda: fetch(sys.argv[1])):
     try:
         call()

@@ -15,16 +15,27 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
+from conftest import dsb, error_line, make_discs, png, write_stage
 from PIL import Image
 
-from conftest import make_discs
-from conftest import dsb, error_line, png, write_stage
-
-from dsb.annotations import find_samples, read_label_image
-from dsb.config import Config, ModelConfig, PredictConfig, PreprocessConfig, TrainConfig, save_config
-from dsb.dataset import load_prepared, read_labels
-from dsb.errors import BadDataError
-from dsb.finetune import FINETUNE_EPOCHS, check_architecture, finetune_config, finetune_split
+from dsb.core.config import (
+    Config,
+    ModelConfig,
+    PredictConfig,
+    PreprocessConfig,
+    TrainConfig,
+    save_config,
+)
+from dsb.core.errors import BadDataError
+from dsb.io.annotations import find_samples, read_label_image
+from dsb.io.images import read_labels
+from dsb.training.cache import load_prepared
+from dsb.training.finetune import (
+    FINETUNE_EPOCHS,
+    check_architecture,
+    finetune_config,
+    finetune_split,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 CENTRES = (((12, 12), (30, 34)), ((14, 30), (34, 14)), ((24, 24),), ((10, 36), (36, 10), (24, 24)))
@@ -233,7 +244,7 @@ def test_finetune_split_holds_out_user_images_only():
 def init_run(tmp_path_factory) -> Path:
     """An untrained two-level U-Net run folder to fine-tune from."""
     pytest.importorskip("keras")
-    from dsb.model import build_unet
+    from dsb.network.unet import build_unet
 
     run = tmp_path_factory.mktemp("init") / "run"
     run.mkdir()
@@ -261,7 +272,7 @@ def segment(run: Path, images: Path, out: Path) -> list[Path]:
 
 def test_finetune_discs_then_segment(init_run, tmp_path):
     keras = pytest.importorskip("keras")
-    from dsb.config import load_config
+    from dsb.core.config import load_config
     from dsb.training import train_prepared
 
     data = layout_a(tmp_path / "mine", 4)
@@ -301,7 +312,7 @@ def test_finetune_discs_then_segment(init_run, tmp_path):
 
 def test_finetune_few_images_default_init_and_resume(init_run, tmp_path, monkeypatch):
     pytest.importorskip("keras")
-    from dsb import run as runs
+    from dsb.network import model_folder as runs
 
     monkeypatch.setattr(runs, "default_model_dir", lambda: init_run)  # the shipped model stands in
     data = tmp_path / "data"
@@ -344,7 +355,7 @@ def _real_stage() -> Path | None:
 
 def _real_crops(stage: Path, n: int):
     """``n`` 96x96 crops of real grey 256x256 (fluorescence) training images with 3+ nuclei, and their ids."""
-    from dsb.dataset import image_path, list_ids, read_image
+    from dsb.io.images import image_path, list_ids, read_image
 
     picked = []
     for image_id in list_ids(stage):

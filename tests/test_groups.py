@@ -1,4 +1,4 @@
-"""Imaging-experiment groups (dsb.groups) and the group holdout of the validation split."""
+"""Imaging-experiment groups (dsb.training.groups) and the group holdout of the validation split."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import make_discs
-from dsb.groups import FEATURES, assign_groups, held_out_groups, image_features
-from dsb.scale import median_diameter, nucleus_diameters
+
+from dsb.inference.scale import median_diameter, nucleus_diameters
+from dsb.training.groups import FEATURES, assign_groups, held_out_groups, image_features
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -96,7 +96,7 @@ def test_every_type_with_enough_images_gets_two_groups():
 def test_group_holdout_holds_out_whole_groups_and_keeps_training_groups():
     ids, types, feats = _synthetic(np.random.default_rng(3))
     groups = assign_groups(ids, types, feats, n_groups=6)
-    from dsb.loader import split_ids
+    from dsb.training.loader import split_ids
 
     seen = set()
     for seed in range(10):
@@ -133,7 +133,7 @@ def test_group_holdout_refuses_a_group_of_two_types():
 
 
 def test_random_split_unchanged_without_groups():
-    from dsb.loader import split_ids
+    from dsb.training.loader import split_ids
 
     ids = [f"i{k:02d}" for k in range(30)]
     types = ["fluorescence"] * 20 + ["stained"] * 10
@@ -159,8 +159,8 @@ def _real_data(request, tmp_path) -> Path:
 
 
 def test_real_stage1_train_groups(request, tmp_path):
-    from dsb.dataset import load_groups, load_prepared
-    from dsb.loader import split_ids
+    from dsb.training.cache import load_groups, load_prepared
+    from dsb.training.loader import split_ids
 
     data = _real_data(request, tmp_path)
     groups, diameters = load_groups(data)

@@ -10,8 +10,14 @@ pytest.importorskip("keras")
 
 from conftest import make_discs  # noqa: E402
 
-from dsb.config import TrainConfig  # noqa: E402
-from dsb.loader import CropLoader, ValidationLoader, augment_crop, make_targets, split_ids  # noqa: E402
+from dsb.core.config import TrainConfig
+from dsb.training.loader import (
+    CropLoader,
+    ValidationLoader,
+    augment_crop,
+    make_targets,
+    split_ids,
+)
 
 TOUCHING = ((20, 20), (20, 33), (44, 40))  # discs 1 and 2 touch (radius 8), 3 stands alone
 
@@ -252,7 +258,7 @@ def test_colour_list_must_match_the_images():
 
 
 def test_validation_images_are_resampled_to_the_canonical_nucleus_size():
-    from dsb.scale import median_diameter
+    from dsb.inference.scale import median_diameter
 
     labels = make_discs((120, 160), ((30, 30), (60, 100), (90, 40)), 16)  # diameter about 32
     image = np.where(labels > 0, 200, 20).astype(np.uint8)

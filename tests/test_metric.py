@@ -9,17 +9,23 @@ import zipfile
 import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image
+from conftest import make_discs, true_and_predicted_discs
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+from PIL import Image
 
-from conftest import make_discs, true_and_predicted_discs
-from dsb.errors import BadDataError
-from dsb.metric import THRESHOLDS, image_score, iou_matrix, label_overlap, match_nuclei, score_labels
-from dsb.submission import score_submission
-from dsb.rle import labels_to_rles, rles_to_labels
-from dsb.submission import write_submission
+from dsb.core.errors import BadDataError
+from dsb.kaggle.metric import (
+    THRESHOLDS,
+    image_score,
+    iou_matrix,
+    label_overlap,
+    match_nuclei,
+    score_labels,
+)
+from dsb.kaggle.rle import labels_to_rles, rles_to_labels
+from dsb.kaggle.submission import score_submission, write_submission
 
 
 def column(n_true: int, n_pred: int, shared: int, size=(100, 3)):

@@ -7,9 +7,16 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from dsb.config import Config, ModelConfig, TrainConfig  # noqa: E402
-from dsb.errors import BadDataError  # noqa: E402
-from dsb.model import BceDiceLoss, BodyOverlap, build_unet, compile_model, make_loss, size_multiple  # noqa: E402
+from dsb.core.config import Config, ModelConfig, TrainConfig
+from dsb.core.errors import BadDataError
+from dsb.network.unet import (
+    BceDiceLoss,
+    BodyOverlap,
+    build_unet,
+    compile_model,
+    make_loss,
+    size_multiple,
+)
 
 TINY = ModelConfig(depth=2, base_filters=4, dropout=(0.0,))
 

@@ -1,4 +1,4 @@
-"""dsb.pipeline: finding images, reading each once, the skip policy, the one label writer."""
+"""dsb.workflows.pipeline: finding images, reading each once, the skip policy, the one label writer."""
 
 from __future__ import annotations
 
@@ -8,13 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
+from conftest import SAMPLES, disc_image, make_discs, truth_labels, write_disc_stage
 from PIL import Image
 
-from dsb import pipeline
-from dsb.errors import BadDataError
-from dsb.pipeline import Skip, Skips, find_images, folder_images, predict_each, read_images, write_labels
-
-from conftest import SAMPLES, disc_image, make_discs, truth_labels, write_disc_stage
+from dsb.core.errors import BadDataError
+from dsb.io.folders import Skip, Skips, find_images, folder_images, read_images
+from dsb.io.writers import write_labels
+from dsb.io import folders
+from dsb.workflows import pipeline
+from dsb.workflows.pipeline import predict_each
 
 # ---------------------------------------------------------------- finding
 
@@ -75,13 +77,13 @@ def test_find_images_refuses_two_files_with_one_name(tmp_path):
 def reads(monkeypatch):
     """Count the decodes of each file by the pipeline."""
     counts: dict[str, int] = {}
-    real = pipeline.read_image
+    real = folders.read_image
 
     def counting(path):
         counts[Path(path).name] = counts.get(Path(path).name, 0) + 1
         return real(path)
 
-    monkeypatch.setattr(pipeline, "read_image", counting)
+    monkeypatch.setattr(folders, "read_image", counting)
     return counts
 
 
@@ -119,7 +121,7 @@ def test_a_bad_image_is_raised_or_recorded(tmp_path):
 def test_a_bad_image_stops_the_reads_ahead(tmp_path, reads, monkeypatch):
     """Images are decoded on every core, at most two per core ahead of the check, in order: the
     first bad one stops the run without decoding the rest of a large folder."""
-    monkeypatch.setattr("dsb.engines.usable_cores", lambda: 2)
+    monkeypatch.setattr("dsb.io.folders.usable_cores", lambda: 2)
     stage = write_disc_stage(tmp_path / "stage")
     images, _ = folder_images(stage)
     first = next(iter(images.values()))
@@ -134,8 +136,8 @@ def test_a_bad_image_stops_the_reads_ahead(tmp_path, reads, monkeypatch):
     import threading
 
     threads = set()
-    counting = pipeline.read_image
-    monkeypatch.setattr(pipeline, "read_image", lambda path: threads.add(threading.current_thread().name)
+    counting = folders.read_image
+    monkeypatch.setattr(folders, "read_image", lambda path: threads.add(threading.current_thread().name)
                         or counting(path))
     skips = Skips(skip_bad=True)
     checked = read_images(many, skips)
@@ -359,7 +361,7 @@ def test_stopping_early_leaves_no_stream_running():
 def test_with_streams_the_progress_bar_counts_finished_images_skipped_ones_included(monkeypatch):
     from conftest import CONFIG
 
-    from dsb.predict import Nuclei
+    from dsb.inference.predict import Nuclei
 
     counted = []
 
@@ -382,10 +384,10 @@ def test_with_streams_the_progress_bar_counts_finished_images_skipped_ones_inclu
 def test_a_failed_write_stops_the_images_in_flight(tmp_path, monkeypatch):
     import threading
 
-    import dsb.predict
     from conftest import CONFIG
 
-    from dsb.errors import EnvironmentProblem
+    import dsb.workflows.predict_folder
+    from dsb.core.errors import EnvironmentProblem
 
     stage = tmp_path / "stage"
     for k in range(12):
@@ -400,11 +402,11 @@ def test_a_failed_write_stops_the_images_in_flight(tmp_path, monkeypatch):
             raise EnvironmentProblem("no space left on device", path=path)
         return write_labels(path, labels)
 
-    monkeypatch.setattr(dsb.predict, "write_labels", failing_write)
+    monkeypatch.setattr(dsb.workflows.predict_folder, "write_labels", failing_write)
     out = tmp_path / "out.csv"
     with pytest.raises(EnvironmentProblem, match="no space") as error:
-        dsb.predict.predict_images(_TwoStreams(), CONFIG, stage, out_csv=out, labels_dir=tmp_path / "labels",
-                                   progress=False)
+        dsb.workflows.predict_folder.predict_images(_TwoStreams(), CONFIG, stage, out_csv=out,
+                                                    labels_dir=tmp_path / "labels", progress=False)
     # The pool was shut down with the error, not left to wait for a generator nobody reads while
     # the traceback (kept here, as a logger or debugger would) holds it.
     assert error.traceback

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import make_discs, targets
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from scipy import ndimage
 
-from dsb.config import PostprocessConfig
-from dsb.postprocess import fill_label_holes, find_markers, labels_from_probabilities, remove_small
-
-from conftest import make_discs, targets
+from dsb.core.config import PostprocessConfig
+from dsb.inference.watershed import (
+    fill_label_holes,
+    find_markers,
+    labels_from_probabilities,
+    remove_small,
+)
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -181,7 +185,7 @@ def test_labels_are_valid_instances(prob, config):
 
 
 def test_keep_unmarked_reads_from_config_json():
-    from dsb.config import Config
+    from dsb.core.config import Config
 
     assert Config.from_dict({"postprocess": {"keep_unmarked": False}}).postprocess.keep_unmarked is False
 
@@ -199,7 +203,7 @@ def test_flooding_only_split_components_equals_flooding_everything(prob, config)
     # surface has ties by nature and is checked up to them.
     from skimage.segmentation import watershed
 
-    from dsb.postprocess import _flood
+    from dsb.inference.watershed import _flood
 
     prob = prob.copy()
     ramp = np.arange(prob.shape[0] * prob.shape[1], dtype=np.float64).reshape(prob.shape[:2])
@@ -267,7 +271,7 @@ def test_grow_into_mask_takes_the_nearest_label_first_in_reading_order(labels, m
     skimage's expand_labels wherever the nearest pixels carry one label."""
     from skimage.segmentation import expand_labels
 
-    from dsb.postprocess import grow_into_mask
+    from dsb.inference.watershed import grow_into_mask
 
     labels = np.where(labels > 2, labels - 2, 0).astype(np.int32)  # about half the pixels unlabelled
     mask = mask.draw(arrays(bool, labels.shape))
@@ -290,7 +294,7 @@ def test_grow_into_mask_far_is_skimage_expand_labels_inside_the_mask(labels, mas
     """Beyond RING_DISTANCE the distance transform decides, ties included, as in skimage."""
     from skimage.segmentation import expand_labels
 
-    from dsb.postprocess import RING_DISTANCE, grow_into_mask
+    from dsb.inference.watershed import RING_DISTANCE, grow_into_mask
 
     assert distance > RING_DISTANCE
     labels = np.where(labels > 27, labels - 27, 0).astype(np.int32)  # a few labelled pixels, far apart
@@ -300,7 +304,7 @@ def test_grow_into_mask_far_is_skimage_expand_labels_inside_the_mask(labels, mas
 
 
 def test_grow_into_mask_breaks_a_tie_towards_the_upper_label():
-    from dsb.postprocess import grow_into_mask
+    from dsb.inference.watershed import grow_into_mask
 
     labels = np.zeros((3, 1), np.int32)
     labels[0, 0], labels[2, 0] = 5, 3
@@ -308,7 +312,7 @@ def test_grow_into_mask_breaks_a_tie_towards_the_upper_label():
 
 
 def test_grow_into_mask_reaches_as_far_as_it_is_told_and_no_farther():
-    from dsb.postprocess import grow_into_mask
+    from dsb.inference.watershed import grow_into_mask
 
     labels = np.zeros((1, 9), np.int32)
     labels[0, 0] = 7
@@ -332,7 +336,7 @@ def test_watershed_without_idle_seeds_equals_skimage(levels, seeds, holes, disti
     # label grown from its seeds. Seeds come in blocks (interiors to leave out) and specks.
     from skimage.segmentation import watershed
 
-    from dsb.postprocess import _watershed
+    from dsb.inference.watershed import _watershed
 
     h, w = min(levels.shape[0], seeds.shape[0]), min(levels.shape[1], seeds.shape[1])
     surface = levels[:h, :w].astype(np.float32)

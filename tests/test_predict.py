@@ -8,14 +8,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import tifffile
-from PIL import Image
-
-from dsb.config import ModelConfig, PredictConfig
-from dsb.errors import BadDataError, EnvironmentProblem
-from dsb.metric import score_labels
-from dsb.predict import predict_images, predict_labels, predict_probabilities
-from dsb.submission import read_submission, submission_to_labels
-
 from conftest import (
     CONFIG,
     SAMPLES,
@@ -25,6 +17,15 @@ from conftest import (
     truth_labels,
     write_disc_stage,
 )
+from PIL import Image
+
+from dsb.core.config import ModelConfig, PredictConfig
+from dsb.core.errors import BadDataError, EnvironmentProblem
+from dsb.inference.predict import predict_labels
+from dsb.inference.probabilities import predict_probabilities
+from dsb.kaggle.metric import score_labels
+from dsb.kaggle.submission import read_submission, submission_to_labels
+from dsb.workflows.predict_folder import predict_images
 
 
 class Counting:
@@ -87,7 +88,7 @@ def test_tta_averages_orientation_dependent_output():
 
 
 def test_keras_model_predicts_any_shape():
-    from dsb.model import build_unet, size_multiple
+    from dsb.network.unet import build_unet, size_multiple
 
     model_config = ModelConfig(depth=3, base_filters=4, dropout=(0.0,))
     model = build_unet(model_config)
@@ -279,7 +280,7 @@ def test_labels_never_overwrite_the_inputs(tmp_path):
 
 
 def test_predict_folder_with_a_run(tmp_path):
-    from dsb.predict import predict_folder
+    from dsb.workflows.predict_folder import predict_folder
 
     run_dir = make_threshold_run(tmp_path / "run")
     stage = write_disc_stage(tmp_path / "stage")
@@ -299,8 +300,8 @@ def test_predict_folder_with_a_run(tmp_path):
 def test_real_test_images_give_a_valid_submission(test_dir, tmp_path):
     import shutil
 
-    from dsb.dataset import image_shapes
-    from dsb.submission import validate_submission
+    from dsb.io.images import image_shapes
+    from dsb.kaggle.submission import validate_submission
 
     stage = tmp_path / "stage"
     ids = sorted(p.name for p in test_dir.iterdir() if not p.name.startswith("."))[::9]  # 8 of 65

@@ -6,14 +6,14 @@ import collections
 
 import numpy as np
 import pytest
+from conftest import make_discs
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from skimage.color import rgb2gray
 
-from conftest import make_discs
-from dsb.config import PreprocessConfig
-from dsb.preprocess import (
+from dsb.core.config import PreprocessConfig
+from dsb.inference.preprocess import (
     IMAGE_TYPES,
     as_float,
     image_stats,
@@ -188,8 +188,8 @@ def test_preprocess_accepts_16_bit_and_known_kind():
 
 
 def test_config_rejects_bad_preprocess_values():
-    from dsb.config import Config
-    from dsb.errors import BadDataError
+    from dsb.core.config import Config
+    from dsb.core.errors import BadDataError
 
     with pytest.raises(BadDataError, match="stained_channel"):
         Config.from_dict({"preprocess": {"stained_channel": "eosin"}})
@@ -201,7 +201,7 @@ def test_config_rejects_bad_preprocess_values():
 
 
 def _types(stage_dir):
-    from dsb.dataset import image_path, list_ids, read_image
+    from dsb.io.images import image_path, list_ids, read_image
 
     return {i: image_type(read_image(image_path(stage_dir, i))) for i in list_ids(stage_dir)}
 
@@ -227,7 +227,7 @@ def test_real_test_image_types(test_dir):
 
 def test_real_polarity_per_type(train_dir, train_types):
     """Nuclei come out brighter than background on real images of every type (a sample; all in test_dataset)."""
-    from dsb.dataset import image_path, read_image, read_labels
+    from dsb.io.images import image_path, read_image, read_labels
 
     by_type = collections.defaultdict(list)
     for image_id, kind in sorted(train_types.items()):
@@ -250,7 +250,7 @@ def test_real_polarity_per_type(train_dir, train_types):
 @pytest.mark.parametrize("channels", [None, 1, 2, 3, 4])
 def test_image_stats_of_uint8_sorted_by_radix_match_the_float_figures(channels):
     # uint8 medians come from a radix sort (speed): the same brightness and colourfulness as in float.
-    from dsb.preprocess import as_float, image_stats
+    from dsb.inference.preprocess import as_float, image_stats
 
     rng = np.random.default_rng(channels or 0)
     for shape in [(1, 1), (1, 2), (7, 5), (64, 33)]:
@@ -283,7 +283,7 @@ def _percentile_cases():
 
 @pytest.mark.parametrize("q", [[0.5, 99.8], [0.0, 100.0], [12.5, 50.0, 87.3]])
 def test_percentiles_from_bit_histograms_equal_numpy_to_the_bit(q):
-    from dsb.preprocess import _percentiles
+    from dsb.inference.preprocess import _percentiles
 
     for values in _percentile_cases():
         with np.errstate(invalid="ignore"):  # numpy warns on inf - inf
@@ -341,7 +341,7 @@ def test_equal_channels_are_grey_and_unequal_ones_keep_the_luminance_weights():
 def test_hematoxylin_of_8_bit_images_from_level_tables_equals_rgb2hed_to_the_float32_bit(image):
     from skimage.color import rgb2hed
 
-    from dsb.preprocess import hematoxylin
+    from dsb.inference.preprocess import hematoxylin
 
     expected = rgb2hed(as_float(image[..., :3]))[..., 0].astype(np.float32)
     np.testing.assert_array_equal(hematoxylin(image), expected)
@@ -352,7 +352,7 @@ def test_hematoxylin_of_many_8_bit_colours_equals_rgb2hed():
     # level tables rounds to another float32 than rgb2hed's product.
     from skimage.color import rgb2hed
 
-    from dsb.preprocess import hematoxylin
+    from dsb.inference.preprocess import hematoxylin
 
     every = np.arange(1 << 24, dtype=np.uint32)
     image = np.stack([every >> 16, (every >> 8) & 255, every & 255], axis=-1).astype(np.uint8).reshape(4096, 4096, 3)

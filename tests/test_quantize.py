@@ -10,13 +10,19 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import STAGE, dsb, error_line, write_stage
-from dsb.config import Config, ModelConfig, PredictConfig, PreprocessConfig
-from dsb.engines import check_onnx, choose_engine, engine_installed, open_network, read_onnx_metadata
-from dsb.errors import BadDataError, EnvironmentProblem
-from dsb.onnx_export import ONNX_FILE, file_digest
-from dsb.quantize import INT8_FILE, calibration_batches, quantize_onnx
+
+from dsb.core.config import Config, ModelConfig, PredictConfig, PreprocessConfig
+from dsb.core.errors import BadDataError, EnvironmentProblem
+from dsb.network.engines import choose_engine, engine_installed, open_network
+from dsb.network.model_folder import (
+    INT8_FILE,
+    ONNX_FILE,
+    check_onnx,
+    file_digest,
+    read_onnx_metadata,
+)
+from dsb.network.quantize import calibration_batches, quantize_onnx
 
 pytest.importorskip("tf2onnx", reason="ONNX export on TensorFlow needs tf2onnx")
 pytest.importorskip("onnxruntime", reason="int8 export calibrates with ONNX Runtime")
@@ -200,7 +206,7 @@ def test_export_int8_without_data_is_a_usage_error(int8_run):
 
 def test_auto_in_int8_never_falls_back_to_keras(int8_run, monkeypatch):
     path, _ = int8_run
-    monkeypatch.setattr("dsb.engines.engine_installed", lambda e: e == "keras")
+    monkeypatch.setattr("dsb.network.engines.engine_installed", lambda e: e == "keras")
     with pytest.raises(EnvironmentProblem, match="not installed"):
         choose_engine(path, "auto", "int8")
 

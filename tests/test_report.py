@@ -12,13 +12,22 @@ import subprocess
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import (
+    CONFIG,
+    make_discs,
+    make_threshold_run,
+    true_and_predicted_discs,
+    write_disc_stage,
+)
 from PIL import Image
 
-from dsb.config import Config, PostprocessConfig, save_config
-from dsb.errors import BadDataError
-from dsb.drawing import OVERLAY_COLOURS, compare_overlay
-from dsb.metric import THRESHOLDS, image_score
-from dsb.report import (
+from dsb.core.config import Config, PostprocessConfig, save_config
+from dsb.core.errors import BadDataError
+from dsb.kaggle.metric import THRESHOLDS, image_score
+from dsb.kaggle.rle import labels_to_rles
+from dsb.kaggle.submission import score_submission, write_submission
+from dsb.workflows.drawing import OVERLAY_COLOURS, compare_overlay
+from dsb.workflows.report import (
     SECTIONS,
     build_report,
     read_history,
@@ -27,10 +36,6 @@ from dsb.report import (
     training_figure,
     tuning_figure,
 )
-from dsb.rle import labels_to_rles
-from dsb.submission import score_submission, write_submission
-
-from conftest import CONFIG, make_discs, make_threshold_run, true_and_predicted_discs, write_disc_stage
 
 # ---------------------------------------------------------------- pure pieces
 
@@ -74,7 +79,7 @@ def search_table() -> pd.DataFrame:
     """What dsb tune writes to tuning.csv: a coordinate search on near-perfect probabilities."""
     from skimage.segmentation import find_boundaries
 
-    from dsb.tune import search_postprocess
+    from dsb.workflows.tune import search_postprocess
 
     truth = {f"i{k}": sample_labels(k) for k in range(4)}
     probabilities = {
@@ -355,7 +360,7 @@ def test_report_renders_in_headless_chromium(synthetic, tmp_path):
 
 def test_report_reads_a_solution_with_overlapping_masks_as_dsb_score_does(tmp_path):
     # Regression: report refused overlapping truth masks that dsb score settles (earlier mask wins).
-    from dsb.report import _load_truth
+    from dsb.workflows.report import _load_truth
 
     solution = tmp_path / "solution.csv"
     solution.write_text("ImageId,EncodedPixels,Height,Width\na,1 3,4,4\na,3 2,4,4\n")
@@ -370,7 +375,7 @@ def test_report_reads_a_solution_with_overlapping_masks_as_dsb_score_does(tmp_pa
 def test_report_without_a_submission_scores_the_runs_validation_groups(tmp_path):
     # Regression: without --submission the score sections were empty notes.
 
-    from dsb.evaluate import evaluate
+    from dsb.workflows.evaluate import evaluate
 
     data = tmp_path / "data"
     write_disc_stage(data / "stage1_train", masks=True)

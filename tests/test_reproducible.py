@@ -18,14 +18,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from PIL import Image
-
 from conftest import make_discs
+from PIL import Image
 
 keras = pytest.importorskip("keras")
 
-from dsb.cli import cli  # noqa: E402
-from dsb.submission import read_submission  # noqa: E402
+from dsb.cli import cli
+from dsb.kaggle.submission import read_submission
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {

@@ -13,8 +13,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from dsb.errors import BadDataError
-from dsb.rle import RLEError, labels_to_rles, rle_decode, rle_encode, rle_runs, rle_runs_many, rles_to_labels
+from dsb.core.errors import BadDataError
+from dsb.kaggle.rle import (
+    RLEError,
+    labels_to_rles,
+    rle_decode,
+    rle_encode,
+    rle_runs,
+    rle_runs_many,
+    rles_to_labels,
+)
 
 
 def reference_decode(text: str, shape):

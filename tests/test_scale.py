@@ -5,17 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import make_discs
 from scipy import ndimage
 
 from dsb.cli import cli
-from dsb.config import Config, PredictConfig, PreprocessConfig
-from dsb.loader import augment_crop, make_targets
-from dsb.metric import image_score
-from dsb.postprocess import labels_from_probabilities
-from dsb.predict import predict_nuclei, predict_scaled
-from dsb.scale import labels_to_shape, median_diameter, nucleus_diameters, zoom_for
-
-from conftest import make_discs
+from dsb.core.config import Config, PredictConfig, PreprocessConfig
+from dsb.inference.labels import labels_to_shape
+from dsb.inference.predict import predict_nuclei, predict_scaled
+from dsb.inference.scale import choose_scale, median_diameter, nucleus_diameters, zoom_for
+from dsb.inference.watershed import labels_from_probabilities
+from dsb.kaggle.metric import image_score
+from dsb.training.loader import augment_crop, make_targets
 
 CANONICAL = 20.0
 CONFIG = Config(
@@ -143,7 +143,7 @@ def test_the_scale_stays_within_the_configured_bounds():
 
 
 def test_a_large_upscaled_image_is_segmented_in_chunks_like_a_whole_one(monkeypatch):
-    from dsb import predict
+    from dsb.inference import predict
 
     truth = grid_of_discs((300, 300), 5, 25)
     whole = predict_nuclei(size_tuned_network, CONFIG, image_of(truth), diameter=10.0)
@@ -174,8 +174,8 @@ def test_bad_diameter_is_one_usage_line(tmp_path, command, value):
 
 
 def test_every_estimate_window_has_one_shape_and_the_estimate_costs_little():
-    from dsb.predict import choose_scale
-    from dsb.preprocess import preprocess_image
+    from dsb.inference.preprocess import preprocess_image
+    from dsb.inference.scale import choose_scale
 
     shapes = []
 
@@ -204,7 +204,7 @@ def test_resampling_computes_what_skimage_resize_does(source, target):
     # The separable version replaces skimage's resize on the prediction path for speed: same figures.
     from skimage.transform import resize
 
-    from dsb.scale import resample_to
+    from dsb.inference.resample import resample_to
 
     image = np.random.default_rng(sum(source)).random(source, dtype=np.float32)
     expected = resize(image, target, order=1, anti_aliasing=None, preserve_range=True)
@@ -214,7 +214,7 @@ def test_resampling_computes_what_skimage_resize_does(source, target):
 
 
 def test_resample_scales_both_sides_and_keeps_a_flat_image_flat():
-    from dsb.scale import resample
+    from dsb.inference.resample import resample
 
     flat = np.full((50, 80), 0.25, np.float32)
     for scale in (0.3, 1.7, 3.06):
@@ -226,7 +226,7 @@ def test_resample_scales_both_sides_and_keeps_a_flat_image_flat():
 
 
 def test_the_estimate_window_is_the_brightest_on_its_grid():
-    from dsb.predict import _window
+    from dsb.inference.scale import _window
 
     rng = np.random.default_rng(3)
     for _ in range(40):
@@ -247,20 +247,24 @@ def test_the_estimate_window_is_the_brightest_on_its_grid():
 
 
 def test_the_estimate_pass_that_saw_the_whole_image_serves_its_watershed_too(monkeypatch):
-    from dsb import predict
-    from dsb.predict import labels_at_scale
+    from dsb.inference import labels as labels_module
+    from dsb.inference import predict
+    from dsb.inference import scale as scale_module
+    from dsb.inference.labels import labels_at_scale
 
     truth = grid_of_discs((200, 200), 12, 40)  # small enough to be estimated whole
     calls = []
-    counted = predict.labels_from_probabilities
+    counted = scale_module.labels_from_probabilities
 
     def counting(prob, config=None):
         calls.append(prob.shape)
         return counted(prob, config)
 
-    monkeypatch.setattr(predict, "labels_from_probabilities", counting)
+    # The watershed runs in the estimate (dsb.inference.scale) and back on the image's grid (.labels).
+    monkeypatch.setattr(scale_module, "labels_from_probabilities", counting)
+    monkeypatch.setattr(labels_module, "labels_from_probabilities", counting)
     gray = predict._network_input(image_of(truth), CONFIG)
-    passes = predict.choose_scale(size_tuned_network, CONFIG, gray).passes
+    passes = choose_scale(size_tuned_network, CONFIG, gray).passes
     calls.clear()
     found = predict_nuclei(size_tuned_network, CONFIG, image_of(truth))
     assert found.estimated and passes >= 1
@@ -278,11 +282,11 @@ def _passes(n):
 
 
 def test_the_image_is_predicted_at_the_scale_the_last_pass_suggests():
-    from dsb import predict
+    from dsb.inference import predict
 
     truth = grid_of_discs((440, 440), 6, 24)  # 12-pixel nuclei: the network wants them 1.7 times larger
     gray = predict._network_input(image_of(truth), CONFIG)
-    chosen = predict.choose_scale(size_tuned_network, _passes(1), gray)
+    chosen = choose_scale(size_tuned_network, _passes(1), gray)
     assert chosen.passes == 1
     # Not the scale the one pass ran at (1.0), but the one it measured.
     assert chosen.scale == pytest.approx(CANONICAL / median_diameter(truth), rel=0.2)
@@ -292,15 +296,15 @@ def test_the_image_is_predicted_at_the_scale_the_last_pass_suggests():
 
 
 def test_a_window_too_small_for_its_nuclei_earns_one_more_pass():
-    from dsb import predict
+    from dsb.inference import predict
 
     # 76-pixel nuclei: the network sees each in four pieces at scale 1, and a 192-pixel window holds
     # few whole; a second pass at the scale the pieces suggest sees them whole.
     truth = grid_of_discs((440, 440), 38, 110)
     gray = predict._network_input(image_of(truth), CONFIG)
-    chosen = predict.choose_scale(size_tuned_network, _passes(1), gray)
+    chosen = choose_scale(size_tuned_network, _passes(1), gray)
     assert chosen.passes == 2
     assert chosen.diameter == pytest.approx(median_diameter(truth), rel=0.2)
     # Nuclei of the network's own size need no second pass.
     small = grid_of_discs((440, 440), 10, 40)
-    assert predict.choose_scale(size_tuned_network, _passes(1), predict._network_input(image_of(small), CONFIG)).passes == 1
+    assert choose_scale(size_tuned_network, _passes(1), predict._network_input(image_of(small), CONFIG)).passes == 1

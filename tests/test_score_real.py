@@ -9,8 +9,8 @@ import pytest
 from click.testing import CliRunner
 
 from dsb.cli import cli
-from dsb.dataset import list_ids, read_labels
-from dsb.rle import labels_to_rles
+from dsb.io.images import list_ids, read_labels
+from dsb.kaggle.rle import labels_to_rles
 
 
 @pytest.fixture(scope="module")

@@ -9,14 +9,18 @@ import numpy as np
 import pandas as pd
 import pytest
 import tifffile
+from conftest import make_discs
 from PIL import Image
 
-from dsb import segment_files
-from dsb.errors import BadDataError, EnvironmentProblem
-from dsb.predict import Nuclei
-from dsb.segment_files import MEASUREMENT_COLUMNS, SUMMARY_COLUMNS, measure_nuclei, segment_paths
-
-from conftest import make_discs
+from dsb.core.errors import BadDataError, EnvironmentProblem
+from dsb.inference.predict import Nuclei
+from dsb.workflows import segment_files
+from dsb.workflows.segment_files import (
+    MEASUREMENT_COLUMNS,
+    SUMMARY_COLUMNS,
+    measure_nuclei,
+    segment_paths,
+)
 
 CENTRES = ((20, 20), (40, 44))
 RADIUS = 8
@@ -72,7 +76,7 @@ def threshold_model(monkeypatch):
     """Replace the network by a threshold on the grey image, to test the plumbing fast."""
     from skimage.measure import label
 
-    from dsb.preprocess import to_gray
+    from dsb.inference.preprocess import to_gray
 
     calls = []
 
@@ -205,8 +209,8 @@ def test_unwritable_destination_and_full_disk(tmp_path, threshold_model, monkeyp
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     """A run folder with an untrained two-level U-Net: fast, and enough to exercise the real path."""
-    from dsb.config import Config, ModelConfig, PredictConfig, save_config
-    from dsb.model import build_unet
+    from dsb.core.config import Config, ModelConfig, PredictConfig, save_config
+    from dsb.network.unet import build_unet
 
     run = tmp_path_factory.mktemp("tiny_run")
     config = Config(

@@ -11,10 +11,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dsb.dataset import image_shapes
-from dsb.errors import BadDataError, DsbError
-from dsb.rle import labels_to_rles
-from dsb.submission import (
+from dsb.core.errors import BadDataError, DsbError
+from dsb.io.images import image_shapes
+from dsb.kaggle.rle import labels_to_rles
+from dsb.kaggle.submission import (
     Problem,
     read_solution,
     read_submission,

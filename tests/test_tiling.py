@@ -6,10 +6,15 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from scipy import ndimage
 
-from dsb.tiling import axis_weights, blend_window, context_needed, plan_axis, predict_tiled
+from dsb.inference.tiling import (
+    axis_weights,
+    blend_window,
+    context_needed,
+    plan_axis,
+    predict_tiled,
+)
 
 
 def identity(batch: np.ndarray) -> np.ndarray:
@@ -210,8 +215,8 @@ def test_a_margin_of_the_context_makes_tiles_match_the_whole_image():
 
 
 def test_tune_tiling_sets_the_overlap_from_the_measured_context():
-    from dsb.config import Config, PreprocessConfig, PredictConfig
-    from dsb.tune import tune_tiling
+    from dsb.core.config import Config, PredictConfig, PreprocessConfig
+    from dsb.workflows.tune import tune_tiling
 
     config = Config(preprocess=PreprocessConfig(diameter=0.0), predict=PredictConfig(tile_size=256, overlap=64))
     rng = np.random.default_rng(3)

@@ -23,10 +23,16 @@ keras = pytest.importorskip("keras")
 
 from conftest import tiny_prepared  # noqa: E402
 
-from dsb.config import Config, ModelConfig, PostprocessConfig, TrainConfig, load_config  # noqa: E402
-from dsb.errors import BadDataError  # noqa: E402
-from dsb.run import load_run, update_postprocess  # noqa: E402
-from dsb.training import TrainingInterrupted, latest_checkpoint, train, train_prepared  # noqa: E402
+from dsb.core.config import (
+    Config,
+    ModelConfig,
+    PostprocessConfig,
+    TrainConfig,
+    load_config,
+)
+from dsb.core.errors import BadDataError
+from dsb.network.model_folder import load_run, update_postprocess
+from dsb.training import TrainingInterrupted, latest_checkpoint, train, train_prepared
 
 REPO = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
@@ -183,7 +189,7 @@ def test_a_failed_model_write_keeps_the_previous_model(reference_run, tmp_path, 
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(keras.Model, "save", broken_save)
-    from dsb.errors import EnvironmentProblem
+    from dsb.core.errors import EnvironmentProblem
     from dsb.training.checkpoints import BestModelFile
 
     best_file = BestModelFile(run, TINY.model)
@@ -286,7 +292,7 @@ def test_mixed_precision_trains_and_saves_a_float32_model(tmp_path):
 
 
 def test_train_loads_the_prepared_data_of_the_data_folder(tmp_path, monkeypatch):
-    dataset = pytest.importorskip("dsb.dataset")
+    dataset = pytest.importorskip("dsb.training.cache")
     seen = []
 
     def fake_load_prepared(data_dir, config, *, progress=False):
@@ -311,7 +317,7 @@ CHILD = textwrap.dedent(
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * args["logical_cpus"])
     sys.path.insert(0, args["tests"])
     import keras
-    from dsb.config import Config
+    from dsb.core.config import Config
     from dsb.training import train_prepared
     from conftest import tiny_prepared
 
@@ -401,7 +407,7 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(reference_ru
 
 
 def test_strategies_need_their_backend(tmp_path):
-    from dsb.errors import EnvironmentProblem
+    from dsb.core.errors import EnvironmentProblem
 
     wrong = "multiworker" if keras.backend.backend() != "jax" else "mirrored"
     with pytest.raises(EnvironmentProblem, match="backend"):
@@ -449,7 +455,7 @@ def test_colour_images_come_from_the_cache_manifest_and_are_optional(tmp_path):
 
 
 def test_split_holds_out_whole_groups_unless_random_or_named():
-    from dsb.config import Config
+    from dsb.core.config import Config
     from dsb.training.plan import _split, _whole_groups
 
     ids = [f"i{k:02d}" for k in range(24)]

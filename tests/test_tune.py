@@ -7,12 +7,18 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import (
+    CONFIG,
+    SAMPLES,
+    make_discs,
+    make_threshold_run,
+    targets,
+    write_disc_stage,
+)
 from scipy import ndimage
 
-from dsb.config import Config, PostprocessConfig
-from dsb.tune import GRID, search_postprocess
-
-from conftest import CONFIG, SAMPLES, make_discs, make_threshold_run, targets, write_disc_stage
+from dsb.core.config import Config, PostprocessConfig
+from dsb.workflows.tune import GRID, search_postprocess
 
 
 def faint_probabilities(truth: np.ndarray, peak: float = 0.45) -> np.ndarray:
@@ -63,17 +69,17 @@ def test_search_keeps_the_start_when_nothing_is_better(cases):
 
 
 def test_min_size_reuses_the_watershed(cases, monkeypatch):
-    import dsb.tune
+    import dsb.workflows.tune
 
     probabilities, truth = cases
     calls = []
-    real = dsb.tune.labels_from_probabilities
+    real = dsb.workflows.tune.labels_from_probabilities
 
     def counting(prob, config):
         calls.append(config)
         return real(prob, config)
 
-    monkeypatch.setattr(dsb.tune, "labels_from_probabilities", counting)
+    monkeypatch.setattr(dsb.workflows.tune, "labels_from_probabilities", counting)
     start = PostprocessConfig(mask_threshold=0.3, marker_threshold=0.3)
     _, table = search_postprocess(probabilities, truth, start, grid={"min_size": (0, 10, 1000)}, rounds=1)
     assert len(table) == 4
@@ -93,8 +99,8 @@ def test_search_rejects_unknown_parameters(cases):
 
 
 def test_tune_stores_the_best_in_the_run(tmp_path):
-    from dsb.config import load_config
-    from dsb.tune import tune
+    from dsb.core.config import load_config
+    from dsb.workflows.tune import tune
 
     data = tmp_path / "data"
     write_disc_stage(data / "stage1_train", masks=True)
@@ -112,8 +118,8 @@ def test_tune_stores_the_best_in_the_run(tmp_path):
 
 
 def test_tune_needs_validation_images(tmp_path):
-    from dsb.errors import BadDataError
-    from dsb.tune import tune
+    from dsb.core.errors import BadDataError
+    from dsb.workflows.tune import tune
 
     data = write_disc_stage(tmp_path / "stage", masks=True)
     run_dir = make_threshold_run(tmp_path / "run", CONFIG)
@@ -128,10 +134,10 @@ def test_tune_needs_validation_images(tmp_path):
 
 def test_ideal_targets_of_real_nuclei_come_back(train_dir):
     """The training targets (loader.make_targets) of real images, post-processed, score close to 1."""
-    from dsb.dataset import image_path, list_ids, read_image, read_labels
-    from dsb.loader import make_targets
-    from dsb.metric import score_labels
-    from dsb.postprocess import labels_from_probabilities
+    from dsb.inference.watershed import labels_from_probabilities
+    from dsb.io.images import image_path, list_ids, read_image, read_labels
+    from dsb.kaggle.metric import score_labels
+    from dsb.training.loader import make_targets
 
     ids = list_ids(train_dir)[::83]  # 8 of 664
     truth = {}

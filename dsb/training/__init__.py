@@ -16,7 +16,7 @@ Every file is written under a temporary name and renamed into place, and a
 checkpoint folder is complete before the previous one is removed, so a crash
 or SIGKILL at any moment leaves the last good state; ``resume=True`` continues
 from it. Training data are a pure function of ``(seed, epoch, batch)`` (see
-:mod:`dsb.loader`), so a resumed run sees the same batches as an uninterrupted
+:mod:`dsb.training.loader`), so a resumed run sees the same batches as an uninterrupted
 one and, on CPU, ends with the same weights.
 
 The modules: :mod:`.plan` (what a run will do), :mod:`.state` (the typed run
@@ -25,8 +25,8 @@ state in state.json), :mod:`.checkpoints` (the files of the run folder),
 fit loop and its callback) and :mod:`.session` (the entry points).
 """
 
-from .checkpoints import latest_checkpoint
-from .environment import PRECISIONS, STRATEGIES
-from .session import TrainingInterrupted, train, train_prepared
+from dsb.training.checkpoints import latest_checkpoint
+from dsb.training.environment import STRATEGIES, TRAINING_PRECISIONS
+from dsb.training.session import TrainingInterrupted, train, train_prepared
 
-__all__ = ["train", "train_prepared", "TrainingInterrupted", "STRATEGIES", "PRECISIONS", "latest_checkpoint"]
+__all__ = ["train", "train_prepared", "TrainingInterrupted", "STRATEGIES", "TRAINING_PRECISIONS", "latest_checkpoint"]

@@ -24,14 +24,14 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from .. import __version__
-from ..atomic import atomic_dir, atomic_path, write_text
-from ..config import Config, ModelConfig, load_config
-from ..errors import BadDataError, EnvironmentProblem
-from ..finetune import check_architecture
-from ..model import build_unet
-from .environment import Environment, float32_policy
-from .state import RunState
+from dsb import __version__
+from dsb.core.atomic import atomic_dir, atomic_path, write_text
+from dsb.core.config import Config, ModelConfig, load_config
+from dsb.core.errors import BadDataError, EnvironmentProblem
+from dsb.network.unet import build_unet
+from dsb.training.environment import Environment, float32_policy
+from dsb.training.finetune import check_architecture
+from dsb.training.state import RunState
 
 CHECKPOINTS = "checkpoints"
 _CKPT_RE = re.compile(r"^epoch-(\d{4,})$")
@@ -97,7 +97,7 @@ def save_checkpoint(run_dir: Path, model, state: RunState) -> None:
 
 def load_checkpoint_model(folder: Path, state: RunState):
     """The model of a checkpoint, with its dropout random states restored."""
-    # The loss and metrics deserialise because importing dsb.model registered them.
+    # The loss and metrics deserialise because importing dsb.network.unet registered them.
     path = folder / "model.keras"
     try:
         model = keras.saving.load_model(path)
@@ -165,7 +165,7 @@ class BestModelFile:
 
 def load_init(init, config: Config):
     """The model of the run folder ``init``, once its U-Net is known to be ``config``'s."""
-    from ..run import load_run
+    from dsb.network.model_folder import load_run
 
     model, init_config = load_run(init)
     check_architecture(init_config.model, config.model, path=init)

@@ -17,12 +17,12 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from ..errors import EnvironmentProblem
+from dsb.core.errors import EnvironmentProblem
 
 STRATEGIES = ("default", "mirrored", "multiworker")
 # "mixed": float16 compute with loss scaling, for GPUs; "bfloat16": bfloat16 compute, for CPUs and
 # accelerators with bfloat16 units (on a CPU without them it is emulated, and slower than float32).
-PRECISIONS = ("float32", "mixed", "bfloat16")
+TRAINING_PRECISIONS = ("float32", "mixed", "bfloat16")
 _POLICIES = {"mixed": "mixed_float16", "bfloat16": "mixed_bfloat16"}
 
 

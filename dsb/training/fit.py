@@ -3,20 +3,20 @@
 from __future__ import annotations
 
 import math
-import sys
 import time
 from pathlib import Path
 
 import keras
 
-from . import checkpoints
-from .checkpoints import BestModelFile
-from .environment import Environment
-from .plan import Plan
-from .state import Best, RunState, budget_seconds
+from dsb.core.progress import say
+from dsb.training import checkpoints
+from dsb.training.checkpoints import BestModelFile
+from dsb.training.environment import Environment
+from dsb.training.plan import Plan
+from dsb.training.state import Best, RunState, budget_seconds
 
 
-class _RunKeeper(keras.callbacks.Callback):
+class RunKeeper(keras.callbacks.Callback):
     """Best model, early stopping, plateau schedule, time budget, checkpoints, history, progress.
 
     It updates ``state`` in place at the end of every epoch (and ``stop_reason``
@@ -139,7 +139,7 @@ class _RunKeeper(keras.callbacks.Callback):
                 )
 
 
-def fit(model, keeper: _RunKeeper, train_data, val_data, callbacks: list) -> None:
+def fit(model, keeper: RunKeeper, train_data, val_data, callbacks: list) -> None:
     """Train from the state's epoch to the plan's last, with ``keeper`` first among ``callbacks``."""
     plan, state = keeper.plan, keeper.state
     model.fit(
@@ -155,11 +155,6 @@ def fit(model, keeper: _RunKeeper, train_data, val_data, callbacks: list) -> Non
 
 
 # ---------------------------------------------------------------- output
-
-
-def say(line: str) -> None:
-    """One progress line on stderr."""
-    print(line, file=sys.stderr, flush=True)
 
 
 def _duration(seconds: float) -> str:

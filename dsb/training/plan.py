@@ -6,12 +6,12 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
-from ..config import Config
-from ..errors import BadDataError
-from ..finetune import finetune_split
-from ..loader import CropLoader, ValidationLoader, split_ids
-from ..scale import median_diameter, network_zoom
-from .state import RunState
+from dsb.core.config import Config
+from dsb.core.errors import BadDataError
+from dsb.inference.scale import median_diameter, network_zoom
+from dsb.training.finetune import finetune_split
+from dsb.training.loader import CropLoader, ValidationLoader, split_ids
+from dsb.training.state import RunState
 
 
 @dataclass(frozen=True)
@@ -151,7 +151,7 @@ def _whole_groups(ids: list[str], groups: list[str] | None, val_ids: list[str]) 
 def _split(config: Config, ids: list[str], types, seed: int, groups=None, *,
            finetune: bool = False) -> tuple[list[str], list[str]]:
     """The run's (train, validation) ids: ``config.validation_ids`` when given, else for a
-    fine-tune a random share of the user's images (:func:`dsb.finetune.finetune_split`), else
+    fine-tune a random share of the user's images (:func:`dsb.training.finetune.finetune_split`), else
     whole groups held out (``train.split == "group"`` and ``groups`` known), else a random share."""
     if config.validation_ids:
         known = set(ids)
@@ -187,7 +187,7 @@ def _colour_images(prepared, tc, indices: list[int]) -> list | None:
     """
     if not tc.colour_augmentation or getattr(prepared, "path", None) is None:
         return None
-    from ..dataset import load_colour_images
+    from dsb.training.cache import load_colour_images
 
     try:
         colour = load_colour_images(prepared)
@@ -200,7 +200,7 @@ def _colour_images(prepared, tc, indices: list[int]) -> list | None:
 
 
 def data_checksum(prepared) -> str:
-    """The checksum of a :class:`dsb.dataset.Prepared` (see :func:`dsb.dataset.data_checksum`)."""
-    from ..dataset import data_checksum as checksum
+    """The checksum of a :class:`dsb.training.cache.Prepared` (see :func:`dsb.training.cache.data_checksum`)."""
+    from dsb.training.cache import data_checksum as checksum
 
     return checksum(prepared.ids, prepared.images, prepared.labels)

@@ -13,16 +13,22 @@ from pathlib import Path
 
 import keras
 
-from ..config import Config, save_config
-from ..errors import BadDataError
-from ..finetune import MIN_VALIDATION_IMAGES, user_image_count
-from ..model import build_unet, compile_model
-from . import checkpoints
-from .checkpoints import BestModelFile, check_new_run, resume_config
-from .environment import PRECISIONS, STRATEGIES, Environment, tensorboard
-from .fit import _RunKeeper, fit, format_logs, say
-from .plan import Plan, data_checksum, make_loaders, make_plan, split_data
-from .state import RunState, check_resumable, finish_reason
+from dsb.core.config import Config, save_config
+from dsb.core.errors import BadDataError
+from dsb.core.progress import say
+from dsb.network.unet import build_unet, compile_model
+from dsb.training import checkpoints
+from dsb.training.checkpoints import BestModelFile, check_new_run, resume_config
+from dsb.training.environment import (
+    STRATEGIES,
+    TRAINING_PRECISIONS,
+    Environment,
+    tensorboard,
+)
+from dsb.training.finetune import MIN_VALIDATION_IMAGES, user_image_count
+from dsb.training.fit import RunKeeper, fit, format_logs
+from dsb.training.plan import Plan, data_checksum, make_loaders, make_plan, split_data
+from dsb.training.state import RunState, check_resumable, finish_reason
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -68,8 +74,8 @@ def train(
         held out; otherwise a split stratified by image type is drawn with the seed.
     data_dir : path
         The data folder (with ``stage1_train``, annotated images of one's own
-        or both, see :mod:`dsb.annotations`); loaded through
-        :func:`dsb.dataset.load_prepared`, which builds the cache if needed.
+        or both, see :mod:`dsb.io.annotations`); loaded through
+        :func:`dsb.training.cache.load_prepared`, which builds the cache if needed.
     out_dir : path
         The run folder; must be missing or empty unless ``resume``.
     epochs, steps_per_epoch, seed : int, optional
@@ -93,8 +99,8 @@ def train(
         One line per epoch on stderr.
     init : path, optional
         Fine-tune: start from the weights of this run folder (see
-        :mod:`dsb.finetune`). The config is
-        :func:`dsb.finetune.finetune_config` of its ``config.json``, taking
+        :mod:`dsb.training.finetune`). The config is
+        :func:`dsb.training.finetune.finetune_config` of its ``config.json``, taking
         only the ``train`` section of ``config`` when given: a tenth of the
         learning rate, a few epochs, and validation on a random share of the
         user's images. Ignored when resuming (the run keeps its own).
@@ -114,14 +120,14 @@ def train(
         Bad config, non-empty ``out_dir`` without ``resume``, nothing to resume,
         data that changed since the run started, or an ``init`` that is no run folder.
     """
-    from ..dataset import load_prepared
+    from dsb.training.cache import load_prepared
 
     out_dir = Path(out_dir)
     if resume:
         config = resume_config(out_dir)
     elif init is not None:
-        from ..finetune import finetune_config
-        from ..run import load_run_config
+        from dsb.network.model_folder import load_run_config
+        from dsb.training.finetune import finetune_config
 
         config = finetune_config(load_run_config(init), config, learning_rate=learning_rate, epochs=epochs)
     elif config is None:
@@ -174,7 +180,7 @@ def train_prepared(
     ----------
     prepared
         Anything with ``ids``, ``images`` (uint8 (H, W)), ``labels`` (int32
-        (H, W)) and ``types`` (list of str), like :class:`dsb.dataset.Prepared`;
+        (H, W)) and ``types`` (list of str), like :class:`dsb.training.cache.Prepared`;
         ``checksum`` (str) is used when present.
     workers : int
         Loader threads (batches stay in order, so results do not change).
@@ -184,9 +190,9 @@ def train_prepared(
         Extra callbacks, run after the run's own (tests use them to interrupt).
     init : path, optional
         A run folder whose weights the model starts from; its U-Net must be
-        ``config``'s (:func:`dsb.finetune.check_architecture`). ``config`` is
-        used as given (:func:`dsb.finetune.finetune_config` makes a fine-tune
-        one); validation is :func:`dsb.finetune.finetune_split` unless
+        ``config``'s (:func:`dsb.training.finetune.check_architecture`). ``config`` is
+        used as given (:func:`dsb.training.finetune.finetune_config` makes a fine-tune
+        one); validation is :func:`dsb.training.finetune.finetune_split` unless
         ``config.validation_ids`` names the images. The folder is recorded as
         ``init`` in the manifest and kept on resume.
 
@@ -194,8 +200,8 @@ def train_prepared(
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"`strategy` is {strategy!r}, expected one of {STRATEGIES}")
-    if precision not in PRECISIONS:
-        raise ValueError(f"`precision` is {precision!r}, expected one of {PRECISIONS}")
+    if precision not in TRAINING_PRECISIONS:
+        raise ValueError(f"`precision` is {precision!r}, expected one of {TRAINING_PRECISIONS}")
     out_dir = Path(out_dir)
     wall_start = time.time()
     start = _start(prepared, config, out_dir, resume=resume, strategy=strategy, precision=precision, seed=seed,
@@ -215,7 +221,7 @@ def train_prepared(
                 checkpoints.save_checkpoint(out_dir, model, state)
         train_data, val_data = make_loaders(plan, prepared, start_step=state.epoch * plan.steps_per_epoch,
                                             shard=env.shard, workers=workers)
-        keeper = _RunKeeper(out_dir, plan, state, monitor="val_loss" if val_data is not None else "loss",
+        keeper = RunKeeper(out_dir, plan, state, monitor="val_loss" if val_data is not None else "loss",
                             writer=env.is_chief, progress=progress, env=env,
                             best_file=BestModelFile(out_dir, plan.config.model))
         session = _Session(out_dir, plan, state, env, keeper, _run_info(plan, state, val_data), wall_start)
@@ -333,7 +339,7 @@ class _Session:
     plan: Plan
     state: RunState
     env: Environment
-    keeper: _RunKeeper
+    keeper: RunKeeper
     run_info: dict
     wall_start: float
 

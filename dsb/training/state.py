@@ -19,7 +19,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import BadDataError
+from dsb.core.errors import BadDataError
 
 STOP_REASONS = ("completed", "early_stopping", "time_budget")
 

@@ -1,0 +1,245 @@
+"""The functions behind the package's public names (see :mod:`dsb`).
+
+Arrays in, arrays out: a notebook loads a model once with :func:`load_model`,
+labels images with :func:`segment` and checks them with :func:`score`. The
+command line's folder pipeline (:mod:`dsb.workflows.pipeline`, behind ``dsb segment``,
+``dsb predict`` and ``dsb evaluate``) runs the same
+:func:`dsb.inference.predict.predict_nuclei` call per image.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from dsb.core.validate import check_image, check_labels, check_same_shape
+
+__all__ = ["LoadedModel", "load_model", "segment", "score"]
+
+
+@dataclass(frozen=True, repr=False)
+class LoadedModel:
+    """A trained network with the config it runs with, as :func:`load_model` returns it.
+
+    Attributes
+    ----------
+    path : pathlib.Path
+        The run or model folder it was read from.
+    network : dsb.network.engines.Network
+        The network behind its inference engine: a callable from a
+        ``(B, h, w, 1)`` batch to ``(B, h, w, C)`` probabilities.
+    config : dsb.core.config.Config
+        Preprocessing, tiling and tuned post-processing of the run.
+    """
+
+    path: Path
+    network: object
+    config: object
+
+    @property
+    def engine(self) -> str:
+        """The inference engine: ``"keras"``, ``"onnx"`` or ``"openvino"``."""
+        return self.network.engine
+
+    @property
+    def keras_model(self):
+        """The network as a Keras model (loaded from ``model.keras`` on first use when another engine runs it)."""
+        model = getattr(self.network, "model", None)
+        if model is None:
+            from dsb.network.model_folder import load_run
+
+            model, _ = load_run(self.path)
+            object.__setattr__(self.network, "model", model)
+        return model
+
+    def __repr__(self) -> str:
+        return f"LoadedModel({str(self.path)!r}, engine={self.engine!r})"
+
+
+@functools.lru_cache(maxsize=4)
+def _default_model(engine: str, precision: str) -> LoadedModel:
+    """The shipped model, read from disk once per session, engine and precision."""
+    from dsb.network.model_folder import default_model_dir
+
+    return _load(default_model_dir(), engine, precision)
+
+
+def _load(path, engine: str, precision: str) -> LoadedModel:
+    from dsb.network.engines import load_network
+
+    network, config = load_network(path, engine, precision)
+    return LoadedModel(Path(path), network, config)
+
+
+def load_model(path=None, *, engine: str = "auto", precision: str = "float32") -> LoadedModel:
+    """Load a trained model once, to segment many images with it.
+
+    Parameters
+    ----------
+    path : str or os.PathLike, optional
+        A run folder (``dsb train --out``) or an exported model folder, holding
+        ``model.keras`` and ``config.json``. By default the model shipped with
+        the package (``dsb/models/default``), which is read from disk only once
+        per session.
+    engine : str
+        ``"keras"``, ``"onnx"`` (ONNX Runtime), ``"openvino"``, or ``"auto"``
+        (the default): the fastest one installed that the folder has a file
+        for (:func:`dsb.network.engines.choose_engine`).
+    precision : str
+        ``"float32"`` (the default), or ``"int8"``: the folder's
+        ``model.int8.onnx`` on an ONNX engine, about twice as fast on CPUs
+        with integer dot-product units, probabilities within about 0.002 on
+        average (:mod:`dsb.network.quantize`).
+
+    Returns
+    -------
+    LoadedModel
+        Pass it as ``model`` to :func:`segment`; ``.network``, ``.engine`` and
+        ``.config`` hold the network, the engine that runs it and its
+        :class:`dsb.core.config.Config`.
+
+    Raises
+    ------
+    BadDataError
+        The folder, its ``config.json`` or its ``model.keras`` is missing or
+        wrong, or its ``model.onnx`` is damaged or from another model (the
+        message names the file).
+    EnvironmentProblem
+        ``path`` is None and this installation ships no model, or the engine
+        asked for is not installed.
+
+    Examples
+    --------
+    >>> import dsb
+    >>> model = dsb.load_model()
+    >>> model.path.name, model.config.model.outputs
+    ('default', ('body', 'border', 'contact'))
+    >>> dsb.load_model() is model  # the shipped model is loaded once
+    True
+    """
+    from dsb.network.engines import ENGINE_CHOICES
+    from dsb.network.model_folder import PRECISIONS
+
+    if engine not in ENGINE_CHOICES:
+        raise ValueError(f"`engine` is {engine!r}; expected one of {', '.join(ENGINE_CHOICES)}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"`precision` is {precision!r}; expected one of {', '.join(PRECISIONS)}")
+    if path is None:
+        return _default_model(engine, precision)
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"`path` must be a str or os.PathLike, got {type(path).__name__}")
+    return _load(path, engine, precision)
+
+
+def _check_image(image) -> np.ndarray:
+    image = check_image("image", image, pixels=True)
+    if not (image.dtype == bool or np.issubdtype(image.dtype, np.integer) or np.issubdtype(image.dtype, np.floating)):
+        raise TypeError(f"`image` (dtype {image.dtype}) must hold bools, integers or floats")
+    return image
+
+
+def segment(image, model=None, *, diameter: float | None = None, tta: bool = False) -> np.ndarray:
+    """Label the nuclei of one image.
+
+    Parameters
+    ----------
+    image : (H, W) or (H, W, C) array_like
+        Grey, grey+alpha, RGB or RGBA (C = 1 to 4); 8-bit, 16-bit or float,
+        fluorescence or brightfield, as read from disk.
+    model : str, os.PathLike or LoadedModel, optional
+        A run or model folder, or what :func:`load_model` returned (load once,
+        then pass it to segment many images). By default the shipped model.
+    diameter : float, optional
+        The median nucleus diameter in pixels; the image is rescaled so that
+        its nuclei have the size the model was trained on. None estimates it.
+    tta : bool, default False
+        Average the predictions over flips and 90-degree rotations: slower,
+        slightly better edges.
+
+    Returns
+    -------
+    labels : (H, W) ndarray of int32
+        0 for background, 1..N for the nuclei.
+
+    Raises
+    ------
+    TypeError
+        ``image`` is not 2-D grey or 3-D with 1 to 4 channels, or ``model`` is
+        not a folder or a :class:`LoadedModel`.
+    ValueError
+        ``image`` has no pixels.
+    BadDataError
+        ``model`` is a folder that holds no usable model.
+
+    Examples
+    --------
+    Three bright blurred discs on a dark background, as in fluorescence:
+
+    >>> import numpy as np
+    >>> from scipy import ndimage
+    >>> import dsb
+    >>> rr, cc = np.indices((96, 128))
+    >>> discs = sum(((rr - r) ** 2 + (cc - c) ** 2 <= 12**2) for r, c in [(30, 30), (30, 90), (70, 60)])
+    >>> image = (ndimage.gaussian_filter(discs * 180.0, 1.5) + 15).astype(np.uint8)
+    >>> labels = dsb.segment(image)
+    >>> labels.shape, labels.dtype.name, int(labels.max())
+    ((96, 128), 'int32', 3)
+    """
+    from dsb.inference.predict import predict_labels
+
+    image = _check_image(image)
+    if model is None:
+        model = _default_model("auto", "float32")
+    elif isinstance(model, (str, os.PathLike)):
+        model = _load(model, "auto", "float32")
+    elif not isinstance(model, LoadedModel):
+        raise TypeError(
+            f"`model` must be a folder path or what dsb.load_model returned, got {type(model).__name__}"
+        )
+    return predict_labels(model.network, model.config, image, tta=tta, diameter=diameter)
+
+
+def score(pred_labels, true_labels) -> float:
+    """The competition metric on one image.
+
+    For each IoU threshold t in 0.50, 0.55, ..., 0.95 a predicted nucleus is a
+    true positive when its IoU with a true nucleus is above t; the image scores
+    the mean over t of TP / (TP + FP + FN). Nothing to find and nothing found
+    scores 1.
+
+    Parameters
+    ----------
+    pred_labels, true_labels : (H, W) array_like of int or bool
+        Instance labels, 0 for background; values need not be consecutive.
+
+    Returns
+    -------
+    float
+        In [0, 1].
+
+    Raises
+    ------
+    TypeError
+        An array is not 2-D or does not hold integers.
+    ValueError
+        The shapes differ, or a label is negative.
+
+    Examples
+    --------
+    >>> import dsb
+    >>> true = [[1, 1, 0, 2, 2]]
+    >>> dsb.score(true, true)
+    1.0
+    >>> dsb.score([[1, 1, 0, 0, 0]], true)  # one of two found: 1 / (1 + 0 + 1)
+    0.5
+    """
+    from dsb.kaggle.metric import image_score
+
+    pred = check_labels("pred_labels", pred_labels)
+    true = check_labels("true_labels", true_labels)
+    check_same_shape("pred_labels", pred, "true_labels", true)
+    return image_score(true, pred).score

@@ -1,0 +1,175 @@
+"""Write files and folders so that an interruption never leaves one that looks complete.
+
+Everything is written under a temporary name in the destination's own folder
+(same file system, so the final :func:`os.replace` is atomic) and renamed into
+place only once it is whole. The previous good version stays until then.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from dsb.core.errors import EnvironmentProblem
+
+__all__ = ["atomic_path", "atomic_paths", "atomic_dir", "write_text", "os_error", "writable_dir"]
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def os_error(exc: OSError, path) -> EnvironmentProblem:
+    """Turn an OSError on ``path`` into a one-line :class:`EnvironmentProblem`."""
+    if exc.errno == errno.ENOSPC:
+        what = "no space left on device"
+    elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        what = "not writable (permission denied)"
+    else:
+        what = exc.strerror or str(exc)
+    return EnvironmentProblem(what, path=path)
+
+
+@contextlib.contextmanager
+def atomic_path(path, *, suffix: str | None = None):
+    """Yield a temporary path next to ``path``; rename it to ``path`` on success.
+
+    The temporary file is removed if the block raises, so ``path`` either keeps
+    its previous content or gets the complete new one.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The final destination.
+    suffix : str, optional
+        Suffix of the temporary name (defaults to that of ``path``), for writers
+        that pick a format from the file name.
+    """
+    path = Path(path)
+    with _temporary(path, suffix) as tmp:
+        try:
+            yield tmp
+            os.replace(tmp, path)
+        except OSError as exc:
+            raise os_error(exc, path) from exc
+
+
+@contextlib.contextmanager
+def atomic_paths(*paths):
+    """Yield one temporary path per destination; rename them all into place, in order, on success.
+
+    For files that only make sense together (a run's ``config.json`` and the
+    ``tuning.csv`` it was tuned from): if one rename fails, the files already
+    renamed get their previous content back (or are removed if they were new),
+    so either every destination is new or every one is as it was.
+    """
+    paths = [Path(p) for p in paths]
+    with contextlib.ExitStack() as stack:
+        temps = [stack.enter_context(_temporary(path)) for path in paths]
+        try:
+            yield temps
+        except OSError as exc:
+            raise os_error(exc, paths[0].parent) from exc
+        # Every previous version is kept aside before the first rename, so a failed one can be undone.
+        backups = {}
+        for path in paths:
+            if path.exists():
+                backups[path] = stack.enter_context(_temporary(path))
+                try:
+                    shutil.copy2(path, backups[path])
+                except OSError as exc:
+                    raise os_error(exc, path.parent) from exc
+        for done, (path, tmp) in enumerate(zip(paths, temps)):
+            try:
+                os.replace(tmp, path)
+            except OSError as exc:
+                for earlier in paths[:done]:
+                    with contextlib.suppress(OSError):
+                        if earlier in backups:
+                            os.replace(backups[earlier], earlier)
+                        else:
+                            earlier.unlink()
+                raise os_error(exc, path) from exc
+
+
+@contextlib.contextmanager
+def _temporary(path: Path, suffix: str | None = None):
+    """A new empty file next to ``path`` with an ordinary file's mode, removed afterwards if still there."""
+    suffix = path.suffix if suffix is None else suffix
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{suffix}", dir=path.parent)
+        # mkstemp makes the file 0600; give it the mode an ordinary open() would.
+        os.fchmod(fd, 0o666 & ~_umask())
+        os.close(fd)
+    except OSError as exc:
+        raise os_error(exc, path.parent) from exc
+    tmp = Path(tmp)
+    try:
+        yield tmp
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+@contextlib.contextmanager
+def atomic_dir(path):
+    """Yield a temporary folder next to ``path``; swap it in for ``path`` on success.
+
+    An existing ``path`` is replaced only after the new folder is complete.
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+        tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it 0700
+    except OSError as exc:
+        raise os_error(exc, path.parent) from exc
+    try:
+        yield tmp
+        old = None
+        if path.exists():
+            old = path.with_name(f".{path.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(path, old)
+        try:
+            os.replace(tmp, path)
+        except OSError:
+            if old is not None:
+                os.replace(old, path)  # the previous good folder goes back in place
+            raise
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except OSError as exc:
+        raise os_error(exc, path) from exc
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def writable_dir(folder) -> Path:
+    """Make ``folder`` (and its parents) and check it can be written.
+
+    Commands call this before long work, so that an unwritable destination
+    fails at once instead of after predicting.
+    """
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise os_error(exc, folder) from exc
+    if not os.access(folder, os.W_OK):
+        raise EnvironmentProblem("not writable (permission denied)", path=folder)
+    return folder
+
+
+def write_text(path, text: str) -> Path:
+    """Write ``text`` to ``path`` atomically and return the path."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)

@@ -1,0 +1,71 @@
+"""Renumbering label images: the one home of it for every layer.
+
+A label image holds 0 for background and a positive integer per object.
+:func:`renumber` makes the numbers consecutive (1..N in the order of the
+old values), :func:`relabel` keeps a chosen subset and numbers it 1..N.
+
+>>> import numpy as np
+>>> labels, n = renumber(np.array([[0, 7], [7, 42]]))
+>>> labels.tolist(), n
+([[0, 1], [1, 2]], 2)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["relabel", "renumber"]
+
+
+def renumber(labels: np.ndarray, *, dtype=np.int32) -> tuple[np.ndarray, int]:
+    """Labels ``0, a, b, ...`` (sorted) as ``0, 1, 2, ...``, and how many objects there are.
+
+    Parameters
+    ----------
+    labels : ndarray of non-negative int
+        0 background; any other values, with gaps.
+    dtype : numpy dtype
+        Of the result.
+
+    Returns
+    -------
+    (ndarray of dtype, int)
+        The labels in the same shape, numbered 1..N, and N.
+    """
+    labels = np.asarray(labels)
+    if labels.size == 0:
+        return labels.astype(dtype), 0
+    top = int(labels.max())
+    if top <= 2 * labels.size + 1024:
+        # A lookup table no bigger than the image: linear time, no sort.
+        present = np.bincount(labels.ravel().astype(np.intp, copy=False), minlength=top + 1).astype(bool)
+        present[0] = False
+        n = int(np.count_nonzero(present))
+        if n == top:
+            return labels.astype(dtype, copy=False), n
+        return np.take(np.cumsum(present).astype(dtype), labels), n
+    # Huge label values: np.unique's inverse is the renumbering.
+    values, inverse = np.unique(labels, return_inverse=True)
+    has_background = bool(values[0] == 0)
+    return (inverse.reshape(labels.shape) + (not has_background)).astype(dtype), values.size - has_background
+
+
+def relabel(labels: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """Keep the labels where ``keep[label]`` is true and number them 1..N in label order.
+
+    Parameters
+    ----------
+    labels : (H, W) ndarray of int
+        0 background, 1..M objects.
+    keep : (M + 1,) ndarray of bool
+        ``keep[0]`` is ignored (background stays 0).
+
+    Returns
+    -------
+    (H, W) ndarray of int32
+    """
+    keep = np.asarray(keep, bool).copy()
+    keep[0] = False
+    lut = np.zeros(keep.size, np.int32)
+    lut[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
+    return np.take(lut, labels)  # np.take: a full-image lookup in 60 % of fancy indexing's time

@@ -1,0 +1,317 @@
+"""Nucleus scale: the diameter of an image's nuclei, estimated or given, and the scale to predict at.
+
+Images in the wild show nuclei from about 6 to 100 pixels across. The network
+is trained with every image resampled so that its median nucleus is
+``preprocess.diameter`` pixels across (:func:`zoom_for`), so at prediction an
+image is resampled by ``scale = diameter / its nucleus diameter``.
+:func:`choose_scale` finds that scale: from ``diameter`` when the caller knows
+it, otherwise by running the network on a window of the image and measuring
+the nuclei it finds (:func:`area_weighted_diameter`), at the scale that
+measurement suggests, until two passes agree.
+
+This module is the one home of the scale estimate; resampling is
+:mod:`dsb.inference.resample`, and bringing labels back to the image's grid
+:mod:`dsb.inference.labels`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from dsb.core.config import Config
+from dsb.core.validate import check_labels
+from dsb.inference.probabilities import predict_at_scale, predict_probabilities
+from dsb.inference.resample import resample
+from dsb.inference.watershed import labels_from_probabilities
+
+__all__ = [
+    "DIAMETER_RANGE",
+    "nucleus_diameters",
+    "median_diameter",
+    "area_weighted_diameter",
+    "clip_scale",
+    "zoom_for",
+    "network_zoom",
+    "check_diameter",
+    "Scale",
+    "choose_scale",
+]
+
+
+# A nucleus diameter outside this range (pixels) is a typo, not a microscope.
+DIAMETER_RANGE = (2.0, 1000.0)
+
+
+
+def nucleus_diameters(labels: np.ndarray) -> np.ndarray:
+    """Equivalent diameter ``sqrt(4 * area / pi)`` of each nucleus of a label image.
+
+    Parameters
+    ----------
+    labels : (H, W) ndarray of int
+        0 background, nuclei 1..N (gaps in the numbering are skipped).
+
+    Returns
+    -------
+    (K,) ndarray of float64
+        One diameter per label present, in label order.
+
+    Examples
+    --------
+    >>> lab = np.zeros((10, 10), np.int32); lab[:2, :2] = 1; lab[5:, 5:] = 3
+    >>> nucleus_diameters(lab).round(2)
+    array([2.26, 5.64])
+    """
+    labels = check_labels("labels", labels, ndim=None, bool_ok=False)
+    areas = np.bincount(labels.ravel().astype(np.int64))[1:]
+    areas = areas[areas > 0]
+    return np.sqrt(4.0 * areas / np.pi)
+
+
+
+def median_diameter(labels: np.ndarray) -> float:
+    """Median equivalent diameter of the nuclei of ``labels`` in pixels; NaN with no nucleus.
+
+    >>> lab = np.zeros((10, 10), np.int32); lab[:2, :2] = 1
+    >>> round(median_diameter(lab), 2)
+    2.26
+    """
+    d = nucleus_diameters(labels)
+    return float(np.median(d)) if d.size else math.nan
+
+
+
+def area_weighted_diameter(labels: np.ndarray) -> float:
+    """The diameter of the nucleus that the median pixel of nucleus area lies in; NaN with no nucleus.
+
+    The median with each nucleus weighted by its area. A network that sees
+    nuclei at the wrong scale cuts large ones into fragments, and the plain
+    median counts each fragment as a nucleus; weighted by area, the whole
+    nuclei that remain outweigh them. Measured as the estimate of
+    :func:`dsb.inference.scale.choose_scale` on the 132 group-held-out validation
+    images of the default run, against the plain median: the score rose from
+    0.529 to 0.564 (stained tissue 0.201 to 0.281), although fewer estimates
+    fall within 25 % of the true median (67 % against 74 %): it errs on the
+    large side, where the network fails more gently than on the small.
+
+    >>> lab = np.zeros((20, 20), np.int32); lab[0, 0] = 1; lab[0, 2] = 2; lab[5:15, 5:15] = 3
+    >>> round(median_diameter(lab), 2), round(area_weighted_diameter(lab), 2)
+    (1.13, 11.28)
+    """
+    d = np.sort(nucleus_diameters(labels))
+    if not d.size:
+        return math.nan
+    area = np.cumsum(d**2)
+    return float(d[np.searchsorted(area, area[-1] / 2)])
+
+
+
+def clip_scale(scale: float, low: float, high: float) -> float:
+    """``scale`` within ``[low, high]``."""
+    return float(min(max(scale, low), high))
+
+
+
+def zoom_for(diameter: float, canonical: float) -> float:
+    """The factor that takes nuclei of ``diameter`` pixels to ``canonical`` (1 when either is unknown or 0).
+
+    >>> zoom_for(40.0, 20.0)
+    0.5
+    >>> zoom_for(float("nan"), 20.0)
+    1.0
+    """
+    if not canonical or not diameter or not math.isfinite(diameter) or diameter <= 0:
+        return 1.0
+    return float(canonical) / float(diameter)
+
+
+
+def network_zoom(diameter: float, config) -> float:
+    """The zoom that takes a training image whose median nucleus is ``diameter`` pixels across to the
+    network's ``preprocess.diameter``, within prediction's ``predict.min_scale`` to ``max_scale`` (beyond
+    them an image is used as near as they allow); 1 when either diameter is unknown or 0."""
+    return clip_scale(zoom_for(diameter, config.preprocess.diameter), config.predict.min_scale,
+                      config.predict.max_scale)
+
+
+
+def check_diameter(value) -> float:
+    """A nucleus diameter in pixels given by a user, as a float, or ValueError saying what is wrong.
+
+    >>> check_diameter("12.5")
+    12.5
+    >>> check_diameter(0)
+    Traceback (most recent call last):
+    ...
+    ValueError: the nucleus diameter must be a number of pixels in [2, 1000], got 0
+    """
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"the nucleus diameter must be a number of pixels, got {value!r}") from None
+    low, high = DIAMETER_RANGE
+    if not (math.isfinite(number) and low <= number <= high):
+        raise ValueError(f"the nucleus diameter must be a number of pixels in [{low:g}, {high:g}], got {value!r}")
+    return number
+
+
+
+@dataclass(frozen=True)
+class Scale:
+    """The scale one image is predicted at.
+
+    Attributes
+    ----------
+    scale : float
+        Working size over the image's own size (1: not resampled).
+    diameter : float
+        The image's median nucleus diameter in its own pixels: given, or
+        estimated; NaN when unknown (no scale normalisation, or no nucleus found).
+    estimated : bool
+        Whether ``diameter`` was estimated.
+    passes : int
+        Network passes the estimate took.
+    """
+
+    scale: float
+    diameter: float
+    estimated: bool
+    passes: int = 0
+
+
+
+def _prefix_sums(values: np.ndarray, at: np.ndarray, axis: int) -> np.ndarray:
+    """Sums of ``values`` along ``axis`` over ``[0, k)`` for each ``k`` in ``at`` (ascending, in
+    ``[0, n]``), in float64: one pass of block sums between the wanted indices, not a full cumsum."""
+    n = values.shape[axis]
+    edges = np.union1d([0], at[at < n])
+    blocks = np.add.reduceat(values, edges, axis=axis, dtype=np.float64)
+    shape = list(blocks.shape)
+    shape[axis] = 1
+    prefix = np.concatenate([np.zeros(shape), np.cumsum(blocks, axis=axis)], axis=axis)
+    return np.take(prefix, np.searchsorted(np.append(edges, n), at), axis=axis)
+
+
+
+def _window(gray: np.ndarray, side: int) -> np.ndarray:
+    """The ``side`` x ``side`` part of ``gray`` with the most signal (nuclei are bright in the
+    network's input), or all of an axis shorter than ``side``; the whole image when the
+    window would hold half of it or more (the pass can then serve as the prediction)."""
+    height, width = gray.shape[:2]
+    sh, sw = min(side, height), min(side, width)
+    if 2 * sh * sw >= height * width:
+        return gray
+    plane = gray[:, :, 0] if gray.ndim == 3 else gray
+    # Window sums on a grid of a quarter window, from the summed-area table at the grid's corners only.
+    rows = np.unique(np.linspace(0, height - sh, max(1, 4 * height // sh)).astype(int))
+    cols = np.unique(np.linspace(0, width - sw, max(1, 4 * width // sw)).astype(int))
+    row_at, col_at = np.union1d(rows, rows + sh), np.union1d(cols, cols + sw)
+    table = _prefix_sums(_prefix_sums(plane, row_at, 0), col_at, 1)
+    top, bottom = np.searchsorted(row_at, rows), np.searchsorted(row_at, rows + sh)
+    left, right = np.searchsorted(col_at, cols), np.searchsorted(col_at, cols + sw)
+    sums = (table[np.ix_(bottom, right)] - table[np.ix_(top, right)]
+            - table[np.ix_(bottom, left)] + table[np.ix_(top, left)])
+    i, j = np.unravel_index(np.argmax(sums), sums.shape)
+    return gray[rows[i] : rows[i] + sh, cols[j] : cols[j] + sw]
+
+
+
+def _inner_diameter(labels: np.ndarray, whole: bool) -> float:
+    """:func:`dsb.inference.scale.area_weighted_diameter` of the nuclei a window holds whole: those that touch its
+    edge are cut and would read small, unless the window is the image or fewer than 3 are inside."""
+    if not whole:
+        edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+        inner = np.where(np.isin(labels, edge), 0, labels)
+        if len(np.unique(inner)) > 3:
+            labels = inner
+    return area_weighted_diameter(labels)
+
+
+
+def choose_scale(model, config: Config, gray: np.ndarray, *, diameter: float | None = None) -> Scale:
+    """The scale to predict a preprocessed image at.
+
+    With ``config.preprocess.diameter`` set (the canonical diameter ``D``),
+    the image is resampled by ``D / diameter`` when ``diameter`` is given.
+    Otherwise the diameter is estimated: a pass at ``predict.estimate_scale``
+    gives nuclei whose area-weighted median diameter ``d``
+    (:func:`dsb.inference.scale.area_weighted_diameter`) suggests the scale ``D / d``; when that
+    is more than 20 % away from the current one, the next pass runs there, up
+    to ``config.predict.diameter_passes`` passes, and one more when the last
+    pass's window was under 6 of its nuclei across; after the last, the image
+    is predicted at the scale that pass suggests. The scale stays within
+    ``predict.min_scale`` .. ``max_scale``.
+
+    Each pass sees a window of at most ``predict.estimate_size`` pixels a side
+    at its scale, where the image is brightest, and measures the nuclei it
+    holds whole, so that the estimate costs little next to the prediction
+    itself; when the window is the whole image, its last pass is the
+    prediction. The first pass runs at ``predict.estimate_scale``, by default
+    the image's own scale (starting at half scale lost the small nuclei of
+    held-out brightfield images).
+
+    Parameters
+    ----------
+    model : keras.Model or callable
+        See :func:`predict_probabilities`.
+    config : Config
+    gray : (H, W) ndarray of float32
+        The network input (:func:`dsb.inference.preprocess.preprocess_image`).
+    diameter : float, optional
+        The image's median nucleus diameter in pixels; None estimates it.
+
+    Returns
+    -------
+    Scale
+    """
+    return choose_scale_and_pass(model, config, gray, diameter)[0]
+
+
+
+def choose_scale_and_pass(model, config: Config, gray: np.ndarray, diameter) -> tuple[Scale, np.ndarray | None, np.ndarray | None]:
+    """:func:`choose_scale`, and the probabilities and watershed labels of its last pass when that
+    pass saw the whole image at the chosen scale (so neither the network nor the watershed need
+    run again); None and None otherwise."""
+    canonical = config.preprocess.diameter
+    pc = config.predict
+    if not canonical:
+        return Scale(1.0, math.nan, False), None, None
+    if diameter is not None:
+        scale = clip_scale(canonical / check_diameter(diameter), pc.min_scale, pc.max_scale)
+        return Scale(scale, float(diameter), False), None, None
+    scale, passes, found = clip_scale(pc.estimate_scale, pc.min_scale, pc.max_scale), 0, math.nan
+    multiple = config.model.size_multiple()
+    while True:
+        # One pixel more than the window needs, so that it resamples to at least estimate_size.
+        window = _window(gray, max(1, math.ceil(pc.estimate_size / scale) + 1))
+        whole = window.shape == gray.shape
+        if whole:
+            prob = predict_at_scale(model, window, scale, config)
+        else:
+            # Every window the same shape at the working scale: an engine prepares a shape once.
+            side = pc.estimate_size // multiple * multiple or multiple
+            work = resample(window, scale)[:side, :side]
+            prob = predict_probabilities(model, work, config.predict, multiple=multiple)
+        passes += 1
+        labels = labels_from_probabilities(prob, config.postprocess)
+        found = _inner_diameter(labels, whole)
+        if not math.isfinite(found):
+            break
+        wanted = clip_scale(scale * canonical / found, pc.min_scale, pc.max_scale)
+        if abs(math.log(wanted / scale)) < math.log(1.2):
+            break
+        # A window fewer than 6 diameters across holds few whole nuclei, and the large ones
+        # least: one more pass measures them at the scale this one suggests.
+        crowded = found * 6 > pc.estimate_size
+        if passes >= pc.diameter_passes + crowded:
+            # No pass left to check it, but the last measurement still says where to predict
+            # (before, the prediction ran at the last pass's scale, and that pass's own
+            # measurement went unused).
+            return Scale(wanted, found / scale, True, passes), None, None
+        scale = wanted
+    # The last pass ran at the chosen scale: its probabilities and labels serve when it saw the whole image.
+    chosen = Scale(scale, found / scale, True, passes)
+    return (chosen, prob, labels) if whole else (chosen, None, None)

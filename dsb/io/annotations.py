@@ -1,0 +1,400 @@
+"""Annotated training images in the layouts that napari, Fiji, Cellpose and StarDist write.
+
+A training folder (``dsb train --data DIR``) may hold, alone or together:
+
+* the competition's stage layout, ``stage1_train/{id}/images/{id}.png`` with one
+  mask PNG per nucleus in ``{id}/masks/`` (see :mod:`dsb.io.images`);
+* layout (a), StarDist's: ``FOLDER/images/NAME.png`` and ``FOLDER/masks/NAME.tif``,
+  an image and its label image with the same stem;
+* layout (b), Cellpose's: ``NAME.png`` (or ``.tif``) with ``NAME_masks.tif``,
+  ``NAME_labels.tif`` or ``NAME_cp_masks.png`` beside it.
+
+``DIR`` itself may be a folder in layout (a) or (b), or hold such folders beside
+``stage1_train/`` (e.g. ``DIR/stage1_train/`` and ``DIR/my_images/``). A label
+image is an 8-, 16- or 32-bit integer TIFF or PNG, 0 background and one value
+per nucleus (any values: they are renumbered 1..N).
+
+The images of a user folder get ids ``{folder}-{stem}``, unique by
+construction, and form their own imaging-experiment group ``user:{folder}``
+(``user:{folder}-{type}`` when the folder holds images of several types), so
+a group-held-out split and a fine-tune validation keep them apart from the
+competition's images. :func:`find_samples` finds every sample of a training
+folder and :func:`read_sample` reads one; :mod:`dsb.io.images` builds its cache
+from them, so user images and competition images go through one loader.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from dsb.core.errors import BadDataError
+from dsb.core.labels import renumber
+from dsb.io.images import (
+    IMAGE_SUFFIXES,
+    MaskFixes,
+    image_path,
+    list_ids,
+    read_image,
+    read_labels,
+)
+
+__all__ = [
+    "LABEL_SUFFIXES",
+    "LABEL_EXTENSIONS",
+    "USER_GROUP_PREFIX",
+    "Sample",
+    "find_samples",
+    "read_sample",
+    "read_label_image",
+    "user_group",
+    "is_user_group",
+]
+
+#: Stem endings that mark a label image beside its image (layout (b)), longest first.
+LABEL_SUFFIXES = ("_cp_masks", "_masks", "_labels")
+#: File types a label image may have.
+LABEL_EXTENSIONS = (".tif", ".tiff", ".png")
+#: Group names of user images start with this.
+USER_GROUP_PREFIX = "user:"
+_STAGE = "stage1_train"
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One annotated training image.
+
+    Attributes
+    ----------
+    id : str
+        Unique in its training folder: the competition's ImageId, or
+        ``{folder}-{stem}`` for a user image.
+    image : Path
+        The image file.
+    labels : Path
+        A ``masks/`` folder of one PNG per nucleus (stage layout), or one label image.
+    source : str
+        The folder it came from: the stage folder's or the user folder's name.
+    user : bool
+        Whether it is a user image (layouts (a) and (b)).
+    """
+
+    id: str
+    image: Path
+    labels: Path
+    source: str
+    user: bool = False
+
+
+def user_group(folder: str, kind: str, kinds_in_folder: int = 1) -> str:
+    """The group of a user image: ``user:{folder}``, or ``user:{folder}-{kind}`` in a folder of several types."""
+    return f"{USER_GROUP_PREFIX}{folder}" if kinds_in_folder <= 1 else f"{USER_GROUP_PREFIX}{folder}-{kind}"
+
+
+def is_user_group(group: str) -> bool:
+    """Whether a group name is that of user images (see :func:`user_group`)."""
+    return str(group).startswith(USER_GROUP_PREFIX)
+
+
+# ---------------------------------------------------------------- finding samples
+
+
+def find_samples(data_dir) -> list[Sample]:
+    """Every annotated image of a training folder, in any of the layouts of this module.
+
+    Parameters
+    ----------
+    data_dir : str or os.PathLike
+        A folder holding ``stage1_train/`` and/or user folders, a stage folder,
+        or a user folder itself.
+
+    Returns
+    -------
+    list of Sample
+        Stage samples first (sorted by id), then user samples (by folder, then stem).
+
+    Raises
+    ------
+    BadDataError
+        Naming the file or folder: no annotated image at all, an image
+        without labels (or labels without an image), two images or label
+        images for one stem, a file name the cache cannot hold.
+    """
+    root = Path(data_dir)
+    if not root.is_dir():
+        raise BadDataError("folder not found" if not root.exists() else "not a folder", path=root)
+    if _is_user_folder(root):
+        samples = _user_samples(root, _folder_name(root))
+        return _check_unique(samples)
+    stage = root / _STAGE if (root / _STAGE).is_dir() else (root if _holds_stage_samples(root) else None)
+    samples: list[Sample] = []
+    if stage is not None:
+        samples += _stage_samples(stage)
+    for child in _subfolders(root):
+        if child == stage:
+            continue
+        if _is_layout_b(child) or _is_layout_a(child, strict=stage == root):
+            samples += _user_samples(child, child.name)
+    if stage is not None and stage != root:
+        for child in _subfolders(stage):
+            if _is_layout_a(child, strict=True):
+                samples += _user_samples(child, child.name)
+    if not samples:
+        if stage is not None:
+            list_ids(stage)  # says "holds no images", naming the stage folder
+        raise BadDataError(
+            f"holds no {_STAGE}/ folder and no annotated images of your own (expected images/ and masks/ "
+            f"folders, or NAME.png with NAME_masks.tif beside it; run `dsb fetch --dest {root}` for the "
+            "competition's)",
+            path=root,
+        )
+    return _check_unique(samples)
+
+
+def _folder_name(folder: Path) -> str:
+    return folder.name or folder.resolve().name or "images"
+
+
+def _subfolders(folder: Path) -> list[Path]:
+    try:
+        return sorted(Path(e.path) for e in os.scandir(folder) if not e.name.startswith(".") and e.is_dir())
+    except OSError as exc:
+        raise BadDataError(f"cannot list ({exc.strerror})", path=folder) from None
+
+
+def _files(folder: Path) -> list[Path]:
+    try:
+        return sorted(Path(e.path) for e in os.scandir(folder) if not e.name.startswith(".") and e.is_file())
+    except OSError as exc:
+        raise BadDataError(f"cannot list ({exc.strerror})", path=folder) from None
+
+
+def _is_stage_sample(folder: Path) -> bool:
+    """``folder/images/{folder}.png`` (or another image suffix) exists."""
+    images = folder / "images"
+    return images.is_dir() and any(
+        (images / f"{folder.name}{s}").is_file() or (images / f"{folder.name}{s.upper()}").is_file()
+        for s in IMAGE_SUFFIXES
+    )
+
+
+def _is_layout_a(folder: Path, *, strict: bool = False) -> bool:
+    """``images/`` and ``masks/`` folders, and not a stage sample. ``strict`` (inside a stage folder, where a
+    sample that lost its image looks the same): at least one image has a label image of its stem."""
+    if not ((folder / "images").is_dir() and (folder / "masks").is_dir()) or _is_stage_sample(folder):
+        return False
+    if not strict:
+        return True
+    masks = {p.stem for p in _files(folder / "masks")}
+    masks |= {_label_stem(p) for p in _files(folder / "masks")}
+    return any(p.stem in masks for p in _images(_files(folder / "images")))
+
+
+def _labels_by_stem(paths, stem_of) -> dict[str, Path]:
+    """The label images among ``paths`` by the stem of their image (``stem_of``: None for a non-label file)."""
+    labels: dict[str, Path] = {}
+    for p in paths:
+        stem = stem_of(p)
+        if stem is None:
+            continue
+        if stem in labels:
+            raise BadDataError(f"two label images for {stem!r} ({labels[stem].name} and {p.name}); keep one", path=p)
+        labels[stem] = p
+    return labels
+
+
+def _label_stem(path: Path) -> str | None:
+    """The image stem a label file of layout (b) belongs to, or None when it is not one."""
+    if path.suffix.lower() not in LABEL_EXTENSIONS:
+        return None
+    for suffix in LABEL_SUFFIXES:
+        if path.stem.endswith(suffix) and len(path.stem) > len(suffix):
+            return path.stem[: -len(suffix)]
+    return None
+
+
+def _is_layout_b(folder: Path) -> bool:
+    return any(_label_stem(p) is not None for p in _files(folder))
+
+
+def _is_user_folder(folder: Path) -> bool:
+    return _is_layout_a(folder) or _is_layout_b(folder)
+
+
+def _holds_stage_samples(folder: Path) -> bool:
+    return any((child / "images").is_dir() and not _is_layout_a(child, strict=True) for child in _subfolders(folder))
+
+
+def _stage_samples(stage: Path) -> list[Sample]:
+    ids = [i for i in list_ids(stage) if not _is_layout_a(stage / i, strict=True)]
+    return [Sample(i, image_path(stage, i), stage / i / "masks", stage.name) for i in ids]
+
+
+def _images(files: list[Path]) -> list[Path]:
+    return [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES and _label_stem(p) is None]
+
+
+def _by_stem(files: list[Path], what: str) -> dict[str, Path]:
+    out: dict[str, Path] = {}
+    for p in files:
+        stem = p.stem
+        if stem in out:
+            raise BadDataError(f"two {what} named {stem!r} ({out[stem].name} and {p.name}); keep one", path=p)
+        out[stem] = p
+    return out
+
+
+def _user_samples(folder: Path, name: str) -> list[Sample]:
+    """The samples of a user folder in layout (a) (``images/``, ``masks/``) or (b) (labels beside images)."""
+    if _is_layout_a(folder):
+        images = _by_stem(_images(_files(folder / "images")), "images")
+        labels = _labels_by_stem(
+            _files(folder / "masks"),
+            lambda p: None if p.suffix.lower() not in LABEL_EXTENSIONS
+            else p.stem if p.stem in images else (_label_stem(p) or p.stem),
+        )
+        missing = "masks/{stem}.tif or masks/{stem}.png"
+        orphan = "images/{stem}.png or images/{stem}.tif"
+    else:
+        files = _files(folder)
+        images = _by_stem(_images(files), "images")
+        labels = _labels_by_stem(files, _label_stem)
+        missing = "{stem}_masks.tif or {stem}_labels.tif beside it"
+        orphan = "{stem}.png or {stem}.tif beside it"
+    for stem, path in images.items():
+        if stem not in labels:
+            raise BadDataError(f"image without labels: expected {missing.format(stem=stem)}", path=path)
+    for stem, path in labels.items():
+        if stem not in images:
+            raise BadDataError(f"labels without an image: expected {orphan.format(stem=stem)}", path=path)
+    samples = []
+    for stem in sorted(images):
+        sample_id = f"{name}-{stem}"
+        if any(c in sample_id for c in ",\n\r"):
+            raise BadDataError("the file name holds a comma or line break, which the training cache cannot "
+                               "hold; rename it", path=images[stem])
+        samples.append(Sample(sample_id, images[stem], labels[stem], name, user=True))
+    return samples
+
+
+def _check_unique(samples: list[Sample]) -> list[Sample]:
+    seen: dict[str, Sample] = {}
+    for s in samples:
+        if s.id in seen:
+            raise BadDataError(f"gets the id {s.id!r} that {seen[s.id].image} has too; rename one", path=s.image)
+        seen[s.id] = s
+    return samples
+
+
+# ---------------------------------------------------------------- reading
+
+
+def read_label_image(path, shape: tuple[int, int] | None = None, *, image=None) -> np.ndarray:
+    """Read a label image: 0 background, one integer value per nucleus.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        An 8-, 16- or 32-bit integer TIFF or PNG (a palette PNG gives its indices).
+    shape : (int, int), optional
+        The (H, W) of its image, which it must have.
+    image : str or os.PathLike, optional
+        That image, to name in the message when the sizes differ.
+
+    Returns
+    -------
+    (H, W) ndarray of int32
+        The nuclei renumbered 1..N in the order of their values.
+
+    Raises
+    ------
+    BadDataError
+        Naming the file: unreadable, RGB (or several channels), floating
+        point, negative values, or another size than ``shape``.
+
+    Examples
+    --------
+    >>> import numpy as np, tifffile, tempfile, os
+    >>> path = os.path.join(tempfile.mkdtemp(), "a_masks.tif")
+    >>> tifffile.imwrite(path, np.array([[0, 7], [7, 300]], np.uint16))
+    >>> read_label_image(path).tolist()
+    [[0, 1], [1, 2]]
+    """
+    path = Path(path)
+    labels = _palette_indices(path)
+    if labels is None:
+        labels = read_image(path)
+    if labels.ndim == 3:
+        if labels.shape[2] != 1:
+            raise BadDataError(
+                f"label image has {labels.shape[2]} channels (an RGB or colour picture?); expected one channel, "
+                "0 background and one integer per nucleus (save the labels layer itself)",
+                path=path,
+            )
+        labels = labels[..., 0]
+    if labels.dtype.kind == "f":
+        raise BadDataError(
+            f"label image is floating point ({labels.dtype}); expected integers, 0 background and one value "
+            "per nucleus (save it as 8-, 16- or 32-bit integers)",
+            path=path,
+        )
+    if labels.dtype.kind == "b":
+        labels = labels.astype(np.uint8)
+    if labels.dtype.kind not in "iu":
+        raise BadDataError(f"label image of type {labels.dtype}; expected 8-, 16- or 32-bit integers", path=path)
+    if labels.dtype.kind == "i" and labels.size and labels.min() < 0:
+        raise BadDataError(
+            f"label image holds negative values (down to {labels.min()}); expected 0 background and one "
+            "positive value per nucleus",
+            path=path,
+        )
+    if shape is not None and labels.shape != tuple(shape):
+        raise BadDataError(
+            f"label image is {labels.shape[0]}x{labels.shape[1]} but its image"
+            f"{'' if image is None else ' ' + Path(image).name} is {shape[0]}x{shape[1]} "
+            "(height x width)",
+            path=path,
+        )
+    return renumber(labels)[0]
+
+
+def _palette_indices(path: Path) -> np.ndarray | None:
+    """The indices of a palette PNG (which :func:`dsb.io.images.read_image` turns into colours), else None."""
+    if path.suffix.lower() != ".png":
+        return None
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            if im.mode != "P":
+                return None
+            return np.array(im)
+    except Exception:  # noqa: BLE001 - read_image names the problem
+        return None
+
+
+def read_sample(sample: Sample) -> tuple[np.ndarray, np.ndarray, MaskFixes]:
+    """The raw image, instance labels and mask fixes of one sample.
+
+    Returns
+    -------
+    image : (H, W) or (H, W, C) ndarray
+        As :func:`dsb.io.images.read_image` returns it.
+    labels : (H, W) ndarray of int32
+        0 background, 1..N.
+    fixes : MaskFixes
+        What :func:`dsb.io.images.read_labels` settled (none for a label image).
+
+    Raises
+    ------
+    BadDataError
+        Naming the file (see :func:`dsb.io.images.read_labels` and :func:`read_label_image`).
+    """
+    image = read_image(sample.image)
+    if not sample.user:
+        labels, fixes = read_labels(sample.labels.parent, image.shape[:2], return_fixes=True)
+        return image, labels, fixes
+    return image, read_label_image(sample.labels, image.shape[:2], image=sample.image), MaskFixes()

@@ -1,0 +1,402 @@
+"""Reading images and instance labels, and the competition's folder layout.
+
+A stage folder holds one folder per image::
+
+    stage1_train/{ImageId}/images/{ImageId}.png
+    stage1_train/{ImageId}/masks/{MaskId}.png    (training only, one nucleus each)
+
+:func:`read_image` reads any PNG, TIFF, JPEG or BMP as an (H, W) or (H, W, C)
+array; :func:`read_labels` turns one image's mask PNGs into one label image,
+recording the overlaps and gaps it mended (:class:`MaskFixes`).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from dsb.core.errors import BadDataError
+
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "read_image",
+    "read_mask",
+    "MaskFixWarning",
+    "MaskFixes",
+    "read_labels",
+    "list_ids",
+    "image_path",
+    "image_shape",
+    "image_shapes",
+    "find_stage",
+]
+
+
+IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
+
+
+
+def read_image(path) -> np.ndarray:
+    """Read an image file as it is stored.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        PNG (8 or 16 bits, grey, grey+alpha, RGB, RGBA or palette), TIFF, JPEG
+        or BMP.
+
+    Returns
+    -------
+    (H, W) or (H, W, C) ndarray, C in 1..4, usually uint8 or uint16
+        Palette images come back as RGB(A); TIFFs stored channel-first are
+        transposed to channel-last.
+
+    Raises
+    ------
+    BadDataError
+        Naming the file: missing, empty, not an image, corrupt or truncated,
+        or not 2-D (stacks and time series are not supported).
+    """
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise BadDataError("file not found", path=path) from None
+    except OSError as exc:
+        raise BadDataError(f"cannot read ({exc.strerror})", path=path) from None
+    if path.is_dir():
+        raise BadDataError("is a folder, expected an image file", path=path)
+    if size == 0:
+        raise BadDataError("empty file (0 bytes), expected an image", path=path)
+    if path.suffix.lower() in (".tif", ".tiff"):
+        image = _read_tiff(path)
+    else:
+        image = _read_pillow(path)
+    return _check_layout(image, path)
+
+
+
+def _read_pillow(path: Path) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+            mode = im.mode
+            if mode == "P":
+                im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+            elif mode == "PA":
+                im = im.convert("RGBA")
+            elif mode == "1":
+                im = im.convert("L")
+            elif mode in ("CMYK", "YCbCr", "LAB", "HSV"):
+                im = im.convert("RGB")
+            elif mode == "RGBa":
+                im = im.convert("RGBA")
+            image = np.array(im)
+    except UnidentifiedImageError:
+        raise BadDataError("not an image file (format not recognised)", path=path) from None
+    except (OSError, SyntaxError, ValueError, zlib.error, Image.DecompressionBombError) as exc:
+        raise BadDataError(f"corrupt or truncated image ({exc})", path=path) from None
+    if image.dtype == np.int32 and image.size and image.min() >= 0 and image.max() <= 0xFFFF:
+        image = image.astype(np.uint16)  # Pillow's mode "I" for 16-bit data
+    return image
+
+
+
+def _read_tiff(path: Path) -> np.ndarray:
+    import tifffile
+
+    try:
+        return np.asarray(tifffile.imread(path))
+    except Exception as exc:  # tifffile raises many types for a damaged file
+        raise BadDataError(f"corrupt or unreadable TIFF ({type(exc).__name__}: {exc})", path=path) from None
+
+
+
+def _check_layout(image: np.ndarray, path: Path) -> np.ndarray:
+    image = np.squeeze(image) if image.ndim > 3 else image
+    if image.ndim == 3 and image.shape[2] > 4 and 1 <= image.shape[0] <= 4:
+        image = np.moveaxis(image, 0, -1)  # channel-first TIFF
+    if not (image.ndim == 2 or (image.ndim == 3 and 1 <= image.shape[2] <= 4)):
+        raise BadDataError(
+            f"image of shape {image.shape} is not (H, W) or (H, W, C) with 1 to 4 channels "
+            "(stacks and time series are not supported)",
+            path=path,
+        )
+    if image.shape[0] < 1 or image.shape[1] < 1:
+        raise BadDataError(f"image of shape {image.shape} has no pixels", path=path)
+    return image
+
+
+
+def read_mask(path, shape: tuple[int, int] | None = None) -> np.ndarray:
+    """Read one nucleus mask (0 background, anything else nucleus).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+    shape : (int, int), optional
+        The (H, W) the mask must have: its image's.
+
+    Returns
+    -------
+    (H, W) ndarray of bool
+
+    Raises
+    ------
+    BadDataError
+        Unreadable mask, or a mask of another size than ``shape``.
+    """
+    mask = read_image(path)
+    if mask.ndim == 3:
+        # grey(+alpha): the grey channel; colour(+alpha): any colour channel, never alpha
+        mask = mask[..., 0] if mask.shape[2] <= 2 else mask[..., :3].max(axis=-1)
+    if shape is not None and mask.shape != tuple(shape):
+        raise BadDataError(
+            f"mask is {mask.shape[0]}x{mask.shape[1]} but its image is {shape[0]}x{shape[1]} (height x width)",
+            path=path,
+        )
+    return mask > 0
+
+
+
+class MaskFixWarning(UserWarning):
+    """The masks of one image needed fixing (overlaps, empty masks); see :class:`MaskFixes`."""
+
+
+
+@dataclass(frozen=True)
+class MaskFixes:
+    """What :func:`read_labels` had to fix in the masks of one image.
+
+    Attributes
+    ----------
+    overlapping : tuple of (str, int)
+        Mask file names that overlapped earlier masks, with the number of
+        pixels left to the earlier (smaller label) mask.
+    empty : tuple of str
+        Mask files with no nucleus pixel: skipped.
+    covered : tuple of str
+        Mask files lying wholly inside earlier masks: skipped.
+    """
+
+    overlapping: tuple[tuple[str, int], ...] = ()
+    empty: tuple[str, ...] = ()
+    covered: tuple[str, ...] = ()
+
+    @property
+    def overlap_pixels(self) -> int:
+        return sum(n for _, n in self.overlapping)
+
+    def __bool__(self) -> bool:
+        return bool(self.overlapping or self.empty or self.covered)
+
+    def __str__(self) -> str:
+        parts = []
+        if self.overlapping:
+            parts.append(
+                f"{len(self.overlapping)} mask(s) overlap earlier ones "
+                f"({self.overlap_pixels} pixel(s) kept by the earlier mask, e.g. {self.overlapping[0][0]})"
+            )
+        if self.empty:
+            parts.append(f"{len(self.empty)} empty mask(s) skipped (e.g. {self.empty[0]})")
+        if self.covered:
+            parts.append(f"{len(self.covered)} mask(s) inside earlier ones skipped (e.g. {self.covered[0]})")
+        return "; ".join(parts) if parts else "no fixes"
+
+    def to_dict(self) -> dict:
+        return {
+            "overlapping": [list(o) for o in self.overlapping],
+            "empty": list(self.empty),
+            "covered": list(self.covered),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "MaskFixes":
+        return cls(
+            overlapping=tuple((str(n), int(p)) for n, p in data.get("overlapping", ())),
+            empty=tuple(data.get("empty", ())),
+            covered=tuple(data.get("covered", ())),
+        )
+
+
+
+def _mask_files(masks_dir: Path) -> list[Path]:
+    return sorted(
+        (p for p in masks_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")),
+        key=lambda p: p.name,
+    )
+
+
+
+def read_labels(sample_dir, shape: tuple[int, int] | None = None, *, return_fixes: bool = False):
+    """Instance labels of one image from its ``masks/`` folder.
+
+    The masks, sorted by file name, become labels 1..N. Where two masks
+    overlap, the pixels stay with the earlier (smaller) label; masks with no
+    pixel left are skipped, so labels stay consecutive. Such fixes are
+    returned with ``return_fixes=True``, and otherwise reported with a
+    :class:`MaskFixWarning`.
+
+    Parameters
+    ----------
+    sample_dir : str or os.PathLike
+        ``{stage}/{ImageId}``, holding ``masks/*.png``.
+    shape : (int, int), optional
+        (H, W) of the image; read from ``images/`` when not given.
+    return_fixes : bool
+        Also return the :class:`MaskFixes`.
+
+    Returns
+    -------
+    labels : (H, W) ndarray of int32
+        0 background, 1..N nuclei.
+    fixes : MaskFixes
+        Only with ``return_fixes=True``.
+
+    Raises
+    ------
+    BadDataError
+        No ``masks/`` folder, an unreadable mask, or a mask of the wrong size
+        (naming the mask file).
+    """
+    sample_dir = Path(sample_dir)
+    masks_dir = sample_dir / "masks"
+    if not masks_dir.is_dir():
+        raise BadDataError("no masks/ folder (expected {ImageId}/masks/*.png)", path=sample_dir)
+    if shape is None:
+        shape = image_shape(image_path(sample_dir.parent, sample_dir.name))
+    shape = (int(shape[0]), int(shape[1]))
+    labels = np.zeros(shape, np.int32)
+    flat = labels.reshape(-1)  # a view: writes land in labels
+    overlapping, empty, covered = [], [], []
+    next_label = 1
+    for path in _mask_files(masks_dir):
+        idx = np.flatnonzero(read_mask(path, shape))
+        if idx.size == 0:
+            empty.append(path.name)
+            continue
+        taken = flat[idx] != 0
+        if taken.any():
+            overlapping.append((path.name, int(taken.sum())))
+            idx = idx[~taken]
+            if idx.size == 0:
+                covered.append(path.name)
+                continue
+        flat[idx] = next_label
+        next_label += 1
+    fixes = MaskFixes(tuple(overlapping), tuple(empty), tuple(covered))
+    if return_fixes:
+        return labels, fixes
+    if fixes:
+        warnings.warn(f"{sample_dir}: {fixes}", MaskFixWarning, stacklevel=2)
+    return labels
+
+
+
+def list_ids(stage_dir) -> list[str]:
+    """Image ids of a stage folder, sorted.
+
+    Parameters
+    ----------
+    stage_dir : str or os.PathLike
+        A folder of ``{ImageId}/images/`` folders; hidden entries are ignored.
+
+    Returns
+    -------
+    list of str
+
+    Raises
+    ------
+    BadDataError
+        The folder is missing or holds no image folder.
+    """
+    stage_dir = Path(stage_dir)
+    if not stage_dir.is_dir():
+        raise BadDataError("folder not found" if not stage_dir.exists() else "not a folder", path=stage_dir)
+    try:
+        ids = sorted(
+            e.name for e in os.scandir(stage_dir)
+            if not e.name.startswith(".") and e.is_dir() and os.path.isdir(os.path.join(e.path, "images"))
+        )
+    except OSError as exc:
+        raise BadDataError(f"cannot list ({exc.strerror})", path=stage_dir) from None
+    if not ids:
+        raise BadDataError("holds no images (expected {ImageId}/images/{ImageId}.png)", path=stage_dir)
+    return ids
+
+
+
+def image_path(stage_dir, image_id: str) -> Path:
+    """Path of the image of ``image_id``: ``{stage_dir}/{id}/images/{id}.png``.
+
+    Another suffix (TIFF, JPEG) is found when the PNG is absent. The path is
+    returned even when no file exists; :func:`read_image` then says so.
+    """
+    images = Path(stage_dir) / image_id / "images"
+    default = images / f"{image_id}.png"
+    if default.is_file():
+        return default
+    for suffix in IMAGE_SUFFIXES[1:]:
+        for candidate in (images / f"{image_id}{suffix}", images / f"{image_id}{suffix.upper()}"):
+            if candidate.is_file():
+                return candidate
+    return default
+
+
+
+def image_shape(path) -> tuple[int, int]:
+    """(H, W) of an image file, from its header where possible."""
+    from PIL import Image
+
+    path = Path(path)
+    if path.suffix.lower() not in (".tif", ".tiff"):
+        try:
+            with Image.open(path) as im:
+                if im.size[0] > 0 and im.size[1] > 0:
+                    return im.size[1], im.size[0]
+        except Exception:  # noqa: BLE001 - read_image below names the problem
+            pass
+    return read_image(path).shape[:2]
+
+
+
+def image_shapes(stage_dir) -> dict[str, tuple[int, int]]:
+    """(H, W) of every image of a stage folder, by id (headers only: fast).
+
+    Returns
+    -------
+    dict of str to (int, int)
+    """
+    return {i: image_shape(image_path(stage_dir, i)) for i in list_ids(stage_dir)}
+
+
+
+def find_stage(data_dir, stage: str = "stage1_train") -> Path:
+    """The stage folder of a data folder: ``data_dir/stage``, or ``data_dir`` itself
+    when it is already a stage folder (holds ``{id}/images/``).
+
+    Raises
+    ------
+    BadDataError
+        Neither is there.
+    """
+    data_dir = Path(data_dir)
+    if (data_dir / stage).is_dir():
+        return data_dir / stage
+    if not data_dir.is_dir():
+        raise BadDataError("folder not found", path=data_dir)
+    try:
+        list_ids(data_dir)
+    except BadDataError:
+        raise BadDataError(
+            f"holds no {stage}/ folder (run `dsb fetch --dest {data_dir}` first, or give a stage folder)",
+            path=data_dir,
+        ) from None
+    return data_dir

@@ -1,0 +1,87 @@
+"""Label images and pictures on disk: :func:`write_labels` (the one label writer) and :func:`write_png`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from dsb.core.atomic import atomic_path
+
+__all__ = [
+    "write_labels",
+    "write_png",
+]
+
+
+_UINT16_MAX = np.iinfo(np.uint16).max
+
+
+
+def write_labels(path, labels: np.ndarray) -> Path:
+    """Write instance labels as an image that Fiji, napari and scikit-image open, atomically.
+
+    The suffix of ``path`` says the format:
+
+    - ``.png``: 16-bit greyscale PNG; above 65535 nuclei, which a PNG cannot
+      hold, a 32-bit TIFF with the suffix ``.tif`` instead (``dsb predict --labels``);
+    - ``.tif`` or ``.tiff``: greyscale TIFF, deflate-compressed, 16-bit
+      (32-bit above 65535 nuclei) (``dsb segment``).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Destination.
+    labels : (H, W) ndarray of int
+        0 background, 1..N nuclei.
+
+    Returns
+    -------
+    Path
+        The file written.
+
+    Raises
+    ------
+    ValueError
+        ``path`` has another suffix.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> write_labels(folder / "a.png", np.ones((2, 2), np.int32)).name
+    'a.png'
+    >>> write_labels(folder / "b.png", np.full((2, 2), 70_000)).name
+    'b.tif'
+    """
+    labels = np.asarray(labels)
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in (".png", ".tif", ".tiff"):
+        raise ValueError(f"`path` ({path}) must end in .png, .tif or .tiff")
+    wide = bool(labels.size) and labels.max() > _UINT16_MAX
+    if suffix == ".png" and not wide:
+        from PIL import Image
+
+        with atomic_path(path) as tmp:
+            Image.fromarray(labels.astype(np.uint16)).save(tmp, format="PNG")
+        return path
+    import tifffile
+
+    if suffix == ".png":
+        path = path.with_suffix(".tif")
+    with atomic_path(path) as tmp:
+        tifffile.imwrite(tmp, labels.astype(np.uint32 if wide else np.uint16), photometric="minisblack",
+                         compression="zlib")
+    return path
+
+
+
+def write_png(path, rgb: np.ndarray) -> Path:
+    """Write an RGB uint8 array (:mod:`dsb.workflows.drawing`) as a PNG, atomically."""
+    from PIL import Image
+
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        Image.fromarray(np.asarray(rgb, dtype=np.uint8)).save(tmp, format="PNG")
+    return path

@@ -1,0 +1,1 @@
+"""The competition's formats and services: RLE, submission CSVs, the metric, the data, the Kaggle API."""

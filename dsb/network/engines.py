@@ -1,0 +1,412 @@
+"""Inference engines: the same network run by Keras, ONNX Runtime or OpenVINO.
+
+A model folder holds ``model.keras`` and, once exported
+(:func:`dsb.network.onnx_export.export_onnx`), ``model.onnx``. :func:`open_network`
+returns a :class:`Network`: a callable from a ``(B, h, w, 1)`` float32 batch
+to ``(B, h, w, C)`` float32 probabilities, which is all that tiled inference
+(:mod:`dsb.inference.tiling`) asks of a model.
+
+``engine="auto"`` (the default of every command) takes the fastest engine that
+is installed and has a file to run, in the order of :data:`AUTO_ORDER`:
+OpenVINO, then ONNX Runtime, then Keras: on every CPU measured OpenVINO's
+forward pass was the fastest, at the least memory (``make bench`` measures it;
+the figures are on the documentation's benchmarks page). The three agree
+within 1e-5 on probabilities.
+
+:meth:`Network.streams` gives the callables that may run at the same time:
+OpenVINO and ONNX Runtime offer one stream per core, up to
+:data:`MAX_STREAMS`, each with its share of the threads (one on 2 cores), and a
+folder is then predicted that many images at a time, which keeps every core
+in the network while another image is in the watershed.
+
+``precision="int8"`` runs ``model.int8.onnx`` instead (:mod:`dsb.network.quantize`),
+on the ONNX engines only: about twice as fast on CPUs with integer
+dot-product units, but not within 1e-4 of the others, so never the default.
+
+Before an ONNX file is used it is checked against the folder: its metadata
+must name the output channels of ``config.json`` and, when ``model.keras`` is
+there, carry that file's digest; otherwise it was exported from another model
+and is refused with one line, as is a file neither engine can read.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import numpy as np
+
+from dsb.core.concurrency import usable_cores
+from dsb.core.errors import BadDataError, EnvironmentProblem
+from dsb.network.model_folder import (
+    ONNX_FILE,
+    check_onnx,
+    load_run_config,
+    network_file,
+)
+from dsb.network.onnx_export import INPUT_NAME
+
+__all__ = [
+    "load_network",
+    "ENGINES",
+    "ENGINE_CHOICES",
+    "AUTO_ORDER",
+    "Network",
+    "KerasNetwork",
+    "MAX_STREAMS",
+    "OnnxRuntimeNetwork",
+    "OpenVinoNetwork",
+    "engine_installed",
+    "choose_engine",
+    "open_network",
+]
+
+
+ENGINES = ("keras", "onnx", "openvino")
+
+
+
+ENGINE_CHOICES = ("auto", *ENGINES)
+
+
+
+AUTO_ORDER = ("openvino", "onnx", "keras")
+
+
+
+_MODULES = {"keras": "keras", "onnx": "onnxruntime", "openvino": "openvino"}
+
+
+
+_PIP = {"keras": "keras tensorflow-cpu", "onnx": "onnxruntime", "openvino": "openvino"}
+
+
+
+class Network:
+    """A network behind one engine: ``network(batch)`` gives probabilities.
+
+    Attributes
+    ----------
+    engine : str
+        ``"keras"``, ``"onnx"`` (ONNX Runtime) or ``"openvino"``.
+    path : pathlib.Path
+        The file it runs.
+    """
+
+    engine = ""
+
+    def __init__(self, path):
+        self.path = Path(path)
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def streams(self) -> list:
+        """Callables like this one that may run at the same time, one per thread.
+
+        An engine that computes faster as several single-threaded streams
+        than as one multi-threaded call gives one per stream, and a folder is
+        then predicted that many images at a time
+        (:func:`dsb.workflows.pipeline.predict_each`); the others give ``[self]``.
+        """
+        return [self]
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self.path)!r})"
+
+
+
+class KerasNetwork(Network):
+    """A Keras model called through ``predict_on_batch`` (compiled once per tile shape)."""
+
+    engine = "keras"
+
+    def __init__(self, model, path=None):
+        super().__init__(path or "model.keras")
+        self.model = model
+
+    def __call__(self, batch):
+        import keras
+
+        return np.asarray(keras.ops.convert_to_numpy(self.model.predict_on_batch(batch)), np.float32)
+
+
+
+# At most this many images in flight at once (each holds its own memory: about 0.5 GiB for a
+# 1040x1388 image), whatever the number of cores; each stream then takes a share of them.
+MAX_STREAMS = 4
+
+
+
+def _onnx_session(path, threads: int):
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3  # errors only: the session's warnings are not the user's business
+    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+
+def _run_session(session, batch: np.ndarray) -> np.ndarray:
+    out = session.run(None, {INPUT_NAME: np.ascontiguousarray(batch, np.float32)})[0]
+    return np.asarray(out, np.float32)
+
+
+
+class OnnxRuntimeNetwork(Network):
+    """``model.onnx`` in an ONNX Runtime session on the CPU, one thread per core.
+
+    :meth:`streams` opens a second session with a share of the threads
+    (one on 2 cores) that one thread per core, up to :data:`MAX_STREAMS`,
+    calls at the same time (ONNX Runtime runs a session from several threads
+    at once), for a folder predicted several images at a time.
+    """
+
+    engine = "onnx"
+
+    def __init__(self, path):
+        super().__init__(path)
+        self.session = _onnx_session(path, usable_cores())
+        self._streams = None
+
+    def __call__(self, batch):
+        return _run_session(self.session, batch)
+
+    def streams(self):
+        if self._streams is None:
+            threads = usable_cores()
+            count = min(threads, MAX_STREAMS)
+            self._streams = [self]
+            if count > 1:
+                # One session (a share of the threads each) that the streams call at once.
+                session = _onnx_session(self.path, threads // count)
+                self._streams = [_Stream(self, functools.partial(_run_session, session)) for _ in range(count)]
+        return self._streams
+
+
+
+class _Stream(Network):
+    """One thread's share of an engine (:meth:`Network.streams`): ``run(batch)``."""
+
+    def __init__(self, network: Network, run):
+        super().__init__(network.path)
+        self.engine, self.run = network.engine, run
+
+    def __call__(self, batch):
+        return self.run(batch)
+
+
+
+def _infer(request, batch: np.ndarray) -> np.ndarray:
+    request.infer({0: np.ascontiguousarray(batch, np.float32)})
+    # The request's buffer is reused by the next call: copy out.
+    return np.array(request.get_output_tensor(0).data, np.float32)
+
+
+
+class OpenVinoNetwork(Network):
+    """``model.onnx`` compiled by OpenVINO for the CPU, in float32.
+
+    The float32 hint matters: on CPUs with bfloat16 units OpenVINO would
+    otherwise compute in bfloat16, which moves probabilities by up to 0.03.
+    One compiled model serves every tile shape (the file's height and width
+    are dynamic).
+
+    A call runs on every core (OpenVINO's latency mode). :meth:`streams`
+    compiles the model a second time in throughput mode, as one stream per
+    core up to :data:`MAX_STREAMS`, each with its share of the threads, for a
+    folder predicted several images at a time: a stream does not wait for
+    the other cores while they do one image's watershed, so the cores stay
+    busy. Every mode gives the same probabilities to the bit.
+    """
+
+    engine = "openvino"
+
+    def __init__(self, path):
+        import openvino
+
+        super().__init__(path)
+        self._core = openvino.Core()
+        self._model = self._core.read_model(str(path))
+        self.compiled = self._compile("LATENCY")
+        self.request = self.compiled.create_infer_request()
+        self._streams = None
+
+    def _compile(self, hint: str, streams: int | None = None):
+        config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": hint, "INFERENCE_NUM_THREADS": usable_cores()}
+        if streams:
+            config["NUM_STREAMS"] = streams
+        return self._core.compile_model(self._model, "CPU", config)
+
+    def __call__(self, batch):
+        return _infer(self.request, batch)
+
+    def streams(self):
+        if self._streams is None:
+            self._streams = [self]
+            wanted = min(usable_cores(), MAX_STREAMS)
+            if wanted > 1:
+                compiled = self._compile("THROUGHPUT", wanted)
+                count = min(int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")), wanted)
+                if count > 1:  # one infer request per stream
+                    self._streams = [_Stream(self, functools.partial(_infer, compiled.create_infer_request()))
+                                     for _ in range(count)]
+        return self._streams
+
+
+
+def engine_installed(engine: str) -> bool:
+    """Whether the package behind ``engine`` can be imported."""
+    import importlib.util
+
+    return importlib.util.find_spec(_MODULES[engine]) is not None
+
+
+
+def _not_installed(engine: str) -> EnvironmentProblem:
+    return EnvironmentProblem(
+        f"engine {engine!r} is not installed (pip install {_PIP[engine]}), or choose another with --engine"
+    )
+
+
+
+def choose_engine(model_dir, engine: str = "auto", precision: str = "float32") -> str:
+    """The engine ``engine`` names for ``model_dir``: itself, or for ``"auto"`` the first of
+    :data:`AUTO_ORDER` that is installed and has its file in the folder.
+
+    ``precision="int8"`` runs ``model.int8.onnx`` (:mod:`dsb.network.quantize`), which
+    only the ONNX engines can; ``"auto"`` then never falls back to Keras.
+
+    Raises
+    ------
+    EnvironmentProblem
+        The engine asked for is not installed.
+    BadDataError
+        An ONNX engine (or int8) was asked for and the folder has no such file;
+        Keras was asked for in int8.
+    """
+    if engine not in ENGINE_CHOICES:
+        raise ValueError(f"`engine` is {engine!r}; expected one of {', '.join(ENGINE_CHOICES)}")
+    model_dir = Path(model_dir)
+    path = network_file(model_dir, precision)
+    int8 = precision == "int8"
+    if int8 and engine == "keras":
+        raise BadDataError("int8 runs on the ONNX engines only: choose --engine openvino, onnx or auto",
+                           path=model_dir)
+    if int8 and not path.is_file():
+        raise BadDataError(
+            f"no {path.name} here for --precision int8: write one with `dsb export RUN_DIR --int8 --data DATA`",
+            path=model_dir,
+        )
+    if engine == "auto":
+        has_onnx = path.is_file()
+        for candidate in AUTO_ORDER:
+            file_there = not int8 if candidate == "keras" else has_onnx
+            if file_there and engine_installed(candidate):
+                return candidate
+        raise _not_installed("openvino" if int8 else "keras")
+    if not engine_installed(engine):
+        raise _not_installed(engine)
+    if engine != "keras" and not path.is_file():
+        raise BadDataError(
+            f"no {ONNX_FILE} here for engine {engine!r}: write one with `dsb export RUN_DIR --out DIR`",
+            path=model_dir,
+        )
+    return engine
+
+
+
+def open_network(model_dir, config, engine: str = "auto", *, keras_model=None,
+                 precision: str = "float32") -> Network:
+    """The network of a model folder behind the engine ``engine`` names (see :func:`choose_engine`).
+
+    Parameters
+    ----------
+    model_dir : str or os.PathLike
+        A run or model folder.
+    config : dsb.core.config.Config
+        Its config (the output channels are checked against the ONNX file).
+    engine : str
+        One of :data:`ENGINE_CHOICES`.
+    keras_model : keras.Model, optional
+        The folder's Keras model, when already loaded (engine ``"keras"``).
+    precision : str
+        ``"float32"`` (``model.onnx``, or ``model.keras`` for Keras) or
+        ``"int8"`` (``model.int8.onnx``, :mod:`dsb.network.quantize`).
+
+    Raises
+    ------
+    BadDataError
+        ``model.onnx`` (``model.int8.onnx``) is missing, damaged or from another model.
+    EnvironmentProblem
+        The engine is not installed.
+    """
+    model_dir = Path(model_dir)
+    engine = choose_engine(model_dir, engine, precision)
+    if engine == "keras":
+        if keras_model is None:
+            from dsb.network.model_folder import load_run
+
+            keras_model, _ = load_run(model_dir)
+        return KerasNetwork(keras_model, model_dir / "model.keras")
+    path = network_file(model_dir, precision)
+    check_onnx(path, config.model.outputs, model_dir / "model.keras", precision)
+    network_class = OpenVinoNetwork if engine == "openvino" else OnnxRuntimeNetwork
+    try:
+        network = network_class(path)
+    except Exception as exc:  # each runtime raises its own types for a file it cannot use
+        lines = str(exc).strip().splitlines() or [type(exc).__name__]
+        raise BadDataError(f"engine {engine!r} cannot load it ({lines[0][:300]})", path=path) from None
+    _check_shapes(network, path, len(config.model.outputs))
+    return network
+
+
+
+def _check_shapes(network: Network, path: Path, channels: int) -> None:
+    """Run one small batch: the file must map (1, 32, 32, 1) to (1, 32, 32, channels)."""
+    try:
+        out = network(np.zeros((1, 32, 32, 1), np.float32))
+    except Exception as exc:
+        lines = str(exc).strip().splitlines() or [type(exc).__name__]
+        raise BadDataError(f"engine {network.engine!r} cannot run it ({lines[0][:300]})", path=path) from None
+    if out.shape != (1, 32, 32, channels):
+        raise BadDataError(
+            f"maps a (1, 32, 32, 1) batch to {out.shape}, expected (1, 32, 32, {channels})", path=path
+        )
+
+
+def load_network(run_dir, engine: str = "auto", precision: str = "float32"):
+    """Load the network of a run folder behind an inference engine, and its config.
+
+    Parameters
+    ----------
+    run_dir : path
+        A folder with ``config.json`` and ``model.keras`` or ``model.onnx``.
+    engine : str
+        ``"keras"``, ``"onnx"`` (ONNX Runtime), ``"openvino"``, or ``"auto"``:
+        the fastest installed engine the folder has a file for
+        (:func:`dsb.network.engines.choose_engine`).
+    precision : str
+        ``"float32"``, or ``"int8"``: ``model.int8.onnx`` (:mod:`dsb.network.quantize`)
+        on an ONNX engine.
+
+    Returns
+    -------
+    (dsb.network.engines.Network, Config)
+        The network is a callable from a ``(B, h, w, 1)`` batch to probabilities.
+
+    Raises
+    ------
+    BadDataError
+        As :func:`load_run`, and for a ``model.onnx`` that is missing, damaged
+        or exported from another model.
+    EnvironmentProblem
+        The engine is not installed.
+    """
+    from dsb.network.engines import open_network
+
+    run_dir = Path(run_dir)
+    config = load_run_config(run_dir)
+    return open_network(run_dir, config, engine, precision=precision), config

@@ -1,0 +1,198 @@
+"""Score a run on its own validation images, as the competition would.
+
+The validation images are held out of training by ``dsb train`` and named in
+the run's ``config.json``; scoring them with the run's tuned post-processing
+gives a figure comparable to the leaderboard without touching the test set.
+Scores come per imaging-experiment group (:mod:`dsb.training.groups`) and per image
+type as well as overall: with ``train.split = "group"`` the validation groups
+are experiments the network never saw.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from dsb.kaggle.metric import score_labels
+from dsb.workflows.tune import validation_data
+
+__all__ = [
+    "Validation", "predict_validation", "score_validation", "evaluate", "score_summary", "densest", "summary_lines",
+]
+
+
+@dataclass(frozen=True)
+class Validation:
+    """A run's validation images with their truth and predictions, by id (in ``validation_ids`` order).
+
+    Attributes
+    ----------
+    images : dict of str to ndarray
+        The raw images.
+    truth, pred : dict of str to (H, W) ndarray of int
+        True and predicted labels.
+    types, groups : dict of str to str
+        Image type and imaging-experiment group of each image.
+    diameters : dict of str to float
+        The nucleus diameter prediction used for each image (given or
+        estimated, pixels; NaN when unknown).
+    """
+
+    images: dict
+    truth: dict
+    pred: dict
+    types: dict
+    groups: dict
+    diameters: dict = field(default_factory=dict)
+
+
+def predict_validation(
+    model, config, data_dir, *, tta: bool = False, diameter: float | None = None, progress: bool = True
+) -> Validation:
+    """Read a run's validation images and their groups, and predict their nuclei.
+
+    Parameters
+    ----------
+    model : keras.Model or callable
+    config : Config
+        The run's config; ``validation_ids`` name the images.
+    data_dir : str or os.PathLike
+        A stage1_train folder, or a folder holding one. Its training cache
+        gives the groups (:func:`dsb.training.cache.load_groups`; built when missing).
+    tta : bool
+        Average over the eight flips and rotations.
+    diameter : float, optional
+        The nucleus diameter of every image in pixels; by default each
+        image's is estimated, as ``dsb predict`` does.
+    progress : bool
+        Draw a progress bar on stderr.
+
+    Returns
+    -------
+    Validation
+    """
+    from dsb.training.cache import load_groups
+    from dsb.workflows.pipeline import nuclei_predictor, predict_each
+
+    images, truth, types = validation_data(config, data_dir, progress=False)
+    all_groups = load_groups(data_dir, config.preprocess)[0]
+    predict = nuclei_predictor(model, config, tta=tta, diameter=diameter)
+    in_memory = ((image_id, None, raw) for image_id, raw in images.items())
+    found = {
+        image_id: nuclei
+        for image_id, _, _, nuclei in predict_each(predict, in_memory, progress=progress, length=len(images))
+    }
+    groups = {i: all_groups.get(i, "unknown") for i in images}
+    return Validation(images=images, truth=truth, pred={i: n.labels for i, n in found.items()}, types=types,
+                      groups=groups, diameters={i: n.diameter for i, n in found.items()})
+
+
+def score_validation(validation: Validation) -> tuple[float, pd.DataFrame]:
+    """:func:`dsb.kaggle.metric.score_labels` of a :class:`Validation`, with ``type`` and ``group`` columns,
+    and ``diameter`` (used by prediction) beside ``true_diameter`` (from the masks)."""
+    from dsb.inference.scale import median_diameter
+
+    value, table = score_labels(validation.truth, validation.pred, image_types=validation.types)
+    ids = table["ImageId"].tolist()
+    table["group"] = [validation.groups.get(i, "unknown") for i in ids]
+    table["diameter"] = [validation.diameters.get(i, float("nan")) for i in ids]
+    table["true_diameter"] = [median_diameter(validation.truth[i]) for i in ids]
+    return value, table
+
+
+def score_summary(table: pd.DataFrame) -> pd.DataFrame:
+    """Mean scores per group, per type and overall, from a per-image score table.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        As :func:`evaluate` returns it: ``score`` and ``type`` columns, and
+        ``group`` where known.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``level`` ("group", "type" or "all"), ``name``, ``type``,
+        ``images``, ``score``, ``worst`` and ``best``: the groups (by type,
+        then name), then the types, then one row for all images.
+    """
+    rows = []
+    types = table["type"].fillna("unknown") if "type" in table else pd.Series("unknown", index=table.index)
+    if "group" in table:
+        for (kind, name), part in table.groupby([types, table["group"].fillna("unknown")], sort=True):
+            rows.append(("group", name, kind, part["score"]))
+    for kind, part in table.groupby(types, sort=True):
+        rows.append(("type", kind, kind, part["score"]))
+    rows.append(("all", "all", "", table["score"]))
+    return pd.DataFrame(
+        [(level, name, kind, len(s), s.mean(), s.min(), s.max()) for level, name, kind, s in rows],
+        columns=["level", "name", "type", "images", "score", "worst", "best"],
+    )
+
+
+def densest(table: pd.DataFrame, n: int = 5) -> pd.DataFrame:
+    """The ``n`` images with the most true nuclei: ``ImageId``, ``group``, ``type``,
+    ``n_true``, ``found`` (true nuclei matched at IoU 0.5), ``n_pred`` and ``score``."""
+    columns = [c for c in ("ImageId", "group", "type", "n_true", "tp_50", "n_pred", "score") if c in table]
+    top = table.sort_values(["n_true", "ImageId"], ascending=[False, True], kind="stable").head(n)
+    return top[columns].rename(columns={"tp_50": "found"}).reset_index(drop=True)
+
+
+def summary_lines(table: pd.DataFrame, *, n_dense: int = 5) -> list[str]:
+    """Lines for people: the densest images' found/true nuclei, then the score of each group
+    and of each type (``"fluorescence: 0.500000 (2 images)"``); the overall score is not among them."""
+    lines = []
+    dense = densest(table, n_dense)
+    if len(dense):
+        lines.append(f"densest {len(dense)} validation images, true nuclei found at IoU 0.5:")
+        for row in dense.itertuples(index=False):
+            where = getattr(row, "group", None) or getattr(row, "type", "")
+            lines.append(f"  {row.ImageId} ({where}): found {row.found}/{row.n_true}, "
+                         f"predicted {row.n_pred}, score {row.score:.4f}")
+    summary = score_summary(table)
+    for row in summary[summary["level"] == "group"].itertuples(index=False):
+        lines.append(f"group {row.name} ({row.type}): {row.score:.6f} ({row.images} images)")
+    for row in summary[summary["level"] == "type"].itertuples(index=False):
+        lines.append(f"{row.name}: {row.score:.6f} ({row.images} images)")
+    return lines
+
+
+def evaluate(
+    run_dir, data_dir, *, tta: bool = False, diameter: float | None = None, progress: bool = True,
+    engine: str = "auto", precision: str = "float32",
+) -> tuple[float, pd.DataFrame]:
+    """Predict a run's validation images and score them with the competition metric.
+
+    Parameters
+    ----------
+    run_dir : str or os.PathLike
+        A run folder (``model.keras`` and ``config.json`` with ``validation_ids``).
+    data_dir : str or os.PathLike
+        A stage1_train folder, or a folder holding one.
+    tta : bool
+        Average over the eight flips and rotations.
+    diameter : float, optional
+        See :func:`predict_validation`.
+    progress : bool
+        Draw a progress bar on stderr.
+    engine : str
+        The inference engine: ``"keras"``, ``"onnx"``, ``"openvino"`` or
+        ``"auto"`` (see :func:`dsb.network.engines.choose_engine`).
+    precision : str
+        ``"float32"``, or ``"int8"`` for the run's ``model.int8.onnx`` (:mod:`dsb.network.quantize`).
+
+    Returns
+    -------
+    score : float
+        The mean over validation images of the per-image score.
+    table : pandas.DataFrame
+        One row per image, as :func:`dsb.kaggle.metric.score_labels`, with its
+        ``type`` and imaging-experiment ``group`` (see :func:`score_summary`).
+    """
+    from dsb.network.engines import load_network
+
+    model, config = load_network(Path(run_dir), engine, precision)
+    return score_validation(predict_validation(model, config, data_dir, tta=tta, diameter=diameter,
+                                               progress=progress))

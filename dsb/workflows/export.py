@@ -1,0 +1,128 @@
+"""Exporting a run folder: ONNX and int8 files in place, or a copy for inference elsewhere."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from dsb.core.atomic import atomic_dir, write_text
+from dsb.core.errors import BadDataError
+from dsb.network.model_folder import EXPORTED_FILES, load_run, load_run_config
+
+__all__ = [
+    "export_onnx_in_place",
+    "quantize_in_place",
+    "export_run",
+]
+
+
+def export_onnx_in_place(run_dir) -> Path:
+    """Write ``model.onnx`` beside a run folder's ``model.keras`` (:func:`dsb.network.onnx_export.export_onnx`).
+
+    ``dsb predict``, ``segment``, ``evaluate`` and ``tune`` then run the
+    network on ONNX Runtime or OpenVINO (:mod:`dsb.network.engines`). A later
+    ``model.keras`` (a resumed training) makes the file stale, which the
+    engines detect; export again then.
+
+    Returns
+    -------
+    pathlib.Path
+        The ONNX file.
+    """
+    from dsb.network.model_folder import ONNX_FILE
+    from dsb.network.onnx_export import export_onnx
+
+    run_dir = Path(run_dir)
+    model, config = load_run(run_dir)
+    return export_onnx(model, run_dir / ONNX_FILE, outputs=config.model.outputs, source=run_dir / "model.keras")
+
+
+
+def quantize_in_place(run_dir, data_dir, *, progress: bool = False) -> Path:
+    """Write ``model.int8.onnx`` beside a run folder's ``model.onnx`` (:mod:`dsb.network.quantize`).
+
+    The activation ranges are measured on the run's training images in
+    ``data_dir`` (its validation images are left out). ``model.onnx`` is
+    exported first when the folder has none, or one the engines would refuse
+    (from an earlier ``model.keras``): the int8 file records the digest of the
+    file it was made from. ``--precision int8`` then runs it.
+
+    Returns
+    -------
+    pathlib.Path
+        The int8 file.
+    """
+    from dsb.network.model_folder import INT8_FILE, ONNX_FILE, check_onnx
+    from dsb.network.quantize import (
+        calibration_batches,
+        quantize_onnx,
+        require_quantizer,
+    )
+    from dsb.training.cache import load_prepared
+
+    require_quantizer()
+    run_dir = Path(run_dir)
+    config = load_run_config(run_dir)
+    try:
+        check_onnx(run_dir / ONNX_FILE, config.model.outputs, run_dir / "model.keras")
+    except BadDataError:  # missing, damaged, or from another model.keras
+        export_onnx_in_place(run_dir)
+    prepared = load_prepared(data_dir, config.preprocess, progress=progress)
+    batches = calibration_batches(prepared, config)
+    note = f"{len(batches)} training images (validation images left out)"
+    return quantize_onnx(run_dir / ONNX_FILE, run_dir / INT8_FILE, batches, note=note)
+
+
+
+def export_run(run_dir, out_dir, *, note: str | None = None) -> Path:
+    """Copy a run folder for inference only: the model without optimizer state.
+
+    ``dsb/models/default`` is made this way, so that ``dsb predict`` and ``dsb
+    segment`` work right after installation. The copy holds ``model.keras``
+    (weights only, no optimizer: a third of the size), the same network as
+    ``model.onnx`` for the fast CPU engines (:mod:`dsb.network.onnx_export`), the
+    run's :data:`EXPORTED_FILES` that exist, and ``TRAINING.md`` with ``note``.
+
+    Parameters
+    ----------
+    run_dir : str or os.PathLike
+        A run folder that :func:`load_run` accepts.
+    out_dir : str or os.PathLike
+        The folder to write; an existing one is replaced only once the copy is whole.
+    note : str, optional
+        Markdown saying how the run was made (the exact command).
+
+    Returns
+    -------
+    pathlib.Path
+        ``out_dir``.
+    """
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    if out_dir.resolve() == run_dir.resolve():
+        raise BadDataError("--out is the run folder itself; exporting there would drop its checkpoints",
+                           path=run_dir)
+    from dsb.network.model_folder import INT8_FILE, ONNX_FILE
+    from dsb.network.onnx_export import export_onnx
+
+    model, config = load_run(run_dir)
+    if out_dir.exists():
+        # Replacing is for an earlier export; any other folder (a parent of the run, a
+        # project folder) would be deleted with everything in it.
+        if not out_dir.is_dir():
+            raise BadDataError("exists and is not a folder", path=out_dir)
+        ours = {"model.keras", ONNX_FILE, INT8_FILE, "TRAINING.md", *EXPORTED_FILES}
+        foreign = sorted({p.name for p in out_dir.iterdir()} - ours)
+        if foreign:
+            raise BadDataError(
+                f"exists and holds more than an export (e.g. {foreign[0]!r}); give a new or empty folder",
+                path=out_dir,
+            )
+    with atomic_dir(out_dir) as tmp:
+        model.save(tmp / "model.keras")
+        export_onnx(model, tmp / ONNX_FILE, outputs=config.model.outputs, source=tmp / "model.keras")
+        for name in EXPORTED_FILES:
+            if (run_dir / name).is_file():
+                shutil.copy2(run_dir / name, tmp / name)
+        if note:
+            write_text(tmp / "TRAINING.md", note.rstrip() + "\n")
+    return out_dir

@@ -1,0 +1,253 @@
+"""Segment any microscope image with a trained model and measure each nucleus.
+
+``dsb segment`` is for people with their own images and no wish to train: it
+takes PNG, TIFF or JPEG files of any size, 8 or 16 bits, grey or colour, and
+writes per image
+
+- ``<name>_labels.tif``: the nuclei as a 16-bit label image (0 background,
+  1..N nuclei) that Fiji, napari and scikit-image open;
+- ``<name>_nuclei.csv``: one row per nucleus (see :func:`measure_nuclei`);
+- ``<name>_overlay.png`` (optional): the image with the nuclei outlined;
+
+plus ``summary.csv`` with one row per input file. With no model given it uses
+the model shipped inside the package (:func:`dsb.network.model_folder.default_model_dir`).
+Finding, reading, predicting and writing are the folder pipeline's
+(:mod:`dsb.workflows.pipeline`), as for ``dsb predict``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from dsb.core.atomic import atomic_path, writable_dir
+from dsb.core.errors import BadDataError
+from dsb.core.validate import check_labels, check_same_shape
+from dsb.io.folders import Skips, find_images, read_images
+from dsb.io.writers import write_labels, write_png
+from dsb.network.model_folder import resolve_model_dir
+from dsb.workflows.drawing import outline_overlay
+from dsb.workflows.pipeline import predict_each
+
+__all__ = ["MEASUREMENT_COLUMNS", "SUMMARY_COLUMNS", "measure_nuclei", "segment_paths"]
+
+MEASUREMENT_COLUMNS = (
+    "label",
+    "centroid_row",
+    "centroid_col",
+    "bbox_min_row",
+    "bbox_min_col",
+    "bbox_max_row",
+    "bbox_max_col",
+    "area",
+    "perimeter",
+    "eccentricity",
+    "mean_intensity",
+)
+SUMMARY_COLUMNS = ("file", "status", "nuclei", "diameter", "labels", "measurements", "overlay", "error")
+
+# regionprops_table's names -> ours: row/col say which axis, unlike -0/-1.
+_REGIONPROPS_NAMES = {
+    "label": "label",
+    "centroid-0": "centroid_row",
+    "centroid-1": "centroid_col",
+    "bbox-0": "bbox_min_row",
+    "bbox-1": "bbox_min_col",
+    "bbox-2": "bbox_max_row",
+    "bbox-3": "bbox_max_col",
+    "area": "area",
+    "perimeter": "perimeter",
+    "eccentricity": "eccentricity",
+    "intensity_mean": "mean_intensity",
+}
+
+
+def measure_nuclei(labels: np.ndarray, intensity: np.ndarray) -> pd.DataFrame:
+    """Measure each nucleus of a label image.
+
+    Parameters
+    ----------
+    labels : (H, W) ndarray of int
+        0 for background, 1..N for nuclei.
+    intensity : (H, W) ndarray of float
+        The grey image the mean intensity is taken from (``to_gray``'s [0, 1]
+        scale in ``dsb segment``).
+
+    Returns
+    -------
+    DataFrame
+        One row per nucleus, by label, with the columns of
+        :data:`MEASUREMENT_COLUMNS`: ``label``; ``centroid_row``, ``centroid_col``
+        (pixels); ``bbox_min_row``, ``bbox_min_col`` (inclusive) and
+        ``bbox_max_row``, ``bbox_max_col`` (exclusive, as in Python slicing);
+        ``area`` (pixels); ``perimeter`` (pixels); ``eccentricity`` (0 for a
+        circle); ``mean_intensity``.
+
+    Examples
+    --------
+    >>> labels = np.zeros((5, 5), np.int32)
+    >>> labels[1:3, 1:4] = 1
+    >>> row = measure_nuclei(labels, np.ones((5, 5))).iloc[0]
+    >>> int(row.area), float(row.centroid_row), float(row.centroid_col)
+    (6, 1.5, 2.0)
+    """
+    from skimage.measure import regionprops_table
+
+    labels = check_labels("labels", labels, bool_ok=False)
+    intensity = np.asarray(intensity)
+    check_same_shape("intensity", intensity, "labels", labels)
+    table = regionprops_table(
+        labels,
+        intensity_image=intensity.astype(np.float64, copy=False),
+        properties=("label", "centroid", "bbox", "area", "perimeter", "eccentricity", "intensity_mean"),
+    )
+    frame = pd.DataFrame(table).rename(columns=_REGIONPROPS_NAMES)
+    return frame.loc[:, list(MEASUREMENT_COLUMNS)].astype(
+        {"label": np.int64, "bbox_min_row": np.int64, "bbox_min_col": np.int64,
+         "bbox_max_row": np.int64, "bbox_max_col": np.int64, "area": np.int64}
+    )
+
+
+def _outputs(out_dir: Path, name: str) -> dict[str, Path]:
+    return {
+        "labels": out_dir / f"{name}_labels.tif",
+        "measurements": out_dir / f"{name}_nuclei.csv",
+        "overlay": out_dir / f"{name}_overlay.png",
+    }
+
+
+def segment_paths(
+    paths,
+    *,
+    model_dir=None,
+    out_dir,
+    tta: bool = False,
+    overlay: bool = False,
+    diameter: float | None = None,
+    skip_bad: bool = False,
+    progress: bool = True,
+    engine: str = "auto",
+    precision: str = "float32",
+) -> pd.DataFrame:
+    """Segment microscope images and measure their nuclei.
+
+    Every image is read and checked before anything is written: a bad one
+    (unreadable, not an image, an unsupported shape) stops the run with one
+    line naming the file, unless ``skip_bad``, which records it in the summary
+    and in ``attrs["skipped"]`` and goes on. All files are written atomically.
+
+    Parameters
+    ----------
+    paths : iterable of str or os.PathLike
+        PNG, TIFF or JPEG files, and folders of them (see :func:`dsb.io.folders.find_images`).
+    model_dir : str or os.PathLike, optional
+        A run folder (``model.keras`` and ``config.json``); by default the
+        model shipped with the package.
+    out_dir : str or os.PathLike
+        Where ``<name>_labels.tif``, ``<name>_nuclei.csv``, ``<name>_overlay.png``
+        and ``summary.csv`` go; created if needed.
+    tta : bool
+        Average predictions over flips and 90-degree rotations.
+    overlay : bool
+        Also write ``<name>_overlay.png``.
+    diameter : float, optional
+        The median nucleus diameter in pixels of every image; by default each
+        image's is estimated (:func:`dsb.inference.predict.predict_scaled`). The
+        summary's ``diameter`` column says which was used.
+    skip_bad : bool
+        Record bad images and go on with the others instead of stopping.
+    progress : bool
+        Draw a progress bar over the files on stderr.
+    engine : str
+        The inference engine: ``"keras"``, ``"onnx"``, ``"openvino"`` or
+        ``"auto"`` (see :func:`dsb.network.engines.choose_engine`).
+    precision : str
+        ``"float32"``, or ``"int8"`` for the run's ``model.int8.onnx`` on an
+        ONNX engine (:mod:`dsb.network.quantize`).
+
+    Returns
+    -------
+    DataFrame
+        One row per input with :data:`SUMMARY_COLUMNS`: ``file``, ``status``
+        ("ok" or "skipped"), ``nuclei``, ``diameter`` (pixels, given or
+        estimated; empty when unknown), the paths written (empty when not
+        written) and ``error`` (empty when ok). ``attrs["skipped"]`` holds a
+        :class:`dsb.io.folders.Skip` per skipped input, for the caller to report.
+
+    Raises
+    ------
+    BadDataError
+        For a bad input without ``skip_bad``, for two inputs that would write
+        the same output files, and when there is no image at all.
+    EnvironmentProblem
+        When there is no model or ``out_dir`` is not writable.
+    """
+    out_dir = Path(out_dir)
+    # Resolved first, so that a missing default model is said before any image is read.
+    model_dir = resolve_model_dir(model_dir)
+    paths = [Path(p) for p in paths]
+    skips = Skips(skip_bad)
+    images, problems = find_images(paths)
+    for problem in problems:
+        skips(problem)
+    checked = read_images(images, skips, progress=progress and len(images) > 1, label="checking images")
+    if not checked:
+        raise BadDataError("no image to segment", path=", ".join(str(p) for p in paths) or None)
+
+    predict = _predictor(model_dir, tta=tta, diameter=diameter, engine=engine, precision=precision)
+    writable_dir(out_dir)
+    # Rows keyed by input, so that the summary keeps the order the files were given in.
+    rows: dict[str, dict] = {}
+    found = predict_each(predict, checked.images(skips), skips=skips, progress=progress, length=len(checked),
+                         label="segmenting")
+    with contextlib.closing(found):  # a failed write stops the images in flight
+        for name, image, raw, nuclei in found:
+            rows[str(image)] = _write_outputs(out_dir, name, image, raw, nuclei, overlay=overlay)
+    for skip in skips.records:
+        rows[skip.path] = _row(skip.path, "skipped", error=skip.message)
+
+    order = [problem.path for problem in problems] + [str(p) for p in images.values()]
+    summary = pd.DataFrame([rows[p] for p in order if p in rows], columns=list(SUMMARY_COLUMNS))
+    with atomic_path(out_dir / "summary.csv") as tmp:
+        summary.to_csv(tmp, index=False)
+    summary.attrs["skipped"] = skips.records
+    return summary
+
+
+def _write_outputs(out_dir: Path, name: str, image: Path, raw: np.ndarray, nuclei, *, overlay: bool) -> dict:
+    """Write one image's label TIFF, measurements and (with ``overlay``) overlay; return its summary row."""
+    from dsb.inference.preprocess import to_gray
+
+    labels = nuclei.labels
+    targets = _outputs(out_dir, name)
+    table = measure_nuclei(labels, to_gray(raw))
+    write_labels(targets["labels"], labels)
+    with atomic_path(targets["measurements"]) as tmp:
+        table.to_csv(tmp, index=False, float_format="%.6g")
+    if overlay:
+        write_png(targets["overlay"], outline_overlay(raw, labels))
+    else:
+        del targets["overlay"]
+    return _row(image, "ok", nuclei=len(table), diameter=nuclei.diameter, **{k: str(v) for k, v in targets.items()})
+
+
+def _row(path, status: str, *, nuclei: int = 0, diameter: float = math.nan, labels: str = "",
+         measurements: str = "", overlay: str = "", error: str = "") -> dict:
+    return {"file": str(path), "status": status, "nuclei": nuclei,
+            "diameter": round(diameter, 2) if math.isfinite(diameter) else "", "labels": labels,
+            "measurements": measurements, "overlay": overlay, "error": error}
+
+
+def _predictor(model_dir, *, tta: bool, diameter: float | None = None, engine: str = "auto",
+               precision: str = "float32"):
+    """Load the model once; return a function from a raw image to its :class:`dsb.inference.predict.Nuclei`."""
+    from dsb.network.engines import load_network
+    from dsb.network.model_folder import resolve_model_dir
+    from dsb.workflows.pipeline import nuclei_predictor
+
+    model, config = load_network(resolve_model_dir(model_dir), engine, precision)
+    return nuclei_predictor(model, config, tta=tta, diameter=diameter)
