@@ -837,13 +837,13 @@ def test_predict_outputs_that_cannot_be_written(tiny_run, tmp_path, blocker, ful
     assert out.read_text() == "previous good submission\n" and temporaries(tmp_path) == []
 
     # A write that fills the disk half way through the CSV.
-    from dsb.kaggle import submission
+    from dsb.workflows import predict_folder
 
     def half(df, path):
         Path(path).write_text("ImageId,EncodedPix")
         raise ENOSPC
 
-    monkeypatch.setattr(submission, "write_submission", half)
+    monkeypatch.setattr(predict_folder, "write_submission", half)
     labels = tmp_path / "labels2"
     error_line(dsb("predict", tiny_run, "--images", images, "--out", out, "--labels", labels), 4, out,
                "no space left on device")

@@ -292,7 +292,7 @@ def test_mixed_precision_trains_and_saves_a_float32_model(tmp_path):
 
 
 def test_train_loads_the_prepared_data_of_the_data_folder(tmp_path, monkeypatch):
-    dataset = pytest.importorskip("dsb.training.cache")
+    dataset = pytest.importorskip("dsb.training.session")
     seen = []
 
     def fake_load_prepared(data_dir, config, *, progress=False):

@@ -7,6 +7,7 @@ import math
 import numpy as np
 
 from dsb.core.config import PostprocessConfig
+from dsb.core.labels import relabel
 from dsb.inference.resample import resample_to
 from dsb.inference.watershed import (
     grow_into_mask,
@@ -58,7 +59,6 @@ def labels_to_shape(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     present[0] = False
     if present.sum() == present.size - 1:
         return out
-    from dsb.core.labels import relabel
 
     return relabel(out, present)
 

@@ -18,6 +18,7 @@ import numpy as np
 from dsb.core.config import Config
 from dsb.core.labels import relabel
 from dsb.inference.labels import labels_at_scale, labels_to_image
+from dsb.inference.preprocess import preprocess_image
 from dsb.inference.probabilities import predict_at_scale
 from dsb.inference.scale import choose_scale_and_pass
 from dsb.inference.watershed import remove_small
@@ -69,7 +70,6 @@ class Nuclei:
 
 
 def _network_input(raw_image, config: Config) -> np.ndarray:
-    from dsb.inference.preprocess import preprocess_image
 
     return preprocess_image(raw_image, config.preprocess)
 

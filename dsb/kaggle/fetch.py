@@ -34,7 +34,9 @@ from pathlib import Path
 
 from dsb.core.atomic import atomic_dir, atomic_path, os_error, write_text
 from dsb.core.errors import BadDataError, EnvironmentProblem
+from dsb.core.progress import track
 from dsb.io.images import IMAGE_SUFFIXES
+from dsb.kaggle import kaggle_api
 
 __all__ = ["REQUIRED_STAGES", "StageSummary", "FetchSummary", "fetch", "verify"]
 
@@ -327,7 +329,6 @@ def _stage_layout(members, label) -> list[tuple[object, str, str, str]]:
 
 
 def _extract_zip(zf, label, out: Path, *, progress: bool, stage: str) -> None:
-    from dsb.core.progress import track
 
     parsed = _stage_layout(zf.infolist(), label)
     made = set()
@@ -356,7 +357,6 @@ class _DirMember:
 
 
 def _copy_dir(src: Path, out: Path, *, progress: bool, stage: str) -> None:
-    from dsb.core.progress import track
 
     members = [_DirMember(Path(dirpath) / f, src) for dirpath, _, files in os.walk(src) for f in files]
     parsed = _stage_layout(members, src)
@@ -374,8 +374,6 @@ def _copy_dir(src: Path, out: Path, *, progress: bool, stage: str) -> None:
 def _verify_stage(folder: Path, *, name: str, progress: bool = False, label=None) -> StageSummary:
     """Check every image decodes and every mask is readable and the size of its image."""
     from PIL import Image
-
-    from dsb.core.progress import track
 
     label = label or folder
     try:
@@ -627,7 +625,6 @@ def _adopt(dest: Path, *, progress: bool, start: float) -> FetchSummary:
 
 def _download(dest: Path, *, client, progress: bool) -> Path:
     """Download Kaggle's bundle into ``dest/.download`` (kept until extraction succeeds)."""
-    from dsb.kaggle import kaggle_api
 
     done = dest / ".download" / f"{kaggle_api.COMPETITION}.zip"
     if done.is_file():

@@ -28,6 +28,9 @@ import pandas as pd
 from dsb.core.atomic import atomic_path, os_error
 from dsb.core.errors import BadDataError
 from dsb.core.validate import check_2d
+from dsb.io.folders import folder_images
+from dsb.io.images import image_shape, image_shapes, read_labels
+from dsb.kaggle.metric import score_labels
 from dsb.kaggle.rle import RLEError, rle_runs, rle_runs_many, rles_to_labels
 
 __all__ = [
@@ -516,8 +519,6 @@ def validate_against_images(csv, images_dir) -> list[Problem]:
         The CSV is malformed (:func:`read_submission`), or the folder holds an
         entry that is not a usable image (the first one) or no image at all.
     """
-    from dsb.io.folders import folder_images
-    from dsb.io.images import image_shape
 
     paths, bad = folder_images(images_dir)
     if bad:
@@ -552,7 +553,6 @@ def load_truth(truth_path) -> tuple[dict[str, np.ndarray], dict[str, tuple[int, 
     BadDataError
         A malformed file, or a truth with no image to score.
     """
-    from dsb.io.images import image_shapes, read_labels
 
     truth_path = Path(truth_path)
     if truth_path.is_dir():
@@ -622,8 +622,15 @@ def score_submission(
     >>> mean, table["n_pred"].tolist()
     (1.0, [2])
     """
-    from dsb.kaggle.metric import score_labels
 
+    # The truth first: when both files are bad, the error names the truth.
+    if isinstance(truth, Mapping):
+        truth = {str(i): check_2d(f"truth[{i!r}]", labels) for i, labels in truth.items()}
+        shapes = {i: labels.shape for i, labels in truth.items()}
+    elif isinstance(truth, (str, os.PathLike)):
+        truth, shapes = load_truth(truth)
+    else:
+        raise TypeError(f"`truth` must be a path or a mapping of ImageId to labels, got {type(truth).__name__}")
     if isinstance(submission, pd.DataFrame):
         missing = [c for c in SUBMISSION_COLUMNS if c not in submission.columns]
         if missing:
@@ -635,12 +642,5 @@ def score_submission(
         frame, path = read_submission(submission), submission
     else:
         raise TypeError(f"`submission` must be a CSV path or a DataFrame, got {type(submission).__name__}")
-    if isinstance(truth, Mapping):
-        truth = {str(i): check_2d(f"truth[{i!r}]", labels) for i, labels in truth.items()}
-        shapes = {i: labels.shape for i, labels in truth.items()}
-    elif isinstance(truth, (str, os.PathLike)):
-        truth, shapes = load_truth(truth)
-    else:
-        raise TypeError(f"`truth` must be a path or a mapping of ImageId to labels, got {type(truth).__name__}")
     pred = submission_to_labels(frame, shapes, path=path, skip_unknown=allow_extra)
     return score_labels(truth, pred, image_types=image_types)

@@ -405,7 +405,6 @@ def load_network(run_dir, engine: str = "auto", precision: str = "float32"):
     EnvironmentProblem
         The engine is not installed.
     """
-    from dsb.network.engines import open_network
 
     run_dir = Path(run_dir)
     config = load_run_config(run_dir)

@@ -33,6 +33,10 @@ import numpy as np
 
 from dsb.core.atomic import atomic_path, os_error
 from dsb.core.errors import BadDataError, EnvironmentProblem
+from dsb.inference.preprocess import to_network_input
+from dsb.inference.resample import resample
+from dsb.network.model_folder import read_onnx_metadata
+from dsb.network.onnx_export import INPUT_NAME
 
 __all__ = [
     "CALIBRATION_IMAGES",
@@ -77,8 +81,6 @@ def calibration_batches(prepared, config, *, count: int = CALIBRATION_IMAGES,
     BadDataError
         No training image is left once the validation images are out.
     """
-    from dsb.inference.preprocess import to_network_input
-    from dsb.inference.resample import resample
     from dsb.inference.scale import network_zoom
 
     held_out = set(config.validation_ids)
@@ -185,9 +187,6 @@ def quantize_onnx(src, dst, batches, *, note: str = "") -> Path:
         QuantType,
         quantize_static,
     )
-
-    from dsb.network.model_folder import read_onnx_metadata
-    from dsb.network.onnx_export import INPUT_NAME
 
     src, dst = Path(src), Path(dst)
     if not batches:

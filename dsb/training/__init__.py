@@ -25,8 +25,38 @@ state in state.json), :mod:`.checkpoints` (the files of the run folder),
 fit loop and its callback) and :mod:`.session` (the entry points).
 """
 
-from dsb.training.checkpoints import latest_checkpoint
-from dsb.training.environment import STRATEGIES, TRAINING_PRECISIONS
-from dsb.training.session import TrainingInterrupted, train, train_prepared
+import importlib
+
+# Not typing.TYPE_CHECKING: importing typing here costs more than the rest; checkers know the name.
+TYPE_CHECKING = False
 
 __all__ = ["train", "train_prepared", "TrainingInterrupted", "STRATEGIES", "TRAINING_PRECISIONS", "latest_checkpoint"]
+
+# Public name -> its module. Loaded on first use, so that the Keras-free modules of this package
+# (the cache, groups, augmentation, fine-tuning plans) can be imported without Keras.
+_HOMES = {
+    "train": ".session",
+    "train_prepared": ".session",
+    "TrainingInterrupted": ".session",
+    "STRATEGIES": ".environment",
+    "TRAINING_PRECISIONS": ".environment",
+    "latest_checkpoint": ".checkpoints",
+}
+
+if TYPE_CHECKING:
+    from dsb.training.checkpoints import latest_checkpoint
+    from dsb.training.environment import STRATEGIES, TRAINING_PRECISIONS
+    from dsb.training.session import TrainingInterrupted, train, train_prepared
+
+
+def __getattr__(name: str):
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'dsb.training' has no attribute {name!r}")
+    value = getattr(importlib.import_module(home, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -29,7 +29,9 @@ import numpy as np
 
 from dsb.core.atomic import atomic_dir, os_error
 from dsb.core.errors import BadDataError
+from dsb.core.progress import track
 from dsb.inference.preprocess import IMAGE_TYPES, image_type, preprocess_image, to_uint8
+from dsb.io.annotations import find_samples, read_sample, user_group
 from dsb.io.images import MaskFixes, image_path, list_ids, read_image
 from dsb.training.groups import FEATURES, N_GROUPS, assign_groups, image_features
 
@@ -204,7 +206,6 @@ def _stage_of(samples) -> Path | None:
 
 def _prepare_one(task):
     """Decode one training image and its labels (runs in a worker process)."""
-    from dsb.io.annotations import read_sample
 
     sample, config = task
     raw, labels, fixes = read_sample(sample)
@@ -242,7 +243,6 @@ def _read_manifest(folder: Path) -> dict | None:
 
 
 def _decode_all(samples, config, *, workers: int, progress: bool):
-    from dsb.core.progress import track
 
     tasks = [(s, config) for s in samples]
     context = _fork_context() if workers > 1 else None
@@ -324,7 +324,6 @@ def _prepare(data_dir, config, *, progress, cache_dir, workers) -> tuple[Path, d
 
         config = PreprocessConfig()
     config = getattr(config, "preprocess", config)  # a whole Config will do
-    from dsb.io.annotations import find_samples
 
     data_dir = Path(data_dir)
     samples = find_samples(data_dir)
@@ -398,7 +397,6 @@ _DIAMETER = FEATURES.index("log_diameter")
 def _sample_groups(samples, types: dict, features: dict) -> dict[str, str]:
     """Groups of the competition's images by :func:`dsb.training.groups.assign_groups`, and of each user folder
     its own (:func:`dsb.io.annotations.user_group`), so user images never join the competition's."""
-    from dsb.io.annotations import user_group
 
     stage = sorted(s.id for s in samples if not s.user)
     groups = dict(zip(stage, assign_groups(stage, [types[i] for i in stage], [features[i] for i in stage])))

@@ -28,6 +28,7 @@ from dsb import __version__
 from dsb.core.atomic import atomic_dir, atomic_path, write_text
 from dsb.core.config import Config, ModelConfig, load_config
 from dsb.core.errors import BadDataError, EnvironmentProblem
+from dsb.network.model_folder import load_run
 from dsb.network.unet import build_unet
 from dsb.training.environment import Environment, float32_policy
 from dsb.training.finetune import check_architecture
@@ -165,7 +166,6 @@ class BestModelFile:
 
 def load_init(init, config: Config):
     """The model of the run folder ``init``, once its U-Net is known to be ``config``'s."""
-    from dsb.network.model_folder import load_run
 
     model, init_config = load_run(init)
     check_architecture(init_config.model, config.model, path=init)

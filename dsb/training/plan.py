@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from dsb.core.config import Config
 from dsb.core.errors import BadDataError
 from dsb.inference.scale import median_diameter, network_zoom
+from dsb.training.cache import data_checksum as checksum
+from dsb.training.cache import load_colour_images
 from dsb.training.finetune import finetune_split
 from dsb.training.loader import CropLoader, ValidationLoader, split_ids
 from dsb.training.state import RunState
@@ -187,7 +189,6 @@ def _colour_images(prepared, tc, indices: list[int]) -> list | None:
     """
     if not tc.colour_augmentation or getattr(prepared, "path", None) is None:
         return None
-    from dsb.training.cache import load_colour_images
 
     try:
         colour = load_colour_images(prepared)
@@ -201,6 +202,5 @@ def _colour_images(prepared, tc, indices: list[int]) -> list | None:
 
 def data_checksum(prepared) -> str:
     """The checksum of a :class:`dsb.training.cache.Prepared` (see :func:`dsb.training.cache.data_checksum`)."""
-    from dsb.training.cache import data_checksum as checksum
 
     return checksum(prepared.ids, prepared.images, prepared.labels)

@@ -18,6 +18,7 @@ from dsb.core.errors import BadDataError
 from dsb.core.progress import say
 from dsb.network.unet import build_unet, compile_model
 from dsb.training import checkpoints
+from dsb.training.cache import load_prepared
 from dsb.training.checkpoints import BestModelFile, check_new_run, resume_config
 from dsb.training.environment import (
     STRATEGIES,
@@ -120,7 +121,6 @@ def train(
         Bad config, non-empty ``out_dir`` without ``resume``, nothing to resume,
         data that changed since the run started, or an ``init`` that is no run folder.
     """
-    from dsb.training.cache import load_prepared
 
     out_dir = Path(out_dir)
     if resume:

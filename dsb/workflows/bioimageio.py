@@ -48,7 +48,11 @@ import numpy as np
 
 from dsb.core.atomic import atomic_dir, write_text
 from dsb.core.errors import BadDataError, EnvironmentProblem
-from dsb.network.model_folder import file_digest, read_onnx_opset
+from dsb.inference.preprocess import preprocess_image
+from dsb.network.engines import KerasNetwork
+from dsb.network.model_folder import check_onnx, file_digest, load_run, read_onnx_opset
+from dsb.network.onnx_export import export_onnx
+from dsb.workflows.drawing import to_rgb8
 
 __all__ = ["FORMAT_VERSION", "PACKAGE_FILES", "NAME", "export_bioimageio", "synthetic_image"]
 
@@ -142,7 +146,6 @@ def _check_out_dir(model_dir: Path, out_dir: Path) -> None:
 
 def _test_image(config, sample) -> np.ndarray:
     """The network's input for the test tensor: (H, W) float32, H and W multiples of the size step."""
-    from dsb.inference.preprocess import preprocess_image
 
     step = max(_MIN_STEP, config.model.size_multiple())
     if sample is None:
@@ -172,8 +175,6 @@ def _test_image(config, sample) -> np.ndarray:
 
 def _write_onnx(model_dir: Path, model, config, dest: Path) -> None:
     """``dest`` gets the folder's ``model.onnx`` when it was exported from its ``model.keras``, else a fresh export."""
-    from dsb.network.model_folder import check_onnx
-    from dsb.network.onnx_export import export_onnx
 
     onnx_path, keras_path = model_dir / ONNX_FILE, model_dir / KERAS_FILE
     if onnx_path.is_file():
@@ -213,7 +214,6 @@ def _keras_provenance(model_dir: Path) -> tuple[str, str, str]:
 
 def _cover(image: np.ndarray, body: np.ndarray) -> np.ndarray:
     """The test image beside the same image with the body probability in magenta over it (2:1, RGB uint8)."""
-    from dsb.workflows.drawing import to_rgb8
 
     rgb = to_rgb8(image).astype(np.float32)
     alpha = 0.6 * np.clip(body, 0, 1)[..., None]
@@ -478,9 +478,6 @@ def export_bioimageio(model_dir, out_dir, *, sample=None) -> Path:
     """
     import tifffile
     from PIL import Image
-
-    from dsb.network.engines import KerasNetwork
-    from dsb.network.model_folder import load_run
 
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     _check_out_dir(model_dir, out_dir)

@@ -15,7 +15,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from dsb.inference.scale import median_diameter
 from dsb.kaggle.metric import score_labels
+from dsb.network.engines import load_network
+from dsb.training.cache import load_groups
+from dsb.workflows.pipeline import nuclei_predictor, predict_each
 from dsb.workflows.tune import validation_data
 
 __all__ = [
@@ -73,8 +77,6 @@ def predict_validation(
     -------
     Validation
     """
-    from dsb.training.cache import load_groups
-    from dsb.workflows.pipeline import nuclei_predictor, predict_each
 
     images, truth, types = validation_data(config, data_dir, progress=False)
     all_groups = load_groups(data_dir, config.preprocess)[0]
@@ -92,7 +94,6 @@ def predict_validation(
 def score_validation(validation: Validation) -> tuple[float, pd.DataFrame]:
     """:func:`dsb.kaggle.metric.score_labels` of a :class:`Validation`, with ``type`` and ``group`` columns,
     and ``diameter`` (used by prediction) beside ``true_diameter`` (from the masks)."""
-    from dsb.inference.scale import median_diameter
 
     value, table = score_labels(validation.truth, validation.pred, image_types=validation.types)
     ids = table["ImageId"].tolist()
@@ -191,7 +192,6 @@ def evaluate(
         One row per image, as :func:`dsb.kaggle.metric.score_labels`, with its
         ``type`` and imaging-experiment ``group`` (see :func:`score_summary`).
     """
-    from dsb.network.engines import load_network
 
     model, config = load_network(Path(run_dir), engine, precision)
     return score_validation(predict_validation(model, config, data_dir, tta=tta, diameter=diameter,

@@ -7,7 +7,20 @@ from pathlib import Path
 
 from dsb.core.atomic import atomic_dir, write_text
 from dsb.core.errors import BadDataError
-from dsb.network.model_folder import EXPORTED_FILES, load_run, load_run_config
+from dsb.network.model_folder import (
+    EXPORTED_FILES,
+    INT8_FILE,
+    ONNX_FILE,
+    check_onnx,
+    load_run,
+    load_run_config,
+)
+from dsb.network.onnx_export import export_onnx
+from dsb.network.quantize import (
+    calibration_batches,
+    quantize_onnx,
+    require_quantizer,
+)
 
 __all__ = [
     "export_onnx_in_place",
@@ -29,8 +42,6 @@ def export_onnx_in_place(run_dir) -> Path:
     pathlib.Path
         The ONNX file.
     """
-    from dsb.network.model_folder import ONNX_FILE
-    from dsb.network.onnx_export import export_onnx
 
     run_dir = Path(run_dir)
     model, config = load_run(run_dir)
@@ -52,12 +63,6 @@ def quantize_in_place(run_dir, data_dir, *, progress: bool = False) -> Path:
     pathlib.Path
         The int8 file.
     """
-    from dsb.network.model_folder import INT8_FILE, ONNX_FILE, check_onnx
-    from dsb.network.quantize import (
-        calibration_batches,
-        quantize_onnx,
-        require_quantizer,
-    )
     from dsb.training.cache import load_prepared
 
     require_quantizer()
@@ -101,8 +106,6 @@ def export_run(run_dir, out_dir, *, note: str | None = None) -> Path:
     if out_dir.resolve() == run_dir.resolve():
         raise BadDataError("--out is the run folder itself; exporting there would drop its checkpoints",
                            path=run_dir)
-    from dsb.network.model_folder import INT8_FILE, ONNX_FILE
-    from dsb.network.onnx_export import export_onnx
 
     model, config = load_run(run_dir)
     if out_dir.exists():

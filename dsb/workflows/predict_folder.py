@@ -23,6 +23,13 @@ from dsb.core.config import Config
 from dsb.core.errors import BadDataError, DsbError, EnvironmentProblem
 from dsb.io.folders import Skips, folder_images, read_images
 from dsb.io.writers import write_labels
+from dsb.kaggle.rle import labels_to_rles
+from dsb.kaggle.submission import (
+    read_submission,
+    validate_submission,
+    write_submission,
+)
+from dsb.network.engines import load_network
 from dsb.workflows.pipeline import nuclei_predictor, predict_each
 
 __all__ = [
@@ -66,12 +73,6 @@ def predict_images(
     pandas.DataFrame
         See :func:`predict_folder`.
     """
-    from dsb.kaggle.rle import labels_to_rles
-    from dsb.kaggle.submission import (
-        read_submission,
-        validate_submission,
-        write_submission,
-    )
 
     out_csv = Path(out_csv)
     _writable_file(out_csv)
@@ -197,7 +198,6 @@ def predict_folder(
     EnvironmentProblem
         An output that cannot be written.
     """
-    from dsb.network.engines import load_network
 
     model, config = load_network(run_dir, engine, precision)
     return predict_images(

@@ -27,6 +27,11 @@ import pandas as pd
 from dsb.core.atomic import atomic_path
 from dsb.core.config import PostprocessConfig, load_config
 from dsb.core.errors import BadDataError
+from dsb.inference.preprocess import image_type
+from dsb.io.images import find_stage, image_path, read_image
+from dsb.kaggle.metric import THRESHOLDS, image_score, score_labels
+from dsb.kaggle.submission import load_truth, read_submission, submission_to_labels
+from dsb.network.engines import load_network
 from dsb.workflows.drawing import OVERLAY_COLOURS, compare_overlay
 
 __all__ = [
@@ -71,7 +76,6 @@ def threshold_precisions(true_labels: np.ndarray, pred_labels: np.ndarray | None
         One value per threshold of :data:`dsb.kaggle.metric.THRESHOLDS`; their mean is
         the image's score.
     """
-    from dsb.kaggle.metric import THRESHOLDS, image_score
 
     if pred_labels is None:
         return np.zeros(len(THRESHOLDS))
@@ -297,7 +301,6 @@ def _threshold_figure(per_threshold: pd.DataFrame):
 
 def _load_truth(truth: Path):
     """(labels, shapes, image types) by id, read as ``dsb score`` reads them."""
-    from dsb.kaggle.submission import load_truth
     from dsb.training.cache import image_types
 
     labels, shapes = load_truth(truth)
@@ -306,14 +309,12 @@ def _load_truth(truth: Path):
 
 
 def _load_predictions(submission: Path, shapes: dict) -> dict:
-    from dsb.kaggle.submission import read_submission, submission_to_labels
 
     return submission_to_labels(read_submission(submission), shapes, path=submission)
 
 
 def _read_image(images_dir: Path | None, image_id: str):
     """The raw image of ``image_id`` in a stage folder, or None where there is none."""
-    from dsb.io.images import image_path, read_image
 
     if images_dir is None:
         return None
@@ -326,8 +327,6 @@ def _compact(labels: np.ndarray) -> np.ndarray:
 
 
 def _evaluate(submission: Path, truth: Path, images_dir: Path | None) -> dict:
-    from dsb.inference.preprocess import image_type
-    from dsb.kaggle.metric import THRESHOLDS, score_labels
 
     truth_labels, shapes, types = _load_truth(truth)
     if not truth_labels:
@@ -362,9 +361,6 @@ def _evaluate(submission: Path, truth: Path, images_dir: Path | None) -> dict:
 
 def _evaluate_run(run_dir: Path, data_dir: Path) -> dict:
     """The run's own validation images, predicted and scored as ``dsb evaluate`` does, as :func:`_evaluate`'s result."""
-    from dsb.io.images import find_stage
-    from dsb.kaggle.metric import THRESHOLDS
-    from dsb.network.engines import load_network
     from dsb.workflows.evaluate import predict_validation, score_validation
 
     model, config = load_network(run_dir)

@@ -27,11 +27,13 @@ import pandas as pd
 from dsb.core.atomic import atomic_path, writable_dir
 from dsb.core.errors import BadDataError
 from dsb.core.validate import check_labels, check_same_shape
+from dsb.inference.preprocess import to_gray
 from dsb.io.folders import Skips, find_images, read_images
 from dsb.io.writers import write_labels, write_png
+from dsb.network.engines import load_network
 from dsb.network.model_folder import resolve_model_dir
 from dsb.workflows.drawing import outline_overlay
-from dsb.workflows.pipeline import predict_each
+from dsb.workflows.pipeline import nuclei_predictor, predict_each
 
 __all__ = ["MEASUREMENT_COLUMNS", "SUMMARY_COLUMNS", "measure_nuclei", "segment_paths"]
 
@@ -220,7 +222,6 @@ def segment_paths(
 
 def _write_outputs(out_dir: Path, name: str, image: Path, raw: np.ndarray, nuclei, *, overlay: bool) -> dict:
     """Write one image's label TIFF, measurements and (with ``overlay``) overlay; return its summary row."""
-    from dsb.inference.preprocess import to_gray
 
     labels = nuclei.labels
     targets = _outputs(out_dir, name)
@@ -245,9 +246,6 @@ def _row(path, status: str, *, nuclei: int = 0, diameter: float = math.nan, labe
 def _predictor(model_dir, *, tta: bool, diameter: float | None = None, engine: str = "auto",
                precision: str = "float32"):
     """Load the model once; return a function from a raw image to its :class:`dsb.inference.predict.Nuclei`."""
-    from dsb.network.engines import load_network
-    from dsb.network.model_folder import resolve_model_dir
-    from dsb.workflows.pipeline import nuclei_predictor
 
     model, config = load_network(resolve_model_dir(model_dir), engine, precision)
     return nuclei_predictor(model, config, tta=tta, diameter=diameter)

@@ -26,7 +26,15 @@ from dsb.core.atomic import atomic_paths
 from dsb.core.config import PostprocessConfig, PredictConfig, config_json
 from dsb.core.errors import BadDataError
 from dsb.core.progress import track
+from dsb.inference.labels import labels_to_image
+from dsb.inference.predict import predict_scaled
+from dsb.inference.preprocess import image_type, preprocess_image
+from dsb.inference.probabilities import batch_predictor
+from dsb.inference.tiling import context_needed
 from dsb.inference.watershed import labels_from_probabilities, remove_small
+from dsb.io.annotations import find_samples, read_sample
+from dsb.kaggle.metric import score_labels
+from dsb.network.engines import load_network
 
 __all__ = ["GRID", "CONTEXT_TOLERANCE", "search_postprocess", "tune_tiling", "tune", "validation_data"]
 
@@ -97,8 +105,6 @@ def search_postprocess(
         parameters, ``score`` (mean over images), ``score_{type}`` per image
         type, ``round``, ``seconds`` and ``best`` (true on the row of ``best``).
     """
-    from dsb.inference.labels import labels_to_image
-    from dsb.kaggle.metric import score_labels
 
     grid = dict(GRID if grid is None else grid)
     if any(p.shape[2] < 3 for p in probabilities.values()):
@@ -197,9 +203,6 @@ def tune_tiling(model, config, images: Sequence[np.ndarray], *, tolerance: float
     contexts : list of int
         The context measured on each image used.
     """
-    from dsb.inference.preprocess import preprocess_image
-    from dsb.inference.probabilities import batch_predictor
-    from dsb.inference.tiling import context_needed
 
     multiple = config.model.size_multiple()
     predict_batch = batch_predictor(model)
@@ -238,8 +241,6 @@ def validation_data(config, data_dir, *, progress: bool = False):
     images, labels, types : dict of str to ndarray, dict of str to ndarray, dict of str to str
         By id, in the order of ``config.validation_ids``.
     """
-    from dsb.inference.preprocess import image_type
-    from dsb.io.annotations import find_samples, read_sample
 
     if not config.validation_ids:
         raise BadDataError("the config names no validation images", where="key 'validation_ids'")
@@ -284,8 +285,6 @@ def tune(run_dir, data_dir, *, progress: bool = True, engine: str = "auto") -> t
         Every setting tried (see :func:`search_postprocess`), also written to
         ``run_dir/tuning.csv``.
     """
-    from dsb.inference.predict import predict_scaled
-    from dsb.network.engines import load_network
 
     run_dir = Path(run_dir)
     model, config = load_network(run_dir, engine)
