@@ -18,7 +18,6 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-
 def in_order(pool, work: Callable, items: Iterable, ahead: int, argument: Callable = lambda item: item):
     """``(item, future of work(argument(item)))`` for each item, in order, with at most ``ahead``
     submitted to ``pool`` and not yet handed out; closing the generator (an error, or a caller that

@@ -63,12 +63,10 @@ def labels_to_shape(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return relabel(out, present)
 
 
-
 def _nearest(source: int, target: int) -> np.ndarray:
     """For each of ``target`` pixel centres, the index of the source pixel under it."""
     centres = (np.arange(target) + 0.5) * (source / target)
     return np.minimum(centres.astype(np.int64), source - 1)
-
 
 
 def labels_at_scale(prob: np.ndarray, scale: float, shape: tuple[int, int], config: PostprocessConfig) -> np.ndarray:
@@ -85,7 +83,6 @@ def labels_at_scale(prob: np.ndarray, scale: float, shape: tuple[int, int], conf
     (H, W) ndarray of int32
     """
     return labels_to_image(labels_from_probabilities(prob, config), prob, scale, shape, config)
-
 
 
 def labels_to_image(

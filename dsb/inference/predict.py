@@ -40,10 +40,8 @@ __all__ = [
 _CHUNK = 2048
 
 
-
 # Context around each chunk, in working pixels: several nuclei and more than the network's reach.
 _CHUNK_MARGIN = 128
-
 
 
 @dataclass(frozen=True)
@@ -57,7 +55,6 @@ class Scaled:
     estimated: bool
 
 
-
 @dataclass(frozen=True)
 class Nuclei:
     """The nuclei of one image (:func:`predict_nuclei`): labels and the scale they were found at."""
@@ -68,11 +65,9 @@ class Nuclei:
     estimated: bool
 
 
-
 def _network_input(raw_image, config: Config) -> np.ndarray:
 
     return preprocess_image(raw_image, config.preprocess)
-
 
 
 def predict_scaled(
@@ -88,7 +83,6 @@ def predict_scaled(
     if prob is None or tta:
         prob = predict_at_scale(model, gray, chosen.scale, config, tta=tta)
     return Scaled(prob, chosen.scale, gray.shape[:2], chosen.diameter, chosen.estimated)
-
 
 
 def _segment_in_chunks(model, config: Config, gray: np.ndarray, scale: float, *, tta: bool) -> np.ndarray:
@@ -128,7 +122,6 @@ def _segment_in_chunks(model, config: Config, gray: np.ndarray, scale: float, *,
     return remove_small(out, 1)
 
 
-
 def predict_nuclei(
     model, config: Config, raw_image: np.ndarray, *, tta: bool = False, diameter: float | None = None
 ) -> Nuclei:
@@ -155,7 +148,6 @@ def predict_nuclei(
     return watershed_stage(network_stage(model, config, raw_image, tta=tta, diameter=diameter), config)
 
 
-
 def network_stage(model, config: Config, raw_image: np.ndarray, *, tta: bool = False,
                   diameter: float | None = None):
     """The network's half of :func:`predict_nuclei`: probabilities at the chosen scale.
@@ -175,7 +167,6 @@ def network_stage(model, config: Config, raw_image: np.ndarray, *, tta: bool = F
     return prob, labels, chosen, gray.shape[:2]
 
 
-
 def watershed_stage(stage, config: Config) -> Nuclei:
     """The other half of :func:`predict_nuclei`: nuclei from :func:`network_stage`'s probabilities
     (and the estimate's watershed of them at the working scale, when it made one)."""
@@ -187,7 +178,6 @@ def watershed_stage(stage, config: Config) -> Nuclei:
     else:
         labels = labels_to_image(labels, prob, chosen.scale, shape, config.postprocess)
     return Nuclei(labels, chosen.diameter, chosen.scale, chosen.estimated)
-
 
 
 def predict_labels(

@@ -31,7 +31,6 @@ __all__ = [
 DIHEDRAL = tuple((turns, flip) for flip in (False, True) for turns in range(4))
 
 
-
 def batch_predictor(model) -> Callable[[np.ndarray], np.ndarray]:
     """A function from a ``(B, h, w, 1)`` float32 batch to ``(B, h, w, C)`` float32 numpy.
 
@@ -45,7 +44,6 @@ def batch_predictor(model) -> Callable[[np.ndarray], np.ndarray]:
     if not callable(model):
         raise TypeError(f"`model` ({type(model).__name__}) must be a Keras model or a callable")
     return lambda batch: np.asarray(model(batch), np.float32)
-
 
 
 def predict_probabilities(
@@ -89,7 +87,6 @@ def predict_probabilities(
         prob = prob[:, ::-1] if flip else prob
         total = prob.copy() if total is None else total + prob
     return total / np.float32(len(DIHEDRAL))
-
 
 
 def predict_at_scale(model, gray: np.ndarray, scale: float, config: Config, *, tta: bool = False) -> np.ndarray:

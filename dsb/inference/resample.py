@@ -33,7 +33,6 @@ def resample(image: np.ndarray, scale: float) -> np.ndarray:
     return resample_to(image, tuple(max(1, int(round(n * scale))) for n in image.shape[:2]))
 
 
-
 def resample_to(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """An (H, W) float image resampled to ``shape``: linear, low-passed first along a shrinking axis.
 
@@ -64,7 +63,6 @@ def resample_to(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return _interpolate(image, *_linear_taps(image.shape[1], shape[1]), axis=1)
 
 
-
 def _interpolate(image: np.ndarray, low: np.ndarray, high: np.ndarray, weight: np.ndarray, *, axis: int) -> np.ndarray:
     """``image[low] * (1 - weight) + image[high] * weight`` along ``axis``, the same to the bit, in
     the two gathers' own buffers: no full-size temporaries (a 2x enlargement in 0.6 of the time)."""
@@ -75,7 +73,6 @@ def _interpolate(image: np.ndarray, low: np.ndarray, high: np.ndarray, weight: n
     above *= weight
     out += above
     return out
-
 
 
 def _linear_taps(source: int, target: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

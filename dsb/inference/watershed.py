@@ -48,10 +48,8 @@ __all__ = [
 _CROSS = ndimage.generate_binary_structure(2, 1)
 
 
-
 # :func:`grow_into_mask` visits the offsets up to this distance (about 200 of them) one by one.
 RING_DISTANCE = 8
-
 
 
 def _check_prob(prob) -> np.ndarray:
@@ -64,7 +62,6 @@ def _check_prob(prob) -> np.ndarray:
     if not np.issubdtype(prob.dtype, np.floating):
         raise TypeError(f"`prob` (dtype {prob.dtype}) must be floating point in [0, 1]")
     return prob
-
 
 
 def remove_small(labels: np.ndarray, min_size: int) -> np.ndarray:
@@ -81,7 +78,6 @@ def remove_small(labels: np.ndarray, min_size: int) -> np.ndarray:
     if keep[1:].all():  # nothing to drop and no gap in the numbering
         return labels.astype(np.int32, copy=False)
     return relabel(labels, keep)
-
 
 
 def _markers(prob: np.ndarray, config: PostprocessConfig, components: np.ndarray, n: int) -> np.ndarray:
@@ -105,7 +101,6 @@ def _markers(prob: np.ndarray, config: PostprocessConfig, components: np.ndarray
     return markers
 
 
-
 def find_markers(prob: np.ndarray, config: PostprocessConfig) -> tuple[np.ndarray, np.ndarray]:
     """The body mask and the watershed markers (steps 1 and 2 of the module docstring).
 
@@ -125,7 +120,6 @@ def find_markers(prob: np.ndarray, config: PostprocessConfig) -> tuple[np.ndarra
     mask = prob[:, :, 0] > config.mask_threshold
     components, n = ndimage.label(mask, structure=_CROSS)
     return mask, _markers(prob, config, components, n)
-
 
 
 def fill_label_holes(labels: np.ndarray) -> np.ndarray:
@@ -180,7 +174,6 @@ def fill_label_holes(labels: np.ndarray) -> np.ndarray:
     out = labels.copy()
     out[ys, xs] = fill[hole_ids[ys, xs]]
     return out
-
 
 
 def grow_into_mask(labels: np.ndarray, mask: np.ndarray, distance: int) -> np.ndarray:
@@ -243,7 +236,6 @@ def grow_into_mask(labels: np.ndarray, mask: np.ndarray, distance: int) -> np.nd
     return out
 
 
-
 def _rings(distance: int, width: int) -> list[np.ndarray]:
     """The offsets ``(dy, dx)`` with ``0 < dy² + dx² <= distance²``, grouped by that squared distance
     (nearest first), each group in reading order, as steps ``dy * width + dx`` in a raveled image
@@ -255,7 +247,6 @@ def _rings(distance: int, width: int) -> list[np.ndarray]:
     order = np.lexsort((dx, dy, squared))
     steps = dy[order] * width + dx[order]
     return np.split(steps, np.flatnonzero(np.diff(squared[order])) + 1)
-
 
 
 def labels_from_probabilities(prob: np.ndarray, config: PostprocessConfig | None = None) -> np.ndarray:
@@ -295,7 +286,6 @@ def labels_from_probabilities(prob: np.ndarray, config: PostprocessConfig | None
     return remove_small(labels, max(config.min_size, 1))
 
 
-
 def _flood(
     prob: np.ndarray, mask: np.ndarray, markers: np.ndarray, flood: str, components=None, n: int = 0
 ) -> np.ndarray:
@@ -333,7 +323,6 @@ def _flood(
         flooded = _watershed(surface, np.where(inside, markers[box], 0), inside)
         labels[box] = np.where(inside, flooded, labels[box])
     return labels
-
 
 
 def _watershed(surface: np.ndarray, seeds: np.ndarray, mask: np.ndarray) -> np.ndarray:

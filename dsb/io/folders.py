@@ -47,7 +47,6 @@ __all__ = [
 CACHE_BYTES = 256 << 20
 
 
-
 @dataclass(frozen=True)
 class Skip:
     """An input left out of a run, and why.
@@ -66,7 +65,6 @@ class Skip:
 
     def __str__(self) -> str:
         return str(DsbError(self.message, path=self.path, where=self.where))
-
 
 
 class Skips:
@@ -90,7 +88,6 @@ class Skips:
         if not self.skip_bad:
             raise exc
         self.records.append(Skip.from_error(exc))
-
 
 
 def folder_images(images_dir) -> tuple[dict[str, Path], list[BadDataError]]:
@@ -159,10 +156,8 @@ def folder_images(images_dir) -> tuple[dict[str, Path], list[BadDataError]]:
     return dict(sorted(images.items())), problems
 
 
-
 def _usable_id(image_id: str) -> bool:
     return image_id.strip() == image_id and image_id.isprintable() and not any(c in image_id for c in ',"')
-
 
 
 def find_images(paths) -> tuple[dict[str, Path], list[BadDataError]]:
@@ -230,13 +225,11 @@ def find_images(paths) -> tuple[dict[str, Path], list[BadDataError]]:
     return images, problems
 
 
-
 def _read_or_problem(path: Path) -> tuple[np.ndarray | None, DsbError | None]:
     try:
         return read_image(path), None  # checks the layout: (H, W) or (H, W, 1..4), at least one pixel
     except DsbError as exc:
         return None, exc
-
 
 
 def _read_ahead(paths: Iterable[Path]) -> Iterator[tuple[np.ndarray | None, DsbError | None]]:
@@ -253,7 +246,6 @@ def _read_ahead(paths: Iterable[Path]) -> Iterator[tuple[np.ndarray | None, DsbE
             contextlib.closing(in_order(pool, _read_or_problem, paths, 2 * cores)) as done:
         for _, future in done:
             yield future.result()
-
 
 
 class Checked:
@@ -281,7 +273,6 @@ class Checked:
                 skips(exc, path=path)
                 continue
             yield image_id, path, raw
-
 
 
 def read_images(

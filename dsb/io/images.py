@@ -40,7 +40,6 @@ __all__ = [
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
 
 
-
 def read_image(path) -> np.ndarray:
     """Read an image file as it is stored.
 
@@ -80,7 +79,6 @@ def read_image(path) -> np.ndarray:
     return _check_layout(image, path)
 
 
-
 def _read_pillow(path: Path) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
@@ -108,7 +106,6 @@ def _read_pillow(path: Path) -> np.ndarray:
     return image
 
 
-
 def _read_tiff(path: Path) -> np.ndarray:
     import tifffile
 
@@ -116,7 +113,6 @@ def _read_tiff(path: Path) -> np.ndarray:
         return np.asarray(tifffile.imread(path))
     except Exception as exc:  # tifffile raises many types for a damaged file
         raise BadDataError(f"corrupt or unreadable TIFF ({type(exc).__name__}: {exc})", path=path) from None
-
 
 
 def _check_layout(image: np.ndarray, path: Path) -> np.ndarray:
@@ -132,7 +128,6 @@ def _check_layout(image: np.ndarray, path: Path) -> np.ndarray:
     if image.shape[0] < 1 or image.shape[1] < 1:
         raise BadDataError(f"image of shape {image.shape} has no pixels", path=path)
     return image
-
 
 
 def read_mask(path, shape: tuple[int, int] | None = None) -> np.ndarray:
@@ -165,10 +160,8 @@ def read_mask(path, shape: tuple[int, int] | None = None) -> np.ndarray:
     return mask > 0
 
 
-
 class MaskFixWarning(UserWarning):
     """The masks of one image needed fixing (overlaps, empty masks); see :class:`MaskFixes`."""
-
 
 
 @dataclass(frozen=True)
@@ -226,13 +219,11 @@ class MaskFixes:
         )
 
 
-
 def _mask_files(masks_dir: Path) -> list[Path]:
     return sorted(
         (p for p in masks_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")),
         key=lambda p: p.name,
     )
-
 
 
 def read_labels(sample_dir, shape: tuple[int, int] | None = None, *, return_fixes: bool = False):
@@ -299,7 +290,6 @@ def read_labels(sample_dir, shape: tuple[int, int] | None = None, *, return_fixe
     return labels
 
 
-
 def list_ids(stage_dir) -> list[str]:
     """Image ids of a stage folder, sorted.
 
@@ -332,7 +322,6 @@ def list_ids(stage_dir) -> list[str]:
     return ids
 
 
-
 def image_path(stage_dir, image_id: str) -> Path:
     """Path of the image of ``image_id``: ``{stage_dir}/{id}/images/{id}.png``.
 
@@ -350,7 +339,6 @@ def image_path(stage_dir, image_id: str) -> Path:
     return default
 
 
-
 def image_shape(path) -> tuple[int, int]:
     """(H, W) of an image file, from its header where possible."""
     from PIL import Image
@@ -366,7 +354,6 @@ def image_shape(path) -> tuple[int, int]:
     return read_image(path).shape[:2]
 
 
-
 def image_shapes(stage_dir) -> dict[str, tuple[int, int]]:
     """(H, W) of every image of a stage folder, by id (headers only: fast).
 
@@ -375,7 +362,6 @@ def image_shapes(stage_dir) -> dict[str, tuple[int, int]]:
     dict of str to (int, int)
     """
     return {i: image_shape(image_path(stage_dir, i)) for i in list_ids(stage_dir)}
-
 
 
 def find_stage(data_dir, stage: str = "stage1_train") -> Path:

@@ -17,7 +17,6 @@ __all__ = [
 _UINT16_MAX = np.iinfo(np.uint16).max
 
 
-
 def write_labels(path, labels: np.ndarray) -> Path:
     """Write instance labels as an image that Fiji, napari and scikit-image open, atomically.
 
@@ -74,7 +73,6 @@ def write_labels(path, labels: np.ndarray) -> Path:
         tifffile.imwrite(tmp, labels.astype(np.uint32 if wide else np.uint16), photometric="minisblack",
                          compression="zlib")
     return path
-
 
 
 def write_png(path, rgb: np.ndarray) -> Path:

@@ -65,21 +65,16 @@ __all__ = [
 ENGINES = ("keras", "onnx", "openvino")
 
 
-
 ENGINE_CHOICES = ("auto", *ENGINES)
-
 
 
 AUTO_ORDER = ("openvino", "onnx", "keras")
 
 
-
 _MODULES = {"keras": "keras", "onnx": "onnxruntime", "openvino": "openvino"}
 
 
-
 _PIP = {"keras": "keras tensorflow-cpu", "onnx": "onnxruntime", "openvino": "openvino"}
-
 
 
 class Network:
@@ -115,7 +110,6 @@ class Network:
         return f"{type(self).__name__}({str(self.path)!r})"
 
 
-
 class KerasNetwork(Network):
     """A Keras model called through ``predict_on_batch`` (compiled once per tile shape)."""
 
@@ -131,11 +125,9 @@ class KerasNetwork(Network):
         return np.asarray(keras.ops.convert_to_numpy(self.model.predict_on_batch(batch)), np.float32)
 
 
-
 # At most this many images in flight at once (each holds its own memory: about 0.5 GiB for a
 # 1040x1388 image), whatever the number of cores; each stream then takes a share of them.
 MAX_STREAMS = 4
-
 
 
 def _onnx_session(path, threads: int):
@@ -148,11 +140,9 @@ def _onnx_session(path, threads: int):
     return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-
 def _run_session(session, batch: np.ndarray) -> np.ndarray:
     out = session.run(None, {INPUT_NAME: np.ascontiguousarray(batch, np.float32)})[0]
     return np.asarray(out, np.float32)
-
 
 
 class OnnxRuntimeNetwork(Network):
@@ -186,7 +176,6 @@ class OnnxRuntimeNetwork(Network):
         return self._streams
 
 
-
 class _Stream(Network):
     """One thread's share of an engine (:meth:`Network.streams`): ``run(batch)``."""
 
@@ -198,12 +187,10 @@ class _Stream(Network):
         return self.run(batch)
 
 
-
 def _infer(request, batch: np.ndarray) -> np.ndarray:
     request.infer({0: np.ascontiguousarray(batch, np.float32)})
     # The request's buffer is reused by the next call: copy out.
     return np.array(request.get_output_tensor(0).data, np.float32)
-
 
 
 class OpenVinoNetwork(Network):
@@ -256,7 +243,6 @@ class OpenVinoNetwork(Network):
         return self._streams
 
 
-
 def engine_installed(engine: str) -> bool:
     """Whether the package behind ``engine`` can be imported."""
     import importlib.util
@@ -264,12 +250,10 @@ def engine_installed(engine: str) -> bool:
     return importlib.util.find_spec(_MODULES[engine]) is not None
 
 
-
 def _not_installed(engine: str) -> EnvironmentProblem:
     return EnvironmentProblem(
         f"engine {engine!r} is not installed (pip install {_PIP[engine]}), or choose another with --engine"
     )
-
 
 
 def choose_engine(model_dir, engine: str = "auto", precision: str = "float32") -> str:
@@ -317,7 +301,6 @@ def choose_engine(model_dir, engine: str = "auto", precision: str = "float32") -
     return engine
 
 
-
 def open_network(model_dir, config, engine: str = "auto", *, keras_model=None,
                  precision: str = "float32") -> Network:
     """The network of a model folder behind the engine ``engine`` names (see :func:`choose_engine`).
@@ -361,7 +344,6 @@ def open_network(model_dir, config, engine: str = "auto", *, keras_model=None,
         raise BadDataError(f"engine {engine!r} cannot load it ({lines[0][:300]})", path=path) from None
     _check_shapes(network, path, len(config.model.outputs))
     return network
-
 
 
 def _check_shapes(network: Network, path: Path, channels: int) -> None:

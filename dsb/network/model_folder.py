@@ -46,9 +46,7 @@ __all__ = [
 EXPORTED_FILES = ("config.json", "manifest.json", "history.csv", "tuning.csv")
 
 
-
 _DEFAULT_MODEL = Path(__file__).parents[1] / "models" / "default"
-
 
 
 def default_model_dir() -> Path:
@@ -73,11 +71,9 @@ def default_model_dir() -> Path:
     return _DEFAULT_MODEL
 
 
-
 def resolve_model_dir(model_dir=None) -> Path:
     """``model_dir`` as a Path, or the shipped model's folder (:func:`default_model_dir`) when None."""
     return default_model_dir() if model_dir is None else Path(model_dir)
-
 
 
 def load_run_config(run_dir) -> Config:
@@ -89,7 +85,6 @@ def load_run_config(run_dir) -> Config:
     if not path.is_file():
         raise BadDataError("no config.json here: not a run folder (make one with `dsb train --out`)", path=run_dir)
     return load_config(path)
-
 
 
 def load_run(run_dir):
@@ -140,7 +135,6 @@ def load_run(run_dir):
     return model, config
 
 
-
 def update_inference(run_dir, *, predict: PredictConfig | None = None,
                      postprocess: PostprocessConfig | None = None) -> Config:
     """Replace the prediction and/or post-processing sections of a run's ``config.json`` in one
@@ -158,11 +152,9 @@ def update_inference(run_dir, *, predict: PredictConfig | None = None,
     return config
 
 
-
 def update_postprocess(run_dir, postprocess: PostprocessConfig) -> Config:
     """Replace the post-processing section of a run's ``config.json`` (atomically); return the new config."""
     return update_inference(run_dir, postprocess=postprocess)
-
 
 
 def network_file(model_dir, precision: str = "float32") -> Path:
@@ -170,7 +162,6 @@ def network_file(model_dir, precision: str = "float32") -> Path:
     if precision not in PRECISIONS:
         raise ValueError(f"`precision` is {precision!r}; expected one of {', '.join(PRECISIONS)}")
     return Path(model_dir) / (INT8_FILE if precision == "int8" else ONNX_FILE)
-
 
 
 def _varint(data: bytes, pos: int) -> tuple[int, int]:
@@ -184,7 +175,6 @@ def _varint(data: bytes, pos: int) -> tuple[int, int]:
         if not byte & 0x80:
             return value, pos
         shift += 7
-
 
 
 def _fields(data: bytes):
@@ -207,7 +197,6 @@ def _fields(data: bytes):
         if pos > len(data):
             raise ValueError("truncated field")
         yield number, value
-
 
 
 def read_onnx_metadata(path) -> dict[str, str]:
@@ -241,7 +230,6 @@ def read_onnx_metadata(path) -> dict[str, str]:
     if not has_graph:
         raise BadDataError("is not an ONNX model (no graph in it)", path=path)
     return meta
-
 
 
 def read_onnx_opset(path: Path) -> int:
@@ -287,9 +275,7 @@ def check_onnx(path, outputs: Sequence[str], keras_path=None, precision: str = "
         )
 
 
-
 ONNX_FILE = "model.onnx"
-
 
 
 def file_digest(path) -> str:
@@ -301,9 +287,7 @@ def file_digest(path) -> str:
     return digest.hexdigest()
 
 
-
 INT8_FILE = "model.int8.onnx"
-
 
 
 PRECISIONS = ("float32", "int8")

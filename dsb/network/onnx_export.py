@@ -40,18 +40,14 @@ __all__ = [
 INPUT_NAME = "image"
 
 
-
 OUTPUT_NAME = "probabilities"
-
 
 
 # Opset 17 runs in every ONNX Runtime and OpenVINO release of the last years, and in deepImageJ's.
 OPSET = 17
 
 
-
 _AXES = ("batch", "height", "width", "channel")
-
 
 
 def _converter_missing(exc: ImportError) -> EnvironmentProblem:
@@ -59,7 +55,6 @@ def _converter_missing(exc: ImportError) -> EnvironmentProblem:
         f"ONNX export needs the onnx and tf2onnx packages ({exc.name or exc} is not installed);"
         " install them with: pip install onnx tf2onnx"
     )
-
 
 
 def export_onnx(model, path, *, outputs, source=None) -> Path:
@@ -127,7 +122,6 @@ def export_onnx(model, path, *, outputs, source=None) -> Path:
     return path
 
 
-
 def _rename(graph, old: str, new: str) -> None:
     """Rename a tensor everywhere in ``graph``: graph inputs and outputs, and node inputs and outputs."""
     for value in (*graph.input, *graph.output, *graph.value_info):
@@ -138,7 +132,6 @@ def _rename(graph, old: str, new: str) -> None:
             for i, name in enumerate(field):
                 if name == old:
                     field[i] = new
-
 
 
 def _exact_upsampling(node) -> bool:
@@ -159,7 +152,6 @@ def _exact_upsampling(node) -> bool:
         and all(d == 1 for d in attrs.get("dilations", ()))
         and attrs.get("auto_pad", b"NOTSET") in (b"NOTSET", "NOTSET")
     )
-
 
 
 def drop_empty_crops(graph) -> int:
@@ -205,7 +197,6 @@ def drop_empty_crops(graph) -> int:
                 node.input[i] = bypass[name]
     _drop_unused(graph)
     return len(bypass)
-
 
 
 def _drop_unused(graph) -> None:

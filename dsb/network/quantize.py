@@ -51,10 +51,8 @@ __all__ = [
 CALIBRATION_IMAGES = 32
 
 
-
 # Calibration crops of at most this side (the network's input at its scale).
 CALIBRATION_SIDE = 512
-
 
 
 def calibration_batches(prepared, config, *, count: int = CALIBRATION_IMAGES,
@@ -113,7 +111,6 @@ def calibration_batches(prepared, config, *, count: int = CALIBRATION_IMAGES,
     return batches
 
 
-
 class _Reader:
     """The calibration batches, as ``onnxruntime.quantization`` reads them."""
 
@@ -122,7 +119,6 @@ class _Reader:
 
     def get_next(self):
         return next(self._feeds, None)
-
 
 
 @contextlib.contextmanager
@@ -136,7 +132,6 @@ def _quiet_logging():
         logging.disable(previous)
 
 
-
 def require_quantizer() -> None:
     """Raise :class:`EnvironmentProblem` unless ONNX Runtime's quantizer and ``onnx`` import: checked
     before any other work of an int8 export, so that a missing package is said first."""
@@ -148,7 +143,6 @@ def require_quantizer() -> None:
             f"int8 export needs onnxruntime and onnx ({exc.name or exc} is not installed);"
             " install them with: pip install onnxruntime onnx"
         ) from None
-
 
 
 def quantize_onnx(src, dst, batches, *, note: str = "") -> Path:

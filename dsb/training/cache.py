@@ -51,10 +51,8 @@ __all__ = [
 CACHE_VERSION = 4  # bump when the cache's content or format changes (4: grey RGB images by level, not by luma)
 
 
-
 # Fields of PreprocessConfig that only shape the training targets, not the cache.
 _NOT_CACHED = frozenset({"border_width", "contact_width", "diameter"})  # targets and scale: made per crop
-
 
 
 @dataclass(frozen=True)
@@ -108,7 +106,6 @@ class Prepared:
         return _summary(self.ids, self.types, nuclei, self.fixes, self.groups, self.diameters)
 
 
-
 def _summary(ids, types, nuclei: int, fixes: dict, groups=(), diameters=()) -> str:
     counts = ", ".join(f"{types.count(t)} {t}" for t in IMAGE_TYPES)
     lines = [f"{len(ids)} images ({counts}), {nuclei} nuclei"]
@@ -129,7 +126,6 @@ def _summary(ids, types, nuclei: int, fixes: dict, groups=(), diameters=()) -> s
     return "\n".join(lines)
 
 
-
 def _group_lines(types, groups, diameters) -> list[str]:
     """One line per group: name, type, images and median nucleus diameter."""
     if not groups:
@@ -143,12 +139,10 @@ def _group_lines(types, groups, diameters) -> list[str]:
     return lines
 
 
-
 def _cache_key(config) -> tuple[str, dict]:
     params = {k: v for k, v in dataclasses.asdict(config).items() if k not in _NOT_CACHED}
     key = json.dumps({"version": CACHE_VERSION, "preprocess": params}, sort_keys=True)
     return hashlib.sha256(key.encode()).hexdigest()[:12], params
-
 
 
 def cache_path(data_dir, config, *, cache_dir=None) -> Path:
@@ -158,7 +152,6 @@ def cache_path(data_dir, config, *, cache_dir=None) -> Path:
     """
     root = Path(data_dir) / ".cache" if cache_dir is None else Path(cache_dir)
     return root / f"prepared-{_cache_key(config)[0]}"
-
 
 
 def _fingerprint(stage_dir: Path, ids: list[str]) -> str:
@@ -175,7 +168,6 @@ def _fingerprint(stage_dir: Path, ids: list[str]) -> str:
                 st = e.stat()
                 h.update(f"{image_id}/{sub}/{e.name}|{st.st_size}|{st.st_mtime_ns}\n".encode())
     return h.hexdigest()
-
 
 
 def _samples_fingerprint(stage_dir: Path | None, samples) -> str:
@@ -196,12 +188,10 @@ def _samples_fingerprint(stage_dir: Path | None, samples) -> str:
     return h.hexdigest()
 
 
-
 def _stage_of(samples) -> Path | None:
     """The stage folder of the competition's samples (``{stage}/{id}/images/{id}.png``), if any."""
     stage = next((s for s in samples if not s.user), None)
     return None if stage is None else stage.image.parents[2]
-
 
 
 def _prepare_one(task):
@@ -215,7 +205,6 @@ def _prepare_one(task):
     kind = image_type(raw)
     gray = to_uint8(preprocess_image(raw, config, kind=kind))
     return sample.id, gray, labels.astype(np.uint16), kind, fixes, image_features(raw, labels)
-
 
 
 def data_checksum(ids, images, labels) -> str:
@@ -233,13 +222,11 @@ def data_checksum(ids, images, labels) -> str:
     return h.hexdigest()
 
 
-
 def _read_manifest(folder: Path) -> dict | None:
     try:
         return json.loads((folder / "manifest.json").read_text())
     except (OSError, ValueError):
         return None
-
 
 
 def _decode_all(samples, config, *, workers: int, progress: bool):
@@ -252,7 +239,6 @@ def _decode_all(samples, config, *, workers: int, progress: bool):
     with context.Pool(workers) as pool:
         results = pool.imap(_prepare_one, tasks, chunksize=4)
         yield from track(results, length=len(tasks), label="prepare", enabled=progress)
-
 
 
 def _fork_context():
@@ -270,7 +256,6 @@ def _fork_context():
     if any(name in sys.modules for name in ("tensorflow", "jax", "torch")):
         return None
     return multiprocessing.get_context("fork")
-
 
 
 def prepare(data_dir, config=None, *, progress: bool = False, cache_dir=None, workers: int | None = None) -> Path:
@@ -315,7 +300,6 @@ def prepare(data_dir, config=None, *, progress: bool = False, cache_dir=None, wo
         The cache folder cannot be written.
     """
     return _prepare(data_dir, config, progress=progress, cache_dir=cache_dir, workers=workers)[0]
-
 
 
 def _prepare(data_dir, config, *, progress, cache_dir, workers) -> tuple[Path, dict, bool]:
@@ -389,9 +373,7 @@ def _prepare(data_dir, config, *, progress, cache_dir, workers) -> tuple[Path, d
     return folder, manifest, True
 
 
-
 _DIAMETER = FEATURES.index("log_diameter")
-
 
 
 def _sample_groups(samples, types: dict, features: dict) -> dict[str, str]:
@@ -409,10 +391,8 @@ def _sample_groups(samples, types: dict, features: dict) -> dict[str, str]:
     return groups
 
 
-
 def _diameter(features: np.ndarray) -> float:
     return float(np.exp(features[_DIAMETER]))
-
 
 
 def _groups_csv(ids, groups: dict, features: dict) -> str:
@@ -422,7 +402,6 @@ def _groups_csv(ids, groups: dict, features: dict) -> str:
         values = [f"{_diameter(features[i]):.4f}"] + [f"{v:.6g}" for v in features[i]]
         rows.append(",".join([i, groups[i]] + values))
     return "\n".join(rows) + "\n"
-
 
 
 def _read_groups_csv(path: Path) -> dict[str, tuple[str, float]]:
@@ -437,7 +416,6 @@ def _read_groups_csv(path: Path) -> dict[str, tuple[str, float]]:
             raise ValueError(f"row {n} has {len(cells)} cells, expected at least 3")
         out[cells[0]] = (cells[1], float(cells[2]))
     return out
-
 
 
 def load_prepared(
@@ -482,7 +460,6 @@ def load_prepared(
     )
 
 
-
 def load_groups(data_dir, config=None, *, progress: bool = False) -> tuple[dict[str, str], dict[str, float]]:
     """The imaging-experiment group and median nucleus diameter of every training image.
 
@@ -517,7 +494,6 @@ def load_groups(data_dir, config=None, *, progress: bool = False) -> tuple[dict[
     return {i: g for i, (g, _) in rows.items()}, {i: d for i, (_, d) in rows.items()}
 
 
-
 def image_types(stage_dir, ids=None) -> dict[str, str]:
     """The image type of each image of a stage folder (see :func:`dsb.inference.preprocess.image_type`).
 
@@ -536,7 +512,6 @@ def image_types(stage_dir, ids=None) -> dict[str, str]:
     stage_dir = Path(stage_dir)
     ids = list_ids(stage_dir) if ids is None else list(ids)
     return {i: image_type(read_image(image_path(stage_dir, i))) for i in ids}
-
 
 
 def load_colour_images(prepared, kinds=("stained",), *, stage_dir=None) -> dict[str, np.ndarray]:

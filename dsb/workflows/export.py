@@ -48,7 +48,6 @@ def export_onnx_in_place(run_dir) -> Path:
     return export_onnx(model, run_dir / ONNX_FILE, outputs=config.model.outputs, source=run_dir / "model.keras")
 
 
-
 def quantize_in_place(run_dir, data_dir, *, progress: bool = False) -> Path:
     """Write ``model.int8.onnx`` beside a run folder's ``model.onnx`` (:mod:`dsb.network.quantize`).
 
@@ -76,7 +75,6 @@ def quantize_in_place(run_dir, data_dir, *, progress: bool = False) -> Path:
     batches = calibration_batches(prepared, config)
     note = f"{len(batches)} training images (validation images left out)"
     return quantize_onnx(run_dir / ONNX_FILE, run_dir / INT8_FILE, batches, note=note)
-
 
 
 def export_run(run_dir, out_dir, *, note: str | None = None) -> Path:

@@ -58,11 +58,9 @@ class NucleiPredictor:
         return [type(self)(stream, self.config, tta=self.tta, diameter=self.diameter) for stream in streams]
 
 
-
 def nuclei_predictor(model, config, *, tta: bool = False, diameter: float | None = None) -> NucleiPredictor:
     """A function from a raw image to its :class:`dsb.inference.predict.Nuclei` (:func:`dsb.inference.predict.predict_nuclei`)."""
     return NucleiPredictor(model, config, tta=tta, diameter=diameter)
-
 
 
 def predict_each(
@@ -138,7 +136,6 @@ def predict_each(
         yield from finished(pending)
 
 
-
 def _in_streams(streams: list[NucleiPredictor], items, skips):
     """:func:`predict_each` with one image per stream at a time, each on its own thread, in order;
     a skipped image comes out with None for its nuclei.
@@ -167,7 +164,6 @@ def _in_streams(streams: list[NucleiPredictor], items, skips):
             contextlib.closing(in_order(pool, predict, items, 8 * len(streams), lambda item: item[2])) as done:
         for (image_id, path, raw), future in done:
             yield image_id, path, raw, _attempt(lambda f: f.result(), future, path, skips)
-
 
 
 def _attempt(step, argument, path, skips):

@@ -44,7 +44,6 @@ def _writable_file(path: Path) -> None:
         raise EnvironmentProblem("is a folder; expected a CSV file name", path=path)
 
 
-
 def predict_images(
     model,
     config: Config,
@@ -134,7 +133,6 @@ def predict_images(
         if staging is not None:
             shutil.rmtree(staging, ignore_errors=True)
     return table
-
 
 
 def predict_folder(
