@@ -1,7 +1,8 @@
 # dsb: from data to a checked submission, and the project's own checks.
 #   make submit                      fetch -> train -> tune -> predict -> validate -> submit
 #   make submit DATA_SOURCE=../shared/dsb2018 TIME_BUDGET=60
-#   make test                        install with the test extras, run the suite
+#   make test                        install with the test extras, check the layers, run the suite
+#   make docs                        build the documentation site into docs/_build/html (warnings are errors)
 #   make bench                       print speed and memory figures
 # Every target installs what it needs into $(VENV) first.
 
@@ -9,6 +10,7 @@ PYTHON      ?= python3
 VENV        ?= .venv
 EXTRAS      ?= cpu
 TEST_EXTRAS ?= cpu,jax,test
+DOCS_EXTRAS ?= cpu,docs
 DATA        ?= data
 DATA_SOURCE ?=
 CONFIG      ?=
@@ -25,13 +27,14 @@ DSB   := $(BIN)/dsb
 comma := ,
 stamp  = $(VENV)/.installed-$(subst $(comma),-,$(1))
 
-.PHONY: install install-test test fetch train tune predict validate submit bench clean
+.PHONY: install install-test install-docs test docs fetch train tune predict validate submit bench clean
 .DELETE_ON_ERROR:
 # A failed or interrupted train or tune must not delete the run's best model or tuning table.
 .PRECIOUS: $(RUN)/model.keras $(RUN)/model.onnx $(RUN)/tuning.csv
 
 install: $(call stamp,$(EXTRAS))
 install-test: $(call stamp,$(TEST_EXTRAS))
+install-docs: $(call stamp,$(DOCS_EXTRAS))
 
 $(VENV)/.installed-%: setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -39,8 +42,14 @@ $(VENV)/.installed-%: setup.cfg pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[$(subst -,$(comma),$*)]"
 	touch $@
 
+# The layers contract (setup.cfg [importlinter]) first: a layer imports only the layers below it.
 test: install-test
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/python -m pytest
+
+docs: install-docs
+	rm -rf docs/_build docs/generated
+	$(BIN)/python -m sphinx -W --keep-going -b html docs docs/_build/html
 
 fetch: install
 	$(DSB) fetch --dest $(DATA) $(if $(DATA_SOURCE),--source $(DATA_SOURCE))
@@ -76,4 +85,4 @@ bench: install-test
 	$(BIN)/python bench/run_all.py --data $(DATA) --run $(RUN)
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache .hypothesis
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .hypothesis docs/_build docs/generated
