@@ -1,13 +1,16 @@
 """Prediction speed and memory per inference engine on the 65 stage-1 test images (11.2 megapixels).
 
-    python bench/bench_predict.py [RUN_DIR] [--engines keras,onnx,openvino,openvino:int8] [--tile-size N]
+    python bench/bench_predict.py [RUN_DIR] [--engines keras,onnx,openvino,openvino:int8,openvino/one-look]
+                                  [--tile-size N]
                                   [--overlap N] [--batch-size N] [--tta] [--repeat N]
 
 Without RUN_DIR the model is the one shipped with the package (speed depends
 on the weights through the scales each image's estimated nucleus size picks).
 For each engine that is installed (a folder without ``model.onnx`` gets one
 in a temporary copy; ``ENGINE:int8`` runs the folder's ``model.int8.onnx``,
-skipped when there is none), with scale normalisation on and TTA off unless asked:
+skipped when there is none; ``ENGINE/one-look`` runs the scale estimate without its cross-check,
+as releases before it did, for the two side by side), with scale normalisation on and TTA off
+unless asked:
 
 - end-to-end throughput of ``dsb predict`` (read, preprocess, estimate the
   scale, tile, network, watershed, encode, write and validate the CSV) in
@@ -77,7 +80,7 @@ def _model_dir(run_dir: str | None, tmp: Path) -> Path:
     return copy
 
 
-def _load(model_dir: Path, engine: str, args, precision: str = "float32"):
+def _load(model_dir: Path, engine: str, args, precision: str = "float32", cross_check: bool = True):
     """The network and config to measure, with the command-line overrides applied."""
     import dataclasses
 
@@ -86,6 +89,8 @@ def _load(model_dir: Path, engine: str, args, precision: str = "float32"):
     network, config = load_network(model_dir, engine, precision)
     changes = {k: v for k, v in (("tile_size", args.tile_size), ("overlap", args.overlap),
                                  ("batch_size", args.batch_size)) if v is not None}
+    if not cross_check:
+        changes["cross_check"] = False
     if changes:
         config = config.replace(predict=dataclasses.replace(config.predict, **changes)).check()
     return network, config
@@ -165,7 +170,7 @@ class _Timed:
 
 
 def measure(engine: str, model_dir: Path, images_dir: Path, megapixels: float, args, tmp: Path,
-            precision: str = "float32") -> dict:
+            precision: str = "float32", cross_check: bool = True) -> dict:
     """End-to-end, estimate share, bare forward and peak memory of one engine at one precision."""
     import threading
 
@@ -175,7 +180,7 @@ def measure(engine: str, model_dir: Path, images_dir: Path, megapixels: float, a
     import dsb.inference.scale as scale_module
     from dsb.workflows.predict_folder import predict_images
 
-    network, config = _load(model_dir, engine, args, precision)
+    network, config = _load(model_dir, engine, args, precision, cross_check)
     streams = network.streams()
     batches: list[tuple[int, ...]] = []
     outputs: list[np.ndarray] = []  # of the cold run, which the replay in _overhead serves again
@@ -297,7 +302,8 @@ def measure(engine: str, model_dir: Path, images_dir: Path, megapixels: float, a
     peak_streams = (_child_peak(args, model_dir, engine, large, copies=2 * len(streams), precision=precision)
                     if len(streams) > 1 else peak)
     return {
-        "engine": engine if precision == "float32" else f"{engine} {precision}", "precision": precision,
+        "engine": (engine if precision == "float32" else f"{engine} {precision}")
+        + ("" if cross_check else " one-look"), "precision": precision,
         "seconds": total, "mp_s": megapixels / total, "estimate_share": estimate,
         "network_share": inside, "forward_s": forward, "forward_mp_s": megapixels / forward,
         "streams": len(streams), "streams_mp_s": megapixels / min(bare), "one_mp_s": megapixels / min(bare_one),
@@ -333,8 +339,9 @@ def _overhead(recorded: list[np.ndarray], config, images_dir: Path, args, tmp: P
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", nargs="?")
-    parser.add_argument("--engines", default="keras,onnx,openvino,openvino:int8",
-                        help="ENGINE or ENGINE:int8 (the model folder's model.int8.onnx), comma-separated")
+    parser.add_argument("--engines", default="keras,onnx,openvino,openvino:int8,openvino/one-look",
+                        help="ENGINE or ENGINE:int8 (the model folder's model.int8.onnx), comma-separated;"
+                             " /one-look: the scale estimate without its cross-check")
     parser.add_argument("--tile-size", type=int)
     parser.add_argument("--overlap", type=int)
     parser.add_argument("--batch-size", type=int)
@@ -375,8 +382,12 @@ def main() -> int:
         print(f"images: {len(images)}, {megapixels:.2f} megapixels; cores: {len(os.sched_getaffinity(0))}")
         rows = []
         for entry in args.engines.split(","):
+            entry, _, variant = entry.partition("/")
             engine, _, precision = entry.partition(":")
             precision = precision or "float32"
+            if variant not in ("", "one-look"):
+                print(f"{entry}/{variant}: unknown variant (one-look is known), skipped")
+                continue
             if not engine_installed(engine):
                 print(f"{entry}: not installed, skipped")
                 continue
@@ -386,7 +397,8 @@ def main() -> int:
             if engine != "keras" and not network_file(model_dir, precision).is_file():
                 print(f"{entry}: no {network_file(model_dir, precision).name} in {model_dir}, skipped")
                 continue
-            row = measure(engine, model_dir, tmp / "stage1_test", megapixels, args, tmp, precision)
+            row = measure(engine, model_dir, tmp / "stage1_test", megapixels, args, tmp, precision,
+                          cross_check=variant != "one-look")
             engine = row["engine"]
             rows.append(row)
             peak = "failed" if row["peak_gib"] is None else f"{row['peak_gib']:.2f} GiB"

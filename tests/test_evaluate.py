@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 
 import pytest
@@ -17,8 +18,10 @@ from dsb.workflows.evaluate import evaluate
 def run_and_data(tmp_path):
     data = tmp_path / "data"
     write_disc_stage(data / "stage1_train", masks=True)
-    # min_size 170 drops the 149-pixel disc of a_one: a score below 1 that the check can see.
-    config = CONFIG.replace(postprocess=PostprocessConfig(min_size=170), validation_ids=("a_one", "b_two"))
+    # min_size 170 drops the 149-pixel disc of a_one: a score below 1 that the check can see. Without
+    # the estimate's cross-check, which would find the disc at twice the scale (where it is larger).
+    config = CONFIG.replace(postprocess=PostprocessConfig(min_size=170), validation_ids=("a_one", "b_two"),
+                            predict=dataclasses.replace(CONFIG.predict, cross_check=False))
     return make_threshold_run(tmp_path / "run", config), data
 
 
@@ -114,3 +117,44 @@ def test_score_summary_rows_by_group_then_type_then_all():
     assert summary["score"].tolist() == pytest.approx([0.2, 0.5, 1.0, 0.4, 1.0, 0.55])
     top = densest(table, 2)
     assert top["ImageId"].tolist() == ["b", "d"] and top["found"].tolist() == [5, 9]
+
+
+def test_zoom_pair_keeps_every_nucleus_at_its_new_size():
+    import numpy as np
+
+    from dsb.inference.scale import median_diameter
+    from dsb.io.synthetic import nuclei_field
+    from dsb.workflows.evaluate import zoom_pair
+
+    image, labels = nuclei_field((96, 128), 16, seed=4)
+    for zoom in (0.5, 2.0, 3.0):
+        big, big_labels = zoom_pair(image, labels, zoom)
+        assert big.shape == big_labels.shape == (round(96 * zoom), round(128 * zoom)) and big.dtype == np.uint8
+        assert big_labels.max() == labels.max()
+        assert median_diameter(big_labels) == pytest.approx(zoom * median_diameter(labels), rel=0.1)
+    rgb, _ = zoom_pair(np.dstack([image] * 3), labels, 2)
+    assert rgb.shape == (192, 256, 3)
+    with pytest.raises(ValueError, match="greater than 0"):
+        zoom_pair(image, labels, 0)
+
+
+def test_magnification_sweep_scores_each_zoom_and_the_command_prints_it(run_and_data, tmp_path):
+    """The threshold stand-in network finds discs at any size once the scale is given by the
+    estimate, so the sweep has a row per zoom and level; the command says how far each is from 1x."""
+    from dsb.workflows.evaluate import magnification_sweep
+
+    run_dir, data = run_and_data
+    sweep = magnification_sweep(run_dir, data, (1, 2), progress=False)
+    overall = sweep[sweep["level"] == "all"].set_index("zoom")
+    assert list(overall.index) == [1.0, 2.0]
+    assert overall.loc[1.0, "score"] == pytest.approx(evaluate(run_dir, data, progress=False)[0])
+    assert (overall["true"] == overall.loc[1.0, "true"]).all()  # the same nuclei at every zoom
+    result = CliRunner().invoke(cli, ["evaluate", str(run_dir), "--data", str(data), "--zoom", "1,2",
+                                      "--per-image", str(tmp_path / "sweep.csv")])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.strip().splitlines()
+    assert lines[0].startswith("zoom 1: ") and lines[1].startswith("zoom 2: ") and "against 1x" in lines[1]
+    assert float(lines[-1]) == pytest.approx(overall["score"].min(), abs=1e-6)
+    assert len(__import__("pandas").read_csv(tmp_path / "sweep.csv")) == len(sweep)
+    bad = CliRunner().invoke(cli, ["evaluate", str(run_dir), "--data", str(data), "--zoom", "1,x"])
+    assert bad.exit_code == 2 and "comma-separated" in bad.stderr

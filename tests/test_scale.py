@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -287,7 +289,8 @@ def test_the_image_is_predicted_at_the_scale_the_last_pass_suggests():
     truth = grid_of_discs((440, 440), 6, 24)  # 12-pixel nuclei: the network wants them 1.7 times larger
     gray = predict._network_input(image_of(truth), CONFIG)
     chosen = choose_scale(size_tuned_network, _passes(1), gray)
-    assert chosen.passes == 1
+    assert chosen.passes == 2  # the one pass, and the cross-check at half the scale
+    assert chosen.sure and chosen.agreement == pytest.approx(1, abs=0.2)
     # Not the scale the one pass ran at (1.0), but the one it measured.
     assert chosen.scale == pytest.approx(CANONICAL / median_diameter(truth), rel=0.2)
     assert chosen.diameter == pytest.approx(median_diameter(truth), rel=0.2)
@@ -303,8 +306,74 @@ def test_a_window_too_small_for_its_nuclei_earns_one_more_pass():
     truth = grid_of_discs((440, 440), 38, 110)
     gray = predict._network_input(image_of(truth), CONFIG)
     chosen = choose_scale(size_tuned_network, _passes(1), gray)
-    assert chosen.passes == 2
+    assert chosen.passes == 3  # two passes and the cross-check at half the scale
     assert chosen.diameter == pytest.approx(median_diameter(truth), rel=0.2)
-    # Nuclei of the network's own size need no second pass.
+    # Nuclei of the network's own size need no second pass, only the cross-check.
     small = grid_of_discs((440, 440), 10, 40)
-    assert choose_scale(size_tuned_network, _passes(1), predict._network_input(image_of(small), CONFIG)).passes == 1
+    assert choose_scale(size_tuned_network, _passes(1), predict._network_input(image_of(small), CONFIG)).passes == 2
+
+
+def texture_network(batch: np.ndarray) -> np.ndarray:
+    """Stands in for a network that reads any bright region wider than 1.5 CANONICAL as pieces of
+    about CANONICAL pixels, at every scale: the texture inside a nucleus far larger than the
+    nuclei it was trained on, which a real network takes for many nuclei of its own size, and is
+    unsure of (body probability 0.7 there, against 1 in nuclei it knows)."""
+    out = np.zeros(batch.shape[:3] + (3,), np.float32)
+    for k, image in enumerate(batch[..., 0]):
+        body = image > 0.5
+        regions, n = ndimage.label(body)
+        extent = np.zeros(n + 1, bool)
+        for index, (rows, cols) in enumerate(ndimage.find_objects(regions), start=1):
+            extent[index] = max(rows.stop - rows.start, cols.stop - cols.start) > 1.5 * CANONICAL
+        rr, cc = np.indices(body.shape)
+        grid = (rr % CANONICAL < 2) | (cc % CANONICAL < 2)
+        out[k, ..., 0] = np.where(extent[regions], 0.7, 1.0) * body
+        out[k, ..., 1] = (body & ~ndimage.binary_erosion(body, iterations=2)) | (extent[regions] & grid)
+    return out
+
+
+@pytest.mark.parametrize("radius", [10, 35, 55])
+def test_the_cross_check_finds_nuclei_far_larger_than_the_network_knows(radius):
+    """A pass at the image's scale reads 110-pixel nuclei as 20-pixel pieces; the look at half
+    the scale sees the pieces grow and moves until the nuclei read the same twice."""
+    config = dataclasses.replace(CONFIG, predict=dataclasses.replace(CONFIG.predict, min_scale=0.1))
+    truth = grid_of_discs((8 * radius, 8 * radius), radius, int(2.8 * radius))
+    image = image_of(truth)
+    chosen = choose_scale(texture_network, config, predict_input(image, config))
+    assert chosen.diameter == pytest.approx(median_diameter(truth), rel=0.25)
+    assert chosen.sure
+    found = predict_nuclei(texture_network, config, image)
+    assert found.labels.max() == truth.max()
+    assert image_score(truth, found.labels).score > 0.8
+
+
+def test_an_estimate_that_cannot_be_checked_is_not_sure():
+    # 24 pixels: half the scale leaves too little to look at.
+    tiny = image_of(grid_of_discs((24, 24), 6, 24))
+    assert not choose_scale(size_tuned_network, CONFIG, predict_input(tiny, CONFIG)).sure
+    # No nucleus at all: nothing to measure.
+    empty = np.full((200, 200), 10, np.uint8)
+    chosen = choose_scale(size_tuned_network, CONFIG, predict_input(empty, CONFIG))
+    assert not chosen.sure and np.isnan(chosen.diameter)
+    # A given diameter is not an estimate.
+    assert choose_scale(size_tuned_network, CONFIG, predict_input(empty, CONFIG), diameter=20).sure
+
+
+def predict_input(image, config):
+    from dsb.inference.preprocess import preprocess_image
+
+    return preprocess_image(image, config.preprocess)
+
+
+def test_nuclei_the_first_pass_cannot_see_are_found_at_another_scale():
+    """Never zero nuclei at one scale when another finds them: discs that the first pass's
+    min_size drops are measured at twice the scale; the estimate says it is unsure."""
+    from dsb.core.config import PostprocessConfig
+
+    config = CONFIG.replace(postprocess=PostprocessConfig(min_size=170))
+    truth = grid_of_discs((200, 200), 7, 30)  # 149-pixel discs
+    chosen = choose_scale(size_tuned_network, config, predict_input(image_of(truth), config))
+    assert chosen.diameter == pytest.approx(median_diameter(truth), rel=0.2) and not chosen.sure
+    assert predict_nuclei(size_tuned_network, config, image_of(truth)).labels.max() == truth.max()
+    off = dataclasses.replace(config, predict=dataclasses.replace(config.predict, cross_check=False))
+    assert np.isnan(choose_scale(size_tuned_network, off, predict_input(image_of(truth), off)).diameter)

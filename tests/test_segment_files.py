@@ -239,3 +239,29 @@ def test_segment_paths_with_a_tiny_model(tmp_path, tiny_run):
         assert sorted(table["label"]) == sorted(set(np.unique(labels)) - {0})
         assert table["area"].sum() == (labels > 0).sum()
         assert Image.open(out / f"{path.stem}_overlay.png").size == shape[::-1]
+
+
+def test_summary_says_how_sure_the_estimate_is_and_the_cli_warns(tmp_path):
+    """The shipped model on a field of 24-pixel nuclei (confirmed at half the scale) and on a blank
+    image (nothing to measure): summary.csv says which estimate is sure, and `dsb segment` names
+    the unsure image on stderr."""
+    from click.testing import CliRunner
+
+    from dsb.cli import cli
+    from dsb.io.synthetic import nuclei_field
+
+    images = tmp_path / "images"
+    images.mkdir()
+    field, _ = nuclei_field((256, 256), 24, seed=2)
+    Image.fromarray(field).save(images / "field.png")
+    Image.fromarray(np.full((128, 128), 12, np.uint8)).save(images / "blank.png")
+    result = CliRunner().invoke(cli, ["segment", str(images), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    summary = pd.read_csv(tmp_path / "out" / "summary.csv").set_index("file")
+    field_row, blank_row = summary.loc[str(images / "field.png")], summary.loc[str(images / "blank.png")]
+    assert bool(field_row["diameter_estimated"]) and bool(field_row["diameter_sure"])
+    assert field_row["diameter"] == pytest.approx(24, rel=0.25)
+    assert not bool(blank_row["diameter_sure"]) and blank_row["nuclei"] == 0
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and str(images / "blank.png") in warnings[0]
+    assert "1 with an unsure diameter estimate" in result.stdout

@@ -237,8 +237,9 @@ class PredictConfig:
     overlap: int = 112
     context: int = 48
     batch_size: int = 1
-    # Resampling factors allowed when an image's nucleus diameter is estimated or given.
-    min_scale: float = 0.2
+    # Resampling factors allowed when an image's nucleus diameter is estimated or given: nuclei
+    # from 5 to 160 pixels across reach the network at its diameter of 20.
+    min_scale: float = 0.125
     max_scale: float = 4.0
     # Passes of the diameter estimate: each predicts at the scale the previous one suggests,
     # and the image is predicted at the one the last suggests. A window too small for its
@@ -261,6 +262,10 @@ class PredictConfig:
     # Scale of the estimate's first pass. Starting at 0.5 lost the small nuclei of brightfield
     # images (held-out brightfield 0.21 -> 0.09).
     estimate_scale: float = 1.0
+    # Cross-check the estimate at half the scale, and further down where the reading grows
+    # (dsb.inference.scale.choose_scale): without it, nuclei several times the network's diameter
+    # read as their own texture and are lost. False gives the estimate of earlier releases.
+    cross_check: bool = True
 
     def check(self, where: str) -> None:
         if not 0 < self.min_scale <= 1.0 <= self.max_scale <= 8.0:

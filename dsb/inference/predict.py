@@ -57,12 +57,18 @@ class Scaled:
 
 @dataclass(frozen=True)
 class Nuclei:
-    """The nuclei of one image (:func:`predict_nuclei`): labels and the scale they were found at."""
+    """The nuclei of one image (:func:`predict_nuclei`): labels and the scale they were found at.
+
+    ``sure`` is False when the diameter was estimated and the estimate's cross-check could not
+    confirm it (:class:`dsb.inference.scale.Scale`): the image deserves a look, or a ``diameter``.
+    """
 
     labels: np.ndarray
     diameter: float
     scale: float
     estimated: bool
+    sure: bool = True
+    agreement: float = math.nan
 
 
 def _network_input(raw_image, config: Config) -> np.ndarray:
@@ -161,7 +167,7 @@ def network_stage(model, config: Config, raw_image: np.ndarray, *, tta: bool = F
     chosen, prob, labels = choose_scale_and_pass(model, config, gray, diameter)
     if max(gray.shape[:2]) * chosen.scale > _CHUNK + 2 * _CHUNK_MARGIN:
         labels = _segment_in_chunks(model, config, gray, chosen.scale, tta=tta)
-        return Nuclei(labels, chosen.diameter, chosen.scale, chosen.estimated)
+        return Nuclei(labels, chosen.diameter, chosen.scale, chosen.estimated, chosen.sure, chosen.agreement)
     if prob is None or tta:
         prob, labels = predict_at_scale(model, gray, chosen.scale, config, tta=tta), None
     return prob, labels, chosen, gray.shape[:2]
@@ -177,7 +183,7 @@ def watershed_stage(stage, config: Config) -> Nuclei:
         labels = labels_at_scale(prob, chosen.scale, shape, config.postprocess)
     else:
         labels = labels_to_image(labels, prob, chosen.scale, shape, config.postprocess)
-    return Nuclei(labels, chosen.diameter, chosen.scale, chosen.estimated)
+    return Nuclei(labels, chosen.diameter, chosen.scale, chosen.estimated, chosen.sure, chosen.agreement)
 
 
 def predict_labels(

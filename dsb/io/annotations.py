@@ -19,7 +19,7 @@ construction, and form their own imaging-experiment group ``user:{folder}``
 (``user:{folder}-{type}`` when the folder holds images of several types), so
 a group-held-out split and a fine-tune validation keep them apart from the
 competition's images. :func:`find_samples` finds every sample of a training
-folder and :func:`read_sample` reads one; :mod:`dsb.io.images` builds its cache
+folder and :func:`read_sample` reads one; :mod:`dsb.training.cache` builds its cache
 from them, so user images and competition images go through one loader.
 """
 

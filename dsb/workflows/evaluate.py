@@ -13,8 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
+from dsb.inference.labels import labels_to_shape
+from dsb.inference.resample import resample_to
 from dsb.inference.scale import median_diameter
 from dsb.kaggle.metric import score_labels
 from dsb.network.engines import load_network
@@ -24,6 +27,7 @@ from dsb.workflows.tune import validation_data
 
 __all__ = [
     "Validation", "predict_validation", "score_validation", "evaluate", "score_summary", "densest", "summary_lines",
+    "zoom_pair", "magnification_sweep", "sweep_lines",
 ]
 
 
@@ -53,7 +57,8 @@ class Validation:
 
 
 def predict_validation(
-    model, config, data_dir, *, tta: bool = False, diameter: float | None = None, progress: bool = True
+    model, config, data_dir, *, tta: bool = False, diameter: float | None = None, progress: bool = True,
+    zoom: float = 1.0,
 ) -> Validation:
     """Read a run's validation images and their groups, and predict their nuclei.
 
@@ -72,6 +77,9 @@ def predict_validation(
         image's is estimated, as ``dsb predict`` does.
     progress : bool
         Draw a progress bar on stderr.
+    zoom : float
+        Resample every image and its truth by this factor first (:func:`zoom_pair`), as
+        a microscope of another magnification would show them.
 
     Returns
     -------
@@ -79,6 +87,9 @@ def predict_validation(
     """
 
     images, truth, types = validation_data(config, data_dir, progress=False)
+    if zoom != 1.0:
+        for image_id in images:
+            images[image_id], truth[image_id] = zoom_pair(images[image_id], truth[image_id], zoom)
     all_groups = load_groups(data_dir, config.preprocess)[0]
     predict = nuclei_predictor(model, config, tta=tta, diameter=diameter)
     in_memory = ((image_id, None, raw) for image_id, raw in images.items())
@@ -196,3 +207,98 @@ def evaluate(
     model, config = load_network(Path(run_dir), engine, precision)
     return score_validation(predict_validation(model, config, data_dir, tta=tta, diameter=diameter,
                                                progress=progress))
+
+
+def zoom_pair(raw: np.ndarray, labels: np.ndarray, zoom: float) -> tuple[np.ndarray, np.ndarray]:
+    """An image and its instance labels as seen ``zoom`` times larger (or smaller, below 1).
+
+    The image is resampled linearly, channel by channel, and keeps its dtype; the labels by the
+    nearest pixel (:func:`dsb.inference.labels.labels_to_shape`), so nuclei keep their identity.
+
+    Parameters
+    ----------
+    raw : (H, W) or (H, W, C) ndarray
+    labels : (H, W) ndarray of int
+    zoom : float
+        Greater than 0.
+
+    Returns
+    -------
+    (ndarray, ndarray of int32)
+        Both of shape ``round(H * zoom), round(W * zoom)`` (at least 1 pixel).
+
+    Examples
+    --------
+    >>> image, labels = zoom_pair(np.zeros((10, 20), np.uint8), np.ones((10, 20), int), 2)
+    >>> image.shape, labels.shape, image.dtype
+    ((20, 40), (20, 40), dtype('uint8'))
+    """
+    if not zoom > 0:
+        raise ValueError(f"`zoom` is {zoom}; it must be greater than 0")
+    shape = tuple(max(1, int(round(n * zoom))) for n in labels.shape[:2])
+    planes = raw[:, :, None] if raw.ndim == 2 else raw
+    out = np.stack([resample_to(planes[:, :, c], shape) for c in range(planes.shape[2])], axis=2)
+    if np.issubdtype(raw.dtype, np.integer):
+        info = np.iinfo(raw.dtype)
+        out = np.clip(np.rint(out), info.min, info.max)
+    out = out.astype(raw.dtype)
+    return (out[:, :, 0] if raw.ndim == 2 else out), labels_to_shape(labels, shape)
+
+
+def magnification_sweep(
+    run_dir, data_dir, zooms, *, tta: bool = False, progress: bool = True, engine: str = "auto",
+    precision: str = "float32",
+) -> pd.DataFrame:
+    """Score a run's validation images seen at several magnifications: the yardstick for scale.
+
+    Each zoom resamples every held-out image and its truth (:func:`zoom_pair`), so nuclei
+    of the held-out groups span sizes that no held-out group shows, and predicts them with
+    the scale estimated as ``dsb predict`` does. A product that is scale-invariant scores the
+    same at every zoom.
+
+    Parameters
+    ----------
+    run_dir, data_dir, tta, progress, engine, precision
+        As :func:`evaluate`.
+    zooms : sequence of float
+        The magnifications, e.g. ``(0.5, 1, 2, 3)``.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per zoom and summary level (as :func:`score_summary`: each group, each type,
+        all): ``zoom``, ``level``, ``name``, ``images``, ``score``, and ``found`` and ``true``,
+        the true nuclei matched at IoU 0.5 and all true nuclei.
+    """
+    model, config = load_network(Path(run_dir), engine, precision)
+    frames = []
+    for zoom in zooms:
+        _, table = score_validation(predict_validation(model, config, data_dir, tta=tta, progress=progress,
+                                                       zoom=float(zoom)))
+        summary = score_summary(table)
+        found, true = [], []
+        for row in summary.itertuples(index=False):
+            part = table if row.level == "all" else table[table[row.level].fillna("unknown") == row.name]
+            found.append(int(part["tp_50"].sum()))
+            true.append(int(part["n_true"].sum()))
+        frames.append(summary.assign(zoom=float(zoom), found=found, true=true))
+    columns = ["zoom", "level", "name", "type", "images", "score", "found", "true"]
+    return pd.concat(frames, ignore_index=True)[columns]
+
+
+def sweep_lines(sweep: pd.DataFrame) -> list[str]:
+    """Lines for people: per zoom, the score of each type and overall with the true nuclei found,
+    and how far each zoom is from 1x when 1x was measured."""
+    overall = sweep[sweep["level"] == "all"].set_index("zoom")
+    base = overall["score"].get(1.0)
+    lines = []
+    for zoom, part in sweep.groupby("zoom", sort=True):
+        types = part[part["level"] == "type"]
+        every = overall.loc[zoom]
+        line = (f"zoom {zoom:g}: {every['score']:.4f}"
+                + "".join(f", {r.name} {r.score:.4f}" for r in types.itertuples(index=False))
+                + f"; found {every['found']}/{every['true']} at IoU 0.5")
+        if base is not None and zoom != 1.0:
+            line += f"; {every['score'] - base:+.4f} against 1x"
+        lines.append(line)
+    return lines

@@ -50,7 +50,8 @@ MEASUREMENT_COLUMNS = (
     "eccentricity",
     "mean_intensity",
 )
-SUMMARY_COLUMNS = ("file", "status", "nuclei", "diameter", "labels", "measurements", "overlay", "error")
+SUMMARY_COLUMNS = ("file", "status", "nuclei", "diameter", "diameter_estimated", "diameter_sure", "labels",
+                   "measurements", "overlay", "error")
 
 # regionprops_table's names -> ours: row/col say which axis, unlike -0/-1.
 _REGIONPROPS_NAMES = {
@@ -176,8 +177,10 @@ def segment_paths(
     DataFrame
         One row per input with :data:`SUMMARY_COLUMNS`: ``file``, ``status``
         ("ok" or "skipped"), ``nuclei``, ``diameter`` (pixels, given or
-        estimated; empty when unknown), the paths written (empty when not
-        written) and ``error`` (empty when ok). ``attrs["skipped"]`` holds a
+        estimated; empty when unknown), ``diameter_estimated`` and
+        ``diameter_sure`` (False where the estimate's cross-check could not
+        confirm it: see :class:`dsb.inference.scale.Scale`; empty when skipped),
+        the paths written (empty when not written) and ``error`` (empty when ok). ``attrs["skipped"]`` holds a
         :class:`dsb.io.folders.Skip` per skipped input, for the caller to report.
 
     Raises
@@ -233,14 +236,16 @@ def _write_outputs(out_dir: Path, name: str, image: Path, raw: np.ndarray, nucle
         write_png(targets["overlay"], outline_overlay(raw, labels))
     else:
         del targets["overlay"]
-    return _row(image, "ok", nuclei=len(table), diameter=nuclei.diameter, **{k: str(v) for k, v in targets.items()})
+    return _row(image, "ok", nuclei=len(table), diameter=nuclei.diameter, estimated=nuclei.estimated,
+                sure=nuclei.sure, **{k: str(v) for k, v in targets.items()})
 
 
-def _row(path, status: str, *, nuclei: int = 0, diameter: float = math.nan, labels: str = "",
-         measurements: str = "", overlay: str = "", error: str = "") -> dict:
+def _row(path, status: str, *, nuclei: int = 0, diameter: float = math.nan, estimated: bool | str = "",
+         sure: bool | str = "", labels: str = "", measurements: str = "", overlay: str = "", error: str = "") -> dict:
     return {"file": str(path), "status": status, "nuclei": nuclei,
-            "diameter": round(diameter, 2) if math.isfinite(diameter) else "", "labels": labels,
-            "measurements": measurements, "overlay": overlay, "error": error}
+            "diameter": round(diameter, 2) if math.isfinite(diameter) else "", "diameter_estimated": estimated,
+            "diameter_sure": sure, "labels": labels, "measurements": measurements, "overlay": overlay,
+            "error": error}
 
 
 def _predictor(model_dir, *, tta: bool, diameter: float | None = None, engine: str = "auto",
