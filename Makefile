@@ -16,9 +16,13 @@ DATA_SOURCE ?=
 CONFIG      ?=
 RUN         ?= runs/default
 TIME_BUDGET ?= 60
-# The cosine learning-rate schedule spans EPOCHS; 42 is about what 60 minutes hold on 2 CPU cores
-# (75 to 85 s an epoch: 67 steps of 8 crops and the 132 group-held-out validation images).
+# At most EPOCHS; the cosine learning-rate schedule follows the share of TIME_BUDGET spent, so a
+# slower CPU runs the whole schedule in fewer epochs (dsb.training.schedule). 42 is about what 60
+# minutes held on a fast 2-core CPU (75 to 85 s an epoch: 67 steps of 8 crops and the 132
+# group-held-out validation images).
 EPOCHS      ?= 42
+# auto: a short probe times float32 against bfloat16 (mixed float16 on a GPU) and trains in the faster.
+TRAIN_PRECISION ?= auto
 SUBMISSION  ?= submissions/$(notdir $(RUN)).csv
 MESSAGE     ?= dsb $(notdir $(RUN)), $(TIME_BUDGET)-minute CPU budget
 
@@ -58,7 +62,7 @@ fetch: install
 # A run that was interrupted (its folder has a checkpoint) is resumed, not restarted.
 $(RUN)/model.keras: | fetch
 	$(DSB) prepare --data $(DATA) $(if $(CONFIG),--config $(CONFIG))
-	$(DSB) train --data $(DATA) --out $(RUN) --time-budget $(TIME_BUDGET) --epochs $(EPOCHS) \
+	$(DSB) train --data $(DATA) --out $(RUN) --time-budget $(TIME_BUDGET) --epochs $(EPOCHS) --precision $(TRAIN_PRECISION) \
 		$(if $(wildcard $(RUN)/checkpoints),--resume,$(if $(CONFIG),--config $(CONFIG)))
 
 train: $(RUN)/model.keras

@@ -42,6 +42,23 @@ class _Diameter(click.ParamType):
             self.fail(str(exc), param, ctx)
 
 
+class _Zooms(click.ParamType):
+    """Magnifications, comma-separated: ``0.5,1,2,3``."""
+
+    name = "Z[,Z...]"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        try:
+            zooms = tuple(float(part) for part in str(value).split(","))
+        except ValueError:
+            self.fail(f"{value!r} is not a comma-separated list of numbers", param, ctx)
+        if not all(0.05 <= z <= 20 for z in zooms):
+            self.fail(f"{value!r}: every zoom must be between 0.05 and 20", param, ctx)
+        return tuple(dict.fromkeys(zooms))
+
+
 _DIAMETER_HELP = "Median nucleus diameter in pixels; estimated per image when not given."
 # Literal copies of dsb.network.engines.ENGINE_CHOICES and dsb.network.model_folder.PRECISIONS, so that `dsb --help` does
 # not import numpy; tests/test_cli.py holds them to the originals.
@@ -171,8 +188,10 @@ def prepare(data: Path, config_path: Path | None) -> None:
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 @click.option("--strategy", type=click.Choice(["default", "mirrored", "multiworker"]), default="default",
               show_default=True)
-@click.option("--precision", type=click.Choice(["float32", "mixed", "bfloat16"]), default="float32", show_default=True,
-              help="mixed: float16 compute, for GPUs; bfloat16: for CPUs with bfloat16 units (measure first: make bench).")
+@click.option("--precision", type=click.Choice(["float32", "mixed", "bfloat16", "auto"]), default="float32",
+              show_default=True,
+              help="mixed: float16 compute, for GPUs; bfloat16: for CPUs with bfloat16 units; auto: time a few "
+                   "steps of float32 and of the other (bfloat16 on a CPU, mixed on a GPU) and train in the faster.")
 @click.option("--init", type=str, is_flag=False, flag_value="", default=None, metavar="[MODEL_DIR]",
               help="Fine-tune from this run folder's weights (the shipped model when no folder is given): "
                    "its model and preprocessing, a tenth of the learning rate, 10 short epochs.")
@@ -229,21 +248,69 @@ def tune(run_dir: Path, data: Path, engine: str) -> None:
 @click.option("--data", type=_EXISTING_DIR, default=Path("data"), show_default=True)
 @click.option("--tta", is_flag=True, help="Average over flips and 90-degree rotations.")
 @click.option("--diameter", type=_Diameter(), default=None, help=_DIAMETER_HELP)
-@click.option("--per-image", type=_FILE, default=None, help="Write per-image scores to this CSV.")
+@click.option("--per-image", type=_FILE, default=None,
+              help="Write per-image scores to this CSV (with --zoom: the sweep's table).")
+@click.option("--zoom", "zooms", type=_Zooms(), default=None,
+              help="Magnification sweep: score the held-out images resampled by each zoom, e.g. 0.5,1,2,3.")
 @_ENGINE
 @_PRECISION
 def evaluate(run_dir: Path, data: Path, tta: bool, diameter: float | None, per_image: Path | None,
-             engine: str, precision: str) -> None:
-    """Score a run on its validation images, per group and per type; the last line is the score."""
+             zooms: tuple | None, engine: str, precision: str) -> None:
+    """Score a run on its validation images, per group and per type; the last line is the score.
+
+    With --zoom, the same images at each magnification, each zoom's score beside the 1x one;
+    the last line is then the lowest score of the sweep."""
+    if zooms is not None and diameter is not None:
+        raise click.UsageError("--zoom measures the scale estimate; it does not take --diameter")
     engine = _prepare_engine(run_dir, engine, precision)
     from dsb.workflows.evaluate import evaluate as evaluate_run
-    from dsb.workflows.evaluate import summary_lines
+    from dsb.workflows.evaluate import magnification_sweep, summary_lines, sweep_lines
 
+    if zooms is not None:
+        sweep = magnification_sweep(run_dir, data, zooms, tta=tta, progress=True, engine=engine,
+                                    precision=precision)
+        for line in sweep_lines(sweep):
+            click.echo(line)
+        if per_image is not None:
+            from dsb.core.atomic import atomic_path
+
+            with atomic_path(per_image) as tmp:
+                sweep.to_csv(tmp, index=False, float_format="%.6f")
+        click.echo(f"{sweep[sweep['level'] == 'all']['score'].min():.6f}")
+        return
     value, table = evaluate_run(run_dir, data, tta=tta, diameter=diameter, progress=True, engine=engine,
                                 precision=precision)
     for line in summary_lines(table):
         click.echo(line)
     _report_scores(value, table, per_image, by_type=False)
+
+
+@cli.command()
+@click.option("--data", type=_EXISTING_DIR, default=Path("data"), show_default=True)
+@click.option("--out", type=_DIR, default=Path("runs/crossval"), show_default=True,
+              help="Where the fold runs (fold-1, ...) and crossval.csv go; an interrupted run goes on from there.")
+@click.option("--folds", type=click.IntRange(min=2), default=4, show_default=True)
+@click.option("--time-budget", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Minutes of training per fold.")
+@click.option("--epochs", type=click.IntRange(min=1), default=None)
+@click.option("--config", "config_path", type=_EXISTING_FILE, default=None,
+              help="The recipe to judge (default: the shipped CPU config).")
+@click.option("--seed", type=int, default=None)
+@_ENGINE
+def crossval(data: Path, out: Path, folds: int, time_budget: float | None, epochs: int | None,
+             config_path: Path | None, seed: int | None, engine: str) -> None:
+    """Leave-groups-out cross-validation: train one run per fold of held-out imaging experiments and
+    score every group on the run that never saw it; the last line is the score over all images."""
+    _load_keras()
+    from dsb.workflows.crossval import crossval as crossval_runs
+
+    config = _load_config(config_path)
+    value, summary = crossval_runs(data, out, config, folds=folds, time_budget=time_budget, epochs=epochs,
+                                   seed=seed, engine=engine, progress=True)
+    for row in summary.itertuples(index=False):
+        where = f" (fold {row.fold})" if row.level == "group" else ""
+        click.echo(f"{row.level} {row.name}{where}: {row.score:.6f} ({row.images} images)")
+    click.echo(f"{value:.6f}")
 
 
 @cli.command()
@@ -354,8 +421,13 @@ def segment(paths, model_dir, out, tta, overlay, diameter, skip_bad, engine, pre
                             diameter=diameter, skip_bad=skip_bad, progress=True, engine=engine,
                             precision=precision)
     skipped = _report_skipped(summary.attrs["skipped"])
+    unsure = summary[summary["diameter_sure"].astype(str) == "False"]
+    for row in unsure.itertuples(index=False):
+        click.echo(f"warning: {row.file}: the nucleus diameter estimate ({row.diameter or 'none'} px) could not be "
+                   "confirmed at another scale; check the result or give --diameter", err=True)
     done = int((summary["status"] == "ok").sum())
-    click.echo(f"{done} images segmented into {out}" + (f", {skipped} skipped" if skipped else ""))
+    click.echo(f"{done} images segmented into {out}" + (f", {skipped} skipped" if skipped else "")
+               + (f", {len(unsure)} with an unsure diameter estimate" if len(unsure) else ""))
 
 
 # ---------------------------------------------------------------- scoring and submission

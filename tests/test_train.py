@@ -281,6 +281,57 @@ def test_time_budget_stops_at_a_batch_and_keeps_the_best_model(tmp_path):
     assert len(history(run)) == 3
 
 
+def test_with_a_time_budget_the_learning_rate_follows_the_share_spent(tmp_path, monkeypatch):
+    """The cosine runs over whichever is further along, the epochs or the budget: a budget far
+    from spent leaves the epochs' cosine; one nearly spent (a slow machine) brings the rate down
+    to its floor within the same epochs."""
+    from dsb.training import fit
+    from dsb.training.schedule import budget_cosine
+
+    tc = TINY.train
+    run = train_prepared(tiny_prepared(), TINY, out_dir=tmp_path / "plenty", time_budget=60.0, progress=False)
+    rates = [float(r["learning_rate"]) for r in history(run)]
+    assert rates == pytest.approx([budget_cosine(tc.learning_rate, tc.min_learning_rate, (e + 0.5) / 3)
+                                   for e in range(3)], rel=1e-5)
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert "over the 60-minute time budget, at most 3 epochs" in manifest["learning_rate_schedule"]
+
+    # A slow machine: nine tenths of the budget already gone when each epoch starts.
+    monkeypatch.setattr(fit.RunKeeper, "elapsed", lambda self: 0.9 * self.budget_s)
+    run = train_prepared(tiny_prepared(), TINY, out_dir=tmp_path / "slow", time_budget=60.0, progress=False)
+    rates = [float(r["learning_rate"]) for r in history(run)]
+    assert len(rates) == 3 and max(rates) < 0.05 * tc.learning_rate
+    assert rates[0] == pytest.approx(budget_cosine(tc.learning_rate, tc.min_learning_rate, 0.9), rel=1e-5)
+
+
+def test_precision_auto_times_both_and_trains_in_the_faster(tmp_path, monkeypatch):
+    from dsb.training import probe
+
+    # A machine with bfloat16 units: the probe's timing says bfloat16 is faster.
+    monkeypatch.setattr(probe, "time_steps", lambda config, precision: {"float32": 2.0, "bfloat16": 1.0}[precision])
+    monkeypatch.setattr("dsb.training.session.probe_precision",
+                        lambda config, has_gpu=False: probe.probe_precision(config, time_step=probe.time_steps))
+    run = train_prepared(tiny_prepared(), TINY, out_dir=tmp_path / "fast", epochs=1, precision="auto",
+                         progress=False)
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["precision"] == "bfloat16"
+    assert manifest["precision_probe"]["chosen"] == "bfloat16"
+    assert manifest["precision_probe"]["seconds_per_step"] == {"float32": 2.0, "bfloat16": 1.0}
+
+
+def test_the_precision_probe_keeps_float32_unless_the_other_is_clearly_faster():
+    from dsb.training.probe import probe_precision, time_steps
+
+    timings = {"float32": 1.0, "bfloat16": 0.95}
+    assert probe_precision(TINY, time_step=lambda c, p: timings[p]).chosen == "float32"  # within the noise
+    timings["bfloat16"] = 0.5
+    assert probe_precision(TINY, time_step=lambda c, p: timings[p]).chosen == "bfloat16"
+    gpu = probe_precision(TINY, has_gpu=True, time_step=lambda c, p: {"float32": 1.0, "mixed": 0.4}[p])
+    assert gpu.chosen == "mixed"
+    # The real timing runs the tiny U-Net and gives a positive time a step.
+    assert time_steps(TINY, "float32", steps=1) > 0
+
+
 def test_mixed_precision_trains_and_saves_a_float32_model(tmp_path):
     before = keras.mixed_precision.global_policy().name
     run = train_prepared(tiny_prepared(), TINY, out_dir=tmp_path / "run", epochs=1, steps_per_epoch=1,

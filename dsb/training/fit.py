@@ -13,6 +13,7 @@ from dsb.training import checkpoints
 from dsb.training.checkpoints import BestModelFile
 from dsb.training.environment import Environment
 from dsb.training.plan import Plan
+from dsb.training.schedule import budget_cosine, schedule_progress
 from dsb.training.state import Best, RunState, budget_seconds
 
 
@@ -47,9 +48,23 @@ class RunKeeper(keras.callbacks.Callback):
     def wall_s(self) -> float:
         return self.wall_before + time.monotonic() - self.session_start
 
+    @property
+    def follows_budget(self) -> bool:
+        """Whether the learning rate follows the time budget (:mod:`dsb.training.schedule`)."""
+        return (self.budget_s is not None and self.plan.config.train.lr_schedule == "cosine"
+                # a run begun without a budget keeps its cosine over the steps (a schedule, not a variable)
+                and hasattr(self.model.optimizer.learning_rate, "assign"))
+
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch_start = time.monotonic()
         self.steps_done = 0
+        if self.follows_budget:
+            tc = self.plan.config.train
+            recent = [row["time_s"] for row in self.state.history[-5:]]
+            progress = schedule_progress(epoch, self.plan.epochs, elapsed_s=self.elapsed(), budget_s=self.budget_s,
+                                         epoch_s=sum(recent) / len(recent) if recent else 0.0)
+            self.model.optimizer.learning_rate.assign(budget_cosine(tc.learning_rate, tc.min_learning_rate,
+                                                                    progress))
 
     def on_train_batch_end(self, batch, logs=None):
         self.steps_done += 1
@@ -129,14 +144,11 @@ class RunKeeper(keras.callbacks.Callback):
             f"epoch {row['epoch']}/{epochs} {row['steps']} steps {_duration(row['time_s'])}  "
             f"{format_logs(shown)}{'  *best' if improved else ''}  ETA {_duration(eta)}"
         )
-        if len(done) == 2 and self.budget_s is not None and self.plan.config.train.lr_schedule == "cosine":
-            # The cosine spans the configured epochs; say so when the budget will cut it short.
+        if len(done) == 2 and self.follows_budget:
             reachable = s.epoch + int(max(0.0, self.budget_s - self.elapsed()) // mean)
             if reachable < epochs:
-                say(
-                    f"note: the time budget ends near epoch {reachable} of {epochs}, before the cosine "
-                    f"learning-rate schedule does; --epochs {reachable} would let it finish"
-                )
+                say(f"note: the time budget ends near epoch {reachable} of {epochs}; the learning rate "
+                    "follows the budget, so its schedule ends with it")
 
 
 def fit(model, keeper: RunKeeper, train_data, val_data, callbacks: list) -> None:

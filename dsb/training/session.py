@@ -24,11 +24,13 @@ from dsb.training.environment import (
     STRATEGIES,
     TRAINING_PRECISIONS,
     Environment,
+    devices,
     tensorboard,
 )
 from dsb.training.finetune import MIN_VALIDATION_IMAGES, user_image_count
 from dsb.training.fit import RunKeeper, fit, format_logs
 from dsb.training.plan import Plan, data_checksum, make_loaders, make_plan, split_data
+from dsb.training.probe import probe_precision
 from dsb.training.state import RunState, check_resumable, finish_reason
 
 
@@ -200,12 +202,20 @@ def train_prepared(
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"`strategy` is {strategy!r}, expected one of {STRATEGIES}")
-    if precision not in TRAINING_PRECISIONS:
-        raise ValueError(f"`precision` is {precision!r}, expected one of {TRAINING_PRECISIONS}")
+    if precision not in (*TRAINING_PRECISIONS, "auto"):
+        raise ValueError(f"`precision` is {precision!r}, expected one of {(*TRAINING_PRECISIONS, 'auto')}")
     out_dir = Path(out_dir)
     wall_start = time.time()
     start = _start(prepared, config, out_dir, resume=resume, strategy=strategy, precision=precision, seed=seed,
                    steps_per_epoch=steps_per_epoch, time_budget=time_budget, init=init)
+    probe = None
+    if start.precision == "auto":
+        gpu = any("gpu" in d.lower() or "cuda" in d.lower() for d in devices(keras.backend.backend()))
+        probe = probe_precision(start.config, has_gpu=gpu)
+        start = dataclasses.replace(start, precision=probe.chosen)
+        if progress:
+            say("precision auto: " + ", ".join(f"{k} {v:.3f} s a step" for k, v in probe.seconds.items())
+                + f"; training in {probe.chosen}")
     split = split_data(prepared, start.config, start.seed, finetune=start.init is not None)
     with Environment(strategy, start.precision, deterministic) as env:
         plan = make_plan(prepared, start.config, split, seed=start.seed, epochs=epochs,
@@ -224,7 +234,10 @@ def train_prepared(
         keeper = RunKeeper(out_dir, plan, state, monitor="val_loss" if val_data is not None else "loss",
                             writer=env.is_chief, progress=progress, env=env,
                             best_file=BestModelFile(out_dir, plan.config.model))
-        session = _Session(out_dir, plan, state, env, keeper, _run_info(plan, state, val_data), wall_start)
+        run_info = _run_info(plan, state, val_data)
+        if probe is not None:
+            run_info["precision_probe"] = probe.as_dict()
+        session = _Session(out_dir, plan, state, env, keeper, run_info, wall_start)
         session.manifest("running")
         if progress:
             _announce(plan, state, env, out_dir)
@@ -294,7 +307,10 @@ def _model(plan: Plan, state: RunState, start: _Start, env: Environment):
     with env.scope():
         if start.checkpoint is None:
             model = build_unet(plan.config.model)
-            compile_model(model, plan.config, total_steps=plan.epochs * plan.steps_per_epoch)
+            # With a time budget the rate is set per epoch from the share of it spent
+            # (dsb.training.schedule, RunKeeper); otherwise a cosine over the steps of the epochs.
+            steps = None if state.time_budget is not None else plan.epochs * plan.steps_per_epoch
+            compile_model(model, plan.config, total_steps=steps)
             if start.init_model is not None:
                 checkpoints.set_init_weights(model, start.init_model, start.init)
         else:
@@ -312,7 +328,18 @@ def _run_info(plan: Plan, state: RunState, val_data) -> dict:
         "validation_crops": val_data.n_crops if val_data is not None else 0,
         "validation_groups": list(plan.split.val_groups),
         "init": state.init,
+        "learning_rate_schedule": _schedule_text(plan, state),
     }
+
+
+def _schedule_text(plan: Plan, state: RunState) -> str:
+    """What the learning rate follows, for the manifest and the first lines of a run."""
+    tc = plan.config.train
+    if tc.lr_schedule != "cosine":
+        return f"{tc.lr_schedule} from {tc.learning_rate:g}"
+    over = (f"the {state.time_budget:g}-minute time budget, at most {plan.epochs} epochs"
+            if state.time_budget is not None else f"{plan.epochs} epochs")
+    return f"cosine from {tc.learning_rate:g} to {tc.min_learning_rate:g} over {over}"
 
 
 def _announce(plan: Plan, state: RunState, env: Environment, out_dir: Path) -> None:
@@ -322,6 +349,7 @@ def _announce(plan: Plan, state: RunState, env: Environment, out_dir: Path) -> N
         f"{plan.steps_per_epoch} steps of {plan.global_batch} crops per epoch, "
         f"epochs {state.epoch + 1}..{plan.epochs}, {env.describe()}; run folder {out_dir}"
     )
+    say(f"learning rate: {_schedule_text(plan, state)}")
     if split.val_groups:
         say(f"validation holds out the groups {', '.join(split.val_groups)}")
     if state.init is not None:

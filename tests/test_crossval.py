@@ -1,0 +1,83 @@
+"""Leave-groups-out cross-validation: folds of whole groups, one run per fold, every group scored once."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+from click.testing import CliRunner
+from PIL import Image
+
+from dsb.cli import cli
+from dsb.core.config import Config, ModelConfig, TrainConfig
+from dsb.io.synthetic import nuclei_field
+from dsb.workflows.crossval import crossval, deal_groups
+
+TINY = Config(
+    model=ModelConfig(depth=2, base_filters=4, convs_per_block=1, dropout=(0.0, 0.2)),
+    train=TrainConfig(crop_size=32, batch_size=2, epochs=1, steps_per_epoch=1, early_stopping_patience=10),
+)
+
+
+def test_groups_are_dealt_whole_balanced_and_types_apart():
+    groups = ["a"] * 5 + ["b"] * 4 + ["c"] * 3 + ["d"] * 2 + ["e"]
+    types = ["x"] * 5 + ["y"] * 4 + ["x"] * 3 + ["y"] * 2 + ["z"]
+    folds = deal_groups(groups, types, 2)
+    assert sorted(g for fold in folds for g in fold) == ["a", "b", "c", "d", "e"]
+    # Each fold holds one group of each of x and y, so each trains on the other of each type.
+    kind = dict(zip(groups, types))
+    for fold in folds:
+        assert sorted(kind[g] for g in fold if kind[g] != "z") == ["x", "y"]
+    with pytest.raises(ValueError, match="between 2 and the number of groups"):
+        deal_groups(groups, types, 6)
+
+
+@pytest.fixture
+def two_experiments(tmp_path):
+    """Two folders of annotated images (Cellpose's layout): two groups, user:exp1 and user:exp2."""
+    data = tmp_path / "data"
+    for k, (folder, diameter) in enumerate((("exp1", 10), ("exp2", 16))):
+        (data / folder).mkdir(parents=True)
+        for n in range(2):
+            image, labels = nuclei_field((64, 64), diameter, seed=10 * k + n)
+            Image.fromarray(image).save(data / folder / f"img{n}.png")
+            tifffile.imwrite(data / folder / f"img{n}_masks.tif", labels.astype(np.uint16))
+    return data
+
+
+def test_every_group_is_scored_by_the_run_that_never_saw_it(two_experiments, tmp_path):
+    out = tmp_path / "cv"
+    value, summary = crossval(two_experiments, out, TINY, folds=2, epochs=1, progress=False)
+    table = pd.read_csv(out / "crossval.csv")
+    assert len(table) == 4 and set(table["group"]) == {"user:exp1", "user:exp2"}
+    # One fold per group, and each fold's run validated on its own group's images only.
+    assert table.groupby("group")["fold"].nunique().tolist() == [1, 1]
+    assert set(table["fold"]) == {1, 2}
+    for k in (1, 2):
+        assert (out / f"fold-{k}" / "model.keras").is_file()
+    rows = summary.set_index(["level", "name"])
+    assert rows.loc[("group", "user:exp1"), "images"] == 2 and rows.loc[("all", "all"), "images"] == 4
+    assert value == pytest.approx(table["score"].mean())
+    # Finished folds are scored again, not trained again.
+    stamp = (out / "fold-1" / "model.keras").stat().st_mtime_ns
+    again, _ = crossval(two_experiments, out, TINY, folds=2, epochs=1, progress=False)
+    assert again == pytest.approx(value) and (out / "fold-1" / "model.keras").stat().st_mtime_ns == stamp
+
+
+def test_crossval_command_prints_groups_and_the_score_last(two_experiments, tmp_path):
+    config = tmp_path / "tiny.json"
+    from dsb.core.config import save_config
+
+    save_config(TINY, config)
+    result = CliRunner().invoke(cli, ["crossval", "--data", str(two_experiments), "--out", str(tmp_path / "cv"),
+                                      "--folds", "2", "--epochs", "1", "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.strip().splitlines()
+    assert any(line.startswith("group user:exp1 (fold ") for line in lines)
+    assert 0.0 <= float(lines[-1]) <= 1.0
+    # More folds than groups: one line naming the data folder, exit 3, nothing trained.
+    bad = CliRunner().invoke(cli, ["crossval", "--data", str(two_experiments), "--out", str(tmp_path / "cv2"),
+                                   "--folds", "3", "--epochs", "1", "--config", str(config)])
+    assert bad.exit_code == 3 and "too few for 3 folds" in bad.stderr and len(bad.stderr.splitlines()) == 1
+    assert str(two_experiments) in bad.stderr and not (tmp_path / "cv2").exists()
