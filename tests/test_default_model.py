@@ -11,6 +11,7 @@ from click.testing import CliRunner
 from PIL import Image
 from scipy import ndimage
 
+import dsb
 from dsb.cli import cli
 from dsb.network.model_folder import default_model_dir
 
@@ -107,3 +108,27 @@ def test_predict_without_a_run_uses_the_shipped_one(fluorescence_png, tmp_path):
     assert result.exit_code == 0, result.output
     rows = pd.read_csv(out)
     assert list(rows["ImageId"].unique()) == ["discs"] and len(rows) == len(CENTRES)
+
+
+@pytest.mark.parametrize("kind", ["fluorescence", "stained"])
+@pytest.mark.parametrize("diameter", [8, 30, 110])
+def test_the_shipped_model_finds_synthetic_nuclei_of_every_size_one_to_one(kind, diameter):
+    """Without a diameter: the estimate (cross-checked at coarser scales) takes 8- to 110-pixel
+    nuclei to the network's size, and every nucleus of the field is found at IoU 0.5."""
+    from dsb.io.synthetic import nuclei_field
+    from dsb.kaggle.metric import image_score
+
+    side = max(256, 9 * diameter)
+    image, truth = nuclei_field((side, side), diameter, kind=kind, seed=diameter)
+    model = dsb.load_model()
+    found = image_score(truth, dsb.segment(image, model))
+    assert found.tp[0] == found.n_true == found.n_pred
+
+
+def test_touching_synthetic_nuclei_are_mostly_found():
+    from dsb.io.synthetic import nuclei_field
+    from dsb.kaggle.metric import image_score
+
+    image, truth = nuclei_field((270, 270), 30, touching=True, seed=30)
+    found = image_score(truth, dsb.segment(image))
+    assert found.tp[0] >= 0.9 * found.n_true
