@@ -854,6 +854,11 @@ def test_predict_outputs_that_cannot_be_written(tiny_run, tmp_path, blocker, ful
 # ---------------------------------------------------------------- segment
 
 
+def _not_warnings(stderr: str) -> list[str]:
+    """stderr's lines but the warnings about unsure diameter estimates."""
+    return [line for line in stderr.splitlines() if not line.startswith("warning: ")]
+
+
 def test_segment_takes_every_image_layout(tiny_run, tmp_path):
     import tifffile
 
@@ -862,7 +867,8 @@ def test_segment_takes_every_image_layout(tiny_run, tmp_path):
     out = tmp_path / "out"
     result = dsb("segment", tmp_path / "images", "--model", tiny_run, "--out", out, "--overlay")
     assert result.exit_code == 0, (result.stderr, result.exception)
-    assert result.stderr == "" and f"{len(shapes)} images segmented" in result.stdout
+    # The untrained tiny model's size estimates are unsure: warnings, and nothing else.
+    assert _not_warnings(result.stderr) == [] and f"{len(shapes)} images segmented" in result.stdout
     for name, shape in shapes.items():
         assert tifffile.imread(out / f"{name}_labels.tif").shape == shape
         assert (out / f"{name}_nuclei.csv").is_file() and (out / f"{name}_overlay.png").is_file()
@@ -885,7 +891,7 @@ def test_segment_stops_at_a_bad_image_or_skips_it(tiny_run, tmp_path, what, name
 
     result = dsb("segment", images, "--model", tiny_run, "--out", out, "--skip-bad")
     assert result.exit_code == 0, (result.stderr, result.exception)
-    (line,) = result.stderr.splitlines()
+    (line,) = _not_warnings(result.stderr)
     assert line.startswith(f"skipped: {bad}: ") and words in line
     assert "1 images segmented" in result.stdout and "1 skipped" in result.stdout
     summary = pd.read_csv(out / "summary.csv", keep_default_na=False).set_index("file")

@@ -87,7 +87,7 @@ def test_evaluate_reports_groups_and_the_densest_images(run_and_data):
         "fluorescence: 0.500000 (2 images)",
         "0.500000",
     ]
-    assert lines[0] == "densest 2 validation images, true nuclei found at IoU 0.5:"
+    assert lines[0] == "densest validation images of each group, true nuclei found at IoU 0.5:"
     n_true = dict(zip(table["ImageId"], table["n_true"]))
     found = dict(zip(table["ImageId"], table["tp_50"]))
     densest_first = sorted(n_true, key=lambda i: (-n_true[i], i))

@@ -152,17 +152,20 @@ def densest(table: pd.DataFrame, n: int = 5) -> pd.DataFrame:
     return top[columns].rename(columns={"tp_50": "found"}).reset_index(drop=True)
 
 
-def summary_lines(table: pd.DataFrame, *, n_dense: int = 5) -> list[str]:
-    """Lines for people: the densest images' found/true nuclei, then the score of each group
-    and of each type (``"fluorescence: 0.500000 (2 images)"``); the overall score is not among them."""
+def summary_lines(table: pd.DataFrame, *, n_dense: int = 2) -> list[str]:
+    """Lines for people: the ``n_dense`` densest images of each group with their found/true nuclei
+    (crowding is where merges lose nuclei), then the score of each group and of each type
+    (``"fluorescence: 0.500000 (2 images)"``); the overall score is not among them."""
     lines = []
-    dense = densest(table, n_dense)
-    if len(dense):
-        lines.append(f"densest {len(dense)} validation images, true nuclei found at IoU 0.5:")
-        for row in dense.itertuples(index=False):
-            where = getattr(row, "group", None) or getattr(row, "type", "")
-            lines.append(f"  {row.ImageId} ({where}): found {row.found}/{row.n_true}, "
-                         f"predicted {row.n_pred}, score {row.score:.4f}")
+    parts = table.groupby(table["group"].fillna("unknown"), sort=True) if "group" in table else [("all", table)]
+    dense = [densest(part, n_dense) for _, part in parts]
+    if any(len(d) for d in dense):
+        lines.append("densest validation images of each group, true nuclei found at IoU 0.5:")
+        for rows in dense:
+            for row in rows.itertuples(index=False):
+                where = getattr(row, "group", None) or getattr(row, "type", "")
+                lines.append(f"  {row.ImageId} ({where}): found {row.found}/{row.n_true}, "
+                             f"predicted {row.n_pred}, score {row.score:.4f}")
     summary = score_summary(table)
     for row in summary[summary["level"] == "group"].itertuples(index=False):
         lines.append(f"group {row.name} ({row.type}): {row.score:.6f} ({row.images} images)")
