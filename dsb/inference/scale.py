@@ -1,13 +1,14 @@
 """Nucleus scale: the diameter of an image's nuclei, estimated or given, and the scale to predict at.
 
-Images in the wild show nuclei from about 6 to 100 pixels across. The network
+Images in the wild show nuclei from about 6 to 150 pixels across. The network
 is trained with every image resampled so that its median nucleus is
 ``preprocess.diameter`` pixels across (:func:`zoom_for`), so at prediction an
 image is resampled by ``scale = diameter / its nucleus diameter``.
 :func:`choose_scale` finds that scale: from ``diameter`` when the caller knows
 it, otherwise by running the network on a window of the image and measuring
-the nuclei it finds (:func:`area_weighted_diameter`), at the scale that
-measurement suggests, until two passes agree.
+the nuclei it finds (:func:`area_weighted_diameter`), then cross-checking the
+measurement at half the scale, where nuclei far larger than the network's
+reveal themselves (see :data:`CROSS_CHECK_RATIO`). The result says how sure it is.
 
 This module is the one home of the scale estimate; resampling is
 :mod:`dsb.inference.resample`, and bringing labels back to the image's grid
