@@ -1,0 +1,200 @@
+"""Fine-tune a model on the corrections of a project folder, reporting as it goes and stoppable.
+
+:func:`finetune_project` is ``dsb train --init MODEL --data PROJECT/corrections
+--out PROJECT/models/finetune-NNN`` as a function, with a report per training
+step and per epoch and a cancel flag; :func:`finetune_events` runs it in a
+thread and yields those reports, for a napari thread worker to pass on to the
+widget. Nothing here imports napari or Qt.
+"""
+
+from __future__ import annotations
+
+import math
+import queue
+import shutil
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import keras
+
+from dsb.dataset import load_prepared
+from dsb.finetune import FINETUNE_STEPS, finetune_config
+from dsb.run import load_run_config, resolve_model_dir
+from dsb.training import train_prepared
+from .project import Project
+
+__all__ = ["Progress", "Outcome", "finetune_project", "finetune_events"]
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where a fine-tune stands, after a training step or an epoch.
+
+    Attributes
+    ----------
+    epoch : int
+        1-based.
+    epochs : int
+    step : int
+        Steps done in this epoch.
+    steps : int
+        Steps per epoch.
+    loss : float
+        The training loss (running mean over the epoch).
+    val_loss : float
+        The validation loss at the end of an epoch, NaN otherwise or without held-out images.
+    end_of_epoch : bool
+    """
+
+    epoch: int
+    epochs: int
+    step: int
+    steps: int
+    loss: float
+    val_loss: float = math.nan
+    end_of_epoch: bool = False
+
+    @property
+    def fraction(self) -> float:
+        """The share of the planned steps done, in [0, 1]."""
+        total = max(1, self.epochs * self.steps)
+        return min(1.0, ((self.epoch - 1) * self.steps + self.step) / total)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a fine-tune ended.
+
+    Attributes
+    ----------
+    run_dir : Path or None
+        The new run folder; None when cancelled (the folder is then removed).
+    cancelled : bool
+    init : Path
+        The model it started from.
+    history : list of dict
+        One row per finished epoch (``loss`` and, with held-out images, ``val_loss``).
+    """
+
+    run_dir: Path | None
+    cancelled: bool
+    init: Path
+    history: list = field(default_factory=list)
+
+
+class _Reporter(keras.callbacks.Callback):
+    """Reports each step and epoch, and stops training when ``cancel`` is set."""
+
+    def __init__(self, report: Callable[[Progress], None] | None, cancel: threading.Event, epochs: int, steps: int):
+        super().__init__()
+        self.report = report or (lambda progress: None)
+        self.cancel = cancel
+        self.epochs = epochs
+        self.steps = steps
+        self.epoch = 1
+        self.history: list[dict] = []
+
+    def _stop_if_cancelled(self) -> None:
+        if self.cancel.is_set():
+            self.model.stop_training = True
+
+    def on_train_begin(self, logs=None):
+        self._stop_if_cancelled()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch + 1
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = float((logs or {}).get("loss", math.nan))
+        self.report(Progress(self.epoch, self.epochs, batch + 1, self.steps, loss))
+        self._stop_if_cancelled()
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = {k: float(keras.ops.convert_to_numpy(v)) for k, v in (logs or {}).items()}
+        self.history.append(logs)
+        self.report(Progress(epoch + 1, self.epochs, self.steps, self.steps, logs.get("loss", math.nan),
+                             logs.get("val_loss", math.nan), end_of_epoch=True))
+
+
+def finetune_project(
+    project: Project,
+    init=None,
+    *,
+    epochs: int = 10,
+    steps_per_epoch: int | None = None,
+    time_budget: float | None = None,
+    report: Callable[[Progress], None] | None = None,
+    cancel: threading.Event | None = None,
+) -> Outcome:
+    """Fine-tune ``init`` on every corrected image of ``project`` into a new run folder of the project.
+
+    Parameters
+    ----------
+    project : Project
+    init : str or os.PathLike, optional
+        The run folder to start from; by default the shipped model.
+    epochs : int
+    steps_per_epoch : int, optional
+        Default :data:`dsb.finetune.FINETUNE_STEPS`.
+    time_budget : float, optional
+        Minutes after which training stops at the end of a step, keeping the best model.
+    report : callable, optional
+        Called with a :class:`Progress` after every step and epoch (in the training thread).
+    cancel : threading.Event, optional
+        Set it to stop at the end of the current step; the new folder is then removed.
+
+    Returns
+    -------
+    Outcome
+
+    Raises
+    ------
+    BadDataError
+        No corrected image, a correction the loader refuses, or an ``init`` that is no run folder.
+    """
+    init = resolve_model_dir(init)
+    cancel = cancel or threading.Event()
+    project.check()
+    steps = int(steps_per_epoch or FINETUNE_STEPS)
+    config = finetune_config(load_run_config(init), epochs=epochs)
+    prepared = load_prepared(project.corrections, config.preprocess)
+    out_dir = project.new_model_dir()
+    reporter = _Reporter(report, cancel, int(epochs), steps)
+    try:
+        train_prepared(prepared, config, out_dir=out_dir, epochs=epochs, steps_per_epoch=steps,
+                       time_budget=time_budget, progress=False, callbacks=[reporter], init=init)
+    except BaseException:
+        shutil.rmtree(out_dir, ignore_errors=True)
+        raise
+    if cancel.is_set():
+        shutil.rmtree(out_dir, ignore_errors=True)
+        return Outcome(None, True, Path(init), reporter.history)
+    return Outcome(out_dir, False, Path(init), reporter.history)
+
+
+def finetune_events(project: Project, init=None, *, cancel: threading.Event, **options) -> Iterator:
+    """:func:`finetune_project` in a thread: yields each :class:`Progress`, then the :class:`Outcome`.
+
+    ``options`` are those of :func:`finetune_project`. An error in training is raised here.
+    """
+    events: queue.Queue = queue.Queue()
+    result: dict = {}
+
+    def work() -> None:
+        try:
+            result["outcome"] = finetune_project(project, init, report=events.put, cancel=cancel, **options)
+        except BaseException as exc:  # handed to the caller's thread below
+            result["error"] = exc
+        finally:
+            events.put(None)
+
+    thread = threading.Thread(target=work, name="dsb-finetune", daemon=True)
+    thread.start()
+    while (event := events.get()) is not None:
+        yield event
+    thread.join()
+    if "error" in result:
+        raise result["error"]
+    yield result["outcome"]
