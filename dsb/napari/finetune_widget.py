@@ -22,6 +22,7 @@ from napari.utils.notifications import show_error, show_info, show_warning
 from dsb.errors import DsbError
 from dsb.finetune import FINETUNE_EPOCHS, FINETUNE_STEPS, MIN_VALIDATION_IMAGES
 
+from .child import ChildFailed
 from .finetuning import Outcome, Progress, finetune_events
 from .project import Project, correction_name, spatial_shape
 from .segment_widget import SegmentWidget, follow_selection, image_layers, labels_layer_name
@@ -40,7 +41,7 @@ def _train(project: Project, init, cancel: threading.Event, options: dict):
             if isinstance(event, Outcome):
                 return event
             yield event
-    except (DsbError, OSError, ValueError) as exc:
+    except (DsbError, ChildFailed, OSError, ValueError) as exc:
         return Failure(str(exc))
     return Failure("fine-tuning ended without a result")
 

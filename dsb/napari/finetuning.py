@@ -10,22 +10,20 @@ widget. Nothing here imports napari or Qt.
 from __future__ import annotations
 
 import math
-import queue
 import shutil
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import keras
-
 from dsb.dataset import load_prepared
 from dsb.finetune import FINETUNE_STEPS, finetune_config
-from dsb.run import load_run_config, resolve_model_dir
-from dsb.training import train_prepared
+from dsb.run import export_onnx_in_place, load_run_config, resolve_model_dir
+
+from .child import child_events
 from .project import Project
 
-__all__ = ["Progress", "Outcome", "finetune_project", "finetune_events"]
+__all__ = ["Progress", "Outcome", "finetune_project", "finetune_and_export", "finetune_events", "export_onnx_in_child"]
 
 
 @dataclass(frozen=True)
@@ -84,38 +82,40 @@ class Outcome:
     history: list = field(default_factory=list)
 
 
-class _Reporter(keras.callbacks.Callback):
-    """Reports each step and epoch, and stops training when ``cancel`` is set."""
+def _reporter(report: Callable[[Progress], None] | None, cancel, epochs: int, steps: int):
+    """A Keras callback that reports each step and epoch and stops training once ``cancel`` is set
+    (made here, so that importing this module loads no Keras)."""
+    import keras
 
-    def __init__(self, report: Callable[[Progress], None] | None, cancel: threading.Event, epochs: int, steps: int):
-        super().__init__()
-        self.report = report or (lambda progress: None)
-        self.cancel = cancel
-        self.epochs = epochs
-        self.steps = steps
-        self.epoch = 1
-        self.history: list[dict] = []
+    class Reporter(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.epoch = 1
+            self.history: list[dict] = []
 
-    def _stop_if_cancelled(self) -> None:
-        if self.cancel.is_set():
-            self.model.stop_training = True
+        def _stop_if_cancelled(self) -> None:
+            if cancel.is_set():
+                self.model.stop_training = True
 
-    def on_train_begin(self, logs=None):
-        self._stop_if_cancelled()
+        def on_train_begin(self, logs=None):
+            self._stop_if_cancelled()
 
-    def on_epoch_begin(self, epoch, logs=None):
-        self.epoch = epoch + 1
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch = epoch + 1
 
-    def on_train_batch_end(self, batch, logs=None):
-        loss = float((logs or {}).get("loss", math.nan))
-        self.report(Progress(self.epoch, self.epochs, batch + 1, self.steps, loss))
-        self._stop_if_cancelled()
+        def on_train_batch_end(self, batch, logs=None):
+            if report is not None:
+                report(Progress(self.epoch, epochs, batch + 1, steps, float((logs or {}).get("loss", math.nan))))
+            self._stop_if_cancelled()
 
-    def on_epoch_end(self, epoch, logs=None):
-        logs = {k: float(keras.ops.convert_to_numpy(v)) for k, v in (logs or {}).items()}
-        self.history.append(logs)
-        self.report(Progress(epoch + 1, self.epochs, self.steps, self.steps, logs.get("loss", math.nan),
-                             logs.get("val_loss", math.nan), end_of_epoch=True))
+        def on_epoch_end(self, epoch, logs=None):
+            logs = {k: float(keras.ops.convert_to_numpy(v)) for k, v in (logs or {}).items()}
+            self.history.append(logs)
+            if report is not None:
+                report(Progress(epoch + 1, epochs, steps, steps, logs.get("loss", math.nan),
+                                logs.get("val_loss", math.nan), end_of_epoch=True))
+
+    return Reporter()
 
 
 def finetune_project(
@@ -141,9 +141,10 @@ def finetune_project(
     time_budget : float, optional
         Minutes after which training stops at the end of a step, keeping the best model.
     report : callable, optional
-        Called with a :class:`Progress` after every step and epoch (in the training thread).
+        Called with a :class:`Progress` after every step and epoch.
     cancel : threading.Event, optional
-        Set it to stop at the end of the current step; the new folder is then removed.
+        Anything with ``is_set()``: once set, training stops at the end of the current step and the
+        new folder is removed.
 
     Returns
     -------
@@ -154,6 +155,8 @@ def finetune_project(
     BadDataError
         No corrected image, a correction the loader refuses, or an ``init`` that is no run folder.
     """
+    from dsb.training import train_prepared  # Keras and TensorFlow: only where training runs
+
     init = resolve_model_dir(init)
     cancel = cancel or threading.Event()
     project.check()
@@ -161,7 +164,7 @@ def finetune_project(
     config = finetune_config(load_run_config(init), epochs=epochs)
     prepared = load_prepared(project.corrections, config.preprocess)
     out_dir = project.new_model_dir()
-    reporter = _Reporter(report, cancel, int(epochs), steps)
+    reporter = _reporter(report, cancel, int(epochs), steps)
     try:
         train_prepared(prepared, config, out_dir=out_dir, epochs=epochs, steps_per_epoch=steps,
                        time_budget=time_budget, progress=False, callbacks=[reporter], init=init)
@@ -174,27 +177,43 @@ def finetune_project(
     return Outcome(out_dir, False, Path(init), reporter.history)
 
 
+def finetune_and_export(project_path, init, *, report=None, cancel=None, **options) -> Outcome:
+    """:func:`finetune_project`, then ``model.onnx`` beside the new ``model.keras``
+    (:func:`dsb.run.export_onnx_in_place`), so that OpenVINO or ONNX Runtime can run it."""
+    outcome = finetune_project(Project(project_path), init, report=report, cancel=cancel, **options)
+    if outcome.run_dir is not None:
+        export_onnx_in_place(outcome.run_dir)
+    return outcome
+
+
 def finetune_events(project: Project, init=None, *, cancel: threading.Event, **options) -> Iterator:
-    """:func:`finetune_project` in a thread: yields each :class:`Progress`, then the :class:`Outcome`.
+    """:func:`finetune_and_export` in a child process: yields each :class:`Progress`, then the :class:`Outcome`.
 
-    ``options`` are those of :func:`finetune_project`. An error in training is raised here.
+    ``options`` are those of :func:`finetune_project`; setting ``cancel`` stops the child's training
+    at the end of its step.
+
+    Raises
+    ------
+    DsbError
+        As :func:`finetune_project`.
+    dsb.napari.child.ChildFailed
+        Another error in the child, or its death.
     """
-    events: queue.Queue = queue.Queue()
-    result: dict = {}
+    yield from child_events(finetune_and_export, project.path, None if init is None else Path(init),
+                            cancel=cancel, **options)
 
-    def work() -> None:
-        try:
-            result["outcome"] = finetune_project(project, init, report=events.put, cancel=cancel, **options)
-        except BaseException as exc:  # handed to the caller's thread below
-            result["error"] = exc
-        finally:
-            events.put(None)
 
-    thread = threading.Thread(target=work, name="dsb-finetune", daemon=True)
-    thread.start()
-    while (event := events.get()) is not None:
-        yield event
-    thread.join()
-    if "error" in result:
-        raise result["error"]
-    yield result["outcome"]
+def _export(model_dir, *, report=None, cancel=None) -> Path:
+    return export_onnx_in_place(model_dir)
+
+
+def export_onnx_in_child(model_dir) -> Path:
+    """Write ``model.onnx`` beside a run folder's ``model.keras``, in a child process (see :mod:`dsb.napari.child`).
+
+    Returns
+    -------
+    Path
+        The ONNX file.
+    """
+    *_, path = child_events(_export, Path(model_dir))
+    return path

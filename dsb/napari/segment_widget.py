@@ -10,10 +10,10 @@ from napari.layers import Image, Labels
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info, show_warning
 
-from dsb.engines import ENGINE_CHOICES
 from dsb.errors import DsbError
 
-from .segmentation import Failure, FrameDone, Segmented, parse_diameter, segment_frames, state_for
+from .child import ChildFailed
+from .segmentation import VIEWER_ENGINES, Failure, FrameDone, Segmented, parse_diameter, segment_frames, state_for
 
 __all__ = ["SegmentWidget", "labels_layer_name"]
 
@@ -51,7 +51,7 @@ def _work(state, data, rgb: bool, diameter, tta: bool):
             else:
                 yield event
         return result
-    except (DsbError, OSError, ValueError, TypeError) as exc:
+    except (DsbError, ChildFailed, OSError, ValueError, TypeError) as exc:
         return Failure(str(exc))
 
 
@@ -72,7 +72,9 @@ class SegmentWidget(Container):
                               tooltip="The image layer to segment; a stack is segmented frame by frame.")
         self.model = FileEdit(label="model folder", mode="d", value="",
                               tooltip="A dsb run folder (dsb train --out); empty: the model shipped with dsb.")
-        self.engine = ComboBox(label="engine", choices=list(ENGINE_CHOICES), value=self.state.engine)
+        self.engine = ComboBox(label="engine", choices=list(VIEWER_ENGINES), value=self.state.engine,
+                               tooltip="auto: OpenVINO, else ONNX Runtime (a folder without model.onnx "
+                                       "gets one first).")
         self.diameter = LineEdit(label="diameter (px)", value="",
                                  tooltip="Median nucleus diameter in pixels; empty: estimated from the image.")
         self.estimate = Label(label="", value="diameter: estimated when empty")

@@ -24,7 +24,13 @@ from dsb.errors import BadDataError
 from dsb.predict import predict_nuclei
 from dsb.run import default_model_dir
 
-__all__ = ["ModelState", "FrameDone", "Segmented", "Failure", "state_for", "segment_frames", "parse_diameter"]
+from .finetuning import export_onnx_in_child
+
+#: The engines the viewer segments with: not Keras, whose TensorFlow must stay out of the viewer's
+#: process (see :mod:`dsb.napari.child`). "auto" takes OpenVINO, else ONNX Runtime.
+VIEWER_ENGINES = ("auto", "openvino", "onnx")
+
+__all__ = ["VIEWER_ENGINES", "ModelState", "FrameDone", "Segmented", "Failure", "state_for", "segment_frames", "parse_diameter"]
 
 
 @dataclass(frozen=True)
@@ -166,7 +172,7 @@ class ModelState:
 
     def __init__(self):
         self.path: Path | None = None
-        self.engine = "auto"
+        self.engine = VIEWER_ENGINES[0]
         self.diameter: float | None = None
         self.tta = False
         self.listeners: list[Callable[[ModelState], None]] = []
@@ -205,9 +211,12 @@ class ModelState:
         key = (self.path, self.engine)
         with self._lock:
             if key not in self._loaded:
-                if self.path is not None and not self.path.is_dir():
-                    raise BadDataError("model folder not found", path=self.path)
-                self._loaded[key] = dsb.load_model(self.path, engine=self.engine)
+                path = self.path
+                if path is not None and not path.is_dir():
+                    raise BadDataError("model folder not found", path=path)
+                if path is not None and (path / "model.keras").is_file() and not (path / "model.onnx").is_file():
+                    export_onnx_in_child(path)  # a run of `dsb train`: the viewer runs no Keras
+                self._loaded[key] = dsb.load_model(path, engine=self.engine)
             return self._loaded[key]
 
 
