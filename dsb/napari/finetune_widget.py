@@ -167,7 +167,7 @@ class FinetuneWidget(Container):
                    "time_budget": float(self.budget.value) or None}
         self.loss.value = "-"
         self.validation.value = ("-" if count >= MIN_VALIDATION_IMAGES
-                                  else f"none: {count} corrected image(s), {MIN_VALIDATION_IMAGES} hold one out")
+                                  else f"none yet: one is held out from {MIN_VALIDATION_IMAGES} corrected images on")
         self._set_running(True, f"fine-tuning {self.state.describe()} on {count} corrected image(s) ...")
         worker = create_worker(_train, project, self.state.path, self.cancel_event, options)
         worker.yielded.connect(self._progress)
@@ -212,7 +212,7 @@ class FinetuneWidget(Container):
         if image is not None and image in self.viewer.layers:
             segment = self.state.segmenter or self._own_segmenter().segment
             segment(image, on_done=lambda labels: setattr(
-                self.status, "value", f"segmented {image.name} with the fine-tuned model {result.run_dir.name}"))
+                self.status, "value", f"segmented again with {result.run_dir.name}"))
 
     def _own_segmenter(self) -> SegmentWidget:
         """A segment widget, not shown, for when the user has not opened one."""

@@ -33,7 +33,7 @@ def fluorescence_nuclei() -> list[tuple]:
     ((256, 256), 'uint8', 'image')
     """
     image = synthetic_image(DIAMETER, SIZE, seed=1)
-    return [(image, {"name": "dsb synthetic nuclei", "colormap": "gray"}, "image")]
+    return [(image, {"name": "dsb sample", "colormap": "gray"}, "image")]
 
 
 def stained_nuclei() -> list[tuple]:
@@ -54,5 +54,5 @@ def stained_nuclei() -> list[tuple]:
     background = np.array([236, 196, 214], np.float32)  # eosin pink
     nucleus = np.array([92, 52, 140], np.float32)  # haematoxylin purple
     rgb = background + grey[..., None] * (nucleus - background) / max(float(grey.max()), 1e-6)
-    return [(np.clip(np.round(rgb), 0, 255).astype(np.uint8), {"name": "dsb synthetic stained nuclei", "rgb": True},
+    return [(np.clip(np.round(rgb), 0, 255).astype(np.uint8), {"name": "dsb stained sample", "rgb": True},
              "image")]
