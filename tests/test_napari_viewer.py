@@ -7,6 +7,7 @@ model, fine-tunes of one epoch of two steps.
 from __future__ import annotations
 
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -14,6 +15,10 @@ import pytest
 pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 pytest.importorskip("PyQt6")
+if not os.environ.get("DISPLAY") and not shutil.which("Xvfb"):
+    pytest.skip("no display, and no Xvfb for pytest-xvfb to start", allow_module_level=True)
+
+import tifffile  # noqa: E402
 
 from dsb.bioimageio import synthetic_image  # noqa: E402
 from dsb.napari.finetune_widget import FinetuneWidget  # noqa: E402
@@ -82,10 +87,26 @@ def test_segment_correct_finetune_segment_again(viewer, qtbot, tmp_path):
     assert 14 <= labels.data.max() <= 18
 
     # Save: the writer writes the CLI's 16-bit label TIFF.
-    import tifffile
-
     written = labels.save(str(tmp_path / "nuclei.tif"), plugin="dsb")
     assert tifffile.imread(written[0]).dtype == np.uint16
+
+
+def test_a_stack_is_segmented_and_its_shown_frame_saved(make_napari_viewer, qtbot, tmp_path):
+    viewer = make_napari_viewer()
+    frame = synthetic_image(20, 96, seed=4)
+    viewer.add_image(np.stack([frame, frame[::-1], frame[:, ::-1]]), name="movie")
+    segment, finetune = SegmentWidget(viewer), FinetuneWidget(viewer)
+    _run_and_wait(qtbot, segment)
+    labels = viewer.layers["movie nuclei"]
+    assert labels.data.shape == (3, 96, 96) and all(f.max() >= 4 for f in labels.data)
+    assert segment.progress.max == 3
+    viewer.dims.set_current_step(0, 2)
+    finetune.project.value = str(tmp_path)
+    finetune.save_correction()
+    saved = tmp_path / "corrections" / "movie-t002.tif"
+    np.testing.assert_array_equal(tifffile.imread(saved), frame[:, ::-1])
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "corrections" / "movie-t002_masks.tif"),
+                                  labels.data[2])
 
 
 def test_bad_states_give_messages_not_tracebacks(viewer, qtbot, tmp_path):
