@@ -9,6 +9,7 @@ fine-tunes of one epoch of two steps.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 
 import numpy as np
@@ -21,9 +22,11 @@ if not os.environ.get("DISPLAY") and not shutil.which("Xvfb"):
     pytest.skip("no display, and no Xvfb for pytest-xvfb to start", allow_module_level=True)
 
 import tifffile  # noqa: E402
+from scipy import ndimage  # noqa: E402
 
 from dsb.bioimageio import synthetic_image  # noqa: E402
 from dsb.napari.finetune_widget import FinetuneWidget  # noqa: E402
+from dsb.napari.project import Project  # noqa: E402
 from dsb.napari.segment_widget import SegmentWidget  # noqa: E402
 
 WAIT_MS = 120_000
@@ -70,15 +73,22 @@ def test_segment_correct_finetune_segment_again(viewer, qtbot, tmp_path):
     labels.data = corrected
     assert finetune.labels.value is labels
 
-    finetune.project.value = str(tmp_path / "project")
+    # Two images corrected earlier, so that the fine-tune holds one of the three out for validation.
+    project = Project(tmp_path / "project")
+    for seed in (5, 6):
+        image = synthetic_image(20, 128, seed=seed)
+        project.save_correction(f"earlier-{seed}", image, ndimage.label(image > 100)[0])
+    finetune.project.value = str(project.path)
     finetune.epochs.value, finetune.steps.value = 1, 2
     _run_and_wait(qtbot, finetune)
     run_dir = tmp_path / "project" / "models" / "finetune-001"
     assert finetune.state.path == run_dir, finetune.status.value
-    assert (run_dir / "model.keras").is_file() and (run_dir / "config.json").is_file()
-    assert sorted(p.name for p in (tmp_path / "project" / "corrections").glob("*.tif")) == [
-        "cells.tif", "cells_masks.tif"]
-    assert finetune.loss.value.startswith(("0.", "1.", "2.")) and "step 2/2" in finetune.loss.value
+    assert (run_dir / "model.keras").is_file() and (run_dir / "model.onnx").is_file()
+    assert project.names() == ["cells", "earlier-5", "earlier-6"]
+    np.testing.assert_array_equal(tifffile.imread(project.corrections / "cells_masks.tif"), corrected)
+    assert re.fullmatch(r"\d\.\d{4} \(epoch 1/1, step 2/2\)", finetune.loss.value), finetune.loss.value
+    assert re.fullmatch(r"score [01]\.\d{3}, loss \d+\.\d{4} \(epoch 1\)", finetune.validation.value), \
+        finetune.validation.value
     assert segment.model.line_edit.value == str(run_dir)  # the segment widget uses the new model
 
     # The image is segmented again, with the new model, into the same layer.

@@ -73,7 +73,7 @@ class FinetuneWidget(Container):
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(label="", min=0, max=100, value=0, visible=False)
         self.loss = Label(label="training loss", value="-")
-        self.validation = Label(label="validation loss", value="-")
+        self.validation = Label(label="validation", value="-")
         self.model_label = Label(label="model", value=self.state.describe())
         self.status = Label(label="", value="")
         self.extend([self.image, self.labels, self.project, self.epochs, self.steps, self.budget, self.run_button,
@@ -196,7 +196,7 @@ class FinetuneWidget(Container):
         self.progress.value = int(round(100 * event.fraction))
         self.loss.value = f"{event.loss:.4f} (epoch {event.epoch}/{event.epochs}, step {event.step}/{event.steps})"
         if event.end_of_epoch and math.isfinite(event.val_loss):
-            self.validation.value = f"{event.val_loss:.4f} (epoch {event.epoch})"
+            self.validation.value = f"score {event.val_score:.3f}, loss {event.val_loss:.4f} (epoch {event.epoch})"
 
     def _finished(self, image, result) -> None:
         if isinstance(result, Failure):

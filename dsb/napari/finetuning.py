@@ -16,8 +16,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
+import dsb
+from dsb.annotations import find_samples, read_sample
 from dsb.dataset import load_prepared
 from dsb.finetune import FINETUNE_STEPS, finetune_config
+from dsb.predict import predict_labels
 from dsb.run import export_onnx_in_place, load_run_config, resolve_model_dir
 
 from .child import child_events
@@ -43,6 +48,10 @@ class Progress:
         The training loss (running mean over the epoch).
     val_loss : float
         The validation loss at the end of an epoch, NaN otherwise or without held-out images.
+    val_score : float
+        At the end of an epoch, the competition metric (:func:`dsb.score`: mean precision over IoU
+        thresholds 0.5 to 0.95) of the model's nuclei on the held-out corrected images; NaN
+        otherwise or without held-out images.
     end_of_epoch : bool
     """
 
@@ -52,6 +61,7 @@ class Progress:
     steps: int
     loss: float
     val_loss: float = math.nan
+    val_score: float = math.nan
     end_of_epoch: bool = False
 
     @property
@@ -73,7 +83,7 @@ class Outcome:
     init : Path
         The model it started from.
     history : list of dict
-        One row per finished epoch (``loss`` and, with held-out images, ``val_loss``).
+        One row per finished epoch (``loss`` and, with held-out images, ``val_loss`` and ``val_score``).
     """
 
     run_dir: Path | None
@@ -82,9 +92,32 @@ class Outcome:
     history: list = field(default_factory=list)
 
 
-def _reporter(report: Callable[[Progress], None] | None, cancel, epochs: int, steps: int):
-    """A Keras callback that reports each step and epoch and stops training once ``cancel`` is set
-    (made here, so that importing this module loads no Keras)."""
+class _ValidationScore:
+    """:func:`dsb.score` of a model on the corrected images a run holds out (its config.json names them)."""
+
+    def __init__(self, corrections: Path, run_dir: Path):
+        self.corrections = corrections
+        self.run_dir = run_dir
+        self.held_out: list | None = None
+        self.config = None
+
+    def _load(self) -> None:
+        self.config = load_run_config(self.run_dir)
+        wanted = set(self.config.validation_ids)
+        self.held_out = [read_sample(s)[:2] for s in find_samples(self.corrections) if s.id in wanted]
+
+    def __call__(self, model) -> float:
+        """The mean score over the held-out images; NaN when there are none."""
+        if self.held_out is None:
+            self._load()
+        scores = [dsb.score(predict_labels(model, self.config, image), labels) for image, labels in self.held_out]
+        return float(np.mean(scores)) if scores else math.nan
+
+
+def _reporter(report: Callable[[Progress], None] | None, cancel, epochs: int, steps: int,
+              validation: _ValidationScore):
+    """A Keras callback that reports each step and epoch (with the validation score) and stops training
+    once ``cancel`` is set (made here, so that importing this module loads no Keras)."""
     import keras
 
     class Reporter(keras.callbacks.Callback):
@@ -110,10 +143,12 @@ def _reporter(report: Callable[[Progress], None] | None, cancel, epochs: int, st
 
         def on_epoch_end(self, epoch, logs=None):
             logs = {k: float(keras.ops.convert_to_numpy(v)) for k, v in (logs or {}).items()}
+            if "val_loss" in logs and not cancel.is_set():
+                logs["val_score"] = validation(self.model)
             self.history.append(logs)
             if report is not None:
                 report(Progress(epoch + 1, epochs, steps, steps, logs.get("loss", math.nan),
-                                logs.get("val_loss", math.nan), end_of_epoch=True))
+                                logs.get("val_loss", math.nan), logs.get("val_score", math.nan), end_of_epoch=True))
 
     return Reporter()
 
@@ -164,7 +199,7 @@ def finetune_project(
     config = finetune_config(load_run_config(init), epochs=epochs)
     prepared = load_prepared(project.corrections, config.preprocess)
     out_dir = project.new_model_dir()
-    reporter = _reporter(report, cancel, int(epochs), steps)
+    reporter = _reporter(report, cancel, int(epochs), steps, _ValidationScore(project.corrections, out_dir))
     try:
         train_prepared(prepared, config, out_dir=out_dir, epochs=epochs, steps_per_epoch=steps,
                        time_budget=time_budget, progress=False, callbacks=[reporter], init=init)
