@@ -158,7 +158,7 @@ class FinetuneWidget(Container):
         try:
             project = self.save_correction()
             count = project.check()
-        except DsbError as exc:
+        except (DsbError, OSError) as exc:
             self.fail(str(exc))
             return
         image = self.image.value
