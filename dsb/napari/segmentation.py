@@ -30,7 +30,8 @@ from .finetuning import export_onnx_in_child
 #: process (see :mod:`dsb.napari.child`). "auto" takes OpenVINO, else ONNX Runtime.
 VIEWER_ENGINES = ("auto", "openvino", "onnx")
 
-__all__ = ["VIEWER_ENGINES", "ModelState", "FrameDone", "Segmented", "Failure", "state_for", "segment_frames", "parse_diameter"]
+__all__ = ["VIEWER_ENGINES", "ModelState", "FrameDone", "Segmented", "Failure", "state_for", "segment_frames",
+           "parse_diameter", "layer_frames"]
 
 
 @dataclass(frozen=True)
