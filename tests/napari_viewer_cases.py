@@ -29,7 +29,7 @@ from dsb.napari.finetune_widget import FinetuneWidget  # noqa: E402
 from dsb.napari.project import Project  # noqa: E402
 from dsb.napari.segment_widget import SegmentWidget  # noqa: E402
 
-WAIT_MS = 120_000
+WAIT_MS = 300_000  # a fine-tune takes 30 s on 2 idle cores
 
 
 @pytest.fixture
@@ -40,13 +40,13 @@ def viewer(make_napari_viewer):
 
 
 def _run_and_wait(qtbot, widget) -> None:
-    """Click the widget's run button and wait until its worker is done (or it started none)."""
+    """Click the widget's run button and let Qt run until its worker is done (or it started none).
+
+    The widget forgets its worker on the worker's ``finished`` signal, which it connects before the
+    start; a signal connected here could come too late for a worker that fails at once.
+    """
     widget.run()
-    worker = widget.worker
-    if worker is not None:
-        with qtbot.waitSignal(worker.finished, timeout=WAIT_MS):
-            pass
-        qtbot.waitUntil(lambda: widget.worker is None, timeout=5000)
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=WAIT_MS)
 
 
 def _segmented(qtbot, viewer, segment: SegmentWidget):
@@ -159,11 +159,8 @@ def test_cancelled_finetune_keeps_the_model(viewer, qtbot, tmp_path):
     finetune.epochs.value, finetune.steps.value = 1, 50
     before = finetune.state.path
     finetune.run()
-    worker = finetune.worker
-    worker.yielded.connect(lambda event: finetune.cancel())  # cancel at the first step
-    with qtbot.waitSignal(worker.finished, timeout=WAIT_MS):
-        pass
-    qtbot.waitUntil(lambda: finetune.worker is None, timeout=5000)
+    finetune.worker.yielded.connect(lambda event: finetune.cancel())  # cancel at the first step
+    qtbot.waitUntil(lambda: finetune.worker is None, timeout=WAIT_MS)
     assert "cancelled" in finetune.status.value
     assert finetune.state.path == before and segment.model.line_edit.value == ""
     assert not list((tmp_path / "project" / "models").glob("finetune-*"))

@@ -19,7 +19,6 @@ from pathlib import Path
 import numpy as np
 
 import dsb
-
 from dsb.errors import BadDataError
 from dsb.predict import predict_nuclei
 from dsb.run import default_model_dir
