@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "dsb"
-LAYERS = ("core", "io", "inference", "kaggle", "network", "training", "workflows", "api", "cli")
+LAYERS = ("core", "io", "inference", "kaggle", "network", "training", "workflows", "api", "cli", "napari")
 # Below: a layer may import these; siblings on one line may not import each other.
 BELOW = {
     "core": set(),
@@ -25,6 +25,7 @@ BELOW = {
     "workflows": {"core", "io", "inference", "kaggle", "network", "training"},
     "api": {"core", "io", "inference", "kaggle", "network", "training", "workflows"},
     "cli": {"core", "io", "inference", "kaggle", "network", "training", "workflows", "api"},
+    "napari": {"core", "io", "inference", "kaggle", "network", "training", "workflows", "api"},
 }
 
 

@@ -1,0 +1,86 @@
+"""Reading and writing label TIFFs from napari: the files ``dsb segment`` writes and ``dsb train`` reads.
+
+The writer saves a Labels layer as :func:`dsb.io.writers.write_labels` does for
+the command line: a deflate-compressed greyscale TIFF, 16-bit, or 32-bit when a
+label is above 65535; a stack of frames as a multi-page TIFF of the same kind.
+The reader opens a label image beside its image (``NAME_masks.tif``,
+``NAME_labels.tif``, ``NAME_cp_masks.png``) as a Labels layer. Nothing here
+imports napari or Qt.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from dsb.core.atomic import atomic_path
+from dsb.io.annotations import LABEL_EXTENSIONS, LABEL_SUFFIXES, read_label_image
+from dsb.io.writers import write_labels
+
+__all__ = ["write_labels_layer", "get_label_reader", "read_label_layer"]
+
+_UINT16_MAX = np.iinfo(np.uint16).max
+
+
+def write_labels_layer(path: str, data, attributes: dict) -> list[str]:
+    """napari writer: one Labels layer to a 16- or 32-bit label TIFF.
+
+    Parameters
+    ----------
+    path : str
+        Ends in ``.tif`` or ``.tiff``.
+    data : array_like of int
+        (H, W) labels, or a stack of them (frames first).
+    attributes : dict
+        The layer's attributes (unused).
+
+    Returns
+    -------
+    list of str
+        The file written.
+
+    Examples
+    --------
+    >>> import tempfile, tifffile, os
+    >>> path = os.path.join(tempfile.mkdtemp(), "a.tif")
+    >>> _ = write_labels_layer(path, np.array([[0, 3], [70_000, 3]]), {})
+    >>> tifffile.imread(path).dtype.name
+    'uint32'
+    """
+    labels = np.asarray(data)
+    if labels.ndim == 2:
+        return [str(write_labels(path, labels))]
+    import tifffile
+
+    path = Path(path)
+    if path.suffix.lower() not in (".tif", ".tiff"):
+        raise ValueError(f"`path` ({path}) must end in .tif or .tiff")
+    wide = bool(labels.size) and labels.max() > _UINT16_MAX
+    with atomic_path(path) as tmp:
+        tifffile.imwrite(tmp, labels.astype(np.uint32 if wide else np.uint16), photometric="minisblack",
+                         compression="zlib")
+    return [str(path)]
+
+
+def _is_label_file(path: Path) -> bool:
+    return path.suffix.lower() in LABEL_EXTENSIONS and path.stem.endswith(LABEL_SUFFIXES)
+
+
+def get_label_reader(path):
+    """napari reader contribution: :func:`read_label_layer` for a label image's path, else None.
+
+    Examples
+    --------
+    >>> get_label_reader("cells_masks.tif") is read_label_layer, get_label_reader("cells.tif")
+    (True, None)
+    """
+    if isinstance(path, list):
+        return read_label_layer if path and all(_is_label_file(Path(p)) for p in path) else None
+    return read_label_layer if _is_label_file(Path(path)) else None
+
+
+def read_label_layer(path) -> list[tuple]:
+    """Label images (:func:`dsb.io.annotations.read_label_image`) as napari Labels layer data."""
+    paths = path if isinstance(path, list) else [path]
+    return [(read_label_image(p), {"name": Path(p).stem}, "labels") for p in paths]

@@ -1,0 +1,224 @@
+"""The segment widget: the nuclei of the selected image layer as a Labels layer, in a thread worker."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    Label,
+    LineEdit,
+    ProgressBar,
+    PushButton,
+)
+from napari.layers import Image, Labels
+from napari.qt.threading import create_worker
+from napari.utils.notifications import show_error, show_info, show_warning
+
+from dsb.core.errors import DsbError
+from dsb.napari.child import ChildFailed
+from dsb.napari.segmentation import (
+    VIEWER_ENGINES,
+    Failure,
+    FrameDone,
+    Segmented,
+    parse_diameter,
+    segment_frames,
+    state_for,
+)
+
+__all__ = ["SegmentWidget", "labels_layer_name"]
+
+
+def labels_layer_name(image: Image) -> str:
+    """The name of the Labels layer that holds the nuclei of ``image``."""
+    return f"{image.name} nuclei"
+
+
+def image_layers(viewer) -> list:
+    """``(name, layer)`` choices of the viewer's image layers."""
+    return [(layer.name, layer) for layer in viewer.layers if isinstance(layer, Image)]
+
+
+def follow_selection(combo: ComboBox, viewer, kind: type) -> None:
+    """Refresh a layer combo box's choices and show the viewer's active layer when it is a ``kind``,
+    else keep the choice, or take the first layer of that kind."""
+    combo.reset_choices()
+    layers = [layer for layer in viewer.layers if isinstance(layer, kind)]
+    active = viewer.layers.selection.active
+    if isinstance(active, kind) and active in layers:
+        combo.value = active
+    elif combo.value not in layers and layers:
+        combo.value = layers[-1]
+
+
+def _work(state, data, rgb: bool, diameter, tta: bool):
+    """The worker: load the model, segment each frame; a problem comes back as a :class:`Failure`."""
+    try:
+        model = state.load()
+        result = None
+        for event in segment_frames(model, data, rgb=rgb, diameter=diameter, tta=tta):
+            if isinstance(event, Segmented):
+                result = event
+            else:
+                yield event
+        return result
+    except (DsbError, ChildFailed, OSError, ValueError, TypeError) as exc:
+        return Failure(str(exc))
+
+
+class SegmentWidget(Container):
+    """Segment the selected image layer (grey or RGB, 2-D or a stack frame by frame) into a Labels layer.
+
+    Parameters
+    ----------
+    napari_viewer : napari.Viewer
+    """
+
+    def __init__(self, napari_viewer):
+        super().__init__(labels=True)
+        self.viewer = napari_viewer
+        self.state = state_for(napari_viewer)
+        self.worker = None
+        self.image = ComboBox(label="image", choices=lambda _: image_layers(self.viewer), nullable=True,
+                              tooltip="The image layer to segment; a stack is segmented frame by frame.")
+        self.model = FileEdit(label="model folder", mode="d", value="",
+                              tooltip="A dsb run folder (dsb train --out); empty: the model shipped with dsb.")
+        self.engine = ComboBox(label="engine", choices=list(VIEWER_ENGINES), value=self.state.engine,
+                               tooltip="auto: OpenVINO, else ONNX Runtime (a folder without model.onnx "
+                                       "gets one first).")
+        self.diameter = LineEdit(label="diameter (px)", value="",
+                                 tooltip="Median nucleus diameter in pixels; empty: estimated from the image.")
+        self.estimate = Label(label="", value="diameter: estimated when empty")
+        self.tta = CheckBox(text="test-time augmentation (slower, smoother edges)", value=False)
+        self.run_button = PushButton(text="Segment")
+        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.progress = ProgressBar(label="", min=0, max=1, value=0, visible=False)
+        self.status = Label(label="", value="")
+        self.extend([self.image, self.model, self.engine, self.diameter, self.estimate, self.tta,
+                     self.run_button, self.cancel_button, self.progress, self.status])
+        self.model.line_edit.value = "" if self.state.path is None else str(self.state.path)
+        self.model.changed.connect(self._model_typed)
+        self.engine.changed.connect(lambda value: setattr(self.state, "engine", value))
+        self.tta.changed.connect(lambda value: setattr(self.state, "tta", bool(value)))
+        self.run_button.changed.connect(self.run)
+        self.cancel_button.changed.connect(self.cancel)
+        self.state.listeners.append(self._model_changed)
+        self.state.segmenter = self.segment
+        for event in ("inserted", "removed", "reordered"):
+            getattr(napari_viewer.layers.events, event).connect(self._layers_changed)
+        napari_viewer.layers.selection.events.active.connect(self._layers_changed)
+        self._layers_changed()
+
+    # ------------------------------------------------------------ layer choices and model field
+
+    def _layers_changed(self, event=None) -> None:
+        follow_selection(self.image, self.viewer, Image)
+
+    def _model_text(self) -> str:
+        return str(self.model.line_edit.value).strip()
+
+    def _model_typed(self, value=None) -> None:
+        self.state.set_model(self._model_text() or None)
+
+    def _model_changed(self, state) -> None:
+        text = "" if state.path is None else str(state.path)
+        if self._model_text() != text:
+            self.model.line_edit.value = text
+        self.status.value = f"model: {state.describe()}"
+
+    # ------------------------------------------------------------ running
+
+    def fail(self, message: str) -> None:
+        """Show a problem in the widget and as a napari error notification."""
+        self.status.value = message
+        show_error(message)
+
+    def run(self, value=None) -> None:
+        """Segment the chosen image layer with the widget's model and options."""
+        layer = self.image.value
+        if layer is None or layer not in self.viewer.layers:
+            self.fail("No image layer selected: open an image (File > Open) or pick one under 'image'.")
+            return
+        self.segment(layer)
+
+    def segment(self, layer: Image, on_done=None) -> None:
+        """Start segmenting ``layer`` in a thread worker; ``on_done(result)`` is called after success."""
+        if self.worker is not None:
+            show_warning("dsb is already segmenting; wait for it or cancel it first.")
+            return
+        try:
+            diameter = parse_diameter(self.diameter.value)
+        except DsbError as exc:
+            self.fail(str(exc))
+            return
+        self.state.diameter = diameter
+        data = layer.data[0] if layer.multiscale else layer.data
+        self._set_running(True, f"segmenting {layer.name} with {self.state.describe()} ...")
+        worker = create_worker(_work, self.state, data, bool(layer.rgb), diameter, bool(self.tta.value))
+        worker.yielded.connect(self._frame_done)
+        worker.returned.connect(lambda result: self._finished(layer, result, on_done))
+        worker.aborted.connect(lambda: self._cancelled(layer))
+        worker.finished.connect(lambda: self._set_running(False))
+        self.worker = worker
+        worker.start()
+
+    def cancel(self, value=None) -> None:
+        """Stop after the frame being segmented; the Labels layer is left as it was."""
+        if self.worker is not None:
+            self.status.value = "cancelling after this frame ..."
+            self.worker.quit()
+
+    def _set_running(self, running: bool, message: str | None = None) -> None:
+        self.run_button.enabled = not running
+        self.cancel_button.enabled = running
+        self.progress.visible = running
+        if running:
+            self.progress.min, self.progress.max, self.progress.value = 0, 0, 0  # busy until a frame is done
+        else:
+            self.worker = None
+        if message is not None:
+            self.status.value = message
+
+    def _frame_done(self, event: FrameDone) -> None:
+        self.progress.max = event.total
+        self.progress.value = event.done
+
+    def _cancelled(self, layer) -> None:
+        self.status.value = f"cancelled: the nuclei of {layer.name} are as they were"
+        show_warning(self.status.value)
+
+    def _finished(self, layer: Image, result, on_done) -> None:
+        if isinstance(result, Failure):
+            self.fail(result.message)
+            return
+        if not isinstance(result, Segmented):
+            return
+        labels = self._put_labels(layer, result)
+        d = result.diameter
+        shown = "no nucleus found" if not math.isfinite(d) else f"{d:.1f} px"
+        self.estimate.value = f"diameter: {shown} ({'estimated' if result.estimated else 'given'})"
+        count = int(result.labels.max()) if result.labels.size else 0
+        self.status.value = (f"{count} nuclei{' in the busiest frame' if result.labels.ndim > 2 else ''} "
+                             f"in {result.seconds:.2f} s with {Path(result.model).name}")
+        show_info(f"dsb: {self.status.value}")
+        if on_done is not None:
+            on_done(labels)
+
+    def _put_labels(self, layer: Image, result: Segmented) -> Labels:
+        """Add the nuclei as a Labels layer above the image, or replace the data of the one it has."""
+        name = labels_layer_name(layer)
+        metadata = {"dsb_model": str(result.model), "dsb_diameters": result.diameters}
+        existing = self.viewer.layers[name] if name in self.viewer.layers else None
+        if isinstance(existing, Labels):
+            existing.data = result.labels
+            existing.metadata.update(metadata)
+            return existing
+        lead = result.labels.ndim
+        return self.viewer.add_labels(result.labels, name=name if existing is None else f"{name} (dsb)",
+                                      scale=layer.scale[:lead], translate=layer.translate[:lead],
+                                      metadata=metadata)

@@ -1,0 +1,230 @@
+"""Segmenting a napari image layer's data frame by frame, and the model the plugin's widgets share.
+
+Qt-free: the widgets run :func:`segment_frames` in a thread worker and show
+what it yields; :class:`ModelState` is the model (and options) that the segment
+and fine-tune widgets of one viewer share, so that a fine-tuned model becomes
+the one the segment widget uses.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+import dsb
+from dsb.core.errors import BadDataError
+from dsb.inference.predict import predict_nuclei
+from dsb.napari.finetuning import export_onnx_in_child
+from dsb.network.model_folder import default_model_dir
+
+#: The engines the viewer segments with: not Keras, whose TensorFlow must stay out of the viewer's
+#: process (see :mod:`dsb.napari.child`). "auto" takes OpenVINO, else ONNX Runtime.
+VIEWER_ENGINES = ("auto", "openvino", "onnx")
+
+__all__ = ["VIEWER_ENGINES", "ModelState", "FrameDone", "Segmented", "Failure", "state_for", "segment_frames",
+           "parse_diameter", "layer_frames"]
+
+
+@dataclass(frozen=True)
+class FrameDone:
+    """One frame of a stack segmented: ``done`` of ``total``."""
+
+    done: int
+    total: int
+
+
+@dataclass(frozen=True)
+class Segmented:
+    """The nuclei of a whole layer.
+
+    Attributes
+    ----------
+    labels : ndarray of int32
+        The layer's shape without its colour axis; each frame numbered 1..N on its own.
+    diameters : list of float
+        Per frame, the median nucleus diameter used (NaN: no nucleus found).
+    estimated : bool
+        Whether the diameters were estimated.
+    model : Path
+        The folder of the model that found them.
+    seconds : float
+    """
+
+    labels: np.ndarray
+    diameters: list
+    estimated: bool
+    model: Path
+    seconds: float
+
+    @property
+    def diameter(self) -> float:
+        """The median over the frames of the diameter used, NaN when none is known."""
+        known = [d for d in self.diameters if math.isfinite(d)]
+        return float(np.median(known)) if known else math.nan
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A problem to show in the viewer as one line, instead of a traceback."""
+
+    message: str
+
+
+def parse_diameter(text: str) -> float | None:
+    """The diameter typed in a widget: None when empty (estimate it), else a positive number of pixels.
+
+    Raises
+    ------
+    BadDataError
+        Not a positive number.
+
+    Examples
+    --------
+    >>> parse_diameter(" "), parse_diameter("17.5")
+    (None, 17.5)
+    """
+    text = str(text).strip()
+    if not text:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise BadDataError(f"{text!r} is not a diameter in pixels; leave it empty to estimate it",
+                           where="diameter")
+    return value
+
+
+def layer_frames(data, rgb: bool) -> tuple[tuple[int, ...], tuple[int, int]]:
+    """The frame axes' shape and the (H, W) of an image layer's data (colour axis last when ``rgb``).
+
+    Raises
+    ------
+    BadDataError
+        Fewer than two spatial axes, or a colour axis of other than 3 or 4 channels.
+    """
+    shape = tuple(np.shape(data))
+    if rgb:
+        if not shape or shape[-1] not in (3, 4):
+            raise BadDataError(f"an RGB layer of shape {shape} has no colour axis of 3 or 4 channels")
+        shape = shape[:-1]
+    if len(shape) < 2 or min(shape[-2:]) < 1:
+        raise BadDataError(f"the image has shape {shape}; expected a 2-D image or a stack of them")
+    return shape[:-2], shape[-2:]
+
+
+def segment_frames(model, data, *, rgb: bool = False, diameter: float | None = None, tta: bool = False
+                   ) -> Iterator[FrameDone | Segmented]:
+    """Segment every 2-D frame of an image layer's data, yielding after each.
+
+    Parameters
+    ----------
+    model : dsb LoadedModel
+        What :func:`dsb.load_model` returned.
+    data : array_like
+        (..., H, W) grey or (..., H, W, C) colour with ``rgb``; leading axes are frames (time, planes).
+    rgb : bool
+    diameter : float, optional
+        Median nucleus diameter in pixels; None estimates it per frame.
+    tta : bool
+
+    Yields
+    ------
+    FrameDone
+        After each frame.
+    Segmented
+        Last: the labels of all frames.
+    """
+    start = time.monotonic()
+    lead, (height, width) = layer_frames(data, rgb)
+    labels = np.zeros((*lead, height, width), np.int32)
+    diameters, estimated = [], False
+    total = int(np.prod(lead, dtype=np.int64)) if lead else 1
+    for done, index in enumerate(np.ndindex(*lead), start=1):
+        nuclei = predict_nuclei(model.network, model.config, np.asarray(data[index]), tta=tta, diameter=diameter)
+        labels[index] = nuclei.labels
+        diameters.append(float(nuclei.diameter))
+        estimated = nuclei.estimated
+        yield FrameDone(done, total)
+    yield Segmented(labels, diameters, estimated, Path(model.path), time.monotonic() - start)
+
+
+class ModelState:
+    """The model the plugin's widgets in one viewer segment with, and their shared options.
+
+    Attributes
+    ----------
+    path : Path or None
+        The model folder; None for the model shipped with dsb.
+    engine : str
+    listeners : list of callable
+        Called with the state when the model changes.
+    """
+
+    def __init__(self):
+        self.path: Path | None = None
+        self.engine = VIEWER_ENGINES[0]
+        self.diameter: float | None = None
+        self.tta = False
+        self.listeners: list[Callable[[ModelState], None]] = []
+        self.segmenter: Callable | None = None
+        self._loaded: dict = {}
+        self._lock = threading.Lock()
+
+    @property
+    def model_dir(self) -> Path:
+        """The model folder, the shipped one's when :attr:`path` is None."""
+        return default_model_dir() if self.path is None else self.path
+
+    def describe(self) -> str:
+        """The model's name as the widgets show it."""
+        return "the model shipped with dsb" if self.path is None else str(self.path)
+
+    def set_model(self, path) -> None:
+        """Use the model folder ``path`` (None or "": the shipped one) from now on, and tell the listeners."""
+        path = None if path in (None, "") else Path(path).expanduser()
+        if path == self.path:
+            return
+        self.path = path
+        for listener in list(self.listeners):
+            listener(self)
+
+    def load(self):
+        """The model as :func:`dsb.load_model` loads it, once per folder and engine (thread-safe).
+
+        Raises
+        ------
+        BadDataError
+            The folder holds no model.
+        EnvironmentProblem
+            The engine is not installed.
+        """
+        key = (self.path, self.engine)
+        with self._lock:
+            if key not in self._loaded:
+                path = self.path
+                if path is not None and not path.is_dir():
+                    raise BadDataError("model folder not found", path=path)
+                if path is not None and (path / "model.keras").is_file() and not (path / "model.onnx").is_file():
+                    export_onnx_in_child(path)  # a run of `dsb train`: the viewer runs no Keras
+                self._loaded[key] = dsb.load_model(path, engine=self.engine)
+            return self._loaded[key]
+
+
+_STATES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def state_for(viewer) -> ModelState:
+    """The :class:`ModelState` of one viewer (made on first use, forgotten with the viewer)."""
+    state = _STATES.get(viewer)
+    if state is None:
+        state = _STATES[viewer] = ModelState()
+    return state

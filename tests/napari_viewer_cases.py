@@ -1,0 +1,166 @@
+"""The napari plugin in a real viewer (pytest-qt's qtbot, napari's make_napari_viewer), under Xvfb.
+
+Run in an interpreter of their own by tests/test_napari_viewer.py (see there
+why), or directly: ``python -m pytest tests/napari_viewer_cases.py``. Skipped
+where napari or Qt is not installed. One synthetic image, the shipped model,
+fine-tunes of one epoch of two steps.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+
+import numpy as np
+import pytest
+
+pytest.importorskip("napari")
+pytest.importorskip("pytestqt")
+pytest.importorskip("PyQt6")
+if not os.environ.get("DISPLAY") and not shutil.which("Xvfb"):
+    pytest.skip("no display, and no Xvfb for pytest-xvfb to start", allow_module_level=True)
+
+import tifffile  # noqa: E402
+from scipy import ndimage  # noqa: E402
+
+from dsb.napari.finetune_widget import FinetuneWidget
+from dsb.napari.project import Project
+from dsb.napari.segment_widget import SegmentWidget
+from dsb.workflows.bioimageio import synthetic_image
+
+WAIT_MS = 300_000  # a fine-tune takes 30 s on 2 idle cores
+
+
+@pytest.fixture
+def viewer(make_napari_viewer):
+    viewer = make_napari_viewer()
+    viewer.add_image(synthetic_image(20, 128, seed=3), name="cells")
+    return viewer
+
+
+def _run_and_wait(qtbot, widget) -> None:
+    """Click the widget's run button and let Qt run until its worker is done (or it started none).
+
+    The widget forgets its worker on the worker's ``finished`` signal, which it connects before the
+    start; a signal connected here could come too late for a worker that fails at once.
+    """
+    widget.run()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=WAIT_MS)
+
+
+def _segmented(qtbot, viewer, segment: SegmentWidget):
+    _run_and_wait(qtbot, segment)
+    return viewer.layers["cells nuclei"]
+
+
+def test_segment_correct_finetune_segment_again(viewer, qtbot, tmp_path):
+    segment = SegmentWidget(viewer)
+    finetune = FinetuneWidget(viewer)
+    viewer.window.add_dock_widget(segment, name="Segment nuclei")
+    viewer.window.add_dock_widget(finetune, name="Fine-tune")
+    assert segment.image.value is viewer.layers["cells"]
+
+    labels = _segmented(qtbot, viewer, segment)
+    found = int(labels.data.max())
+    assert 14 <= found <= 18, segment.status.value  # a 4 x 4 grid of discs
+    assert "estimated" in segment.estimate.value and "px" in segment.estimate.value
+    assert labels.metadata["dsb_model"].endswith(os.path.join("models", "default"))
+
+    # The correction: one nucleus erased, as the eraser would.
+    corrected = labels.data.copy()
+    corrected[corrected == 1] = 0
+    labels.data = corrected
+    assert finetune.labels.value is labels
+
+    # Two images corrected earlier, so that the fine-tune holds one of the three out for validation.
+    project = Project(tmp_path / "project")
+    for seed in (5, 6):
+        image = synthetic_image(20, 128, seed=seed)
+        project.save_correction(f"earlier-{seed}", image, ndimage.label(image > 100)[0])
+    finetune.project.value = str(project.path)
+    finetune.epochs.value, finetune.steps.value = 1, 2
+    _run_and_wait(qtbot, finetune)
+    run_dir = tmp_path / "project" / "models" / "finetune-001"
+    assert finetune.state.path == run_dir, finetune.status.value
+    assert (run_dir / "model.keras").is_file() and (run_dir / "model.onnx").is_file()
+    assert project.names() == ["cells", "earlier-5", "earlier-6"]
+    np.testing.assert_array_equal(tifffile.imread(project.corrections / "cells_masks.tif"), corrected)
+    assert re.fullmatch(r"\d\.\d{4} \(epoch 1/1, step 2/2\)", finetune.loss.value), finetune.loss.value
+    assert re.fullmatch(r"score [01]\.\d{3}, loss \d+\.\d{4} \(epoch 1\)", finetune.validation.value), \
+        finetune.validation.value
+    assert segment.model.line_edit.value == str(run_dir)  # the segment widget uses the new model
+
+    # The image is segmented again, with the new model, into the same layer.
+    qtbot.waitUntil(lambda: labels.metadata["dsb_model"] == str(run_dir) and segment.worker is None,
+                    timeout=WAIT_MS)
+    assert viewer.layers["cells nuclei"] is labels
+    assert not np.array_equal(labels.data, corrected)
+    assert 14 <= labels.data.max() <= 18
+
+    # Save: the writer writes the CLI's 16-bit label TIFF.
+    written = labels.save(str(tmp_path / "nuclei.tif"), plugin="dsb")
+    assert tifffile.imread(written[0]).dtype == np.uint16
+
+
+def test_a_stack_is_segmented_and_its_shown_frame_saved(make_napari_viewer, qtbot, tmp_path):
+    viewer = make_napari_viewer()
+    frame = synthetic_image(20, 96, seed=4)
+    viewer.add_image(np.stack([frame, frame[::-1], frame[:, ::-1]]), name="movie")
+    segment, finetune = SegmentWidget(viewer), FinetuneWidget(viewer)
+    _run_and_wait(qtbot, segment)
+    labels = viewer.layers["movie nuclei"]
+    assert labels.data.shape == (3, 96, 96) and all(f.max() >= 4 for f in labels.data)
+    assert segment.progress.max == 3
+    viewer.dims.set_current_step(0, 2)
+    finetune.project.value = str(tmp_path)
+    finetune.save_correction()
+    saved = tmp_path / "corrections" / "movie-t002.tif"
+    np.testing.assert_array_equal(tifffile.imread(saved), frame[:, ::-1])
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "corrections" / "movie-t002_masks.tif"),
+                                  labels.data[2])
+
+
+def test_bad_states_give_messages_not_tracebacks(viewer, qtbot, tmp_path):
+    segment = SegmentWidget(viewer)
+    finetune = FinetuneWidget(viewer)
+    finetune.project.value = str(tmp_path / "project")
+
+    # A model folder that is not a model: a message, and no labels.
+    segment.model.value = str(tmp_path)
+    _run_and_wait(qtbot, segment)
+    assert "config.json" in segment.status.value and "cells nuclei" not in viewer.layers
+
+    # An empty Labels layer given to fine-tuning.
+    viewer.add_labels(np.zeros((128, 128), np.int32), name="cells nuclei")
+    finetune.run()
+    assert finetune.worker is None and "no nucleus" in finetune.status.value
+
+    # A Labels layer of another shape.
+    other = viewer.add_labels(np.ones((64, 64), np.int32), name="other")
+    finetune.labels.value = other
+    finetune.run()
+    assert finetune.worker is None and "shape (64, 64)" in finetune.status.value
+
+    # No image layer.
+    viewer.layers.remove("cells")
+    segment.run()
+    assert segment.worker is None and "No image layer" in segment.status.value
+    finetune.run()
+    assert finetune.worker is None and "No image layer" in finetune.status.value
+
+
+def test_cancelled_finetune_keeps_the_model(viewer, qtbot, tmp_path):
+    segment = SegmentWidget(viewer)
+    finetune = FinetuneWidget(viewer)
+    labels = viewer.add_labels(np.zeros((128, 128), np.int32), name="cells nuclei")
+    labels.data[30:50, 30:50] = 1
+    finetune.project.value = str(tmp_path / "project")
+    finetune.epochs.value, finetune.steps.value = 1, 50
+    before = finetune.state.path
+    finetune.run()
+    finetune.worker.yielded.connect(lambda event: finetune.cancel())  # cancel at the first step
+    qtbot.waitUntil(lambda: finetune.worker is None, timeout=WAIT_MS)
+    assert "cancelled" in finetune.status.value
+    assert finetune.state.path == before and segment.model.line_edit.value == ""
+    assert not list((tmp_path / "project" / "models").glob("finetune-*"))

@@ -1,0 +1,255 @@
+"""The napari plugin without a viewer: its manifest, what it imports, the project folder, the label
+TIFF writer and reader, the samples, frame-by-frame segmentation and the child process.
+
+Nothing here needs Qt; the manifest test needs npe2 (skipped without it). The
+plugin in a real viewer is tests/test_napari_viewer.py.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import subprocess
+import sys
+import threading
+from importlib.metadata import entry_points
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+import dsb
+from conftest import make_discs
+from dsb.core.errors import BadDataError
+from dsb.io.annotations import find_samples, read_label_image
+from dsb.napari.child import ChildFailed, child_events
+from dsb.napari.finetuning import Progress
+from dsb.napari.io import get_label_reader, read_label_layer, write_labels_layer
+from dsb.napari.project import Project, check_correction, correction_name
+from dsb.napari.samples import fluorescence_nuclei, stained_nuclei
+from dsb.napari.segmentation import (
+    FrameDone,
+    ModelState,
+    Segmented,
+    layer_frames,
+    parse_diameter,
+    segment_frames,
+)
+
+MANIFEST = Path(dsb.__file__).parent / "napari" / "napari.yaml"
+QT_FREE = ["dsb.napari", "dsb.napari.project", "dsb.napari.io", "dsb.napari.samples", "dsb.napari.finetuning",
+           "dsb.napari.segmentation", "dsb.napari.child"]
+GUI = ("napari", "PyQt6", "PyQt5", "PySide6", "qtpy", "magicgui", "vispy")
+
+
+def _imported(code: str) -> set[str]:
+    """The top-level packages a fresh interpreter has imported after running ``code``."""
+    out = subprocess.run([sys.executable, "-c", f"{code}\nimport sys\nprint(' '.join(sys.modules))"],
+                         capture_output=True, text=True, check=True).stdout
+    return {name.split(".")[0] for name in out.split()}
+
+
+# ---------------------------------------------------------------- manifest and imports
+
+
+def test_manifest_is_valid_and_offers_widgets_samples_and_a_writer():
+    npe2 = pytest.importorskip("npe2")
+    manifest = npe2.PluginManifest.from_file(MANIFEST)
+    assert manifest.name == "dsb"
+    commands = {c.id: c.python_name for c in manifest.contributions.commands}
+    assert {w.command for w in manifest.contributions.widgets} == {"dsb.segment_widget", "dsb.finetune_widget"}
+    assert len(manifest.contributions.sample_data) >= 1
+    assert [w.layer_types for w in manifest.contributions.writers] == [["labels"]]
+    for name in commands.values():  # every Qt-free command resolves; the widgets' modules exist
+        module, attr = name.split(":")
+        if module in QT_FREE:
+            assert callable(getattr(importlib.import_module(module), attr))
+        else:
+            assert (Path(dsb.__file__).parent / "napari" / (module.rsplit(".", 1)[1] + ".py")).is_file()
+    # Installed under the entry point napari looks for (npe2 validate dsb reads it from there).
+    found = [ep.value for ep in entry_points(group="napari.manifest") if ep.name == "dsb"]
+    assert found == ["dsb.napari:napari.yaml"]
+
+
+def test_dsb_and_its_command_line_import_no_napari_nor_qt():
+    loaded = _imported("import dsb, dsb.cli\nfrom click.testing import CliRunner\n"
+                       "for args in (['--help'], ['segment', '--help'], ['train', '--help']):\n"
+                       "    assert CliRunner().invoke(dsb.cli.cli, args).exit_code == 0")
+    assert "dsb" in loaded and not loaded & set(GUI)
+    # The plugin's Qt-free modules are that, and none of them brings in TensorFlow.
+    loaded = _imported("import " + ", ".join(QT_FREE))
+    assert not loaded & set(GUI) and not loaded & {"tensorflow", "keras"}
+
+
+def test_the_widgets_keep_tensorflow_out_of_the_viewer():
+    pytest.importorskip("napari")
+    loaded = _imported("import dsb.napari.segment_widget, dsb.napari.finetune_widget")
+    assert "napari" in loaded and not loaded & {"tensorflow", "keras"}
+
+
+# ---------------------------------------------------------------- project folder
+
+
+def test_corrections_are_saved_in_the_layout_dsb_train_reads(tmp_path):
+    project = Project(tmp_path / "p")
+    image = (make_discs((48, 40)) * 90).astype(np.uint8)
+    labels = make_discs((48, 40))
+    project.save_correction("cells", image, labels)
+    rgb = np.stack([image, image // 2, image], axis=-1)
+    project.save_correction("slide-t002", rgb, labels * 7, rgb=True)
+    assert project.names() == ["cells", "slide-t002"]
+    assert project.check() == 2
+    samples = {s.id: s for s in find_samples(project.corrections)}
+    assert sorted(samples) == ["corrections-cells", "corrections-slide-t002"]
+    assert all(s.user for s in samples.values())
+    np.testing.assert_array_equal(read_label_image(samples["corrections-slide-t002"].labels), labels)
+    assert tifffile.imread(samples["corrections-slide-t002"].image).shape == (48, 40, 3)
+    assert tifffile.imread(samples["corrections-cells"].labels).dtype == np.uint16
+    # Saving again replaces the correction.
+    fewer = np.where(labels == 2, 0, labels)
+    project.save_correction("cells", image, fewer)
+    assert project.names() == ["cells", "slide-t002"]
+    assert read_label_image(project.corrections / "cells_masks.tif").max() == 1
+
+
+def test_bad_corrections_are_refused_with_a_message(tmp_path):
+    image = np.zeros((32, 32), np.uint8)
+    with pytest.raises(BadDataError, match=r"shape \(16, 32\) but the image has \(32, 32\)"):
+        check_correction(image, np.ones((16, 32), np.int32))
+    with pytest.raises(BadDataError, match="no nucleus"):
+        check_correction(image, np.zeros((32, 32), np.int32))
+    with pytest.raises(BadDataError, match="float"):
+        check_correction(image, np.ones((32, 32), np.float32))
+    project = Project(tmp_path)
+    with pytest.raises(BadDataError, match="not a usable file stem"):
+        project.save_correction("../x", image, np.ones((32, 32), np.int32))
+    with pytest.raises(BadDataError, match="no corrected image"):
+        project.check()
+
+
+def test_model_folders_are_numbered_and_names_made_safe(tmp_path):
+    project = Project(tmp_path)
+    assert project.new_model_dir() == tmp_path / "models" / "finetune-001"
+    (tmp_path / "models" / "finetune-007").mkdir(parents=True)
+    assert project.new_model_dir().name == "finetune-008"
+    assert correction_name("a/b c.tif", 12) == "a_b_c_tif-t012"
+
+
+# ---------------------------------------------------------------- writer and reader
+
+
+def test_writer_writes_the_label_tiffs_of_the_command_line(tmp_path):
+    small = make_discs((64, 64))
+    [path] = write_labels_layer(str(tmp_path / "a.tif"), small, {})
+    assert tifffile.imread(path).dtype == np.uint16
+    np.testing.assert_array_equal(tifffile.imread(path), small)
+    wide = small.astype(np.int64) * 40_000
+    [path] = write_labels_layer(str(tmp_path / "b.tiff"), wide, {})
+    assert tifffile.imread(path).dtype == np.uint32 and tifffile.imread(path).max() == 80_000
+    stack = np.stack([small, small[::-1]])
+    [path] = write_labels_layer(str(tmp_path / "c.tif"), stack, {})
+    np.testing.assert_array_equal(tifffile.imread(path), stack)
+    with pytest.raises(ValueError, match=r"\.tif"):
+        write_labels_layer(str(tmp_path / "d.png"), stack, {})
+
+
+def test_reader_opens_label_images_as_labels_layers(tmp_path):
+    path = tmp_path / "cells_masks.tif"
+    tifffile.imwrite(path, (make_discs((64, 64)) * 5).astype(np.uint16))
+    assert get_label_reader(str(path)) is read_label_layer
+    assert get_label_reader(str(tmp_path / "cells.tif")) is None
+    [(data, meta, kind)] = read_label_layer(str(path))
+    assert kind == "labels" and meta["name"] == "cells_masks" and data.max() == 2
+
+
+# ---------------------------------------------------------------- samples and segmentation
+
+
+def test_samples_are_nuclei_the_shipped_model_finds():
+    model = dsb.load_model()
+    [(grey, _, _)] = fluorescence_nuclei()
+    [(rgb, meta, _)] = stained_nuclei()
+    assert meta["rgb"] and rgb.shape == grey.shape + (3,)
+    for data, is_rgb in ((grey, False), (rgb, True)):
+        *steps, result = segment_frames(model, data, rgb=is_rgb)
+        assert steps == [FrameDone(1, 1)] and isinstance(result, Segmented)
+        assert 36 <= result.labels.max() <= 49  # a 7 x 7 grid of discs, some cut at the edge
+        assert result.estimated and 17 < result.diameter < 27  # drawn at 22 px
+
+
+def test_a_stack_is_segmented_frame_by_frame():
+    model = dsb.load_model()
+    frame = (make_discs((64, 64), centres=((20, 20), (44, 44)), radius=9) > 0) * 200 + 10
+    stack = np.stack([frame, frame[:, ::-1], np.full_like(frame, 10)]).astype(np.uint8)
+    events = list(segment_frames(model, stack, diameter=18))
+    assert events[:3] == [FrameDone(1, 3), FrameDone(2, 3), FrameDone(3, 3)]
+    result = events[-1]
+    assert result.labels.shape == (3, 64, 64) and not result.estimated
+    assert [int(f.max()) for f in result.labels] == [2, 2, 0]
+    assert result.diameters == [18.0] * 3
+
+
+def test_diameters_and_layer_shapes_are_checked():
+    assert parse_diameter("") is None and parse_diameter(" 12 ") == 12.0
+    for text in ("abc", "0", "-3", "nan"):
+        with pytest.raises(BadDataError, match="diameter"):
+            parse_diameter(text)
+    assert layer_frames(np.zeros((4, 5, 6, 3)), rgb=True) == ((4,), (5, 6))
+    with pytest.raises(BadDataError, match="colour axis"):
+        layer_frames(np.zeros((5, 6, 2)), rgb=True)
+    with pytest.raises(BadDataError, match="2-D image"):
+        layer_frames(np.zeros(7), rgb=False)
+
+
+def test_model_state_tells_listeners_and_refuses_a_folder_that_is_no_model(tmp_path):
+    state = ModelState()
+    seen = []
+    state.listeners.append(lambda s: seen.append(s.path))
+    state.set_model(tmp_path)
+    state.set_model(tmp_path)  # the same: no news
+    state.set_model("")
+    assert seen == [tmp_path, None]
+    state.set_model(tmp_path)
+    with pytest.raises(BadDataError, match="config.json"):
+        state.load()
+    state.set_model(tmp_path / "missing")
+    with pytest.raises(BadDataError, match="not found"):
+        state.load()
+    state.set_model(None)
+    assert state.load() is state.load() and state.load().path.name == "default"
+
+
+def test_progress_fraction():
+    assert Progress(1, 2, 1, 4, 0.5).fraction == 0.125
+    assert Progress(2, 2, 4, 4, 0.5).fraction == 1.0
+    assert math.isnan(Progress(1, 1, 1, 1, 0.5).val_loss)
+
+
+# ---------------------------------------------------------------- the child process
+
+
+def reports_then_fails(kind: str, *, report, cancel):
+    """A child target for the tests: two reports, then the error asked for (or the cancel state)."""
+    report("one")
+    report("two")
+    if kind == "bad data":
+        raise BadDataError("is not a model", path="somewhere")
+    if kind == "bug":
+        raise KeyError("oops")
+    return cancel.is_set()
+
+
+def test_child_process_passes_reports_results_and_errors():
+    sys.path.insert(0, str(Path(__file__).parent))  # the child imports this module by name
+    try:
+        assert list(child_events(reports_then_fails, "ok")) == ["one", "two", False]
+        with pytest.raises(BadDataError, match="somewhere: is not a model"):
+            list(child_events(reports_then_fails, "bad data"))
+        with pytest.raises(ChildFailed, match="KeyError"):
+            list(child_events(reports_then_fails, "bug"))
+        cancel = threading.Event()
+        cancel.set()
+        assert list(child_events(reports_then_fails, "ok", cancel=cancel))[-1] is True
+    finally:
+        sys.path.remove(str(Path(__file__).parent))
