@@ -1,0 +1,1 @@
+"""Reading and writing images too large for memory."""

@@ -1,0 +1,1 @@
+"""Workflows that run across many blocks, images or machines."""
