@@ -120,6 +120,7 @@ def cluster_client(workers: int | None = None, scheduler: str | None = None):
         raise EnvironmentProblem("a Dask cluster needs the 'distributed' extra: pip install 'dsb[distributed]'") \
             from None
     if scheduler is not None:
+        _check_reachable(scheduler)
         try:
             client = Client(scheduler, timeout=CONNECT_TIMEOUT_S, set_as_default=False)
         except (OSError, TimeoutError, ValueError) as exc:
@@ -135,6 +136,26 @@ def cluster_client(workers: int | None = None, scheduler: str | None = None):
                       dashboard_address=None, silence_logs=logging.ERROR) as cluster, \
             Client(cluster, set_as_default=False) as client:
         yield client
+
+
+def _check_reachable(address: str) -> None:
+    """Fail at once, in one line, on a scheduler address that is malformed or refuses connections
+    (a TCP connect, before distributed's client retries for :data:`CONNECT_TIMEOUT_S` seconds)."""
+    import re
+    import socket
+
+    match = re.fullmatch(r"(?:(\w+)://)?\[?([^\[\]\s/]+?)\]?:(\d+)/?", address.strip())
+    if match is None:
+        raise EnvironmentProblem("is not a Dask scheduler address (expected tcp://HOST:PORT)", path=address)
+    protocol, host, port = match.groups()
+    if protocol not in (None, "tcp", "tls"):
+        return  # another transport (ucx, inproc): distributed's client checks it
+    try:
+        with socket.create_connection((host, int(port)), timeout=min(CONNECT_TIMEOUT_S, 5)):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        raise EnvironmentProblem(f"cannot reach the Dask scheduler ({reason})", path=address) from None
 
 
 @dataclass(frozen=True)
@@ -174,14 +195,21 @@ def run_tasks(function: Callable, items: Iterable[tuple], *, client=None, progre
     items = list(items)
     if client is None:
         for item in track(items, label=label, enabled=progress):
-            yield item, function(*item)
+            try:
+                result = function(*item)
+            except MemoryError:
+                raise EnvironmentProblem(f"out of memory running {what}: use a smaller --block-size, or "
+                                         "--workers or --scheduler with more memory") from None
+            yield item, result
         return
     from distributed import as_completed
     from distributed.scheduler import KilledWorker
 
     futures = {client.submit(function, *item, pure=False, retries=1): item for item in items}
     try:
-        for future in track(as_completed(futures), length=len(futures), label=label, enabled=progress):
+        with client.as_current():  # as_completed finds its client there
+            done = as_completed(futures)
+        for future in track(done, length=len(futures), label=label, enabled=progress):
             try:
                 result = future.result()
             except KilledWorker:
@@ -316,7 +344,6 @@ def segment_inputs(paths, *, model_dir=None, out_dir, tta: bool = False, overlay
             return segment_paths(small, model_dir=spec.path, out_dir=out_dir, tta=tta, overlay=overlay,
                                  diameter=diameter, skip_bad=skip_bad, progress=progress, engine=engine,
                                  precision=precision)
-        writable_dir(out_dir)
         if small:
             images, problems = find_images(small)
             for problem in problems:
@@ -329,6 +356,7 @@ def segment_inputs(paths, *, model_dir=None, out_dir, tta: bool = False, overlay
                 rows.update({row["file"]: row for row in done.to_dict("records") if row["status"] == "ok"})
                 skips.records += done.attrs["skipped"]
             else:
+                writable_dir(out_dir)
                 rows.update(segment_folder(images, spec=spec, out_dir=out_dir, client=client, skips=skips,
                                            tta=tta, overlay=overlay, diameter=diameter, progress=progress))
         for path in big:
