@@ -131,9 +131,12 @@ def cluster_client(workers: int | None = None, scheduler: str | None = None):
         return
     if workers < 1:
         raise ValueError(f"`workers` is {workers}; expected at least 1")
-    # dashboard_address=None: no dashboard, so no bokeh is needed; silence_logs keeps stderr to our one line.
+    # No dashboard, so no bokeh: dashboard_address=None alone still binds the scheduler's HTTP routes
+    # to port 8787 (a second cluster then warns and moves); a free local port needs no warning.
+    # silence_logs keeps stderr to our one line.
     with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                      dashboard_address=None, silence_logs=logging.ERROR) as cluster, \
+                      dashboard_address=None, scheduler_kwargs={"dashboard": False, "dashboard_address": "127.0.0.1:0"},
+                      silence_logs=logging.ERROR) as cluster, \
             Client(cluster, set_as_default=False) as client:
         yield client
 
