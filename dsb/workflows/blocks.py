@@ -258,9 +258,9 @@ def own_nuclei(labels: np.ndarray, plan: BlockPlan, index: tuple[int, int]) -> t
 
 
 def segment_block(source, plan: BlockPlan, index: tuple[int, int], spec: ModelSpec, settings: ImageSettings,
-                  tta: bool = False) -> OwnedBlock:
+                  tta: bool = False, measure: bool = True) -> OwnedBlock:
     """Segment block ``index`` of ``source`` with the model of ``spec`` (loaded once per process) and
-    keep the nuclei it owns, measured in image coordinates."""
+    keep the nuclei it owns, measured in image coordinates (an empty table unless ``measure``)."""
     er0, er1, ec0, ec1 = plan.extended(*index)
     raw = source.read(er0, er1, ec0, ec1)
     network, config, lock = worker_network(spec)
@@ -270,6 +270,8 @@ def segment_block(source, plan: BlockPlan, index: tuple[int, int], spec: ModelSp
     labels = labels_at_scale(prob, settings.scale, gray.shape[:2], config.postprocess)
     del prob
     owned, count, cut = own_nuclei(labels, plan, index)
+    if not measure:
+        return OwnedBlock(index, count, cut, owned, pd.DataFrame())
     table = measure_nuclei(owned, to_gray(raw))
     for row, col in _CENTRE_COLUMNS:
         table[row] += er0
@@ -433,7 +435,8 @@ def _lazy_labels(source, spec: ModelSpec, settings: ImageSettings, plan: BlockPl
 
     src = _task_source(source, client)
     src = src if client is not None and source.kind == "array" else dask.delayed(src, pure=True)
-    blocks = {i: dask.delayed(segment_block, pure=True)(src, plan, i, spec, settings, tta) for i in plan.indices()}
+    blocks = {i: dask.delayed(segment_block, pure=True)(src, plan, i, spec, settings, tta, False)
+              for i in plan.indices()}
     offsets = dask.delayed(_offsets_task, pure=True)(plan, [dask.delayed(_count, pure=True)(blocks[i])
                                                             for i in plan.indices()])
     rows = []
