@@ -369,9 +369,10 @@ def _chunk_task(plan: BlockPlan, index, offsets: dict, scratch, store, component
 
 def _task_source(source, client):
     """What the tasks carry for ``source``: itself (a path, when read from disk), or for an
-    in-memory array a future of it, sent to the cluster once."""
+    in-memory array a future of it, sent to every worker once (so that a worker that dies does
+    not take the only copy with it)."""
     if client is not None and source.kind == "array":
-        return client.scatter(source, broadcast=False)
+        return client.scatter(source, broadcast=True)
     return source
 
 
