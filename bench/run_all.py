@@ -29,6 +29,7 @@ def main() -> int:
         ("bench_prepare.py", data),
         ("bench_train.py", data),
         ("bench_predict.py", run),
+        ("bench_blocks.py", []),
     ]
     here = Path(__file__).parent
     failed = []
