@@ -321,7 +321,7 @@ def _split_inputs(paths: list[Path], block_size: int | None) -> tuple[list[Path]
 def segment_inputs(paths, *, model_dir=None, out_dir, tta: bool = False, overlay: bool = False,
                    diameter: float | None = None, skip_bad: bool = False, progress: bool = True,
                    engine: str = "auto", precision: str = "float32", block_size: int | None = None,
-                   workers: int | None = None, scheduler: str | None = None) -> pd.DataFrame:
+                   workers: int | None = None, scheduler: str | None = None, client=None) -> pd.DataFrame:
     """``dsb segment`` with large images block by block and, optionally, on a Dask cluster.
 
     Zarr and OME-Zarr stores, and TIFF or PNG files with a side above
@@ -331,7 +331,8 @@ def segment_inputs(paths, *, model_dir=None, out_dir, tta: bool = False, overlay
     when ``workers`` or ``scheduler`` is given. Parameters and the returned
     summary are those of :func:`~dsb.segment_files.segment_paths`, plus
     ``block_size`` (pixels a side), ``workers`` and ``scheduler``
-    (:func:`cluster_client`).
+    (:func:`cluster_client`), or a ``client`` already connected (a
+    dask-gateway cluster's, whose address needs its credentials).
     """
     from .blocks import segment_image_file
 
@@ -342,7 +343,8 @@ def segment_inputs(paths, *, model_dir=None, out_dir, tta: bool = False, overlay
     skips = Skips(skip_bad)
     rows: dict[str, dict] = {}
     order: list[str] = []
-    with cluster_client(workers, scheduler) as client:
+    given = contextlib.nullcontext(client) if client is not None else cluster_client(workers, scheduler)
+    with given as client:
         if small and client is None and not big:
             return segment_paths(small, model_dir=spec.path, out_dir=out_dir, tta=tta, overlay=overlay,
                                  diameter=diameter, skip_bad=skip_bad, progress=progress, engine=engine,
