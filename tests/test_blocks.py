@@ -228,6 +228,26 @@ def test_two_worker_cluster_equals_in_process(tmp_path, inputs, in_process):
     _no_leftovers(tmp_path)
 
 
+def test_a_connected_client_runs_a_folder_and_loads_the_model_once_per_worker(tmp_path, client, inputs, in_process):
+    summary = cluster.segment_inputs([inputs / "fields"], out_dir=tmp_path, diameter=DIAMETER, client=client,
+                                     progress=False)
+    assert summary["status"].tolist() == ["ok", "ok"]
+    for name in ("a_labels.tif", "b_labels.tif"):
+        np.testing.assert_array_equal(tifffile.imread(tmp_path / name), tifffile.imread(in_process / name))
+    # Each worker loaded the model once: a second run finds the same network objects in the workers'
+    # caches (the lambda travels by value with cloudpickle).
+    def networks():
+        return client.run(lambda: sorted(id(v[0]) for v in __import__(
+            "dsb.workflows.cluster", fromlist=["_"])._NETWORKS.values()))
+
+    first = networks()
+    assert any(first.values()) and all(len(ids) <= 1 for ids in first.values())
+    cluster.segment_inputs([inputs / "fields"], out_dir=tmp_path / "again", diameter=DIAMETER, client=client,
+                           progress=False)
+    again = networks()
+    assert all(again[worker] == ids for worker, ids in first.items() if ids)
+
+
 def test_a_killed_worker_is_replaced_and_the_labels_are_whole(tmp_path, client, field, one_piece):
     killed = threading.Event()
     pid = sorted(client.run(os.getpid).items())[0][1]  # a worker process this test's cluster started
