@@ -342,8 +342,8 @@ def predict(run_dir, images, out, labels, tta, diameter, skip_bad, engine, preci
 @click.option("--skip-bad", is_flag=True, help="Report unreadable images and go on with the rest.")
 @click.option("--block-size", type=click.IntRange(min=16), default=None, metavar="PX",
               help="Segment Zarr stores, and TIFF or PNG images with a side above PX, block by block, PX pixels "
-                   "a side (default: 2048 pixels at the network's scale; such files above 8192 pixels go "
-                   "block-wise anyway).")
+                   "a side, best a multiple of 16 (default: 2048 pixels at the network's scale; TIFF and PNG "
+                   "files above 8192 pixels go block-wise anyway).")
 @click.option("--workers", type=click.IntRange(min=1), default=None, metavar="N",
               help="Run on a local Dask cluster of N worker processes, one thread each (pip install "
                    "'dsb[distributed]').")

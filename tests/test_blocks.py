@@ -144,6 +144,11 @@ def test_blocks_match_one_piece_nucleus_for_nucleus(field, one_piece):
     assert one_piece.max() > 100
     assert found.max() == one_piece.max() and np.array_equal(np.unique(found), np.arange(found.max() + 1))
     assert same_nuclei(found, one_piece)
+    # A Dask array in, read a block at a time: the same labels.
+    import dask.array as da
+
+    from_dask = dsb.segment_blocks(da.from_array(field, chunks=(100, 100)), diameter=DIAMETER, block_size=BLOCK)
+    np.testing.assert_array_equal(from_dask.compute(scheduler="threads"), found)
 
 
 def test_one_scale_and_contrast_estimated_from_a_sample(field):
@@ -239,6 +244,12 @@ def test_a_connected_client_runs_a_folder_and_loads_the_model_once_per_worker(tm
     def networks():
         return client.run(lambda: sorted(id(v[0]) for v in __import__(
             "dsb.workflows.cluster", fromlist=["_"])._NETWORKS.values()))
+
+    # The two local workers share this machine's cores out between them, one engine per share.
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) >= 2:
+        shares = client.run(lambda: sorted(__import__("os").sched_getaffinity(0)))
+        assert sorted(sum(shares.values(), [])) == cores
 
     first = networks()
     assert any(first.values()) and all(len(ids) <= 1 for ids in first.values())

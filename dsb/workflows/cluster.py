@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -131,6 +132,7 @@ def cluster_client(workers: int | None = None, scheduler: str | None = None):
         return
     if workers < 1:
         raise ValueError(f"`workers` is {workers}; expected at least 1")
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
     # No dashboard, so no bokeh: dashboard_address=None alone still binds the scheduler's HTTP routes
     # to port 8787 (a second cluster then warns and moves); a free local port needs no warning.
     # silence_logs keeps stderr to our one line.
@@ -138,7 +140,30 @@ def cluster_client(workers: int | None = None, scheduler: str | None = None):
                       dashboard_address=None, scheduler_kwargs={"dashboard": False, "dashboard_address": "127.0.0.1:0"},
                       silence_logs=logging.ERROR) as cluster, \
             Client(cluster, set_as_default=False) as client:
+        if len(cores) >= workers:
+            client.register_plugin(_pin_to_cores(cores, workers), name="dsb-pin-to-cores")
         yield client
+
+
+def _pin_to_cores(cores: list[int], workers: int):
+    """A worker plugin: local worker ``k`` of ``workers`` runs on cores ``cores[k::workers]``, so that
+    its inference engine (which takes every core it may run on) does not contend with the other
+    workers' engines. A restarted worker gets the plugin again."""
+    from distributed import WorkerPlugin
+
+    class PinToCores(WorkerPlugin):
+        idempotent = True
+
+        def setup(self, worker) -> None:
+            try:
+                index = int(worker.name)
+            except (TypeError, ValueError):
+                return
+            share = cores[index % workers :: workers]
+            if share:
+                os.sched_setaffinity(0, share)
+
+    return PinToCores()
 
 
 def _check_reachable(address: str) -> None:
