@@ -36,7 +36,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from _memory import peak_kib  # noqa: E402  (bench/ is the script's own folder)
+from _memory import peak_kib
 
 DIAMETER = 20
 SPACING, RADIUS = 28, 8  # a lattice of discs 16 px across, jittered: about 1,300 nuclei a megapixel
@@ -112,8 +112,9 @@ def child_one_piece(size: int, out: str) -> dict:
 
 
 def child_blockwise(zarr_path: str, out: str, block: int) -> dict:
-    import dsb
     import zarr
+
+    import dsb
     from dsb.run import default_model_dir
     from dsb.workflows.blocks import segment_image_file
     from dsb.workflows.cluster import ModelSpec

@@ -26,12 +26,13 @@ distributed = pytest.importorskip("distributed")
 zarr = pytest.importorskip("zarr")
 tifffile = pytest.importorskip("tifffile")
 
-import dsb  # noqa: E402
-from dsb.errors import BadDataError, EnvironmentProblem  # noqa: E402
-from dsb.io.bigimage import open_source  # noqa: E402
-from dsb.workflows import blocks, cluster  # noqa: E402
+from conftest import dsb as run_dsb
+from conftest import error_line
 
-from conftest import dsb as run_dsb, error_line  # noqa: E402
+import dsb
+from dsb.errors import BadDataError, EnvironmentProblem
+from dsb.io.bigimage import open_source
+from dsb.workflows import blocks, cluster
 
 BLOCK = 128
 SHAPE = (384, 448)  # multiples of 16 and under one tile: one piece is one tile on the same grid

@@ -67,7 +67,7 @@ def image_side(path) -> int:
     try:
         with Image.open(path) as im:
             return max(im.size)
-    except Exception:  # noqa: BLE001 - read_image names the problem when the file is segmented
+    except Exception:
         return 0
 
 
@@ -233,7 +233,7 @@ def _open_zarr(path: Path) -> BlockSource:
         raise BadDataError("is a folder but not a Zarr store (no zarr.json, .zarray or .zgroup)", path=path)
     try:
         node = zarr.open(store=str(path), mode="r")
-    except Exception as exc:  # noqa: BLE001 - zarr raises many types for a damaged store
+    except Exception as exc:
         raise BadDataError(f"cannot open the Zarr store ({type(exc).__name__}: {exc})", path=path) from None
     if isinstance(node, zarr.Array):
         roles, channels = _layout(node.shape, None, path)

@@ -41,14 +41,29 @@ import pandas as pd
 
 from .._api import LoadedModel, load_model
 from ..atomic import atomic_dir, atomic_path, os_error, writable_dir
-from ..errors import BadDataError
+from ..errors import BadDataError, DsbError
+from ..io.bigimage import (
+    create_labels,
+    finish_labels,
+    label_target,
+    labels_layout,
+    open_labels,
+    open_source,
+)
 from ..postprocess import relabel
 from ..predict import choose_scale, labels_at_scale, predict_probabilities
-from ..progress import track
 from ..preprocess import image_type, normalize_polarity, preprocess_image, to_gray
+from ..progress import track
 from ..scale import clip_scale, resample
 from ..segment_files import measure_nuclei
-from .cluster import ModelSpec, remember_network, run_tasks, summary_row, worker_network
+from .cluster import (
+    ModelSpec,
+    TaskError,
+    remember_network,
+    run_tasks,
+    summary_row,
+    worker_network,
+)
 
 __all__ = [
     "WORKING_BLOCK",
@@ -340,9 +355,6 @@ def _block_task(source, plan: BlockPlan, index, spec: ModelSpec, settings: Image
     """Round one, on a worker: segment one block and leave the nuclei it owns in ``scratch`` (written
     under a temporary name and renamed, so a worker that dies leaves no partial file); return the
     count, the cut count and the measurements."""
-    from .cluster import TaskError
-    from ..errors import DsbError
-
     try:
         block = segment_block(source, plan, index, spec, settings, tta)
     except DsbError as exc:
@@ -358,8 +370,6 @@ def _block_task(source, plan: BlockPlan, index, spec: ModelSpec, settings: Image
 def _chunk_task(plan: BlockPlan, index, offsets: dict, scratch, store, component: str) -> int:
     """Round two, on a worker: one core's final labels from the owned nuclei of it and its
     neighbours (``offsets`` names those that own any), written as one whole chunk."""
-    from ..io.bigimage import open_labels
-
     owned = {other: np.load(_owned_file(scratch, other), mmap_mode="r") for other in offsets}
     out = assemble_core(plan, index, owned, offsets)
     r0, r1, c0, c1 = plan.core(*index)
@@ -510,8 +520,6 @@ def segment_blocks(image, model=None, *, diameter: float | None = None, block_si
     >>> labels.chunksize, int(labels.max().compute())
     ((128, 128), 3)
     """
-    from ..io.bigimage import create_labels, finish_labels, labels_layout, open_source
-
     source = open_source(image)
     spec = _model_spec(model)
     settings, plan = _plan(source, spec, diameter, block_size)
@@ -558,8 +566,6 @@ def _materialise(source, scratch: Path):
         return source
     import zarr
 
-    from ..io.bigimage import open_source
-
     raw = source.read(0, source.shape[0], 0, source.shape[1])
     store = scratch / "image.zarr"
     array = zarr.create_array(store=str(store), shape=raw.shape, chunks=(1024, 1024, *raw.shape[2:]),
@@ -586,8 +592,6 @@ def segment_image_file(path, *, spec: ModelSpec, out_dir, diameter: float | None
     dict
         The image's ``summary.csv`` row (:func:`dsb.workflows.cluster.summary_row`).
     """
-    from ..io.bigimage import create_labels, finish_labels, label_target, labels_layout, open_source
-
     path, out_dir = Path(path), Path(out_dir)
     source = open_source(path)
     settings, plan = _plan(source, spec, diameter, block_size)

@@ -30,6 +30,7 @@ from ..atomic import atomic_path, writable_dir
 from ..dataset import read_image
 from ..drawing import outline_overlay
 from ..errors import BadDataError, DsbError, EnvironmentProblem
+from ..io.bigimage import image_side, is_zarr
 from ..pipeline import Skips, find_images, write_labels, write_png
 from ..predict import predict_nuclei
 from ..progress import track
@@ -329,8 +330,6 @@ def segment_folder(images: dict[str, Path], *, spec: ModelSpec, out_dir: Path, c
 def _split_inputs(paths: list[Path], block_size: int | None) -> tuple[list[Path], list[Path]]:
     """The inputs to segment block by block (Zarr stores, TIFF and PNG files larger than a block)
     and the others (as ``dsb segment`` takes them)."""
-    from ..io.bigimage import image_side, is_zarr
-
     big, small = [], []
     limit = BIG_SIDE if block_size is None else block_size
     for path in paths:
