@@ -234,12 +234,13 @@ def test_two_worker_cluster_equals_in_process(tmp_path, inputs, in_process):
     _no_leftovers(tmp_path)
 
 
-def test_a_connected_client_runs_a_folder_and_loads_the_model_once_per_worker(tmp_path, client, inputs, in_process):
+def test_a_connected_client_runs_a_folder_and_loads_the_model_once_per_worker(tmp_path, client, inputs):
     summary = cluster.segment_inputs([inputs / "fields"], out_dir=tmp_path, diameter=DIAMETER, client=client,
                                      progress=False)
     assert summary["status"].tolist() == ["ok", "ok"]
+    cluster.segment_inputs([inputs / "fields"], out_dir=tmp_path / "here", diameter=DIAMETER, progress=False)
     for name in ("a_labels.tif", "b_labels.tif"):
-        np.testing.assert_array_equal(tifffile.imread(tmp_path / name), tifffile.imread(in_process / name))
+        np.testing.assert_array_equal(tifffile.imread(tmp_path / name), tifffile.imread(tmp_path / "here" / name))
     # Each worker loaded the model once: a second run finds the same network objects in the workers'
     # caches (the lambda travels by value with cloudpickle).
     def networks():

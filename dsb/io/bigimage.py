@@ -107,6 +107,7 @@ class BlockSource:
     def __init__(self, kind: str, shape, roles: str, channels: int, dtype, *, path=None, component: str = "",
                  array=None, ome: dict | None = None):
         self.kind, self.path, self.component = kind, None if path is None else Path(path), component
+        self.origin = self.path  # the input named in messages and output names (a PNG's Zarr copy keeps it)
         self.roles, self.channels, self.dtype, self.ome = roles, channels, np.dtype(dtype), ome
         self.stored_shape = tuple(int(n) for n in shape)
         self.shape = (self.stored_shape[roles.index("y")], self.stored_shape[roles.index("x")])
@@ -124,9 +125,9 @@ class BlockSource:
     @property
     def name(self) -> str:
         """The file name without its suffixes (``a.ome.zarr`` -> ``a``)."""
-        if self.path is None:
+        if self.origin is None:
             return "array"
-        name = self.path.name
+        name = self.origin.name
         for suffix in (".zarr", ".ome", ".tiff", ".tif", ".png"):
             name = name[: -len(suffix)] if name.lower().endswith(suffix) else name
         return name
@@ -149,7 +150,7 @@ class BlockSource:
             raise
         except Exception as exc:  # stores raise many types for a damaged chunk
             raise BadDataError(f"cannot read rows {r0}:{r1}, columns {c0}:{c1} "
-                               f"({type(exc).__name__}: {exc})", path=self.path) from None
+                               f"({type(exc).__name__}: {exc})", path=self.origin) from None
         kept = [a for a in self.roles if a != "-"]
         part = np.transpose(part, [kept.index(a) for a in "yxc" if a in kept])
         return part[:, :, 0] if part.ndim == 3 and self.channels == 1 else part

@@ -390,7 +390,7 @@ def _run_blocks(source, spec, settings, plan, *, store, component, scratch, clie
     """Both rounds over every block of ``plan``; ``(count, cut, table)`` of the whole image."""
     src = _task_source(source, client)
     counts, cut, tables = {}, 0, {}
-    what = f"a block of {source.path or 'the array'}"
+    what = f"a block of {source.origin or 'the array'}"
     items = [(src, plan, index, spec, settings, tta, scratch) for index in plan.indices()]
     for item, result in run_tasks(_block_task, items, client=client, progress=progress,
                                   label="segmenting blocks", what=what):
@@ -572,8 +572,7 @@ def _materialise(source, scratch: Path):
                               dtype=raw.dtype)
     array[...] = raw
     copy = open_source(store)
-    copy.path = source.path  # named after the input in messages and outputs
-    copy.component, copy._array = "", array
+    copy.origin = source.origin  # named after the input in messages and outputs
     return copy
 
 

@@ -327,19 +327,19 @@ def segment_folder(images: dict[str, Path], *, spec: ModelSpec, out_dir: Path, c
     return rows
 
 
-def _split_inputs(paths: list[Path], block_size: int | None) -> tuple[list[Path], list[Path]]:
-    """The inputs to segment block by block (Zarr stores, TIFF and PNG files larger than a block)
-    and the others (as ``dsb segment`` takes them)."""
-    big, small = [], []
+def _split_inputs(paths: list[Path], block_size: int | None):
+    """What ``dsb segment`` was given, sorted out: the inputs to segment block by block (Zarr stores,
+    and TIFF and PNG files, named or in a folder, with a side above ``block_size`` or
+    :data:`BIG_SIDE`), the other images by name, and the paths that are no image
+    (:func:`dsb.pipeline.find_images`)."""
+    zarrs = [path for path in paths if is_zarr(path)]
+    others = [path for path in paths if not is_zarr(path)]
+    images, problems = find_images(others) if others else ({}, [])
     limit = BIG_SIDE if block_size is None else block_size
-    for path in paths:
-        if is_zarr(path):
-            big.append(path)
-        elif path.is_file() and path.suffix.lower() in (".tif", ".tiff", ".png") and image_side(path) > limit:
-            big.append(path)
-        else:
-            small.append(path)
-    return big, small
+    big = [path for path in images.values()
+           if path.suffix.lower() in (".tif", ".tiff", ".png") and image_side(path) > limit]
+    small = {name: path for name, path in images.items() if path not in big}
+    return zarrs + big, small, problems
 
 
 def segment_inputs(paths, *, model_dir=None, out_dir, tta: bool = False, overlay: bool = False,
@@ -362,32 +362,29 @@ def segment_inputs(paths, *, model_dir=None, out_dir, tta: bool = False, overlay
 
     out_dir = Path(out_dir)
     paths = [Path(p) for p in paths]
-    big, small = _split_inputs(paths, block_size)
+    big, small, problems = _split_inputs(paths, block_size)
     spec = ModelSpec(str(resolve_model_dir(model_dir)), engine, precision)
     skips = Skips(skip_bad)
     rows: dict[str, dict] = {}
-    order: list[str] = []
     given = contextlib.nullcontext(client) if client is not None else cluster_client(workers, scheduler)
     with given as client:
-        if small and client is None and not big:
-            return segment_paths(small, model_dir=spec.path, out_dir=out_dir, tta=tta, overlay=overlay,
+        if client is None and not big:  # as before
+            return segment_paths(paths, model_dir=spec.path, out_dir=out_dir, tta=tta, overlay=overlay,
                                  diameter=diameter, skip_bad=skip_bad, progress=progress, engine=engine,
                                  precision=precision)
-        if small:
-            images, problems = find_images(small)
-            for problem in problems:
-                skips(problem)
-            order += [problem.path for problem in problems] + [str(p) for p in images.values()]
-            if client is None:
-                done = segment_paths(list(images.values()), model_dir=spec.path, out_dir=out_dir, tta=tta,
-                                     overlay=overlay, diameter=diameter, skip_bad=skip_bad, progress=progress,
-                                     engine=engine, precision=precision)
-                rows.update({row["file"]: row for row in done.to_dict("records") if row["status"] == "ok"})
-                skips.records += done.attrs["skipped"]
-            else:
-                writable_dir(out_dir)
-                rows.update(segment_folder(images, spec=spec, out_dir=out_dir, client=client, skips=skips,
-                                           tta=tta, overlay=overlay, diameter=diameter, progress=progress))
+        for problem in problems:
+            skips(problem)
+        order = [problem.path for problem in problems] + [str(p) for p in small.values()]
+        if small and client is None:
+            done = segment_paths(list(small.values()), model_dir=spec.path, out_dir=out_dir, tta=tta,
+                                 overlay=overlay, diameter=diameter, skip_bad=skip_bad, progress=progress,
+                                 engine=engine, precision=precision)
+            rows.update({row["file"]: row for row in done.to_dict("records") if row["status"] == "ok"})
+            skips.records += done.attrs["skipped"]
+        elif small:
+            writable_dir(out_dir)
+            rows.update(segment_folder(small, spec=spec, out_dir=out_dir, client=client, skips=skips,
+                                       tta=tta, overlay=overlay, diameter=diameter, progress=progress))
         for path in big:
             order.append(str(path))
             try:
