@@ -30,6 +30,7 @@ def main() -> int:
         ("bench_train.py", data),
         ("bench_predict.py", run),
         ("bench_crowding.py", run),
+        ("bench_blocks.py", []),
     ]
     here = Path(__file__).parent
     failed = []

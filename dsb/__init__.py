@@ -13,6 +13,7 @@ From Python (a notebook, a script), an image is an array and so are its nuclei:
 =========================  ==================================================
 :func:`segment`            label the nuclei of one image (grey or colour)
 :func:`load_model`         load a trained model once, for many images
+:func:`segment_blocks`     label an image larger than memory, block by block
 :func:`score`              the competition metric on one image
 :func:`score_submission`   the competition metric on a submission
 :func:`rle_encode`         one mask to Kaggle's run-length encoding
@@ -36,6 +37,7 @@ __version__ = "0.1.0"
 __all__ = [
     "segment",
     "load_model",
+    "segment_blocks",
     "score",
     "score_submission",
     "rle_encode",
@@ -48,6 +50,7 @@ __all__ = [
 _HOMES = {
     "segment": ".api",
     "load_model": ".api",
+    "segment_blocks": ".workflows.blocks",
     "score": ".api",
     "score_submission": ".kaggle.submission",
     "rle_encode": ".kaggle.rle",
@@ -59,11 +62,8 @@ _HOMES = {
 if TYPE_CHECKING:
     from dsb.api import load_model, score, segment
     from dsb.kaggle.rle import rle_decode, rle_encode
-    from dsb.kaggle.submission import (
-        read_submission,
-        score_submission,
-        write_submission,
-    )
+    from dsb.workflows.blocks import segment_blocks
+    from dsb.kaggle.submission import read_submission, score_submission, write_submission
 
 
 def __getattr__(name: str):

@@ -407,19 +407,35 @@ def predict(run_dir, images, out, labels, tta, diameter, skip_bad, engine, preci
 @click.option("--overlay", is_flag=True, help="Also write an overlay PNG per image.")
 @click.option("--diameter", type=_Diameter(), default=None, help=_DIAMETER_HELP)
 @click.option("--skip-bad", is_flag=True, help="Report unreadable images and go on with the rest.")
+@click.option("--block-size", type=click.IntRange(min=16), default=None, metavar="PX",
+              help="Segment Zarr stores, and TIFF or PNG images with a side above PX, block by block, PX pixels "
+                   "a side, best a multiple of 16 (default: 2048 pixels at the network's scale; TIFF and PNG "
+                   "files above 8192 pixels go block-wise anyway).")
+@click.option("--workers", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Run on a local Dask cluster of N worker processes, one thread each (pip install "
+                   "'dsb[distributed]').")
+@click.option("--scheduler", default=None, metavar="ADDRESS",
+              help="Run on the Dask cluster whose scheduler is at ADDRESS, e.g. tcp://host:8786.")
 @_ENGINE
 @_PRECISION
-def segment(paths, model_dir, out, tta, overlay, diameter, skip_bad, engine, precision) -> None:
-    """Segment any PNG, TIFF or JPEG microscope images and measure each nucleus."""
+def segment(paths, model_dir, out, tta, overlay, diameter, skip_bad, block_size, workers, scheduler, engine,
+            precision) -> None:
+    """Segment any PNG, TIFF, JPEG or Zarr microscope images and measure each nucleus.
+
+    Images larger than memory (Zarr, OME-Zarr, big TIFF or PNG) are segmented
+    block by block; --workers or --scheduler spreads the work over a Dask cluster.
+    """
     from dsb.network.model_folder import resolve_model_dir
 
+    if workers is not None and scheduler is not None:
+        raise click.UsageError("give --workers or --scheduler, not both")
     model_dir = resolve_model_dir(model_dir)
     engine = _prepare_engine(model_dir, engine, precision)
-    from dsb.workflows.segment_files import segment_paths
+    from dsb.workflows.segment_inputs import segment_inputs
 
-    summary = segment_paths(list(paths), model_dir=model_dir, out_dir=out, tta=tta, overlay=overlay,
-                            diameter=diameter, skip_bad=skip_bad, progress=True, engine=engine,
-                            precision=precision)
+    summary = segment_inputs(list(paths), model_dir=model_dir, out_dir=out, tta=tta, overlay=overlay,
+                             diameter=diameter, skip_bad=skip_bad, progress=True, engine=engine,
+                             precision=precision, block_size=block_size, workers=workers, scheduler=scheduler)
     skipped = _report_skipped(summary.attrs["skipped"])
     unsure = summary[summary["diameter_sure"].astype(str) == "False"]
     for row in unsure.itertuples(index=False):

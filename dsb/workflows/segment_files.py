@@ -35,7 +35,7 @@ from dsb.network.model_folder import resolve_model_dir
 from dsb.workflows.drawing import outline_overlay
 from dsb.workflows.pipeline import nuclei_predictor, predict_each
 
-__all__ = ["MEASUREMENT_COLUMNS", "SUMMARY_COLUMNS", "measure_nuclei", "segment_paths"]
+__all__ = ["MEASUREMENT_COLUMNS", "SUMMARY_COLUMNS", "measure_nuclei", "segment_paths", "write_outputs", "summary_row"]
 
 MEASUREMENT_COLUMNS = (
     "label",
@@ -211,9 +211,9 @@ def segment_paths(
                          label="segmenting")
     with contextlib.closing(found):  # a failed write stops the images in flight
         for name, image, raw, nuclei in found:
-            rows[str(image)] = _write_outputs(out_dir, name, image, raw, nuclei, overlay=overlay)
+            rows[str(image)] = write_outputs(out_dir, name, image, raw, nuclei, overlay=overlay)
     for skip in skips.records:
-        rows[skip.path] = _row(skip.path, "skipped", error=skip.message)
+        rows[skip.path] = summary_row(skip.path, "skipped", error=skip.message)
 
     order = [problem.path for problem in problems] + [str(p) for p in images.values()]
     summary = pd.DataFrame([rows[p] for p in order if p in rows], columns=list(SUMMARY_COLUMNS))
@@ -223,8 +223,10 @@ def segment_paths(
     return summary
 
 
-def _write_outputs(out_dir: Path, name: str, image: Path, raw: np.ndarray, nuclei, *, overlay: bool) -> dict:
-    """Write one image's label TIFF, measurements and (with ``overlay``) overlay; return its summary row."""
+def write_outputs(out_dir: Path, name: str, image: Path, raw: np.ndarray, nuclei, *, overlay: bool) -> dict:
+    """Write one image's label TIFF, measurements and (with ``overlay``) overlay, each atomically; return its
+    ``summary.csv`` row (:func:`summary_row`). The one writer of ``dsb segment``'s outputs, in one process or on
+    a Dask worker (:mod:`dsb.workflows.cluster`)."""
 
     labels = nuclei.labels
     targets = _outputs(out_dir, name)
@@ -236,12 +238,14 @@ def _write_outputs(out_dir: Path, name: str, image: Path, raw: np.ndarray, nucle
         write_png(targets["overlay"], outline_overlay(raw, labels))
     else:
         del targets["overlay"]
-    return _row(image, "ok", nuclei=len(table), diameter=nuclei.diameter, estimated=nuclei.estimated,
+    return summary_row(image, "ok", nuclei=len(table), diameter=nuclei.diameter, estimated=nuclei.estimated,
                 sure=nuclei.sure, **{k: str(v) for k, v in targets.items()})
 
 
-def _row(path, status: str, *, nuclei: int = 0, diameter: float = math.nan, estimated: bool | str = "",
-         sure: bool | str = "", labels: str = "", measurements: str = "", overlay: str = "", error: str = "") -> dict:
+def summary_row(path, status: str, *, nuclei: int = 0, diameter: float = math.nan, estimated: bool | str = "",
+                sure: bool | str = "", labels: str = "", measurements: str = "", overlay: str = "",
+                error: str = "") -> dict:
+    """One row of ``summary.csv`` (:data:`SUMMARY_COLUMNS`): empty cells for what does not apply."""
     return {"file": str(path), "status": status, "nuclei": nuclei,
             "diameter": round(diameter, 2) if math.isfinite(diameter) else "", "diameter_estimated": estimated,
             "diameter_sure": sure, "labels": labels, "measurements": measurements, "overlay": overlay,

@@ -1,0 +1,373 @@
+"""Images larger than memory: read region by region, write labels block by block.
+
+:func:`open_source` turns a Zarr array, an OME-Zarr image (its level 0), a
+TIFF or PNG file, or an in-memory NumPy, Zarr or Dask array into a
+:class:`BlockSource`: its ``shape`` and ``channels`` come from metadata, and
+:meth:`BlockSource.read` returns one region as ``(h, w)`` or ``(h, w, C)``.
+A source opened from a path pickles as that path, so a task that carries it
+to a Dask worker carries no pixels; the worker opens the file once.
+
+:func:`create_labels` makes the label array a block-wise run fills, chunk by
+chunk, under a staging folder; :func:`finish_labels` gives it the input's
+kind: Zarr (``NAME_labels.zarr``), OME-Zarr labels with ``image-label``
+metadata, or a tiled BigTIFF (``NAME_labels.tif``) written tile by tile.
+
+Zarr (and, for Zarr and OME-Zarr, nothing else) is imported on first use,
+so ``import dsb`` stays light.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from dsb.core.errors import BadDataError
+from dsb.io.images import read_image
+
+__all__ = [
+    "LABEL_TILE",
+    "BlockSource",
+    "is_zarr",
+    "open_source",
+    "image_side",
+    "labels_layout",
+    "create_labels",
+    "open_labels",
+    "finish_labels",
+    "label_target",
+]
+
+# Tiles of the label TIFF, in pixels a side (a multiple of 16, as TIFF asks).
+LABEL_TILE = 256
+_ZARR_MARKERS = ("zarr.json", ".zarray", ".zgroup")
+_TIFF_SUFFIXES = (".tif", ".tiff")
+
+
+def is_zarr(path) -> bool:
+    """Whether ``path`` is a Zarr store on disk (an array or a group, Zarr format 2 or 3)."""
+    path = Path(path)
+    return path.is_dir() and any((path / marker).is_file() for marker in _ZARR_MARKERS)
+
+
+def image_side(path) -> int:
+    """The longer side of a TIFF or PNG file in pixels, from its header (the pixels are not read)."""
+    path = Path(path)
+    if path.suffix.lower() in _TIFF_SUFFIXES:
+        import tifffile
+
+        try:
+            with tifffile.TiffFile(path) as tif:
+                shape, axes = tif.series[0].shape, tif.series[0].axes
+        except Exception as exc:  # tifffile raises many types for a damaged file
+            raise BadDataError(f"corrupt or unreadable TIFF ({type(exc).__name__}: {exc})", path=path) from None
+        return max(n for n, a in zip(shape, axes) if a in "YX")
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return max(im.size)
+    except Exception:
+        return 0
+
+
+def _layout(shape: tuple[int, ...], axes: str | None, path) -> tuple[str, int]:
+    """The role of each stored axis (``y``, ``x``, ``c`` or ``-`` for a single-plane axis) and the
+    channel count; a :class:`BadDataError` for anything that is not one 2-D image."""
+    if axes is None:
+        if len(shape) == 2:
+            axes = "yx"
+        elif len(shape) == 3 and shape[2] <= 4:
+            axes = "yxc"
+        elif len(shape) == 3 and shape[0] <= 4:
+            axes = "cyx"
+        else:
+            axes = "-" * (len(shape) - 2) + "yx"
+    axes = axes.lower().replace("s", "c")
+    roles = "".join(a if a in "yxc" else "-" for a in axes)
+    channels = shape[roles.index("c")] if "c" in roles else 1
+    planes = [n for n, a in zip(shape, roles) if a == "-"]
+    if roles.count("y") != 1 or roles.count("x") != 1 or roles.count("c") > 1 or any(n != 1 for n in planes) \
+            or not 1 <= channels <= 4:
+        raise BadDataError(f"array of shape {tuple(shape)} (axes {axes!r}) is not one 2-D image with 1 to 4 "
+                           "channels (stacks and time series are not supported)", path=path)
+    return roles, channels
+
+
+class BlockSource:
+    """One 2-D image, read a region at a time.
+
+    Made by :func:`open_source`. Attributes: ``path`` (None for an in-memory
+    array), ``kind`` (``"zarr"``, ``"ome-zarr"``, ``"tiff"``, ``"png"`` or
+    ``"array"``), ``shape`` (H, W), ``channels``, ``dtype``. Pickled, a source
+    read from disk keeps only where its pixels are; it opens the file again,
+    once, in the process that reads.
+    """
+
+    def __init__(self, kind: str, shape, roles: str, channels: int, dtype, *, path=None, component: str = "",
+                 array=None, ome: dict | None = None):
+        self.kind, self.path, self.component = kind, None if path is None else Path(path), component
+        self.origin = self.path  # the input named in messages and output names (a PNG's Zarr copy keeps it)
+        self.roles, self.channels, self.dtype, self.ome = roles, channels, np.dtype(dtype), ome
+        self.stored_shape = tuple(int(n) for n in shape)
+        self.shape = (self.stored_shape[roles.index("y")], self.stored_shape[roles.index("x")])
+        self._array = array
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        if self.kind != "array":
+            state["_array"] = None
+        return state
+
+    def __repr__(self) -> str:
+        return f"BlockSource({self.kind!r}, {str(self.path) if self.path else '<array>'!r}, shape={self.shape})"
+
+    @property
+    def name(self) -> str:
+        """The file name without its suffixes (``a.ome.zarr`` -> ``a``)."""
+        if self.origin is None:
+            return "array"
+        name = self.origin.name
+        for suffix in (".zarr", ".ome", ".tiff", ".tif", ".png"):
+            name = name[: -len(suffix)] if name.lower().endswith(suffix) else name
+        return name
+
+    def _stored(self):
+        if self._array is None:
+            self._array = _open_stored(self)
+        return self._array
+
+    def read(self, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
+        """Rows ``r0:r1`` and columns ``c0:c1`` as ``(h, w)`` (one channel) or ``(h, w, C)``."""
+        index = tuple(slice(r0, r1) if a == "y" else slice(c0, c1) if a == "x" else slice(None) if a == "c" else 0
+                      for a in self.roles)
+        try:
+            part = self._stored()[index]
+            if hasattr(part, "compute"):  # a Dask array: this region only, in this thread
+                part = part.compute(scheduler="sync")
+            part = np.asarray(part)
+        except BadDataError:
+            raise
+        except Exception as exc:  # stores raise many types for a damaged chunk
+            raise BadDataError(f"cannot read rows {r0}:{r1}, columns {c0}:{c1} "
+                               f"({type(exc).__name__}: {exc})", path=self.origin) from None
+        kept = [a for a in self.roles if a != "-"]
+        part = np.transpose(part, [kept.index(a) for a in "yxc" if a in kept])
+        return part[:, :, 0] if part.ndim == 3 and self.channels == 1 else part
+
+
+def _open_stored(source: BlockSource):
+    """The stored array behind a source read from disk."""
+    if source.kind == "png":
+        return read_image(source.path)  # a PNG has no random access: decoded whole, once per process
+    import zarr
+
+    if source.kind == "tiff":
+        import tifffile
+
+        store = tifffile.imread(source.path, aszarr=True, level=0)
+        return zarr.open_array(store=store, mode="r")
+    return zarr.open_array(store=str(source.path), path=source.component or None, mode="r")
+
+
+def _check_dtype(dtype, path) -> None:
+    if not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating) or dtype == bool):
+        raise BadDataError(f"holds {dtype} values, expected an image of integers or floats", path=path)
+
+
+def open_source(image) -> BlockSource:
+    """A :class:`BlockSource` for a path (Zarr, OME-Zarr, TIFF, PNG) or an in-memory array.
+
+    Parameters
+    ----------
+    image : str, os.PathLike, numpy.ndarray, zarr.Array or dask.array.Array
+        A Zarr array, an OME-Zarr image group (its first multiscale level is
+        read), a TIFF (its first series, level 0) or PNG file; or an
+        ``(H, W)``, ``(H, W, C)`` or ``(C, H, W)`` array, C in 1..4.
+
+    Returns
+    -------
+    BlockSource
+
+    Raises
+    ------
+    BadDataError
+        Naming the path: not found, a Zarr group that holds no image, an array
+        that is not one 2-D image with 1 to 4 channels, non-numeric values.
+
+    Examples
+    --------
+    >>> source = open_source(np.zeros((300, 200, 3), np.uint8))
+    >>> source.shape, source.channels, source.read(0, 2, 0, 5).shape
+    ((300, 200), 3, (2, 5, 3))
+    """
+    if not isinstance(image, (str, Path)) and hasattr(image, "shape") and hasattr(image, "dtype"):
+        roles, channels = _layout(tuple(image.shape), None, "the array")
+        _check_dtype(np.dtype(image.dtype), "the array")
+        return BlockSource("array", image.shape, roles, channels, image.dtype, array=image)
+    path = Path(image)
+    if not path.exists():
+        raise BadDataError("no such file or folder", path=path)
+    if path.is_dir():
+        return _open_zarr(path)
+    if path.suffix.lower() in _TIFF_SUFFIXES:
+        import tifffile
+
+        try:
+            with tifffile.TiffFile(path) as tif:
+                series = tif.series[0]
+                shape, axes, dtype = series.shape, series.axes, series.dtype
+        except Exception as exc:  # tifffile raises many types for a damaged file
+            raise BadDataError(f"corrupt or unreadable TIFF ({type(exc).__name__}: {exc})", path=path) from None
+        roles, channels = _layout(shape, axes, path)
+        _check_dtype(dtype, path)
+        return BlockSource("tiff", shape, roles, channels, dtype, path=path)
+    raw = read_image(path)
+    roles, channels = _layout(raw.shape, None, path)
+    return BlockSource("png", raw.shape, roles, channels, raw.dtype, path=path, array=raw)
+
+
+def _open_zarr(path: Path) -> BlockSource:
+    import zarr
+
+    if not is_zarr(path):
+        raise BadDataError("is a folder but not a Zarr store (no zarr.json, .zarray or .zgroup)", path=path)
+    try:
+        node = zarr.open(store=str(path), mode="r")
+    except Exception as exc:
+        raise BadDataError(f"cannot open the Zarr store ({type(exc).__name__}: {exc})", path=path) from None
+    if isinstance(node, zarr.Array):
+        roles, channels = _layout(node.shape, None, path)
+        _check_dtype(node.dtype, path)
+        return BlockSource("zarr", node.shape, roles, channels, node.dtype, path=path)
+    multiscales = node.attrs.get("multiscales") or node.attrs.get("ome", {}).get("multiscales")
+    if not multiscales:
+        arrays = sorted(name for name, _ in node.arrays())
+        raise BadDataError("is a Zarr group with no image: no OME-Zarr 'multiscales' metadata"
+                           + (f" (its arrays: {', '.join(arrays)})" if arrays else " and no arrays"), path=path)
+    meta = multiscales[0]
+    component = meta["datasets"][0]["path"]
+    try:
+        array = node[component]
+    except KeyError:
+        raise BadDataError(f"its multiscales name level {component!r}, which the store lacks", path=path) from None
+    axes = "".join(a["name"] if isinstance(a, dict) else a for a in meta.get("axes", [])) or None
+    if axes is not None and len(axes) != array.ndim:
+        axes = None
+    roles, channels = _layout(array.shape, axes, path)
+    _check_dtype(array.dtype, path)
+    ome = {"axes": meta.get("axes"), "transforms": meta["datasets"][0].get("coordinateTransformations"),
+           "zarr_format": node.metadata.zarr_format, "roles": roles}
+    return BlockSource("ome-zarr", array.shape, roles, channels, array.dtype, path=path, component=component,
+                       ome=ome)
+
+
+# ---------------------------------------------------------------- writing
+
+
+def label_target(source: BlockSource, out_dir) -> Path:
+    """Where the labels of ``source`` go: ``NAME_labels.zarr`` for Zarr and OME-Zarr, ``NAME_labels.tif`` otherwise."""
+    suffix = ".zarr" if source.kind in ("zarr", "ome-zarr", "array") else ".tif"
+    return Path(out_dir) / f"{source.name}_labels{suffix}"
+
+
+def labels_layout(source: BlockSource) -> tuple[str, int]:
+    """Where in its store the label array of ``source`` lies (``"0"`` in an OME-Zarr group, else the
+    root) and the Zarr format it is written in (the input's for OME-Zarr, else 3)."""
+    if source.kind == "ome-zarr":
+        return "0", source.ome["zarr_format"]
+    return "", 3
+
+
+def create_labels(store, shape: tuple[int, int], chunk: int, *, component: str = "", zarr_format: int = 3):
+    """An empty ``uint32`` label array of ``shape`` in chunks of ``chunk`` a side, at ``store`` (a folder).
+
+    With a ``component`` the store is a group and the array is its member of
+    that name. Each block-wise task writes one chunk whole
+    (:func:`open_labels`), so no two tasks write the same chunk.
+    """
+    import zarr
+
+    options = dict(shape=tuple(shape), chunks=(chunk, chunk), dtype="uint32", fill_value=0, overwrite=True)
+    if not component:
+        return zarr.create_array(store=str(store), zarr_format=zarr_format, **options)
+    group = zarr.open_group(store=str(store), mode="w", zarr_format=zarr_format)
+    return group.create_array(component, **options)
+
+
+def open_labels(store, component: str = ""):
+    """The label array :func:`create_labels` made, opened for writing (in a worker)."""
+    import zarr
+
+    return zarr.open_array(store=str(store), path=component or None, mode="r+")
+
+
+def finish_labels(staged, source: BlockSource, target: Path, count: int, *, progress=lambda rows: rows) -> None:
+    """Give the staged label array the kind of its input, at ``target`` (a staging name of the final path).
+
+    A Zarr target is the staged store itself (OME-Zarr metadata added for an
+    OME-Zarr input); a TIFF target is written from it tile row by tile row.
+
+    Parameters
+    ----------
+    staged : path
+        The store :func:`create_labels` made and the blocks filled.
+    source : BlockSource
+        The input, whose kind and OME-Zarr metadata the labels follow.
+    target : Path
+        A ``.zarr`` folder (the staged store, renamed later by the caller) or
+        a ``.tif`` file name (a temporary one; the caller renames it).
+    count : int
+        Nuclei in the image: the TIFF is 16-bit up to 65535 of them, 32-bit above.
+    progress : callable
+        Wraps the iterable of tile rows (a progress bar).
+    """
+    if target.suffix == ".tif":
+        _write_tiled_tiff(open_labels(staged, labels_layout(source)[0]), target, count, progress)
+    elif source.kind == "ome-zarr":
+        _ome_metadata(staged, source)
+
+
+def _write_tiled_tiff(labels, path: Path, count: int, progress) -> None:
+    """A tiled BigTIFF from a Zarr label array, one row of tiles in memory at a time."""
+    import tifffile
+
+    height, width = labels.shape
+    dtype = np.uint16 if count <= np.iinfo(np.uint16).max else np.uint32
+    tile = LABEL_TILE
+
+    def tiles():
+        for r0 in progress(range(0, height, tile)):
+            row = np.zeros((tile, -(-width // tile) * tile), dtype)
+            part = labels[r0 : r0 + tile, :]
+            row[: part.shape[0], :width] = part
+            for c0 in range(0, width, tile):
+                yield row[:, c0 : c0 + tile]
+
+    tifffile.imwrite(path, tiles(), shape=(height, width), dtype=dtype, tile=(tile, tile), bigtiff=True,
+                     photometric="minisblack", compression="zlib")
+
+
+def _ome_metadata(staged, source: BlockSource) -> None:
+    """Make the staged store an OME-Zarr label image (``image-label``) of the source's y and x axes."""
+    import zarr
+
+    ome = source.ome
+    keep = [i for i, a in enumerate(ome["roles"]) if a in "yx"]
+    axes = [ome["axes"][i] for i in keep] if ome.get("axes") else [{"name": "y", "type": "space"},
+                                                                   {"name": "x", "type": "space"}]
+    transforms = []
+    for transform in ome.get("transforms") or [{"type": "scale", "scale": [1.0] * len(ome["roles"])}]:
+        values = transform.get("scale", transform.get("translation"))
+        if values is not None and len(values) == len(ome["roles"]):
+            key = "scale" if "scale" in transform else "translation"
+            transforms.append({"type": transform["type"], key: [values[i] for i in keep]})
+    version = "0.5" if ome["zarr_format"] == 3 else "0.4"
+    meta = {
+        "multiscales": [{"version": version, "name": "nuclei", "axes": axes,
+                         "datasets": [{"path": "0", "coordinateTransformations": transforms}]}],
+        # The image these labels belong to, for the reader's record.
+        "image-label": {"version": version, "source": {"image": str(source.path)}},
+    }
+    root = zarr.open_group(store=str(staged), mode="r+")
+    root.attrs.update({"ome": {"version": version, **meta}} if version == "0.5" else meta)

@@ -1,0 +1,177 @@
+"""``dsb segment``'s inputs, whatever they are: image files and folders in this process or one task per image
+on a Dask cluster, and images larger than memory block by block (:mod:`dsb.workflows.blocks`).
+
+:func:`segment_inputs` sorts the inputs (a Zarr store, or a TIFF or PNG with a side above the block size, goes
+block-wise), runs them where :func:`dsb.workflows.cluster.cluster_client` says, and writes ``summary.csv``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import pandas as pd
+
+from dsb.core.atomic import atomic_path, writable_dir
+from dsb.core.errors import BadDataError, DsbError
+from dsb.inference.predict import predict_nuclei
+from dsb.io.bigimage import image_side, is_zarr
+from dsb.io.folders import Skips, find_images
+from dsb.io.images import read_image
+from dsb.network.model_folder import resolve_model_dir
+from dsb.workflows.blocks import segment_image_file
+from dsb.workflows.cluster import (
+    ModelSpec,
+    TaskError,
+    cluster_client,
+    run_tasks,
+    worker_network,
+)
+from dsb.workflows.segment_files import (
+    SUMMARY_COLUMNS,
+    segment_paths,
+    summary_row,
+    write_outputs,
+)
+
+__all__ = [
+    "BIG_SIDE",
+    "segment_folder",
+    "segment_inputs",
+]
+
+
+# A TIFF or PNG with a side above this goes block-wise when --block-size is not given.
+BIG_SIDE = 8192
+
+
+
+def _check_task(path: Path) -> TaskError | None:
+    try:
+        read_image(path)
+    except DsbError as exc:
+        return TaskError.of(exc)
+    return None
+
+
+
+def _segment_task(path: Path, name: str, out_dir: Path, spec: ModelSpec, tta: bool, overlay: bool,
+                  diameter: float | None):
+    """One image of a folder, on a worker: read, segment with the worker's model, write its files."""
+    try:
+        raw = read_image(path)
+        network, config, lock = worker_network(spec)
+        with lock:
+            nuclei = predict_nuclei(network, config, raw, tta=tta, diameter=diameter)
+        return write_outputs(out_dir, name, path, raw, nuclei, overlay=overlay)
+    except DsbError as exc:
+        return TaskError.of(exc)
+
+
+
+def segment_folder(images: dict[str, Path], *, spec: ModelSpec, out_dir: Path, client, skips: Skips,
+                   tta: bool = False, overlay: bool = False, diameter: float | None = None,
+                   progress: bool = True) -> dict[str, dict]:
+    """``dsb segment`` of many images, one Dask task per image: ``{file: summary row}``.
+
+    Every image is read and checked on the workers before any is segmented,
+    so a bad one (without ``skip_bad``) stops the run before anything is written.
+    """
+    bad: set[str] = set()
+    for (path,), problem in run_tasks(_check_task, [(p,) for p in images.values()], client=client,
+                                      progress=progress, label="checking images", what="checking"):
+        if problem is not None:
+            skips(problem.error(), path=path)
+            bad.add(str(path))
+    rows: dict[str, dict] = {}
+    items = [(p, name, out_dir, spec, tta, overlay, diameter) for name, p in images.items() if str(p) not in bad]
+    for item, row in run_tasks(_segment_task, items, client=client, progress=progress, label="segmenting",
+                               what="segmenting"):
+        if isinstance(row, TaskError):
+            skips(row.error(), path=item[0])
+        else:
+            rows[str(item[0])] = row
+    return rows
+
+
+
+def _split_inputs(paths: list[Path], block_size: int | None):
+    """What ``dsb segment`` was given, sorted out: the inputs to segment block by block (Zarr stores,
+    and TIFF and PNG files, named or in a folder, with a side above ``block_size`` or
+    :data:`BIG_SIDE`), the other images by name, and the paths that are no image
+    (:func:`dsb.io.folders.find_images`)."""
+    zarrs = [path for path in paths if is_zarr(path)]
+    others = [path for path in paths if not is_zarr(path)]
+    images, problems = find_images(others) if others else ({}, [])
+    limit = BIG_SIDE if block_size is None else block_size
+    big = [path for path in images.values()
+           if path.suffix.lower() in (".tif", ".tiff", ".png") and image_side(path) > limit]
+    small = {name: path for name, path in images.items() if path not in big}
+    return zarrs + big, small, problems
+
+
+
+def segment_inputs(paths, *, model_dir=None, out_dir, tta: bool = False, overlay: bool = False,
+                   diameter: float | None = None, skip_bad: bool = False, progress: bool = True,
+                   engine: str = "auto", precision: str = "float32", block_size: int | None = None,
+                   workers: int | None = None, scheduler: str | None = None, client=None) -> pd.DataFrame:
+    """``dsb segment`` with large images block by block and, optionally, on a Dask cluster.
+
+    Zarr and OME-Zarr stores, and TIFF or PNG files with a side above
+    ``block_size`` (:data:`BIG_SIDE` when None), are segmented block-wise
+    (:func:`dsb.workflows.blocks.segment_image_file`); the other images as
+    :func:`dsb.workflows.segment_files.segment_paths` does, on the cluster's workers
+    when ``workers`` or ``scheduler`` is given. Parameters and the returned
+    summary are those of :func:`~dsb.workflows.segment_files.segment_paths`, plus
+    ``block_size`` (pixels a side), ``workers`` and ``scheduler``
+    (:func:`cluster_client`), or a ``client`` already connected (a
+    dask-gateway cluster's, whose address needs its credentials).
+    """
+
+    out_dir = Path(out_dir)
+    paths = [Path(p) for p in paths]
+    big, small, problems = _split_inputs(paths, block_size)
+    spec = ModelSpec(str(resolve_model_dir(model_dir)), engine, precision)
+    skips = Skips(skip_bad)
+    rows: dict[str, dict] = {}
+    given = contextlib.nullcontext(client) if client is not None else cluster_client(workers, scheduler)
+    with given as client:
+        if client is None and not big:  # as before
+            return segment_paths(paths, model_dir=spec.path, out_dir=out_dir, tta=tta, overlay=overlay,
+                                 diameter=diameter, skip_bad=skip_bad, progress=progress, engine=engine,
+                                 precision=precision)
+        for problem in problems:
+            skips(problem)
+        order = [problem.path for problem in problems] + [str(p) for p in small.values()]
+        if small and client is None:
+            done = segment_paths(list(small.values()), model_dir=spec.path, out_dir=out_dir, tta=tta,
+                                 overlay=overlay, diameter=diameter, skip_bad=skip_bad, progress=progress,
+                                 engine=engine, precision=precision)
+            rows.update({row["file"]: row for row in done.to_dict("records") if row["status"] == "ok"})
+            skips.records += done.attrs["skipped"]
+        elif small:
+            writable_dir(out_dir)
+            rows.update(segment_folder(small, spec=spec, out_dir=out_dir, client=client, skips=skips,
+                                       tta=tta, overlay=overlay, diameter=diameter, progress=progress))
+        for path in big:
+            order.append(str(path))
+            try:
+                rows[str(path)] = segment_image_file(path, spec=spec, out_dir=out_dir, diameter=diameter,
+                                                     block_size=block_size, client=client, tta=tta,
+                                                     progress=progress)
+            except BadDataError as exc:
+                skips(exc, path=path)
+    return _write_summary(out_dir, rows, skips, order)
+
+
+
+def _write_summary(out_dir: Path, rows: dict[str, dict], skips: Skips, order: list[str]) -> pd.DataFrame:
+    for skip in skips.records:
+        rows[skip.path] = summary_row(skip.path, "skipped", error=skip.message)
+    if not any(row["status"] == "ok" for row in rows.values()):
+        raise BadDataError("no image to segment", path=", ".join(order) or None)
+    summary = pd.DataFrame([rows[p] for p in dict.fromkeys(order) if p in rows], columns=list(SUMMARY_COLUMNS))
+    with atomic_path(out_dir / "summary.csv") as tmp:
+        summary.to_csv(tmp, index=False)
+    summary.attrs["skipped"] = list(skips.records)
+    return summary
