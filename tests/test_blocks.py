@@ -105,6 +105,10 @@ def test_plan_ownership_and_assembly():
     # Numbered 1..count in label order.
     assert set(np.unique(owned[labels == 2])) == {1} and set(np.unique(owned[labels == 7])) == {2}
     assert not owned[labels == 3].any() and not owned[labels == 5].any()
+    # The lazy array's offsets say how many may be cut, once for the image.
+    with pytest.warns(UserWarning, match="1 nuclei reach the edge"):
+        lazy_offsets = blocks._offsets_task(plan, [(4, 0), (0, 0), (2, 1)] + [(0, 0)] * (len(plan.indices()) - 3))
+    assert lazy_offsets[(1, 0)] == 4
     offsets = blocks.block_offsets(plan, {(0, 0): 4, (0, 1): 0, (1, 0): 2})
     assert offsets[(1, 0)] == 4 and offsets[(1, 1)] == 6
     # Core (1, 1) gets the part of block (1, 0)'s nucleus 2 that crosses into it, with the offset.

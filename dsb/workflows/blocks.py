@@ -439,12 +439,15 @@ def _plan(source, spec: ModelSpec, diameter, block_size) -> tuple[ImageSettings,
     return settings, plan_blocks(source.shape, block, block_margin(config, settings.scale), path=source.path)
 
 
-def _count(block: OwnedBlock) -> int:
-    return block.count
+def _count(block: OwnedBlock) -> tuple[int, int]:
+    return block.count, block.cut
 
 
-def _offsets_task(plan: BlockPlan, counts: list[int]) -> dict:
-    return block_offsets(plan, dict(zip(plan.indices(), counts)))
+def _offsets_task(plan: BlockPlan, counts: list[tuple[int, int]]) -> dict:
+    """The blocks' label offsets; nuclei that may be cut at their margin are warned about here,
+    once for the whole image (in the process that computes the lazy array, or a worker's log)."""
+    _warn_cut("the array", sum(cut for _, cut in counts), plan)
+    return block_offsets(plan, {index: count for index, (count, _) in zip(plan.indices(), counts)})
 
 
 def _assemble_task(plan: BlockPlan, index, blocks: dict, offsets: dict) -> np.ndarray:
