@@ -105,10 +105,18 @@ def _split_inputs(paths: list[Path], block_size: int | None):
     images, problems = find_images(others) if others else ({}, [])
     limit = BIG_SIDE if block_size is None else block_size
     big = [path for path in images.values()
-           if path.suffix.lower() in (".tif", ".tiff", ".png") and image_side(path) > limit]
+           if path.suffix.lower() in (".tif", ".tiff", ".png") and _side(path) > limit]
     small = {name: path for name, path in images.items() if path not in big}
     return zarrs + big, small, problems
 
+
+def _side(path: Path) -> int:
+    """The longer side of an image file; 0 for one whose header cannot be read, which then goes with
+    the small images, whose check names it or, with ``skip_bad``, skips it."""
+    try:
+        return image_side(path)
+    except BadDataError:
+        return 0
 
 
 def segment_inputs(paths, *, model_dir=None, out_dir, tta: bool = False, overlay: bool = False,
