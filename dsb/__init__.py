@@ -27,7 +27,7 @@ command) lives in the submodules. Names are imported on first use, so that
 ``import dsb`` and ``dsb --help`` load neither Keras nor pandas.
 """
 
-import importlib
+from dsb.core.lazy import lazy_names
 
 # Not typing.TYPE_CHECKING: importing typing would double the import time; checkers know the name.
 TYPE_CHECKING = False
@@ -66,14 +66,4 @@ if TYPE_CHECKING:
     from dsb.kaggle.submission import read_submission, score_submission, write_submission
 
 
-def __getattr__(name: str):
-    home = _HOMES.get(name)
-    if home is None:
-        raise AttributeError(f"module 'dsb' has no attribute {name!r}")
-    value = getattr(importlib.import_module(home, __name__), name)
-    globals()[name] = value  # later lookups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*__all__, "__version__"])
+__getattr__, __dir__ = lazy_names(__name__, _HOMES, globals(), extra=("__version__",))

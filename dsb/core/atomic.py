@@ -16,7 +16,7 @@ from pathlib import Path
 
 from dsb.core.errors import EnvironmentProblem
 
-__all__ = ["atomic_path", "atomic_paths", "atomic_dir", "write_text", "os_error", "writable_dir"]
+__all__ = ["atomic_path", "atomic_paths", "atomic_dir", "write_text", "os_error", "scratch_dir", "writable_dir"]
 
 
 def _umask() -> int:
@@ -150,6 +150,27 @@ def atomic_dir(path):
         raise os_error(exc, path) from exc
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def scratch_dir(folder, prefix: str):
+    """A hidden scratch folder made in ``folder`` (so that renames from it stay on one file system,
+    and workers that share ``folder`` see it), removed with what it holds when the block ends.
+
+    Raises
+    ------
+    EnvironmentProblem
+        When the folder cannot be made (:func:`os_error`).
+    """
+    folder = Path(folder)
+    try:
+        scratch = Path(tempfile.mkdtemp(prefix=prefix, suffix=".tmp", dir=folder))
+    except OSError as exc:
+        raise os_error(exc, folder) from exc
+    try:
+        yield scratch
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def writable_dir(folder) -> Path:

@@ -32,7 +32,7 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from dsb.core.atomic import atomic_dir, atomic_path, os_error, write_text
+from dsb.core.atomic import atomic_dir, atomic_path, os_error, scratch_dir, write_text
 from dsb.core.errors import BadDataError, EnvironmentProblem
 from dsb.core.progress import track
 from dsb.io.images import IMAGE_SUFFIXES
@@ -549,7 +549,7 @@ def fetch(dest, *, source=None, client=None, progress: bool = False, force: bool
 
     fetched = []
     stages = {}
-    with _scratch(dest) as scratch:
+    with scratch_dir(dest, ".fetch-scratch.") as scratch:
         for item in items:
             if not item.kind.startswith("stage"):
                 continue
@@ -571,18 +571,6 @@ def fetch(dest, *, source=None, client=None, progress: bool = False, force: bool
         shutil.rmtree(downloaded.parent, ignore_errors=True)  # extracted and verified: the bundle is spare
     seconds = time.perf_counter() - start
     return FetchSummary(dest, tuple(stages[s] for s in order), tuple(sorted(csvs)), tuple(fetched), seconds)
-
-
-@contextlib.contextmanager
-def _scratch(dest: Path):
-    try:
-        scratch = Path(tempfile.mkdtemp(prefix=".fetch-scratch.", dir=dest))
-    except OSError as exc:
-        raise os_error(exc, dest) from None
-    try:
-        yield scratch
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _fetch_stage(item: _Item, dest: Path, scratch: Path, *, progress: bool) -> StageSummary:

@@ -25,7 +25,7 @@ state in state.json), :mod:`.checkpoints` (the files of the run folder),
 fit loop and its callback) and :mod:`.session` (the entry points).
 """
 
-import importlib
+from dsb.core.lazy import lazy_names
 
 # Not typing.TYPE_CHECKING: importing typing here costs more than the rest; checkers know the name.
 TYPE_CHECKING = False
@@ -49,14 +49,4 @@ if TYPE_CHECKING:
     from dsb.training.session import TrainingInterrupted, train, train_prepared
 
 
-def __getattr__(name: str):
-    home = _HOMES.get(name)
-    if home is None:
-        raise AttributeError(f"module 'dsb.training' has no attribute {name!r}")
-    value = getattr(importlib.import_module(home, __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_names(__name__, _HOMES, globals())

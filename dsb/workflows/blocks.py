@@ -27,11 +27,8 @@ it is written under temporary names and renamed when whole.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
-import shutil
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from dsb.core.atomic import atomic_dir, atomic_path, os_error, writable_dir
+from dsb.core.atomic import atomic_dir, atomic_path, scratch_dir, writable_dir
 from dsb.core.errors import BadDataError, DsbError
 from dsb.core.labels import relabel
 from dsb.core.progress import track
@@ -554,18 +551,10 @@ def segment_blocks(image, model=None, *, diameter: float | None = None, block_si
     return da.from_zarr(str(out), component=component or None)
 
 
-@contextlib.contextmanager
 def _scratch(folder: Path, name: str):
     """A hidden scratch folder in ``folder`` (shared with the workers), removed afterwards."""
     writable_dir(folder)
-    try:
-        scratch = Path(tempfile.mkdtemp(prefix=f".{name}.blocks.", suffix=".tmp", dir=folder))
-    except OSError as exc:
-        raise os_error(exc, folder) from exc
-    try:
-        yield scratch
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+    return scratch_dir(folder, f".{name}.blocks.")
 
 
 def _warn_cut(path, cut: int, plan: BlockPlan) -> None:
