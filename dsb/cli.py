@@ -271,12 +271,7 @@ def evaluate(run_dir: Path, data: Path, tta: bool, diameter: float | None, per_i
                                     precision=precision)
         for line in sweep_lines(sweep):
             click.echo(line)
-        if per_image is not None:
-            from dsb.core.atomic import atomic_path
-
-            with atomic_path(per_image) as tmp:
-                sweep.to_csv(tmp, index=False, float_format="%.6f")
-        click.echo(f"{sweep[sweep['level'] == 'all']['score'].min():.6f}")
+        _report_scores(sweep[sweep["level"] == "all"]["score"].min(), sweep, per_image, by_type=False)
         return
     value, table = evaluate_run(run_dir, data, tta=tta, diameter=diameter, progress=True, engine=engine,
                                 precision=precision)
@@ -309,7 +304,8 @@ def crossval(data: Path, out: Path, folds: int, time_budget: float | None, epoch
                                    seed=seed, engine=engine, progress=True)
     for row in summary.itertuples(index=False):
         where = f" (fold {row.fold})" if row.level == "group" else ""
-        click.echo(f"{row.level} {row.name}{where}: {row.score:.6f} ({row.images} images)")
+        click.echo(f"{row.level} {row.name}{where}: {row.score:.6f} ({row.images} images, "
+                   f"found {row.found}/{row.true} nuclei at IoU 0.5)")
     click.echo(f"{value:.6f}")
 
 

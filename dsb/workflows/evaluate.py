@@ -128,19 +128,24 @@ def score_summary(table: pd.DataFrame) -> pd.DataFrame:
     pandas.DataFrame
         Columns ``level`` ("group", "type" or "all"), ``name``, ``type``,
         ``images``, ``score``, ``worst`` and ``best``: the groups (by type,
-        then name), then the types, then one row for all images.
+        then name), then the types, then one row for all images. With ``tp_50``
+        and ``n_true`` in ``table``, also ``found`` and ``true``: the true nuclei
+        matched at IoU 0.5, and all of them.
     """
     rows = []
     types = table["type"].fillna("unknown") if "type" in table else pd.Series("unknown", index=table.index)
     if "group" in table:
         for (kind, name), part in table.groupby([types, table["group"].fillna("unknown")], sort=True):
-            rows.append(("group", name, kind, part["score"]))
+            rows.append(("group", name, kind, part))
     for kind, part in table.groupby(types, sort=True):
-        rows.append(("type", kind, kind, part["score"]))
-    rows.append(("all", "all", "", table["score"]))
+        rows.append(("type", kind, kind, part))
+    rows.append(("all", "all", "", table))
+    counts = "tp_50" in table and "n_true" in table
     return pd.DataFrame(
-        [(level, name, kind, len(s), s.mean(), s.min(), s.max()) for level, name, kind, s in rows],
-        columns=["level", "name", "type", "images", "score", "worst", "best"],
+        [(level, name, kind, len(part), part["score"].mean(), part["score"].min(), part["score"].max())
+         + ((int(part["tp_50"].sum()), int(part["n_true"].sum())) if counts else ())
+         for level, name, kind, part in rows],
+        columns=["level", "name", "type", "images", "score", "worst", "best"] + (["found", "true"] if counts else []),
     )
 
 
@@ -278,13 +283,7 @@ def magnification_sweep(
     for zoom in zooms:
         _, table = score_validation(predict_validation(model, config, data_dir, tta=tta, progress=progress,
                                                        zoom=float(zoom)))
-        summary = score_summary(table)
-        found, true = [], []
-        for row in summary.itertuples(index=False):
-            part = table if row.level == "all" else table[table[row.level].fillna("unknown") == row.name]
-            found.append(int(part["tp_50"].sum()))
-            true.append(int(part["n_true"].sum()))
-        frames.append(summary.assign(zoom=float(zoom), found=found, true=true))
+        frames.append(score_summary(table).assign(zoom=float(zoom)))
     columns = ["zoom", "level", "name", "type", "images", "score", "found", "true"]
     return pd.concat(frames, ignore_index=True)[columns]
 

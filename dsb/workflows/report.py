@@ -511,7 +511,7 @@ def _scores_section(result) -> str:
         from dsb.workflows.evaluate import score_summary
 
         by_group = score_summary(table)
-        by_group = by_group[by_group["level"] == "group"].drop(columns="level")
+        by_group = by_group[by_group["level"] == "group"][["name", "type", "images", "score", "worst", "best"]]
         by_group.columns = ["group", "image type", "images", "score", "worst", "best"]
         parts.append("<h3>Per imaging-experiment group</h3>" + _table(by_group))
     parts.append("<h3>Per image type</h3>" + _table(by_type))
