@@ -11,6 +11,7 @@ pytest.importorskip("keras")
 from conftest import make_discs  # noqa: E402
 
 from dsb.core.config import TrainConfig
+from dsb.core.errors import BadDataError
 from dsb.training.loader import (
     CropLoader,
     ValidationLoader,
@@ -103,6 +104,32 @@ def test_crops_keep_image_and_targets_aligned_under_every_augmentation():
         bright = x[..., 0] > 0.45
         # Linear vs nearest resampling may disagree on a rim of pixels only.
         assert np.mean(bright != (y[..., 0] > 0)) < 0.06
+
+
+def test_zoom_octaves_draw_nucleus_sizes_log_uniformly_over_the_octaves():
+    # A grid of discs of radius 10: the median area of the whole discs in a crop follows the zoom squared.
+    centres = [(r, c) for r in range(32, 1024, 64) for c in range(32, 1024, 64)]
+    labels = make_discs((1024, 1024), centres, radius=10)
+    image = np.where(labels > 0, 250, 10).astype(np.uint8)
+    log2 = []
+    for i in range(120):
+        _, y = augment_crop(image, labels, np.random.default_rng(i), crop_size=256, border_width=1,
+                            flips=False, rotations=False, zoom_octaves=1.0)
+        parts, n = ndimage.label(y[..., 0] > 0)
+        edge = np.unique(np.r_[parts[0], parts[-1], parts[:, 0], parts[:, -1]])
+        areas = np.bincount(parts.ravel())[1:][~np.isin(np.arange(1, n + 1), edge)]
+        log2.append(0.5 * np.log2(np.median(areas) / (np.pi * 10.5**2)))
+    log2 = np.array(log2)
+    assert -1.1 < log2.min() < -0.8 and 0.8 < log2.max() < 1.1  # 0.5x to 2x ...
+    assert abs(np.median(log2)) < 0.2  # ... centred on the canonical size
+    assert 0.35 < np.mean(np.abs(log2) > 0.5) < 0.65  # ... and log-uniform: half beyond 2 ** +-0.5
+
+
+def test_zoom_octaves_are_checked():
+    with pytest.raises(BadDataError, match="zoom_octaves"):
+        TrainConfig(zoom_octaves=-1).check("train")
+    with pytest.raises(BadDataError, match="scale_jitter"):
+        TrainConfig(scale_jitter=1.0).check("train")
 
 
 def test_small_images_are_padded_by_reflection():

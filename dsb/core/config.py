@@ -164,7 +164,10 @@ class TrainConfig:
     channel_weights: tuple[float, ...] = ()
     flips: bool = True
     rotations: bool = True
-    scale_jitter: float = 0.25  # crops are rescaled by a further factor in [1 - s, 1 + s]
+    scale_jitter: float = 0.25  # crops are rescaled by a further factor in [1 - s, 1 + s] ...
+    # ... and by 2**u, u uniform in [-z, z] (log-uniform: 1 spans 0.5x to 2x), so that the network also
+    # knows nuclei at sizes the scale estimate may miss by up to that factor (dsb.training.loader.augment_crop).
+    zoom_octaves: float = 0.0
     intensity_jitter: float = 0.1
     contrast_jitter: float = 0.2
     # Colour augmentation of stained images, on their RGB before the grey conversion (dsb.training.augment);
@@ -211,7 +214,8 @@ class TrainConfig:
             raise BadDataError(f"is {self.plateau_factor}, expected in (0, 1]", where=f"{where}.plateau_factor")
         for name, top in (("stain_jitter", 1.0), ("colour_jitter", 1.0), ("hue_jitter", 0.5),
                           ("blur_probability", 1.0), ("stain_shift", 0.1), ("noise_std", 0.5),
-                          ("gamma_jitter", 1.0), ("blur_sigma", 10.0)):
+                          ("gamma_jitter", 1.0), ("blur_sigma", 10.0), ("scale_jitter", 0.9),
+                          ("zoom_octaves", 3.0)):
             if not 0.0 <= getattr(self, name) <= top:
                 raise BadDataError(f"is {getattr(self, name)}, expected in [0, {top}]", where=f"{where}.{name}")
         if self.blur_probability > 0 and self.blur_sigma < 0.3:

@@ -223,6 +223,7 @@ def augment_crop(
     flips: bool = True,
     rotations: bool = True,
     scale_jitter: float = 0.0,
+    zoom_octaves: float = 0.0,
     intensity_jitter: float = 0.0,
     contrast_jitter: float = 0.0,
     colour: np.ndarray | None = None,
@@ -238,11 +239,12 @@ def augment_crop(
 ) -> tuple[np.ndarray, np.ndarray]:
     """One random training sample from an image and its labels.
 
-    Picks a zoom factor ``zoom * j`` with ``j`` in ``[1 - scale_jitter, 1 +
-    scale_jitter]`` (``zoom`` takes the image's nuclei to the canonical
-    diameter, :func:`dsb.inference.scale.zoom_for`) and a window of ``crop_size / (zoom * j)``
-    pixels (images smaller than the window are padded by reflection),
-    resamples it to ``crop_size`` (image linear, labels nearest), derives the targets at the crop's own scale (so the border is
+    Picks a zoom factor ``zoom * j``, where ``zoom`` takes the image's nuclei to
+    the canonical diameter (:func:`dsb.inference.scale.zoom_for`) and ``j`` is
+    uniform in ``[1 - scale_jitter, 1 + scale_jitter]`` times ``2 ** u``, ``u``
+    uniform in ``[-zoom_octaves, zoom_octaves]``; takes a window of ``crop_size /
+    (zoom * j)`` pixels (images smaller than the window are padded by
+    reflection), resamples it to ``crop_size`` (image linear, labels nearest), derives the targets at the crop's own scale (so the border is
     ``border_width`` pixels wide in what the network sees), then flips and
     rotates by multiples of 90 degrees, and jitters brightness and contrast.
 
@@ -280,6 +282,8 @@ def augment_crop(
         See :func:`make_targets`.
     """
     jitter = float(rng.uniform(1.0 - scale_jitter, 1.0 + scale_jitter)) if scale_jitter > 0 else 1.0
+    if zoom_octaves > 0:
+        jitter *= float(2.0 ** rng.uniform(-zoom_octaves, zoom_octaves))
     scale = float(zoom) * jitter
     window = crop_size / scale
     start = (_window_start(rng, image.shape[0], window), _window_start(rng, image.shape[1], window))
@@ -468,6 +472,7 @@ class CropLoader(keras.utils.PyDataset):
             flips=bool(a and a.flips),
             rotations=bool(a and a.rotations),
             scale_jitter=a.scale_jitter if a else 0.0,
+            zoom_octaves=a.zoom_octaves if a else 0.0,
             intensity_jitter=a.intensity_jitter if a else 0.0,
             contrast_jitter=a.contrast_jitter if a else 0.0,
             **(_appearance(a, self.colour[pick], self.preprocess) if a else {}),
