@@ -168,6 +168,9 @@ class TrainConfig:
     # ... and by 2**u, u uniform in [-z, z] (log-uniform: 1 spans 0.5x to 2x), so that the network also
     # knows nuclei at sizes the scale estimate may miss by up to that factor (dsb.training.loader.augment_crop).
     zoom_octaves: float = 0.0
+    # Chance that a crop gets copies of its own nuclei pasted against its nuclei (copy-paste
+    # crowding, dsb.training.crowding): touching neighbours, which the training images hold few of.
+    crowding: float = 0.0
     intensity_jitter: float = 0.1
     contrast_jitter: float = 0.2
     # Colour augmentation of stained images, on their RGB before the grey conversion (dsb.training.augment);
@@ -215,7 +218,7 @@ class TrainConfig:
         for name, top in (("stain_jitter", 1.0), ("colour_jitter", 1.0), ("hue_jitter", 0.5),
                           ("blur_probability", 1.0), ("stain_shift", 0.1), ("noise_std", 0.5),
                           ("gamma_jitter", 1.0), ("blur_sigma", 10.0), ("scale_jitter", 0.9),
-                          ("zoom_octaves", 3.0)):
+                          ("zoom_octaves", 3.0), ("crowding", 1.0)):
             if not 0.0 <= getattr(self, name) <= top:
                 raise BadDataError(f"is {getattr(self, name)}, expected in [0, {top}]", where=f"{where}.{name}")
         if self.blur_probability > 0 and self.blur_sigma < 0.3:

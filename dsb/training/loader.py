@@ -23,6 +23,7 @@ from dsb.inference.labels import labels_to_shape
 from dsb.inference.preprocess import preprocess_image, to_network_input
 from dsb.inference.resample import resample
 from dsb.training import augment as appearance
+from dsb.training.crowding import paste_neighbours
 from dsb.training.groups import held_out_groups
 
 __all__ = [
@@ -224,6 +225,7 @@ def augment_crop(
     rotations: bool = True,
     scale_jitter: float = 0.0,
     zoom_octaves: float = 0.0,
+    crowding: float = 0.0,
     intensity_jitter: float = 0.0,
     contrast_jitter: float = 0.0,
     colour: np.ndarray | None = None,
@@ -244,9 +246,12 @@ def augment_crop(
     uniform in ``[1 - scale_jitter, 1 + scale_jitter]`` times ``2 ** u``, ``u``
     uniform in ``[-zoom_octaves, zoom_octaves]``; takes a window of ``crop_size /
     (zoom * j)`` pixels (images smaller than the window are padded by
-    reflection), resamples it to ``crop_size`` (image linear, labels nearest), derives the targets at the crop's own scale (so the border is
-    ``border_width`` pixels wide in what the network sees), then flips and
-    rotates by multiples of 90 degrees, and jitters brightness and contrast.
+    reflection), resamples it to ``crop_size`` (image linear, labels nearest);
+    with probability ``crowding`` pastes copies of the crop's nuclei against
+    its nuclei (:func:`dsb.training.crowding.paste_neighbours`); derives the
+    targets at the crop's own scale (so the border is ``border_width`` pixels
+    wide in what the network sees), then flips and rotates by multiples of 90
+    degrees, and jitters brightness and contrast.
 
     Parameters
     ----------
@@ -294,6 +299,8 @@ def augment_crop(
         rgb = appearance.stain_jitter(rgb, rng, scale=stain_jitter, shift=stain_shift)
         rgb = appearance.colour_jitter(rgb, rng, hue=hue_jitter, saturation=colour_jitter, brightness=colour_jitter)
         x = preprocess_image(rgb, preprocess, kind="stained")
+    if crowding > 0 and rng.random() < crowding:
+        x, crop_labels = paste_neighbours(x, crop_labels, rng)
     y = make_targets(crop_labels, border_width=border_width, contact_width=contact_width)
     if flips and rng.random() < 0.5:
         x, y = x[::-1], y[::-1]
@@ -473,6 +480,7 @@ class CropLoader(keras.utils.PyDataset):
             rotations=bool(a and a.rotations),
             scale_jitter=a.scale_jitter if a else 0.0,
             zoom_octaves=a.zoom_octaves if a else 0.0,
+            crowding=a.crowding if a else 0.0,
             intensity_jitter=a.intensity_jitter if a else 0.0,
             contrast_jitter=a.contrast_jitter if a else 0.0,
             **(_appearance(a, self.colour[pick], self.preprocess) if a else {}),
