@@ -1,8 +1,9 @@
-"""Renumbering label images: the one home of it for every layer.
+"""Renumbering and measuring label images: the one home of it for every layer.
 
 A label image holds 0 for background and a positive integer per object.
 :func:`renumber` makes the numbers consecutive (1..N in the order of the
-old values), :func:`relabel` keeps a chosen subset and numbers it 1..N.
+old values), :func:`relabel` keeps a chosen subset and numbers it 1..N,
+:func:`areas_and_centres` gives each object's pixel count and centre.
 
 >>> import numpy as np
 >>> labels, n = renumber(np.array([[0, 7], [7, 42]]))
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["relabel", "renumber"]
+__all__ = ["areas_and_centres", "relabel", "renumber"]
 
 
 def renumber(labels: np.ndarray, *, dtype=np.int32) -> tuple[np.ndarray, int]:
@@ -69,3 +70,31 @@ def relabel(labels: np.ndarray, keep: np.ndarray) -> np.ndarray:
     lut = np.zeros(keep.size, np.int32)
     lut[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
     return np.take(lut, labels)  # np.take: a full-image lookup in 60 % of fancy indexing's time
+
+
+def areas_and_centres(labels: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pixel count and centre (row, column) of labels 0..n, by one pass of bincounts.
+
+    Parameters
+    ----------
+    labels : (H, W) ndarray of int
+        Values 0..n.
+    n : int
+        The largest label.
+
+    Returns
+    -------
+    area, centre_row, centre_col : (n + 1,) ndarray of float64
+        Index 0 is the background; a label with no pixel has area 0 and centre 0.
+
+    Examples
+    --------
+    >>> area, r, c = areas_and_centres(np.array([[0, 1, 1], [0, 0, 2]]), 2)
+    >>> area.tolist(), r.tolist(), c.tolist()
+    ([3.0, 2.0, 1.0], [0.6666666666666666, 0.0, 1.0], [0.3333333333333333, 1.5, 2.0])
+    """
+    flat = np.asarray(labels).ravel()
+    rows, cols = np.indices(np.shape(labels))
+    area = np.bincount(flat, minlength=n + 1).astype(np.float64)
+    safe = np.maximum(area, 1.0)
+    return area, np.bincount(flat, rows.ravel(), n + 1) / safe, np.bincount(flat, cols.ravel(), n + 1) / safe

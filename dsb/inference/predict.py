@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from dsb.core.config import Config
-from dsb.core.labels import relabel
+from dsb.core.labels import areas_and_centres, relabel
 from dsb.inference.labels import labels_at_scale, labels_to_image
 from dsb.inference.preprocess import preprocess_image
 from dsb.inference.probabilities import predict_at_scale
@@ -115,10 +115,8 @@ def _segment_in_chunks(model, config: Config, gray: np.ndarray, scale: float, *,
             n = int(labels.max())
             if not n:
                 continue
-            rows, cols = np.indices(labels.shape)
-            area = np.bincount(labels.ravel(), minlength=n + 1)
-            centre_r = np.bincount(labels.ravel(), rows.ravel(), minlength=n + 1) / np.maximum(area, 1) + er0
-            centre_c = np.bincount(labels.ravel(), cols.ravel(), minlength=n + 1) / np.maximum(area, 1) + ec0
+            _, centre_r, centre_c = areas_and_centres(labels, n)
+            centre_r, centre_c = centre_r + er0, centre_c + ec0
             keep = (centre_r >= r0) & (centre_r < r1) & (centre_c >= c0) & (centre_c < c1)
             labels = relabel(labels, keep)
             window = out[er0:er1, ec0:ec1]

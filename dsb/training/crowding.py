@@ -19,6 +19,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from dsb.core.labels import areas_and_centres
+
 __all__ = ["paste_neighbours"]
 
 # A copy is pasted only where it covers at most this share of a nucleus already there (and of its
@@ -31,15 +33,6 @@ GAP = (0.9, 1.15)
 
 # Places tried for each copy before it is given up.
 TRIES = 6
-
-
-def _centres(labels: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Area and centre (row, column) of labels 0..n."""
-    flat = labels.ravel()
-    rows, cols = np.indices(labels.shape)
-    area = np.bincount(flat, minlength=n + 1).astype(np.float64)
-    safe = np.maximum(area, 1.0)
-    return area, np.bincount(flat, rows.ravel(), n + 1) / safe, np.bincount(flat, cols.ravel(), n + 1) / safe
 
 
 def _whole(labels: np.ndarray, n: int, min_area: int) -> np.ndarray:
@@ -121,7 +114,7 @@ def paste_neighbours(
 def _place(gray, labels, rng, mask, pixels, next_id: int) -> int:
     """Paste one copy (``mask``, ``pixels``) against a random nucleus; return the next free label."""
     n = next_id - 1
-    area, centre_r, centre_c = _centres(labels, n)
+    area, centre_r, centre_c = areas_and_centres(labels, n)
     present = np.flatnonzero(area[1:] > 0) + 1
     if not present.size:
         return next_id
