@@ -64,7 +64,8 @@ _DIAMETER_HELP = "Median nucleus diameter in pixels; estimated per image when no
 # not import numpy; tests/test_cli.py holds them to the originals.
 _ENGINE = click.option(
     "--engine", type=click.Choice(["auto", "keras", "onnx", "openvino"]), default="auto", show_default=True,
-    help="Inference engine; auto takes OpenVINO, then ONNX Runtime, when the model folder has model.onnx.")
+    help="Inference engine; auto takes Keras on a GPU, else OpenVINO, then ONNX Runtime, when the model folder has "
+         "model.onnx.")
 _PRECISION = click.option(
     "--precision", type=click.Choice(["float32", "int8"]), default="float32", show_default=True,
     help="The network's number format for inference (not training's --precision): int8 runs model.int8.onnx "

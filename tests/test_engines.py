@@ -15,9 +15,11 @@ from dsb.core.errors import BadDataError, EnvironmentProblem
 from dsb.network.engines import (
     AUTO_ORDER,
     KerasNetwork,
+    accelerator,
     choose_engine,
     engine_installed,
     open_network,
+    shape_ladder,
 )
 from dsb.network.model_folder import (
     ONNX_FILE,
@@ -134,6 +136,74 @@ def test_auto_takes_the_first_installed_engine_that_has_a_file(run, tmp_path, mo
     assert choose_engine(keras_only, "auto") == "keras"
     monkeypatch.setattr("dsb.network.engines.engine_installed", lambda e: e != "openvino")
     assert choose_engine(path, "auto") == "onnx"
+
+
+def test_auto_takes_keras_where_its_backend_sees_a_gpu(run, tmp_path, monkeypatch):
+    path, _ = run
+    monkeypatch.setattr("dsb.network.engines.accelerator", lambda: "cuda:0")
+    assert choose_engine(path, "auto") == "keras"
+    # int8 runs on the ONNX engines only, GPU or not.
+    folder = tmp_path / "int8"
+    shutil.copytree(path, folder)
+    shutil.copy(folder / ONNX_FILE, folder / "model.int8.onnx")
+    assert choose_engine(folder, "auto", "int8") == AUTO_ORDER[0] or not ONNX_ENGINES
+    # A folder without model.keras keeps an ONNX engine.
+    (folder / "model.keras").unlink()
+    assert choose_engine(folder, "auto") in ONNX_ENGINES or not ONNX_ENGINES
+
+
+def test_no_gpu_is_seen_without_an_nvidia_device(monkeypatch):
+    import builtins
+    import glob
+
+    monkeypatch.setattr(glob, "glob", lambda pattern: [])
+    real_import = builtins.__import__
+
+    def guarded(name, *args, **kwargs):
+        assert name.split(".")[0] not in ("tensorflow", "jax", "torch"), f"imported {name} to look for a GPU"
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", guarded)
+    assert accelerator() is None
+
+
+def test_shape_ladder_holds_each_side_in_at_most_half_again_its_pixels():
+    assert [shape_ladder(n) for n in (1, 64, 65, 96, 97, 128, 129, 200, 1024, 1025)] == [
+        64, 64, 96, 96, 128, 128, 192, 256, 1024, 1536]
+    sides = np.arange(1, 3000)
+    rungs = np.array([shape_ladder(int(n), 16) for n in sides])
+    assert (rungs >= sides).all() and (rungs % 16 == 0).all()
+    assert (rungs[sides >= 64] <= 1.5 * sides[sides >= 64] + 16).all()
+    assert len(set(rungs)) <= 16  # a few shapes for every side up to 3000
+    # Rounded up to the network's multiple.
+    assert shape_ladder(70, 64) == 128
+    with pytest.raises(ValueError, match="side"):
+        shape_ladder(0)
+
+
+def test_padded_shapes_crop_back_and_change_only_the_padded_edges(run):
+    _, model = run
+    rng = np.random.default_rng(3)
+    batch = rng.random((3, 80, 112, 1), dtype=np.float32)
+    exact = KerasNetwork(model, pad_shapes=False)(batch)
+    padded_network = KerasNetwork(model, pad_shapes=True, multiple=CONFIG.model.size_multiple())
+    calls = []
+    real = model.predict_on_batch
+    model.predict_on_batch = lambda x: calls.append(x.shape) or real(x)
+    try:
+        padded = padded_network(batch)
+        again = padded_network(rng.random((4, 70, 128, 1), dtype=np.float32))
+    finally:
+        del model.predict_on_batch
+    assert calls == [(4, 96, 128, 1), (4, 96, 128, 1)]  # one compiled shape for both
+    assert padded.shape == exact.shape and again.shape == (4, 70, 128, 3)
+    # The top-left, out of the reach of the padding, is the same; the bottom and right edges move.
+    reach = 24
+    np.testing.assert_allclose(padded[:, : 80 - reach, : 112 - reach], exact[:, : 80 - reach, : 112 - reach], atol=1e-5)
+    assert np.abs(padded - exact).max() > 1e-6
+    # A batch already on the ladder is not changed at all.
+    on = rng.random((2, 64, 96, 1), dtype=np.float32)
+    np.testing.assert_allclose(padded_network(on), KerasNetwork(model, pad_shapes=False)(on), atol=1e-6)
 
 
 @pytest.mark.parametrize("engine", ONNX_ENGINES)

@@ -11,7 +11,10 @@ is installed and has a file to run, in the order of :data:`AUTO_ORDER`:
 OpenVINO, then ONNX Runtime, then Keras: on every CPU measured OpenVINO's
 forward pass was the fastest, at the least memory (``make bench`` measures it;
 the figures are on the documentation's benchmarks page). The three agree
-within 1e-5 on probabilities.
+within 1e-5 on probabilities. Where Keras's backend sees a GPU
+(:func:`accelerator`), ``auto`` takes Keras, which runs there, padding its
+tiles to a few shapes (:func:`shape_ladder`) so that it is not compiled again
+for every image.
 
 :meth:`Network.streams` gives the callables that may run at the same time:
 OpenVINO and ONNX Runtime offer one stream per core, up to
@@ -53,6 +56,8 @@ __all__ = [
     "AUTO_ORDER",
     "Network",
     "KerasNetwork",
+    "accelerator",
+    "shape_ladder",
     "MAX_STREAMS",
     "OnnxRuntimeNetwork",
     "OpenVinoNetwork",
@@ -110,19 +115,99 @@ class Network:
         return f"{type(self).__name__}({str(self.path)!r})"
 
 
+def accelerator() -> str | None:
+    """The first GPU that Keras's backend computes on (its name, e.g. ``"cuda:0"``), or None.
+
+    Cheap on a machine without an NVIDIA device: the backend is imported only
+    when ``/dev/nvidia0`` (or the like) is there, and then asked whether it
+    sees the GPU (``tensorflow-cpu``, or JAX without its CUDA plugin, does not).
+    """
+    import glob
+
+    if not glob.glob("/dev/nvidia[0-9]*"):
+        return None
+    try:
+        import keras
+
+        backend = keras.backend.backend()
+    except ImportError:  # no backend installed: no engine runs on the GPU
+        return None
+    if backend == "jax":
+        import jax
+
+        gpus = [str(d) for d in jax.devices() if d.platform == "gpu"]
+    elif backend == "tensorflow":
+        import tensorflow as tf
+
+        gpus = [d.name for d in tf.config.list_logical_devices("GPU")]
+    elif backend == "torch":
+        import torch
+
+        gpus = ["cuda:0"] if torch.cuda.is_available() else []
+    else:
+        gpus = []
+    return gpus[0] if gpus else None
+
+
+# Tile sides a Keras network on an accelerator is called with: powers of two and one and a half
+# times them (each at most half again the side it stands for).
+_LADDER_MIN = 64
+
+
+def shape_ladder(side: int, multiple: int = 32) -> int:
+    """The side a tile of ``side`` pixels is padded to on an accelerator: the least of 64, 96,
+    128, 192, 256, 384, ... (rounded up to ``multiple``) that holds it.
+
+    A compiled network (JAX, TensorFlow's graphs on a GPU) is compiled again for every new
+    input shape, which takes longer on a GPU than predicting the tile; on the ladder a folder of
+    images of every size and scale needs a few shapes, not one per image.
+    """
+    if side < 1:
+        raise ValueError(f"`side` is {side}, expected at least 1")
+    if multiple < 1:
+        raise ValueError(f"`multiple` is {multiple}, expected at least 1")
+    step = _LADDER_MIN
+    while True:
+        for rung in (step, step * 3 // 2):
+            rung = -(-rung // multiple) * multiple
+            if rung >= side:
+                return rung
+        step *= 2
+
+
 class KerasNetwork(Network):
-    """A Keras model called through ``predict_on_batch`` (compiled once per tile shape)."""
+    """A Keras model called through ``predict_on_batch``, which compiles once per input shape.
+
+    With ``pad_shapes`` (by default when the model runs on a GPU, :func:`accelerator`)
+    each batch is padded at its end, by reflection, to the sides of
+    :func:`shape_ladder` and to a power-of-two batch, and the output cropped
+    back: a handful of compiled shapes serve every image, at the cost of more
+    pixels. Rows and columns within the network's context of the padded bottom and
+    right edges then see mirrored image where they saw the tiling's own mirror,
+    so probabilities there move slightly; without it (CPUs) the engines agree
+    within 1e-4.
+    """
 
     engine = "keras"
 
-    def __init__(self, model, path=None):
+    def __init__(self, model, path=None, *, pad_shapes: bool | None = None, multiple: int = 32):
         super().__init__(path or "model.keras")
         self.model = model
+        self.pad_shapes = accelerator() is not None if pad_shapes is None else bool(pad_shapes)
+        self.multiple = int(multiple)
 
     def __call__(self, batch):
         import keras
 
-        return np.asarray(keras.ops.convert_to_numpy(self.model.predict_on_batch(batch)), np.float32)
+        batch = np.asarray(batch, np.float32)
+        if not self.pad_shapes:
+            return np.asarray(keras.ops.convert_to_numpy(self.model.predict_on_batch(batch)), np.float32)
+        n, height, width = batch.shape[:3]
+        rows, cols = shape_ladder(height, self.multiple), shape_ladder(width, self.multiple)
+        padded = np.pad(batch, ((0, 0), (0, rows - height), (0, cols - width), (0, 0)), mode="reflect")
+        padded = np.pad(padded, ((0, (1 << (n - 1).bit_length()) - n), (0, 0), (0, 0), (0, 0)))
+        out = keras.ops.convert_to_numpy(self.model.predict_on_batch(padded))
+        return np.ascontiguousarray(out[:n, :height, :width], np.float32)
 
 
 # At most this many images in flight at once (each holds its own memory: about 0.5 GiB for a
@@ -286,7 +371,10 @@ def choose_engine(model_dir, engine: str = "auto", precision: str = "float32") -
         )
     if engine == "auto":
         has_onnx = path.is_file()
-        for candidate in AUTO_ORDER:
+        order = AUTO_ORDER
+        if not int8 and engine_installed("keras") and (model_dir / "model.keras").is_file() and accelerator():
+            order = ("keras",)  # the GPU: the ONNX engines here run on the CPU
+        for candidate in order:
             file_there = not int8 if candidate == "keras" else has_onnx
             if file_there and engine_installed(candidate):
                 return candidate
@@ -333,7 +421,7 @@ def open_network(model_dir, config, engine: str = "auto", *, keras_model=None,
             from dsb.network.model_folder import load_run
 
             keras_model, _ = load_run(model_dir)
-        return KerasNetwork(keras_model, model_dir / "model.keras")
+        return KerasNetwork(keras_model, model_dir / "model.keras", multiple=config.model.size_multiple())
     path = network_file(model_dir, precision)
     check_onnx(path, config.model.outputs, model_dir / "model.keras", precision)
     network_class = OpenVinoNetwork if engine == "openvino" else OnnxRuntimeNetwork

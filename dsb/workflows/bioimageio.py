@@ -490,7 +490,7 @@ def export_bioimageio(model_dir, out_dir, *, sample=None) -> Path:
     step = max(_MIN_STEP, config.model.size_multiple())
     image = _test_image(config, sample)
     test_input = image[None, :, :, None]
-    test_output = KerasNetwork(model)(test_input)
+    test_output = KerasNetwork(model, pad_shapes=False)(test_input)  # the network's own output, bit for bit
     keras_info = _keras_provenance(model_dir)
     training = None
     if (model_dir / "TRAINING.md").is_file():
