@@ -319,6 +319,29 @@ def test_precision_auto_times_both_and_trains_in_the_faster(tmp_path, monkeypatc
     assert manifest["precision_probe"]["seconds_per_step"] == {"float32": 2.0, "bfloat16": 1.0}
 
 
+def test_a_gpu_gets_more_loader_threads_and_the_manifest_says_how_many(tmp_path, monkeypatch):
+    from dsb.training import environment
+    from dsb.training.environment import MAX_LOADER_THREADS, Environment
+
+    env = Environment("default", "float32", None)
+    monkeypatch.setattr("dsb.core.concurrency.usable_cores", lambda: 16)
+    assert env.loader_threads() == 1  # a CPU: its cores train the network
+    env.has_gpu = True
+    assert env.loader_threads() == MAX_LOADER_THREADS
+    monkeypatch.setattr("dsb.core.concurrency.usable_cores", lambda: 4)
+    assert env.loader_threads() == 3
+    monkeypatch.setattr("dsb.core.concurrency.usable_cores", lambda: 1)
+    assert env.loader_threads() == 1
+    # A run on a "GPU" (the device list is the backend's word for it) records the threads it used.
+    monkeypatch.setattr("dsb.core.concurrency.usable_cores", lambda: 3)
+    monkeypatch.setattr(environment, "devices", lambda backend: ["/device:GPU:0"])
+    run = train_prepared(tiny_prepared(), TINY, out_dir=tmp_path / "gpu", epochs=1, progress=False)
+    assert json.loads((run / "manifest.json").read_text())["loader_threads"] == 2
+    monkeypatch.undo()
+    run = train_prepared(tiny_prepared(), TINY, out_dir=tmp_path / "cpu", epochs=1, progress=False)
+    assert json.loads((run / "manifest.json").read_text())["loader_threads"] == 1
+
+
 def test_the_precision_probe_keeps_float32_unless_the_other_is_clearly_faster():
     from dsb.training.probe import probe_precision, time_steps
 

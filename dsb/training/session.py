@@ -171,7 +171,7 @@ def train_prepared(
     precision: str = "float32",
     seed: int | None = None,
     progress: bool = True,
-    workers: int = 1,
+    workers: int | None = None,
     deterministic: bool | None = None,
     callbacks: list | None = None,
     init=None,
@@ -184,8 +184,9 @@ def train_prepared(
         Anything with ``ids``, ``images`` (uint8 (H, W)), ``labels`` (int32
         (H, W)) and ``types`` (list of str), like :class:`dsb.training.cache.Prepared`;
         ``checksum`` (str) is used when present.
-    workers : int
-        Loader threads (batches stay in order, so results do not change).
+    workers : int, optional
+        Loader threads (batches stay in order, so results do not change); by
+        default one on a CPU and more beside a GPU (:meth:`Environment.loader_threads`).
     deterministic : bool, optional
         Deterministic TensorFlow ops; default: when no GPU is visible.
     callbacks : list of keras.callbacks.Callback, optional
@@ -229,12 +230,14 @@ def train_prepared(
             save_config(plan.config, out_dir / "config.json")  # on resume: keeps tuned post-processing
             if start.resumed is None:
                 checkpoints.save_checkpoint(out_dir, model, state)
+        threads = env.loader_threads() if workers is None else workers
         train_data, val_data = make_loaders(plan, prepared, start_step=state.epoch * plan.steps_per_epoch,
-                                            shard=env.shard, workers=workers)
+                                            shard=env.shard, workers=threads)
         keeper = RunKeeper(out_dir, plan, state, monitor="val_loss" if val_data is not None else "loss",
                             writer=env.is_chief, progress=progress, env=env,
                             best_file=BestModelFile(out_dir, plan.config.model))
         run_info = _run_info(plan, state, val_data)
+        run_info["loader_threads"] = threads
         if probe is not None:
             run_info["precision_probe"] = probe.as_dict()
         session = _Session(out_dir, plan, state, env, keeper, run_info, wall_start)
