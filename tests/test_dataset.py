@@ -28,7 +28,7 @@ from dsb.io.images import (
     read_labels,
     read_mask,
 )
-from dsb.training.cache import cache_path, load_prepared, prepare
+from dsb.training.cache import cache_path, load_prepared, prepare, read_prepared
 
 RNG = np.random.default_rng(1)
 
@@ -386,6 +386,24 @@ def test_damaged_cache_is_reported(stage):
     (path / "images.npz").write_bytes(b"garbage")
     with pytest.raises(BadDataError, match="damaged"):
         load_prepared(stage.parent)
+
+
+def test_a_cache_copied_away_from_its_stage_folder_reads_the_same(stage, tmp_path):
+    import shutil
+
+    here = load_prepared(stage.parent, workers=1)
+    copy = shutil.copytree(here.path, tmp_path / "elsewhere")
+    shutil.rmtree(stage)  # the images it was built from are gone
+    away = read_prepared(copy)
+    assert away.path == copy and not away.built
+    assert away.ids == here.ids and away.types == here.types and away.groups == here.groups
+    assert away.checksum == here.checksum and away.fixes == here.fixes
+    for a, b in zip(away.images + away.labels, here.images + here.labels):
+        np.testing.assert_array_equal(a, b)
+    (copy / "manifest.json").unlink()
+    with pytest.raises(BadDataError, match="manifest.json") as info:
+        read_prepared(copy)
+    assert str(copy) in str(info.value)
 
 
 # ---------------------------------------------------------------- the real training set

@@ -39,6 +39,7 @@ __all__ = [
     "CACHE_VERSION",
     "Prepared",
     "cache_path",
+    "read_prepared",
     "data_checksum",
     "prepare",
     "load_prepared",
@@ -433,6 +434,35 @@ def load_prepared(
         (imaging-experiment group names); ``fixes``; ``checksum``; ``path``.
     """
     folder, manifest, built = _prepare(data_dir, config, progress=progress, cache_dir=cache_dir, workers=workers)
+    return read_prepared(folder, manifest, built=built)
+
+
+def read_prepared(folder, manifest: dict | None = None, *, built: bool = False) -> Prepared:
+    """The prepared images of a cache folder as it is, without the stage folder it was built from.
+
+    For a cache copied to another machine (a GPU machine lent for a while, say);
+    :func:`load_prepared` checks and rebuilds it first. Colour augmentation still
+    reads the stained images from the ``stage_dir`` its ``manifest.json`` names.
+
+    Parameters
+    ----------
+    folder : str or os.PathLike
+        A folder :func:`prepare` wrote.
+    manifest : dict, optional
+        Its ``manifest.json``, when already read.
+    built : bool
+        Recorded as ``Prepared.built``.
+
+    Raises
+    ------
+    BadDataError
+        A file of the folder is missing or damaged (naming the folder).
+    """
+    folder = Path(folder)
+    if manifest is None:
+        manifest = _read_manifest(folder)
+        if manifest is None:
+            raise BadDataError("no readable manifest.json; run `dsb prepare` again", path=folder)
     try:
         with np.load(folder / "images.npz") as zi, np.load(folder / "labels.npz") as zl:
             ids = sorted(zi.files)
