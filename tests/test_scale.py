@@ -347,6 +347,44 @@ def test_the_cross_check_finds_nuclei_far_larger_than_the_network_knows(radius):
     assert image_score(truth, found.labels).score > 0.8
 
 
+def hazy_network(batch: np.ndarray) -> np.ndarray:
+    """:func:`texture_network`, unsure (0.7) also of the outer fifth of the regions it sees whole: at
+    every scale a third of each nucleus in doubt, as a real network is of carpets of cells that
+    it reads as large blobs when it looks coarse."""
+    out = texture_network(batch)
+    for k, image in enumerate(batch[..., 0]):
+        body = out[k, ..., 0] == 1.0
+        regions, n = ndimage.label(body)
+        depth = ndimage.distance_transform_edt(body)
+        deepest = np.concatenate([[1.0], ndimage.maximum(depth, regions, np.arange(1, n + 1))])
+        out[k, ..., 0] = np.where(body & (depth < 0.2 * deepest[regions]), 0.7, out[k, ..., 0])
+    return out
+
+
+def test_a_coarse_reading_the_network_still_doubts_is_taken_but_not_sure():
+    """Carpets of small cells can read as large nuclei at coarse scales; what tells them from whole
+    large nuclei is that the network stays unsure of them there. The move is made (stained tissue
+    enlarged three times reads the same way) but the image is flagged."""
+    from dsb.inference.scale import CROSS_CHECK_MAX_DOUBT, _doubt
+
+    config = dataclasses.replace(CONFIG, predict=dataclasses.replace(CONFIG.predict, min_scale=0.1))
+    truth = grid_of_discs((440, 440), 55, 154)
+    gray = predict_input(image_of(truth), config)
+    whole = resample_input(gray, CANONICAL / median_diameter(truth))
+    assert _doubt(hazy_network(whole[None, ..., None])[0]) > CROSS_CHECK_MAX_DOUBT
+    hazy = choose_scale(hazy_network, config, gray)
+    assert hazy.diameter == pytest.approx(median_diameter(truth), rel=0.25)
+    assert not hazy.sure
+    clear = choose_scale(texture_network, config, gray)
+    assert clear.diameter == pytest.approx(hazy.diameter, rel=0.05) and clear.sure
+
+
+def resample_input(gray, scale):
+    from dsb.inference.resample import resample
+
+    return resample(gray, scale)
+
+
 def test_an_estimate_that_cannot_be_checked_is_not_sure():
     # 24 pixels: half the scale leaves too little to look at.
     tiny = image_of(grid_of_discs((24, 24), 6, 24))
