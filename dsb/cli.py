@@ -292,9 +292,11 @@ def evaluate(run_dir: Path, data: Path, tta: bool, diameter: float | None, per_i
 @click.option("--config", "config_path", type=_EXISTING_FILE, default=None,
               help="The recipe to judge (default: the shipped CPU config).")
 @click.option("--seed", type=int, default=None)
+@click.option("--precision", type=click.Choice(["float32", "mixed", "bfloat16", "auto"]), default="float32",
+              show_default=True, help="Training precision of every fold, as for `dsb train`.")
 @_ENGINE
 def crossval(data: Path, out: Path, folds: int, time_budget: float | None, epochs: int | None,
-             config_path: Path | None, seed: int | None, engine: str) -> None:
+             config_path: Path | None, seed: int | None, precision: str, engine: str) -> None:
     """Leave-groups-out cross-validation: train one run per fold of held-out imaging experiments and
     score every group on the run that never saw it; the last line is the score over all images."""
     _load_keras()
@@ -302,7 +304,7 @@ def crossval(data: Path, out: Path, folds: int, time_budget: float | None, epoch
 
     config = _load_config(config_path)
     value, summary = crossval_runs(data, out, config, folds=folds, time_budget=time_budget, epochs=epochs,
-                                   seed=seed, engine=engine, progress=True)
+                                   seed=seed, precision=precision, engine=engine, progress=True)
     for row in summary.itertuples(index=False):
         where = f" (fold {row.fold})" if row.level == "group" else ""
         click.echo(f"{row.level} {row.name}{where}: {row.score:.6f} ({row.images} images, "

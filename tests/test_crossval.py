@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -48,8 +50,9 @@ def two_experiments(tmp_path):
 
 def test_every_group_is_scored_by_the_run_that_never_saw_it(two_experiments, tmp_path):
     out = tmp_path / "cv"
-    value, summary = crossval(two_experiments, out, TINY, folds=2, epochs=1, progress=False)
+    value, summary = crossval(two_experiments, out, TINY, folds=2, epochs=1, precision="bfloat16", progress=False)
     table = pd.read_csv(out / "crossval.csv")
+    assert json.loads((out / "fold-2" / "manifest.json").read_text())["precision"] == "bfloat16"
     assert len(table) == 4 and set(table["group"]) == {"user:exp1", "user:exp2"}
     # One fold per group, and each fold's run validated on its own group's images only.
     assert table.groupby("group")["fold"].nunique().tolist() == [1, 1]

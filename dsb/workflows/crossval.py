@@ -81,6 +81,7 @@ def crossval(
     time_budget: float | None = None,
     epochs: int | None = None,
     seed: int | None = None,
+    precision: str = "float32",
     engine: str = "auto",
     progress: bool = True,
 ) -> tuple[float, pd.DataFrame]:
@@ -98,8 +99,8 @@ def crossval(
         How many folds (at least 2, at most the number of groups).
     time_budget : float, optional
         Minutes of training per fold.
-    epochs, seed
-        As for :func:`dsb.training.train`.
+    epochs, seed, precision
+        As for :func:`dsb.training.train` (``precision`` may be ``"auto"``: each fold probes).
     engine : str
         The engine that scores the runs (Keras unless a run has ``model.onnx``).
     progress : bool
@@ -132,7 +133,8 @@ def crossval(
             fold_config = config.replace(validation_ids=tuple(held))
             resume = (run / "checkpoints").is_dir()
             train_prepared(prepared, None if resume else fold_config, out_dir=run, resume=resume,
-                           time_budget=time_budget, epochs=epochs, seed=seed, progress=progress)
+                           time_budget=time_budget, epochs=epochs, seed=seed, precision=precision,
+                           progress=progress)
         model, run_config = load_network(run, engine)
         _, table = score_validation(predict_validation(model, run_config, data_dir, progress=progress))
         tables.append(table.assign(fold=k))
