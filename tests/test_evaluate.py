@@ -117,6 +117,33 @@ def test_score_summary_rows_by_group_then_type_then_all():
     assert summary["score"].tolist() == pytest.approx([0.2, 0.5, 1.0, 0.4, 1.0, 0.55])
     top = densest(table, 2)
     assert top["ImageId"].tolist() == ["b", "d"] and top["found"].tolist() == [5, 9]
+    assert "unsure" not in summary  # no diameters in the table
+
+
+def test_the_yardstick_counts_unsure_estimates_and_silent_misreads():
+    import pandas as pd
+
+    from dsb.workflows.evaluate import misread, score_summary, summary_lines, sweep_lines
+
+    table = pd.DataFrame({
+        "ImageId": ["a", "b", "c", "d", "e"],
+        "score": [0.5, 0.0, 0.1, 0.9, 0.0],
+        "type": ["brightfield"] * 3 + ["fluorescence"] * 2,
+        "group": ["b"] * 3 + ["f"] * 2,
+        "n_true": [9, 9, 9, 9, 0], "tp_50": [5, 0, 1, 9, 0], "n_pred": [5, 2, 3, 9, 1],
+        # a: right; b: 143 pixels for 10-pixel nuclei, called sure (silent); c: as wrong but flagged;
+        # d: 1.9 times the median, within the ratio; e: no true nuclei, nothing to compare with.
+        "diameter": [11.0, 143.0, 140.0, 38.0, 20.0],
+        "true_diameter": [10.0, 10.0, 10.0, 20.0, float("nan")],
+        "sure": [True, True, False, True, True],
+    })
+    assert misread(table).tolist() == [False, True, False, False, False]
+    summary = score_summary(table).set_index(["level", "name"])
+    assert summary.loc[("group", "b"), ["unsure", "misread"]].tolist() == [1, 1]
+    assert summary.loc[("all", "all"), ["unsure", "misread"]].tolist() == [1, 1]
+    assert "diameter: estimate unsure on 1, sure but over 2x off on 1 of 5 images" in "\n".join(summary_lines(table))
+    sweep = score_summary(table).assign(zoom=1.0)
+    assert sweep_lines(sweep)[0].endswith("; estimate unsure on 1, sure but over 2x off on 1")
 
 
 def test_zoom_pair_keeps_every_nucleus_at_its_new_size():

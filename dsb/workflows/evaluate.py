@@ -27,7 +27,7 @@ from dsb.workflows.tune import validation_data
 
 __all__ = [
     "Validation", "predict_validation", "score_validation", "evaluate", "score_summary", "densest", "summary_lines",
-    "zoom_pair", "magnification_sweep", "sweep_lines",
+    "zoom_pair", "magnification_sweep", "sweep_lines", "misread", "MISREAD_RATIO",
 ]
 
 
@@ -46,6 +46,9 @@ class Validation:
     diameters : dict of str to float
         The nucleus diameter prediction used for each image (given or
         estimated, pixels; NaN when unknown).
+    sure : dict of str to bool
+        Whether that diameter was given or confirmed by the estimate's
+        cross-check (:class:`dsb.inference.scale.Scale`).
     """
 
     images: dict
@@ -54,6 +57,13 @@ class Validation:
     types: dict
     groups: dict
     diameters: dict = field(default_factory=dict)
+    sure: dict = field(default_factory=dict)
+
+
+# An estimate this far from the median diameter of the true nuclei, either way, reads the image
+# wrong. Wide, because the estimate is an area-weighted median (larger nuclei weigh more) and the
+# truth a plain one.
+MISREAD_RATIO = 2.0
 
 
 def predict_validation(
@@ -99,19 +109,30 @@ def predict_validation(
     }
     groups = {i: all_groups.get(i, "unknown") for i in images}
     return Validation(images=images, truth=truth, pred={i: n.labels for i, n in found.items()}, types=types,
-                      groups=groups, diameters={i: n.diameter for i, n in found.items()})
+                      groups=groups, diameters={i: n.diameter for i, n in found.items()},
+                      sure={i: bool(n.sure) for i, n in found.items()})
 
 
 def score_validation(validation: Validation) -> tuple[float, pd.DataFrame]:
     """:func:`dsb.kaggle.metric.score_labels` of a :class:`Validation`, with ``type`` and ``group`` columns,
-    and ``diameter`` (used by prediction) beside ``true_diameter`` (from the masks)."""
+    ``diameter`` (used by prediction) beside ``true_diameter`` (from the masks), and ``sure``."""
 
     value, table = score_labels(validation.truth, validation.pred, image_types=validation.types)
     ids = table["ImageId"].tolist()
     table["group"] = [validation.groups.get(i, "unknown") for i in ids]
     table["diameter"] = [validation.diameters.get(i, float("nan")) for i in ids]
     table["true_diameter"] = [median_diameter(validation.truth[i]) for i in ids]
+    table["sure"] = [bool(validation.sure.get(i, True)) for i in ids]
     return value, table
+
+
+def misread(table: pd.DataFrame) -> pd.Series:
+    """Per image: the diameter used was called sure yet is over :data:`MISREAD_RATIO` times off the
+    median diameter of the true nuclei, either way: a silent failure of the estimate. False where
+    either diameter is unknown."""
+    ratio = table["diameter"] / table["true_diameter"]
+    off = (ratio > MISREAD_RATIO) | (ratio < 1 / MISREAD_RATIO)
+    return table["sure"].astype(bool) & off
 
 
 def score_summary(table: pd.DataFrame) -> pd.DataFrame:
@@ -130,7 +151,9 @@ def score_summary(table: pd.DataFrame) -> pd.DataFrame:
         ``images``, ``score``, ``worst`` and ``best``: the groups (by type,
         then name), then the types, then one row for all images. With ``tp_50``
         and ``n_true`` in ``table``, also ``found`` and ``true``: the true nuclei
-        matched at IoU 0.5, and all of them.
+        matched at IoU 0.5, and all of them. With ``sure``, ``diameter`` and
+        ``true_diameter``, also ``unsure`` (images whose estimate was not
+        confirmed) and ``misread`` (:func:`misread`).
     """
     rows = []
     types = table["type"].fillna("unknown") if "type" in table else pd.Series("unknown", index=table.index)
@@ -141,12 +164,20 @@ def score_summary(table: pd.DataFrame) -> pd.DataFrame:
         rows.append(("type", kind, kind, part))
     rows.append(("all", "all", "", table))
     counts = "tp_50" in table and "n_true" in table
+    estimates = {"sure", "diameter", "true_diameter"} <= set(table.columns)
+    wrong = misread(table) if estimates else None
     return pd.DataFrame(
         [(level, name, kind, len(part), part["score"].mean(), part["score"].min(), part["score"].max())
          + ((int(part["tp_50"].sum()), int(part["n_true"].sum())) if counts else ())
+         + ((int((~part["sure"].astype(bool)).sum()), int(wrong[part.index].sum())) if estimates else ())
          for level, name, kind, part in rows],
-        columns=["level", "name", "type", "images", "score", "worst", "best"] + (["found", "true"] if counts else []),
+        columns=["level", "name", "type", "images", "score", "worst", "best"] + (["found", "true"] if counts else [])
+        + (["unsure", "misread"] if estimates else []),
     )
+
+
+def _estimate_words(unsure: int, wrong: int) -> str:
+    return f"estimate unsure on {unsure}, sure but over {MISREAD_RATIO:g}x off on {wrong}"
 
 
 def densest(table: pd.DataFrame, n: int = 5) -> pd.DataFrame:
@@ -172,6 +203,10 @@ def summary_lines(table: pd.DataFrame, *, n_dense: int = 2) -> list[str]:
                 lines.append(f"  {row.ImageId} ({where}): found {row.found}/{row.n_true}, "
                              f"predicted {row.n_pred}, score {row.score:.4f}")
     summary = score_summary(table)
+    if "unsure" in summary:
+        every = summary[summary["level"] == "all"].iloc[0]
+        lines.append(f"diameter: {_estimate_words(every['unsure'], every['misread'])} of {every['images']} images "
+                     "(against the masks' median diameter)")
     for row in summary[summary["level"] == "group"].itertuples(index=False):
         lines.append(f"group {row.name} ({row.type}): {row.score:.6f} ({row.images} images)")
     for row in summary[summary["level"] == "type"].itertuples(index=False):
@@ -275,8 +310,10 @@ def magnification_sweep(
     -------
     pandas.DataFrame
         One row per zoom and summary level (as :func:`score_summary`: each group, each type,
-        all): ``zoom``, ``level``, ``name``, ``images``, ``score``, and ``found`` and ``true``,
-        the true nuclei matched at IoU 0.5 and all true nuclei.
+        all): ``zoom``, ``level``, ``name``, ``images``, ``score``, ``found`` and ``true``,
+        the true nuclei matched at IoU 0.5 and all true nuclei, and ``unsure`` and ``misread``,
+        the images whose diameter estimate was not confirmed, and those it read wrong while
+        calling itself sure.
     """
     model, config = load_network(Path(run_dir), engine, precision)
     frames = []
@@ -284,7 +321,7 @@ def magnification_sweep(
         _, table = score_validation(predict_validation(model, config, data_dir, tta=tta, progress=progress,
                                                        zoom=float(zoom)))
         frames.append(score_summary(table).assign(zoom=float(zoom)))
-    columns = ["zoom", "level", "name", "type", "images", "score", "found", "true"]
+    columns = ["zoom", "level", "name", "type", "images", "score", "found", "true", "unsure", "misread"]
     return pd.concat(frames, ignore_index=True)[columns]
 
 
@@ -300,6 +337,8 @@ def sweep_lines(sweep: pd.DataFrame) -> list[str]:
         line = (f"zoom {zoom:g}: {every['score']:.4f}"
                 + "".join(f", {r.name} {r.score:.4f}" for r in types.itertuples(index=False))
                 + f"; found {every['found']}/{every['true']} at IoU 0.5")
+        if "unsure" in every:
+            line += "; " + _estimate_words(every["unsure"], every["misread"])
         if base is not None and zoom != 1.0:
             line += f"; {every['score'] - base:+.4f} against 1x"
         lines.append(line)
