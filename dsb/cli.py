@@ -438,8 +438,9 @@ def segment(paths, model_dir, out, tta, overlay, diameter, skip_bad, block_size,
     skipped = _report_skipped(summary.attrs["skipped"])
     unsure = summary[summary["diameter_sure"].astype(str) == "False"]
     for row in unsure.itertuples(index=False):
-        click.echo(f"warning: {row.file}: the nucleus diameter estimate ({row.diameter or 'none'} px) could not be "
-                   "confirmed at another scale; check the result or give --diameter", err=True)
+        click.echo(f"warning: {row.file}: the nucleus diameter estimate ({row.diameter or 'none'} px) is unsure "
+                   "(not confirmed at another scale, or the network doubts what it sees there); check the result "
+                   "or give --diameter", err=True)
     done = int((summary["status"] == "ok").sum())
     click.echo(f"{done} images segmented into {out}" + (f", {skipped} skipped" if skipped else "")
                + (f", {len(unsure)} with an unsure diameter estimate" if len(unsure) else ""))
