@@ -371,10 +371,9 @@ def choose_engine(model_dir, engine: str = "auto", precision: str = "float32") -
         )
     if engine == "auto":
         has_onnx = path.is_file()
-        order = AUTO_ORDER
         if not int8 and engine_installed("keras") and (model_dir / "model.keras").is_file() and accelerator():
-            order = ("keras",)  # the GPU: the ONNX engines here run on the CPU
-        for candidate in order:
+            return "keras"  # the GPU: the ONNX engines here run on the CPU
+        for candidate in AUTO_ORDER:
             file_there = not int8 if candidate == "keras" else has_onnx
             if file_there and engine_installed(candidate):
                 return candidate
