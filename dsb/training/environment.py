@@ -30,6 +30,11 @@ _POLICIES = {"mixed": "mixed_float16", "bfloat16": "mixed_bfloat16"}
 MAX_LOADER_THREADS = 8
 
 
+def has_gpu(device_names) -> bool:
+    """Whether any of the backend's device names (:func:`devices`) is a GPU."""
+    return any("gpu" in d.lower() or "cuda" in d.lower() for d in device_names)
+
+
 @contextlib.contextmanager
 def float32_policy():
     """Build under the float32 policy, whatever the global one."""
@@ -60,9 +65,9 @@ class Environment:
 
     def __enter__(self) -> "Environment":
         self.devices = devices(self.backend)
-        self.has_gpu = has_gpu = any("gpu" in d.lower() or "cuda" in d.lower() for d in self.devices)
+        self.has_gpu = has_gpu(self.devices)
         if self.deterministic is None:
-            self.deterministic = not has_gpu
+            self.deterministic = not self.has_gpu
         if self.deterministic and self.backend == "tensorflow":
             import tensorflow as tf
 
@@ -71,19 +76,19 @@ class Environment:
         if self.precision in _POLICIES:
             keras.mixed_precision.set_global_policy(_POLICIES[self.precision])
         if self.strategy == "mirrored":
-            self._enter_mirrored(has_gpu)
+            self._enter_mirrored(self.has_gpu)
         elif self.strategy == "multiworker":
             self._enter_multiworker()
         return self
 
-    def _enter_mirrored(self, has_gpu: bool) -> None:
+    def _enter_mirrored(self, gpu: bool) -> None:
         if self.backend != "tensorflow":
             raise EnvironmentProblem(
                 f"--strategy mirrored needs the TensorFlow backend (KERAS_BACKEND is {self.backend!r})"
             )
         import tensorflow as tf
 
-        kind = "GPU" if has_gpu else "CPU"
+        kind = "GPU" if gpu else "CPU"
         names = [d.name for d in tf.config.list_logical_devices(kind)]
         self._tf_strategy = tf.distribute.MirroredStrategy(names)
         self.replicas = self._tf_strategy.num_replicas_in_sync

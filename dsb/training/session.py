@@ -25,6 +25,7 @@ from dsb.training.environment import (
     TRAINING_PRECISIONS,
     Environment,
     devices,
+    has_gpu,
     tensorboard,
 )
 from dsb.training.finetune import MIN_VALIDATION_IMAGES, user_image_count
@@ -211,8 +212,7 @@ def train_prepared(
                    steps_per_epoch=steps_per_epoch, time_budget=time_budget, init=init)
     probe = None
     if start.precision == "auto":
-        gpu = any("gpu" in d.lower() or "cuda" in d.lower() for d in devices(keras.backend.backend()))
-        probe = probe_precision(start.config, has_gpu=gpu)
+        probe = probe_precision(start.config, has_gpu=has_gpu(devices(keras.backend.backend())))
         start = dataclasses.replace(start, precision=probe.chosen)
         if progress:
             say("precision auto: " + ", ".join(f"{k} {v:.3f} s a step" for k, v in probe.seconds.items())
