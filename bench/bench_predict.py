@@ -1,6 +1,6 @@
 """Prediction speed and memory per inference engine on the 65 stage-1 test images (11.2 megapixels).
 
-    python bench/bench_predict.py [RUN_DIR] [--engines keras,onnx,openvino,openvino:int8,openvino/one-look]
+    python bench/bench_predict.py [RUN_DIR] [--engines keras,onnx,openvino,openvino:int8,openvino/one-look,...]
                                   [--tile-size N]
                                   [--overlap N] [--batch-size N] [--tta] [--repeat N]
 
@@ -9,8 +9,9 @@ on the weights through the scales each image's estimated nucleus size picks).
 For each engine that is installed (a folder without ``model.onnx`` gets one
 in a temporary copy; ``ENGINE:int8`` runs the folder's ``model.int8.onnx``,
 skipped when there is none; ``ENGINE/one-look`` runs the scale estimate without its cross-check,
-as releases before it did, for the two side by side), with scale normalisation on and TTA off
-unless asked:
+and ``ENGINE/no-split`` the watershed without the split of merged-looking nuclei
+(``postprocess.split_ratio`` 0), as releases before them did, for each beside the current
+prediction), with scale normalisation on and TTA off unless asked:
 
 - end-to-end throughput of ``dsb predict`` (read, preprocess, estimate the
   scale, tile, network, watershed, encode, write and validate the CSV) in
@@ -80,7 +81,11 @@ def _model_dir(run_dir: str | None, tmp: Path) -> Path:
     return copy
 
 
-def _load(model_dir: Path, engine: str, args, precision: str = "float32", cross_check: bool = True):
+# What each ``ENGINE/VARIANT`` leaves out: a section of the config and the values it replaces.
+VARIANTS = {"one-look": ("predict", {"cross_check": False}), "no-split": ("postprocess", {"split_ratio": 0.0})}
+
+
+def _load(model_dir: Path, engine: str, args, precision: str = "float32", variant: str = ""):
     """The network and config to measure, with the command-line overrides applied."""
     import dataclasses
 
@@ -89,10 +94,11 @@ def _load(model_dir: Path, engine: str, args, precision: str = "float32", cross_
     network, config = load_network(model_dir, engine, precision)
     changes = {k: v for k, v in (("tile_size", args.tile_size), ("overlap", args.overlap),
                                  ("batch_size", args.batch_size)) if v is not None}
-    if not cross_check:
-        changes["cross_check"] = False
     if changes:
         config = config.replace(predict=dataclasses.replace(config.predict, **changes)).check()
+    if variant:
+        section, values = VARIANTS[variant]
+        config = config.replace(**{section: dataclasses.replace(getattr(config, section), **values)}).check()
     return network, config
 
 
@@ -170,7 +176,7 @@ class _Timed:
 
 
 def measure(engine: str, model_dir: Path, images_dir: Path, megapixels: float, args, tmp: Path,
-            precision: str = "float32", cross_check: bool = True) -> dict:
+            precision: str = "float32", variant: str = "") -> dict:
     """End-to-end, estimate share, bare forward and peak memory of one engine at one precision."""
     import threading
 
@@ -180,7 +186,7 @@ def measure(engine: str, model_dir: Path, images_dir: Path, megapixels: float, a
     import dsb.inference.scale as scale_module
     from dsb.workflows.predict_folder import predict_images
 
-    network, config = _load(model_dir, engine, args, precision, cross_check)
+    network, config = _load(model_dir, engine, args, precision, variant)
     streams = network.streams()
     batches: list[tuple[int, ...]] = []
     outputs: list[np.ndarray] = []  # of the cold run, which the replay in _overhead serves again
@@ -303,7 +309,7 @@ def measure(engine: str, model_dir: Path, images_dir: Path, megapixels: float, a
                     if len(streams) > 1 else peak)
     return {
         "engine": (engine if precision == "float32" else f"{engine} {precision}")
-        + ("" if cross_check else " one-look"), "precision": precision,
+        + (f" {variant}" if variant else ""), "precision": precision,
         "seconds": total, "mp_s": megapixels / total, "estimate_share": estimate,
         "network_share": inside, "forward_s": forward, "forward_mp_s": megapixels / forward,
         "streams": len(streams), "streams_mp_s": megapixels / min(bare), "one_mp_s": megapixels / min(bare_one),
@@ -339,9 +345,10 @@ def _overhead(recorded: list[np.ndarray], config, images_dir: Path, args, tmp: P
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", nargs="?")
-    parser.add_argument("--engines", default="keras,onnx,openvino,openvino:int8,openvino/one-look",
+    parser.add_argument("--engines", default="keras,onnx,openvino,openvino:int8,openvino/one-look,openvino/no-split",
                         help="ENGINE or ENGINE:int8 (the model folder's model.int8.onnx), comma-separated;"
-                             " /one-look: the scale estimate without its cross-check")
+                             " /one-look: the scale estimate without its cross-check; /no-split: the watershed"
+                             " without the split of merged-looking nuclei")
     parser.add_argument("--tile-size", type=int)
     parser.add_argument("--overlap", type=int)
     parser.add_argument("--batch-size", type=int)
@@ -385,8 +392,8 @@ def main() -> int:
             entry, _, variant = entry.partition("/")
             engine, _, precision = entry.partition(":")
             precision = precision or "float32"
-            if variant not in ("", "one-look"):
-                print(f"{entry}/{variant}: unknown variant (one-look is known), skipped")
+            if variant and variant not in VARIANTS:
+                print(f"{entry}/{variant}: unknown variant ({', '.join(VARIANTS)} are known), skipped")
                 continue
             if not engine_installed(engine):
                 print(f"{entry}: not installed, skipped")
@@ -398,7 +405,7 @@ def main() -> int:
                 print(f"{entry}: no {network_file(model_dir, precision).name} in {model_dir}, skipped")
                 continue
             row = measure(engine, model_dir, tmp / "stage1_test", megapixels, args, tmp, precision,
-                          cross_check=variant != "one-look")
+                          variant=variant)
             engine = row["engine"]
             rows.append(row)
             peak = "failed" if row["peak_gib"] is None else f"{row['peak_gib']:.2f} GiB"

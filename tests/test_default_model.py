@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -132,3 +133,37 @@ def test_touching_synthetic_nuclei_are_mostly_found():
     image, truth = nuclei_field((270, 270), 30, touching=True, seed=30)
     found = image_score(truth, dsb.segment(image))
     assert found.tp[0] >= 0.9 * found.n_true
+
+
+def _found(truth, labels):
+    from dsb.kaggle.metric import image_score
+
+    score = image_score(truth, labels)
+    return score.tp[0], score.n_pred
+
+
+def test_the_split_step_recovers_merged_neighbours_in_a_crowd():
+    # Touching 48-pixel nuclei: the watershed alone merges some neighbours, the split
+    # (dsb.inference.split) takes most of them apart again.
+    from dsb.io.synthetic import nuclei_field
+
+    image, truth = nuclei_field((432, 432), 48, kind="brightfield", touching=True, seed=48)
+    model = dsb.load_model()
+    off = model.config.replace(postprocess=dataclasses.replace(model.config.postprocess, split_ratio=0))
+    assert model.config.postprocess.split_ratio > 0
+    found_on, _ = _found(truth, dsb.segment(image, model))
+    found_off, _ = _found(truth, dsb.segment(image, dataclasses.replace(model, config=off)))
+    assert found_off < found_on
+    assert found_on >= 0.9 * truth.max()
+
+
+def test_the_split_step_leaves_rod_shaped_nuclei_whole():
+    from dsb.io.synthetic import nuclei_field
+
+    image, truth = nuclei_field((288, 288), 30, elongation=3.5, seed=30)
+    model = dsb.load_model()
+    off = model.config.replace(postprocess=dataclasses.replace(model.config.postprocess, split_ratio=0))
+    found_on, pred_on = _found(truth, dsb.segment(image, model))
+    found_off, pred_off = _found(truth, dsb.segment(image, dataclasses.replace(model, config=off)))
+    assert (found_on, pred_on) == (found_off, pred_off)
+    assert found_on == truth.max()

@@ -162,6 +162,7 @@ configs = st.builds(
     flood=st.sampled_from(["probability", "distance"]),
     fill_holes=st.booleans(),
     keep_unmarked=st.booleans(),
+    split_ratio=st.sampled_from([0.0, 1.2, 1.5]),
 )
 
 

@@ -258,9 +258,9 @@ def test_the_estimate_pass_that_saw_the_whole_image_serves_its_watershed_too(mon
     calls = []
     counted = scale_module.labels_from_probabilities
 
-    def counting(prob, config=None):
+    def counting(prob, config=None, **kwargs):
         calls.append(prob.shape)
-        return counted(prob, config)
+        return counted(prob, config, **kwargs)
 
     # The watershed runs in the estimate (dsb.inference.scale) and back on the image's grid (.labels).
     monkeypatch.setattr(scale_module, "labels_from_probabilities", counting)
@@ -415,3 +415,38 @@ def test_nuclei_the_first_pass_cannot_see_are_found_at_another_scale():
     assert predict_nuclei(size_tuned_network, config, image_of(truth)).labels.max() == truth.max()
     off = dataclasses.replace(config, predict=dataclasses.replace(config.predict, cross_check=False))
     assert np.isnan(choose_scale(size_tuned_network, off, predict_input(image_of(truth), off)).diameter)
+
+
+def test_the_estimate_measures_the_watershed_before_the_split_and_serves_it_after(monkeypatch):
+    # The estimate's diameter comes from the unsplit nuclei, whatever split_ratio says; the
+    # labels it hands on for the prediction are split, as a fresh watershed's would be.
+    import dataclasses
+
+    from dsb.inference import predict
+    from dsb.inference import scale as scale_module
+    from dsb.inference.labels import labels_at_scale
+
+    truth = grid_of_discs((200, 200), 12, 40)
+    seen = []
+    counted = scale_module.labels_from_probabilities
+
+    def recording(prob, config=None, **kwargs):
+        seen.append(kwargs.get("split", True))
+        return counted(prob, config, **kwargs)
+
+    monkeypatch.setattr(scale_module, "labels_from_probabilities", recording)
+    cuts = []
+    monkeypatch.setattr(scale_module, "split_nuclei", lambda labels, prob, config: cuts.append(1) or labels)
+    gray = predict._network_input(image_of(truth), CONFIG)
+    for ratio in (0.0, 1.5):
+        config = CONFIG.replace(postprocess=dataclasses.replace(CONFIG.postprocess, split_ratio=ratio))
+        seen.clear()
+        chosen = choose_scale(size_tuned_network, config, gray)
+        assert seen and not any(seen)
+        assert chosen.diameter == choose_scale(size_tuned_network, CONFIG, gray).diameter
+    assert cuts  # the whole pass's labels went through the split
+    monkeypatch.undo()
+    found = predict_nuclei(size_tuned_network, CONFIG, image_of(truth))
+    scaled = predict_scaled(size_tuned_network, CONFIG, image_of(truth))
+    np.testing.assert_array_equal(found.labels, labels_at_scale(scaled.probabilities, scaled.scale, truth.shape,
+                                                                CONFIG.postprocess))

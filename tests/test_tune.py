@@ -55,7 +55,8 @@ def test_search_beats_a_bad_start(cases):
     assert best_row["mask_threshold"] == best.mask_threshold
     assert {"score_fluorescence", "score_stained", "round", "seconds"} <= set(table.columns)
     # Every setting is scored once, and the search stayed small.
-    keys = table[["marker_threshold", "border_threshold", "mask_threshold", "flood", "min_marker_size", "min_size"]]
+    keys = table[["marker_threshold", "border_threshold", "mask_threshold", "flood", "min_marker_size", "min_size",
+                  "split_ratio"]]
     assert not keys.duplicated().any()
     assert len(table) <= 1 + 2 * sum(len(v) for v in GRID.values())
 

@@ -312,11 +312,14 @@ class PostprocessConfig:
     flood: str = "probability"  # "probability" or "distance"
     fill_holes: bool = True
     keep_unmarked: bool = True  # a body component with no marker (a tiny nucleus) becomes one nucleus
+    split_ratio: float = 1.5  # re-seed dented nuclei over this many times the median area; 0: off (dsb.inference.split)
 
     def check(self, where: str) -> None:
         for name in ("marker_threshold", "border_threshold", "contact_threshold", "mask_threshold"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise BadDataError(f"is {getattr(self, name)}, expected in [0, 1]", where=f"{where}.{name}")
+        if not self.split_ratio >= 0:
+            raise BadDataError(f"is {self.split_ratio}, expected 0 (off) or more", where=f"{where}.split_ratio")
         if self.flood not in ("probability", "distance"):
             raise BadDataError(
                 f"is {self.flood!r}, expected 'probability' or 'distance'", where=f"{where}.flood"

@@ -21,7 +21,9 @@ Steps of :func:`labels_from_probabilities`:
    edge (``flood="distance"``) from the markers, inside the mask (only mask
    components with two or more markers need it);
 4. fill the holes of each nucleus (``fill_holes``);
-5. drop nuclei under ``min_size`` pixels and number the rest 1..N.
+5. drop nuclei under ``min_size`` pixels and number the rest 1..N;
+6. split again the nuclei that look like merged neighbours (``split_ratio``;
+   :func:`split_nuclei`, :func:`dsb.inference.split.split_merged`).
 
 Every pixel belongs to at most one nucleus. No deep-learning import here.
 """
@@ -34,6 +36,7 @@ from skimage.segmentation import watershed
 
 from dsb.core.config import PostprocessConfig
 from dsb.core.labels import relabel
+from dsb.inference.split import split_merged
 
 __all__ = [
     "RING_DISTANCE",
@@ -42,6 +45,7 @@ __all__ = [
     "fill_label_holes",
     "grow_into_mask",
     "labels_from_probabilities",
+    "split_nuclei",
 ]
 
 
@@ -249,7 +253,9 @@ def _rings(distance: int, width: int) -> list[np.ndarray]:
     return np.split(steps, np.flatnonzero(np.diff(squared[order])) + 1)
 
 
-def labels_from_probabilities(prob: np.ndarray, config: PostprocessConfig | None = None) -> np.ndarray:
+def labels_from_probabilities(
+    prob: np.ndarray, config: PostprocessConfig | None = None, *, split: bool = True
+) -> np.ndarray:
     """Nucleus instances from body and border probabilities.
 
     Parameters
@@ -259,6 +265,10 @@ def labels_from_probabilities(prob: np.ndarray, config: PostprocessConfig | None
         when present, the contact zone between nuclei.
     config : PostprocessConfig, optional
         Thresholds and sizes (the defaults when omitted).
+    split : bool
+        Step 6, the split of merged-looking nuclei (when ``config.split_ratio`` asks for it);
+        False leaves it to a later :func:`split_nuclei`, as the scale estimate does (it measures
+        the watershed's nuclei as they were before the split existed).
 
     Returns
     -------
@@ -283,7 +293,17 @@ def labels_from_probabilities(prob: np.ndarray, config: PostprocessConfig | None
     labels = _flood(prob, mask, markers, config.flood, components, n)
     if config.fill_holes:
         labels = fill_label_holes(labels)
-    return remove_small(labels, max(config.min_size, 1))
+    labels = remove_small(labels, max(config.min_size, 1))
+    return split_nuclei(labels, prob, config) if split else labels
+
+
+def split_nuclei(labels: np.ndarray, prob: np.ndarray, config: PostprocessConfig) -> np.ndarray:
+    """Step 6 of :func:`labels_from_probabilities` on its labels: nuclei that look like merged
+    neighbours split again (:func:`dsb.inference.split.split_merged`), pieces under ``min_size``
+    dropped, numbered 1..N. The labels as they are when ``config.split_ratio`` is 0."""
+    if config.split_ratio <= 0:
+        return labels
+    return remove_small(split_merged(labels, _check_prob(prob), config), max(config.min_size, 1))
 
 
 def _flood(

@@ -42,7 +42,7 @@ __all__ = ["GRID", "CONTEXT_TOLERANCE", "search_postprocess", "tune_tiling", "tu
 # moves a watershed threshold).
 CONTEXT_TOLERANCE = 1e-3
 
-# Values tried for each parameter, in the order they are searched: at most 21
+# Values tried for each parameter, in the order they are searched: at most 29
 # watersheds a round (about a second each on 66 validation images), as min_size
 # reuses the last watershed and costs almost nothing.
 GRID: dict[str, tuple] = {
@@ -53,6 +53,7 @@ GRID: dict[str, tuple] = {
     "flood": ("probability", "distance"),
     "min_marker_size": (1, 4, 8, 16),
     "min_size": (0, 8, 12, 20, 30, 45),
+    "split_ratio": (0.0, 1.2, 1.5, 2.0),  # 0: merged-looking nuclei are not re-seeded
 }
 
 
