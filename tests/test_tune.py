@@ -155,3 +155,33 @@ def test_ideal_targets_of_real_nuclei_come_back(train_dir):
     }
     score, table = score_labels(truth, pred)
     assert score > 0.9, table[["ImageId", "score", "n_true", "n_pred"]].to_string()
+
+
+def test_split_ratio_reuses_the_watershed_and_scores_what_prediction_would(monkeypatch):
+    # The search splits the cached watershed per setting; its score for each setting is the
+    # score of labels_from_probabilities with that setting, as dsb predict would segment.
+    import dsb.workflows.tune
+    from dsb.inference.watershed import labels_from_probabilities
+    from dsb.kaggle.metric import score_labels
+
+    from test_split import merged_pair
+
+    truth, prob = merged_pair()
+    probabilities, truths = {"pair": prob}, {"pair": truth}
+    calls = []
+    real = dsb.workflows.tune.labels_from_probabilities
+
+    def counting(prob, config):
+        calls.append(config)
+        return real(prob, config)
+
+    monkeypatch.setattr(dsb.workflows.tune, "labels_from_probabilities", counting)
+    grid = {"split_ratio": (0.0, 1.5, 3.0), "min_size": (0, 300)}
+    _, table = search_postprocess(probabilities, truths, PostprocessConfig(), grid=grid, rounds=1)
+    assert len(calls) == 1  # one watershed for every split_ratio and min_size
+    for _, row in table.iterrows():
+        config = PostprocessConfig(split_ratio=row["split_ratio"], min_size=int(row["min_size"]))
+        expected, _ = score_labels(truths, {"pair": labels_from_probabilities(prob, config)})
+        assert row["score"] == pytest.approx(expected)
+    scores = table.set_index(["split_ratio", "min_size"])["score"]
+    assert scores[(1.5, 12)] > scores[(0.0, 12)]  # the split finds the pair's two nuclei
