@@ -653,6 +653,8 @@ BAD_RUNS = [
     ("wrong type", {"config": lambda c: _with(c, "predict", "tile_size", 32.5)},
      ["config.json", "key 'predict.tile_size'", "expected int"]),
     ("not JSON", {"config": lambda c: "not json"}, ["config.json", "expected a JSON object"]),
+    ("negative split ratio", {"config": lambda c: _with(c, "postprocess", "split_ratio", -1)},
+     ["config.json", "postprocess.split_ratio", "expected 0 (off) or more"]),
 ]
 
 
