@@ -71,10 +71,10 @@ def test_search_keeps_the_start_when_nothing_is_better(cases):
     assert list(table["round"]) == [0, 1]  # round 2 skipped: round 1 changed nothing
 
 
-def test_min_size_reuses_the_watershed(cases, monkeypatch):
+def count_watersheds(monkeypatch) -> list:
+    """The configs of every watershed the search runs from now on (dsb.workflows.tune's own calls)."""
     import dsb.workflows.tune
 
-    probabilities, truth = cases
     calls = []
     real = dsb.workflows.tune.labels_from_probabilities
 
@@ -83,6 +83,12 @@ def test_min_size_reuses_the_watershed(cases, monkeypatch):
         return real(prob, config)
 
     monkeypatch.setattr(dsb.workflows.tune, "labels_from_probabilities", counting)
+    return calls
+
+
+def test_min_size_reuses_the_watershed(cases, monkeypatch):
+    probabilities, truth = cases
+    calls = count_watersheds(monkeypatch)
     start = PostprocessConfig(mask_threshold=0.3, marker_threshold=0.3)
     _, table = search_postprocess(probabilities, truth, start, grid={"min_size": (0, 10, 1000)}, rounds=1)
     assert len(table) == 4
@@ -160,7 +166,6 @@ def test_ideal_targets_of_real_nuclei_come_back(train_dir):
 def test_split_ratio_reuses_the_watershed_and_scores_what_prediction_would(monkeypatch):
     # The search splits the cached watershed per setting; its score for each setting is the
     # score of labels_from_probabilities with that setting, as dsb predict would segment.
-    import dsb.workflows.tune
     from dsb.inference.watershed import labels_from_probabilities
     from dsb.kaggle.metric import score_labels
 
@@ -168,14 +173,7 @@ def test_split_ratio_reuses_the_watershed_and_scores_what_prediction_would(monke
 
     truth, prob = merged_pair()
     probabilities, truths = {"pair": prob}, {"pair": truth}
-    calls = []
-    real = dsb.workflows.tune.labels_from_probabilities
-
-    def counting(prob, config):
-        calls.append(config)
-        return real(prob, config)
-
-    monkeypatch.setattr(dsb.workflows.tune, "labels_from_probabilities", counting)
+    calls = count_watersheds(monkeypatch)
     grid = {"split_ratio": (0.0, 1.5, 3.0), "min_size": (0, 300)}
     _, table = search_postprocess(probabilities, truths, PostprocessConfig(), grid=grid, rounds=1)
     assert len(calls) == 1  # one watershed for every split_ratio and min_size
