@@ -203,9 +203,9 @@ def measure(engine: str, model_dir: Path, images_dir: Path, megapixels: float, a
 
     # Thread-seconds, summed over the images (several at once with streams): the scale estimate
     # (all of choose_scale_and_pass: windows, network passes and their watersheds) less its last pass when that
-    # one serves as the prediction (network and watershed), and each image's two stages.
+    # one serves as the prediction (network, watershed and its split), and each image's two stages.
     choose, at_scale = predict_module.choose_scale_and_pass, scale_module.predict_at_scale
-    flood = scale_module.labels_from_probabilities
+    flood, split = scale_module.labels_from_probabilities, scale_module.split_nuclei
     stages = predict_module.network_stage, predict_module.watershed_stage
 
     def timed(step, kind):
@@ -225,7 +225,7 @@ def measure(engine: str, model_dir: Path, images_dir: Path, megapixels: float, a
         finally:
             seconds, last, local.last = time.perf_counter() - began, local.last, None
         if prob is not None:  # the last pass saw the whole image and is the prediction's
-            seconds -= last.get("pass", 0.0) + last.get("flood", 0.0)
+            seconds -= last.get("pass", 0.0) + last.get("flood", 0.0) + last.get("split", 0.0)
         with lock:
             spent["estimate"] += seconds
         return chosen, prob, labels
@@ -247,6 +247,7 @@ def measure(engine: str, model_dir: Path, images_dir: Path, megapixels: float, a
         predict_module.choose_scale_and_pass = timed_choose
         predict_module.predict_at_scale = scale_module.predict_at_scale = timed(at_scale, "pass")
         scale_module.labels_from_probabilities = timed(flood, "flood")
+        scale_module.split_nuclei = timed(split, "split")
         predict_module.network_stage, predict_module.watershed_stage = map(timed_stage, stages)
         try:
             began = time.perf_counter()
@@ -258,6 +259,7 @@ def measure(engine: str, model_dir: Path, images_dir: Path, megapixels: float, a
             predict_module.choose_scale_and_pass = choose
             predict_module.predict_at_scale = scale_module.predict_at_scale = at_scale
             scale_module.labels_from_probabilities = flood
+            scale_module.split_nuclei = split
             predict_module.network_stage, predict_module.watershed_stage = stages
 
     def bare_forward(arrays, callers) -> float:

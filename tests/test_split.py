@@ -95,6 +95,22 @@ def test_a_region_without_a_dent_deep_enough_is_not_cut(monkeypatch):
     assert labels_from_probabilities(prob, PostprocessConfig()).max() == len(LONE) + 1
 
 
+def test_a_cut_is_refused_when_a_piece_would_fall_under_min_size():
+    # Pieces under min_size would be dropped afterwards, and the nucleus's pixels with them.
+    _, prob = merged_pair()
+    merged = labels_from_probabilities(prob, PostprocessConfig(split_ratio=0))
+    assert split_merged(merged, prob, PostprocessConfig()).max() == merged.max() + 1
+    np.testing.assert_array_equal(split_merged(merged, prob, PostprocessConfig(min_size=300)), merged)
+
+
+def test_the_flood_of_a_cut_follows_the_config():
+    truth, prob = merged_pair()
+    for flood in ("probability", "distance"):
+        labels = labels_from_probabilities(prob, PostprocessConfig(flood=flood))
+        assert labels.max() == len(LONE) + 2
+        assert min(best_iou(truth, labels, t) for t in range(1, truth.max() + 1)) > 0.85
+
+
 def test_only_nuclei_larger_than_the_ratio_are_looked_at():
     _, prob = merged_pair()
     merged = labels_from_probabilities(prob, PostprocessConfig(split_ratio=0))

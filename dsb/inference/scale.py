@@ -311,7 +311,7 @@ def _doubt(prob: np.ndarray) -> float:
 def _measure(model, config: Config, gray: np.ndarray, scale: float):
     """One pass of the estimate at ``scale``: the window's nuclei diameter in the image's pixels
     (NaN when none), the network's doubt (:func:`_doubt`), and the pass's probabilities and
-    labels when it saw the whole image (else None)."""
+    (unsplit) labels when it saw the whole image (else None)."""
     pc = config.predict
     multiple = config.model.size_multiple()
     # One pixel more than the window needs, so that it resamples to at least estimate_size.
@@ -325,12 +325,11 @@ def _measure(model, config: Config, gray: np.ndarray, scale: float):
         work = resample(window, scale)[:side, :side]
         prob = predict_probabilities(model, work, config.predict, multiple=multiple)
     # Measured before the split of merged-looking nuclei: the estimate's thresholds were set on
-    # the watershed without it, and a merged pair reads a little large either way.
+    # the watershed without it, and a merged pair reads a little large either way. The labels
+    # handed on stay unsplit: only the pass that serves the prediction is split, once.
     labels = labels_from_probabilities(prob, config.postprocess, split=False)
     found = _inner_diameter(labels, whole) / scale
-    if not whole:
-        return found, _doubt(prob), None
-    return found, _doubt(prob), (prob, split_nuclei(labels, prob, config.postprocess))
+    return found, _doubt(prob), (prob, labels) if whole else None
 
 
 def _passes(model, config: Config, gray: np.ndarray) -> tuple[float, float, float, int, tuple | None]:
@@ -407,7 +406,10 @@ def choose_scale_and_pass(
                     break
                 at, coarse = at / 2, coarser
     chosen = Scale(scale, found, True, passes + looks.count, agreement, sure)
-    return (chosen, *whole) if whole is not None else (chosen, None, None)
+    if whole is None:
+        return chosen, None, None
+    prob, labels = whole
+    return chosen, prob, split_nuclei(labels, prob, config.postprocess)
 
 
 def _agree(a: float, b: float) -> bool:

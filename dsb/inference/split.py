@@ -7,10 +7,10 @@ much larger than the image's median one (``split_ratio`` times its area) whose
 outline has a dent (:func:`dent_depth` at least :data:`MIN_DENT` of the median
 nucleus's diameter, and at least :data:`DENT_FLOOR` pixels), and re-seeds it alone with
 the marker rule of :mod:`dsb.inference.watershed` at a ladder of stricter border
-thresholds (:data:`BORDER_LADDER` times ``border_threshold``). It takes the
+thresholds (:data:`BORDER_LADDER` times ``border_threshold``), flooding as ``flood`` says. It takes the
 first re-seeding that cuts the region into pieces that each
 
-- are at least :data:`MIN_PIECE` of the median nucleus's area, and
+- are at least :data:`MIN_PIECE` of the median nucleus's area (and ``min_size``), and
 - have shallower dents than the region had: a cut along a real contact line
   removes the dent between two nuclei, a cut across a single nucleus does not.
 
@@ -88,7 +88,7 @@ def split_merged(labels: np.ndarray, prob: np.ndarray, config: PostprocessConfig
     if config.split_ratio <= 0 or n < 2:
         return labels
     areas = np.bincount(labels.ravel(), minlength=n + 1)[1:]
-    median = float(np.median(areas))
+    median = float(np.median(areas[areas > 0]))
     candidates = np.flatnonzero(areas > config.split_ratio * median) + 1
     if not candidates.size:
         return labels
@@ -98,7 +98,8 @@ def split_merged(labels: np.ndarray, prob: np.ndarray, config: PostprocessConfig
     for label in candidates:
         box = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in boxes[label - 1])
         region = labels[box] == label
-        pieces = _reseed(region, prob[box], config, MIN_PIECE * median, min_dent)
+        # A piece under min_size would be dropped afterwards, and a real nucleus's pixels with it.
+        pieces = _reseed(region, prob[box], config, max(MIN_PIECE * median, config.min_size), min_dent)
         if pieces is None:
             continue
         view = out[box]
@@ -113,7 +114,7 @@ def _reseed(region: np.ndarray, prob: np.ndarray, config: PostprocessConfig, min
     whole = None  # the region's dent, measured once a seeding first cuts it (the hull costs most)
     body = prob[:, :, 0]
     inside = region & (body > config.marker_threshold)
-    if prob.shape[2] >= 3 and config.contact_threshold < 1.0:
+    if prob.shape[2] >= 3:  # as the watershed's own markers (dsb.inference.watershed)
         inside &= prob[:, :, 2] < config.contact_threshold
     for fraction in BORDER_LADDER:
         seeds, k = ndimage.label(inside & (prob[:, :, 1] < fraction * config.border_threshold), structure=_CROSS)
@@ -130,7 +131,11 @@ def _reseed(region: np.ndarray, prob: np.ndarray, config: PostprocessConfig, min
                 return None
         lut = np.zeros(k + 1, np.int32)
         lut[kept] = np.arange(1, int(kept.sum()) + 1)
-        pieces = watershed(-body.astype(np.float32), np.take(lut, seeds), mask=region)
+        if config.flood == "distance":
+            surface = -ndimage.distance_transform_edt(region).astype(np.float32)
+        else:
+            surface = -body.astype(np.float32)
+        pieces = watershed(surface, np.take(lut, seeds), mask=region)
         piece_areas = np.bincount(pieces.ravel())[1:]
         if piece_areas.min() < min_piece:
             continue
