@@ -174,3 +174,21 @@ def test_split_ratio_is_checked_and_read_from_config_json():
     assert Config.from_dict({"postprocess": {"split_ratio": 0}}).postprocess.split_ratio == 0
     with pytest.raises(BadDataError, match="postprocess.split_ratio"):
         Config.from_dict({"postprocess": {"split_ratio": -1}}).check(path="run/config.json")
+
+
+def test_nuclei_cut_off_at_the_edge_do_not_set_the_median(monkeypatch):
+    # A block or chunk cuts nuclei at its margins. Were those slivers counted, the median would
+    # shrink to theirs, and a nucleus with a small bud (1.3x the median of whole nuclei, so not
+    # looked at) would be cut in two.
+    truth = make_discs((90, 110), LONE + ((44, 50),), 9)
+    bud = (make_discs((90, 110), ((44, 61),), 5) > 0) & (truth == 0)
+    main = truth == len(LONE) + 1
+    slivers = make_discs((90, 110), ((30, -6), (60, -6), (-6, 30), (-6, 60), (95, 40), (95, 70), (30, 115), (60, 115)), 8)
+    union = np.where(bud, len(LONE) + 1, truth)
+    union = np.where((slivers > 0) & (union == 0), slivers + 100, union)
+    prob = faint_line(targets(union), main, bud)
+    labels = labels_from_probabilities(prob, PostprocessConfig(split_ratio=0))
+    assert np.median(np.bincount(labels.ravel())[1:]) < 100  # the slivers outnumber whole nuclei
+    assert split_merged(labels, prob, PostprocessConfig()).max() == labels.max()
+    monkeypatch.setattr(split, "_median_area", lambda labels, areas: float(np.median(areas)))
+    assert split_merged(labels, prob, PostprocessConfig()).max() == labels.max() + 1

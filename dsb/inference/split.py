@@ -88,7 +88,7 @@ def split_merged(labels: np.ndarray, prob: np.ndarray, config: PostprocessConfig
     if config.split_ratio <= 0 or n < 2:
         return labels
     areas = np.bincount(labels.ravel(), minlength=n + 1)[1:]
-    median = float(np.median(areas[areas > 0]))
+    median = _median_area(labels, areas)
     candidates = np.flatnonzero(areas > config.split_ratio * median) + 1
     if not candidates.size:
         return labels
@@ -107,6 +107,16 @@ def split_merged(labels: np.ndarray, prob: np.ndarray, config: PostprocessConfig
             view[pieces == piece] = n + 1
             n += 1
     return out
+
+
+def _median_area(labels: np.ndarray, areas: np.ndarray) -> float:
+    """The median area of the nuclei that do not touch the array's edge (cut off there, in an image,
+    a block or a chunk, they would read small), or of all of them when fewer than three are inside."""
+    edge = np.zeros(areas.size + 1, bool)
+    for side in (labels[0], labels[-1], labels[:, 0], labels[:, -1]):
+        edge[side] = True
+    inside = (areas > 0) & ~edge[1:]
+    return float(np.median(areas[inside] if inside.sum() >= 3 else areas[areas > 0]))
 
 
 def _reseed(region: np.ndarray, prob: np.ndarray, config: PostprocessConfig, min_piece: float, min_dent: float):
