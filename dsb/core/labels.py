@@ -3,7 +3,8 @@
 A label image holds 0 for background and a positive integer per object.
 :func:`renumber` makes the numbers consecutive (1..N in the order of the
 old values), :func:`relabel` keeps a chosen subset and numbers it 1..N,
-:func:`areas_and_centres` gives each object's pixel count and centre.
+:func:`areas_and_centres` gives each object's pixel count and centre, :func:`touching_edge`
+which objects the array's edge cuts.
 
 >>> import numpy as np
 >>> labels, n = renumber(np.array([[0, 7], [7, 42]]))
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["areas_and_centres", "relabel", "renumber"]
+__all__ = ["areas_and_centres", "relabel", "renumber", "touching_edge"]
 
 
 def renumber(labels: np.ndarray, *, dtype=np.int32) -> tuple[np.ndarray, int]:
@@ -98,3 +99,23 @@ def areas_and_centres(labels: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarra
     area = np.bincount(flat, minlength=n + 1).astype(np.float64)
     safe = np.maximum(area, 1.0)
     return area, np.bincount(flat, rows.ravel(), n + 1) / safe, np.bincount(flat, cols.ravel(), n + 1) / safe
+
+
+def touching_edge(labels: np.ndarray, n: int) -> np.ndarray:
+    """Which of labels 0..n reach the array's first or last row or column: cut there (by a crop,
+    a window, a block or the image's own border), they are not whole.
+
+    Returns
+    -------
+    (n + 1,) ndarray of bool
+        Index 0 is true when background reaches the edge.
+
+    Examples
+    --------
+    >>> touching_edge(np.array([[1, 0, 0], [0, 2, 0], [0, 0, 0]]), 2).tolist()
+    [True, True, False]
+    """
+    edge = np.zeros(n + 1, bool)
+    for side in (labels[0], labels[-1], labels[:, 0], labels[:, -1]):
+        edge[side] = True
+    return edge

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from dsb.core.config import Config
+from dsb.core.labels import touching_edge
 from dsb.core.validate import check_labels
 from dsb.inference.probabilities import predict_at_scale, predict_probabilities
 from dsb.inference.resample import resample
@@ -222,8 +223,7 @@ def _inner_diameter(labels: np.ndarray, whole: bool) -> float:
     """:func:`dsb.inference.scale.area_weighted_diameter` of the nuclei a window holds whole: those that touch its
     edge are cut and would read small, unless the window is the image or fewer than 3 are inside."""
     if not whole:
-        edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
-        inner = np.where(np.isin(labels, edge), 0, labels)
+        inner = np.where(touching_edge(labels, int(labels.max(initial=0)))[labels], 0, labels)
         if len(np.unique(inner)) > 3:
             labels = inner
     return area_weighted_diameter(labels)

@@ -35,6 +35,7 @@ from skimage.morphology import convex_hull_image
 from skimage.segmentation import watershed
 
 from dsb.core.config import PostprocessConfig
+from dsb.core.labels import touching_edge
 
 __all__ = ["BORDER_LADDER", "DENT_FLOOR", "MIN_DENT", "MIN_PIECE", "split_merged", "dent_depth"]
 
@@ -112,10 +113,7 @@ def split_merged(labels: np.ndarray, prob: np.ndarray, config: PostprocessConfig
 def _median_area(labels: np.ndarray, areas: np.ndarray) -> float:
     """The median area of the nuclei that do not touch the array's edge (cut off there, in an image,
     a block or a chunk, they would read small), or of all of them when fewer than three are inside."""
-    edge = np.zeros(areas.size + 1, bool)
-    for side in (labels[0], labels[-1], labels[:, 0], labels[:, -1]):
-        edge[side] = True
-    inside = (areas > 0) & ~edge[1:]
+    inside = (areas > 0) & ~touching_edge(labels, areas.size)[1:]
     return float(np.median(areas[inside] if inside.sum() >= 3 else areas[areas > 0]))
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from dsb.core.labels import areas_and_centres
+from dsb.core.labels import areas_and_centres, touching_edge
 
 __all__ = ["paste_neighbours"]
 
@@ -37,11 +37,8 @@ TRIES = 6
 
 def _whole(labels: np.ndarray, n: int, min_area: int) -> np.ndarray:
     """Labels 1..n that do not reach the crop's edge and have at least ``min_area`` pixels."""
-    edge = np.zeros(n + 1, bool)
-    for side in (labels[0], labels[-1], labels[:, 0], labels[:, -1]):
-        edge[side] = True
     area = np.bincount(labels.ravel(), minlength=n + 1)
-    ids = np.flatnonzero(~edge & (area >= min_area))
+    ids = np.flatnonzero(~touching_edge(labels, n) & (area >= min_area))
     return ids[ids > 0]
 
 
