@@ -97,7 +97,7 @@ def speed(args, prepared) -> None:
                             crop_size=tc.crop_size, border_width=config.preprocess.border_width, augment=tc,
                             contact_width=config.preprocess.contact_width if "contact" in config.model.outputs
                             else None,
-                            workers=args.workers)
+                            contact_scale=config.preprocess.contact_scale, workers=args.workers)
         x, y = loader[0]
 
         class Constant(keras.utils.PyDataset):

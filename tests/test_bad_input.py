@@ -468,6 +468,10 @@ BAD_CONFIGS = [
     ("dropout above 1", {"model": {"dropout": [1.5]}}, ["model.dropout", "expected rates in [0, 1)"]),
     ("negative steps", {"train": {"steps_per_epoch": -1}}, ["train.steps_per_epoch", "expected at least 0"]),
     ("negative border", {"preprocess": {"border_width": -1}}, ["preprocess.border_width", "expected at least 0"]),
+    ("contact by size, no diameter", {"preprocess": {"contact_follows_size": True, "diameter": 0}},
+     ["preprocess.contact_follows_size", "needs a canonical diameter"]),
+    ("contact by size, not a bool", {"preprocess": {"contact_follows_size": "yes"}},
+     ["key 'preprocess.contact_follows_size'", "expected bool"]),
 ]
 
 

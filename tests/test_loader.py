@@ -295,3 +295,36 @@ def test_validation_images_are_resampled_to_the_canonical_nucleus_size():
     assert resized.dtype == np.float32 and resized_labels.dtype == labels.dtype
     assert resized_labels.max() == 3
     assert median_diameter(resized_labels) == pytest.approx(median_diameter(labels) / 2, rel=0.1)
+
+
+@pytest.mark.parametrize("follows", [False, True])
+def test_a_runs_loaders_make_the_contact_band_its_config_asks_for(follows):
+    """``preprocess.contact_follows_size`` reaches the training and the validation crops."""
+    from conftest import tiny_prepared
+
+    from dsb.core.config import Config, PreprocessConfig
+    from dsb.training.plan import make_loaders, make_plan, split_data
+
+    prepared = tiny_prepared()
+    config = Config(preprocess=PreprocessConfig(diameter=20.0, contact_follows_size=follows),
+                    train=TrainConfig(crop_size=32, batch_size=2, validation_fraction=0.3, split="random"))
+    split = split_data(prepared, config, 0, finetune=False)
+    plan = make_plan(prepared, config, split, seed=0, epochs=1, steps_per_epoch=1, replicas=1, resumed=None,
+                     path="config.json")
+    train, val = make_loaders(plan, prepared, start_step=0, shard=(0, 1), workers=1)
+    scale = 0.1 if follows else 0.0
+    assert plan.contact_scale == train.contact_scale == val.contact_scale == scale
+    # Validation crops are plain windows: their targets are the ones make_targets gives.
+    touching = 0
+    for index in range(len(val)):
+        _, y = val[index]
+        for k in range(2):
+            i, (r, c) = val.crops[index * 2 + k]
+            labels = val.pairs[i][1]
+            if r < 0 or c < 0 or r + 32 > labels.shape[0] or c + 32 > labels.shape[1]:
+                continue  # padded by reflection
+            window = labels[r : r + 32, c : c + 32]
+            expected = make_targets(window, border_width=2, contact_width=2, contact_scale=scale)
+            np.testing.assert_array_equal(y[k], expected)
+            touching += bool(expected[..., 2].any())
+    assert touching, "some crop holds two nuclei close enough for contact"

@@ -17,7 +17,8 @@ from dsb.inference.predict import predict_nuclei, predict_scaled
 from dsb.inference.scale import choose_scale, median_diameter, nucleus_diameters, zoom_for
 from dsb.inference.watershed import labels_from_probabilities
 from dsb.kaggle.metric import image_score
-from dsb.training.loader import augment_crop, make_targets
+from dsb.training.cache import cache_path
+from dsb.training.loader import augment_crop, contact_widths, make_targets
 
 CANONICAL = 20.0
 CONFIG = Config(
@@ -109,6 +110,57 @@ def test_contact_channel_keeps_touching_nuclei_apart():
     merged = labels_from_probabilities(np.stack([body, no_border], -1))
     split = labels_from_probabilities(np.stack([body, no_border, contact], -1))
     assert merged.max() == 1 and split.max() == 2
+
+
+def _square(shape, *boxes) -> np.ndarray:
+    labels = np.zeros(shape, np.int32)
+    for i, (r0, r1, c0, c1) in enumerate(boxes):
+        labels[r0:r1, c0:c1] = i + 1
+    return labels
+
+
+def test_each_nucleus_gets_a_contact_width_from_its_own_size():
+    # Squares of 6, 18 and 40 px: equivalent diameters 6.8, 20.3 and 45.1.
+    labels = _square((100, 100), (2, 8, 2, 8), (10, 28, 10, 28), (40, 80, 40, 80))
+    assert contact_widths(labels, 0.1, 4).tolist() == [0, 1, 2, 4]
+    assert contact_widths(labels, 0.1, 3).tolist() == [0, 1, 2, 3], "capped"
+    assert contact_widths(labels, 0.01, 4).tolist() == [0, 1, 1, 1], "at least one pixel"
+    # A 40-px nucleus three quarters outside the crop: 10x40 px left, 22.6 px by area, 40 by extent.
+    cut = _square((60, 60), (0, 10, 10, 50))
+    assert contact_widths(cut, 0.1, 8).tolist() == [0, 4]
+    assert contact_widths(np.pad(cut, 1), 0.1, 8).tolist() == [0, 2], "away from the edge: by its area"
+
+
+def test_a_contact_band_that_follows_size_is_the_fixed_band_at_the_canonical_size():
+    pair = make_discs((40, 60), ((20, 20), (20, 40)), 10)  # discs of 21 px, touching
+    fixed = make_targets(pair, border_width=2, contact_width=2)
+    sized = make_targets(pair, border_width=2, contact_width=2, contact_scale=2 / CANONICAL)
+    assert fixed[..., 2].any()
+    np.testing.assert_array_equal(sized, fixed)
+
+
+def test_a_contact_band_that_follows_size_is_as_wide_as_the_smaller_nucleus_allows():
+    small_large = _square((60, 100), (25, 31, 20, 26), (10, 50, 27, 67))  # 6-px nucleus, 1 px from a 40-px one
+    large_large = _square((60, 100), (10, 50, 5, 45), (10, 50, 47, 87))  # two 40-px nuclei 2 px apart
+    field = np.hstack([small_large, np.where(large_large > 0, large_large + 2, 0)])
+    sized = make_targets(field, border_width=2, contact_width=2, contact_scale=0.1)[..., 2]
+    # Left half: the band of the smaller, 1 px; right half: 4 px (0.1 x 45, capped at 2 x 2).
+    expected = np.hstack([make_targets(small_large, border_width=2, contact_width=1)[..., 2],
+                          make_targets(large_large, border_width=2, contact_width=4)[..., 2]])
+    np.testing.assert_array_equal(sized, expected)
+    fixed = make_targets(field, border_width=2, contact_width=2)[..., 2]
+    small = field == 1
+    assert (sized * small).sum() < (fixed * small).sum(), "the small nucleus keeps more of its body"
+    assert sized[:, 100:].sum() > fixed[:, 100:].sum(), "the large pair gets a wider band"
+
+
+def test_contact_scale_comes_from_the_config():
+    assert PreprocessConfig().contact_scale == 0.0
+    assert PreprocessConfig(contact_follows_size=True, contact_width=3, diameter=30.0).contact_scale == 0.1
+    # Targets are made per crop: the prepared cache is the same.
+    assert cache_path("data", PreprocessConfig(contact_follows_size=True)) == cache_path("data", PreprocessConfig())
+    with pytest.raises(ValueError, match="contact_scale"):
+        make_targets(make_discs(), border_width=2, contact_width=2, contact_scale=-0.1)
 
 
 @pytest.mark.parametrize(("radius", "spacing"), [(38, 110), (12, 40)])

@@ -109,9 +109,17 @@ class PreprocessConfig:
     percentile_high: float = 99.8  # ... and this one to 1
     border_width: int = 2  # width in pixels of the border target inside each nucleus
     contact_width: int = 2  # pixels within this distance of two different nuclei form the contact target
+    # The contact band between two nuclei widens with the smaller one: contact_width at the
+    # canonical diameter, in proportion to it elsewhere, from 1 to 2 * contact_width pixels.
+    contact_follows_size: bool = False
     # The nucleus diameter (pixels) the network works at: training resamples each image so that
     # its median nucleus has it, prediction estimates each image's and resamples. 0: no resampling.
     diameter: float = 20.0
+
+    @property
+    def contact_scale(self) -> float:
+        """Contact width per pixel of nucleus diameter when the band follows size, else 0."""
+        return self.contact_width / self.diameter if self.contact_follows_size else 0.0
 
     def check(self, where: str) -> None:
         if self.polarity not in ("auto", "keep", "invert"):
@@ -132,6 +140,11 @@ class PreprocessConfig:
             raise BadDataError(f"is {self.border_width}, expected at least 0", where=f"{where}.border_width")
         if self.contact_width < 1:
             raise BadDataError(f"is {self.contact_width}, expected at least 1", where=f"{where}.contact_width")
+        if self.contact_follows_size and self.diameter == 0:
+            raise BadDataError(
+                "is true, but a contact band that follows nucleus size needs a canonical diameter (not 0)",
+                where=f"{where}.contact_follows_size",
+            )
         if self.diameter != 0 and not 4.0 <= self.diameter <= 200.0:
             raise BadDataError(
                 f"is {self.diameter}, expected 0 (no resampling) or a diameter in [4, 200] pixels",

@@ -52,8 +52,8 @@ __all__ = [
 CACHE_VERSION = 4  # bump when the cache's content or format changes (4: grey RGB images by level, not by luma)
 
 
-# Fields of PreprocessConfig that only shape the training targets, not the cache.
-_NOT_CACHED = frozenset({"border_width", "contact_width", "diameter"})  # targets and scale: made per crop
+# Fields of PreprocessConfig that only shape the training targets and scale (made per crop), not the cache.
+_NOT_CACHED = frozenset({"border_width", "contact_width", "contact_follows_size", "diameter"})
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ import numpy as np
 from scipy import ndimage
 
 from dsb.core.config import PreprocessConfig, TrainConfig
+from dsb.core.labels import touching_edge
 from dsb.core.validate import check_labels
 from dsb.inference.labels import labels_to_shape
 from dsb.inference.preprocess import preprocess_image, to_network_input
@@ -28,6 +29,7 @@ from dsb.training.groups import held_out_groups
 
 __all__ = [
     "make_targets",
+    "contact_widths",
     "split_ids",
     "augment_crop",
     "CropLoader",
@@ -44,7 +46,52 @@ def _disk(radius: int) -> np.ndarray:
     return (r[:, None] ** 2 + r[None, :] ** 2) <= radius**2
 
 
-def make_targets(labels: np.ndarray, *, border_width: int, contact_width: int | None = None) -> np.ndarray:
+def _near_two(labels: np.ndarray, width: int) -> np.ndarray:
+    """Pixels, nucleus or background, within ``width`` of two different nuclei of ``labels``."""
+    # The largest label nearby differs from the smallest nucleus label nearby
+    # (background lifted out of the minimum).
+    footprint = _disk(width)
+    lifted = np.where(labels > 0, labels, np.iinfo(labels.dtype).max)
+    high = ndimage.maximum_filter(labels, footprint=footprint, mode="nearest")
+    low = ndimage.minimum_filter(lifted, footprint=footprint, mode="nearest")
+    return (high > 0) & (low < high)
+
+
+def contact_widths(labels: np.ndarray, scale: float, most: int) -> np.ndarray:
+    """Each nucleus's own contact width: ``scale`` times its diameter, rounded, from 1 to ``most``.
+
+    The diameter is the equivalent diameter (of a disc of the nucleus's
+    area); a nucleus cut by the array's edge (a crop's) measures at least
+    the longest side of what is left of it, so that a nucleus half outside a
+    crop is not read as a small one.
+
+    Returns
+    -------
+    (n + 1,) ndarray of int
+        Indexed by label; 0 for the background.
+
+    Examples
+    --------
+    >>> labels = np.zeros((40, 40), np.int32); labels[5:15, 5:15] = 1; labels[20:38, 20:38] = 2
+    >>> contact_widths(labels, 0.1, 4).tolist()
+    [0, 1, 2]
+    """
+    n = int(labels.max(initial=0))
+    diameter = 2.0 * np.sqrt(np.bincount(labels.ravel(), minlength=n + 1) / np.pi)
+    cut = np.flatnonzero(touching_edge(labels, n)[1:]) + 1
+    if cut.size:
+        objects = ndimage.find_objects(labels, max_label=n)
+        for i in cut:  # a loop over the few cut nuclei, not over pixels
+            rows, cols = objects[i - 1]
+            diameter[i] = max(diameter[i], rows.stop - rows.start, cols.stop - cols.start)
+    widths = np.clip(np.rint(scale * diameter), 1, most).astype(np.int64)
+    widths[0] = 0
+    return widths
+
+
+def make_targets(
+    labels: np.ndarray, *, border_width: int, contact_width: int | None = None, contact_scale: float = 0.0
+) -> np.ndarray:
     """Body, border and (optionally) contact targets from instance labels.
 
     Parameters
@@ -58,6 +105,14 @@ def make_targets(labels: np.ndarray, *, border_width: int, contact_width: int | 
         background, within ``contact_width`` of two different nuclei. It
         marks where neighbours touch or nearly touch, the places a crowded
         field gets merged, wider than the border ring there.
+    contact_scale : float
+        When above 0 (with ``contact_width``), the contact band between two
+        nuclei follows their size: it is as wide as the smaller nucleus's
+        own width, ``contact_scale`` times its diameter, rounded, from 1 to
+        ``2 * contact_width`` pixels (:func:`contact_widths`). A small nucleus
+        beside a large one then keeps most of its body, and two large ones
+        get a band in proportion. With ``contact_scale = contact_width / d``,
+        nuclei of diameter ``d`` get ``contact_width`` as with a fixed width.
 
     Returns
     -------
@@ -79,6 +134,8 @@ def make_targets(labels: np.ndarray, *, border_width: int, contact_width: int | 
     labels = check_labels("labels", labels, bool_ok=False)
     if border_width < 0:
         raise ValueError(f"`border_width` must be >= 0, got {border_width}")
+    if not (math.isfinite(contact_scale) and contact_scale >= 0):
+        raise ValueError(f"`contact_scale` must be a finite number >= 0, got {contact_scale}")
     body = labels > 0
     targets = np.zeros(labels.shape + (2 if contact_width is None else 3,), np.float32)
     targets[..., 0] = body
@@ -92,13 +149,19 @@ def make_targets(labels: np.ndarray, *, border_width: int, contact_width: int | 
     if contact_width is not None:
         if contact_width < 1:
             raise ValueError(f"`contact_width` must be >= 1, got {contact_width}")
-        # Two different nuclei within reach: the largest label nearby differs from the
-        # smallest nucleus label nearby (background lifted out of the minimum).
-        footprint = _disk(contact_width)
-        lifted = np.where(body, labels, np.iinfo(labels.dtype).max)
-        high = ndimage.maximum_filter(labels, footprint=footprint, mode="nearest")
-        low = ndimage.minimum_filter(lifted, footprint=footprint, mode="nearest")
-        targets[..., 2] = (high > 0) & (low < high)
+        if contact_scale == 0:
+            targets[..., 2] = _near_two(labels, contact_width)
+        else:
+            # Band w holds the pairs whose smaller nucleus is at least w wide: pixels within w
+            # of two nuclei of width >= w. Their union is each pair's band at its own width.
+            widths = contact_widths(labels, contact_scale, 2 * contact_width)
+            contact = np.zeros(labels.shape, bool)
+            for width in range(1, int(widths.max(initial=0)) + 1):
+                wide = widths >= width
+                if np.count_nonzero(wide) < 2:
+                    break
+                contact |= _near_two(np.where(wide[labels], labels, 0), width)
+            targets[..., 2] = contact
     return targets
 
 
@@ -220,6 +283,7 @@ def augment_crop(
     crop_size: int,
     border_width: int,
     contact_width: int | None = None,
+    contact_scale: float = 0.0,
     zoom: float = 1.0,
     flips: bool = True,
     rotations: bool = True,
@@ -259,6 +323,8 @@ def augment_crop(
         uint8 is scaled to [0, 1].
     labels : (H, W) ndarray of int
     rng : numpy.random.Generator
+    contact_width, contact_scale
+        The contact target's (see :func:`make_targets`).
     colour : (H, W, 3) or (H, W, 4) ndarray of uint8, optional
         The raw RGB of a stained ``image``. When given, the same window is
         resampled from it, its stains and colours jittered
@@ -301,7 +367,7 @@ def augment_crop(
         x = preprocess_image(rgb, preprocess, kind="stained")
     if crowding > 0 and rng.random() < crowding:
         x, crop_labels = paste_neighbours(x, crop_labels, rng)
-    y = make_targets(crop_labels, border_width=border_width, contact_width=contact_width)
+    y = make_targets(crop_labels, border_width=border_width, contact_width=contact_width, contact_scale=contact_scale)
     if flips and rng.random() < 0.5:
         x, y = x[::-1], y[::-1]
     if flips and rng.random() < 0.5:
@@ -395,6 +461,9 @@ class CropLoader(keras.utils.PyDataset):
     crop_size, border_width : int
     contact_width : int, optional
         Adds the contact target (see :func:`make_targets`).
+    contact_scale : float
+        With ``contact_width``: the contact band follows nucleus size
+        (see :func:`make_targets`); 0 keeps it ``contact_width`` wide.
     zooms : list of float, optional
         Per pair, the factor that takes its nuclei to the canonical diameter
         (:func:`dsb.inference.scale.zoom_for`); 1 for all by default.
@@ -428,6 +497,7 @@ class CropLoader(keras.utils.PyDataset):
         crop_size: int = 256,
         border_width: int = 2,
         contact_width: int | None = None,
+        contact_scale: float = 0.0,
         zooms: Sequence[float] | None = None,
         augment: TrainConfig | None = None,
         colour: Sequence[np.ndarray | None] | None = None,
@@ -448,6 +518,7 @@ class CropLoader(keras.utils.PyDataset):
         self.crop_size = int(crop_size)
         self.border_width = int(border_width)
         self.contact_width = contact_width
+        self.contact_scale = float(contact_scale)
         self.zooms = _zooms(zooms, len(self.pairs))
         self.augment = augment
         self.start_step = int(start_step)
@@ -475,6 +546,7 @@ class CropLoader(keras.utils.PyDataset):
             crop_size=self.crop_size,
             border_width=self.border_width,
             contact_width=self.contact_width,
+            contact_scale=self.contact_scale,
             zoom=self.zooms[pick],
             flips=bool(a and a.flips),
             rotations=bool(a and a.rotations),
@@ -530,6 +602,7 @@ class ValidationLoader(keras.utils.PyDataset):
         crop_size: int = 256,
         border_width: int = 2,
         contact_width: int | None = None,
+        contact_scale: float = 0.0,
         zooms: Sequence[float] | None = None,
         shard: tuple[int, int] = (0, 1),
         workers: int = 1,
@@ -539,6 +612,7 @@ class ValidationLoader(keras.utils.PyDataset):
         pairs = _pairs(images, labels, batch_size, shard, "validation")
         self.pairs = [_zoom_pair(image, lab, zoom) for (image, lab), zoom in zip(pairs, _zooms(zooms, len(pairs)))]
         self.contact_width = contact_width
+        self.contact_scale = float(contact_scale)
         index, count = shard
         self.batch_size = int(batch_size)
         self.crop_size = int(crop_size)
@@ -564,5 +638,6 @@ class ValidationLoader(keras.utils.PyDataset):
             image, labels = self.pairs[i]
             x, crop_labels = _extract(image, labels, start, 1.0, self.crop_size)
             xs.append(x[..., None])
-            ys.append(make_targets(crop_labels, border_width=self.border_width, contact_width=self.contact_width))
+            ys.append(make_targets(crop_labels, border_width=self.border_width, contact_width=self.contact_width,
+                                   contact_scale=self.contact_scale))
         return np.stack(xs), np.stack(ys)

@@ -45,6 +45,8 @@ class Plan:
         Raw RGB per training image for colour augmentation (None: grey only).
     contact_width : int or None
         Of the contact output, when the model has one.
+    contact_scale : float
+        Its width per pixel of nucleus diameter when it follows size, else 0.
     """
 
     config: Config
@@ -54,6 +56,7 @@ class Plan:
     zooms: tuple[float, ...]
     colour: list | None
     contact_width: int | None
+    contact_scale: float = 0.0
 
     @property
     def seed(self) -> int:
@@ -113,6 +116,7 @@ def make_plan(prepared, config: Config, split: Split, *, seed: int, epochs: int 
         zooms=tuple(_zooms(prepared, config)),
         colour=_colour_images(prepared, tc, list(split.train_idx)),
         contact_width=config.preprocess.contact_width if "contact" in config.model.outputs else None,
+        contact_scale=config.preprocess.contact_scale,
     )
 
 
@@ -125,7 +129,8 @@ def make_loaders(plan: Plan, prepared, *, start_step: int, shard: tuple[int, int
         [images[i] for i in train], [labels[i] for i in train],
         batch_size=plan.global_batch, steps_per_epoch=plan.steps_per_epoch, seed=plan.seed,
         crop_size=tc.crop_size, border_width=pre.border_width, contact_width=plan.contact_width,
-        zooms=[zooms[i] for i in train], augment=tc, colour=plan.colour, preprocess=pre,
+        contact_scale=plan.contact_scale, zooms=[zooms[i] for i in train], augment=tc, colour=plan.colour,
+        preprocess=pre,
         start_step=start_step, shard=shard, workers=workers,
     )
     if not val:
@@ -133,7 +138,8 @@ def make_loaders(plan: Plan, prepared, *, start_step: int, shard: tuple[int, int
     val_data = ValidationLoader(
         [images[i] for i in val], [labels[i] for i in val],
         batch_size=plan.global_batch, crop_size=tc.crop_size, border_width=pre.border_width,
-        contact_width=plan.contact_width, zooms=[zooms[i] for i in val], shard=shard, workers=workers,
+        contact_width=plan.contact_width, contact_scale=plan.contact_scale, zooms=[zooms[i] for i in val],
+        shard=shard, workers=workers,
     )
     return train_data, val_data
 
