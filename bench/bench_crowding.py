@@ -1,10 +1,13 @@
-"""Crowding and scale on synthetic fields: true nuclei found at IoU 0.5, one size per field.
+"""Crowding and scale on synthetic fields: true nuclei found at IoU 0.5, one size per field, then mixed.
 
     python bench/bench_crowding.py [RUN_DIR] [--diameters 8,12,20,30,48,72,110]
+                                   [--mixed-diameters 12,24,40] [--spread 1]
 
 Fields of textured nuclei made by the project (:func:`dsb.io.synthetic.nuclei_field`), isolated
 (1.3 diameters apart) and touching (0.8 apart), as fluorescence, brightfield and stained tissue,
 predicted without a diameter (the estimate at work) by the model (default: the shipped one).
+Then touching fields of mixed sizes (``size_spread``: from half to twice the median with the
+default ``--spread 1``), where small nuclei pressed against large ones get merged into them.
 For each: the estimated diameter, whether the estimate is sure, found/true nuclei, predicted
 nuclei and the competition score. Not a test: it prints figures. Needs no competition data.
 """
@@ -24,6 +27,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", nargs="?")
     parser.add_argument("--diameters", default="8,12,20,30,48,72,110")
+    parser.add_argument("--mixed-diameters", default="12,24,40",
+                        help="median diameters of the mixed fields ('' for none)")
+    parser.add_argument("--spread", type=float, default=1.0, help="octaves of size either side of the median")
     args = parser.parse_args()
 
     import dsb
@@ -36,22 +42,25 @@ def main() -> int:
     print("| kind | nuclei | diameter | estimated | sure | found / true | predicted | score | seconds |")
     print("| --- | --- | ---: | ---: | --- | ---: | ---: | ---: | ---: |")
     totals = {}
-    for touching in (False, True):
-        for kind in KINDS:
-            for diameter in (int(d) for d in args.diameters.split(",")):
-                side = max(256, min(1400, 9 * diameter))
-                image, truth = nuclei_field((side, side), diameter, kind=kind, touching=touching, seed=diameter)
-                began = time.perf_counter()
-                nuclei = predict_nuclei(model.network, model.config, image)
-                seconds = time.perf_counter() - began
-                score = image_score(truth, nuclei.labels)
-                found, true = totals.get(touching, (0, 0))
-                totals[touching] = (found + score.tp[0], true + score.n_true)
-                print(f"| {kind} | {'touching' if touching else 'isolated'} | {diameter} | {nuclei.diameter:.1f} |"
-                      f" {'yes' if nuclei.sure else 'no'} | {score.tp[0]} / {score.n_true} | {score.n_pred} |"
-                      f" {score.score:.3f} | {seconds:.2f} |", flush=True)
-    for touching, (found, true) in totals.items():
-        print(f"{'touching' if touching else 'isolated'}: found {found}/{true} ({found / true:.1%}) at IoU 0.5")
+    fields = [(touching, kind, int(d), 0.0) for touching in (False, True) for kind in KINDS
+              for d in args.diameters.split(",") if d]
+    fields += [("mixed", kind, int(d), args.spread) for kind in KINDS for d in args.mixed_diameters.split(",") if d]
+    for touching, kind, diameter, spread in fields:
+        side = max(256, min(1400, (12 if spread else 9) * diameter))
+        image, truth = nuclei_field((side, side), diameter, kind=kind, touching=bool(touching), size_spread=spread,
+                                    seed=diameter)
+        began = time.perf_counter()
+        nuclei = predict_nuclei(model.network, model.config, image)
+        seconds = time.perf_counter() - began
+        score = image_score(truth, nuclei.labels)
+        what = touching if spread else ("touching" if touching else "isolated")
+        found, true = totals.get(what, (0, 0))
+        totals[what] = (found + score.tp[0], true + score.n_true)
+        print(f"| {kind} | {what} | {diameter} | {nuclei.diameter:.1f} |"
+              f" {'yes' if nuclei.sure else 'no'} | {score.tp[0]} / {score.n_true} | {score.n_pred} |"
+              f" {score.score:.3f} | {seconds:.2f} |", flush=True)
+    for what, (found, true) in totals.items():
+        print(f"{what}: found {found}/{true} ({found / true:.1%}) at IoU 0.5")
     return 0
 
 

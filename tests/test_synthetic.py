@@ -26,3 +26,23 @@ def test_elongation_sets_how_rod_like_the_nuclei_get():
 def test_elongation_under_one_is_refused():
     with pytest.raises(ValueError, match="elongation"):
         nuclei_field((64, 64), 10, elongation=0.5)
+
+
+def test_size_spread_mixes_small_nuclei_against_large_ones():
+    from dsb.inference.scale import nucleus_diameters
+
+    _, one = nuclei_field((300, 300), 24, touching=True, seed=2)
+    _, mixed = nuclei_field((300, 300), 24, touching=True, size_spread=1.0, seed=2)
+    small, large = np.percentile(nucleus_diameters(mixed), [10, 90])
+    assert large / small > 2.2, "half to twice the median: a wide range in one field"
+    assert np.percentile(nucleus_diameters(one), 90) / np.percentile(nucleus_diameters(one), 10) < 1.5
+    # Small nuclei are pressed against large ones.
+    d = np.sqrt(4 * np.bincount(mixed.ravel()) / np.pi)
+    a = np.concatenate([mixed[:, :-1].ravel(), mixed[:-1].ravel()])
+    b = np.concatenate([mixed[:, 1:].ravel(), mixed[1:].ravel()])
+    pairs = np.unique(np.stack([a, b], 1)[(a > 0) & (b > 0) & (a != b)], axis=0)
+    assert (np.maximum(d[pairs[:, 0]], d[pairs[:, 1]]) > 1.8 * np.minimum(d[pairs[:, 0]], d[pairs[:, 1]])).sum() >= 10
+    # 0 is the one-size field the project always drew.
+    np.testing.assert_array_equal(nuclei_field((96, 96), 16, seed=3)[1], nuclei_field((96, 96), 16, size_spread=0, seed=3)[1])
+    with pytest.raises(ValueError, match="size_spread"):
+        nuclei_field((64, 64), 10, size_spread=-1)

@@ -39,6 +39,28 @@ def _centres(rng: np.random.Generator, shape, diameter: float, count: int, spaci
     return chosen
 
 
+def _mixed_centres(rng: np.random.Generator, shape, diameter: float, count: int, spacing: float,
+                   spread: float) -> tuple[np.ndarray, np.ndarray]:
+    """Up to ``count`` centres and diameters, each diameter ``diameter * 2 ** u`` (``u`` uniform in
+    ``[-spread, spread]``), two nuclei ``(d1 + d2) / 2 + (spacing - 1) * min(d1, d2)`` apart or more:
+    neighbours of any two sizes overlap (or keep apart) by the same share of the smaller one."""
+    h, w = shape
+    chosen, sizes = np.empty((0, 2)), np.empty(0)
+    for _ in range(20):
+        if len(chosen) >= count:
+            break
+        darts = rng.uniform([0, 0], [h, w], size=(4 * count, 2))
+        darts_d = diameter * 2.0 ** rng.uniform(-spread, spread, size=4 * count)
+        for dart, d in zip(darts, darts_d):
+            if len(chosen) >= count:
+                break
+            inside = d / 4 <= dart[0] <= h - d / 4 and d / 4 <= dart[1] <= w - d / 4
+            apart = (sizes + d) / 2 + (spacing - 1) * np.minimum(sizes, d)
+            if inside and (not len(chosen) or np.all(np.hypot(*(chosen - dart).T) >= apart)):
+                chosen, sizes = np.vstack([chosen, dart]), np.append(sizes, d)
+    return chosen, sizes
+
+
 def nuclei_field(
     shape: tuple[int, int],
     diameter: float,
@@ -48,6 +70,7 @@ def nuclei_field(
     kind: str = "fluorescence",
     texture: float = 0.3,
     elongation: float = 1.5,
+    size_spread: float = 0.0,
     seed: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """A field of elliptical nuclei with inner texture, and its instance labels.
@@ -74,6 +97,11 @@ def nuclei_field(
     elongation : float
         The longest nuclei's length over width, at least 1 (each draws its own between
         1 and this): 3 or 4 for the rod-like nuclei of some cell lines.
+    size_spread : float
+        Octaves of nucleus size in one field: above 0, each nucleus is ``diameter`` times
+        ``2 ** u``, ``u`` uniform in ``[-size_spread, size_spread]`` (1: from half to twice
+        ``diameter``), and neighbours touch or keep apart by a share of the smaller one: small
+        nuclei packed against large ones, as in fields of mixed cell types. 0: one size.
     seed : int
         The same seed gives the same field.
 
@@ -89,16 +117,22 @@ def nuclei_field(
         raise ValueError(f"`diameter` is {diameter}; it must be greater than 0")
     if not elongation >= 1:
         raise ValueError(f"`elongation` is {elongation}; it must be at least 1")
+    if not 0 <= size_spread <= 4:
+        raise ValueError(f"`size_spread` is {size_spread}; it must be between 0 and 4 octaves")
     rng = np.random.default_rng(seed)
     h, w = (int(n) for n in shape)
     area = np.pi * diameter**2 / 4
     if count is None:
         count = max(1, int((0.5 if touching else 0.2) * h * w / area))
-    centres = _centres(rng, (h, w), diameter, count, 0.8 if touching else 1.3)
+    spacing = 0.8 if touching else 1.3
+    if size_spread:
+        centres, sizes = _mixed_centres(rng, (h, w), diameter, count, spacing, size_spread)
+    else:
+        centres, sizes = _centres(rng, (h, w), diameter, count, spacing), None
     labels = np.zeros((h, w), np.int32)
     brightness = np.zeros((h, w), np.float32)
     for label, (cy, cx) in enumerate(centres, start=1):
-        d = diameter * rng.uniform(0.85, 1.15)
+        d = diameter * rng.uniform(0.85, 1.15) if sizes is None else sizes[label - 1]
         elong = rng.uniform(1.0, elongation)
         a, b = d / 2 * np.sqrt(elong), d / 2 / np.sqrt(elong)  # semi-axes of the same area
         theta = rng.uniform(0, np.pi)
