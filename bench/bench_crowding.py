@@ -31,6 +31,8 @@ def main() -> int:
                         help="median diameters of the mixed fields ('' for none)")
     parser.add_argument("--spread", type=float, default=1.0, help="octaves of size either side of the median")
     args = parser.parse_args()
+    if args.mixed_diameters and not args.spread > 0:
+        parser.error("--spread must be above 0 (one size per field is what --diameters measures)")
 
     import dsb
     from dsb.inference.predict import predict_nuclei

@@ -298,7 +298,7 @@ def test_validation_images_are_resampled_to_the_canonical_nucleus_size():
 
 
 @pytest.mark.parametrize("follows", [False, True])
-def test_a_runs_loaders_make_the_contact_band_its_config_asks_for(follows):
+def test_a_runs_loaders_make_the_contact_band_its_config_asks_for(follows, monkeypatch):
     """``preprocess.contact_follows_size`` reaches the training and the validation crops."""
     from conftest import tiny_prepared
 
@@ -313,7 +313,20 @@ def test_a_runs_loaders_make_the_contact_band_its_config_asks_for(follows):
                      path="config.json")
     train, val = make_loaders(plan, prepared, start_step=0, shard=(0, 1), workers=1)
     scale = 0.1 if follows else 0.0
-    assert plan.contact_scale == train.contact_scale == val.contact_scale == scale
+    assert plan.contact_scale == scale
+    # Training crops: every crop's targets are made at the config's scale.
+    import dsb.training.loader as loader
+
+    asked = []
+
+    def recording(labels, **kwargs):
+        asked.append(kwargs.get("contact_scale"))
+        return make_targets(labels, **kwargs)
+
+    monkeypatch.setattr(loader, "make_targets", recording)
+    _, y = train[0]
+    assert y.shape[-1] == 3 and asked == [scale] * 2
+    monkeypatch.undo()
     # Validation crops are plain windows: their targets are the ones make_targets gives.
     touching = 0
     for index in range(len(val)):

@@ -125,10 +125,12 @@ def test_each_nucleus_gets_a_contact_width_from_its_own_size():
     assert contact_widths(labels, 0.1, 4).tolist() == [0, 1, 2, 4]
     assert contact_widths(labels, 0.1, 3).tolist() == [0, 1, 2, 3], "capped"
     assert contact_widths(labels, 0.01, 4).tolist() == [0, 1, 1, 1], "at least one pixel"
-    # A 40-px nucleus three quarters outside the crop: 10x40 px left, 22.6 px by area, 40 by extent.
+    # A 40-px nucleus three quarters outside the crop: 10x40 px left, 22.6 px by area, a 40-px cut.
     cut = _square((60, 60), (0, 10, 10, 50))
     assert contact_widths(cut, 0.1, 8).tolist() == [0, 4]
     assert contact_widths(np.pad(cut, 1), 0.1, 8).tolist() == [0, 2], "away from the edge: by its area"
+    # A 8x48 rod whose end touches the edge: an 8-px cut, 22 px by area.
+    assert contact_widths(_square((60, 60), (0, 48, 20, 28)), 0.1, 8).tolist() == [0, 2]
 
 
 def test_a_contact_band_that_follows_size_is_the_fixed_band_at_the_canonical_size():
@@ -161,6 +163,8 @@ def test_contact_scale_comes_from_the_config():
     assert cache_path("data", PreprocessConfig(contact_follows_size=True)) == cache_path("data", PreprocessConfig())
     with pytest.raises(ValueError, match="contact_scale"):
         make_targets(make_discs(), border_width=2, contact_width=2, contact_scale=-0.1)
+    with pytest.raises(ValueError, match="needs `contact_width`"):
+        make_targets(make_discs(), border_width=2, contact_scale=0.1)
 
 
 @pytest.mark.parametrize(("radius", "spacing"), [(38, 110), (12, 40)])

@@ -109,9 +109,7 @@ class PreprocessConfig:
     percentile_high: float = 99.8  # ... and this one to 1
     border_width: int = 2  # width in pixels of the border target inside each nucleus
     contact_width: int = 2  # pixels within this distance of two different nuclei form the contact target
-    # The contact band between two nuclei widens with the smaller one: contact_width at the
-    # canonical diameter, in proportion to it elsewhere, from 1 to 2 * contact_width pixels.
-    contact_follows_size: bool = False
+    contact_follows_size: bool = False  # the contact band follows nucleus size (training.loader.make_targets)
     # The nucleus diameter (pixels) the network works at: training resamples each image so that
     # its median nucleus has it, prediction estimates each image's and resamples. 0: no resampling.
     diameter: float = 20.0

@@ -18,7 +18,6 @@ import numpy as np
 from scipy import ndimage
 
 from dsb.core.config import PreprocessConfig, TrainConfig
-from dsb.core.labels import touching_edge
 from dsb.core.validate import check_labels
 from dsb.inference.labels import labels_to_shape
 from dsb.inference.preprocess import preprocess_image, to_network_input
@@ -62,8 +61,9 @@ def contact_widths(labels: np.ndarray, scale: float, most: int) -> np.ndarray:
 
     The diameter is the equivalent diameter (of a disc of the nucleus's
     area); a nucleus cut by the array's edge (a crop's) measures at least
-    the longest side of what is left of it, so that a nucleus half outside a
-    crop is not read as a small one.
+    the length of the cut, the run of its pixels along that edge, so that a
+    nucleus half outside a crop is not read as a small one (and a long
+    nucleus that only grazes the edge is not read as a large one).
 
     Returns
     -------
@@ -78,12 +78,8 @@ def contact_widths(labels: np.ndarray, scale: float, most: int) -> np.ndarray:
     """
     n = int(labels.max(initial=0))
     diameter = 2.0 * np.sqrt(np.bincount(labels.ravel(), minlength=n + 1) / np.pi)
-    cut = np.flatnonzero(touching_edge(labels, n)[1:]) + 1
-    if cut.size:
-        objects = ndimage.find_objects(labels, max_label=n)
-        for i in cut:  # a loop over the few cut nuclei, not over pixels
-            rows, cols = objects[i - 1]
-            diameter[i] = max(diameter[i], rows.stop - rows.start, cols.stop - cols.start)
+    for side in (labels[0], labels[-1], labels[:, 0], labels[:, -1]):
+        diameter = np.maximum(diameter, np.bincount(side, minlength=n + 1))
     widths = np.clip(np.rint(scale * diameter), 1, most).astype(np.int64)
     widths[0] = 0
     return widths
@@ -136,6 +132,8 @@ def make_targets(
         raise ValueError(f"`border_width` must be >= 0, got {border_width}")
     if not (math.isfinite(contact_scale) and contact_scale >= 0):
         raise ValueError(f"`contact_scale` must be a finite number >= 0, got {contact_scale}")
+    if contact_scale and contact_width is None:
+        raise ValueError("`contact_scale` needs `contact_width` (the contact target)")
     body = labels > 0
     targets = np.zeros(labels.shape + (2 if contact_width is None else 3,), np.float32)
     targets[..., 0] = body
