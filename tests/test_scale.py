@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 import pytest
@@ -433,6 +434,53 @@ def test_a_coarse_reading_the_network_still_doubts_is_taken_but_not_sure():
     assert not hazy.sure
     clear = choose_scale(texture_network, config, gray)
     assert clear.diameter == pytest.approx(hazy.diameter, rel=0.05) and clear.sure
+
+
+def grain_network(batch: np.ndarray) -> np.ndarray:
+    """Stands in for a network that reads a bright region wider than 1.5 CANONICAL as the pieces
+    its inner grain (darker lines) cuts it into, unsure of them (body 0.7), and a smaller region
+    whole and sure: the grain is the image's, so the pieces measure the same at every scale
+    where the network still sees them as pieces, as a real network reads the chromatin of
+    nuclei four or more times its size."""
+    out = np.zeros(batch.shape[:3] + (3,), np.float32)
+    for k, image in enumerate(batch[..., 0]):
+        body = image > 0.3
+        regions, n = ndimage.label(body)
+        extent = np.zeros(n + 1, bool)
+        for index, (rows, cols) in enumerate(ndimage.find_objects(regions), start=1):
+            extent[index] = max(rows.stop - rows.start, cols.stop - cols.start) > 1.5 * CANONICAL
+        large = extent[regions]
+        out[k, ..., 0] = np.where(large, 0.7, 1.0) * body
+        out[k, ..., 1] = (body & ~ndimage.binary_erosion(body, iterations=2)) | (large & (image < 0.85))
+    return out
+
+
+def grained_image(truth: np.ndarray, spacing: int = 20) -> np.ndarray:
+    """Nuclei (220) with lines of grain (140) every ``spacing`` pixels across them, on 10."""
+    rr, cc = np.indices(truth.shape)
+    grain = (rr % spacing < 3) | (cc % spacing < 3)
+    return np.where(truth > 0, np.where(grain, 140, 220), 10).astype(np.uint8)
+
+
+def test_nuclei_that_are_pieces_even_at_half_the_scale_are_found_a_quarter_down():
+    """110-pixel nuclei read as 17-pixel pieces at the image's scale and again at half of it, so
+    the cross-check agrees with the pieces; the look at a quarter sees them whole, the network
+    far surer, and a look at an eighth agrees: the estimate moves there and stays sure."""
+    from dsb.inference import scale
+
+    config = dataclasses.replace(CONFIG, predict=dataclasses.replace(CONFIG.predict, min_scale=0.1))
+    truth = grid_of_discs((480, 480), 55, 150)
+    gray = predict_input(grained_image(truth), config)
+    chosen = choose_scale(grain_network, config, gray)
+    assert chosen.diameter == pytest.approx(median_diameter(truth), rel=0.25)
+    assert chosen.sure
+    found = predict_nuclei(grain_network, config, grained_image(truth))
+    assert found.labels.max() == truth.max()
+    # Without the look a quarter down, the pieces are taken for the nuclei, and called sure.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(scale, "WHOLE_DOUBT", math.inf)
+        pieces = choose_scale(grain_network, config, gray)
+    assert pieces.diameter < 0.3 * median_diameter(truth) and pieces.sure
 
 
 def resample_input(gray, scale):

@@ -8,7 +8,9 @@ image is resampled by ``scale = diameter / its nucleus diameter``.
 it, otherwise by running the network on a window of the image and measuring
 the nuclei it finds (:func:`area_weighted_diameter`), then cross-checking the
 measurement at half the scale, where nuclei far larger than the network's
-reveal themselves (see :data:`CROSS_CHECK_RATIO`). The result says how sure it is.
+reveal themselves (see :data:`CROSS_CHECK_RATIO`), and at a quarter where the
+network still doubts a reading that half the scale confirmed (nuclei so large
+that they are pieces at both). The result says how sure it is.
 
 This module is the one home of the scale estimate; resampling is
 :mod:`dsb.inference.resample`, and bringing labels back to the image's grid
@@ -295,6 +297,9 @@ CONFUSED_DOUBT, CONFUSED_CROSS_CHECK_DOUBT = 1.0, 0.7
 # is made (refusing it above this cost 0.01 of the held-out score at zoom 3 for 0.001 at 1x)
 # and the image is flagged.
 CROSS_CHECK_MAX_DOUBT = 0.2
+# The least doubt whole large nuclei left at the look that saw them (0.05 to 0.12 above; 0.06 for
+# the held-out fluorescence enlarged 3 times whose nuclei are fragments even at half the scale).
+WHOLE_DOUBT = 0.05
 # How far the cross-check looks: scales down to this fraction of predict.min_scale.
 CROSS_CHECK_REACH = 0.5
 
@@ -389,7 +394,19 @@ def choose_scale_and_pass(
         coarse = looks.diameter(at)
         agreement = coarse / found
         sure = _agree(found, coarse)
-        if not sure and coarse > found:
+        if sure:
+            # Nuclei over about four times the network's diameter are fragments at half the scale
+            # too, so the two agree. A look at a quarter sees them whole: far larger, confirmed by
+            # a look at half that again, and where the network is far surer than where it started
+            # (which it cannot be where it doubts little already: most images skip this look).
+            deeper = at / 2
+            far = looks.diameter(deeper) if CROSS_CHECK_DOUBT * doubt > WHOLE_DOUBT else math.nan
+            if (far > CROSS_CHECK_RATIO * coarse and _agree(far, looks.diameter(deeper / 2))
+                    and looks.doubt(deeper) < CROSS_CHECK_DOUBT * doubt
+                    and looks.doubt(deeper) <= CROSS_CHECK_MAX_DOUBT):
+                scale, found, whole = clip_scale(canonical / far, pc.min_scale, pc.max_scale), far, None
+                agreement = looks.diameter(deeper / 2) / far
+        elif coarse > found:
             # Larger and less sure at half the scale is how small nuclei merge: that backs the first reading.
             sure = looks.doubt(at) >= doubt
             # Or fragments of large nuclei: look coarser while the reading keeps growing; two looks
