@@ -370,6 +370,15 @@ def test_a_window_too_small_for_its_nuclei_earns_one_more_pass():
     assert choose_scale(size_tuned_network, _passes(1), predict._network_input(image_of(small), CONFIG)).passes == 2
 
 
+def _too_large(body: np.ndarray) -> np.ndarray:
+    """The pixels of ``body`` in regions wider than 1.5 CANONICAL: too large for the stand-ins to see whole."""
+    regions, n = ndimage.label(body)
+    extent = np.zeros(n + 1, bool)
+    for index, (rows, cols) in enumerate(ndimage.find_objects(regions), start=1):
+        extent[index] = max(rows.stop - rows.start, cols.stop - cols.start) > 1.5 * CANONICAL
+    return extent[regions]
+
+
 def texture_network(batch: np.ndarray) -> np.ndarray:
     """Stands in for a network that reads any bright region wider than 1.5 CANONICAL as pieces of
     about CANONICAL pixels, at every scale: the texture inside a nucleus far larger than the
@@ -378,14 +387,11 @@ def texture_network(batch: np.ndarray) -> np.ndarray:
     out = np.zeros(batch.shape[:3] + (3,), np.float32)
     for k, image in enumerate(batch[..., 0]):
         body = image > 0.5
-        regions, n = ndimage.label(body)
-        extent = np.zeros(n + 1, bool)
-        for index, (rows, cols) in enumerate(ndimage.find_objects(regions), start=1):
-            extent[index] = max(rows.stop - rows.start, cols.stop - cols.start) > 1.5 * CANONICAL
+        large = _too_large(body)
         rr, cc = np.indices(body.shape)
         grid = (rr % CANONICAL < 2) | (cc % CANONICAL < 2)
-        out[k, ..., 0] = np.where(extent[regions], 0.7, 1.0) * body
-        out[k, ..., 1] = (body & ~ndimage.binary_erosion(body, iterations=2)) | (extent[regions] & grid)
+        out[k, ..., 0] = np.where(large, 0.7, 1.0) * body
+        out[k, ..., 1] = (body & ~ndimage.binary_erosion(body, iterations=2)) | (large & grid)
     return out
 
 
@@ -445,11 +451,7 @@ def grain_network(batch: np.ndarray) -> np.ndarray:
     out = np.zeros(batch.shape[:3] + (3,), np.float32)
     for k, image in enumerate(batch[..., 0]):
         body = image > 0.3
-        regions, n = ndimage.label(body)
-        extent = np.zeros(n + 1, bool)
-        for index, (rows, cols) in enumerate(ndimage.find_objects(regions), start=1):
-            extent[index] = max(rows.stop - rows.start, cols.stop - cols.start) > 1.5 * CANONICAL
-        large = extent[regions]
+        large = _too_large(body)
         out[k, ..., 0] = np.where(large, 0.7, 1.0) * body
         out[k, ..., 1] = (body & ~ndimage.binary_erosion(body, iterations=2)) | (large & (image < 0.85))
     return out
