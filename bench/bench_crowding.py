@@ -44,18 +44,19 @@ def main() -> int:
     print("| kind | nuclei | diameter | estimated | sure | found / true | predicted | score | seconds |")
     print("| --- | --- | ---: | ---: | --- | ---: | ---: | ---: | ---: |")
     totals = {}
-    fields = [(touching, kind, int(d), 0.0) for touching in (False, True) for kind in KINDS
-              for d in args.diameters.split(",") if d]
-    fields += [("mixed", kind, int(d), args.spread) for kind in KINDS for d in args.mixed_diameters.split(",") if d]
-    for touching, kind, diameter, spread in fields:
+    # (row name, touching, kind, median diameter, size spread)
+    fields = [("touching" if touching else "isolated", touching, kind, int(d), 0.0) for touching in (False, True)
+              for kind in KINDS for d in args.diameters.split(",") if d]
+    fields += [("mixed", True, kind, int(d), args.spread) for kind in KINDS for d in args.mixed_diameters.split(",")
+               if d]
+    for what, touching, kind, diameter, spread in fields:
         side = max(256, min(1400, (12 if spread else 9) * diameter))
-        image, truth = nuclei_field((side, side), diameter, kind=kind, touching=bool(touching), size_spread=spread,
+        image, truth = nuclei_field((side, side), diameter, kind=kind, touching=touching, size_spread=spread,
                                     seed=diameter)
         began = time.perf_counter()
         nuclei = predict_nuclei(model.network, model.config, image)
         seconds = time.perf_counter() - began
         score = image_score(truth, nuclei.labels)
-        what = touching if spread else ("touching" if touching else "isolated")
         found, true = totals.get(what, (0, 0))
         totals[what] = (found + score.tp[0], true + score.n_true)
         print(f"| {kind} | {what} | {diameter} | {nuclei.diameter:.1f} |"

@@ -4,7 +4,7 @@ A label image holds 0 for background and a positive integer per object.
 :func:`renumber` makes the numbers consecutive (1..N in the order of the
 old values), :func:`relabel` keeps a chosen subset and numbers it 1..N,
 :func:`areas_and_centres` gives each object's pixel count and centre, :func:`touching_edge`
-which objects the array's edge cuts.
+which objects the array's edge cuts and :func:`edge_runs` how long each cut is.
 
 >>> import numpy as np
 >>> labels, n = renumber(np.array([[0, 7], [7, 42]]))
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["areas_and_centres", "relabel", "renumber", "touching_edge"]
+__all__ = ["areas_and_centres", "edge_runs", "relabel", "renumber", "touching_edge"]
 
 
 def renumber(labels: np.ndarray, *, dtype=np.int32) -> tuple[np.ndarray, int]:
@@ -101,6 +101,26 @@ def areas_and_centres(labels: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarra
     return area, np.bincount(flat, rows.ravel(), n + 1) / safe, np.bincount(flat, cols.ravel(), n + 1) / safe
 
 
+def edge_runs(labels: np.ndarray, n: int) -> np.ndarray:
+    """How many pixels each of labels 0..n has along the array's first or last row or column, on
+    the side where it has most: the length of its cut where the edge (a crop's, a window's, a
+    block's or the image's own) cuts it, 0 where it is whole.
+
+    Returns
+    -------
+    (n + 1,) ndarray of int
+
+    Examples
+    --------
+    >>> edge_runs(np.array([[1, 1, 0], [0, 2, 0], [0, 0, 0]]), 2).tolist()
+    [3, 2, 0]
+    """
+    runs = np.zeros(n + 1, np.int64)
+    for side in (labels[0], labels[-1], labels[:, 0], labels[:, -1]):
+        runs = np.maximum(runs, np.bincount(side.astype(np.intp, copy=False), minlength=n + 1))
+    return runs
+
+
 def touching_edge(labels: np.ndarray, n: int) -> np.ndarray:
     """Which of labels 0..n reach the array's first or last row or column: cut there (by a crop,
     a window, a block or the image's own border), they are not whole.
@@ -115,7 +135,4 @@ def touching_edge(labels: np.ndarray, n: int) -> np.ndarray:
     >>> touching_edge(np.array([[1, 0, 0], [0, 2, 0], [0, 0, 0]]), 2).tolist()
     [True, True, False]
     """
-    edge = np.zeros(n + 1, bool)
-    for side in (labels[0], labels[-1], labels[:, 0], labels[:, -1]):
-        edge[side] = True
-    return edge
+    return edge_runs(labels, n) > 0

@@ -18,6 +18,7 @@ import numpy as np
 from scipy import ndimage
 
 from dsb.core.config import PreprocessConfig, TrainConfig
+from dsb.core.labels import edge_runs
 from dsb.core.validate import check_labels
 from dsb.inference.labels import labels_to_shape
 from dsb.inference.preprocess import preprocess_image, to_network_input
@@ -77,9 +78,7 @@ def contact_widths(labels: np.ndarray, scale: float, most: int) -> np.ndarray:
     [0, 1, 2]
     """
     n = int(labels.max(initial=0))
-    diameter = 2.0 * np.sqrt(np.bincount(labels.ravel(), minlength=n + 1) / np.pi)
-    for side in (labels[0], labels[-1], labels[:, 0], labels[:, -1]):
-        diameter = np.maximum(diameter, np.bincount(side, minlength=n + 1))
+    diameter = np.maximum(2.0 * np.sqrt(np.bincount(labels.ravel(), minlength=n + 1) / np.pi), edge_runs(labels, n))
     widths = np.clip(np.rint(scale * diameter), 1, most).astype(np.int64)
     widths[0] = 0
     return widths
