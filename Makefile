@@ -23,6 +23,9 @@ TIME_BUDGET ?= 60
 EPOCHS      ?= 42
 # auto: a short probe times float32 against bfloat16 (mixed float16 on a GPU) and trains in the faster.
 TRAIN_PRECISION ?= auto
+# yes: tune on probabilities averaged over flips and quarter turns, and predict so (the run's
+# predict.tta); eight network passes an image at prediction, a minute or two for stage1_test.
+TTA         ?= yes
 SUBMISSION  ?= submissions/$(notdir $(RUN)).csv
 MESSAGE     ?= dsb $(notdir $(RUN)), $(TIME_BUDGET)-minute CPU budget
 
@@ -72,7 +75,7 @@ $(RUN)/model.onnx: $(RUN)/model.keras
 	$(DSB) export $(RUN) --onnx
 
 $(RUN)/tuning.csv: $(RUN)/model.onnx
-	$(DSB) tune $(RUN) --data $(DATA)
+	$(DSB) tune $(RUN) --data $(DATA) $(if $(filter yes,$(TTA)),--tta,--no-tta)
 
 tune: $(RUN)/tuning.csv
 

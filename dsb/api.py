@@ -142,7 +142,7 @@ def _check_image(image) -> np.ndarray:
     return image
 
 
-def segment(image, model=None, *, diameter: float | None = None, tta: bool = False) -> np.ndarray:
+def segment(image, model=None, *, diameter: float | None = None, tta: bool | None = None) -> np.ndarray:
     """Label the nuclei of one image.
 
     Parameters
@@ -156,9 +156,10 @@ def segment(image, model=None, *, diameter: float | None = None, tta: bool = Fal
     diameter : float, optional
         The median nucleus diameter in pixels; the image is rescaled so that
         its nuclei have the size the model was trained on. None estimates it.
-    tta : bool, default False
-        Average the predictions over flips and 90-degree rotations: slower,
-        slightly better edges.
+    tta : bool, optional
+        Average the predictions over flips and 90-degree rotations: eight
+        times the network's work, slightly better edges. None (the default)
+        follows the model's ``predict.tta`` (off for the shipped model).
 
     Returns
     -------

@@ -60,6 +60,10 @@ class _Zooms(click.ParamType):
 
 
 _DIAMETER_HELP = "Median nucleus diameter in pixels; estimated per image when not given."
+_TTA = click.option(
+    "--tta/--no-tta", default=None,
+    help="Average over flips and 90-degree rotations (eight network passes an image). Default: the run's "
+         "predict.tta, which dsb tune --tta sets; off for the shipped model.")
 # Literal copies of dsb.network.engines.ENGINE_CHOICES and dsb.network.model_folder.PRECISIONS, so that `dsb --help` does
 # not import numpy; tests/test_cli.py holds them to the originals.
 _ENGINE = click.option(
@@ -231,14 +235,19 @@ def train(config_path, data, out, epochs, steps_per_epoch, time_budget, seed, re
 @cli.command()
 @click.argument("run_dir", type=_EXISTING_DIR)
 @click.option("--data", type=_EXISTING_DIR, default=Path("data"), show_default=True)
+@click.option("--tta/--no-tta", default=None,
+              help="Tune on probabilities averaged over flips and 90-degree rotations, and make that the run's "
+                   "way to predict (predict.tta). Default: as the run predicts now.")
 @_ENGINE
-def tune(run_dir: Path, data: Path, engine: str) -> None:
+def tune(run_dir: Path, data: Path, tta: bool | None, engine: str) -> None:
     """Search post-processing parameters on the run's validation images."""
     engine = _prepare_engine(run_dir, engine)
     from dsb.workflows.tune import tune as tune_run
 
-    best, table = tune_run(run_dir, data, progress=True, engine=engine)
-    click.echo(f"best post-processing, stored in {run_dir / 'config.json'}:")
+    best, table = tune_run(run_dir, data, progress=True, engine=engine, tta=tta)
+    tuned_tta = bool(table["tta"].iloc[0])
+    click.echo(f"best post-processing{' for test-time augmentation' if tuned_tta else ''}, "
+               f"stored in {run_dir / 'config.json'}:")
     for key, value in vars(best).items():
         click.echo(f"  {key} = {value}")
     click.echo(f"{table['score'].max():.6f}")
@@ -247,7 +256,7 @@ def tune(run_dir: Path, data: Path, engine: str) -> None:
 @cli.command()
 @click.argument("run_dir", type=_EXISTING_DIR)
 @click.option("--data", type=_EXISTING_DIR, default=Path("data"), show_default=True)
-@click.option("--tta", is_flag=True, help="Average over flips and 90-degree rotations.")
+@_TTA
 @click.option("--diameter", type=_Diameter(), default=None, help=_DIAMETER_HELP)
 @click.option("--per-image", type=_FILE, default=None,
               help="Write per-image scores to this CSV (with --zoom: the sweep's table).")
@@ -371,7 +380,7 @@ def export(run_dir: Path, out: Path | None, in_place: bool, bioimageio: Path | N
               help="A stage folder ({id}/images/{id}.png) or a flat folder of images.")
 @click.option("--out", type=_FILE, default=None, help="CSV to write (default submissions/<run>.csv).")
 @click.option("--labels", type=_DIR, default=None, help="Also write one 16-bit label image per input here.")
-@click.option("--tta", is_flag=True, help="Average over flips and 90-degree rotations.")
+@_TTA
 @click.option("--diameter", type=_Diameter(), default=None, help=_DIAMETER_HELP)
 @click.option("--skip-bad", is_flag=True, help="Report unreadable images and go on with the rest.")
 @_ENGINE
@@ -402,7 +411,7 @@ def predict(run_dir, images, out, labels, tta, diameter, skip_bad, engine, preci
 @click.option("--model", "model_dir", type=_EXISTING_DIR, default=None,
               help="Run folder; defaults to the model shipped with the package.")
 @click.option("--out", type=_DIR, required=True, help="Folder for label TIFFs and measurement CSVs.")
-@click.option("--tta", is_flag=True, help="Average over flips and 90-degree rotations.")
+@_TTA
 @click.option("--overlay", is_flag=True, help="Also write an overlay PNG per image.")
 @click.option("--diameter", type=_Diameter(), default=None, help=_DIAMETER_HELP)
 @click.option("--skip-bad", is_flag=True, help="Report unreadable images and go on with the rest.")

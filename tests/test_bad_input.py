@@ -659,6 +659,8 @@ BAD_RUNS = [
     ("not JSON", {"config": lambda c: "not json"}, ["config.json", "expected a JSON object"]),
     ("negative split ratio", {"config": lambda c: _with(c, "postprocess", "split_ratio", -1)},
      ["config.json", "postprocess.split_ratio", "expected 0 (off) or more"]),
+    ("tta not a bool", {"config": lambda c: _with(c, "predict", "tta", "yes")},
+     ["config.json", "key 'predict.tta'", "expected bool"]),
 ]
 
 

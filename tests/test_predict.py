@@ -10,6 +10,7 @@ import pytest
 import tifffile
 from conftest import (
     CONFIG,
+    make_discs,
     SAMPLES,
     disc_image,
     make_threshold_run,
@@ -85,6 +86,36 @@ def test_tta_averages_orientation_dependent_output():
     tta = predict_probabilities(left_half, image, config, tta=True)
     assert plain[:, :16, 0].min() == 1 and plain[:, 16:, 0].max() == 0
     np.testing.assert_allclose(tta[..., 0], 0.5, atol=1e-6)
+
+
+def test_a_run_tuned_for_tta_predicts_with_it_and_the_caller_can_say_otherwise():
+    import dataclasses
+
+    from dsb.inference.predict import predict_nuclei
+    from dsb.inference.scale import choose_scale
+
+    image = (make_discs((96, 96), centres=((30, 30), (60, 64)), radius=10) > 0).astype(np.uint8) * 200
+    plain_run = CONFIG
+    tta_run = CONFIG.replace(predict=dataclasses.replace(CONFIG.predict, tta=True))
+
+    def tiles(config, **kwargs):
+        counting = Counting()
+        labels = predict_nuclei(counting, config, image, diameter=20, **kwargs).labels
+        return counting.tiles, labels
+
+    plain, plain_labels = tiles(plain_run)
+    assert plain >= 1
+    assert tiles(tta_run)[0] == 8 * plain  # the run's predict.tta: eight views
+    assert tiles(tta_run, tta=False)[0] == plain  # the caller's word wins, both ways
+    assert tiles(plain_run, tta=True)[0] == 8 * plain
+    np.testing.assert_array_equal(tiles(tta_run)[1], plain_labels)  # a symmetric stand-in: same nuclei
+    # The scale estimate's passes stay single views.
+    counts = []
+    for config in (plain_run, tta_run):
+        counting = Counting()
+        choose_scale(counting, config, image.astype(np.float32) / 255)
+        counts.append(counting.tiles)
+    assert counts[0] == counts[1] > 0
 
 
 def test_keras_model_predicts_any_shape():

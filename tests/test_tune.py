@@ -183,3 +183,56 @@ def test_split_ratio_reuses_the_watershed_and_scores_what_prediction_would(monke
         assert row["score"] == pytest.approx(expected)
     scores = table.set_index(["split_ratio", "min_size"])["score"]
     assert scores[(1.5, 12)] > scores[(0.0, 12)]  # the split finds the pair's two nuclei
+
+
+def test_tune_with_tta_tunes_on_averaged_probabilities_and_the_run_then_predicts_so(tmp_path, monkeypatch):
+    import dsb.workflows.tune
+    from dsb.core.config import load_config
+    from dsb.workflows.tune import tune
+
+    data = tmp_path / "data"
+    write_disc_stage(data / "stage1_train", masks=True)
+    start = CONFIG.replace(postprocess=PostprocessConfig(min_size=170), validation_ids=("a_one", "b_two"),
+                           predict=dataclasses.replace(CONFIG.predict, cross_check=False))
+    run_dir = make_threshold_run(tmp_path / "run", start)
+    asked = []
+    real = dsb.workflows.tune.predict_scaled
+
+    def spying(model, config, raw, *, tta=None, diameter=None):
+        asked.append(tta)
+        return real(model, config, raw, tta=tta, diameter=diameter)
+
+    monkeypatch.setattr(dsb.workflows.tune, "predict_scaled", spying)
+    best, table = tune(run_dir, data, progress=False, tta=True)
+    assert asked == [True, True]  # both validation images, eight views each
+    assert load_config(run_dir / "config.json").predict.tta is True
+    assert table["tta"].all() and pd.read_csv(run_dir / "tuning.csv")["tta"].all()
+    assert table["score"].max() == 1.0 and best.min_size < 149
+
+    asked.clear()
+    tune(run_dir, data, progress=False)  # None: as the run predicts now
+    assert asked == [True, True] and load_config(run_dir / "config.json").predict.tta is True
+    asked.clear()
+    tune(run_dir, data, progress=False, tta=False)
+    assert asked == [False, False] and load_config(run_dir / "config.json").predict.tta is False
+    assert not pd.read_csv(run_dir / "tuning.csv")["tta"].any()
+
+
+def test_dsb_tune_says_it_tuned_for_tta(tmp_path):
+    from click.testing import CliRunner
+
+    from dsb.cli import cli
+    from dsb.core.config import load_config
+
+    data = tmp_path / "data"
+    write_disc_stage(data / "stage1_train", masks=True)
+    start = CONFIG.replace(validation_ids=("a_one", "b_two"),
+                           predict=dataclasses.replace(CONFIG.predict, cross_check=False))
+    run_dir = make_threshold_run(tmp_path / "run", start)
+    result = CliRunner().invoke(cli, ["tune", str(run_dir), "--data", str(data), "--tta", "--engine", "keras"])
+    assert result.exit_code == 0, result.output
+    assert "for test-time augmentation" in result.output
+    assert load_config(run_dir / "config.json").predict.tta is True
+    result = CliRunner().invoke(cli, ["tune", str(run_dir), "--data", str(data), "--no-tta", "--engine", "keras"])
+    assert result.exit_code == 0 and "test-time" not in result.output
+    assert load_config(run_dir / "config.json").predict.tta is False

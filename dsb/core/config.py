@@ -284,6 +284,11 @@ class PredictConfig:
     # (dsb.inference.scale.choose_scale): without it, nuclei several times the network's diameter
     # read as their own texture and are lost. False gives the estimate of earlier releases.
     cross_check: bool = True
+    # Average the final prediction over the eight flips and quarter turns (the scale estimate's
+    # passes stay single). `dsb tune --tta` sets it, since the post-processing it picks is then
+    # tuned on averaged probabilities; `--tta` / `--no-tta` override it per call. Eight network
+    # passes an image: for a submission, not for throughput.
+    tta: bool = False
 
     def check(self, where: str) -> None:
         if not 0 < self.min_scale <= 1.0 <= self.max_scale <= 8.0:

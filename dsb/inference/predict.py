@@ -31,6 +31,7 @@ __all__ = [
     "network_stage",
     "watershed_stage",
     "predict_labels",
+    "use_tta",
 ]
 
 
@@ -71,19 +72,26 @@ class Nuclei:
     agreement: float = math.nan
 
 
+def use_tta(config: Config, tta: bool | None) -> bool:
+    """Whether to average over flips and quarter turns: ``tta`` when the caller says, else the run's
+    ``predict.tta`` (which ``dsb tune --tta`` sets)."""
+    return bool(config.predict.tta) if tta is None else bool(tta)
+
+
 def _network_input(raw_image, config: Config) -> np.ndarray:
 
     return preprocess_image(raw_image, config.preprocess)
 
 
 def predict_scaled(
-    model, config: Config, raw_image: np.ndarray, *, tta: bool = False, diameter: float | None = None
+    model, config: Config, raw_image: np.ndarray, *, tta: bool | None = None, diameter: float | None = None
 ) -> Scaled:
     """Probabilities of one raw image at the scale :func:`choose_scale` picks, the whole image at once.
 
     For the post-processing search (:mod:`dsb.workflows.tune`), which keeps the
     probabilities; :func:`predict_nuclei` bounds memory on large images.
     """
+    tta = use_tta(config, tta)
     gray = _network_input(raw_image, config)
     chosen, prob, _ = choose_scale_and_pass(model, config, gray, diameter)
     if prob is None or tta:
@@ -127,7 +135,7 @@ def _segment_in_chunks(model, config: Config, gray: np.ndarray, scale: float, *,
 
 
 def predict_nuclei(
-    model, config: Config, raw_image: np.ndarray, *, tta: bool = False, diameter: float | None = None
+    model, config: Config, raw_image: np.ndarray, *, tta: bool | None = None, diameter: float | None = None
 ) -> Nuclei:
     """Nuclei of one raw image: preprocess, resample to the network's scale, predict, watershed, back.
 
@@ -137,8 +145,9 @@ def predict_nuclei(
         See :func:`predict_probabilities`.
     config : Config
     raw_image : (H, W) or (H, W, C) ndarray
-    tta : bool
-        Test-time augmentation.
+    tta : bool, optional
+        Average over flips and quarter turns; None follows the run's ``predict.tta``
+        (:func:`use_tta`).
     diameter : float, optional
         The image's median nucleus diameter in pixels; None estimates it
         (:func:`choose_scale`).
@@ -152,7 +161,7 @@ def predict_nuclei(
     return watershed_stage(network_stage(model, config, raw_image, tta=tta, diameter=diameter), config)
 
 
-def network_stage(model, config: Config, raw_image: np.ndarray, *, tta: bool = False,
+def network_stage(model, config: Config, raw_image: np.ndarray, *, tta: bool | None = None,
                   diameter: float | None = None):
     """The network's half of :func:`predict_nuclei`: probabilities at the chosen scale.
 
@@ -161,6 +170,7 @@ def network_stage(model, config: Config, raw_image: np.ndarray, *, tta: bool = F
     (:func:`dsb.workflows.pipeline.predict_each`). An image large enough to be done in
     chunks comes back as its finished :class:`Nuclei`.
     """
+    tta = use_tta(config, tta)
     gray = _network_input(raw_image, config)
     chosen, prob, labels = choose_scale_and_pass(model, config, gray, diameter)
     if max(gray.shape[:2]) * chosen.scale > _CHUNK + 2 * _CHUNK_MARGIN:
@@ -185,7 +195,7 @@ def watershed_stage(stage, config: Config) -> Nuclei:
 
 
 def predict_labels(
-    model, config: Config, raw_image: np.ndarray, *, tta: bool = False, diameter: float | None = None
+    model, config: Config, raw_image: np.ndarray, *, tta: bool | None = None, diameter: float | None = None
 ) -> np.ndarray:
     """Nuclei of one raw image as a label image (:func:`predict_nuclei`).
 
@@ -197,8 +207,9 @@ def predict_labels(
         The run's config (preprocess, predict, postprocess and model sections).
     raw_image : (H, W) or (H, W, C) ndarray
         As read from disk: grey, RGB or RGBA, 8 or 16 bit.
-    tta : bool
-        Test-time augmentation (see :func:`predict_probabilities`).
+    tta : bool, optional
+        Test-time augmentation (see :func:`predict_probabilities`); None follows the run's
+        ``predict.tta`` (:func:`use_tta`).
     diameter : float, optional
         The median nucleus diameter in pixels; None estimates it.
 

@@ -121,7 +121,7 @@ def layer_frames(data, rgb: bool) -> tuple[tuple[int, ...], tuple[int, int]]:
     return shape[:-2], shape[-2:]
 
 
-def segment_frames(model, data, *, rgb: bool = False, diameter: float | None = None, tta: bool = False
+def segment_frames(model, data, *, rgb: bool = False, diameter: float | None = None, tta: bool | None = None
                    ) -> Iterator[FrameDone | Segmented]:
     """Segment every 2-D frame of an image layer's data, yielding after each.
 
@@ -134,7 +134,8 @@ def segment_frames(model, data, *, rgb: bool = False, diameter: float | None = N
     rgb : bool
     diameter : float, optional
         Median nucleus diameter in pixels; None estimates it per frame.
-    tta : bool
+    tta : bool, optional
+        Average over flips and quarter turns; None follows the model's ``predict.tta``.
 
     Yields
     ------

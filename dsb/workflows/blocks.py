@@ -47,6 +47,7 @@ from dsb.inference.preprocess import (
     preprocess_image,
     to_gray,
 )
+from dsb.inference.predict import use_tta
 from dsb.inference.probabilities import predict_probabilities
 from dsb.inference.resample import resample
 from dsb.inference.scale import choose_scale, clip_scale
@@ -278,7 +279,7 @@ def own_nuclei(labels: np.ndarray, plan: BlockPlan, index: tuple[int, int]) -> t
 
 
 def segment_block(source, plan: BlockPlan, index: tuple[int, int], spec: ModelSpec, settings: ImageSettings,
-                  tta: bool = False, measure: bool = True) -> OwnedBlock:
+                  tta: bool | None = None, measure: bool = True) -> OwnedBlock:
     """Segment block ``index`` of ``source`` with the model of ``spec`` (loaded once per process) and
     keep the nuclei it owns, measured in image coordinates (an empty table unless ``measure``)."""
     er0, er1, ec0, ec1 = plan.extended(*index)
@@ -286,7 +287,7 @@ def segment_block(source, plan: BlockPlan, index: tuple[int, int], spec: ModelSp
     network, config, lock = worker_network(spec)
     gray = network_input(raw, config, settings)
     with lock:
-        prob = _probabilities(network, resample(gray, settings.scale), config, tta)
+        prob = _probabilities(network, resample(gray, settings.scale), config, use_tta(config, tta))
     labels = labels_at_scale(prob, settings.scale, gray.shape[:2], config.postprocess)
     del prob
     owned, count, cut = own_nuclei(labels, plan, index)
@@ -476,7 +477,7 @@ def _lazy_labels(source, spec: ModelSpec, settings: ImageSettings, plan: BlockPl
 
 
 def segment_blocks(image, model=None, *, diameter: float | None = None, block_size: int | None = None,
-                   client=None, out=None, tta: bool = False, progress: bool = False):
+                   client=None, out=None, tta: bool | None = None, progress: bool = False):
     """Label the nuclei of an image of any size, block by block, every nucleus owned by one block.
 
     Parameters
@@ -502,8 +503,8 @@ def segment_blocks(image, model=None, *, diameter: float | None = None, block_si
         an OME-Zarr label image with ``image-label`` metadata when ``image``
         is OME-Zarr) instead of returning them lazily. The store appears
         only once whole.
-    tta : bool
-        Average over flips and quarter turns.
+    tta : bool, optional
+        Average over flips and quarter turns; None follows the model's ``predict.tta``.
     progress : bool
         Progress bars on stderr (with ``out``).
 
@@ -582,7 +583,7 @@ def _materialise(source, scratch: Path):
 
 
 def segment_image_file(path, *, spec: ModelSpec, out_dir, diameter: float | None = None,
-                       block_size: int | None = None, client=None, tta: bool = False,
+                       block_size: int | None = None, client=None, tta: bool | None = None,
                        progress: bool = True) -> dict:
     """``dsb segment`` of one large image, block by block: its labels and measurements in ``out_dir``.
 

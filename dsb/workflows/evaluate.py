@@ -67,7 +67,7 @@ MISREAD_RATIO = 2.0
 
 
 def predict_validation(
-    model, config, data_dir, *, tta: bool = False, diameter: float | None = None, progress: bool = True,
+    model, config, data_dir, *, tta: bool | None = None, diameter: float | None = None, progress: bool = True,
     zoom: float = 1.0,
 ) -> Validation:
     """Read a run's validation images and their groups, and predict their nuclei.
@@ -80,8 +80,8 @@ def predict_validation(
     data_dir : str or os.PathLike
         A stage1_train folder, or a folder holding one. Its training cache
         gives the groups (:func:`dsb.training.cache.load_groups`; built when missing).
-    tta : bool
-        Average over the eight flips and rotations.
+    tta : bool, optional
+        Average over the eight flips and rotations; None follows the run's ``predict.tta``.
     diameter : float, optional
         The nucleus diameter of every image in pixels; by default each
         image's is estimated, as ``dsb predict`` does.
@@ -215,7 +215,7 @@ def summary_lines(table: pd.DataFrame, *, n_dense: int = 2) -> list[str]:
 
 
 def evaluate(
-    run_dir, data_dir, *, tta: bool = False, diameter: float | None = None, progress: bool = True,
+    run_dir, data_dir, *, tta: bool | None = None, diameter: float | None = None, progress: bool = True,
     engine: str = "auto", precision: str = "float32",
 ) -> tuple[float, pd.DataFrame]:
     """Predict a run's validation images and score them with the competition metric.
@@ -226,8 +226,8 @@ def evaluate(
         A run folder (``model.keras`` and ``config.json`` with ``validation_ids``).
     data_dir : str or os.PathLike
         A stage1_train folder, or a folder holding one.
-    tta : bool
-        Average over the eight flips and rotations.
+    tta : bool, optional
+        Average over the eight flips and rotations; None follows the run's ``predict.tta``.
     diameter : float, optional
         See :func:`predict_validation`.
     progress : bool
@@ -289,7 +289,7 @@ def zoom_pair(raw: np.ndarray, labels: np.ndarray, zoom: float) -> tuple[np.ndar
 
 
 def magnification_sweep(
-    run_dir, data_dir, zooms, *, tta: bool = False, progress: bool = True, engine: str = "auto",
+    run_dir, data_dir, zooms, *, tta: bool | None = None, progress: bool = True, engine: str = "auto",
     precision: str = "float32",
 ) -> pd.DataFrame:
     """Score a run's validation images seen at several magnifications: the yardstick for scale.

@@ -31,7 +31,7 @@ class NucleiPredictor:
     """A function from a raw image to its :class:`dsb.inference.predict.Nuclei` (:func:`dsb.inference.predict.predict_nuclei`),
     in two stages (network, then watershed) that :func:`predict_each` overlaps."""
 
-    def __init__(self, model, config, *, tta: bool = False, diameter: float | None = None):
+    def __init__(self, model, config, *, tta: bool | None = None, diameter: float | None = None):
         self.model, self.config, self.tta, self.diameter = model, config, tta, diameter
 
     def network(self, raw):
@@ -58,7 +58,7 @@ class NucleiPredictor:
         return [type(self)(stream, self.config, tta=self.tta, diameter=self.diameter) for stream in streams]
 
 
-def nuclei_predictor(model, config, *, tta: bool = False, diameter: float | None = None) -> NucleiPredictor:
+def nuclei_predictor(model, config, *, tta: bool | None = None, diameter: float | None = None) -> NucleiPredictor:
     """A function from a raw image to its :class:`dsb.inference.predict.Nuclei` (:func:`dsb.inference.predict.predict_nuclei`)."""
     return NucleiPredictor(model, config, tta=tta, diameter=diameter)
 

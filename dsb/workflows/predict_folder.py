@@ -51,7 +51,7 @@ def predict_images(
     *,
     out_csv,
     labels_dir=None,
-    tta: bool = False,
+    tta: bool | None = None,
     diameter: float | None = None,
     skip_bad: bool = False,
     progress: bool = True,
@@ -141,7 +141,7 @@ def predict_folder(
     *,
     out_csv,
     labels_dir=None,
-    tta: bool = False,
+    tta: bool | None = None,
     diameter: float | None = None,
     skip_bad: bool = False,
     progress: bool = True,
@@ -163,8 +163,8 @@ def predict_folder(
     labels_dir : str or os.PathLike, optional
         Also write one label image per input here: ``{id}.png``, 16-bit
         greyscale (``{id}.tif``, 32-bit, above 65535 nuclei).
-    tta : bool
-        Average over the eight flips and quarter turns.
+    tta : bool, optional
+        Average over the eight flips and quarter turns; None follows the run's ``predict.tta``.
     diameter : float, optional
         The median nucleus diameter of every image, in pixels; by default
         each image's is estimated (:func:`predict_scaled`).

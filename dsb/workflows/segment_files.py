@@ -128,7 +128,7 @@ def segment_paths(
     *,
     model_dir=None,
     out_dir,
-    tta: bool = False,
+    tta: bool | None = None,
     overlay: bool = False,
     diameter: float | None = None,
     skip_bad: bool = False,
@@ -153,8 +153,9 @@ def segment_paths(
     out_dir : str or os.PathLike
         Where ``<name>_labels.tif``, ``<name>_nuclei.csv``, ``<name>_overlay.png``
         and ``summary.csv`` go; created if needed.
-    tta : bool
-        Average predictions over flips and 90-degree rotations.
+    tta : bool, optional
+        Average predictions over flips and 90-degree rotations; None follows the model's
+        ``predict.tta``.
     overlay : bool
         Also write ``<name>_overlay.png``.
     diameter : float, optional

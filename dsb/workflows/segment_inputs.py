@@ -70,7 +70,7 @@ def _segment_task(path: Path, name: str, out_dir: Path, spec: ModelSpec, tta: bo
 
 
 def segment_folder(images: dict[str, Path], *, spec: ModelSpec, out_dir: Path, client, skips: Skips,
-                   tta: bool = False, overlay: bool = False, diameter: float | None = None,
+                   tta: bool | None = None, overlay: bool = False, diameter: float | None = None,
                    progress: bool = True) -> dict[str, dict]:
     """``dsb segment`` of many images, one Dask task per image: ``{file: summary row}``.
 
@@ -119,7 +119,7 @@ def _side(path: Path) -> int:
         return 0
 
 
-def segment_inputs(paths, *, model_dir=None, out_dir, tta: bool = False, overlay: bool = False,
+def segment_inputs(paths, *, model_dir=None, out_dir, tta: bool | None = None, overlay: bool = False,
                    diameter: float | None = None, skip_bad: bool = False, progress: bool = True,
                    engine: str = "auto", precision: str = "float32", block_size: int | None = None,
                    workers: int | None = None, scheduler: str | None = None, client=None) -> pd.DataFrame:

@@ -27,7 +27,7 @@ from dsb.core.config import PostprocessConfig, PredictConfig, config_json
 from dsb.core.errors import BadDataError
 from dsb.core.progress import track
 from dsb.inference.labels import labels_to_image
-from dsb.inference.predict import predict_scaled
+from dsb.inference.predict import predict_scaled, use_tta
 from dsb.inference.preprocess import image_type, preprocess_image
 from dsb.inference.probabilities import batch_predictor
 from dsb.inference.tiling import context_needed
@@ -263,7 +263,8 @@ def validation_data(config, data_dir, *, progress: bool = False):
     return images, labels, types
 
 
-def tune(run_dir, data_dir, *, progress: bool = True, engine: str = "auto") -> tuple[PostprocessConfig, pd.DataFrame]:
+def tune(run_dir, data_dir, *, progress: bool = True, engine: str = "auto",
+         tta: bool | None = None) -> tuple[PostprocessConfig, pd.DataFrame]:
     """Tune a run's post-processing on its validation images and store the best in the run.
 
     Parameters
@@ -277,15 +278,21 @@ def tune(run_dir, data_dir, *, progress: bool = True, engine: str = "auto") -> t
     engine : str
         The inference engine: ``"keras"``, ``"onnx"``, ``"openvino"`` or
         ``"auto"`` (see :func:`dsb.network.engines.choose_engine`).
+    tta : bool, optional
+        Search on probabilities averaged over the eight flips and quarter
+        turns, and store ``predict.tta`` so that the run predicts as it was
+        tuned (averaged probabilities are smoother: they want other
+        thresholds). None keeps the run's ``predict.tta``.
 
     Returns
     -------
     best : PostprocessConfig
         Now also the ``postprocess`` section of ``run_dir/config.json``, whose
-        ``predict`` section gets the measured tile overlap (:func:`tune_tiling`).
+        ``predict`` section gets the measured tile overlap (:func:`tune_tiling`)
+        and ``tta``.
     table : pandas.DataFrame
-        Every setting tried (see :func:`search_postprocess`), also written to
-        ``run_dir/tuning.csv``.
+        Every setting tried (see :func:`search_postprocess`) and a ``tta``
+        column, also written to ``run_dir/tuning.csv``.
     """
 
     run_dir = Path(run_dir)
@@ -297,10 +304,11 @@ def tune(run_dir, data_dir, *, progress: bool = True, engine: str = "auto") -> t
         )
     images, labels, types = validation_data(config, data_dir, progress=progress)
     tiling, _ = tune_tiling(model, config, list(images.values()))
-    config = config.replace(predict=tiling)
+    tta = use_tta(config, tta)
+    config = config.replace(predict=dataclasses.replace(tiling, tta=tta))
     # Each image at the scale prediction would pick for it (its estimated nucleus diameter).
     scaled = {
-        image_id: predict_scaled(model, config, raw)
+        image_id: predict_scaled(model, config, raw, tta=tta)
         for image_id, raw in track(images.items(), length=len(images), label="predicting", enabled=progress)
     }
     del images
@@ -308,6 +316,7 @@ def tune(run_dir, data_dir, *, progress: bool = True, engine: str = "auto") -> t
         {i: s.probabilities for i, s in scaled.items()}, labels, config.postprocess, image_types=types,
         scales={i: s.scale for i, s in scaled.items()}, progress=progress,
     )
+    table.insert(len(table.columns) - 1, "tta", tta)
     # Both or neither: a config.json tuned with no tuning.csv, or the reverse, would not say what
     # it was tuned on. config.json goes in first: tuning.csv is what make takes as "tuned".
     with atomic_paths(run_dir / "config.json", run_dir / "tuning.csv") as (config_tmp, table_tmp):
