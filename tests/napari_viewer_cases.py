@@ -130,6 +130,16 @@ def test_bad_states_give_messages_not_tracebacks(viewer, qtbot, tmp_path):
     segment.model.value = str(tmp_path)
     _run_and_wait(qtbot, segment)
     assert "config.json" in segment.status.value and "cells nuclei" not in viewer.layers
+    assert segment.tta.value is False
+
+    # A run tuned with `dsb tune --tta` ticks the box; the shipped model clears it.
+    tuned = tmp_path / "tuned"
+    tuned.mkdir()
+    (tuned / "config.json").write_text('{"predict": {"tta": true}}')
+    segment.model.value = str(tuned)
+    assert segment.tta.value is True
+    segment.model.value = ""
+    assert segment.tta.value is False
 
     # An empty Labels layer given to fine-tuning.
     viewer.add_labels(np.zeros((128, 128), np.int32), name="cells nuclei")

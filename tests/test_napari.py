@@ -20,7 +20,7 @@ import pytest
 import tifffile
 
 import dsb
-from conftest import make_discs
+from conftest import CONFIG, make_discs
 from dsb.core.errors import BadDataError
 from dsb.io.annotations import find_samples, read_label_image
 from dsb.napari.child import ChildFailed, child_events
@@ -218,6 +218,20 @@ def test_model_state_tells_listeners_and_refuses_a_folder_that_is_no_model(tmp_p
         state.load()
     state.set_model(None)
     assert state.load() is state.load() and state.load().path.name == "default"
+
+
+def test_model_state_reads_whether_the_model_was_tuned_for_tta(tmp_path):
+    import dataclasses
+
+    from dsb.core.config import save_config
+
+    state = ModelState()
+    assert state.tuned_tta() is False  # the shipped model: off
+    save_config(CONFIG.replace(predict=dataclasses.replace(CONFIG.predict, tta=True)), tmp_path / "config.json")
+    state.set_model(tmp_path)
+    assert state.tuned_tta() is True
+    (tmp_path / "config.json").write_text("not json")
+    assert state.tuned_tta() is False  # unreadable: off, and state.load() will say why
 
 
 def test_progress_fraction():

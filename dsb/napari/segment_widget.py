@@ -130,6 +130,8 @@ class SegmentWidget(Container):
         if self._model_text() != text:
             self.model.line_edit.value = text
         self.status.value = f"model: {state.describe()}"
+        # A run tuned with `dsb tune --tta` predicts as it was tuned unless the box is cleared.
+        self.tta.value = state.tuned_tta()
 
     # ------------------------------------------------------------ running
 

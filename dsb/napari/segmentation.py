@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 
 import dsb
-from dsb.core.errors import BadDataError
+from dsb.core.config import load_config
+from dsb.core.errors import BadDataError, DsbError
 from dsb.inference.predict import predict_nuclei
 from dsb.napari.finetuning import export_onnx_in_child
 from dsb.network.model_folder import default_model_dir
@@ -188,6 +189,13 @@ class ModelState:
     def describe(self) -> str:
         """The model's name as the widgets show it."""
         return "the model shipped with dsb" if self.path is None else str(self.path)
+
+    def tuned_tta(self) -> bool:
+        """The model's own ``predict.tta`` (set by ``dsb tune --tta``); False when its config cannot be read."""
+        try:
+            return bool(load_config(self.model_dir / "config.json").predict.tta)
+        except DsbError:
+            return False
 
     def set_model(self, path) -> None:
         """Use the model folder ``path`` (None or "": the shipped one) from now on, and tell the listeners."""
