@@ -19,11 +19,10 @@ from pathlib import Path
 import numpy as np
 
 import dsb
-from dsb.core.config import load_config
 from dsb.core.errors import BadDataError, DsbError
 from dsb.inference.predict import predict_nuclei
 from dsb.napari.finetuning import export_onnx_in_child
-from dsb.network.model_folder import default_model_dir
+from dsb.network.model_folder import default_model_dir, load_run_config
 
 #: The engines the viewer segments with: not Keras, whose TensorFlow must stay out of the viewer's
 #: process (see :mod:`dsb.napari.child`). "auto" takes OpenVINO, else ONNX Runtime.
@@ -193,7 +192,7 @@ class ModelState:
     def tuned_tta(self) -> bool:
         """The model's own ``predict.tta`` (set by ``dsb tune --tta``); False when its config cannot be read."""
         try:
-            return bool(load_config(self.model_dir / "config.json").predict.tta)
+            return bool(load_run_config(self.model_dir).predict.tta)
         except DsbError:
             return False
 
