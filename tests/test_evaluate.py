@@ -18,10 +18,11 @@ from dsb.workflows.evaluate import evaluate
 def run_and_data(tmp_path):
     data = tmp_path / "data"
     write_disc_stage(data / "stage1_train", masks=True)
-    # min_size 170 drops the 149-pixel disc of a_one: a score below 1 that the check can see. Without
-    # the estimate's cross-check, which would find the disc at twice the scale (where it is larger).
+    # min_size 170 drops the 149-pixel disc of a_one, kept at its own scale (max_scale 1: the estimate
+    # would enlarge it to the network's diameter, where it is larger): a score below 1 that the check
+    # can see. b_two's discs of 201 pixels stay.
     config = CONFIG.replace(postprocess=PostprocessConfig(min_size=170), validation_ids=("a_one", "b_two"),
-                            predict=dataclasses.replace(CONFIG.predict, cross_check=False))
+                            predict=dataclasses.replace(CONFIG.predict, cross_check=False, max_scale=1.0))
     return make_threshold_run(tmp_path / "run", config), data
 
 

@@ -15,7 +15,7 @@ from dsb.cli import cli
 from dsb.core.config import Config, PredictConfig, PreprocessConfig
 from dsb.inference.labels import labels_to_shape
 from dsb.inference.predict import predict_nuclei, predict_scaled
-from dsb.inference.scale import choose_scale, median_diameter, nucleus_diameters, zoom_for
+from dsb.inference.scale import ESTIMATE_WATERSHED, choose_scale, median_diameter, nucleus_diameters, zoom_for
 from dsb.inference.watershed import labels_from_probabilities
 from dsb.kaggle.metric import image_score
 from dsb.training.cache import cache_path
@@ -305,33 +305,79 @@ def test_the_estimate_window_is_the_brightest_on_its_grid():
         np.testing.assert_array_equal(window, gray[rows[r] : rows[r] + sh, cols[c] : cols[c] + sw])
 
 
-def test_the_estimate_pass_that_saw_the_whole_image_serves_its_watershed_too(monkeypatch):
+def _counting_watersheds(monkeypatch):
+    """Record the shape of every watershed the estimate (dsb.inference.scale) and the way back to the
+    image's grid (dsb.inference.labels) run."""
     from dsb.inference import labels as labels_module
-    from dsb.inference import predict
     from dsb.inference import scale as scale_module
-    from dsb.inference.labels import labels_at_scale
 
-    truth = grid_of_discs((200, 200), 12, 40)  # small enough to be estimated whole
     calls = []
     counted = scale_module.labels_from_probabilities
 
     def counting(prob, config=None, **kwargs):
-        calls.append(prob.shape)
+        calls.append((prob.shape, config))
         return counted(prob, config, **kwargs)
 
-    # The watershed runs in the estimate (dsb.inference.scale) and back on the image's grid (.labels).
     monkeypatch.setattr(scale_module, "labels_from_probabilities", counting)
     monkeypatch.setattr(labels_module, "labels_from_probabilities", counting)
-    gray = predict._network_input(image_of(truth), CONFIG)
-    passes = choose_scale(size_tuned_network, CONFIG, gray).passes
+    return calls
+
+
+# A run whose post-processing is the estimate's own watershed (as the shipped model's is).
+ESTIMATE_CONFIG = CONFIG.replace(postprocess=dataclasses.replace(ESTIMATE_WATERSHED, split_ratio=1.5))
+
+
+def test_the_estimate_pass_that_saw_the_whole_image_serves_its_watershed_too(monkeypatch):
+    from dsb.inference import predict
+    from dsb.inference.labels import labels_at_scale
+
+    truth = grid_of_discs((200, 200), 12, 40)  # small enough to be estimated whole
+    calls = _counting_watersheds(monkeypatch)
+    gray = predict._network_input(image_of(truth), ESTIMATE_CONFIG)
+    passes = choose_scale(size_tuned_network, ESTIMATE_CONFIG, gray).passes
     calls.clear()
-    found = predict_nuclei(size_tuned_network, CONFIG, image_of(truth))
+    found = predict_nuclei(size_tuned_network, ESTIMATE_CONFIG, image_of(truth))
     assert found.estimated and passes >= 1
     assert len(calls) == passes  # one watershed per estimate pass, none again for the prediction
-    scaled = predict_scaled(size_tuned_network, CONFIG, image_of(truth))
-    again = labels_at_scale(scaled.probabilities, scaled.scale, truth.shape, CONFIG.postprocess)
+    scaled = predict_scaled(size_tuned_network, ESTIMATE_CONFIG, image_of(truth))
+    again = labels_at_scale(scaled.probabilities, scaled.scale, truth.shape, ESTIMATE_CONFIG.postprocess)
     assert again.max() == truth.max()
     np.testing.assert_array_equal(found.labels, again)
+
+
+def test_a_tuned_run_floods_the_estimate_pass_again_with_its_own_settings(monkeypatch):
+    from dsb.inference import predict
+    from dsb.inference.labels import labels_at_scale
+
+    truth = grid_of_discs((200, 200), 12, 40)
+    tuned = CONFIG.replace(postprocess=dataclasses.replace(ESTIMATE_WATERSHED, marker_threshold=0.3,
+                                                           min_marker_size=1, split_ratio=1.5))
+    calls = _counting_watersheds(monkeypatch)
+    gray = predict._network_input(image_of(truth), tuned)
+    passes = choose_scale(size_tuned_network, tuned, gray).passes
+    calls.clear()
+    found = predict_nuclei(size_tuned_network, tuned, image_of(truth))
+    # The estimate's passes with its own watershed, then one with the run's on the same probabilities.
+    assert [config for _, config in calls] == [ESTIMATE_WATERSHED] * passes + [tuned.postprocess]
+    scaled = predict_scaled(size_tuned_network, tuned, image_of(truth))
+    np.testing.assert_array_equal(
+        found.labels, labels_at_scale(scaled.probabilities, scaled.scale, truth.shape, tuned.postprocess))
+    assert found.labels.max() == truth.max()
+
+
+def test_the_estimate_does_not_follow_the_runs_post_processing():
+    """``dsb tune`` scores post-processing at the scales the estimate chose: settings that also moved
+    the estimate would be judged at scales that prediction does not use. A run whose watershed keeps
+    nothing of the discs (every nucleus under min_size) still reads their size."""
+    from dsb.inference import predict
+
+    truth = grid_of_discs((300, 300), 12, 40)
+    blind = CONFIG.replace(postprocess=dataclasses.replace(CONFIG.postprocess, min_size=100_000))
+    gray = predict._network_input(image_of(truth), CONFIG)
+    own, other = choose_scale(size_tuned_network, CONFIG, gray), choose_scale(size_tuned_network, blind, gray)
+    assert math.isfinite(own.diameter) and own.diameter == pytest.approx(25, rel=0.2)
+    assert (other.scale, other.diameter, other.sure) == (own.scale, own.diameter, own.sure)
+    assert predict_nuclei(size_tuned_network, blind, image_of(truth)).labels.max() == 0  # the run's own watershed
 
 
 def _passes(n):
@@ -509,11 +555,14 @@ def predict_input(image, config):
     return preprocess_image(image, config.preprocess)
 
 
-def test_nuclei_the_first_pass_cannot_see_are_found_at_another_scale():
+def test_nuclei_the_first_pass_cannot_see_are_found_at_another_scale(monkeypatch):
     """Never zero nuclei at one scale when another finds them: discs that the first pass's
     min_size drops are measured at twice the scale; the estimate says it is unsure."""
     from dsb.core.config import PostprocessConfig
+    from dsb.inference import scale as scale_module
 
+    monkeypatch.setattr(scale_module, "ESTIMATE_WATERSHED",
+                        dataclasses.replace(scale_module.ESTIMATE_WATERSHED, min_size=170))
     config = CONFIG.replace(postprocess=PostprocessConfig(min_size=170))
     truth = grid_of_discs((200, 200), 7, 30)  # 149-pixel discs
     chosen = choose_scale(size_tuned_network, config, predict_input(image_of(truth), config))
@@ -543,16 +592,16 @@ def test_the_estimate_measures_the_watershed_before_the_split_and_serves_it_afte
     monkeypatch.setattr(scale_module, "labels_from_probabilities", recording)
     cuts = []
     monkeypatch.setattr(scale_module, "split_nuclei", lambda labels, prob, config: cuts.append(1) or labels)
-    gray = predict._network_input(image_of(truth), CONFIG)
+    gray = predict._network_input(image_of(truth), ESTIMATE_CONFIG)
     for ratio in (0.0, 1.5):
-        config = CONFIG.replace(postprocess=dataclasses.replace(CONFIG.postprocess, split_ratio=ratio))
+        config = CONFIG.replace(postprocess=dataclasses.replace(ESTIMATE_WATERSHED, split_ratio=ratio))
         seen.clear()
         chosen = choose_scale(size_tuned_network, config, gray)
         assert seen and not any(seen)
-        assert chosen.diameter == choose_scale(size_tuned_network, CONFIG, gray).diameter
+        assert chosen.diameter == choose_scale(size_tuned_network, ESTIMATE_CONFIG, gray).diameter
     assert cuts  # the whole pass's labels went through the split
     monkeypatch.undo()
-    found = predict_nuclei(size_tuned_network, CONFIG, image_of(truth))
-    scaled = predict_scaled(size_tuned_network, CONFIG, image_of(truth))
+    found = predict_nuclei(size_tuned_network, ESTIMATE_CONFIG, image_of(truth))
+    scaled = predict_scaled(size_tuned_network, ESTIMATE_CONFIG, image_of(truth))
     np.testing.assert_array_equal(found.labels, labels_at_scale(scaled.probabilities, scaled.scale, truth.shape,
-                                                                CONFIG.postprocess))
+                                                                ESTIMATE_CONFIG.postprocess))

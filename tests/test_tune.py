@@ -113,9 +113,10 @@ def test_tune_stores_the_best_in_the_run(tmp_path):
 
     data = tmp_path / "data"
     write_disc_stage(data / "stage1_train", masks=True)
-    # Without the estimate's cross-check, which would find the disc min_size drops at twice the scale.
+    # Each image at its own scale (max_scale 1: the estimate would enlarge the smaller disc to the
+    # network's diameter), where min_size 170 drops a_one's disc of 149 pixels and keeps b_two's of 201.
     start = CONFIG.replace(postprocess=PostprocessConfig(min_size=170), validation_ids=("a_one", "b_two"),
-                           predict=dataclasses.replace(CONFIG.predict, cross_check=False))
+                           predict=dataclasses.replace(CONFIG.predict, cross_check=False, max_scale=1.0))
     run_dir = make_threshold_run(tmp_path / "run", start)
     best, table = tune(run_dir, data, progress=False)
 
@@ -193,7 +194,7 @@ def test_tune_with_tta_tunes_on_averaged_probabilities_and_the_run_then_predicts
     data = tmp_path / "data"
     write_disc_stage(data / "stage1_train", masks=True)
     start = CONFIG.replace(postprocess=PostprocessConfig(min_size=170), validation_ids=("a_one", "b_two"),
-                           predict=dataclasses.replace(CONFIG.predict, cross_check=False))
+                           predict=dataclasses.replace(CONFIG.predict, cross_check=False, max_scale=1.0))
     run_dir = make_threshold_run(tmp_path / "run", start)
     asked = []
     real = dsb.workflows.tune.predict_scaled

@@ -19,12 +19,13 @@ This module is the one home of the scale estimate; resampling is
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
 import numpy as np
 
-from dsb.core.config import Config
+from dsb.core.config import Config, PostprocessConfig
 from dsb.core.labels import touching_edge
 from dsb.core.validate import check_labels
 from dsb.inference.probabilities import predict_at_scale, predict_probabilities
@@ -33,6 +34,7 @@ from dsb.inference.watershed import labels_from_probabilities, split_nuclei
 
 __all__ = [
     "DIAMETER_RANGE",
+    "ESTIMATE_WATERSHED",
     "nucleus_diameters",
     "median_diameter",
     "area_weighted_diameter",
@@ -47,6 +49,16 @@ __all__ = [
 
 # A nucleus diameter outside this range (pixels) is a typo, not a microscope.
 DIAMETER_RANGE = (2.0, 1000.0)
+
+# The watershed the estimate measures nuclei with, the same for every run: the settings its rules
+# below were set on (the shipped model's post-processing, contact ignored, no split). It is not
+# the run's own post-processing: ``dsb tune`` scores settings on probabilities at the scales the
+# estimate chose, so settings that also moved the estimate would be judged at scales that
+# prediction then does not use.
+ESTIMATE_WATERSHED = PostprocessConfig(
+    marker_threshold=0.5, border_threshold=0.4, contact_threshold=1.0, mask_threshold=0.5,
+    min_marker_size=16, min_size=12, flood="probability", fill_holes=True, keep_unmarked=True, split_ratio=0.0,
+)
 
 
 def nucleus_diameters(labels: np.ndarray) -> np.ndarray:
@@ -247,7 +259,8 @@ def choose_scale(model, config: Config, gray: np.ndarray, *, diameter: float | N
 
     Each pass sees a window of at most ``predict.estimate_size`` pixels a side
     at its scale, where the image is brightest, and measures the nuclei it
-    holds whole, so that the estimate costs little next to the prediction
+    holds whole (found by :data:`ESTIMATE_WATERSHED`, whatever the run's own
+    post-processing), so that the estimate costs little next to the prediction
     itself; when the window is the whole image, its last pass is the
     prediction. The first pass runs at ``predict.estimate_scale``, by default
     the image's own scale (starting at half scale lost the small nuclei of
@@ -332,7 +345,7 @@ def _measure(model, config: Config, gray: np.ndarray, scale: float):
     # Measured before the split of merged-looking nuclei: the estimate's thresholds were set on
     # the watershed without it, and a merged pair reads a little large either way. The labels
     # handed on stay unsplit: only the pass that serves the prediction is split, once.
-    labels = labels_from_probabilities(prob, config.postprocess, split=False)
+    labels = labels_from_probabilities(prob, ESTIMATE_WATERSHED, split=False)
     found = _inner_diameter(labels, whole) / scale
     return found, _doubt(prob), (prob, labels) if whole else None
 
@@ -366,7 +379,8 @@ def choose_scale_and_pass(
 ) -> tuple[Scale, np.ndarray | None, np.ndarray | None]:
     """:func:`choose_scale`, and the probabilities and watershed labels of its last pass when that
     pass saw the whole image at the chosen scale (so neither the network nor the watershed need
-    run again); None and None otherwise."""
+    run again); None and None otherwise. The labels are None too when the run's post-processing
+    is not the estimate's own (:data:`ESTIMATE_WATERSHED`): its watershed runs on the probabilities."""
     canonical = config.preprocess.diameter
     pc = config.predict
     if not canonical:
@@ -426,7 +440,15 @@ def choose_scale_and_pass(
     if whole is None:
         return chosen, None, None
     prob, labels = whole
+    if not _same_watershed(config.postprocess):  # a tuned run: its own watershed, on the same probabilities
+        return chosen, prob, None
     return chosen, prob, split_nuclei(labels, prob, config.postprocess)
+
+
+def _same_watershed(postprocess: PostprocessConfig) -> bool:
+    """Whether ``postprocess`` floods as :data:`ESTIMATE_WATERSHED` does (the split aside), so that
+    the estimate's labels of its last pass serve the prediction."""
+    return dataclasses.replace(postprocess, split_ratio=0.0) == ESTIMATE_WATERSHED
 
 
 def _agree(a: float, b: float) -> bool:
