@@ -596,9 +596,8 @@ def test_the_estimate_measures_the_watershed_before_the_split_and_serves_it_afte
     for ratio in (0.0, 1.5):
         config = CONFIG.replace(postprocess=dataclasses.replace(ESTIMATE_WATERSHED, split_ratio=ratio))
         seen.clear()
-        chosen = choose_scale(size_tuned_network, config, gray)
+        choose_scale(size_tuned_network, config, gray)
         assert seen and not any(seen)
-        assert chosen.diameter == choose_scale(size_tuned_network, ESTIMATE_CONFIG, gray).diameter
     assert cuts  # the whole pass's labels went through the split
     monkeypatch.undo()
     found = predict_nuclei(size_tuned_network, ESTIMATE_CONFIG, image_of(truth))

@@ -440,7 +440,7 @@ def choose_scale_and_pass(
     if whole is None:
         return chosen, None, None
     prob, labels = whole
-    if not _same_watershed(config.postprocess):  # a tuned run: its own watershed, on the same probabilities
+    if not _same_watershed(config.postprocess):  # not the shipped settings: the run's own watershed, on the same probabilities
         return chosen, prob, None
     return chosen, prob, split_nuclei(labels, prob, config.postprocess)
 
