@@ -306,8 +306,8 @@ def test_the_estimate_window_is_the_brightest_on_its_grid():
 
 
 def _counting_watersheds(monkeypatch):
-    """Record the shape of every watershed the estimate (dsb.inference.scale) and the way back to the
-    image's grid (dsb.inference.labels) run."""
+    """Record ``(shape, settings, split)`` of every watershed the estimate (dsb.inference.scale) and
+    the way back to the image's grid (dsb.inference.labels) run."""
     from dsb.inference import labels as labels_module
     from dsb.inference import scale as scale_module
 
@@ -315,7 +315,7 @@ def _counting_watersheds(monkeypatch):
     counted = scale_module.labels_from_probabilities
 
     def counting(prob, config=None, **kwargs):
-        calls.append((prob.shape, config))
+        calls.append((prob.shape, config, kwargs.get("split", True)))
         return counted(prob, config, **kwargs)
 
     monkeypatch.setattr(scale_module, "labels_from_probabilities", counting)
@@ -358,7 +358,7 @@ def test_a_tuned_run_floods_the_estimate_pass_again_with_its_own_settings(monkey
     calls.clear()
     found = predict_nuclei(size_tuned_network, tuned, image_of(truth))
     # The estimate's passes with its own watershed, then one with the run's on the same probabilities.
-    assert [config for _, config in calls] == [ESTIMATE_WATERSHED] * passes + [tuned.postprocess]
+    assert [config for _, config, _ in calls] == [ESTIMATE_WATERSHED] * passes + [tuned.postprocess]
     scaled = predict_scaled(size_tuned_network, tuned, image_of(truth))
     np.testing.assert_array_equal(
         found.labels, labels_at_scale(scaled.probabilities, scaled.scale, truth.shape, tuned.postprocess))
@@ -582,22 +582,15 @@ def test_the_estimate_measures_the_watershed_before_the_split_and_serves_it_afte
     from dsb.inference.labels import labels_at_scale
 
     truth = grid_of_discs((200, 200), 12, 40)
-    seen = []
-    counted = scale_module.labels_from_probabilities
-
-    def recording(prob, config=None, **kwargs):
-        seen.append(kwargs.get("split", True))
-        return counted(prob, config, **kwargs)
-
-    monkeypatch.setattr(scale_module, "labels_from_probabilities", recording)
+    calls = _counting_watersheds(monkeypatch)
     cuts = []
     monkeypatch.setattr(scale_module, "split_nuclei", lambda labels, prob, config: cuts.append(1) or labels)
     gray = predict._network_input(image_of(truth), ESTIMATE_CONFIG)
     for ratio in (0.0, 1.5):
         config = CONFIG.replace(postprocess=dataclasses.replace(ESTIMATE_WATERSHED, split_ratio=ratio))
-        seen.clear()
+        calls.clear()
         choose_scale(size_tuned_network, config, gray)
-        assert seen and not any(seen)
+        assert calls and not any(split for _, _, split in calls)
     assert cuts  # the whole pass's labels went through the split
     monkeypatch.undo()
     found = predict_nuclei(size_tuned_network, ESTIMATE_CONFIG, image_of(truth))
