@@ -37,6 +37,8 @@ CONFIG_DIR = Path(__file__).parents[1] / "configs"
 SHIPPED_CONFIGS = ("cpu", "gpu")
 # The network's output channels, in order (see dsb.training.loader.make_targets).
 OUTPUTS = ("body", "border", "contact")
+# The output channels a U-Net may have, in this order: the watershed reads them by position.
+OUTPUT_CHOICES = (("body", "border"), OUTPUTS, OUTPUTS + ("core",))
 
 
 @dataclass(frozen=True)
@@ -57,7 +59,8 @@ class ModelConfig:
     initializer: str = "he_normal"
     batch_norm: bool = True
     upsampling: str = "transpose"  # "transpose" or "bilinear"
-    # body, its inner border ring, and (optional) the contact zone between two nuclei.
+    # body, its inner border ring, (optional) the contact zone between two nuclei, and (optional,
+    # after contact) each nucleus's core, the inner part of it, a seed per nucleus.
     outputs: tuple[str, ...] = ("body", "border", "contact")
 
     def level_filters(self) -> tuple[int, ...]:
@@ -93,10 +96,9 @@ class ModelConfig:
             raise BadDataError(
                 f"is {self.upsampling!r}, expected 'transpose' or 'bilinear'", where=f"{where}.upsampling"
             )
-        if tuple(self.outputs) not in (("body", "border"), OUTPUTS):
-            raise BadDataError(
-                f"is {list(self.outputs)}, expected ['body', 'border'] or {list(OUTPUTS)}", where=f"{where}.outputs"
-            )
+        if tuple(self.outputs) not in OUTPUT_CHOICES:
+            choices = " or ".join(str(list(c)) for c in OUTPUT_CHOICES)
+            raise BadDataError(f"is {list(self.outputs)}, expected {choices}", where=f"{where}.outputs")
 
 
 @dataclass(frozen=True)
@@ -322,6 +324,7 @@ class PostprocessConfig:
     marker_threshold: float = 0.5  # body probability a marker needs
     border_threshold: float = 0.4  # border probability a marker must stay under
     contact_threshold: float = 0.5  # contact probability a marker must stay under (3-channel models)
+    core_threshold: float = 0.0  # core probability a marker needs (models with a core channel); 0: core ignored
     mask_threshold: float = 0.5  # body probability that belongs to some nucleus
     min_marker_size: int = 4
     min_size: int = 12
@@ -331,7 +334,7 @@ class PostprocessConfig:
     split_ratio: float = 1.5  # re-seed dented nuclei over this many times the median area; 0: off (dsb.inference.split)
 
     def check(self, where: str) -> None:
-        for name in ("marker_threshold", "border_threshold", "contact_threshold", "mask_threshold"):
+        for name in ("marker_threshold", "border_threshold", "contact_threshold", "core_threshold", "mask_threshold"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise BadDataError(f"is {getattr(self, name)}, expected in [0, 1]", where=f"{where}.{name}")
         if not self.split_ratio >= 0:

@@ -51,12 +51,12 @@ __all__ = [
 DIAMETER_RANGE = (2.0, 1000.0)
 
 # The watershed the estimate measures nuclei with, the same for every run: the settings its rules
-# below were set on (the shipped model's post-processing, contact ignored, no split). It is not
+# below were set on (the shipped model's post-processing, contact and core ignored, no split). It is not
 # the run's own post-processing: ``dsb tune`` scores settings on probabilities at the scales the
 # estimate chose, so settings that also moved the estimate would be judged at scales that
 # prediction then does not use.
 ESTIMATE_WATERSHED = PostprocessConfig(
-    marker_threshold=0.5, border_threshold=0.4, contact_threshold=1.0, mask_threshold=0.5,
+    marker_threshold=0.5, border_threshold=0.4, contact_threshold=1.0, core_threshold=0.0, mask_threshold=0.5,
     min_marker_size=16, min_size=12, flood="probability", fill_holes=True, keep_unmarked=True, split_ratio=0.0,
 )
 

@@ -124,6 +124,8 @@ def _reseed(region: np.ndarray, prob: np.ndarray, config: PostprocessConfig, min
     inside = region & (body > config.marker_threshold)
     if prob.shape[2] >= 3:  # as the watershed's own markers (dsb.inference.watershed)
         inside &= prob[:, :, 2] < config.contact_threshold
+    if prob.shape[2] >= 4 and config.core_threshold > 0:
+        inside &= prob[:, :, 3] > config.core_threshold
     for fraction in BORDER_LADDER:
         seeds, k = ndimage.label(inside & (prob[:, :, 1] < fraction * config.border_threshold), structure=_CROSS)
         if k < 2:

@@ -13,7 +13,8 @@ Steps of :func:`labels_from_probabilities`:
 1. mask = body > ``mask_threshold``;
 2. markers = connected components of (body > ``marker_threshold``) & (border <
    ``border_threshold``) (& contact < ``contact_threshold`` when the network
-   has the third, contact channel) inside the mask, dropping those under
+   has the third, contact channel) (& core > ``core_threshold`` when it has the fourth,
+   core channel and the threshold is above 0) inside the mask, dropping those under
    ``min_marker_size`` pixels; a component of the mask that holds no marker
    (a small nucleus the border covers entirely) becomes its own marker when
    ``keep_unmarked``;
@@ -89,6 +90,8 @@ def _markers(prob: np.ndarray, config: PostprocessConfig, components: np.ndarray
     cores = (body > config.marker_threshold) & (border < config.border_threshold) & (components > 0)
     if prob.shape[2] >= 3:  # the contact zone between neighbours keeps their markers apart
         cores &= prob[:, :, 2] < config.contact_threshold
+    if prob.shape[2] >= 4 and config.core_threshold > 0:  # as does each nucleus's own core
+        cores &= prob[:, :, 3] > config.core_threshold
     markers, _ = ndimage.label(cores, structure=_CROSS)
     if config.min_marker_size > 1:  # every component has a pixel and the numbering has no gap
         markers = remove_small(markers, config.min_marker_size)

@@ -237,7 +237,7 @@ class BodyOverlap(keras.metrics.Metric):
 
 # The contact zone is thin and decides every split of touching nuclei: it weighs double,
 # as the contact channel of the winning DSB solutions did.
-DEFAULT_CHANNEL_WEIGHTS = {"body": 1.0, "border": 1.0, "contact": 2.0}
+DEFAULT_CHANNEL_WEIGHTS = {"body": 1.0, "border": 1.0, "contact": 2.0, "core": 1.0}
 
 
 def _channel_weights(config: Config) -> tuple[float, ...]:

@@ -30,12 +30,17 @@ from dsb.training.groups import held_out_groups
 __all__ = [
     "make_targets",
     "contact_widths",
+    "core_target",
+    "CORE_FRACTION",
     "split_ids",
     "augment_crop",
     "CropLoader",
     "ValidationLoader",
     "to_network_input",
 ]
+
+# A nucleus's core: its pixels at least this share of its own largest distance from its outline.
+CORE_FRACTION = 0.5
 
 # Tags that keep the streams of random numbers apart.
 _ORDER, _SAMPLE = 0, 1
@@ -55,6 +60,43 @@ def _near_two(labels: np.ndarray, width: int) -> np.ndarray:
     high = ndimage.maximum_filter(labels, footprint=footprint, mode="nearest")
     low = ndimage.minimum_filter(lifted, footprint=footprint, mode="nearest")
     return (high > 0) & (low < high)
+
+
+def core_target(labels: np.ndarray, fraction: float = CORE_FRACTION) -> np.ndarray:
+    """Each nucleus's core: its pixels at least ``fraction`` of its own deepest distance from its outline.
+
+    The distance of a nucleus pixel is to the nearest pixel outside the
+    nucleus, background or another nucleus, so two nuclei pressed together get
+    two cores however faint the line between them: seeds for the watershed,
+    one per nucleus. The array's edge is not an outline: a nucleus cut by the
+    edge of a crop keeps its core against that edge. A nucleus too thin to have
+    an inside (one or two pixels across) is all core.
+
+    Returns
+    -------
+    (H, W) ndarray of bool
+
+    Examples
+    --------
+    >>> labels = np.zeros((7, 12), np.int32); labels[1:6, 1:6] = 1; labels[1:6, 6:11] = 2
+    >>> core_target(labels).astype(int)[3]
+    array([0, 0, 1, 1, 1, 0, 0, 1, 1, 1, 0, 0])
+    """
+    if not 0 < fraction <= 1:
+        raise ValueError(f"`fraction` must be in (0, 1], got {fraction}")
+    labels = np.asarray(labels)
+    inside = labels > 0
+    # A pixel is inner when its four neighbours in the array carry its own label.
+    inside[1:] &= labels[1:] == labels[:-1]
+    inside[:-1] &= labels[:-1] == labels[1:]
+    inside[:, 1:] &= labels[:, 1:] == labels[:, :-1]
+    inside[:, :-1] &= labels[:, :-1] == labels[:, 1:]
+    if not inside.any():
+        return labels > 0
+    depth = ndimage.distance_transform_edt(inside)
+    deepest = np.zeros(int(labels.max()) + 1)
+    np.maximum.at(deepest, labels.ravel(), depth.ravel())
+    return (labels > 0) & (depth >= fraction * deepest[labels])
 
 
 def contact_widths(labels: np.ndarray, scale: float, most: int) -> np.ndarray:
@@ -85,9 +127,10 @@ def contact_widths(labels: np.ndarray, scale: float, most: int) -> np.ndarray:
 
 
 def make_targets(
-    labels: np.ndarray, *, border_width: int, contact_width: int | None = None, contact_scale: float = 0.0
+    labels: np.ndarray, *, border_width: int, contact_width: int | None = None, contact_scale: float = 0.0,
+    core: bool = False,
 ) -> np.ndarray:
-    """Body, border and (optionally) contact targets from instance labels.
+    """Body, border and (optionally) contact and core targets from instance labels.
 
     Parameters
     ----------
@@ -108,15 +151,18 @@ def make_targets(
         beside a large one then keeps most of its body, and two large ones
         get a band in proportion. With ``contact_scale = contact_width / d``,
         nuclei of diameter ``d`` get ``contact_width`` as with a fixed width.
+    core : bool
+        With ``contact_width``, a fourth channel (core): each nucleus's inner
+        part (:func:`core_target`), one seed per nucleus.
 
     Returns
     -------
-    (H, W, 2) or (H, W, 3) ndarray of float32
+    (H, W, 2), (H, W, 3) or (H, W, 4) ndarray of float32
         Channel 0 (body): 1 on every nucleus pixel. Channel 1 (border): 1 on
         nucleus pixels within ``border_width`` (Euclidean) of a pixel of another
         label, background or a touching nucleus, so body minus border separates
         touching nuclei. The image edge does not count as a border. Channel 2
-        (contact), with ``contact_width``.
+        (contact), with ``contact_width``. Channel 3 (core), with ``core``.
 
     Examples
     --------
@@ -133,8 +179,10 @@ def make_targets(
         raise ValueError(f"`contact_scale` must be a finite number >= 0, got {contact_scale}")
     if contact_scale and contact_width is None:
         raise ValueError("`contact_scale` needs `contact_width` (the contact target)")
+    if core and contact_width is None:
+        raise ValueError("`core` needs `contact_width`: the core is the fourth channel, after contact")
     body = labels > 0
-    targets = np.zeros(labels.shape + (2 if contact_width is None else 3,), np.float32)
+    targets = np.zeros(labels.shape + (2 if contact_width is None else 4 if core else 3,), np.float32)
     targets[..., 0] = body
     if border_width > 0:
         # A pixel is near another label when the max or min label in its
@@ -159,6 +207,8 @@ def make_targets(
                     break
                 contact |= _near_two(np.where(wide[labels], labels, 0), width)
             targets[..., 2] = contact
+    if core:
+        targets[..., 3] = core_target(labels)
     return targets
 
 
@@ -281,6 +331,7 @@ def augment_crop(
     border_width: int,
     contact_width: int | None = None,
     contact_scale: float = 0.0,
+    core: bool = False,
     zoom: float = 1.0,
     flips: bool = True,
     rotations: bool = True,
@@ -320,8 +371,8 @@ def augment_crop(
         uint8 is scaled to [0, 1].
     labels : (H, W) ndarray of int
     rng : numpy.random.Generator
-    contact_width, contact_scale
-        The contact target's (see :func:`make_targets`).
+    contact_width, contact_scale, core
+        The contact and core targets' (see :func:`make_targets`).
     colour : (H, W, 3) or (H, W, 4) ndarray of uint8, optional
         The raw RGB of a stained ``image``. When given, the same window is
         resampled from it, its stains and colours jittered
@@ -346,7 +397,7 @@ def augment_crop(
     Returns
     -------
     x : (crop_size, crop_size, 1) ndarray of float32 in [0, 1]
-    y : (crop_size, crop_size, 2 or 3) ndarray of float32
+    y : (crop_size, crop_size, 2, 3 or 4) ndarray of float32
         See :func:`make_targets`.
     """
     jitter = float(rng.uniform(1.0 - scale_jitter, 1.0 + scale_jitter)) if scale_jitter > 0 else 1.0
@@ -364,7 +415,8 @@ def augment_crop(
         x = preprocess_image(rgb, preprocess, kind="stained")
     if crowding > 0 and rng.random() < crowding:
         x, crop_labels = paste_neighbours(x, crop_labels, rng)
-    y = make_targets(crop_labels, border_width=border_width, contact_width=contact_width, contact_scale=contact_scale)
+    y = make_targets(crop_labels, border_width=border_width, contact_width=contact_width, contact_scale=contact_scale,
+                     core=core)
     if flips and rng.random() < 0.5:
         x, y = x[::-1], y[::-1]
     if flips and rng.random() < 0.5:
@@ -461,6 +513,8 @@ class CropLoader(keras.utils.PyDataset):
     contact_scale : float
         With ``contact_width``: the contact band follows nucleus size
         (see :func:`make_targets`); 0 keeps it ``contact_width`` wide.
+    core : bool
+        With ``contact_width``: adds the core target (see :func:`make_targets`).
     zooms : list of float, optional
         Per pair, the factor that takes its nuclei to the canonical diameter
         (:func:`dsb.inference.scale.zoom_for`); 1 for all by default.
@@ -495,6 +549,7 @@ class CropLoader(keras.utils.PyDataset):
         border_width: int = 2,
         contact_width: int | None = None,
         contact_scale: float = 0.0,
+        core: bool = False,
         zooms: Sequence[float] | None = None,
         augment: TrainConfig | None = None,
         colour: Sequence[np.ndarray | None] | None = None,
@@ -516,6 +571,7 @@ class CropLoader(keras.utils.PyDataset):
         self.border_width = int(border_width)
         self.contact_width = contact_width
         self.contact_scale = float(contact_scale)
+        self.core = bool(core)
         self.zooms = _zooms(zooms, len(self.pairs))
         self.augment = augment
         self.start_step = int(start_step)
@@ -544,6 +600,7 @@ class CropLoader(keras.utils.PyDataset):
             border_width=self.border_width,
             contact_width=self.contact_width,
             contact_scale=self.contact_scale,
+            core=self.core,
             zoom=self.zooms[pick],
             flips=bool(a and a.flips),
             rotations=bool(a and a.rotations),
@@ -600,6 +657,7 @@ class ValidationLoader(keras.utils.PyDataset):
         border_width: int = 2,
         contact_width: int | None = None,
         contact_scale: float = 0.0,
+        core: bool = False,
         zooms: Sequence[float] | None = None,
         shard: tuple[int, int] = (0, 1),
         workers: int = 1,
@@ -610,6 +668,7 @@ class ValidationLoader(keras.utils.PyDataset):
         self.pairs = [_zoom_pair(image, lab, zoom) for (image, lab), zoom in zip(pairs, _zooms(zooms, len(pairs)))]
         self.contact_width = contact_width
         self.contact_scale = float(contact_scale)
+        self.core = bool(core)
         index, count = shard
         self.batch_size = int(batch_size)
         self.crop_size = int(crop_size)
@@ -636,5 +695,5 @@ class ValidationLoader(keras.utils.PyDataset):
             x, crop_labels = _extract(image, labels, start, 1.0, self.crop_size)
             xs.append(x[..., None])
             ys.append(make_targets(crop_labels, border_width=self.border_width, contact_width=self.contact_width,
-                                   contact_scale=self.contact_scale))
+                                   contact_scale=self.contact_scale, core=self.core))
         return np.stack(xs), np.stack(ys)

@@ -47,6 +47,8 @@ class Plan:
         Of the contact output, when the model has one.
     contact_scale : float
         Its width per pixel of nucleus diameter when it follows size, else 0.
+    core : bool
+        Whether the model has a core output.
     """
 
     config: Config
@@ -57,6 +59,7 @@ class Plan:
     colour: list | None
     contact_width: int | None
     contact_scale: float = 0.0
+    core: bool = False
 
     @property
     def seed(self) -> int:
@@ -117,6 +120,7 @@ def make_plan(prepared, config: Config, split: Split, *, seed: int, epochs: int 
         colour=_colour_images(prepared, tc, list(split.train_idx)),
         contact_width=config.preprocess.contact_width if "contact" in config.model.outputs else None,
         contact_scale=config.preprocess.contact_scale,
+        core="core" in config.model.outputs,
     )
 
 
@@ -129,7 +133,8 @@ def make_loaders(plan: Plan, prepared, *, start_step: int, shard: tuple[int, int
         [images[i] for i in train], [labels[i] for i in train],
         batch_size=plan.global_batch, steps_per_epoch=plan.steps_per_epoch, seed=plan.seed,
         crop_size=tc.crop_size, border_width=pre.border_width, contact_width=plan.contact_width,
-        contact_scale=plan.contact_scale, zooms=[zooms[i] for i in train], augment=tc, colour=plan.colour,
+        contact_scale=plan.contact_scale, core=plan.core, zooms=[zooms[i] for i in train], augment=tc,
+        colour=plan.colour,
         preprocess=pre,
         start_step=start_step, shard=shard, workers=workers,
     )
@@ -138,7 +143,8 @@ def make_loaders(plan: Plan, prepared, *, start_step: int, shard: tuple[int, int
     val_data = ValidationLoader(
         [images[i] for i in val], [labels[i] for i in val],
         batch_size=plan.global_batch, crop_size=tc.crop_size, border_width=pre.border_width,
-        contact_width=plan.contact_width, contact_scale=plan.contact_scale, zooms=[zooms[i] for i in val],
+        contact_width=plan.contact_width, contact_scale=plan.contact_scale, core=plan.core,
+        zooms=[zooms[i] for i in val],
         shard=shard, workers=workers,
     )
     return train_data, val_data

@@ -91,6 +91,7 @@ _CHANNEL_TEXT = {
     "body": "probability that the pixel belongs to a nucleus",
     "border": "probability that the pixel lies on the inner ring of a nucleus (contact lines included)",
     "contact": "probability that the pixel lies within a few pixels of two different nuclei",
+    "core": "probability that the pixel lies in the inner part of a nucleus, a seed per nucleus",
 }
 
 
@@ -245,6 +246,8 @@ def _readme(config, step: int, training: str | None) -> str:
         f"| {i} | `{name}` | {_CHANNEL_TEXT.get(name, name)} |" for i, name in enumerate(outputs)
     )
     contact = f" and contact under {post.contact_threshold:g}" if "contact" in outputs else ""
+    if "core" in outputs and post.core_threshold > 0:
+        contact += f" and core over {post.core_threshold:g}"
     lines = [
         f"# {NAME}",
         "",

@@ -49,6 +49,7 @@ GRID: dict[str, tuple] = {
     "marker_threshold": (0.3, 0.4, 0.5, 0.6, 0.7, 0.8),
     "border_threshold": (0.2, 0.3, 0.4, 0.5, 0.6),
     "contact_threshold": (0.3, 0.5, 0.7, 1.0),  # 1: contact ignored; only for networks with a contact channel
+    "core_threshold": (0.0, 0.3, 0.5, 0.7),  # 0: core ignored; only for networks with a core channel
     "mask_threshold": (0.3, 0.4, 0.5, 0.6),
     "flood": ("probability", "distance"),
     "min_marker_size": (1, 4, 8, 16),
@@ -110,6 +111,8 @@ def search_postprocess(
     grid = dict(GRID if grid is None else grid)
     if any(p.shape[2] < 3 for p in probabilities.values()):
         grid.pop("contact_threshold", None)  # a two-channel network has no contact to threshold
+    if any(p.shape[2] < 4 for p in probabilities.values()):
+        grid.pop("core_threshold", None)  # nor a network without a core channel a core
     scales = dict(scales or {})
     fields = {f.name for f in dataclasses.fields(PostprocessConfig)}
     unknown = sorted(set(grid) - fields)
