@@ -51,6 +51,10 @@ def test_partial_config_takes_defaults(tmp_path):
         ({"model": {"depth": 6, "dropout": [0.0]}, "predict": {"tile_size": 48, "overlap": 8}},
          "predict.tile_size: is 48, expected a multiple of 32 for a U-Net of 6 levels"),
         ({"model": {"filters": [8, 0], "dropout": [0.0]}}, "model.filters: are [8, 0], expected positive filters"),
+        ({"model": {"outputs": ["body", "border", "core"]}},
+         "model.outputs: is ['body', 'border', 'core'], expected ['body', 'border'] or ['body', 'border', 'contact']"
+         " or ['body', 'border', 'contact', 'core']"),
+        ({"postprocess": {"core_threshold": 1.5}}, "postprocess.core_threshold: is 1.5, expected in [0, 1]"),
     ],
 )
 def test_bad_configs_name_the_file_and_key(tmp_path, data, needle):

@@ -16,6 +16,7 @@ from dsb.training.loader import (
     CropLoader,
     ValidationLoader,
     augment_crop,
+    core_target,
     make_targets,
     split_ids,
 )
@@ -341,3 +342,62 @@ def test_a_runs_loaders_make_the_contact_band_its_config_asks_for(follows, monke
             np.testing.assert_array_equal(y[k], expected)
             touching += bool(expected[..., 2].any())
     assert touching, "some crop holds two nuclei close enough for contact"
+
+
+def test_core_is_one_seed_per_nucleus_even_where_nuclei_overlap():
+    # Two discs 0.8 diameters apart: one blob, and without a border the body alone has one core.
+    labels = make_discs((64, 80), ((32, 30), (32, 46)), radius=10)
+    assert ndimage.label(labels > 0)[1] == 1
+    core = core_target(labels)
+    seeds, n = ndimage.label(core)
+    assert n == 2
+    # Each seed lies inside one nucleus, and each nucleus holds one seed.
+    assert sorted(np.unique(labels[seeds == 1]).tolist() + np.unique(labels[seeds == 2]).tolist()) == [1, 2]
+    # A disc's core is its inner half: a disc of about half its radius, at its centre.
+    lone = core_target(make_discs((40, 40), ((20, 20),), radius=12))
+    assert np.sqrt(lone.sum() / np.pi) == pytest.approx(6, abs=1)
+    assert ndimage.center_of_mass(lone) == pytest.approx((20, 20), abs=0.5)
+
+
+def test_core_keeps_cut_nuclei_against_the_edge_and_thin_ones_whole():
+    labels = np.zeros((20, 30), np.int32)
+    labels[:8, 4:14] = 1  # cut by the top edge: its core reaches the edge
+    labels[12:14, 2:28] = 2  # two pixels thick: no inner pixel, all core
+    core = core_target(labels)
+    assert core[0, 6:12].all()
+    assert core[labels == 2].all()
+    assert not core[labels == 0].any()
+    with pytest.raises(ValueError, match="fraction"):
+        core_target(labels, 0)
+
+
+def test_the_core_channel_comes_fourth_and_needs_the_contact_channel():
+    labels = make_discs((64, 64), TOUCHING, radius=8)
+    y = make_targets(labels, border_width=2, contact_width=2, core=True)
+    assert y.shape == (64, 64, 4)
+    np.testing.assert_array_equal(y[..., :3], make_targets(labels, border_width=2, contact_width=2))
+    np.testing.assert_array_equal(y[..., 3], core_target(labels))
+    with pytest.raises(ValueError, match="`core` needs `contact_width`"):
+        make_targets(labels, border_width=2, core=True)
+
+
+def test_a_run_with_a_core_output_trains_and_validates_on_core_targets():
+    from conftest import tiny_prepared
+
+    from dsb.core.config import Config, ModelConfig, PreprocessConfig
+    from dsb.training.plan import make_loaders, make_plan, split_data
+
+    prepared = tiny_prepared()
+    config = Config(model=ModelConfig(outputs=("body", "border", "contact", "core")),
+                    preprocess=PreprocessConfig(diameter=20.0),
+                    train=TrainConfig(crop_size=32, batch_size=2, validation_fraction=0.3, split="random"))
+    split = split_data(prepared, config, 0, finetune=False)
+    plan = make_plan(prepared, config, split, seed=0, epochs=1, steps_per_epoch=1, replicas=1, resumed=None,
+                     path="config.json")
+    assert plan.core
+    train, val = make_loaders(plan, prepared, start_step=0, shard=(0, 1), workers=1)
+    for loader in (train, val):
+        _, y = loader[0]
+        assert y.shape[-1] == 4
+        assert not (y[..., 3] > y[..., 0]).any()  # the core lies inside the body
+    assert any(val[i][1][..., 3].any() for i in range(len(val)))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -112,6 +114,10 @@ def test_make_loss_checks_channel_weights():
     assert make_loss(Config(train=TrainConfig(channel_weights=(0.5,)))).channel_weights == (0.5, 0.5, 0.5)
     # By default the contact channel, thin and decisive in crowded fields, weighs double.
     assert make_loss(Config()).channel_weights == (1.0, 1.0, 2.0)
+    four = Config(model=ModelConfig(outputs=("body", "border", "contact", "core")))
+    assert make_loss(four).channel_weights == (1.0, 1.0, 2.0, 1.0)
+    model = build_unet(dataclasses.replace(four.model, depth=2, base_filters=4, dropout=(0.0,)))
+    assert model.output_shape[-1] == 4
 
 
 def test_body_overlap_accumulates_over_batches():

@@ -356,3 +356,26 @@ def test_watershed_without_idle_seeds_equals_skimage(levels, seeds, holes, disti
     for i in np.unique(got[got > 0]):  # every piece of a label grew from a seed of it
         pieces, n = ndimage.label(got == i)
         assert set(np.unique(pieces[markers == i])) == set(range(1, n + 1))
+
+
+def _overlapping_pair_with_cores():
+    """Two discs 0.8 diameters apart whose border and contact channels show no line between them,
+    and a core channel with one seed each: what the core is for."""
+    from dsb.training.loader import core_target
+
+    truth = make_discs((64, 80), centres=((32, 30), (32, 46)), radius=10)
+    prob = targets(np.where(truth > 0, 1, 0)).astype(np.float32)  # the pair as one body, border outside only
+    contact = np.zeros(truth.shape + (1,), np.float32)
+    core = core_target(truth)[..., None].astype(np.float32)
+    return truth, np.concatenate([prob, contact, core], axis=-1)
+
+
+def test_the_core_channel_splits_what_body_and_border_merge():
+    truth, prob = _overlapping_pair_with_cores()
+    ignored = labels_from_probabilities(prob, PostprocessConfig(split_ratio=0))
+    assert ignored.max() == 1  # core_threshold 0: the marker rule of a three-channel network
+    labels = labels_from_probabilities(prob, PostprocessConfig(split_ratio=0, core_threshold=0.5))
+    assert labels.max() == 2
+    assert min(match(truth, labels)) > 0.8
+    # The fourth channel is read only when it is there.
+    assert labels_from_probabilities(prob[..., :3], PostprocessConfig(split_ratio=0, core_threshold=0.5)).max() == 1

@@ -192,3 +192,15 @@ def test_nuclei_cut_off_at_the_edge_do_not_set_the_median(monkeypatch):
     assert split_merged(labels, prob, PostprocessConfig()).max() == labels.max()
     monkeypatch.setattr(split, "_median_area", lambda labels, areas: float(np.median(areas)))
     assert split_merged(labels, prob, PostprocessConfig()).max() == labels.max() + 1
+
+
+def test_the_split_re_seeds_with_the_markers_core_rule():
+    """The re-seeding asks of its seeds what the markers ask: with a core threshold, no seed where
+    the core channel is low. A fourth channel that says "no core here" keeps the merged pair whole;
+    ignored (threshold 0), the pair splits as with three channels."""
+    truth, prob = merged_pair()
+    merged = labels_from_probabilities(prob, PostprocessConfig(split_ratio=0))
+    four = np.concatenate([prob, np.zeros_like(prob[..., :1]), np.zeros_like(prob[..., :1])], axis=-1)
+    n = int(merged.max())
+    assert split_merged(merged, four, PostprocessConfig(core_threshold=0.0)).max() == n + 1
+    assert split_merged(merged, four, PostprocessConfig(core_threshold=0.5)).max() == n

@@ -237,3 +237,14 @@ def test_dsb_tune_says_it_tuned_for_tta(tmp_path):
     result = CliRunner().invoke(cli, ["tune", str(run_dir), "--data", str(data), "--no-tta", "--engine", "keras"])
     assert result.exit_code == 0 and "test-time" not in result.output
     assert load_config(run_dir / "config.json").predict.tta is False
+
+
+def test_the_core_threshold_is_searched_only_for_networks_with_a_core(cases):
+    probabilities, truth = cases
+    grid = {"core_threshold": (0.0, 0.5), "marker_threshold": (0.5,)}
+    _, three = search_postprocess(probabilities, truth, PostprocessConfig(), grid=grid)
+    assert "core_threshold" not in three.columns
+    four = {k: np.concatenate([p, np.zeros_like(p[..., :1]), p[..., :1]], axis=-1) for k, p in probabilities.items()}
+    _, table = search_postprocess(four, truth, PostprocessConfig(), grid=grid)
+    assert set(table["core_threshold"]) == {0.0, 0.5}
+    assert "core_threshold" in GRID
