@@ -262,3 +262,17 @@ def test_a_given_sample_is_preprocessed_and_cropped_to_the_size_step(run_dir, tm
     np.testing.assert_array_equal(x[0, :, :, 0], preprocess_image(sample, CONFIG.preprocess)[2:98, 3:67])
     with pytest.raises(BadDataError, match="at least 16x16"):
         export_bioimageio(run_dir, tmp_path / "small", sample=np.zeros((12, 40), np.uint8))
+
+
+def test_readme_names_the_core_channel_and_its_marker_rule():
+    import dataclasses
+
+    from dsb.workflows.bioimageio import _readme
+
+    model = dataclasses.replace(CONFIG.model, outputs=("body", "border", "contact", "core"))
+    config = CONFIG.replace(model=model, postprocess=dataclasses.replace(CONFIG.postprocess, core_threshold=0.5))
+    text = _readme(config, 16, None)
+    assert "| 3 | `core` | probability that the pixel lies in the inner part of a nucleus" in text
+    assert "and core over 0.5," in text
+    ignored = _readme(config.replace(postprocess=CONFIG.postprocess), 16, None)
+    assert "`core`" in ignored and "core over" not in ignored
