@@ -37,7 +37,7 @@ from skimage.segmentation import watershed
 from dsb.core.config import PostprocessConfig
 from dsb.core.labels import touching_edge
 
-__all__ = ["BORDER_LADDER", "DENT_FLOOR", "MIN_DENT", "MIN_PIECE", "split_merged", "dent_depth"]
+__all__ = ["BORDER_LADDER", "DENT_FLOOR", "MIN_DENT", "MIN_PIECE", "split_merged", "dent_depth", "marker_pixels"]
 
 # Stricter border thresholds tried in turn, as fractions of the config's ``border_threshold``.
 BORDER_LADDER = (0.75, 0.5, 0.25, 0.125)
@@ -53,6 +53,20 @@ DENT_FLOOR = 2.0
 MIN_PIECE = 0.3
 
 _CROSS = ndimage.generate_binary_structure(2, 1)
+
+
+def marker_pixels(prob: np.ndarray, config: PostprocessConfig) -> np.ndarray:
+    """Where a marker may lie, the border aside: body over ``marker_threshold``, contact under
+    ``contact_threshold`` (with a contact channel) and core over ``core_threshold`` (with a core
+    channel and a threshold above 0). The watershed's markers
+    (:mod:`dsb.inference.watershed`) add border under ``border_threshold``; the re-seeding
+    here, border under stricter ones."""
+    pixels = prob[:, :, 0] > config.marker_threshold
+    if prob.shape[2] >= 3:  # the contact zone between neighbours keeps their markers apart
+        pixels &= prob[:, :, 2] < config.contact_threshold
+    if prob.shape[2] >= 4 and config.core_threshold > 0:  # as does each nucleus's own core
+        pixels &= prob[:, :, 3] > config.core_threshold
+    return pixels
 
 
 def dent_depth(mask: np.ndarray) -> float:
@@ -121,11 +135,7 @@ def _reseed(region: np.ndarray, prob: np.ndarray, config: PostprocessConfig, min
     """Pieces 1..K (K >= 2) of ``region`` from the first stricter seeding whose pieces pass, else None."""
     whole = None  # the region's dent, measured once a seeding first cuts it (the hull costs most)
     body = prob[:, :, 0]
-    inside = region & (body > config.marker_threshold)
-    if prob.shape[2] >= 3:  # as the watershed's own markers (dsb.inference.watershed)
-        inside &= prob[:, :, 2] < config.contact_threshold
-    if prob.shape[2] >= 4 and config.core_threshold > 0:
-        inside &= prob[:, :, 3] > config.core_threshold
+    inside = region & marker_pixels(prob, config)  # as the watershed's own markers
     for fraction in BORDER_LADDER:
         seeds, k = ndimage.label(inside & (prob[:, :, 1] < fraction * config.border_threshold), structure=_CROSS)
         if k < 2:

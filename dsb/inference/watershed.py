@@ -37,7 +37,7 @@ from skimage.segmentation import watershed
 
 from dsb.core.config import PostprocessConfig
 from dsb.core.labels import relabel, touching_edge
-from dsb.inference.split import split_merged
+from dsb.inference.split import marker_pixels, split_merged
 
 __all__ = [
     "RING_DISTANCE",
@@ -86,12 +86,7 @@ def remove_small(labels: np.ndarray, min_size: int) -> np.ndarray:
 
 
 def _markers(prob: np.ndarray, config: PostprocessConfig, components: np.ndarray, n: int) -> np.ndarray:
-    body, border = prob[:, :, 0], prob[:, :, 1]
-    cores = (body > config.marker_threshold) & (border < config.border_threshold) & (components > 0)
-    if prob.shape[2] >= 3:  # the contact zone between neighbours keeps their markers apart
-        cores &= prob[:, :, 2] < config.contact_threshold
-    if prob.shape[2] >= 4 and config.core_threshold > 0:  # as does each nucleus's own core
-        cores &= prob[:, :, 3] > config.core_threshold
+    cores = marker_pixels(prob, config) & (prob[:, :, 1] < config.border_threshold) & (components > 0)
     markers, _ = ndimage.label(cores, structure=_CROSS)
     if config.min_marker_size > 1:  # every component has a pixel and the numbering has no gap
         markers = remove_small(markers, config.min_marker_size)
