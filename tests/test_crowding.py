@@ -79,3 +79,78 @@ def test_crowded_crops_have_more_contact_for_the_network_to_learn():
 def test_crowding_is_a_chance():
     with pytest.raises(BadDataError, match="crowding"):
         TrainConfig(crowding=1.5).check("train")
+
+
+def _centre_distances(labels, n_before):
+    """For each copy, its centre's distance to the nearest nucleus of the crop, over the two radii."""
+    ids = np.arange(1, int(labels.max()) + 1)
+    area = ndimage.sum_labels(np.ones_like(labels), labels, ids)
+    centres = np.array(ndimage.center_of_mass(np.ones_like(labels), labels, ids))
+    radius = np.sqrt(area / np.pi)
+    ratios = []
+    for copy in range(n_before, len(ids)):
+        d = np.hypot(*(centres[:n_before] - centres[copy]).T) / (radius[:n_before] + radius[copy])
+        ratios.append(d.min())
+    return np.array(ratios)
+
+
+def test_gap_and_overlap_decide_how_close_a_copy_lands():
+    gray, labels = _sparse()
+    close, apart = [], []
+    for seed in range(8):
+        rng = np.random.default_rng(seed)
+        _, near = paste_neighbours(gray, labels, rng, copies=1, gap=(0.7, 0.75), max_overlap=0.3)
+        _, far = paste_neighbours(gray, labels, np.random.default_rng(seed), copies=1, gap=(1.3, 1.4))
+        close.extend(_centre_distances(near, 3))
+        apart.extend(_centre_distances(far, 3))
+        # An overlapping copy is pasted over the nucleus it lands on: no pixel has two labels,
+        # and the nucleus under it keeps at least 70 % of its pixels.
+        assert (np.bincount(near.ravel(), minlength=4)[1:4] >= 0.7 * np.bincount(labels.ravel())[1:4]).all()
+    assert len(close) >= 4 and len(apart) >= 4
+    # (measured after the paste, which moves the covered nucleus's centre away a little)
+    assert max(close) < 0.88 and min(apart) > 1.25
+    # The default (slight overlap at most) cannot place a copy that deep in its neighbour.
+    _, default = paste_neighbours(gray, labels, np.random.default_rng(0), copies=1, gap=(0.7, 0.75))
+    assert int(default.max()) == 3
+
+
+def test_the_config_defaults_are_the_module_defaults():
+    from dsb.training.crowding import GAP, MAX_OVERLAP
+
+    assert tuple(TrainConfig().crowding_gap) == GAP and TrainConfig().crowding_overlap == MAX_OVERLAP
+
+
+@pytest.mark.parametrize(
+    "bad, where",
+    [(dict(crowding_gap=(1.2, 0.9)), "crowding_gap"), (dict(crowding_gap=(0.9,)), "crowding_gap"),
+     (dict(crowding_gap=(0.2, 1.0)), "crowding_gap"), (dict(crowding_overlap=0.7), "crowding_overlap"),
+     (dict(crowding_overlap=-0.1), "crowding_overlap")],
+)
+def test_bad_crowding_placement_names_its_key(bad, where):
+    with pytest.raises(BadDataError, match=f"train.{where}"):
+        TrainConfig(**bad).check("train")
+
+
+@pytest.mark.parametrize("bad", [dict(gap=(1.2, 0.9)), dict(gap=(0.0, 1.0)), dict(max_overlap=1.0),
+                                 dict(max_overlap=-0.1)])
+def test_paste_neighbours_refuses_a_bad_placement(bad):
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        paste_neighbours(*_sparse(), np.random.default_rng(0), **bad)
+
+
+def test_the_loader_passes_the_placement_on():
+    pytest.importorskip("keras")
+    from dsb.training.loader import CropLoader
+
+    centres = [(r, c) for r in range(24, 256, 56) for c in range(24, 256, 56)]
+    labels = make_discs((256, 256), centres, radius=9)
+    image = np.where(labels > 0, 220, 20).astype(np.uint8)
+    contact = {}
+    for name, extra in (("apart", dict(crowding_gap=(1.6, 1.8))), ("touching", dict(crowding_gap=(0.95, 1.0)))):
+        augment = TrainConfig(crowding=1.0, flips=False, rotations=False, scale_jitter=0.0, intensity_jitter=0.0,
+                              contrast_jitter=0.0, blur_probability=0.0, noise_std=0.0, gamma_jitter=0.0, **extra)
+        loader = CropLoader([image], [labels], crop_size=128, batch_size=4, steps_per_epoch=3, border_width=2,
+                            contact_width=2, augment=augment, seed=1)
+        contact[name] = sum(float(loader[i][1][..., 2].sum()) for i in range(3))
+    # Copies pasted far apart can still land near one another; touching ones make contact everywhere.
+    assert contact["touching"] > 3 * contact["apart"]

@@ -184,6 +184,10 @@ class TrainConfig:
     # Chance that a crop gets copies of its own nuclei pasted against its nuclei (copy-paste
     # crowding, dsb.training.crowding): touching neighbours, which the training images hold few of.
     crowding: float = 0.0
+    # Where a copy goes: its centre at a distance uniform in crowding_gap times the sum of its own and its
+    # neighbour's radius (1: touching discs), covering at most crowding_overlap of any nucleus it lands on.
+    crowding_gap: tuple[float, ...] = (0.9, 1.15)
+    crowding_overlap: float = 0.1
     intensity_jitter: float = 0.1
     contrast_jitter: float = 0.2
     # Colour augmentation of stained images, on their RGB before the grey conversion (dsb.training.augment);
@@ -231,9 +235,15 @@ class TrainConfig:
         for name, top in (("stain_jitter", 1.0), ("colour_jitter", 1.0), ("hue_jitter", 0.5),
                           ("blur_probability", 1.0), ("stain_shift", 0.1), ("noise_std", 0.5),
                           ("gamma_jitter", 1.0), ("blur_sigma", 10.0), ("scale_jitter", 0.9),
-                          ("zoom_octaves", 3.0), ("crowding", 1.0)):
+                          ("zoom_octaves", 3.0), ("crowding", 1.0), ("crowding_overlap", 0.5)):
             if not 0.0 <= getattr(self, name) <= top:
                 raise BadDataError(f"is {getattr(self, name)}, expected in [0, {top}]", where=f"{where}.{name}")
+        gap = tuple(self.crowding_gap)
+        if len(gap) != 2 or not 0.5 <= gap[0] <= gap[1] <= 2.0:
+            raise BadDataError(
+                f"is {list(gap)}, expected two factors [low, high] with 0.5 <= low <= high <= 2",
+                where=f"{where}.crowding_gap",
+            )
         if self.blur_probability > 0 and self.blur_sigma < 0.3:
             raise BadDataError(
                 f"is {self.blur_sigma}, expected at least 0.3 when train.blur_probability > 0", where=f"{where}.blur_sigma"

@@ -24,11 +24,11 @@ from dsb.core.labels import areas_and_centres, touching_edge
 __all__ = ["paste_neighbours"]
 
 # A copy is pasted only where it covers at most this share of a nucleus already there (and of its
-# own area): touching neighbours, not nuclei hidden under others.
+# own area): touching neighbours, not nuclei hidden under others. `train.crowding_overlap`.
 MAX_OVERLAP = 0.1
 
 # Distance between the centres of the copy and its neighbour, as a factor of the sum of their
-# equivalent radii: from slightly overlapping outlines to a gap of a few pixels.
+# equivalent radii: from slightly overlapping outlines to a gap of a few pixels. `train.crowding_gap`.
 GAP = (0.9, 1.15)
 
 # Places tried for each copy before it is given up.
@@ -49,6 +49,8 @@ def paste_neighbours(
     *,
     copies: int | None = None,
     min_area: int = 9,
+    gap: tuple[float, float] = GAP,
+    max_overlap: float = MAX_OVERLAP,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Paste copies of a crop's own nuclei against its nuclei.
 
@@ -64,6 +66,14 @@ def paste_neighbours(
         whole nuclei in the crop (at most 8), drawn from ``rng``.
     min_area : int
         Nuclei smaller than this (in pixels) are not copied.
+    gap : (float, float)
+        The distance between the centres of a copy and its neighbour is drawn
+        uniform in this range, as a factor of the sum of their equivalent
+        radii (1: discs that just touch; below 1 they overlap).
+    max_overlap : float
+        A place is taken only where the copy covers at most this share of
+        any nucleus already there and of its own area; the copy is pasted
+        over what it covers.
 
     Returns
     -------
@@ -71,7 +81,7 @@ def paste_neighbours(
     labels : (H, W) ndarray of int32
         The crop with the copies: each copy a new label after the crop's
         own, its pixels taken from the nucleus it copies. A copy that finds
-        no free place (inside the crop, covering at most :data:`MAX_OVERLAP`
+        no free place (inside the crop, covering at most ``max_overlap``
         of a nucleus) is left out; a crop without a whole nucleus comes back
         unchanged.
 
@@ -87,6 +97,11 @@ def paste_neighbours(
     labels = np.array(labels, np.int32)
     if gray.shape != labels.shape or gray.ndim != 2:
         raise ValueError(f"`gray` {gray.shape} and `labels` {labels.shape} must be one 2-D shape")
+    low, high = (float(g) for g in gap)
+    if not 0 < low <= high:
+        raise ValueError(f"`gap` must be two factors 0 < low <= high, got {gap}")
+    if not 0 <= max_overlap < 1:
+        raise ValueError(f"`max_overlap` must be in [0, 1), got {max_overlap}")
     n = int(labels.max(initial=0))
     sources = _whole(labels, n, min_area)
     if not sources.size:
@@ -104,11 +119,12 @@ def paste_neighbours(
         if rng.random() < 0.5:
             mask, pixels = mask[::-1], pixels[::-1]
         turns = int(rng.integers(4))
-        next_id = _place(gray, labels, rng, np.rot90(mask, turns), np.rot90(pixels, turns), next_id)
+        next_id = _place(gray, labels, rng, np.rot90(mask, turns), np.rot90(pixels, turns), next_id,
+                         (low, high), max_overlap)
     return gray, labels
 
 
-def _place(gray, labels, rng, mask, pixels, next_id: int) -> int:
+def _place(gray, labels, rng, mask, pixels, next_id: int, gap, max_overlap: float) -> int:
     """Paste one copy (``mask``, ``pixels``) against a random nucleus; return the next free label."""
     n = next_id - 1
     area, centre_r, centre_c = areas_and_centres(labels, n)
@@ -120,7 +136,7 @@ def _place(gray, labels, rng, mask, pixels, next_id: int) -> int:
     height, width = labels.shape
     for _ in range(TRIES):
         neighbour = int(rng.choice(present))
-        distance = (own_radius + np.sqrt(area[neighbour] / np.pi)) * rng.uniform(*GAP)
+        distance = (own_radius + np.sqrt(area[neighbour] / np.pi)) * rng.uniform(*gap)
         angle = rng.uniform(0.0, 2.0 * np.pi)
         top = int(round(centre_r[neighbour] + distance * np.sin(angle) - own_r))
         left = int(round(centre_c[neighbour] + distance * np.cos(angle) - own_c))
@@ -129,7 +145,7 @@ def _place(gray, labels, rng, mask, pixels, next_id: int) -> int:
         window = np.s_[top : top + mask.shape[0], left : left + mask.shape[1]]
         under = labels[window][mask]
         covered = np.bincount(under, minlength=n + 1)[1:]
-        if covered.sum() > MAX_OVERLAP * mask.sum() or (covered > MAX_OVERLAP * area[1:]).any():
+        if covered.sum() > max_overlap * mask.sum() or (covered > max_overlap * area[1:]).any():
             continue
         labels[window][mask] = next_id
         gray[window][mask] = pixels[mask]

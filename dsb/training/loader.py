@@ -24,6 +24,8 @@ from dsb.inference.labels import labels_to_shape
 from dsb.inference.preprocess import preprocess_image, to_network_input
 from dsb.inference.resample import resample
 from dsb.training import augment as appearance
+from dsb.training.crowding import GAP as CROWDING_GAP
+from dsb.training.crowding import MAX_OVERLAP as CROWDING_OVERLAP
 from dsb.training.crowding import paste_neighbours
 from dsb.training.groups import held_out_groups
 
@@ -338,6 +340,8 @@ def augment_crop(
     scale_jitter: float = 0.0,
     zoom_octaves: float = 0.0,
     crowding: float = 0.0,
+    crowding_gap: tuple[float, float] = CROWDING_GAP,
+    crowding_overlap: float = CROWDING_OVERLAP,
     intensity_jitter: float = 0.0,
     contrast_jitter: float = 0.0,
     colour: np.ndarray | None = None,
@@ -360,7 +364,9 @@ def augment_crop(
     (zoom * j)`` pixels (images smaller than the window are padded by
     reflection), resamples it to ``crop_size`` (image linear, labels nearest);
     with probability ``crowding`` pastes copies of the crop's nuclei against
-    its nuclei (:func:`dsb.training.crowding.paste_neighbours`); derives the
+    its nuclei (:func:`dsb.training.crowding.paste_neighbours`, with
+    ``crowding_gap`` and ``crowding_overlap`` as its ``gap`` and
+    ``max_overlap``); derives the
     targets at the crop's own scale (so the border is ``border_width`` pixels
     wide in what the network sees), then flips and rotates by multiples of 90
     degrees, and jitters brightness and contrast.
@@ -414,7 +420,7 @@ def augment_crop(
         rgb = appearance.colour_jitter(rgb, rng, hue=hue_jitter, saturation=colour_jitter, brightness=colour_jitter)
         x = preprocess_image(rgb, preprocess, kind="stained")
     if crowding > 0 and rng.random() < crowding:
-        x, crop_labels = paste_neighbours(x, crop_labels, rng)
+        x, crop_labels = paste_neighbours(x, crop_labels, rng, gap=crowding_gap, max_overlap=crowding_overlap)
     y = make_targets(crop_labels, border_width=border_width, contact_width=contact_width, contact_scale=contact_scale,
                      core=core)
     if flips and rng.random() < 0.5:
@@ -607,6 +613,8 @@ class CropLoader(keras.utils.PyDataset):
             scale_jitter=a.scale_jitter if a else 0.0,
             zoom_octaves=a.zoom_octaves if a else 0.0,
             crowding=a.crowding if a else 0.0,
+            crowding_gap=a.crowding_gap if a else CROWDING_GAP,
+            crowding_overlap=a.crowding_overlap if a else CROWDING_OVERLAP,
             intensity_jitter=a.intensity_jitter if a else 0.0,
             contrast_jitter=a.contrast_jitter if a else 0.0,
             **(_appearance(a, self.colour[pick], self.preprocess) if a else {}),
