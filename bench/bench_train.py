@@ -94,10 +94,8 @@ def speed(args, prepared) -> None:
         keras.utils.set_random_seed(tc.seed)
         model = compile_model(build_unet(config.model), config, total_steps=10_000)
         loader = CropLoader(images, labels, batch_size=tc.batch_size, steps_per_epoch=10_000, seed=tc.seed,
-                            crop_size=tc.crop_size, border_width=config.preprocess.border_width, augment=tc,
-                            contact_width=config.preprocess.contact_width if "contact" in config.model.outputs
-                            else None,
-                            contact_scale=config.preprocess.contact_scale, workers=args.workers)
+                            crop_size=tc.crop_size, targets=TargetSpec.for_config(config), augment=tc,
+                            workers=args.workers)
         x, y = loader[0]
 
         class Constant(keras.utils.PyDataset):

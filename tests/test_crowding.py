@@ -60,14 +60,15 @@ def test_a_crop_without_a_whole_nucleus_comes_back_unchanged():
 
 def test_crowded_crops_have_more_contact_for_the_network_to_learn():
     pytest.importorskip("keras")
-    from dsb.training.loader import augment_crop
+    from dsb.training.loader import TargetSpec, augment_crop
 
     centres = [(r, c) for r in range(24, 256, 56) for c in range(24, 256, 56)]
     labels = make_discs((256, 256), centres, radius=9)
     image = np.where(labels > 0, 220, 20).astype(np.uint8)
     plain = crowded = 0.0
     for seed in range(12):
-        kwargs = dict(crop_size=128, border_width=2, contact_width=2, flips=False, rotations=False)
+        kwargs = dict(crop_size=128, targets=TargetSpec(border_width=2, contact_width=2), flips=False,
+                      rotations=False)
         plain += augment_crop(image, labels, np.random.default_rng(seed), **kwargs)[1][..., 2].sum()
         x, y = augment_crop(image, labels, np.random.default_rng(seed), crowding=1.0, **kwargs)
         crowded += y[..., 2].sum()
@@ -140,7 +141,7 @@ def test_paste_neighbours_refuses_a_bad_placement(bad):
 
 def test_the_loader_passes_the_placement_on():
     pytest.importorskip("keras")
-    from dsb.training.loader import CropLoader
+    from dsb.training.loader import CropLoader, TargetSpec
 
     centres = [(r, c) for r in range(24, 256, 56) for c in range(24, 256, 56)]
     labels = make_discs((256, 256), centres, radius=9)
@@ -149,8 +150,8 @@ def test_the_loader_passes_the_placement_on():
     for name, extra in (("apart", dict(crowding_gap=(1.6, 1.8))), ("touching", dict(crowding_gap=(0.95, 1.0)))):
         augment = TrainConfig(crowding=1.0, flips=False, rotations=False, scale_jitter=0.0, intensity_jitter=0.0,
                               contrast_jitter=0.0, blur_probability=0.0, noise_std=0.0, gamma_jitter=0.0, **extra)
-        loader = CropLoader([image], [labels], crop_size=128, batch_size=4, steps_per_epoch=3, border_width=2,
-                            contact_width=2, augment=augment, seed=1)
+        loader = CropLoader([image], [labels], crop_size=128, batch_size=4, steps_per_epoch=3,
+                            targets=TargetSpec(border_width=2, contact_width=2), augment=augment, seed=1)
         contact[name] = sum(float(loader[i][1][..., 2].sum()) for i in range(3))
     # Copies pasted far apart can still land near one another; touching ones make contact everywhere.
     assert contact["touching"] > 3 * contact["apart"]

@@ -14,6 +14,7 @@ from dsb.core.config import TrainConfig
 from dsb.core.errors import BadDataError
 from dsb.training.loader import (
     CropLoader,
+    TargetSpec,
     ValidationLoader,
     augment_crop,
     core_target,
@@ -99,8 +100,8 @@ def test_crops_keep_image_and_targets_aligned_under_every_augmentation():
     for i in range(30):
         rng = np.random.default_rng(i)
         k = i % len(images)
-        x, y = augment_crop(images[k], labels[k], rng, crop_size=32, border_width=1, flips=True, rotations=True,
-                            scale_jitter=config.scale_jitter)
+        x, y = augment_crop(images[k], labels[k], rng, crop_size=32, targets=TargetSpec(border_width=1), flips=True,
+                            rotations=True, scale_jitter=config.scale_jitter)
         assert x.shape == (32, 32, 1) and y.shape == (32, 32, 2)
         bright = x[..., 0] > 0.45
         # Linear vs nearest resampling may disagree on a rim of pixels only.
@@ -114,7 +115,7 @@ def test_zoom_octaves_draw_nucleus_sizes_log_uniformly_over_the_octaves():
     image = np.where(labels > 0, 250, 10).astype(np.uint8)
     log2 = []
     for i in range(120):
-        _, y = augment_crop(image, labels, np.random.default_rng(i), crop_size=256, border_width=1,
+        _, y = augment_crop(image, labels, np.random.default_rng(i), crop_size=256, targets=TargetSpec(border_width=1),
                             flips=False, rotations=False, zoom_octaves=1.0)
         parts, n = ndimage.label(y[..., 0] > 0)
         edge = np.unique(np.r_[parts[0], parts[-1], parts[:, 0], parts[:, -1]])
@@ -136,7 +137,7 @@ def test_zoom_octaves_are_checked():
 def test_small_images_are_padded_by_reflection():
     labels = make_discs((20, 24), ((6, 6),), radius=4)
     image = np.where(labels > 0, 250, 10).astype(np.uint8)
-    x, y = augment_crop(image, labels, np.random.default_rng(0), crop_size=48, border_width=1,
+    x, y = augment_crop(image, labels, np.random.default_rng(0), crop_size=48, targets=TargetSpec(border_width=1),
                         flips=False, rotations=False)
     assert x.shape == (48, 48, 1)
     # Mirrored copies of the disc appear, and the image is never padded with a constant.
@@ -147,7 +148,7 @@ def test_small_images_are_padded_by_reflection():
 
 def test_intensity_and_contrast_jitter_change_only_the_image():
     images, labels = _images(1)
-    args = dict(crop_size=32, border_width=1, flips=False, rotations=False)
+    args = dict(crop_size=32, targets=TargetSpec(border_width=1), flips=False, rotations=False)
     x0, y0 = augment_crop(images[0], labels[0], np.random.default_rng(3), **args)
     x1, y1 = augment_crop(images[0], labels[0], np.random.default_rng(3), intensity_jitter=0.2,
                           contrast_jitter=0.5, **args)
@@ -158,7 +159,8 @@ def test_intensity_and_contrast_jitter_change_only_the_image():
 
 def test_loader_batches_are_a_pure_function_of_seed_epoch_and_batch():
     images, labels = _images()
-    kwargs = dict(batch_size=4, steps_per_epoch=3, seed=5, crop_size=32, border_width=1, augment=TrainConfig())
+    kwargs = dict(batch_size=4, steps_per_epoch=3, seed=5, crop_size=32, targets=TargetSpec(border_width=1),
+                  augment=TrainConfig())
     loader = CropLoader(images, labels, **kwargs)
     assert loader.num_batches is None
     x, y = loader[4]
@@ -191,7 +193,8 @@ def test_threaded_loading_keeps_the_order():
     import keras
 
     images, labels = _images()
-    kwargs = dict(batch_size=2, steps_per_epoch=4, seed=3, crop_size=32, border_width=1, augment=TrainConfig())
+    kwargs = dict(batch_size=2, steps_per_epoch=4, seed=3, crop_size=32, targets=TargetSpec(border_width=1),
+                  augment=TrainConfig())
     serial = CropLoader(images, labels, **kwargs)
     threaded = CropLoader(images, labels, workers=3, **kwargs)
     model = keras.Sequential([keras.Input((32, 32, 1)), keras.layers.Lambda(lambda t: t)])
@@ -202,7 +205,7 @@ def test_threaded_loading_keeps_the_order():
 
 def test_validation_crops_cover_every_image_in_full_batches():
     images, labels = _images(3)  # 64x80, 40x48, 100x70
-    loader = ValidationLoader(images, labels, batch_size=4, crop_size=32, border_width=1)
+    loader = ValidationLoader(images, labels, batch_size=4, crop_size=32, targets=TargetSpec(border_width=1))
     assert loader.n_crops == 2 * 3 + 2 * 2 + 4 * 3
     assert len(loader) == 6 and len(loader.crops) == 24
     seen = [np.zeros(im.shape, bool) for im in images]
@@ -229,7 +232,7 @@ def test_colour_path_is_used_for_colour_images_only_and_is_deterministic():
                      gamma_jitter=0.0)
     off = TrainConfig(intensity_jitter=0.0, contrast_jitter=0.0, blur_probability=0.0, noise_std=0.0,
                       gamma_jitter=0.0, stain_jitter=0.0, stain_shift=0.0, hue_jitter=0.0, colour_jitter=0.0)
-    kwargs = dict(batch_size=4, steps_per_epoch=1, seed=2, crop_size=32, border_width=1)
+    kwargs = dict(batch_size=4, steps_per_epoch=1, seed=2, crop_size=32, targets=TargetSpec(border_width=1))
     with_colour = CropLoader(images, labels, augment=on, colour=colour, **kwargs)
     grey_only = CropLoader(images, labels, augment=on, **kwargs)
     switched_off = CropLoader(images, labels, augment=off, colour=colour, **kwargs)
@@ -257,8 +260,9 @@ def test_colour_path_picks_the_same_window_as_the_labels_at_any_scale():
     k = 2
     rgb = _colour_of(images[k])
     for seed in range(10):
-        x, y = augment_crop(images[k], labels[k], np.random.default_rng(seed), crop_size=32, border_width=1,
-                            scale_jitter=0.3, colour=rgb, stain_jitter=0.2, stain_shift=0.005)
+        x, y = augment_crop(images[k], labels[k], np.random.default_rng(seed), crop_size=32,
+                            targets=TargetSpec(border_width=1), scale_jitter=0.3, colour=rgb, stain_jitter=0.2,
+                            stain_shift=0.005)
         assert x.shape == (32, 32, 1) and x.dtype == np.float32 and 0 <= x.min() and x.max() <= 1
         if y[..., 0].any() and not y[..., 0].all():
             assert np.mean((x[..., 0] > 0.5) != (y[..., 0] > 0)) < 0.1
@@ -266,7 +270,7 @@ def test_colour_path_picks_the_same_window_as_the_labels_at_any_scale():
 
 def test_grey_level_augmentation_changes_only_the_image_and_is_seeded():
     images, labels = _images(1)
-    args = dict(crop_size=32, border_width=1, flips=False, rotations=False)
+    args = dict(crop_size=32, targets=TargetSpec(border_width=1), flips=False, rotations=False)
     grey = dict(blur_probability=1.0, blur_sigma=1.5, noise_std=0.05, gamma_jitter=0.3)
     x0, y0 = augment_crop(images[0], labels[0], np.random.default_rng(3), **args)
     x1, y1 = augment_crop(images[0], labels[0], np.random.default_rng(3), **args, **grey)
@@ -314,7 +318,7 @@ def test_a_runs_loaders_make_the_contact_band_its_config_asks_for(follows, monke
                      path="config.json")
     train, val = make_loaders(plan, prepared, start_step=0, shard=(0, 1), workers=1)
     scale = 0.1 if follows else 0.0
-    assert plan.contact_scale == scale
+    assert plan.targets.contact_scale == scale
     # Training crops: every crop's targets are made at the config's scale.
     import dsb.training.loader as loader
 
@@ -394,10 +398,31 @@ def test_a_run_with_a_core_output_trains_and_validates_on_core_targets():
     split = split_data(prepared, config, 0, finetune=False)
     plan = make_plan(prepared, config, split, seed=0, epochs=1, steps_per_epoch=1, replicas=1, resumed=None,
                      path="config.json")
-    assert plan.core
+    assert plan.targets == TargetSpec(border_width=2, contact_width=2, core=True)
     train, val = make_loaders(plan, prepared, start_step=0, shard=(0, 1), workers=1)
     for loader in (train, val):
         _, y = loader[0]
         assert y.shape[-1] == 4
         assert not (y[..., 3] > y[..., 0]).any()  # the core lies inside the body
     assert any(val[i][1][..., 3].any() for i in range(len(val)))
+
+
+def test_a_target_spec_checks_its_options_when_made():
+    for bad, name in ((dict(border_width=-1), "border_width"), (dict(contact_width=0), "contact_width"),
+                      (dict(contact_scale=0.1), "contact_scale"), (dict(core=True), "core"),
+                      (dict(contact_width=2, contact_scale=float("nan")), "contact_scale")):
+        with pytest.raises(ValueError, match=f"`{name}`"):
+            TargetSpec(**bad)
+
+
+@pytest.mark.parametrize("outputs, channels", [(("body", "border"), 2), (("body", "border", "contact"), 3),
+                                               (("body", "border", "contact", "core"), 4)])
+def test_the_targets_follow_the_networks_outputs(outputs, channels):
+    """A config's outputs decide the channels; a size-following contact band is dropped with the contact output."""
+    from dsb.core.config import Config, ModelConfig, PreprocessConfig
+
+    config = Config(model=ModelConfig(outputs=outputs), preprocess=PreprocessConfig(contact_follows_size=True))
+    spec = TargetSpec.for_config(config)
+    y = spec(make_discs((64, 64), TOUCHING, radius=8))
+    assert y.shape == (64, 64, channels)
+    assert (spec.contact_scale > 0) == (channels > 2)

@@ -19,7 +19,7 @@ from dsb.inference.scale import ESTIMATE_WATERSHED, choose_scale, median_diamete
 from dsb.inference.watershed import labels_from_probabilities
 from dsb.kaggle.metric import image_score
 from dsb.training.cache import cache_path
-from dsb.training.loader import augment_crop, contact_widths, make_targets
+from dsb.training.loader import TargetSpec, augment_crop, contact_widths, make_targets
 
 CANONICAL = 20.0
 CONFIG = Config(
@@ -80,7 +80,8 @@ def test_training_crops_show_nuclei_at_the_canonical_size():
     labels = grid_of_discs((600, 600), 40, 120)  # diameter about 80
     rng = np.random.default_rng(0)
     zoom = zoom_for(median_diameter(labels), CANONICAL)
-    x, y = augment_crop(image_of(labels), labels, rng, crop_size=128, border_width=2, contact_width=2, zoom=zoom)
+    x, y = augment_crop(image_of(labels), labels, rng, crop_size=128,
+                        targets=TargetSpec(border_width=2, contact_width=2), zoom=zoom)
     crop_labels, _ = ndimage.label(y[..., 0] > 0.5)
     whole = [d for d, lab in zip(nucleus_diameters(crop_labels), range(1, crop_labels.max() + 1))
              if not _touches_edge(crop_labels == lab)]

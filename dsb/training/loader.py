@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 
 import keras
 import numpy as np
 from scipy import ndimage
 
-from dsb.core.config import PreprocessConfig, TrainConfig
+from dsb.core.config import Config, PreprocessConfig, TrainConfig
 from dsb.core.labels import edge_runs
 from dsb.core.validate import check_labels
 from dsb.inference.labels import labels_to_shape
@@ -31,6 +32,7 @@ from dsb.training.groups import held_out_groups
 
 __all__ = [
     "make_targets",
+    "TargetSpec",
     "contact_widths",
     "core_target",
     "CORE_FRACTION",
@@ -175,14 +177,7 @@ def make_targets(
     array([0, 0, 0, 1, 1, 0, 0])
     """
     labels = check_labels("labels", labels, bool_ok=False)
-    if border_width < 0:
-        raise ValueError(f"`border_width` must be >= 0, got {border_width}")
-    if not (math.isfinite(contact_scale) and contact_scale >= 0):
-        raise ValueError(f"`contact_scale` must be a finite number >= 0, got {contact_scale}")
-    if contact_scale and contact_width is None:
-        raise ValueError("`contact_scale` needs `contact_width` (the contact target)")
-    if core and contact_width is None:
-        raise ValueError("`core` needs `contact_width`: the core is the fourth channel, after contact")
+    _check_target_options(border_width, contact_width, contact_scale, core)
     body = labels > 0
     targets = np.zeros(labels.shape + (2 if contact_width is None else 4 if core else 3,), np.float32)
     targets[..., 0] = body
@@ -194,8 +189,6 @@ def make_targets(
         low = ndimage.minimum_filter(labels, footprint=footprint, mode="nearest")
         targets[..., 1] = body & ((high != labels) | (low != labels))
     if contact_width is not None:
-        if contact_width < 1:
-            raise ValueError(f"`contact_width` must be >= 1, got {contact_width}")
         if contact_scale == 0:
             targets[..., 2] = _near_two(labels, contact_width)
         else:
@@ -212,6 +205,71 @@ def make_targets(
     if core:
         targets[..., 3] = core_target(labels)
     return targets
+
+
+def _check_target_options(border_width, contact_width, contact_scale, core) -> None:
+    """ValueError naming the first of :func:`make_targets`'s options that is out of range."""
+    if border_width < 0:
+        raise ValueError(f"`border_width` must be >= 0, got {border_width}")
+    if contact_width is not None and contact_width < 1:
+        raise ValueError(f"`contact_width` must be >= 1, got {contact_width}")
+    if not (math.isfinite(contact_scale) and contact_scale >= 0):
+        raise ValueError(f"`contact_scale` must be a finite number >= 0, got {contact_scale}")
+    if contact_scale and contact_width is None:
+        raise ValueError("`contact_scale` needs `contact_width` (the contact target)")
+    if core and contact_width is None:
+        raise ValueError("`core` needs `contact_width`: the core is the fourth channel, after contact")
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    """Which targets a network learns: :func:`make_targets`'s options, as one record.
+
+    Every crop of a run, training or validation, gets its targets from the
+    same record, so a new kind of target is one field here rather than an
+    argument threaded through each loader.
+
+    Attributes
+    ----------
+    border_width : int
+    contact_width : int or None
+        None: no contact channel (nor core).
+    contact_scale : float
+        0: the contact band is ``contact_width`` wide; above 0 it follows nucleus size.
+    core : bool
+        A fourth channel, each nucleus's core.
+
+    Examples
+    --------
+    >>> spec = TargetSpec(border_width=1, contact_width=1)
+    >>> labels = np.zeros((5, 7), np.int32); labels[1:4, 1:4] = 1; labels[1:4, 4:6] = 2
+    >>> spec(labels).shape
+    (5, 7, 3)
+    """
+
+    border_width: int = 2
+    contact_width: int | None = None
+    contact_scale: float = 0.0
+    core: bool = False
+
+    def __post_init__(self):
+        _check_target_options(self.border_width, self.contact_width, self.contact_scale, self.core)
+
+    @classmethod
+    def for_config(cls, config: Config) -> "TargetSpec":
+        """The targets of ``config``'s network outputs, with its ``preprocess`` widths."""
+        pre, outputs = config.preprocess, config.model.outputs
+        contact = "contact" in outputs
+        return cls(
+            border_width=pre.border_width,
+            contact_width=pre.contact_width if contact else None,
+            contact_scale=pre.contact_scale if contact else 0.0,
+            core="core" in outputs,
+        )
+
+    def __call__(self, labels: np.ndarray) -> np.ndarray:
+        """:func:`make_targets` of ``labels`` with these options."""
+        return make_targets(labels, **asdict(self))
 
 
 def split_ids(
@@ -330,10 +388,7 @@ def augment_crop(
     rng: np.random.Generator,
     *,
     crop_size: int,
-    border_width: int,
-    contact_width: int | None = None,
-    contact_scale: float = 0.0,
-    core: bool = False,
+    targets: TargetSpec = TargetSpec(),
     zoom: float = 1.0,
     flips: bool = True,
     rotations: bool = True,
@@ -367,8 +422,8 @@ def augment_crop(
     its nuclei (:func:`dsb.training.crowding.paste_neighbours`, with
     ``crowding_gap`` and ``crowding_overlap`` as its ``gap`` and
     ``max_overlap``); derives the
-    targets at the crop's own scale (so the border is ``border_width`` pixels
-    wide in what the network sees), then flips and rotates by multiples of 90
+    targets at the crop's own scale (so the border is ``targets.border_width``
+    pixels wide in what the network sees), then flips and rotates by multiples of 90
     degrees, and jitters brightness and contrast.
 
     Parameters
@@ -377,8 +432,8 @@ def augment_crop(
         uint8 is scaled to [0, 1].
     labels : (H, W) ndarray of int
     rng : numpy.random.Generator
-    contact_width, contact_scale, core
-        The contact and core targets' (see :func:`make_targets`).
+    targets : TargetSpec
+        Which targets, and how wide (see :func:`make_targets`).
     colour : (H, W, 3) or (H, W, 4) ndarray of uint8, optional
         The raw RGB of a stained ``image``. When given, the same window is
         resampled from it, its stains and colours jittered
@@ -421,8 +476,7 @@ def augment_crop(
         x = preprocess_image(rgb, preprocess, kind="stained")
     if crowding > 0 and rng.random() < crowding:
         x, crop_labels = paste_neighbours(x, crop_labels, rng, gap=crowding_gap, max_overlap=crowding_overlap)
-    y = make_targets(crop_labels, border_width=border_width, contact_width=contact_width, contact_scale=contact_scale,
-                     core=core)
+    y = targets(crop_labels)
     if flips and rng.random() < 0.5:
         x, y = x[::-1], y[::-1]
     if flips and rng.random() < 0.5:
@@ -513,14 +567,9 @@ class CropLoader(keras.utils.PyDataset):
         Samples in the global batch (over all replicas and processes).
     steps_per_epoch : int
     seed : int
-    crop_size, border_width : int
-    contact_width : int, optional
-        Adds the contact target (see :func:`make_targets`).
-    contact_scale : float
-        With ``contact_width``: the contact band follows nucleus size
-        (see :func:`make_targets`); 0 keeps it ``contact_width`` wide.
-    core : bool
-        With ``contact_width``: adds the core target (see :func:`make_targets`).
+    crop_size : int
+    targets : TargetSpec
+        Which targets each crop gets (see :func:`make_targets`).
     zooms : list of float, optional
         Per pair, the factor that takes its nuclei to the canonical diameter
         (:func:`dsb.inference.scale.zoom_for`); 1 for all by default.
@@ -552,10 +601,7 @@ class CropLoader(keras.utils.PyDataset):
         steps_per_epoch: int,
         seed: int,
         crop_size: int = 256,
-        border_width: int = 2,
-        contact_width: int | None = None,
-        contact_scale: float = 0.0,
-        core: bool = False,
+        targets: TargetSpec = TargetSpec(),
         zooms: Sequence[float] | None = None,
         augment: TrainConfig | None = None,
         colour: Sequence[np.ndarray | None] | None = None,
@@ -574,10 +620,7 @@ class CropLoader(keras.utils.PyDataset):
         self.steps_per_epoch = int(steps_per_epoch)
         self.seed = int(seed)
         self.crop_size = int(crop_size)
-        self.border_width = int(border_width)
-        self.contact_width = contact_width
-        self.contact_scale = float(contact_scale)
-        self.core = bool(core)
+        self.targets = targets
         self.zooms = _zooms(zooms, len(self.pairs))
         self.augment = augment
         self.start_step = int(start_step)
@@ -603,10 +646,7 @@ class CropLoader(keras.utils.PyDataset):
             labels,
             rng,
             crop_size=self.crop_size,
-            border_width=self.border_width,
-            contact_width=self.contact_width,
-            contact_scale=self.contact_scale,
-            core=self.core,
+            targets=self.targets,
             zoom=self.zooms[pick],
             flips=bool(a and a.flips),
             rotations=bool(a and a.rotations),
@@ -662,10 +702,7 @@ class ValidationLoader(keras.utils.PyDataset):
         *,
         batch_size: int,
         crop_size: int = 256,
-        border_width: int = 2,
-        contact_width: int | None = None,
-        contact_scale: float = 0.0,
-        core: bool = False,
+        targets: TargetSpec = TargetSpec(),
         zooms: Sequence[float] | None = None,
         shard: tuple[int, int] = (0, 1),
         workers: int = 1,
@@ -674,13 +711,10 @@ class ValidationLoader(keras.utils.PyDataset):
         super().__init__(workers=workers, use_multiprocessing=False, max_queue_size=max_queue_size)
         pairs = _pairs(images, labels, batch_size, shard, "validation")
         self.pairs = [_zoom_pair(image, lab, zoom) for (image, lab), zoom in zip(pairs, _zooms(zooms, len(pairs)))]
-        self.contact_width = contact_width
-        self.contact_scale = float(contact_scale)
-        self.core = bool(core)
+        self.targets = targets
         index, count = shard
         self.batch_size = int(batch_size)
         self.crop_size = int(crop_size)
-        self.border_width = int(border_width)
         self.crops = [
             (i, (r, c))
             for i, (image, _) in enumerate(self.pairs)
@@ -702,6 +736,5 @@ class ValidationLoader(keras.utils.PyDataset):
             image, labels = self.pairs[i]
             x, crop_labels = _extract(image, labels, start, 1.0, self.crop_size)
             xs.append(x[..., None])
-            ys.append(make_targets(crop_labels, border_width=self.border_width, contact_width=self.contact_width,
-                                   contact_scale=self.contact_scale, core=self.core))
+            ys.append(self.targets(crop_labels))
         return np.stack(xs), np.stack(ys)

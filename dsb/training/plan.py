@@ -12,7 +12,7 @@ from dsb.inference.scale import median_diameter, network_zoom
 from dsb.training.cache import data_checksum as checksum
 from dsb.training.cache import load_colour_images
 from dsb.training.finetune import finetune_split
-from dsb.training.loader import CropLoader, ValidationLoader, split_ids
+from dsb.training.loader import CropLoader, TargetSpec, ValidationLoader, split_ids
 from dsb.training.state import RunState
 
 
@@ -43,12 +43,8 @@ class Plan:
         Per prepared image, the zoom to the canonical nucleus diameter.
     colour : list or None
         Raw RGB per training image for colour augmentation (None: grey only).
-    contact_width : int or None
-        Of the contact output, when the model has one.
-    contact_scale : float
-        Its width per pixel of nucleus diameter when it follows size, else 0.
-    core : bool
-        Whether the model has a core output.
+    targets : TargetSpec
+        The targets of the model's outputs (:meth:`TargetSpec.for_config`).
     """
 
     config: Config
@@ -57,9 +53,7 @@ class Plan:
     global_batch: int
     zooms: tuple[float, ...]
     colour: list | None
-    contact_width: int | None
-    contact_scale: float = 0.0
-    core: bool = False
+    targets: TargetSpec
 
     @property
     def seed(self) -> int:
@@ -118,9 +112,7 @@ def make_plan(prepared, config: Config, split: Split, *, seed: int, epochs: int 
         global_batch=global_batch,
         zooms=tuple(_zooms(prepared, config)),
         colour=_colour_images(prepared, tc, list(split.train_idx)),
-        contact_width=config.preprocess.contact_width if "contact" in config.model.outputs else None,
-        contact_scale=config.preprocess.contact_scale,
-        core="core" in config.model.outputs,
+        targets=TargetSpec.for_config(config),
     )
 
 
@@ -132,8 +124,7 @@ def make_loaders(plan: Plan, prepared, *, start_step: int, shard: tuple[int, int
     train_data = CropLoader(
         [images[i] for i in train], [labels[i] for i in train],
         batch_size=plan.global_batch, steps_per_epoch=plan.steps_per_epoch, seed=plan.seed,
-        crop_size=tc.crop_size, border_width=pre.border_width, contact_width=plan.contact_width,
-        contact_scale=plan.contact_scale, core=plan.core, zooms=[zooms[i] for i in train], augment=tc,
+        crop_size=tc.crop_size, targets=plan.targets, zooms=[zooms[i] for i in train], augment=tc,
         colour=plan.colour,
         preprocess=pre,
         start_step=start_step, shard=shard, workers=workers,
@@ -142,9 +133,7 @@ def make_loaders(plan: Plan, prepared, *, start_step: int, shard: tuple[int, int
         return train_data, None
     val_data = ValidationLoader(
         [images[i] for i in val], [labels[i] for i in val],
-        batch_size=plan.global_batch, crop_size=tc.crop_size, border_width=pre.border_width,
-        contact_width=plan.contact_width, contact_scale=plan.contact_scale, core=plan.core,
-        zooms=[zooms[i] for i in val],
+        batch_size=plan.global_batch, crop_size=tc.crop_size, targets=plan.targets, zooms=[zooms[i] for i in val],
         shard=shard, workers=workers,
     )
     return train_data, val_data
