@@ -19,17 +19,19 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from dsb.core.config import TrainConfig
 from dsb.core.labels import areas_and_centres, touching_edge
 
 __all__ = ["paste_neighbours"]
 
+# The defaults are the config's (`train.crowding_overlap`, `train.crowding_gap`), kept there.
 # A copy is pasted only where it covers at most this share of a nucleus already there (and of its
-# own area): touching neighbours, not nuclei hidden under others. `train.crowding_overlap`.
-MAX_OVERLAP = 0.1
+# own area): touching neighbours, not nuclei hidden under others.
+MAX_OVERLAP = TrainConfig.crowding_overlap
 
 # Distance between the centres of the copy and its neighbour, as a factor of the sum of their
-# equivalent radii: from slightly overlapping outlines to a gap of a few pixels. `train.crowding_gap`.
-GAP = (0.9, 1.15)
+# equivalent radii: from slightly overlapping outlines to a gap of a few pixels.
+GAP = tuple(TrainConfig.crowding_gap)
 
 # Places tried for each copy before it is given up.
 TRIES = 6
