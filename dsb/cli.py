@@ -42,40 +42,49 @@ class _Diameter(click.ParamType):
             self.fail(str(exc), param, ctx)
 
 
-class _Zooms(click.ParamType):
+class _Numbers(click.ParamType):
+    """Numbers, comma-separated; :meth:`check` says what a list may hold."""
+
+    def check(self, numbers: tuple[float, ...]) -> tuple[float, ...]:
+        raise NotImplementedError
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        try:
+            numbers = tuple(float(part) for part in str(value).split(","))
+        except ValueError:
+            self.fail(f"{value!r} is not a comma-separated list of numbers", param, ctx)
+        try:
+            return self.check(numbers)
+        except ValueError as exc:
+            self.fail(f"{value!r}: {exc}", param, ctx)
+
+
+class _Zooms(_Numbers):
     """Magnifications, comma-separated: ``0.5,1,2,3``."""
 
     name = "Z[,Z...]"
 
-    def convert(self, value, param, ctx):
-        if isinstance(value, tuple):
-            return value
-        try:
-            zooms = tuple(float(part) for part in str(value).split(","))
-        except ValueError:
-            self.fail(f"{value!r} is not a comma-separated list of numbers", param, ctx)
+    def check(self, zooms):
         if not all(0.05 <= z <= 20 for z in zooms):
-            self.fail(f"{value!r}: every zoom must be between 0.05 and 20", param, ctx)
+            raise ValueError("every zoom must be between 0.05 and 20")
         return tuple(dict.fromkeys(zooms))
 
 
-class _ScaleFactors(click.ParamType):
-    """Factors on the scale each image is predicted at, comma-separated: ``1,1.25,1.5``."""
+class _ScaleFactors(_Numbers):
+    """Factors on the scale each image is predicted at, comma-separated: ``1,1.25``."""
 
     name = "F[,F...]"
 
-    def convert(self, value, param, ctx):
-        if isinstance(value, tuple):
-            return value
+    def check(self, factors):
         from dsb.core.errors import BadDataError
         from dsb.workflows.tune import check_scale_factors
 
         try:
-            return check_scale_factors(float(part) for part in str(value).split(","))
-        except ValueError:
-            self.fail(f"{value!r} is not a comma-separated list of numbers", param, ctx)
+            return check_scale_factors(factors)
         except BadDataError as exc:
-            self.fail(f"{value!r}: a factor {exc.message}", param, ctx)
+            raise ValueError(f"a factor {exc.message}") from None
 
 
 _DIAMETER_HELP = "Median nucleus diameter in pixels; estimated per image when not given."
