@@ -11,7 +11,8 @@ in a temporary copy; ``ENGINE:int8`` runs the folder's ``model.int8.onnx``,
 skipped when there is none; ``ENGINE/one-look`` runs the scale estimate without its cross-check,
 and ``ENGINE/no-split`` the watershed without the split of merged-looking nuclei
 (``postprocess.split_ratio`` 0), as releases before them did, for each beside the current
-prediction), with scale normalisation on and TTA off unless asked:
+prediction; ``ENGINE/x1.25`` predicts at 1.25 times the chosen scale, ``predict.scale_factor``),
+with scale normalisation on and TTA off unless asked:
 
 - end-to-end throughput of ``dsb predict`` (read, preprocess, estimate the
   scale, tile, network, watershed, encode, write and validate the CSV) in
@@ -81,8 +82,11 @@ def _model_dir(run_dir: str | None, tmp: Path) -> Path:
     return copy
 
 
-# What each ``ENGINE/VARIANT`` leaves out: a section of the config and the values it replaces.
-VARIANTS = {"one-look": ("predict", {"cross_check": False}), "no-split": ("postprocess", {"split_ratio": 0.0})}
+# What each ``ENGINE/VARIANT`` changes: a section of the config and the values it replaces (the
+# first two leave out what earlier releases lacked; x1.25 predicts 1.25 times larger, as dsb tune
+# --scale-factors may choose).
+VARIANTS = {"one-look": ("predict", {"cross_check": False}), "no-split": ("postprocess", {"split_ratio": 0.0}),
+            "x1.25": ("predict", {"scale_factor": 1.25})}
 
 
 def _load(model_dir: Path, engine: str, args, precision: str = "float32", variant: str = ""):
@@ -347,10 +351,11 @@ def _overhead(recorded: list[np.ndarray], config, images_dir: Path, args, tmp: P
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", nargs="?")
-    parser.add_argument("--engines", default="keras,onnx,openvino,openvino:int8,openvino/one-look,openvino/no-split",
+    parser.add_argument("--engines",
+                        default="keras,onnx,openvino,openvino:int8,openvino/one-look,openvino/no-split,openvino/x1.25",
                         help="ENGINE or ENGINE:int8 (the model folder's model.int8.onnx), comma-separated;"
                              " /one-look: the scale estimate without its cross-check; /no-split: the watershed"
-                             " without the split of merged-looking nuclei")
+                             " without the split of merged-looking nuclei; /x1.25: predict.scale_factor 1.25")
     parser.add_argument("--tile-size", type=int)
     parser.add_argument("--overlap", type=int)
     parser.add_argument("--batch-size", type=int)

@@ -42,21 +42,49 @@ class _Diameter(click.ParamType):
             self.fail(str(exc), param, ctx)
 
 
-class _Zooms(click.ParamType):
-    """Magnifications, comma-separated: ``0.5,1,2,3``."""
+class _Numbers(click.ParamType):
+    """Numbers, comma-separated; :meth:`check` says what a list may hold."""
 
-    name = "Z[,Z...]"
+    def check(self, numbers: tuple[float, ...]) -> tuple[float, ...]:
+        raise NotImplementedError
 
     def convert(self, value, param, ctx):
         if isinstance(value, tuple):
             return value
         try:
-            zooms = tuple(float(part) for part in str(value).split(","))
+            numbers = tuple(float(part) for part in str(value).split(","))
         except ValueError:
             self.fail(f"{value!r} is not a comma-separated list of numbers", param, ctx)
+        try:
+            return self.check(numbers)
+        except ValueError as exc:
+            self.fail(f"{value!r}: {exc}", param, ctx)
+
+
+class _Zooms(_Numbers):
+    """Magnifications, comma-separated: ``0.5,1,2,3``."""
+
+    name = "Z[,Z...]"
+
+    def check(self, zooms):
         if not all(0.05 <= z <= 20 for z in zooms):
-            self.fail(f"{value!r}: every zoom must be between 0.05 and 20", param, ctx)
+            raise ValueError("every zoom must be between 0.05 and 20")
         return tuple(dict.fromkeys(zooms))
+
+
+class _ScaleFactors(_Numbers):
+    """Factors on the scale each image is predicted at, comma-separated: ``1,1.25``."""
+
+    name = "F[,F...]"
+
+    def check(self, factors):
+        from dsb.core.errors import BadDataError
+        from dsb.workflows.tune import check_scale_factors
+
+        try:
+            return check_scale_factors(factors)
+        except BadDataError as exc:
+            raise ValueError(f"a factor {exc.message}") from None
 
 
 _DIAMETER_HELP = "Median nucleus diameter in pixels; estimated per image when not given."
@@ -238,19 +266,27 @@ def train(config_path, data, out, epochs, steps_per_epoch, time_budget, seed, re
 @click.option("--tta/--no-tta", default=None,
               help="Tune on probabilities averaged over flips and 90-degree rotations, and make that the run's "
                    "way to predict (predict.tta). Default: as the run predicts now.")
+@click.option("--scale-factors", type=_ScaleFactors(), default=None,
+              help="Predict the images at each of these times the scale their nuclei call for (0.5 to 2), "
+                   "tune the post-processing for each, and keep the best (predict.scale_factor). Each costs a "
+                   "prediction of every image, at its square in pixels. Default: the run's own factor.")
 @_ENGINE
-def tune(run_dir: Path, data: Path, tta: bool | None, engine: str) -> None:
+def tune(run_dir: Path, data: Path, tta: bool | None, scale_factors: tuple[float, ...] | None, engine: str) -> None:
     """Search post-processing parameters on the run's validation images."""
     engine = _prepare_engine(run_dir, engine)
     from dsb.workflows.tune import tune as tune_run
 
-    best, table = tune_run(run_dir, data, progress=True, engine=engine, tta=tta)
-    tuned_tta = bool(table["tta"].iloc[0])
-    click.echo(f"best post-processing{' for test-time augmentation' if tuned_tta else ''}, "
+    best, table = tune_run(run_dir, data, progress=True, engine=engine, tta=tta, scale_factors=scale_factors)
+    row = table[table["best"]].iloc[0]
+    click.echo(f"best post-processing{' for test-time augmentation' if row['tta'] else ''}, "
                f"stored in {run_dir / 'config.json'}:")
+    click.echo(f"  scale_factor = {row['scale_factor']:g}")
     for key, value in vars(best).items():
         click.echo(f"  {key} = {value}")
-    click.echo(f"{table['score'].max():.6f}")
+    if table["scale_factor"].nunique() > 1:
+        for factor, scores in table.groupby("scale_factor")["score"]:
+            click.echo(f"  best at scale factor {factor:g}: {scores.max():.6f}")
+    click.echo(f"{row['score']:.6f}")
 
 
 @cli.command()

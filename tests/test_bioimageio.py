@@ -276,3 +276,17 @@ def test_readme_names_the_core_channel_and_its_marker_rule():
     assert "and core over 0.5," in text
     ignored = _readme(config.replace(postprocess=CONFIG.postprocess), 16, None)
     assert "`core`" in ignored and "core over" not in ignored
+
+
+def test_readme_gives_the_diameter_the_run_predicts_at():
+    import dataclasses
+
+    from dsb.core.config import PreprocessConfig
+    from dsb.workflows.bioimageio import _readme
+
+    config = CONFIG.replace(preprocess=dataclasses.replace(CONFIG.preprocess, diameter=20.0))
+    assert "median nucleus is 20 pixels across" in _readme(config, 16, None)
+    larger = config.replace(predict=dataclasses.replace(config.predict, scale_factor=1.25))
+    assert "median nucleus is 25 pixels across" in _readme(larger, 16, None)
+    flat = larger.replace(preprocess=PreprocessConfig(diameter=0.0))
+    assert "is 1.25 times the size the training images had across" in _readme(flat, 16, None)

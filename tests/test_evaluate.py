@@ -186,3 +186,5 @@ def test_magnification_sweep_scores_each_zoom_and_the_command_prints_it(run_and_
     assert len(__import__("pandas").read_csv(tmp_path / "sweep.csv")) == len(sweep)
     bad = CliRunner().invoke(cli, ["evaluate", str(run_dir), "--data", str(data), "--zoom", "1,x"])
     assert bad.exit_code == 2 and "comma-separated" in bad.stderr
+    far = CliRunner().invoke(cli, ["evaluate", str(run_dir), "--data", str(data), "--zoom", "1,40"])
+    assert far.exit_code == 2 and "'1,40': every zoom must be between 0.05 and 20" in far.stderr

@@ -131,6 +131,18 @@ def test_tuning_figure_of_a_coordinate_search():
     assert curves["marker_threshold"].get_lines()[-1].get_xdata()[0] == kept["marker_threshold"]
 
 
+def test_tuning_figure_draws_the_scale_factors_tried():
+    # dsb tune --scale-factors: one search per factor, one table; the factor gets a curve of its own.
+    one = search_table()
+    other = one.assign(score=one["score"] - 0.1, best=False)
+    table = pd.concat([one.assign(scale_factor=1.0), other.assign(scale_factor=1.5)], ignore_index=True)
+    curves = {ax.get_xlabel(): ax for ax in tuning_figure(table).axes if ax.get_visible() and ax.get_lines()}
+    assert list(curves)[-1] == "scale_factor"
+    best = curves["scale_factor"].get_lines()[0]
+    np.testing.assert_allclose(best.get_ydata(), [one["score"].max(), one["score"].max() - 0.1])
+    assert "scale_factor" not in {ax.get_xlabel() for ax in tuning_figure(one.assign(scale_factor=1.0)).axes}
+
+
 @pytest.mark.parametrize("text, message", [
     ("", "is empty"),
     ("epoch,val_loss\n1,0.5\n", "no 'loss' column"),

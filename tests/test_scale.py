@@ -598,3 +598,72 @@ def test_the_estimate_measures_the_watershed_before_the_split_and_serves_it_afte
     scaled = predict_scaled(size_tuned_network, ESTIMATE_CONFIG, image_of(truth))
     np.testing.assert_array_equal(found.labels, labels_at_scale(scaled.probabilities, scaled.scale, truth.shape,
                                                                 ESTIMATE_CONFIG.postprocess))
+
+
+# ---------------------------------------------------------------- predict.scale_factor
+
+
+def _factor(config, factor, **predict):
+    return config.replace(predict=dataclasses.replace(config.predict, scale_factor=factor, **predict))
+
+
+def test_a_scale_factor_multiplies_the_chosen_scale_within_the_bounds():
+    truth = grid_of_discs((300, 300), 30, 90)
+    scaled = predict_scaled(size_tuned_network, _factor(CONFIG, 1.5), image_of(truth), diameter=60.0)
+    assert scaled.scale == pytest.approx(1.5 * CANONICAL / 60.0)
+    assert scaled.probabilities.shape[:2] == (150, 150)
+    assert scaled.diameter == 60.0  # the image's nuclei, as given: the factor is prediction's
+    # 2.5-pixel nuclei call for 8x, clipped to max_scale 4; the factor does not take it past the bound ...
+    assert predict_scaled(size_tuned_network, _factor(CONFIG, 2.0), image_of(truth), diameter=2.5).scale == 4.0
+    # ... but a factor below 1 takes the clipped scale down from it.
+    assert predict_scaled(size_tuned_network, _factor(CONFIG, 0.5), image_of(truth), diameter=2.5).scale == 2.0
+    # Without scale normalisation the image itself is resampled by the factor.
+    flat = _factor(CONFIG.replace(preprocess=PreprocessConfig(diameter=0.0)), 1.25)
+    assert predict_scaled(size_tuned_network, flat, image_of(truth)).probabilities.shape[:2] == (375, 375)
+
+
+def test_with_a_scale_factor_the_estimate_reads_the_same_and_prediction_runs_again_larger(monkeypatch):
+    from dsb.inference import predict
+    from dsb.inference.scale import choose_scale_and_pass
+
+    truth = grid_of_discs((200, 200), 12, 40)  # small enough to be estimated whole
+    gray = predict._network_input(image_of(truth), ESTIMATE_CONFIG)
+    plain, prob, labels = choose_scale_and_pass(size_tuned_network, ESTIMATE_CONFIG, gray, None)
+    assert prob is not None and labels is not None  # factor 1: the last pass is the prediction
+    larger = _factor(ESTIMATE_CONFIG, 1.5)
+    chosen, prob, labels = choose_scale_and_pass(size_tuned_network, larger, gray, None)
+    assert (chosen.diameter, chosen.sure, chosen.passes) == (plain.diameter, plain.sure, plain.passes)
+    assert chosen.scale == pytest.approx(1.5 * plain.scale)
+    assert prob is None and labels is None  # that pass ran at another scale
+    seen = []
+
+    def recording(batch):
+        seen.append(batch.shape[1:3])
+        return size_tuned_network(batch)
+
+    found = predict_nuclei(recording, larger, image_of(truth))
+    side = round(200 * chosen.scale)
+    assert seen[-1] == (side + (-side) % 16, side + (-side) % 16)  # the prediction, padded to the U-Net's multiple
+    assert found.scale == chosen.scale and found.labels.shape == truth.shape
+    assert found.labels.max() == truth.max()
+
+
+def test_blocks_predict_at_the_scale_factor_too():
+    from dsb.io.bigimage import open_source
+    from dsb.workflows.blocks import image_settings
+
+    source = open_source(image_of(grid_of_discs((300, 300), 12, 40)))
+    plain = image_settings(source, size_tuned_network, CONFIG)
+    larger = image_settings(source, size_tuned_network, _factor(CONFIG, 1.5))
+    assert plain.estimated and larger.diameter == plain.diameter
+    assert larger.scale == pytest.approx(1.5 * plain.scale)
+    given = image_settings(source, size_tuned_network, _factor(CONFIG, 1.5), diameter=40.0)
+    assert given.scale == pytest.approx(1.5 * CANONICAL / 40.0)
+
+
+@pytest.mark.parametrize("value", [0.4, 2.5, float("nan"), True])
+def test_a_scale_factor_out_of_range_names_its_key(value):
+    from dsb.core.errors import BadDataError
+
+    with pytest.raises(BadDataError, match=r"predict\.scale_factor.*expected a number in \[0\.5, 2\]"):
+        _factor(CONFIG, value).check()

@@ -248,3 +248,87 @@ def test_the_core_threshold_is_searched_only_for_networks_with_a_core(cases):
     _, table = search_postprocess(four, truth, PostprocessConfig(), grid=grid)
     assert set(table["core_threshold"]) == {0.0, 0.5}
     assert "core_threshold" in GRID
+
+
+# ---------------------------------------------------------------- the scale factor
+
+
+def _factor_run(tmp_path):
+    data = tmp_path / "data"
+    write_disc_stage(data / "stage1_train", masks=True)
+    start = CONFIG.replace(validation_ids=("a_one", "b_two"),
+                           predict=dataclasses.replace(CONFIG.predict, cross_check=False, max_scale=2.0))
+    return data, make_threshold_run(tmp_path / "run", start)
+
+
+def test_tune_predicts_at_each_scale_factor_and_keeps_the_best(tmp_path, monkeypatch):
+    import dsb.workflows.tune
+    from dsb.core.config import load_config
+    from dsb.inference.predict import Scaled
+    from dsb.workflows.tune import tune
+
+    data, run_dir = _factor_run(tmp_path)
+    real = dsb.workflows.tune.predict_scaled
+    asked = []
+
+    def blind_at_one(model, config, raw, *, tta=None, diameter=None):
+        # At factor 1 the network sees nothing; at 1.5 it finds every disc.
+        asked.append(config.predict.scale_factor)
+        scaled = real(model, config, raw, tta=tta, diameter=diameter)
+        if config.predict.scale_factor == 1.0:
+            return Scaled(np.zeros_like(scaled.probabilities), *list(vars(scaled).values())[1:])
+        return scaled
+
+    monkeypatch.setattr(dsb.workflows.tune, "predict_scaled", blind_at_one)
+    best, table = tune(run_dir, data, progress=False, scale_factors=(1.5, 1.0, 1.5))
+    assert asked == [1.0, 1.0, 1.5, 1.5]  # each factor once, the smallest first, every image
+    assert load_config(run_dir / "config.json").predict.scale_factor == 1.5
+    assert load_config(run_dir / "config.json").postprocess == best
+    by_factor = table.groupby("scale_factor")["score"].max()
+    assert by_factor[1.0] == 0.0 and by_factor[1.5] == 1.0
+    assert table["best"].sum() == 1 and table.loc[table["best"], "scale_factor"].item() == 1.5
+    saved = pd.read_csv(run_dir / "tuning.csv")
+    assert list(saved.columns[:1]) == ["scale_factor"] and saved["best"].sum() == 1
+
+
+def test_a_larger_scale_factor_must_score_strictly_better(tmp_path):
+    from dsb.core.config import load_config
+    from dsb.workflows.tune import tune
+
+    data, run_dir = _factor_run(tmp_path)
+    _, table = tune(run_dir, data, progress=False, scale_factors=(1.0, 2.0))
+    by_factor = table.groupby("scale_factor")["score"].max()
+    assert by_factor[1.0] == by_factor[2.0] == 1.0  # the discs are found at both
+    assert load_config(run_dir / "config.json").predict.scale_factor == 1.0  # and 1 costs a quarter of the pixels
+    _, table = tune(run_dir, data, progress=False)  # None: the run's own factor only
+    assert set(table["scale_factor"]) == {1.0}
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ("1,3", "'1,3': a factor is 3.0, expected a number in [0.5, 2]"),
+    ("1,x", "'1,x' is not a comma-separated list of numbers"),
+])
+def test_dsb_tune_refuses_a_bad_scale_factor_before_anything_runs(tmp_path, value, message):
+    from click.testing import CliRunner
+
+    from dsb.cli import cli
+
+    data, run_dir = _factor_run(tmp_path)
+    before = (run_dir / "config.json").read_bytes()
+    result = CliRunner().invoke(cli, ["tune", str(run_dir), "--data", str(data), "--scale-factors", value])
+    assert result.exit_code == 2 and message in result.output
+    assert (run_dir / "config.json").read_bytes() == before and not (run_dir / "tuning.csv").exists()
+
+
+def test_dsb_tune_says_what_each_scale_factor_scored(tmp_path):
+    from click.testing import CliRunner
+
+    from dsb.cli import cli
+
+    data, run_dir = _factor_run(tmp_path)
+    result = CliRunner().invoke(cli, ["tune", str(run_dir), "--data", str(data), "--scale-factors", "1,1.5",
+                                      "--engine", "keras"])
+    assert result.exit_code == 0, result.output
+    assert "  scale_factor = 1\n" in result.output
+    assert "best at scale factor 1: 1.000000" in result.output
+    assert "best at scale factor 1.5: 1.000000" in result.output

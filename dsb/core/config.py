@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -24,6 +25,8 @@ __all__ = [
     "PreprocessConfig",
     "TrainConfig",
     "PredictConfig",
+    "SCALE_FACTOR_RANGE",
+    "check_scale_factor",
     "PostprocessConfig",
     "Config",
     "load_config",
@@ -255,6 +258,19 @@ class TrainConfig:
         return self.stain_jitter > 0 or self.stain_shift > 0 or self.hue_jitter > 0 or self.colour_jitter > 0
 
 
+# The factors on the chosen scale that prediction accepts (:attr:`PredictConfig.scale_factor`).
+SCALE_FACTOR_RANGE = (0.5, 2.0)
+
+
+def check_scale_factor(value: float, *, where: str = "scale_factor") -> float:
+    """``value`` when it is a factor in :data:`SCALE_FACTOR_RANGE`; BadDataError naming ``where`` otherwise."""
+    low, high = SCALE_FACTOR_RANGE
+    if not (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            and low <= value <= high):
+        raise BadDataError(f"is {value!r}, expected a number in [{low:g}, {high:g}]", where=where)
+    return float(value)
+
+
 @dataclass(frozen=True)
 class PredictConfig:
     """Tiled inference."""
@@ -296,6 +312,13 @@ class PredictConfig:
     # (dsb.inference.scale.choose_scale): without it, nuclei several times the network's diameter
     # read as their own texture and are lost. False gives the estimate of earlier releases.
     cross_check: bool = True
+    # The image is predicted at this many times the scale chosen above (within min_scale ..
+    # max_scale): a network may find nuclei best somewhat larger than the diameter it was trained
+    # at, which the scale estimate (an area-weighted reading) and the training's median do not
+    # say. `dsb tune --scale-factors` chooses it on the validation images; 1 predicts at the chosen
+    # scale, where the estimate's last pass may already be the prediction. Pixels, and so the
+    # network's time, grow with its square.
+    scale_factor: float = 1.0
     # Average the final prediction over the eight flips and quarter turns (the scale estimate's
     # passes stay single). `dsb tune --tta` sets it, since the post-processing it picks is then
     # tuned on averaged probabilities; `--tta` / `--no-tta` override it per call. Eight network
@@ -308,6 +331,7 @@ class PredictConfig:
                 f"are {self.min_scale} and {self.max_scale}, expected 0 < min_scale <= 1 <= max_scale <= 8",
                 where=f"{where}.min_scale/max_scale",
             )
+        check_scale_factor(self.scale_factor, where=f"{where}.scale_factor")
         if self.diameter_passes < 1:
             raise BadDataError(f"is {self.diameter_passes}, expected at least 1", where=f"{where}.diameter_passes")
         if not 0 < self.estimate_scale <= 8.0:

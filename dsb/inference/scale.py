@@ -39,6 +39,7 @@ __all__ = [
     "median_diameter",
     "area_weighted_diameter",
     "clip_scale",
+    "prediction_scale",
     "zoom_for",
     "network_zoom",
     "check_diameter",
@@ -124,6 +125,14 @@ def area_weighted_diameter(labels: np.ndarray) -> float:
 def clip_scale(scale: float, low: float, high: float) -> float:
     """``scale`` within ``[low, high]``."""
     return float(min(max(scale, low), high))
+
+
+def prediction_scale(scale: float, config) -> float:
+    """The scale an image is predicted at when ``scale`` brings its nuclei to the network's
+    diameter: ``scale`` within ``predict.min_scale`` .. ``max_scale``, times
+    ``predict.scale_factor``, within them again."""
+    pc = config.predict
+    return clip_scale(clip_scale(scale, pc.min_scale, pc.max_scale) * pc.scale_factor, pc.min_scale, pc.max_scale)
 
 
 def zoom_for(diameter: float, canonical: float) -> float:
@@ -255,14 +264,16 @@ def choose_scale(model, config: Config, gray: np.ndarray, *, diameter: float | N
     to ``config.predict.diameter_passes`` passes, and one more when the last
     pass's window was under 6 of its nuclei across; after the last, the image
     is predicted at the scale that pass suggests. The scale stays within
-    ``predict.min_scale`` .. ``max_scale``.
+    ``predict.min_scale`` .. ``max_scale``; prediction then runs at
+    ``predict.scale_factor`` times it (:func:`prediction_scale`), which the
+    returned scale includes.
 
     Each pass sees a window of at most ``predict.estimate_size`` pixels a side
     at its scale, where the image is brightest, and measures the nuclei it
     holds whole (found by :data:`ESTIMATE_WATERSHED`, whatever the run's own
     post-processing), so that the estimate costs little next to the prediction
-    itself; when the window is the whole image, its last pass is the
-    prediction. The first pass runs at ``predict.estimate_scale``, by default
+    itself; when the window is the whole image and the scale factor 1, its
+    last pass is the prediction. The first pass runs at ``predict.estimate_scale``, by default
     the image's own scale (starting at half scale lost the small nuclei of
     held-out brightfield images).
 
@@ -384,10 +395,10 @@ def choose_scale_and_pass(
     canonical = config.preprocess.diameter
     pc = config.predict
     if not canonical:
-        return Scale(1.0, math.nan, False), None, None
+        return Scale(prediction_scale(1.0, config), math.nan, False), None, None
     if diameter is not None:
         scale = clip_scale(canonical / check_diameter(diameter), pc.min_scale, pc.max_scale)
-        return Scale(scale, float(diameter), False), None, None
+        return Scale(prediction_scale(scale, config), float(diameter), False), None, None
     scale, found, doubt, passes, whole = _passes(model, config, gray)
     looks = _Looks(model, config, gray)
     first = clip_scale(pc.estimate_scale, pc.min_scale, pc.max_scale)
@@ -436,8 +447,8 @@ def choose_scale_and_pass(
                 if not coarser > coarse:
                     break
                 at, coarse = at / 2, coarser
-    chosen = Scale(scale, found, True, passes + looks.count, agreement, sure)
-    if whole is None:
+    chosen = Scale(prediction_scale(scale, config), found, True, passes + looks.count, agreement, sure)
+    if whole is None or chosen.scale != scale:  # the last pass ran at another scale than prediction's
         return chosen, None, None
     prob, labels = whole
     if not _same_watershed(config.postprocess):  # not the shipped settings: the run's own watershed, on the same probabilities

@@ -241,7 +241,14 @@ def _shift_headings(markdown: str, levels: int) -> str:
 def _readme(config, step: int, training: str | None) -> str:
     pre, post = config.preprocess, config.postprocess
     outputs = list(config.model.outputs)
-    diameter = f"{pre.diameter:g} pixels" if pre.diameter else "the size the training images had (no resampling)"
+    # The diameter the run predicts at: the training's, times the factor dsb tune chose.
+    factor = config.predict.scale_factor
+    if pre.diameter:
+        diameter = f"{pre.diameter * factor:g} pixels"
+    elif factor == 1:
+        diameter = "the size the training images had (no resampling)"
+    else:
+        diameter = f"{factor:g} times the size the training images had"
     channels = "\n".join(
         f"| {i} | `{name}` | {_CHANNEL_TEXT.get(name, name)} |" for i, name in enumerate(outputs)
     )

@@ -50,7 +50,7 @@ from dsb.inference.preprocess import (
 from dsb.inference.predict import use_tta
 from dsb.inference.probabilities import predict_probabilities
 from dsb.inference.resample import resample
-from dsb.inference.scale import choose_scale, clip_scale
+from dsb.inference.scale import choose_scale, prediction_scale
 from dsb.io.bigimage import (
     create_labels,
     finish_labels,
@@ -244,7 +244,7 @@ def image_settings(source, network, config, *, diameter: float | None = None) ->
     if not diameters or not pre.diameter:
         return ImageSettings(found[0].scale, math.nan, bool(pre.diameter), kind, float(low), float(high), False)
     median = float(np.median(diameters))
-    scale = clip_scale(pre.diameter / median, config.predict.min_scale, config.predict.max_scale)
+    scale = prediction_scale(pre.diameter / median, config)
     return ImageSettings(scale, median, True, kind, float(low), float(high), all(s.sure for s in found))
 
 

@@ -173,10 +173,11 @@ def training_figure(history: pd.DataFrame):
 
 
 def _tuning_parameters(tuning: pd.DataFrame) -> list[str]:
-    """Post-processing parameters that take more than one value in the search."""
+    """Post-processing parameters that take more than one value in the search (and the scale
+    factor, when ``dsb tune --scale-factors`` tried several)."""
     import dataclasses
 
-    known = [f.name for f in dataclasses.fields(PostprocessConfig)]
+    known = [f.name for f in dataclasses.fields(PostprocessConfig)] + ["scale_factor"]
     varied = [name for name in known if name in tuning and tuning[name].nunique() > 1]
     # The two thresholds that matter most lead, for the heatmap.
     lead = [n for n in ("marker_threshold", "mask_threshold") if n in varied]

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from dsb.core.atomic import atomic_paths
-from dsb.core.config import PostprocessConfig, PredictConfig, config_json
+from dsb.core.config import PostprocessConfig, PredictConfig, check_scale_factor, config_json
 from dsb.core.errors import BadDataError
 from dsb.core.progress import track
 from dsb.inference.labels import labels_to_image
@@ -36,7 +36,8 @@ from dsb.io.annotations import find_samples, read_sample
 from dsb.kaggle.metric import score_labels
 from dsb.network.engines import load_network
 
-__all__ = ["GRID", "CONTEXT_TOLERANCE", "search_postprocess", "tune_tiling", "tune", "validation_data"]
+__all__ = ["GRID", "CONTEXT_TOLERANCE", "search_postprocess", "check_scale_factors", "tune_tiling", "tune",
+           "validation_data"]
 
 # Probabilities of tiled and whole-image predictions may differ by this much (far below what
 # moves a watershed threshold).
@@ -182,6 +183,14 @@ def search_postprocess(
     return best, table
 
 
+def check_scale_factors(values) -> tuple[float, ...]:
+    """The factors of ``dsb tune --scale-factors``, each checked and once, smallest first."""
+    factors = tuple(values)
+    if not factors:
+        raise BadDataError("is empty, expected at least one factor", where="scale_factors")
+    return tuple(sorted({check_scale_factor(f, where="scale_factors") for f in factors}))
+
+
 def tune_tiling(model, config, images: Sequence[np.ndarray], *, tolerance: float = CONTEXT_TOLERANCE,
                 count: int = 8) -> tuple[PredictConfig, list[int]]:
     """Overlap and context of the tiles, from the context the network needs on real images.
@@ -267,7 +276,8 @@ def validation_data(config, data_dir, *, progress: bool = False):
 
 
 def tune(run_dir, data_dir, *, progress: bool = True, engine: str = "auto",
-         tta: bool | None = None) -> tuple[PostprocessConfig, pd.DataFrame]:
+         tta: bool | None = None, scale_factors: Sequence[float] | None = None,
+         ) -> tuple[PostprocessConfig, pd.DataFrame]:
     """Tune a run's post-processing on its validation images and store the best in the run.
 
     Parameters
@@ -286,16 +296,25 @@ def tune(run_dir, data_dir, *, progress: bool = True, engine: str = "auto",
         turns, and store ``predict.tta`` so that the run predicts as it was
         tuned (averaged probabilities are smoother: they want other
         thresholds). None keeps the run's ``predict.tta``.
+    scale_factors : sequence of float, optional
+        Factors on the scale each image is predicted at
+        (``predict.scale_factor``, :func:`dsb.inference.scale.prediction_scale`):
+        the network runs over the images at each, the post-processing is
+        searched for each, and the factor of the best score is stored (the
+        smallest, and so the cheapest, of equal scores). None keeps the run's
+        ``predict.scale_factor``. Each factor costs a prediction of every
+        image, at its square in pixels.
 
     Returns
     -------
     best : PostprocessConfig
         Now also the ``postprocess`` section of ``run_dir/config.json``, whose
-        ``predict`` section gets the measured tile overlap (:func:`tune_tiling`)
-        and ``tta``.
+        ``predict`` section gets the measured tile overlap (:func:`tune_tiling`),
+        ``tta`` and ``scale_factor``.
     table : pandas.DataFrame
-        Every setting tried (see :func:`search_postprocess`) and a ``tta``
-        column, also written to ``run_dir/tuning.csv``.
+        Every setting tried (see :func:`search_postprocess`) with ``scale_factor``
+        and ``tta`` columns, ``best`` true on the one row stored; also written
+        to ``run_dir/tuning.csv``.
     """
 
     run_dir = Path(run_dir)
@@ -305,24 +324,37 @@ def tune(run_dir, data_dir, *, progress: bool = True, engine: str = "auto",
             "is empty: the run kept no validation images to tune on (train with validation_fraction > 0)",
             path=run_dir / "config.json", where="key 'validation_ids'",
         )
+    factors = (config.predict.scale_factor,) if scale_factors is None else check_scale_factors(scale_factors)
     images, labels, types = validation_data(config, data_dir, progress=progress)
     tiling, _ = tune_tiling(model, config, list(images.values()))
     tta = use_tta(config, tta)
     config = config.replace(predict=dataclasses.replace(tiling, tta=tta))
-    # Each image at the scale prediction would pick for it (its estimated nucleus diameter).
-    scaled = {
-        image_id: predict_scaled(model, config, raw, tta=tta)
-        for image_id, raw in track(images.items(), length=len(images), label="predicting", enabled=progress)
-    }
+    tables, best, best_score, chosen = [], None, -np.inf, config
+    for factor in factors:
+        at = config.replace(predict=dataclasses.replace(config.predict, scale_factor=factor))
+        label = "predicting" if len(factors) == 1 else f"predicting at {factor:g}x"
+        # Each image at the scale prediction would pick for it (its estimated nucleus diameter).
+        scaled = {
+            image_id: predict_scaled(model, at, raw, tta=tta)
+            for image_id, raw in track(images.items(), length=len(images), label=label, enabled=progress)
+        }
+        found, table = search_postprocess(
+            {i: s.probabilities for i, s in scaled.items()}, labels, config.postprocess, image_types=types,
+            scales={i: s.scale for i, s in scaled.items()}, progress=progress,
+        )
+        del scaled
+        score = float(table.loc[table["best"], "score"].iloc[0])
+        table.insert(0, "scale_factor", factor)
+        table.insert(len(table.columns) - 1, "tta", tta)
+        tables.append(table)
+        if score > best_score:  # factors run from the smallest: a larger one must score strictly better
+            best, best_score, chosen = found, score, at
     del images
-    best, table = search_postprocess(
-        {i: s.probabilities for i, s in scaled.items()}, labels, config.postprocess, image_types=types,
-        scales={i: s.scale for i, s in scaled.items()}, progress=progress,
-    )
-    table.insert(len(table.columns) - 1, "tta", tta)
+    table = pd.concat(tables, ignore_index=True)
+    table["best"] &= table["scale_factor"] == chosen.predict.scale_factor
     # Both or neither: a config.json tuned with no tuning.csv, or the reverse, would not say what
     # it was tuned on. config.json goes in first: tuning.csv is what make takes as "tuned".
     with atomic_paths(run_dir / "config.json", run_dir / "tuning.csv") as (config_tmp, table_tmp):
-        config_tmp.write_text(config_json(config.replace(postprocess=best).check()))
+        config_tmp.write_text(config_json(chosen.replace(postprocess=best).check()))
         table.to_csv(table_tmp, index=False, float_format="%.6g")
     return best, table
