@@ -78,8 +78,8 @@ class _ScaleFactors(_Numbers):
     name = "F[,F...]"
 
     def check(self, factors):
+        from dsb.core.config import check_scale_factors
         from dsb.core.errors import BadDataError
-        from dsb.workflows.tune import check_scale_factors
 
         try:
             return check_scale_factors(factors)

@@ -27,6 +27,7 @@ __all__ = [
     "PredictConfig",
     "SCALE_FACTOR_RANGE",
     "check_scale_factor",
+    "check_scale_factors",
     "PostprocessConfig",
     "Config",
     "load_config",
@@ -269,6 +270,15 @@ def check_scale_factor(value: float, *, where: str = "scale_factor") -> float:
             and low <= value <= high):
         raise BadDataError(f"is {value!r}, expected a number in [{low:g}, {high:g}]", where=where)
     return float(value)
+
+
+def check_scale_factors(values) -> tuple[float, ...]:
+    """The factors of ``dsb tune --scale-factors``: each checked (:func:`check_scale_factor`), once,
+    smallest first; BadDataError naming ``scale_factors`` otherwise."""
+    factors = tuple(values)
+    if not factors:
+        raise BadDataError("is empty, expected at least one factor", where="scale_factors")
+    return tuple(sorted({check_scale_factor(f, where="scale_factors") for f in factors}))
 
 
 @dataclass(frozen=True)

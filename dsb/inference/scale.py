@@ -397,8 +397,7 @@ def choose_scale_and_pass(
     if not canonical:
         return Scale(prediction_scale(1.0, config), math.nan, False), None, None
     if diameter is not None:
-        scale = clip_scale(canonical / check_diameter(diameter), pc.min_scale, pc.max_scale)
-        return Scale(prediction_scale(scale, config), float(diameter), False), None, None
+        return Scale(prediction_scale(canonical / check_diameter(diameter), config), float(diameter), False), None, None
     scale, found, doubt, passes, whole = _passes(model, config, gray)
     looks = _Looks(model, config, gray)
     first = clip_scale(pc.estimate_scale, pc.min_scale, pc.max_scale)

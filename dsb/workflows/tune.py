@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from dsb.core.atomic import atomic_paths
-from dsb.core.config import PostprocessConfig, PredictConfig, check_scale_factor, config_json
+from dsb.core.config import PostprocessConfig, PredictConfig, check_scale_factors, config_json
 from dsb.core.errors import BadDataError
 from dsb.core.progress import track
 from dsb.inference.labels import labels_to_image
@@ -36,8 +36,7 @@ from dsb.io.annotations import find_samples, read_sample
 from dsb.kaggle.metric import score_labels
 from dsb.network.engines import load_network
 
-__all__ = ["GRID", "CONTEXT_TOLERANCE", "search_postprocess", "check_scale_factors", "tune_tiling", "tune",
-           "validation_data"]
+__all__ = ["GRID", "CONTEXT_TOLERANCE", "search_postprocess", "tune_tiling", "tune", "validation_data"]
 
 # Probabilities of tiled and whole-image predictions may differ by this much (far below what
 # moves a watershed threshold).
@@ -181,14 +180,6 @@ def search_postprocess(
         all(row[name] == getattr(best, name) for name in grid) for row in rows
     ]
     return best, table
-
-
-def check_scale_factors(values) -> tuple[float, ...]:
-    """The factors of ``dsb tune --scale-factors``, each checked and once, smallest first."""
-    factors = tuple(values)
-    if not factors:
-        raise BadDataError("is empty, expected at least one factor", where="scale_factors")
-    return tuple(sorted({check_scale_factor(f, where="scale_factors") for f in factors}))
 
 
 def tune_tiling(model, config, images: Sequence[np.ndarray], *, tolerance: float = CONTEXT_TOLERANCE,
