@@ -72,6 +72,23 @@ class _Zooms(_Numbers):
         return tuple(dict.fromkeys(zooms))
 
 
+class _ScaleFactor(click.ParamType):
+    """One factor on the scale each image is predicted at (``predict.scale_factor``)."""
+
+    name = "F"
+
+    def convert(self, value, param, ctx):
+        from dsb.core.config import SCALE_FACTOR_RANGE, check_scale_factor
+        from dsb.core.errors import BadDataError
+
+        try:
+            return check_scale_factor(float(value))
+        except ValueError:
+            self.fail(f"{value!r} is not a number", param, ctx)
+        except BadDataError:
+            self.fail(f"{value!r} is outside [{SCALE_FACTOR_RANGE[0]:g}, {SCALE_FACTOR_RANGE[1]:g}]", param, ctx)
+
+
 class _ScaleFactors(_Numbers):
     """Factors on the scale each image is predicted at, comma-separated: ``1,1.25``."""
 
@@ -92,6 +109,11 @@ _TTA = click.option(
     "--tta/--no-tta", default=None,
     help="Average over flips and 90-degree rotations (eight network passes an image). Default: the run's "
          "predict.tta, which dsb tune --tta sets; off for the shipped model.")
+_SCALE_FACTOR = click.option(
+    "--scale-factor", type=_ScaleFactor(), default=None,
+    help="Predict F times larger than each image's estimated (or given) scale, F in 0.5..2: above 1 the network "
+         "sees nuclei a little larger than it was trained on, at up to F squared in its time. Default: the run's "
+         "predict.scale_factor, which dsb tune --scale-factors chooses; 1 for the shipped model.")
 # Literal copies of dsb.network.engines.ENGINE_CHOICES and dsb.network.model_folder.PRECISIONS, so that `dsb --help` does
 # not import numpy; tests/test_cli.py holds them to the originals.
 _ENGINE = click.option(
@@ -298,10 +320,11 @@ def tune(run_dir: Path, data: Path, tta: bool | None, scale_factors: tuple[float
               help="Write per-image scores to this CSV (with --zoom: the sweep's table).")
 @click.option("--zoom", "zooms", type=_Zooms(), default=None,
               help="Magnification sweep: score the held-out images resampled by each zoom, e.g. 0.5,1,2,3.")
+@_SCALE_FACTOR
 @_ENGINE
 @_PRECISION
 def evaluate(run_dir: Path, data: Path, tta: bool, diameter: float | None, per_image: Path | None,
-             zooms: tuple | None, engine: str, precision: str) -> None:
+             zooms: tuple | None, scale_factor: float | None, engine: str, precision: str) -> None:
     """Score a run on its validation images, per group and per type; the last line is the score.
 
     With --zoom, the same images at each magnification, each zoom's score beside the 1x one;
@@ -314,13 +337,13 @@ def evaluate(run_dir: Path, data: Path, tta: bool, diameter: float | None, per_i
 
     if zooms is not None:
         sweep = magnification_sweep(run_dir, data, zooms, tta=tta, progress=True, engine=engine,
-                                    precision=precision)
+                                    precision=precision, scale_factor=scale_factor)
         for line in sweep_lines(sweep):
             click.echo(line)
         _report_scores(sweep[sweep["level"] == "all"]["score"].min(), sweep, per_image, by_type=False)
         return
     value, table = evaluate_run(run_dir, data, tta=tta, diameter=diameter, progress=True, engine=engine,
-                                precision=precision)
+                                precision=precision, scale_factor=scale_factor)
     for line in summary_lines(table):
         click.echo(line)
     _report_scores(value, table, per_image, by_type=False)
@@ -419,9 +442,10 @@ def export(run_dir: Path, out: Path | None, in_place: bool, bioimageio: Path | N
 @_TTA
 @click.option("--diameter", type=_Diameter(), default=None, help=_DIAMETER_HELP)
 @click.option("--skip-bad", is_flag=True, help="Report unreadable images and go on with the rest.")
+@_SCALE_FACTOR
 @_ENGINE
 @_PRECISION
-def predict(run_dir, images, out, labels, tta, diameter, skip_bad, engine, precision) -> None:
+def predict(run_dir, images, out, labels, tta, diameter, skip_bad, scale_factor, engine, precision) -> None:
     """Segment every image of a folder into a Kaggle submission CSV.
 
     RUN_DIR defaults to the model shipped with the package.
@@ -434,7 +458,8 @@ def predict(run_dir, images, out, labels, tta, diameter, skip_bad, engine, preci
     if out is None:
         out = Path("submissions") / f"{run_dir.name}{'-tta' if tta else ''}.csv"
     result = predict_folder(run_dir, images, out_csv=out, labels_dir=labels, tta=tta, diameter=diameter,
-                            skip_bad=skip_bad, progress=True, engine=engine, precision=precision)
+                            skip_bad=skip_bad, progress=True, engine=engine, precision=precision,
+                            scale_factor=scale_factor)
     skipped = _report_skipped(result.attrs["skipped"])
     n_images = result["ImageId"].nunique()
     n_nuclei = int((result["EncodedPixels"] != "").sum())
@@ -460,10 +485,11 @@ def predict(run_dir, images, out, labels, tta, diameter, skip_bad, engine, preci
                    "'dsb[distributed]').")
 @click.option("--scheduler", default=None, metavar="ADDRESS",
               help="Run on the Dask cluster whose scheduler is at ADDRESS, e.g. tcp://host:8786.")
+@_SCALE_FACTOR
 @_ENGINE
 @_PRECISION
-def segment(paths, model_dir, out, tta, overlay, diameter, skip_bad, block_size, workers, scheduler, engine,
-            precision) -> None:
+def segment(paths, model_dir, out, tta, overlay, diameter, skip_bad, block_size, workers, scheduler,
+            scale_factor, engine, precision) -> None:
     """Segment any PNG, TIFF, JPEG or Zarr microscope images and measure each nucleus.
 
     Images larger than memory (Zarr, OME-Zarr, big TIFF or PNG) are segmented
@@ -479,7 +505,8 @@ def segment(paths, model_dir, out, tta, overlay, diameter, skip_bad, block_size,
 
     summary = segment_inputs(list(paths), model_dir=model_dir, out_dir=out, tta=tta, overlay=overlay,
                              diameter=diameter, skip_bad=skip_bad, progress=True, engine=engine,
-                             precision=precision, block_size=block_size, workers=workers, scheduler=scheduler)
+                             precision=precision, block_size=block_size, workers=workers, scheduler=scheduler,
+                             scale_factor=scale_factor)
     skipped = _report_skipped(summary.attrs["skipped"])
     unsure = summary[summary["diameter_sure"].astype(str) == "False"]
     for row in unsure.itertuples(index=False):

@@ -5,12 +5,13 @@ from __future__ import annotations
 import dataclasses
 import shutil
 
+import pandas as pd
 import pytest
 from click.testing import CliRunner
 from conftest import CONFIG, make_threshold_run, write_disc_stage
 
 from dsb.cli import cli
-from dsb.core.config import PostprocessConfig
+from dsb.core.config import PostprocessConfig, load_config
 from dsb.workflows.evaluate import evaluate
 
 
@@ -44,6 +45,56 @@ def test_evaluate_matches_predict_then_score(run_and_data, tmp_path):
     result = runner.invoke(cli, ["score", str(sub), "--truth", str(held_out)])
     assert result.exit_code == 0, result.output
     assert float(result.stdout.strip().splitlines()[-1]) == pytest.approx(value)
+
+
+def test_scale_factor_option_predicts_at_that_factor_in_evaluate_predict_and_segment(run_and_data, tmp_path):
+    """At half the chosen scale b_two's discs of 201 pixels cover about 50 at the working scale, under
+    min_size 170, and are dropped; at the run's own factor (1) they are kept. Each command that
+    predicts takes --scale-factor and predicts at it."""
+    run_dir, data = run_and_data
+    held_out = tmp_path / "held_out"
+    shutil.copytree(data / "stage1_train" / "b_two", held_out / "b_two")
+    runner = CliRunner()
+
+    def evaluated(*factor):
+        result = runner.invoke(cli, ["evaluate", str(run_dir), "--data", str(data), *factor])
+        assert result.exit_code == 0, result.output
+        return float(result.stdout.strip().splitlines()[-1])
+
+    def predicted(*factor):
+        sub = tmp_path / f"sub{len(factor)}.csv"
+        result = runner.invoke(cli, ["predict", str(run_dir), "--images", str(held_out), "--out", str(sub), *factor])
+        assert result.exit_code == 0, result.output
+        return result.stdout.strip().splitlines()[-1]
+
+    def segmented(*factor):
+        out = tmp_path / f"seg{len(factor)}"
+        image = held_out / "b_two" / "images" / "b_two.png"
+        result = runner.invoke(cli, ["segment", str(image), "--model", str(run_dir), "--out", str(out), *factor])
+        assert result.exit_code == 0, result.output
+        return pd.read_csv(out / "summary.csv")["nuclei"].tolist()
+
+    assert evaluated() == pytest.approx(0.5) and evaluated("--scale-factor", "0.5") == 0.0
+    assert "2 nuclei in 1 images" in predicted() and "0 nuclei in 1 images" in predicted("--scale-factor", "0.5")
+    assert segmented() == [2] and segmented("--scale-factor", "0.5") == [0]
+    # The run folder is not changed: its own factor is still 1.
+    assert load_config(run_dir / "config.json").predict.scale_factor == 1.0
+
+
+@pytest.mark.parametrize("value, message", [("3", "'3' is outside [0.5, 2]"), ("x", "'x' is not a number"),
+                                            ("nan", "'nan' is outside [0.5, 2]")])
+@pytest.mark.parametrize("command", ["evaluate", "predict", "segment"])
+def test_a_bad_scale_factor_is_one_usage_line_before_anything_runs(run_and_data, tmp_path, command, value, message):
+    run_dir, data = run_and_data
+    args = {"evaluate": [str(run_dir), "--data", str(data)],
+            "predict": [str(run_dir), "--images", str(data / "stage1_train"), "--out", str(tmp_path / "s.csv")],
+            "segment": [str(data / "stage1_train" / "b_two" / "images"), "--model", str(run_dir),
+                        "--out", str(tmp_path / "out")]}[command]
+    result = CliRunner().invoke(cli, [command, *args, "--scale-factor", value])
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--scale-factor" in lines[0] and message in lines[0], result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "run"]  # nothing written
 
 
 def test_evaluate_command_prints_types_then_the_score(run_and_data, tmp_path):

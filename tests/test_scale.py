@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -659,6 +660,79 @@ def test_blocks_predict_at_the_scale_factor_too():
     assert larger.scale == pytest.approx(1.5 * plain.scale)
     given = image_settings(source, size_tuned_network, _factor(CONFIG, 1.5), diameter=40.0)
     assert given.scale == pytest.approx(1.5 * CANONICAL / 40.0)
+
+
+class _Recording:
+    """The size-tuned stand-in, recording the side of each batch it is given; an engine's name for
+    :func:`dsb.segment_blocks`."""
+
+    engine = "stand-in"
+
+    def __init__(self):
+        self.sides = []
+
+    def __call__(self, batch):
+        self.sides.append(batch.shape[1])
+        return size_tuned_network(batch)
+
+
+def test_dsb_segment_takes_a_scale_factor_for_one_call():
+    import dsb
+    from dsb.api import LoadedModel
+    from dsb.core.errors import BadDataError
+
+    truth = grid_of_discs((200, 200), 12, 40)
+    network = _Recording()
+    model = LoadedModel(Path("stand-in"), network, CONFIG)
+    for factor, side in [(None, round(200 * CANONICAL / 25)), (1.5, round(1.5 * 200 * CANONICAL / 25))]:
+        network.sides.clear()
+        labels = dsb.segment(image_of(truth), model, diameter=25.0, scale_factor=factor)
+        assert network.sides == [side + (-side) % 16]  # one whole-image pass, padded to the U-Net's multiple
+        assert labels.shape == truth.shape and labels.max() == truth.max()
+    assert model.config.predict.scale_factor == 1.0  # the loaded model keeps its own
+    with pytest.raises(BadDataError, match=r"scale_factor: is 3, expected a number in \[0\.5, 2\]"):
+        dsb.segment(image_of(truth), model, scale_factor=3)
+
+
+def test_segment_blocks_and_its_workers_predict_at_the_scale_factor_given():
+    import dsb
+    from dsb.api import LoadedModel
+    from dsb.workflows import blocks, cluster
+
+    truth = grid_of_discs((256, 256), 10, 32)
+    network = _Recording()
+    model = LoadedModel(Path("stand-in"), network, CONFIG)
+    spec = blocks._model_spec(model, 1.5)
+    assert spec.scale_factor == 1.5
+    assert cluster.worker_network(spec)[1].predict.scale_factor == 1.5  # what a block's task finds
+    assert model.config.predict.scale_factor == 1.0
+    largest = {}
+    for factor in (None, 1.5):
+        network.sides.clear()
+        labels = dsb.segment_blocks(image_of(truth), model, diameter=20.0, block_size=128,
+                                    scale_factor=factor).compute()
+        assert labels.max() == truth.max()
+        largest[factor] = max(network.sides)
+    # A corner block is its 128-pixel core and one margin (narrower in image pixels at a larger scale,
+    # since it is planned at the working scale), seen 1.5 times larger.
+    seen_larger = round(1.5 * (128 + blocks.block_margin(CONFIG, 1.5)))
+    assert largest[1.5] >= seen_larger > largest[None]
+
+
+def test_a_run_folder_loads_with_another_scale_factor(tmp_path):
+    from conftest import make_threshold_run
+
+    from dsb.core.errors import BadDataError
+    from dsb.network.engines import load_network
+    from dsb.workflows import cluster
+
+    run = make_threshold_run(tmp_path / "run", _factor(CONFIG, 1.25))
+    assert load_network(run, "keras")[1].predict.scale_factor == 1.25  # the run's own
+    assert load_network(run, "keras", scale_factor=0.75)[1].predict.scale_factor == 0.75
+    spec = cluster.ModelSpec(str(run), "keras", "float32", 1.5)
+    assert cluster.worker_network(spec)[1].predict.scale_factor == 1.5
+    with pytest.raises(BadDataError, match="scale_factor: is 0.1"):
+        load_network(run, "keras", scale_factor=0.1)
 
 
 @pytest.mark.parametrize("value", [0.4, 2.5, float("nan"), True])

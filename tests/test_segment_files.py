@@ -80,7 +80,7 @@ def threshold_model(monkeypatch):
 
     calls = []
 
-    def predictor(model_dir, *, tta, diameter=None, engine="auto", precision="float32"):
+    def predictor(model_dir, *, tta, diameter=None, engine="auto", precision="float32", scale_factor=None):
         calls.append((model_dir, tta))
         return lambda raw: Nuclei(label(to_gray(raw) > 0.5).astype(np.int32), 11.5, 1.0, True)
 

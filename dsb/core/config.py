@@ -425,6 +425,15 @@ class Config:
         """A copy with whole sections or top-level fields replaced."""
         return dataclasses.replace(self, **changes)
 
+    def with_scale_factor(self, factor: float | None) -> "Config":
+        """A copy that predicts ``factor`` times larger than the chosen scale
+        (``predict.scale_factor``, checked by :func:`check_scale_factor`); itself when ``factor``
+        is None (the run's own factor, which ``dsb tune`` chose)."""
+        if factor is None:
+            return self
+        factor = check_scale_factor(factor)
+        return self.replace(predict=dataclasses.replace(self.predict, scale_factor=factor))
+
     def to_dict(self) -> dict:
         return _to_jsonable(dataclasses.asdict(self))
 

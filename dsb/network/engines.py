@@ -446,7 +446,7 @@ def _check_shapes(network: Network, path: Path, channels: int) -> None:
         )
 
 
-def load_network(run_dir, engine: str = "auto", precision: str = "float32"):
+def load_network(run_dir, engine: str = "auto", precision: str = "float32", *, scale_factor: float | None = None):
     """Load the network of a run folder behind an inference engine, and its config.
 
     Parameters
@@ -460,6 +460,9 @@ def load_network(run_dir, engine: str = "auto", precision: str = "float32"):
     precision : str
         ``"float32"``, or ``"int8"``: ``model.int8.onnx`` (:mod:`dsb.network.quantize`)
         on an ONNX engine.
+    scale_factor : float, optional
+        Predict this many times larger than the chosen scale, in place of the
+        folder's ``predict.scale_factor`` (:meth:`dsb.core.config.Config.with_scale_factor`).
 
     Returns
     -------
@@ -476,5 +479,5 @@ def load_network(run_dir, engine: str = "auto", precision: str = "float32"):
     """
 
     run_dir = Path(run_dir)
-    config = load_run_config(run_dir)
+    config = load_run_config(run_dir).with_scale_factor(scale_factor)
     return open_network(run_dir, config, engine, precision=precision), config

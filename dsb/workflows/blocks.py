@@ -414,16 +414,16 @@ def _run_blocks(source, spec, settings, plan, *, store, component, scratch, clie
     return sum(counts.values()), cut, table
 
 
-def _model_spec(model) -> ModelSpec:
+def _model_spec(model, scale_factor: float | None = None) -> ModelSpec:
     """A :class:`ModelSpec` for what :func:`segment_blocks` was given, its network remembered in this process:
     a model folder (None: the shipped model), or what :func:`dsb.load_model` returned."""
     if model is None or isinstance(model, (str, os.PathLike)):
         path = resolve_model_dir(model)
-        network, config = load_network(path)
-        spec = ModelSpec(str(path), network.engine, "float32")
+        network, config = load_network(path, scale_factor=scale_factor)
+        spec = ModelSpec(str(path), network.engine, "float32", scale_factor)
     elif all(hasattr(model, name) for name in ("path", "network", "config", "engine")):
-        network, config = model.network, model.config
-        spec = ModelSpec(str(model.path), model.engine, "float32")
+        network, config = model.network, model.config.with_scale_factor(scale_factor)
+        spec = ModelSpec(str(model.path), model.engine, "float32", scale_factor)
     else:
         raise TypeError(f"`model` must be a folder path or what dsb.load_model returned, got {type(model).__name__}")
     remember_network(spec, network, config)
@@ -477,7 +477,8 @@ def _lazy_labels(source, spec: ModelSpec, settings: ImageSettings, plan: BlockPl
 
 
 def segment_blocks(image, model=None, *, diameter: float | None = None, block_size: int | None = None,
-                   client=None, out=None, tta: bool | None = None, progress: bool = False):
+                   client=None, out=None, tta: bool | None = None, progress: bool = False,
+                   scale_factor: float | None = None):
     """Label the nuclei of an image of any size, block by block, every nucleus owned by one block.
 
     Parameters
@@ -507,6 +508,9 @@ def segment_blocks(image, model=None, *, diameter: float | None = None, block_si
         Average over flips and quarter turns; None follows the model's ``predict.tta``.
     progress : bool
         Progress bars on stderr (with ``out``).
+    scale_factor : float, optional
+        Predict this many times larger than the estimated (or given) scale, in
+        [0.5, 2]; None follows the model's ``predict.scale_factor``.
 
     Returns
     -------
@@ -519,8 +523,8 @@ def segment_blocks(image, model=None, *, diameter: float | None = None, block_si
     Raises
     ------
     BadDataError
-        ``image`` is not one 2-D image, or ``block_size`` is too small for
-        its nuclei.
+        ``image`` is not one 2-D image, ``block_size`` is too small for
+        its nuclei, or ``scale_factor`` is outside [0.5, 2].
 
     Examples
     --------
@@ -535,7 +539,7 @@ def segment_blocks(image, model=None, *, diameter: float | None = None, block_si
     ((128, 128), 3)
     """
     source = open_source(image)
-    spec = _model_spec(model)
+    spec = _model_spec(model, scale_factor)
     settings, plan = _plan(source, spec, diameter, block_size)
     if out is None:
         return _lazy_labels(source, spec, settings, plan, client=client, tta=tta)

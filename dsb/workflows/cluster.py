@@ -43,11 +43,13 @@ CONNECT_TIMEOUT_S = 10
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """Where a worker finds the model: a run or model folder, the engine and the precision."""
+    """Where a worker finds the model: a run or model folder, the engine and the precision, and the
+    scale factor that replaces the folder's ``predict.scale_factor`` (None: the folder's)."""
 
     path: str
     engine: str = "auto"
     precision: str = "float32"
+    scale_factor: float | None = None
 
 
 
@@ -74,7 +76,7 @@ def worker_network(spec: ModelSpec) -> tuple:
     """
     with _NETWORKS_LOCK:
         if spec not in _NETWORKS:
-            network, config = load_network(spec.path, spec.engine, spec.precision)
+            network, config = load_network(spec.path, spec.engine, spec.precision, scale_factor=spec.scale_factor)
             _NETWORKS[spec] = (network, config, threading.Lock())
         return _NETWORKS[spec]
 

@@ -216,7 +216,7 @@ def summary_lines(table: pd.DataFrame, *, n_dense: int = 2) -> list[str]:
 
 def evaluate(
     run_dir, data_dir, *, tta: bool | None = None, diameter: float | None = None, progress: bool = True,
-    engine: str = "auto", precision: str = "float32",
+    engine: str = "auto", precision: str = "float32", scale_factor: float | None = None,
 ) -> tuple[float, pd.DataFrame]:
     """Predict a run's validation images and score them with the competition metric.
 
@@ -237,6 +237,9 @@ def evaluate(
         ``"auto"`` (see :func:`dsb.network.engines.choose_engine`).
     precision : str
         ``"float32"``, or ``"int8"`` for the run's ``model.int8.onnx`` (:mod:`dsb.network.quantize`).
+    scale_factor : float, optional
+        Predict this many times larger than each image's estimated (or given)
+        scale, in [0.5, 2]; None follows the run's ``predict.scale_factor``.
 
     Returns
     -------
@@ -247,7 +250,7 @@ def evaluate(
         ``type`` and imaging-experiment ``group`` (see :func:`score_summary`).
     """
 
-    model, config = load_network(Path(run_dir), engine, precision)
+    model, config = load_network(Path(run_dir), engine, precision, scale_factor=scale_factor)
     return score_validation(predict_validation(model, config, data_dir, tta=tta, diameter=diameter,
                                                progress=progress))
 
@@ -290,7 +293,7 @@ def zoom_pair(raw: np.ndarray, labels: np.ndarray, zoom: float) -> tuple[np.ndar
 
 def magnification_sweep(
     run_dir, data_dir, zooms, *, tta: bool | None = None, progress: bool = True, engine: str = "auto",
-    precision: str = "float32",
+    precision: str = "float32", scale_factor: float | None = None,
 ) -> pd.DataFrame:
     """Score a run's validation images seen at several magnifications: the yardstick for scale.
 
@@ -301,7 +304,7 @@ def magnification_sweep(
 
     Parameters
     ----------
-    run_dir, data_dir, tta, progress, engine, precision
+    run_dir, data_dir, tta, progress, engine, precision, scale_factor
         As :func:`evaluate`.
     zooms : sequence of float
         The magnifications, e.g. ``(0.5, 1, 2, 3)``.
@@ -315,7 +318,7 @@ def magnification_sweep(
         the images whose diameter estimate was not confirmed, and those it read wrong while
         calling itself sure.
     """
-    model, config = load_network(Path(run_dir), engine, precision)
+    model, config = load_network(Path(run_dir), engine, precision, scale_factor=scale_factor)
     frames = []
     for zoom in zooms:
         _, table = score_validation(predict_validation(model, config, data_dir, tta=tta, progress=progress,

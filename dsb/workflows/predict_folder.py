@@ -147,6 +147,7 @@ def predict_folder(
     progress: bool = True,
     engine: str = "auto",
     precision: str = "float32",
+    scale_factor: float | None = None,
 ) -> pd.DataFrame:
     """Segment every image of a folder into a validated Kaggle submission CSV.
 
@@ -180,6 +181,10 @@ def predict_folder(
     precision : str
         ``"float32"``, or ``"int8"`` for the run's ``model.int8.onnx`` on an
         ONNX engine (:mod:`dsb.network.quantize`).
+    scale_factor : float, optional
+        Predict this many times larger than each image's estimated (or given)
+        scale, in [0.5, 2]; None follows the run's ``predict.scale_factor``
+        (which ``dsb tune --scale-factors`` chooses).
 
     Returns
     -------
@@ -197,7 +202,7 @@ def predict_folder(
         An output that cannot be written.
     """
 
-    model, config = load_network(run_dir, engine, precision)
+    model, config = load_network(run_dir, engine, precision, scale_factor=scale_factor)
     return predict_images(
         model, config, images_dir, out_csv=out_csv, labels_dir=labels_dir, tta=tta, diameter=diameter,
         skip_bad=skip_bad, progress=progress,

@@ -135,6 +135,7 @@ def segment_paths(
     progress: bool = True,
     engine: str = "auto",
     precision: str = "float32",
+    scale_factor: float | None = None,
 ) -> pd.DataFrame:
     """Segment microscope images and measure their nuclei.
 
@@ -172,6 +173,10 @@ def segment_paths(
     precision : str
         ``"float32"``, or ``"int8"`` for the run's ``model.int8.onnx`` on an
         ONNX engine (:mod:`dsb.network.quantize`).
+    scale_factor : float, optional
+        Predict this many times larger than each image's estimated (or given)
+        scale, in [0.5, 2]; None follows the model's ``predict.scale_factor``
+        (which ``dsb tune --scale-factors`` chooses).
 
     Returns
     -------
@@ -204,7 +209,8 @@ def segment_paths(
     if not checked:
         raise BadDataError("no image to segment", path=", ".join(str(p) for p in paths) or None)
 
-    predict = _predictor(model_dir, tta=tta, diameter=diameter, engine=engine, precision=precision)
+    predict = _predictor(model_dir, tta=tta, diameter=diameter, engine=engine, precision=precision,
+                         scale_factor=scale_factor)
     writable_dir(out_dir)
     # Rows keyed by input, so that the summary keeps the order the files were given in.
     rows: dict[str, dict] = {}
@@ -254,8 +260,8 @@ def summary_row(path, status: str, *, nuclei: int = 0, diameter: float = math.na
 
 
 def _predictor(model_dir, *, tta: bool, diameter: float | None = None, engine: str = "auto",
-               precision: str = "float32"):
+               precision: str = "float32", scale_factor: float | None = None):
     """Load the model once; return a function from a raw image to its :class:`dsb.inference.predict.Nuclei`."""
 
-    model, config = load_network(resolve_model_dir(model_dir), engine, precision)
+    model, config = load_network(resolve_model_dir(model_dir), engine, precision, scale_factor=scale_factor)
     return nuclei_predictor(model, config, tta=tta, diameter=diameter)

@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from dsb.core.atomic import atomic_path, writable_dir
+from dsb.core.config import check_scale_factor
 from dsb.core.errors import BadDataError, DsbError
 from dsb.inference.predict import predict_nuclei
 from dsb.io.bigimage import image_side, is_zarr
@@ -122,7 +123,8 @@ def _side(path: Path) -> int:
 def segment_inputs(paths, *, model_dir=None, out_dir, tta: bool | None = None, overlay: bool = False,
                    diameter: float | None = None, skip_bad: bool = False, progress: bool = True,
                    engine: str = "auto", precision: str = "float32", block_size: int | None = None,
-                   workers: int | None = None, scheduler: str | None = None, client=None) -> pd.DataFrame:
+                   workers: int | None = None, scheduler: str | None = None, client=None,
+                   scale_factor: float | None = None) -> pd.DataFrame:
     """``dsb segment`` with large images block by block and, optionally, on a Dask cluster.
 
     Zarr and OME-Zarr stores, and TIFF or PNG files with a side above
@@ -130,7 +132,8 @@ def segment_inputs(paths, *, model_dir=None, out_dir, tta: bool | None = None, o
     (:func:`dsb.workflows.blocks.segment_image_file`); the other images as
     :func:`dsb.workflows.segment_files.segment_paths` does, on the cluster's workers
     when ``workers`` or ``scheduler`` is given. Parameters and the returned
-    summary are those of :func:`~dsb.workflows.segment_files.segment_paths`, plus
+    summary are those of :func:`~dsb.workflows.segment_files.segment_paths` (``scale_factor``
+    included), plus
     ``block_size`` (pixels a side), ``workers`` and ``scheduler``
     (:func:`cluster_client`), or a ``client`` already connected (a
     dask-gateway cluster's, whose address needs its credentials).
@@ -139,7 +142,9 @@ def segment_inputs(paths, *, model_dir=None, out_dir, tta: bool | None = None, o
     out_dir = Path(out_dir)
     paths = [Path(p) for p in paths]
     big, small, problems = _split_inputs(paths, block_size)
-    spec = ModelSpec(str(resolve_model_dir(model_dir)), engine, precision)
+    if scale_factor is not None:  # said once here, not by every worker
+        scale_factor = check_scale_factor(scale_factor)
+    spec = ModelSpec(str(resolve_model_dir(model_dir)), engine, precision, scale_factor)
     skips = Skips(skip_bad)
     rows: dict[str, dict] = {}
     given = contextlib.nullcontext(client) if client is not None else cluster_client(workers, scheduler)
@@ -147,14 +152,14 @@ def segment_inputs(paths, *, model_dir=None, out_dir, tta: bool | None = None, o
         if client is None and not big:  # as before
             return segment_paths(paths, model_dir=spec.path, out_dir=out_dir, tta=tta, overlay=overlay,
                                  diameter=diameter, skip_bad=skip_bad, progress=progress, engine=engine,
-                                 precision=precision)
+                                 precision=precision, scale_factor=scale_factor)
         for problem in problems:
             skips(problem)
         order = [problem.path for problem in problems] + [str(p) for p in small.values()]
         if small and client is None:
             done = segment_paths(list(small.values()), model_dir=spec.path, out_dir=out_dir, tta=tta,
                                  overlay=overlay, diameter=diameter, skip_bad=skip_bad, progress=progress,
-                                 engine=engine, precision=precision)
+                                 engine=engine, precision=precision, scale_factor=scale_factor)
             rows.update({row["file"]: row for row in done.to_dict("records") if row["status"] == "ok"})
             skips.records += done.attrs["skipped"]
         elif small:

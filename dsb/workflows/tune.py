@@ -322,7 +322,7 @@ def tune(run_dir, data_dir, *, progress: bool = True, engine: str = "auto",
     config = config.replace(predict=dataclasses.replace(tiling, tta=tta))
     tables, best, best_score, chosen = [], None, -np.inf, config
     for factor in factors:
-        at = config.replace(predict=dataclasses.replace(config.predict, scale_factor=factor))
+        at = config.with_scale_factor(factor)
         label = "predicting" if len(factors) == 1 else f"predicting at {factor:g}x"
         # Each image at the scale prediction would pick for it (its estimated nucleus diameter).
         scaled = {
