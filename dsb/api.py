@@ -202,6 +202,10 @@ def segment(image, model=None, *, diameter: float | None = None, tta: bool | Non
     from dsb.inference.predict import predict_labels
 
     image = _check_image(image)
+    if scale_factor is not None:  # before a model is read
+        from dsb.core.config import check_scale_factor
+
+        check_scale_factor(scale_factor)
     if model is None:
         model = _default_model("auto", "float32")
     elif isinstance(model, (str, os.PathLike)):

@@ -437,7 +437,9 @@ def export(run_dir: Path, out: Path | None, in_place: bool, bioimageio: Path | N
 @click.argument("run_dir", type=_EXISTING_DIR, required=False)
 @click.option("--images", type=_EXISTING_DIR, default=Path("data/stage1_test"), show_default=True,
               help="A stage folder ({id}/images/{id}.png) or a flat folder of images.")
-@click.option("--out", type=_FILE, default=None, help="CSV to write (default submissions/<run>.csv).")
+@click.option("--out", type=_FILE, default=None,
+              help="CSV to write (default submissions/<run>.csv; <run>-tta.csv with --tta, <run>-xF.csv with "
+                   "--scale-factor F).")
 @click.option("--labels", type=_DIR, default=None, help="Also write one 16-bit label image per input here.")
 @_TTA
 @click.option("--diameter", type=_Diameter(), default=None, help=_DIAMETER_HELP)
@@ -456,7 +458,8 @@ def predict(run_dir, images, out, labels, tta, diameter, skip_bad, scale_factor,
     run_dir = resolve_model_dir(run_dir)
     engine = _prepare_engine(run_dir, engine, precision)
     if out is None:
-        out = Path("submissions") / f"{run_dir.name}{'-tta' if tta else ''}.csv"
+        factor = "" if scale_factor is None else f"-x{scale_factor:g}"
+        out = Path("submissions") / f"{run_dir.name}{'-tta' if tta else ''}{factor}.csv"
     result = predict_folder(run_dir, images, out_csv=out, labels_dir=labels, tta=tta, diameter=diameter,
                             skip_bad=skip_bad, progress=True, engine=engine, precision=precision,
                             scale_factor=scale_factor)

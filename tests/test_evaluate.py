@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -65,7 +66,8 @@ def test_scale_factor_option_predicts_at_that_factor_in_evaluate_predict_and_seg
         sub = tmp_path / f"sub{len(factor)}.csv"
         result = runner.invoke(cli, ["predict", str(run_dir), "--images", str(held_out), "--out", str(sub), *factor])
         assert result.exit_code == 0, result.output
-        return result.stdout.strip().splitlines()[-1]
+        assert result.stdout.strip().splitlines()[-1].startswith(f"{sub}: ")
+        return int(result.stdout.strip().splitlines()[-1].split(": ")[1].split()[0])  # "{csv}: N nuclei in ..."
 
     def segmented(*factor):
         out = tmp_path / f"seg{len(factor)}"
@@ -75,10 +77,20 @@ def test_scale_factor_option_predicts_at_that_factor_in_evaluate_predict_and_seg
         return pd.read_csv(out / "summary.csv")["nuclei"].tolist()
 
     assert evaluated() == pytest.approx(0.5) and evaluated("--scale-factor", "0.5") == 0.0
-    assert "2 nuclei in 1 images" in predicted() and "0 nuclei in 1 images" in predicted("--scale-factor", "0.5")
+    assert predicted() == 2 and predicted("--scale-factor", "0.5") == 0
     assert segmented() == [2] and segmented("--scale-factor", "0.5") == [0]
     # The run folder is not changed: its own factor is still 1.
     assert load_config(run_dir / "config.json").predict.scale_factor == 1.0
+
+
+def test_predict_names_its_default_csv_after_a_scale_factor_given(run_and_data, tmp_path, monkeypatch):
+    run_dir, data = run_and_data
+    monkeypatch.chdir(tmp_path)
+    for factor, name in [([], "run.csv"), (["--scale-factor", "0.75"], "run-x0.75.csv")]:
+        result = CliRunner().invoke(cli, ["predict", str(run_dir), "--images", str(data / "stage1_train"), *factor])
+        assert result.exit_code == 0, result.output
+        assert result.stdout.startswith(f"{Path('submissions') / name}: ")
+    assert sorted(p.name for p in (tmp_path / "submissions").iterdir()) == ["run-x0.75.csv", "run.csv"]
 
 
 @pytest.mark.parametrize("value, message", [("3", "'3' is outside [0.5, 2]"), ("x", "'x' is not a number"),

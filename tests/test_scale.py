@@ -694,7 +694,7 @@ def test_dsb_segment_takes_a_scale_factor_for_one_call():
         dsb.segment(image_of(truth), model, scale_factor=3)
 
 
-def test_segment_blocks_and_its_workers_predict_at_the_scale_factor_given():
+def test_segment_blocks_predicts_at_the_scale_factor_given():
     import dsb
     from dsb.api import LoadedModel
     from dsb.workflows import blocks, cluster
@@ -704,7 +704,7 @@ def test_segment_blocks_and_its_workers_predict_at_the_scale_factor_given():
     model = LoadedModel(Path("stand-in"), network, CONFIG)
     spec = blocks._model_spec(model, 1.5)
     assert spec.scale_factor == 1.5
-    assert cluster.worker_network(spec)[1].predict.scale_factor == 1.5  # what a block's task finds
+    assert cluster.worker_network(spec)[1].predict.scale_factor == 1.5  # what a block's task in this process finds
     assert model.config.predict.scale_factor == 1.0
     largest = {}
     for factor in (None, 1.5):
@@ -729,10 +729,12 @@ def test_a_run_folder_loads_with_another_scale_factor(tmp_path):
     run = make_threshold_run(tmp_path / "run", _factor(CONFIG, 1.25))
     assert load_network(run, "keras")[1].predict.scale_factor == 1.25  # the run's own
     assert load_network(run, "keras", scale_factor=0.75)[1].predict.scale_factor == 0.75
-    spec = cluster.ModelSpec(str(run), "keras", "float32", 1.5)
-    assert cluster.worker_network(spec)[1].predict.scale_factor == 1.5
+    spec = cluster.ModelSpec(str(run), "keras", "float32", np.float32(1.5))  # numpy's numbers are numbers
+    assert cluster.worker_network(spec)[1].predict.scale_factor == 1.5  # a worker loads the folder at the spec's factor
     with pytest.raises(BadDataError, match="scale_factor: is 0.1"):
         load_network(run, "keras", scale_factor=0.1)
+    with pytest.raises(BadDataError, match="scale_factor: is 3"):  # refused where the spec is made, not per task
+        cluster.ModelSpec(str(run), "keras", "float32", 3)
 
 
 @pytest.mark.parametrize("value", [0.4, 2.5, float("nan"), True])

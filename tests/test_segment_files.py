@@ -184,6 +184,14 @@ def test_inputs_that_cannot_be_segmented(tmp_path, threshold_model, inputs, skip
     assert not (tmp_path / "out").exists()
 
 
+def test_a_bad_scale_factor_is_said_before_any_image_is_read(tmp_path, threshold_model):
+    # Only bad inputs and skip_bad: without the early check the user would hear "no image to segment".
+    with pytest.raises(BadDataError, match=r"scale_factor: is 2\.5, expected a number in \[0\.5, 2\]"):
+        segment_paths([tmp_path / "gone.png"], out_dir=tmp_path / "out", model_dir=tmp_path, skip_bad=True,
+                      progress=False, scale_factor=2.5)
+    assert not (tmp_path / "out").exists() and threshold_model == []
+
+
 def test_unwritable_destination_and_full_disk(tmp_path, threshold_model, monkeypatch):
     write_images(tmp_path / "in")
     blocker = tmp_path / "file"

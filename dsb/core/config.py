@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import numbers
 import types
 import typing
 from dataclasses import dataclass, field
@@ -266,7 +267,8 @@ SCALE_FACTOR_RANGE = (0.5, 2.0)
 def check_scale_factor(value: float, *, where: str = "scale_factor") -> float:
     """``value`` when it is a factor in :data:`SCALE_FACTOR_RANGE`; BadDataError naming ``where`` otherwise."""
     low, high = SCALE_FACTOR_RANGE
-    if not (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    # Any real number, numpy's included (np.bool_ is not one), but not a bool.
+    if not (isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
             and low <= value <= high):
         raise BadDataError(f"is {value!r}, expected a number in [{low:g}, {high:g}]", where=where)
     return float(value)

@@ -21,6 +21,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
+from dsb.core.config import check_scale_factor
 from dsb.core.errors import BadDataError, DsbError, EnvironmentProblem
 from dsb.core.progress import track
 from dsb.network.engines import load_network
@@ -50,6 +51,11 @@ class ModelSpec:
     engine: str = "auto"
     precision: str = "float32"
     scale_factor: float | None = None
+
+    def __post_init__(self):
+        # Checked where the spec is made, not by every worker's every task.
+        if self.scale_factor is not None:
+            object.__setattr__(self, "scale_factor", check_scale_factor(self.scale_factor))
 
 
 

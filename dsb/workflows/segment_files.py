@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from dsb.core.atomic import atomic_path, writable_dir
+from dsb.core.config import check_scale_factor
 from dsb.core.errors import BadDataError
 from dsb.core.validate import check_labels, check_same_shape
 from dsb.inference.preprocess import to_gray
@@ -198,8 +199,10 @@ def segment_paths(
         When there is no model or ``out_dir`` is not writable.
     """
     out_dir = Path(out_dir)
-    # Resolved first, so that a missing default model is said before any image is read.
+    # Resolved first, so that a missing default model or a bad factor is said before any image is read.
     model_dir = resolve_model_dir(model_dir)
+    if scale_factor is not None:
+        check_scale_factor(scale_factor)
     paths = [Path(p) for p in paths]
     skips = Skips(skip_bad)
     images, problems = find_images(paths)

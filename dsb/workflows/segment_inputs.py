@@ -13,7 +13,6 @@ from pathlib import Path
 import pandas as pd
 
 from dsb.core.atomic import atomic_path, writable_dir
-from dsb.core.config import check_scale_factor
 from dsb.core.errors import BadDataError, DsbError
 from dsb.inference.predict import predict_nuclei
 from dsb.io.bigimage import image_side, is_zarr
@@ -142,8 +141,6 @@ def segment_inputs(paths, *, model_dir=None, out_dir, tta: bool | None = None, o
     out_dir = Path(out_dir)
     paths = [Path(p) for p in paths]
     big, small, problems = _split_inputs(paths, block_size)
-    if scale_factor is not None:  # said once here, not by every worker
-        scale_factor = check_scale_factor(scale_factor)
     spec = ModelSpec(str(resolve_model_dir(model_dir)), engine, precision, scale_factor)
     skips = Skips(skip_bad)
     rows: dict[str, dict] = {}
