@@ -152,6 +152,12 @@ def test_bad_states_give_messages_not_tracebacks(viewer, qtbot, tmp_path):
     finetune.run()
     assert finetune.worker is None and "shape (64, 64)" in finetune.status.value
 
+    # A scale factor out of range: a message, and no worker started.
+    segment.scale_factor.value = "3"
+    segment.run()
+    assert segment.worker is None and "'3' is not a factor from 0.5 to 2" in segment.status.value
+    segment.scale_factor.value = ""
+
     # No image layer.
     viewer.layers.remove("cells")
     segment.run()

@@ -21,6 +21,7 @@ import tifffile
 
 import dsb
 from conftest import CONFIG, make_discs
+from dsb.api import LoadedModel
 from dsb.core.errors import BadDataError
 from dsb.io.annotations import find_samples, read_label_image
 from dsb.napari.child import ChildFailed, child_events
@@ -34,6 +35,7 @@ from dsb.napari.segmentation import (
     Segmented,
     layer_frames,
     parse_diameter,
+    parse_scale_factor,
     segment_frames,
 )
 
@@ -188,6 +190,33 @@ def test_a_stack_is_segmented_frame_by_frame():
     assert result.labels.shape == (3, 64, 64) and not result.estimated
     assert [int(f.max()) for f in result.labels] == [2, 2, 0]
     assert result.diameters == [18.0] * 3
+
+
+def test_a_scale_factor_is_typed_checked_and_predicts_larger():
+    assert parse_scale_factor(" ") is None and parse_scale_factor("1.25") == 1.25
+    for text in ("abc", "0.4", "3", "nan"):
+        with pytest.raises(BadDataError, match=rf"scale factor: {text!r} is not a factor from 0\.5 to 2"):
+            parse_scale_factor(text)
+    shipped = dsb.load_model()
+    sides = []
+
+    def recording(batch):
+        sides.append(batch.shape[1])
+        return shipped.network(batch)
+
+    model = LoadedModel(shipped.path, recording, shipped.config)
+    frame = ((make_discs((64, 64), centres=((20, 20), (44, 44)), radius=9) > 0) * 200 + 10).astype(np.uint8)
+    seen = {}
+    for factor in (None, 1.5):
+        sides.clear()
+        *_, result = segment_frames(model, frame, diameter=18, scale_factor=factor)
+        assert int(result.labels.max()) == 2 and result.diameters == [18.0]
+        seen[factor] = max(sides)
+    # The frame at 20/18 of its size, and 1.5 times that, each padded to the U-Net's size multiple.
+    multiple = shipped.config.model.size_multiple()
+    for factor, side in ((None, round(64 * 20 / 18)), (1.5, round(1.5 * 64 * 20 / 18))):
+        assert seen[factor] == side + (-side) % multiple
+    assert seen[1.5] > seen[None]
 
 
 def test_diameters_and_layer_shapes_are_checked():

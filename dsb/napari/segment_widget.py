@@ -27,6 +27,7 @@ from dsb.napari.segmentation import (
     FrameDone,
     Segmented,
     parse_diameter,
+    parse_scale_factor,
     segment_frames,
     state_for,
 )
@@ -56,12 +57,12 @@ def follow_selection(combo: ComboBox, viewer, kind: type) -> None:
         combo.value = layers[-1]
 
 
-def _work(state, data, rgb: bool, diameter, tta: bool):
+def _work(state, data, rgb: bool, diameter, tta: bool, scale_factor=None):
     """The worker: load the model, segment each frame; a problem comes back as a :class:`Failure`."""
     try:
         model = state.load()
         result = None
-        for event in segment_frames(model, data, rgb=rgb, diameter=diameter, tta=tta):
+        for event in segment_frames(model, data, rgb=rgb, diameter=diameter, tta=tta, scale_factor=scale_factor):
             if isinstance(event, Segmented):
                 result = event
             else:
@@ -94,12 +95,15 @@ class SegmentWidget(Container):
         self.diameter = LineEdit(label="diameter (px)", value="",
                                  tooltip="Median nucleus diameter in pixels; empty: estimated from the image.")
         self.estimate = Label(label="", value="diameter: estimated when empty")
+        self.scale_factor = LineEdit(label="scale factor", value="",
+                                     tooltip="Predict this many times larger than the estimated scale (0.5 to 2); "
+                                             "empty: the model's own, which dsb tune --scale-factors chooses.")
         self.tta = CheckBox(text="test-time augmentation (slower, smoother edges)", value=False)
         self.run_button = PushButton(text="Segment")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(label="", min=0, max=1, value=0, visible=False)
         self.status = Label(label="", value="")
-        self.extend([self.image, self.model, self.engine, self.diameter, self.estimate, self.tta,
+        self.extend([self.image, self.model, self.engine, self.diameter, self.estimate, self.scale_factor, self.tta,
                      self.run_button, self.cancel_button, self.progress, self.status])
         self.model.line_edit.value = "" if self.state.path is None else str(self.state.path)
         self.model.changed.connect(self._model_typed)
@@ -155,13 +159,15 @@ class SegmentWidget(Container):
             return
         try:
             diameter = parse_diameter(self.diameter.value)
+            scale_factor = parse_scale_factor(self.scale_factor.value)
         except DsbError as exc:
             self.fail(str(exc))
             return
         self.state.diameter = diameter
         data = layer.data[0] if layer.multiscale else layer.data
         self._set_running(True, f"segmenting {layer.name} with {self.state.describe()} ...")
-        worker = create_worker(_work, self.state, data, bool(layer.rgb), diameter, bool(self.tta.value))
+        worker = create_worker(_work, self.state, data, bool(layer.rgb), diameter, bool(self.tta.value),
+                               scale_factor)
         worker.yielded.connect(self._frame_done)
         worker.returned.connect(lambda result: self._finished(layer, result, on_done))
         worker.aborted.connect(lambda: self._cancelled(layer))

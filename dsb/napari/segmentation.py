@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 import dsb
+from dsb.core.config import SCALE_FACTOR_RANGE, check_scale_factor
 from dsb.core.errors import BadDataError, DsbError
 from dsb.inference.predict import predict_nuclei
 from dsb.napari.finetuning import export_onnx_in_child
@@ -29,7 +30,7 @@ from dsb.network.model_folder import default_model_dir, load_run_config
 VIEWER_ENGINES = ("auto", "openvino", "onnx")
 
 __all__ = ["VIEWER_ENGINES", "ModelState", "FrameDone", "Segmented", "Failure", "state_for", "segment_frames",
-           "parse_diameter", "layer_frames"]
+           "parse_diameter", "parse_scale_factor", "layer_frames"]
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,31 @@ def parse_diameter(text: str) -> float | None:
     return value
 
 
+def parse_scale_factor(text: str) -> float | None:
+    """The scale factor typed in a widget: None when empty (the model's own ``predict.scale_factor``),
+    else a factor in [0.5, 2] (:func:`dsb.core.config.check_scale_factor`).
+
+    Raises
+    ------
+    BadDataError
+        Not a number in [0.5, 2].
+
+    Examples
+    --------
+    >>> parse_scale_factor(""), parse_scale_factor(" 1.25 ")
+    (None, 1.25)
+    """
+    text = str(text).strip()
+    if not text:
+        return None
+    low, high = SCALE_FACTOR_RANGE
+    try:
+        return check_scale_factor(float(text))
+    except (ValueError, BadDataError):
+        raise BadDataError(f"{text!r} is not a factor from {low:g} to {high:g}; leave it empty for the model's own",
+                           where="scale factor") from None
+
+
 def layer_frames(data, rgb: bool) -> tuple[tuple[int, ...], tuple[int, int]]:
     """The frame axes' shape and the (H, W) of an image layer's data (colour axis last when ``rgb``).
 
@@ -121,8 +147,8 @@ def layer_frames(data, rgb: bool) -> tuple[tuple[int, ...], tuple[int, int]]:
     return shape[:-2], shape[-2:]
 
 
-def segment_frames(model, data, *, rgb: bool = False, diameter: float | None = None, tta: bool | None = None
-                   ) -> Iterator[FrameDone | Segmented]:
+def segment_frames(model, data, *, rgb: bool = False, diameter: float | None = None, tta: bool | None = None,
+                   scale_factor: float | None = None) -> Iterator[FrameDone | Segmented]:
     """Segment every 2-D frame of an image layer's data, yielding after each.
 
     Parameters
@@ -136,6 +162,9 @@ def segment_frames(model, data, *, rgb: bool = False, diameter: float | None = N
         Median nucleus diameter in pixels; None estimates it per frame.
     tta : bool, optional
         Average over flips and quarter turns; None follows the model's ``predict.tta``.
+    scale_factor : float, optional
+        Predict this many times larger than the estimated (or given) scale; None follows the
+        model's ``predict.scale_factor``.
 
     Yields
     ------
@@ -145,12 +174,13 @@ def segment_frames(model, data, *, rgb: bool = False, diameter: float | None = N
         Last: the labels of all frames.
     """
     start = time.monotonic()
+    config = model.config.with_scale_factor(scale_factor)
     lead, (height, width) = layer_frames(data, rgb)
     labels = np.zeros((*lead, height, width), np.int32)
     diameters, estimated = [], False
     total = int(np.prod(lead, dtype=np.int64)) if lead else 1
     for done, index in enumerate(np.ndindex(*lead), start=1):
-        nuclei = predict_nuclei(model.network, model.config, np.asarray(data[index]), tta=tta, diameter=diameter)
+        nuclei = predict_nuclei(model.network, config, np.asarray(data[index]), tta=tta, diameter=diameter)
         labels[index] = nuclei.labels
         diameters.append(float(nuclei.diameter))
         estimated = nuclei.estimated
