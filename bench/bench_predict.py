@@ -207,9 +207,10 @@ def measure(engine: str, model_dir: Path, images_dir: Path, megapixels: float, a
 
     # Thread-seconds, summed over the images (several at once with streams): the scale estimate
     # (all of choose_scale_and_pass: windows, network passes and their watersheds) less its last pass when that
-    # one serves as the prediction (network, watershed and its split), and each image's two stages.
+    # one serves as the prediction (network, watershed, its split and the drop of unsure nuclei),
+    # and each image's two stages.
     choose, at_scale = predict_module.choose_scale_and_pass, scale_module.predict_at_scale
-    flood, split = scale_module.labels_from_probabilities, scale_module.split_nuclei
+    flood, split = scale_module.labels_from_probabilities, scale_module.finish_nuclei
     stages = predict_module.network_stage, predict_module.watershed_stage
 
     def timed(step, kind):
@@ -251,7 +252,7 @@ def measure(engine: str, model_dir: Path, images_dir: Path, megapixels: float, a
         predict_module.choose_scale_and_pass = timed_choose
         predict_module.predict_at_scale = scale_module.predict_at_scale = timed(at_scale, "pass")
         scale_module.labels_from_probabilities = timed(flood, "flood")
-        scale_module.split_nuclei = timed(split, "split")
+        scale_module.finish_nuclei = timed(split, "split")
         predict_module.network_stage, predict_module.watershed_stage = map(timed_stage, stages)
         try:
             began = time.perf_counter()
@@ -263,7 +264,7 @@ def measure(engine: str, model_dir: Path, images_dir: Path, megapixels: float, a
             predict_module.choose_scale_and_pass = choose
             predict_module.predict_at_scale = scale_module.predict_at_scale = at_scale
             scale_module.labels_from_probabilities = flood
-            scale_module.split_nuclei = split
+            scale_module.finish_nuclei = split
             predict_module.network_stage, predict_module.watershed_stage = stages
 
     def bare_forward(arrays, callers) -> float:
