@@ -10,7 +10,8 @@ For each engine that is installed (a folder without ``model.onnx`` gets one
 in a temporary copy; ``ENGINE:int8`` runs the folder's ``model.int8.onnx``,
 skipped when there is none; ``ENGINE/one-look`` runs the scale estimate without its cross-check,
 and ``ENGINE/no-split`` the watershed without the split of merged-looking nuclei
-(``postprocess.split_ratio`` 0), as releases before them did, for each beside the current
+(``postprocess.split_ratio`` 0), and ``ENGINE/keep-unsure`` without the drop of unsure nuclei
+(``postprocess.min_confidence`` 0), as releases before them did, for each beside the current
 prediction; ``ENGINE/x1.25`` predicts at 1.25 times the chosen scale, ``predict.scale_factor``),
 with scale normalisation on and TTA off unless asked:
 
@@ -83,10 +84,10 @@ def _model_dir(run_dir: str | None, tmp: Path) -> Path:
 
 
 # What each ``ENGINE/VARIANT`` changes: a section of the config and the values it replaces (the
-# first two leave out what earlier releases lacked; x1.25 predicts 1.25 times larger, as dsb tune
+# first two and keep-unsure leave out what earlier releases lacked; x1.25 predicts 1.25 times larger, as dsb tune
 # --scale-factors may choose).
 VARIANTS = {"one-look": ("predict", {"cross_check": False}), "no-split": ("postprocess", {"split_ratio": 0.0}),
-            "x1.25": ("predict", {"scale_factor": 1.25})}
+            "x1.25": ("predict", {"scale_factor": 1.25}), "keep-unsure": ("postprocess", {"min_confidence": 0.0})}
 
 
 def _load(model_dir: Path, engine: str, args, precision: str = "float32", variant: str = ""):
@@ -207,9 +208,10 @@ def measure(engine: str, model_dir: Path, images_dir: Path, megapixels: float, a
 
     # Thread-seconds, summed over the images (several at once with streams): the scale estimate
     # (all of choose_scale_and_pass: windows, network passes and their watersheds) less its last pass when that
-    # one serves as the prediction (network, watershed and its split), and each image's two stages.
+    # one serves as the prediction (network, watershed, its split and the drop of unsure nuclei),
+    # and each image's two stages.
     choose, at_scale = predict_module.choose_scale_and_pass, scale_module.predict_at_scale
-    flood, split = scale_module.labels_from_probabilities, scale_module.split_nuclei
+    flood, split = scale_module.labels_from_probabilities, scale_module.finish_nuclei
     stages = predict_module.network_stage, predict_module.watershed_stage
 
     def timed(step, kind):
@@ -251,7 +253,7 @@ def measure(engine: str, model_dir: Path, images_dir: Path, megapixels: float, a
         predict_module.choose_scale_and_pass = timed_choose
         predict_module.predict_at_scale = scale_module.predict_at_scale = timed(at_scale, "pass")
         scale_module.labels_from_probabilities = timed(flood, "flood")
-        scale_module.split_nuclei = timed(split, "split")
+        scale_module.finish_nuclei = timed(split, "split")
         predict_module.network_stage, predict_module.watershed_stage = map(timed_stage, stages)
         try:
             began = time.perf_counter()
@@ -263,7 +265,7 @@ def measure(engine: str, model_dir: Path, images_dir: Path, megapixels: float, a
             predict_module.choose_scale_and_pass = choose
             predict_module.predict_at_scale = scale_module.predict_at_scale = at_scale
             scale_module.labels_from_probabilities = flood
-            scale_module.split_nuclei = split
+            scale_module.finish_nuclei = split
             predict_module.network_stage, predict_module.watershed_stage = stages
 
     def bare_forward(arrays, callers) -> float:

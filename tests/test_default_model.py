@@ -100,7 +100,7 @@ def test_the_shipped_models_watershed_is_the_scale_estimates_own():
 
     from dsb.inference.scale import ESTIMATE_WATERSHED
 
-    assert replace(dsb.load_model().config.postprocess, split_ratio=0.0) == ESTIMATE_WATERSHED
+    assert replace(dsb.load_model().config.postprocess, split_ratio=0.0, min_confidence=0.0) == ESTIMATE_WATERSHED
 
 
 def test_segment_without_a_model_uses_the_shipped_one(fluorescence_png, tmp_path):
@@ -192,3 +192,35 @@ def test_the_split_step_leaves_rod_shaped_nuclei_whole():
     found_off, pred_off = _found(truth, dsb.segment(image, dataclasses.replace(model, config=off)))
     assert (found_on, pred_on) == (found_off, pred_off)
     assert found_on == truth.max()
+
+
+def test_the_confidence_step_drops_far_more_false_nuclei_than_true_ones_on_held_out_tissue(train_dir):
+    # Stained tissue of an experiment the shipped model never saw (its validation images): the
+    # nuclei it is unsure of (postprocess.min_confidence) are mostly false ones, and dropping
+    # them raises the competition score.
+    from dsb.inference.preprocess import image_type
+    from dsb.io.annotations import find_samples, read_sample
+    from dsb.kaggle.metric import image_score
+
+    model = dsb.load_model()
+    assert model.config.postprocess.min_confidence > 0
+    every = dataclasses.replace(model, config=model.config.replace(
+        postprocess=dataclasses.replace(model.config.postprocess, min_confidence=0.0)))
+    samples = {s.id: s for s in find_samples(train_dir)}
+    tissue = []
+    for image_id in model.config.validation_ids:
+        raw, truth, _ = read_sample(samples[image_id])
+        if image_type(raw) == "stained":
+            tissue.append((raw, truth))
+        if len(tissue) == 8:
+            break
+    assert len(tissue) == 8
+    counts = {}
+    for name, run in (("kept", model), ("every", every)):
+        scores = [image_score(truth, dsb.segment(raw, run)) for raw, truth in tissue]
+        counts[name] = (sum(s.tp[0] for s in scores), sum(s.n_pred for s in scores),
+                        np.mean([s.score for s in scores]))
+    (true_kept, pred_kept, score_kept), (true_every, pred_every, score_every) = counts["kept"], counts["every"]
+    false_dropped = (pred_every - true_every) - (pred_kept - true_kept)
+    assert false_dropped >= 3 * max(true_every - true_kept, 1)
+    assert score_kept > score_every

@@ -12,6 +12,7 @@ from scipy import ndimage
 
 from dsb.core.config import PostprocessConfig
 from dsb.inference.watershed import (
+    drop_unconfident,
     fill_label_holes,
     find_markers,
     labels_from_probabilities,
@@ -163,6 +164,7 @@ configs = st.builds(
     fill_holes=st.booleans(),
     keep_unmarked=st.booleans(),
     split_ratio=st.sampled_from([0.0, 1.2, 1.5]),
+    min_confidence=st.sampled_from([0.0, 0.6, 0.8]),
 )
 
 
@@ -183,6 +185,9 @@ def test_labels_are_valid_instances(prob, config):
         assert not labels[prob[..., 0] <= config.mask_threshold].any()
     for i in range(1, n + 1):
         assert ndimage.label(labels == i)[1] == 1  # each nucleus is one piece
+    if n:
+        confidence = ndimage.mean(prob[..., 0], labels, np.arange(1, n + 1))
+        assert (confidence >= config.min_confidence - 1e-9).all()
 
 
 def test_keep_unmarked_reads_from_config_json():
@@ -379,3 +384,49 @@ def test_the_core_channel_splits_what_body_and_border_merge():
     assert min(match(truth, labels)) > 0.8
     # The fourth channel is read only when it is there.
     assert labels_from_probabilities(prob[..., :3], PostprocessConfig(split_ratio=0, core_threshold=0.5)).max() == 1
+
+
+# ---------------------------------------------------------------- step 7: unsure nuclei dropped
+
+
+def test_an_unsure_nucleus_is_dropped_and_the_rest_renumbered():
+    truth = make_discs((48, 96), centres=((24, 14), (24, 48), (24, 82)), radius=9)
+    prob = targets(truth)
+    prob[..., 0] *= np.choose(truth, [0.0, 0.95, 0.7, 0.9]).astype(np.float32)  # the middle one is unsure
+    kept = labels_from_probabilities(prob, PostprocessConfig(min_confidence=0.8))
+    assert kept.max() == 2
+    # The sure ones whole, numbered 1..N in their order; nothing where the unsure one was.
+    assert np.array_equal(kept == 1, truth == 1) and np.array_equal(kept == 2, truth == 3)
+    everything = labels_from_probabilities(prob, PostprocessConfig())  # min_confidence 0: all three
+    assert everything.max() == 3
+    unfinished = labels_from_probabilities(prob, PostprocessConfig(min_confidence=0.8), finish=False)
+    np.testing.assert_array_equal(unfinished, everything)  # step 7 left to a later finish_nuclei
+
+
+def test_confidence_is_the_mean_over_the_whole_nucleus_not_its_peak():
+    # A nucleus sure at its centre but faint over most of itself is unsure; one evenly sure is kept.
+    labels = make_discs((40, 80), centres=((20, 20), (20, 60)), radius=10)
+    body = np.where(labels > 0, 0.75, 0.0).astype(np.float32)
+    body[18:23, 18:23] = 1.0  # a sure centre in the first
+    body[labels == 2] = 0.85
+    prob = np.stack([body, np.zeros_like(body)], axis=-1)
+    kept = drop_unconfident(labels, prob, 0.8)
+    assert np.array_equal(np.unique(kept), [0, 1]) and np.array_equal(kept > 0, labels == 2)
+    assert drop_unconfident(labels, prob, 0.0) is labels
+    np.testing.assert_array_equal(drop_unconfident(labels, prob, 0.7), labels)  # both kept, numbers unchanged
+
+
+def test_drop_unconfident_needs_labels_on_the_grid_of_the_probabilities():
+    prob = np.zeros((10, 10, 2), np.float32)
+    with pytest.raises(ValueError, match="share a grid"):
+        drop_unconfident(np.zeros((10, 12), np.int32), prob, 0.5)
+
+
+def test_min_confidence_is_checked_where_the_config_is_read():
+    from dsb.core.config import Config
+    from dsb.core.errors import BadDataError
+
+    assert Config.from_dict({"postprocess": {"min_confidence": 0.8}}).postprocess.min_confidence == 0.8
+    assert Config.from_dict({}).postprocess.min_confidence == 0.0  # an older run folder keeps every nucleus
+    with pytest.raises(BadDataError, match=r"postprocess\.min_confidence"):
+        Config.from_dict({"postprocess": {"min_confidence": 1.5}})

@@ -308,7 +308,7 @@ def test_the_estimate_window_is_the_brightest_on_its_grid():
 
 
 def _counting_watersheds(monkeypatch):
-    """Record ``(shape, settings, split)`` of every watershed the estimate (dsb.inference.scale) and
+    """Record ``(shape, settings, finish)`` of every watershed the estimate (dsb.inference.scale) and
     the way back to the image's grid (dsb.inference.labels) run."""
     from dsb.inference import labels as labels_module
     from dsb.inference import scale as scale_module
@@ -317,7 +317,7 @@ def _counting_watersheds(monkeypatch):
     counted = scale_module.labels_from_probabilities
 
     def counting(prob, config=None, **kwargs):
-        calls.append((prob.shape, config, kwargs.get("split", True)))
+        calls.append((prob.shape, config, kwargs.get("finish", True)))
         return counted(prob, config, **kwargs)
 
     monkeypatch.setattr(scale_module, "labels_from_probabilities", counting)
@@ -345,6 +345,36 @@ def test_the_estimate_pass_that_saw_the_whole_image_serves_its_watershed_too(mon
     again = labels_at_scale(scaled.probabilities, scaled.scale, truth.shape, ESTIMATE_CONFIG.postprocess)
     assert again.max() == truth.max()
     np.testing.assert_array_equal(found.labels, again)
+
+
+def test_unsure_nuclei_are_dropped_from_the_estimate_pass_without_a_second_flood(monkeypatch):
+    # min_confidence, like the split, works on the estimate's labels: no watershed runs again.
+    from dsb.inference import predict
+    from dsb.inference.labels import labels_at_scale
+
+    truth = grid_of_discs((200, 200), 12, 40)
+    image = image_of(truth)
+    image[(truth > 0) & (truth % 2 == 0)] = 130  # every other disc dim ...
+
+    def unsure_of_dim_nuclei(batch):  # ... and the network unsure of it
+        out = size_tuned_network(batch)
+        out[..., 0] *= np.where(batch[..., 0] > 0.8, 1.0, 0.7)
+        return out
+
+    run = CONFIG.replace(postprocess=dataclasses.replace(ESTIMATE_CONFIG.postprocess, min_confidence=0.8))
+    calls = _counting_watersheds(monkeypatch)
+    gray = predict._network_input(image, run)
+    passes = choose_scale(unsure_of_dim_nuclei, run, gray).passes
+    calls.clear()
+    found = predict_nuclei(unsure_of_dim_nuclei, run, image)
+    assert len(calls) == passes  # the estimate's watersheds only
+    assert found.labels.max() == (np.unique(truth[truth > 0]) % 2 == 1).sum()  # the bright discs
+    assert not found.labels[(truth > 0) & (truth % 2 == 0)].any()  # nothing where a dim one lies
+    scaled = predict_scaled(unsure_of_dim_nuclei, run, image)
+    np.testing.assert_array_equal(
+        found.labels, labels_at_scale(scaled.probabilities, scaled.scale, truth.shape, run.postprocess))
+    every = predict_nuclei(unsure_of_dim_nuclei, ESTIMATE_CONFIG, image)
+    assert every.labels.max() == truth.max() and every.diameter == found.diameter
 
 
 def test_a_tuned_run_floods_the_estimate_pass_again_with_its_own_settings(monkeypatch):
@@ -586,7 +616,7 @@ def test_the_estimate_measures_the_watershed_before_the_split_and_serves_it_afte
     truth = grid_of_discs((200, 200), 12, 40)
     calls = _counting_watersheds(monkeypatch)
     cuts = []
-    monkeypatch.setattr(scale_module, "split_nuclei", lambda labels, prob, config: cuts.append(1) or labels)
+    monkeypatch.setattr(scale_module, "finish_nuclei", lambda labels, prob, config: cuts.append(1) or labels)
     gray = predict._network_input(image_of(truth), ESTIMATE_CONFIG)
     for ratio in (0.0, 1.5):
         config = CONFIG.replace(postprocess=dataclasses.replace(ESTIMATE_WATERSHED, split_ratio=ratio))

@@ -56,9 +56,24 @@ def test_search_beats_a_bad_start(cases):
     assert {"score_fluorescence", "score_stained", "round", "seconds"} <= set(table.columns)
     # Every setting is scored once, and the search stayed small.
     keys = table[["marker_threshold", "border_threshold", "mask_threshold", "flood", "min_marker_size", "min_size",
-                  "split_ratio"]]
+                  "split_ratio", "min_confidence"]]
     assert not keys.duplicated().any()
     assert len(table) <= 1 + 2 * sum(len(v) for v in GRID.values())
+
+
+def test_search_drops_nuclei_the_network_is_unsure_of():
+    # Two true discs the network is sure of, and a false one where it is not (a speck of dust): the
+    # search finds the confidence that drops the false one and keeps the true ones.
+    truth = make_discs((48, 96), centres=((24, 14), (24, 48)), radius=9)
+    seen = make_discs((48, 96), centres=((24, 14), (24, 48), (24, 82)), radius=9)
+    prob = targets(seen)
+    prob[..., 0] *= np.where(seen == 3, 0.65, 1.0).astype(np.float32)
+    best, table = search_postprocess({"a": prob}, {"a": truth}, PostprocessConfig(),
+                                     grid={"min_confidence": GRID["min_confidence"]})
+    assert table.loc[0, "score"] < 1.0  # the false disc costs the start
+    assert best.min_confidence == 0.7  # the first value over the false disc's 0.65
+    assert table[table["best"]].iloc[0]["score"] == 1.0
+    assert list(table["min_confidence"]) == [0.0, *GRID["min_confidence"][1:]]
 
 
 def test_search_keeps_the_start_when_nothing_is_better(cases):

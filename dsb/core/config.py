@@ -378,9 +378,11 @@ class PostprocessConfig:
     fill_holes: bool = True
     keep_unmarked: bool = True  # a body component with no marker (a tiny nucleus) becomes one nucleus
     split_ratio: float = 1.5  # re-seed dented nuclei over this many times the median area; 0: off (dsb.inference.split)
+    min_confidence: float = 0.0  # mean body probability a nucleus needs; 0: every nucleus kept
 
     def check(self, where: str) -> None:
-        for name in ("marker_threshold", "border_threshold", "contact_threshold", "core_threshold", "mask_threshold"):
+        for name in ("marker_threshold", "border_threshold", "contact_threshold", "core_threshold", "mask_threshold",
+                     "min_confidence"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise BadDataError(f"is {getattr(self, name)}, expected in [0, 1]", where=f"{where}.{name}")
         if not self.split_ratio >= 0:

@@ -30,7 +30,7 @@ from dsb.core.labels import touching_edge
 from dsb.core.validate import check_labels
 from dsb.inference.probabilities import predict_at_scale, predict_probabilities
 from dsb.inference.resample import resample
-from dsb.inference.watershed import labels_from_probabilities, split_nuclei
+from dsb.inference.watershed import finish_nuclei, labels_from_probabilities
 
 __all__ = [
     "DIAMETER_RANGE",
@@ -59,6 +59,7 @@ DIAMETER_RANGE = (2.0, 1000.0)
 ESTIMATE_WATERSHED = PostprocessConfig(
     marker_threshold=0.5, border_threshold=0.4, contact_threshold=1.0, core_threshold=0.0, mask_threshold=0.5,
     min_marker_size=16, min_size=12, flood="probability", fill_holes=True, keep_unmarked=True, split_ratio=0.0,
+    min_confidence=0.0,
 )
 
 
@@ -356,7 +357,7 @@ def _measure(model, config: Config, gray: np.ndarray, scale: float):
     # Measured before the split of merged-looking nuclei: the estimate's thresholds were set on
     # the watershed without it, and a merged pair reads a little large either way. The labels
     # handed on stay unsplit: only the pass that serves the prediction is split, once.
-    labels = labels_from_probabilities(prob, ESTIMATE_WATERSHED, split=False)
+    labels = labels_from_probabilities(prob, ESTIMATE_WATERSHED, finish=False)
     found = _inner_diameter(labels, whole) / scale
     return found, _doubt(prob), (prob, labels) if whole else None
 
@@ -452,13 +453,13 @@ def choose_scale_and_pass(
     prob, labels = whole
     if not _same_watershed(config.postprocess):  # not the shipped settings: the run's own watershed, on the same probabilities
         return chosen, prob, None
-    return chosen, prob, split_nuclei(labels, prob, config.postprocess)
+    return chosen, prob, finish_nuclei(labels, prob, config.postprocess)
 
 
 def _same_watershed(postprocess: PostprocessConfig) -> bool:
-    """Whether ``postprocess`` floods as :data:`ESTIMATE_WATERSHED` does (the split aside), so that
-    the estimate's labels of its last pass serve the prediction."""
-    return dataclasses.replace(postprocess, split_ratio=0.0) == ESTIMATE_WATERSHED
+    """Whether ``postprocess`` floods as :data:`ESTIMATE_WATERSHED` does (the split and the drop of
+    unsure nuclei aside), so that the estimate's labels of its last pass serve the prediction."""
+    return dataclasses.replace(postprocess, split_ratio=0.0, min_confidence=0.0) == ESTIMATE_WATERSHED
 
 
 def _agree(a: float, b: float) -> bool:

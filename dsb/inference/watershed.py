@@ -24,7 +24,13 @@ Steps of :func:`labels_from_probabilities`:
 4. fill the holes of each nucleus (``fill_holes``);
 5. drop nuclei under ``min_size`` pixels and number the rest 1..N;
 6. split again the nuclei that look like merged neighbours (``split_ratio``;
-   :func:`split_nuclei`, :func:`dsb.inference.split.split_merged`).
+   :func:`split_nuclei`, :func:`dsb.inference.split.split_merged`);
+7. drop the nuclei the network is unsure of: those whose mean body probability is
+   under ``min_confidence`` (:func:`drop_unconfident`). Most such nuclei are false ones
+   (a fold of tissue, a lobe of a brightfield nucleus read as its own, a speck), and the
+   competition's metric counts a false nucleus as dearly as a missed one.
+
+Steps 6 and 7 together are :func:`finish_nuclei`.
 
 Every pixel belongs to at most one nucleus. No deep-learning import here.
 """
@@ -47,6 +53,8 @@ __all__ = [
     "grow_into_mask",
     "labels_from_probabilities",
     "split_nuclei",
+    "drop_unconfident",
+    "finish_nuclei",
 ]
 
 
@@ -250,7 +258,7 @@ def _rings(distance: int, width: int) -> list[np.ndarray]:
 
 
 def labels_from_probabilities(
-    prob: np.ndarray, config: PostprocessConfig | None = None, *, split: bool = True
+    prob: np.ndarray, config: PostprocessConfig | None = None, *, finish: bool = True
 ) -> np.ndarray:
     """Nucleus instances from body and border probabilities.
 
@@ -261,10 +269,11 @@ def labels_from_probabilities(
         when present, the contact zone between nuclei.
     config : PostprocessConfig, optional
         Thresholds and sizes (the defaults when omitted).
-    split : bool
-        Step 6, the split of merged-looking nuclei (when ``config.split_ratio`` asks for it);
-        False leaves it to a later :func:`split_nuclei`, as the scale estimate does (it measures
-        the watershed's nuclei as they were before the split existed).
+    finish : bool
+        Steps 6 and 7, the split of merged-looking nuclei and the drop of unsure ones (when
+        ``config.split_ratio`` and ``config.min_confidence`` ask for them); False leaves them to
+        a later :func:`finish_nuclei`, as the scale estimate does (it measures the watershed's
+        nuclei as they were before either step existed).
 
     Returns
     -------
@@ -290,7 +299,13 @@ def labels_from_probabilities(
     if config.fill_holes:
         labels = fill_label_holes(labels)
     labels = remove_small(labels, max(config.min_size, 1))
-    return split_nuclei(labels, prob, config) if split else labels
+    return finish_nuclei(labels, prob, config) if finish else labels
+
+
+def finish_nuclei(labels: np.ndarray, prob: np.ndarray, config: PostprocessConfig) -> np.ndarray:
+    """Steps 6 and 7 of :func:`labels_from_probabilities` on its labels: :func:`split_nuclei`,
+    then :func:`drop_unconfident`."""
+    return drop_unconfident(split_nuclei(labels, prob, config), prob, config.min_confidence)
 
 
 def split_nuclei(labels: np.ndarray, prob: np.ndarray, config: PostprocessConfig) -> np.ndarray:
@@ -300,6 +315,47 @@ def split_nuclei(labels: np.ndarray, prob: np.ndarray, config: PostprocessConfig
     if config.split_ratio <= 0:
         return labels
     return remove_small(split_merged(labels, _check_prob(prob), config), max(config.min_size, 1))
+
+
+def drop_unconfident(labels: np.ndarray, prob: np.ndarray, min_confidence: float) -> np.ndarray:
+    """Step 7 of :func:`labels_from_probabilities`: drop each nucleus whose mean body probability
+    is under ``min_confidence`` and number the rest 1..N in their order.
+
+    Parameters
+    ----------
+    labels : (H, W) ndarray of int
+        0 background, nuclei 1..N, on the grid of ``prob``.
+    prob : (H, W, C) ndarray of float
+        Channel 0 is the body probability.
+    min_confidence : float
+        In [0, 1]; 0 keeps every nucleus (the labels come back as they are).
+
+    Returns
+    -------
+    (H, W) ndarray of int32
+
+    Examples
+    --------
+    >>> labels = np.array([[1, 1, 0, 2, 2]])
+    >>> body = np.array([[0.9, 0.95, 0.0, 0.6, 0.7]], np.float32)
+    >>> prob = np.stack([body, np.zeros_like(body)], axis=-1)
+    >>> drop_unconfident(labels, prob, 0.8).tolist()
+    [[1, 1, 0, 0, 0]]
+    """
+    if min_confidence <= 0:
+        return labels
+    body = _check_prob(prob)[:, :, 0]
+    if body.shape != labels.shape:
+        raise ValueError(f"`labels` (shape {labels.shape}) and `prob` (shape {prob.shape}) must share a grid")
+    inside = labels > 0
+    ids = labels[inside]
+    n = int(labels.max(initial=0))
+    total = np.bincount(ids, weights=body[inside], minlength=n + 1)
+    count = np.bincount(ids, minlength=n + 1)
+    keep = total >= min_confidence * count
+    if keep[1:][count[1:] > 0].all():
+        return labels.astype(np.int32, copy=False)
+    return relabel(labels, keep & (count > 0))
 
 
 def _flood(

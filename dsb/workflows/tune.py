@@ -31,7 +31,7 @@ from dsb.inference.predict import predict_scaled, use_tta
 from dsb.inference.preprocess import image_type, preprocess_image
 from dsb.inference.probabilities import batch_predictor
 from dsb.inference.tiling import context_needed
-from dsb.inference.watershed import labels_from_probabilities, remove_small, split_nuclei
+from dsb.inference.watershed import finish_nuclei, labels_from_probabilities, remove_small
 from dsb.io.annotations import find_samples, read_sample
 from dsb.kaggle.metric import score_labels
 from dsb.network.engines import load_network
@@ -43,8 +43,8 @@ __all__ = ["GRID", "CONTEXT_TOLERANCE", "search_postprocess", "tune_tiling", "tu
 CONTEXT_TOLERANCE = 1e-3
 
 # Values tried for each parameter, in the order they are searched: at most 25
-# watersheds a round (about a second each on 66 validation images), as min_size and
-# split_ratio reuse the last watershed (the split costs a few milliseconds an image).
+# watersheds a round (about a second each on 66 validation images), as min_size, split_ratio
+# and min_confidence reuse the last watershed (the split costs a few milliseconds an image).
 GRID: dict[str, tuple] = {
     "marker_threshold": (0.3, 0.4, 0.5, 0.6, 0.7, 0.8),
     "border_threshold": (0.2, 0.3, 0.4, 0.5, 0.6),
@@ -55,6 +55,10 @@ GRID: dict[str, tuple] = {
     "min_marker_size": (1, 4, 8, 16),
     "min_size": (0, 8, 12, 20, 30, 45),
     "split_ratio": (0.0, 1.2, 1.5, 2.0),  # 0: merged-looking nuclei are not re-seeded
+    # 0: every nucleus kept, however unsure. No higher than 0.8: above it, touching nuclei (whose
+    # body probability dips along their contact) go too, which held-out images with few contacts
+    # would not show (bench/bench_crowding.py).
+    "min_confidence": (0.0, 0.6, 0.7, 0.75, 0.8),
 }
 
 
@@ -124,19 +128,19 @@ def search_postprocess(
         raise ValueError(f"no probabilities for {len(missing)} images, e.g. {missing[0]!r}")
     types = sorted({image_types[i] for i in ids if image_types.get(i)}) if image_types else []
 
-    # The watershed does not depend on min_size or split_ratio: keep the last one computed, and
-    # only drop small objects and split when those alone change (as labels_from_probabilities
-    # does them, in that order).
+    # The watershed does not depend on min_size, split_ratio or min_confidence: keep the last one
+    # computed, and only drop small objects, split and drop unsure nuclei when those alone change
+    # (as labels_from_probabilities does them, in that order).
     last: dict = {}
 
     def segment(config: PostprocessConfig) -> dict[str, np.ndarray]:
-        base = dataclasses.replace(config, min_size=0, split_ratio=0.0)
+        base = dataclasses.replace(config, min_size=0, split_ratio=0.0, min_confidence=0.0)
         if last.get("key") != _key(base):
             last["key"] = _key(base)
             last["labels"] = {i: labels_from_probabilities(probabilities[i], base) for i in ids}
         return {
             i: labels_to_image(
-                split_nuclei(remove_small(labels, max(config.min_size, 1)), probabilities[i], config),
+                finish_nuclei(remove_small(labels, max(config.min_size, 1)), probabilities[i], config),
                 probabilities[i], scales.get(i, 1.0), truth[i].shape, config,
             )
             for i, labels in last["labels"].items()
