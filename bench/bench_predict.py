@@ -357,7 +357,8 @@ def main() -> int:
                         default="keras,onnx,openvino,openvino:int8,openvino/one-look,openvino/no-split,openvino/x1.25",
                         help="ENGINE or ENGINE:int8 (the model folder's model.int8.onnx), comma-separated;"
                              " /one-look: the scale estimate without its cross-check; /no-split: the watershed"
-                             " without the split of merged-looking nuclei; /x1.25: predict.scale_factor 1.25")
+                             " without the split of merged-looking nuclei; /keep-unsure: without the drop of"
+                             " nuclei the network is unsure of; /x1.25: predict.scale_factor 1.25")
     parser.add_argument("--tile-size", type=int)
     parser.add_argument("--overlap", type=int)
     parser.add_argument("--batch-size", type=int)

@@ -428,5 +428,16 @@ def test_min_confidence_is_checked_where_the_config_is_read():
 
     assert Config.from_dict({"postprocess": {"min_confidence": 0.8}}).postprocess.min_confidence == 0.8
     assert Config.from_dict({}).postprocess.min_confidence == 0.0  # an older run folder keeps every nucleus
-    with pytest.raises(BadDataError, match=r"postprocess\.min_confidence"):
-        Config.from_dict({"postprocess": {"min_confidence": 1.5}})
+    for bad in (1.5, -0.1, float("nan"), "0.8"):
+        with pytest.raises(BadDataError, match=r"postprocess\.min_confidence"):
+            Config.from_dict({"postprocess": {"min_confidence": bad}})
+
+
+def test_drop_unconfident_refuses_a_bar_outside_0_to_1_and_closes_gaps_in_the_numbering():
+    labels = np.array([[1, 1, 0, 5, 5, 0, 9]])
+    prob = np.stack([np.where(labels > 0, 0.9, 0.0), np.zeros(labels.shape)], axis=-1).astype(np.float32)
+    for bad in (float("nan"), -0.5, 1.5):
+        with pytest.raises(ValueError, match="min_confidence"):
+            drop_unconfident(labels, prob, bad)
+    # Nothing dropped, but the result is numbered 1..N as the step promises.
+    assert drop_unconfident(labels, prob, 0.8).tolist() == [[1, 1, 0, 2, 2, 0, 3]]

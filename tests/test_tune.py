@@ -190,15 +190,17 @@ def test_split_ratio_reuses_the_watershed_and_scores_what_prediction_would(monke
     truth, prob = merged_pair()
     probabilities, truths = {"pair": prob}, {"pair": truth}
     calls = count_watersheds(monkeypatch)
-    grid = {"split_ratio": (0.0, 1.5, 3.0), "min_size": (0, 300)}
+    grid = {"split_ratio": (0.0, 1.5, 3.0), "min_size": (0, 300), "min_confidence": (0.0, 0.9, 1.0)}
     _, table = search_postprocess(probabilities, truths, PostprocessConfig(), grid=grid, rounds=1)
-    assert len(calls) == 1  # one watershed for every split_ratio and min_size
+    assert len(calls) == 1  # one watershed for every split_ratio, min_size and min_confidence
+    assert table["min_confidence"].nunique() == 3
     for _, row in table.iterrows():
-        config = PostprocessConfig(split_ratio=row["split_ratio"], min_size=int(row["min_size"]))
+        config = PostprocessConfig(split_ratio=row["split_ratio"], min_size=int(row["min_size"]),
+                                   min_confidence=row["min_confidence"])
         expected, _ = score_labels(truths, {"pair": labels_from_probabilities(prob, config)})
         assert row["score"] == pytest.approx(expected)
-    scores = table.set_index(["split_ratio", "min_size"])["score"]
-    assert scores[(1.5, 12)] > scores[(0.0, 12)]  # the split finds the pair's two nuclei
+    scores = table.set_index(["split_ratio", "min_size", "min_confidence"])["score"]
+    assert scores[(1.5, 12, 0.0)] > scores[(0.0, 12, 0.0)]  # the split finds the pair's two nuclei
 
 
 def test_tune_with_tta_tunes_on_averaged_probabilities_and_the_run_then_predicts_so(tmp_path, monkeypatch):

@@ -328,11 +328,17 @@ def drop_unconfident(labels: np.ndarray, prob: np.ndarray, min_confidence: float
     prob : (H, W, C) ndarray of float
         Channel 0 is the body probability.
     min_confidence : float
-        In [0, 1]; 0 keeps every nucleus (the labels come back as they are).
+        In [0, 1]; 0 keeps every nucleus (the labels come back as they are, dtype and numbering
+        included).
 
     Returns
     -------
     (H, W) ndarray of int32
+
+    Raises
+    ------
+    ValueError
+        ``min_confidence`` outside [0, 1] (NaN included), or ``labels`` not on the grid of ``prob``.
 
     Examples
     --------
@@ -342,7 +348,9 @@ def drop_unconfident(labels: np.ndarray, prob: np.ndarray, min_confidence: float
     >>> drop_unconfident(labels, prob, 0.8).tolist()
     [[1, 1, 0, 0, 0]]
     """
-    if min_confidence <= 0:
+    if not 0.0 <= min_confidence <= 1.0:
+        raise ValueError(f"`min_confidence` is {min_confidence}; it must be in [0, 1]")
+    if min_confidence == 0:
         return labels
     body = _check_prob(prob)[:, :, 0]
     if body.shape != labels.shape:
@@ -352,10 +360,10 @@ def drop_unconfident(labels: np.ndarray, prob: np.ndarray, min_confidence: float
     n = int(labels.max(initial=0))
     total = np.bincount(ids, weights=body[inside], minlength=n + 1)
     count = np.bincount(ids, minlength=n + 1)
-    keep = total >= min_confidence * count
-    if keep[1:][count[1:] > 0].all():
+    keep = (total >= min_confidence * count) & (count > 0)
+    if keep[1:].all():  # nothing to drop and no gap in the numbering
         return labels.astype(np.int32, copy=False)
-    return relabel(labels, keep & (count > 0))
+    return relabel(labels, keep)
 
 
 def _flood(
