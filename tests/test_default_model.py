@@ -96,11 +96,10 @@ def test_shipped_model_carries_an_int8_network_close_to_float32(fluorescence_png
 def test_the_shipped_models_watershed_is_the_scale_estimates_own():
     """The estimate's rules were set with the shipped post-processing, and its last pass serves the
     prediction only when the run floods the same way: a retuned shipped config must say so here."""
-    from dataclasses import replace
-
     from dsb.inference.scale import ESTIMATE_WATERSHED
+    from dsb.inference.watershed import unfinished
 
-    assert replace(dsb.load_model().config.postprocess, split_ratio=0.0, min_confidence=0.0) == ESTIMATE_WATERSHED
+    assert unfinished(dsb.load_model().config.postprocess) == ESTIMATE_WATERSHED
 
 
 def test_segment_without_a_model_uses_the_shipped_one(fluorescence_png, tmp_path):

@@ -19,7 +19,6 @@ This module is the one home of the scale estimate; resampling is
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -30,7 +29,7 @@ from dsb.core.labels import touching_edge
 from dsb.core.validate import check_labels
 from dsb.inference.probabilities import predict_at_scale, predict_probabilities
 from dsb.inference.resample import resample
-from dsb.inference.watershed import finish_nuclei, labels_from_probabilities
+from dsb.inference.watershed import finish_nuclei, labels_from_probabilities, unfinished
 
 __all__ = [
     "DIAMETER_RANGE",
@@ -459,7 +458,7 @@ def choose_scale_and_pass(
 def _same_watershed(postprocess: PostprocessConfig) -> bool:
     """Whether ``postprocess`` floods as :data:`ESTIMATE_WATERSHED` does (the split and the drop of
     unsure nuclei aside), so that the estimate's labels of its last pass serve the prediction."""
-    return dataclasses.replace(postprocess, split_ratio=0.0, min_confidence=0.0) == ESTIMATE_WATERSHED
+    return unfinished(postprocess) == ESTIMATE_WATERSHED
 
 
 def _agree(a: float, b: float) -> bool:

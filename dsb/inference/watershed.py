@@ -37,6 +37,8 @@ Every pixel belongs to at most one nucleus. No deep-learning import here.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 from scipy import ndimage
 from skimage.segmentation import watershed
@@ -55,6 +57,7 @@ __all__ = [
     "split_nuclei",
     "drop_unconfident",
     "finish_nuclei",
+    "unfinished",
 ]
 
 
@@ -306,6 +309,12 @@ def finish_nuclei(labels: np.ndarray, prob: np.ndarray, config: PostprocessConfi
     """Steps 6 and 7 of :func:`labels_from_probabilities` on its labels: :func:`split_nuclei`,
     then :func:`drop_unconfident`."""
     return drop_unconfident(split_nuclei(labels, prob, config), prob, config.min_confidence)
+
+
+def unfinished(config: PostprocessConfig) -> PostprocessConfig:
+    """``config`` with steps 6 and 7 off: the settings the labels before :func:`finish_nuclei`
+    depend on, so that two configs equal here flood alike and one watershed serves both."""
+    return dataclasses.replace(config, split_ratio=0.0, min_confidence=0.0)
 
 
 def split_nuclei(labels: np.ndarray, prob: np.ndarray, config: PostprocessConfig) -> np.ndarray:

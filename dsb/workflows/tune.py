@@ -31,7 +31,7 @@ from dsb.inference.predict import predict_scaled, use_tta
 from dsb.inference.preprocess import image_type, preprocess_image
 from dsb.inference.probabilities import batch_predictor
 from dsb.inference.tiling import context_needed
-from dsb.inference.watershed import finish_nuclei, labels_from_probabilities, remove_small
+from dsb.inference.watershed import finish_nuclei, labels_from_probabilities, remove_small, unfinished
 from dsb.io.annotations import find_samples, read_sample
 from dsb.kaggle.metric import score_labels
 from dsb.network.engines import load_network
@@ -134,7 +134,7 @@ def search_postprocess(
     last: dict = {}
 
     def segment(config: PostprocessConfig) -> dict[str, np.ndarray]:
-        base = dataclasses.replace(config, min_size=0, split_ratio=0.0, min_confidence=0.0)
+        base = dataclasses.replace(unfinished(config), min_size=0)
         if last.get("key") != _key(base):
             last["key"] = _key(base)
             last["labels"] = {i: labels_from_probabilities(probabilities[i], base) for i in ids}
