@@ -99,7 +99,7 @@ def test_tuned_folds_never_see_their_held_out_groups(three_experiments, tmp_path
 
     monkeypatch.setattr(module, "train_prepared", spy)
     out = tmp_path / "cv"
-    value, _ = crossval(three_experiments, out, TINY, folds=2, epochs=1, progress=False)
+    value, summary = crossval(three_experiments, out, TINY, folds=2, epochs=1, progress=False)
     table = pd.read_csv(out / "crossval.csv")
     assert len(table) == 6 and value == pytest.approx(table["score"].mean())
     held = {k: set(rows["ImageId"]) for k, rows in table.groupby("fold")}
@@ -113,6 +113,8 @@ def test_tuned_folds_never_see_their_held_out_groups(three_experiments, tmp_path
     tuned = table.groupby("fold")["tuned"].first()
     assert tuned[2] and not tuned[1]
     assert (out / "fold-2" / "tuning.csv").is_file() and not (out / "fold-1" / "tuning.csv").exists()
+    rows = summary.set_index(["level", "name"])
+    assert rows.loc[("group", "user:exp2"), "tuned"] and not rows.loc[("group", "user:exp1"), "tuned"]
     fold2 = load_config(out / "fold-2" / "config.json")
     assert len(fold2.validation_ids) == 2 and set(fold2.validation_ids) <= set(trained_on[1])
     # Scored again without training or tuning again.
@@ -120,6 +122,10 @@ def test_tuned_folds_never_see_their_held_out_groups(three_experiments, tmp_path
     again, _ = crossval(three_experiments, out, TINY, folds=2, epochs=1, progress=False)
     assert again == pytest.approx(value) and len(trained_on) == 2
     assert (out / "fold-2" / "tuning.csv").stat().st_mtime_ns == stamp
+    # Scoring these folds untuned is refused: they are not the networks untuned figures describe.
+    with pytest.raises(BadDataError, match="validation images of its own") as caught:
+        crossval(three_experiments, out, TINY, folds=2, epochs=1, tune=False, progress=False)
+    assert "fold-1" in str(caught.value)
 
 
 def test_crossval_command_prints_groups_and_the_score_last(two_experiments, tmp_path):
@@ -132,7 +138,20 @@ def test_crossval_command_prints_groups_and_the_score_last(two_experiments, tmp_
     assert result.exit_code == 0, result.output
     lines = result.stdout.strip().splitlines()
     assert any(line.startswith("group user:exp1 (fold ") for line in lines)
+    assert not any("untuned" in line for line in lines)
     assert 0.0 <= float(lines[-1]) <= 1.0
+    # Tuning folds that validated on their held-out groups: one line naming the fold, exit 3.
+    mixed = CliRunner().invoke(cli, ["crossval", "--data", str(two_experiments), "--out", str(tmp_path / "cv"),
+                                     "--folds", "2", "--epochs", "1", "--config", str(config)])
+    assert mixed.exit_code == 3 and len(mixed.stderr.splitlines()) == 1
+    assert "fold-1" in mixed.stderr and "held-out groups as validation" in mixed.stderr
+    assert not (tmp_path / "cv" / "fold-1" / "tuning.csv").exists()
+    # Tuned by default; a fold trained on a single group has none to hold back, and says so.
+    tuned = CliRunner().invoke(cli, ["crossval", "--data", str(two_experiments), "--out", str(tmp_path / "cv3"),
+                                     "--folds", "2", "--epochs", "1", "--config", str(config)])
+    assert tuned.exit_code == 0, tuned.output
+    assert any(line.startswith("group user:exp1 (fold ") and line.split(")")[0].endswith(", untuned")
+               for line in tuned.stdout.splitlines())
     # More folds than groups: one line naming the data folder, exit 3, nothing trained.
     bad = CliRunner().invoke(cli, ["crossval", "--data", str(two_experiments), "--out", str(tmp_path / "cv2"),
                                    "--folds", "3", "--epochs", "1", "--config", str(config)])

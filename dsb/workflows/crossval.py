@@ -10,10 +10,12 @@ figures are per group, per type and overall.
 By default each fold is judged as ``make submit`` makes a model: the fold's run never sees its
 held-out groups, not even to choose its best epoch. It trains on the other groups with whole
 groups of them held back for validation (as :func:`dsb.training.train` splits), its
-post-processing is tuned on those (:func:`dsb.workflows.tune.tune`), and only then are the
-held-out groups scored. Untuned (``tune=False``), the held-out groups are the run's validation
-images and it is scored with the recipe's own post-processing: the network alone, whose outlines
-after a short budget are wider than a tuned threshold makes them.
+post-processing is tuned on those (:func:`dsb.workflows.tune.tune`; without the test-time
+augmentation and scale factors that ``make submit`` also searches, which cost eight and two
+predictions of every image), and only then are the held-out groups scored. Untuned
+(``tune=False``), the held-out groups are the run's validation images and it is scored with the
+recipe's own post-processing: the network alone, whose outlines after a short budget are wider
+than a tuned threshold makes them.
 
 Each fold's run folder is kept (``OUT/fold-K``); a fold whose run has finished is scored again
 without training, so an interrupted cross-validation goes on where it stopped.
@@ -129,14 +131,15 @@ def crossval(
         The mean over all images of their per-image scores.
     table : pandas.DataFrame
         :func:`dsb.workflows.evaluate.score_summary` over every image, with the fold that held
-        each group out in ``fold`` (0 for the type and overall rows). ``crossval.csv`` also
-        says per image whether its fold was ``tuned``.
+        each group out in ``fold`` (0 for the type and overall rows) and whether that fold was
+        ``tuned`` (false on those rows). ``crossval.csv`` says ``tuned`` per image.
 
     Raises
     ------
     BadDataError
-        Too few groups for ``folds``; or, with ``tune``, a finished fold run in ``out_dir``
-        that validated on its held-out groups (an untuned cross-validation's).
+        Too few groups for ``folds``; or a fold run in ``out_dir`` (finished or not) made by
+        the other kind of cross-validation: with ``tune``, one that validated on its held-out
+        groups; without, one that validated on images of its own.
     """
     out_dir = Path(out_dir)
     prepared = load_prepared(data_dir, config.preprocess, progress=progress)
@@ -147,9 +150,11 @@ def crossval(
                            "(each fold holds out whole groups; folds must be between 2 and the number of groups)",
                            path=data_dir)
     dealt = deal_groups(prepared.groups, prepared.types, folds)
+    held_out = [[i for i, g in zip(prepared.ids, prepared.groups) if g in fold_groups] for fold_groups in dealt]
+    for k, held in enumerate(held_out, start=1):  # before any training: folds of the other kind are refused
+        _check_fold(out_dir / f"fold-{k}", held, tune=tune)
     tables = []
-    for k, fold_groups in enumerate(dealt, start=1):
-        held = [i for i, g in zip(prepared.ids, prepared.groups) if g in fold_groups]
+    for k, (fold_groups, held) in enumerate(zip(dealt, held_out), start=1):
         run = out_dir / f"fold-{k}"
         if progress:
             say(f"fold {k}/{folds}: holding out {', '.join(fold_groups)} ({len(held)} images)")
@@ -162,7 +167,7 @@ def crossval(
             train_prepared(data, None if resume else fold_config, out_dir=run, resume=resume,
                            time_budget=time_budget, epochs=epochs, seed=seed, precision=precision,
                            progress=progress)
-        tuned = tune and _tune_fold(run, held, data_dir, engine=engine, progress=progress)
+        tuned = tune and _tune_fold(run, data_dir, engine=engine, progress=progress)
         model, run_config = load_network(run, engine)
         scored = run_config.replace(validation_ids=tuple(held))
         _, table = score_validation(predict_validation(model, scored, data_dir, progress=progress))
@@ -174,6 +179,8 @@ def crossval(
     fold_of = {g: k for k, fold_groups in enumerate(dealt, start=1) for g in fold_groups}
     summary["fold"] = [fold_of.get(name, 0) if level == "group" else 0
                        for level, name in zip(summary["level"], summary["name"])]
+    tuned = table.groupby("fold")["tuned"].first().to_dict()
+    summary["tuned"] = [bool(tuned.get(k, False)) for k in summary["fold"]]
     return float(table["score"].mean()), summary
 
 
@@ -192,21 +199,32 @@ def _without(prepared, held):
     )
 
 
-def _tune_fold(run: Path, held: list[str], data_dir, *, engine: str, progress: bool) -> bool:
-    """Tune a fold's run on its own validation images, once; whether it is tuned.
+def _check_fold(run: Path, held: list[str], *, tune: bool) -> None:
+    """Refuse a fold run in ``run`` (finished or not) made by the other kind of cross-validation.
 
     Raises
     ------
     BadDataError
-        When the run validated on held-out images: it was trained by an untuned
-        cross-validation, and tuning it there would judge it on what it was tuned on.
+        With ``tune``, the run validates on its held-out images ``held`` (an untuned
+        cross-validation's): tuning it there would tune it on the images it is scored on.
+        Without, the run validates on images of its own (a tuned cross-validation's), so it is
+        not the network the untuned figures describe.
     """
+    if not (run / "config.json").is_file():
+        return
     validation = set(load_run_config(run).validation_ids)
-    if validation & set(held):
+    if tune and validation & set(held):
         raise BadDataError("was trained with its held-out groups as validation images (an untuned "
-                           "cross-validation's fold); tune it with another --out, or score it untuned",
+                           "cross-validation's fold); tune folds in another --out, or score these untuned",
                            path=run)
-    if not validation:
+    if not tune and validation != set(held):
+        raise BadDataError("was trained with validation images of its own (a tuned cross-validation's fold); "
+                           "score it tuned, or run untuned folds in another --out", path=run)
+
+
+def _tune_fold(run: Path, data_dir, *, engine: str, progress: bool) -> bool:
+    """Tune a fold's run on its own validation images, once; whether it is tuned."""
+    if not load_run_config(run).validation_ids:
         if progress:
             say(f"{run.name}: no validation images of its own to tune on; scored untuned")
         return False
