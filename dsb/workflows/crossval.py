@@ -23,12 +23,11 @@ without training, so an interrupted cross-validation goes on where it stopped.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import defaultdict
 from pathlib import Path
 
 import pandas as pd
-
-import dataclasses
 
 from dsb.core.atomic import atomic_path
 from dsb.core.config import Config
