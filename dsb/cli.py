@@ -362,9 +362,13 @@ def evaluate(run_dir: Path, data: Path, tta: bool, diameter: float | None, per_i
 @click.option("--seed", type=int, default=None)
 @click.option("--precision", type=click.Choice(["float32", "mixed", "bfloat16", "auto"]), default="float32",
               show_default=True, help="Training precision of every fold, as for `dsb train`.")
+@click.option("--tune/--no-tune", default=True, show_default=True,
+              help="Judge each fold as `make submit` makes a model: validation groups of its own, "
+                   "post-processing tuned on them (without TTA), the held-out groups unseen until scored. "
+                   "--no-tune validates on the held-out groups and scores the recipe's own post-processing.")
 @_ENGINE
 def crossval(data: Path, out: Path, folds: int, time_budget: float | None, epochs: int | None,
-             config_path: Path | None, seed: int | None, precision: str, engine: str) -> None:
+             config_path: Path | None, seed: int | None, precision: str, tune: bool, engine: str) -> None:
     """Leave-groups-out cross-validation: train one run per fold of held-out imaging experiments and
     score every group on the run that never saw it; the last line is the score over all images."""
     _load_keras()
@@ -372,9 +376,9 @@ def crossval(data: Path, out: Path, folds: int, time_budget: float | None, epoch
 
     config = _load_config(config_path)
     value, summary = crossval_runs(data, out, config, folds=folds, time_budget=time_budget, epochs=epochs,
-                                   seed=seed, precision=precision, engine=engine, progress=True)
+                                   seed=seed, precision=precision, engine=engine, tune=tune, progress=True)
     for row in summary.itertuples(index=False):
-        where = f" (fold {row.fold})" if row.level == "group" else ""
+        where = f" (fold {row.fold}{'' if row.tuned or not tune else ', untuned'})" if row.level == "group" else ""
         click.echo(f"{row.level} {row.name}{where}: {row.score:.6f} ({row.images} images, "
                    f"found {row.found}/{row.true} nuclei at IoU 0.5)")
     click.echo(f"{value:.6f}")

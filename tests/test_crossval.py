@@ -12,7 +12,8 @@ from click.testing import CliRunner
 from PIL import Image
 
 from dsb.cli import cli
-from dsb.core.config import Config, ModelConfig, TrainConfig
+from dsb.core.config import Config, ModelConfig, TrainConfig, load_config
+from dsb.core.errors import BadDataError
 from dsb.io.synthetic import nuclei_field
 from dsb.workflows.crossval import crossval, deal_groups
 
@@ -50,7 +51,8 @@ def two_experiments(tmp_path):
 
 def test_every_group_is_scored_by_the_run_that_never_saw_it(two_experiments, tmp_path):
     out = tmp_path / "cv"
-    value, summary = crossval(two_experiments, out, TINY, folds=2, epochs=1, precision="bfloat16", progress=False)
+    value, summary = crossval(two_experiments, out, TINY, folds=2, epochs=1, precision="bfloat16", tune=False,
+                              progress=False)
     table = pd.read_csv(out / "crossval.csv")
     assert json.loads((out / "fold-2" / "manifest.json").read_text())["precision"] == "bfloat16"
     assert len(table) == 4 and set(table["group"]) == {"user:exp1", "user:exp2"}
@@ -64,8 +66,66 @@ def test_every_group_is_scored_by_the_run_that_never_saw_it(two_experiments, tmp
     assert value == pytest.approx(table["score"].mean())
     # Finished folds are scored again, not trained again.
     stamp = (out / "fold-1" / "model.keras").stat().st_mtime_ns
-    again, _ = crossval(two_experiments, out, TINY, folds=2, epochs=1, progress=False)
+    again, _ = crossval(two_experiments, out, TINY, folds=2, epochs=1, tune=False, progress=False)
     assert again == pytest.approx(value) and (out / "fold-1" / "model.keras").stat().st_mtime_ns == stamp
+    assert not table["tuned"].any()
+    # Those folds validated on their held-out groups: tuning them there is refused, naming the fold.
+    with pytest.raises(BadDataError, match="held-out groups as validation") as caught:
+        crossval(two_experiments, out, TINY, folds=2, epochs=1, progress=False)
+    assert "fold-1" in str(caught.value)
+
+
+@pytest.fixture
+def three_experiments(two_experiments):
+    """``two_experiments`` and a third folder, exp3: one fold then trains on two groups."""
+    folder = two_experiments / "exp3"
+    folder.mkdir()
+    for n in range(2):
+        image, labels = nuclei_field((64, 64), 12, seed=30 + n)
+        Image.fromarray(image).save(folder / f"img{n}.png")
+        tifffile.imwrite(folder / f"img{n}_masks.tif", labels.astype(np.uint16))
+    return two_experiments
+
+
+def test_tuned_folds_never_see_their_held_out_groups(three_experiments, tmp_path, monkeypatch):
+    import dsb.workflows.crossval as module
+
+    trained_on = []
+    train = module.train_prepared
+
+    def spy(prepared, config, **kwargs):
+        trained_on.append(set(prepared.ids))
+        return train(prepared, config, **kwargs)
+
+    monkeypatch.setattr(module, "train_prepared", spy)
+    out = tmp_path / "cv"
+    value, summary = crossval(three_experiments, out, TINY, folds=2, epochs=1, progress=False)
+    table = pd.read_csv(out / "crossval.csv")
+    assert len(table) == 6 and value == pytest.approx(table["score"].mean())
+    held = {k: set(rows["ImageId"]) for k, rows in table.groupby("fold")}
+    # Fold 1 holds out exp1 and exp3 (4 images); fold 2 holds out exp2.
+    assert sorted(len(h) for h in held.values()) == [2, 4]
+    for k, seen in zip((1, 2), trained_on):
+        config = load_config(out / f"fold-{k}" / "config.json")
+        assert not seen & held[k] and len(seen) == 6 - len(held[k])
+        assert not set(config.validation_ids) & held[k]
+    # Fold 2 trains on two groups and keeps one back to tune on; fold 1's single group leaves none.
+    tuned = table.groupby("fold")["tuned"].first()
+    assert tuned[2] and not tuned[1]
+    assert (out / "fold-2" / "tuning.csv").is_file() and not (out / "fold-1" / "tuning.csv").exists()
+    rows = summary.set_index(["level", "name"])
+    assert rows.loc[("group", "user:exp2"), "tuned"] and not rows.loc[("group", "user:exp1"), "tuned"]
+    fold2 = load_config(out / "fold-2" / "config.json")
+    assert len(fold2.validation_ids) == 2 and set(fold2.validation_ids) <= set(trained_on[1])
+    # Scored again without training or tuning again.
+    stamp = (out / "fold-2" / "tuning.csv").stat().st_mtime_ns
+    again, _ = crossval(three_experiments, out, TINY, folds=2, epochs=1, progress=False)
+    assert again == pytest.approx(value) and len(trained_on) == 2
+    assert (out / "fold-2" / "tuning.csv").stat().st_mtime_ns == stamp
+    # Scoring these folds untuned is refused: they are not the networks untuned figures describe.
+    with pytest.raises(BadDataError, match="validation images of its own") as caught:
+        crossval(three_experiments, out, TINY, folds=2, epochs=1, tune=False, progress=False)
+    assert "fold-1" in str(caught.value)
 
 
 def test_crossval_command_prints_groups_and_the_score_last(two_experiments, tmp_path):
@@ -74,11 +134,24 @@ def test_crossval_command_prints_groups_and_the_score_last(two_experiments, tmp_
 
     save_config(TINY, config)
     result = CliRunner().invoke(cli, ["crossval", "--data", str(two_experiments), "--out", str(tmp_path / "cv"),
-                                      "--folds", "2", "--epochs", "1", "--config", str(config)])
+                                      "--folds", "2", "--epochs", "1", "--config", str(config), "--no-tune"])
     assert result.exit_code == 0, result.output
     lines = result.stdout.strip().splitlines()
     assert any(line.startswith("group user:exp1 (fold ") for line in lines)
+    assert not any("untuned" in line for line in lines)
     assert 0.0 <= float(lines[-1]) <= 1.0
+    # Tuning folds that validated on their held-out groups: one line naming the fold, exit 3.
+    mixed = CliRunner().invoke(cli, ["crossval", "--data", str(two_experiments), "--out", str(tmp_path / "cv"),
+                                     "--folds", "2", "--epochs", "1", "--config", str(config)])
+    assert mixed.exit_code == 3 and len(mixed.stderr.splitlines()) == 1
+    assert "fold-1" in mixed.stderr and "held-out groups as validation" in mixed.stderr
+    assert not (tmp_path / "cv" / "fold-1" / "tuning.csv").exists()
+    # Tuned by default; a fold trained on a single group has none to hold back, and says so.
+    tuned = CliRunner().invoke(cli, ["crossval", "--data", str(two_experiments), "--out", str(tmp_path / "cv3"),
+                                     "--folds", "2", "--epochs", "1", "--config", str(config)])
+    assert tuned.exit_code == 0, tuned.output
+    assert any(line.startswith("group user:exp1 (fold ") and line.split(")")[0].endswith(", untuned")
+               for line in tuned.stdout.splitlines())
     # More folds than groups: one line naming the data folder, exit 3, nothing trained.
     bad = CliRunner().invoke(cli, ["crossval", "--data", str(two_experiments), "--out", str(tmp_path / "cv2"),
                                    "--folds", "3", "--epochs", "1", "--config", str(config)])

@@ -3,9 +3,19 @@
 One held-out split judges only the few experiments it holds out (with seed 42: none with large
 or dense nuclei). :func:`crossval` deals the imaging-experiment groups of the training data
 (:mod:`dsb.training.groups`) into ``folds`` folds, trains one run per fold with that fold's
-groups held out (``config.validation_ids``), and scores each run on its own held-out images,
-so that every group is scored once, by a model trained without it. Short time budgets are
-enough to compare recipes; the figures are per group, per type and overall.
+groups held out, and scores each run on its own held-out images, so that every group is scored
+once, by a model trained without it. Short time budgets are enough to compare recipes; the
+figures are per group, per type and overall.
+
+By default each fold is judged as ``make submit`` makes a model: the fold's run never sees its
+held-out groups, not even to choose its best epoch. It trains on the other groups with whole
+groups of them held back for validation (as :func:`dsb.training.train` splits), its
+post-processing is tuned on those (:func:`dsb.workflows.tune.tune`; without the test-time
+augmentation and scale factors that ``make submit`` also searches, which cost eight and two
+predictions of every image), and only then are the held-out groups scored. Untuned
+(``tune=False``), the held-out groups are the run's validation images and it is scored with the
+recipe's own post-processing: the network alone, whose outlines after a short budget are wider
+than a tuned threshold makes them.
 
 Each fold's run folder is kept (``OUT/fold-K``); a fold whose run has finished is scored again
 without training, so an interrupted cross-validation goes on where it stopped.
@@ -13,6 +23,7 @@ without training, so an interrupted cross-validation goes on where it stopped.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import defaultdict
 from pathlib import Path
 
@@ -23,10 +34,12 @@ from dsb.core.config import Config
 from dsb.core.errors import BadDataError
 from dsb.core.progress import say
 from dsb.network.engines import load_network
+from dsb.network.model_folder import load_run_config
 from dsb.training.cache import load_prepared
 from dsb.training.checkpoints import latest_state
 from dsb.training.session import train_prepared
 from dsb.workflows.evaluate import predict_validation, score_summary, score_validation
+from dsb.workflows.tune import tune as tune_run
 
 __all__ = ["deal_groups", "crossval"]
 
@@ -83,6 +96,7 @@ def crossval(
     seed: int | None = None,
     precision: str = "float32",
     engine: str = "auto",
+    tune: bool = True,
     progress: bool = True,
 ) -> tuple[float, pd.DataFrame]:
     """Train one run per fold of held-out groups and score each group on the run that never saw it.
@@ -102,7 +116,11 @@ def crossval(
     epochs, seed, precision
         As for :func:`dsb.training.train` (``precision`` may be ``"auto"``: each fold probes).
     engine : str
-        The engine that scores the runs (Keras unless a run has ``model.onnx``).
+        The engine that tunes and scores the runs (Keras unless a run has ``model.onnx``).
+    tune : bool
+        Train each fold without its held-out groups and with validation groups of its own,
+        and tune its post-processing on those before scoring (the module's text). A fold whose
+        training data leave no validation image is scored untuned (``tuned`` false).
     progress : bool
         Progress lines and bars on stderr.
 
@@ -112,7 +130,15 @@ def crossval(
         The mean over all images of their per-image scores.
     table : pandas.DataFrame
         :func:`dsb.workflows.evaluate.score_summary` over every image, with the fold that held
-        each group out in ``fold`` (0 for the type and overall rows).
+        each group out in ``fold`` (0 for the type and overall rows) and whether that fold was
+        ``tuned`` (false on those rows). ``crossval.csv`` says ``tuned`` per image.
+
+    Raises
+    ------
+    BadDataError
+        Too few groups for ``folds``; or a fold run in ``out_dir`` (finished or not) made by
+        the other kind of cross-validation: with ``tune``, one that validated on its held-out
+        groups; without, one that validated on images of its own.
     """
     out_dir = Path(out_dir)
     prepared = load_prepared(data_dir, config.preprocess, progress=progress)
@@ -123,21 +149,28 @@ def crossval(
                            "(each fold holds out whole groups; folds must be between 2 and the number of groups)",
                            path=data_dir)
     dealt = deal_groups(prepared.groups, prepared.types, folds)
+    held_out = [[i for i, g in zip(prepared.ids, prepared.groups) if g in fold_groups] for fold_groups in dealt]
+    for k, held in enumerate(held_out, start=1):  # before any training: folds of the other kind are refused
+        _check_fold(out_dir / f"fold-{k}", held, tune=tune)
     tables = []
-    for k, fold_groups in enumerate(dealt, start=1):
-        held = [i for i, g in zip(prepared.ids, prepared.groups) if g in fold_groups]
+    for k, (fold_groups, held) in enumerate(zip(dealt, held_out), start=1):
         run = out_dir / f"fold-{k}"
         if progress:
             say(f"fold {k}/{folds}: holding out {', '.join(fold_groups)} ({len(held)} images)")
+        if tune:
+            data, fold_config = _without(prepared, held), config.replace(validation_ids=())
+        else:
+            data, fold_config = prepared, config.replace(validation_ids=tuple(held))
         if not _finished(run):
-            fold_config = config.replace(validation_ids=tuple(held))
             resume = (run / "checkpoints").is_dir()
-            train_prepared(prepared, None if resume else fold_config, out_dir=run, resume=resume,
+            train_prepared(data, None if resume else fold_config, out_dir=run, resume=resume,
                            time_budget=time_budget, epochs=epochs, seed=seed, precision=precision,
                            progress=progress)
+        tuned = tune and _tune_fold(run, data_dir, engine=engine, progress=progress)
         model, run_config = load_network(run, engine)
-        _, table = score_validation(predict_validation(model, run_config, data_dir, progress=progress))
-        tables.append(table.assign(fold=k))
+        scored = run_config.replace(validation_ids=tuple(held))
+        _, table = score_validation(predict_validation(model, scored, data_dir, progress=progress))
+        tables.append(table.assign(fold=k, tuned=tuned))
     table = pd.concat(tables, ignore_index=True)
     with atomic_path(out_dir / "crossval.csv") as tmp:
         table.to_csv(tmp, index=False, float_format="%.6f")
@@ -145,7 +178,58 @@ def crossval(
     fold_of = {g: k for k, fold_groups in enumerate(dealt, start=1) for g in fold_groups}
     summary["fold"] = [fold_of.get(name, 0) if level == "group" else 0
                        for level, name in zip(summary["level"], summary["name"])]
+    tuned = table.groupby("fold")["tuned"].first().to_dict()
+    summary["tuned"] = [bool(tuned.get(k, False)) for k in summary["fold"]]
     return float(table["score"].mean()), summary
+
+
+def _without(prepared, held):
+    """``prepared`` without the images ``held`` (their ``ids``), so a fold's run cannot see them."""
+    drop = set(held)
+    keep = [j for j, i in enumerate(prepared.ids) if i not in drop]
+
+    def pick(values):
+        return [values[j] for j in keep] if len(values) == len(prepared.ids) else values
+
+    return dataclasses.replace(
+        prepared, ids=pick(prepared.ids), images=pick(prepared.images), labels=pick(prepared.labels),
+        types=pick(prepared.types), diameters=pick(prepared.diameters), groups=pick(prepared.groups),
+        fixes={i: f for i, f in prepared.fixes.items() if i not in drop}, checksum="",
+    )
+
+
+def _check_fold(run: Path, held: list[str], *, tune: bool) -> None:
+    """Refuse a fold run in ``run`` (finished or not) made by the other kind of cross-validation.
+
+    Raises
+    ------
+    BadDataError
+        With ``tune``, the run validates on its held-out images ``held`` (an untuned
+        cross-validation's): tuning it there would tune it on the images it is scored on.
+        Without, the run validates on images of its own (a tuned cross-validation's), so it is
+        not the network the untuned figures describe.
+    """
+    if not (run / "config.json").is_file():
+        return
+    validation = set(load_run_config(run).validation_ids)
+    if tune and validation & set(held):
+        raise BadDataError("was trained with its held-out groups as validation images (an untuned "
+                           "cross-validation's fold); tune folds in another --out, or score these untuned",
+                           path=run)
+    if not tune and validation != set(held):
+        raise BadDataError("was trained with validation images of its own (a tuned cross-validation's fold); "
+                           "score it tuned, or run untuned folds in another --out", path=run)
+
+
+def _tune_fold(run: Path, data_dir, *, engine: str, progress: bool) -> bool:
+    """Tune a fold's run on its own validation images, once; whether it is tuned."""
+    if not load_run_config(run).validation_ids:
+        if progress:
+            say(f"{run.name}: no validation images of its own to tune on; scored untuned")
+        return False
+    if not (run / "tuning.csv").is_file():
+        tune_run(run, data_dir, progress=progress, engine=engine)
+    return True
 
 
 def _finished(run: Path) -> bool:
