@@ -363,8 +363,9 @@ def evaluate(run_dir: Path, data: Path, tta: bool, diameter: float | None, per_i
 @click.option("--precision", type=click.Choice(["float32", "mixed", "bfloat16", "auto"]), default="float32",
               show_default=True, help="Training precision of every fold, as for `dsb train`.")
 @click.option("--tune/--no-tune", default=True, show_default=True,
-              help="Judge each fold as `make submit` makes a model: validation groups of its own, "
-                   "post-processing tuned on them (without TTA), the held-out groups unseen until scored. "
+              help="Judge each fold as `make submit` makes a model: validation images of its own, "
+                   "post-processing tuned on them (as the config predicts; no scale-factor search), "
+                   "the held-out groups unseen until scored. "
                    "--no-tune validates on the held-out groups and scores the recipe's own post-processing.")
 @_ENGINE
 def crossval(data: Path, out: Path, folds: int, time_budget: float | None, epochs: int | None,

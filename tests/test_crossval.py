@@ -14,6 +14,7 @@ from PIL import Image
 from dsb.cli import cli
 from dsb.core.config import Config, ModelConfig, TrainConfig, load_config
 from dsb.core.errors import BadDataError
+from dsb.training.session import TrainingInterrupted
 from dsb.io.synthetic import nuclei_field
 from dsb.workflows.crossval import crossval, deal_groups
 
@@ -126,6 +127,33 @@ def test_tuned_folds_never_see_their_held_out_groups(three_experiments, tmp_path
     with pytest.raises(BadDataError, match="validation images of its own") as caught:
         crossval(three_experiments, out, TINY, folds=2, epochs=1, tune=False, progress=False)
     assert "fold-1" in str(caught.value)
+    # Dealt into three folds, fold 1 would hold out exp1 alone, and its run trained on exp3.
+    with pytest.raises(BadDataError, match="other held-out images than this fold's") as caught:
+        crossval(three_experiments, out, TINY, folds=3, epochs=1, progress=False)
+    assert "fold-1" in str(caught.value)
+
+
+def test_untuned_folds_dealt_otherwise_are_refused(three_experiments, tmp_path):
+    out = tmp_path / "cv"
+    crossval(three_experiments, out, TINY, folds=2, epochs=1, tune=False, progress=False)
+    # Untuned runs all train on every image; their validation images say what they held out.
+    with pytest.raises(BadDataError, match="other held-out images than this fold's") as caught:
+        crossval(three_experiments, out, TINY, folds=3, epochs=1, tune=False, progress=False)
+    assert "fold-1" in str(caught.value) and not (out / "fold-3").exists()
+
+
+def test_an_interrupted_fold_says_to_run_crossval_again(two_experiments, tmp_path, monkeypatch):
+    import dsb.workflows.crossval as module
+
+    def interrupted(prepared, config, *, out_dir, **kwargs):
+        raise TrainingInterrupted(out_dir, 3)
+
+    monkeypatch.setattr(module, "train_prepared", interrupted)
+    with pytest.raises(TrainingInterrupted) as caught:
+        crossval(two_experiments, tmp_path / "cv", TINY, folds=2, epochs=1, progress=False)
+    # `dsb train --resume` would resume a tuned fold on all the data, its held-out groups too.
+    assert "Resume with: the same dsb crossval command" in str(caught.value)
+    assert "dsb train --resume" not in str(caught.value) and caught.value.epoch == 3
 
 
 def test_crossval_command_prints_groups_and_the_score_last(two_experiments, tmp_path):

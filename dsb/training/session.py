@@ -42,12 +42,13 @@ class TrainingInterrupted(KeyboardInterrupt):
     Exception``; ``str()`` is the one-line message that says how to resume.
     """
 
-    def __init__(self, run_dir, epoch: int):
+    def __init__(self, run_dir, epoch: int, *, resume_with: str | None = None):
         self.run_dir = Path(run_dir)
         self.epoch = epoch
+        resume_with = resume_with or f"dsb train --resume --out {self.run_dir}"
         super().__init__(
             f"training interrupted; the checkpoint after epoch {epoch} is saved in {self.run_dir}. "
-            f"Resume with: dsb train --resume --out {self.run_dir}"
+            f"Resume with: {resume_with}"
         )
 
 

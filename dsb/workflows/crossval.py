@@ -8,11 +8,12 @@ once, by a model trained without it. Short time budgets are enough to compare re
 figures are per group, per type and overall.
 
 By default each fold is judged as ``make submit`` makes a model: the fold's run never sees its
-held-out groups, not even to choose its best epoch. It trains on the other groups with whole
-groups of them held back for validation (as :func:`dsb.training.train` splits), its
-post-processing is tuned on those (:func:`dsb.workflows.tune.tune`; without the test-time
-augmentation and scale factors that ``make submit`` also searches, which cost eight and two
-predictions of every image), and only then are the held-out groups scored. Untuned
+held-out groups, not even to choose its best epoch. It trains on the other groups with
+validation images held back from them as :func:`dsb.training.train` splits (whole groups of a
+type with two or more left, a random share of a type with one), its post-processing is tuned
+on those (:func:`dsb.workflows.tune.tune`, predicting as the recipe's config does: by default
+without the test-time augmentation and scale factors that ``make submit`` also searches, which
+cost eight and two predictions of every image), and only then are the held-out groups scored. Untuned
 (``tune=False``), the held-out groups are the run's validation images and it is scored with the
 recipe's own post-processing: the network alone, whose outlines after a short budget are wider
 than a tuned threshold makes them.
@@ -37,7 +38,8 @@ from dsb.network.engines import load_network
 from dsb.network.model_folder import load_run_config
 from dsb.training.cache import load_prepared
 from dsb.training.checkpoints import latest_state
-from dsb.training.session import train_prepared
+from dsb.training.plan import data_checksum
+from dsb.training.session import TrainingInterrupted, train_prepared
 from dsb.workflows.evaluate import predict_validation, score_summary, score_validation
 from dsb.workflows.tune import tune as tune_run
 
@@ -118,7 +120,7 @@ def crossval(
     engine : str
         The engine that tunes and scores the runs (Keras unless a run has ``model.onnx``).
     tune : bool
-        Train each fold without its held-out groups and with validation groups of its own,
+        Train each fold without its held-out groups and with validation images of its own,
         and tune its post-processing on those before scoring (the module's text). A fold whose
         training data leave no validation image is scored untuned (``tuned`` false).
     progress : bool
@@ -150,8 +152,8 @@ def crossval(
                            path=data_dir)
     dealt = deal_groups(prepared.groups, prepared.types, folds)
     held_out = [[i for i, g in zip(prepared.ids, prepared.groups) if g in fold_groups] for fold_groups in dealt]
-    for k, held in enumerate(held_out, start=1):  # before any training: folds of the other kind are refused
-        _check_fold(out_dir / f"fold-{k}", held, tune=tune)
+    for k, held in enumerate(held_out, start=1):  # before any training: folds made otherwise are refused
+        _check_fold(out_dir / f"fold-{k}", prepared, held, tune=tune)
     tables = []
     for k, (fold_groups, held) in enumerate(zip(dealt, held_out), start=1):
         run = out_dir / f"fold-{k}"
@@ -163,9 +165,13 @@ def crossval(
             data, fold_config = prepared, config.replace(validation_ids=tuple(held))
         if not _finished(run):
             resume = (run / "checkpoints").is_dir()
-            train_prepared(data, None if resume else fold_config, out_dir=run, resume=resume,
-                           time_budget=time_budget, epochs=epochs, seed=seed, precision=precision,
-                           progress=progress)
+            try:
+                train_prepared(data, None if resume else fold_config, out_dir=run, resume=resume,
+                               time_budget=time_budget, epochs=epochs, seed=seed, precision=precision,
+                               progress=progress)
+            except TrainingInterrupted as stop:  # `dsb train --resume` would resume on all the data
+                raise TrainingInterrupted(stop.run_dir, stop.epoch, resume_with=(
+                    f"the same dsb crossval command (--out {out_dir})")) from None
         tuned = tune and _tune_fold(run, data_dir, engine=engine, progress=progress)
         model, run_config = load_network(run, engine)
         scored = run_config.replace(validation_ids=tuple(held))
@@ -198,27 +204,49 @@ def _without(prepared, held):
     )
 
 
-def _check_fold(run: Path, held: list[str], *, tune: bool) -> None:
-    """Refuse a fold run in ``run`` (finished or not) made by the other kind of cross-validation.
+def _check_fold(run: Path, prepared, held: list[str], *, tune: bool) -> None:
+    """Refuse a fold run in ``run`` (finished or not) that was not made as this fold is made.
+
+    A tuned fold trains on ``prepared`` without ``held`` and validates on images of its own; an
+    untuned one trains on all of ``prepared`` and validates on ``held``. The run's data checksum
+    (once it has a checkpoint) and its validation images tell which it was.
 
     Raises
     ------
     BadDataError
-        With ``tune``, the run validates on its held-out images ``held`` (an untuned
-        cross-validation's): tuning it there would tune it on the images it is scored on.
-        Without, the run validates on images of its own (a tuned cross-validation's), so it is
-        not the network the untuned figures describe.
+        The run was made by the other kind of cross-validation (tuning an untuned fold would
+        tune it on the images it is scored on; an untuned fold's figures describe the network
+        alone), or it trained on other images than this fold's: the folds or the data changed,
+        and it could be scored on images it trained on.
     """
     if not (run / "config.json").is_file():
         return
     validation = set(load_run_config(run).validation_ids)
-    if tune and validation & set(held):
+    try:
+        trained_on = latest_state(run)[1].data_checksum
+    except BadDataError:  # started, no checkpoint yet: training checks the data when it resumes
+        trained_on = None
+    full = prepared.checksum or data_checksum(prepared)
+    subset = data_checksum(_without(prepared, held))
+    mine, other = (subset, full) if tune else (full, subset)
+    if trained_on is None:
+        other_kind, changed = bool(validation & set(held)) if tune else validation != set(held), False
+    elif trained_on == mine:  # an untuned fold trains on all the data whatever it holds out
+        other_kind, changed = False, not tune and validation != set(held)
+    else:
+        other_kind, changed = trained_on == other, trained_on != other
+    if changed:
+        raise BadDataError("was trained for other held-out images than this fold's (the folds or the training "
+                           "data changed since), so it could be scored on images it trained on; "
+                           "use another --out", path=run)
+    if other_kind and tune:
         raise BadDataError("was trained with its held-out groups as validation images (an untuned "
                            "cross-validation's fold); tune folds in another --out, or score these untuned",
                            path=run)
-    if not tune and validation != set(held):
-        raise BadDataError("was trained with validation images of its own (a tuned cross-validation's fold); "
-                           "score it tuned, or run untuned folds in another --out", path=run)
+    if other_kind:
+        raise BadDataError("was trained without its held-out groups, with validation images of its own "
+                           "(a tuned cross-validation's fold); score it tuned, or run untuned folds in "
+                           "another --out", path=run)
 
 
 def _tune_fold(run: Path, data_dir, *, engine: str, progress: bool) -> bool:
