@@ -202,6 +202,7 @@ def _colour_images(prepared, tc, indices: list[int]) -> list | None:
 
 
 def data_checksum(prepared) -> str:
-    """The checksum of a :class:`dsb.training.cache.Prepared` (see :func:`dsb.training.cache.data_checksum`)."""
+    """The checksum of a :class:`dsb.training.cache.Prepared` (see :func:`dsb.training.cache.data_checksum`):
+    its ``checksum`` when it carries one, else computed from its ids, images and labels."""
 
-    return checksum(prepared.ids, prepared.images, prepared.labels)
+    return getattr(prepared, "checksum", None) or checksum(prepared.ids, prepared.images, prepared.labels)

@@ -275,20 +275,16 @@ def _start(prepared, config, out_dir: Path, *, resume, strategy, precision, seed
             check_new_run(out_dir)
         init_model = None if init is None else checkpoints.load_init(init, config)
         return _Start(config=config, seed=config.train.seed if seed is None else int(seed), precision=precision,
-                      time_budget=time_budget, checksum=_checksum(prepared), init=init, init_model=init_model)
+                      time_budget=time_budget, checksum=data_checksum(prepared), init=init, init_model=init_model)
     config = resume_config(out_dir)
     folder, state = checkpoints.latest_state(out_dir)
     checkpoints.remove_stale_temporaries(out_dir)
-    checksum = _checksum(prepared)
+    checksum = data_checksum(prepared)
     check_resumable(state, steps_per_epoch=steps_per_epoch, checksum=checksum, path=out_dir)
     # The seed and epochs are config.json's; the precision and steps are the state's.
     return _Start(config=config, seed=config.train.seed, precision=state.precision,
                   time_budget=time_budget if time_budget is not None else state.time_budget, checksum=checksum,
                   init=state.init, resumed=state, checkpoint=folder)
-
-
-def _checksum(prepared) -> str:
-    return getattr(prepared, "checksum", None) or data_checksum(prepared)
 
 
 def _new_state(plan: Plan, start: _Start) -> RunState:

@@ -152,17 +152,16 @@ def crossval(
                            path=data_dir)
     dealt = deal_groups(prepared.groups, prepared.types, folds)
     held_out = [[i for i, g in zip(prepared.ids, prepared.groups) if g in fold_groups] for fold_groups in dealt]
-    for k, held in enumerate(held_out, start=1):  # before any training: folds made otherwise are refused
-        _check_fold(out_dir / f"fold-{k}", prepared, held, tune=tune)
+    # What each fold's run trains on: a tuned fold never sees its held-out images.
+    trained = [_without(prepared, held) if tune else prepared for held in held_out]
+    for k, (held, data) in enumerate(zip(held_out, trained), start=1):  # before any training
+        _check_fold(out_dir / f"fold-{k}", prepared, held, data, tune=tune)
     tables = []
-    for k, (fold_groups, held) in enumerate(zip(dealt, held_out), start=1):
+    for k, (fold_groups, held, data) in enumerate(zip(dealt, held_out, trained), start=1):
         run = out_dir / f"fold-{k}"
         if progress:
             say(f"fold {k}/{folds}: holding out {', '.join(fold_groups)} ({len(held)} images)")
-        if tune:
-            data, fold_config = _without(prepared, held), config.replace(validation_ids=())
-        else:
-            data, fold_config = prepared, config.replace(validation_ids=tuple(held))
+        fold_config = config.replace(validation_ids=() if tune else tuple(held))
         if not _finished(run):
             resume = (run / "checkpoints").is_dir()
             try:
@@ -190,26 +189,29 @@ def crossval(
 
 
 def _without(prepared, held):
-    """``prepared`` without the images ``held`` (their ``ids``), so a fold's run cannot see them."""
+    """``prepared`` without the images ``held`` (their ``ids``), so a fold's run cannot see them; its
+    ``checksum`` is the subset's, as training records it."""
     drop = set(held)
     keep = [j for j, i in enumerate(prepared.ids) if i not in drop]
 
     def pick(values):
         return [values[j] for j in keep] if len(values) == len(prepared.ids) else values
 
-    return dataclasses.replace(
+    subset = dataclasses.replace(
         prepared, ids=pick(prepared.ids), images=pick(prepared.images), labels=pick(prepared.labels),
         types=pick(prepared.types), diameters=pick(prepared.diameters), groups=pick(prepared.groups),
         fixes={i: f for i, f in prepared.fixes.items() if i not in drop}, checksum="",
     )
+    return dataclasses.replace(subset, checksum=data_checksum(subset))
 
 
-def _check_fold(run: Path, prepared, held: list[str], *, tune: bool) -> None:
+def _check_fold(run: Path, prepared, held: list[str], data, *, tune: bool) -> None:
     """Refuse a fold run in ``run`` (finished or not) that was not made as this fold is made.
 
     A tuned fold trains on ``prepared`` without ``held`` and validates on images of its own; an
-    untuned one trains on all of ``prepared`` and validates on ``held``. The run's data checksum
-    (once it has a checkpoint) and its validation images tell which it was.
+    untuned one trains on all of ``prepared`` and validates on ``held``; ``data`` is what this
+    fold trains on. The run's data checksum (once it has a checkpoint) and its validation images
+    tell which it was.
 
     Raises
     ------
@@ -226,9 +228,8 @@ def _check_fold(run: Path, prepared, held: list[str], *, tune: bool) -> None:
         trained_on = latest_state(run)[1].data_checksum
     except BadDataError:  # started, no checkpoint yet: training checks the data when it resumes
         trained_on = None
-    full = prepared.checksum or data_checksum(prepared)
-    subset = data_checksum(_without(prepared, held))
-    mine, other = (subset, full) if tune else (full, subset)
+    mine = data_checksum(data)
+    other = data_checksum(prepared) if tune else _without(prepared, held).checksum
     if trained_on is None:
         other_kind, changed = bool(validation & set(held)) if tune else validation != set(held), False
     elif trained_on == mine:  # an untuned fold trains on all the data whatever it holds out
