@@ -367,22 +367,47 @@ def evaluate(run_dir: Path, data: Path, tta: bool, diameter: float | None, per_i
                    "post-processing tuned on them (as the config predicts; no scale-factor search), "
                    "the held-out groups unseen until scored. "
                    "--no-tune validates on the held-out groups and scores the recipe's own post-processing.")
+@click.option("--zoom", "zooms", type=_Zooms(), default=None,
+              help="Magnification sweep: score each fold's held-out images resampled by each zoom, e.g. "
+                   "0.5,1,2,3 (folds already trained in --out are scored again, not retrained).")
 @_ENGINE
 def crossval(data: Path, out: Path, folds: int, time_budget: float | None, epochs: int | None,
-             config_path: Path | None, seed: int | None, precision: str, tune: bool, engine: str) -> None:
+             config_path: Path | None, seed: int | None, precision: str, tune: bool, zooms: tuple | None,
+             engine: str) -> None:
     """Leave-groups-out cross-validation: train one run per fold of held-out imaging experiments and
-    score every group on the run that never saw it; the last line is the score over all images."""
+    score every group on the run that never saw it; the last line is the score over all images.
+
+    With --zoom, every group at each magnification, each zoom's score beside the 1x one; the last
+    line is then the lowest score of the sweep."""
     _load_keras()
     from dsb.workflows.crossval import crossval as crossval_runs
 
     config = _load_config(config_path)
     value, summary = crossval_runs(data, out, config, folds=folds, time_budget=time_budget, epochs=epochs,
-                                   seed=seed, precision=precision, engine=engine, tune=tune, progress=True)
-    for row in summary.itertuples(index=False):
-        where = f" (fold {row.fold}{'' if row.tuned or not tune else ', untuned'})" if row.level == "group" else ""
-        click.echo(f"{row.level} {row.name}{where}: {row.score:.6f} ({row.images} images, "
-                   f"found {row.found}/{row.true} nuclei at IoU 0.5)")
+                                   seed=seed, precision=precision, engine=engine, tune=tune,
+                                   zooms=zooms or (1.0,), progress=True)
+    if zooms is None:
+        for row in summary.itertuples(index=False):
+            click.echo(f"{row.level} {row.name}{_fold_words(row, tune)}: {row.score:.6f} ({row.images} images, "
+                       f"found {row.found}/{row.true} nuclei at IoU 0.5)")
+    else:
+        from dsb.workflows.evaluate import sweep_lines
+
+        for name, rows in summary[summary["level"] == "group"].groupby("name", sort=False):
+            rows = list(rows.itertuples(index=False))
+            scores = ", ".join(f"zoom {row.zoom:g} {row.score:.6f} (found {row.found}/{row.true})" for row in rows)
+            click.echo(f"group {name}{_fold_words(rows[0], tune)}: {scores} ({rows[0].images} images)")
+        for line in sweep_lines(summary):
+            click.echo(line)
     click.echo(f"{value:.6f}")
+
+
+def _fold_words(row, tune: bool) -> str:
+    """`` (fold K)`` after a group's name (``, untuned`` where a tuned cross-validation could not
+    tune that fold); nothing after a type or the overall row."""
+    if row.level != "group":
+        return ""
+    return f" (fold {row.fold}{'' if row.tuned or not tune else ', untuned'})"
 
 
 @cli.command()

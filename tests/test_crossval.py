@@ -123,6 +123,20 @@ def test_tuned_folds_never_see_their_held_out_groups(three_experiments, tmp_path
     again, _ = crossval(three_experiments, out, TINY, folds=2, epochs=1, progress=False)
     assert again == pytest.approx(value) and len(trained_on) == 2
     assert (out / "fold-2" / "tuning.csv").stat().st_mtime_ns == stamp
+    # And at other magnifications: every image at each zoom, the lowest zoom's mean returned.
+    lowest, sweep = crossval(three_experiments, out, TINY, folds=2, epochs=1, zooms=(0.5, 1), progress=False)
+    assert len(trained_on) == 2 and (out / "fold-2" / "tuning.csv").stat().st_mtime_ns == stamp
+    table = pd.read_csv(out / "crossval.csv")
+    assert len(table) == 12 and sorted(table["zoom"].unique()) == [0.5, 1.0]
+    means = table.groupby("zoom")["score"].mean()
+    assert lowest == pytest.approx(means.min()) and means[1.0] == pytest.approx(value)
+    small = table[table["zoom"] == 0.5].set_index("ImageId")
+    assert small["true_diameter"].mean() < table[table["zoom"] == 1].set_index("ImageId")["true_diameter"].mean()
+    groups = sweep[sweep["level"] == "group"]
+    assert sorted(groups["zoom"]) == [0.5, 0.5, 0.5, 1.0, 1.0, 1.0]
+    assert (groups.groupby("name")["fold"].nunique() == 1).all()
+    with pytest.raises(ValueError, match="zoom"):
+        crossval(three_experiments, out, TINY, folds=2, epochs=1, zooms=(0,), progress=False)
     # Scoring these folds untuned is refused: they are not the networks untuned figures describe.
     with pytest.raises(BadDataError, match="validation images of its own") as caught:
         crossval(three_experiments, out, TINY, folds=2, epochs=1, tune=False, progress=False)
@@ -168,6 +182,20 @@ def test_crossval_command_prints_groups_and_the_score_last(two_experiments, tmp_
     assert any(line.startswith("group user:exp1 (fold ") for line in lines)
     assert not any("untuned" in line for line in lines)
     assert 0.0 <= float(lines[-1]) <= 1.0
+    # The same folds at two magnifications, scored again without training: per group both zooms,
+    # per zoom the gap to 1x, and the lowest score last.
+    swept = CliRunner().invoke(cli, ["crossval", "--data", str(two_experiments), "--out", str(tmp_path / "cv"),
+                                     "--folds", "2", "--config", str(config), "--no-tune", "--zoom", "0.5,1"])
+    assert swept.exit_code == 0, swept.output
+    out = swept.stdout.strip().splitlines()
+    group = next(line for line in out if line.startswith("group user:exp1 (fold "))
+    assert "zoom 0.5 " in group and "zoom 1 " in group and "(2 images)" in group
+    half = next(line for line in out if line.startswith("zoom 0.5: "))
+    assert "against 1x" in half and float(out[-1]) == pytest.approx(min(
+        float(line.split(":")[1].split(",")[0]) for line in out if line.startswith("zoom ")), abs=1e-4)
+    bad_zoom = CliRunner().invoke(cli, ["crossval", "--data", str(two_experiments), "--out", str(tmp_path / "cv"),
+                                        "--folds", "2", "--config", str(config), "--no-tune", "--zoom", "0"])
+    assert bad_zoom.exit_code == 2 and "between 0.05 and 20" in bad_zoom.stderr
     # Tuning folds that validated on their held-out groups: one line naming the fold, exit 3.
     mixed = CliRunner().invoke(cli, ["crossval", "--data", str(two_experiments), "--out", str(tmp_path / "cv"),
                                      "--folds", "2", "--epochs", "1", "--config", str(config)])

@@ -76,6 +76,20 @@ def test_search_drops_nuclei_the_network_is_unsure_of():
     assert list(table["min_confidence"]) == [0.0, *GRID["min_confidence"][1:]]
 
 
+def test_outlines_drawn_too_wide_are_tightened_by_a_high_mask_threshold():
+    # A network after a short budget: sure inside each nucleus, fairly sure (0.72) in a ring three
+    # pixels wide around it. Only a mask threshold above the ring gives the nuclei their own outlines.
+    truth = make_discs((64, 96), centres=((32, 22), (32, 66)), radius=8)
+    wide = make_discs((64, 96), centres=((32, 22), (32, 66)), radius=11)
+    prob = targets(truth)
+    prob[..., 0] = np.where(truth > 0, 1.0, np.where(wide > 0, 0.72, 0.0)).astype(np.float32)
+    best, table = search_postprocess({"a": prob}, {"a": truth}, PostprocessConfig(),
+                                     grid={"mask_threshold": GRID["mask_threshold"]})
+    assert best.mask_threshold == 0.8
+    assert table[table["best"]].iloc[0]["score"] == 1.0
+    assert table.loc[table["mask_threshold"] <= 0.6, "score"].max() <= 0.5
+
+
 def test_search_keeps_the_start_when_nothing_is_better(cases):
     probabilities, truth = cases
     perfect = {k: targets(v) for k, v in truth.items()}

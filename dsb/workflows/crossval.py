@@ -19,13 +19,17 @@ recipe's own post-processing: the network alone, whose outlines after a short bu
 than a tuned threshold makes them.
 
 Each fold's run folder is kept (``OUT/fold-K``); a fold whose run has finished is scored again
-without training, so an interrupted cross-validation goes on where it stopped.
+without training, so an interrupted cross-validation goes on where it stopped, and folds already
+trained can be scored again at other magnifications (``zooms``: each held-out image and its
+masks resampled as in :func:`dsb.workflows.evaluate.magnification_sweep`), which judges scale
+and every group in one table.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -99,6 +103,7 @@ def crossval(
     precision: str = "float32",
     engine: str = "auto",
     tune: bool = True,
+    zooms: Sequence[float] = (1.0,),
     progress: bool = True,
 ) -> tuple[float, pd.DataFrame]:
     """Train one run per fold of held-out groups and score each group on the run that never saw it.
@@ -123,26 +128,36 @@ def crossval(
         Train each fold without its held-out groups and with validation images of its own,
         and tune its post-processing on those before scoring (the module's text). A fold whose
         training data leave no validation image is scored untuned (``tuned`` false).
+    zooms : sequence of float
+        The magnifications each fold's held-out images are scored at (each image and its
+        masks resampled, :func:`dsb.workflows.evaluate.zoom_pair`); by default as they are.
     progress : bool
         Progress lines and bars on stderr.
 
     Returns
     -------
     score : float
-        The mean over all images of their per-image scores.
+        The mean over all images of their per-image scores; with several ``zooms``, the lowest
+        such mean of any zoom.
     table : pandas.DataFrame
-        :func:`dsb.workflows.evaluate.score_summary` over every image, with the fold that held
-        each group out in ``fold`` (0 for the type and overall rows) and whether that fold was
-        ``tuned`` (false on those rows). ``crossval.csv`` says ``tuned`` per image.
+        :func:`dsb.workflows.evaluate.score_summary` over every image at each zoom (``zoom``),
+        with the fold that held each group out in ``fold`` (0 for the type and overall rows) and
+        whether that fold was ``tuned`` (false on those rows). ``crossval.csv`` says ``zoom`` and
+        ``tuned`` per image.
 
     Raises
     ------
+    ValueError
+        No zoom, or one that is not greater than 0.
     BadDataError
         Too few groups for ``folds``; or a fold run in ``out_dir`` (finished or not) made by
         the other kind of cross-validation: with ``tune``, one that validated on its held-out
         groups; without, one that validated on images of its own.
     """
     out_dir = Path(out_dir)
+    zooms = tuple(dict.fromkeys(float(z) for z in zooms))
+    if not zooms or not all(z > 0 for z in zooms):
+        raise ValueError(f"`zooms` is {zooms}; give at least one, each greater than 0")
     prepared = load_prepared(data_dir, config.preprocess, progress=progress)
     if not prepared.groups:
         raise BadDataError("the training data have no imaging-experiment groups to hold out", path=data_dir)
@@ -174,18 +189,25 @@ def crossval(
         tuned = tune and _tune_fold(run, data_dir, engine=engine, progress=progress)
         model, run_config = load_network(run, engine)
         scored = run_config.replace(validation_ids=tuple(held))
-        _, table = score_validation(predict_validation(model, scored, data_dir, progress=progress))
-        tables.append(table.assign(fold=k, tuned=tuned))
+        for zoom in zooms:
+            if progress and len(zooms) > 1:
+                say(f"fold {k}/{folds}: scoring at zoom {zoom:g}")
+            _, table = score_validation(predict_validation(model, scored, data_dir, progress=progress, zoom=zoom))
+            tables.append(table.assign(fold=k, tuned=tuned, zoom=zoom))
     table = pd.concat(tables, ignore_index=True)
     with atomic_path(out_dir / "crossval.csv") as tmp:
         table.to_csv(tmp, index=False, float_format="%.6f")
-    summary = score_summary(table)
     fold_of = {g: k for k, fold_groups in enumerate(dealt, start=1) for g in fold_groups}
-    summary["fold"] = [fold_of.get(name, 0) if level == "group" else 0
-                       for level, name in zip(summary["level"], summary["name"])]
     tuned = table.groupby("fold")["tuned"].first().to_dict()
-    summary["tuned"] = [bool(tuned.get(k, False)) for k in summary["fold"]]
-    return float(table["score"].mean()), summary
+    summaries = []
+    for zoom in zooms:
+        summary = score_summary(table[table["zoom"] == zoom])
+        summary["fold"] = [fold_of.get(name, 0) if level == "group" else 0
+                           for level, name in zip(summary["level"], summary["name"])]
+        summary["tuned"] = [bool(tuned.get(k, False)) for k in summary["fold"]]
+        summaries.append(summary.assign(zoom=zoom))
+    value = min(float(table.loc[table["zoom"] == zoom, "score"].mean()) for zoom in zooms)
+    return value, pd.concat(summaries, ignore_index=True)
 
 
 def _without(prepared, held):
