@@ -200,14 +200,15 @@ def crossval(
     fold_of = {g: k for k, fold_groups in enumerate(dealt, start=1) for g in fold_groups}
     tuned = table.groupby("fold")["tuned"].first().to_dict()
     summaries = []
-    for zoom in zooms:
-        summary = score_summary(table[table["zoom"] == zoom])
+    for zoom, part in table.groupby("zoom", sort=False):
+        summary = score_summary(part)
         summary["fold"] = [fold_of.get(name, 0) if level == "group" else 0
                            for level, name in zip(summary["level"], summary["name"])]
         summary["tuned"] = [bool(tuned.get(k, False)) for k in summary["fold"]]
         summaries.append(summary.assign(zoom=zoom))
-    value = min(float(table.loc[table["zoom"] == zoom, "score"].mean()) for zoom in zooms)
-    return value, pd.concat(summaries, ignore_index=True)
+    summary = pd.concat(summaries, ignore_index=True)
+    # The overall row of each zoom is the mean over all its images.
+    return float(summary.loc[summary["level"] == "all", "score"].min()), summary
 
 
 def _without(prepared, held):
