@@ -30,6 +30,8 @@ def main() -> int:
         ("bench_train.py", data),
         ("bench_predict.py", run),
         ("bench_crowding.py", run),
+        ("bench_confidence.py", run + data),
+        ("bench_outlines.py", run + data),
         ("bench_blocks.py", []),
         ("bench_gpu.py", data),  # says so and exits at once without a GPU
     ]

@@ -143,7 +143,7 @@ def _check_image(image) -> np.ndarray:
 
 
 def segment(image, model=None, *, diameter: float | None = None, tta: bool | None = None,
-            scale_factor: float | None = None) -> np.ndarray:
+            scale_factor: float | None = None, return_confidence: bool = False):
     """Label the nuclei of one image.
 
     Parameters
@@ -168,11 +168,18 @@ def segment(image, model=None, *, diameter: float | None = None, tta: bool | Non
         at up to the factor's square in the network's time. None (the
         default) follows the model's ``predict.scale_factor``, which ``dsb
         tune --scale-factors`` chooses (1 for the shipped model).
+    return_confidence : bool
+        Also return how sure the network is of each nucleus.
 
     Returns
     -------
     labels : (H, W) ndarray of int32
         0 for background, 1..N for the nuclei.
+    confidence : (N,) ndarray of float32
+        Only with ``return_confidence``: each nucleus's mean body probability
+        in [0, 1], entry ``k - 1`` for label ``k``. The model drops nuclei
+        under its ``postprocess.min_confidence``; among those kept, the
+        lower the confidence, the likelier a nucleus is a false one.
 
     Raises
     ------
@@ -198,8 +205,11 @@ def segment(image, model=None, *, diameter: float | None = None, tta: bool | Non
     >>> labels = dsb.segment(image)
     >>> labels.shape, labels.dtype.name, int(labels.max())
     ((96, 128), 'int32', 3)
+    >>> labels, confidence = dsb.segment(image, return_confidence=True)
+    >>> confidence.shape, bool((confidence > 0.5).all())
+    ((3,), True)
     """
-    from dsb.inference.predict import predict_labels
+    from dsb.inference.predict import predict_labels, predict_nuclei
 
     image = _check_image(image)
     if scale_factor is not None:  # before a model is read
@@ -215,6 +225,9 @@ def segment(image, model=None, *, diameter: float | None = None, tta: bool | Non
             f"`model` must be a folder path or what dsb.load_model returned, got {type(model).__name__}"
         )
     config = model.config.with_scale_factor(scale_factor)
+    if return_confidence:
+        nuclei = predict_nuclei(model.network, config, image, tta=tta, diameter=diameter)
+        return nuclei.labels, nuclei.confidence
     return predict_labels(model.network, config, image, tta=tta, diameter=diameter)
 
 

@@ -66,6 +66,9 @@ def test_segment_correct_finetune_segment_again(viewer, qtbot, tmp_path):
     assert 14 <= found <= 18, segment.status.value  # a 4 x 4 grid of discs
     assert "estimated" in segment.estimate.value and "px" in segment.estimate.value
     assert labels.metadata["dsb_model"].endswith(os.path.join("models", "default"))
+    # Each nucleus's confidence, by its label, for the viewer to show under the cursor.
+    assert labels.features["index"].tolist() == list(range(1, found + 1))
+    assert labels.features["confidence"].between(0.5, 1).all()
 
     # The correction: one nucleus erased, as the eraser would.
     corrected = labels.data.copy()

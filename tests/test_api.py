@@ -57,6 +57,14 @@ def test_segment_with_the_true_diameter_finds_the_nuclei(grey):
     _assert_finds_the_discs(dsb.segment(grey, diameter=2 * RADIUS))
 
 
+def test_segment_returns_each_nucleus_confidence_when_asked(grey):
+    labels, confidence = dsb.segment(grey, return_confidence=True)
+    np.testing.assert_array_equal(labels, dsb.segment(grey))
+    assert confidence.shape == (labels.max(),) and confidence.dtype == np.float32
+    # Clean bright discs: the shipped model is sure of every one, above the bar it drops nuclei at.
+    assert (confidence >= dsb.load_model().config.postprocess.min_confidence).all() and (confidence <= 1).all()
+
+
 def test_segment_passes_diameter_and_tta_on(grey, monkeypatch):
     seen = {}
 

@@ -30,6 +30,7 @@ import dsb
 from conftest import dsb as run_dsb
 from conftest import error_line
 from dsb.core.errors import BadDataError, EnvironmentProblem
+from dsb.inference.predict import predict_nuclei
 from dsb.io.bigimage import open_source
 from dsb.workflows import blocks, cluster
 from dsb.workflows.segment_inputs import segment_inputs
@@ -201,7 +202,7 @@ def in_process(tmp_path_factory, inputs) -> Path:
     return out
 
 
-def test_zarr_tiff_and_ome_zarr_in_their_own_kinds(in_process, inputs, one_piece):
+def test_zarr_tiff_and_ome_zarr_in_their_own_kinds(in_process, inputs, one_piece, field):
     summary = pd.read_csv(in_process / "summary.csv")
     assert summary["status"].tolist() == ["ok"] * 5
     plate = zarr.open_array(str(in_process / "plate_labels.zarr"), mode="r")
@@ -221,6 +222,14 @@ def test_zarr_tiff_and_ome_zarr_in_their_own_kinds(in_process, inputs, one_piece
     # The measurements are in the image's coordinates: each centroid lies on its own nucleus.
     rows, cols = table["centroid_row"].round().astype(int), table["centroid_col"].round().astype(int)
     assert (plate[:][rows, cols] == table["label"]).mean() > 0.95
+    # Each nucleus's confidence, measured in the block that owns it, as in the whole image.
+    model = dsb.load_model()
+    whole = predict_nuclei(model.network, model.config, field, diameter=DIAMETER)
+    inside = plate[:] > 0
+    same = np.zeros(len(table) + 1, np.int64)
+    same[plate[:][inside]] = whole.labels[inside]
+    assert table["confidence"].between(model.config.postprocess.min_confidence, 1).all()
+    np.testing.assert_allclose(table["confidence"], whole.confidence[same[1:] - 1], atol=0.01)
     assert summary.set_index("file").loc[str(inputs / "plate.zarr"), "nuclei"] == len(table)
     _no_leftovers(in_process)
 

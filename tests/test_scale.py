@@ -213,6 +213,49 @@ def test_a_large_upscaled_image_is_segmented_in_chunks_like_a_whole_one(monkeypa
     chunked = predict_nuclei(size_tuned_network, CONFIG, image_of(truth), diameter=10.0)
     assert chunked.labels.max() == whole.labels.max() == truth.max()
     assert image_score(truth, chunked.labels).score == pytest.approx(image_score(truth, whole.labels).score, abs=0.02)
+    # Each nucleus's confidence, measured in the chunk that keeps it, as in the whole image.
+    assert chunked.confidence.shape == whole.confidence.shape == (truth.max(),)
+    np.testing.assert_allclose(np.sort(chunked.confidence), np.sort(whole.confidence), atol=0.01)
+
+
+def graded_network(batch: np.ndarray) -> np.ndarray:
+    """Stands in for a network whose body probability is the input's brightness itself: a dim
+    nucleus is one it is less sure of. Border: the 2-pixel ring of the bright part."""
+    out = np.zeros(batch.shape[:3] + (3,), np.float32)
+    for k, image in enumerate(batch[..., 0]):
+        bright = image > 0.5
+        out[k, ..., 0] = image
+        out[k, ..., 1] = bright & ~ndimage.binary_erosion(bright, iterations=2)
+    return out
+
+
+@pytest.mark.parametrize("diameter", [CANONICAL, CANONICAL / 2, CANONICAL * 2])
+def test_each_nucleus_confidence_is_its_mean_body_probability(diameter):
+    from dsb.inference.predict import _network_input
+    from dsb.inference.watershed import nucleus_confidence
+
+    radius = int(diameter // 2)
+    truth = make_discs((8 * radius, 8 * radius), ((2 * radius, 2 * radius), (5 * radius, 6 * radius)), radius)
+    image = np.select([truth == 1, truth == 2], [240, 150], 10).astype(np.uint8)
+    nuclei = predict_nuclei(graded_network, CONFIG, image, diameter=diameter)
+    assert nuclei.labels.max() == 2 and nuclei.confidence.shape == (2,)
+    body = np.squeeze(_network_input(image, CONFIG))  # what the network says, at the image's own scale
+    if diameter == CANONICAL:  # seen as it is: the mean over each nucleus's pixels, exactly
+        np.testing.assert_array_equal(nuclei.confidence, nucleus_confidence(nuclei.labels, body))
+    bright, dim = nuclei.labels[2 * radius, 2 * radius], nuclei.labels[5 * radius, 6 * radius]
+    # Resampled, each nucleus's mean stays near the plateau of its brightness, a little under it where
+    # the enlargement softened its edge.
+    plateau = np.array([np.median(body[ndimage.binary_erosion(truth == k, iterations=2)]) for k in (1, 2)])
+    found = nuclei.confidence[[bright - 1, dim - 1]]
+    assert (found <= plateau + 0.01).all() and (found >= plateau - 0.1).all(), (found, plateau)
+    assert nuclei.confidence[bright - 1] > nuclei.confidence[dim - 1] + 0.2
+
+    # The drop of unsure nuclei goes by the same measure: what is kept is at least as sure as it asks.
+    strict = dataclasses.replace(CONFIG, postprocess=dataclasses.replace(
+        CONFIG.postprocess, min_confidence=float(nuclei.confidence.mean())))
+    kept = predict_nuclei(graded_network, strict, image, diameter=diameter)
+    assert kept.labels.max() == 1 and kept.labels[2 * radius, 2 * radius] == 1
+    assert kept.confidence[0] == pytest.approx(nuclei.confidence[bright - 1])
 
 
 def test_labels_to_shape_keeps_every_label_that_survives_and_numbers_them():

@@ -40,7 +40,7 @@ def test_measure_nuclei_on_discs():
     intensity = np.where(labels == 1, 0.25, np.where(labels == 2, 0.75, 0.0))
     table = measure_nuclei(labels, intensity)
 
-    assert list(table.columns) == list(MEASUREMENT_COLUMNS)
+    assert list(table.columns) == [c for c in MEASUREMENT_COLUMNS if c != "confidence"]
     assert table["label"].tolist() == [1, 2]
     disc_area = sum(1 for r in range(-RADIUS, RADIUS + 1) for c in range(-RADIUS, RADIUS + 1)
                     if r * r + c * c <= RADIUS**2)
@@ -55,8 +55,19 @@ def test_measure_nuclei_on_discs():
     np.testing.assert_allclose(table["perimeter"], 2 * math.pi * RADIUS, rtol=0.15)
 
 
+def test_measure_nuclei_carries_each_nucleus_confidence_by_its_label():
+    labels = make_discs((64, 64), CENTRES, RADIUS)
+    labels[labels == 2] = 3  # a gap in the numbering: label 2 has no pixel
+    table = measure_nuclei(labels, np.ones((64, 64)), np.array([0.9, np.nan, 0.55], np.float32))
+    assert list(table.columns) == list(MEASUREMENT_COLUMNS)
+    assert table["label"].tolist() == [1, 3]
+    np.testing.assert_allclose(table["confidence"], [0.9, 0.55])
+    with pytest.raises(ValueError, match=r"`confidence` \(shape \(2,\)\).*label 1..3"):
+        measure_nuclei(labels, np.ones((64, 64)), np.array([0.9, 0.5]))
+
+
 def test_measure_nuclei_without_nuclei_has_the_columns_and_no_rows():
-    table = measure_nuclei(np.zeros((10, 12), np.int32), np.zeros((10, 12)))
+    table = measure_nuclei(np.zeros((10, 12), np.int32), np.zeros((10, 12)), np.zeros(0))
     assert list(table.columns) == list(MEASUREMENT_COLUMNS)
     assert len(table) == 0
 
@@ -82,7 +93,13 @@ def threshold_model(monkeypatch):
 
     def predictor(model_dir, *, tta, diameter=None, engine="auto", precision="float32", scale_factor=None):
         calls.append((model_dir, tta))
-        return lambda raw: Nuclei(label(to_gray(raw) > 0.5).astype(np.int32), 11.5, 1.0, True)
+
+        def nuclei(raw):
+            labels = label(to_gray(raw) > 0.5).astype(np.int32)
+            # A stand-in confidence per nucleus: 1 / its label.
+            return Nuclei(labels, 11.5, 1.0, True, confidence=1 / np.arange(1, labels.max() + 1, dtype=np.float32))
+
+        return nuclei
 
     monkeypatch.setattr(segment_files, "_predictor", predictor)
     return calls
@@ -127,6 +144,7 @@ def test_segment_paths_writes_labels_measurements_overlays_and_summary(tmp_path,
         assert list(table.columns) == list(MEASUREMENT_COLUMNS)
         assert len(table) == 2
         np.testing.assert_allclose(table[["centroid_row", "centroid_col"]], CENTRES, atol=0.5)
+        np.testing.assert_allclose(table["confidence"], [1.0, 0.5])
         assert Image.open(out / f"{stem}_overlay.png").size == (64, 64)
     assert tifffile.imread(out / "thin_labels.tif").shape == (50, 1)
     pd.testing.assert_frame_equal(pd.read_csv(out / "summary.csv", keep_default_na=False), summary,
@@ -246,6 +264,7 @@ def test_segment_paths_with_a_tiny_model(tmp_path, tiny_run):
         # Whatever an untrained net finds, the CSV describes exactly the label image.
         assert sorted(table["label"]) == sorted(set(np.unique(labels)) - {0})
         assert table["area"].sum() == (labels > 0).sum()
+        assert table["confidence"].between(0, 1).all()
         assert Image.open(out / f"{path.stem}_overlay.png").size == shape[::-1]
 
 

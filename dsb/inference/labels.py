@@ -12,7 +12,7 @@ from dsb.inference.resample import resample_to
 from dsb.inference.watershed import (
     grow_into_mask,
     labels_from_probabilities,
-    remove_small,
+    nucleus_confidence,
 )
 
 __all__ = [
@@ -49,18 +49,26 @@ def labels_to_shape(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     labels = np.asarray(labels)
     if labels.shape == tuple(shape):
         return labels.astype(np.int32, copy=False)
+    # A nucleus smaller than a pixel of the new grid may vanish: close the gap in the numbering.
+    return _renumbered(_sampled(labels, shape), int(labels.max(initial=0)))[0]
+
+
+def _sampled(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """The label under each pixel centre of ``shape``, numbers kept."""
     rows = _nearest(labels.shape[0], shape[0])
     cols = _nearest(labels.shape[1], shape[1])
     # Rows, then columns, by np.take: a third of the time of one np.ix_ lookup.
-    out = np.take(np.take(labels, rows, axis=0), cols, axis=1).astype(np.int32, copy=False)
-    # A nucleus smaller than a pixel of the new grid may vanish: close the gap in the numbering.
-    present = np.zeros(int(labels.max(initial=0)) + 1, bool)
-    present[out.ravel()] = True
-    present[0] = False
-    if present.sum() == present.size - 1:
-        return out
+    return np.take(np.take(labels, rows, axis=0), cols, axis=1).astype(np.int32, copy=False)
 
-    return relabel(out, present)
+
+def _renumbered(labels: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Labels of values 0..n numbered 1..K in their order, and which of 0..n are present (index 0 False)."""
+    present = np.zeros(n + 1, bool)
+    present[labels.ravel()] = True
+    present[0] = False
+    if present.sum() == n:
+        return labels, present
+    return relabel(labels, present), present
 
 
 def _nearest(source: int, target: int) -> np.ndarray:
@@ -69,7 +77,8 @@ def _nearest(source: int, target: int) -> np.ndarray:
     return np.minimum(centres.astype(np.int64), source - 1)
 
 
-def labels_at_scale(prob: np.ndarray, scale: float, shape: tuple[int, int], config: PostprocessConfig) -> np.ndarray:
+def labels_at_scale(prob: np.ndarray, scale: float, shape: tuple[int, int], config: PostprocessConfig, *,
+                    return_confidence: bool = False):
     """Nuclei from probabilities at the working scale, on the image's own grid.
 
     The watershed runs where the network saw the image (its thresholds and
@@ -78,21 +87,45 @@ def labels_at_scale(prob: np.ndarray, scale: float, shape: tuple[int, int], conf
     nucleus is then fitted to the body probability brought back to full
     resolution, so outlines are not blocky.
 
+    Parameters
+    ----------
+    prob : (h, w, C) ndarray of float
+        The network's probabilities at the working scale.
+    scale : float
+        Working size over the image's size.
+    shape : (int, int)
+        The image's own shape.
+    config : PostprocessConfig
+    return_confidence : bool
+        Also return each nucleus's confidence: its mean body probability at the working scale,
+        where the network saw it (:func:`dsb.inference.watershed.nucleus_confidence`; the
+        measure ``min_confidence`` drops nuclei by, so no kept nucleus is below it).
+
     Returns
     -------
-    (H, W) ndarray of int32
+    labels : (H, W) ndarray of int32
+    confidence : (N,) ndarray of float32
+        Only with ``return_confidence``: entry ``k - 1`` for label ``k``.
     """
-    return labels_to_image(labels_from_probabilities(prob, config), prob, scale, shape, config)
+    return labels_to_image(labels_from_probabilities(prob, config), prob, scale, shape, config,
+                           return_confidence=return_confidence)
 
 
 def labels_to_image(
-    labels: np.ndarray, prob: np.ndarray, scale: float, shape: tuple[int, int], config: PostprocessConfig
-) -> np.ndarray:
-    """Labels found at the working scale brought back to the image's grid (see :func:`labels_at_scale`)."""
-    if labels.shape == tuple(shape):
-        return labels
-    labels = labels_to_shape(labels, shape)
-    if scale < 1.0:
-        mask = resample_to(prob[:, :, 0], shape) > config.mask_threshold
-        labels = remove_small(grow_into_mask(labels, mask, math.ceil(1.0 / scale)), 1)
-    return labels
+    labels: np.ndarray, prob: np.ndarray, scale: float, shape: tuple[int, int], config: PostprocessConfig, *,
+    return_confidence: bool = False,
+):
+    """Labels found at the working scale brought back to the image's grid, and with ``return_confidence``
+    each nucleus's confidence (see :func:`labels_at_scale`)."""
+    measured = nucleus_confidence(labels, prob[:, :, 0]) if return_confidence else None
+    if labels.shape != tuple(shape):
+        n = int(labels.max(initial=0))
+        labels = _sampled(labels, shape)
+        if scale < 1.0:
+            mask = resample_to(prob[:, :, 0], shape) > config.mask_threshold
+            labels = grow_into_mask(labels, mask, math.ceil(1.0 / scale))
+        # A nucleus smaller than a pixel of the image, or outside its mask there, is gone.
+        labels, present = _renumbered(labels, n)
+        if return_confidence:
+            measured = measured[present[1:]]
+    return (labels, measured) if return_confidence else labels

@@ -62,6 +62,9 @@ class Nuclei:
 
     ``sure`` is False when the diameter was estimated and the estimate's cross-check could not
     confirm it (:class:`dsb.inference.scale.Scale`): the image deserves a look, or a ``diameter``.
+    ``confidence`` holds each nucleus's mean body probability where the network saw it
+    (:func:`dsb.inference.labels.labels_at_scale`), entry ``k - 1`` for label ``k``; None
+    where it was not measured.
     """
 
     labels: np.ndarray
@@ -70,6 +73,7 @@ class Nuclei:
     estimated: bool
     sure: bool = True
     agreement: float = math.nan
+    confidence: np.ndarray | None = None
 
 
 def use_tta(config: Config, tta: bool | None) -> bool:
@@ -99,18 +103,20 @@ def predict_scaled(
     return Scaled(prob, chosen.scale, gray.shape[:2], chosen.diameter, chosen.estimated)
 
 
-def _segment_in_chunks(model, config: Config, gray: np.ndarray, scale: float, *, tta: bool) -> np.ndarray:
-    """Labels of a large image, chunk by chunk at the working scale.
+def _segment_in_chunks(model, config: Config, gray: np.ndarray, scale: float, *,
+                       tta: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Labels of a large image, chunk by chunk at the working scale, and each nucleus's confidence.
 
     Each chunk is a core of ``_CHUNK`` working pixels a side with
     ``_CHUNK_MARGIN`` of context; it keeps the nuclei whose centre lies in
     its core, which the margin holds whole. Memory follows the chunk, not the
-    image.
+    image. A nucleus's confidence is measured in the chunk that keeps it.
     """
     height, width = gray.shape[:2]
     core = max(1, int(_CHUNK / scale))
     margin = int(math.ceil(_CHUNK_MARGIN / scale))
     out = np.zeros((height, width), np.int32)
+    confidence = [np.zeros(0, np.float32)]
     count = 0
     for r0 in range(0, height, core):
         for c0 in range(0, width, core):
@@ -119,7 +125,8 @@ def _segment_in_chunks(model, config: Config, gray: np.ndarray, scale: float, *,
             er1, ec1 = min(height, r1 + margin), min(width, c1 + margin)
             part = gray[er0:er1, ec0:ec1]
             prob = predict_at_scale(model, part, scale, config, tta=tta)
-            labels = labels_at_scale(prob, scale, part.shape[:2], config.postprocess)
+            labels, sure = labels_at_scale(prob, scale, part.shape[:2], config.postprocess,
+                                           return_confidence=True)
             n = int(labels.max())
             if not n:
                 continue
@@ -127,11 +134,14 @@ def _segment_in_chunks(model, config: Config, gray: np.ndarray, scale: float, *,
             centre_r, centre_c = centre_r + er0, centre_c + ec0
             keep = (centre_r >= r0) & (centre_r < r1) & (centre_c >= c0) & (centre_c < c1)
             labels = relabel(labels, keep)
+            confidence.append(sure[keep[1:]])
             window = out[er0:er1, ec0:ec1]
             free = (labels > 0) & (window == 0)
             window[free] = labels[free] + count
             count += int(keep[1:].sum())
-    return remove_small(out, 1)
+    # A nucleus whose every pixel an earlier chunk's took has gone: its confidence goes with it.
+    present = np.bincount(out[out > 0], minlength=count + 1)[1:] > 0
+    return remove_small(out, 1), np.concatenate(confidence)[present]
 
 
 def predict_nuclei(
@@ -156,7 +166,8 @@ def predict_nuclei(
     -------
     Nuclei
         ``labels`` (H, W) int32 on the image's grid (0 background, 1..N), the
-        ``diameter`` used or estimated, the ``scale`` and whether it was ``estimated``.
+        ``diameter`` used or estimated, the ``scale``, whether it was ``estimated``,
+        and each nucleus's ``confidence`` (its mean body probability).
     """
     return watershed_stage(network_stage(model, config, raw_image, tta=tta, diameter=diameter), config)
 
@@ -174,8 +185,9 @@ def network_stage(model, config: Config, raw_image: np.ndarray, *, tta: bool | N
     gray = _network_input(raw_image, config)
     chosen, prob, labels = choose_scale_and_pass(model, config, gray, diameter)
     if max(gray.shape[:2]) * chosen.scale > _CHUNK + 2 * _CHUNK_MARGIN:
-        labels = _segment_in_chunks(model, config, gray, chosen.scale, tta=tta)
-        return Nuclei(labels, chosen.diameter, chosen.scale, chosen.estimated, chosen.sure, chosen.agreement)
+        labels, confidence = _segment_in_chunks(model, config, gray, chosen.scale, tta=tta)
+        return Nuclei(labels, chosen.diameter, chosen.scale, chosen.estimated, chosen.sure, chosen.agreement,
+                      confidence)
     if prob is None or tta:
         prob, labels = predict_at_scale(model, gray, chosen.scale, config, tta=tta), None
     return prob, labels, chosen, gray.shape[:2]
@@ -188,10 +200,13 @@ def watershed_stage(stage, config: Config) -> Nuclei:
         return stage
     prob, labels, chosen, shape = stage
     if labels is None:
-        labels = labels_at_scale(prob, chosen.scale, shape, config.postprocess)
+        labels, confidence = labels_at_scale(prob, chosen.scale, shape, config.postprocess,
+                                             return_confidence=True)
     else:
-        labels = labels_to_image(labels, prob, chosen.scale, shape, config.postprocess)
-    return Nuclei(labels, chosen.diameter, chosen.scale, chosen.estimated, chosen.sure, chosen.agreement)
+        labels, confidence = labels_to_image(labels, prob, chosen.scale, shape, config.postprocess,
+                                             return_confidence=True)
+    return Nuclei(labels, chosen.diameter, chosen.scale, chosen.estimated, chosen.sure, chosen.agreement,
+                  confidence)
 
 
 def predict_labels(

@@ -222,11 +222,13 @@ class SegmentWidget(Container):
         name = labels_layer_name(layer)
         metadata = {"dsb_model": str(result.model), "dsb_diameters": result.diameters}
         existing = self.viewer.layers[name] if name in self.viewer.layers else None
+        features = result.features()  # each nucleus's confidence, shown under the cursor
         if isinstance(existing, Labels):
             existing.data = result.labels
             existing.metadata.update(metadata)
+            existing.features = features if features is not None else {}
             return existing
         lead = result.labels.ndim
         return self.viewer.add_labels(result.labels, name=name if existing is None else f"{name} (dsb)",
                                       scale=layer.scale[:lead], translate=layer.translate[:lead],
-                                      metadata=metadata)
+                                      metadata=metadata, features=features)

@@ -13,10 +13,11 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 import dsb
 from dsb.core.config import SCALE_FACTOR_RANGE, check_scale_factor
@@ -56,6 +57,9 @@ class Segmented:
     model : Path
         The folder of the model that found them.
     seconds : float
+    confidences : list of ndarray
+        Per frame, each nucleus's confidence (its mean body probability), entry ``k - 1``
+        for label ``k``.
     """
 
     labels: np.ndarray
@@ -63,6 +67,16 @@ class Segmented:
     estimated: bool
     model: Path
     seconds: float
+    confidences: list = field(default_factory=list)
+
+    def features(self) -> pd.DataFrame | None:
+        """A napari Labels layer's ``features`` for a single frame: ``index`` (the label) and
+        ``confidence``, which the viewer shows for the nucleus under the cursor; None for a stack,
+        whose frames number their nuclei each from 1."""
+        if self.labels.ndim != 2 or len(self.confidences) != 1 or self.confidences[0] is None:
+            return None
+        confidence = np.asarray(self.confidences[0], np.float32)
+        return pd.DataFrame({"index": np.arange(1, confidence.size + 1), "confidence": confidence.round(3)})
 
     @property
     def diameter(self) -> float:
@@ -177,15 +191,16 @@ def segment_frames(model, data, *, rgb: bool = False, diameter: float | None = N
     config = model.config.with_scale_factor(scale_factor)
     lead, (height, width) = layer_frames(data, rgb)
     labels = np.zeros((*lead, height, width), np.int32)
-    diameters, estimated = [], False
+    diameters, confidences, estimated = [], [], False
     total = int(np.prod(lead, dtype=np.int64)) if lead else 1
     for done, index in enumerate(np.ndindex(*lead), start=1):
         nuclei = predict_nuclei(model.network, config, np.asarray(data[index]), tta=tta, diameter=diameter)
         labels[index] = nuclei.labels
         diameters.append(float(nuclei.diameter))
+        confidences.append(nuclei.confidence)
         estimated = nuclei.estimated
         yield FrameDone(done, total)
-    yield Segmented(labels, diameters, estimated, Path(model.path), time.monotonic() - start)
+    yield Segmented(labels, diameters, estimated, Path(model.path), time.monotonic() - start, confidences)
 
 
 class ModelState:

@@ -288,12 +288,17 @@ def segment_block(source, plan: BlockPlan, index: tuple[int, int], spec: ModelSp
     gray = network_input(raw, config, settings)
     with lock:
         prob = _probabilities(network, resample(gray, settings.scale), config, use_tta(config, tta))
-    labels = labels_at_scale(prob, settings.scale, gray.shape[:2], config.postprocess)
+    labels, confidence = labels_at_scale(prob, settings.scale, gray.shape[:2], config.postprocess,
+                                         return_confidence=True)
     del prob
     owned, count, cut = own_nuclei(labels, plan, index)
     if not measure:
         return OwnedBlock(index, count, cut, owned, pd.DataFrame())
-    table = measure_nuclei(owned, to_gray(raw))
+    # Each owned nucleus is one of the region's: its confidence follows it.
+    inside = owned > 0
+    source = np.zeros(count + 1, np.int64)
+    source[owned[inside]] = labels[inside]
+    table = measure_nuclei(owned, to_gray(raw), confidence[source[1:] - 1])
     for row, col in _CENTRE_COLUMNS:
         table[row] += er0
         table[col] += ec0

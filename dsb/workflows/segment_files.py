@@ -50,6 +50,7 @@ MEASUREMENT_COLUMNS = (
     "perimeter",
     "eccentricity",
     "mean_intensity",
+    "confidence",
 )
 SUMMARY_COLUMNS = ("file", "status", "nuclei", "diameter", "diameter_estimated", "diameter_sure", "labels",
                    "measurements", "overlay", "error")
@@ -70,7 +71,7 @@ _REGIONPROPS_NAMES = {
 }
 
 
-def measure_nuclei(labels: np.ndarray, intensity: np.ndarray) -> pd.DataFrame:
+def measure_nuclei(labels: np.ndarray, intensity: np.ndarray, confidence: np.ndarray | None = None) -> pd.DataFrame:
     """Measure each nucleus of a label image.
 
     Parameters
@@ -80,6 +81,9 @@ def measure_nuclei(labels: np.ndarray, intensity: np.ndarray) -> pd.DataFrame:
     intensity : (H, W) ndarray of float
         The grey image the mean intensity is taken from (``to_gray``'s [0, 1]
         scale in ``dsb segment``).
+    confidence : (N,) ndarray of float, optional
+        How sure the network is of each nucleus, entry ``k - 1`` for label ``k``
+        (:attr:`dsb.inference.predict.Nuclei.confidence`).
 
     Returns
     -------
@@ -89,7 +93,12 @@ def measure_nuclei(labels: np.ndarray, intensity: np.ndarray) -> pd.DataFrame:
         (pixels); ``bbox_min_row``, ``bbox_min_col`` (inclusive) and
         ``bbox_max_row``, ``bbox_max_col`` (exclusive, as in Python slicing);
         ``area`` (pixels); ``perimeter`` (pixels); ``eccentricity`` (0 for a
-        circle); ``mean_intensity``.
+        circle); ``mean_intensity``; ``confidence`` (in [0, 1]) only when given.
+
+    Raises
+    ------
+    ValueError
+        ``confidence`` shorter than the largest label, or not 1-D.
 
     Examples
     --------
@@ -110,7 +119,16 @@ def measure_nuclei(labels: np.ndarray, intensity: np.ndarray) -> pd.DataFrame:
         properties=("label", "centroid", "bbox", "area", "perimeter", "eccentricity", "intensity_mean"),
     )
     frame = pd.DataFrame(table).rename(columns=_REGIONPROPS_NAMES)
-    return frame.loc[:, list(MEASUREMENT_COLUMNS)].astype(
+    columns = list(MEASUREMENT_COLUMNS)
+    if confidence is None:
+        columns.remove("confidence")
+    else:
+        confidence = np.asarray(confidence, np.float32)
+        top = int(labels.max(initial=0))
+        if confidence.ndim != 1 or confidence.size < top:
+            raise ValueError(f"`confidence` (shape {confidence.shape}) must hold one value per label 1..{top}")
+        frame["confidence"] = confidence[frame["label"].to_numpy(np.int64) - 1]
+    return frame.loc[:, columns].astype(
         {"label": np.int64, "bbox_min_row": np.int64, "bbox_min_col": np.int64,
          "bbox_max_row": np.int64, "bbox_max_col": np.int64, "area": np.int64}
     )
@@ -240,7 +258,7 @@ def write_outputs(out_dir: Path, name: str, image: Path, raw: np.ndarray, nuclei
 
     labels = nuclei.labels
     targets = _outputs(out_dir, name)
-    table = measure_nuclei(labels, to_gray(raw))
+    table = measure_nuclei(labels, to_gray(raw), nuclei.confidence)
     write_labels(targets["labels"], labels)
     with atomic_path(targets["measurements"]) as tmp:
         table.to_csv(tmp, index=False, float_format="%.6g")
