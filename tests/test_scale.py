@@ -606,6 +606,51 @@ def test_nuclei_that_are_pieces_even_at_half_the_scale_are_found_a_quarter_down(
     assert pieces.diameter < 0.3 * median_diameter(truth) and pieces.sure
 
 
+def scripted_looks(readings: dict):
+    """A stand-in for one look of the estimate: the (diameter in the image's pixels, doubt) that a
+    real network read at each scale, taken from the nearest scale of ``readings``."""
+
+    def measure(model, config, gray, scale):
+        nearest = min(readings, key=lambda at: abs(math.log(at / scale)))
+        return (*readings[nearest], None)
+
+    return measure
+
+
+# (diameter, doubt) by scale, as two networks of the shipped recipe read them (tests use the readings,
+# not the networks): 72-pixel touching synthetic nuclei read as their 11-pixel texture at first; a
+# held-out brightfield carpet of 16-pixel cells, and one of 12-pixel cells.
+TEXTURE_72 = {1.0: (10.8, 0.342), 0.5: (74.9, 0.088), 0.25: (75.5, 0.090), 0.125: (81.7, 0.152),
+              0.0625: (434.8, 0.295)}
+CARPET_16 = {1.0: (14.2, 1.065), 0.5: (40.3, 0.809), 0.25: (143.8, 0.283), 0.125: (150.0, 0.254)}
+CARPET_12 = {1.0: (13.2, 0.833), 0.5: (58.4, 0.513), 0.25: (128.2, 0.217), 0.125: (140.4, 0.273),
+             0.0625: (164.5, 0.452)}
+
+
+def test_a_coarse_reading_the_network_is_clear_about_replaces_texture(monkeypatch):
+    """Whole large nuclei, seen at half the scale with little doubt and confirmed a quarter down,
+    replace a first reading of their texture, even where the doubt fell only to 0.26 of the
+    first; brightfield carpets, which the network doubts at every coarse look, are read as
+    before (the coarse move flagged unsure, or the first reading kept and flagged)."""
+    from dsb.inference import scale
+
+    gray = np.zeros((640, 640), np.float32)
+    shipped = scale.CLEAR_DOUBT
+    monkeypatch.setattr(scale, "_measure", scripted_looks(TEXTURE_72))
+    chosen = choose_scale(None, CONFIG, gray)
+    assert chosen.diameter == pytest.approx(74.9) and chosen.sure
+    monkeypatch.setattr(scale, "CLEAR_DOUBT", -1.0)  # without the rule: the texture, unsure
+    old = choose_scale(None, CONFIG, gray)
+    assert old.diameter == pytest.approx(10.8) and not old.sure
+
+    for readings, diameter in ((CARPET_16, 143.8), (CARPET_12, 13.2)):
+        monkeypatch.setattr(scale, "_measure", scripted_looks(readings))
+        for clear in (shipped, -1.0):
+            monkeypatch.setattr(scale, "CLEAR_DOUBT", clear)
+            carpet = choose_scale(None, CONFIG, gray)
+            assert carpet.diameter == pytest.approx(diameter) and not carpet.sure
+
+
 def resample_input(gray, scale):
     from dsb.inference.resample import resample
 
