@@ -16,12 +16,13 @@ their true nuclei each such bar would lose. Not a test: it prints figures.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from _heldout import run_and_data  # noqa: E402  (bench/ is the script's own folder)
 
 BARS = (0.85, 0.9, 0.95)
 BANDS = (0.0, 0.8, 0.85, 0.9, 0.95, 0.98, 1.0)
@@ -42,12 +43,8 @@ def roc_auc(is_true, score) -> float:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("run_dir", nargs="?")
-    parser.add_argument("--data", type=Path, default=REPO / "data", help="a fetched data folder (with stage1_train/)")
-    args = parser.parse_args()
-    if not (args.data / "stage1_train").is_dir():
-        print(f"skipped: no stage1_train in {args.data} (dsb fetch first)")
+    args = run_and_data(__doc__.splitlines()[0])
+    if args is None:
         return 0
 
     import numpy as np

@@ -13,12 +13,13 @@ the share of matches above IoU 0.75 and 0.85. Not a test: it prints figures.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from _heldout import run_and_data  # noqa: E402  (bench/ is the script's own folder)
 
 DIAMETER_BINS = (0, 10, 15, 20, 30, 50, 1000)
 
@@ -39,12 +40,8 @@ def matched_pairs(true_labels, pred_labels):
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("run_dir", nargs="?")
-    parser.add_argument("--data", type=Path, default=REPO / "data", help="a fetched data folder (with stage1_train/)")
-    args = parser.parse_args()
-    if not (args.data / "stage1_train").is_dir():
-        print(f"skipped: no stage1_train in {args.data} (dsb fetch first)")
+    args = run_and_data(__doc__.splitlines()[0])
+    if args is None:
         return 0
 
     import numpy as np
