@@ -3,6 +3,7 @@
 A label image holds 0 for background and a positive integer per object.
 :func:`renumber` makes the numbers consecutive (1..N in the order of the
 old values), :func:`relabel` keeps a chosen subset and numbers it 1..N,
+:func:`close_gaps` numbers the labels still present 1..N and says which they were,
 :func:`areas_and_centres` gives each object's pixel count and centre, :func:`touching_edge`
 which objects the array's edge cuts and :func:`edge_runs` how long each cut is.
 
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["areas_and_centres", "edge_runs", "relabel", "renumber", "touching_edge"]
+__all__ = ["areas_and_centres", "close_gaps", "edge_runs", "relabel", "renumber", "touching_edge"]
 
 
 def renumber(labels: np.ndarray, *, dtype=np.int32) -> tuple[np.ndarray, int]:
@@ -71,6 +72,40 @@ def relabel(labels: np.ndarray, keep: np.ndarray) -> np.ndarray:
     lut = np.zeros(keep.size, np.int32)
     lut[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
     return np.take(lut, labels)  # np.take: a full-image lookup in 60 % of fancy indexing's time
+
+
+def close_gaps(labels: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Labels of values 0..n whose present ones are numbered 1..K in their order, and which were present.
+
+    For labels that lost some objects (resampled, overwritten): whatever was kept per object
+    follows it by indexing with ``present[1:]``.
+
+    Parameters
+    ----------
+    labels : ndarray of int
+        Values 0..n.
+    n : int
+        The largest label there could be.
+
+    Returns
+    -------
+    labels : ndarray of int
+        Unchanged (not copied) when every label 1..n is present, else int32 numbered 1..K.
+    present : (n + 1,) ndarray of bool
+        ``present[k]`` for label ``k``; ``present[0]`` is False.
+
+    Examples
+    --------
+    >>> labels, present = close_gaps(np.array([[0, 3], [1, 3]]), 3)
+    >>> labels.tolist(), present.tolist()
+    ([[0, 2], [1, 2]], [False, True, False, True])
+    """
+    present = np.zeros(n + 1, bool)
+    present[labels.ravel()] = True
+    present[0] = False
+    if present.sum() == n:
+        return labels, present
+    return relabel(labels, present), present
 
 
 def areas_and_centres(labels: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

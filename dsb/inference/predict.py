@@ -16,12 +16,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from dsb.core.config import Config
-from dsb.core.labels import areas_and_centres, relabel
+from dsb.core.labels import areas_and_centres, close_gaps, relabel
 from dsb.inference.labels import labels_at_scale, labels_to_image
 from dsb.inference.preprocess import preprocess_image
 from dsb.inference.probabilities import predict_at_scale
 from dsb.inference.scale import choose_scale_and_pass
-from dsb.inference.watershed import remove_small
 
 __all__ = [
     "Scaled",
@@ -140,8 +139,8 @@ def _segment_in_chunks(model, config: Config, gray: np.ndarray, scale: float, *,
             window[free] = labels[free] + count
             count += int(keep[1:].sum())
     # A nucleus whose every pixel an earlier chunk's took has gone: its confidence goes with it.
-    present = np.bincount(out[out > 0], minlength=count + 1)[1:] > 0
-    return remove_small(out, 1), np.concatenate(confidence)[present]
+    out, present = close_gaps(out, count)
+    return out, np.concatenate(confidence)[present[1:]]
 
 
 def predict_nuclei(
