@@ -367,25 +367,35 @@ def evaluate(run_dir: Path, data: Path, tta: bool, diameter: float | None, per_i
                    "post-processing tuned on them (as the config predicts; no scale-factor search), "
                    "the held-out groups unseen until scored. "
                    "--no-tune validates on the held-out groups and scores the recipe's own post-processing.")
+@click.option("--tta/--no-tta", default=None,
+              help="Tune each fold on probabilities averaged over flips and 90-degree rotations and score it so, "
+                   "as make submit does (TTA=yes). Default: as the recipe predicts.")
+@click.option("--scale-factors", type=_ScaleFactors(), default=None,
+              help="Tune each fold at each of these factors on its prediction scale and keep the best, as make "
+                   "submit does (SCALE_FACTORS, 1,1.25). Default: the recipe's own factor.")
 @click.option("--zoom", "zooms", type=_Zooms(), default=None,
               help="Magnification sweep: score each fold's held-out images resampled by each zoom, e.g. "
                    "0.5,1,2,3 (folds already trained in --out are scored again, not retrained).")
 @_ENGINE
 def crossval(data: Path, out: Path, folds: int, time_budget: float | None, epochs: int | None,
-             config_path: Path | None, seed: int | None, precision: str, tune: bool, zooms: tuple | None,
-             engine: str) -> None:
+             config_path: Path | None, seed: int | None, precision: str, tune: bool, tta: bool | None,
+             scale_factors: tuple[float, ...] | None, zooms: tuple | None, engine: str) -> None:
     """Leave-groups-out cross-validation: train one run per fold of held-out imaging experiments and
     score every group on the run that never saw it; the last line is the score over all images.
 
     With --zoom, every group at each magnification, each zoom's score beside the 1x one; the last
-    line is then the lowest score of the sweep."""
+    line is then the lowest score of the sweep.
+
+    To judge the recipe as `make submit` makes a model: --precision auto --tta --scale-factors 1,1.25."""
+    if not tune and (tta is not None or scale_factors is not None):
+        raise click.UsageError("--tta and --scale-factors choose how each fold is tuned; drop --no-tune")
     _load_keras()
     from dsb.workflows.crossval import crossval as crossval_runs
 
     config = _load_config(config_path)
     value, summary = crossval_runs(data, out, config, folds=folds, time_budget=time_budget, epochs=epochs,
-                                   seed=seed, precision=precision, engine=engine, tune=tune,
-                                   zooms=zooms or (1.0,), progress=True)
+                                   seed=seed, precision=precision, engine=engine, tune=tune, tta=tta,
+                                   scale_factors=scale_factors, zooms=zooms or (1.0,), progress=True)
     if zooms is None:
         for row in summary.itertuples(index=False):
             click.echo(f"{row.level} {row.name}{_fold_words(row, tune)}: {row.score:.6f} ({row.images} images, "

@@ -53,7 +53,8 @@ def two_experiments(tmp_path):
 def test_every_group_is_scored_by_the_run_that_never_saw_it(two_experiments, tmp_path):
     out = tmp_path / "cv"
     value, summary = crossval(two_experiments, out, TINY, folds=2, epochs=1, precision="bfloat16", tune=False,
-                              progress=False)
+                              engine="keras", progress=False)
+    assert not (out / "fold-1" / "model.onnx").exists()  # Keras scores the folds: nothing to export
     table = pd.read_csv(out / "crossval.csv")
     assert json.loads((out / "fold-2" / "manifest.json").read_text())["precision"] == "bfloat16"
     assert len(table) == 4 and set(table["group"]) == {"user:exp1", "user:exp2"}
@@ -147,9 +148,60 @@ def test_tuned_folds_never_see_their_held_out_groups(three_experiments, tmp_path
     assert "fold-1" in str(caught.value)
 
 
+def test_folds_are_tuned_and_scored_as_make_submit_does(three_experiments, tmp_path, monkeypatch):
+    import dsb.workflows.crossval as module
+
+    scored, tunings = [], []
+    predict, tune = module.predict_validation, module.tune_run
+
+    def predict_spy(model, config, data_dir, **kwargs):
+        tta = kwargs.get("tta")
+        scored.append((model.engine, config.predict.tta if tta is None else tta, config.predict.scale_factor))
+        return predict(model, config, data_dir, **kwargs)
+
+    def tune_spy(run, data_dir, **kwargs):
+        tunings.append((kwargs["tta"], kwargs["scale_factors"]))
+        return tune(run, data_dir, **kwargs)
+
+    monkeypatch.setattr(module, "predict_validation", predict_spy)
+    monkeypatch.setattr(module, "tune_run", tune_spy)
+    out = tmp_path / "cv"
+    # A factor dsb tune refuses stops the cross-validation before anything trains.
+    with pytest.raises(BadDataError, match="scale_factors"):
+        crossval(three_experiments, out, TINY, folds=2, epochs=1, tta=True, scale_factors=(1, 9), progress=False)
+    assert not out.exists()
+    with pytest.raises(ValueError, match="need `tune`"):
+        crossval(three_experiments, out, TINY, folds=2, epochs=1, tune=False, tta=True, progress=False)
+    crossval(three_experiments, out, TINY, folds=2, epochs=1, tta=True, scale_factors=(1.25, 1), progress=False)
+    # Each fold exported to ONNX as make submit exports its run, and run by a CPU engine there.
+    assert (out / "fold-1" / "model.onnx").is_file() and (out / "fold-2" / "model.onnx").is_file()
+    assert {engine for engine, _, _ in scored} <= {"openvino", "onnx"}
+    # Fold 2, the one with validation images of its own, tuned with both factors on averaged views,
+    # and scored as it was tuned; fold 1 (none to tune on) on averaged views at the recipe's scale.
+    assert tunings == [(True, (1.0, 1.25))]
+    table = pd.read_csv(out / "fold-2" / "tuning.csv")
+    assert set(table["tta"]) == {True} and sorted(table["scale_factor"].unique()) == [1.0, 1.25]
+    fold2 = load_config(out / "fold-2" / "config.json")
+    assert fold2.predict.tta and fold2.predict.scale_factor in (1.0, 1.25)
+    assert scored[0][1:] == (True, TINY.predict.scale_factor)
+    assert scored[1][1:] == (True, fold2.predict.scale_factor)
+    # Scored again the same way: not tuned again. Asked otherwise: tuned again, as asked.
+    crossval(three_experiments, out, TINY, folds=2, epochs=1, tta=True, scale_factors=(1, 1.25), progress=False)
+    assert len(tunings) == 1
+    crossval(three_experiments, out, TINY, folds=2, epochs=1, progress=False)
+    assert tunings[1] == (TINY.predict.tta, (TINY.predict.scale_factor,))
+    again = load_config(out / "fold-2" / "config.json")
+    assert again.predict.tta == TINY.predict.tta and again.predict.scale_factor == TINY.predict.scale_factor
+    assert scored[-1][1:] == (TINY.predict.tta, TINY.predict.scale_factor)
+    # A tuning table that does not say how it was searched is tuned again, not trusted.
+    (out / "fold-2" / "tuning.csv").write_text("score\n0.5\n")
+    crossval(three_experiments, out, TINY, folds=2, epochs=1, progress=False)
+    assert len(tunings) == 3 and "tta" in pd.read_csv(out / "fold-2" / "tuning.csv").columns
+
+
 def test_untuned_folds_dealt_otherwise_are_refused(three_experiments, tmp_path):
     out = tmp_path / "cv"
-    crossval(three_experiments, out, TINY, folds=2, epochs=1, tune=False, progress=False)
+    crossval(three_experiments, out, TINY, folds=2, epochs=1, tune=False, engine="keras", progress=False)
     # Untuned runs all train on every image; their validation images say what they held out.
     with pytest.raises(BadDataError, match="other held-out images than this fold's") as caught:
         crossval(three_experiments, out, TINY, folds=3, epochs=1, tune=False, progress=False)
@@ -176,7 +228,8 @@ def test_crossval_command_prints_groups_and_the_score_last(two_experiments, tmp_
 
     save_config(TINY, config)
     result = CliRunner().invoke(cli, ["crossval", "--data", str(two_experiments), "--out", str(tmp_path / "cv"),
-                                      "--folds", "2", "--epochs", "1", "--config", str(config), "--no-tune"])
+                                      "--folds", "2", "--epochs", "1", "--config", str(config), "--no-tune",
+                                      "--engine", "keras"])
     assert result.exit_code == 0, result.output
     lines = result.stdout.strip().splitlines()
     assert any(line.startswith("group user:exp1 (fold ") for line in lines)
@@ -185,7 +238,8 @@ def test_crossval_command_prints_groups_and_the_score_last(two_experiments, tmp_
     # The same folds at two magnifications, scored again without training: per group both zooms,
     # per zoom the gap to 1x, and the lowest score last.
     swept = CliRunner().invoke(cli, ["crossval", "--data", str(two_experiments), "--out", str(tmp_path / "cv"),
-                                     "--folds", "2", "--config", str(config), "--no-tune", "--zoom", "0.5,1"])
+                                     "--folds", "2", "--config", str(config), "--no-tune", "--zoom", "0.5,1",
+                                     "--engine", "keras"])
     assert swept.exit_code == 0, swept.output
     out = swept.stdout.strip().splitlines()
     group = next(line for line in out if line.startswith("group user:exp1 (fold "))
@@ -193,6 +247,12 @@ def test_crossval_command_prints_groups_and_the_score_last(two_experiments, tmp_
     half = next(line for line in out if line.startswith("zoom 0.5: "))
     assert "against 1x" in half and float(out[-1]) == pytest.approx(min(
         float(line.split(":")[1].split(",")[0]) for line in out if line.startswith("zoom ")), abs=1e-4)
+    untuned_tta = CliRunner().invoke(cli, ["crossval", "--data", str(two_experiments), "--out", str(tmp_path / "cv"),
+                                           "--folds", "2", "--config", str(config), "--no-tune", "--tta"])
+    assert untuned_tta.exit_code == 2 and "drop --no-tune" in untuned_tta.stderr
+    bad_factor = CliRunner().invoke(cli, ["crossval", "--data", str(two_experiments), "--out", str(tmp_path / "cv"),
+                                          "--folds", "2", "--config", str(config), "--scale-factors", "1,x"])
+    assert bad_factor.exit_code == 2 and "--scale-factors" in bad_factor.stderr
     bad_zoom = CliRunner().invoke(cli, ["crossval", "--data", str(two_experiments), "--out", str(tmp_path / "cv"),
                                         "--folds", "2", "--config", str(config), "--no-tune", "--zoom", "0"])
     assert bad_zoom.exit_code == 2 and "between 0.05 and 20" in bad_zoom.stderr

@@ -11,9 +11,12 @@ By default each fold is judged as ``make submit`` makes a model: the fold's run 
 held-out groups, not even to choose its best epoch. It trains on the other groups with
 validation images held back from them as :func:`dsb.training.train` splits (whole groups of a
 type with two or more left, a random share of a type with one), its post-processing is tuned
-on those (:func:`dsb.workflows.tune.tune`, predicting as the recipe's config does: by default
-without the test-time augmentation and scale factors that ``make submit`` also searches, which
-cost eight and two predictions of every image), and only then are the held-out groups scored. Untuned
+on those (:func:`dsb.workflows.tune.tune`, predicting as the recipe's config does unless
+``tta`` and ``scale_factors`` say otherwise: ``make submit`` tunes with test-time augmentation
+and scale factors 1 and 1.25, which cost eight and two predictions of every image), and only
+then are the held-out groups scored, as the tuned run predicts. Unless ``engine`` is Keras, each
+fold's network is exported to ONNX first, as ``make submit`` does, so that the CPU engines tune
+and score it. Untuned
 (``tune=False``), the held-out groups are the run's validation images and it is scored with the
 recipe's own post-processing: the network alone, whose outlines after a short budget are wider
 than a tuned threshold makes them.
@@ -35,9 +38,10 @@ from pathlib import Path
 import pandas as pd
 
 from dsb.core.atomic import atomic_path
-from dsb.core.config import Config
-from dsb.core.errors import BadDataError
+from dsb.core.config import Config, check_scale_factors
+from dsb.core.errors import BadDataError, EnvironmentProblem
 from dsb.core.progress import say
+from dsb.inference.predict import use_tta
 from dsb.network.engines import load_network
 from dsb.network.model_folder import load_run_config
 from dsb.training.cache import load_prepared
@@ -45,6 +49,7 @@ from dsb.training.checkpoints import latest_state
 from dsb.training.plan import data_checksum
 from dsb.training.session import TrainingInterrupted, train_prepared
 from dsb.workflows.evaluate import predict_validation, score_summary, score_validation
+from dsb.workflows.export import fresh_onnx
 from dsb.workflows.tune import tune as tune_run
 
 __all__ = ["deal_groups", "crossval"]
@@ -103,6 +108,8 @@ def crossval(
     precision: str = "float32",
     engine: str = "auto",
     tune: bool = True,
+    tta: bool | None = None,
+    scale_factors: Sequence[float] | None = None,
     zooms: Sequence[float] = (1.0,),
     progress: bool = True,
 ) -> tuple[float, pd.DataFrame]:
@@ -123,11 +130,20 @@ def crossval(
     epochs, seed, precision
         As for :func:`dsb.training.train` (``precision`` may be ``"auto"``: each fold probes).
     engine : str
-        The engine that tunes and scores the runs (Keras unless a run has ``model.onnx``).
+        The engine that tunes and scores the runs (:func:`dsb.network.engines.choose_engine`).
+        Unless it is ``"keras"``, each fold's ``model.onnx`` is exported when missing or stale;
+        with ``"auto"``, a machine without the converter goes on with Keras.
     tune : bool
         Train each fold without its held-out groups and with validation images of its own,
         and tune its post-processing on those before scoring (the module's text). A fold whose
         training data leave no validation image is scored untuned (``tuned`` false).
+    tta : bool, optional
+        Tune each fold on probabilities averaged over flips and quarter turns, and score it so
+        (:func:`dsb.workflows.tune.tune`); None follows the recipe's ``predict.tta``.
+    scale_factors : sequence of float, optional
+        The factors on the prediction scale each fold's tuning tries, keeping the best; None
+        tunes at the recipe's ``predict.scale_factor`` only. A fold tuned before with another
+        ``tta`` or other factors is tuned again.
     zooms : sequence of float
         The magnifications each fold's held-out images are scored at (each image and its
         masks resampled, :func:`dsb.workflows.evaluate.zoom_pair`); by default as they are.
@@ -148,9 +164,10 @@ def crossval(
     Raises
     ------
     ValueError
-        No zoom, or one that is not greater than 0.
+        No zoom, or one that is not greater than 0; ``tta`` or ``scale_factors`` without ``tune``.
     BadDataError
-        Too few groups for ``folds``; or a fold run in ``out_dir`` (finished or not) made by
+        A scale factor outside what ``dsb tune`` takes (before anything trains); too few
+        groups for ``folds``; or a fold run in ``out_dir`` (finished or not) made by
         the other kind of cross-validation: with ``tune``, one that validated on its held-out
         groups; without, one that validated on images of its own.
     """
@@ -158,6 +175,11 @@ def crossval(
     zooms = tuple(dict.fromkeys(float(z) for z in zooms))
     if not zooms or not all(z > 0 for z in zooms):
         raise ValueError(f"`zooms` is {zooms}; give at least one, each greater than 0")
+    if not tune and (tta is not None or scale_factors is not None):
+        raise ValueError("`tta` and `scale_factors` choose how each fold is tuned; they need `tune`")
+    # What each fold is tuned with, resolved now so that a fold tuned otherwise before is seen.
+    tuning = (use_tta(config, tta), check_scale_factors(
+        (config.predict.scale_factor,) if scale_factors is None else scale_factors))
     prepared = load_prepared(data_dir, config.preprocess, progress=progress)
     if not prepared.groups:
         raise BadDataError("the training data have no imaging-experiment groups to hold out", path=data_dir)
@@ -186,13 +208,22 @@ def crossval(
             except TrainingInterrupted as stop:  # `dsb train --resume` would resume on all the data
                 raise TrainingInterrupted(stop.run_dir, stop.epoch, resume_with=(
                     f"the same dsb crossval command (--out {out_dir})")) from None
-        tuned = tune and _tune_fold(run, data_dir, engine=engine, progress=progress)
+        if engine != "keras":
+            try:
+                fresh_onnx(run)
+            except EnvironmentProblem:  # no converter here: auto goes on with Keras
+                if engine != "auto":
+                    raise
+        tuned = tune and _tune_fold(run, data_dir, tuning, engine=engine, progress=progress)
         model, run_config = load_network(run, engine)
         scored = run_config.replace(validation_ids=tuple(held))
         for zoom in zooms:
             if progress and len(zooms) > 1:
                 say(f"fold {k}/{folds}: scoring at zoom {zoom:g}")
-            _, table = score_validation(predict_validation(model, scored, data_dir, progress=progress, zoom=zoom))
+            # A fold with nothing to tune on still predicts with the test-time augmentation asked for.
+            tta_asked = None if tuned or not tune else tuning[0]
+            _, table = score_validation(predict_validation(model, scored, data_dir, tta=tta_asked,
+                                                           progress=progress, zoom=zoom))
             tables.append(table.assign(fold=k, tuned=tuned, zoom=zoom))
     table = pd.concat(tables, ignore_index=True)
     with atomic_path(out_dir / "crossval.csv") as tmp:
@@ -273,15 +304,39 @@ def _check_fold(run: Path, prepared, held: list[str], data, *, tune: bool) -> No
                            "another --out", path=run)
 
 
-def _tune_fold(run: Path, data_dir, *, engine: str, progress: bool) -> bool:
-    """Tune a fold's run on its own validation images, once; whether it is tuned."""
+def _tune_fold(run: Path, data_dir, tuning: tuple[bool, tuple[float, ...]], *, engine: str,
+               progress: bool) -> bool:
+    """Tune a fold's run on its own validation images with ``tuning`` (test-time augmentation,
+    scale factors), unless it was tuned so before; whether it is tuned."""
     if not load_run_config(run).validation_ids:
         if progress:
             say(f"{run.name}: no validation images of its own to tune on; scored untuned")
         return False
-    if not (run / "tuning.csv").is_file():
-        tune_run(run, data_dir, progress=progress, engine=engine)
+    tta, factors = tuning
+    earlier = _tuned_with(run / "tuning.csv")
+    if earlier == tuning:
+        return True
+    if earlier is not None and progress:
+        say(f"{run.name}: tuned before with {_tuning_words(*earlier)}; tuning again with {_tuning_words(tta, factors)}")
+    tune_run(run, data_dir, progress=progress, engine=engine, tta=tta, scale_factors=factors)
     return True
+
+
+def _tuned_with(path: Path) -> tuple[bool, tuple[float, ...]] | None:
+    """The test-time augmentation and scale factors a run's ``tuning.csv`` was searched with; None
+    when there is none, or one that does not say (damaged, or from before it said)."""
+    try:
+        table = pd.read_csv(path, usecols=["tta", "scale_factor"])
+    except (OSError, ValueError):  # missing, empty, damaged or without the columns
+        return None
+    if table.empty or table["tta"].nunique() != 1:
+        return None
+    tta = str(table["tta"].iloc[0]).strip().lower() in ("true", "1", "1.0")
+    return tta, tuple(sorted(float(f) for f in table["scale_factor"].unique()))
+
+
+def _tuning_words(tta: bool, factors: tuple[float, ...]) -> str:
+    return f"{'' if tta else 'no '}test-time augmentation, scale factors {','.join(f'{f:g}' for f in factors)}"
 
 
 def _finished(run: Path) -> bool:

@@ -24,6 +24,7 @@ from dsb.network.quantize import (
 
 __all__ = [
     "export_onnx_in_place",
+    "fresh_onnx",
     "quantize_in_place",
     "export_run",
 ]
@@ -48,6 +49,24 @@ def export_onnx_in_place(run_dir) -> Path:
     return export_onnx(model, run_dir / ONNX_FILE, outputs=config.model.outputs, source=run_dir / "model.keras")
 
 
+def fresh_onnx(run_dir) -> Path:
+    """``model.onnx`` of a run folder, exported first when the folder has none, or one the engines
+    would refuse (damaged, or from an earlier ``model.keras``: a resumed training).
+
+    Raises
+    ------
+    EnvironmentProblem
+        An export is needed and the converter (``tf2onnx``, TensorFlow) is not installed.
+    """
+    run_dir = Path(run_dir)
+    config = load_run_config(run_dir)
+    try:
+        check_onnx(run_dir / ONNX_FILE, config.model.outputs, run_dir / "model.keras")
+    except BadDataError:  # missing, damaged, or from another model.keras
+        return export_onnx_in_place(run_dir)
+    return run_dir / ONNX_FILE
+
+
 def quantize_in_place(run_dir, data_dir, *, progress: bool = False) -> Path:
     """Write ``model.int8.onnx`` beside a run folder's ``model.onnx`` (:mod:`dsb.network.quantize`).
 
@@ -67,10 +86,7 @@ def quantize_in_place(run_dir, data_dir, *, progress: bool = False) -> Path:
     require_quantizer()
     run_dir = Path(run_dir)
     config = load_run_config(run_dir)
-    try:
-        check_onnx(run_dir / ONNX_FILE, config.model.outputs, run_dir / "model.keras")
-    except BadDataError:  # missing, damaged, or from another model.keras
-        export_onnx_in_place(run_dir)
+    fresh_onnx(run_dir)
     prepared = load_prepared(data_dir, config.preprocess, progress=progress)
     batches = calibration_batches(prepared, config)
     note = f"{len(batches)} training images (validation images left out)"
