@@ -12,7 +12,8 @@ default ``--spread 1``), where small nuclei pressed against large ones get merge
 Then fields of rod-like nuclei (``--elongation``: each up to 4 times as long as wide, the
 nuclei of some cell lines), 1.3 median diameters apart, so that the longest lie against their
 neighbours: the rules that split merged neighbours must not cut a rod in two, which shows as
-fewer found and more predicted than true. For each: the estimated diameter, whether the estimate is sure, found/true nuclei, predicted
+fewer found and more predicted than true. For each: the estimated diameter, whether the
+estimate is sure, found/true nuclei, predicted
 nuclei and the competition score. Not a test: it prints figures. Needs no competition data.
 """
 
@@ -53,17 +54,17 @@ def main() -> int:
     print("| kind | nuclei | diameter | estimated | sure | found / true | predicted | score | seconds |")
     print("| --- | --- | ---: | ---: | --- | ---: | ---: | ---: | ---: |")
     totals = {}
-    # (row name, touching, kind, median diameter, size spread, elongation)
-    fields = [("touching" if touching else "isolated", touching, kind, int(d), 0.0, 1.5)
+    # (row name, kind, median diameter, what else nuclei_field is given)
+    fields = [("touching" if touching else "isolated", kind, int(d), {"touching": touching})
               for touching in (False, True) for kind in KINDS for d in args.diameters.split(",") if d]
-    fields += [("mixed", True, kind, int(d), args.spread, 1.5) for kind in KINDS
+    fields += [("mixed", kind, int(d), {"touching": True, "size_spread": args.spread}) for kind in KINDS
                for d in args.mixed_diameters.split(",") if d]
-    fields += [("rods", False, kind, int(d), 0.0, args.elongation) for kind in KINDS
+    fields += [("rods", kind, int(d), {"elongation": args.elongation}) for kind in KINDS
                for d in args.rod_diameters.split(",") if d]
-    for what, touching, kind, diameter, spread, elongation in fields:
-        side = max(256, min(1400, (12 if spread or elongation > 2 else 9) * diameter))
-        image, truth = nuclei_field((side, side), diameter, kind=kind, touching=touching, size_spread=spread,
-                                    elongation=elongation, seed=diameter)
+    for what, kind, diameter, field in fields:
+        # Mixed sizes and rods: a wider field, so that it holds as many whole nuclei.
+        side = max(256, min(1400, (9 if what in ("isolated", "touching") else 12) * diameter))
+        image, truth = nuclei_field((side, side), diameter, kind=kind, seed=diameter, **field)
         began = time.perf_counter()
         nuclei = predict_nuclei(model.network, model.config, image)
         seconds = time.perf_counter() - began

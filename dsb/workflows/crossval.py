@@ -217,11 +217,11 @@ def crossval(
         tuned = tune and _tune_fold(run, data_dir, tuning, engine=engine, progress=progress)
         model, run_config = load_network(run, engine)
         scored = run_config.replace(validation_ids=tuple(held))
+        # A fold with nothing to tune on still predicts with the test-time augmentation asked for.
+        tta_asked = None if tuned or not tune else tuning[0]
         for zoom in zooms:
             if progress and len(zooms) > 1:
                 say(f"fold {k}/{folds}: scoring at zoom {zoom:g}")
-            # A fold with nothing to tune on still predicts with the test-time augmentation asked for.
-            tta_asked = None if tuned or not tune else tuning[0]
             _, table = score_validation(predict_validation(model, scored, data_dir, tta=tta_asked,
                                                            progress=progress, zoom=zoom))
             tables.append(table.assign(fold=k, tuned=tuned, zoom=zoom))
