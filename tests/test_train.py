@@ -281,6 +281,28 @@ def test_time_budget_stops_at_a_batch_and_keeps_the_best_model(tmp_path):
     assert len(history(run)) == 3
 
 
+def test_no_epoch_begins_with_less_than_half_of_one_left_of_the_budget(tmp_path, monkeypatch):
+    """An epoch begun with seconds left would run a step or two at the learning rate's floor and
+    then a whole validation past the budget: the run stops at the end of the epoch before."""
+    from dsb.training import fit
+
+    clock = {"left": 1e-3}  # seconds of the budget left whenever the run looks
+    monkeypatch.setattr(fit.RunKeeper, "elapsed", lambda self: self.budget_s - clock["left"])
+    run = train_prepared(tiny_prepared(), TINY, out_dir=tmp_path / "run", time_budget=60.0, progress=False)
+    rows = history(run)
+    assert len(rows) == 1 and int(rows[0]["steps"]) == TINY.train.steps_per_epoch  # a whole epoch, then no more
+    assert json.loads((run / "manifest.json").read_text())["stop_reason"] == "time_budget"
+    # Resuming with the same budget trains no further: what is left is still under half an epoch.
+    train_prepared(tiny_prepared(), None, out_dir=run, resume=True, progress=False)
+    assert len(history(run)) == 1
+
+    # With an hour left of the same budget, every epoch runs.
+    clock["left"] = 3600.0
+    run = train_prepared(tiny_prepared(), TINY, out_dir=tmp_path / "plenty", time_budget=120.0, progress=False)
+    assert len(history(run)) == TINY.train.epochs
+    assert json.loads((run / "manifest.json").read_text())["stop_reason"] == "completed"
+
+
 def test_with_a_time_budget_the_learning_rate_follows_the_share_spent(tmp_path, monkeypatch):
     """The cosine runs over whichever is further along, the epochs or the budget: a budget far
     from spent leaves the epochs' cosine; one nearly spent (a slow machine) brings the rate down

@@ -14,7 +14,7 @@ from dsb.training.checkpoints import BestModelFile
 from dsb.training.environment import Environment
 from dsb.training.plan import Plan
 from dsb.training.schedule import budget_cosine, schedule_progress
-from dsb.training.state import Best, RunState, budget_seconds
+from dsb.training.state import Best, RunState, budget_seconds, budget_spent, epoch_seconds
 
 
 class RunKeeper(keras.callbacks.Callback):
@@ -60,9 +60,8 @@ class RunKeeper(keras.callbacks.Callback):
         self.steps_done = 0
         if self.follows_budget:
             tc = self.plan.config.train
-            recent = [row["time_s"] for row in self.state.history[-5:]]
             progress = schedule_progress(epoch, self.plan.epochs, elapsed_s=self.elapsed(), budget_s=self.budget_s,
-                                         epoch_s=sum(recent) / len(recent) if recent else 0.0)
+                                         epoch_s=epoch_seconds(self.state))
             self.model.optimizer.learning_rate.assign(budget_cosine(tc.learning_rate, tc.min_learning_rate,
                                                                     progress))
 
@@ -76,6 +75,14 @@ class RunKeeper(keras.callbacks.Callback):
         if spent:
             self.model.stop_training = True
             self.state.stop_reason = "time_budget"
+
+    def _budget_spent(self) -> bool:
+        if self.budget_s is None:
+            return False
+        spent = budget_spent(self.state, self.elapsed())
+        if self.env.shard[1] > 1:
+            spent = self.env.agree(spent)  # every process must stop after the same epoch
+        return spent
 
     def _learning_rate(self) -> float:
         return float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
@@ -93,6 +100,11 @@ class RunKeeper(keras.callbacks.Callback):
             self._plateau(value)
         if s.stop_reason is None and s.epoch >= self.plan.epochs:
             s.stop_reason = "completed"
+        if s.stop_reason is None and self._budget_spent():
+            # Less than half an epoch left: another would run a few steps at the floor of the
+            # learning rate, then a whole validation past the budget.
+            self.model.stop_training = True
+            s.stop_reason = "time_budget"
         s.elapsed_s = self.elapsed()
         s.wall_s = self.wall_s()
         if self.writer:

@@ -127,8 +127,7 @@ def finish_reason(state: RunState, *, epochs: int) -> str | None:
     """
     if state.stop_reason == "early_stopping":
         return "early_stopping"
-    budget = budget_seconds(state)
-    if budget is not None and state.elapsed_s >= budget:
+    if budget_spent(state):
         return "time_budget"  # spent by the earlier sessions
     if state.epoch >= epochs:
         return "completed"
@@ -163,4 +162,26 @@ def check_resumable(state: RunState, *, steps_per_epoch: int | None, checksum: s
 def budget_seconds(state: RunState) -> float | None:
     """The time budget in seconds, or None without one."""
     return None if state.time_budget is None else float(state.time_budget) * 60.0
+
+
+def epoch_seconds(state: RunState) -> float:
+    """What an epoch of the run takes, training and validation: the mean of its last five (0 before the first)."""
+    recent = [float(row["time_s"]) for row in state.history[-5:]]
+    return sum(recent) / len(recent) if recent else 0.0
+
+
+def budget_spent(state: RunState, elapsed_s: float | None = None) -> bool:
+    """Whether the run's time budget leaves no room for another epoch.
+
+    Spent when the training time (``elapsed_s``, by default the state's) has reached the
+    budget, or when less than half an epoch of it is left: by then the learning rate of a
+    budget-following schedule is at its floor (:func:`dsb.training.schedule.schedule_progress`
+    counts an epoch's middle), and an epoch cut short after a few steps would mostly pay for
+    its validation. False without a budget.
+    """
+    budget = budget_seconds(state)
+    if budget is None:
+        return False
+    elapsed = state.elapsed_s if elapsed_s is None else float(elapsed_s)
+    return budget - elapsed < max(0.0, 0.5 * epoch_seconds(state)) or elapsed >= budget
 
