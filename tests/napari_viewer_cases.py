@@ -115,7 +115,12 @@ def test_a_stack_is_segmented_and_its_shown_frame_saved(make_napari_viewer, qtbo
     labels = viewer.layers["movie nuclei"]
     assert labels.data.shape == (3, 96, 96) and all(f.max() >= 4 for f in labels.data)
     assert segment.progress.max == 3
-    viewer.dims.set_current_step(0, 2)
+    # The features are the shown frame's (each frame numbers its nuclei from 1), and follow the slider.
+    confidences = labels.metadata["dsb_confidences"]
+    for step in (0, 2):
+        viewer.dims.set_current_step(0, step)
+        assert labels.features["index"].tolist() == list(range(1, int(labels.data[step].max()) + 1))
+        np.testing.assert_allclose(labels.features["confidence"], np.round(confidences[step], 3))
     finetune.project.value = str(tmp_path)
     finetune.save_correction()
     saved = tmp_path / "corrections" / "movie-t002.tif"

@@ -33,6 +33,7 @@ from dsb.napari.segmentation import (
     FrameDone,
     ModelState,
     Segmented,
+    frame_features,
     layer_frames,
     parse_diameter,
     parse_scale_factor,
@@ -190,6 +191,25 @@ def test_a_stack_is_segmented_frame_by_frame():
     assert result.labels.shape == (3, 64, 64) and not result.estimated
     assert [int(f.max()) for f in result.labels] == [2, 2, 0]
     assert result.diameters == [18.0] * 3
+    # Each frame's confidences, as the features of a layer that shows that frame.
+    for at in (0, 1):
+        table = result.features((at,))
+        assert table["index"].tolist() == [1, 2]
+        np.testing.assert_allclose(table["confidence"], result.confidences[at].round(3))
+    assert result.features((2,))["index"].tolist() == []  # an empty frame: an empty table
+    assert result.features((3,)) is None and result.features() is None  # no such frame; a stack needs one
+
+
+def test_frame_features_are_the_frame_own_table():
+    confidences = [np.array([0.9, 0.8], np.float32), None, np.array([0.85], np.float32),
+                   np.array([], np.float32)]
+    lead = (2, 2)  # e.g. 2 time points of 2 planes, in numpy.ndindex order
+    assert frame_features(confidences, lead, (1, 0))["confidence"].tolist() == pytest.approx([0.85])
+    assert frame_features(confidences, lead, (0, 0))["index"].tolist() == [1, 2]
+    assert frame_features(confidences, lead, (0, 1)) is None  # not known
+    assert frame_features(confidences, lead, (2, 0)) is None and frame_features(confidences, lead, (1,)) is None
+    single = frame_features([np.array([0.7], np.float32)], (), ())
+    assert single["index"].tolist() == [1] and single["confidence"].tolist() == pytest.approx([0.7])
 
 
 def test_a_scale_factor_is_typed_checked_and_predicts_larger():

@@ -37,6 +37,7 @@ from dsb.napari.segment_widget import (
     follow_selection,
     image_layers,
     labels_layer_name,
+    shown_frame,
 )
 from dsb.napari.segmentation import Failure, state_for
 from dsb.training.finetune import FINETUNE_EPOCHS, FINETUNE_STEPS, MIN_VALIDATION_IMAGES
@@ -126,13 +127,10 @@ class FinetuneWidget(Container):
 
     def _frame(self, image: Image) -> tuple[tuple[int, ...], int | None]:
         """The index of the frame shown (empty for a 2-D image) and its number in the stack."""
-        lead = image.ndim - 2
-        if lead <= 0:
+        index = shown_frame(self.viewer, image)
+        if not index:
             return (), None
-        position = image.world_to_data(self.viewer.dims.point)
-        index = tuple(int(np.clip(round(p), 0, n - 1)) for p, n in
-                      zip(position[:lead], spatial_shape(image.data, image.rgb)[:lead], strict=True))
-        return index, int(np.ravel_multi_index(index, spatial_shape(image.data, image.rgb)[:lead]))
+        return index, int(np.ravel_multi_index(index, spatial_shape(image.data, image.rgb)[: len(index)]))
 
     def save_correction(self) -> Project:
         """Save the shown frame of the image and of its corrected labels into the project folder.

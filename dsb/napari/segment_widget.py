@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import math
+import weakref
 from pathlib import Path
+
+import numpy as np
 
 from magicgui.widgets import (
     CheckBox,
@@ -21,23 +24,34 @@ from napari.utils.notifications import show_error, show_info, show_warning
 
 from dsb.core.errors import DsbError
 from dsb.napari.child import ChildFailed
+from dsb.napari.project import spatial_shape
 from dsb.napari.segmentation import (
     VIEWER_ENGINES,
     Failure,
     FrameDone,
     Segmented,
+    frame_features,
     parse_diameter,
     parse_scale_factor,
     segment_frames,
     state_for,
 )
 
-__all__ = ["SegmentWidget", "labels_layer_name"]
+__all__ = ["SegmentWidget", "labels_layer_name", "shown_frame"]
 
 
 def labels_layer_name(image: Image) -> str:
     """The name of the Labels layer that holds the nuclei of ``image``."""
     return f"{image.name} nuclei"
+
+
+def shown_frame(viewer, layer) -> tuple[int, ...]:
+    """The index, on the layer's frame axes, of the frame the viewer shows (empty for a 2-D layer)."""
+    lead = spatial_shape(layer.data, bool(getattr(layer, "rgb", False)))[:-2]
+    if not lead:
+        return ()
+    position = layer.world_to_data(viewer.dims.point)
+    return tuple(int(np.clip(round(p), 0, n - 1)) for p, n in zip(position[: len(lead)], lead, strict=True))
 
 
 def image_layers(viewer) -> list:
@@ -85,6 +99,7 @@ class SegmentWidget(Container):
         self.viewer = napari_viewer
         self.state = state_for(napari_viewer)
         self.worker = None
+        self._following = weakref.WeakSet()  # stacks whose features follow the frame on screen
         self.image = ComboBox(label="image", choices=lambda _: image_layers(self.viewer), nullable=True,
                               tooltip="The image layer to segment; a stack is segmented frame by frame.")
         self.model = FileEdit(label="model folder", mode="d", value="",
@@ -220,15 +235,32 @@ class SegmentWidget(Container):
     def _put_labels(self, layer: Image, result: Segmented) -> Labels:
         """Add the nuclei as a Labels layer above the image, or replace the data of the one it has."""
         name = labels_layer_name(layer)
-        metadata = {"dsb_model": str(result.model), "dsb_diameters": result.diameters}
+        metadata = {"dsb_model": str(result.model), "dsb_diameters": result.diameters,
+                    "dsb_confidences": result.confidences}
         existing = self.viewer.layers[name] if name in self.viewer.layers else None
-        features = result.features()  # each nucleus's confidence, shown under the cursor
         if isinstance(existing, Labels):
             existing.data = result.labels
             existing.metadata.update(metadata)
-            existing.features = features if features is not None else {}
-            return existing
-        lead = result.labels.ndim
-        return self.viewer.add_labels(result.labels, name=name if existing is None else f"{name} (dsb)",
-                                      scale=layer.scale[:lead], translate=layer.translate[:lead],
-                                      metadata=metadata, features=features)
+            labels = existing
+        else:
+            lead = result.labels.ndim
+            labels = self.viewer.add_labels(result.labels, name=name if existing is None else f"{name} (dsb)",
+                                            scale=layer.scale[:lead], translate=layer.translate[:lead],
+                                            metadata=metadata)
+        self._show_confidences(labels)
+        if labels.ndim > 2 and labels not in self._following:
+            # One features table per layer, and each frame numbers its nuclei from 1: the table
+            # is the shown frame's, swapped as the frame on screen changes.
+            self._following.add(labels)
+            shown = weakref.ref(labels)
+            self.viewer.dims.events.current_step.connect(lambda _event: self._show_confidences(shown()))
+        return labels
+
+    def _show_confidences(self, labels: Labels | None) -> None:
+        """Give the layer the ``features`` of the frame on screen: each nucleus's confidence by its
+        label, which the viewer shows for the nucleus under the cursor."""
+        if labels is None or labels not in self.viewer.layers or "dsb_confidences" not in labels.metadata:
+            return
+        features = frame_features(labels.metadata["dsb_confidences"], labels.data.shape[:-2],
+                                  shown_frame(self.viewer, labels))
+        labels.features = features if features is not None else {}

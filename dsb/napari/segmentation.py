@@ -31,7 +31,7 @@ from dsb.network.model_folder import default_model_dir, load_run_config
 VIEWER_ENGINES = ("auto", "openvino", "onnx")
 
 __all__ = ["VIEWER_ENGINES", "ModelState", "FrameDone", "Segmented", "Failure", "state_for", "segment_frames",
-           "parse_diameter", "parse_scale_factor", "layer_frames"]
+           "parse_diameter", "parse_scale_factor", "layer_frames", "frame_features"]
 
 
 @dataclass(frozen=True)
@@ -58,8 +58,8 @@ class Segmented:
         The folder of the model that found them.
     seconds : float
     confidences : list of ndarray
-        Per frame, each nucleus's confidence (its mean body probability), entry ``k - 1``
-        for label ``k``.
+        Per frame (in :func:`numpy.ndindex` order), each nucleus's confidence (its mean body
+        probability), entry ``k - 1`` for label ``k``.
     """
 
     labels: np.ndarray
@@ -69,20 +69,57 @@ class Segmented:
     seconds: float
     confidences: list = field(default_factory=list)
 
-    def features(self) -> pd.DataFrame | None:
-        """A napari Labels layer's ``features`` for a single frame: ``index`` (the label) and
-        ``confidence``, which the viewer shows for the nucleus under the cursor; None for a stack,
-        whose frames number their nuclei each from 1."""
-        if self.labels.ndim != 2 or len(self.confidences) != 1 or self.confidences[0] is None:
-            return None
-        confidence = np.asarray(self.confidences[0], np.float32)
-        return pd.DataFrame({"index": np.arange(1, confidence.size + 1), "confidence": confidence.round(3)})
+    def features(self, frame: tuple[int, ...] = ()) -> pd.DataFrame | None:
+        """A napari Labels layer's ``features`` for one frame (:func:`frame_features`): of the
+        single image, or of the stack's frame at the leading-axes index ``frame``."""
+        return frame_features(self.confidences, self.labels.shape[:-2], frame)
 
     @property
     def diameter(self) -> float:
         """The median over the frames of the diameter used, NaN when none is known."""
         known = [d for d in self.diameters if math.isfinite(d)]
         return float(np.median(known)) if known else math.nan
+
+
+def frame_features(confidences: list, lead: tuple[int, ...], frame: tuple[int, ...] = ()) -> pd.DataFrame | None:
+    """The ``features`` a napari Labels layer shows for the nuclei of one frame.
+
+    A layer has one features table, looked up by label, and the frames of a stack number their
+    nuclei each from 1: so the table is the frame's own, and a viewer that shows a stack swaps it
+    as the frame on screen changes.
+
+    Parameters
+    ----------
+    confidences : list of ndarray or None
+        Per frame, in :func:`numpy.ndindex` order over ``lead``, each nucleus's confidence
+        (entry ``k - 1`` for label ``k``), as :attr:`Segmented.confidences`.
+    lead : tuple of int
+        The shape of the frame axes; ``()`` for a single image.
+    frame : tuple of int
+        The frame's index on those axes; ``()`` for a single image.
+
+    Returns
+    -------
+    pandas.DataFrame or None
+        ``index`` (the label) and ``confidence``, which the viewer shows for the nucleus under the
+        cursor; None when ``frame`` is not a frame of ``lead`` or its confidences are not known.
+
+    Examples
+    --------
+    >>> frame_features([np.array([0.9, 0.85]), np.array([0.95])], (2,), (1,))
+       index  confidence
+    0      1        0.95
+    >>> frame_features([np.array([0.9])], (2,), (5,)) is None
+    True
+    """
+    lead, frame = tuple(int(n) for n in lead), tuple(int(i) for i in frame)
+    if len(frame) != len(lead) or any(not 0 <= i < n for i, n in zip(frame, lead)):
+        return None
+    at = int(np.ravel_multi_index(frame, lead)) if lead else 0
+    if at >= len(confidences) or confidences[at] is None:
+        return None
+    confidence = np.asarray(confidences[at], np.float32)
+    return pd.DataFrame({"index": np.arange(1, confidence.size + 1), "confidence": confidence.round(3)})
 
 
 @dataclass(frozen=True)
