@@ -11,8 +11,9 @@ in a temporary copy; ``ENGINE:int8`` runs the folder's ``model.int8.onnx``,
 skipped when there is none; ``ENGINE/one-look`` runs the scale estimate without its cross-check,
 and ``ENGINE/no-split`` the watershed without the split of merged-looking nuclei
 (``postprocess.split_ratio`` 0), and ``ENGINE/keep-unsure`` without the drop of unsure nuclei
-(``postprocess.min_confidence`` 0), as releases before them did, for each beside the current
-prediction; ``ENGINE/x1.25`` predicts at 1.25 times the chosen scale, ``predict.scale_factor``),
+(``postprocess.min_confidence`` 0), and ``ENGINE/no-small-pass`` without the finer pass for the
+small nuclei of shrunk images (``predict.small_pass`` 0), as releases before them did, for each
+beside the current prediction; ``ENGINE/x1.25`` predicts at 1.25 times the chosen scale, ``predict.scale_factor``),
 with scale normalisation on and TTA off unless asked:
 
 - end-to-end throughput of ``dsb predict`` (read, preprocess, estimate the
@@ -84,10 +85,11 @@ def _model_dir(run_dir: str | None, tmp: Path) -> Path:
 
 
 # What each ``ENGINE/VARIANT`` changes: a section of the config and the values it replaces (the
-# first two and keep-unsure leave out what earlier releases lacked; x1.25 predicts 1.25 times larger, as dsb tune
+# first two, keep-unsure and no-small-pass leave out what earlier releases lacked; x1.25 predicts 1.25 times larger, as dsb tune
 # --scale-factors may choose).
 VARIANTS = {"one-look": ("predict", {"cross_check": False}), "no-split": ("postprocess", {"split_ratio": 0.0}),
-            "x1.25": ("predict", {"scale_factor": 1.25}), "keep-unsure": ("postprocess", {"min_confidence": 0.0})}
+            "x1.25": ("predict", {"scale_factor": 1.25}), "keep-unsure": ("postprocess", {"min_confidence": 0.0}),
+            "no-small-pass": ("predict", {"small_pass": 0.0})}
 
 
 def _load(model_dir: Path, engine: str, args, precision: str = "float32", variant: str = ""):
@@ -354,11 +356,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", nargs="?")
     parser.add_argument("--engines",
-                        default="keras,onnx,openvino,openvino:int8,openvino/one-look,openvino/no-split,openvino/x1.25",
+                        default="keras,onnx,openvino,openvino:int8,openvino/one-look,openvino/no-split,"
+                                "openvino/no-small-pass,openvino/x1.25",
                         help="ENGINE or ENGINE:int8 (the model folder's model.int8.onnx), comma-separated;"
                              " /one-look: the scale estimate without its cross-check; /no-split: the watershed"
                              " without the split of merged-looking nuclei; /keep-unsure: without the drop of"
-                             " nuclei the network is unsure of; /x1.25: predict.scale_factor 1.25")
+                             " nuclei the network is unsure of; /no-small-pass: without the finer pass for small"
+                             " nuclei; /x1.25: predict.scale_factor 1.25")
     parser.add_argument("--tile-size", type=int)
     parser.add_argument("--overlap", type=int)
     parser.add_argument("--batch-size", type=int)

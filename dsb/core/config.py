@@ -336,6 +336,10 @@ class PredictConfig:
     # tuned on averaged probabilities; `--tta` / `--no-tta` override it per call. Eight network
     # passes an image: for a submission, not for throughput.
     tta: bool = False
+    # An image predicted at 0.4 of its size or less (nuclei of 50 pixels and more) gets a second pass
+    # this many times finer, up to its own pixels, for the small nuclei the shrink hid
+    # (dsb.inference.small_nuclei); 0: none. Other images get none, so it costs nothing on them.
+    small_pass: float = 2.5
 
     def check(self, where: str) -> None:
         if not 0 < self.min_scale <= 1.0 <= self.max_scale <= 8.0:
@@ -344,6 +348,9 @@ class PredictConfig:
                 where=f"{where}.min_scale/max_scale",
             )
         check_scale_factor(self.scale_factor, where=f"{where}.scale_factor")
+        if not (self.small_pass == 0 or 1 < self.small_pass <= 8):
+            raise BadDataError(f"is {self.small_pass}, expected 0 (no second pass) or a factor above 1, at most 8",
+                               where=f"{where}.small_pass")
         if self.diameter_passes < 1:
             raise BadDataError(f"is {self.diameter_passes}, expected at least 1", where=f"{where}.diameter_passes")
         if not 0 < self.estimate_scale <= 8.0:

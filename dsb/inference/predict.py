@@ -5,7 +5,9 @@
 (the watershed of one image while the network works on the next);
 :func:`predict_labels` returns the label image alone, and
 :func:`predict_scaled` the probabilities at the chosen scale (for tuning).
-Images that the resampling makes very large are done in overlapping chunks.
+Images that the resampling makes very large are done in overlapping chunks. An image
+shrunk for its large nuclei gets a second, finer pass for the small ones the shrink hid
+(:mod:`dsb.inference.small_nuclei`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from dsb.inference.labels import labels_at_scale, labels_to_image
 from dsb.inference.preprocess import preprocess_image
 from dsb.inference.probabilities import predict_at_scale
 from dsb.inference.scale import choose_scale_and_pass
+from dsb.inference.small_nuclei import add_small_nuclei, small_pass_scale
 
 __all__ = [
     "Scaled",
@@ -31,6 +34,8 @@ __all__ = [
     "watershed_stage",
     "predict_labels",
     "use_tta",
+    "small_pass",
+    "with_small_nuclei",
 ]
 
 
@@ -126,6 +131,9 @@ def _segment_in_chunks(model, config: Config, gray: np.ndarray, scale: float, *,
             prob = predict_at_scale(model, part, scale, config, tta=tta)
             labels, sure = labels_at_scale(prob, scale, part.shape[:2], config.postprocess,
                                            return_confidence=True)
+            del prob
+            labels, sure = with_small_nuclei(labels, sure, small_pass(model, config, part, scale, tta=tta),
+                                             config)
             n = int(labels.max())
             if not n:
                 continue
@@ -141,6 +149,27 @@ def _segment_in_chunks(model, config: Config, gray: np.ndarray, scale: float, *,
     # A nucleus whose every pixel an earlier chunk's took has gone: its confidence goes with it.
     out, present = close_gaps(out, count)
     return out, np.concatenate(confidence)[present[1:]]
+
+
+def small_pass(model, config: Config, gray: np.ndarray, scale: float, *, tta: bool) -> tuple | None:
+    """The finer pass of an image predicted shrunk at ``scale``: its probabilities and their scale
+    (:func:`dsb.inference.small_nuclei.small_pass_scale`), or None when it gets none."""
+    fine = small_pass_scale(scale, config.predict.small_pass)
+    if fine is None:
+        return None
+    return predict_at_scale(model, gray, fine, config, tta=tta), fine
+
+
+def with_small_nuclei(labels: np.ndarray, confidence: np.ndarray, fine: tuple | None,
+                      config: Config) -> tuple[np.ndarray, np.ndarray]:
+    """``labels`` (on the image's grid) with the small nuclei of the finer pass ``fine``
+    (:func:`small_pass`) added (:func:`dsb.inference.small_nuclei.add_small_nuclei`)."""
+    if fine is None:
+        return labels, confidence
+    prob, scale = fine
+    fine_labels, fine_confidence = labels_at_scale(prob, scale, labels.shape[:2], config.postprocess,
+                                                   return_confidence=True)
+    return add_small_nuclei(labels, confidence, fine_labels, fine_confidence)
 
 
 def predict_nuclei(
@@ -189,7 +218,7 @@ def network_stage(model, config: Config, raw_image: np.ndarray, *, tta: bool | N
                       confidence)
     if prob is None or tta:
         prob, labels = predict_at_scale(model, gray, chosen.scale, config, tta=tta), None
-    return prob, labels, chosen, gray.shape[:2]
+    return prob, labels, chosen, small_pass(model, config, gray, chosen.scale, tta=tta), gray.shape[:2]
 
 
 def watershed_stage(stage, config: Config) -> Nuclei:
@@ -197,13 +226,14 @@ def watershed_stage(stage, config: Config) -> Nuclei:
     (and the estimate's watershed of them at the working scale, when it made one)."""
     if isinstance(stage, Nuclei):
         return stage
-    prob, labels, chosen, shape = stage
+    prob, labels, chosen, fine, shape = stage
     if labels is None:
         labels, confidence = labels_at_scale(prob, chosen.scale, shape, config.postprocess,
                                              return_confidence=True)
     else:
         labels, confidence = labels_to_image(labels, prob, chosen.scale, shape, config.postprocess,
                                              return_confidence=True)
+    labels, confidence = with_small_nuclei(labels, confidence, fine, config)
     return Nuclei(labels, chosen.diameter, chosen.scale, chosen.estimated, chosen.sure, chosen.agreement,
                   confidence)
 

@@ -47,10 +47,11 @@ from dsb.inference.preprocess import (
     preprocess_image,
     to_gray,
 )
-from dsb.inference.predict import use_tta
+from dsb.inference.predict import use_tta, with_small_nuclei
 from dsb.inference.probabilities import predict_probabilities
 from dsb.inference.resample import resample
 from dsb.inference.scale import choose_scale, prediction_scale
+from dsb.inference.small_nuclei import small_pass_scale
 from dsb.io.bigimage import (
     create_labels,
     finish_labels,
@@ -291,6 +292,12 @@ def segment_block(source, plan: BlockPlan, index: tuple[int, int], spec: ModelSp
     labels, confidence = labels_at_scale(prob, settings.scale, gray.shape[:2], config.postprocess,
                                          return_confidence=True)
     del prob
+    fine_scale = small_pass_scale(settings.scale, config.predict.small_pass)
+    if fine_scale is not None:  # a block shrunk for large nuclei: a finer look for the small ones
+        with lock:
+            fine = _probabilities(network, resample(gray, fine_scale), config, use_tta(config, tta))
+        labels, confidence = with_small_nuclei(labels, confidence, (fine, fine_scale), config)
+        del fine
     owned, count, cut = own_nuclei(labels, plan, index)
     if not measure:
         return OwnedBlock(index, count, cut, owned, pd.DataFrame())
