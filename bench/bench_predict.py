@@ -13,8 +13,8 @@ and ``ENGINE/no-split`` the watershed without the split of merged-looking nuclei
 (``postprocess.split_ratio`` 0), and ``ENGINE/keep-unsure`` without the drop of unsure nuclei
 (``postprocess.min_confidence`` 0), and ``ENGINE/no-small-pass`` without the finer pass for the
 small nuclei of shrunk images (``predict.small_pass`` 0), as releases before them did, for each
-beside the current prediction; ``ENGINE/x1.25`` predicts at 1.25 times the chosen scale, ``predict.scale_factor``),
-with scale normalisation on and TTA off unless asked:
+beside the current prediction; ``ENGINE/x1.25`` predicts at 1.25 times the chosen scale,
+``predict.scale_factor``), with scale normalisation on and TTA off unless asked:
 
 - end-to-end throughput of ``dsb predict`` (read, preprocess, estimate the
   scale, tile, network, watershed, encode, write and validate the CSV) in

@@ -17,21 +17,21 @@ from dsb.inference.small_nuclei import SHRUNK, add_small_nuclei, small_pass_scal
 from dsb.kaggle.metric import image_score
 
 
-def _square(shape, r0, c0, side, label, into):
+def _square(r0, c0, side, label, into):
     into[r0 : r0 + side, c0 : c0 + side] = label
 
 
 def test_only_small_sure_nuclei_off_the_first_pass_are_added():
     first = np.zeros((60, 60), np.int32)
-    _square(first.shape, 0, 0, 10, 1, first)  # two nuclei of 100 pixels: small means under 40
-    _square(first.shape, 0, 20, 10, 2, first)
+    _square(0, 0, 10, 1, first)  # two nuclei of 100 pixels: small means under 40
+    _square(0, 20, 10, 2, first)
     fine = np.zeros_like(first)
-    _square(fine.shape, 40, 40, 4, 1, fine)  # small, sure, in the background: added
-    _square(fine.shape, 8, 8, 4, 2, fine)  # small and sure, but 4 of its 16 pixels on nucleus 1 (25 %)
-    _square(fine.shape, 40, 5, 4, 3, fine)  # small, in the background, but unsure
-    _square(fine.shape, 30, 30, 7, 4, fine)  # in the background and sure, but 49 pixels: not small
-    _square(fine.shape, 9, 28, 5, 5, fine)  # 2 of its 25 pixels on nucleus 2 (8 %): added, off it
-    _square(fine.shape, 2, 2, 3, 6, fine)  # inside nucleus 1: a fragment of it seen closer
+    _square(40, 40, 4, 1, fine)  # small, sure, in the background: added
+    _square(8, 8, 4, 2, fine)  # small and sure, but 4 of its 16 pixels on nucleus 1 (25 %)
+    _square(40, 5, 4, 3, fine)  # small, in the background, but unsure
+    _square(30, 30, 7, 4, fine)  # in the background and sure, but 49 pixels: not small
+    _square(9, 28, 5, 5, fine)  # 2 of its 25 pixels on nucleus 2 (8 %): added, off it
+    _square(2, 2, 3, 6, fine)  # inside nucleus 1: a fragment of it seen closer
     fine_sure = np.array([0.95, 0.97, 0.6, 0.99, 0.92, 0.99], np.float32)
 
     labels, sure = add_small_nuclei(first, np.array([0.99, 0.98], np.float32), fine, fine_sure)

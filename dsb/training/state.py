@@ -183,5 +183,5 @@ def budget_spent(state: RunState, elapsed_s: float | None = None) -> bool:
     if budget is None:
         return False
     elapsed = state.elapsed_s if elapsed_s is None else float(elapsed_s)
-    return budget - elapsed < max(0.0, 0.5 * epoch_seconds(state)) or elapsed >= budget
+    return budget - elapsed < 0.5 * epoch_seconds(state) or elapsed >= budget
 
