@@ -93,15 +93,6 @@ def test_shipped_model_carries_an_int8_network_close_to_float32(fluorescence_png
     np.testing.assert_allclose(found, sorted(CENTRES), atol=2)
 
 
-def test_the_shipped_models_watershed_is_the_scale_estimates_own():
-    """The estimate's rules were set with the shipped post-processing, and its last pass serves the
-    prediction only when the run floods the same way: a retuned shipped config must say so here."""
-    from dsb.inference.scale import ESTIMATE_WATERSHED
-    from dsb.inference.watershed import unfinished
-
-    assert unfinished(dsb.load_model().config.postprocess) == ESTIMATE_WATERSHED
-
-
 def test_segment_without_a_model_uses_the_shipped_one(fluorescence_png, tmp_path):
     result = CliRunner().invoke(cli, ["segment", str(fluorescence_png), "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output

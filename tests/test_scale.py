@@ -651,6 +651,31 @@ def test_a_coarse_reading_the_network_is_clear_about_replaces_texture(monkeypatc
             assert carpet.diameter == pytest.approx(diameter) and not carpet.sure
 
 
+# A fluorescence image of 37-pixel nuclei enlarged 3 times (a held-out image), as the network of the
+# eleventh run read it: pieces at first, then larger and larger merges until two looks agree on
+# blobs of 362 pixels, doubted little at the last.
+MERGES_362 = {1.0: (10.7, 3.027), 0.5: (32.5, 1.561), 0.25: (70.4, 0.578), 0.125: (362.1, 0.367),
+              0.0625: (392.2, 0.193)}
+
+
+def test_a_reading_past_the_largest_nucleus_prediction_can_bring_is_not_sure(monkeypatch):
+    """Beyond READING_CEILING times preprocess.diameter / predict.min_scale, prediction runs at
+    min_scale whatever the reading says: the reading is kept but never called sure."""
+    from dsb.inference import scale
+
+    gray = np.zeros((640, 640), np.float32)
+    monkeypatch.setattr(scale, "_measure", scripted_looks(MERGES_362))
+    chosen = choose_scale(None, CONFIG, gray)
+    assert chosen.diameter == pytest.approx(362.1) and not chosen.sure
+    assert chosen.scale == pytest.approx(CONFIG.predict.min_scale)
+    monkeypatch.setattr(scale, "READING_CEILING", math.inf)  # without the rule: the same reading, sure
+    assert choose_scale(None, CONFIG, gray).sure
+    # A reading within the ceiling is judged by the cross-check as before.
+    monkeypatch.setattr(scale, "READING_CEILING", 1.25)
+    monkeypatch.setattr(scale, "_measure", scripted_looks(TEXTURE_72))
+    assert choose_scale(None, CONFIG, gray).sure
+
+
 def resample_input(gray, scale):
     from dsb.inference.resample import resample
 

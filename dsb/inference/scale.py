@@ -333,6 +333,13 @@ WHOLE_DOUBT = 0.05
 CLEAR_DOUBT, CLEAR_RATIO = 0.12, 0.5
 # How far the cross-check looks: scales down to this fraction of predict.min_scale.
 CROSS_CHECK_REACH = 0.5
+# A reading over this many times the largest nucleus prediction can bring to the network's diameter
+# (preprocess.diameter / predict.min_scale: 160 pixels with the shipped settings) is never called
+# sure: prediction runs at min_scale whatever the reading, so nothing there can confirm it. On the
+# held-out images at 1x and enlarged 3 times (nuclei up to 180 pixels), every such reading of two
+# networks of the shipped recipe was of whole fields or of merged nuclei (210 to 362 pixels for
+# nuclei of 37 to 118), and one of a 150-pixel nucleus was off by twice.
+READING_CEILING = 1.25
 
 
 def _doubt(prob: np.ndarray) -> float:
@@ -453,6 +460,8 @@ def choose_scale_and_pass(
                 if not coarser > coarse:
                     break
                 at, coarse = at / 2, coarser
+    if found > READING_CEILING * canonical / pc.min_scale:
+        sure = False
     chosen = Scale(prediction_scale(scale, config), found, True, passes + looks.count, agreement, sure)
     if whole is None or chosen.scale != scale:  # the last pass ran at another scale than prediction's
         return chosen, None, None

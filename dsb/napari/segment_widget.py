@@ -100,6 +100,8 @@ class SegmentWidget(Container):
         self.state = state_for(napari_viewer)
         self.worker = None
         self._following = weakref.WeakSet()  # stacks whose features follow the frame on screen
+        # A bound method: napari holds it weakly, so the viewer does not keep a closed widget alive.
+        self.viewer.dims.events.current_step.connect(self._frame_changed)
         self.image = ComboBox(label="image", choices=lambda _: image_layers(self.viewer), nullable=True,
                               tooltip="The image layer to segment; a stack is segmented frame by frame.")
         self.model = FileEdit(label="model folder", mode="d", value="",
@@ -248,13 +250,16 @@ class SegmentWidget(Container):
                                             scale=layer.scale[:lead], translate=layer.translate[:lead],
                                             metadata=metadata)
         self._show_confidences(labels)
-        if labels.ndim > 2 and labels not in self._following:
+        if labels.ndim > 2:
             # One features table per layer, and each frame numbers its nuclei from 1: the table
-            # is the shown frame's, swapped as the frame on screen changes.
+            # is the shown frame's, swapped as the frame on screen changes (_frame_changed).
             self._following.add(labels)
-            shown = weakref.ref(labels)
-            self.viewer.dims.events.current_step.connect(lambda _event: self._show_confidences(shown()))
         return labels
+
+    def _frame_changed(self, _event=None) -> None:
+        """The frame on screen changed: each segmented stack shows that frame's confidences."""
+        for labels in list(self._following):
+            self._show_confidences(labels)
 
     def _show_confidences(self, labels: Labels | None) -> None:
         """Give the layer the ``features`` of the frame on screen: each nucleus's confidence by its
