@@ -664,6 +664,7 @@ def test_a_reading_past_the_largest_nucleus_prediction_can_bring_is_not_sure(mon
     from dsb.inference import scale
 
     gray = np.zeros((640, 640), np.float32)
+    shipped = scale.READING_CEILING
     monkeypatch.setattr(scale, "_measure", scripted_looks(MERGES_362))
     chosen = choose_scale(None, CONFIG, gray)
     assert chosen.diameter == pytest.approx(362.1) and not chosen.sure
@@ -671,7 +672,7 @@ def test_a_reading_past_the_largest_nucleus_prediction_can_bring_is_not_sure(mon
     monkeypatch.setattr(scale, "READING_CEILING", math.inf)  # without the rule: the same reading, sure
     assert choose_scale(None, CONFIG, gray).sure
     # A reading within the ceiling is judged by the cross-check as before.
-    monkeypatch.setattr(scale, "READING_CEILING", 1.25)
+    monkeypatch.setattr(scale, "READING_CEILING", shipped)
     monkeypatch.setattr(scale, "_measure", scripted_looks(TEXTURE_72))
     assert choose_scale(None, CONFIG, gray).sure
 
