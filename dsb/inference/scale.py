@@ -119,11 +119,15 @@ def area_weighted_diameter(labels: np.ndarray) -> float:
     >>> round(median_diameter(lab), 2), round(area_weighted_diameter(lab), 2)
     (1.13, 11.28)
     """
-    d = np.sort(nucleus_diameters(labels))
-    if not d.size:
-        return math.nan
-    area = np.cumsum(d**2)
-    return float(d[np.searchsorted(area, area[-1] / 2)])
+    d = nucleus_diameters(labels)
+    return _weighted_median(d, d**2) if d.size else math.nan
+
+
+def _weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
+    """The value the middle of the weight lies on, ``values`` sorted (the lower one at a tie)."""
+    order = np.argsort(values, kind="stable")
+    cumulative = np.cumsum(weights[order])
+    return float(values[order][np.searchsorted(cumulative, cumulative[-1] / 2)])
 
 
 def clip_scale(scale: float, low: float, high: float) -> float:
@@ -539,12 +543,6 @@ def _nesting(model, config: Config, gray: np.ndarray, fine: float, coarse: float
     pieces = np.bincount(owner, minlength=n + 1)[1:][keep].astype(np.float64)
     weights = area[keep]
     return _weighted_median(peak, weights), _weighted_median(pieces, weights)
-
-
-def _weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
-    order = np.argsort(values, kind="stable")
-    cumulative = np.cumsum(weights[order])
-    return float(values[order][np.searchsorted(cumulative, cumulative[-1] / 2)])
 
 
 def _cells_not_nuclei(model, config: Config, gray: np.ndarray, fine: float, coarse: float) -> bool:
