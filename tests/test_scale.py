@@ -617,6 +617,15 @@ def scripted_looks(readings: dict):
     return measure
 
 
+def script(monkeypatch, readings: dict, nesting=(math.nan, math.nan)):
+    """The estimate run on scripted looks (:func:`scripted_looks`), and on a scripted ``(peak, pieces)``
+    of how the coarse reading's nuclei hold the first's (``dsb.inference.scale._nesting``)."""
+    from dsb.inference import scale
+
+    monkeypatch.setattr(scale, "_measure", scripted_looks(readings))
+    monkeypatch.setattr(scale, "_nesting", lambda *args: nesting)
+
+
 # (diameter, doubt) by scale, as two networks of the shipped recipe read them (tests use the readings,
 # not the networks): 72-pixel touching synthetic nuclei read as their 11-pixel texture at first; a
 # held-out brightfield carpet of 16-pixel cells, and one of 12-pixel cells.
@@ -636,7 +645,7 @@ def test_a_coarse_reading_the_network_is_clear_about_replaces_texture(monkeypatc
 
     gray = np.zeros((640, 640), np.float32)
     shipped = scale.CLEAR_DOUBT
-    monkeypatch.setattr(scale, "_measure", scripted_looks(TEXTURE_72))
+    script(monkeypatch, TEXTURE_72)
     chosen = choose_scale(None, CONFIG, gray)
     assert chosen.diameter == pytest.approx(74.9) and chosen.sure
     monkeypatch.setattr(scale, "CLEAR_DOUBT", -1.0)  # without the rule: the texture, unsure
@@ -644,7 +653,7 @@ def test_a_coarse_reading_the_network_is_clear_about_replaces_texture(monkeypatc
     assert old.diameter == pytest.approx(10.8) and not old.sure
 
     for readings, diameter in ((CARPET_16, 143.8), (CARPET_12, 13.2)):
-        monkeypatch.setattr(scale, "_measure", scripted_looks(readings))
+        script(monkeypatch, readings)
         for clear in (shipped, -1.0):
             monkeypatch.setattr(scale, "CLEAR_DOUBT", clear)
             carpet = choose_scale(None, CONFIG, gray)
@@ -665,7 +674,7 @@ def test_a_reading_past_the_largest_nucleus_prediction_can_bring_is_not_sure(mon
 
     gray = np.zeros((640, 640), np.float32)
     shipped = scale.READING_CEILING
-    monkeypatch.setattr(scale, "_measure", scripted_looks(MERGES_362))
+    script(monkeypatch, MERGES_362)
     chosen = choose_scale(None, CONFIG, gray)
     assert chosen.diameter == pytest.approx(362.1) and not chosen.sure
     assert chosen.scale == pytest.approx(CONFIG.predict.min_scale)
@@ -673,8 +682,94 @@ def test_a_reading_past_the_largest_nucleus_prediction_can_bring_is_not_sure(mon
     assert choose_scale(None, CONFIG, gray).sure
     # A reading within the ceiling is judged by the cross-check as before.
     monkeypatch.setattr(scale, "READING_CEILING", shipped)
-    monkeypatch.setattr(scale, "_measure", scripted_looks(TEXTURE_72))
+    script(monkeypatch, TEXTURE_72)
     assert choose_scale(None, CONFIG, gray).sure
+
+
+# A held-out brightfield smear of 15-pixel nuclei in cells of about 150 pixels, as the shipped network
+# read it: the nuclei at the image's scale, the cells as nuclei from a quarter of it, with little doubt;
+# the coarse cells held 10 of the first pass's nuclei each, the brightest 2.05 times the rest of the
+# cell (above the background). Stained nuclei enlarged 2 and 3 times held up to 7 pieces of their own
+# texture, at most 1.48 times the rest.
+SMEAR_15 = {1.0: (14.9, 0.892), 0.5: (78.7, 0.391), 0.25: (154.1, 0.115), 0.125: (154.0, 0.155),
+            0.0625: (267.8, 0.216)}
+SMEAR_NESTING, TEXTURE_NESTING = (2.05, 10.0), (1.48, 6.0)
+
+
+def test_whole_cells_read_as_large_nuclei_give_way_to_the_nuclei_inside_them(monkeypatch):
+    """A coarse reading is undone, and the image flagged, where its nuclei are cells that hold the
+    first pass's nuclei: several of them in each, the brightest far above the rest of the cell.
+    Large nuclei whose texture the first pass read keep the move."""
+    from dsb.inference import scale
+
+    gray = np.zeros((1024, 1024), np.float32)
+    shipped = scale.CELL_PEAK
+    script(monkeypatch, SMEAR_15, SMEAR_NESTING)
+    smear = choose_scale(None, CONFIG, gray)
+    assert smear.diameter == pytest.approx(14.9) and not smear.sure
+    assert smear.scale == pytest.approx(CANONICAL / 14.9)
+    monkeypatch.setattr(scale, "CELL_PEAK", math.inf)  # without the rule: the cells, called sure
+    cells = choose_scale(None, CONFIG, gray)
+    assert cells.diameter == pytest.approx(154.1) and cells.sure
+    monkeypatch.setattr(scale, "CELL_PEAK", shipped)
+    for nesting in (TEXTURE_NESTING, (2.05, 2.0)):  # texture; or one bright piece, not several
+        script(monkeypatch, SMEAR_15, nesting)
+        assert choose_scale(None, CONFIG, gray).diameter == pytest.approx(154.1)
+    script(monkeypatch, TEXTURE_72, TEXTURE_NESTING)
+    assert choose_scale(None, CONFIG, gray).diameter == pytest.approx(74.9)
+
+
+def cell_network(batch: np.ndarray) -> np.ndarray:
+    """Stands in for a network that reads a region brighter than 0.3 and wider than 1.5 CANONICAL as
+    what lies in it: a nucleus where it is brighter than 0.8, sure; specks where it is brighter than
+    0.5, unsure; the rest no nucleus, unsure. A smaller region it reads whole, as a real network reads
+    a cell at a coarse scale."""
+    out = np.zeros(batch.shape[:3] + (3,), np.float32)
+    for k, image in enumerate(batch[..., 0]):
+        region = image > 0.3
+        large = _too_large(region)
+        body = np.where(large, np.select([image > 0.8, image > 0.5], [1.0, 0.7], 0.3), region.astype(float))
+        inside = body > 0.5
+        out[k, ..., 0] = body * region
+        out[k, ..., 1] = inside & ~ndimage.binary_erosion(inside, iterations=2)
+    return out
+
+
+def cells_input(nuclei: bool) -> tuple[np.ndarray, np.ndarray]:
+    """A network input of cells 100 pixels across (0.4 on 0.04) with a speck (0.55) every 16 pixels,
+    and with ``nuclei`` a 14-pixel nucleus (1.0) at the centre of each; the cells' labels."""
+    cells = grid_of_discs((480, 480), 50, 120)
+    rr, cc = np.indices(cells.shape)
+    specks = (rr % 16 < 5) & (cc % 16 < 5)
+    gray = np.where(cells > 0, np.where(specks, 0.55, 0.4), 0.04).astype(np.float32)
+    if nuclei:
+        centres = [(r, c) for r in range(60, 480, 120) for c in range(60, 480, 120)]
+        gray[make_discs(cells.shape, centres, 7) > 0] = 1.0
+    return gray, cells
+
+
+@pytest.mark.parametrize("nuclei", [True, False])
+def test_the_nesting_tells_cells_holding_nuclei_from_textured_nuclei(nuclei):
+    """Seen coarse, cells are nuclei; seen at the image's scale, what they hold. A nucleus inside a
+    cell is far brighter than the rest of it: the nesting passes CELL_PEAK and CELL_PIECES. Specks
+    alone are texture, as in a large nucleus: it does not."""
+    from dsb.inference import scale
+
+    gray, cells = cells_input(nuclei)
+    peak, pieces = scale._nesting(cell_network, CONFIG, gray, 1.0, CANONICAL / median_diameter(cells))
+    assert pieces >= scale.CELL_PIECES
+    assert (peak >= scale.CELL_PEAK) == nuclei
+    assert 1.2 < peak < 4  # the brightest piece over the rest of the cell: above 1 either way
+
+
+def test_nesting_is_nan_where_the_fine_pass_fills_the_coarse_nuclei():
+    """Where the first pass's nuclei fill the coarse ones (nuclei the network sees whole at both
+    scales), nothing is left to compare them with."""
+    from dsb.inference import scale
+
+    truth = grid_of_discs((240, 240), 12, 60)
+    gray = predict_input(image_of(truth), CONFIG)
+    assert all(math.isnan(v) for v in scale._nesting(size_tuned_network, CONFIG, gray, 1.0, 0.5))
 
 
 def resample_input(gray, scale):
