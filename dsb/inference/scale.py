@@ -250,6 +250,12 @@ def _window(gray: np.ndarray, side: int) -> np.ndarray:
     return gray[rows[i] : rows[i] + sh, cols[j] : cols[j] + sw]
 
 
+def _look_window(gray: np.ndarray, scale: float, config: Config) -> np.ndarray:
+    """The window a look of the estimate at ``scale`` sees (:func:`_window`): ``predict.estimate_size``
+    pixels a side at that scale, and one pixel more in the image's, so that it resamples to at least that."""
+    return _window(gray, max(1, math.ceil(config.predict.estimate_size / scale) + 1))
+
+
 def _inner_diameter(labels: np.ndarray, whole: bool) -> float:
     """:func:`dsb.inference.scale.area_weighted_diameter` of the nuclei a window holds whole: those that touch its
     edge are cut and would read small, unless the window is the image or fewer than 3 are inside."""
@@ -378,8 +384,7 @@ def _measure(model, config: Config, gray: np.ndarray, scale: float):
     (unsplit) labels when it saw the whole image (else None)."""
     pc = config.predict
     multiple = config.model.size_multiple()
-    # One pixel more than the window needs, so that it resamples to at least estimate_size.
-    window = _window(gray, max(1, math.ceil(pc.estimate_size / scale) + 1))
+    window = _look_window(gray, scale, config)
     whole = window.shape == gray.shape
     if whole:
         prob = predict_at_scale(model, window, scale, config)
@@ -509,7 +514,7 @@ def _nesting(model, config: Config, gray: np.ndarray, fine: float, coarse: float
     Texture inside a large nucleus is at most about half again as bright as the rest of it; a nucleus
     inside a whole cell (the coarse pass reading cytoplasm and nucleus as one) is two times or more.
     """
-    window = _window(gray, max(1, math.ceil(config.predict.estimate_size / coarse) + 1))
+    window = _look_window(gray, coarse, config)
     plane = (window[:, :, 0] if window.ndim == 3 else window).astype(np.float64)
 
     def found(at: float) -> np.ndarray:
