@@ -432,7 +432,8 @@ def _model_spec(model, scale_factor: float | None = None) -> ModelSpec:
     if model is None or isinstance(model, (str, os.PathLike)):
         path = resolve_model_dir(model)
         network, config = load_network(path, scale_factor=scale_factor)
-        spec = ModelSpec(str(path), network.engine, network.precision, scale_factor)
+        # The default precision, as `dsb segment --blocks` asks: each worker computes at its own CPU's.
+        spec = ModelSpec(str(path), network.engine, "auto", scale_factor)
     elif all(hasattr(model, name) for name in ("path", "network", "config", "engine")):
         network, config = model.network, model.config.with_scale_factor(scale_factor)
         # A plain callable in place of an engine's network computes as it does: float32 for a worker.
