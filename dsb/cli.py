@@ -295,12 +295,15 @@ def train(config_path, data, out, epochs, steps_per_epoch, time_budget, seed, re
                    "tune the post-processing for each, and keep the best (predict.scale_factor). Each costs a "
                    "prediction of every image, at its square in pixels. Default: the run's own factor.")
 @_ENGINE
-def tune(run_dir: Path, data: Path, tta: bool | None, scale_factors: tuple[float, ...] | None, engine: str) -> None:
+@_PRECISION
+def tune(run_dir: Path, data: Path, tta: bool | None, scale_factors: tuple[float, ...] | None, engine: str,
+         precision: str) -> None:
     """Search post-processing parameters on the run's validation images."""
-    engine = _prepare_engine(run_dir, engine)
+    engine = _prepare_engine(run_dir, engine, precision)
     from dsb.workflows.tune import tune as tune_run
 
-    best, table = tune_run(run_dir, data, progress=True, engine=engine, tta=tta, scale_factors=scale_factors)
+    best, table = tune_run(run_dir, data, progress=True, engine=engine, tta=tta, scale_factors=scale_factors,
+                           precision=precision)
     row = table[table["best"]].iloc[0]
     click.echo(f"best post-processing{' for test-time augmentation' if row['tta'] else ''}, "
                f"stored in {run_dir / 'config.json'}:")

@@ -102,5 +102,4 @@ def test_engine_and_precision_choices_are_the_librarys(command):
 
     options = {p.name: p for p in cli.commands[command].params}
     assert tuple(options["engine"].type.choices) == ENGINE_CHOICES
-    if command != "tune":  # tune searches at the default precision (auto)
-        assert tuple(options["precision"].type.choices) == PRECISION_CHOICES
+    assert tuple(options["precision"].type.choices) == PRECISION_CHOICES
