@@ -31,6 +31,9 @@ TTA         ?= yes
 # prediction of the validation images each, at its square in pixels; tune keeps the best. 1.5
 # scored higher still on the images tune sees, but lower at half their magnification.
 SCALE_FACTORS ?= 1,1.25
+# The number format tune and predict compute the network in: auto is bfloat16 on OpenVINO where the
+# CPU has bfloat16 units, float32 elsewhere; float32 writes the same CSV on every CPU.
+PREDICT_PRECISION ?= auto
 SUBMISSION  ?= submissions/$(notdir $(RUN)).csv
 MESSAGE     ?= dsb $(notdir $(RUN)), $(TIME_BUDGET)-minute CPU budget
 
@@ -80,12 +83,13 @@ $(RUN)/model.onnx: $(RUN)/model.keras
 	$(DSB) export $(RUN) --onnx
 
 $(RUN)/tuning.csv: $(RUN)/model.onnx
-	$(DSB) tune $(RUN) --data $(DATA) $(if $(filter yes,$(TTA)),--tta,--no-tta) --scale-factors $(SCALE_FACTORS)
+	$(DSB) tune $(RUN) --data $(DATA) $(if $(filter yes,$(TTA)),--tta,--no-tta) --scale-factors $(SCALE_FACTORS) \
+		--precision $(PREDICT_PRECISION)
 
 tune: $(RUN)/tuning.csv
 
 predict: tune
-	$(DSB) predict $(RUN) --images $(DATA)/stage1_test --out $(SUBMISSION)
+	$(DSB) predict $(RUN) --images $(DATA)/stage1_test --out $(SUBMISSION) --precision $(PREDICT_PRECISION)
 
 validate: predict
 	$(DSB) validate $(SUBMISSION) --images $(DATA)/stage1_test

@@ -1,13 +1,15 @@
 """Prediction speed and memory per inference engine on the 65 stage-1 test images (11.2 megapixels).
 
-    python bench/bench_predict.py [RUN_DIR] [--engines keras,onnx,openvino,openvino:int8,openvino/one-look,...]
+    python bench/bench_predict.py [RUN_DIR] [--engines keras,onnx,openvino,openvino:float32,openvino:int8,...]
                                   [--tile-size N]
                                   [--overlap N] [--batch-size N] [--tta] [--repeat N]
 
 Without RUN_DIR the model is the one shipped with the package (speed depends
 on the weights through the scales each image's estimated nucleus size picks).
 For each engine that is installed (a folder without ``model.onnx`` gets one
-in a temporary copy; ``ENGINE:int8`` runs the folder's ``model.int8.onnx``,
+in a temporary copy; ``ENGINE`` alone runs at the default precision, ``auto``: bfloat16 on
+OpenVINO where the CPU has bfloat16 units, else float32; ``ENGINE:float32`` and
+``ENGINE:bfloat16`` ask for one; ``ENGINE:int8`` runs the folder's ``model.int8.onnx``,
 skipped when there is none; ``ENGINE/one-look`` runs the scale estimate without its cross-check,
 and ``ENGINE/no-split`` the watershed without the split of merged-looking nuclei
 (``postprocess.split_ratio`` 0), and ``ENGINE/keep-unsure`` without the drop of unsure nuclei
@@ -92,7 +94,7 @@ VARIANTS = {"one-look": ("predict", {"cross_check": False}), "no-split": ("postp
             "no-small-pass": ("predict", {"small_pass": 0.0})}
 
 
-def _load(model_dir: Path, engine: str, args, precision: str = "float32", variant: str = ""):
+def _load(model_dir: Path, engine: str, args, precision: str = "auto", variant: str = ""):
     """The network and config to measure, with the command-line overrides applied."""
     import dataclasses
 
@@ -183,7 +185,7 @@ class _Timed:
 
 
 def measure(engine: str, model_dir: Path, images_dir: Path, megapixels: float, args, tmp: Path,
-            precision: str = "float32", variant: str = "") -> dict:
+            precision: str = "auto", variant: str = "") -> dict:
     """End-to-end, estimate share, bare forward and peak memory of one engine at one precision."""
     import threading
 
@@ -317,9 +319,11 @@ def measure(engine: str, model_dir: Path, images_dir: Path, megapixels: float, a
     # A folder of such images has one in flight per stream.
     peak_streams = (_child_peak(args, model_dir, engine, large, copies=2 * len(streams), precision=precision)
                     if len(streams) > 1 else peak)
+    ran = network.precision
     return {
-        "engine": (engine if precision == "float32" else f"{engine} {precision}")
-        + (f" {variant}" if variant else ""), "precision": precision,
+        "engine": (f"{engine} auto ({ran})" if precision == "auto" else f"{engine} {precision}")
+        + (f" {variant}" if variant else ""), "precision": precision, "variant": variant,
+        "bare_engine": engine,
         "seconds": total, "mp_s": megapixels / total, "estimate_share": estimate,
         "network_share": inside, "forward_s": forward, "forward_mp_s": megapixels / forward,
         "streams": len(streams), "streams_mp_s": megapixels / min(bare), "one_mp_s": megapixels / min(bare_one),
@@ -356,9 +360,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", nargs="?")
     parser.add_argument("--engines",
-                        default="keras,onnx,openvino,openvino:int8,openvino/one-look,openvino/no-split,"
-                                "openvino/no-small-pass,openvino/x1.25",
-                        help="ENGINE or ENGINE:int8 (the model folder's model.int8.onnx), comma-separated;"
+                        default="keras,onnx,openvino,openvino:float32,openvino:int8,openvino/one-look,"
+                                "openvino/no-split,openvino/no-small-pass,openvino/x1.25",
+                        help="ENGINE (at the default precision, auto), ENGINE:float32, ENGINE:bfloat16 or"
+                             " ENGINE:int8 (the model folder's model.int8.onnx), comma-separated;"
                              " /one-look: the scale estimate without its cross-check; /no-split: the watershed"
                              " without the split of merged-looking nuclei; /keep-unsure: without the drop of"
                              " nuclei the network is unsure of; /no-small-pass: without the finer pass for small"
@@ -370,7 +375,7 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=3, help="warm passes of each measurement (best is kept)")
     parser.add_argument("--peak-memory", help=argparse.SUPPRESS)
     parser.add_argument("--engine", default="auto", help=argparse.SUPPRESS)
-    parser.add_argument("--precision", default="float32", help=argparse.SUPPRESS)
+    parser.add_argument("--precision", default="auto", help=argparse.SUPPRESS)
     parser.add_argument("--diameter", type=float, help=argparse.SUPPRESS)
     parser.add_argument("--copies", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -384,7 +389,7 @@ def main() -> int:
 
     from dsb.io.folders import folder_images
     from dsb.io.images import read_image
-    from dsb.network.engines import choose_engine, engine_installed
+    from dsb.network.engines import bfloat16_units, choose_engine, engine_installed
     from dsb.network.model_folder import network_file
 
     with tempfile.TemporaryDirectory(prefix="dsb-bench-predict-") as tmp:
@@ -405,15 +410,18 @@ def main() -> int:
         for entry in args.engines.split(","):
             entry, _, variant = entry.partition("/")
             engine, _, precision = entry.partition(":")
-            precision = precision or "float32"
+            precision = precision or "auto"
             if variant and variant not in VARIANTS:
                 print(f"{entry}/{variant}: unknown variant ({', '.join(VARIANTS)} are known), skipped")
                 continue
             if not engine_installed(engine):
                 print(f"{entry}: not installed, skipped")
                 continue
-            if engine == "keras" and precision != "float32":
+            if engine == "keras" and precision not in ("auto", "float32"):
                 print(f"{entry}: Keras runs float32 only, skipped")
+                continue
+            if precision == "bfloat16" and not (engine == "openvino" and bfloat16_units()):
+                print(f"{entry}: bfloat16 runs on OpenVINO on a CPU with bfloat16 units only, skipped")
                 continue
             if engine != "keras" and not network_file(model_dir, precision).is_file():
                 print(f"{entry}: no {network_file(model_dir, precision).name} in {model_dir}, skipped")
@@ -442,7 +450,8 @@ def main() -> int:
             print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
             for row in rows:
                 peak = "-" if row["peak_gib"] is None else f"{row['peak_gib']:.2f} GiB"
-                mark = " (default)" if row["engine"] == default and row["precision"] == "float32" else ""
+                plain = row["precision"] == "auto" and not row["variant"] and row["bare_engine"] == default
+                mark = " (default)" if plain else ""
                 print(f"| {row['engine']}{mark} | {row['mp_s']:.2f} | {row['estimate_share']:.0%} |"
                       f" {row['forward_mp_s']:.2f} | {row['ratio']:.2f} | {row['overhead_s']:.2f} s | {peak} |")
             print("targets: at least 2 MP/s end to end for the default engine, ratio at most 1.3,"
@@ -468,7 +477,7 @@ def _write_small_nuclei(path: Path) -> None:
 
 def _child_peak(args, model_dir: Path, engine: str, image: Path, *,
                 diameter: float | None = None, copies: int = 1,
-                precision: str = "float32") -> tuple[int, int] | None:
+                precision: str = "auto") -> tuple[int, int] | None:
     """Peak memory (KiB) of a fresh process before and after predicting ``image`` (``copies`` of it, as
     a folder); None if it failed."""
     cmd = [sys.executable, __file__, "--peak-memory", str(image), str(model_dir), "--engine", engine,

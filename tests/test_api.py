@@ -104,7 +104,8 @@ def test_load_model_takes_an_engine_and_keeps_the_keras_model_at_hand(grey):
 
     keras_model = dsb.load_model(engine="keras")
     assert keras_model.engine == "keras" and repr(keras_model).endswith("engine='keras')")
-    fast = dsb.load_model()
+    assert dsb.load_model().engine == choose_engine(default_model_dir(), "auto")
+    fast = dsb.load_model(precision="float32")  # auto may be bfloat16 here: to the bit only in float32
     assert fast.engine == choose_engine(default_model_dir(), "auto")
     assert fast.keras_model.count_params() == keras_model.keras_model.count_params()
     np.testing.assert_array_equal(dsb.segment(grey, fast), dsb.segment(grey, keras_model))

@@ -98,9 +98,8 @@ def test_help_and_version_exit_0():
 @pytest.mark.parametrize("command", ["predict", "segment", "evaluate", "tune"])
 def test_engine_and_precision_choices_are_the_librarys(command):
     from dsb.network.engines import ENGINE_CHOICES
-    from dsb.network.model_folder import PRECISIONS
+    from dsb.network.model_folder import PRECISION_CHOICES
 
     options = {p.name: p for p in cli.commands[command].params}
     assert tuple(options["engine"].type.choices) == ENGINE_CHOICES
-    if command != "tune":  # tune searches in float32 only
-        assert tuple(options["precision"].type.choices) == PRECISIONS
+    assert tuple(options["precision"].type.choices) == PRECISION_CHOICES

@@ -76,8 +76,8 @@ def test_export_names_the_tensors_and_records_the_outputs_and_source(run):
 def test_engines_agree_with_keras_within_1e_4(run, engine, shape):
     path, model = run
     batch = np.random.default_rng(1).random(shape, dtype=np.float32)
-    network = open_network(path, CONFIG, engine)
-    assert network.engine == engine
+    network = open_network(path, CONFIG, engine, precision="float32")
+    assert network.engine == engine and network.precision == "float32"
     expected = KerasNetwork(model)(batch)
     got = network(batch)
     assert got.shape == expected.shape == shape[:3] + (3,)
@@ -213,7 +213,7 @@ def test_the_csvs_of_every_engine_score_the_same(run, tmp_path, engine):
     scores = {}
     for name in ("keras", engine):
         out = tmp_path / f"{name}.csv"
-        result = dsb("predict", path, "--images", stage, "--out", out, "--engine", name)
+        result = dsb("predict", path, "--images", stage, "--out", out, "--engine", name, "--precision", "float32")
         assert result.exit_code == 0, result.output
         result = dsb("score", out, "--truth", stage)
         assert result.exit_code == 0, result.output

@@ -244,7 +244,7 @@ def _swapped(int8_run, tmp_path):
     return model_dir
 
 
-def test_segment_and_evaluate_pass_the_precision_on(int8_run, tmp_path):
+def test_segment_evaluate_and_tune_pass_the_precision_on(int8_run, tmp_path):
     # Both would succeed on the float32 file: the refusal shows that int8 reached the engine.
     path, stage = int8_run
     model_dir = _swapped(int8_run, tmp_path)
@@ -252,6 +252,8 @@ def test_segment_and_evaluate_pass_the_precision_on(int8_run, tmp_path):
     result = dsb("segment", image, "--model", model_dir, "--out", tmp_path / "seg", "--precision", "int8")
     error_line(result, 3, INT8_FILE, "is the float32 network")
     result = dsb("evaluate", model_dir, "--data", stage, "--precision", "int8")
+    error_line(result, 3, INT8_FILE, "is the float32 network")
+    result = dsb("tune", model_dir, "--data", stage, "--precision", "int8")
     error_line(result, 3, INT8_FILE, "is the float32 network")
     assert dsb("segment", image, "--model", model_dir, "--out", tmp_path / "seg").exit_code == 0
 

@@ -25,6 +25,9 @@ in the network while another image is in the watershed.
 ``precision="int8"`` runs ``model.int8.onnx`` instead (:mod:`dsb.network.quantize`),
 on the ONNX engines only: about twice as fast on CPUs with integer
 dot-product units, but not within 1e-4 of the others, so never the default.
+``precision="bfloat16"`` runs ``model.onnx`` on OpenVINO computing in bfloat16,
+on CPUs with bfloat16 units only (:func:`bfloat16_units`): several times faster
+on those with AMX, probabilities within a few hundredths of float32's.
 
 Before an ONNX file is used it is checked against the folder: its metadata
 must name the output channels of ``config.json`` and, when ``model.keras`` is
@@ -64,6 +67,8 @@ __all__ = [
     "engine_installed",
     "choose_engine",
     "open_network",
+    "bfloat16_units",
+    "resolve_precision",
 ]
 
 
@@ -91,9 +96,12 @@ class Network:
         ``"keras"``, ``"onnx"`` (ONNX Runtime) or ``"openvino"``.
     path : pathlib.Path
         The file it runs.
+    precision : str
+        The number format it computes in: ``"float32"``, ``"bfloat16"`` or ``"int8"``.
     """
 
     engine = ""
+    precision = "float32"
 
     def __init__(self, path):
         self.path = Path(path)
@@ -266,7 +274,7 @@ class _Stream(Network):
 
     def __init__(self, network: Network, run):
         super().__init__(network.path)
-        self.engine, self.run = network.engine, run
+        self.engine, self.precision, self.run = network.engine, network.precision, run
 
     def __call__(self, batch):
         return self.run(batch)
@@ -279,10 +287,11 @@ def _infer(request, batch: np.ndarray) -> np.ndarray:
 
 
 class OpenVinoNetwork(Network):
-    """``model.onnx`` compiled by OpenVINO for the CPU, in float32.
+    """``model.onnx`` compiled by OpenVINO for the CPU, in float32 (or bfloat16 when asked).
 
     The float32 hint matters: on CPUs with bfloat16 units OpenVINO would
-    otherwise compute in bfloat16, which moves probabilities by up to 0.03.
+    otherwise compute in bfloat16, which moves probabilities by up to a few
+    hundredths; ``bfloat16=True`` asks for that.
     One compiled model serves every tile shape (the file's height and width
     are dynamic).
 
@@ -296,18 +305,21 @@ class OpenVinoNetwork(Network):
 
     engine = "openvino"
 
-    def __init__(self, path):
+    def __init__(self, path, *, bfloat16: bool = False):
         import openvino
 
         super().__init__(path)
         self._core = openvino.Core()
         self._model = self._core.read_model(str(path))
+        if bfloat16:
+            self.precision = "bfloat16"
         self.compiled = self._compile("LATENCY")
         self.request = self.compiled.create_infer_request()
         self._streams = None
 
     def _compile(self, hint: str, streams: int | None = None):
-        config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": hint, "INFERENCE_NUM_THREADS": usable_cores()}
+        config = {"INFERENCE_PRECISION_HINT": "bf16" if self.precision == "bfloat16" else "f32", "PERFORMANCE_HINT": hint,
+                  "INFERENCE_NUM_THREADS": usable_cores()}
         if streams:
             config["NUM_STREAMS"] = streams
         return self._core.compile_model(self._model, "CPU", config)
@@ -328,6 +340,21 @@ class OpenVinoNetwork(Network):
         return self._streams
 
 
+@functools.cache
+def bfloat16_units() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX-512 BF16, AMX): where OpenVINO's own default
+    number format is bfloat16. False when OpenVINO is not installed. Asked once per process.
+
+    Not OpenVINO's list of capabilities, which names bfloat16 on any AVX-512 CPU: without the
+    units OpenVINO emulates it, slower than float32."""
+    if not engine_installed("openvino"):
+        return False
+    import openvino
+
+    default = openvino.Core().get_property("CPU", "INFERENCE_PRECISION_HINT")
+    return default == openvino.Type.bf16
+
+
 def engine_installed(engine: str) -> bool:
     """Whether the package behind ``engine`` can be imported."""
     import importlib.util
@@ -341,7 +368,7 @@ def _not_installed(engine: str) -> EnvironmentProblem:
     )
 
 
-def choose_engine(model_dir, engine: str = "auto", precision: str = "float32") -> str:
+def choose_engine(model_dir, engine: str = "auto", precision: str = "auto") -> str:
     """The engine ``engine`` names for ``model_dir``: itself, or for ``"auto"`` the first of
     :data:`AUTO_ORDER` that is installed and has its file in the folder.
 
@@ -360,6 +387,10 @@ def choose_engine(model_dir, engine: str = "auto", precision: str = "float32") -
         raise ValueError(f"`engine` is {engine!r}; expected one of {', '.join(ENGINE_CHOICES)}")
     model_dir = Path(model_dir)
     path = network_file(model_dir, precision)
+    if precision == "auto":
+        precision = "float32"  # the engine as for float32; open_network then picks the format (resolve_precision)
+    if precision == "bfloat16":
+        return _bfloat16_engine(model_dir, engine, path)
     int8 = precision == "int8"
     if int8 and engine == "keras":
         raise BadDataError("int8 runs on the ONNX engines only: choose --engine openvino, onnx or auto",
@@ -388,8 +419,37 @@ def choose_engine(model_dir, engine: str = "auto", precision: str = "float32") -
     return engine
 
 
+def resolve_precision(precision: str, engine: str) -> str:
+    """The number format ``precision`` names on ``engine``: itself, or for ``"auto"`` bfloat16 on
+    OpenVINO where the CPU has bfloat16 units (:func:`bfloat16_units`), float32 elsewhere.
+
+    On those CPUs OpenVINO computes several times faster in bfloat16 (with AMX) and the
+    probabilities move by a few hundredths at most, which the benchmarks and the documentation's
+    model card measure; on a GPU (Keras) and on ONNX Runtime auto is float32.
+    """
+    if precision != "auto":
+        return precision
+    return "bfloat16" if engine == "openvino" and bfloat16_units() else "float32"
+
+
+def _bfloat16_engine(model_dir: Path, engine: str, path: Path) -> str:
+    """OpenVINO, the one engine that computes ``model.onnx`` in bfloat16, where the CPU has the units."""
+    if engine not in ("auto", "openvino"):
+        raise BadDataError(f"bfloat16 runs on the openvino engine only, not {engine!r}: choose --engine openvino "
+                           "or auto", path=model_dir)
+    if not engine_installed("openvino"):
+        raise _not_installed("openvino")
+    if not path.is_file():
+        raise BadDataError(f"no {ONNX_FILE} here for --precision bfloat16: write one with "
+                           "`dsb export RUN_DIR --out DIR`", path=model_dir)
+    if not bfloat16_units():
+        raise EnvironmentProblem("this CPU has no bfloat16 units (OpenVINO finds neither AVX-512 BF16 nor AMX): "
+                                 "choose --precision float32")
+    return "openvino"
+
+
 def open_network(model_dir, config, engine: str = "auto", *, keras_model=None,
-                 precision: str = "float32") -> Network:
+                 precision: str = "auto") -> Network:
     """The network of a model folder behind the engine ``engine`` names (see :func:`choose_engine`).
 
     Parameters
@@ -403,8 +463,10 @@ def open_network(model_dir, config, engine: str = "auto", *, keras_model=None,
     keras_model : keras.Model, optional
         The folder's Keras model, when already loaded (engine ``"keras"``).
     precision : str
-        ``"float32"`` (``model.onnx``, or ``model.keras`` for Keras) or
-        ``"int8"`` (``model.int8.onnx``, :mod:`dsb.network.quantize`).
+        ``"float32"`` (``model.onnx``, or ``model.keras`` for Keras),
+        ``"bfloat16"`` (``model.onnx`` computed in bfloat16, OpenVINO on a CPU with
+        bfloat16 units), ``"int8"`` (``model.int8.onnx``, :mod:`dsb.network.quantize`),
+        or ``"auto"`` (:func:`resolve_precision`). The network's ``precision`` says which ran.
 
     Raises
     ------
@@ -415,6 +477,7 @@ def open_network(model_dir, config, engine: str = "auto", *, keras_model=None,
     """
     model_dir = Path(model_dir)
     engine = choose_engine(model_dir, engine, precision)
+    precision = resolve_precision(precision, engine)
     if engine == "keras":
         if keras_model is None:
             from dsb.network.model_folder import load_run
@@ -422,10 +485,13 @@ def open_network(model_dir, config, engine: str = "auto", *, keras_model=None,
             keras_model, _ = load_run(model_dir)
         return KerasNetwork(keras_model, model_dir / "model.keras", multiple=config.model.size_multiple())
     path = network_file(model_dir, precision)
-    check_onnx(path, config.model.outputs, model_dir / "model.keras", precision)
-    network_class = OpenVinoNetwork if engine == "openvino" else OnnxRuntimeNetwork
+    check_onnx(path, config.model.outputs, model_dir / "model.keras", "int8" if precision == "int8" else "float32")
     try:
-        network = network_class(path)
+        if engine == "openvino":
+            network = OpenVinoNetwork(path, bfloat16=precision == "bfloat16")
+        else:
+            network = OnnxRuntimeNetwork(path)
+        network.precision = precision
     except Exception as exc:  # each runtime raises its own types for a file it cannot use
         lines = str(exc).strip().splitlines() or [type(exc).__name__]
         raise BadDataError(f"engine {engine!r} cannot load it ({lines[0][:300]})", path=path) from None
@@ -446,7 +512,7 @@ def _check_shapes(network: Network, path: Path, channels: int) -> None:
         )
 
 
-def load_network(run_dir, engine: str = "auto", precision: str = "float32", *, scale_factor: float | None = None):
+def load_network(run_dir, engine: str = "auto", precision: str = "auto", *, scale_factor: float | None = None):
     """Load the network of a run folder behind an inference engine, and its config.
 
     Parameters
@@ -458,8 +524,7 @@ def load_network(run_dir, engine: str = "auto", precision: str = "float32", *, s
         the fastest installed engine the folder has a file for
         (:func:`dsb.network.engines.choose_engine`).
     precision : str
-        ``"float32"``, or ``"int8"``: ``model.int8.onnx`` (:mod:`dsb.network.quantize`)
-        on an ONNX engine.
+        ``"float32"``, ``"bfloat16"``, ``"int8"`` or ``"auto"``, as for :func:`open_network`.
     scale_factor : float, optional
         Predict this many times larger than the chosen scale, in place of the
         folder's ``predict.scale_factor`` (:meth:`dsb.core.config.Config.with_scale_factor`).

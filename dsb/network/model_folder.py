@@ -39,6 +39,7 @@ __all__ = [
     "file_digest",
     "INT8_FILE",
     "PRECISIONS",
+    "PRECISION_CHOICES",
 ]
 
 
@@ -158,9 +159,10 @@ def update_postprocess(run_dir, postprocess: PostprocessConfig) -> Config:
 
 
 def network_file(model_dir, precision: str = "float32") -> Path:
-    """The ONNX file that runs ``model_dir`` at ``precision``: ``model.onnx`` or ``model.int8.onnx``."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"`precision` is {precision!r}; expected one of {', '.join(PRECISIONS)}")
+    """The ONNX file that runs ``model_dir`` at ``precision``: ``model.int8.onnx`` for int8, else
+    ``model.onnx`` (bfloat16, and auto, run the float32 file: OpenVINO computes it in bfloat16)."""
+    if precision not in PRECISION_CHOICES:
+        raise ValueError(f"`precision` is {precision!r}; expected one of {', '.join(PRECISION_CHOICES)}")
     return Path(model_dir) / (INT8_FILE if precision == "int8" else ONNX_FILE)
 
 
@@ -290,4 +292,7 @@ def file_digest(path) -> str:
 INT8_FILE = "model.int8.onnx"
 
 
-PRECISIONS = ("float32", "int8")
+PRECISIONS = ("float32", "bfloat16", "int8")
+
+
+PRECISION_CHOICES = ("auto", *PRECISIONS)

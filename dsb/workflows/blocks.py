@@ -432,10 +432,12 @@ def _model_spec(model, scale_factor: float | None = None) -> ModelSpec:
     if model is None or isinstance(model, (str, os.PathLike)):
         path = resolve_model_dir(model)
         network, config = load_network(path, scale_factor=scale_factor)
-        spec = ModelSpec(str(path), network.engine, "float32", scale_factor)
+        # The default precision, as `dsb segment --blocks` asks: each worker computes at its own CPU's.
+        spec = ModelSpec(str(path), network.engine, "auto", scale_factor)
     elif all(hasattr(model, name) for name in ("path", "network", "config", "engine")):
         network, config = model.network, model.config.with_scale_factor(scale_factor)
-        spec = ModelSpec(str(model.path), model.engine, "float32", scale_factor)
+        # A plain callable in place of an engine's network computes as it does: float32 for a worker.
+        spec = ModelSpec(str(model.path), model.engine, getattr(model.network, "precision", "float32"), scale_factor)
     else:
         raise TypeError(f"`model` must be a folder path or what dsb.load_model returned, got {type(model).__name__}")
     remember_network(spec, network, config)

@@ -49,7 +49,7 @@ class ModelSpec:
 
     path: str
     engine: str = "auto"
-    precision: str = "float32"
+    precision: str = "auto"
     scale_factor: float | None = None
 
     def __post_init__(self):

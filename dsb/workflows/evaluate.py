@@ -216,7 +216,7 @@ def summary_lines(table: pd.DataFrame, *, n_dense: int = 2) -> list[str]:
 
 def evaluate(
     run_dir, data_dir, *, tta: bool | None = None, diameter: float | None = None, progress: bool = True,
-    engine: str = "auto", precision: str = "float32", scale_factor: float | None = None,
+    engine: str = "auto", precision: str = "auto", scale_factor: float | None = None,
 ) -> tuple[float, pd.DataFrame]:
     """Predict a run's validation images and score them with the competition metric.
 
@@ -236,7 +236,9 @@ def evaluate(
         The inference engine: ``"keras"``, ``"onnx"``, ``"openvino"`` or
         ``"auto"`` (see :func:`dsb.network.engines.choose_engine`).
     precision : str
-        ``"float32"``, or ``"int8"`` for the run's ``model.int8.onnx`` (:mod:`dsb.network.quantize`).
+        ``"auto"`` (the default: bfloat16 on OpenVINO where the CPU has bfloat16 units, else
+        float32; :func:`dsb.network.engines.resolve_precision`), ``"float32"``, ``"bfloat16"``,
+        or ``"int8"`` for the run's ``model.int8.onnx`` on an ONNX engine (:mod:`dsb.network.quantize`).
     scale_factor : float, optional
         Predict this many times larger than each image's estimated (or given)
         scale, in [0.5, 2]; None follows the run's ``predict.scale_factor``.
@@ -293,7 +295,7 @@ def zoom_pair(raw: np.ndarray, labels: np.ndarray, zoom: float) -> tuple[np.ndar
 
 def magnification_sweep(
     run_dir, data_dir, zooms, *, tta: bool | None = None, progress: bool = True, engine: str = "auto",
-    precision: str = "float32", scale_factor: float | None = None,
+    precision: str = "auto", scale_factor: float | None = None,
 ) -> pd.DataFrame:
     """Score a run's validation images seen at several magnifications: the yardstick for scale.
 

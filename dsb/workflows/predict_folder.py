@@ -146,7 +146,7 @@ def predict_folder(
     skip_bad: bool = False,
     progress: bool = True,
     engine: str = "auto",
-    precision: str = "float32",
+    precision: str = "auto",
     scale_factor: float | None = None,
 ) -> pd.DataFrame:
     """Segment every image of a folder into a validated Kaggle submission CSV.
@@ -179,8 +179,9 @@ def predict_folder(
         The inference engine: ``"keras"``, ``"onnx"``, ``"openvino"`` or
         ``"auto"`` (see :func:`dsb.network.engines.choose_engine`).
     precision : str
-        ``"float32"``, or ``"int8"`` for the run's ``model.int8.onnx`` on an
-        ONNX engine (:mod:`dsb.network.quantize`).
+        ``"auto"`` (the default: bfloat16 on OpenVINO where the CPU has bfloat16 units, else
+        float32; :func:`dsb.network.engines.resolve_precision`), ``"float32"``, ``"bfloat16"``,
+        or ``"int8"`` for the run's ``model.int8.onnx`` on an ONNX engine (:mod:`dsb.network.quantize`).
     scale_factor : float, optional
         Predict this many times larger than each image's estimated (or given)
         scale, in [0.5, 2]; None follows the run's ``predict.scale_factor``

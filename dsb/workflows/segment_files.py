@@ -153,7 +153,7 @@ def segment_paths(
     skip_bad: bool = False,
     progress: bool = True,
     engine: str = "auto",
-    precision: str = "float32",
+    precision: str = "auto",
     scale_factor: float | None = None,
 ) -> pd.DataFrame:
     """Segment microscope images and measure their nuclei.
@@ -190,8 +190,9 @@ def segment_paths(
         The inference engine: ``"keras"``, ``"onnx"``, ``"openvino"`` or
         ``"auto"`` (see :func:`dsb.network.engines.choose_engine`).
     precision : str
-        ``"float32"``, or ``"int8"`` for the run's ``model.int8.onnx`` on an
-        ONNX engine (:mod:`dsb.network.quantize`).
+        ``"auto"`` (the default: bfloat16 on OpenVINO where the CPU has bfloat16 units, else
+        float32; :func:`dsb.network.engines.resolve_precision`), ``"float32"``, ``"bfloat16"``,
+        or ``"int8"`` for the run's ``model.int8.onnx`` on an ONNX engine (:mod:`dsb.network.quantize`).
     scale_factor : float, optional
         Predict this many times larger than each image's estimated (or given)
         scale, in [0.5, 2]; None follows the model's ``predict.scale_factor``
@@ -281,7 +282,7 @@ def summary_row(path, status: str, *, nuclei: int = 0, diameter: float = math.na
 
 
 def _predictor(model_dir, *, tta: bool, diameter: float | None = None, engine: str = "auto",
-               precision: str = "float32", scale_factor: float | None = None):
+               precision: str = "auto", scale_factor: float | None = None):
     """Load the model once; return a function from a raw image to its :class:`dsb.inference.predict.Nuclei`."""
 
     model, config = load_network(resolve_model_dir(model_dir), engine, precision, scale_factor=scale_factor)

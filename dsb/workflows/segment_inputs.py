@@ -121,7 +121,7 @@ def _side(path: Path) -> int:
 
 def segment_inputs(paths, *, model_dir=None, out_dir, tta: bool | None = None, overlay: bool = False,
                    diameter: float | None = None, skip_bad: bool = False, progress: bool = True,
-                   engine: str = "auto", precision: str = "float32", block_size: int | None = None,
+                   engine: str = "auto", precision: str = "auto", block_size: int | None = None,
                    workers: int | None = None, scheduler: str | None = None, client=None,
                    scale_factor: float | None = None) -> pd.DataFrame:
     """``dsb segment`` with large images block by block and, optionally, on a Dask cluster.

@@ -273,7 +273,7 @@ def validation_data(config, data_dir, *, progress: bool = False):
 
 
 def tune(run_dir, data_dir, *, progress: bool = True, engine: str = "auto",
-         tta: bool | None = None, scale_factors: Sequence[float] | None = None,
+         tta: bool | None = None, scale_factors: Sequence[float] | None = None, precision: str = "auto",
          ) -> tuple[PostprocessConfig, pd.DataFrame]:
     """Tune a run's post-processing on its validation images and store the best in the run.
 
@@ -288,6 +288,10 @@ def tune(run_dir, data_dir, *, progress: bool = True, engine: str = "auto",
     engine : str
         The inference engine: ``"keras"``, ``"onnx"``, ``"openvino"`` or
         ``"auto"`` (see :func:`dsb.network.engines.choose_engine`).
+    precision : str
+        The number format the network computes the probabilities in, as prediction will:
+        ``"auto"`` (bfloat16 on OpenVINO where the CPU has bfloat16 units, else float32;
+        :func:`dsb.network.engines.resolve_precision`), ``"float32"``, ``"bfloat16"`` or ``"int8"``.
     tta : bool, optional
         Search on probabilities averaged over the eight flips and quarter
         turns, and store ``predict.tta`` so that the run predicts as it was
@@ -315,7 +319,7 @@ def tune(run_dir, data_dir, *, progress: bool = True, engine: str = "auto",
     """
 
     run_dir = Path(run_dir)
-    model, config = load_network(run_dir, engine)
+    model, config = load_network(run_dir, engine, precision)
     if not config.validation_ids:
         raise BadDataError(
             "is empty: the run kept no validation images to tune on (train with validation_fraction > 0)",
