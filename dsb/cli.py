@@ -343,12 +343,14 @@ def evaluate(run_dir: Path, data: Path, tta: bool, diameter: float | None, per_i
     if zooms is not None:
         sweep = magnification_sweep(run_dir, data, zooms, tta=tta, progress=True, engine=engine,
                                     precision=precision, scale_factor=scale_factor)
+        click.echo(f"network: {_computed_in(engine, precision)}")
         for line in sweep_lines(sweep):
             click.echo(line)
         _report_scores(sweep[sweep["level"] == "all"]["score"].min(), sweep, per_image, by_type=False)
         return
     value, table = evaluate_run(run_dir, data, tta=tta, diameter=diameter, progress=True, engine=engine,
                                 precision=precision, scale_factor=scale_factor)
+    click.echo(f"network: {_computed_in(engine, precision)}")
     for line in summary_lines(table):
         click.echo(line)
     _report_scores(value, table, per_image, by_type=False)
@@ -512,7 +514,7 @@ def predict(run_dir, images, out, labels, tta, diameter, skip_bad, scale_factor,
     n_images = result["ImageId"].nunique()
     n_nuclei = int((result["EncodedPixels"] != "").sum())
     click.echo(f"{out}: {n_nuclei} nuclei in {n_images} images, validated"
-               + (f"; {skipped} skipped" if skipped else ""))
+               + (f"; {skipped} skipped" if skipped else "") + f" ({_computed_in(engine, precision)})")
 
 
 @cli.command()
@@ -562,8 +564,10 @@ def segment(paths, model_dir, out, tta, overlay, diameter, skip_bad, block_size,
                    "(not confirmed at another scale, or the network doubts what it sees there); check the result "
                    "or give --diameter", err=True)
     done = int((summary["status"] == "ok").sum())
+    # A running cluster's workers each resolve auto on their own CPUs.
+    computed = f"{engine}, {precision} on each worker" if scheduler is not None else _computed_in(engine, precision)
     click.echo(f"{done} images segmented into {out}" + (f", {skipped} skipped" if skipped else "")
-               + (f", {len(unsure)} with an unsure diameter estimate" if len(unsure) else ""))
+               + (f", {len(unsure)} with an unsure diameter estimate" if len(unsure) else "") + f" ({computed})")
 
 
 # ---------------------------------------------------------------- scoring and submission
@@ -694,6 +698,14 @@ def _prepare_engine(model_dir: Path, engine: str, precision: str = "auto") -> st
     if chosen == "keras":
         _load_keras()
     return chosen
+
+
+def _computed_in(engine: str, precision: str) -> str:
+    """``"ENGINE, PRECISION"`` as the network ran here, auto resolved (bfloat16 or float32): the same run
+    on another CPU can compute in another format, so the figures a command prints say which."""
+    from dsb.network.engines import resolve_precision
+
+    return f"{engine}, {resolve_precision(precision, engine)}"
 
 
 def _load_keras() -> None:

@@ -134,6 +134,7 @@ def test_predict_in_bfloat16_writes_a_valid_csv_close_to_float32(run, tmp_path):
         out = tmp_path / f"{precision}.csv"
         result = dsb("predict", path, "--images", stage, "--out", out, "--precision", precision)
         assert result.exit_code == 0, result.output
+        assert result.stdout.strip().endswith(f"validated (openvino, {precision})"), result.stdout
         assert set(pd.read_csv(out)["ImageId"]) == set(STAGE)
         assert dsb("validate", out, "--images", stage).exit_code == 0
         result = dsb("score", out, "--truth", stage)
@@ -153,3 +154,35 @@ def test_a_block_spec_carries_the_precision_of_a_loaded_model(run):
     assert _model_spec(package.load_model(path)).precision == "bfloat16"
     # A folder: each worker at its own default, as `dsb segment --blocks` asks.
     assert _model_spec(str(path)).precision == "auto"
+
+
+@openvino
+@pytest.mark.parametrize("has_units", [True, False])
+def test_segment_and_predict_say_what_auto_computed_in(run, tmp_path, monkeypatch, has_units):
+    path, _ = run
+    monkeypatch.setattr("dsb.network.engines.bfloat16_units", lambda: has_units)
+    # The network itself is not opened in bfloat16 without real units: float32 there whatever auto says.
+    monkeypatch.setattr("dsb.network.engines.OpenVinoNetwork.__init__", _plain_openvino(has_units))
+    stage = write_stage(tmp_path / "stage", {"img_a": STAGE["img_a"]})
+    said = "bfloat16" if has_units else "float32"
+    result = dsb("predict", path, "--images", stage, "--out", tmp_path / "out.csv")
+    assert result.exit_code == 0 and result.stdout.strip().endswith(f"(openvino, {said})"), result.output
+    image = sorted(stage.glob("*/images/*.png"))[0]
+    result = dsb("segment", image, "--model", path, "--out", tmp_path / "seg")
+    assert result.exit_code == 0 and result.stdout.strip().endswith(f"(openvino, {said})"), result.output
+    result = dsb("segment", image, "--model", path, "--out", tmp_path / "seg", "--engine", "onnx") \
+        if engine_installed("onnx") else None
+    if result is not None:  # auto is float32 on ONNX Runtime, units or not
+        assert result.exit_code == 0 and result.stdout.strip().endswith("(onnx, float32)"), result.output
+
+
+def _plain_openvino(has_units):
+    from dsb.network.engines import OpenVinoNetwork
+
+    real = OpenVinoNetwork.__init__
+
+    def init(self, file, *, bfloat16=False):
+        real(self, file, bfloat16=bfloat16 and bfloat16_units.__wrapped__())
+        self.precision = "bfloat16" if bfloat16 else "float32"
+
+    return init

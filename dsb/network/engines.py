@@ -10,8 +10,8 @@ to ``(B, h, w, C)`` float32 probabilities, which is all that tiled inference
 is installed and has a file to run, in the order of :data:`AUTO_ORDER`:
 OpenVINO, then ONNX Runtime, then Keras: on every CPU measured OpenVINO's
 forward pass was the fastest, at the least memory (``make bench`` measures it;
-the figures are on the documentation's benchmarks page). The three agree
-within 1e-5 on probabilities. Where Keras's backend sees a GPU
+the figures are on the documentation's benchmarks page). In float32 the three
+agree within 1e-5 on probabilities. Where Keras's backend sees a GPU
 (:func:`accelerator`), ``auto`` takes Keras, which runs there, padding its
 tiles to a few shapes (:func:`shape_ladder`) so that it is not compiled again
 for every image.
@@ -424,8 +424,8 @@ def resolve_precision(precision: str, engine: str) -> str:
     OpenVINO where the CPU has bfloat16 units (:func:`bfloat16_units`), float32 elsewhere.
 
     On those CPUs OpenVINO computes several times faster in bfloat16 (with AMX) and the
-    probabilities move by a few hundredths at most, which the benchmarks and the documentation's
-    model card measure; on a GPU (Keras) and on ONNX Runtime auto is float32.
+    probabilities move by a few hundredths at most (the documentation's engines page has the
+    held-out scores of both); on a GPU (Keras) and on ONNX Runtime auto is float32.
     """
     if precision != "auto":
         return precision
