@@ -64,6 +64,9 @@ def test_segment_correct_finetune_segment_again(viewer, qtbot, tmp_path):
     labels = _segmented(qtbot, viewer, segment)
     found = int(labels.data.max())
     assert 14 <= found <= 18, segment.status.value  # a 4 x 4 grid of discs
+    # The engine and number format that computed them (auto: bfloat16 where the CPU has the units).
+    assert segment.status.value.endswith((", float32)", ", bfloat16)")), segment.status.value
+    assert segment.precision.value == "auto" and segment.state.precision == "auto"
     assert "estimated" in segment.estimate.value and "px" in segment.estimate.value
     assert labels.metadata["dsb_model"].endswith(os.path.join("models", "default"))
     # Each nucleus's confidence, by its label, for the viewer to show under the cursor.

@@ -31,6 +31,7 @@ from dsb.napari.project import Project, check_correction, correction_name
 from dsb.napari.samples import fluorescence_nuclei, stained_nuclei
 from dsb.napari.segmentation import (
     FrameDone,
+    VIEWER_PRECISIONS,
     ModelState,
     Segmented,
     frame_features,
@@ -198,6 +199,7 @@ def test_a_stack_is_segmented_frame_by_frame():
         np.testing.assert_allclose(table["confidence"], result.confidences[at].round(3))
     assert result.features((2,))["index"].tolist() == []  # an empty frame: an empty table
     assert result.features((3,)) is None and result.features() is None  # no such frame; a stack needs one
+    assert result.network == f"{model.engine}, {model.network.precision}"  # what the status line says computed it
 
 
 def test_frame_features_are_the_frame_own_table():
@@ -231,6 +233,7 @@ def test_a_scale_factor_is_typed_checked_and_predicts_larger():
         sides.clear()
         *_, result = segment_frames(model, frame, diameter=18, scale_factor=factor)
         assert int(result.labels.max()) == 2 and result.diameters == [18.0]
+        assert result.network == ""  # a plain callable: no engine to name
         seen[factor] = max(sides)
     # The frame at 20/18 of its size, and 1.5 times that, each padded to the U-Net's size multiple.
     multiple = shipped.config.model.size_multiple()
@@ -267,6 +270,22 @@ def test_model_state_tells_listeners_and_refuses_a_folder_that_is_no_model(tmp_p
         state.load()
     state.set_model(None)
     assert state.load() is state.load() and state.load().path.name == "default"
+
+
+def test_model_state_loads_at_the_precision_chosen():
+    from dsb.network.engines import resolve_precision
+
+    state = ModelState()
+    assert state.precision == "auto" and VIEWER_PRECISIONS[0] == "auto"
+    state.precision = "float32"
+    exact = state.load()
+    assert exact.network.precision == "float32"
+    state.precision = "auto"
+    auto = state.load()
+    assert auto.network.precision == resolve_precision("auto", auto.engine)
+    assert state.load() is auto  # once per folder, engine and precision
+    state.precision = "float32"
+    assert state.load() is exact
 
 
 def test_model_state_reads_whether_the_model_was_tuned_for_tta(tmp_path):

@@ -24,13 +24,17 @@ from dsb.core.config import SCALE_FACTOR_RANGE, check_scale_factor
 from dsb.core.errors import BadDataError, DsbError
 from dsb.inference.predict import predict_nuclei
 from dsb.napari.finetuning import export_onnx_in_child
-from dsb.network.model_folder import default_model_dir, load_run_config
+from dsb.network.model_folder import PRECISION_CHOICES, default_model_dir, load_run_config
 
 #: The engines the viewer segments with: not Keras, whose TensorFlow must stay out of the viewer's
 #: process (see :mod:`dsb.napari.child`). "auto" takes OpenVINO, else ONNX Runtime.
 VIEWER_ENGINES = ("auto", "openvino", "onnx")
 
-__all__ = ["VIEWER_ENGINES", "ModelState", "FrameDone", "Segmented", "Failure", "state_for", "segment_frames",
+#: The number formats the viewer offers, those of ``--precision``: "auto" is bfloat16 on OpenVINO
+#: where the CPU has bfloat16 units, float32 elsewhere (:func:`dsb.network.engines.resolve_precision`).
+VIEWER_PRECISIONS = PRECISION_CHOICES
+
+__all__ = ["VIEWER_ENGINES", "VIEWER_PRECISIONS", "ModelState", "FrameDone", "Segmented", "Failure", "state_for", "segment_frames",
            "parse_diameter", "parse_scale_factor", "layer_frames", "frame_features"]
 
 
@@ -60,6 +64,9 @@ class Segmented:
     confidences : list of ndarray
         Per frame (in :func:`numpy.ndindex` order), each nucleus's confidence (its mean body
         probability), entry ``k - 1`` for label ``k``.
+    network : str
+        The engine and the number format that computed them (``"openvino, bfloat16"``); empty for a
+        plain callable in place of an engine's network.
     """
 
     labels: np.ndarray
@@ -68,6 +75,7 @@ class Segmented:
     model: Path
     seconds: float
     confidences: list = field(default_factory=list)
+    network: str = ""
 
     def features(self, frame: tuple[int, ...] = ()) -> pd.DataFrame | None:
         """A napari Labels layer's ``features`` for one frame (:func:`frame_features`): of the
@@ -237,7 +245,10 @@ def segment_frames(model, data, *, rgb: bool = False, diameter: float | None = N
         confidences.append(nuclei.confidence)
         estimated = nuclei.estimated
         yield FrameDone(done, total)
-    yield Segmented(labels, diameters, estimated, Path(model.path), time.monotonic() - start, confidences)
+    # A stand-in callable in place of an engine's network says nothing.
+    engine = getattr(model.network, "engine", "")
+    network = f"{engine}, {getattr(model.network, 'precision', 'float32')}" if engine else ""
+    yield Segmented(labels, diameters, estimated, Path(model.path), time.monotonic() - start, confidences, network)
 
 
 class ModelState:
@@ -248,6 +259,8 @@ class ModelState:
     path : Path or None
         The model folder; None for the model shipped with dsb.
     engine : str
+    precision : str
+        One of :data:`VIEWER_PRECISIONS`.
     listeners : list of callable
         Called with the state when the model changes.
     """
@@ -255,6 +268,7 @@ class ModelState:
     def __init__(self):
         self.path: Path | None = None
         self.engine = VIEWER_ENGINES[0]
+        self.precision = VIEWER_PRECISIONS[0]
         self.diameter: float | None = None
         self.tta = False
         self.listeners: list[Callable[[ModelState], None]] = []
@@ -288,7 +302,7 @@ class ModelState:
             listener(self)
 
     def load(self):
-        """The model as :func:`dsb.load_model` loads it, once per folder and engine (thread-safe).
+        """The model as :func:`dsb.load_model` loads it, once per folder, engine and precision (thread-safe).
 
         Raises
         ------
@@ -297,7 +311,7 @@ class ModelState:
         EnvironmentProblem
             The engine is not installed.
         """
-        key = (self.path, self.engine)
+        key = (self.path, self.engine, self.precision)
         with self._lock:
             if key not in self._loaded:
                 path = self.path
@@ -305,7 +319,7 @@ class ModelState:
                     raise BadDataError("model folder not found", path=path)
                 if path is not None and (path / "model.keras").is_file() and not (path / "model.onnx").is_file():
                     export_onnx_in_child(path)  # a run of `dsb train`: the viewer runs no Keras
-                self._loaded[key] = dsb.load_model(path, engine=self.engine)
+                self._loaded[key] = dsb.load_model(path, engine=self.engine, precision=self.precision)
             return self._loaded[key]
 
 
