@@ -86,7 +86,7 @@ def child_cluster(zarr_path: str, out: str, workers: int, block: int | None) -> 
     from dsb.workflows.blocks import segment_image_file
     from dsb.workflows.cluster import ModelSpec, cluster_client
 
-    spec = ModelSpec(str(default_model_dir()), "auto", "float32")
+    spec = ModelSpec(str(default_model_dir()))  # the default engine and precision, as dsb segment
     start = time.perf_counter()
     with cluster_client(workers=workers) as client:
         started = time.perf_counter()
@@ -121,7 +121,7 @@ def child_blockwise(zarr_path: str, out: str, block: int) -> dict:
 
     dsb.load_model()
     before = peak_kib()
-    spec = ModelSpec(str(default_model_dir()), "auto", "float32")
+    spec = ModelSpec(str(default_model_dir()))  # the default engine and precision, as dsb segment
     start = time.perf_counter()
     row = segment_image_file(zarr_path, spec=spec, out_dir=out, diameter=DIAMETER, block_size=block, progress=False)
     seconds = time.perf_counter() - start
