@@ -27,6 +27,7 @@ import pandas as pd
 from dsb.core.atomic import atomic_path, writable_dir
 from dsb.core.config import check_scale_factor
 from dsb.core.errors import BadDataError
+from dsb.core.labels import measure_regions
 from dsb.core.validate import check_labels, check_same_shape
 from dsb.inference.preprocess import to_gray
 from dsb.io.folders import Skips, find_images, read_images
@@ -54,22 +55,6 @@ MEASUREMENT_COLUMNS = (
 )
 SUMMARY_COLUMNS = ("file", "status", "nuclei", "diameter", "diameter_estimated", "diameter_sure", "labels",
                    "measurements", "overlay", "error")
-
-# regionprops_table's names -> ours: row/col say which axis, unlike -0/-1.
-_REGIONPROPS_NAMES = {
-    "label": "label",
-    "centroid-0": "centroid_row",
-    "centroid-1": "centroid_col",
-    "bbox-0": "bbox_min_row",
-    "bbox-1": "bbox_min_col",
-    "bbox-2": "bbox_max_row",
-    "bbox-3": "bbox_max_col",
-    "area": "area",
-    "perimeter": "perimeter",
-    "eccentricity": "eccentricity",
-    "intensity_mean": "mean_intensity",
-}
-
 
 def measure_nuclei(labels: np.ndarray, intensity: np.ndarray, confidence: np.ndarray | None = None) -> pd.DataFrame:
     """Measure each nucleus of a label image.
@@ -108,17 +93,10 @@ def measure_nuclei(labels: np.ndarray, intensity: np.ndarray, confidence: np.nda
     >>> int(row.area), float(row.centroid_row), float(row.centroid_col)
     (6, 1.5, 2.0)
     """
-    from skimage.measure import regionprops_table
-
     labels = check_labels("labels", labels, bool_ok=False)
     intensity = np.asarray(intensity)
     check_same_shape("intensity", intensity, "labels", labels)
-    table = regionprops_table(
-        labels,
-        intensity_image=intensity.astype(np.float64, copy=False),
-        properties=("label", "centroid", "bbox", "area", "perimeter", "eccentricity", "intensity_mean"),
-    )
-    frame = pd.DataFrame(table).rename(columns=_REGIONPROPS_NAMES)
+    frame = pd.DataFrame(measure_regions(labels, intensity))
     columns = list(MEASUREMENT_COLUMNS)
     if confidence is None:
         columns.remove("confidence")
