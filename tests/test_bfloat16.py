@@ -170,9 +170,8 @@ def test_segment_and_predict_say_what_auto_computed_in(run, tmp_path, monkeypatc
     image = sorted(stage.glob("*/images/*.png"))[0]
     result = dsb("segment", image, "--model", path, "--out", tmp_path / "seg")
     assert result.exit_code == 0 and result.stdout.strip().endswith(f"(openvino, {said})"), result.output
-    result = dsb("segment", image, "--model", path, "--out", tmp_path / "seg", "--engine", "onnx") \
-        if engine_installed("onnx") else None
-    if result is not None:  # auto is float32 on ONNX Runtime, units or not
+    if engine_installed("onnx"):  # auto is float32 on ONNX Runtime, units or not
+        result = dsb("segment", image, "--model", path, "--out", tmp_path / "seg", "--engine", "onnx")
         assert result.exit_code == 0 and result.stdout.strip().endswith("(onnx, float32)"), result.output
 
 
@@ -181,8 +180,8 @@ def _plain_openvino(has_units):
 
     real = OpenVinoNetwork.__init__
 
-    def init(self, file, *, bfloat16=False):
-        real(self, file, bfloat16=bfloat16 and bfloat16_units.__wrapped__())
-        self.precision = "bfloat16" if bfloat16 else "float32"
+    def init(self, file, precision="float32"):
+        real(self, file, precision if bfloat16_units.__wrapped__() else "float32")
+        self.precision = precision
 
     return init

@@ -225,10 +225,8 @@ def measure_regions(labels: np.ndarray, intensity: np.ndarray) -> dict[str, np.n
     n = int(flat.max(initial=0))
     area = np.bincount(flat, minlength=n + 1)
     present = np.flatnonzero(area[1:]) + 1
-    rows, cols = np.indices(labels.shape)
-    rows, cols = rows.ravel(), cols.ravel()
-    inside = flat > 0
-    own, r, c = flat[inside], rows[inside], cols[inside]
+    r, c = np.nonzero(labels)
+    own = labels[r, c].astype(np.intp, copy=False)
     # Bounding boxes: the smallest and largest row and column of each label.
     big = np.iinfo(np.int64).max
     low_r, low_c = np.full(n + 1, big), np.full(n + 1, big)

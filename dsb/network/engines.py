@@ -101,10 +101,10 @@ class Network:
     """
 
     engine = ""
-    precision = "float32"
 
-    def __init__(self, path):
+    def __init__(self, path, precision: str = "float32"):
         self.path = Path(path)
+        self.precision = precision
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         raise NotImplementedError
@@ -249,8 +249,8 @@ class OnnxRuntimeNetwork(Network):
 
     engine = "onnx"
 
-    def __init__(self, path):
-        super().__init__(path)
+    def __init__(self, path, precision: str = "float32"):
+        super().__init__(path, precision)
         self.session = _onnx_session(path, usable_cores())
         self._streams = None
 
@@ -273,8 +273,8 @@ class _Stream(Network):
     """One thread's share of an engine (:meth:`Network.streams`): ``run(batch)``."""
 
     def __init__(self, network: Network, run):
-        super().__init__(network.path)
-        self.engine, self.precision, self.run = network.engine, network.precision, run
+        super().__init__(network.path, network.precision)
+        self.engine, self.run = network.engine, run
 
     def __call__(self, batch):
         return self.run(batch)
@@ -291,7 +291,7 @@ class OpenVinoNetwork(Network):
 
     The float32 hint matters: on CPUs with bfloat16 units OpenVINO would
     otherwise compute in bfloat16, which moves probabilities by up to a few
-    hundredths; ``bfloat16=True`` asks for that.
+    hundredths; ``precision="bfloat16"`` asks for that.
     One compiled model serves every tile shape (the file's height and width
     are dynamic).
 
@@ -305,14 +305,12 @@ class OpenVinoNetwork(Network):
 
     engine = "openvino"
 
-    def __init__(self, path, *, bfloat16: bool = False):
+    def __init__(self, path, precision: str = "float32"):
         import openvino
 
-        super().__init__(path)
+        super().__init__(path, precision)
         self._core = openvino.Core()
         self._model = self._core.read_model(str(path))
-        if bfloat16:
-            self.precision = "bfloat16"
         self.compiled = self._compile("LATENCY")
         self.request = self.compiled.create_infer_request()
         self._streams = None
@@ -486,12 +484,9 @@ def open_network(model_dir, config, engine: str = "auto", *, keras_model=None,
         return KerasNetwork(keras_model, model_dir / "model.keras", multiple=config.model.size_multiple())
     path = network_file(model_dir, precision)
     check_onnx(path, config.model.outputs, model_dir / "model.keras", "int8" if precision == "int8" else "float32")
+    network_class = OpenVinoNetwork if engine == "openvino" else OnnxRuntimeNetwork
     try:
-        if engine == "openvino":
-            network = OpenVinoNetwork(path, bfloat16=precision == "bfloat16")
-        else:
-            network = OnnxRuntimeNetwork(path)
-        network.precision = precision
+        network = network_class(path, precision)
     except Exception as exc:  # each runtime raises its own types for a file it cannot use
         lines = str(exc).strip().splitlines() or [type(exc).__name__]
         raise BadDataError(f"engine {engine!r} cannot load it ({lines[0][:300]})", path=path) from None
