@@ -332,7 +332,7 @@ def match_nuclei(true_labels, pred_labels, *, threshold: float = 0.5):
     return pred_ids[pred_hit], pred_ids[~pred_hit], true_ids[~true_hit]
 
 
-#: Why a true nucleus was missed, in the order :func:`miss_causes` tries them.
+#: Why a true nucleus was missed (:func:`miss_causes`).
 MISS_CAUSES = ("absent", "merged", "split", "outline")
 
 #: A missed true nucleus is called small under this share of the median area of its image's true
@@ -343,15 +343,18 @@ SMALL_SHARE = 0.25
 def miss_causes(true_labels, pred_labels, *, threshold: float = 0.5) -> pd.DataFrame:
     """Each true nucleus no prediction matches, and why.
 
-    A true nucleus is missed when no predicted one has an IoU above ``threshold`` with it.
-    Its cause is the first of :data:`MISS_CAUSES` that holds:
+    A true nucleus is missed when no predicted one has an IoU above ``threshold`` with it. Its
+    cause is the first of these that holds:
 
-    - ``absent``: under half of its pixels lie on any predicted nucleus;
-    - ``merged``: one predicted nucleus holds over half of it and over half of another
-      true nucleus: it was joined to a neighbour (crowding);
-    - ``split``: it is mostly covered, but by pieces none of which holds over half of it;
-    - ``outline``: one predicted nucleus holds most of it alone, but their outlines differ
-      too much (the prediction too large or too small).
+    - ``merged``: one predicted nucleus holds over half of it and over half of another true
+      nucleus: it was joined to a neighbour (crowding);
+    - ``split``: no predicted nucleus holds over half of it, and two or more lie mostly inside it:
+      it was cut into pieces;
+    - ``outline``: one predicted nucleus holds over half of it alone, or lies mostly inside it:
+      it was found, but the outlines differ too much (the prediction too large or too small,
+      or the truth drawn wider or tighter than the prediction);
+    - ``absent``: nothing of the above: no predicted nucleus of its own, only background or
+      the fringes of its neighbours' (a faint or tiny nucleus the prediction did not see).
 
     Parameters
     ----------
@@ -388,21 +391,23 @@ def miss_causes(true_labels, pred_labels, *, threshold: float = 0.5) -> pd.DataF
         return pd.DataFrame({c: pd.Series(dtype=t) for c, t in zip(columns, ("int64", "object", "int64", "bool"))})
     iou = inter / np.maximum(area_true[:, None] + area_pred[None, :] - inter, 1)
     missed = ~(iou > threshold).any(axis=1)
-    covered = inter.sum(axis=1)
     if inter.shape[1]:
         best = inter.argmax(axis=1)
         biggest = inter[np.arange(inter.shape[0]), best]
         # How many true nuclei each predicted one holds over half of.
         holds = np.count_nonzero(2 * inter > area_true[:, None], axis=0)
         joined = holds[best] >= 2
+        # How many predicted nuclei lie mostly inside each true one.
+        pieces = np.count_nonzero(2 * inter > area_pred[None, :], axis=1)
     else:
         biggest = np.zeros_like(area_true)
         joined = np.zeros(area_true.shape, bool)
+        pieces = np.zeros(area_true.shape, np.intp)
     half = 2 * biggest > area_true
     cause = np.select(
-        [2 * covered < area_true, half & joined, ~half],
-        list(MISS_CAUSES[:3]),
-        default=MISS_CAUSES[3],
+        [half & joined, ~half & (pieces >= 2), half | (pieces >= 1)],
+        ["merged", "split", "outline"],
+        default="absent",
     )
     small = area_true < SMALL_SHARE * np.median(area_true)
     return pd.DataFrame({
