@@ -14,7 +14,9 @@ nuclei of some cell lines), 1.3 median diameters apart, so that the longest lie 
 neighbours: the rules that split merged neighbours must not cut a rod in two, which shows as
 fewer found and more predicted than true. For each: the estimated diameter, whether the
 estimate is sure, found/true nuclei, predicted
-nuclei and the competition score. Not a test: it prints figures. Needs no competition data.
+nuclei and the competition score; then, for each kind of field, why the true nuclei that were
+missed were missed (:func:`dsb.kaggle.metric.miss_causes`: merged into a neighbour, split, absent,
+outline). Not a test: it prints figures. Needs no competition data.
 """
 
 from __future__ import annotations
@@ -47,13 +49,14 @@ def main() -> int:
     import dsb
     from dsb.inference.predict import predict_nuclei
     from dsb.io.synthetic import KINDS, nuclei_field
-    from dsb.kaggle.metric import image_score
+    from dsb.kaggle.metric import MISS_CAUSES, image_score, miss_causes
 
     model = dsb.load_model(args.run_dir)
     print(f"model: {model.path} ({model.engine})")
     print("| kind | nuclei | diameter | estimated | sure | found / true | predicted | score | seconds |")
     print("| --- | --- | ---: | ---: | --- | ---: | ---: | ---: | ---: |")
     totals = {}
+    causes = {}
     # (row name, kind, median diameter, what else nuclei_field is given)
     fields = [("touching" if touching else "isolated", kind, int(d), {"touching": touching})
               for touching in (False, True) for kind in KINDS for d in args.diameters.split(",") if d]
@@ -71,11 +74,15 @@ def main() -> int:
         score = image_score(truth, nuclei.labels)
         found, true, predicted = totals.get(what, (0, 0, 0))
         totals[what] = (found + score.tp[0], true + score.n_true, predicted + score.n_pred)
+        counts = miss_causes(truth, nuclei.labels)["cause"].value_counts()
+        causes[what] = causes.get(what, 0) + counts.reindex(MISS_CAUSES, fill_value=0)
         print(f"| {kind} | {what} | {diameter} | {nuclei.diameter:.1f} |"
               f" {'yes' if nuclei.sure else 'no'} | {score.tp[0]} / {score.n_true} | {score.n_pred} |"
               f" {score.score:.3f} | {seconds:.2f} |", flush=True)
     for what, (found, true, predicted) in totals.items():
-        print(f"{what}: found {found}/{true} ({found / true:.1%}) at IoU 0.5; {predicted} predicted")
+        missed = ", ".join(f"{int(n)} {cause}" for cause, n in causes[what].items() if n)
+        print(f"{what}: found {found}/{true} ({found / true:.1%}) at IoU 0.5; {predicted} predicted"
+              + (f"; missed {missed}" if missed else ""))
     return 0
 
 

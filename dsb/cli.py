@@ -398,6 +398,7 @@ def crossval(data: Path, out: Path, folds: int, time_budget: float | None, epoch
         raise click.UsageError("--tta and --scale-factors choose how each fold is tuned; drop --no-tune")
     _load_keras()
     from dsb.workflows.crossval import crossval as crossval_runs
+    from dsb.workflows.evaluate import missed_words
 
     config = _load_config(config_path)
     value, summary = crossval_runs(data, out, config, folds=folds, time_budget=time_budget, epochs=epochs,
@@ -405,8 +406,9 @@ def crossval(data: Path, out: Path, folds: int, time_budget: float | None, epoch
                                    scale_factors=scale_factors, zooms=zooms or (1.0,), progress=True)
     if zooms is None:
         for row in summary.itertuples(index=False):
+            why = missed_words(row) if hasattr(row, "miss_small") else ""
             click.echo(f"{row.level} {row.name}{_fold_words(row, tune)}: {row.score:.6f} ({row.images} images, "
-                       f"found {row.found}/{row.true} nuclei at IoU 0.5)")
+                       f"found {row.found}/{row.true} nuclei at IoU 0.5" + (f"; {why})" if why else ")"))
     else:
         from dsb.workflows.evaluate import sweep_lines
 

@@ -213,6 +213,35 @@ def test_the_yardstick_counts_unsure_estimates_and_silent_misreads():
     assert sweep_lines(sweep)[0].endswith("; estimate unsure on 1, sure but over 2x off on 1")
 
 
+def test_the_yardstick_says_why_true_nuclei_were_missed(run_and_data):
+    import pandas as pd
+
+    from dsb.workflows.evaluate import MISS_COLUMNS, score_summary, summary_lines, sweep_lines
+
+    run_dir, data = run_and_data
+    _, table = evaluate(run_dir, data, progress=False)
+    causes = table[list(MISS_COLUMNS[:-1])]
+    # Each true nucleus missed at IoU 0.5 has exactly one cause.
+    assert (causes.sum(axis=1) == table["n_true"] - table["tp_50"]).all()
+    assert (table["miss_small"] <= causes.sum(axis=1)).all()
+
+    made = pd.DataFrame({
+        "ImageId": ["a", "b"], "score": [0.2, 0.9], "type": ["fluorescence"] * 2, "group": ["f"] * 2,
+        "n_true": [30, 10], "tp_50": [14, 10], "n_pred": [20, 10],
+        "miss_absent": [4, 0], "miss_merged": [11, 0], "miss_split": [0, 0], "miss_outline": [1, 0],
+        "miss_small": [13, 0],
+    })
+    summary = score_summary(made)
+    assert summary.loc[summary["level"] == "all", list(MISS_COLUMNS)].values.tolist() == [[4, 11, 0, 1, 13]]
+    lines = summary_lines(made)
+    assert lines[1].endswith("found 14/30, predicted 20, score 0.2000; missed 4 absent, 11 merged, 1 outline (13 small)")
+    assert lines[2].endswith("found 10/10, predicted 10, score 0.9000")  # nothing missed, nothing said
+    assert "true nuclei missed 4 absent, 11 merged, 1 outline (13 small); small: under 0.25 of their image's " \
+           "median area" in lines
+    assert sweep_lines(summary.assign(zoom=1.0))[0] == (
+        "zoom 1: 0.5500, fluorescence 0.5500; found 24/40 at IoU 0.5 (missed 4 absent, 11 merged, 1 outline (13 small))")
+
+
 def test_zoom_pair_keeps_every_nucleus_at_its_new_size():
     import numpy as np
 

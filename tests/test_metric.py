@@ -22,6 +22,7 @@ from dsb.kaggle.metric import (
     iou_matrix,
     label_overlap,
     match_nuclei,
+    miss_causes,
     score_labels,
 )
 from dsb.kaggle.rle import labels_to_rles, rles_to_labels
@@ -337,3 +338,78 @@ def test_match_nuclei_splits_matches_false_positives_and_misses():
     assert (matched.tolist(), false_positives.tolist(), missed.tolist()) == ([101, 102], [103], [30])
     with pytest.raises(ValueError, match="at least 0.5"):
         match_nuclei(true, pred, threshold=0.3)
+
+
+def _blocks():
+    """Four true squares of 8x8 pixels in a row, 2 apart, and a small one of 2x2 further on."""
+    true = np.zeros((10, 64), np.int32)
+    for k, c0 in enumerate((1, 11, 21, 31), start=1):
+        true[1:9, c0:c0 + 8] = k
+    true[4:6, 60:62] = 5
+    return true
+
+
+def test_miss_causes_names_each_way_of_missing_a_nucleus():
+    true = _blocks()
+    pred = np.zeros_like(true)
+    pred[1:9, 1:19] = 7                  # nuclei 1 and 2 joined into one: both merged
+    pred[1:9, 21:25] = 8                 # nucleus 3 halved into two pieces, neither over half: split
+    pred[1:9, 25:29] = 9
+    pred[0:10, 29:44] = 10               # nucleus 4 whole inside 150 pixels (IoU 0.43), alone: outline
+    causes = miss_causes(true, pred)     # nucleus 5 (4 pixels) has no prediction: absent, and small
+    assert causes["label"].tolist() == [1, 2, 3, 4, 5]
+    assert causes["cause"].tolist() == ["merged", "merged", "split", "outline", "absent"]
+    assert causes["area"].tolist() == [64, 64, 64, 64, 4]
+    assert causes["small"].tolist() == [False, False, False, False, True]
+    # A prediction lying inside a nucleus drawn wider than it: found, with a wrong outline.
+    shrunk = pred.copy()
+    shrunk[0:10, 29:44] = 0
+    shrunk[1:9, 31:34] = 10
+    assert miss_causes(true, shrunk)["cause"].tolist()[3] == "outline"
+    # Only a neighbour's fringe on it (the neighbour's prediction mostly elsewhere): absent.
+    fringe = shrunk.copy()
+    fringe[1:9, 31:34] = 0
+    fringe[0:10, 29:33] = 12             # 16 of its 40 pixels on nucleus 4
+    assert miss_causes(true, fringe)["cause"].tolist()[2:4] == ["split", "absent"]
+    # Matched nuclei are not listed; nor is anything when the prediction is the truth.
+    pred[4:6, 60:62] = 11
+    assert 5 not in miss_causes(true, pred)["label"].tolist()
+    assert miss_causes(true, true).empty
+    # Label values need not be consecutive, and come back as they were.
+    assert miss_causes(true * 3, np.where(pred > 0, pred + 50, 0))["label"].tolist() == [3, 6, 9, 12]
+
+
+def test_miss_causes_without_truth_or_prediction():
+    true = _blocks()
+    nothing = np.zeros_like(true)
+    causes = miss_causes(true, nothing)
+    assert causes["cause"].tolist() == ["absent"] * 5
+    empty = miss_causes(nothing, true)
+    assert empty.empty and list(empty.columns) == ["label", "cause", "area", "small"]
+    with pytest.raises(ValueError, match="at least 0.5"):
+        miss_causes(true, nothing, threshold=0.4)
+
+
+@settings(max_examples=60, deadline=None)
+@given(hnp.arrays(np.int32, (12, 12), elements=st.integers(0, 4)),
+       hnp.arrays(np.int32, (12, 12), elements=st.integers(0, 4)))
+def test_miss_causes_lists_exactly_the_true_nuclei_match_nuclei_misses(true, pred):
+    causes = miss_causes(true, pred)
+    assert causes["label"].tolist() == match_nuclei(true, pred)[2].tolist()
+    assert set(causes["cause"]) <= {"absent", "merged", "split", "outline"}
+    # Every cause against its definition, from the pixel counts.
+    true_area = np.bincount(true.ravel(), minlength=5)
+    pred_area = np.bincount(pred.ravel(), minlength=5)
+    for row in causes.itertuples(index=False):
+        mine = true == row.label
+        assert row.area == mine.sum()
+        shared = np.bincount(pred[mine], minlength=5)
+        shared[0] = 0
+        host = shared.argmax()
+        holds_more = 2 * shared[host] > row.area
+        inside = int(np.count_nonzero(2 * shared[1:] > pred_area[1:]))
+        others = [k for k in range(1, 5) if k != row.label and true_area[k]
+                  and 2 * np.count_nonzero((true == k) & (pred == host)) > true_area[k]]
+        expected = ("merged" if holds_more and others else "split" if not holds_more and inside >= 2
+                    else "outline" if holds_more or inside >= 1 else "absent")
+        assert row.cause == expected

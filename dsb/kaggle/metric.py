@@ -40,6 +40,9 @@ __all__ = [
     "image_score",
     "score_labels",
     "match_nuclei",
+    "MISS_CAUSES",
+    "SMALL_SHARE",
+    "miss_causes",
 ]
 
 # k / 100 is the double nearest to 0.55 etc., exactly like the literal, so an IoU
@@ -327,3 +330,89 @@ def match_nuclei(true_labels, pred_labels, *, threshold: float = 0.5):
     pred_hit = hit.any(axis=0)
     true_hit = hit.any(axis=1)
     return pred_ids[pred_hit], pred_ids[~pred_hit], true_ids[~true_hit]
+
+
+#: Why a true nucleus was missed (:func:`miss_causes`).
+MISS_CAUSES = ("absent", "merged", "split", "outline")
+
+#: A missed true nucleus is called small under this share of the median area of its image's true
+#: nuclei: micronuclei, lobes and slivers that a prediction at the typical nucleus's scale barely sees.
+SMALL_SHARE = 0.25
+
+
+def miss_causes(true_labels, pred_labels, *, threshold: float = 0.5) -> pd.DataFrame:
+    """Each true nucleus no prediction matches, and why.
+
+    A true nucleus is missed when no predicted one has an IoU above ``threshold`` with it. Its
+    cause is the first of these that holds:
+
+    - ``merged``: one predicted nucleus holds over half of it and over half of another true
+      nucleus: it was joined to a neighbour (crowding);
+    - ``split``: no predicted nucleus holds over half of it, and two or more lie mostly inside it:
+      it was cut into pieces;
+    - ``outline``: one predicted nucleus holds over half of it alone, or lies mostly inside it:
+      it was found, but the outlines differ too much (the prediction too large or too small,
+      or the truth drawn wider or tighter than the prediction);
+    - ``absent``: nothing of the above: no predicted nucleus of its own, only background or
+      the fringes of its neighbours' (a faint or tiny nucleus the prediction did not see).
+
+    Parameters
+    ----------
+    true_labels, pred_labels : (H, W) array_like of int
+        Instance labels, 0 background; values need not be consecutive.
+    threshold : float
+        IoU a match needs, at least 0.5 (as :func:`match_nuclei`).
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per missed true nucleus, in increasing label order: ``label``, ``cause``,
+        ``area`` (pixels) and ``small`` (under :data:`SMALL_SHARE` of the image's median true
+        nucleus area).
+
+    Examples
+    --------
+    >>> true = [[1, 1, 0, 2, 2, 0, 3, 3, 3, 3]]
+    >>> pred = [[5, 5, 5, 5, 5, 0, 6, 6, 7, 7]]
+    >>> causes = miss_causes(true, pred)
+    >>> causes["label"].tolist(), causes["cause"].tolist()
+    ([1, 2, 3], ['merged', 'merged', 'split'])
+    """
+    if threshold < 0.5:
+        raise ValueError(f"`threshold` ({threshold}) must be at least 0.5 (where matches are unique)")
+    true_labels = np.asarray(true_labels)
+    table = label_overlap(true_labels, pred_labels)  # checks both; objects in increasing label order
+    inter = table[1:, 1:]
+    area_true = table.sum(axis=1)[1:]
+    area_pred = table.sum(axis=0)[1:]
+    labels = np.unique(true_labels[true_labels > 0])
+    columns = ["label", "cause", "area", "small"]
+    if not labels.size:
+        return pd.DataFrame({c: pd.Series(dtype=t) for c, t in zip(columns, ("int64", "object", "int64", "bool"))})
+    iou = inter / np.maximum(area_true[:, None] + area_pred[None, :] - inter, 1)
+    missed = ~(iou > threshold).any(axis=1)
+    if inter.shape[1]:
+        best = inter.argmax(axis=1)
+        biggest = inter[np.arange(inter.shape[0]), best]
+        # How many true nuclei each predicted one holds over half of.
+        holds = np.count_nonzero(2 * inter > area_true[:, None], axis=0)
+        joined = holds[best] >= 2
+        # How many predicted nuclei lie mostly inside each true one.
+        pieces = np.count_nonzero(2 * inter > area_pred[None, :], axis=1)
+    else:
+        biggest = np.zeros_like(area_true)
+        joined = np.zeros(area_true.shape, bool)
+        pieces = np.zeros(area_true.shape, np.intp)
+    half = 2 * biggest > area_true
+    cause = np.select(
+        [half & joined, ~half & (pieces >= 2), half | (pieces >= 1)],
+        ["merged", "split", "outline"],
+        default="absent",
+    )
+    small = area_true < SMALL_SHARE * np.median(area_true)
+    return pd.DataFrame({
+        "label": labels[missed].astype(np.int64),
+        "cause": cause[missed].astype(object),
+        "area": area_true[missed].astype(np.int64),
+        "small": small[missed],
+    })

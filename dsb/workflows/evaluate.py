@@ -19,7 +19,7 @@ import pandas as pd
 from dsb.inference.labels import labels_to_shape
 from dsb.inference.resample import resample_to
 from dsb.inference.scale import median_diameter
-from dsb.kaggle.metric import score_labels
+from dsb.kaggle.metric import MISS_CAUSES, SMALL_SHARE, miss_causes, score_labels
 from dsb.network.engines import load_network
 from dsb.training.cache import load_groups
 from dsb.workflows.pipeline import nuclei_predictor, predict_each
@@ -27,7 +27,7 @@ from dsb.workflows.tune import validation_data
 
 __all__ = [
     "Validation", "predict_validation", "score_validation", "evaluate", "score_summary", "densest", "summary_lines",
-    "zoom_pair", "magnification_sweep", "sweep_lines", "misread", "MISREAD_RATIO",
+    "zoom_pair", "magnification_sweep", "sweep_lines", "misread", "MISREAD_RATIO", "MISS_COLUMNS", "missed_words",
 ]
 
 
@@ -64,6 +64,11 @@ class Validation:
 # wrong. Wide, because the estimate is an area-weighted median (larger nuclei weigh more) and the
 # truth a plain one.
 MISREAD_RATIO = 2.0
+
+#: Per-image columns of :func:`score_validation`: the true nuclei missed at IoU 0.5 for each of
+#: :data:`dsb.kaggle.metric.MISS_CAUSES`, then how many of the missed are small
+#: (:data:`dsb.kaggle.metric.SMALL_SHARE` of their image's median area).
+MISS_COLUMNS = tuple(f"miss_{cause}" for cause in MISS_CAUSES) + ("miss_small",)
 
 
 def predict_validation(
@@ -115,7 +120,8 @@ def predict_validation(
 
 def score_validation(validation: Validation) -> tuple[float, pd.DataFrame]:
     """:func:`dsb.kaggle.metric.score_labels` of a :class:`Validation`, with ``type`` and ``group`` columns,
-    ``diameter`` (used by prediction) beside ``true_diameter`` (from the masks), and ``sure``."""
+    ``diameter`` (used by prediction) beside ``true_diameter`` (from the masks), ``sure``, and why true
+    nuclei were missed (:data:`MISS_COLUMNS`, from :func:`dsb.kaggle.metric.miss_causes`)."""
 
     value, table = score_labels(validation.truth, validation.pred, image_types=validation.types)
     ids = table["ImageId"].tolist()
@@ -123,7 +129,27 @@ def score_validation(validation: Validation) -> tuple[float, pd.DataFrame]:
     table["diameter"] = [validation.diameters.get(i, float("nan")) for i in ids]
     table["true_diameter"] = [median_diameter(validation.truth[i]) for i in ids]
     table["sure"] = [bool(validation.sure.get(i, True)) for i in ids]
+    for column, counts in zip(MISS_COLUMNS, zip(*(_miss_counts(validation, i) for i in ids))):
+        table[column] = counts
     return value, table
+
+
+def _miss_counts(validation: Validation, image_id: str) -> tuple[int, ...]:
+    """The :data:`MISS_COLUMNS` of one image (every true nucleus absent when it has no prediction)."""
+    true = validation.truth[image_id]
+    pred = validation.pred.get(image_id)
+    causes = miss_causes(true, np.zeros_like(true) if pred is None else pred)
+    return tuple(int((causes["cause"] == c).sum()) for c in MISS_CAUSES) + (int(causes["small"].sum()),)
+
+
+def missed_words(row) -> str:
+    """``"missed 11 merged, 4 absent (13 small)"`` from a row with :data:`MISS_COLUMNS` (a table
+    row or a :func:`score_summary` row); empty when none was missed."""
+    parts = [f"{int(getattr(row, f'miss_{c}'))} {c}" for c in MISS_CAUSES if getattr(row, f"miss_{c}")]
+    if not parts:
+        return ""
+    small = int(row.miss_small)
+    return "missed " + ", ".join(parts) + (f" ({small} small)" if small else "")
 
 
 def misread(table: pd.DataFrame) -> pd.Series:
@@ -153,7 +179,7 @@ def score_summary(table: pd.DataFrame) -> pd.DataFrame:
         and ``n_true`` in ``table``, also ``found`` and ``true``: the true nuclei
         matched at IoU 0.5, and all of them. With ``sure``, ``diameter`` and
         ``true_diameter``, also ``unsure`` (images whose estimate was not
-        confirmed) and ``misread`` (:func:`misread`).
+        confirmed) and ``misread`` (:func:`misread`). With :data:`MISS_COLUMNS`, their sums.
     """
     rows = []
     types = table["type"].fillna("unknown") if "type" in table else pd.Series("unknown", index=table.index)
@@ -166,13 +192,15 @@ def score_summary(table: pd.DataFrame) -> pd.DataFrame:
     counts = "tp_50" in table and "n_true" in table
     estimates = {"sure", "diameter", "true_diameter"} <= set(table.columns)
     wrong = misread(table) if estimates else None
+    misses = [c for c in MISS_COLUMNS if c in table]
     return pd.DataFrame(
         [(level, name, kind, len(part), part["score"].mean(), part["score"].min(), part["score"].max())
          + ((int(part["tp_50"].sum()), int(part["n_true"].sum())) if counts else ())
          + ((int((~part["sure"].astype(bool)).sum()), int(wrong[part.index].sum())) if estimates else ())
+         + tuple(int(part[c].sum()) for c in misses)
          for level, name, kind, part in rows],
         columns=["level", "name", "type", "images", "score", "worst", "best"] + (["found", "true"] if counts else [])
-        + (["unsure", "misread"] if estimates else []),
+        + (["unsure", "misread"] if estimates else []) + misses,
     )
 
 
@@ -182,8 +210,10 @@ def _estimate_words(unsure: int, wrong: int) -> str:
 
 def densest(table: pd.DataFrame, n: int = 5) -> pd.DataFrame:
     """The ``n`` images with the most true nuclei: ``ImageId``, ``group``, ``type``,
-    ``n_true``, ``found`` (true nuclei matched at IoU 0.5), ``n_pred`` and ``score``."""
-    columns = [c for c in ("ImageId", "group", "type", "n_true", "tp_50", "n_pred", "score") if c in table]
+    ``n_true``, ``found`` (true nuclei matched at IoU 0.5), ``n_pred``, ``score`` and the
+    :data:`MISS_COLUMNS` where ``table`` has them."""
+    columns = [c for c in ("ImageId", "group", "type", "n_true", "tp_50", "n_pred", "score", *MISS_COLUMNS)
+               if c in table]
     top = table.sort_values(["n_true", "ImageId"], ascending=[False, True], kind="stable").head(n)
     return top[columns].rename(columns={"tp_50": "found"}).reset_index(drop=True)
 
@@ -200,13 +230,19 @@ def summary_lines(table: pd.DataFrame, *, n_dense: int = 2) -> list[str]:
         for rows in dense:
             for row in rows.itertuples(index=False):
                 where = getattr(row, "group", None) or getattr(row, "type", "")
+                why = missed_words(row) if hasattr(row, "miss_small") else ""
                 lines.append(f"  {row.ImageId} ({where}): found {row.found}/{row.n_true}, "
-                             f"predicted {row.n_pred}, score {row.score:.4f}")
+                             f"predicted {row.n_pred}, score {row.score:.4f}" + (f"; {why}" if why else ""))
     summary = score_summary(table)
     if "unsure" in summary:
         every = summary[summary["level"] == "all"].iloc[0]
         lines.append(f"diameter: {_estimate_words(every['unsure'], every['misread'])} of {every['images']} images "
                      "(against the masks' median diameter)")
+    if "miss_small" in summary:
+        every = summary[summary["level"] == "all"].iloc[0]
+        why = missed_words(every)
+        if why:
+            lines.append(f"true nuclei {why}; small: under {SMALL_SHARE:g} of their image's median area")
     for row in summary[summary["level"] == "group"].itertuples(index=False):
         lines.append(f"group {row.name} ({row.type}): {row.score:.6f} ({row.images} images)")
     for row in summary[summary["level"] == "type"].itertuples(index=False):
@@ -318,7 +354,7 @@ def magnification_sweep(
         all): ``zoom``, ``level``, ``name``, ``images``, ``score``, ``found`` and ``true``,
         the true nuclei matched at IoU 0.5 and all true nuclei, and ``unsure`` and ``misread``,
         the images whose diameter estimate was not confirmed, and those it read wrong while
-        calling itself sure.
+        calling itself sure, and why true nuclei were missed (:data:`MISS_COLUMNS`).
     """
     model, config = load_network(Path(run_dir), engine, precision, scale_factor=scale_factor)
     frames = []
@@ -326,7 +362,8 @@ def magnification_sweep(
         _, table = score_validation(predict_validation(model, config, data_dir, tta=tta, progress=progress,
                                                        zoom=float(zoom)))
         frames.append(score_summary(table).assign(zoom=float(zoom)))
-    columns = ["zoom", "level", "name", "type", "images", "score", "found", "true", "unsure", "misread"]
+    columns = ["zoom", "level", "name", "type", "images", "score", "found", "true", "unsure", "misread",
+               *MISS_COLUMNS]
     return pd.concat(frames, ignore_index=True)[columns]
 
 
@@ -342,6 +379,8 @@ def sweep_lines(sweep: pd.DataFrame) -> list[str]:
         line = (f"zoom {zoom:g}: {every['score']:.4f}"
                 + "".join(f", {r.name} {r.score:.4f}" for r in types.itertuples(index=False))
                 + f"; found {every['found']}/{every['true']} at IoU 0.5")
+        if "miss_small" in every and missed_words(every):
+            line += f" ({missed_words(every)})"
         if "unsure" in every:
             line += "; " + _estimate_words(every["unsure"], every["misread"])
         if base is not None and zoom != 1.0:
