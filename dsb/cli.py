@@ -124,9 +124,13 @@ _PRECISION = click.option(
     "--precision", type=click.Choice(["auto", "float32", "bfloat16", "int8"]), default="auto", show_default=True,
     help="The network's number format for inference (not training's --precision). auto: bfloat16 on OpenVINO "
          "where the CPU has bfloat16 units (AVX-512 BF16 or AMX), else float32. bfloat16 computes model.onnx in "
-         "bfloat16 on OpenVINO: several times faster with AMX, probabilities within a few hundredths. int8 runs "
-         "model.int8.onnx (dsb export --int8) on OpenVINO or ONNX Runtime: faster on CPUs with integer "
-         "dot-product units, probabilities within about 0.002 on average.")
+         "bfloat16 on OpenVINO, faster on such CPUs. int8 runs model.int8.onnx (dsb export --int8) on OpenVINO "
+         "or ONNX Runtime, faster on CPUs with integer dot-product units. Both approximate float32's "
+         "probabilities; docs/engines.md has the measured speeds and scores.")
+
+
+# What click (8.2 on) raises for a group called without arguments; older versions print the help.
+_NO_ARGS = getattr(click.exceptions, "NoArgsIsHelpError", None)
 
 
 class DsbGroup(click.Group):
@@ -138,6 +142,9 @@ class DsbGroup(click.Group):
         try:
             code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except click.UsageError as exc:
+            if _NO_ARGS is not None and isinstance(exc, _NO_ARGS) and exc.ctx is not None:
+                click.echo(exc.ctx.get_help())  # plain `dsb`: a first look, not a mistake
+                sys.exit(0)
             # click prints usage, a hint and the error over four lines; one says it.
             command = exc.ctx.command_path if exc.ctx is not None else (prog_name or "dsb")
             click.echo(f"{command}: usage error: {_one_line(exc.format_message())} "
@@ -180,6 +187,11 @@ class DsbGroup(click.Group):
 def _one_line(text: str) -> str:
     """``text`` with its line breaks (and the spaces around them) turned into single spaces."""
     return " ".join(part.strip() for part in text.strip().splitlines() if part.strip())
+
+
+def _count(n: int, noun: str) -> str:
+    """``"1 image"``, ``"3 images"``."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
@@ -513,10 +525,13 @@ def predict(run_dir, images, out, labels, tta, diameter, skip_bad, scale_factor,
                             skip_bad=skip_bad, progress=True, engine=engine, precision=precision,
                             scale_factor=scale_factor)
     skipped = _report_skipped(result.attrs["skipped"])
-    n_images = result["ImageId"].nunique()
+    empty = len(result.attrs["empty_rows"])
+    n_images = result["ImageId"].nunique() - empty
     n_nuclei = int((result["EncodedPixels"] != "").sum())
-    click.echo(f"{out}: {n_nuclei} nuclei in {n_images} images, validated"
-               + (f"; {skipped} skipped" if skipped else "") + f" ({_computed_in(engine, precision)})")
+    click.echo(f"{out}: {n_nuclei} nuclei in {_count(n_images, 'image')}, validated"
+               + (f"; {skipped} skipped" if skipped else "")
+               + (f" ({_count(empty, 'image')} given an empty row, as if without nuclei)" if empty else "")
+               + f" ({_computed_in(engine, precision)})")
 
 
 @cli.command()
@@ -533,8 +548,8 @@ def predict(run_dir, images, out, labels, tta, diameter, skip_bad, scale_factor,
                    "a side, best a multiple of 16 (default: 2048 pixels at the network's scale; TIFF and PNG "
                    "files above 8192 pixels go block-wise anyway).")
 @click.option("--workers", type=click.IntRange(min=1), default=None, metavar="N",
-              help="Run on a local Dask cluster of N worker processes, one thread each (pip install "
-                   "'dsb[distributed]').")
+              help="Run on a local Dask cluster of N worker processes, one thread each (the 'distributed' "
+                   "extra: pip install -e '.[distributed]' in the dsb checkout).")
 @click.option("--scheduler", default=None, metavar="ADDRESS",
               help="Run on the Dask cluster whose scheduler is at ADDRESS, e.g. tcp://host:8786.")
 @_SCALE_FACTOR
@@ -568,7 +583,7 @@ def segment(paths, model_dir, out, tta, overlay, diameter, skip_bad, block_size,
     done = int((summary["status"] == "ok").sum())
     # A running cluster's workers each resolve auto on their own CPUs.
     computed = f"{engine}, {precision} on each worker" if scheduler is not None else _computed_in(engine, precision)
-    click.echo(f"{done} images segmented into {out}" + (f", {skipped} skipped" if skipped else "")
+    click.echo(f"{_count(done, 'image')} segmented into {out}" + (f", {skipped} skipped" if skipped else "")
                + (f", {len(unsure)} with an unsure diameter estimate" if len(unsure) else "") + f" ({computed})")
 
 
@@ -590,6 +605,10 @@ def score(submission: Path, truth: Path, images: Path | None, per_image: Path | 
     images = truth if images is None and truth.is_dir() else images
     types = image_types(images) if images is not None else None
     value, table = score_submission(submission, truth, image_types=types, allow_extra=allow_extra)
+    unanswered = table.attrs.get("unanswered", [])
+    if unanswered:  # Kaggle would refuse the file; the score counts them as 0
+        click.echo(f"dsb: warning: {submission}: {len(unanswered)} of {_count(len(table), 'image')} of the truth "
+                   f"have no row and score 0 (e.g. {unanswered[0]})", err=True)
     _report_scores(value, table, per_image)
 
 

@@ -780,7 +780,14 @@ def test_predict_stops_at_a_bad_image_or_skips_it(tiny_run, tmp_path, what, name
     assert result.exit_code == 0, (result.stderr, result.exception)
     (line,) = result.stderr.splitlines()
     assert line.startswith(f"skipped: {bad}: ") and words in line and "1 skipped" in result.stdout
-    assert sorted(set(pd.read_csv(out, keep_default_na=False)["ImageId"])) == ["a", "z"]
+    table = pd.read_csv(out, keep_default_na=False)
+    if bad.suffix in (".png", ".tif"):
+        # An image that could not be read still gets its row, an empty one, so Kaggle takes the file.
+        assert sorted(set(table["ImageId"])) == ["a", "bad", "z"]
+        assert table.loc[table["ImageId"] == "bad", "EncodedPixels"].tolist() == [""]
+        assert "2 images, validated; 1 skipped (1 image given an empty row, as if without nuclei)" in result.stdout
+    else:  # a file that is no image at all is not one of the images
+        assert sorted(set(table["ImageId"])) == ["a", "z"]
 
 
 def test_predict_skips_bad_samples_of_a_stage_folder(tiny_run, tmp_path):
@@ -796,7 +803,10 @@ def test_predict_skips_bad_samples_of_a_stage_folder(tiny_run, tmp_path):
     lines = result.stderr.splitlines()
     assert len(lines) == 2 and all(line.startswith("skipped: ") for line in lines)
     assert any("img_b.png: empty file" in line for line in lines) and any("img_c" in line for line in lines)
-    assert set(pd.read_csv(out, keep_default_na=False)["ImageId"]) == {"img_a"}
+    # img_b, unreadable, answers with an empty row; img_c has no image, so no id to answer for.
+    table = pd.read_csv(out, keep_default_na=False)
+    assert set(table["ImageId"]) == {"img_a", "img_b"}
+    assert table.loc[table["ImageId"] == "img_b", "EncodedPixels"].tolist() == [""]
 
 
 def test_predict_an_empty_folder_or_only_bad_images(tiny_run, tmp_path):
@@ -901,7 +911,7 @@ def test_segment_stops_at_a_bad_image_or_skips_it(tiny_run, tmp_path, what, name
     assert result.exit_code == 0, (result.stderr, result.exception)
     (line,) = _not_warnings(result.stderr)
     assert line.startswith(f"skipped: {bad}: ") and words in line
-    assert "1 images segmented" in result.stdout and "1 skipped" in result.stdout
+    assert "1 image segmented" in result.stdout and "1 skipped" in result.stdout
     summary = pd.read_csv(out / "summary.csv", keep_default_na=False).set_index("file")
     assert summary.loc[str(bad), "status"] == "skipped" and summary.loc[str(images / "a.png"), "status"] == "ok"
 
@@ -946,6 +956,10 @@ def test_tune_data_that_does_not_fit_the_run(tiny_run, tmp_path, stage):
     error_line(dsb("tune", run, "--data", stage.parent), 3, stage, "'img_zz' is not in this folder")
     run = copy_run(tiny_run, tmp_path / "run2", config=_tiny_config(tiny_run) | {"validation_ids": []})
     error_line(dsb("tune", run, "--data", stage.parent), 3, run / "config.json", "key 'validation_ids'", "is empty")
+    # The same run has nothing to score either: the same line names its config, and says why it can be so.
+    for command in (["evaluate", run], ["evaluate", run, "--zoom", "1,2"]):
+        error_line(dsb(*command, "--data", stage.parent), 3, run / "config.json", "key 'validation_ids'",
+                   "no validation images to score", "fine-tune")
     empty = tmp_path / "empty"
     empty.mkdir()
     error_line(dsb("tune", tiny_run, "--data", empty), 3, empty, "no stage1_train/ folder")

@@ -119,7 +119,8 @@ def cluster_client(workers: int | None = None, scheduler: str | None = None):
     try:
         from distributed import Client, LocalCluster
     except ImportError:
-        raise EnvironmentProblem("a Dask cluster needs the 'distributed' extra: pip install 'dsb[distributed]'") \
+        raise EnvironmentProblem("a Dask cluster needs the 'distributed' extra: pip install -e '.[distributed]' "
+                                 "in the dsb checkout") \
             from None
     if scheduler is not None:
         _check_reachable(scheduler)

@@ -23,7 +23,7 @@ from dsb.kaggle.metric import MISS_CAUSES, SMALL_SHARE, miss_causes, score_label
 from dsb.network.engines import load_network
 from dsb.training.cache import load_groups
 from dsb.workflows.pipeline import nuclei_predictor, predict_each
-from dsb.workflows.tune import validation_data
+from dsb.workflows.tune import require_validation, validation_data
 
 __all__ = [
     "Validation", "predict_validation", "score_validation", "evaluate", "score_summary", "densest", "summary_lines",
@@ -289,6 +289,7 @@ def evaluate(
     """
 
     model, config = load_network(Path(run_dir), engine, precision, scale_factor=scale_factor)
+    require_validation(run_dir, config, "score")
     return score_validation(predict_validation(model, config, data_dir, tta=tta, diameter=diameter,
                                                progress=progress))
 
@@ -357,6 +358,7 @@ def magnification_sweep(
         calling itself sure, and why true nuclei were missed (:data:`MISS_COLUMNS`).
     """
     model, config = load_network(Path(run_dir), engine, precision, scale_factor=scale_factor)
+    require_validation(run_dir, config, "score")
     frames = []
     for zoom in zooms:
         _, table = score_validation(predict_validation(model, config, data_dir, tta=tta, progress=progress,

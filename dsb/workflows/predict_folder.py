@@ -114,13 +114,19 @@ def predict_images(
                     label_files.append(write_labels(staging / f"{image_id}.png", labels))
         if not shapes:
             raise BadDataError("no image could be predicted", path=images_dir)
+        # A skipped image still needs its row, or Kaggle refuses the file: an empty one (no nuclei).
+        unread = [image_id for image_id in images if image_id not in shapes]
+        rows.extend((image_id, "") for image_id in unread)
 
         table = pd.DataFrame(rows, columns=["ImageId", "EncodedPixels"])
+        table = table.sort_values("ImageId", kind="stable", ignore_index=True)
         table.attrs["skipped"] = skips.records
+        table.attrs["empty_rows"] = unread
         with atomic_path(out_csv) as tmp:
             write_submission(table, tmp)
-            # Validate the file as written, before it takes the place of out_csv.
-            invalid = validate_submission(read_submission(tmp), shapes, path=out_csv)
+            # Validate the file as written, before it takes the place of out_csv (an empty row fits any shape).
+            invalid = validate_submission(read_submission(tmp), {**shapes, **dict.fromkeys(unread, (1, 1))},
+                                          path=out_csv)
             if invalid:
                 raise DsbError(f"the predicted submission is not valid: {invalid[0]} ({len(invalid)} problems)",
                                path=out_csv)
@@ -193,7 +199,9 @@ def predict_folder(
         ``ImageId``, ``EncodedPixels``: one row per nucleus, ids sorted, nuclei
         in label order; an image with no nucleus has one row with an empty
         ``EncodedPixels``. ``attrs["skipped"]`` holds a
-        :class:`dsb.io.folders.Skip` per skipped file (empty unless ``skip_bad``).
+        :class:`dsb.io.folders.Skip` per skipped file (empty unless ``skip_bad``), and
+        ``attrs["empty_rows"]`` the ids of the skipped images, each written as one empty row
+        (as an image without nuclei) so that the file still answers for every image.
 
     Raises
     ------
