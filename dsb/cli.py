@@ -206,7 +206,7 @@ def cli(debug: bool) -> None:
     """Nucleus instance segmentation for the 2018 Data Science Bowl.
 
     Exit status: 0 success, 1 internal error, 2 usage error, 3 bad data,
-    4 environment (credentials, unwritable path, full disk), 130 interrupted.
+    4 environment (credentials, unwritable path, full disk, a missing engine or extra), 130 interrupted.
     """
 
 
