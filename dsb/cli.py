@@ -42,6 +42,21 @@ class _Diameter(click.ParamType):
             self.fail(str(exc), param, ctx)
 
 
+class _SchedulerAddress(click.ParamType):
+    """A Dask scheduler's address, [PROTOCOL://]HOST:PORT (:func:`dsb.workflows.cluster.parse_address`)."""
+
+    name = "ADDRESS"
+
+    def convert(self, value, param, ctx):
+        from dsb.workflows.cluster import parse_address
+
+        try:
+            parse_address(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+        return value
+
+
 class _Numbers(click.ParamType):
     """Numbers, comma-separated; :meth:`check` says what a list may hold."""
 
@@ -104,7 +119,7 @@ class _ScaleFactors(_Numbers):
             raise ValueError(f"a factor {exc.message}") from None
 
 
-_DIAMETER_HELP = "Median nucleus diameter in pixels; estimated per image when not given."
+_DIAMETER_HELP = "Median nucleus diameter in pixels, 2 to 1000; estimated per image when not given."
 _TTA = click.option(
     "--tta/--no-tta", default=None,
     help="Average over flips and 90-degree rotations (eight network passes an image). Default: the run's "
@@ -119,7 +134,7 @@ _SCALE_FACTOR = click.option(
 _ENGINE = click.option(
     "--engine", type=click.Choice(["auto", "keras", "onnx", "openvino"]), default="auto", show_default=True,
     help="Inference engine; auto takes Keras on a GPU, else OpenVINO, then ONNX Runtime, when the model folder has "
-         "model.onnx.")
+         "model.onnx, and Keras when it has none.")
 _PRECISION = click.option(
     "--precision", type=click.Choice(["auto", "float32", "bfloat16", "int8"]), default="auto", show_default=True,
     help="The network's number format for inference (not training's --precision). auto: bfloat16 on OpenVINO "
@@ -249,14 +264,20 @@ def prepare(data: Path, config_path: Path | None) -> None:
               help="stage1_train/, annotated images of your own (images/ + masks/, or NAME_masks.tif "
                    "beside NAME.png), or both.")
 @click.option("--out", type=_DIR, default=None, help="Run folder (default runs/<date-time>).")
-@click.option("--epochs", type=click.IntRange(min=1), default=None)
-@click.option("--steps-per-epoch", type=click.IntRange(min=1), default=None)
+@click.option("--epochs", type=click.IntRange(min=1), default=None,
+              help="At most this many epochs (default: the config's train.epochs; with --time-budget the "
+                   "schedule follows the budget and this caps it).")
+@click.option("--steps-per-epoch", type=click.IntRange(min=1), default=None,
+              help="Batches per epoch (default: the config's, or one pass over the training images).")
 @click.option("--time-budget", type=click.FloatRange(min=0, min_open=True), default=None, metavar="MINUTES",
               help="Stop cleanly once this many minutes are spent, keeping the best model.")
-@click.option("--seed", type=int, default=None)
+@click.option("--seed", type=int, default=None,
+              help="Seed of the validation split, the initial weights and the augmentation (default: the config's).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 @click.option("--strategy", type=click.Choice(["default", "mirrored", "multiworker"]), default="default",
-              show_default=True)
+              show_default=True,
+              help="default: one device; mirrored: every GPU of this machine; multiworker: several machines "
+                   "(docs/kaggle.md).")
 @click.option("--precision", type=click.Choice(["float32", "mixed", "bfloat16", "auto"]), default="float32",
               show_default=True,
               help="mixed: float16 compute, for GPUs; bfloat16: for CPUs with bfloat16 units; auto: time a few "
@@ -298,7 +319,8 @@ def train(config_path, data, out, epochs, steps_per_epoch, time_budget, seed, re
 
 @cli.command()
 @click.argument("run_dir", type=_EXISTING_DIR)
-@click.option("--data", type=_EXISTING_DIR, default=Path("data"), show_default=True)
+@click.option("--data", type=_EXISTING_DIR, default=Path("data"), show_default=True,
+              help="The training data holding the run's validation images (stage1_train/, or your annotated images).")
 @click.option("--tta/--no-tta", default=None,
               help="Tune on probabilities averaged over flips and 90-degree rotations, and make that the run's "
                    "way to predict (predict.tta). Default: as the run predicts now.")
@@ -330,7 +352,8 @@ def tune(run_dir: Path, data: Path, tta: bool | None, scale_factors: tuple[float
 
 @cli.command()
 @click.argument("run_dir", type=_EXISTING_DIR)
-@click.option("--data", type=_EXISTING_DIR, default=Path("data"), show_default=True)
+@click.option("--data", type=_EXISTING_DIR, default=Path("data"), show_default=True,
+              help="The training data holding the run's validation images (stage1_train/, or your annotated images).")
 @_TTA
 @click.option("--diameter", type=_Diameter(), default=None, help=_DIAMETER_HELP)
 @click.option("--per-image", type=_FILE, default=None,
@@ -369,16 +392,18 @@ def evaluate(run_dir: Path, data: Path, tta: bool, diameter: float | None, per_i
 
 
 @cli.command()
-@click.option("--data", type=_EXISTING_DIR, default=Path("data"), show_default=True)
+@click.option("--data", type=_EXISTING_DIR, default=Path("data"), show_default=True,
+              help="The training data whose imaging-experiment groups are held out in turn (stage1_train/).")
 @click.option("--out", type=_DIR, default=Path("runs/crossval"), show_default=True,
               help="Where the fold runs (fold-1, ...) and crossval.csv go; an interrupted run goes on from there.")
-@click.option("--folds", type=click.IntRange(min=2), default=4, show_default=True)
-@click.option("--time-budget", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--folds", type=click.IntRange(min=2), default=4, show_default=True,
+              help="Folds the groups are dealt into, whole groups each (at most the number of groups).")
+@click.option("--time-budget", type=click.FloatRange(min=0, min_open=True), default=None, metavar="MINUTES",
               help="Minutes of training per fold.")
-@click.option("--epochs", type=click.IntRange(min=1), default=None)
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help="At most this many epochs per fold.")
 @click.option("--config", "config_path", type=_EXISTING_FILE, default=None,
               help="The recipe to judge (default: the shipped CPU config).")
-@click.option("--seed", type=int, default=None)
+@click.option("--seed", type=int, default=None, help="Training seed of every fold (default: the config's).")
 @click.option("--precision", type=click.Choice(["float32", "mixed", "bfloat16", "auto"]), default="float32",
               show_default=True, help="Training precision of every fold, as for `dsb train`.")
 @click.option("--tune/--no-tune", default=True, show_default=True,
@@ -550,14 +575,14 @@ def predict(run_dir, images, out, labels, tta, diameter, skip_bad, scale_factor,
 @click.option("--workers", type=click.IntRange(min=1), default=None, metavar="N",
               help="Run on a local Dask cluster of N worker processes, one thread each (the 'distributed' "
                    "extra: pip install -e '.[distributed]' in the dsb checkout).")
-@click.option("--scheduler", default=None, metavar="ADDRESS",
+@click.option("--scheduler", type=_SchedulerAddress(), default=None, metavar="ADDRESS",
               help="Run on the Dask cluster whose scheduler is at ADDRESS, e.g. tcp://host:8786.")
 @_SCALE_FACTOR
 @_ENGINE
 @_PRECISION
 def segment(paths, model_dir, out, tta, overlay, diameter, skip_bad, block_size, workers, scheduler,
             scale_factor, engine, precision) -> None:
-    """Segment any PNG, TIFF, JPEG or Zarr microscope images and measure each nucleus.
+    """Segment any PNG, TIFF, JPEG, BMP or Zarr microscope images and measure each nucleus.
 
     Images larger than memory (Zarr, OME-Zarr, big TIFF or PNG) are segmented
     block by block; --workers or --scheduler spreads the work over a Dask cluster.
@@ -577,7 +602,9 @@ def segment(paths, model_dir, out, tta, overlay, diameter, skip_bad, block_size,
     skipped = _report_skipped(summary.attrs["skipped"])
     unsure = summary[summary["diameter_sure"].astype(str) == "False"]
     for row in unsure.itertuples(index=False):
-        click.echo(f"warning: {row.file}: the nucleus diameter estimate ({row.diameter or 'none'} px) is unsure "
+        d = row.diameter
+        read = f"{float(d):.1f} px" if isinstance(d, (int, float)) and d == d and d else "none"  # NaN != NaN
+        click.echo(f"warning: {row.file}: the nucleus diameter estimate ({read}) is unsure "
                    "(not confirmed at another scale, or the network doubts what it sees there); check the result "
                    "or give --diameter", err=True)
     done = int((summary["status"] == "ok").sum())
@@ -655,7 +682,7 @@ def submit(csv: Path, message: str, images: Path, skip_without_credentials: bool
 @click.option("--truth", type=_EXISTING, default=None, help="Solution CSV or stage1_train-layout folder.")
 @click.option("--images", type=_EXISTING_DIR, default=None,
               help="Folder of the images for overlays (default: the --truth folder).")
-@click.option("--data", type=click.Path(path_type=Path), default=Path("data"), show_default=True,
+@click.option("--data", type=click.Path(file_okay=False, path_type=Path), default=Path("data"), show_default=True,
               help="Training data: without --submission, the run's validation images are predicted from it.")
 @click.option("--out", type=_FILE, default=Path("report.html"), show_default=True)
 def report(run_dir, submission, truth, images, data, out) -> None:

@@ -926,6 +926,22 @@ def test_segment_an_empty_folder_or_a_non_image_file(tiny_run, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_segment_a_float_image_with_no_finite_value(tiny_run, tmp_path):
+    import tifffile
+
+    # A failed computation saved as an image: nothing to segment, and no silent "0 nuclei".
+    nan = tmp_path / "nan.tif"
+    tifffile.imwrite(nan, np.full((40, 40), np.nan, np.float32))
+    error_line(dsb("segment", nan, "--model", tiny_run, "--out", tmp_path / "out"), 3, nan,
+               "holds no finite pixel value")
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+    some = tmp_path / "some.tif"
+    data = np.full((40, 40), np.nan, np.float32)
+    data[10:20, 10:20] = 0.5
+    tifffile.imwrite(some, data)
+    assert dsb("segment", some, "--model", tiny_run, "--out", tmp_path / "out2").exit_code == 0
+
+
 def test_segment_outputs_that_cannot_be_written(tiny_run, tmp_path, blocker, full_disk):
     images = tmp_path / "images"
     png(images / "a.png", disc_image(truth("img_a")))

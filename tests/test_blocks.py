@@ -354,11 +354,24 @@ def test_a_block_below_the_nucleus_size(tmp_path, inputs):
     assert not out.exists() or not any(out.iterdir())
 
 
-@pytest.mark.parametrize("address", ["tcp://127.0.0.1:9", "not-an-address"])
-def test_an_unreachable_scheduler(tmp_path, inputs, address):
+def test_an_unreachable_scheduler(tmp_path, inputs):
     out = tmp_path / "out"
+    address = "tcp://127.0.0.1:9"
     error_line(run_dsb("segment", inputs / "plate.zarr", "--out", out, "--scheduler", address), 4, address)
     assert not out.exists()
+
+
+def test_a_malformed_scheduler_address_is_a_usage_error(tmp_path, inputs):
+    out = tmp_path / "out"
+    result = run_dsb("segment", inputs / "plate.zarr", "--out", out, "--scheduler", "not-an-address")
+    assert result.exit_code == 2
+    (line,) = result.stderr.splitlines()
+    assert "segment: usage error: " in line and "--scheduler" in line
+    assert "'not-an-address' is not a Dask scheduler address (expected tcp://HOST:PORT)" in line
+    assert not out.exists()
+    # From Python, a bad address is bad data, not the environment's fault.
+    with pytest.raises(BadDataError, match="not-an-address: is not a Dask scheduler address"):
+        cluster._check_reachable("not-an-address")
 
 
 def test_out_of_memory_leaves_nothing_half_written(tmp_path, inputs, monkeypatch):
