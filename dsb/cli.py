@@ -227,7 +227,7 @@ def cli(debug: bool) -> None:
 
 # ---------------------------------------------------------------- data
 
-@cli.command()
+@cli.command(short_help="Fetch and verify the competition data.")
 @click.option("--source", type=_EXISTING, default=None,
               help="A local copy of the competition files: the outer zip, or a folder of the inner zips.")
 @click.option("--dest", type=_DIR, default=Path("data"), show_default=True, help="Where the data goes.")
@@ -240,7 +240,7 @@ def fetch(source: Path | None, dest: Path, quiet: bool) -> None:
     click.echo(str(summary))
 
 
-@cli.command()
+@cli.command(short_help="Decode the training images and masks once, into a cache.")
 @click.option("--data", type=_EXISTING_DIR, default=Path("data"), show_default=True,
               help="The folder `dsb fetch` filled (with stage1_train/).")
 @click.option("--config", "config_path", type=_EXISTING_FILE, default=None, help="Config JSON (preprocess section).")
@@ -257,7 +257,7 @@ def prepare(data: Path, config_path: Path | None) -> None:
 
 # ---------------------------------------------------------------- training
 
-@cli.command()
+@cli.command(short_help="Train the U-Net, or fine-tune one on your annotations.")
 @click.option("--config", "config_path", type=_EXISTING_FILE, default=None,
               help="Config JSON; defaults to the shipped CPU config.")
 @click.option("--data", type=_EXISTING_DIR, default=Path("data"), show_default=True,
@@ -317,7 +317,7 @@ def train(config_path, data, out, epochs, steps_per_epoch, time_budget, seed, re
     click.echo(f"run folder: {run_dir}")
 
 
-@cli.command()
+@cli.command(short_help="Tune a run's post-processing on its validation images.")
 @click.argument("run_dir", type=_EXISTING_DIR)
 @click.option("--data", type=_EXISTING_DIR, default=Path("data"), show_default=True,
               help="The training data holding the run's validation images (stage1_train/, or your annotated images).")
@@ -350,7 +350,7 @@ def tune(run_dir: Path, data: Path, tta: bool | None, scale_factors: tuple[float
     click.echo(f"{row['score']:.6f}")
 
 
-@cli.command()
+@cli.command(short_help="Score a run on its held-out images, per group and type.")
 @click.argument("run_dir", type=_EXISTING_DIR)
 @click.option("--data", type=_EXISTING_DIR, default=Path("data"), show_default=True,
               help="The training data holding the run's validation images (stage1_train/, or your annotated images).")
@@ -391,7 +391,7 @@ def evaluate(run_dir: Path, data: Path, tta: bool, diameter: float | None, per_i
     _report_scores(value, table, per_image, by_type=False)
 
 
-@cli.command()
+@cli.command(short_help="Cross-validate a recipe, each imaging group held out once.")
 @click.option("--data", type=_EXISTING_DIR, default=Path("data"), show_default=True,
               help="The training data whose imaging-experiment groups are held out in turn (stage1_train/).")
 @click.option("--out", type=_DIR, default=Path("runs/crossval"), show_default=True,
@@ -466,7 +466,7 @@ def _fold_words(row, tune: bool) -> str:
     return f" (fold {row.fold}{'' if row.tuned or not tune else ', untuned'})"
 
 
-@cli.command()
+@cli.command(short_help="Export a run: inference copy, ONNX, int8, BioImage Model Zoo.")
 @click.argument("run_dir", type=_EXISTING_DIR)
 @click.option("--out", type=_DIR, default=None, help="Folder to write (replaced once the copy is whole).")
 @click.option("--onnx", "in_place", is_flag=True,
@@ -519,7 +519,7 @@ def export(run_dir: Path, out: Path | None, in_place: bool, bioimageio: Path | N
 
 # ---------------------------------------------------------------- prediction
 
-@cli.command()
+@cli.command(short_help="Segment a folder of images into a Kaggle submission CSV.")
 @click.argument("run_dir", type=_EXISTING_DIR, required=False)
 @click.option("--images", type=_EXISTING_DIR, default=Path("data/stage1_test"), show_default=True,
               help="A stage folder ({id}/images/{id}.png) or a flat folder of images.")
@@ -559,7 +559,7 @@ def predict(run_dir, images, out, labels, tta, diameter, skip_bad, scale_factor,
                + f" ({_computed_in(engine, precision)})")
 
 
-@cli.command()
+@cli.command(short_help="Segment microscope images: labels, measurements, overlays.")
 @click.argument("paths", nargs=-1, required=True, type=_EXISTING)
 @click.option("--model", "model_dir", type=_EXISTING_DIR, default=None,
               help="Run folder; defaults to the model shipped with the package.")
@@ -604,7 +604,7 @@ def segment(paths, model_dir, out, tta, overlay, diameter, skip_bad, block_size,
     for row in unsure.itertuples(index=False):
         d = row.diameter
         read = f"{float(d):.1f} px" if isinstance(d, (int, float)) and d == d and d else "none"  # NaN != NaN
-        click.echo(f"warning: {row.file}: the nucleus diameter estimate ({read}) is unsure "
+        click.echo(f"dsb: warning: {row.file}: the nucleus diameter estimate ({read}) is unsure "
                    "(not confirmed at another scale, or the network doubts what it sees there); check the result "
                    "or give --diameter", err=True)
     done = int((summary["status"] == "ok").sum())
@@ -616,7 +616,7 @@ def segment(paths, model_dir, out, tta, overlay, diameter, skip_bad, block_size,
 
 # ---------------------------------------------------------------- scoring and submission
 
-@cli.command()
+@cli.command(short_help="Score a submission with the competition metric.")
 @click.argument("submission", type=_EXISTING_FILE)
 @click.option("--truth", type=_EXISTING, required=True,
               help="A solution CSV (ImageId,EncodedPixels,Height,Width) or a folder in stage1_train layout.")
@@ -639,7 +639,7 @@ def score(submission: Path, truth: Path, images: Path | None, per_image: Path | 
     _report_scores(value, table, per_image)
 
 
-@cli.command()
+@cli.command(short_help="Check a submission CSV against the images it is for.")
 @click.argument("submission", type=_EXISTING_FILE)
 @click.option("--images", type=_EXISTING_DIR, default=Path("data/stage1_test"), show_default=True,
               help="The images the submission is for.")
@@ -651,7 +651,7 @@ def validate(submission: Path, images: Path) -> None:
     click.echo(f"{submission}: valid")
 
 
-@cli.command()
+@cli.command(short_help="Validate a CSV, then submit it to Kaggle.")
 @click.argument("csv", type=_EXISTING_FILE)
 @click.option("-m", "--message", required=True, help="The submission's description on Kaggle.")
 @click.option("--images", type=_EXISTING_DIR, default=Path("data/stage1_test"), show_default=True,
@@ -676,7 +676,7 @@ def submit(csv: Path, message: str, images: Path, skip_without_credentials: bool
     click.echo(f"{csv}: submitted to data-science-bowl-2018" + (f" ({reply})" if reply else ""))
 
 
-@cli.command()
+@cli.command(short_help="Write an HTML report of a run or a submission.")
 @click.argument("run_dir", type=_EXISTING_DIR)
 @click.option("--submission", type=_EXISTING_FILE, default=None, help="Predictions to inspect.")
 @click.option("--truth", type=_EXISTING, default=None, help="Solution CSV or stage1_train-layout folder.")

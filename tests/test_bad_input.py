@@ -874,7 +874,7 @@ def test_predict_outputs_that_cannot_be_written(tiny_run, tmp_path, blocker, ful
 
 def _not_warnings(stderr: str) -> list[str]:
     """stderr's lines but the warnings about unsure diameter estimates."""
-    return [line for line in stderr.splitlines() if not line.startswith("warning: ")]
+    return [line for line in stderr.splitlines() if not line.startswith("dsb: warning: ")]
 
 
 def test_segment_takes_every_image_layout(tiny_run, tmp_path):
