@@ -137,8 +137,9 @@ _ENGINE = click.option(
          "model.onnx, and Keras when it has none.")
 _PRECISION = click.option(
     "--precision", type=click.Choice(["auto", "float32", "bfloat16", "int8"]), default="auto", show_default=True,
-    help="The network's number format for inference (not training's --precision). auto: bfloat16 on OpenVINO "
-         "where the CPU has bfloat16 units (AVX-512 BF16 or AMX), else float32. bfloat16 computes model.onnx in "
+    help="The network's number format for inference (not training's --precision). auto, on OpenVINO: bfloat16 "
+         "where the CPU has bfloat16 units (AVX-512 BF16 or AMX), else int8 where it has integer dot-product units "
+         "(VNNI) and the folder model.int8.onnx, else float32. bfloat16 computes model.onnx in "
          "bfloat16 on OpenVINO, faster on such CPUs. int8 runs model.int8.onnx (dsb export --int8) on OpenVINO "
          "or ONNX Runtime, faster on CPUs with integer dot-product units. Both approximate float32's "
          "probabilities; docs/engines.md has the measured speeds and scores.")
@@ -378,14 +379,14 @@ def evaluate(run_dir: Path, data: Path, tta: bool, diameter: float | None, per_i
     if zooms is not None:
         sweep = magnification_sweep(run_dir, data, zooms, tta=tta, progress=True, engine=engine,
                                     precision=precision, scale_factor=scale_factor)
-        click.echo(f"network: {_computed_in(engine, precision)}")
+        click.echo(f"network: {_computed_in(engine, precision, run_dir)}")
         for line in sweep_lines(sweep):
             click.echo(line)
         _report_scores(sweep[sweep["level"] == "all"]["score"].min(), sweep, per_image, by_type=False)
         return
     value, table = evaluate_run(run_dir, data, tta=tta, diameter=diameter, progress=True, engine=engine,
                                 precision=precision, scale_factor=scale_factor)
-    click.echo(f"network: {_computed_in(engine, precision)}")
+    click.echo(f"network: {_computed_in(engine, precision, run_dir)}")
     for line in summary_lines(table):
         click.echo(line)
     _report_scores(value, table, per_image, by_type=False)
@@ -556,7 +557,7 @@ def predict(run_dir, images, out, labels, tta, diameter, skip_bad, scale_factor,
     click.echo(f"{out}: {n_nuclei} nuclei in {_count(n_images, 'image')}, validated"
                + (f"; {skipped} skipped" if skipped else "")
                + (f" ({_count(empty, 'image')} given an empty row, as if without nuclei)" if empty else "")
-               + f" ({_computed_in(engine, precision)})")
+               + f" ({_computed_in(engine, precision, run_dir)})")
 
 
 @cli.command(short_help="Segment microscope images: labels, measurements, overlays.")
@@ -609,7 +610,8 @@ def segment(paths, model_dir, out, tta, overlay, diameter, skip_bad, block_size,
                    "or give --diameter", err=True)
     done = int((summary["status"] == "ok").sum())
     # A running cluster's workers each resolve auto on their own CPUs.
-    computed = f"{engine}, {precision} on each worker" if scheduler is not None else _computed_in(engine, precision)
+    computed = (f"{engine}, {precision} on each worker" if scheduler is not None
+                else _computed_in(engine, precision, model_dir))
     click.echo(f"{_count(done, 'image')} segmented into {out}" + (f", {skipped} skipped" if skipped else "")
                + (f", {len(unsure)} with an unsure diameter estimate" if len(unsure) else "") + f" ({computed})")
 
@@ -748,12 +750,13 @@ def _prepare_engine(model_dir: Path, engine: str, precision: str = "auto") -> st
     return chosen
 
 
-def _computed_in(engine: str, precision: str) -> str:
-    """``"ENGINE, PRECISION"`` as the network ran here, auto resolved (bfloat16 or float32): the same run
-    on another CPU can compute in another format, so the figures a command prints say which."""
+def _computed_in(engine: str, precision: str, model_dir: Path) -> str:
+    """``"ENGINE, PRECISION"`` as the network of ``model_dir`` ran here, auto resolved (bfloat16, int8 or
+    float32): the same run on another CPU can compute in another format, so the figures a command
+    prints say which."""
     from dsb.network.engines import resolve_precision
 
-    return f"{engine}, {resolve_precision(precision, engine)}"
+    return f"{engine}, {resolve_precision(precision, engine, model_dir)}"
 
 
 def _load_keras() -> None:

@@ -185,8 +185,9 @@ def predict_folder(
         The inference engine: ``"keras"``, ``"onnx"``, ``"openvino"`` or
         ``"auto"`` (see :func:`dsb.network.engines.choose_engine`).
     precision : str
-        ``"auto"`` (the default: bfloat16 on OpenVINO where the CPU has bfloat16 units, else
-        float32; :func:`dsb.network.engines.resolve_precision`), ``"float32"``, ``"bfloat16"``,
+        ``"auto"`` (the default: on OpenVINO, bfloat16 where the CPU has bfloat16 units, else int8
+        where it has integer dot-product units and the run a ``model.int8.onnx``; float32 otherwise:
+        :func:`dsb.network.engines.resolve_precision`), ``"float32"``, ``"bfloat16"``,
         or ``"int8"`` for the run's ``model.int8.onnx`` on an ONNX engine (:mod:`dsb.network.quantize`).
     scale_factor : float, optional
         Predict this many times larger than each image's estimated (or given)
