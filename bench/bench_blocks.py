@@ -172,7 +172,7 @@ def main() -> int:
         import distributed  # noqa: F401
         import zarr  # noqa: F401
     except ImportError:
-        print("skipped: needs the distributed extra (pip install 'dsb[distributed]')")
+        print("skipped: needs the distributed extra (pip install -e '.[distributed]')")
         return 0
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
     print(f"cores: {len(os.sched_getaffinity(0))} ({cpu}); diameter {DIAMETER} px (scale 1)")

@@ -6,7 +6,7 @@
 For each imaging-experiment group of stage1_train (the training cache's groups,
 :func:`dsb.training.cache.load_prepared`; by default three that the default run held
 out: stained-256x320-large, fluorescence-360x360, brightfield-1024x1024-small),
-with ``--model`` (default runs/default) trained without that group:
+with ``--model`` (default: the shipped model, which held those three out) trained without that group:
 
 1. draw the group's images in a seeded order; the first ``n`` (for each ``n`` of
    ``--n``) are copied into a folder in the user layout (a) (``images/``,
@@ -85,7 +85,8 @@ def _plan(ids: list[str], ns: list[int], seed: int, group: str) -> tuple[list[st
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=REPO / "data", help="a folder with stage1_train/")
-    parser.add_argument("--model", type=Path, default=REPO / "runs" / "default", help="the run to fine-tune")
+    parser.add_argument("--model", type=Path, default=REPO / "dsb" / "models" / "default",
+                        help="the run to fine-tune (default: the shipped model)")
     parser.add_argument("--groups", default=",".join(GROUPS), help="comma-separated group names")
     parser.add_argument("--n", default="5,10", help="comma-separated numbers of images to fine-tune on")
     parser.add_argument("--minutes", type=float, default=10.0, help="training minutes of each fine-tune")

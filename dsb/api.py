@@ -90,9 +90,10 @@ def load_model(path=None, *, engine: str = "auto", precision: str = "auto") -> L
         (the default): the fastest one installed that the folder has a file
         for (:func:`dsb.network.engines.choose_engine`).
     precision : str
-        ``"auto"`` (the default): bfloat16 on OpenVINO where the CPU has
-        bfloat16 units (several times faster with AMX, probabilities within a
-        few hundredths), else float32 (:func:`dsb.network.engines.resolve_precision`);
+        ``"auto"`` (the default): on OpenVINO, bfloat16 where the CPU has
+        bfloat16 units, else int8 where it has integer dot-product units (VNNI)
+        and the folder a ``model.int8.onnx``, float32 otherwise
+        (:func:`dsb.network.engines.resolve_precision`);
         ``"float32"``; ``"bfloat16"``; or ``"int8"``: the folder's
         ``model.int8.onnx`` on an ONNX engine, about twice as fast on CPUs
         with integer dot-product units, probabilities within about 0.002 on

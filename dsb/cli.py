@@ -42,6 +42,21 @@ class _Diameter(click.ParamType):
             self.fail(str(exc), param, ctx)
 
 
+class _SchedulerAddress(click.ParamType):
+    """A Dask scheduler's address, [PROTOCOL://]HOST:PORT (:func:`dsb.workflows.cluster.parse_address`)."""
+
+    name = "ADDRESS"
+
+    def convert(self, value, param, ctx):
+        from dsb.workflows.cluster import parse_address
+
+        try:
+            parse_address(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+        return value
+
+
 class _Numbers(click.ParamType):
     """Numbers, comma-separated; :meth:`check` says what a list may hold."""
 
@@ -104,7 +119,7 @@ class _ScaleFactors(_Numbers):
             raise ValueError(f"a factor {exc.message}") from None
 
 
-_DIAMETER_HELP = "Median nucleus diameter in pixels; estimated per image when not given."
+_DIAMETER_HELP = "Median nucleus diameter in pixels, 2 to 1000; estimated per image when not given."
 _TTA = click.option(
     "--tta/--no-tta", default=None,
     help="Average over flips and 90-degree rotations (eight network passes an image). Default: the run's "
@@ -119,14 +134,19 @@ _SCALE_FACTOR = click.option(
 _ENGINE = click.option(
     "--engine", type=click.Choice(["auto", "keras", "onnx", "openvino"]), default="auto", show_default=True,
     help="Inference engine; auto takes Keras on a GPU, else OpenVINO, then ONNX Runtime, when the model folder has "
-         "model.onnx.")
+         "model.onnx, and Keras when it has none.")
 _PRECISION = click.option(
     "--precision", type=click.Choice(["auto", "float32", "bfloat16", "int8"]), default="auto", show_default=True,
-    help="The network's number format for inference (not training's --precision). auto: bfloat16 on OpenVINO "
-         "where the CPU has bfloat16 units (AVX-512 BF16 or AMX), else float32. bfloat16 computes model.onnx in "
-         "bfloat16 on OpenVINO: several times faster with AMX, probabilities within a few hundredths. int8 runs "
-         "model.int8.onnx (dsb export --int8) on OpenVINO or ONNX Runtime: faster on CPUs with integer "
-         "dot-product units, probabilities within about 0.002 on average.")
+    help="The network's number format for inference (not training's --precision). auto, on OpenVINO: bfloat16 "
+         "where the CPU has bfloat16 units (AVX-512 BF16 or AMX), else int8 where it has integer dot-product units "
+         "(VNNI) and the folder model.int8.onnx, else float32. bfloat16 computes model.onnx in "
+         "bfloat16 on OpenVINO, faster on such CPUs. int8 runs model.int8.onnx (dsb export --int8) on OpenVINO "
+         "or ONNX Runtime, faster on CPUs with integer dot-product units. Both approximate float32's "
+         "probabilities; docs/engines.md has the measured speeds and scores.")
+
+
+# What click (8.2 on) raises for a group called without arguments; older versions print the help.
+_NO_ARGS = getattr(click.exceptions, "NoArgsIsHelpError", None)
 
 
 class DsbGroup(click.Group):
@@ -138,6 +158,9 @@ class DsbGroup(click.Group):
         try:
             code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except click.UsageError as exc:
+            if _NO_ARGS is not None and isinstance(exc, _NO_ARGS) and exc.ctx is not None:
+                click.echo(exc.ctx.get_help())  # plain `dsb`: a first look, not a mistake
+                sys.exit(0)
             # click prints usage, a hint and the error over four lines; one says it.
             command = exc.ctx.command_path if exc.ctx is not None else (prog_name or "dsb")
             click.echo(f"{command}: usage error: {_one_line(exc.format_message())} "
@@ -182,6 +205,11 @@ def _one_line(text: str) -> str:
     return " ".join(part.strip() for part in text.strip().splitlines() if part.strip())
 
 
+def _count(n: int, noun: str) -> str:
+    """``"1 image"``, ``"3 images"``."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     """A warning as one line, without the source line Python would quote."""
     click.echo(f"dsb: warning: {_one_line(str(message))}", err=True)
@@ -194,13 +222,13 @@ def cli(debug: bool) -> None:
     """Nucleus instance segmentation for the 2018 Data Science Bowl.
 
     Exit status: 0 success, 1 internal error, 2 usage error, 3 bad data,
-    4 environment (credentials, unwritable path, full disk), 130 interrupted.
+    4 environment (credentials, unwritable path, full disk, a missing engine or extra), 130 interrupted.
     """
 
 
 # ---------------------------------------------------------------- data
 
-@cli.command()
+@cli.command(short_help="Fetch and verify the competition data.")
 @click.option("--source", type=_EXISTING, default=None,
               help="A local copy of the competition files: the outer zip, or a folder of the inner zips.")
 @click.option("--dest", type=_DIR, default=Path("data"), show_default=True, help="Where the data goes.")
@@ -213,7 +241,7 @@ def fetch(source: Path | None, dest: Path, quiet: bool) -> None:
     click.echo(str(summary))
 
 
-@cli.command()
+@cli.command(short_help="Decode the training images and masks once, into a cache.")
 @click.option("--data", type=_EXISTING_DIR, default=Path("data"), show_default=True,
               help="The folder `dsb fetch` filled (with stage1_train/).")
 @click.option("--config", "config_path", type=_EXISTING_FILE, default=None, help="Config JSON (preprocess section).")
@@ -230,21 +258,27 @@ def prepare(data: Path, config_path: Path | None) -> None:
 
 # ---------------------------------------------------------------- training
 
-@cli.command()
+@cli.command(short_help="Train the U-Net, or fine-tune one on your annotations.")
 @click.option("--config", "config_path", type=_EXISTING_FILE, default=None,
               help="Config JSON; defaults to the shipped CPU config.")
 @click.option("--data", type=_EXISTING_DIR, default=Path("data"), show_default=True,
               help="stage1_train/, annotated images of your own (images/ + masks/, or NAME_masks.tif "
                    "beside NAME.png), or both.")
 @click.option("--out", type=_DIR, default=None, help="Run folder (default runs/<date-time>).")
-@click.option("--epochs", type=click.IntRange(min=1), default=None)
-@click.option("--steps-per-epoch", type=click.IntRange(min=1), default=None)
+@click.option("--epochs", type=click.IntRange(min=1), default=None,
+              help="At most this many epochs (default: the config's train.epochs; with --time-budget the "
+                   "schedule follows the budget and this caps it).")
+@click.option("--steps-per-epoch", type=click.IntRange(min=1), default=None,
+              help="Batches per epoch (default: the config's, or one pass over the training images).")
 @click.option("--time-budget", type=click.FloatRange(min=0, min_open=True), default=None, metavar="MINUTES",
               help="Stop cleanly once this many minutes are spent, keeping the best model.")
-@click.option("--seed", type=int, default=None)
+@click.option("--seed", type=int, default=None,
+              help="Seed of the validation split, the initial weights and the augmentation (default: the config's).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 @click.option("--strategy", type=click.Choice(["default", "mirrored", "multiworker"]), default="default",
-              show_default=True)
+              show_default=True,
+              help="default: one device; mirrored: every GPU of this machine; multiworker: several machines "
+                   "(docs/kaggle.md).")
 @click.option("--precision", type=click.Choice(["float32", "mixed", "bfloat16", "auto"]), default="float32",
               show_default=True,
               help="mixed: float16 compute, for GPUs; bfloat16: for CPUs with bfloat16 units; auto: time a few "
@@ -284,9 +318,10 @@ def train(config_path, data, out, epochs, steps_per_epoch, time_budget, seed, re
     click.echo(f"run folder: {run_dir}")
 
 
-@cli.command()
+@cli.command(short_help="Tune a run's post-processing on its validation images.")
 @click.argument("run_dir", type=_EXISTING_DIR)
-@click.option("--data", type=_EXISTING_DIR, default=Path("data"), show_default=True)
+@click.option("--data", type=_EXISTING_DIR, default=Path("data"), show_default=True,
+              help="The training data holding the run's validation images (stage1_train/, or your annotated images).")
 @click.option("--tta/--no-tta", default=None,
               help="Tune on probabilities averaged over flips and 90-degree rotations, and make that the run's "
                    "way to predict (predict.tta). Default: as the run predicts now.")
@@ -316,9 +351,10 @@ def tune(run_dir: Path, data: Path, tta: bool | None, scale_factors: tuple[float
     click.echo(f"{row['score']:.6f}")
 
 
-@cli.command()
+@cli.command(short_help="Score a run on its held-out images, per group and type.")
 @click.argument("run_dir", type=_EXISTING_DIR)
-@click.option("--data", type=_EXISTING_DIR, default=Path("data"), show_default=True)
+@click.option("--data", type=_EXISTING_DIR, default=Path("data"), show_default=True,
+              help="The training data holding the run's validation images (stage1_train/, or your annotated images).")
 @_TTA
 @click.option("--diameter", type=_Diameter(), default=None, help=_DIAMETER_HELP)
 @click.option("--per-image", type=_FILE, default=None,
@@ -343,30 +379,32 @@ def evaluate(run_dir: Path, data: Path, tta: bool, diameter: float | None, per_i
     if zooms is not None:
         sweep = magnification_sweep(run_dir, data, zooms, tta=tta, progress=True, engine=engine,
                                     precision=precision, scale_factor=scale_factor)
-        click.echo(f"network: {_computed_in(engine, precision)}")
+        click.echo(f"network: {_computed_in(engine, precision, run_dir)}")
         for line in sweep_lines(sweep):
             click.echo(line)
         _report_scores(sweep[sweep["level"] == "all"]["score"].min(), sweep, per_image, by_type=False)
         return
     value, table = evaluate_run(run_dir, data, tta=tta, diameter=diameter, progress=True, engine=engine,
                                 precision=precision, scale_factor=scale_factor)
-    click.echo(f"network: {_computed_in(engine, precision)}")
+    click.echo(f"network: {_computed_in(engine, precision, run_dir)}")
     for line in summary_lines(table):
         click.echo(line)
     _report_scores(value, table, per_image, by_type=False)
 
 
-@cli.command()
-@click.option("--data", type=_EXISTING_DIR, default=Path("data"), show_default=True)
+@cli.command(short_help="Cross-validate a recipe, each imaging group held out once.")
+@click.option("--data", type=_EXISTING_DIR, default=Path("data"), show_default=True,
+              help="The training data whose imaging-experiment groups are held out in turn (stage1_train/).")
 @click.option("--out", type=_DIR, default=Path("runs/crossval"), show_default=True,
               help="Where the fold runs (fold-1, ...) and crossval.csv go; an interrupted run goes on from there.")
-@click.option("--folds", type=click.IntRange(min=2), default=4, show_default=True)
-@click.option("--time-budget", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--folds", type=click.IntRange(min=2), default=4, show_default=True,
+              help="Folds the groups are dealt into, whole groups each (at most the number of groups).")
+@click.option("--time-budget", type=click.FloatRange(min=0, min_open=True), default=None, metavar="MINUTES",
               help="Minutes of training per fold.")
-@click.option("--epochs", type=click.IntRange(min=1), default=None)
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help="At most this many epochs per fold.")
 @click.option("--config", "config_path", type=_EXISTING_FILE, default=None,
               help="The recipe to judge (default: the shipped CPU config).")
-@click.option("--seed", type=int, default=None)
+@click.option("--seed", type=int, default=None, help="Training seed of every fold (default: the config's).")
 @click.option("--precision", type=click.Choice(["float32", "mixed", "bfloat16", "auto"]), default="float32",
               show_default=True, help="Training precision of every fold, as for `dsb train`.")
 @click.option("--tune/--no-tune", default=True, show_default=True,
@@ -429,7 +467,7 @@ def _fold_words(row, tune: bool) -> str:
     return f" (fold {row.fold}{'' if row.tuned or not tune else ', untuned'})"
 
 
-@cli.command()
+@cli.command(short_help="Export a run: inference copy, ONNX, int8, BioImage Model Zoo.")
 @click.argument("run_dir", type=_EXISTING_DIR)
 @click.option("--out", type=_DIR, default=None, help="Folder to write (replaced once the copy is whole).")
 @click.option("--onnx", "in_place", is_flag=True,
@@ -482,7 +520,7 @@ def export(run_dir: Path, out: Path | None, in_place: bool, bioimageio: Path | N
 
 # ---------------------------------------------------------------- prediction
 
-@cli.command()
+@cli.command(short_help="Segment a folder of images into a Kaggle submission CSV.")
 @click.argument("run_dir", type=_EXISTING_DIR, required=False)
 @click.option("--images", type=_EXISTING_DIR, default=Path("data/stage1_test"), show_default=True,
               help="A stage folder ({id}/images/{id}.png) or a flat folder of images.")
@@ -513,13 +551,16 @@ def predict(run_dir, images, out, labels, tta, diameter, skip_bad, scale_factor,
                             skip_bad=skip_bad, progress=True, engine=engine, precision=precision,
                             scale_factor=scale_factor)
     skipped = _report_skipped(result.attrs["skipped"])
-    n_images = result["ImageId"].nunique()
+    empty = len(result.attrs["empty_rows"])
+    n_images = result["ImageId"].nunique() - empty
     n_nuclei = int((result["EncodedPixels"] != "").sum())
-    click.echo(f"{out}: {n_nuclei} nuclei in {n_images} images, validated"
-               + (f"; {skipped} skipped" if skipped else "") + f" ({_computed_in(engine, precision)})")
+    click.echo(f"{out}: {n_nuclei} nuclei in {_count(n_images, 'image')}, validated"
+               + (f"; {skipped} skipped" if skipped else "")
+               + (f" ({_count(empty, 'image')} given an empty row, as if without nuclei)" if empty else "")
+               + f" ({_computed_in(engine, precision, run_dir)})")
 
 
-@cli.command()
+@cli.command(short_help="Segment microscope images: labels, measurements, overlays.")
 @click.argument("paths", nargs=-1, required=True, type=_EXISTING)
 @click.option("--model", "model_dir", type=_EXISTING_DIR, default=None,
               help="Run folder; defaults to the model shipped with the package.")
@@ -533,16 +574,16 @@ def predict(run_dir, images, out, labels, tta, diameter, skip_bad, scale_factor,
                    "a side, best a multiple of 16 (default: 2048 pixels at the network's scale; TIFF and PNG "
                    "files above 8192 pixels go block-wise anyway).")
 @click.option("--workers", type=click.IntRange(min=1), default=None, metavar="N",
-              help="Run on a local Dask cluster of N worker processes, one thread each (pip install "
-                   "'dsb[distributed]').")
-@click.option("--scheduler", default=None, metavar="ADDRESS",
+              help="Run on a local Dask cluster of N worker processes, one thread each (the 'distributed' "
+                   "extra: pip install -e '.[distributed]' in the dsb checkout).")
+@click.option("--scheduler", type=_SchedulerAddress(), default=None, metavar="ADDRESS",
               help="Run on the Dask cluster whose scheduler is at ADDRESS, e.g. tcp://host:8786.")
 @_SCALE_FACTOR
 @_ENGINE
 @_PRECISION
 def segment(paths, model_dir, out, tta, overlay, diameter, skip_bad, block_size, workers, scheduler,
             scale_factor, engine, precision) -> None:
-    """Segment any PNG, TIFF, JPEG or Zarr microscope images and measure each nucleus.
+    """Segment any PNG, TIFF, JPEG, BMP or Zarr microscope images and measure each nucleus.
 
     Images larger than memory (Zarr, OME-Zarr, big TIFF or PNG) are segmented
     block by block; --workers or --scheduler spreads the work over a Dask cluster.
@@ -562,19 +603,22 @@ def segment(paths, model_dir, out, tta, overlay, diameter, skip_bad, block_size,
     skipped = _report_skipped(summary.attrs["skipped"])
     unsure = summary[summary["diameter_sure"].astype(str) == "False"]
     for row in unsure.itertuples(index=False):
-        click.echo(f"warning: {row.file}: the nucleus diameter estimate ({row.diameter or 'none'} px) is unsure "
+        d = row.diameter
+        read = f"{float(d):.1f} px" if isinstance(d, (int, float)) and d == d and d else "none"  # NaN != NaN
+        click.echo(f"dsb: warning: {row.file}: the nucleus diameter estimate ({read}) is unsure "
                    "(not confirmed at another scale, or the network doubts what it sees there); check the result "
                    "or give --diameter", err=True)
     done = int((summary["status"] == "ok").sum())
     # A running cluster's workers each resolve auto on their own CPUs.
-    computed = f"{engine}, {precision} on each worker" if scheduler is not None else _computed_in(engine, precision)
-    click.echo(f"{done} images segmented into {out}" + (f", {skipped} skipped" if skipped else "")
+    computed = (f"{engine}, {precision} on each worker" if scheduler is not None
+                else _computed_in(engine, precision, model_dir))
+    click.echo(f"{_count(done, 'image')} segmented into {out}" + (f", {skipped} skipped" if skipped else "")
                + (f", {len(unsure)} with an unsure diameter estimate" if len(unsure) else "") + f" ({computed})")
 
 
 # ---------------------------------------------------------------- scoring and submission
 
-@cli.command()
+@cli.command(short_help="Score a submission with the competition metric.")
 @click.argument("submission", type=_EXISTING_FILE)
 @click.option("--truth", type=_EXISTING, required=True,
               help="A solution CSV (ImageId,EncodedPixels,Height,Width) or a folder in stage1_train layout.")
@@ -590,10 +634,14 @@ def score(submission: Path, truth: Path, images: Path | None, per_image: Path | 
     images = truth if images is None and truth.is_dir() else images
     types = image_types(images) if images is not None else None
     value, table = score_submission(submission, truth, image_types=types, allow_extra=allow_extra)
+    unanswered = table.attrs.get("unanswered", [])
+    if unanswered:  # Kaggle would refuse the file; the score counts them as 0
+        click.echo(f"dsb: warning: {submission}: {len(unanswered)} of {_count(len(table), 'image')} of the truth "
+                   f"have no row and score 0 (e.g. {unanswered[0]})", err=True)
     _report_scores(value, table, per_image)
 
 
-@cli.command()
+@cli.command(short_help="Check a submission CSV against the images it is for.")
 @click.argument("submission", type=_EXISTING_FILE)
 @click.option("--images", type=_EXISTING_DIR, default=Path("data/stage1_test"), show_default=True,
               help="The images the submission is for.")
@@ -605,7 +653,7 @@ def validate(submission: Path, images: Path) -> None:
     click.echo(f"{submission}: valid")
 
 
-@cli.command()
+@cli.command(short_help="Validate a CSV, then submit it to Kaggle.")
 @click.argument("csv", type=_EXISTING_FILE)
 @click.option("-m", "--message", required=True, help="The submission's description on Kaggle.")
 @click.option("--images", type=_EXISTING_DIR, default=Path("data/stage1_test"), show_default=True,
@@ -630,13 +678,13 @@ def submit(csv: Path, message: str, images: Path, skip_without_credentials: bool
     click.echo(f"{csv}: submitted to data-science-bowl-2018" + (f" ({reply})" if reply else ""))
 
 
-@cli.command()
+@cli.command(short_help="Write an HTML report of a run or a submission.")
 @click.argument("run_dir", type=_EXISTING_DIR)
 @click.option("--submission", type=_EXISTING_FILE, default=None, help="Predictions to inspect.")
 @click.option("--truth", type=_EXISTING, default=None, help="Solution CSV or stage1_train-layout folder.")
 @click.option("--images", type=_EXISTING_DIR, default=None,
               help="Folder of the images for overlays (default: the --truth folder).")
-@click.option("--data", type=click.Path(path_type=Path), default=Path("data"), show_default=True,
+@click.option("--data", type=click.Path(file_okay=False, path_type=Path), default=Path("data"), show_default=True,
               help="Training data: without --submission, the run's validation images are predicted from it.")
 @click.option("--out", type=_FILE, default=Path("report.html"), show_default=True)
 def report(run_dir, submission, truth, images, data, out) -> None:
@@ -702,12 +750,13 @@ def _prepare_engine(model_dir: Path, engine: str, precision: str = "auto") -> st
     return chosen
 
 
-def _computed_in(engine: str, precision: str) -> str:
-    """``"ENGINE, PRECISION"`` as the network ran here, auto resolved (bfloat16 or float32): the same run
-    on another CPU can compute in another format, so the figures a command prints say which."""
+def _computed_in(engine: str, precision: str, model_dir: Path) -> str:
+    """``"ENGINE, PRECISION"`` as the network of ``model_dir`` ran here, auto resolved (bfloat16, int8 or
+    float32): the same run on another CPU can compute in another format, so the figures a command
+    prints say which."""
     from dsb.network.engines import resolve_precision
 
-    return f"{engine}, {resolve_precision(precision, engine)}"
+    return f"{engine}, {resolve_precision(precision, engine, model_dir)}"
 
 
 def _load_keras() -> None:

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from dsb.core.atomic import atomic_dir, atomic_path, atomic_paths, write_text
+from dsb.core.atomic import atomic_dir, atomic_path, atomic_paths, writable_dir, write_text
 from dsb.core.errors import EnvironmentProblem
 
 
@@ -51,7 +51,7 @@ def test_unwritable_folder(tmp_path):
     folder = tmp_path / "ro"
     folder.mkdir()
     folder.chmod(0o500)
-    with pytest.raises(EnvironmentProblem, match="not writable"):
+    with pytest.raises(EnvironmentProblem, match=r"cannot write x.txt in this folder \(permission denied\)"):
         write_text(folder / "x.txt", "x")
 
 
@@ -60,7 +60,14 @@ def test_unwritable_destination_is_an_environment_error(tmp_path):
     blocker.write_text("a file where a folder should be")
     with pytest.raises(EnvironmentProblem) as info:
         write_text(blocker / "x.txt", "x")
-    assert str(blocker) in str(info.value)
+    assert str(info.value) == f"{blocker}: is a file, where a folder is needed"
+    # Deeper, or asked for as a folder: the line still names the file in the way.
+    for call in (lambda: write_text(blocker / "a" / "x.txt", "x"), lambda: writable_dir(blocker / "a"),
+                 lambda: writable_dir(blocker)):
+        with pytest.raises(EnvironmentProblem) as info:
+            call()
+        assert str(info.value) == f"{blocker}: is a file, where a folder is needed"
+    assert blocker.read_text() == "a file where a folder should be"
 
 
 def test_atomic_dir_swaps_in_only_complete_folders(tmp_path):

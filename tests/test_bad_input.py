@@ -780,7 +780,14 @@ def test_predict_stops_at_a_bad_image_or_skips_it(tiny_run, tmp_path, what, name
     assert result.exit_code == 0, (result.stderr, result.exception)
     (line,) = result.stderr.splitlines()
     assert line.startswith(f"skipped: {bad}: ") and words in line and "1 skipped" in result.stdout
-    assert sorted(set(pd.read_csv(out, keep_default_na=False)["ImageId"])) == ["a", "z"]
+    table = pd.read_csv(out, keep_default_na=False)
+    if bad.suffix in (".png", ".tif"):
+        # An image that could not be read still gets its row, an empty one, so Kaggle takes the file.
+        assert sorted(set(table["ImageId"])) == ["a", "bad", "z"]
+        assert table.loc[table["ImageId"] == "bad", "EncodedPixels"].tolist() == [""]
+        assert "2 images, validated; 1 skipped (1 image given an empty row, as if without nuclei)" in result.stdout
+    else:  # a file that is no image at all is not one of the images
+        assert sorted(set(table["ImageId"])) == ["a", "z"]
 
 
 def test_predict_skips_bad_samples_of_a_stage_folder(tiny_run, tmp_path):
@@ -796,7 +803,10 @@ def test_predict_skips_bad_samples_of_a_stage_folder(tiny_run, tmp_path):
     lines = result.stderr.splitlines()
     assert len(lines) == 2 and all(line.startswith("skipped: ") for line in lines)
     assert any("img_b.png: empty file" in line for line in lines) and any("img_c" in line for line in lines)
-    assert set(pd.read_csv(out, keep_default_na=False)["ImageId"]) == {"img_a"}
+    # img_b, unreadable, answers with an empty row; img_c has no image, so no id to answer for.
+    table = pd.read_csv(out, keep_default_na=False)
+    assert set(table["ImageId"]) == {"img_a", "img_b"}
+    assert table.loc[table["ImageId"] == "img_b", "EncodedPixels"].tolist() == [""]
 
 
 def test_predict_an_empty_folder_or_only_bad_images(tiny_run, tmp_path):
@@ -864,7 +874,7 @@ def test_predict_outputs_that_cannot_be_written(tiny_run, tmp_path, blocker, ful
 
 def _not_warnings(stderr: str) -> list[str]:
     """stderr's lines but the warnings about unsure diameter estimates."""
-    return [line for line in stderr.splitlines() if not line.startswith("warning: ")]
+    return [line for line in stderr.splitlines() if not line.startswith("dsb: warning: ")]
 
 
 def test_segment_takes_every_image_layout(tiny_run, tmp_path):
@@ -901,7 +911,7 @@ def test_segment_stops_at_a_bad_image_or_skips_it(tiny_run, tmp_path, what, name
     assert result.exit_code == 0, (result.stderr, result.exception)
     (line,) = _not_warnings(result.stderr)
     assert line.startswith(f"skipped: {bad}: ") and words in line
-    assert "1 images segmented" in result.stdout and "1 skipped" in result.stdout
+    assert "1 image segmented" in result.stdout and "1 skipped" in result.stdout
     summary = pd.read_csv(out / "summary.csv", keep_default_na=False).set_index("file")
     assert summary.loc[str(bad), "status"] == "skipped" and summary.loc[str(images / "a.png"), "status"] == "ok"
 
@@ -914,6 +924,22 @@ def test_segment_an_empty_folder_or_a_non_image_file(tiny_run, tmp_path):
     notes.write_text("x\n")
     error_line(dsb("segment", notes, "--model", tiny_run, "--out", tmp_path / "out"), 3, notes, "suffix '.txt'")
     assert not (tmp_path / "out").exists()
+
+
+def test_segment_a_float_image_with_no_finite_value(tiny_run, tmp_path):
+    import tifffile
+
+    # A failed computation saved as an image: nothing to segment, and no silent "0 nuclei".
+    nan = tmp_path / "nan.tif"
+    tifffile.imwrite(nan, np.full((40, 40), np.nan, np.float32))
+    error_line(dsb("segment", nan, "--model", tiny_run, "--out", tmp_path / "out"), 3, nan,
+               "holds no finite pixel value")
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+    some = tmp_path / "some.tif"
+    data = np.full((40, 40), np.nan, np.float32)
+    data[10:20, 10:20] = 0.5
+    tifffile.imwrite(some, data)
+    assert dsb("segment", some, "--model", tiny_run, "--out", tmp_path / "out2").exit_code == 0
 
 
 def test_segment_outputs_that_cannot_be_written(tiny_run, tmp_path, blocker, full_disk):
@@ -946,6 +972,10 @@ def test_tune_data_that_does_not_fit_the_run(tiny_run, tmp_path, stage):
     error_line(dsb("tune", run, "--data", stage.parent), 3, stage, "'img_zz' is not in this folder")
     run = copy_run(tiny_run, tmp_path / "run2", config=_tiny_config(tiny_run) | {"validation_ids": []})
     error_line(dsb("tune", run, "--data", stage.parent), 3, run / "config.json", "key 'validation_ids'", "is empty")
+    # The same run has nothing to score either: the same line names its config, and says why it can be so.
+    for command in (["evaluate", run], ["evaluate", run, "--zoom", "1,2"]):
+        error_line(dsb(*command, "--data", stage.parent), 3, run / "config.json", "key 'validation_ids'",
+                   "no validation images to score", "fine-tune")
     empty = tmp_path / "empty"
     empty.mkdir()
     error_line(dsb("tune", tiny_run, "--data", empty), 3, empty, "no stage1_train/ folder")

@@ -171,6 +171,48 @@ def test_one_scale_and_contrast_estimated_from_a_sample(field):
     np.testing.assert_array_equal(gray, preprocess_image(field, model.config.preprocess))
 
 
+def _dim_half_16bit(field: np.ndarray) -> np.ndarray:
+    """``field`` above itself as a 16-bit camera image: bright counts on top, the bottom copy 40 times
+    dimmer (under 1024 counts), as a plate's dim well or a slide's faint region."""
+    bright = field.astype(np.uint16) * np.uint16(100)
+    return np.concatenate([bright, bright // np.uint16(40)])
+
+
+def test_every_block_of_a_16_bit_image_on_one_scale(field):
+    # Each block read on its own scale (as_float divides by its own bit depth) made the dim half's
+    # blocks, alone at most 10 bits, 64 times brighter than the same pixels seen whole.
+    image = _dim_half_16bit(field)
+    model = dsb.load_model()
+    settings = blocks.image_settings(open_source(image), model.network, model.config, diameter=DIAMETER)
+    assert settings.value_range == (0.0, 65535.0)
+    whole = blocks.network_input(image, model.config, settings)
+    dim = (slice(SHAPE[0] + 128, 2 * SHAPE[0]), slice(0, 256))
+    np.testing.assert_array_equal(blocks.network_input(image[dim], model.config, settings), whole[dim])
+    one_piece = dsb.segment(image, diameter=DIAMETER)
+    found = dsb.segment_blocks(image, diameter=DIAMETER, block_size=BLOCK).compute(scheduler="threads")
+    assert same_nuclei(found, one_piece)
+
+
+def test_measurements_in_the_image_own_units_whole_or_block_wise(tmp_path, field):
+    image = _dim_half_16bit(field)
+    tifffile.imwrite(tmp_path / "slide.tif", image)
+    tables = {}
+    for how, extra in (("whole", []), ("blocks", ["--block-size", BLOCK])):
+        result = run_dsb("segment", tmp_path / "slide.tif", "--out", tmp_path / how, "--diameter", DIAMETER, *extra)
+        assert result.exit_code == 0, result.output
+        table = pd.read_csv(tmp_path / how / "slide_nuclei.csv")
+        tables[how] = table.sort_values(["centroid_row", "centroid_col"], ignore_index=True)
+    whole, by_block = tables["whole"], tables["blocks"]
+    assert len(whole) == len(by_block) > 50
+    np.testing.assert_allclose(by_block[["centroid_row", "centroid_col", "area"]], whole[["centroid_row", "centroid_col", "area"]])
+    # Counts, as the camera gave them: each nucleus's mean over its own pixels of the raw image.
+    np.testing.assert_allclose(by_block["mean_intensity"], whole["mean_intensity"], rtol=1e-6)
+    labels = tifffile.imread(tmp_path / "whole" / "slide_labels.tif")
+    top = whole.iloc[0]
+    first = labels[int(round(top["centroid_row"])), int(round(top["centroid_col"]))]
+    assert top["mean_intensity"] == pytest.approx(image[labels == first].mean(), rel=1e-5) and top["mean_intensity"] > 1000
+
+
 # ---------------------------------------------------------------- the command line, in process and on a cluster
 
 
@@ -312,11 +354,24 @@ def test_a_block_below_the_nucleus_size(tmp_path, inputs):
     assert not out.exists() or not any(out.iterdir())
 
 
-@pytest.mark.parametrize("address", ["tcp://127.0.0.1:9", "not-an-address"])
-def test_an_unreachable_scheduler(tmp_path, inputs, address):
+def test_an_unreachable_scheduler(tmp_path, inputs):
     out = tmp_path / "out"
+    address = "tcp://127.0.0.1:9"
     error_line(run_dsb("segment", inputs / "plate.zarr", "--out", out, "--scheduler", address), 4, address)
     assert not out.exists()
+
+
+def test_a_malformed_scheduler_address_is_a_usage_error(tmp_path, inputs):
+    out = tmp_path / "out"
+    result = run_dsb("segment", inputs / "plate.zarr", "--out", out, "--scheduler", "not-an-address")
+    assert result.exit_code == 2
+    (line,) = result.stderr.splitlines()
+    assert "segment: usage error: " in line and "--scheduler" in line
+    assert "'not-an-address' is not a Dask scheduler address (expected tcp://HOST:PORT)" in line
+    assert not out.exists()
+    # From Python, a bad address is bad data, not the environment's fault.
+    with pytest.raises(BadDataError, match="not-an-address: is not a Dask scheduler address"):
+        cluster._check_reachable("not-an-address")
 
 
 def test_out_of_memory_leaves_nothing_half_written(tmp_path, inputs, monkeypatch):

@@ -93,6 +93,10 @@ def test_help_and_version_exit_0():
     assert runner.invoke(cli, ["--help"]).exit_code == 0
     result = runner.invoke(cli, ["--version"])
     assert result.exit_code == 0 and "dsb, version" in result.stdout
+    # Plain `dsb`, a newcomer's first command: the help as --help prints it, not a usage error.
+    bare = runner.invoke(cli, [])
+    assert bare.exit_code == 0 and bare.stdout == runner.invoke(cli, ["--help"]).stdout
+    assert bare.stderr == ""
 
 
 @pytest.mark.parametrize("command", ["predict", "segment", "evaluate", "tune"])

@@ -161,7 +161,9 @@ def test_the_split_step_recovers_merged_neighbours_in_a_crowd():
     from dsb.io.synthetic import nuclei_field
 
     image, truth = nuclei_field((432, 432), 48, kind="brightfield", touching=True, seed=48)
-    model = dsb.load_model()
+    # In float32, the same on every CPU: the split is under test here, not the number format (this one
+    # field finds 49 in bfloat16 and 42 in int8, though over every touching field the three are within 0.7 %).
+    model = dsb.load_model(precision="float32")
     off = model.config.replace(postprocess=dataclasses.replace(model.config.postprocess, split_ratio=0))
     assert model.config.postprocess.split_ratio > 0
     found_on, _ = _found(truth, dsb.segment(image, model))

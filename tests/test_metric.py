@@ -9,12 +9,14 @@ import zipfile
 import numpy as np
 import pandas as pd
 import pytest
+from click.testing import CliRunner
 from conftest import make_discs, true_and_predicted_discs
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from PIL import Image
 
+from dsb.cli import cli
 from dsb.core.errors import BadDataError
 from dsb.kaggle.metric import (
     THRESHOLDS,
@@ -263,6 +265,17 @@ def test_score_submission_against_a_solution_csv_or_a_folder(tmp_path, truth_kin
     value, table = score_submission(sub, truth_path)
     assert table.set_index("ImageId")["score"].to_dict() == {"img1": 0.5, "img2": 0.0, "img3": 1.0}
     assert value == pytest.approx(0.5)
+    assert table.attrs["unanswered"] == ["img2"]
+    # The command line says so on stderr, once, and still prints the score last.
+    result = CliRunner().invoke(cli, ["score", str(sub), "--truth", str(truth_path)])
+    assert result.exit_code == 0 and result.stdout.splitlines()[-1] == "0.500000"
+    assert result.stderr.splitlines() == [
+        f"dsb: warning: {sub}: 1 of 3 images of the truth have no row and score 0 (e.g. img2)"]
+    # An empty row answers for an image without nuclei: no warning.
+    answered = pd.concat([_submission_rows(partial), pd.DataFrame({"ImageId": ["img2"], "EncodedPixels": [""]})])
+    sub = write_submission(answered, tmp_path / "answered.csv")
+    assert score_submission(sub, truth_path)[1].attrs["unanswered"] == []
+    assert CliRunner().invoke(cli, ["score", str(sub), "--truth", str(truth_path)]).stderr == ""
 
 
 def test_score_submission_unknown_images_and_bad_rows(tmp_path):

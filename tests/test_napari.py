@@ -282,7 +282,7 @@ def test_model_state_loads_at_the_precision_chosen():
     assert exact.network.precision == "float32"
     state.precision = "auto"
     auto = state.load()
-    assert auto.network.precision == resolve_precision("auto", auto.engine)
+    assert auto.network.precision == resolve_precision("auto", auto.engine, auto.path)
     assert state.load() is auto  # once per folder, engine and precision
     state.precision = "float32"
     assert state.load() is exact

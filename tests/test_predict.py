@@ -236,8 +236,13 @@ def test_skip_bad_goes_on_and_says_which(tmp_path):
     assert len(skipped) == 2
     assert any(line.startswith(f"{bad}: ") for line in skipped)
     assert any("d_nofile" in line and "images/d_nofile.png" in line for line in skipped)
-    _, score = check_submission(out, ids=("a_one", "c_none"))
-    assert score == 1.0
+    # The unreadable image keeps one empty row (no nuclei), so the file answers for every image.
+    assert table.attrs["empty_rows"] == ["b_two"]
+    df, _ = check_submission(out, ids=("a_one", "b_two", "c_none"))
+    assert df.loc[df["ImageId"] == "b_two", "EncodedPixels"].fillna("").tolist() == [""]
+    kept = df[df["ImageId"] != "b_two"]
+    kept.to_csv(tmp_path / "kept.csv", index=False)
+    assert check_submission(tmp_path / "kept.csv", ids=("a_one", "c_none"))[1] == 1.0
 
 
 def test_flat_folder_with_a_non_image_file(tmp_path):

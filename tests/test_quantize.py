@@ -5,6 +5,7 @@ from __future__ import annotations
 import builtins
 import math
 import shutil
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -264,7 +265,12 @@ def test_load_model_takes_a_precision(int8_run, tmp_path):
     path, _ = int8_run
     model = package.load_model(path, precision="int8")
     assert model.engine in ONNX_ENGINES and model.network.path.name == INT8_FILE
-    assert package.load_model(path).network.path.name in (ONNX_FILE, "model.keras")
+    # By default, the format auto resolves to on this CPU (int8 only where it has VNNI but no bfloat16 units).
+    from dsb.network.engines import resolve_precision
+
+    default = package.load_model(path)
+    expected = INT8_FILE if resolve_precision("auto", default.engine, path) == "int8" else None
+    assert default.network.path.name in ((expected,) if expected else (ONNX_FILE, "model.keras"))
     with pytest.raises(ValueError, match="precision"):
         package.load_model(path, precision="float16")
     with pytest.raises(BadDataError, match="is the float32 network"):
@@ -303,3 +309,67 @@ def test_a_missing_quantizer_is_said_before_anything_is_written(int8_run, tmp_pa
     result = dsb("export", path, "--out", tmp_path / "out", "--int8", "--data", stage)
     error_line(result, 4, "pip install onnxruntime")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("bf16, vnni, expected", [
+    (True, True, "bfloat16"),    # bfloat16 units come first: faster still, and closer to float32
+    (False, True, "int8"),       # integer dot products only: the int8 file
+    (False, False, "float32"),   # neither (AVX2 and older): int8 gains little there
+])
+def test_auto_takes_int8_on_openvino_where_only_integer_units_are(int8_run, tmp_path, monkeypatch, bf16, vnni,
+                                                                   expected):
+    from dsb.network.engines import resolve_precision
+
+    if "openvino" not in ONNX_ENGINES:
+        pytest.skip("auto's int8 is OpenVINO's")
+    path, _ = int8_run
+    monkeypatch.setattr("dsb.network.engines.bfloat16_units", lambda: bf16)
+    monkeypatch.setattr("dsb.network.engines.int8_units", lambda: vnni)
+    assert resolve_precision("auto", "openvino", path) == expected
+    network = open_network(path, CONFIG, "auto", precision="auto")
+    assert (network.engine, network.precision) == ("openvino", expected)
+    # ONNX Runtime, a folder unknown, no int8 file, or one from another model: float32.
+    assert resolve_precision("auto", "onnx", path) == "float32"
+    if not bf16:
+        assert resolve_precision("auto", "openvino") == "float32"
+        bare = tmp_path / "bare"
+        shutil.copytree(path, bare)
+        (bare / INT8_FILE).unlink()
+        assert resolve_precision("auto", "openvino", bare) == "float32"
+        assert resolve_precision("auto", "openvino", _swapped(int8_run, tmp_path)) == "float32"
+    # Asked outright, a precision is what it says, whatever the CPU.
+    for asked in ("float32", "int8"):
+        assert resolve_precision(asked, "openvino", path) == asked
+
+
+def test_the_command_line_says_auto_ran_in_int8(int8_run, tmp_path, monkeypatch):
+    if "openvino" not in ONNX_ENGINES:
+        pytest.skip("auto's int8 is OpenVINO's")
+    path, stage = int8_run
+    monkeypatch.setattr("dsb.network.engines.bfloat16_units", lambda: False)
+    monkeypatch.setattr("dsb.network.engines.int8_units", lambda: True)
+    result = dsb("predict", path, "--images", stage, "--out", tmp_path / "s.csv")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip().endswith("(openvino, int8)")
+
+
+def test_int8_units_reads_the_cpu_flags(monkeypatch, tmp_path):
+    from dsb.network import engines
+
+    engines.int8_units.cache_clear()
+    try:
+        for flags, expected in (("fpu sse avx2 avx512f avx512_vnni", True), ("fpu sse avx2 avx_vnni", True),
+                                ("fpu sse avx2 fma", False)):
+            info = tmp_path / "cpuinfo"
+            info.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
+            real = Path
+
+            def fake(name, *args, _info=info):
+                return _info if str(name) == "/proc/cpuinfo" else real(name, *args)
+
+            monkeypatch.setattr(engines, "Path", fake)
+            engines.int8_units.cache_clear()
+            assert engines.int8_units() is expected
+            monkeypatch.undo()
+    finally:
+        engines.int8_units.cache_clear()

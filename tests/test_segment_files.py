@@ -289,6 +289,7 @@ def test_summary_says_how_sure_the_estimate_is_and_the_cli_warns(tmp_path):
     assert bool(field_row["diameter_estimated"]) and bool(field_row["diameter_sure"])
     assert field_row["diameter"] == pytest.approx(24, rel=0.25)
     assert not bool(blank_row["diameter_sure"]) and blank_row["nuclei"] == 0
-    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("dsb: warning:")]
     assert len(warnings) == 1 and str(images / "blank.png") in warnings[0]
+    assert "the nucleus diameter estimate (none) is unsure" in warnings[0]
     assert "1 with an unsure diameter estimate" in result.stdout

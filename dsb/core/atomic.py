@@ -25,15 +25,23 @@ def _umask() -> int:
     return mask
 
 
-def os_error(exc: OSError, path) -> EnvironmentProblem:
-    """Turn an OSError on ``path`` into a one-line :class:`EnvironmentProblem`."""
+def os_error(exc: OSError, path, *, doing: str | None = None) -> EnvironmentProblem:
+    """Turn an OSError on ``path`` into a one-line :class:`EnvironmentProblem`.
+
+    ``doing`` says what failed (``"cannot write a file in this folder"``), the system's reason
+    follows in brackets. A file standing where a folder is needed is named itself.
+    """
+    if exc.errno in (errno.EEXIST, errno.ENOTDIR):
+        blocking = next((p for p in (Path(path), *Path(path).parents) if p.exists() and not p.is_dir()), None)
+        if blocking is not None:
+            return EnvironmentProblem("is a file, where a folder is needed", path=blocking)
     if exc.errno == errno.ENOSPC:
         what = "no space left on device"
     elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        what = "not writable (permission denied)"
+        what = "permission denied" if doing else "not writable (permission denied)"
     else:
         what = exc.strerror or str(exc)
-    return EnvironmentProblem(what, path=path)
+    return EnvironmentProblem(f"{doing} ({what})" if doing else what, path=path)
 
 
 @contextlib.contextmanager
@@ -109,7 +117,7 @@ def _temporary(path: Path, suffix: str | None = None):
         os.fchmod(fd, 0o666 & ~_umask())
         os.close(fd)
     except OSError as exc:
-        raise os_error(exc, path.parent) from exc
+        raise os_error(exc, path.parent, doing=f"cannot write {path.name} in this folder") from exc
     tmp = Path(tmp)
     try:
         yield tmp
@@ -183,7 +191,7 @@ def writable_dir(folder) -> Path:
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise os_error(exc, folder) from exc
+        raise os_error(exc, folder, doing="cannot make this folder") from exc
     if not os.access(folder, os.W_OK):
         raise EnvironmentProblem("not writable (permission denied)", path=folder)
     return folder

@@ -31,8 +31,10 @@ __all__ = [
     "IMAGE_TYPES",
     "STAINED_CHANNELS",
     "as_float",
+    "intensity_range",
     "to_network_input",
     "to_gray",
+    "raw_intensity",
     "image_stats",
     "image_type",
     "normalize_polarity",
@@ -52,9 +54,40 @@ LIGHT_BACKGROUND = 0.45
 COLOURFUL = 0.025
 
 _LUMA = np.array([0.2125, 0.7154, 0.0721], np.float32)  # ITU-R BT.709, as skimage.color.rgb2gray
+_LUMA_64 = np.array([0.2125, 0.7154, 0.0721])  # the same, summing to 1 in float64
 
 
-def as_float(image: np.ndarray) -> np.ndarray:
+def intensity_range(image: np.ndarray) -> tuple[float, float]:
+    """The raw values :func:`as_float` maps to 0 and 1.
+
+    (0, 255) for 8 bits; for wider integers (0, 2**b - 1), ``b`` the smallest of 10, 12, 14 or
+    16 bits (and so on) that holds the maximum; (0, 1) for booleans and for floats within [0, 1];
+    the minimum and maximum of other floats. Taken once over a whole image (or a sample of it), the
+    range converts every part of that image alike (``as_float(part, value_range)``): each part
+    on its own would be scaled by its own maximum.
+
+    Examples
+    --------
+    >>> intensity_range(np.array([0, 200], np.uint8)), intensity_range(np.array([0, 3000], np.uint16))
+    ((0.0, 255.0), (0.0, 4095.0))
+    """
+    image = np.asarray(image)
+    if image.dtype == bool:
+        return 0.0, 1.0
+    if np.issubdtype(image.dtype, np.integer):
+        top = int(image.max()) if image.size else 0
+        if image.dtype == np.uint8 or top <= 255:
+            return 0.0, 255.0
+        bits = int(np.ceil(np.log2(top + 1)))
+        return 0.0, float(2 ** (bits + bits % 2) - 1)
+    if np.issubdtype(image.dtype, np.floating):
+        finite = np.nan_to_num(image.astype(np.float32, copy=False))
+        lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+        return (0.0, 1.0) if lo >= 0 and hi <= 1 else (lo, hi)
+    raise TypeError(f"`image` has dtype {image.dtype}, expected bool, integer or float")
+
+
+def as_float(image: np.ndarray, value_range: tuple[float, float] | None = None) -> np.ndarray:
     """Scale an image of any dtype to float32 in [0, 1], channels kept.
 
     Parameters
@@ -65,6 +98,10 @@ def as_float(image: np.ndarray) -> np.ndarray:
         (and so on) that holds the maximum, so a 12-bit camera image stored as
         uint16 keeps its brightness. Floats already in [0, 1] are kept; other
         floats are scaled from their minimum and maximum.
+    value_range : (float, float), optional
+        The raw values to map to 0 and 1 instead of ``image``'s own
+        (:func:`intensity_range` of the whole image it is part of); values
+        beyond are clipped.
 
     Returns
     -------
@@ -73,29 +110,22 @@ def as_float(image: np.ndarray) -> np.ndarray:
     image = np.asarray(image)
     if image.dtype == bool:
         return image.astype(np.float32)
-    if image.dtype == np.uint8:
+    if image.dtype == np.uint8 and value_range in (None, (0.0, 255.0)):
         return image.astype(np.float32) / np.float32(255)
+    lo, hi = intensity_range(image) if value_range is None else (float(value_range[0]), float(value_range[1]))
     if np.issubdtype(image.dtype, np.integer):
-        top = int(image.max()) if image.size else 0
-        if top <= 255:
-            scale = 255
-        else:
-            bits = int(np.ceil(np.log2(top + 1)))
-            scale = 2 ** (bits + bits % 2) - 1
-        return np.clip(image.astype(np.float32) / np.float32(scale), 0, 1)
-    if np.issubdtype(image.dtype, np.floating):
-        image = np.nan_to_num(image.astype(np.float32, copy=False))
-        lo, hi = (float(image.min()), float(image.max())) if image.size else (0.0, 1.0)
-        if lo >= 0 and hi <= 1:
-            return image
-        return (image - lo) / np.float32(max(hi - lo, 1e-12))
-    raise TypeError(f"`image` has dtype {image.dtype}, expected bool, integer or float")
+        return np.clip((image.astype(np.float32) - np.float32(lo)) / np.float32(max(hi - lo, 1e-12)), 0, 1)
+    image = np.nan_to_num(image.astype(np.float32, copy=False))
+    if value_range is None and (lo, hi) == (0.0, 1.0):
+        return image
+    out = (image - np.float32(lo)) / np.float32(max(hi - lo, 1e-12))
+    return out if value_range is None else np.clip(out, 0, 1)
 
 
-def _rgb(image: np.ndarray) -> np.ndarray | None:
+def _rgb(image: np.ndarray, value_range: tuple[float, float] | None = None) -> np.ndarray | None:
     """(H, W, 3) float32 colour channels, or None for a grey image (alpha dropped)."""
     if image.ndim == 3 and image.shape[2] >= 3:
-        return as_float(image[..., :3])
+        return as_float(image[..., :3], value_range)
     return None
 
 
@@ -120,13 +150,15 @@ def _grey_levels(image: np.ndarray) -> np.ndarray | None:
     return r if np.array_equal(r, image[..., 1]) and np.array_equal(r, image[..., 2]) else None
 
 
-def to_gray(image: np.ndarray) -> np.ndarray:
+def to_gray(image: np.ndarray, value_range: tuple[float, float] | None = None) -> np.ndarray:
     """Luminance of an image, whatever its channels and dtype.
 
     Parameters
     ----------
     image : (H, W) or (H, W, C) ndarray, C in 1..4
         Grey, grey+alpha, RGB or RGBA; alpha is ignored.
+    value_range : (float, float), optional
+        As for :func:`as_float`: for one part of a larger image, that image's range.
 
     Returns
     -------
@@ -136,15 +168,47 @@ def to_gray(image: np.ndarray) -> np.ndarray:
         weights sum to 1).
     """
     image = check_image("image", image)
-    levels = _grey_levels(image)
-    return _luminance(image) if levels is None else np.take(_LEVELS, levels)
+    levels = _grey_levels(image) if value_range in (None, (0.0, 255.0)) else None
+    return _luminance(image, value_range) if levels is None else np.take(_LEVELS, levels)
 
 
-def _luminance(image: np.ndarray) -> np.ndarray:
+def raw_intensity(image: np.ndarray) -> np.ndarray:
+    """Brightness of each pixel in the image's own units, for measuring nuclei.
+
+    Unlike :func:`to_gray`, nothing is scaled: a 16-bit camera's counts stay counts, and every
+    part of a large image read block by block is on the same scale, so values compare across
+    images of one camera and with other tools' measurements.
+
+    Parameters
+    ----------
+    image : (H, W) or (H, W, C) ndarray, C in 1..4
+        Grey, grey+alpha, RGB or RGBA; alpha is ignored.
+
+    Returns
+    -------
+    (H, W) ndarray of float64
+        The grey channel's values as stored; for colour, the luminance of the three channels
+        (ITU-R BT.709 weights, which sum to 1: an RGB image with three equal channels gives
+        that channel).
+
+    Examples
+    --------
+    >>> raw_intensity(np.array([[0, 1000]], np.uint16)).tolist()
+    [[0.0, 1000.0]]
+    >>> raw_intensity(np.full((1, 1, 3), 200, np.uint8)).tolist()
+    [[200.0]]
+    """
+    image = check_image("image", image)
+    if image.ndim == 3 and image.shape[2] >= 3:
+        return image[..., :3].astype(np.float64) @ _LUMA_64
+    return _grey_channel(image).astype(np.float64)
+
+
+def _luminance(image: np.ndarray, value_range: tuple[float, float] | None = None) -> np.ndarray:
     """:func:`to_gray` of an image that is not 8-bit grey (:func:`_grey_levels` gave None)."""
-    rgb = _rgb(image)
+    rgb = _rgb(image, value_range)
     if rgb is None:
-        return as_float(_grey_channel(image)).astype(np.float32, copy=False)
+        return as_float(_grey_channel(image), value_range).astype(np.float32, copy=False)
     return np.clip(rgb @ _LUMA, 0, 1)
 
 

@@ -59,7 +59,8 @@ def read_image(path) -> np.ndarray:
     ------
     BadDataError
         Naming the file: missing, empty, not an image, corrupt or truncated,
-        or not 2-D (stacks and time series are not supported).
+        not 2-D (stacks and time series are not supported), or a float image
+        without a single finite value.
     """
     path = Path(path)
     try:
@@ -127,6 +128,8 @@ def _check_layout(image: np.ndarray, path: Path) -> np.ndarray:
         )
     if image.shape[0] < 1 or image.shape[1] < 1:
         raise BadDataError(f"image of shape {image.shape} has no pixels", path=path)
+    if np.issubdtype(image.dtype, np.floating) and not np.isfinite(image).any():
+        raise BadDataError("holds no finite pixel value (NaN or infinite everywhere)", path=path)
     return image
 
 

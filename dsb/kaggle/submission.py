@@ -604,7 +604,8 @@ def score_submission(
         truth; an image with no row in the submission scores 0.
     table : pandas.DataFrame
         One row per image of the truth: ``ImageId``, ``score``, the counts at
-        IoU 0.5 and 0.75 (``tp_50`` ... ``fn_75``), ``n_true`` and ``n_pred``.
+        IoU 0.5 and 0.75 (``tp_50`` ... ``fn_75``), ``n_true`` and ``n_pred``;
+        ``attrs["unanswered"]`` lists the images without any row (an empty row answers).
 
     Raises
     ------
@@ -643,4 +644,6 @@ def score_submission(
     else:
         raise TypeError(f"`submission` must be a CSV path or a DataFrame, got {type(submission).__name__}")
     pred = submission_to_labels(frame, shapes, path=path, skip_unknown=allow_extra)
-    return score_labels(truth, pred, image_types=image_types)
+    value, table = score_labels(truth, pred, image_types=image_types)
+    table.attrs["unanswered"] = [i for i in truth if i not in pred]
+    return value, table

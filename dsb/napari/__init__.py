@@ -1,7 +1,7 @@
 """dsb in napari: segment the image you look at, correct it, fine-tune on your corrections.
 
 An npe2 plugin (``napari.yaml``, under the ``napari.manifest`` entry point),
-installed with ``pip install "dsb[napari]"``:
+installed with ``pip install -e ".[napari]"`` in the dsb checkout:
 
 - :class:`~dsb.napari.segment_widget.SegmentWidget`: the nuclei of an image layer as a Labels layer;
 - :class:`~dsb.napari.finetune_widget.FinetuneWidget`: save the corrected labels into a project

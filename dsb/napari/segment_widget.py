@@ -111,9 +111,9 @@ class SegmentWidget(Container):
                                tooltip="auto: OpenVINO, else ONNX Runtime (a folder without model.onnx "
                                        "gets one first).")
         self.precision = ComboBox(label="precision", choices=list(VIEWER_PRECISIONS), value=self.state.precision,
-                                  tooltip="auto: bfloat16 where the CPU has bfloat16 units (several times faster, "
-                                          "probabilities within a few hundredths), else float32; int8 needs "
-                                          "model.int8.onnx (dsb export --int8).")
+                                  tooltip="auto: bfloat16 where the CPU has bfloat16 units, else int8 where it "
+                                          "has VNNI and the folder model.int8.onnx (dsb export --int8), else "
+                                          "float32: the fastest format the CPU computes well.")
         self.diameter = LineEdit(label="diameter (px)", value="",
                                  tooltip="Median nucleus diameter in pixels; empty: estimated from the image.")
         self.estimate = Label(label="", value="diameter: estimated when empty")

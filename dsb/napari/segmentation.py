@@ -30,8 +30,9 @@ from dsb.network.model_folder import PRECISION_CHOICES, default_model_dir, load_
 #: process (see :mod:`dsb.napari.child`). "auto" takes OpenVINO, else ONNX Runtime.
 VIEWER_ENGINES = ("auto", "openvino", "onnx")
 
-#: The number formats the viewer offers, those of ``--precision``: "auto" is bfloat16 on OpenVINO
-#: where the CPU has bfloat16 units, float32 elsewhere (:func:`dsb.network.engines.resolve_precision`).
+#: The number formats the viewer offers, those of ``--precision``: "auto" is, on OpenVINO, bfloat16
+#: where the CPU has bfloat16 units, else int8 where it has VNNI and the folder model.int8.onnx,
+#: float32 elsewhere (:func:`dsb.network.engines.resolve_precision`).
 VIEWER_PRECISIONS = PRECISION_CHOICES
 
 __all__ = ["VIEWER_ENGINES", "VIEWER_PRECISIONS", "ModelState", "FrameDone", "Segmented", "Failure", "state_for", "segment_frames",

@@ -132,7 +132,7 @@ class Environment:
 
     def describe(self) -> str:
         where = ", ".join(self.devices) or "?"
-        return f"{self.backend} on {where}, strategy {self.strategy} ({self.replicas} replicas), {self.precision}"
+        return f"{self.backend} on {where}, strategy {self.strategy} ({self.replicas} replica{'' if self.replicas == 1 else 's'}), {self.precision}"
 
     def __exit__(self, *exc) -> None:
         if self._previous_policy is not None:

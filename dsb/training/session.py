@@ -344,10 +344,11 @@ def _schedule_text(plan: Plan, state: RunState) -> str:
 
 def _announce(plan: Plan, state: RunState, env: Environment, out_dir: Path) -> None:
     split = plan.split
+    epochs = f"epochs {state.epoch + 1}..{plan.epochs}" if state.epoch < plan.epochs else f"all {plan.epochs} epochs done"
     say(
         f"training on {len(split.train_idx)} images ({len(split.val_idx)} for validation), "
         f"{plan.steps_per_epoch} steps of {plan.global_batch} crops per epoch, "
-        f"epochs {state.epoch + 1}..{plan.epochs}, {env.describe()}; run folder {out_dir}"
+        f"{epochs}, {env.describe()}; run folder {out_dir}"
     )
     say(f"learning rate: {_schedule_text(plan, state)}")
     if split.val_groups:

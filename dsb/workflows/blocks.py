@@ -43,8 +43,10 @@ from dsb.core.progress import track
 from dsb.inference.labels import labels_at_scale
 from dsb.inference.preprocess import (
     image_type,
+    intensity_range,
     normalize_polarity,
     preprocess_image,
+    raw_intensity,
     to_gray,
 )
 from dsb.inference.predict import use_tta, with_small_nuclei
@@ -140,7 +142,10 @@ class BlockPlan:
 class ImageSettings:
     """What every block of one image is segmented with: one scale, one image type, one contrast.
 
-    ``low`` and ``high`` are the grey levels (after polarity) mapped to 0 and 1.
+    ``low`` and ``high`` are the grey levels (after polarity) mapped to 0 and 1; ``value_range`` the
+    raw values mapped to grey 0 and 1 (:func:`dsb.inference.preprocess.intensity_range` of the sampled
+    pixels), so that every block is read on one scale whatever its own brightest pixel (None: each
+    block by its own, as a whole image would be).
     """
 
     scale: float
@@ -150,6 +155,7 @@ class ImageSettings:
     low: float
     high: float
     sure: bool = True
+    value_range: tuple[float, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -215,7 +221,7 @@ def network_input(raw: np.ndarray, config, settings: ImageSettings) -> np.ndarra
     pre = config.preprocess
     if pre.polarity == "auto" and settings.kind == "stained":
         return preprocess_image(raw, pre, kind="stained")
-    gray = normalize_polarity(to_gray(raw), polarity=pre.polarity, kind=settings.kind)
+    gray = normalize_polarity(to_gray(raw, settings.value_range), polarity=pre.polarity, kind=settings.kind)
     if settings.high - settings.low < 1e-6:
         return np.zeros_like(gray)
     return np.clip((gray - np.float32(settings.low)) / np.float32(settings.high - settings.low), 0, 1)
@@ -234,19 +240,22 @@ def image_settings(source, network, config, *, diameter: float | None = None) ->
     pixels = np.concatenate([raw.reshape(-1, 1, *channels) for raw in raws])
     kind = image_type(pixels)
     pre = config.preprocess
-    grays = [normalize_polarity(to_gray(raw), polarity=pre.polarity, kind=kind) for raw in raws]
+    # One scale of raw values for every block: each on its own would be read by its own brightest pixel.
+    values = intensity_range(pixels)
+    grays = [normalize_polarity(to_gray(raw, values), polarity=pre.polarity, kind=kind) for raw in raws]
     low, high = np.percentile(np.concatenate([g.ravel() for g in grays]), [pre.percentile_low, pre.percentile_high])
-    settings = ImageSettings(1.0, math.nan, False, kind, float(low), float(high))
+    contrast = {"kind": kind, "low": float(low), "high": float(high), "value_range": values}
+    settings = ImageSettings(1.0, math.nan, False, **contrast)
     if diameter is not None:
         chosen = choose_scale(network, config, grays[0], diameter=diameter)
-        return ImageSettings(chosen.scale, chosen.diameter, False, kind, float(low), float(high))
+        return ImageSettings(chosen.scale, chosen.diameter, False, **contrast)
     found = [choose_scale(network, config, network_input(raw, config, settings)) for raw in raws]
     diameters = [s.diameter for s in found if math.isfinite(s.diameter)]
     if not diameters or not pre.diameter:
-        return ImageSettings(found[0].scale, math.nan, bool(pre.diameter), kind, float(low), float(high), False)
+        return ImageSettings(found[0].scale, math.nan, bool(pre.diameter), sure=False, **contrast)
     median = float(np.median(diameters))
     scale = prediction_scale(pre.diameter / median, config)
-    return ImageSettings(scale, median, True, kind, float(low), float(high), all(s.sure for s in found))
+    return ImageSettings(scale, median, True, sure=all(s.sure for s in found), **contrast)
 
 
 def own_nuclei(labels: np.ndarray, plan: BlockPlan, index: tuple[int, int]) -> tuple[np.ndarray, int, int]:
@@ -305,7 +314,7 @@ def segment_block(source, plan: BlockPlan, index: tuple[int, int], spec: ModelSp
     inside = owned > 0
     source = np.zeros(count + 1, np.int64)
     source[owned[inside]] = labels[inside]
-    table = measure_nuclei(owned, to_gray(raw), confidence[source[1:] - 1])
+    table = measure_nuclei(owned, raw_intensity(raw), confidence[source[1:] - 1])
     for row, col in _CENTRE_COLUMNS:
         table[row] += er0
         table[col] += ec0

@@ -28,6 +28,7 @@ from dsb.network.engines import load_network
 
 __all__ = [
     "CONNECT_TIMEOUT_S",
+    "parse_address",
     "ModelSpec",
     "remember_network",
     "worker_network",
@@ -119,7 +120,8 @@ def cluster_client(workers: int | None = None, scheduler: str | None = None):
     try:
         from distributed import Client, LocalCluster
     except ImportError:
-        raise EnvironmentProblem("a Dask cluster needs the 'distributed' extra: pip install 'dsb[distributed]'") \
+        raise EnvironmentProblem("a Dask cluster needs the 'distributed' extra: pip install -e '.[distributed]' "
+                                 "in the dsb checkout") \
             from None
     if scheduler is not None:
         _check_reachable(scheduler)
@@ -169,16 +171,37 @@ def _pin_to_cores(cores: list[int], workers: int):
 
 
 
+def parse_address(address: str) -> tuple[str | None, str, int]:
+    """The protocol (None when not given), host and port of a Dask scheduler address.
+
+    Raises
+    ------
+    ValueError
+        ``address`` is not ``[PROTOCOL://]HOST:PORT``.
+
+    Examples
+    --------
+    >>> parse_address("tcp://10.0.0.5:8786"), parse_address("[::1]:8786")
+    (('tcp', '10.0.0.5', 8786), (None, '::1', 8786))
+    """
+    import re
+
+    match = re.fullmatch(r"(?:(\w+)://)?\[?([^\[\]\s/]+?)\]?:(\d+)/?", str(address).strip())
+    if match is None:
+        raise ValueError(f"{address!r} is not a Dask scheduler address (expected tcp://HOST:PORT)")
+    protocol, host, port = match.groups()
+    return protocol, host, int(port)
+
+
 def _check_reachable(address: str) -> None:
     """Fail at once, in one line, on a scheduler address that is malformed or refuses connections
     (a TCP connect, before distributed's client retries for :data:`CONNECT_TIMEOUT_S` seconds)."""
-    import re
     import socket
 
-    match = re.fullmatch(r"(?:(\w+)://)?\[?([^\[\]\s/]+?)\]?:(\d+)/?", address.strip())
-    if match is None:
-        raise EnvironmentProblem("is not a Dask scheduler address (expected tcp://HOST:PORT)", path=address)
-    protocol, host, port = match.groups()
+    try:
+        protocol, host, port = parse_address(address)
+    except ValueError:
+        raise BadDataError("is not a Dask scheduler address (expected tcp://HOST:PORT)", path=address) from None
     if protocol not in (None, "tcp", "tls"):
         return  # another transport (ucx, inproc): distributed's client checks it
     try:

@@ -23,7 +23,7 @@ from dsb.kaggle.metric import MISS_CAUSES, SMALL_SHARE, miss_causes, score_label
 from dsb.network.engines import load_network
 from dsb.training.cache import load_groups
 from dsb.workflows.pipeline import nuclei_predictor, predict_each
-from dsb.workflows.tune import validation_data
+from dsb.workflows.tune import require_validation, validation_data
 
 __all__ = [
     "Validation", "predict_validation", "score_validation", "evaluate", "score_summary", "densest", "summary_lines",
@@ -272,8 +272,9 @@ def evaluate(
         The inference engine: ``"keras"``, ``"onnx"``, ``"openvino"`` or
         ``"auto"`` (see :func:`dsb.network.engines.choose_engine`).
     precision : str
-        ``"auto"`` (the default: bfloat16 on OpenVINO where the CPU has bfloat16 units, else
-        float32; :func:`dsb.network.engines.resolve_precision`), ``"float32"``, ``"bfloat16"``,
+        ``"auto"`` (the default: on OpenVINO, bfloat16 where the CPU has bfloat16 units, else int8
+        where it has integer dot-product units and the run a ``model.int8.onnx``; float32 otherwise:
+        :func:`dsb.network.engines.resolve_precision`), ``"float32"``, ``"bfloat16"``,
         or ``"int8"`` for the run's ``model.int8.onnx`` on an ONNX engine (:mod:`dsb.network.quantize`).
     scale_factor : float, optional
         Predict this many times larger than each image's estimated (or given)
@@ -289,6 +290,7 @@ def evaluate(
     """
 
     model, config = load_network(Path(run_dir), engine, precision, scale_factor=scale_factor)
+    require_validation(run_dir, config, "score")
     return score_validation(predict_validation(model, config, data_dir, tta=tta, diameter=diameter,
                                                progress=progress))
 
@@ -357,6 +359,7 @@ def magnification_sweep(
         calling itself sure, and why true nuclei were missed (:data:`MISS_COLUMNS`).
     """
     model, config = load_network(Path(run_dir), engine, precision, scale_factor=scale_factor)
+    require_validation(run_dir, config, "score")
     frames = []
     for zoom in zooms:
         _, table = score_validation(predict_validation(model, config, data_dir, tta=tta, progress=progress,

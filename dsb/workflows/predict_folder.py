@@ -114,13 +114,19 @@ def predict_images(
                     label_files.append(write_labels(staging / f"{image_id}.png", labels))
         if not shapes:
             raise BadDataError("no image could be predicted", path=images_dir)
+        # A skipped image still needs its row, or Kaggle refuses the file: an empty one (no nuclei).
+        unread = [image_id for image_id in images if image_id not in shapes]
+        rows.extend((image_id, "") for image_id in unread)
 
         table = pd.DataFrame(rows, columns=["ImageId", "EncodedPixels"])
+        table = table.sort_values("ImageId", kind="stable", ignore_index=True)
         table.attrs["skipped"] = skips.records
+        table.attrs["empty_rows"] = unread
         with atomic_path(out_csv) as tmp:
             write_submission(table, tmp)
-            # Validate the file as written, before it takes the place of out_csv.
-            invalid = validate_submission(read_submission(tmp), shapes, path=out_csv)
+            # Validate the file as written, before it takes the place of out_csv (an empty row fits any shape).
+            invalid = validate_submission(read_submission(tmp), {**shapes, **dict.fromkeys(unread, (1, 1))},
+                                          path=out_csv)
             if invalid:
                 raise DsbError(f"the predicted submission is not valid: {invalid[0]} ({len(invalid)} problems)",
                                path=out_csv)
@@ -179,8 +185,9 @@ def predict_folder(
         The inference engine: ``"keras"``, ``"onnx"``, ``"openvino"`` or
         ``"auto"`` (see :func:`dsb.network.engines.choose_engine`).
     precision : str
-        ``"auto"`` (the default: bfloat16 on OpenVINO where the CPU has bfloat16 units, else
-        float32; :func:`dsb.network.engines.resolve_precision`), ``"float32"``, ``"bfloat16"``,
+        ``"auto"`` (the default: on OpenVINO, bfloat16 where the CPU has bfloat16 units, else int8
+        where it has integer dot-product units and the run a ``model.int8.onnx``; float32 otherwise:
+        :func:`dsb.network.engines.resolve_precision`), ``"float32"``, ``"bfloat16"``,
         or ``"int8"`` for the run's ``model.int8.onnx`` on an ONNX engine (:mod:`dsb.network.quantize`).
     scale_factor : float, optional
         Predict this many times larger than each image's estimated (or given)
@@ -193,7 +200,9 @@ def predict_folder(
         ``ImageId``, ``EncodedPixels``: one row per nucleus, ids sorted, nuclei
         in label order; an image with no nucleus has one row with an empty
         ``EncodedPixels``. ``attrs["skipped"]`` holds a
-        :class:`dsb.io.folders.Skip` per skipped file (empty unless ``skip_bad``).
+        :class:`dsb.io.folders.Skip` per skipped file (empty unless ``skip_bad``), and
+        ``attrs["empty_rows"]`` the ids of the skipped images, each written as one empty row
+        (as an image without nuclei) so that the file still answers for every image.
 
     Raises
     ------

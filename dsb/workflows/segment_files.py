@@ -29,7 +29,7 @@ from dsb.core.config import check_scale_factor
 from dsb.core.errors import BadDataError
 from dsb.core.labels import measure_regions
 from dsb.core.validate import check_labels, check_same_shape
-from dsb.inference.preprocess import to_gray
+from dsb.inference.preprocess import raw_intensity
 from dsb.io.folders import Skips, find_images, read_images
 from dsb.io.writers import write_labels, write_png
 from dsb.network.engines import load_network
@@ -64,8 +64,9 @@ def measure_nuclei(labels: np.ndarray, intensity: np.ndarray, confidence: np.nda
     labels : (H, W) ndarray of int
         0 for background, 1..N for nuclei.
     intensity : (H, W) ndarray of float
-        The grey image the mean intensity is taken from (``to_gray``'s [0, 1]
-        scale in ``dsb segment``).
+        The grey image the mean intensity is taken from: in ``dsb segment``, the image's own
+        units (:func:`dsb.inference.preprocess.raw_intensity`: a 16-bit camera's counts, the
+        luminance of 8-bit colour), the same in every block of a large image.
     confidence : (N,) ndarray of float, optional
         How sure the network is of each nucleus, entry ``k - 1`` for label ``k``
         (:attr:`dsb.inference.predict.Nuclei.confidence`).
@@ -168,8 +169,9 @@ def segment_paths(
         The inference engine: ``"keras"``, ``"onnx"``, ``"openvino"`` or
         ``"auto"`` (see :func:`dsb.network.engines.choose_engine`).
     precision : str
-        ``"auto"`` (the default: bfloat16 on OpenVINO where the CPU has bfloat16 units, else
-        float32; :func:`dsb.network.engines.resolve_precision`), ``"float32"``, ``"bfloat16"``,
+        ``"auto"`` (the default: on OpenVINO, bfloat16 where the CPU has bfloat16 units, else int8
+        where it has integer dot-product units and the run a ``model.int8.onnx``; float32 otherwise:
+        :func:`dsb.network.engines.resolve_precision`), ``"float32"``, ``"bfloat16"``,
         or ``"int8"`` for the run's ``model.int8.onnx`` on an ONNX engine (:mod:`dsb.network.quantize`).
     scale_factor : float, optional
         Predict this many times larger than each image's estimated (or given)
@@ -237,7 +239,7 @@ def write_outputs(out_dir: Path, name: str, image: Path, raw: np.ndarray, nuclei
 
     labels = nuclei.labels
     targets = _outputs(out_dir, name)
-    table = measure_nuclei(labels, to_gray(raw), nuclei.confidence)
+    table = measure_nuclei(labels, raw_intensity(raw), nuclei.confidence)
     write_labels(targets["labels"], labels)
     with atomic_path(targets["measurements"]) as tmp:
         table.to_csv(tmp, index=False, float_format="%.6g")

@@ -35,8 +35,10 @@ from dsb.inference.watershed import finish_nuclei, labels_from_probabilities, re
 from dsb.io.annotations import find_samples, read_sample
 from dsb.kaggle.metric import score_labels
 from dsb.network.engines import load_network
+from dsb.training.finetune import MIN_VALIDATION_IMAGES
 
-__all__ = ["GRID", "CONTEXT_TOLERANCE", "search_postprocess", "tune_tiling", "tune", "validation_data"]
+__all__ = ["GRID", "CONTEXT_TOLERANCE", "search_postprocess", "tune_tiling", "tune", "validation_data",
+           "require_validation"]
 
 # Probabilities of tiled and whole-image predictions may differ by this much (far below what
 # moves a watershed threshold).
@@ -235,6 +237,23 @@ def tune_tiling(model, config, images: Sequence[np.ndarray], *, tolerance: float
     return predict, contexts
 
 
+def require_validation(run_dir, config, purpose: str) -> None:
+    """Refuse a run that kept no validation images, naming its ``config.json``: nothing to ``purpose``.
+
+    Raises
+    ------
+    BadDataError
+        ``config.validation_ids`` is empty: trained with ``validation_fraction`` 0, or a
+        fine-tune on fewer than :data:`dsb.training.finetune.MIN_VALIDATION_IMAGES` annotated images.
+    """
+    if not config.validation_ids:
+        raise BadDataError(
+            f"is empty: the run kept no validation images to {purpose} (a run keeps them when trained with "
+            f"validation_fraction > 0, a fine-tune when it has {MIN_VALIDATION_IMAGES} annotated images or more)",
+            path=Path(run_dir) / "config.json", where="key 'validation_ids'",
+        )
+
+
 def validation_data(config, data_dir, *, progress: bool = False):
     """Raw images, true labels and image types of the run's validation images.
 
@@ -290,7 +309,8 @@ def tune(run_dir, data_dir, *, progress: bool = True, engine: str = "auto",
         ``"auto"`` (see :func:`dsb.network.engines.choose_engine`).
     precision : str
         The number format the network computes the probabilities in, as prediction will:
-        ``"auto"`` (bfloat16 on OpenVINO where the CPU has bfloat16 units, else float32;
+        ``"auto"`` (on OpenVINO, bfloat16 where the CPU has bfloat16 units, else int8 where it has
+        integer dot-product units and the run a ``model.int8.onnx``; float32 otherwise:
         :func:`dsb.network.engines.resolve_precision`), ``"float32"``, ``"bfloat16"`` or ``"int8"``.
     tta : bool, optional
         Search on probabilities averaged over the eight flips and quarter
@@ -320,11 +340,7 @@ def tune(run_dir, data_dir, *, progress: bool = True, engine: str = "auto",
 
     run_dir = Path(run_dir)
     model, config = load_network(run_dir, engine, precision)
-    if not config.validation_ids:
-        raise BadDataError(
-            "is empty: the run kept no validation images to tune on (train with validation_fraction > 0)",
-            path=run_dir / "config.json", where="key 'validation_ids'",
-        )
+    require_validation(run_dir, config, "tune on")
     factors = (config.predict.scale_factor,) if scale_factors is None else check_scale_factors(scale_factors)
     images, labels, types = validation_data(config, data_dir, progress=progress)
     tiling, _ = tune_tiling(model, config, list(images.values()))
