@@ -247,8 +247,13 @@ def _swapped(int8_run, tmp_path):
 
 def test_segment_evaluate_and_tune_pass_the_precision_on(int8_run, tmp_path):
     # Both would succeed on the float32 file: the refusal shows that int8 reached the engine.
+    import json
+
     path, stage = int8_run
     model_dir = _swapped(int8_run, tmp_path)
+    # Validation images, so that evaluate and tune get as far as the network (they refuse a run without any first).
+    config = json.loads((model_dir / "config.json").read_text())
+    (model_dir / "config.json").write_text(json.dumps(config | {"validation_ids": sorted(STAGE)}))
     image = sorted(stage.glob("*/images/*.png"))[0]
     result = dsb("segment", image, "--model", model_dir, "--out", tmp_path / "seg", "--precision", "int8")
     error_line(result, 3, INT8_FILE, "is the float32 network")
