@@ -446,7 +446,7 @@ def crossval(data: Path, out: Path, folds: int, time_budget: float | None, epoch
         for row in summary.itertuples(index=False):
             why = missed_words(row) if hasattr(row, "miss_small") else ""
             click.echo(f"{row.level} {row.name}{_fold_words(row, tune)}: {row.score:.6f} ({row.images} images, "
-                       f"found {row.found}/{row.true} nuclei at IoU 0.5" + (f"; {why})" if why else ")"))
+                       f"found {row.found}/{row.true} nuclei at IoU 0.5)" + (f"; {why}" if why else ""))
     else:
         from dsb.workflows.evaluate import sweep_lines
 
@@ -636,8 +636,9 @@ def score(submission: Path, truth: Path, images: Path | None, per_image: Path | 
     value, table = score_submission(submission, truth, image_types=types, allow_extra=allow_extra)
     unanswered = table.attrs.get("unanswered", [])
     if unanswered:  # Kaggle would refuse the file; the score counts them as 0
+        verb = "has" if len(unanswered) == 1 else "have"
         click.echo(f"dsb: warning: {submission}: {len(unanswered)} of {_count(len(table), 'image')} of the truth "
-                   f"have no row and score 0 (e.g. {unanswered[0]})", err=True)
+                   f"{verb} no row and score 0 (e.g. {unanswered[0]})", err=True)
     _report_scores(value, table, per_image)
 
 

@@ -803,10 +803,11 @@ def test_predict_skips_bad_samples_of_a_stage_folder(tiny_run, tmp_path):
     lines = result.stderr.splitlines()
     assert len(lines) == 2 and all(line.startswith("skipped: ") for line in lines)
     assert any("img_b.png: empty file" in line for line in lines) and any("img_c" in line for line in lines)
-    # img_b, unreadable, answers with an empty row; img_c has no image, so no id to answer for.
+    # img_b, unreadable, and img_c, whose folder lacks its image, answer with an empty row each.
     table = pd.read_csv(out, keep_default_na=False)
-    assert set(table["ImageId"]) == {"img_a", "img_b"}
-    assert table.loc[table["ImageId"] == "img_b", "EncodedPixels"].tolist() == [""]
+    assert set(table["ImageId"]) == {"img_a", "img_b", "img_c"}
+    for skipped in ("img_b", "img_c"):
+        assert table.loc[table["ImageId"] == skipped, "EncodedPixels"].tolist() == [""]
 
 
 def test_predict_an_empty_folder_or_only_bad_images(tiny_run, tmp_path):

@@ -193,6 +193,15 @@ def test_every_block_of_a_16_bit_image_on_one_scale(field):
     assert same_nuclei(found, one_piece)
 
 
+def test_the_raw_range_of_a_block_wise_image_is_its_colours_and_nan_is_refused(field):
+    model = dsb.load_model()
+    rgba = np.dstack([field.astype(np.uint16) * np.uint16(16)] * 3 + [np.full(field.shape, 65535, np.uint16)])
+    settings = blocks.image_settings(open_source(rgba), model.network, model.config, diameter=DIAMETER)
+    assert settings.value_range == (0.0, 4095.0)  # 12-bit colour; the alpha channel is no brightness
+    with pytest.raises(BadDataError, match="holds no finite pixel value"):
+        blocks.image_settings(open_source(np.full((64, 64), np.nan, np.float32)), model.network, model.config)
+
+
 def test_measurements_in_the_image_own_units_whole_or_block_wise(tmp_path, field):
     image = _dim_half_16bit(field)
     tifffile.imwrite(tmp_path / "slide.tif", image)

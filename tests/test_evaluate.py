@@ -239,7 +239,7 @@ def test_the_yardstick_says_why_true_nuclei_were_missed(run_and_data):
     assert "true nuclei missed 4 absent, 11 merged, 1 outline (13 small); small: under 0.25 of their image's " \
            "median area" in lines
     assert sweep_lines(summary.assign(zoom=1.0))[0] == (
-        "zoom 1: 0.5500, fluorescence 0.5500; found 24/40 at IoU 0.5 (missed 4 absent, 11 merged, 1 outline (13 small))")
+        "zoom 1: 0.5500, fluorescence 0.5500; found 24/40 at IoU 0.5; missed 4 absent, 11 merged, 1 outline (13 small)")
 
 
 def test_zoom_pair_keeps_every_nucleus_at_its_new_size():

@@ -270,7 +270,7 @@ def test_score_submission_against_a_solution_csv_or_a_folder(tmp_path, truth_kin
     result = CliRunner().invoke(cli, ["score", str(sub), "--truth", str(truth_path)])
     assert result.exit_code == 0 and result.stdout.splitlines()[-1] == "0.500000"
     assert result.stderr.splitlines() == [
-        f"dsb: warning: {sub}: 1 of 3 images of the truth have no row and score 0 (e.g. img2)"]
+        f"dsb: warning: {sub}: 1 of 3 images of the truth has no row and score 0 (e.g. img2)"]
     # An empty row answers for an image without nuclei: no warning.
     answered = pd.concat([_submission_rows(partial), pd.DataFrame({"ImageId": ["img2"], "EncodedPixels": [""]})])
     sub = write_submission(answered, tmp_path / "answered.csv")

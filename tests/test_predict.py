@@ -236,11 +236,14 @@ def test_skip_bad_goes_on_and_says_which(tmp_path):
     assert len(skipped) == 2
     assert any(line.startswith(f"{bad}: ") for line in skipped)
     assert any("d_nofile" in line and "images/d_nofile.png" in line for line in skipped)
-    # The unreadable image keeps one empty row (no nuclei), so the file answers for every image.
-    assert table.attrs["empty_rows"] == ["b_two"]
-    df, _ = check_submission(out, ids=("a_one", "b_two", "c_none"))
-    assert df.loc[df["ImageId"] == "b_two", "EncodedPixels"].fillna("").tolist() == [""]
-    kept = df[df["ImageId"] != "b_two"]
+    # The unreadable image and the sample without one keep one empty row each (no nuclei), so the
+    # file answers for every image.
+    assert table.attrs["empty_rows"] == ["b_two", "d_nofile"]
+    df = read_submission(out)
+    assert list(pd.unique(df["ImageId"])) == ["a_one", "b_two", "c_none", "d_nofile"]
+    for skipped in ("b_two", "d_nofile"):
+        assert df.loc[df["ImageId"] == skipped, "EncodedPixels"].fillna("").tolist() == [""]
+    kept = df[~df["ImageId"].isin(["b_two", "d_nofile"])]
     kept.to_csv(tmp_path / "kept.csv", index=False)
     assert check_submission(tmp_path / "kept.csv", ids=("a_one", "c_none"))[1] == 1.0
 

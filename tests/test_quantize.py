@@ -247,8 +247,13 @@ def _swapped(int8_run, tmp_path):
 
 def test_segment_evaluate_and_tune_pass_the_precision_on(int8_run, tmp_path):
     # Both would succeed on the float32 file: the refusal shows that int8 reached the engine.
+    import json
+
     path, stage = int8_run
     model_dir = _swapped(int8_run, tmp_path)
+    # Validation images, so that evaluate and tune get as far as the network (they refuse a run without any first).
+    config = json.loads((model_dir / "config.json").read_text())
+    (model_dir / "config.json").write_text(json.dumps(config | {"validation_ids": sorted(STAGE)}))
     image = sorted(stage.glob("*/images/*.png"))[0]
     result = dsb("segment", image, "--model", model_dir, "--out", tmp_path / "seg", "--precision", "int8")
     error_line(result, 3, INT8_FILE, "is the float32 network")
@@ -259,18 +264,21 @@ def test_segment_evaluate_and_tune_pass_the_precision_on(int8_run, tmp_path):
     assert dsb("segment", image, "--model", model_dir, "--out", tmp_path / "seg").exit_code == 0
 
 
-def test_load_model_takes_a_precision(int8_run, tmp_path):
+def test_load_model_takes_a_precision(int8_run, tmp_path, monkeypatch):
     import dsb as package
 
     path, _ = int8_run
     model = package.load_model(path, precision="int8")
     assert model.engine in ONNX_ENGINES and model.network.path.name == INT8_FILE
-    # By default, the format auto resolves to on this CPU (int8 only where it has VNNI but no bfloat16 units).
-    from dsb.network.engines import resolve_precision
-
-    default = package.load_model(path)
-    expected = INT8_FILE if resolve_precision("auto", default.engine, path) == "int8" else None
-    assert default.network.path.name in ((expected,) if expected else (ONNX_FILE, "model.keras"))
+    # By default, what auto takes on the CPU: int8 only where it has VNNI and no bfloat16 units.
+    for bf16, vnni in ((True, True), (False, False), (False, True)):
+        if "openvino" not in ONNX_ENGINES:
+            break
+        monkeypatch.setattr("dsb.network.engines.bfloat16_units", lambda b=bf16: b)
+        monkeypatch.setattr("dsb.network.engines.int8_units", lambda v=vnni: v)
+        default = package.load_model(path, engine="openvino")
+        assert default.network.path.name == (INT8_FILE if vnni and not bf16 else ONNX_FILE)
+    monkeypatch.undo()
     with pytest.raises(ValueError, match="precision"):
         package.load_model(path, precision="float16")
     with pytest.raises(BadDataError, match="is the float32 network"):
@@ -340,6 +348,24 @@ def test_auto_takes_int8_on_openvino_where_only_integer_units_are(int8_run, tmp_
     # Asked outright, a precision is what it says, whatever the CPU.
     for asked in ("float32", "int8"):
         assert resolve_precision(asked, "openvino", path) == asked
+
+
+def test_auto_in_an_inference_copy_takes_only_the_int8_file_of_its_model(int8_run, tmp_path, monkeypatch):
+    from test_engines import _unet_run
+
+    from dsb.network.engines import resolve_precision
+
+    path, _ = int8_run
+    monkeypatch.setattr("dsb.network.engines.bfloat16_units", lambda: False)
+    monkeypatch.setattr("dsb.network.engines.int8_units", lambda: True)
+    copy = tmp_path / "copy"  # as `dsb export --out` leaves it, less model.keras: only the ONNX files
+    shutil.copytree(path, copy)
+    (copy / "model.keras").unlink()
+    assert resolve_precision("auto", "openvino", copy) == "int8"
+    other, _ = _unet_run(tmp_path / "other", CONFIG, seed=3)
+    quantize_onnx(other / ONNX_FILE, copy / INT8_FILE,
+                  [np.random.default_rng(0).random((1, 32, 32, 1), dtype=np.float32)])
+    assert resolve_precision("auto", "openvino", copy) == "float32"
 
 
 def test_the_command_line_says_auto_ran_in_int8(int8_run, tmp_path, monkeypatch):

@@ -55,6 +55,19 @@ def test_measure_nuclei_on_discs():
     np.testing.assert_allclose(table["perimeter"], 2 * math.pi * RADIUS, rtol=0.15)
 
 
+def test_mean_intensity_leaves_out_nan_pixels():
+    labels = np.zeros((4, 6), np.int32)
+    labels[1:3, 1:3] = 1
+    labels[1:3, 4:6] = 2
+    intensity = np.ones((4, 6), np.float32)
+    intensity[1, 1] = np.nan  # one of nucleus 1's four pixels
+    intensity[1:3, 4:6] = np.nan  # all of nucleus 2's
+    intensity[0, 0] = np.inf  # background: no nucleus's business
+    table = measure_nuclei(labels, intensity)
+    assert table["mean_intensity"].iloc[0] == 1.0 and np.isnan(table["mean_intensity"].iloc[1])
+    assert table["area"].tolist() == [4, 4]
+
+
 def test_measure_nuclei_carries_each_nucleus_confidence_by_its_label():
     labels = make_discs((64, 64), CENTRES, RADIUS)
     labels[labels == 2] = 3  # a gap in the numbering: label 2 has no pixel

@@ -81,10 +81,19 @@ def intensity_range(image: np.ndarray) -> tuple[float, float]:
         bits = int(np.ceil(np.log2(top + 1)))
         return 0.0, float(2 ** (bits + bits % 2) - 1)
     if np.issubdtype(image.dtype, np.floating):
-        finite = np.nan_to_num(image.astype(np.float32, copy=False))
-        lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
-        return (0.0, 1.0) if lo >= 0 and hi <= 1 else (lo, hi)
+        return _float_range(np.nan_to_num(image.astype(np.float32, copy=False)))
     raise TypeError(f"`image` has dtype {image.dtype}, expected bool, integer or float")
+
+
+def _float_range(clean: np.ndarray) -> tuple[float, float]:
+    """:func:`intensity_range` of a float image already cleared of NaN and infinities."""
+    lo, hi = (float(clean.min()), float(clean.max())) if clean.size else (0.0, 1.0)
+    return (0.0, 1.0) if lo >= 0 and hi <= 1 else (lo, hi)
+
+
+def _as_range(value_range) -> tuple[float, float] | None:
+    """``value_range`` as a pair of floats (a tuple, list or array of two), or None."""
+    return None if value_range is None else (float(value_range[0]), float(value_range[1]))
 
 
 def as_float(image: np.ndarray, value_range: tuple[float, float] | None = None) -> np.ndarray:
@@ -108,14 +117,19 @@ def as_float(image: np.ndarray, value_range: tuple[float, float] | None = None) 
     (H, W) or (H, W, C) ndarray of float32
     """
     image = np.asarray(image)
+    value_range = _as_range(value_range)
     if image.dtype == bool:
         return image.astype(np.float32)
     if image.dtype == np.uint8 and value_range in (None, (0.0, 255.0)):
         return image.astype(np.float32) / np.float32(255)
-    lo, hi = intensity_range(image) if value_range is None else (float(value_range[0]), float(value_range[1]))
     if np.issubdtype(image.dtype, np.integer):
-        return np.clip((image.astype(np.float32) - np.float32(lo)) / np.float32(max(hi - lo, 1e-12)), 0, 1)
+        lo, hi = intensity_range(image) if value_range is None else value_range
+        scaled = image.astype(np.float32) if lo == 0 else image.astype(np.float32) - np.float32(lo)
+        return np.clip(scaled / np.float32(max(hi - lo, 1e-12)), 0, 1)
+    if not np.issubdtype(image.dtype, np.floating):
+        raise TypeError(f"`image` has dtype {image.dtype}, expected bool, integer or float")
     image = np.nan_to_num(image.astype(np.float32, copy=False))
+    lo, hi = _float_range(image) if value_range is None else value_range
     if value_range is None and (lo, hi) == (0.0, 1.0):
         return image
     out = (image - np.float32(lo)) / np.float32(max(hi - lo, 1e-12))
@@ -168,6 +182,7 @@ def to_gray(image: np.ndarray, value_range: tuple[float, float] | None = None) -
         weights sum to 1).
     """
     image = check_image("image", image)
+    value_range = _as_range(value_range)
     levels = _grey_levels(image) if value_range in (None, (0.0, 255.0)) else None
     return _luminance(image, value_range) if levels is None else np.take(_LEVELS, levels)
 
@@ -188,8 +203,8 @@ def raw_intensity(image: np.ndarray) -> np.ndarray:
     -------
     (H, W) ndarray of float64
         The grey channel's values as stored; for colour, the luminance of the three channels
-        (ITU-R BT.709 weights, which sum to 1: an RGB image with three equal channels gives
-        that channel).
+        (ITU-R BT.709 weights, which sum to 1); an RGB image with three equal channels gives
+        that channel exactly.
 
     Examples
     --------
@@ -200,6 +215,9 @@ def raw_intensity(image: np.ndarray) -> np.ndarray:
     """
     image = check_image("image", image)
     if image.ndim == 3 and image.shape[2] >= 3:
+        r, g, b = image[..., 0], image[..., 1], image[..., 2]
+        if np.array_equal(r, g) and np.array_equal(r, b):  # grey stored as RGB: that channel, exactly
+            return r.astype(np.float64)
         return image[..., :3].astype(np.float64) @ _LUMA_64
     return _grey_channel(image).astype(np.float64)
 

@@ -142,13 +142,16 @@ def iou_matrix(true, pred) -> np.ndarray:
     return inter / (area_true + area_pred - inter)
 
 
-def _pair_ious(true, pred) -> tuple[np.ndarray, int, int]:
-    """IoU of every pair of objects that share a pixel, and the object counts.
+def _overlaps(true, pred):
+    """Every pair of objects that share a pixel, with their shared pixels, and each object's area.
 
-    Labels are used as they are when the table they span is no bigger than the
-    image: absent labels only leave empty rows and columns, so no renumbering
-    pass is needed. Otherwise (huge label values, thousands of objects on both
-    sides) labels are renumbered and only the pairs that occur are counted.
+    Returns ``(ti, pi, inter, area_true, area_pred, true_labels)``: ``ti`` and ``pi`` index
+    ``area_true`` and ``area_pred`` (entry 0 the background; an index without an object has area
+    0), ``inter`` the pixels each pair shares, and ``true_labels[i]`` the label value of true index
+    ``i``. Labels are used as they are when the table they span is no bigger than the image: absent
+    labels only leave empty rows and columns, so no renumbering pass is needed. Otherwise (huge
+    label values, thousands of objects on both sides) labels are renumbered (in increasing label
+    order) and only the pairs that occur are counted: memory follows the pairs, not their product.
     """
     t, p = _flat_pair(true, pred)
     top_t = int(t.max()) if t.size else 0
@@ -162,17 +165,24 @@ def _pair_ious(true, pred) -> tuple[np.ndarray, int, int]:
         area_pred = table.sum(axis=0)
         ti, pi = np.nonzero(table[1:, 1:])
         ti, pi = ti + 1, pi + 1
-        inter = table[ti, pi]
-        n_true = int(np.count_nonzero(area_true[1:]))
-        n_pred = int(np.count_nonzero(area_pred[1:]))
-    else:
-        t, n_true = renumber(t.ravel(), dtype=np.intp)
-        p, n_pred = renumber(p.ravel(), dtype=np.intp)
-        area_true = np.bincount(t, minlength=n_true + 1)
-        area_pred = np.bincount(p, minlength=n_pred + 1)
-        both = (t > 0) & (p > 0)
-        codes, inter = np.unique(t[both] * (n_pred + 1) + p[both], return_counts=True)
-        ti, pi = np.divmod(codes, n_pred + 1)
+        return ti, pi, table[ti, pi], area_true, area_pred, np.arange(top_t + 1)
+    labels = np.unique(t)
+    t, n_true = renumber(t.ravel(), dtype=np.intp)
+    p, n_pred = renumber(p.ravel(), dtype=np.intp)
+    area_true = np.bincount(t, minlength=n_true + 1)
+    area_pred = np.bincount(p, minlength=n_pred + 1)
+    both = (t > 0) & (p > 0)
+    codes, inter = np.unique(t[both] * (n_pred + 1) + p[both], return_counts=True)
+    ti, pi = np.divmod(codes, n_pred + 1)
+    true_labels = labels if labels.size and labels[0] == 0 else np.concatenate([[0], labels])
+    return ti, pi, inter, area_true, area_pred, true_labels
+
+
+def _pair_ious(true, pred) -> tuple[np.ndarray, int, int]:
+    """IoU of every pair of objects that share a pixel (:func:`_overlaps`), and the object counts."""
+    ti, pi, inter, area_true, area_pred, _ = _overlaps(true, pred)
+    n_true = int(np.count_nonzero(area_true[1:]))
+    n_pred = int(np.count_nonzero(area_pred[1:]))
     return inter / (area_true[ti] + area_pred[pi] - inter), n_true, n_pred
 
 
@@ -378,40 +388,41 @@ def miss_causes(true_labels, pred_labels, *, threshold: float = 0.5) -> pd.DataF
     >>> causes["label"].tolist(), causes["cause"].tolist()
     ([1, 2, 3], ['merged', 'merged', 'split'])
     """
-    if threshold < 0.5:
+    if not threshold >= 0.5:
         raise ValueError(f"`threshold` ({threshold}) must be at least 0.5 (where matches are unique)")
-    true_labels = np.asarray(true_labels)
-    table = label_overlap(true_labels, pred_labels)  # checks both; objects in increasing label order
-    inter = table[1:, 1:]
-    area_true = table.sum(axis=1)[1:]
-    area_pred = table.sum(axis=0)[1:]
-    labels = np.unique(true_labels[true_labels > 0])
+    # From the pairs that share pixels, not a (true x predicted) table: an image of thousands of
+    # nuclei on both sides costs memory in its pairs.
+    ti, pi, inter, area_true, area_pred, label_of = _overlaps(true_labels, pred_labels)
+    present = np.flatnonzero(area_true)
+    present = present[present > 0]
     columns = ["label", "cause", "area", "small"]
-    if not labels.size:
+    if not present.size:
         return pd.DataFrame({c: pd.Series(dtype=t) for c, t in zip(columns, ("int64", "object", "int64", "bool"))})
-    iou = inter / np.maximum(area_true[:, None] + area_pred[None, :] - inter, 1)
-    missed = ~(iou > threshold).any(axis=1)
-    if inter.shape[1]:
-        best = inter.argmax(axis=1)
-        biggest = inter[np.arange(inter.shape[0]), best]
-        # How many true nuclei each predicted one holds over half of.
-        holds = np.count_nonzero(2 * inter > area_true[:, None], axis=0)
-        joined = holds[best] >= 2
-        # How many predicted nuclei lie mostly inside each true one.
-        pieces = np.count_nonzero(2 * inter > area_pred[None, :], axis=1)
-    else:
-        biggest = np.zeros_like(area_true)
-        joined = np.zeros(area_true.shape, bool)
-        pieces = np.zeros(area_true.shape, np.intp)
+    n = area_true.size
+    iou = inter / (area_true[ti] + area_pred[pi] - inter)
+    matched = np.zeros(n, bool)
+    matched[ti[iou > threshold]] = True
+    # Each true nucleus's largest overlap: pairs sorted by nucleus, then overlap, the last of each nucleus.
+    order = np.lexsort((inter, ti))
+    last = order[np.flatnonzero(np.r_[ti[order][1:] != ti[order][:-1], True])] if ti.size else order
+    best = np.zeros(n, np.intp)
+    biggest = np.zeros(n, np.int64)
+    best[ti[last]] = pi[last]
+    biggest[ti[last]] = inter[last]
+    # How many true nuclei each predicted one holds over half of; how many predicted ones lie mostly in each true one.
+    holds = np.bincount(pi[2 * inter > area_true[ti]], minlength=area_pred.size)
+    pieces = np.bincount(ti[2 * inter > area_pred[pi]], minlength=n)
     half = 2 * biggest > area_true
+    joined = (biggest > 0) & (holds[best] >= 2)
     cause = np.select(
         [half & joined, ~half & (pieces >= 2), half | (pieces >= 1)],
         ["merged", "split", "outline"],
         default="absent",
     )
-    small = area_true < SMALL_SHARE * np.median(area_true)
+    small = area_true < SMALL_SHARE * np.median(area_true[present])
+    missed = present[~matched[present]]
     return pd.DataFrame({
-        "label": labels[missed].astype(np.int64),
+        "label": label_of[missed].astype(np.int64),
         "cause": cause[missed].astype(object),
         "area": area_true[missed].astype(np.int64),
         "small": small[missed],

@@ -50,6 +50,7 @@ from dsb.network.model_folder import (
     check_onnx,
     load_run_config,
     network_file,
+    read_onnx_metadata,
 )
 from dsb.network.onnx_export import INPUT_NAME
 
@@ -466,7 +467,12 @@ def _current_int8(model_dir: Path) -> bool:
         return False
     try:
         check_onnx(path, load_run_config(model_dir).model.outputs, model_dir / "model.keras", "int8")
-    except DsbError:
+        if not (model_dir / "model.keras").is_file():
+            # An inference copy without model.keras: the int8 file must come from the model model.onnx came from.
+            recorded = read_onnx_metadata(path).get("dsb.model_keras_sha256")
+            source = read_onnx_metadata(model_dir / ONNX_FILE).get("dsb.model_keras_sha256")
+            return bool(recorded) and recorded == source
+    except (DsbError, OSError):
         return False
     return True
 

@@ -145,7 +145,8 @@ class ImageSettings:
     ``low`` and ``high`` are the grey levels (after polarity) mapped to 0 and 1; ``value_range`` the
     raw values mapped to grey 0 and 1 (:func:`dsb.inference.preprocess.intensity_range` of the sampled
     pixels), so that every block is read on one scale whatever its own brightest pixel (None: each
-    block by its own, as a whole image would be).
+    block by its own, as a whole image would be). Stained tissue keeps its per-block colour
+    deconvolution and stretch (:func:`network_input`).
     """
 
     scale: float
@@ -238,10 +239,14 @@ def image_settings(source, network, config, *, diameter: float | None = None) ->
     raws = [source.read(*window) for window in _sample_windows(source.shape)]
     channels = raws[0].shape[2:]
     pixels = np.concatenate([raw.reshape(-1, 1, *channels) for raw in raws])
+    if np.issubdtype(pixels.dtype, np.floating) and not np.isfinite(pixels).any():
+        raise BadDataError("holds no finite pixel value (NaN or infinite everywhere, as far as sampled)",
+                           path=source.origin)
     kind = image_type(pixels)
     pre = config.preprocess
     # One scale of raw values for every block: each on its own would be read by its own brightest pixel.
-    values = intensity_range(pixels)
+    # Of the channels read (colour, or grey), not alpha.
+    values = intensity_range(pixels[..., :3] if pixels.ndim == 3 and pixels.shape[-1] >= 3 else pixels[..., :1])
     grays = [normalize_polarity(to_gray(raw, values), polarity=pre.polarity, kind=kind) for raw in raws]
     low, high = np.percentile(np.concatenate([g.ravel() for g in grays]), [pre.percentile_low, pre.percentile_high])
     contrast = {"kind": kind, "low": float(low), "high": float(high), "value_range": values}

@@ -21,6 +21,7 @@ from dsb.inference.resample import resample_to
 from dsb.inference.scale import median_diameter
 from dsb.kaggle.metric import MISS_CAUSES, SMALL_SHARE, miss_causes, score_labels
 from dsb.network.engines import load_network
+from dsb.network.model_folder import load_run_config
 from dsb.training.cache import load_groups
 from dsb.workflows.pipeline import nuclei_predictor, predict_each
 from dsb.workflows.tune import require_validation, validation_data
@@ -289,8 +290,8 @@ def evaluate(
         ``type`` and imaging-experiment ``group`` (see :func:`score_summary`).
     """
 
+    require_validation(run_dir, load_run_config(run_dir), "score")  # before the network loads
     model, config = load_network(Path(run_dir), engine, precision, scale_factor=scale_factor)
-    require_validation(run_dir, config, "score")
     return score_validation(predict_validation(model, config, data_dir, tta=tta, diameter=diameter,
                                                progress=progress))
 
@@ -358,8 +359,8 @@ def magnification_sweep(
         the images whose diameter estimate was not confirmed, and those it read wrong while
         calling itself sure, and why true nuclei were missed (:data:`MISS_COLUMNS`).
     """
+    require_validation(run_dir, load_run_config(run_dir), "score")  # before the network loads
     model, config = load_network(Path(run_dir), engine, precision, scale_factor=scale_factor)
-    require_validation(run_dir, config, "score")
     frames = []
     for zoom in zooms:
         _, table = score_validation(predict_validation(model, config, data_dir, tta=tta, progress=progress,
@@ -383,7 +384,7 @@ def sweep_lines(sweep: pd.DataFrame) -> list[str]:
                 + "".join(f", {r.name} {r.score:.4f}" for r in types.itertuples(index=False))
                 + f"; found {every['found']}/{every['true']} at IoU 0.5")
         if "miss_small" in every and missed_words(every):
-            line += f" ({missed_words(every)})"
+            line += f"; {missed_words(every)}"
         if "unsure" in every:
             line += "; " + _estimate_words(every["unsure"], every["misread"])
         if base is not None and zoom != 1.0:

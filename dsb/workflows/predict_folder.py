@@ -114,8 +114,13 @@ def predict_images(
                     label_files.append(write_labels(staging / f"{image_id}.png", labels))
         if not shapes:
             raise BadDataError("no image could be predicted", path=images_dir)
-        # A skipped image still needs its row, or Kaggle refuses the file: an empty one (no nuclei).
+        # A skipped image still needs its row, or Kaggle refuses the file: an empty one (no nuclei). So
+        # does a sample folder of a stage layout whose image is missing (its folder's name is its id).
         unread = [image_id for image_id in images if image_id not in shapes]
+        unread += [Path(problem.path).name for problem in problems
+                   if problem.path is not None and Path(problem.path).is_dir()
+                   and Path(problem.path).parent == Path(images_dir)]
+        unread = sorted(set(unread))
         rows.extend((image_id, "") for image_id in unread)
 
         table = pd.DataFrame(rows, columns=["ImageId", "EncodedPixels"])

@@ -35,6 +35,7 @@ from dsb.inference.watershed import finish_nuclei, labels_from_probabilities, re
 from dsb.io.annotations import find_samples, read_sample
 from dsb.kaggle.metric import score_labels
 from dsb.network.engines import load_network
+from dsb.network.model_folder import load_run_config
 from dsb.training.finetune import MIN_VALIDATION_IMAGES
 
 __all__ = ["GRID", "CONTEXT_TOLERANCE", "search_postprocess", "tune_tiling", "tune", "validation_data",
@@ -339,8 +340,8 @@ def tune(run_dir, data_dir, *, progress: bool = True, engine: str = "auto",
     """
 
     run_dir = Path(run_dir)
+    require_validation(run_dir, load_run_config(run_dir), "tune on")  # before the network loads
     model, config = load_network(run_dir, engine, precision)
-    require_validation(run_dir, config, "tune on")
     factors = (config.predict.scale_factor,) if scale_factors is None else check_scale_factors(scale_factors)
     images, labels, types = validation_data(config, data_dir, progress=progress)
     tiling, _ = tune_tiling(model, config, list(images.values()))
