@@ -399,3 +399,25 @@ def test_report_without_a_submission_scores_the_runs_validation_groups(tmp_path)
     assert f"{value:.4f}" in scores
     assert "a_one" in section(html, "per-image") and "<figure>" in section(html, "overlays")
     assert "(fluorescence, fluorescence): score" in section(html, "overlays")  # group, type
+
+
+def test_report_of_a_run_fine_tuned_on_annotated_images_of_ones_own(tmp_path):
+    # Regression: the report looked for stage1_train/ under --data; a folder of one's own
+    # annotated images (as `dsb train --init` and `dsb evaluate` take it) was refused.
+    import tifffile
+    from conftest import disc_image, truth_labels
+
+    from dsb.io.annotations import find_samples
+
+    mine = tmp_path / "my_images"
+    mine.mkdir()
+    for image_id in ("a_one", "b_two"):
+        labels = truth_labels(image_id)
+        Image.fromarray(disc_image(labels)).save(mine / f"{image_id}.png")
+        tifffile.imwrite(mine / f"{image_id}_masks.tif", labels.astype(np.uint16))
+    ids = tuple(sample.id for sample in find_samples(mine))
+    run = make_threshold_run(tmp_path / "run", CONFIG.replace(validation_ids=ids))
+    html = build_report(run, data_dir=mine, out=tmp_path / "r.html").read_text(encoding="utf-8")
+    assert "2 validation images" in section(html, "scores")
+    overlays = section(html, "overlays")
+    assert "<figure>" in overlays and "were not found" not in overlays  # drawn on the images themselves

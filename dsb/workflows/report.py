@@ -28,7 +28,7 @@ from dsb.core.atomic import atomic_path
 from dsb.core.config import PostprocessConfig, load_config
 from dsb.core.errors import BadDataError
 from dsb.inference.preprocess import image_type
-from dsb.io.images import find_stage, image_path, read_image
+from dsb.io.images import image_path, read_image
 from dsb.kaggle.metric import THRESHOLDS, image_score, score_labels
 from dsb.kaggle.submission import load_truth, read_submission, submission_to_labels
 from dsb.network.engines import load_network
@@ -378,7 +378,9 @@ def _evaluate_run(run_dir: Path, data_dir: Path) -> dict:
         "precisions": precisions,
         "truth": validation.truth,
         "pred": validation.pred,
-        "images_dir": find_stage(data_dir),
+        # The validation images as read (a stage folder's, or annotated images of one's own).
+        "images": validation.images,
+        "images_dir": None,
         "unanswered": [],
     }
 
@@ -555,7 +557,8 @@ def _overlays_section(result) -> str:
     worst, best = _shown_ids(result["table"])
     parts = [_legend(), "<p>True nuclei are outlined just outside their edge, predicted ones on their edge; "
              "a prediction is matched when its IoU with a true nucleus is above 0.5.</p>"]
-    images = {i: _read_image(result["images_dir"], i) for i in worst + best}
+    held = result.get("images", {})
+    images = {i: held[i] if i in held else _read_image(result["images_dir"], i) for i in worst + best}
     missing_images = [i for i, image in images.items() if image is None]
     if missing_images:
         parts.append(_missing(f"{len(missing_images)} of these images were not found "
