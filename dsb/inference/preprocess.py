@@ -32,6 +32,7 @@ __all__ = [
     "STAINED_CHANNELS",
     "as_float",
     "intensity_range",
+    "gray_value_range",
     "to_network_input",
     "to_gray",
     "raw_intensity",
@@ -83,6 +84,13 @@ def intensity_range(image: np.ndarray) -> tuple[float, float]:
     if np.issubdtype(image.dtype, np.floating):
         return _float_range(np.nan_to_num(image.astype(np.float32, copy=False)))
     raise TypeError(f"`image` has dtype {image.dtype}, expected bool, integer or float")
+
+
+def gray_value_range(image: np.ndarray) -> tuple[float, float]:
+    """:func:`intensity_range` of the channels :func:`to_gray` reads: the colour ones, or the grey
+    one, never alpha. The ``value_range`` that converts every part of ``image`` as a whole."""
+    image = np.asarray(image)
+    return intensity_range(image[..., :3] if image.ndim == 3 and image.shape[2] >= 3 else _grey_channel(image))
 
 
 def _float_range(clean: np.ndarray) -> tuple[float, float]:
