@@ -62,6 +62,7 @@ from dsb.io.bigimage import (
     open_labels,
     open_source,
 )
+from dsb.io.images import check_finite
 from dsb.network.engines import load_network
 from dsb.network.model_folder import resolve_model_dir
 from dsb.workflows.cluster import (
@@ -239,9 +240,7 @@ def image_settings(source, network, config, *, diameter: float | None = None) ->
     raws = [source.read(*window) for window in _sample_windows(source.shape)]
     channels = raws[0].shape[2:]
     pixels = np.concatenate([raw.reshape(-1, 1, *channels) for raw in raws])
-    if np.issubdtype(pixels.dtype, np.floating) and not np.isfinite(pixels).any():
-        raise BadDataError("holds no finite pixel value (NaN or infinite everywhere, as far as sampled)",
-                           path=source.origin)
+    check_finite(pixels, source.origin, sampled=True)
     kind = image_type(pixels)
     pre = config.preprocess
     # One scale of raw values for every block: each on its own would be read by its own brightest pixel.
