@@ -32,7 +32,8 @@ TTA         ?= yes
 # scored higher still on the images tune sees, but lower at half their magnification.
 SCALE_FACTORS ?= 1,1.25
 # The number format tune and predict compute the network in: auto is bfloat16 on OpenVINO where the
-# CPU has bfloat16 units, float32 elsewhere; float32 writes the same CSV on every CPU.
+# CPU has bfloat16 units, float32 elsewhere (int8 needs a model.int8.onnx, which make submit does not
+# write); float32 writes the same CSV on every CPU.
 PREDICT_PRECISION ?= auto
 SUBMISSION  ?= submissions/$(notdir $(RUN)).csv
 MESSAGE     ?= dsb $(notdir $(RUN)), $(TIME_BUDGET)-minute CPU budget

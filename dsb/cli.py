@@ -444,7 +444,7 @@ def crossval(data: Path, out: Path, folds: int, time_budget: float | None, epoch
                                    scale_factors=scale_factors, zooms=zooms or (1.0,), progress=True)
     if zooms is None:
         for row in summary.itertuples(index=False):
-            why = missed_words(row) if hasattr(row, "miss_small") else ""
+            why = missed_words(row)
             click.echo(f"{row.level} {row.name}{_fold_words(row, tune)}: {row.score:.6f} ({row.images} images, "
                        f"found {row.found}/{row.true} nuclei at IoU 0.5)" + (f"; {why}" if why else ""))
     else:

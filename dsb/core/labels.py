@@ -211,7 +211,8 @@ def measure_regions(labels: np.ndarray, intensity: np.ndarray) -> dict[str, np.n
         (inclusive), ``bbox_max_row``, ``bbox_max_col`` (exclusive); ``area``; ``perimeter``
         (skimage's 4-connected estimate: each object's outline on its own, other objects
         counting as background); ``eccentricity`` (of the ellipse with the same second
-        moments, 0 for a circle or a single pixel); ``mean_intensity``.
+        moments, 0 for a circle or a single pixel); ``mean_intensity`` (over the object's
+        finite pixels: NaN or infinite ones are left out, NaN where it has no other).
 
     Examples
     --------
@@ -265,12 +266,18 @@ def measure_regions(labels: np.ndarray, intensity: np.ndarray) -> dict[str, np.n
         for dr_, dc_ in offsets:
             code += np.int8(weight) * (_neighbours(marked, dr_, dc_) == labels)
     perimeter = np.bincount(labels[outline].astype(np.intp), _PERIMETER_WEIGHTS[code[outline]], n + 1)
-    total = np.bincount(flat, np.asarray(intensity, np.float64).ravel(), n + 1)
+    values = np.asarray(intensity, np.float64).ravel()
+    finite = np.isfinite(values)
+    if finite.all():
+        total, counted = np.bincount(flat, values, n + 1), count
+    else:  # NaN pixels (of a float image) are left out of the mean: NaN only where an object has no other
+        total = np.bincount(flat[finite], values[finite], n + 1)
+        counted = np.bincount(flat[finite], minlength=n + 1).astype(np.float64)
     k = present
     return {
         "label": k.astype(np.int64),
         "centroid_row": mean_r[k] + low_r[k], "centroid_col": mean_c[k] + low_c[k],
         "bbox_min_row": low_r[k], "bbox_min_col": low_c[k], "bbox_max_row": high_r[k] + 1, "bbox_max_col": high_c[k] + 1,
         "area": area[k].astype(np.int64), "perimeter": perimeter[k], "eccentricity": eccentricity[k],
-        "mean_intensity": total[k] / count[k],
+        "mean_intensity": np.divide(total[k], counted[k], out=np.full(k.size, np.nan), where=counted[k] > 0),
     }

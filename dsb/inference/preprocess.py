@@ -32,6 +32,7 @@ __all__ = [
     "STAINED_CHANNELS",
     "as_float",
     "intensity_range",
+    "gray_value_range",
     "to_network_input",
     "to_gray",
     "raw_intensity",
@@ -83,6 +84,13 @@ def intensity_range(image: np.ndarray) -> tuple[float, float]:
     if np.issubdtype(image.dtype, np.floating):
         return _float_range(np.nan_to_num(image.astype(np.float32, copy=False)))
     raise TypeError(f"`image` has dtype {image.dtype}, expected bool, integer or float")
+
+
+def gray_value_range(image: np.ndarray) -> tuple[float, float]:
+    """:func:`intensity_range` of the channels :func:`to_gray` reads: the colour ones, or the grey
+    one, never alpha. The ``value_range`` that converts every part of ``image`` as a whole."""
+    image = np.asarray(image)
+    return intensity_range(image[..., :3] if image.ndim == 3 and image.shape[2] >= 3 else _grey_channel(image))
 
 
 def _float_range(clean: np.ndarray) -> tuple[float, float]:
@@ -152,16 +160,19 @@ def _grey_channel(image: np.ndarray) -> np.ndarray:
 _LEVELS = np.arange(256, dtype=np.float32) / np.float32(255)
 
 
-def _grey_levels(image: np.ndarray) -> np.ndarray | None:
-    """The (H, W) uint8 plane of an 8-bit image that is grey, or RGB(A) with three equal channels
-    (most fluorescence images are stored so); None for any other image. Every grey value of such
-    an image is one of 256, so an elementwise step runs on a table of 256 instead of every pixel."""
-    if image.dtype != np.uint8:
-        return None
+def _grey_plane(image: np.ndarray) -> np.ndarray | None:
+    """The (H, W) plane of an image that is grey (or grey+alpha), or RGB(A) with three equal channels
+    (most fluorescence images are stored so); None for a colour image."""
     if image.ndim == 2 or image.shape[2] < 3:
         return _grey_channel(image)
     r = image[..., 0]
     return r if np.array_equal(r, image[..., 1]) and np.array_equal(r, image[..., 2]) else None
+
+
+def _grey_levels(image: np.ndarray) -> np.ndarray | None:
+    """:func:`_grey_plane` of an 8-bit image, None for any other. Every grey value of such an
+    image is one of 256, so an elementwise step runs on a table of 256 instead of every pixel."""
+    return _grey_plane(image) if image.dtype == np.uint8 else None
 
 
 def to_gray(image: np.ndarray, value_range: tuple[float, float] | None = None) -> np.ndarray:
@@ -214,12 +225,8 @@ def raw_intensity(image: np.ndarray) -> np.ndarray:
     [[200.0]]
     """
     image = check_image("image", image)
-    if image.ndim == 3 and image.shape[2] >= 3:
-        r, g, b = image[..., 0], image[..., 1], image[..., 2]
-        if np.array_equal(r, g) and np.array_equal(r, b):  # grey stored as RGB: that channel, exactly
-            return r.astype(np.float64)
-        return image[..., :3].astype(np.float64) @ _LUMA_64
-    return _grey_channel(image).astype(np.float64)
+    plane = _grey_plane(image)  # grey stored as RGB: that channel, exactly
+    return plane.astype(np.float64) if plane is not None else image[..., :3].astype(np.float64) @ _LUMA_64
 
 
 def _luminance(image: np.ndarray, value_range: tuple[float, float] | None = None) -> np.ndarray:

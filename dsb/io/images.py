@@ -25,6 +25,7 @@ from dsb.core.errors import BadDataError
 __all__ = [
     "IMAGE_SUFFIXES",
     "read_image",
+    "check_finite",
     "read_mask",
     "MaskFixWarning",
     "MaskFixes",
@@ -128,9 +129,17 @@ def _check_layout(image: np.ndarray, path: Path) -> np.ndarray:
         )
     if image.shape[0] < 1 or image.shape[1] < 1:
         raise BadDataError(f"image of shape {image.shape} has no pixels", path=path)
-    if np.issubdtype(image.dtype, np.floating) and not np.isfinite(image).any():
-        raise BadDataError("holds no finite pixel value (NaN or infinite everywhere)", path=path)
+    check_finite(image, path)
     return image
+
+
+def check_finite(image: np.ndarray, path, *, sampled: bool = False) -> None:
+    """Refuse, naming ``path``, a float image without a single finite pixel value (a failed
+    computation saved as an image): it has nothing to segment. ``sampled``: ``image`` is a sample
+    of the file's pixels, and the message says so."""
+    if np.issubdtype(image.dtype, np.floating) and not np.isfinite(image).any():
+        raise BadDataError("holds no finite pixel value (NaN or infinite everywhere"
+                           + (", as far as sampled)" if sampled else ")"), path=path)
 
 
 def read_mask(path, shape: tuple[int, int] | None = None) -> np.ndarray:

@@ -42,8 +42,8 @@ from dsb.core.labels import relabel
 from dsb.core.progress import track
 from dsb.inference.labels import labels_at_scale
 from dsb.inference.preprocess import (
+    gray_value_range,
     image_type,
-    intensity_range,
     normalize_polarity,
     preprocess_image,
     raw_intensity,
@@ -62,6 +62,7 @@ from dsb.io.bigimage import (
     open_labels,
     open_source,
 )
+from dsb.io.images import check_finite
 from dsb.network.engines import load_network
 from dsb.network.model_folder import resolve_model_dir
 from dsb.workflows.cluster import (
@@ -143,7 +144,7 @@ class ImageSettings:
     """What every block of one image is segmented with: one scale, one image type, one contrast.
 
     ``low`` and ``high`` are the grey levels (after polarity) mapped to 0 and 1; ``value_range`` the
-    raw values mapped to grey 0 and 1 (:func:`dsb.inference.preprocess.intensity_range` of the sampled
+    raw values mapped to grey 0 and 1 (:func:`dsb.inference.preprocess.gray_value_range` of the sampled
     pixels), so that every block is read on one scale whatever its own brightest pixel (None: each
     block by its own, as a whole image would be). Stained tissue keeps its per-block colour
     deconvolution and stretch (:func:`network_input`).
@@ -239,14 +240,11 @@ def image_settings(source, network, config, *, diameter: float | None = None) ->
     raws = [source.read(*window) for window in _sample_windows(source.shape)]
     channels = raws[0].shape[2:]
     pixels = np.concatenate([raw.reshape(-1, 1, *channels) for raw in raws])
-    if np.issubdtype(pixels.dtype, np.floating) and not np.isfinite(pixels).any():
-        raise BadDataError("holds no finite pixel value (NaN or infinite everywhere, as far as sampled)",
-                           path=source.origin)
+    check_finite(pixels, source.origin, sampled=True)
     kind = image_type(pixels)
     pre = config.preprocess
     # One scale of raw values for every block: each on its own would be read by its own brightest pixel.
-    # Of the channels read (colour, or grey), not alpha.
-    values = intensity_range(pixels[..., :3] if pixels.ndim == 3 and pixels.shape[-1] >= 3 else pixels[..., :1])
+    values = gray_value_range(pixels)
     grays = [normalize_polarity(to_gray(raw, values), polarity=pre.polarity, kind=kind) for raw in raws]
     low, high = np.percentile(np.concatenate([g.ravel() for g in grays]), [pre.percentile_low, pre.percentile_high])
     contrast = {"kind": kind, "low": float(low), "high": float(high), "value_range": values}

@@ -144,8 +144,10 @@ def _miss_counts(validation: Validation, image_id: str) -> tuple[int, ...]:
 
 
 def missed_words(row) -> str:
-    """``"missed 11 merged, 4 absent (13 small)"`` from a row with :data:`MISS_COLUMNS` (a table
-    row or a :func:`score_summary` row); empty when none was missed."""
+    """``"missed 4 absent, 11 merged (13 small)"`` from a row with :data:`MISS_COLUMNS` (a table
+    row or a :func:`score_summary` row); empty when none was missed, or the row has no such columns."""
+    if not hasattr(row, "miss_small"):
+        return ""
     parts = [f"{int(getattr(row, f'miss_{c}'))} {c}" for c in MISS_CAUSES if getattr(row, f"miss_{c}")]
     if not parts:
         return ""
@@ -231,7 +233,7 @@ def summary_lines(table: pd.DataFrame, *, n_dense: int = 2) -> list[str]:
         for rows in dense:
             for row in rows.itertuples(index=False):
                 where = getattr(row, "group", None) or getattr(row, "type", "")
-                why = missed_words(row) if hasattr(row, "miss_small") else ""
+                why = missed_words(row)
                 lines.append(f"  {row.ImageId} ({where}): found {row.found}/{row.n_true}, "
                              f"predicted {row.n_pred}, score {row.score:.4f}" + (f"; {why}" if why else ""))
     summary = score_summary(table)
@@ -239,11 +241,9 @@ def summary_lines(table: pd.DataFrame, *, n_dense: int = 2) -> list[str]:
         every = summary[summary["level"] == "all"].iloc[0]
         lines.append(f"diameter: {_estimate_words(every['unsure'], every['misread'])} of {every['images']} images "
                      "(against the masks' median diameter)")
-    if "miss_small" in summary:
-        every = summary[summary["level"] == "all"].iloc[0]
-        why = missed_words(every)
-        if why:
-            lines.append(f"true nuclei {why}; small: under {SMALL_SHARE:g} of their image's median area")
+    why = missed_words(summary[summary["level"] == "all"].iloc[0])
+    if why:
+        lines.append(f"true nuclei {why}; small: under {SMALL_SHARE:g} of their image's median area")
     for row in summary[summary["level"] == "group"].itertuples(index=False):
         lines.append(f"group {row.name} ({row.type}): {row.score:.6f} ({row.images} images)")
     for row in summary[summary["level"] == "type"].itertuples(index=False):
@@ -383,8 +383,9 @@ def sweep_lines(sweep: pd.DataFrame) -> list[str]:
         line = (f"zoom {zoom:g}: {every['score']:.4f}"
                 + "".join(f", {r.name} {r.score:.4f}" for r in types.itertuples(index=False))
                 + f"; found {every['found']}/{every['true']} at IoU 0.5")
-        if "miss_small" in every and missed_words(every):
-            line += f"; {missed_words(every)}"
+        why = missed_words(every)
+        if why:
+            line += f"; {why}"
         if "unsure" in every:
             line += "; " + _estimate_words(every["unsure"], every["misread"])
         if base is not None and zoom != 1.0:

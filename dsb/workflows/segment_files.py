@@ -99,14 +99,6 @@ def measure_nuclei(labels: np.ndarray, intensity: np.ndarray, confidence: np.nda
     intensity = np.asarray(intensity)
     check_same_shape("intensity", intensity, "labels", labels)
     frame = pd.DataFrame(measure_regions(labels, intensity))
-    finite = np.isfinite(intensity) if np.issubdtype(intensity.dtype, np.floating) else None
-    if finite is not None and not finite.all():  # a float image's NaN pixels: the mean of the others
-        ids = frame["label"].to_numpy(np.int64)
-        top = int(labels.max(initial=0))
-        counts = np.bincount(labels[finite].ravel(), minlength=top + 1)
-        sums = np.bincount(labels[finite].ravel(), weights=intensity[finite].ravel(), minlength=top + 1)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            frame["mean_intensity"] = sums[ids] / counts[ids]
     columns = list(MEASUREMENT_COLUMNS)
     if confidence is None:
         columns.remove("confidence")
