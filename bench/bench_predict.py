@@ -8,8 +8,8 @@ Without RUN_DIR the model is the one shipped with the package (speed depends
 on the weights through the scales each image's estimated nucleus size picks).
 For each engine that is installed (a folder without ``model.onnx`` gets one
 in a temporary copy; ``ENGINE`` alone runs at the default precision, ``auto``: bfloat16 on
-OpenVINO where the CPU has bfloat16 units, else int8 where it has VNNI and the folder
-``model.int8.onnx``, else float32; ``ENGINE:float32`` and
+OpenVINO where the CPU has bfloat16 units, else int8 on an x86 CPU (AVX2 or later) where the
+folder has ``model.int8.onnx``, else float32; ``ENGINE:float32`` and
 ``ENGINE:bfloat16`` ask for one; ``ENGINE:int8`` runs the folder's ``model.int8.onnx``,
 skipped when there is none; ``ENGINE/one-look`` runs the scale estimate without its cross-check,
 and ``ENGINE/no-split`` the watershed without the split of merged-looking nuclei
