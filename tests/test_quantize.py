@@ -355,7 +355,7 @@ def test_auto_in_an_inference_copy_takes_only_the_int8_file_of_its_model(int8_ru
 
     from dsb.network.engines import resolve_precision
 
-    path, _ = int8_run
+    path, stage = int8_run
     monkeypatch.setattr("dsb.network.engines.bfloat16_units", lambda: False)
     monkeypatch.setattr("dsb.network.engines.int8_units", lambda: True)
     copy = tmp_path / "copy"  # as `dsb export --out` leaves it, less model.keras: only the ONNX files
@@ -366,6 +366,13 @@ def test_auto_in_an_inference_copy_takes_only_the_int8_file_of_its_model(int8_ru
     quantize_onnx(other / ONNX_FILE, copy / INT8_FILE,
                   [np.random.default_rng(0).random((1, 32, 32, 1), dtype=np.float32)])
     assert resolve_precision("auto", "openvino", copy) == "float32"
+    # Asked for outright, the foreign file is refused with one line, on either ONNX engine.
+    for engine in ONNX_ENGINES:
+        with pytest.raises(BadDataError, match="quantised from another model than the model.onnx beside it"):
+            open_network(copy, CONFIG, engine, precision="int8")
+    result = dsb("predict", copy, "--images", stage, "--out", tmp_path / "s.csv", "--precision", "int8")
+    error_line(result, 3, "quantised from another model")
+    assert not (tmp_path / "s.csv").exists()
 
 
 def test_the_command_line_says_auto_ran_in_int8(int8_run, tmp_path, monkeypatch):

@@ -52,7 +52,6 @@ from dsb.network.model_folder import (
     check_onnx,
     load_run_config,
     network_file,
-    read_onnx_metadata,
 )
 from dsb.network.onnx_export import INPUT_NAME
 
@@ -466,18 +465,14 @@ def resolve_precision(precision: str, engine: str, model_dir=None) -> str:
 
 
 def _current_int8(model_dir: Path) -> bool:
-    """Whether ``model_dir`` holds a ``model.int8.onnx`` that its checks pass (exported at int8 from the
-    ``model.keras`` beside it): auto does not take a file left behind by an earlier model."""
+    """Whether ``model_dir`` holds a ``model.int8.onnx`` that its checks pass (quantised from the
+    folder's own model, :func:`dsb.network.model_folder.check_onnx`): auto does not take a file left
+    behind by an earlier model."""
     path = model_dir / INT8_FILE
     if not path.is_file():
         return False
     try:
         check_onnx(path, load_run_config(model_dir).model.outputs, model_dir / "model.keras", "int8")
-        if not (model_dir / "model.keras").is_file():
-            # An inference copy without model.keras: the int8 file must come from the model model.onnx came from.
-            recorded = read_onnx_metadata(path).get("dsb.model_keras_sha256")
-            source = read_onnx_metadata(model_dir / ONNX_FILE).get("dsb.model_keras_sha256")
-            return bool(recorded) and recorded == source
     except (DsbError, OSError):
         return False
     return True
