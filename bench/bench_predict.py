@@ -453,7 +453,9 @@ def main() -> int:
             if row["streams"] > 1 and row["peak_streams_gib"] is not None:
                 print(f"{engine}: peak memory on a folder of 1040x1388 images, {row['streams']} at once:"
                       f" {row['peak_streams_gib']:.2f} GiB", flush=True)
-        baseline = _baseline(args.baseline, args.repeat) if args.baseline else None
+        if args.baseline and rows and args.run_dir:
+            print(f"baseline {args.baseline}: its own shipped model, beside {args.run_dir}")
+        baseline = _baseline(args.baseline, args.repeat) if args.baseline and rows else None
         if rows:
             print("\n| engine | end to end MP/s | scale estimate | bare forward MP/s | ratio | CPU outside the network |"
                   " peak memory 1040x1388 |")
@@ -492,10 +494,17 @@ def _write_small_nuclei(path: Path) -> None:
     Image.fromarray(np.where(discs, 200, 15).astype(np.uint8)).save(path)
 
 
-def _baseline(rev: str, repeat: int, repo: Path = REPO) -> tuple[str, float] | None:
+# The longest a baseline's bench may take (its own prediction runs, warm passes and peak-memory children).
+BASELINE_TIMEOUT_S = 1800
+
+
+def _baseline(rev: str, repeat: int, repo: Path = REPO,
+              timeout: float = BASELINE_TIMEOUT_S) -> tuple[str, float] | None:
     """The table row (relabelled) and end-to-end MP/s of commit ``rev``'s own bench, its shipped model at
     its default engine, run from a temporary git worktree of ``rev`` of ``repo``; None (and why, printed)
-    on failure. The worktree is removed either way."""
+    on failure or after ``timeout`` seconds. The worktree is removed either way (and one that a killed
+    run left behind is pruned first)."""
+    subprocess.run(["git", "-C", str(repo), "worktree", "prune"], capture_output=True, check=False)
     with tempfile.TemporaryDirectory(prefix="dsb-bench-baseline-") as tmp:
         tree = Path(tmp) / "tree"
         added = subprocess.run(["git", "-C", str(repo), "worktree", "add", "--detach", str(tree), rev],
@@ -509,13 +518,18 @@ def _baseline(rev: str, repeat: int, repo: Path = REPO) -> tuple[str, float] | N
             child = subprocess.run(
                 [sys.executable, str(tree / "bench" / "bench_predict.py"), "--engines", "openvino",
                  "--repeat", str(repeat)],
-                cwd=tree, env=dict(os.environ, PYTHONPATH=str(tree), DSB_SHARED=str(_shared())), capture_output=True, text=True, check=False)
+                cwd=tree, env=dict(os.environ, PYTHONPATH=str(tree), DSB_SHARED=str(_shared())),
+                capture_output=True, text=True, check=False, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            print(f"baseline {rev}: its bench took over {timeout:.0f} s, stopped")
+            return None
         finally:
             subprocess.run(["git", "-C", str(repo), "worktree", "remove", "--force", str(tree)],
                            capture_output=True, check=False)
     row = next((line for line in child.stdout.splitlines() if line.startswith("| openvino")), None)
     if child.returncode or row is None:
-        print(f"baseline {rev}: its bench failed:\n{(child.stderr or child.stdout)[-2000:]}")
+        print(f"baseline {rev}: its bench failed (exit {child.returncode}):\n{child.stdout[-1500:]}"
+              f"{child.stderr[-1500:]}")
         return None
     for line in child.stdout.splitlines():  # its own line of detail (tiles, megapixels at the working scale)
         if line.startswith("openvino:"):

@@ -95,8 +95,8 @@ def load_model(path=None, *, engine: str = "auto", precision: str = "auto") -> L
         the folder has a ``model.int8.onnx``, float32 otherwise
         (:func:`dsb.network.engines.resolve_precision`);
         ``"float32"``; ``"bfloat16"``; or ``"int8"``: the folder's
-        ``model.int8.onnx`` on an ONNX engine, on OpenVINO two to three times
-        as fast as float32, probabilities within about 0.002 on
+        ``model.int8.onnx`` on an ONNX engine (OpenVINO computes the network
+        in it two to three times as fast as in float32), probabilities within about 0.002 on
         average (:mod:`dsb.network.quantize`). ``.network.precision`` says which runs.
 
     Returns

@@ -77,3 +77,12 @@ def test_a_baseline_that_cannot_be_had_says_why_and_is_skipped(old_repo, capsys)
     out = capsys.readouterr().out
     assert "its bench failed" in out and "skipped: no data" in out
     assert len(_git(old_repo, "worktree", "list").splitlines()) == 1
+
+
+def test_a_baseline_that_hangs_is_stopped_and_its_worktree_removed(old_repo, capsys):
+    bench = _bench()
+    (old_repo / "bench" / "bench_predict.py").write_text("import time\ntime.sleep(60)\n")
+    _git(old_repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-am", "hangs")
+    assert bench._baseline("HEAD", 1, repo=old_repo, timeout=2) is None
+    assert "its bench took over 2 s, stopped" in capsys.readouterr().out
+    assert len(_git(old_repo, "worktree", "list").splitlines()) == 1

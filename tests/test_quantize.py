@@ -358,7 +358,7 @@ def test_auto_in_an_inference_copy_takes_only_the_int8_file_of_its_model(int8_ru
     path, stage = int8_run
     monkeypatch.setattr("dsb.network.engines.bfloat16_units", lambda: False)
     monkeypatch.setattr("dsb.network.engines.int8_units", lambda: True)
-    copy = tmp_path / "copy"  # as `dsb export --out` leaves it, less model.keras: only the ONNX files
+    copy = tmp_path / "copy"  # the ONNX files copied without model.keras
     shutil.copytree(path, copy)
     (copy / "model.keras").unlink()
     assert resolve_precision("auto", "openvino", copy) == "int8"
@@ -371,8 +371,25 @@ def test_auto_in_an_inference_copy_takes_only_the_int8_file_of_its_model(int8_ru
         with pytest.raises(BadDataError, match="quantised from another model than the model.onnx beside it"):
             open_network(copy, CONFIG, engine, precision="int8")
     result = dsb("predict", copy, "--images", stage, "--out", tmp_path / "s.csv", "--precision", "int8")
-    error_line(result, 3, "quantised from another model")
+    error_line(result, 3, "quantised from another model", f"--out {copy}")
     assert not (tmp_path / "s.csv").exists()
+    # An int8 file that does not say which model it came from is refused the same way.
+    import onnx
+
+    shutil.copy(path / INT8_FILE, copy / INT8_FILE)
+    assert resolve_precision("auto", "openvino", copy) == "int8"
+    unsigned = onnx.load(copy / INT8_FILE)
+    kept = [p for p in unsigned.metadata_props if p.key != "dsb.model_keras_sha256"]
+    del unsigned.metadata_props[:]
+    unsigned.metadata_props.extend(kept)
+    onnx.save(unsigned, copy / INT8_FILE)
+    assert resolve_precision("auto", "openvino", copy) == "float32"
+    with pytest.raises(BadDataError, match="quantised from another model"):
+        open_network(copy, CONFIG, ONNX_ENGINES[0], precision="int8")
+    # What the line advises mends the folder.
+    result = dsb("export", path, "--out", copy, "--int8", "--data", stage)
+    assert result.exit_code == 0, result.output
+    assert resolve_precision("auto", "openvino", copy) == "int8"
 
 
 def test_the_command_line_says_auto_ran_in_int8(int8_run, tmp_path, monkeypatch):

@@ -23,8 +23,9 @@ folder is then predicted that many images at a time, which keeps every core
 in the network while another image is in the watershed.
 
 ``precision="int8"`` runs ``model.int8.onnx`` instead (:mod:`dsb.network.quantize`),
-on the ONNX engines only: on OpenVINO two to three times as fast as float32 on
-x86 CPUs (:func:`int8_units`), probabilities within a few hundredths.
+on the ONNX engines only: OpenVINO computes the network in it two to three times
+as fast as in float32 on x86 CPUs (:func:`int8_units`; end to end 1.5 to 2.6
+times), probabilities within a few hundredths.
 ``precision="bfloat16"`` runs ``model.onnx`` on OpenVINO computing in bfloat16,
 on CPUs with bfloat16 units only (:func:`bfloat16_units`): several times faster
 on those with AMX, probabilities within a few hundredths of float32's.
@@ -368,7 +369,8 @@ def int8_units() -> bool:
     """Whether OpenVINO runs ``model.int8.onnx`` faster than float32 on this CPU: an x86 CPU with AVX2
     or later, whose integer multiply-adds compute the network two to three times as fast as float32
     (with the dot-product units of AVX-512 VNNI, AVX-VNNI or AMX the most). False on other CPUs
-    (ARM, or x86 before AVX2), where it was not measured, and where ``/proc/cpuinfo`` cannot be read.
+    (ARM, or x86 before AVX2), where it was not measured, and where ``/proc/cpuinfo`` cannot be read
+    (outside Linux).
     Asked once per process."""
     try:
         text = Path("/proc/cpuinfo").read_text(errors="replace")
@@ -448,8 +450,8 @@ def resolve_precision(precision: str, engine: str, model_dir=None) -> str:
     with AVX2 or later (:func:`int8_units`) when ``model_dir`` holds a ``model.int8.onnx``
     exported from its model (:func:`dsb.network.quantize`); float32 otherwise.
 
-    OpenVINO computes several times faster in bfloat16 (with AMX), and two to three times as fast
-    in int8 (the most with VNNI); the probabilities move by a few hundredths at most (the
+    OpenVINO computes the network several times faster in bfloat16 (with AMX), and two to three
+    times as fast in int8 (the most with VNNI); the probabilities move by a few hundredths at most (the
     documentation's engines page has the held-out and cross-validation scores of each). On a GPU
     (Keras) and on ONNX Runtime auto is float32.
     """

@@ -257,9 +257,9 @@ def check_onnx(path, outputs: Sequence[str], keras_path=None, precision: str = "
         was exported from another ``model.keras`` than ``keras_path``, or is
         not the ``precision`` its name says (``dsb.precision`` metadata:
         ``int8`` for ``model.int8.onnx``, absent or ``float32`` otherwise).
-        Where ``keras_path`` is missing (an inference copy holds only the ONNX
-        files), an int8 file must come from the model that the ``model.onnx``
-        beside it came from.
+        Where ``keras_path`` is missing (a folder of the ONNX files copied
+        without it), an int8 file must record that it comes from the model that
+        the ``model.onnx`` beside it came from.
     """
     path = Path(path)
     meta = read_onnx_metadata(path)
@@ -281,9 +281,10 @@ def check_onnx(path, outputs: Sequence[str], keras_path=None, precision: str = "
             )
     elif precision == "int8" and (path.parent / ONNX_FILE).is_file():
         source = read_onnx_metadata(path.parent / ONNX_FILE).get("dsb.model_keras_sha256")
-        if digest and source and digest != source:
-            raise BadDataError(f"was quantised from another model than the {ONNX_FILE} beside it: "
-                               "write it again with `dsb export RUN_DIR --int8 --data DATA` from the run", path=path)
+        if not digest or not source or digest != source:
+            raise BadDataError(f"was quantised from another model than the {ONNX_FILE} beside it: write both "
+                               f"again from the run, `dsb export RUN_DIR --out {path.parent} --int8 --data DATA`",
+                               path=path)
 
 
 ONNX_FILE = "model.onnx"
