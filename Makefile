@@ -35,6 +35,10 @@ SCALE_FACTORS ?= 1,1.25
 # CPU has bfloat16 units, float32 elsewhere (int8 needs a model.int8.onnx, which make submit does not
 # write); float32 writes the same CSV on every CPU.
 PREDICT_PRECISION ?= auto
+# The commit whose prediction make bench times beside today's, in the same run: 12e1dde (2026-12-04)
+# predicted before the scale estimate's cross-check, the cell rule, the split of merged nuclei and
+# the finer pass for small ones; empty for none. Needs the git history (a shallow clone lacks it).
+BENCH_BASELINE ?= 12e1dde
 SUBMISSION  ?= submissions/$(notdir $(RUN)).csv
 MESSAGE     ?= dsb $(notdir $(RUN)), $(TIME_BUDGET)-minute CPU budget
 
@@ -99,7 +103,7 @@ submit: validate
 	$(DSB) submit $(SUBMISSION) --images $(DATA)/stage1_test -m "$(MESSAGE)" --skip-without-credentials
 
 bench: install-test
-	$(BIN)/python bench/run_all.py --data $(DATA) --run $(RUN)
+	$(BIN)/python bench/run_all.py --data $(DATA) --run $(RUN) $(if $(BENCH_BASELINE),--baseline $(BENCH_BASELINE))
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .hypothesis docs/_build docs/generated

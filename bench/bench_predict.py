@@ -2,14 +2,14 @@
 
     python bench/bench_predict.py [RUN_DIR] [--engines keras,onnx,openvino,openvino:float32,openvino:int8,...]
                                   [--tile-size N]
-                                  [--overlap N] [--batch-size N] [--tta] [--repeat N]
+                                  [--overlap N] [--batch-size N] [--tta] [--repeat N] [--baseline REV]
 
 Without RUN_DIR the model is the one shipped with the package (speed depends
 on the weights through the scales each image's estimated nucleus size picks).
 For each engine that is installed (a folder without ``model.onnx`` gets one
 in a temporary copy; ``ENGINE`` alone runs at the default precision, ``auto``: bfloat16 on
-OpenVINO where the CPU has bfloat16 units, else int8 where it has VNNI and the folder
-``model.int8.onnx``, else float32; ``ENGINE:float32`` and
+OpenVINO where the CPU has bfloat16 units, else int8 on an x86 CPU (AVX2 or later) where the
+folder has ``model.int8.onnx``, else float32; ``ENGINE:float32`` and
 ``ENGINE:bfloat16`` ask for one; ``ENGINE:int8`` runs the folder's ``model.int8.onnx``,
 skipped when there is none; ``ENGINE/one-look`` runs the scale estimate without its cross-check,
 and ``ENGINE/no-split`` the watershed without the split of merged-looking nuclei
@@ -43,6 +43,12 @@ beside the current prediction; ``ENGINE/x1.25`` predicts at 1.25 times the chose
 then, for the default engine only, the peak memory of a synthetic 2048x2048
 image of 6-pixel nuclei at their diameter (upscaled to the network's: the
 worst case of scale normalisation; target < 3 GiB).
+
+``--baseline REV`` (``make bench`` passes ``BENCH_BASELINE``) also times the
+prediction of an earlier commit, in the same run on the same machine: REV's
+own ``bench/bench_predict.py``, in a temporary git worktree of REV, with REV's
+shipped model at REV's default engine and precision (the product as it was
+then), and puts its row in the table with the default's speed over it.
 
 Needs the competition files (../shared/dsb2018 or $DSB_SHARED); says so and
 exits 0 when they are absent. Not a test: it prints figures.
@@ -374,6 +380,8 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--tta", action="store_true")
     parser.add_argument("--repeat", type=int, default=3, help="warm passes of each measurement (best is kept)")
+    parser.add_argument("--baseline", metavar="REV",
+                        help="also time the prediction of commit REV (its code and shipped model), side by side")
     parser.add_argument("--peak-memory", help=argparse.SUPPRESS)
     parser.add_argument("--engine", default="auto", help=argparse.SUPPRESS)
     parser.add_argument("--precision", default="auto", help=argparse.SUPPRESS)
@@ -445,6 +453,9 @@ def main() -> int:
             if row["streams"] > 1 and row["peak_streams_gib"] is not None:
                 print(f"{engine}: peak memory on a folder of 1040x1388 images, {row['streams']} at once:"
                       f" {row['peak_streams_gib']:.2f} GiB", flush=True)
+        if args.baseline and rows and args.run_dir:
+            print(f"baseline {args.baseline}: its own shipped model, beside {args.run_dir}")
+        baseline = _baseline(args.baseline, args.repeat) if args.baseline and rows else None
         if rows:
             print("\n| engine | end to end MP/s | scale estimate | bare forward MP/s | ratio | CPU outside the network |"
                   " peak memory 1040x1388 |")
@@ -455,6 +466,13 @@ def main() -> int:
                 mark = " (default)" if plain else ""
                 print(f"| {row['engine']}{mark} | {row['mp_s']:.2f} | {row['estimate_share']:.0%} |"
                       f" {row['forward_mp_s']:.2f} | {row['ratio']:.2f} | {row['overhead_s']:.2f} s | {peak} |")
+            if baseline is not None:
+                print(baseline[0])
+                ours = next((r["mp_s"] for r in rows if r["precision"] == "auto" and not r["variant"]
+                             and r["bare_engine"] == default), None)
+                if ours is not None:
+                    print(f"default against {args.baseline}: {ours / baseline[1]:.2f} times its end-to-end speed"
+                          " (target at least 0.85)")
             print("targets: at least 2 MP/s end to end for the default engine, ratio at most 1.3,"
                   " scale estimate at most 20 %, peak memory at most 2 GiB")
         small = tmp / "small-nuclei-2048.png"
@@ -474,6 +492,51 @@ def _write_small_nuclei(path: Path) -> None:
     rr, cc = np.indices((2048, 2048))
     discs = ((rr % 10 - 4.5) ** 2 + (cc % 10 - 4.5) ** 2) <= 9
     Image.fromarray(np.where(discs, 200, 15).astype(np.uint8)).save(path)
+
+
+# The longest a baseline's bench may take (its own prediction runs, warm passes and peak-memory children).
+BASELINE_TIMEOUT_S = 1800
+
+
+def _baseline(rev: str, repeat: int, repo: Path = REPO,
+              timeout: float = BASELINE_TIMEOUT_S) -> tuple[str, float] | None:
+    """The table row (relabelled) and end-to-end MP/s of commit ``rev``'s own bench, its shipped model at
+    its default engine, run from a temporary git worktree of ``rev`` of ``repo``; None (and why, printed)
+    on failure or after ``timeout`` seconds. The worktree is removed either way (and one that a killed
+    run left behind is pruned first)."""
+    subprocess.run(["git", "-C", str(repo), "worktree", "prune"], capture_output=True, check=False)
+    with tempfile.TemporaryDirectory(prefix="dsb-bench-baseline-") as tmp:
+        tree = Path(tmp) / "tree"
+        added = subprocess.run(["git", "-C", str(repo), "worktree", "add", "--detach", str(tree), rev],
+                               capture_output=True, text=True, check=False)
+        if added.returncode:
+            print(f"baseline {rev}: no worktree ({(added.stderr.strip().splitlines() or ['git failed'])[-1]})")
+            return None
+        try:
+            print(f"baseline {rev}: timing its prediction (its code and shipped model, its default engine)",
+                  flush=True)
+            child = subprocess.run(
+                [sys.executable, str(tree / "bench" / "bench_predict.py"), "--engines", "openvino",
+                 "--repeat", str(repeat)],
+                cwd=tree, env=dict(os.environ, PYTHONPATH=str(tree), DSB_SHARED=str(_shared())),
+                capture_output=True, text=True, check=False, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            print(f"baseline {rev}: its bench took over {timeout:.0f} s, stopped")
+            return None
+        finally:
+            subprocess.run(["git", "-C", str(repo), "worktree", "remove", "--force", str(tree)],
+                           capture_output=True, check=False)
+    row = next((line for line in child.stdout.splitlines() if line.startswith("| openvino")), None)
+    if child.returncode or row is None:
+        print(f"baseline {rev}: its bench failed (exit {child.returncode}):\n{child.stdout[-1500:]}"
+              f"{child.stderr[-1500:]}")
+        return None
+    for line in child.stdout.splitlines():  # its own line of detail (tiles, megapixels at the working scale)
+        if line.startswith("openvino:"):
+            print(f"baseline {rev}: {line}", flush=True)
+    cells = row.split("|")
+    cells[1] = f" {rev}: openvino, its default "
+    return "|".join(cells), float(cells[2])
 
 
 def _child_peak(args, model_dir: Path, engine: str, image: Path, *,

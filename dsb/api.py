@@ -91,12 +91,12 @@ def load_model(path=None, *, engine: str = "auto", precision: str = "auto") -> L
         for (:func:`dsb.network.engines.choose_engine`).
     precision : str
         ``"auto"`` (the default): on OpenVINO, bfloat16 where the CPU has
-        bfloat16 units, else int8 where it has integer dot-product units (VNNI)
-        and the folder a ``model.int8.onnx``, float32 otherwise
+        bfloat16 units, else int8 on an x86 CPU (AVX2 or later) where
+        the folder has a ``model.int8.onnx``, float32 otherwise
         (:func:`dsb.network.engines.resolve_precision`);
         ``"float32"``; ``"bfloat16"``; or ``"int8"``: the folder's
-        ``model.int8.onnx`` on an ONNX engine, about twice as fast on CPUs
-        with integer dot-product units, probabilities within about 0.002 on
+        ``model.int8.onnx`` on an ONNX engine (OpenVINO computes the network
+        in it two to three times as fast as in float32), probabilities within about 0.002 on
         average (:mod:`dsb.network.quantize`). ``.network.precision`` says which runs.
 
     Returns

@@ -138,10 +138,10 @@ _ENGINE = click.option(
 _PRECISION = click.option(
     "--precision", type=click.Choice(["auto", "float32", "bfloat16", "int8"]), default="auto", show_default=True,
     help="The network's number format for inference (not training's --precision). auto, on OpenVINO: bfloat16 "
-         "where the CPU has bfloat16 units (AVX-512 BF16 or AMX), else int8 where it has integer dot-product units "
-         "(VNNI) and the folder model.int8.onnx, else float32. bfloat16 computes model.onnx in "
+         "where the CPU has bfloat16 units (AVX-512 BF16 or AMX), else int8 on an x86 CPU (AVX2 or later, read on "
+         "Linux) where the folder has model.int8.onnx, else float32. bfloat16 computes model.onnx in "
          "bfloat16 on OpenVINO, faster on such CPUs. int8 runs model.int8.onnx (dsb export --int8) on OpenVINO "
-         "or ONNX Runtime, faster on CPUs with integer dot-product units. Both approximate float32's "
+         "or ONNX Runtime; OpenVINO computes the network in it two to three times as fast as in float32. Both approximate float32's "
          "probabilities; docs/engines.md has the measured speeds and scores.")
 
 

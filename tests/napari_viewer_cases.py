@@ -27,6 +27,8 @@ from scipy import ndimage  # noqa: E402
 from dsb.napari.finetune_widget import FinetuneWidget
 from dsb.napari.project import Project
 from dsb.napari.segment_widget import SegmentWidget
+from dsb.network.engines import resolve_precision
+from dsb.network.model_folder import default_model_dir
 from dsb.workflows.bioimageio import synthetic_image
 
 WAIT_MS = 300_000  # a fine-tune takes 30 s on 2 idle cores
@@ -64,8 +66,9 @@ def test_segment_correct_finetune_segment_again(viewer, qtbot, tmp_path):
     labels = _segmented(qtbot, viewer, segment)
     found = int(labels.data.max())
     assert 14 <= found <= 18, segment.status.value  # a 4 x 4 grid of discs
-    # The engine and number format that computed them (auto: bfloat16 where the CPU has the units).
-    assert segment.status.value.endswith((", float32)", ", bfloat16)")), segment.status.value
+    # The engine and number format that computed them: what auto is on this CPU for the shipped model.
+    expected = resolve_precision("auto", "openvino", default_model_dir())
+    assert segment.status.value.endswith(f"(openvino, {expected})"), segment.status.value
     assert segment.precision.value == "auto" and segment.state.precision == "auto"
     assert "estimated" in segment.estimate.value and "px" in segment.estimate.value
     assert labels.metadata["dsb_model"].endswith(os.path.join("models", "default"))

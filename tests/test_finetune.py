@@ -29,6 +29,7 @@ from dsb.core.config import (
 from dsb.core.errors import BadDataError
 from dsb.io.annotations import find_samples, read_label_image
 from dsb.io.images import read_labels
+from dsb.network.engines import engine_installed, resolve_precision
 from dsb.training.cache import load_prepared
 from dsb.training.finetune import (
     FINETUNE_EPOCHS,
@@ -291,6 +292,16 @@ def test_finetune_discs_then_segment(init_run, tmp_path):
         result = dsb(command, run, "--data", data)
         assert result.exit_code == 0, (command, result.stderr, result.exception)
     assert "user:mine" in result.stdout
+    # The int8 file, calibrated on one's own training images, is what auto runs on a CPU without bfloat16 units.
+    if engine_installed("onnx") and engine_installed("openvino"):
+        result = dsb("export", run, "--int8", "--data", data)
+        assert result.exit_code == 0, (result.stderr, result.exception)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr("dsb.network.engines.bfloat16_units", lambda: False)
+            patch.setattr("dsb.network.engines.int8_units", lambda: True)
+            assert resolve_precision("auto", "openvino", run) == "int8"
+            result = dsb("segment", data / "images", "--model", run, "--out", tmp_path / "seg8")
+            assert result.exit_code == 0 and result.stdout.strip().endswith("(openvino, int8)"), result.output
 
     # The weights start from the init model's: seen at the first batch of a library-level run.
     class First(keras.callbacks.Callback):

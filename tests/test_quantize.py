@@ -270,14 +270,14 @@ def test_load_model_takes_a_precision(int8_run, tmp_path, monkeypatch):
     path, _ = int8_run
     model = package.load_model(path, precision="int8")
     assert model.engine in ONNX_ENGINES and model.network.path.name == INT8_FILE
-    # By default, what auto takes on the CPU: int8 only where it has VNNI and no bfloat16 units.
-    for bf16, vnni in ((True, True), (False, False), (False, True)):
+    # By default, what auto takes on the CPU: int8 only where it runs int8 fast and has no bfloat16 units.
+    for bf16, int8_fast in ((True, True), (False, False), (False, True)):
         if "openvino" not in ONNX_ENGINES:
             break
         monkeypatch.setattr("dsb.network.engines.bfloat16_units", lambda b=bf16: b)
-        monkeypatch.setattr("dsb.network.engines.int8_units", lambda v=vnni: v)
+        monkeypatch.setattr("dsb.network.engines.int8_units", lambda v=int8_fast: v)
         default = package.load_model(path, engine="openvino")
-        assert default.network.path.name == (INT8_FILE if vnni and not bf16 else ONNX_FILE)
+        assert default.network.path.name == (INT8_FILE if int8_fast and not bf16 else ONNX_FILE)
     monkeypatch.undo()
     with pytest.raises(ValueError, match="precision"):
         package.load_model(path, precision="float16")
@@ -319,12 +319,12 @@ def test_a_missing_quantizer_is_said_before_anything_is_written(int8_run, tmp_pa
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("bf16, vnni, expected", [
+@pytest.mark.parametrize("bf16, int8_fast, expected", [
     (True, True, "bfloat16"),    # bfloat16 units come first: faster still, and closer to float32
-    (False, True, "int8"),       # integer dot products only: the int8 file
-    (False, False, "float32"),   # neither (AVX2 and older): int8 gains little there
+    (False, True, "int8"),       # x86 (AVX2 or later) without bfloat16 units: the int8 file
+    (False, False, "float32"),   # neither (ARM, or x86 before AVX2): int8 not measured there
 ])
-def test_auto_takes_int8_on_openvino_where_only_integer_units_are(int8_run, tmp_path, monkeypatch, bf16, vnni,
+def test_auto_takes_int8_on_openvino_where_bfloat16_units_are_not(int8_run, tmp_path, monkeypatch, bf16, int8_fast,
                                                                    expected):
     from dsb.network.engines import resolve_precision
 
@@ -332,7 +332,7 @@ def test_auto_takes_int8_on_openvino_where_only_integer_units_are(int8_run, tmp_
         pytest.skip("auto's int8 is OpenVINO's")
     path, _ = int8_run
     monkeypatch.setattr("dsb.network.engines.bfloat16_units", lambda: bf16)
-    monkeypatch.setattr("dsb.network.engines.int8_units", lambda: vnni)
+    monkeypatch.setattr("dsb.network.engines.int8_units", lambda: int8_fast)
     assert resolve_precision("auto", "openvino", path) == expected
     network = open_network(path, CONFIG, "auto", precision="auto")
     assert (network.engine, network.precision) == ("openvino", expected)
@@ -355,10 +355,10 @@ def test_auto_in_an_inference_copy_takes_only_the_int8_file_of_its_model(int8_ru
 
     from dsb.network.engines import resolve_precision
 
-    path, _ = int8_run
+    path, stage = int8_run
     monkeypatch.setattr("dsb.network.engines.bfloat16_units", lambda: False)
     monkeypatch.setattr("dsb.network.engines.int8_units", lambda: True)
-    copy = tmp_path / "copy"  # as `dsb export --out` leaves it, less model.keras: only the ONNX files
+    copy = tmp_path / "copy"  # the ONNX files copied without model.keras
     shutil.copytree(path, copy)
     (copy / "model.keras").unlink()
     assert resolve_precision("auto", "openvino", copy) == "int8"
@@ -366,6 +366,30 @@ def test_auto_in_an_inference_copy_takes_only_the_int8_file_of_its_model(int8_ru
     quantize_onnx(other / ONNX_FILE, copy / INT8_FILE,
                   [np.random.default_rng(0).random((1, 32, 32, 1), dtype=np.float32)])
     assert resolve_precision("auto", "openvino", copy) == "float32"
+    # Asked for outright, the foreign file is refused with one line, on either ONNX engine.
+    for engine in ONNX_ENGINES:
+        with pytest.raises(BadDataError, match="quantised from another model than the model.onnx beside it"):
+            open_network(copy, CONFIG, engine, precision="int8")
+    result = dsb("predict", copy, "--images", stage, "--out", tmp_path / "s.csv", "--precision", "int8")
+    error_line(result, 3, "quantised from another model", f"--out {copy}")
+    assert not (tmp_path / "s.csv").exists()
+    # An int8 file that does not say which model it came from is refused the same way.
+    import onnx
+
+    shutil.copy(path / INT8_FILE, copy / INT8_FILE)
+    assert resolve_precision("auto", "openvino", copy) == "int8"
+    unsigned = onnx.load(copy / INT8_FILE)
+    kept = [p for p in unsigned.metadata_props if p.key != "dsb.model_keras_sha256"]
+    del unsigned.metadata_props[:]
+    unsigned.metadata_props.extend(kept)
+    onnx.save(unsigned, copy / INT8_FILE)
+    assert resolve_precision("auto", "openvino", copy) == "float32"
+    with pytest.raises(BadDataError, match="quantised from another model"):
+        open_network(copy, CONFIG, ONNX_ENGINES[0], precision="int8")
+    # What the line advises mends the folder.
+    result = dsb("export", path, "--out", copy, "--int8", "--data", stage)
+    assert result.exit_code == 0, result.output
+    assert resolve_precision("auto", "openvino", copy) == "int8"
 
 
 def test_the_command_line_says_auto_ran_in_int8(int8_run, tmp_path, monkeypatch):
@@ -384,10 +408,13 @@ def test_int8_units_reads_the_cpu_flags(monkeypatch, tmp_path):
 
     engines.int8_units.cache_clear()
     try:
-        for flags, expected in (("fpu sse avx2 avx512f avx512_vnni", True), ("fpu sse avx2 avx_vnni", True),
-                                ("fpu sse avx2 fma", False)):
+        for header, flags, expected in (
+                ("flags", "fpu sse avx2 avx512f avx512_vnni", True), ("flags", "fpu sse avx2 avx_vnni", True),
+                ("flags", "fpu sse avx2 fma", True),  # AVX2 alone: int8 still about twice float32's speed
+                ("flags", "fpu sse sse4_1 sse4_2 avx", False),  # before AVX2
+                ("Features", "fp asimd evtstrm aes asimddp", False)):  # ARM names its units otherwise
             info = tmp_path / "cpuinfo"
-            info.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
+            info.write_text(f"processor\t: 0\n{header}\t\t: {flags}\n")
             real = Path
 
             def fake(name, *args, _info=info):

@@ -111,8 +111,8 @@ class SegmentWidget(Container):
                                tooltip="auto: OpenVINO, else ONNX Runtime (a folder without model.onnx "
                                        "gets one first).")
         self.precision = ComboBox(label="precision", choices=list(VIEWER_PRECISIONS), value=self.state.precision,
-                                  tooltip="auto: bfloat16 where the CPU has bfloat16 units, else int8 where it "
-                                          "has VNNI and the folder model.int8.onnx (dsb export --int8), else "
+                                  tooltip="auto: bfloat16 where the CPU has bfloat16 units, else int8 on an x86 "
+                                          "CPU where the folder has model.int8.onnx (dsb export --int8), else "
                                           "float32: the fastest format the CPU computes well.")
         self.diameter = LineEdit(label="diameter (px)", value="",
                                  tooltip="Median nucleus diameter in pixels; empty: estimated from the image.")

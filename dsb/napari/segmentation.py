@@ -31,7 +31,7 @@ from dsb.network.model_folder import PRECISION_CHOICES, default_model_dir, load_
 VIEWER_ENGINES = ("auto", "openvino", "onnx")
 
 #: The number formats the viewer offers, those of ``--precision``: "auto" is, on OpenVINO, bfloat16
-#: where the CPU has bfloat16 units, else int8 where it has VNNI and the folder model.int8.onnx,
+#: where the CPU has bfloat16 units, else int8 on an x86 CPU (AVX2 or later) where the folder has model.int8.onnx,
 #: float32 elsewhere (:func:`dsb.network.engines.resolve_precision`).
 VIEWER_PRECISIONS = PRECISION_CHOICES
 

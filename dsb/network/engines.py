@@ -23,11 +23,14 @@ folder is then predicted that many images at a time, which keeps every core
 in the network while another image is in the watershed.
 
 ``precision="int8"`` runs ``model.int8.onnx`` instead (:mod:`dsb.network.quantize`),
-on the ONNX engines only: about twice as fast on CPUs with integer
-dot-product units, but not within 1e-4 of the others, so never the default.
+on the ONNX engines only: OpenVINO computes the network in it two to three times
+as fast as in float32 on x86 CPUs (:func:`int8_units`; end to end 1.5 to 2.6
+times), probabilities within a few hundredths.
 ``precision="bfloat16"`` runs ``model.onnx`` on OpenVINO computing in bfloat16,
 on CPUs with bfloat16 units only (:func:`bfloat16_units`): several times faster
 on those with AMX, probabilities within a few hundredths of float32's.
+``precision="auto"`` (:func:`resolve_precision`) takes bfloat16, else int8, else
+float32, as the CPU and the folder allow.
 
 Before an ONNX file is used it is checked against the folder: its metadata
 must name the output channels of ``config.json`` and, when ``model.keras`` is
@@ -50,7 +53,6 @@ from dsb.network.model_folder import (
     check_onnx,
     load_run_config,
     network_file,
-    read_onnx_metadata,
 )
 from dsb.network.onnx_export import INPUT_NAME
 
@@ -356,15 +358,20 @@ def bfloat16_units() -> bool:
     return default == openvino.Type.bf16
 
 
-# The CPU flags (Linux's /proc/cpuinfo names) of integer dot-product units: AVX-512 VNNI, AVX-VNNI, AMX.
-_INT8_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
+# The CPU flags (Linux's /proc/cpuinfo names) of the integer multiply-adds OpenVINO's int8 kernels use:
+# AVX2's (as on every x86 CPU of the last decade), and the dot-product units that speed them further
+# (AVX-512 VNNI, AVX-VNNI, AMX).
+_INT8_FLAGS = frozenset({"avx2", "avx512_vnni", "avx_vnni", "amx_int8"})
 
 
 @functools.cache
 def int8_units() -> bool:
-    """Whether this CPU has integer dot-product units (AVX-512 VNNI, AVX-VNNI or AMX), on which
-    OpenVINO runs ``model.int8.onnx`` about twice as fast as float32; without them int8 gains little.
-    Read from Linux's ``/proc/cpuinfo``; False where it cannot be read. Asked once per process."""
+    """Whether OpenVINO runs ``model.int8.onnx`` faster than float32 on this CPU: an x86 CPU with AVX2
+    or later, whose integer multiply-adds compute the network two to three times as fast as float32
+    (with the dot-product units of AVX-512 VNNI, AVX-VNNI or AMX the most). False on other CPUs
+    (ARM, or x86 before AVX2), where it was not measured, and where ``/proc/cpuinfo`` cannot be read
+    (outside Linux).
+    Asked once per process."""
     try:
         text = Path("/proc/cpuinfo").read_text(errors="replace")
     except OSError:
@@ -439,12 +446,12 @@ def choose_engine(model_dir, engine: str = "auto", precision: str = "auto") -> s
 
 def resolve_precision(precision: str, engine: str, model_dir=None) -> str:
     """The number format ``precision`` names on ``engine``: itself, or for ``"auto"``, on OpenVINO,
-    bfloat16 where the CPU has bfloat16 units (:func:`bfloat16_units`), else int8 where it has
-    integer dot-product units (:func:`int8_units`) and ``model_dir`` holds a ``model.int8.onnx``
+    bfloat16 where the CPU has bfloat16 units (:func:`bfloat16_units`), else int8 on an x86 CPU
+    with AVX2 or later (:func:`int8_units`) when ``model_dir`` holds a ``model.int8.onnx``
     exported from its model (:func:`dsb.network.quantize`); float32 otherwise.
 
-    On those CPUs OpenVINO computes several times faster in bfloat16 (with AMX), and about
-    twice as fast in int8 with VNNI; the probabilities move by a few hundredths at most (the
+    OpenVINO computes the network several times faster in bfloat16 (with AMX), and two to three
+    times as fast in int8 (the most with VNNI); the probabilities move by a few hundredths at most (the
     documentation's engines page has the held-out and cross-validation scores of each). On a GPU
     (Keras) and on ONNX Runtime auto is float32.
     """
@@ -460,18 +467,14 @@ def resolve_precision(precision: str, engine: str, model_dir=None) -> str:
 
 
 def _current_int8(model_dir: Path) -> bool:
-    """Whether ``model_dir`` holds a ``model.int8.onnx`` that its checks pass (exported at int8 from the
-    ``model.keras`` beside it): auto does not take a file left behind by an earlier model."""
+    """Whether ``model_dir`` holds a ``model.int8.onnx`` that its checks pass (quantised from the
+    folder's own model, :func:`dsb.network.model_folder.check_onnx`): auto does not take a file left
+    behind by an earlier model."""
     path = model_dir / INT8_FILE
     if not path.is_file():
         return False
     try:
         check_onnx(path, load_run_config(model_dir).model.outputs, model_dir / "model.keras", "int8")
-        if not (model_dir / "model.keras").is_file():
-            # An inference copy without model.keras: the int8 file must come from the model model.onnx came from.
-            recorded = read_onnx_metadata(path).get("dsb.model_keras_sha256")
-            source = read_onnx_metadata(model_dir / ONNX_FILE).get("dsb.model_keras_sha256")
-            return bool(recorded) and recorded == source
     except (DsbError, OSError):
         return False
     return True

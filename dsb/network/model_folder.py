@@ -257,6 +257,9 @@ def check_onnx(path, outputs: Sequence[str], keras_path=None, precision: str = "
         was exported from another ``model.keras`` than ``keras_path``, or is
         not the ``precision`` its name says (``dsb.precision`` metadata:
         ``int8`` for ``model.int8.onnx``, absent or ``float32`` otherwise).
+        Where ``keras_path`` is missing (a folder of the ONNX files copied
+        without it), an int8 file must record that it comes from the model that
+        the ``model.onnx`` beside it came from.
     """
     path = Path(path)
     meta = read_onnx_metadata(path)
@@ -271,10 +274,17 @@ def check_onnx(path, outputs: Sequence[str], keras_path=None, precision: str = "
             f"has outputs {recorded.split(',')}, but config.json expects {list(outputs)}: export it again", path=path
         )
     digest = meta.get("dsb.model_keras_sha256")
-    if keras_path is not None and Path(keras_path).is_file() and digest and digest != file_digest(keras_path):
-        raise BadDataError(
-            f"was exported from another model than {Path(keras_path).name} beside it: export it again", path=path
-        )
+    if keras_path is not None and Path(keras_path).is_file():
+        if digest and digest != file_digest(keras_path):
+            raise BadDataError(
+                f"was exported from another model than {Path(keras_path).name} beside it: export it again", path=path
+            )
+    elif precision == "int8" and (path.parent / ONNX_FILE).is_file():
+        source = read_onnx_metadata(path.parent / ONNX_FILE).get("dsb.model_keras_sha256")
+        if not digest or not source or digest != source:
+            raise BadDataError(f"was quantised from another model than the {ONNX_FILE} beside it: write both "
+                               f"again from the run, `dsb export RUN_DIR --out {path.parent} --int8 --data DATA`",
+                               path=path)
 
 
 ONNX_FILE = "model.onnx"

@@ -1,4 +1,4 @@
-"""The network in 8-bit integers, for CPUs with integer dot-product units: ``model.int8.onnx``.
+"""The network in 8-bit integers, faster than float32 on x86 CPUs: ``model.int8.onnx``.
 
 :func:`quantize_onnx` turns a run's ``model.onnx`` into a static int8 model:
 weights per output channel in int8, activations in uint8 with ranges
@@ -13,12 +13,15 @@ imaging-experiment group (:func:`calibration_batches`), resampled to the
 network's nucleus diameter as prediction resamples them, so the measured
 ranges cover every kind of image the run was trained on.
 
-On CPUs with integer dot-product units (AVX-512 VNNI) the network runs about
-twice as fast as in float32. Probabilities move by about 0.0003 to 0.002 on
-average and by more at a few pixels, so int8 is a choice (``--precision
-int8``), never the default: the float32 engines agree within 1e-4, and int8
-does not. What it costs in held-out score is on the documentation's
-engines page.
+On OpenVINO the network runs two to three times as fast as in float32 on x86
+CPUs with AVX2 or later (the most with the dot-product units of VNNI or AMX);
+prediction end to end, whose work around the network stays, 1.5 to 2.6 times.
+Probabilities move by about 0.0003 to 0.002 on average and by more at a few
+pixels: the float32 engines agree within 1e-4, and int8 does not. So
+``--precision int8`` asks for it, and ``auto`` takes it on OpenVINO only where
+the CPU has no bfloat16 units and the file comes from the folder's own model
+(:func:`dsb.network.engines.resolve_precision`). What it costs in held-out
+score is on the documentation's engines page.
 """
 
 from __future__ import annotations

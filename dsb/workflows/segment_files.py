@@ -171,7 +171,7 @@ def segment_paths(
         ``"auto"`` (see :func:`dsb.network.engines.choose_engine`).
     precision : str
         ``"auto"`` (the default: on OpenVINO, bfloat16 where the CPU has bfloat16 units, else int8
-        where it has integer dot-product units and the run a ``model.int8.onnx``; float32 otherwise:
+        on an x86 CPU (AVX2 or later) where the run has a ``model.int8.onnx``; float32 otherwise:
         :func:`dsb.network.engines.resolve_precision`), ``"float32"``, ``"bfloat16"``,
         or ``"int8"`` for the run's ``model.int8.onnx`` on an ONNX engine (:mod:`dsb.network.quantize`).
     scale_factor : float, optional
