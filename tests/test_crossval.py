@@ -63,6 +63,10 @@ def test_every_group_is_scored_by_the_run_that_never_saw_it(two_experiments, tmp
     assert set(table["fold"]) == {1, 2}
     for k in (1, 2):
         assert (out / f"fold-{k}" / "model.keras").is_file()
+        # The manifest names the groups the fold trained on, which int8 calibration keeps to.
+        held = set(table.loc[table["fold"] == k, "group"])
+        trained = json.loads((out / f"fold-{k}" / "manifest.json").read_text())["train_groups"]
+        assert trained == sorted({"user:exp1", "user:exp2"} - held)
     rows = summary.set_index(["level", "name"])
     assert rows.loc[("group", "user:exp1"), "images"] == 2 and rows.loc[("all", "all"), "images"] == 4
     assert value == pytest.approx(table["score"].mean())

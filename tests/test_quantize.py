@@ -75,6 +75,35 @@ def test_calibration_leaves_out_validation_images_and_takes_every_group_in_turn(
     assert len(set(taken)) == 5
 
 
+def test_calibration_keeps_to_the_groups_the_run_trained_on():
+    groups = ["a"] * 3 + ["b"] * 3 + ["c"] * 3
+    prepared = _prepared([(100, 120)] * 9, groups, [20.0] * 9)
+    batches = calibration_batches(prepared, CONFIG, count=9, side=64, groups={"b", "c"})
+    taken = [i for batch in batches for i, image in enumerate(prepared.images)
+             if np.array_equal(image[18:82, 28:92].astype(np.float32) / 255, batch[0, :, :, 0])]
+    assert len(batches) == 6 and sorted(groups[i] for i in taken) == ["b"] * 3 + ["c"] * 3
+    with pytest.raises(BadDataError, match=r"none of the groups the run trained on \(z\)"):
+        calibration_batches(prepared, CONFIG, groups={"z"})
+
+
+def test_export_int8_calibrates_on_the_groups_named_in_the_manifest(int8_run, tmp_path):
+    import json
+
+    from dsb.training.cache import load_prepared
+
+    path, stage = int8_run
+    run = tmp_path / "run"
+    shutil.copytree(path, run)
+    (run / "manifest.json").write_text(json.dumps({"train_groups": ["another-experiment"]}))
+    result = dsb("export", run, "--int8", "--data", stage)
+    error_line(result, 3, "none of the groups the run trained on (another-experiment)")
+    trained = sorted(set(load_prepared(stage, CONFIG.preprocess, workers=1).groups))
+    (run / "manifest.json").write_text(json.dumps({"train_groups": trained}))
+    result = dsb("export", run, "--int8", "--data", stage)
+    assert result.exit_code == 0, result.output
+    assert "groups the run did not train on left out" in read_onnx_metadata(run / INT8_FILE)["dsb.calibration"]
+
+
 def test_calibration_resamples_to_the_network_diameter_and_crops_to_the_size_multiple():
     config = CONFIG.replace(preprocess=PreprocessConfig(diameter=20.0))
     multiple = config.model.size_multiple()

@@ -59,7 +59,7 @@ CALIBRATION_SIDE = 512
 
 
 def calibration_batches(prepared, config, *, count: int = CALIBRATION_IMAGES,
-                        side: int = CALIBRATION_SIDE) -> list[np.ndarray]:
+                        side: int = CALIBRATION_SIDE, groups=None) -> list[np.ndarray]:
     """Network inputs to measure activation ranges on: ``(1, h, w, 1)`` float32 batches.
 
     Parameters
@@ -76,21 +76,31 @@ def calibration_batches(prepared, config, *, count: int = CALIBRATION_IMAGES,
     side : int
         The largest crop side (the middle of the image, cut to the network's
         size multiple).
+    groups : collection of str, optional
+        Only images of these imaging-experiment groups: those the run trained
+        on (its manifest's ``train_groups``), when ``prepared`` holds more,
+        as the data of a cross-validation fold, which never saw its held-out
+        groups, do. None: every group.
 
     Raises
     ------
     BadDataError
-        No training image is left once the validation images are out.
+        No training image is left once the validation images (and the groups
+        not asked for) are out.
     """
     from dsb.inference.scale import network_zoom
 
     held_out = set(config.validation_ids)
     by_group: dict[str, list[int]] = {}
     for i, image_id in enumerate(prepared.ids):
-        if image_id not in held_out:
-            group = prepared.groups[i] if prepared.groups else ""
+        group = prepared.groups[i] if prepared.groups else ""
+        if image_id not in held_out and (groups is None or group in groups):
             by_group.setdefault(group, []).append(i)
     if not by_group:
+        if groups is not None:
+            raise BadDataError("no training image to calibrate on: none of the groups the run trained on "
+                               f"({', '.join(sorted(groups)) or 'none'}) is here outside its validation images; "
+                               "give the data it trained on", path=prepared.path)
         raise BadDataError("no training image to calibrate on: every prepared image is a validation image",
                            path=prepared.path)
     order, queues = [], [list(members) for _, members in sorted(by_group.items())]

@@ -327,6 +327,8 @@ def _run_info(plan: Plan, state: RunState, val_data) -> dict:
         "validation_images": len(plan.split.val_idx),
         "validation_crops": val_data.n_crops if val_data is not None else 0,
         "validation_groups": list(plan.split.val_groups),
+        # The groups of the images it trained on: what int8 calibration may look at (dsb.network.quantize).
+        "train_groups": sorted({plan.split.groups[i] for i in plan.split.train_idx}) if plan.split.groups else None,
         "init": state.init,
         "learning_rate_schedule": _schedule_text(plan, state),
     }

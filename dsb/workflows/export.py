@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -71,7 +72,9 @@ def quantize_in_place(run_dir, data_dir, *, progress: bool = False) -> Path:
     """Write ``model.int8.onnx`` beside a run folder's ``model.onnx`` (:mod:`dsb.network.quantize`).
 
     The activation ranges are measured on the run's training images in
-    ``data_dir`` (its validation images are left out). ``model.onnx`` is
+    ``data_dir``: its validation images are left out, and so are the groups
+    it did not train on where its ``manifest.json`` names those it did
+    (``train_groups``: the held-out groups of a cross-validation fold). ``model.onnx`` is
     exported first when the folder has none, or one the engines would refuse
     (from an earlier ``model.keras``): the int8 file records the digest of the
     file it was made from. ``--precision int8`` then runs it.
@@ -88,9 +91,21 @@ def quantize_in_place(run_dir, data_dir, *, progress: bool = False) -> Path:
     config = load_run_config(run_dir)
     fresh_onnx(run_dir)
     prepared = load_prepared(data_dir, config.preprocess, progress=progress)
-    batches = calibration_batches(prepared, config)
-    note = f"{len(batches)} training images (validation images left out)"
+    trained = _trained_groups(run_dir)
+    batches = calibration_batches(prepared, config, groups=trained)
+    note = f"{len(batches)} training images (validation images" + (
+        " and groups the run did not train on left out)" if trained is not None else " left out)")
     return quantize_onnx(run_dir / ONNX_FILE, run_dir / INT8_FILE, batches, note=note)
+
+
+def _trained_groups(run_dir: Path) -> set[str] | None:
+    """The groups a run trained on, from its ``manifest.json`` (runs from before it recorded them, and
+    inference copies without a manifest: None, every group)."""
+    try:
+        groups = json.loads((run_dir / "manifest.json").read_text()).get("train_groups")
+    except (OSError, ValueError):
+        return None
+    return set(groups) if isinstance(groups, list) else None
 
 
 def export_run(run_dir, out_dir, *, note: str | None = None) -> Path:
