@@ -60,3 +60,15 @@ def test_export_onto_the_run_itself_is_refused(tmp_path):
     assert result.exit_code == 3
     assert "--out is the run folder itself" in result.stderr
     assert sorted(p.name for p in run.iterdir()) == before
+
+
+def test_read_manifest_gives_what_training_wrote_or_nothing(tmp_path):
+    from dsb.network.model_folder import read_manifest
+
+    assert read_manifest(tmp_path) == {}  # no manifest: a copy made by hand
+    (tmp_path / "manifest.json").write_text("[1, 2]")
+    assert read_manifest(tmp_path) == {}  # not an object
+    (tmp_path / "manifest.json").write_text("{not json")
+    assert read_manifest(tmp_path) == {}
+    (tmp_path / "manifest.json").write_text('{"train_groups": ["a"], "seed": 42}')
+    assert read_manifest(tmp_path) == {"train_groups": ["a"], "seed": 42}

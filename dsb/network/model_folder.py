@@ -10,6 +10,7 @@ shipped inside the package (:func:`default_model_dir`, :func:`resolve_model_dir`
 from __future__ import annotations
 
 import hashlib
+import json
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,6 +29,7 @@ __all__ = [
     "default_model_dir",
     "resolve_model_dir",
     "load_run_config",
+    "read_manifest",
     "load_run",
     "update_inference",
     "update_postprocess",
@@ -86,6 +88,17 @@ def load_run_config(run_dir) -> Config:
     if not path.is_file():
         raise BadDataError("no config.json here: not a run folder (make one with `dsb train --out`)", path=run_dir)
     return load_config(path)
+
+
+def read_manifest(run_dir) -> dict:
+    """A run folder's ``manifest.json`` (what training wrote: provenance, the groups it trained and
+    validated on); empty when the folder has none, or one that is not a JSON object, as copies made
+    by hand and runs from other tools may not."""
+    try:
+        manifest = json.loads((Path(run_dir) / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return manifest if isinstance(manifest, dict) else {}
 
 
 def load_run(run_dir):

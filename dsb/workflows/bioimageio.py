@@ -50,7 +50,7 @@ from dsb.core.atomic import atomic_dir, write_text
 from dsb.core.errors import BadDataError, EnvironmentProblem
 from dsb.inference.preprocess import preprocess_image
 from dsb.network.engines import KerasNetwork
-from dsb.network.model_folder import check_onnx, file_digest, load_run, read_onnx_opset
+from dsb.network.model_folder import check_onnx, file_digest, load_run, read_manifest, read_onnx_opset
 from dsb.network.onnx_export import export_onnx
 from dsb.workflows.drawing import to_rgb8
 
@@ -195,12 +195,8 @@ def _keras_provenance(model_dir: Path) -> tuple[str, str, str]:
 
     import keras
 
-    manifest = {}
-    try:
-        manifest = json.loads((model_dir / "manifest.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        pass
-    versions = manifest.get("versions") if isinstance(manifest, dict) else None
+    manifest = read_manifest(model_dir)
+    versions = manifest.get("versions")
     backend = manifest.get("backend") if isinstance(versions, dict) else None
     if backend in _BACKENDS and versions.get(backend) and versions.get("keras"):
         return str(versions["keras"]), backend, str(versions[backend])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from dsb.network.model_folder import (
     check_onnx,
     load_run,
     load_run_config,
+    read_manifest,
 )
 from dsb.network.onnx_export import export_onnx
 from dsb.network.quantize import (
@@ -101,10 +101,7 @@ def quantize_in_place(run_dir, data_dir, *, progress: bool = False) -> Path:
 def _trained_groups(run_dir: Path) -> set[str] | None:
     """The groups a run trained on, from its ``manifest.json`` (runs from before it recorded them, and
     inference copies without a manifest: None, every group)."""
-    try:
-        groups = json.loads((run_dir / "manifest.json").read_text()).get("train_groups")
-    except (OSError, ValueError):
-        return None
+    groups = read_manifest(run_dir).get("train_groups")
     return set(groups) if isinstance(groups, list) else None
 
 

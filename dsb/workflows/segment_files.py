@@ -170,8 +170,7 @@ def segment_paths(
         The inference engine: ``"keras"``, ``"onnx"``, ``"openvino"`` or
         ``"auto"`` (see :func:`dsb.network.engines.choose_engine`).
     precision : str
-        ``"auto"`` (the default: on OpenVINO, bfloat16 where the CPU has bfloat16 units, else int8
-        on an x86 CPU (AVX2 or later) where the run has a ``model.int8.onnx``; float32 otherwise:
+        ``"auto"`` (the default: the fastest format this CPU computes well for the run's files,
         :func:`dsb.network.engines.resolve_precision`), ``"float32"``, ``"bfloat16"``,
         or ``"int8"`` for the run's ``model.int8.onnx`` on an ONNX engine (:mod:`dsb.network.quantize`).
     scale_factor : float, optional

@@ -310,8 +310,7 @@ def tune(run_dir, data_dir, *, progress: bool = True, engine: str = "auto",
         ``"auto"`` (see :func:`dsb.network.engines.choose_engine`).
     precision : str
         The number format the network computes the probabilities in, as prediction will:
-        ``"auto"`` (on OpenVINO, bfloat16 where the CPU has bfloat16 units, else int8 on an x86
-        CPU (AVX2 or later) where the run has a ``model.int8.onnx``; float32 otherwise:
+        ``"auto"`` (the fastest format this CPU computes well for the run's files,
         :func:`dsb.network.engines.resolve_precision`), ``"float32"``, ``"bfloat16"`` or ``"int8"``.
     tta : bool, optional
         Search on probabilities averaged over the eight flips and quarter
