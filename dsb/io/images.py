@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from dsb.core.errors import BadDataError
+from dsb.io.channels import check_channel, pick_channel
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -41,7 +42,7 @@ __all__ = [
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
 
 
-def read_image(path) -> np.ndarray:
+def read_image(path, channel: int | None = None) -> np.ndarray:
     """Read an image file as it is stored.
 
     Parameters
@@ -49,18 +50,26 @@ def read_image(path) -> np.ndarray:
     path : str or os.PathLike
         PNG (8 or 16 bits, grey, grey+alpha, RGB, RGBA or palette), TIFF, JPEG
         or BMP.
+    channel : int, optional
+        Read only this channel, counted from 0 (in RGB: 0 red, 1 green, 2
+        blue), of an image of any number of channels: the DNA stain of a
+        multi-channel fluorescence image. A TIFF's own axis names say which
+        axis holds the channels, else the shape does
+        (:func:`dsb.io.channels.axis_roles`). Channel 0 of a grey image is the
+        image.
 
     Returns
     -------
     (H, W) or (H, W, C) ndarray, C in 1..4, usually uint8 or uint16
         Palette images come back as RGB(A); TIFFs stored channel-first are
-        transposed to channel-last.
+        transposed to channel-last. With ``channel``, (H, W).
 
     Raises
     ------
     BadDataError
         Naming the file: missing, empty, not an image, corrupt or truncated,
-        not 2-D (stacks and time series are not supported), or a float image
+        not 2-D (stacks and time series are not supported), more than 4
+        channels and no ``channel``, no such channel, or a float image
         without a single finite value.
     """
     path = Path(path)
@@ -75,10 +84,10 @@ def read_image(path) -> np.ndarray:
     if size == 0:
         raise BadDataError("empty file (0 bytes), expected an image", path=path)
     if path.suffix.lower() in (".tif", ".tiff"):
-        image = _read_tiff(path)
+        image, axes = _read_tiff(path)
     else:
-        image = _read_pillow(path)
-    return _check_layout(image, path)
+        image, axes = _read_pillow(path), None
+    return _check_layout(image, path, check_channel(channel), axes)
 
 
 def _read_pillow(path: Path) -> np.ndarray:
@@ -108,25 +117,20 @@ def _read_pillow(path: Path) -> np.ndarray:
     return image
 
 
-def _read_tiff(path: Path) -> np.ndarray:
+def _read_tiff(path: Path) -> tuple[np.ndarray, str | None]:
+    """The first series of a TIFF and its axis names (tifffile's: ``YXS``, ``CYX``, ``TZCYX``...)."""
     import tifffile
 
     try:
-        return np.asarray(tifffile.imread(path))
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            return np.asarray(series.asarray()), series.axes
     except Exception as exc:  # tifffile raises many types for a damaged file
         raise BadDataError(f"corrupt or unreadable TIFF ({type(exc).__name__}: {exc})", path=path) from None
 
 
-def _check_layout(image: np.ndarray, path: Path) -> np.ndarray:
-    image = np.squeeze(image) if image.ndim > 3 else image
-    if image.ndim == 3 and image.shape[2] > 4 and 1 <= image.shape[0] <= 4:
-        image = np.moveaxis(image, 0, -1)  # channel-first TIFF
-    if not (image.ndim == 2 or (image.ndim == 3 and 1 <= image.shape[2] <= 4)):
-        raise BadDataError(
-            f"image of shape {image.shape} is not (H, W) or (H, W, C) with 1 to 4 channels "
-            "(stacks and time series are not supported)",
-            path=path,
-        )
+def _check_layout(image: np.ndarray, path: Path, channel: int | None = None, axes: str | None = None) -> np.ndarray:
+    image = pick_channel(image, channel, axes=axes, path=path)
     if image.shape[0] < 1 or image.shape[1] < 1:
         raise BadDataError(f"image of shape {image.shape} has no pixels", path=path)
     check_finite(image, path)

@@ -29,7 +29,7 @@ from dsb.core.config import check_scale_factor
 from dsb.core.errors import BadDataError
 from dsb.core.labels import measure_regions
 from dsb.core.validate import check_labels, check_same_shape
-from dsb.inference.preprocess import raw_intensity
+from dsb.inference.preprocess import mixed_channels, raw_intensity
 from dsb.io.folders import Skips, find_images, read_images
 from dsb.io.writers import write_labels, write_png
 from dsb.network.engines import load_network
@@ -54,7 +54,7 @@ MEASUREMENT_COLUMNS = (
     "confidence",
 )
 SUMMARY_COLUMNS = ("file", "status", "nuclei", "diameter", "diameter_estimated", "diameter_sure", "labels",
-                   "measurements", "overlay", "error")
+                   "measurements", "overlay", "warning", "error")
 
 def measure_nuclei(labels: np.ndarray, intensity: np.ndarray, confidence: np.ndarray | None = None) -> pd.DataFrame:
     """Measure each nucleus of a label image.
@@ -135,6 +135,7 @@ def segment_paths(
     engine: str = "auto",
     precision: str = "auto",
     scale_factor: float | None = None,
+    channel: int | None = None,
 ) -> pd.DataFrame:
     """Segment microscope images and measure their nuclei.
 
@@ -177,6 +178,10 @@ def segment_paths(
         Predict this many times larger than each image's estimated (or given)
         scale, in [0.5, 2]; None follows the model's ``predict.scale_factor``
         (which ``dsb tune --scale-factors`` chooses).
+    channel : int, optional
+        Segment only this channel of every image, counted from 0 (:func:`dsb.io.images.read_image`):
+        the DNA stain of multi-channel fluorescence. The measurements' ``mean_intensity`` and the
+        overlay are then of that channel. By default an image is segmented from its luminance.
 
     Returns
     -------
@@ -186,7 +191,9 @@ def segment_paths(
         estimated; empty when unknown), ``diameter_estimated`` and
         ``diameter_sure`` (False where the estimate's cross-check could not
         confirm it: see :class:`dsb.inference.scale.Scale`; empty when skipped),
-        the paths written (empty when not written) and ``error`` (empty when ok). ``attrs["skipped"]`` holds a
+        the paths written (empty when not written), ``warning`` (without ``channel``, why the image's
+        luminance may hide its nuclei: :func:`dsb.inference.preprocess.mixed_channels`; else empty)
+        and ``error`` (empty when ok). ``attrs["skipped"]`` holds a
         :class:`dsb.io.folders.Skip` per skipped input, for the caller to report.
 
     Raises
@@ -207,7 +214,8 @@ def segment_paths(
     images, problems = find_images(paths)
     for problem in problems:
         skips(problem)
-    checked = read_images(images, skips, progress=progress and len(images) > 1, label="checking images")
+    checked = read_images(images, skips, progress=progress and len(images) > 1, label="checking images",
+                          channel=channel)
     if not checked:
         raise BadDataError("no image to segment", path=", ".join(str(p) for p in paths) or None)
 
@@ -220,7 +228,8 @@ def segment_paths(
                          label="segmenting")
     with contextlib.closing(found):  # a failed write stops the images in flight
         for name, image, raw, nuclei in found:
-            rows[str(image)] = write_outputs(out_dir, name, image, raw, nuclei, overlay=overlay)
+            rows[str(image)] = write_outputs(out_dir, name, image, raw, nuclei, overlay=overlay,
+                                             picked=channel is not None)
     for skip in skips.records:
         rows[skip.path] = summary_row(skip.path, "skipped", error=skip.message)
 
@@ -232,10 +241,12 @@ def segment_paths(
     return summary
 
 
-def write_outputs(out_dir: Path, name: str, image: Path, raw: np.ndarray, nuclei, *, overlay: bool) -> dict:
+def write_outputs(out_dir: Path, name: str, image: Path, raw: np.ndarray, nuclei, *, overlay: bool,
+                  picked: bool = False) -> dict:
     """Write one image's label TIFF, measurements and (with ``overlay``) overlay, each atomically; return its
     ``summary.csv`` row (:func:`summary_row`). The one writer of ``dsb segment``'s outputs, in one process or on
-    a Dask worker (:mod:`dsb.workflows.cluster`)."""
+    a Dask worker (:mod:`dsb.workflows.cluster`). ``picked``: ``raw`` is one channel the user chose, so its
+    channels are not questioned."""
 
     labels = nuclei.labels
     targets = _outputs(out_dir, name)
@@ -247,18 +258,19 @@ def write_outputs(out_dir: Path, name: str, image: Path, raw: np.ndarray, nuclei
         write_png(targets["overlay"], outline_overlay(raw, labels))
     else:
         del targets["overlay"]
+    warning = "" if picked else mixed_channels(raw) or ""
     return summary_row(image, "ok", nuclei=len(table), diameter=nuclei.diameter, estimated=nuclei.estimated,
-                sure=nuclei.sure, **{k: str(v) for k, v in targets.items()})
+                       sure=nuclei.sure, warning=warning, **{k: str(v) for k, v in targets.items()})
 
 
 def summary_row(path, status: str, *, nuclei: int = 0, diameter: float = math.nan, estimated: bool | str = "",
                 sure: bool | str = "", labels: str = "", measurements: str = "", overlay: str = "",
-                error: str = "") -> dict:
+                warning: str = "", error: str = "") -> dict:
     """One row of ``summary.csv`` (:data:`SUMMARY_COLUMNS`): empty cells for what does not apply."""
     return {"file": str(path), "status": status, "nuclei": nuclei,
             "diameter": round(diameter, 2) if math.isfinite(diameter) else "", "diameter_estimated": estimated,
             "diameter_sure": sure, "labels": labels, "measurements": measurements, "overlay": overlay,
-            "error": error}
+            "warning": warning, "error": error}
 
 
 def _predictor(model_dir, *, tta: bool, diameter: float | None = None, engine: str = "auto",

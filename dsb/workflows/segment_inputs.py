@@ -46,9 +46,9 @@ BIG_SIDE = 8192
 
 
 
-def _check_task(path: Path) -> TaskError | None:
+def _check_task(path: Path, channel: int | None = None) -> TaskError | None:
     try:
-        read_image(path)
+        read_image(path, channel)
     except DsbError as exc:
         return TaskError.of(exc)
     return None
@@ -56,14 +56,14 @@ def _check_task(path: Path) -> TaskError | None:
 
 
 def _segment_task(path: Path, name: str, out_dir: Path, spec: ModelSpec, tta: bool, overlay: bool,
-                  diameter: float | None):
+                  diameter: float | None, channel: int | None = None):
     """One image of a folder, on a worker: read, segment with the worker's model, write its files."""
     try:
-        raw = read_image(path)
+        raw = read_image(path, channel)
         network, config, lock = worker_network(spec)
         with lock:
             nuclei = predict_nuclei(network, config, raw, tta=tta, diameter=diameter)
-        return write_outputs(out_dir, name, path, raw, nuclei, overlay=overlay)
+        return write_outputs(out_dir, name, path, raw, nuclei, overlay=overlay, picked=channel is not None)
     except DsbError as exc:
         return TaskError.of(exc)
 
@@ -71,20 +71,21 @@ def _segment_task(path: Path, name: str, out_dir: Path, spec: ModelSpec, tta: bo
 
 def segment_folder(images: dict[str, Path], *, spec: ModelSpec, out_dir: Path, client, skips: Skips,
                    tta: bool | None = None, overlay: bool = False, diameter: float | None = None,
-                   progress: bool = True) -> dict[str, dict]:
+                   progress: bool = True, channel: int | None = None) -> dict[str, dict]:
     """``dsb segment`` of many images, one Dask task per image: ``{file: summary row}``.
 
     Every image is read and checked on the workers before any is segmented,
     so a bad one (without ``skip_bad``) stops the run before anything is written.
     """
     bad: set[str] = set()
-    for (path,), problem in run_tasks(_check_task, [(p,) for p in images.values()], client=client,
+    for (path, _), problem in run_tasks(_check_task, [(p, channel) for p in images.values()], client=client,
                                       progress=progress, label="checking images", what="checking"):
         if problem is not None:
             skips(problem.error(), path=path)
             bad.add(str(path))
     rows: dict[str, dict] = {}
-    items = [(p, name, out_dir, spec, tta, overlay, diameter) for name, p in images.items() if str(p) not in bad]
+    items = [(p, name, out_dir, spec, tta, overlay, diameter, channel) for name, p in images.items()
+             if str(p) not in bad]
     for item, row in run_tasks(_segment_task, items, client=client, progress=progress, label="segmenting",
                                what="segmenting"):
         if isinstance(row, TaskError):
@@ -123,7 +124,7 @@ def segment_inputs(paths, *, model_dir=None, out_dir, tta: bool | None = None, o
                    diameter: float | None = None, skip_bad: bool = False, progress: bool = True,
                    engine: str = "auto", precision: str = "auto", block_size: int | None = None,
                    workers: int | None = None, scheduler: str | None = None, client=None,
-                   scale_factor: float | None = None) -> pd.DataFrame:
+                   scale_factor: float | None = None, channel: int | None = None) -> pd.DataFrame:
     """``dsb segment`` with large images block by block and, optionally, on a Dask cluster.
 
     Zarr and OME-Zarr stores, and TIFF or PNG files with a side above
@@ -132,7 +133,7 @@ def segment_inputs(paths, *, model_dir=None, out_dir, tta: bool | None = None, o
     :func:`dsb.workflows.segment_files.segment_paths` does, on the cluster's workers
     when ``workers`` or ``scheduler`` is given. Parameters and the returned
     summary are those of :func:`~dsb.workflows.segment_files.segment_paths` (``scale_factor``
-    included), plus
+    and ``channel`` included), plus
     ``block_size`` (pixels a side), ``workers`` and ``scheduler``
     (:func:`cluster_client`), or a ``client`` already connected (a
     dask-gateway cluster's, whose address needs its credentials).
@@ -149,26 +150,27 @@ def segment_inputs(paths, *, model_dir=None, out_dir, tta: bool | None = None, o
         if client is None and not big:  # as before
             return segment_paths(paths, model_dir=spec.path, out_dir=out_dir, tta=tta, overlay=overlay,
                                  diameter=diameter, skip_bad=skip_bad, progress=progress, engine=engine,
-                                 precision=precision, scale_factor=scale_factor)
+                                 precision=precision, scale_factor=scale_factor, channel=channel)
         for problem in problems:
             skips(problem)
         order = [problem.path for problem in problems] + [str(p) for p in small.values()]
         if small and client is None:
             done = segment_paths(list(small.values()), model_dir=spec.path, out_dir=out_dir, tta=tta,
                                  overlay=overlay, diameter=diameter, skip_bad=skip_bad, progress=progress,
-                                 engine=engine, precision=precision, scale_factor=scale_factor)
+                                 engine=engine, precision=precision, scale_factor=scale_factor, channel=channel)
             rows.update({row["file"]: row for row in done.to_dict("records") if row["status"] == "ok"})
             skips.records += done.attrs["skipped"]
         elif small:
             writable_dir(out_dir)
             rows.update(segment_folder(small, spec=spec, out_dir=out_dir, client=client, skips=skips,
-                                       tta=tta, overlay=overlay, diameter=diameter, progress=progress))
+                                       tta=tta, overlay=overlay, diameter=diameter, progress=progress,
+                                       channel=channel))
         for path in big:
             order.append(str(path))
             try:
                 rows[str(path)] = segment_image_file(path, spec=spec, out_dir=out_dir, diameter=diameter,
                                                      block_size=block_size, client=client, tta=tta,
-                                                     progress=progress)
+                                                     progress=progress, channel=channel)
             except BadDataError as exc:
                 skips(exc, path=path)
     return _write_summary(out_dir, rows, skips, order)

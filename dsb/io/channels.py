@@ -1,0 +1,160 @@
+"""Which stored axis of an image is which, and one channel picked out of many.
+
+A microscope's file holds one 2-D image as ``(H, W)``, as ``(H, W, C)`` (RGB, and most
+multi-channel PNG and JPEG files) or as ``(C, H, W)`` (multi-channel TIFF and OME-Zarr), with
+axes of length 1 around it. :func:`axis_roles` says which axis is rows (``y``), columns (``x``)
+and channels (``c``), from the file's own axis names when it has them (TIFF, OME-Zarr) and else
+from the shape; one rule serves files read whole (:func:`dsb.io.images.read_image`) and block by
+block (:func:`dsb.io.bigimage.open_source`).
+
+Without a channel, an image may have 1 to 4 channels (grey, grey+alpha, RGB, RGBA). A
+fluorescence experiment stored as several channels (a DNA stain beside other markers) is
+segmented from one of them: :func:`pick_channel` takes it, and the image may then have any
+number of channels.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from dsb.core.errors import BadDataError
+
+__all__ = ["MAX_COLOURS", "axis_roles", "pick_channel", "check_channel"]
+
+# Channels an image may have when none is picked: grey, grey+alpha, RGB, RGBA.
+MAX_COLOURS = 4
+
+
+def check_channel(channel) -> int | None:
+    """``channel`` as an int, or None; a :class:`ValueError` for a negative or non-integer one."""
+    if channel is None:
+        return None
+    if isinstance(channel, (bool, np.bool_)) or not isinstance(channel, (int, np.integer)):
+        raise TypeError(f"`channel` must be an int (0 for the first channel) or None, got {type(channel).__name__}")
+    if channel < 0:
+        raise ValueError(f"`channel` is {channel}, expected 0 or more (0 is the first channel)")
+    return int(channel)
+
+
+def _guess(shape: tuple[int, ...], picked: bool) -> str | None:
+    """Roles from the shape alone (None: not one image). Beyond three axes, those of length 1 are
+    planes. Of three, the channels are the last axis when it has at most 4 entries, else the first
+    when it has; with a channel picked, the shorter of the two ends."""
+    dims = list(range(len(shape)))
+    while len(dims) > 3:
+        ones = [i for i in dims if shape[i] == 1]
+        if not ones:
+            return None
+        dims.remove(ones[0])
+    if len(dims) == 2:
+        inner = "yx"
+    else:
+        first, last = shape[dims[0]], shape[dims[2]]
+        if picked:
+            inner = "yxc" if last <= first else "cyx"
+        else:
+            inner = "yxc" if last <= MAX_COLOURS else "cyx" if first <= MAX_COLOURS else None
+        if inner is None:
+            return None
+    roles = ["-"] * len(shape)
+    for i, role in zip(dims, inner):
+        roles[i] = role
+    return "".join(roles)
+
+
+def axis_roles(shape, axes: str | None = None, *, channel: int | None = None, path=None) -> tuple[str, int]:
+    """The role of each stored axis and the number of channels.
+
+    Parameters
+    ----------
+    shape : tuple of int
+    axes : str, optional
+        The file's own axis names (tifffile's ``series.axes``, OME-Zarr's ``axes``): ``Y``, ``X``,
+        ``C`` or ``S`` (channels), and others (``T``, ``Z``, ...) that must have length 1. Without
+        them the shape decides (see the module's text).
+    channel : int, optional
+        The channel to be picked: the image may then have more than :data:`MAX_COLOURS`.
+    path : optional
+        Named in errors.
+
+    Returns
+    -------
+    roles : str
+        One letter per stored axis: ``y``, ``x``, ``c``, or ``-`` for an axis of length 1.
+    channels : int
+        The length of the channel axis; 1 without one.
+
+    Raises
+    ------
+    BadDataError
+        Not one 2-D image (a stack, a time series), or over 4 channels when none is picked.
+
+    Examples
+    --------
+    >>> axis_roles((512, 640, 3))
+    ('yxc', 3)
+    >>> axis_roles((5, 512, 640), channel=0)
+    ('cyx', 5)
+    >>> axis_roles((1, 2, 1, 256, 256), "TCZYX")
+    ('-c-yx', 2)
+    """
+    shape = tuple(int(n) for n in shape)
+    picked = channel is not None
+    if axes is not None:
+        axes = axes.lower().replace("s", "c")
+        if len(axes) != len(shape) or any(a not in "yxczt" and n != 1 for a, n in zip(axes, shape)):
+            axes = None  # names tifffile makes up (Q, I) for pages it cannot place: the shape decides
+    roles = _guess(shape, picked) if axes is None else "".join(a if a in "yxc" else "-" for a in axes)
+    channels = 1 if roles is None or "c" not in roles else shape[roles.index("c")]
+    planes = [] if roles is None else [n for n, a in zip(shape, roles) if a == "-"]
+    if roles is None or roles.count("y") != 1 or roles.count("x") != 1 or roles.count("c") > 1 \
+            or any(n != 1 for n in planes):
+        named = f" (axes {axes!r})" if axes else ""
+        hint = ""
+        if roles is None and not picked and sum(n != 1 for n in shape) == 3:
+            hint = "; if one axis holds channels, pick the one that holds the nuclei (dsb segment --channel N)"
+        raise BadDataError(f"array of shape {shape}{named} is not one 2-D image (stacks and time series are not "
+                           f"supported){hint}", path=path)
+    if not picked and channels > MAX_COLOURS:
+        raise BadDataError(f"image of shape {shape} has {channels} channels; pick the one that holds the nuclei "
+                           f"(dsb segment --channel N, N from 0 to {channels - 1})", path=path)
+    if picked and channel >= channels:
+        what = "one channel" if channels == 1 else f"{channels} channels (0 to {channels - 1})"
+        raise BadDataError(f"has {what}, so it has no channel {channel}", path=path)
+    return roles, channels
+
+
+def pick_channel(image: np.ndarray, channel: int | None, *, axes: str | None = None, path=None) -> np.ndarray:
+    """One image as ``(H, W)`` or ``(H, W, C)``, and with ``channel`` only that channel, ``(H, W)``.
+
+    Parameters
+    ----------
+    image : ndarray
+        As stored: ``(H, W)``, ``(H, W, C)``, ``(C, H, W)``, with axes of length 1 around it.
+    channel : int or None
+        Counted from 0 (in RGB: 0 red, 1 green, 2 blue). None keeps every channel (at most 4).
+    axes : str, optional
+        The file's axis names, as for :func:`axis_roles`.
+    path : optional
+        Named in errors.
+
+    Returns
+    -------
+    ndarray
+        A view where possible.
+
+    Examples
+    --------
+    >>> stack = np.zeros((5, 40, 60), np.uint16); stack[3] = 7
+    >>> pick_channel(stack, 3).shape, int(pick_channel(stack, 3).max())
+    ((40, 60), 7)
+    >>> pick_channel(np.zeros((40, 60, 3)), None).shape
+    (40, 60, 3)
+    """
+    channel = check_channel(channel)
+    roles, _ = axis_roles(image.shape, axes, channel=channel, path=path)
+    index = tuple(0 if a == "-" else (channel if channel is not None else slice(None)) if a == "c" else slice(None)
+                  for a in roles)
+    part = image[index]
+    kept = [a for a in roles if a != "-" and not (a == "c" and channel is not None)]
+    return np.transpose(part, [kept.index(a) for a in "yxc" if a in kept])
