@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -141,32 +142,31 @@ def load_model(path=None, *, engine: str = "auto", precision: str = "auto") -> L
 
 
 def _check_image(image, channel: int | None = None) -> np.ndarray:
-    """``image`` as an array the network can take: its ``channel`` picked out, or its channels checked
-    (:func:`dsb.inference.preprocess.mixed_channels` warns of a luminance that may hide the nuclei)."""
-    if channel is not None:
-        from dsb.core.errors import BadDataError
-        from dsb.io.channels import check_channel, pick_channel
+    """``image`` as an array the network can take, channels last: its ``channel`` picked out, or its
+    channels checked (:func:`dsb.inference.preprocess.mixed_channels` warns of a luminance that may
+    hide the nuclei)."""
+    from dsb.core.errors import BadDataError
+    from dsb.io.channels import check_channel, pick_channel
 
-        image = np.asarray(image)
-        try:
-            if image.ndim not in (2, 3):
-                raise TypeError(f"`image` (shape {image.shape}) must be (H, W), (H, W, C) or (C, H, W)")
-            image = pick_channel(image, check_channel(channel))
-        except BadDataError as exc:
-            raise ValueError(f"`image` {exc.message}") from None
     image = np.asarray(image)
-    if channel is None and image.ndim == 3 and image.shape[2] > 4:
-        raise TypeError(f"`image` (shape {image.shape}) has more than 4 channels; pass channel=N, the one that "
-                        "holds the nuclei")
+    channel = check_channel(channel)
+    if image.ndim not in (2, 3):
+        raise TypeError(f"`image` (shape {image.shape}) must be (H, W), (H, W, C) or (C, H, W)")
+    try:
+        image = pick_channel(image, channel)
+    except BadDataError as exc:
+        kind = ValueError if channel is not None and "no channel" in exc.message else TypeError
+        said, named = re.subn(r"^(?:image|array) of shape (\(.*?\))", r"`image` (shape \1)", exc.message)
+        raise kind(said if named else f"`image` {said}") from None
     image = check_image("image", image, pixels=True)
+    if not (image.dtype == bool or np.issubdtype(image.dtype, np.integer) or np.issubdtype(image.dtype, np.floating)):
+        raise TypeError(f"`image` (dtype {image.dtype}) must hold bools, integers or floats")
     if channel is None and image.ndim == 3:
         from dsb.inference.preprocess import mixed_channels
 
         why = mixed_channels(image)
         if why:
             warnings.warn(f"`image` is {why}; give channel=N to segment the DNA stain's channel alone", stacklevel=3)
-    if not (image.dtype == bool or np.issubdtype(image.dtype, np.integer) or np.issubdtype(image.dtype, np.floating)):
-        raise TypeError(f"`image` (dtype {image.dtype}) must hold bools, integers or floats")
     return image
 
 
@@ -176,8 +176,9 @@ def segment(image, model=None, *, diameter: float | None = None, tta: bool | Non
 
     Parameters
     ----------
-    image : (H, W) or (H, W, C) array_like
-        Grey, grey+alpha, RGB or RGBA (C = 1 to 4); 8-bit, 16-bit or float,
+    image : (H, W), (H, W, C) or (C, H, W) array_like
+        Grey, grey+alpha, RGB or RGBA (C = 1 to 4; channels last when the last
+        axis has up to 4 entries, else first); 8-bit, 16-bit or float,
         fluorescence or brightfield, as read from disk. With ``channel``, any
         number of channels, first or last. Without it, a fluorescence image
         whose colour channels show different stains is segmented from their

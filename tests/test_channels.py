@@ -75,8 +75,10 @@ def test_axis_roles(shape, axes, channel, roles, channels):
 
 
 @pytest.mark.parametrize(("shape", "axes", "channel", "words"), [
-    ((256, 256, 6), None, None, ["not one 2-D image", "--channel N"]),
-    ((6, 256, 256), "CYX", None, ["6 channels", "--channel N, N from 0 to 5"]),
+    ((256, 256, 6), None, None,
+     ["not one 2-D image: it has 6 channels, more than 4, or is a stack", "N that holds the nuclei, 0 to 5"]),
+    ((6, 256, 256), "CYX", None,
+     ["6 channels", "channel N that holds the nuclei, 0 to 5 (--channel N, or channel=N in Python)"]),
     ((3, 256, 256), "ZYX", None, ["not one 2-D image", "stacks"]),
     ((4, 3, 256, 256), "TCYX", 1, ["not one 2-D image"]),
     ((256, 256, 3), None, 3, ["has 3 channels (0 to 2), so it has no channel 3"]),
@@ -143,6 +145,12 @@ def test_mixed_channels_flags_composites_only(cells, composite):
     assert mixed_channels(np.dstack([nuclei, np.full_like(nuclei, 255)])) is None
     assert mixed_channels(np.dstack([nuclei, (nuclei > 50).astype(np.uint8) * 255])) is None
     assert "second channel (1)" in mixed_channels(np.dstack([nuclei, cytoplasm]))
+    # Four channels, the DNA stain last (a TIFF of three markers and DAPI): read as RGBA, DAPI left out.
+    assert "fourth channel (3)" in mixed_channels(np.dstack([cytoplasm, cytoplasm // 2, cytoplasm // 3, nuclei]))
+    assert mixed_channels(np.dstack([nuclei] * 3 + [np.full_like(nuclei, 255)])) is None
+    # A brightfield picture with anti-aliased transparency is no fluorescence image.
+    light = 255 - nuclei // 2
+    assert mixed_channels(np.dstack([light, ndimage.uniform_filter(light, 5)])) is None
     stained, _ = nuclei_field((256, 256), 20, kind="stained", seed=2)
     assert mixed_channels(stained) is None
     # 16-bit and float composites too.
@@ -177,8 +185,11 @@ def test_segment_a_composite_by_its_dna_channel(cells, composite):
     np.testing.assert_array_equal(picked, dsb.segment(composite[..., 2], model, diameter=DIAMETER))
     with pytest.raises(ValueError, match="no channel 3"):
         dsb.segment(composite, model, channel=3)
-    with pytest.raises(TypeError, match="more than 4 channels; pass channel=N"):
+    with pytest.raises(TypeError, match="6 channels, more than 4.*channel=N"):
         dsb.segment(np.zeros((32, 32, 6), np.uint8), model)
+    # Channels first, as read_image takes them: the same labels.
+    np.testing.assert_array_equal(dsb.segment(np.dstack([cells[0]] * 3).transpose(2, 0, 1), model, diameter=DIAMETER),
+                                  dsb.segment(cells[0], model, diameter=DIAMETER))
 
 
 def test_cli_channel_and_warning(tmp_path, cells, composite):
@@ -253,3 +264,81 @@ def test_block_wise_reads_only_the_channel(tmp_path, cells, composite):
                                   found)
     result = run_dsb("segment", tmp_path / "well.ome.zarr", "--out", tmp_path / "out2", "--block-size", 160)
     error_line(result, 3, "well.ome.zarr", "6 channels", "--channel N")
+
+
+def test_cluster_tasks_read_the_channel_too(tmp_path, cells, composite):
+    """The tasks a Dask cluster runs per image (here in this process: no client) check and segment
+    the same channel as one process does."""
+    from dsb.io.folders import Skips
+    from dsb.network.model_folder import default_model_dir
+    from dsb.workflows.cluster import ModelSpec
+    from dsb.workflows.segment_inputs import segment_folder
+
+    nuclei, _, cytoplasm = cells
+    tifffile.imwrite(tmp_path / "five.tif", np.stack([cytoplasm, nuclei, cytoplasm, nuclei, cytoplasm]))
+    Image.fromarray(nuclei).save(tmp_path / "grey.png")
+    spec = ModelSpec(str(default_model_dir()))
+    skips = Skips(skip_bad=True)
+    rows = segment_folder({"five": tmp_path / "five.tif", "grey": tmp_path / "grey.png"}, spec=spec,
+                          out_dir=tmp_path, client=None, skips=skips, diameter=DIAMETER, progress=False, channel=1)
+    assert list(rows) == [str(tmp_path / "five.tif")] and rows[str(tmp_path / "five.tif")]["warning"] == ""
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "five_labels.tif"),
+                                  dsb.segment(nuclei, diameter=DIAMETER))
+    (skip,) = skips.records
+    assert skip.path == str(tmp_path / "grey.png") and "no channel 1" in skip.message
+
+
+def test_a_png_source_keeps_its_channel_in_another_process(tmp_path, composite):
+    """A block-wise PNG source goes to a Dask worker as its path; the worker decodes the file again
+    and reads the same channel."""
+    import pickle
+
+    from dsb.io.bigimage import open_source
+
+    Image.fromarray(composite).save(tmp_path / "rgb.png")
+    source = open_source(tmp_path / "rgb.png", channel=2)
+    again = pickle.loads(pickle.dumps(source))
+    assert again._array is None  # no pixels travel
+    np.testing.assert_array_equal(again.read(10, 40, 20, 90), composite[10:40, 20:90, 2])
+    assert source.channels == again.channels == 1
+
+
+def test_images_read_again_keep_the_channel(tmp_path, cells):
+    """Images beyond the reading cache are decoded a second time for prediction, with the same channel."""
+    from dsb.io.folders import Skips, find_images, read_images
+
+    nuclei, _, cytoplasm = cells
+    for k in range(3):
+        tifffile.imwrite(tmp_path / f"f{k}.tif", np.stack([cytoplasm, np.roll(nuclei, k), cytoplasm, cytoplasm,
+                                                           cytoplasm]))
+    images, _ = find_images([tmp_path])
+    checked = read_images(images, Skips(), cache_bytes=0, channel=1)
+    got = {path.name: raw for _, path, raw in checked.images(Skips())}
+    assert sorted(got) == ["f0.tif", "f1.tif", "f2.tif"]
+    for k in range(3):
+        np.testing.assert_array_equal(got[f"f{k}.tif"], np.roll(nuclei, k))
+
+
+def test_a_bad_large_input_stops_before_anything_is_written(tmp_path, cells, composite):
+    zarr = pytest.importorskip("zarr")
+    nuclei, _, cytoplasm = cells
+    Image.fromarray(nuclei).save(tmp_path / "small.png")
+    zarr.create_array(store=str(tmp_path / "six.zarr"), shape=(6, *nuclei.shape), chunks=(1, 128, 128),
+                      dtype=nuclei.dtype)[...] = np.stack([cytoplasm, nuclei] * 3)
+    out = tmp_path / "out"
+    result = run_dsb("segment", tmp_path / "small.png", tmp_path / "six.zarr", "--out", out, "--block-size", 160)
+    error_line(result, 3, "six.zarr", "6 channels", "--channel N")
+    assert not out.exists() or not any(out.iterdir())
+    # Skipped, the other images are segmented, and the summary says why.
+    result = run_dsb("segment", tmp_path / "small.png", tmp_path / "six.zarr", "--out", out, "--block-size", 160,
+                     "--skip-bad", "--diameter", DIAMETER)
+    assert result.exit_code == 0, result.output
+    summary = pd.read_csv(out / "summary.csv")
+    assert summary["status"].tolist() == ["skipped", "ok"] and "6 channels" in summary.loc[0, "error"]
+    # The block-wise path warns as one piece does.
+    Image.fromarray(composite).save(tmp_path / "rgb.png")
+    result = run_dsb("segment", tmp_path / "rgb.png", "--out", tmp_path / "blocks", "--block-size", 160,
+                     "--diameter", DIAMETER)
+    assert result.exit_code == 0, result.output
+    assert "a colour fluorescence image" in pd.read_csv(tmp_path / "blocks" / "summary.csv").loc[0, "warning"]
+    assert f"dsb: warning: {tmp_path / 'rgb.png'}: a colour fluorescence image" in result.stderr

@@ -324,8 +324,8 @@ def mixed_channels(image: np.ndarray) -> str | None:
     Without a channel picked, an image is segmented from its luminance (grey+alpha: from its
     grey). That is right for grey images, tinted ones and stained tissue, but a fluorescence
     image whose channels hold different stains (a DNA stain in blue beside a cytoplasm stain in
-    green) puts the other stains into the grey, and the nuclei may be lost in them; so does a
-    two-channel image whose second channel is not transparency.
+    green) puts the other stains into the grey, and the nuclei may be lost in them; and where a
+    second or fourth channel, read as transparency, holds an image, that image is left out.
 
     Parameters
     ----------
@@ -335,10 +335,11 @@ def mixed_channels(image: np.ndarray) -> str | None:
     Returns
     -------
     str or None
-        What is wrong, in words that name the channels (counted from 0): a fluorescence image
-        (:func:`image_type`, or :data:`DARK_SHARE` of its pixels dark in every channel) whose
-        colour channels correlate below :data:`MIXED_CORRELATION` over its pixels, or a second
-        channel with more than two values; None otherwise. A
+        What is wrong, as a noun phrase that names the channels (counted from 0), for a
+        fluorescence image (:func:`image_type`, or :data:`DARK_SHARE` of its pixels dark in every
+        colour channel): its colour channels correlate below :data:`MIXED_CORRELATION` over its
+        pixels, or the last of two or four channels, read as alpha, has more than two values;
+        None otherwise. A
         sample of about 65,000 pixels is looked at.
 
     Examples
@@ -358,23 +359,28 @@ def mixed_channels(image: np.ndarray) -> str | None:
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[2] < 2:
         return None
+    channels = image.shape[2]
     step = max(1, int(np.sqrt(image.shape[0] * image.shape[1] / 65536)))
     sample = image[::step, ::step]
-    values = sample.reshape(-1, image.shape[2]).astype(np.float64)
+    values = sample.reshape(-1, channels).astype(np.float64)
     values = values[np.isfinite(values).all(axis=1)]
-    if image.shape[2] == 2:
-        if np.unique(values[:, 1]).size <= 2:  # transparency: opaque, or opaque and clear
-            return None
-        return ("its second channel (1) is no transparency mask but an image of its own, and only channel 0 "
-                "was segmented")
     if len(values) < 2:
         return None
     # Stained tissue has colour channels of their own; a fluorescence composite has them on a dark
     # background, which may be a small part of a confluent field (whose bright cytoplasm stain then
     # makes image_type read it as stained): no stained image of stage1_train has a pixel whose
     # brightest channel is under 0.1.
-    dark = float((as_float(sample[..., :3]).max(axis=-1) < 0.1).mean())
+    colours = 1 if channels == 2 else 3
+    dark = float((as_float(sample[..., :colours]).max(axis=-1) < 0.1).mean())
     if dark < DARK_SHARE and image_type(sample) != "fluorescence":
+        return None
+    if channels in (2, 4) and np.unique(values[:, -1]).size > 2:  # transparency: opaque, or opaque and clear
+        if channels == 2:
+            return ("a two-channel image whose second channel (1) is no transparency mask but an image of its "
+                    "own: only channel 0 was segmented")
+        return ("a four-channel image whose fourth channel (3) is no transparency mask but an image of its "
+                "own: it was left out")
+    if channels == 2:
         return None
     rgb = values[:, :3]
     spread = rgb.std(axis=0)
@@ -387,7 +393,7 @@ def mixed_channels(image: np.ndarray) -> str | None:
     if low >= MIXED_CORRELATION:
         return None
     return (f"a colour fluorescence image whose channels {first} ({_CHANNEL_NAMES[first]}) and {second} "
-            f"({_CHANNEL_NAMES[second]}) show different things (correlation {low:.2f}); their luminance "
+            f"({_CHANNEL_NAMES[second]}) show different things (correlation {low:.2f}): their luminance "
             "was segmented")
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from dsb.core.errors import BadDataError
-from dsb.io.channels import axis_roles, check_channel
+from dsb.io.channels import axis_roles, check_channel, select
 from dsb.io.images import read_image
 
 __all__ = [
@@ -119,21 +119,13 @@ class BlockSource:
 
     def read(self, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
         """Rows ``r0:r1`` and columns ``c0:c1`` as ``(h, w)`` (one channel) or ``(h, w, C)``."""
-        whole = slice(None) if self.channel is None else self.channel
-        index = tuple(slice(r0, r1) if a == "y" else slice(c0, c1) if a == "x" else whole if a == "c" else 0
-                      for a in self.roles)
         try:
-            part = self._stored()[index]
-            if hasattr(part, "compute"):  # a Dask array: this region only, in this thread
-                part = part.compute(scheduler="sync")
-            part = np.asarray(part)
+            part = select(self._stored(), self.roles, self.channel, slice(r0, r1), slice(c0, c1))
         except BadDataError:
             raise
         except Exception as exc:  # stores raise many types for a damaged chunk
             raise BadDataError(f"cannot read rows {r0}:{r1}, columns {c0}:{c1} "
                                f"({type(exc).__name__}: {exc})", path=self.origin) from None
-        kept = [a for a in self.roles if a != "-" and not (a == "c" and self.channel is not None)]
-        part = np.transpose(part, [kept.index(a) for a in "yxc" if a in kept])
         return part[:, :, 0] if part.ndim == 3 and self.channels == 1 else part
 
 
@@ -209,9 +201,9 @@ def open_source(image, channel: int | None = None) -> BlockSource:
         roles, channels = axis_roles(shape, axes, channel=channel, path=path)
         _check_dtype(dtype, path)
         return BlockSource("tiff", shape, roles, channels, dtype, path=path, channel=channel)
-    raw = read_image(path, channel)  # decoded whole: the channel is picked here
-    roles, channels = axis_roles(raw.shape, path=path)
-    return BlockSource("png", raw.shape, roles, channels, raw.dtype, path=path, array=raw)
+    raw = read_image(path)  # decoded whole, every channel, as a worker that opens it again decodes it
+    roles, channels = axis_roles(raw.shape, channel=channel, path=path)
+    return BlockSource("png", raw.shape, roles, channels, raw.dtype, path=path, array=raw, channel=channel)
 
 
 def _open_zarr(path: Path, channel: int | None = None) -> BlockSource:

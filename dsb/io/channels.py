@@ -19,14 +19,17 @@ import numpy as np
 
 from dsb.core.errors import BadDataError
 
-__all__ = ["MAX_COLOURS", "axis_roles", "pick_channel", "check_channel"]
+__all__ = ["MAX_COLOURS", "axis_roles", "pick_channel", "select", "check_channel"]
 
 # Channels an image may have when none is picked: grey, grey+alpha, RGB, RGBA.
 MAX_COLOURS = 4
+# How a caller picks a channel, in the messages that ask for one.
+_PICK = "--channel N, or channel=N in Python"
 
 
 def check_channel(channel) -> int | None:
-    """``channel`` as an int, or None; a :class:`ValueError` for a negative or non-integer one."""
+    """``channel`` as an int, or None: a :class:`TypeError` for a non-integer, a :class:`ValueError` for a
+    negative one."""
     if channel is None:
         return None
     if isinstance(channel, (bool, np.bool_)) or not isinstance(channel, (int, np.integer)):
@@ -110,14 +113,18 @@ def axis_roles(shape, axes: str | None = None, *, channel: int | None = None, pa
     if roles is None or roles.count("y") != 1 or roles.count("x") != 1 or roles.count("c") > 1 \
             or any(n != 1 for n in planes):
         named = f" (axes {axes!r})" if axes else ""
-        hint = ""
-        if roles is None and not picked and sum(n != 1 for n in shape) == 3:
-            hint = "; if one axis holds channels, pick the one that holds the nuclei (dsb segment --channel N)"
+        ends = [n for n in shape if n != 1]
+        if roles is None and not picked and len(ends) == 3:
+            n = min(ends[0], ends[-1])
+            raise BadDataError(f"image of shape {shape} is not one 2-D image: it has {n} channels, more than "
+                               f"{MAX_COLOURS}, or is a stack of {n} planes (stacks and time series are not "
+                               f"supported); pick the channel N that holds the nuclei, 0 to {n - 1} ({_PICK})",
+                               path=path)
         raise BadDataError(f"array of shape {shape}{named} is not one 2-D image (stacks and time series are not "
-                           f"supported){hint}", path=path)
+                           "supported)", path=path)
     if not picked and channels > MAX_COLOURS:
-        raise BadDataError(f"image of shape {shape} has {channels} channels; pick the one that holds the nuclei "
-                           f"(dsb segment --channel N, N from 0 to {channels - 1})", path=path)
+        raise BadDataError(f"image of shape {shape} has {channels} channels; pick the channel N that holds the "
+                           f"nuclei, 0 to {channels - 1} ({_PICK})", path=path)
     if picked and channel >= channels:
         what = "one channel" if channels == 1 else f"{channels} channels (0 to {channels - 1})"
         raise BadDataError(f"has {what}, so it has no channel {channel}", path=path)
@@ -153,8 +160,18 @@ def pick_channel(image: np.ndarray, channel: int | None, *, axes: str | None = N
     """
     channel = check_channel(channel)
     roles, _ = axis_roles(image.shape, axes, channel=channel, path=path)
-    index = tuple(0 if a == "-" else (channel if channel is not None else slice(None)) if a == "c" else slice(None)
-                  for a in roles)
-    part = image[index]
+    return select(image, roles, channel)
+
+
+def select(stored, roles: str, channel: int | None, rows: slice = slice(None), cols: slice = slice(None)):
+    """The ``rows`` and ``cols`` of an array stored with :func:`axis_roles`' ``roles``, as ``(h, w)`` or
+    ``(h, w, C)``: only ``channel`` when given. ``stored`` may be a NumPy, Zarr or Dask array; only
+    the region (and channel) is indexed, so a chunked store reads only those chunks."""
+    whole = slice(None) if channel is None else channel
+    index = tuple(rows if a == "y" else cols if a == "x" else whole if a == "c" else 0 for a in roles)
+    part = stored[index]
+    if hasattr(part, "compute"):  # a Dask array: this region only, in this thread
+        part = part.compute(scheduler="sync")
+    part = np.asarray(part)
     kept = [a for a in roles if a != "-" and not (a == "c" and channel is not None)]
     return np.transpose(part, [kept.index(a) for a in "yxc" if a in kept])

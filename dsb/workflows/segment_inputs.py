@@ -15,7 +15,7 @@ import pandas as pd
 from dsb.core.atomic import atomic_path, writable_dir
 from dsb.core.errors import BadDataError, DsbError
 from dsb.inference.predict import predict_nuclei
-from dsb.io.bigimage import image_side, is_zarr
+from dsb.io.bigimage import image_side, is_zarr, open_source
 from dsb.io.folders import Skips, find_images
 from dsb.io.images import read_image
 from dsb.network.model_folder import resolve_model_dir
@@ -144,10 +144,23 @@ def segment_inputs(paths, *, model_dir=None, out_dir, tta: bool | None = None, o
     big, small, problems = _split_inputs(paths, block_size)
     spec = ModelSpec(str(resolve_model_dir(model_dir)), engine, precision, scale_factor)
     skips = Skips(skip_bad)
+    # Each large input opened (its metadata only) before anything is written: a bad one (not an image,
+    # a stack, a channel it lacks) stops the run with nothing half done, or is skipped.
+    unreadable = []
+    for path in list(big):
+        try:
+            open_source(path, channel)
+        except BadDataError as exc:
+            exc = exc if exc.path is not None else BadDataError(exc.message, path=path, where=exc.where)
+            if not skip_bad:
+                raise exc from None
+            big.remove(path)
+            unreadable.append(exc)
+    problems = problems + unreadable
     rows: dict[str, dict] = {}
     given = contextlib.nullcontext(client) if client is not None else cluster_client(workers, scheduler)
     with given as client:
-        if client is None and not big:  # as before
+        if client is None and not big and not unreadable:  # as before
             return segment_paths(paths, model_dir=spec.path, out_dir=out_dir, tta=tta, overlay=overlay,
                                  diameter=diameter, skip_bad=skip_bad, progress=progress, engine=engine,
                                  precision=precision, scale_factor=scale_factor, channel=channel)
