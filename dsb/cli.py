@@ -590,7 +590,9 @@ def segment(paths, model_dir, out, tta, overlay, diameter, skip_bad, block_size,
     """Segment any PNG, TIFF, JPEG, BMP or Zarr microscope images and measure each nucleus.
 
     Images larger than memory (Zarr, OME-Zarr, big TIFF or PNG) are segmented
-    block by block; --workers or --scheduler spreads the work over a Dask cluster.
+    block by block, TIFF time series and z-stacks frame by frame; --channel picks
+    the DNA stain of multi-channel images; --workers or --scheduler spreads the
+    work over a Dask cluster.
     """
     from dsb.network.model_folder import resolve_model_dir
 

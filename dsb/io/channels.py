@@ -19,10 +19,12 @@ import numpy as np
 
 from dsb.core.errors import BadDataError
 
-__all__ = ["MAX_COLOURS", "axis_roles", "pick_channel", "select", "check_channel"]
+__all__ = ["MAX_COLOURS", "FRAME_ROLES", "axis_roles", "pick_channel", "select", "check_channel"]
 
 # Channels an image may have when none is picked: grey, grey+alpha, RGB, RGBA.
 MAX_COLOURS = 4
+# Roles of the frame axes of a stack: named time and planes, and unnamed.
+FRAME_ROLES = "tzf"
 # How a caller picks a channel, in the messages that ask for one.
 _PICK = "--channel N, or channel=N in Python"
 
@@ -39,33 +41,51 @@ def check_channel(channel) -> int | None:
     return int(channel)
 
 
-def _guess(shape: tuple[int, ...], picked: bool) -> str | None:
+def _image_like(first: int, second: int) -> bool:
+    """Whether two axes of these lengths look like an image's rows and columns (not a colour axis beside
+    one side): longer than :data:`MAX_COLOURS` and no more than 16 times one another."""
+    return min(first, second) > MAX_COLOURS and max(first, second) <= 16 * min(first, second)
+
+
+def _guess(shape: tuple[int, ...], picked: bool, frames: bool = False) -> str | None:
     """Roles from the shape alone (None: not one image). Beyond three axes, those of length 1 are
     planes. Of three, the channels are the last axis when it has at most 4 entries, else the first
-    when it has; with a channel picked, the shorter of the two ends."""
+    when it has; with a channel picked, the shorter of the two ends. With ``frames``, three axes
+    whose last two look like an image (:func:`_image_like`) and none picked are frames (``f``) of
+    it, and of four, the first is frames and the channels the shorter of the second and the last."""
     dims = list(range(len(shape)))
-    while len(dims) > 3:
-        ones = [i for i in dims if shape[i] == 1]
-        if not ones:
-            return None
-        dims.remove(ones[0])
+    if len(shape) > 3:
+        dims = [i for i in dims if shape[i] != 1] or dims[-2:]
+    sizes = [shape[i] for i in dims]
     if len(dims) == 2:
         inner = "yx"
-    else:
-        first, last = shape[dims[0]], shape[dims[2]]
+    elif len(dims) == 3:
+        first, last = sizes[0], sizes[2]
         if picked:
             inner = "yxc" if last <= first else "cyx"
+        elif last <= MAX_COLOURS:
+            inner = "yxc"
+        elif first <= MAX_COLOURS:
+            inner = "cyx"
         else:
-            inner = "yxc" if last <= MAX_COLOURS else "cyx" if first <= MAX_COLOURS else None
-        if inner is None:
-            return None
+            inner = "fyx" if frames and _image_like(sizes[1], last) else None
+    elif len(dims) == 4 and frames:
+        if picked:
+            inner = "fyxc" if sizes[3] <= sizes[1] else "fcyx"
+        else:
+            inner = "fyxc" if sizes[3] <= MAX_COLOURS else None
+    else:
+        inner = None
+    if inner is None:
+        return None
     roles = ["-"] * len(shape)
     for i, role in zip(dims, inner):
         roles[i] = role
     return "".join(roles)
 
 
-def axis_roles(shape, axes: str | None = None, *, channel: int | None = None, path=None) -> tuple[str, int]:
+def axis_roles(shape, axes: str | None = None, *, channel: int | None = None, frames: bool = False,
+               path=None) -> tuple[str, int]:
     """The role of each stored axis and the number of channels.
 
     Parameters
@@ -77,13 +97,17 @@ def axis_roles(shape, axes: str | None = None, *, channel: int | None = None, pa
         them the shape decides (see the module's text).
     channel : int, optional
         The channel to be picked: the image may then have more than :data:`MAX_COLOURS`.
+    frames : bool
+        Take a stack of images: axes named ``T`` or ``Z`` longer than 1 are its frames, and
+        without names, a first axis beside two that look like an image (see :func:`_guess`).
     path : optional
         Named in errors.
 
     Returns
     -------
     roles : str
-        One letter per stored axis: ``y``, ``x``, ``c``, or ``-`` for an axis of length 1.
+        One letter per stored axis: ``y``, ``x``, ``c``, or ``-`` for an axis of length 1; with
+        ``frames``, ``t`` or ``z`` for named frame axes and ``f`` for unnamed ones.
     channels : int
         The length of the channel axis; 1 without one.
 
@@ -100,6 +124,10 @@ def axis_roles(shape, axes: str | None = None, *, channel: int | None = None, pa
     ('cyx', 5)
     >>> axis_roles((1, 2, 1, 256, 256), "TCZYX")
     ('-c-yx', 2)
+    >>> axis_roles((10, 2, 256, 256), "TCYX", channel=0, frames=True)
+    ('tcyx', 2)
+    >>> axis_roles((30, 256, 256), frames=True)
+    ('fyx', 1)
     """
     shape = tuple(int(n) for n in shape)
     picked = channel is not None
@@ -107,7 +135,10 @@ def axis_roles(shape, axes: str | None = None, *, channel: int | None = None, pa
         axes = axes.lower().replace("s", "c")
         if len(axes) != len(shape) or any(a not in "yxczt" and n != 1 for a, n in zip(axes, shape)):
             axes = None  # names tifffile makes up (Q, I) for pages it cannot place: the shape decides
-    roles = _guess(shape, picked) if axes is None else "".join(a if a in "yxc" else "-" for a in axes)
+    if axes is None:
+        roles = _guess(shape, picked, frames)
+    else:
+        roles = "".join(a if a in "yxc" or (frames and a in "tz" and n != 1) else "-" for a, n in zip(axes, shape))
     channels = 1 if roles is None or "c" not in roles else shape[roles.index("c")]
     planes = [] if roles is None else [n for n, a in zip(shape, roles) if a == "-"]
     if roles is None or roles.count("y") != 1 or roles.count("x") != 1 or roles.count("c") > 1 \
@@ -165,13 +196,16 @@ def pick_channel(image: np.ndarray, channel: int | None, *, axes: str | None = N
 
 def select(stored, roles: str, channel: int | None, rows: slice = slice(None), cols: slice = slice(None)):
     """The ``rows`` and ``cols`` of an array stored with :func:`axis_roles`' ``roles``, as ``(h, w)`` or
-    ``(h, w, C)``: only ``channel`` when given. ``stored`` may be a NumPy, Zarr or Dask array; only
-    the region (and channel) is indexed, so a chunked store reads only those chunks."""
+    ``(h, w, C)``: only ``channel`` when given; frames (``t``, ``z``, ``f``) lead, in stored order.
+    ``stored`` may be a NumPy, Zarr or Dask array; only the region (and channel) is indexed, so a
+    chunked store reads only those chunks."""
     whole = slice(None) if channel is None else channel
-    index = tuple(rows if a == "y" else cols if a == "x" else whole if a == "c" else 0 for a in roles)
+    index = tuple(rows if a == "y" else cols if a == "x" else whole if a == "c" else slice(None) if a in FRAME_ROLES
+                  else 0 for a in roles)
     part = stored[index]
     if hasattr(part, "compute"):  # a Dask array: this region only, in this thread
         part = part.compute(scheduler="sync")
     part = np.asarray(part)
     kept = [a for a in roles if a != "-" and not (a == "c" and channel is not None)]
-    return np.transpose(part, [kept.index(a) for a in "yxc" if a in kept])
+    order = [i for i, a in enumerate(kept) if a in FRAME_ROLES] + [kept.index(a) for a in "yxc" if a in kept]
+    return np.transpose(part, order)

@@ -21,11 +21,13 @@ from pathlib import Path
 import numpy as np
 
 from dsb.core.errors import BadDataError
-from dsb.io.channels import check_channel, pick_channel
+from dsb.io.channels import FRAME_ROLES, axis_roles, check_channel, pick_channel, select
 
 __all__ = [
     "IMAGE_SUFFIXES",
     "read_image",
+    "read_stack",
+    "stack_frames",
     "check_finite",
     "read_mask",
     "MaskFixWarning",
@@ -135,6 +137,68 @@ def _check_layout(image: np.ndarray, path: Path, channel: int | None = None, axe
         raise BadDataError(f"image of shape {image.shape} has no pixels", path=path)
     check_finite(image, path)
     return image
+
+
+def stack_frames(path, channel: int | None = None) -> str:
+    """The frame axes of a TIFF that holds a stack of images (time points, planes), from its header:
+    ``"t"``, ``"z"``, ``"tz"``... (``"f"`` for an unnamed one), or ``""`` for one image or a file that
+    is no TIFF or cannot be read (whose reading then names the problem). See
+    :func:`dsb.io.channels.axis_roles` for how axes are told apart.
+
+    Raises
+    ------
+    BadDataError
+        A readable TIFF that is neither one image nor a stack of them, or has no channel ``channel``.
+    """
+    path = Path(path)
+    if path.suffix.lower() not in (".tif", ".tiff"):
+        return ""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            shape, axes = tif.series[0].shape, tif.series[0].axes
+    except Exception:  # noqa: BLE001 - read_image names the problem
+        return ""
+    roles, _ = axis_roles(shape, axes, channel=channel, frames=True, path=path)
+    return "".join(a for a in roles if a in FRAME_ROLES)
+
+
+def read_stack(path, channel: int | None = None) -> tuple[np.ndarray, str]:
+    """Read a TIFF stack of 2-D images (a time series, the planes of a volume), frames first.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A TIFF whose axes (ImageJ's or OME's names, else the shape: see
+        :func:`dsb.io.channels.axis_roles`) are rows, columns, perhaps channels, and one or
+        more frame axes; any other image is read as a stack of no frames.
+    channel : int, optional
+        As for :func:`read_image`.
+
+    Returns
+    -------
+    frames : (F..., H, W) or (F..., H, W, C) ndarray
+        One leading axis per frame axis, in stored order.
+    axes : str
+        The frame axes' roles, one letter each: ``t``, ``z``, or ``f`` (unnamed); ``""`` for one image.
+
+    Raises
+    ------
+    BadDataError
+        As :func:`read_image`.
+    """
+    path = Path(path)
+    if path.suffix.lower() not in (".tif", ".tiff"):
+        return read_image(path, channel), ""
+    image, axes = _read_tiff(path)
+    channel = check_channel(channel)
+    roles, _ = axis_roles(image.shape, axes, channel=channel, frames=True, path=path)
+    frames = select(image, roles, channel)
+    if frames.shape[-2] < 1 or frames.shape[-1] < 1 or not frames.size:
+        raise BadDataError(f"image of shape {image.shape} has no pixels", path=path)
+    check_finite(frames, path)
+    return frames, "".join(a for a in roles if a in FRAME_ROLES)
 
 
 def check_finite(image: np.ndarray, path, *, sampled: bool = False) -> None:

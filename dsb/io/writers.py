@@ -17,7 +17,7 @@ __all__ = [
 _UINT16_MAX = np.iinfo(np.uint16).max
 
 
-def write_labels(path, labels: np.ndarray) -> Path:
+def write_labels(path, labels: np.ndarray, frames: str = "") -> Path:
     """Write instance labels as an image that Fiji, napari and scikit-image open, atomically.
 
     The suffix of ``path`` says the format:
@@ -31,8 +31,12 @@ def write_labels(path, labels: np.ndarray) -> Path:
     ----------
     path : str or os.PathLike
         Destination.
-    labels : (H, W) ndarray of int
+    labels : (H, W) ndarray of int, or (F..., H, W) for a stack (TIFF only)
         0 background, 1..N nuclei.
+    frames : str
+        For a stack, the roles of its leading axes (``t`` time, ``z`` planes, ``f`` unnamed,
+        :func:`dsb.io.channels.axis_roles`): a 16-bit TIFF of them in that order is written as an
+        ImageJ hyperstack, which Fiji opens as time points or slices (an unnamed axis as slices).
 
     Returns
     -------
@@ -58,6 +62,9 @@ def write_labels(path, labels: np.ndarray) -> Path:
     suffix = path.suffix.lower()
     if suffix not in (".png", ".tif", ".tiff"):
         raise ValueError(f"`path` ({path}) must end in .png, .tif or .tiff")
+    if labels.ndim != 2 + len(frames) or (frames and suffix == ".png"):
+        raise ValueError(f"`labels` of shape {labels.shape} with frames {frames!r} must be (H, W), or a stack "
+                         "with one frame role per leading axis written as TIFF")
     wide = bool(labels.size) and labels.max() > _UINT16_MAX
     if suffix == ".png" and not wide:
         from PIL import Image
@@ -69,9 +76,15 @@ def write_labels(path, labels: np.ndarray) -> Path:
 
     if suffix == ".png":
         path = path.with_suffix(".tif")
+    imagej = "".join("T" if a == "t" else "Z" for a in frames) + "YX"
+    hyperstack = bool(frames) and not wide and imagej in ("TYX", "ZYX", "TZYX")
     with atomic_path(path) as tmp:
-        tifffile.imwrite(tmp, labels.astype(np.uint32 if wide else np.uint16), photometric="minisblack",
-                         compression="zlib")
+        if hyperstack:
+            tifffile.imwrite(tmp, labels.astype(np.uint16), imagej=True, metadata={"axes": imagej},
+                             compression="zlib")
+        else:
+            tifffile.imwrite(tmp, labels.astype(np.uint32 if wide else np.uint16), photometric="minisblack",
+                             compression="zlib")
     return path
 
 

@@ -9,7 +9,8 @@ writes per image
 - ``<name>_nuclei.csv``: one row per nucleus (see :func:`measure_nuclei`);
 - ``<name>_overlay.png`` (optional): the image with the nuclei outlined;
 
-plus ``summary.csv`` with one row per input file. With no model given it uses
+plus ``summary.csv`` with one row per input file. A TIFF stack (time series, z-stack) gets the same
+files, frame by frame (:func:`segment_stack`). With no model given it uses
 the model shipped inside the package (:func:`dsb.network.model_folder.default_model_dir`).
 Finding, reading, predicting and writing are the folder pipeline's
 (:mod:`dsb.workflows.pipeline`), as for ``dsb predict``.
@@ -31,13 +32,15 @@ from dsb.core.labels import measure_regions
 from dsb.core.validate import check_labels, check_same_shape
 from dsb.inference.preprocess import mixed_channels, raw_intensity
 from dsb.io.folders import Skips, find_images, read_images
+from dsb.io.images import read_stack
 from dsb.io.writers import write_labels, write_png
 from dsb.network.engines import load_network
 from dsb.network.model_folder import resolve_model_dir
 from dsb.workflows.drawing import outline_overlay
 from dsb.workflows.pipeline import nuclei_predictor, predict_each
 
-__all__ = ["MEASUREMENT_COLUMNS", "SUMMARY_COLUMNS", "measure_nuclei", "segment_paths", "write_outputs", "summary_row"]
+__all__ = ["MEASUREMENT_COLUMNS", "SUMMARY_COLUMNS", "measure_nuclei", "segment_paths", "segment_stack",
+           "write_outputs", "summary_row"]
 
 MEASUREMENT_COLUMNS = (
     "label",
@@ -261,6 +264,83 @@ def write_outputs(out_dir: Path, name: str, image: Path, raw: np.ndarray, nuclei
     warning = "" if picked else mixed_channels(raw) or ""
     return summary_row(image, "ok", nuclei=len(table), diameter=nuclei.diameter, estimated=nuclei.estimated,
                        sure=nuclei.sure, warning=warning, **{k: str(v) for k, v in targets.items()})
+
+
+def segment_stack(path, name: str, out_dir, predict, *, channel: int | None = None, overlay: bool = False,
+                  progress: bool = False) -> dict:
+    """``dsb segment`` of a TIFF stack (a time series, the planes of a volume), frame by frame.
+
+    Each frame is segmented as an image of its own (its own diameter estimate unless ``predict`` was
+    given one) and numbers its nuclei from 1, as the napari plugin numbers a stack's. Writes, each
+    atomically:
+
+    - ``<name>_labels.tif``: the labels, frames first (16-bit; an ImageJ hyperstack whose frame axes
+      are time points ``T`` or slices ``Z``, as the input's);
+    - ``<name>_nuclei.csv``: :data:`MEASUREMENT_COLUMNS` after one column per frame axis, ``t``,
+      ``z`` or ``frame`` (unnamed), holding each nucleus's frame index from 0;
+    - with ``overlay``, ``<name>_overlay.tif``: an RGB stack of the frames with their outlines.
+
+    Parameters
+    ----------
+    path : path
+        The TIFF (:func:`dsb.io.images.read_stack`).
+    name : str
+        The outputs' name.
+    out_dir : path
+    predict : callable
+        Raw frame to :class:`dsb.inference.predict.Nuclei` (:func:`dsb.workflows.pipeline.nuclei_predictor`,
+        whose network's streams then take several frames at once).
+    channel : int, optional
+        As for :func:`segment_paths`.
+    overlay, progress : bool
+
+    Returns
+    -------
+    dict
+        Its ``summary.csv`` row: the nuclei of all frames, the median of the frames' diameters,
+        estimated when any was, sure when all were; ``warning`` from its first frame.
+    """
+    path, out_dir = Path(path), Path(out_dir)
+    frames, roles = read_stack(path, channel)
+    if not roles:
+        raise BadDataError("is one image, not a stack of them", path=path)
+    lead = frames.shape[: len(roles)]
+    labels = np.zeros((*lead, *frames.shape[len(roles): len(roles) + 2]), np.int32)
+    columns = ["frame" if a == "f" else a for a in roles]
+    tables, diameters, sure, estimated = [], [], True, False
+    drawn = [] if overlay else None
+    items = ((index, path, frames[index]) for index in np.ndindex(*lead))
+    found = predict_each(predict, items, progress=progress, length=int(np.prod(lead)),
+                         label=f"segmenting {path.name}")
+    with contextlib.closing(found):
+        for index, _, raw, nuclei in found:
+            labels[index] = nuclei.labels
+            table = measure_nuclei(nuclei.labels, raw_intensity(raw), nuclei.confidence)
+            for at, (column, value) in enumerate(zip(columns, index)):
+                table.insert(at, column, value)
+            tables.append(table)
+            diameters.append(float(nuclei.diameter))
+            sure, estimated = sure and bool(nuclei.sure), estimated or bool(nuclei.estimated)
+            if drawn is not None:
+                drawn.append(outline_overlay(raw, nuclei.labels))
+    targets = _outputs(out_dir, name)
+    targets["overlay"] = targets["overlay"].with_suffix(".tif")
+    write_labels(targets["labels"], labels, roles)
+    with atomic_path(targets["measurements"]) as tmp:
+        pd.concat(tables, ignore_index=True).to_csv(tmp, index=False, float_format="%.6g")
+    if drawn is not None:
+        import tifffile
+
+        with atomic_path(targets["overlay"]) as tmp:
+            tifffile.imwrite(tmp, np.stack(drawn).reshape(*lead, *drawn[0].shape), photometric="rgb",
+                             compression="zlib")
+    else:
+        del targets["overlay"]
+    finite = [d for d in diameters if math.isfinite(d)]
+    warning = "" if channel is not None else mixed_channels(frames[(0,) * len(roles)]) or ""
+    return summary_row(path, "ok", nuclei=sum(len(t) for t in tables),
+                       diameter=float(np.median(finite)) if finite else math.nan, estimated=estimated, sure=sure,
+                       warning=warning, **{k: str(v) for k, v in targets.items()})
 
 
 def summary_row(path, status: str, *, nuclei: int = 0, diameter: float = math.nan, estimated: bool | str = "",

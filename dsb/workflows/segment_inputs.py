@@ -1,5 +1,6 @@
 """``dsb segment``'s inputs, whatever they are: image files and folders in this process or one task per image
-on a Dask cluster, and images larger than memory block by block (:mod:`dsb.workflows.blocks`).
+on a Dask cluster, TIFF stacks frame by frame (:func:`dsb.workflows.segment_files.segment_stack`), and images
+larger than memory block by block (:mod:`dsb.workflows.blocks`).
 
 :func:`segment_inputs` sorts the inputs (a Zarr store, or a TIFF or PNG with a side above the block size, goes
 block-wise), runs them where :func:`dsb.workflows.cluster.cluster_client` says, and writes ``summary.csv``.
@@ -17,7 +18,7 @@ from dsb.core.errors import BadDataError, DsbError
 from dsb.inference.predict import predict_nuclei
 from dsb.io.bigimage import image_side, is_zarr, open_source
 from dsb.io.folders import Skips, find_images
-from dsb.io.images import read_image
+from dsb.io.images import read_image, stack_frames
 from dsb.network.model_folder import resolve_model_dir
 from dsb.workflows.blocks import segment_image_file
 from dsb.workflows.cluster import (
@@ -27,9 +28,11 @@ from dsb.workflows.cluster import (
     run_tasks,
     worker_network,
 )
+from dsb.workflows.pipeline import nuclei_predictor
 from dsb.workflows.segment_files import (
     SUMMARY_COLUMNS,
     segment_paths,
+    segment_stack,
     summary_row,
     write_outputs,
 )
@@ -38,6 +41,7 @@ __all__ = [
     "BIG_SIDE",
     "segment_folder",
     "segment_inputs",
+    "segment_stacks",
 ]
 
 
@@ -96,19 +100,60 @@ def segment_folder(images: dict[str, Path], *, spec: ModelSpec, out_dir: Path, c
 
 
 
-def _split_inputs(paths: list[Path], block_size: int | None):
+def _stack_task(path: Path, name: str, out_dir: Path, spec: ModelSpec, tta: bool, overlay: bool,
+                diameter: float | None, channel: int | None, progress: bool = False):
+    """One TIFF stack, on a worker or in this process: segment it frame by frame with the model of
+    ``spec`` (:func:`dsb.workflows.segment_files.segment_stack`); its summary row or a TaskError."""
+    try:
+        network, config, lock = worker_network(spec)
+        with lock:
+            return segment_stack(path, name, out_dir, nuclei_predictor(network, config, tta=tta, diameter=diameter),
+                                 channel=channel, overlay=overlay, progress=progress)
+    except DsbError as exc:
+        return TaskError.of(exc)
+
+
+def segment_stacks(stacks: dict[str, Path], *, spec: ModelSpec, out_dir: Path, client, skips: Skips,
+                   tta: bool | None = None, overlay: bool = False, diameter: float | None = None,
+                   progress: bool = True, channel: int | None = None) -> dict[str, dict]:
+    """``dsb segment`` of TIFF stacks: ``{file: summary row}``; one Dask task per stack on a cluster,
+    else here, frame after frame with a progress bar over each stack's frames."""
+    rows: dict[str, dict] = {}
+    items = [(p, name, out_dir, spec, tta, overlay, diameter, channel, progress and client is None)
+             for name, p in stacks.items()]
+    for item, row in run_tasks(_stack_task, items, client=client, progress=progress and client is not None,
+                               label="segmenting stacks", what="segmenting"):
+        if isinstance(row, TaskError):
+            skips(row.error(), path=item[0])
+        else:
+            rows[str(item[0])] = row
+    return rows
+
+
+def _split_inputs(paths: list[Path], block_size: int | None, channel: int | None = None):
     """What ``dsb segment`` was given, sorted out: the inputs to segment block by block (Zarr stores,
     and TIFF and PNG files, named or in a folder, with a side above ``block_size`` or
-    :data:`BIG_SIDE`), the other images by name, and the paths that are no image
-    (:func:`dsb.io.folders.find_images`)."""
+    :data:`BIG_SIDE`), the other images by name in the order given, those of them that are TIFF
+    stacks (:func:`dsb.io.images.stack_frames`), the paths that are no image
+    (:func:`dsb.io.folders.find_images`), and the TIFFs whose header says they are neither one image
+    nor a stack of them (or lack the channel asked for)."""
     zarrs = [path for path in paths if is_zarr(path)]
     others = [path for path in paths if not is_zarr(path)]
     images, problems = find_images(others) if others else ({}, [])
     limit = BIG_SIDE if block_size is None else block_size
     big = [path for path in images.values()
            if path.suffix.lower() in (".tif", ".tiff", ".png") and _side(path) > limit]
-    small = {name: path for name, path in images.items() if path not in big}
-    return zarrs + big, small, problems
+    rest, stacks, refused = {}, {}, []
+    for name, path in images.items():
+        if path in big:
+            continue
+        try:
+            if stack_frames(path, channel):
+                stacks[name] = path
+            rest[name] = path
+        except BadDataError as exc:
+            refused.append(exc)
+    return zarrs + big, rest, stacks, problems, refused
 
 
 def _side(path: Path) -> int:
@@ -141,12 +186,17 @@ def segment_inputs(paths, *, model_dir=None, out_dir, tta: bool | None = None, o
 
     out_dir = Path(out_dir)
     paths = [Path(p) for p in paths]
-    big, small, problems = _split_inputs(paths, block_size)
+    big, listed, stacks, problems, refused = _split_inputs(paths, block_size, channel)
+    small = {name: path for name, path in listed.items() if name not in stacks}
     spec = ModelSpec(str(resolve_model_dir(model_dir)), engine, precision, scale_factor)
     skips = Skips(skip_bad)
     # Each large input opened (its metadata only) before anything is written: a bad one (not an image,
     # a stack, a channel it lacks) stops the run with nothing half done, or is skipped.
     unreadable = []
+    for exc in refused:
+        if not skip_bad:
+            raise exc
+        unreadable.append(exc)
     for path in list(big):
         try:
             open_source(path, channel)
@@ -160,13 +210,13 @@ def segment_inputs(paths, *, model_dir=None, out_dir, tta: bool | None = None, o
     rows: dict[str, dict] = {}
     given = contextlib.nullcontext(client) if client is not None else cluster_client(workers, scheduler)
     with given as client:
-        if client is None and not big and not unreadable:  # as before
+        if client is None and not big and not unreadable and not stacks:  # as before
             return segment_paths(paths, model_dir=spec.path, out_dir=out_dir, tta=tta, overlay=overlay,
                                  diameter=diameter, skip_bad=skip_bad, progress=progress, engine=engine,
                                  precision=precision, scale_factor=scale_factor, channel=channel)
         for problem in problems:
             skips(problem)
-        order = [problem.path for problem in problems] + [str(p) for p in small.values()]
+        order = [problem.path for problem in problems] + [str(p) for p in listed.values()]
         if small and client is None:
             done = segment_paths(list(small.values()), model_dir=spec.path, out_dir=out_dir, tta=tta,
                                  overlay=overlay, diameter=diameter, skip_bad=skip_bad, progress=progress,
@@ -178,6 +228,10 @@ def segment_inputs(paths, *, model_dir=None, out_dir, tta: bool | None = None, o
             rows.update(segment_folder(small, spec=spec, out_dir=out_dir, client=client, skips=skips,
                                        tta=tta, overlay=overlay, diameter=diameter, progress=progress,
                                        channel=channel))
+        if stacks:
+            writable_dir(out_dir)
+            rows.update(segment_stacks(stacks, spec=spec, out_dir=out_dir, client=client, skips=skips, tta=tta,
+                                       overlay=overlay, diameter=diameter, progress=progress, channel=channel))
         for path in big:
             order.append(str(path))
             try:
