@@ -118,3 +118,64 @@ def test_a_stack_without_the_channel_is_one_line(tmp_path, movie):
     result = run_dsb("segment", tmp_path / "movie.tif", "--out", tmp_path / "out", "--channel", 3)
     error_line(result, 3, tmp_path / "movie.tif", "has 2 channels (0 to 1), so it has no channel 3")
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_slices_before_time_points_are_written_in_imagej_order(tmp_path, movie):
+    """An OME-TIFF stored Z, T, Y, X: the labels come back as ImageJ orders a hyperstack, time points
+    first, and the table names each nucleus's z and t."""
+    frames, _ = movie
+    volume = np.stack([frames[:2], frames[2:]])  # z = 2, t = 2
+    tifffile.imwrite(tmp_path / "zt.ome.tif", volume, ome=True, metadata={"axes": "ZTYX"})
+    result = run_dsb("segment", tmp_path / "zt.ome.tif", "--out", tmp_path / "out", "--diameter", DIAMETER,
+                     "--overlay")
+    assert result.exit_code == 0, result.output
+    with tifffile.TiffFile(tmp_path / "out" / "zt.ome_labels.tif") as tif:
+        assert tif.is_imagej and tif.series[0].axes == "TZYX"
+        labels = tif.asarray()
+    model = dsb.load_model()
+    np.testing.assert_array_equal(labels[1, 0], dsb.segment(volume[0, 1], model, diameter=DIAMETER))  # t 1, z 0
+    table = pd.read_csv(tmp_path / "out" / "zt.ome_nuclei.csv")
+    assert list(table.columns[:3]) == ["z", "t", "label"]
+    assert table[(table["z"] == 0) & (table["t"] == 1)]["label"].max() == labels[1, 0].max()
+    with tifffile.TiffFile(tmp_path / "out" / "zt.ome_overlay.tif") as tif:
+        assert tif.series[0].axes == "TZYXS" and tif.series[0].shape == (2, 2, *frames.shape[1:], 3)
+
+
+def test_a_damaged_or_empty_frame_stops_the_run_before_anything_is_written(tmp_path, movie):
+    frames, _ = movie
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    tifffile.imwrite(inputs / "a.tif", frames[0])
+    tifffile.imwrite(inputs / "b.tif", frames, imagej=True, metadata={"axes": "TYX"})
+    whole = (inputs / "b.tif").read_bytes()
+    (inputs / "b.tif").write_bytes(whole[: len(whole) // 2])  # the last frames' pages cut off
+    out = tmp_path / "out"
+    result = run_dsb("segment", inputs, "--out", out)
+    error_line(result, 3, inputs / "b.tif", "corrupt or truncated TIFF")  # one line: tifffile's own are kept in
+    assert not out.exists() or not any(out.iterdir())
+    # A float stack with one frame of NaN: that frame named.
+    nan = frames.astype(np.float32)
+    nan[2] = np.nan
+    tifffile.imwrite(inputs / "b.tif", nan, imagej=True, metadata={"axes": "TYX"})
+    result = run_dsb("segment", inputs, "--out", out)
+    error_line(result, 3, inputs / "b.tif", "frame 2 (t) holds no finite pixel value")
+    assert not out.exists() or not any(out.iterdir())
+    # Skipped, in its place in the summary.
+    result = run_dsb("segment", inputs, "--out", out, "--skip-bad", "--diameter", DIAMETER)
+    assert result.exit_code == 0, result.output
+    summary = pd.read_csv(out / "summary.csv")
+    assert summary["file"].tolist() == [str(inputs / "a.tif"), str(inputs / "b.tif")]
+    assert summary["status"].tolist() == ["ok", "skipped"]
+
+
+def test_the_summary_keeps_the_order_given_with_a_refused_file(tmp_path, movie):
+    frames, _ = movie
+    tifffile.imwrite(tmp_path / "a.tif", frames[0])
+    tifffile.imwrite(tmp_path / "b.tif", np.dstack([frames[1]] * 6))  # six channels, none picked
+    tifffile.imwrite(tmp_path / "c.tif", frames, imagej=True, metadata={"axes": "TYX"})
+    result = run_dsb("segment", tmp_path / "a.tif", tmp_path / "b.tif", tmp_path / "c.tif", "--out",
+                     tmp_path / "out", "--skip-bad", "--diameter", DIAMETER)
+    assert result.exit_code == 0, result.output
+    summary = pd.read_csv(tmp_path / "out" / "summary.csv")
+    assert summary["file"].tolist() == [str(tmp_path / n) for n in ("a.tif", "b.tif", "c.tif")]
+    assert summary["status"].tolist() == ["ok", "skipped", "ok"] and "6 channels" in summary.loc[1, "error"]

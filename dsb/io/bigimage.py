@@ -24,7 +24,7 @@ import numpy as np
 
 from dsb.core.errors import BadDataError
 from dsb.io.channels import axis_roles, check_channel, select
-from dsb.io.images import read_image
+from dsb.io.images import read_image, tiff_reading
 
 __all__ = [
     "LABEL_TILE",
@@ -58,8 +58,10 @@ def image_side(path) -> int:
         import tifffile
 
         try:
-            with tifffile.TiffFile(path) as tif:
+            with tiff_reading(path), tifffile.TiffFile(path) as tif:
                 shape, axes = tif.series[0].shape, tif.series[0].axes
+        except BadDataError:
+            raise
         except Exception as exc:  # tifffile raises many types for a damaged file
             raise BadDataError(f"corrupt or unreadable TIFF ({type(exc).__name__}: {exc})", path=path) from None
         return max(n for n, a in zip(shape, axes) if a in "YX")
@@ -193,9 +195,11 @@ def open_source(image, channel: int | None = None) -> BlockSource:
         import tifffile
 
         try:
-            with tifffile.TiffFile(path) as tif:
+            with tiff_reading(path), tifffile.TiffFile(path) as tif:
                 series = tif.series[0]
                 shape, axes, dtype = series.shape, series.axes, series.dtype
+        except BadDataError:
+            raise
         except Exception as exc:  # tifffile raises many types for a damaged file
             raise BadDataError(f"corrupt or unreadable TIFF ({type(exc).__name__}: {exc})", path=path) from None
         roles, channels = axis_roles(shape, axes, channel=channel, path=path)

@@ -147,12 +147,13 @@ def axis_roles(shape, axes: str | None = None, *, channel: int | None = None, fr
         ends = [n for n in shape if n != 1]
         if roles is None and not picked and len(ends) == 3:
             n = min(ends[0], ends[-1])
+            stack = "" if frames else f", or is a stack of {n} planes (stacks and time series are not supported)"
             raise BadDataError(f"image of shape {shape} is not one 2-D image: it has {n} channels, more than "
-                               f"{MAX_COLOURS}, or is a stack of {n} planes (stacks and time series are not "
-                               f"supported); pick the channel N that holds the nuclei, 0 to {n - 1} ({_PICK})",
-                               path=path)
-        raise BadDataError(f"array of shape {shape}{named} is not one 2-D image (stacks and time series are not "
-                           "supported)", path=path)
+                               f"{MAX_COLOURS}{stack}; pick the channel N that holds the nuclei, 0 to {n - 1} "
+                               f"({_PICK})", path=path)
+        what = ("is neither one 2-D image nor a stack of them" if frames
+                else "is not one 2-D image (stacks and time series are not supported)")
+        raise BadDataError(f"array of shape {shape}{named} {what}", path=path)
     if not picked and channels > MAX_COLOURS:
         raise BadDataError(f"image of shape {shape} has {channels} channels; pick the channel N that holds the "
                            f"nuclei, 0 to {channels - 1} ({_PICK})", path=path)

@@ -12,7 +12,10 @@ recording the overlaps and gaps it mended (:class:`MaskFixes`).
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import threading
 import warnings
 import zlib
 from dataclasses import dataclass
@@ -119,14 +122,46 @@ def _read_pillow(path: Path) -> np.ndarray:
     return image
 
 
+@contextlib.contextmanager
+def tiff_reading(path):
+    """Around a read with tifffile: the damage it logs and reads past (a truncated file's missing
+    pages, at its ERROR level) becomes a :class:`BadDataError` naming ``path``, instead of lines on
+    stderr and fewer frames; its other complaints (odd vendor metadata) are dropped. Only this
+    thread's records are taken, so reads on other threads are untouched."""
+    records: list[logging.LogRecord] = []
+    thread = threading.get_ident()
+
+    class _Catch(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            if record.thread != thread:
+                return True
+            records.append(record)
+            return False
+
+    catch = _Catch()
+    logger = logging.getLogger("tifffile")
+    logger.addFilter(catch)
+    try:
+        yield
+    finally:
+        logger.removeFilter(catch)
+    damage = [r for r in records if r.levelno >= logging.ERROR]
+    if damage:
+        said = damage[0].getMessage().split("> ", 1)[-1]
+        raise BadDataError(f"corrupt or truncated TIFF ({said})", path=path)
+
+
 def _read_tiff(path: Path) -> tuple[np.ndarray, str | None]:
     """The first series of a TIFF and its axis names (tifffile's: ``YXS``, ``CYX``, ``TZCYX``...)."""
     import tifffile
 
     try:
-        with tifffile.TiffFile(path) as tif:
+        with tiff_reading(path), tifffile.TiffFile(path) as tif:
             series = tif.series[0]
-            return np.asarray(series.asarray()), series.axes
+            image, axes = np.asarray(series.asarray()), series.axes
+        return image, axes
+    except BadDataError:
+        raise
     except Exception as exc:  # tifffile raises many types for a damaged file
         raise BadDataError(f"corrupt or unreadable TIFF ({type(exc).__name__}: {exc})", path=path) from None
 
@@ -156,7 +191,7 @@ def stack_frames(path, channel: int | None = None) -> str:
     import tifffile
 
     try:
-        with tifffile.TiffFile(path) as tif:
+        with tiff_reading(path), tifffile.TiffFile(path) as tif:
             shape, axes = tif.series[0].shape, tif.series[0].axes
     except Exception:  # noqa: BLE001 - read_image names the problem
         return ""
@@ -195,10 +230,18 @@ def read_stack(path, channel: int | None = None) -> tuple[np.ndarray, str]:
     channel = check_channel(channel)
     roles, _ = axis_roles(image.shape, axes, channel=channel, frames=True, path=path)
     frames = select(image, roles, channel)
-    if frames.shape[-2] < 1 or frames.shape[-1] < 1 or not frames.size:
+    lead = "".join(a for a in roles if a in FRAME_ROLES)
+    if not frames.size:
         raise BadDataError(f"image of shape {image.shape} has no pixels", path=path)
+    if np.issubdtype(frames.dtype, np.floating) and lead:
+        # Each frame is segmented on its own: one of NaN alone has nothing to segment, as a 2-D image.
+        finite = np.isfinite(frames).reshape(*frames.shape[: len(lead)], -1).any(axis=-1)
+        if not finite.all():
+            index = tuple(int(i) for i in np.argwhere(~finite)[0])
+            raise BadDataError(f"frame {index if len(index) > 1 else index[0]} ({', '.join(lead)}) holds no "
+                               "finite pixel value (NaN or infinite everywhere)", path=path)
     check_finite(frames, path)
-    return frames, "".join(a for a in roles if a in FRAME_ROLES)
+    return frames, lead
 
 
 def check_finite(image: np.ndarray, path, *, sampled: bool = False) -> None:

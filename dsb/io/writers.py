@@ -10,6 +10,7 @@ from dsb.core.atomic import atomic_path
 
 __all__ = [
     "write_labels",
+    "write_rgb_stack",
     "write_png",
 ]
 
@@ -35,8 +36,9 @@ def write_labels(path, labels: np.ndarray, frames: str = "") -> Path:
         0 background, 1..N nuclei.
     frames : str
         For a stack, the roles of its leading axes (``t`` time, ``z`` planes, ``f`` unnamed,
-        :func:`dsb.io.channels.axis_roles`): a 16-bit TIFF of them in that order is written as an
-        ImageJ hyperstack, which Fiji opens as time points or slices (an unnamed axis as slices).
+        :func:`dsb.io.channels.axis_roles`): a 16-bit TIFF is written as an ImageJ hyperstack, time
+        points before slices as ImageJ orders them (an unnamed axis as slices), which Fiji and
+        napari open as a stack.
 
     Returns
     -------
@@ -76,15 +78,49 @@ def write_labels(path, labels: np.ndarray, frames: str = "") -> Path:
 
     if suffix == ".png":
         path = path.with_suffix(".tif")
-    imagej = "".join("T" if a == "t" else "Z" for a in frames) + "YX"
-    hyperstack = bool(frames) and not wide and imagej in ("TYX", "ZYX", "TZYX")
+    order, imagej = _imagej_frames(frames)
+    hyperstack = bool(frames) and not wide
     with atomic_path(path) as tmp:
         if hyperstack:
-            tifffile.imwrite(tmp, labels.astype(np.uint16), imagej=True, metadata={"axes": imagej},
+            labels = np.transpose(labels, [*order, len(frames), len(frames) + 1])
+            tifffile.imwrite(tmp, labels.astype(np.uint16), imagej=True, metadata={"axes": imagej + "YX"},
                              compression="zlib")
         else:
             tifffile.imwrite(tmp, labels.astype(np.uint32 if wide else np.uint16), photometric="minisblack",
                              compression="zlib")
+    return path
+
+
+def _imagej_frames(frames: str) -> tuple[list[int], str]:
+    """The frame axes in ImageJ's order (time points, then slices) and their ImageJ names."""
+    order = sorted(range(len(frames)), key=lambda i: frames[i] != "t")
+    return order, "".join("T" if frames[i] == "t" else "Z" for i in order)
+
+
+def write_rgb_stack(path, pages: list, lead: tuple[int, ...], frames: str) -> Path:
+    """Write RGB uint8 frames (an overlay of a stack) as an ImageJ hyperstack, atomically, frame by frame.
+
+    Parameters
+    ----------
+    path : path
+        A ``.tif`` file.
+    pages : list of (H, W, 3) ndarray of uint8
+        The frames in the order of ``numpy.ndindex(*lead)``.
+    lead : tuple of int
+        The frame axes' lengths.
+    frames : str
+        Their roles, as for :func:`write_labels` (written time points first).
+    """
+    import tifffile
+
+    path = Path(path)
+    order, imagej = _imagej_frames(frames)
+    if order != sorted(order):  # stored slices before time points: ImageJ's order moves them
+        pages = [pages[i] for i in np.arange(len(pages)).reshape(lead).transpose(order).ravel()]
+        lead = tuple(lead[i] for i in order)
+    with atomic_path(path) as tmp:
+        tifffile.imwrite(tmp, iter(pages), shape=(*lead, *pages[0].shape), dtype=np.uint8, imagej=True,
+                         metadata={"axes": imagej + "YXS"}, compression="zlib")
     return path
 
 

@@ -33,7 +33,7 @@ from dsb.core.validate import check_labels, check_same_shape
 from dsb.inference.preprocess import mixed_channels, raw_intensity
 from dsb.io.folders import Skips, find_images, read_images
 from dsb.io.images import read_stack
-from dsb.io.writers import write_labels, write_png
+from dsb.io.writers import write_labels, write_png, write_rgb_stack
 from dsb.network.engines import load_network
 from dsb.network.model_folder import resolve_model_dir
 from dsb.workflows.drawing import outline_overlay
@@ -274,11 +274,15 @@ def segment_stack(path, name: str, out_dir, predict, *, channel: int | None = No
     given one) and numbers its nuclei from 1, as the napari plugin numbers a stack's. Writes, each
     atomically:
 
-    - ``<name>_labels.tif``: the labels, frames first (16-bit; an ImageJ hyperstack whose frame axes
-      are time points ``T`` or slices ``Z``, as the input's);
+    - ``<name>_labels.tif``: the labels, frames first (16-bit: an ImageJ hyperstack whose frame axes
+      are time points ``T`` then slices ``Z``, as the input's; 32-bit, a plain TIFF, should a frame
+      hold over 65535 nuclei);
     - ``<name>_nuclei.csv``: :data:`MEASUREMENT_COLUMNS` after one column per frame axis, ``t``,
       ``z`` or ``frame`` (unnamed), holding each nucleus's frame index from 0;
-    - with ``overlay``, ``<name>_overlay.tif``: an RGB stack of the frames with their outlines.
+    - with ``overlay``, ``<name>_overlay.tif``: an RGB hyperstack of the frames with their outlines.
+
+    The stack is read whole: it takes its own size in memory, plus 2 bytes a pixel for the labels
+    (3 more with ``overlay``).
 
     Parameters
     ----------
@@ -305,7 +309,7 @@ def segment_stack(path, name: str, out_dir, predict, *, channel: int | None = No
     if not roles:
         raise BadDataError("is one image, not a stack of them", path=path)
     lead = frames.shape[: len(roles)]
-    labels = np.zeros((*lead, *frames.shape[len(roles): len(roles) + 2]), np.int32)
+    labels = np.zeros((*lead, *frames.shape[len(roles): len(roles) + 2]), np.uint16)
     columns = ["frame" if a == "f" else a for a in roles]
     tables, diameters, sure, estimated = [], [], True, False
     drawn = [] if overlay else None
@@ -314,6 +318,8 @@ def segment_stack(path, name: str, out_dir, predict, *, channel: int | None = No
                          label=f"segmenting {path.name}")
     with contextlib.closing(found):
         for index, _, raw, nuclei in found:
+            if nuclei.labels.max(initial=0) > np.iinfo(labels.dtype).max:
+                labels = labels.astype(np.uint32)  # over 65535 nuclei in one frame
             labels[index] = nuclei.labels
             table = measure_nuclei(nuclei.labels, raw_intensity(raw), nuclei.confidence)
             for at, (column, value) in enumerate(zip(columns, index)):
@@ -329,11 +335,7 @@ def segment_stack(path, name: str, out_dir, predict, *, channel: int | None = No
     with atomic_path(targets["measurements"]) as tmp:
         pd.concat(tables, ignore_index=True).to_csv(tmp, index=False, float_format="%.6g")
     if drawn is not None:
-        import tifffile
-
-        with atomic_path(targets["overlay"]) as tmp:
-            tifffile.imwrite(tmp, np.stack(drawn).reshape(*lead, *drawn[0].shape), photometric="rgb",
-                             compression="zlib")
+        write_rgb_stack(targets["overlay"], drawn, lead, roles)
     else:
         del targets["overlay"]
     finite = [d for d in diameters if math.isfinite(d)]

@@ -18,7 +18,7 @@ from dsb.core.errors import BadDataError, DsbError
 from dsb.inference.predict import predict_nuclei
 from dsb.io.bigimage import image_side, is_zarr, open_source
 from dsb.io.folders import Skips, find_images
-from dsb.io.images import read_image, stack_frames
+from dsb.io.images import read_image, read_stack, stack_frames
 from dsb.network.model_folder import resolve_model_dir
 from dsb.workflows.blocks import segment_image_file
 from dsb.workflows.cluster import (
@@ -50,9 +50,10 @@ BIG_SIDE = 8192
 
 
 
-def _check_task(path: Path, channel: int | None = None) -> TaskError | None:
+def _check_task(path: Path, channel: int | None = None, stack: bool = False) -> TaskError | None:
+    """Read one image (or, with ``stack``, one TIFF stack) as it will be segmented: None, or why not."""
     try:
-        read_image(path, channel)
+        read_stack(path, channel) if stack else read_image(path, channel)
     except DsbError as exc:
         return TaskError.of(exc)
     return None
@@ -113,6 +114,21 @@ def _stack_task(path: Path, name: str, out_dir: Path, spec: ModelSpec, tta: bool
         return TaskError.of(exc)
 
 
+def check_stacks(stacks: dict[str, Path], *, client, skips: Skips, channel: int | None = None,
+                 progress: bool = True) -> dict[str, Path]:
+    """The stacks that read whole (on the cluster's workers when ``client``); each other one goes to
+    ``skips``, which raises it unless it skips bad inputs. Run before anything is written, so that a
+    damaged stack stops the run as a damaged image does."""
+    bad: set[str] = set()
+    for (path, *_), problem in run_tasks(_check_task, [(p, channel, True) for p in stacks.values()], client=client,
+                                         progress=progress and len(stacks) > 1, label="checking stacks",
+                                         what="checking"):
+        if problem is not None:
+            skips(problem.error(), path=path)
+            bad.add(str(path))
+    return {name: path for name, path in stacks.items() if str(path) not in bad}
+
+
 def segment_stacks(stacks: dict[str, Path], *, spec: ModelSpec, out_dir: Path, client, skips: Skips,
                    tta: bool | None = None, overlay: bool = False, diameter: float | None = None,
                    progress: bool = True, channel: int | None = None) -> dict[str, dict]:
@@ -147,10 +163,10 @@ def _split_inputs(paths: list[Path], block_size: int | None, channel: int | None
     for name, path in images.items():
         if path in big:
             continue
+        rest[name] = path
         try:
             if stack_frames(path, channel):
                 stacks[name] = path
-            rest[name] = path
         except BadDataError as exc:
             refused.append(exc)
     return zarrs + big, rest, stacks, problems, refused
@@ -187,36 +203,36 @@ def segment_inputs(paths, *, model_dir=None, out_dir, tta: bool | None = None, o
     out_dir = Path(out_dir)
     paths = [Path(p) for p in paths]
     big, listed, stacks, problems, refused = _split_inputs(paths, block_size, channel)
-    small = {name: path for name, path in listed.items() if name not in stacks}
     spec = ModelSpec(str(resolve_model_dir(model_dir)), engine, precision, scale_factor)
     skips = Skips(skip_bad)
-    # Each large input opened (its metadata only) before anything is written: a bad one (not an image,
-    # a stack, a channel it lacks) stops the run with nothing half done, or is skipped.
-    unreadable = []
+    # What can be told from headers is told before anything is written: a TIFF that is neither an
+    # image nor a stack of them, or lacks the channel, and each large input opened (metadata only).
     for exc in refused:
         if not skip_bad:
             raise exc
-        unreadable.append(exc)
-    for path in list(big):
+    unreadable = []
+    for path in big:
         try:
             open_source(path, channel)
         except BadDataError as exc:
             exc = exc if exc.path is not None else BadDataError(exc.message, path=path, where=exc.where)
             if not skip_bad:
                 raise exc from None
-            big.remove(path)
             unreadable.append(exc)
-    problems = problems + unreadable
     rows: dict[str, dict] = {}
     given = contextlib.nullcontext(client) if client is not None else cluster_client(workers, scheduler)
     with given as client:
-        if client is None and not big and not unreadable and not stacks:  # as before
+        if client is None and not big and not refused and not stacks:  # as before
             return segment_paths(paths, model_dir=spec.path, out_dir=out_dir, tta=tta, overlay=overlay,
                                  diameter=diameter, skip_bad=skip_bad, progress=progress, engine=engine,
                                  precision=precision, scale_factor=scale_factor, channel=channel)
-        for problem in problems:
+        for problem in problems + refused + unreadable:
             skips(problem)
-        order = [problem.path for problem in problems] + [str(p) for p in listed.values()]
+        # The summary lists the inputs as they were given; a refused one in its place.
+        order = [problem.path for problem in problems] + [str(p) for p in listed.values()] + [str(p) for p in big]
+        out = {str(exc.path) for exc in refused + unreadable}
+        small = {name: p for name, p in listed.items() if name not in stacks and str(p) not in out}
+        stacks = check_stacks(stacks, client=client, skips=skips, channel=channel, progress=progress)
         if small and client is None:
             done = segment_paths(list(small.values()), model_dir=spec.path, out_dir=out_dir, tta=tta,
                                  overlay=overlay, diameter=diameter, skip_bad=skip_bad, progress=progress,
@@ -233,7 +249,8 @@ def segment_inputs(paths, *, model_dir=None, out_dir, tta: bool | None = None, o
             rows.update(segment_stacks(stacks, spec=spec, out_dir=out_dir, client=client, skips=skips, tta=tta,
                                        overlay=overlay, diameter=diameter, progress=progress, channel=channel))
         for path in big:
-            order.append(str(path))
+            if str(path) in out:
+                continue
             try:
                 rows[str(path)] = segment_image_file(path, spec=spec, out_dir=out_dir, diameter=diameter,
                                                      block_size=block_size, client=client, tta=tta,
@@ -241,7 +258,6 @@ def segment_inputs(paths, *, model_dir=None, out_dir, tta: bool | None = None, o
             except BadDataError as exc:
                 skips(exc, path=path)
     return _write_summary(out_dir, rows, skips, order)
-
 
 
 def _write_summary(out_dir: Path, rows: dict[str, dict], skips: Skips, order: list[str]) -> pd.DataFrame:
