@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import functools
 import os
+import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -139,22 +141,48 @@ def load_model(path=None, *, engine: str = "auto", precision: str = "auto") -> L
     return _load(path, engine, precision)
 
 
-def _check_image(image) -> np.ndarray:
+def _check_image(image, channel: int | None = None) -> np.ndarray:
+    """``image`` as an array the network can take, channels last: its ``channel`` picked out, or its
+    channels checked (:func:`dsb.inference.preprocess.mixed_channels` warns of a luminance that may
+    hide the nuclei)."""
+    from dsb.core.errors import BadDataError
+    from dsb.io.channels import check_channel, pick_channel
+
+    image = np.asarray(image)
+    channel = check_channel(channel)
+    if image.ndim not in (2, 3):
+        raise TypeError(f"`image` (shape {image.shape}) must be (H, W), (H, W, C) or (C, H, W)")
+    try:
+        image = pick_channel(image, channel)
+    except BadDataError as exc:
+        kind = ValueError if channel is not None and "no channel" in exc.message else TypeError
+        said, named = re.subn(r"^(?:image|array) of shape (\(.*?\))", r"`image` (shape \1)", exc.message)
+        raise kind(said if named else f"`image` {said}") from None
     image = check_image("image", image, pixels=True)
     if not (image.dtype == bool or np.issubdtype(image.dtype, np.integer) or np.issubdtype(image.dtype, np.floating)):
         raise TypeError(f"`image` (dtype {image.dtype}) must hold bools, integers or floats")
+    if channel is None and image.ndim == 3:
+        from dsb.inference.preprocess import mixed_channels
+
+        why = mixed_channels(image)
+        if why:
+            warnings.warn(f"`image` is {why}; give channel=N to segment the DNA stain's channel alone", stacklevel=3)
     return image
 
 
 def segment(image, model=None, *, diameter: float | None = None, tta: bool | None = None,
-            scale_factor: float | None = None, return_confidence: bool = False):
+            scale_factor: float | None = None, return_confidence: bool = False, channel: int | None = None):
     """Label the nuclei of one image.
 
     Parameters
     ----------
-    image : (H, W) or (H, W, C) array_like
-        Grey, grey+alpha, RGB or RGBA (C = 1 to 4); 8-bit, 16-bit or float,
-        fluorescence or brightfield, as read from disk.
+    image : (H, W), (H, W, C) or (C, H, W) array_like
+        Grey, grey+alpha, RGB or RGBA (C = 1 to 4; channels last when the last
+        axis has up to 4 entries, else first); 8-bit, 16-bit or float,
+        fluorescence or brightfield, as read from disk. With ``channel``, any
+        number of channels, first or last. Without it, a fluorescence image
+        whose colour channels show different stains is segmented from their
+        luminance, with a warning (:func:`dsb.inference.preprocess.mixed_channels`).
     model : str, os.PathLike or LoadedModel, optional
         A run or model folder, or what :func:`load_model` returned (load once,
         then pass it to segment many images). By default the shipped model.
@@ -174,6 +202,11 @@ def segment(image, model=None, *, diameter: float | None = None, tta: bool | Non
         tune --scale-factors`` chooses (1 for the shipped model).
     return_confidence : bool
         Also return how sure the network is of each nucleus.
+    channel : int, optional
+        Segment only this channel, counted from 0 (in RGB: 0 red, 1 green, 2
+        blue): the DNA stain (DAPI, Hoechst) of a multi-channel fluorescence
+        image. The channel axis is the shorter of the first and last axes
+        (:func:`dsb.io.channels.axis_roles`).
 
     Returns
     -------
@@ -188,10 +221,10 @@ def segment(image, model=None, *, diameter: float | None = None, tta: bool | Non
     Raises
     ------
     TypeError
-        ``image`` is not 2-D grey or 3-D with 1 to 4 channels, or ``model`` is
-        not a folder or a :class:`LoadedModel`.
+        ``image`` is not 2-D grey or 3-D with 1 to 4 channels (any number
+        with ``channel``), or ``model`` is not a folder or a :class:`LoadedModel`.
     ValueError
-        ``image`` has no pixels.
+        ``image`` has no pixels, or no channel ``channel``.
     BadDataError
         ``model`` is a folder that holds no usable model, or ``scale_factor``
         is outside [0.5, 2].
@@ -215,7 +248,7 @@ def segment(image, model=None, *, diameter: float | None = None, tta: bool | Non
     """
     from dsb.inference.predict import predict_labels, predict_nuclei
 
-    image = _check_image(image)
+    image = _check_image(image, channel)
     if scale_factor is not None:  # before a model is read
         from dsb.core.config import check_scale_factor
 

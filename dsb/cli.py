@@ -578,15 +578,21 @@ def predict(run_dir, images, out, labels, tta, diameter, skip_bad, scale_factor,
                    "extra: pip install -e '.[distributed]' in the dsb checkout).")
 @click.option("--scheduler", type=_SchedulerAddress(), default=None, metavar="ADDRESS",
               help="Run on the Dask cluster whose scheduler is at ADDRESS, e.g. tcp://host:8786.")
+@click.option("--channel", type=click.IntRange(min=0), default=None, metavar="N",
+              help="Segment only channel N of each image, counted from 0 (in RGB: 0 red, 1 green, 2 blue): "
+                   "the DNA stain of multi-channel fluorescence, which may have any number of channels. "
+                   "Default: the image's luminance, with a warning where its channels show different stains.")
 @_SCALE_FACTOR
 @_ENGINE
 @_PRECISION
-def segment(paths, model_dir, out, tta, overlay, diameter, skip_bad, block_size, workers, scheduler,
+def segment(paths, model_dir, out, tta, overlay, diameter, skip_bad, block_size, workers, scheduler, channel,
             scale_factor, engine, precision) -> None:
     """Segment any PNG, TIFF, JPEG, BMP or Zarr microscope images and measure each nucleus.
 
     Images larger than memory (Zarr, OME-Zarr, big TIFF or PNG) are segmented
-    block by block; --workers or --scheduler spreads the work over a Dask cluster.
+    block by block, TIFF time series and z-stacks frame by frame; --channel picks
+    the DNA stain of multi-channel images; --workers or --scheduler spreads the
+    work over a Dask cluster.
     """
     from dsb.network.model_folder import resolve_model_dir
 
@@ -599,8 +605,11 @@ def segment(paths, model_dir, out, tta, overlay, diameter, skip_bad, block_size,
     summary = segment_inputs(list(paths), model_dir=model_dir, out_dir=out, tta=tta, overlay=overlay,
                              diameter=diameter, skip_bad=skip_bad, progress=True, engine=engine,
                              precision=precision, block_size=block_size, workers=workers, scheduler=scheduler,
-                             scale_factor=scale_factor)
+                             scale_factor=scale_factor, channel=channel)
     skipped = _report_skipped(summary.attrs["skipped"])
+    for row in summary[summary["warning"].fillna("").astype(str) != ""].itertuples(index=False):
+        click.echo(f"dsb: warning: {row.file}: {row.warning}; give --channel N to segment the DNA stain's "
+                   "channel alone", err=True)
     unsure = summary[summary["diameter_sure"].astype(str) == "False"]
     for row in unsure.itertuples(index=False):
         d = row.diameter

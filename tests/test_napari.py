@@ -16,6 +16,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 
 import numpy as np
+from scipy import ndimage
 import pytest
 import tifffile
 
@@ -180,6 +181,16 @@ def test_samples_are_nuclei_the_shipped_model_finds():
         assert steps == [FrameDone(1, 1)] and isinstance(result, Segmented)
         assert 36 <= result.labels.max() <= 49  # a 7 x 7 grid of discs, some cut at the edge
         assert result.estimated and 17 < result.diameter < 27  # drawn at 22 px
+        assert result.warning == ""  # grey, and stained tissue: their luminance is what the network reads
+
+
+def test_a_colour_layer_of_separate_stains_is_warned_about():
+    model = dsb.load_model()
+    [(grey, _, _)] = fluorescence_nuclei()
+    cytoplasm = np.where(ndimage.grey_dilation(grey, size=(21, 21)) > 60, 150, 8).astype(np.uint8)
+    composite = np.stack([np.zeros_like(grey), cytoplasm, grey], axis=-1)
+    *_, result = segment_frames(model, composite, rgb=True)
+    assert "channels 1 (green) and 2 (blue)" in result.warning
 
 
 def test_a_stack_is_segmented_frame_by_frame():

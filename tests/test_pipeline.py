@@ -79,9 +79,9 @@ def reads(monkeypatch):
     counts: dict[str, int] = {}
     real = folders.read_image
 
-    def counting(path):
+    def counting(path, channel=None):
         counts[Path(path).name] = counts.get(Path(path).name, 0) + 1
-        return real(path)
+        return real(path, channel)
 
     monkeypatch.setattr(folders, "read_image", counting)
     return counts
@@ -137,8 +137,8 @@ def test_a_bad_image_stops_the_reads_ahead(tmp_path, reads, monkeypatch):
 
     threads = set()
     counting = folders.read_image
-    monkeypatch.setattr(folders, "read_image", lambda path: threads.add(threading.current_thread().name)
-                        or counting(path))
+    monkeypatch.setattr(folders, "read_image", lambda path, channel=None: threads.add(threading.current_thread().name)
+                        or counting(path, channel))
     skips = Skips(skip_bad=True)
     checked = read_images(many, skips)
     assert list(checked.paths) == list(many)[1:]

@@ -38,6 +38,7 @@ __all__ = [
     "raw_intensity",
     "image_stats",
     "image_type",
+    "mixed_channels",
     "normalize_polarity",
     "hematoxylin",
     "stained_gray",
@@ -53,6 +54,11 @@ STAINED_CHANNELS = ("both", "hematoxylin", "luminance")
 # module docstring): brightness 0.21 .. 0.69, colourfulness 0.0 .. 0.047.
 LIGHT_BACKGROUND = 0.45
 COLOURFUL = 0.025
+# Below this correlation two colour channels of a fluorescence image show different stains. Every
+# fluorescence image of stage1_train has equal channels; a tinted grey image correlates at 1.
+MIXED_CORRELATION = 0.9
+DARK_SHARE = 0.02  # of pixels under 0.1 in every channel: a fluorescence background
+_CHANNEL_NAMES = ("red", "green", "blue")
 
 _LUMA = np.array([0.2125, 0.7154, 0.0721], np.float32)  # ITU-R BT.709, as skimage.color.rgb2gray
 _LUMA_64 = np.array([0.2125, 0.7154, 0.0721])  # the same, summing to 1 in float64
@@ -310,6 +316,85 @@ def _kind(brightness: float, colourfulness: float) -> str:
     if brightness < LIGHT_BACKGROUND:
         return "fluorescence"
     return "stained" if colourfulness >= COLOURFUL else "brightfield"
+
+
+def mixed_channels(image: np.ndarray) -> str | None:
+    """Why the grey the network sees may hide an image's nuclei, or None.
+
+    Without a channel picked, an image is segmented from its luminance (grey+alpha: from its
+    grey). That is right for grey images, tinted ones and stained tissue, but a fluorescence
+    image whose channels hold different stains (a DNA stain in blue beside a cytoplasm stain in
+    green) puts the other stains into the grey, and the nuclei may be lost in them; and where a
+    second or fourth channel, read as transparency, holds an image, that image is left out.
+
+    Parameters
+    ----------
+    image : (H, W) or (H, W, C) ndarray
+        As :func:`dsb.io.images.read_image` returns it.
+
+    Returns
+    -------
+    str or None
+        What is wrong, as a noun phrase that names the channels (counted from 0), for a
+        fluorescence image (:func:`image_type`, or :data:`DARK_SHARE` of its pixels dark in every
+        colour channel): its colour channels correlate below :data:`MIXED_CORRELATION` over its
+        pixels, or the last of two or four channels, read as alpha, has more than two values;
+        None otherwise. A
+        sample of about 65,000 pixels is looked at.
+
+    Examples
+    --------
+    >>> rr, cc = np.indices((64, 64))
+    >>> nuclei = ((rr % 16 - 8) ** 2 + (cc % 16 - 8) ** 2 < 16) * 200
+    >>> grey = np.dstack([nuclei] * 3).astype(np.uint8)
+    >>> mixed_channels(grey) is None
+    True
+    >>> composite = np.dstack([0 * nuclei, 150 * (nuclei == 0) * (cc % 16 > 3), nuclei]).astype(np.uint8)
+    >>> mixed_channels(composite)[:45]
+    'a colour fluorescence image whose channels 1 '
+    >>> stained = np.dstack([200 - nuclei // 2, 150 - nuclei // 2, 220 - nuclei // 4]).astype(np.uint8)
+    >>> mixed_channels(stained) is None
+    True
+    """
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] < 2:
+        return None
+    channels = image.shape[2]
+    step = max(1, int(np.sqrt(image.shape[0] * image.shape[1] / 65536)))
+    sample = image[::step, ::step]
+    values = sample.reshape(-1, channels).astype(np.float64)
+    values = values[np.isfinite(values).all(axis=1)]
+    if len(values) < 2:
+        return None
+    # Stained tissue has colour channels of their own; a fluorescence composite has them on a dark
+    # background, which may be a small part of a confluent field (whose bright cytoplasm stain then
+    # makes image_type read it as stained): no stained image of stage1_train has a pixel whose
+    # brightest channel is under 0.1.
+    colours = 1 if channels == 2 else 3
+    dark = float((as_float(sample[..., :colours]).max(axis=-1) < 0.1).mean())
+    if dark < DARK_SHARE and image_type(sample) != "fluorescence":
+        return None
+    if channels in (2, 4) and np.unique(values[:, -1]).size > 2:  # transparency: opaque, or opaque and clear
+        if channels == 2:
+            return ("a two-channel image whose second channel (1) is no transparency mask but an image of its "
+                    "own: only channel 0 was segmented")
+        return ("a four-channel image whose fourth channel (3) is no transparency mask but an image of its "
+                "own: it was left out")
+    if channels == 2:
+        return None
+    rgb = values[:, :3]
+    spread = rgb.std(axis=0)
+    live = np.flatnonzero(spread > 0.05 * spread.max()) if spread.max() > 0 else []
+    if len(live) < 2:
+        return None
+    corr = np.corrcoef(rgb[:, live].T)
+    pairs = [(corr[a, b], live[a], live[b]) for a in range(len(live)) for b in range(a + 1, len(live))]
+    low, first, second = min(pairs)
+    if low >= MIXED_CORRELATION:
+        return None
+    return (f"a colour fluorescence image whose channels {first} ({_CHANNEL_NAMES[first]}) and {second} "
+            f"({_CHANNEL_NAMES[second]}) show different things (correlation {low:.2f}): their luminance "
+            "was segmented")
 
 
 def normalize_polarity(

@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from dsb.core.errors import BadDataError
-from dsb.io.images import read_image
+from dsb.io.channels import axis_roles, check_channel, select
+from dsb.io.images import read_image, tiff_reading
 
 __all__ = [
     "LABEL_TILE",
@@ -57,8 +58,10 @@ def image_side(path) -> int:
         import tifffile
 
         try:
-            with tifffile.TiffFile(path) as tif:
+            with tiff_reading(path), tifffile.TiffFile(path) as tif:
                 shape, axes = tif.series[0].shape, tif.series[0].axes
+        except BadDataError:
+            raise
         except Exception as exc:  # tifffile raises many types for a damaged file
             raise BadDataError(f"corrupt or unreadable TIFF ({type(exc).__name__}: {exc})", path=path) from None
         return max(n for n, a in zip(shape, axes) if a in "YX")
@@ -71,42 +74,21 @@ def image_side(path) -> int:
         return 0
 
 
-def _layout(shape: tuple[int, ...], axes: str | None, path) -> tuple[str, int]:
-    """The role of each stored axis (``y``, ``x``, ``c`` or ``-`` for a single-plane axis) and the
-    channel count; a :class:`BadDataError` for anything that is not one 2-D image."""
-    if axes is None:
-        if len(shape) == 2:
-            axes = "yx"
-        elif len(shape) == 3 and shape[2] <= 4:
-            axes = "yxc"
-        elif len(shape) == 3 and shape[0] <= 4:
-            axes = "cyx"
-        else:
-            axes = "-" * (len(shape) - 2) + "yx"
-    axes = axes.lower().replace("s", "c")
-    roles = "".join(a if a in "yxc" else "-" for a in axes)
-    channels = shape[roles.index("c")] if "c" in roles else 1
-    planes = [n for n, a in zip(shape, roles) if a == "-"]
-    if roles.count("y") != 1 or roles.count("x") != 1 or roles.count("c") > 1 or any(n != 1 for n in planes) \
-            or not 1 <= channels <= 4:
-        raise BadDataError(f"array of shape {tuple(shape)} (axes {axes!r}) is not one 2-D image with 1 to 4 "
-                           "channels (stacks and time series are not supported)", path=path)
-    return roles, channels
-
-
 class BlockSource:
     """One 2-D image, read a region at a time.
 
     Made by :func:`open_source`. Attributes: ``path`` (None for an in-memory
     array), ``kind`` (``"zarr"``, ``"ome-zarr"``, ``"tiff"``, ``"png"`` or
-    ``"array"``), ``shape`` (H, W), ``channels``, ``dtype``. Pickled, a source
+    ``"array"``), ``shape`` (H, W), ``channels`` (1 when a ``channel`` is picked), ``dtype``. Pickled, a source
     read from disk keeps only where its pixels are; it opens the file again,
     once, in the process that reads.
     """
 
     def __init__(self, kind: str, shape, roles: str, channels: int, dtype, *, path=None, component: str = "",
-                 array=None, ome: dict | None = None):
+                 array=None, ome: dict | None = None, channel: int | None = None):
         self.kind, self.path, self.component = kind, None if path is None else Path(path), component
+        self.channel = channel  # the one channel read, of a multi-channel image
+        channels = 1 if channel is not None else channels
         self.origin = self.path  # the input named in messages and output names (a PNG's Zarr copy keeps it)
         self.roles, self.channels, self.dtype, self.ome = roles, channels, np.dtype(dtype), ome
         self.stored_shape = tuple(int(n) for n in shape)
@@ -139,20 +121,13 @@ class BlockSource:
 
     def read(self, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
         """Rows ``r0:r1`` and columns ``c0:c1`` as ``(h, w)`` (one channel) or ``(h, w, C)``."""
-        index = tuple(slice(r0, r1) if a == "y" else slice(c0, c1) if a == "x" else slice(None) if a == "c" else 0
-                      for a in self.roles)
         try:
-            part = self._stored()[index]
-            if hasattr(part, "compute"):  # a Dask array: this region only, in this thread
-                part = part.compute(scheduler="sync")
-            part = np.asarray(part)
+            part = select(self._stored(), self.roles, self.channel, slice(r0, r1), slice(c0, c1))
         except BadDataError:
             raise
         except Exception as exc:  # stores raise many types for a damaged chunk
             raise BadDataError(f"cannot read rows {r0}:{r1}, columns {c0}:{c1} "
                                f"({type(exc).__name__}: {exc})", path=self.origin) from None
-        kept = [a for a in self.roles if a != "-"]
-        part = np.transpose(part, [kept.index(a) for a in "yxc" if a in kept])
         return part[:, :, 0] if part.ndim == 3 and self.channels == 1 else part
 
 
@@ -175,7 +150,7 @@ def _check_dtype(dtype, path) -> None:
         raise BadDataError(f"holds {dtype} values, expected an image of integers or floats", path=path)
 
 
-def open_source(image) -> BlockSource:
+def open_source(image, channel: int | None = None) -> BlockSource:
     """A :class:`BlockSource` for a path (Zarr, OME-Zarr, TIFF, PNG) or an in-memory array.
 
     Parameters
@@ -184,6 +159,10 @@ def open_source(image) -> BlockSource:
         A Zarr array, an OME-Zarr image group (its first multiscale level is
         read), a TIFF (its first series, level 0) or PNG file; or an
         ``(H, W)``, ``(H, W, C)`` or ``(C, H, W)`` array, C in 1..4.
+    channel : int, optional
+        Read only this channel (counted from 0) of an image of any number of channels; the
+        axes' names (TIFF, OME-Zarr) or the shape say which axis holds them
+        (:func:`dsb.io.channels.axis_roles`).
 
     Returns
     -------
@@ -193,7 +172,8 @@ def open_source(image) -> BlockSource:
     ------
     BadDataError
         Naming the path: not found, a Zarr group that holds no image, an array
-        that is not one 2-D image with 1 to 4 channels, non-numeric values.
+        that is not one 2-D image with 1 to 4 channels (any number with ``channel``), no such
+        channel, non-numeric values.
 
     Examples
     --------
@@ -201,33 +181,36 @@ def open_source(image) -> BlockSource:
     >>> source.shape, source.channels, source.read(0, 2, 0, 5).shape
     ((300, 200), 3, (2, 5, 3))
     """
+    channel = check_channel(channel)
     if not isinstance(image, (str, Path)) and hasattr(image, "shape") and hasattr(image, "dtype"):
-        roles, channels = _layout(tuple(image.shape), None, "the array")
+        roles, channels = axis_roles(tuple(image.shape), channel=channel, path="the array")
         _check_dtype(np.dtype(image.dtype), "the array")
-        return BlockSource("array", image.shape, roles, channels, image.dtype, array=image)
+        return BlockSource("array", image.shape, roles, channels, image.dtype, array=image, channel=channel)
     path = Path(image)
     if not path.exists():
         raise BadDataError("no such file or folder", path=path)
     if path.is_dir():
-        return _open_zarr(path)
+        return _open_zarr(path, channel)
     if path.suffix.lower() in _TIFF_SUFFIXES:
         import tifffile
 
         try:
-            with tifffile.TiffFile(path) as tif:
+            with tiff_reading(path), tifffile.TiffFile(path) as tif:
                 series = tif.series[0]
                 shape, axes, dtype = series.shape, series.axes, series.dtype
+        except BadDataError:
+            raise
         except Exception as exc:  # tifffile raises many types for a damaged file
             raise BadDataError(f"corrupt or unreadable TIFF ({type(exc).__name__}: {exc})", path=path) from None
-        roles, channels = _layout(shape, axes, path)
+        roles, channels = axis_roles(shape, axes, channel=channel, path=path)
         _check_dtype(dtype, path)
-        return BlockSource("tiff", shape, roles, channels, dtype, path=path)
-    raw = read_image(path)
-    roles, channels = _layout(raw.shape, None, path)
-    return BlockSource("png", raw.shape, roles, channels, raw.dtype, path=path, array=raw)
+        return BlockSource("tiff", shape, roles, channels, dtype, path=path, channel=channel)
+    raw = read_image(path)  # decoded whole, every channel, as a worker that opens it again decodes it
+    roles, channels = axis_roles(raw.shape, channel=channel, path=path)
+    return BlockSource("png", raw.shape, roles, channels, raw.dtype, path=path, array=raw, channel=channel)
 
 
-def _open_zarr(path: Path) -> BlockSource:
+def _open_zarr(path: Path, channel: int | None = None) -> BlockSource:
     import zarr
 
     if not is_zarr(path):
@@ -237,9 +220,9 @@ def _open_zarr(path: Path) -> BlockSource:
     except Exception as exc:
         raise BadDataError(f"cannot open the Zarr store ({type(exc).__name__}: {exc})", path=path) from None
     if isinstance(node, zarr.Array):
-        roles, channels = _layout(node.shape, None, path)
+        roles, channels = axis_roles(node.shape, channel=channel, path=path)
         _check_dtype(node.dtype, path)
-        return BlockSource("zarr", node.shape, roles, channels, node.dtype, path=path)
+        return BlockSource("zarr", node.shape, roles, channels, node.dtype, path=path, channel=channel)
     multiscales = node.attrs.get("multiscales") or node.attrs.get("ome", {}).get("multiscales")
     if not multiscales:
         arrays = sorted(name for name, _ in node.arrays())
@@ -254,12 +237,12 @@ def _open_zarr(path: Path) -> BlockSource:
     axes = "".join(a["name"] if isinstance(a, dict) else a for a in meta.get("axes", [])) or None
     if axes is not None and len(axes) != array.ndim:
         axes = None
-    roles, channels = _layout(array.shape, axes, path)
+    roles, channels = axis_roles(array.shape, axes, channel=channel, path=path)
     _check_dtype(array.dtype, path)
     ome = {"axes": meta.get("axes"), "transforms": meta["datasets"][0].get("coordinateTransformations"),
            "zarr_format": node.metadata.zarr_format, "roles": roles}
     return BlockSource("ome-zarr", array.shape, roles, channels, array.dtype, path=path, component=component,
-                       ome=ome)
+                       ome=ome, channel=channel)
 
 
 # ---------------------------------------------------------------- writing

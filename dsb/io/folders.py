@@ -20,6 +20,7 @@ and the command line prints. Nothing here prints.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -225,25 +226,27 @@ def find_images(paths) -> tuple[dict[str, Path], list[BadDataError]]:
     return images, problems
 
 
-def _read_or_problem(path: Path) -> tuple[np.ndarray | None, DsbError | None]:
+def _read_or_problem(path: Path, channel: int | None = None) -> tuple[np.ndarray | None, DsbError | None]:
     try:
-        return read_image(path), None  # checks the layout: (H, W) or (H, W, 1..4), at least one pixel
+        return read_image(path, channel), None  # checks the layout: (H, W) or (H, W, 1..4), at least one pixel
     except DsbError as exc:
         return None, exc
 
 
-def _read_ahead(paths: Iterable[Path]) -> Iterator[tuple[np.ndarray | None, DsbError | None]]:
+def _read_ahead(paths: Iterable[Path],
+                channel: int | None = None) -> Iterator[tuple[np.ndarray | None, DsbError | None]]:
     """``(raw image, None)`` or ``(None, problem)`` for each path, in order, decoded on every core:
     Pillow decodes outside the GIL.
     At most two images per core are decoded ahead of the reader."""
     from concurrent.futures import ThreadPoolExecutor
 
     cores = usable_cores()
+    read = functools.partial(_read_or_problem, channel=channel)
     if cores == 1:
-        yield from map(_read_or_problem, paths)
+        yield from map(read, paths)
         return
     with ThreadPoolExecutor(max_workers=cores, thread_name_prefix="dsb-read") as pool, \
-            contextlib.closing(in_order(pool, _read_or_problem, paths, 2 * cores)) as done:
+            contextlib.closing(in_order(pool, read, paths, 2 * cores)) as done:
         for _, future in done:
             yield future.result()
 
@@ -254,9 +257,10 @@ class Checked:
     Iterate with :meth:`images` to get each image once more for prediction.
     """
 
-    def __init__(self, paths: dict[str, Path], cache: dict[str, np.ndarray]):
+    def __init__(self, paths: dict[str, Path], cache: dict[str, np.ndarray], channel: int | None = None):
         self.paths = paths
         self._cache = cache
+        self._channel = channel
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -268,7 +272,7 @@ class Checked:
                 yield image_id, path, self._cache.pop(image_id)
                 continue
             try:
-                raw = read_image(path)
+                raw = read_image(path, self._channel)
             except DsbError as exc:
                 skips(exc, path=path)
                 continue
@@ -282,6 +286,7 @@ def read_images(
     progress: bool = False,
     label: str = "checking",
     cache_bytes: int = CACHE_BYTES,
+    channel: int | None = None,
 ) -> Checked:
     """Read and check every image before any is predicted, so that a bad one stops the run early.
 
@@ -298,6 +303,8 @@ def read_images(
         The progress bar's label.
     cache_bytes : int
         Decoded images are kept for prediction up to this many bytes.
+    channel : int, optional
+        Read only this channel of each image (:func:`dsb.io.images.read_image`).
 
     Returns
     -------
@@ -306,7 +313,7 @@ def read_images(
     good: dict[str, Path] = {}
     cache: dict[str, np.ndarray] = {}
     kept = 0
-    with contextlib.closing(_read_ahead(images.values())) as read:  # a bad image stops the reads ahead
+    with contextlib.closing(_read_ahead(images.values(), channel)) as read:  # a bad image stops the reads ahead
         for (image_id, path), (raw, problem) in track(zip(images.items(), read), length=len(images),
                                                       label=label, enabled=progress):
             if problem is not None:
@@ -316,4 +323,4 @@ def read_images(
             if kept + raw.nbytes <= cache_bytes:
                 cache[image_id] = raw
                 kept += raw.nbytes
-    return Checked(good, cache)
+    return Checked(good, cache, channel)

@@ -12,7 +12,10 @@ recording the overlaps and gaps it mended (:class:`MaskFixes`).
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import threading
 import warnings
 import zlib
 from dataclasses import dataclass
@@ -21,10 +24,13 @@ from pathlib import Path
 import numpy as np
 
 from dsb.core.errors import BadDataError
+from dsb.io.channels import FRAME_ROLES, axis_roles, check_channel, pick_channel, select
 
 __all__ = [
     "IMAGE_SUFFIXES",
     "read_image",
+    "read_stack",
+    "stack_frames",
     "check_finite",
     "read_mask",
     "MaskFixWarning",
@@ -41,7 +47,7 @@ __all__ = [
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
 
 
-def read_image(path) -> np.ndarray:
+def read_image(path, channel: int | None = None) -> np.ndarray:
     """Read an image file as it is stored.
 
     Parameters
@@ -49,18 +55,26 @@ def read_image(path) -> np.ndarray:
     path : str or os.PathLike
         PNG (8 or 16 bits, grey, grey+alpha, RGB, RGBA or palette), TIFF, JPEG
         or BMP.
+    channel : int, optional
+        Read only this channel, counted from 0 (in RGB: 0 red, 1 green, 2
+        blue), of an image of any number of channels: the DNA stain of a
+        multi-channel fluorescence image. A TIFF's own axis names say which
+        axis holds the channels, else the shape does
+        (:func:`dsb.io.channels.axis_roles`). Channel 0 of a grey image is the
+        image.
 
     Returns
     -------
     (H, W) or (H, W, C) ndarray, C in 1..4, usually uint8 or uint16
         Palette images come back as RGB(A); TIFFs stored channel-first are
-        transposed to channel-last.
+        transposed to channel-last. With ``channel``, (H, W).
 
     Raises
     ------
     BadDataError
         Naming the file: missing, empty, not an image, corrupt or truncated,
-        not 2-D (stacks and time series are not supported), or a float image
+        not 2-D (stacks and time series are not supported), more than 4
+        channels and no ``channel``, no such channel, or a float image
         without a single finite value.
     """
     path = Path(path)
@@ -75,10 +89,10 @@ def read_image(path) -> np.ndarray:
     if size == 0:
         raise BadDataError("empty file (0 bytes), expected an image", path=path)
     if path.suffix.lower() in (".tif", ".tiff"):
-        image = _read_tiff(path)
+        image, axes = _read_tiff(path)
     else:
-        image = _read_pillow(path)
-    return _check_layout(image, path)
+        image, axes = _read_pillow(path), None
+    return _check_layout(image, path, check_channel(channel), axes)
 
 
 def _read_pillow(path: Path) -> np.ndarray:
@@ -108,29 +122,126 @@ def _read_pillow(path: Path) -> np.ndarray:
     return image
 
 
-def _read_tiff(path: Path) -> np.ndarray:
+@contextlib.contextmanager
+def tiff_reading(path):
+    """Around a read with tifffile: the damage it logs and reads past (a truncated file's missing
+    pages, at its ERROR level) becomes a :class:`BadDataError` naming ``path``, instead of lines on
+    stderr and fewer frames; its other complaints (odd vendor metadata) are dropped. Only this
+    thread's records are taken, so reads on other threads are untouched."""
+    records: list[logging.LogRecord] = []
+    thread = threading.get_ident()
+
+    class _Catch(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            if record.thread != thread:
+                return True
+            records.append(record)
+            return False
+
+    catch = _Catch()
+    logger = logging.getLogger("tifffile")
+    logger.addFilter(catch)
+    try:
+        yield
+    finally:
+        logger.removeFilter(catch)
+    damage = [r for r in records if r.levelno >= logging.ERROR]
+    if damage:
+        said = damage[0].getMessage().split("> ", 1)[-1]
+        raise BadDataError(f"corrupt or truncated TIFF ({said})", path=path)
+
+
+def _read_tiff(path: Path) -> tuple[np.ndarray, str | None]:
+    """The first series of a TIFF and its axis names (tifffile's: ``YXS``, ``CYX``, ``TZCYX``...)."""
     import tifffile
 
     try:
-        return np.asarray(tifffile.imread(path))
+        with tiff_reading(path), tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            image, axes = np.asarray(series.asarray()), series.axes
+        return image, axes
+    except BadDataError:
+        raise
     except Exception as exc:  # tifffile raises many types for a damaged file
         raise BadDataError(f"corrupt or unreadable TIFF ({type(exc).__name__}: {exc})", path=path) from None
 
 
-def _check_layout(image: np.ndarray, path: Path) -> np.ndarray:
-    image = np.squeeze(image) if image.ndim > 3 else image
-    if image.ndim == 3 and image.shape[2] > 4 and 1 <= image.shape[0] <= 4:
-        image = np.moveaxis(image, 0, -1)  # channel-first TIFF
-    if not (image.ndim == 2 or (image.ndim == 3 and 1 <= image.shape[2] <= 4)):
-        raise BadDataError(
-            f"image of shape {image.shape} is not (H, W) or (H, W, C) with 1 to 4 channels "
-            "(stacks and time series are not supported)",
-            path=path,
-        )
+def _check_layout(image: np.ndarray, path: Path, channel: int | None = None, axes: str | None = None) -> np.ndarray:
+    image = pick_channel(image, channel, axes=axes, path=path)
     if image.shape[0] < 1 or image.shape[1] < 1:
         raise BadDataError(f"image of shape {image.shape} has no pixels", path=path)
     check_finite(image, path)
     return image
+
+
+def stack_frames(path, channel: int | None = None) -> str:
+    """The frame axes of a TIFF that holds a stack of images (time points, planes), from its header:
+    ``"t"``, ``"z"``, ``"tz"``... (``"f"`` for an unnamed one), or ``""`` for one image or a file that
+    is no TIFF or cannot be read (whose reading then names the problem). See
+    :func:`dsb.io.channels.axis_roles` for how axes are told apart.
+
+    Raises
+    ------
+    BadDataError
+        A readable TIFF that is neither one image nor a stack of them, or has no channel ``channel``.
+    """
+    path = Path(path)
+    if path.suffix.lower() not in (".tif", ".tiff"):
+        return ""
+    import tifffile
+
+    try:
+        with tiff_reading(path), tifffile.TiffFile(path) as tif:
+            shape, axes = tif.series[0].shape, tif.series[0].axes
+    except Exception:  # noqa: BLE001 - read_image names the problem
+        return ""
+    roles, _ = axis_roles(shape, axes, channel=channel, frames=True, path=path)
+    return "".join(a for a in roles if a in FRAME_ROLES)
+
+
+def read_stack(path, channel: int | None = None) -> tuple[np.ndarray, str]:
+    """Read a TIFF stack of 2-D images (a time series, the planes of a volume), frames first.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A TIFF whose axes (ImageJ's or OME's names, else the shape: see
+        :func:`dsb.io.channels.axis_roles`) are rows, columns, perhaps channels, and one or
+        more frame axes; any other image is read as a stack of no frames.
+    channel : int, optional
+        As for :func:`read_image`.
+
+    Returns
+    -------
+    frames : (F..., H, W) or (F..., H, W, C) ndarray
+        One leading axis per frame axis, in stored order.
+    axes : str
+        The frame axes' roles, one letter each: ``t``, ``z``, or ``f`` (unnamed); ``""`` for one image.
+
+    Raises
+    ------
+    BadDataError
+        As :func:`read_image`.
+    """
+    path = Path(path)
+    if path.suffix.lower() not in (".tif", ".tiff"):
+        return read_image(path, channel), ""
+    image, axes = _read_tiff(path)
+    channel = check_channel(channel)
+    roles, _ = axis_roles(image.shape, axes, channel=channel, frames=True, path=path)
+    frames = select(image, roles, channel)
+    lead = "".join(a for a in roles if a in FRAME_ROLES)
+    if not frames.size:
+        raise BadDataError(f"image of shape {image.shape} has no pixels", path=path)
+    if np.issubdtype(frames.dtype, np.floating) and lead:
+        # Each frame is segmented on its own: one of NaN alone has nothing to segment, as a 2-D image.
+        finite = np.isfinite(frames).reshape(*frames.shape[: len(lead)], -1).any(axis=-1)
+        if not finite.all():
+            index = tuple(int(i) for i in np.argwhere(~finite)[0])
+            raise BadDataError(f"frame {index if len(index) > 1 else index[0]} ({', '.join(lead)}) holds no "
+                               "finite pixel value (NaN or infinite everywhere)", path=path)
+    check_finite(frames, path)
+    return frames, lead
 
 
 def check_finite(image: np.ndarray, path, *, sampled: bool = False) -> None:

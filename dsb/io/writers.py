@@ -10,6 +10,7 @@ from dsb.core.atomic import atomic_path
 
 __all__ = [
     "write_labels",
+    "write_rgb_stack",
     "write_png",
 ]
 
@@ -17,7 +18,7 @@ __all__ = [
 _UINT16_MAX = np.iinfo(np.uint16).max
 
 
-def write_labels(path, labels: np.ndarray) -> Path:
+def write_labels(path, labels: np.ndarray, frames: str = "") -> Path:
     """Write instance labels as an image that Fiji, napari and scikit-image open, atomically.
 
     The suffix of ``path`` says the format:
@@ -31,8 +32,13 @@ def write_labels(path, labels: np.ndarray) -> Path:
     ----------
     path : str or os.PathLike
         Destination.
-    labels : (H, W) ndarray of int
+    labels : (H, W) ndarray of int, or (F..., H, W) for a stack (TIFF only)
         0 background, 1..N nuclei.
+    frames : str
+        For a stack, the roles of its leading axes (``t`` time, ``z`` planes, ``f`` unnamed,
+        :func:`dsb.io.channels.axis_roles`): a 16-bit TIFF is written as an ImageJ hyperstack, time
+        points before slices as ImageJ orders them (an unnamed axis as slices), which Fiji and
+        napari open as a stack.
 
     Returns
     -------
@@ -58,6 +64,9 @@ def write_labels(path, labels: np.ndarray) -> Path:
     suffix = path.suffix.lower()
     if suffix not in (".png", ".tif", ".tiff"):
         raise ValueError(f"`path` ({path}) must end in .png, .tif or .tiff")
+    if labels.ndim != 2 + len(frames) or (frames and suffix == ".png"):
+        raise ValueError(f"`labels` of shape {labels.shape} with frames {frames!r} must be (H, W), or a stack "
+                         "with one frame role per leading axis written as TIFF")
     wide = bool(labels.size) and labels.max() > _UINT16_MAX
     if suffix == ".png" and not wide:
         from PIL import Image
@@ -69,9 +78,49 @@ def write_labels(path, labels: np.ndarray) -> Path:
 
     if suffix == ".png":
         path = path.with_suffix(".tif")
+    order, imagej = _imagej_frames(frames)
+    hyperstack = bool(frames) and not wide
     with atomic_path(path) as tmp:
-        tifffile.imwrite(tmp, labels.astype(np.uint32 if wide else np.uint16), photometric="minisblack",
-                         compression="zlib")
+        if hyperstack:
+            labels = np.transpose(labels, [*order, len(frames), len(frames) + 1])
+            tifffile.imwrite(tmp, labels.astype(np.uint16), imagej=True, metadata={"axes": imagej + "YX"},
+                             compression="zlib")
+        else:
+            tifffile.imwrite(tmp, labels.astype(np.uint32 if wide else np.uint16), photometric="minisblack",
+                             compression="zlib")
+    return path
+
+
+def _imagej_frames(frames: str) -> tuple[list[int], str]:
+    """The frame axes in ImageJ's order (time points, then slices) and their ImageJ names."""
+    order = sorted(range(len(frames)), key=lambda i: frames[i] != "t")
+    return order, "".join("T" if frames[i] == "t" else "Z" for i in order)
+
+
+def write_rgb_stack(path, pages: list, lead: tuple[int, ...], frames: str) -> Path:
+    """Write RGB uint8 frames (an overlay of a stack) as an ImageJ hyperstack, atomically, frame by frame.
+
+    Parameters
+    ----------
+    path : path
+        A ``.tif`` file.
+    pages : list of (H, W, 3) ndarray of uint8
+        The frames in the order of ``numpy.ndindex(*lead)``.
+    lead : tuple of int
+        The frame axes' lengths.
+    frames : str
+        Their roles, as for :func:`write_labels` (written time points first).
+    """
+    import tifffile
+
+    path = Path(path)
+    order, imagej = _imagej_frames(frames)
+    if order != sorted(order):  # stored slices before time points: ImageJ's order moves them
+        pages = [pages[i] for i in np.arange(len(pages)).reshape(lead).transpose(order).ravel()]
+        lead = tuple(lead[i] for i in order)
+    with atomic_path(path) as tmp:
+        tifffile.imwrite(tmp, iter(pages), shape=(*lead, *pages[0].shape), dtype=np.uint8, imagej=True,
+                         metadata={"axes": imagej + "YXS"}, compression="zlib")
     return path
 
 

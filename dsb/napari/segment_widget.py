@@ -238,6 +238,9 @@ class SegmentWidget(Container):
                              f"in {result.seconds:.2f} s with {Path(result.model).name}"
                              + (f" ({result.network})" if result.network else ""))
         show_info(f"dsb: {self.status.value}")
+        if result.warning:
+            show_warning(f"dsb: {layer.name}: {result.warning}; split its channels (right-click the layer, "
+                         "Split RGB) and segment the DNA stain's layer")
         if on_done is not None:
             on_done(labels)
 

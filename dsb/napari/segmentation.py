@@ -8,6 +8,7 @@ the one the segment widget uses.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 import time
@@ -22,9 +23,10 @@ import pandas as pd
 import dsb
 from dsb.core.config import SCALE_FACTOR_RANGE, check_scale_factor
 from dsb.core.errors import BadDataError, DsbError
-from dsb.inference.predict import predict_nuclei
+from dsb.inference.preprocess import mixed_channels
 from dsb.napari.finetuning import export_onnx_in_child
 from dsb.network.model_folder import PRECISION_CHOICES, default_model_dir, load_run_config
+from dsb.workflows.pipeline import nuclei_predictor, predict_each
 
 #: The engines the viewer segments with: not Keras, whose TensorFlow must stay out of the viewer's
 #: process (see :mod:`dsb.napari.child`). "auto" takes OpenVINO, else ONNX Runtime.
@@ -68,6 +70,9 @@ class Segmented:
     network : str
         The engine and the number format that computed them (``"openvino, bfloat16"``); empty for a
         plain callable in place of an engine's network.
+    warning : str
+        Why a colour layer's luminance may hide its nuclei (:func:`dsb.inference.preprocess.mixed_channels`
+        of its first frame); empty when there is nothing to say.
     """
 
     labels: np.ndarray
@@ -77,6 +82,7 @@ class Segmented:
     seconds: float
     confidences: list = field(default_factory=list)
     network: str = ""
+    warning: str = ""
 
     def features(self, frame: tuple[int, ...] = ()) -> pd.DataFrame | None:
         """A napari Labels layer's ``features`` for one frame (:func:`frame_features`): of the
@@ -237,19 +243,27 @@ def segment_frames(model, data, *, rgb: bool = False, diameter: float | None = N
     config = model.config.with_scale_factor(scale_factor)
     lead, (height, width) = layer_frames(data, rgb)
     labels = np.zeros((*lead, height, width), np.int32)
-    diameters, confidences, estimated = [], [], False
+    diameters, confidences, estimated, warning = [], [], False, ""
     total = int(np.prod(lead, dtype=np.int64)) if lead else 1
-    for done, index in enumerate(np.ndindex(*lead), start=1):
-        nuclei = predict_nuclei(model.network, config, np.asarray(data[index]), tta=tta, diameter=diameter)
-        labels[index] = nuclei.labels
-        diameters.append(float(nuclei.diameter))
-        confidences.append(nuclei.confidence)
-        estimated = nuclei.estimated
-        yield FrameDone(done, total)
+    # Frames as dsb segment takes a stack's (dsb.workflows.segment_files.segment_stack): in order, as
+    # many at a time as the engine has streams.
+    predict = nuclei_predictor(model.network, config, tta=tta, diameter=diameter)
+    frames = ((index, None, np.asarray(data[index])) for index in np.ndindex(*lead))
+    found = predict_each(predict, frames, length=total)
+    with contextlib.closing(found):  # cancelled: the frames in flight are stopped
+        for done, (index, _, frame, nuclei) in enumerate(found, start=1):
+            if rgb and done == 1:
+                warning = mixed_channels(frame) or ""
+            labels[index] = nuclei.labels
+            diameters.append(float(nuclei.diameter))
+            confidences.append(nuclei.confidence)
+            estimated = nuclei.estimated
+            yield FrameDone(done, total)
     # A stand-in callable in place of an engine's network says nothing.
     engine = getattr(model.network, "engine", "")
     network = f"{engine}, {getattr(model.network, 'precision', 'float32')}" if engine else ""
-    yield Segmented(labels, diameters, estimated, Path(model.path), time.monotonic() - start, confidences, network)
+    yield Segmented(labels, diameters, estimated, Path(model.path), time.monotonic() - start, confidences, network,
+                    warning)
 
 
 class ModelState:

@@ -44,6 +44,7 @@ from dsb.inference.labels import labels_at_scale
 from dsb.inference.preprocess import (
     gray_value_range,
     image_type,
+    mixed_channels,
     normalize_polarity,
     preprocess_image,
     raw_intensity,
@@ -147,7 +148,8 @@ class ImageSettings:
     raw values mapped to grey 0 and 1 (:func:`dsb.inference.preprocess.gray_value_range` of the sampled
     pixels), so that every block is read on one scale whatever its own brightest pixel (None: each
     block by its own, as a whole image would be). Stained tissue keeps its per-block colour
-    deconvolution and stretch (:func:`network_input`).
+    deconvolution and stretch (:func:`network_input`). ``warning``: why the sampled pixels' luminance
+    may hide the nuclei (:func:`dsb.inference.preprocess.mixed_channels`; empty when a channel was picked).
     """
 
     scale: float
@@ -158,6 +160,7 @@ class ImageSettings:
     high: float
     sure: bool = True
     value_range: tuple[float, float] | None = None
+    warning: str = ""
 
 
 @dataclass(frozen=True)
@@ -247,7 +250,8 @@ def image_settings(source, network, config, *, diameter: float | None = None) ->
     values = gray_value_range(pixels)
     grays = [normalize_polarity(to_gray(raw, values), polarity=pre.polarity, kind=kind) for raw in raws]
     low, high = np.percentile(np.concatenate([g.ravel() for g in grays]), [pre.percentile_low, pre.percentile_high])
-    contrast = {"kind": kind, "low": float(low), "high": float(high), "value_range": values}
+    warning = "" if getattr(source, "channel", None) is not None else mixed_channels(pixels) or ""
+    contrast = {"kind": kind, "low": float(low), "high": float(high), "value_range": values, "warning": warning}
     settings = ImageSettings(1.0, math.nan, False, **contrast)
     if diameter is not None:
         chosen = choose_scale(network, config, grays[0], diameter=diameter)
@@ -504,7 +508,7 @@ def _lazy_labels(source, spec: ModelSpec, settings: ImageSettings, plan: BlockPl
 
 def segment_blocks(image, model=None, *, diameter: float | None = None, block_size: int | None = None,
                    client=None, out=None, tta: bool | None = None, progress: bool = False,
-                   scale_factor: float | None = None):
+                   scale_factor: float | None = None, channel: int | None = None):
     """Label the nuclei of an image of any size, block by block, every nucleus owned by one block.
 
     Parameters
@@ -537,6 +541,11 @@ def segment_blocks(image, model=None, *, diameter: float | None = None, block_si
     scale_factor : float, optional
         Predict this many times larger than the estimated (or given) scale, in
         [0.5, 2]; None follows the model's ``predict.scale_factor``.
+    channel : int, optional
+        Segment only this channel, counted from 0, of an image of any number
+        of channels (:func:`dsb.io.bigimage.open_source`); only that channel
+        is read. Without it, a fluorescence image whose channels show
+        different stains gets a warning (:func:`dsb.inference.preprocess.mixed_channels`).
 
     Returns
     -------
@@ -549,8 +558,8 @@ def segment_blocks(image, model=None, *, diameter: float | None = None, block_si
     Raises
     ------
     BadDataError
-        ``image`` is not one 2-D image, ``block_size`` is too small for
-        its nuclei, or ``scale_factor`` is outside [0.5, 2].
+        ``image`` is not one 2-D image, has no channel ``channel``,
+        ``block_size`` is too small for its nuclei, or ``scale_factor`` is outside [0.5, 2].
 
     Examples
     --------
@@ -564,9 +573,12 @@ def segment_blocks(image, model=None, *, diameter: float | None = None, block_si
     >>> labels.chunksize, int(labels.max().compute())
     ((128, 128), 3)
     """
-    source = open_source(image)
+    source = open_source(image, channel)
     spec = _model_spec(model, scale_factor)
     settings, plan = _plan(source, spec, diameter, block_size)
+    if settings.warning:
+        warnings.warn(f"{source.origin or 'the array'}: {settings.warning}; give channel=N to segment the "
+                      "DNA stain's channel alone", stacklevel=2)
     if out is None:
         return _lazy_labels(source, spec, settings, plan, client=client, tta=tta)
     import dask.array as da
@@ -614,7 +626,7 @@ def _materialise(source, scratch: Path):
 
 def segment_image_file(path, *, spec: ModelSpec, out_dir, diameter: float | None = None,
                        block_size: int | None = None, client=None, tta: bool | None = None,
-                       progress: bool = True) -> dict:
+                       progress: bool = True, channel: int | None = None) -> dict:
     """``dsb segment`` of one large image, block by block: its labels and measurements in ``out_dir``.
 
     Writes ``NAME_labels.zarr`` (Zarr and OME-Zarr inputs; OME-Zarr labels
@@ -628,7 +640,7 @@ def segment_image_file(path, *, spec: ModelSpec, out_dir, diameter: float | None
         The image's ``summary.csv`` row (:func:`dsb.workflows.cluster.summary_row`).
     """
     path, out_dir = Path(path), Path(out_dir)
-    source = open_source(path)
+    source = open_source(path, channel)
     settings, plan = _plan(source, spec, diameter, block_size)
     target = label_target(source, out_dir)
     measurements = out_dir / f"{source.name}_nuclei.csv"
@@ -647,4 +659,5 @@ def segment_image_file(path, *, spec: ModelSpec, out_dir, diameter: float | None
             table.to_csv(tmp, index=False, float_format="%.6g")
     _warn_cut(path, cut, plan)
     return summary_row(path, "ok", nuclei=count, diameter=settings.diameter, estimated=settings.estimated,
-                       sure=settings.sure, labels=str(target), measurements=str(measurements))
+                       sure=settings.sure, labels=str(target), measurements=str(measurements),
+                       warning=settings.warning)

@@ -9,7 +9,8 @@ writes per image
 - ``<name>_nuclei.csv``: one row per nucleus (see :func:`measure_nuclei`);
 - ``<name>_overlay.png`` (optional): the image with the nuclei outlined;
 
-plus ``summary.csv`` with one row per input file. With no model given it uses
+plus ``summary.csv`` with one row per input file. A TIFF stack (time series, z-stack) gets the same
+files, frame by frame (:func:`segment_stack`). With no model given it uses
 the model shipped inside the package (:func:`dsb.network.model_folder.default_model_dir`).
 Finding, reading, predicting and writing are the folder pipeline's
 (:mod:`dsb.workflows.pipeline`), as for ``dsb predict``.
@@ -29,15 +30,17 @@ from dsb.core.config import check_scale_factor
 from dsb.core.errors import BadDataError
 from dsb.core.labels import measure_regions
 from dsb.core.validate import check_labels, check_same_shape
-from dsb.inference.preprocess import raw_intensity
+from dsb.inference.preprocess import mixed_channels, raw_intensity
 from dsb.io.folders import Skips, find_images, read_images
-from dsb.io.writers import write_labels, write_png
+from dsb.io.images import read_stack
+from dsb.io.writers import write_labels, write_png, write_rgb_stack
 from dsb.network.engines import load_network
 from dsb.network.model_folder import resolve_model_dir
 from dsb.workflows.drawing import outline_overlay
 from dsb.workflows.pipeline import nuclei_predictor, predict_each
 
-__all__ = ["MEASUREMENT_COLUMNS", "SUMMARY_COLUMNS", "measure_nuclei", "segment_paths", "write_outputs", "summary_row"]
+__all__ = ["MEASUREMENT_COLUMNS", "SUMMARY_COLUMNS", "measure_nuclei", "segment_paths", "segment_stack",
+           "write_outputs", "summary_row"]
 
 MEASUREMENT_COLUMNS = (
     "label",
@@ -54,7 +57,7 @@ MEASUREMENT_COLUMNS = (
     "confidence",
 )
 SUMMARY_COLUMNS = ("file", "status", "nuclei", "diameter", "diameter_estimated", "diameter_sure", "labels",
-                   "measurements", "overlay", "error")
+                   "measurements", "overlay", "warning", "error")
 
 def measure_nuclei(labels: np.ndarray, intensity: np.ndarray, confidence: np.ndarray | None = None) -> pd.DataFrame:
     """Measure each nucleus of a label image.
@@ -135,6 +138,7 @@ def segment_paths(
     engine: str = "auto",
     precision: str = "auto",
     scale_factor: float | None = None,
+    channel: int | None = None,
 ) -> pd.DataFrame:
     """Segment microscope images and measure their nuclei.
 
@@ -177,6 +181,10 @@ def segment_paths(
         Predict this many times larger than each image's estimated (or given)
         scale, in [0.5, 2]; None follows the model's ``predict.scale_factor``
         (which ``dsb tune --scale-factors`` chooses).
+    channel : int, optional
+        Segment only this channel of every image, counted from 0 (:func:`dsb.io.images.read_image`):
+        the DNA stain of multi-channel fluorescence. The measurements' ``mean_intensity`` and the
+        overlay are then of that channel. By default an image is segmented from its luminance.
 
     Returns
     -------
@@ -186,7 +194,9 @@ def segment_paths(
         estimated; empty when unknown), ``diameter_estimated`` and
         ``diameter_sure`` (False where the estimate's cross-check could not
         confirm it: see :class:`dsb.inference.scale.Scale`; empty when skipped),
-        the paths written (empty when not written) and ``error`` (empty when ok). ``attrs["skipped"]`` holds a
+        the paths written (empty when not written), ``warning`` (without ``channel``, why the image's
+        luminance may hide its nuclei: :func:`dsb.inference.preprocess.mixed_channels`; else empty)
+        and ``error`` (empty when ok). ``attrs["skipped"]`` holds a
         :class:`dsb.io.folders.Skip` per skipped input, for the caller to report.
 
     Raises
@@ -207,7 +217,8 @@ def segment_paths(
     images, problems = find_images(paths)
     for problem in problems:
         skips(problem)
-    checked = read_images(images, skips, progress=progress and len(images) > 1, label="checking images")
+    checked = read_images(images, skips, progress=progress and len(images) > 1, label="checking images",
+                          channel=channel)
     if not checked:
         raise BadDataError("no image to segment", path=", ".join(str(p) for p in paths) or None)
 
@@ -220,7 +231,8 @@ def segment_paths(
                          label="segmenting")
     with contextlib.closing(found):  # a failed write stops the images in flight
         for name, image, raw, nuclei in found:
-            rows[str(image)] = write_outputs(out_dir, name, image, raw, nuclei, overlay=overlay)
+            rows[str(image)] = write_outputs(out_dir, name, image, raw, nuclei, overlay=overlay,
+                                             picked=channel is not None)
     for skip in skips.records:
         rows[skip.path] = summary_row(skip.path, "skipped", error=skip.message)
 
@@ -232,10 +244,12 @@ def segment_paths(
     return summary
 
 
-def write_outputs(out_dir: Path, name: str, image: Path, raw: np.ndarray, nuclei, *, overlay: bool) -> dict:
+def write_outputs(out_dir: Path, name: str, image: Path, raw: np.ndarray, nuclei, *, overlay: bool,
+                  picked: bool = False) -> dict:
     """Write one image's label TIFF, measurements and (with ``overlay``) overlay, each atomically; return its
     ``summary.csv`` row (:func:`summary_row`). The one writer of ``dsb segment``'s outputs, in one process or on
-    a Dask worker (:mod:`dsb.workflows.cluster`)."""
+    a Dask worker (:mod:`dsb.workflows.cluster`). ``picked``: ``raw`` is one channel the user chose, so its
+    channels are not questioned."""
 
     labels = nuclei.labels
     targets = _outputs(out_dir, name)
@@ -247,18 +261,98 @@ def write_outputs(out_dir: Path, name: str, image: Path, raw: np.ndarray, nuclei
         write_png(targets["overlay"], outline_overlay(raw, labels))
     else:
         del targets["overlay"]
+    warning = "" if picked else mixed_channels(raw) or ""
     return summary_row(image, "ok", nuclei=len(table), diameter=nuclei.diameter, estimated=nuclei.estimated,
-                sure=nuclei.sure, **{k: str(v) for k, v in targets.items()})
+                       sure=nuclei.sure, warning=warning, **{k: str(v) for k, v in targets.items()})
+
+
+def segment_stack(path, name: str, out_dir, predict, *, channel: int | None = None, overlay: bool = False,
+                  progress: bool = False) -> dict:
+    """``dsb segment`` of a TIFF stack (a time series, the planes of a volume), frame by frame.
+
+    Each frame is segmented as an image of its own (its own diameter estimate unless ``predict`` was
+    given one) and numbers its nuclei from 1, as the napari plugin numbers a stack's. Writes, each
+    atomically:
+
+    - ``<name>_labels.tif``: the labels, frames first (16-bit: an ImageJ hyperstack whose frame axes
+      are time points ``T`` then slices ``Z``, as the input's; 32-bit, a plain TIFF, should a frame
+      hold over 65535 nuclei);
+    - ``<name>_nuclei.csv``: :data:`MEASUREMENT_COLUMNS` after one column per frame axis, ``t``,
+      ``z`` or ``frame`` (unnamed), holding each nucleus's frame index from 0;
+    - with ``overlay``, ``<name>_overlay.tif``: an RGB hyperstack of the frames with their outlines.
+
+    The stack is read whole: it takes its own size in memory, plus 2 bytes a pixel for the labels
+    (3 more with ``overlay``).
+
+    Parameters
+    ----------
+    path : path
+        The TIFF (:func:`dsb.io.images.read_stack`).
+    name : str
+        The outputs' name.
+    out_dir : path
+    predict : callable
+        Raw frame to :class:`dsb.inference.predict.Nuclei` (:func:`dsb.workflows.pipeline.nuclei_predictor`,
+        whose network's streams then take several frames at once).
+    channel : int, optional
+        As for :func:`segment_paths`.
+    overlay, progress : bool
+
+    Returns
+    -------
+    dict
+        Its ``summary.csv`` row: the nuclei of all frames, the median of the frames' diameters,
+        estimated when any was, sure when all were; ``warning`` from its first frame.
+    """
+    path, out_dir = Path(path), Path(out_dir)
+    frames, roles = read_stack(path, channel)
+    if not roles:
+        raise BadDataError("is one image, not a stack of them", path=path)
+    lead = frames.shape[: len(roles)]
+    labels = np.zeros((*lead, *frames.shape[len(roles): len(roles) + 2]), np.uint16)
+    columns = ["frame" if a == "f" else a for a in roles]
+    tables, diameters, sure, estimated = [], [], True, False
+    drawn = [] if overlay else None
+    items = ((index, path, frames[index]) for index in np.ndindex(*lead))
+    found = predict_each(predict, items, progress=progress, length=int(np.prod(lead)),
+                         label=f"segmenting {path.name}")
+    with contextlib.closing(found):
+        for index, _, raw, nuclei in found:
+            if nuclei.labels.max(initial=0) > np.iinfo(labels.dtype).max:
+                labels = labels.astype(np.uint32)  # over 65535 nuclei in one frame
+            labels[index] = nuclei.labels
+            table = measure_nuclei(nuclei.labels, raw_intensity(raw), nuclei.confidence)
+            for at, (column, value) in enumerate(zip(columns, index)):
+                table.insert(at, column, value)
+            tables.append(table)
+            diameters.append(float(nuclei.diameter))
+            sure, estimated = sure and bool(nuclei.sure), estimated or bool(nuclei.estimated)
+            if drawn is not None:
+                drawn.append(outline_overlay(raw, nuclei.labels))
+    targets = _outputs(out_dir, name)
+    targets["overlay"] = targets["overlay"].with_suffix(".tif")
+    write_labels(targets["labels"], labels, roles)
+    with atomic_path(targets["measurements"]) as tmp:
+        pd.concat(tables, ignore_index=True).to_csv(tmp, index=False, float_format="%.6g")
+    if drawn is not None:
+        write_rgb_stack(targets["overlay"], drawn, lead, roles)
+    else:
+        del targets["overlay"]
+    finite = [d for d in diameters if math.isfinite(d)]
+    warning = "" if channel is not None else mixed_channels(frames[(0,) * len(roles)]) or ""
+    return summary_row(path, "ok", nuclei=sum(len(t) for t in tables),
+                       diameter=float(np.median(finite)) if finite else math.nan, estimated=estimated, sure=sure,
+                       warning=warning, **{k: str(v) for k, v in targets.items()})
 
 
 def summary_row(path, status: str, *, nuclei: int = 0, diameter: float = math.nan, estimated: bool | str = "",
                 sure: bool | str = "", labels: str = "", measurements: str = "", overlay: str = "",
-                error: str = "") -> dict:
+                warning: str = "", error: str = "") -> dict:
     """One row of ``summary.csv`` (:data:`SUMMARY_COLUMNS`): empty cells for what does not apply."""
     return {"file": str(path), "status": status, "nuclei": nuclei,
             "diameter": round(diameter, 2) if math.isfinite(diameter) else "", "diameter_estimated": estimated,
             "diameter_sure": sure, "labels": labels, "measurements": measurements, "overlay": overlay,
-            "error": error}
+            "warning": warning, "error": error}
 
 
 def _predictor(model_dir, *, tta: bool, diameter: float | None = None, engine: str = "auto",

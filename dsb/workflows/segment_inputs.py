@@ -1,5 +1,6 @@
 """``dsb segment``'s inputs, whatever they are: image files and folders in this process or one task per image
-on a Dask cluster, and images larger than memory block by block (:mod:`dsb.workflows.blocks`).
+on a Dask cluster, TIFF stacks frame by frame (:func:`dsb.workflows.segment_files.segment_stack`), and images
+larger than memory block by block (:mod:`dsb.workflows.blocks`).
 
 :func:`segment_inputs` sorts the inputs (a Zarr store, or a TIFF or PNG with a side above the block size, goes
 block-wise), runs them where :func:`dsb.workflows.cluster.cluster_client` says, and writes ``summary.csv``.
@@ -15,9 +16,9 @@ import pandas as pd
 from dsb.core.atomic import atomic_path, writable_dir
 from dsb.core.errors import BadDataError, DsbError
 from dsb.inference.predict import predict_nuclei
-from dsb.io.bigimage import image_side, is_zarr
+from dsb.io.bigimage import image_side, is_zarr, open_source
 from dsb.io.folders import Skips, find_images
-from dsb.io.images import read_image
+from dsb.io.images import read_image, read_stack, stack_frames
 from dsb.network.model_folder import resolve_model_dir
 from dsb.workflows.blocks import segment_image_file
 from dsb.workflows.cluster import (
@@ -27,9 +28,11 @@ from dsb.workflows.cluster import (
     run_tasks,
     worker_network,
 )
+from dsb.workflows.pipeline import nuclei_predictor
 from dsb.workflows.segment_files import (
     SUMMARY_COLUMNS,
     segment_paths,
+    segment_stack,
     summary_row,
     write_outputs,
 )
@@ -38,6 +41,7 @@ __all__ = [
     "BIG_SIDE",
     "segment_folder",
     "segment_inputs",
+    "segment_stacks",
 ]
 
 
@@ -46,9 +50,10 @@ BIG_SIDE = 8192
 
 
 
-def _check_task(path: Path) -> TaskError | None:
+def _check_task(path: Path, channel: int | None = None, stack: bool = False) -> TaskError | None:
+    """Read one image (or, with ``stack``, one TIFF stack) as it will be segmented: None, or why not."""
     try:
-        read_image(path)
+        read_stack(path, channel) if stack else read_image(path, channel)
     except DsbError as exc:
         return TaskError.of(exc)
     return None
@@ -56,14 +61,14 @@ def _check_task(path: Path) -> TaskError | None:
 
 
 def _segment_task(path: Path, name: str, out_dir: Path, spec: ModelSpec, tta: bool, overlay: bool,
-                  diameter: float | None):
+                  diameter: float | None, channel: int | None = None):
     """One image of a folder, on a worker: read, segment with the worker's model, write its files."""
     try:
-        raw = read_image(path)
+        raw = read_image(path, channel)
         network, config, lock = worker_network(spec)
         with lock:
             nuclei = predict_nuclei(network, config, raw, tta=tta, diameter=diameter)
-        return write_outputs(out_dir, name, path, raw, nuclei, overlay=overlay)
+        return write_outputs(out_dir, name, path, raw, nuclei, overlay=overlay, picked=channel is not None)
     except DsbError as exc:
         return TaskError.of(exc)
 
@@ -71,20 +76,21 @@ def _segment_task(path: Path, name: str, out_dir: Path, spec: ModelSpec, tta: bo
 
 def segment_folder(images: dict[str, Path], *, spec: ModelSpec, out_dir: Path, client, skips: Skips,
                    tta: bool | None = None, overlay: bool = False, diameter: float | None = None,
-                   progress: bool = True) -> dict[str, dict]:
+                   progress: bool = True, channel: int | None = None) -> dict[str, dict]:
     """``dsb segment`` of many images, one Dask task per image: ``{file: summary row}``.
 
     Every image is read and checked on the workers before any is segmented,
     so a bad one (without ``skip_bad``) stops the run before anything is written.
     """
     bad: set[str] = set()
-    for (path,), problem in run_tasks(_check_task, [(p,) for p in images.values()], client=client,
+    for (path, _), problem in run_tasks(_check_task, [(p, channel) for p in images.values()], client=client,
                                       progress=progress, label="checking images", what="checking"):
         if problem is not None:
             skips(problem.error(), path=path)
             bad.add(str(path))
     rows: dict[str, dict] = {}
-    items = [(p, name, out_dir, spec, tta, overlay, diameter) for name, p in images.items() if str(p) not in bad]
+    items = [(p, name, out_dir, spec, tta, overlay, diameter, channel) for name, p in images.items()
+             if str(p) not in bad]
     for item, row in run_tasks(_segment_task, items, client=client, progress=progress, label="segmenting",
                                what="segmenting"):
         if isinstance(row, TaskError):
@@ -95,19 +101,75 @@ def segment_folder(images: dict[str, Path], *, spec: ModelSpec, out_dir: Path, c
 
 
 
-def _split_inputs(paths: list[Path], block_size: int | None):
+def _stack_task(path: Path, name: str, out_dir: Path, spec: ModelSpec, tta: bool, overlay: bool,
+                diameter: float | None, channel: int | None, progress: bool = False):
+    """One TIFF stack, on a worker or in this process: segment it frame by frame with the model of
+    ``spec`` (:func:`dsb.workflows.segment_files.segment_stack`); its summary row or a TaskError."""
+    try:
+        network, config, lock = worker_network(spec)
+        with lock:
+            return segment_stack(path, name, out_dir, nuclei_predictor(network, config, tta=tta, diameter=diameter),
+                                 channel=channel, overlay=overlay, progress=progress)
+    except DsbError as exc:
+        return TaskError.of(exc)
+
+
+def check_stacks(stacks: dict[str, Path], *, client, skips: Skips, channel: int | None = None,
+                 progress: bool = True) -> dict[str, Path]:
+    """The stacks that read whole (on the cluster's workers when ``client``); each other one goes to
+    ``skips``, which raises it unless it skips bad inputs. Run before anything is written, so that a
+    damaged stack stops the run as a damaged image does."""
+    bad: set[str] = set()
+    for (path, *_), problem in run_tasks(_check_task, [(p, channel, True) for p in stacks.values()], client=client,
+                                         progress=progress and len(stacks) > 1, label="checking stacks",
+                                         what="checking"):
+        if problem is not None:
+            skips(problem.error(), path=path)
+            bad.add(str(path))
+    return {name: path for name, path in stacks.items() if str(path) not in bad}
+
+
+def segment_stacks(stacks: dict[str, Path], *, spec: ModelSpec, out_dir: Path, client, skips: Skips,
+                   tta: bool | None = None, overlay: bool = False, diameter: float | None = None,
+                   progress: bool = True, channel: int | None = None) -> dict[str, dict]:
+    """``dsb segment`` of TIFF stacks: ``{file: summary row}``; one Dask task per stack on a cluster,
+    else here, frame after frame with a progress bar over each stack's frames."""
+    rows: dict[str, dict] = {}
+    items = [(p, name, out_dir, spec, tta, overlay, diameter, channel, progress and client is None)
+             for name, p in stacks.items()]
+    for item, row in run_tasks(_stack_task, items, client=client, progress=progress and client is not None,
+                               label="segmenting stacks", what="segmenting"):
+        if isinstance(row, TaskError):
+            skips(row.error(), path=item[0])
+        else:
+            rows[str(item[0])] = row
+    return rows
+
+
+def _split_inputs(paths: list[Path], block_size: int | None, channel: int | None = None):
     """What ``dsb segment`` was given, sorted out: the inputs to segment block by block (Zarr stores,
     and TIFF and PNG files, named or in a folder, with a side above ``block_size`` or
-    :data:`BIG_SIDE`), the other images by name, and the paths that are no image
-    (:func:`dsb.io.folders.find_images`)."""
+    :data:`BIG_SIDE`), the other images by name in the order given, those of them that are TIFF
+    stacks (:func:`dsb.io.images.stack_frames`), the paths that are no image
+    (:func:`dsb.io.folders.find_images`), and the TIFFs whose header says they are neither one image
+    nor a stack of them (or lack the channel asked for)."""
     zarrs = [path for path in paths if is_zarr(path)]
     others = [path for path in paths if not is_zarr(path)]
     images, problems = find_images(others) if others else ({}, [])
     limit = BIG_SIDE if block_size is None else block_size
     big = [path for path in images.values()
            if path.suffix.lower() in (".tif", ".tiff", ".png") and _side(path) > limit]
-    small = {name: path for name, path in images.items() if path not in big}
-    return zarrs + big, small, problems
+    rest, stacks, refused = {}, {}, []
+    for name, path in images.items():
+        if path in big:
+            continue
+        rest[name] = path
+        try:
+            if stack_frames(path, channel):
+                stacks[name] = path
+        except BadDataError as exc:
+            refused.append(exc)
+    return zarrs + big, rest, stacks, problems, refused
 
 
 def _side(path: Path) -> int:
@@ -123,7 +185,7 @@ def segment_inputs(paths, *, model_dir=None, out_dir, tta: bool | None = None, o
                    diameter: float | None = None, skip_bad: bool = False, progress: bool = True,
                    engine: str = "auto", precision: str = "auto", block_size: int | None = None,
                    workers: int | None = None, scheduler: str | None = None, client=None,
-                   scale_factor: float | None = None) -> pd.DataFrame:
+                   scale_factor: float | None = None, channel: int | None = None) -> pd.DataFrame:
     """``dsb segment`` with large images block by block and, optionally, on a Dask cluster.
 
     Zarr and OME-Zarr stores, and TIFF or PNG files with a side above
@@ -132,7 +194,7 @@ def segment_inputs(paths, *, model_dir=None, out_dir, tta: bool | None = None, o
     :func:`dsb.workflows.segment_files.segment_paths` does, on the cluster's workers
     when ``workers`` or ``scheduler`` is given. Parameters and the returned
     summary are those of :func:`~dsb.workflows.segment_files.segment_paths` (``scale_factor``
-    included), plus
+    and ``channel`` included), plus
     ``block_size`` (pixels a side), ``workers`` and ``scheduler``
     (:func:`cluster_client`), or a ``client`` already connected (a
     dask-gateway cluster's, whose address needs its credentials).
@@ -140,39 +202,62 @@ def segment_inputs(paths, *, model_dir=None, out_dir, tta: bool | None = None, o
 
     out_dir = Path(out_dir)
     paths = [Path(p) for p in paths]
-    big, small, problems = _split_inputs(paths, block_size)
+    big, listed, stacks, problems, refused = _split_inputs(paths, block_size, channel)
     spec = ModelSpec(str(resolve_model_dir(model_dir)), engine, precision, scale_factor)
     skips = Skips(skip_bad)
+    # What can be told from headers is told before anything is written: a TIFF that is neither an
+    # image nor a stack of them, or lacks the channel, and each large input opened (metadata only).
+    for exc in refused:
+        if not skip_bad:
+            raise exc
+    unreadable = []
+    for path in big:
+        try:
+            open_source(path, channel)
+        except BadDataError as exc:
+            exc = exc if exc.path is not None else BadDataError(exc.message, path=path, where=exc.where)
+            if not skip_bad:
+                raise exc from None
+            unreadable.append(exc)
     rows: dict[str, dict] = {}
     given = contextlib.nullcontext(client) if client is not None else cluster_client(workers, scheduler)
     with given as client:
-        if client is None and not big:  # as before
+        if client is None and not big and not refused and not stacks:  # as before
             return segment_paths(paths, model_dir=spec.path, out_dir=out_dir, tta=tta, overlay=overlay,
                                  diameter=diameter, skip_bad=skip_bad, progress=progress, engine=engine,
-                                 precision=precision, scale_factor=scale_factor)
-        for problem in problems:
+                                 precision=precision, scale_factor=scale_factor, channel=channel)
+        for problem in problems + refused + unreadable:
             skips(problem)
-        order = [problem.path for problem in problems] + [str(p) for p in small.values()]
+        # The summary lists the inputs as they were given; a refused one in its place.
+        order = [problem.path for problem in problems] + [str(p) for p in listed.values()] + [str(p) for p in big]
+        out = {str(exc.path) for exc in refused + unreadable}
+        small = {name: p for name, p in listed.items() if name not in stacks and str(p) not in out}
+        stacks = check_stacks(stacks, client=client, skips=skips, channel=channel, progress=progress)
         if small and client is None:
             done = segment_paths(list(small.values()), model_dir=spec.path, out_dir=out_dir, tta=tta,
                                  overlay=overlay, diameter=diameter, skip_bad=skip_bad, progress=progress,
-                                 engine=engine, precision=precision, scale_factor=scale_factor)
+                                 engine=engine, precision=precision, scale_factor=scale_factor, channel=channel)
             rows.update({row["file"]: row for row in done.to_dict("records") if row["status"] == "ok"})
             skips.records += done.attrs["skipped"]
         elif small:
             writable_dir(out_dir)
             rows.update(segment_folder(small, spec=spec, out_dir=out_dir, client=client, skips=skips,
-                                       tta=tta, overlay=overlay, diameter=diameter, progress=progress))
+                                       tta=tta, overlay=overlay, diameter=diameter, progress=progress,
+                                       channel=channel))
+        if stacks:
+            writable_dir(out_dir)
+            rows.update(segment_stacks(stacks, spec=spec, out_dir=out_dir, client=client, skips=skips, tta=tta,
+                                       overlay=overlay, diameter=diameter, progress=progress, channel=channel))
         for path in big:
-            order.append(str(path))
+            if str(path) in out:
+                continue
             try:
                 rows[str(path)] = segment_image_file(path, spec=spec, out_dir=out_dir, diameter=diameter,
                                                      block_size=block_size, client=client, tta=tta,
-                                                     progress=progress)
+                                                     progress=progress, channel=channel)
             except BadDataError as exc:
                 skips(exc, path=path)
     return _write_summary(out_dir, rows, skips, order)
-
 
 
 def _write_summary(out_dir: Path, rows: dict[str, dict], skips: Skips, order: list[str]) -> pd.DataFrame:
