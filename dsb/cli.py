@@ -566,7 +566,7 @@ def predict(run_dir, images, out, labels, tta, diameter, skip_bad, scale_factor,
               help="Run folder; defaults to the model shipped with the package.")
 @click.option("--out", type=_DIR, required=True, help="Folder for label TIFFs and measurement CSVs.")
 @_TTA
-@click.option("--overlay", is_flag=True, help="Also write an overlay PNG per image.")
+@click.option("--overlay", is_flag=True, help="Also write an overlay PNG per image (an RGB TIFF stack for a stack).")
 @click.option("--diameter", type=_Diameter(), default=None, help=_DIAMETER_HELP)
 @click.option("--skip-bad", is_flag=True, help="Report unreadable images and go on with the rest.")
 @click.option("--block-size", type=click.IntRange(min=16), default=None, metavar="PX",
@@ -608,8 +608,7 @@ def segment(paths, model_dir, out, tta, overlay, diameter, skip_bad, block_size,
                              scale_factor=scale_factor, channel=channel)
     skipped = _report_skipped(summary.attrs["skipped"])
     for row in summary[summary["warning"].fillna("").astype(str) != ""].itertuples(index=False):
-        click.echo(f"dsb: warning: {row.file}: {row.warning}; give --channel N to segment the DNA stain's "
-                   "channel alone", err=True)
+        click.echo(f"dsb: warning: {row.file}: {row.warning}", err=True)
     unsure = summary[summary["diameter_sure"].astype(str) == "False"]
     for row in unsure.itertuples(index=False):
         d = row.diameter

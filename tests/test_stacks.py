@@ -179,3 +179,35 @@ def test_the_summary_keeps_the_order_given_with_a_refused_file(tmp_path, movie):
     summary = pd.read_csv(tmp_path / "out" / "summary.csv")
     assert summary["file"].tolist() == [str(tmp_path / n) for n in ("a.tif", "b.tif", "c.tif")]
     assert summary["status"].tolist() == ["ok", "skipped", "ok"] and "6 channels" in summary.loc[1, "error"]
+
+
+def test_unnamed_pages_say_how_they_were_read(tmp_path, movie):
+    """A plain multi-page TIFF leaves the shape to decide between frames, channels and colour: the
+    summary and stderr say which reading was taken, so a z-stack cut to one page is not silent."""
+    frames, _ = movie
+    six = np.concatenate([frames, frames[:2]])
+    tifffile.imwrite(tmp_path / "six.tif", six, photometric="minisblack")
+    tifffile.imwrite(tmp_path / "three.tif", frames[:3], photometric="minisblack")
+    tifffile.imwrite(tmp_path / "named.tif", six, imagej=True, metadata={"axes": "ZYX"})
+    tifffile.imwrite(tmp_path / "rgb.tif", np.dstack([frames[0]] * 3))  # colour samples: nothing to say
+    for extra, expected in (([], {"six.tif": "read as the frames of a stack", "three.tif": "colour channels"}),
+                            (["--channel", 0], {"six.tif": "read as 6 channels, of which channel 0"})):
+        out = tmp_path / f"out{len(extra)}"
+        result = run_dsb("segment", tmp_path, "--out", out, "--diameter", DIAMETER, *extra)
+        assert result.exit_code == 0, result.output
+        summary = pd.read_csv(out / "summary.csv").set_index("file")["warning"].fillna("")
+        for name in ("six.tif", "three.tif", "named.tif", "rgb.tif"):
+            said = summary[str(tmp_path / name)]
+            if name in expected:
+                assert expected[name] in said, (name, said)
+                assert f"dsb: warning: {tmp_path / name}: {said}" in result.stderr
+            else:
+                assert "pages" not in said, (name, said)
+    assert tifffile.imread(tmp_path / "out2" / "six_labels.tif").ndim == 2  # one page, as it said
+
+
+def test_a_stack_too_large_for_one_piece_is_refused_in_one_line(tmp_path, movie):
+    frames, _ = movie
+    tifffile.imwrite(tmp_path / "movie.tif", frames, imagej=True, metadata={"axes": "TYX"})
+    result = run_dsb("segment", tmp_path / "movie.tif", "--out", tmp_path / "out", "--block-size", 128)
+    error_line(result, 3, tmp_path / "movie.tif", "is a stack (t frames)", "give no --block-size")

@@ -19,7 +19,7 @@ import numpy as np
 
 from dsb.core.errors import BadDataError
 
-__all__ = ["MAX_COLOURS", "FRAME_ROLES", "axis_roles", "pick_channel", "select", "check_channel"]
+__all__ = ["MAX_COLOURS", "FRAME_ROLES", "axis_roles", "page_note", "pick_channel", "select", "check_channel"]
 
 # Channels an image may have when none is picked: grey, grey+alpha, RGB, RGBA.
 MAX_COLOURS = 4
@@ -84,6 +84,52 @@ def _guess(shape: tuple[int, ...], picked: bool, frames: bool = False) -> str | 
     return "".join(roles)
 
 
+def _named(shape: tuple[int, ...], axes: str | None) -> str | None:
+    """The file's axis names, lower case (``s``, RGB samples, as ``c``), or None where they do not name
+    every axis longer than 1 (tifffile's ``Q`` and ``I`` for pages it cannot place): the shape decides."""
+    if axes is None:
+        return None
+    axes = axes.lower().replace("s", "c")
+    if len(axes) != len(shape) or any(a not in "yxczt" and n != 1 for a, n in zip(axes, shape)):
+        return None
+    return axes
+
+
+def page_note(shape, axes: str | None, channel: int | None) -> str:
+    """What a user should know of how the unnamed pages of a file were read, or ``""``.
+
+    A TIFF of several pages without axis names (a plain multi-page file) leaves the shape to decide
+    (:func:`axis_roles`): with a channel picked its pages are channels, so a z-stack or time series
+    of more than :data:`MAX_COLOURS` pages is cut to the one page picked; without one, more pages
+    are frames, and two to four the colour channels of one image. Each is right for some files and
+    wrong for others; the note says which was taken and how to have the other.
+
+    Examples
+    --------
+    >>> page_note((6, 256, 256), "QYX", 0)[:55]
+    'its 6 pages have no axis names and were read as 6 chann'
+    >>> page_note((6, 256, 256), "ZYX", 0), page_note((3, 256, 256), "SYX", None)
+    ('', '')
+    """
+    shape = tuple(int(n) for n in shape)
+    if axes is None or _named(shape, axes) is not None or any(a in "sS" for a in axes):
+        return ""  # named, or colour samples stored in each page
+    kept = [n for n in shape if n != 1]
+    if len(kept) != 3 or kept[0] > kept[2]:
+        return ""
+    pages = kept[0]
+    if channel is not None and pages > MAX_COLOURS and _image_like(kept[1], kept[2]):
+        return (f"its {pages} pages have no axis names and were read as {pages} channels, of which channel "
+                f"{channel} was segmented; without --channel they are read as the frames of a stack")
+    if channel is None and pages > MAX_COLOURS and _image_like(kept[1], kept[2]):
+        return (f"its {pages} pages have no axis names and were read as the frames of a stack; with --channel N "
+                "they are read as channels, of which N is segmented")
+    if channel is None and 2 <= pages <= MAX_COLOURS:
+        return (f"its {pages} pages have no axis names and were read as the colour channels of one image; "
+                "saved with axis names (an ImageJ hyperstack or OME-TIFF) they are segmented as a stack")
+    return ""
+
+
 def axis_roles(shape, axes: str | None = None, *, channel: int | None = None, frames: bool = False,
                path=None) -> tuple[str, int]:
     """The role of each stored axis and the number of channels.
@@ -131,10 +177,7 @@ def axis_roles(shape, axes: str | None = None, *, channel: int | None = None, fr
     """
     shape = tuple(int(n) for n in shape)
     picked = channel is not None
-    if axes is not None:
-        axes = axes.lower().replace("s", "c")
-        if len(axes) != len(shape) or any(a not in "yxczt" and n != 1 for a, n in zip(axes, shape)):
-            axes = None  # names tifffile makes up (Q, I) for pages it cannot place: the shape decides
+    axes = _named(shape, axes)
     if axes is None:
         roles = _guess(shape, picked, frames)
     else:

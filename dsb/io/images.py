@@ -24,13 +24,14 @@ from pathlib import Path
 import numpy as np
 
 from dsb.core.errors import BadDataError
-from dsb.io.channels import FRAME_ROLES, axis_roles, check_channel, pick_channel, select
+from dsb.io.channels import FRAME_ROLES, axis_roles, check_channel, page_note, pick_channel, select
 
 __all__ = [
     "IMAGE_SUFFIXES",
     "read_image",
     "read_stack",
     "stack_frames",
+    "tiff_page_note",
     "check_finite",
     "read_mask",
     "MaskFixWarning",
@@ -197,6 +198,22 @@ def stack_frames(path, channel: int | None = None) -> str:
         return ""
     roles, _ = axis_roles(shape, axes, channel=channel, frames=True, path=path)
     return "".join(a for a in roles if a in FRAME_ROLES)
+
+
+def tiff_page_note(path, channel: int | None = None) -> str:
+    """:func:`dsb.io.channels.page_note` of a TIFF, from its header; ``""`` for other files and for one
+    that cannot be read (whose reading names the problem)."""
+    path = Path(path)
+    if path.suffix.lower() not in (".tif", ".tiff"):
+        return ""
+    import tifffile
+
+    try:
+        with tiff_reading(path), tifffile.TiffFile(path) as tif:
+            shape, axes = tif.series[0].shape, tif.series[0].axes
+    except Exception:  # noqa: BLE001 - read_image names the problem
+        return ""
+    return page_note(shape, axes, channel)
 
 
 def read_stack(path, channel: int | None = None) -> tuple[np.ndarray, str]:

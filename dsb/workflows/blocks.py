@@ -73,7 +73,7 @@ from dsb.workflows.cluster import (
     run_tasks,
     worker_network,
 )
-from dsb.workflows.segment_files import measure_nuclei, summary_row
+from dsb.workflows.segment_files import CHANNEL_ADVICE, measure_nuclei, summary_row
 
 __all__ = [
     "WORKING_BLOCK",
@@ -515,7 +515,7 @@ def segment_blocks(image, model=None, *, diameter: float | None = None, block_si
     ----------
     image : array_like or path
         An ``(H, W)``, ``(H, W, C)`` or ``(C, H, W)`` NumPy, Zarr or Dask
-        array (C in 1..4), or the path of a Zarr array, an OME-Zarr image
+        array (C in 1..4, any number with ``channel``), or the path of a Zarr array, an OME-Zarr image
         (level 0), a TIFF or a PNG file.
     model : str, os.PathLike or LoadedModel, optional
         As for :func:`dsb.segment`; by default the shipped model.
@@ -660,4 +660,4 @@ def segment_image_file(path, *, spec: ModelSpec, out_dir, diameter: float | None
     _warn_cut(path, cut, plan)
     return summary_row(path, "ok", nuclei=count, diameter=settings.diameter, estimated=settings.estimated,
                        sure=settings.sure, labels=str(target), measurements=str(measurements),
-                       warning=settings.warning)
+                       warning=settings.warning and f"{settings.warning}; {CHANNEL_ADVICE}")

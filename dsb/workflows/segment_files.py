@@ -40,7 +40,7 @@ from dsb.workflows.drawing import outline_overlay
 from dsb.workflows.pipeline import nuclei_predictor, predict_each
 
 __all__ = ["MEASUREMENT_COLUMNS", "SUMMARY_COLUMNS", "measure_nuclei", "segment_paths", "segment_stack",
-           "write_outputs", "summary_row"]
+           "write_outputs", "summary_row", "channel_warning"]
 
 MEASUREMENT_COLUMNS = (
     "label",
@@ -56,6 +56,8 @@ MEASUREMENT_COLUMNS = (
     "mean_intensity",
     "confidence",
 )
+# What summary.csv's warning tells a user whose image's luminance may hide its nuclei.
+CHANNEL_ADVICE = "give --channel N to segment the DNA stain's channel alone"
 SUMMARY_COLUMNS = ("file", "status", "nuclei", "diameter", "diameter_estimated", "diameter_sure", "labels",
                    "measurements", "overlay", "warning", "error")
 
@@ -261,7 +263,7 @@ def write_outputs(out_dir: Path, name: str, image: Path, raw: np.ndarray, nuclei
         write_png(targets["overlay"], outline_overlay(raw, labels))
     else:
         del targets["overlay"]
-    warning = "" if picked else mixed_channels(raw) or ""
+    warning = "" if picked else channel_warning(raw)
     return summary_row(image, "ok", nuclei=len(table), diameter=nuclei.diameter, estimated=nuclei.estimated,
                        sure=nuclei.sure, warning=warning, **{k: str(v) for k, v in targets.items()})
 
@@ -339,10 +341,17 @@ def segment_stack(path, name: str, out_dir, predict, *, channel: int | None = No
     else:
         del targets["overlay"]
     finite = [d for d in diameters if math.isfinite(d)]
-    warning = "" if channel is not None else mixed_channels(frames[(0,) * len(roles)]) or ""
+    warning = "" if channel is not None else channel_warning(frames[(0,) * len(roles)])
     return summary_row(path, "ok", nuclei=sum(len(t) for t in tables),
                        diameter=float(np.median(finite)) if finite else math.nan, estimated=estimated, sure=sure,
                        warning=warning, **{k: str(v) for k, v in targets.items()})
+
+
+def channel_warning(raw: np.ndarray) -> str:
+    """The ``warning`` of ``summary.csv`` for an image segmented from its luminance whose channels show
+    different stains (:func:`dsb.inference.preprocess.mixed_channels`), with what to do; else ``""``."""
+    why = mixed_channels(raw)
+    return f"{why}; {CHANNEL_ADVICE}" if why else ""
 
 
 def summary_row(path, status: str, *, nuclei: int = 0, diameter: float = math.nan, estimated: bool | str = "",

@@ -18,7 +18,7 @@ from dsb.core.errors import BadDataError, DsbError
 from dsb.inference.predict import predict_nuclei
 from dsb.io.bigimage import image_side, is_zarr, open_source
 from dsb.io.folders import Skips, find_images
-from dsb.io.images import read_image, read_stack, stack_frames
+from dsb.io.images import read_image, read_stack, stack_frames, tiff_page_note
 from dsb.network.model_folder import resolve_model_dir
 from dsb.workflows.blocks import segment_image_file
 from dsb.workflows.cluster import (
@@ -213,16 +213,23 @@ def segment_inputs(paths, *, model_dir=None, out_dir, tta: bool | None = None, o
     unreadable = []
     for path in big:
         try:
+            frames = stack_frames(path, channel)
+            if frames:
+                raise BadDataError(f"is a stack ({', '.join(frames)} frames), and block by block (a side above "
+                                   f"{BIG_SIDE if block_size is None else block_size} px) dsb segment takes one "
+                                   "2-D image" + ("" if block_size is None else "; give no --block-size"), path=path)
             open_source(path, channel)
         except BadDataError as exc:
             exc = exc if exc.path is not None else BadDataError(exc.message, path=path, where=exc.where)
             if not skip_bad:
                 raise exc from None
             unreadable.append(exc)
+    # How the unnamed pages of a plain multi-page TIFF were read, where another reading was as likely.
+    notes = {str(p): note for p in listed.values() if (note := tiff_page_note(p, channel))}
     rows: dict[str, dict] = {}
     given = contextlib.nullcontext(client) if client is not None else cluster_client(workers, scheduler)
     with given as client:
-        if client is None and not big and not refused and not stacks:  # as before
+        if client is None and not big and not refused and not stacks and not notes:  # as before
             return segment_paths(paths, model_dir=spec.path, out_dir=out_dir, tta=tta, overlay=overlay,
                                  diameter=diameter, skip_bad=skip_bad, progress=progress, engine=engine,
                                  precision=precision, scale_factor=scale_factor, channel=channel)
@@ -257,6 +264,9 @@ def segment_inputs(paths, *, model_dir=None, out_dir, tta: bool | None = None, o
                                                      progress=progress, channel=channel)
             except BadDataError as exc:
                 skips(exc, path=path)
+    for path, note in notes.items():
+        if path in rows:
+            rows[path]["warning"] = "; ".join(w for w in (rows[path]["warning"], note) if w)
     return _write_summary(out_dir, rows, skips, order)
 
 
