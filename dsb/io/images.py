@@ -186,34 +186,33 @@ def stack_frames(path, channel: int | None = None) -> str:
     BadDataError
         A readable TIFF that is neither one image nor a stack of them, or has no channel ``channel``.
     """
+    header = _tiff_header(path)
+    if header is None:
+        return ""
+    roles, _ = axis_roles(*header, channel=channel, frames=True, path=path)
+    return "".join(a for a in roles if a in FRAME_ROLES)
+
+
+def _tiff_header(path) -> tuple[tuple[int, ...], str] | None:
+    """The shape and axis names of a TIFF's first series, from its header; None for another file or
+    one that cannot be read (whose reading names the problem)."""
     path = Path(path)
     if path.suffix.lower() not in (".tif", ".tiff"):
-        return ""
+        return None
     import tifffile
 
     try:
         with tiff_reading(path), tifffile.TiffFile(path) as tif:
-            shape, axes = tif.series[0].shape, tif.series[0].axes
+            return tuple(tif.series[0].shape), tif.series[0].axes
     except Exception:  # noqa: BLE001 - read_image names the problem
-        return ""
-    roles, _ = axis_roles(shape, axes, channel=channel, frames=True, path=path)
-    return "".join(a for a in roles if a in FRAME_ROLES)
+        return None
 
 
 def tiff_page_note(path, channel: int | None = None) -> str:
     """:func:`dsb.io.channels.page_note` of a TIFF, from its header; ``""`` for other files and for one
     that cannot be read (whose reading names the problem)."""
-    path = Path(path)
-    if path.suffix.lower() not in (".tif", ".tiff"):
-        return ""
-    import tifffile
-
-    try:
-        with tiff_reading(path), tifffile.TiffFile(path) as tif:
-            shape, axes = tif.series[0].shape, tif.series[0].axes
-    except Exception:  # noqa: BLE001 - read_image names the problem
-        return ""
-    return page_note(shape, axes, channel)
+    header = _tiff_header(path)
+    return "" if header is None else page_note(*header, channel)
 
 
 def read_stack(path, channel: int | None = None) -> tuple[np.ndarray, str]:
