@@ -16,9 +16,9 @@ from importlib.metadata import entry_points
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage
 import pytest
 import tifffile
+from scipy import ndimage
 
 import dsb
 from conftest import CONFIG, make_discs
@@ -311,6 +311,40 @@ def test_model_state_reads_whether_the_model_was_tuned_for_tta(tmp_path):
     assert state.tuned_tta() is True
     (tmp_path / "config.json").write_text("not json")
     assert state.tuned_tta() is False  # unreadable: off, and state.load() will say why
+
+
+def test_a_fine_tune_is_quantised_where_auto_runs_int8(tmp_path, monkeypatch):
+    """After a fine-tune the new folder gets model.int8.onnx, calibrated on the project's corrections,
+    on a machine whose auto runs int8 (no bfloat16 units, AVX2, the quantizer installed), and only there.
+    The quantising itself (dsb.workflows.export.quantize_in_place) is tested on a fine-tuned run in
+    test_finetune."""
+    from dsb.napari import finetuning
+    from dsb.network import engines
+    from dsb.workflows import export
+
+    project = Project(tmp_path / "p")
+    run_dir = tmp_path / "p" / "models" / "finetune-001"
+    calls = []
+    monkeypatch.setattr(finetuning, "finetune_project",
+                        lambda project, init, **_: finetuning.Outcome(run_dir, False, Path("init"), []))
+    monkeypatch.setattr(finetuning, "export_onnx_in_place", lambda run: calls.append(("onnx", run)))
+    monkeypatch.setattr(finetuning, "quantize_in_place", lambda run, data: calls.append(("int8", run, data)))
+    monkeypatch.setattr(engines, "engine_installed", lambda engine: True)
+    for bf16, int8, quantizer, made in ((True, True, True, False), (False, True, True, True),
+                                        (False, False, True, False), (False, True, False, False)):
+        calls.clear()
+        monkeypatch.setattr(engines, "bfloat16_units", lambda: bf16)
+        monkeypatch.setattr(engines, "int8_units", lambda: int8)
+        if quantizer:
+            monkeypatch.setattr(export, "require_quantizer", lambda: None)
+        else:
+            def missing():
+                raise export.EnvironmentProblem("int8 export needs onnxruntime and onnx")
+            monkeypatch.setattr(export, "require_quantizer", missing)
+        assert export.int8_would_run() is made
+        outcome = finetuning.finetune_and_export(project.path, None)
+        assert outcome.run_dir == run_dir
+        assert calls == [("onnx", run_dir)] + ([("int8", run_dir, project.corrections)] if made else [])
 
 
 def test_progress_fraction():

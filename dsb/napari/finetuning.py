@@ -26,7 +26,7 @@ from dsb.napari.project import Project
 from dsb.network.model_folder import load_run_config, resolve_model_dir
 from dsb.training.cache import load_prepared
 from dsb.training.finetune import FINETUNE_STEPS, finetune_config
-from dsb.workflows.export import export_onnx_in_place
+from dsb.workflows.export import export_onnx_in_place, int8_would_run, quantize_in_place
 
 __all__ = ["Progress", "Outcome", "finetune_project", "finetune_and_export", "finetune_events", "export_onnx_in_child"]
 
@@ -214,10 +214,17 @@ def finetune_project(
 
 def finetune_and_export(project_path, init, *, report=None, cancel=None, **options) -> Outcome:
     """:func:`finetune_project`, then ``model.onnx`` beside the new ``model.keras``
-    (:func:`dsb.workflows.export.export_onnx_in_place`), so that OpenVINO or ONNX Runtime can run it."""
-    outcome = finetune_project(Project(project_path), init, report=report, cancel=cancel, **options)
+    (:func:`dsb.workflows.export.export_onnx_in_place`), so that OpenVINO or ONNX Runtime can run it;
+    and where ``auto`` runs int8 on this machine (:func:`dsb.workflows.export.int8_would_run`), the
+    ``model.int8.onnx`` it would run, calibrated on the project's corrections, as ``dsb export
+    --int8`` makes it: a CPU without bfloat16 units then segments with the new model as fast as
+    with the one it came from."""
+    project = Project(project_path)
+    outcome = finetune_project(project, init, report=report, cancel=cancel, **options)
     if outcome.run_dir is not None:
         export_onnx_in_place(outcome.run_dir)
+        if int8_would_run():
+            quantize_in_place(outcome.run_dir, project.corrections)
     return outcome
 
 

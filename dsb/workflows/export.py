@@ -6,7 +6,7 @@ import shutil
 from pathlib import Path
 
 from dsb.core.atomic import atomic_dir, write_text
-from dsb.core.errors import BadDataError
+from dsb.core.errors import BadDataError, EnvironmentProblem
 from dsb.network.model_folder import (
     EXPORTED_FILES,
     INT8_FILE,
@@ -27,6 +27,7 @@ __all__ = [
     "export_onnx_in_place",
     "fresh_onnx",
     "quantize_in_place",
+    "int8_would_run",
     "export_run",
 ]
 
@@ -96,6 +97,22 @@ def quantize_in_place(run_dir, data_dir, *, progress: bool = False) -> Path:
     note = f"{len(batches)} training images (validation images" + (
         " and groups the run did not train on left out)" if trained is not None else " left out)")
     return quantize_onnx(run_dir / ONNX_FILE, run_dir / INT8_FILE, batches, note=note)
+
+
+def int8_would_run() -> bool:
+    """Whether ``--precision auto`` on this machine would run a folder's ``model.int8.onnx``
+    (:func:`dsb.network.engines.resolve_precision`: OpenVINO installed, an x86 CPU with AVX2 or
+    later and no bfloat16 units) and it can be made here (ONNX Runtime's quantizer installed): a
+    model made on this machine is then worth quantising for it."""
+    from dsb.network.engines import bfloat16_units, engine_installed, int8_units
+
+    if not engine_installed("openvino") or bfloat16_units() or not int8_units():
+        return False
+    try:
+        require_quantizer()
+    except EnvironmentProblem:
+        return False
+    return True
 
 
 def _trained_groups(run_dir: Path) -> set[str] | None:
