@@ -146,10 +146,9 @@ def _check_image(image, channel: int | None = None) -> np.ndarray:
     channels checked (:func:`dsb.inference.preprocess.mixed_channels` warns of a luminance that may
     hide the nuclei)."""
     from dsb.core.errors import BadDataError
-    from dsb.io.channels import check_channel, pick_channel
+    from dsb.io.channels import pick_channel
 
     image = np.asarray(image)
-    channel = check_channel(channel)
     if image.ndim not in (2, 3):
         raise TypeError(f"`image` (shape {image.shape}) must be (H, W), (H, W, C) or (C, H, W)")
     try:

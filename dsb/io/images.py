@@ -93,7 +93,7 @@ def read_image(path, channel: int | None = None) -> np.ndarray:
         image, axes = _read_tiff(path)
     else:
         image, axes = _read_pillow(path), None
-    return _check_layout(image, path, check_channel(channel), axes)
+    return _check_layout(image, path, channel, axes)
 
 
 def _read_pillow(path: Path) -> np.ndarray:

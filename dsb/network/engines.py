@@ -69,6 +69,7 @@ __all__ = [
     "OnnxRuntimeNetwork",
     "OpenVinoNetwork",
     "engine_installed",
+    "auto_takes_int8",
     "choose_engine",
     "open_network",
     "bfloat16_units",
@@ -380,6 +381,13 @@ def int8_units() -> bool:
     return not _INT8_FLAGS.isdisjoint(flags)
 
 
+def auto_takes_int8() -> bool:
+    """Whether ``--precision auto`` on OpenVINO runs a folder's current ``model.int8.onnx`` on this CPU
+    (:func:`resolve_precision`): it has int8 units (:func:`int8_units`) and no bfloat16 units
+    (:func:`bfloat16_units`), which come first."""
+    return not bfloat16_units() and int8_units()
+
+
 def engine_installed(engine: str) -> bool:
     """Whether the package behind ``engine`` can be imported."""
     import importlib.util
@@ -461,7 +469,7 @@ def resolve_precision(precision: str, engine: str, model_dir=None) -> str:
         return "float32"
     if bfloat16_units():
         return "bfloat16"
-    if model_dir is not None and int8_units() and _current_int8(Path(model_dir)):
+    if model_dir is not None and auto_takes_int8() and _current_int8(Path(model_dir)):
         return "int8"
     return "float32"
 

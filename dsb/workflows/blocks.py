@@ -250,7 +250,7 @@ def image_settings(source, network, config, *, diameter: float | None = None) ->
     values = gray_value_range(pixels)
     grays = [normalize_polarity(to_gray(raw, values), polarity=pre.polarity, kind=kind) for raw in raws]
     low, high = np.percentile(np.concatenate([g.ravel() for g in grays]), [pre.percentile_low, pre.percentile_high])
-    warning = "" if getattr(source, "channel", None) is not None else mixed_channels(pixels) or ""
+    warning = mixed_channels(pixels) or ""  # none for a picked channel: its pixels are grey
     contrast = {"kind": kind, "low": float(low), "high": float(high), "value_range": values, "warning": warning}
     settings = ImageSettings(1.0, math.nan, False, **contrast)
     if diameter is not None:

@@ -104,9 +104,9 @@ def int8_would_run() -> bool:
     (:func:`dsb.network.engines.resolve_precision`: OpenVINO installed, an x86 CPU with AVX2 or
     later and no bfloat16 units) and it can be made here (ONNX Runtime's quantizer installed): a
     model made on this machine is then worth quantising for it."""
-    from dsb.network.engines import bfloat16_units, engine_installed, int8_units
+    from dsb.network.engines import auto_takes_int8, engine_installed
 
-    if not engine_installed("openvino") or bfloat16_units() or not int8_units():
+    if not engine_installed("openvino") or not auto_takes_int8():
         return False
     try:
         require_quantizer()

@@ -233,8 +233,7 @@ def segment_paths(
                          label="segmenting")
     with contextlib.closing(found):  # a failed write stops the images in flight
         for name, image, raw, nuclei in found:
-            rows[str(image)] = write_outputs(out_dir, name, image, raw, nuclei, overlay=overlay,
-                                             picked=channel is not None)
+            rows[str(image)] = write_outputs(out_dir, name, image, raw, nuclei, overlay=overlay)
     for skip in skips.records:
         rows[skip.path] = summary_row(skip.path, "skipped", error=skip.message)
 
@@ -246,12 +245,10 @@ def segment_paths(
     return summary
 
 
-def write_outputs(out_dir: Path, name: str, image: Path, raw: np.ndarray, nuclei, *, overlay: bool,
-                  picked: bool = False) -> dict:
+def write_outputs(out_dir: Path, name: str, image: Path, raw: np.ndarray, nuclei, *, overlay: bool) -> dict:
     """Write one image's label TIFF, measurements and (with ``overlay``) overlay, each atomically; return its
     ``summary.csv`` row (:func:`summary_row`). The one writer of ``dsb segment``'s outputs, in one process or on
-    a Dask worker (:mod:`dsb.workflows.cluster`). ``picked``: ``raw`` is one channel the user chose, so its
-    channels are not questioned."""
+    a Dask worker (:mod:`dsb.workflows.cluster`)."""
 
     labels = nuclei.labels
     targets = _outputs(out_dir, name)
@@ -263,9 +260,8 @@ def write_outputs(out_dir: Path, name: str, image: Path, raw: np.ndarray, nuclei
         write_png(targets["overlay"], outline_overlay(raw, labels))
     else:
         del targets["overlay"]
-    warning = "" if picked else channel_warning(raw)
     return summary_row(image, "ok", nuclei=len(table), diameter=nuclei.diameter, estimated=nuclei.estimated,
-                       sure=nuclei.sure, warning=warning, **{k: str(v) for k, v in targets.items()})
+                       sure=nuclei.sure, warning=channel_warning(raw), **{k: str(v) for k, v in targets.items()})
 
 
 def segment_stack(path, name: str, out_dir, predict, *, channel: int | None = None, overlay: bool = False,
@@ -341,7 +337,7 @@ def segment_stack(path, name: str, out_dir, predict, *, channel: int | None = No
     else:
         del targets["overlay"]
     finite = [d for d in diameters if math.isfinite(d)]
-    warning = "" if channel is not None else channel_warning(frames[(0,) * len(roles)])
+    warning = channel_warning(frames[(0,) * len(roles)])
     return summary_row(path, "ok", nuclei=sum(len(t) for t in tables),
                        diameter=float(np.median(finite)) if finite else math.nan, estimated=estimated, sure=sure,
                        warning=warning, **{k: str(v) for k, v in targets.items()})
@@ -349,7 +345,8 @@ def segment_stack(path, name: str, out_dir, predict, *, channel: int | None = No
 
 def channel_warning(raw: np.ndarray) -> str:
     """The ``warning`` of ``summary.csv`` for an image segmented from its luminance whose channels show
-    different stains (:func:`dsb.inference.preprocess.mixed_channels`), with what to do; else ``""``."""
+    different stains (:func:`dsb.inference.preprocess.mixed_channels`), with what to do; else ``""``
+    (also for one channel picked with ``--channel``: a 2-D image has no channels to question)."""
     why = mixed_channels(raw)
     return f"{why}; {CHANNEL_ADVICE}" if why else ""
 

@@ -68,7 +68,7 @@ def _segment_task(path: Path, name: str, out_dir: Path, spec: ModelSpec, tta: bo
         network, config, lock = worker_network(spec)
         with lock:
             nuclei = predict_nuclei(network, config, raw, tta=tta, diameter=diameter)
-        return write_outputs(out_dir, name, path, raw, nuclei, overlay=overlay, picked=channel is not None)
+        return write_outputs(out_dir, name, path, raw, nuclei, overlay=overlay)
     except DsbError as exc:
         return TaskError.of(exc)
 
