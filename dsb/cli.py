@@ -568,6 +568,14 @@ def predict(run_dir, images, out, labels, tta, diameter, skip_bad, scale_factor,
 @_TTA
 @click.option("--overlay", is_flag=True, help="Also write an overlay PNG per image (an RGB TIFF stack for a stack).")
 @click.option("--diameter", type=_Diameter(), default=None, help=_DIAMETER_HELP)
+@click.option("--diameter-um", type=click.FloatRange(min=0, min_open=True), default=None, metavar="UM",
+              help="Median nucleus diameter in micrometres instead of pixels: each image is segmented at the "
+                   "pixels its own pixel size makes of it (ImageJ or OME metadata, or --pixel-size), whatever "
+                   "the objective.")
+@click.option("--pixel-size", type=click.FloatRange(min=0, min_open=True), default=None, metavar="UM",
+              help="Micrometres a pixel, for every image, instead of its metadata. With a pixel size (given or "
+                   "read) the measurements get area_um2, perimeter_um and equivalent_diameter_um, and the "
+                   "label TIFFs carry it.")
 @click.option("--skip-bad", is_flag=True, help="Report unreadable images and go on with the rest.")
 @click.option("--block-size", type=click.IntRange(min=16), default=None, metavar="PX",
               help="Segment Zarr stores, and TIFF or PNG images with a side above PX, block by block, PX pixels "
@@ -585,19 +593,22 @@ def predict(run_dir, images, out, labels, tta, diameter, skip_bad, scale_factor,
 @_SCALE_FACTOR
 @_ENGINE
 @_PRECISION
-def segment(paths, model_dir, out, tta, overlay, diameter, skip_bad, block_size, workers, scheduler, channel,
-            scale_factor, engine, precision) -> None:
+def segment(paths, model_dir, out, tta, overlay, diameter, diameter_um, pixel_size, skip_bad, block_size, workers,
+            scheduler, channel, scale_factor, engine, precision) -> None:
     """Segment any PNG, TIFF, JPEG, BMP or Zarr microscope images and measure each nucleus.
 
     Images larger than memory (Zarr, OME-Zarr, big TIFF or PNG) are segmented
     block by block, TIFF time series and z-stacks frame by frame; --channel picks
-    the DNA stain of multi-channel images; --workers or --scheduler spreads the
-    work over a Dask cluster.
+    the DNA stain of multi-channel images; --diameter-um gives the nuclei's size in
+    micrometres, which each file's own pixel size makes pixels; --workers or
+    --scheduler spreads the work over a Dask cluster.
     """
     from dsb.network.model_folder import resolve_model_dir
 
     if workers is not None and scheduler is not None:
         raise click.UsageError("give --workers or --scheduler, not both")
+    if diameter is not None and diameter_um is not None:
+        raise click.UsageError("give --diameter (pixels) or --diameter-um (micrometres), not both")
     model_dir = resolve_model_dir(model_dir)
     engine = _prepare_engine(model_dir, engine, precision)
     from dsb.workflows.segment_inputs import segment_inputs
@@ -605,7 +616,8 @@ def segment(paths, model_dir, out, tta, overlay, diameter, skip_bad, block_size,
     summary = segment_inputs(list(paths), model_dir=model_dir, out_dir=out, tta=tta, overlay=overlay,
                              diameter=diameter, skip_bad=skip_bad, progress=True, engine=engine,
                              precision=precision, block_size=block_size, workers=workers, scheduler=scheduler,
-                             scale_factor=scale_factor, channel=channel)
+                             scale_factor=scale_factor, channel=channel, diameter_um=diameter_um,
+                             pixel_size=pixel_size)
     skipped = _report_skipped(summary.attrs["skipped"])
     for row in summary[summary["warning"].fillna("").astype(str) != ""].itertuples(index=False):
         click.echo(f"dsb: warning: {row.file}: {row.warning}", err=True)

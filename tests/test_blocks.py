@@ -268,6 +268,12 @@ def test_zarr_tiff_and_ome_zarr_in_their_own_kinds(in_process, inputs, one_piece
     assert scale == {"type": "scale", "scale": [0.65, 0.65]}
     assert [a["name"] for a in well.attrs["multiscales"][0]["axes"]] == ["y", "x"]
     np.testing.assert_array_equal(well["0"][:], plate[:])
+    # Measured in micrometres where the input says its pixel size (the well's 0.65), in pixels elsewhere.
+    rows = summary.set_index("file")
+    assert rows.loc[str(inputs / "well.ome.zarr"), "pixel_size"] == 0.65
+    assert rows["pixel_size"].isna().sum() == 4
+    well_table = pd.read_csv(in_process / "well_nuclei.csv")
+    np.testing.assert_allclose(well_table["area_um2"], well_table["area"] * 0.65 ** 2)
     table = pd.read_csv(in_process / "plate_nuclei.csv")
     assert table["label"].tolist() == list(range(1, int(plate[:].max()) + 1))
     # The measurements are in the image's coordinates: each centroid lies on its own nucleus.

@@ -272,6 +272,7 @@ def test_cluster_tasks_read_the_channel_too(tmp_path, cells, composite):
     from dsb.io.folders import Skips
     from dsb.network.model_folder import default_model_dir
     from dsb.workflows.cluster import ModelSpec
+    from dsb.workflows.calibration import Calibration
     from dsb.workflows.segment_inputs import segment_folder
 
     nuclei, _, cytoplasm = cells
@@ -280,7 +281,8 @@ def test_cluster_tasks_read_the_channel_too(tmp_path, cells, composite):
     spec = ModelSpec(str(default_model_dir()))
     skips = Skips(skip_bad=True)
     rows = segment_folder({"five": tmp_path / "five.tif", "grey": tmp_path / "grey.png"}, spec=spec,
-                          out_dir=tmp_path, client=None, skips=skips, diameter=DIAMETER, progress=False, channel=1)
+                          out_dir=tmp_path, client=None, skips=skips, progress=False, channel=1,
+                          scales={str(tmp_path / n): Calibration(diameter=DIAMETER) for n in ("five.tif", "grey.png")})
     assert list(rows) == [str(tmp_path / "five.tif")] and rows[str(tmp_path / "five.tif")]["warning"] == ""
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "five_labels.tif"),
                                   dsb.segment(nuclei, diameter=DIAMETER))

@@ -412,3 +412,30 @@ def test_a_failed_write_stops_the_images_in_flight(tmp_path, monkeypatch):
     assert error.traceback
     assert not [t for t in threading.enumerate() if t.name.startswith("dsb-stream")]
     assert not out.exists() and not list((tmp_path / "labels").iterdir())
+
+
+@pytest.mark.parametrize("streams", [1, 2])
+def test_each_image_at_its_own_diameter(streams):
+    """``diameters`` (dsb segment --diameter-um: each file's pixel size makes its own) reach each image's
+    network stage, on one stream and on several; an image missing from them takes the predictor's."""
+    from conftest import CONFIG, threshold_model
+
+    seen = {}
+
+    class Recording(pipeline.NucleiPredictor):
+        def network(self, raw, diameter=None):
+            seen[int(raw[0, 0])] = self.diameter if diameter is None else diameter
+            return super().network(raw, diameter)
+
+    good = disc_image(truth_labels(next(iter(SAMPLES))))
+    images = []
+    for k, name in enumerate("abc"):
+        marked = good.copy()
+        marked[0, 0] = k  # tells the images apart in the network stage
+        images.append((name, Path(f"{name}.png"), marked))
+    network = _TwoStreams() if streams == 2 else threshold_model
+    found = list(predict_each(Recording(network, CONFIG, diameter=20), images, length=3,
+                              diameters={"a.png": 12.0, "c.png": 40.0}))
+    assert [row[0] for row in found] == ["a", "b", "c"]
+    assert seen == {0: 12.0, 1: 20, 2: 40.0}
+    assert [row[-1].diameter for row in found] == [12.0, 20, 40.0]

@@ -25,6 +25,7 @@ import numpy as np
 from dsb.core.errors import BadDataError
 from dsb.io.channels import axis_roles, check_channel, select
 from dsb.io.images import read_image, tiff_reading
+from dsb.io.writers import tiff_calibration
 
 __all__ = [
     "LABEL_TILE",
@@ -285,7 +286,8 @@ def open_labels(store, component: str = ""):
     return zarr.open_array(store=str(store), path=component or None, mode="r+")
 
 
-def finish_labels(staged, source: BlockSource, target: Path, count: int, *, progress=lambda rows: rows) -> None:
+def finish_labels(staged, source: BlockSource, target: Path, count: int, *, progress=lambda rows: rows,
+                  pixel_size: float | None = None) -> None:
     """Give the staged label array the kind of its input, at ``target`` (a staging name of the final path).
 
     A Zarr target is the staged store itself (OME-Zarr metadata added for an
@@ -304,14 +306,17 @@ def finish_labels(staged, source: BlockSource, target: Path, count: int, *, prog
         Nuclei in the image: the TIFF is 16-bit up to 65535 of them, 32-bit above.
     progress : callable
         Wraps the iterable of tile rows (a progress bar).
+    pixel_size : float, optional
+        Micrometres a pixel, recorded in a TIFF (:func:`dsb.io.writers.tiff_calibration`); an OME-Zarr's
+        labels keep the input's own scale.
     """
     if target.suffix == ".tif":
-        _write_tiled_tiff(open_labels(staged, labels_layout(source)[0]), target, count, progress)
+        _write_tiled_tiff(open_labels(staged, labels_layout(source)[0]), target, count, progress, pixel_size)
     elif source.kind == "ome-zarr":
         _ome_metadata(staged, source)
 
 
-def _write_tiled_tiff(labels, path: Path, count: int, progress) -> None:
+def _write_tiled_tiff(labels, path: Path, count: int, progress, pixel_size: float | None = None) -> None:
     """A tiled BigTIFF from a Zarr label array, one row of tiles in memory at a time."""
     import tifffile
 
@@ -328,7 +333,7 @@ def _write_tiled_tiff(labels, path: Path, count: int, progress) -> None:
                 yield row[:, c0 : c0 + tile]
 
     tifffile.imwrite(path, tiles(), shape=(height, width), dtype=dtype, tile=(tile, tile), bigtiff=True,
-                     photometric="minisblack", compression="zlib")
+                     photometric="minisblack", compression="zlib", **tiff_calibration(pixel_size, imagej=False))
 
 
 def _ome_metadata(staged, source: BlockSource) -> None:

@@ -9,6 +9,7 @@ import numpy as np
 from dsb.core.atomic import atomic_path
 
 __all__ = [
+    "tiff_calibration",
     "write_labels",
     "write_rgb_stack",
     "write_png",
@@ -18,7 +19,7 @@ __all__ = [
 _UINT16_MAX = np.iinfo(np.uint16).max
 
 
-def write_labels(path, labels: np.ndarray, frames: str = "") -> Path:
+def write_labels(path, labels: np.ndarray, frames: str = "", *, pixel_size: float | None = None) -> Path:
     """Write instance labels as an image that Fiji, napari and scikit-image open, atomically.
 
     The suffix of ``path`` says the format:
@@ -39,6 +40,9 @@ def write_labels(path, labels: np.ndarray, frames: str = "") -> Path:
         :func:`dsb.io.channels.axis_roles`): a 16-bit TIFF is written as an ImageJ hyperstack, time
         points before slices as ImageJ orders them (an unnamed axis as slices), which Fiji and
         napari open as a stack.
+    pixel_size : float, optional
+        The side of a pixel in micrometres, written into a TIFF as Fiji reads it (:func:`tiff_calibration`),
+        so that the labels lie over their image at its scale; a PNG holds none.
 
     Returns
     -------
@@ -79,16 +83,31 @@ def write_labels(path, labels: np.ndarray, frames: str = "") -> Path:
     if suffix == ".png":
         path = path.with_suffix(".tif")
     order, imagej = _imagej_frames(frames)
-    hyperstack = bool(frames) and not wide
+    # ImageJ's format (16 bits at most) where it holds the frames or the pixel size.
+    as_imagej = (bool(frames) or pixel_size is not None) and not wide
+    calibration = tiff_calibration(pixel_size, imagej=as_imagej)
     with atomic_path(path) as tmp:
-        if hyperstack:
+        if as_imagej:
             labels = np.transpose(labels, [*order, len(frames), len(frames) + 1])
-            tifffile.imwrite(tmp, labels.astype(np.uint16), imagej=True, metadata={"axes": imagej + "YX"},
-                             compression="zlib")
+            metadata = {"axes": imagej + "YX", **calibration.pop("metadata", {})}
+            tifffile.imwrite(tmp, labels.astype(np.uint16), imagej=True, metadata=metadata, compression="zlib",
+                             **calibration)
         else:
             tifffile.imwrite(tmp, labels.astype(np.uint32 if wide else np.uint16), photometric="minisblack",
-                             compression="zlib")
+                             compression="zlib", **calibration)
     return path
+
+
+def tiff_calibration(pixel_size: float | None, *, imagej: bool) -> dict:
+    """tifffile's ``imwrite`` arguments that record a pixel of ``pixel_size`` micrometres: in an ImageJ
+    TIFF its resolution in pixels per micrometre and ``unit=um`` (what Fiji writes and reads), in
+    another its resolution in pixels per centimetre; ``{}`` for None. :func:`dsb.io.pixel_size.read_pixel_size`
+    reads both."""
+    if pixel_size is None:
+        return {}
+    if imagej:
+        return {"resolution": (1.0 / pixel_size, 1.0 / pixel_size), "metadata": {"unit": "um"}}
+    return {"resolution": (1e4 / pixel_size, 1e4 / pixel_size), "resolutionunit": "CENTIMETER"}
 
 
 def _imagej_frames(frames: str) -> tuple[list[int], str]:
@@ -97,7 +116,7 @@ def _imagej_frames(frames: str) -> tuple[list[int], str]:
     return order, "".join("T" if frames[i] == "t" else "Z" for i in order)
 
 
-def write_rgb_stack(path, pages: list, lead: tuple[int, ...], frames: str) -> Path:
+def write_rgb_stack(path, pages: list, lead: tuple[int, ...], frames: str, *, pixel_size: float | None = None) -> Path:
     """Write RGB uint8 frames (an overlay of a stack) as an ImageJ hyperstack, atomically, frame by frame.
 
     Parameters
@@ -110,6 +129,8 @@ def write_rgb_stack(path, pages: list, lead: tuple[int, ...], frames: str) -> Pa
         The frame axes' lengths.
     frames : str
         Their roles, as for :func:`write_labels` (written time points first).
+    pixel_size : float, optional
+        Micrometres a pixel, as for :func:`write_labels`.
     """
     import tifffile
 
@@ -118,9 +139,11 @@ def write_rgb_stack(path, pages: list, lead: tuple[int, ...], frames: str) -> Pa
     if order != sorted(order):  # stored slices before time points: ImageJ's order moves them
         pages = [pages[i] for i in np.arange(len(pages)).reshape(lead).transpose(order).ravel()]
         lead = tuple(lead[i] for i in order)
+    calibration = tiff_calibration(pixel_size, imagej=True)
     with atomic_path(path) as tmp:
         tifffile.imwrite(tmp, iter(pages), shape=(*lead, *pages[0].shape), dtype=np.uint8, imagej=True,
-                         metadata={"axes": imagej + "YXS"}, compression="zlib")
+                         metadata={"axes": imagej + "YXS", **calibration.pop("metadata", {})}, compression="zlib",
+                         **calibration)
     return path
 
 

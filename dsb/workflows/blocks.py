@@ -66,6 +66,7 @@ from dsb.io.bigimage import (
 from dsb.io.images import check_finite
 from dsb.network.engines import load_network
 from dsb.network.model_folder import resolve_model_dir
+from dsb.workflows.calibration import Calibration
 from dsb.workflows.cluster import (
     ModelSpec,
     TaskError,
@@ -73,7 +74,7 @@ from dsb.workflows.cluster import (
     run_tasks,
     worker_network,
 )
-from dsb.workflows.segment_files import CHANNEL_ADVICE, measure_nuclei, summary_row
+from dsb.workflows.segment_files import CHANNEL_ADVICE, in_micrometres, measure_nuclei, summary_row
 
 __all__ = [
     "WORKING_BLOCK",
@@ -624,15 +625,17 @@ def _materialise(source, scratch: Path):
     return copy
 
 
-def segment_image_file(path, *, spec: ModelSpec, out_dir, diameter: float | None = None,
-                       block_size: int | None = None, client=None, tta: bool | None = None,
-                       progress: bool = True, channel: int | None = None) -> dict:
+def segment_image_file(path, *, spec: ModelSpec, out_dir, block_size: int | None = None, client=None,
+                       tta: bool | None = None, progress: bool = True, channel: int | None = None,
+                       calibration: Calibration = Calibration()) -> dict:
     """``dsb segment`` of one large image, block by block: its labels and measurements in ``out_dir``.
 
     Writes ``NAME_labels.zarr`` (Zarr and OME-Zarr inputs; OME-Zarr labels
     for OME-Zarr) or ``NAME_labels.tif`` (a tiled BigTIFF, for TIFF and PNG),
     and ``NAME_nuclei.csv`` (:func:`dsb.workflows.segment_files.measure_nuclei`'s
-    columns, in image coordinates), each under a temporary name until whole.
+    columns, in image coordinates), each under a temporary name until whole. ``calibration``
+    (:func:`dsb.workflows.calibration.calibrate`) gives the nucleus diameter in pixels (None: estimated
+    from sample windows) and the pixel size of the measurements, the TIFF and the row.
 
     Returns
     -------
@@ -641,7 +644,7 @@ def segment_image_file(path, *, spec: ModelSpec, out_dir, diameter: float | None
     """
     path, out_dir = Path(path), Path(out_dir)
     source = open_source(path, channel)
-    settings, plan = _plan(source, spec, diameter, block_size)
+    settings, plan = _plan(source, spec, calibration.diameter, block_size)
     target = label_target(source, out_dir)
     measurements = out_dir / f"{source.name}_nuclei.csv"
     component, zarr_format = labels_layout(source)
@@ -653,11 +656,15 @@ def segment_image_file(path, *, spec: ModelSpec, out_dir, diameter: float | None
             create_labels(store, plan.shape, plan.block, component=component, zarr_format=zarr_format)
             count, cut, table = _run_blocks(source, spec, settings, plan, store=store, component=component,
                                             scratch=scratch, client=client, tta=tta, progress=progress)
-            finish_labels(store, source, tmp, count,
+            finish_labels(store, source, tmp, count, pixel_size=calibration.pixel_size,
                           progress=lambda rows: track(rows, label="writing TIFF", enabled=progress))
+        if calibration.pixel_size is not None:
+            table = in_micrometres(table, calibration.pixel_size)
         with atomic_path(measurements) as tmp:
             table.to_csv(tmp, index=False, float_format="%.6g")
     _warn_cut(path, cut, plan)
+    warning = settings.warning and f"{settings.warning}; {CHANNEL_ADVICE}"
     return summary_row(path, "ok", nuclei=count, diameter=settings.diameter, estimated=settings.estimated,
-                       sure=settings.sure, labels=str(target), measurements=str(measurements),
-                       warning=settings.warning and f"{settings.warning}; {CHANNEL_ADVICE}")
+                       sure=settings.sure, pixel_size=calibration.pixel_size, labels=str(target),
+                       measurements=str(measurements),
+                       warning="; ".join(w for w in (warning, calibration.note) if w))

@@ -10,7 +10,7 @@ runs as several streams takes that many images at a time.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -34,18 +34,20 @@ class NucleiPredictor:
     def __init__(self, model, config, *, tta: bool | None = None, diameter: float | None = None):
         self.model, self.config, self.tta, self.diameter = model, config, tta, diameter
 
-    def network(self, raw):
+    def network(self, raw, diameter: float | None = None):
+        """The network's stage of one image, at ``diameter`` pixels when given, else the predictor's own."""
         from dsb.inference.predict import network_stage
 
-        return network_stage(self.model, self.config, raw, tta=self.tta, diameter=self.diameter)
+        return network_stage(self.model, self.config, raw, tta=self.tta,
+                             diameter=self.diameter if diameter is None else diameter)
 
     def watershed(self, stage):
         from dsb.inference.predict import watershed_stage
 
         return watershed_stage(stage, self.config)
 
-    def __call__(self, raw):
-        return self.watershed(self.network(raw))
+    def __call__(self, raw, diameter: float | None = None):
+        return self.watershed(self.network(raw) if diameter is None else self.network(raw, diameter))
 
     def streams(self) -> list[NucleiPredictor]:
         """One predictor per stream of the network (:meth:`dsb.network.engines.Network.streams`), to run at
@@ -71,6 +73,7 @@ def predict_each(
     progress: bool = False,
     length: int | None = None,
     label: str = "predicting",
+    diameters: Mapping[str, float | None] | None = None,
 ) -> Iterator[tuple[str, Path | None, np.ndarray, object]]:
     """Predict the nuclei of each image, in order.
 
@@ -94,6 +97,10 @@ def predict_each(
         path); None raises it.
     progress, length, label
         The progress bar on stderr.
+    diameters : mapping of str to float, optional
+        The nucleus diameter in pixels of each image, by ``str(path)``, instead of the predictor's
+        (``dsb segment --diameter-um``, which each file's pixel size makes its own); None (or a
+        missing path) for the predictor's.
 
     Yields
     ------
@@ -101,9 +108,18 @@ def predict_each(
         Id, path, raw image and its nuclei.
     """
     streams = predict.streams() if isinstance(predict, NucleiPredictor) and length != 1 else [predict]
+
+    def diameter(path):
+        return None if diameters is None else diameters.get(str(path))
+
+    def with_diameter(step, path):
+        """``step`` of one image, given its own diameter only where it has one."""
+        size = diameter(path)
+        return step if size is None else (lambda raw: step(raw, size))
+
     if len(streams) > 1:
         # The bar counts finished images (skipped ones too), not those handed to a stream.
-        done = _in_streams(streams, images, skips)
+        done = _in_streams(streams, images, skips, with_diameter)
         for row in track(done, length=length, label=label, enabled=progress):
             if row[-1] is not None:
                 yield row
@@ -111,7 +127,7 @@ def predict_each(
     items = track(images, length=length, label=label, enabled=progress)
     if not isinstance(predict, NucleiPredictor):
         for image_id, path, raw in items:
-            nuclei = _attempt(predict, raw, path, skips)
+            nuclei = _attempt(with_diameter(predict, path), raw, path, skips)
             if nuclei is not None:
                 yield image_id, path, raw, nuclei
         return
@@ -130,13 +146,13 @@ def predict_each(
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dsb-watershed") as pool:
         pending = None
         for image_id, path, raw in items:
-            stage = _attempt(predict.network, raw, path, skips)
+            stage = _attempt(with_diameter(predict.network, path), raw, path, skips)
             yield from finished(pending)
             pending = None if stage is None else (image_id, path, raw, pool.submit(predict.watershed, stage))
         yield from finished(pending)
 
 
-def _in_streams(streams: list[NucleiPredictor], items, skips):
+def _in_streams(streams: list[NucleiPredictor], items, skips, with_diameter):
     """:func:`predict_each` with one image per stream at a time, each on its own thread, in order;
     a skipped image comes out with None for its nuclei.
 
@@ -150,10 +166,11 @@ def _in_streams(streams: list[NucleiPredictor], items, skips):
     for stream in streams:
         free.put(stream)
 
-    def predict(raw):
+    def predict(item):
+        _, path, raw = item
         stream = free.get()  # one is free: no more images are in flight than there are streams
         try:
-            return stream(raw)
+            return with_diameter(stream, path)(raw)
         finally:
             free.put(stream)
 
@@ -161,7 +178,7 @@ def _in_streams(streams: list[NucleiPredictor], items, skips):
     # holds the head: 8 per stream kept 2 streams busy over the stage-1 test images (4 per stream
     # lost a quarter of the speed).
     with ThreadPoolExecutor(max_workers=len(streams), thread_name_prefix="dsb-stream") as pool, \
-            contextlib.closing(in_order(pool, predict, items, 8 * len(streams), lambda item: item[2])) as done:
+            contextlib.closing(in_order(pool, predict, items, 8 * len(streams))) as done:
         for (image_id, path, raw), future in done:
             yield image_id, path, raw, _attempt(lambda f: f.result(), future, path, skips)
 

@@ -31,16 +31,19 @@ from dsb.core.errors import BadDataError
 from dsb.core.labels import measure_regions
 from dsb.core.validate import check_labels, check_same_shape
 from dsb.inference.preprocess import mixed_channels, raw_intensity
+from dsb.inference.scale import check_diameter
 from dsb.io.folders import Skips, find_images, read_images
 from dsb.io.images import read_stack
 from dsb.io.writers import write_labels, write_png, write_rgb_stack
 from dsb.network.engines import load_network
 from dsb.network.model_folder import resolve_model_dir
+from dsb.workflows.calibration import Calibration, calibrate_files, check_pixel_size
 from dsb.workflows.drawing import outline_overlay
 from dsb.workflows.pipeline import nuclei_predictor, predict_each
 
-__all__ = ["MEASUREMENT_COLUMNS", "SUMMARY_COLUMNS", "measure_nuclei", "segment_paths", "segment_stack",
-           "write_outputs", "summary_row", "channel_warning"]
+__all__ = ["MEASUREMENT_COLUMNS", "MICROMETRE_COLUMNS", "SUMMARY_COLUMNS", "measure_nuclei", "in_micrometres",
+           "segment_paths", "segment_stack", "write_outputs", "summary_row", "channel_warning", "check_scale_options",
+           "nothing_to_segment"]
 
 MEASUREMENT_COLUMNS = (
     "label",
@@ -56,12 +59,15 @@ MEASUREMENT_COLUMNS = (
     "mean_intensity",
     "confidence",
 )
+# Added where the pixel size is known (:func:`in_micrometres`).
+MICROMETRE_COLUMNS = ("area_um2", "perimeter_um", "equivalent_diameter_um")
 # What summary.csv's warning tells a user whose image's luminance may hide its nuclei.
 CHANNEL_ADVICE = "give --channel N to segment the DNA stain's channel alone"
-SUMMARY_COLUMNS = ("file", "status", "nuclei", "diameter", "diameter_estimated", "diameter_sure", "labels",
-                   "measurements", "overlay", "warning", "error")
+SUMMARY_COLUMNS = ("file", "status", "nuclei", "diameter", "diameter_estimated", "diameter_sure", "pixel_size",
+                   "diameter_um", "labels", "measurements", "overlay", "warning", "error")
 
-def measure_nuclei(labels: np.ndarray, intensity: np.ndarray, confidence: np.ndarray | None = None) -> pd.DataFrame:
+def measure_nuclei(labels: np.ndarray, intensity: np.ndarray, confidence: np.ndarray | None = None, *,
+                   pixel_size: float | None = None) -> pd.DataFrame:
     """Measure each nucleus of a label image.
 
     Parameters
@@ -75,6 +81,8 @@ def measure_nuclei(labels: np.ndarray, intensity: np.ndarray, confidence: np.nda
     confidence : (N,) ndarray of float, optional
         How sure the network is of each nucleus, entry ``k - 1`` for label ``k``
         (:attr:`dsb.inference.predict.Nuclei.confidence`).
+    pixel_size : float, optional
+        The side of a pixel in micrometres: adds :data:`MICROMETRE_COLUMNS` (:func:`in_micrometres`).
 
     Returns
     -------
@@ -85,7 +93,9 @@ def measure_nuclei(labels: np.ndarray, intensity: np.ndarray, confidence: np.nda
         ``bbox_max_row``, ``bbox_max_col`` (exclusive, as in Python slicing);
         ``area`` (pixels); ``perimeter`` (pixels); ``eccentricity`` (0 for a
         circle); ``mean_intensity`` (over the nucleus's finite pixels: NaN pixels of a float
-        image left out, NaN when it has none); ``confidence`` (in [0, 1]) only when given.
+        image left out, NaN when it has none); ``confidence`` (in [0, 1]) only when given; with a
+        ``pixel_size``, ``area_um2``, ``perimeter_um`` and ``equivalent_diameter_um`` (the diameter
+        of a disc of the nucleus's area).
 
     Raises
     ------
@@ -113,10 +123,23 @@ def measure_nuclei(labels: np.ndarray, intensity: np.ndarray, confidence: np.nda
         if confidence.ndim != 1 or confidence.size < top:
             raise ValueError(f"`confidence` (shape {confidence.shape}) must hold one value per label 1..{top}")
         frame["confidence"] = confidence[frame["label"].to_numpy(np.int64) - 1]
-    return frame.loc[:, columns].astype(
+    frame = frame.loc[:, columns].astype(
         {"label": np.int64, "bbox_min_row": np.int64, "bbox_min_col": np.int64,
          "bbox_max_row": np.int64, "bbox_max_col": np.int64, "area": np.int64}
     )
+    return frame if pixel_size is None else in_micrometres(frame, pixel_size)
+
+
+def in_micrometres(table: pd.DataFrame, pixel_size: float) -> pd.DataFrame:
+    """``table`` (:func:`measure_nuclei`'s, whose ``area`` and ``perimeter`` are in pixels) with
+    :data:`MICROMETRE_COLUMNS` added for pixels of ``pixel_size`` micrometres a side.
+
+    >>> table = pd.DataFrame({"area": [100], "perimeter": [36.0]})
+    >>> in_micrometres(table, 0.5).round(3).iloc[0].tolist()
+    [100.0, 36.0, 25.0, 18.0, 5.642]
+    """
+    return table.assign(area_um2=table["area"] * pixel_size ** 2, perimeter_um=table["perimeter"] * pixel_size,
+                        equivalent_diameter_um=2.0 * np.sqrt(table["area"] / np.pi) * pixel_size)
 
 
 def _outputs(out_dir: Path, name: str) -> dict[str, Path]:
@@ -141,6 +164,8 @@ def segment_paths(
     precision: str = "auto",
     scale_factor: float | None = None,
     channel: int | None = None,
+    diameter_um: float | None = None,
+    pixel_size: float | None = None,
 ) -> pd.DataFrame:
     """Segment microscope images and measure their nuclei.
 
@@ -187,6 +212,17 @@ def segment_paths(
         Segment only this channel of every image, counted from 0 (:func:`dsb.io.images.read_image`):
         the DNA stain of multi-channel fluorescence. The measurements' ``mean_intensity`` and the
         overlay are then of that channel. By default an image is segmented from its luminance.
+    diameter_um : float, optional
+        The median nucleus diameter in micrometres of every image, instead of ``diameter``: each
+        image is segmented at the pixels its own pixel size makes of it
+        (:mod:`dsb.workflows.calibration`), so that images of several objectives need no diameter
+        each. An image with no pixel size in its metadata (PNG, JPEG, a TIFF without one) needs
+        ``pixel_size``; without it the image is bad input.
+    pixel_size : float, optional
+        The side of a pixel in micrometres, for every image, instead of what its metadata say
+        (:func:`dsb.io.pixel_size.read_pixel_size`); a file whose metadata differ gets a warning.
+        With a pixel size (given or read), the measurements get micrometre columns
+        (:func:`in_micrometres`) and the label TIFF carries it, as Fiji reads it.
 
     Returns
     -------
@@ -196,8 +232,10 @@ def segment_paths(
         estimated; empty when unknown), ``diameter_estimated`` and
         ``diameter_sure`` (False where the estimate's cross-check could not
         confirm it: see :class:`dsb.inference.scale.Scale`; empty when skipped),
+        ``pixel_size`` and ``diameter_um`` (micrometres; empty where the pixel size is unknown),
         the paths written (empty when not written), ``warning`` (without ``channel``, why the image's
-        luminance may hide its nuclei: :func:`dsb.inference.preprocess.mixed_channels`; else empty)
+        luminance may hide its nuclei: :func:`dsb.inference.preprocess.mixed_channels`; metadata
+        that ``pixel_size`` overruled, or pixels that are not square; else empty)
         and ``error`` (empty when ok). ``attrs["skipped"]`` holds a
         :class:`dsb.io.folders.Skip` per skipped input, for the caller to report.
 
@@ -208,21 +246,26 @@ def segment_paths(
         the same output files, and when there is no image at all.
     EnvironmentProblem
         When there is no model or ``out_dir`` is not writable.
+    ValueError
+        ``diameter`` and ``diameter_um`` both given, or a ``pixel_size`` that is no positive number.
     """
     out_dir = Path(out_dir)
     # Resolved first, so that a missing default model or a bad factor is said before any image is read.
     model_dir = resolve_model_dir(model_dir)
     if scale_factor is not None:
         check_scale_factor(scale_factor)
+    diameter, diameter_um, pixel_size = check_scale_options(diameter, diameter_um, pixel_size)
     paths = [Path(p) for p in paths]
     skips = Skips(skip_bad)
     images, problems = find_images(paths)
     for problem in problems:
         skips(problem)
-    checked = read_images(images, skips, progress=progress and len(images) > 1, label="checking images",
-                          channel=channel)
+    scales = calibrate_files(images.values(), skips, diameter=diameter, diameter_um=diameter_um,
+                             pixel_size=pixel_size)
+    checked = read_images({n: p for n, p in images.items() if str(p) in scales}, skips,
+                          progress=progress and len(images) > 1, label="checking images", channel=channel)
     if not checked:
-        raise BadDataError("no image to segment", path=", ".join(str(p) for p in paths) or None)
+        raise nothing_to_segment([str(p) for p in paths], skips)
 
     predict = _predictor(model_dir, tta=tta, diameter=diameter, engine=engine, precision=precision,
                          scale_factor=scale_factor)
@@ -230,10 +273,12 @@ def segment_paths(
     # Rows keyed by input, so that the summary keeps the order the files were given in.
     rows: dict[str, dict] = {}
     found = predict_each(predict, checked.images(skips), skips=skips, progress=progress, length=len(checked),
-                         label="segmenting")
+                         label="segmenting",
+                         diameters=None if diameter_um is None else {p: c.diameter for p, c in scales.items()})
     with contextlib.closing(found):  # a failed write stops the images in flight
         for name, image, raw, nuclei in found:
-            rows[str(image)] = write_outputs(out_dir, name, image, raw, nuclei, overlay=overlay)
+            rows[str(image)] = write_outputs(out_dir, name, image, raw, nuclei, overlay=overlay,
+                                             calibration=scales[str(image)])
     for skip in skips.records:
         rows[skip.path] = summary_row(skip.path, "skipped", error=skip.message)
 
@@ -245,15 +290,18 @@ def segment_paths(
     return summary
 
 
-def write_outputs(out_dir: Path, name: str, image: Path, raw: np.ndarray, nuclei, *, overlay: bool) -> dict:
+def write_outputs(out_dir: Path, name: str, image: Path, raw: np.ndarray, nuclei, *, overlay: bool,
+                  calibration: Calibration = Calibration()) -> dict:
     """Write one image's label TIFF, measurements and (with ``overlay``) overlay, each atomically; return its
     ``summary.csv`` row (:func:`summary_row`). The one writer of ``dsb segment``'s outputs, in one process or on
-    a Dask worker (:mod:`dsb.workflows.cluster`)."""
+    a Dask worker (:mod:`dsb.workflows.cluster`); ``calibration`` (:mod:`dsb.workflows.calibration`) gives the
+    pixel size of the measurements, the label TIFF and the row."""
 
     labels = nuclei.labels
     targets = _outputs(out_dir, name)
-    table = measure_nuclei(labels, raw_intensity(raw), nuclei.confidence)
-    write_labels(targets["labels"], labels)
+    size = calibration.pixel_size
+    table = measure_nuclei(labels, raw_intensity(raw), nuclei.confidence, pixel_size=size)
+    write_labels(targets["labels"], labels, pixel_size=size)
     with atomic_path(targets["measurements"]) as tmp:
         table.to_csv(tmp, index=False, float_format="%.6g")
     if overlay:
@@ -261,11 +309,12 @@ def write_outputs(out_dir: Path, name: str, image: Path, raw: np.ndarray, nuclei
     else:
         del targets["overlay"]
     return summary_row(image, "ok", nuclei=len(table), diameter=nuclei.diameter, estimated=nuclei.estimated,
-                       sure=nuclei.sure, warning=channel_warning(raw), **{k: str(v) for k, v in targets.items()})
+                       sure=nuclei.sure, pixel_size=size, warning=_joined(channel_warning(raw), calibration.note),
+                       **{k: str(v) for k, v in targets.items()})
 
 
 def segment_stack(path, name: str, out_dir, predict, *, channel: int | None = None, overlay: bool = False,
-                  progress: bool = False) -> dict:
+                  progress: bool = False, calibration: Calibration = Calibration()) -> dict:
     """``dsb segment`` of a TIFF stack (a time series, the planes of a volume), frame by frame.
 
     Each frame is segmented as an image of its own (its own diameter estimate unless ``predict`` was
@@ -295,6 +344,9 @@ def segment_stack(path, name: str, out_dir, predict, *, channel: int | None = No
     channel : int, optional
         As for :func:`segment_paths`.
     overlay, progress : bool
+    calibration : Calibration, optional
+        The stack's pixel size (:func:`dsb.workflows.calibration.calibrate`), as for :func:`write_outputs`;
+        its diameter is ``predict``'s to use.
 
     Returns
     -------
@@ -319,7 +371,8 @@ def segment_stack(path, name: str, out_dir, predict, *, channel: int | None = No
             if nuclei.labels.max(initial=0) > np.iinfo(labels.dtype).max:
                 labels = labels.astype(np.uint32)  # over 65535 nuclei in one frame
             labels[index] = nuclei.labels
-            table = measure_nuclei(nuclei.labels, raw_intensity(raw), nuclei.confidence)
+            table = measure_nuclei(nuclei.labels, raw_intensity(raw), nuclei.confidence,
+                                   pixel_size=calibration.pixel_size)
             for at, (column, value) in enumerate(zip(columns, index)):
                 table.insert(at, column, value)
             tables.append(table)
@@ -329,18 +382,19 @@ def segment_stack(path, name: str, out_dir, predict, *, channel: int | None = No
                 drawn.append(outline_overlay(raw, nuclei.labels))
     targets = _outputs(out_dir, name)
     targets["overlay"] = targets["overlay"].with_suffix(".tif")
-    write_labels(targets["labels"], labels, roles)
+    write_labels(targets["labels"], labels, roles, pixel_size=calibration.pixel_size)
     with atomic_path(targets["measurements"]) as tmp:
         pd.concat(tables, ignore_index=True).to_csv(tmp, index=False, float_format="%.6g")
     if drawn is not None:
-        write_rgb_stack(targets["overlay"], drawn, lead, roles)
+        write_rgb_stack(targets["overlay"], drawn, lead, roles, pixel_size=calibration.pixel_size)
     else:
         del targets["overlay"]
     finite = [d for d in diameters if math.isfinite(d)]
     warning = channel_warning(frames[(0,) * len(roles)])
     return summary_row(path, "ok", nuclei=sum(len(t) for t in tables),
                        diameter=float(np.median(finite)) if finite else math.nan, estimated=estimated, sure=sure,
-                       warning=warning, **{k: str(v) for k, v in targets.items()})
+                       pixel_size=calibration.pixel_size, warning=_joined(warning, calibration.note),
+                       **{k: str(v) for k, v in targets.items()})
 
 
 def channel_warning(raw: np.ndarray) -> str:
@@ -352,13 +406,40 @@ def channel_warning(raw: np.ndarray) -> str:
 
 
 def summary_row(path, status: str, *, nuclei: int = 0, diameter: float = math.nan, estimated: bool | str = "",
-                sure: bool | str = "", labels: str = "", measurements: str = "", overlay: str = "",
-                warning: str = "", error: str = "") -> dict:
-    """One row of ``summary.csv`` (:data:`SUMMARY_COLUMNS`): empty cells for what does not apply."""
+                sure: bool | str = "", pixel_size: float | None = None, labels: str = "", measurements: str = "",
+                overlay: str = "", warning: str = "", error: str = "") -> dict:
+    """One row of ``summary.csv`` (:data:`SUMMARY_COLUMNS`): empty cells for what does not apply
+    (``pixel_size`` and ``diameter_um`` where the pixel size is unknown)."""
+    known = math.isfinite(diameter)
     return {"file": str(path), "status": status, "nuclei": nuclei,
-            "diameter": round(diameter, 2) if math.isfinite(diameter) else "", "diameter_estimated": estimated,
-            "diameter_sure": sure, "labels": labels, "measurements": measurements, "overlay": overlay,
-            "warning": warning, "error": error}
+            "diameter": round(diameter, 2) if known else "", "diameter_estimated": estimated,
+            "diameter_sure": sure, "pixel_size": "" if pixel_size is None else float(f"{pixel_size:.6g}"),
+            "diameter_um": round(diameter * pixel_size, 2) if known and pixel_size is not None else "",
+            "labels": labels, "measurements": measurements, "overlay": overlay, "warning": warning, "error": error}
+
+
+def nothing_to_segment(inputs: list[str], skips: Skips) -> BadDataError:
+    """The error of a run left with no image to segment, naming the inputs and, where every one was
+    skipped, why the first was (with ``--skip-bad`` the user would otherwise hear no reason)."""
+    why = f" (all skipped; {skips.records[0].path}: {skips.records[0].message})" if skips.records else ""
+    return BadDataError(f"no image to segment{why}", path=", ".join(inputs) or None)
+
+
+def _joined(*warnings: str) -> str:
+    """The non-empty warnings of one input, as one ``summary.csv`` cell."""
+    return "; ".join(w for w in warnings if w)
+
+
+def check_scale_options(diameter, diameter_um, pixel_size) -> tuple[float | None, float | None, float | None]:
+    """The nucleus diameter (pixels or micrometres) and pixel size given to ``dsb segment``, checked:
+    ValueError for both diameters, or either (or the pixel size) no positive number in range."""
+    if diameter is not None and diameter_um is not None:
+        raise ValueError("give the nucleus diameter in pixels (diameter) or in micrometres (diameter_um), not both")
+    if diameter is not None:
+        diameter = check_diameter(diameter)
+    if diameter_um is not None:
+        diameter_um = check_pixel_size(diameter_um, what="nucleus diameter")
+    return diameter, diameter_um, None if pixel_size is None else check_pixel_size(pixel_size)
 
 
 def _predictor(model_dir, *, tta: bool, diameter: float | None = None, engine: str = "auto",

@@ -21,6 +21,7 @@ from dsb.io.folders import Skips, find_images
 from dsb.io.images import read_image, read_stack, stack_frames, tiff_page_note
 from dsb.network.model_folder import resolve_model_dir
 from dsb.workflows.blocks import segment_image_file
+from dsb.workflows.calibration import Calibration, calibrate_files
 from dsb.workflows.cluster import (
     ModelSpec,
     TaskError,
@@ -31,6 +32,8 @@ from dsb.workflows.cluster import (
 from dsb.workflows.pipeline import nuclei_predictor
 from dsb.workflows.segment_files import (
     SUMMARY_COLUMNS,
+    check_scale_options,
+    nothing_to_segment,
     segment_paths,
     segment_stack,
     summary_row,
@@ -61,23 +64,25 @@ def _check_task(path: Path, channel: int | None = None, stack: bool = False) -> 
 
 
 def _segment_task(path: Path, name: str, out_dir: Path, spec: ModelSpec, tta: bool, overlay: bool,
-                  diameter: float | None, channel: int | None = None):
-    """One image of a folder, on a worker: read, segment with the worker's model, write its files."""
+                  calibration: Calibration, channel: int | None = None):
+    """One image of a folder, on a worker: read, segment with the worker's model at the calibration's
+    diameter (None: estimated), write its files."""
     try:
         raw = read_image(path, channel)
         network, config, lock = worker_network(spec)
         with lock:
-            nuclei = predict_nuclei(network, config, raw, tta=tta, diameter=diameter)
-        return write_outputs(out_dir, name, path, raw, nuclei, overlay=overlay)
+            nuclei = predict_nuclei(network, config, raw, tta=tta, diameter=calibration.diameter)
+        return write_outputs(out_dir, name, path, raw, nuclei, overlay=overlay, calibration=calibration)
     except DsbError as exc:
         return TaskError.of(exc)
 
 
 
 def segment_folder(images: dict[str, Path], *, spec: ModelSpec, out_dir: Path, client, skips: Skips,
-                   tta: bool | None = None, overlay: bool = False, diameter: float | None = None,
+                   scales: dict[str, Calibration], tta: bool | None = None, overlay: bool = False,
                    progress: bool = True, channel: int | None = None) -> dict[str, dict]:
-    """``dsb segment`` of many images, one Dask task per image: ``{file: summary row}``.
+    """``dsb segment`` of many images, one Dask task per image: ``{file: summary row}``, each image at the
+    scale of its :class:`~dsb.workflows.calibration.Calibration` in ``scales`` (by ``str(path)``).
 
     Every image is read and checked on the workers before any is segmented,
     so a bad one (without ``skip_bad``) stops the run before anything is written.
@@ -89,7 +94,7 @@ def segment_folder(images: dict[str, Path], *, spec: ModelSpec, out_dir: Path, c
             skips(problem.error(), path=path)
             bad.add(str(path))
     rows: dict[str, dict] = {}
-    items = [(p, name, out_dir, spec, tta, overlay, diameter, channel) for name, p in images.items()
+    items = [(p, name, out_dir, spec, tta, overlay, scales[str(p)], channel) for name, p in images.items()
              if str(p) not in bad]
     for item, row in run_tasks(_segment_task, items, client=client, progress=progress, label="segmenting",
                                what="segmenting"):
@@ -102,14 +107,15 @@ def segment_folder(images: dict[str, Path], *, spec: ModelSpec, out_dir: Path, c
 
 
 def _stack_task(path: Path, name: str, out_dir: Path, spec: ModelSpec, tta: bool, overlay: bool,
-                diameter: float | None, channel: int | None, progress: bool = False):
+                calibration: Calibration, channel: int | None, progress: bool = False):
     """One TIFF stack, on a worker or in this process: segment it frame by frame with the model of
     ``spec`` (:func:`dsb.workflows.segment_files.segment_stack`); its summary row or a TaskError."""
     try:
         network, config, lock = worker_network(spec)
+        predict = nuclei_predictor(network, config, tta=tta, diameter=calibration.diameter)
         with lock:
-            return segment_stack(path, name, out_dir, nuclei_predictor(network, config, tta=tta, diameter=diameter),
-                                 channel=channel, overlay=overlay, progress=progress)
+            return segment_stack(path, name, out_dir, predict, channel=channel, overlay=overlay, progress=progress,
+                                 calibration=calibration)
     except DsbError as exc:
         return TaskError.of(exc)
 
@@ -130,12 +136,13 @@ def check_stacks(stacks: dict[str, Path], *, client, skips: Skips, channel: int 
 
 
 def segment_stacks(stacks: dict[str, Path], *, spec: ModelSpec, out_dir: Path, client, skips: Skips,
-                   tta: bool | None = None, overlay: bool = False, diameter: float | None = None,
+                   scales: dict[str, Calibration], tta: bool | None = None, overlay: bool = False,
                    progress: bool = True, channel: int | None = None) -> dict[str, dict]:
     """``dsb segment`` of TIFF stacks: ``{file: summary row}``; one Dask task per stack on a cluster,
-    else here, frame after frame with a progress bar over each stack's frames."""
+    else here, frame after frame with a progress bar over each stack's frames; each at the scale of its
+    :class:`~dsb.workflows.calibration.Calibration` in ``scales``."""
     rows: dict[str, dict] = {}
-    items = [(p, name, out_dir, spec, tta, overlay, diameter, channel, progress and client is None)
+    items = [(p, name, out_dir, spec, tta, overlay, scales[str(p)], channel, progress and client is None)
              for name, p in stacks.items()]
     for item, row in run_tasks(_stack_task, items, client=client, progress=progress and client is not None,
                                label="segmenting stacks", what="segmenting"):
@@ -185,7 +192,8 @@ def segment_inputs(paths, *, model_dir=None, out_dir, tta: bool | None = None, o
                    diameter: float | None = None, skip_bad: bool = False, progress: bool = True,
                    engine: str = "auto", precision: str = "auto", block_size: int | None = None,
                    workers: int | None = None, scheduler: str | None = None, client=None,
-                   scale_factor: float | None = None, channel: int | None = None) -> pd.DataFrame:
+                   scale_factor: float | None = None, channel: int | None = None, diameter_um: float | None = None,
+                   pixel_size: float | None = None) -> pd.DataFrame:
     """``dsb segment`` with large images block by block and, optionally, on a Dask cluster.
 
     Zarr and OME-Zarr stores, and TIFF or PNG files with a side above
@@ -193,14 +201,15 @@ def segment_inputs(paths, *, model_dir=None, out_dir, tta: bool | None = None, o
     (:func:`dsb.workflows.blocks.segment_image_file`); the other images as
     :func:`dsb.workflows.segment_files.segment_paths` does, on the cluster's workers
     when ``workers`` or ``scheduler`` is given. Parameters and the returned
-    summary are those of :func:`~dsb.workflows.segment_files.segment_paths` (``scale_factor``
-    and ``channel`` included), plus
+    summary are those of :func:`~dsb.workflows.segment_files.segment_paths` (``scale_factor``,
+    ``channel``, ``diameter_um`` and ``pixel_size`` included), plus
     ``block_size`` (pixels a side), ``workers`` and ``scheduler``
     (:func:`cluster_client`), or a ``client`` already connected (a
     dask-gateway cluster's, whose address needs its credentials).
     """
 
     out_dir = Path(out_dir)
+    diameter, diameter_um, pixel_size = check_scale_options(diameter, diameter_um, pixel_size)
     paths = [Path(p) for p in paths]
     big, listed, stacks, problems, refused = _split_inputs(paths, block_size, channel)
     spec = ModelSpec(str(resolve_model_dir(model_dir)), engine, precision, scale_factor)
@@ -232,36 +241,43 @@ def segment_inputs(paths, *, model_dir=None, out_dir, tta: bool | None = None, o
         if client is None and not big and not refused and not stacks and not notes:  # as before
             return segment_paths(paths, model_dir=spec.path, out_dir=out_dir, tta=tta, overlay=overlay,
                                  diameter=diameter, skip_bad=skip_bad, progress=progress, engine=engine,
-                                 precision=precision, scale_factor=scale_factor, channel=channel)
+                                 precision=precision, scale_factor=scale_factor, channel=channel,
+                                 diameter_um=diameter_um, pixel_size=pixel_size)
         for problem in problems + refused + unreadable:
             skips(problem)
         # The summary lists the inputs as they were given; a refused one in its place.
         order = [problem.path for problem in problems] + [str(p) for p in listed.values()] + [str(p) for p in big]
         out = {str(exc.path) for exc in refused + unreadable}
+        # Each input's scale, told from its header before anything is written.
+        scales = calibrate_files([p for p in [*listed.values(), *big] if str(p) not in out], skips,
+                                 diameter=diameter, diameter_um=diameter_um, pixel_size=pixel_size)
+        out |= {str(p) for p in [*listed.values(), *big] if str(p) not in scales}
+        stacks = {name: p for name, p in stacks.items() if str(p) not in out}
         small = {name: p for name, p in listed.items() if name not in stacks and str(p) not in out}
         stacks = check_stacks(stacks, client=client, skips=skips, channel=channel, progress=progress)
         if small and client is None:
             done = segment_paths(list(small.values()), model_dir=spec.path, out_dir=out_dir, tta=tta,
                                  overlay=overlay, diameter=diameter, skip_bad=skip_bad, progress=progress,
-                                 engine=engine, precision=precision, scale_factor=scale_factor, channel=channel)
+                                 engine=engine, precision=precision, scale_factor=scale_factor, channel=channel,
+                                 diameter_um=diameter_um, pixel_size=pixel_size)
             rows.update({row["file"]: row for row in done.to_dict("records") if row["status"] == "ok"})
             skips.records += done.attrs["skipped"]
         elif small:
             writable_dir(out_dir)
             rows.update(segment_folder(small, spec=spec, out_dir=out_dir, client=client, skips=skips,
-                                       tta=tta, overlay=overlay, diameter=diameter, progress=progress,
+                                       scales=scales, tta=tta, overlay=overlay, progress=progress,
                                        channel=channel))
         if stacks:
             writable_dir(out_dir)
-            rows.update(segment_stacks(stacks, spec=spec, out_dir=out_dir, client=client, skips=skips, tta=tta,
-                                       overlay=overlay, diameter=diameter, progress=progress, channel=channel))
+            rows.update(segment_stacks(stacks, spec=spec, out_dir=out_dir, client=client, skips=skips,
+                                       scales=scales, tta=tta, overlay=overlay, progress=progress, channel=channel))
         for path in big:
             if str(path) in out:
                 continue
             try:
-                rows[str(path)] = segment_image_file(path, spec=spec, out_dir=out_dir, diameter=diameter,
-                                                     block_size=block_size, client=client, tta=tta,
-                                                     progress=progress, channel=channel)
+                rows[str(path)] = segment_image_file(path, spec=spec, out_dir=out_dir, block_size=block_size,
+                                                     client=client, tta=tta, progress=progress, channel=channel,
+                                                     calibration=scales[str(path)])
             except BadDataError as exc:
                 skips(exc, path=path)
     for path, note in notes.items():
@@ -274,7 +290,7 @@ def _write_summary(out_dir: Path, rows: dict[str, dict], skips: Skips, order: li
     for skip in skips.records:
         rows[skip.path] = summary_row(skip.path, "skipped", error=skip.message)
     if not any(row["status"] == "ok" for row in rows.values()):
-        raise BadDataError("no image to segment", path=", ".join(order) or None)
+        raise nothing_to_segment(order, skips)
     summary = pd.DataFrame([rows[p] for p in dict.fromkeys(order) if p in rows], columns=list(SUMMARY_COLUMNS))
     with atomic_path(out_dir / "summary.csv") as tmp:
         summary.to_csv(tmp, index=False)

@@ -1,0 +1,184 @@
+"""How large a pixel is, in micrometres, from what an image file says of itself.
+
+A microscope's software records the size of a pixel in the sample in the file's metadata, where
+Fiji, napari and QuPath read it; :func:`read_pixel_size` reads it from the places they write:
+
+- an OME-TIFF's OME-XML (``PhysicalSizeX``, ``PhysicalSizeY`` and their units, micrometres when
+  unsaid), for the first image of the file;
+- an ImageJ TIFF's resolution tags in the unit its description names (``unit=micron``);
+- any other TIFF's resolution tags when their unit is the centimetre (some microscope software
+  writes them so), not the inch: a number of dots per inch is a printer's, not a microscope's;
+- an OME-Zarr store's ``multiscales``: the scale of the level that is read, times the store's own
+  scale, in the unit of the ``y`` and ``x`` axes.
+
+PNG, JPEG and BMP files hold no pixel size a microscope writes; nor does a plain Zarr array.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from dsb.core.errors import BadDataError
+
+__all__ = ["PixelSize", "read_pixel_size", "to_micrometres"]
+
+# Units of length as metadata spell them, in micrometres.
+_UNITS = {
+    "pm": 1e-6, "picometer": 1e-6, "picometre": 1e-6,
+    "a": 1e-4, "\u00c5": 1e-4, "\u212b": 1e-4, "angstrom": 1e-4,
+    "nm": 1e-3, "nanometer": 1e-3, "nanometre": 1e-3,
+    "um": 1.0, "\u00b5m": 1.0, "\u03bcm": 1.0, "micron": 1.0, "microns": 1.0, "micrometer": 1.0,
+    "micrometre": 1.0,
+    "mm": 1e3, "millimeter": 1e3, "millimetre": 1e3,
+    "cm": 1e4, "centimeter": 1e4, "centimetre": 1e4,
+    "m": 1e6, "meter": 1e6, "metre": 1e6,
+}
+# Two sides this close (relative) are one pixel size: metadata rounds them a little apart.
+SQUARE = 0.01
+
+
+@dataclass(frozen=True)
+class PixelSize:
+    """The size of a pixel in the sample: ``y`` (rows) and ``x`` (columns) in micrometres, and where
+    it was read (``"OME-XML"``, ``"ImageJ"``, ``"TIFF resolution"``, ``"OME-Zarr"``, ``"given"``)."""
+
+    y: float
+    x: float
+    source: str = "given"
+
+    @property
+    def square(self) -> bool:
+        """Whether rows and columns are as far apart (within :data:`SQUARE`)."""
+        return abs(self.y - self.x) <= SQUARE * max(self.y, self.x)
+
+    @property
+    def side(self) -> float:
+        """The side of a square pixel, micrometres (the mean of the two, which :attr:`square` says agree)."""
+        return 0.5 * (self.y + self.x)
+
+    def __str__(self) -> str:
+        return f"{self.side:.4g} \u00b5m" if self.square else f"{self.y:.4g} x {self.x:.4g} \u00b5m"
+
+
+def to_micrometres(value, unit: str | None) -> float | None:
+    """``value`` in ``unit`` (a name or symbol of a unit of length, as metadata spell it) in
+    micrometres; None for a unit that is no length (``pixel``, an inch's dots) or a value that is no
+    positive finite number.
+
+    Examples
+    --------
+    >>> to_micrometres(325, "nm"), to_micrometres(0.5, "micron"), to_micrometres(1, "pixel")
+    (0.325, 0.5, None)
+    """
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    if unit is None:
+        return None
+    key = unit.strip()
+    key = re.sub(r"\\u([0-9a-fA-F]{4})", lambda m: chr(int(m.group(1), 16)), key)  # ImageJ's escaped \u00B5m
+    factor = _UNITS.get(key) or _UNITS.get(key.lower())
+    if factor is None or not math.isfinite(value) or value <= 0:
+        return None
+    return value * factor
+
+
+def read_pixel_size(path) -> PixelSize | None:
+    """The size of a pixel of an image file in the sample, as its metadata say; None where they do not
+    (or say it in no unit of length).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A TIFF (OME, ImageJ or plain), an OME-Zarr store, or another image file (None).
+
+    Returns
+    -------
+    PixelSize or None
+
+    Raises
+    ------
+    BadDataError
+        A TIFF or Zarr store that cannot be opened.
+    """
+    path = Path(path)
+    if path.is_dir():
+        return _zarr_pixel_size(path)
+    if path.suffix.lower() not in (".tif", ".tiff"):
+        return None
+    import tifffile
+
+    from dsb.io.images import tiff_reading
+
+    try:
+        with tiff_reading(path), tifffile.TiffFile(path) as tif:
+            if tif.is_ome and tif.ome_metadata:
+                return _ome_xml_pixel_size(tif.ome_metadata)
+            page = tif.pages.first
+            resolution = page.resolution
+            unit = None
+            if tif.is_imagej:
+                unit = (tif.imagej_metadata or {}).get("unit")
+                source = "ImageJ"
+            elif int(page.resolutionunit) == 3:  # RESUNIT.CENTIMETER
+                unit, source = "cm", "TIFF resolution"
+    except BadDataError:
+        raise
+    except Exception as exc:  # tifffile raises many types for a damaged file
+        raise BadDataError(f"corrupt or unreadable TIFF ({type(exc).__name__}: {exc})", path=path) from None
+    if unit is None or not resolution or min(resolution) <= 0:
+        return None
+    x, y = (to_micrometres(1.0 / r, unit) for r in resolution)
+    return None if x is None or y is None else PixelSize(y, x, source)
+
+
+def _ome_xml_pixel_size(xml: str) -> PixelSize | None:
+    """The first image's ``Pixels`` sizes in an OME-XML document."""
+    import xml.etree.ElementTree as ElementTree
+
+    try:
+        root = ElementTree.fromstring(xml)
+    except ElementTree.ParseError:
+        return None
+    pixels = next((e for e in root.iter() if e.tag.rsplit("}", 1)[-1] == "Pixels"), None)
+    if pixels is None:
+        return None
+    sides = [to_micrometres(pixels.get(f"PhysicalSize{a}"), pixels.get(f"PhysicalSize{a}Unit", "\u00b5m"))
+             for a in "YX"]
+    return None if None in sides else PixelSize(sides[0], sides[1], "OME-XML")
+
+
+def _zarr_pixel_size(path: Path) -> PixelSize | None:
+    """The pixel size of the level of an OME-Zarr store that ``dsb segment`` reads (its first)."""
+    import zarr
+
+    try:
+        node = zarr.open(store=str(path), mode="r")
+    except Exception as exc:
+        raise BadDataError(f"cannot open the Zarr store ({type(exc).__name__}: {exc})", path=path) from None
+    if isinstance(node, zarr.Array):
+        return None
+    multiscales = node.attrs.get("multiscales") or node.attrs.get("ome", {}).get("multiscales")
+    if not multiscales:
+        return None
+    meta = multiscales[0]
+    axes = meta.get("axes") or []
+    names = [a.get("name") if isinstance(a, dict) else a for a in axes]
+    if "y" not in names or "x" not in names:
+        return None
+    scale = [1.0] * len(names)
+    for transforms in (meta["datasets"][0].get("coordinateTransformations"), meta.get("coordinateTransformations")):
+        for transform in transforms or []:
+            values = transform.get("scale") if transform.get("type") == "scale" else None
+            if values is not None and len(values) == len(names):
+                scale = [s * float(v) for s, v in zip(scale, values)]
+    sides = []
+    for axis in "yx":
+        entry = axes[names.index(axis)]
+        unit = entry.get("unit") if isinstance(entry, dict) else None
+        sides.append(to_micrometres(scale[names.index(axis)], unit))
+    return None if None in sides else PixelSize(sides[0], sides[1], "OME-Zarr")
