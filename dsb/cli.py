@@ -588,7 +588,8 @@ def predict(run_dir, images, out, labels, tta, diameter, skip_bad, scale_factor,
               help="Run on the Dask cluster whose scheduler is at ADDRESS, e.g. tcp://host:8786.")
 @click.option("--channel", type=click.IntRange(min=0), default=None, metavar="N",
               help="Segment only channel N of each image, counted from 0 (in RGB: 0 red, 1 green, 2 blue): "
-                   "the DNA stain of multi-channel fluorescence, which may have any number of channels. "
+                   "the DNA stain of multi-channel fluorescence, which may have any number of channels; each "
+                   "nucleus is then measured in every channel (mean_intensity_c0, _c1, ...). "
                    "Default: the image's luminance, with a warning where its channels show different stains.")
 @_SCALE_FACTOR
 @_ENGINE

@@ -72,7 +72,8 @@ def _segment_task(path: Path, name: str, out_dir: Path, spec: ModelSpec, tta: bo
         network, config, lock = worker_network(spec)
         with lock:
             nuclei = predict_nuclei(network, config, raw, tta=tta, diameter=calibration.diameter)
-        return write_outputs(out_dir, name, path, raw, nuclei, overlay=overlay, calibration=calibration)
+        return write_outputs(out_dir, name, path, raw, nuclei, overlay=overlay, calibration=calibration,
+                             channel=channel)
     except DsbError as exc:
         return TaskError.of(exc)
 
