@@ -255,7 +255,7 @@ def _open_zarr(path: Path, channel: int | None = None) -> BlockSource:
     roles, channels = axis_roles(array.shape, axes, channel=channel, path=path)
     _check_dtype(array.dtype, path)
     ome = {"axes": meta.get("axes"), "transforms": meta["datasets"][0].get("coordinateTransformations"),
-           "zarr_format": node.metadata.zarr_format, "roles": roles}
+           "global": meta.get("coordinateTransformations"), "zarr_format": node.metadata.zarr_format, "roles": roles}
     return BlockSource("ome-zarr", array.shape, roles, channels, array.dtype, path=path, component=component,
                        ome=ome, channel=channel)
 
@@ -358,16 +358,26 @@ def _ome_metadata(staged, source: BlockSource) -> None:
     keep = [i for i, a in enumerate(ome["roles"]) if a in "yx"]
     axes = [ome["axes"][i] for i in keep] if ome.get("axes") else [{"name": "y", "type": "space"},
                                                                    {"name": "x", "type": "space"}]
-    transforms = []
-    for transform in ome.get("transforms") or [{"type": "scale", "scale": [1.0] * len(ome["roles"])}]:
-        values = transform.get("scale", transform.get("translation"))
-        if values is not None and len(values) == len(ome["roles"]):
-            key = "scale" if "scale" in transform else "translation"
-            transforms.append({"type": transform["type"], key: [values[i] for i in keep]})
+
+    def of_yx(given):
+        """The transforms' values of the y and x axes."""
+        kept = []
+        for transform in given or []:
+            values = transform.get("scale", transform.get("translation"))
+            if values is not None and len(values) == len(ome["roles"]):
+                key = "scale" if "scale" in transform else "translation"
+                kept.append({"type": transform["type"], key: [values[i] for i in keep]})
+        return kept
+
+    transforms = of_yx(ome.get("transforms") or [{"type": "scale", "scale": [1.0] * len(ome["roles"])}])
     version = "0.5" if ome["zarr_format"] == 3 else "0.4"
+    multiscale = {"version": version, "name": "nuclei", "axes": axes,
+                  "datasets": [{"path": "0", "coordinateTransformations": transforms}]}
+    whole = of_yx(ome.get("global"))  # the whole multiscale's, which applies after the level's
+    if whole:
+        multiscale["coordinateTransformations"] = whole
     meta = {
-        "multiscales": [{"version": version, "name": "nuclei", "axes": axes,
-                         "datasets": [{"path": "0", "coordinateTransformations": transforms}]}],
+        "multiscales": [multiscale],
         # The image these labels belong to, for the reader's record.
         "image-label": {"version": version, "source": {"image": str(source.path)}},
     }

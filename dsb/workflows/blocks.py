@@ -74,7 +74,7 @@ from dsb.workflows.cluster import (
     run_tasks,
     worker_network,
 )
-from dsb.workflows.segment_files import CHANNEL_ADVICE, in_micrometres, measure_nuclei, summary_row
+from dsb.workflows.segment_files import CHANNEL_ADVICE, in_micrometres, join_warnings, measure_nuclei, summary_row
 
 __all__ = [
     "WORKING_BLOCK",
@@ -672,4 +672,4 @@ def segment_image_file(path, *, spec: ModelSpec, out_dir, block_size: int | None
     return summary_row(path, "ok", nuclei=count, diameter=settings.diameter, estimated=settings.estimated,
                        sure=settings.sure, pixel_size=calibration.pixel_size, labels=str(target),
                        measurements=str(measurements),
-                       warning="; ".join(w for w in (warning, calibration.note) if w))
+                       warning=join_warnings(warning, calibration.note))

@@ -37,13 +37,13 @@ from dsb.io.images import read_channels, read_stack
 from dsb.io.writers import write_labels, write_png, write_rgb_stack
 from dsb.network.engines import load_network
 from dsb.network.model_folder import resolve_model_dir
-from dsb.workflows.calibration import Calibration, calibrate_files, check_pixel_size
+from dsb.workflows.calibration import Calibration, calibrate_files, check_micrometres
 from dsb.workflows.drawing import outline_overlay
 from dsb.workflows.pipeline import nuclei_predictor, predict_each
 
 __all__ = ["MEASUREMENT_COLUMNS", "MICROMETRE_COLUMNS", "SUMMARY_COLUMNS", "measure_nuclei", "in_micrometres",
            "segment_paths", "segment_stack", "write_outputs", "summary_row", "channel_warning", "check_scale_options",
-           "nothing_to_segment"]
+           "join_warnings", "nothing_to_segment"]
 
 MEASUREMENT_COLUMNS = (
     "label",
@@ -325,7 +325,7 @@ def write_outputs(out_dir: Path, name: str, image: Path, raw: np.ndarray, nuclei
     else:
         del targets["overlay"]
     return summary_row(image, "ok", nuclei=len(table), diameter=nuclei.diameter, estimated=nuclei.estimated,
-                       sure=nuclei.sure, pixel_size=size, warning=_joined(channel_warning(raw), calibration.note),
+                       sure=nuclei.sure, pixel_size=size, warning=join_warnings(channel_warning(raw), calibration.note),
                        **{k: str(v) for k, v in targets.items()})
 
 
@@ -412,7 +412,7 @@ def segment_stack(path, name: str, out_dir, predict, *, channel: int | None = No
     warning = channel_warning(frames[(0,) * len(roles)])
     return summary_row(path, "ok", nuclei=sum(len(t) for t in tables),
                        diameter=float(np.median(finite)) if finite else math.nan, estimated=estimated, sure=sure,
-                       pixel_size=calibration.pixel_size, warning=_joined(warning, calibration.note),
+                       pixel_size=calibration.pixel_size, warning=join_warnings(warning, calibration.note),
                        **{k: str(v) for k, v in targets.items()})
 
 
@@ -444,7 +444,7 @@ def nothing_to_segment(inputs: list[str], skips: Skips) -> BadDataError:
     return BadDataError(f"no image to segment{why}", path=", ".join(inputs) or None)
 
 
-def _joined(*warnings: str) -> str:
+def join_warnings(*warnings: str) -> str:
     """The non-empty warnings of one input, as one ``summary.csv`` cell."""
     return "; ".join(w for w in warnings if w)
 
@@ -457,8 +457,8 @@ def check_scale_options(diameter, diameter_um, pixel_size) -> tuple[float | None
     if diameter is not None:
         diameter = check_diameter(diameter)
     if diameter_um is not None:
-        diameter_um = check_pixel_size(diameter_um, what="nucleus diameter")
-    return diameter, diameter_um, None if pixel_size is None else check_pixel_size(pixel_size)
+        diameter_um = check_micrometres(diameter_um, "nucleus diameter")
+    return diameter, diameter_um, None if pixel_size is None else check_micrometres(pixel_size)
 
 
 def _predictor(model_dir, *, tta: bool, diameter: float | None = None, engine: str = "auto",
