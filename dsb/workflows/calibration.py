@@ -51,7 +51,7 @@ def check_micrometres(value, what: str = "pixel size") -> float:
     >>> check_micrometres(0)
     Traceback (most recent call last):
     ...
-    ValueError: the pixel size must be a positive number of micrometres, got 0
+    ValueError: the pixel size must be a positive finite number of micrometres, got 0
     """
     try:
         number = float(value)
