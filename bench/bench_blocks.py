@@ -84,13 +84,14 @@ def _worker_peak_kib() -> int:
 def child_cluster(zarr_path: str, out: str, workers: int, block: int | None) -> dict:
     from dsb.network.model_folder import default_model_dir
     from dsb.workflows.blocks import segment_image_file
+    from dsb.workflows.calibration import Calibration
     from dsb.workflows.cluster import ModelSpec, cluster_client
 
     spec = ModelSpec(str(default_model_dir()))  # the default engine and precision, as dsb segment
     start = time.perf_counter()
     with cluster_client(workers=workers) as client:
         started = time.perf_counter()
-        row = segment_image_file(zarr_path, spec=spec, out_dir=out, diameter=DIAMETER, block_size=block,
+        row = segment_image_file(zarr_path, spec=spec, out_dir=out, calibration=Calibration(diameter=DIAMETER), block_size=block,
                                  client=client, progress=False)
         done = time.perf_counter()
         peaks = sorted(client.run(_worker_peak_kib).values())
@@ -117,13 +118,14 @@ def child_blockwise(zarr_path: str, out: str, block: int) -> dict:
     import dsb
     from dsb.network.model_folder import default_model_dir
     from dsb.workflows.blocks import segment_image_file
+    from dsb.workflows.calibration import Calibration
     from dsb.workflows.cluster import ModelSpec
 
     dsb.load_model()
     before = peak_kib()
     spec = ModelSpec(str(default_model_dir()))  # the default engine and precision, as dsb segment
     start = time.perf_counter()
-    row = segment_image_file(zarr_path, spec=spec, out_dir=out, diameter=DIAMETER, block_size=block, progress=False)
+    row = segment_image_file(zarr_path, spec=spec, out_dir=out, calibration=Calibration(diameter=DIAMETER), block_size=block, progress=False)
     seconds = time.perf_counter() - start
     np.save(Path(out) / "labels.npy", zarr.open_array(row["labels"], mode="r")[:])
     return {"seconds": seconds, "peak_kib": peak_kib(), "before_kib": before, "nuclei": int(row["nuclei"])}

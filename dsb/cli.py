@@ -42,6 +42,23 @@ class _Diameter(click.ParamType):
             self.fail(str(exc), param, ctx)
 
 
+class _Positive(click.FloatRange):
+    """A positive, finite number (a length, minutes, a rate): click's range lets NaN and infinity by."""
+
+    name = "number"
+
+    def __init__(self):
+        super().__init__(min=0, min_open=True)
+
+    def convert(self, value, param, ctx):
+        import math
+
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return number
+
+
 class _SchedulerAddress(click.ParamType):
     """A Dask scheduler's address, [PROTOCOL://]HOST:PORT (:func:`dsb.workflows.cluster.parse_address`)."""
 
@@ -270,7 +287,7 @@ def prepare(data: Path, config_path: Path | None) -> None:
                    "schedule follows the budget and this caps it).")
 @click.option("--steps-per-epoch", type=click.IntRange(min=1), default=None,
               help="Batches per epoch (default: the config's, or one pass over the training images).")
-@click.option("--time-budget", type=click.FloatRange(min=0, min_open=True), default=None, metavar="MINUTES",
+@click.option("--time-budget", type=_Positive(), default=None, metavar="MINUTES",
               help="Stop cleanly once this many minutes are spent, keeping the best model.")
 @click.option("--seed", type=int, default=None,
               help="Seed of the validation split, the initial weights and the augmentation (default: the config's).")
@@ -286,7 +303,7 @@ def prepare(data: Path, config_path: Path | None) -> None:
 @click.option("--init", type=str, is_flag=False, flag_value="", default=None, metavar="[MODEL_DIR]",
               help="Fine-tune from this run folder's weights (the shipped model when no folder is given): "
                    "its model and preprocessing, a tenth of the learning rate, 10 short epochs.")
-@click.option("--learning-rate", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--learning-rate", type=_Positive(), default=None,
               help="Override the (fine-tune) learning rate.")
 def train(config_path, data, out, epochs, steps_per_epoch, time_budget, seed, resume, strategy, precision,
           init, learning_rate) -> None:
@@ -399,7 +416,7 @@ def evaluate(run_dir: Path, data: Path, tta: bool, diameter: float | None, per_i
               help="Where the fold runs (fold-1, ...) and crossval.csv go; an interrupted run goes on from there.")
 @click.option("--folds", type=click.IntRange(min=2), default=4, show_default=True,
               help="Folds the groups are dealt into, whole groups each (at most the number of groups).")
-@click.option("--time-budget", type=click.FloatRange(min=0, min_open=True), default=None, metavar="MINUTES",
+@click.option("--time-budget", type=_Positive(), default=None, metavar="MINUTES",
               help="Minutes of training per fold.")
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="At most this many epochs per fold.")
 @click.option("--config", "config_path", type=_EXISTING_FILE, default=None,
@@ -568,11 +585,11 @@ def predict(run_dir, images, out, labels, tta, diameter, skip_bad, scale_factor,
 @_TTA
 @click.option("--overlay", is_flag=True, help="Also write an overlay PNG per image (an RGB TIFF stack for a stack).")
 @click.option("--diameter", type=_Diameter(), default=None, help=_DIAMETER_HELP)
-@click.option("--diameter-um", type=click.FloatRange(min=0, min_open=True), default=None, metavar="UM",
+@click.option("--diameter-um", type=_Positive(), default=None, metavar="UM",
               help="Median nucleus diameter in micrometres instead of pixels: each image is segmented at the "
                    "pixels its own pixel size makes of it (ImageJ or OME metadata, or --pixel-size), whatever "
                    "the objective.")
-@click.option("--pixel-size", type=click.FloatRange(min=0, min_open=True), default=None, metavar="UM",
+@click.option("--pixel-size", type=_Positive(), default=None, metavar="UM",
               help="Micrometres a pixel, for every image, instead of its metadata. With a pixel size (given or "
                    "read) the measurements get area_um2, perimeter_um and equivalent_diameter_um, and the "
                    "label TIFFs carry it.")
@@ -588,7 +605,8 @@ def predict(run_dir, images, out, labels, tta, diameter, skip_bad, scale_factor,
               help="Run on the Dask cluster whose scheduler is at ADDRESS, e.g. tcp://host:8786.")
 @click.option("--channel", type=click.IntRange(min=0), default=None, metavar="N",
               help="Segment only channel N of each image, counted from 0 (in RGB: 0 red, 1 green, 2 blue): "
-                   "the DNA stain of multi-channel fluorescence, which may have any number of channels. "
+                   "the DNA stain of multi-channel fluorescence, which may have any number of channels; each "
+                   "nucleus is then measured in every channel (mean_intensity_c0, _c1, ...). "
                    "Default: the image's luminance, with a warning where its channels show different stains.")
 @_SCALE_FACTOR
 @_ENGINE

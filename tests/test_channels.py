@@ -286,6 +286,11 @@ def test_cluster_tasks_read_the_channel_too(tmp_path, cells, composite):
     assert list(rows) == [str(tmp_path / "five.tif")] and rows[str(tmp_path / "five.tif")]["warning"] == ""
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "five_labels.tif"),
                                   dsb.segment(nuclei, diameter=DIAMETER))
+    # Each nucleus measured in the five channels, as in one process.
+    table = pd.read_csv(tmp_path / "five_nuclei.csv")
+    np.testing.assert_allclose(table["mean_intensity_c1"], table["mean_intensity"])
+    np.testing.assert_allclose(table["mean_intensity_c3"], table["mean_intensity"])
+    assert "mean_intensity_c4" in table and "mean_intensity_c5" not in table
     (skip,) = skips.records
     assert skip.path == str(tmp_path / "grey.png") and "no channel 1" in skip.message
 

@@ -17,7 +17,7 @@ from dsb.core.errors import BadDataError
 from dsb.io.pixel_size import PixelSize, read_pixel_size, to_micrometres
 from dsb.io.synthetic import nuclei_field
 from dsb.io.writers import write_labels, write_rgb_stack
-from dsb.workflows.calibration import Calibration, calibrate, check_pixel_size
+from dsb.workflows.calibration import Calibration, calibrate, check_micrometres
 from dsb.workflows.segment_files import MICROMETRE_COLUMNS, measure_nuclei
 
 tifffile = pytest.importorskip("tifffile")
@@ -76,10 +76,32 @@ def test_pixel_size_of_imagej_ome_and_plain_tiffs(tmp_path, field):
     tifffile.imwrite(tmp_path / "wide.tif", image, imagej=True, resolution=(2.0, 1.0), metadata={"unit": "um"})
     wide = read_pixel_size(tmp_path / "wide.tif")
     assert (wide.y, wide.x, wide.square) == (pytest.approx(1.0), pytest.approx(0.5), False)
-    assert str(wide) == "1 x 0.5 \u00b5m"
+    assert str(wide) == "0.5 x 1 \u00b5m (width x height)"  # as Fiji says it
     (tmp_path / "broken.tif").write_bytes(b"II*\x00 not a tiff")
     with pytest.raises(BadDataError, match="broken.tif"):
         read_pixel_size(tmp_path / "broken.tif")
+
+
+def test_metadata_that_make_no_sense_are_no_pixel_size(tmp_path, field):
+    image = field[0]
+    # An image editor's 72 dpi in metric units (28.35 per centimetre): 353 micrometres a pixel.
+    tifffile.imwrite(tmp_path / "72dpi-cm.tif", image, resolution=(28.35, 28.35), resolutionunit="CENTIMETER")
+    # Centimetres named, no resolution tags (tifffile reads 1 per centimetre).
+    with tifffile.TiffWriter(tmp_path / "no-tags.tif") as tif:
+        tif.write(image, resolutionunit="CENTIMETER")
+    # A unit ImageJ reads as a number; OME-XML with one side only.
+    tifffile.imwrite(tmp_path / "unit-1.tif", image, imagej=True, resolution=(2.0, 2.0), metadata={"unit": 1})
+    tifffile.imwrite(tmp_path / "one-side.tif", image, ome=True, metadata={"PhysicalSizeX": 0.5})
+    for name in ("72dpi-cm.tif", "no-tags.tif", "unit-1.tif", "one-side.tif"):
+        assert read_pixel_size(tmp_path / name) is None, name
+    # An OME-Zarr whose scale holds a null, or whose datasets are missing.
+    for name, meta in (("null.zarr", {"axes": [{"name": "y", "unit": "micrometer"}, {"name": "x", "unit": "micrometer"}],
+                                      "datasets": [{"path": "0", "coordinateTransformations": [
+                                          {"type": "scale", "scale": [None, 0.5]}]}]}),
+                       ("bare.zarr", {"axes": [{"name": "y", "unit": "micrometer"}, {"name": "x"}]})):
+        group = zarr.open_group(str(tmp_path / name), mode="w", zarr_format=2)
+        group.attrs["multiscales"] = [meta]
+        assert read_pixel_size(tmp_path / name) is None, name
 
 
 @pytest.mark.parametrize("zarr_format", [2, 3])
@@ -139,8 +161,10 @@ def test_calibrate(tmp_path, field):
     # An unreadable file is for its reading to name, unless the scale needs its metadata.
     (tmp_path / "broken.tif").write_bytes(b"II*\x00 not a tiff")
     assert calibrate(tmp_path / "broken.tif", pixel_size=0.5) == Calibration(0.5, None, "")
-    with pytest.raises(ValueError, match="positive number of micrometres"):
-        check_pixel_size(-1)
+    with pytest.raises(ValueError, match="positive finite number of micrometres"):
+        check_micrometres(-1)
+    with pytest.raises(ValueError, match="nucleus diameter must be a positive finite"):
+        check_micrometres(float("nan"), "nucleus diameter")
 
 
 def test_measurements_in_micrometres(field):
@@ -266,3 +290,22 @@ def test_block_wise_in_micrometres(tmp_path, two_objectives):
     assert read_pixel_size(out / "x40_labels.tif").side == pytest.approx(0.25)
     table = pd.read_csv(out / "x40_nuclei.csv")
     assert table["equivalent_diameter_um"].median() == pytest.approx(DIAMETER_UM, rel=0.15)
+
+
+def test_ome_zarr_labels_lie_at_the_scale_summary_says(tmp_path, field):
+    """The whole multiscale's scale (applied after the level's) is read, and written to the labels."""
+    image, truth = field
+    group = zarr.open_group(str(tmp_path / "well.ome.zarr"), mode="w", zarr_format=2)
+    group.create_array("0", shape=image.shape, chunks=(96, 96), dtype=image.dtype)[...] = image
+    group.attrs["multiscales"] = [{
+        "version": "0.4", "axes": [{"name": "y", "type": "space", "unit": "micrometer"},
+                                   {"name": "x", "type": "space", "unit": "micrometer"}],
+        "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [0.25, 0.25]}]}],
+        "coordinateTransformations": [{"type": "scale", "scale": [2, 2]}]}]
+    out = tmp_path / "out"
+    result = run_dsb("segment", tmp_path / "well.ome.zarr", "--out", out, "--diameter-um", DIAMETER_UM)
+    assert result.exit_code == 0, result.output
+    summary = pd.read_csv(out / "summary.csv")
+    assert summary.loc[0, "pixel_size"] == 0.5 and summary.loc[0, "diameter"] == pytest.approx(24)
+    assert read_pixel_size(out / "well_labels.zarr").side == pytest.approx(0.5)
+    assert len(pd.read_csv(out / "well_nuclei.csv")) == int(truth.max())

@@ -5,7 +5,8 @@ A label image holds 0 for background and a positive integer per object.
 old values), :func:`relabel` keeps a chosen subset and numbers it 1..N,
 :func:`close_gaps` numbers the labels still present 1..N and says which they were,
 :func:`areas_and_centres` gives each object's pixel count and centre, :func:`measure_regions`
-its outline's length, elongation, bounding box and mean intensity too, :func:`touching_edge`
+its outline's length, elongation, bounding box and mean intensity too, :func:`label_means` the
+mean of any image (another channel) over each, :func:`touching_edge`
 which objects the array's edge cuts and :func:`edge_runs` how long each cut is.
 
 >>> import numpy as np
@@ -18,7 +19,8 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["areas_and_centres", "close_gaps", "edge_runs", "measure_regions", "relabel", "renumber", "touching_edge"]
+__all__ = ["areas_and_centres", "close_gaps", "edge_runs", "label_means", "measure_regions", "relabel", "renumber",
+           "touching_edge"]
 
 
 def renumber(labels: np.ndarray, *, dtype=np.int32) -> tuple[np.ndarray, int]:
@@ -266,18 +268,44 @@ def measure_regions(labels: np.ndarray, intensity: np.ndarray) -> dict[str, np.n
         for dr_, dc_ in offsets:
             code += np.int8(weight) * (_neighbours(marked, dr_, dc_) == labels)
     perimeter = np.bincount(labels[outline].astype(np.intp), _PERIMETER_WEIGHTS[code[outline]], n + 1)
-    values = np.asarray(intensity, np.float64).ravel()
-    finite = np.isfinite(values)
-    if finite.all():
-        total, counted = np.bincount(flat, values, n + 1), count
-    else:  # NaN pixels (of a float image) are left out of the mean: NaN only where an object has no other
-        total = np.bincount(flat[finite], values[finite], n + 1)
-        counted = np.bincount(flat[finite], minlength=n + 1).astype(np.float64)
+    mean = label_means(labels, intensity, n)
     k = present
     return {
         "label": k.astype(np.int64),
         "centroid_row": mean_r[k] + low_r[k], "centroid_col": mean_c[k] + low_c[k],
         "bbox_min_row": low_r[k], "bbox_min_col": low_c[k], "bbox_max_row": high_r[k] + 1, "bbox_max_col": high_c[k] + 1,
         "area": area[k].astype(np.int64), "perimeter": perimeter[k], "eccentricity": eccentricity[k],
-        "mean_intensity": np.divide(total[k], counted[k], out=np.full(k.size, np.nan), where=counted[k] > 0),
+        "mean_intensity": mean[k],
     }
+
+
+def label_means(labels: np.ndarray, values: np.ndarray, n: int | None = None) -> np.ndarray:
+    """The mean of ``values`` over each label's finite pixels: NaN or infinite ones (of a float image) are
+    left out, and a label with no other (or no pixel) gets NaN.
+
+    Parameters
+    ----------
+    labels : (H, W) ndarray of non-negative int
+    values : (H, W) ndarray
+    n : int, optional
+        The largest label; by default ``labels.max()``.
+
+    Returns
+    -------
+    (n + 1,) ndarray of float64
+        Index 0 is the background's mean.
+
+    Examples
+    --------
+    >>> label_means(np.array([[0, 1, 1], [2, 2, 0]]), np.array([[9.0, 1.0, 3.0], [np.nan, 4.0, 9.0]])).tolist()
+    [9.0, 2.0, 4.0]
+    """
+    flat = np.asarray(labels).ravel().astype(np.intp, copy=False)
+    n = int(flat.max(initial=0)) if n is None else n
+    values = np.asarray(values, np.float64).ravel()
+    finite = np.isfinite(values)
+    if not finite.all():
+        flat, values = flat[finite], values[finite]
+    total = np.bincount(flat, values, n + 1)
+    counted = np.bincount(flat, minlength=n + 1).astype(np.float64)
+    return np.divide(total, counted, out=np.full(n + 1, np.nan), where=counted > 0)

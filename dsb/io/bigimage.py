@@ -120,6 +120,20 @@ class BlockSource:
             self._array = _open_stored(self)
         return self._array
 
+    @property
+    def stored_channels(self) -> int:
+        """The channels stored, whichever one is read (1 without a channel axis)."""
+        return self.stored_shape[self.roles.index("c")] if "c" in self.roles else 1
+
+    def read_channels(self, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
+        """Rows ``r0:r1`` and columns ``c0:c1`` of every stored channel, ``(h, w, C)``: to measure each
+        nucleus in each channel when one (``channel``) is segmented."""
+        try:
+            return select(self._stored(), self.roles, None, slice(r0, r1), slice(c0, c1))
+        except Exception as exc:  # stores raise many types for a damaged chunk
+            raise BadDataError(f"cannot read rows {r0}:{r1}, columns {c0}:{c1} "
+                               f"({type(exc).__name__}: {exc})", path=self.origin) from None
+
     def read(self, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
         """Rows ``r0:r1`` and columns ``c0:c1`` as ``(h, w)`` (one channel) or ``(h, w, C)``."""
         try:
@@ -241,7 +255,7 @@ def _open_zarr(path: Path, channel: int | None = None) -> BlockSource:
     roles, channels = axis_roles(array.shape, axes, channel=channel, path=path)
     _check_dtype(array.dtype, path)
     ome = {"axes": meta.get("axes"), "transforms": meta["datasets"][0].get("coordinateTransformations"),
-           "zarr_format": node.metadata.zarr_format, "roles": roles}
+           "global": meta.get("coordinateTransformations"), "zarr_format": node.metadata.zarr_format, "roles": roles}
     return BlockSource("ome-zarr", array.shape, roles, channels, array.dtype, path=path, component=component,
                        ome=ome, channel=channel)
 
@@ -344,16 +358,26 @@ def _ome_metadata(staged, source: BlockSource) -> None:
     keep = [i for i, a in enumerate(ome["roles"]) if a in "yx"]
     axes = [ome["axes"][i] for i in keep] if ome.get("axes") else [{"name": "y", "type": "space"},
                                                                    {"name": "x", "type": "space"}]
-    transforms = []
-    for transform in ome.get("transforms") or [{"type": "scale", "scale": [1.0] * len(ome["roles"])}]:
-        values = transform.get("scale", transform.get("translation"))
-        if values is not None and len(values) == len(ome["roles"]):
-            key = "scale" if "scale" in transform else "translation"
-            transforms.append({"type": transform["type"], key: [values[i] for i in keep]})
+
+    def of_yx(given):
+        """The transforms' values of the y and x axes."""
+        kept = []
+        for transform in given or []:
+            values = transform.get("scale", transform.get("translation"))
+            if values is not None and len(values) == len(ome["roles"]):
+                key = "scale" if "scale" in transform else "translation"
+                kept.append({"type": transform["type"], key: [values[i] for i in keep]})
+        return kept
+
+    transforms = of_yx(ome.get("transforms") or [{"type": "scale", "scale": [1.0] * len(ome["roles"])}])
     version = "0.5" if ome["zarr_format"] == 3 else "0.4"
+    multiscale = {"version": version, "name": "nuclei", "axes": axes,
+                  "datasets": [{"path": "0", "coordinateTransformations": transforms}]}
+    whole = of_yx(ome.get("global"))  # the whole multiscale's, which applies after the level's
+    if whole:
+        multiscale["coordinateTransformations"] = whole
     meta = {
-        "multiscales": [{"version": version, "name": "nuclei", "axes": axes,
-                         "datasets": [{"path": "0", "coordinateTransformations": transforms}]}],
+        "multiscales": [multiscale],
         # The image these labels belong to, for the reader's record.
         "image-label": {"version": version, "source": {"image": str(source.path)}},
     }

@@ -175,6 +175,43 @@ def _check_layout(image: np.ndarray, path: Path, channel: int | None = None, axe
     return image
 
 
+def read_channels(path, *, frames: bool = False) -> np.ndarray | None:
+    """Every channel of an image file, channels last, to measure each nucleus in each channel when one
+    of them (``--channel``) was segmented; None for an image of one channel.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        As for :func:`read_image` (any number of channels); with ``frames``, a stack as for :func:`read_stack`.
+    frames : bool
+        Keep the frames of a stack, leading.
+
+    Returns
+    -------
+    (H, W, C) ndarray, or (F..., H, W, C) with ``frames``; or None
+
+    Raises
+    ------
+    BadDataError
+        As :func:`read_image` (and :func:`read_stack`).
+
+    Examples
+    --------
+    >>> import tempfile, tifffile
+    >>> path = Path(tempfile.mkdtemp()) / "two.tif"
+    >>> tifffile.imwrite(path, np.zeros((2, 40, 60), np.uint16), imagej=True, metadata={"axes": "CYX"})
+    >>> read_channels(path).shape
+    (40, 60, 2)
+    """
+    path = Path(path)
+    if path.suffix.lower() in (".tif", ".tiff"):
+        image, axes = _read_tiff(path)
+    else:
+        image, axes = _read_pillow(path), None
+    roles, channels = axis_roles(image.shape, axes, channel=0, frames=frames, path=path)
+    return select(image, roles, None) if channels > 1 else None
+
+
 def stack_frames(path, channel: int | None = None) -> str:
     """The frame axes of a TIFF that holds a stack of images (time points, planes), from its header:
     ``"t"``, ``"z"``, ``"tz"``... (``"f"`` for an unnamed one), or ``""`` for one image or a file that

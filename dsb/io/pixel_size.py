@@ -38,6 +38,9 @@ _UNITS = {
 }
 # Two sides this close (relative) are one pixel size: metadata rounds them a little apart.
 SQUARE = 0.01
+# A plain TIFF's resolution in centimetres is taken as a pixel size only within this range
+# (micrometres): an image editor set to metric writes its 72 dpi so, 353 micrometres a pixel.
+PLAIN_TIFF_RANGE = (0.01, 100.0)
 
 
 @dataclass(frozen=True)
@@ -60,7 +63,8 @@ class PixelSize:
         return 0.5 * (self.y + self.x)
 
     def __str__(self) -> str:
-        return f"{self.side:.4g} \u00b5m" if self.square else f"{self.y:.4g} x {self.x:.4g} \u00b5m"
+        # Width by height, as Fiji says it.
+        return f"{self.side:.4g} \u00b5m" if self.square else f"{self.x:.4g} x {self.y:.4g} \u00b5m (width x height)"
 
 
 def to_micrometres(value, unit: str | None) -> float | None:
@@ -77,7 +81,7 @@ def to_micrometres(value, unit: str | None) -> float | None:
         value = float(value)
     except (TypeError, ValueError):
         return None
-    if unit is None:
+    if not isinstance(unit, str):
         return None
     key = unit.strip()
     key = re.sub(r"\\u([0-9a-fA-F]{4})", lambda m: chr(int(m.group(1), 16)), key)  # ImageJ's escaped \u00B5m
@@ -99,6 +103,8 @@ def read_pixel_size(path) -> PixelSize | None:
     Returns
     -------
     PixelSize or None
+        None too for metadata that cannot be made sense of (a unit that is no length, a size that is
+        no positive number, an OME-XML with one side only).
 
     Raises
     ------
@@ -119,21 +125,26 @@ def read_pixel_size(path) -> PixelSize | None:
             if tif.is_ome and tif.ome_metadata:
                 return _ome_xml_pixel_size(tif.ome_metadata)
             page = tif.pages.first
+            unit = source = None
+            if "XResolution" in page.tags and "YResolution" in page.tags:
+                if tif.is_imagej:
+                    unit, source = (tif.imagej_metadata or {}).get("unit"), "ImageJ"
+                elif int(page.resolutionunit) == 3:  # RESUNIT.CENTIMETER
+                    unit, source = "cm", "TIFF resolution"
             resolution = page.resolution
-            unit = None
-            if tif.is_imagej:
-                unit = (tif.imagej_metadata or {}).get("unit")
-                source = "ImageJ"
-            elif int(page.resolutionunit) == 3:  # RESUNIT.CENTIMETER
-                unit, source = "cm", "TIFF resolution"
     except BadDataError:
         raise
     except Exception as exc:  # tifffile raises many types for a damaged file
         raise BadDataError(f"corrupt or unreadable TIFF ({type(exc).__name__}: {exc})", path=path) from None
-    if unit is None or not resolution or min(resolution) <= 0:
+    if source is None or not all(r > 0 for r in resolution):
         return None
     x, y = (to_micrometres(1.0 / r, unit) for r in resolution)
-    return None if x is None or y is None else PixelSize(y, x, source)
+    if x is None or y is None:
+        return None
+    low, high = PLAIN_TIFF_RANGE
+    if source == "TIFF resolution" and not (low <= x <= high and low <= y <= high):
+        return None
+    return PixelSize(y, x, source)
 
 
 def _ome_xml_pixel_size(xml: str) -> PixelSize | None:
@@ -162,7 +173,14 @@ def _zarr_pixel_size(path: Path) -> PixelSize | None:
         raise BadDataError(f"cannot open the Zarr store ({type(exc).__name__}: {exc})", path=path) from None
     if isinstance(node, zarr.Array):
         return None
-    multiscales = node.attrs.get("multiscales") or node.attrs.get("ome", {}).get("multiscales")
+    try:
+        return _multiscales_pixel_size(node.attrs)
+    except (KeyError, IndexError, TypeError, AttributeError):  # metadata not as OME-NGFF says
+        return None
+
+
+def _multiscales_pixel_size(attrs) -> PixelSize | None:
+    multiscales = attrs.get("multiscales") or attrs.get("ome", {}).get("multiscales")
     if not multiscales:
         return None
     meta = multiscales[0]
@@ -170,15 +188,28 @@ def _zarr_pixel_size(path: Path) -> PixelSize | None:
     names = [a.get("name") if isinstance(a, dict) else a for a in axes]
     if "y" not in names or "x" not in names:
         return None
-    scale = [1.0] * len(names)
-    for transforms in (meta["datasets"][0].get("coordinateTransformations"), meta.get("coordinateTransformations")):
-        for transform in transforms or []:
-            values = transform.get("scale") if transform.get("type") == "scale" else None
-            if values is not None and len(values) == len(names):
-                scale = [s * float(v) for s, v in zip(scale, values)]
+    scale = _scales(meta, len(names))
+    if scale is None:
+        return None
     sides = []
     for axis in "yx":
         entry = axes[names.index(axis)]
         unit = entry.get("unit") if isinstance(entry, dict) else None
         sides.append(to_micrometres(scale[names.index(axis)], unit))
     return None if None in sides else PixelSize(sides[0], sides[1], "OME-Zarr")
+
+
+def _scales(meta: dict, length: int) -> list[float] | None:
+    """The scale of each axis of the first level of a ``multiscales`` entry: the level's own times the
+    whole multiscale's; None where a value is no number."""
+    scale = [1.0] * length
+    for transforms in (meta["datasets"][0].get("coordinateTransformations"), meta.get("coordinateTransformations")):
+        for transform in transforms or []:
+            values = transform.get("scale") if isinstance(transform, dict) and transform.get("type") == "scale" \
+                else None
+            if values is not None and len(values) == length:
+                try:
+                    scale = [s * float(v) for s, v in zip(scale, values)]
+                except (TypeError, ValueError):
+                    return None
+    return scale

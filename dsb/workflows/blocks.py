@@ -74,7 +74,7 @@ from dsb.workflows.cluster import (
     run_tasks,
     worker_network,
 )
-from dsb.workflows.segment_files import CHANNEL_ADVICE, in_micrometres, measure_nuclei, summary_row
+from dsb.workflows.segment_files import CHANNEL_ADVICE, in_micrometres, join_warnings, measure_nuclei, summary_row
 
 __all__ = [
     "WORKING_BLOCK",
@@ -319,10 +319,13 @@ def segment_block(source, plan: BlockPlan, index: tuple[int, int], spec: ModelSp
     if not measure:
         return OwnedBlock(index, count, cut, owned, pd.DataFrame())
     # Each owned nucleus is one of the region's: its confidence follows it.
+    every = None
+    if source.channel is not None and source.stored_channels > 1:  # each nucleus in every channel too
+        every = source.read_channels(er0, er1, ec0, ec1)
     inside = owned > 0
-    source = np.zeros(count + 1, np.int64)
-    source[owned[inside]] = labels[inside]
-    table = measure_nuclei(owned, raw_intensity(raw), confidence[source[1:] - 1])
+    origin = np.zeros(count + 1, np.int64)
+    origin[owned[inside]] = labels[inside]
+    table = measure_nuclei(owned, raw_intensity(raw), confidence[origin[1:] - 1], channels=every)
     for row, col in _CENTRE_COLUMNS:
         table[row] += er0
         table[col] += ec0
@@ -610,17 +613,19 @@ def _warn_cut(path, cut: int, plan: BlockPlan) -> None:
 
 def _materialise(source, scratch: Path):
     """A PNG (which has no random access) decoded once, here, into a Zarr array in ``scratch`` that
-    the workers read by block; any other source as it is."""
+    the workers read by block (every channel where one is picked, to measure the nuclei in each);
+    any other source as it is."""
     if source.kind != "png":
         return source
     import zarr
 
-    raw = source.read(0, source.shape[0], 0, source.shape[1])
+    every = source.channel is not None and source.stored_channels > 1
+    raw = (source.read_channels if every else source.read)(0, source.shape[0], 0, source.shape[1])
     store = scratch / "image.zarr"
     array = zarr.create_array(store=str(store), shape=raw.shape, chunks=(1024, 1024, *raw.shape[2:]),
                               dtype=raw.dtype)
     array[...] = raw
-    copy = open_source(store)
+    copy = open_source(store, source.channel if every else None)
     copy.origin = source.origin  # named after the input in messages and outputs
     return copy
 
@@ -667,4 +672,4 @@ def segment_image_file(path, *, spec: ModelSpec, out_dir, block_size: int | None
     return summary_row(path, "ok", nuclei=count, diameter=settings.diameter, estimated=settings.estimated,
                        sure=settings.sure, pixel_size=calibration.pixel_size, labels=str(target),
                        measurements=str(measurements),
-                       warning="; ".join(w for w in (warning, calibration.note) if w))
+                       warning=join_warnings(warning, calibration.note))

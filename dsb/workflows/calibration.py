@@ -18,7 +18,7 @@ from dsb.core.errors import BadDataError
 from dsb.inference.scale import check_diameter
 from dsb.io.pixel_size import SQUARE, read_pixel_size
 
-__all__ = ["Calibration", "calibrate", "calibrate_files", "check_pixel_size"]
+__all__ = ["Calibration", "calibrate", "calibrate_files", "check_micrometres"]
 
 
 @dataclass(frozen=True)
@@ -42,23 +42,23 @@ class Calibration:
     note: str = ""
 
 
-def check_pixel_size(value, *, what: str = "pixel size") -> float:
-    """A length in micrometres given by a user (a pixel size, or ``what`` else), as a float, or
-    ValueError saying what is wrong.
+def check_micrometres(value, what: str = "pixel size") -> float:
+    """A length in micrometres given by a user (``what``: a pixel size, a nucleus diameter), as a float,
+    or ValueError saying what is wrong.
 
-    >>> check_pixel_size("0.325")
+    >>> check_micrometres("0.325")
     0.325
-    >>> check_pixel_size(0)
+    >>> check_micrometres(0)
     Traceback (most recent call last):
     ...
-    ValueError: the pixel size must be a positive number of micrometres, got 0
+    ValueError: the pixel size must be a positive finite number of micrometres, got 0
     """
     try:
         number = float(value)
     except (TypeError, ValueError):
         raise ValueError(f"the {what} must be a number of micrometres, got {value!r}") from None
     if not (math.isfinite(number) and number > 0):
-        raise ValueError(f"the {what} must be a positive number of micrometres, got {value!r}")
+        raise ValueError(f"the {what} must be a positive finite number of micrometres, got {value!r}")
     return number
 
 
@@ -87,8 +87,8 @@ def calibrate(path, *, diameter: float | None = None, diameter_um: float | None 
         read = read_pixel_size(path)
     except BadDataError:
         if diameter_um is not None and pixel_size is None:
-            return Calibration()  # unreadable: reading the image names what is wrong with it
-        read = None
+            raise  # the scale needs the metadata: the file is bad input here already
+        read = None  # the image's own reading names what is wrong with it
     notes = []
     if pixel_size is not None:
         if read is not None and (not read.square or abs(read.side - pixel_size) > SQUARE * pixel_size):
@@ -109,7 +109,7 @@ def calibrate(path, *, diameter: float | None = None, diameter_um: float | None 
             diameter = check_diameter(diameter_um / size)
         except ValueError:
             raise BadDataError(f"a nucleus diameter of {diameter_um:g} \u00b5m is {diameter_um / size:.3g} pixels "
-                               f"of {size:.4g} \u00b5m, outside the 2 to 1000 dsb segments at", path=path) from None
+                               f"of {size:.4g} \u00b5m, outside the 2 to 1000 pixels dsb segments at", path=path) from None
     return Calibration(size, diameter, "; ".join(notes))
 
 

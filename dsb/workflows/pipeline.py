@@ -100,7 +100,8 @@ def predict_each(
     diameters : mapping of str to float, optional
         The nucleus diameter in pixels of each image, by ``str(path)``, instead of the predictor's
         (``dsb segment --diameter-um``, which each file's pixel size makes its own); None (or a
-        missing path) for the predictor's.
+        missing path) for the predictor's. A ``predict`` that is not a :class:`NucleiPredictor` is
+        then called as ``predict(raw, diameter)`` for an image that has one.
 
     Yields
     ------

@@ -28,22 +28,22 @@ import pandas as pd
 from dsb.core.atomic import atomic_path, writable_dir
 from dsb.core.config import check_scale_factor
 from dsb.core.errors import BadDataError
-from dsb.core.labels import measure_regions
+from dsb.core.labels import label_means, measure_regions
 from dsb.core.validate import check_labels, check_same_shape
 from dsb.inference.preprocess import mixed_channels, raw_intensity
 from dsb.inference.scale import check_diameter
 from dsb.io.folders import Skips, find_images, read_images
-from dsb.io.images import read_stack
+from dsb.io.images import read_channels, read_stack
 from dsb.io.writers import write_labels, write_png, write_rgb_stack
 from dsb.network.engines import load_network
 from dsb.network.model_folder import resolve_model_dir
-from dsb.workflows.calibration import Calibration, calibrate_files, check_pixel_size
+from dsb.workflows.calibration import Calibration, calibrate_files, check_micrometres
 from dsb.workflows.drawing import outline_overlay
 from dsb.workflows.pipeline import nuclei_predictor, predict_each
 
 __all__ = ["MEASUREMENT_COLUMNS", "MICROMETRE_COLUMNS", "SUMMARY_COLUMNS", "measure_nuclei", "in_micrometres",
            "segment_paths", "segment_stack", "write_outputs", "summary_row", "channel_warning", "check_scale_options",
-           "nothing_to_segment"]
+           "join_warnings", "nothing_to_segment"]
 
 MEASUREMENT_COLUMNS = (
     "label",
@@ -59,6 +59,8 @@ MEASUREMENT_COLUMNS = (
     "mean_intensity",
     "confidence",
 )
+# Each nucleus's mean in channel k of an image one channel of which was segmented (:func:`measure_nuclei`).
+CHANNEL_MEAN = "mean_intensity_c{}"
 # Added where the pixel size is known (:func:`in_micrometres`).
 MICROMETRE_COLUMNS = ("area_um2", "perimeter_um", "equivalent_diameter_um")
 # What summary.csv's warning tells a user whose image's luminance may hide its nuclei.
@@ -67,7 +69,7 @@ SUMMARY_COLUMNS = ("file", "status", "nuclei", "diameter", "diameter_estimated",
                    "diameter_um", "labels", "measurements", "overlay", "warning", "error")
 
 def measure_nuclei(labels: np.ndarray, intensity: np.ndarray, confidence: np.ndarray | None = None, *,
-                   pixel_size: float | None = None) -> pd.DataFrame:
+                   pixel_size: float | None = None, channels: np.ndarray | None = None) -> pd.DataFrame:
     """Measure each nucleus of a label image.
 
     Parameters
@@ -83,6 +85,9 @@ def measure_nuclei(labels: np.ndarray, intensity: np.ndarray, confidence: np.nda
         (:attr:`dsb.inference.predict.Nuclei.confidence`).
     pixel_size : float, optional
         The side of a pixel in micrometres: adds :data:`MICROMETRE_COLUMNS` (:func:`in_micrometres`).
+    channels : (H, W, C) ndarray, optional
+        Every channel of the image (:func:`dsb.io.images.read_channels`), when one of them was segmented:
+        adds ``mean_intensity_c0`` .. ``mean_intensity_c{C-1}``, each nucleus's mean in each channel.
 
     Returns
     -------
@@ -93,7 +98,8 @@ def measure_nuclei(labels: np.ndarray, intensity: np.ndarray, confidence: np.nda
         ``bbox_max_row``, ``bbox_max_col`` (exclusive, as in Python slicing);
         ``area`` (pixels); ``perimeter`` (pixels); ``eccentricity`` (0 for a
         circle); ``mean_intensity`` (over the nucleus's finite pixels: NaN pixels of a float
-        image left out, NaN when it has none); ``confidence`` (in [0, 1]) only when given; with a
+        image left out, NaN when it has none); ``confidence`` (in [0, 1]) only when given; with
+        ``channels``, ``mean_intensity_c0``... in the channels' own units, NaN pixels left out; with a
         ``pixel_size``, ``area_um2``, ``perimeter_um`` and ``equivalent_diameter_um`` (the diameter
         of a disc of the nucleus's area).
 
@@ -127,6 +133,14 @@ def measure_nuclei(labels: np.ndarray, intensity: np.ndarray, confidence: np.nda
         {"label": np.int64, "bbox_min_row": np.int64, "bbox_min_col": np.int64,
          "bbox_max_row": np.int64, "bbox_max_col": np.int64, "area": np.int64}
     )
+    if channels is not None:
+        channels = np.asarray(channels)
+        if channels.ndim != 3 or channels.shape[:2] != labels.shape:
+            raise ValueError(f"`channels` (shape {channels.shape}) must be (H, W, C) with the labels' {labels.shape}")
+        kept = frame["label"].to_numpy(np.intp)
+        top = int(labels.max(initial=0))
+        frame = frame.assign(**{CHANNEL_MEAN.format(k): label_means(labels, channels[:, :, k], top)[kept]
+                                for k in range(channels.shape[2])})
     return frame if pixel_size is None else in_micrometres(frame, pixel_size)
 
 
@@ -278,7 +292,7 @@ def segment_paths(
     with contextlib.closing(found):  # a failed write stops the images in flight
         for name, image, raw, nuclei in found:
             rows[str(image)] = write_outputs(out_dir, name, image, raw, nuclei, overlay=overlay,
-                                             calibration=scales[str(image)])
+                                             calibration=scales[str(image)], channel=channel)
     for skip in skips.records:
         rows[skip.path] = summary_row(skip.path, "skipped", error=skip.message)
 
@@ -291,16 +305,18 @@ def segment_paths(
 
 
 def write_outputs(out_dir: Path, name: str, image: Path, raw: np.ndarray, nuclei, *, overlay: bool,
-                  calibration: Calibration = Calibration()) -> dict:
+                  calibration: Calibration = Calibration(), channel: int | None = None) -> dict:
     """Write one image's label TIFF, measurements and (with ``overlay``) overlay, each atomically; return its
     ``summary.csv`` row (:func:`summary_row`). The one writer of ``dsb segment``'s outputs, in one process or on
     a Dask worker (:mod:`dsb.workflows.cluster`); ``calibration`` (:mod:`dsb.workflows.calibration`) gives the
-    pixel size of the measurements, the label TIFF and the row."""
+    pixel size of the measurements, the label TIFF and the row. Where ``raw`` is the ``channel`` of a
+    multi-channel file, the file is read again for each nucleus's mean in every channel."""
 
     labels = nuclei.labels
     targets = _outputs(out_dir, name)
     size = calibration.pixel_size
-    table = measure_nuclei(labels, raw_intensity(raw), nuclei.confidence, pixel_size=size)
+    every = None if channel is None else read_channels(image)
+    table = measure_nuclei(labels, raw_intensity(raw), nuclei.confidence, pixel_size=size, channels=every)
     write_labels(targets["labels"], labels, pixel_size=size)
     with atomic_path(targets["measurements"]) as tmp:
         table.to_csv(tmp, index=False, float_format="%.6g")
@@ -309,7 +325,7 @@ def write_outputs(out_dir: Path, name: str, image: Path, raw: np.ndarray, nuclei
     else:
         del targets["overlay"]
     return summary_row(image, "ok", nuclei=len(table), diameter=nuclei.diameter, estimated=nuclei.estimated,
-                       sure=nuclei.sure, pixel_size=size, warning=_joined(channel_warning(raw), calibration.note),
+                       sure=nuclei.sure, pixel_size=size, warning=join_warnings(channel_warning(raw), calibration.note),
                        **{k: str(v) for k, v in targets.items()})
 
 
@@ -329,7 +345,8 @@ def segment_stack(path, name: str, out_dir, predict, *, channel: int | None = No
     - with ``overlay``, ``<name>_overlay.tif``: an RGB hyperstack of the frames with their outlines.
 
     The stack is read whole: it takes its own size in memory, plus 2 bytes a pixel for the labels
-    (3 more with ``overlay``).
+    (3 more with ``overlay``); with a ``channel`` of several, every channel again, for each nucleus's
+    mean in each (:func:`measure_nuclei`).
 
     Parameters
     ----------
@@ -358,6 +375,8 @@ def segment_stack(path, name: str, out_dir, predict, *, channel: int | None = No
     frames, roles = read_stack(path, channel)
     if not roles:
         raise BadDataError("is one image, not a stack of them", path=path)
+    # With a channel picked, each nucleus is measured in every channel too: the stack read again.
+    every = None if channel is None else read_channels(path, frames=True)
     lead = frames.shape[: len(roles)]
     labels = np.zeros((*lead, *frames.shape[len(roles): len(roles) + 2]), np.uint16)
     columns = ["frame" if a == "f" else a for a in roles]
@@ -372,7 +391,7 @@ def segment_stack(path, name: str, out_dir, predict, *, channel: int | None = No
                 labels = labels.astype(np.uint32)  # over 65535 nuclei in one frame
             labels[index] = nuclei.labels
             table = measure_nuclei(nuclei.labels, raw_intensity(raw), nuclei.confidence,
-                                   pixel_size=calibration.pixel_size)
+                                   pixel_size=calibration.pixel_size, channels=None if every is None else every[index])
             for at, (column, value) in enumerate(zip(columns, index)):
                 table.insert(at, column, value)
             tables.append(table)
@@ -393,7 +412,7 @@ def segment_stack(path, name: str, out_dir, predict, *, channel: int | None = No
     warning = channel_warning(frames[(0,) * len(roles)])
     return summary_row(path, "ok", nuclei=sum(len(t) for t in tables),
                        diameter=float(np.median(finite)) if finite else math.nan, estimated=estimated, sure=sure,
-                       pixel_size=calibration.pixel_size, warning=_joined(warning, calibration.note),
+                       pixel_size=calibration.pixel_size, warning=join_warnings(warning, calibration.note),
                        **{k: str(v) for k, v in targets.items()})
 
 
@@ -425,7 +444,7 @@ def nothing_to_segment(inputs: list[str], skips: Skips) -> BadDataError:
     return BadDataError(f"no image to segment{why}", path=", ".join(inputs) or None)
 
 
-def _joined(*warnings: str) -> str:
+def join_warnings(*warnings: str) -> str:
     """The non-empty warnings of one input, as one ``summary.csv`` cell."""
     return "; ".join(w for w in warnings if w)
 
@@ -438,8 +457,8 @@ def check_scale_options(diameter, diameter_um, pixel_size) -> tuple[float | None
     if diameter is not None:
         diameter = check_diameter(diameter)
     if diameter_um is not None:
-        diameter_um = check_pixel_size(diameter_um, what="nucleus diameter")
-    return diameter, diameter_um, None if pixel_size is None else check_pixel_size(pixel_size)
+        diameter_um = check_micrometres(diameter_um, "nucleus diameter")
+    return diameter, diameter_um, None if pixel_size is None else check_micrometres(pixel_size)
 
 
 def _predictor(model_dir, *, tta: bool, diameter: float | None = None, engine: str = "auto",

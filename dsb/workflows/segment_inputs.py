@@ -33,6 +33,7 @@ from dsb.workflows.pipeline import nuclei_predictor
 from dsb.workflows.segment_files import (
     SUMMARY_COLUMNS,
     check_scale_options,
+    join_warnings,
     nothing_to_segment,
     segment_paths,
     segment_stack,
@@ -72,7 +73,8 @@ def _segment_task(path: Path, name: str, out_dir: Path, spec: ModelSpec, tta: bo
         network, config, lock = worker_network(spec)
         with lock:
             nuclei = predict_nuclei(network, config, raw, tta=tta, diameter=calibration.diameter)
-        return write_outputs(out_dir, name, path, raw, nuclei, overlay=overlay, calibration=calibration)
+        return write_outputs(out_dir, name, path, raw, nuclei, overlay=overlay, calibration=calibration,
+                             channel=channel)
     except DsbError as exc:
         return TaskError.of(exc)
 
@@ -282,7 +284,7 @@ def segment_inputs(paths, *, model_dir=None, out_dir, tta: bool | None = None, o
                 skips(exc, path=path)
     for path, note in notes.items():
         if path in rows:
-            rows[path]["warning"] = "; ".join(w for w in (rows[path]["warning"], note) if w)
+            rows[path]["warning"] = join_warnings(rows[path]["warning"], note)
     return _write_summary(out_dir, rows, skips, order)
 
 
