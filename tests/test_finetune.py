@@ -440,3 +440,61 @@ def test_bench_finetune_prints_its_table_on_a_tiny_setting(init_run, tmp_path, m
     row = [line for line in out.splitlines() if line.startswith(f"| {group} |")]
     assert len(row) == 1 and row[0].split("|")[2:4] == [" 2 ", " 3 "], out
     assert (tmp_path / "work" / f"{group}-2" / "mine" / "masks").is_dir()
+
+
+# ---------------------------------------------------------------- one channel of multi-channel images
+
+
+def two_channel_folder(folder: Path, n: int = 4) -> Path:
+    """Layout A of two-channel TIFFs: a cytoplasm-like stain in channel 0, the nuclei (discs) in channel 1;
+    one image grey (its nuclei alone), as a folder of mixed files has."""
+    for k in range(n):
+        image, labels = disc_pair(k)
+        cytoplasm = np.full_like(image, 120) + (k * 7 % 30)
+        data = image if k == n - 1 else np.stack([cytoplasm, image])
+        (folder / "images").mkdir(parents=True, exist_ok=True)
+        tifffile.imwrite(folder / "images" / f"cell{k}.tif", data, imagej=data.ndim == 3,
+                         metadata={"axes": "CYX"} if data.ndim == 3 else None)
+        tif(folder / "masks" / f"cell{k}.tif", labels.astype(np.uint16))
+    return folder
+
+
+def test_training_on_one_channel_of_ones_own_images(init_run, tmp_path):
+    pytest.importorskip("keras")
+    from dsb.core.config import load_config
+    from dsb.inference.preprocess import preprocess_image, to_uint8
+    from dsb.io.annotations import read_sample
+    from dsb.training import cache
+
+    data = two_channel_folder(tmp_path / "mine")
+    samples = {s.id: s for s in find_samples(data)}
+    two = samples["mine-cell0"]
+    np.testing.assert_array_equal(read_sample(two, 1)[0], disc_pair(0)[0])
+    np.testing.assert_array_equal(read_sample(samples["mine-cell3"], 1)[0], disc_pair(3)[0])  # grey as it is
+    # The cache reads channel 1, under a key of its own; without a channel the key is the one before.
+    plain, picked = PreprocessConfig(), PreprocessConfig(channel=1)
+    assert "channel" not in cache._cache_key(plain)[1] and cache._cache_key(picked)[0] != cache._cache_key(plain)[0]
+    prep = load_prepared(data, picked, workers=1)
+    images = dict(zip(prep.ids, prep.images))
+    np.testing.assert_array_equal(images["mine-cell0"],
+                                  to_uint8(preprocess_image(disc_pair(0)[0], picked, kind="fluorescence")))
+    run = tmp_path / "ft"
+    finetune(data, run, "--init", init_run, "--channel", 1)
+    assert load_config(run / "config.json").preprocess.channel == 1
+    for command in ("tune", "evaluate"):  # they read the run's validation image's channel 1
+        result = dsb(command, run, "--data", data)
+        assert result.exit_code == 0, (command, result.stderr, result.exception)
+    # dsb segment says which channel the model learnt from when none is given.
+    result = dsb("segment", data / "images" / "cell0.tif", "--model", run, "--out", tmp_path / "seg")
+    assert result.exit_code == 0 and "learnt from channel 1" in result.stderr, result.stderr
+    result = dsb("segment", data / "images" / "cell0.tif", "--model", run, "--out", tmp_path / "seg1", "--channel", 1)
+    assert result.exit_code == 0 and "learnt from" not in result.stderr, result.stderr
+    assert dsb("train", "--data", data, "--out", run, "--resume", "--channel", 1).exit_code == 2
+
+
+def test_a_negative_channel_in_a_config_is_refused(tmp_path):
+    from dsb.core.config import Config
+
+    with pytest.raises(BadDataError, match="preprocess.channel"):
+        Config.from_dict({"preprocess": {"channel": -1}})
+    assert Config.from_dict({"preprocess": {"channel": None}}).preprocess.channel is None

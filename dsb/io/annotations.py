@@ -376,8 +376,16 @@ def _palette_indices(path: Path) -> np.ndarray | None:
         return None
 
 
-def read_sample(sample: Sample) -> tuple[np.ndarray, np.ndarray, MaskFixes]:
+def read_sample(sample: Sample, channel: int | None = None) -> tuple[np.ndarray, np.ndarray, MaskFixes]:
     """The raw image, instance labels and mask fixes of one sample.
+
+    Parameters
+    ----------
+    sample : Sample
+    channel : int, optional
+        For one's own images (not the competition's), only this channel of a multi-channel image,
+        counted from 0 (``preprocess.channel``, ``dsb train --channel``); an image of one channel
+        as it is.
 
     Returns
     -------
@@ -393,7 +401,7 @@ def read_sample(sample: Sample) -> tuple[np.ndarray, np.ndarray, MaskFixes]:
     BadDataError
         Naming the file (see :func:`dsb.io.images.read_labels` and :func:`read_label_image`).
     """
-    image = read_image(sample.image)
+    image = read_image(sample.image, channel if sample.user else None, grey_as_is=True)
     if not sample.user:
         labels, fixes = read_labels(sample.labels.parent, image.shape[:2], return_fixes=True)
         return image, labels, fixes

@@ -48,7 +48,7 @@ __all__ = [
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
 
 
-def read_image(path, channel: int | None = None) -> np.ndarray:
+def read_image(path, channel: int | None = None, *, grey_as_is: bool = False) -> np.ndarray:
     """Read an image file as it is stored.
 
     Parameters
@@ -63,6 +63,9 @@ def read_image(path, channel: int | None = None) -> np.ndarray:
         axis holds the channels, else the shape does
         (:func:`dsb.io.channels.axis_roles`). Channel 0 of a grey image is the
         image.
+    grey_as_is : bool
+        A grey image (one channel) is read as it is whatever ``channel`` says: a model's channel of
+        multi-channel images read beside grey ones.
 
     Returns
     -------
@@ -93,6 +96,8 @@ def read_image(path, channel: int | None = None) -> np.ndarray:
         image, axes = _read_tiff(path)
     else:
         image, axes = _read_pillow(path), None
+    if grey_as_is and channel is not None and axis_roles(image.shape, axes, channel=0, path=path)[1] == 1:
+        channel = None
     return _check_layout(image, path, channel, axes)
 
 

@@ -141,7 +141,9 @@ def _group_lines(types, groups, diameters) -> list[str]:
 
 
 def _cache_key(config) -> tuple[str, dict]:
-    params = {k: v for k, v in dataclasses.asdict(config).items() if k not in _NOT_CACHED}
+    # No channel picked leaves the key as it was before there was the choice, so old caches stay valid.
+    params = {k: v for k, v in dataclasses.asdict(config).items()
+              if k not in _NOT_CACHED and not (k == "channel" and v is None)}
     key = json.dumps({"version": CACHE_VERSION, "preprocess": params}, sort_keys=True)
     return hashlib.sha256(key.encode()).hexdigest()[:12], params
 
@@ -199,7 +201,7 @@ def _prepare_one(task):
     """Decode one training image and its labels (runs in a worker process)."""
 
     sample, config = task
-    raw, labels, fixes = read_sample(sample)
+    raw, labels, fixes = read_sample(sample, config.channel)
     if labels.max(initial=0) > np.iinfo(np.uint16).max:
         where = sample.labels if sample.user else sample.labels.parent
         raise BadDataError(f"{labels.max()} nuclei: more than the cache can hold (65535)", path=where)

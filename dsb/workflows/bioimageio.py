@@ -157,7 +157,7 @@ def _test_image(config, sample) -> np.ndarray:
         if isinstance(sample, (str, os.PathLike)):
             from dsb.io.images import read_image
 
-            raw = read_image(sample)
+            raw = read_image(sample, config.preprocess.channel, grey_as_is=True)
         else:
             raw = sample
         raw = np.asarray(raw)
