@@ -637,8 +637,8 @@ def segment(paths, model_dir, out, tta, overlay, diameter, diameter_um, pixel_si
 
     learnt = load_run_config(model_dir).preprocess.channel
     if channel is None and learnt is not None:
-        click.echo(f"dsb: note: {model_dir} learnt from channel {learnt} of its multi-channel training images; give "
-                   f"--channel {learnt} to segment that channel of yours (now: each image whole)", err=True)
+        click.echo(f"dsb: note: {model_dir} learnt from channel {learnt} of its training images; give --channel "
+                   f"{learnt} to segment the same channel of yours", err=True)
 
     summary = segment_inputs(list(paths), model_dir=model_dir, out_dir=out, tta=tta, overlay=overlay,
                              diameter=diameter, skip_bad=skip_bad, progress=True, engine=engine,

@@ -446,15 +446,15 @@ def test_bench_finetune_prints_its_table_on_a_tiny_setting(init_run, tmp_path, m
 
 
 def two_channel_folder(folder: Path, n: int = 4) -> Path:
-    """Layout A of two-channel TIFFs: a cytoplasm-like stain in channel 0, the nuclei (discs) in channel 1;
-    one image grey (its nuclei alone), as a folder of mixed files has."""
+    """Layout A of two-channel TIFFs: a stain of bands on a dark background in channel 0, the nuclei
+    (discs) in channel 1."""
+    (folder / "images").mkdir(parents=True, exist_ok=True)
     for k in range(n):
         image, labels = disc_pair(k)
-        cytoplasm = np.full_like(image, 120) + (k * 7 % 30)
-        data = image if k == n - 1 else np.stack([cytoplasm, image])
-        (folder / "images").mkdir(parents=True, exist_ok=True)
-        tifffile.imwrite(folder / "images" / f"cell{k}.tif", data, imagej=data.ndim == 3,
-                         metadata={"axes": "CYX"} if data.ndim == 3 else None)
+        rows, cols = np.indices(image.shape)
+        cytoplasm = np.where((rows // 6 + cols // 6 + k) % 3 == 0, 150, 10).astype(np.uint8)
+        tifffile.imwrite(folder / "images" / f"cell{k}.tif", np.stack([cytoplasm, image]), imagej=True,
+                         metadata={"axes": "CYX"})
         tif(folder / "masks" / f"cell{k}.tif", labels.astype(np.uint16))
     return folder
 
@@ -467,10 +467,8 @@ def test_training_on_one_channel_of_ones_own_images(init_run, tmp_path):
     from dsb.training import cache
 
     data = two_channel_folder(tmp_path / "mine")
-    samples = {s.id: s for s in find_samples(data)}
-    two = samples["mine-cell0"]
+    two = {s.id: s for s in find_samples(data)}["mine-cell0"]
     np.testing.assert_array_equal(read_sample(two, 1)[0], disc_pair(0)[0])
-    np.testing.assert_array_equal(read_sample(samples["mine-cell3"], 1)[0], disc_pair(3)[0])  # grey as it is
     # The cache reads channel 1, under a key of its own; without a channel the key is the one before.
     plain, picked = PreprocessConfig(), PreprocessConfig(channel=1)
     assert "channel" not in cache._cache_key(plain)[1] and cache._cache_key(picked)[0] != cache._cache_key(plain)[0]
@@ -479,7 +477,8 @@ def test_training_on_one_channel_of_ones_own_images(init_run, tmp_path):
     np.testing.assert_array_equal(images["mine-cell0"],
                                   to_uint8(preprocess_image(disc_pair(0)[0], picked, kind="fluorescence")))
     run = tmp_path / "ft"
-    finetune(data, run, "--init", init_run, "--channel", 1)
+    result = finetune(data, run, "--init", init_run, "--channel", 1)
+    assert "channel 1" in result.stderr  # said at the start
     assert load_config(run / "config.json").preprocess.channel == 1
     for command in ("tune", "evaluate"):  # they read the run's validation image's channel 1
         result = dsb(command, run, "--data", data)
@@ -490,6 +489,30 @@ def test_training_on_one_channel_of_ones_own_images(init_run, tmp_path):
     result = dsb("segment", data / "images" / "cell0.tif", "--model", run, "--out", tmp_path / "seg1", "--channel", 1)
     assert result.exit_code == 0 and "learnt from" not in result.stderr, result.stderr
     assert dsb("train", "--data", data, "--out", run, "--resume", "--channel", 1).exit_code == 2
+    # A channel named in the --config of a fine-tune is the user's images', and is kept.
+    config = tmp_path / "channel.json"
+    config.write_text(json.dumps({"preprocess": {"channel": 1}}))
+    finetune(data, tmp_path / "ft2", "--init", init_run, "--config", config)
+    assert load_config(tmp_path / "ft2" / "config.json").preprocess.channel == 1
+
+
+def test_one_channel_of_images_that_lack_it_or_hold_nothing_there(init_run, tmp_path):
+    """As dsb segment reads it: channel 0 of a grey image is the image, another channel of it is bad
+    input; so is a channel of one value (an alpha channel). Without a channel, images whose channels
+    look like separate stains get dsb segment's warning."""
+    data = two_channel_folder(tmp_path / "mine")
+    image, labels = disc_pair(1)
+    png(tmp_path / "grey" / "images" / "g.png", image)
+    tif(tmp_path / "grey" / "masks" / "g.png".replace(".png", ".tif"), labels.astype(np.uint16))
+    error_line(dsb("train", "--data", tmp_path / "grey", "--channel", 1, "--init", init_run, "--out", tmp_path / "r1"),
+               3, "g.png", "no channel 1")
+    png(tmp_path / "alpha" / "images" / "a.png", np.dstack([image, np.full_like(image, 255)]))
+    tif(tmp_path / "alpha" / "masks" / "a.tif", labels.astype(np.uint16))
+    error_line(dsb("train", "--data", tmp_path / "alpha", "--channel", 1, "--init", init_run, "--out", tmp_path / "r2"),
+               3, "a.png", "channel 1 holds one value (255) everywhere")
+    assert not (tmp_path / "r1").exists() and not (tmp_path / "r2").exists()
+    result = finetune(data, tmp_path / "whole", "--init", init_run)
+    assert "dsb: warning:" in result.stderr and "--channel N" in result.stderr, result.stderr
 
 
 def test_a_negative_channel_in_a_config_is_refused(tmp_path):

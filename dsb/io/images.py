@@ -48,7 +48,7 @@ __all__ = [
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
 
 
-def read_image(path, channel: int | None = None, *, grey_as_is: bool = False) -> np.ndarray:
+def read_image(path, channel: int | None = None) -> np.ndarray:
     """Read an image file as it is stored.
 
     Parameters
@@ -63,9 +63,6 @@ def read_image(path, channel: int | None = None, *, grey_as_is: bool = False) ->
         axis holds the channels, else the shape does
         (:func:`dsb.io.channels.axis_roles`). Channel 0 of a grey image is the
         image.
-    grey_as_is : bool
-        A grey image (one channel) is read as it is whatever ``channel`` says: a model's channel of
-        multi-channel images read beside grey ones.
 
     Returns
     -------
@@ -96,8 +93,6 @@ def read_image(path, channel: int | None = None, *, grey_as_is: bool = False) ->
         image, axes = _read_tiff(path)
     else:
         image, axes = _read_pillow(path), None
-    if grey_as_is and channel is not None and axis_roles(image.shape, axes, channel=0, path=path)[1] == 1:
-        channel = None
     return _check_layout(image, path, channel, axes)
 
 
@@ -180,9 +175,9 @@ def _check_layout(image: np.ndarray, path: Path, channel: int | None = None, axe
     return image
 
 
-def read_channels(path, *, frames: bool = False) -> np.ndarray | None:
-    """Every channel of an image file, channels last, to measure each nucleus in each channel when one
-    of them (``--channel``) was segmented; None for an image of one channel.
+def read_channels(path, *, frames: bool = False) -> np.ndarray:
+    """Every channel of an image file, channels last (a grey image as one), to measure each nucleus in
+    each channel when one of them (``--channel``) was segmented.
 
     Parameters
     ----------
@@ -193,7 +188,7 @@ def read_channels(path, *, frames: bool = False) -> np.ndarray | None:
 
     Returns
     -------
-    (H, W, C) ndarray, or (F..., H, W, C) with ``frames``; or None
+    (H, W, C) ndarray, or (F..., H, W, C) with ``frames``; C is 1 for a grey image
 
     Raises
     ------
@@ -214,7 +209,8 @@ def read_channels(path, *, frames: bool = False) -> np.ndarray | None:
     else:
         image, axes = _read_pillow(path), None
     roles, channels = axis_roles(image.shape, axes, channel=0, frames=frames, path=path)
-    return select(image, roles, None) if channels > 1 else None
+    every = select(image, roles, None)
+    return every if channels > 1 else every[..., None]
 
 
 def stack_frames(path, channel: int | None = None) -> str:

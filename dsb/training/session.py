@@ -364,6 +364,8 @@ def _announce(plan: Plan, state: RunState, env: Environment, out_dir: Path) -> N
     say(f"learning rate: {_schedule_text(plan, state)}")
     if split.val_groups:
         say(f"validation holds out the groups {', '.join(split.val_groups)}")
+    if plan.config.preprocess.channel is not None:
+        say(f"learning from channel {plan.config.preprocess.channel} of your images (the competition's whole)")
     if state.init is not None:
         groups = None if split.groups is None else list(split.groups)
         say(f"fine-tuning from {state.init}, learning rate {plan.config.train.learning_rate:.2e}"
