@@ -305,8 +305,12 @@ def prepare(data: Path, config_path: Path | None) -> None:
                    "its model and preprocessing, a tenth of the learning rate, 10 short epochs.")
 @click.option("--learning-rate", type=_Positive(), default=None,
               help="Override the (fine-tune) learning rate.")
+@click.option("--channel", type=click.IntRange(min=0), default=None, metavar="N",
+              help="Learn from channel N of your multi-channel images, counted from 0 (their DNA stain); images "
+                   "of one channel, and the competition's, as they are. Kept in the run's config, so that dsb "
+                   "tune, evaluate and export --int8 read the same; give dsb segment the same --channel.")
 def train(config_path, data, out, epochs, steps_per_epoch, time_budget, seed, resume, strategy, precision,
-          init, learning_rate) -> None:
+          init, learning_rate, channel) -> None:
     """Train the U-Net, or fine-tune one (--init); the run folder is all that `dsb predict` needs."""
     _load_keras()
     from dsb.training import train as train_run
@@ -316,8 +320,8 @@ def train(config_path, data, out, epochs, steps_per_epoch, time_budget, seed, re
     if resume and (config_path is not None or seed is not None):
         # A resumed run keeps its own config.json and seed, or it would not match an uninterrupted one.
         raise click.UsageError("--resume continues the run's own config and seed; drop --config and --seed")
-    if resume and (init is not None or learning_rate is not None):
-        raise click.UsageError("--resume continues the run's own --init and learning rate; drop them")
+    if resume and (init is not None or learning_rate is not None or channel is not None):
+        raise click.UsageError("--resume continues the run's own --init, learning rate and channel; drop them")
     if out is None:
         import time
 
@@ -330,7 +334,7 @@ def train(config_path, data, out, epochs, steps_per_epoch, time_budget, seed, re
     run_dir = train_run(
         config, data_dir=data, out_dir=out, epochs=epochs, steps_per_epoch=steps_per_epoch,
         time_budget=time_budget, resume=resume, strategy=strategy, precision=precision, seed=seed,
-        init=init_dir, learning_rate=learning_rate,
+        init=init_dir, learning_rate=learning_rate, channel=channel,
     )
     click.echo(f"run folder: {run_dir}")
 
@@ -621,7 +625,7 @@ def segment(paths, model_dir, out, tta, overlay, diameter, diameter_um, pixel_si
     micrometres, which each file's own pixel size makes pixels; --workers or
     --scheduler spreads the work over a Dask cluster.
     """
-    from dsb.network.model_folder import resolve_model_dir
+    from dsb.network.model_folder import load_run_config, resolve_model_dir
 
     if workers is not None and scheduler is not None:
         raise click.UsageError("give --workers or --scheduler, not both")
@@ -630,6 +634,11 @@ def segment(paths, model_dir, out, tta, overlay, diameter, diameter_um, pixel_si
     model_dir = resolve_model_dir(model_dir)
     engine = _prepare_engine(model_dir, engine, precision)
     from dsb.workflows.segment_inputs import segment_inputs
+
+    learnt = load_run_config(model_dir).preprocess.channel
+    if channel is None and learnt is not None:
+        click.echo(f"dsb: note: {model_dir} learnt from channel {learnt} of its training images; give --channel "
+                   f"{learnt} to segment the same channel of yours", err=True)
 
     summary = segment_inputs(list(paths), model_dir=model_dir, out_dir=out, tta=tta, overlay=overlay,
                              diameter=diameter, skip_bad=skip_bad, progress=True, engine=engine,

@@ -290,3 +290,19 @@ def test_readme_gives_the_diameter_the_run_predicts_at():
     assert "median nucleus is 25 pixels across" in _readme(larger, 16, None)
     flat = larger.replace(preprocess=PreprocessConfig(diameter=0.0))
     assert "is 1.25 times the size the training images had across" in _readme(flat, 16, None)
+
+
+def test_readme_and_rdf_name_the_channel_a_run_learnt_from():
+    import dataclasses
+
+    from collections import defaultdict
+
+    from dsb.workflows.bioimageio import _rdf, _readme
+
+    picked = CONFIG.replace(preprocess=dataclasses.replace(CONFIG.preprocess, channel=1))
+    assert "channel 1 (counted from 0) of multi-channel images" in _readme(picked, 16, None)
+    assert "channel 1" not in _readme(CONFIG, 16, None)
+    digests = defaultdict(lambda: "0" * 64)  # every file's digest
+    for config, channel in ((picked, 1), (CONFIG, None)):
+        rdf = _rdf(config, digests, step=16, keras_info=("3", "tensorflow", "2"), opset=17, tags=[])
+        assert rdf["config"]["dsb"]["preprocess"]["channel"] == channel

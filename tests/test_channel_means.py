@@ -57,7 +57,7 @@ def test_read_channels(tmp_path, plate):
     assert five.shape == (*dna.shape, 5)
     np.testing.assert_array_equal(five[:, :, 1], marker)
     Image.fromarray(dna).save(tmp_path / "grey.png")
-    assert read_channels(tmp_path / "grey.png") is None
+    np.testing.assert_array_equal(read_channels(tmp_path / "grey.png"), dna[:, :, None])  # one channel
     Image.fromarray(np.dstack([marker, flat, dna])).save(tmp_path / "rgb.png")
     np.testing.assert_array_equal(read_channels(tmp_path / "rgb.png")[:, :, 2], dna)
     movie = np.stack([np.stack([dna, marker]), np.stack([dna[::-1], marker[::-1]]), np.stack([dna, flat])])
@@ -107,7 +107,15 @@ def test_a_stack_and_an_image_without_a_picked_channel(tmp_path, plate):
     table = pd.read_csv(out / "movie_nuclei.csv")
     odd = int((np.unique(truth[truth > 0]) % 2 == 1).sum())
     assert table.groupby("t").apply(positives, include_groups=False).tolist() == [odd, odd]
-    # Segmented from its luminance (no --channel), an image gets no channel columns.
+    # Segmented from its luminance (no --channel), an image gets no channel columns; with --channel 0
+    # a grey image gets its one, so that the tables of a folder of mixed files have the same columns.
     result = run_dsb("segment", tmp_path / "grey.png", "--out", out, "--diameter", DIAMETER)
     assert result.exit_code == 0, result.output
     assert not [c for c in pd.read_csv(out / "grey_nuclei.csv").columns if c.startswith("mean_intensity_c")]
+    for extra in ((), ("--block-size", 160)):
+        result = run_dsb("segment", tmp_path / "grey.png", "--out", out / "c0", "--diameter", DIAMETER,
+                         "--channel", 0, *extra)
+        assert result.exit_code == 0, result.output
+        table = pd.read_csv(out / "c0" / "grey_nuclei.csv")
+        assert [c for c in table.columns if c.startswith("mean_intensity_c")] == ["mean_intensity_c0"], extra
+        np.testing.assert_allclose(table["mean_intensity_c0"], table["mean_intensity"])

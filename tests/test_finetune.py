@@ -440,3 +440,84 @@ def test_bench_finetune_prints_its_table_on_a_tiny_setting(init_run, tmp_path, m
     row = [line for line in out.splitlines() if line.startswith(f"| {group} |")]
     assert len(row) == 1 and row[0].split("|")[2:4] == [" 2 ", " 3 "], out
     assert (tmp_path / "work" / f"{group}-2" / "mine" / "masks").is_dir()
+
+
+# ---------------------------------------------------------------- one channel of multi-channel images
+
+
+def two_channel_folder(folder: Path, n: int = 4) -> Path:
+    """Layout A of two-channel TIFFs: a stain of bands on a dark background in channel 0, the nuclei
+    (discs) in channel 1."""
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    for k in range(n):
+        image, labels = disc_pair(k)
+        rows, cols = np.indices(image.shape)
+        cytoplasm = np.where((rows // 6 + cols // 6 + k) % 3 == 0, 150, 10).astype(np.uint8)
+        tifffile.imwrite(folder / "images" / f"cell{k}.tif", np.stack([cytoplasm, image]), imagej=True,
+                         metadata={"axes": "CYX"})
+        tif(folder / "masks" / f"cell{k}.tif", labels.astype(np.uint16))
+    return folder
+
+
+def test_training_on_one_channel_of_ones_own_images(init_run, tmp_path):
+    pytest.importorskip("keras")
+    from dsb.core.config import load_config
+    from dsb.inference.preprocess import preprocess_image, to_uint8
+    from dsb.io.annotations import read_sample
+    from dsb.training import cache
+
+    data = two_channel_folder(tmp_path / "mine")
+    two = {s.id: s for s in find_samples(data)}["mine-cell0"]
+    np.testing.assert_array_equal(read_sample(two, 1)[0], disc_pair(0)[0])
+    # The cache reads channel 1, under a key of its own; without a channel the key is the one before.
+    plain, picked = PreprocessConfig(), PreprocessConfig(channel=1)
+    assert "channel" not in cache._cache_key(plain)[1] and cache._cache_key(picked)[0] != cache._cache_key(plain)[0]
+    prep = load_prepared(data, picked, workers=1)
+    images = dict(zip(prep.ids, prep.images))
+    np.testing.assert_array_equal(images["mine-cell0"],
+                                  to_uint8(preprocess_image(disc_pair(0)[0], picked, kind="fluorescence")))
+    run = tmp_path / "ft"
+    result = finetune(data, run, "--init", init_run, "--channel", 1)
+    assert "channel 1" in result.stderr  # said at the start
+    assert load_config(run / "config.json").preprocess.channel == 1
+    for command in ("tune", "evaluate"):  # they read the run's validation image's channel 1
+        result = dsb(command, run, "--data", data)
+        assert result.exit_code == 0, (command, result.stderr, result.exception)
+    # dsb segment says which channel the model learnt from when none is given.
+    result = dsb("segment", data / "images" / "cell0.tif", "--model", run, "--out", tmp_path / "seg")
+    assert result.exit_code == 0 and "learnt from channel 1" in result.stderr, result.stderr
+    result = dsb("segment", data / "images" / "cell0.tif", "--model", run, "--out", tmp_path / "seg1", "--channel", 1)
+    assert result.exit_code == 0 and "learnt from" not in result.stderr, result.stderr
+    assert dsb("train", "--data", data, "--out", run, "--resume", "--channel", 1).exit_code == 2
+    # A channel named in the --config of a fine-tune is the user's images', and is kept.
+    config = tmp_path / "channel.json"
+    config.write_text(json.dumps({"preprocess": {"channel": 1}}))
+    finetune(data, tmp_path / "ft2", "--init", init_run, "--config", config)
+    assert load_config(tmp_path / "ft2" / "config.json").preprocess.channel == 1
+
+
+def test_one_channel_of_images_that_lack_it_or_hold_nothing_there(init_run, tmp_path):
+    """As dsb segment reads it: channel 0 of a grey image is the image, another channel of it is bad
+    input; so is a channel of one value (an alpha channel). Without a channel, images whose channels
+    look like separate stains get dsb segment's warning."""
+    data = two_channel_folder(tmp_path / "mine")
+    image, labels = disc_pair(1)
+    png(tmp_path / "grey" / "images" / "g.png", image)
+    tif(tmp_path / "grey" / "masks" / "g.png".replace(".png", ".tif"), labels.astype(np.uint16))
+    error_line(dsb("train", "--data", tmp_path / "grey", "--channel", 1, "--init", init_run, "--out", tmp_path / "r1"),
+               3, "g.png", "no channel 1")
+    png(tmp_path / "alpha" / "images" / "a.png", np.dstack([image, np.full_like(image, 255)]))
+    tif(tmp_path / "alpha" / "masks" / "a.tif", labels.astype(np.uint16))
+    error_line(dsb("train", "--data", tmp_path / "alpha", "--channel", 1, "--init", init_run, "--out", tmp_path / "r2"),
+               3, "a.png", "channel 1 holds one value (255) everywhere")
+    assert not (tmp_path / "r1").exists() and not (tmp_path / "r2").exists()
+    result = finetune(data, tmp_path / "whole", "--init", init_run)
+    assert "dsb: warning:" in result.stderr and "--channel N" in result.stderr, result.stderr
+
+
+def test_a_negative_channel_in_a_config_is_refused(tmp_path):
+    from dsb.core.config import Config
+
+    with pytest.raises(BadDataError, match="preprocess.channel"):
+        Config.from_dict({"preprocess": {"channel": -1}})
+    assert Config.from_dict({"preprocess": {"channel": None}}).preprocess.channel is None

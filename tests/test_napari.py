@@ -347,6 +347,33 @@ def test_a_fine_tune_is_quantised_where_auto_runs_int8(tmp_path, monkeypatch):
         assert calls == [("onnx", run_dir)] + ([("int8", run_dir, project.corrections)] if made else [])
 
 
+def test_a_napari_fine_tune_reads_its_grey_corrections_whatever_channel_its_model_learnt(tmp_path, monkeypatch):
+    """Corrections are saved from grey layers: a fine-tune from a run that learnt from channel 1 of its
+    images reads them whole (dsb train --channel would refuse a grey image's channel 1)."""
+    import dataclasses
+
+    from dsb.core.config import save_config
+    from dsb.napari import finetuning
+
+    init = tmp_path / "init"
+    init.mkdir()
+    save_config(CONFIG.replace(preprocess=dataclasses.replace(CONFIG.preprocess, channel=1)), init / "config.json")
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def prepared(folder, preprocess, **_):
+        seen.append(preprocess)
+        raise Stop
+
+    monkeypatch.setattr(Project, "check", lambda self: None)
+    monkeypatch.setattr(finetuning, "load_prepared", prepared)
+    with pytest.raises(Stop):
+        finetuning.finetune_project(Project(tmp_path / "p"), init, epochs=1)
+    assert [p.channel for p in seen] == [None]
+
+
 def test_progress_fraction():
     assert Progress(1, 2, 1, 4, 0.5).fraction == 0.125
     assert Progress(2, 2, 4, 4, 0.5).fraction == 1.0

@@ -120,6 +120,10 @@ class PreprocessConfig:
     # The nucleus diameter (pixels) the network works at: training resamples each image so that
     # its median nucleus has it, prediction estimates each image's and resamples. 0: no resampling.
     diameter: float = 20.0
+    # The channel of one's own multi-channel training images the network learns from (their DNA
+    # stain, `dsb train --channel`), counted from 0; images of one channel are read as they are,
+    # the competition's as they are. None: every image as a whole (grey, or colour's luminance).
+    channel: int | None = None
 
     @property
     def contact_scale(self) -> float:
@@ -155,6 +159,9 @@ class PreprocessConfig:
                 f"is {self.diameter}, expected 0 (no resampling) or a diameter in [4, 200] pixels",
                 where=f"{where}.diameter",
             )
+        if self.channel is not None and self.channel < 0:
+            raise BadDataError(f"is {self.channel}, expected a channel counted from 0, or null",
+                               where=f"{where}.channel")
 
 
 @dataclass(frozen=True)

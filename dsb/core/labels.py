@@ -268,7 +268,7 @@ def measure_regions(labels: np.ndarray, intensity: np.ndarray) -> dict[str, np.n
         for dr_, dc_ in offsets:
             code += np.int8(weight) * (_neighbours(marked, dr_, dc_) == labels)
     perimeter = np.bincount(labels[outline].astype(np.intp), _PERIMETER_WEIGHTS[code[outline]], n + 1)
-    mean = label_means(labels, intensity, n)
+    mean = _means(flat, np.asarray(intensity).reshape(flat.size, 1), n, area.astype(np.float64))[:, 0]
     k = present
     return {
         "label": k.astype(np.int64),
@@ -286,13 +286,14 @@ def label_means(labels: np.ndarray, values: np.ndarray, n: int | None = None) ->
     Parameters
     ----------
     labels : (H, W) ndarray of non-negative int
-    values : (H, W) ndarray
+    values : (H, W) or (H, W, C) ndarray
+        One image, or several channels (each averaged on its own, the labels read once).
     n : int, optional
         The largest label; by default ``labels.max()``.
 
     Returns
     -------
-    (n + 1,) ndarray of float64
+    (n + 1,) or (n + 1, C) ndarray of float64
         Index 0 is the background's mean.
 
     Examples
@@ -300,12 +301,24 @@ def label_means(labels: np.ndarray, values: np.ndarray, n: int | None = None) ->
     >>> label_means(np.array([[0, 1, 1], [2, 2, 0]]), np.array([[9.0, 1.0, 3.0], [np.nan, 4.0, 9.0]])).tolist()
     [9.0, 2.0, 4.0]
     """
-    flat = np.asarray(labels).ravel().astype(np.intp, copy=False)
+    labels, values = np.asarray(labels), np.asarray(values)
+    flat = labels.ravel().astype(np.intp, copy=False)
     n = int(flat.max(initial=0)) if n is None else n
-    values = np.asarray(values, np.float64).ravel()
-    finite = np.isfinite(values)
-    if not finite.all():
-        flat, values = flat[finite], values[finite]
-    total = np.bincount(flat, values, n + 1)
     counted = np.bincount(flat, minlength=n + 1).astype(np.float64)
-    return np.divide(total, counted, out=np.full(n + 1, np.nan), where=counted > 0)
+    means = _means(flat, values.reshape(flat.size, -1), n, counted)
+    return means[:, 0] if values.ndim == labels.ndim else means
+
+
+def _means(flat: np.ndarray, columns: np.ndarray, n: int, counted: np.ndarray) -> np.ndarray:
+    """:func:`label_means` of each column of ``columns`` (P, C) over the labels ``flat`` (P,), whose
+    pixel counts ``counted`` (n + 1,) the caller has: (n + 1, C)."""
+    means = np.full((n + 1, columns.shape[1]), np.nan)
+    for k in range(columns.shape[1]):  # one bincount per channel
+        column, own, count = columns[:, k], flat, counted
+        if column.dtype.kind in "fc" and not np.isfinite(column).all():
+            finite = np.isfinite(column)
+            column, own = column[finite], flat[finite]
+            count = np.bincount(own, minlength=n + 1).astype(np.float64)
+        total = np.bincount(own, column.astype(np.float64, copy=False), n + 1)
+        np.divide(total, count, out=means[:, k], where=count > 0)
+    return means

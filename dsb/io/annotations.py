@@ -376,8 +376,17 @@ def _palette_indices(path: Path) -> np.ndarray | None:
         return None
 
 
-def read_sample(sample: Sample) -> tuple[np.ndarray, np.ndarray, MaskFixes]:
+def read_sample(sample: Sample, channel: int | None = None) -> tuple[np.ndarray, np.ndarray, MaskFixes]:
     """The raw image, instance labels and mask fixes of one sample.
+
+    Parameters
+    ----------
+    sample : Sample
+    channel : int, optional
+        For one's own images (not the competition's), only this channel, counted from 0
+        (``preprocess.channel``, ``dsb train --channel``), as :func:`dsb.io.images.read_image` picks it:
+        channel 0 of a grey image is the image, another channel of it is bad input. A channel
+        that holds one value everywhere (an alpha channel) is bad input too.
 
     Returns
     -------
@@ -393,7 +402,11 @@ def read_sample(sample: Sample) -> tuple[np.ndarray, np.ndarray, MaskFixes]:
     BadDataError
         Naming the file (see :func:`dsb.io.images.read_labels` and :func:`read_label_image`).
     """
-    image = read_image(sample.image)
+    channel = channel if sample.user else None
+    image = read_image(sample.image, channel)
+    if channel is not None and image.size and image.min() == image.max():
+        raise BadDataError(f"channel {channel} holds one value ({image.flat[0]}) everywhere: no nuclei to learn from "
+                           "(an alpha channel?); pick the DNA stain's channel", path=sample.image)
     if not sample.user:
         labels, fixes = read_labels(sample.labels.parent, image.shape[:2], return_fixes=True)
         return image, labels, fixes

@@ -126,10 +126,11 @@ class BlockSource:
         return self.stored_shape[self.roles.index("c")] if "c" in self.roles else 1
 
     def read_channels(self, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
-        """Rows ``r0:r1`` and columns ``c0:c1`` of every stored channel, ``(h, w, C)``: to measure each
-        nucleus in each channel when one (``channel``) is segmented."""
+        """Rows ``r0:r1`` and columns ``c0:c1`` of every stored channel, ``(h, w, C)`` (C is 1 for a grey
+        image): to measure each nucleus in each channel when one (``channel``) is segmented."""
         try:
-            return select(self._stored(), self.roles, None, slice(r0, r1), slice(c0, c1))
+            part = select(self._stored(), self.roles, None, slice(r0, r1), slice(c0, c1))
+            return part if "c" in self.roles else part[..., None]
         except Exception as exc:  # stores raise many types for a damaged chunk
             raise BadDataError(f"cannot read rows {r0}:{r1}, columns {c0}:{c1} "
                                f"({type(exc).__name__}: {exc})", path=self.origin) from None

@@ -175,9 +175,9 @@ def _check_layout(image: np.ndarray, path: Path, channel: int | None = None, axe
     return image
 
 
-def read_channels(path, *, frames: bool = False) -> np.ndarray | None:
-    """Every channel of an image file, channels last, to measure each nucleus in each channel when one
-    of them (``--channel``) was segmented; None for an image of one channel.
+def read_channels(path, *, frames: bool = False) -> np.ndarray:
+    """Every channel of an image file, channels last (a grey image as one), to measure each nucleus in
+    each channel when one of them (``--channel``) was segmented.
 
     Parameters
     ----------
@@ -188,7 +188,7 @@ def read_channels(path, *, frames: bool = False) -> np.ndarray | None:
 
     Returns
     -------
-    (H, W, C) ndarray, or (F..., H, W, C) with ``frames``; or None
+    (H, W, C) ndarray, or (F..., H, W, C) with ``frames``; C is 1 for a grey image
 
     Raises
     ------
@@ -209,7 +209,8 @@ def read_channels(path, *, frames: bool = False) -> np.ndarray | None:
     else:
         image, axes = _read_pillow(path), None
     roles, channels = axis_roles(image.shape, axes, channel=0, frames=frames, path=path)
-    return select(image, roles, None) if channels > 1 else None
+    every = select(image, roles, None)
+    return every if channels > 1 else every[..., None]
 
 
 def stack_frames(path, channel: int | None = None) -> str:

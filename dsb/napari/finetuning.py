@@ -9,6 +9,7 @@ widget. Nothing here imports napari or Qt.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import shutil
 import threading
@@ -197,6 +198,8 @@ def finetune_project(
     project.check()
     steps = int(steps_per_epoch or FINETUNE_STEPS)
     config = finetune_config(load_run_config(init), epochs=epochs)
+    # Corrections are saved from grey layers: a channel the init run learnt from is not theirs.
+    config = config.replace(preprocess=dataclasses.replace(config.preprocess, channel=None))
     prepared = load_prepared(project.corrections, config.preprocess)
     out_dir = project.new_model_dir()
     reporter = _reporter(report, cancel, int(epochs), steps, _ValidationScore(project.corrections, out_dir))

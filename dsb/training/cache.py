@@ -30,7 +30,7 @@ import numpy as np
 from dsb.core.atomic import atomic_dir, os_error
 from dsb.core.errors import BadDataError
 from dsb.core.progress import track
-from dsb.inference.preprocess import IMAGE_TYPES, image_type, preprocess_image, to_uint8
+from dsb.inference.preprocess import IMAGE_TYPES, image_type, mixed_channels, preprocess_image, to_uint8
 from dsb.io.annotations import find_samples, read_sample, user_group
 from dsb.io.images import MaskFixes, image_path, list_ids, read_image
 from dsb.training.groups import FEATURES, N_GROUPS, assign_groups, image_features
@@ -141,7 +141,9 @@ def _group_lines(types, groups, diameters) -> list[str]:
 
 
 def _cache_key(config) -> tuple[str, dict]:
-    params = {k: v for k, v in dataclasses.asdict(config).items() if k not in _NOT_CACHED}
+    # No channel picked leaves the key as it was before there was the choice, so old caches stay valid.
+    params = {k: v for k, v in dataclasses.asdict(config).items()
+              if k not in _NOT_CACHED and not (k == "channel" and v is None)}
     key = json.dumps({"version": CACHE_VERSION, "preprocess": params}, sort_keys=True)
     return hashlib.sha256(key.encode()).hexdigest()[:12], params
 
@@ -199,13 +201,15 @@ def _prepare_one(task):
     """Decode one training image and its labels (runs in a worker process)."""
 
     sample, config = task
-    raw, labels, fixes = read_sample(sample)
+    raw, labels, fixes = read_sample(sample, config.channel)
     if labels.max(initial=0) > np.iinfo(np.uint16).max:
         where = sample.labels if sample.user else sample.labels.parent
         raise BadDataError(f"{labels.max()} nuclei: more than the cache can hold (65535)", path=where)
     kind = image_type(raw)
     gray = to_uint8(preprocess_image(raw, config, kind=kind))
-    return sample.id, gray, labels.astype(np.uint16), kind, fixes, image_features(raw, labels)
+    # One's own image read whole whose channels look like separate stains, as dsb segment warns of it.
+    mixed = mixed_channels(raw) if sample.user and config.channel is None else None
+    return sample.id, gray, labels.astype(np.uint16), kind, fixes, image_features(raw, labels), (sample.image, mixed)
 
 
 def data_checksum(ids, images, labels) -> str:
@@ -326,10 +330,13 @@ def _prepare(data_dir, config, *, progress, cache_dir, workers) -> tuple[Path, d
     start = time.perf_counter()
     images, labels, types, fixes, features = {}, {}, {}, {}, {}
     decoded = _decode_all(samples, config, workers=workers, progress=progress)
-    for image_id, gray, lab, kind, fix, feats in decoded:
+    mixed = []
+    for image_id, gray, lab, kind, fix, feats, (path, why) in decoded:
         images[image_id], labels[image_id], types[image_id], features[image_id] = gray, lab, kind, feats
         if fix:
             fixes[image_id] = fix
+        if why:
+            mixed.append((path, why))
     groups = _sample_groups(samples, types, features)
     ids = sorted(ids)
     checksum = data_checksum(ids, [images[i] for i in ids], [labels[i] for i in ids])
@@ -371,6 +378,13 @@ def _prepare(data_dir, config, *, progress, cache_dir, workers) -> tuple[Path, d
         fix_objs = {i: MaskFixes.from_dict(f) for i, f in manifest["fixes"].items()}
         diameters = [_diameter(features[i]) for i in ids]
         click.echo(_summary(ids, [types[i] for i in ids], nuclei, fix_objs, [groups[i] for i in ids], diameters), err=True)
+    if mixed:
+        import warnings
+
+        path, why = mixed[0]
+        more = f" (and {len(mixed) - 1} more of your images)" if len(mixed) > 1 else ""
+        warnings.warn(f"{path}{more}: {why}. dsb train reads such an image as dsb segment does; give --channel N to "
+                      "learn from the DNA stain's channel", stacklevel=2)
     return folder, manifest, True
 
 

@@ -101,8 +101,9 @@ def finetune_config(
         The config of the run to start from (its ``config.json``).
     train_from : Config, optional
         Whose ``train`` section to start from (``--config``); default ``init``'s.
-        Its other sections are not used: the model, preprocessing, prediction
-        and post-processing are the init model's.
+        Of its other sections only ``preprocess.channel`` is used, where it names one (the
+        channel of one's own images, not the model's); the model, the rest of the preprocessing,
+        prediction and post-processing are the init model's.
     learning_rate : float, optional
         The fine-tune learning rate; default :data:`LEARNING_RATE_FACTOR`
         times that of the training section.
@@ -128,7 +129,10 @@ def finetune_config(
         steps_per_epoch=tc.steps_per_epoch or FINETUNE_STEPS,
         split="random",
     )
-    return init.replace(train=train, validation_ids=()).check()
+    config = init.replace(train=train, validation_ids=())
+    if train_from is not None and train_from.preprocess.channel is not None:
+        config = config.replace(preprocess=dataclasses.replace(config.preprocess, channel=train_from.preprocess.channel))
+    return config.check()
 
 
 def finetune_split(

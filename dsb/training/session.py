@@ -67,6 +67,7 @@ def train(
     progress: bool = True,
     init=None,
     learning_rate: float | None = None,
+    channel: int | None = None,
 ) -> Path:
     """Train a U-Net on the prepared training images of ``data_dir``.
 
@@ -111,6 +112,11 @@ def train(
         user's images. Ignored when resuming (the run keeps its own).
     learning_rate : float, optional
         Overrides the learning rate (of the fine-tune, with ``init``).
+    channel : int, optional
+        Learn from this channel of one's own multi-channel images, counted from 0 (their DNA stain;
+        ``preprocess.channel``, kept in the run's config so that ``dsb tune``, ``dsb evaluate`` and
+        ``dsb export --int8`` read the same); images of one channel, and the competition's, as they
+        are. Ignored when resuming (the run keeps its own).
 
     Returns
     -------
@@ -141,6 +147,9 @@ def train(
         tc = dataclasses.replace(config.train, learning_rate=rate,
                                  min_learning_rate=min(config.train.min_learning_rate, rate))
         config = config.replace(train=tc)
+    if channel is not None and not resume:
+        config = config.replace(preprocess=dataclasses.replace(config.preprocess, channel=int(channel)))
+        config.check()
     if strategy != "multiworker" and not resume:
         check_new_run(out_dir)  # before the data load, to fail fast
     prepared = load_prepared(data_dir, config.preprocess, progress=progress)
@@ -355,6 +364,8 @@ def _announce(plan: Plan, state: RunState, env: Environment, out_dir: Path) -> N
     say(f"learning rate: {_schedule_text(plan, state)}")
     if split.val_groups:
         say(f"validation holds out the groups {', '.join(split.val_groups)}")
+    if plan.config.preprocess.channel is not None:
+        say(f"learning from channel {plan.config.preprocess.channel} of your images (the competition's whole)")
     if state.init is not None:
         groups = None if split.groups is None else list(split.groups)
         say(f"fine-tuning from {state.init}, learning rate {plan.config.train.learning_rate:.2e}"

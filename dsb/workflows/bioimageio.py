@@ -157,7 +157,7 @@ def _test_image(config, sample) -> np.ndarray:
         if isinstance(sample, (str, os.PathLike)):
             from dsb.io.images import read_image
 
-            raw = read_image(sample)
+            raw = read_image(sample, config.preprocess.channel)
         else:
             raw = sample
         raw = np.asarray(raw)
@@ -277,7 +277,10 @@ def _readme(config, step: int, training: str | None) -> str:
         "",
         "The network expects the input that `dsb.inference.preprocess.preprocess_image` and dsb's resampling make:",
         "",
-        "1. **grey**: one channel (colour images: luminance; stained tissue: the geometric mean of the",
+        ("1. **grey**: one channel (colour images: luminance; stained tissue: the geometric mean of the"
+         if pre.channel is None else
+         f"1. **grey**: channel {pre.channel} (counted from 0) of multi-channel images, which the model learnt from;"
+         " else one channel (colour images: luminance; stained tissue: the geometric mean of the"),
         "   haematoxylin channel and inverted luminance);",
         "2. **polarity**: nuclei bright on a dark background (brightfield and stained images are inverted;",
         f"   `polarity` = `{pre.polarity}`);",
@@ -440,6 +443,7 @@ def _rdf(config, files: dict[str, str], *, step: int, keras_info, opset: int, ta
                     "percentile_low": pre.percentile_low,
                     "percentile_high": pre.percentile_high,
                     "diameter": pre.diameter,
+                    "channel": pre.channel,
                 },
                 "postprocess": dict(vars(config.postprocess)),
                 "instance_segmentation": "dsb segment / dsb.segment (not part of the network)",

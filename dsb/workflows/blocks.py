@@ -319,9 +319,8 @@ def segment_block(source, plan: BlockPlan, index: tuple[int, int], spec: ModelSp
     if not measure:
         return OwnedBlock(index, count, cut, owned, pd.DataFrame())
     # Each owned nucleus is one of the region's: its confidence follows it.
-    every = None
-    if source.channel is not None and source.stored_channels > 1:  # each nucleus in every channel too
-        every = source.read_channels(er0, er1, ec0, ec1)
+    # With a channel picked, each nucleus is measured in every channel too.
+    every = None if source.channel is None else source.read_channels(er0, er1, ec0, ec1)
     inside = owned > 0
     origin = np.zeros(count + 1, np.int64)
     origin[owned[inside]] = labels[inside]
@@ -625,7 +624,7 @@ def _materialise(source, scratch: Path):
     array = zarr.create_array(store=str(store), shape=raw.shape, chunks=(1024, 1024, *raw.shape[2:]),
                               dtype=raw.dtype)
     array[...] = raw
-    copy = open_source(store, source.channel if every else None)
+    copy = open_source(store, source.channel)
     copy.origin = source.origin  # named after the input in messages and outputs
     return copy
 

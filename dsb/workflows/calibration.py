@@ -108,7 +108,7 @@ def calibrate(path, *, diameter: float | None = None, diameter_um: float | None 
         try:
             diameter = check_diameter(diameter_um / size)
         except ValueError:
-            raise BadDataError(f"a nucleus diameter of {diameter_um:g} \u00b5m is {diameter_um / size:.3g} pixels "
+            raise BadDataError(f"a nucleus diameter of {diameter_um:g} \u00b5m is {diameter_um / size:.4g} pixels "
                                f"of {size:.4g} \u00b5m, outside the 2 to 1000 pixels dsb segments at", path=path) from None
     return Calibration(size, diameter, "; ".join(notes))
 

@@ -137,10 +137,8 @@ def measure_nuclei(labels: np.ndarray, intensity: np.ndarray, confidence: np.nda
         channels = np.asarray(channels)
         if channels.ndim != 3 or channels.shape[:2] != labels.shape:
             raise ValueError(f"`channels` (shape {channels.shape}) must be (H, W, C) with the labels' {labels.shape}")
-        kept = frame["label"].to_numpy(np.intp)
-        top = int(labels.max(initial=0))
-        frame = frame.assign(**{CHANNEL_MEAN.format(k): label_means(labels, channels[:, :, k], top)[kept]
-                                for k in range(channels.shape[2])})
+        means = label_means(labels, channels)[frame["label"].to_numpy(np.intp)]
+        frame = frame.assign(**{CHANNEL_MEAN.format(k): means[:, k] for k in range(channels.shape[2])})
     return frame if pixel_size is None else in_micrometres(frame, pixel_size)
 
 

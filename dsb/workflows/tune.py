@@ -286,7 +286,7 @@ def validation_data(config, data_dir, *, progress: bool = False):
                 path=stage,
             )
         # The few overlapping training masks are settled quietly (read_sample keeps the fixes), as in dsb score.
-        raw, labels[image_id], _ = read_sample(samples[image_id])
+        raw, labels[image_id], _ = read_sample(samples[image_id], config.preprocess.channel)
         images[image_id] = raw
         types[image_id] = image_type(raw)
     return images, labels, types
