@@ -326,3 +326,10 @@ def test_an_ome_tiff_is_named_as_its_ome_zarr_and_two_inputs_of_one_name_are_ref
     result = dsb("segment", tmp_path / "a.ome.tif", tmp_path / "a.zarr", "--out", tmp_path / "both")
     error_line(result, 3, "a.zarr", "same output files as", "a.ome.tif", "same name 'a'")
     assert not (tmp_path / "both").exists()
+
+
+def test_nuclei_the_edge_cuts_are_marked():
+    labels = make_discs((64, 64), ((5, 30), (32, 32), (58, 60)), 8)  # cut at the top, inside, cut at the corner
+    table = measure_nuclei(labels, np.ones((64, 64)))
+    assert table["touches_edge"].tolist() == [True, False, True]
+    assert table["touches_edge"].dtype == bool
