@@ -205,7 +205,9 @@ def segment(image, model=None, *, diameter: float | None = None, tta: bool | Non
         Segment only this channel, counted from 0 (in RGB: 0 red, 1 green, 2
         blue): the DNA stain (DAPI, Hoechst) of a multi-channel fluorescence
         image. The channel axis is the shorter of the first and last axes
-        (:func:`dsb.io.channels.axis_roles`).
+        (:func:`dsb.io.channels.axis_roles`). A model fine-tuned on one channel
+        (``dsb train --channel``) does not pick it for you: a multi-channel image
+        without ``channel`` gets a warning that names the model's.
 
     Returns
     -------
@@ -261,6 +263,10 @@ def segment(image, model=None, *, diameter: float | None = None, tta: bool | Non
             f"`model` must be a folder path or what dsb.load_model returned, got {type(model).__name__}"
         )
     config = model.config.with_scale_factor(scale_factor)
+    learnt = config.preprocess.channel
+    if channel is None and learnt is not None and image.ndim == 3 and image.shape[2] > 1:
+        warnings.warn(f"the model learnt from channel {learnt} of its training images; give channel={learnt} to "
+                      "segment the same channel of this one (now: all its channels as one grey image)", stacklevel=2)
     if return_confidence:
         nuclei = predict_nuclei(model.network, config, image, tta=tta, diameter=diameter)
         return nuclei.labels, nuclei.confidence

@@ -6,6 +6,7 @@ import importlib
 import pkgutil
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -261,3 +262,28 @@ def test_import_dsb_loads_no_keras_and_no_pandas():
     code = "import dsb, sys; print(sorted(m for m in ('keras', 'tensorflow', 'jax', 'pandas') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_a_model_that_learnt_from_one_channel_names_it_when_none_is_given(grey, tmp_path):
+    """dsb train --channel keeps the channel in the run's config; dsb.segment does not pick it for a
+    multi-channel image, but warns and names it."""
+    import json
+    import shutil
+
+    from dsb.network.model_folder import default_model_dir
+
+    folder = tmp_path / "picked"
+    shutil.copytree(default_model_dir(), folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["preprocess"]["channel"] = 1
+    (folder / "config.json").write_text(json.dumps(config))
+    model = dsb.load_model(folder)
+    two = np.dstack([np.full_like(grey, 60), grey])
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        dsb.segment(two, model, diameter=2 * RADIUS)
+    assert any("learnt from channel 1" in str(w.message) and "give channel=1" in str(w.message) for w in said)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _assert_finds_the_discs(dsb.segment(two, model, diameter=2 * RADIUS, channel=1))
+        dsb.segment(grey, model, diameter=2 * RADIUS)  # a grey image has no channel to pick

@@ -279,6 +279,10 @@ def test_zarr_tiff_and_ome_zarr_in_their_own_kinds(in_process, inputs, one_piece
     # The measurements are in the image's coordinates: each centroid lies on its own nucleus.
     rows, cols = table["centroid_row"].round().astype(int), table["centroid_col"].round().astype(int)
     assert (plate[:][rows, cols] == table["label"]).mean() > 0.95
+    # A nucleus is on the edge where the image's edge cuts it, whichever block it came from.
+    whole = plate[:]
+    edge = np.unique(np.concatenate([whole[0], whole[-1], whole[:, 0], whole[:, -1]]))
+    assert set(table.loc[table["touches_edge"], "label"]) == set(edge[edge > 0].tolist())
     # Each nucleus's confidence, measured in the block that owns it, as in the whole image.
     model = dsb.load_model()
     whole = predict_nuclei(model.network, model.config, field, diameter=DIAMETER)

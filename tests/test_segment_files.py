@@ -306,3 +306,30 @@ def test_summary_says_how_sure_the_estimate_is_and_the_cli_warns(tmp_path):
     assert len(warnings) == 1 and str(images / "blank.png") in warnings[0]
     assert "the nucleus diameter estimate (none) is unsure" in warnings[0]
     assert "1 with an unsure diameter estimate" in result.stdout
+
+
+def test_an_ome_tiff_is_named_as_its_ome_zarr_and_two_inputs_of_one_name_are_refused(tmp_path):
+    """a.ome.tif writes a_labels.tif, as a.ome.zarr writes a_labels.zarr; an image and a store of one
+    name would write the same a_nuclei.csv, and are refused before anything is written."""
+    zarr = pytest.importorskip("zarr")
+    from conftest import dsb, error_line
+
+    image = disc_image((96, 96), ((30, 30), (60, 64)), 10)
+    tifffile.imwrite(tmp_path / "a.ome.tif", image, ome=True)
+    tifffile.imwrite(tmp_path / "b.tif", image)
+    store = zarr.create_array(store=str(tmp_path / "a.zarr"), shape=image.shape, dtype=image.dtype)
+    store[...] = image
+    result = dsb("segment", tmp_path / "a.ome.tif", tmp_path / "b.tif", "--out", tmp_path / "out", "--diameter", 20)
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "a_labels.tif", "a_nuclei.csv", "b_labels.tif", "b_nuclei.csv", "summary.csv"]
+    result = dsb("segment", tmp_path / "a.ome.tif", tmp_path / "a.zarr", "--out", tmp_path / "both")
+    error_line(result, 3, "a.zarr", "same output files as", "a.ome.tif", "same name 'a'")
+    assert not (tmp_path / "both").exists()
+
+
+def test_nuclei_the_edge_cuts_are_marked():
+    labels = make_discs((64, 64), ((5, 30), (32, 32), (58, 60)), 8)  # cut at the top, inside, cut at the corner
+    table = measure_nuclei(labels, np.ones((64, 64)))
+    assert table["touches_edge"].tolist() == [True, False, True]
+    assert table["touches_edge"].dtype == bool

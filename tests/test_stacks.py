@@ -129,15 +129,15 @@ def test_slices_before_time_points_are_written_in_imagej_order(tmp_path, movie):
     result = run_dsb("segment", tmp_path / "zt.ome.tif", "--out", tmp_path / "out", "--diameter", DIAMETER,
                      "--overlay")
     assert result.exit_code == 0, result.output
-    with tifffile.TiffFile(tmp_path / "out" / "zt.ome_labels.tif") as tif:
+    with tifffile.TiffFile(tmp_path / "out" / "zt_labels.tif") as tif:
         assert tif.is_imagej and tif.series[0].axes == "TZYX"
         labels = tif.asarray()
     model = dsb.load_model()
     np.testing.assert_array_equal(labels[1, 0], dsb.segment(volume[0, 1], model, diameter=DIAMETER))  # t 1, z 0
-    table = pd.read_csv(tmp_path / "out" / "zt.ome_nuclei.csv")
+    table = pd.read_csv(tmp_path / "out" / "zt_nuclei.csv")
     assert list(table.columns[:3]) == ["z", "t", "label"]
     assert table[(table["z"] == 0) & (table["t"] == 1)]["label"].max() == labels[1, 0].max()
-    with tifffile.TiffFile(tmp_path / "out" / "zt.ome_overlay.tif") as tif:
+    with tifffile.TiffFile(tmp_path / "out" / "zt_overlay.tif") as tif:
         assert tif.series[0].axes == "TZYXS" and tif.series[0].shape == (2, 2, *frames.shape[1:], 3)
 
 

@@ -24,7 +24,7 @@ import numpy as np
 
 from dsb.core.errors import BadDataError
 from dsb.io.channels import axis_roles, check_channel, select
-from dsb.io.images import read_image, tiff_reading
+from dsb.io.images import image_name, read_image, tiff_reading
 from dsb.io.writers import tiff_calibration
 
 __all__ = [
@@ -107,13 +107,9 @@ class BlockSource:
 
     @property
     def name(self) -> str:
-        """The file name without its suffixes (``a.ome.zarr`` -> ``a``)."""
-        if self.origin is None:
-            return "array"
-        name = self.origin.name
-        for suffix in (".zarr", ".ome", ".tiff", ".tif", ".png"):
-            name = name[: -len(suffix)] if name.lower().endswith(suffix) else name
-        return name
+        """The name of its outputs (:func:`dsb.io.images.image_name`: ``a.ome.zarr`` -> ``a``), as of
+        the other images of a run."""
+        return "array" if self.origin is None else image_name(self.origin)
 
     def _stored(self):
         if self._array is None:

@@ -30,7 +30,7 @@ import numpy as np
 from dsb.core.concurrency import in_order, usable_cores
 from dsb.core.errors import BadDataError, DsbError
 from dsb.core.progress import track
-from dsb.io.images import IMAGE_SUFFIXES, image_path, read_image
+from dsb.io.images import IMAGE_SUFFIXES, image_name, image_path, read_image
 
 __all__ = [
     "CACHE_BYTES",
@@ -197,10 +197,11 @@ def find_images(paths) -> tuple[dict[str, Path], list[BadDataError]]:
         if key in seen:
             return
         seen.add(key)
-        other = images.setdefault(path.stem, path)
+        name = image_name(path)
+        other = images.setdefault(name, path)
         if other != path:
             raise BadDataError(
-                f"would write the same output files as {other} (same name {path.stem!r}); rename one of them",
+                f"would write the same output files as {other} (same name {name!r}); rename one of them",
                 path=path,
             )
 

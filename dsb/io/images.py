@@ -28,7 +28,9 @@ from dsb.io.channels import FRAME_ROLES, axis_roles, check_channel, page_note, p
 
 __all__ = [
     "IMAGE_SUFFIXES",
+    "image_name",
     "read_image",
+    "read_channels",
     "read_stack",
     "stack_frames",
     "tiff_page_note",
@@ -46,6 +48,23 @@ __all__ = [
 
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
+
+
+def image_name(path) -> str:
+    """The name an image's outputs take: the file name without its image suffix (or ``.zarr``), and
+    without ``.ome`` of an OME-TIFF or OME-Zarr (``a.ome.tif`` and ``a.ome.zarr`` give ``a``).
+
+    >>> image_name("plate/A1.ome.tiff"), image_name("x.png"), image_name("well.ome.zarr"), image_name("run.v2")
+    ('A1', 'x', 'well', 'run.v2')
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in (*IMAGE_SUFFIXES, ".zarr"):
+        return path.name
+    name = path.stem
+    if suffix in (".tif", ".tiff", ".zarr") and name.lower().endswith(".ome"):
+        name = name[: -len(".ome")]
+    return name
 
 
 def read_image(path, channel: int | None = None) -> np.ndarray:

@@ -74,7 +74,14 @@ from dsb.workflows.cluster import (
     run_tasks,
     worker_network,
 )
-from dsb.workflows.segment_files import CHANNEL_ADVICE, in_micrometres, join_warnings, measure_nuclei, summary_row
+from dsb.workflows.segment_files import (
+    CHANNEL_ADVICE,
+    in_micrometres,
+    join_warnings,
+    measure_nuclei,
+    summary_row,
+    touches_edge,
+)
 
 __all__ = [
     "WORKING_BLOCK",
@@ -328,6 +335,7 @@ def segment_block(source, plan: BlockPlan, index: tuple[int, int], spec: ModelSp
     for row, col in _CENTRE_COLUMNS:
         table[row] += er0
         table[col] += ec0
+    table["touches_edge"] = touches_edge(table, plan.shape)  # the image's edge, not the block's
     return OwnedBlock(index, count, cut, owned, table)
 
 

@@ -42,6 +42,7 @@ from dsb.workflows.drawing import outline_overlay
 from dsb.workflows.pipeline import nuclei_predictor, predict_each
 
 __all__ = ["MEASUREMENT_COLUMNS", "MICROMETRE_COLUMNS", "SUMMARY_COLUMNS", "measure_nuclei", "in_micrometres",
+           "touches_edge",
            "segment_paths", "segment_stack", "write_outputs", "summary_row", "channel_warning", "check_scale_options",
            "join_warnings", "nothing_to_segment"]
 
@@ -53,6 +54,7 @@ MEASUREMENT_COLUMNS = (
     "bbox_min_col",
     "bbox_max_row",
     "bbox_max_col",
+    "touches_edge",
     "area",
     "perimeter",
     "eccentricity",
@@ -96,7 +98,8 @@ def measure_nuclei(labels: np.ndarray, intensity: np.ndarray, confidence: np.nda
         :data:`MEASUREMENT_COLUMNS`: ``label``; ``centroid_row``, ``centroid_col``
         (pixels); ``bbox_min_row``, ``bbox_min_col`` (inclusive) and
         ``bbox_max_row``, ``bbox_max_col`` (exclusive, as in Python slicing);
-        ``area`` (pixels); ``perimeter`` (pixels); ``eccentricity`` (0 for a
+        ``touches_edge`` (True for a nucleus the image's edge cuts, which a measurement of sizes or
+        intensities usually leaves out: :func:`touches_edge`); ``area`` (pixels); ``perimeter`` (pixels); ``eccentricity`` (0 for a
         circle); ``mean_intensity`` (over the nucleus's finite pixels: NaN pixels of a float
         image left out, NaN when it has none); ``confidence`` (in [0, 1]) only when given; with
         ``channels``, ``mean_intensity_c0``... in the channels' own units, NaN pixels left out; with a
@@ -120,6 +123,7 @@ def measure_nuclei(labels: np.ndarray, intensity: np.ndarray, confidence: np.nda
     intensity = np.asarray(intensity)
     check_same_shape("intensity", intensity, "labels", labels)
     frame = pd.DataFrame(measure_regions(labels, intensity))
+    frame["touches_edge"] = touches_edge(frame, labels.shape)
     columns = list(MEASUREMENT_COLUMNS)
     if confidence is None:
         columns.remove("confidence")
@@ -140,6 +144,19 @@ def measure_nuclei(labels: np.ndarray, intensity: np.ndarray, confidence: np.nda
         means = label_means(labels, channels)[frame["label"].to_numpy(np.intp)]
         frame = frame.assign(**{CHANNEL_MEAN.format(k): means[:, k] for k in range(channels.shape[2])})
     return frame if pixel_size is None else in_micrometres(frame, pixel_size)
+
+
+def touches_edge(table: pd.DataFrame, shape: tuple[int, int]) -> pd.Series:
+    """Whether each nucleus of ``table`` (bounding boxes as :func:`measure_nuclei` gives them, in the
+    coordinates of an image of ``shape``) reaches the image's edge: a box on the edge holds a pixel there.
+
+    >>> box = pd.DataFrame({"bbox_min_row": [0, 3], "bbox_min_col": [4, 3], "bbox_max_row": [5, 9], "bbox_max_col": [9, 9]})
+    >>> touches_edge(box, (10, 10)).tolist()
+    [True, False]
+    """
+    height, width = shape
+    return ((table["bbox_min_row"] == 0) | (table["bbox_min_col"] == 0) | (table["bbox_max_row"] == height)
+            | (table["bbox_max_col"] == width)).astype(bool)
 
 
 def in_micrometres(table: pd.DataFrame, pixel_size: float) -> pd.DataFrame:
