@@ -331,7 +331,8 @@ def segment_block(source, plan: BlockPlan, index: tuple[int, int], spec: ModelSp
     inside = owned > 0
     origin = np.zeros(count + 1, np.int64)
     origin[owned[inside]] = labels[inside]
-    table = measure_nuclei(owned, raw_intensity(raw), confidence[origin[1:] - 1], channels=every)
+    table = measure_nuclei(owned, raw_intensity(raw), confidence[origin[1:] - 1], channels=every,
+                           channel_names=source.channel_names)
     for row, col in _CENTRE_COLUMNS:
         table[row] += er0
         table[col] += ec0
@@ -634,6 +635,7 @@ def _materialise(source, scratch: Path):
     array[...] = raw
     copy = open_source(store, source.channel)
     copy.origin = source.origin  # named after the input in messages and outputs
+    copy.channel_names = source.channel_names
     return copy
 
 
