@@ -553,9 +553,9 @@ def segment_blocks(image, model=None, *, diameter: float | None = None, block_si
     scale_factor : float, optional
         Predict this many times larger than the estimated (or given) scale, in
         [0.5, 2]; None follows the model's ``predict.scale_factor``.
-    channel : int, optional
-        Segment only this channel, counted from 0, of an image of any number
-        of channels (:func:`dsb.io.bigimage.open_source`); only that channel
+    channel : int or str, optional
+        Segment only this channel, counted from 0 (or by its name in an OME file), of an image of
+        any number of channels (:func:`dsb.io.bigimage.open_source`); only that channel
         is read. Without it, a fluorescence image whose channels show
         different stains gets a warning (:func:`dsb.inference.preprocess.mixed_channels`).
 

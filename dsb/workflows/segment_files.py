@@ -258,10 +258,12 @@ def segment_paths(
         Predict this many times larger than each image's estimated (or given)
         scale, in [0.5, 2]; None follows the model's ``predict.scale_factor``
         (which ``dsb tune --scale-factors`` chooses).
-    channel : int, optional
-        Segment only this channel of every image, counted from 0 (:func:`dsb.io.images.read_image`):
-        the DNA stain of multi-channel fluorescence. The measurements' ``mean_intensity`` and the
-        overlay are then of that channel. By default an image is segmented from its luminance.
+    channel : int or str, optional
+        Segment only this channel of every image, counted from 0, or the channel of this name in each
+        OME file (:func:`dsb.io.images.read_image`): the DNA stain of multi-channel fluorescence. The
+        measurements' ``mean_intensity`` and the overlay are then of that channel, and each nucleus
+        is measured in every channel too (:func:`measure_nuclei`). By default an image is segmented
+        from its luminance.
     diameter_um : float, optional
         The median nucleus diameter in micrometres of every image, instead of ``diameter``: each
         image is segmented at the pixels its own pixel size makes of it
