@@ -25,7 +25,8 @@ import numpy as np
 from dsb.core.errors import BadDataError
 from dsb.io.channel_names import channel_names, file_channel
 from dsb.io.channels import axis_roles, check_channel, select
-from dsb.io.images import image_name, read_image, tiff_reading
+from dsb.io.images import image_name, read_image
+from dsb.io.tiff_reading import tiff_reading
 from dsb.io.writers import tiff_calibration
 
 __all__ = [

@@ -62,7 +62,7 @@ def channel_names(path) -> list[str]:
         return []
     import tifffile
 
-    from dsb.io.images import tiff_reading
+    from dsb.io.tiff_reading import tiff_reading
 
     try:
         with tiff_reading(path), tifffile.TiffFile(path) as tif:

@@ -12,10 +12,7 @@ recording the overlaps and gaps it mended (:class:`MaskFixes`).
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import os
-import threading
 import warnings
 import zlib
 from dataclasses import dataclass
@@ -26,6 +23,7 @@ import numpy as np
 from dsb.core.errors import BadDataError
 from dsb.io.channel_names import file_channel
 from dsb.io.channels import FRAME_ROLES, axis_roles, page_note, pick_channel, select
+from dsb.io.tiff_reading import tiff_reading
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -143,35 +141,6 @@ def _read_pillow(path: Path) -> np.ndarray:
     if image.dtype == np.int32 and image.size and image.min() >= 0 and image.max() <= 0xFFFF:
         image = image.astype(np.uint16)  # Pillow's mode "I" for 16-bit data
     return image
-
-
-@contextlib.contextmanager
-def tiff_reading(path):
-    """Around a read with tifffile: the damage it logs and reads past (a truncated file's missing
-    pages, at its ERROR level) becomes a :class:`BadDataError` naming ``path``, instead of lines on
-    stderr and fewer frames; its other complaints (odd vendor metadata) are dropped. Only this
-    thread's records are taken, so reads on other threads are untouched."""
-    records: list[logging.LogRecord] = []
-    thread = threading.get_ident()
-
-    class _Catch(logging.Filter):
-        def filter(self, record: logging.LogRecord) -> bool:
-            if record.thread != thread:
-                return True
-            records.append(record)
-            return False
-
-    catch = _Catch()
-    logger = logging.getLogger("tifffile")
-    logger.addFilter(catch)
-    try:
-        yield
-    finally:
-        logger.removeFilter(catch)
-    damage = [r for r in records if r.levelno >= logging.ERROR]
-    if damage:
-        said = damage[0].getMessage().split("> ", 1)[-1]
-        raise BadDataError(f"corrupt or truncated TIFF ({said})", path=path)
 
 
 def _read_tiff(path: Path) -> tuple[np.ndarray, str | None]:
