@@ -42,6 +42,23 @@ class _Diameter(click.ParamType):
             self.fail(str(exc), param, ctx)
 
 
+class _Channel(click.ParamType):
+    """A channel: its number, counted from 0, or its name in the files' metadata (OME-TIFF, OME-Zarr)."""
+
+    name = "N|NAME"
+
+    def convert(self, value, param, ctx):
+        text = str(value).strip()
+        if text.lstrip("-").isdigit():
+            number = int(text)
+            if number < 0:
+                self.fail(f"{value!r} is no channel: they are counted from 0.", param, ctx)
+            return number
+        if not text:
+            self.fail("give a channel's number or name.", param, ctx)
+        return text
+
+
 class _Positive(click.FloatRange):
     """A positive, finite number (a length, minutes, a rate): click's range lets NaN and infinity by."""
 
@@ -607,9 +624,10 @@ def predict(run_dir, images, out, labels, tta, diameter, skip_bad, scale_factor,
                    "extra: pip install -e '.[distributed]' in the dsb checkout).")
 @click.option("--scheduler", type=_SchedulerAddress(), default=None, metavar="ADDRESS",
               help="Run on the Dask cluster whose scheduler is at ADDRESS, e.g. tcp://host:8786.")
-@click.option("--channel", type=click.IntRange(min=0), default=None, metavar="N",
-              help="Segment only channel N of each image, counted from 0 (in RGB: 0 red, 1 green, 2 blue): "
-                   "the DNA stain of multi-channel fluorescence, which may have any number of channels; each "
+@click.option("--channel", type=_Channel(), default=None, metavar="N|NAME",
+              help="Segment only channel N of each image, counted from 0 (in RGB: 0 red, 1 green, 2 blue), or the "
+                   "channel of this NAME in each OME-TIFF or OME-Zarr file (e.g. DAPI, wherever each file keeps "
+                   "it): the DNA stain of multi-channel fluorescence, which may have any number of channels; each "
                    "nucleus is then measured in every channel (mean_intensity_c0, _c1, ...). "
                    "Default: the image's luminance, with a warning where its channels show different stains.")
 @_SCALE_FACTOR

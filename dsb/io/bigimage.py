@@ -23,8 +23,10 @@ from pathlib import Path
 import numpy as np
 
 from dsb.core.errors import BadDataError
+from dsb.io.channel_names import channel_names, file_channel
 from dsb.io.channels import axis_roles, check_channel, select
-from dsb.io.images import image_name, read_image, tiff_reading
+from dsb.io.images import image_name, read_image
+from dsb.io.tiff_reading import tiff_reading
 from dsb.io.writers import tiff_calibration
 
 __all__ = [
@@ -92,6 +94,8 @@ class BlockSource:
         channels = 1 if channel is not None else channels
         self.origin = self.path  # the input named in messages and output names (a PNG's Zarr copy keeps it)
         self.roles, self.channels, self.dtype, self.ome = roles, channels, np.dtype(dtype), ome
+        # The file's names of its channels, where one is picked (:func:`dsb.io.channel_names.channel_names`).
+        self.channel_names = channel_names(self.path) if channel is not None and self.path is not None else []
         self.stored_shape = tuple(int(n) for n in shape)
         self.shape = (self.stored_shape[roles.index("y")], self.stored_shape[roles.index("x")])
         self._array = array
@@ -171,8 +175,9 @@ def open_source(image, channel: int | None = None) -> BlockSource:
         A Zarr array, an OME-Zarr image group (its first multiscale level is
         read), a TIFF (its first series, level 0) or PNG file; or an
         ``(H, W)``, ``(H, W, C)`` or ``(C, H, W)`` array, C in 1..4.
-    channel : int, optional
-        Read only this channel (counted from 0) of an image of any number of channels; the
+    channel : int or str, optional
+        Read only this channel (counted from 0, or by its name in an OME-TIFF or OME-Zarr file:
+        :func:`dsb.io.channel_names.file_channel`) of an image of any number of channels; the
         axes' names (TIFF, OME-Zarr) or the shape say which axis holds them
         (:func:`dsb.io.channels.axis_roles`).
 
@@ -193,14 +198,15 @@ def open_source(image, channel: int | None = None) -> BlockSource:
     >>> source.shape, source.channels, source.read(0, 2, 0, 5).shape
     ((300, 200), 3, (2, 5, 3))
     """
-    channel = check_channel(channel)
     if not isinstance(image, (str, Path)) and hasattr(image, "shape") and hasattr(image, "dtype"):
+        channel = check_channel(channel)
         roles, channels = axis_roles(tuple(image.shape), channel=channel, path="the array")
         _check_dtype(np.dtype(image.dtype), "the array")
         return BlockSource("array", image.shape, roles, channels, image.dtype, array=image, channel=channel)
     path = Path(image)
     if not path.exists():
         raise BadDataError("no such file or folder", path=path)
+    channel = file_channel(path, channel)  # a name: its index in this file
     if path.is_dir():
         return _open_zarr(path, channel)
     if path.suffix.lower() in _TIFF_SUFFIXES:

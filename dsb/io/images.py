@@ -12,10 +12,7 @@ recording the overlaps and gaps it mended (:class:`MaskFixes`).
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import os
-import threading
 import warnings
 import zlib
 from dataclasses import dataclass
@@ -24,7 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from dsb.core.errors import BadDataError
-from dsb.io.channels import FRAME_ROLES, axis_roles, check_channel, page_note, pick_channel, select
+from dsb.io.channel_names import file_channel
+from dsb.io.channels import FRAME_ROLES, axis_roles, page_note, pick_channel, select
+from dsb.io.tiff_reading import tiff_reading
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -75,10 +74,11 @@ def read_image(path, channel: int | None = None) -> np.ndarray:
     path : str or os.PathLike
         PNG (8 or 16 bits, grey, grey+alpha, RGB, RGBA or palette), TIFF, JPEG
         or BMP.
-    channel : int, optional
+    channel : int or str, optional
         Read only this channel, counted from 0 (in RGB: 0 red, 1 green, 2
         blue), of an image of any number of channels: the DNA stain of a
-        multi-channel fluorescence image. A TIFF's own axis names say which
+        multi-channel fluorescence image; or the channel of this name in an
+        OME-TIFF (:func:`dsb.io.channel_names.file_channel`). A TIFF's own axis names say which
         axis holds the channels, else the shape does
         (:func:`dsb.io.channels.axis_roles`). Channel 0 of a grey image is the
         image.
@@ -108,6 +108,7 @@ def read_image(path, channel: int | None = None) -> np.ndarray:
         raise BadDataError("is a folder, expected an image file", path=path)
     if size == 0:
         raise BadDataError("empty file (0 bytes), expected an image", path=path)
+    channel = file_channel(path, channel)
     if path.suffix.lower() in (".tif", ".tiff"):
         image, axes = _read_tiff(path)
     else:
@@ -140,35 +141,6 @@ def _read_pillow(path: Path) -> np.ndarray:
     if image.dtype == np.int32 and image.size and image.min() >= 0 and image.max() <= 0xFFFF:
         image = image.astype(np.uint16)  # Pillow's mode "I" for 16-bit data
     return image
-
-
-@contextlib.contextmanager
-def tiff_reading(path):
-    """Around a read with tifffile: the damage it logs and reads past (a truncated file's missing
-    pages, at its ERROR level) becomes a :class:`BadDataError` naming ``path``, instead of lines on
-    stderr and fewer frames; its other complaints (odd vendor metadata) are dropped. Only this
-    thread's records are taken, so reads on other threads are untouched."""
-    records: list[logging.LogRecord] = []
-    thread = threading.get_ident()
-
-    class _Catch(logging.Filter):
-        def filter(self, record: logging.LogRecord) -> bool:
-            if record.thread != thread:
-                return True
-            records.append(record)
-            return False
-
-    catch = _Catch()
-    logger = logging.getLogger("tifffile")
-    logger.addFilter(catch)
-    try:
-        yield
-    finally:
-        logger.removeFilter(catch)
-    damage = [r for r in records if r.levelno >= logging.ERROR]
-    if damage:
-        said = damage[0].getMessage().split("> ", 1)[-1]
-        raise BadDataError(f"corrupt or truncated TIFF ({said})", path=path)
 
 
 def _read_tiff(path: Path) -> tuple[np.ndarray, str | None]:
@@ -246,7 +218,7 @@ def stack_frames(path, channel: int | None = None) -> str:
     header = _tiff_header(path)
     if header is None:
         return ""
-    roles, _ = axis_roles(*header, channel=channel, frames=True, path=path)
+    roles, _ = axis_roles(*header, channel=file_channel(path, channel), frames=True, path=path)
     return "".join(a for a in roles if a in FRAME_ROLES)
 
 
@@ -269,7 +241,13 @@ def tiff_page_note(path, channel: int | None = None) -> str:
     """:func:`dsb.io.channels.page_note` of a TIFF, from its header; ``""`` for other files and for one
     that cannot be read (whose reading names the problem)."""
     header = _tiff_header(path)
-    return "" if header is None else page_note(*header, channel)
+    if header is None:
+        return ""
+    try:
+        channel = file_channel(path, channel)
+    except BadDataError:
+        return ""  # the reading names the problem
+    return page_note(*header, channel)
 
 
 def read_stack(path, channel: int | None = None) -> tuple[np.ndarray, str]:
@@ -299,8 +277,8 @@ def read_stack(path, channel: int | None = None) -> tuple[np.ndarray, str]:
     path = Path(path)
     if path.suffix.lower() not in (".tif", ".tiff"):
         return read_image(path, channel), ""
+    channel = file_channel(path, channel)
     image, axes = _read_tiff(path)
-    channel = check_channel(channel)
     roles, _ = axis_roles(image.shape, axes, channel=channel, frames=True, path=path)
     frames = select(image, roles, channel)
     lead = "".join(a for a in roles if a in FRAME_ROLES)

@@ -118,7 +118,7 @@ def read_pixel_size(path) -> PixelSize | None:
         return None
     import tifffile
 
-    from dsb.io.images import tiff_reading
+    from dsb.io.tiff_reading import tiff_reading
 
     try:
         with tiff_reading(path), tifffile.TiffFile(path) as tif:

@@ -331,7 +331,8 @@ def segment_block(source, plan: BlockPlan, index: tuple[int, int], spec: ModelSp
     inside = owned > 0
     origin = np.zeros(count + 1, np.int64)
     origin[owned[inside]] = labels[inside]
-    table = measure_nuclei(owned, raw_intensity(raw), confidence[origin[1:] - 1], channels=every)
+    table = measure_nuclei(owned, raw_intensity(raw), confidence[origin[1:] - 1], channels=every,
+                           channel_names=source.channel_names)
     for row, col in _CENTRE_COLUMNS:
         table[row] += er0
         table[col] += ec0
@@ -552,9 +553,9 @@ def segment_blocks(image, model=None, *, diameter: float | None = None, block_si
     scale_factor : float, optional
         Predict this many times larger than the estimated (or given) scale, in
         [0.5, 2]; None follows the model's ``predict.scale_factor``.
-    channel : int, optional
-        Segment only this channel, counted from 0, of an image of any number
-        of channels (:func:`dsb.io.bigimage.open_source`); only that channel
+    channel : int or str, optional
+        Segment only this channel, counted from 0 (or by its name in an OME file), of an image of
+        any number of channels (:func:`dsb.io.bigimage.open_source`); only that channel
         is read. Without it, a fluorescence image whose channels show
         different stains gets a warning (:func:`dsb.inference.preprocess.mixed_channels`).
 
@@ -634,6 +635,7 @@ def _materialise(source, scratch: Path):
     array[...] = raw
     copy = open_source(store, source.channel)
     copy.origin = source.origin  # named after the input in messages and outputs
+    copy.channel_names = source.channel_names
     return copy
 
 

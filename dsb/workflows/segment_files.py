@@ -32,6 +32,7 @@ from dsb.core.labels import label_means, measure_regions
 from dsb.core.validate import check_labels, check_same_shape
 from dsb.inference.preprocess import mixed_channels, raw_intensity
 from dsb.inference.scale import check_diameter
+from dsb.io.channel_names import channel_names
 from dsb.io.folders import Skips, find_images, read_images
 from dsb.io.images import read_channels, read_stack
 from dsb.io.writers import write_labels, write_png, write_rgb_stack
@@ -42,7 +43,7 @@ from dsb.workflows.drawing import outline_overlay
 from dsb.workflows.pipeline import nuclei_predictor, predict_each
 
 __all__ = ["MEASUREMENT_COLUMNS", "MICROMETRE_COLUMNS", "SUMMARY_COLUMNS", "measure_nuclei", "in_micrometres",
-           "touches_edge",
+           "touches_edge", "channel_columns",
            "segment_paths", "segment_stack", "write_outputs", "summary_row", "channel_warning", "check_scale_options",
            "join_warnings", "nothing_to_segment"]
 
@@ -62,7 +63,7 @@ MEASUREMENT_COLUMNS = (
     "confidence",
 )
 # Each nucleus's mean in channel k of an image one channel of which was segmented (:func:`measure_nuclei`).
-CHANNEL_MEAN = "mean_intensity_c{}"
+CHANNEL_MEAN = "mean_intensity_{}"
 # Added where the pixel size is known (:func:`in_micrometres`).
 MICROMETRE_COLUMNS = ("area_um2", "perimeter_um", "equivalent_diameter_um")
 # What summary.csv's warning tells a user whose image's luminance may hide its nuclei.
@@ -71,7 +72,8 @@ SUMMARY_COLUMNS = ("file", "status", "nuclei", "diameter", "diameter_estimated",
                    "diameter_um", "labels", "measurements", "overlay", "warning", "error")
 
 def measure_nuclei(labels: np.ndarray, intensity: np.ndarray, confidence: np.ndarray | None = None, *,
-                   pixel_size: float | None = None, channels: np.ndarray | None = None) -> pd.DataFrame:
+                   pixel_size: float | None = None, channels: np.ndarray | None = None,
+                   channel_names=()) -> pd.DataFrame:
     """Measure each nucleus of a label image.
 
     Parameters
@@ -89,7 +91,11 @@ def measure_nuclei(labels: np.ndarray, intensity: np.ndarray, confidence: np.nda
         The side of a pixel in micrometres: adds :data:`MICROMETRE_COLUMNS` (:func:`in_micrometres`).
     channels : (H, W, C) ndarray, optional
         Every channel of the image (:func:`dsb.io.images.read_channels`), when one of them was segmented:
-        adds ``mean_intensity_c0`` .. ``mean_intensity_c{C-1}``, each nucleus's mean in each channel.
+        adds each nucleus's mean in each channel, ``mean_intensity_c0`` .. ``mean_intensity_c{C-1}``
+        (:func:`channel_columns`).
+    channel_names : sequence of str
+        The file's names of its channels (:func:`dsb.io.channel_names.channel_names`): where it names
+        every one, and each differently, the columns are ``mean_intensity_NAME`` instead.
 
     Returns
     -------
@@ -142,8 +148,23 @@ def measure_nuclei(labels: np.ndarray, intensity: np.ndarray, confidence: np.nda
         if channels.ndim != 3 or channels.shape[:2] != labels.shape:
             raise ValueError(f"`channels` (shape {channels.shape}) must be (H, W, C) with the labels' {labels.shape}")
         means = label_means(labels, channels)[frame["label"].to_numpy(np.intp)]
-        frame = frame.assign(**{CHANNEL_MEAN.format(k): means[:, k] for k in range(channels.shape[2])})
+        names = channel_columns(channel_names, channels.shape[2])
+        frame = frame.assign(**{name: means[:, k] for k, name in enumerate(names)})
     return frame if pixel_size is None else in_micrometres(frame, pixel_size)
+
+
+def channel_columns(names, count: int) -> list[str]:
+    """The columns of each nucleus's mean in each of ``count`` channels: ``mean_intensity_NAME`` where
+    ``names`` names every channel, each differently (so that the tables of files keeping a stain in
+    different channels line up), else ``mean_intensity_c0``, ``_c1``...
+
+    >>> channel_columns(["DAPI", "GFP"], 2), channel_columns(["DAPI", ""], 2)
+    (['mean_intensity_DAPI', 'mean_intensity_GFP'], ['mean_intensity_c0', 'mean_intensity_c1'])
+    """
+    names = [str(n).strip() for n in names]
+    if len(names) == count and all(names) and len({n.casefold() for n in names}) == count:
+        return [CHANNEL_MEAN.format(n) for n in names]
+    return [CHANNEL_MEAN.format(f"c{k}") for k in range(count)]
 
 
 def touches_edge(table: pd.DataFrame, shape: tuple[int, int]) -> pd.Series:
@@ -237,10 +258,12 @@ def segment_paths(
         Predict this many times larger than each image's estimated (or given)
         scale, in [0.5, 2]; None follows the model's ``predict.scale_factor``
         (which ``dsb tune --scale-factors`` chooses).
-    channel : int, optional
-        Segment only this channel of every image, counted from 0 (:func:`dsb.io.images.read_image`):
-        the DNA stain of multi-channel fluorescence. The measurements' ``mean_intensity`` and the
-        overlay are then of that channel. By default an image is segmented from its luminance.
+    channel : int or str, optional
+        Segment only this channel of every image, counted from 0, or the channel of this name in each
+        OME file (:func:`dsb.io.images.read_image`): the DNA stain of multi-channel fluorescence. The
+        measurements' ``mean_intensity`` and the overlay are then of that channel, and each nucleus
+        is measured in every channel too (:func:`measure_nuclei`). By default an image is segmented
+        from its luminance.
     diameter_um : float, optional
         The median nucleus diameter in micrometres of every image, instead of ``diameter``: each
         image is segmented at the pixels its own pixel size makes of it
@@ -331,7 +354,8 @@ def write_outputs(out_dir: Path, name: str, image: Path, raw: np.ndarray, nuclei
     targets = _outputs(out_dir, name)
     size = calibration.pixel_size
     every = None if channel is None else read_channels(image)
-    table = measure_nuclei(labels, raw_intensity(raw), nuclei.confidence, pixel_size=size, channels=every)
+    table = measure_nuclei(labels, raw_intensity(raw), nuclei.confidence, pixel_size=size, channels=every,
+                           channel_names=() if channel is None else channel_names(image))
     write_labels(targets["labels"], labels, pixel_size=size)
     with atomic_path(targets["measurements"]) as tmp:
         table.to_csv(tmp, index=False, float_format="%.6g")
@@ -392,6 +416,7 @@ def segment_stack(path, name: str, out_dir, predict, *, channel: int | None = No
         raise BadDataError("is one image, not a stack of them", path=path)
     # With a channel picked, each nucleus is measured in every channel too: the stack read again.
     every = None if channel is None else read_channels(path, frames=True)
+    names = () if channel is None else channel_names(path)
     lead = frames.shape[: len(roles)]
     labels = np.zeros((*lead, *frames.shape[len(roles): len(roles) + 2]), np.uint16)
     columns = ["frame" if a == "f" else a for a in roles]
@@ -406,7 +431,8 @@ def segment_stack(path, name: str, out_dir, predict, *, channel: int | None = No
                 labels = labels.astype(np.uint32)  # over 65535 nuclei in one frame
             labels[index] = nuclei.labels
             table = measure_nuclei(nuclei.labels, raw_intensity(raw), nuclei.confidence,
-                                   pixel_size=calibration.pixel_size, channels=None if every is None else every[index])
+                                   pixel_size=calibration.pixel_size, channels=None if every is None else every[index],
+                                   channel_names=names)
             for at, (column, value) in enumerate(zip(columns, index)):
                 table.insert(at, column, value)
             tables.append(table)

@@ -1,0 +1,104 @@
+"""A channel picked by its name (``--channel DAPI``), found in each file's own metadata.
+
+Microscope software names the channels of an OME-TIFF (``Channel Name`` in its OME-XML) and of an
+OME-Zarr store (``omero.channels[].label``). Picked by name, the DNA stain is found in each file
+wherever it lies, so that files that keep it in different channels are segmented in one run;
+picked by number (``--channel 0``), every file gives the same index. :func:`file_channel` turns
+either into the index of one file, for the readers of :mod:`dsb.io.images` and
+:mod:`dsb.io.bigimage`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dsb.core.errors import BadDataError
+from dsb.io.channels import check_channel
+
+__all__ = ["channel_names", "file_channel"]
+
+
+def file_channel(path, channel) -> int | None:
+    """The index, in the file at ``path``, of ``channel``: an int (or a string of digits) as it is, a
+    name looked up among the file's channel names (case aside), None as None.
+
+    Raises
+    ------
+    BadDataError
+        A name the file does not hold, or a file that names no channels (naming the file, and the
+        names it has).
+    TypeError, ValueError
+        As :func:`dsb.io.channels.check_channel`, for a channel that is neither.
+    """
+    if not isinstance(channel, str):
+        return check_channel(channel)
+    text = channel.strip()
+    if text.isdigit():
+        return int(text)
+    names = channel_names(path)
+    if not names:
+        raise BadDataError(f"names no channels (only OME-TIFF and OME-Zarr files do), so it has no channel "
+                           f"{text!r}; give the channel's number", path=path)
+    folded = [name.casefold() for name in names]
+    if text.casefold() not in folded:
+        listed = ", ".join(f"{i} {name!r}" for i, name in enumerate(names))
+        raise BadDataError(f"has no channel named {text!r} (its channels: {listed})", path=path)
+    return folded.index(text.casefold())
+
+
+def channel_names(path) -> list[str]:
+    """The names of a file's channels, in order: an OME-TIFF's first image's ``Channel Name`` (an unnamed
+    channel as ``""``), an OME-Zarr store's ``omero`` labels; ``[]`` for other files.
+
+    Raises
+    ------
+    BadDataError
+        A TIFF or Zarr store that cannot be opened.
+    """
+    path = Path(path)
+    if path.is_dir():
+        return _zarr_names(path)
+    if path.suffix.lower() not in (".tif", ".tiff"):
+        return []
+    import tifffile
+
+    from dsb.io.tiff_reading import tiff_reading
+
+    try:
+        with tiff_reading(path), tifffile.TiffFile(path) as tif:
+            xml = tif.ome_metadata if tif.is_ome else None
+    except BadDataError:
+        raise
+    except Exception as exc:  # tifffile raises many types for a damaged file
+        raise BadDataError(f"corrupt or unreadable TIFF ({type(exc).__name__}: {exc})", path=path) from None
+    return [] if not xml else _ome_xml_names(xml)
+
+
+def _ome_xml_names(xml: str) -> list[str]:
+    import xml.etree.ElementTree as ElementTree
+
+    try:
+        root = ElementTree.fromstring(xml)
+    except ElementTree.ParseError:
+        return []
+    pixels = next((e for e in root.iter() if e.tag.rsplit("}", 1)[-1] == "Pixels"), None)
+    if pixels is None:
+        return []
+    return [c.get("Name", "") for c in pixels if c.tag.rsplit("}", 1)[-1] == "Channel"]
+
+
+def _zarr_names(path: Path) -> list[str]:
+    import zarr
+
+    try:
+        node = zarr.open(store=str(path), mode="r")
+    except Exception as exc:
+        raise BadDataError(f"cannot open the Zarr store ({type(exc).__name__}: {exc})", path=path) from None
+    if isinstance(node, zarr.Array):
+        return []
+    attrs = node.attrs
+    omero = attrs.get("omero") or attrs.get("ome", {}).get("omero") or {}
+    try:
+        return [str(c.get("label", "")) for c in omero.get("channels", [])]
+    except AttributeError:  # metadata not as OME-NGFF says
+        return []
