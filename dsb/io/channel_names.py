@@ -14,6 +14,8 @@ from pathlib import Path
 
 from dsb.core.errors import BadDataError
 from dsb.io.channels import check_channel
+from dsb.io.ome import first_pixels, local_name, open_zarr
+from dsb.io.tiff_reading import open_tiff
 
 __all__ = ["channel_names", "file_channel"]
 
@@ -60,41 +62,15 @@ def channel_names(path) -> list[str]:
         return _zarr_names(path)
     if path.suffix.lower() not in (".tif", ".tiff"):
         return []
-    import tifffile
-
-    from dsb.io.tiff_reading import tiff_reading
-
-    try:
-        with tiff_reading(path), tifffile.TiffFile(path) as tif:
-            xml = tif.ome_metadata if tif.is_ome else None
-    except BadDataError:
-        raise
-    except Exception as exc:  # tifffile raises many types for a damaged file
-        raise BadDataError(f"corrupt or unreadable TIFF ({type(exc).__name__}: {exc})", path=path) from None
-    return [] if not xml else _ome_xml_names(xml)
-
-
-def _ome_xml_names(xml: str) -> list[str]:
-    import xml.etree.ElementTree as ElementTree
-
-    try:
-        root = ElementTree.fromstring(xml)
-    except ElementTree.ParseError:
-        return []
-    pixels = next((e for e in root.iter() if e.tag.rsplit("}", 1)[-1] == "Pixels"), None)
-    if pixels is None:
-        return []
-    return [c.get("Name", "") for c in pixels if c.tag.rsplit("}", 1)[-1] == "Channel"]
+    with open_tiff(path) as tif:
+        xml = tif.ome_metadata if tif.is_ome else None
+    pixels = None if not xml else first_pixels(xml)
+    return [] if pixels is None else [c.get("Name", "") for c in pixels if local_name(c) == "Channel"]
 
 
 def _zarr_names(path: Path) -> list[str]:
-    import zarr
-
-    try:
-        node = zarr.open(store=str(path), mode="r")
-    except Exception as exc:
-        raise BadDataError(f"cannot open the Zarr store ({type(exc).__name__}: {exc})", path=path) from None
-    if isinstance(node, zarr.Array):
+    node = open_zarr(path)
+    if not hasattr(node, "attrs") or hasattr(node, "shape"):  # a plain array names nothing
         return []
     attrs = node.attrs
     omero = attrs.get("omero") or attrs.get("ome", {}).get("omero") or {}

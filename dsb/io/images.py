@@ -23,7 +23,7 @@ import numpy as np
 from dsb.core.errors import BadDataError
 from dsb.io.channel_names import file_channel
 from dsb.io.channels import FRAME_ROLES, axis_roles, page_note, pick_channel, select
-from dsb.io.tiff_reading import tiff_reading
+from dsb.io.tiff_reading import open_tiff, tiff_reading
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -145,17 +145,9 @@ def _read_pillow(path: Path) -> np.ndarray:
 
 def _read_tiff(path: Path) -> tuple[np.ndarray, str | None]:
     """The first series of a TIFF and its axis names (tifffile's: ``YXS``, ``CYX``, ``TZCYX``...)."""
-    import tifffile
-
-    try:
-        with tiff_reading(path), tifffile.TiffFile(path) as tif:
-            series = tif.series[0]
-            image, axes = np.asarray(series.asarray()), series.axes
-        return image, axes
-    except BadDataError:
-        raise
-    except Exception as exc:  # tifffile raises many types for a damaged file
-        raise BadDataError(f"corrupt or unreadable TIFF ({type(exc).__name__}: {exc})", path=path) from None
+    with open_tiff(path) as tif:
+        series = tif.series[0]
+        return np.asarray(series.asarray()), series.axes
 
 
 def _check_layout(image: np.ndarray, path: Path, channel: int | None = None, axes: str | None = None) -> np.ndarray:

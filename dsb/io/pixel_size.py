@@ -21,7 +21,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from dsb.core.errors import BadDataError
+from dsb.io.ome import first_pixels, open_zarr
+from dsb.io.tiff_reading import open_tiff
 
 __all__ = ["PixelSize", "read_pixel_size", "to_micrometres"]
 
@@ -116,26 +117,17 @@ def read_pixel_size(path) -> PixelSize | None:
         return _zarr_pixel_size(path)
     if path.suffix.lower() not in (".tif", ".tiff"):
         return None
-    import tifffile
-
-    from dsb.io.tiff_reading import tiff_reading
-
-    try:
-        with tiff_reading(path), tifffile.TiffFile(path) as tif:
-            if tif.is_ome and tif.ome_metadata:
-                return _ome_xml_pixel_size(tif.ome_metadata)
-            page = tif.pages.first
-            unit = source = None
-            if "XResolution" in page.tags and "YResolution" in page.tags:
-                if tif.is_imagej:
-                    unit, source = (tif.imagej_metadata or {}).get("unit"), "ImageJ"
-                elif int(page.resolutionunit) == 3:  # RESUNIT.CENTIMETER
-                    unit, source = "cm", "TIFF resolution"
-            resolution = page.resolution
-    except BadDataError:
-        raise
-    except Exception as exc:  # tifffile raises many types for a damaged file
-        raise BadDataError(f"corrupt or unreadable TIFF ({type(exc).__name__}: {exc})", path=path) from None
+    with open_tiff(path) as tif:
+        if tif.is_ome and tif.ome_metadata:
+            return _ome_xml_pixel_size(tif.ome_metadata)
+        page = tif.pages.first
+        unit = source = None
+        if "XResolution" in page.tags and "YResolution" in page.tags:
+            if tif.is_imagej:
+                unit, source = (tif.imagej_metadata or {}).get("unit"), "ImageJ"
+            elif int(page.resolutionunit) == 3:  # RESUNIT.CENTIMETER
+                unit, source = "cm", "TIFF resolution"
+        resolution = page.resolution
     if source is None or not all(r > 0 for r in resolution):
         return None
     x, y = (to_micrometres(1.0 / r, unit) for r in resolution)
@@ -149,13 +141,7 @@ def read_pixel_size(path) -> PixelSize | None:
 
 def _ome_xml_pixel_size(xml: str) -> PixelSize | None:
     """The first image's ``Pixels`` sizes in an OME-XML document."""
-    import xml.etree.ElementTree as ElementTree
-
-    try:
-        root = ElementTree.fromstring(xml)
-    except ElementTree.ParseError:
-        return None
-    pixels = next((e for e in root.iter() if e.tag.rsplit("}", 1)[-1] == "Pixels"), None)
+    pixels = first_pixels(xml)
     if pixels is None:
         return None
     sides = [to_micrometres(pixels.get(f"PhysicalSize{a}"), pixels.get(f"PhysicalSize{a}Unit", "\u00b5m"))
@@ -165,13 +151,8 @@ def _ome_xml_pixel_size(xml: str) -> PixelSize | None:
 
 def _zarr_pixel_size(path: Path) -> PixelSize | None:
     """The pixel size of the level of an OME-Zarr store that ``dsb segment`` reads (its first)."""
-    import zarr
-
-    try:
-        node = zarr.open(store=str(path), mode="r")
-    except Exception as exc:
-        raise BadDataError(f"cannot open the Zarr store ({type(exc).__name__}: {exc})", path=path) from None
-    if isinstance(node, zarr.Array):
+    node = open_zarr(path)
+    if hasattr(node, "shape"):  # a plain array says no pixel size
         return None
     try:
         return _multiscales_pixel_size(node.attrs)

@@ -39,3 +39,18 @@ def tiff_reading(path):
     if damage:
         said = damage[0].getMessage().split("> ", 1)[-1]
         raise BadDataError(f"corrupt or truncated TIFF ({said})", path=path)
+
+
+@contextlib.contextmanager
+def open_tiff(path):
+    """A ``tifffile.TiffFile`` of ``path`` inside :func:`tiff_reading`; whatever fails while it is open
+    (tifffile raises many types for a damaged file) is one :class:`BadDataError` naming the file."""
+    import tifffile
+
+    try:
+        with tiff_reading(path), tifffile.TiffFile(path) as tif:
+            yield tif
+    except BadDataError:
+        raise
+    except Exception as exc:
+        raise BadDataError(f"corrupt or unreadable TIFF ({type(exc).__name__}: {exc})", path=path) from None
