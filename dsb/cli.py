@@ -323,9 +323,10 @@ def prepare(data: Path, config_path: Path | None) -> None:
 @click.option("--learning-rate", type=_Positive(), default=None,
               help="Override the (fine-tune) learning rate.")
 @click.option("--channel", type=click.IntRange(min=0), default=None, metavar="N",
-              help="Learn from channel N of your multi-channel images, counted from 0 (their DNA stain); images "
-                   "of one channel, and the competition's, as they are. Kept in the run's config, so that dsb "
-                   "tune, evaluate and export --int8 read the same; give dsb segment the same --channel.")
+              help="Learn from channel N of your multi-channel images, counted from 0 (their DNA stain), picked as "
+                   "dsb segment --channel picks it (channel 0 of a grey image is the image); the competition's "
+                   "images whole. Kept in the run's config, so that dsb tune, evaluate and export --int8 read "
+                   "the same; give dsb segment the same --channel.")
 def train(config_path, data, out, epochs, steps_per_epoch, time_budget, seed, resume, strategy, precision,
           init, learning_rate, channel) -> None:
     """Train the U-Net, or fine-tune one (--init); the run folder is all that `dsb predict` needs."""

@@ -121,8 +121,9 @@ class PreprocessConfig:
     # its median nucleus has it, prediction estimates each image's and resamples. 0: no resampling.
     diameter: float = 20.0
     # The channel of one's own multi-channel training images the network learns from (their DNA
-    # stain, `dsb train --channel`), counted from 0; images of one channel are read as they are,
-    # the competition's as they are. None: every image as a whole (grey, or colour's luminance).
+    # stain, `dsb train --channel`), counted from 0, picked as `dsb segment --channel` picks it
+    # (channel 0 of a grey image is the image); the competition's images whole. None: every image
+    # as a whole (grey, or colour's luminance).
     channel: int | None = None
 
     @property

@@ -115,8 +115,8 @@ def train(
     channel : int, optional
         Learn from this channel of one's own multi-channel images, counted from 0 (their DNA stain;
         ``preprocess.channel``, kept in the run's config so that ``dsb tune``, ``dsb evaluate`` and
-        ``dsb export --int8`` read the same); images of one channel, and the competition's, as they
-        are. Ignored when resuming (the run keeps its own).
+        ``dsb export --int8`` read the same), picked as :func:`dsb.io.annotations.read_sample` picks
+        it; the competition's images whole. Ignored when resuming (the run keeps its own).
 
     Returns
     -------
