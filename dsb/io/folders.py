@@ -38,6 +38,7 @@ __all__ = [
     "Skips",
     "folder_images",
     "find_images",
+    "claim_name",
     "Checked",
     "read_images",
 ]
@@ -197,13 +198,7 @@ def find_images(paths) -> tuple[dict[str, Path], list[BadDataError]]:
         if key in seen:
             return
         seen.add(key)
-        name = image_name(path)
-        other = images.setdefault(name, path)
-        if other != path:
-            raise BadDataError(
-                f"would write the same output files as {other} (same name {name!r}); rename one of them",
-                path=path,
-            )
+        claim_name(images, path)
 
     for path in map(Path, paths):
         if path.is_dir():
@@ -225,6 +220,16 @@ def find_images(paths) -> tuple[dict[str, Path], list[BadDataError]]:
         else:
             problems.append(BadDataError("no such file or folder", path=path))
     return images, problems
+
+
+def claim_name(names: dict[str, Path], path: Path) -> None:
+    """Enter ``path`` in ``names`` under the name its outputs take (:func:`dsb.io.images.image_name`); a
+    :class:`BadDataError` where another input holds it (their outputs would overwrite each other)."""
+    name = image_name(path)
+    other = names.setdefault(name, path)
+    if other != path:
+        raise BadDataError(f"would write the same output files as {other} (same name {name!r}); rename one of them",
+                           path=path)
 
 
 def _read_or_problem(path: Path, channel: int | None = None) -> tuple[np.ndarray | None, DsbError | None]:

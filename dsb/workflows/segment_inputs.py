@@ -17,8 +17,8 @@ from dsb.core.atomic import atomic_path, writable_dir
 from dsb.core.errors import BadDataError, DsbError
 from dsb.inference.predict import predict_nuclei
 from dsb.io.bigimage import image_side, is_zarr, open_source
-from dsb.io.folders import Skips, find_images
-from dsb.io.images import image_name, read_image, read_stack, stack_frames, tiff_page_note
+from dsb.io.folders import Skips, claim_name, find_images
+from dsb.io.images import read_image, read_stack, stack_frames, tiff_page_note
 from dsb.network.model_folder import resolve_model_dir
 from dsb.workflows.blocks import segment_image_file
 from dsb.workflows.calibration import Calibration, calibrate_files
@@ -166,12 +166,9 @@ def _split_inputs(paths: list[Path], block_size: int | None, channel: int | None
     others = [path for path in paths if not is_zarr(path)]
     images, problems = find_images(others) if others else ({}, [])
     # A store's outputs are named as a file's (a.ome.zarr and a.tif both write a_nuclei.csv).
-    names = {name: path for name, path in images.items()}
+    names = dict(images)
     for path in zarrs:
-        other = names.setdefault(image_name(path), path)
-        if other != path:
-            raise BadDataError(f"would write the same output files as {other} (same name {image_name(path)!r}); "
-                               "rename one of them", path=path)
+        claim_name(names, path)
     limit = BIG_SIDE if block_size is None else block_size
     big = [path for path in images.values()
            if path.suffix.lower() in (".tif", ".tiff", ".png") and _side(path) > limit]
