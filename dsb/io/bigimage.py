@@ -26,7 +26,8 @@ from dsb.core.errors import BadDataError
 from dsb.io.channel_names import channel_names, file_channel
 from dsb.io.channels import axis_roles, check_channel, select
 from dsb.io.images import image_name, read_image
-from dsb.io.tiff_reading import tiff_reading
+from dsb.io.ome import ngff, open_zarr
+from dsb.io.tiff_reading import open_tiff
 from dsb.io.writers import tiff_calibration
 
 __all__ = [
@@ -58,15 +59,8 @@ def image_side(path) -> int:
     """The longer side of a TIFF or PNG file in pixels, from its header (the pixels are not read)."""
     path = Path(path)
     if path.suffix.lower() in _TIFF_SUFFIXES:
-        import tifffile
-
-        try:
-            with tiff_reading(path), tifffile.TiffFile(path) as tif:
-                shape, axes = tif.series[0].shape, tif.series[0].axes
-        except BadDataError:
-            raise
-        except Exception as exc:  # tifffile raises many types for a damaged file
-            raise BadDataError(f"corrupt or unreadable TIFF ({type(exc).__name__}: {exc})", path=path) from None
+        with open_tiff(path) as tif:
+            shape, axes = tif.series[0].shape, tif.series[0].axes
         return max(n for n, a in zip(shape, axes) if a in "YX")
     from PIL import Image
 
@@ -210,16 +204,9 @@ def open_source(image, channel: int | None = None) -> BlockSource:
     if path.is_dir():
         return _open_zarr(path, channel)
     if path.suffix.lower() in _TIFF_SUFFIXES:
-        import tifffile
-
-        try:
-            with tiff_reading(path), tifffile.TiffFile(path) as tif:
-                series = tif.series[0]
-                shape, axes, dtype = series.shape, series.axes, series.dtype
-        except BadDataError:
-            raise
-        except Exception as exc:  # tifffile raises many types for a damaged file
-            raise BadDataError(f"corrupt or unreadable TIFF ({type(exc).__name__}: {exc})", path=path) from None
+        with open_tiff(path) as tif:
+            series = tif.series[0]
+            shape, axes, dtype = series.shape, series.axes, series.dtype
         roles, channels = axis_roles(shape, axes, channel=channel, path=path)
         _check_dtype(dtype, path)
         return BlockSource("tiff", shape, roles, channels, dtype, path=path, channel=channel)
@@ -233,15 +220,12 @@ def _open_zarr(path: Path, channel: int | None = None) -> BlockSource:
 
     if not is_zarr(path):
         raise BadDataError("is a folder but not a Zarr store (no zarr.json, .zarray or .zgroup)", path=path)
-    try:
-        node = zarr.open(store=str(path), mode="r")
-    except Exception as exc:
-        raise BadDataError(f"cannot open the Zarr store ({type(exc).__name__}: {exc})", path=path) from None
+    node = open_zarr(path)
     if isinstance(node, zarr.Array):
         roles, channels = axis_roles(node.shape, channel=channel, path=path)
         _check_dtype(node.dtype, path)
         return BlockSource("zarr", node.shape, roles, channels, node.dtype, path=path, channel=channel)
-    multiscales = node.attrs.get("multiscales") or node.attrs.get("ome", {}).get("multiscales")
+    multiscales = ngff(node.attrs, "multiscales")
     if not multiscales:
         arrays = sorted(name for name, _ in node.arrays())
         raise BadDataError("is a Zarr group with no image: no OME-Zarr 'multiscales' metadata"

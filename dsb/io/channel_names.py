@@ -14,7 +14,7 @@ from pathlib import Path
 
 from dsb.core.errors import BadDataError
 from dsb.io.channels import check_channel
-from dsb.io.ome import first_pixels, local_name, open_zarr
+from dsb.io.ome import first_pixels, local_name, ngff, open_zarr
 from dsb.io.tiff_reading import open_tiff
 
 __all__ = ["channel_names", "file_channel"]
@@ -73,7 +73,7 @@ def _zarr_names(path: Path) -> list[str]:
     if not hasattr(node, "attrs") or hasattr(node, "shape"):  # a plain array names nothing
         return []
     attrs = node.attrs
-    omero = attrs.get("omero") or attrs.get("ome", {}).get("omero") or {}
+    omero = ngff(attrs, "omero") or {}
     try:
         return [str(c.get("label", "")) for c in omero.get("channels", [])]
     except AttributeError:  # metadata not as OME-NGFF says

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from dsb.core.errors import BadDataError
 
-__all__ = ["first_pixels", "open_zarr"]
+__all__ = ["first_pixels", "ngff", "open_zarr"]
 
 
 def first_pixels(xml: str):
@@ -25,6 +25,12 @@ def first_pixels(xml: str):
 def local_name(element) -> str:
     """An element's tag without its namespace."""
     return element.tag.rsplit("}", 1)[-1]
+
+
+def ngff(attrs, key: str):
+    """An OME-Zarr store's metadata entry ``key`` (``multiscales``, ``omero``) from its attributes:
+    at the top in OME-NGFF 0.4, under ``ome`` in 0.5; None where it has none."""
+    return attrs.get(key) or attrs.get("ome", {}).get(key)
 
 
 def open_zarr(path):

@@ -21,7 +21,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from dsb.io.ome import first_pixels, open_zarr
+from dsb.io.ome import first_pixels, ngff, open_zarr
 from dsb.io.tiff_reading import open_tiff
 
 __all__ = ["PixelSize", "read_pixel_size", "to_micrometres"]
@@ -161,7 +161,7 @@ def _zarr_pixel_size(path: Path) -> PixelSize | None:
 
 
 def _multiscales_pixel_size(attrs) -> PixelSize | None:
-    multiscales = attrs.get("multiscales") or attrs.get("ome", {}).get("multiscales")
+    multiscales = ngff(attrs, "multiscales")
     if not multiscales:
         return None
     meta = multiscales[0]
