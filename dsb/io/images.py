@@ -23,7 +23,7 @@ import numpy as np
 from dsb.core.errors import BadDataError
 from dsb.io.channel_names import file_channel
 from dsb.io.channels import FRAME_ROLES, axis_roles, page_note, pick_channel, select
-from dsb.io.tiff_reading import open_tiff, tiff_reading
+from dsb.io.tiff_reading import open_tiff
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -109,10 +109,7 @@ def read_image(path, channel: int | None = None) -> np.ndarray:
     if size == 0:
         raise BadDataError("empty file (0 bytes), expected an image", path=path)
     channel = file_channel(path, channel)
-    if path.suffix.lower() in (".tif", ".tiff"):
-        image, axes = _read_tiff(path)
-    else:
-        image, axes = _read_pillow(path), None
+    image, axes = _read_stored(path)
     return _check_layout(image, path, channel, axes)
 
 
@@ -141,6 +138,13 @@ def _read_pillow(path: Path) -> np.ndarray:
     if image.dtype == np.int32 and image.size and image.min() >= 0 and image.max() <= 0xFFFF:
         image = image.astype(np.uint16)  # Pillow's mode "I" for 16-bit data
     return image
+
+
+def _read_stored(path: Path) -> tuple[np.ndarray, str | None]:
+    """An image file's pixels as stored and its axis names (a TIFF's; None for other formats)."""
+    if path.suffix.lower() in (".tif", ".tiff"):
+        return _read_tiff(path)
+    return _read_pillow(path), None
 
 
 def _read_tiff(path: Path) -> tuple[np.ndarray, str | None]:
@@ -187,10 +191,7 @@ def read_channels(path, *, frames: bool = False) -> np.ndarray:
     (40, 60, 2)
     """
     path = Path(path)
-    if path.suffix.lower() in (".tif", ".tiff"):
-        image, axes = _read_tiff(path)
-    else:
-        image, axes = _read_pillow(path), None
+    image, axes = _read_stored(path)
     roles, channels = axis_roles(image.shape, axes, channel=0, frames=frames, path=path)
     every = select(image, roles, None)
     return every if channels > 1 else every[..., None]
@@ -220,12 +221,10 @@ def _tiff_header(path) -> tuple[tuple[int, ...], str] | None:
     path = Path(path)
     if path.suffix.lower() not in (".tif", ".tiff"):
         return None
-    import tifffile
-
     try:
-        with tiff_reading(path), tifffile.TiffFile(path) as tif:
+        with open_tiff(path) as tif:
             return tuple(tif.series[0].shape), tif.series[0].axes
-    except Exception:  # noqa: BLE001 - read_image names the problem
+    except BadDataError:  # read_image names the problem
         return None
 
 
