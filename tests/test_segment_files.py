@@ -53,6 +53,11 @@ def test_measure_nuclei_on_discs():
     assert (table["eccentricity"] < 0.05).all()
     # A digital disc's perimeter is near the circle's.
     np.testing.assert_allclose(table["perimeter"], 2 * math.pi * RADIUS, rtol=0.15)
+    # Its shape: both axes its diameter, round and convex; the sum of its intensity, its mean times its area.
+    np.testing.assert_allclose(table[["major_axis_length", "minor_axis_length"]], 2 * RADIUS, rtol=0.05)
+    assert (table["circularity"] > 0.9).all() and (table["solidity"] > 0.9).all()
+    assert table["orientation_deg"].between(0, 180, inclusive="left").all()
+    np.testing.assert_allclose(table["integrated_intensity"], [0.25 * disc_area, 0.75 * disc_area])
 
 
 def test_mean_intensity_leaves_out_nan_pixels():
@@ -65,6 +70,7 @@ def test_mean_intensity_leaves_out_nan_pixels():
     intensity[0, 0] = np.inf  # background: no nucleus's business
     table = measure_nuclei(labels, intensity)
     assert table["mean_intensity"].iloc[0] == 1.0 and np.isnan(table["mean_intensity"].iloc[1])
+    assert table["integrated_intensity"].iloc[0] == 3.0 and np.isnan(table["integrated_intensity"].iloc[1])
     assert table["area"].tolist() == [4, 4]
 
 

@@ -59,13 +59,19 @@ MEASUREMENT_COLUMNS = (
     "area",
     "perimeter",
     "eccentricity",
+    "major_axis_length",
+    "minor_axis_length",
+    "orientation_deg",
+    "circularity",
+    "solidity",
     "mean_intensity",
+    "integrated_intensity",
     "confidence",
 )
 # Each nucleus's mean in channel k of an image one channel of which was segmented (:func:`measure_nuclei`).
 CHANNEL_MEAN = "mean_intensity_{}"
 # Added where the pixel size is known (:func:`in_micrometres`).
-MICROMETRE_COLUMNS = ("area_um2", "perimeter_um", "equivalent_diameter_um")
+MICROMETRE_COLUMNS = ("area_um2", "perimeter_um", "equivalent_diameter_um", "major_axis_um", "minor_axis_um")
 # What summary.csv's warning tells a user whose image's luminance may hide its nuclei.
 CHANNEL_ADVICE = "give --channel N to segment the DNA stain's channel alone"
 SUMMARY_COLUMNS = ("file", "status", "nuclei", "diameter", "diameter_estimated", "diameter_sure", "pixel_size",
@@ -105,12 +111,18 @@ def measure_nuclei(labels: np.ndarray, intensity: np.ndarray, confidence: np.nda
         (pixels); ``bbox_min_row``, ``bbox_min_col`` (inclusive) and
         ``bbox_max_row``, ``bbox_max_col`` (exclusive, as in Python slicing);
         ``touches_edge`` (True for a nucleus the image's edge cuts, which a measurement of sizes or
-        intensities usually leaves out: :func:`touches_edge`); ``area`` (pixels); ``perimeter`` (pixels); ``eccentricity`` (0 for a
-        circle); ``mean_intensity`` (over the nucleus's finite pixels: NaN pixels of a float
-        image left out, NaN when it has none); ``confidence`` (in [0, 1]) only when given; with
-        ``channels``, ``mean_intensity_c0``... in the channels' own units, NaN pixels left out; with a
-        ``pixel_size``, ``area_um2``, ``perimeter_um`` and ``equivalent_diameter_um`` (the diameter
-        of a disc of the nucleus's area).
+        intensities usually leaves out: :func:`touches_edge`); ``area`` (pixels); ``perimeter`` (pixels);
+        the shape: ``eccentricity`` (0 for a circle), ``major_axis_length`` and ``minor_axis_length``
+        (pixels) and ``orientation_deg`` of the ellipse of the same second moments, ``circularity``
+        and ``solidity`` (1 for a convex nucleus; two merged ones score lower), as
+        :func:`dsb.core.labels.measure_regions` defines them; ``mean_intensity`` and
+        ``integrated_intensity`` (the mean and the sum over the nucleus's finite pixels: NaN pixels
+        of a float image left out, NaN when it has none; the sum of a DNA stain, less the
+        background's mean times the area, is the nucleus's DNA content); ``confidence`` (in
+        [0, 1]) only when given; with ``channels``, ``mean_intensity_c0``... in the channels' own
+        units, NaN pixels left out; with a ``pixel_size``, ``area_um2``, ``perimeter_um``,
+        ``equivalent_diameter_um`` (the diameter of a disc of the nucleus's area),
+        ``major_axis_um`` and ``minor_axis_um``.
 
     Raises
     ------
@@ -181,15 +193,18 @@ def touches_edge(table: pd.DataFrame, shape: tuple[int, int]) -> pd.Series:
 
 
 def in_micrometres(table: pd.DataFrame, pixel_size: float) -> pd.DataFrame:
-    """``table`` (:func:`measure_nuclei`'s, whose ``area`` and ``perimeter`` are in pixels) with
+    """``table`` (:func:`measure_nuclei`'s, whose lengths and areas are in pixels) with
     :data:`MICROMETRE_COLUMNS` added for pixels of ``pixel_size`` micrometres a side.
 
-    >>> table = pd.DataFrame({"area": [100], "perimeter": [36.0]})
+    >>> table = pd.DataFrame({"area": [100], "perimeter": [36.0], "major_axis_length": [12.0],
+    ...                       "minor_axis_length": [10.0]})
     >>> in_micrometres(table, 0.5).round(3).iloc[0].tolist()
-    [100.0, 36.0, 25.0, 18.0, 5.642]
+    [100.0, 36.0, 12.0, 10.0, 25.0, 18.0, 5.642, 6.0, 5.0]
     """
     return table.assign(area_um2=table["area"] * pixel_size ** 2, perimeter_um=table["perimeter"] * pixel_size,
-                        equivalent_diameter_um=2.0 * np.sqrt(table["area"] / np.pi) * pixel_size)
+                        equivalent_diameter_um=2.0 * np.sqrt(table["area"] / np.pi) * pixel_size,
+                        major_axis_um=table["major_axis_length"] * pixel_size,
+                        minor_axis_um=table["minor_axis_length"] * pixel_size)
 
 
 def _outputs(out_dir: Path, name: str) -> dict[str, Path]:
