@@ -606,6 +606,9 @@ def predict(run_dir, images, out, labels, tta, diameter, skip_bad, scale_factor,
 @click.option("--out", type=_DIR, required=True, help="Folder for label TIFFs and measurement CSVs.")
 @_TTA
 @click.option("--overlay", is_flag=True, help="Also write an overlay PNG per image (an RGB TIFF stack for a stack).")
+@click.option("--rois", is_flag=True,
+              help="Also write NAME_rois.zip per image: each nucleus's outline as a Fiji ROI, for the ROI Manager "
+                   "(not for images segmented block-wise).")
 @click.option("--diameter", type=_Diameter(), default=None, help=_DIAMETER_HELP)
 @click.option("--diameter-um", type=_Positive(), default=None, metavar="UM",
               help="Median nucleus diameter in micrometres instead of pixels: each image is segmented at the "
@@ -634,7 +637,7 @@ def predict(run_dir, images, out, labels, tta, diameter, skip_bad, scale_factor,
 @_SCALE_FACTOR
 @_ENGINE
 @_PRECISION
-def segment(paths, model_dir, out, tta, overlay, diameter, diameter_um, pixel_size, skip_bad, block_size, workers,
+def segment(paths, model_dir, out, tta, overlay, rois, diameter, diameter_um, pixel_size, skip_bad, block_size, workers,
             scheduler, channel, scale_factor, engine, precision) -> None:
     """Segment any PNG, TIFF, JPEG, BMP or Zarr microscope images and measure each nucleus.
 
@@ -659,7 +662,7 @@ def segment(paths, model_dir, out, tta, overlay, diameter, diameter_um, pixel_si
         click.echo(f"dsb: note: {model_dir} learnt from channel {learnt} of its training images; give --channel "
                    f"{learnt} to segment the same channel of yours", err=True)
 
-    summary = segment_inputs(list(paths), model_dir=model_dir, out_dir=out, tta=tta, overlay=overlay,
+    summary = segment_inputs(list(paths), model_dir=model_dir, out_dir=out, tta=tta, overlay=overlay, rois=rois,
                              diameter=diameter, skip_bad=skip_bad, progress=True, engine=engine,
                              precision=precision, block_size=block_size, workers=workers, scheduler=scheduler,
                              scale_factor=scale_factor, channel=channel, diameter_um=diameter_um,

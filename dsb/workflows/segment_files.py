@@ -8,6 +8,7 @@ writes per image
   1..N nuclei) that Fiji, napari and scikit-image open;
 - ``<name>_nuclei.csv``: one row per nucleus (see :func:`measure_nuclei`);
 - ``<name>_overlay.png`` (optional): the image with the nuclei outlined;
+- ``<name>_rois.zip`` (optional): each nucleus's outline as a Fiji ROI (:mod:`dsb.io.rois`);
 
 plus ``summary.csv`` with one row per input file. A TIFF stack (time series, z-stack) gets the same
 files, frame by frame (:func:`segment_stack`). With no model given it uses
@@ -35,6 +36,7 @@ from dsb.inference.scale import check_diameter
 from dsb.io.channel_names import channel_names
 from dsb.io.folders import Skips, find_images, read_images
 from dsb.io.images import read_channels, read_stack
+from dsb.io.rois import write_rois
 from dsb.io.writers import write_labels, write_png, write_rgb_stack
 from dsb.network.engines import load_network
 from dsb.network.model_folder import resolve_model_dir
@@ -75,7 +77,7 @@ MICROMETRE_COLUMNS = ("area_um2", "perimeter_um", "equivalent_diameter_um", "maj
 # What summary.csv's warning tells a user whose image's luminance may hide its nuclei.
 CHANNEL_ADVICE = "give --channel N to segment the DNA stain's channel alone"
 SUMMARY_COLUMNS = ("file", "status", "nuclei", "diameter", "diameter_estimated", "diameter_sure", "pixel_size",
-                   "diameter_um", "labels", "measurements", "overlay", "warning", "error")
+                   "diameter_um", "labels", "measurements", "overlay", "rois", "warning", "error")
 
 def measure_nuclei(labels: np.ndarray, intensity: np.ndarray, confidence: np.ndarray | None = None, *,
                    pixel_size: float | None = None, channels: np.ndarray | None = None,
@@ -212,6 +214,7 @@ def _outputs(out_dir: Path, name: str) -> dict[str, Path]:
         "labels": out_dir / f"{name}_labels.tif",
         "measurements": out_dir / f"{name}_nuclei.csv",
         "overlay": out_dir / f"{name}_overlay.png",
+        "rois": out_dir / f"{name}_rois.zip",
     }
 
 
@@ -222,6 +225,7 @@ def segment_paths(
     out_dir,
     tta: bool | None = None,
     overlay: bool = False,
+    rois: bool = False,
     diameter: float | None = None,
     skip_bad: bool = False,
     progress: bool = True,
@@ -247,13 +251,15 @@ def segment_paths(
         A run folder (``model.keras`` and ``config.json``); by default the
         model shipped with the package.
     out_dir : str or os.PathLike
-        Where ``<name>_labels.tif``, ``<name>_nuclei.csv``, ``<name>_overlay.png``
-        and ``summary.csv`` go; created if needed.
+        Where ``<name>_labels.tif``, ``<name>_nuclei.csv``, ``<name>_overlay.png``,
+        ``<name>_rois.zip`` and ``summary.csv`` go; created if needed.
     tta : bool, optional
         Average predictions over flips and 90-degree rotations; None follows the model's
         ``predict.tta``.
     overlay : bool
         Also write ``<name>_overlay.png``.
+    rois : bool
+        Also write ``<name>_rois.zip``, each nucleus's outline as a Fiji ROI (:func:`dsb.io.rois.write_rois`).
     diameter : float, optional
         The median nucleus diameter in pixels of every image; by default each
         image's is estimated (:func:`dsb.inference.predict.predict_scaled`). The
@@ -344,7 +350,7 @@ def segment_paths(
                          diameters=None if diameter_um is None else {p: c.diameter for p, c in scales.items()})
     with contextlib.closing(found):  # a failed write stops the images in flight
         for name, image, raw, nuclei in found:
-            rows[str(image)] = write_outputs(out_dir, name, image, raw, nuclei, overlay=overlay,
+            rows[str(image)] = write_outputs(out_dir, name, image, raw, nuclei, overlay=overlay, rois=rois,
                                              calibration=scales[str(image)], channel=channel)
     for skip in skips.records:
         rows[skip.path] = summary_row(skip.path, "skipped", error=skip.message)
@@ -358,8 +364,9 @@ def segment_paths(
 
 
 def write_outputs(out_dir: Path, name: str, image: Path, raw: np.ndarray, nuclei, *, overlay: bool,
-                  calibration: Calibration = Calibration(), channel: int | None = None) -> dict:
-    """Write one image's label TIFF, measurements and (with ``overlay``) overlay, each atomically; return its
+                  rois: bool = False, calibration: Calibration = Calibration(), channel: int | None = None) -> dict:
+    """Write one image's label TIFF, measurements, (with ``overlay``) overlay and (with ``rois``) Fiji ROIs, each
+    atomically; return its
     ``summary.csv`` row (:func:`summary_row`). The one writer of ``dsb segment``'s outputs, in one process or on
     a Dask worker (:mod:`dsb.workflows.cluster`); ``calibration`` (:mod:`dsb.workflows.calibration`) gives the
     pixel size of the measurements, the label TIFF and the row. Where ``raw`` is the ``channel`` of a
@@ -378,13 +385,17 @@ def write_outputs(out_dir: Path, name: str, image: Path, raw: np.ndarray, nuclei
         write_png(targets["overlay"], outline_overlay(raw, labels))
     else:
         del targets["overlay"]
+    if rois:
+        write_rois(targets["rois"], labels)
+    else:
+        del targets["rois"]
     return summary_row(image, "ok", nuclei=len(table), diameter=nuclei.diameter, estimated=nuclei.estimated,
                        sure=nuclei.sure, pixel_size=size, warning=join_warnings(channel_warning(raw), calibration.note),
                        **{k: str(v) for k, v in targets.items()})
 
 
 def segment_stack(path, name: str, out_dir, predict, *, channel: int | None = None, overlay: bool = False,
-                  progress: bool = False, calibration: Calibration = Calibration()) -> dict:
+                  rois: bool = False, progress: bool = False, calibration: Calibration = Calibration()) -> dict:
     """``dsb segment`` of a TIFF stack (a time series, the planes of a volume), frame by frame.
 
     Each frame is segmented as an image of its own (its own diameter estimate unless ``predict`` was
@@ -396,7 +407,9 @@ def segment_stack(path, name: str, out_dir, predict, *, channel: int | None = No
       hold over 65535 nuclei);
     - ``<name>_nuclei.csv``: :data:`MEASUREMENT_COLUMNS` after one column per frame axis, ``t``,
       ``z`` or ``frame`` (unnamed), holding each nucleus's frame index from 0;
-    - with ``overlay``, ``<name>_overlay.tif``: an RGB hyperstack of the frames with their outlines.
+    - with ``overlay``, ``<name>_overlay.tif``: an RGB hyperstack of the frames with their outlines;
+    - with ``rois``, ``<name>_rois.zip``: each frame's nuclei as Fiji ROIs at the frame's position in the
+      label TIFF (:func:`dsb.io.rois.write_rois`).
 
     The stack is read whole: it takes its own size in memory, plus 2 bytes a pixel for the labels
     (3 more with ``overlay``); with a ``channel`` of several, every channel again, for each nucleus's
@@ -414,7 +427,7 @@ def segment_stack(path, name: str, out_dir, predict, *, channel: int | None = No
         whose network's streams then take several frames at once).
     channel : int, optional
         As for :func:`segment_paths`.
-    overlay, progress : bool
+    overlay, rois, progress : bool
     calibration : Calibration, optional
         The stack's pixel size (:func:`dsb.workflows.calibration.calibrate`), as for :func:`write_outputs`;
         its diameter is ``predict``'s to use.
@@ -464,6 +477,10 @@ def segment_stack(path, name: str, out_dir, predict, *, channel: int | None = No
         write_rgb_stack(targets["overlay"], drawn, lead, roles, pixel_size=calibration.pixel_size)
     else:
         del targets["overlay"]
+    if rois:
+        write_rois(targets["rois"], labels, roles)
+    else:
+        del targets["rois"]
     finite = [d for d in diameters if math.isfinite(d)]
     warning = channel_warning(frames[(0,) * len(roles)])
     return summary_row(path, "ok", nuclei=sum(len(t) for t in tables),
@@ -482,7 +499,7 @@ def channel_warning(raw: np.ndarray) -> str:
 
 def summary_row(path, status: str, *, nuclei: int = 0, diameter: float = math.nan, estimated: bool | str = "",
                 sure: bool | str = "", pixel_size: float | None = None, labels: str = "", measurements: str = "",
-                overlay: str = "", warning: str = "", error: str = "") -> dict:
+                overlay: str = "", rois: str = "", warning: str = "", error: str = "") -> dict:
     """One row of ``summary.csv`` (:data:`SUMMARY_COLUMNS`): empty cells for what does not apply
     (``pixel_size`` and ``diameter_um`` where the pixel size is unknown)."""
     known = math.isfinite(diameter)
@@ -490,7 +507,8 @@ def summary_row(path, status: str, *, nuclei: int = 0, diameter: float = math.na
             "diameter": round(diameter, 2) if known else "", "diameter_estimated": estimated,
             "diameter_sure": sure, "pixel_size": "" if pixel_size is None else float(f"{pixel_size:.6g}"),
             "diameter_um": round(diameter * pixel_size, 2) if known and pixel_size is not None else "",
-            "labels": labels, "measurements": measurements, "overlay": overlay, "warning": warning, "error": error}
+            "labels": labels, "measurements": measurements, "overlay": overlay, "rois": rois, "warning": warning,
+            "error": error}
 
 
 def nothing_to_segment(inputs: list[str], skips: Skips) -> BadDataError:
