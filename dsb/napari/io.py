@@ -3,6 +3,8 @@
 The writer saves a Labels layer as :func:`dsb.io.writers.write_labels` does for
 the command line: a deflate-compressed greyscale TIFF, 16-bit, or 32-bit when a
 label is above 65535; a stack of frames as a multi-page TIFF of the same kind.
+A second writer saves it as a Fiji ROI set, as ``dsb segment --rois`` does
+(:func:`dsb.io.rois.write_rois`).
 The reader opens a label image beside its image (``NAME_masks.tif``,
 ``NAME_labels.tif``, ``NAME_cp_masks.png``) as a Labels layer. Nothing here
 imports napari or Qt.
@@ -16,9 +18,10 @@ import numpy as np
 
 from dsb.core.atomic import atomic_path
 from dsb.io.annotations import LABEL_EXTENSIONS, LABEL_SUFFIXES, read_label_image
+from dsb.io.rois import write_rois
 from dsb.io.writers import write_labels
 
-__all__ = ["write_labels_layer", "get_label_reader", "read_label_layer"]
+__all__ = ["write_labels_layer", "write_rois_layer", "get_label_reader", "read_label_layer"]
 
 _UINT16_MAX = np.iinfo(np.uint16).max
 
@@ -61,6 +64,39 @@ def write_labels_layer(path: str, data, attributes: dict) -> list[str]:
         tifffile.imwrite(tmp, labels.astype(np.uint32 if wide else np.uint16), photometric="minisblack",
                          compression="zlib")
     return [str(path)]
+
+
+def write_rois_layer(path: str, data, attributes: dict) -> list[str]:
+    """napari writer: one Labels layer to a Fiji ROI set, one traced ROI per nucleus named by its label.
+
+    Parameters
+    ----------
+    path : str
+        Ends in ``.zip``.
+    data : array_like of int
+        (H, W) labels, or a stack of them (frames first: each ROI at its slice, named ``s3-0042``).
+    attributes : dict
+        The layer's attributes (unused).
+
+    Returns
+    -------
+    list of str
+        The file written.
+
+    Examples
+    --------
+    >>> import tempfile, zipfile, os
+    >>> path = os.path.join(tempfile.mkdtemp(), "a_rois.zip")
+    >>> _ = write_rois_layer(path, np.array([[0, 3], [0, 3]]), {})
+    >>> zipfile.ZipFile(path).namelist()
+    ['0003.roi']
+    """
+    labels = np.asarray(data)
+    if Path(path).suffix.lower() != ".zip":
+        raise ValueError(f"`path` ({path}) must end in .zip")
+    # A stack's leading axes as unnamed frames: one is a plain stack's slices, two a hyperstack's.
+    frames = "f" if labels.ndim == 3 else "tz"[: max(0, labels.ndim - 2)]
+    return [str(write_rois(path, labels, frames))]
 
 
 def _is_label_file(path: Path) -> bool:
