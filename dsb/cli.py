@@ -605,7 +605,9 @@ def predict(run_dir, images, out, labels, tta, diameter, skip_bad, scale_factor,
               help="Run folder; defaults to the model shipped with the package.")
 @click.option("--out", type=_DIR, required=True, help="Folder for label TIFFs and measurement CSVs.")
 @_TTA
-@click.option("--overlay", is_flag=True, help="Also write an overlay PNG per image (an RGB TIFF stack for a stack).")
+@click.option("--overlay", is_flag=True,
+              help="Also write an overlay PNG per image (an RGB TIFF stack for a stack; not for images segmented "
+                   "block-wise).")
 @click.option("--rois", is_flag=True,
               help="Also write NAME_rois.zip per image: each nucleus's outline as a Fiji ROI, for the ROI Manager "
                    "(not for images segmented block-wise).")
@@ -616,8 +618,8 @@ def predict(run_dir, images, out, labels, tta, diameter, skip_bad, scale_factor,
                    "the objective.")
 @click.option("--pixel-size", type=_Positive(), default=None, metavar="UM",
               help="Micrometres a pixel, for every image, instead of its metadata. With a pixel size (given or "
-                   "read) the measurements get area_um2, perimeter_um and equivalent_diameter_um, and the "
-                   "label TIFFs carry it.")
+                   "read) the measurements get area_um2, perimeter_um, equivalent_diameter_um, major_axis_um and "
+                   "minor_axis_um, and the label TIFFs carry it.")
 @click.option("--skip-bad", is_flag=True, help="Report unreadable images and go on with the rest.")
 @click.option("--block-size", type=click.IntRange(min=16), default=None, metavar="PX",
               help="Segment Zarr stores, and TIFF or PNG images with a side above PX, block by block, PX pixels "
@@ -671,6 +673,12 @@ def segment(paths, model_dir, out, tta, overlay, rois, diameter, diameter_um, pi
     for row in summary[summary["warning"].fillna("").astype(str) != ""].itertuples(index=False):
         click.echo(f"dsb: warning: {row.file}: {row.warning}", err=True)
     unsure = summary[summary["diameter_sure"].astype(str) == "False"]
+    # An image where nothing was found has no size to confirm: said as what it is.
+    empty = unsure[unsure["nuclei"].astype(str).isin(["0", "0.0"])]
+    unsure = unsure.drop(empty.index)
+    for row in empty.itertuples(index=False):
+        click.echo(f"dsb: warning: {row.file}: no nuclei found; if it holds some, give --diameter (or "
+                   "--channel for the DNA stain of a multi-channel image)", err=True)
     for row in unsure.itertuples(index=False):
         d = row.diameter
         read = f"{float(d):.1f} px" if isinstance(d, (int, float)) and d == d and d else "none"  # NaN != NaN
@@ -682,7 +690,8 @@ def segment(paths, model_dir, out, tta, overlay, rois, diameter, diameter_um, pi
     computed = (f"{engine}, {precision} on each worker" if scheduler is not None
                 else _computed_in(engine, precision, model_dir))
     click.echo(f"{_count(done, 'image')} segmented into {out}" + (f", {skipped} skipped" if skipped else "")
-               + (f", {len(unsure)} with an unsure diameter estimate" if len(unsure) else "") + f" ({computed})")
+               + (f", {len(unsure)} with an unsure diameter estimate" if len(unsure) else "")
+               + (f", {len(empty)} with no nuclei found" if len(empty) else "") + f" ({computed})")
 
 
 # ---------------------------------------------------------------- scoring and submission

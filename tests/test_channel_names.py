@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+import tifffile
 from conftest import dsb as run_dsb
 from conftest import error_line
 from PIL import Image
@@ -97,3 +98,13 @@ def test_a_negative_or_empty_channel_is_a_usage_error(plate, tmp_path):
     for value in ("-1", " "):
         result = run_dsb("segment", root / "a.ome.tif", "--out", tmp_path / "out", "--channel", value)
         assert result.exit_code == 2 and "--channel" in result.stderr, result.stderr
+
+
+def test_a_name_two_channels_share_is_refused(tmp_path):
+    """Case aside, 'dapi' names both channels: neither is taken without a word."""
+    image = np.zeros((2, 64, 64), np.uint16)
+    tifffile.imwrite(tmp_path / "twice.ome.tif", image, ome=True,
+                     metadata={"axes": "CYX", "Channel": {"Name": ["DAPI", "dapi"]}})
+    result = run_dsb("segment", tmp_path / "twice.ome.tif", "--out", tmp_path / "out", "--channel", "dapi")
+    error_line(result, 3, "twice.ome.tif", "has 2 channels named 'dapi'", "0 'DAPI', 1 'dapi'", "channel's number")
+    assert not (tmp_path / "out").exists()

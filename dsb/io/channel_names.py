@@ -27,8 +27,8 @@ def file_channel(path, channel) -> int | None:
     Raises
     ------
     BadDataError
-        A name the file does not hold, or a file that names no channels (naming the file, and the
-        names it has).
+        A name the file does not hold, or holds twice, or a file that names no channels (naming the
+        file, and the names it has).
     TypeError, ValueError
         As :func:`dsb.io.channels.check_channel`, for a channel that is neither.
     """
@@ -42,9 +42,12 @@ def file_channel(path, channel) -> int | None:
         raise BadDataError(f"names no channels (only OME-TIFF and OME-Zarr files do), so it has no channel "
                            f"{text!r}; give the channel's number", path=path)
     folded = [name.casefold() for name in names]
+    listed = ", ".join(f"{i} {name!r}" for i, name in enumerate(names))
     if text.casefold() not in folded:
-        listed = ", ".join(f"{i} {name!r}" for i, name in enumerate(names))
         raise BadDataError(f"has no channel named {text!r} (its channels: {listed})", path=path)
+    if folded.count(text.casefold()) > 1:
+        raise BadDataError(f"has {folded.count(text.casefold())} channels named {text!r}, case aside (its "
+                           f"channels: {listed}); give the channel's number", path=path)
     return folded.index(text.casefold())
 
 

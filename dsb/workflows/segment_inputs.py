@@ -155,6 +155,8 @@ def segment_stacks(stacks: dict[str, Path], *, spec: ModelSpec, out_dir: Path, c
     return rows
 
 
+# How a stack's frame axes (dsb.io.channels.axis_roles) are named to a user.
+FRAME_WORDS = {"t": "time points", "z": "planes", "f": "pages"}
 # What a block-wise image does not get of what `dsb segment` was asked for.
 BLOCK_WISE_NOTHING = "no overlay or ROIs are written for it (its label image holds every nucleus)"
 
@@ -235,7 +237,8 @@ def segment_inputs(paths, *, model_dir=None, out_dir, tta: bool | None = None, o
         try:
             frames = stack_frames(path, channel)
             if frames:
-                raise BadDataError(f"is a stack ({', '.join(frames)} frames), and block by block (a side above "
+                kinds = " and ".join(FRAME_WORDS[a] for a in frames)
+                raise BadDataError(f"is a stack (of {kinds}), and block by block (a side above "
                                    f"{BIG_SIDE if block_size is None else block_size} px) dsb segment takes one "
                                    "2-D image" + ("" if block_size is None else "; give no --block-size"), path=path)
             open_source(path, channel)
