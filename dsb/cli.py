@@ -694,6 +694,39 @@ def segment(paths, model_dir, out, tta, overlay, rois, diameter, diameter_um, pi
                + (f", {len(empty)} with no nuclei found" if len(empty) else "") + f" ({computed})")
 
 
+@cli.command(short_help="Measure each nucleus of label images made elsewhere or corrected.")
+@click.argument("paths", nargs=-1, required=True, type=_EXISTING)
+@click.option("--out", type=_DIR, required=True, help="Folder for the measurement CSVs and summary.csv.")
+@click.option("--labels", "labels_dir", type=_EXISTING_DIR, default=None,
+              help="Folder of the label images (e.g. dsb segment's --out, or masks/); default: beside each image.")
+@click.option("--channel", type=_Channel(), default=None, metavar="N|NAME",
+              help="The DNA stain's channel, by number or (OME files) name: its intensities, and each nucleus "
+                   "measured in every channel too. Default: the image's luminance.")
+@click.option("--pixel-size", type=_Positive(), default=None, metavar="UM",
+              help="Micrometres a pixel, for every image, instead of its metadata (adds the micrometre columns).")
+@click.option("--overlay", is_flag=True, help="Also write an overlay PNG per image.")
+@click.option("--rois", is_flag=True, help="Also write NAME_rois.zip per image: the nuclei as Fiji ROIs.")
+@click.option("--skip-bad", is_flag=True, help="Report bad images or label images and go on with the rest.")
+def measure(paths, out, labels_dir, channel, pixel_size, overlay, rois, skip_bad) -> None:
+    """Measure each nucleus of existing label images in their images: the tables of dsb segment.
+
+    Each image is paired with its label image: NAME_masks, NAME_labels or
+    NAME_cp_masks (TIFF or PNG) beside it, or in --labels (where NAME.tif
+    itself counts too), as napari, Fiji, Cellpose, StarDist and dsb segment
+    write them. Each nucleus keeps its value in the label image as its label.
+    """
+    from dsb.workflows.measure_files import measure_files
+
+    summary = measure_files(list(paths), out_dir=out, labels_dir=labels_dir, channel=channel, pixel_size=pixel_size,
+                            overlay=overlay, rois=rois, skip_bad=skip_bad, progress=True)
+    skipped = _report_skipped(summary.attrs["skipped"])
+    for row in summary[summary["warning"].fillna("").astype(str) != ""].itertuples(index=False):
+        click.echo(f"dsb: warning: {row.file}: {row.warning}", err=True)
+    done = summary[summary["status"] == "ok"]
+    click.echo(f"{int(done['nuclei'].sum())} nuclei of {_count(len(done), 'image')} measured into {out}"
+               + (f", {skipped} skipped" if skipped else ""))
+
+
 # ---------------------------------------------------------------- scoring and submission
 
 @cli.command(short_help="Score a submission with the competition metric.")

@@ -50,6 +50,8 @@ __all__ = [
     "find_samples",
     "read_sample",
     "read_label_image",
+    "label_file",
+    "label_stem",
     "user_group",
     "is_user_group",
 ]
@@ -189,7 +191,7 @@ def _is_layout_a(folder: Path, *, strict: bool = False) -> bool:
     if not strict:
         return True
     masks = {p.stem for p in _files(folder / "masks")}
-    masks |= {_label_stem(p) for p in _files(folder / "masks")}
+    masks |= {label_stem(p) for p in _files(folder / "masks")}
     return any(p.stem in masks for p in _images(_files(folder / "images")))
 
 
@@ -206,8 +208,14 @@ def _labels_by_stem(paths, stem_of) -> dict[str, Path]:
     return labels
 
 
-def _label_stem(path: Path) -> str | None:
-    """The image stem a label file of layout (b) belongs to, or None when it is not one."""
+def label_stem(path) -> str | None:
+    """The image name a label file of layout (b) (``NAME_masks.tif``, ``NAME_labels.png``...) belongs to,
+    or None when its name is no label file's.
+
+    >>> label_stem("a_cp_masks.png"), label_stem("a.tif")
+    ('a', None)
+    """
+    path = Path(path)
     if path.suffix.lower() not in LABEL_EXTENSIONS:
         return None
     for suffix in LABEL_SUFFIXES:
@@ -217,7 +225,7 @@ def _label_stem(path: Path) -> str | None:
 
 
 def _is_layout_b(folder: Path) -> bool:
-    return any(_label_stem(p) is not None for p in _files(folder))
+    return any(label_stem(p) is not None for p in _files(folder))
 
 
 def _is_user_folder(folder: Path) -> bool:
@@ -234,7 +242,7 @@ def _stage_samples(stage: Path) -> list[Sample]:
 
 
 def _images(files: list[Path]) -> list[Path]:
-    return [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES and _label_stem(p) is None]
+    return [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES and label_stem(p) is None]
 
 
 def _by_stem(files: list[Path], what: str) -> dict[str, Path]:
@@ -254,14 +262,14 @@ def _user_samples(folder: Path, name: str) -> list[Sample]:
         labels = _labels_by_stem(
             _files(folder / "masks"),
             lambda p: None if p.suffix.lower() not in LABEL_EXTENSIONS
-            else p.stem if p.stem in images else (_label_stem(p) or p.stem),
+            else p.stem if p.stem in images else (label_stem(p) or p.stem),
         )
         missing = "masks/{stem}.tif or masks/{stem}.png"
         orphan = "images/{stem}.png or images/{stem}.tif"
     else:
         files = _files(folder)
         images = _by_stem(_images(files), "images")
-        labels = _labels_by_stem(files, _label_stem)
+        labels = _labels_by_stem(files, label_stem)
         missing = "{stem}_masks.tif or {stem}_labels.tif beside it"
         orphan = "{stem}.png or {stem}.tif beside it"
     for stem, path in images.items():
@@ -292,7 +300,7 @@ def _check_unique(samples: list[Sample]) -> list[Sample]:
 # ---------------------------------------------------------------- reading
 
 
-def read_label_image(path, shape: tuple[int, int] | None = None, *, image=None) -> np.ndarray:
+def read_label_image(path, shape: tuple[int, int] | None = None, *, image=None, renumbered: bool = True) -> np.ndarray:
     """Read a label image: 0 background, one integer value per nucleus.
 
     Parameters
@@ -303,10 +311,13 @@ def read_label_image(path, shape: tuple[int, int] | None = None, *, image=None) 
         The (H, W) of its image, which it must have.
     image : str or os.PathLike, optional
         That image, to name in the message when the sizes differ.
+    renumbered : bool
+        Number the nuclei 1..N; False keeps the file's values (``dsb measure``, whose table names
+        each nucleus by its value in the file).
 
     Returns
     -------
-    (H, W) ndarray of int32
+    (H, W) ndarray of int32, or of the file's integer type when not ``renumbered``
         The nuclei renumbered 1..N in the order of their values.
 
     Raises
@@ -358,7 +369,32 @@ def read_label_image(path, shape: tuple[int, int] | None = None, *, image=None) 
             "(height x width)",
             path=path,
         )
-    return renumber(labels)[0]
+    return renumber(labels)[0] if renumbered else labels
+
+
+def label_file(image, folder=None) -> Path:
+    """The label image of ``image``: ``NAME_masks``, ``NAME_labels`` or ``NAME_cp_masks`` (TIFF or PNG)
+    beside it, or in ``folder``, where a file named as the image itself (``masks/NAME.tif`` beside
+    ``images/NAME.tif``) counts too.
+
+    Raises
+    ------
+    BadDataError
+        Naming the image: no such file, or several (which one is meant is the user's to say).
+    """
+    image = Path(image)
+    folder = image.parent if folder is None else Path(folder)
+    name = image.name[: -len(".ome.tif")] if image.name.lower().endswith(".ome.tif") else image.stem
+    suffixes = LABEL_SUFFIXES + (("",) if folder.resolve() != image.parent.resolve() else ())
+    found = [folder / f"{name}{suffix}{ext}" for suffix in suffixes for ext in LABEL_EXTENSIONS]
+    found = [p for p in found if p.is_file() and p.resolve() != image.resolve()]
+    if len(found) > 1:
+        raise BadDataError(f"has {len(found)} label images ({', '.join(p.name for p in found)}); keep one in "
+                           f"{folder}", path=image)
+    if not found:
+        raise BadDataError(f"has no label image in {folder} ({name}_masks.tif, {name}_labels.tif or "
+                           f"{name}_cp_masks.png{', or ' + name + '.tif' if '' in suffixes else ''})", path=image)
+    return found[0]
 
 
 def _palette_indices(path: Path) -> np.ndarray | None:

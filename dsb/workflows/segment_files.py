@@ -46,7 +46,8 @@ from dsb.workflows.pipeline import nuclei_predictor, predict_each
 
 __all__ = ["MEASUREMENT_COLUMNS", "MICROMETRE_COLUMNS", "SUMMARY_COLUMNS", "measure_nuclei", "in_micrometres",
            "touches_edge", "channel_columns",
-           "segment_paths", "segment_stack", "write_outputs", "summary_row", "channel_warning", "check_scale_options",
+           "segment_paths", "segment_stack", "write_outputs", "write_measurements", "summary_row", "channel_warning",
+           "check_scale_options",
            "join_warnings", "nothing_to_segment"]
 
 MEASUREMENT_COLUMNS = (
@@ -379,19 +380,28 @@ def write_outputs(out_dir: Path, name: str, image: Path, raw: np.ndarray, nuclei
     table = measure_nuclei(labels, raw_intensity(raw), nuclei.confidence, pixel_size=size, channels=every,
                            channel_names=() if channel is None else channel_names(image))
     write_labels(targets["labels"], labels, pixel_size=size)
-    with atomic_path(targets["measurements"]) as tmp:
-        table.to_csv(tmp, index=False, float_format="%.6g")
-    if overlay:
-        write_png(targets["overlay"], outline_overlay(raw, labels))
-    else:
-        del targets["overlay"]
-    if rois:
-        write_rois(targets["rois"], labels)
-    else:
-        del targets["rois"]
+    targets = {"labels": targets["labels"], **write_measurements(out_dir, name, table, raw, labels, overlay=overlay,
+                                                                 rois=rois)}
     return summary_row(image, "ok", nuclei=len(table), diameter=nuclei.diameter, estimated=nuclei.estimated,
                        sure=nuclei.sure, pixel_size=size, warning=join_warnings(channel_warning(raw), calibration.note),
                        **{k: str(v) for k, v in targets.items()})
+
+
+def write_measurements(out_dir: Path, name: str, table: pd.DataFrame, raw: np.ndarray, labels: np.ndarray, *,
+                       overlay: bool = False, rois: bool = False) -> dict[str, Path]:
+    """Write one image's ``<name>_nuclei.csv`` (``table``, :func:`measure_nuclei`'s), and with ``overlay`` and
+    ``rois`` its ``<name>_overlay.png`` (its outlines on ``raw``) and ``<name>_rois.zip``
+    (:func:`dsb.io.rois.write_rois`), each atomically: ``{"measurements": path, "overlay": ..., "rois": ...}``
+    for the files written. Shared by ``dsb segment`` and ``dsb measure``."""
+    targets = _outputs(out_dir, name)
+    with atomic_path(targets["measurements"]) as tmp:
+        table.to_csv(tmp, index=False, float_format="%.6g")
+    written = {"measurements": targets["measurements"]}
+    if overlay:
+        written["overlay"] = write_png(targets["overlay"], outline_overlay(raw, labels))
+    if rois:
+        written["rois"] = write_rois(targets["rois"], labels)
+    return written
 
 
 def segment_stack(path, name: str, out_dir, predict, *, channel: int | None = None, overlay: bool = False,
@@ -511,11 +521,11 @@ def summary_row(path, status: str, *, nuclei: int = 0, diameter: float = math.na
             "error": error}
 
 
-def nothing_to_segment(inputs: list[str], skips: Skips) -> BadDataError:
-    """The error of a run left with no image to segment, naming the inputs and, where every one was
-    skipped, why the first was (with ``--skip-bad`` the user would otherwise hear no reason)."""
+def nothing_to_segment(inputs: list[str], skips: Skips, *, verb: str = "segment") -> BadDataError:
+    """The error of a run left with no image to segment (or ``verb``), naming the inputs and, where every
+    one was skipped, why the first was (with ``--skip-bad`` the user would otherwise hear no reason)."""
     why = f" (all skipped; {skips.records[0].path}: {skips.records[0].message})" if skips.records else ""
-    return BadDataError(f"no image to segment{why}", path=", ".join(inputs) or None)
+    return BadDataError(f"no image to {verb}{why}", path=", ".join(inputs) or None)
 
 
 def join_warnings(*warnings: str) -> str:
