@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -131,3 +133,51 @@ def test_dsb_measure_in_python(field):
         dsb.measure(labels, two, channel=2)
     with pytest.raises(TypeError):
         dsb.measure(labels.astype(float), image)
+
+
+def test_a_files_own_label_values_may_reach_billions(tmp_path, field):
+    """Measured as 1..K, each row named by its value: no table sized by the largest value."""
+    from dsb.core.outlines import label_outlines
+
+    image, labels = field
+    huge = labels.astype(np.uint32)
+    huge[huge == labels.max()] = 4_000_000_000
+    table = dsb.measure(huge, image)
+    assert table["label"].iloc[-1] == 4_000_000_000
+    pd.testing.assert_frame_equal(table.iloc[:-1], dsb.measure(labels, image).iloc[:-1])
+    found, outlines = label_outlines(huge)
+    assert found[-1] == 4_000_000_000 and len(outlines) == len(table)
+    (tmp_path / "in").mkdir()
+    tifffile.imwrite(tmp_path / "in" / "v.tif", image)
+    tifffile.imwrite(tmp_path / "in" / "v_masks.tif", huge)
+    result = run_dsb("measure", tmp_path / "in", "--out", tmp_path / "out", "--rois")
+    assert result.exit_code == 0, result.output
+    assert roiread(tmp_path / "out" / "v_rois.zip")[-1].name == "4000000000"
+
+
+def test_pairs_by_the_outputs_name_in_any_case_and_from_the_inputs(tmp_path, field):
+    image, labels = field
+    for folder in ("ome", "up", "imgs", "labs", "two"):
+        (tmp_path / folder).mkdir()
+    tifffile.imwrite(tmp_path / "ome" / "a.ome.tiff", image, ome=True)
+    tifffile.imwrite(tmp_path / "ome" / "a_labels.tif", labels)  # as dsb segment names a.ome.tiff's
+    tifffile.imwrite(tmp_path / "up" / "B.TIF", image)
+    tifffile.imwrite(tmp_path / "up" / "B_MASKS.TIF", labels)
+    tifffile.imwrite(tmp_path / "imgs" / "c.tif", image)
+    tifffile.imwrite(tmp_path / "labs" / "c_masks.tif", labels)  # given on the command line
+    result = run_dsb("measure", tmp_path / "ome", tmp_path / "up", tmp_path / "imgs" / "c.tif",
+                     tmp_path / "labs" / "c_masks.tif", "--out", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    summary = pd.read_csv(tmp_path / "out" / "summary.csv")
+    assert [Path(p).name for p in summary["labels"]] == ["a_labels.tif", "B_MASKS.TIF", "c_masks.tif"]
+    # A folder of label files beside the folder of images pairs as well.
+    result = run_dsb("measure", tmp_path / "imgs", tmp_path / "labs", "--out", tmp_path / "out2")
+    assert result.exit_code == 0, result.output
+    # A label file without its image, and two label images of one image, are each one line.
+    result = run_dsb("measure", tmp_path / "labs" / "c_masks.tif", "--out", tmp_path / "out3")
+    error_line(result, 3, "c_masks.tif", "is a label image, of an image 'c' not given")
+    tifffile.imwrite(tmp_path / "two" / "d.tif", image)
+    tifffile.imwrite(tmp_path / "two" / "d_masks.tif", labels)
+    Image.fromarray(labels.astype(np.uint8)).save(tmp_path / "two" / "d_masks.png")
+    result = run_dsb("measure", tmp_path / "two", "--out", tmp_path / "out4")
+    error_line(result, 3, "d.tif", "has 2 label images (d_masks.tif, d_masks.png)")

@@ -112,3 +112,15 @@ def test_a_field_of_touching_nuclei_measures_as_regionprops():
     image, labels = nuclei_field((256, 256), 20, touching=True, elongation=2.0, seed=3)
     assert labels.max() > 50
     _assert_as_regionprops(labels, image.astype(np.float64))
+
+
+def test_labels_over_many_rows_are_counted_in_batches(monkeypatch):
+    """Labels scattered over the image (an intensity image read as labels) span far more rows than they
+    have pixels: the rows are counted a bounded batch at a time, to the same convex areas."""
+    from dsb.core import labels as module
+
+    labels = np.random.default_rng(1).integers(0, 300, (120, 150))
+    expected = regionprops_table(labels, properties=("label", "area_convex"))
+    monkeypatch.setattr(module, "_ROWS_AT_ONCE", 500)
+    got = convex_areas(labels)
+    assert got[expected["label"]].tolist() == expected["area_convex"].astype(int).tolist()

@@ -169,8 +169,13 @@ def test_the_roi_writer_writes_the_rois_of_the_command_line(tmp_path):
     stack = np.stack([small, small[::-1] * 0])  # the second frame without nuclei
     [path] = write_rois_layer(str(tmp_path / "b.zip"), stack, {})
     assert [(r.name, r.position) for r in roiread(path)] == [("s1-0001", 1), ("s1-0002", 1)]
+    # Time points of planes: the slices of the one multi-page TIFF the label writer saves, counted through.
+    hyper = np.stack([stack, stack[::-1]])
+    [path] = write_rois_layer(str(tmp_path / "c.zip"), hyper, {})
+    assert [(r.name, r.position) for r in roiread(path)] == [
+        ("s1-0001", 1), ("s1-0002", 1), ("s4-0001", 4), ("s4-0002", 4)]
     with pytest.raises(ValueError, match=r"\.zip"):
-        write_rois_layer(str(tmp_path / "c.tif"), small, {})
+        write_rois_layer(str(tmp_path / "d.tif"), small, {})
 
 
 def test_reader_opens_label_images_as_labels_layers(tmp_path):

@@ -94,6 +94,19 @@ def test_a_stacks_rois_carry_their_frames_position(tmp_path):
     assert [(r.name, r.position) for r in rois] == [("s3-0001", 3)]
 
 
+def test_coordinates_past_imagejs_16_bits_keep_their_float_copy():
+    """ImageJ's integer coordinates end at 60535 (roifile then stores floats): kept, so Fiji reads them."""
+    from roifile import ImagejRoi
+
+    from dsb.io.rois import imagej_rois
+
+    labels = np.zeros((4, 61_000), np.int32)
+    labels[1:3, 60_990:60_995] = 7
+    back = ImagejRoi.frombytes(imagej_rois(labels)[0].tobytes())
+    assert back.coordinates().min(axis=0).tolist() == [60_990, 1] and back.coordinates().max(axis=0).tolist() == [
+        60_995, 3]
+
+
 def test_no_nuclei_is_an_empty_set_and_a_bad_shape_is_refused(tmp_path):
     path = write_rois(tmp_path / "none_rois.zip", np.zeros((5, 5), np.int32))
     assert zipfile.ZipFile(path).namelist() == []

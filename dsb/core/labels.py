@@ -20,8 +20,31 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["areas_and_centres", "close_gaps", "convex_areas", "edge_runs", "label_means", "measure_regions", "relabel",
-           "renumber", "touching_edge"]
+__all__ = ["areas_and_centres", "close_gaps", "compact_labels", "convex_areas", "edge_runs", "label_means",
+           "measure_regions", "relabel", "renumber", "touching_edge"]
+
+
+def compact_labels(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """``labels`` numbered 1..K where their values reach far beyond their pixel count (a file's own
+    numbering, 4,000,000,000 for one nucleus), so that what is sized by the largest label (bincounts,
+    lookup tables) stays the image's size; with the values each new number stands for.
+
+    Returns
+    -------
+    labels : ndarray
+        ``labels`` itself where its largest value is at most twice its pixel count (plus 1024), else
+        renumbered 1..K (int64) in the order of the values.
+    values : (K,) ndarray or None
+        The value of each of 1..K (entry ``k - 1``), or None where ``labels`` was kept.
+
+    >>> small, values = compact_labels(np.array([[0, 4_000_000_000], [7, 7]], np.uint32))
+    >>> small.tolist(), values.tolist()
+    ([[0, 2], [1, 1]], [7, 4000000000])
+    """
+    labels = np.asarray(labels)
+    if int(labels.max(initial=0)) <= 2 * labels.size + 1024:
+        return labels, None
+    return renumber(labels, dtype=np.int64)[0], np.unique(labels[labels > 0])
 
 
 def renumber(labels: np.ndarray, *, dtype=np.int32) -> tuple[np.ndarray, int]:
@@ -219,8 +242,8 @@ def measure_regions(labels: np.ndarray, intensity: np.ndarray) -> dict[str, np.n
         ``axis_minor_length``); ``orientation_deg`` (its major axis's angle to the image's
         rows, counter-clockwise as the image is shown, from 0 up to 180 degrees: Fiji's
         *Angle*; regionprops' ``orientation`` is 90 degrees less, in radians, from -90 to 90);
-        ``circularity`` (4 pi area / perimeter squared, at most 1: Fiji's *Circ.*; 1 where the
-        perimeter is 0); ``solidity`` (the area over the convex area, :func:`convex_areas`, as
+        ``circularity`` (4 pi area / perimeter squared, at most 1: Fiji's *Circ.* formula, on this
+        perimeter; 1 where the perimeter is 0); ``solidity`` (the area over the convex area, :func:`convex_areas`, as
         regionprops: near 1 for a convex object, lower for a dented one, such as two nuclei
         merged); ``mean_intensity`` and ``integrated_intensity`` (the mean and the sum
         over the object's finite pixels: NaN or infinite ones are left out, NaN where it has no
@@ -355,24 +378,40 @@ def convex_areas(labels: np.ndarray, n: int | None = None) -> np.ndarray:
     head = np.flatnonzero(np.r_[True, (own2[1:] != own2[:-1]) | (y[1:] != y[:-1])])
     left, right = np.minimum.reduceat(left, head), np.maximum.reduceat(right, head)
     own2, y = own2[head], y[head]
-    # Every row from each label's first to its last, gaps between its pieces too.
+    # Every row from each label's first to its last, gaps between its pieces too: in batches of labels
+    # of a bounded number of rows, as labels scattered over the image (an intensity image read as
+    # labels) span far more rows than they have pixels.
     first = np.flatnonzero(np.r_[True, own[1:] != own[:-1]])
     last = np.r_[first[1:], own.size] - 1
     height = row[last] - row[first] + 1
-    rows = np.arange(height.sum()) - np.repeat(np.cumsum(height) - height - row[first], height)
-    labels_of_rows = np.repeat(own[first], height)
-    # Pixel centres between the two sides, borders included (to float rounding).
-    high = _on_concave_hull(own2, y, right, labels_of_rows, rows)
-    low = -_on_concave_hull(own2, y, -left, labels_of_rows, rows)
-    count = np.floor(high + 1e-9) - np.ceil(low - 1e-9) + 1
-    return np.bincount(labels_of_rows, np.maximum(count, 0), n + 1).astype(np.int64)
+    right_hull, left_hull = _concave_hull(own2, y, right), _concave_hull(own2, y, -left)
+    areas = np.zeros(n + 1)
+    ends = np.cumsum(height)
+    batch_start = 0
+    while batch_start < first.size:
+        batch_end = max(batch_start + 1, int(np.searchsorted(ends, ends[batch_start] - height[batch_start]
+                                                                   + _ROWS_AT_ONCE, side="right")))
+        part = slice(batch_start, batch_end)
+        tall = height[part]
+        rows = np.arange(tall.sum()) - np.repeat(np.cumsum(tall) - tall - row[first[part]], tall)
+        labels_of_rows = np.repeat(own[first[part]], tall)
+        # Pixel centres between the two sides, borders included (to float rounding).
+        high = _at(*right_hull, labels_of_rows, rows)
+        low = -_at(*left_hull, labels_of_rows, rows)
+        count = np.floor(high + 1e-9) - np.ceil(low - 1e-9) + 1
+        areas += np.bincount(labels_of_rows, np.maximum(count, 0), n + 1)
+        batch_start = batch_end
+    return areas.astype(np.int64)
 
 
-def _on_concave_hull(group: np.ndarray, y: np.ndarray, v: np.ndarray, at_group: np.ndarray,
-                     at_y: np.ndarray) -> np.ndarray:
-    """The least concave function at or above each group's points ``(y, v)`` (sorted by group, then by
-    ``y``, increasing within a group; ``y`` and ``v`` multiples of 1/2), at ``at_y`` (integers within the
-    group's span, never its first point) of each ``at_group``."""
+# The most rows convex_areas evaluates at once (a few arrays of this length).
+_ROWS_AT_ONCE = 1 << 22
+
+
+def _concave_hull(group: np.ndarray, y: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The corners of the least concave function at or above each group's points ``(y, v)`` (sorted by
+    group, then by ``y``, increasing within a group; ``y`` and ``v`` multiples of 1/2): its points that
+    lie above the chord of their neighbours, each group's first and last kept."""
     while group.size > 2:
         g0, g1, g2 = group[:-2], group[1:-1], group[2:]
         y0, y1, y2 = y[:-2], y[1:-1], y[2:]
@@ -384,6 +423,12 @@ def _on_concave_hull(group: np.ndarray, y: np.ndarray, v: np.ndarray, at_group: 
             break
         keep = np.r_[True, ~inner, True]
         group, y, v = group[keep], y[keep], v[keep]
+    return group, y, v
+
+
+def _at(group: np.ndarray, y: np.ndarray, v: np.ndarray, at_group: np.ndarray, at_y: np.ndarray) -> np.ndarray:
+    """The piecewise-linear function through each group's corners (:func:`_concave_hull`'s) at ``at_y``
+    (integers within the group's span, never its first corner) of each ``at_group``."""
     # The first corner at or after each asked point, and the one before: both its group's.
     span = 2 * (int(max(y.max(), at_y.max())) + 2)
     after = np.searchsorted(group * span + (2 * y).astype(np.int64), at_group * span + 2 * at_y)

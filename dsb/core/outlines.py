@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from dsb.core.labels import compact_labels
+
 __all__ = ["label_outlines"]
 
 
@@ -49,7 +51,7 @@ def label_outlines(labels: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
     object), each loop is ranked by pointer jumping, and each object keeps its loop of the
     largest area, its outside (its holes' loops run the other way, with negative areas).
     """
-    labels = np.asarray(labels)
+    labels, values = compact_labels(labels)  # keys below are label x corner: keep the labels small
     height, width = labels.shape
     padded = np.pad(labels, 1)
     inner = padded[1:-1, 1:-1]
@@ -95,7 +97,8 @@ def label_outlines(labels: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
     index = index[np.lexsort((position[index], rank[loop[index]]))]
     counts = np.bincount(rank[loop[index]], minlength=best.size)
     points = np.column_stack([r0[index] - 0.5, c0[index] - 0.5])
-    return own[best], np.split(points, np.cumsum(counts)[:-1])
+    found = own[best] if values is None else values[own[best] - 1].astype(np.int64)
+    return found, np.split(points, np.cumsum(counts)[:-1])
 
 
 def _rank_loops(after: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

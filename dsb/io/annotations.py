@@ -12,7 +12,7 @@ A training folder (``dsb train --data DIR``) may hold, alone or together:
 ``DIR`` itself may be a folder in layout (a) or (b), or hold such folders beside
 ``stage1_train/`` (e.g. ``DIR/stage1_train/`` and ``DIR/my_images/``). A label
 image is an 8-, 16- or 32-bit integer TIFF or PNG, 0 background and one value
-per nucleus (any values: they are renumbered 1..N).
+per nucleus (any values: training renumbers them 1..N; ``dsb measure`` keeps them).
 
 The images of a user folder get ids ``{folder}-{stem}``, unique by
 construction, and form their own imaging-experiment group ``user:{folder}``
@@ -36,6 +36,7 @@ from dsb.core.labels import renumber
 from dsb.io.images import (
     IMAGE_SUFFIXES,
     MaskFixes,
+    image_name,
     image_path,
     list_ids,
     read_image,
@@ -218,8 +219,8 @@ def label_stem(path) -> str | None:
     path = Path(path)
     if path.suffix.lower() not in LABEL_EXTENSIONS:
         return None
-    for suffix in LABEL_SUFFIXES:
-        if path.stem.endswith(suffix) and len(path.stem) > len(suffix):
+    for suffix in LABEL_SUFFIXES:  # any case, as file systems and Windows users have it
+        if path.stem.lower().endswith(suffix) and len(path.stem) > len(suffix):
             return path.stem[: -len(suffix)]
     return None
 
@@ -372,10 +373,14 @@ def read_label_image(path, shape: tuple[int, int] | None = None, *, image=None, 
     return renumber(labels)[0] if renumbered else labels
 
 
-def label_file(image, folder=None) -> Path:
-    """The label image of ``image``: ``NAME_masks``, ``NAME_labels`` or ``NAME_cp_masks`` (TIFF or PNG)
-    beside it, or in ``folder``, where a file named as the image itself (``masks/NAME.tif`` beside
-    ``images/NAME.tif``) counts too.
+def label_file(image, folder=None, *, listing: dict | None = None) -> Path:
+    """The label image of ``image``: ``NAME_masks``, ``NAME_labels`` or ``NAME_cp_masks`` (TIFF or PNG, any
+    case) beside it, or in ``folder``, where a file named as the image itself (``masks/NAME.tif`` beside
+    ``images/NAME.tif``) counts too. ``NAME`` is the image's name as ``dsb segment`` names its outputs
+    (:func:`dsb.io.images.image_name`: ``a.ome.tif`` is ``a``).
+
+    ``listing`` (a dict, empty at first) keeps each folder's file names between calls, so that pairing
+    a folder of many images lists it once.
 
     Raises
     ------
@@ -384,10 +389,15 @@ def label_file(image, folder=None) -> Path:
     """
     image = Path(image)
     folder = image.parent if folder is None else Path(folder)
-    name = image.name[: -len(".ome.tif")] if image.name.lower().endswith(".ome.tif") else image.stem
+    name = image_name(image)
     suffixes = LABEL_SUFFIXES + (("",) if folder.resolve() != image.parent.resolve() else ())
-    found = [folder / f"{name}{suffix}{ext}" for suffix in suffixes for ext in LABEL_EXTENSIONS]
-    found = [p for p in found if p.is_file() and p.resolve() != image.resolve()]
+    listing = {} if listing is None else listing
+    if folder not in listing:
+        files = [p for p in folder.iterdir() if p.is_file()] if folder.is_dir() else []
+        listing[folder] = {p.name.lower(): p for p in files}
+    wanted = [f"{name}{suffix}{ext}".lower() for suffix in suffixes for ext in LABEL_EXTENSIONS]
+    found = [listing[folder][w] for w in wanted if w in listing[folder]]
+    found = [p for p in found if p.resolve() != image.resolve()]
     if len(found) > 1:
         raise BadDataError(f"has {len(found)} label images ({', '.join(p.name for p in found)}); keep one in "
                            f"{folder}", path=image)

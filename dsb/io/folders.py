@@ -238,7 +238,7 @@ def _without_derived(files: list[Path]) -> list[Path]:
 
     def derived(p: Path) -> bool:
         stem = label_stem(p)
-        if stem is None and p.stem.endswith(OVERLAY_SUFFIX):
+        if stem is None and p.stem.lower().endswith(OVERLAY_SUFFIX):
             stem = p.stem[: -len(OVERLAY_SUFFIX)]
         return stem is not None and stem in names
 

@@ -51,7 +51,9 @@ def imagej_rois(labels: np.ndarray, *, position: dict[str, int] | None = None, p
         points = np.rint(outline[:, ::-1] + 0.5).astype(np.int32)
         roi = ImagejRoi.frompoints(points, name=f"{prefix}{label:0{width}d}", **(position or {}))
         roi.roitype = ROI_TYPE.TRACED  # as Fiji's wand traces: along the pixels' edges
-        roi.options = ROI_OPTIONS(0)
+        # No overlay options; but coordinates past ImageJ's 16-bit ones (beyond 60535 pixels) keep the
+        # float coordinates roifile stores them in.
+        roi.options = roi.options & ROI_OPTIONS.SUB_PIXEL_RESOLUTION
         roi.right, roi.bottom = int(points[:, 0].max()), int(points[:, 1].max())  # corners, not pixels
         rois.append(roi)
     return rois

@@ -74,7 +74,9 @@ def write_rois_layer(path: str, data, attributes: dict) -> list[str]:
     path : str
         Ends in ``.zip``.
     data : array_like of int
-        (H, W) labels, or a stack of them (frames first: each ROI at its slice, named ``s3-0042``).
+        (H, W) labels, or a stack of them (frames first): each ROI at its slice, named ``s3-0042``,
+        the slices counted over all leading axes as :func:`write_labels_layer` writes them (one
+        multi-page TIFF).
     attributes : dict
         The layer's attributes (unused).
 
@@ -94,9 +96,9 @@ def write_rois_layer(path: str, data, attributes: dict) -> list[str]:
     labels = np.asarray(data)
     if Path(path).suffix.lower() != ".zip":
         raise ValueError(f"`path` ({path}) must end in .zip")
-    # A stack's leading axes as unnamed frames: one is a plain stack's slices, two a hyperstack's.
-    frames = "f" if labels.ndim == 3 else "tz"[: max(0, labels.ndim - 2)]
-    return [str(write_rois(path, labels, frames))]
+    if labels.ndim > 2:  # the slices of the multi-page TIFF the label writer saves
+        return [str(write_rois(path, labels.reshape(-1, *labels.shape[-2:]), "f"))]
+    return [str(write_rois(path, labels))]
 
 
 def _is_label_file(path: Path) -> bool:

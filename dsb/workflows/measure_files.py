@@ -45,23 +45,29 @@ def pair_labels(paths, labels_dir=None, skips: Skips | None = None) -> dict[str,
     """The images among ``paths`` (files and folders, as ``dsb segment`` takes them), each with its label
     image: ``{name: (image, labels)}`` in the order given.
 
-    Label files met among the images (``NAME_masks.tif`` beside ``NAME.tif``) are labels, not images.
-    An image without one label image (:func:`dsb.io.annotations.label_file`: beside it, or in
-    ``labels_dir``) goes to ``skips``, which raises it unless it skips bad inputs; so do paths that
-    hold no image.
+    A label file among ``paths`` (``NAME_masks.tif``, named or in a folder) is the label image of the
+    image ``NAME``; any other image's is found by :func:`dsb.io.annotations.label_file`, beside it or
+    in ``labels_dir``. An image without one label image goes to ``skips``, which raises it unless it
+    skips bad inputs; so do paths that hold no image.
     """
     skips = Skips(False) if skips is None else skips
     images, problems = find_images(paths)
     for problem in problems:
         skips(problem)
+    given = {label_stem(p): p for p in images.values() if label_stem(p) is not None}
+    listing: dict = {}
     pairs = {}
     for name, image in images.items():
         if label_stem(image) is not None:
-            continue  # a label image (NAME_masks.tif ...), of an image beside it
+            continue  # a label image (NAME_masks.tif ...): its image's
         try:
-            pairs[name] = (image, label_file(image, labels_dir))
+            pairs[name] = (image, given[name] if name in given else label_file(image, labels_dir, listing=listing))
         except BadDataError as exc:
             skips(exc)
+    for name, labels in given.items():
+        if name not in images:
+            skips(BadDataError(f"is a label image, of an image {name!r} not given; give the image (or its folder) "
+                               "too", path=labels))
     return pairs
 
 

@@ -29,7 +29,7 @@ import pandas as pd
 from dsb.core.atomic import atomic_path, writable_dir
 from dsb.core.config import check_scale_factor
 from dsb.core.errors import BadDataError
-from dsb.core.labels import label_means, measure_regions
+from dsb.core.labels import compact_labels, label_means, measure_regions
 from dsb.core.validate import check_labels, check_same_shape
 from dsb.inference.preprocess import mixed_channels, raw_intensity
 from dsb.inference.scale import check_diameter
@@ -143,16 +143,22 @@ def measure_nuclei(labels: np.ndarray, intensity: np.ndarray, confidence: np.nda
     labels = check_labels("labels", labels, bool_ok=False)
     intensity = np.asarray(intensity)
     check_same_shape("intensity", intensity, "labels", labels)
+    top = int(labels.max(initial=0))
+    if confidence is not None:
+        confidence = np.asarray(confidence, np.float32)
+        if confidence.ndim != 1 or confidence.size < top:
+            raise ValueError(f"`confidence` (shape {confidence.shape}) must hold one value per label 1..{top}")
+    # A file's own numbering may reach billions: measured as 1..K, each row given its value back.
+    labels, values = compact_labels(labels)
     frame = pd.DataFrame(measure_regions(labels, intensity))
+    index = frame["label"].to_numpy(np.intp)  # into what is sized by the (compacted) labels
+    if values is not None:
+        frame["label"] = values[index - 1]
     frame["touches_edge"] = touches_edge(frame, labels.shape)
     columns = list(MEASUREMENT_COLUMNS)
     if confidence is None:
         columns.remove("confidence")
     else:
-        confidence = np.asarray(confidence, np.float32)
-        top = int(labels.max(initial=0))
-        if confidence.ndim != 1 or confidence.size < top:
-            raise ValueError(f"`confidence` (shape {confidence.shape}) must hold one value per label 1..{top}")
         frame["confidence"] = confidence[frame["label"].to_numpy(np.int64) - 1]
     frame = frame.loc[:, columns].astype(
         {"label": np.int64, "bbox_min_row": np.int64, "bbox_min_col": np.int64,
@@ -162,7 +168,7 @@ def measure_nuclei(labels: np.ndarray, intensity: np.ndarray, confidence: np.nda
         channels = np.asarray(channels)
         if channels.ndim != 3 or channels.shape[:2] != labels.shape:
             raise ValueError(f"`channels` (shape {channels.shape}) must be (H, W, C) with the labels' {labels.shape}")
-        means = label_means(labels, channels)[frame["label"].to_numpy(np.intp)]
+        means = label_means(labels, channels)[index]
         names = channel_columns(channel_names, channels.shape[2])
         frame = frame.assign(**{name: means[:, k] for k, name in enumerate(names)})
     return frame if pixel_size is None else in_micrometres(frame, pixel_size)
