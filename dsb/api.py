@@ -266,7 +266,11 @@ def segment(image, model=None, *, diameter: float | None = None, tta: bool | Non
     config = model.config.with_scale_factor(scale_factor)
     learnt = config.preprocess.channel
     if channel is None and learnt is not None and image.ndim == 3 and image.shape[2] > 1:
-        warnings.warn(f"the model learnt from channel {learnt} of its training images; give channel={learnt} to "
+        from dsb.io.channel_names import channel_words
+
+        give = (f"channel={learnt}" if isinstance(learnt, int) else
+                f"channel=N, that channel's number in this array (arrays carry no names)")
+        warnings.warn(f"the model learnt from {channel_words(learnt)} of its training images; give {give} to "
                       "segment the same channel of this one (now: all its channels as one grey image)", stacklevel=2)
     if return_confidence:
         nuclei = predict_nuclei(model.network, config, image, tta=tta, diameter=diameter)

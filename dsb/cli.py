@@ -322,11 +322,11 @@ def prepare(data: Path, config_path: Path | None) -> None:
                    "its model and preprocessing, a tenth of the learning rate, 10 short epochs.")
 @click.option("--learning-rate", type=_Positive(), default=None,
               help="Override the (fine-tune) learning rate.")
-@click.option("--channel", type=click.IntRange(min=0), default=None, metavar="N",
-              help="Learn from channel N of your multi-channel images, counted from 0 (their DNA stain), picked as "
-                   "dsb segment --channel picks it (channel 0 of a grey image is the image); the competition's "
-                   "images whole. Kept in the run's config, so that dsb tune, evaluate and export --int8 read "
-                   "the same; give dsb segment the same --channel.")
+@click.option("--channel", type=_Channel(), default=None, metavar="N|NAME",
+              help="Learn from channel N of your multi-channel images, counted from 0 (their DNA stain), or the "
+                   "channel of this NAME in each OME-TIFF, picked as dsb segment --channel picks it (channel 0 of "
+                   "a grey image is the image); the competition's images whole. Kept in the run's config, so that "
+                   "dsb tune, evaluate and export --int8 read the same; give dsb segment the same --channel.")
 def train(config_path, data, out, epochs, steps_per_epoch, time_budget, seed, resume, strategy, precision,
           init, learning_rate, channel) -> None:
     """Train the U-Net, or fine-tune one (--init); the run folder is all that `dsb predict` needs."""
@@ -661,8 +661,10 @@ def segment(paths, model_dir, out, tta, overlay, rois, diameter, diameter_um, pi
 
     learnt = load_run_config(model_dir).preprocess.channel
     if channel is None and learnt is not None:
-        click.echo(f"dsb: note: {model_dir} learnt from channel {learnt} of its training images; give --channel "
-                   f"{learnt} to segment the same channel of yours", err=True)
+        from dsb.io.channel_names import channel_words
+
+        click.echo(f"dsb: note: {model_dir} learnt from {channel_words(learnt)} of its training images; give "
+                   f"--channel {learnt} to segment the same channel of yours", err=True)
 
     summary = segment_inputs(list(paths), model_dir=model_dir, out_dir=out, tta=tta, overlay=overlay, rois=rois,
                              diameter=diameter, skip_bad=skip_bad, progress=True, engine=engine,

@@ -247,9 +247,10 @@ def _images(files: list[Path]) -> list[Path]:
 
 
 def _by_stem(files: list[Path], what: str) -> dict[str, Path]:
+    """``files`` by their names as ``dsb segment`` names outputs (``a.ome.tif`` is ``a``)."""
     out: dict[str, Path] = {}
     for p in files:
-        stem = p.stem
+        stem = image_name(p)
         if stem in out:
             raise BadDataError(f"two {what} named {stem!r} ({out[stem].name} and {p.name}); keep one", path=p)
         out[stem] = p
@@ -263,7 +264,7 @@ def _user_samples(folder: Path, name: str) -> list[Sample]:
         labels = _labels_by_stem(
             _files(folder / "masks"),
             lambda p: None if p.suffix.lower() not in LABEL_EXTENSIONS
-            else p.stem if p.stem in images else (label_stem(p) or p.stem),
+            else image_name(p) if image_name(p) in images else (label_stem(p) or image_name(p)),
         )
         missing = "masks/{stem}.tif or masks/{stem}.png"
         orphan = "images/{stem}.png or images/{stem}.tif"

@@ -17,7 +17,28 @@ from dsb.io.channels import check_channel
 from dsb.io.ome import first_pixels, local_name, ngff, open_zarr
 from dsb.io.tiff_reading import open_tiff
 
-__all__ = ["channel_names", "file_channel"]
+__all__ = ["channel_names", "file_channel", "channel_words", "stored_channel"]
+
+
+def stored_channel(channel) -> int | str | None:
+    """A channel as a config keeps it: a number (also given as a string of digits), or a name, stripped.
+
+    >>> stored_channel("2"), stored_channel(" DAPI "), stored_channel(None)
+    (2, 'DAPI', None)
+    """
+    if isinstance(channel, str):
+        text = channel.strip()
+        return int(text) if text.isdigit() else text
+    return check_channel(channel)
+
+
+def channel_words(channel) -> str:
+    """A channel as a sentence names it: ``channel 1`` (counted from 0), or ``the channel named 'DAPI'``.
+
+    >>> channel_words(1), channel_words("DAPI")
+    ('channel 1', "the channel named 'DAPI'")
+    """
+    return f"the channel named {channel!r}" if isinstance(channel, str) else f"channel {channel}"
 
 
 def file_channel(path, channel) -> int | None:
