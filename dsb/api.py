@@ -166,7 +166,7 @@ def _check_image(image, channel: int | None = None, *, warn: bool = True) -> np.
 
         why = mixed_channels(image)
         if why:
-            warnings.warn(f"`image` is {why}; give channel=N to segment the DNA stain's channel alone", stacklevel=3)
+            warnings.warn(f"`image` is {why}; give channel=N for the DNA stain's channel alone", stacklevel=3)
     return image
 
 
@@ -326,7 +326,7 @@ def measure(labels, image, *, channel: int | None = None, pixel_size: float | No
     from dsb.workflows.calibration import check_micrometres
     from dsb.workflows.segment_files import measure_nuclei
 
-    picked = _check_image(image, channel, warn=False)
+    picked = _check_image(image, channel)
     every = None
     if channel is not None:  # every channel, channels last
         stored = np.asarray(image)

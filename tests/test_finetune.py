@@ -161,8 +161,8 @@ def _rgb(folder):
 BAD_PAIRS = [
     ("size mismatch", lambda f: tif(f / "masks" / "cell1.tif", np.zeros((40, 48), np.uint16)),
      "masks/cell1.tif", ["label image is 40x48 but its image cell1.png is 48x48"]),
-    ("float labels", lambda f: tif(f / "masks" / "cell1.tif", disc_pair(1)[1].astype(np.float32)),
-     "masks/cell1.tif", ["floating point", "float32"]),
+    ("float labels", lambda f: tif(f / "masks" / "cell1.tif", disc_pair(1)[1].astype(np.float32) / 4),
+     "masks/cell1.tif", ["floating point (float32) with values that are not whole numbers", "16-bit"]),
     ("negative labels", lambda f: tif(f / "masks" / "cell1.tif", -disc_pair(1)[1].astype(np.int16)),
      "masks/cell1.tif", ["negative values"]),
     ("RGB labels", _rgb, "masks/cell1.tif", ["3 channels", "one channel"]),

@@ -100,7 +100,7 @@ def test_bad_pairs_are_one_line_each(tmp_path, field):
     tifffile.imwrite(folder / "b.tif", image)
     tifffile.imwrite(folder / "b_masks.tif", labels[:100])  # of another size
     tifffile.imwrite(folder / "c.tif", image)
-    tifffile.imwrite(folder / "c_masks.tif", labels.astype(np.float32))
+    tifffile.imwrite(folder / "c_masks.tif", labels.astype(np.float32) + 0.5)
     result = run_dsb("measure", folder, "--out", tmp_path / "out")
     error_line(result, 3, "b_masks.tif", "label image is 100x200 but its image b.tif is 160x200")
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a_nuclei.csv"]  # whole, as are those before
@@ -108,7 +108,7 @@ def test_bad_pairs_are_one_line_each(tmp_path, field):
     assert result.exit_code == 0, result.output
     summary = pd.read_csv(tmp_path / "out" / "summary.csv").set_index("file")
     assert summary["status"].tolist() == ["ok", "skipped", "skipped"]
-    assert "label image is floating point" in summary.loc[str(folder / "c.tif"), "error"]
+    assert "not whole numbers" in summary.loc[str(folder / "c.tif"), "error"]
     assert "skipped: " in result.stderr and "1 image measured" in result.stdout
     (folder / "a_masks.tif").unlink()
     result = run_dsb("measure", folder / "a.tif", "--out", tmp_path / "none", "--skip-bad")
@@ -181,3 +181,30 @@ def test_pairs_by_the_outputs_name_in_any_case_and_from_the_inputs(tmp_path, fie
     Image.fromarray(labels.astype(np.uint8)).save(tmp_path / "two" / "d_masks.png")
     result = run_dsb("measure", tmp_path / "two", "--out", tmp_path / "out4")
     error_line(result, 3, "d.tif", "has 2 label images (d_masks.tif, d_masks.png)")
+
+
+def test_label_images_as_stardist_cellpose_and_fiji_save_them(tmp_path, field):
+    """masks/NAME.ome.tif beside images/NAME.ome.tif; Cellpose's NAME.ome_cp_masks.png; a 32-bit float
+    label image of whole values (Fiji's); a multi-channel image measured without a channel is warned of."""
+    image, labels = field
+    for folder in ("sd/images", "sd/masks", "cp"):
+        (tmp_path / folder).mkdir(parents=True)
+    tifffile.imwrite(tmp_path / "sd" / "images" / "w0.ome.tif", image, ome=True)
+    tifffile.imwrite(tmp_path / "sd" / "masks" / "w0.ome.tif", labels.astype(np.float32))
+    result = run_dsb("measure", tmp_path / "sd" / "images", "--labels", tmp_path / "sd" / "masks",
+                     "--out", tmp_path / "o1")
+    assert result.exit_code == 0, result.output
+    assert pd.read_csv(tmp_path / "o1" / "w0_nuclei.csv")["label"].tolist() == sorted(set(labels.ravel()) - {0})
+    # The folder of label files named as their images, given as an input: pointed to --labels.
+    result = run_dsb("measure", tmp_path / "sd" / "images", tmp_path / "sd" / "masks", "--out", tmp_path / "o2")
+    error_line(result, 3, "would write the same output files", "give the label images' folder as --labels")
+    two = np.stack([image, image[::-1, ::-1]], axis=-1)  # a second image, not transparency, beside the first
+    tifffile.imwrite(tmp_path / "cp" / "w1.ome.tif", np.moveaxis(two, -1, 0), ome=True, metadata={"axes": "CYX"})
+    Image.fromarray(labels.astype(np.uint8)).save(tmp_path / "cp" / "w1.ome_cp_masks.png")
+    result = run_dsb("measure", tmp_path / "cp", "--out", tmp_path / "o3")
+    assert result.exit_code == 0, result.output
+    summary = pd.read_csv(tmp_path / "o3" / "summary.csv")
+    assert Path(summary["labels"][0]).name == "w1.ome_cp_masks.png"
+    assert "--channel N" in summary["warning"][0] and "dsb: warning:" in result.stderr
+    with pytest.warns(UserWarning, match="channel=N"):
+        dsb.measure(labels, two)

@@ -213,15 +213,17 @@ def label_stem(path) -> str | None:
     """The image name a label file of layout (b) (``NAME_masks.tif``, ``NAME_labels.png``...) belongs to,
     or None when its name is no label file's.
 
-    >>> label_stem("a_cp_masks.png"), label_stem("a.tif")
-    ('a', None)
+    >>> label_stem("a_cp_masks.png"), label_stem("a.ome_cp_masks.png"), label_stem("a.tif")
+    ('a', 'a', None)
     """
     path = Path(path)
     if path.suffix.lower() not in LABEL_EXTENSIONS:
         return None
     for suffix in LABEL_SUFFIXES:  # any case, as file systems and Windows users have it
         if path.stem.lower().endswith(suffix) and len(path.stem) > len(suffix):
-            return path.stem[: -len(suffix)]
+            stem = path.stem[: -len(suffix)]
+            # Cellpose cuts one suffix: a.ome.tif's masks are a.ome_cp_masks.png, of the image named a.
+            return stem[: -len(".ome")] if stem.lower().endswith(".ome") and len(stem) > 4 else stem
     return None
 
 
@@ -325,8 +327,9 @@ def read_label_image(path, shape: tuple[int, int] | None = None, *, image=None, 
     Raises
     ------
     BadDataError
-        Naming the file: unreadable, RGB (or several channels), floating
-        point, negative values, or another size than ``shape``.
+        Naming the file: unreadable, RGB (or several channels), floating point with values that are not
+        whole numbers (whole ones, as Fiji's 32-bit images hold labels, are taken), negative values, or
+        another size than ``shape``.
 
     Examples
     --------
@@ -349,11 +352,15 @@ def read_label_image(path, shape: tuple[int, int] | None = None, *, image=None, 
             )
         labels = labels[..., 0]
     if labels.dtype.kind == "f":
-        raise BadDataError(
-            f"label image is floating point ({labels.dtype}); expected integers, 0 background and one value "
-            "per nucleus (save it as 8-, 16- or 32-bit integers)",
-            path=path,
-        )
+        # Fiji's 32-bit images are floats: whole values are labels all the same.
+        whole = np.isfinite(labels).all() and bool((labels == np.round(labels)).all())
+        if not whole or (labels.size and labels.max() >= 2**53):
+            raise BadDataError(
+                f"label image is floating point ({labels.dtype}) with values that are not whole numbers; "
+                "expected integers, 0 background and one value per nucleus (in Fiji: Image > Type > 16-bit)",
+                path=path,
+            )
+        labels = labels.astype(np.int64)
     if labels.dtype.kind == "b":
         labels = labels.astype(np.uint8)
     if labels.dtype.kind not in "iu":
@@ -377,7 +384,7 @@ def read_label_image(path, shape: tuple[int, int] | None = None, *, image=None, 
 def label_file(image, folder=None, *, listing: dict | None = None) -> Path:
     """The label image of ``image``: ``NAME_masks``, ``NAME_labels`` or ``NAME_cp_masks`` (TIFF or PNG, any
     case) beside it, or in ``folder``, where a file named as the image itself (``masks/NAME.tif`` beside
-    ``images/NAME.tif``) counts too. ``NAME`` is the image's name as ``dsb segment`` names its outputs
+    ``images/NAME.tif``, or ``masks/NAME.ome.tif``) counts too. ``NAME`` is the image's name as ``dsb segment`` names its outputs
     (:func:`dsb.io.images.image_name`: ``a.ome.tif`` is ``a``).
 
     ``listing`` (a dict, empty at first) keeps each folder's file names between calls, so that pairing
@@ -391,12 +398,16 @@ def label_file(image, folder=None, *, listing: dict | None = None) -> Path:
     image = Path(image)
     folder = image.parent if folder is None else Path(folder)
     name = image_name(image)
-    suffixes = LABEL_SUFFIXES + (("",) if folder.resolve() != image.parent.resolve() else ())
+    elsewhere = folder.resolve() != image.parent.resolve()
+    suffixes = LABEL_SUFFIXES + (("",) if elsewhere else ())
     listing = {} if listing is None else listing
     if folder not in listing:
         files = [p for p in folder.iterdir() if p.is_file()] if folder.is_dir() else []
         listing[folder] = {p.name.lower(): p for p in files}
-    wanted = [f"{name}{suffix}{ext}".lower() for suffix in suffixes for ext in LABEL_EXTENSIONS]
+    # Its name with each label suffix (Cellpose's a.ome_cp_masks.png too), or elsewhere its own file name.
+    stems = dict.fromkeys([name, image.stem])
+    wanted = [f"{stem}{suffix}{ext}".lower() for stem in stems for suffix in suffixes for ext in LABEL_EXTENSIONS]
+    wanted = list(dict.fromkeys(wanted + ([image.name.lower()] if elsewhere else [])))
     found = [listing[folder][w] for w in wanted if w in listing[folder]]
     found = [p for p in found if p.resolve() != image.resolve()]
     if len(found) > 1:

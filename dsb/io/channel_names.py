@@ -59,7 +59,7 @@ def file_channel(path, channel) -> int | None:
     if text.isdigit():
         return int(text)
     names = channel_names(path)
-    if not names:
+    if not any(str(n).strip() for n in names):
         raise BadDataError(f"names no channels (only OME-TIFF and OME-Zarr files do), so it has no channel "
                            f"{text!r}; give the channel's number", path=path)
     folded = [name.casefold() for name in names]

@@ -32,7 +32,13 @@ from dsb.io.channel_names import channel_names, file_channel
 from dsb.io.folders import Skips, find_images
 from dsb.io.images import read_channels, read_image
 from dsb.workflows.calibration import calibrate
-from dsb.workflows.segment_files import join_warnings, measure_nuclei, nothing_to_segment, write_measurements
+from dsb.workflows.segment_files import (
+    channel_warning,
+    join_warnings,
+    measure_nuclei,
+    nothing_to_segment,
+    write_measurements,
+)
 
 __all__ = ["MEASURE_SUMMARY_COLUMNS", "measure_files", "pair_labels"]
 
@@ -51,7 +57,11 @@ def pair_labels(paths, labels_dir=None, skips: Skips | None = None) -> dict[str,
     skips bad inputs; so do paths that hold no image.
     """
     skips = Skips(False) if skips is None else skips
-    images, problems = find_images(paths)
+    try:
+        images, problems = find_images(paths)
+    except BadDataError as exc:  # two inputs of one name: often a masks/ folder named as images/
+        raise BadDataError(f"{exc.message}; if one is the other's label image, give the label images' folder as "
+                           "--labels", path=exc.path) from None
     for problem in problems:
         skips(problem)
     given = {label_stem(p): p for p in images.values() if label_stem(p) is not None}
@@ -147,6 +157,7 @@ def _measure_one(image: Path, labels_path: Path, out_dir: Path, name: str, *, ch
                            channel_names=() if picked is None else channel_names(image))
     written = write_measurements(out_dir, name, table, raw, labels, overlay=overlay, rois=rois)
     size = calibration.pixel_size
+    warning = join_warnings(channel_warning(raw) if picked is None else "", calibration.note)
     return {"file": str(image), "labels": str(labels_path), "status": "ok", "nuclei": len(table),
             "pixel_size": "" if size is None else float(f"{size:.6g}"),
-            **{k: str(v) for k, v in written.items()}, "warning": join_warnings(calibration.note), "error": ""}
+            **{k: str(v) for k, v in written.items()}, "warning": warning, "error": ""}
