@@ -327,6 +327,9 @@ def measure(labels, image, *, channel: int | None = None, pixel_size: float | No
     from dsb.workflows.segment_files import measure_nuclei
 
     picked = _check_image(image, channel)
+    shape = np.shape(labels)
+    if shape != picked.shape[:2]:
+        raise ValueError(f"`labels` (shape {shape}) must have the image's height and width {picked.shape[:2]}")
     every = None
     if channel is not None:  # every channel, channels last
         stored = np.asarray(image)

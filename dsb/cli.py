@@ -9,6 +9,7 @@ stderr and a documented exit status; see :mod:`dsb.core.errors`.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import tempfile
@@ -666,11 +667,12 @@ def segment(paths, model_dir, out, tta, overlay, rois, diameter, diameter_um, pi
         click.echo(f"dsb: note: {model_dir} learnt from {channel_words(learnt)} of its training images; give "
                    f"--channel {learnt} to segment the same channel of yours", err=True)
 
-    summary = segment_inputs(list(paths), model_dir=model_dir, out_dir=out, tta=tta, overlay=overlay, rois=rois,
-                             diameter=diameter, skip_bad=skip_bad, progress=True, engine=engine,
-                             precision=precision, block_size=block_size, workers=workers, scheduler=scheduler,
-                             scale_factor=scale_factor, channel=channel, diameter_um=diameter_um,
-                             pixel_size=pixel_size)
+    with _skips_said():
+        summary = segment_inputs(list(paths), model_dir=model_dir, out_dir=out, tta=tta, overlay=overlay, rois=rois,
+                                 diameter=diameter, skip_bad=skip_bad, progress=True, engine=engine,
+                                 precision=precision, block_size=block_size, workers=workers, scheduler=scheduler,
+                                 scale_factor=scale_factor, channel=channel, diameter_um=diameter_um,
+                                 pixel_size=pixel_size)
     skipped = _report_skipped(summary.attrs["skipped"])
     for row in summary[summary["warning"].fillna("").astype(str) != ""].itertuples(index=False):
         click.echo(f"dsb: warning: {row.file}: {row.warning}", err=True)
@@ -719,8 +721,9 @@ def measure(paths, out, labels_dir, channel, pixel_size, overlay, rois, skip_bad
     """
     from dsb.workflows.measure_files import measure_files
 
-    summary = measure_files(list(paths), out_dir=out, labels_dir=labels_dir, channel=channel, pixel_size=pixel_size,
-                            overlay=overlay, rois=rois, skip_bad=skip_bad, progress=True)
+    with _skips_said():
+        summary = measure_files(list(paths), out_dir=out, labels_dir=labels_dir, channel=channel,
+                                pixel_size=pixel_size, overlay=overlay, rois=rois, skip_bad=skip_bad, progress=True)
     skipped = _report_skipped(summary.attrs["skipped"])
     for row in summary[summary["warning"].fillna("").astype(str) != ""].itertuples(index=False):
         click.echo(f"dsb: warning: {row.file}: {row.warning}", err=True)
@@ -834,6 +837,18 @@ def _report_scores(value: float, table, per_image: Path | None, *, by_type: bool
         for kind, group in table.groupby("type"):
             click.echo(f"{kind}: {group['score'].mean():.6f} ({len(group)} images)")
     click.echo(f"{value:.6f}")
+
+
+@contextlib.contextmanager
+def _skips_said():
+    """A run whose inputs were all skipped (``--skip-bad``) fails with one line naming the first's reason:
+    where there were several, each one's is said first, as a run that segments some says them."""
+    try:
+        yield
+    except DsbError as exc:
+        if len(getattr(exc, "skipped", [])) > 1:
+            _report_skipped(exc.skipped)
+        raise
 
 
 def _report_skipped(skipped: list) -> int:

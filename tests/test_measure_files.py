@@ -208,3 +208,22 @@ def test_label_images_as_stardist_cellpose_and_fiji_save_them(tmp_path, field):
     assert "--channel N" in summary["warning"][0] and "dsb: warning:" in result.stderr
     with pytest.warns(UserWarning, match="channel=N"):
         dsb.measure(labels, two)
+
+
+def test_when_skip_bad_skips_every_input_each_reason_is_said(tmp_path, field):
+    image, labels = field
+    (tmp_path / "in").mkdir()
+    tifffile.imwrite(tmp_path / "in" / "a.tif", image)  # no label image
+    tifffile.imwrite(tmp_path / "in" / "b.tif", image)
+    tifffile.imwrite(tmp_path / "in" / "b_masks.tif", labels[:50])  # of another size
+    result = run_dsb("measure", tmp_path / "in", "--out", tmp_path / "out", "--skip-bad")
+    assert result.exit_code == 3
+    lines = result.stderr.strip().splitlines()
+    assert lines[0].startswith("skipped: ") and "a.tif" in lines[0] and "has no label image" in lines[0]
+    assert lines[1].startswith("skipped: ") and "b.tif" in lines[1] and "label image is 50x200" in lines[1]
+    assert lines[2].startswith("dsb: error: ") and "no image to measure (all skipped" in lines[2]
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "x.tif").write_text("not an image")
+    (tmp_path / "bad" / "y.png").write_bytes(b"")
+    result = run_dsb("segment", tmp_path / "bad", "--out", tmp_path / "s", "--skip-bad")
+    assert result.exit_code == 3 and result.stderr.count("skipped: ") == 2, result.stderr

@@ -160,6 +160,25 @@ def test_writer_writes_the_label_tiffs_of_the_command_line(tmp_path):
         write_labels_layer(str(tmp_path / "d.png"), stack, {})
 
 
+def test_the_label_writer_keeps_a_layers_size_in_micrometres(tmp_path):
+    """A layer whose scale and units give its pixels a length: its TIFF carries it, as dsb segment's does."""
+    pint = pytest.importorskip("pint")
+    from dsb.io.pixel_size import read_pixel_size
+
+    units = pint.get_application_registry()
+    small = make_discs((64, 64))
+    in_nm = {"scale": (325.0, 325.0), "units": (units.nanometer, units.nanometer)}
+    [path] = write_labels_layer(str(tmp_path / "a.tif"), small, in_nm)
+    assert read_pixel_size(path).side == pytest.approx(0.325)
+    [path] = write_labels_layer(str(tmp_path / "b.tif"), np.stack([small, small]),
+                                {"scale": (1.0, 0.5, 0.5), "units": (units.second, units.micrometer, units.micrometer)})
+    assert read_pixel_size(path).side == pytest.approx(0.5)
+    for said in ({"scale": (0.5, 0.5), "units": (units.pixel, units.pixel)}, {"scale": (0.5, 0.25),
+                 "units": (units.micrometer, units.micrometer)}, {}):
+        [path] = write_labels_layer(str(tmp_path / "c.tif"), small, said)
+        assert read_pixel_size(path) is None
+
+
 def test_the_roi_writer_writes_the_rois_of_the_command_line(tmp_path):
     from roifile import roiread
 

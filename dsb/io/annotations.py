@@ -274,7 +274,7 @@ def _user_samples(folder: Path, name: str) -> list[Sample]:
         files = _files(folder)
         images = _by_stem(_images(files), "images")
         labels = _labels_by_stem(files, label_stem)
-        missing = "{stem}_masks.tif or {stem}_labels.tif beside it"
+        missing = "{stem}_masks.tif, {stem}_labels.tif or {stem}_cp_masks.png beside it"
         orphan = "{stem}.png or {stem}.tif beside it"
     for stem, path in images.items():
         if stem not in labels:

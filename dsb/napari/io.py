@@ -19,9 +19,9 @@ import numpy as np
 from dsb.core.atomic import atomic_path
 from dsb.io.annotations import LABEL_EXTENSIONS, LABEL_SUFFIXES, read_label_image
 from dsb.io.rois import write_rois
-from dsb.io.writers import write_labels
+from dsb.io.writers import tiff_calibration, write_labels
 
-__all__ = ["write_labels_layer", "write_rois_layer", "get_label_reader", "read_label_layer"]
+__all__ = ["write_labels_layer", "write_rois_layer", "layer_pixel_size", "get_label_reader", "read_label_layer"]
 
 _UINT16_MAX = np.iinfo(np.uint16).max
 
@@ -36,7 +36,9 @@ def write_labels_layer(path: str, data, attributes: dict) -> list[str]:
     data : array_like of int
         (H, W) labels, or a stack of them (frames first).
     attributes : dict
-        The layer's attributes (unused).
+        The layer's attributes: where its ``scale`` and ``units`` give its pixels a size in
+        micrometres (or another length), the TIFF carries it, as ``dsb segment``'s labels do
+        (:func:`layer_pixel_size`).
 
     Returns
     -------
@@ -52,8 +54,9 @@ def write_labels_layer(path: str, data, attributes: dict) -> list[str]:
     'uint32'
     """
     labels = np.asarray(data)
+    size = layer_pixel_size(attributes)
     if labels.ndim == 2:
-        return [str(write_labels(path, labels))]
+        return [str(write_labels(path, labels, pixel_size=size))]
     import tifffile
 
     path = Path(path)
@@ -62,8 +65,30 @@ def write_labels_layer(path: str, data, attributes: dict) -> list[str]:
     wide = bool(labels.size) and labels.max() > _UINT16_MAX
     with atomic_path(path) as tmp:
         tifffile.imwrite(tmp, labels.astype(np.uint32 if wide else np.uint16), photometric="minisblack",
-                         compression="zlib")
+                         compression="zlib", **tiff_calibration(size, imagej=False))
     return [str(path)]
+
+
+def layer_pixel_size(attributes: dict) -> float | None:
+    """The side of a layer's pixels in micrometres, from its ``scale`` and ``units`` (napari 0.5 and
+    later: pint units per axis), or None where they give none (pixels, no units, or pixels that are not
+    square).
+
+    >>> import pint
+    >>> um = pint.get_application_registry().micrometer
+    >>> layer_pixel_size({"scale": (0.325, 0.325), "units": (um, um)}), layer_pixel_size({"scale": (1, 1)})
+    (0.325, None)
+    """
+    scale, units = attributes.get("scale"), attributes.get("units")
+    if scale is None or units is None or len(scale) < 2 or len(units) < 2:
+        return None
+    try:  # pixel units, or units of no length, say nothing of micrometres
+        y, x = ((float(s) * u).to("micrometer").magnitude for s, u in zip(scale[-2:], units[-2:]))
+    except Exception:  # noqa: BLE001 - whatever the units are, they give no size
+        return None
+    if not (y > 0 and x > 0) or abs(y - x) > 1e-3 * max(y, x):
+        return None
+    return float(y)
 
 
 def write_rois_layer(path: str, data, attributes: dict) -> list[str]:

@@ -531,7 +531,9 @@ def nothing_to_segment(inputs: list[str], skips: Skips, *, verb: str = "segment"
     """The error of a run left with no image to segment (or ``verb``), naming the inputs and, where every
     one was skipped, why the first was (with ``--skip-bad`` the user would otherwise hear no reason)."""
     why = f" (all skipped; {skips.records[0].path}: {skips.records[0].message})" if skips.records else ""
-    return BadDataError(f"no image to {verb}{why}", path=", ".join(inputs) or None)
+    error = BadDataError(f"no image to {verb}{why}", path=", ".join(inputs) or None)
+    error.skipped = list(skips.records)  # each said by the command line before the error
+    return error
 
 
 def join_warnings(*warnings: str) -> str:
