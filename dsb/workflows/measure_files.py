@@ -157,7 +157,7 @@ def _measure_one(image: Path, labels_path: Path, out_dir: Path, name: str, *, ch
                            channel_names=() if picked is None else channel_names(image))
     written = write_measurements(out_dir, name, table, raw, labels, overlay=overlay, rois=rois)
     size = calibration.pixel_size
-    warning = join_warnings(channel_warning(raw) if picked is None else "", calibration.note)
+    warning = join_warnings(channel_warning(raw, image) if picked is None else "", calibration.note)
     return {"file": str(image), "labels": str(labels_path), "status": "ok", "nuclei": len(table),
             "pixel_size": "" if size is None else float(f"{size:.6g}"),
             **{k: str(v) for k, v in written.items()}, "warning": warning, "error": ""}

@@ -389,7 +389,7 @@ def write_outputs(out_dir: Path, name: str, image: Path, raw: np.ndarray, nuclei
     targets = {"labels": targets["labels"], **write_measurements(out_dir, name, table, raw, labels, overlay=overlay,
                                                                  rois=rois)}
     return summary_row(image, "ok", nuclei=len(table), diameter=nuclei.diameter, estimated=nuclei.estimated,
-                       sure=nuclei.sure, pixel_size=size, warning=join_warnings(channel_warning(raw), calibration.note),
+                       sure=nuclei.sure, pixel_size=size, warning=join_warnings(channel_warning(raw, image), calibration.note),
                        **{k: str(v) for k, v in targets.items()})
 
 
@@ -498,19 +498,26 @@ def segment_stack(path, name: str, out_dir, predict, *, channel: int | None = No
     else:
         del targets["rois"]
     finite = [d for d in diameters if math.isfinite(d)]
-    warning = channel_warning(frames[(0,) * len(roles)])
+    warning = channel_warning(frames[(0,) * len(roles)], path)
     return summary_row(path, "ok", nuclei=sum(len(t) for t in tables),
                        diameter=float(np.median(finite)) if finite else math.nan, estimated=estimated, sure=sure,
                        pixel_size=calibration.pixel_size, warning=join_warnings(warning, calibration.note),
                        **{k: str(v) for k, v in targets.items()})
 
 
-def channel_warning(raw: np.ndarray) -> str:
+def channel_warning(raw: np.ndarray, path=None) -> str:
     """The ``warning`` of ``summary.csv`` for an image segmented from its luminance whose channels show
-    different stains (:func:`dsb.inference.preprocess.mixed_channels`), with what to do; else ``""``
-    (also for one channel picked with ``--channel``: a 2-D image has no channels to question)."""
+    different stains (:func:`dsb.inference.preprocess.mixed_channels`), with what to do (and, where the
+    file at ``path`` names its channels, their names, which ``--channel`` takes); else ``""`` (also for
+    one channel picked with ``--channel``: a 2-D image has no channels to question)."""
     why = mixed_channels(raw)
-    return f"{why}; {CHANNEL_ADVICE}" if why else ""
+    if not why:
+        return ""
+    names = channel_names(path) if path is not None else []
+    if any(str(n).strip() for n in names):
+        listed = ", ".join(f"{i} {n!r}" for i, n in enumerate(names))
+        return f"{why}; its channels are named ({listed}): give --channel NAME to segment the DNA stain's alone"
+    return f"{why}; {CHANNEL_ADVICE}"
 
 
 def summary_row(path, status: str, *, nuclei: int = 0, diameter: float = math.nan, estimated: bool | str = "",
