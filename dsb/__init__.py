@@ -14,6 +14,7 @@ From Python (a notebook, a script), an image is an array and so are its nuclei:
 :func:`segment`            label the nuclei of one image (grey or colour)
 :func:`load_model`         load a trained model once, for many images
 :func:`segment_blocks`     label an image larger than memory, block by block
+:func:`measure`            measure each nucleus of a label image in its image
 :func:`score`              the competition metric on one image
 :func:`score_submission`   the competition metric on a submission
 :func:`rle_encode`         one mask to Kaggle's run-length encoding
@@ -38,6 +39,7 @@ __all__ = [
     "segment",
     "load_model",
     "segment_blocks",
+    "measure",
     "score",
     "score_submission",
     "rle_encode",
@@ -51,6 +53,7 @@ _HOMES = {
     "segment": ".api",
     "load_model": ".api",
     "segment_blocks": ".workflows.blocks",
+    "measure": ".api",
     "score": ".api",
     "score_submission": ".kaggle.submission",
     "rle_encode": ".kaggle.rle",

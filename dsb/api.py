@@ -1,7 +1,8 @@
 """The functions behind the package's public names (see :mod:`dsb`).
 
 Arrays in, arrays out: a notebook loads a model once with :func:`load_model`,
-labels images with :func:`segment` and checks them with :func:`score`. The
+labels images with :func:`segment`, measures their nuclei with :func:`measure` and checks them
+with :func:`score`. The
 command line's folder pipeline (:mod:`dsb.workflows.pipeline`, behind ``dsb segment``,
 ``dsb predict`` and ``dsb evaluate``) runs the same
 :func:`dsb.inference.predict.predict_nuclei` call per image.
@@ -20,7 +21,7 @@ import numpy as np
 
 from dsb.core.validate import check_image, check_labels, check_same_shape
 
-__all__ = ["LoadedModel", "load_model", "segment", "score"]
+__all__ = ["LoadedModel", "load_model", "segment", "measure", "score"]
 
 
 @dataclass(frozen=True, repr=False)
@@ -141,10 +142,10 @@ def load_model(path=None, *, engine: str = "auto", precision: str = "auto") -> L
     return _load(path, engine, precision)
 
 
-def _check_image(image, channel: int | None = None) -> np.ndarray:
+def _check_image(image, channel: int | None = None, *, warn: bool = True) -> np.ndarray:
     """``image`` as an array the network can take, channels last: its ``channel`` picked out, or its
-    channels checked (:func:`dsb.inference.preprocess.mixed_channels` warns of a luminance that may
-    hide the nuclei)."""
+    channels checked (with ``warn``, :func:`dsb.inference.preprocess.mixed_channels` warns of a luminance
+    that may hide the nuclei)."""
     from dsb.core.errors import BadDataError
     from dsb.io.channels import pick_channel
 
@@ -160,12 +161,12 @@ def _check_image(image, channel: int | None = None) -> np.ndarray:
     image = check_image("image", image, pixels=True)
     if not (image.dtype == bool or np.issubdtype(image.dtype, np.integer) or np.issubdtype(image.dtype, np.floating)):
         raise TypeError(f"`image` (dtype {image.dtype}) must hold bools, integers or floats")
-    if channel is None and image.ndim == 3:
+    if warn and channel is None and image.ndim == 3:
         from dsb.inference.preprocess import mixed_channels
 
         why = mixed_channels(image)
         if why:
-            warnings.warn(f"`image` is {why}; give channel=N to segment the DNA stain's channel alone", stacklevel=3)
+            warnings.warn(f"`image` is {why}; give channel=N for the DNA stain's channel alone", stacklevel=3)
     return image
 
 
@@ -265,12 +266,77 @@ def segment(image, model=None, *, diameter: float | None = None, tta: bool | Non
     config = model.config.with_scale_factor(scale_factor)
     learnt = config.preprocess.channel
     if channel is None and learnt is not None and image.ndim == 3 and image.shape[2] > 1:
-        warnings.warn(f"the model learnt from channel {learnt} of its training images; give channel={learnt} to "
+        from dsb.io.channel_names import channel_words
+
+        give = (f"channel={learnt}" if isinstance(learnt, int) else
+                f"channel=N, that channel's number in this array (arrays carry no names)")
+        warnings.warn(f"the model learnt from {channel_words(learnt)} of its training images; give {give} to "
                       "segment the same channel of this one (now: all its channels as one grey image)", stacklevel=2)
     if return_confidence:
         nuclei = predict_nuclei(model.network, config, image, tta=tta, diameter=diameter)
         return nuclei.labels, nuclei.confidence
     return predict_labels(model.network, config, image, tta=tta, diameter=diameter)
+
+
+def measure(labels, image, *, channel: int | None = None, pixel_size: float | None = None):
+    """Measure each nucleus of a label image in its image: the table ``dsb segment`` writes.
+
+    Parameters
+    ----------
+    labels : (H, W) array_like of int
+        0 background, one value per nucleus (any values: each row keeps its nucleus's), as
+        :func:`segment` returns or any tool writes.
+    image : (H, W), (H, W, C) or (C, H, W) array_like
+        The image, as :func:`segment` takes it; the intensities are its values as stored (the
+        luminance of colour).
+    channel : int, optional
+        The DNA stain's channel: the intensities are that channel's, and each nucleus gets its mean in
+        every channel of the image too (``mean_intensity_c0``, ...).
+    pixel_size : float, optional
+        Micrometres a pixel: adds the sizes in micrometres (``area_um2``, ...).
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per nucleus, by label: centre, bounding box, whether the image's edge cuts it,
+        area, perimeter, shape (eccentricity, axes, angle, circularity, solidity), mean and
+        integrated intensity (:func:`dsb.workflows.segment_files.measure_nuclei`, whose columns
+        ``docs/segment.md`` describes), without ``confidence``.
+
+    Raises
+    ------
+    TypeError
+        ``image`` as :func:`segment` refuses it; ``labels`` not integers.
+    ValueError
+        ``labels`` and ``image`` of different sizes, ``image`` without ``channel``, or a ``pixel_size``
+        that is no positive number.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import dsb
+    >>> labels = np.zeros((6, 8), np.int32); labels[1:4, 1:4] = 5
+    >>> image = np.where(labels > 0, 200, 10).astype(np.uint8)
+    >>> row = dsb.measure(labels, image, pixel_size=0.5).iloc[0]
+    >>> int(row.label), int(row.area), float(row.mean_intensity), float(row.area_um2)
+    (5, 9, 200.0, 2.25)
+    """
+    from dsb.inference.preprocess import raw_intensity
+    from dsb.io.channels import axis_roles, select
+    from dsb.workflows.calibration import check_micrometres
+    from dsb.workflows.segment_files import measure_nuclei
+
+    picked = _check_image(image, channel)
+    shape = np.shape(labels)
+    if shape != picked.shape[:2]:
+        raise ValueError(f"`labels` (shape {shape}) must have the image's height and width {picked.shape[:2]}")
+    every = None
+    if channel is not None:  # every channel, channels last
+        stored = np.asarray(image)
+        every = select(stored, axis_roles(stored.shape, channel=channel)[0], None)
+        every = every[..., None] if every.ndim == 2 else every
+    size = None if pixel_size is None else check_micrometres(pixel_size)
+    return measure_nuclei(labels, raw_intensity(picked), None, pixel_size=size, channels=every)
 
 
 def score(pred_labels, true_labels) -> float:

@@ -9,6 +9,7 @@ stderr and a documented exit status; see :mod:`dsb.core.errors`.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import tempfile
@@ -322,11 +323,11 @@ def prepare(data: Path, config_path: Path | None) -> None:
                    "its model and preprocessing, a tenth of the learning rate, 10 short epochs.")
 @click.option("--learning-rate", type=_Positive(), default=None,
               help="Override the (fine-tune) learning rate.")
-@click.option("--channel", type=click.IntRange(min=0), default=None, metavar="N",
-              help="Learn from channel N of your multi-channel images, counted from 0 (their DNA stain), picked as "
-                   "dsb segment --channel picks it (channel 0 of a grey image is the image); the competition's "
-                   "images whole. Kept in the run's config, so that dsb tune, evaluate and export --int8 read "
-                   "the same; give dsb segment the same --channel.")
+@click.option("--channel", type=_Channel(), default=None, metavar="N|NAME",
+              help="Learn from channel N of your multi-channel images, counted from 0 (their DNA stain), or the "
+                   "channel of this NAME in each OME-TIFF, picked as dsb segment --channel picks it (channel 0 of "
+                   "a grey image is the image); the competition's images whole. Kept in the run's config, so that "
+                   "dsb tune, evaluate and export --int8 read the same; give dsb segment the same --channel.")
 def train(config_path, data, out, epochs, steps_per_epoch, time_budget, seed, resume, strategy, precision,
           init, learning_rate, channel) -> None:
     """Train the U-Net, or fine-tune one (--init); the run folder is all that `dsb predict` needs."""
@@ -605,7 +606,12 @@ def predict(run_dir, images, out, labels, tta, diameter, skip_bad, scale_factor,
               help="Run folder; defaults to the model shipped with the package.")
 @click.option("--out", type=_DIR, required=True, help="Folder for label TIFFs and measurement CSVs.")
 @_TTA
-@click.option("--overlay", is_flag=True, help="Also write an overlay PNG per image (an RGB TIFF stack for a stack).")
+@click.option("--overlay", is_flag=True,
+              help="Also write an overlay PNG per image (an RGB TIFF stack for a stack; not for images segmented "
+                   "block-wise).")
+@click.option("--rois", is_flag=True,
+              help="Also write NAME_rois.zip per image: each nucleus's outline as a Fiji ROI, for the ROI Manager "
+                   "(not for images segmented block-wise).")
 @click.option("--diameter", type=_Diameter(), default=None, help=_DIAMETER_HELP)
 @click.option("--diameter-um", type=_Positive(), default=None, metavar="UM",
               help="Median nucleus diameter in micrometres instead of pixels: each image is segmented at the "
@@ -613,8 +619,8 @@ def predict(run_dir, images, out, labels, tta, diameter, skip_bad, scale_factor,
                    "the objective.")
 @click.option("--pixel-size", type=_Positive(), default=None, metavar="UM",
               help="Micrometres a pixel, for every image, instead of its metadata. With a pixel size (given or "
-                   "read) the measurements get area_um2, perimeter_um and equivalent_diameter_um, and the "
-                   "label TIFFs carry it.")
+                   "read) the measurements get area_um2, perimeter_um, equivalent_diameter_um, major_axis_um and "
+                   "minor_axis_um, and the label TIFFs carry it.")
 @click.option("--skip-bad", is_flag=True, help="Report unreadable images and go on with the rest.")
 @click.option("--block-size", type=click.IntRange(min=16), default=None, metavar="PX",
               help="Segment Zarr stores, and TIFF or PNG images with a side above PX, block by block, PX pixels "
@@ -634,7 +640,7 @@ def predict(run_dir, images, out, labels, tta, diameter, skip_bad, scale_factor,
 @_SCALE_FACTOR
 @_ENGINE
 @_PRECISION
-def segment(paths, model_dir, out, tta, overlay, diameter, diameter_um, pixel_size, skip_bad, block_size, workers,
+def segment(paths, model_dir, out, tta, overlay, rois, diameter, diameter_um, pixel_size, skip_bad, block_size, workers,
             scheduler, channel, scale_factor, engine, precision) -> None:
     """Segment any PNG, TIFF, JPEG, BMP or Zarr microscope images and measure each nucleus.
 
@@ -656,18 +662,27 @@ def segment(paths, model_dir, out, tta, overlay, diameter, diameter_um, pixel_si
 
     learnt = load_run_config(model_dir).preprocess.channel
     if channel is None and learnt is not None:
-        click.echo(f"dsb: note: {model_dir} learnt from channel {learnt} of its training images; give --channel "
-                   f"{learnt} to segment the same channel of yours", err=True)
+        from dsb.io.channel_names import channel_words
 
-    summary = segment_inputs(list(paths), model_dir=model_dir, out_dir=out, tta=tta, overlay=overlay,
-                             diameter=diameter, skip_bad=skip_bad, progress=True, engine=engine,
-                             precision=precision, block_size=block_size, workers=workers, scheduler=scheduler,
-                             scale_factor=scale_factor, channel=channel, diameter_um=diameter_um,
-                             pixel_size=pixel_size)
+        click.echo(f"dsb: note: {model_dir} learnt from {channel_words(learnt)} of its training images; give "
+                   f"--channel {learnt} to segment the same channel of yours", err=True)
+
+    with _skips_said():
+        summary = segment_inputs(list(paths), model_dir=model_dir, out_dir=out, tta=tta, overlay=overlay, rois=rois,
+                                 diameter=diameter, skip_bad=skip_bad, progress=True, engine=engine,
+                                 precision=precision, block_size=block_size, workers=workers, scheduler=scheduler,
+                                 scale_factor=scale_factor, channel=channel, diameter_um=diameter_um,
+                                 pixel_size=pixel_size)
     skipped = _report_skipped(summary.attrs["skipped"])
     for row in summary[summary["warning"].fillna("").astype(str) != ""].itertuples(index=False):
         click.echo(f"dsb: warning: {row.file}: {row.warning}", err=True)
     unsure = summary[summary["diameter_sure"].astype(str) == "False"]
+    # An image where nothing was found has no size to confirm: said as what it is.
+    empty = unsure[unsure["nuclei"].astype(str).isin(["0", "0.0"])]
+    unsure = unsure.drop(empty.index)
+    for row in empty.itertuples(index=False):
+        click.echo(f"dsb: warning: {row.file}: no nuclei found; if it holds some, give --diameter (or "
+                   "--channel for the DNA stain of a multi-channel image)", err=True)
     for row in unsure.itertuples(index=False):
         d = row.diameter
         read = f"{float(d):.1f} px" if isinstance(d, (int, float)) and d == d and d else "none"  # NaN != NaN
@@ -679,7 +694,42 @@ def segment(paths, model_dir, out, tta, overlay, diameter, diameter_um, pixel_si
     computed = (f"{engine}, {precision} on each worker" if scheduler is not None
                 else _computed_in(engine, precision, model_dir))
     click.echo(f"{_count(done, 'image')} segmented into {out}" + (f", {skipped} skipped" if skipped else "")
-               + (f", {len(unsure)} with an unsure diameter estimate" if len(unsure) else "") + f" ({computed})")
+               + (f", {len(unsure)} with an unsure diameter estimate" if len(unsure) else "")
+               + (f", {len(empty)} with no nuclei found" if len(empty) else "") + f" ({computed})")
+
+
+@cli.command(short_help="Measure each nucleus of label images made elsewhere or corrected.")
+@click.argument("paths", nargs=-1, required=True, type=_EXISTING)
+@click.option("--out", type=_DIR, required=True, help="Folder for the measurement CSVs and summary.csv.")
+@click.option("--labels", "labels_dir", type=_EXISTING_DIR, default=None,
+              help="Folder of the label images (e.g. dsb segment's --out, or masks/); default: beside each image.")
+@click.option("--channel", type=_Channel(), default=None, metavar="N|NAME",
+              help="The DNA stain's channel, by number or (OME files) name: its intensities, and each nucleus "
+                   "measured in every channel too. Default: the image's luminance.")
+@click.option("--pixel-size", type=_Positive(), default=None, metavar="UM",
+              help="Micrometres a pixel, for every image, instead of its metadata (adds the micrometre columns).")
+@click.option("--overlay", is_flag=True, help="Also write an overlay PNG per image.")
+@click.option("--rois", is_flag=True, help="Also write NAME_rois.zip per image: the nuclei as Fiji ROIs.")
+@click.option("--skip-bad", is_flag=True, help="Report bad images or label images and go on with the rest.")
+def measure(paths, out, labels_dir, channel, pixel_size, overlay, rois, skip_bad) -> None:
+    """Measure each nucleus of existing label images in their images: the tables of dsb segment.
+
+    Each image is paired with its label image: NAME_masks, NAME_labels or
+    NAME_cp_masks (TIFF or PNG) beside it, or in --labels (where NAME.tif
+    itself counts too), as napari, Fiji, Cellpose, StarDist and dsb segment
+    write them. Each nucleus keeps its value in the label image as its label.
+    """
+    from dsb.workflows.measure_files import measure_files
+
+    with _skips_said():
+        summary = measure_files(list(paths), out_dir=out, labels_dir=labels_dir, channel=channel,
+                                pixel_size=pixel_size, overlay=overlay, rois=rois, skip_bad=skip_bad, progress=True)
+    skipped = _report_skipped(summary.attrs["skipped"])
+    for row in summary[summary["warning"].fillna("").astype(str) != ""].itertuples(index=False):
+        click.echo(f"dsb: warning: {row.file}: {row.warning}", err=True)
+    done = summary[summary["status"] == "ok"]
+    click.echo(f"{int(done['nuclei'].sum())} nuclei of {_count(len(done), 'image')} measured into {out}"
+               + (f", {skipped} skipped" if skipped else ""))
 
 
 # ---------------------------------------------------------------- scoring and submission
@@ -787,6 +837,18 @@ def _report_scores(value: float, table, per_image: Path | None, *, by_type: bool
         for kind, group in table.groupby("type"):
             click.echo(f"{kind}: {group['score'].mean():.6f} ({len(group)} images)")
     click.echo(f"{value:.6f}")
+
+
+@contextlib.contextmanager
+def _skips_said():
+    """A run whose inputs were all skipped (``--skip-bad``) fails with one line naming the first's reason:
+    where there were several, each one's is said first, as a run that segments some says them."""
+    try:
+        yield
+    except DsbError as exc:
+        if len(getattr(exc, "skipped", [])) > 1:
+            _report_skipped(exc.skipped)
+        raise
 
 
 def _report_skipped(skipped: list) -> int:

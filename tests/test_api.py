@@ -235,7 +235,7 @@ def test_submission_round_trip(tmp_path):
 
 def test_all_is_exactly_the_public_names():
     assert sorted(dsb.__all__) == sorted(
-        ["segment", "load_model", "segment_blocks", "score", "score_submission", "rle_encode", "rle_decode",
+        ["segment", "load_model", "segment_blocks", "measure", "score", "score_submission", "rle_encode", "rle_decode",
          "read_submission", "write_submission"]
     )
     for name in dsb.__all__:

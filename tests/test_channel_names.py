@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+import tifffile
 from conftest import dsb as run_dsb
 from conftest import error_line
 from PIL import Image
@@ -97,3 +98,26 @@ def test_a_negative_or_empty_channel_is_a_usage_error(plate, tmp_path):
     for value in ("-1", " "):
         result = run_dsb("segment", root / "a.ome.tif", "--out", tmp_path / "out", "--channel", value)
         assert result.exit_code == 2 and "--channel" in result.stderr, result.stderr
+
+
+def test_a_name_two_channels_share_is_refused(tmp_path):
+    """Case aside, 'dapi' names both channels: neither is taken without a word."""
+    image = np.zeros((2, 64, 64), np.uint16)
+    tifffile.imwrite(tmp_path / "twice.ome.tif", image, ome=True,
+                     metadata={"axes": "CYX", "Channel": {"Name": ["DAPI", "dapi"]}})
+    result = run_dsb("segment", tmp_path / "twice.ome.tif", "--out", tmp_path / "out", "--channel", "dapi")
+    error_line(result, 3, "twice.ome.tif", "has 2 channels named 'dapi'", "0 'DAPI', 1 'dapi'", "channel's number")
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_mixed_channels_warning_names_a_files_channels(tmp_path):
+    """Segmented whole, a file whose channels show different stains: the warning lists the names --channel takes."""
+    from dsb.io.synthetic import nuclei_field
+
+    image, _ = nuclei_field((256, 256), 20, seed=1)
+    tifffile.imwrite(tmp_path / "a.ome.tif", np.stack([image[::-1, ::-1], image, image[:, ::-1] // 2]), ome=True,
+                     metadata={"axes": "CYX", "Channel": {"Name": ["GFP", "DAPI", "RFP"]}})
+    result = run_dsb("segment", tmp_path / "a.ome.tif", "--out", tmp_path / "out", "--diameter", 20)
+    assert result.exit_code == 0, result.output
+    warning = pd.read_csv(tmp_path / "out" / "summary.csv")["warning"][0]
+    assert "its channels are named (0 'GFP', 1 'DAPI', 2 'RFP'): give --channel NAME" in warning

@@ -161,8 +161,8 @@ def _rgb(folder):
 BAD_PAIRS = [
     ("size mismatch", lambda f: tif(f / "masks" / "cell1.tif", np.zeros((40, 48), np.uint16)),
      "masks/cell1.tif", ["label image is 40x48 but its image cell1.png is 48x48"]),
-    ("float labels", lambda f: tif(f / "masks" / "cell1.tif", disc_pair(1)[1].astype(np.float32)),
-     "masks/cell1.tif", ["floating point", "float32"]),
+    ("float labels", lambda f: tif(f / "masks" / "cell1.tif", disc_pair(1)[1].astype(np.float32) / 4),
+     "masks/cell1.tif", ["floating point (float32) with values that are not whole numbers", "16-bit"]),
     ("negative labels", lambda f: tif(f / "masks" / "cell1.tif", -disc_pair(1)[1].astype(np.int16)),
      "masks/cell1.tif", ["negative values"]),
     ("RGB labels", _rgb, "masks/cell1.tif", ["3 channels", "one channel"]),
@@ -515,9 +515,47 @@ def test_one_channel_of_images_that_lack_it_or_hold_nothing_there(init_run, tmp_
     assert "dsb: warning:" in result.stderr and "--channel N" in result.stderr, result.stderr
 
 
+def test_training_on_the_channel_of_a_name(init_run, tmp_path):
+    """OME-TIFFs that keep their DNA stain in different channels, found by its name in each."""
+    pytest.importorskip("keras")
+    from dsb.core.config import load_config
+    from dsb.io.annotations import read_sample
+
+    data = tmp_path / "ome"
+    (data / "images").mkdir(parents=True)
+    for k in range(4):
+        image, labels = disc_pair(k)
+        other = np.full_like(image, 40)
+        planes, names = ([image, other], ["Hoechst", "GFP"]) if k % 2 else ([other, image], ["GFP", "hoechst"])
+        tifffile.imwrite(data / "images" / f"w{k}.ome.tif", np.stack(planes), ome=True,
+                         metadata={"axes": "CYX", "Channel": {"Name": names}})
+        tif(data / "masks" / f"w{k}.tif", labels.astype(np.uint16))
+    for sample in find_samples(data):
+        k = int(sample.id[-1])
+        np.testing.assert_array_equal(read_sample(sample, "HOECHST")[0], disc_pair(k)[0])
+    run = tmp_path / "ft"
+    result = finetune(data, run, "--init", init_run, "--channel", "Hoechst")
+    assert "the channel named 'Hoechst'" in result.stderr
+    assert load_config(run / "config.json").preprocess.channel == "Hoechst"
+    result = dsb("segment", data / "images" / "w1.ome.tif", "--model", run, "--out", tmp_path / "seg")
+    assert result.exit_code == 0 and "give --channel Hoechst" in result.stderr, result.stderr
+    # A file that names no channels has none of that name: one line, nothing trained.
+    png(tmp_path / "grey" / "images" / "g.png", disc_pair(1)[0])
+    tif(tmp_path / "grey" / "masks" / "g.tif", disc_pair(1)[1].astype(np.uint16))
+    error_line(dsb("train", "--data", tmp_path / "grey", "--channel", "Hoechst", "--init", init_run, "--out",
+                   tmp_path / "r1"), 3, "g.png", "names no channels")
+    assert not (tmp_path / "r1").exists()
+
+
 def test_a_negative_channel_in_a_config_is_refused(tmp_path):
     from dsb.core.config import Config
 
     with pytest.raises(BadDataError, match="preprocess.channel"):
         Config.from_dict({"preprocess": {"channel": -1}})
     assert Config.from_dict({"preprocess": {"channel": None}}).preprocess.channel is None
+    assert Config.from_dict({"preprocess": {"channel": "DAPI"}}).preprocess.channel == "DAPI"
+    assert Config.from_dict({"preprocess": {"channel": 2}}).preprocess.channel == 2
+    with pytest.raises(BadDataError, match="empty name"):
+        Config.from_dict({"preprocess": {"channel": " "}})
+    with pytest.raises(BadDataError, match=r"is 1.5 \(float\), expected int or str"):
+        Config.from_dict({"preprocess": {"channel": 1.5}})

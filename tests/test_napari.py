@@ -27,7 +27,7 @@ from dsb.core.errors import BadDataError
 from dsb.io.annotations import find_samples, read_label_image
 from dsb.napari.child import ChildFailed, child_events
 from dsb.napari.finetuning import Progress
-from dsb.napari.io import get_label_reader, read_label_layer, write_labels_layer
+from dsb.napari.io import get_label_reader, read_label_layer, write_labels_layer, write_rois_layer
 from dsb.napari.project import Project, check_correction, correction_name
 from dsb.napari.samples import fluorescence_nuclei, stained_nuclei
 from dsb.napari.segmentation import (
@@ -58,14 +58,15 @@ def _imported(code: str) -> set[str]:
 # ---------------------------------------------------------------- manifest and imports
 
 
-def test_manifest_is_valid_and_offers_widgets_samples_and_a_writer():
+def test_manifest_is_valid_and_offers_widgets_samples_and_writers():
     npe2 = pytest.importorskip("npe2")
     manifest = npe2.PluginManifest.from_file(MANIFEST)
     assert manifest.name == "dsb"
     commands = {c.id: c.python_name for c in manifest.contributions.commands}
     assert {w.command for w in manifest.contributions.widgets} == {"dsb.segment_widget", "dsb.finetune_widget"}
     assert len(manifest.contributions.sample_data) >= 1
-    assert [w.layer_types for w in manifest.contributions.writers] == [["labels"]]
+    assert [(w.layer_types, w.filename_extensions) for w in manifest.contributions.writers] == [
+        (["labels"], [".tif", ".tiff"]), (["labels"], [".zip"])]
     for name in commands.values():  # every Qt-free command resolves; the widgets' modules exist
         module, attr = name.split(":")
         if module in QT_FREE:
@@ -157,6 +158,43 @@ def test_writer_writes_the_label_tiffs_of_the_command_line(tmp_path):
     np.testing.assert_array_equal(tifffile.imread(path), stack)
     with pytest.raises(ValueError, match=r"\.tif"):
         write_labels_layer(str(tmp_path / "d.png"), stack, {})
+
+
+def test_the_label_writer_keeps_a_layers_size_in_micrometres(tmp_path):
+    """A layer whose scale and units give its pixels a length: its TIFF carries it, as dsb segment's does."""
+    pint = pytest.importorskip("pint")
+    from dsb.io.pixel_size import read_pixel_size
+
+    units = pint.get_application_registry()
+    small = make_discs((64, 64))
+    in_nm = {"scale": (325.0, 325.0), "units": (units.nanometer, units.nanometer)}
+    [path] = write_labels_layer(str(tmp_path / "a.tif"), small, in_nm)
+    assert read_pixel_size(path).side == pytest.approx(0.325)
+    [path] = write_labels_layer(str(tmp_path / "b.tif"), np.stack([small, small]),
+                                {"scale": (1.0, 0.5, 0.5), "units": (units.second, units.micrometer, units.micrometer)})
+    assert read_pixel_size(path).side == pytest.approx(0.5)
+    for said in ({"scale": (0.5, 0.5), "units": (units.pixel, units.pixel)}, {"scale": (0.5, 0.25),
+                 "units": (units.micrometer, units.micrometer)}, {}):
+        [path] = write_labels_layer(str(tmp_path / "c.tif"), small, said)
+        assert read_pixel_size(path) is None
+
+
+def test_the_roi_writer_writes_the_rois_of_the_command_line(tmp_path):
+    from roifile import roiread
+
+    small = make_discs((64, 64))
+    [path] = write_rois_layer(str(tmp_path / "a_rois.zip"), small, {})
+    assert [r.name for r in roiread(path)] == ["0001", "0002"]
+    stack = np.stack([small, small[::-1] * 0])  # the second frame without nuclei
+    [path] = write_rois_layer(str(tmp_path / "b.zip"), stack, {})
+    assert [(r.name, r.position) for r in roiread(path)] == [("s1-0001", 1), ("s1-0002", 1)]
+    # Time points of planes: the slices of the one multi-page TIFF the label writer saves, counted through.
+    hyper = np.stack([stack, stack[::-1]])
+    [path] = write_rois_layer(str(tmp_path / "c.zip"), hyper, {})
+    assert [(r.name, r.position) for r in roiread(path)] == [
+        ("s1-0001", 1), ("s1-0002", 1), ("s4-0001", 4), ("s4-0002", 4)]
+    with pytest.raises(ValueError, match=r"\.zip"):
+        write_rois_layer(str(tmp_path / "d.tif"), small, {})
 
 
 def test_reader_opens_label_images_as_labels_layers(tmp_path):

@@ -62,6 +62,18 @@ def test_find_images_takes_image_files_from_folders(tmp_path):
     assert all(isinstance(p, BadDataError) for p in problems)
 
 
+def test_a_folders_label_images_and_overlays_are_not_its_images(tmp_path):
+    """Cellpose's layout, and a folder dsb segment wrote into: the images, not their labels or overlays;
+    a label-like name without its image beside it, or a file named explicitly, is an image."""
+    for name in ("a.tif", "a_masks.tif", "a_overlay.png", "w1.ome.tif", "w1_cp_masks.png", "w1_labels.tif",
+                 "b_labels.tif", "c_overlay.png"):
+        (tmp_path / name).write_bytes(b"")
+    images, problems = find_images([tmp_path])
+    assert sorted(images) == ["a", "b_labels", "c_overlay", "w1"] and not problems
+    images, _ = find_images([tmp_path / "a_masks.tif"])
+    assert list(images) == ["a_masks"]
+
+
 def test_find_images_refuses_two_files_with_one_name(tmp_path):
     for sub in ("a", "b"):
         (tmp_path / sub).mkdir()

@@ -20,6 +20,7 @@ from dsb.workflows.segment_files import (
     SUMMARY_COLUMNS,
     measure_nuclei,
     segment_paths,
+    summary_row,
 )
 
 CENTRES = ((20, 20), (40, 44))
@@ -53,6 +54,11 @@ def test_measure_nuclei_on_discs():
     assert (table["eccentricity"] < 0.05).all()
     # A digital disc's perimeter is near the circle's.
     np.testing.assert_allclose(table["perimeter"], 2 * math.pi * RADIUS, rtol=0.15)
+    # Its shape: both axes its diameter, round and convex; the sum of its intensity, its mean times its area.
+    np.testing.assert_allclose(table[["major_axis_length", "minor_axis_length"]], 2 * RADIUS, rtol=0.05)
+    assert (table["circularity"] > 0.9).all() and (table["solidity"] > 0.9).all()
+    assert table["orientation_deg"].between(0, 180, inclusive="left").all()
+    np.testing.assert_allclose(table["integrated_intensity"], [0.25 * disc_area, 0.75 * disc_area])
 
 
 def test_mean_intensity_leaves_out_nan_pixels():
@@ -65,6 +71,7 @@ def test_mean_intensity_leaves_out_nan_pixels():
     intensity[0, 0] = np.inf  # background: no nucleus's business
     table = measure_nuclei(labels, intensity)
     assert table["mean_intensity"].iloc[0] == 1.0 and np.isnan(table["mean_intensity"].iloc[1])
+    assert table["integrated_intensity"].iloc[0] == 3.0 and np.isnan(table["integrated_intensity"].iloc[1])
     assert table["area"].tolist() == [4, 4]
 
 
@@ -304,8 +311,34 @@ def test_summary_says_how_sure_the_estimate_is_and_the_cli_warns(tmp_path):
     assert not bool(blank_row["diameter_sure"]) and blank_row["nuclei"] == 0
     warnings = [line for line in result.stderr.splitlines() if line.startswith("dsb: warning:")]
     assert len(warnings) == 1 and str(images / "blank.png") in warnings[0]
-    assert "the nucleus diameter estimate (none) is unsure" in warnings[0]
-    assert "1 with an unsure diameter estimate" in result.stdout
+    assert "no nuclei found; if it holds some, give --diameter" in warnings[0]  # not an unsure size
+    assert "1 with no nuclei found" in result.stdout and "unsure" not in result.output
+
+
+def test_the_cli_names_images_of_an_unsure_estimate(tmp_path, monkeypatch):
+    """An image with nuclei whose size was not confirmed, beside one with none found: each its own line."""
+    from click.testing import CliRunner
+
+    from dsb.cli import cli
+    from dsb.workflows import segment_inputs
+
+    def fake(paths, **kwargs):
+        rows = [summary_row("a.png", "ok", nuclei=40, diameter=12.5, estimated=True, sure=False),
+                summary_row("b.png", "ok", nuclei=0, diameter=float("nan"), estimated=True, sure=False)]
+        summary = pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS))
+        summary.attrs["skipped"] = []
+        return summary
+
+    monkeypatch.setattr(segment_inputs, "segment_inputs", fake)
+    (tmp_path / "a.png").write_bytes(b"")
+    result = CliRunner().invoke(cli, ["segment", str(tmp_path / "a.png"), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("dsb: warning:")]
+    assert warnings[0] == ("dsb: warning: b.png: no nuclei found; if it holds some, give --diameter (or --channel "
+                           "for the DNA stain of a multi-channel image)")
+    assert warnings[1].startswith("dsb: warning: a.png: the nucleus diameter estimate (12.5 px) is unsure")
+    assert "2 images segmented into" in result.stdout
+    assert "1 with an unsure diameter estimate, 1 with no nuclei found" in result.stdout
 
 
 def test_an_ome_tiff_is_named_as_its_ome_zarr_and_two_inputs_of_one_name_are_refused(tmp_path):

@@ -210,4 +210,4 @@ def test_a_stack_too_large_for_one_piece_is_refused_in_one_line(tmp_path, movie)
     frames, _ = movie
     tifffile.imwrite(tmp_path / "movie.tif", frames, imagej=True, metadata={"axes": "TYX"})
     result = run_dsb("segment", tmp_path / "movie.tif", "--out", tmp_path / "out", "--block-size", 128)
-    error_line(result, 3, tmp_path / "movie.tif", "is a stack (t frames)", "give no --block-size")
+    error_line(result, 3, tmp_path / "movie.tif", "is a stack (of time points)", "give no --block-size")

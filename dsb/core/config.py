@@ -121,10 +121,10 @@ class PreprocessConfig:
     # its median nucleus has it, prediction estimates each image's and resamples. 0: no resampling.
     diameter: float = 20.0
     # The channel of one's own multi-channel training images the network learns from (their DNA
-    # stain, `dsb train --channel`), counted from 0, picked as `dsb segment --channel` picks it
-    # (channel 0 of a grey image is the image); the competition's images whole. None: every image
-    # as a whole (grey, or colour's luminance).
-    channel: int | None = None
+    # stain, `dsb train --channel`), counted from 0, or its name in each file's metadata (OME-TIFF),
+    # picked as `dsb segment --channel` picks it (channel 0 of a grey image is the image); the
+    # competition's images whole. None: every image as a whole (grey, or colour's luminance).
+    channel: int | str | None = None
 
     @property
     def contact_scale(self) -> float:
@@ -160,7 +160,10 @@ class PreprocessConfig:
                 f"is {self.diameter}, expected 0 (no resampling) or a diameter in [4, 200] pixels",
                 where=f"{where}.diameter",
             )
-        if self.channel is not None and self.channel < 0:
+        if isinstance(self.channel, str) and not self.channel.strip():
+            raise BadDataError("is an empty name, expected a channel's name or number, or null",
+                               where=f"{where}.channel")
+        if isinstance(self.channel, int) and self.channel < 0:
             raise BadDataError(f"is {self.channel}, expected a channel counted from 0, or null",
                                where=f"{where}.channel")
 
@@ -494,8 +497,20 @@ def _coerce(value, tp, *, path, key):
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _coerce(value, inner, path=path, key=key)
+        inners = [a for a in args if a is not type(None)]
+        for inner in inners[:-1]:  # the first type that takes it (int before str: 1 stays a number)
+            try:
+                return _coerce(value, inner, path=path, key=key)
+            except BadDataError:
+                continue
+        if len(inners) == 1:
+            return _coerce(value, inners[0], path=path, key=key)
+        try:
+            return _coerce(value, inners[-1], path=path, key=key)
+        except BadDataError:
+            raise BadDataError(f"is {value!r} ({type(value).__name__}), expected "
+                               f"{' or '.join(_type_name(a) for a in inners)}", path=path,
+                               where=f"key {key!r}") from None
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)

@@ -5,7 +5,8 @@ A label image holds 0 for background and a positive integer per object.
 old values), :func:`relabel` keeps a chosen subset and numbers it 1..N,
 :func:`close_gaps` numbers the labels still present 1..N and says which they were,
 :func:`areas_and_centres` gives each object's pixel count and centre, :func:`measure_regions`
-its outline's length, elongation, bounding box and mean intensity too, :func:`label_means` the
+its outline's length, shape, bounding box and intensity too, :func:`convex_areas` the pixels
+of each one's convex hull, :func:`label_means` the
 mean of any image (another channel) over each, :func:`touching_edge`
 which objects the array's edge cuts and :func:`edge_runs` how long each cut is.
 
@@ -19,8 +20,31 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["areas_and_centres", "close_gaps", "edge_runs", "label_means", "measure_regions", "relabel", "renumber",
-           "touching_edge"]
+__all__ = ["areas_and_centres", "close_gaps", "compact_labels", "convex_areas", "edge_runs", "label_means",
+           "measure_regions", "relabel", "renumber", "touching_edge"]
+
+
+def compact_labels(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """``labels`` numbered 1..K where their values reach far beyond their pixel count (a file's own
+    numbering, 4,000,000,000 for one nucleus), so that what is sized by the largest label (bincounts,
+    lookup tables) stays the image's size; with the values each new number stands for.
+
+    Returns
+    -------
+    labels : ndarray
+        ``labels`` itself where its largest value is at most twice its pixel count (plus 1024), else
+        renumbered 1..K (int64) in the order of the values.
+    values : (K,) ndarray or None
+        The value of each of 1..K (entry ``k - 1``), or None where ``labels`` was kept.
+
+    >>> small, values = compact_labels(np.array([[0, 4_000_000_000], [7, 7]], np.uint32))
+    >>> small.tolist(), values.tolist()
+    ([[0, 2], [1, 1]], [7, 4000000000])
+    """
+    labels = np.asarray(labels)
+    if int(labels.max(initial=0)) <= 2 * labels.size + 1024:
+        return labels, None
+    return renumber(labels, dtype=np.int64)[0], np.unique(labels[labels > 0])
 
 
 def renumber(labels: np.ndarray, *, dtype=np.int32) -> tuple[np.ndarray, int]:
@@ -194,7 +218,7 @@ def _neighbours(padded: np.ndarray, dr: int, dc: int) -> np.ndarray:
 
 
 def measure_regions(labels: np.ndarray, intensity: np.ndarray) -> dict[str, np.ndarray]:
-    """Each object's label, centre, bounding box, area, perimeter, eccentricity and mean intensity.
+    """Each object's label, centre, bounding box, size, shape and intensity.
 
     What ``skimage.measure.regionprops_table`` gives for those properties (to float rounding),
     by bincounts over the whole image instead of a Python loop over the objects: a field of
@@ -213,8 +237,17 @@ def measure_regions(labels: np.ndarray, intensity: np.ndarray) -> dict[str, np.n
         (inclusive), ``bbox_max_row``, ``bbox_max_col`` (exclusive); ``area``; ``perimeter``
         (skimage's 4-connected estimate: each object's outline on its own, other objects
         counting as background); ``eccentricity`` (of the ellipse with the same second
-        moments, 0 for a circle or a single pixel); ``mean_intensity`` (over the object's
-        finite pixels: NaN or infinite ones are left out, NaN where it has no other).
+        moments, 0 for a circle or a single pixel); ``major_axis_length`` and
+        ``minor_axis_length`` (that ellipse's axes, regionprops' ``axis_major_length`` and
+        ``axis_minor_length``); ``orientation_deg`` (its major axis's angle to the image's
+        rows, counter-clockwise as the image is shown, from 0 up to 180 degrees: Fiji's
+        *Angle*; regionprops' ``orientation`` is 90 degrees less, in radians, from -90 to 90);
+        ``circularity`` (4 pi area / perimeter squared, at most 1: Fiji's *Circ.* formula, on this
+        perimeter; 1 where the perimeter is 0); ``solidity`` (the area over the convex area, :func:`convex_areas`, as
+        regionprops: near 1 for a convex object, lower for a dented one, such as two nuclei
+        merged); ``mean_intensity`` and ``integrated_intensity`` (the mean and the sum
+        over the object's finite pixels: NaN or infinite ones are left out, NaN where it has no
+        other; the sum is Fiji's *RawIntDen*).
 
     Examples
     --------
@@ -222,6 +255,8 @@ def measure_regions(labels: np.ndarray, intensity: np.ndarray) -> dict[str, np.n
     >>> m = measure_regions(lab, np.ones((5, 6)))
     >>> m["label"].tolist(), m["area"].tolist(), m["bbox_max_col"].tolist(), float(m["eccentricity"][1])
     ([2, 5], [6, 1], [3, 5], 0.0)
+    >>> m["orientation_deg"].tolist(), m["solidity"].tolist(), m["integrated_intensity"].tolist()
+    ([90.0, 0.0], [1.0, 1.0], [6.0, 1.0])
     """
     labels = np.asarray(labels)
     flat = labels.ravel().astype(np.intp, copy=False)
@@ -268,15 +303,137 @@ def measure_regions(labels: np.ndarray, intensity: np.ndarray) -> dict[str, np.n
         for dr_, dc_ in offsets:
             code += np.int8(weight) * (_neighbours(marked, dr_, dc_) == labels)
     perimeter = np.bincount(labels[outline].astype(np.intp), _PERIMETER_WEIGHTS[code[outline]], n + 1)
-    mean = _means(flat, np.asarray(intensity).reshape(flat.size, 1), n, area.astype(np.float64))[:, 0]
+    total, finite = _sums(flat, np.asarray(intensity).reshape(flat.size, 1), n, area.astype(np.float64))
+    total, finite = total[:, 0], finite[:, 0]
+    mean = np.full(n + 1, np.nan)
+    np.divide(total, finite, out=mean, where=finite > 0)
+    # The ellipse's major axis, at angle phi from the columns towards the rows; rows point down
+    # as an image is shown, so counter-clockwise there is -phi.
+    phi = 0.5 * np.arctan2(2 * mu11, mu02 - mu20)
+    angle = np.mod(-np.degrees(phi), 180.0)
+    angle[angle >= 180.0] = 0.0  # -1e-15 wraps to 180.0 in float
     k = present
+    circularity = np.ones(k.size)
+    round_ = perimeter[k] > 0
+    circularity[round_] = np.minimum(1.0, 4 * np.pi * area[k][round_] / perimeter[k][round_] ** 2)
     return {
         "label": k.astype(np.int64),
         "centroid_row": mean_r[k] + low_r[k], "centroid_col": mean_c[k] + low_c[k],
         "bbox_min_row": low_r[k], "bbox_min_col": low_c[k], "bbox_max_row": high_r[k] + 1, "bbox_max_col": high_c[k] + 1,
         "area": area[k].astype(np.int64), "perimeter": perimeter[k], "eccentricity": eccentricity[k],
-        "mean_intensity": mean[k],
+        "major_axis_length": 4 * np.sqrt(large[k]), "minor_axis_length": 4 * np.sqrt(small[k]),
+        "orientation_deg": angle[k], "circularity": circularity,
+        "solidity": area[k] / convex_areas(labels, n)[k],
+        "mean_intensity": mean[k], "integrated_intensity": np.where(finite[k] > 0, total[k], np.nan),
     }
+
+
+def convex_areas(labels: np.ndarray, n: int | None = None) -> np.ndarray:
+    """Each object's convex area as regionprops counts it (``area_convex``): the pixels whose centres
+    lie in, or on, the convex hull of the middles of the sides of the object's pixels.
+
+    Exact, and vectorised over the objects: the hull's right side is the least concave function
+    above each row's rightmost pixel (its left side likewise), found by dropping, in a few
+    passes over every object at once, each row end that lies inside the chord of its neighbours;
+    each row of the object's height then counts the pixel centres between the two sides.
+
+    Parameters
+    ----------
+    labels : (H, W) ndarray of non-negative int
+    n : int, optional
+        The largest label; by default ``labels.max()``.
+
+    Returns
+    -------
+    (n + 1,) ndarray of int64
+        Entry ``k`` for label ``k``: at least its own area; 0 for the background and for labels
+        not present.
+
+    Examples
+    --------
+    >>> convex_areas(np.array([[1, 1, 1, 0], [1, 0, 0, 0], [1, 0, 0, 2]])).tolist()
+    [0, 6, 1]
+    """
+    labels = np.asarray(labels)
+    n = int(labels.max(initial=0)) if n is None else n
+    # Each run of one label along a row: where it starts and where it ends, paired in row order.
+    padded = np.pad(labels, ((0, 0), (1, 1)))
+    inside = labels > 0
+    starts = np.flatnonzero(inside & (padded[:, :-2] != labels))
+    ends = np.flatnonzero(inside & (padded[:, 2:] != labels))
+    own = labels.ravel()[starts].astype(np.int64)
+    if not own.size:
+        return np.zeros(n + 1, np.int64)
+    order = np.argsort(own, kind="stable")  # by label, then row (runs come in row order)
+    own, (row, first_col), last_col = own[order], np.divmod(starts[order], labels.shape[1]), ends[order] % labels.shape[1]
+    # Each label's leftmost and rightmost pixel in each of its rows ...
+    head = np.flatnonzero(np.r_[True, (own[1:] != own[:-1]) | (row[1:] != row[:-1])])
+    own, row = own[head], row[head]
+    left, right = np.minimum.reduceat(first_col, head), np.maximum.reduceat(last_col, head)
+    # ... as the middles of its outer side and of its top and bottom (regionprops' hull is of the
+    # middles of the pixels' sides), the widest of two rows where they meet.
+    own2, y = np.repeat(own, 3), (row[:, None] + np.array([-0.5, 0.0, 0.5])).ravel()
+    side = np.array([0.0, 0.5, 0.0])
+    left, right = (left[:, None] - side).ravel(), (right[:, None] + side).ravel()
+    head = np.flatnonzero(np.r_[True, (own2[1:] != own2[:-1]) | (y[1:] != y[:-1])])
+    left, right = np.minimum.reduceat(left, head), np.maximum.reduceat(right, head)
+    own2, y = own2[head], y[head]
+    # Every row from each label's first to its last, gaps between its pieces too: in batches of labels
+    # of a bounded number of rows, as labels scattered over the image (an intensity image read as
+    # labels) span far more rows than they have pixels.
+    first = np.flatnonzero(np.r_[True, own[1:] != own[:-1]])
+    last = np.r_[first[1:], own.size] - 1
+    height = row[last] - row[first] + 1
+    right_hull, left_hull = _concave_hull(own2, y, right), _concave_hull(own2, y, -left)
+    areas = np.zeros(n + 1)
+    ends = np.cumsum(height)
+    batch_start = 0
+    while batch_start < first.size:
+        batch_end = max(batch_start + 1, int(np.searchsorted(ends, ends[batch_start] - height[batch_start]
+                                                                   + _ROWS_AT_ONCE, side="right")))
+        part = slice(batch_start, batch_end)
+        tall = height[part]
+        rows = np.arange(tall.sum()) - np.repeat(np.cumsum(tall) - tall - row[first[part]], tall)
+        labels_of_rows = np.repeat(own[first[part]], tall)
+        # Pixel centres between the two sides, borders included (to float rounding).
+        high = _at(*right_hull, labels_of_rows, rows)
+        low = -_at(*left_hull, labels_of_rows, rows)
+        count = np.floor(high + 1e-9) - np.ceil(low - 1e-9) + 1
+        areas += np.bincount(labels_of_rows, np.maximum(count, 0), n + 1)
+        batch_start = batch_end
+    return areas.astype(np.int64)
+
+
+# The most rows convex_areas evaluates at once (a few arrays of this length).
+_ROWS_AT_ONCE = 1 << 22
+
+
+def _concave_hull(group: np.ndarray, y: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The corners of the least concave function at or above each group's points ``(y, v)`` (sorted by
+    group, then by ``y``, increasing within a group; ``y`` and ``v`` multiples of 1/2): its points that
+    lie above the chord of their neighbours, each group's first and last kept."""
+    while group.size > 2:
+        g0, g1, g2 = group[:-2], group[1:-1], group[2:]
+        y0, y1, y2 = y[:-2], y[1:-1], y[2:]
+        v0, v1, v2 = v[:-2], v[1:-1], v[2:]
+        # Inside (or on) the chord of its neighbours in its own group: not a corner of the hull.
+        # Half-integer coordinates: the products are exact.
+        inner = (g0 == g1) & (g1 == g2) & ((v1 - v0) * (y2 - y0) <= (v2 - v0) * (y1 - y0))
+        if not inner.any():
+            break
+        keep = np.r_[True, ~inner, True]
+        group, y, v = group[keep], y[keep], v[keep]
+    return group, y, v
+
+
+def _at(group: np.ndarray, y: np.ndarray, v: np.ndarray, at_group: np.ndarray, at_y: np.ndarray) -> np.ndarray:
+    """The piecewise-linear function through each group's corners (:func:`_concave_hull`'s) at ``at_y``
+    (integers within the group's span, never its first corner) of each ``at_group``."""
+    # The first corner at or after each asked point, and the one before: both its group's.
+    span = 2 * (int(max(y.max(), at_y.max())) + 2)
+    after = np.searchsorted(group * span + (2 * y).astype(np.int64), at_group * span + 2 * at_y)
+    y0, y1, v0, v1 = y[after - 1], y[after], v[after - 1], v[after]
+    return v0 + (v1 - v0) * (at_y - y0) / (y1 - y0)
 
 
 def label_means(labels: np.ndarray, values: np.ndarray, n: int | None = None) -> np.ndarray:
@@ -309,16 +466,26 @@ def label_means(labels: np.ndarray, values: np.ndarray, n: int | None = None) ->
     return means[:, 0] if values.ndim == labels.ndim else means
 
 
-def _means(flat: np.ndarray, columns: np.ndarray, n: int, counted: np.ndarray) -> np.ndarray:
-    """:func:`label_means` of each column of ``columns`` (P, C) over the labels ``flat`` (P,), whose
-    pixel counts ``counted`` (n + 1,) the caller has: (n + 1, C)."""
-    means = np.full((n + 1, columns.shape[1]), np.nan)
+def _sums(flat: np.ndarray, columns: np.ndarray, n: int, counted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The sum of each column of ``columns`` (P, C) over each label of ``flat`` (P,), whose pixel counts
+    ``counted`` (n + 1,) the caller has, and how many finite values each sum holds: two (n + 1, C)."""
+    totals = np.zeros((n + 1, columns.shape[1]))
+    counts = np.empty((n + 1, columns.shape[1]))
     for k in range(columns.shape[1]):  # one bincount per channel
         column, own, count = columns[:, k], flat, counted
         if column.dtype.kind in "fc" and not np.isfinite(column).all():
             finite = np.isfinite(column)
             column, own = column[finite], flat[finite]
             count = np.bincount(own, minlength=n + 1).astype(np.float64)
-        total = np.bincount(own, column.astype(np.float64, copy=False), n + 1)
-        np.divide(total, count, out=means[:, k], where=count > 0)
+        totals[:, k] = np.bincount(own, column.astype(np.float64, copy=False), n + 1)
+        counts[:, k] = count
+    return totals, counts
+
+
+def _means(flat: np.ndarray, columns: np.ndarray, n: int, counted: np.ndarray) -> np.ndarray:
+    """:func:`label_means` of each column of ``columns`` (P, C) over the labels ``flat`` (P,), whose
+    pixel counts ``counted`` (n + 1,) the caller has: (n + 1, C)."""
+    totals, counts = _sums(flat, columns, n, counted)
+    means = np.full(totals.shape, np.nan)
+    np.divide(totals, counts, out=means, where=counts > 0)
     return means

@@ -12,7 +12,7 @@ A training folder (``dsb train --data DIR``) may hold, alone or together:
 ``DIR`` itself may be a folder in layout (a) or (b), or hold such folders beside
 ``stage1_train/`` (e.g. ``DIR/stage1_train/`` and ``DIR/my_images/``). A label
 image is an 8-, 16- or 32-bit integer TIFF or PNG, 0 background and one value
-per nucleus (any values: they are renumbered 1..N).
+per nucleus (any values: training renumbers them 1..N; ``dsb measure`` keeps them).
 
 The images of a user folder get ids ``{folder}-{stem}``, unique by
 construction, and form their own imaging-experiment group ``user:{folder}``
@@ -36,6 +36,7 @@ from dsb.core.labels import renumber
 from dsb.io.images import (
     IMAGE_SUFFIXES,
     MaskFixes,
+    image_name,
     image_path,
     list_ids,
     read_image,
@@ -50,6 +51,8 @@ __all__ = [
     "find_samples",
     "read_sample",
     "read_label_image",
+    "label_file",
+    "label_stem",
     "user_group",
     "is_user_group",
 ]
@@ -189,7 +192,7 @@ def _is_layout_a(folder: Path, *, strict: bool = False) -> bool:
     if not strict:
         return True
     masks = {p.stem for p in _files(folder / "masks")}
-    masks |= {_label_stem(p) for p in _files(folder / "masks")}
+    masks |= {label_stem(p) for p in _files(folder / "masks")}
     return any(p.stem in masks for p in _images(_files(folder / "images")))
 
 
@@ -206,18 +209,26 @@ def _labels_by_stem(paths, stem_of) -> dict[str, Path]:
     return labels
 
 
-def _label_stem(path: Path) -> str | None:
-    """The image stem a label file of layout (b) belongs to, or None when it is not one."""
+def label_stem(path) -> str | None:
+    """The image name a label file of layout (b) (``NAME_masks.tif``, ``NAME_labels.png``...) belongs to,
+    or None when its name is no label file's.
+
+    >>> label_stem("a_cp_masks.png"), label_stem("a.ome_cp_masks.png"), label_stem("a.tif")
+    ('a', 'a', None)
+    """
+    path = Path(path)
     if path.suffix.lower() not in LABEL_EXTENSIONS:
         return None
-    for suffix in LABEL_SUFFIXES:
-        if path.stem.endswith(suffix) and len(path.stem) > len(suffix):
-            return path.stem[: -len(suffix)]
+    for suffix in LABEL_SUFFIXES:  # any case, as file systems and Windows users have it
+        if path.stem.lower().endswith(suffix) and len(path.stem) > len(suffix):
+            stem = path.stem[: -len(suffix)]
+            # Cellpose cuts one suffix: a.ome.tif's masks are a.ome_cp_masks.png, of the image named a.
+            return stem[: -len(".ome")] if stem.lower().endswith(".ome") and len(stem) > 4 else stem
     return None
 
 
 def _is_layout_b(folder: Path) -> bool:
-    return any(_label_stem(p) is not None for p in _files(folder))
+    return any(label_stem(p) is not None for p in _files(folder))
 
 
 def _is_user_folder(folder: Path) -> bool:
@@ -234,13 +245,14 @@ def _stage_samples(stage: Path) -> list[Sample]:
 
 
 def _images(files: list[Path]) -> list[Path]:
-    return [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES and _label_stem(p) is None]
+    return [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES and label_stem(p) is None]
 
 
 def _by_stem(files: list[Path], what: str) -> dict[str, Path]:
+    """``files`` by their names as ``dsb segment`` names outputs (``a.ome.tif`` is ``a``)."""
     out: dict[str, Path] = {}
     for p in files:
-        stem = p.stem
+        stem = image_name(p)
         if stem in out:
             raise BadDataError(f"two {what} named {stem!r} ({out[stem].name} and {p.name}); keep one", path=p)
         out[stem] = p
@@ -254,15 +266,15 @@ def _user_samples(folder: Path, name: str) -> list[Sample]:
         labels = _labels_by_stem(
             _files(folder / "masks"),
             lambda p: None if p.suffix.lower() not in LABEL_EXTENSIONS
-            else p.stem if p.stem in images else (_label_stem(p) or p.stem),
+            else image_name(p) if image_name(p) in images else (label_stem(p) or image_name(p)),
         )
         missing = "masks/{stem}.tif or masks/{stem}.png"
         orphan = "images/{stem}.png or images/{stem}.tif"
     else:
         files = _files(folder)
         images = _by_stem(_images(files), "images")
-        labels = _labels_by_stem(files, _label_stem)
-        missing = "{stem}_masks.tif or {stem}_labels.tif beside it"
+        labels = _labels_by_stem(files, label_stem)
+        missing = "{stem}_masks.tif, {stem}_labels.tif or {stem}_cp_masks.png beside it"
         orphan = "{stem}.png or {stem}.tif beside it"
     for stem, path in images.items():
         if stem not in labels:
@@ -292,7 +304,7 @@ def _check_unique(samples: list[Sample]) -> list[Sample]:
 # ---------------------------------------------------------------- reading
 
 
-def read_label_image(path, shape: tuple[int, int] | None = None, *, image=None) -> np.ndarray:
+def read_label_image(path, shape: tuple[int, int] | None = None, *, image=None, renumbered: bool = True) -> np.ndarray:
     """Read a label image: 0 background, one integer value per nucleus.
 
     Parameters
@@ -303,17 +315,21 @@ def read_label_image(path, shape: tuple[int, int] | None = None, *, image=None) 
         The (H, W) of its image, which it must have.
     image : str or os.PathLike, optional
         That image, to name in the message when the sizes differ.
+    renumbered : bool
+        Number the nuclei 1..N; False keeps the file's values (``dsb measure``, whose table names
+        each nucleus by its value in the file).
 
     Returns
     -------
-    (H, W) ndarray of int32
+    (H, W) ndarray of int32, or of the file's integer type when not ``renumbered``
         The nuclei renumbered 1..N in the order of their values.
 
     Raises
     ------
     BadDataError
-        Naming the file: unreadable, RGB (or several channels), floating
-        point, negative values, or another size than ``shape``.
+        Naming the file: unreadable, RGB (or several channels), floating point with values that are not
+        whole numbers (whole ones, as Fiji's 32-bit images hold labels, are taken), negative values, or
+        another size than ``shape``.
 
     Examples
     --------
@@ -336,11 +352,15 @@ def read_label_image(path, shape: tuple[int, int] | None = None, *, image=None) 
             )
         labels = labels[..., 0]
     if labels.dtype.kind == "f":
-        raise BadDataError(
-            f"label image is floating point ({labels.dtype}); expected integers, 0 background and one value "
-            "per nucleus (save it as 8-, 16- or 32-bit integers)",
-            path=path,
-        )
+        # Fiji's 32-bit images are floats: whole values are labels all the same.
+        whole = np.isfinite(labels).all() and bool((labels == np.round(labels)).all())
+        if not whole or (labels.size and labels.max() >= 2**53):
+            raise BadDataError(
+                f"label image is floating point ({labels.dtype}) with values that are not whole numbers; "
+                "expected integers, 0 background and one value per nucleus (in Fiji: Image > Type > 16-bit)",
+                path=path,
+            )
+        labels = labels.astype(np.int64)
     if labels.dtype.kind == "b":
         labels = labels.astype(np.uint8)
     if labels.dtype.kind not in "iu":
@@ -358,7 +378,45 @@ def read_label_image(path, shape: tuple[int, int] | None = None, *, image=None) 
             "(height x width)",
             path=path,
         )
-    return renumber(labels)[0]
+    return renumber(labels)[0] if renumbered else labels
+
+
+def label_file(image, folder=None, *, listing: dict | None = None) -> Path:
+    """The label image of ``image``: ``NAME_masks``, ``NAME_labels`` or ``NAME_cp_masks`` (TIFF or PNG, any
+    case) beside it, or in ``folder``, where a file named as the image itself (``masks/NAME.tif`` beside
+    ``images/NAME.tif``, or ``masks/NAME.ome.tif``) counts too. ``NAME`` is the image's name as ``dsb segment`` names its outputs
+    (:func:`dsb.io.images.image_name`: ``a.ome.tif`` is ``a``).
+
+    ``listing`` (a dict, empty at first) keeps each folder's file names between calls, so that pairing
+    a folder of many images lists it once.
+
+    Raises
+    ------
+    BadDataError
+        Naming the image: no such file, or several (which one is meant is the user's to say).
+    """
+    image = Path(image)
+    folder = image.parent if folder is None else Path(folder)
+    name = image_name(image)
+    elsewhere = folder.resolve() != image.parent.resolve()
+    suffixes = LABEL_SUFFIXES + (("",) if elsewhere else ())
+    listing = {} if listing is None else listing
+    if folder not in listing:
+        files = [p for p in folder.iterdir() if p.is_file()] if folder.is_dir() else []
+        listing[folder] = {p.name.lower(): p for p in files}
+    # Its name with each label suffix (Cellpose's a.ome_cp_masks.png too), or elsewhere its own file name.
+    stems = dict.fromkeys([name, image.stem])
+    wanted = [f"{stem}{suffix}{ext}".lower() for stem in stems for suffix in suffixes for ext in LABEL_EXTENSIONS]
+    wanted = list(dict.fromkeys(wanted + ([image.name.lower()] if elsewhere else [])))
+    found = [listing[folder][w] for w in wanted if w in listing[folder]]
+    found = [p for p in found if p.resolve() != image.resolve()]
+    if len(found) > 1:
+        raise BadDataError(f"has {len(found)} label images ({', '.join(p.name for p in found)}); keep one in "
+                           f"{folder}", path=image)
+    if not found:
+        raise BadDataError(f"has no label image in {folder} ({name}_masks.tif, {name}_labels.tif or "
+                           f"{name}_cp_masks.png{', or ' + name + '.tif' if '' in suffixes else ''})", path=image)
+    return found[0]
 
 
 def _palette_indices(path: Path) -> np.ndarray | None:

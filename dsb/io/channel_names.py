@@ -17,7 +17,28 @@ from dsb.io.channels import check_channel
 from dsb.io.ome import first_pixels, local_name, ngff, open_zarr
 from dsb.io.tiff_reading import open_tiff
 
-__all__ = ["channel_names", "file_channel"]
+__all__ = ["channel_names", "file_channel", "channel_words", "stored_channel"]
+
+
+def stored_channel(channel) -> int | str | None:
+    """A channel as a config keeps it: a number (also given as a string of digits), or a name, stripped.
+
+    >>> stored_channel("2"), stored_channel(" DAPI "), stored_channel(None)
+    (2, 'DAPI', None)
+    """
+    if isinstance(channel, str):
+        text = channel.strip()
+        return int(text) if text.isdigit() else text
+    return check_channel(channel)
+
+
+def channel_words(channel) -> str:
+    """A channel as a sentence names it: ``channel 1`` (counted from 0), or ``the channel named 'DAPI'``.
+
+    >>> channel_words(1), channel_words("DAPI")
+    ('channel 1', "the channel named 'DAPI'")
+    """
+    return f"the channel named {channel!r}" if isinstance(channel, str) else f"channel {channel}"
 
 
 def file_channel(path, channel) -> int | None:
@@ -27,8 +48,8 @@ def file_channel(path, channel) -> int | None:
     Raises
     ------
     BadDataError
-        A name the file does not hold, or a file that names no channels (naming the file, and the
-        names it has).
+        A name the file does not hold, or holds twice, or a file that names no channels (naming the
+        file, and the names it has).
     TypeError, ValueError
         As :func:`dsb.io.channels.check_channel`, for a channel that is neither.
     """
@@ -38,13 +59,16 @@ def file_channel(path, channel) -> int | None:
     if text.isdigit():
         return int(text)
     names = channel_names(path)
-    if not names:
+    if not any(str(n).strip() for n in names):
         raise BadDataError(f"names no channels (only OME-TIFF and OME-Zarr files do), so it has no channel "
                            f"{text!r}; give the channel's number", path=path)
     folded = [name.casefold() for name in names]
+    listed = ", ".join(f"{i} {name!r}" for i, name in enumerate(names))
     if text.casefold() not in folded:
-        listed = ", ".join(f"{i} {name!r}" for i, name in enumerate(names))
         raise BadDataError(f"has no channel named {text!r} (its channels: {listed})", path=path)
+    if folded.count(text.casefold()) > 1:
+        raise BadDataError(f"has {folded.count(text.casefold())} channels named {text!r}, case aside (its "
+                           f"channels: {listed}); give the channel's number", path=path)
     return folded.index(text.casefold())
 
 

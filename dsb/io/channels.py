@@ -126,7 +126,8 @@ def page_note(shape, axes: str | None, channel: int | None) -> str:
                 "they are read as channels, of which N is segmented")
     if channel is None and 2 <= pages <= MAX_COLOURS:
         return (f"its {pages} pages have no axis names and were read as the colour channels of one image; "
-                "saved with axis names (an ImageJ hyperstack or OME-TIFF) they are segmented as a stack")
+                "if they are the frames of a stack, save the file with axis names (an ImageJ hyperstack or "
+                "OME-TIFF, T or Z for frames) to have them segmented frame by frame")
     return ""
 
 

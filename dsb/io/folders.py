@@ -30,7 +30,11 @@ import numpy as np
 from dsb.core.concurrency import in_order, usable_cores
 from dsb.core.errors import BadDataError, DsbError
 from dsb.core.progress import track
+from dsb.io.annotations import label_stem
 from dsb.io.images import IMAGE_SUFFIXES, image_name, image_path, read_image
+
+#: The stem ending of ``dsb segment``'s overlay of an image (``NAME_overlay.png``).
+OVERLAY_SUFFIX = "_overlay"
 
 __all__ = [
     "CACHE_BYTES",
@@ -167,8 +171,13 @@ def find_images(paths) -> tuple[dict[str, Path], list[BadDataError]]:
 
     A folder contributes the image files (PNG, TIFF, JPEG, BMP: the suffixes
     of :data:`dsb.io.images.IMAGE_SUFFIXES`) directly inside it, not those of its
-    subfolders; hidden files and other suffixes are left alone. A file named
-    explicitly must have one of those suffixes.
+    subfolders; hidden files and other suffixes are left alone, as are the label
+    images (``NAME_masks.tif``, ``NAME_labels.tif``, ``NAME_cp_masks.png``:
+    :func:`dsb.io.annotations.label_stem`) and ``dsb segment``'s overlays
+    (``NAME_overlay.png``) of an image ``NAME`` in the same folder, so that a
+    folder of annotated images, or one ``dsb segment`` wrote into, is
+    segmented again as the images it holds. A file named explicitly must have
+    one of those suffixes, and is taken whatever its name.
 
     Parameters
     ----------
@@ -206,6 +215,7 @@ def find_images(paths) -> tuple[dict[str, Path], list[BadDataError]]:
                 p for p in path.iterdir()
                 if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES
             )
+            found = _without_derived(found)
             if not found:
                 problems.append(BadDataError(
                     f"folder holds no images (expected files ending {', '.join(IMAGE_SUFFIXES)})", path=path))
@@ -220,6 +230,19 @@ def find_images(paths) -> tuple[dict[str, Path], list[BadDataError]]:
         else:
             problems.append(BadDataError("no such file or folder", path=path))
     return images, problems
+
+
+def _without_derived(files: list[Path]) -> list[Path]:
+    """``files`` (of one folder) without the label images and overlays of an image among them."""
+    names = {image_name(p) for p in files}
+
+    def derived(p: Path) -> bool:
+        stem = label_stem(p)
+        if stem is None and p.stem.lower().endswith(OVERLAY_SUFFIX):
+            stem = p.stem[: -len(OVERLAY_SUFFIX)]
+        return stem is not None and stem in names
+
+    return [p for p in files if not derived(p)]
 
 
 def claim_name(names: dict[str, Path], path: Path) -> None:

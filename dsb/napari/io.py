@@ -3,6 +3,8 @@
 The writer saves a Labels layer as :func:`dsb.io.writers.write_labels` does for
 the command line: a deflate-compressed greyscale TIFF, 16-bit, or 32-bit when a
 label is above 65535; a stack of frames as a multi-page TIFF of the same kind.
+A second writer saves it as a Fiji ROI set, as ``dsb segment --rois`` does
+(:func:`dsb.io.rois.write_rois`).
 The reader opens a label image beside its image (``NAME_masks.tif``,
 ``NAME_labels.tif``, ``NAME_cp_masks.png``) as a Labels layer. Nothing here
 imports napari or Qt.
@@ -16,9 +18,10 @@ import numpy as np
 
 from dsb.core.atomic import atomic_path
 from dsb.io.annotations import LABEL_EXTENSIONS, LABEL_SUFFIXES, read_label_image
-from dsb.io.writers import write_labels
+from dsb.io.rois import write_rois
+from dsb.io.writers import tiff_calibration, write_labels
 
-__all__ = ["write_labels_layer", "get_label_reader", "read_label_layer"]
+__all__ = ["write_labels_layer", "write_rois_layer", "layer_pixel_size", "get_label_reader", "read_label_layer"]
 
 _UINT16_MAX = np.iinfo(np.uint16).max
 
@@ -33,7 +36,9 @@ def write_labels_layer(path: str, data, attributes: dict) -> list[str]:
     data : array_like of int
         (H, W) labels, or a stack of them (frames first).
     attributes : dict
-        The layer's attributes (unused).
+        The layer's attributes: where its ``scale`` and ``units`` give its pixels a size in
+        micrometres (or another length), the TIFF carries it, as ``dsb segment``'s labels do
+        (:func:`layer_pixel_size`).
 
     Returns
     -------
@@ -49,8 +54,9 @@ def write_labels_layer(path: str, data, attributes: dict) -> list[str]:
     'uint32'
     """
     labels = np.asarray(data)
+    size = layer_pixel_size(attributes)
     if labels.ndim == 2:
-        return [str(write_labels(path, labels))]
+        return [str(write_labels(path, labels, pixel_size=size))]
     import tifffile
 
     path = Path(path)
@@ -59,8 +65,65 @@ def write_labels_layer(path: str, data, attributes: dict) -> list[str]:
     wide = bool(labels.size) and labels.max() > _UINT16_MAX
     with atomic_path(path) as tmp:
         tifffile.imwrite(tmp, labels.astype(np.uint32 if wide else np.uint16), photometric="minisblack",
-                         compression="zlib")
+                         compression="zlib", **tiff_calibration(size, imagej=False))
     return [str(path)]
+
+
+def layer_pixel_size(attributes: dict) -> float | None:
+    """The side of a layer's pixels in micrometres, from its ``scale`` and ``units`` (napari 0.5 and
+    later: pint units per axis), or None where they give none (pixels, no units, or pixels that are not
+    square).
+
+    >>> import pint
+    >>> um = pint.get_application_registry().micrometer
+    >>> layer_pixel_size({"scale": (0.325, 0.325), "units": (um, um)}), layer_pixel_size({"scale": (1, 1)})
+    (0.325, None)
+    """
+    scale, units = attributes.get("scale"), attributes.get("units")
+    if scale is None or units is None or len(scale) < 2 or len(units) < 2:
+        return None
+    try:  # pixel units, or units of no length, say nothing of micrometres
+        y, x = ((float(s) * u).to("micrometer").magnitude for s, u in zip(scale[-2:], units[-2:]))
+    except Exception:  # noqa: BLE001 - whatever the units are, they give no size
+        return None
+    if not (y > 0 and x > 0) or abs(y - x) > 1e-3 * max(y, x):
+        return None
+    return float(y)
+
+
+def write_rois_layer(path: str, data, attributes: dict) -> list[str]:
+    """napari writer: one Labels layer to a Fiji ROI set, one traced ROI per nucleus named by its label.
+
+    Parameters
+    ----------
+    path : str
+        Ends in ``.zip``.
+    data : array_like of int
+        (H, W) labels, or a stack of them (frames first): each ROI at its slice, named ``s3-0042``,
+        the slices counted over all leading axes as :func:`write_labels_layer` writes them (one
+        multi-page TIFF).
+    attributes : dict
+        The layer's attributes (unused).
+
+    Returns
+    -------
+    list of str
+        The file written.
+
+    Examples
+    --------
+    >>> import tempfile, zipfile, os
+    >>> path = os.path.join(tempfile.mkdtemp(), "a_rois.zip")
+    >>> _ = write_rois_layer(path, np.array([[0, 3], [0, 3]]), {})
+    >>> zipfile.ZipFile(path).namelist()
+    ['0003.roi']
+    """
+    labels = np.asarray(data)
+    if Path(path).suffix.lower() != ".zip":
+        raise ValueError(f"`path` ({path}) must end in .zip")
+    if labels.ndim > 2:  # the slices of the multi-page TIFF the label writer saves
+        return [str(write_rois(path, labels.reshape(-1, *labels.shape[-2:]), "f"))]
+    return [str(write_rois(path, labels))]
 
 
 def _is_label_file(path: Path) -> bool:

@@ -16,6 +16,7 @@ import keras
 from dsb.core.config import Config, save_config
 from dsb.core.errors import BadDataError
 from dsb.core.progress import say
+from dsb.io.channel_names import channel_words, stored_channel
 from dsb.network.unet import build_unet, compile_model
 from dsb.training import checkpoints
 from dsb.training.cache import load_prepared
@@ -67,7 +68,7 @@ def train(
     progress: bool = True,
     init=None,
     learning_rate: float | None = None,
-    channel: int | None = None,
+    channel: int | str | None = None,
 ) -> Path:
     """Train a U-Net on the prepared training images of ``data_dir``.
 
@@ -112,8 +113,9 @@ def train(
         user's images. Ignored when resuming (the run keeps its own).
     learning_rate : float, optional
         Overrides the learning rate (of the fine-tune, with ``init``).
-    channel : int, optional
-        Learn from this channel of one's own multi-channel images, counted from 0 (their DNA stain;
+    channel : int or str, optional
+        Learn from this channel of one's own multi-channel images, counted from 0, or named in each
+        OME-TIFF's metadata (their DNA stain;
         ``preprocess.channel``, kept in the run's config so that ``dsb tune``, ``dsb evaluate`` and
         ``dsb export --int8`` read the same), picked as :func:`dsb.io.annotations.read_sample` picks
         it; the competition's images whole. Ignored when resuming (the run keeps its own).
@@ -148,7 +150,7 @@ def train(
                                  min_learning_rate=min(config.train.min_learning_rate, rate))
         config = config.replace(train=tc)
     if channel is not None and not resume:
-        config = config.replace(preprocess=dataclasses.replace(config.preprocess, channel=int(channel)))
+        config = config.replace(preprocess=dataclasses.replace(config.preprocess, channel=stored_channel(channel)))
         config.check()
     if strategy != "multiworker" and not resume:
         check_new_run(out_dir)  # before the data load, to fail fast
@@ -365,7 +367,7 @@ def _announce(plan: Plan, state: RunState, env: Environment, out_dir: Path) -> N
     if split.val_groups:
         say(f"validation holds out the groups {', '.join(split.val_groups)}")
     if plan.config.preprocess.channel is not None:
-        say(f"learning from channel {plan.config.preprocess.channel} of your images (the competition's whole)")
+        say(f"learning from {channel_words(plan.config.preprocess.channel)} of your images (the competition's whole)")
     if state.init is not None:
         groups = None if split.groups is None else list(split.groups)
         say(f"fine-tuning from {state.init}, learning rate {plan.config.train.learning_rate:.2e}"

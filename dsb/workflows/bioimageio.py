@@ -49,6 +49,7 @@ import numpy as np
 from dsb.core.atomic import atomic_dir, write_text
 from dsb.core.errors import BadDataError, EnvironmentProblem
 from dsb.inference.preprocess import preprocess_image
+from dsb.io.channel_names import channel_words
 from dsb.network.engines import KerasNetwork
 from dsb.network.model_folder import check_onnx, file_digest, load_run, read_manifest, read_onnx_opset
 from dsb.network.onnx_export import export_onnx
@@ -279,7 +280,8 @@ def _readme(config, step: int, training: str | None) -> str:
         "",
         ("1. **grey**: one channel (colour images: luminance; stained tissue: the geometric mean of the"
          if pre.channel is None else
-         f"1. **grey**: channel {pre.channel} (counted from 0) of multi-channel images, which the model learnt from;"
+         f"1. **grey**: {channel_words(pre.channel)}{' (counted from 0)' if isinstance(pre.channel, int) else ''} "
+         "of multi-channel images, which the model learnt from;"
          " else one channel (colour images: luminance; stained tissue: the geometric mean of the"),
         "   haematoxylin channel and inverted luminance);",
         "2. **polarity**: nuclei bright on a dark background (brightfield and stained images are inverted;",

@@ -8,6 +8,7 @@ writes per image
   1..N nuclei) that Fiji, napari and scikit-image open;
 - ``<name>_nuclei.csv``: one row per nucleus (see :func:`measure_nuclei`);
 - ``<name>_overlay.png`` (optional): the image with the nuclei outlined;
+- ``<name>_rois.zip`` (optional): each nucleus's outline as a Fiji ROI (:mod:`dsb.io.rois`);
 
 plus ``summary.csv`` with one row per input file. A TIFF stack (time series, z-stack) gets the same
 files, frame by frame (:func:`segment_stack`). With no model given it uses
@@ -28,13 +29,14 @@ import pandas as pd
 from dsb.core.atomic import atomic_path, writable_dir
 from dsb.core.config import check_scale_factor
 from dsb.core.errors import BadDataError
-from dsb.core.labels import label_means, measure_regions
+from dsb.core.labels import compact_labels, label_means, measure_regions
 from dsb.core.validate import check_labels, check_same_shape
 from dsb.inference.preprocess import mixed_channels, raw_intensity
 from dsb.inference.scale import check_diameter
 from dsb.io.channel_names import channel_names
 from dsb.io.folders import Skips, find_images, read_images
 from dsb.io.images import read_channels, read_stack
+from dsb.io.rois import write_rois
 from dsb.io.writers import write_labels, write_png, write_rgb_stack
 from dsb.network.engines import load_network
 from dsb.network.model_folder import resolve_model_dir
@@ -44,7 +46,8 @@ from dsb.workflows.pipeline import nuclei_predictor, predict_each
 
 __all__ = ["MEASUREMENT_COLUMNS", "MICROMETRE_COLUMNS", "SUMMARY_COLUMNS", "measure_nuclei", "in_micrometres",
            "touches_edge", "channel_columns",
-           "segment_paths", "segment_stack", "write_outputs", "summary_row", "channel_warning", "check_scale_options",
+           "segment_paths", "segment_stack", "write_outputs", "write_measurements", "summary_row", "channel_warning",
+           "check_scale_options",
            "join_warnings", "nothing_to_segment"]
 
 MEASUREMENT_COLUMNS = (
@@ -59,17 +62,23 @@ MEASUREMENT_COLUMNS = (
     "area",
     "perimeter",
     "eccentricity",
+    "major_axis_length",
+    "minor_axis_length",
+    "orientation_deg",
+    "circularity",
+    "solidity",
     "mean_intensity",
+    "integrated_intensity",
     "confidence",
 )
 # Each nucleus's mean in channel k of an image one channel of which was segmented (:func:`measure_nuclei`).
 CHANNEL_MEAN = "mean_intensity_{}"
 # Added where the pixel size is known (:func:`in_micrometres`).
-MICROMETRE_COLUMNS = ("area_um2", "perimeter_um", "equivalent_diameter_um")
+MICROMETRE_COLUMNS = ("area_um2", "perimeter_um", "equivalent_diameter_um", "major_axis_um", "minor_axis_um")
 # What summary.csv's warning tells a user whose image's luminance may hide its nuclei.
 CHANNEL_ADVICE = "give --channel N to segment the DNA stain's channel alone"
 SUMMARY_COLUMNS = ("file", "status", "nuclei", "diameter", "diameter_estimated", "diameter_sure", "pixel_size",
-                   "diameter_um", "labels", "measurements", "overlay", "warning", "error")
+                   "diameter_um", "labels", "measurements", "overlay", "rois", "warning", "error")
 
 def measure_nuclei(labels: np.ndarray, intensity: np.ndarray, confidence: np.ndarray | None = None, *,
                    pixel_size: float | None = None, channels: np.ndarray | None = None,
@@ -105,12 +114,18 @@ def measure_nuclei(labels: np.ndarray, intensity: np.ndarray, confidence: np.nda
         (pixels); ``bbox_min_row``, ``bbox_min_col`` (inclusive) and
         ``bbox_max_row``, ``bbox_max_col`` (exclusive, as in Python slicing);
         ``touches_edge`` (True for a nucleus the image's edge cuts, which a measurement of sizes or
-        intensities usually leaves out: :func:`touches_edge`); ``area`` (pixels); ``perimeter`` (pixels); ``eccentricity`` (0 for a
-        circle); ``mean_intensity`` (over the nucleus's finite pixels: NaN pixels of a float
-        image left out, NaN when it has none); ``confidence`` (in [0, 1]) only when given; with
-        ``channels``, ``mean_intensity_c0``... in the channels' own units, NaN pixels left out; with a
-        ``pixel_size``, ``area_um2``, ``perimeter_um`` and ``equivalent_diameter_um`` (the diameter
-        of a disc of the nucleus's area).
+        intensities usually leaves out: :func:`touches_edge`); ``area`` (pixels); ``perimeter`` (pixels);
+        the shape: ``eccentricity`` (0 for a circle), ``major_axis_length`` and ``minor_axis_length``
+        (pixels) and ``orientation_deg`` of the ellipse of the same second moments, ``circularity``
+        and ``solidity`` (1 for a convex nucleus; two merged ones score lower), as
+        :func:`dsb.core.labels.measure_regions` defines them; ``mean_intensity`` and
+        ``integrated_intensity`` (the mean and the sum over the nucleus's finite pixels: NaN pixels
+        of a float image left out, NaN when it has none; the sum of a DNA stain, less the
+        background's mean times the area, is the nucleus's DNA content); ``confidence`` (in
+        [0, 1]) only when given; with ``channels``, ``mean_intensity_c0``... in the channels' own
+        units, NaN pixels left out; with a ``pixel_size``, ``area_um2``, ``perimeter_um``,
+        ``equivalent_diameter_um`` (the diameter of a disc of the nucleus's area),
+        ``major_axis_um`` and ``minor_axis_um``.
 
     Raises
     ------
@@ -128,16 +143,22 @@ def measure_nuclei(labels: np.ndarray, intensity: np.ndarray, confidence: np.nda
     labels = check_labels("labels", labels, bool_ok=False)
     intensity = np.asarray(intensity)
     check_same_shape("intensity", intensity, "labels", labels)
+    top = int(labels.max(initial=0))
+    if confidence is not None:
+        confidence = np.asarray(confidence, np.float32)
+        if confidence.ndim != 1 or confidence.size < top:
+            raise ValueError(f"`confidence` (shape {confidence.shape}) must hold one value per label 1..{top}")
+    # A file's own numbering may reach billions: measured as 1..K, each row given its value back.
+    labels, values = compact_labels(labels)
     frame = pd.DataFrame(measure_regions(labels, intensity))
+    index = frame["label"].to_numpy(np.intp)  # into what is sized by the (compacted) labels
+    if values is not None:
+        frame["label"] = values[index - 1]
     frame["touches_edge"] = touches_edge(frame, labels.shape)
     columns = list(MEASUREMENT_COLUMNS)
     if confidence is None:
         columns.remove("confidence")
     else:
-        confidence = np.asarray(confidence, np.float32)
-        top = int(labels.max(initial=0))
-        if confidence.ndim != 1 or confidence.size < top:
-            raise ValueError(f"`confidence` (shape {confidence.shape}) must hold one value per label 1..{top}")
         frame["confidence"] = confidence[frame["label"].to_numpy(np.int64) - 1]
     frame = frame.loc[:, columns].astype(
         {"label": np.int64, "bbox_min_row": np.int64, "bbox_min_col": np.int64,
@@ -147,7 +168,7 @@ def measure_nuclei(labels: np.ndarray, intensity: np.ndarray, confidence: np.nda
         channels = np.asarray(channels)
         if channels.ndim != 3 or channels.shape[:2] != labels.shape:
             raise ValueError(f"`channels` (shape {channels.shape}) must be (H, W, C) with the labels' {labels.shape}")
-        means = label_means(labels, channels)[frame["label"].to_numpy(np.intp)]
+        means = label_means(labels, channels)[index]
         names = channel_columns(channel_names, channels.shape[2])
         frame = frame.assign(**{name: means[:, k] for k, name in enumerate(names)})
     return frame if pixel_size is None else in_micrometres(frame, pixel_size)
@@ -181,15 +202,18 @@ def touches_edge(table: pd.DataFrame, shape: tuple[int, int]) -> pd.Series:
 
 
 def in_micrometres(table: pd.DataFrame, pixel_size: float) -> pd.DataFrame:
-    """``table`` (:func:`measure_nuclei`'s, whose ``area`` and ``perimeter`` are in pixels) with
+    """``table`` (:func:`measure_nuclei`'s, whose lengths and areas are in pixels) with
     :data:`MICROMETRE_COLUMNS` added for pixels of ``pixel_size`` micrometres a side.
 
-    >>> table = pd.DataFrame({"area": [100], "perimeter": [36.0]})
+    >>> table = pd.DataFrame({"area": [100], "perimeter": [36.0], "major_axis_length": [12.0],
+    ...                       "minor_axis_length": [10.0]})
     >>> in_micrometres(table, 0.5).round(3).iloc[0].tolist()
-    [100.0, 36.0, 25.0, 18.0, 5.642]
+    [100.0, 36.0, 12.0, 10.0, 25.0, 18.0, 5.642, 6.0, 5.0]
     """
     return table.assign(area_um2=table["area"] * pixel_size ** 2, perimeter_um=table["perimeter"] * pixel_size,
-                        equivalent_diameter_um=2.0 * np.sqrt(table["area"] / np.pi) * pixel_size)
+                        equivalent_diameter_um=2.0 * np.sqrt(table["area"] / np.pi) * pixel_size,
+                        major_axis_um=table["major_axis_length"] * pixel_size,
+                        minor_axis_um=table["minor_axis_length"] * pixel_size)
 
 
 def _outputs(out_dir: Path, name: str) -> dict[str, Path]:
@@ -197,6 +221,7 @@ def _outputs(out_dir: Path, name: str) -> dict[str, Path]:
         "labels": out_dir / f"{name}_labels.tif",
         "measurements": out_dir / f"{name}_nuclei.csv",
         "overlay": out_dir / f"{name}_overlay.png",
+        "rois": out_dir / f"{name}_rois.zip",
     }
 
 
@@ -207,6 +232,7 @@ def segment_paths(
     out_dir,
     tta: bool | None = None,
     overlay: bool = False,
+    rois: bool = False,
     diameter: float | None = None,
     skip_bad: bool = False,
     progress: bool = True,
@@ -232,13 +258,15 @@ def segment_paths(
         A run folder (``model.keras`` and ``config.json``); by default the
         model shipped with the package.
     out_dir : str or os.PathLike
-        Where ``<name>_labels.tif``, ``<name>_nuclei.csv``, ``<name>_overlay.png``
-        and ``summary.csv`` go; created if needed.
+        Where ``<name>_labels.tif``, ``<name>_nuclei.csv``, ``<name>_overlay.png``,
+        ``<name>_rois.zip`` and ``summary.csv`` go; created if needed.
     tta : bool, optional
         Average predictions over flips and 90-degree rotations; None follows the model's
         ``predict.tta``.
     overlay : bool
         Also write ``<name>_overlay.png``.
+    rois : bool
+        Also write ``<name>_rois.zip``, each nucleus's outline as a Fiji ROI (:func:`dsb.io.rois.write_rois`).
     diameter : float, optional
         The median nucleus diameter in pixels of every image; by default each
         image's is estimated (:func:`dsb.inference.predict.predict_scaled`). The
@@ -329,7 +357,7 @@ def segment_paths(
                          diameters=None if diameter_um is None else {p: c.diameter for p, c in scales.items()})
     with contextlib.closing(found):  # a failed write stops the images in flight
         for name, image, raw, nuclei in found:
-            rows[str(image)] = write_outputs(out_dir, name, image, raw, nuclei, overlay=overlay,
+            rows[str(image)] = write_outputs(out_dir, name, image, raw, nuclei, overlay=overlay, rois=rois,
                                              calibration=scales[str(image)], channel=channel)
     for skip in skips.records:
         rows[skip.path] = summary_row(skip.path, "skipped", error=skip.message)
@@ -343,8 +371,9 @@ def segment_paths(
 
 
 def write_outputs(out_dir: Path, name: str, image: Path, raw: np.ndarray, nuclei, *, overlay: bool,
-                  calibration: Calibration = Calibration(), channel: int | None = None) -> dict:
-    """Write one image's label TIFF, measurements and (with ``overlay``) overlay, each atomically; return its
+                  rois: bool = False, calibration: Calibration = Calibration(), channel: int | None = None) -> dict:
+    """Write one image's label TIFF, measurements, (with ``overlay``) overlay and (with ``rois``) Fiji ROIs, each
+    atomically; return its
     ``summary.csv`` row (:func:`summary_row`). The one writer of ``dsb segment``'s outputs, in one process or on
     a Dask worker (:mod:`dsb.workflows.cluster`); ``calibration`` (:mod:`dsb.workflows.calibration`) gives the
     pixel size of the measurements, the label TIFF and the row. Where ``raw`` is the ``channel`` of a
@@ -357,19 +386,32 @@ def write_outputs(out_dir: Path, name: str, image: Path, raw: np.ndarray, nuclei
     table = measure_nuclei(labels, raw_intensity(raw), nuclei.confidence, pixel_size=size, channels=every,
                            channel_names=() if channel is None else channel_names(image))
     write_labels(targets["labels"], labels, pixel_size=size)
-    with atomic_path(targets["measurements"]) as tmp:
-        table.to_csv(tmp, index=False, float_format="%.6g")
-    if overlay:
-        write_png(targets["overlay"], outline_overlay(raw, labels))
-    else:
-        del targets["overlay"]
+    targets = {"labels": targets["labels"], **write_measurements(out_dir, name, table, raw, labels, overlay=overlay,
+                                                                 rois=rois)}
     return summary_row(image, "ok", nuclei=len(table), diameter=nuclei.diameter, estimated=nuclei.estimated,
-                       sure=nuclei.sure, pixel_size=size, warning=join_warnings(channel_warning(raw), calibration.note),
+                       sure=nuclei.sure, pixel_size=size, warning=join_warnings(channel_warning(raw, image), calibration.note),
                        **{k: str(v) for k, v in targets.items()})
 
 
+def write_measurements(out_dir: Path, name: str, table: pd.DataFrame, raw: np.ndarray, labels: np.ndarray, *,
+                       overlay: bool = False, rois: bool = False) -> dict[str, Path]:
+    """Write one image's ``<name>_nuclei.csv`` (``table``, :func:`measure_nuclei`'s), and with ``overlay`` and
+    ``rois`` its ``<name>_overlay.png`` (its outlines on ``raw``) and ``<name>_rois.zip``
+    (:func:`dsb.io.rois.write_rois`), each atomically: ``{"measurements": path, "overlay": ..., "rois": ...}``
+    for the files written. Shared by ``dsb segment`` and ``dsb measure``."""
+    targets = _outputs(out_dir, name)
+    with atomic_path(targets["measurements"]) as tmp:
+        table.to_csv(tmp, index=False, float_format="%.6g")
+    written = {"measurements": targets["measurements"]}
+    if overlay:
+        written["overlay"] = write_png(targets["overlay"], outline_overlay(raw, labels))
+    if rois:
+        written["rois"] = write_rois(targets["rois"], labels)
+    return written
+
+
 def segment_stack(path, name: str, out_dir, predict, *, channel: int | None = None, overlay: bool = False,
-                  progress: bool = False, calibration: Calibration = Calibration()) -> dict:
+                  rois: bool = False, progress: bool = False, calibration: Calibration = Calibration()) -> dict:
     """``dsb segment`` of a TIFF stack (a time series, the planes of a volume), frame by frame.
 
     Each frame is segmented as an image of its own (its own diameter estimate unless ``predict`` was
@@ -381,7 +423,9 @@ def segment_stack(path, name: str, out_dir, predict, *, channel: int | None = No
       hold over 65535 nuclei);
     - ``<name>_nuclei.csv``: :data:`MEASUREMENT_COLUMNS` after one column per frame axis, ``t``,
       ``z`` or ``frame`` (unnamed), holding each nucleus's frame index from 0;
-    - with ``overlay``, ``<name>_overlay.tif``: an RGB hyperstack of the frames with their outlines.
+    - with ``overlay``, ``<name>_overlay.tif``: an RGB hyperstack of the frames with their outlines;
+    - with ``rois``, ``<name>_rois.zip``: each frame's nuclei as Fiji ROIs at the frame's position in the
+      label TIFF (:func:`dsb.io.rois.write_rois`).
 
     The stack is read whole: it takes its own size in memory, plus 2 bytes a pixel for the labels
     (3 more with ``overlay``); with a ``channel`` of several, every channel again, for each nucleus's
@@ -399,7 +443,7 @@ def segment_stack(path, name: str, out_dir, predict, *, channel: int | None = No
         whose network's streams then take several frames at once).
     channel : int, optional
         As for :func:`segment_paths`.
-    overlay, progress : bool
+    overlay, rois, progress : bool
     calibration : Calibration, optional
         The stack's pixel size (:func:`dsb.workflows.calibration.calibrate`), as for :func:`write_outputs`;
         its diameter is ``predict``'s to use.
@@ -449,25 +493,36 @@ def segment_stack(path, name: str, out_dir, predict, *, channel: int | None = No
         write_rgb_stack(targets["overlay"], drawn, lead, roles, pixel_size=calibration.pixel_size)
     else:
         del targets["overlay"]
+    if rois:
+        write_rois(targets["rois"], labels, roles)
+    else:
+        del targets["rois"]
     finite = [d for d in diameters if math.isfinite(d)]
-    warning = channel_warning(frames[(0,) * len(roles)])
+    warning = channel_warning(frames[(0,) * len(roles)], path)
     return summary_row(path, "ok", nuclei=sum(len(t) for t in tables),
                        diameter=float(np.median(finite)) if finite else math.nan, estimated=estimated, sure=sure,
                        pixel_size=calibration.pixel_size, warning=join_warnings(warning, calibration.note),
                        **{k: str(v) for k, v in targets.items()})
 
 
-def channel_warning(raw: np.ndarray) -> str:
+def channel_warning(raw: np.ndarray, path=None) -> str:
     """The ``warning`` of ``summary.csv`` for an image segmented from its luminance whose channels show
-    different stains (:func:`dsb.inference.preprocess.mixed_channels`), with what to do; else ``""``
-    (also for one channel picked with ``--channel``: a 2-D image has no channels to question)."""
+    different stains (:func:`dsb.inference.preprocess.mixed_channels`), with what to do (and, where the
+    file at ``path`` names its channels, their names, which ``--channel`` takes); else ``""`` (also for
+    one channel picked with ``--channel``: a 2-D image has no channels to question)."""
     why = mixed_channels(raw)
-    return f"{why}; {CHANNEL_ADVICE}" if why else ""
+    if not why:
+        return ""
+    names = channel_names(path) if path is not None else []
+    if any(str(n).strip() for n in names):
+        listed = ", ".join(f"{i} {n!r}" for i, n in enumerate(names))
+        return f"{why}; its channels are named ({listed}): give --channel NAME to segment the DNA stain's alone"
+    return f"{why}; {CHANNEL_ADVICE}"
 
 
 def summary_row(path, status: str, *, nuclei: int = 0, diameter: float = math.nan, estimated: bool | str = "",
                 sure: bool | str = "", pixel_size: float | None = None, labels: str = "", measurements: str = "",
-                overlay: str = "", warning: str = "", error: str = "") -> dict:
+                overlay: str = "", rois: str = "", warning: str = "", error: str = "") -> dict:
     """One row of ``summary.csv`` (:data:`SUMMARY_COLUMNS`): empty cells for what does not apply
     (``pixel_size`` and ``diameter_um`` where the pixel size is unknown)."""
     known = math.isfinite(diameter)
@@ -475,14 +530,17 @@ def summary_row(path, status: str, *, nuclei: int = 0, diameter: float = math.na
             "diameter": round(diameter, 2) if known else "", "diameter_estimated": estimated,
             "diameter_sure": sure, "pixel_size": "" if pixel_size is None else float(f"{pixel_size:.6g}"),
             "diameter_um": round(diameter * pixel_size, 2) if known and pixel_size is not None else "",
-            "labels": labels, "measurements": measurements, "overlay": overlay, "warning": warning, "error": error}
+            "labels": labels, "measurements": measurements, "overlay": overlay, "rois": rois, "warning": warning,
+            "error": error}
 
 
-def nothing_to_segment(inputs: list[str], skips: Skips) -> BadDataError:
-    """The error of a run left with no image to segment, naming the inputs and, where every one was
-    skipped, why the first was (with ``--skip-bad`` the user would otherwise hear no reason)."""
+def nothing_to_segment(inputs: list[str], skips: Skips, *, verb: str = "segment") -> BadDataError:
+    """The error of a run left with no image to segment (or ``verb``), naming the inputs and, where every
+    one was skipped, why the first was (with ``--skip-bad`` the user would otherwise hear no reason)."""
     why = f" (all skipped; {skips.records[0].path}: {skips.records[0].message})" if skips.records else ""
-    return BadDataError(f"no image to segment{why}", path=", ".join(inputs) or None)
+    error = BadDataError(f"no image to {verb}{why}", path=", ".join(inputs) or None)
+    error.skipped = list(skips.records)  # each said by the command line before the error
+    return error
 
 
 def join_warnings(*warnings: str) -> str:

@@ -64,7 +64,7 @@ def _check_task(path: Path, channel: int | None = None, stack: bool = False) -> 
 
 
 
-def _segment_task(path: Path, name: str, out_dir: Path, spec: ModelSpec, tta: bool, overlay: bool,
+def _segment_task(path: Path, name: str, out_dir: Path, spec: ModelSpec, tta: bool, overlay: bool, rois: bool,
                   calibration: Calibration, channel: int | None = None):
     """One image of a folder, on a worker: read, segment with the worker's model at the calibration's
     diameter (None: estimated), write its files."""
@@ -73,7 +73,7 @@ def _segment_task(path: Path, name: str, out_dir: Path, spec: ModelSpec, tta: bo
         network, config, lock = worker_network(spec)
         with lock:
             nuclei = predict_nuclei(network, config, raw, tta=tta, diameter=calibration.diameter)
-        return write_outputs(out_dir, name, path, raw, nuclei, overlay=overlay, calibration=calibration,
+        return write_outputs(out_dir, name, path, raw, nuclei, overlay=overlay, rois=rois, calibration=calibration,
                              channel=channel)
     except DsbError as exc:
         return TaskError.of(exc)
@@ -82,7 +82,7 @@ def _segment_task(path: Path, name: str, out_dir: Path, spec: ModelSpec, tta: bo
 
 def segment_folder(images: dict[str, Path], *, spec: ModelSpec, out_dir: Path, client, skips: Skips,
                    scales: dict[str, Calibration], tta: bool | None = None, overlay: bool = False,
-                   progress: bool = True, channel: int | None = None) -> dict[str, dict]:
+                   rois: bool = False, progress: bool = True, channel: int | None = None) -> dict[str, dict]:
     """``dsb segment`` of many images, one Dask task per image: ``{file: summary row}``, each image at the
     scale of its :class:`~dsb.workflows.calibration.Calibration` in ``scales`` (by ``str(path)``).
 
@@ -96,7 +96,7 @@ def segment_folder(images: dict[str, Path], *, spec: ModelSpec, out_dir: Path, c
             skips(problem.error(), path=path)
             bad.add(str(path))
     rows: dict[str, dict] = {}
-    items = [(p, name, out_dir, spec, tta, overlay, scales[str(p)], channel) for name, p in images.items()
+    items = [(p, name, out_dir, spec, tta, overlay, rois, scales[str(p)], channel) for name, p in images.items()
              if str(p) not in bad]
     for item, row in run_tasks(_segment_task, items, client=client, progress=progress, label="segmenting",
                                what="segmenting"):
@@ -108,7 +108,7 @@ def segment_folder(images: dict[str, Path], *, spec: ModelSpec, out_dir: Path, c
 
 
 
-def _stack_task(path: Path, name: str, out_dir: Path, spec: ModelSpec, tta: bool, overlay: bool,
+def _stack_task(path: Path, name: str, out_dir: Path, spec: ModelSpec, tta: bool, overlay: bool, rois: bool,
                 calibration: Calibration, channel: int | None, progress: bool = False):
     """One TIFF stack, on a worker or in this process: segment it frame by frame with the model of
     ``spec`` (:func:`dsb.workflows.segment_files.segment_stack`); its summary row or a TaskError."""
@@ -116,8 +116,8 @@ def _stack_task(path: Path, name: str, out_dir: Path, spec: ModelSpec, tta: bool
         network, config, lock = worker_network(spec)
         predict = nuclei_predictor(network, config, tta=tta, diameter=calibration.diameter)
         with lock:
-            return segment_stack(path, name, out_dir, predict, channel=channel, overlay=overlay, progress=progress,
-                                 calibration=calibration)
+            return segment_stack(path, name, out_dir, predict, channel=channel, overlay=overlay, rois=rois,
+                                 progress=progress, calibration=calibration)
     except DsbError as exc:
         return TaskError.of(exc)
 
@@ -139,12 +139,12 @@ def check_stacks(stacks: dict[str, Path], *, client, skips: Skips, channel: int 
 
 def segment_stacks(stacks: dict[str, Path], *, spec: ModelSpec, out_dir: Path, client, skips: Skips,
                    scales: dict[str, Calibration], tta: bool | None = None, overlay: bool = False,
-                   progress: bool = True, channel: int | None = None) -> dict[str, dict]:
+                   rois: bool = False, progress: bool = True, channel: int | None = None) -> dict[str, dict]:
     """``dsb segment`` of TIFF stacks: ``{file: summary row}``; one Dask task per stack on a cluster,
     else here, frame after frame with a progress bar over each stack's frames; each at the scale of its
     :class:`~dsb.workflows.calibration.Calibration` in ``scales``."""
     rows: dict[str, dict] = {}
-    items = [(p, name, out_dir, spec, tta, overlay, scales[str(p)], channel, progress and client is None)
+    items = [(p, name, out_dir, spec, tta, overlay, rois, scales[str(p)], channel, progress and client is None)
              for name, p in stacks.items()]
     for item, row in run_tasks(_stack_task, items, client=client, progress=progress and client is not None,
                                label="segmenting stacks", what="segmenting"):
@@ -153,6 +153,12 @@ def segment_stacks(stacks: dict[str, Path], *, spec: ModelSpec, out_dir: Path, c
         else:
             rows[str(item[0])] = row
     return rows
+
+
+# How a stack's frame axes (dsb.io.channels.axis_roles) are named to a user.
+FRAME_WORDS = {"t": "time points", "z": "planes", "f": "pages"}
+# What a block-wise image does not get of what `dsb segment` was asked for.
+BLOCK_WISE_NOTHING = "no overlay or ROIs are written for it (its label image holds every nucleus)"
 
 
 def _split_inputs(paths: list[Path], block_size: int | None, channel: int | None = None):
@@ -195,7 +201,7 @@ def _side(path: Path) -> int:
 
 
 def segment_inputs(paths, *, model_dir=None, out_dir, tta: bool | None = None, overlay: bool = False,
-                   diameter: float | None = None, skip_bad: bool = False, progress: bool = True,
+                   rois: bool = False, diameter: float | None = None, skip_bad: bool = False, progress: bool = True,
                    engine: str = "auto", precision: str = "auto", block_size: int | None = None,
                    workers: int | None = None, scheduler: str | None = None, client=None,
                    scale_factor: float | None = None, channel: int | None = None, diameter_um: float | None = None,
@@ -207,8 +213,9 @@ def segment_inputs(paths, *, model_dir=None, out_dir, tta: bool | None = None, o
     (:func:`dsb.workflows.blocks.segment_image_file`); the other images as
     :func:`dsb.workflows.segment_files.segment_paths` does, on the cluster's workers
     when ``workers`` or ``scheduler`` is given. Parameters and the returned
-    summary are those of :func:`~dsb.workflows.segment_files.segment_paths` (``scale_factor``,
-    ``channel``, ``diameter_um`` and ``pixel_size`` included), plus
+    summary are those of :func:`~dsb.workflows.segment_files.segment_paths` (``rois``, ``scale_factor``,
+    ``channel``, ``diameter_um`` and ``pixel_size`` included; an image segmented block-wise gets
+    neither an overlay nor ROIs), plus
     ``block_size`` (pixels a side), ``workers`` and ``scheduler``
     (:func:`cluster_client`), or a ``client`` already connected (a
     dask-gateway cluster's, whose address needs its credentials).
@@ -230,7 +237,8 @@ def segment_inputs(paths, *, model_dir=None, out_dir, tta: bool | None = None, o
         try:
             frames = stack_frames(path, channel)
             if frames:
-                raise BadDataError(f"is a stack ({', '.join(frames)} frames), and block by block (a side above "
+                kinds = " and ".join(FRAME_WORDS[a] for a in frames)
+                raise BadDataError(f"is a stack (of {kinds}), and block by block (a side above "
                                    f"{BIG_SIDE if block_size is None else block_size} px) dsb segment takes one "
                                    "2-D image" + ("" if block_size is None else "; give no --block-size"), path=path)
             open_source(path, channel)
@@ -245,7 +253,7 @@ def segment_inputs(paths, *, model_dir=None, out_dir, tta: bool | None = None, o
     given = contextlib.nullcontext(client) if client is not None else cluster_client(workers, scheduler)
     with given as client:
         if client is None and not big and not refused and not stacks and not notes:  # as before
-            return segment_paths(paths, model_dir=spec.path, out_dir=out_dir, tta=tta, overlay=overlay,
+            return segment_paths(paths, model_dir=spec.path, out_dir=out_dir, tta=tta, overlay=overlay, rois=rois,
                                  diameter=diameter, skip_bad=skip_bad, progress=progress, engine=engine,
                                  precision=precision, scale_factor=scale_factor, channel=channel,
                                  diameter_um=diameter_um, pixel_size=pixel_size)
@@ -263,7 +271,7 @@ def segment_inputs(paths, *, model_dir=None, out_dir, tta: bool | None = None, o
         stacks = check_stacks(stacks, client=client, skips=skips, channel=channel, progress=progress)
         if small and client is None:
             done = segment_paths(list(small.values()), model_dir=spec.path, out_dir=out_dir, tta=tta,
-                                 overlay=overlay, diameter=diameter, skip_bad=skip_bad, progress=progress,
+                                 overlay=overlay, rois=rois, diameter=diameter, skip_bad=skip_bad, progress=progress,
                                  engine=engine, precision=precision, scale_factor=scale_factor, channel=channel,
                                  diameter_um=diameter_um, pixel_size=pixel_size)
             rows.update({row["file"]: row for row in done.to_dict("records") if row["status"] == "ok"})
@@ -271,21 +279,25 @@ def segment_inputs(paths, *, model_dir=None, out_dir, tta: bool | None = None, o
         elif small:
             writable_dir(out_dir)
             rows.update(segment_folder(small, spec=spec, out_dir=out_dir, client=client, skips=skips,
-                                       scales=scales, tta=tta, overlay=overlay, progress=progress,
+                                       scales=scales, tta=tta, overlay=overlay, rois=rois, progress=progress,
                                        channel=channel))
         if stacks:
             writable_dir(out_dir)
             rows.update(segment_stacks(stacks, spec=spec, out_dir=out_dir, client=client, skips=skips,
-                                       scales=scales, tta=tta, overlay=overlay, progress=progress, channel=channel))
+                                       scales=scales, tta=tta, overlay=overlay, rois=rois, progress=progress,
+                                       channel=channel))
         for path in big:
             if str(path) in out:
                 continue
             try:
-                rows[str(path)] = segment_image_file(path, spec=spec, out_dir=out_dir, block_size=block_size,
-                                                     client=client, tta=tta, progress=progress, channel=channel,
-                                                     calibration=scales[str(path)])
+                row = segment_image_file(path, spec=spec, out_dir=out_dir, block_size=block_size, client=client,
+                                         tta=tta, progress=progress, channel=channel, calibration=scales[str(path)])
             except BadDataError as exc:
                 skips(exc, path=path)
+                continue
+            if overlay or rois:  # asked for, and not written: said where the user looks
+                row["warning"] = join_warnings(row["warning"], f"segmented block-wise: {BLOCK_WISE_NOTHING}")
+            rows[str(path)] = row
     for path, note in notes.items():
         if path in rows:
             rows[path]["warning"] = join_warnings(rows[path]["warning"], note)

@@ -1,0 +1,163 @@
+"""``dsb measure``: the measurements of ``dsb segment`` for label images made elsewhere or corrected.
+
+A biologist who corrected ``dsb segment``'s labels in napari or Fiji, or segmented with another
+tool (Cellpose's ``NAME_cp_masks.png``, StarDist's ``masks/NAME.tif``), wants the same table of
+each nucleus without segmenting again. :func:`measure_files` pairs each image with its label
+image (:func:`dsb.io.annotations.label_file`) and writes, into ``out_dir``:
+
+- ``<name>_nuclei.csv``: one row per nucleus, the columns of ``dsb segment``'s without
+  ``confidence`` (:func:`dsb.workflows.segment_files.measure_nuclei`); each nucleus keeps its
+  value in the label image as its ``label``;
+- with ``overlay``, ``<name>_overlay.png``; with ``rois``, ``<name>_rois.zip`` (Fiji ROIs);
+- ``summary.csv``: one row per image (:data:`MEASURE_SUMMARY_COLUMNS`).
+
+Every image is paired with its labels before anything is read, so a missing label image stops
+the run before anything is written (unless ``skip_bad``); an image or label image that turns out
+unreadable, or of another size than its image, stops it where it is met, with the files of the
+images before it complete.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from dsb.core.atomic import atomic_path, writable_dir
+from dsb.core.errors import BadDataError
+from dsb.core.progress import track
+from dsb.inference.preprocess import raw_intensity
+from dsb.io.annotations import label_file, label_stem, read_label_image
+from dsb.io.channel_names import channel_names, file_channel
+from dsb.io.folders import Skips, find_images
+from dsb.io.images import read_channels, read_image
+from dsb.workflows.calibration import calibrate
+from dsb.workflows.segment_files import (
+    channel_warning,
+    join_warnings,
+    measure_nuclei,
+    nothing_to_segment,
+    write_measurements,
+)
+
+__all__ = ["MEASURE_SUMMARY_COLUMNS", "measure_files", "pair_labels"]
+
+#: The columns of ``dsb measure``'s ``summary.csv``: the image, its label image, and what was written.
+MEASURE_SUMMARY_COLUMNS = ("file", "labels", "status", "nuclei", "pixel_size", "measurements", "overlay", "rois",
+                           "warning", "error")
+
+
+def pair_labels(paths, labels_dir=None, skips: Skips | None = None) -> dict[str, tuple[Path, Path]]:
+    """The images among ``paths`` (files and folders, as ``dsb segment`` takes them), each with its label
+    image: ``{name: (image, labels)}`` in the order given.
+
+    A label file among ``paths`` (``NAME_masks.tif``, named or in a folder) is the label image of the
+    image ``NAME``; any other image's is found by :func:`dsb.io.annotations.label_file`, beside it or
+    in ``labels_dir``. An image without one label image goes to ``skips``, which raises it unless it
+    skips bad inputs; so do paths that hold no image.
+    """
+    skips = Skips(False) if skips is None else skips
+    try:
+        images, problems = find_images(paths)
+    except BadDataError as exc:  # two inputs of one name: often a masks/ folder named as images/
+        raise BadDataError(f"{exc.message}; if one is the other's label image, give the label images' folder as "
+                           "--labels", path=exc.path) from None
+    for problem in problems:
+        skips(problem)
+    given = {label_stem(p): p for p in images.values() if label_stem(p) is not None}
+    listing: dict = {}
+    pairs = {}
+    for name, image in images.items():
+        if label_stem(image) is not None:
+            continue  # a label image (NAME_masks.tif ...): its image's
+        try:
+            pairs[name] = (image, given[name] if name in given else label_file(image, labels_dir, listing=listing))
+        except BadDataError as exc:
+            skips(exc)
+    for name, labels in given.items():
+        if name not in images:
+            skips(BadDataError(f"is a label image, of an image {name!r} not given; give the image (or its folder) "
+                               "too", path=labels))
+    return pairs
+
+
+def measure_files(paths, *, out_dir, labels_dir=None, channel=None, pixel_size: float | None = None,
+                  overlay: bool = False, rois: bool = False, skip_bad: bool = False,
+                  progress: bool = True) -> pd.DataFrame:
+    """Measure each nucleus of existing label images in their images (the module's text).
+
+    Parameters
+    ----------
+    paths : iterable of str or os.PathLike
+        Image files and folders of them; label files among them are taken as labels.
+    out_dir : str or os.PathLike
+        Where the tables, overlays, ROIs and ``summary.csv`` go; created if needed.
+    labels_dir : str or os.PathLike, optional
+        The folder of the label images (``dsb segment``'s ``--out``, StarDist's ``masks/``); by
+        default each beside its image.
+    channel : int or str, optional
+        The channel of the DNA stain, by number or (OME files) name, as for ``dsb segment``: the
+        intensities are that channel's, and each nucleus is measured in every channel too. None:
+        the image's luminance.
+    pixel_size : float, optional
+        Micrometres a pixel, for every image, instead of its metadata; where either gives one, the
+        table gets the micrometre columns.
+    overlay, rois : bool
+        Also write ``<name>_overlay.png``, ``<name>_rois.zip``.
+    skip_bad : bool
+        Record a bad image or label image in the summary and go on.
+    progress : bool
+        A progress bar on stderr.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``summary.csv``'s rows, with ``attrs["skipped"]`` as for ``dsb segment``.
+
+    Raises
+    ------
+    BadDataError
+        A bad input without ``skip_bad`` (one line naming it), or nothing left to measure.
+    """
+    out_dir = Path(out_dir)
+    skips = Skips(skip_bad)
+    pairs = pair_labels(paths, labels_dir, skips)
+    if not pairs:
+        raise nothing_to_segment([str(p) for p in paths], skips, verb="measure")
+    writable_dir(out_dir)
+    # The inputs skipped before any was read (no label image, no image), then each image measured.
+    rows = [{"file": skip.path, "status": "skipped", "nuclei": "", "error": skip.message} for skip in skips.records]
+    for name, (image, labels_path) in track(pairs.items(), length=len(pairs), label="measuring",
+                                             enabled=progress and len(pairs) > 1):
+        try:
+            rows.append(_measure_one(image, labels_path, out_dir, name, channel=channel, pixel_size=pixel_size,
+                                     overlay=overlay, rois=rois))
+        except BadDataError as exc:
+            skips(exc, path=image)
+            rows.append({"file": str(image), "labels": str(labels_path), "status": "skipped", "nuclei": "",
+                         "error": f"{exc.path}: {exc.message}" if exc.path else exc.message})
+    summary = pd.DataFrame(rows, columns=list(MEASURE_SUMMARY_COLUMNS))
+    if not (summary["status"] == "ok").any():
+        raise nothing_to_segment([str(p) for p in paths], skips, verb="measure")
+    with atomic_path(out_dir / "summary.csv") as tmp:
+        summary.to_csv(tmp, index=False)
+    summary.attrs["skipped"] = skips.records
+    return summary
+
+
+def _measure_one(image: Path, labels_path: Path, out_dir: Path, name: str, *, channel, pixel_size, overlay,
+                 rois) -> dict:
+    """One image's measurements written; its summary row."""
+    picked = file_channel(image, channel)
+    raw = read_image(image, picked)
+    labels = read_label_image(labels_path, raw.shape[:2], image=image, renumbered=False)
+    calibration = calibrate(image, pixel_size=pixel_size)
+    every = None if picked is None else read_channels(image)
+    table = measure_nuclei(labels, raw_intensity(raw), None, pixel_size=calibration.pixel_size, channels=every,
+                           channel_names=() if picked is None else channel_names(image))
+    written = write_measurements(out_dir, name, table, raw, labels, overlay=overlay, rois=rois)
+    size = calibration.pixel_size
+    warning = join_warnings(channel_warning(raw, image) if picked is None else "", calibration.note)
+    return {"file": str(image), "labels": str(labels_path), "status": "ok", "nuclei": len(table),
+            "pixel_size": "" if size is None else float(f"{size:.6g}"),
+            **{k: str(v) for k, v in written.items()}, "warning": warning, "error": ""}
