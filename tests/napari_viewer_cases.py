@@ -135,6 +135,23 @@ def test_a_stack_is_segmented_and_its_shown_frame_saved(make_napari_viewer, qtbo
                                   labels.data[2])
 
 
+def test_a_diameter_in_micrometres_for_a_layer_of_micrometres(make_napari_viewer, qtbot):
+    """A layer whose scale is in micrometres (as OME readers set it) takes '10 um', made pixels by its scale;
+    one in pixels says it cannot."""
+    viewer = make_napari_viewer()
+    image = synthetic_image(20, 128, seed=3)
+    viewer.add_image(image, name="cells", scale=(0.5, 0.5), units=("um", "um"))
+    segment = SegmentWidget(viewer)
+    segment.diameter.value = "10 um"
+    _run_and_wait(qtbot, segment)
+    assert segment.estimate.value == "diameter: 20.0 px = 10.0 \u00b5m (given)", segment.estimate.value
+    assert viewer.layers["cells nuclei"].data.max() >= 10
+    viewer.add_image(image, name="plain")
+    segment.image.value = viewer.layers["plain"]
+    _run_and_wait(qtbot, segment)
+    assert "no size in micrometres" in segment.status.value and "plain nuclei" not in viewer.layers
+
+
 def test_bad_states_give_messages_not_tracebacks(viewer, qtbot, tmp_path):
     segment = SegmentWidget(viewer)
     finetune = FinetuneWidget(viewer)

@@ -293,9 +293,13 @@ def test_a_scale_factor_is_typed_checked_and_predicts_larger():
 
 def test_diameters_and_layer_shapes_are_checked():
     assert parse_diameter("") is None and parse_diameter(" 12 ") == 12.0
-    for text in ("abc", "0", "-3", "nan"):
+    for text in ("abc", "0", "-3", "nan", "um", "-2 um"):
         with pytest.raises(BadDataError, match="diameter"):
             parse_diameter(text)
+    for text in ("9um", "9 µm", "9 \u03bcm", "9 micrometres", " 9 UM "):  # micro sign or Greek mu, any case
+        assert parse_diameter(text, pixel_size=0.3) == pytest.approx(30.0)
+    with pytest.raises(BadDataError, match="no size in micrometres"):
+        parse_diameter("9 um")
     assert layer_frames(np.zeros((4, 5, 6, 3)), rgb=True) == ((4,), (5, 6))
     with pytest.raises(BadDataError, match="colour axis"):
         layer_frames(np.zeros((5, 6, 2)), rgb=True)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import weakref
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from napari.utils.notifications import show_error, show_info, show_warning
 
 from dsb.core.errors import DsbError
 from dsb.napari.child import ChildFailed
+from dsb.napari.io import layer_pixel_size
 from dsb.napari.project import spatial_shape
 from dsb.napari.segmentation import (
     VIEWER_ENGINES,
@@ -31,6 +31,7 @@ from dsb.napari.segmentation import (
     Failure,
     FrameDone,
     Segmented,
+    diameter_words,
     frame_features,
     parse_diameter,
     parse_scale_factor,
@@ -115,8 +116,10 @@ class SegmentWidget(Container):
                                           "CPU where the folder has model.int8.onnx (dsb export --int8), else "
                                           "float32: the fastest format the CPU computes well.")
         self.diameter = LineEdit(label="diameter (px)", value="",
-                                 tooltip="Median nucleus diameter in pixels; empty: estimated from the image.")
+                                 tooltip="Median nucleus diameter in pixels, or in micrometres with a unit ('9 um') "
+                                         "where the layer's scale is in a length; empty: estimated from the image.")
         self.estimate = Label(label="", value="diameter: estimated when empty")
+        self._pixel_size = None  # micrometres a pixel of the layer last segmented, where its scale says
         self.scale_factor = LineEdit(label="scale factor", value="",
                                      tooltip="Predict this many times larger than the estimated scale (0.5 to 2); "
                                              "empty: the model's own, which dsb tune --scale-factors chooses.")
@@ -180,8 +183,9 @@ class SegmentWidget(Container):
         if self.worker is not None:
             show_warning("dsb is already segmenting; wait for it or cancel it first.")
             return
+        self._pixel_size = layer_pixel_size({"scale": layer.scale, "units": getattr(layer, "units", None)})
         try:
-            diameter = parse_diameter(self.diameter.value)
+            diameter = parse_diameter(self.diameter.value, self._pixel_size)
             scale_factor = parse_scale_factor(self.scale_factor.value)
         except DsbError as exc:
             self.fail(str(exc))
@@ -230,9 +234,7 @@ class SegmentWidget(Container):
         if not isinstance(result, Segmented):
             return
         labels = self._put_labels(layer, result)
-        d = result.diameter
-        shown = "no nucleus found" if not math.isfinite(d) else f"{d:.1f} px"
-        self.estimate.value = f"diameter: {shown} ({'estimated' if result.estimated else 'given'})"
+        self.estimate.value = diameter_words(result.diameter, result.estimated, self._pixel_size)
         count = int(result.labels.max()) if result.labels.size else 0
         self.status.value = (f"{count} nuclei{' in the busiest frame' if result.labels.ndim > 2 else ''} "
                              f"in {result.seconds:.2f} s with {Path(result.model).name}"

@@ -38,7 +38,8 @@ VIEWER_ENGINES = ("auto", "openvino", "onnx")
 VIEWER_PRECISIONS = PRECISION_CHOICES
 
 __all__ = ["VIEWER_ENGINES", "VIEWER_PRECISIONS", "ModelState", "FrameDone", "Segmented", "Failure", "state_for", "segment_frames",
-           "parse_diameter", "parse_scale_factor", "layer_frames", "frame_features"]
+           "parse_diameter", "diameter_words", "MICROMETRE_UNITS", "parse_scale_factor", "layer_frames",
+           "frame_features"]
 
 
 @dataclass(frozen=True)
@@ -144,30 +145,60 @@ class Failure:
     message: str
 
 
-def parse_diameter(text: str) -> float | None:
-    """The diameter typed in a widget: None when empty (estimate it), else a positive number of pixels.
+# What a diameter in micrometres ends with in the widget.
+MICROMETRE_UNITS = ("um", "µm", "μm", "micrometres", "micrometers")
+
+
+def parse_diameter(text: str, pixel_size: float | None = None) -> float | None:
+    """The diameter typed in a widget, in pixels: None when empty (estimate it), else a positive number of
+    pixels, or of micrometres followed by ``um`` or ``µm``, made pixels by the layer's ``pixel_size``
+    (micrometres a pixel, :func:`dsb.napari.io.layer_pixel_size`).
 
     Raises
     ------
     BadDataError
-        Not a positive number.
+        Not a positive number, or micrometres for a layer of no pixel size.
 
     Examples
     --------
-    >>> parse_diameter(" "), parse_diameter("17.5")
-    (None, 17.5)
+    >>> parse_diameter(" "), parse_diameter("17.5"), parse_diameter("9 µm", pixel_size=0.5)
+    (None, 17.5, 18.0)
     """
     text = str(text).strip()
     if not text:
         return None
+    number, micrometres = text, False
+    for unit in MICROMETRE_UNITS:
+        if text.lower().endswith(unit):
+            number, micrometres = text[: -len(unit)].strip(), True
+            break
     try:
-        value = float(text)
+        value = float(number)
     except ValueError:
         value = math.nan
     if not (math.isfinite(value) and value > 0):
-        raise BadDataError(f"{text!r} is not a diameter in pixels; leave it empty to estimate it",
-                           where="diameter")
-    return value
+        raise BadDataError(f"{text!r} is not a diameter in pixels (or micrometres: '9 um'); leave it empty to "
+                           "estimate it", where="diameter")
+    if not micrometres:
+        return value
+    if pixel_size is None:
+        raise BadDataError(f"{text!r} is in micrometres, but the layer's scale gives its pixels no size in "
+                           "micrometres (napari's units are pixels); give the diameter in pixels", where="diameter")
+    return value / pixel_size
+
+
+
+def diameter_words(diameter: float, estimated: bool, pixel_size: float | None = None) -> str:
+    """The widget's line under the diameter after a run: pixels, and micrometres where the layer has a size.
+
+    >>> diameter_words(24.0, True, 0.5), diameter_words(float("nan"), True)
+    ('diameter: 24.0 px = 12.0 µm (estimated)', 'diameter: no nucleus found (estimated)')
+    """
+    if not math.isfinite(diameter):
+        shown = "no nucleus found"
+    else:
+        shown = f"{diameter:.1f} px" + ("" if pixel_size is None else f" = {diameter * pixel_size:.1f} µm")
+    return f"diameter: {shown} ({'estimated' if estimated else 'given'})"
 
 
 def parse_scale_factor(text: str) -> float | None:
