@@ -75,6 +75,9 @@ def test_segment_correct_finetune_segment_again(viewer, qtbot, tmp_path):
     # Each nucleus's confidence, by its label, for the viewer to show under the cursor.
     assert labels.features["index"].tolist() == list(range(1, found + 1))
     assert labels.features["confidence"].between(0.5, 1).all()
+    # And its size, shape and brightness, as dsb segment measures them.
+    assert labels.features["area"].tolist() == np.bincount(labels.data.ravel())[1:].tolist()
+    assert labels.features["solidity"].between(0.8, 1).all() and (labels.features["mean_intensity"] > 0).all()
 
     # The correction: one nucleus erased, as the eraser would.
     corrected = labels.data.copy()

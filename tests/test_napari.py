@@ -291,6 +291,29 @@ def test_a_scale_factor_is_typed_checked_and_predicts_larger():
     assert seen[1.5] > seen[None]
 
 
+def test_features_hold_each_nucleus_measurements_by_label():
+    """The table the viewer shows under the cursor: dsb segment's area, shape and intensity, and the confidence."""
+    from dsb.napari.segmentation import FEATURE_COLUMNS, frame_features
+
+    labels = make_discs((64, 64))
+    image = np.where(labels == 1, 100, np.where(labels == 2, 200, 5)).astype(np.uint8)
+    measured = [measure_table(labels, image), None]
+    table = frame_features([np.array([0.9, 0.8]), np.array([0.7])], (2,), (0,), measured)
+    assert list(table.columns) == ["index", *FEATURE_COLUMNS, "confidence"]
+    assert table["area"].tolist() == np.bincount(labels.ravel())[1:].tolist()
+    assert table["mean_intensity"].tolist() == [100.0, 200.0]
+    np.testing.assert_allclose(table["confidence"], [0.9, 0.8], rtol=1e-6)
+    # A frame not measured (a layer segmented before) shows its confidences alone.
+    assert list(frame_features([np.array([0.9, 0.8]), np.array([0.7])], (2,), (1,), measured).columns) == [
+        "index", "confidence"]
+
+
+def measure_table(labels, image):
+    from dsb.workflows.segment_files import measure_nuclei
+
+    return measure_nuclei(labels, image.astype(float))
+
+
 def test_diameters_and_layer_shapes_are_checked():
     assert parse_diameter("") is None and parse_diameter(" 12 ") == 12.0
     for text in ("abc", "0", "-3", "nan", "um", "-2 um"):

@@ -250,7 +250,7 @@ class SegmentWidget(Container):
         """Add the nuclei as a Labels layer above the image, or replace the data of the one it has."""
         name = labels_layer_name(layer)
         metadata = {"dsb_model": str(result.model), "dsb_diameters": result.diameters,
-                    "dsb_confidences": result.confidences}
+                    "dsb_confidences": result.confidences, "dsb_measurements": result.measurements}
         existing = self.viewer.layers[name] if name in self.viewer.layers else None
         if isinstance(existing, Labels):
             existing.data = result.labels
@@ -274,10 +274,10 @@ class SegmentWidget(Container):
             self._show_confidences(labels)
 
     def _show_confidences(self, labels: Labels | None) -> None:
-        """Give the layer the ``features`` of the frame on screen: each nucleus's confidence by its
-        label, which the viewer shows for the nucleus under the cursor."""
+        """Give the layer the ``features`` of the frame on screen: each nucleus's area, shape, mean
+        intensity and confidence by its label, which the viewer shows for the nucleus under the cursor."""
         if labels is None or labels not in self.viewer.layers or "dsb_confidences" not in labels.metadata:
             return
         features = frame_features(labels.metadata["dsb_confidences"], labels.data.shape[:-2],
-                                  shown_frame(self.viewer, labels))
+                                  shown_frame(self.viewer, labels), labels.metadata.get("dsb_measurements"))
         labels.features = features if features is not None else {}

@@ -23,10 +23,11 @@ import pandas as pd
 import dsb
 from dsb.core.config import SCALE_FACTOR_RANGE, check_scale_factor
 from dsb.core.errors import BadDataError, DsbError
-from dsb.inference.preprocess import mixed_channels
+from dsb.inference.preprocess import mixed_channels, raw_intensity
 from dsb.napari.finetuning import export_onnx_in_child
 from dsb.network.model_folder import PRECISION_CHOICES, default_model_dir, load_run_config
 from dsb.workflows.pipeline import nuclei_predictor, predict_each
+from dsb.workflows.segment_files import measure_nuclei
 
 #: The engines the viewer segments with: not Keras, whose TensorFlow must stay out of the viewer's
 #: process (see :mod:`dsb.napari.child`). "auto" takes OpenVINO, else ONNX Runtime.
@@ -39,7 +40,7 @@ VIEWER_PRECISIONS = PRECISION_CHOICES
 
 __all__ = ["VIEWER_ENGINES", "VIEWER_PRECISIONS", "ModelState", "FrameDone", "Segmented", "Failure", "state_for", "segment_frames",
            "parse_diameter", "diameter_words", "MICROMETRE_UNITS", "parse_scale_factor", "layer_frames",
-           "frame_features"]
+           "frame_features", "FEATURE_COLUMNS"]
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,9 @@ class Segmented:
     warning : str
         Why a colour layer's luminance may hide its nuclei (:func:`dsb.inference.preprocess.mixed_channels`
         of its first frame); empty when there is nothing to say.
+    measurements : list of pandas.DataFrame
+        Per frame, each nucleus's :data:`FEATURE_COLUMNS` by label
+        (:func:`dsb.workflows.segment_files.measure_nuclei`, in the layer's own values).
     """
 
     labels: np.ndarray
@@ -84,11 +88,12 @@ class Segmented:
     confidences: list = field(default_factory=list)
     network: str = ""
     warning: str = ""
+    measurements: list = field(default_factory=list)
 
     def features(self, frame: tuple[int, ...] = ()) -> pd.DataFrame | None:
         """A napari Labels layer's ``features`` for one frame (:func:`frame_features`): of the
         single image, or of the stack's frame at the leading-axes index ``frame``."""
-        return frame_features(self.confidences, self.labels.shape[:-2], frame)
+        return frame_features(self.confidences, self.labels.shape[:-2], frame, self.measurements)
 
     @property
     def diameter(self) -> float:
@@ -97,7 +102,12 @@ class Segmented:
         return float(np.median(known)) if known else math.nan
 
 
-def frame_features(confidences: list, lead: tuple[int, ...], frame: tuple[int, ...] = ()) -> pd.DataFrame | None:
+# What the viewer shows of each nucleus under the cursor, beside its confidence (dsb segment's columns).
+FEATURE_COLUMNS = ("area", "eccentricity", "solidity", "mean_intensity")
+
+
+def frame_features(confidences: list, lead: tuple[int, ...], frame: tuple[int, ...] = (),
+                   measurements: list | None = None) -> pd.DataFrame | None:
     """The ``features`` a napari Labels layer shows for the nuclei of one frame.
 
     A layer has one features table, looked up by label, and the frames of a stack number their
@@ -113,12 +123,15 @@ def frame_features(confidences: list, lead: tuple[int, ...], frame: tuple[int, .
         The shape of the frame axes; ``()`` for a single image.
     frame : tuple of int
         The frame's index on those axes; ``()`` for a single image.
+    measurements : list of pandas.DataFrame, optional
+        Per frame, as :attr:`Segmented.measurements`: their :data:`FEATURE_COLUMNS` are shown too.
 
     Returns
     -------
     pandas.DataFrame or None
-        ``index`` (the label) and ``confidence``, which the viewer shows for the nucleus under the
-        cursor; None when ``frame`` is not a frame of ``lead`` or its confidences are not known.
+        ``index`` (the label), the frame's :data:`FEATURE_COLUMNS` where measured, and
+        ``confidence``, which the viewer shows for the nucleus under the cursor; None when
+        ``frame`` is not a frame of ``lead`` or its confidences are not known.
 
     Examples
     --------
@@ -135,7 +148,13 @@ def frame_features(confidences: list, lead: tuple[int, ...], frame: tuple[int, .
     if at >= len(confidences) or confidences[at] is None:
         return None
     confidence = np.asarray(confidences[at], np.float32)
-    return pd.DataFrame({"index": np.arange(1, confidence.size + 1), "confidence": confidence.round(3)})
+    table = pd.DataFrame({"index": np.arange(1, confidence.size + 1)})
+    if measurements is not None and at < len(measurements) and measurements[at] is not None:
+        measured = measurements[at].set_index("label").reindex(table["index"])
+        for column in FEATURE_COLUMNS:
+            table[column] = measured[column].to_numpy().round(3)
+    table["confidence"] = confidence.round(3)
+    return table
 
 
 @dataclass(frozen=True)
@@ -274,7 +293,7 @@ def segment_frames(model, data, *, rgb: bool = False, diameter: float | None = N
     config = model.config.with_scale_factor(scale_factor)
     lead, (height, width) = layer_frames(data, rgb)
     labels = np.zeros((*lead, height, width), np.int32)
-    diameters, confidences, estimated, warning = [], [], False, ""
+    diameters, confidences, measurements, estimated, warning = [], [], [], False, ""
     total = int(np.prod(lead, dtype=np.int64)) if lead else 1
     # Frames as dsb segment takes a stack's (dsb.workflows.segment_files.segment_stack): in order, as
     # many at a time as the engine has streams.
@@ -288,13 +307,14 @@ def segment_frames(model, data, *, rgb: bool = False, diameter: float | None = N
             labels[index] = nuclei.labels
             diameters.append(float(nuclei.diameter))
             confidences.append(nuclei.confidence)
+            measurements.append(measure_nuclei(nuclei.labels, raw_intensity(frame))[["label", *FEATURE_COLUMNS]])
             estimated = nuclei.estimated
             yield FrameDone(done, total)
     # A stand-in callable in place of an engine's network says nothing.
     engine = getattr(model.network, "engine", "")
     network = f"{engine}, {getattr(model.network, 'precision', 'float32')}" if engine else ""
     yield Segmented(labels, diameters, estimated, Path(model.path), time.monotonic() - start, confidences, network,
-                    warning)
+                    warning, measurements)
 
 
 class ModelState:
