@@ -142,10 +142,10 @@ def load_model(path=None, *, engine: str = "auto", precision: str = "auto") -> L
     return _load(path, engine, precision)
 
 
-def _check_image(image, channel: int | None = None, *, warn: bool = True) -> np.ndarray:
+def _check_image(image, channel: int | None = None) -> np.ndarray:
     """``image`` as an array the network can take, channels last: its ``channel`` picked out, or its
-    channels checked (with ``warn``, :func:`dsb.inference.preprocess.mixed_channels` warns of a luminance
-    that may hide the nuclei)."""
+    channels checked (:func:`dsb.inference.preprocess.mixed_channels` warns of a luminance that may
+    hide the nuclei)."""
     from dsb.core.errors import BadDataError
     from dsb.io.channels import pick_channel
 
@@ -161,7 +161,7 @@ def _check_image(image, channel: int | None = None, *, warn: bool = True) -> np.
     image = check_image("image", image, pixels=True)
     if not (image.dtype == bool or np.issubdtype(image.dtype, np.integer) or np.issubdtype(image.dtype, np.floating)):
         raise TypeError(f"`image` (dtype {image.dtype}) must hold bools, integers or floats")
-    if warn and channel is None and image.ndim == 3:
+    if channel is None and image.ndim == 3:
         from dsb.inference.preprocess import mixed_channels
 
         why = mixed_channels(image)

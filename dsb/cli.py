@@ -674,8 +674,7 @@ def segment(paths, model_dir, out, tta, overlay, rois, diameter, diameter_um, pi
                                  scale_factor=scale_factor, channel=channel, diameter_um=diameter_um,
                                  pixel_size=pixel_size)
     skipped = _report_skipped(summary.attrs["skipped"])
-    for row in summary[summary["warning"].fillna("").astype(str) != ""].itertuples(index=False):
-        click.echo(f"dsb: warning: {row.file}: {row.warning}", err=True)
+    _report_warnings(summary)
     unsure = summary[summary["diameter_sure"].astype(str) == "False"]
     # An image where nothing was found has no size to confirm: said as what it is.
     empty = unsure[unsure["nuclei"].astype(str).isin(["0", "0.0"])]
@@ -725,8 +724,7 @@ def measure(paths, out, labels_dir, channel, pixel_size, overlay, rois, skip_bad
         summary = measure_files(list(paths), out_dir=out, labels_dir=labels_dir, channel=channel,
                                 pixel_size=pixel_size, overlay=overlay, rois=rois, skip_bad=skip_bad, progress=True)
     skipped = _report_skipped(summary.attrs["skipped"])
-    for row in summary[summary["warning"].fillna("").astype(str) != ""].itertuples(index=False):
-        click.echo(f"dsb: warning: {row.file}: {row.warning}", err=True)
+    _report_warnings(summary)
     done = summary[summary["status"] == "ok"]
     click.echo(f"{int(done['nuclei'].sum())} nuclei of {_count(len(done), 'image')} measured into {out}"
                + (f", {skipped} skipped" if skipped else ""))
@@ -849,6 +847,12 @@ def _skips_said():
         if len(getattr(exc, "skipped", [])) > 1:
             _report_skipped(exc.skipped)
         raise
+
+
+def _report_warnings(summary) -> None:
+    """Say each input's ``warning`` of a run's summary on stderr, one line each."""
+    for row in summary[summary["warning"].fillna("").astype(str) != ""].itertuples(index=False):
+        click.echo(f"dsb: warning: {row.file}: {row.warning}", err=True)
 
 
 def _report_skipped(skipped: list) -> int:

@@ -498,19 +498,15 @@ def _coerce(value, tp, *, path, key):
         if value is None and type(None) in args:
             return None
         inners = [a for a in args if a is not type(None)]
-        for inner in inners[:-1]:  # the first type that takes it (int before str: 1 stays a number)
+        for inner in inners:  # the first type that takes it (int before str: 1 stays a number)
             try:
                 return _coerce(value, inner, path=path, key=key)
-            except BadDataError:
-                continue
+            except BadDataError as exc:
+                refused = exc
         if len(inners) == 1:
-            return _coerce(value, inners[0], path=path, key=key)
-        try:
-            return _coerce(value, inners[-1], path=path, key=key)
-        except BadDataError:
-            raise BadDataError(f"is {value!r} ({type(value).__name__}), expected "
-                               f"{' or '.join(_type_name(a) for a in inners)}", path=path,
-                               where=f"key {key!r}") from None
+            raise refused
+        raise BadDataError(f"is {value!r} ({type(value).__name__}), expected "
+                           f"{' or '.join(_type_name(a) for a in inners)}", path=path, where=f"key {key!r}")
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)

@@ -382,13 +382,14 @@ def read_label_image(path, shape: tuple[int, int] | None = None, *, image=None, 
 
 
 def label_file(image, folder=None, *, listing: dict | None = None) -> Path:
-    """The label image of ``image``: ``NAME_masks``, ``NAME_labels`` or ``NAME_cp_masks`` (TIFF or PNG, any
-    case) beside it, or in ``folder``, where a file named as the image itself (``masks/NAME.tif`` beside
-    ``images/NAME.tif``, or ``masks/NAME.ome.tif``) counts too. ``NAME`` is the image's name as ``dsb segment`` names its outputs
-    (:func:`dsb.io.images.image_name`: ``a.ome.tif`` is ``a``).
+    """The label image of ``image``: a label file of its name (:func:`label_stem`: ``NAME_masks``,
+    ``NAME_labels`` or ``NAME_cp_masks``, TIFF or PNG, any case) beside it, or in ``folder``, where a
+    file named as the image itself (``masks/NAME.tif`` beside ``images/NAME.tif``, or
+    ``masks/NAME.ome.tif``) counts too. ``NAME`` is the image's name as ``dsb segment`` names its
+    outputs (:func:`dsb.io.images.image_name`: ``a.ome.tif`` is ``a``).
 
-    ``listing`` (a dict, empty at first) keeps each folder's file names between calls, so that pairing
-    a folder of many images lists it once.
+    ``listing`` (a dict, empty at first) keeps each folder's label files by name between calls, so that
+    pairing a folder of many images lists it once.
 
     Raises
     ------
@@ -399,24 +400,33 @@ def label_file(image, folder=None, *, listing: dict | None = None) -> Path:
     folder = image.parent if folder is None else Path(folder)
     name = image_name(image)
     elsewhere = folder.resolve() != image.parent.resolve()
-    suffixes = LABEL_SUFFIXES + (("",) if elsewhere else ())
     listing = {} if listing is None else listing
-    if folder not in listing:
-        files = [p for p in folder.iterdir() if p.is_file()] if folder.is_dir() else []
-        listing[folder] = {p.name.lower(): p for p in files}
-    # Its name with each label suffix (Cellpose's a.ome_cp_masks.png too), or elsewhere its own file name.
-    stems = dict.fromkeys([name, image.stem])
-    wanted = [f"{stem}{suffix}{ext}".lower() for stem in stems for suffix in suffixes for ext in LABEL_EXTENSIONS]
-    wanted = list(dict.fromkeys(wanted + ([image.name.lower()] if elsewhere else [])))
-    found = [listing[folder][w] for w in wanted if w in listing[folder]]
-    found = [p for p in found if p.resolve() != image.resolve()]
+    if folder not in listing:  # the folder's label files by label name, and all its label-typed files by name
+        files = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in LABEL_EXTENSIONS] \
+            if folder.is_dir() else []
+        by_label, by_name = {}, {}
+        for p in files:
+            if label_stem(p) is not None:
+                by_label.setdefault(label_stem(p).casefold(), []).append(p)
+            by_name.setdefault(image_name(p).casefold(), []).append(p)
+        listing[folder] = by_label, by_name
+    by_label, by_name = listing[folder]
+    found = by_label.get(name.casefold(), []) + (by_name.get(name.casefold(), []) if elsewhere else [])
+    found = sorted((p for p in dict.fromkeys(found) if p.resolve() != image.resolve()), key=_label_rank)
     if len(found) > 1:
         raise BadDataError(f"has {len(found)} label images ({', '.join(p.name for p in found)}); keep one in "
                            f"{folder}", path=image)
     if not found:
         raise BadDataError(f"has no label image in {folder} ({name}_masks.tif, {name}_labels.tif or "
-                           f"{name}_cp_masks.png{', or ' + name + '.tif' if '' in suffixes else ''})", path=image)
+                           f"{name}_cp_masks.png{', or ' + name + '.tif' if elsewhere else ''})", path=image)
     return found[0]
+
+
+def _label_rank(path: Path) -> tuple[int, int]:
+    """The order label files are named in: by their suffix (:data:`LABEL_SUFFIXES`, none last), then type."""
+    stem = path.stem.lower()
+    suffix = next((i for i, s in enumerate(LABEL_SUFFIXES) if stem.endswith(s)), len(LABEL_SUFFIXES))
+    return suffix, LABEL_EXTENSIONS.index(path.suffix.lower())
 
 
 def _palette_indices(path: Path) -> np.ndarray | None:

@@ -17,7 +17,7 @@ from dsb.io.channels import check_channel
 from dsb.io.ome import first_pixels, local_name, ngff, open_zarr
 from dsb.io.tiff_reading import open_tiff
 
-__all__ = ["channel_names", "file_channel", "channel_words", "stored_channel"]
+__all__ = ["channel_names", "file_channel", "channel_words", "named_channels", "stored_channel"]
 
 
 def stored_channel(channel) -> int | str | None:
@@ -59,17 +59,29 @@ def file_channel(path, channel) -> int | None:
     if text.isdigit():
         return int(text)
     names = channel_names(path)
-    if not any(str(n).strip() for n in names):
+    listed = named_channels(names)
+    if not listed:
         raise BadDataError(f"names no channels (only OME-TIFF and OME-Zarr files do), so it has no channel "
                            f"{text!r}; give the channel's number", path=path)
     folded = [name.casefold() for name in names]
-    listed = ", ".join(f"{i} {name!r}" for i, name in enumerate(names))
     if text.casefold() not in folded:
         raise BadDataError(f"has no channel named {text!r} (its channels: {listed})", path=path)
     if folded.count(text.casefold()) > 1:
         raise BadDataError(f"has {folded.count(text.casefold())} channels named {text!r}, case aside (its "
                            f"channels: {listed}); give the channel's number", path=path)
     return folded.index(text.casefold())
+
+
+def named_channels(names) -> str:
+    """A file's channel names (:func:`channel_names`) as a message lists them, each with its number;
+    ``""`` where it names none.
+
+    >>> named_channels(["GFP", "DAPI"]), named_channels(["", ""])
+    ("0 'GFP', 1 'DAPI'", '')
+    """
+    if not any(str(n).strip() for n in names):
+        return ""
+    return ", ".join(f"{i} {name!r}" for i, name in enumerate(names))
 
 
 def channel_names(path) -> list[str]:

@@ -42,6 +42,11 @@ from dsb.napari.segmentation import (
 __all__ = ["SegmentWidget", "labels_layer_name", "shown_frame"]
 
 
+def _pixel_size(layer: Image) -> float | None:
+    """Micrometres a pixel of ``layer``, where its scale and units give it (:func:`layer_pixel_size`)."""
+    return layer_pixel_size({"scale": layer.scale, "units": getattr(layer, "units", None)})
+
+
 def labels_layer_name(image: Image) -> str:
     """The name of the Labels layer that holds the nuclei of ``image``."""
     return f"{image.name} nuclei"
@@ -119,7 +124,6 @@ class SegmentWidget(Container):
                                  tooltip="Median nucleus diameter in pixels, or in micrometres with a unit ('9 um') "
                                          "where the layer's scale is in a length; empty: estimated from the image.")
         self.estimate = Label(label="", value="diameter: estimated when empty")
-        self._pixel_size = None  # micrometres a pixel of the layer last segmented, where its scale says
         self.scale_factor = LineEdit(label="scale factor", value="",
                                      tooltip="Predict this many times larger than the estimated scale (0.5 to 2); "
                                              "empty: the model's own, which dsb tune --scale-factors chooses.")
@@ -183,9 +187,8 @@ class SegmentWidget(Container):
         if self.worker is not None:
             show_warning("dsb is already segmenting; wait for it or cancel it first.")
             return
-        self._pixel_size = layer_pixel_size({"scale": layer.scale, "units": getattr(layer, "units", None)})
         try:
-            diameter = parse_diameter(self.diameter.value, self._pixel_size)
+            diameter = parse_diameter(self.diameter.value, _pixel_size(layer))
             scale_factor = parse_scale_factor(self.scale_factor.value)
         except DsbError as exc:
             self.fail(str(exc))
@@ -234,7 +237,7 @@ class SegmentWidget(Container):
         if not isinstance(result, Segmented):
             return
         labels = self._put_labels(layer, result)
-        self.estimate.value = diameter_words(result.diameter, result.estimated, self._pixel_size)
+        self.estimate.value = diameter_words(result.diameter, result.estimated, _pixel_size(layer))
         count = int(result.labels.max()) if result.labels.size else 0
         self.status.value = (f"{count} nuclei{' in the busiest frame' if result.labels.ndim > 2 else ''} "
                              f"in {result.seconds:.2f} s with {Path(result.model).name}"

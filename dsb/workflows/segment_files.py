@@ -33,8 +33,8 @@ from dsb.core.labels import compact_labels, label_means, measure_regions
 from dsb.core.validate import check_labels, check_same_shape
 from dsb.inference.preprocess import mixed_channels, raw_intensity
 from dsb.inference.scale import check_diameter
-from dsb.io.channel_names import channel_names
-from dsb.io.folders import Skips, find_images, read_images
+from dsb.io.channel_names import channel_names, named_channels
+from dsb.io.folders import OVERLAY_SUFFIX, Skips, find_images, read_images
 from dsb.io.images import read_channels, read_stack
 from dsb.io.rois import write_rois
 from dsb.io.writers import write_labels, write_png, write_rgb_stack
@@ -220,7 +220,7 @@ def _outputs(out_dir: Path, name: str) -> dict[str, Path]:
     return {
         "labels": out_dir / f"{name}_labels.tif",
         "measurements": out_dir / f"{name}_nuclei.csv",
-        "overlay": out_dir / f"{name}_overlay.png",
+        "overlay": out_dir / f"{name}{OVERLAY_SUFFIX}.png",
         "rois": out_dir / f"{name}_rois.zip",
     }
 
@@ -389,7 +389,8 @@ def write_outputs(out_dir: Path, name: str, image: Path, raw: np.ndarray, nuclei
     targets = {"labels": targets["labels"], **write_measurements(out_dir, name, table, raw, labels, overlay=overlay,
                                                                  rois=rois)}
     return summary_row(image, "ok", nuclei=len(table), diameter=nuclei.diameter, estimated=nuclei.estimated,
-                       sure=nuclei.sure, pixel_size=size, warning=join_warnings(channel_warning(raw, image), calibration.note),
+                       sure=nuclei.sure, pixel_size=size,
+                       warning=join_warnings(channel_warning(raw, image), calibration.note),
                        **{k: str(v) for k, v in targets.items()})
 
 
@@ -513,9 +514,8 @@ def channel_warning(raw: np.ndarray, path=None) -> str:
     why = mixed_channels(raw)
     if not why:
         return ""
-    names = channel_names(path) if path is not None else []
-    if any(str(n).strip() for n in names):
-        listed = ", ".join(f"{i} {n!r}" for i, n in enumerate(names))
+    listed = named_channels(channel_names(path)) if path is not None else ""
+    if listed:
         return f"{why}; its channels are named ({listed}): give --channel NAME to segment the DNA stain's alone"
     return f"{why}; {CHANNEL_ADVICE}"
 
