@@ -105,7 +105,7 @@ def stitch_planes(planes, min_overlap: float = MIN_OVERLAP) -> np.ndarray:
         plane, _ = compact_labels(plane)  # a file's own numbering may reach billions
         own = plane.ravel()
         top = int(own.max(initial=0))
-        lookup = np.zeros(top + 1, np.int64)
+        lookup = np.zeros(top + 1, np.int32)
         if z:
             ai, bi, inter, area_above, area_own, above_labels, own_labels = overlapping_pairs(out[z - 1].ravel(), own)
             iou = inter / (area_above[ai] + area_own[bi] - inter)
@@ -117,5 +117,5 @@ def stitch_planes(planes, min_overlap: float = MIN_OVERLAP) -> np.ndarray:
         count = int(np.count_nonzero(new))
         lookup[new] = np.arange(given + 1, given + count + 1)
         given += count
-        out[z] = lookup[plane]
+        np.take(lookup, plane, out=out[z])
     return out

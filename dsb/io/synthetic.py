@@ -221,14 +221,17 @@ def nuclei_volume(
                 chosen = np.vstack([chosen, dart])
     labels = np.zeros((depth, h, w), np.int32)
     brightness = np.zeros((depth, h, w), np.float32)
-    zz, yy, xx = np.meshgrid(np.arange(depth) * z_step, np.arange(h), np.arange(w), indexing="ij", sparse=True)
     for label, (cz, cy, cx) in enumerate(chosen, start=1):
         d = diameter * rng.uniform(0.85, 1.15)
         radii = np.array([0.4, 0.5, 0.5]) * d * np.array([1.0, *rng.uniform(0.9, 1.1, 2)])
-        inside = ((zz - cz) / radii[0]) ** 2 + ((yy - cy) / radii[1]) ** 2 + ((xx - cx) / radii[2]) ** 2 <= 1
-        inside &= labels == 0
-        labels[inside] = label
-        brightness[inside] = rng.uniform(0.45, 0.9)
+        # Its box: planes, rows and columns within its radii.
+        box = tuple(slice(max(0, int((c - r) / s)), min(n, int((c + r) / s) + 2))
+                    for c, r, s, n in zip((cz, cy, cx), radii, (z_step, 1, 1), (depth, h, w)))
+        zz, yy, xx = np.ogrid[box]
+        inside = ((zz * z_step - cz) / radii[0]) ** 2 + ((yy - cy) / radii[1]) ** 2 + ((xx - cx) / radii[2]) ** 2 <= 1
+        inside &= labels[box] == 0
+        labels[box][inside] = label
+        brightness[box][inside] = rng.uniform(0.45, 0.9)
     grain = ndimage.gaussian_filter(rng.normal(0, 1, (depth, h, w)), (0.5, *(2 * [max(1.0, diameter / 12)])))
     brightness *= np.clip(1 + 0.3 * grain / (grain.std() + 1e-6), 0.2, 2.0).astype(np.float32)
     # Out-of-focus light: a plane's sections glow into their neighbours, more across than along.

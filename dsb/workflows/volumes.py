@@ -70,6 +70,8 @@ def stitch_stack(labels: np.ndarray, axis: int, min_overlap: float = MIN_OVERLAP
     planes along frame axis ``axis``, numbered from 1 at each index of the other frame axes (each time
     point of a hyperstack): :func:`dsb.core.stitch.stitch_planes`."""
     planes = np.moveaxis(labels, axis, -3)
+    if planes.ndim == 3:  # a z-stack alone
+        return stitch_planes(planes, min_overlap)
     out = np.empty(planes.shape, np.int32)
     for index in np.ndindex(*planes.shape[:-3]):
         out[index] = stitch_planes(planes[index], min_overlap)
