@@ -15,7 +15,7 @@ from dsb.io.pixel_size import read_z_step
 from dsb.io.synthetic import nuclei_volume
 from dsb.io.writers import write_labels
 from dsb.workflows.segment_files import measure_nuclei
-from dsb.workflows.volumes import measure_volumes, stitch_axis
+from dsb.workflows.volumes import Stitch, measure_volumes, stitch_axis
 
 tifffile = pytest.importorskip("tifffile")
 
@@ -87,10 +87,20 @@ def test_the_overlap_is_a_share_of_the_smaller_nucleus():
 
 
 def test_stitch_planes_refuses_what_it_cannot_take():
-    with pytest.raises(ValueError, match="must be \\(Z, H, W\\)"):
+    with pytest.raises(TypeError, match="must be 3-D"):
         stitch_planes(np.zeros((4, 4), int))
+    with pytest.raises(TypeError, match="must hold integers"):
+        stitch_planes(np.zeros((2, 4, 4)))
     with pytest.raises(ValueError, match="min_overlap"):
         stitch_planes(np.zeros((2, 4, 4), int), 0)
+
+
+def test_stitch_settings_are_checked_when_made():
+    with pytest.raises(ValueError, match="overlap must be in"):
+        Stitch(min_overlap=0)
+    with pytest.raises(ValueError, match="z step"):
+        Stitch(z_step=-1.0)
+    assert Stitch(z_step=0.5).min_overlap == 0.5
 
 
 def test_stitch_axis():
@@ -113,15 +123,42 @@ def test_volumes_from_the_sections_are_the_nuclei_measured_in_3d():
     for row in volumes.itertuples():
         zz, yy, xx = np.nonzero(truth == row.label)
         assert row.volume == zz.size
-        assert (row.z_first, row.z_last, row.planes) == (zz.min(), zz.max(), len(np.unique(zz)))
+        assert (row.z_first, row.z_last) == (zz.min(), zz.max())
+        assert len(np.unique(zz)) == zz.max() - zz.min() + 1
         np.testing.assert_allclose([row.centroid_z, row.centroid_row, row.centroid_col],
                                    [zz.mean(), yy.mean(), xx.mean()], atol=1e-9)
         values = image[zz, yy, xx].astype(float)
         np.testing.assert_allclose([row.integrated_intensity, row.mean_intensity], [values.sum(), values.mean()])
         assert row.max_area == max(np.count_nonzero(truth[z] == row.label) for z in np.unique(zz))
         np.testing.assert_allclose(row.volume_um3, zz.size * 0.25 * 1.5)
+        np.testing.assert_allclose(np.pi / 6 * row.equivalent_diameter_um ** 3, row.volume_um3)
+        np.testing.assert_allclose(row.centroid_z_um, zz.mean() * 1.5)
         edge = zz.min() == 0 or zz.max() == 11 or yy.min() == 0 or xx.min() == 0 or yy.max() == 79 or xx.max() == 95
         assert row.touches_edge == edge
+
+
+def test_volumes_leave_out_pixels_without_a_value():
+    labels = np.zeros((3, 6, 6), np.int32)
+    labels[0, 1:3, 1:3] = labels[1, 1:3, 1:3] = 1   # 8 voxels
+    labels[2, 4:6, 4:6] = 2                           # 4 voxels, every one NaN
+    image = np.full(labels.shape, 10.0)
+    image[1, 1, 1:3] = np.nan                         # half of nucleus 1's second section
+    image[2] = np.nan
+    channels = np.stack([image * 0 + 5.0, image * 0 + 5.0], axis=-1)
+    channels[0, ..., 1] = np.nan                      # a channel without a value in nucleus 1's first section
+    sections = []
+    for z in range(3):
+        table = measure_nuclei(labels[z], image[z], channels=channels[z])
+        table.insert(0, "z", z)
+        sections.append(table)
+    volumes = measure_volumes(pd.concat(sections, ignore_index=True), z="z", planes=3).set_index("label")
+    assert volumes.loc[1, "mean_intensity"] == 10.0
+    assert volumes.loc[1, "integrated_intensity"] == 60.0
+    assert volumes.loc[1, "volume"] == 8
+    # Each channel's mean over the sections that have one: c1 has none in nucleus 1's first.
+    assert volumes.loc[1, "mean_intensity_c0"] == volumes.loc[1, "mean_intensity_c1"] == 5.0
+    assert np.isnan(volumes.loc[2, "mean_intensity_c0"])
+    assert np.isnan(volumes.loc[2, "mean_intensity"]) and np.isnan(volumes.loc[2, "integrated_intensity"])
 
 
 def test_the_z_step_is_read_from_ome_and_imagej_files_and_written_with_the_labels(tmp_path):
@@ -211,7 +248,7 @@ def test_each_time_point_of_a_hyperstack_and_unnamed_pages_are_stitched(tmp_path
     tifffile.imwrite(tmp_path / "tz.tif", np.stack([image, image[::-1]]), imagej=True, metadata={"axes": "TZYX"})
     tifffile.imwrite(tmp_path / "pages.tif", image, photometric="minisblack")  # ten pages, no axis names
     result = run_dsb("segment", tmp_path / "tz.tif", tmp_path / "pages.tif", "--out", tmp_path / "out",
-                     "--diameter", 20, "--stitch")
+                     "--diameter", 20, "--stitch", "--z-step", 2)  # and no pixel size
     assert result.exit_code == 0, result.output
     summary = pd.read_csv(tmp_path / "out" / "summary.csv").set_index("file")
     tz = pd.read_csv(tmp_path / "out" / "tz_nuclei3d.csv")
@@ -224,3 +261,5 @@ def test_each_time_point_of_a_hyperstack_and_unnamed_pages_are_stitched(tmp_path
     assert sorted(first["volume"]) == sorted(second["volume"]) == sorted(pages["volume"])
     assert summary.loc[str(tmp_path / "tz.tif"), "nuclei"] == 2 * len(pages)
     assert summary.loc[str(tmp_path / "pages.tif"), "nuclei"] == len(pages)
+    assert "stitched as the planes of a z-stack" in summary.loc[str(tmp_path / "pages.tif"), "warning"]
+    assert "a z step without a pixel size" in summary.loc[str(tmp_path / "tz.tif"), "warning"]

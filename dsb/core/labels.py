@@ -179,15 +179,24 @@ def overlapping_pairs(a: np.ndarray, b: np.ndarray):
         ai, bi = np.nonzero(table[1:, 1:])
         ai, bi = ai + 1, bi + 1
         return ai, bi, table[ai, bi], area_a, area_b, np.arange(top_a + 1), np.arange(top_b + 1)
-    a_labels, b_labels = (np.union1d([0], x) for x in (a, b))
-    a, n_a = renumber(a.ravel(), dtype=np.intp)
-    b, n_b = renumber(b.ravel(), dtype=np.intp)
+    a, a_labels = _indexed(a)
+    b, b_labels = _indexed(b)
+    n_a, n_b = len(a_labels) - 1, len(b_labels) - 1
     area_a = np.bincount(a, minlength=n_a + 1)
     area_b = np.bincount(b, minlength=n_b + 1)
     both = (a > 0) & (b > 0)
     codes, inter = np.unique(a[both] * (n_b + 1) + b[both], return_counts=True)
     ai, bi = np.divmod(codes, n_b + 1)
     return ai, bi, inter, area_a, area_b, a_labels, b_labels
+
+
+def _indexed(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each pixel's index into the sorted label values (0 the background's, present or not), and
+    those values, in the labels' own type (a float would merge labels above 2**53)."""
+    values, index = np.unique(labels, return_inverse=True)
+    if not values.size or values[0] != 0:
+        values, index = np.concatenate([np.zeros(1, values.dtype), values]), index + 1
+    return index.astype(np.intp, copy=False), values
 
 
 def areas_and_centres(labels: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import numpy as np
 
 from dsb.core.labels import compact_labels, overlapping_pairs
+from dsb.core.validate import check_labels
 
 __all__ = ["MIN_OVERLAP", "greedy_matches", "stitch_planes"]
 
@@ -91,12 +92,12 @@ def stitch_planes(planes, min_overlap: float = MIN_OVERLAP) -> np.ndarray:
 
     Raises
     ------
+    TypeError
+        ``planes`` not a 3-D array of non-negative integers (:func:`dsb.core.validate.check_labels`).
     ValueError
-        ``planes`` not 3-D, or ``min_overlap`` outside (0, 1].
+        ``min_overlap`` outside (0, 1], or a negative label.
     """
-    planes = np.asarray(planes)
-    if planes.ndim != 3:
-        raise ValueError(f"planes must be (Z, H, W), got shape {planes.shape}")
+    planes = check_labels("planes", planes, ndim=3)
     if not 0 < min_overlap <= 1:
         raise ValueError(f"min_overlap must be in (0, 1], got {min_overlap}")
     out = np.zeros(planes.shape, np.int32)

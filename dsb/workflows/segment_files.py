@@ -500,17 +500,26 @@ def segment_stack(path, name: str, out_dir, predict, *, channel: int | None = No
     targets = _outputs(out_dir, name)
     targets["overlay"] = targets["overlay"].with_suffix(".tif")
     axis = None if stitch is None else stitch_axis(roles)
-    volumes, z_step, note = None, None, ""
+    volumes, z_step, notes = None, None, []
     if axis is not None:
         labels = _stitched(labels, tables, axis, stitch.min_overlap)
-        z_step = stitch.z_step if stitch.z_step is not None else read_z_step(path)
-        volumes = measure_volumes(pd.concat([tables[i] for i in sorted(tables)], ignore_index=True),
-                                  z=columns[axis], planes=lead[axis], pixel_size=calibration.pixel_size, z_step=z_step)
     elif stitch is not None:
-        note = "a time series with no z planes: --stitch left its frames apart"
+        notes.append("a time series with no z planes: --stitch left its frames apart")
+    sections = pd.concat([tables[i] for i in sorted(tables)], ignore_index=True)
+    if axis is not None:
+        z_step = stitch.z_step if stitch.z_step is not None else read_z_step(path)
+        volumes = measure_volumes(sections, z=columns[axis], planes=lead[axis], pixel_size=calibration.pixel_size,
+                                  z_step=z_step)
+        if roles == "f":
+            notes.append("its pages were stitched as the planes of a z-stack")
+        if z_step is not None and calibration.pixel_size is None:
+            notes.append("a z step without a pixel size (--pixel-size) gives no volume in cubic micrometres")
+        if labels.dtype == np.uint32:
+            notes.append("over 65535 nuclei: the label TIFF is a plain 32-bit TIFF, without its planes' axis or "
+                         "spacing")
     write_labels(targets["labels"], labels, roles, pixel_size=calibration.pixel_size, z_step=z_step)
     with atomic_path(targets["measurements"]) as tmp:
-        pd.concat([tables[i] for i in sorted(tables)], ignore_index=True).to_csv(tmp, index=False, float_format="%.6g")
+        sections.to_csv(tmp, index=False, float_format="%.6g")
     if volumes is not None:
         with atomic_path(targets["measurements_3d"]) as tmp:
             volumes.to_csv(tmp, index=False, float_format="%.6g")
@@ -528,7 +537,7 @@ def segment_stack(path, name: str, out_dir, predict, *, channel: int | None = No
     warning = channel_warning(frames[(0,) * len(roles)], path)
     return summary_row(path, "ok", nuclei=len(volumes) if volumes is not None else sum(map(len, tables.values())),
                        diameter=float(np.median(finite)) if finite else math.nan, estimated=estimated, sure=sure,
-                       pixel_size=calibration.pixel_size, warning=join_warnings(warning, calibration.note, note),
+                       pixel_size=calibration.pixel_size, warning=join_warnings(warning, calibration.note, *notes),
                        **{k: str(v) for k, v in targets.items()})
 
 

@@ -22,7 +22,6 @@ VOLUME_COLUMNS = (
     "label",
     "z_first",
     "z_last",
-    "planes",
     "centroid_z",
     "centroid_row",
     "centroid_col",
@@ -51,6 +50,13 @@ class Stitch:
 
     min_overlap: float = MIN_OVERLAP
     z_step: float | None = None
+
+    def __post_init__(self):
+        # Said before a stack is segmented, not after.
+        if not 0 < self.min_overlap <= 1:
+            raise ValueError(f"the stitching overlap must be in (0, 1], got {self.min_overlap}")
+        if self.z_step is not None and not (np.isfinite(self.z_step) and self.z_step > 0):
+            raise ValueError(f"the z step must be a positive number of micrometres, got {self.z_step}")
 
 
 def stitch_axis(roles: str) -> int | None:
@@ -99,14 +105,15 @@ def measure_volumes(table: pd.DataFrame, *, z: str, planes: int, pixel_size: flo
     -------
     DataFrame
         By the other frame axes' columns (a hyperstack's ``t``), then label: the columns of
-        :data:`VOLUME_COLUMNS`: ``label``; ``z_first`` and ``z_last`` (the planes it spans, from 0),
-        ``planes`` (how many hold it); ``centroid_z``, ``centroid_row``, ``centroid_col`` (planes and
-        pixels); ``touches_edge`` (the image's edge cuts it in some plane, or it lies in the first or
-        last plane); ``volume`` (voxels: its pixels in all planes); ``max_area`` (its largest
-        section, pixels); ``mean_intensity`` and ``integrated_intensity`` over all its voxels;
-        ``confidence`` (its sections' mean, by area) where the planes have it; each channel's mean
-        (``mean_intensity_NAME``) where they have them; with ``pixel_size``, ``max_area_um2``, and with
-        ``z_step`` too, ``volume_um3``.
+        :data:`VOLUME_COLUMNS`: ``label``; ``z_first`` and ``z_last`` (the planes it spans, from 0:
+        stitched plane to plane, it is in every one between); ``centroid_z``, ``centroid_row``,
+        ``centroid_col`` (planes and pixels); ``touches_edge`` (the image's edge cuts it in some plane,
+        or it lies in the first or last plane); ``volume`` (voxels: its pixels in all planes);
+        ``max_area`` (its largest section, pixels); ``mean_intensity`` and ``integrated_intensity``
+        over its voxels' finite values (NaN where it has none); ``confidence`` (its sections' mean,
+        by area) where the planes have it; each channel's mean (``mean_intensity_NAME``) where they
+        have them; with ``pixel_size``, ``max_area_um2``, and with ``z_step`` too, ``volume_um3``,
+        ``equivalent_diameter_um`` (the diameter of a ball of its volume) and ``centroid_z_um``.
 
     Examples
     --------
@@ -114,35 +121,42 @@ def measure_volumes(table: pd.DataFrame, *, z: str, planes: int, pixel_size: flo
     ...     "centroid_col": [3.0, 3.0, 9.0], "touches_edge": [False] * 3, "area": [10, 30, 5],
     ...     "mean_intensity": [2.0, 4.0, 1.0], "integrated_intensity": [20.0, 120.0, 5.0]})
     >>> volumes = measure_volumes(sections, z="z", planes=3)
-    >>> volumes[["label", "planes", "volume", "centroid_z", "centroid_row", "mean_intensity"]].values.tolist()
-    [[1.0, 2.0, 40.0, 0.75, 3.5, 3.5], [2.0, 1.0, 5.0, 1.0, 9.0, 1.0]]
+    >>> volumes[["label", "z_last", "volume", "centroid_z", "centroid_row", "mean_intensity"]].values.tolist()
+    [[1.0, 1.0, 40.0, 0.75, 3.5, 3.5], [2.0, 1.0, 5.0, 1.0, 9.0, 1.0]]
     """
     keys = [c for c in table.columns[: table.columns.get_loc("label")] if c != z] + ["label"]
     area = table["area"].astype(float)
-    weighted = [c for c in table.columns if c.startswith("mean_intensity_") or c in ("centroid_row", "centroid_col",
-                                                                                     "confidence")]
+    # Each section's finite pixels (a float image's NaN left out), which its mean was taken over.
+    mean = table["mean_intensity"]
+    finite = (table["integrated_intensity"] / mean).where(mean != 0, area).fillna(0.0)
+    channels = [c for c in table.columns if c.startswith("mean_intensity_")]
+    by_area = [c for c in ("centroid_row", "centroid_col", "confidence") if c in table.columns]
     work = table[keys].assign(
-        z_first=table[z], z_last=table[z], planes=1, centroid_z=table[z] * area, touches_edge=table["touches_edge"],
+        z_first=table[z], z_last=table[z], centroid_z=table[z] * area, touches_edge=table["touches_edge"],
         volume=table["area"], max_area=table["area"], integrated_intensity=table["integrated_intensity"],
-        # A section without a finite pixel (NaN mean) adds nothing to the nucleus's mean.
-        _counted=area.where(table["mean_intensity"].notna(), 0.0),
-        **{c: table[c] * area for c in weighted})
-    groups = work.groupby(keys, sort=True)
-    out = groups.agg(z_first=("z_first", "min"), z_last=("z_last", "max"), planes=("planes", "sum"),
-                     centroid_z=("centroid_z", "sum"), touches_edge=("touches_edge", "any"),
-                     volume=("volume", "sum"), max_area=("max_area", "max"),
-                     integrated_intensity=("integrated_intensity", "sum"), _counted=("_counted", "sum"),
-                     **{c: (c, "sum") for c in weighted}).reset_index()
+        _finite=finite, **{c: table[c] * area for c in by_area},
+        # A channel's mean, by the area of the sections that have one.
+        **{c: (table[c] * area).fillna(0.0) for c in channels},
+        **{f"_{c}": area.where(table[c].notna(), 0.0) for c in channels})
+    sums = {c: (c, "sum") for c in ["centroid_z", "volume", "integrated_intensity", "_finite", *by_area, *channels,
+                                    *(f"_{c}" for c in channels)]}
+    out = work.groupby(keys, sort=True).agg(z_first=("z_first", "min"), z_last=("z_last", "max"),
+                                            touches_edge=("touches_edge", "any"), max_area=("max_area", "max"),
+                                            **sums).reset_index()
     volume = out["volume"].astype(float)
-    for column in ("centroid_z", *weighted):
+    for column in ("centroid_z", *by_area):
         out[column] = out[column] / volume
-    out["mean_intensity"] = out["integrated_intensity"] / out["_counted"].where(out["_counted"] > 0)
+    for column in channels:
+        out[column] = out[column] / out[f"_{column}"].where(out[f"_{column}"] > 0)
+    counted = out["_finite"].where(out["_finite"] > 0)
+    out["integrated_intensity"] = out["integrated_intensity"].where(counted.notna())
+    out["mean_intensity"] = out["integrated_intensity"] / counted
     out["touches_edge"] = out["touches_edge"] | (out["z_first"] == 0) | (out["z_last"] == planes - 1)
-    columns = [c for c in keys if c != "label"] + [c for c in VOLUME_COLUMNS if c in out.columns]
-    columns += [c for c in weighted if c.startswith("mean_intensity_")]
-    out = out[columns]
+    out = out[[c for c in keys if c != "label"] + [c for c in VOLUME_COLUMNS if c in out.columns] + channels]
     if pixel_size is not None:
         out = out.assign(max_area_um2=out["max_area"] * pixel_size ** 2)
         if z_step is not None:
-            out = out.assign(volume_um3=out["volume"] * pixel_size ** 2 * z_step)
+            cubic = out["volume"] * pixel_size ** 2 * z_step
+            out = out.assign(volume_um3=cubic, equivalent_diameter_um=np.cbrt(6.0 * cubic / np.pi),
+                             centroid_z_um=out["centroid_z"] * z_step)
     return out
