@@ -34,6 +34,7 @@ def main() -> int:
         ("bench_crowding.py", run),
         ("bench_confidence.py", run + data),
         ("bench_outlines.py", run + data),
+        ("bench_stitch.py", run),
         ("bench_blocks.py", []),
         ("bench_gpu.py", data),  # says so and exits at once without a GPU
     ]

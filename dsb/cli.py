@@ -637,15 +637,25 @@ def predict(run_dir, images, out, labels, tta, diameter, skip_bad, scale_factor,
                    "it): the DNA stain of multi-channel fluorescence, which may have any number of channels; each "
                    "nucleus is then measured in every channel (mean_intensity_c0, _c1, ...). "
                    "Default: the image's luminance, with a warning where its channels show different stains.")
+@click.option("--stitch", is_flag=True,
+              help="Join each z-stack's nuclei through its planes into 3-D nuclei: one label each in every plane, "
+                   "counted once, and NAME_nuclei3d.csv with each one's planes, centroid, volume and intensity.")
+@click.option("--stitch-overlap", type=click.FloatRange(0, 1, min_open=True), default=None, metavar="SHARE",
+              help="With --stitch: the least share of the smaller of two nuclei of neighbouring planes that the "
+                   "other covers, for them to be one nucleus (default 0.5).")
+@click.option("--z-step", type=_Positive(), default=None, metavar="UM",
+              help="With --stitch: micrometres between planes, instead of the file's metadata; with a pixel size "
+                   "it gives each nucleus's volume_um3.")
 @_SCALE_FACTOR
 @_ENGINE
 @_PRECISION
 def segment(paths, model_dir, out, tta, overlay, rois, diameter, diameter_um, pixel_size, skip_bad, block_size, workers,
-            scheduler, channel, scale_factor, engine, precision) -> None:
+            scheduler, channel, stitch, stitch_overlap, z_step, scale_factor, engine, precision) -> None:
     """Segment any PNG, TIFF, JPEG, BMP or Zarr microscope images and measure each nucleus.
 
     Images larger than memory (Zarr, OME-Zarr, big TIFF or PNG) are segmented
-    block by block, TIFF time series and z-stacks frame by frame; --channel picks
+    block by block, TIFF time series and z-stacks frame by frame (--stitch joins a
+    z-stack's planes into 3-D nuclei); --channel picks
     the DNA stain of multi-channel images; --diameter-um gives the nuclei's size in
     micrometres, which each file's own pixel size makes pixels; --workers or
     --scheduler spreads the work over a Dask cluster.
@@ -656,9 +666,16 @@ def segment(paths, model_dir, out, tta, overlay, rois, diameter, diameter_um, pi
         raise click.UsageError("give --workers or --scheduler, not both")
     if diameter is not None and diameter_um is not None:
         raise click.UsageError("give --diameter (pixels) or --diameter-um (micrometres), not both")
+    if not stitch and (stitch_overlap is not None or z_step is not None):
+        raise click.UsageError(f"{'--stitch-overlap' if stitch_overlap is not None else '--z-step'} is for --stitch, "
+                               "which was not given")
     model_dir = resolve_model_dir(model_dir)
     engine = _prepare_engine(model_dir, engine, precision)
     from dsb.workflows.segment_inputs import segment_inputs
+    from dsb.workflows.volumes import Stitch
+
+    stitching = None if not stitch else Stitch(z_step=z_step, **({} if stitch_overlap is None else
+                                                                 {"min_overlap": stitch_overlap}))
 
     learnt = load_run_config(model_dir).preprocess.channel
     if channel is None and learnt is not None:
@@ -672,7 +689,7 @@ def segment(paths, model_dir, out, tta, overlay, rois, diameter, diameter_um, pi
                                  diameter=diameter, skip_bad=skip_bad, progress=True, engine=engine,
                                  precision=precision, block_size=block_size, workers=workers, scheduler=scheduler,
                                  scale_factor=scale_factor, channel=channel, diameter_um=diameter_um,
-                                 pixel_size=pixel_size)
+                                 pixel_size=pixel_size, stitch=stitching)
     skipped = _report_skipped(summary.attrs["skipped"])
     _report_warnings(summary)
     unsure = summary[summary["diameter_sure"].astype(str) == "False"]

@@ -426,3 +426,11 @@ def test_miss_causes_lists_exactly_the_true_nuclei_match_nuclei_misses(true, pre
         expected = ("merged" if holds_more and others else "split" if not holds_more and inside >= 2
                     else "outline" if holds_more or inside >= 1 else "absent")
         assert row.cause == expected
+
+
+def test_miss_causes_keeps_label_values_beyond_a_float():
+    # Labels above 2**53 that a float would merge, in a table too large to count densely.
+    true = np.array([[2**62 + 1, 2**62 + 3, 7, 0]], np.uint64)
+    pred = np.array([[5, 5, 0, 0]], np.uint64)
+    causes = miss_causes(true, pred).set_index("label")["cause"]
+    assert causes.to_dict() == {7: "absent", 2**62 + 1: "merged", 2**62 + 3: "merged"}

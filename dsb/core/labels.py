@@ -8,7 +8,8 @@ old values), :func:`relabel` keeps a chosen subset and numbers it 1..N,
 its outline's length, shape, bounding box and intensity too, :func:`convex_areas` the pixels
 of each one's convex hull, :func:`label_means` the
 mean of any image (another channel) over each, :func:`touching_edge`
-which objects the array's edge cuts and :func:`edge_runs` how long each cut is.
+which objects the array's edge cuts and :func:`edge_runs` how long each cut is;
+:func:`overlapping_pairs` which objects of two label images share pixels, and how many.
 
 >>> import numpy as np
 >>> labels, n = renumber(np.array([[0, 7], [7, 42]]))
@@ -21,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = ["areas_and_centres", "close_gaps", "compact_labels", "convex_areas", "edge_runs", "label_means",
-           "measure_regions", "relabel", "renumber", "touching_edge"]
+           "measure_regions", "overlapping_pairs", "relabel", "renumber", "touching_edge"]
 
 
 def compact_labels(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
@@ -133,6 +134,69 @@ def close_gaps(labels: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     if present.sum() == n:
         return labels, present
     return relabel(labels, present), present
+
+
+def overlapping_pairs(a: np.ndarray, b: np.ndarray):
+    """Every pair of objects of two label images that share a pixel, with their shared pixels, and
+    each object's area.
+
+    Parameters
+    ----------
+    a, b : ndarray of int
+        Two label images of one shape, flattened in one pixel order (any order: only counts are taken).
+
+    Returns
+    -------
+    ai, bi : (P,) ndarray of int
+        The pairs, as indices into ``area_a`` and ``area_b`` (entry 0 the background; an index
+        without an object has area 0), in increasing order of ``ai`` then ``bi``.
+    inter : (P,) ndarray of int
+        The pixels each pair shares.
+    area_a, area_b : ndarray of int
+    a_labels, b_labels : ndarray of int
+        ``a_labels[i]``: the label value of ``a``'s index ``i``; ``b_labels`` likewise.
+
+    Labels are used as they are when the table they span is no bigger than the image: absent
+    labels only leave empty rows and columns, so no renumbering pass is needed. Otherwise (huge
+    label values, thousands of objects on both sides) labels are renumbered (in increasing label
+    order) and only the pairs that occur are counted: memory follows the pairs, not their product.
+
+    Examples
+    --------
+    >>> ai, bi, inter, area_a, area_b, _, _ = overlapping_pairs(np.array([1, 1, 0, 2]), np.array([0, 3, 3, 3]))
+    >>> ai.tolist(), bi.tolist(), inter.tolist(), area_a[ai].tolist(), area_b[bi].tolist()
+    ([1, 2], [3, 3], [1, 1], [2, 1], [3, 3])
+    """
+    top_a = int(a.max()) if a.size else 0
+    top_b = int(b.max()) if b.size else 0
+    size = (top_a + 1) * (top_b + 1)
+    if size <= max(4 * a.size, 1 << 16):
+        # Both as int64: int64 * x + uint64 would promote to float64, which bincount refuses.
+        flat = a.astype(np.int64) * (top_b + 1) + b.astype(np.int64)
+        table = np.bincount(flat, minlength=size).reshape(top_a + 1, top_b + 1)
+        area_a = table.sum(axis=1)
+        area_b = table.sum(axis=0)
+        ai, bi = np.nonzero(table[1:, 1:])
+        ai, bi = ai + 1, bi + 1
+        return ai, bi, table[ai, bi], area_a, area_b, np.arange(top_a + 1), np.arange(top_b + 1)
+    a, a_labels = _indexed(a)
+    b, b_labels = _indexed(b)
+    n_a, n_b = len(a_labels) - 1, len(b_labels) - 1
+    area_a = np.bincount(a, minlength=n_a + 1)
+    area_b = np.bincount(b, minlength=n_b + 1)
+    both = (a > 0) & (b > 0)
+    codes, inter = np.unique(a[both] * (n_b + 1) + b[both], return_counts=True)
+    ai, bi = np.divmod(codes, n_b + 1)
+    return ai, bi, inter, area_a, area_b, a_labels, b_labels
+
+
+def _indexed(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each pixel's index into the sorted label values (0 the background's, present or not), and
+    those values, in the labels' own type (a float would merge labels above 2**53)."""
+    values, index = np.unique(labels, return_inverse=True)
+    if not values.size or values[0] != 0:
+        values, index = np.concatenate([np.zeros(1, values.dtype), values]), index + 1
+    return index.astype(np.intp, copy=False), values
 
 
 def areas_and_centres(labels: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -12,6 +12,9 @@ Fiji, napari and QuPath read it; :func:`read_pixel_size` reads it from the place
   scale, in the unit of the ``y`` and ``x`` axes.
 
 PNG, JPEG and BMP files hold no pixel size a microscope writes; nor does a plain Zarr array.
+
+:func:`read_z_step` reads a z-stack's distance between planes from an OME-TIFF (``PhysicalSizeZ``)
+and an ImageJ TIFF (``spacing``, in its ``unit``).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from pathlib import Path
 from dsb.io.ome import first_pixels, ngff, open_zarr
 from dsb.io.tiff_reading import open_tiff
 
-__all__ = ["PixelSize", "read_pixel_size", "to_micrometres"]
+__all__ = ["PixelSize", "read_pixel_size", "read_z_step", "to_micrometres"]
 
 # Units of length as metadata spell them, in micrometres.
 _UNITS = {
@@ -137,6 +140,30 @@ def read_pixel_size(path) -> PixelSize | None:
     if source == "TIFF resolution" and not (low <= x <= high and low <= y <= high):
         return None
     return PixelSize(y, x, source)
+
+
+def read_z_step(path) -> float | None:
+    """The distance between the planes of a TIFF z-stack in micrometres, as its metadata say
+    (OME-XML's ``PhysicalSizeZ``, ImageJ's ``spacing`` in its ``unit``); None where they do not, or
+    say it in no unit of length.
+
+    Raises
+    ------
+    BadDataError
+        A TIFF that cannot be opened.
+    """
+    path = Path(path)
+    if path.is_dir() or path.suffix.lower() not in (".tif", ".tiff"):
+        return None
+    with open_tiff(path) as tif:
+        if tif.is_ome and tif.ome_metadata:
+            pixels = first_pixels(tif.ome_metadata)
+            return None if pixels is None else to_micrometres(pixels.get("PhysicalSizeZ"),
+                                                              pixels.get("PhysicalSizeZUnit", "\u00b5m"))
+        if tif.is_imagej:
+            meta = tif.imagej_metadata or {}
+            return to_micrometres(meta.get("spacing"), meta.get("unit"))
+    return None
 
 
 def _ome_xml_pixel_size(xml: str) -> PixelSize | None:

@@ -19,7 +19,8 @@ __all__ = [
 _UINT16_MAX = np.iinfo(np.uint16).max
 
 
-def write_labels(path, labels: np.ndarray, frames: str = "", *, pixel_size: float | None = None) -> Path:
+def write_labels(path, labels: np.ndarray, frames: str = "", *, pixel_size: float | None = None,
+                 z_step: float | None = None) -> Path:
     """Write instance labels as an image that Fiji, napari and scikit-image open, atomically.
 
     The suffix of ``path`` says the format:
@@ -43,6 +44,9 @@ def write_labels(path, labels: np.ndarray, frames: str = "", *, pixel_size: floa
     pixel_size : float, optional
         The side of a pixel in micrometres, written into a TIFF as Fiji reads it (:func:`tiff_calibration`),
         so that the labels lie over their image at its scale; a PNG holds none.
+    z_step : float, optional
+        The distance between a z-stack's planes in micrometres, written with ``pixel_size`` into an
+        ImageJ hyperstack as Fiji reads it (``spacing``).
 
     Returns
     -------
@@ -90,6 +94,8 @@ def write_labels(path, labels: np.ndarray, frames: str = "", *, pixel_size: floa
         if as_imagej:
             labels = np.transpose(labels, [*order, len(frames), len(frames) + 1])
             metadata = {"axes": imagej + "YX", **calibration.pop("metadata", {})}
+            if z_step is not None and pixel_size is not None and "Z" in imagej:
+                metadata["spacing"] = z_step
             tifffile.imwrite(tmp, labels.astype(np.uint16), imagej=True, metadata=metadata, compression="zlib",
                              **calibration)
         else:

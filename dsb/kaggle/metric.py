@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from dsb.core.errors import BadDataError
-from dsb.core.labels import renumber
+from dsb.core.labels import overlapping_pairs, renumber
 from dsb.core.validate import check_labels, check_same_shape
 
 __all__ = [
@@ -143,44 +143,14 @@ def iou_matrix(true, pred) -> np.ndarray:
 
 
 def _overlaps(true, pred):
-    """Every pair of objects that share a pixel, with their shared pixels, and each object's area.
-
-    Returns ``(ti, pi, inter, area_true, area_pred, true_labels)``: ``ti`` and ``pi`` index
-    ``area_true`` and ``area_pred`` (entry 0 the background; an index without an object has area
-    0), ``inter`` the pixels each pair shares, and ``true_labels[i]`` the label value of true index
-    ``i``. Labels are used as they are when the table they span is no bigger than the image: absent
-    labels only leave empty rows and columns, so no renumbering pass is needed. Otherwise (huge
-    label values, thousands of objects on both sides) labels are renumbered (in increasing label
-    order) and only the pairs that occur are counted: memory follows the pairs, not their product.
-    """
-    t, p = _flat_pair(true, pred)
-    top_t = int(t.max()) if t.size else 0
-    top_p = int(p.max()) if p.size else 0
-    size = (top_t + 1) * (top_p + 1)
-    if size <= max(4 * t.size, 1 << 16):
-        # Both as int64: int64 * x + uint64 would promote to float64, which bincount refuses.
-        flat = t.astype(np.int64) * (top_p + 1) + p.astype(np.int64)
-        table = np.bincount(flat, minlength=size).reshape(top_t + 1, top_p + 1)
-        area_true = table.sum(axis=1)
-        area_pred = table.sum(axis=0)
-        ti, pi = np.nonzero(table[1:, 1:])
-        ti, pi = ti + 1, pi + 1
-        return ti, pi, table[ti, pi], area_true, area_pred, np.arange(top_t + 1)
-    labels = np.unique(t)
-    t, n_true = renumber(t.ravel(), dtype=np.intp)
-    p, n_pred = renumber(p.ravel(), dtype=np.intp)
-    area_true = np.bincount(t, minlength=n_true + 1)
-    area_pred = np.bincount(p, minlength=n_pred + 1)
-    both = (t > 0) & (p > 0)
-    codes, inter = np.unique(t[both] * (n_pred + 1) + p[both], return_counts=True)
-    ti, pi = np.divmod(codes, n_pred + 1)
-    true_labels = labels if labels.size and labels[0] == 0 else np.concatenate([[0], labels])
-    return ti, pi, inter, area_true, area_pred, true_labels
+    """Every pair of objects that share a pixel, with their shared pixels, and each object's area
+    (:func:`dsb.core.labels.overlapping_pairs`, true objects first)."""
+    return overlapping_pairs(*_flat_pair(true, pred))
 
 
 def _pair_ious(true, pred) -> tuple[np.ndarray, int, int]:
     """IoU of every pair of objects that share a pixel (:func:`_overlaps`), and the object counts."""
-    ti, pi, inter, area_true, area_pred, _ = _overlaps(true, pred)
+    ti, pi, inter, area_true, area_pred, _, _ = _overlaps(true, pred)
     n_true = int(np.count_nonzero(area_true[1:]))
     n_pred = int(np.count_nonzero(area_pred[1:]))
     return inter / (area_true[ti] + area_pred[pi] - inter), n_true, n_pred
@@ -392,7 +362,7 @@ def miss_causes(true_labels, pred_labels, *, threshold: float = 0.5) -> pd.DataF
         raise ValueError(f"`threshold` ({threshold}) must be at least 0.5 (where matches are unique)")
     # From the pairs that share pixels, not a (true x predicted) table: an image of thousands of
     # nuclei on both sides costs memory in its pairs.
-    ti, pi, inter, area_true, area_pred, label_of = _overlaps(true_labels, pred_labels)
+    ti, pi, inter, area_true, area_pred, label_of, _ = _overlaps(true_labels, pred_labels)
     present = np.flatnonzero(area_true)
     present = present[present > 0]
     columns = ["label", "cause", "area", "small"]

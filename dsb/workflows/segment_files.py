@@ -36,6 +36,7 @@ from dsb.inference.scale import check_diameter
 from dsb.io.channel_names import channel_names, named_channels
 from dsb.io.folders import OVERLAY_SUFFIX, Skips, find_images, read_images
 from dsb.io.images import read_channels, read_stack
+from dsb.io.pixel_size import read_z_step
 from dsb.io.rois import write_rois
 from dsb.io.writers import write_labels, write_png, write_rgb_stack
 from dsb.network.engines import load_network
@@ -43,6 +44,7 @@ from dsb.network.model_folder import resolve_model_dir
 from dsb.workflows.calibration import Calibration, calibrate_files, check_micrometres
 from dsb.workflows.drawing import outline_overlay
 from dsb.workflows.pipeline import nuclei_predictor, predict_each
+from dsb.workflows.volumes import Stitch, measure_volumes, stitch_axis, stitch_stack
 
 __all__ = ["MEASUREMENT_COLUMNS", "MICROMETRE_COLUMNS", "SUMMARY_COLUMNS", "measure_nuclei", "in_micrometres",
            "touches_edge", "channel_columns",
@@ -78,7 +80,7 @@ MICROMETRE_COLUMNS = ("area_um2", "perimeter_um", "equivalent_diameter_um", "maj
 # What summary.csv's warning tells a user whose image's luminance may hide its nuclei.
 CHANNEL_ADVICE = "give --channel N to segment the DNA stain's channel alone"
 SUMMARY_COLUMNS = ("file", "status", "nuclei", "diameter", "diameter_estimated", "diameter_sure", "pixel_size",
-                   "diameter_um", "labels", "measurements", "overlay", "rois", "warning", "error")
+                   "diameter_um", "labels", "measurements", "overlay", "rois", "measurements_3d", "warning", "error")
 
 def measure_nuclei(labels: np.ndarray, intensity: np.ndarray, confidence: np.ndarray | None = None, *,
                    pixel_size: float | None = None, channels: np.ndarray | None = None,
@@ -222,6 +224,7 @@ def _outputs(out_dir: Path, name: str) -> dict[str, Path]:
         "measurements": out_dir / f"{name}_nuclei.csv",
         "overlay": out_dir / f"{name}{OVERLAY_SUFFIX}.png",
         "rois": out_dir / f"{name}_rois.zip",
+        "measurements_3d": out_dir / f"{name}_nuclei3d.csv",
     }
 
 
@@ -412,7 +415,8 @@ def write_measurements(out_dir: Path, name: str, table: pd.DataFrame, raw: np.nd
 
 
 def segment_stack(path, name: str, out_dir, predict, *, channel: int | None = None, overlay: bool = False,
-                  rois: bool = False, progress: bool = False, calibration: Calibration = Calibration()) -> dict:
+                  rois: bool = False, progress: bool = False, calibration: Calibration = Calibration(),
+                  stitch: Stitch | None = None) -> dict:
     """``dsb segment`` of a TIFF stack (a time series, the planes of a volume), frame by frame.
 
     Each frame is segmented as an image of its own (its own diameter estimate unless ``predict`` was
@@ -426,7 +430,12 @@ def segment_stack(path, name: str, out_dir, predict, *, channel: int | None = No
       ``z`` or ``frame`` (unnamed), holding each nucleus's frame index from 0;
     - with ``overlay``, ``<name>_overlay.tif``: an RGB hyperstack of the frames with their outlines;
     - with ``rois``, ``<name>_rois.zip``: each frame's nuclei as Fiji ROIs at the frame's position in the
-      label TIFF (:func:`dsb.io.rois.write_rois`).
+      label TIFF (:func:`dsb.io.rois.write_rois`);
+    - with ``stitch``, for a z-stack, ``<name>_nuclei3d.csv``: one row per 3-D nucleus
+      (:func:`dsb.workflows.volumes.measure_volumes`). Each 3-D nucleus then has one label through
+      the planes (numbered from 1 at each time point) in the label TIFF, the measurements' ``label``
+      and the ROIs' names (:func:`dsb.workflows.volumes.stitch_stack`). A time series without planes is
+      left frame by frame, with a warning.
 
     The stack is read whole: it takes its own size in memory, plus 2 bytes a pixel for the labels
     (3 more with ``overlay``); with a ``channel`` of several, every channel again, for each nucleus's
@@ -448,12 +457,15 @@ def segment_stack(path, name: str, out_dir, predict, *, channel: int | None = No
     calibration : Calibration, optional
         The stack's pixel size (:func:`dsb.workflows.calibration.calibrate`), as for :func:`write_outputs`;
         its diameter is ``predict``'s to use.
+    stitch : Stitch, optional
+        Join the planes' nuclei into 3-D ones (:class:`dsb.workflows.volumes.Stitch`).
 
     Returns
     -------
     dict
-        Its ``summary.csv`` row: the nuclei of all frames, the median of the frames' diameters,
-        estimated when any was, sure when all were; ``warning`` from its first frame.
+        Its ``summary.csv`` row: the nuclei of all frames (stitched, the 3-D nuclei), the median of
+        the frames' diameters, estimated when any was, sure when all were; ``warning`` from its first
+        frame.
     """
     path, out_dir = Path(path), Path(out_dir)
     frames, roles = read_stack(path, channel)
@@ -465,7 +477,7 @@ def segment_stack(path, name: str, out_dir, predict, *, channel: int | None = No
     lead = frames.shape[: len(roles)]
     labels = np.zeros((*lead, *frames.shape[len(roles): len(roles) + 2]), np.uint16)
     columns = ["frame" if a == "f" else a for a in roles]
-    tables, diameters, sure, estimated = [], [], True, False
+    tables, diameters, sure, estimated = {}, [], True, False
     drawn = [] if overlay else None
     items = ((index, path, frames[index]) for index in np.ndindex(*lead))
     found = predict_each(predict, items, progress=progress, length=int(np.prod(lead)),
@@ -480,16 +492,39 @@ def segment_stack(path, name: str, out_dir, predict, *, channel: int | None = No
                                    channel_names=names)
             for at, (column, value) in enumerate(zip(columns, index)):
                 table.insert(at, column, value)
-            tables.append(table)
+            tables[index] = table
             diameters.append(float(nuclei.diameter))
             sure, estimated = sure and bool(nuclei.sure), estimated or bool(nuclei.estimated)
             if drawn is not None:
                 drawn.append(outline_overlay(raw, nuclei.labels))
     targets = _outputs(out_dir, name)
     targets["overlay"] = targets["overlay"].with_suffix(".tif")
-    write_labels(targets["labels"], labels, roles, pixel_size=calibration.pixel_size)
+    axis = None if stitch is None else stitch_axis(roles)
+    volumes, z_step, notes = None, None, []
+    if axis is not None:
+        labels = _stitched(labels, tables, axis, stitch.min_overlap)
+    elif stitch is not None:
+        notes.append("a time series with no z planes: --stitch left its frames apart")
+    sections = pd.concat([tables[i] for i in sorted(tables)], ignore_index=True)
+    if axis is not None:
+        z_step = stitch.z_step if stitch.z_step is not None else read_z_step(path)
+        volumes = measure_volumes(sections, z=columns[axis], planes=lead[axis], pixel_size=calibration.pixel_size,
+                                  z_step=z_step)
+        if roles == "f":
+            notes.append("its pages were stitched as the planes of a z-stack")
+        if z_step is not None and calibration.pixel_size is None:
+            notes.append("a z step without a pixel size (--pixel-size) gives no volume in cubic micrometres")
+        if labels.dtype == np.uint32:
+            notes.append("over 65535 nuclei: the label TIFF is a plain 32-bit TIFF, without its planes' axis or "
+                         "spacing")
+    write_labels(targets["labels"], labels, roles, pixel_size=calibration.pixel_size, z_step=z_step)
     with atomic_path(targets["measurements"]) as tmp:
-        pd.concat(tables, ignore_index=True).to_csv(tmp, index=False, float_format="%.6g")
+        sections.to_csv(tmp, index=False, float_format="%.6g")
+    if volumes is not None:
+        with atomic_path(targets["measurements_3d"]) as tmp:
+            volumes.to_csv(tmp, index=False, float_format="%.6g")
+    else:
+        del targets["measurements_3d"]
     if drawn is not None:
         write_rgb_stack(targets["overlay"], drawn, lead, roles, pixel_size=calibration.pixel_size)
     else:
@@ -500,10 +535,22 @@ def segment_stack(path, name: str, out_dir, predict, *, channel: int | None = No
         del targets["rois"]
     finite = [d for d in diameters if math.isfinite(d)]
     warning = channel_warning(frames[(0,) * len(roles)], path)
-    return summary_row(path, "ok", nuclei=sum(len(t) for t in tables),
+    return summary_row(path, "ok", nuclei=len(volumes) if volumes is not None else sum(map(len, tables.values())),
                        diameter=float(np.median(finite)) if finite else math.nan, estimated=estimated, sure=sure,
-                       pixel_size=calibration.pixel_size, warning=join_warnings(warning, calibration.note),
+                       pixel_size=calibration.pixel_size, warning=join_warnings(warning, calibration.note, *notes),
                        **{k: str(v) for k, v in targets.items()})
+
+
+def _stitched(labels: np.ndarray, tables: dict, axis: int, min_overlap: float) -> np.ndarray:
+    """A stack's labels joined through its planes (:func:`dsb.workflows.volumes.stitch_stack`), 16-bit where
+    they fit; each frame's table (by frame index) given its nuclei's new labels."""
+    stitched = stitch_stack(labels, axis, min_overlap)
+    for index, table in tables.items():
+        own = labels[index]
+        lookup = np.zeros(int(own.max(initial=0)) + 1, np.int64)
+        lookup[own.ravel()] = stitched[index].ravel()
+        table["label"] = lookup[table["label"].to_numpy(np.int64)]
+    return stitched.astype(np.uint16 if stitched.max(initial=0) <= np.iinfo(np.uint16).max else np.uint32)
 
 
 def channel_warning(raw: np.ndarray, path=None) -> str:
@@ -522,7 +569,8 @@ def channel_warning(raw: np.ndarray, path=None) -> str:
 
 def summary_row(path, status: str, *, nuclei: int = 0, diameter: float = math.nan, estimated: bool | str = "",
                 sure: bool | str = "", pixel_size: float | None = None, labels: str = "", measurements: str = "",
-                overlay: str = "", rois: str = "", warning: str = "", error: str = "") -> dict:
+                overlay: str = "", rois: str = "", measurements_3d: str = "", warning: str = "",
+                error: str = "") -> dict:
     """One row of ``summary.csv`` (:data:`SUMMARY_COLUMNS`): empty cells for what does not apply
     (``pixel_size`` and ``diameter_um`` where the pixel size is unknown)."""
     known = math.isfinite(diameter)
@@ -530,8 +578,8 @@ def summary_row(path, status: str, *, nuclei: int = 0, diameter: float = math.na
             "diameter": round(diameter, 2) if known else "", "diameter_estimated": estimated,
             "diameter_sure": sure, "pixel_size": "" if pixel_size is None else float(f"{pixel_size:.6g}"),
             "diameter_um": round(diameter * pixel_size, 2) if known and pixel_size is not None else "",
-            "labels": labels, "measurements": measurements, "overlay": overlay, "rois": rois, "warning": warning,
-            "error": error}
+            "labels": labels, "measurements": measurements, "overlay": overlay, "rois": rois,
+            "measurements_3d": measurements_3d, "warning": warning, "error": error}
 
 
 def nothing_to_segment(inputs: list[str], skips: Skips, *, verb: str = "segment") -> BadDataError:

@@ -30,6 +30,7 @@ from dsb.workflows.cluster import (
     worker_network,
 )
 from dsb.workflows.pipeline import nuclei_predictor
+from dsb.workflows.volumes import Stitch
 from dsb.workflows.segment_files import (
     SUMMARY_COLUMNS,
     check_scale_options,
@@ -109,7 +110,7 @@ def segment_folder(images: dict[str, Path], *, spec: ModelSpec, out_dir: Path, c
 
 
 def _stack_task(path: Path, name: str, out_dir: Path, spec: ModelSpec, tta: bool, overlay: bool, rois: bool,
-                calibration: Calibration, channel: int | None, progress: bool = False):
+                calibration: Calibration, channel: int | None, progress: bool = False, stitch: Stitch | None = None):
     """One TIFF stack, on a worker or in this process: segment it frame by frame with the model of
     ``spec`` (:func:`dsb.workflows.segment_files.segment_stack`); its summary row or a TaskError."""
     try:
@@ -117,7 +118,7 @@ def _stack_task(path: Path, name: str, out_dir: Path, spec: ModelSpec, tta: bool
         predict = nuclei_predictor(network, config, tta=tta, diameter=calibration.diameter)
         with lock:
             return segment_stack(path, name, out_dir, predict, channel=channel, overlay=overlay, rois=rois,
-                                 progress=progress, calibration=calibration)
+                                 progress=progress, calibration=calibration, stitch=stitch)
     except DsbError as exc:
         return TaskError.of(exc)
 
@@ -139,13 +140,15 @@ def check_stacks(stacks: dict[str, Path], *, client, skips: Skips, channel: int 
 
 def segment_stacks(stacks: dict[str, Path], *, spec: ModelSpec, out_dir: Path, client, skips: Skips,
                    scales: dict[str, Calibration], tta: bool | None = None, overlay: bool = False,
-                   rois: bool = False, progress: bool = True, channel: int | None = None) -> dict[str, dict]:
+                   rois: bool = False, progress: bool = True, channel: int | None = None,
+                   stitch: Stitch | None = None) -> dict[str, dict]:
     """``dsb segment`` of TIFF stacks: ``{file: summary row}``; one Dask task per stack on a cluster,
     else here, frame after frame with a progress bar over each stack's frames; each at the scale of its
-    :class:`~dsb.workflows.calibration.Calibration` in ``scales``."""
+    :class:`~dsb.workflows.calibration.Calibration` in ``scales``, a z-stack's planes joined with ``stitch``
+    (:class:`dsb.workflows.volumes.Stitch`)."""
     rows: dict[str, dict] = {}
-    items = [(p, name, out_dir, spec, tta, overlay, rois, scales[str(p)], channel, progress and client is None)
-             for name, p in stacks.items()]
+    items = [(p, name, out_dir, spec, tta, overlay, rois, scales[str(p)], channel, progress and client is None,
+              stitch) for name, p in stacks.items()]
     for item, row in run_tasks(_stack_task, items, client=client, progress=progress and client is not None,
                                label="segmenting stacks", what="segmenting"):
         if isinstance(row, TaskError):
@@ -205,7 +208,7 @@ def segment_inputs(paths, *, model_dir=None, out_dir, tta: bool | None = None, o
                    engine: str = "auto", precision: str = "auto", block_size: int | None = None,
                    workers: int | None = None, scheduler: str | None = None, client=None,
                    scale_factor: float | None = None, channel: int | None = None, diameter_um: float | None = None,
-                   pixel_size: float | None = None) -> pd.DataFrame:
+                   pixel_size: float | None = None, stitch: Stitch | None = None) -> pd.DataFrame:
     """``dsb segment`` with large images block by block and, optionally, on a Dask cluster.
 
     Zarr and OME-Zarr stores, and TIFF or PNG files with a side above
@@ -215,7 +218,8 @@ def segment_inputs(paths, *, model_dir=None, out_dir, tta: bool | None = None, o
     when ``workers`` or ``scheduler`` is given. Parameters and the returned
     summary are those of :func:`~dsb.workflows.segment_files.segment_paths` (``rois``, ``scale_factor``,
     ``channel``, ``diameter_um`` and ``pixel_size`` included; an image segmented block-wise gets
-    neither an overlay nor ROIs), plus
+    neither an overlay nor ROIs), plus ``stitch`` (join each z-stack's planes into 3-D nuclei:
+    :func:`dsb.workflows.segment_files.segment_stack`),
     ``block_size`` (pixels a side), ``workers`` and ``scheduler``
     (:func:`cluster_client`), or a ``client`` already connected (a
     dask-gateway cluster's, whose address needs its credentials).
@@ -285,7 +289,7 @@ def segment_inputs(paths, *, model_dir=None, out_dir, tta: bool | None = None, o
             writable_dir(out_dir)
             rows.update(segment_stacks(stacks, spec=spec, out_dir=out_dir, client=client, skips=skips,
                                        scales=scales, tta=tta, overlay=overlay, rois=rois, progress=progress,
-                                       channel=channel))
+                                       channel=channel, stitch=stitch))
         for path in big:
             if str(path) in out:
                 continue

@@ -1,0 +1,162 @@
+"""A z-stack's nuclei in 3-D: ``dsb segment --stitch``.
+
+``dsb segment`` finds the nuclei of a stack plane by plane (:func:`dsb.workflows.segment_files.segment_stack`);
+in a z-stack each nucleus is then found once in every plane it crosses, so a count of the planes'
+nuclei counts each nucleus many times. With ``--stitch`` the planes' nuclei are joined through z
+(:func:`dsb.core.stitch.stitch_planes`): each 3-D nucleus keeps one label in every plane, and
+:func:`measure_volumes` turns the planes' measurements into one row per 3-D nucleus.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from dsb.core.stitch import MIN_OVERLAP, stitch_planes
+
+__all__ = ["VOLUME_COLUMNS", "Stitch", "measure_volumes", "stitch_axis", "stitch_stack"]
+
+VOLUME_COLUMNS = (
+    "label",
+    "z_first",
+    "z_last",
+    "centroid_z",
+    "centroid_row",
+    "centroid_col",
+    "touches_edge",
+    "volume",
+    "max_area",
+    "mean_intensity",
+    "integrated_intensity",
+    "confidence",
+)
+
+
+@dataclass(frozen=True)
+class Stitch:
+    """How ``dsb segment --stitch`` joins a z-stack's planes.
+
+    Attributes
+    ----------
+    min_overlap : float
+        As for :func:`dsb.core.stitch.stitch_planes`.
+    z_step : float or None
+        The distance between planes in micrometres, instead of the file's metadata
+        (:func:`dsb.io.pixel_size.read_z_step`); with a pixel size it gives each nucleus's volume in
+        cubic micrometres.
+    """
+
+    min_overlap: float = MIN_OVERLAP
+    z_step: float | None = None
+
+    def __post_init__(self):
+        # Said before a stack is segmented, not after.
+        if not 0 < self.min_overlap <= 1:
+            raise ValueError(f"the stitching overlap must be in (0, 1], got {self.min_overlap}")
+        if self.z_step is not None and not (np.isfinite(self.z_step) and self.z_step > 0):
+            raise ValueError(f"the z step must be a positive number of micrometres, got {self.z_step}")
+
+
+def stitch_axis(roles: str) -> int | None:
+    """Which frame axis of a stack of ``roles`` (:func:`dsb.io.images.read_stack`) holds its planes: the
+    ``z`` axis, or the one axis of a stack that names none; None for a time series.
+
+    >>> stitch_axis("tz"), stitch_axis("f"), stitch_axis("t")
+    (1, 0, None)
+    """
+    if "z" in roles:
+        return roles.index("z")
+    return 0 if roles == "f" else None
+
+
+def stitch_stack(labels: np.ndarray, axis: int, min_overlap: float = MIN_OVERLAP) -> np.ndarray:
+    """``labels`` (frames first, then rows and columns) with each 3-D nucleus given one label through the
+    planes along frame axis ``axis``, numbered from 1 at each index of the other frame axes (each time
+    point of a hyperstack): :func:`dsb.core.stitch.stitch_planes`."""
+    planes = np.moveaxis(labels, axis, -3)
+    if planes.ndim == 3:  # a z-stack alone
+        return stitch_planes(planes, min_overlap)
+    out = np.empty(planes.shape, np.int32)
+    for index in np.ndindex(*planes.shape[:-3]):
+        out[index] = stitch_planes(planes[index], min_overlap)
+    return np.moveaxis(out, -3, axis)
+
+
+def measure_volumes(table: pd.DataFrame, *, z: str, planes: int, pixel_size: float | None = None,
+                    z_step: float | None = None) -> pd.DataFrame:
+    """One row per 3-D nucleus from the measurements of its sections.
+
+    Parameters
+    ----------
+    table : DataFrame
+        :func:`dsb.workflows.segment_files.measure_nuclei`'s rows of every plane, with the frame axes'
+        columns (``t``, ``z``, ``frame``) before them and ``label`` the 3-D nucleus's
+        (:func:`stitch_stack`).
+    z : str
+        The column of the plane's index.
+    planes : int
+        The stack's number of planes: a nucleus in its first or last plane goes on beyond it.
+    pixel_size, z_step : float, optional
+        Micrometres a pixel and between planes.
+
+    Returns
+    -------
+    DataFrame
+        By the other frame axes' columns (a hyperstack's ``t``), then label: the columns of
+        :data:`VOLUME_COLUMNS`: ``label``; ``z_first`` and ``z_last`` (the planes it spans, from 0:
+        stitched plane to plane, it is in every one between); ``centroid_z``, ``centroid_row``,
+        ``centroid_col`` (planes and pixels); ``touches_edge`` (the image's edge cuts it in some plane,
+        or it lies in the first or last plane); ``volume`` (voxels: its pixels in all planes);
+        ``max_area`` (its largest section, pixels); ``mean_intensity`` and ``integrated_intensity``
+        over its voxels' finite values (NaN where it has none); ``confidence`` (its sections' mean,
+        by area) where the planes have it; each channel's mean (``mean_intensity_NAME``) where they
+        have them; with ``pixel_size``, ``max_area_um2``, and with ``z_step`` too, ``volume_um3``,
+        ``equivalent_diameter_um`` (the diameter of a ball of its volume) and ``centroid_z_um``.
+
+    Examples
+    --------
+    >>> sections = pd.DataFrame({"z": [0, 1, 1], "label": [1, 1, 2], "centroid_row": [2.0, 4.0, 9.0],
+    ...     "centroid_col": [3.0, 3.0, 9.0], "touches_edge": [False] * 3, "area": [10, 30, 5],
+    ...     "mean_intensity": [2.0, 4.0, 1.0], "integrated_intensity": [20.0, 120.0, 5.0]})
+    >>> volumes = measure_volumes(sections, z="z", planes=3)
+    >>> volumes[["label", "z_last", "volume", "centroid_z", "centroid_row", "mean_intensity"]].values.tolist()
+    [[1.0, 1.0, 40.0, 0.75, 3.5, 3.5], [2.0, 1.0, 5.0, 1.0, 9.0, 1.0]]
+    """
+    keys = [c for c in table.columns[: table.columns.get_loc("label")] if c != z] + ["label"]
+    area = table["area"].astype(float)
+    # Each section's finite pixels (a float image's NaN left out), which its mean was taken over.
+    mean = table["mean_intensity"]
+    finite = (table["integrated_intensity"] / mean).where(mean != 0, area).fillna(0.0)
+    channels = [c for c in table.columns if c.startswith("mean_intensity_")]
+    by_area = [c for c in ("centroid_row", "centroid_col", "confidence") if c in table.columns]
+    work = table[keys].assign(
+        z_first=table[z], z_last=table[z], centroid_z=table[z] * area, touches_edge=table["touches_edge"],
+        volume=table["area"], max_area=table["area"], integrated_intensity=table["integrated_intensity"],
+        _finite=finite, **{c: table[c] * area for c in by_area},
+        # A channel's mean, by the area of the sections that have one.
+        **{c: (table[c] * area).fillna(0.0) for c in channels},
+        **{f"_{c}": area.where(table[c].notna(), 0.0) for c in channels})
+    sums = {c: (c, "sum") for c in ["centroid_z", "volume", "integrated_intensity", "_finite", *by_area, *channels,
+                                    *(f"_{c}" for c in channels)]}
+    out = work.groupby(keys, sort=True).agg(z_first=("z_first", "min"), z_last=("z_last", "max"),
+                                            touches_edge=("touches_edge", "any"), max_area=("max_area", "max"),
+                                            **sums).reset_index()
+    volume = out["volume"].astype(float)
+    for column in ("centroid_z", *by_area):
+        out[column] = out[column] / volume
+    for column in channels:
+        out[column] = out[column] / out[f"_{column}"].where(out[f"_{column}"] > 0)
+    counted = out["_finite"].where(out["_finite"] > 0)
+    out["integrated_intensity"] = out["integrated_intensity"].where(counted.notna())
+    out["mean_intensity"] = out["integrated_intensity"] / counted
+    out["touches_edge"] = out["touches_edge"] | (out["z_first"] == 0) | (out["z_last"] == planes - 1)
+    out = out[[c for c in keys if c != "label"] + [c for c in VOLUME_COLUMNS if c in out.columns] + channels]
+    if pixel_size is not None:
+        out = out.assign(max_area_um2=out["max_area"] * pixel_size ** 2)
+        if z_step is not None:
+            cubic = out["volume"] * pixel_size ** 2 * z_step
+            out = out.assign(volume_um3=cubic, equivalent_diameter_um=np.cbrt(6.0 * cubic / np.pi),
+                             centroid_z_um=out["centroid_z"] * z_step)
+    return out
