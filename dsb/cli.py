@@ -692,6 +692,9 @@ def segment(paths, model_dir, out, tta, overlay, rois, diameter, diameter_um, pi
                                  pixel_size=pixel_size, stitch=stitching)
     skipped = _report_skipped(summary.attrs["skipped"])
     _report_warnings(summary)
+    if stitch and not summary["measurements_3d"].astype(str).str.len().any():
+        click.echo("dsb: warning: --stitch: no input is a z-stack (a TIFF of Z planes, or of pages without axis "
+                   "names), so nothing was stitched", err=True)
     unsure = summary[summary["diameter_sure"].astype(str) == "False"]
     # An image where nothing was found has no size to confirm: said as what it is.
     empty = unsure[unsure["nuclei"].astype(str).isin(["0", "0.0"])]

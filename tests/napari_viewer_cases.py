@@ -138,6 +138,25 @@ def test_a_stack_is_segmented_and_its_shown_frame_saved(make_napari_viewer, qtbo
                                   labels.data[2])
 
 
+def test_a_z_stack_is_joined_into_3d_nuclei_when_asked(make_napari_viewer, qtbot):
+    from dsb.io.synthetic import nuclei_volume
+
+    viewer = make_napari_viewer()
+    image, truth = nuclei_volume((8, 96, 96), diameter=20, z_step=2.0, seed=11)
+    viewer.add_image(image, name="volume")
+    segment = SegmentWidget(viewer)
+    segment.diameter.value = "20"
+    segment.stitch.value = True
+    _run_and_wait(qtbot, segment)
+    labels = viewer.layers["volume nuclei"]
+    count = int(labels.data.max())
+    assert abs(count - int(truth.max())) <= 1 and segment.status.value.startswith(f"{count} 3-D nuclei in ")
+    viewer.dims.set_current_step(0, 4)  # the features follow the plane on screen, by the 3-D labels
+    held = np.unique(labels.data[4][labels.data[4] > 0])
+    table = labels.features.set_index("index")
+    assert table.loc[held, "area"].tolist() == np.bincount(labels.data[4].ravel())[held].tolist()
+
+
 def test_a_diameter_in_micrometres_for_a_layer_of_micrometres(make_napari_viewer, qtbot):
     """A layer whose scale is in micrometres (as OME readers set it) takes '10 um', made pixels by its scale;
     one in pixels says it cannot."""

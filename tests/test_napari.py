@@ -251,6 +251,32 @@ def test_a_stack_is_segmented_frame_by_frame():
     assert result.network == f"{model.engine}, {model.network.precision}"  # what the status line says computed it
 
 
+def test_a_z_stack_is_stitched_into_3d_nuclei_with_each_frame_features():
+    from dsb.io.synthetic import nuclei_volume
+
+    model = dsb.load_model()
+    image, truth = nuclei_volume((8, 96, 96), diameter=20, z_step=2.0, seed=11)
+    *_, plain = segment_frames(model, image, diameter=20)
+    *_, result = segment_frames(model, image, diameter=20, stitch=True)
+    assert result.stitched and not plain.stitched
+    labels = result.labels
+    assert labels.max() == np.unique(labels).size - 1  # numbered 1..M through the planes
+    assert abs(int(labels.max()) - int(truth.max())) <= 1
+    assert np.array_equal(labels > 0, plain.labels > 0)  # joined, not redrawn
+    for at in range(8):
+        table = result.features((at,)).set_index("index")
+        held = np.unique(labels[at][labels[at] > 0])
+        areas = np.bincount(labels[at].ravel())
+        assert table.loc[held, "area"].tolist() == areas[held].tolist()
+        # Each nucleus's confidence is its section's, from the frame's own numbering.
+        for own in np.unique(plain.labels[at][plain.labels[at] > 0]):
+            new = int(np.bincount(labels[at][plain.labels[at] == own]).argmax())
+            assert table.loc[new, "confidence"] == pytest.approx(round(float(plain.confidences[at][own - 1]), 3))
+        assert table.drop(index=held)["confidence"].isna().all()  # nuclei of other planes
+    *_, single = segment_frames(model, image[3], diameter=20, stitch=True)
+    assert not single.stitched  # a single image has no planes to join
+
+
 def test_frame_features_are_the_frame_own_table():
     confidences = [np.array([0.9, 0.8], np.float32), None, np.array([0.85], np.float32),
                    np.array([], np.float32)]

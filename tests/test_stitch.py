@@ -232,6 +232,12 @@ def test_stitch_options_and_a_time_series(tmp_path, volume):
     assert "no z planes" in result.output
     assert summary["measurements_3d"].isna().item()
     assert not (tmp_path / "out" / "movie_nuclei3d.csv").exists()
+    assert "--stitch: no input is a z-stack" in result.stderr
+    tifffile.imwrite(tmp_path / "plane.tif", image[4])
+    result = run_dsb("segment", tmp_path / "plane.tif", "--out", tmp_path / "flat", "--diameter", 20, "--stitch")
+    assert result.exit_code == 0, result.output
+    assert result.stderr.splitlines() == ["dsb: warning: --stitch: no input is a z-stack (a TIFF of Z planes, or "
+                                          "of pages without axis names), so nothing was stitched"]
     for args, message in [(["--z-step", "1"], "--z-step is for --stitch"),
                           (["--stitch-overlap", "0.3"], "--stitch-overlap is for --stitch"),
                           (["--stitch", "--stitch-overlap", "0"], "--stitch-overlap"),

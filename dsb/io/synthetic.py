@@ -22,19 +22,20 @@ __all__ = ["KINDS", "nuclei_field", "nuclei_volume"]
 KINDS = ("fluorescence", "brightfield", "stained")
 
 
-def _centres(rng: np.random.Generator, shape, diameter: float, count: int, spacing: float) -> np.ndarray:
-    """Up to ``count`` centres at least ``spacing * diameter`` apart (dart throwing, vectorised per batch)."""
-    h, w = shape
-    margin = diameter / 4
-    chosen = np.empty((0, 2))
+def _centres(rng: np.random.Generator, extent, diameter: float, count: int, spacing: float,
+             margin: float = 0.0) -> np.ndarray:
+    """Up to ``count`` centres at least ``spacing * diameter`` apart, ``margin`` or more inside a box of
+    ``extent`` (in 2-D or 3-D; dart throwing, vectorised per batch)."""
+    extent = np.asarray(extent, float)
+    chosen = np.empty((0, extent.size))
     for _ in range(20):
         if len(chosen) >= count:
             break
-        darts = rng.uniform([margin, margin], [h - margin, w - margin], size=(4 * count, 2))
+        darts = rng.uniform(np.full(extent.size, margin), extent - margin, size=(4 * count, extent.size))
         for dart in darts:
             if len(chosen) >= count:
                 break
-            if not len(chosen) or np.min(np.hypot(*(chosen - dart).T)) >= spacing * diameter:
+            if not len(chosen) or np.min(np.sqrt(((chosen - dart) ** 2).sum(axis=1))) >= spacing * diameter:
                 chosen = np.vstack([chosen, dart])
     return chosen
 
@@ -128,7 +129,7 @@ def nuclei_field(
     if size_spread:
         centres, sizes = _mixed_centres(rng, (h, w), diameter, count, spacing, size_spread)
     else:
-        centres, sizes = _centres(rng, (h, w), diameter, count, spacing), None
+        centres, sizes = _centres(rng, (h, w), diameter, count, spacing, margin=diameter / 4), None
     labels = np.zeros((h, w), np.int32)
     brightness = np.zeros((h, w), np.float32)
     for label, (cy, cx) in enumerate(centres, start=1):
@@ -210,15 +211,7 @@ def nuclei_volume(
     extent = np.array([depth * z_step, h, w], float)  # in pixels' sides
     if count is None:
         count = max(1, int(0.1 * np.prod(extent) / (np.pi / 6 * diameter ** 3)))
-    chosen = np.empty((0, 3))
-    for _ in range(20):
-        if len(chosen) >= count:
-            break
-        for dart in rng.uniform(0, extent, size=(4 * count, 3)):
-            if len(chosen) >= count:
-                break
-            if not len(chosen) or np.min(np.linalg.norm(chosen - dart, axis=1)) >= spacing * diameter:
-                chosen = np.vstack([chosen, dart])
+    chosen = _centres(rng, extent, diameter, count, spacing)
     labels = np.zeros((depth, h, w), np.int32)
     brightness = np.zeros((depth, h, w), np.float32)
     for label, (cz, cy, cx) in enumerate(chosen, start=1):

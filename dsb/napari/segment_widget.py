@@ -78,12 +78,13 @@ def follow_selection(combo: ComboBox, viewer, kind: type) -> None:
         combo.value = layers[-1]
 
 
-def _work(state, data, rgb: bool, diameter, tta: bool, scale_factor=None):
+def _work(state, data, rgb: bool, diameter, tta: bool, scale_factor=None, stitch: bool = False):
     """The worker: load the model, segment each frame; a problem comes back as a :class:`Failure`."""
     try:
         model = state.load()
         result = None
-        for event in segment_frames(model, data, rgb=rgb, diameter=diameter, tta=tta, scale_factor=scale_factor):
+        for event in segment_frames(model, data, rgb=rgb, diameter=diameter, tta=tta, scale_factor=scale_factor,
+                                    stitch=stitch):
             if isinstance(event, Segmented):
                 result = event
             else:
@@ -128,12 +129,16 @@ class SegmentWidget(Container):
                                      tooltip="Predict this many times larger than the estimated scale (0.5 to 2); "
                                              "empty: the model's own, which dsb tune --scale-factors chooses.")
         self.tta = CheckBox(text="test-time augmentation (slower, smoother edges)", value=False)
+        self.stitch = CheckBox(text="3-D nuclei: join a z-stack's planes", value=False,
+                               tooltip="For a stack whose last axis before the image's rows is its planes (Z, "
+                                       "or T then Z): each nucleus gets one label through the planes, as "
+                                       "dsb segment --stitch gives it.")
         self.run_button = PushButton(text="Segment")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(label="", min=0, max=1, value=0, visible=False)
         self.status = Label(label="", value="")
         self.extend([self.image, self.model, self.engine, self.precision, self.diameter, self.estimate, self.scale_factor, self.tta,
-                     self.run_button, self.cancel_button, self.progress, self.status])
+                     self.stitch, self.run_button, self.cancel_button, self.progress, self.status])
         self.model.line_edit.value = "" if self.state.path is None else str(self.state.path)
         self.model.changed.connect(self._model_typed)
         self.engine.changed.connect(lambda value: setattr(self.state, "engine", value))
@@ -197,7 +202,7 @@ class SegmentWidget(Container):
         data = layer.data[0] if layer.multiscale else layer.data
         self._set_running(True, f"segmenting {layer.name} with {self.state.describe()} ...")
         worker = create_worker(_work, self.state, data, bool(layer.rgb), diameter, bool(self.tta.value),
-                               scale_factor)
+                               scale_factor, bool(self.stitch.value))
         worker.yielded.connect(self._frame_done)
         worker.returned.connect(lambda result: self._finished(layer, result, on_done))
         worker.aborted.connect(lambda: self._cancelled(layer))
@@ -239,8 +244,11 @@ class SegmentWidget(Container):
         labels = self._put_labels(layer, result)
         self.estimate.value = diameter_words(result.diameter, result.estimated, _pixel_size(layer))
         count = int(result.labels.max()) if result.labels.size else 0
-        self.status.value = (f"{count} nuclei{' in the busiest frame' if result.labels.ndim > 2 else ''} "
-                             f"in {result.seconds:.2f} s with {Path(result.model).name}"
+        if result.stitched:
+            what = "3-D nuclei" + (" in the busiest time point" if result.labels.ndim > 3 else "")
+        else:
+            what = "nuclei" + (" in the busiest frame" if result.labels.ndim > 2 else "")
+        self.status.value = (f"{count} {what} in {result.seconds:.2f} s with {Path(result.model).name}"
                              + (f" ({result.network})" if result.network else ""))
         show_info(f"dsb: {self.status.value}")
         if result.warning:

@@ -28,6 +28,7 @@ from dsb.napari.finetuning import export_onnx_in_child
 from dsb.network.model_folder import PRECISION_CHOICES, default_model_dir, load_run_config
 from dsb.workflows.pipeline import nuclei_predictor, predict_each
 from dsb.workflows.segment_files import measure_nuclei
+from dsb.workflows.volumes import section_lookup, stitch_stack
 
 #: The engines the viewer segments with: not Keras, whose TensorFlow must stay out of the viewer's
 #: process (see :mod:`dsb.napari.child`). "auto" takes OpenVINO, else ONNX Runtime.
@@ -58,7 +59,8 @@ class Segmented:
     Attributes
     ----------
     labels : ndarray of int32
-        The layer's shape without its colour axis; each frame numbered 1..N on its own.
+        The layer's shape without its colour axis; each frame numbered 1..N on its own, or with
+        ``stitched``, each 3-D nucleus one label through the planes.
     diameters : list of float
         Per frame, the median nucleus diameter used (NaN: no nucleus found).
     estimated : bool
@@ -78,6 +80,10 @@ class Segmented:
     measurements : list of pandas.DataFrame
         Per frame, each nucleus's :data:`FEATURE_COLUMNS` by label
         (:func:`dsb.workflows.segment_files.measure_nuclei`, in the layer's own values).
+    stitched : bool
+        Whether the planes of the stack (its last frame axis) were joined into 3-D nuclei
+        (:func:`dsb.workflows.volumes.stitch_stack`); ``confidences`` and ``measurements`` are then by
+        the 3-D labels, a frame's confidences NaN for the nuclei it does not hold.
     """
 
     labels: np.ndarray
@@ -89,6 +95,7 @@ class Segmented:
     network: str = ""
     warning: str = ""
     measurements: list = field(default_factory=list)
+    stitched: bool = False
 
     def features(self, frame: tuple[int, ...] = ()) -> pd.DataFrame | None:
         """A napari Labels layer's ``features`` for one frame (:func:`frame_features`): of the
@@ -264,7 +271,7 @@ def layer_frames(data, rgb: bool) -> tuple[tuple[int, ...], tuple[int, int]]:
 
 
 def segment_frames(model, data, *, rgb: bool = False, diameter: float | None = None, tta: bool | None = None,
-                   scale_factor: float | None = None) -> Iterator[FrameDone | Segmented]:
+                   scale_factor: float | None = None, stitch: bool = False) -> Iterator[FrameDone | Segmented]:
     """Segment every 2-D frame of an image layer's data, yielding after each.
 
     Parameters
@@ -281,6 +288,10 @@ def segment_frames(model, data, *, rgb: bool = False, diameter: float | None = N
     scale_factor : float, optional
         Predict this many times larger than the estimated (or given) scale; None follows the
         model's ``predict.scale_factor``.
+    stitch : bool
+        Join the planes of a stack, its last frame axis (a z-stack's, or each time point's planes
+        of a T, Z stack), into 3-D nuclei, as ``dsb segment --stitch`` does; a single image is left
+        as it is.
 
     Yields
     ------
@@ -310,11 +321,29 @@ def segment_frames(model, data, *, rgb: bool = False, diameter: float | None = N
             measurements.append(measure_nuclei(nuclei.labels, raw_intensity(frame))[["label", *FEATURE_COLUMNS]])
             estimated = nuclei.estimated
             yield FrameDone(done, total)
+    stitched = bool(stitch and lead)
+    if stitched:
+        labels = _stitched(labels, lead, confidences, measurements)
     # A stand-in callable in place of an engine's network says nothing.
     engine = getattr(model.network, "engine", "")
     network = f"{engine}, {getattr(model.network, 'precision', 'float32')}" if engine else ""
     yield Segmented(labels, diameters, estimated, Path(model.path), time.monotonic() - start, confidences, network,
-                    warning, measurements)
+                    warning, measurements, stitched)
+
+
+def _stitched(labels: np.ndarray, lead: tuple[int, ...], confidences: list, measurements: list) -> np.ndarray:
+    """A stack's labels joined through its last frame axis (:func:`dsb.workflows.volumes.stitch_stack`);
+    each frame's confidences and measurements, in place, by the 3-D labels."""
+    stitched = stitch_stack(labels, len(lead) - 1)
+    for at, index in enumerate(np.ndindex(*lead)):
+        lookup = section_lookup(labels[index], stitched[index])
+        own = np.asarray(confidences[at], np.float32)
+        by_nucleus = np.full(int(stitched[index].max(initial=0)), np.nan, np.float32)
+        new = lookup[1: own.size + 1]
+        by_nucleus[new[new > 0] - 1] = own[new > 0]
+        confidences[at] = by_nucleus
+        measurements[at] = measurements[at].assign(label=lookup[measurements[at]["label"].to_numpy(np.int64)])
+    return stitched
 
 
 class ModelState:

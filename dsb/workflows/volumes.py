@@ -16,7 +16,7 @@ import pandas as pd
 
 from dsb.core.stitch import MIN_OVERLAP, stitch_planes
 
-__all__ = ["VOLUME_COLUMNS", "Stitch", "measure_volumes", "stitch_axis", "stitch_stack"]
+__all__ = ["VOLUME_COLUMNS", "Stitch", "measure_volumes", "section_lookup", "stitch_axis", "stitch_stack"]
 
 VOLUME_COLUMNS = (
     "label",
@@ -82,6 +82,19 @@ def stitch_stack(labels: np.ndarray, axis: int, min_overlap: float = MIN_OVERLAP
     for index in np.ndindex(*planes.shape[:-3]):
         out[index] = stitch_planes(planes[index], min_overlap)
     return np.moveaxis(out, -3, axis)
+
+
+def section_lookup(own: np.ndarray, stitched: np.ndarray) -> np.ndarray:
+    """The 3-D label of each of a plane's own labels: ``lookup[own] == stitched`` over the plane, so that
+    what was measured or known of its nuclei by their own labels (a table's ``label``, their confidences)
+    is given their 3-D nucleus's. Labels the plane does not hold map to 0.
+
+    >>> section_lookup(np.array([[0, 1, 2]]), np.array([[0, 7, 3]])).tolist()
+    [0, 7, 3]
+    """
+    lookup = np.zeros(int(own.max(initial=0)) + 1, np.int64)
+    lookup[own.ravel()] = stitched.ravel()
+    return lookup
 
 
 def measure_volumes(table: pd.DataFrame, *, z: str, planes: int, pixel_size: float | None = None,
