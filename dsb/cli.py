@@ -692,7 +692,10 @@ def segment(paths, model_dir, out, tta, overlay, rois, diameter, diameter_um, pi
                                  pixel_size=pixel_size, stitch=stitching)
     skipped = _report_skipped(summary.attrs["skipped"])
     _report_warnings(summary)
-    if stitch and not summary["measurements_3d"].astype(str).str.len().any():
+    segmented = summary[summary["status"] == "ok"]
+    # Said once for the run where no image segmented was a z-stack (a time series says so in its warning).
+    if (stitch and len(segmented) and not segmented["measurements_3d"].fillna("").astype(str).ne("").any()
+            and not segmented["warning"].fillna("").astype(str).str.contains("no z planes").any()):
         click.echo("dsb: warning: --stitch: no input is a z-stack (a TIFF of Z planes, or of pages without axis "
                    "names), so nothing was stitched", err=True)
     unsure = summary[summary["diameter_sure"].astype(str) == "False"]

@@ -155,6 +155,13 @@ def test_a_z_stack_is_joined_into_3d_nuclei_when_asked(make_napari_viewer, qtbot
     held = np.unique(labels.data[4][labels.data[4] > 0])
     table = labels.features.set_index("index")
     assert table.loc[held, "area"].tolist() == np.bincount(labels.data[4].ravel())[held].tolist()
+    assert labels.metadata["dsb_stitched"]
+    # A layer whose axes are time points has no planes to join: segmented frame by frame, and said.
+    viewer.add_image(image[:3], name="movie", axis_labels=("t", "y", "x"))
+    segment.image.value = viewer.layers["movie"]
+    _run_and_wait(qtbot, segment)
+    assert not viewer.layers["movie nuclei"].metadata["dsb_stitched"]
+    assert " nuclei in the busiest frame " in segment.status.value
 
 
 def test_a_diameter_in_micrometres_for_a_layer_of_micrometres(make_napari_viewer, qtbot):

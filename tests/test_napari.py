@@ -39,6 +39,7 @@ from dsb.napari.segmentation import (
     layer_frames,
     parse_diameter,
     parse_scale_factor,
+    planes_axis,
     segment_frames,
 )
 
@@ -257,7 +258,7 @@ def test_a_z_stack_is_stitched_into_3d_nuclei_with_each_frame_features():
     model = dsb.load_model()
     image, truth = nuclei_volume((8, 96, 96), diameter=20, z_step=2.0, seed=11)
     *_, plain = segment_frames(model, image, diameter=20)
-    *_, result = segment_frames(model, image, diameter=20, stitch=True)
+    *_, result = segment_frames(model, image, diameter=20, stitch=0)
     assert result.stitched and not plain.stitched
     labels = result.labels
     assert labels.max() == np.unique(labels).size - 1  # numbered 1..M through the planes
@@ -273,8 +274,19 @@ def test_a_z_stack_is_stitched_into_3d_nuclei_with_each_frame_features():
             new = int(np.bincount(labels[at][plain.labels[at] == own]).argmax())
             assert table.loc[new, "confidence"] == pytest.approx(round(float(plain.confidences[at][own - 1]), 3))
         assert table.drop(index=held)["confidence"].isna().all()  # nuclei of other planes
-    *_, single = segment_frames(model, image[3], diameter=20, stitch=True)
+    *_, single = segment_frames(model, image[3], diameter=20, stitch=0)
     assert not single.stitched  # a single image has no planes to join
+    # A time point of planes: each time point numbered on its own, the same nuclei in both.
+    *_, both = segment_frames(model, np.stack([image[:4], image[:4]]), diameter=20, stitch=1)
+    assert both.stitched and np.array_equal(both.labels[0], both.labels[1])
+    assert both.labels[0].max() == np.unique(both.labels[0]).size - 1
+
+
+def test_the_planes_axis_is_the_one_the_layer_calls_z():
+    assert planes_axis(["z"]) == (0, "") and planes_axis(["-3"]) == (0, "")
+    assert planes_axis(["Z", "t"]) == (0, "") and planes_axis(["t", "-3"]) == (1, "")
+    assert planes_axis(["time"]) == (None, "its axes are time points, with no z planes to join")
+    assert planes_axis(["c", "t", "z"])[0] == 2
 
 
 def test_frame_features_are_the_frame_own_table():

@@ -35,6 +35,7 @@ from dsb.napari.segmentation import (
     frame_features,
     parse_diameter,
     parse_scale_factor,
+    planes_axis,
     segment_frames,
     state_for,
 )
@@ -78,7 +79,7 @@ def follow_selection(combo: ComboBox, viewer, kind: type) -> None:
         combo.value = layers[-1]
 
 
-def _work(state, data, rgb: bool, diameter, tta: bool, scale_factor=None, stitch: bool = False):
+def _work(state, data, rgb: bool, diameter, tta: bool, scale_factor=None, stitch: int | None = None):
     """The worker: load the model, segment each frame; a problem comes back as a :class:`Failure`."""
     try:
         model = state.load()
@@ -130,9 +131,9 @@ class SegmentWidget(Container):
                                              "empty: the model's own, which dsb tune --scale-factors chooses.")
         self.tta = CheckBox(text="test-time augmentation (slower, smoother edges)", value=False)
         self.stitch = CheckBox(text="3-D nuclei: join a z-stack's planes", value=False,
-                               tooltip="For a stack whose last axis before the image's rows is its planes (Z, "
-                                       "or T then Z): each nucleus gets one label through the planes, as "
-                                       "dsb segment --stitch gives it.")
+                               tooltip="Each nucleus one label through the planes, as dsb segment --stitch gives "
+                                       "it: the axis the layer calls z, else its last unnamed axis before the "
+                                       "image's rows; each time point numbered on its own.")
         self.run_button = PushButton(text="Segment")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(label="", min=0, max=1, value=0, visible=False)
@@ -199,10 +200,17 @@ class SegmentWidget(Container):
             self.fail(str(exc))
             return
         self.state.diameter = diameter
+        stitch = None
+        if self.stitch.value:
+            # The layer's names of its axes (a reader's, or napari's numbers), the frame axes' first.
+            names = list(getattr(layer, "axis_labels", [str(-k) for k in range(layer.ndim, 0, -1)]))
+            stitch, why = planes_axis(names[:-2])
+            if stitch is None:
+                show_warning(f"dsb: {layer.name}: {why}; its frames are segmented apart")
         data = layer.data[0] if layer.multiscale else layer.data
         self._set_running(True, f"segmenting {layer.name} with {self.state.describe()} ...")
         worker = create_worker(_work, self.state, data, bool(layer.rgb), diameter, bool(self.tta.value),
-                               scale_factor, bool(self.stitch.value))
+                               scale_factor, stitch)
         worker.yielded.connect(self._frame_done)
         worker.returned.connect(lambda result: self._finished(layer, result, on_done))
         worker.aborted.connect(lambda: self._cancelled(layer))
@@ -261,7 +269,8 @@ class SegmentWidget(Container):
         """Add the nuclei as a Labels layer above the image, or replace the data of the one it has."""
         name = labels_layer_name(layer)
         metadata = {"dsb_model": str(result.model), "dsb_diameters": result.diameters,
-                    "dsb_confidences": result.confidences, "dsb_measurements": result.measurements}
+                    "dsb_confidences": result.confidences, "dsb_measurements": result.measurements,
+                    "dsb_stitched": result.stitched}
         existing = self.viewer.layers[name] if name in self.viewer.layers else None
         if isinstance(existing, Labels):
             existing.data = result.labels

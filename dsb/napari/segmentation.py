@@ -28,7 +28,7 @@ from dsb.napari.finetuning import export_onnx_in_child
 from dsb.network.model_folder import PRECISION_CHOICES, default_model_dir, load_run_config
 from dsb.workflows.pipeline import nuclei_predictor, predict_each
 from dsb.workflows.segment_files import measure_nuclei
-from dsb.workflows.volumes import section_lookup, stitch_stack
+from dsb.workflows.volumes import stitch_sections
 
 #: The engines the viewer segments with: not Keras, whose TensorFlow must stay out of the viewer's
 #: process (see :mod:`dsb.napari.child`). "auto" takes OpenVINO, else ONNX Runtime.
@@ -41,7 +41,7 @@ VIEWER_PRECISIONS = PRECISION_CHOICES
 
 __all__ = ["VIEWER_ENGINES", "VIEWER_PRECISIONS", "ModelState", "FrameDone", "Segmented", "Failure", "state_for", "segment_frames",
            "parse_diameter", "diameter_words", "MICROMETRE_UNITS", "parse_scale_factor", "layer_frames",
-           "frame_features", "FEATURE_COLUMNS"]
+           "frame_features", "FEATURE_COLUMNS", "planes_axis"]
 
 
 @dataclass(frozen=True)
@@ -81,8 +81,8 @@ class Segmented:
         Per frame, each nucleus's :data:`FEATURE_COLUMNS` by label
         (:func:`dsb.workflows.segment_files.measure_nuclei`, in the layer's own values).
     stitched : bool
-        Whether the planes of the stack (its last frame axis) were joined into 3-D nuclei
-        (:func:`dsb.workflows.volumes.stitch_stack`); ``confidences`` and ``measurements`` are then by
+        Whether the planes of the stack were joined into 3-D nuclei
+        (:func:`dsb.workflows.volumes.stitch_sections`); ``confidences`` and ``measurements`` are then by
         the 3-D labels, a frame's confidences NaN for the nuclei it does not hold.
     """
 
@@ -271,7 +271,7 @@ def layer_frames(data, rgb: bool) -> tuple[tuple[int, ...], tuple[int, int]]:
 
 
 def segment_frames(model, data, *, rgb: bool = False, diameter: float | None = None, tta: bool | None = None,
-                   scale_factor: float | None = None, stitch: bool = False) -> Iterator[FrameDone | Segmented]:
+                   scale_factor: float | None = None, stitch: int | None = None) -> Iterator[FrameDone | Segmented]:
     """Segment every 2-D frame of an image layer's data, yielding after each.
 
     Parameters
@@ -288,10 +288,10 @@ def segment_frames(model, data, *, rgb: bool = False, diameter: float | None = N
     scale_factor : float, optional
         Predict this many times larger than the estimated (or given) scale; None follows the
         model's ``predict.scale_factor``.
-    stitch : bool
-        Join the planes of a stack, its last frame axis (a z-stack's, or each time point's planes
-        of a T, Z stack), into 3-D nuclei, as ``dsb segment --stitch`` does; a single image is left
-        as it is.
+    stitch : int, optional
+        The frame axis that holds a z-stack's planes (:func:`planes_axis`): its nuclei are joined
+        through them into 3-D nuclei, as ``dsb segment --stitch`` does (each index of the other frame
+        axes, a time point, numbered on its own). None, or a single image: frames are left apart.
 
     Yields
     ------
@@ -318,12 +318,16 @@ def segment_frames(model, data, *, rgb: bool = False, diameter: float | None = N
             labels[index] = nuclei.labels
             diameters.append(float(nuclei.diameter))
             confidences.append(nuclei.confidence)
-            measurements.append(measure_nuclei(nuclei.labels, raw_intensity(frame))[["label", *FEATURE_COLUMNS]])
+            measurements.append(measure_nuclei(nuclei.labels, raw_intensity(frame), nuclei.confidence)[
+                ["label", *FEATURE_COLUMNS, "confidence"]])
             estimated = nuclei.estimated
             yield FrameDone(done, total)
-    stitched = bool(stitch and lead)
+    stitched = stitch is not None and bool(lead)
     if stitched:
-        labels = _stitched(labels, lead, confidences, measurements)
+        frames = list(np.ndindex(*lead))
+        labels = stitch_sections(labels, dict(zip(frames, measurements)), stitch)
+        # Each frame's confidences by 3-D label (entry k - 1 for label k), NaN for nuclei it does not hold.
+        confidences = [_by_label(table, int(labels[index].max(initial=0))) for index, table in zip(frames, measurements)]
     # A stand-in callable in place of an engine's network says nothing.
     engine = getattr(model.network, "engine", "")
     network = f"{engine}, {getattr(model.network, 'precision', 'float32')}" if engine else ""
@@ -331,19 +335,49 @@ def segment_frames(model, data, *, rgb: bool = False, diameter: float | None = N
                     warning, measurements, stitched)
 
 
-def _stitched(labels: np.ndarray, lead: tuple[int, ...], confidences: list, measurements: list) -> np.ndarray:
-    """A stack's labels joined through its last frame axis (:func:`dsb.workflows.volumes.stitch_stack`);
-    each frame's confidences and measurements, in place, by the 3-D labels."""
-    stitched = stitch_stack(labels, len(lead) - 1)
-    for at, index in enumerate(np.ndindex(*lead)):
-        lookup = section_lookup(labels[index], stitched[index])
-        own = np.asarray(confidences[at], np.float32)
-        by_nucleus = np.full(int(stitched[index].max(initial=0)), np.nan, np.float32)
-        new = lookup[1: own.size + 1]
-        by_nucleus[new[new > 0] - 1] = own[new > 0]
-        confidences[at] = by_nucleus
-        measurements[at] = measurements[at].assign(label=lookup[measurements[at]["label"].to_numpy(np.int64)])
-    return stitched
+def _by_label(table: pd.DataFrame, count: int) -> np.ndarray:
+    """A frame's confidences (its table's ``confidence`` by ``label``) as entry ``k - 1`` for label ``k`` up to
+    ``count``, NaN where the frame holds no such nucleus."""
+    confidence = np.full(count, np.nan, np.float32)
+    confidence[table["label"].to_numpy(np.int64) - 1] = table["confidence"].to_numpy(np.float32)
+    return confidence
+
+
+#: What a layer's axis labels may call the axis of a z-stack's planes, and of time points.
+PLANE_NAMES = ("z", "plane", "planes", "slice", "slices")
+TIME_NAMES = ("t", "time", "frame", "frames")
+
+
+def planes_axis(names) -> tuple[int | None, str]:
+    """Which frame axis of a layer holds a z-stack's planes, from the names of its frame axes
+    (napari's ``axis_labels`` before the image's rows and columns).
+
+    The axis named ``z`` (or a plane's word, any case); else the last axis that names nothing
+    (napari's default labels are numbers: ``-3``); none where every axis names time points.
+
+    Returns
+    -------
+    axis : int or None
+    note : str
+        Why none, or ``""``.
+
+    Examples
+    --------
+    >>> planes_axis(["t", "z"]), planes_axis(["-4", "-3"]), planes_axis(["T"])
+    ((1, ''), (1, ''), (None, 'its axes are time points, with no z planes to join'))
+    >>> planes_axis([])
+    (None, 'a single image has no planes to join')
+    """
+    names = [str(n).strip().lower() for n in names]
+    if not names:
+        return None, "a single image has no planes to join"
+    for at, name in enumerate(names):
+        if name in PLANE_NAMES:
+            return at, ""
+    unnamed = [at for at, name in enumerate(names) if name not in TIME_NAMES]
+    if not unnamed:
+        return None, "its axes are time points, with no z planes to join"
+    return unnamed[-1], ""
 
 
 class ModelState:

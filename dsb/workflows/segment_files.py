@@ -44,7 +44,7 @@ from dsb.network.model_folder import resolve_model_dir
 from dsb.workflows.calibration import Calibration, calibrate_files, check_micrometres
 from dsb.workflows.drawing import outline_overlay
 from dsb.workflows.pipeline import nuclei_predictor, predict_each
-from dsb.workflows.volumes import Stitch, measure_volumes, section_lookup, stitch_axis, stitch_stack
+from dsb.workflows.volumes import Stitch, measure_volumes, stitch_axis, stitch_sections
 
 __all__ = ["MEASUREMENT_COLUMNS", "MICROMETRE_COLUMNS", "SUMMARY_COLUMNS", "measure_nuclei", "in_micrometres",
            "touches_edge", "channel_columns",
@@ -542,11 +542,9 @@ def segment_stack(path, name: str, out_dir, predict, *, channel: int | None = No
 
 
 def _stitched(labels: np.ndarray, tables: dict, axis: int, min_overlap: float) -> np.ndarray:
-    """A stack's labels joined through its planes (:func:`dsb.workflows.volumes.stitch_stack`), 16-bit where
-    they fit; each frame's table (by frame index) given its nuclei's new labels."""
-    stitched = stitch_stack(labels, axis, min_overlap)
-    for index, table in tables.items():
-        table["label"] = section_lookup(labels[index], stitched[index])[table["label"].to_numpy(np.int64)]
+    """A stack's labels joined through its planes, and its tables given the 3-D labels
+    (:func:`dsb.workflows.volumes.stitch_sections`), 16-bit where they fit."""
+    stitched = stitch_sections(labels, tables, axis, min_overlap)
     return stitched.astype(np.uint16 if stitched.max(initial=0) <= np.iinfo(np.uint16).max else np.uint32)
 
 

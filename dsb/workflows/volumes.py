@@ -16,7 +16,8 @@ import pandas as pd
 
 from dsb.core.stitch import MIN_OVERLAP, stitch_planes
 
-__all__ = ["VOLUME_COLUMNS", "Stitch", "measure_volumes", "section_lookup", "stitch_axis", "stitch_stack"]
+__all__ = ["VOLUME_COLUMNS", "Stitch", "measure_volumes", "section_lookup", "stitch_axis", "stitch_sections",
+           "stitch_stack"]
 
 VOLUME_COLUMNS = (
     "label",
@@ -95,6 +96,16 @@ def section_lookup(own: np.ndarray, stitched: np.ndarray) -> np.ndarray:
     lookup = np.zeros(int(own.max(initial=0)) + 1, np.int64)
     lookup[own.ravel()] = stitched.ravel()
     return lookup
+
+
+def stitch_sections(labels: np.ndarray, tables: dict, axis: int, min_overlap: float = MIN_OVERLAP) -> np.ndarray:
+    """:func:`stitch_stack` of a stack whose frames were measured: each frame's table (by frame index, its
+    ``label`` the frame's own numbering, as :func:`dsb.workflows.segment_files.measure_nuclei` gives it) has its
+    ``label`` set, in place, to its nuclei's 3-D labels; the stitched labels are returned (int32)."""
+    stitched = stitch_stack(labels, axis, min_overlap)
+    for index, table in tables.items():
+        table["label"] = section_lookup(labels[index], stitched[index])[table["label"].to_numpy(np.int64)]
+    return stitched
 
 
 def measure_volumes(table: pd.DataFrame, *, z: str, planes: int, pixel_size: float | None = None,
