@@ -352,7 +352,7 @@ def planes_axis(names) -> tuple[int | None, str]:
     """Which frame axis of a layer holds a z-stack's planes, from the names of its frame axes
     (napari's ``axis_labels`` before the image's rows and columns).
 
-    The axis named ``z`` (or a plane's word, any case); else the last axis that names nothing
+    The axis named ``z`` (or a plane's word, any case); else the last axis not named for time
     (napari's default labels are numbers: ``-3``); none where every axis names time points.
 
     Returns
