@@ -672,7 +672,7 @@ def segment(paths, model_dir, out, tta, overlay, rois, diameter, diameter_um, pi
     model_dir = resolve_model_dir(model_dir)
     engine = _prepare_engine(model_dir, engine, precision)
     from dsb.workflows.segment_inputs import segment_inputs
-    from dsb.workflows.volumes import Stitch
+    from dsb.workflows.volumes import NO_PLANES, Stitch
 
     stitching = None if not stitch else Stitch(z_step=z_step, **({} if stitch_overlap is None else
                                                                  {"min_overlap": stitch_overlap}))
@@ -695,7 +695,7 @@ def segment(paths, model_dir, out, tta, overlay, rois, diameter, diameter_um, pi
     segmented = summary[summary["status"] == "ok"]
     # Said once for the run where no image segmented was a z-stack (a time series says so in its warning).
     if (stitch and len(segmented) and not segmented["measurements_3d"].fillna("").astype(str).ne("").any()
-            and not segmented["warning"].fillna("").astype(str).str.contains("no z planes").any()):
+            and not segmented["warning"].fillna("").astype(str).str.contains(NO_PLANES, regex=False).any()):
         click.echo("dsb: warning: --stitch: no input is a z-stack (a TIFF of Z planes, or of pages without axis "
                    "names), so nothing was stitched", err=True)
     unsure = summary[summary["diameter_sure"].astype(str) == "False"]

@@ -44,7 +44,7 @@ from dsb.network.model_folder import resolve_model_dir
 from dsb.workflows.calibration import Calibration, calibrate_files, check_micrometres
 from dsb.workflows.drawing import outline_overlay
 from dsb.workflows.pipeline import nuclei_predictor, predict_each
-from dsb.workflows.volumes import Stitch, measure_volumes, stitch_axis, stitch_sections
+from dsb.workflows.volumes import NO_PLANES, Stitch, measure_volumes, stitch_axis, stitch_sections
 
 __all__ = ["MEASUREMENT_COLUMNS", "MICROMETRE_COLUMNS", "SUMMARY_COLUMNS", "measure_nuclei", "in_micrometres",
            "touches_edge", "channel_columns",
@@ -504,7 +504,7 @@ def segment_stack(path, name: str, out_dir, predict, *, channel: int | None = No
     if axis is not None:
         labels = _stitched(labels, tables, axis, stitch.min_overlap)
     elif stitch is not None:
-        notes.append("a time series with no z planes: --stitch left its frames apart")
+        notes.append(NO_PLANES)
     sections = pd.concat([tables[i] for i in sorted(tables)], ignore_index=True)
     if axis is not None:
         z_step = stitch.z_step if stitch.z_step is not None else read_z_step(path)
@@ -535,7 +535,7 @@ def segment_stack(path, name: str, out_dir, predict, *, channel: int | None = No
         del targets["rois"]
     finite = [d for d in diameters if math.isfinite(d)]
     warning = channel_warning(frames[(0,) * len(roles)], path)
-    return summary_row(path, "ok", nuclei=len(volumes) if volumes is not None else sum(map(len, tables.values())),
+    return summary_row(path, "ok", nuclei=len(sections if volumes is None else volumes),
                        diameter=float(np.median(finite)) if finite else math.nan, estimated=estimated, sure=sure,
                        pixel_size=calibration.pixel_size, warning=join_warnings(warning, calibration.note, *notes),
                        **{k: str(v) for k, v in targets.items()})

@@ -16,7 +16,7 @@ import pandas as pd
 
 from dsb.core.stitch import MIN_OVERLAP, stitch_planes
 
-__all__ = ["VOLUME_COLUMNS", "Stitch", "measure_volumes", "section_lookup", "stitch_axis", "stitch_sections",
+__all__ = ["NO_PLANES", "VOLUME_COLUMNS", "Stitch", "measure_volumes", "section_lookup", "stitch_axis", "stitch_sections",
            "stitch_stack"]
 
 VOLUME_COLUMNS = (
@@ -33,6 +33,10 @@ VOLUME_COLUMNS = (
     "integrated_intensity",
     "confidence",
 )
+
+
+# The warning of a time series given to --stitch: it has no planes to join.
+NO_PLANES = "a time series with no z planes: --stitch left its frames apart"
 
 
 @dataclass(frozen=True)
