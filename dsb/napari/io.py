@@ -21,7 +21,8 @@ from dsb.io.annotations import LABEL_EXTENSIONS, LABEL_SUFFIXES, read_label_imag
 from dsb.io.rois import write_rois
 from dsb.io.writers import tiff_calibration, write_labels
 
-__all__ = ["write_labels_layer", "write_rois_layer", "layer_pixel_size", "get_label_reader", "read_label_layer"]
+__all__ = ["write_labels_layer", "write_rois_layer", "layer_pixel_size", "layer_z_step", "get_label_reader",
+           "read_label_layer"]
 
 _UINT16_MAX = np.iinfo(np.uint16).max
 
@@ -82,13 +83,34 @@ def layer_pixel_size(attributes: dict) -> float | None:
     scale, units = attributes.get("scale"), attributes.get("units")
     if scale is None or units is None or len(scale) < 2 or len(units) < 2:
         return None
+    y, x = (_micrometres(s, u) for s, u in zip(scale[-2:], units[-2:]))
+    if y is None or x is None or abs(y - x) > 1e-3 * max(y, x):
+        return None
+    return y
+
+
+def layer_z_step(attributes: dict, axis: int) -> float | None:
+    """The distance in micrometres between a layer's planes along its axis ``axis`` (counted from its
+    first), from its ``scale`` and ``units`` as in :func:`layer_pixel_size`; None where they give none.
+
+    >>> import pint
+    >>> um = pint.get_application_registry().micrometer
+    >>> layer_z_step({"scale": (2.0, 0.5, 0.5), "units": (um, um, um)}, 0), layer_z_step({"scale": (2, 1, 1)}, 0)
+    (2.0, None)
+    """
+    scale, units = attributes.get("scale"), attributes.get("units")
+    if scale is None or units is None or not 0 <= axis < min(len(scale), len(units)):
+        return None
+    return _micrometres(scale[axis], units[axis])
+
+
+def _micrometres(scale, unit) -> float | None:
+    """``scale`` in ``unit`` (a pint unit) as a positive number of micrometres, else None."""
     try:  # pixel units, or units of no length, say nothing of micrometres
-        y, x = ((float(s) * u).to("micrometer").magnitude for s, u in zip(scale[-2:], units[-2:]))
+        value = float((float(scale) * unit).to("micrometer").magnitude)
     except Exception:  # noqa: BLE001 - whatever the units are, they give no size
         return None
-    if not (y > 0 and x > 0) or abs(y - x) > 1e-3 * max(y, x):
-        return None
-    return float(y)
+    return value if np.isfinite(value) and value > 0 else None
 
 
 def write_rois_layer(path: str, data, attributes: dict) -> list[str]:
