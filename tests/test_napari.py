@@ -28,7 +28,14 @@ from dsb.core.errors import BadDataError
 from dsb.io.annotations import find_samples, read_label_image
 from dsb.napari.child import ChildFailed, child_events
 from dsb.napari.finetuning import Progress
-from dsb.napari.io import get_label_reader, layer_z_step, read_label_layer, write_labels_layer, write_rois_layer
+from dsb.napari.io import (
+    get_label_reader,
+    layer_z_step,
+    read_label_layer,
+    write_geojson_layer,
+    write_labels_layer,
+    write_rois_layer,
+)
 from dsb.napari.project import Project, check_correction, correction_name
 from dsb.napari.samples import fluorescence_nuclei, stained_nuclei
 from dsb.napari.segmentation import (
@@ -69,7 +76,7 @@ def test_manifest_is_valid_and_offers_widgets_samples_and_writers():
     assert {w.command for w in manifest.contributions.widgets} == {"dsb.segment_widget", "dsb.finetune_widget"}
     assert len(manifest.contributions.sample_data) >= 1
     assert [(w.layer_types, w.filename_extensions) for w in manifest.contributions.writers] == [
-        (["labels"], [".tif", ".tiff"]), (["labels"], [".zip"])]
+        (["labels"], [".tif", ".tiff"]), (["labels"], [".zip"]), (["labels"], [".geojson", ".json"])]
     for name in commands.values():  # every Qt-free command resolves; the widgets' modules exist
         module, attr = name.split(":")
         if module in QT_FREE:
@@ -210,6 +217,26 @@ def test_the_roi_writer_writes_the_rois_of_the_command_line(tmp_path):
         ("s1-0001", 1), ("s1-0002", 1), ("s4-0001", 4), ("s4-0002", 4)]
     with pytest.raises(ValueError, match=r"\.zip"):
         write_rois_layer(str(tmp_path / "d.tif"), small, {})
+
+
+def test_the_geojson_writer_writes_the_detections_of_the_command_line(tmp_path):
+    import json
+
+    small = make_discs((64, 64))
+    stack = np.stack([np.stack([small, small * 0]), np.stack([small[::-1], small])])  # 2 x 2 frames
+
+    def read(path):
+        return [(f["properties"]["name"], f["geometry"].get("plane", {}).get("z"), "measurements" in f["properties"])
+                for f in json.loads(Path(path).read_text())["features"]]
+
+    [path] = write_geojson_layer(str(tmp_path / "a.geojson"), small, {})
+    assert read(path) == [("1", None, False), ("2", None, False)]
+    # A stack's slices counted through, as the label writer's multi-page TIFF holds them.
+    [path] = write_geojson_layer(str(tmp_path / "b.json"), stack, {})
+    assert [(name, z) for name, z, _ in read(path)] == [("1", 0), ("2", 0), ("1", 2), ("2", 2), ("1", 3), ("2", 3)]
+    with pytest.raises(ValueError, match=r"\.geojson"):
+        write_geojson_layer(str(tmp_path / "c.tif"), small, {})
+    assert not (tmp_path / "c.tif").exists()
 
 
 def test_reader_opens_label_images_as_labels_layers(tmp_path):

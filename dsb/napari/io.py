@@ -4,7 +4,8 @@ The writer saves a Labels layer as :func:`dsb.io.writers.write_labels` does for
 the command line: a deflate-compressed greyscale TIFF, 16-bit, or 32-bit when a
 label is above 65535; a stack of frames as a multi-page TIFF of the same kind.
 A second writer saves it as a Fiji ROI set, as ``dsb segment --rois`` does
-(:func:`dsb.io.rois.write_rois`).
+(:func:`dsb.io.rois.write_rois`), a third as QuPath detections, as ``dsb segment --geojson`` does
+(:func:`dsb.io.geojson.write_geojson`).
 The reader opens a label image beside its image (``NAME_masks.tif``,
 ``NAME_labels.tif``, ``NAME_cp_masks.png``) as a Labels layer. Nothing here
 imports napari or Qt.
@@ -18,11 +19,12 @@ import numpy as np
 
 from dsb.core.atomic import atomic_path
 from dsb.io.annotations import LABEL_EXTENSIONS, LABEL_SUFFIXES, read_label_image
+from dsb.io.geojson import write_geojson
 from dsb.io.rois import write_rois
 from dsb.io.writers import tiff_calibration, write_labels
 
-__all__ = ["write_labels_layer", "write_rois_layer", "layer_pixel_size", "layer_z_step", "get_label_reader",
-           "read_label_layer"]
+__all__ = ["write_labels_layer", "write_rois_layer", "write_geojson_layer", "layer_pixel_size", "layer_z_step",
+           "get_label_reader", "read_label_layer"]
 
 _UINT16_MAX = np.iinfo(np.uint16).max
 
@@ -146,6 +148,42 @@ def write_rois_layer(path: str, data, attributes: dict) -> list[str]:
     if labels.ndim > 2:  # the slices of the multi-page TIFF the label writer saves
         return [str(write_rois(path, labels.reshape(-1, *labels.shape[-2:]), "f"))]
     return [str(write_rois(path, labels))]
+
+
+def write_geojson_layer(path: str, data, attributes: dict) -> list[str]:
+    """napari writer: one Labels layer to a GeoJSON file of QuPath detections, one per nucleus named by its
+    label, as ``dsb segment --geojson`` writes them without their measurements (a corrected layer's
+    features no longer describe its nuclei: ``dsb measure --geojson`` measures them).
+
+    Parameters
+    ----------
+    path : str
+        Ends in ``.geojson`` or ``.json``.
+    data : array_like of int
+        (H, W) labels, or a stack of them (frames first): each detection on its slice as QuPath's
+        ``z``, the slices counted over all leading axes as :func:`write_labels_layer` writes them.
+    attributes : dict
+        The layer's attributes (unused).
+
+    Returns
+    -------
+    list of str
+        The file written.
+
+    Examples
+    --------
+    >>> import tempfile, json, os
+    >>> path = os.path.join(tempfile.mkdtemp(), "a.geojson")
+    >>> _ = write_geojson_layer(path, np.array([[0, 3], [0, 3]]), {})
+    >>> [f["properties"]["name"] for f in json.load(open(path))["features"]]
+    ['3']
+    """
+    labels = np.asarray(data)
+    if Path(path).suffix.lower() not in (".geojson", ".json"):
+        raise ValueError(f"`path` ({path}) must end in .geojson or .json")
+    if labels.ndim > 2:
+        return [str(write_geojson(path, labels.reshape(-1, *labels.shape[-2:]), "f"))]
+    return [str(write_geojson(path, labels))]
 
 
 def _is_label_file(path: Path) -> bool:

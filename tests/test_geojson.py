@@ -1,0 +1,133 @@
+"""Nuclei as GeoJSON detections for QuPath (dsb.io.geojson), as `dsb segment --geojson` and `dsb measure
+--geojson` write them, whole images, stacks and images segmented block by block."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+from skimage.draw import polygon2mask
+
+from conftest import dsb as run_dsb
+from dsb.core.errors import EnvironmentProblem
+from dsb.io.geojson import nucleus_features, write_features, write_geojson
+from dsb.io.synthetic import nuclei_field, nuclei_volume
+
+
+def _filled(feature, shape) -> np.ndarray:
+    """The pixels whose centres lie inside a feature's polygon (QuPath's x, y with pixel x spanning x .. x + 1)."""
+    ring = np.asarray(feature["geometry"]["coordinates"][0], float)
+    assert np.array_equal(ring[0], ring[-1]) and len(ring) >= 5  # closed, as GeoJSON asks
+    return polygon2mask(shape, ring[:, ::-1] - 0.5)
+
+
+def _read(path) -> list[dict]:
+    collection = json.loads(path.read_text())
+    assert collection["type"] == "FeatureCollection"
+    return collection["features"]
+
+
+def test_each_detection_holds_exactly_its_nucleus_and_carries_its_measurements(tmp_path):
+    _, labels = nuclei_field((96, 128), 18, seed=3)
+    n = int(labels.max())
+    table = pd.DataFrame({"label": np.arange(1, n + 1), "area": np.bincount(labels.ravel())[1:],
+                          "touches_edge": np.arange(n) % 2 == 0, "confidence": np.r_[np.nan, np.full(n - 1, 0.9)],
+                          "note": ["text"] * n})
+    features = _read(write_geojson(tmp_path / "a.geojson", labels, measurements=table))
+    assert [f["properties"]["name"] for f in features] == [str(k) for k in range(1, n + 1)]
+    for k, feature in enumerate(features, start=1):
+        assert feature["type"] == "Feature" and feature["properties"]["objectType"] == "detection"
+        assert feature["geometry"]["type"] == "Polygon" and "plane" not in feature["geometry"]
+        np.testing.assert_array_equal(_filled(feature, labels.shape), labels == k)
+        measured = feature["properties"]["measurements"]
+        assert measured["area"] == (labels == k).sum() and measured["touches_edge"] == float(k % 2 == 1)
+        assert ("confidence" in measured) == (k > 1)  # a missing value is left out, not NaN
+        assert "label" not in measured and "note" not in measured  # numbers only, the label is the name
+    # Without measurements, the shapes alone; no nuclei, an empty collection.
+    assert "measurements" not in _read(write_geojson(tmp_path / "b.geojson", labels))[0]["properties"]
+    assert _read(write_geojson(tmp_path / "c.geojson", np.zeros((4, 4), int))) == []
+
+
+def test_a_block_is_placed_and_named_in_its_image():
+    labels = np.zeros((6, 6), np.int32)
+    labels[1:3, 2:5] = 1
+    [feature] = nucleus_features(labels, pd.DataFrame({"label": [41], "area": [6]}), origin=(100, 200), offset=40)
+    assert feature["properties"]["name"] == "41" and feature["properties"]["measurements"] == {"area": 6.0}
+    ring = np.array(feature["geometry"]["coordinates"][0])
+    assert ring.min(axis=0).tolist() == [202, 101] and ring.max(axis=0).tolist() == [205, 103]  # x, y
+
+
+def test_a_stacks_detections_lie_on_their_planes(tmp_path):
+    _, one = nuclei_field((64, 64), 16, seed=4)
+    labels = np.stack([np.stack([one, one[::-1]]), np.stack([one[:, ::-1], np.zeros_like(one)])])  # t, z
+    table = pd.concat([pd.DataFrame({"t": t, "z": z, "label": np.arange(1, labels[t, z].max() + 1),
+                                     "area": np.bincount(labels[t, z].ravel())[1:]})
+                       for t in range(2) for z in range(2)])
+    features = _read(write_geojson(tmp_path / "s.geojson", labels, "tz", measurements=table))
+    assert len(features) == 3 * int(one.max())
+    for feature in features:
+        plane = feature["geometry"]["plane"]
+        assert plane["c"] == -1 and "t" not in feature["properties"]["measurements"]
+        k = int(feature["properties"]["name"])
+        frame = labels[plane["t"], plane["z"]]
+        np.testing.assert_array_equal(_filled(feature, frame.shape), frame == k)
+        assert feature["properties"]["measurements"]["area"] == (frame == k).sum()
+    # Unnamed pages are planes.
+    pages = _read(write_geojson(tmp_path / "f.geojson", labels[0], "f"))
+    assert {f["geometry"]["plane"]["z"] for f in pages} == {0, 1}
+    with pytest.raises(ValueError, match="expected 4"):
+        write_geojson(tmp_path / "x.geojson", labels[0], "tz")
+    assert not (tmp_path / "x.geojson").exists()
+
+
+def test_a_failed_write_leaves_no_file(tmp_path):
+    def broken():
+        yield {"type": "Feature", "geometry": None, "properties": {}}
+        raise OSError("disk full")
+
+    with pytest.raises(EnvironmentProblem, match="a.geojson: disk full"):  # one line naming the file
+        write_features(tmp_path / "a.geojson", broken())
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_dsb_segment_and_measure_geojson_for_images_stacks_and_blocks(tmp_path):
+    image, _ = nuclei_field((128, 128), 20, seed=5)
+    volume, _ = nuclei_volume((4, 96, 96), 20, z_step=2.0, seed=6)
+    big, _ = nuclei_field((200, 200), 16, seed=6)
+    (tmp_path / "in").mkdir()
+    tifffile.imwrite(tmp_path / "in" / "one.tif", image)
+    tifffile.imwrite(tmp_path / "in" / "stack.tif", volume, imagej=True, metadata={"axes": "ZYX"})
+    tifffile.imwrite(tmp_path / "big.tif", big)
+    out = tmp_path / "out"
+    result = run_dsb("segment", tmp_path / "in", tmp_path / "big.tif", "--out", out, "--geojson", "--stitch",
+                     "--block-size", 160, "--diameter", 18)
+    assert result.exit_code == 0, result.output
+    summary = pd.read_csv(out / "summary.csv").set_index("file")
+    assert summary["geojson"].tolist() == [str(out / f"{n}_nuclei.geojson") for n in ("one", "stack", "big")]
+    assert "block-wise" not in result.output  # nothing asked for is missing
+    for name in ("one", "big"):
+        labels, table = tifffile.imread(out / f"{name}_labels.tif"), pd.read_csv(out / f"{name}_nuclei.csv")
+        features = _read(out / f"{name}_nuclei.geojson")
+        assert sorted(int(f["properties"]["name"]) for f in features) == table["label"].tolist()
+        assert len(features) == labels.max() >= 5
+        for feature in features:
+            k = int(feature["properties"]["name"])
+            np.testing.assert_array_equal(_filled(feature, labels.shape), labels == k)
+            assert feature["properties"]["measurements"]["area"] == table.set_index("label").loc[k, "area"]
+    # A stitched z-stack: each section on its plane, named by its 3-D nucleus.
+    stack, sections = tifffile.imread(out / "stack_labels.tif"), pd.read_csv(out / "stack_nuclei.csv")
+    features = _read(out / "stack_nuclei.geojson")
+    assert len(features) == len(sections)
+    for feature in features:
+        z, k = feature["geometry"]["plane"]["z"], int(feature["properties"]["name"])
+        np.testing.assert_array_equal(_filled(feature, stack.shape[1:]), stack[z] == k)
+    # dsb measure writes the same for corrected labels.
+    measured = tmp_path / "measured"
+    result = run_dsb("measure", tmp_path / "in" / "one.tif", "--labels", out, "--out", measured, "--geojson")
+    assert result.exit_code == 0, result.output
+    again = {f["properties"]["name"]: f["geometry"] for f in _read(measured / "one_nuclei.geojson")}
+    assert again == {f["properties"]["name"]: f["geometry"] for f in _read(out / "one_nuclei.geojson")}
+    assert pd.read_csv(measured / "summary.csv")["geojson"].tolist() == [str(measured / "one_nuclei.geojson")]
