@@ -156,6 +156,7 @@ def test_a_z_stack_is_joined_into_3d_nuclei_when_asked(make_napari_viewer, qtbot
     table = labels.features.set_index("index")
     assert table.loc[held, "area"].tolist() == np.bincount(labels.data[4].ravel())[held].tolist()
     assert labels.metadata["dsb_stitched"]
+    assert [str(u) for u in labels.units] == ["micrometer"] * 3  # the image's calibration kept for the writers
     # Every 3-D nucleus has its row, with its volume in voxels and, from the layer's scale, cubic micrometres.
     voxels = np.bincount(labels.data.ravel())
     assert table.index.tolist() == list(range(1, count + 1)) and table["volume"].tolist() == voxels[1:].tolist()

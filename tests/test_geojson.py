@@ -60,6 +60,23 @@ def test_a_block_is_placed_and_named_in_its_image():
     assert ring.min(axis=0).tolist() == [202, 101] and ring.max(axis=0).tolist() == [205, 103]  # x, y
 
 
+def test_block_wise_detections_are_traced_from_the_label_image_as_written():
+    from dsb.workflows.blocks import block_features, plan_blocks
+
+    plan = plan_blocks((24, 48), 24, 8)  # two blocks side by side, each reading 8 pixels of the other
+    labels = np.zeros((24, 48), np.uint32)
+    labels[4:12, 18:30] = 7  # block (0, 0)'s nucleus (its centre in its core), reaching into (0, 1)
+    labels[6:10, 28:31] = 8  # block (0, 1)'s, which lost two columns of pixels to 7 where they met
+    labels[14:20, 40:46] = 9
+    table = pd.DataFrame({"label": [9, 7, 8], "area": [36, 96, 4]})
+    features = list(block_features(plan, {(0, 0): (7, 1), (0, 1): (8, 2)}, labels, table))
+    assert [f["properties"]["name"] for f in features] == ["7", "8", "9"]
+    for feature in features:
+        k = int(feature["properties"]["name"])
+        np.testing.assert_array_equal(_filled(feature, labels.shape), labels == k)
+        assert feature["properties"]["measurements"]["area"] == table.set_index("label").loc[k, "area"]
+
+
 def test_a_stacks_detections_lie_on_their_planes(tmp_path):
     _, one = nuclei_field((64, 64), 16, seed=4)
     labels = np.stack([np.stack([one, one[::-1]]), np.stack([one[:, ::-1], np.zeros_like(one)])])  # t, z
@@ -75,11 +92,15 @@ def test_a_stacks_detections_lie_on_their_planes(tmp_path):
         frame = labels[plane["t"], plane["z"]]
         np.testing.assert_array_equal(_filled(feature, frame.shape), frame == k)
         assert feature["properties"]["measurements"]["area"] == (frame == k).sum()
-    # Unnamed pages are planes.
+    # The pages of a plain multi-page TIFF are time points, as QuPath's Bio-Formats reader opens such a file.
     pages = _read(write_geojson(tmp_path / "f.geojson", labels[0], "f"))
-    assert {f["geometry"]["plane"]["z"] for f in pages} == {0, 1}
-    with pytest.raises(ValueError, match="expected 4"):
-        write_geojson(tmp_path / "x.geojson", labels[0], "tz")
+    assert {(f["geometry"]["plane"]["t"], f["geometry"]["plane"]["z"]) for f in pages} == {(0, 0), (1, 0)}
+    for frames, bad, match in (("tz", labels[0], "expected 4"), ("tf", labels, "at most one time"),
+                               ("cz", labels, "give roles of")):
+        with pytest.raises(ValueError, match=match):
+            write_geojson(tmp_path / "x.geojson", bad, frames)
+    with pytest.raises(ValueError, match=r"frame columns \['t', 'z'\]"):
+        write_geojson(tmp_path / "x.geojson", labels, "tz", measurements=table.drop(columns="z"))
     assert not (tmp_path / "x.geojson").exists()
 
 
@@ -117,13 +138,19 @@ def test_dsb_segment_and_measure_geojson_for_images_stacks_and_blocks(tmp_path):
             k = int(feature["properties"]["name"])
             np.testing.assert_array_equal(_filled(feature, labels.shape), labels == k)
             assert feature["properties"]["measurements"]["area"] == table.set_index("label").loc[k, "area"]
-    # A stitched z-stack: each section on its plane, named by its 3-D nucleus.
+    # A stitched z-stack: each section on its plane, named by its 3-D nucleus, with its section's measurements
+    # and its 3-D nucleus's (those a section has too named _3d).
     stack, sections = tifffile.imread(out / "stack_labels.tif"), pd.read_csv(out / "stack_nuclei.csv")
+    volumes = pd.read_csv(out / "stack_nuclei3d.csv").set_index("label")
     features = _read(out / "stack_nuclei.geojson")
     assert len(features) == len(sections)
     for feature in features:
         z, k = feature["geometry"]["plane"]["z"], int(feature["properties"]["name"])
         np.testing.assert_array_equal(_filled(feature, stack.shape[1:]), stack[z] == k)
+        measured = feature["properties"]["measurements"]
+        assert measured["area"] == (stack[z] == k).sum() and measured["volume"] == volumes.loc[k, "volume"]
+        assert measured["confidence_3d"] == pytest.approx(volumes.loc[k, "confidence"], rel=1e-5)
+        assert measured["z_first"] == volumes.loc[k, "z_first"] and "z" not in measured
     # dsb measure writes the same for corrected labels.
     measured = tmp_path / "measured"
     result = run_dsb("measure", tmp_path / "in" / "one.tif", "--labels", out, "--out", measured, "--geojson")

@@ -41,7 +41,6 @@ from dsb.napari.samples import fluorescence_nuclei, stained_nuclei
 from dsb.napari.segmentation import (
     FrameDone,
     VIEWER_PRECISIONS,
-    VOLUME_FEATURES,
     ModelState,
     Segmented,
     frame_features,
@@ -226,14 +225,21 @@ def test_the_geojson_writer_writes_the_detections_of_the_command_line(tmp_path):
     stack = np.stack([np.stack([small, small * 0]), np.stack([small[::-1], small])])  # 2 x 2 frames
 
     def read(path):
-        return [(f["properties"]["name"], f["geometry"].get("plane", {}).get("z"), "measurements" in f["properties"])
-                for f in json.loads(Path(path).read_text())["features"]]
+        features = json.loads(Path(path).read_text())["features"]
+        return [(f["properties"]["name"], f["geometry"].get("plane", {}).get("t"),
+                 f["geometry"].get("plane", {}).get("z"), "measurements" in f["properties"]) for f in features]
 
     [path] = write_geojson_layer(str(tmp_path / "a.geojson"), small, {})
-    assert read(path) == [("1", None, False), ("2", None, False)]
-    # A stack's slices counted through, as the label writer's multi-page TIFF holds them.
+    assert read(path) == [("1", None, None, False), ("2", None, None, False)]
+    # napari's T, Z, Y, X (unnamed axes: the last is the planes'), as dsb segment --geojson puts a hyperstack's.
     [path] = write_geojson_layer(str(tmp_path / "b.json"), stack, {})
-    assert [(name, z) for name, z, _ in read(path)] == [("1", 0), ("2", 0), ("1", 2), ("2", 2), ("1", 3), ("2", 3)]
+    assert [(t, z) for _, t, z, _ in read(path)] == [(0, 0), (0, 0), (1, 0), (1, 0), (1, 1), (1, 1)]
+    [path] = write_geojson_layer(str(tmp_path / "c.json"), stack, {"axis_labels": ("z", "t", "y", "x")})
+    assert [(t, z) for _, t, z, _ in read(path)] == [(0, 0), (0, 0), (0, 1), (0, 1), (1, 1), (1, 1)]
+    [path] = write_geojson_layer(str(tmp_path / "d.json"), stack[1], {"axis_labels": ("time", "y", "x")})
+    assert [(t, z) for _, t, z, _ in read(path)] == [(0, 0), (0, 0), (1, 0), (1, 0)]
+    [path] = write_geojson_layer(str(tmp_path / "e.json"), stack[1], {})  # one unnamed axis: planes
+    assert [(t, z) for _, t, z, _ in read(path)] == [(0, 0), (0, 0), (0, 1), (0, 1)]
     with pytest.raises(ValueError, match=r"\.geojson"):
         write_geojson_layer(str(tmp_path / "c.tif"), small, {})
     assert not (tmp_path / "c.tif").exists()
@@ -343,12 +349,16 @@ def test_a_stitched_stack_shows_each_3d_nucleus_measured_through_its_planes():
     # Each frame's table has every 3-D nucleus of its time point, its section's features NaN where the
     # plane does not hold it; the 3-D columns the same in every plane.
     tables = [result.features((0, z)).set_index("index") for z in range(6)]
+    three_d = ["z_first", "z_last", "centroid_z", "centroid_row_3d", "centroid_col_3d", "touches_edge_3d", "volume",
+               "max_area", "mean_intensity_3d", "integrated_intensity_3d", "confidence_3d", "max_area_um2",
+               "volume_um3", "equivalent_diameter_um_3d", "centroid_z_um"]
+    assert tables[0].columns.tolist() == ["area", "eccentricity", "solidity", "mean_intensity", "confidence", *three_d]
     for z, table in enumerate(tables):
         assert table.index.tolist() == held.tolist()
         inside = np.isin(held, labels[z])
         assert table.loc[held[~inside], ["area", "confidence"]].isna().all().all()
         assert table.loc[held[inside], "area"].tolist() == np.bincount(labels[z].ravel())[held[inside]].tolist()
-        pd.testing.assert_frame_equal(table[list(VOLUME_FEATURES.values())], tables[0][list(VOLUME_FEATURES.values())])
+        pd.testing.assert_frame_equal(table[three_d], tables[0][three_d])
     assert tables[0]["volume"].tolist() == voxels[held].tolist()
     assert result.features((1, 3)).empty and "volume" in result.features((1, 3)).columns
     # Without a scale, sizes in voxels only; unstitched, no 3-D columns.

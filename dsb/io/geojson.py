@@ -7,14 +7,16 @@ as a detection:
 - ``geometry``: a ``Polygon`` along the nucleus's pixels' edges (:func:`dsb.core.outlines.label_outlines`,
   the outline Fiji's wand traces), in pixels with ``x`` the column and ``y`` the row, pixel
   ``(x, y)`` spanning ``x .. x + 1`` as in QuPath and Fiji, its first corner repeated at the end as
-  GeoJSON asks; in a stack, with QuPath's ``plane`` (``{"c": -1, "z": Z, "t": T}``);
+  GeoJSON asks; in a stack, with QuPath's ``plane`` (``{"c": -1, "z": Z, "t": T}``: the pages of
+  a plain multi-page TIFF on ``t``, where QuPath's Bio-Formats reader puts them);
 - ``properties``: ``"objectType": "detection"``, ``name`` the nucleus's label (as in the label
   image and the measurements' ``label``), and ``measurements``, its row of the measurements
   (every number of it to six significant digits, ``touches_edge`` as 0 or 1, a missing value left
   out), which QuPath lists
   in its measurement tables.
 
-The same file opens in shapely or geopandas (``geopandas.read_file``) for spatial analysis.
+QuPath 0.4 and later read this form (``measurements`` as a map). The file is plain JSON for any
+other reader: :func:`pandas.json_normalize` of its ``features`` gives one row per nucleus.
 """
 
 from __future__ import annotations
@@ -30,11 +32,14 @@ import pandas as pd
 from dsb.core.atomic import atomic_path
 from dsb.core.outlines import label_outlines
 
-__all__ = ["nucleus_features", "write_features", "write_geojson", "FRAME_COLUMNS"]
+__all__ = ["nucleus_features", "write_features", "write_geojson", "FRAME_COLUMNS", "QUPATH_PLANES"]
 
 #: The measurement columns that say where a row's nucleus lies in a stack, by frame role: ``t`` time,
-#: ``z`` planes, ``f`` an unnamed frame axis (QuPath's z).
+#: ``z`` planes, ``f`` an unnamed frame axis.
 FRAME_COLUMNS = {"t": "t", "z": "z", "f": "frame"}
+#: The axis of QuPath's plane each frame role is counted on: an unnamed axis (the pages of a plain
+#: multi-page TIFF) on ``t``, as QuPath's Bio-Formats reader opens such a file.
+QUPATH_PLANES = {"t": "t", "z": "z", "f": "t"}
 
 
 def nucleus_features(labels: np.ndarray, measurements: pd.DataFrame | None = None, *,
@@ -123,9 +128,9 @@ def write_geojson(path, labels: np.ndarray, frames: str = "", measurements: pd.D
         0 background, nuclei 1..N (each frame of a stack numbered on its own, or a z-stack's 3-D
         nuclei through its planes).
     frames : str
-        For a stack, the roles of its leading axes (``t`` time, ``z`` planes, ``f`` unnamed, taken
-        as planes), as :func:`dsb.io.writers.write_labels` takes them: each polygon carries its
-        frame's QuPath ``plane``.
+        For a stack, the roles of its leading axes (``t`` time, ``z`` planes, ``f`` unnamed), as
+        :func:`dsb.io.writers.write_labels` takes them, at most one on each of QuPath's ``t`` and ``z``
+        (:data:`QUPATH_PLANES`): each polygon carries its frame's QuPath ``plane``.
     measurements : DataFrame, optional
         Rows by ``label`` (a stack's also by its frame columns, :data:`FRAME_COLUMNS`, as
         ``dsb segment`` writes them): each nucleus's numbers.
@@ -137,17 +142,22 @@ def write_geojson(path, labels: np.ndarray, frames: str = "", measurements: pd.D
     labels = np.asarray(labels)
     if labels.ndim != 2 + len(frames):
         raise ValueError(f"`labels` has {labels.ndim} axes, expected {2 + len(frames)} for frames {frames!r}")
+    axes = [QUPATH_PLANES.get(role) for role in frames]
+    if None in axes or len(set(axes)) != len(axes):
+        raise ValueError(f"frames {frames!r}: give roles of {sorted(QUPATH_PLANES)}, at most one time and one "
+                         "plane axis")
     if not frames:
         return write_features(path, nucleus_features(labels, measurements))
     columns = [FRAME_COLUMNS[role] for role in frames]
+    if measurements is not None and not set(columns) <= set(measurements.columns):
+        raise ValueError(f"the measurements of a stack need its frame columns {columns}, "
+                         f"got {list(measurements.columns)}")
     by_frame = {} if measurements is None else {
         (key if isinstance(key, tuple) else (key,)): rows for key, rows in measurements.groupby(columns)}
 
     def every_frame():
         for index in np.ndindex(*labels.shape[:-2]):
-            where = {"t": 0, "z": 0}
-            for role, at in zip(frames, index):
-                where["t" if role == "t" else "z"] = int(at)
+            where = {"t": 0, "z": 0} | {axis: int(at) for axis, at in zip(axes, index)}
             rows = by_frame.get(tuple(int(i) for i in index))
             yield from nucleus_features(labels[index], rows, plane={"c": -1, **where})
 

@@ -24,7 +24,7 @@ from dsb.io.rois import write_rois
 from dsb.io.writers import tiff_calibration, write_labels
 
 __all__ = ["write_labels_layer", "write_rois_layer", "write_geojson_layer", "layer_pixel_size", "layer_z_step",
-           "get_label_reader", "read_label_layer"]
+           "planes_axis", "PLANE_NAMES", "TIME_NAMES", "get_label_reader", "read_label_layer"]
 
 _UINT16_MAX = np.iinfo(np.uint16).max
 
@@ -160,10 +160,12 @@ def write_geojson_layer(path: str, data, attributes: dict) -> list[str]:
     path : str
         Ends in ``.geojson`` or ``.json``.
     data : array_like of int
-        (H, W) labels, or a stack of them (frames first): each detection on its slice as QuPath's
-        ``z``, the slices counted over all leading axes as :func:`write_labels_layer` writes them.
+        (H, W) labels, or a stack of them (frames first): each detection on its frame's QuPath plane,
+        the axis the layer's ``axis_labels`` call z (:func:`planes_axis`) on ``z`` and the other on
+        ``t`` (a ``T, Z, Y, X`` layer's as ``dsb segment --geojson`` puts a hyperstack's); more than
+        two frame axes, or two of time points, counted through as one on ``t``.
     attributes : dict
-        The layer's attributes (unused).
+        The layer's attributes: its ``axis_labels``.
 
     Returns
     -------
@@ -181,9 +183,51 @@ def write_geojson_layer(path: str, data, attributes: dict) -> list[str]:
     labels = np.asarray(data)
     if Path(path).suffix.lower() not in (".geojson", ".json"):
         raise ValueError(f"`path` ({path}) must end in .geojson or .json")
-    if labels.ndim > 2:
-        return [str(write_geojson(path, labels.reshape(-1, *labels.shape[-2:]), "f"))]
-    return [str(write_geojson(path, labels))]
+    lead = labels.ndim - 2
+    if lead == 0:
+        return [str(write_geojson(path, labels))]
+    names = list(attributes.get("axis_labels") or [str(-k) for k in range(labels.ndim, 0, -1)])[:lead]
+    axis, _ = planes_axis(names)
+    if lead > 2 or (lead == 2 and axis is None):
+        return [str(write_geojson(path, labels.reshape(-1, *labels.shape[-2:]), "t"))]
+    return [str(write_geojson(path, labels, "".join("z" if at == axis else "t" for at in range(lead))))]
+
+
+#: What a layer's axis labels may call the axis of a z-stack's planes, and of time points.
+PLANE_NAMES = ("z", "plane", "planes", "slice", "slices")
+TIME_NAMES = ("t", "time", "frame", "frames")
+
+
+def planes_axis(names) -> tuple[int | None, str]:
+    """Which frame axis of a layer holds a z-stack's planes, from the names of its frame axes
+    (napari's ``axis_labels`` before the image's rows and columns).
+
+    The axis named ``z`` (or a plane's word, any case); else the last axis not named for time
+    (napari's default labels are numbers: ``-3``); none where every axis names time points.
+
+    Returns
+    -------
+    axis : int or None
+    note : str
+        Why none, or ``""``.
+
+    Examples
+    --------
+    >>> planes_axis(["t", "z"]), planes_axis(["-4", "-3"]), planes_axis(["T"])
+    ((1, ''), (1, ''), (None, 'its axes are time points, with no z planes to join'))
+    >>> planes_axis([])
+    (None, 'a single image has no planes to join')
+    """
+    names = [str(n).strip().lower() for n in names]
+    if not names:
+        return None, "a single image has no planes to join"
+    for at, name in enumerate(names):
+        if name in PLANE_NAMES:
+            return at, ""
+    unnamed = [at for at, name in enumerate(names) if name not in TIME_NAMES]
+    if not unnamed:
+        return None, "its axes are time points, with no z planes to join"
+    return unnamed[-1], ""
 
 
 def _is_label_file(path: Path) -> bool:

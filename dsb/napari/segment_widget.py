@@ -283,9 +283,12 @@ class SegmentWidget(Container):
             labels = existing
         else:
             lead = result.labels.ndim
+            # The image's scale, units and axis names, so that the writers keep its pixel size and planes.
+            same = {key: tuple(getattr(layer, key))[:lead] for key in ("units", "axis_labels")
+                    if getattr(layer, key, None) is not None}
             labels = self.viewer.add_labels(result.labels, name=name if existing is None else f"{name} (dsb)",
                                             scale=layer.scale[:lead], translate=layer.translate[:lead],
-                                            metadata=metadata)
+                                            metadata=metadata, **same)
         self._show_confidences(labels)
         if labels.ndim > 2:
             # One features table per layer, and each frame numbers its nuclei from 1: the table

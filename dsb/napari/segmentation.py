@@ -25,10 +25,11 @@ from dsb.core.config import SCALE_FACTOR_RANGE, check_scale_factor
 from dsb.core.errors import BadDataError, DsbError
 from dsb.inference.preprocess import mixed_channels, raw_intensity
 from dsb.napari.finetuning import export_onnx_in_child
+from dsb.napari.io import PLANE_NAMES, TIME_NAMES, planes_axis  # noqa: F401  (public here too)
 from dsb.network.model_folder import PRECISION_CHOICES, default_model_dir, load_run_config
 from dsb.workflows.pipeline import nuclei_predictor, predict_each
 from dsb.workflows.segment_files import measure_nuclei
-from dsb.workflows.volumes import measure_volumes, stitch_sections
+from dsb.workflows.volumes import beside_sections, measure_volumes, stitch_sections
 
 #: The engines the viewer segments with: not Keras, whose TensorFlow must stay out of the viewer's
 #: process (see :mod:`dsb.napari.child`). "auto" takes OpenVINO, else ONNX Runtime.
@@ -41,7 +42,7 @@ VIEWER_PRECISIONS = PRECISION_CHOICES
 
 __all__ = ["VIEWER_ENGINES", "VIEWER_PRECISIONS", "ModelState", "FrameDone", "Segmented", "Failure", "state_for", "segment_frames",
            "parse_diameter", "diameter_words", "MICROMETRE_UNITS", "parse_scale_factor", "layer_frames",
-           "frame_features", "FEATURE_COLUMNS", "VOLUME_FEATURES", "planes_axis"]
+           "frame_features", "FEATURE_COLUMNS", "planes_axis"]
 
 
 @dataclass(frozen=True)
@@ -122,16 +123,6 @@ class Segmented:
 # What the viewer shows of each nucleus under the cursor, beside its confidence (dsb segment's columns).
 FEATURE_COLUMNS = ("area", "eccentricity", "solidity", "mean_intensity")
 
-#: What the viewer shows of a 3-D nucleus after its section's features: the columns of
-#: :func:`dsb.workflows.volumes.measure_volumes` (``dsb segment --stitch``'s NAME_nuclei3d.csv), those
-#: a section has too named ``_3d``; the micrometre ones where the layer's scale gives them.
-VOLUME_FEATURES = {"z_first": "z_first", "z_last": "z_last", "centroid_z": "centroid_z", "centroid_row": "centroid_row",
-                   "centroid_col": "centroid_col", "touches_edge": "touches_edge", "volume": "volume",
-                   "max_area": "max_area", "mean_intensity": "mean_intensity_3d",
-                   "integrated_intensity": "integrated_intensity_3d", "confidence": "confidence_3d",
-                   "max_area_um2": "max_area_um2", "volume_um3": "volume_um3",
-                   "equivalent_diameter_um": "equivalent_diameter_um", "centroid_z_um": "centroid_z_um"}
-
 
 def frame_features(confidences: list, lead: tuple[int, ...], frame: tuple[int, ...] = (),
                    measurements: list | None = None, volumes: list | None = None,
@@ -163,8 +154,9 @@ def frame_features(confidences: list, lead: tuple[int, ...], frame: tuple[int, .
     pandas.DataFrame or None
         ``index`` (the label), the frame's :data:`FEATURE_COLUMNS` where measured, and
         ``confidence``, which the viewer shows for the nucleus under the cursor, then with
-        ``volumes`` the 3-D nucleus's :data:`VOLUME_FEATURES`; None when ``frame`` is not a frame
-        of ``lead`` or its confidences are not known.
+        ``volumes`` the 3-D nucleus's columns (those a section has too named ``_3d``,
+        :func:`dsb.workflows.volumes.beside_sections`); None when ``frame`` is not a frame of
+        ``lead`` or its confidences are not known.
 
     Examples
     --------
@@ -190,11 +182,10 @@ def frame_features(confidences: list, lead: tuple[int, ...], frame: tuple[int, .
             table[column] = measured[column].to_numpy().round(3)
     table["confidence"] = np.pad(confidence, (0, count - confidence.size), constant_values=np.nan).round(3)
     if volume is not None:
-        measured = volume.set_index("label").reindex(table["index"])
-        for column, name in VOLUME_FEATURES.items():
-            if column in measured.columns:
-                values = measured[column].to_numpy()
-                table[name] = values.round(3) if values.dtype.kind == "f" else values
+        measured = beside_sections(volume).set_index("label").reindex(table["index"])
+        for column in measured.columns:
+            values = measured[column].to_numpy()
+            table[column] = values.round(3) if values.dtype.kind == "f" else values
     return table
 
 
@@ -408,43 +399,6 @@ def _by_label(table: pd.DataFrame, count: int) -> np.ndarray:
     confidence = np.full(count, np.nan, np.float32)
     confidence[table["label"].to_numpy(np.int64) - 1] = table["confidence"].to_numpy(np.float32)
     return confidence
-
-
-#: What a layer's axis labels may call the axis of a z-stack's planes, and of time points.
-PLANE_NAMES = ("z", "plane", "planes", "slice", "slices")
-TIME_NAMES = ("t", "time", "frame", "frames")
-
-
-def planes_axis(names) -> tuple[int | None, str]:
-    """Which frame axis of a layer holds a z-stack's planes, from the names of its frame axes
-    (napari's ``axis_labels`` before the image's rows and columns).
-
-    The axis named ``z`` (or a plane's word, any case); else the last axis not named for time
-    (napari's default labels are numbers: ``-3``); none where every axis names time points.
-
-    Returns
-    -------
-    axis : int or None
-    note : str
-        Why none, or ``""``.
-
-    Examples
-    --------
-    >>> planes_axis(["t", "z"]), planes_axis(["-4", "-3"]), planes_axis(["T"])
-    ((1, ''), (1, ''), (None, 'its axes are time points, with no z planes to join'))
-    >>> planes_axis([])
-    (None, 'a single image has no planes to join')
-    """
-    names = [str(n).strip().lower() for n in names]
-    if not names:
-        return None, "a single image has no planes to join"
-    for at, name in enumerate(names):
-        if name in PLANE_NAMES:
-            return at, ""
-    unnamed = [at for at, name in enumerate(names) if name not in TIME_NAMES]
-    if not unnamed:
-        return None, "its axes are time points, with no z planes to join"
-    return unnamed[-1], ""
 
 
 class ModelState:

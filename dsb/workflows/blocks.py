@@ -435,8 +435,8 @@ def _task_source(source, client):
 
 
 def _run_blocks(source, spec, settings, plan, *, store, component, scratch, client, tta, progress):
-    """Both rounds over every block of ``plan``; ``(count, cut, table, offsets)`` of the whole image, the
-    owned nuclei left in ``scratch`` (:func:`block_features`)."""
+    """Both rounds over every block of ``plan``; ``(count, cut, table, owners)`` of the whole image, ``owners``
+    each block's first label and count where it owns any (:func:`block_features`)."""
     src = _task_source(source, client)
     counts, cut, tables = {}, 0, {}
     what = f"a block of {source.origin or 'the array'}"
@@ -454,22 +454,23 @@ def _run_blocks(source, spec, settings, plan, *, store, component, scratch, clie
         pass
     table = pd.concat([tables[i].assign(label=tables[i]["label"] + offsets[i]) for i in plan.indices()],
                       ignore_index=True)
-    return sum(counts.values()), cut, table, {i: offsets[i] for i in plan.indices() if counts[i]}
+    owners = {i: (offsets[i] + 1, counts[i]) for i in plan.indices() if counts[i]}
+    return sum(counts.values()), cut, table, owners
 
 
-def block_features(plan: BlockPlan, offsets: dict, scratch, table: pd.DataFrame):
+def block_features(plan: BlockPlan, owners: dict, labels, table: pd.DataFrame):
     """The GeoJSON features (:func:`dsb.io.geojson.nucleus_features`) of an image segmented block by block,
-    each block's owned nuclei traced from ``scratch`` in turn (one block in memory at a time) at their
-    place in the image, named and measured by their global labels (``offsets``: of the blocks that own
-    any; ``table``, the image's measurements). Each outline is the nucleus as its block found it, as its
-    measurements are: where two blocks' nuclei claim one pixel, the label image gives it to one."""
+    traced from its final ``labels`` (a 2-D array or Zarr array, read one block's region at a time):
+    each block's own nuclei (``owners``: its first label and count) within its region, which holds them
+    whole, measured by ``table`` (the image's measurements, by label)."""
     table = table.sort_values("label", kind="stable")
-    labels = table["label"].to_numpy()
-    for index, offset in offsets.items():
-        owned = np.load(_owned_file(scratch, index))
-        er0, _, ec0, _ = plan.extended(*index)
-        first, last = np.searchsorted(labels, [offset + 1, offset + int(owned.max(initial=0)) + 1])
-        yield from nucleus_features(owned, table.iloc[first:last], origin=(er0, ec0), offset=offset)
+    known = table["label"].to_numpy()
+    for index, (first, count) in owners.items():
+        er0, er1, ec0, ec1 = plan.extended(*index)
+        region = np.asarray(labels[er0:er1, ec0:ec1])
+        own = np.where((region >= first) & (region < first + count), region, 0)
+        start, stop = np.searchsorted(known, [first, first + count])
+        yield from nucleus_features(own, table.iloc[start:stop], origin=(er0, ec0))
 
 
 def _model_spec(model, scale_factor: float | None = None) -> ModelSpec:
@@ -665,8 +666,8 @@ def segment_image_file(path, *, spec: ModelSpec, out_dir, block_size: int | None
     Writes ``NAME_labels.zarr`` (Zarr and OME-Zarr inputs; OME-Zarr labels
     for OME-Zarr) or ``NAME_labels.tif`` (a tiled BigTIFF, for TIFF and PNG),
     and ``NAME_nuclei.csv`` (:func:`dsb.workflows.segment_files.measure_nuclei`'s
-    columns, in image coordinates), with ``geojson`` ``NAME_nuclei.geojson`` (:func:`block_features`), each
-    under a temporary name until whole. ``calibration``
+    columns, in image coordinates) and with ``geojson`` ``NAME_nuclei.geojson`` (:func:`block_features`, from
+    the label image as written), each under a temporary name until whole. ``calibration``
     (:func:`dsb.workflows.calibration.calibrate`) gives the nucleus diameter in pixels (None: estimated
     from sample windows) and the pixel size of the measurements, the TIFF and the row.
 
@@ -687,17 +688,17 @@ def segment_image_file(path, *, spec: ModelSpec, out_dir, block_size: int | None
         with staged as tmp:
             store = tmp if target.suffix == ".zarr" else scratch / "labels.zarr"
             create_labels(store, plan.shape, plan.block, component=component, zarr_format=zarr_format)
-            count, cut, table, offsets = _run_blocks(source, spec, settings, plan, store=store, component=component,
-                                                     scratch=scratch, client=client, tta=tta, progress=progress)
+            count, cut, table, owners = _run_blocks(source, spec, settings, plan, store=store, component=component,
+                                                    scratch=scratch, client=client, tta=tta, progress=progress)
             finish_labels(store, source, tmp, count, pixel_size=calibration.pixel_size,
                           progress=lambda rows: track(rows, label="writing TIFF", enabled=progress))
-        if calibration.pixel_size is not None:
-            table = in_micrometres(table, calibration.pixel_size)
+            if calibration.pixel_size is not None:
+                table = in_micrometres(table, calibration.pixel_size)
+            features = out_dir / f"{source.name}_nuclei.geojson" if geojson else None
+            if features is not None:  # traced from the labels as written, the store still at hand
+                write_features(features, block_features(plan, owners, open_labels(store, component), table))
         with atomic_path(measurements) as tmp:
             table.to_csv(tmp, index=False, float_format="%.6g")
-        features = out_dir / f"{source.name}_nuclei.geojson" if geojson else None
-        if features is not None:
-            write_features(features, block_features(plan, offsets, scratch, table))
     _warn_cut(path, cut, plan)
     warning = settings.warning and f"{settings.warning}; {CHANNEL_ADVICE}"
     return summary_row(path, "ok", nuclei=count, diameter=settings.diameter, estimated=settings.estimated,

@@ -37,9 +37,9 @@ from dsb.inference.preprocess import mixed_channels, raw_intensity
 from dsb.inference.scale import check_diameter
 from dsb.io.channel_names import channel_names, named_channels
 from dsb.io.folders import OVERLAY_SUFFIX, Skips, find_images, read_images
+from dsb.io.geojson import write_geojson
 from dsb.io.images import read_channels, read_stack
 from dsb.io.pixel_size import read_z_step
-from dsb.io.geojson import write_geojson
 from dsb.io.rois import write_rois
 from dsb.io.writers import write_labels, write_png, write_rgb_stack
 from dsb.network.engines import load_network
@@ -47,7 +47,7 @@ from dsb.network.model_folder import resolve_model_dir
 from dsb.workflows.calibration import Calibration, calibrate_files, check_micrometres
 from dsb.workflows.drawing import outline_overlay
 from dsb.workflows.pipeline import nuclei_predictor, predict_each
-from dsb.workflows.volumes import NO_PLANES, Stitch, measure_volumes, stitch_axis, stitch_sections
+from dsb.workflows.volumes import NO_PLANES, Stitch, measure_volumes, stitch_axis, stitch_sections, with_volumes
 
 __all__ = ["MEASUREMENT_COLUMNS", "MICROMETRE_COLUMNS", "SUMMARY_COLUMNS", "measure_nuclei", "in_micrometres",
            "touches_edge", "channel_columns",
@@ -445,7 +445,8 @@ def segment_stack(path, name: str, out_dir, predict, *, channel: int | None = No
     - with ``rois``, ``<name>_rois.zip``: each frame's nuclei as Fiji ROIs at the frame's position in the
       label TIFF (:func:`dsb.io.rois.write_rois`);
     - with ``geojson``, ``<name>_nuclei.geojson``: each frame's nuclei as QuPath detections on the frame's
-      plane, with their measurements (:func:`dsb.io.geojson.write_geojson`);
+      plane, with their measurements (:func:`dsb.io.geojson.write_geojson`), and stitched, their 3-D
+      nucleus's (:func:`dsb.workflows.volumes.with_volumes`);
     - with ``stitch``, for a z-stack, ``<name>_nuclei3d.csv``: one row per 3-D nucleus
       (:func:`dsb.workflows.volumes.measure_volumes`). Each 3-D nucleus then has one label through
       the planes (numbered from 1 at each time point) in the label TIFF, the measurements' ``label``
@@ -548,8 +549,9 @@ def segment_stack(path, name: str, out_dir, predict, *, channel: int | None = No
         write_rois(targets["rois"], labels, roles)
     else:
         del targets["rois"]
-    if geojson:
-        write_geojson(targets["geojson"], labels, roles, measurements=sections)
+    if geojson:  # each section's detection carries its 3-D nucleus's measurements too
+        write_geojson(targets["geojson"], labels, roles,
+                      measurements=sections if volumes is None else with_volumes(sections, volumes))
     else:
         del targets["geojson"]
     finite = [d for d in diameters if math.isfinite(d)]

@@ -220,8 +220,8 @@ def segment_inputs(paths, *, model_dir=None, out_dir, tta: bool | None = None, o
     when ``workers`` or ``scheduler`` is given. Parameters and the returned
     summary are those of :func:`~dsb.workflows.segment_files.segment_paths` (``rois``, ``geojson``,
     ``scale_factor``, ``channel``, ``diameter_um`` and ``pixel_size`` included; an image segmented
-    block-wise gets neither an overlay nor ROIs, but its GeoJSON), plus ``stitch`` (join each z-stack's planes into 3-D nuclei:
-    :func:`dsb.workflows.segment_files.segment_stack`),
+    block-wise gets neither an overlay nor ROIs, but its GeoJSON), plus ``stitch`` (join each z-stack's
+    planes into 3-D nuclei: :func:`dsb.workflows.segment_files.segment_stack`),
     ``block_size`` (pixels a side), ``workers`` and ``scheduler``
     (:func:`cluster_client`), or a ``client`` already connected (a
     dask-gateway cluster's, whose address needs its credentials).
@@ -260,8 +260,8 @@ def segment_inputs(paths, *, model_dir=None, out_dir, tta: bool | None = None, o
     with given as client:
         if client is None and not big and not refused and not stacks and not notes:  # as before
             return segment_paths(paths, model_dir=spec.path, out_dir=out_dir, tta=tta, overlay=overlay, rois=rois,
-                                 geojson=geojson, diameter=diameter, skip_bad=skip_bad, progress=progress, engine=engine,
-                                 precision=precision, scale_factor=scale_factor, channel=channel,
+                                 geojson=geojson, diameter=diameter, skip_bad=skip_bad, progress=progress,
+                                 engine=engine, precision=precision, scale_factor=scale_factor, channel=channel,
                                  diameter_um=diameter_um, pixel_size=pixel_size)
         for problem in problems + refused + unreadable:
             skips(problem)
