@@ -9,6 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import tifffile
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy import ndimage
 from skimage.draw import polygon2mask
 
 from conftest import dsb as run_dsb
@@ -18,10 +21,18 @@ from dsb.io.synthetic import nuclei_field, nuclei_volume
 
 
 def _filled(feature, shape) -> np.ndarray:
-    """The pixels whose centres lie inside a feature's polygon (QuPath's x, y with pixel x spanning x .. x + 1)."""
-    ring = np.asarray(feature["geometry"]["coordinates"][0], float)
-    assert np.array_equal(ring[0], ring[-1]) and len(ring) >= 5  # closed, as GeoJSON asks
-    return polygon2mask(shape, ring[:, ::-1] - 0.5)
+    """The pixels whose centres lie inside a feature's polygons (QuPath's x, y with pixel x spanning x .. x + 1),
+    each ring checked as GeoJSON and JTS want it: closed, no corner passed twice."""
+    geometry = feature["geometry"]
+    polygons = [geometry["coordinates"]] if geometry["type"] == "Polygon" else geometry["coordinates"]
+    assert geometry["type"] in ("Polygon", "MultiPolygon") and polygons
+    filled = np.zeros(shape, bool)
+    for [ring] in polygons:  # outer rings only
+        ring = np.asarray(ring, float)
+        assert np.array_equal(ring[0], ring[-1]) and len(ring) >= 5  # closed
+        assert len(np.unique(ring[:-1], axis=0)) == len(ring) - 1  # a simple ring
+        filled ^= polygon2mask(shape, ring[:, ::-1] - 0.5)
+    return filled
 
 
 def _read(path) -> list[dict]:
@@ -49,6 +60,30 @@ def test_each_detection_holds_exactly_its_nucleus_and_carries_its_measurements(t
     # Without measurements, the shapes alone; no nuclei, an empty collection.
     assert "measurements" not in _read(write_geojson(tmp_path / "b.geojson", labels))[0]["properties"]
     assert _read(write_geojson(tmp_path / "c.geojson", np.zeros((4, 4), int))) == []
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 24), st.integers(1, 24), st.integers(1, 5), st.integers(0, 2**31 - 1))
+def test_every_nucleus_shape_is_a_valid_geometry_of_exactly_its_pixels(height, width, values, seed):
+    """Random labels, one 8-connected piece each (pixels meeting only at a corner make a MultiPolygon of
+    simple rings): the detections fill exactly each nucleus, its holes included (outlined on its outside)."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, values + 1, (height, width))
+    clean = np.zeros_like(labels)
+    for k in range(1, values + 1):
+        pieces, n = ndimage.label(labels == k, np.ones((3, 3)))
+        if n:
+            clean[pieces == 1 + int(np.argmax(np.bincount(pieces.ravel())[1:]))] = k
+    for feature in nucleus_features(clean):
+        k = int(feature["properties"]["name"])
+        np.testing.assert_array_equal(_filled(feature, clean.shape), ndimage.binary_fill_holes(clean == k))
+
+
+def test_pixels_meeting_at_a_corner_are_one_nucleus_of_two_polygons():
+    [feature] = nucleus_features(np.array([[5, 0], [0, 5]]))
+    assert feature["geometry"]["type"] == "MultiPolygon"
+    assert sorted(feature["geometry"]["coordinates"]) == [
+        [[[0, 0], [1, 0], [1, 1], [0, 1], [0, 0]]], [[[1, 1], [2, 1], [2, 2], [1, 2], [1, 1]]]]
 
 
 def test_a_block_is_placed_and_named_in_its_image():

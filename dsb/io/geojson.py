@@ -77,15 +77,56 @@ def nucleus_features(labels: np.ndarray, measurements: pd.DataFrame | None = Non
     row, col = origin
     for label, outline in zip((found + offset).tolist(), outlines):
         # Our corners lie at half-integer (row, col); QuPath's pixel (x, y) spans x .. x + 1.
-        ring = np.rint(outline[:, ::-1] + 0.5).astype(np.int64) + (col, row)
-        ring = np.vstack([ring, ring[:1]]).tolist()
-        geometry = {"type": "Polygon", "coordinates": [ring]}
+        geometry = _geometry(np.rint(outline[:, ::-1] + 0.5).astype(np.int64) + (col, row))
         if plane is not None:
             geometry["plane"] = dict(plane)
         properties = {"objectType": "detection", "name": str(label)}
         if label in numbers:
             properties["measurements"] = numbers[label]
         yield {"type": "Feature", "geometry": geometry, "properties": properties}
+
+
+def _geometry(ring: np.ndarray) -> dict:
+    """A GeoJSON ``Polygon`` of an outline's corners (``(x, y)``, not closed), or, where the outline passes a
+    corner twice (two of its pixels meet only there), a ``MultiPolygon`` of the loops it makes there: a
+    ring may not touch itself in GeoJSON's geometry model (JTS, which QuPath reads it with; shapely). A
+    loop that turns the other way, round a hole, is left out: the nucleus is outlined on its outside.
+
+    >>> _geometry(np.array([[0, 0], [1, 0], [1, 1], [0, 1]]))["type"]
+    'Polygon'
+    >>> pinched = np.array([[0, 0], [0, 1], [1, 1], [1, 2], [2, 2], [2, 1], [1, 1], [1, 0]])
+    >>> [len(polygon[0]) for polygon in _geometry(pinched)["coordinates"]]
+    [5, 5]
+    """
+    if len(np.unique(ring, axis=0)) == len(ring):
+        return {"type": "Polygon", "coordinates": [_closed(ring)]}
+    loops, path, seen = [], [], {}
+    for corner in map(tuple, ring.tolist()):
+        if corner in seen:  # back at a corner passed before: the path since then is a loop of its own
+            at = seen[corner]
+            loops.append(path[at:])
+            for gone in path[at + 1:]:
+                del seen[gone]
+            path = path[: at + 1]
+        else:
+            seen[corner] = len(path)
+            path.append(corner)
+    loops.append(path)
+    turn = np.sign(_twice_area(ring))
+    parts = [[_closed(np.array(loop))] for loop in loops
+             if len(loop) >= 3 and np.sign(_twice_area(np.array(loop))) == turn]
+    return {"type": "MultiPolygon", "coordinates": parts}
+
+
+def _closed(ring: np.ndarray) -> list:
+    """``ring``'s corners as a list, the first repeated at the end."""
+    return np.vstack([ring, ring[:1]]).tolist()
+
+
+def _twice_area(ring: np.ndarray) -> float:
+    """Twice the signed area of a ring of corners (the shoelace formula)."""
+    x, y = ring[:, 0].astype(np.float64), ring[:, 1].astype(np.float64)
+    return float(np.dot(x, np.roll(y, -1)) - np.dot(np.roll(x, -1), y))
 
 
 def _numbers(measurements: pd.DataFrame | None, labels: np.ndarray) -> dict[int, dict[str, float]]:
