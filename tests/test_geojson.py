@@ -15,8 +15,10 @@ from scipy import ndimage
 from skimage.draw import polygon2mask
 
 from conftest import dsb as run_dsb
-from dsb.core.errors import EnvironmentProblem
-from dsb.io.geojson import nucleus_features, write_features, write_geojson
+from dsb.core.errors import BadDataError, EnvironmentProblem
+from dsb.core.labels import renumber
+from dsb.io.annotations import read_label_image
+from dsb.io.geojson import nucleus_features, read_geojson_labels, write_features, write_geojson
 from dsb.io.synthetic import nuclei_field, nuclei_volume
 
 
@@ -193,3 +195,82 @@ def test_dsb_segment_and_measure_geojson_for_images_stacks_and_blocks(tmp_path):
     again = {f["properties"]["name"]: f["geometry"] for f in _read(measured / "one_nuclei.geojson")}
     assert again == {f["properties"]["name"]: f["geometry"] for f in _read(out / "one_nuclei.geojson")}
     assert pd.read_csv(measured / "summary.csv")["geojson"].tolist() == [str(measured / "one_nuclei.geojson")]
+
+
+# ---------------------------------------------------------------- the way back: QuPath's objects as labels
+
+
+def _feature(rings, name=None, kind="Polygon", plane=None, **extra) -> dict:
+    geometry = {"type": kind, "coordinates": rings}
+    if plane is not None:
+        geometry["plane"] = plane
+    properties = {"objectType": "annotation"} | ({} if name is None else {"name": name})
+    return {"type": "Feature", "geometry": geometry, "properties": properties, **extra}
+
+
+def _write(path, features):
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+    return path
+
+
+def test_dsb_detections_read_back_as_the_labels_they_came_from(tmp_path):
+    _, labels = nuclei_field((96, 128), 14, touching=True, seed=8)
+    labels = np.where(labels > 0, labels * 3 + 100, 0)  # named by values the file keeps
+    path = write_geojson(tmp_path / "a_masks.geojson", labels)
+    np.testing.assert_array_equal(read_geojson_labels(path, labels.shape), labels)
+    np.testing.assert_array_equal(read_label_image(path, labels.shape), renumber(labels)[0])
+    assert read_geojson_labels(path).shape == tuple(np.max(np.argwhere(labels), axis=0) + 1)  # the extent
+
+
+def test_qupath_objects_holes_overlaps_cells_and_points(tmp_path):
+    square = [[0, 0], [6, 0], [6, 6], [0, 6], [0, 0]]
+    hole = [[2, 2], [4, 2], [4, 4], [2, 4], [2, 2]]
+    features = [
+        _feature([square, hole], name="Nucleus A"),  # names that are not numbers: 1..N in order
+        _feature([[[4, 4], [8, 4], [8, 8], [4, 8], [4, 4]]]),  # overlaps the first, which keeps its pixels
+        {"type": "Feature", "geometry": {"type": "Point", "coordinates": [1, 1]}, "properties": {}},  # not a nucleus
+        _feature([[[0, 8], [9, 8], [9, 10], [0, 10], [0, 8]]], kind="Polygon",  # a cell: its nucleus counts
+                 nucleusGeometry={"type": "Polygon", "coordinates": [[[1, 8], [3, 8], [3, 10], [1, 10], [1, 8]]]}),
+    ]
+    labels = read_geojson_labels(_write(tmp_path / "q.geojson", features), (10, 10))
+    expected = np.zeros((10, 10), np.int32)
+    expected[0:6, 0:6] = 1
+    expected[2:4, 2:4] = 0
+    expected[4:8, 4:8] = np.where(expected[4:8, 4:8] == 0, 2, expected[4:8, 4:8])
+    expected[8:10, 1:3] = 3
+    np.testing.assert_array_equal(labels, expected)
+    # A bare list of features (QuPath's other export), and a MultiPolygon as one nucleus.
+    path = tmp_path / "list.geojson"
+    path.write_text(json.dumps([_feature([[square], [[[7, 7], [9, 7], [9, 9], [7, 9], [7, 7]]]], kind="MultiPolygon")]))
+    assert np.unique(read_geojson_labels(path, (10, 10))).tolist() == [0, 1]
+    assert read_geojson_labels(path, (10, 10)).sum() == 36 + 4
+
+
+def test_bad_geojson_is_one_line_naming_the_file(tmp_path):
+    bad = {"notjson.geojson": "{not json", "other.geojson": json.dumps({"type": "Topology"}),
+           "planes.geojson": json.dumps({"type": "FeatureCollection", "features": [
+               _feature([[[0, 0], [2, 0], [2, 2], [0, 0]]], plane={"c": -1, "z": z, "t": 0}) for z in (0, 3)]}),
+           "rings.geojson": json.dumps([_feature([[1, 2, 3]])])}
+    for name, text in bad.items():
+        (tmp_path / name).write_text(text)
+        with pytest.raises(BadDataError) as caught:
+            read_geojson_labels(tmp_path / name, (4, 4))
+        assert caught.value.path == str(tmp_path / name) and "\n" not in str(caught.value)
+    assert "2 planes" in str(pytest.raises(BadDataError, read_geojson_labels, tmp_path / "planes.geojson").value)
+
+
+def test_dsb_measure_and_training_take_qupath_labels(tmp_path):
+    from dsb.io.annotations import find_samples, read_sample
+
+    image, truth = nuclei_field((96, 96), 16, seed=9)
+    (tmp_path / "in").mkdir()
+    tifffile.imwrite(tmp_path / "in" / "a.tif", image)
+    write_geojson(tmp_path / "in" / "a_masks.geojson", truth)
+    result = run_dsb("measure", tmp_path / "in", "--out", tmp_path / "m")
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(tmp_path / "m" / "a_nuclei.csv")
+    assert table["label"].tolist() == list(range(1, int(truth.max()) + 1))
+    assert table["area"].tolist() == np.bincount(truth.ravel())[1:].tolist()
+    [sample] = find_samples(tmp_path / "in")
+    _, labels, _ = read_sample(sample)
+    np.testing.assert_array_equal(labels, truth)

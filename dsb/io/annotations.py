@@ -33,6 +33,7 @@ import numpy as np
 
 from dsb.core.errors import BadDataError
 from dsb.core.labels import renumber
+from dsb.io.geojson import read_geojson_labels
 from dsb.io.images import (
     IMAGE_SUFFIXES,
     MaskFixes,
@@ -59,8 +60,9 @@ __all__ = [
 
 #: Stem endings that mark a label image beside its image (layout (b)), longest first.
 LABEL_SUFFIXES = ("_cp_masks", "_masks", "_labels")
-#: File types a label image may have.
-LABEL_EXTENSIONS = (".tif", ".tiff", ".png")
+#: File types a label image may have: images, and GeoJSON outlines (QuPath's objects,
+#: :func:`dsb.io.geojson.read_geojson_labels`).
+LABEL_EXTENSIONS = (".tif", ".tiff", ".png", ".geojson")
 #: Group names of user images start with this.
 USER_GROUP_PREFIX = "user:"
 _STAGE = "stage1_train"
@@ -310,7 +312,8 @@ def read_label_image(path, shape: tuple[int, int] | None = None, *, image=None, 
     Parameters
     ----------
     path : str or os.PathLike
-        An 8-, 16- or 32-bit integer TIFF or PNG (a palette PNG gives its indices).
+        An 8-, 16- or 32-bit integer TIFF or PNG (a palette PNG gives its indices), or a GeoJSON file of
+        the nuclei's outlines (QuPath's objects: :func:`dsb.io.geojson.read_geojson_labels`).
     shape : (int, int), optional
         The (H, W) of its image, which it must have.
     image : str or os.PathLike, optional
@@ -340,6 +343,9 @@ def read_label_image(path, shape: tuple[int, int] | None = None, *, image=None, 
     [[0, 1], [1, 2]]
     """
     path = Path(path)
+    if path.suffix.lower() == ".geojson":
+        labels = read_geojson_labels(path, shape)
+        return renumber(labels)[0] if renumbered else labels
     labels = _palette_indices(path)
     if labels is None:
         labels = read_image(path)

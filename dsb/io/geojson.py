@@ -17,6 +17,10 @@ as a detection:
 
 QuPath 0.4 and later read this form (``measurements`` as a map). The file is plain JSON for any
 other reader: :func:`pandas.json_normalize` of its ``features`` gives one row per nucleus.
+
+The way back, :func:`read_geojson_labels`: nuclei drawn or corrected in QuPath and exported as
+GeoJSON (*File > Export objects as GeoJSON*) become a label image, which ``dsb measure`` and
+``dsb train`` (its fine-tuning included) take as they take a label TIFF.
 """
 
 from __future__ import annotations
@@ -30,9 +34,11 @@ import numpy as np
 import pandas as pd
 
 from dsb.core.atomic import atomic_path
+from dsb.core.errors import BadDataError
 from dsb.core.outlines import label_outlines
 
-__all__ = ["nucleus_features", "write_features", "write_geojson", "FRAME_COLUMNS", "QUPATH_PLANES"]
+__all__ = ["nucleus_features", "write_features", "write_geojson", "read_geojson_labels", "FRAME_COLUMNS",
+           "QUPATH_PLANES"]
 
 #: The measurement columns that say where a row's nucleus lies in a stack, by frame role: ``t`` time,
 #: ``z`` planes, ``f`` an unnamed frame axis.
@@ -203,3 +209,113 @@ def write_geojson(path, labels: np.ndarray, frames: str = "", measurements: pd.D
             yield from nucleus_features(labels[index], rows, plane={"c": -1, **where})
 
     return write_features(path, every_frame())
+
+
+def read_geojson_labels(path, shape: tuple[int, int] | None = None) -> np.ndarray:
+    """A label image of the objects of a GeoJSON file: QuPath's annotations, detections or cells
+    (a cell's nucleus, its ``nucleusGeometry``), one label each, as :func:`write_geojson` writes them.
+
+    Each ``Polygon`` or ``MultiPolygon`` (its holes left out) takes the pixels whose centres lie inside
+    it, in QuPath's pixel coordinates (``x`` the column, ``y`` the row, pixel ``(x, y)`` spanning
+    ``x .. x + 1``); where two overlap, the first keeps the pixels. Points and lines are not nuclei and
+    are passed over. The labels are the objects' names where every one is a distinct whole number (as
+    ``dsb segment --geojson`` names them, so that a nucleus keeps its label through QuPath), else
+    1..N in the file's order.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A GeoJSON ``FeatureCollection``, a list of features (QuPath's other export), or one feature.
+    shape : (int, int), optional
+        The (H, W) of its image; None: the extent of the objects.
+
+    Returns
+    -------
+    (H, W) ndarray of int32 (int64 for names past its range)
+
+    Raises
+    ------
+    BadDataError
+        Naming the file: not JSON, not GeoJSON features, or objects on more than one plane of a
+        stack (a label image is one 2-D plane).
+
+    Examples
+    --------
+    >>> import tempfile, os
+    >>> path = os.path.join(tempfile.mkdtemp(), "a_masks.geojson")
+    >>> _ = write_geojson(path, np.array([[0, 0, 0], [0, 7, 7]]))
+    >>> read_geojson_labels(path, (2, 3)).tolist()
+    [[0, 0, 0], [0, 7, 7]]
+    """
+    from skimage.draw import polygon as fill
+
+    path = Path(path)
+    shapes, names, planes = [], [], set()
+    for feature in _features(path):
+        geometry = feature.get("nucleusGeometry") or feature.get("geometry") or {}
+        kind = geometry.get("type") if isinstance(geometry, dict) else None
+        if kind not in ("Polygon", "MultiPolygon"):
+            continue
+        try:
+            polygons = [geometry["coordinates"]] if kind == "Polygon" else list(geometry["coordinates"])
+            rings = [[_ring(ring) for ring in polygon] for polygon in polygons if len(polygon)]
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise BadDataError(f"holds a {kind} whose coordinates are not rings of (x, y) points ({exc})",
+                               path=path) from None
+        plane = geometry.get("plane") or {}
+        planes.add((plane.get("z", 0), plane.get("t", 0)) if isinstance(plane, dict) else (0, 0))
+        shapes.append(rings)
+        names.append(str((feature.get("properties") or {}).get("name", "")).strip())
+    if len(planes) > 1:
+        raise BadDataError(f"holds objects on {len(planes)} planes of a stack; a label image is one 2-D plane: "
+                           "export one plane's objects", path=path)
+    if shape is None:  # the objects' extent
+        corners = [polygon[0].max(axis=0) for rings in shapes for polygon in rings if len(polygon[0])]
+        shape = tuple(int(np.ceil(v)) for v in np.max(corners, axis=0)[::-1]) if corners else (0, 0)
+    numbered = all(n.isdigit() and int(n) > 0 for n in names) and len(set(map(int, names))) == len(names)
+    values = [int(n) for n in names] if numbered and names else list(range(1, len(shapes) + 1))
+    labels = np.zeros(shape, np.int64 if max(values, default=0) > np.iinfo(np.int32).max else np.int32)
+    for value, rings in zip(values, shapes):
+        for outer, *holes in rings:  # each polygon's outer ring, less its holes, within its bounding box
+            if len(outer) < 3:
+                continue
+            rows, cols = fill(outer[:, 1] - 0.5, outer[:, 0] - 0.5, shape)
+            if not rows.size:
+                continue
+            top, left = rows.min(), cols.min()
+            box = np.zeros((rows.max() - top + 1, cols.max() - left + 1), bool)
+            box[rows - top, cols - left] = True
+            for hole in holes:
+                if len(hole) >= 3:
+                    box[fill(hole[:, 1] - 0.5 - top, hole[:, 0] - 0.5 - left, box.shape)] = False
+            window = labels[top:top + box.shape[0], left:left + box.shape[1]]
+            window[box & (window == 0)] = value
+    return labels
+
+
+def _ring(points) -> np.ndarray:
+    """A GeoJSON ring's points as an (n, 2) array of ``x, y`` (a third coordinate dropped)."""
+    ring = np.asarray(points, np.float64)
+    if ring.size == 0:
+        return np.zeros((0, 2))
+    if ring.ndim != 2 or ring.shape[1] < 2:
+        raise ValueError(f"a ring of shape {ring.shape}, not of (x, y) points")
+    return ring[:, :2]
+
+
+def _features(path: Path) -> list:
+    """The features of a GeoJSON file, as a list of dicts."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadDataError(f"is not a GeoJSON file ({type(exc).__name__}: {exc})", path=path) from None
+    except OSError as exc:
+        raise BadDataError(f"cannot be read ({exc.strerror or exc})", path=path) from None
+    if isinstance(data, dict) and data.get("type") == "FeatureCollection":
+        data = data.get("features")
+    elif isinstance(data, dict) and data.get("type") == "Feature":
+        data = [data]
+    if not isinstance(data, list) or not all(isinstance(f, dict) for f in data):
+        raise BadDataError("is JSON but not GeoJSON features (a FeatureCollection, a list of features or a feature)",
+                           path=path)
+    return data
