@@ -200,11 +200,11 @@ def test_dsb_segment_and_measure_geojson_for_images_stacks_and_blocks(tmp_path):
 # ---------------------------------------------------------------- the way back: QuPath's objects as labels
 
 
-def _feature(rings, name=None, kind="Polygon", plane=None, **extra) -> dict:
+def _feature(rings, name=None, kind="Polygon", plane=None, object_type="annotation", **extra) -> dict:
     geometry = {"type": kind, "coordinates": rings}
     if plane is not None:
         geometry["plane"] = plane
-    properties = {"objectType": "annotation"} | ({} if name is None else {"name": name})
+    properties = {"objectType": object_type} | ({} if name is None else {"name": name})
     return {"type": "Feature", "geometry": geometry, "properties": properties, **extra}
 
 
@@ -225,38 +225,48 @@ def test_dsb_detections_read_back_as_the_labels_they_came_from(tmp_path):
 def test_qupath_objects_holes_overlaps_cells_and_points(tmp_path):
     square = [[0, 0], [6, 0], [6, 6], [0, 6], [0, 0]]
     hole = [[2, 2], [4, 2], [4, 4], [2, 4], [2, 2]]
+    whole = [[0, 0], [10, 0], [10, 10], [0, 10], [0, 0]]
     features = [
-        _feature([square, hole], name="Nucleus A"),  # names that are not numbers: 1..N in order
-        _feature([[[4, 4], [8, 4], [8, 8], [4, 8], [4, 4]]]),  # overlaps the first, which keeps its pixels
+        _feature([whole], name="Tissue"),  # the region detection ran in: beside detections, not a nucleus
+        _feature([square, hole], name="Nucleus A", object_type="detection"),  # named by no number: after the largest
+        _feature([[[4, 4], [8, 4], [8, 8], [4, 8], [4, 4]]], name="5", object_type="detection"),  # overlaps: first wins
         {"type": "Feature", "geometry": {"type": "Point", "coordinates": [1, 1]}, "properties": {}},  # not a nucleus
-        _feature([[[0, 8], [9, 8], [9, 10], [0, 10], [0, 8]]], kind="Polygon",  # a cell: its nucleus counts
+        _feature([[[0, 8], [9, 8], [9, 10], [0, 10], [0, 8]]], object_type="cell",  # a cell: its nucleus counts
                  nucleusGeometry={"type": "Polygon", "coordinates": [[[1, 8], [3, 8], [3, 10], [1, 10], [1, 8]]]}),
     ]
     labels = read_geojson_labels(_write(tmp_path / "q.geojson", features), (10, 10))
     expected = np.zeros((10, 10), np.int32)
-    expected[0:6, 0:6] = 1
+    expected[0:6, 0:6] = 6
     expected[2:4, 2:4] = 0
-    expected[4:8, 4:8] = np.where(expected[4:8, 4:8] == 0, 2, expected[4:8, 4:8])
-    expected[8:10, 1:3] = 3
+    expected[4:8, 4:8] = np.where(expected[4:8, 4:8] == 0, 5, expected[4:8, 4:8])
+    expected[8:10, 1:3] = 7
     np.testing.assert_array_equal(labels, expected)
+    # Nuclei drawn by hand are annotations: without detections they are the nuclei.
+    drawn = read_geojson_labels(_write(tmp_path / "drawn.geojson", [_feature([square]), _feature([[[7, 7], [9, 7], [9, 9],
+                                                                                                  [7, 9], [7, 7]]])]))
+    assert drawn.shape == (9, 9) and np.bincount(drawn.ravel()).tolist() == [81 - 40, 36, 4]  # the objects' extent
     # A bare list of features (QuPath's other export), and a MultiPolygon as one nucleus.
     path = tmp_path / "list.geojson"
     path.write_text(json.dumps([_feature([[square], [[[7, 7], [9, 7], [9, 9], [7, 9], [7, 7]]]], kind="MultiPolygon")]))
-    assert np.unique(read_geojson_labels(path, (10, 10))).tolist() == [0, 1]
-    assert read_geojson_labels(path, (10, 10)).sum() == 36 + 4
+    assert np.bincount(read_geojson_labels(path, (10, 10)).ravel()).tolist() == [60, 40]
 
 
 def test_bad_geojson_is_one_line_naming_the_file(tmp_path):
     bad = {"notjson.geojson": "{not json", "other.geojson": json.dumps({"type": "Topology"}),
            "planes.geojson": json.dumps({"type": "FeatureCollection", "features": [
                _feature([[[0, 0], [2, 0], [2, 2], [0, 0]]], plane={"c": -1, "z": z, "t": 0}) for z in (0, 3)]}),
-           "rings.geojson": json.dumps([_feature([[1, 2, 3]])])}
+           "rings.geojson": json.dumps([_feature([[1, 2, 3]])]),
+           "nan.geojson": json.dumps([_feature([[[0, 0], [2, 0], [2, float("nan")], [0, 0]]])]),
+           "beyond.geojson": json.dumps([_feature([[[0, 0], [9, 0], [9, 2], [0, 0]]])]),  # a 4 x 4 image
+           "plane.geojson": json.dumps([_feature([[[0, 0], [2, 0], [2, 2], [0, 0]]], plane={"z": [1]})])}
     for name, text in bad.items():
         (tmp_path / name).write_text(text)
         with pytest.raises(BadDataError) as caught:
             read_geojson_labels(tmp_path / name, (4, 4))
         assert caught.value.path == str(tmp_path / name) and "\n" not in str(caught.value)
     assert "2 planes" in str(pytest.raises(BadDataError, read_geojson_labels, tmp_path / "planes.geojson").value)
+    assert "beyond its image's 4 x 4" in str(pytest.raises(BadDataError, read_geojson_labels, tmp_path / "beyond.geojson",
+                                                           (4, 4)).value)
 
 
 def test_dsb_measure_and_training_take_qupath_labels(tmp_path):
@@ -274,3 +284,21 @@ def test_dsb_measure_and_training_take_qupath_labels(tmp_path):
     [sample] = find_samples(tmp_path / "in")
     _, labels, _ = read_sample(sample)
     np.testing.assert_array_equal(labels, truth)
+    # Named among the inputs; and named as the image in a --labels folder or a masks/ folder.
+    result = run_dsb("measure", tmp_path / "in" / "a.tif", tmp_path / "in" / "a_masks.geojson", "--out", tmp_path / "m2")
+    assert result.exit_code == 0, result.output
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "m2" / "a_nuclei.csv"), table)
+    for folder in ("labels", "layout/masks"):
+        (tmp_path / folder).mkdir(parents=True)
+        write_geojson(tmp_path / folder / "a.geojson", truth)
+    result = run_dsb("measure", tmp_path / "in" / "a.tif", "--labels", tmp_path / "labels", "--out", tmp_path / "m3")
+    assert result.exit_code == 0, result.output
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "m3" / "a_nuclei.csv"), table)
+    (tmp_path / "layout" / "images").mkdir()
+    tifffile.imwrite(tmp_path / "layout" / "images" / "a.tif", image)
+    [sample] = find_samples(tmp_path / "layout")
+    np.testing.assert_array_equal(read_sample(sample)[1], truth)
+    # A GeoJSON not named as a label file, among the inputs: one line naming it.
+    (tmp_path / "in" / "shapes.geojson").write_text("[]")
+    result = run_dsb("measure", tmp_path / "in" / "a.tif", tmp_path / "in" / "shapes.geojson", "--out", tmp_path / "m4")
+    assert result.exit_code != 0 and "shapes.geojson: is a GeoJSON file not named as a label file" in result.output

@@ -212,32 +212,35 @@ def write_geojson(path, labels: np.ndarray, frames: str = "", measurements: pd.D
 
 
 def read_geojson_labels(path, shape: tuple[int, int] | None = None) -> np.ndarray:
-    """A label image of the objects of a GeoJSON file: QuPath's annotations, detections or cells
-    (a cell's nucleus, its ``nucleusGeometry``), one label each, as :func:`write_geojson` writes them.
+    """A label image of the objects of a GeoJSON file: QuPath's detections and cells (a cell's nucleus,
+    its ``nucleusGeometry``), or where it holds none, its annotations (nuclei drawn by hand), one label
+    each, as :func:`write_geojson` writes them.
 
     Each ``Polygon`` or ``MultiPolygon`` (its holes left out) takes the pixels whose centres lie inside
     it, in QuPath's pixel coordinates (``x`` the column, ``y`` the row, pixel ``(x, y)`` spanning
-    ``x .. x + 1``); where two overlap, the first keeps the pixels. Points and lines are not nuclei and
-    are passed over. The labels are the objects' names where every one is a distinct whole number (as
-    ``dsb segment --geojson`` names them, so that a nucleus keeps its label through QuPath), else
-    1..N in the file's order.
+    ``x .. x + 1``); where two overlap, the first keeps the pixels. Beside detections, annotations are
+    the regions they were found in, not nuclei, and are passed over; so are points, lines, tiles and
+    TMA cores. An object named by a whole number (as ``dsb segment --geojson`` names them) keeps it as
+    its label, so that a nucleus keeps its number through QuPath; the others (a nucleus drawn in
+    QuPath has no name) are numbered after the largest, in the file's order.
 
     Parameters
     ----------
     path : str or os.PathLike
         A GeoJSON ``FeatureCollection``, a list of features (QuPath's other export), or one feature.
     shape : (int, int), optional
-        The (H, W) of its image; None: the extent of the objects.
+        The (H, W) of its image, which the objects must lie in; None: the extent of the objects.
 
     Returns
     -------
-    (H, W) ndarray of int32 (int64 for names past its range)
+    (H, W) ndarray of int32
 
     Raises
     ------
     BadDataError
-        Naming the file: not JSON, not GeoJSON features, or objects on more than one plane of a
-        stack (a label image is one 2-D plane).
+        Naming the file: not JSON, not GeoJSON features, coordinates that are not finite (x, y) points,
+        objects on more than one plane of a stack (a label image is one 2-D plane), or objects beyond
+        ``shape`` (the objects of another image, or of this one at another scale).
 
     Examples
     --------
@@ -247,50 +250,96 @@ def read_geojson_labels(path, shape: tuple[int, int] | None = None) -> np.ndarra
     >>> read_geojson_labels(path, (2, 3)).tolist()
     [[0, 0, 0], [0, 7, 7]]
     """
-    from skimage.draw import polygon as fill
-
     path = Path(path)
-    shapes, names, planes = [], [], set()
-    for feature in _features(path):
-        geometry = feature.get("nucleusGeometry") or feature.get("geometry") or {}
-        kind = geometry.get("type") if isinstance(geometry, dict) else None
-        if kind not in ("Polygon", "MultiPolygon"):
-            continue
-        try:
-            polygons = [geometry["coordinates"]] if kind == "Polygon" else list(geometry["coordinates"])
-            rings = [[_ring(ring) for ring in polygon] for polygon in polygons if len(polygon)]
-        except (KeyError, TypeError, ValueError, IndexError) as exc:
-            raise BadDataError(f"holds a {kind} whose coordinates are not rings of (x, y) points ({exc})",
-                               path=path) from None
-        plane = geometry.get("plane") or {}
-        planes.add((plane.get("z", 0), plane.get("t", 0)) if isinstance(plane, dict) else (0, 0))
-        shapes.append(rings)
-        names.append(str((feature.get("properties") or {}).get("name", "")).strip())
+    found = [_object(feature, path) for feature in _features(path)]
+    found = [f for f in found if f is not None]
+    detected = [f for f in found if f[0] != "annotation"]
+    found = detected or found  # beside detections, annotations are regions
+    planes = {plane for _, _, _, plane in found}
     if len(planes) > 1:
         raise BadDataError(f"holds objects on {len(planes)} planes of a stack; a label image is one 2-D plane: "
                            "export one plane's objects", path=path)
+    outers = [polygon[0] for _, _, rings, _ in found for polygon in rings if len(polygon[0])]
+    low = np.min([ring.min(axis=0) for ring in outers], axis=0) if outers else np.zeros(2)
+    high = np.max([ring.max(axis=0) for ring in outers], axis=0) if outers else np.zeros(2)
     if shape is None:  # the objects' extent
-        corners = [polygon[0].max(axis=0) for rings in shapes for polygon in rings if len(polygon[0])]
-        shape = tuple(int(np.ceil(v)) for v in np.max(corners, axis=0)[::-1]) if corners else (0, 0)
-    numbered = all(n.isdigit() and int(n) > 0 for n in names) and len(set(map(int, names))) == len(names)
-    values = [int(n) for n in names] if numbered and names else list(range(1, len(shapes) + 1))
-    labels = np.zeros(shape, np.int64 if max(values, default=0) > np.iinfo(np.int32).max else np.int32)
-    for value, rings in zip(values, shapes):
-        for outer, *holes in rings:  # each polygon's outer ring, less its holes, within its bounding box
-            if len(outer) < 3:
-                continue
-            rows, cols = fill(outer[:, 1] - 0.5, outer[:, 0] - 0.5, shape)
-            if not rows.size:
-                continue
-            top, left = rows.min(), cols.min()
-            box = np.zeros((rows.max() - top + 1, cols.max() - left + 1), bool)
-            box[rows - top, cols - left] = True
-            for hole in holes:
-                if len(hole) >= 3:
-                    box[fill(hole[:, 1] - 0.5 - top, hole[:, 0] - 0.5 - left, box.shape)] = False
-            window = labels[top:top + box.shape[0], left:left + box.shape[1]]
-            window[box & (window == 0)] = value
+        shape = (max(int(np.ceil(high[1])), 0), max(int(np.ceil(high[0])), 0))
+    elif outers and (low.min() < -0.5 or high[0] > shape[1] + 0.5 or high[1] > shape[0] + 0.5):
+        raise BadDataError(f"holds objects from x, y = {low[0]:g}, {low[1]:g} to {high[0]:g}, {high[1]:g}, beyond "
+                           f"its image's {shape[1]} x {shape[0]} pixels: the objects of another image, or of "
+                           "this one at another scale?", path=path)
+    labels = np.zeros(shape, np.int32)
+    for value, rings in zip(_values([name for _, name, _, _ in found]), (rings for _, _, rings, _ in found)):
+        for outer, *holes in rings:
+            _fill(labels, value, outer, holes)
     return labels
+
+
+#: The objects :func:`read_geojson_labels` takes as nuclei, by QuPath's ``objectType`` (and its older names).
+_NUCLEUS_TYPES = {"detection": "detection", "PathDetectionObject": "detection", "cell": "cell",
+                  "PathCellObject": "cell", "annotation": "annotation", "PathAnnotationObject": "annotation"}
+
+
+def _object(feature: dict, path: Path):
+    """``(kind, name, polygons, plane)`` of a feature that may be a nucleus, else None; each polygon a list of
+    rings (the outer one first) as (n, 2) arrays of x, y."""
+    properties = feature.get("properties")
+    properties = properties if isinstance(properties, dict) else {}
+    kind = _NUCLEUS_TYPES.get(str(properties.get("objectType", properties.get("type", "annotation"))))
+    geometry = feature.get("nucleusGeometry") if kind == "cell" else None
+    geometry = geometry if isinstance(geometry, dict) else feature.get("geometry")
+    shape = geometry.get("type") if isinstance(geometry, dict) else None
+    if kind is None or shape not in ("Polygon", "MultiPolygon"):
+        return None
+    try:
+        polygons = [geometry["coordinates"]] if shape == "Polygon" else list(geometry["coordinates"])
+        rings = [[_ring(ring) for ring in polygon] for polygon in polygons if len(polygon)]
+        plane = geometry.get("plane") or {}
+        plane = (int(plane.get("z", 0)), int(plane.get("t", 0))) if isinstance(plane, dict) else (0, 0)
+    except (KeyError, TypeError, ValueError, IndexError, OverflowError) as exc:
+        raise BadDataError(f"holds a {shape} that is not rings of finite (x, y) points on a plane ({exc})",
+                           path=path) from None
+    return kind, str(properties.get("name", "")).strip(), rings, plane
+
+
+def _values(names: list[str]) -> list[int]:
+    """Each object's label: its name where that is a whole number from 1 that no object before it took,
+    else the next after the largest.
+
+    >>> _values(["7", "", "Nucleus", "7", "2"])
+    [7, 8, 9, 10, 2]
+    """
+    top = np.iinfo(np.int32).max
+    named = [int(n) if n.isascii() and n.isdigit() and 0 < int(n) <= top else None for n in names]
+    values, taken = [], set()
+    after = max((n for n in named if n is not None), default=0)
+    for n in named:
+        if n is None or n in taken:
+            after += 1
+            n = after
+        taken.add(n)
+        values.append(n)
+    return values
+
+
+def _fill(labels: np.ndarray, value: int, outer: np.ndarray, holes) -> None:
+    """Give ``value`` to the unlabelled pixels of ``labels`` whose centres lie inside the ring ``outer`` and
+    outside the ``holes``, working within the ring's bounding box."""
+    from skimage.draw import polygon as inside
+
+    if len(outer) < 3:
+        return
+    rows, cols = inside(outer[:, 1] - 0.5, outer[:, 0] - 0.5, labels.shape)
+    if not rows.size:
+        return
+    top, left = rows.min(), cols.min()
+    box = np.zeros((rows.max() - top + 1, cols.max() - left + 1), bool)
+    box[rows - top, cols - left] = True
+    for hole in holes:
+        if len(hole) >= 3:
+            box[inside(hole[:, 1] - 0.5 - top, hole[:, 0] - 0.5 - left, box.shape)] = False
+    window = labels[top:top + box.shape[0], left:left + box.shape[1]]
+    window[box & (window == 0)] = value
 
 
 def _ring(points) -> np.ndarray:
@@ -298,8 +347,8 @@ def _ring(points) -> np.ndarray:
     ring = np.asarray(points, np.float64)
     if ring.size == 0:
         return np.zeros((0, 2))
-    if ring.ndim != 2 or ring.shape[1] < 2:
-        raise ValueError(f"a ring of shape {ring.shape}, not of (x, y) points")
+    if ring.ndim != 2 or ring.shape[1] < 2 or not np.isfinite(ring[:, :2]).all():
+        raise ValueError(f"a ring of shape {ring.shape}, not of finite (x, y) points")
     return ring[:, :2]
 
 

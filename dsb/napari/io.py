@@ -161,9 +161,10 @@ def write_geojson_layer(path: str, data, attributes: dict) -> list[str]:
         Ends in ``.geojson`` or ``.json``.
     data : array_like of int
         (H, W) labels, or a stack of them (frames first): each detection on its frame's QuPath plane,
-        the axis the layer's ``axis_labels`` call z (:func:`planes_axis`) on ``z`` and the other on
-        ``t`` (a ``T, Z, Y, X`` layer's as ``dsb segment --geojson`` puts a hyperstack's); more than
-        two frame axes, or two of time points, counted through as one on ``t``.
+        as ``dsb segment --geojson`` puts a file's: of two frame axes, the one the layer's
+        ``axis_labels`` call z (:func:`planes_axis`; unnamed, the second, as in ``T, Z, Y, X``) on
+        ``z`` and the other on ``t``; one frame axis on ``z`` where it is named so, else on ``t`` (the
+        pages of a plain TIFF); more frame axes, or two of time points, counted through on ``t``.
     attributes : dict
         The layer's attributes: its ``axis_labels``.
 
@@ -188,7 +189,9 @@ def write_geojson_layer(path: str, data, attributes: dict) -> list[str]:
         return [str(write_geojson(path, labels))]
     names = list(attributes.get("axis_labels") or [str(-k) for k in range(labels.ndim, 0, -1)])[:lead]
     axis, _ = planes_axis(names)
-    if lead > 2 or (lead == 2 and axis is None):
+    if lead == 1 and str(names[0]).strip().lower() not in PLANE_NAMES:
+        axis = None  # one axis not named for planes: pages, on t as dsb segment puts a plain TIFF's
+    if lead > 2 or axis is None:
         return [str(write_geojson(path, labels.reshape(-1, *labels.shape[-2:]), "t"))]
     return [str(write_geojson(path, labels, "".join("z" if at == axis else "t" for at in range(lead))))]
 

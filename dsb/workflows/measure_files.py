@@ -58,14 +58,22 @@ def pair_labels(paths, labels_dir=None, skips: Skips | None = None) -> dict[str,
     skips bad inputs; so do paths that hold no image.
     """
     skips = Skips(False) if skips is None else skips
+    # GeoJSON label files named among the inputs: no image, so not for find_images.
+    paths = [Path(p) for p in paths]
+    shapes = [p for p in paths if p.suffix.lower() == ".geojson" and p.is_file()]
+    paths = [p for p in paths if p not in shapes]
+    for path in shapes:
+        if label_stem(path) is None:
+            skips(BadDataError("is a GeoJSON file not named as a label file: name it NAME_masks.geojson for the "
+                               "image NAME", path=path))
     try:
-        images, problems = find_images(paths)
+        images, problems = find_images(paths) if paths else ({}, [])
     except BadDataError as exc:  # two inputs of one name: often a masks/ folder named as images/
         raise BadDataError(f"{exc.message}; if one is the other's label image, give the label images' folder as "
                            "--labels", path=exc.path) from None
     for problem in problems:
         skips(problem)
-    given = {label_stem(p): p for p in images.values() if label_stem(p) is not None}
+    given = {label_stem(p): p for p in [*images.values(), *shapes] if label_stem(p) is not None}
     listing: dict = {}
     pairs = {}
     for name, image in images.items():
