@@ -4,8 +4,8 @@ QuPath imports a GeoJSON ``FeatureCollection`` as objects (drag the file onto th
 Import objects from file*); :func:`write_geojson` writes each nucleus as a ``Feature`` QuPath reads
 as a detection:
 
-- ``geometry``: a ``Polygon`` along the nucleus's pixels' edges (:func:`dsb.core.outlines.label_outlines`,
-  the outline Fiji's wand traces), in pixels with ``x`` the column and ``y`` the row, pixel
+- ``geometry``: a ``Polygon`` along the nucleus's pixels' edges (:func:`dsb.core.outlines.label_polygons`:
+  the outline Fiji's wand traces, with the nucleus's holes; a ``MultiPolygon`` of a nucleus in pieces), in pixels with ``x`` the column and ``y`` the row, pixel
   ``(x, y)`` spanning ``x .. x + 1`` as in QuPath and Fiji, its first corner repeated at the end as
   GeoJSON asks; in a stack, with QuPath's ``plane`` (``{"c": -1, "z": Z, "t": T}``: the pages of
   a plain multi-page TIFF on ``t``, where QuPath's Bio-Formats reader puts them);
@@ -35,7 +35,7 @@ import pandas as pd
 
 from dsb.core.atomic import atomic_path
 from dsb.core.errors import BadDataError
-from dsb.core.outlines import label_outlines
+from dsb.core.outlines import label_polygons
 
 __all__ = ["nucleus_features", "write_features", "write_geojson", "read_geojson_labels", "FRAME_COLUMNS",
            "QUPATH_PLANES"]
@@ -78,12 +78,13 @@ def nucleus_features(labels: np.ndarray, measurements: pd.DataFrame | None = Non
     >>> feature["geometry"]["coordinates"], feature["geometry"]["plane"]["z"], feature["properties"]["name"]
     ([[[1, 1], [3, 1], [3, 2], [1, 2], [1, 1]]], 1, '3')
     """
-    found, outlines = label_outlines(np.asarray(labels))
+    found, polygons = label_polygons(np.asarray(labels))
     numbers = _numbers(measurements, found + offset)
     row, col = origin
-    for label, outline in zip((found + offset).tolist(), outlines):
+    for label, pieces in zip((found + offset).tolist(), polygons):
         # Our corners lie at half-integer (row, col); QuPath's pixel (x, y) spans x .. x + 1.
-        geometry = _geometry(np.rint(outline[:, ::-1] + 0.5).astype(np.int64) + (col, row))
+        geometry = _geometry([[np.rint(ring[:, ::-1] + 0.5).astype(np.int64) + (col, row) for ring in piece]
+                              for piece in pieces])
         if plane is not None:
             geometry["plane"] = dict(plane)
         properties = {"objectType": "detection", "name": str(label)}
@@ -92,20 +93,40 @@ def nucleus_features(labels: np.ndarray, measurements: pd.DataFrame | None = Non
         yield {"type": "Feature", "geometry": geometry, "properties": properties}
 
 
-def _geometry(ring: np.ndarray) -> dict:
-    """A GeoJSON ``Polygon`` of an outline's corners (``(x, y)``, not closed), or, where the outline passes a
-    corner twice (two of its pixels meet only there), a ``MultiPolygon`` of the loops it makes there: a
-    ring may not touch itself in GeoJSON's geometry model (JTS, which QuPath reads it with; shapely). A
-    loop that turns the other way, round a hole, is left out: the nucleus is outlined on its outside.
+def _geometry(pieces: list) -> dict:
+    """A GeoJSON ``Polygon`` of a nucleus in one piece, or a ``MultiPolygon`` of its pieces: each piece's rings
+    (its outside, then its holes) of corners (``(x, y)``, not closed), as :func:`dsb.core.outlines.label_polygons`
+    gives them. A ring may not touch itself in GeoJSON's geometry model (JTS, which QuPath reads it with;
+    shapely): where one passes a corner twice (pixels meeting only there), it is cut there into simple
+    rings, each an outside (counterclockwise) or a hole (clockwise), and each hole goes to the smallest
+    outside that holds it.
 
-    >>> _geometry(np.array([[0, 0], [1, 0], [1, 1], [0, 1]]))["type"]
+    >>> _geometry([[np.array([[0, 0], [1, 0], [1, 1], [0, 1]])]])["type"]
     'Polygon'
-    >>> pinched = np.array([[0, 0], [0, 1], [1, 1], [1, 2], [2, 2], [2, 1], [1, 1], [1, 0]])
-    >>> [len(polygon[0]) for polygon in _geometry(pinched)["coordinates"]]
+    >>> pinched = np.array([[0, 0], [1, 0], [1, 1], [2, 1], [2, 2], [1, 2], [1, 1], [0, 1]])  # counterclockwise
+    >>> [len(polygon[0]) for polygon in _geometry([[pinched]])["coordinates"]]
     [5, 5]
     """
+    polygons = []
+    for piece in pieces:
+        rings = [loop for ring in piece for loop in _simple_rings(ring)]
+        areas = [_twice_area(ring) for ring in rings]
+        lobes = sorted((at for at, area in enumerate(areas) if area > 0), key=lambda at: areas[at])  # smallest first
+        held = {at: [] for at in lobes}
+        for at, area in enumerate(areas):
+            if area < 0:
+                beside = _pixel_beside(rings[at])
+                held[next((lobe for lobe in lobes if _holds(rings[lobe], beside)), lobes[-1])].append(rings[at])
+        polygons.extend([_closed(rings[at]), *map(_closed, held[at])] for at in reversed(lobes))
+    if len(polygons) == 1:
+        return {"type": "Polygon", "coordinates": polygons[0]}
+    return {"type": "MultiPolygon", "coordinates": polygons}
+
+
+def _simple_rings(ring: np.ndarray) -> list[np.ndarray]:
+    """``ring`` cut where it passes a corner twice into the simple loops it makes there (either way round)."""
     if len(np.unique(ring, axis=0)) == len(ring):
-        return {"type": "Polygon", "coordinates": [_closed(ring)]}
+        return [ring]
     loops, path, seen = [], [], {}
     for corner in map(tuple, ring.tolist()):
         if corner in seen:  # back at a corner passed before: the path since then is a loop of its own
@@ -118,10 +139,24 @@ def _geometry(ring: np.ndarray) -> dict:
             seen[corner] = len(path)
             path.append(corner)
     loops.append(path)
-    turn = np.sign(_twice_area(ring))
-    parts = [[_closed(np.array(loop))] for loop in loops
-             if len(loop) >= 3 and np.sign(_twice_area(np.array(loop))) == turn]
-    return {"type": "MultiPolygon", "coordinates": parts}
+    return [np.array(loop) for loop in loops if len(loop) >= 3]
+
+
+def _pixel_beside(ring: np.ndarray) -> np.ndarray:
+    """The centre of the nucleus's pixel beside the first side of a ring of corners (a hole's too): on the
+    ring's left, where its polygon lies (its outside counterclockwise, its holes clockwise)."""
+    step = np.sign(ring[1] - ring[0]).astype(np.float64)
+    return ring[0] + 0.5 * step + 0.5 * np.array([-step[1], step[0]])
+
+
+def _holds(ring: np.ndarray, point: np.ndarray) -> bool:
+    """Whether a ring of integer corners holds ``point`` (a pixel's centre, never on the ring): a ray from it
+    crosses the ring's sides an odd number of times."""
+    x0, y0 = ring[:, 0].astype(np.float64), ring[:, 1].astype(np.float64)
+    x1, y1 = np.roll(x0, -1), np.roll(y0, -1)
+    upright = (y0 > point[1]) != (y1 > point[1])
+    crossing = x0 + (point[1] - y0) * (x1 - x0) / np.where(y1 == y0, 1, y1 - y0)
+    return bool(np.count_nonzero(upright & (crossing > point[0])) % 2)
 
 
 def _closed(ring: np.ndarray) -> list:
