@@ -298,7 +298,7 @@ def prepare(data: Path, config_path: Path | None) -> None:
               help="Config JSON; defaults to the shipped CPU config.")
 @click.option("--data", type=_EXISTING_DIR, default=Path("data"), show_default=True,
               help="stage1_train/, annotated images of your own (images/ + masks/, or NAME_masks.tif "
-                   "beside NAME.png), or both.")
+                   "or QuPath's NAME_masks.geojson beside NAME.png), or both.")
 @click.option("--out", type=_DIR, default=None, help="Run folder (default runs/<date-time>).")
 @click.option("--epochs", type=click.IntRange(min=1), default=None,
               help="At most this many epochs (default: the config's train.epochs; with --time-budget the "
@@ -742,9 +742,10 @@ def measure(paths, out, labels_dir, channel, pixel_size, overlay, rois, geojson,
     """Measure each nucleus of existing label images in their images: the tables of dsb segment.
 
     Each image is paired with its label image: NAME_masks, NAME_labels or
-    NAME_cp_masks (TIFF or PNG) beside it, or in --labels (where NAME.tif
-    itself counts too), as napari, Fiji, Cellpose, StarDist and dsb segment
-    write them. Each nucleus keeps its value in the label image as its label.
+    NAME_cp_masks (TIFF or PNG, or QuPath's objects as GeoJSON) beside it, or
+    in --labels (where NAME.tif itself counts too), as napari, Fiji, Cellpose,
+    StarDist, QuPath and dsb segment write them. Each nucleus keeps its value
+    in the label image as its label.
     """
     from dsb.workflows.measure_files import measure_files
 

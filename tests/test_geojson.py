@@ -260,6 +260,11 @@ def test_qupath_objects_holes_overlaps_cells_and_points(tmp_path):
     path = tmp_path / "list.geojson"
     path.write_text(json.dumps([_feature([[square], [[[7, 7], [9, 7], [9, 9], [7, 9], [7, 7]]]], kind="MultiPolygon")]))
     assert np.bincount(read_geojson_labels(path, (10, 10)).ravel()).tolist() == [60, 40]
+    # A GeometryCollection (QuPath's, after shape operations): its polygons, not its points.
+    collection = {"type": "GeometryCollection", "geometries": [{"type": "Polygon", "coordinates": [square]},
+                                                               {"type": "Point", "coordinates": [9, 9]}]}
+    path.write_text(json.dumps([{"type": "Feature", "geometry": collection, "properties": {}}]))
+    assert np.bincount(read_geojson_labels(path, (10, 10)).ravel()).tolist() == [64, 36]
 
 
 def test_bad_geojson_is_one_line_naming_the_file(tmp_path):

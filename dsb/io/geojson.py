@@ -324,10 +324,12 @@ def _object(feature: dict, path: Path):
     geometry = feature.get("nucleusGeometry") if kind == "cell" else None
     geometry = geometry if isinstance(geometry, dict) else feature.get("geometry")
     shape = geometry.get("type") if isinstance(geometry, dict) else None
-    if kind is None or shape not in ("Polygon", "MultiPolygon"):
+    if kind is None or shape not in ("Polygon", "MultiPolygon", "GeometryCollection"):
         return None
     try:
-        polygons = [geometry["coordinates"]] if shape == "Polygon" else list(geometry["coordinates"])
+        polygons = _polygons(geometry)
+        if not polygons:
+            return None
         rings = [[_ring(ring) for ring in polygon] for polygon in polygons if len(polygon)]
         plane = geometry.get("plane") or {}
         plane = (int(plane.get("z", 0)), int(plane.get("t", 0))) if isinstance(plane, dict) else (0, 0)
@@ -335,6 +337,20 @@ def _object(feature: dict, path: Path):
         raise BadDataError(f"holds a {shape} that is not rings of finite (x, y) points on a plane ({exc})",
                            path=path) from None
     return kind, str(properties.get("name", "")).strip(), rings, plane
+
+
+def _polygons(geometry: dict) -> list:
+    """The polygons (lists of rings) of a geometry: a ``Polygon``'s, a ``MultiPolygon``'s, or those of a
+    ``GeometryCollection`` (QuPath's, after some of its shape operations); its points and lines left out."""
+    kind = geometry.get("type")
+    if kind == "Polygon":
+        return [geometry["coordinates"]]
+    if kind == "MultiPolygon":
+        return list(geometry["coordinates"])
+    if kind == "GeometryCollection":
+        return [polygon for part in geometry.get("geometries") or [] if isinstance(part, dict)
+                for polygon in _polygons(part)]
+    return []
 
 
 def _values(names: list[str]) -> list[int]:

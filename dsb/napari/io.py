@@ -234,7 +234,9 @@ def planes_axis(names) -> tuple[int | None, str]:
 
 
 def _is_label_file(path: Path) -> bool:
-    return path.suffix.lower() in LABEL_EXTENSIONS and path.stem.endswith(LABEL_SUFFIXES)
+    # A label image; not QuPath's GeoJSON, whose objects do not say their image's size.
+    return path.suffix.lower() in LABEL_EXTENSIONS and path.suffix.lower() != ".geojson" \
+        and path.stem.endswith(LABEL_SUFFIXES)
 
 
 def get_label_reader(path):
