@@ -95,10 +95,12 @@ def label_polygons(labels: np.ndarray) -> tuple[np.ndarray, list[list[list[np.nd
     if loops is None:
         return np.zeros(0, np.int64), []
     own, twice, roots = loops["own"], loops["twice"], loops["roots"]
-    # Each loop's piece: the 8-connected piece of the pixel its first edge bounds.
-    pieces = connected(loops["labels"], connectivity=2, background=0)
-    piece = pieces[loops["rows"][roots], loops["cols"][roots]]
     outside = twice[roots] > 0
+    if outside.all() and np.unique(own[roots]).size == roots.size:  # one loop an object, as most are
+        piece = own[roots]
+    else:  # each loop's piece: the 8-connected piece of the pixel its first edge bounds
+        pieces = connected(loops["labels"], connectivity=2, background=0)
+        piece = pieces[loops["rows"][roots], loops["cols"][roots]]
     # By label, then piece (the largest outside first), then the outside before its holes.
     piece_area = np.zeros(int(piece.max()) + 1)
     piece_area[piece[outside]] = twice[roots][outside]

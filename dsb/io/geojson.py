@@ -107,6 +107,8 @@ def _geometry(pieces: list) -> dict:
     >>> [len(polygon[0]) for polygon in _geometry([[pinched]])["coordinates"]]
     [5, 5]
     """
+    if len(pieces) == 1 and len(pieces[0]) == 1 and _is_simple(pieces[0][0]):  # as most nuclei are
+        return {"type": "Polygon", "coordinates": [_closed(pieces[0][0])]}
     polygons = []
     for piece in pieces:
         rings = [loop for ring in piece for loop in _simple_rings(ring)]
@@ -125,7 +127,7 @@ def _geometry(pieces: list) -> dict:
 
 def _simple_rings(ring: np.ndarray) -> list[np.ndarray]:
     """``ring`` cut where it passes a corner twice into the simple loops it makes there (either way round)."""
-    if len(np.unique(ring, axis=0)) == len(ring):
+    if _is_simple(ring):
         return [ring]
     loops, path, seen = [], [], {}
     for corner in map(tuple, ring.tolist()):
@@ -140,6 +142,11 @@ def _simple_rings(ring: np.ndarray) -> list[np.ndarray]:
             path.append(corner)
     loops.append(path)
     return [np.array(loop) for loop in loops if len(loop) >= 3]
+
+
+def _is_simple(ring: np.ndarray) -> bool:
+    """Whether a ring of corners passes no corner twice."""
+    return len(set(map(tuple, ring.tolist()))) == len(ring)
 
 
 def _pixel_beside(ring: np.ndarray) -> np.ndarray:
@@ -167,7 +174,7 @@ def _closed(ring: np.ndarray) -> list:
 def _twice_area(ring: np.ndarray) -> float:
     """Twice the signed area of a ring of corners (the shoelace formula)."""
     x, y = ring[:, 0].astype(np.float64), ring[:, 1].astype(np.float64)
-    return float(np.dot(x, np.roll(y, -1)) - np.dot(np.roll(x, -1), y))
+    return float(np.dot(x[:-1], y[1:]) - np.dot(x[1:], y[:-1]) + x[-1] * y[0] - x[0] * y[-1])
 
 
 def _numbers(measurements: pd.DataFrame | None, labels: np.ndarray) -> dict[int, dict[str, float]]:
