@@ -252,10 +252,16 @@ def test_qupath_objects_holes_overlaps_cells_and_points(tmp_path):
     expected[4:8, 4:8] = np.where(expected[4:8, 4:8] == 0, 5, expected[4:8, 4:8])
     expected[8:10, 1:3] = 7
     np.testing.assert_array_equal(labels, expected)
+    # A nucleus drawn by hand beside the detections (an annotation holding no other object) is a nucleus.
+    beside = _feature([[[7, 0], [9, 0], [9, 2], [7, 2], [7, 0]]])
+    drawn_too = read_geojson_labels(_write(tmp_path / "more.geojson", [*features, beside]), (10, 10))
+    np.testing.assert_array_equal(drawn_too[0:2, 7:9], 8)
+    np.testing.assert_array_equal(np.where(drawn_too == 8, 0, drawn_too), expected)
     # Nuclei drawn by hand are annotations: without detections they are the nuclei.
-    drawn = read_geojson_labels(_write(tmp_path / "drawn.geojson", [_feature([square]), _feature([[[7, 7], [9, 7], [9, 9],
-                                                                                                  [7, 9], [7, 7]]])]))
-    assert drawn.shape == (9, 9) and np.bincount(drawn.ravel()).tolist() == [81 - 40, 36, 4]  # the objects' extent
+    small = _feature([[[7, 7], [9, 7], [9, 9], [7, 9], [7, 7]]])
+    region = _feature([whole], name="Region")
+    drawn = read_geojson_labels(_write(tmp_path / "drawn.geojson", [region, _feature([square]), small]))
+    assert drawn.shape == (9, 9) and np.bincount(drawn.ravel()).tolist() == [81 - 40, 36, 4]  # the region is not one
     # A bare list of features (QuPath's other export), and a MultiPolygon as one nucleus.
     path = tmp_path / "list.geojson"
     path.write_text(json.dumps([_feature([[square], [[[7, 7], [9, 7], [9, 9], [7, 9], [7, 7]]]], kind="MultiPolygon")]))

@@ -242,6 +242,8 @@ def test_the_geojson_writer_writes_the_detections_of_the_command_line(tmp_path):
     assert [(t, z) for _, t, z, _ in read(path)] == [(0, 0), (0, 0), (1, 0), (1, 0)]
     [path] = write_geojson_layer(str(tmp_path / "f.json"), stack[1], {"axis_labels": ("Z", "y", "x")})
     assert [(t, z) for _, t, z, _ in read(path)] == [(0, 0), (0, 0), (0, 1), (0, 1)]
+    [path] = write_geojson_layer(str(tmp_path / "g.json"), stack[1], {"metadata": {"dsb_planes": 0}})  # joined in 3-D
+    assert [(t, z) for _, t, z, _ in read(path)] == [(0, 0), (0, 0), (0, 1), (0, 1)]
     with pytest.raises(ValueError, match=r"\.geojson"):
         write_geojson_layer(str(tmp_path / "c.tif"), small, {})
     assert not (tmp_path / "c.tif").exists()

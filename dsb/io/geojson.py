@@ -159,11 +159,7 @@ def _pixel_beside(ring: np.ndarray) -> np.ndarray:
 def _holds(ring: np.ndarray, point: np.ndarray) -> bool:
     """Whether a ring of integer corners holds ``point`` (a pixel's centre, never on the ring): a ray from it
     crosses the ring's sides an odd number of times."""
-    x0, y0 = ring[:, 0].astype(np.float64), ring[:, 1].astype(np.float64)
-    x1, y1 = np.roll(x0, -1), np.roll(y0, -1)
-    upright = (y0 > point[1]) != (y1 > point[1])
-    crossing = x0 + (point[1] - y0) * (x1 - x0) / np.where(y1 == y0, 1, y1 - y0)
-    return bool(np.count_nonzero(upright & (crossing > point[0])) % 2)
+    return bool(_inside(ring.astype(np.float64), np.asarray(point, np.float64)[None, :])[0])
 
 
 def _closed(ring: np.ndarray) -> list:
@@ -260,11 +256,12 @@ def read_geojson_labels(path, shape: tuple[int, int] | None = None) -> np.ndarra
 
     Each ``Polygon`` or ``MultiPolygon`` (its holes left out) takes the pixels whose centres lie inside
     it, in QuPath's pixel coordinates (``x`` the column, ``y`` the row, pixel ``(x, y)`` spanning
-    ``x .. x + 1``); where two overlap, the first keeps the pixels. Beside detections, annotations are
-    the regions they were found in, not nuclei, and are passed over; so are points, lines, tiles and
-    TMA cores. An object named by a whole number (as ``dsb segment --geojson`` names them) keeps it as
-    its label, so that a nucleus keeps its number through QuPath; the others (a nucleus drawn in
-    QuPath has no name) are numbered after the largest, in the file's order.
+    ``x .. x + 1``); where two overlap, the first keeps the pixels. An annotation that holds the centre
+    of another object is a region (the area detection ran in, a tissue's outline), not a nucleus, and is
+    passed over; so are points, lines, tiles and TMA cores. An object named by a whole number (as
+    ``dsb segment --geojson`` names them) keeps it as its label, so that a nucleus keeps its number
+    through QuPath; the others (a nucleus drawn in QuPath has no name) are numbered after the largest,
+    in the file's order.
 
     Parameters
     ----------
@@ -295,8 +292,7 @@ def read_geojson_labels(path, shape: tuple[int, int] | None = None) -> np.ndarra
     path = Path(path)
     found = [_object(feature, path) for feature in _features(path)]
     found = [f for f in found if f is not None]
-    detected = [f for f in found if f[0] != "annotation"]
-    found = detected or found  # beside detections, annotations are regions
+    found = [f for f, region in zip(found, _regions(found)) if not region]
     planes = {plane for _, _, _, plane in found}
     if len(planes) > 1:
         raise BadDataError(f"holds objects on {len(planes)} planes of a stack; a label image is one 2-D plane: "
@@ -344,6 +340,41 @@ def _object(feature: dict, path: Path):
         raise BadDataError(f"holds a {shape} that is not rings of finite (x, y) points on a plane ({exc})",
                            path=path) from None
     return kind, str(properties.get("name", "")).strip(), rings, plane
+
+
+def _regions(found: list) -> list[bool]:
+    """Which objects of ``found`` are regions, not nuclei: annotations that hold a point inside another object
+    of their plane (beside its outline's first side) and are at least twice its area."""
+    regions = [False] * len(found)
+    annotations = [at for at, (kind, _, rings, _) in enumerate(found) if kind == "annotation" and rings]
+    if not annotations or len(found) < 2:
+        return regions
+    points = np.array([_pixel_beside(rings[0][0]) if rings and len(rings[0][0]) >= 2 else (np.nan, np.nan)
+                       for _, _, rings, _ in found])
+    areas = np.array([sum(abs(_twice_area(polygon[0])) for polygon in rings) / 2 for _, _, rings, _ in found])
+    planes = np.array([plane for *_, plane in found])
+    for at in annotations:
+        outer = np.vstack([polygon[0] for polygon in found[at][2]])
+        (left, top), (right, bottom) = outer.min(axis=0), outer.max(axis=0)
+        near = np.flatnonzero((points[:, 0] > left) & (points[:, 0] < right) & (points[:, 1] > top)
+                              & (points[:, 1] < bottom) & (planes == planes[at]).all(axis=1)
+                              & (2 * areas <= areas[at]))
+        near = near[near != at]
+        for chunk in np.array_split(near, max(1, near.size // 4096)):  # sides x points at a time
+            if chunk.size and any(_inside(polygon[0], points[chunk]).any() for polygon in found[at][2]):
+                regions[at] = True
+                break
+    return regions
+
+
+def _inside(ring: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Which of ``points`` (x, y) a ring holds: a ray from each crosses its sides an odd number of times."""
+    x0, y0 = ring[:, 0][:, None], ring[:, 1][:, None]
+    x1, y1 = np.roll(ring[:, 0], -1)[:, None], np.roll(ring[:, 1], -1)[:, None]
+    px, py = points[:, 0][None, :], points[:, 1][None, :]
+    upright = (y0 > py) != (y1 > py)
+    crossing = x0 + (py - y0) * (x1 - x0) / np.where(y1 == y0, 1, y1 - y0)
+    return np.count_nonzero(upright & (crossing > px), axis=0) % 2 == 1
 
 
 def _polygons(geometry: dict) -> list:

@@ -164,9 +164,10 @@ def write_geojson_layer(path: str, data, attributes: dict) -> list[str]:
         as ``dsb segment --geojson`` puts a file's: of two frame axes, the one the layer's
         ``axis_labels`` call z (:func:`planes_axis`; unnamed, the second, as in ``T, Z, Y, X``) on
         ``z`` and the other on ``t``; one frame axis on ``z`` where it is named so, else on ``t`` (the
-        pages of a plain TIFF); more frame axes, or two of time points, counted through on ``t``.
+        pages of a plain TIFF); more frame axes, or two of time points, counted through on ``t``. The
+        planes the segment widget joined into 3-D nuclei are ``z`` whatever their name.
     attributes : dict
-        The layer's attributes: its ``axis_labels``.
+        The layer's attributes: its ``axis_labels``, and its ``metadata``'s ``dsb_planes``.
 
     Returns
     -------
@@ -191,6 +192,9 @@ def write_geojson_layer(path: str, data, attributes: dict) -> list[str]:
     axis, _ = planes_axis(names)
     if lead == 1 and str(names[0]).strip().lower() not in PLANE_NAMES:
         axis = None  # one axis not named for planes: pages, on t as dsb segment puts a plain TIFF's
+    joined = (attributes.get("metadata") or {}).get("dsb_planes")
+    if isinstance(joined, int) and 0 <= joined < lead:
+        axis = joined  # the planes the segment widget's 3-D nuclei joined
     if lead > 2 or axis is None:
         return [str(write_geojson(path, labels.reshape(-1, *labels.shape[-2:]), "t"))]
     return [str(write_geojson(path, labels, "".join("z" if at == axis else "t" for at in range(lead))))]
