@@ -298,7 +298,7 @@ def prepare(data: Path, config_path: Path | None) -> None:
               help="Config JSON; defaults to the shipped CPU config.")
 @click.option("--data", type=_EXISTING_DIR, default=Path("data"), show_default=True,
               help="stage1_train/, annotated images of your own (images/ + masks/, or NAME_masks.tif "
-                   "beside NAME.png), or both.")
+                   "or QuPath's NAME_masks.geojson beside NAME.png), or both.")
 @click.option("--out", type=_DIR, default=None, help="Run folder (default runs/<date-time>).")
 @click.option("--epochs", type=click.IntRange(min=1), default=None,
               help="At most this many epochs (default: the config's train.epochs; with --time-budget the "
@@ -612,6 +612,9 @@ def predict(run_dir, images, out, labels, tta, diameter, skip_bad, scale_factor,
 @click.option("--rois", is_flag=True,
               help="Also write NAME_rois.zip per image: each nucleus's outline as a Fiji ROI, for the ROI Manager "
                    "(not for images segmented block-wise).")
+@click.option("--geojson", is_flag=True,
+              help="Also write NAME_nuclei.geojson per image: each nucleus's outline and measurements as a "
+                   "detection that QuPath imports (drag the file onto the image), or any GeoJSON reader.")
 @click.option("--diameter", type=_Diameter(), default=None, help=_DIAMETER_HELP)
 @click.option("--diameter-um", type=_Positive(), default=None, metavar="UM",
               help="Median nucleus diameter in micrometres instead of pixels: each image is segmented at the "
@@ -649,8 +652,8 @@ def predict(run_dir, images, out, labels, tta, diameter, skip_bad, scale_factor,
 @_SCALE_FACTOR
 @_ENGINE
 @_PRECISION
-def segment(paths, model_dir, out, tta, overlay, rois, diameter, diameter_um, pixel_size, skip_bad, block_size, workers,
-            scheduler, channel, stitch, stitch_overlap, z_step, scale_factor, engine, precision) -> None:
+def segment(paths, model_dir, out, tta, overlay, rois, geojson, diameter, diameter_um, pixel_size, skip_bad, block_size,
+            workers, scheduler, channel, stitch, stitch_overlap, z_step, scale_factor, engine, precision) -> None:
     """Segment any PNG, TIFF, JPEG, BMP or Zarr microscope images and measure each nucleus.
 
     Images larger than memory (Zarr, OME-Zarr, big TIFF or PNG) are segmented
@@ -686,7 +689,7 @@ def segment(paths, model_dir, out, tta, overlay, rois, diameter, diameter_um, pi
 
     with _skips_said():
         summary = segment_inputs(list(paths), model_dir=model_dir, out_dir=out, tta=tta, overlay=overlay, rois=rois,
-                                 diameter=diameter, skip_bad=skip_bad, progress=True, engine=engine,
+                                 geojson=geojson, diameter=diameter, skip_bad=skip_bad, progress=True, engine=engine,
                                  precision=precision, block_size=block_size, workers=workers, scheduler=scheduler,
                                  scale_factor=scale_factor, channel=channel, diameter_um=diameter_um,
                                  pixel_size=pixel_size, stitch=stitching)
@@ -732,20 +735,24 @@ def segment(paths, model_dir, out, tta, overlay, rois, diameter, diameter_um, pi
               help="Micrometres a pixel, for every image, instead of its metadata (adds the micrometre columns).")
 @click.option("--overlay", is_flag=True, help="Also write an overlay PNG per image.")
 @click.option("--rois", is_flag=True, help="Also write NAME_rois.zip per image: the nuclei as Fiji ROIs.")
+@click.option("--geojson", is_flag=True,
+              help="Also write NAME_nuclei.geojson per image: the nuclei and their measurements as QuPath detections.")
 @click.option("--skip-bad", is_flag=True, help="Report bad images or label images and go on with the rest.")
-def measure(paths, out, labels_dir, channel, pixel_size, overlay, rois, skip_bad) -> None:
+def measure(paths, out, labels_dir, channel, pixel_size, overlay, rois, geojson, skip_bad) -> None:
     """Measure each nucleus of existing label images in their images: the tables of dsb segment.
 
     Each image is paired with its label image: NAME_masks, NAME_labels or
-    NAME_cp_masks (TIFF or PNG) beside it, or in --labels (where NAME.tif
-    itself counts too), as napari, Fiji, Cellpose, StarDist and dsb segment
-    write them. Each nucleus keeps its value in the label image as its label.
+    NAME_cp_masks (TIFF or PNG, or QuPath's objects as GeoJSON) beside it, or
+    in --labels (where NAME.tif itself counts too), as napari, Fiji, Cellpose,
+    StarDist, QuPath and dsb segment write them. Each nucleus keeps its value
+    in the label image as its label.
     """
     from dsb.workflows.measure_files import measure_files
 
     with _skips_said():
         summary = measure_files(list(paths), out_dir=out, labels_dir=labels_dir, channel=channel,
-                                pixel_size=pixel_size, overlay=overlay, rois=rois, skip_bad=skip_bad, progress=True)
+                                pixel_size=pixel_size, overlay=overlay, rois=rois, geojson=geojson,
+                                skip_bad=skip_bad, progress=True)
     skipped = _report_skipped(summary.attrs["skipped"])
     _report_warnings(summary)
     done = summary[summary["status"] == "ok"]

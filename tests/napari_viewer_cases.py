@@ -143,7 +143,7 @@ def test_a_z_stack_is_joined_into_3d_nuclei_when_asked(make_napari_viewer, qtbot
 
     viewer = make_napari_viewer()
     image, truth = nuclei_volume((8, 96, 96), diameter=20, z_step=2.0, seed=11)
-    viewer.add_image(image, name="volume")
+    viewer.add_image(image, name="volume", scale=(2.0, 0.5, 0.5), units=("um", "um", "um"))
     segment = SegmentWidget(viewer)
     segment.diameter.value = "20"
     segment.stitch.value = True
@@ -156,6 +156,11 @@ def test_a_z_stack_is_joined_into_3d_nuclei_when_asked(make_napari_viewer, qtbot
     table = labels.features.set_index("index")
     assert table.loc[held, "area"].tolist() == np.bincount(labels.data[4].ravel())[held].tolist()
     assert labels.metadata["dsb_stitched"]
+    assert [str(u) for u in labels.units] == ["micrometer"] * 3  # the image's calibration kept for the writers
+    # Every 3-D nucleus has its row, with its volume in voxels and, from the layer's scale, cubic micrometres.
+    voxels = np.bincount(labels.data.ravel())
+    assert table.index.tolist() == list(range(1, count + 1)) and table["volume"].tolist() == voxels[1:].tolist()
+    np.testing.assert_allclose(table["volume_um3"], voxels[1:] * 0.5 ** 2 * 2.0, rtol=1e-3)
     # A layer whose axes are time points has no planes to join: segmented frame by frame, and said.
     viewer.add_image(image[:3], name="movie", axis_labels=("t", "y", "x"))
     segment.image.value = viewer.layers["movie"]

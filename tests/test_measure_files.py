@@ -90,7 +90,7 @@ def test_bad_pairs_are_one_line_each(tmp_path, field):
     folder.mkdir()
     tifffile.imwrite(folder / "a.tif", image)
     result = run_dsb("measure", folder, "--out", tmp_path / "out")
-    error_line(result, 3, "a.tif", "has no label image in", "a_masks.tif, a_labels.tif or a_cp_masks.png")
+    error_line(result, 3, "a.tif", "has no label image in", "a_masks.tif, a_labels.tif, a_cp_masks.png or a_masks.geojson")
     assert not (tmp_path / "out").exists()  # told before anything is written
     tifffile.imwrite(folder / "a_masks.tif", labels)
     tifffile.imwrite(folder / "a_labels.tif", labels)

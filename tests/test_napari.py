@@ -16,6 +16,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import tifffile
 from scipy import ndimage
@@ -27,7 +28,14 @@ from dsb.core.errors import BadDataError
 from dsb.io.annotations import find_samples, read_label_image
 from dsb.napari.child import ChildFailed, child_events
 from dsb.napari.finetuning import Progress
-from dsb.napari.io import get_label_reader, read_label_layer, write_labels_layer, write_rois_layer
+from dsb.napari.io import (
+    get_label_reader,
+    layer_z_step,
+    read_label_layer,
+    write_geojson_layer,
+    write_labels_layer,
+    write_rois_layer,
+)
 from dsb.napari.project import Project, check_correction, correction_name
 from dsb.napari.samples import fluorescence_nuclei, stained_nuclei
 from dsb.napari.segmentation import (
@@ -67,7 +75,7 @@ def test_manifest_is_valid_and_offers_widgets_samples_and_writers():
     assert {w.command for w in manifest.contributions.widgets} == {"dsb.segment_widget", "dsb.finetune_widget"}
     assert len(manifest.contributions.sample_data) >= 1
     assert [(w.layer_types, w.filename_extensions) for w in manifest.contributions.writers] == [
-        (["labels"], [".tif", ".tiff"]), (["labels"], [".zip"])]
+        (["labels"], [".tif", ".tiff"]), (["labels"], [".zip"]), (["labels"], [".geojson", ".json"])]
     for name in commands.values():  # every Qt-free command resolves; the widgets' modules exist
         module, attr = name.split(":")
         if module in QT_FREE:
@@ -180,6 +188,18 @@ def test_the_label_writer_keeps_a_layers_size_in_micrometres(tmp_path):
         assert read_pixel_size(path) is None
 
 
+def test_a_layers_z_step_in_micrometres():
+    pint = pytest.importorskip("pint")
+    units = pint.get_application_registry()
+    um, nm = units.micrometer, units.nanometer
+    layer = {"scale": (3.0, 500.0, 325.0, 325.0), "units": (units.second, nm, nm, nm)}
+    assert layer_z_step(layer, 1) == pytest.approx(0.5)
+    assert layer_z_step(layer, 0) is None  # seconds are no length
+    assert layer_z_step({"scale": (2.0, 1.0, 1.0), "units": (units.pixel, um, um)}, 0) is None
+    assert layer_z_step({"scale": (-2.0, 1.0, 1.0), "units": (um, um, um)}, 0) is None
+    assert layer_z_step({"scale": (2.0, 1.0, 1.0)}, 0) is None and layer_z_step(layer, 7) is None
+
+
 def test_the_roi_writer_writes_the_rois_of_the_command_line(tmp_path):
     from roifile import roiread
 
@@ -196,6 +216,37 @@ def test_the_roi_writer_writes_the_rois_of_the_command_line(tmp_path):
         ("s1-0001", 1), ("s1-0002", 1), ("s4-0001", 4), ("s4-0002", 4)]
     with pytest.raises(ValueError, match=r"\.zip"):
         write_rois_layer(str(tmp_path / "d.tif"), small, {})
+
+
+def test_the_geojson_writer_writes_the_detections_of_the_command_line(tmp_path):
+    import json
+
+    small = make_discs((64, 64))
+    stack = np.stack([np.stack([small, small * 0]), np.stack([small[::-1], small])])  # 2 x 2 frames
+
+    def read(path):
+        features = json.loads(Path(path).read_text())["features"]
+        return [(f["properties"]["name"], f["geometry"].get("plane", {}).get("t"),
+                 f["geometry"].get("plane", {}).get("z"), "measurements" in f["properties"]) for f in features]
+
+    [path] = write_geojson_layer(str(tmp_path / "a.geojson"), small, {})
+    assert read(path) == [("1", None, None, False), ("2", None, None, False)]
+    # napari's T, Z, Y, X (unnamed axes: the last is the planes'), as dsb segment --geojson puts a hyperstack's.
+    [path] = write_geojson_layer(str(tmp_path / "b.json"), stack, {})
+    assert [(t, z) for _, t, z, _ in read(path)] == [(0, 0), (0, 0), (1, 0), (1, 0), (1, 1), (1, 1)]
+    [path] = write_geojson_layer(str(tmp_path / "c.json"), stack, {"axis_labels": ("z", "t", "y", "x")})
+    assert [(t, z) for _, t, z, _ in read(path)] == [(0, 0), (0, 0), (0, 1), (0, 1), (1, 1), (1, 1)]
+    [path] = write_geojson_layer(str(tmp_path / "d.json"), stack[1], {"axis_labels": ("time", "y", "x")})
+    assert [(t, z) for _, t, z, _ in read(path)] == [(0, 0), (0, 0), (1, 0), (1, 0)]
+    [path] = write_geojson_layer(str(tmp_path / "e.json"), stack[1], {})  # one unnamed axis: pages, on t
+    assert [(t, z) for _, t, z, _ in read(path)] == [(0, 0), (0, 0), (1, 0), (1, 0)]
+    [path] = write_geojson_layer(str(tmp_path / "f.json"), stack[1], {"axis_labels": ("Z", "y", "x")})
+    assert [(t, z) for _, t, z, _ in read(path)] == [(0, 0), (0, 0), (0, 1), (0, 1)]
+    [path] = write_geojson_layer(str(tmp_path / "g.json"), stack[1], {"metadata": {"dsb_planes": 0}})  # joined in 3-D
+    assert [(t, z) for _, t, z, _ in read(path)] == [(0, 0), (0, 0), (0, 1), (0, 1)]
+    with pytest.raises(ValueError, match=r"\.geojson"):
+        write_geojson_layer(str(tmp_path / "c.tif"), small, {})
+    assert not (tmp_path / "c.tif").exists()
 
 
 def test_reader_opens_label_images_as_labels_layers(tmp_path):
@@ -275,11 +326,50 @@ def test_a_z_stack_is_stitched_into_3d_nuclei_with_each_frame_features():
             assert table.loc[new, "confidence"] == pytest.approx(round(float(plain.confidences[at][own - 1]), 3))
         assert table.drop(index=held)["confidence"].isna().all()  # nuclei of other planes
     *_, single = segment_frames(model, image[3], diameter=20, stitch=0)
-    assert not single.stitched  # a single image has no planes to join
+    assert not single.stitched and single.volumes == []  # a single image has no planes to join
     # A time point of planes: each time point numbered on its own, the same nuclei in both.
     *_, both = segment_frames(model, np.stack([image[:4], image[:4]]), diameter=20, stitch=1)
     assert both.stitched and np.array_equal(both.labels[0], both.labels[1])
     assert both.labels[0].max() == np.unique(both.labels[0]).size - 1
+
+
+def test_a_stitched_stack_shows_each_3d_nucleus_measured_through_its_planes():
+    from dsb.io.synthetic import nuclei_volume
+
+    model = dsb.load_model()
+    image, _ = nuclei_volume((6, 96, 96), diameter=20, z_step=2.0, seed=5)
+    # Two time points: the z-stack, then an empty one; planes on axis 1.
+    movie = np.stack([image, np.zeros_like(image)])
+    *_, result = segment_frames(model, movie, diameter=20, stitch=1, pixel_size=0.5, z_step=2.0)
+    assert result.planes == 1 and len(result.volumes) == 2 and result.volumes[1].empty
+    labels, volumes = result.labels[0], result.volumes[0].set_index("label")
+    held = np.unique(labels[labels > 0])
+    assert volumes.index.tolist() == held.tolist()
+    voxels = np.bincount(labels.ravel())
+    assert volumes["volume"].tolist() == voxels[held].tolist()
+    spans = [np.flatnonzero((labels == k).any(axis=(1, 2))) for k in held]
+    assert volumes["z_first"].tolist() == [s[0] for s in spans] and volumes["z_last"].tolist() == [s[-1] for s in spans]
+    np.testing.assert_allclose(volumes["volume_um3"], voxels[held] * 0.5 ** 2 * 2.0)
+    # Each frame's table has every 3-D nucleus of its time point, its section's features NaN where the
+    # plane does not hold it; the 3-D columns the same in every plane.
+    tables = [result.features((0, z)).set_index("index") for z in range(6)]
+    three_d = ["z_first", "z_last", "centroid_z", "centroid_row_3d", "centroid_col_3d", "touches_edge_3d", "volume",
+               "max_area", "mean_intensity_3d", "integrated_intensity_3d", "confidence_3d", "max_area_um2",
+               "volume_um3", "equivalent_diameter_um_3d", "centroid_z_um"]
+    assert tables[0].columns.tolist() == ["area", "eccentricity", "solidity", "mean_intensity", "confidence", *three_d]
+    for z, table in enumerate(tables):
+        assert table.index.tolist() == held.tolist()
+        inside = np.isin(held, labels[z])
+        assert table.loc[held[~inside], ["area", "confidence"]].isna().all().all()
+        assert table.loc[held[inside], "area"].tolist() == np.bincount(labels[z].ravel())[held[inside]].tolist()
+        pd.testing.assert_frame_equal(table[three_d], tables[0][three_d])
+    assert tables[0]["volume"].tolist() == voxels[held].tolist()
+    assert result.features((1, 3)).empty and "volume" in result.features((1, 3)).columns
+    # Without a scale, sizes in voxels only; unstitched, no 3-D columns.
+    *_, plain = segment_frames(model, image, diameter=20, stitch=0)
+    assert "volume" in plain.features((0,)).columns and "volume_um3" not in plain.features((0,)).columns
+    *_, apart = segment_frames(model, image, diameter=20)
+    assert "volume" not in apart.features((0,)).columns and apart.planes is None
 
 
 def test_the_planes_axis_is_the_one_the_layer_calls_z():

@@ -33,6 +33,7 @@ import numpy as np
 
 from dsb.core.errors import BadDataError
 from dsb.core.labels import renumber
+from dsb.io.geojson import read_geojson_labels
 from dsb.io.images import (
     IMAGE_SUFFIXES,
     MaskFixes,
@@ -59,8 +60,9 @@ __all__ = [
 
 #: Stem endings that mark a label image beside its image (layout (b)), longest first.
 LABEL_SUFFIXES = ("_cp_masks", "_masks", "_labels")
-#: File types a label image may have.
-LABEL_EXTENSIONS = (".tif", ".tiff", ".png")
+#: File types a label image may have: images, and GeoJSON outlines (QuPath's objects,
+#: :func:`dsb.io.geojson.read_geojson_labels`).
+LABEL_EXTENSIONS = (".tif", ".tiff", ".png", ".geojson")
 #: Group names of user images start with this.
 USER_GROUP_PREFIX = "user:"
 _STAGE = "stage1_train"
@@ -266,15 +268,15 @@ def _user_samples(folder: Path, name: str) -> list[Sample]:
         labels = _labels_by_stem(
             _files(folder / "masks"),
             lambda p: None if p.suffix.lower() not in LABEL_EXTENSIONS
-            else image_name(p) if image_name(p) in images else (label_stem(p) or image_name(p)),
+            else _named(p) if _named(p) in images else (label_stem(p) or _named(p)),
         )
-        missing = "masks/{stem}.tif or masks/{stem}.png"
+        missing = "masks/{stem}.tif, masks/{stem}.png or masks/{stem}.geojson"
         orphan = "images/{stem}.png or images/{stem}.tif"
     else:
         files = _files(folder)
         images = _by_stem(_images(files), "images")
         labels = _labels_by_stem(files, label_stem)
-        missing = "{stem}_masks.tif, {stem}_labels.tif or {stem}_cp_masks.png beside it"
+        missing = "{stem}_masks.tif, {stem}_labels.tif, {stem}_cp_masks.png or {stem}_masks.geojson beside it"
         orphan = "{stem}.png or {stem}.tif beside it"
     for stem, path in images.items():
         if stem not in labels:
@@ -310,7 +312,8 @@ def read_label_image(path, shape: tuple[int, int] | None = None, *, image=None, 
     Parameters
     ----------
     path : str or os.PathLike
-        An 8-, 16- or 32-bit integer TIFF or PNG (a palette PNG gives its indices).
+        An 8-, 16- or 32-bit integer TIFF or PNG (a palette PNG gives its indices), or a GeoJSON file of
+        the nuclei's outlines (QuPath's objects: :func:`dsb.io.geojson.read_geojson_labels`).
     shape : (int, int), optional
         The (H, W) of its image, which it must have.
     image : str or os.PathLike, optional
@@ -340,6 +343,9 @@ def read_label_image(path, shape: tuple[int, int] | None = None, *, image=None, 
     [[0, 1], [1, 2]]
     """
     path = Path(path)
+    if path.suffix.lower() == ".geojson":
+        labels = read_geojson_labels(path, shape)
+        return renumber(labels)[0] if renumbered else labels
     labels = _palette_indices(path)
     if labels is None:
         labels = read_image(path)
@@ -408,7 +414,7 @@ def label_file(image, folder=None, *, listing: dict | None = None) -> Path:
         for p in files:
             if label_stem(p) is not None:
                 by_label.setdefault(label_stem(p).casefold(), []).append(p)
-            by_name.setdefault(image_name(p).casefold(), []).append(p)
+            by_name.setdefault(_named(p).casefold(), []).append(p)
         listing[folder] = by_label, by_name
     by_label, by_name = listing[folder]
     found = by_label.get(name.casefold(), []) + (by_name.get(name.casefold(), []) if elsewhere else [])
@@ -417,9 +423,15 @@ def label_file(image, folder=None, *, listing: dict | None = None) -> Path:
         raise BadDataError(f"has {len(found)} label images ({', '.join(p.name for p in found)}); keep one in "
                            f"{folder}", path=image)
     if not found:
-        raise BadDataError(f"has no label image in {folder} ({name}_masks.tif, {name}_labels.tif or "
-                           f"{name}_cp_masks.png{', or ' + name + '.tif' if elsewhere else ''})", path=image)
+        raise BadDataError(f"has no label image in {folder} ({name}_masks.tif, {name}_labels.tif, "
+                           f"{name}_cp_masks.png or {name}_masks.geojson"
+                           f"{', or ' + name + '.tif' if elsewhere else ''})", path=image)
     return found[0]
+
+
+def _named(path: Path) -> str:
+    """The image name a label file named as its image bears (``masks/NAME.tif``, ``masks/NAME.geojson``)."""
+    return path.stem if path.suffix.lower() == ".geojson" else image_name(path)
 
 
 def _label_rank(path: Path) -> tuple[int, int]:

@@ -4,7 +4,8 @@ The writer saves a Labels layer as :func:`dsb.io.writers.write_labels` does for
 the command line: a deflate-compressed greyscale TIFF, 16-bit, or 32-bit when a
 label is above 65535; a stack of frames as a multi-page TIFF of the same kind.
 A second writer saves it as a Fiji ROI set, as ``dsb segment --rois`` does
-(:func:`dsb.io.rois.write_rois`).
+(:func:`dsb.io.rois.write_rois`), a third as QuPath detections, as ``dsb segment --geojson`` does
+(:func:`dsb.io.geojson.write_geojson`).
 The reader opens a label image beside its image (``NAME_masks.tif``,
 ``NAME_labels.tif``, ``NAME_cp_masks.png``) as a Labels layer. Nothing here
 imports napari or Qt.
@@ -18,10 +19,12 @@ import numpy as np
 
 from dsb.core.atomic import atomic_path
 from dsb.io.annotations import LABEL_EXTENSIONS, LABEL_SUFFIXES, read_label_image
+from dsb.io.geojson import write_geojson
 from dsb.io.rois import write_rois
 from dsb.io.writers import tiff_calibration, write_labels
 
-__all__ = ["write_labels_layer", "write_rois_layer", "layer_pixel_size", "get_label_reader", "read_label_layer"]
+__all__ = ["write_labels_layer", "write_rois_layer", "write_geojson_layer", "layer_pixel_size", "layer_z_step",
+           "planes_axis", "PLANE_NAMES", "TIME_NAMES", "get_label_reader", "read_label_layer"]
 
 _UINT16_MAX = np.iinfo(np.uint16).max
 
@@ -82,13 +85,34 @@ def layer_pixel_size(attributes: dict) -> float | None:
     scale, units = attributes.get("scale"), attributes.get("units")
     if scale is None or units is None or len(scale) < 2 or len(units) < 2:
         return None
+    y, x = (_micrometres(s, u) for s, u in zip(scale[-2:], units[-2:]))
+    if y is None or x is None or abs(y - x) > 1e-3 * max(y, x):
+        return None
+    return y
+
+
+def layer_z_step(attributes: dict, axis: int) -> float | None:
+    """The distance in micrometres between a layer's planes along its axis ``axis`` (counted from its
+    first), from its ``scale`` and ``units`` as in :func:`layer_pixel_size`; None where they give none.
+
+    >>> import pint
+    >>> um = pint.get_application_registry().micrometer
+    >>> layer_z_step({"scale": (2.0, 0.5, 0.5), "units": (um, um, um)}, 0), layer_z_step({"scale": (2, 1, 1)}, 0)
+    (2.0, None)
+    """
+    scale, units = attributes.get("scale"), attributes.get("units")
+    if scale is None or units is None or not 0 <= axis < min(len(scale), len(units)):
+        return None
+    return _micrometres(scale[axis], units[axis])
+
+
+def _micrometres(scale, unit) -> float | None:
+    """``scale`` in ``unit`` (a pint unit) as a positive number of micrometres, else None."""
     try:  # pixel units, or units of no length, say nothing of micrometres
-        y, x = ((float(s) * u).to("micrometer").magnitude for s, u in zip(scale[-2:], units[-2:]))
+        value = float((float(scale) * unit).to("micrometer").magnitude)
     except Exception:  # noqa: BLE001 - whatever the units are, they give no size
         return None
-    if not (y > 0 and x > 0) or abs(y - x) > 1e-3 * max(y, x):
-        return None
-    return float(y)
+    return value if np.isfinite(value) and value > 0 else None
 
 
 def write_rois_layer(path: str, data, attributes: dict) -> list[str]:
@@ -126,8 +150,97 @@ def write_rois_layer(path: str, data, attributes: dict) -> list[str]:
     return [str(write_rois(path, labels))]
 
 
+def write_geojson_layer(path: str, data, attributes: dict) -> list[str]:
+    """napari writer: one Labels layer to a GeoJSON file of QuPath detections, one per nucleus named by its
+    label, as ``dsb segment --geojson`` writes them without their measurements (a corrected layer's
+    features no longer describe its nuclei: ``dsb measure --geojson`` measures them).
+
+    Parameters
+    ----------
+    path : str
+        Ends in ``.geojson`` or ``.json``.
+    data : array_like of int
+        (H, W) labels, or a stack of them (frames first): each detection on its frame's QuPath plane,
+        as ``dsb segment --geojson`` puts a file's: of two frame axes, the one the layer's
+        ``axis_labels`` call z (:func:`planes_axis`; unnamed, the second, as in ``T, Z, Y, X``) on
+        ``z`` and the other on ``t``; one frame axis on ``z`` where it is named so, else on ``t`` (the
+        pages of a plain TIFF); more frame axes, or two of time points, counted through on ``t``. The
+        planes the segment widget joined into 3-D nuclei are ``z`` whatever their name.
+    attributes : dict
+        The layer's attributes: its ``axis_labels``, and its ``metadata``'s ``dsb_planes``.
+
+    Returns
+    -------
+    list of str
+        The file written.
+
+    Examples
+    --------
+    >>> import tempfile, json, os
+    >>> path = os.path.join(tempfile.mkdtemp(), "a.geojson")
+    >>> _ = write_geojson_layer(path, np.array([[0, 3], [0, 3]]), {})
+    >>> [f["properties"]["name"] for f in json.load(open(path))["features"]]
+    ['3']
+    """
+    labels = np.asarray(data)
+    if Path(path).suffix.lower() not in (".geojson", ".json"):
+        raise ValueError(f"`path` ({path}) must end in .geojson or .json")
+    lead = labels.ndim - 2
+    if lead == 0:
+        return [str(write_geojson(path, labels))]
+    names = list(attributes.get("axis_labels") or [str(-k) for k in range(labels.ndim, 0, -1)])[:lead]
+    axis, _ = planes_axis(names)
+    if lead == 1 and str(names[0]).strip().lower() not in PLANE_NAMES:
+        axis = None  # one axis not named for planes: pages, on t as dsb segment puts a plain TIFF's
+    joined = (attributes.get("metadata") or {}).get("dsb_planes")
+    if isinstance(joined, int) and 0 <= joined < lead:
+        axis = joined  # the planes the segment widget's 3-D nuclei joined
+    if lead > 2 or axis is None:
+        return [str(write_geojson(path, labels.reshape(-1, *labels.shape[-2:]), "t"))]
+    return [str(write_geojson(path, labels, "".join("z" if at == axis else "t" for at in range(lead))))]
+
+
+#: What a layer's axis labels may call the axis of a z-stack's planes, and of time points.
+PLANE_NAMES = ("z", "plane", "planes", "slice", "slices")
+TIME_NAMES = ("t", "time", "frame", "frames")
+
+
+def planes_axis(names) -> tuple[int | None, str]:
+    """Which frame axis of a layer holds a z-stack's planes, from the names of its frame axes
+    (napari's ``axis_labels`` before the image's rows and columns).
+
+    The axis named ``z`` (or a plane's word, any case); else the last axis not named for time
+    (napari's default labels are numbers: ``-3``); none where every axis names time points.
+
+    Returns
+    -------
+    axis : int or None
+    note : str
+        Why none, or ``""``.
+
+    Examples
+    --------
+    >>> planes_axis(["t", "z"]), planes_axis(["-4", "-3"]), planes_axis(["T"])
+    ((1, ''), (1, ''), (None, 'its axes are time points, with no z planes to join'))
+    >>> planes_axis([])
+    (None, 'a single image has no planes to join')
+    """
+    names = [str(n).strip().lower() for n in names]
+    if not names:
+        return None, "a single image has no planes to join"
+    for at, name in enumerate(names):
+        if name in PLANE_NAMES:
+            return at, ""
+    unnamed = [at for at, name in enumerate(names) if name not in TIME_NAMES]
+    if not unnamed:
+        return None, "its axes are time points, with no z planes to join"
+    return unnamed[-1], ""
+
+
 def _is_label_file(path: Path) -> bool:
-    return path.suffix.lower() in LABEL_EXTENSIONS and path.stem.endswith(LABEL_SUFFIXES)
+    # A label image; not QuPath's GeoJSON, whose objects do not say their image's size.
+    return path.suffix.lower() in LABEL_EXTENSIONS and path.suffix.lower() != ".geojson" \
+        and path.stem.endswith(LABEL_SUFFIXES)
 
 
 def get_label_reader(path):

@@ -23,7 +23,7 @@ from napari.utils.notifications import show_error, show_info, show_warning
 
 from dsb.core.errors import DsbError
 from dsb.napari.child import ChildFailed
-from dsb.napari.io import layer_pixel_size
+from dsb.napari.io import layer_pixel_size, layer_z_step
 from dsb.napari.project import spatial_shape
 from dsb.napari.segmentation import (
     VIEWER_ENGINES,
@@ -79,13 +79,16 @@ def follow_selection(combo: ComboBox, viewer, kind: type) -> None:
         combo.value = layers[-1]
 
 
-def _work(state, data, rgb: bool, diameter, tta: bool, scale_factor=None, stitch: int | None = None):
-    """The worker: load the model, segment each frame; a problem comes back as a :class:`Failure`."""
+def _work(state, data, rgb: bool, diameter, tta: bool, scale_factor=None, stitch: int | None = None,
+          sizes: tuple = (None, None)):
+    """The worker: load the model, segment each frame; a problem comes back as a :class:`Failure`.
+    ``sizes``: the layer's micrometres a pixel and between planes, or None."""
     try:
         model = state.load()
         result = None
+        pixel_size, z_step = sizes
         for event in segment_frames(model, data, rgb=rgb, diameter=diameter, tta=tta, scale_factor=scale_factor,
-                                    stitch=stitch):
+                                    stitch=stitch, pixel_size=pixel_size, z_step=z_step):
             if isinstance(event, Segmented):
                 result = event
             else:
@@ -200,17 +203,19 @@ class SegmentWidget(Container):
             self.fail(str(exc))
             return
         self.state.diameter = diameter
-        stitch = None
+        stitch, z_step = None, None
         if self.stitch.value:
             # The layer's names of its axes (a reader's, or napari's numbers), the frame axes' first.
             names = list(getattr(layer, "axis_labels", [str(-k) for k in range(layer.ndim, 0, -1)]))
             stitch, why = planes_axis(names[:-2])
             if stitch is None:
                 show_warning(f"dsb: {layer.name}: {why}; its frames are segmented apart")
+            else:
+                z_step = layer_z_step({"scale": layer.scale, "units": getattr(layer, "units", None)}, stitch)
         data = layer.data[0] if layer.multiscale else layer.data
         self._set_running(True, f"segmenting {layer.name} with {self.state.describe()} ...")
         worker = create_worker(_work, self.state, data, bool(layer.rgb), diameter, bool(self.tta.value),
-                               scale_factor, stitch)
+                               scale_factor, stitch, (_pixel_size(layer), z_step))
         worker.yielded.connect(self._frame_done)
         worker.returned.connect(lambda result: self._finished(layer, result, on_done))
         worker.aborted.connect(lambda: self._cancelled(layer))
@@ -270,7 +275,7 @@ class SegmentWidget(Container):
         name = labels_layer_name(layer)
         metadata = {"dsb_model": str(result.model), "dsb_diameters": result.diameters,
                     "dsb_confidences": result.confidences, "dsb_measurements": result.measurements,
-                    "dsb_stitched": result.stitched}
+                    "dsb_stitched": result.stitched, "dsb_planes": result.planes, "dsb_volumes": result.volumes}
         existing = self.viewer.layers[name] if name in self.viewer.layers else None
         if isinstance(existing, Labels):
             existing.data = result.labels
@@ -278,9 +283,12 @@ class SegmentWidget(Container):
             labels = existing
         else:
             lead = result.labels.ndim
+            # The image's scale, units and axis names, so that the writers keep its pixel size and planes.
+            same = {key: tuple(getattr(layer, key))[:lead] for key in ("units", "axis_labels")
+                    if getattr(layer, key, None) is not None}
             labels = self.viewer.add_labels(result.labels, name=name if existing is None else f"{name} (dsb)",
                                             scale=layer.scale[:lead], translate=layer.translate[:lead],
-                                            metadata=metadata)
+                                            metadata=metadata, **same)
         self._show_confidences(labels)
         if labels.ndim > 2:
             # One features table per layer, and each frame numbers its nuclei from 1: the table
@@ -295,9 +303,12 @@ class SegmentWidget(Container):
 
     def _show_confidences(self, labels: Labels | None) -> None:
         """Give the layer the ``features`` of the frame on screen: each nucleus's area, shape, mean
-        intensity and confidence by its label, which the viewer shows for the nucleus under the cursor."""
+        intensity and confidence by its label, which the viewer shows for the nucleus under the cursor
+        (and in a stitched z-stack, each 3-D nucleus's of the time point on screen)."""
         if labels is None or labels not in self.viewer.layers or "dsb_confidences" not in labels.metadata:
             return
-        features = frame_features(labels.metadata["dsb_confidences"], labels.data.shape[:-2],
-                                  shown_frame(self.viewer, labels), labels.metadata.get("dsb_measurements"))
+        metadata = labels.metadata
+        features = frame_features(metadata["dsb_confidences"], labels.data.shape[:-2],
+                                  shown_frame(self.viewer, labels), metadata.get("dsb_measurements"),
+                                  metadata.get("dsb_volumes"), metadata.get("dsb_planes"))
         labels.features = features if features is not None else {}

@@ -25,10 +25,11 @@ from dsb.core.config import SCALE_FACTOR_RANGE, check_scale_factor
 from dsb.core.errors import BadDataError, DsbError
 from dsb.inference.preprocess import mixed_channels, raw_intensity
 from dsb.napari.finetuning import export_onnx_in_child
+from dsb.napari.io import PLANE_NAMES, TIME_NAMES, planes_axis  # noqa: F401  (public here too)
 from dsb.network.model_folder import PRECISION_CHOICES, default_model_dir, load_run_config
 from dsb.workflows.pipeline import nuclei_predictor, predict_each
 from dsb.workflows.segment_files import measure_nuclei
-from dsb.workflows.volumes import stitch_sections
+from dsb.workflows.volumes import beside_sections, measure_volumes, stitch_sections
 
 #: The engines the viewer segments with: not Keras, whose TensorFlow must stay out of the viewer's
 #: process (see :mod:`dsb.napari.child`). "auto" takes OpenVINO, else ONNX Runtime.
@@ -84,6 +85,13 @@ class Segmented:
         Whether the planes of the stack were joined into 3-D nuclei
         (:func:`dsb.workflows.volumes.stitch_sections`); ``confidences`` and ``measurements`` are then by
         the 3-D labels, a frame's confidences NaN for the nuclei it does not hold.
+    planes : int or None
+        With ``stitched``, the frame axis of the planes.
+    volumes : list of pandas.DataFrame
+        With ``stitched``, per time point (in :func:`numpy.ndindex` order over the frame axes but the
+        planes'; one for a z-stack alone), one row per 3-D nucleus by label
+        (:func:`dsb.workflows.volumes.measure_volumes`): its planes, centroid, volume, largest section,
+        intensity and confidence, and in micrometres where the layer's scale gives them.
     """
 
     labels: np.ndarray
@@ -96,11 +104,14 @@ class Segmented:
     warning: str = ""
     measurements: list = field(default_factory=list)
     stitched: bool = False
+    planes: int | None = None
+    volumes: list = field(default_factory=list)
 
     def features(self, frame: tuple[int, ...] = ()) -> pd.DataFrame | None:
         """A napari Labels layer's ``features`` for one frame (:func:`frame_features`): of the
         single image, or of the stack's frame at the leading-axes index ``frame``."""
-        return frame_features(self.confidences, self.labels.shape[:-2], frame, self.measurements)
+        return frame_features(self.confidences, self.labels.shape[:-2], frame, self.measurements,
+                              self.volumes or None, self.planes)
 
     @property
     def diameter(self) -> float:
@@ -114,12 +125,15 @@ FEATURE_COLUMNS = ("area", "eccentricity", "solidity", "mean_intensity")
 
 
 def frame_features(confidences: list, lead: tuple[int, ...], frame: tuple[int, ...] = (),
-                   measurements: list | None = None) -> pd.DataFrame | None:
+                   measurements: list | None = None, volumes: list | None = None,
+                   planes: int | None = None) -> pd.DataFrame | None:
     """The ``features`` a napari Labels layer shows for the nuclei of one frame.
 
     A layer has one features table, looked up by label, and the frames of a stack number their
     nuclei each from 1: so the table is the frame's own, and a viewer that shows a stack swaps it
-    as the frame on screen changes.
+    as the frame on screen changes. In a stitched z-stack the labels are the 3-D nuclei's: the
+    table then has a row for each 3-D nucleus of the frame's time point, its section's features
+    (NaN where the frame does not hold it) beside its 3-D ones.
 
     Parameters
     ----------
@@ -132,13 +146,17 @@ def frame_features(confidences: list, lead: tuple[int, ...], frame: tuple[int, .
         The frame's index on those axes; ``()`` for a single image.
     measurements : list of pandas.DataFrame, optional
         Per frame, as :attr:`Segmented.measurements`: their :data:`FEATURE_COLUMNS` are shown too.
+    volumes : list of pandas.DataFrame, optional
+        Per time point, as :attr:`Segmented.volumes`; with ``planes``, the frame axis of the planes.
 
     Returns
     -------
     pandas.DataFrame or None
         ``index`` (the label), the frame's :data:`FEATURE_COLUMNS` where measured, and
-        ``confidence``, which the viewer shows for the nucleus under the cursor; None when
-        ``frame`` is not a frame of ``lead`` or its confidences are not known.
+        ``confidence``, which the viewer shows for the nucleus under the cursor, then with
+        ``volumes`` the 3-D nucleus's columns (those a section has too named ``_3d``,
+        :func:`dsb.workflows.volumes.beside_sections`); None when ``frame`` is not a frame of
+        ``lead`` or its confidences are not known.
 
     Examples
     --------
@@ -155,13 +173,30 @@ def frame_features(confidences: list, lead: tuple[int, ...], frame: tuple[int, .
     if at >= len(confidences) or confidences[at] is None:
         return None
     confidence = np.asarray(confidences[at], np.float32)
-    table = pd.DataFrame({"index": np.arange(1, confidence.size + 1)})
+    volume = _time_point(volumes, lead, frame, planes)
+    count = max(confidence.size, int(volume["label"].max()) if volume is not None and len(volume) else 0)
+    table = pd.DataFrame({"index": np.arange(1, count + 1)})
     if measurements is not None and at < len(measurements) and measurements[at] is not None:
         measured = measurements[at].set_index("label").reindex(table["index"])
         for column in FEATURE_COLUMNS:
             table[column] = measured[column].to_numpy().round(3)
-    table["confidence"] = confidence.round(3)
+    table["confidence"] = np.pad(confidence, (0, count - confidence.size), constant_values=np.nan).round(3)
+    if volume is not None:
+        measured = beside_sections(volume).set_index("label").reindex(table["index"])
+        for column in measured.columns:
+            values = measured[column].to_numpy()
+            table[column] = values.round(3) if values.dtype.kind == "f" else values
     return table
+
+
+def _time_point(volumes: list | None, lead: tuple[int, ...], frame: tuple[int, ...],
+                planes: int | None) -> pd.DataFrame | None:
+    """The 3-D nuclei of the time point that holds ``frame`` (its index but on the planes' axis)."""
+    if not volumes or planes is None or not 0 <= planes < len(lead):
+        return None
+    others = lead[:planes] + lead[planes + 1:]
+    at = int(np.ravel_multi_index(frame[:planes] + frame[planes + 1:], others)) if others else 0
+    return volumes[at] if at < len(volumes) else None
 
 
 @dataclass(frozen=True)
@@ -271,7 +306,8 @@ def layer_frames(data, rgb: bool) -> tuple[tuple[int, ...], tuple[int, int]]:
 
 
 def segment_frames(model, data, *, rgb: bool = False, diameter: float | None = None, tta: bool | None = None,
-                   scale_factor: float | None = None, stitch: int | None = None) -> Iterator[FrameDone | Segmented]:
+                   scale_factor: float | None = None, stitch: int | None = None, pixel_size: float | None = None,
+                   z_step: float | None = None) -> Iterator[FrameDone | Segmented]:
     """Segment every 2-D frame of an image layer's data, yielding after each.
 
     Parameters
@@ -292,6 +328,8 @@ def segment_frames(model, data, *, rgb: bool = False, diameter: float | None = N
         The frame axis that holds a z-stack's planes (:func:`planes_axis`): its nuclei are joined
         through them into 3-D nuclei, as ``dsb segment --stitch`` does (each index of the other frame
         axes, a time point, numbered on its own). None, or a single image: frames are left apart.
+    pixel_size, z_step : float, optional
+        Micrometres a pixel and between the planes: the 3-D nuclei's sizes in micrometres too.
 
     Yields
     ------
@@ -318,21 +356,41 @@ def segment_frames(model, data, *, rgb: bool = False, diameter: float | None = N
             labels[index] = nuclei.labels
             diameters.append(float(nuclei.diameter))
             confidences.append(nuclei.confidence)
-            measurements.append(measure_nuclei(nuclei.labels, raw_intensity(frame), nuclei.confidence)[
-                ["label", *FEATURE_COLUMNS, "confidence"]])
+            measurements.append(measure_nuclei(nuclei.labels, raw_intensity(frame), nuclei.confidence))
             estimated = nuclei.estimated
             yield FrameDone(done, total)
     stitched = stitch is not None and bool(lead)
+    volumes = []
     if stitched:
         frames = list(np.ndindex(*lead))
         labels = stitch_sections(labels, dict(zip(frames, measurements)), stitch)
         # Each frame's confidences by 3-D label (entry k - 1 for label k), NaN for nuclei it does not hold.
         confidences = [_by_label(table, int(labels[index].max(initial=0))) for index, table in zip(frames, measurements)]
+        volumes = _volumes(measurements, lead, stitch, pixel_size, z_step)
+    measurements = [table[["label", *FEATURE_COLUMNS, "confidence"]] for table in measurements]
     # A stand-in callable in place of an engine's network says nothing.
     engine = getattr(model.network, "engine", "")
     network = f"{engine}, {getattr(model.network, 'precision', 'float32')}" if engine else ""
     yield Segmented(labels, diameters, estimated, Path(model.path), time.monotonic() - start, confidences, network,
-                    warning, measurements, stitched)
+                    warning, measurements, stitched, stitch if stitched else None, volumes)
+
+
+def _volumes(tables: list, lead: tuple[int, ...], axis: int, pixel_size: float | None,
+             z_step: float | None) -> list[pd.DataFrame]:
+    """Per time point (:func:`numpy.ndindex` order over the frame axes but ``axis``), the 3-D nuclei of its
+    planes' ``tables`` (by frame in that order over ``lead``, labelled by 3-D nucleus):
+    :func:`dsb.workflows.volumes.measure_volumes`."""
+    others = lead[:axis] + lead[axis + 1:]
+    volumes = []
+    for point in np.ndindex(*others):
+        sections = []
+        for z in range(lead[axis]):
+            table = tables[int(np.ravel_multi_index(point[:axis] + (z,) + point[axis:], lead))].copy()
+            table.insert(0, "z", z)
+            sections.append(table)
+        volumes.append(measure_volumes(pd.concat(sections, ignore_index=True), z="z", planes=lead[axis],
+                                       pixel_size=pixel_size, z_step=z_step))
+    return volumes
 
 
 def _by_label(table: pd.DataFrame, count: int) -> np.ndarray:
@@ -341,43 +399,6 @@ def _by_label(table: pd.DataFrame, count: int) -> np.ndarray:
     confidence = np.full(count, np.nan, np.float32)
     confidence[table["label"].to_numpy(np.int64) - 1] = table["confidence"].to_numpy(np.float32)
     return confidence
-
-
-#: What a layer's axis labels may call the axis of a z-stack's planes, and of time points.
-PLANE_NAMES = ("z", "plane", "planes", "slice", "slices")
-TIME_NAMES = ("t", "time", "frame", "frames")
-
-
-def planes_axis(names) -> tuple[int | None, str]:
-    """Which frame axis of a layer holds a z-stack's planes, from the names of its frame axes
-    (napari's ``axis_labels`` before the image's rows and columns).
-
-    The axis named ``z`` (or a plane's word, any case); else the last axis not named for time
-    (napari's default labels are numbers: ``-3``); none where every axis names time points.
-
-    Returns
-    -------
-    axis : int or None
-    note : str
-        Why none, or ``""``.
-
-    Examples
-    --------
-    >>> planes_axis(["t", "z"]), planes_axis(["-4", "-3"]), planes_axis(["T"])
-    ((1, ''), (1, ''), (None, 'its axes are time points, with no z planes to join'))
-    >>> planes_axis([])
-    (None, 'a single image has no planes to join')
-    """
-    names = [str(n).strip().lower() for n in names]
-    if not names:
-        return None, "a single image has no planes to join"
-    for at, name in enumerate(names):
-        if name in PLANE_NAMES:
-            return at, ""
-    unnamed = [at for at, name in enumerate(names) if name not in TIME_NAMES]
-    if not unnamed:
-        return None, "its axes are time points, with no z planes to join"
-    return unnamed[-1], ""
 
 
 class ModelState:

@@ -63,6 +63,7 @@ from dsb.io.bigimage import (
     open_labels,
     open_source,
 )
+from dsb.io.geojson import nucleus_features, write_features
 from dsb.io.images import check_finite
 from dsb.network.engines import load_network
 from dsb.network.model_folder import resolve_model_dir
@@ -98,6 +99,7 @@ __all__ = [
     "segment_block",
     "block_offsets",
     "assemble_core",
+    "block_features",
     "segment_blocks",
     "segment_image_file",
 ]
@@ -433,7 +435,8 @@ def _task_source(source, client):
 
 
 def _run_blocks(source, spec, settings, plan, *, store, component, scratch, client, tta, progress):
-    """Both rounds over every block of ``plan``; ``(count, cut, table)`` of the whole image."""
+    """Both rounds over every block of ``plan``; ``(count, cut, table, owners)`` of the whole image, ``owners``
+    each block's first label and count where it owns any (:func:`block_features`)."""
     src = _task_source(source, client)
     counts, cut, tables = {}, 0, {}
     what = f"a block of {source.origin or 'the array'}"
@@ -451,7 +454,23 @@ def _run_blocks(source, spec, settings, plan, *, store, component, scratch, clie
         pass
     table = pd.concat([tables[i].assign(label=tables[i]["label"] + offsets[i]) for i in plan.indices()],
                       ignore_index=True)
-    return sum(counts.values()), cut, table
+    owners = {i: (offsets[i] + 1, counts[i]) for i in plan.indices() if counts[i]}
+    return sum(counts.values()), cut, table, owners
+
+
+def block_features(plan: BlockPlan, owners: dict, labels, table: pd.DataFrame):
+    """The GeoJSON features (:func:`dsb.io.geojson.nucleus_features`) of an image segmented block by block,
+    traced from its final ``labels`` (a 2-D array or Zarr array, read one block's region at a time):
+    each block's own nuclei (``owners``: its first label and count) within its region, which holds them
+    whole, measured by ``table`` (the image's measurements, by label)."""
+    table = table.sort_values("label", kind="stable")
+    known = table["label"].to_numpy()
+    for index, (first, count) in owners.items():
+        er0, er1, ec0, ec1 = plan.extended(*index)
+        region = np.asarray(labels[er0:er1, ec0:ec1])
+        own = np.where((region >= first) & (region < first + count), region, 0)
+        start, stop = np.searchsorted(known, [first, first + count])
+        yield from nucleus_features(own, table.iloc[start:stop], origin=(er0, ec0))
 
 
 def _model_spec(model, scale_factor: float | None = None) -> ModelSpec:
@@ -599,7 +618,7 @@ def segment_blocks(image, model=None, *, diameter: float | None = None, block_si
     component, zarr_format = labels_layout(source)
     with atomic_dir(out) as store, _scratch(out.parent, out.stem) as scratch:
         create_labels(store, plan.shape, plan.block, component=component, zarr_format=zarr_format)
-        _, cut, _ = _run_blocks(source, spec, settings, plan, store=store, component=component, scratch=scratch,
+        _, cut, _, _ = _run_blocks(source, spec, settings, plan, store=store, component=component, scratch=scratch,
                                 client=client, tta=tta, progress=progress)
         finish_labels(store, source, store, 0)
     _warn_cut(source.path or "the array", cut, plan)
@@ -641,13 +660,14 @@ def _materialise(source, scratch: Path):
 
 def segment_image_file(path, *, spec: ModelSpec, out_dir, block_size: int | None = None, client=None,
                        tta: bool | None = None, progress: bool = True, channel: int | None = None,
-                       calibration: Calibration = Calibration()) -> dict:
+                       calibration: Calibration = Calibration(), geojson: bool = False) -> dict:
     """``dsb segment`` of one large image, block by block: its labels and measurements in ``out_dir``.
 
     Writes ``NAME_labels.zarr`` (Zarr and OME-Zarr inputs; OME-Zarr labels
     for OME-Zarr) or ``NAME_labels.tif`` (a tiled BigTIFF, for TIFF and PNG),
     and ``NAME_nuclei.csv`` (:func:`dsb.workflows.segment_files.measure_nuclei`'s
-    columns, in image coordinates), each under a temporary name until whole. ``calibration``
+    columns, in image coordinates) and with ``geojson`` ``NAME_nuclei.geojson`` (:func:`block_features`, from
+    the label image as written), each under a temporary name until whole. ``calibration``
     (:func:`dsb.workflows.calibration.calibrate`) gives the nucleus diameter in pixels (None: estimated
     from sample windows) and the pixel size of the measurements, the TIFF and the row.
 
@@ -668,17 +688,20 @@ def segment_image_file(path, *, spec: ModelSpec, out_dir, block_size: int | None
         with staged as tmp:
             store = tmp if target.suffix == ".zarr" else scratch / "labels.zarr"
             create_labels(store, plan.shape, plan.block, component=component, zarr_format=zarr_format)
-            count, cut, table = _run_blocks(source, spec, settings, plan, store=store, component=component,
-                                            scratch=scratch, client=client, tta=tta, progress=progress)
+            count, cut, table, owners = _run_blocks(source, spec, settings, plan, store=store, component=component,
+                                                    scratch=scratch, client=client, tta=tta, progress=progress)
             finish_labels(store, source, tmp, count, pixel_size=calibration.pixel_size,
                           progress=lambda rows: track(rows, label="writing TIFF", enabled=progress))
-        if calibration.pixel_size is not None:
-            table = in_micrometres(table, calibration.pixel_size)
+            if calibration.pixel_size is not None:
+                table = in_micrometres(table, calibration.pixel_size)
+            features = out_dir / f"{source.name}_nuclei.geojson" if geojson else None
+            if features is not None:  # traced from the labels as written, the store still at hand
+                write_features(features, block_features(plan, owners, open_labels(store, component), table))
         with atomic_path(measurements) as tmp:
             table.to_csv(tmp, index=False, float_format="%.6g")
     _warn_cut(path, cut, plan)
     warning = settings.warning and f"{settings.warning}; {CHANNEL_ADVICE}"
     return summary_row(path, "ok", nuclei=count, diameter=settings.diameter, estimated=settings.estimated,
                        sure=settings.sure, pixel_size=calibration.pixel_size, labels=str(target),
-                       measurements=str(measurements),
+                       measurements=str(measurements), geojson="" if features is None else str(features),
                        warning=join_warnings(warning, calibration.note))

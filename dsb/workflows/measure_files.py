@@ -8,7 +8,8 @@ image (:func:`dsb.io.annotations.label_file`) and writes, into ``out_dir``:
 - ``<name>_nuclei.csv``: one row per nucleus, the columns of ``dsb segment``'s without
   ``confidence`` (:func:`dsb.workflows.segment_files.measure_nuclei`); each nucleus keeps its
   value in the label image as its ``label``;
-- with ``overlay``, ``<name>_overlay.png``; with ``rois``, ``<name>_rois.zip`` (Fiji ROIs);
+- with ``overlay``, ``<name>_overlay.png``; with ``rois``, ``<name>_rois.zip`` (Fiji ROIs); with
+  ``geojson``, ``<name>_nuclei.geojson`` (QuPath detections, :mod:`dsb.io.geojson`);
 - ``summary.csv``: one row per image (:data:`MEASURE_SUMMARY_COLUMNS`).
 
 Every image is paired with its labels before anything is read, so a missing label image stops
@@ -44,7 +45,7 @@ __all__ = ["MEASURE_SUMMARY_COLUMNS", "measure_files", "pair_labels"]
 
 #: The columns of ``dsb measure``'s ``summary.csv``: the image, its label image, and what was written.
 MEASURE_SUMMARY_COLUMNS = ("file", "labels", "status", "nuclei", "pixel_size", "measurements", "overlay", "rois",
-                           "warning", "error")
+                           "geojson", "warning", "error")
 
 
 def pair_labels(paths, labels_dir=None, skips: Skips | None = None) -> dict[str, tuple[Path, Path]]:
@@ -57,14 +58,22 @@ def pair_labels(paths, labels_dir=None, skips: Skips | None = None) -> dict[str,
     skips bad inputs; so do paths that hold no image.
     """
     skips = Skips(False) if skips is None else skips
+    # GeoJSON label files named among the inputs: no image, so not for find_images.
+    paths = [Path(p) for p in paths]
+    shapes = [p for p in paths if p.suffix.lower() == ".geojson" and p.is_file()]
+    paths = [p for p in paths if p not in shapes]
+    for path in shapes:
+        if label_stem(path) is None:
+            skips(BadDataError("is a GeoJSON file not named as a label file: name it NAME_masks.geojson for the "
+                               "image NAME", path=path))
     try:
-        images, problems = find_images(paths)
+        images, problems = find_images(paths) if paths else ({}, [])
     except BadDataError as exc:  # two inputs of one name: often a masks/ folder named as images/
         raise BadDataError(f"{exc.message}; if one is the other's label image, give the label images' folder as "
                            "--labels", path=exc.path) from None
     for problem in problems:
         skips(problem)
-    given = {label_stem(p): p for p in images.values() if label_stem(p) is not None}
+    given = {label_stem(p): p for p in [*images.values(), *shapes] if label_stem(p) is not None}
     listing: dict = {}
     pairs = {}
     for name, image in images.items():
@@ -82,7 +91,7 @@ def pair_labels(paths, labels_dir=None, skips: Skips | None = None) -> dict[str,
 
 
 def measure_files(paths, *, out_dir, labels_dir=None, channel=None, pixel_size: float | None = None,
-                  overlay: bool = False, rois: bool = False, skip_bad: bool = False,
+                  overlay: bool = False, rois: bool = False, geojson: bool = False, skip_bad: bool = False,
                   progress: bool = True) -> pd.DataFrame:
     """Measure each nucleus of existing label images in their images (the module's text).
 
@@ -102,8 +111,8 @@ def measure_files(paths, *, out_dir, labels_dir=None, channel=None, pixel_size: 
     pixel_size : float, optional
         Micrometres a pixel, for every image, instead of its metadata; where either gives one, the
         table gets the micrometre columns.
-    overlay, rois : bool
-        Also write ``<name>_overlay.png``, ``<name>_rois.zip``.
+    overlay, rois, geojson : bool
+        Also write ``<name>_overlay.png``, ``<name>_rois.zip``, ``<name>_nuclei.geojson``.
     skip_bad : bool
         Record a bad image or label image in the summary and go on.
     progress : bool
@@ -131,7 +140,7 @@ def measure_files(paths, *, out_dir, labels_dir=None, channel=None, pixel_size: 
                                              enabled=progress and len(pairs) > 1):
         try:
             rows.append(_measure_one(image, labels_path, out_dir, name, channel=channel, pixel_size=pixel_size,
-                                     overlay=overlay, rois=rois))
+                                     overlay=overlay, rois=rois, geojson=geojson))
         except BadDataError as exc:
             skips(exc, path=image)
             rows.append({"file": str(image), "labels": str(labels_path), "status": "skipped", "nuclei": "",
@@ -146,7 +155,7 @@ def measure_files(paths, *, out_dir, labels_dir=None, channel=None, pixel_size: 
 
 
 def _measure_one(image: Path, labels_path: Path, out_dir: Path, name: str, *, channel, pixel_size, overlay,
-                 rois) -> dict:
+                 rois, geojson) -> dict:
     """One image's measurements written; its summary row."""
     picked = file_channel(image, channel)
     raw = read_image(image, picked)
@@ -155,7 +164,7 @@ def _measure_one(image: Path, labels_path: Path, out_dir: Path, name: str, *, ch
     every = None if picked is None else read_channels(image)
     table = measure_nuclei(labels, raw_intensity(raw), None, pixel_size=calibration.pixel_size, channels=every,
                            channel_names=() if picked is None else channel_names(image))
-    written = write_measurements(out_dir, name, table, raw, labels, overlay=overlay, rois=rois)
+    written = write_measurements(out_dir, name, table, raw, labels, overlay=overlay, rois=rois, geojson=geojson)
     size = calibration.pixel_size
     warning = join_warnings(channel_warning(raw, image) if picked is None else "", calibration.note)
     return {"file": str(image), "labels": str(labels_path), "status": "ok", "nuclei": len(table),

@@ -9,6 +9,8 @@ writes per image
 - ``<name>_nuclei.csv``: one row per nucleus (see :func:`measure_nuclei`);
 - ``<name>_overlay.png`` (optional): the image with the nuclei outlined;
 - ``<name>_rois.zip`` (optional): each nucleus's outline as a Fiji ROI (:mod:`dsb.io.rois`);
+- ``<name>_nuclei.geojson`` (optional): each nucleus as a QuPath detection with its measurements
+  (:mod:`dsb.io.geojson`);
 
 plus ``summary.csv`` with one row per input file. A TIFF stack (time series, z-stack) gets the same
 files, frame by frame (:func:`segment_stack`). With no model given it uses
@@ -35,6 +37,7 @@ from dsb.inference.preprocess import mixed_channels, raw_intensity
 from dsb.inference.scale import check_diameter
 from dsb.io.channel_names import channel_names, named_channels
 from dsb.io.folders import OVERLAY_SUFFIX, Skips, find_images, read_images
+from dsb.io.geojson import write_geojson
 from dsb.io.images import read_channels, read_stack
 from dsb.io.pixel_size import read_z_step
 from dsb.io.rois import write_rois
@@ -44,7 +47,7 @@ from dsb.network.model_folder import resolve_model_dir
 from dsb.workflows.calibration import Calibration, calibrate_files, check_micrometres
 from dsb.workflows.drawing import outline_overlay
 from dsb.workflows.pipeline import nuclei_predictor, predict_each
-from dsb.workflows.volumes import NO_PLANES, Stitch, measure_volumes, stitch_axis, stitch_sections
+from dsb.workflows.volumes import NO_PLANES, Stitch, measure_volumes, stitch_axis, stitch_sections, with_volumes
 
 __all__ = ["MEASUREMENT_COLUMNS", "MICROMETRE_COLUMNS", "SUMMARY_COLUMNS", "measure_nuclei", "in_micrometres",
            "touches_edge", "channel_columns",
@@ -80,7 +83,8 @@ MICROMETRE_COLUMNS = ("area_um2", "perimeter_um", "equivalent_diameter_um", "maj
 # What summary.csv's warning tells a user whose image's luminance may hide its nuclei.
 CHANNEL_ADVICE = "give --channel N to segment the DNA stain's channel alone"
 SUMMARY_COLUMNS = ("file", "status", "nuclei", "diameter", "diameter_estimated", "diameter_sure", "pixel_size",
-                   "diameter_um", "labels", "measurements", "overlay", "rois", "measurements_3d", "warning", "error")
+                   "diameter_um", "labels", "measurements", "overlay", "rois", "geojson", "measurements_3d", "warning",
+                   "error")
 
 def measure_nuclei(labels: np.ndarray, intensity: np.ndarray, confidence: np.ndarray | None = None, *,
                    pixel_size: float | None = None, channels: np.ndarray | None = None,
@@ -224,6 +228,7 @@ def _outputs(out_dir: Path, name: str) -> dict[str, Path]:
         "measurements": out_dir / f"{name}_nuclei.csv",
         "overlay": out_dir / f"{name}{OVERLAY_SUFFIX}.png",
         "rois": out_dir / f"{name}_rois.zip",
+        "geojson": out_dir / f"{name}_nuclei.geojson",
         "measurements_3d": out_dir / f"{name}_nuclei3d.csv",
     }
 
@@ -236,6 +241,7 @@ def segment_paths(
     tta: bool | None = None,
     overlay: bool = False,
     rois: bool = False,
+    geojson: bool = False,
     diameter: float | None = None,
     skip_bad: bool = False,
     progress: bool = True,
@@ -262,7 +268,7 @@ def segment_paths(
         model shipped with the package.
     out_dir : str or os.PathLike
         Where ``<name>_labels.tif``, ``<name>_nuclei.csv``, ``<name>_overlay.png``,
-        ``<name>_rois.zip`` and ``summary.csv`` go; created if needed.
+        ``<name>_rois.zip``, ``<name>_nuclei.geojson`` and ``summary.csv`` go; created if needed.
     tta : bool, optional
         Average predictions over flips and 90-degree rotations; None follows the model's
         ``predict.tta``.
@@ -270,6 +276,9 @@ def segment_paths(
         Also write ``<name>_overlay.png``.
     rois : bool
         Also write ``<name>_rois.zip``, each nucleus's outline as a Fiji ROI (:func:`dsb.io.rois.write_rois`).
+    geojson : bool
+        Also write ``<name>_nuclei.geojson``, each nucleus's outline and measurements as a QuPath
+        detection (:func:`dsb.io.geojson.write_geojson`).
     diameter : float, optional
         The median nucleus diameter in pixels of every image; by default each
         image's is estimated (:func:`dsb.inference.predict.predict_scaled`). The
@@ -361,7 +370,7 @@ def segment_paths(
     with contextlib.closing(found):  # a failed write stops the images in flight
         for name, image, raw, nuclei in found:
             rows[str(image)] = write_outputs(out_dir, name, image, raw, nuclei, overlay=overlay, rois=rois,
-                                             calibration=scales[str(image)], channel=channel)
+                                             geojson=geojson, calibration=scales[str(image)], channel=channel)
     for skip in skips.records:
         rows[skip.path] = summary_row(skip.path, "skipped", error=skip.message)
 
@@ -374,9 +383,10 @@ def segment_paths(
 
 
 def write_outputs(out_dir: Path, name: str, image: Path, raw: np.ndarray, nuclei, *, overlay: bool,
-                  rois: bool = False, calibration: Calibration = Calibration(), channel: int | None = None) -> dict:
-    """Write one image's label TIFF, measurements, (with ``overlay``) overlay and (with ``rois``) Fiji ROIs, each
-    atomically; return its
+                  rois: bool = False, geojson: bool = False, calibration: Calibration = Calibration(),
+                  channel: int | None = None) -> dict:
+    """Write one image's label TIFF, measurements, (with ``overlay``) overlay, (with ``rois``) Fiji ROIs and (with
+    ``geojson``) QuPath detections, each atomically; return its
     ``summary.csv`` row (:func:`summary_row`). The one writer of ``dsb segment``'s outputs, in one process or on
     a Dask worker (:mod:`dsb.workflows.cluster`); ``calibration`` (:mod:`dsb.workflows.calibration`) gives the
     pixel size of the measurements, the label TIFF and the row. Where ``raw`` is the ``channel`` of a
@@ -390,7 +400,7 @@ def write_outputs(out_dir: Path, name: str, image: Path, raw: np.ndarray, nuclei
                            channel_names=() if channel is None else channel_names(image))
     write_labels(targets["labels"], labels, pixel_size=size)
     targets = {"labels": targets["labels"], **write_measurements(out_dir, name, table, raw, labels, overlay=overlay,
-                                                                 rois=rois)}
+                                                                 rois=rois, geojson=geojson)}
     return summary_row(image, "ok", nuclei=len(table), diameter=nuclei.diameter, estimated=nuclei.estimated,
                        sure=nuclei.sure, pixel_size=size,
                        warning=join_warnings(channel_warning(raw, image), calibration.note),
@@ -398,10 +408,11 @@ def write_outputs(out_dir: Path, name: str, image: Path, raw: np.ndarray, nuclei
 
 
 def write_measurements(out_dir: Path, name: str, table: pd.DataFrame, raw: np.ndarray, labels: np.ndarray, *,
-                       overlay: bool = False, rois: bool = False) -> dict[str, Path]:
-    """Write one image's ``<name>_nuclei.csv`` (``table``, :func:`measure_nuclei`'s), and with ``overlay`` and
-    ``rois`` its ``<name>_overlay.png`` (its outlines on ``raw``) and ``<name>_rois.zip``
-    (:func:`dsb.io.rois.write_rois`), each atomically: ``{"measurements": path, "overlay": ..., "rois": ...}``
+                       overlay: bool = False, rois: bool = False, geojson: bool = False) -> dict[str, Path]:
+    """Write one image's ``<name>_nuclei.csv`` (``table``, :func:`measure_nuclei`'s), and with ``overlay``,
+    ``rois`` and ``geojson`` its ``<name>_overlay.png`` (its outlines on ``raw``), ``<name>_rois.zip``
+    (:func:`dsb.io.rois.write_rois`) and ``<name>_nuclei.geojson`` (:func:`dsb.io.geojson.write_geojson`, with
+    ``table``'s numbers), each atomically: ``{"measurements": path, "overlay": ..., "rois": ..., "geojson": ...}``
     for the files written. Shared by ``dsb segment`` and ``dsb measure``."""
     targets = _outputs(out_dir, name)
     with atomic_path(targets["measurements"]) as tmp:
@@ -411,12 +422,14 @@ def write_measurements(out_dir: Path, name: str, table: pd.DataFrame, raw: np.nd
         written["overlay"] = write_png(targets["overlay"], outline_overlay(raw, labels))
     if rois:
         written["rois"] = write_rois(targets["rois"], labels)
+    if geojson:
+        written["geojson"] = write_geojson(targets["geojson"], labels, measurements=table)
     return written
 
 
 def segment_stack(path, name: str, out_dir, predict, *, channel: int | None = None, overlay: bool = False,
-                  rois: bool = False, progress: bool = False, calibration: Calibration = Calibration(),
-                  stitch: Stitch | None = None) -> dict:
+                  rois: bool = False, geojson: bool = False, progress: bool = False,
+                  calibration: Calibration = Calibration(), stitch: Stitch | None = None) -> dict:
     """``dsb segment`` of a TIFF stack (a time series, the planes of a volume), frame by frame.
 
     Each frame is segmented as an image of its own (its own diameter estimate unless ``predict`` was
@@ -431,10 +444,13 @@ def segment_stack(path, name: str, out_dir, predict, *, channel: int | None = No
     - with ``overlay``, ``<name>_overlay.tif``: an RGB hyperstack of the frames with their outlines;
     - with ``rois``, ``<name>_rois.zip``: each frame's nuclei as Fiji ROIs at the frame's position in the
       label TIFF (:func:`dsb.io.rois.write_rois`);
+    - with ``geojson``, ``<name>_nuclei.geojson``: each frame's nuclei as QuPath detections on the frame's
+      plane, with their measurements (:func:`dsb.io.geojson.write_geojson`), and stitched, their 3-D
+      nucleus's (:func:`dsb.workflows.volumes.with_volumes`);
     - with ``stitch``, for a z-stack, ``<name>_nuclei3d.csv``: one row per 3-D nucleus
       (:func:`dsb.workflows.volumes.measure_volumes`). Each 3-D nucleus then has one label through
       the planes (numbered from 1 at each time point) in the label TIFF, the measurements' ``label``
-      and the ROIs' names (:func:`dsb.workflows.volumes.stitch_stack`). A time series without planes is
+      and the ROIs' and detections' names (:func:`dsb.workflows.volumes.stitch_stack`). A time series without planes is
       left frame by frame, with a warning.
 
     The stack is read whole: it takes its own size in memory, plus 2 bytes a pixel for the labels
@@ -453,7 +469,7 @@ def segment_stack(path, name: str, out_dir, predict, *, channel: int | None = No
         whose network's streams then take several frames at once).
     channel : int, optional
         As for :func:`segment_paths`.
-    overlay, rois, progress : bool
+    overlay, rois, geojson, progress : bool
     calibration : Calibration, optional
         The stack's pixel size (:func:`dsb.workflows.calibration.calibrate`), as for :func:`write_outputs`;
         its diameter is ``predict``'s to use.
@@ -533,6 +549,11 @@ def segment_stack(path, name: str, out_dir, predict, *, channel: int | None = No
         write_rois(targets["rois"], labels, roles)
     else:
         del targets["rois"]
+    if geojson:  # each section's detection carries its 3-D nucleus's measurements too
+        write_geojson(targets["geojson"], labels, roles,
+                      measurements=sections if volumes is None else with_volumes(sections, volumes))
+    else:
+        del targets["geojson"]
     finite = [d for d in diameters if math.isfinite(d)]
     warning = channel_warning(frames[(0,) * len(roles)], path)
     return summary_row(path, "ok", nuclei=len(sections if volumes is None else volumes),
@@ -564,7 +585,7 @@ def channel_warning(raw: np.ndarray, path=None) -> str:
 
 def summary_row(path, status: str, *, nuclei: int = 0, diameter: float = math.nan, estimated: bool | str = "",
                 sure: bool | str = "", pixel_size: float | None = None, labels: str = "", measurements: str = "",
-                overlay: str = "", rois: str = "", measurements_3d: str = "", warning: str = "",
+                overlay: str = "", rois: str = "", geojson: str = "", measurements_3d: str = "", warning: str = "",
                 error: str = "") -> dict:
     """One row of ``summary.csv`` (:data:`SUMMARY_COLUMNS`): empty cells for what does not apply
     (``pixel_size`` and ``diameter_um`` where the pixel size is unknown)."""
@@ -574,7 +595,7 @@ def summary_row(path, status: str, *, nuclei: int = 0, diameter: float = math.na
             "diameter_sure": sure, "pixel_size": "" if pixel_size is None else float(f"{pixel_size:.6g}"),
             "diameter_um": round(diameter * pixel_size, 2) if known and pixel_size is not None else "",
             "labels": labels, "measurements": measurements, "overlay": overlay, "rois": rois,
-            "measurements_3d": measurements_3d, "warning": warning, "error": error}
+            "geojson": geojson, "measurements_3d": measurements_3d, "warning": warning, "error": error}
 
 
 def nothing_to_segment(inputs: list[str], skips: Skips, *, verb: str = "segment") -> BadDataError:

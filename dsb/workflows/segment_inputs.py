@@ -66,7 +66,7 @@ def _check_task(path: Path, channel: int | None = None, stack: bool = False) -> 
 
 
 def _segment_task(path: Path, name: str, out_dir: Path, spec: ModelSpec, tta: bool, overlay: bool, rois: bool,
-                  calibration: Calibration, channel: int | None = None):
+                  geojson: bool, calibration: Calibration, channel: int | None = None):
     """One image of a folder, on a worker: read, segment with the worker's model at the calibration's
     diameter (None: estimated), write its files."""
     try:
@@ -74,8 +74,8 @@ def _segment_task(path: Path, name: str, out_dir: Path, spec: ModelSpec, tta: bo
         network, config, lock = worker_network(spec)
         with lock:
             nuclei = predict_nuclei(network, config, raw, tta=tta, diameter=calibration.diameter)
-        return write_outputs(out_dir, name, path, raw, nuclei, overlay=overlay, rois=rois, calibration=calibration,
-                             channel=channel)
+        return write_outputs(out_dir, name, path, raw, nuclei, overlay=overlay, rois=rois, geojson=geojson,
+                             calibration=calibration, channel=channel)
     except DsbError as exc:
         return TaskError.of(exc)
 
@@ -83,7 +83,8 @@ def _segment_task(path: Path, name: str, out_dir: Path, spec: ModelSpec, tta: bo
 
 def segment_folder(images: dict[str, Path], *, spec: ModelSpec, out_dir: Path, client, skips: Skips,
                    scales: dict[str, Calibration], tta: bool | None = None, overlay: bool = False,
-                   rois: bool = False, progress: bool = True, channel: int | None = None) -> dict[str, dict]:
+                   rois: bool = False, geojson: bool = False, progress: bool = True,
+                   channel: int | None = None) -> dict[str, dict]:
     """``dsb segment`` of many images, one Dask task per image: ``{file: summary row}``, each image at the
     scale of its :class:`~dsb.workflows.calibration.Calibration` in ``scales`` (by ``str(path)``).
 
@@ -97,8 +98,8 @@ def segment_folder(images: dict[str, Path], *, spec: ModelSpec, out_dir: Path, c
             skips(problem.error(), path=path)
             bad.add(str(path))
     rows: dict[str, dict] = {}
-    items = [(p, name, out_dir, spec, tta, overlay, rois, scales[str(p)], channel) for name, p in images.items()
-             if str(p) not in bad]
+    items = [(p, name, out_dir, spec, tta, overlay, rois, geojson, scales[str(p)], channel)
+             for name, p in images.items() if str(p) not in bad]
     for item, row in run_tasks(_segment_task, items, client=client, progress=progress, label="segmenting",
                                what="segmenting"):
         if isinstance(row, TaskError):
@@ -110,7 +111,8 @@ def segment_folder(images: dict[str, Path], *, spec: ModelSpec, out_dir: Path, c
 
 
 def _stack_task(path: Path, name: str, out_dir: Path, spec: ModelSpec, tta: bool, overlay: bool, rois: bool,
-                calibration: Calibration, channel: int | None, progress: bool = False, stitch: Stitch | None = None):
+                geojson: bool, calibration: Calibration, channel: int | None, progress: bool = False,
+                stitch: Stitch | None = None):
     """One TIFF stack, on a worker or in this process: segment it frame by frame with the model of
     ``spec`` (:func:`dsb.workflows.segment_files.segment_stack`); its summary row or a TaskError."""
     try:
@@ -118,7 +120,7 @@ def _stack_task(path: Path, name: str, out_dir: Path, spec: ModelSpec, tta: bool
         predict = nuclei_predictor(network, config, tta=tta, diameter=calibration.diameter)
         with lock:
             return segment_stack(path, name, out_dir, predict, channel=channel, overlay=overlay, rois=rois,
-                                 progress=progress, calibration=calibration, stitch=stitch)
+                                 geojson=geojson, progress=progress, calibration=calibration, stitch=stitch)
     except DsbError as exc:
         return TaskError.of(exc)
 
@@ -140,15 +142,15 @@ def check_stacks(stacks: dict[str, Path], *, client, skips: Skips, channel: int 
 
 def segment_stacks(stacks: dict[str, Path], *, spec: ModelSpec, out_dir: Path, client, skips: Skips,
                    scales: dict[str, Calibration], tta: bool | None = None, overlay: bool = False,
-                   rois: bool = False, progress: bool = True, channel: int | None = None,
+                   rois: bool = False, geojson: bool = False, progress: bool = True, channel: int | None = None,
                    stitch: Stitch | None = None) -> dict[str, dict]:
     """``dsb segment`` of TIFF stacks: ``{file: summary row}``; one Dask task per stack on a cluster,
     else here, frame after frame with a progress bar over each stack's frames; each at the scale of its
     :class:`~dsb.workflows.calibration.Calibration` in ``scales``, a z-stack's planes joined with ``stitch``
     (:class:`dsb.workflows.volumes.Stitch`)."""
     rows: dict[str, dict] = {}
-    items = [(p, name, out_dir, spec, tta, overlay, rois, scales[str(p)], channel, progress and client is None,
-              stitch) for name, p in stacks.items()]
+    items = [(p, name, out_dir, spec, tta, overlay, rois, geojson, scales[str(p)], channel,
+              progress and client is None, stitch) for name, p in stacks.items()]
     for item, row in run_tasks(_stack_task, items, client=client, progress=progress and client is not None,
                                label="segmenting stacks", what="segmenting"):
         if isinstance(row, TaskError):
@@ -204,8 +206,8 @@ def _side(path: Path) -> int:
 
 
 def segment_inputs(paths, *, model_dir=None, out_dir, tta: bool | None = None, overlay: bool = False,
-                   rois: bool = False, diameter: float | None = None, skip_bad: bool = False, progress: bool = True,
-                   engine: str = "auto", precision: str = "auto", block_size: int | None = None,
+                   rois: bool = False, geojson: bool = False, diameter: float | None = None, skip_bad: bool = False,
+                   progress: bool = True, engine: str = "auto", precision: str = "auto", block_size: int | None = None,
                    workers: int | None = None, scheduler: str | None = None, client=None,
                    scale_factor: float | None = None, channel: int | None = None, diameter_um: float | None = None,
                    pixel_size: float | None = None, stitch: Stitch | None = None) -> pd.DataFrame:
@@ -216,10 +218,10 @@ def segment_inputs(paths, *, model_dir=None, out_dir, tta: bool | None = None, o
     (:func:`dsb.workflows.blocks.segment_image_file`); the other images as
     :func:`dsb.workflows.segment_files.segment_paths` does, on the cluster's workers
     when ``workers`` or ``scheduler`` is given. Parameters and the returned
-    summary are those of :func:`~dsb.workflows.segment_files.segment_paths` (``rois``, ``scale_factor``,
-    ``channel``, ``diameter_um`` and ``pixel_size`` included; an image segmented block-wise gets
-    neither an overlay nor ROIs), plus ``stitch`` (join each z-stack's planes into 3-D nuclei:
-    :func:`dsb.workflows.segment_files.segment_stack`),
+    summary are those of :func:`~dsb.workflows.segment_files.segment_paths` (``rois``, ``geojson``,
+    ``scale_factor``, ``channel``, ``diameter_um`` and ``pixel_size`` included; an image segmented
+    block-wise gets neither an overlay nor ROIs, but its GeoJSON), plus ``stitch`` (join each z-stack's
+    planes into 3-D nuclei: :func:`dsb.workflows.segment_files.segment_stack`),
     ``block_size`` (pixels a side), ``workers`` and ``scheduler``
     (:func:`cluster_client`), or a ``client`` already connected (a
     dask-gateway cluster's, whose address needs its credentials).
@@ -258,8 +260,8 @@ def segment_inputs(paths, *, model_dir=None, out_dir, tta: bool | None = None, o
     with given as client:
         if client is None and not big and not refused and not stacks and not notes:  # as before
             return segment_paths(paths, model_dir=spec.path, out_dir=out_dir, tta=tta, overlay=overlay, rois=rois,
-                                 diameter=diameter, skip_bad=skip_bad, progress=progress, engine=engine,
-                                 precision=precision, scale_factor=scale_factor, channel=channel,
+                                 geojson=geojson, diameter=diameter, skip_bad=skip_bad, progress=progress,
+                                 engine=engine, precision=precision, scale_factor=scale_factor, channel=channel,
                                  diameter_um=diameter_um, pixel_size=pixel_size)
         for problem in problems + refused + unreadable:
             skips(problem)
@@ -275,7 +277,8 @@ def segment_inputs(paths, *, model_dir=None, out_dir, tta: bool | None = None, o
         stacks = check_stacks(stacks, client=client, skips=skips, channel=channel, progress=progress)
         if small and client is None:
             done = segment_paths(list(small.values()), model_dir=spec.path, out_dir=out_dir, tta=tta,
-                                 overlay=overlay, rois=rois, diameter=diameter, skip_bad=skip_bad, progress=progress,
+                                 overlay=overlay, rois=rois, geojson=geojson, diameter=diameter, skip_bad=skip_bad,
+                                 progress=progress,
                                  engine=engine, precision=precision, scale_factor=scale_factor, channel=channel,
                                  diameter_um=diameter_um, pixel_size=pixel_size)
             rows.update({row["file"]: row for row in done.to_dict("records") if row["status"] == "ok"})
@@ -283,19 +286,20 @@ def segment_inputs(paths, *, model_dir=None, out_dir, tta: bool | None = None, o
         elif small:
             writable_dir(out_dir)
             rows.update(segment_folder(small, spec=spec, out_dir=out_dir, client=client, skips=skips,
-                                       scales=scales, tta=tta, overlay=overlay, rois=rois, progress=progress,
-                                       channel=channel))
+                                       scales=scales, tta=tta, overlay=overlay, rois=rois, geojson=geojson,
+                                       progress=progress, channel=channel))
         if stacks:
             writable_dir(out_dir)
             rows.update(segment_stacks(stacks, spec=spec, out_dir=out_dir, client=client, skips=skips,
-                                       scales=scales, tta=tta, overlay=overlay, rois=rois, progress=progress,
-                                       channel=channel, stitch=stitch))
+                                       scales=scales, tta=tta, overlay=overlay, rois=rois, geojson=geojson,
+                                       progress=progress, channel=channel, stitch=stitch))
         for path in big:
             if str(path) in out:
                 continue
             try:
                 row = segment_image_file(path, spec=spec, out_dir=out_dir, block_size=block_size, client=client,
-                                         tta=tta, progress=progress, channel=channel, calibration=scales[str(path)])
+                                         tta=tta, progress=progress, channel=channel, calibration=scales[str(path)],
+                                         geojson=geojson)
             except BadDataError as exc:
                 skips(exc, path=path)
                 continue

@@ -16,8 +16,8 @@ import pandas as pd
 
 from dsb.core.stitch import MIN_OVERLAP, stitch_planes
 
-__all__ = ["NO_PLANES", "VOLUME_COLUMNS", "Stitch", "measure_volumes", "section_lookup", "stitch_axis", "stitch_sections",
-           "stitch_stack"]
+__all__ = ["NO_PLANES", "VOLUME_COLUMNS", "SECTION_NAMES", "Stitch", "beside_sections", "measure_volumes",
+           "section_lookup", "stitch_axis", "stitch_sections", "stitch_stack", "with_volumes"]
 
 VOLUME_COLUMNS = (
     "label",
@@ -34,6 +34,12 @@ VOLUME_COLUMNS = (
     "confidence",
 )
 
+
+#: The columns of :func:`measure_volumes` that a section's measurements have too
+#: (:func:`dsb.workflows.segment_files.measure_nuclei`), and each channel's mean (``mean_intensity_NAME``):
+#: beside a section's, a 3-D nucleus's are named ``NAME_3d`` (:func:`beside_sections`).
+SECTION_NAMES = ("centroid_row", "centroid_col", "touches_edge", "mean_intensity", "integrated_intensity", "confidence",
+                 "equivalent_diameter_um")
 
 # The warning of a time series given to --stitch: it has no planes to join.
 NO_PLANES = "a time series with no z planes: --stitch left its frames apart"
@@ -188,3 +194,21 @@ def measure_volumes(table: pd.DataFrame, *, z: str, planes: int, pixel_size: flo
             out = out.assign(volume_um3=cubic, equivalent_diameter_um=np.cbrt(6.0 * cubic / np.pi),
                              centroid_z_um=out["centroid_z"] * z_step)
     return out
+
+
+def beside_sections(volumes: pd.DataFrame) -> pd.DataFrame:
+    """:func:`measure_volumes`' table with the columns a section's measurements have too (:data:`SECTION_NAMES`,
+    the channels' means) named ``NAME_3d``, to stand beside a section's row without taking its names.
+
+    >>> beside_sections(pd.DataFrame(columns=["label", "volume", "confidence", "mean_intensity_DAPI"])).columns.tolist()
+    ['label', 'volume', 'confidence_3d', 'mean_intensity_DAPI_3d']
+    """
+    return volumes.rename(columns=lambda c: f"{c}_3d" if c in SECTION_NAMES or c.startswith("mean_intensity_") else c)
+
+
+def with_volumes(sections: pd.DataFrame, volumes: pd.DataFrame) -> pd.DataFrame:
+    """Each section's row of ``sections`` (in its order) with its 3-D nucleus's columns of ``volumes`` after
+    them (:func:`beside_sections`), matched by label and by the other frame axes' columns (a hyperstack's
+    ``t``): what a section drawn alone (a QuPath detection) carries of its nucleus."""
+    keys = list(volumes.columns[: volumes.columns.get_loc("label") + 1])
+    return sections.merge(beside_sections(volumes), on=keys, how="left", validate="many_to_one")

@@ -1,0 +1,459 @@
+"""Nuclei as GeoJSON polygons: QuPath's detections, and any reader of GeoJSON's shapes.
+
+QuPath imports a GeoJSON ``FeatureCollection`` as objects (drag the file onto the image, or *File >
+Import objects from file*); :func:`write_geojson` writes each nucleus as a ``Feature`` QuPath reads
+as a detection:
+
+- ``geometry``: a ``Polygon`` along the nucleus's pixels' edges (:func:`dsb.core.outlines.label_polygons`:
+  the outline Fiji's wand traces, with the nucleus's holes; a ``MultiPolygon`` of a nucleus in pieces), in pixels with ``x`` the column and ``y`` the row, pixel
+  ``(x, y)`` spanning ``x .. x + 1`` as in QuPath and Fiji, its first corner repeated at the end as
+  GeoJSON asks; in a stack, with QuPath's ``plane`` (``{"c": -1, "z": Z, "t": T}``: the pages of
+  a plain multi-page TIFF on ``t``, where QuPath's Bio-Formats reader puts them);
+- ``properties``: ``"objectType": "detection"``, ``name`` the nucleus's label (as in the label
+  image and the measurements' ``label``), and ``measurements``, its row of the measurements
+  (every number of it to six significant digits, ``touches_edge`` as 0 or 1, a missing value left
+  out), which QuPath lists
+  in its measurement tables.
+
+QuPath 0.4 and later read this form (``measurements`` as a map). The file is plain JSON for any
+other reader: :func:`pandas.json_normalize` of its ``features`` gives one row per nucleus.
+
+The way back, :func:`read_geojson_labels`: nuclei drawn or corrected in QuPath and exported as
+GeoJSON (*File > Export objects as GeoJSON*) become a label image, which ``dsb measure`` and
+``dsb train`` (its fine-tuning included) take as they take a label TIFF.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from dsb.core.atomic import atomic_path
+from dsb.core.errors import BadDataError
+from dsb.core.outlines import label_polygons
+
+__all__ = ["nucleus_features", "write_features", "write_geojson", "read_geojson_labels", "FRAME_COLUMNS",
+           "QUPATH_PLANES"]
+
+#: The measurement columns that say where a row's nucleus lies in a stack, by frame role: ``t`` time,
+#: ``z`` planes, ``f`` an unnamed frame axis.
+FRAME_COLUMNS = {"t": "t", "z": "z", "f": "frame"}
+#: The axis of QuPath's plane each frame role is counted on: an unnamed axis (the pages of a plain
+#: multi-page TIFF) on ``t``, as QuPath's Bio-Formats reader opens such a file.
+QUPATH_PLANES = {"t": "t", "z": "z", "f": "t"}
+
+
+def nucleus_features(labels: np.ndarray, measurements: pd.DataFrame | None = None, *,
+                     plane: dict | None = None, origin: tuple[int, int] = (0, 0),
+                     offset: int = 0) -> Iterator[dict]:
+    """One GeoJSON ``Feature`` (a dict) per nucleus of ``labels``, in label order.
+
+    Parameters
+    ----------
+    labels : (H, W) ndarray of int
+        0 background, nuclei 1..N (gaps allowed).
+    measurements : DataFrame, optional
+        Rows by ``label`` (e.g. :func:`dsb.workflows.segment_files.measure_nuclei`'s): each nucleus's
+        numbers become its ``measurements``.
+    plane : dict, optional
+        QuPath's plane of the polygons (``{"c": -1, "z": 2, "t": 0}``); None: the image's only one.
+    origin : (int, int)
+        Row and column of ``labels``' first pixel in the image (a block of a larger one).
+    offset : int
+        Added to each label (a block's nuclei numbered from 1): the nucleus's name and its row of
+        ``measurements``.
+
+    Yields
+    ------
+    dict
+
+    Examples
+    --------
+    >>> [feature] = nucleus_features(np.array([[0, 0, 0], [0, 3, 3]]), plane={"c": -1, "z": 1, "t": 0})
+    >>> feature["geometry"]["coordinates"], feature["geometry"]["plane"]["z"], feature["properties"]["name"]
+    ([[[1, 1], [3, 1], [3, 2], [1, 2], [1, 1]]], 1, '3')
+    """
+    found, polygons = label_polygons(np.asarray(labels))
+    numbers = _numbers(measurements, found + offset)
+    row, col = origin
+    for label, pieces in zip((found + offset).tolist(), polygons):
+        # Our corners lie at half-integer (row, col); QuPath's pixel (x, y) spans x .. x + 1.
+        geometry = _geometry([[np.rint(ring[:, ::-1] + 0.5).astype(np.int64) + (col, row) for ring in piece]
+                              for piece in pieces])
+        if plane is not None:
+            geometry["plane"] = dict(plane)
+        properties = {"objectType": "detection", "name": str(label)}
+        if label in numbers:
+            properties["measurements"] = numbers[label]
+        yield {"type": "Feature", "geometry": geometry, "properties": properties}
+
+
+def _geometry(pieces: list) -> dict:
+    """A GeoJSON ``Polygon`` of a nucleus in one piece, or a ``MultiPolygon`` of its pieces: each piece's rings
+    (its outside, then its holes) of corners (``(x, y)``, not closed), as :func:`dsb.core.outlines.label_polygons`
+    gives them. A ring may not touch itself in GeoJSON's geometry model (JTS, which QuPath reads it with;
+    shapely): where one passes a corner twice (pixels meeting only there), it is cut there into simple
+    rings, each an outside (counterclockwise) or a hole (clockwise), and each hole goes to the smallest
+    outside that holds it.
+
+    >>> _geometry([[np.array([[0, 0], [1, 0], [1, 1], [0, 1]])]])["type"]
+    'Polygon'
+    >>> pinched = np.array([[0, 0], [1, 0], [1, 1], [2, 1], [2, 2], [1, 2], [1, 1], [0, 1]])  # counterclockwise
+    >>> [len(polygon[0]) for polygon in _geometry([[pinched]])["coordinates"]]
+    [5, 5]
+    """
+    if len(pieces) == 1 and len(pieces[0]) == 1 and _is_simple(pieces[0][0]):  # as most nuclei are
+        return {"type": "Polygon", "coordinates": [_closed(pieces[0][0])]}
+    polygons = []
+    for piece in pieces:
+        rings = [loop for ring in piece for loop in _simple_rings(ring)]
+        areas = [_twice_area(ring) for ring in rings]
+        lobes = sorted((at for at, area in enumerate(areas) if area > 0), key=lambda at: areas[at])  # smallest first
+        held = {at: [] for at in lobes}
+        for at, area in enumerate(areas):
+            if area < 0:
+                beside = _pixel_beside(rings[at])
+                held[next((lobe for lobe in lobes if _holds(rings[lobe], beside)), lobes[-1])].append(rings[at])
+        polygons.extend([_closed(rings[at]), *map(_closed, held[at])] for at in reversed(lobes))
+    if len(polygons) == 1:
+        return {"type": "Polygon", "coordinates": polygons[0]}
+    return {"type": "MultiPolygon", "coordinates": polygons}
+
+
+def _simple_rings(ring: np.ndarray) -> list[np.ndarray]:
+    """``ring`` cut where it passes a corner twice into the simple loops it makes there (either way round)."""
+    if _is_simple(ring):
+        return [ring]
+    loops, path, seen = [], [], {}
+    for corner in map(tuple, ring.tolist()):
+        if corner in seen:  # back at a corner passed before: the path since then is a loop of its own
+            at = seen[corner]
+            loops.append(path[at:])
+            for gone in path[at + 1:]:
+                del seen[gone]
+            path = path[: at + 1]
+        else:
+            seen[corner] = len(path)
+            path.append(corner)
+    loops.append(path)
+    return [np.array(loop) for loop in loops if len(loop) >= 3]
+
+
+def _is_simple(ring: np.ndarray) -> bool:
+    """Whether a ring of corners passes no corner twice."""
+    return len(set(map(tuple, ring.tolist()))) == len(ring)
+
+
+def _pixel_beside(ring: np.ndarray) -> np.ndarray:
+    """The centre of the nucleus's pixel beside the first side of a ring of corners (a hole's too): on the
+    ring's left, where its polygon lies (its outside counterclockwise, its holes clockwise)."""
+    step = np.sign(ring[1] - ring[0]).astype(np.float64)
+    return ring[0] + 0.5 * step + 0.5 * np.array([-step[1], step[0]])
+
+
+def _holds(ring: np.ndarray, point: np.ndarray) -> bool:
+    """Whether a ring of integer corners holds ``point`` (a pixel's centre, never on the ring): a ray from it
+    crosses the ring's sides an odd number of times."""
+    return bool(_inside(ring.astype(np.float64), np.asarray(point, np.float64)[None, :])[0])
+
+
+def _closed(ring: np.ndarray) -> list:
+    """``ring``'s corners as a list, the first repeated at the end."""
+    return np.vstack([ring, ring[:1]]).tolist()
+
+
+def _twice_area(ring: np.ndarray) -> float:
+    """Twice the signed area of a ring of corners (the shoelace formula)."""
+    x, y = ring[:, 0].astype(np.float64), ring[:, 1].astype(np.float64)
+    return float(np.dot(x[:-1], y[1:]) - np.dot(x[1:], y[:-1]) + x[-1] * y[0] - x[0] * y[-1])
+
+
+def _numbers(measurements: pd.DataFrame | None, labels: np.ndarray) -> dict[int, dict[str, float]]:
+    """Each of ``labels``' finite numbers in ``measurements`` (by its ``label`` column), by name; the frame
+    columns and ``label`` left out."""
+    if measurements is None or not len(measurements) or not labels.size:
+        return {}
+    rows = measurements[measurements["label"].isin(labels)]
+    skip = {"label", *FRAME_COLUMNS.values()}
+    columns = [c for c in rows.columns if c not in skip and (pd.api.types.is_numeric_dtype(rows[c])
+                                                              or pd.api.types.is_bool_dtype(rows[c]))]
+    values = rows[columns].astype(np.float64).to_numpy()
+    out = {}
+    for label, row in zip(rows["label"].astype(np.int64).tolist(), values.tolist()):
+        # Six significant digits, as the measurements' CSV has them.
+        out[label] = {name: float(f"{value:.6g}") for name, value in zip(columns, row) if math.isfinite(value)}
+    return out
+
+
+def write_features(path, features: Iterable[dict]) -> Path:
+    """Write ``features`` as one GeoJSON ``FeatureCollection`` to ``path``, one feature a line, as they come
+    (a whole slide's need not be held at once), atomically: ``path`` appears only when whole."""
+    path = Path(path)
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as out:
+        out.write('{"type": "FeatureCollection", "features": [')
+        for at, feature in enumerate(features):
+            out.write(("\n" if at == 0 else ",\n") + json.dumps(feature, allow_nan=False, separators=(",", ":")))
+        out.write("\n]}\n")
+    return path
+
+
+def write_geojson(path, labels: np.ndarray, frames: str = "", measurements: pd.DataFrame | None = None) -> Path:
+    """Write each nucleus of ``labels`` as a QuPath detection into the GeoJSON file ``path``, atomically.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The file to write (``NAME_nuclei.geojson``).
+    labels : (H, W) ndarray of int, or (F..., H, W) for a stack
+        0 background, nuclei 1..N (each frame of a stack numbered on its own, or a z-stack's 3-D
+        nuclei through its planes).
+    frames : str
+        For a stack, the roles of its leading axes (``t`` time, ``z`` planes, ``f`` unnamed), as
+        :func:`dsb.io.writers.write_labels` takes them, at most one on each of QuPath's ``t`` and ``z``
+        (:data:`QUPATH_PLANES`): each polygon carries its frame's QuPath ``plane``.
+    measurements : DataFrame, optional
+        Rows by ``label`` (a stack's also by its frame columns, :data:`FRAME_COLUMNS`, as
+        ``dsb segment`` writes them): each nucleus's numbers.
+
+    Returns
+    -------
+    Path
+    """
+    labels = np.asarray(labels)
+    if labels.ndim != 2 + len(frames):
+        raise ValueError(f"`labels` has {labels.ndim} axes, expected {2 + len(frames)} for frames {frames!r}")
+    axes = [QUPATH_PLANES.get(role) for role in frames]
+    if None in axes or len(set(axes)) != len(axes):
+        raise ValueError(f"frames {frames!r}: give roles of {sorted(QUPATH_PLANES)}, at most one time and one "
+                         "plane axis")
+    if not frames:
+        return write_features(path, nucleus_features(labels, measurements))
+    columns = [FRAME_COLUMNS[role] for role in frames]
+    if measurements is not None and not set(columns) <= set(measurements.columns):
+        raise ValueError(f"the measurements of a stack need its frame columns {columns}, "
+                         f"got {list(measurements.columns)}")
+    by_frame = {} if measurements is None else {
+        (key if isinstance(key, tuple) else (key,)): rows for key, rows in measurements.groupby(columns)}
+
+    def every_frame():
+        for index in np.ndindex(*labels.shape[:-2]):
+            where = {"t": 0, "z": 0} | {axis: int(at) for axis, at in zip(axes, index)}
+            rows = by_frame.get(tuple(int(i) for i in index))
+            yield from nucleus_features(labels[index], rows, plane={"c": -1, **where})
+
+    return write_features(path, every_frame())
+
+
+def read_geojson_labels(path, shape: tuple[int, int] | None = None) -> np.ndarray:
+    """A label image of the objects of a GeoJSON file: QuPath's detections and cells (a cell's nucleus,
+    its ``nucleusGeometry``), or where it holds none, its annotations (nuclei drawn by hand), one label
+    each, as :func:`write_geojson` writes them.
+
+    Each ``Polygon`` or ``MultiPolygon`` (its holes left out) takes the pixels whose centres lie inside
+    it, in QuPath's pixel coordinates (``x`` the column, ``y`` the row, pixel ``(x, y)`` spanning
+    ``x .. x + 1``); where two overlap, the first keeps the pixels. An annotation that holds the centre
+    of another object is a region (the area detection ran in, a tissue's outline), not a nucleus, and is
+    passed over; so are points, lines, tiles and TMA cores. An object named by a whole number (as
+    ``dsb segment --geojson`` names them) keeps it as its label, so that a nucleus keeps its number
+    through QuPath; the others (a nucleus drawn in QuPath has no name) are numbered after the largest,
+    in the file's order.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A GeoJSON ``FeatureCollection``, a list of features (QuPath's other export), or one feature.
+    shape : (int, int), optional
+        The (H, W) of its image, which the objects must lie in; None: the extent of the objects.
+
+    Returns
+    -------
+    (H, W) ndarray of int32
+
+    Raises
+    ------
+    BadDataError
+        Naming the file: not JSON, not GeoJSON features, coordinates that are not finite (x, y) points,
+        objects on more than one plane of a stack (a label image is one 2-D plane), or objects beyond
+        ``shape`` (the objects of another image, or of this one at another scale).
+
+    Examples
+    --------
+    >>> import tempfile, os
+    >>> path = os.path.join(tempfile.mkdtemp(), "a_masks.geojson")
+    >>> _ = write_geojson(path, np.array([[0, 0, 0], [0, 7, 7]]))
+    >>> read_geojson_labels(path, (2, 3)).tolist()
+    [[0, 0, 0], [0, 7, 7]]
+    """
+    path = Path(path)
+    found = [_object(feature, path) for feature in _features(path)]
+    found = [f for f in found if f is not None]
+    found = [f for f, region in zip(found, _regions(found)) if not region]
+    planes = {plane for _, _, _, plane in found}
+    if len(planes) > 1:
+        raise BadDataError(f"holds objects on {len(planes)} planes of a stack; a label image is one 2-D plane: "
+                           "export one plane's objects", path=path)
+    outers = [polygon[0] for _, _, rings, _ in found for polygon in rings if len(polygon[0])]
+    low = np.min([ring.min(axis=0) for ring in outers], axis=0) if outers else np.zeros(2)
+    high = np.max([ring.max(axis=0) for ring in outers], axis=0) if outers else np.zeros(2)
+    if shape is None:  # the objects' extent
+        shape = (max(int(np.ceil(high[1])), 0), max(int(np.ceil(high[0])), 0))
+    elif outers and (low.min() < -0.5 or high[0] > shape[1] + 0.5 or high[1] > shape[0] + 0.5):
+        raise BadDataError(f"holds objects from x, y = {low[0]:g}, {low[1]:g} to {high[0]:g}, {high[1]:g}, beyond "
+                           f"its image's {shape[1]} x {shape[0]} pixels: the objects of another image, or of "
+                           "this one at another scale?", path=path)
+    labels = np.zeros(shape, np.int32)
+    for value, rings in zip(_values([name for _, name, _, _ in found]), (rings for _, _, rings, _ in found)):
+        for outer, *holes in rings:
+            _fill(labels, value, outer, holes)
+    return labels
+
+
+#: The objects :func:`read_geojson_labels` takes as nuclei, by QuPath's ``objectType`` (and its older names).
+_NUCLEUS_TYPES = {"detection": "detection", "PathDetectionObject": "detection", "cell": "cell",
+                  "PathCellObject": "cell", "annotation": "annotation", "PathAnnotationObject": "annotation"}
+
+
+def _object(feature: dict, path: Path):
+    """``(kind, name, polygons, plane)`` of a feature that may be a nucleus, else None; each polygon a list of
+    rings (the outer one first) as (n, 2) arrays of x, y."""
+    properties = feature.get("properties")
+    properties = properties if isinstance(properties, dict) else {}
+    kind = _NUCLEUS_TYPES.get(str(properties.get("objectType", properties.get("type", "annotation"))))
+    geometry = feature.get("nucleusGeometry") if kind == "cell" else None
+    geometry = geometry if isinstance(geometry, dict) else feature.get("geometry")
+    shape = geometry.get("type") if isinstance(geometry, dict) else None
+    if kind is None or shape not in ("Polygon", "MultiPolygon", "GeometryCollection"):
+        return None
+    try:
+        polygons = _polygons(geometry)
+        if not polygons:
+            return None
+        rings = [[_ring(ring) for ring in polygon] for polygon in polygons if len(polygon)]
+        plane = geometry.get("plane") or {}
+        plane = (int(plane.get("z", 0)), int(plane.get("t", 0))) if isinstance(plane, dict) else (0, 0)
+    except (KeyError, TypeError, ValueError, IndexError, OverflowError) as exc:
+        raise BadDataError(f"holds a {shape} that is not rings of finite (x, y) points on a plane ({exc})",
+                           path=path) from None
+    return kind, str(properties.get("name", "")).strip(), rings, plane
+
+
+def _regions(found: list) -> list[bool]:
+    """Which objects of ``found`` are regions, not nuclei: annotations that hold a point inside another object
+    of their plane (beside its outline's first side) and are at least twice its area."""
+    regions = [False] * len(found)
+    annotations = [at for at, (kind, _, rings, _) in enumerate(found) if kind == "annotation" and rings]
+    if not annotations or len(found) < 2:
+        return regions
+    points = np.array([_pixel_beside(rings[0][0]) if rings and len(rings[0][0]) >= 2 else (np.nan, np.nan)
+                       for _, _, rings, _ in found])
+    areas = np.array([sum(abs(_twice_area(polygon[0])) for polygon in rings) / 2 for _, _, rings, _ in found])
+    planes = np.array([plane for *_, plane in found])
+    for at in annotations:
+        outer = np.vstack([polygon[0] for polygon in found[at][2]])
+        (left, top), (right, bottom) = outer.min(axis=0), outer.max(axis=0)
+        near = np.flatnonzero((points[:, 0] > left) & (points[:, 0] < right) & (points[:, 1] > top)
+                              & (points[:, 1] < bottom) & (planes == planes[at]).all(axis=1)
+                              & (2 * areas <= areas[at]))
+        near = near[near != at]
+        for chunk in np.array_split(near, max(1, near.size // 4096)):  # sides x points at a time
+            if chunk.size and any(_inside(polygon[0], points[chunk]).any() for polygon in found[at][2]):
+                regions[at] = True
+                break
+    return regions
+
+
+def _inside(ring: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Which of ``points`` (x, y) a ring holds: a ray from each crosses its sides an odd number of times."""
+    x0, y0 = ring[:, 0][:, None], ring[:, 1][:, None]
+    x1, y1 = np.roll(ring[:, 0], -1)[:, None], np.roll(ring[:, 1], -1)[:, None]
+    px, py = points[:, 0][None, :], points[:, 1][None, :]
+    upright = (y0 > py) != (y1 > py)
+    crossing = x0 + (py - y0) * (x1 - x0) / np.where(y1 == y0, 1, y1 - y0)
+    return np.count_nonzero(upright & (crossing > px), axis=0) % 2 == 1
+
+
+def _polygons(geometry: dict) -> list:
+    """The polygons (lists of rings) of a geometry: a ``Polygon``'s, a ``MultiPolygon``'s, or those of a
+    ``GeometryCollection`` (QuPath's, after some of its shape operations); its points and lines left out."""
+    kind = geometry.get("type")
+    if kind == "Polygon":
+        return [geometry["coordinates"]]
+    if kind == "MultiPolygon":
+        return list(geometry["coordinates"])
+    if kind == "GeometryCollection":
+        return [polygon for part in geometry.get("geometries") or [] if isinstance(part, dict)
+                for polygon in _polygons(part)]
+    return []
+
+
+def _values(names: list[str]) -> list[int]:
+    """Each object's label: its name where that is a whole number from 1 that no object before it took,
+    else the next after the largest.
+
+    >>> _values(["7", "", "Nucleus", "7", "2"])
+    [7, 8, 9, 10, 2]
+    """
+    top = np.iinfo(np.int32).max
+    named = [int(n) if n.isascii() and n.isdigit() and 0 < int(n) <= top else None for n in names]
+    values, taken = [], set()
+    after = max((n for n in named if n is not None), default=0)
+    for n in named:
+        if n is None or n in taken:
+            after += 1
+            n = after
+        taken.add(n)
+        values.append(n)
+    return values
+
+
+def _fill(labels: np.ndarray, value: int, outer: np.ndarray, holes) -> None:
+    """Give ``value`` to the unlabelled pixels of ``labels`` whose centres lie inside the ring ``outer`` and
+    outside the ``holes``, working within the ring's bounding box."""
+    from skimage.draw import polygon as inside
+
+    if len(outer) < 3:
+        return
+    rows, cols = inside(outer[:, 1] - 0.5, outer[:, 0] - 0.5, labels.shape)
+    if not rows.size:
+        return
+    top, left = rows.min(), cols.min()
+    box = np.zeros((rows.max() - top + 1, cols.max() - left + 1), bool)
+    box[rows - top, cols - left] = True
+    for hole in holes:
+        if len(hole) >= 3:
+            box[inside(hole[:, 1] - 0.5 - top, hole[:, 0] - 0.5 - left, box.shape)] = False
+    window = labels[top:top + box.shape[0], left:left + box.shape[1]]
+    window[box & (window == 0)] = value
+
+
+def _ring(points) -> np.ndarray:
+    """A GeoJSON ring's points as an (n, 2) array of ``x, y`` (a third coordinate dropped)."""
+    ring = np.asarray(points, np.float64)
+    if ring.size == 0:
+        return np.zeros((0, 2))
+    if ring.ndim != 2 or ring.shape[1] < 2 or not np.isfinite(ring[:, :2]).all():
+        raise ValueError(f"a ring of shape {ring.shape}, not of finite (x, y) points")
+    return ring[:, :2]
+
+
+def _features(path: Path) -> list:
+    """The features of a GeoJSON file, as a list of dicts."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadDataError(f"is not a GeoJSON file ({type(exc).__name__}: {exc})", path=path) from None
+    except OSError as exc:
+        raise BadDataError(f"cannot be read ({exc.strerror or exc})", path=path) from None
+    if isinstance(data, dict) and data.get("type") == "FeatureCollection":
+        data = data.get("features")
+    elif isinstance(data, dict) and data.get("type") == "Feature":
+        data = [data]
+    if not isinstance(data, list) or not all(isinstance(f, dict) for f in data):
+        raise BadDataError("is JSON but not GeoJSON features (a FeatureCollection, a list of features or a feature)",
+                           path=path)
+    return data
