@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -138,7 +139,7 @@ def test_a_stack_is_segmented_and_its_shown_frame_saved(make_napari_viewer, qtbo
                                   labels.data[2])
 
 
-def test_a_z_stack_is_joined_into_3d_nuclei_when_asked(make_napari_viewer, qtbot):
+def test_a_z_stack_is_joined_into_3d_nuclei_when_asked(make_napari_viewer, qtbot, tmp_path):
     from dsb.io.synthetic import nuclei_volume
 
     viewer = make_napari_viewer()
@@ -157,6 +158,13 @@ def test_a_z_stack_is_joined_into_3d_nuclei_when_asked(make_napari_viewer, qtbot
     assert table.loc[held, "area"].tolist() == np.bincount(labels.data[4].ravel())[held].tolist()
     assert labels.metadata["dsb_stitched"]
     assert [str(u) for u in labels.units] == ["micrometer"] * 3  # the image's calibration kept for the writers
+    # Saved as QuPath detections through napari: each on its plane, the joined planes on z.
+    import json
+
+    [written] = labels.save(str(tmp_path / "volume.geojson"), plugin="dsb")
+    planes = {(f["geometry"]["plane"]["z"], int(f["properties"]["name"])) for f in
+              json.loads(Path(written).read_text())["features"]}
+    assert planes == {(z, int(k)) for z in range(8) for k in np.unique(labels.data[z]) if k}
     # Every 3-D nucleus has its row, with its volume in voxels and, from the layer's scale, cubic micrometres.
     voxels = np.bincount(labels.data.ravel())
     assert table.index.tolist() == list(range(1, count + 1)) and table["volume"].tolist() == voxels[1:].tolist()
