@@ -43,6 +43,7 @@ from dsb.io.images import (
     read_image,
     read_labels,
 )
+from dsb.io.tiff_reading import open_tiff
 
 __all__ = [
     "LABEL_SUFFIXES",
@@ -52,6 +53,7 @@ __all__ = [
     "find_samples",
     "read_sample",
     "read_label_image",
+    "read_label_stack",
     "label_file",
     "label_stem",
     "user_group",
@@ -357,6 +359,47 @@ def read_label_image(path, shape: tuple[int, int] | None = None, *, image=None, 
                 path=path,
             )
         labels = labels[..., 0]
+    labels = _integer_labels(labels, path)
+    if shape is not None and labels.shape != tuple(shape):
+        raise BadDataError(
+            f"label image is {labels.shape[0]}x{labels.shape[1]} but its image"
+            f"{'' if image is None else ' ' + Path(image).name} is {shape[0]}x{shape[1]} "
+            "(height x width)",
+            path=path,
+        )
+    return renumber(labels)[0] if renumbered else labels
+
+
+def read_label_stack(path, shape: tuple[int, ...], *, image=None) -> np.ndarray:
+    """Read the label TIFF of a stack: ``shape`` (its frame axes, then height and width), each frame's
+    nuclei by their values in the file (not renumbered), as ``dsb segment`` writes a stack's labels, as
+    napari's label writer saves a stack (its frames one after another), or as Fiji saves a hyperstack.
+
+    Raises
+    ------
+    BadDataError
+        Naming the file: unreadable, not a TIFF, not of integers (or of whole numbers), negative, or not
+        the frames and size of its image.
+    """
+    path = Path(path)
+    if path.suffix.lower() not in (".tif", ".tiff"):
+        raise BadDataError("is the label image of a stack, which must be a TIFF of its frames (a GeoJSON or PNG "
+                           "holds one 2-D plane)", path=path)
+    with open_tiff(path) as tif:
+        labels = tif.asarray()
+    shape = tuple(int(n) for n in shape)
+    if labels.shape != shape and labels.shape[-2:] == shape[-2:] and labels.size == int(np.prod(shape)):
+        labels = labels.reshape(shape)  # the frames one after another (napari's save, a plain multi-page TIFF)
+    if labels.shape != shape:
+        named = "" if image is None else " " + Path(image).name
+        raise BadDataError(f"label stack is {' x '.join(map(str, labels.shape))} but its image{named} is "
+                           f"{' x '.join(map(str, shape))} (frames, then height x width)", path=path)
+    return _integer_labels(labels, path)
+
+
+def _integer_labels(labels: np.ndarray, path: Path) -> np.ndarray:
+    """``labels`` as integers, or one line naming ``path``: floats of whole values (Fiji's 32-bit labels)
+    and booleans taken, other floats, other types and negative values refused."""
     if labels.dtype.kind == "f":
         # Fiji's 32-bit images are floats: whole values are labels all the same.
         whole = np.isfinite(labels).all() and bool((labels == np.round(labels)).all())
@@ -377,14 +420,7 @@ def read_label_image(path, shape: tuple[int, int] | None = None, *, image=None, 
             "positive value per nucleus",
             path=path,
         )
-    if shape is not None and labels.shape != tuple(shape):
-        raise BadDataError(
-            f"label image is {labels.shape[0]}x{labels.shape[1]} but its image"
-            f"{'' if image is None else ' ' + Path(image).name} is {shape[0]}x{shape[1]} "
-            "(height x width)",
-            path=path,
-        )
-    return renumber(labels)[0] if renumbered else labels
+    return labels
 
 
 def label_file(image, folder=None, *, listing: dict | None = None) -> Path:
