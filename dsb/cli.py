@@ -733,7 +733,7 @@ def segment(paths, model_dir, out, tta, overlay, rois, geojson, diameter, diamet
                    "measured in every channel too. Default: the image's luminance.")
 @click.option("--pixel-size", type=_Positive(), default=None, metavar="UM",
               help="Micrometres a pixel, for every image, instead of its metadata (adds the micrometre columns).")
-@click.option("--overlay", is_flag=True, help="Also write an overlay PNG per image.")
+@click.option("--overlay", is_flag=True, help="Also write an overlay PNG per image (an RGB TIFF stack for a stack).")
 @click.option("--rois", is_flag=True, help="Also write NAME_rois.zip per image: the nuclei as Fiji ROIs.")
 @click.option("--geojson", is_flag=True,
               help="Also write NAME_nuclei.geojson per image: the nuclei and their measurements as QuPath detections.")

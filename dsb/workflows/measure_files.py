@@ -12,6 +12,10 @@ image (:func:`dsb.io.annotations.label_file`) and writes, into ``out_dir``:
   ``geojson``, ``<name>_nuclei.geojson`` (QuPath detections, :mod:`dsb.io.geojson`);
 - ``summary.csv``: one row per image (:data:`MEASURE_SUMMARY_COLUMNS`).
 
+A TIFF stack is measured frame by frame with its label stack (:func:`dsb.io.annotations.read_label_stack`),
+its files those of ``dsb segment`` for a stack (:func:`dsb.workflows.segment_files.write_stack_measurements`:
+the frame columns first, an overlay TIFF), and with ``volumes`` a z-stack's ``<name>_nuclei3d.csv``.
+
 Every image is paired with its labels before anything is read, so a missing label image stops
 the run before anything is written (unless ``skip_bad``); an image or label image that turns out
 unreadable, or of another size than its image, stops it where it is met, with the files of the
@@ -32,7 +36,7 @@ from dsb.inference.preprocess import raw_intensity
 from dsb.io.annotations import label_file, label_stem, read_label_image, read_label_stack
 from dsb.io.channel_names import channel_names, file_channel
 from dsb.io.folders import Skips, find_images
-from dsb.io.images import read_channels, read_image, read_stack, stack_frames
+from dsb.io.images import read_channels, read_image, read_stack, stack_frames, tiff_page_note
 from dsb.io.pixel_size import read_z_step
 from dsb.workflows.calibration import calibrate
 from dsb.workflows.drawing import outline_overlay
@@ -44,7 +48,7 @@ from dsb.workflows.segment_files import (
     write_measurements,
     write_stack_measurements,
 )
-from dsb.workflows.volumes import NO_PLANES, measure_volumes, stitch_axis
+from dsb.workflows.volumes import NO_PLANES_FOR, disjoint_sections, measure_volumes, stitch_axis, volume_notes
 
 __all__ = ["MEASURE_SUMMARY_COLUMNS", "measure_files", "pair_labels"]
 
@@ -181,7 +185,8 @@ def _measure_one(image: Path, labels_path: Path, out_dir: Path, name: str, *, ch
                            channel_names=() if picked is None else channel_names(image))
     written = write_measurements(out_dir, name, table, raw, labels, overlay=overlay, rois=rois, geojson=geojson)
     size = calibration.pixel_size
-    warning = join_warnings(channel_warning(raw, image) if picked is None else "", calibration.note)
+    warning = join_warnings(channel_warning(raw, image) if picked is None else "", calibration.note,
+                            tiff_page_note(image, picked))
     return {"file": str(image), "labels": str(labels_path), "status": "ok", "nuclei": len(table),
             "pixel_size": "" if size is None else float(f"{size:.6g}"),
             **{k: str(v) for k, v in written.items()}, "warning": warning, "error": ""}
@@ -194,7 +199,7 @@ def _measure_stack(image: Path, labels_path: Path, out_dir: Path, name: str, *, 
     its summary row."""
     frames, roles = read_stack(image, picked)
     lead = frames.shape[: len(roles)]
-    labels = read_label_stack(labels_path, (*lead, *frames.shape[len(roles): len(roles) + 2]), image=image)
+    labels = read_label_stack(labels_path, (*lead, *frames.shape[len(roles): len(roles) + 2]), roles, image=image)
     calibration = calibrate(image, pixel_size=pixel_size)
     every = None if picked is None else read_channels(image, frames=True)
     names = () if picked is None else channel_names(image)
@@ -208,13 +213,19 @@ def _measure_stack(image: Path, labels_path: Path, out_dir: Path, name: str, *, 
         tables.append(table)
     sections = pd.concat(tables, ignore_index=True)
     axis = stitch_axis(roles) if volumes else None
-    notes, solids = [], None
+    notes, solids = [tiff_page_note(image, picked)], None
     if volumes and axis is None:
-        notes.append(NO_PLANES.replace("--stitch", "--volumes"))
+        notes.append(NO_PLANES_FOR.format("--volumes"))
     elif axis is not None:
         step = z_step if z_step is not None else read_z_step(image)
         solids = measure_volumes(sections, z=columns[axis], planes=lead[axis], pixel_size=calibration.pixel_size,
                                  z_step=step)
+        notes += volume_notes(roles, step, calibration.pixel_size)
+        apart = disjoint_sections(labels, axis)
+        if apart:
+            notes.append(f"{apart} of its {len(solids)} 3-D nuclei have sections in neighbouring planes that do "
+                         "not overlap: are its labels numbered plane by plane? --volumes wants 3-D nuclei, as "
+                         "dsb segment --stitch and napari's 3-D nuclei label them")
     drawn = [outline_overlay(frames[index], labels[index]) for index in np.ndindex(*lead)] if overlay else None
     written = write_stack_measurements(out_dir, name, sections, labels, roles, volumes=solids, drawn=drawn,
                                        rois=rois, geojson=geojson, pixel_size=calibration.pixel_size)

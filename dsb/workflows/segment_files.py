@@ -47,7 +47,15 @@ from dsb.network.model_folder import resolve_model_dir
 from dsb.workflows.calibration import Calibration, calibrate_files, check_micrometres
 from dsb.workflows.drawing import outline_overlay
 from dsb.workflows.pipeline import nuclei_predictor, predict_each
-from dsb.workflows.volumes import NO_PLANES, Stitch, measure_volumes, stitch_axis, stitch_sections, with_volumes
+from dsb.workflows.volumes import (
+    NO_PLANES,
+    Stitch,
+    measure_volumes,
+    stitch_axis,
+    stitch_sections,
+    volume_notes,
+    with_volumes,
+)
 
 __all__ = ["MEASUREMENT_COLUMNS", "MICROMETRE_COLUMNS", "SUMMARY_COLUMNS", "measure_nuclei", "in_micrometres",
            "touches_edge", "channel_columns",
@@ -526,10 +534,7 @@ def segment_stack(path, name: str, out_dir, predict, *, channel: int | None = No
         z_step = stitch.z_step if stitch.z_step is not None else read_z_step(path)
         volumes = measure_volumes(sections, z=columns[axis], planes=lead[axis], pixel_size=calibration.pixel_size,
                                   z_step=z_step)
-        if roles == "f":
-            notes.append("its pages were stitched as the planes of a z-stack")
-        if z_step is not None and calibration.pixel_size is None:
-            notes.append("a z step without a pixel size (--pixel-size) gives no volume in cubic micrometres")
+        notes += volume_notes(roles, z_step, calibration.pixel_size)
         if labels.dtype == np.uint32:
             notes.append("over 65535 nuclei: the label TIFF is a plain 32-bit TIFF, without its planes' axis or "
                          "spacing")
