@@ -733,26 +733,34 @@ def segment(paths, model_dir, out, tta, overlay, rois, geojson, diameter, diamet
                    "measured in every channel too. Default: the image's luminance.")
 @click.option("--pixel-size", type=_Positive(), default=None, metavar="UM",
               help="Micrometres a pixel, for every image, instead of its metadata (adds the micrometre columns).")
-@click.option("--overlay", is_flag=True, help="Also write an overlay PNG per image.")
+@click.option("--overlay", is_flag=True, help="Also write an overlay PNG per image (an RGB TIFF stack for a stack).")
 @click.option("--rois", is_flag=True, help="Also write NAME_rois.zip per image: the nuclei as Fiji ROIs.")
 @click.option("--geojson", is_flag=True,
               help="Also write NAME_nuclei.geojson per image: the nuclei and their measurements as QuPath detections.")
+@click.option("--volumes", is_flag=True,
+              help="A z-stack's labels are 3-D nuclei, one value through the planes (as dsb segment --stitch and "
+                   "napari's 3-D nuclei write them): also write NAME_nuclei3d.csv, one row per 3-D nucleus.")
+@click.option("--z-step", type=_Positive(), default=None, metavar="UM",
+              help="With --volumes: micrometres between planes, instead of the file's metadata.")
 @click.option("--skip-bad", is_flag=True, help="Report bad images or label images and go on with the rest.")
-def measure(paths, out, labels_dir, channel, pixel_size, overlay, rois, geojson, skip_bad) -> None:
+def measure(paths, out, labels_dir, channel, pixel_size, overlay, rois, geojson, volumes, z_step, skip_bad) -> None:
     """Measure each nucleus of existing label images in their images: the tables of dsb segment.
 
     Each image is paired with its label image: NAME_masks, NAME_labels or
     NAME_cp_masks (TIFF or PNG, or QuPath's objects as GeoJSON) beside it, or
     in --labels (where NAME.tif itself counts too), as napari, Fiji, Cellpose,
     StarDist, QuPath and dsb segment write them. Each nucleus keeps its value
-    in the label image as its label.
+    in the label image as its label. A TIFF stack is measured frame by frame
+    with its label stack, as dsb segment writes a stack's tables.
     """
     from dsb.workflows.measure_files import measure_files
 
+    if z_step is not None and not volumes:
+        raise click.UsageError("--z-step is for --volumes, which was not given")
     with _skips_said():
         summary = measure_files(list(paths), out_dir=out, labels_dir=labels_dir, channel=channel,
                                 pixel_size=pixel_size, overlay=overlay, rois=rois, geojson=geojson,
-                                skip_bad=skip_bad, progress=True)
+                                skip_bad=skip_bad, progress=True, volumes=volumes, z_step=z_step)
     skipped = _report_skipped(summary.attrs["skipped"])
     _report_warnings(summary)
     done = summary[summary["status"] == "ok"]

@@ -227,3 +227,72 @@ def test_when_skip_bad_skips_every_input_each_reason_is_said(tmp_path, field):
     (tmp_path / "bad" / "y.png").write_bytes(b"")
     result = run_dsb("segment", tmp_path / "bad", "--out", tmp_path / "s", "--skip-bad")
     assert result.exit_code == 3 and result.stderr.count("skipped: ") == 2, result.stderr
+
+
+def test_a_stack_measured_frame_by_frame_and_in_3d_as_dsb_segment_measures_it(tmp_path):
+    """A z-stack corrected in napari (its labels saved as napari's writer saves them: the frames one after
+    another) measures as dsb segment --stitch measured it; a time series frame by frame."""
+    from dsb.io.synthetic import nuclei_volume
+
+    volume, _ = nuclei_volume((6, 96, 96), 20, z_step=2.0, seed=12)
+    (tmp_path / "in").mkdir()
+    tifffile.imwrite(tmp_path / "in" / "stack.tif", volume, imagej=True,
+                     metadata={"axes": "ZYX", "spacing": 2.0, "unit": "um"}, resolution=(2.0, 2.0))
+    seg = tmp_path / "seg"
+    result = run_dsb("segment", tmp_path / "in", "--out", seg, "--stitch", "--diameter", 20)
+    assert result.exit_code == 0, result.output
+    labels = tifffile.imread(seg / "stack_labels.tif")
+    tifffile.imwrite(tmp_path / "in" / "stack_masks.tif", labels, photometric="minisblack")  # pages, no axes
+    out = tmp_path / "out"
+    result = run_dsb("measure", tmp_path / "in", "--out", out, "--volumes", "--geojson")
+    assert result.exit_code == 0, result.output
+    drop, order = ["confidence"], ["z", "label"]  # segment keeps each plane's rows in its own numbering's order
+
+    def table(path):
+        return pd.read_csv(path).drop(columns=[c for c in drop if c in pd.read_csv(path)]).sort_values(order) \
+            .reset_index(drop=True)
+
+    pd.testing.assert_frame_equal(table(out / "stack_nuclei.csv"), table(seg / "stack_nuclei.csv"))
+    pd.testing.assert_frame_equal(pd.read_csv(out / "stack_nuclei3d.csv"),
+                                  pd.read_csv(seg / "stack_nuclei3d.csv").drop(columns=drop))
+    assert "volume_um3" in pd.read_csv(out / "stack_nuclei3d.csv").columns  # the file's pixel size and z step
+    row = pd.read_csv(out / "summary.csv").iloc[0]
+    assert row["nuclei"] == labels.max() and row["measurements_3d"] == str(out / "stack_nuclei3d.csv")
+    # Without --volumes, the sections only; --z-step without it is a usage error.
+    result = run_dsb("measure", tmp_path / "in", "--out", tmp_path / "plain")
+    assert result.exit_code == 0 and not (tmp_path / "plain" / "stack_nuclei3d.csv").exists()
+    assert run_dsb("measure", tmp_path / "in", "--out", tmp_path / "x", "--z-step", 1).exit_code == 2
+    # A time series has no planes to measure in 3-D: frame by frame, and said.
+    tifffile.imwrite(tmp_path / "in" / "stack.tif", volume, imagej=True, metadata={"axes": "TYX"})
+    result = run_dsb("measure", tmp_path / "in", "--out", tmp_path / "movie", "--volumes")
+    assert result.exit_code == 0 and "a time series with no z planes: --volumes left its frames apart" in result.output
+    assert not (tmp_path / "movie" / "stack_nuclei3d.csv").exists()
+    # A label stack of other frames than its image's: one line naming it.
+    tifffile.imwrite(tmp_path / "in" / "stack_masks.tif", labels[:4], photometric="minisblack")
+    result = run_dsb("measure", tmp_path / "in", "--out", tmp_path / "bad")
+    error_line(result, 3, "stack_masks.tif", "label stack is 4 x 96 x 96 but its image stack.tif is 6 t x 96 x 96")
+    # Labels numbered plane by plane, each plane in its own order, are no 3-D nuclei: measured, and said.
+    tifffile.imwrite(tmp_path / "in" / "stack.tif", volume, imagej=True, metadata={"axes": "ZYX"})
+    shuffled = labels.copy()
+    shuffled[1::2] = np.where(labels[1::2] > 0, labels.max() + 1 - labels[1::2], 0)  # odd planes numbered backwards
+    assert labels.max() >= 2
+    tifffile.imwrite(tmp_path / "in" / "stack_masks.tif", shuffled, imagej=True, metadata={"axes": "ZYX"})
+    result = run_dsb("measure", tmp_path / "in" / "stack.tif", "--out", tmp_path / "apart", "--volumes")
+    assert result.exit_code == 0 and "are its labels numbered plane by plane?" in result.output
+
+
+def test_a_label_stack_is_put_in_its_images_order_of_time_points_and_planes(tmp_path):
+    from dsb.io.annotations import read_label_stack
+
+    labels = np.arange(2 * 3 * 4 * 5, dtype=np.uint16).reshape(2, 3, 4, 5)  # t, z, y, x
+    tifffile.imwrite(tmp_path / "tz.tif", labels, imagej=True, metadata={"axes": "TZYX"})
+    tifffile.imwrite(tmp_path / "zt.tif", labels.transpose(1, 0, 2, 3), imagej=True, metadata={"axes": "TZYX"})
+    tifffile.imwrite(tmp_path / "pages.tif", labels.reshape(6, 4, 5), photometric="minisblack")
+    np.testing.assert_array_equal(read_label_stack(tmp_path / "tz.tif", labels.shape, "tz"), labels)
+    np.testing.assert_array_equal(read_label_stack(tmp_path / "pages.tif", labels.shape, "tz"), labels)
+    # Stored with Z before T (an OME z-stack's order, saved as a hyperstack): put in the image's order.
+    ome = labels.transpose(1, 0, 2, 3)
+    tifffile.imwrite(tmp_path / "ome.ome.tif", ome, metadata={"axes": "ZTYX"})
+    np.testing.assert_array_equal(read_label_stack(tmp_path / "ome.ome.tif", labels.shape, "tz"), labels)
+    with pytest.raises(dsb.core.errors.BadDataError, match=r"label stack is 3 t x 2 z x 4 x 5 but its image is "):
+        read_label_stack(tmp_path / "zt.tif", labels.shape, "tz")  # named T, Z but holding Z, T: refused

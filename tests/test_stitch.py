@@ -267,5 +267,5 @@ def test_each_time_point_of_a_hyperstack_and_unnamed_pages_are_stitched(tmp_path
     assert sorted(first["volume"]) == sorted(second["volume"]) == sorted(pages["volume"])
     assert summary.loc[str(tmp_path / "tz.tif"), "nuclei"] == 2 * len(pages)
     assert summary.loc[str(tmp_path / "pages.tif"), "nuclei"] == len(pages)
-    assert "stitched as the planes of a z-stack" in summary.loc[str(tmp_path / "pages.tif"), "warning"]
+    assert "its pages were taken as the planes of a z-stack" in summary.loc[str(tmp_path / "pages.tif"), "warning"]
     assert "a z step without a pixel size" in summary.loc[str(tmp_path / "tz.tif"), "warning"]

@@ -33,6 +33,7 @@ import numpy as np
 
 from dsb.core.errors import BadDataError
 from dsb.core.labels import renumber
+from dsb.io.channels import FRAME_WORDS
 from dsb.io.geojson import read_geojson_labels
 from dsb.io.images import (
     IMAGE_SUFFIXES,
@@ -42,6 +43,8 @@ from dsb.io.images import (
     list_ids,
     read_image,
     read_labels,
+    read_tiff_series,
+    stack_frames,
 )
 
 __all__ = [
@@ -52,6 +55,7 @@ __all__ = [
     "find_samples",
     "read_sample",
     "read_label_image",
+    "read_label_stack",
     "label_file",
     "label_stem",
     "user_group",
@@ -347,6 +351,10 @@ def read_label_image(path, shape: tuple[int, int] | None = None, *, image=None, 
         labels = read_geojson_labels(path, shape)
         return renumber(labels)[0] if renumbered else labels
     labels = _palette_indices(path)
+    if labels is None and path.suffix.lower() in (".tif", ".tiff") and stack_frames(path):
+        named = "" if image is None else " " + Path(image).name
+        kinds = " and ".join(FRAME_WORDS[role] for role in stack_frames(path))
+        raise BadDataError(f"label image is a stack (of {kinds}) but its image{named} is one 2-D image", path=path)
     if labels is None:
         labels = read_image(path)
     if labels.ndim == 3:
@@ -357,6 +365,69 @@ def read_label_image(path, shape: tuple[int, int] | None = None, *, image=None, 
                 path=path,
             )
         labels = labels[..., 0]
+    labels = _integer_labels(labels, path)
+    if shape is not None and labels.shape != tuple(shape):
+        raise BadDataError(
+            f"label image is {labels.shape[0]}x{labels.shape[1]} but its image"
+            f"{'' if image is None else ' ' + Path(image).name} is {shape[0]}x{shape[1]} "
+            "(height x width)",
+            path=path,
+        )
+    return renumber(labels)[0] if renumbered else labels
+
+
+def read_label_stack(path, shape: tuple[int, ...], roles: str, *, image=None) -> np.ndarray:
+    """Read the label TIFF of a stack whose frame axes are ``roles`` (``t``, ``z``, ``f`` unnamed, as
+    :func:`dsb.io.images.read_stack` gives them) and whose shape is ``shape`` (frame axes, then height and
+    width): each frame's nuclei by their values in the file (not renumbered).
+
+    A file whose axes are named (``dsb segment``'s labels, a Fiji hyperstack, an OME-TIFF) is put in the
+    image's order of time points and planes; one of plain pages (napari's save of a Labels layer: its
+    frames one after another) is taken in the image's frame order.
+
+    Raises
+    ------
+    BadDataError
+        Naming the file: unreadable, not a TIFF, not of integers (or of whole numbers), negative, or not
+        the frames and size of its image.
+    """
+    path = Path(path)
+    if path.suffix.lower() not in (".tif", ".tiff"):
+        raise BadDataError("is the label image of a stack, which must be a TIFF of its frames (a GeoJSON or PNG "
+                           "holds one 2-D plane)", path=path)
+    labels, axes = read_tiff_series(path)
+    shape = tuple(int(n) for n in shape)
+    named = axes if axes and len(axes) == labels.ndim else "?" * labels.ndim
+    keep = [i for i in range(labels.ndim - 2) if labels.shape[i] != 1]  # axes of one frame say nothing
+    labels = labels.reshape([labels.shape[i] for i in keep] + list(labels.shape[-2:]))
+    own = "".join({"T": "t", "Z": "z"}.get(named[i].upper(), "f") for i in keep)
+    if labels.ndim >= 2 and labels.shape[-2:] == shape[-2:]:
+        if len(own) == len(roles) and all(a == b or "f" in (a, b) for a, b in zip(own, roles)):
+            pass  # the image's axes, or unnamed ones of its lengths
+        elif sorted(own) == sorted(roles) and len(set(own)) == len(own) and "f" not in own:
+            labels = labels.transpose([own.index(role) for role in roles] + [-2, -1])  # e.g. Z, T as T, Z
+        elif own == "f" and labels.size == int(np.prod(shape)):
+            labels = labels.reshape(shape)  # plain pages, the frames one after another
+    if labels.shape != shape:
+        named_image = "" if image is None else " " + Path(image).name
+        raise BadDataError(f"label stack is {_shape_words(own, labels.shape)} but its image{named_image} is "
+                           f"{_shape_words(roles, shape)} (frames, then height x width)", path=path)
+    return _integer_labels(labels, path)
+
+
+def _shape_words(roles: str, shape) -> str:
+    """A stack's shape with its frame axes' roles: ``2 t x 6 z x 96 x 96`` (an unnamed axis bare).
+
+    >>> _shape_words("tf", (2, 6, 96, 96))
+    '2 t x 6 x 96 x 96'
+    """
+    lead = [f"{n}{'' if role == 'f' else ' ' + role}" for role, n in zip(roles, shape)]
+    return " x ".join(lead + [str(n) for n in shape[len(roles):]])
+
+
+def _integer_labels(labels: np.ndarray, path: Path) -> np.ndarray:
+    """``labels`` as integers, or one line naming ``path``: floats of whole values (Fiji's 32-bit labels)
+    and booleans taken, other floats, other types and negative values refused."""
     if labels.dtype.kind == "f":
         # Fiji's 32-bit images are floats: whole values are labels all the same.
         whole = np.isfinite(labels).all() and bool((labels == np.round(labels)).all())
@@ -377,14 +448,7 @@ def read_label_image(path, shape: tuple[int, int] | None = None, *, image=None, 
             "positive value per nucleus",
             path=path,
         )
-    if shape is not None and labels.shape != tuple(shape):
-        raise BadDataError(
-            f"label image is {labels.shape[0]}x{labels.shape[1]} but its image"
-            f"{'' if image is None else ' ' + Path(image).name} is {shape[0]}x{shape[1]} "
-            "(height x width)",
-            path=path,
-        )
-    return renumber(labels)[0] if renumbered else labels
+    return labels
 
 
 def label_file(image, folder=None, *, listing: dict | None = None) -> Path:

@@ -19,12 +19,15 @@ import numpy as np
 
 from dsb.core.errors import BadDataError
 
-__all__ = ["MAX_COLOURS", "FRAME_ROLES", "axis_roles", "page_note", "pick_channel", "select", "check_channel"]
+__all__ = ["MAX_COLOURS", "FRAME_ROLES", "FRAME_WORDS", "axis_roles", "page_note", "pick_channel", "select",
+           "check_channel"]
 
 # Channels an image may have when none is picked: grey, grey+alpha, RGB, RGBA.
 MAX_COLOURS = 4
 # Roles of the frame axes of a stack: named time and planes, and unnamed.
 FRAME_ROLES = "tzf"
+# How a stack's frame axes are named to a user.
+FRAME_WORDS = {"t": "time points", "z": "planes", "f": "pages"}
 # How a caller picks a channel, in the messages that ask for one.
 _PICK = "--channel N, or channel=N in Python"
 

@@ -31,6 +31,7 @@ __all__ = [
     "read_image",
     "read_channels",
     "read_stack",
+    "read_tiff_series",
     "stack_frames",
     "tiff_page_note",
     "check_finite",
@@ -143,11 +144,11 @@ def _read_pillow(path: Path) -> np.ndarray:
 def _read_stored(path: Path) -> tuple[np.ndarray, str | None]:
     """An image file's pixels as stored and its axis names (a TIFF's; None for other formats)."""
     if path.suffix.lower() in (".tif", ".tiff"):
-        return _read_tiff(path)
+        return read_tiff_series(path)
     return _read_pillow(path), None
 
 
-def _read_tiff(path: Path) -> tuple[np.ndarray, str | None]:
+def read_tiff_series(path: Path) -> tuple[np.ndarray, str | None]:
     """The first series of a TIFF and its axis names (tifffile's: ``YXS``, ``CYX``, ``TZCYX``...)."""
     with open_tiff(path) as tif:
         series = tif.series[0]
@@ -269,7 +270,7 @@ def read_stack(path, channel: int | None = None) -> tuple[np.ndarray, str]:
     if path.suffix.lower() not in (".tif", ".tiff"):
         return read_image(path, channel), ""
     channel = file_channel(path, channel)
-    image, axes = _read_tiff(path)
+    image, axes = read_tiff_series(path)
     roles, _ = axis_roles(image.shape, axes, channel=channel, frames=True, path=path)
     frames = select(image, roles, channel)
     lead = "".join(a for a in roles if a in FRAME_ROLES)

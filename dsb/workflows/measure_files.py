@@ -12,6 +12,10 @@ image (:func:`dsb.io.annotations.label_file`) and writes, into ``out_dir``:
   ``geojson``, ``<name>_nuclei.geojson`` (QuPath detections, :mod:`dsb.io.geojson`);
 - ``summary.csv``: one row per image (:data:`MEASURE_SUMMARY_COLUMNS`).
 
+A TIFF stack is measured frame by frame with its label stack (:func:`dsb.io.annotations.read_label_stack`),
+its files those of ``dsb segment`` for a stack (:func:`dsb.workflows.segment_files.write_stack_measurements`:
+the frame columns first, an overlay TIFF), and with ``volumes`` a z-stack's ``<name>_nuclei3d.csv``.
+
 Every image is paired with its labels before anything is read, so a missing label image stops
 the run before anything is written (unless ``skip_bad``); an image or label image that turns out
 unreadable, or of another size than its image, stops it where it is met, with the files of the
@@ -22,30 +26,35 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from dsb.core.atomic import atomic_path, writable_dir
 from dsb.core.errors import BadDataError
 from dsb.core.progress import track
 from dsb.inference.preprocess import raw_intensity
-from dsb.io.annotations import label_file, label_stem, read_label_image
+from dsb.io.annotations import label_file, label_stem, read_label_image, read_label_stack
 from dsb.io.channel_names import channel_names, file_channel
 from dsb.io.folders import Skips, find_images
-from dsb.io.images import read_channels, read_image
+from dsb.io.images import read_channels, read_image, read_stack, stack_frames, tiff_page_note
+from dsb.io.pixel_size import read_z_step
 from dsb.workflows.calibration import calibrate
+from dsb.workflows.drawing import outline_overlay
 from dsb.workflows.segment_files import (
     channel_warning,
     join_warnings,
     measure_nuclei,
     nothing_to_segment,
     write_measurements,
+    write_stack_measurements,
 )
+from dsb.workflows.volumes import NO_PLANES_FOR, disjoint_sections, measure_volumes, stitch_axis, volume_notes
 
 __all__ = ["MEASURE_SUMMARY_COLUMNS", "measure_files", "pair_labels"]
 
 #: The columns of ``dsb measure``'s ``summary.csv``: the image, its label image, and what was written.
 MEASURE_SUMMARY_COLUMNS = ("file", "labels", "status", "nuclei", "pixel_size", "measurements", "overlay", "rois",
-                           "geojson", "warning", "error")
+                           "geojson", "measurements_3d", "warning", "error")
 
 
 def pair_labels(paths, labels_dir=None, skips: Skips | None = None) -> dict[str, tuple[Path, Path]]:
@@ -92,7 +101,7 @@ def pair_labels(paths, labels_dir=None, skips: Skips | None = None) -> dict[str,
 
 def measure_files(paths, *, out_dir, labels_dir=None, channel=None, pixel_size: float | None = None,
                   overlay: bool = False, rois: bool = False, geojson: bool = False, skip_bad: bool = False,
-                  progress: bool = True) -> pd.DataFrame:
+                  progress: bool = True, volumes: bool = False, z_step: float | None = None) -> pd.DataFrame:
     """Measure each nucleus of existing label images in their images (the module's text).
 
     Parameters
@@ -112,7 +121,14 @@ def measure_files(paths, *, out_dir, labels_dir=None, channel=None, pixel_size: 
         Micrometres a pixel, for every image, instead of its metadata; where either gives one, the
         table gets the micrometre columns.
     overlay, rois, geojson : bool
-        Also write ``<name>_overlay.png``, ``<name>_rois.zip``, ``<name>_nuclei.geojson``.
+        Also write ``<name>_overlay.png`` (a stack's: ``<name>_overlay.tif``), ``<name>_rois.zip``,
+        ``<name>_nuclei.geojson``.
+    volumes : bool
+        A z-stack's labels are 3-D nuclei (one value through the planes, as ``dsb segment --stitch`` and
+        the napari plugin's 3-D nuclei write them): also write ``<name>_nuclei3d.csv``, one row per 3-D
+        nucleus (:func:`dsb.workflows.volumes.measure_volumes`).
+    z_step : float, optional
+        With ``volumes``, micrometres between planes, instead of the file's metadata.
     skip_bad : bool
         Record a bad image or label image in the summary and go on.
     progress : bool
@@ -140,7 +156,7 @@ def measure_files(paths, *, out_dir, labels_dir=None, channel=None, pixel_size: 
                                              enabled=progress and len(pairs) > 1):
         try:
             rows.append(_measure_one(image, labels_path, out_dir, name, channel=channel, pixel_size=pixel_size,
-                                     overlay=overlay, rois=rois, geojson=geojson))
+                                     overlay=overlay, rois=rois, geojson=geojson, volumes=volumes, z_step=z_step))
         except BadDataError as exc:
             skips(exc, path=image)
             rows.append({"file": str(image), "labels": str(labels_path), "status": "skipped", "nuclei": "",
@@ -155,9 +171,12 @@ def measure_files(paths, *, out_dir, labels_dir=None, channel=None, pixel_size: 
 
 
 def _measure_one(image: Path, labels_path: Path, out_dir: Path, name: str, *, channel, pixel_size, overlay,
-                 rois, geojson) -> dict:
+                 rois, geojson, volumes=False, z_step=None) -> dict:
     """One image's measurements written; its summary row."""
     picked = file_channel(image, channel)
+    if stack_frames(image, picked):
+        return _measure_stack(image, labels_path, out_dir, name, picked=picked, pixel_size=pixel_size,
+                              overlay=overlay, rois=rois, geojson=geojson, volumes=volumes, z_step=z_step)
     raw = read_image(image, picked)
     labels = read_label_image(labels_path, raw.shape[:2], image=image, renumbered=False)
     calibration = calibrate(image, pixel_size=pixel_size)
@@ -166,7 +185,54 @@ def _measure_one(image: Path, labels_path: Path, out_dir: Path, name: str, *, ch
                            channel_names=() if picked is None else channel_names(image))
     written = write_measurements(out_dir, name, table, raw, labels, overlay=overlay, rois=rois, geojson=geojson)
     size = calibration.pixel_size
-    warning = join_warnings(channel_warning(raw, image) if picked is None else "", calibration.note)
+    warning = join_warnings(channel_warning(raw, image) if picked is None else "", calibration.note,
+                            tiff_page_note(image, picked))
     return {"file": str(image), "labels": str(labels_path), "status": "ok", "nuclei": len(table),
+            "pixel_size": "" if size is None else float(f"{size:.6g}"),
+            **{k: str(v) for k, v in written.items()}, "warning": warning, "error": ""}
+
+
+def _measure_stack(image: Path, labels_path: Path, out_dir: Path, name: str, *, picked, pixel_size, overlay, rois,
+                   geojson, volumes, z_step) -> dict:
+    """A TIFF stack's measurements written, frame by frame as ``dsb segment`` writes a stack's
+    (:func:`dsb.workflows.segment_files.write_stack_measurements`), and with ``volumes`` its 3-D nuclei's;
+    its summary row."""
+    frames, roles = read_stack(image, picked)
+    lead = frames.shape[: len(roles)]
+    labels = read_label_stack(labels_path, (*lead, *frames.shape[len(roles): len(roles) + 2]), roles, image=image)
+    calibration = calibrate(image, pixel_size=pixel_size)
+    every = None if picked is None else read_channels(image, frames=True)
+    names = () if picked is None else channel_names(image)
+    columns = ["frame" if a == "f" else a for a in roles]
+    tables = []
+    for index in np.ndindex(*lead):
+        table = measure_nuclei(labels[index], raw_intensity(frames[index]), None, pixel_size=calibration.pixel_size,
+                               channels=None if every is None else every[index], channel_names=names)
+        for at, (column, value) in enumerate(zip(columns, index)):
+            table.insert(at, column, value)
+        tables.append(table)
+    sections = pd.concat(tables, ignore_index=True)
+    axis = stitch_axis(roles) if volumes else None
+    notes, solids = [tiff_page_note(image, picked)], None
+    if volumes and axis is None:
+        notes.append(NO_PLANES_FOR.format("--volumes"))
+    elif axis is not None:
+        step = z_step if z_step is not None else read_z_step(image)
+        solids = measure_volumes(sections, z=columns[axis], planes=lead[axis], pixel_size=calibration.pixel_size,
+                                 z_step=step)
+        notes += volume_notes(roles, step, calibration.pixel_size)
+        apart = disjoint_sections(labels, axis)
+        if apart:
+            notes.append(f"{apart} of its {len(solids)} 3-D nuclei have sections in neighbouring planes that do "
+                         "not overlap: are its labels numbered plane by plane? --volumes wants 3-D nuclei, as "
+                         "dsb segment --stitch and napari's 3-D nuclei label them")
+    drawn = [outline_overlay(frames[index], labels[index]) for index in np.ndindex(*lead)] if overlay else None
+    written = write_stack_measurements(out_dir, name, sections, labels, roles, volumes=solids, drawn=drawn,
+                                       rois=rois, geojson=geojson, pixel_size=calibration.pixel_size)
+    size = calibration.pixel_size
+    warning = join_warnings(channel_warning(frames[(0,) * len(roles)], image) if picked is None else "",
+                            calibration.note, *notes)
+    return {"file": str(image), "labels": str(labels_path), "status": "ok",
+            "nuclei": len(sections if solids is None else solids),
             "pixel_size": "" if size is None else float(f"{size:.6g}"),
             **{k: str(v) for k, v in written.items()}, "warning": warning, "error": ""}

@@ -47,11 +47,20 @@ from dsb.network.model_folder import resolve_model_dir
 from dsb.workflows.calibration import Calibration, calibrate_files, check_micrometres
 from dsb.workflows.drawing import outline_overlay
 from dsb.workflows.pipeline import nuclei_predictor, predict_each
-from dsb.workflows.volumes import NO_PLANES, Stitch, measure_volumes, stitch_axis, stitch_sections, with_volumes
+from dsb.workflows.volumes import (
+    NO_PLANES,
+    Stitch,
+    measure_volumes,
+    stitch_axis,
+    stitch_sections,
+    volume_notes,
+    with_volumes,
+)
 
 __all__ = ["MEASUREMENT_COLUMNS", "MICROMETRE_COLUMNS", "SUMMARY_COLUMNS", "measure_nuclei", "in_micrometres",
            "touches_edge", "channel_columns",
-           "segment_paths", "segment_stack", "write_outputs", "write_measurements", "summary_row", "channel_warning",
+           "segment_paths", "segment_stack", "write_outputs", "write_measurements", "write_stack_measurements",
+           "summary_row", "channel_warning",
            "check_scale_options",
            "join_warnings", "nothing_to_segment"]
 
@@ -514,7 +523,6 @@ def segment_stack(path, name: str, out_dir, predict, *, channel: int | None = No
             if drawn is not None:
                 drawn.append(outline_overlay(raw, nuclei.labels))
     targets = _outputs(out_dir, name)
-    targets["overlay"] = targets["overlay"].with_suffix(".tif")
     axis = None if stitch is None else stitch_axis(roles)
     volumes, z_step, notes = None, None, []
     if axis is not None:
@@ -526,40 +534,46 @@ def segment_stack(path, name: str, out_dir, predict, *, channel: int | None = No
         z_step = stitch.z_step if stitch.z_step is not None else read_z_step(path)
         volumes = measure_volumes(sections, z=columns[axis], planes=lead[axis], pixel_size=calibration.pixel_size,
                                   z_step=z_step)
-        if roles == "f":
-            notes.append("its pages were stitched as the planes of a z-stack")
-        if z_step is not None and calibration.pixel_size is None:
-            notes.append("a z step without a pixel size (--pixel-size) gives no volume in cubic micrometres")
+        notes += volume_notes(roles, z_step, calibration.pixel_size)
         if labels.dtype == np.uint32:
             notes.append("over 65535 nuclei: the label TIFF is a plain 32-bit TIFF, without its planes' axis or "
                          "spacing")
     write_labels(targets["labels"], labels, roles, pixel_size=calibration.pixel_size, z_step=z_step)
-    with atomic_path(targets["measurements"]) as tmp:
-        sections.to_csv(tmp, index=False, float_format="%.6g")
-    if volumes is not None:
-        with atomic_path(targets["measurements_3d"]) as tmp:
-            volumes.to_csv(tmp, index=False, float_format="%.6g")
-    else:
-        del targets["measurements_3d"]
-    if drawn is not None:
-        write_rgb_stack(targets["overlay"], drawn, lead, roles, pixel_size=calibration.pixel_size)
-    else:
-        del targets["overlay"]
-    if rois:
-        write_rois(targets["rois"], labels, roles)
-    else:
-        del targets["rois"]
-    if geojson:  # each section's detection carries its 3-D nucleus's measurements too
-        write_geojson(targets["geojson"], labels, roles,
-                      measurements=sections if volumes is None else with_volumes(sections, volumes))
-    else:
-        del targets["geojson"]
+    written = write_stack_measurements(out_dir, name, sections, labels, roles, volumes=volumes, drawn=drawn,
+                                       rois=rois, geojson=geojson, pixel_size=calibration.pixel_size)
     finite = [d for d in diameters if math.isfinite(d)]
     warning = channel_warning(frames[(0,) * len(roles)], path)
     return summary_row(path, "ok", nuclei=len(sections if volumes is None else volumes),
                        diameter=float(np.median(finite)) if finite else math.nan, estimated=estimated, sure=sure,
                        pixel_size=calibration.pixel_size, warning=join_warnings(warning, calibration.note, *notes),
-                       **{k: str(v) for k, v in targets.items()})
+                       labels=str(targets["labels"]), **{k: str(v) for k, v in written.items()})
+
+
+def write_stack_measurements(out_dir: Path, name: str, sections: pd.DataFrame, labels: np.ndarray, roles: str, *,
+                             volumes: pd.DataFrame | None = None, drawn: list | None = None, rois: bool = False,
+                             geojson: bool = False, pixel_size: float | None = None) -> dict[str, Path]:
+    """Write a stack's ``<name>_nuclei.csv`` (``sections``: each frame's nuclei after its frame columns), and with
+    ``volumes`` ``<name>_nuclei3d.csv``, with ``drawn`` (each frame's outlines drawn on it) ``<name>_overlay.tif``,
+    with ``rois`` and ``geojson`` its Fiji ROIs and QuPath detections of ``labels`` (frames first, their axes
+    ``roles``), each atomically: the files written, by :func:`summary_row`'s names. Shared by ``dsb segment``
+    (:func:`segment_stack`) and ``dsb measure`` of stacks."""
+    targets = _outputs(Path(out_dir), name)
+    written = {"measurements": targets["measurements"]}
+    with atomic_path(targets["measurements"]) as tmp:
+        sections.to_csv(tmp, index=False, float_format="%.6g")
+    if volumes is not None:
+        with atomic_path(targets["measurements_3d"]) as tmp:
+            volumes.to_csv(tmp, index=False, float_format="%.6g")
+        written["measurements_3d"] = targets["measurements_3d"]
+    if drawn is not None:
+        written["overlay"] = write_rgb_stack(targets["overlay"].with_suffix(".tif"), drawn, labels.shape[:len(roles)],
+                                             roles, pixel_size=pixel_size)
+    if rois:
+        written["rois"] = write_rois(targets["rois"], labels, roles)
+    if geojson:  # each section's detection carries its 3-D nucleus's measurements too
+        measured = sections if volumes is None else with_volumes(sections, volumes)
+        written["geojson"] = write_geojson(targets["geojson"], labels, roles, measurements=measured)
+    return written
 
 
 def _stitched(labels: np.ndarray, tables: dict, axis: int, min_overlap: float) -> np.ndarray:

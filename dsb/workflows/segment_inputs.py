@@ -17,6 +17,7 @@ from dsb.core.atomic import atomic_path, writable_dir
 from dsb.core.errors import BadDataError, DsbError
 from dsb.inference.predict import predict_nuclei
 from dsb.io.bigimage import image_side, is_zarr, open_source
+from dsb.io.channels import FRAME_WORDS
 from dsb.io.folders import Skips, claim_name, find_images
 from dsb.io.images import read_image, read_stack, stack_frames, tiff_page_note
 from dsb.network.model_folder import resolve_model_dir
@@ -160,8 +161,6 @@ def segment_stacks(stacks: dict[str, Path], *, spec: ModelSpec, out_dir: Path, c
     return rows
 
 
-# How a stack's frame axes (dsb.io.channels.axis_roles) are named to a user.
-FRAME_WORDS = {"t": "time points", "z": "planes", "f": "pages"}
 # What a block-wise image does not get of what `dsb segment` was asked for.
 BLOCK_WISE_NOTHING = "no overlay or ROIs are written for it (its label image holds every nucleus)"
 

@@ -16,8 +16,9 @@ import pandas as pd
 
 from dsb.core.stitch import MIN_OVERLAP, stitch_planes
 
-__all__ = ["NO_PLANES", "VOLUME_COLUMNS", "SECTION_NAMES", "Stitch", "beside_sections", "measure_volumes",
-           "section_lookup", "stitch_axis", "stitch_sections", "stitch_stack", "with_volumes"]
+__all__ = ["NO_PLANES", "NO_PLANES_FOR", "VOLUME_COLUMNS", "SECTION_NAMES", "Stitch", "beside_sections",
+           "disjoint_sections", "measure_volumes", "section_lookup", "stitch_axis", "stitch_sections", "stitch_stack",
+           "volume_notes", "with_volumes"]
 
 VOLUME_COLUMNS = (
     "label",
@@ -41,8 +42,9 @@ VOLUME_COLUMNS = (
 SECTION_NAMES = ("centroid_row", "centroid_col", "touches_edge", "mean_intensity", "integrated_intensity", "confidence",
                  "equivalent_diameter_um")
 
-# The warning of a time series given to --stitch: it has no planes to join.
-NO_PLANES = "a time series with no z planes: --stitch left its frames apart"
+# The warning of a time series given to --stitch (or dsb measure's --volumes): it has no planes to join.
+NO_PLANES_FOR = "a time series with no z planes: {} left its frames apart"
+NO_PLANES = NO_PLANES_FOR.format("--stitch")
 
 
 @dataclass(frozen=True)
@@ -212,3 +214,34 @@ def with_volumes(sections: pd.DataFrame, volumes: pd.DataFrame) -> pd.DataFrame:
     ``t``): what a section drawn alone (a QuPath detection) carries of its nucleus."""
     keys = list(volumes.columns[: volumes.columns.get_loc("label") + 1])
     return sections.merge(beside_sections(volumes), on=keys, how="left", validate="many_to_one")
+
+
+def volume_notes(roles: str, z_step: float | None, pixel_size: float | None) -> list[str]:
+    """What a stack's ``summary.csv`` warning says of its 3-D nuclei: plain pages taken as planes, and a z step
+    that gives no cubic micrometres for want of a pixel size."""
+    notes = []
+    if roles == "f":
+        notes.append("its pages were taken as the planes of a z-stack")
+    if z_step is not None and pixel_size is None:
+        notes.append("a z step without a pixel size (--pixel-size) gives no volume in cubic micrometres")
+    return notes
+
+
+def disjoint_sections(labels: np.ndarray, axis: int) -> int:
+    """How many 3-D nuclei of ``labels`` (frames first, planes on frame axis ``axis``) have sections in
+    neighbouring planes that do not overlap: none in labels of 3-D nuclei, many in a stack numbered plane
+    by plane (each plane's nucleus 1 another nucleus).
+
+    >>> planes = np.zeros((2, 1, 4), int); planes[0, 0, :2] = 1; planes[1, 0, 2:] = 1
+    >>> disjoint_sections(planes, 0), disjoint_sections(np.ones((2, 1, 4), int), 0)
+    (1, 0)
+    """
+    planes = np.moveaxis(labels, axis, -3)
+    planes = planes.reshape(-1, *planes.shape[-3:])  # each time point's planes
+    found = set()
+    for point, stack in enumerate(planes):
+        for lower, upper in zip(stack[:-1], stack[1:]):
+            both = np.intersect1d(lower[lower > 0], upper[upper > 0])
+            touching = np.unique(lower[(lower == upper) & (lower > 0)])
+            found.update((point, int(k)) for k in np.setdiff1d(both, touching))
+    return len(found)
