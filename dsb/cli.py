@@ -748,7 +748,7 @@ def measure(paths, out, labels_dir, channel, pixel_size, overlay, rois, geojson,
 
     Each image is paired with its label image: NAME_masks, NAME_labels or
     NAME_cp_masks (TIFF or PNG, or QuPath's objects as GeoJSON) beside it, or
-    in --labels (where NAME.tif itself counts too), as napari, Fiji, Cellpose,
+    in --labels (where NAME.tif or NAME.geojson itself counts too), as napari, Fiji, Cellpose,
     StarDist, QuPath and dsb segment write them. Each nucleus keeps its value
     in the label image as its label. A TIFF stack is measured frame by frame
     with its label stack, as dsb segment writes a stack's tables.

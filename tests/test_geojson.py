@@ -102,7 +102,7 @@ def test_pixels_meeting_at_a_corner_are_one_nucleus_of_two_polygons():
 def test_a_block_is_placed_and_named_in_its_image():
     labels = np.zeros((6, 6), np.int32)
     labels[1:3, 2:5] = 1
-    [feature] = nucleus_features(labels, pd.DataFrame({"label": [41], "area": [6]}), origin=(100, 200), offset=40)
+    [feature] = nucleus_features(labels * 41, pd.DataFrame({"label": [41], "area": [6]}), origin=(100, 200))
     assert feature["properties"]["name"] == "41" and feature["properties"]["measurements"] == {"area": 6.0}
     ring = np.array(feature["geometry"]["coordinates"][0])
     assert ring.min(axis=0).tolist() == [202, 101] and ring.max(axis=0).tolist() == [205, 103]  # x, y
@@ -238,7 +238,7 @@ def test_qupath_objects_holes_overlaps_cells_and_points(tmp_path):
     hole = [[2, 2], [4, 2], [4, 4], [2, 4], [2, 2]]
     whole = [[0, 0], [10, 0], [10, 10], [0, 10], [0, 0]]
     features = [
-        _feature([whole], name="Tissue"),  # the region detection ran in: beside detections, not a nucleus
+        _feature([whole], name="Tissue"),  # the region detection ran in (it holds the others): not a nucleus
         _feature([square, hole], name="Nucleus A", object_type="detection"),  # named by no number: after the largest
         _feature([[[4, 4], [8, 4], [8, 8], [4, 8], [4, 4]]], name="5", object_type="detection"),  # overlaps: first wins
         {"type": "Feature", "geometry": {"type": "Point", "coordinates": [1, 1]}, "properties": {}},  # not a nucleus
@@ -257,11 +257,15 @@ def test_qupath_objects_holes_overlaps_cells_and_points(tmp_path):
     drawn_too = read_geojson_labels(_write(tmp_path / "more.geojson", [*features, beside]), (10, 10))
     np.testing.assert_array_equal(drawn_too[0:2, 7:9], 8)
     np.testing.assert_array_equal(np.where(drawn_too == 8, 0, drawn_too), expected)
-    # Nuclei drawn by hand are annotations: without detections they are the nuclei.
+    # Nuclei drawn by hand are annotations, nuclei all but the region holding them.
     small = _feature([[[7, 7], [9, 7], [9, 9], [7, 9], [7, 7]]])
     region = _feature([whole], name="Region")
     drawn = read_geojson_labels(_write(tmp_path / "drawn.geojson", [region, _feature([square]), small]))
     assert drawn.shape == (9, 9) and np.bincount(drawn.ravel()).tolist() == [81 - 40, 36, 4]  # the region is not one
+    # Drawn either way round (QuPath keeps the order it was drawn in): a nucleus beside another is no region.
+    clockwise = _feature([[[6, 0], [6, 3], [9, 3], [9, 0], [6, 0]]])
+    both = read_geojson_labels(_write(tmp_path / "ways.geojson", [_feature([square]), clockwise]), (10, 10))
+    assert np.bincount(both.ravel()).tolist() == [100 - 45, 36, 9]
     # A bare list of features (QuPath's other export), and a MultiPolygon as one nucleus.
     path = tmp_path / "list.geojson"
     path.write_text(json.dumps([_feature([[square], [[[7, 7], [9, 7], [9, 9], [7, 9], [7, 7]]]], kind="MultiPolygon")]))

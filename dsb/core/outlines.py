@@ -3,7 +3,8 @@
 A label image says which pixels each nucleus holds; Fiji's ROI Manager, QuPath and drawing
 programs want its outline as a polygon. :func:`label_outlines` traces it along the pixels' own
 edges, as Fiji's wand does, so that the polygon holds exactly the object's pixels (each pixel
-whose centre lies inside it) and measures the same area.
+whose centre lies inside it) and measures the same area; :func:`label_polygons` gives each object's
+pieces and holes too, for formats that hold them (GeoJSON).
 
 Coordinates are ``(row, col)`` with pixel ``(r, c)`` spanning ``r - 0.5 .. r + 0.5`` and
 ``c - 0.5 .. c + 0.5``: the corners lie on half-integers (add 0.5 for Fiji's, whose pixel

@@ -453,10 +453,10 @@ def _integer_labels(labels: np.ndarray, path: Path) -> np.ndarray:
 
 def label_file(image, folder=None, *, listing: dict | None = None) -> Path:
     """The label image of ``image``: a label file of its name (:func:`label_stem`: ``NAME_masks``,
-    ``NAME_labels`` or ``NAME_cp_masks``, TIFF or PNG, any case) beside it, or in ``folder``, where a
-    file named as the image itself (``masks/NAME.tif`` beside ``images/NAME.tif``, or
-    ``masks/NAME.ome.tif``) counts too. ``NAME`` is the image's name as ``dsb segment`` names its
-    outputs (:func:`dsb.io.images.image_name`: ``a.ome.tif`` is ``a``).
+    ``NAME_labels`` or ``NAME_cp_masks``, TIFF, PNG or GeoJSON, any case) beside it, or in ``folder``,
+    where a file named as the image itself (``masks/NAME.tif`` beside ``images/NAME.tif``,
+    ``masks/NAME.ome.tif`` or ``masks/NAME.geojson``) counts too. ``NAME`` is the image's name as
+    ``dsb segment`` names its outputs (:func:`dsb.io.images.image_name`: ``a.ome.tif`` is ``a``).
 
     ``listing`` (a dict, empty at first) keeps each folder's label files by name between calls, so that
     pairing a folder of many images lists it once.
@@ -489,7 +489,7 @@ def label_file(image, folder=None, *, listing: dict | None = None) -> Path:
     if not found:
         raise BadDataError(f"has no label image in {folder} ({name}_masks.tif, {name}_labels.tif, "
                            f"{name}_cp_masks.png or {name}_masks.geojson"
-                           f"{', or ' + name + '.tif' if elsewhere else ''})", path=image)
+                           f"{', or ' + name + '.tif or ' + name + '.geojson' if elsewhere else ''})", path=image)
     return found[0]
 
 

@@ -49,8 +49,7 @@ QUPATH_PLANES = {"t": "t", "z": "z", "f": "t"}
 
 
 def nucleus_features(labels: np.ndarray, measurements: pd.DataFrame | None = None, *,
-                     plane: dict | None = None, origin: tuple[int, int] = (0, 0),
-                     offset: int = 0) -> Iterator[dict]:
+                     plane: dict | None = None, origin: tuple[int, int] = (0, 0)) -> Iterator[dict]:
     """One GeoJSON ``Feature`` (a dict) per nucleus of ``labels``, in label order.
 
     Parameters
@@ -64,9 +63,6 @@ def nucleus_features(labels: np.ndarray, measurements: pd.DataFrame | None = Non
         QuPath's plane of the polygons (``{"c": -1, "z": 2, "t": 0}``); None: the image's only one.
     origin : (int, int)
         Row and column of ``labels``' first pixel in the image (a block of a larger one).
-    offset : int
-        Added to each label (a block's nuclei numbered from 1): the nucleus's name and its row of
-        ``measurements``.
 
     Yields
     ------
@@ -79,9 +75,9 @@ def nucleus_features(labels: np.ndarray, measurements: pd.DataFrame | None = Non
     ([[[1, 1], [3, 1], [3, 2], [1, 2], [1, 1]]], 1, '3')
     """
     found, polygons = label_polygons(np.asarray(labels))
-    numbers = _numbers(measurements, found + offset)
+    numbers = _numbers(measurements, found)
     row, col = origin
-    for label, pieces in zip((found + offset).tolist(), polygons):
+    for label, pieces in zip(found.tolist(), polygons):
         # Our corners lie at half-integer (row, col); QuPath's pixel (x, y) spans x .. x + 1.
         geometry = _geometry([[np.rint(ring[:, ::-1] + 0.5).astype(np.int64) + (col, row) for ring in piece]
                               for piece in pieces])
@@ -118,7 +114,8 @@ def _geometry(pieces: list) -> dict:
         for at, area in enumerate(areas):
             if area < 0:
                 beside = _pixel_beside(rings[at])
-                held[next((lobe for lobe in lobes if _holds(rings[lobe], beside)), lobes[-1])].append(rings[at])
+                holding = (lobe for lobe in lobes if _inside(rings[lobe], beside[None, :])[0])
+                held[next(holding, lobes[-1])].append(rings[at])
         polygons.extend([_closed(rings[at]), *map(_closed, held[at])] for at in reversed(lobes))
     if len(polygons) == 1:
         return {"type": "Polygon", "coordinates": polygons[0]}
@@ -154,12 +151,6 @@ def _pixel_beside(ring: np.ndarray) -> np.ndarray:
     ring's left, where its polygon lies (its outside counterclockwise, its holes clockwise)."""
     step = np.sign(ring[1] - ring[0]).astype(np.float64)
     return ring[0] + 0.5 * step + 0.5 * np.array([-step[1], step[0]])
-
-
-def _holds(ring: np.ndarray, point: np.ndarray) -> bool:
-    """Whether a ring of integer corners holds ``point`` (a pixel's centre, never on the ring): a ray from it
-    crosses the ring's sides an odd number of times."""
-    return bool(_inside(ring.astype(np.float64), np.asarray(point, np.float64)[None, :])[0])
 
 
 def _closed(ring: np.ndarray) -> list:
@@ -250,18 +241,18 @@ def write_geojson(path, labels: np.ndarray, frames: str = "", measurements: pd.D
 
 
 def read_geojson_labels(path, shape: tuple[int, int] | None = None) -> np.ndarray:
-    """A label image of the objects of a GeoJSON file: QuPath's detections and cells (a cell's nucleus,
-    its ``nucleusGeometry``), or where it holds none, its annotations (nuclei drawn by hand), one label
-    each, as :func:`write_geojson` writes them.
+    """A label image of the objects of a GeoJSON file: QuPath's detections, cells (a cell's nucleus, its
+    ``nucleusGeometry``) and annotations (nuclei drawn by hand) but regions, one label each, as
+    :func:`write_geojson` writes them.
 
     Each ``Polygon`` or ``MultiPolygon`` (its holes left out) takes the pixels whose centres lie inside
     it, in QuPath's pixel coordinates (``x`` the column, ``y`` the row, pixel ``(x, y)`` spanning
-    ``x .. x + 1``); where two overlap, the first keeps the pixels. An annotation that holds the centre
-    of another object is a region (the area detection ran in, a tissue's outline), not a nucleus, and is
-    passed over; so are points, lines, tiles and TMA cores. An object named by a whole number (as
-    ``dsb segment --geojson`` names them) keeps it as its label, so that a nucleus keeps its number
-    through QuPath; the others (a nucleus drawn in QuPath has no name) are numbered after the largest,
-    in the file's order.
+    ``x .. x + 1``); where two overlap, the first keeps the pixels. An annotation that holds a point
+    inside another object of its plane, and is at least twice that object's area, is a region (the area
+    detection ran in, a tissue's outline), not a nucleus, and is passed over; so are points, lines,
+    tiles and TMA cores. An object named by a whole number (as ``dsb segment --geojson`` names them)
+    keeps it as its label, so that a nucleus keeps its number through QuPath; the others (a nucleus
+    drawn in QuPath has no name) are numbered after the largest, in the file's order.
 
     Parameters
     ----------
@@ -349,8 +340,7 @@ def _regions(found: list) -> list[bool]:
     annotations = [at for at, (kind, _, rings, _) in enumerate(found) if kind == "annotation" and rings]
     if not annotations or len(found) < 2:
         return regions
-    points = np.array([_pixel_beside(rings[0][0]) if rings and len(rings[0][0]) >= 2 else (np.nan, np.nan)
-                       for _, _, rings, _ in found])
+    points = np.array([_point_inside(rings[0][0]) if rings else (np.nan, np.nan) for _, _, rings, _ in found])
     areas = np.array([sum(abs(_twice_area(polygon[0])) for polygon in rings) / 2 for _, _, rings, _ in found])
     planes = np.array([plane for *_, plane in found])
     for at in annotations:
@@ -365,6 +355,20 @@ def _regions(found: list) -> list[bool]:
                 regions[at] = True
                 break
     return regions
+
+
+def _point_inside(ring: np.ndarray) -> tuple[float, float]:
+    """A point inside a ring of (x, y) points drawn either way round: the centre of a pixel it fills (the
+    middle one of those it fills), else its corners' mean (a ring too small to hold a pixel's centre)."""
+    from skimage.draw import polygon as fill
+
+    if len(ring) < 3:
+        return tuple(ring.mean(axis=0)) if len(ring) else (np.nan, np.nan)
+    rows, cols = fill(ring[:, 1] - 0.5, ring[:, 0] - 0.5)
+    if not rows.size:
+        return tuple(ring.mean(axis=0))
+    middle = rows.size // 2
+    return cols[middle] + 0.5, rows[middle] + 0.5
 
 
 def _inside(ring: np.ndarray, points: np.ndarray) -> np.ndarray:

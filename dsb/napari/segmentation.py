@@ -25,7 +25,7 @@ from dsb.core.config import SCALE_FACTOR_RANGE, check_scale_factor
 from dsb.core.errors import BadDataError, DsbError
 from dsb.inference.preprocess import mixed_channels, raw_intensity
 from dsb.napari.finetuning import export_onnx_in_child
-from dsb.napari.io import PLANE_NAMES, TIME_NAMES, planes_axis  # noqa: F401  (public here too)
+from dsb.napari.io import planes_axis
 from dsb.network.model_folder import PRECISION_CHOICES, default_model_dir, load_run_config
 from dsb.workflows.pipeline import nuclei_predictor, predict_each
 from dsb.workflows.segment_files import measure_nuclei

@@ -186,7 +186,8 @@ def _measure_one(image: Path, labels_path: Path, out_dir: Path, name: str, *, ch
     written = write_measurements(out_dir, name, table, raw, labels, overlay=overlay, rois=rois, geojson=geojson)
     size = calibration.pixel_size
     warning = join_warnings(channel_warning(raw, image) if picked is None else "", calibration.note,
-                            tiff_page_note(image, picked))
+                            tiff_page_note(image, picked),
+                            "one 2-D image: --volumes measures the 3-D nuclei of a z-stack" if volumes else "")
     return {"file": str(image), "labels": str(labels_path), "status": "ok", "nuclei": len(table),
             "pixel_size": "" if size is None else float(f"{size:.6g}"),
             **{k: str(v) for k, v in written.items()}, "warning": warning, "error": ""}
