@@ -351,9 +351,10 @@ def read_label_image(path, shape: tuple[int, int] | None = None, *, image=None, 
         labels = read_geojson_labels(path, shape)
         return renumber(labels)[0] if renumbered else labels
     labels = _palette_indices(path)
-    if labels is None and path.suffix.lower() in (".tif", ".tiff") and stack_frames(path):
+    frames = stack_frames(path) if labels is None and path.suffix.lower() in (".tif", ".tiff") else ""
+    if frames:
         named = "" if image is None else " " + Path(image).name
-        kinds = " and ".join(FRAME_WORDS[role] for role in stack_frames(path))
+        kinds = " and ".join(FRAME_WORDS[role] for role in frames)
         raise BadDataError(f"label image is a stack (of {kinds}) but its image{named} is one 2-D image", path=path)
     if labels is None:
         labels = read_image(path)

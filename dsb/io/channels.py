@@ -19,8 +19,8 @@ import numpy as np
 
 from dsb.core.errors import BadDataError
 
-__all__ = ["MAX_COLOURS", "FRAME_ROLES", "FRAME_WORDS", "axis_roles", "page_note", "pick_channel", "select",
-           "check_channel"]
+__all__ = ["MAX_COLOURS", "FRAME_ROLES", "FRAME_WORDS", "FRAME_COLUMNS", "axis_roles", "page_note", "pick_channel",
+           "select", "check_channel"]
 
 # Channels an image may have when none is picked: grey, grey+alpha, RGB, RGBA.
 MAX_COLOURS = 4
@@ -28,6 +28,8 @@ MAX_COLOURS = 4
 FRAME_ROLES = "tzf"
 # How a stack's frame axes are named to a user.
 FRAME_WORDS = {"t": "time points", "z": "planes", "f": "pages"}
+# The measurement columns that hold a nucleus's frame in a stack, by frame role.
+FRAME_COLUMNS = {"t": "t", "z": "z", "f": "frame"}
 # How a caller picks a channel, in the messages that ask for one.
 _PICK = "--channel N, or channel=N in Python"
 

@@ -36,13 +36,10 @@ import pandas as pd
 from dsb.core.atomic import atomic_path
 from dsb.core.errors import BadDataError
 from dsb.core.outlines import label_polygons
+from dsb.io.channels import FRAME_COLUMNS
 
-__all__ = ["nucleus_features", "write_features", "write_geojson", "read_geojson_labels", "FRAME_COLUMNS",
-           "QUPATH_PLANES"]
+__all__ = ["nucleus_features", "write_features", "write_geojson", "read_geojson_labels", "QUPATH_PLANES"]
 
-#: The measurement columns that say where a row's nucleus lies in a stack, by frame role: ``t`` time,
-#: ``z`` planes, ``f`` an unnamed frame axis.
-FRAME_COLUMNS = {"t": "t", "z": "z", "f": "frame"}
 #: The axis of QuPath's plane each frame role is counted on: an unnamed axis (the pages of a plain
 #: multi-page TIFF) on ``t``, as QuPath's Bio-Formats reader opens such a file.
 QUPATH_PLANES = {"t": "t", "z": "z", "f": "t"}
@@ -208,7 +205,7 @@ def write_geojson(path, labels: np.ndarray, frames: str = "", measurements: pd.D
         :func:`dsb.io.writers.write_labels` takes them, at most one on each of QuPath's ``t`` and ``z``
         (:data:`QUPATH_PLANES`): each polygon carries its frame's QuPath ``plane``.
     measurements : DataFrame, optional
-        Rows by ``label`` (a stack's also by its frame columns, :data:`FRAME_COLUMNS`, as
+        Rows by ``label`` (a stack's also by its frame columns, ``t``, ``z``, ``frame``, as
         ``dsb segment`` writes them): each nucleus's numbers.
 
     Returns

@@ -619,7 +619,7 @@ def segment_blocks(image, model=None, *, diameter: float | None = None, block_si
     with atomic_dir(out) as store, _scratch(out.parent, out.stem) as scratch:
         create_labels(store, plan.shape, plan.block, component=component, zarr_format=zarr_format)
         _, cut, _, _ = _run_blocks(source, spec, settings, plan, store=store, component=component, scratch=scratch,
-                                client=client, tta=tta, progress=progress)
+                                   client=client, tta=tta, progress=progress)
         finish_labels(store, source, store, 0)
     _warn_cut(source.path or "the array", cut, plan)
     return da.from_zarr(str(out), component=component or None)

@@ -37,18 +37,18 @@ from dsb.io.annotations import label_file, label_stem, read_label_image, read_la
 from dsb.io.channel_names import channel_names, file_channel
 from dsb.io.folders import Skips, find_images
 from dsb.io.images import read_channels, read_image, read_stack, stack_frames, tiff_page_note
-from dsb.io.pixel_size import read_z_step
 from dsb.workflows.calibration import calibrate
 from dsb.workflows.drawing import outline_overlay
 from dsb.workflows.segment_files import (
     channel_warning,
     join_warnings,
+    measure_frame,
     measure_nuclei,
     nothing_to_segment,
     write_measurements,
     write_stack_measurements,
 )
-from dsb.workflows.volumes import NO_PLANES_FOR, disjoint_sections, measure_volumes, stitch_axis, volume_notes
+from dsb.workflows.volumes import NO_PLANES_FOR, disjoint_sections, stack_volumes, stitch_axis
 
 __all__ = ["MEASURE_SUMMARY_COLUMNS", "measure_files", "pair_labels"]
 
@@ -184,11 +184,15 @@ def _measure_one(image: Path, labels_path: Path, out_dir: Path, name: str, *, ch
     table = measure_nuclei(labels, raw_intensity(raw), None, pixel_size=calibration.pixel_size, channels=every,
                            channel_names=() if picked is None else channel_names(image))
     written = write_measurements(out_dir, name, table, raw, labels, overlay=overlay, rois=rois, geojson=geojson)
-    size = calibration.pixel_size
     warning = join_warnings(channel_warning(raw, image) if picked is None else "", calibration.note,
                             tiff_page_note(image, picked),
                             "one 2-D image: --volumes measures the 3-D nuclei of a z-stack" if volumes else "")
-    return {"file": str(image), "labels": str(labels_path), "status": "ok", "nuclei": len(table),
+    return _row(image, labels_path, len(table), calibration.pixel_size, written, warning)
+
+
+def _row(image: Path, labels_path: Path, nuclei: int, size: float | None, written: dict, warning: str) -> dict:
+    """An image's ``summary.csv`` row (:data:`MEASURE_SUMMARY_COLUMNS`) once measured."""
+    return {"file": str(image), "labels": str(labels_path), "status": "ok", "nuclei": nuclei,
             "pixel_size": "" if size is None else float(f"{size:.6g}"),
             **{k: str(v) for k, v in written.items()}, "warning": warning, "error": ""}
 
@@ -204,24 +208,18 @@ def _measure_stack(image: Path, labels_path: Path, out_dir: Path, name: str, *, 
     calibration = calibrate(image, pixel_size=pixel_size)
     every = None if picked is None else read_channels(image, frames=True)
     names = () if picked is None else channel_names(image)
-    columns = ["frame" if a == "f" else a for a in roles]
-    tables = []
-    for index in np.ndindex(*lead):
-        table = measure_nuclei(labels[index], raw_intensity(frames[index]), None, pixel_size=calibration.pixel_size,
-                               channels=None if every is None else every[index], channel_names=names)
-        for at, (column, value) in enumerate(zip(columns, index)):
-            table.insert(at, column, value)
-        tables.append(table)
-    sections = pd.concat(tables, ignore_index=True)
+    sections = pd.concat([measure_frame(labels[index], frames[index], None, index, roles,
+                                        pixel_size=calibration.pixel_size,
+                                        channels=None if every is None else every[index], channel_names=names)
+                          for index in np.ndindex(*lead)], ignore_index=True)
     axis = stitch_axis(roles) if volumes else None
     notes, solids = [tiff_page_note(image, picked)], None
     if volumes and axis is None:
         notes.append(NO_PLANES_FOR.format("--volumes"))
     elif axis is not None:
-        step = z_step if z_step is not None else read_z_step(image)
-        solids = measure_volumes(sections, z=columns[axis], planes=lead[axis], pixel_size=calibration.pixel_size,
-                                 z_step=step)
-        notes += volume_notes(roles, step, calibration.pixel_size)
+        solids, _, said = stack_volumes(sections, roles, axis, lead[axis], pixel_size=calibration.pixel_size,
+                                        z_step=z_step, path=image)
+        notes += said
         apart = disjoint_sections(labels, axis)
         if apart:
             notes.append(f"{apart} of its {len(solids)} 3-D nuclei have sections in neighbouring planes that do "
@@ -230,10 +228,7 @@ def _measure_stack(image: Path, labels_path: Path, out_dir: Path, name: str, *, 
     drawn = [outline_overlay(frames[index], labels[index]) for index in np.ndindex(*lead)] if overlay else None
     written = write_stack_measurements(out_dir, name, sections, labels, roles, volumes=solids, drawn=drawn,
                                        rois=rois, geojson=geojson, pixel_size=calibration.pixel_size)
-    size = calibration.pixel_size
     warning = join_warnings(channel_warning(frames[(0,) * len(roles)], image) if picked is None else "",
                             calibration.note, *notes)
-    return {"file": str(image), "labels": str(labels_path), "status": "ok",
-            "nuclei": len(sections if solids is None else solids),
-            "pixel_size": "" if size is None else float(f"{size:.6g}"),
-            **{k: str(v) for k, v in written.items()}, "warning": warning, "error": ""}
+    return _row(image, labels_path, len(sections if solids is None else solids), calibration.pixel_size, written,
+                warning)

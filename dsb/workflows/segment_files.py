@@ -36,10 +36,10 @@ from dsb.core.validate import check_labels, check_same_shape
 from dsb.inference.preprocess import mixed_channels, raw_intensity
 from dsb.inference.scale import check_diameter
 from dsb.io.channel_names import channel_names, named_channels
+from dsb.io.channels import FRAME_COLUMNS
 from dsb.io.folders import OVERLAY_SUFFIX, Skips, find_images, read_images
 from dsb.io.geojson import write_geojson
 from dsb.io.images import read_channels, read_stack
-from dsb.io.pixel_size import read_z_step
 from dsb.io.rois import write_rois
 from dsb.io.writers import write_labels, write_png, write_rgb_stack
 from dsb.network.engines import load_network
@@ -47,19 +47,12 @@ from dsb.network.model_folder import resolve_model_dir
 from dsb.workflows.calibration import Calibration, calibrate_files, check_micrometres
 from dsb.workflows.drawing import outline_overlay
 from dsb.workflows.pipeline import nuclei_predictor, predict_each
-from dsb.workflows.volumes import (
-    NO_PLANES,
-    Stitch,
-    measure_volumes,
-    stitch_axis,
-    stitch_sections,
-    volume_notes,
-    with_volumes,
-)
+from dsb.workflows.volumes import NO_PLANES, Stitch, stack_volumes, stitch_axis, stitch_sections, with_volumes
 
 __all__ = ["MEASUREMENT_COLUMNS", "MICROMETRE_COLUMNS", "SUMMARY_COLUMNS", "measure_nuclei", "in_micrometres",
            "touches_edge", "channel_columns",
-           "segment_paths", "segment_stack", "write_outputs", "write_measurements", "write_stack_measurements",
+           "segment_paths", "segment_stack", "measure_frame", "write_outputs", "write_measurements",
+           "write_stack_measurements",
            "summary_row", "channel_warning",
            "check_scale_options",
            "join_warnings", "nothing_to_segment"]
@@ -501,7 +494,6 @@ def segment_stack(path, name: str, out_dir, predict, *, channel: int | None = No
     names = () if channel is None else channel_names(path)
     lead = frames.shape[: len(roles)]
     labels = np.zeros((*lead, *frames.shape[len(roles): len(roles) + 2]), np.uint16)
-    columns = ["frame" if a == "f" else a for a in roles]
     tables, diameters, sure, estimated = {}, [], True, False
     drawn = [] if overlay else None
     items = ((index, path, frames[index]) for index in np.ndindex(*lead))
@@ -512,12 +504,9 @@ def segment_stack(path, name: str, out_dir, predict, *, channel: int | None = No
             if nuclei.labels.max(initial=0) > np.iinfo(labels.dtype).max:
                 labels = labels.astype(np.uint32)  # over 65535 nuclei in one frame
             labels[index] = nuclei.labels
-            table = measure_nuclei(nuclei.labels, raw_intensity(raw), nuclei.confidence,
-                                   pixel_size=calibration.pixel_size, channels=None if every is None else every[index],
-                                   channel_names=names)
-            for at, (column, value) in enumerate(zip(columns, index)):
-                table.insert(at, column, value)
-            tables[index] = table
+            tables[index] = measure_frame(nuclei.labels, raw, nuclei.confidence, index, roles,
+                                          pixel_size=calibration.pixel_size,
+                                          channels=None if every is None else every[index], channel_names=names)
             diameters.append(float(nuclei.diameter))
             sure, estimated = sure and bool(nuclei.sure), estimated or bool(nuclei.estimated)
             if drawn is not None:
@@ -531,10 +520,9 @@ def segment_stack(path, name: str, out_dir, predict, *, channel: int | None = No
         notes.append(NO_PLANES)
     sections = pd.concat([tables[i] for i in sorted(tables)], ignore_index=True)
     if axis is not None:
-        z_step = stitch.z_step if stitch.z_step is not None else read_z_step(path)
-        volumes = measure_volumes(sections, z=columns[axis], planes=lead[axis], pixel_size=calibration.pixel_size,
-                                  z_step=z_step)
-        notes += volume_notes(roles, z_step, calibration.pixel_size)
+        volumes, z_step, said = stack_volumes(sections, roles, axis, lead[axis], pixel_size=calibration.pixel_size,
+                                              z_step=stitch.z_step, path=path)
+        notes += said
         if labels.dtype == np.uint32:
             notes.append("over 65535 nuclei: the label TIFF is a plain 32-bit TIFF, without its planes' axis or "
                          "spacing")
@@ -547,6 +535,19 @@ def segment_stack(path, name: str, out_dir, predict, *, channel: int | None = No
                        diameter=float(np.median(finite)) if finite else math.nan, estimated=estimated, sure=sure,
                        pixel_size=calibration.pixel_size, warning=join_warnings(warning, calibration.note, *notes),
                        labels=str(targets["labels"]), **{k: str(v) for k, v in written.items()})
+
+
+def measure_frame(labels: np.ndarray, raw: np.ndarray, confidence: np.ndarray | None, index: tuple[int, ...],
+                  roles: str, *, pixel_size: float | None = None, channels: np.ndarray | None = None,
+                  channel_names: tuple = ()) -> pd.DataFrame:
+    """:func:`measure_nuclei` of the frame ``index`` of a stack whose frame axes are ``roles``, its index in the
+    frame columns (``t``, ``z``, ``frame``: :data:`dsb.io.channels.FRAME_COLUMNS`) before the measurements.
+    Shared by ``dsb segment`` (:func:`segment_stack`) and ``dsb measure`` of stacks."""
+    table = measure_nuclei(labels, raw_intensity(raw), confidence, pixel_size=pixel_size, channels=channels,
+                           channel_names=channel_names)
+    for at, (role, value) in enumerate(zip(roles, index)):
+        table.insert(at, FRAME_COLUMNS[role], value)
+    return table
 
 
 def write_stack_measurements(out_dir: Path, name: str, sections: pd.DataFrame, labels: np.ndarray, roles: str, *,

@@ -15,10 +15,12 @@ import numpy as np
 import pandas as pd
 
 from dsb.core.stitch import MIN_OVERLAP, stitch_planes
+from dsb.io.channels import FRAME_COLUMNS
+from dsb.io.pixel_size import read_z_step
 
 __all__ = ["NO_PLANES", "NO_PLANES_FOR", "VOLUME_COLUMNS", "SECTION_NAMES", "Stitch", "beside_sections",
-           "disjoint_sections", "measure_volumes", "section_lookup", "stitch_axis", "stitch_sections", "stitch_stack",
-           "volume_notes", "with_volumes"]
+           "disjoint_sections", "measure_volumes", "section_lookup", "stack_volumes", "stitch_axis", "stitch_sections",
+           "stitch_stack", "volume_notes", "with_volumes"]
 
 VOLUME_COLUMNS = (
     "label",
@@ -196,6 +198,18 @@ def measure_volumes(table: pd.DataFrame, *, z: str, planes: int, pixel_size: flo
             out = out.assign(volume_um3=cubic, equivalent_diameter_um=np.cbrt(6.0 * cubic / np.pi),
                              centroid_z_um=out["centroid_z"] * z_step)
     return out
+
+
+def stack_volumes(sections: pd.DataFrame, roles: str, axis: int, planes: int, *, pixel_size: float | None = None,
+                  z_step: float | None = None, path=None) -> tuple[pd.DataFrame, float | None, list[str]]:
+    """A stack file's 3-D nuclei from its sections' measurements (frame columns first, labelled by 3-D
+    nucleus), its planes on frame axis ``axis`` of ``roles``: :func:`measure_volumes` at ``z_step``, else
+    the file's (:func:`dsb.io.pixel_size.read_z_step` of ``path``); the volumes, the z step taken, and
+    :func:`volume_notes`. Shared by ``dsb segment --stitch`` and ``dsb measure --volumes``."""
+    step = z_step if z_step is not None or path is None else read_z_step(path)
+    volumes = measure_volumes(sections, z=FRAME_COLUMNS[roles[axis]], planes=planes, pixel_size=pixel_size,
+                              z_step=step)
+    return volumes, step, volume_notes(roles, step, pixel_size)
 
 
 def beside_sections(volumes: pd.DataFrame) -> pd.DataFrame:
