@@ -170,7 +170,8 @@ def test_a_z_stack_is_joined_into_3d_nuclei_when_asked(make_napari_viewer, qtbot
     last = max(z for z, _ in planes) + 1
     assert opened.axis_labels == ("z", "y", "x") and opened.data.shape[0] == last
     np.testing.assert_array_equal(opened.data, labels.data[:last, : opened.data.shape[1], : opened.data.shape[2]])
-    assert not labels.data[:last, opened.data.shape[1]:].any() and not labels.data[:last, :, opened.data.shape[2]:].any()
+    height, width = opened.data.shape[1:]
+    assert not labels.data[:last, height:].any() and not labels.data[:last, :, width:].any()
     viewer.layers.remove(opened)
     # Every 3-D nucleus has its row, with its volume in voxels and, from the layer's scale, cubic micrometres.
     voxels = np.bincount(labels.data.ravel())
