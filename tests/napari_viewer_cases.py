@@ -165,6 +165,14 @@ def test_a_z_stack_is_joined_into_3d_nuclei_when_asked(make_napari_viewer, qtbot
     planes = {(f["geometry"]["plane"]["z"], int(f["properties"]["name"])) for f in
               json.loads(Path(written).read_text())["features"]}
     assert planes == {(z, int(k)) for z in range(8) for k in np.unique(labels.data[z]) if k}
+    # Opened again in the viewer (dsb's reader): the same 3-D nuclei, on z, over the image.
+    [opened] = viewer.open(written, plugin="dsb")
+    last = max(z for z, _ in planes) + 1
+    assert opened.axis_labels == ("z", "y", "x") and opened.data.shape[0] == last
+    np.testing.assert_array_equal(opened.data, labels.data[:last, : opened.data.shape[1], : opened.data.shape[2]])
+    height, width = opened.data.shape[1:]
+    assert not labels.data[:last, height:].any() and not labels.data[:last, :, width:].any()
+    viewer.layers.remove(opened)
     # Every 3-D nucleus has its row, with its volume in voxels and, from the layer's scale, cubic micrometres.
     voxels = np.bincount(labels.data.ravel())
     assert table.index.tolist() == list(range(1, count + 1)) and table["volume"].tolist() == voxels[1:].tolist()

@@ -20,7 +20,8 @@ from conftest import dsb as run_dsb
 from dsb.core.errors import BadDataError, EnvironmentProblem
 from dsb.core.labels import renumber
 from dsb.io.annotations import read_label_image
-from dsb.io.geojson import nucleus_features, read_geojson_labels, write_features, write_geojson
+from dsb.io.geojson import (nucleus_features, read_geojson_labels, read_geojson_objects, write_features,
+                            write_geojson)
 from dsb.io.synthetic import nuclei_field, nuclei_volume
 
 
@@ -328,3 +329,51 @@ def test_dsb_measure_and_training_take_qupath_labels(tmp_path):
     (tmp_path / "in" / "shapes.geojson").write_text("[]")
     result = run_dsb("measure", tmp_path / "in" / "a.tif", tmp_path / "in" / "shapes.geojson", "--out", tmp_path / "m4")
     assert result.exit_code != 0 and "shapes.geojson: is a GeoJSON file not named as a label file" in result.output
+
+
+def test_a_stacks_objects_read_back_on_their_planes_with_their_measurements(tmp_path):
+    _, volume = nuclei_volume((4, 48, 64), diameter=14, seed=5)
+    stack = np.stack([volume, volume[:, :, ::-1]])  # (t, z, y, x); one 3-D nucleus keeps its label through z
+    path = write_geojson(tmp_path / "v_nuclei.geojson", stack, "tz")
+    labels, planes, table = read_geojson_objects(path, stack.shape[-2:])
+    assert planes == "tz" and labels.dtype == np.int32
+    np.testing.assert_array_equal(labels, stack[:, : labels.shape[1]])
+    assert not stack[:, labels.shape[1]:].any()  # frames up to the last plane holding objects
+    assert list(table.columns[:4]) == ["label", "t", "z", "object_type"] and set(table["object_type"]) == {"detection"}
+    sections = {(t, z, k) for t in range(2) for z in range(stack.shape[1]) for k in np.unique(stack[t, z]) if k}
+    assert set(zip(table["t"], table["z"], table["label"])) == sections and len(table) == len(sections)
+    # One plane of a time series: frames on t only; measurements as columns, in the file's units.
+    frames = stack[:, 1]
+    measured = pd.DataFrame({"t": [0, 1], "label": [int(frames[0].max()), int(frames[1].max())],
+                             "area": [10.5, 20.25], "touches_edge": [True, False]})
+    path = write_geojson(tmp_path / "m.geojson", frames, "t", measured)
+    labels, planes, table = read_geojson_objects(path, frames.shape[-2:])
+    assert planes == "t" and labels.shape == frames.shape
+    rows = table.set_index(["t", "label"]).loc[[(0, measured["label"][0]), (1, measured["label"][1])]]
+    assert rows["area"].tolist() == [10.5, 20.25] and rows["touches_edge"].tolist() == [1.0, 0.0]
+    assert table["area"].isna().sum() == len(table) - 2  # the others were not measured
+
+
+def test_qupath_classes_and_older_measurement_lists_are_columns(tmp_path):
+    square = [[0, 0], [3, 0], [3, 3], [0, 3], [0, 0]]
+    other = [[5, 5], [8, 5], [8, 8], [5, 8], [5, 5]]
+    features = [
+        _feature([square], object_type="detection", classification={"name": "Tumor", "color": [200, 0, 0]},
+                 measurements={"Nucleus: Area": 9.0, "Note": "text"}),
+        _feature([other], name="3", object_type="detection",
+                 measurements=[{"name": "Nucleus: Area", "value": 9}, {"name": "Hematoxylin OD mean", "value": 0.5}]),
+    ]
+    for feature in features:  # QuPath keeps these in the properties
+        feature["properties"].update({k: feature.pop(k) for k in ("classification", "measurements") if k in feature})
+    labels, planes, table = read_geojson_objects(_write(tmp_path / "c.geojson", features), (10, 10))
+    assert planes == "" and np.bincount(labels.ravel()).tolist() == [82, 0, 0, 9, 9]  # unnamed: after the largest
+    assert table["label"].tolist() == [4, 3] and table["classification"][0] == "Tumor"
+    assert pd.isna(table["classification"][1])
+    assert table["Nucleus: Area"].tolist() == [9.0, 9.0] and "Note" not in table  # numbers only
+    assert np.isnan(table["Hematoxylin OD mean"][0]) and table["Hematoxylin OD mean"][1] == 0.5
+    bad = [_feature([square], plane={"c": -1, "z": -2, "t": 0})]
+    with pytest.raises(BadDataError, match="counts its planes from 0"):
+        read_geojson_objects(_write(tmp_path / "neg.geojson", bad))
+    far = [_feature([square], plane={"c": -1, "z": 0, "t": 10 ** 9})]
+    with pytest.raises(BadDataError, match="at most 10000"):
+        read_geojson_objects(_write(tmp_path / "far.geojson", far))

@@ -29,7 +29,9 @@ from dsb.io.annotations import find_samples, read_label_image
 from dsb.napari.child import ChildFailed, child_events
 from dsb.napari.finetuning import Progress
 from dsb.napari.io import (
+    get_geojson_reader,
     get_label_reader,
+    read_geojson_layer,
     layer_z_step,
     read_label_layer,
     write_geojson_layer,
@@ -76,6 +78,8 @@ def test_manifest_is_valid_and_offers_widgets_samples_and_writers():
     assert len(manifest.contributions.sample_data) >= 1
     assert [(w.layer_types, w.filename_extensions) for w in manifest.contributions.writers] == [
         (["labels"], [".tif", ".tiff"]), (["labels"], [".zip"]), (["labels"], [".geojson", ".json"])]
+    assert [(r.command, r.filename_patterns[-1]) for r in manifest.contributions.readers] == [
+        ("dsb.read_labels", "*_labels.png"), ("dsb.read_geojson", "*.geojson")]
     for name in commands.values():  # every Qt-free command resolves; the widgets' modules exist
         module, attr = name.split(":")
         if module in QT_FREE:
@@ -256,6 +260,38 @@ def test_reader_opens_label_images_as_labels_layers(tmp_path):
     assert get_label_reader(str(tmp_path / "cells.tif")) is None
     [(data, meta, kind)] = read_label_layer(str(path))
     assert kind == "labels" and meta["name"] == "cells_masks" and data.max() == 2
+
+
+def test_qupath_objects_open_as_labels_on_their_image(tmp_path):
+    from dsb.io.geojson import write_geojson
+
+    labels = (make_discs((64, 80)) * 3).astype(np.int32)  # nuclei 3 and 6: named by their labels
+    measured = pd.DataFrame({"label": [3, 6], "area": [50.0, 60.0]})
+    write_geojson(tmp_path / "cells_nuclei.geojson", labels, measurements=measured)
+    assert get_geojson_reader(str(tmp_path / "cells_nuclei.geojson")) is read_geojson_layer
+    assert get_geojson_reader([str(tmp_path / "a.geojson"), str(tmp_path / "a.tif")]) is None
+    # With no image beside it: the objects' extent, on the image pixel for pixel.
+    [(data, meta, kind)] = read_geojson_layer(str(tmp_path / "cells_nuclei.geojson"))
+    assert kind == "labels" and meta["name"] == "cells_nuclei" and "axis_labels" not in meta
+    rows, cols = np.nonzero(labels)
+    np.testing.assert_array_equal(data, labels[: rows.max() + 1, : cols.max() + 1])
+    assert meta["features"]["index"].tolist() == [3, 6] and meta["features"]["area"].tolist() == [50.0, 60.0]
+    # With its image beside it (a stack of three frames, RGB): the image's size.
+    tifffile.imwrite(tmp_path / "cells.tif", np.zeros((3, 64, 80, 3), np.uint8), photometric="rgb")
+    [(data, _, _)] = read_geojson_layer([str(tmp_path / "cells_nuclei.geojson")])
+    np.testing.assert_array_equal(data, labels)
+    tifffile.imwrite(tmp_path / "cells.tif", np.zeros((32, 40), np.uint8))  # objects beyond it: said
+    with pytest.raises(BadDataError, match="beyond its image's 40 x 32"):
+        read_geojson_layer(str(tmp_path / "cells_nuclei.geojson"))
+    # A z-stack's: a stack named z, which the GeoJSON writer puts back on z.
+    volume = np.stack([labels, labels, np.zeros_like(labels)])
+    written = write_geojson(tmp_path / "vol.geojson", volume, "z")
+    [(data, meta, _)] = read_geojson_layer(str(written))
+    assert meta["axis_labels"] == ("z", "y", "x") and data.shape == (2, rows.max() + 1, cols.max() + 1)
+    assert "features" not in meta
+    assert len(meta["metadata"]["dsb_objects"]) == 4
+    [again] = write_geojson_layer(str(tmp_path / "again.geojson"), data, meta)
+    assert read_geojson_layer(again)[0][1]["axis_labels"] == ("z", "y", "x")
 
 
 # ---------------------------------------------------------------- samples and segmentation

@@ -20,7 +20,8 @@ other reader: :func:`pandas.json_normalize` of its ``features`` gives one row pe
 
 The way back, :func:`read_geojson_labels`: nuclei drawn or corrected in QuPath and exported as
 GeoJSON (*File > Export objects as GeoJSON*) become a label image, which ``dsb measure`` and
-``dsb train`` (its fine-tuning included) take as they take a label TIFF.
+``dsb train`` (its fine-tuning included) take as they take a label TIFF; :func:`read_geojson_objects`
+reads a stack's objects on their planes, with each object's type, QuPath class and measurements.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import json
 import math
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -38,7 +40,8 @@ from dsb.core.errors import BadDataError
 from dsb.core.outlines import label_polygons
 from dsb.io.channels import FRAME_COLUMNS
 
-__all__ = ["nucleus_features", "write_features", "write_geojson", "read_geojson_labels", "QUPATH_PLANES"]
+__all__ = ["nucleus_features", "write_features", "write_geojson", "read_geojson_labels", "read_geojson_objects",
+           "QUPATH_PLANES", "MAX_PLANES"]
 
 #: The axis of QuPath's plane each frame role is counted on: an unnamed axis (the pages of a plain
 #: multi-page TIFF) on ``t``, as QuPath's Bio-Formats reader opens such a file.
@@ -266,8 +269,9 @@ def read_geojson_labels(path, shape: tuple[int, int] | None = None) -> np.ndarra
     ------
     BadDataError
         Naming the file: not JSON, not GeoJSON features, coordinates that are not finite (x, y) points,
-        objects on more than one plane of a stack (a label image is one 2-D plane), or objects beyond
-        ``shape`` (the objects of another image, or of this one at another scale).
+        objects on more than one plane of a stack (a label image is one 2-D plane; :func:`read_geojson_objects`
+        reads a stack's), or objects beyond ``shape`` (the objects of another image, or of this one at
+        another scale).
 
     Examples
     --------
@@ -278,27 +282,136 @@ def read_geojson_labels(path, shape: tuple[int, int] | None = None) -> np.ndarra
     [[0, 0, 0], [0, 7, 7]]
     """
     path = Path(path)
-    found = [_object(feature, path) for feature in _features(path)]
-    found = [f for f in found if f is not None]
-    found = [f for f, region in zip(found, _regions(found)) if not region]
-    planes = {plane for _, _, _, plane in found}
+    found = _nuclei(path)
+    planes = {f.plane for f in found}
     if len(planes) > 1:
         raise BadDataError(f"holds objects on {len(planes)} planes of a stack; a label image is one 2-D plane: "
                            "export one plane's objects", path=path)
-    outers = [polygon[0] for _, _, rings, _ in found for polygon in rings if len(polygon[0])]
+    labels = np.zeros(_plane_shape(found, shape, path), np.int32)
+    for value, nucleus in zip(_values([f.name for f in found]), found):
+        _paint(labels, value, nucleus.rings)
+    return labels
+
+
+#: Frames :func:`read_geojson_objects` makes at most: a plane numbered beyond them is refused, not allocated.
+MAX_PLANES = 10_000
+
+
+def read_geojson_objects(path, shape: tuple[int, int] | None = None) -> tuple[np.ndarray, str, pd.DataFrame]:
+    """The objects of a GeoJSON file as labels on their planes, with what QuPath measured of them.
+
+    The objects are those :func:`read_geojson_labels` reads, labelled as it labels them, each on its
+    QuPath ``plane`` (``t``, ``z``): a file of one plane gives one label image, a stack's (``dsb segment
+    --geojson`` of a time series or z-stack, QuPath's objects of a stack) a stack of them, one frame
+    for each time point and plane up to the last one holding objects. A name may come back on several
+    planes (a stitched nucleus's sections), never twice on one.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A GeoJSON ``FeatureCollection``, a list of features, or one feature.
+    shape : (int, int), optional
+        The (H, W) of the image's planes, which the objects must lie in; None: the extent of the objects.
+
+    Returns
+    -------
+    labels : ndarray of int32
+        (H, W) for one plane, (T, H, W), (Z, H, W) or (T, Z, H, W) for objects on several.
+    planes : str
+        The roles of ``labels``' leading axes: ``""``, ``"t"``, ``"z"`` or ``"tz"``.
+    table : DataFrame
+        One row per object, in the file's order: its ``label``, its plane's ``t`` and ``z`` (those in
+        ``planes``), ``object_type`` (detection, cell or annotation), ``classification`` (QuPath's class,
+        where any object has one), then the numbers of its ``measurements`` (a column each, NaN where an
+        object lacks it: ``dsb segment``'s measurements, QuPath's ``Nucleus: Area µm^2``...). An object
+        too small to hold a pixel's centre has a row and no pixels.
+
+    Raises
+    ------
+    BadDataError
+        As :func:`read_geojson_labels` (but for several planes), and for a plane numbered below 0 or
+        beyond :data:`MAX_PLANES`.
+    """
+    path = Path(path)
+    found = _nuclei(path)
+    ts, zs = (np.array([f.plane[axis] for f in found], np.int64) for axis in (1, 0))
+    if found and (min(ts.min(), zs.min()) < 0 or max(ts.max(), zs.max()) >= MAX_PLANES):
+        raise BadDataError(f"holds objects on planes from t, z = {ts.min()}, {zs.min()} to {ts.max()}, {zs.max()}; "
+                           f"QuPath counts its planes from 0, and at most {MAX_PLANES} are read", path=path)
+    planes = "".join(axis for axis, at in (("t", ts), ("z", zs)) if at.size and at.max() > 0)
+    frames = tuple(int({"t": ts, "z": zs}[axis].max()) + 1 for axis in planes)
+    if int(np.prod(frames)) > MAX_PLANES:
+        raise BadDataError(f"holds objects on {' x '.join(map(str, frames))} planes; at most {MAX_PLANES} are read",
+                           path=path)
+    labels = np.zeros(frames + _plane_shape(found, shape, path), np.int32)
+    values = _values([f.name for f in found], [f.plane for f in found])
+    for value, nucleus in zip(values, found):
+        at = tuple(nucleus.plane[1] if axis == "t" else nucleus.plane[0] for axis in planes)
+        _paint(labels[at], value, nucleus.rings)
+    rows = pd.DataFrame({"label": np.array(values, np.int64)} | {axis: {"t": ts, "z": zs}[axis] for axis in planes}
+                        | {"object_type": [f.kind for f in found]})
+    classes = [_class_name(f.properties) for f in found]
+    if any(c is not None for c in classes):
+        rows["classification"] = classes
+    numbers = pd.DataFrame.from_records([_measurements(f.properties) for f in found], index=rows.index)
+    numbers = numbers.drop(columns=[c for c in numbers.columns if c in rows.columns])
+    return labels, planes, pd.concat([rows, numbers], axis=1) if len(numbers.columns) else rows
+
+
+class _Found(NamedTuple):
+    """An object of a GeoJSON file that may be a nucleus."""
+
+    kind: str  # detection, cell or annotation
+    name: str
+    rings: list  # polygons, each a list of rings (the outer one first) as (n, 2) arrays of x, y
+    plane: tuple[int, int]  # z, t
+    properties: dict
+
+
+def _nuclei(path: Path) -> list[_Found]:
+    """The objects of a GeoJSON file that may be nuclei, its regions left out."""
+    found = [_object(feature, path) for feature in _features(path)]
+    found = [f for f in found if f is not None]
+    return [f for f, region in zip(found, _regions(found)) if not region]
+
+
+def _plane_shape(found: list[_Found], shape: tuple[int, int] | None, path: Path) -> tuple[int, int]:
+    """``shape`` where every object lies within it, else a BadDataError; None: the objects' extent."""
+    outers = [polygon[0] for f in found for polygon in f.rings if len(polygon[0])]
     low = np.min([ring.min(axis=0) for ring in outers], axis=0) if outers else np.zeros(2)
     high = np.max([ring.max(axis=0) for ring in outers], axis=0) if outers else np.zeros(2)
-    if shape is None:  # the objects' extent
-        shape = (max(int(np.ceil(high[1])), 0), max(int(np.ceil(high[0])), 0))
-    elif outers and (low.min() < -0.5 or high[0] > shape[1] + 0.5 or high[1] > shape[0] + 0.5):
+    if shape is None:
+        return max(int(np.ceil(high[1])), 0), max(int(np.ceil(high[0])), 0)
+    if outers and (low.min() < -0.5 or high[0] > shape[1] + 0.5 or high[1] > shape[0] + 0.5):
         raise BadDataError(f"holds objects from x, y = {low[0]:g}, {low[1]:g} to {high[0]:g}, {high[1]:g}, beyond "
                            f"its image's {shape[1]} x {shape[0]} pixels: the objects of another image, or of "
                            "this one at another scale?", path=path)
-    labels = np.zeros(shape, np.int32)
-    for value, rings in zip(_values([name for _, name, _, _ in found]), (rings for _, _, rings, _ in found)):
-        for outer, *holes in rings:
-            _fill(labels, value, outer, holes)
-    return labels
+    return tuple(shape)
+
+
+def _paint(labels: np.ndarray, value: int, polygons: list) -> None:
+    """Give ``value`` to the unlabelled pixels of ``labels`` inside ``polygons``, their holes left out."""
+    for outer, *holes in polygons:
+        _fill(labels, value, outer, holes)
+
+
+def _class_name(properties: dict) -> str | None:
+    """QuPath's classification of an object (``{"name": "Tumor", ...}``, or a plain name), else None."""
+    value = properties.get("classification")
+    value = value.get("name") if isinstance(value, dict) else value
+    return str(value) if isinstance(value, (str, int, float)) else None
+
+
+def _measurements(properties: dict) -> dict[str, float]:
+    """The numbers of an object's ``measurements``: a map (QuPath 0.4+, ``dsb segment``) or a list of
+    ``{"name", "value"}`` (QuPath 0.2, 0.3); what is not a number left out."""
+    values = properties.get("measurements")
+    if isinstance(values, list):
+        values = {m.get("name"): m.get("value") for m in values if isinstance(m, dict)}
+    if not isinstance(values, dict):
+        return {}
+    return {str(name): float(value) for name, value in values.items()
+            if isinstance(value, (int, float)) and not isinstance(value, bool)}
 
 
 #: The objects :func:`read_geojson_labels` takes as nuclei, by QuPath's ``objectType`` (and its older names).
@@ -306,9 +419,8 @@ _NUCLEUS_TYPES = {"detection": "detection", "PathDetectionObject": "detection", 
                   "PathCellObject": "cell", "annotation": "annotation", "PathAnnotationObject": "annotation"}
 
 
-def _object(feature: dict, path: Path):
-    """``(kind, name, polygons, plane)`` of a feature that may be a nucleus, else None; each polygon a list of
-    rings (the outer one first) as (n, 2) arrays of x, y."""
+def _object(feature: dict, path: Path) -> _Found | None:
+    """A feature that may be a nucleus, else None."""
     properties = feature.get("properties")
     properties = properties if isinstance(properties, dict) else {}
     kind = _NUCLEUS_TYPES.get(str(properties.get("objectType", properties.get("type", "annotation"))))
@@ -327,28 +439,28 @@ def _object(feature: dict, path: Path):
     except (KeyError, TypeError, ValueError, IndexError, OverflowError) as exc:
         raise BadDataError(f"holds a {shape} that is not rings of finite (x, y) points on a plane ({exc})",
                            path=path) from None
-    return kind, str(properties.get("name", "")).strip(), rings, plane
+    return _Found(kind, str(properties.get("name", "")).strip(), rings, plane, properties)
 
 
-def _regions(found: list) -> list[bool]:
+def _regions(found: list[_Found]) -> list[bool]:
     """Which objects of ``found`` are regions, not nuclei: annotations that hold a point inside another object
     of their plane (beside its outline's first side) and are at least twice its area."""
     regions = [False] * len(found)
-    annotations = [at for at, (kind, _, rings, _) in enumerate(found) if kind == "annotation" and rings]
+    annotations = [at for at, f in enumerate(found) if f.kind == "annotation" and f.rings]
     if not annotations or len(found) < 2:
         return regions
-    points = np.array([_point_inside(rings[0][0]) if rings else (np.nan, np.nan) for _, _, rings, _ in found])
-    areas = np.array([sum(abs(_twice_area(polygon[0])) for polygon in rings) / 2 for _, _, rings, _ in found])
-    planes = np.array([plane for *_, plane in found])
+    points = np.array([_point_inside(f.rings[0][0]) if f.rings else (np.nan, np.nan) for f in found])
+    areas = np.array([sum(abs(_twice_area(polygon[0])) for polygon in f.rings) / 2 for f in found])
+    planes = np.array([f.plane for f in found])
     for at in annotations:
-        outer = np.vstack([polygon[0] for polygon in found[at][2]])
+        outer = np.vstack([polygon[0] for polygon in found[at].rings])
         (left, top), (right, bottom) = outer.min(axis=0), outer.max(axis=0)
         near = np.flatnonzero((points[:, 0] > left) & (points[:, 0] < right) & (points[:, 1] > top)
                               & (points[:, 1] < bottom) & (planes == planes[at]).all(axis=1)
                               & (2 * areas <= areas[at]))
         near = near[near != at]
         for chunk in np.array_split(near, max(1, near.size // 4096)):  # sides x points at a time
-            if chunk.size and any(_inside(polygon[0], points[chunk]).any() for polygon in found[at][2]):
+            if chunk.size and any(_inside(polygon[0], points[chunk]).any() for polygon in found[at].rings):
                 regions[at] = True
                 break
     return regions
@@ -392,22 +504,22 @@ def _polygons(geometry: dict) -> list:
     return []
 
 
-def _values(names: list[str]) -> list[int]:
-    """Each object's label: its name where that is a whole number from 1 that no object before it took,
-    else the next after the largest.
+def _values(names: list[str], planes: list | None = None) -> list[int]:
+    """Each object's label: its name where that is a whole number from 1 that no object of its plane before
+    it took, else the next after the largest.
 
-    >>> _values(["7", "", "Nucleus", "7", "2"])
-    [7, 8, 9, 10, 2]
+    >>> _values(["7", "", "Nucleus", "7", "2"]), _values(["7", "7"], [(0, 0), (1, 0)])
+    ([7, 8, 9, 10, 2], [7, 7])
     """
     top = np.iinfo(np.int32).max
     named = [int(n) if n.isascii() and n.isdigit() and 0 < int(n) <= top else None for n in names]
     values, taken = [], set()
     after = max((n for n in named if n is not None), default=0)
-    for n in named:
-        if n is None or n in taken:
+    for n, plane in zip(named, planes or [None] * len(named)):
+        if n is None or (plane, n) in taken:
             after += 1
             n = after
-        taken.add(n)
+        taken.add((plane, n))
         values.append(n)
     return values
 

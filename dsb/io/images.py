@@ -42,6 +42,7 @@ __all__ = [
     "list_ids",
     "image_path",
     "image_shape",
+    "plane_shape",
     "image_shapes",
     "find_stage",
 ]
@@ -518,6 +519,15 @@ def image_shape(path) -> tuple[int, int]:
         except Exception:  # noqa: BLE001 - read_image below names the problem
             pass
     return read_image(path).shape[:2]
+
+
+def plane_shape(path) -> tuple[int, int]:
+    """(H, W) of an image file's planes (each frame's, in a stack), from its header where possible."""
+    header = _tiff_header(path)
+    if header is not None and {"Y", "X"} <= set(header[1]):
+        shape, axes = header
+        return shape[axes.index("Y")], shape[axes.index("X")]
+    return image_shape(path)
 
 
 def image_shapes(stage_dir) -> dict[str, tuple[int, int]]:

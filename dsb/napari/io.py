@@ -6,8 +6,9 @@ label is above 65535; a stack of frames as a multi-page TIFF of the same kind.
 A second writer saves it as a Fiji ROI set, as ``dsb segment --rois`` does
 (:func:`dsb.io.rois.write_rois`), a third as QuPath detections, as ``dsb segment --geojson`` does
 (:func:`dsb.io.geojson.write_geojson`).
-The reader opens a label image beside its image (``NAME_masks.tif``,
-``NAME_labels.tif``, ``NAME_cp_masks.png``) as a Labels layer. Nothing here
+The readers open a label image beside its image (``NAME_masks.tif``,
+``NAME_labels.tif``, ``NAME_cp_masks.png``) as a Labels layer, and a GeoJSON file of QuPath's
+objects (or of ``dsb segment --geojson``'s nuclei) as one, with their measurements. Nothing here
 imports napari or Qt.
 """
 
@@ -18,13 +19,15 @@ from pathlib import Path
 import numpy as np
 
 from dsb.core.atomic import atomic_path
-from dsb.io.annotations import LABEL_EXTENSIONS, LABEL_SUFFIXES, read_label_image
-from dsb.io.geojson import write_geojson
+from dsb.io.annotations import LABEL_EXTENSIONS, LABEL_SUFFIXES, label_stem, read_label_image
+from dsb.io.geojson import read_geojson_objects, write_geojson
+from dsb.io.images import IMAGE_SUFFIXES, plane_shape
 from dsb.io.rois import write_rois
 from dsb.io.writers import tiff_calibration, write_labels
 
 __all__ = ["write_labels_layer", "write_rois_layer", "write_geojson_layer", "layer_pixel_size", "layer_z_step",
-           "planes_axis", "PLANE_NAMES", "TIME_NAMES", "get_label_reader", "read_label_layer"]
+           "planes_axis", "PLANE_NAMES", "TIME_NAMES", "get_label_reader", "read_label_layer", "get_geojson_reader",
+           "read_geojson_layer"]
 
 _UINT16_MAX = np.iinfo(np.uint16).max
 
@@ -238,7 +241,7 @@ def planes_axis(names) -> tuple[int | None, str]:
 
 
 def _is_label_file(path: Path) -> bool:
-    # A label image; not QuPath's GeoJSON, whose objects do not say their image's size.
+    # A label image; QuPath's GeoJSON has a reader of its own (get_geojson_reader).
     return path.suffix.lower() in LABEL_EXTENSIONS and path.suffix.lower() != ".geojson" \
         and path.stem.endswith(LABEL_SUFFIXES)
 
@@ -260,3 +263,56 @@ def read_label_layer(path) -> list[tuple]:
     """Label images (:func:`dsb.io.annotations.read_label_image`) as napari Labels layer data."""
     paths = path if isinstance(path, list) else [path]
     return [(read_label_image(p), {"name": Path(p).stem}, "labels") for p in paths]
+
+
+def get_geojson_reader(path):
+    """napari reader contribution: :func:`read_geojson_layer` for GeoJSON files, else None.
+
+    Examples
+    --------
+    >>> get_geojson_reader("cells_nuclei.geojson") is read_geojson_layer, get_geojson_reader("cells.json")
+    (True, None)
+    """
+    paths = path if isinstance(path, list) else [path]
+    return read_geojson_layer if paths and all(Path(p).suffix.lower() == ".geojson" for p in paths) else None
+
+
+def read_geojson_layer(path) -> list[tuple]:
+    """QuPath's objects (or ``dsb segment --geojson``'s nuclei) as a napari Labels layer, one label each.
+
+    The objects :func:`dsb.io.geojson.read_geojson_objects` reads, labelled as ``dsb measure`` and
+    ``dsb train`` label them: a file of one plane gives one label image, a stack's a stack on its
+    ``t`` and ``z`` axes (the layer's ``axis_labels``). The layer is the size of the image beside the
+    file where there is one (``NAME.tif`` beside ``NAME.geojson``, ``NAME_masks.geojson``,
+    ``NAME_nuclei.geojson`` or ``NAME.tif.geojson``), else of the objects' extent, and in pixels (scale 1)
+    either way: it lies on the image opened in pixels. Its ``features`` hold each object's type, QuPath class and
+    measurements by label (a stack's are in ``metadata["dsb_objects"]``, one row per object and plane).
+    """
+    paths = path if isinstance(path, list) else [path]
+    layers = []
+    for p in map(Path, paths):
+        beside = _image_beside(p)
+        labels, planes, table = read_geojson_objects(p, plane_shape(beside) if beside is not None else None)
+        attributes = {"name": p.stem, "metadata": {"dsb_objects": table}}
+        if planes:
+            attributes["axis_labels"] = (*planes, "y", "x")
+        elif table["label"].is_unique:
+            attributes["features"] = table.rename(columns={"label": "index"})
+        layers.append((labels, attributes, "labels"))
+    return layers
+
+
+def _image_beside(path: Path) -> Path | None:
+    """The image a GeoJSON file holds the objects of, where it lies beside it, else None."""
+    images = {p.name.lower(): p for p in path.parent.glob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()}
+    stem = path.stem
+    names = [stem, label_stem(path), stem[: -len("_nuclei")] if stem.endswith("_nuclei") else None]
+    if Path(stem).suffix.lower() in IMAGE_SUFFIXES:  # QuPath's NAME.tif.geojson
+        names.insert(0, Path(stem).stem)
+        if stem.lower() in images:
+            return images[stem.lower()]
+    for name in filter(None, names):
+        for suffix in IMAGE_SUFFIXES:
+            if (name + suffix).lower() in images:
+                return images[(name + suffix).lower()]
+    return None
