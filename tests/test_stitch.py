@@ -205,6 +205,8 @@ def test_dsb_segment_stitch_counts_each_nucleus_of_a_z_stack_once(tmp_path, volu
     for row in sections.sample(20, random_state=0).itertuples():
         assert labels[row.z, int(row.centroid_row), int(row.centroid_col)] in (row.label, 0)
     assert set(sections["label"]) == set(volumes["label"])
+    # Each plane's rows by 3-D label, as dsb measure lists them.
+    assert sections.groupby("z")["label"].apply(lambda k: k.is_monotonic_increasing).all()
     for row in volumes.itertuples():
         assert row.volume == np.count_nonzero(labels == row.label)
     np.testing.assert_allclose(volumes["volume_um3"], volumes["volume"] * 0.25 * 1.0)

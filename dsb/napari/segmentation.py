@@ -363,7 +363,9 @@ def segment_frames(model, data, *, rgb: bool = False, diameter: float | None = N
     volumes = []
     if stitched:
         frames = list(np.ndindex(*lead))
-        labels = stitch_sections(labels, dict(zip(frames, measurements)), stitch)
+        tables = dict(zip(frames, measurements))
+        labels = stitch_sections(labels, tables, stitch)
+        measurements = [tables[index] for index in frames]  # by 3-D label
         # Each frame's confidences by 3-D label (entry k - 1 for label k), NaN for nuclei it does not hold.
         confidences = [_by_label(table, int(labels[index].max(initial=0))) for index, table in zip(frames, measurements)]
         volumes = _volumes(measurements, lead, stitch, pixel_size, z_step)

@@ -114,11 +114,13 @@ def section_lookup(own: np.ndarray, stitched: np.ndarray) -> np.ndarray:
 
 def stitch_sections(labels: np.ndarray, tables: dict, axis: int, min_overlap: float = MIN_OVERLAP) -> np.ndarray:
     """:func:`stitch_stack` of a stack whose frames were measured: each frame's table (by frame index, its
-    ``label`` the frame's own numbering, as :func:`dsb.workflows.segment_files.measure_nuclei` gives it) has its
-    ``label`` set, in place, to its nuclei's 3-D labels; the stitched labels are returned (int32)."""
+    ``label`` the frame's own numbering, as :func:`dsb.workflows.segment_files.measure_nuclei` gives it) replaced
+    by one whose ``label`` holds its nuclei's 3-D labels, its rows in their order (as ``dsb measure`` gives a
+    stitched stack's); the stitched labels are returned (int32)."""
     stitched = stitch_stack(labels, axis, min_overlap)
     for index, table in tables.items():
-        table["label"] = section_lookup(labels[index], stitched[index])[table["label"].to_numpy(np.int64)]
+        table = table.assign(label=section_lookup(labels[index], stitched[index])[table["label"].to_numpy(np.int64)])
+        tables[index] = table.sort_values("label", kind="stable", ignore_index=True)
     return stitched
 
 
