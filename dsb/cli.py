@@ -61,12 +61,13 @@ class _Channel(click.ParamType):
 
 
 class _Positive(click.FloatRange):
-    """A positive, finite number (a length, minutes, a rate): click's range lets NaN and infinity by."""
+    """A positive, finite number (a length, minutes, a rate), up to ``maximum``: click's range lets NaN and
+    infinity by."""
 
     name = "number"
 
-    def __init__(self):
-        super().__init__(min=0, min_open=True)
+    def __init__(self, maximum: float | None = None):
+        super().__init__(min=0, min_open=True, max=maximum)
 
     def convert(self, value, param, ctx):
         import math
@@ -161,13 +162,13 @@ _TTA = click.option(
          "predict.tta, which dsb tune --tta sets; off for the shipped model.")
 # Each nucleus grown into its cell (dsb.workflows.cells), for dsb segment and dsb measure; MAX_EXPANSION's 1000 px.
 _CELL_EXPANSION = click.option(
-    "--cell-expansion", type=click.FloatRange(0, 1000, min_open=True), default=None, metavar="PX",
+    "--cell-expansion", type=_Positive(maximum=1000), default=None, metavar="PX",
     help="Grow each nucleus by up to PX pixels into its cell (neighbours share the space between them): "
          "NAME_cells.tif, and each nucleus's cell_area, cytoplasm_area and mean intensities in its cell and "
          "cytoplasm, in every channel with --channel (a nuclear/cytoplasmic ratio); outlined in the overlay, "
          "QuPath cells in the GeoJSON.")
 _CELL_EXPANSION_UM = click.option(
-    "--cell-expansion-um", type=click.FloatRange(0, min_open=True), default=None, metavar="UM",
+    "--cell-expansion-um", type=_Positive(), default=None, metavar="UM",
     help="--cell-expansion in micrometres, made pixels by each image's pixel size (its metadata, or --pixel-size).")
 
 

@@ -148,8 +148,16 @@ def test_cell_expansion_in_micrometres_needs_a_pixel_size(tmp_path, two_channels
     both = run_dsb("segment", path, "--out", tmp_path / "b", "--cell-expansion", 2, "--cell-expansion-um", 2)
     assert both.exit_code == 2 and "--cell-expansion-um (micrometres), not both" in both.stderr, both.stderr
     assert len(both.stderr.splitlines()) == 1
-    too_far = run_dsb("measure", path, "--out", tmp_path / "b", "--cell-expansion", 1001)
-    assert too_far.exit_code == 2 and "--cell-expansion" in too_far.stderr and not (tmp_path / "b").exists()
+    for option, value in (("--cell-expansion", 1001), ("--cell-expansion", "nan"), ("--cell-expansion-um", "inf"),
+                          ("--cell-expansion", 0)):
+        bad = run_dsb("measure", path, "--out", tmp_path / "b", option, value)
+        assert bad.exit_code == 2 and option in bad.stderr and len(bad.stderr.splitlines()) == 1, bad.stderr
+        assert not (tmp_path / "b").exists()
+    from dsb.cli import cli
+    from dsb.workflows.cells import MAX_EXPANSION
+
+    [option] = [p for p in cli.commands["segment"].params if p.name == "cell_expansion"]
+    assert option.type.max == MAX_EXPANSION  # the command line's literal copy
     # Block by block, no cells: said before anything is written.
     blocks = run_dsb("segment", path, "--out", tmp_path / "blocks", "--block-size", 64, "--cell-expansion", 3)
     error_line(blocks, 3, str(path), "block by block", "grows no cells")

@@ -267,7 +267,7 @@ def test_qupath_objects_open_as_labels_on_their_image(tmp_path):
     from dsb.io.geojson import write_geojson
 
     labels = (make_discs((64, 80)) * 3).astype(np.int32)  # nuclei 3 and 6: named by their labels
-    measured = pd.DataFrame({"label": [3, 6], "area": [50.0, 60.0]})
+    measured = pd.DataFrame({"label": [3, 6], "area": [50.0, 60.0], "index": [7.0, 8.0]})  # napari's name too
     write_geojson(tmp_path / "cells_nuclei.geojson", labels, measurements=measured)
     assert get_geojson_reader(str(tmp_path / "cells_nuclei.geojson")) is read_geojson_layer
     assert get_geojson_reader([str(tmp_path / "a.geojson"), str(tmp_path / "a.tif")]) is None
@@ -281,6 +281,11 @@ def test_qupath_objects_open_as_labels_on_their_image(tmp_path):
     tifffile.imwrite(tmp_path / "cells.tif", np.zeros((3, 64, 80, 3), np.uint8), photometric="rgb")
     [(data, _, _)] = read_geojson_layer([str(tmp_path / "cells_nuclei.geojson")])
     np.testing.assert_array_equal(data, labels)
+    tifffile.imwrite(tmp_path / "cells.ome.tif", np.zeros((64, 80), np.uint8))  # an OME-TIFF's name: cells
+    (tmp_path / "cells.tif").unlink()
+    [(data, _, _)] = read_geojson_layer(str(tmp_path / "cells_nuclei.geojson"))
+    assert data.shape == (64, 80)
+    (tmp_path / "cells.ome.tif").unlink()
     tifffile.imwrite(tmp_path / "cells.tif", np.zeros((32, 40), np.uint8))  # objects beyond it: said
     with pytest.raises(BadDataError, match="beyond its image's 40 x 32"):
         read_geojson_layer(str(tmp_path / "cells_nuclei.geojson"))

@@ -41,7 +41,7 @@ from dsb.core.outlines import label_polygons
 from dsb.io.channels import FRAME_COLUMNS
 
 __all__ = ["nucleus_features", "write_features", "write_geojson", "read_geojson_labels", "read_geojson_objects",
-           "QUPATH_PLANES", "MAX_PLANES"]
+           "QUPATH_PLANES", "MAX_PLANES", "MAX_BYTES"]
 
 #: The axis of QuPath's plane each frame role is counted on: an unnamed axis (the pages of a plain
 #: multi-page TIFF) on ``t``, as QuPath's Bio-Formats reader opens such a file.
@@ -317,6 +317,8 @@ def read_geojson_labels(path, shape: tuple[int, int] | None = None) -> np.ndarra
 
 #: Frames :func:`read_geojson_objects` makes at most: a plane numbered beyond them is refused, not allocated.
 MAX_PLANES = 10_000
+#: The most memory :func:`read_geojson_objects` takes for its labels (32-bit, every frame up to the last).
+MAX_BYTES = 8 * 2 ** 30
 
 
 def read_geojson_objects(path, shape: tuple[int, int] | None = None) -> tuple[np.ndarray, str, pd.DataFrame]:
@@ -352,7 +354,7 @@ def read_geojson_objects(path, shape: tuple[int, int] | None = None) -> tuple[np
     ------
     BadDataError
         As :func:`read_geojson_labels` (but for several planes), and for a plane numbered below 0 or
-        beyond :data:`MAX_PLANES`.
+        beyond :data:`MAX_PLANES`, or labels over :data:`MAX_BYTES`.
     """
     path = Path(path)
     found = _nuclei(path)
@@ -365,7 +367,13 @@ def read_geojson_objects(path, shape: tuple[int, int] | None = None) -> tuple[np
     if int(np.prod(frames)) > MAX_PLANES:
         raise BadDataError(f"holds objects on {' x '.join(map(str, frames))} planes; at most {MAX_PLANES} are read",
                            path=path)
-    labels = np.zeros(frames + _plane_shape(found, shape, path), np.int32)
+    plane = _plane_shape(found, shape, path)
+    need = int(np.prod(frames)) * plane[0] * plane[1] * 4
+    if need > MAX_BYTES:
+        raise BadDataError(f"holds objects on {' x '.join(map(str, frames)) or '1'} planes of {plane[1]} x {plane[0]} "
+                           f"pixels: {need / 2 ** 30:.1f} GiB of labels, over the {MAX_BYTES / 2 ** 30:g} GiB read at "
+                           "once; export fewer planes", path=path)
+    labels = np.zeros(frames + plane, np.int32)
     values = _values([f.name for f in found], [f.plane for f in found])
     for value, nucleus in zip(values, found):
         at = tuple(nucleus.plane[1] if axis == "t" else nucleus.plane[0] for axis in planes)
@@ -441,11 +449,19 @@ _NUCLEUS_TYPES = {"detection": "detection", "PathDetectionObject": "detection", 
                   "PathCellObject": "cell", "annotation": "annotation", "PathAnnotationObject": "annotation"}
 
 
+#: The object types QuPath 0.2 and 0.3 wrote as a feature's ``id``.
+_LEGACY_TYPES = ("PathAnnotationObject", "PathDetectionObject", "PathCellObject", "PathTileObject", "TMACoreObject",
+                 "PathRootObject")
+
+
 def _object(feature: dict, path: Path) -> _Found | None:
     """A feature that may be a nucleus, else None."""
     properties = feature.get("properties")
     properties = properties if isinstance(properties, dict) else {}
-    kind = _NUCLEUS_TYPES.get(str(properties.get("objectType", properties.get("type", "annotation"))))
+    named = properties.get("objectType", properties.get("type"))
+    if named is None and str(feature.get("id")) in _LEGACY_TYPES:  # QuPath 0.2 and 0.3 say it in the id
+        named = feature["id"]
+    kind = _NUCLEUS_TYPES.get(str("annotation" if named is None else named))
     geometry = feature.get("nucleusGeometry") if kind == "cell" else None
     geometry = geometry if isinstance(geometry, dict) else feature.get("geometry")
     shape = geometry.get("type") if isinstance(geometry, dict) else None

@@ -155,13 +155,13 @@ def cell_measurements(nuclei: np.ndarray, cells: np.ndarray, intensity: np.ndarr
     edge = np.zeros(top + 1, bool)
     edge[np.concatenate([cells[0], cells[-1], cells[:, 0], cells[:, -1]])] = True
     edge[0] = False
-    out = {"cell_area": np.bincount(cells.ravel(), minlength=top + 1)[found],
-           "cytoplasm_area": np.bincount(cytoplasm.ravel(), minlength=top + 1)[found],
-           "cell_touches_edge": edge[found],
-           "cell_mean_intensity": label_means(cells, intensity, top)[found],
-           "cytoplasm_mean_intensity": label_means(cytoplasm, intensity, top)[found]}
+    out = dict(zip(CELL_COLUMNS, (np.bincount(cells.ravel(), minlength=top + 1)[found],
+                                  np.bincount(cytoplasm.ravel(), minlength=top + 1)[found], edge[found],
+                                  label_means(cells, intensity, top)[found],
+                                  label_means(cytoplasm, intensity, top)[found])))
     if channels is not None:
         in_cells, in_cytoplasm = label_means(cells, channels, top)[found], label_means(cytoplasm, channels, top)[found]
-        for k, name in enumerate(channel_columns):
-            out[f"cell_{name}"], out[f"cytoplasm_{name}"] = in_cells[:, k], in_cytoplasm[:, k]
+        names = cell_columns(channel_columns)
+        for k in range(len(channel_columns)):
+            out[names[2 * k]], out[names[2 * k + 1]] = in_cells[:, k], in_cytoplasm[:, k]
     return out

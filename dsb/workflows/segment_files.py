@@ -45,7 +45,7 @@ from dsb.io.writers import write_labels, write_png, write_rgb_stack
 from dsb.network.engines import load_network
 from dsb.network.model_folder import resolve_model_dir
 from dsb.workflows.calibration import Calibration, calibrate_files, check_micrometres
-from dsb.workflows.cells import cell_measurements, check_cell_options, grow_cells
+from dsb.workflows.cells import CELL_MICROMETRE_COLUMNS, cell_measurements, check_cell_options, grow_cells
 from dsb.workflows.drawing import outline_overlay
 from dsb.workflows.pipeline import nuclei_predictor, predict_each
 from dsb.workflows.volumes import (NO_PLANES, Stitch, section_lookup, stack_volumes, stitch_axis, stitch_sections,
@@ -235,9 +235,9 @@ def in_micrometres(table: pd.DataFrame, pixel_size: float) -> pd.DataFrame:
                          equivalent_diameter_um=2.0 * np.sqrt(table["area"] / np.pi) * pixel_size,
                          major_axis_um=table["major_axis_length"] * pixel_size,
                          minor_axis_um=table["minor_axis_length"] * pixel_size)
-    if "cell_area" in table:
-        table = table.assign(cell_area_um2=table["cell_area"] * pixel_size ** 2,
-                             cytoplasm_area_um2=table["cytoplasm_area"] * pixel_size ** 2)
+    if "cell_area" in table:  # cells grown around the nuclei
+        table = table.assign(**{um: table[px] * pixel_size ** 2
+                                for um, px in zip(CELL_MICROMETRE_COLUMNS, ("cell_area", "cytoplasm_area"))})
     return table
 
 

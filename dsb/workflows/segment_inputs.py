@@ -254,7 +254,7 @@ def segment_inputs(paths, *, model_dir=None, out_dir, tta: bool | None = None, o
             if cells:
                 raise BadDataError("is segmented block by block (a Zarr store, or a side above "
                                    f"{BIG_SIDE if block_size is None else block_size} px), which grows no cells: "
-                                   "segment it without --cell-expansion", path=path)
+                                   "segment it without a cell expansion", path=path)
             open_source(path, channel)
         except BadDataError as exc:
             exc = exc if exc.path is not None else BadDataError(exc.message, path=path, where=exc.where)
