@@ -278,7 +278,8 @@ def segment(image, model=None, *, diameter: float | None = None, tta: bool | Non
     return predict_labels(model.network, config, image, tta=tta, diameter=diameter)
 
 
-def measure(labels, image, *, channel: int | None = None, pixel_size: float | None = None):
+def measure(labels, image, *, channel: int | None = None, pixel_size: float | None = None,
+            cell_expansion: float | None = None):
     """Measure each nucleus of a label image in its image: the table ``dsb segment`` writes.
 
     Parameters
@@ -294,6 +295,10 @@ def measure(labels, image, *, channel: int | None = None, pixel_size: float | No
         every channel of the image too (``mean_intensity_c0``, ...).
     pixel_size : float, optional
         Micrometres a pixel: adds the sizes in micrometres (``area_um2``, ...).
+    cell_expansion : float, optional
+        Grow each nucleus by up to this many pixels into its cell (:func:`dsb.workflows.cells.grow_cells`):
+        adds its cell's and cytoplasm's area and mean intensity (``cell_area``, ``cytoplasm_mean_intensity``,
+        and with ``channel`` each channel's, ``cytoplasm_mean_intensity_c1``...).
 
     Returns
     -------
@@ -301,15 +306,15 @@ def measure(labels, image, *, channel: int | None = None, pixel_size: float | No
         One row per nucleus, by label: centre, bounding box, whether the image's edge cuts it,
         area, perimeter, shape (eccentricity, axes, angle, circularity, solidity), mean and
         integrated intensity (:func:`dsb.workflows.segment_files.measure_nuclei`, whose columns
-        ``docs/segment.md`` describes), without ``confidence``.
+        ``docs/segment.md`` describes), without ``confidence``; its cell's after them.
 
     Raises
     ------
     TypeError
         ``image`` as :func:`segment` refuses it; ``labels`` not integers.
     ValueError
-        ``labels`` and ``image`` of different sizes, ``image`` without ``channel``, or a ``pixel_size``
-        that is no positive number.
+        ``labels`` and ``image`` of different sizes, ``image`` without ``channel``, a ``pixel_size``
+        that is no positive number, or a ``cell_expansion`` outside 0 to 1000.
 
     Examples
     --------
@@ -324,6 +329,7 @@ def measure(labels, image, *, channel: int | None = None, pixel_size: float | No
     from dsb.inference.preprocess import raw_intensity
     from dsb.io.channels import axis_roles, select
     from dsb.workflows.calibration import check_micrometres
+    from dsb.workflows.cells import grow_cells
     from dsb.workflows.segment_files import measure_nuclei
 
     picked = _check_image(image, channel)
@@ -336,7 +342,8 @@ def measure(labels, image, *, channel: int | None = None, pixel_size: float | No
         every = select(stored, axis_roles(stored.shape, channel=channel)[0], None)
         every = every[..., None] if every.ndim == 2 else every
     size = None if pixel_size is None else check_micrometres(pixel_size)
-    return measure_nuclei(labels, raw_intensity(picked), None, pixel_size=size, channels=every)
+    cells = None if cell_expansion is None else grow_cells(labels, cell_expansion)
+    return measure_nuclei(labels, raw_intensity(picked), None, pixel_size=size, channels=every, cells=cells)
 
 
 def score(pred_labels, true_labels) -> float:

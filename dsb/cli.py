@@ -61,12 +61,13 @@ class _Channel(click.ParamType):
 
 
 class _Positive(click.FloatRange):
-    """A positive, finite number (a length, minutes, a rate): click's range lets NaN and infinity by."""
+    """A positive, finite number (a length, minutes, a rate), up to ``maximum``: click's range lets NaN and
+    infinity by."""
 
     name = "number"
 
-    def __init__(self):
-        super().__init__(min=0, min_open=True)
+    def __init__(self, maximum: float | None = None):
+        super().__init__(min=0, min_open=True, max=maximum)
 
     def convert(self, value, param, ctx):
         import math
@@ -159,6 +160,23 @@ _TTA = click.option(
     "--tta/--no-tta", default=None,
     help="Average over flips and 90-degree rotations (eight network passes an image). Default: the run's "
          "predict.tta, which dsb tune --tta sets; off for the shipped model.")
+# Each nucleus grown into its cell (dsb.workflows.cells), for dsb segment and dsb measure; MAX_EXPANSION's 1000 px.
+_CELL_EXPANSION = click.option(
+    "--cell-expansion", type=_Positive(maximum=1000), default=None, metavar="PX",
+    help="Grow each nucleus by up to PX pixels into its cell (neighbours share the space between them): "
+         "NAME_cells.tif, and each nucleus's cell_area, cytoplasm_area and mean intensities in its cell and "
+         "cytoplasm, in every channel with --channel (a nuclear/cytoplasmic ratio); outlined in the overlay, "
+         "QuPath cells in the GeoJSON.")
+_CELL_EXPANSION_UM = click.option(
+    "--cell-expansion-um", type=_Positive(), default=None, metavar="UM",
+    help="--cell-expansion in micrometres, made pixels by each image's pixel size (its metadata, or --pixel-size).")
+
+
+def _cells(option):
+    """The two cell-expansion options, on a command."""
+    return _CELL_EXPANSION(_CELL_EXPANSION_UM(option))
+
+
 _SCALE_FACTOR = click.option(
     "--scale-factor", type=_ScaleFactor(), default=None,
     help="Predict F times larger than each image's estimated (or given) scale, F in 0.5..2: above 1 the network "
@@ -649,11 +667,13 @@ def predict(run_dir, images, out, labels, tta, diameter, skip_bad, scale_factor,
 @click.option("--z-step", type=_Positive(), default=None, metavar="UM",
               help="With --stitch: micrometres between planes, instead of the file's metadata; with a pixel size "
                    "it gives each nucleus's volume_um3.")
+@_cells
 @_SCALE_FACTOR
 @_ENGINE
 @_PRECISION
 def segment(paths, model_dir, out, tta, overlay, rois, geojson, diameter, diameter_um, pixel_size, skip_bad, block_size,
-            workers, scheduler, channel, stitch, stitch_overlap, z_step, scale_factor, engine, precision) -> None:
+            workers, scheduler, channel, stitch, stitch_overlap, z_step, cell_expansion, cell_expansion_um,
+            scale_factor, engine, precision) -> None:
     """Segment any PNG, TIFF, JPEG, BMP or Zarr microscope images and measure each nucleus.
 
     Images larger than memory (Zarr, OME-Zarr, big TIFF or PNG) are segmented
@@ -669,6 +689,7 @@ def segment(paths, model_dir, out, tta, overlay, rois, geojson, diameter, diamet
         raise click.UsageError("give --workers or --scheduler, not both")
     if diameter is not None and diameter_um is not None:
         raise click.UsageError("give --diameter (pixels) or --diameter-um (micrometres), not both")
+    _one_expansion(cell_expansion, cell_expansion_um)
     if not stitch and (stitch_overlap is not None or z_step is not None):
         raise click.UsageError(f"{'--stitch-overlap' if stitch_overlap is not None else '--z-step'} is for --stitch, "
                                "which was not given")
@@ -692,7 +713,8 @@ def segment(paths, model_dir, out, tta, overlay, rois, geojson, diameter, diamet
                                  geojson=geojson, diameter=diameter, skip_bad=skip_bad, progress=True, engine=engine,
                                  precision=precision, block_size=block_size, workers=workers, scheduler=scheduler,
                                  scale_factor=scale_factor, channel=channel, diameter_um=diameter_um,
-                                 pixel_size=pixel_size, stitch=stitching)
+                                 pixel_size=pixel_size, stitch=stitching, cell_expansion=cell_expansion,
+                                 cell_expansion_um=cell_expansion_um)
     skipped = _report_skipped(summary.attrs["skipped"])
     _report_warnings(summary)
     segmented = summary[summary["status"] == "ok"]
@@ -723,6 +745,11 @@ def segment(paths, model_dir, out, tta, overlay, rois, geojson, diameter, diamet
                + (f", {len(empty)} with no nuclei found" if len(empty) else "") + f" ({computed})")
 
 
+def _one_expansion(pixels, micrometres) -> None:
+    if pixels is not None and micrometres is not None:
+        raise click.UsageError("give --cell-expansion (pixels) or --cell-expansion-um (micrometres), not both")
+
+
 @cli.command(short_help="Measure each nucleus of label images made elsewhere or corrected.")
 @click.argument("paths", nargs=-1, required=True, type=_EXISTING)
 @click.option("--out", type=_DIR, required=True, help="Folder for the measurement CSVs and summary.csv.")
@@ -742,8 +769,10 @@ def segment(paths, model_dir, out, tta, overlay, rois, geojson, diameter, diamet
                    "napari's 3-D nuclei write them): also write NAME_nuclei3d.csv, one row per 3-D nucleus.")
 @click.option("--z-step", type=_Positive(), default=None, metavar="UM",
               help="With --volumes: micrometres between planes, instead of the file's metadata.")
+@_cells
 @click.option("--skip-bad", is_flag=True, help="Report bad images or label images and go on with the rest.")
-def measure(paths, out, labels_dir, channel, pixel_size, overlay, rois, geojson, volumes, z_step, skip_bad) -> None:
+def measure(paths, out, labels_dir, channel, pixel_size, overlay, rois, geojson, volumes, z_step, cell_expansion,
+            cell_expansion_um, skip_bad) -> None:
     """Measure each nucleus of existing label images in their images: the tables of dsb segment.
 
     Each image is paired with its label image: NAME_masks, NAME_labels or
@@ -757,10 +786,12 @@ def measure(paths, out, labels_dir, channel, pixel_size, overlay, rois, geojson,
 
     if z_step is not None and not volumes:
         raise click.UsageError("--z-step is for --volumes, which was not given")
+    _one_expansion(cell_expansion, cell_expansion_um)
     with _skips_said():
         summary = measure_files(list(paths), out_dir=out, labels_dir=labels_dir, channel=channel,
                                 pixel_size=pixel_size, overlay=overlay, rois=rois, geojson=geojson,
-                                skip_bad=skip_bad, progress=True, volumes=volumes, z_step=z_step)
+                                skip_bad=skip_bad, progress=True, volumes=volumes, z_step=z_step,
+                                cell_expansion=cell_expansion, cell_expansion_um=cell_expansion_um)
     skipped = _report_skipped(summary.attrs["skipped"])
     _report_warnings(summary)
     done = summary[summary["status"] == "ok"]

@@ -200,6 +200,21 @@ def test_a_diameter_in_micrometres_for_a_layer_of_micrometres(make_napari_viewer
     segment.image.value = viewer.layers["plain"]
     _run_and_wait(qtbot, segment)
     assert "no size in micrometres" in segment.status.value and "plain nuclei" not in viewer.layers
+    # Cells grown by 2 um (4 px on this layer): a second Labels layer, outlines over the nuclei, in micrometres.
+    from dsb.workflows.cells import grow_cells
+
+    segment.image.value = viewer.layers["cells"]
+    segment.cells.value = "2 um"
+    _run_and_wait(qtbot, segment)
+    nuclei, cells = viewer.layers["cells nuclei"], viewer.layers["cells cells"]
+    np.testing.assert_array_equal(cells.data, grow_cells(nuclei.data, 4))
+    assert cells.contour >= 1 and tuple(cells.scale) == (0.5, 0.5)
+    assert viewer.layers.index(cells) > viewer.layers.index(nuclei)
+    assert (nuclei.features["cell_area"] > nuclei.features["area"]).all()
+    segment.cells.value = ""  # no cells asked: the old cells go with the old nuclei
+    segment.image.value = viewer.layers["cells"]
+    _run_and_wait(qtbot, segment)
+    assert "cells cells" not in viewer.layers and "cell_area" not in viewer.layers["cells nuclei"].features
 
 
 def test_bad_states_give_messages_not_tracebacks(viewer, qtbot, tmp_path):

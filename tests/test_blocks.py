@@ -330,9 +330,15 @@ def test_a_connected_client_runs_a_folder_and_loads_the_model_once_per_worker(tm
     first = networks()
     assert any(first.values()) and all(len(ids) <= 1 for ids in first.values())
     segment_inputs([inputs / "fields"], out_dir=tmp_path / "again", diameter=DIAMETER, client=client,
-                           progress=False)
+                   progress=False, cell_expansion=4)
     again = networks()
     assert all(again[worker] == ids for worker, ids in first.items() if ids)
+    # Cells grown on the workers, as in this process.
+    from dsb.workflows.cells import grow_cells
+
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "again" / "a_cells.tif"),
+                                  grow_cells(tifffile.imread(tmp_path / "a_labels.tif"), 4))
+    assert "cytoplasm_area" in pd.read_csv(tmp_path / "again" / "a_nuclei.csv")
 
 
 def test_a_killed_worker_is_replaced_and_the_labels_are_whole(tmp_path, client, field, one_piece):

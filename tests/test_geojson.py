@@ -377,3 +377,24 @@ def test_qupath_classes_and_older_measurement_lists_are_columns(tmp_path):
     far = [_feature([square], plane={"c": -1, "z": 0, "t": 10 ** 9})]
     with pytest.raises(BadDataError, match="at most 10000"):
         read_geojson_objects(_write(tmp_path / "far.geojson", far))
+    late = [_feature([square], plane={"c": -1, "z": 0, "t": 9999})]  # 10,000 planes of an image 2048 square
+    with pytest.raises(BadDataError, match="GiB of labels"):
+        read_geojson_objects(_write(tmp_path / "late.geojson", late), (2048, 2048))
+
+
+def test_qupath_0_2_and_0_3_objects_say_their_type_in_their_id(tmp_path):
+    cell = [[0, 0], [12, 0], [12, 12], [0, 12], [0, 0]]
+    nucleus = [[4, 4], [8, 4], [8, 8], [4, 8], [4, 4]]
+    features = [{"type": "Feature", "id": "PathCellObject", "geometry": {"type": "Polygon", "coordinates": [cell]},
+                 "nucleusGeometry": {"type": "Polygon", "coordinates": [nucleus]}, "properties": {}},
+                {"type": "Feature", "id": "PathDetectionObject",
+                 "geometry": {"type": "Polygon", "coordinates": [[[20, 0], [40, 0], [40, 20], [20, 20], [20, 0]]]},
+                 "properties": {}},
+                {"type": "Feature", "id": "PathDetectionObject",  # inside the one before: no region among detections
+                 "geometry": {"type": "Polygon", "coordinates": [[[22, 2], [24, 2], [24, 4], [22, 4], [22, 2]]]},
+                 "properties": {}}]
+    labels, _, table = read_geojson_objects(_write(tmp_path / "old.geojson", features), (20, 40))
+    assert table["object_type"].tolist() == ["cell", "detection", "detection"]
+    # The cell's nucleus, not the cell; the large detection whole (a detection is no region), the small one
+    # under it keeps no pixel (the first object keeps an overlap).
+    assert np.bincount(labels.ravel()).tolist() == [800 - 16 - 400, 16, 400]

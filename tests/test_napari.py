@@ -47,6 +47,7 @@ from dsb.napari.segmentation import (
     Segmented,
     frame_features,
     layer_frames,
+    parse_cell_expansion,
     parse_diameter,
     parse_scale_factor,
     planes_axis,
@@ -266,7 +267,7 @@ def test_qupath_objects_open_as_labels_on_their_image(tmp_path):
     from dsb.io.geojson import write_geojson
 
     labels = (make_discs((64, 80)) * 3).astype(np.int32)  # nuclei 3 and 6: named by their labels
-    measured = pd.DataFrame({"label": [3, 6], "area": [50.0, 60.0]})
+    measured = pd.DataFrame({"label": [3, 6], "area": [50.0, 60.0], "index": [7.0, 8.0]})  # napari's name too
     write_geojson(tmp_path / "cells_nuclei.geojson", labels, measurements=measured)
     assert get_geojson_reader(str(tmp_path / "cells_nuclei.geojson")) is read_geojson_layer
     assert get_geojson_reader([str(tmp_path / "a.geojson"), str(tmp_path / "a.tif")]) is None
@@ -280,6 +281,11 @@ def test_qupath_objects_open_as_labels_on_their_image(tmp_path):
     tifffile.imwrite(tmp_path / "cells.tif", np.zeros((3, 64, 80, 3), np.uint8), photometric="rgb")
     [(data, _, _)] = read_geojson_layer([str(tmp_path / "cells_nuclei.geojson")])
     np.testing.assert_array_equal(data, labels)
+    tifffile.imwrite(tmp_path / "cells.ome.tif", np.zeros((64, 80), np.uint8))  # an OME-TIFF's name: cells
+    (tmp_path / "cells.tif").unlink()
+    [(data, _, _)] = read_geojson_layer(str(tmp_path / "cells_nuclei.geojson"))
+    assert data.shape == (64, 80)
+    (tmp_path / "cells.ome.tif").unlink()
     tifffile.imwrite(tmp_path / "cells.tif", np.zeros((32, 40), np.uint8))  # objects beyond it: said
     with pytest.raises(BadDataError, match="beyond its image's 40 x 32"):
         read_geojson_layer(str(tmp_path / "cells_nuclei.geojson"))
@@ -317,6 +323,23 @@ def test_a_colour_layer_of_separate_stains_is_warned_about():
     composite = np.stack([np.zeros_like(grey), cytoplasm, grey], axis=-1)
     *_, result = segment_frames(model, composite, rgb=True)
     assert "channels 1 (green) and 2 (blue)" in result.warning
+
+
+def test_cells_grow_around_each_frames_nuclei():
+    from dsb.workflows.cells import grow_cells
+
+    model = dsb.load_model()
+    frame = (make_discs((64, 64), centres=((20, 20), (44, 44)), radius=9) > 0) * 200 + 10
+    stack = np.stack([frame, frame[:, ::-1]]).astype(np.uint8)
+    *_, result = segment_frames(model, stack, diameter=18, cell_expansion=4)
+    np.testing.assert_array_equal(result.cells, grow_cells(result.labels, 4))
+    table = result.features((1,))
+    cells = result.cells[1]
+    assert table["cell_area"].tolist() == [np.count_nonzero(cells == k) for k in table["index"]]
+    ring = [stack[1][(cells == k) & (result.labels[1] == 0)].mean() for k in table["index"]]
+    np.testing.assert_allclose(table["cytoplasm_mean_intensity"], ring, atol=1e-3)  # the layer's own values
+    *_, plain = segment_frames(model, stack, diameter=18)
+    assert plain.cells is None and "cell_area" not in plain.features((0,))
 
 
 def test_a_stack_is_segmented_frame_by_frame():
@@ -487,6 +510,11 @@ def test_diameters_and_layer_shapes_are_checked():
         assert parse_diameter(text, pixel_size=0.3) == pytest.approx(30.0)
     with pytest.raises(BadDataError, match="no size in micrometres"):
         parse_diameter("9 um")
+    assert parse_cell_expansion(" ") is None and parse_cell_expansion("5 um", pixel_size=0.25) == 20.0
+    for text in ("x", "0", "2000"):
+        with pytest.raises(BadDataError) as caught:
+            parse_cell_expansion(text)
+        assert caught.value.where == "cells" and "\n" not in str(caught.value)
     assert layer_frames(np.zeros((4, 5, 6, 3)), rgb=True) == ((4,), (5, 6))
     with pytest.raises(BadDataError, match="colour axis"):
         layer_frames(np.zeros((5, 6, 2)), rgb=True)

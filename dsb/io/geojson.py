@@ -41,7 +41,7 @@ from dsb.core.outlines import label_polygons
 from dsb.io.channels import FRAME_COLUMNS
 
 __all__ = ["nucleus_features", "write_features", "write_geojson", "read_geojson_labels", "read_geojson_objects",
-           "QUPATH_PLANES", "MAX_PLANES"]
+           "QUPATH_PLANES", "MAX_PLANES", "MAX_BYTES"]
 
 #: The axis of QuPath's plane each frame role is counted on: an unnamed axis (the pages of a plain
 #: multi-page TIFF) on ``t``, as QuPath's Bio-Formats reader opens such a file.
@@ -49,8 +49,10 @@ QUPATH_PLANES = {"t": "t", "z": "z", "f": "t"}
 
 
 def nucleus_features(labels: np.ndarray, measurements: pd.DataFrame | None = None, *,
-                     plane: dict | None = None, origin: tuple[int, int] = (0, 0)) -> Iterator[dict]:
-    """One GeoJSON ``Feature`` (a dict) per nucleus of ``labels``, in label order.
+                     plane: dict | None = None, origin: tuple[int, int] = (0, 0),
+                     cells: np.ndarray | None = None) -> Iterator[dict]:
+    """One GeoJSON ``Feature`` (a dict) per nucleus of ``labels``, in label order: a QuPath detection, or
+    with ``cells`` a QuPath cell.
 
     Parameters
     ----------
@@ -63,6 +65,10 @@ def nucleus_features(labels: np.ndarray, measurements: pd.DataFrame | None = Non
         QuPath's plane of the polygons (``{"c": -1, "z": 2, "t": 0}``); None: the image's only one.
     origin : (int, int)
         Row and column of ``labels``' first pixel in the image (a block of a larger one).
+    cells : (H, W) ndarray of int, optional
+        Each nucleus's cell, labelled as the nuclei (:func:`dsb.workflows.cells.grow_cells`): each feature is
+        then a QuPath cell (``"objectType": "cell"``), its ``geometry`` the cell's outline and its
+        ``nucleusGeometry`` the nucleus's.
 
     Yields
     ------
@@ -76,17 +82,26 @@ def nucleus_features(labels: np.ndarray, measurements: pd.DataFrame | None = Non
     """
     found, polygons = label_polygons(np.asarray(labels))
     numbers = _numbers(measurements, found)
-    row, col = origin
-    for label, pieces in zip(found.tolist(), polygons):
+    around = {}
+    if cells is not None:
+        held, outlines = label_polygons(np.asarray(cells))
+        around = dict(zip(held.tolist(), outlines))
+
+    def shape(pieces) -> dict:
         # Our corners lie at half-integer (row, col); QuPath's pixel (x, y) spans x .. x + 1.
-        geometry = _geometry([[np.rint(ring[:, ::-1] + 0.5).astype(np.int64) + (col, row) for ring in piece]
+        geometry = _geometry([[np.rint(ring[:, ::-1] + 0.5).astype(np.int64) + origin[::-1] for ring in piece]
                               for piece in pieces])
-        if plane is not None:
-            geometry["plane"] = dict(plane)
-        properties = {"objectType": "detection", "name": str(label)}
+        return geometry if plane is None else geometry | {"plane": dict(plane)}
+
+    for label, pieces in zip(found.tolist(), polygons):
+        properties = {"objectType": "detection" if cells is None else "cell", "name": str(label)}
         if label in numbers:
             properties["measurements"] = numbers[label]
-        yield {"type": "Feature", "geometry": geometry, "properties": properties}
+        if cells is None:
+            yield {"type": "Feature", "geometry": shape(pieces), "properties": properties}
+        else:  # a cell holds its nucleus whole
+            yield {"type": "Feature", "geometry": shape(around.get(label, pieces)), "nucleusGeometry": shape(pieces),
+                   "properties": properties}
 
 
 def _geometry(pieces: list) -> dict:
@@ -193,7 +208,8 @@ def write_features(path, features: Iterable[dict]) -> Path:
     return path
 
 
-def write_geojson(path, labels: np.ndarray, frames: str = "", measurements: pd.DataFrame | None = None) -> Path:
+def write_geojson(path, labels: np.ndarray, frames: str = "", measurements: pd.DataFrame | None = None,
+                  cells: np.ndarray | None = None) -> Path:
     """Write each nucleus of ``labels`` as a QuPath detection into the GeoJSON file ``path``, atomically.
 
     Parameters
@@ -210,6 +226,9 @@ def write_geojson(path, labels: np.ndarray, frames: str = "", measurements: pd.D
     measurements : DataFrame, optional
         Rows by ``label`` (a stack's also by its frame columns, ``t``, ``z``, ``frame``, as
         ``dsb segment`` writes them): each nucleus's numbers.
+    cells : ndarray of int, optional
+        The nuclei's cells, shaped and labelled as ``labels`` (:func:`dsb.workflows.cells.grow_cells`): each
+        nucleus is then written as a QuPath cell with its nucleus (:func:`nucleus_features`).
 
     Returns
     -------
@@ -222,8 +241,10 @@ def write_geojson(path, labels: np.ndarray, frames: str = "", measurements: pd.D
     if None in axes or len(set(axes)) != len(axes):
         raise ValueError(f"frames {frames!r}: give roles of {sorted(QUPATH_PLANES)}, at most one time and one "
                          "plane axis")
+    if cells is not None and np.shape(cells) != labels.shape:
+        raise ValueError(f"`cells` (shape {np.shape(cells)}) must have the labels' shape {labels.shape}")
     if not frames:
-        return write_features(path, nucleus_features(labels, measurements))
+        return write_features(path, nucleus_features(labels, measurements, cells=cells))
     columns = [FRAME_COLUMNS[role] for role in frames]
     if measurements is not None and not set(columns) <= set(measurements.columns):
         raise ValueError(f"the measurements of a stack need its frame columns {columns}, "
@@ -235,7 +256,8 @@ def write_geojson(path, labels: np.ndarray, frames: str = "", measurements: pd.D
         for index in np.ndindex(*labels.shape[:-2]):
             where = {"t": 0, "z": 0} | {axis: int(at) for axis, at in zip(axes, index)}
             rows = by_frame.get(tuple(int(i) for i in index))
-            yield from nucleus_features(labels[index], rows, plane={"c": -1, **where})
+            yield from nucleus_features(labels[index], rows, plane={"c": -1, **where},
+                                        cells=None if cells is None else cells[index])
 
     return write_features(path, every_frame())
 
@@ -295,6 +317,8 @@ def read_geojson_labels(path, shape: tuple[int, int] | None = None) -> np.ndarra
 
 #: Frames :func:`read_geojson_objects` makes at most: a plane numbered beyond them is refused, not allocated.
 MAX_PLANES = 10_000
+#: The most memory :func:`read_geojson_objects` takes for its labels (32-bit, every frame up to the last).
+MAX_BYTES = 8 * 2 ** 30
 
 
 def read_geojson_objects(path, shape: tuple[int, int] | None = None) -> tuple[np.ndarray, str, pd.DataFrame]:
@@ -330,7 +354,7 @@ def read_geojson_objects(path, shape: tuple[int, int] | None = None) -> tuple[np
     ------
     BadDataError
         As :func:`read_geojson_labels` (but for several planes), and for a plane numbered below 0 or
-        beyond :data:`MAX_PLANES`.
+        beyond :data:`MAX_PLANES`, or labels over :data:`MAX_BYTES`.
     """
     path = Path(path)
     found = _nuclei(path)
@@ -343,7 +367,13 @@ def read_geojson_objects(path, shape: tuple[int, int] | None = None) -> tuple[np
     if int(np.prod(frames)) > MAX_PLANES:
         raise BadDataError(f"holds objects on {' x '.join(map(str, frames))} planes; at most {MAX_PLANES} are read",
                            path=path)
-    labels = np.zeros(frames + _plane_shape(found, shape, path), np.int32)
+    plane = _plane_shape(found, shape, path)
+    need = int(np.prod(frames)) * plane[0] * plane[1] * 4
+    if need > MAX_BYTES:
+        raise BadDataError(f"holds objects on {' x '.join(map(str, frames)) or '1'} planes of {plane[1]} x {plane[0]} "
+                           f"pixels: {need / 2 ** 30:.1f} GiB of labels, over the {MAX_BYTES / 2 ** 30:g} GiB read at "
+                           "once; export fewer planes", path=path)
+    labels = np.zeros(frames + plane, np.int32)
     values = _values([f.name for f in found], [f.plane for f in found])
     for value, nucleus in zip(values, found):
         at = tuple(nucleus.plane[1] if axis == "t" else nucleus.plane[0] for axis in planes)
@@ -419,11 +449,19 @@ _NUCLEUS_TYPES = {"detection": "detection", "PathDetectionObject": "detection", 
                   "PathCellObject": "cell", "annotation": "annotation", "PathAnnotationObject": "annotation"}
 
 
+#: The object types QuPath 0.2 and 0.3 wrote as a feature's ``id``.
+_LEGACY_TYPES = ("PathAnnotationObject", "PathDetectionObject", "PathCellObject", "PathTileObject", "TMACoreObject",
+                 "PathRootObject")
+
+
 def _object(feature: dict, path: Path) -> _Found | None:
     """A feature that may be a nucleus, else None."""
     properties = feature.get("properties")
     properties = properties if isinstance(properties, dict) else {}
-    kind = _NUCLEUS_TYPES.get(str(properties.get("objectType", properties.get("type", "annotation"))))
+    named = properties.get("objectType", properties.get("type"))
+    if named is None and str(feature.get("id")) in _LEGACY_TYPES:  # QuPath 0.2 and 0.3 say it in the id
+        named = feature["id"]
+    kind = _NUCLEUS_TYPES.get(str("annotation" if named is None else named))
     geometry = feature.get("nucleusGeometry") if kind == "cell" else None
     geometry = geometry if isinstance(geometry, dict) else feature.get("geometry")
     shape = geometry.get("type") if isinstance(geometry, dict) else None

@@ -21,7 +21,7 @@ import numpy as np
 from dsb.core.atomic import atomic_path
 from dsb.io.annotations import LABEL_EXTENSIONS, LABEL_SUFFIXES, label_stem, read_label_image
 from dsb.io.geojson import read_geojson_objects, write_geojson
-from dsb.io.images import IMAGE_SUFFIXES, plane_shape
+from dsb.io.images import IMAGE_SUFFIXES, image_name, plane_shape
 from dsb.io.rois import write_rois
 from dsb.io.writers import tiff_calibration, write_labels
 
@@ -296,23 +296,22 @@ def read_geojson_layer(path) -> list[tuple]:
         attributes = {"name": p.stem, "metadata": {"dsb_objects": table}}
         if planes:
             attributes["axis_labels"] = (*planes, "y", "x")
-        elif table["label"].is_unique:
-            attributes["features"] = table.rename(columns={"label": "index"})
+        elif table["label"].is_unique:  # napari looks features up by their "index" column
+            attributes["features"] = table.drop(columns="index", errors="ignore").rename(columns={"label": "index"})
         layers.append((labels, attributes, "labels"))
     return layers
 
 
 def _image_beside(path: Path) -> Path | None:
-    """The image a GeoJSON file holds the objects of, where it lies beside it, else None."""
-    images = {p.name.lower(): p for p in path.parent.glob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()}
+    """The image a GeoJSON file holds the objects of, where it lies beside it, else None: the image whose
+    name (:func:`dsb.io.images.image_name`: ``A1`` of ``A1.ome.tif``) the file's name gives, as ``NAME``,
+    ``NAME_masks`` (any label suffix), ``NAME_nuclei`` or ``NAME.tif`` before ``.geojson``."""
     stem = path.stem
+    if Path(stem).suffix.lower() in IMAGE_SUFFIXES and (path.parent / stem).is_file():  # QuPath's NAME.tif.geojson
+        return path.parent / stem
     names = [stem, label_stem(path), stem[: -len("_nuclei")] if stem.endswith("_nuclei") else None]
-    if Path(stem).suffix.lower() in IMAGE_SUFFIXES:  # QuPath's NAME.tif.geojson
-        names.insert(0, Path(stem).stem)
-        if stem.lower() in images:
-            return images[stem.lower()]
-    for name in filter(None, names):
-        for suffix in IMAGE_SUFFIXES:
-            if (name + suffix).lower() in images:
-                return images[(name + suffix).lower()]
-    return None
+    images = {}
+    for candidate in sorted(path.parent.iterdir()):
+        if candidate.suffix.lower() in IMAGE_SUFFIXES and candidate.is_file():
+            images.setdefault(image_name(candidate).lower(), candidate)
+    return next((images[name.lower()] for name in names if name and name.lower() in images), None)

@@ -33,6 +33,7 @@ from dsb.napari.segmentation import (
     Segmented,
     diameter_words,
     frame_features,
+    parse_cell_expansion,
     parse_diameter,
     parse_scale_factor,
     planes_axis,
@@ -40,7 +41,7 @@ from dsb.napari.segmentation import (
     state_for,
 )
 
-__all__ = ["SegmentWidget", "labels_layer_name", "shown_frame"]
+__all__ = ["SegmentWidget", "labels_layer_name", "cells_layer_name", "shown_frame"]
 
 
 def _pixel_size(layer: Image) -> float | None:
@@ -51,6 +52,11 @@ def _pixel_size(layer: Image) -> float | None:
 def labels_layer_name(image: Image) -> str:
     """The name of the Labels layer that holds the nuclei of ``image``."""
     return f"{image.name} nuclei"
+
+
+def cells_layer_name(image: Image) -> str:
+    """The name of the Labels layer that holds the cells grown around the nuclei of ``image``."""
+    return f"{image.name} cells"
 
 
 def shown_frame(viewer, layer) -> tuple[int, ...]:
@@ -80,7 +86,7 @@ def follow_selection(combo: ComboBox, viewer, kind: type) -> None:
 
 
 def _work(state, data, rgb: bool, diameter, tta: bool, scale_factor=None, stitch: int | None = None,
-          sizes: tuple = (None, None)):
+          sizes: tuple = (None, None), cell_expansion: float | None = None):
     """The worker: load the model, segment each frame; a problem comes back as a :class:`Failure`.
     ``sizes``: the layer's micrometres a pixel and between planes, or None."""
     try:
@@ -88,7 +94,8 @@ def _work(state, data, rgb: bool, diameter, tta: bool, scale_factor=None, stitch
         result = None
         pixel_size, z_step = sizes
         for event in segment_frames(model, data, rgb=rgb, diameter=diameter, tta=tta, scale_factor=scale_factor,
-                                    stitch=stitch, pixel_size=pixel_size, z_step=z_step):
+                                    stitch=stitch, pixel_size=pixel_size, z_step=z_step,
+                                    cell_expansion=cell_expansion):
             if isinstance(event, Segmented):
                 result = event
             else:
@@ -133,6 +140,11 @@ class SegmentWidget(Container):
                                      tooltip="Predict this many times larger than the estimated scale (0.5 to 2); "
                                              "empty: the model's own, which dsb tune --scale-factors chooses.")
         self.tta = CheckBox(text="test-time augmentation (slower, smoother edges)", value=False)
+        self.cells = LineEdit(label="cells: grow by (px)", value="",
+                              tooltip="Grow each nucleus by up to this many pixels (or micrometres: '5 um') into "
+                                      "its cell, as dsb segment --cell-expansion does: a second Labels layer of "
+                                      "the cells, and each cell's area and cytoplasm's mean in the features. "
+                                      "Empty: no cells.")
         self.stitch = CheckBox(text="3-D nuclei: join a z-stack's planes", value=False,
                                tooltip="Each nucleus one label through the planes, as dsb segment --stitch gives "
                                        "it: the axis the layer calls z, else its last unnamed axis before the "
@@ -141,8 +153,9 @@ class SegmentWidget(Container):
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(label="", min=0, max=1, value=0, visible=False)
         self.status = Label(label="", value="")
-        self.extend([self.image, self.model, self.engine, self.precision, self.diameter, self.estimate, self.scale_factor, self.tta,
-                     self.stitch, self.run_button, self.cancel_button, self.progress, self.status])
+        self.extend([self.image, self.model, self.engine, self.precision, self.diameter, self.estimate,
+                     self.scale_factor, self.tta, self.stitch, self.cells, self.run_button, self.cancel_button,
+                     self.progress, self.status])
         self.model.line_edit.value = "" if self.state.path is None else str(self.state.path)
         self.model.changed.connect(self._model_typed)
         self.engine.changed.connect(lambda value: setattr(self.state, "engine", value))
@@ -199,6 +212,7 @@ class SegmentWidget(Container):
         try:
             diameter = parse_diameter(self.diameter.value, _pixel_size(layer))
             scale_factor = parse_scale_factor(self.scale_factor.value)
+            cell_expansion = parse_cell_expansion(self.cells.value, _pixel_size(layer))
         except DsbError as exc:
             self.fail(str(exc))
             return
@@ -215,7 +229,7 @@ class SegmentWidget(Container):
         data = layer.data[0] if layer.multiscale else layer.data
         self._set_running(True, f"segmenting {layer.name} with {self.state.describe()} ...")
         worker = create_worker(_work, self.state, data, bool(layer.rgb), diameter, bool(self.tta.value),
-                               scale_factor, stitch, (_pixel_size(layer), z_step))
+                               scale_factor, stitch, (_pixel_size(layer), z_step), cell_expansion)
         worker.yielded.connect(self._frame_done)
         worker.returned.connect(lambda result: self._finished(layer, result, on_done))
         worker.aborted.connect(lambda: self._cancelled(layer))
@@ -271,30 +285,41 @@ class SegmentWidget(Container):
             on_done(labels)
 
     def _put_labels(self, layer: Image, result: Segmented) -> Labels:
-        """Add the nuclei as a Labels layer above the image, or replace the data of the one it has."""
+        """Add the nuclei as a Labels layer above the image, or replace the data of the one it has; with cells,
+        the cells as a second one above it, drawn as outlines."""
         name = labels_layer_name(layer)
         metadata = {"dsb_model": str(result.model), "dsb_diameters": result.diameters,
                     "dsb_confidences": result.confidences, "dsb_measurements": result.measurements,
                     "dsb_stitched": result.stitched, "dsb_planes": result.planes, "dsb_volumes": result.volumes}
-        existing = self.viewer.layers[name] if name in self.viewer.layers else None
-        if isinstance(existing, Labels):
-            existing.data = result.labels
-            existing.metadata.update(metadata)
-            labels = existing
-        else:
-            lead = result.labels.ndim
-            # The image's scale, units and axis names, so that the writers keep its pixel size and planes.
-            same = {key: tuple(getattr(layer, key))[:lead] for key in ("units", "axis_labels")
-                    if getattr(layer, key, None) is not None}
-            labels = self.viewer.add_labels(result.labels, name=name if existing is None else f"{name} (dsb)",
-                                            scale=layer.scale[:lead], translate=layer.translate[:lead],
-                                            metadata=metadata, **same)
+        labels = self._put_layer(layer, name, result.labels, metadata)
         self._show_confidences(labels)
         if labels.ndim > 2:
             # One features table per layer, and each frame numbers its nuclei from 1: the table
             # is the shown frame's, swapped as the frame on screen changes (_frame_changed).
             self._following.add(labels)
+        cells_name = cells_layer_name(layer)
+        if result.cells is not None:
+            cells = self._put_layer(layer, cells_name, result.cells, {"dsb_cells_of": labels.name})
+            cells.contour = max(int(cells.contour), 1)
+        elif isinstance(self.viewer.layers[cells_name] if cells_name in self.viewer.layers else None, Labels) \
+                and self.viewer.layers[cells_name].metadata.get("dsb_cells_of") == labels.name:
+            self.viewer.layers.remove(cells_name)  # the cells of nuclei that are no more
         return labels
+
+    def _put_layer(self, layer: Image, name: str, data: np.ndarray, metadata: dict) -> Labels:
+        """The Labels layer ``name`` given ``data`` and ``metadata``, added above the image where there is none."""
+        existing = self.viewer.layers[name] if name in self.viewer.layers else None
+        if isinstance(existing, Labels):
+            existing.data = data
+            existing.metadata.update(metadata)
+            return existing
+        lead = data.ndim
+        # The image's scale, units and axis names, so that the writers keep its pixel size and planes.
+        same = {key: tuple(getattr(layer, key))[:lead] for key in ("units", "axis_labels")
+                if getattr(layer, key, None) is not None}
+        return self.viewer.add_labels(data, name=name if existing is None else f"{name} (dsb)",
+                                      scale=layer.scale[:lead], translate=layer.translate[:lead], metadata=metadata,
+                                      **same)
 
     def _frame_changed(self, _event=None) -> None:
         """The frame on screen changed: each segmented stack shows that frame's confidences."""

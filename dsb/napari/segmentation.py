@@ -28,6 +28,7 @@ from dsb.napari.finetuning import export_onnx_in_child
 from dsb.napari.io import planes_axis
 from dsb.network.model_folder import PRECISION_CHOICES, default_model_dir, load_run_config
 from dsb.workflows.pipeline import nuclei_predictor, predict_each
+from dsb.workflows.cells import MAX_EXPANSION, grow_cells
 from dsb.workflows.segment_files import measure_nuclei
 from dsb.workflows.volumes import beside_sections, measure_volumes, stitch_sections
 
@@ -41,8 +42,8 @@ VIEWER_ENGINES = ("auto", "openvino", "onnx")
 VIEWER_PRECISIONS = PRECISION_CHOICES
 
 __all__ = ["VIEWER_ENGINES", "VIEWER_PRECISIONS", "ModelState", "FrameDone", "Segmented", "Failure", "state_for", "segment_frames",
-           "parse_diameter", "diameter_words", "MICROMETRE_UNITS", "parse_scale_factor", "layer_frames",
-           "frame_features", "FEATURE_COLUMNS", "planes_axis"]
+           "parse_diameter", "parse_cell_expansion", "diameter_words", "MICROMETRE_UNITS", "parse_scale_factor", "layer_frames",
+           "frame_features", "FEATURE_COLUMNS", "CELL_FEATURE_COLUMNS", "planes_axis"]
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,10 @@ class Segmented:
         planes'; one for a z-stack alone), one row per 3-D nucleus by label
         (:func:`dsb.workflows.volumes.measure_volumes`): its planes, centroid, volume, largest section,
         intensity and confidence, and in micrometres where the layer's scale gives them.
+    cells : ndarray of int32 or None
+        With a cell expansion, each nucleus's cell, labelled as ``labels``
+        (:func:`dsb.workflows.cells.grow_cells`); its area and cytoplasm's mean are then among the
+        ``measurements``.
     """
 
     labels: np.ndarray
@@ -106,6 +111,7 @@ class Segmented:
     stitched: bool = False
     planes: int | None = None
     volumes: list = field(default_factory=list)
+    cells: np.ndarray | None = None
 
     def features(self, frame: tuple[int, ...] = ()) -> pd.DataFrame | None:
         """A napari Labels layer's ``features`` for one frame (:func:`frame_features`): of the
@@ -120,8 +126,10 @@ class Segmented:
         return float(np.median(known)) if known else math.nan
 
 
-# What the viewer shows of each nucleus under the cursor, beside its confidence (dsb segment's columns).
+# What the viewer shows of each nucleus under the cursor, beside its confidence (dsb segment's columns),
+# and of its cell where cells were grown.
 FEATURE_COLUMNS = ("area", "eccentricity", "solidity", "mean_intensity")
+CELL_FEATURE_COLUMNS = ("cell_area", "cytoplasm_area", "cytoplasm_mean_intensity")
 
 
 def frame_features(confidences: list, lead: tuple[int, ...], frame: tuple[int, ...] = (),
@@ -145,7 +153,8 @@ def frame_features(confidences: list, lead: tuple[int, ...], frame: tuple[int, .
     frame : tuple of int
         The frame's index on those axes; ``()`` for a single image.
     measurements : list of pandas.DataFrame, optional
-        Per frame, as :attr:`Segmented.measurements`: their :data:`FEATURE_COLUMNS` are shown too.
+        Per frame, as :attr:`Segmented.measurements`: their :data:`FEATURE_COLUMNS` are shown too, and
+        the cells' :data:`CELL_FEATURE_COLUMNS` where they have them.
     volumes : list of pandas.DataFrame, optional
         Per time point, as :attr:`Segmented.volumes`; with ``planes``, the frame axis of the planes.
 
@@ -178,8 +187,9 @@ def frame_features(confidences: list, lead: tuple[int, ...], frame: tuple[int, .
     table = pd.DataFrame({"index": np.arange(1, count + 1)})
     if measurements is not None and at < len(measurements) and measurements[at] is not None:
         measured = measurements[at].set_index("label").reindex(table["index"])
-        for column in FEATURE_COLUMNS:
-            table[column] = measured[column].to_numpy().round(3)
+        for column in FEATURE_COLUMNS + CELL_FEATURE_COLUMNS:
+            if column in measured:
+                table[column] = measured[column].to_numpy().round(3)
     table["confidence"] = np.pad(confidence, (0, count - confidence.size), constant_values=np.nan).round(3)
     if volume is not None:
         measured = beside_sections(volume).set_index("label").reindex(table["index"])
@@ -210,6 +220,20 @@ class Failure:
 MICROMETRE_UNITS = ("um", "µm", "μm", "micrometres", "micrometers")
 
 
+def parse_cell_expansion(text: str, pixel_size: float | None = None) -> float | None:
+    """The cell expansion typed in a widget, in pixels: None when empty (no cells), else pixels, or
+    micrometres followed by ``um``, as :func:`parse_diameter` reads a diameter, up to
+    :data:`dsb.workflows.cells.MAX_EXPANSION` pixels.
+
+    >>> parse_cell_expansion(""), parse_cell_expansion("8"), parse_cell_expansion("5 um", pixel_size=0.5)
+    (None, 8.0, 10.0)
+    """
+    value = _parse_length(text, pixel_size, "a cell expansion", "leave it empty to grow no cells", "cells")
+    if value is not None and value > MAX_EXPANSION:
+        raise BadDataError(f"{text!r} is {value:g} pixels; cells grow by at most {MAX_EXPANSION:g}", where="cells")
+    return value
+
+
 def parse_diameter(text: str, pixel_size: float | None = None) -> float | None:
     """The diameter typed in a widget, in pixels: None when empty (estimate it), else a positive number of
     pixels, or of micrometres followed by ``um`` or ``µm``, made pixels by the layer's ``pixel_size``
@@ -225,6 +249,12 @@ def parse_diameter(text: str, pixel_size: float | None = None) -> float | None:
     >>> parse_diameter(" "), parse_diameter("17.5"), parse_diameter("9 µm", pixel_size=0.5)
     (None, 17.5, 18.0)
     """
+    return _parse_length(text, pixel_size, "a diameter", "leave it empty to estimate it", "diameter")
+
+
+def _parse_length(text: str, pixel_size: float | None, what: str, empty: str, where: str) -> float | None:
+    """A positive length typed in a widget's field ``where``, in pixels or (``um``) micrometres made pixels by
+    ``pixel_size``; None when empty; else a BadDataError naming ``what`` it should be and what ``empty`` does."""
     text = str(text).strip()
     if not text:
         return None
@@ -238,13 +268,12 @@ def parse_diameter(text: str, pixel_size: float | None = None) -> float | None:
     except ValueError:
         value = math.nan
     if not (math.isfinite(value) and value > 0):
-        raise BadDataError(f"{text!r} is not a diameter in pixels (or micrometres: '9 um'); leave it empty to "
-                           "estimate it", where="diameter")
+        raise BadDataError(f"{text!r} is not {what} in pixels (or micrometres: '9 um'); {empty}", where=where)
     if not micrometres:
         return value
     if pixel_size is None:
         raise BadDataError(f"{text!r} is in micrometres, but the layer's scale gives its pixels no size in "
-                           "micrometres (napari's units are pixels); give the diameter in pixels", where="diameter")
+                           f"micrometres (napari's units are pixels); give {what} in pixels", where=where)
     return value / pixel_size
 
 
@@ -307,7 +336,7 @@ def layer_frames(data, rgb: bool) -> tuple[tuple[int, ...], tuple[int, int]]:
 
 def segment_frames(model, data, *, rgb: bool = False, diameter: float | None = None, tta: bool | None = None,
                    scale_factor: float | None = None, stitch: int | None = None, pixel_size: float | None = None,
-                   z_step: float | None = None) -> Iterator[FrameDone | Segmented]:
+                   z_step: float | None = None, cell_expansion: float | None = None) -> Iterator[FrameDone | Segmented]:
     """Segment every 2-D frame of an image layer's data, yielding after each.
 
     Parameters
@@ -330,6 +359,8 @@ def segment_frames(model, data, *, rgb: bool = False, diameter: float | None = N
         axes, a time point, numbered on its own). None, or a single image: frames are left apart.
     pixel_size, z_step : float, optional
         Micrometres a pixel and between the planes: the 3-D nuclei's sizes in micrometres too.
+    cell_expansion : float, optional
+        Grow each nucleus by up to this many pixels into its cell (:attr:`Segmented.cells`), and measure it.
 
     Yields
     ------
@@ -356,7 +387,8 @@ def segment_frames(model, data, *, rgb: bool = False, diameter: float | None = N
             labels[index] = nuclei.labels
             diameters.append(float(nuclei.diameter))
             confidences.append(nuclei.confidence)
-            measurements.append(measure_nuclei(nuclei.labels, raw_intensity(frame), nuclei.confidence))
+            grown = None if cell_expansion is None else grow_cells(nuclei.labels, cell_expansion)
+            measurements.append(measure_nuclei(nuclei.labels, raw_intensity(frame), nuclei.confidence, cells=grown))
             estimated = nuclei.estimated
             yield FrameDone(done, total)
     stitched = stitch is not None and bool(lead)
@@ -369,12 +401,15 @@ def segment_frames(model, data, *, rgb: bool = False, diameter: float | None = N
         # Each frame's confidences by 3-D label (entry k - 1 for label k), NaN for nuclei it does not hold.
         confidences = [_by_label(table, int(labels[index].max(initial=0))) for index, table in zip(frames, measurements)]
         volumes = _volumes(measurements, lead, stitch, pixel_size, z_step)
-    measurements = [table[["label", *FEATURE_COLUMNS, "confidence"]] for table in measurements]
+    shown = ["label", *FEATURE_COLUMNS, "confidence", *(CELL_FEATURE_COLUMNS if cell_expansion is not None else ())]
+    measurements = [table[shown] for table in measurements]
+    # Grown again from the labels as they end (a stitched stack's 3-D ones): the cells the tables measured.
+    cells = None if cell_expansion is None else grow_cells(labels, cell_expansion)
     # A stand-in callable in place of an engine's network says nothing.
     engine = getattr(model.network, "engine", "")
     network = f"{engine}, {getattr(model.network, 'precision', 'float32')}" if engine else ""
     yield Segmented(labels, diameters, estimated, Path(model.path), time.monotonic() - start, confidences, network,
-                    warning, measurements, stitched, stitch if stitched else None, volumes)
+                    warning, measurements, stitched, stitch if stitched else None, volumes, cells)
 
 
 def _volumes(tables: list, lead: tuple[int, ...], axis: int, pixel_size: float | None,

@@ -17,6 +17,7 @@ from pathlib import Path
 from dsb.core.errors import BadDataError
 from dsb.inference.scale import check_diameter
 from dsb.io.pixel_size import SQUARE, read_pixel_size
+from dsb.workflows.cells import MAX_EXPANSION
 
 __all__ = ["Calibration", "calibrate", "calibrate_files", "check_micrometres"]
 
@@ -35,11 +36,15 @@ class Calibration:
         to estimate it.
     note : str
         What the user should hear about the scale (metadata overruled, pixels not square), or ``""``.
+    cell_expansion : float or None
+        How far to grow each nucleus into its cell, in pixels (:mod:`dsb.workflows.cells`): given, or
+        from a distance in micrometres; None to grow no cells.
     """
 
     pixel_size: float | None = None
     diameter: float | None = None
     note: str = ""
+    cell_expansion: float | None = None
 
 
 def check_micrometres(value, what: str = "pixel size") -> float:
@@ -63,7 +68,8 @@ def check_micrometres(value, what: str = "pixel size") -> float:
 
 
 def calibrate(path, *, diameter: float | None = None, diameter_um: float | None = None,
-              pixel_size: float | None = None) -> Calibration:
+              pixel_size: float | None = None, cell_expansion: float | None = None,
+              cell_expansion_um: float | None = None) -> Calibration:
     """The scale ``dsb segment`` takes for one file.
 
     Parameters
@@ -76,17 +82,22 @@ def calibrate(path, *, diameter: float | None = None, diameter_um: float | None 
         The nucleus diameter in micrometres, made pixels by the file's pixel size; not with ``diameter``.
     pixel_size : float, optional
         Micrometres a pixel, instead of the file's metadata.
+    cell_expansion : float, optional
+        How far to grow each nucleus into its cell, in pixels, kept as given.
+    cell_expansion_um : float, optional
+        The same in micrometres, made pixels by the file's pixel size; not with ``cell_expansion``.
 
     Raises
     ------
     BadDataError
-        ``diameter_um`` for a file with no pixel size (or pixels that are not square) and none given,
-        or a diameter in pixels outside 2 to 1000 that way.
+        ``diameter_um`` or ``cell_expansion_um`` for a file with no pixel size (or pixels that are not
+        square) and none given, or a diameter in pixels outside 2 to 1000 that way, or an expansion
+        over :data:`dsb.workflows.cells.MAX_EXPANSION` pixels.
     """
     try:
         read = read_pixel_size(path)
     except BadDataError:
-        if diameter_um is not None and pixel_size is None:
+        if (diameter_um is not None or cell_expansion_um is not None) and pixel_size is None:
             raise  # the scale needs the metadata: the file is bad input here already
         read = None  # the image's own reading names what is wrong with it
     notes = []
@@ -110,17 +121,30 @@ def calibrate(path, *, diameter: float | None = None, diameter_um: float | None 
         except ValueError:
             raise BadDataError(f"a nucleus diameter of {diameter_um:g} \u00b5m is {diameter_um / size:.4g} pixels "
                                f"of {size:.4g} \u00b5m, outside the 2 to 1000 pixels dsb segments at", path=path) from None
-    return Calibration(size, diameter, "; ".join(notes))
+    if cell_expansion_um is not None:
+        if size is None:
+            why = (f"pixels that are not square ({read}), where a cell expansion in micrometres "
+                   "(--cell-expansion-um) needs one pixel size" if read is not None else
+                   "no pixel size in its metadata, which a cell expansion in micrometres (--cell-expansion-um) needs")
+            raise BadDataError(f"has {why}: give --pixel-size UM, or --cell-expansion in pixels", path=path)
+        if cell_expansion_um / size > MAX_EXPANSION:
+            raise BadDataError(f"a cell expansion of {cell_expansion_um:g} \u00b5m is {cell_expansion_um / size:.4g} "
+                               f"pixels of {size:.4g} \u00b5m, over the {MAX_EXPANSION:g} pixels dsb grows cells by",
+                               path=path)
+        cell_expansion = cell_expansion_um / size
+    return Calibration(size, diameter, "; ".join(notes), cell_expansion)
 
 
 def calibrate_files(paths, skips, *, diameter: float | None = None, diameter_um: float | None = None,
-                    pixel_size: float | None = None) -> dict[str, Calibration]:
+                    pixel_size: float | None = None, cell_expansion: float | None = None,
+                    cell_expansion_um: float | None = None) -> dict[str, Calibration]:
     """:func:`calibrate` of each path: ``{str(path): Calibration}``, a file that cannot be calibrated handed
     to ``skips`` (:class:`dsb.io.folders.Skips`, which raises it unless it skips bad inputs) and left out."""
     out = {}
     for path in paths:
         try:
-            out[str(path)] = calibrate(Path(path), diameter=diameter, diameter_um=diameter_um, pixel_size=pixel_size)
+            out[str(path)] = calibrate(Path(path), diameter=diameter, diameter_um=diameter_um, pixel_size=pixel_size,
+                                       cell_expansion=cell_expansion, cell_expansion_um=cell_expansion_um)
         except BadDataError as exc:
             skips(exc, path=path)
     return out

@@ -12,10 +12,13 @@ import numpy as np
 
 from dsb.core.validate import check_2d, check_image, check_same_grid
 
-__all__ = ["OUTLINE_COLOURS", "OVERLAY_COLOURS", "to_rgb8", "draw_outlines", "outline_overlay", "compare_overlay"]
+__all__ = ["OUTLINE_COLOURS", "CELL_COLOURS", "OVERLAY_COLOURS", "to_rgb8", "draw_outlines", "outline_overlay",
+           "compare_overlay"]
 
 # Outlines in yellow on a dark (fluorescence) image, in blue on a light (brightfield) one.
 OUTLINE_COLOURS = {"dark": (255, 255, 0), "light": (0, 70, 255)}
+# Cells around the nuclei, on a dark image and on a light one.
+CELL_COLOURS = {"dark": (255, 0, 255), "light": (230, 120, 0)}
 # Outlines tell true from predicted; the two kinds of error are also filled, so
 # that they stand out where outlines crowd, and not by hue alone.
 OVERLAY_COLOURS = {
@@ -96,8 +99,9 @@ def draw_outlines(rgb: np.ndarray, labels: np.ndarray, colour, *, mode: str = "i
     return out
 
 
-def outline_overlay(image: np.ndarray, labels: np.ndarray, *, colour=None) -> np.ndarray:
-    """The image for display (:func:`to_rgb8`) with every nucleus outlined.
+def outline_overlay(image: np.ndarray, labels: np.ndarray, *, colour=None,
+                    cells: np.ndarray | None = None) -> np.ndarray:
+    """The image for display (:func:`to_rgb8`) with every nucleus outlined, and its cell where given.
 
     Parameters
     ----------
@@ -106,14 +110,20 @@ def outline_overlay(image: np.ndarray, labels: np.ndarray, *, colour=None) -> np
     colour : tuple of 3 ints, optional
         By default yellow on a dark image, blue on a light one
         (:data:`OUTLINE_COLOURS`).
+    cells : (H, W) ndarray of int, optional
+        The nuclei's cells (:func:`dsb.workflows.cells.grow_cells`), outlined first in
+        :data:`CELL_COLOURS` (magenta on a dark image, orange on a light one), the nuclei over them.
 
     Returns
     -------
     (H, W, 3) ndarray of uint8
     """
     rgb = to_rgb8(image)
+    light = "dark" if rgb.mean() < 128 else "light"
     if colour is None:
-        colour = OUTLINE_COLOURS["dark" if rgb.mean() < 128 else "light"]
+        colour = OUTLINE_COLOURS[light]
+    if cells is not None:
+        rgb = draw_outlines(rgb, cells, CELL_COLOURS[light])
     return draw_outlines(rgb, labels, colour)
 
 

@@ -9,7 +9,8 @@ image (:func:`dsb.io.annotations.label_file`) and writes, into ``out_dir``:
   ``confidence`` (:func:`dsb.workflows.segment_files.measure_nuclei`); each nucleus keeps its
   value in the label image as its ``label``;
 - with ``overlay``, ``<name>_overlay.png``; with ``rois``, ``<name>_rois.zip`` (Fiji ROIs); with
-  ``geojson``, ``<name>_nuclei.geojson`` (QuPath detections, :mod:`dsb.io.geojson`);
+  ``geojson``, ``<name>_nuclei.geojson`` (QuPath detections, :mod:`dsb.io.geojson`); with a cell
+  expansion, ``<name>_cells.tif`` and each cell's columns (:mod:`dsb.workflows.cells`);
 - ``summary.csv``: one row per image (:data:`MEASURE_SUMMARY_COLUMNS`).
 
 A TIFF stack is measured frame by frame with its label stack (:func:`dsb.io.annotations.read_label_stack`),
@@ -38,6 +39,7 @@ from dsb.io.channel_names import channel_names, file_channel
 from dsb.io.folders import Skips, find_images
 from dsb.io.images import read_channels, read_image, read_stack, stack_frames, tiff_page_note
 from dsb.workflows.calibration import calibrate
+from dsb.workflows.cells import check_cell_options, grow_cells
 from dsb.workflows.drawing import outline_overlay
 from dsb.workflows.segment_files import (
     channel_warning,
@@ -53,8 +55,8 @@ from dsb.workflows.volumes import NO_PLANES_FOR, disjoint_sections, stack_volume
 __all__ = ["MEASURE_SUMMARY_COLUMNS", "measure_files", "pair_labels"]
 
 #: The columns of ``dsb measure``'s ``summary.csv``: the image, its label image, and what was written.
-MEASURE_SUMMARY_COLUMNS = ("file", "labels", "status", "nuclei", "pixel_size", "measurements", "overlay", "rois",
-                           "geojson", "measurements_3d", "warning", "error")
+MEASURE_SUMMARY_COLUMNS = ("file", "labels", "status", "nuclei", "pixel_size", "cells", "measurements", "overlay",
+                           "rois", "geojson", "measurements_3d", "warning", "error")
 
 
 def pair_labels(paths, labels_dir=None, skips: Skips | None = None) -> dict[str, tuple[Path, Path]]:
@@ -101,7 +103,8 @@ def pair_labels(paths, labels_dir=None, skips: Skips | None = None) -> dict[str,
 
 def measure_files(paths, *, out_dir, labels_dir=None, channel=None, pixel_size: float | None = None,
                   overlay: bool = False, rois: bool = False, geojson: bool = False, skip_bad: bool = False,
-                  progress: bool = True, volumes: bool = False, z_step: float | None = None) -> pd.DataFrame:
+                  progress: bool = True, volumes: bool = False, z_step: float | None = None,
+                  cell_expansion: float | None = None, cell_expansion_um: float | None = None) -> pd.DataFrame:
     """Measure each nucleus of existing label images in their images (the module's text).
 
     Parameters
@@ -129,6 +132,10 @@ def measure_files(paths, *, out_dir, labels_dir=None, channel=None, pixel_size: 
         nucleus (:func:`dsb.workflows.volumes.measure_volumes`).
     z_step : float, optional
         With ``volumes``, micrometres between planes, instead of the file's metadata.
+    cell_expansion, cell_expansion_um : float, optional
+        Grow each nucleus into its cell by this many pixels, or micrometres (by each image's pixel size):
+        each row gets its cell's measurements, and ``<name>_cells.tif`` is written
+        (:mod:`dsb.workflows.cells`).
     skip_bad : bool
         Record a bad image or label image in the summary and go on.
     progress : bool
@@ -145,6 +152,7 @@ def measure_files(paths, *, out_dir, labels_dir=None, channel=None, pixel_size: 
         A bad input without ``skip_bad`` (one line naming it), or nothing left to measure.
     """
     out_dir = Path(out_dir)
+    cell_expansion, cell_expansion_um = check_cell_options(cell_expansion, cell_expansion_um)
     skips = Skips(skip_bad)
     pairs = pair_labels(paths, labels_dir, skips)
     if not pairs:
@@ -156,7 +164,8 @@ def measure_files(paths, *, out_dir, labels_dir=None, channel=None, pixel_size: 
                                              enabled=progress and len(pairs) > 1):
         try:
             rows.append(_measure_one(image, labels_path, out_dir, name, channel=channel, pixel_size=pixel_size,
-                                     overlay=overlay, rois=rois, geojson=geojson, volumes=volumes, z_step=z_step))
+                                     overlay=overlay, rois=rois, geojson=geojson, volumes=volumes, z_step=z_step,
+                                     cells=(cell_expansion, cell_expansion_um)))
         except BadDataError as exc:
             skips(exc, path=image)
             rows.append({"file": str(image), "labels": str(labels_path), "status": "skipped", "nuclei": "",
@@ -171,19 +180,22 @@ def measure_files(paths, *, out_dir, labels_dir=None, channel=None, pixel_size: 
 
 
 def _measure_one(image: Path, labels_path: Path, out_dir: Path, name: str, *, channel, pixel_size, overlay,
-                 rois, geojson, volumes=False, z_step=None) -> dict:
-    """One image's measurements written; its summary row."""
+                 rois, geojson, volumes=False, z_step=None, cells=(None, None)) -> dict:
+    """One image's measurements written; its summary row. ``cells``: the cell expansion in pixels and in
+    micrometres."""
     picked = file_channel(image, channel)
+    calibration = calibrate(image, pixel_size=pixel_size, cell_expansion=cells[0], cell_expansion_um=cells[1])
     if stack_frames(image, picked):
-        return _measure_stack(image, labels_path, out_dir, name, picked=picked, pixel_size=pixel_size,
+        return _measure_stack(image, labels_path, out_dir, name, picked=picked, calibration=calibration,
                               overlay=overlay, rois=rois, geojson=geojson, volumes=volumes, z_step=z_step)
     raw = read_image(image, picked)
     labels = read_label_image(labels_path, raw.shape[:2], image=image, renumbered=False)
-    calibration = calibrate(image, pixel_size=pixel_size)
     every = None if picked is None else read_channels(image)
+    grown = None if calibration.cell_expansion is None else grow_cells(labels, calibration.cell_expansion)
     table = measure_nuclei(labels, raw_intensity(raw), None, pixel_size=calibration.pixel_size, channels=every,
-                           channel_names=() if picked is None else channel_names(image))
-    written = write_measurements(out_dir, name, table, raw, labels, overlay=overlay, rois=rois, geojson=geojson)
+                           channel_names=() if picked is None else channel_names(image), cells=grown)
+    written = write_measurements(out_dir, name, table, raw, labels, overlay=overlay, rois=rois, geojson=geojson,
+                                 cells=grown, pixel_size=calibration.pixel_size)
     warning = join_warnings(channel_warning(raw, image) if picked is None else "", calibration.note,
                             tiff_page_note(image, picked),
                             "one 2-D image: --volumes measures the 3-D nuclei of a z-stack" if volumes else "")
@@ -197,7 +209,7 @@ def _row(image: Path, labels_path: Path, nuclei: int, size: float | None, writte
             **{k: str(v) for k, v in written.items()}, "warning": warning, "error": ""}
 
 
-def _measure_stack(image: Path, labels_path: Path, out_dir: Path, name: str, *, picked, pixel_size, overlay, rois,
+def _measure_stack(image: Path, labels_path: Path, out_dir: Path, name: str, *, picked, calibration, overlay, rois,
                    geojson, volumes, z_step) -> dict:
     """A TIFF stack's measurements written, frame by frame as ``dsb segment`` writes a stack's
     (:func:`dsb.workflows.segment_files.write_stack_measurements`), and with ``volumes`` its 3-D nuclei's;
@@ -205,19 +217,20 @@ def _measure_stack(image: Path, labels_path: Path, out_dir: Path, name: str, *, 
     frames, roles = read_stack(image, picked)
     lead = frames.shape[: len(roles)]
     labels = read_label_stack(labels_path, (*lead, *frames.shape[len(roles): len(roles) + 2]), roles, image=image)
-    calibration = calibrate(image, pixel_size=pixel_size)
     every = None if picked is None else read_channels(image, frames=True)
     names = () if picked is None else channel_names(image)
+    grown = None if calibration.cell_expansion is None else grow_cells(labels, calibration.cell_expansion)
     sections = pd.concat([measure_frame(labels[index], frames[index], None, index, roles,
                                         pixel_size=calibration.pixel_size,
-                                        channels=None if every is None else every[index], channel_names=names)
+                                        channels=None if every is None else every[index], channel_names=names,
+                                        cells=None if grown is None else grown[index])
                           for index in np.ndindex(*lead)], ignore_index=True)
     axis = stitch_axis(roles) if volumes else None
-    notes, solids = [tiff_page_note(image, picked)], None
+    notes, solids, step = [tiff_page_note(image, picked)], None, None
     if volumes and axis is None:
         notes.append(NO_PLANES_FOR.format("--volumes"))
     elif axis is not None:
-        solids, _, said = stack_volumes(sections, roles, axis, lead[axis], pixel_size=calibration.pixel_size,
+        solids, step, said = stack_volumes(sections, roles, axis, lead[axis], pixel_size=calibration.pixel_size,
                                         z_step=z_step, path=image)
         notes += said
         apart = disjoint_sections(labels, axis)
@@ -225,9 +238,11 @@ def _measure_stack(image: Path, labels_path: Path, out_dir: Path, name: str, *, 
             notes.append(f"{apart} of its {len(solids)} 3-D nuclei have sections in neighbouring planes that do "
                          "not overlap: are its labels numbered plane by plane? --volumes wants 3-D nuclei, as "
                          "dsb segment --stitch and napari's 3-D nuclei label them")
-    drawn = [outline_overlay(frames[index], labels[index]) for index in np.ndindex(*lead)] if overlay else None
+    drawn = [outline_overlay(frames[index], labels[index], cells=None if grown is None else grown[index])
+             for index in np.ndindex(*lead)] if overlay else None
     written = write_stack_measurements(out_dir, name, sections, labels, roles, volumes=solids, drawn=drawn,
-                                       rois=rois, geojson=geojson, pixel_size=calibration.pixel_size)
+                                       rois=rois, geojson=geojson, pixel_size=calibration.pixel_size, cells=grown,
+                                       z_step=step)
     warning = join_warnings(channel_warning(frames[(0,) * len(roles)], image) if picked is None else "",
                             calibration.note, *notes)
     return _row(image, labels_path, len(sections if solids is None else solids), calibration.pixel_size, written,

@@ -45,9 +45,11 @@ from dsb.io.writers import write_labels, write_png, write_rgb_stack
 from dsb.network.engines import load_network
 from dsb.network.model_folder import resolve_model_dir
 from dsb.workflows.calibration import Calibration, calibrate_files, check_micrometres
+from dsb.workflows.cells import CELL_MICROMETRE_COLUMNS, cell_measurements, check_cell_options, grow_cells
 from dsb.workflows.drawing import outline_overlay
 from dsb.workflows.pipeline import nuclei_predictor, predict_each
-from dsb.workflows.volumes import NO_PLANES, Stitch, stack_volumes, stitch_axis, stitch_sections, with_volumes
+from dsb.workflows.volumes import (NO_PLANES, Stitch, section_lookup, stack_volumes, stitch_axis, stitch_sections,
+                                   with_volumes)
 
 __all__ = ["MEASUREMENT_COLUMNS", "MICROMETRE_COLUMNS", "SUMMARY_COLUMNS", "measure_nuclei", "in_micrometres",
            "touches_edge", "channel_columns",
@@ -85,12 +87,12 @@ MICROMETRE_COLUMNS = ("area_um2", "perimeter_um", "equivalent_diameter_um", "maj
 # What summary.csv's warning tells a user whose image's luminance may hide its nuclei.
 CHANNEL_ADVICE = "give --channel N to segment the DNA stain's channel alone"
 SUMMARY_COLUMNS = ("file", "status", "nuclei", "diameter", "diameter_estimated", "diameter_sure", "pixel_size",
-                   "diameter_um", "labels", "measurements", "overlay", "rois", "geojson", "measurements_3d", "warning",
-                   "error")
+                   "diameter_um", "labels", "cells", "measurements", "overlay", "rois", "geojson", "measurements_3d",
+                   "warning", "error")
 
 def measure_nuclei(labels: np.ndarray, intensity: np.ndarray, confidence: np.ndarray | None = None, *,
                    pixel_size: float | None = None, channels: np.ndarray | None = None,
-                   channel_names=()) -> pd.DataFrame:
+                   channel_names=(), cells: np.ndarray | None = None) -> pd.DataFrame:
     """Measure each nucleus of a label image.
 
     Parameters
@@ -113,6 +115,10 @@ def measure_nuclei(labels: np.ndarray, intensity: np.ndarray, confidence: np.nda
     channel_names : sequence of str
         The file's names of its channels (:func:`dsb.io.channel_names.channel_names`): where it names
         every one, and each differently, the columns are ``mean_intensity_NAME`` instead.
+    cells : (H, W) ndarray of int, optional
+        Each nucleus's cell, labelled as the nuclei (:func:`dsb.workflows.cells.grow_cells`): adds
+        :data:`dsb.workflows.cells.CELL_COLUMNS` after the nucleus's own, and with ``channels`` each
+        channel's mean in the cell and the cytoplasm (:func:`dsb.workflows.cells.cell_measurements`).
 
     Returns
     -------
@@ -179,6 +185,13 @@ def measure_nuclei(labels: np.ndarray, intensity: np.ndarray, confidence: np.nda
         means = label_means(labels, channels)[index]
         names = channel_columns(channel_names, channels.shape[2])
         frame = frame.assign(**{name: means[:, k] for k, name in enumerate(names)})
+    if cells is not None:
+        cells = np.asarray(cells)
+        check_same_shape("cells", cells, "labels", labels)
+        if values is not None:  # numbered as the compacted nuclei
+            cells = np.where(cells > 0, np.searchsorted(values, cells) + 1, 0)
+        frame = frame.assign(**cell_measurements(labels, cells, intensity, index, channels=channels,
+                                                 channel_columns=[] if channels is None else names))
     return frame if pixel_size is None else in_micrometres(frame, pixel_size)
 
 
@@ -218,15 +231,20 @@ def in_micrometres(table: pd.DataFrame, pixel_size: float) -> pd.DataFrame:
     >>> in_micrometres(table, 0.5).round(3).iloc[0].tolist()
     [100.0, 36.0, 12.0, 10.0, 25.0, 18.0, 5.642, 6.0, 5.0]
     """
-    return table.assign(area_um2=table["area"] * pixel_size ** 2, perimeter_um=table["perimeter"] * pixel_size,
-                        equivalent_diameter_um=2.0 * np.sqrt(table["area"] / np.pi) * pixel_size,
-                        major_axis_um=table["major_axis_length"] * pixel_size,
-                        minor_axis_um=table["minor_axis_length"] * pixel_size)
+    table = table.assign(area_um2=table["area"] * pixel_size ** 2, perimeter_um=table["perimeter"] * pixel_size,
+                         equivalent_diameter_um=2.0 * np.sqrt(table["area"] / np.pi) * pixel_size,
+                         major_axis_um=table["major_axis_length"] * pixel_size,
+                         minor_axis_um=table["minor_axis_length"] * pixel_size)
+    if "cell_area" in table:  # cells grown around the nuclei
+        table = table.assign(**{um: table[px] * pixel_size ** 2
+                                for um, px in zip(CELL_MICROMETRE_COLUMNS, ("cell_area", "cytoplasm_area"))})
+    return table
 
 
 def _outputs(out_dir: Path, name: str) -> dict[str, Path]:
     return {
         "labels": out_dir / f"{name}_labels.tif",
+        "cells": out_dir / f"{name}_cells.tif",
         "measurements": out_dir / f"{name}_nuclei.csv",
         "overlay": out_dir / f"{name}{OVERLAY_SUFFIX}.png",
         "rois": out_dir / f"{name}_rois.zip",
@@ -253,6 +271,8 @@ def segment_paths(
     channel: int | None = None,
     diameter_um: float | None = None,
     pixel_size: float | None = None,
+    cell_expansion: float | None = None,
+    cell_expansion_um: float | None = None,
 ) -> pd.DataFrame:
     """Segment microscope images and measure their nuclei.
 
@@ -317,6 +337,14 @@ def segment_paths(
         (:func:`dsb.io.pixel_size.read_pixel_size`); a file whose metadata differ gets a warning.
         With a pixel size (given or read), the measurements get micrometre columns
         (:func:`in_micrometres`) and the label TIFF carries it, as Fiji reads it.
+    cell_expansion : float, optional
+        Grow each nucleus into its cell by up to this many pixels (:mod:`dsb.workflows.cells`): each
+        nucleus's row gets its cell's and cytoplasm's area and mean intensities (in every channel with
+        ``channel``), ``<name>_cells.tif`` holds the cells labelled as their nuclei, the overlay outlines
+        them and the GeoJSON holds QuPath cells.
+    cell_expansion_um : float, optional
+        The same in micrometres, instead of ``cell_expansion``: each image's own pixel size (or
+        ``pixel_size``) makes pixels of it; an image with none is bad input.
 
     Returns
     -------
@@ -341,7 +369,8 @@ def segment_paths(
     EnvironmentProblem
         When there is no model or ``out_dir`` is not writable.
     ValueError
-        ``diameter`` and ``diameter_um`` both given, or a ``pixel_size`` that is no positive number.
+        ``diameter`` and ``diameter_um`` both given, or a ``pixel_size`` that is no positive number; the
+        same of the cell expansions.
     """
     out_dir = Path(out_dir)
     # Resolved first, so that a missing default model or a bad factor is said before any image is read.
@@ -349,13 +378,15 @@ def segment_paths(
     if scale_factor is not None:
         check_scale_factor(scale_factor)
     diameter, diameter_um, pixel_size = check_scale_options(diameter, diameter_um, pixel_size)
+    cell_expansion, cell_expansion_um = check_cell_options(cell_expansion, cell_expansion_um)
     paths = [Path(p) for p in paths]
     skips = Skips(skip_bad)
     images, problems = find_images(paths)
     for problem in problems:
         skips(problem)
     scales = calibrate_files(images.values(), skips, diameter=diameter, diameter_um=diameter_um,
-                             pixel_size=pixel_size)
+                             pixel_size=pixel_size, cell_expansion=cell_expansion,
+                             cell_expansion_um=cell_expansion_um)
     checked = read_images({n: p for n, p in images.items() if str(p) in scales}, skips,
                           progress=progress and len(images) > 1, label="checking images", channel=channel)
     if not checked:
@@ -398,11 +429,13 @@ def write_outputs(out_dir: Path, name: str, image: Path, raw: np.ndarray, nuclei
     targets = _outputs(out_dir, name)
     size = calibration.pixel_size
     every = None if channel is None else read_channels(image)
+    cells = None if calibration.cell_expansion is None else grow_cells(labels, calibration.cell_expansion)
     table = measure_nuclei(labels, raw_intensity(raw), nuclei.confidence, pixel_size=size, channels=every,
-                           channel_names=() if channel is None else channel_names(image))
+                           channel_names=() if channel is None else channel_names(image), cells=cells)
     write_labels(targets["labels"], labels, pixel_size=size)
     targets = {"labels": targets["labels"], **write_measurements(out_dir, name, table, raw, labels, overlay=overlay,
-                                                                 rois=rois, geojson=geojson)}
+                                                                 rois=rois, geojson=geojson, cells=cells,
+                                                                 pixel_size=size)}
     return summary_row(image, "ok", nuclei=len(table), diameter=nuclei.diameter, estimated=nuclei.estimated,
                        sure=nuclei.sure, pixel_size=size,
                        warning=join_warnings(channel_warning(raw, image), calibration.note),
@@ -410,22 +443,27 @@ def write_outputs(out_dir: Path, name: str, image: Path, raw: np.ndarray, nuclei
 
 
 def write_measurements(out_dir: Path, name: str, table: pd.DataFrame, raw: np.ndarray, labels: np.ndarray, *,
-                       overlay: bool = False, rois: bool = False, geojson: bool = False) -> dict[str, Path]:
-    """Write one image's ``<name>_nuclei.csv`` (``table``, :func:`measure_nuclei`'s), and with ``overlay``,
-    ``rois`` and ``geojson`` its ``<name>_overlay.png`` (its outlines on ``raw``), ``<name>_rois.zip``
-    (:func:`dsb.io.rois.write_rois`) and ``<name>_nuclei.geojson`` (:func:`dsb.io.geojson.write_geojson`, with
-    ``table``'s numbers), each atomically: ``{"measurements": path, "overlay": ..., "rois": ..., "geojson": ...}``
-    for the files written. Shared by ``dsb segment`` and ``dsb measure``."""
+                       overlay: bool = False, rois: bool = False, geojson: bool = False, cells: np.ndarray | None = None,
+                       pixel_size: float | None = None) -> dict[str, Path]:
+    """Write one image's ``<name>_nuclei.csv`` (``table``, :func:`measure_nuclei`'s), with ``cells`` (the nuclei's
+    cells, :func:`dsb.workflows.cells.grow_cells`) ``<name>_cells.tif`` (a label TIFF of ``pixel_size``), and with
+    ``overlay``, ``rois`` and ``geojson`` its ``<name>_overlay.png`` (its outlines on ``raw``, the cells' too),
+    ``<name>_rois.zip`` (:func:`dsb.io.rois.write_rois`) and ``<name>_nuclei.geojson``
+    (:func:`dsb.io.geojson.write_geojson`, with ``table``'s numbers; QuPath cells where there are ``cells``), each
+    atomically: ``{"measurements": path, "cells": ..., "overlay": ..., "rois": ..., "geojson": ...}`` for the files
+    written. Shared by ``dsb segment`` and ``dsb measure``."""
     targets = _outputs(out_dir, name)
     with atomic_path(targets["measurements"]) as tmp:
         table.to_csv(tmp, index=False, float_format="%.6g")
     written = {"measurements": targets["measurements"]}
+    if cells is not None:
+        written["cells"] = write_labels(targets["cells"], cells, pixel_size=pixel_size)
     if overlay:
-        written["overlay"] = write_png(targets["overlay"], outline_overlay(raw, labels))
+        written["overlay"] = write_png(targets["overlay"], outline_overlay(raw, labels, cells=cells))
     if rois:
         written["rois"] = write_rois(targets["rois"], labels)
     if geojson:
-        written["geojson"] = write_geojson(targets["geojson"], labels, measurements=table)
+        written["geojson"] = write_geojson(targets["geojson"], labels, measurements=table, cells=cells)
     return written
 
 
@@ -494,6 +532,8 @@ def segment_stack(path, name: str, out_dir, predict, *, channel: int | None = No
     names = () if channel is None else channel_names(path)
     lead = frames.shape[: len(roles)]
     labels = np.zeros((*lead, *frames.shape[len(roles): len(roles) + 2]), np.uint16)
+    grow = calibration.cell_expansion
+    cells = None if grow is None else np.zeros_like(labels)
     tables, diameters, sure, estimated = {}, [], True, False
     drawn = [] if overlay else None
     items = ((index, path, frames[index]) for index in np.ndindex(*lead))
@@ -503,19 +543,27 @@ def segment_stack(path, name: str, out_dir, predict, *, channel: int | None = No
         for index, _, raw, nuclei in found:
             if nuclei.labels.max(initial=0) > np.iinfo(labels.dtype).max:
                 labels = labels.astype(np.uint32)  # over 65535 nuclei in one frame
+                cells = None if cells is None else cells.astype(np.uint32)
             labels[index] = nuclei.labels
+            grown = None if cells is None else grow_cells(nuclei.labels, grow)
+            if grown is not None:
+                cells[index] = grown
             tables[index] = measure_frame(nuclei.labels, raw, nuclei.confidence, index, roles,
                                           pixel_size=calibration.pixel_size,
-                                          channels=None if every is None else every[index], channel_names=names)
+                                          channels=None if every is None else every[index], channel_names=names,
+                                          cells=grown)
             diameters.append(float(nuclei.diameter))
             sure, estimated = sure and bool(nuclei.sure), estimated or bool(nuclei.estimated)
             if drawn is not None:
-                drawn.append(outline_overlay(raw, nuclei.labels))
+                drawn.append(outline_overlay(raw, nuclei.labels, cells=grown))
     targets = _outputs(out_dir, name)
     axis = None if stitch is None else stitch_axis(roles)
     volumes, z_step, notes = None, None, []
     if axis is not None:
-        labels = _stitched(labels, tables, axis, stitch.min_overlap)
+        own, labels = labels, _stitched(labels, tables, axis, stitch.min_overlap)
+        if cells is not None:  # each frame's cells take their nuclei's 3-D labels
+            cells = np.stack([section_lookup(own[i], labels[i])[cells[i]] for i in np.ndindex(*lead)]).reshape(
+                labels.shape).astype(labels.dtype)
     elif stitch is not None:
         notes.append(NO_PLANES)
     sections = pd.concat([tables[i] for i in sorted(tables)], ignore_index=True)
@@ -528,7 +576,8 @@ def segment_stack(path, name: str, out_dir, predict, *, channel: int | None = No
                          "spacing")
     write_labels(targets["labels"], labels, roles, pixel_size=calibration.pixel_size, z_step=z_step)
     written = write_stack_measurements(out_dir, name, sections, labels, roles, volumes=volumes, drawn=drawn,
-                                       rois=rois, geojson=geojson, pixel_size=calibration.pixel_size)
+                                       rois=rois, geojson=geojson, pixel_size=calibration.pixel_size, cells=cells,
+                                       z_step=z_step)
     finite = [d for d in diameters if math.isfinite(d)]
     warning = channel_warning(frames[(0,) * len(roles)], path)
     return summary_row(path, "ok", nuclei=len(sections if volumes is None else volumes),
@@ -539,12 +588,12 @@ def segment_stack(path, name: str, out_dir, predict, *, channel: int | None = No
 
 def measure_frame(labels: np.ndarray, raw: np.ndarray, confidence: np.ndarray | None, index: tuple[int, ...],
                   roles: str, *, pixel_size: float | None = None, channels: np.ndarray | None = None,
-                  channel_names: tuple = ()) -> pd.DataFrame:
+                  channel_names: tuple = (), cells: np.ndarray | None = None) -> pd.DataFrame:
     """:func:`measure_nuclei` of the frame ``index`` of a stack whose frame axes are ``roles``, its index in the
     frame columns (``t``, ``z``, ``frame``: :data:`dsb.io.channels.FRAME_COLUMNS`) before the measurements.
     Shared by ``dsb segment`` (:func:`segment_stack`) and ``dsb measure`` of stacks."""
     table = measure_nuclei(labels, raw_intensity(raw), confidence, pixel_size=pixel_size, channels=channels,
-                           channel_names=channel_names)
+                           channel_names=channel_names, cells=cells)
     for at, (role, value) in enumerate(zip(roles, index)):
         table.insert(at, FRAME_COLUMNS[role], value)
     return table
@@ -552,12 +601,14 @@ def measure_frame(labels: np.ndarray, raw: np.ndarray, confidence: np.ndarray | 
 
 def write_stack_measurements(out_dir: Path, name: str, sections: pd.DataFrame, labels: np.ndarray, roles: str, *,
                              volumes: pd.DataFrame | None = None, drawn: list | None = None, rois: bool = False,
-                             geojson: bool = False, pixel_size: float | None = None) -> dict[str, Path]:
+                             geojson: bool = False, pixel_size: float | None = None, cells: np.ndarray | None = None,
+                             z_step: float | None = None) -> dict[str, Path]:
     """Write a stack's ``<name>_nuclei.csv`` (``sections``: each frame's nuclei after its frame columns), and with
     ``volumes`` ``<name>_nuclei3d.csv``, with ``drawn`` (each frame's outlines drawn on it) ``<name>_overlay.tif``,
     with ``rois`` and ``geojson`` its Fiji ROIs and QuPath detections of ``labels`` (frames first, their axes
-    ``roles``), each atomically: the files written, by :func:`summary_row`'s names. Shared by ``dsb segment``
-    (:func:`segment_stack`) and ``dsb measure`` of stacks."""
+    ``roles``; QuPath cells with ``cells``), with ``cells`` ``<name>_cells.tif`` (a label TIFF as ``labels``'
+    of ``pixel_size`` and ``z_step``), each atomically: the files written, by :func:`summary_row`'s names.
+    Shared by ``dsb segment`` (:func:`segment_stack`) and ``dsb measure`` of stacks."""
     targets = _outputs(Path(out_dir), name)
     written = {"measurements": targets["measurements"]}
     with atomic_path(targets["measurements"]) as tmp:
@@ -566,6 +617,8 @@ def write_stack_measurements(out_dir: Path, name: str, sections: pd.DataFrame, l
         with atomic_path(targets["measurements_3d"]) as tmp:
             volumes.to_csv(tmp, index=False, float_format="%.6g")
         written["measurements_3d"] = targets["measurements_3d"]
+    if cells is not None:
+        written["cells"] = write_labels(targets["cells"], cells, roles, pixel_size=pixel_size, z_step=z_step)
     if drawn is not None:
         written["overlay"] = write_rgb_stack(targets["overlay"].with_suffix(".tif"), drawn, labels.shape[:len(roles)],
                                              roles, pixel_size=pixel_size)
@@ -573,7 +626,7 @@ def write_stack_measurements(out_dir: Path, name: str, sections: pd.DataFrame, l
         written["rois"] = write_rois(targets["rois"], labels, roles)
     if geojson:  # each section's detection carries its 3-D nucleus's measurements too
         measured = sections if volumes is None else with_volumes(sections, volumes)
-        written["geojson"] = write_geojson(targets["geojson"], labels, roles, measurements=measured)
+        written["geojson"] = write_geojson(targets["geojson"], labels, roles, measurements=measured, cells=cells)
     return written
 
 
@@ -599,9 +652,9 @@ def channel_warning(raw: np.ndarray, path=None) -> str:
 
 
 def summary_row(path, status: str, *, nuclei: int = 0, diameter: float = math.nan, estimated: bool | str = "",
-                sure: bool | str = "", pixel_size: float | None = None, labels: str = "", measurements: str = "",
-                overlay: str = "", rois: str = "", geojson: str = "", measurements_3d: str = "", warning: str = "",
-                error: str = "") -> dict:
+                sure: bool | str = "", pixel_size: float | None = None, labels: str = "", cells: str = "",
+                measurements: str = "", overlay: str = "", rois: str = "", geojson: str = "", measurements_3d: str = "",
+                warning: str = "", error: str = "") -> dict:
     """One row of ``summary.csv`` (:data:`SUMMARY_COLUMNS`): empty cells for what does not apply
     (``pixel_size`` and ``diameter_um`` where the pixel size is unknown)."""
     known = math.isfinite(diameter)
@@ -609,7 +662,7 @@ def summary_row(path, status: str, *, nuclei: int = 0, diameter: float = math.na
             "diameter": round(diameter, 2) if known else "", "diameter_estimated": estimated,
             "diameter_sure": sure, "pixel_size": "" if pixel_size is None else float(f"{pixel_size:.6g}"),
             "diameter_um": round(diameter * pixel_size, 2) if known and pixel_size is not None else "",
-            "labels": labels, "measurements": measurements, "overlay": overlay, "rois": rois,
+            "labels": labels, "cells": cells, "measurements": measurements, "overlay": overlay, "rois": rois,
             "geojson": geojson, "measurements_3d": measurements_3d, "warning": warning, "error": error}
 
 

@@ -23,6 +23,7 @@ from dsb.io.images import read_image, read_stack, stack_frames, tiff_page_note
 from dsb.network.model_folder import resolve_model_dir
 from dsb.workflows.blocks import segment_image_file
 from dsb.workflows.calibration import Calibration, calibrate_files
+from dsb.workflows.cells import check_cell_options
 from dsb.workflows.cluster import (
     ModelSpec,
     TaskError,
@@ -209,7 +210,8 @@ def segment_inputs(paths, *, model_dir=None, out_dir, tta: bool | None = None, o
                    progress: bool = True, engine: str = "auto", precision: str = "auto", block_size: int | None = None,
                    workers: int | None = None, scheduler: str | None = None, client=None,
                    scale_factor: float | None = None, channel: int | None = None, diameter_um: float | None = None,
-                   pixel_size: float | None = None, stitch: Stitch | None = None) -> pd.DataFrame:
+                   pixel_size: float | None = None, stitch: Stitch | None = None, cell_expansion: float | None = None,
+                   cell_expansion_um: float | None = None) -> pd.DataFrame:
     """``dsb segment`` with large images block by block and, optionally, on a Dask cluster.
 
     Zarr and OME-Zarr stores, and TIFF or PNG files with a side above
@@ -218,8 +220,9 @@ def segment_inputs(paths, *, model_dir=None, out_dir, tta: bool | None = None, o
     :func:`dsb.workflows.segment_files.segment_paths` does, on the cluster's workers
     when ``workers`` or ``scheduler`` is given. Parameters and the returned
     summary are those of :func:`~dsb.workflows.segment_files.segment_paths` (``rois``, ``geojson``,
-    ``scale_factor``, ``channel``, ``diameter_um`` and ``pixel_size`` included; an image segmented
-    block-wise gets neither an overlay nor ROIs, but its GeoJSON), plus ``stitch`` (join each z-stack's
+    ``scale_factor``, ``channel``, ``diameter_um``, ``pixel_size`` and the cell expansions included; an
+    image segmented block-wise gets neither an overlay nor ROIs, but its GeoJSON, and is refused cells),
+    plus ``stitch`` (join each z-stack's
     planes into 3-D nuclei: :func:`dsb.workflows.segment_files.segment_stack`),
     ``block_size`` (pixels a side), ``workers`` and ``scheduler``
     (:func:`cluster_client`), or a ``client`` already connected (a
@@ -228,6 +231,8 @@ def segment_inputs(paths, *, model_dir=None, out_dir, tta: bool | None = None, o
 
     out_dir = Path(out_dir)
     diameter, diameter_um, pixel_size = check_scale_options(diameter, diameter_um, pixel_size)
+    cell_expansion, cell_expansion_um = check_cell_options(cell_expansion, cell_expansion_um)
+    cells = cell_expansion is not None or cell_expansion_um is not None
     paths = [Path(p) for p in paths]
     big, listed, stacks, problems, refused = _split_inputs(paths, block_size, channel)
     spec = ModelSpec(str(resolve_model_dir(model_dir)), engine, precision, scale_factor)
@@ -246,6 +251,10 @@ def segment_inputs(paths, *, model_dir=None, out_dir, tta: bool | None = None, o
                 raise BadDataError(f"is a stack (of {kinds}), and block by block (a side above "
                                    f"{BIG_SIDE if block_size is None else block_size} px) dsb segment takes one "
                                    "2-D image" + ("" if block_size is None else "; give no --block-size"), path=path)
+            if cells:
+                raise BadDataError("is segmented block by block (a Zarr store, or a side above "
+                                   f"{BIG_SIDE if block_size is None else block_size} px), which grows no cells: "
+                                   "segment it without a cell expansion", path=path)
             open_source(path, channel)
         except BadDataError as exc:
             exc = exc if exc.path is not None else BadDataError(exc.message, path=path, where=exc.where)
@@ -261,7 +270,8 @@ def segment_inputs(paths, *, model_dir=None, out_dir, tta: bool | None = None, o
             return segment_paths(paths, model_dir=spec.path, out_dir=out_dir, tta=tta, overlay=overlay, rois=rois,
                                  geojson=geojson, diameter=diameter, skip_bad=skip_bad, progress=progress,
                                  engine=engine, precision=precision, scale_factor=scale_factor, channel=channel,
-                                 diameter_um=diameter_um, pixel_size=pixel_size)
+                                 diameter_um=diameter_um, pixel_size=pixel_size, cell_expansion=cell_expansion,
+                                 cell_expansion_um=cell_expansion_um)
         for problem in problems + refused + unreadable:
             skips(problem)
         # The summary lists the inputs as they were given; a refused one in its place.
@@ -269,7 +279,8 @@ def segment_inputs(paths, *, model_dir=None, out_dir, tta: bool | None = None, o
         out = {str(exc.path) for exc in refused + unreadable}
         # Each input's scale, told from its header before anything is written.
         scales = calibrate_files([p for p in [*listed.values(), *big] if str(p) not in out], skips,
-                                 diameter=diameter, diameter_um=diameter_um, pixel_size=pixel_size)
+                                 diameter=diameter, diameter_um=diameter_um, pixel_size=pixel_size,
+                                 cell_expansion=cell_expansion, cell_expansion_um=cell_expansion_um)
         out |= {str(p) for p in [*listed.values(), *big] if str(p) not in scales}
         stacks = {name: p for name, p in stacks.items() if str(p) not in out}
         small = {name: p for name, p in listed.items() if name not in stacks and str(p) not in out}
@@ -279,7 +290,8 @@ def segment_inputs(paths, *, model_dir=None, out_dir, tta: bool | None = None, o
                                  overlay=overlay, rois=rois, geojson=geojson, diameter=diameter, skip_bad=skip_bad,
                                  progress=progress,
                                  engine=engine, precision=precision, scale_factor=scale_factor, channel=channel,
-                                 diameter_um=diameter_um, pixel_size=pixel_size)
+                                 diameter_um=diameter_um, pixel_size=pixel_size, cell_expansion=cell_expansion,
+                                 cell_expansion_um=cell_expansion_um)
             rows.update({row["file"]: row for row in done.to_dict("records") if row["status"] == "ok"})
             skips.records += done.attrs["skipped"]
         elif small:

@@ -1,0 +1,167 @@
+"""Cells around nuclei: each nucleus grown by a distance into the background around it.
+
+A nuclear stain outlines nuclei, not cells; what lies outside the nucleus (a cytoplasmic marker, a
+protein that moves between nucleus and cytoplasm) is measured in a ring grown around each nucleus,
+as QuPath's cell expansion and CellProfiler's *IdentifySecondaryObjects* (distance method) grow it.
+:func:`grow_cells` grows every nucleus by up to a distance, each background pixel going to its
+nearest nucleus (:func:`skimage.segmentation.expand_labels`), so that neighbours share the space
+between them along the line halfway across and never overlap. A cell keeps its nucleus's label; its
+cytoplasm is the cell less the nucleus.
+
+:func:`cell_measurements` gives what ``dsb segment --cell-expansion`` and ``dsb measure
+--cell-expansion`` add to each nucleus's row (:data:`CELL_COLUMNS`, and each channel's means in the
+cell and the cytoplasm).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from dsb.core.labels import label_means
+
+__all__ = ["CELL_COLUMNS", "CELL_MICROMETRE_COLUMNS", "MAX_EXPANSION", "check_expansion", "check_cell_options",
+           "grow_cells",
+           "cell_measurements", "cell_columns"]
+
+#: The columns a nucleus's row gets for its cell (:func:`cell_measurements`).
+CELL_COLUMNS = ("cell_area", "cytoplasm_area", "cell_touches_edge", "cell_mean_intensity", "cytoplasm_mean_intensity")
+#: Added where the pixel size is known.
+CELL_MICROMETRE_COLUMNS = ("cell_area_um2", "cytoplasm_area_um2")
+#: The largest expansion taken, in pixels: a cell of 2,000 pixels' radius is a whole field, not a cell.
+MAX_EXPANSION = 1000.0
+
+
+def check_expansion(value, unit: str = "pixels") -> float:
+    """A cell expansion given by a user, as a float, or ValueError saying what is wrong.
+
+    >>> check_expansion("8"), check_expansion(0)
+    (8.0, 0.0)
+    >>> check_expansion(-1)
+    Traceback (most recent call last):
+    ...
+    ValueError: the cell expansion must be a number of pixels from 0 to 1000, got -1
+    """
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"the cell expansion must be a number of {unit}, got {value!r}") from None
+    top = MAX_EXPANSION if unit == "pixels" else math.inf
+    if not (math.isfinite(number) and 0 <= number <= top):
+        bound = f"from 0 to {MAX_EXPANSION:g}" if unit == "pixels" else "of 0 or more"
+        raise ValueError(f"the cell expansion must be a number of {unit} {bound}, got {value!r}")
+    return number
+
+
+def check_cell_options(pixels, micrometres) -> tuple[float | None, float | None]:
+    """A cell expansion given in pixels or in micrometres (not both), each checked: ValueError saying what
+    is wrong.
+
+    >>> check_cell_options(None, "5")
+    (None, 5.0)
+    """
+    if pixels is not None and micrometres is not None:
+        raise ValueError("give the cell expansion in pixels (cell_expansion) or in micrometres (cell_expansion_um), "
+                         "not both")
+    return (None if pixels is None else check_expansion(pixels),
+            None if micrometres is None else check_expansion(micrometres, "micrometres"))
+
+
+def grow_cells(labels: np.ndarray, distance: float) -> np.ndarray:
+    """Each nucleus of ``labels`` grown by up to ``distance`` pixels into the background: its cell.
+
+    Parameters
+    ----------
+    labels : (H, W) ndarray of int, or (F..., H, W)
+        0 background, one value per nucleus; a stack's frames each grown on their own.
+    distance : float
+        How far a cell reaches beyond its nucleus, in pixels (Euclidean); 0 gives the nuclei.
+
+    Returns
+    -------
+    ndarray of the same shape and type
+        Each background pixel within ``distance`` of a nucleus takes the label of the nearest one
+        (where two are as near, one of them), so that cells hold their nuclei whole and never overlap.
+
+    Examples
+    --------
+    >>> grow_cells(np.array([[0, 0, 1, 0, 0, 0, 2]]), 2).tolist()
+    [[1, 1, 1, 1, 1, 2, 2]]
+    """
+    from skimage.segmentation import expand_labels
+
+    labels = np.asarray(labels)
+    distance = check_expansion(distance)
+    if labels.ndim < 2:
+        raise ValueError(f"`labels` must be (H, W) or a stack of them, got shape {labels.shape}")
+    if distance == 0 or not labels.any():
+        return labels.copy()
+    if labels.ndim == 2:
+        return expand_labels(labels, distance).astype(labels.dtype, copy=False)
+    cells = np.empty_like(labels)
+    for index in np.ndindex(*labels.shape[:-2]):
+        cells[index] = expand_labels(labels[index], distance)
+    return cells
+
+
+def cell_columns(channel_columns) -> list[str]:
+    """The columns of each channel's mean in the cell and in the cytoplasm, after the nucleus's own
+    (``mean_intensity_DAPI``...).
+
+    >>> cell_columns(["mean_intensity_GFP"])
+    ['cell_mean_intensity_GFP', 'cytoplasm_mean_intensity_GFP']
+    """
+    return [f"{part}_{name}" for name in channel_columns for part in ("cell", "cytoplasm")]
+
+
+def cell_measurements(nuclei: np.ndarray, cells: np.ndarray, intensity: np.ndarray, found: np.ndarray, *,
+                      channels: np.ndarray | None = None, channel_columns=()) -> dict[str, np.ndarray]:
+    """What each nucleus's cell holds: :data:`CELL_COLUMNS`, and with ``channels`` each channel's means.
+
+    Parameters
+    ----------
+    nuclei, cells : (H, W) ndarray of int
+        The nuclei and their cells (:func:`grow_cells`), labelled alike 1..N (compact: sized lookups).
+    intensity : (H, W) ndarray
+        The image the nuclei's ``mean_intensity`` is of.
+    found : (K,) ndarray of int
+        The labels to report, in the order of the rows they go to.
+    channels : (H, W, C) ndarray, optional
+        Every channel of the image, with ``channel_columns`` (C names, ``mean_intensity_NAME``).
+
+    Returns
+    -------
+    dict of str to (K,) ndarray
+        ``cell_area`` and ``cytoplasm_area`` (pixels: the cell less its nucleus), ``cell_touches_edge``
+        (the image's edge cuts the cell), ``cell_mean_intensity`` and ``cytoplasm_mean_intensity`` (NaN
+        for a cytoplasm of no pixel, where neighbours leave a nucleus no room), and per channel
+        ``cell_mean_intensity_NAME`` and ``cytoplasm_mean_intensity_NAME``: a cytoplasmic marker's
+        nuclear/cytoplasmic ratio is ``mean_intensity_NAME / cytoplasm_mean_intensity_NAME``.
+
+    Examples
+    --------
+    >>> nuclei = np.array([[0, 1, 1, 0, 0]])
+    >>> found = cell_measurements(nuclei, grow_cells(nuclei, 1), np.array([[4.0, 1, 1, 2, 9]]), np.array([1]))
+    >>> [found[c].tolist() for c in ("cell_area", "cytoplasm_area", "cytoplasm_mean_intensity")]
+    [[4], [2], [3.0]]
+    """
+    nuclei, cells = np.asarray(nuclei), np.asarray(cells)
+    if cells.shape != nuclei.shape:
+        raise ValueError(f"`cells` (shape {cells.shape}) must have the nuclei's shape {nuclei.shape}")
+    found = np.asarray(found, np.intp)
+    top = max(int(cells.max(initial=0)), int(nuclei.max(initial=0)), int(found.max(initial=0)))
+    cytoplasm = np.where(nuclei == 0, cells, 0)
+    edge = np.zeros(top + 1, bool)
+    edge[np.concatenate([cells[0], cells[-1], cells[:, 0], cells[:, -1]])] = True
+    edge[0] = False
+    out = dict(zip(CELL_COLUMNS, (np.bincount(cells.ravel(), minlength=top + 1)[found],
+                                  np.bincount(cytoplasm.ravel(), minlength=top + 1)[found], edge[found],
+                                  label_means(cells, intensity, top)[found],
+                                  label_means(cytoplasm, intensity, top)[found])))
+    if channels is not None:
+        in_cells, in_cytoplasm = label_means(cells, channels, top)[found], label_means(cytoplasm, channels, top)[found]
+        names = cell_columns(channel_columns)
+        for k in range(len(channel_columns)):
+            out[names[2 * k]], out[names[2 * k + 1]] = in_cells[:, k], in_cytoplasm[:, k]
+    return out
