@@ -615,7 +615,7 @@ def _ring(points) -> np.ndarray:
 def _features(path: Path) -> list:
     """The features of a GeoJSON file, as a list of dicts."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8-sig"))  # a byte-order mark, as Windows tools write, passed over
+        data = json.loads(path.read_text(encoding="utf-8-sig"))  # a byte-order mark (Windows tools') passed over
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BadDataError(f"is not a GeoJSON file ({type(exc).__name__}: {exc})", path=path) from None
     except RecursionError:

@@ -221,8 +221,8 @@ def read_solution(path) -> pd.DataFrame:
         h = _size(fields[2], "Height", path, row)
         w = _size(fields[3], "Width", path, row)
         if h * w > MAX_PIXELS:
-            raise BadDataError(f"ImageId {fields[0]!r} is {h}x{w}, over the {MAX_PIXELS:,} pixels an image scored whole "
-                               "may have", path=path, where=_where(row))
+            raise BadDataError(f"ImageId {fields[0]!r} is {h}x{w}, over the {MAX_PIXELS:,} pixels an image scored "
+                               "whole may have", path=path, where=_where(row))
         seen = first_row.setdefault(fields[0], (row, h, w))
         if seen[1:] != (h, w):
             raise BadDataError(
