@@ -742,12 +742,27 @@ def test_predict_takes_every_image_layout(tiny_run, tmp_path):
         assert np.asarray(Image.open(tmp_path / "labels" / f"{image_id}.png")).shape == shape
 
 
+def _tiff_bytes(array: np.ndarray) -> bytes:
+    import io
+    import warnings
+
+    import tifffile
+
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # a zero-size array is what we want written
+        tifffile.imwrite(buffer, array)
+    return buffer.getvalue()
+
+
 BAD_FILES = [
     ("corrupt PNG", "bad.png", b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR garbage", "corrupt or truncated image"),
     ("truncated PNG", "bad.png", None, "corrupt or truncated image"),
     ("zero-byte file", "bad.png", b"", "empty file (0 bytes)"),
     ("non-image file", "notes.txt", b"some notes\n", "not an image file"),
     ("text named .tif", "bad.tif", b"not a tiff", "corrupt or unreadable TIFF"),
+    ("complex TIFF", "bad.tif", _tiff_bytes(np.ones((40, 40), np.complex64)), "holds complex64 values"),
+    ("TIFF of no frames", "bad.tif", _tiff_bytes(np.zeros((0, 40, 40), np.uint8)), "holds no pixels"),
 ]
 
 

@@ -291,6 +291,21 @@ def test_bad_geojson_is_one_line_naming_the_file(tmp_path):
         with pytest.raises(BadDataError) as caught:
             read_geojson_labels(tmp_path / name, (4, 4))
         assert caught.value.path == str(tmp_path / name) and "\n" not in str(caught.value)
+    collection = '{"type": "GeometryCollection", "geometries": ['
+    deep = '[{"type": "Feature", "properties": {}, "geometry": ' + collection * 3000 + "]}" * 3000 + "}]"
+    for name, text in {"nested.geojson": "[" * 100_000 + "]" * 100_000, "collections.geojson": deep}.items():
+        (tmp_path / name).write_text(text)
+        with pytest.raises(BadDataError, match="nested too deeply") as caught:
+            read_geojson_labels(tmp_path / name, (4, 4))
+        assert caught.value.path == str(tmp_path / name)
+    # An object far beyond the image is said as such before any region test looks into it (which would fill it).
+    huge = [_feature([[[0, 0], [10 ** 6, 0], [10 ** 6, 10 ** 6], [0, 10 ** 6], [0, 0]]]),
+            _feature([[[0, 0], [2, 0], [2, 2], [0, 2], [0, 0]]])]
+    with pytest.raises(BadDataError, match="beyond its image's 4 x 4"):
+        read_geojson_labels(_write(tmp_path / "huge.geojson", huge), (4, 4))
+    # A byte-order mark, as Windows tools write, is passed over.
+    (tmp_path / "bom.geojson").write_bytes(b"\xef\xbb\xbf" + json.dumps([huge[1]]).encode())
+    assert read_geojson_labels(tmp_path / "bom.geojson", (4, 4)).sum() == 4
     assert "2 planes" in str(pytest.raises(BadDataError, read_geojson_labels, tmp_path / "planes.geojson").value)
     assert "beyond its image's 4 x 4" in str(pytest.raises(BadDataError, read_geojson_labels, tmp_path / "beyond.geojson",
                                                            (4, 4)).value)
@@ -380,6 +395,14 @@ def test_qupath_classes_and_older_measurement_lists_are_columns(tmp_path):
     late = [_feature([square], plane={"c": -1, "z": 0, "t": 9999})]  # 10,000 planes of an image 2048 square
     with pytest.raises(BadDataError, match="GiB of labels"):
         read_geojson_objects(_write(tmp_path / "late.geojson", late), (2048, 2048))
+
+
+def test_a_large_region_is_told_by_its_rows_not_its_area(tmp_path):
+    # A whole-slide region around a few nuclei: found without filling its million-pixel square.
+    region = _feature([[[0, 0], [4000, 0], [4000, 4000], [0, 4000], [0, 0]]], name="Tissue")
+    nuclei = [_feature([[[x, 10], [x + 5, 10], [x + 5, 15], [x, 15], [x, 10]]]) for x in (10, 3000)]
+    labels, _, table = read_geojson_objects(_write(tmp_path / "slide.geojson", [region, *nuclei]))
+    assert len(table) == 2 and np.bincount(labels.ravel())[1:].tolist() == [25, 25]
 
 
 def test_qupath_0_2_and_0_3_objects_say_their_type_in_their_id(tmp_path):

@@ -359,3 +359,18 @@ def test_hematoxylin_of_many_8_bit_colours_equals_rgb2hed():
     rows = image[::7]  # all of them would need 1.2 GB of float64 temporaries in rgb2hed
     expected = rgb2hed(as_float(rows))[..., 0].astype(np.float32)
     np.testing.assert_array_equal(hematoxylin(rows), expected)
+
+
+def test_infinite_pixels_count_as_missing_ones_and_large_floats_keep_their_contrast():
+    from dsb.inference.preprocess import as_float
+
+    image = np.linspace(0, 2, 64, dtype=np.float32).reshape(8, 8)
+    nan, inf = image.copy(), image.copy()
+    nan[2:4, 2:4], inf[2:4, 2:4] = np.nan, np.inf
+    inf[5, 5] = -np.inf
+    nan[5, 5] = np.nan
+    np.testing.assert_array_equal(as_float(inf), as_float(nan))
+    assert as_float(inf).max() == 1.0 and np.isfinite(as_float(inf)).all()
+    # float64 values beyond float32's range: scaled in float64, not cast to infinity first.
+    with np.errstate(all="raise"):
+        np.testing.assert_allclose(as_float(image.astype(np.float64) * 1e300), as_float(image), atol=1e-6)

@@ -88,7 +88,7 @@ def intensity_range(image: np.ndarray) -> tuple[float, float]:
         bits = int(np.ceil(np.log2(top + 1)))
         return 0.0, float(2 ** (bits + bits % 2) - 1)
     if np.issubdtype(image.dtype, np.floating):
-        return _float_range(np.nan_to_num(image.astype(np.float32, copy=False)))
+        return _float_range(_finite(image))
     raise TypeError(f"`image` has dtype {image.dtype}, expected bool, integer or float")
 
 
@@ -120,7 +120,8 @@ def as_float(image: np.ndarray, value_range: tuple[float, float] | None = None) 
         255 for 8 bits; for wider types the smallest of 10, 12, 14 or 16 bits
         (and so on) that holds the maximum, so a 12-bit camera image stored as
         uint16 keeps its brightness. Floats already in [0, 1] are kept; other
-        floats are scaled from their minimum and maximum.
+        floats are scaled from their minimum and maximum; NaN and infinite
+        values count as 0.
     value_range : (float, float), optional
         The raw values to map to 0 and 1 instead of ``image``'s own
         (:func:`intensity_range` of the whole image it is part of); values
@@ -142,12 +143,19 @@ def as_float(image: np.ndarray, value_range: tuple[float, float] | None = None) 
         return np.clip(scaled / np.float32(max(hi - lo, 1e-12)), 0, 1)
     if not np.issubdtype(image.dtype, np.floating):
         raise TypeError(f"`image` has dtype {image.dtype}, expected bool, integer or float")
-    image = np.nan_to_num(image.astype(np.float32, copy=False))
+    image = _finite(image)  # scaled in its own precision: a float64's large values would overflow float32
     lo, hi = _float_range(image) if value_range is None else value_range
     if value_range is None and (lo, hi) == (0.0, 1.0):
-        return image
-    out = (image - np.float32(lo)) / np.float32(max(hi - lo, 1e-12))
+        return image.astype(np.float32, copy=False)
+    out = ((image - lo) / max(hi - lo, 1e-12)).astype(np.float32, copy=False)
     return out if value_range is None else np.clip(out, 0, 1)
+
+
+def _finite(image: np.ndarray) -> np.ndarray:
+    """A float image with its NaN and infinite pixels (no measurement, or a failed computation's) set to 0,
+    in its own precision, at least float32's."""
+    image = image.astype(np.promote_types(image.dtype, np.float32), copy=False)
+    return np.nan_to_num(image, nan=0.0, posinf=0.0, neginf=0.0)
 
 
 def _rgb(image: np.ndarray, value_range: tuple[float, float] | None = None) -> np.ndarray | None:

@@ -304,7 +304,7 @@ def read_geojson_labels(path, shape: tuple[int, int] | None = None) -> np.ndarra
     [[0, 0, 0], [0, 7, 7]]
     """
     path = Path(path)
-    found = _nuclei(path)
+    found = _nuclei(path, shape)
     planes = {f.plane for f in found}
     if len(planes) > 1:
         raise BadDataError(f"holds objects on {len(planes)} planes of a stack; a label image is one 2-D plane: "
@@ -357,7 +357,7 @@ def read_geojson_objects(path, shape: tuple[int, int] | None = None) -> tuple[np
         beyond :data:`MAX_PLANES`, or labels over :data:`MAX_BYTES`.
     """
     path = Path(path)
-    found = _nuclei(path)
+    found = _nuclei(path, shape)
     ts, zs = (np.array([f.plane[axis] for f in found], np.int64) for axis in (1, 0))
     if found and (min(ts.min(), zs.min()) < 0 or max(ts.max(), zs.max()) >= MAX_PLANES):
         raise BadDataError(f"holds objects on planes from t, z = {ts.min()}, {zs.min()} to {ts.max()}, {zs.max()}; "
@@ -398,10 +398,13 @@ class _Found(NamedTuple):
     properties: dict
 
 
-def _nuclei(path: Path) -> list[_Found]:
-    """The objects of a GeoJSON file that may be nuclei, its regions left out."""
+def _nuclei(path: Path, shape: tuple[int, int] | None = None) -> list[_Found]:
+    """The objects of a GeoJSON file that may be nuclei, its regions left out; with ``shape``, a BadDataError
+    for objects beyond it (regions too), said before any is looked into."""
     found = [_object(feature, path) for feature in _features(path)]
     found = [f for f in found if f is not None]
+    if shape is not None:
+        _plane_shape(found, shape, path)
     return [f for f, region in zip(found, _regions(found)) if not region]
 
 
@@ -477,12 +480,14 @@ def _object(feature: dict, path: Path) -> _Found | None:
     except (KeyError, TypeError, ValueError, IndexError, OverflowError) as exc:
         raise BadDataError(f"holds a {shape} that is not rings of finite (x, y) points on a plane ({exc})",
                            path=path) from None
+    except RecursionError:
+        raise BadDataError(f"holds a {shape} nested too deeply to read", path=path) from None
     return _Found(kind, str(properties.get("name", "")).strip(), rings, plane, properties)
 
 
 def _regions(found: list[_Found]) -> list[bool]:
     """Which objects of ``found`` are regions, not nuclei: annotations that hold a point inside another object
-    of their plane (beside its outline's first side) and are at least twice its area."""
+    of their plane (the centre of a pixel it fills, :func:`_point_inside`) and are at least twice its area."""
     regions = [False] * len(found)
     annotations = [at for at, f in enumerate(found) if f.kind == "annotation" and f.rings]
     if not annotations or len(found) < 2:
@@ -490,12 +495,14 @@ def _regions(found: list[_Found]) -> list[bool]:
     points = np.array([_point_inside(f.rings[0][0]) if f.rings else (np.nan, np.nan) for f in found])
     areas = np.array([sum(abs(_twice_area(polygon[0])) for polygon in f.rings) / 2 for f in found])
     planes = np.array([f.plane for f in found])
+    order = np.argsort(points[:, 0], kind="stable")  # by x (NaN last): each annotation looks at its own columns
+    xs = points[order, 0]
     for at in annotations:
         outer = np.vstack([polygon[0] for polygon in found[at].rings])
         (left, top), (right, bottom) = outer.min(axis=0), outer.max(axis=0)
-        near = np.flatnonzero((points[:, 0] > left) & (points[:, 0] < right) & (points[:, 1] > top)
-                              & (points[:, 1] < bottom) & (planes == planes[at]).all(axis=1)
-                              & (2 * areas <= areas[at]))
+        near = order[np.searchsorted(xs, left, side="right"): np.searchsorted(xs, right, side="left")]
+        near = np.sort(near[(points[near, 1] > top) & (points[near, 1] < bottom)
+                            & (planes[near] == planes[at]).all(axis=1) & (2 * areas[near] <= areas[at])])
         near = near[near != at]
         for chunk in np.array_split(near, max(1, near.size // 4096)):  # sides x points at a time
             if chunk.size and any(_inside(polygon[0], points[chunk]).any() for polygon in found[at].rings):
@@ -505,17 +512,30 @@ def _regions(found: list[_Found]) -> list[bool]:
 
 
 def _point_inside(ring: np.ndarray) -> tuple[float, float]:
-    """A point inside a ring of (x, y) points drawn either way round: the centre of a pixel it fills (the
-    middle one of those it fills), else its corners' mean (a ring too small to hold a pixel's centre)."""
-    from skimage.draw import polygon as fill
+    """A point inside a ring of (x, y) points drawn either way round: the centre of a pixel it fills, on the
+    row of pixel centres nearest its middle that holds one (the middle of that row's first run inside it),
+    else its corners' mean (a ring too small to hold a pixel's centre). Found along rows, so that a ring of
+    any size costs its corners, not its area.
 
+    >>> _point_inside(np.array([[0, 0], [0, 4], [6, 4], [6, 0]]))
+    (2.5, 1.5)
+    """
     if len(ring) < 3:
         return tuple(ring.mean(axis=0)) if len(ring) else (np.nan, np.nan)
-    rows, cols = fill(ring[:, 1] - 0.5, ring[:, 0] - 0.5)
-    if not rows.size:
-        return tuple(ring.mean(axis=0))
-    middle = rows.size // 2
-    return cols[middle] + 0.5, rows[middle] + 0.5
+    x0, y0 = ring[:, 0], ring[:, 1]
+    x1, y1 = np.roll(x0, -1), np.roll(y0, -1)
+    top, bottom = np.ceil(y0.min() - 0.5), np.floor(y0.max() - 0.5)
+    middle = np.floor((y0.min() + y0.max()) / 2 - 0.5)
+    rows = middle + np.array([0, 1, -1, 2, -2, 3, -3, 4, -4])  # the middle row first, then its neighbours
+    for row in rows[(rows >= top) & (rows <= bottom)]:
+        y = row + 0.5
+        upright = (y0 > y) != (y1 > y)
+        crossings = np.sort(x0[upright] + (y - y0[upright]) * (x1[upright] - x0[upright]) / (y1[upright] - y0[upright]))
+        for left, right in zip(crossings[0::2], crossings[1::2]):  # the runs inside the ring on this row
+            first, last = np.ceil(left - 0.5), np.ceil(right - 0.5) - 1  # pixel centres strictly inside
+            if first <= last:
+                return float(np.floor((first + last) / 2) + 0.5), float(y)
+    return tuple(ring.mean(axis=0))
 
 
 def _inside(ring: np.ndarray, points: np.ndarray) -> np.ndarray:
@@ -595,9 +615,11 @@ def _ring(points) -> np.ndarray:
 def _features(path: Path) -> list:
     """The features of a GeoJSON file, as a list of dicts."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8-sig"))  # a byte-order mark (Windows tools') passed over
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BadDataError(f"is not a GeoJSON file ({type(exc).__name__}: {exc})", path=path) from None
+    except RecursionError:
+        raise BadDataError("is not a GeoJSON file (lists or objects nested too deeply to read)", path=path) from None
     except OSError as exc:
         raise BadDataError(f"cannot be read ({exc.strerror or exc})", path=path) from None
     if isinstance(data, dict) and data.get("type") == "FeatureCollection":

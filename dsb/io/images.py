@@ -150,9 +150,16 @@ def _read_stored(path: Path) -> tuple[np.ndarray, str | None]:
 
 
 def read_tiff_series(path: Path) -> tuple[np.ndarray, str | None]:
-    """The first series of a TIFF and its axis names (tifffile's: ``YXS``, ``CYX``, ``TZCYX``...)."""
+    """The first series of a TIFF and its axis names (tifffile's: ``YXS``, ``CYX``, ``TZCYX``...); a
+    BadDataError naming the file for one of no pixels, or of values that are no integers or floats
+    (complex numbers)."""
     with open_tiff(path) as tif:
         series = tif.series[0]
+        if np.dtype(series.dtype).kind not in "biuf":
+            raise BadDataError(f"holds {np.dtype(series.dtype)} values, expected an image of integers or floats",
+                               path=path)
+        if 0 in series.shape:
+            raise BadDataError(f"holds no pixels (shape {tuple(series.shape)}, axes {series.axes})", path=path)
         return np.asarray(series.asarray()), series.axes
 
 

@@ -53,6 +53,8 @@ SOLUTION_COLUMNS = ("ImageId", "EncodedPixels", "Height", "Width")
 _USAGE = "Usage"
 # Whitespace that may pad EncodedPixels; ASCII only, like the RLE parser.
 _PAD = " \t\r\n\f\v"
+#: The most pixels (Height x Width) a solution's image may have: its masks are decoded whole to be scored.
+MAX_PIXELS = 2 ** 28
 
 
 def _where(row: int | None, *, in_file: bool = True) -> str | None:
@@ -218,6 +220,9 @@ def read_solution(path) -> pd.DataFrame:
     for row, fields in enumerate(rows, start=1):
         h = _size(fields[2], "Height", path, row)
         w = _size(fields[3], "Width", path, row)
+        if h * w > MAX_PIXELS:
+            raise BadDataError(f"ImageId {fields[0]!r} is {h}x{w}, over the {MAX_PIXELS:,} pixels an image scored "
+                               "whole may have", path=path, where=_where(row))
         seen = first_row.setdefault(fields[0], (row, h, w))
         if seen[1:] != (h, w):
             raise BadDataError(
