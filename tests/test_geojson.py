@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -207,6 +208,23 @@ def test_dsb_segment_and_measure_geojson_for_images_stacks_and_blocks(tmp_path):
     again = {f["properties"]["name"]: f["geometry"] for f in _read(measured / "one_nuclei.geojson")}
     assert again == {f["properties"]["name"]: f["geometry"] for f in _read(out / "one_nuclei.geojson")}
     assert pd.read_csv(measured / "summary.csv")["geojson"].tolist() == [str(measured / "one_nuclei.geojson")]
+    # The stack's detections, back from QuPath beside its image: the same sections and 3-D nuclei.
+    back = tmp_path / "back"
+    back.mkdir()
+    shutil.copy(tmp_path / "in" / "stack.tif", back / "stack.tif")
+    shutil.copy(out / "stack_nuclei.geojson", back / "stack_masks.geojson")
+    result = run_dsb("measure", back / "stack.tif", "--out", tmp_path / "again", "--volumes")
+    assert result.exit_code == 0, result.output
+    again = pd.read_csv(tmp_path / "again" / "stack_nuclei3d.csv")
+    pd.testing.assert_frame_equal(again, volumes.reset_index()[again.columns])
+    # Objects on planes the image has not: said, naming the file.
+    shutil.copy(tmp_path / "in" / "stack.tif", back / "short.tif")
+    with tifffile.TiffFile(back / "stack.tif") as tif:
+        short = tif.asarray()[:2]
+    tifffile.imwrite(back / "short.tif", short, imagej=True, metadata={"axes": "ZYX"})
+    shutil.copy(out / "stack_nuclei.geojson", back / "short_masks.geojson")
+    result = run_dsb("measure", back / "short.tif", "--out", tmp_path / "short")
+    assert result.exit_code == 3 and "short_masks.geojson" in result.stderr and "has 2 planes" in result.stderr
 
 
 # ---------------------------------------------------------------- the way back: QuPath's objects as labels
@@ -403,6 +421,19 @@ def test_a_large_region_is_told_by_its_rows_not_its_area(tmp_path):
     nuclei = [_feature([[[x, 10], [x + 5, 10], [x + 5, 15], [x, 15], [x, 10]]]) for x in (10, 3000)]
     labels, _, table = read_geojson_objects(_write(tmp_path / "slide.geojson", [region, *nuclei]))
     assert len(table) == 2 and np.bincount(labels.ravel())[1:].tolist() == [25, 25]
+
+
+def test_a_stacks_objects_go_on_its_frames_as_dsb_segment_put_them(tmp_path):
+    from dsb.io.annotations import read_label_stack
+
+    _, volume = nuclei_volume((3, 40, 48), diameter=12, seed=4)
+    pages = write_geojson(tmp_path / "pages.geojson", volume, "t")  # a plain TIFF's pages, on QuPath's t
+    np.testing.assert_array_equal(read_label_stack(pages, (3, 40, 48), "f"), volume)
+    movie = np.stack([volume, volume[:, ::-1], np.zeros_like(volume)])  # (t, z): the last time point empty
+    both = write_geojson(tmp_path / "both.geojson", movie, "tz")
+    np.testing.assert_array_equal(read_label_stack(both, (3, 3, 40, 48), "tz"), movie)
+    with pytest.raises(BadDataError, match="plane 1, but its image has 0 time points"):
+        read_label_stack(both, (3, 40, 48), "z")
 
 
 def test_qupath_0_2_and_0_3_objects_say_their_type_in_their_id(tmp_path):

@@ -393,9 +393,11 @@ def read_label_stack(path, shape: tuple[int, ...], roles: str, *, image=None) ->
         the frames and size of its image.
     """
     path = Path(path)
+    if path.suffix.lower() == ".geojson":
+        return _geojson_stack(path, tuple(int(n) for n in shape), roles, image)
     if path.suffix.lower() not in (".tif", ".tiff"):
-        raise BadDataError("is the label image of a stack, which must be a TIFF of its frames (a GeoJSON or PNG "
-                           "holds one 2-D plane)", path=path)
+        raise BadDataError("is the label image of a stack, which must be a TIFF of its frames or QuPath's objects "
+                           "on its planes (GeoJSON); a PNG holds one 2-D plane", path=path)
     labels, axes = read_tiff_series(path)
     shape = tuple(int(n) for n in shape)
     named = axes if axes and len(axes) == labels.ndim else "?" * labels.ndim
@@ -414,6 +416,29 @@ def read_label_stack(path, shape: tuple[int, ...], roles: str, *, image=None) ->
         raise BadDataError(f"label stack is {_shape_words(own, labels.shape)} but its image{named_image} is "
                            f"{_shape_words(roles, shape)} (frames, then height x width)", path=path)
     return _integer_labels(labels, path)
+
+
+def _geojson_stack(path: Path, shape: tuple[int, ...], roles: str, image=None) -> np.ndarray:
+    """QuPath's objects of a stack (:func:`dsb.io.geojson.read_geojson_objects`) on the image's frames: its
+    ``t`` and ``z`` planes on the frame axes :data:`dsb.io.geojson.QUPATH_PLANES` puts them on (a plain
+    TIFF's pages on ``t``), as ``dsb segment --geojson`` wrote them."""
+    from dsb.io.geojson import QUPATH_PLANES, read_geojson_objects
+
+    found, planes, _ = read_geojson_objects(path, shape[-2:])
+    axes = [QUPATH_PLANES[role] for role in roles]
+    named_image = "" if image is None else " " + Path(image).name
+    for axis in planes:
+        count = found.shape[planes.index(axis)]
+        if axis not in axes or count > shape[axes.index(axis)]:
+            has = shape[axes.index(axis)] if axis in axes else 0
+            raise BadDataError(f"holds objects on QuPath's {axis} plane {count - 1}, but its image{named_image} has "
+                               f"{has} {'time points' if axis == 't' else 'planes'} "
+                               f"({_shape_words(roles, shape)})", path=path)
+    order = [axis for axis in axes if axis in planes]
+    found = found.transpose([planes.index(axis) for axis in order] + [-2, -1])
+    labels = np.zeros(shape, np.int32)
+    labels[tuple(slice(0, found.shape[order.index(axis)]) if axis in order else 0 for axis in axes)] = found
+    return labels
 
 
 def _shape_words(roles: str, shape) -> str:
