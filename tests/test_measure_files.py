@@ -296,3 +296,22 @@ def test_a_label_stack_is_put_in_its_images_order_of_time_points_and_planes(tmp_
     np.testing.assert_array_equal(read_label_stack(tmp_path / "ome.ome.tif", labels.shape, "tz"), labels)
     with pytest.raises(dsb.core.errors.BadDataError, match=r"label stack is 3 t x 2 z x 4 x 5 but its image is "):
         read_label_stack(tmp_path / "zt.tif", labels.shape, "tz")  # named T, Z but holding Z, T: refused
+
+
+def test_a_label_file_of_no_nuclei_is_warned_about(tmp_path, field):
+    image, labels = field
+    tifffile.imwrite(tmp_path / "a.tif", image)
+    tifffile.imwrite(tmp_path / "a_masks.tif", np.zeros_like(labels))
+    tifffile.imwrite(tmp_path / "b.tif", image)
+    (tmp_path / "b_masks.geojson").write_text('{"type": "FeatureCollection", "features": [{"type": "Feature", '
+                                              '"geometry": {"type": "LineString", "coordinates": [[0, 0], [5, 5]]}, '
+                                              '"properties": {}}]}')
+    tifffile.imwrite(tmp_path / "c.tif", image)
+    tifffile.imwrite(tmp_path / "c_masks.tif", labels)
+    result = run_dsb("measure", tmp_path / "a.tif", tmp_path / "b.tif", tmp_path / "c.tif", "--out", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    summary = pd.read_csv(tmp_path / "out" / "summary.csv", keep_default_na=False).set_index("file")
+    assert "a_masks.tif) hold no label above 0" in summary.loc[str(tmp_path / "a.tif"), "warning"]
+    assert "b_masks.geojson) hold no objects dsb reads as nuclei" in summary.loc[str(tmp_path / "b.tif"), "warning"]
+    assert summary.loc[str(tmp_path / "c.tif"), "warning"] == ""
+    assert sum("hold no" in line for line in result.stderr.splitlines()) == 2  # said on stderr too

@@ -361,8 +361,9 @@ def read_label_image(path, shape: tuple[int, int] | None = None, *, image=None, 
     if labels.ndim == 3:
         if labels.shape[2] != 1:
             raise BadDataError(
-                f"label image has {labels.shape[2]} channels (an RGB or colour picture?); expected one channel, "
-                "0 background and one integer per nucleus (save the labels layer itself)",
+                f"label image has {labels.shape[2]} channels or pages (an RGB picture, or a stack of planes?); "
+                "expected one 2-D image of one channel, 0 background and one integer per nucleus (save the labels "
+                "layer itself)",
                 path=path,
             )
         labels = labels[..., 0]

@@ -111,28 +111,29 @@ def calibrate(path, *, diameter: float | None = None, diameter_um: float | None 
     else:
         size = None if read is None else read.side
     if diameter_um is not None:
-        if size is None:
-            why = (f"pixels that are not square ({read}), where a diameter in micrometres (--diameter-um) needs "
-                   "one pixel size" if read is not None else
-                   "no pixel size in its metadata, which a diameter in micrometres (--diameter-um) needs")
-            raise BadDataError(f"has {why}: give --pixel-size UM, or --diameter in pixels", path=path)
+        _need_size(size, read, "a diameter in micrometres (--diameter-um)", "--diameter", path)
         try:
             diameter = check_diameter(diameter_um / size)
         except ValueError:
             raise BadDataError(f"a nucleus diameter of {diameter_um:g} \u00b5m is {diameter_um / size:.4g} pixels "
                                f"of {size:.4g} \u00b5m, outside the 2 to 1000 pixels dsb segments at", path=path) from None
     if cell_expansion_um is not None:
-        if size is None:
-            why = (f"pixels that are not square ({read}), where a cell expansion in micrometres "
-                   "(--cell-expansion-um) needs one pixel size" if read is not None else
-                   "no pixel size in its metadata, which a cell expansion in micrometres (--cell-expansion-um) needs")
-            raise BadDataError(f"has {why}: give --pixel-size UM, or --cell-expansion in pixels", path=path)
+        _need_size(size, read, "a cell expansion in micrometres (--cell-expansion-um)", "--cell-expansion", path)
         if cell_expansion_um / size > MAX_EXPANSION:
             raise BadDataError(f"a cell expansion of {cell_expansion_um:g} \u00b5m is {cell_expansion_um / size:.4g} "
                                f"pixels of {size:.4g} \u00b5m, over the {MAX_EXPANSION:g} pixels dsb grows cells by",
                                path=path)
         cell_expansion = cell_expansion_um / size
     return Calibration(size, diameter, "; ".join(notes), cell_expansion)
+
+
+def _need_size(size: float | None, read, what: str, in_pixels: str, path) -> None:
+    """A BadDataError naming ``path`` where ``what`` (a length in micrometres) finds no pixel size: none in its
+    metadata, or pixels that are not square (``read``); ``in_pixels`` is the option that gives it in pixels."""
+    if size is None:
+        why = (f"pixels that are not square ({read}), where {what} needs one pixel size" if read is not None else
+               f"no pixel size in its metadata, which {what} needs")
+        raise BadDataError(f"has {why}: give --pixel-size UM, or {in_pixels} in pixels", path=path)
 
 
 def calibrate_files(paths, skips, *, diameter: float | None = None, diameter_um: float | None = None,

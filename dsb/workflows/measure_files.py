@@ -198,8 +198,16 @@ def _measure_one(image: Path, labels_path: Path, out_dir: Path, name: str, *, ch
                                  cells=grown, pixel_size=calibration.pixel_size)
     warning = join_warnings(channel_warning(raw, image) if picked is None else "", calibration.note,
                             tiff_page_note(image, picked),
-                            "one 2-D image: --volumes measures the 3-D nuclei of a z-stack" if volumes else "")
+                            "one 2-D image: --volumes measures the 3-D nuclei of a z-stack" if volumes else "",
+                            _no_nuclei(labels_path) if table.empty else "")
     return _row(image, labels_path, len(table), calibration.pixel_size, written, warning)
+
+
+def _no_nuclei(labels_path: Path) -> str:
+    """The warning of a label file that holds no nucleus: the wrong file, or a GeoJSON of no polygons."""
+    what = "objects dsb reads as nuclei (polygons of detections, cells or annotations)" \
+        if labels_path.suffix.lower() == ".geojson" else "label above 0"
+    return f"its labels ({labels_path.name}) hold no {what}: nothing was measured"
 
 
 def _row(image: Path, labels_path: Path, nuclei: int, size: float | None, written: dict, warning: str) -> dict:
@@ -244,6 +252,6 @@ def _measure_stack(image: Path, labels_path: Path, out_dir: Path, name: str, *, 
                                        rois=rois, geojson=geojson, pixel_size=calibration.pixel_size, cells=grown,
                                        z_step=step)
     warning = join_warnings(channel_warning(frames[(0,) * len(roles)], image) if picked is None else "",
-                            calibration.note, *notes)
+                            calibration.note, *notes, _no_nuclei(labels_path) if sections.empty else "")
     return _row(image, labels_path, len(sections if solids is None else solids), calibration.pixel_size, written,
                 warning)
