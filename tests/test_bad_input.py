@@ -1302,3 +1302,18 @@ def test_any_csv_text_gives_a_result_or_one_error_line(csv_world, tokens, as_tru
         if result.exit_code == 3:
             assert result.stderr.splitlines()[-1].startswith("dsb: error: ")
             assert str(path) in result.stderr.splitlines()[-1]
+
+
+def test_every_input_skipped_is_said_whichever_check_met_it(tmp_path):
+    import tifffile
+
+    oned, empty = tmp_path / "oned.tif", tmp_path / "zero.tif"
+    tifffile.imwrite(oned, np.zeros(64, np.uint8))  # refused by its header
+    empty.write_bytes(b"")  # refused when read
+    result = dsb("segment", oned, empty, "--out", tmp_path / "out", "--skip-bad")
+    assert result.exit_code == 3, (result.stderr, result.exception)
+    lines = result.stderr.splitlines()
+    assert any(line.startswith(f"skipped: {oned}: ") for line in lines), lines
+    assert any(line.startswith(f"skipped: {empty}: ") for line in lines), lines
+    assert lines[-1].startswith("dsb: error: ") and "no image to segment" in lines[-1]
+    assert not (tmp_path / "out" / "summary.csv").exists()
