@@ -241,6 +241,10 @@ def test_windows_line_endings_are_fine_everywhere(tmp_path, stage, monkeypatch):
          ["row 6 (line 7)", "'img_a' is 41x48 here but 40x48 in row 1"]),
         ("size not a number", solution_text().replace(",32,36\n", ",32,wide\n", 1),
          ["row 3 (line 4)", "Width 'wide' is not a positive integer"]),
+        ("size of 5000 digits", solution_text().replace(",32,36\n", ",32," + "9" * 5000 + "\n", 1),
+         ["row 3 (line 4)", "is too large for an image's side"]),
+        ("image too large to score", solution_text().replace(",32,36\n", ",32,100000000\n", 1),
+         ["row 3 (line 4)", "over the 268,435,456 pixels"]),
         ("bad RLE in the truth", solution_text([("img_a", "5 3 1 1")] + perfect_rows(["img_b", "img_c"])),
          ["row 1 (line 2)", "img_a", "starts not ascending"]),
         ("missing header", solution_text().split("\n", 1)[1], ["line 1", "header is"]),
@@ -1298,3 +1302,18 @@ def test_any_csv_text_gives_a_result_or_one_error_line(csv_world, tokens, as_tru
         if result.exit_code == 3:
             assert result.stderr.splitlines()[-1].startswith("dsb: error: ")
             assert str(path) in result.stderr.splitlines()[-1]
+
+
+def test_every_input_skipped_is_said_whichever_check_met_it(tmp_path):
+    import tifffile
+
+    oned, empty = tmp_path / "oned.tif", tmp_path / "zero.tif"
+    tifffile.imwrite(oned, np.zeros(64, np.uint8))  # refused by its header
+    empty.write_bytes(b"")  # refused when read
+    result = dsb("segment", oned, empty, "--out", tmp_path / "out", "--skip-bad")
+    assert result.exit_code == 3, (result.stderr, result.exception)
+    lines = result.stderr.splitlines()
+    assert any(line.startswith(f"skipped: {oned}: ") for line in lines), lines
+    assert any(line.startswith(f"skipped: {empty}: ") for line in lines), lines
+    assert lines[-1].startswith("dsb: error: ") and "no image to segment" in lines[-1]
+    assert not (tmp_path / "out" / "summary.csv").exists()

@@ -316,9 +316,11 @@ def test_bad_geojson_is_one_line_naming_the_file(tmp_path):
         with pytest.raises(BadDataError, match="nested too deeply") as caught:
             read_geojson_labels(tmp_path / name, (4, 4))
         assert caught.value.path == str(tmp_path / name)
-    # An object far beyond the image is said as such before any region test looks into it (which would fill it).
-    huge = [_feature([[[0, 0], [10 ** 6, 0], [10 ** 6, 10 ** 6], [0, 10 ** 6], [0, 0]]]),
+    # A region far beyond the image is passed over, read along its rows, never filled; a nucleus there is said.
+    huge = [_feature([[[-5, -5], [10 ** 6, -5], [10 ** 6, 10 ** 6], [-5, 10 ** 6], [-5, -5]]]),
             _feature([[[0, 0], [2, 0], [2, 2], [0, 2], [0, 0]]])]
+    assert read_geojson_labels(_write(tmp_path / "region.geojson", huge), (4, 4)).sum() == 4
+    huge[0]["properties"]["objectType"] = "detection"
     with pytest.raises(BadDataError, match="beyond its image's 4 x 4"):
         read_geojson_labels(_write(tmp_path / "huge.geojson", huge), (4, 4))
     # A byte-order mark, as Windows tools write, is passed over.
@@ -413,6 +415,21 @@ def test_qupath_classes_and_older_measurement_lists_are_columns(tmp_path):
     late = [_feature([square], plane={"c": -1, "z": 0, "t": 9999})]  # 10,000 planes of an image 2048 square
     with pytest.raises(BadDataError, match="GiB of labels"):
         read_geojson_objects(_write(tmp_path / "late.geojson", late), (2048, 2048))
+
+
+def test_a_point_inside_any_ring_even_a_thin_or_bent_one():
+    from dsb.io.geojson import _inside, _point_inside
+
+    shapes = {"square": [[0, 0], [6, 0], [6, 4], [0, 4]],
+              "thin-spined C": [[0.6, 0], [20, 0], [20, 6], [0.9, 6], [0.9, 34], [20, 34], [20, 40], [0.6, 40]],
+              "U": [[0, 0], [3, 0], [3, 20], [9, 20], [9, 0], [12, 0], [12, 23], [0, 23]],
+              "diagonal sliver": [[0, 0], [1.2, 0], [30, 28.8], [30, 30], [28.8, 30], [0, 1.2]]}
+    for name, ring in shapes.items():
+        ring = np.asarray(ring, float)
+        for drawn in (ring, ring[::-1]):
+            point = _point_inside(drawn)
+            assert _inside(drawn, np.array([point]))[0], name
+            assert all(type(v) is float for v in point) and (np.asarray(point) % 1 == 0.5).all(), name
 
 
 def test_a_large_region_is_told_by_its_rows_not_its_area(tmp_path):

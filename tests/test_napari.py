@@ -277,6 +277,15 @@ def test_qupath_objects_open_as_labels_on_their_image(tmp_path):
     rows, cols = np.nonzero(labels)
     np.testing.assert_array_equal(data, labels[: rows.max() + 1, : cols.max() + 1])
     assert meta["features"]["index"].tolist() == [3, 6] and meta["features"]["area"].tolist() == [50.0, 60.0]
+    # Named by the summary.csv of the run that wrote it (dsb segment --out is seldom the image's folder).
+    images = tmp_path / "images"
+    images.mkdir()
+    tifffile.imwrite(images / "cells.tif", np.zeros((70, 90), np.uint8))
+    pd.DataFrame({"file": [str(images / "cells.tif")], "geojson": [str(tmp_path / "cells_nuclei.geojson")]}).to_csv(
+        tmp_path / "summary.csv", index=False)
+    [(data, _, _)] = read_geojson_layer(str(tmp_path / "cells_nuclei.geojson"))
+    assert data.shape == (70, 90)
+    (tmp_path / "summary.csv").unlink()
     # With its image beside it (a stack of three frames, RGB): the image's size.
     tifffile.imwrite(tmp_path / "cells.tif", np.zeros((3, 64, 80, 3), np.uint8), photometric="rgb")
     [(data, _, _)] = read_geojson_layer([str(tmp_path / "cells_nuclei.geojson")])

@@ -125,10 +125,10 @@ def page_note(shape, axes: str | None, channel: int | None) -> str:
     pages = kept[0]
     if channel is not None and pages > MAX_COLOURS and _image_like(kept[1], kept[2]):
         return (f"its {pages} pages have no axis names and were read as {pages} channels, of which channel "
-                f"{channel} was segmented; without --channel they are read as the frames of a stack")
+                f"{channel} was taken for the nuclei; without --channel they are read as the frames of a stack")
     if channel is None and pages > MAX_COLOURS and _image_like(kept[1], kept[2]):
         return (f"its {pages} pages have no axis names and were read as the frames of a stack; with --channel N "
-                "they are read as channels, of which N is segmented")
+                "they are read as channels, of which N is taken for the nuclei")
     if channel is None and 2 <= pages <= MAX_COLOURS:
         return (f"its {pages} pages have no axis names and were read as the colour channels of one image; "
                 "if they are the frames of a stack, save the file with axis names (an ImageJ hyperstack or "

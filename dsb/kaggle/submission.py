@@ -187,9 +187,12 @@ def read_submission(path) -> pd.DataFrame:
 
 def _size(text: str, name: str, path, row: int) -> int:
     text = text.strip(_PAD)
-    if not (text.isascii() and text.isdigit()) or int(text) < 1:
+    digits = text.lstrip("0")
+    if not (text.isascii() and text.isdigit()) or not digits:
         raise BadDataError(f"{name} {_show(text)} is not a positive integer", path=path, where=_where(row))
-    return int(text)
+    if len(digits) > 18:  # no image is this large, and Python will not read some such numbers
+        raise BadDataError(f"{name} {_show(text)} is too large for an image's side", path=path, where=_where(row))
+    return int(digits)
 
 
 def read_solution(path) -> pd.DataFrame:

@@ -284,8 +284,9 @@ def read_geojson_layer(path) -> list[tuple]:
     ``dsb train`` label them: a file of one plane gives one label image, a stack's a stack on its
     ``t`` and ``z`` axes (the layer's ``axis_labels``). The layer is the size of the image beside the
     file where there is one (``NAME.tif`` beside ``NAME.geojson``, ``NAME_masks.geojson``,
-    ``NAME_nuclei.geojson`` or ``NAME.tif.geojson``), else of the objects' extent, and in pixels (scale 1)
-    either way: it lies on the image opened in pixels. Its ``features`` hold each object's type, QuPath class and
+    ``NAME_nuclei.geojson`` or ``NAME.tif.geojson``) or that the ``summary.csv`` beside it names (a
+    ``dsb segment --out`` folder), else of the objects' extent, and in pixels (scale 1) either way: it
+    lies on the image opened in pixels. Its ``features`` hold each object's type, QuPath class and
     measurements by label (a stack's are in ``metadata["dsb_objects"]``, one row per object and plane).
     """
     paths = path if isinstance(path, list) else [path]
@@ -314,4 +315,22 @@ def _image_beside(path: Path) -> Path | None:
     for candidate in sorted(path.parent.iterdir()):
         if candidate.suffix.lower() in IMAGE_SUFFIXES and candidate.is_file():
             images.setdefault(image_name(candidate).lower(), candidate)
-    return next((images[name.lower()] for name in names if name and name.lower() in images), None)
+    found = next((images[name.lower()] for name in names if name and name.lower() in images), None)
+    return found if found is not None else _image_in_summary(path)
+
+
+def _image_in_summary(path: Path) -> Path | None:
+    """The image a ``dsb segment`` (or ``dsb measure``) run wrote the GeoJSON file of, by the ``summary.csv``
+    beside it, where that image is still there: the run's ``--out`` is seldom the image's folder."""
+    import pandas as pd
+
+    summary = path.parent / "summary.csv"
+    try:
+        rows = pd.read_csv(summary, usecols=["file", "geojson"], dtype=str, keep_default_na=False)
+    except (OSError, ValueError, pd.errors.ParserError):
+        return None
+    for image, written in zip(rows["file"], rows["geojson"]):
+        if written and Path(written).name == path.name and Path(image).is_file() \
+                and Path(image).suffix.lower() in IMAGE_SUFFIXES:
+            return Path(image)
+    return None

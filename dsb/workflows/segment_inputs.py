@@ -286,14 +286,20 @@ def segment_inputs(paths, *, model_dir=None, out_dir, tta: bool | None = None, o
         small = {name: p for name, p in listed.items() if name not in stacks and str(p) not in out}
         stacks = check_stacks(stacks, client=client, skips=skips, channel=channel, progress=progress)
         if small and client is None:
-            done = segment_paths(list(small.values()), model_dir=spec.path, out_dir=out_dir, tta=tta,
-                                 overlay=overlay, rois=rois, geojson=geojson, diameter=diameter, skip_bad=skip_bad,
-                                 progress=progress,
-                                 engine=engine, precision=precision, scale_factor=scale_factor, channel=channel,
-                                 diameter_um=diameter_um, pixel_size=pixel_size, cell_expansion=cell_expansion,
-                                 cell_expansion_um=cell_expansion_um)
-            rows.update({row["file"]: row for row in done.to_dict("records") if row["status"] == "ok"})
-            skips.records += done.attrs["skipped"]
+            try:
+                done = segment_paths(list(small.values()), model_dir=spec.path, out_dir=out_dir, tta=tta,
+                                     overlay=overlay, rois=rois, geojson=geojson, diameter=diameter,
+                                     skip_bad=skip_bad, progress=progress, engine=engine, precision=precision,
+                                     scale_factor=scale_factor, channel=channel, diameter_um=diameter_um,
+                                     pixel_size=pixel_size, cell_expansion=cell_expansion,
+                                     cell_expansion_um=cell_expansion_um)
+            except BadDataError as exc:
+                if not (skip_bad and hasattr(exc, "skipped")):
+                    raise
+                skips.records += exc.skipped  # all of them skipped: said with the others' below
+            else:
+                rows.update({row["file"]: row for row in done.to_dict("records") if row["status"] == "ok"})
+                skips.records += done.attrs["skipped"]
         elif small:
             writable_dir(out_dir)
             rows.update(segment_folder(small, spec=spec, out_dir=out_dir, client=client, skips=skips,
