@@ -295,6 +295,26 @@ def test_zarr_tiff_and_ome_zarr_in_their_own_kinds(in_process, inputs, one_piece
     _no_leftovers(in_process)
 
 
+def test_cells_of_zarr_and_ome_zarr_inputs_are_stores_of_their_kind(tmp_path, inputs, in_process):
+    from dsb.workflows.cells import grow_cells
+
+    result = run_dsb("segment", inputs / "plate.zarr", inputs / "well.ome.zarr", "--out", tmp_path,
+                     "--diameter", DIAMETER, "--block-size", BLOCK, "--cell-expansion", 6)
+    assert result.exit_code == 0, result.output
+    summary = pd.read_csv(tmp_path / "summary.csv").set_index("file")
+    assert summary["cells"].tolist() == [str(tmp_path / "plate_cells.zarr"), str(tmp_path / "well_cells.zarr")]
+    labels = zarr.open_array(str(in_process / "plate_labels.zarr"), mode="r")[:]
+    cells = zarr.open_array(str(tmp_path / "plate_cells.zarr"), mode="r")
+    assert cells.chunks == (BLOCK, BLOCK)
+    np.testing.assert_array_equal(cells[:], grow_cells(labels, 6))
+    well = zarr.open_group(str(tmp_path / "well_cells.zarr"), mode="r")  # an OME-Zarr label image too
+    assert well.attrs["image-label"]["version"] == "0.4"
+    np.testing.assert_array_equal(well["0"][:], cells[:])
+    table = pd.read_csv(tmp_path / "well_nuclei.csv")
+    np.testing.assert_allclose(table["cell_area_um2"], table["cell_area"] * 0.65 ** 2, rtol=1e-5)  # %.6g
+    _no_leftovers(tmp_path)
+
+
 def test_two_worker_cluster_equals_in_process(tmp_path, inputs, in_process):
     result = run_dsb("segment", inputs / "fields", inputs / "plate.zarr", "--out", tmp_path,
                      "--diameter", DIAMETER, "--block-size", BLOCK, "--workers", 2)

@@ -158,10 +158,6 @@ def test_cell_expansion_in_micrometres_needs_a_pixel_size(tmp_path, two_channels
 
     [option] = [p for p in cli.commands["segment"].params if p.name == "cell_expansion"]
     assert option.type.max == MAX_EXPANSION  # the command line's literal copy
-    # Block by block, no cells: said before anything is written.
-    blocks = run_dsb("segment", path, "--out", tmp_path / "blocks", "--block-size", 64, "--cell-expansion", 3)
-    error_line(blocks, 3, str(path), "block by block", "grows no cells")
-    assert not (tmp_path / "blocks").exists()
 
 
 def test_a_stitched_stacks_cells_carry_its_3d_labels(tmp_path):
@@ -177,3 +173,32 @@ def test_a_stitched_stacks_cells_carry_its_3d_labels(tmp_path):
     sections = pd.read_csv(tmp_path / "out" / "vol_nuclei.csv")
     for row in sections.sample(10, random_state=1).itertuples():
         assert row.cell_area == np.count_nonzero(cells[row.z] == row.label)
+
+
+def test_block_wise_cells_are_those_of_the_whole_label_image(tmp_path):
+    image, _ = nuclei_field((200, 200), 16, touching=True, seed=6)
+    marker = (np.arange(200)[None, :] + np.arange(200)[:, None]).astype(np.uint16)  # a gradient: sums must add up
+    tifffile.imwrite(tmp_path / "big.tif", np.stack([image.astype(np.uint16) * 40, marker]), imagej=True,
+                     metadata={"axes": "CYX"})
+    result = run_dsb("segment", tmp_path / "big.tif", "--out", tmp_path / "out", "--block-size", 160, "--diameter", 16,
+                     "--channel", 0, "--cell-expansion", 10, "--geojson", "--pixel-size", 0.5)
+    assert result.exit_code == 0, result.output
+    summary = pd.read_csv(tmp_path / "out" / "summary.csv")
+    labels = tifffile.imread(summary["labels"].item())
+    cells = tifffile.imread(summary["cells"].item())
+    with tifffile.TiffFile(summary["cells"].item()) as tif:
+        assert tif.pages[0].is_tiled  # the block-wise writer's, as the labels'
+    np.testing.assert_array_equal(cells, grow_cells(labels, 10))  # grown across the blocks' faces
+    # The same columns as dsb measure gives the whole label image in one piece.
+    tifffile.imwrite(tmp_path / "big_masks.tif", labels)
+    measured = run_dsb("measure", tmp_path / "big.tif", "--out", tmp_path / "measured", "--channel", 0,
+                       "--cell-expansion", 10, "--pixel-size", 0.5)
+    assert measured.exit_code == 0, measured.output
+    whole = pd.read_csv(tmp_path / "measured" / "big_nuclei.csv").set_index("label")
+    blocks = pd.read_csv(summary["measurements"].item()).set_index("label")
+    columns = [c for c in whole.columns if c.startswith(("cell_", "cytoplasm_"))]
+    assert len(columns) == 11  # 5 + 2 channels x 2 + 2 in micrometres
+    pd.testing.assert_frame_equal(blocks[columns], whole.loc[blocks.index, columns], rtol=1e-5)
+    features = json.loads((tmp_path / "out" / "big_nuclei.geojson").read_text())["features"]
+    assert len(features) == labels.max() and all(f["properties"]["objectType"] == "cell" for f in features)
+    np.testing.assert_array_equal(read_geojson_labels(tmp_path / "out" / "big_nuclei.geojson", labels.shape), labels)

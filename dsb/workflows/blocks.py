@@ -27,6 +27,7 @@ it is written under temporary names and renamed when whole.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import warnings
@@ -68,6 +69,7 @@ from dsb.io.images import check_finite
 from dsb.network.engines import load_network
 from dsb.network.model_folder import resolve_model_dir
 from dsb.workflows.calibration import Calibration
+from dsb.workflows.cells import CellSums, grow_cells
 from dsb.workflows.cluster import (
     ModelSpec,
     TaskError,
@@ -77,6 +79,7 @@ from dsb.workflows.cluster import (
 )
 from dsb.workflows.segment_files import (
     CHANNEL_ADVICE,
+    channel_columns,
     in_micrometres,
     join_warnings,
     measure_nuclei,
@@ -458,19 +461,56 @@ def _run_blocks(source, spec, settings, plan, *, store, component, scratch, clie
     return sum(counts.values()), cut, table, owners
 
 
-def block_features(plan: BlockPlan, owners: dict, labels, table: pd.DataFrame):
+def block_features(plan: BlockPlan, owners: dict, labels, table: pd.DataFrame, cells=None, reach: float = 0):
     """The GeoJSON features (:func:`dsb.io.geojson.nucleus_features`) of an image segmented block by block,
     traced from its final ``labels`` (a 2-D array or Zarr array, read one block's region at a time):
     each block's own nuclei (``owners``: its first label and count) within its region, which holds them
-    whole, measured by ``table`` (the image's measurements, by label)."""
+    whole, measured by ``table`` (the image's measurements, by label); with ``cells`` (the cells grown
+    ``reach`` pixels around them, :func:`grow_block_cells`), QuPath cells, the region widened by ``reach``."""
     table = table.sort_values("label", kind="stable")
     known = table["label"].to_numpy()
+    halo = 0 if cells is None else int(math.ceil(reach)) + 1
+    height, width = plan.shape
     for index, (first, count) in owners.items():
         er0, er1, ec0, ec1 = plan.extended(*index)
+        er0, er1, ec0, ec1 = max(er0 - halo, 0), min(er1 + halo, height), max(ec0 - halo, 0), min(ec1 + halo, width)
         region = np.asarray(labels[er0:er1, ec0:ec1])
         own = np.where((region >= first) & (region < first + count), region, 0)
+        grown = None
+        if cells is not None:
+            grown = np.asarray(cells[er0:er1, ec0:ec1])
+            grown = np.where((grown >= first) & (grown < first + count), grown, 0)
         start, stop = np.searchsorted(known, [first, first + count])
-        yield from nucleus_features(own, table.iloc[start:stop], origin=(er0, ec0))
+        yield from nucleus_features(own, table.iloc[start:stop], origin=(er0, ec0), cells=grown)
+
+
+def grow_block_cells(plan: BlockPlan, labels, cells, source, distance: float, count: int, *,
+                     progress: bool = False) -> CellSums:
+    """Grow the cells of an image segmented block by block (:func:`dsb.workflows.cells.grow_cells`), one
+    core at a time: its labels read with a halo wider than ``distance``, so that every cell is grown as in
+    one piece, the core of the result written into ``cells`` (a Zarr array shaped as ``labels``), and what
+    each cell holds of ``source`` (its intensities, and every channel where one is segmented) summed over
+    the blocks. ``count``: the image's nuclei, labelled 1..count."""
+    halo = int(math.ceil(distance)) + 1
+    height, width = plan.shape
+    total = None
+    for index in track(plan.indices(), label="growing cells", enabled=progress):
+        r0, r1, c0, c1 = plan.core(*index)
+        h0, w0 = max(r0 - halo, 0), max(c0 - halo, 0)
+        window = np.asarray(labels[h0:min(r1 + halo, height), w0:min(c1 + halo, width)])
+        core = (slice(r0 - h0, r1 - h0), slice(c0 - w0, c1 - w0))
+        grown = grow_cells(window, distance)[core]
+        cells[r0:r1, c0:c1] = grown
+        every = None if source.channel is None else source.read_channels(r0, r1, c0, c1)
+        sums = CellSums.of(window[core], grown, raw_intensity(source.read(r0, r1, c0, c1)), count, every)
+        sums.edge[np.concatenate([grown[0] if r0 == 0 else [], grown[-1] if r1 == height else [],
+                                  grown[:, 0] if c0 == 0 else [], grown[:, -1] if c1 == width else []]
+                                 ).astype(np.intp)] = True
+        if total is None:
+            total = sums
+        else:
+            total += sums
+    return total
 
 
 def _model_spec(model, scale_factor: float | None = None) -> ModelSpec:
@@ -685,23 +725,53 @@ def segment_image_file(path, *, spec: ModelSpec, out_dir, block_size: int | None
     with _scratch(out_dir, source.name) as scratch:
         source = _materialise(source, scratch)
         staged = atomic_dir(target) if target.suffix == ".zarr" else atomic_path(target)
-        with staged as tmp:
+        with staged as tmp, contextlib.ExitStack() as cells_staged:  # the cells' file, whole before the labels'
             store = tmp if target.suffix == ".zarr" else scratch / "labels.zarr"
             create_labels(store, plan.shape, plan.block, component=component, zarr_format=zarr_format)
             count, cut, table, owners = _run_blocks(source, spec, settings, plan, store=store, component=component,
                                                     scratch=scratch, client=client, tta=tta, progress=progress)
             finish_labels(store, source, tmp, count, pixel_size=calibration.pixel_size,
                           progress=lambda rows: track(rows, label="writing TIFF", enabled=progress))
+            grown = None
+            if calibration.cell_expansion is not None:  # from the labels as written
+                cells = cell_target(source, out_dir)
+                grown, table = _block_cells(source, plan, store, component, cells_staged.enter_context(
+                    atomic_dir(cells) if cells.suffix == ".zarr" else atomic_path(cells)), scratch, count, table,
+                    calibration, progress)
             if calibration.pixel_size is not None:
                 table = in_micrometres(table, calibration.pixel_size)
             features = out_dir / f"{source.name}_nuclei.geojson" if geojson else None
             if features is not None:  # traced from the labels as written, the store still at hand
-                write_features(features, block_features(plan, owners, open_labels(store, component), table))
+                write_features(features, block_features(plan, owners, open_labels(store, component), table,
+                                                        cells=grown, reach=calibration.cell_expansion or 0))
         with atomic_path(measurements) as tmp:
             table.to_csv(tmp, index=False, float_format="%.6g")
     _warn_cut(path, cut, plan)
     warning = settings.warning and f"{settings.warning}; {CHANNEL_ADVICE}"
+    cells_target = "" if calibration.cell_expansion is None else str(cell_target(source, out_dir))
     return summary_row(path, "ok", nuclei=count, diameter=settings.diameter, estimated=settings.estimated,
-                       sure=settings.sure, pixel_size=calibration.pixel_size, labels=str(target),
+                       sure=settings.sure, pixel_size=calibration.pixel_size, labels=str(target), cells=cells_target,
                        measurements=str(measurements), geojson="" if features is None else str(features),
                        warning=join_warnings(warning, calibration.note))
+
+
+def cell_target(source, out_dir) -> Path:
+    """Where the cells of ``source`` go: as its labels (:func:`dsb.io.bigimage.label_target`), ``NAME_cells``."""
+    target = label_target(source, out_dir)
+    return target.with_name(target.name.replace("_labels", "_cells", 1))
+
+
+def _block_cells(source, plan: BlockPlan, store, component: str, staged: Path, scratch: Path, count: int,
+                 table: pd.DataFrame, calibration: Calibration, progress: bool):
+    """The cells of an image segmented block by block, grown from its label ``store`` into ``staged`` (the
+    staging name of :func:`cell_target`: a Zarr store, or a TIFF written from one in ``scratch``); returns
+    the cell array (for the GeoJSON) and ``table`` with the cell columns."""
+    cell_store = scratch / "cells.zarr" if staged.suffix == ".tif" else staged  # a TIFF's staging name ends .tif
+    cells = create_labels(cell_store, plan.shape, plan.block, component=component,
+                          zarr_format=labels_layout(source)[1])
+    sums = grow_block_cells(plan, open_labels(store, component), cells, source, calibration.cell_expansion, count,
+                            progress=progress)
+    finish_labels(cell_store, source, staged, count, pixel_size=calibration.pixel_size,
+                  progress=lambda rows: track(rows, label="writing cells", enabled=progress))
+    names = [] if source.channel is None else channel_columns(source.channel_names, source.stored_channels)
+    return open_labels(cell_store, component), table.assign(**sums.columns(table["label"].to_numpy(np.intp), names))

@@ -16,13 +16,12 @@ cell and the cytoplasm).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
-from dsb.core.labels import label_means
-
 __all__ = ["CELL_COLUMNS", "CELL_MICROMETRE_COLUMNS", "MAX_EXPANSION", "check_expansion", "check_cell_options",
-           "grow_cells",
+           "grow_cells", "CellSums",
            "cell_measurements", "cell_columns"]
 
 #: The columns a nucleus's row gets for its cell (:func:`cell_measurements`).
@@ -151,17 +150,59 @@ def cell_measurements(nuclei: np.ndarray, cells: np.ndarray, intensity: np.ndarr
         raise ValueError(f"`cells` (shape {cells.shape}) must have the nuclei's shape {nuclei.shape}")
     found = np.asarray(found, np.intp)
     top = max(int(cells.max(initial=0)), int(nuclei.max(initial=0)), int(found.max(initial=0)))
-    cytoplasm = np.where(nuclei == 0, cells, 0)
-    edge = np.zeros(top + 1, bool)
-    edge[np.concatenate([cells[0], cells[-1], cells[:, 0], cells[:, -1]])] = True
-    edge[0] = False
-    out = dict(zip(CELL_COLUMNS, (np.bincount(cells.ravel(), minlength=top + 1)[found],
-                                  np.bincount(cytoplasm.ravel(), minlength=top + 1)[found], edge[found],
-                                  label_means(cells, intensity, top)[found],
-                                  label_means(cytoplasm, intensity, top)[found])))
-    if channels is not None:
-        in_cells, in_cytoplasm = label_means(cells, channels, top)[found], label_means(cytoplasm, channels, top)[found]
+    sums = CellSums.of(nuclei, cells, intensity, top, channels)
+    sums.edge[np.concatenate([cells[0], cells[-1], cells[:, 0], cells[:, -1]])] = True
+    return sums.columns(found, channel_columns)
+
+
+@dataclass
+class CellSums:
+    """What the cells of labels 0..N hold, as sums that add up over the parts of an image (its blocks):
+    pixels of each cell and cytoplasm, the sum and count of the finite values of the image (and of each
+    channel, ``(N + 1, C)``) over them, and whether the image's edge cuts the cell."""
+
+    cell_area: np.ndarray
+    cytoplasm_area: np.ndarray
+    sums: np.ndarray  # (N + 1, 2, 1 + C): over the cell, then the cytoplasm; the image, then each channel
+    counts: np.ndarray
+    edge: np.ndarray
+
+    @classmethod
+    def of(cls, nuclei: np.ndarray, cells: np.ndarray, intensity: np.ndarray, top: int,
+           channels: np.ndarray | None = None) -> CellSums:
+        """The sums of one image or part of one (``edge`` all False: the caller knows the image's edge)."""
+        cytoplasm = np.where(nuclei == 0, cells, 0)
+        planes = [np.asarray(intensity)] + ([] if channels is None else list(np.moveaxis(np.asarray(channels), -1, 0)))
+        sums = np.zeros((top + 1, 2, len(planes)))
+        counts = np.zeros((top + 1, 2, len(planes)))
+        for part, labels in enumerate((cells, cytoplasm)):
+            flat = labels.ravel()
+            for k, plane in enumerate(planes):  # one channel at a time: no copy of all of them
+                values = plane.ravel().astype(np.float64, copy=False)
+                finite = np.isfinite(values)
+                sums[:, part, k] = np.bincount(flat, weights=np.where(finite, values, 0.0), minlength=top + 1)
+                counts[:, part, k] = np.bincount(flat, weights=finite, minlength=top + 1)
+        return cls(np.bincount(cells.ravel(), minlength=top + 1), np.bincount(cytoplasm.ravel(), minlength=top + 1),
+                   sums, counts, np.zeros(top + 1, bool))
+
+    def __iadd__(self, other: CellSums) -> CellSums:
+        self.cell_area += other.cell_area
+        self.cytoplasm_area += other.cytoplasm_area
+        self.sums += other.sums
+        self.counts += other.counts
+        self.edge |= other.edge
+        return self
+
+    def columns(self, found: np.ndarray, channel_columns=()) -> dict[str, np.ndarray]:
+        """:func:`cell_measurements`' columns for the labels ``found``."""
+        found = np.asarray(found, np.intp)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            means = np.where(self.counts > 0, self.sums / self.counts, np.nan)[found]
+        edge = self.edge.copy()
+        edge[0] = False
+        out = dict(zip(CELL_COLUMNS, (self.cell_area[found], self.cytoplasm_area[found], edge[found],
+                                      means[:, 0, 0], means[:, 1, 0])))
         names = cell_columns(channel_columns)
         for k in range(len(channel_columns)):
-            out[names[2 * k]], out[names[2 * k + 1]] = in_cells[:, k], in_cytoplasm[:, k]
-    return out
+            out[names[2 * k]], out[names[2 * k + 1]] = means[:, 0, k + 1], means[:, 1, k + 1]
+        return out

@@ -221,8 +221,8 @@ def segment_inputs(paths, *, model_dir=None, out_dir, tta: bool | None = None, o
     when ``workers`` or ``scheduler`` is given. Parameters and the returned
     summary are those of :func:`~dsb.workflows.segment_files.segment_paths` (``rois``, ``geojson``,
     ``scale_factor``, ``channel``, ``diameter_um``, ``pixel_size`` and the cell expansions included; an
-    image segmented block-wise gets neither an overlay nor ROIs, but its GeoJSON, and is refused cells),
-    plus ``stitch`` (join each z-stack's
+    image segmented block-wise gets neither an overlay nor ROIs, but its GeoJSON and its cells), plus
+    ``stitch`` (join each z-stack's
     planes into 3-D nuclei: :func:`dsb.workflows.segment_files.segment_stack`),
     ``block_size`` (pixels a side), ``workers`` and ``scheduler``
     (:func:`cluster_client`), or a ``client`` already connected (a
@@ -232,7 +232,6 @@ def segment_inputs(paths, *, model_dir=None, out_dir, tta: bool | None = None, o
     out_dir = Path(out_dir)
     diameter, diameter_um, pixel_size = check_scale_options(diameter, diameter_um, pixel_size)
     cell_expansion, cell_expansion_um = check_cell_options(cell_expansion, cell_expansion_um)
-    cells = cell_expansion is not None or cell_expansion_um is not None
     paths = [Path(p) for p in paths]
     big, listed, stacks, problems, refused = _split_inputs(paths, block_size, channel)
     spec = ModelSpec(str(resolve_model_dir(model_dir)), engine, precision, scale_factor)
@@ -251,10 +250,6 @@ def segment_inputs(paths, *, model_dir=None, out_dir, tta: bool | None = None, o
                 raise BadDataError(f"is a stack (of {kinds}), and block by block (a side above "
                                    f"{BIG_SIDE if block_size is None else block_size} px) dsb segment takes one "
                                    "2-D image" + ("" if block_size is None else "; give no --block-size"), path=path)
-            if cells:
-                raise BadDataError("is segmented block by block (a Zarr store, or a side above "
-                                   f"{BIG_SIDE if block_size is None else block_size} px), which grows no cells: "
-                                   "segment it without a cell expansion", path=path)
             open_source(path, channel)
         except BadDataError as exc:
             exc = exc if exc.path is not None else BadDataError(exc.message, path=path, where=exc.where)
