@@ -211,3 +211,15 @@ def test_a_stack_too_large_for_one_piece_is_refused_in_one_line(tmp_path, movie)
     tifffile.imwrite(tmp_path / "movie.tif", frames, imagej=True, metadata={"axes": "TYX"})
     result = run_dsb("segment", tmp_path / "movie.tif", "--out", tmp_path / "out", "--block-size", 128)
     error_line(result, 3, tmp_path / "movie.tif", "is a stack (of time points)", "give no --block-size")
+
+
+def test_a_tiff_of_several_series_says_only_the_first_was_read(tmp_path):
+    from dsb.io.images import tiff_page_note
+
+    with tifffile.TiffWriter(tmp_path / "two.tif") as tif:
+        tif.write(np.zeros((48, 64), np.uint8))
+        tif.write(np.zeros((20, 30), np.uint16))  # another size and type: a second series
+    note = tiff_page_note(tmp_path / "two.tif")
+    assert "holds 2 series" in note and "48 x 64 (YX)" in note
+    tifffile.imwrite(tmp_path / "one.tif", np.zeros((3, 48, 64), np.uint8), imagej=True, metadata={"axes": "ZYX"})
+    assert tiff_page_note(tmp_path / "one.tif") == ""

@@ -238,8 +238,9 @@ def _tiff_header(path) -> tuple[tuple[int, ...], str] | None:
 
 
 def tiff_page_note(path, channel: int | None = None) -> str:
-    """:func:`dsb.io.channels.page_note` of a TIFF, from its header; ``""`` for other files and for one
-    that cannot be read (whose reading names the problem)."""
+    """:func:`dsb.io.channels.page_note` of a TIFF, from its header, and where it holds several series (the
+    positions of a multi-position OME-TIFF, pages of another size or type after the first) that only the
+    first was read; ``""`` for other files and for one that cannot be read (whose reading names the problem)."""
     header = _tiff_header(path)
     if header is None:
         return ""
@@ -247,7 +248,14 @@ def tiff_page_note(path, channel: int | None = None) -> str:
         channel = file_channel(path, channel)
     except BadDataError:
         return ""  # the reading names the problem
-    return page_note(*header, channel)
+    notes = [page_note(*header, channel)]
+    with open_tiff(path) as tif:
+        count = len(tif.series)
+    if count > 1:
+        notes.append(f"it holds {count} series (image sets: positions, or pages of another size or type) and only "
+                     f"the first, {' x '.join(map(str, header[0]))} ({header[1]}), was read; save each series as a "
+                     "file of its own to segment the others")
+    return "; ".join(note for note in notes if note)
 
 
 def read_stack(path, channel: int | None = None) -> tuple[np.ndarray, str]:
