@@ -199,6 +199,16 @@ def test_block_wise_cells_are_those_of_the_whole_label_image(tmp_path):
     columns = [c for c in whole.columns if c.startswith(("cell_", "cytoplasm_"))]
     assert len(columns) == 11  # 5 + 2 channels x 2 + 2 in micrometres
     pd.testing.assert_frame_equal(blocks[columns], whole.loc[blocks.index, columns], rtol=1e-5)
+    # A PNG goes block-wise through a Zarr of its own: its cells are still a TIFF beside its labels.
+    from PIL import Image
+
+    Image.fromarray(image).save(tmp_path / "png.png")
+    result = run_dsb("segment", tmp_path / "png.png", "--out", tmp_path / "png", "--block-size", 160, "--diameter", 16,
+                     "--cell-expansion", 10)
+    assert result.exit_code == 0, result.output
+    assert pd.read_csv(tmp_path / "png" / "summary.csv")["cells"].item() == str(tmp_path / "png" / "png_cells.tif")
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "png" / "png_cells.tif"),
+                                  grow_cells(tifffile.imread(tmp_path / "png" / "png_labels.tif"), 10))
     features = json.loads((tmp_path / "out" / "big_nuclei.geojson").read_text())["features"]
     assert len(features) == labels.max() and all(f["properties"]["objectType"] == "cell" for f in features)
     np.testing.assert_array_equal(read_geojson_labels(tmp_path / "out" / "big_nuclei.geojson", labels.shape), labels)

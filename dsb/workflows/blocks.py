@@ -493,7 +493,7 @@ def grow_block_cells(plan: BlockPlan, labels, cells, source, distance: float, co
     the blocks. ``count``: the image's nuclei, labelled 1..count."""
     halo = int(math.ceil(distance)) + 1
     height, width = plan.shape
-    total = None
+    total = CellSums.zeros(count, 1 + (0 if source.channel is None else source.stored_channels))
     for index in track(plan.indices(), label="growing cells", enabled=progress):
         r0, r1, c0, c1 = plan.core(*index)
         h0, w0 = max(r0 - halo, 0), max(c0 - halo, 0)
@@ -501,15 +501,19 @@ def grow_block_cells(plan: BlockPlan, labels, cells, source, distance: float, co
         core = (slice(r0 - h0, r1 - h0), slice(c0 - w0, c1 - w0))
         grown = grow_cells(window, distance)[core]
         cells[r0:r1, c0:c1] = grown
+        held = grown[grown > 0]
+        if not held.size:
+            continue
+        # Numbered from the block's smallest label: a block's sums are the size of its own labels' range
+        # (its own and its neighbours' nuclei), not of the image's.
+        first = int(held.min())
+        nuclei, grown = (np.where(part > 0, part.astype(np.int64) - (first - 1), 0) for part in (window[core], grown))
         every = None if source.channel is None else source.read_channels(r0, r1, c0, c1)
-        sums = CellSums.of(window[core], grown, raw_intensity(source.read(r0, r1, c0, c1)), count, every)
+        sums = CellSums.of(nuclei, grown, raw_intensity(source.read(r0, r1, c0, c1)), int(grown.max()), every)
         sums.edge[np.concatenate([grown[0] if r0 == 0 else [], grown[-1] if r1 == height else [],
                                   grown[:, 0] if c0 == 0 else [], grown[:, -1] if c1 == width else []]
                                  ).astype(np.intp)] = True
-        if total is None:
-            total = sums
-        else:
-            total += sums
+        total.add(sums, first)
     return total
 
 
@@ -734,7 +738,7 @@ def segment_image_file(path, *, spec: ModelSpec, out_dir, block_size: int | None
                           progress=lambda rows: track(rows, label="writing TIFF", enabled=progress))
             grown = None
             if calibration.cell_expansion is not None:  # from the labels as written
-                cells = cell_target(source, out_dir)
+                cells = cell_target(target)
                 grown, table = _block_cells(source, plan, store, component, cells_staged.enter_context(
                     atomic_dir(cells) if cells.suffix == ".zarr" else atomic_path(cells)), scratch, count, table,
                     calibration, progress)
@@ -748,17 +752,17 @@ def segment_image_file(path, *, spec: ModelSpec, out_dir, block_size: int | None
             table.to_csv(tmp, index=False, float_format="%.6g")
     _warn_cut(path, cut, plan)
     warning = settings.warning and f"{settings.warning}; {CHANNEL_ADVICE}"
-    cells_target = "" if calibration.cell_expansion is None else str(cell_target(source, out_dir))
+    cells_target = "" if calibration.cell_expansion is None else str(cell_target(target))
     return summary_row(path, "ok", nuclei=count, diameter=settings.diameter, estimated=settings.estimated,
                        sure=settings.sure, pixel_size=calibration.pixel_size, labels=str(target), cells=cells_target,
                        measurements=str(measurements), geojson="" if features is None else str(features),
                        warning=join_warnings(warning, calibration.note))
 
 
-def cell_target(source, out_dir) -> Path:
-    """Where the cells of ``source`` go: as its labels (:func:`dsb.io.bigimage.label_target`), ``NAME_cells``."""
-    target = label_target(source, out_dir)
-    return target.with_name(target.name.replace("_labels", "_cells", 1))
+def cell_target(labels: Path) -> Path:
+    """Where the cells go of an image whose labels go to ``labels`` (:func:`dsb.io.bigimage.label_target` of
+    its source as given, before a PNG is staged as Zarr): beside them, of their kind, ``NAME_cells``."""
+    return labels.with_name(labels.name[: -len(labels.suffix)].rsplit("_labels", 1)[0] + "_cells" + labels.suffix)
 
 
 def _block_cells(source, plan: BlockPlan, store, component: str, staged: Path, scratch: Path, count: int,

@@ -185,13 +185,21 @@ class CellSums:
         return cls(np.bincount(cells.ravel(), minlength=top + 1), np.bincount(cytoplasm.ravel(), minlength=top + 1),
                    sums, counts, np.zeros(top + 1, bool))
 
-    def __iadd__(self, other: CellSums) -> CellSums:
-        self.cell_area += other.cell_area
-        self.cytoplasm_area += other.cytoplasm_area
-        self.sums += other.sums
-        self.counts += other.counts
-        self.edge |= other.edge
-        return self
+    @classmethod
+    def zeros(cls, top: int, planes: int) -> CellSums:
+        """Nothing yet, for labels 0..``top`` and ``planes`` images (the image, then each channel)."""
+        return cls(np.zeros(top + 1, np.int64), np.zeros(top + 1, np.int64), np.zeros((top + 1, 2, planes)),
+                   np.zeros((top + 1, 2, planes)), np.zeros(top + 1, bool))
+
+    def add(self, other: CellSums, first: int = 1) -> None:
+        """Add ``other``, whose labels 1..K are this one's ``first``..``first + K - 1`` (a part of the image
+        numbered from its smallest label, so that a part costs its own labels, not the image's)."""
+        at = slice(first, first + len(other.cell_area) - 1)
+        self.cell_area[at] += other.cell_area[1:]
+        self.cytoplasm_area[at] += other.cytoplasm_area[1:]
+        self.sums[at] += other.sums[1:]
+        self.counts[at] += other.counts[1:]
+        self.edge[at] |= other.edge[1:]
 
     def columns(self, found: np.ndarray, channel_columns=()) -> dict[str, np.ndarray]:
         """:func:`cell_measurements`' columns for the labels ``found``."""
