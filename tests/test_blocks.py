@@ -328,6 +328,20 @@ def test_two_worker_cluster_equals_in_process(tmp_path, inputs, in_process):
     _no_leftovers(tmp_path)
 
 
+def test_cells_of_a_block_wise_image_grow_on_the_workers_as_in_process(tmp_path, client, inputs):
+    from dsb.workflows.cells import grow_cells
+
+    for out, given in (("workers", client), ("here", None)):
+        segment_inputs([inputs / "plate.zarr"], out_dir=tmp_path / out, diameter=DIAMETER, block_size=BLOCK,
+                       client=given, progress=False, cell_expansion=6)
+    labels = zarr.open_array(str(tmp_path / "workers" / "plate_labels.zarr"), mode="r")[:]
+    cells = zarr.open_array(str(tmp_path / "workers" / "plate_cells.zarr"), mode="r")[:]
+    np.testing.assert_array_equal(cells, grow_cells(labels, 6))
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "workers" / "plate_nuclei.csv"),
+                                  pd.read_csv(tmp_path / "here" / "plate_nuclei.csv"))
+    _no_leftovers(tmp_path / "workers")
+
+
 def test_a_connected_client_runs_a_folder_and_loads_the_model_once_per_worker(tmp_path, client, inputs):
     summary = segment_inputs([inputs / "fields"], out_dir=tmp_path, diameter=DIAMETER, client=client,
                                      progress=False)

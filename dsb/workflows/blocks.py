@@ -484,37 +484,52 @@ def block_features(plan: BlockPlan, owners: dict, labels, table: pd.DataFrame, c
         yield from nucleus_features(own, table.iloc[start:stop], origin=(er0, ec0), cells=grown)
 
 
-def grow_block_cells(plan: BlockPlan, labels, cells, source, distance: float, count: int, *,
-                     progress: bool = False) -> CellSums:
+def grow_block_cells(plan: BlockPlan, labels_store, component: str, cell_store, source, distance: float,
+                     count: int, *, client=None, progress: bool = False) -> CellSums:
     """Grow the cells of an image segmented block by block (:func:`dsb.workflows.cells.grow_cells`), one
-    core at a time: its labels read with a halo wider than ``distance``, so that every cell is grown as in
-    one piece, the core of the result written into ``cells`` (a Zarr array shaped as ``labels``), and what
-    each cell holds of ``source`` (its intensities, and every channel where one is segmented) summed over
-    the blocks. ``count``: the image's nuclei, labelled 1..count."""
+    core a task (on the cluster's workers with ``client``): its labels read from ``labels_store`` with a halo
+    wider than ``distance``, so that every cell is grown as in one piece, the core of the result written as
+    one chunk of ``cell_store`` (made by :func:`dsb.io.bigimage.create_labels` as the labels'), and what each
+    cell holds of ``source`` (its intensities, and every channel where one is segmented) summed over the
+    blocks. ``count``: the image's nuclei, labelled 1..count."""
+    total = CellSums.zeros(count, 1 + (0 if source.channel is None else source.stored_channels))
+    items = [(_task_source(source, client), plan, index, labels_store, cell_store, component, distance)
+             for index in plan.indices()]
+    for _, result in run_tasks(_cell_task, items, client=client, progress=progress, label="growing cells",
+                               what=f"the cells of a block of {source.origin or 'the array'}"):
+        if isinstance(result, TaskError):
+            raise result.error()
+        if result is not None:
+            total.add(result[1], result[0])
+    return total
+
+
+def _cell_task(source, plan: BlockPlan, index, labels_store, cell_store, component: str, distance: float):
+    """One core's cells, on a worker: grown, written as one whole chunk of ``cell_store``; ``(first, sums)``
+    of what they hold, numbered from the block's smallest label ``first`` (so that a block costs its own
+    labels' range, not every nucleus of the image), None for a core of no cell, or a TaskError."""
     halo = int(math.ceil(distance)) + 1
     height, width = plan.shape
-    total = CellSums.zeros(count, 1 + (0 if source.channel is None else source.stored_channels))
-    for index in track(plan.indices(), label="growing cells", enabled=progress):
-        r0, r1, c0, c1 = plan.core(*index)
-        h0, w0 = max(r0 - halo, 0), max(c0 - halo, 0)
-        window = np.asarray(labels[h0:min(r1 + halo, height), w0:min(c1 + halo, width)])
+    r0, r1, c0, c1 = plan.core(*index)
+    h0, w0 = max(r0 - halo, 0), max(c0 - halo, 0)
+    try:
+        window = np.asarray(open_labels(labels_store, component)[h0:min(r1 + halo, height), w0:min(c1 + halo, width)])
         core = (slice(r0 - h0, r1 - h0), slice(c0 - w0, c1 - w0))
         grown = grow_cells(window, distance)[core]
-        cells[r0:r1, c0:c1] = grown
+        open_labels(cell_store, component)[r0:r1, c0:c1] = grown
         held = grown[grown > 0]
         if not held.size:
-            continue
-        # Numbered from the block's smallest label: a block's sums are the size of its own labels' range
-        # (its own and its neighbours' nuclei), not of the image's.
+            return None
         first = int(held.min())
         nuclei, grown = (np.where(part > 0, part.astype(np.int64) - (first - 1), 0) for part in (window[core], grown))
         every = None if source.channel is None else source.read_channels(r0, r1, c0, c1)
         sums = CellSums.of(nuclei, grown, raw_intensity(source.read(r0, r1, c0, c1)), int(grown.max()), every)
-        sums.edge[np.concatenate([grown[0] if r0 == 0 else [], grown[-1] if r1 == height else [],
-                                  grown[:, 0] if c0 == 0 else [], grown[:, -1] if c1 == width else []]
-                                 ).astype(np.intp)] = True
-        total.add(sums, first)
-    return total
+    except DsbError as exc:
+        return TaskError.of(exc)
+    sums.edge[np.concatenate([grown[0] if r0 == 0 else [], grown[-1] if r1 == height else [],
+                              grown[:, 0] if c0 == 0 else [], grown[:, -1] if c1 == width else []]
+                             ).astype(np.intp)] = True
+    return first, sums
 
 
 def _model_spec(model, scale_factor: float | None = None) -> ModelSpec:
@@ -741,7 +756,7 @@ def segment_image_file(path, *, spec: ModelSpec, out_dir, block_size: int | None
                 cells = cell_target(target)
                 grown, table = _block_cells(source, plan, store, component, cells_staged.enter_context(
                     atomic_dir(cells) if cells.suffix == ".zarr" else atomic_path(cells)), scratch, count, table,
-                    calibration, progress)
+                    calibration, progress, client)
             if calibration.pixel_size is not None:
                 table = in_micrometres(table, calibration.pixel_size)
             features = out_dir / f"{source.name}_nuclei.geojson" if geojson else None
@@ -766,15 +781,14 @@ def cell_target(labels: Path) -> Path:
 
 
 def _block_cells(source, plan: BlockPlan, store, component: str, staged: Path, scratch: Path, count: int,
-                 table: pd.DataFrame, calibration: Calibration, progress: bool):
+                 table: pd.DataFrame, calibration: Calibration, progress: bool, client=None):
     """The cells of an image segmented block by block, grown from its label ``store`` into ``staged`` (the
     staging name of :func:`cell_target`: a Zarr store, or a TIFF written from one in ``scratch``); returns
     the cell array (for the GeoJSON) and ``table`` with the cell columns."""
     cell_store = scratch / "cells.zarr" if staged.suffix == ".tif" else staged  # a TIFF's staging name ends .tif
-    cells = create_labels(cell_store, plan.shape, plan.block, component=component,
-                          zarr_format=labels_layout(source)[1])
-    sums = grow_block_cells(plan, open_labels(store, component), cells, source, calibration.cell_expansion, count,
-                            progress=progress)
+    create_labels(cell_store, plan.shape, plan.block, component=component, zarr_format=labels_layout(source)[1])
+    sums = grow_block_cells(plan, store, component, cell_store, source, calibration.cell_expansion, count,
+                            client=client, progress=progress)
     finish_labels(cell_store, source, staged, count, pixel_size=calibration.pixel_size,
                   progress=lambda rows: track(rows, label="writing cells", enabled=progress))
     names = [] if source.channel is None else channel_columns(source.channel_names, source.stored_channels)
