@@ -314,7 +314,7 @@ def measure(labels, image, *, channel: int | None = None, pixel_size: float | No
         ``image`` as :func:`segment` refuses it; ``labels`` not integers.
     ValueError
         ``labels`` and ``image`` of different sizes, ``image`` without ``channel``, a ``pixel_size``
-        that is no positive number, or a ``cell_expansion`` outside 0 to 1000.
+        that is no positive number, or a ``cell_expansion`` that is no positive number of pixels up to 1000.
 
     Examples
     --------
@@ -330,7 +330,7 @@ def measure(labels, image, *, channel: int | None = None, pixel_size: float | No
     from dsb.io.channels import axis_roles, select
     from dsb.workflows.calibration import check_micrometres
     from dsb.workflows.cells import grow_cells
-    from dsb.workflows.segment_files import measure_nuclei
+    from dsb.workflows.segment_files import check_cell_options, measure_nuclei
 
     picked = _check_image(image, channel)
     shape = np.shape(labels)
@@ -342,6 +342,7 @@ def measure(labels, image, *, channel: int | None = None, pixel_size: float | No
         every = select(stored, axis_roles(stored.shape, channel=channel)[0], None)
         every = every[..., None] if every.ndim == 2 else every
     size = None if pixel_size is None else check_micrometres(pixel_size)
+    cell_expansion, _ = check_cell_options(cell_expansion, None)
     cells = None if cell_expansion is None else grow_cells(labels, cell_expansion)
     return measure_nuclei(labels, raw_intensity(picked), None, pixel_size=size, channels=every, cells=cells)
 

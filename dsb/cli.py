@@ -164,9 +164,9 @@ _TTA = click.option(
 _CELL_EXPANSION = click.option(
     "--cell-expansion", type=_Positive(maximum=1000), default=None, metavar="PX",
     help="Grow each nucleus by up to PX pixels into its cell (neighbours share the space between them): "
-         "NAME_cells.tif, and each nucleus's cell_area, cytoplasm_area and mean intensities in its cell and "
-         "cytoplasm, in every channel with --channel (a nuclear/cytoplasmic ratio); outlined in the overlay, "
-         "QuPath cells in the GeoJSON.")
+         "NAME_cells.tif (NAME_cells.zarr for a Zarr input), and each nucleus's cell_area, cytoplasm_area and "
+         "mean intensities in its cell and cytoplasm, in every channel with --channel (a nuclear/cytoplasmic "
+         "ratio); outlined in the overlay, QuPath cells in the GeoJSON.")
 _CELL_EXPANSION_UM = click.option(
     "--cell-expansion-um", type=_Positive(), default=None, metavar="UM",
     help="--cell-expansion in micrometres, made pixels by each image's pixel size (its metadata, or --pixel-size).")

@@ -16,7 +16,7 @@ from scipy import ndimage
 import dsb
 from conftest import dsb as run_dsb
 from conftest import error_line, make_discs
-from dsb.io.geojson import read_geojson_labels
+from dsb.io.geojson import read_geojson_labels, write_geojson
 from dsb.io.synthetic import nuclei_field, nuclei_volume
 from dsb.workflows.cells import cell_measurements, grow_cells
 from dsb.workflows.segment_files import measure_nuclei
@@ -72,8 +72,10 @@ def test_what_a_cell_holds_is_what_its_pixels_hold():
         assert out["cytoplasm_mean_intensity_b"][at] == pytest.approx(channels[..., 1][cytoplasm].mean())
         assert out["cell_mean_intensity_a"][at] == pytest.approx(channels[..., 0][cell].mean())
     assert out["cell_touches_edge"].tolist() == [False, False, False]
-    assert out["cell_touches_edge"].tolist() != cell_measurements(nuclei, grow_cells(nuclei, 9), intensity,
-                                                                  found)["cell_touches_edge"].tolist()
+    # Grown by 7, the third nucleus's cell (rows 28 to 40 of 0..47) reaches the bottom edge; the two touching
+    # ones' (rows 8 to 20) stop a pixel short of the top.
+    assert cell_measurements(nuclei, grow_cells(nuclei, 7), intensity, found)["cell_touches_edge"].tolist() == [
+        False, False, True]
 
 
 def test_measure_nuclei_and_the_python_api_add_each_cell():
@@ -93,6 +95,8 @@ def test_measure_nuclei_and_the_python_api_add_each_cell():
     assert again["label"].tolist() == [1, 4_000_000_000]
     assert again["cytoplasm_mean_intensity"].tolist() == [200.0, 200.0]
     assert "cell_area" not in dsb.measure(nuclei, dna)
+    with pytest.raises(ValueError, match="positive number of pixels"):
+        dsb.measure(nuclei, dna, cell_expansion=0)  # as the command line and napari refuse it
     with pytest.raises(ValueError, match="cells"):
         measure_nuclei(nuclei, dna, cells=grow_cells(nuclei, 2)[:10])
 
@@ -202,13 +206,20 @@ def test_block_wise_cells_are_those_of_the_whole_label_image(tmp_path):
     # A PNG goes block-wise through a Zarr of its own: its cells are still a TIFF beside its labels.
     from PIL import Image
 
-    Image.fromarray(image).save(tmp_path / "png.png")
+    sparse, _ = nuclei_field((480, 520), 16, count=12, seed=7)
+    Image.fromarray(sparse).save(tmp_path / "png.png")
     result = run_dsb("segment", tmp_path / "png.png", "--out", tmp_path / "png", "--block-size", 160, "--diameter", 16,
-                     "--cell-expansion", 10)
+                     "--cell-expansion", 150, "--geojson")  # cells reaching far beyond a block's margin
     assert result.exit_code == 0, result.output
     assert pd.read_csv(tmp_path / "png" / "summary.csv")["cells"].item() == str(tmp_path / "png" / "png_cells.tif")
-    np.testing.assert_array_equal(tifffile.imread(tmp_path / "png" / "png_cells.tif"),
-                                  grow_cells(tifffile.imread(tmp_path / "png" / "png_labels.tif"), 10))
+    png_labels = tifffile.imread(tmp_path / "png" / "png_labels.tif")
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "png" / "png_cells.tif"), grow_cells(png_labels, 150))
+    # Each QuPath cell traced whole, as from the whole image's cells.
+    whole = write_geojson(tmp_path / "whole.geojson", png_labels, cells=grow_cells(png_labels, 150))
+    shapes = {f["properties"]["name"]: (f["geometry"], f["nucleusGeometry"])
+              for f in json.loads(whole.read_text())["features"]}
+    assert {f["properties"]["name"]: (f["geometry"], f["nucleusGeometry"]) for f in
+            json.loads((tmp_path / "png" / "png_nuclei.geojson").read_text())["features"]} == shapes
     features = json.loads((tmp_path / "out" / "big_nuclei.geojson").read_text())["features"]
     assert len(features) == labels.max() and all(f["properties"]["objectType"] == "cell" for f in features)
     np.testing.assert_array_equal(read_geojson_labels(tmp_path / "out" / "big_nuclei.geojson", labels.shape), labels)

@@ -451,6 +451,10 @@ def test_a_stacks_objects_go_on_its_frames_as_dsb_segment_put_them(tmp_path):
     np.testing.assert_array_equal(read_label_stack(both, (3, 3, 40, 48), "tz"), movie)
     with pytest.raises(BadDataError, match="plane 1, but its image has 0 time points"):
         read_label_stack(both, (3, 40, 48), "z")
+    late = write_geojson(tmp_path / "late.geojson", np.zeros((1000, 4, 4), np.int32) + np.eye(4, dtype=np.int32)[None] *
+                         (np.arange(1000) == 999)[:, None, None], "t")  # one object, on time point 999
+    with pytest.raises(BadDataError, match="plane 999, but its image has 3 time points"):  # said before any GiB
+        read_label_stack(late, (3, 2048, 2048), "t")
 
 
 def test_qupath_0_2_and_0_3_objects_say_their_type_in_their_id(tmp_path):

@@ -221,5 +221,8 @@ def test_a_tiff_of_several_series_says_only_the_first_was_read(tmp_path):
         tif.write(np.zeros((20, 30), np.uint16))  # another size and type: a second series
     note = tiff_page_note(tmp_path / "two.tif")
     assert "holds 2 series" in note and "48 x 64 (YX)" in note
+    result = run_dsb("segment", tmp_path / "two.tif", "--out", tmp_path / "out")  # said on stderr and in the summary
+    assert result.exit_code == 0 and f"{tmp_path / 'two.tif'}: it holds 2 series" in result.stderr
+    assert "holds 2 series" in pd.read_csv(tmp_path / "out" / "summary.csv")["warning"].item()
     tifffile.imwrite(tmp_path / "one.tif", np.zeros((3, 48, 64), np.uint8), imagej=True, metadata={"axes": "ZYX"})
     assert tiff_page_note(tmp_path / "one.tif") == ""

@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = ["areas_and_centres", "close_gaps", "compact_labels", "convex_areas", "edge_runs", "label_means",
-           "measure_regions", "overlapping_pairs", "relabel", "renumber", "touching_edge"]
+           "label_sums", "measure_regions", "overlapping_pairs", "relabel", "renumber", "touching_edge"]
 
 
 def compact_labels(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
@@ -528,6 +528,35 @@ def label_means(labels: np.ndarray, values: np.ndarray, n: int | None = None) ->
     counted = np.bincount(flat, minlength=n + 1).astype(np.float64)
     means = _means(flat, values.reshape(flat.size, -1), n, counted)
     return means[:, 0] if values.ndim == labels.ndim else means
+
+
+def label_sums(labels: np.ndarray, values: np.ndarray, n: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The sum of ``values`` over each label's finite pixels, and how many they are: what adds up over the
+    parts of an image (its blocks), where :func:`label_means` of the parts would not.
+
+    Parameters
+    ----------
+    labels : (H, W) ndarray of non-negative int
+    values : (H, W) or (H, W, C) ndarray
+    n : int, optional
+        The largest label; by default ``labels.max()``.
+
+    Returns
+    -------
+    sums, counts : (n + 1,) or (n + 1, C) ndarray of float64
+
+    Examples
+    --------
+    >>> sums, counts = label_sums(np.array([[0, 1, 1]]), np.array([[9.0, 1.0, np.nan]]))
+    >>> sums.tolist(), counts.tolist()
+    ([9.0, 1.0], [1.0, 1.0])
+    """
+    labels, values = np.asarray(labels), np.asarray(values)
+    flat = labels.ravel().astype(np.intp, copy=False)
+    n = int(flat.max(initial=0)) if n is None else n
+    counted = np.bincount(flat, minlength=n + 1).astype(np.float64)
+    sums, counts = _sums(flat, values.reshape(flat.size, -1), n, counted)
+    return (sums[:, 0], counts[:, 0]) if values.ndim == labels.ndim else (sums, counts)
 
 
 def _sums(flat: np.ndarray, columns: np.ndarray, n: int, counted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

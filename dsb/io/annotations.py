@@ -379,23 +379,24 @@ def read_label_image(path, shape: tuple[int, int] | None = None, *, image=None, 
 
 
 def read_label_stack(path, shape: tuple[int, ...], roles: str, *, image=None) -> np.ndarray:
-    """Read the label TIFF of a stack whose frame axes are ``roles`` (``t``, ``z``, ``f`` unnamed, as
-    :func:`dsb.io.images.read_stack` gives them) and whose shape is ``shape`` (frame axes, then height and
-    width): each frame's nuclei by their values in the file (not renumbered).
+    """Read the label TIFF (or QuPath GeoJSON) of a stack whose frame axes are ``roles`` (``t``, ``z``, ``f``
+    unnamed, as :func:`dsb.io.images.read_stack` gives them) and whose shape is ``shape`` (frame axes, then
+    height and width): each frame's nuclei by their values in the file (not renumbered).
 
     A file whose axes are named (``dsb segment``'s labels, a Fiji hyperstack, an OME-TIFF) is put in the
     image's order of time points and planes; one of plain pages (napari's save of a Labels layer: its
-    frames one after another) is taken in the image's frame order.
+    frames one after another) is taken in the image's frame order. A GeoJSON file's objects go on the
+    frames of their QuPath planes (:func:`_geojson_stack`).
 
     Raises
     ------
     BadDataError
-        Naming the file: unreadable, not a TIFF, not of integers (or of whole numbers), negative, or not
-        the frames and size of its image.
+        Naming the file: unreadable, neither a TIFF nor GeoJSON, not of integers (or of whole numbers),
+        negative, or not the frames and size of its image (a GeoJSON's objects on planes it has not).
     """
     path = Path(path)
     if path.suffix.lower() == ".geojson":
-        return _geojson_stack(path, tuple(int(n) for n in shape), roles, image)
+        return _geojson_stack(path, tuple(int(n) for n in shape), roles)
     if path.suffix.lower() not in (".tif", ".tiff"):
         raise BadDataError("is the label image of a stack, which must be a TIFF of its frames or QuPath's objects "
                            "on its planes (GeoJSON); a PNG holds one 2-D plane", path=path)
@@ -419,22 +420,14 @@ def read_label_stack(path, shape: tuple[int, ...], roles: str, *, image=None) ->
     return _integer_labels(labels, path)
 
 
-def _geojson_stack(path: Path, shape: tuple[int, ...], roles: str, image=None) -> np.ndarray:
+def _geojson_stack(path: Path, shape: tuple[int, ...], roles: str) -> np.ndarray:
     """QuPath's objects of a stack (:func:`dsb.io.geojson.read_geojson_objects`) on the image's frames: its
     ``t`` and ``z`` planes on the frame axes :data:`dsb.io.geojson.QUPATH_PLANES` puts them on (a plain
     TIFF's pages on ``t``), as ``dsb segment --geojson`` wrote them."""
     from dsb.io.geojson import QUPATH_PLANES, read_geojson_objects
 
-    found, planes, _ = read_geojson_objects(path, shape[-2:])
     axes = [QUPATH_PLANES[role] for role in roles]
-    named_image = "" if image is None else " " + Path(image).name
-    for axis in planes:
-        count = found.shape[planes.index(axis)]
-        if axis not in axes or count > shape[axes.index(axis)]:
-            has = shape[axes.index(axis)] if axis in axes else 0
-            raise BadDataError(f"holds objects on QuPath's {axis} plane {count - 1}, but its image{named_image} has "
-                               f"{has} {'time points' if axis == 't' else 'planes'} "
-                               f"({_shape_words(roles, shape)})", path=path)
+    found, planes, _ = read_geojson_objects(path, shape[-2:], frames=dict(zip(axes, shape)))
     order = [axis for axis in axes if axis in planes]
     found = found.transpose([planes.index(axis) for axis in order] + [-2, -1])
     labels = np.zeros(shape, np.int32)

@@ -321,7 +321,8 @@ MAX_PLANES = 10_000
 MAX_BYTES = 8 * 2 ** 30
 
 
-def read_geojson_objects(path, shape: tuple[int, int] | None = None) -> tuple[np.ndarray, str, pd.DataFrame]:
+def read_geojson_objects(path, shape: tuple[int, int] | None = None, *,
+                         frames: dict[str, int] | None = None) -> tuple[np.ndarray, str, pd.DataFrame]:
     """The objects of a GeoJSON file as labels on their planes, with what QuPath measured of them.
 
     The objects are those :func:`read_geojson_labels` reads, labelled as it labels them, each on its
@@ -336,6 +337,9 @@ def read_geojson_objects(path, shape: tuple[int, int] | None = None) -> tuple[np
         A GeoJSON ``FeatureCollection``, a list of features, or one feature.
     shape : (int, int), optional
         The (H, W) of the image's planes, which the objects must lie in; None: the extent of the objects.
+    frames : dict, optional
+        The image's time points and planes on QuPath's axes (``{"t": 5, "z": 12}``; an axis it has not,
+        left out, holds plane 0 alone), which the objects' planes must lie in.
 
     Returns
     -------
@@ -354,7 +358,7 @@ def read_geojson_objects(path, shape: tuple[int, int] | None = None) -> tuple[np
     ------
     BadDataError
         As :func:`read_geojson_labels` (but for several planes), and for a plane numbered below 0 or
-        beyond :data:`MAX_PLANES`, or labels over :data:`MAX_BYTES`.
+        beyond :data:`MAX_PLANES` (or ``frames``), or labels over :data:`MAX_BYTES`.
     """
     path = Path(path)
     found = _nuclei(path, shape)
@@ -362,6 +366,10 @@ def read_geojson_objects(path, shape: tuple[int, int] | None = None) -> tuple[np
     if found and (min(ts.min(), zs.min()) < 0 or max(ts.max(), zs.max()) >= MAX_PLANES):
         raise BadDataError(f"holds objects on planes from t, z = {ts.min()}, {zs.min()} to {ts.max()}, {zs.max()}; "
                            f"QuPath counts its planes from 0, and at most {MAX_PLANES} are read", path=path)
+    for axis, at in (("t", ts), ("z", zs)) if frames is not None else ():
+        if at.size and at.max() >= frames.get(axis, 1):
+            raise BadDataError(f"holds objects on QuPath's {axis} plane {at.max()}, but its image has "
+                               f"{frames.get(axis, 0)} {'time points' if axis == 't' else 'planes'}", path=path)
     planes = "".join(axis for axis, at in (("t", ts), ("z", zs)) if at.size and at.max() > 0)
     frames = tuple(int({"t": ts, "z": zs}[axis].max()) + 1 for axis in planes)
     if int(np.prod(frames)) > MAX_PLANES:

@@ -297,7 +297,7 @@ def read_geojson_layer(path) -> list[tuple]:
         attributes = {"name": p.stem, "metadata": {"dsb_objects": table}}
         if planes:
             attributes["axis_labels"] = (*planes, "y", "x")
-        elif table["label"].is_unique:  # napari looks features up by their "index" column
+        else:  # one plane: one row per label, which napari looks features up by (its "index" column)
             attributes["features"] = table.drop(columns="index", errors="ignore").rename(columns={"label": "index"})
         layers.append((labels, attributes, "labels"))
     return layers

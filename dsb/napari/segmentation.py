@@ -27,8 +27,8 @@ from dsb.inference.preprocess import mixed_channels, raw_intensity
 from dsb.napari.finetuning import export_onnx_in_child
 from dsb.napari.io import planes_axis
 from dsb.network.model_folder import PRECISION_CHOICES, default_model_dir, load_run_config
-from dsb.workflows.pipeline import nuclei_predictor, predict_each
 from dsb.workflows.cells import MAX_EXPANSION, grow_cells
+from dsb.workflows.pipeline import nuclei_predictor, predict_each
 from dsb.workflows.segment_files import measure_nuclei
 from dsb.workflows.volumes import beside_sections, measure_volumes, stitch_sections
 
@@ -41,9 +41,10 @@ VIEWER_ENGINES = ("auto", "openvino", "onnx")
 #: float32 elsewhere (:func:`dsb.network.engines.resolve_precision`).
 VIEWER_PRECISIONS = PRECISION_CHOICES
 
-__all__ = ["VIEWER_ENGINES", "VIEWER_PRECISIONS", "ModelState", "FrameDone", "Segmented", "Failure", "state_for", "segment_frames",
-           "parse_diameter", "parse_cell_expansion", "diameter_words", "MICROMETRE_UNITS", "parse_scale_factor", "layer_frames",
-           "frame_features", "FEATURE_COLUMNS", "CELL_FEATURE_COLUMNS", "planes_axis"]
+__all__ = ["VIEWER_ENGINES", "VIEWER_PRECISIONS", "ModelState", "FrameDone", "Segmented", "Failure", "state_for",
+           "segment_frames", "parse_diameter", "parse_cell_expansion", "diameter_words", "MICROMETRE_UNITS",
+           "parse_scale_factor", "layer_frames", "frame_features", "FEATURE_COLUMNS", "CELL_FEATURE_COLUMNS",
+           "planes_axis"]
 
 
 @dataclass(frozen=True)

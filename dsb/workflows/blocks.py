@@ -21,8 +21,10 @@ Two ways to run it: :func:`segment_blocks` returns a lazy Dask array, or
 writes the labels to a store; :func:`segment_image_file` is ``dsb segment``
 of one large file, in two rounds of small tasks (paths and block
 coordinates) through :func:`dsb.workflows.cluster.run_tasks`: the blocks,
-whose owned nuclei wait in a scratch folder, then the output chunks. All of
-it is written under temporary names and renamed when whole.
+whose owned nuclei wait in a scratch folder, then the output chunks; with a
+cell expansion a third, each core's cells grown from the labels as written
+(:func:`grow_block_cells`). All of it is written under temporary names and
+renamed when whole.
 """
 
 from __future__ import annotations
@@ -469,7 +471,7 @@ def block_features(plan: BlockPlan, owners: dict, labels, table: pd.DataFrame, c
     ``reach`` pixels around them, :func:`grow_block_cells`), QuPath cells, the region widened by ``reach``."""
     table = table.sort_values("label", kind="stable")
     known = table["label"].to_numpy()
-    halo = 0 if cells is None else int(math.ceil(reach)) + 1
+    halo = 0 if cells is None else _cell_halo(reach)
     height, width = plan.shape
     for index, (first, count) in owners.items():
         er0, er1, ec0, ec1 = plan.extended(*index)
@@ -504,11 +506,17 @@ def grow_block_cells(plan: BlockPlan, labels_store, component: str, cell_store, 
     return total
 
 
+def _cell_halo(distance: float) -> int:
+    """How far around a region its labels are read to grow its cells by ``distance`` as in the whole image:
+    every nucleus a cell of the region can reach from, and a pixel more."""
+    return int(math.ceil(distance)) + 1
+
+
 def _cell_task(source, plan: BlockPlan, index, labels_store, cell_store, component: str, distance: float):
     """One core's cells, on a worker: grown, written as one whole chunk of ``cell_store``; ``(first, sums)``
     of what they hold, numbered from the block's smallest label ``first`` (so that a block costs its own
     labels' range, not every nucleus of the image), None for a core of no cell, or a TaskError."""
-    halo = int(math.ceil(distance)) + 1
+    halo = _cell_halo(distance)
     height, width = plan.shape
     r0, r1, c0, c1 = plan.core(*index)
     h0, w0 = max(r0 - halo, 0), max(c0 - halo, 0)
@@ -725,15 +733,17 @@ def segment_image_file(path, *, spec: ModelSpec, out_dir, block_size: int | None
     Writes ``NAME_labels.zarr`` (Zarr and OME-Zarr inputs; OME-Zarr labels
     for OME-Zarr) or ``NAME_labels.tif`` (a tiled BigTIFF, for TIFF and PNG),
     and ``NAME_nuclei.csv`` (:func:`dsb.workflows.segment_files.measure_nuclei`'s
-    columns, in image coordinates) and with ``geojson`` ``NAME_nuclei.geojson`` (:func:`block_features`, from
-    the label image as written), each under a temporary name until whole. ``calibration``
-    (:func:`dsb.workflows.calibration.calibrate`) gives the nucleus diameter in pixels (None: estimated
-    from sample windows) and the pixel size of the measurements, the TIFF and the row.
+    columns, in image coordinates), with ``geojson`` ``NAME_nuclei.geojson`` (:func:`block_features`, from
+    the label image as written) and with ``calibration``'s cell expansion ``NAME_cells`` of the labels' kind
+    (:func:`grow_block_cells`, the cells' columns in the table), each under a temporary name until whole.
+    ``calibration`` (:func:`dsb.workflows.calibration.calibrate`) gives the nucleus diameter in pixels
+    (None: estimated from sample windows), the pixel size of the measurements, the TIFFs and the row, and
+    the cell expansion in pixels (None: no cells).
 
     Returns
     -------
     dict
-        The image's ``summary.csv`` row (:func:`dsb.workflows.cluster.summary_row`).
+        The image's ``summary.csv`` row (:func:`dsb.workflows.segment_files.summary_row`).
     """
     path, out_dir = Path(path), Path(out_dir)
     source = open_source(path, channel)
@@ -756,7 +766,7 @@ def segment_image_file(path, *, spec: ModelSpec, out_dir, block_size: int | None
                 cells = cell_target(target)
                 grown, table = _block_cells(source, plan, store, component, cells_staged.enter_context(
                     atomic_dir(cells) if cells.suffix == ".zarr" else atomic_path(cells)), scratch, count, table,
-                    calibration, progress, client)
+                    calibration, progress, client, zarr_format)
             if calibration.pixel_size is not None:
                 table = in_micrometres(table, calibration.pixel_size)
             features = out_dir / f"{source.name}_nuclei.geojson" if geojson else None
@@ -781,12 +791,12 @@ def cell_target(labels: Path) -> Path:
 
 
 def _block_cells(source, plan: BlockPlan, store, component: str, staged: Path, scratch: Path, count: int,
-                 table: pd.DataFrame, calibration: Calibration, progress: bool, client=None):
+                 table: pd.DataFrame, calibration: Calibration, progress: bool, client=None, zarr_format: int = 3):
     """The cells of an image segmented block by block, grown from its label ``store`` into ``staged`` (the
     staging name of :func:`cell_target`: a Zarr store, or a TIFF written from one in ``scratch``); returns
     the cell array (for the GeoJSON) and ``table`` with the cell columns."""
     cell_store = scratch / "cells.zarr" if staged.suffix == ".tif" else staged  # a TIFF's staging name ends .tif
-    create_labels(cell_store, plan.shape, plan.block, component=component, zarr_format=labels_layout(source)[1])
+    create_labels(cell_store, plan.shape, plan.block, component=component, zarr_format=zarr_format)
     sums = grow_block_cells(plan, store, component, cell_store, source, calibration.cell_expansion, count,
                             client=client, progress=progress)
     finish_labels(cell_store, source, staged, count, pixel_size=calibration.pixel_size,

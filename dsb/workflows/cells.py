@@ -20,8 +20,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["CELL_COLUMNS", "CELL_MICROMETRE_COLUMNS", "MAX_EXPANSION", "check_expansion", "check_cell_options",
-           "grow_cells", "CellSums",
+from dsb.core.labels import label_sums
+
+__all__ = ["CELL_COLUMNS", "CELL_MICROMETRE_COLUMNS", "MAX_EXPANSION", "check_expansion", "grow_cells", "CellSums",
            "cell_measurements", "cell_columns"]
 
 #: The columns a nucleus's row gets for its cell (:func:`cell_measurements`).
@@ -32,8 +33,9 @@ CELL_MICROMETRE_COLUMNS = ("cell_area_um2", "cytoplasm_area_um2")
 MAX_EXPANSION = 1000.0
 
 
-def check_expansion(value, unit: str = "pixels") -> float:
-    """A cell expansion given by a user, as a float, or ValueError saying what is wrong.
+def check_expansion(value) -> float:
+    """A cell expansion in pixels, as a float, or ValueError saying what is wrong: from 0 (the nuclei
+    themselves) to :data:`MAX_EXPANSION`.
 
     >>> check_expansion("8"), check_expansion(0)
     (8.0, 0.0)
@@ -45,26 +47,10 @@ def check_expansion(value, unit: str = "pixels") -> float:
     try:
         number = float(value)
     except (TypeError, ValueError):
-        raise ValueError(f"the cell expansion must be a number of {unit}, got {value!r}") from None
-    top = MAX_EXPANSION if unit == "pixels" else math.inf
-    if not (math.isfinite(number) and 0 <= number <= top):
-        bound = f"from 0 to {MAX_EXPANSION:g}" if unit == "pixels" else "of 0 or more"
-        raise ValueError(f"the cell expansion must be a number of {unit} {bound}, got {value!r}")
+        raise ValueError(f"the cell expansion must be a number of pixels, got {value!r}") from None
+    if not (math.isfinite(number) and 0 <= number <= MAX_EXPANSION):
+        raise ValueError(f"the cell expansion must be a number of pixels from 0 to {MAX_EXPANSION:g}, got {value!r}")
     return number
-
-
-def check_cell_options(pixels, micrometres) -> tuple[float | None, float | None]:
-    """A cell expansion given in pixels or in micrometres (not both), each checked: ValueError saying what
-    is wrong.
-
-    >>> check_cell_options(None, "5")
-    (None, 5.0)
-    """
-    if pixels is not None and micrometres is not None:
-        raise ValueError("give the cell expansion in pixels (cell_expansion) or in micrometres (cell_expansion_um), "
-                         "not both")
-    return (None if pixels is None else check_expansion(pixels),
-            None if micrometres is None else check_expansion(micrometres, "micrometres"))
 
 
 def grow_cells(labels: np.ndarray, distance: float) -> np.ndarray:
@@ -172,16 +158,12 @@ class CellSums:
            channels: np.ndarray | None = None) -> CellSums:
         """The sums of one image or part of one (``edge`` all False: the caller knows the image's edge)."""
         cytoplasm = np.where(nuclei == 0, cells, 0)
-        planes = [np.asarray(intensity)] + ([] if channels is None else list(np.moveaxis(np.asarray(channels), -1, 0)))
-        sums = np.zeros((top + 1, 2, len(planes)))
-        counts = np.zeros((top + 1, 2, len(planes)))
+        sums = np.zeros((top + 1, 2, 1 + (0 if channels is None else np.shape(channels)[-1])))
+        counts = np.zeros_like(sums)
         for part, labels in enumerate((cells, cytoplasm)):
-            flat = labels.ravel()
-            for k, plane in enumerate(planes):  # one channel at a time: no copy of all of them
-                values = plane.ravel().astype(np.float64, copy=False)
-                finite = np.isfinite(values)
-                sums[:, part, k] = np.bincount(flat, weights=np.where(finite, values, 0.0), minlength=top + 1)
-                counts[:, part, k] = np.bincount(flat, weights=finite, minlength=top + 1)
+            sums[:, part, 0], counts[:, part, 0] = label_sums(labels, intensity, top)
+            if channels is not None:
+                sums[:, part, 1:], counts[:, part, 1:] = label_sums(labels, channels, top)
         return cls(np.bincount(cells.ravel(), minlength=top + 1), np.bincount(cytoplasm.ravel(), minlength=top + 1),
                    sums, counts, np.zeros(top + 1, bool))
 

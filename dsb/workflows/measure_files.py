@@ -39,9 +39,10 @@ from dsb.io.channel_names import channel_names, file_channel
 from dsb.io.folders import Skips, find_images
 from dsb.io.images import read_channels, read_image, read_stack, stack_frames, tiff_page_note
 from dsb.workflows.calibration import calibrate
-from dsb.workflows.cells import check_cell_options, grow_cells
+from dsb.workflows.cells import grow_cells
 from dsb.workflows.drawing import outline_overlay
 from dsb.workflows.segment_files import (
+    check_cell_options,
     channel_warning,
     join_warnings,
     measure_frame,

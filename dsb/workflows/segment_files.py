@@ -6,6 +6,8 @@ writes per image
 
 - ``<name>_labels.tif``: the nuclei as a 16-bit label image (0 background,
   1..N nuclei) that Fiji, napari and scikit-image open;
+- ``<name>_cells.tif`` (with a cell expansion): each nucleus's cell, labelled as its nucleus
+  (:mod:`dsb.workflows.cells`);
 - ``<name>_nuclei.csv``: one row per nucleus (see :func:`measure_nuclei`);
 - ``<name>_overlay.png`` (optional): the image with the nuclei outlined;
 - ``<name>_rois.zip`` (optional): each nucleus's outline as a Fiji ROI (:mod:`dsb.io.rois`);
@@ -45,7 +47,7 @@ from dsb.io.writers import write_labels, write_png, write_rgb_stack
 from dsb.network.engines import load_network
 from dsb.network.model_folder import resolve_model_dir
 from dsb.workflows.calibration import Calibration, calibrate_files, check_micrometres
-from dsb.workflows.cells import CELL_MICROMETRE_COLUMNS, cell_measurements, check_cell_options, grow_cells
+from dsb.workflows.cells import CELL_MICROMETRE_COLUMNS, cell_measurements, check_expansion, grow_cells
 from dsb.workflows.drawing import outline_overlay
 from dsb.workflows.pipeline import nuclei_predictor, predict_each
 from dsb.workflows.volumes import (NO_PLANES, Stitch, section_lookup, stack_volumes, stitch_axis, stitch_sections,
@@ -56,7 +58,7 @@ __all__ = ["MEASUREMENT_COLUMNS", "MICROMETRE_COLUMNS", "SUMMARY_COLUMNS", "meas
            "segment_paths", "segment_stack", "measure_frame", "write_outputs", "write_measurements",
            "write_stack_measurements",
            "summary_row", "channel_warning",
-           "check_scale_options",
+           "check_scale_options", "check_cell_options",
            "join_warnings", "nothing_to_segment"]
 
 MEASUREMENT_COLUMNS = (
@@ -290,7 +292,8 @@ def segment_paths(
         model shipped with the package.
     out_dir : str or os.PathLike
         Where ``<name>_labels.tif``, ``<name>_nuclei.csv``, ``<name>_overlay.png``,
-        ``<name>_rois.zip``, ``<name>_nuclei.geojson`` and ``summary.csv`` go; created if needed.
+        ``<name>_rois.zip``, ``<name>_nuclei.geojson``, ``<name>_cells.tif`` and ``summary.csv`` go;
+        created if needed.
     tta : bool, optional
         Average predictions over flips and 90-degree rotations; None follows the model's
         ``predict.tta``.
@@ -443,8 +446,8 @@ def write_outputs(out_dir: Path, name: str, image: Path, raw: np.ndarray, nuclei
 
 
 def write_measurements(out_dir: Path, name: str, table: pd.DataFrame, raw: np.ndarray, labels: np.ndarray, *,
-                       overlay: bool = False, rois: bool = False, geojson: bool = False, cells: np.ndarray | None = None,
-                       pixel_size: float | None = None) -> dict[str, Path]:
+                       overlay: bool = False, rois: bool = False, geojson: bool = False,
+                       cells: np.ndarray | None = None, pixel_size: float | None = None) -> dict[str, Path]:
     """Write one image's ``<name>_nuclei.csv`` (``table``, :func:`measure_nuclei`'s), with ``cells`` (the nuclei's
     cells, :func:`dsb.workflows.cells.grow_cells`) ``<name>_cells.tif`` (a label TIFF of ``pixel_size``), and with
     ``overlay``, ``rois`` and ``geojson`` its ``<name>_overlay.png`` (its outlines on ``raw``, the cells' too),
@@ -487,6 +490,8 @@ def segment_stack(path, name: str, out_dir, predict, *, channel: int | None = No
     - with ``geojson``, ``<name>_nuclei.geojson``: each frame's nuclei as QuPath detections on the frame's
       plane, with their measurements (:func:`dsb.io.geojson.write_geojson`), and stitched, their 3-D
       nucleus's (:func:`dsb.workflows.volumes.with_volumes`);
+    - with a cell expansion (``calibration``'s), ``<name>_cells.tif``: each frame's cells, labelled as its
+      nuclei (stitched: their 3-D labels), and their columns in ``<name>_nuclei.csv``;
     - with ``stitch``, for a z-stack, ``<name>_nuclei3d.csv``: one row per 3-D nucleus
       (:func:`dsb.workflows.volumes.measure_volumes`). Each 3-D nucleus then has one label through
       the planes (numbered from 1 at each time point) in the label TIFF, the measurements' ``label``
@@ -690,6 +695,23 @@ def check_scale_options(diameter, diameter_um, pixel_size) -> tuple[float | None
     if diameter_um is not None:
         diameter_um = check_micrometres(diameter_um, "nucleus diameter")
     return diameter, diameter_um, None if pixel_size is None else check_micrometres(pixel_size)
+
+
+def check_cell_options(pixels, micrometres) -> tuple[float | None, float | None]:
+    """The cell expansion given to ``dsb segment`` or ``dsb measure`` (pixels or micrometres, not both),
+    checked: ValueError for both, or either no positive number in range (pixels up to
+    :data:`dsb.workflows.cells.MAX_EXPANSION`).
+
+    >>> check_cell_options(None, "5")
+    (None, 5.0)
+    """
+    if pixels is not None and micrometres is not None:
+        raise ValueError("give the cell expansion in pixels (cell_expansion) or in micrometres (cell_expansion_um), "
+                         "not both")
+    if pixels is not None and not check_expansion(pixels) > 0:
+        raise ValueError(f"the cell expansion must be a positive number of pixels, got {pixels!r}")
+    return (None if pixels is None else float(pixels),
+            None if micrometres is None else check_micrometres(micrometres, "cell expansion"))
 
 
 def _predictor(model_dir, *, tta: bool, diameter: float | None = None, engine: str = "auto",

@@ -23,7 +23,6 @@ from dsb.io.images import read_image, read_stack, stack_frames, tiff_page_note
 from dsb.network.model_folder import resolve_model_dir
 from dsb.workflows.blocks import segment_image_file
 from dsb.workflows.calibration import Calibration, calibrate_files
-from dsb.workflows.cells import check_cell_options
 from dsb.workflows.cluster import (
     ModelSpec,
     TaskError,
@@ -34,6 +33,7 @@ from dsb.workflows.cluster import (
 from dsb.workflows.pipeline import nuclei_predictor
 from dsb.workflows.volumes import Stitch
 from dsb.workflows.segment_files import (
+    check_cell_options,
     SUMMARY_COLUMNS,
     check_scale_options,
     join_warnings,
@@ -289,7 +289,7 @@ def segment_inputs(paths, *, model_dir=None, out_dir, tta: bool | None = None, o
                                      pixel_size=pixel_size, cell_expansion=cell_expansion,
                                      cell_expansion_um=cell_expansion_um)
             except BadDataError as exc:
-                if not (skip_bad and hasattr(exc, "skipped")):
+                if not (skip_bad and getattr(exc, "skipped", None)):
                     raise
                 skips.records += exc.skipped  # all of them skipped: said with the others' below
             else:
