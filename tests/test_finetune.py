@@ -113,6 +113,17 @@ def test_layout_b_labels_beside_images(tmp_path):
         check_discs(prep, f"cp-{name}", k)
 
 
+def test_a_label_file_of_no_nucleus_is_warned_about(tmp_path):
+    data = layout_b(tmp_path / "cp")
+    tif(data / "a_masks.tif", np.zeros((48, 48), np.uint32))  # an empty export, or another image's file
+    result = dsb("prepare", "--data", data)
+    assert result.exit_code == 0, (result.stderr, result.exception)
+    warned = [line for line in result.stderr.splitlines() if "holds no nucleus" in line]
+    assert len(warned) == 1 and str(data / "a_masks.tif") in warned[0] and "learnt as background" in warned[0]
+    again = dsb("prepare", "--data", layout_b(tmp_path / "fine"))
+    assert "holds no nucleus" not in again.stderr
+
+
 def test_mixed_with_stage1_train_keeps_the_competition_groups(tmp_path):
     alone = write_stage(tmp_path / "alone" / "stage1_train")
     data = tmp_path / "data"

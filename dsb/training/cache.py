@@ -385,6 +385,14 @@ def _prepare(data_dir, config, *, progress, cache_dir, workers) -> tuple[Path, d
         more = f" (and {len(mixed) - 1} more of your images)" if len(mixed) > 1 else ""
         warnings.warn(f"{path}{more}: {why}. dsb train reads such an image as dsb segment does; give --channel N to "
                       "learn from the DNA stain's channel", stacklevel=2)
+    empty = [s.labels for s in samples if s.user and not labels[s.id].any()]
+    if empty:
+        import warnings
+
+        more = f" (and {len(empty) - 1} more of your label files)" if len(empty) > 1 else ""
+        warnings.warn(f"{empty[0]}{more}: holds no nucleus, so all of its image is learnt as background: right for "
+                      "a field without nuclei, wrong for the label file of another image or an empty export",
+                      stacklevel=2)
     return folder, manifest, True
 
 
