@@ -35,6 +35,7 @@ def main() -> int:
         ("bench_confidence.py", run + data),
         ("bench_outlines.py", run + data),
         ("bench_stitch.py", run),
+        ("bench_measure.py", []),
         ("bench_blocks.py", []),
         ("bench_gpu.py", data),  # says so and exits at once without a GPU
     ]
