@@ -286,8 +286,15 @@ def test_qupath_objects_open_as_labels_on_their_image(tmp_path):
     [(data, _, _)] = read_geojson_layer(str(tmp_path / "cells_nuclei.geojson"))
     assert data.shape == (70, 90)
     (tmp_path / "summary.csv").unlink()
-    # With its image beside it (a stack of three frames, RGB): the image's size.
+    # With its image beside it (a stack of three frames, RGB): the image's size and frames, the objects (of
+    # QuPath's first plane) on the first.
     tifffile.imwrite(tmp_path / "cells.tif", np.zeros((3, 64, 80, 3), np.uint8), photometric="rgb")
+    [(data, meta, _)] = read_geojson_layer([str(tmp_path / "cells_nuclei.geojson")])
+    assert data.shape == (3, 64, 80) and meta["axis_labels"] == ("t", "y", "x")  # plain pages: QuPath's t
+    assert meta["features"]["index"].tolist() == [3, 6]
+    np.testing.assert_array_equal(data[0], labels)
+    assert not data[1:].any()
+    tifffile.imwrite(tmp_path / "cells.tif", np.zeros((64, 80, 3), np.uint8), photometric="rgb")
     [(data, _, _)] = read_geojson_layer([str(tmp_path / "cells_nuclei.geojson")])
     np.testing.assert_array_equal(data, labels)
     tifffile.imwrite(tmp_path / "cells.ome.tif", np.zeros((64, 80), np.uint8))  # an OME-TIFF's name: cells
@@ -307,6 +314,11 @@ def test_qupath_objects_open_as_labels_on_their_image(tmp_path):
     assert len(meta["metadata"]["dsb_objects"]) == 4
     [again] = write_geojson_layer(str(tmp_path / "again.geojson"), data, meta)
     assert read_geojson_layer(again)[0][1]["axis_labels"] == ("z", "y", "x")
+    # Beside its z-stack: as deep as the stack, the planes without objects empty.
+    tifffile.imwrite(tmp_path / "vol.tif", np.zeros((4, 64, 80), np.uint8), imagej=True, metadata={"axes": "ZYX"})
+    [(data, meta, _)] = read_geojson_layer(str(written))
+    assert data.shape == (4, 64, 80) and meta["axis_labels"] == ("z", "y", "x")
+    np.testing.assert_array_equal(data[:3], volume) and not data[3].any()
 
 
 # ---------------------------------------------------------------- samples and segmentation

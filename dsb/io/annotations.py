@@ -424,15 +424,11 @@ def _geojson_stack(path: Path, shape: tuple[int, ...], roles: str) -> np.ndarray
     """QuPath's objects of a stack (:func:`dsb.io.geojson.read_geojson_objects`) on the image's frames: its
     ``t`` and ``z`` planes on the frame axes :data:`dsb.io.geojson.QUPATH_PLANES` puts them on (a plain
     TIFF's pages on ``t``), as ``dsb segment --geojson`` wrote them."""
-    from dsb.io.geojson import QUPATH_PLANES, read_geojson_objects
+    from dsb.io.geojson import QUPATH_PLANES, on_frames, read_geojson_objects
 
-    axes = [QUPATH_PLANES[role] for role in roles]
-    found, planes, _ = read_geojson_objects(path, shape[-2:], frames=dict(zip(axes, shape)))
-    order = [axis for axis in axes if axis in planes]
-    found = found.transpose([planes.index(axis) for axis in order] + [-2, -1])
-    labels = np.zeros(shape, np.int32)
-    labels[tuple(slice(0, found.shape[order.index(axis)]) if axis in order else 0 for axis in axes)] = found
-    return labels
+    frames = dict(zip((QUPATH_PLANES[role] for role in roles), shape))
+    found, planes, _ = read_geojson_objects(path, shape[-2:], frames=frames)
+    return on_frames(found, planes, shape, roles)
 
 
 def _shape_words(roles: str, shape) -> str:

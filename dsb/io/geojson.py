@@ -41,7 +41,7 @@ from dsb.core.outlines import label_polygons
 from dsb.io.channels import FRAME_COLUMNS
 
 __all__ = ["nucleus_features", "write_features", "write_geojson", "read_geojson_labels", "read_geojson_objects",
-           "QUPATH_PLANES", "MAX_PLANES", "MAX_BYTES"]
+           "on_frames", "QUPATH_PLANES", "MAX_PLANES", "MAX_BYTES"]
 
 #: The axis of QuPath's plane each frame role is counted on: an unnamed axis (the pages of a plain
 #: multi-page TIFF) on ``t``, as QuPath's Bio-Formats reader opens such a file.
@@ -394,6 +394,24 @@ def read_geojson_objects(path, shape: tuple[int, int] | None = None, *,
     numbers = pd.DataFrame.from_records([_measurements(f.properties) for f in found], index=rows.index)
     numbers = numbers.drop(columns=[c for c in numbers.columns if c in rows.columns])
     return labels, planes, pd.concat([rows, numbers], axis=1) if len(numbers.columns) else rows
+
+
+def on_frames(labels: np.ndarray, planes: str, shape: tuple[int, ...], roles: str) -> np.ndarray:
+    """:func:`read_geojson_objects`' ``labels`` on its ``planes`` put on the frames of a stack of ``shape``
+    (frame axes, then height and width) whose frame axes are ``roles`` (``t``, ``z``, ``f`` unnamed, as
+    :func:`dsb.io.images.read_stack` gives them): each QuPath plane on the axis :data:`QUPATH_PLANES` puts
+    it on (a plain TIFF's pages on ``t``), the frames past the last holding objects empty. Read with
+    ``frames`` (the image's counts on QuPath's axes), the planes fit.
+
+    >>> on_frames(np.ones((2, 1, 1), np.int32), "t", (3, 1, 1), "f").ravel().tolist()
+    [1, 1, 0]
+    """
+    axes = [QUPATH_PLANES[role] for role in roles]
+    order = [axis for axis in axes if axis in planes]
+    labels = labels.transpose([planes.index(axis) for axis in order] + [-2, -1])
+    out = np.zeros(shape, np.int32)
+    out[tuple(slice(0, labels.shape[order.index(axis)]) if axis in order else 0 for axis in axes)] = labels
+    return out
 
 
 class _Found(NamedTuple):

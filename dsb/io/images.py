@@ -43,6 +43,7 @@ __all__ = [
     "image_path",
     "image_shape",
     "plane_shape",
+    "stack_shape",
     "image_shapes",
     "find_stage",
 ]
@@ -534,6 +535,25 @@ def image_shape(path) -> tuple[int, int]:
         except Exception:  # noqa: BLE001 - read_image below names the problem
             pass
     return read_image(path).shape[:2]
+
+
+def stack_shape(path, channel: int | None = None) -> tuple[tuple[int, ...], str]:
+    """The shape :func:`read_stack` gives a file (frame axes, then height and width) and its frame axes'
+    roles, from its header: ``((H, W), "")`` for one image.
+
+    Raises
+    ------
+    BadDataError
+        As :func:`read_stack`, for a file whose header says it is neither an image nor a stack of them.
+    """
+    header = _tiff_header(path)
+    if header is None:
+        return plane_shape(path), ""
+    shape, axes = header
+    roles, _ = axis_roles(shape, axes, channel=file_channel(path, channel), frames=True, path=path)
+    sizes = {role: n for role, n in zip(roles, shape)}
+    lead = "".join(role for role in roles if role in FRAME_ROLES)
+    return (*(n for role, n in zip(roles, shape) if role in FRAME_ROLES), sizes["y"], sizes["x"]), lead
 
 
 def plane_shape(path) -> tuple[int, int]:

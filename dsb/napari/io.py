@@ -20,8 +20,8 @@ import numpy as np
 
 from dsb.core.atomic import atomic_path
 from dsb.io.annotations import LABEL_EXTENSIONS, LABEL_SUFFIXES, label_stem, read_label_image
-from dsb.io.geojson import read_geojson_objects, write_geojson
-from dsb.io.images import IMAGE_SUFFIXES, image_name, plane_shape
+from dsb.io.geojson import QUPATH_PLANES, on_frames, read_geojson_objects, write_geojson
+from dsb.io.images import IMAGE_SUFFIXES, image_name, stack_shape
 from dsb.io.rois import write_rois
 from dsb.io.writers import tiff_calibration, write_labels
 
@@ -285,19 +285,26 @@ def read_geojson_layer(path) -> list[tuple]:
     ``t`` and ``z`` axes (the layer's ``axis_labels``). The layer is the size of the image beside the
     file where there is one (``NAME.tif`` beside ``NAME.geojson``, ``NAME_masks.geojson``,
     ``NAME_nuclei.geojson`` or ``NAME.tif.geojson``) or that the ``summary.csv`` beside it names (a
-    ``dsb segment --out`` folder), else of the objects' extent, and in pixels (scale 1) either way: it
-    lies on the image opened in pixels. Its ``features`` hold each object's type, QuPath class and
+    ``dsb segment --out`` folder), a stack's as deep as its frames (read from the file's header), else of
+    the objects' extent and up to their last plane, and in pixels (scale 1) either way: it lies on the
+    image opened in pixels. Its ``features`` hold each object's type, QuPath class and
     measurements by label (a stack's are in ``metadata["dsb_objects"]``, one row per object and plane).
     """
     paths = path if isinstance(path, list) else [path]
     layers = []
     for p in map(Path, paths):
         beside = _image_beside(p)
-        labels, planes, table = read_geojson_objects(p, plane_shape(beside) if beside is not None else None)
+        shape, roles = stack_shape(beside) if beside is not None else (None, "")
+        frames = {QUPATH_PLANES[role]: n for role, n in zip(roles, shape or ())}
+        labels, planes, table = read_geojson_objects(p, None if shape is None else shape[-2:],
+                                                     frames=frames if beside is not None else None)
         attributes = {"name": p.stem, "metadata": {"dsb_objects": table}}
-        if planes:
+        if roles:  # a stack beside it: its frames, named as QuPath's planes
+            labels = on_frames(labels, planes, shape, roles)
+            attributes["axis_labels"] = (*(QUPATH_PLANES[role] for role in roles), "y", "x")
+        elif planes:
             attributes["axis_labels"] = (*planes, "y", "x")
-        else:  # one plane: one row per label, which napari looks features up by (its "index" column)
+        if not planes:  # one plane: one row per label, which napari looks features up by (its "index" column)
             attributes["features"] = table.drop(columns="index", errors="ignore").rename(columns={"label": "index"})
         layers.append((labels, attributes, "labels"))
     return layers
