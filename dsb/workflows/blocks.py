@@ -531,12 +531,10 @@ def _cell_task(source, plan: BlockPlan, index, labels_store, cell_store, compone
         first = int(held.min())
         nuclei, grown = (np.where(part > 0, part.astype(np.int64) - (first - 1), 0) for part in (window[core], grown))
         every = None if source.channel is None else source.read_channels(r0, r1, c0, c1)
-        sums = CellSums.of(nuclei, grown, raw_intensity(source.read(r0, r1, c0, c1)), int(grown.max()), every)
+        sums = CellSums.of(nuclei, grown, raw_intensity(source.read(r0, r1, c0, c1)), int(grown.max()), every,
+                           edges=(r0 == 0, r1 == height, c0 == 0, c1 == width))
     except DsbError as exc:
         return TaskError.of(exc)
-    sums.edge[np.concatenate([grown[0] if r0 == 0 else [], grown[-1] if r1 == height else [],
-                              grown[:, 0] if c0 == 0 else [], grown[:, -1] if c1 == width else []]
-                             ).astype(np.intp)] = True
     return first, sums
 
 
