@@ -361,6 +361,9 @@ def test_cells_grow_around_each_frames_nuclei():
     np.testing.assert_allclose(table["cytoplasm_mean_intensity"], ring, atol=1e-3)  # the layer's own values
     *_, plain = segment_frames(model, stack, diameter=18)
     assert plain.cells is None and "cell_area" not in plain.features((0,))
+    *_, joined = segment_frames(model, stack, diameter=18, cell_expansion=4, stitch=0)  # the frames as planes
+    assert joined.stitched
+    np.testing.assert_array_equal(joined.cells, grow_cells(joined.labels, 4))  # cells by the 3-D labels
 
 
 def test_a_stack_is_segmented_frame_by_frame():

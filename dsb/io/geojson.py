@@ -371,17 +371,17 @@ def read_geojson_objects(path, shape: tuple[int, int] | None = None, *,
             raise BadDataError(f"holds objects on QuPath's {axis} plane {at.max()}, but its image has "
                                f"{frames.get(axis, 0)} {'time points' if axis == 't' else 'planes'}", path=path)
     planes = "".join(axis for axis, at in (("t", ts), ("z", zs)) if at.size and at.max() > 0)
-    frames = tuple(int({"t": ts, "z": zs}[axis].max()) + 1 for axis in planes)
-    if int(np.prod(frames)) > MAX_PLANES:
-        raise BadDataError(f"holds objects on {' x '.join(map(str, frames))} planes; at most {MAX_PLANES} are read",
+    depth = tuple(int({"t": ts, "z": zs}[axis].max()) + 1 for axis in planes)  # the labels' frames
+    if int(np.prod(depth)) > MAX_PLANES:
+        raise BadDataError(f"holds objects on {' x '.join(map(str, depth))} planes; at most {MAX_PLANES} are read",
                            path=path)
     plane = _plane_shape(found, shape, path)
-    need = int(np.prod(frames)) * plane[0] * plane[1] * 4
+    need = int(np.prod(depth)) * plane[0] * plane[1] * 4
     if need > MAX_BYTES:
-        raise BadDataError(f"holds objects on {' x '.join(map(str, frames)) or '1'} planes of {plane[1]} x {plane[0]} "
+        raise BadDataError(f"holds objects on {' x '.join(map(str, depth)) or '1'} planes of {plane[1]} x {plane[0]} "
                            f"pixels: {need / 2 ** 30:.1f} GiB of labels, over the {MAX_BYTES / 2 ** 30:g} GiB read at "
                            "once; export fewer planes", path=path)
-    labels = np.zeros(frames + plane, np.int32)
+    labels = np.zeros(depth + plane, np.int32)
     values = _values([f.name for f in found], [f.plane for f in found])
     for value, nucleus in zip(values, found):
         at = tuple(nucleus.plane[1] if axis == "t" else nucleus.plane[0] for axis in planes)

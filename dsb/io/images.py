@@ -17,6 +17,7 @@ import warnings
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -42,7 +43,6 @@ __all__ = [
     "list_ids",
     "image_path",
     "image_shape",
-    "plane_shape",
     "stack_shape",
     "image_shapes",
     "find_stage",
@@ -218,24 +218,39 @@ def stack_frames(path, channel: int | None = None) -> str:
     BadDataError
         A readable TIFF that is neither one image nor a stack of them, or has no channel ``channel``.
     """
-    header = _tiff_header(path)
-    if header is None:
-        return ""
-    roles, _ = axis_roles(*header, channel=file_channel(path, channel), frames=True, path=path)
-    return "".join(a for a in roles if a in FRAME_ROLES)
+    found = _header_roles(path, channel)
+    return "" if found is None else "".join(a for a in found[1] if a in FRAME_ROLES)
 
 
-def _tiff_header(path) -> tuple[tuple[int, ...], str] | None:
-    """The shape and axis names of a TIFF's first series, from its header; None for another file or
-    one that cannot be read (whose reading names the problem)."""
+class _Header(NamedTuple):
+    """What a TIFF's header says: its first series' shape and axis names, and how many series it holds."""
+
+    shape: tuple[int, ...]
+    axes: str
+    series: int
+
+
+def _tiff_header(path) -> _Header | None:
+    """A TIFF's :class:`_Header`; None for another file or one that cannot be read (whose reading names the
+    problem)."""
     path = Path(path)
     if path.suffix.lower() not in (".tif", ".tiff"):
         return None
     try:
         with open_tiff(path) as tif:
-            return tuple(tif.series[0].shape), tif.series[0].axes
+            return _Header(tuple(tif.series[0].shape), tif.series[0].axes, len(tif.series))
     except BadDataError:  # read_image names the problem
         return None
+
+
+def _header_roles(path, channel: int | None = None) -> tuple[tuple[int, ...], str] | None:
+    """A TIFF's first series' shape and each axis's role (:func:`dsb.io.channels.axis_roles`), from its header;
+    None as :func:`_tiff_header`."""
+    header = _tiff_header(path)
+    if header is None:
+        return None
+    roles, _ = axis_roles(header.shape, header.axes, channel=file_channel(path, channel), frames=True, path=path)
+    return header.shape, roles
 
 
 def tiff_page_note(path, channel: int | None = None) -> str:
@@ -249,13 +264,11 @@ def tiff_page_note(path, channel: int | None = None) -> str:
         channel = file_channel(path, channel)
     except BadDataError:
         return ""  # the reading names the problem
-    notes = [page_note(*header, channel)]
-    with open_tiff(path) as tif:
-        count = len(tif.series)
-    if count > 1:
-        notes.append(f"it holds {count} series (image sets: positions, or pages of another size or type) and only "
-                     f"the first, {' x '.join(map(str, header[0]))} ({header[1]}), was read; save each series as a "
-                     "file of its own to segment the others")
+    notes = [page_note(header.shape, header.axes, channel)]
+    if header.series > 1:
+        notes.append(f"it holds {header.series} series (image sets: positions, or pages of another size or type) and "
+                     f"only the first, {' x '.join(map(str, header.shape))} ({header.axes}), was read; save each "
+                     "series as a file of its own to segment the others")
     return "; ".join(note for note in notes if note)
 
 
@@ -546,23 +559,13 @@ def stack_shape(path, channel: int | None = None) -> tuple[tuple[int, ...], str]
     BadDataError
         As :func:`read_stack`, for a file whose header says it is neither an image nor a stack of them.
     """
-    header = _tiff_header(path)
-    if header is None:
-        return plane_shape(path), ""
-    shape, axes = header
-    roles, _ = axis_roles(shape, axes, channel=file_channel(path, channel), frames=True, path=path)
+    found = _header_roles(path, channel)
+    if found is None:
+        return image_shape(path), ""
+    shape, roles = found
     sizes = {role: n for role, n in zip(roles, shape)}
     lead = "".join(role for role in roles if role in FRAME_ROLES)
     return (*(n for role, n in zip(roles, shape) if role in FRAME_ROLES), sizes["y"], sizes["x"]), lead
-
-
-def plane_shape(path) -> tuple[int, int]:
-    """(H, W) of an image file's planes (each frame's, in a stack), from its header where possible."""
-    header = _tiff_header(path)
-    if header is not None and {"Y", "X"} <= set(header[1]):
-        shape, axes = header
-        return shape[axes.index("Y")], shape[axes.index("X")]
-    return image_shape(path)
 
 
 def image_shapes(stage_dir) -> dict[str, tuple[int, int]]:

@@ -295,9 +295,8 @@ def read_geojson_layer(path) -> list[tuple]:
     for p in map(Path, paths):
         beside = _image_beside(p)
         shape, roles = stack_shape(beside) if beside is not None else (None, "")
-        frames = {QUPATH_PLANES[role]: n for role, n in zip(roles, shape or ())}
-        labels, planes, table = read_geojson_objects(p, None if shape is None else shape[-2:],
-                                                     frames=frames if beside is not None else None)
+        frames = None if shape is None else {QUPATH_PLANES[role]: n for role, n in zip(roles, shape)}
+        labels, planes, table = read_geojson_objects(p, None if shape is None else shape[-2:], frames=frames)
         attributes = {"name": p.stem, "metadata": {"dsb_objects": table}}
         if roles:  # a stack beside it: its frames, named as QuPath's planes
             labels = on_frames(labels, planes, shape, roles)

@@ -30,7 +30,7 @@ from dsb.network.model_folder import PRECISION_CHOICES, default_model_dir, load_
 from dsb.workflows.cells import MAX_EXPANSION, grow_cells
 from dsb.workflows.pipeline import nuclei_predictor, predict_each
 from dsb.workflows.segment_files import measure_nuclei
-from dsb.workflows.volumes import beside_sections, measure_volumes, stitch_sections
+from dsb.workflows.volumes import beside_sections, measure_volumes, relabel_sections, stitch_sections
 
 #: The engines the viewer segments with: not Keras, whose TensorFlow must stay out of the viewer's
 #: process (see :mod:`dsb.napari.child`). "auto" takes OpenVINO, else ONNX Runtime.
@@ -374,6 +374,7 @@ def segment_frames(model, data, *, rgb: bool = False, diameter: float | None = N
     config = model.config.with_scale_factor(scale_factor)
     lead, (height, width) = layer_frames(data, rgb)
     labels = np.zeros((*lead, height, width), np.int32)
+    cells = None if cell_expansion is None else np.zeros_like(labels)
     diameters, confidences, measurements, estimated, warning = [], [], [], False, ""
     total = int(np.prod(lead, dtype=np.int64)) if lead else 1
     # Frames as dsb segment takes a stack's (dsb.workflows.segment_files.segment_stack): in order, as
@@ -388,7 +389,9 @@ def segment_frames(model, data, *, rgb: bool = False, diameter: float | None = N
             labels[index] = nuclei.labels
             diameters.append(float(nuclei.diameter))
             confidences.append(nuclei.confidence)
-            grown = None if cell_expansion is None else grow_cells(nuclei.labels, cell_expansion)
+            grown = None if cells is None else grow_cells(nuclei.labels, cell_expansion)
+            if grown is not None:
+                cells[index] = grown
             measurements.append(measure_nuclei(nuclei.labels, raw_intensity(frame), nuclei.confidence, cells=grown))
             estimated = nuclei.estimated
             yield FrameDone(done, total)
@@ -397,15 +400,15 @@ def segment_frames(model, data, *, rgb: bool = False, diameter: float | None = N
     if stitched:
         frames = list(np.ndindex(*lead))
         tables = dict(zip(frames, measurements))
-        labels = stitch_sections(labels, tables, stitch)
+        own, labels = labels, stitch_sections(labels, tables, stitch)
+        if cells is not None:  # each frame's cells take their nuclei's 3-D labels
+            cells = relabel_sections(cells, own, labels)
         measurements = [tables[index] for index in frames]  # by 3-D label
         # Each frame's confidences by 3-D label (entry k - 1 for label k), NaN for nuclei it does not hold.
         confidences = [_by_label(table, int(labels[index].max(initial=0))) for index, table in zip(frames, measurements)]
         volumes = _volumes(measurements, lead, stitch, pixel_size, z_step)
     shown = ["label", *FEATURE_COLUMNS, "confidence", *(CELL_FEATURE_COLUMNS if cell_expansion is not None else ())]
     measurements = [table[shown] for table in measurements]
-    # Grown again from the labels as they end (a stitched stack's 3-D ones): the cells the tables measured.
-    cells = None if cell_expansion is None else grow_cells(labels, cell_expansion)
     # A stand-in callable in place of an engine's network says nothing.
     engine = getattr(model.network, "engine", "")
     network = f"{engine}, {getattr(model.network, 'precision', 'float32')}" if engine else ""

@@ -531,12 +531,10 @@ def _cell_task(source, plan: BlockPlan, index, labels_store, cell_store, compone
         first = int(held.min())
         nuclei, grown = (np.where(part > 0, part.astype(np.int64) - (first - 1), 0) for part in (window[core], grown))
         every = None if source.channel is None else source.read_channels(r0, r1, c0, c1)
-        sums = CellSums.of(nuclei, grown, raw_intensity(source.read(r0, r1, c0, c1)), int(grown.max()), every)
+        sums = CellSums.of(nuclei, grown, raw_intensity(source.read(r0, r1, c0, c1)), int(grown.max()), every,
+                           edges=(r0 == 0, r1 == height, c0 == 0, c1 == width))
     except DsbError as exc:
         return TaskError.of(exc)
-    sums.edge[np.concatenate([grown[0] if r0 == 0 else [], grown[-1] if r1 == height else [],
-                              grown[:, 0] if c0 == 0 else [], grown[:, -1] if c1 == width else []]
-                             ).astype(np.intp)] = True
     return first, sums
 
 
@@ -751,6 +749,7 @@ def segment_image_file(path, *, spec: ModelSpec, out_dir, block_size: int | None
     target = label_target(source, out_dir)
     measurements = out_dir / f"{source.name}_nuclei.csv"
     component, zarr_format = labels_layout(source)
+    cells = None if calibration.cell_expansion is None else cell_target(target)
     with _scratch(out_dir, source.name) as scratch:
         source = _materialise(source, scratch)
         staged = atomic_dir(target) if target.suffix == ".zarr" else atomic_path(target)
@@ -762,8 +761,7 @@ def segment_image_file(path, *, spec: ModelSpec, out_dir, block_size: int | None
             finish_labels(store, source, tmp, count, pixel_size=calibration.pixel_size,
                           progress=lambda rows: track(rows, label="writing TIFF", enabled=progress))
             grown = None
-            if calibration.cell_expansion is not None:  # from the labels as written
-                cells = cell_target(target)
+            if cells is not None:  # from the labels as written
                 grown, table = _block_cells(source, plan, store, component, cells_staged.enter_context(
                     atomic_dir(cells) if cells.suffix == ".zarr" else atomic_path(cells)), scratch, count, table,
                     calibration, progress, client, zarr_format)
@@ -777,9 +775,9 @@ def segment_image_file(path, *, spec: ModelSpec, out_dir, block_size: int | None
             table.to_csv(tmp, index=False, float_format="%.6g")
     _warn_cut(path, cut, plan)
     warning = settings.warning and f"{settings.warning}; {CHANNEL_ADVICE}"
-    cells_target = "" if calibration.cell_expansion is None else str(cell_target(target))
     return summary_row(path, "ok", nuclei=count, diameter=settings.diameter, estimated=settings.estimated,
-                       sure=settings.sure, pixel_size=calibration.pixel_size, labels=str(target), cells=cells_target,
+                       sure=settings.sure, pixel_size=calibration.pixel_size, labels=str(target),
+                       cells="" if cells is None else str(cells),
                        measurements=str(measurements), geojson="" if features is None else str(features),
                        warning=join_warnings(warning, calibration.note))
 

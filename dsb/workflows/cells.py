@@ -136,9 +136,7 @@ def cell_measurements(nuclei: np.ndarray, cells: np.ndarray, intensity: np.ndarr
         raise ValueError(f"`cells` (shape {cells.shape}) must have the nuclei's shape {nuclei.shape}")
     found = np.asarray(found, np.intp)
     top = max(int(cells.max(initial=0)), int(nuclei.max(initial=0)), int(found.max(initial=0)))
-    sums = CellSums.of(nuclei, cells, intensity, top, channels)
-    sums.edge[np.concatenate([cells[0], cells[-1], cells[:, 0], cells[:, -1]])] = True
-    return sums.columns(found, channel_columns)
+    return CellSums.of(nuclei, cells, intensity, top, channels, edges=(True,) * 4).columns(found, channel_columns)
 
 
 @dataclass
@@ -155,9 +153,13 @@ class CellSums:
 
     @classmethod
     def of(cls, nuclei: np.ndarray, cells: np.ndarray, intensity: np.ndarray, top: int,
-           channels: np.ndarray | None = None) -> CellSums:
-        """The sums of one image or part of one (``edge`` all False: the caller knows the image's edge)."""
+           channels: np.ndarray | None = None, edges: tuple[bool, bool, bool, bool] = (False,) * 4) -> CellSums:
+        """The sums of one image or part of one, whose top, bottom, left and right sides ``edges`` says lie on
+        the image's edge (all four for a whole image): the cells there touch it."""
         cytoplasm = np.where(nuclei == 0, cells, 0)
+        edge = np.zeros(top + 1, bool)
+        sides = (cells[0], cells[-1], cells[:, 0], cells[:, -1])
+        edge[np.concatenate([side for side, on in zip(sides, edges) if on] or [np.zeros(0, np.intp)])] = True
         sums = np.zeros((top + 1, 2, 1 + (0 if channels is None else np.shape(channels)[-1])))
         counts = np.zeros_like(sums)
         for part, labels in enumerate((cells, cytoplasm)):
@@ -165,7 +167,7 @@ class CellSums:
             if channels is not None:
                 sums[:, part, 1:], counts[:, part, 1:] = label_sums(labels, channels, top)
         return cls(np.bincount(cells.ravel(), minlength=top + 1), np.bincount(cytoplasm.ravel(), minlength=top + 1),
-                   sums, counts, np.zeros(top + 1, bool))
+                   sums, counts, edge)
 
     @classmethod
     def zeros(cls, top: int, planes: int) -> CellSums:

@@ -50,7 +50,7 @@ from dsb.workflows.calibration import Calibration, calibrate_files, check_microm
 from dsb.workflows.cells import CELL_MICROMETRE_COLUMNS, cell_measurements, check_expansion, grow_cells
 from dsb.workflows.drawing import outline_overlay
 from dsb.workflows.pipeline import nuclei_predictor, predict_each
-from dsb.workflows.volumes import (NO_PLANES, Stitch, section_lookup, stack_volumes, stitch_axis, stitch_sections,
+from dsb.workflows.volumes import (NO_PLANES, Stitch, relabel_sections, stack_volumes, stitch_axis, stitch_sections,
                                    with_volumes)
 
 __all__ = ["MEASUREMENT_COLUMNS", "MICROMETRE_COLUMNS", "SUMMARY_COLUMNS", "measure_nuclei", "in_micrometres",
@@ -567,8 +567,7 @@ def segment_stack(path, name: str, out_dir, predict, *, channel: int | None = No
     if axis is not None:
         own, labels = labels, _stitched(labels, tables, axis, stitch.min_overlap)
         if cells is not None:  # each frame's cells take their nuclei's 3-D labels
-            cells = np.stack([section_lookup(own[i], labels[i])[cells[i]] for i in np.ndindex(*lead)]).reshape(
-                labels.shape).astype(labels.dtype)
+            cells = relabel_sections(cells, own, labels)
     elif stitch is not None:
         notes.append(NO_PLANES)
     sections = pd.concat([tables[i] for i in sorted(tables)], ignore_index=True)

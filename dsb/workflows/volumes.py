@@ -19,7 +19,8 @@ from dsb.io.channels import FRAME_COLUMNS
 from dsb.io.pixel_size import read_z_step
 
 __all__ = ["NO_PLANES", "NO_PLANES_FOR", "VOLUME_COLUMNS", "SECTION_NAMES", "Stitch", "beside_sections",
-           "disjoint_sections", "measure_volumes", "section_lookup", "stack_volumes", "stitch_axis", "stitch_sections",
+           "disjoint_sections", "measure_volumes", "relabel_sections", "section_lookup", "stack_volumes", "stitch_axis",
+           "stitch_sections",
            "stitch_stack", "volume_notes", "with_volumes"]
 
 VOLUME_COLUMNS = (
@@ -110,6 +111,19 @@ def section_lookup(own: np.ndarray, stitched: np.ndarray) -> np.ndarray:
     lookup = np.zeros(int(own.max(initial=0)) + 1, np.int64)
     lookup[own.ravel()] = stitched.ravel()
     return lookup
+
+
+def relabel_sections(frames: np.ndarray, own: np.ndarray, stitched: np.ndarray) -> np.ndarray:
+    """``frames`` (a stack labelled frame by frame as ``own`` is: each frame's cells) given the 3-D labels that
+    ``stitched`` gives ``own``'s sections (:func:`section_lookup` of each frame), in ``stitched``'s type.
+
+    >>> relabel_sections(np.array([[[1, 1, 2]]]), np.array([[[1, 0, 2]]]), np.array([[[5, 0, 3]]])).tolist()
+    [[[5, 5, 3]]]
+    """
+    out = np.empty(stitched.shape, stitched.dtype)
+    for index in np.ndindex(*own.shape[:-2]):
+        out[index] = section_lookup(own[index], stitched[index])[frames[index]]
+    return out
 
 
 def stitch_sections(labels: np.ndarray, tables: dict, axis: int, min_overlap: float = MIN_OVERLAP) -> np.ndarray:
