@@ -18,6 +18,7 @@ from dsb.core.errors import BadDataError  # noqa: E402
 from dsb.io.images import image_header, image_name, read_channels, read_image, read_stack  # noqa: E402
 from dsb.io.ome import is_plate, is_plate_field, plate_wells  # noqa: E402
 from dsb.io.synthetic import nuclei_field  # noqa: E402
+from dsb.io.synthetic import write_plate as synthetic_plate  # noqa: E402
 from dsb.workflows.plates import WELL_COLUMNS, well_table  # noqa: E402
 
 SHAPE = (160, 192)
@@ -30,39 +31,19 @@ def _image(diameter: float, seed: int) -> np.ndarray:
     return nuclei_field(SHAPE, diameter, seed=seed)[0]
 
 
-def _write_image(group, data: np.ndarray, axes: str, version: str) -> None:
-    group.create_array("0", shape=data.shape, dtype=data.dtype, chunks=data.shape)[...] = data
-    scale = [PIXEL if a in "yx" else 1.0 for a in axes]
-    meta = [{"version": "0.4", "axes": [{"name": a, "unit": "micrometer"} if a in "yx" else {"name": a} for a in axes],
-             "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": scale}]}]}]
-    _set(group, "multiscales", meta, version)
-
-
-def _set(group, key: str, value, version: str) -> None:
-    """OME-NGFF 0.4 keeps its metadata at the top of the attributes, 0.5 under ``ome``."""
-    if version == "0.4":
-        group.attrs[key] = value
-    else:
-        group.attrs["ome"] = {**group.attrs.get("ome", {}), "version": "0.5", key: value}
-
-
 def write_plate(path: Path, wells=WELLS, *, version: str = "0.4", axes: str = "tczyx", data=None) -> dict:
     """A plate of ``wells`` ({(row, column): diameters of its fields}); returns each field's 2-D image by path.
     ``data`` makes a field's stored array from its image (default: singleton axes around it)."""
-    root = zarr.open_group(str(path), mode="w", zarr_format=2 if version == "0.4" else 3)
-    images, entries, seed = {}, [], 0
-    for (row, column), diameters in wells.items():
-        well = root.require_group(row).require_group(column)
-        _set(well, "well", {"images": [{"path": str(i)} for i in range(len(diameters))]}, version)
-        entries.append({"path": f"{row}/{column}"})
-        for i, diameter in enumerate(diameters):
+    images, stored, seed = {}, {}, 0
+    for well, diameters in wells.items():
+        stored[well] = []
+        for diameter in diameters:
             seed += 1
             image = _image(diameter, seed)
-            stored = image.reshape((1,) * (len(axes) - 2) + image.shape) if data is None else data(image)
-            _write_image(well.require_group(str(i)), stored, axes, version)
-            images[str(path / row / column / str(i))] = image
-    _set(root, "plate", {"rows": [{"name": r} for r in "AB"], "columns": [{"name": c} for c in "12"],
-                         "wells": entries}, version)
+            stored[well].append(image.reshape((1,) * (len(axes) - 2) + image.shape) if data is None else data(image))
+            images[str(path.joinpath(*well, str(len(stored[well]) - 1)))] = image
+    fields = synthetic_plate(path, stored, axes=axes, pixel_size=PIXEL, version=version)
+    assert list(images) == [str(f) for f in fields]
     return images
 
 
