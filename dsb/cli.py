@@ -782,7 +782,9 @@ def measure(paths, out, labels_dir, channel, pixel_size, overlay, rois, geojson,
     in --labels (where NAME.tif or NAME.geojson itself counts too), as napari, Fiji, Cellpose,
     StarDist, QuPath and dsb segment write them. Each nucleus keeps its value
     in the label image as its label. A TIFF stack is measured frame by frame
-    with its label stack, as dsb segment writes a stack's tables.
+    with its label stack, as dsb segment writes a stack's tables. An OME-Zarr
+    plate's fields pair with PLATE_ROW_COLUMN_FIELD label images, and its wells
+    get PLATE_wells.csv, as dsb segment writes them.
     """
     from dsb.workflows.measure_files import measure_files
 

@@ -17,6 +17,7 @@ from conftest import error_line, same_nuclei  # noqa: E402
 from dsb.core.errors import BadDataError  # noqa: E402
 from dsb.io.images import image_header, image_name, read_channels, read_image, read_stack  # noqa: E402
 from dsb.io.ome import is_plate, is_plate_field, plate_wells  # noqa: E402
+from dsb.io.pixel_size import read_pixel_size, read_z_step  # noqa: E402
 from dsb.io.synthetic import nuclei_field  # noqa: E402
 from dsb.io.synthetic import write_plate as synthetic_plate  # noqa: E402
 from dsb.workflows.plates import WELL_COLUMNS, well_table  # noqa: E402
@@ -322,3 +323,46 @@ def test_a_bad_plate_skipped_leaves_the_others_their_wells(tmp_path):
     assert result.exit_code == 0, result.stderr
     assert "list no wells" in result.stderr
     assert (out / "good_wells.csv").is_file() and not (out / "bad_wells.csv").exists()
+
+
+def test_broken_metadata_is_named_and_scales_not_as_ngff_says_give_no_pixel_size(tmp_path):
+    plate = tmp_path / "p.ome.zarr"
+    write_plate(plate, {("A", "1"): (18,), ("B", "2"): (18,)})
+    (plate / "A" / "1" / ".zattrs").write_text("{ not json")
+    (plate / "B" / "2" / "0" / "0" / ".zarray").write_text("")
+    wells, problems = plate_wells(plate)
+    assert [(w.name, w.fields) for w in wells] == [("A1", ()), ("B2", (plate / "B" / "2" / "0",))]
+    assert str(problems[0].path) == str(plate / "A" / "1") and "cannot open the Zarr store" in problems[0].message
+    error_line(run_dsb("segment", plate / "B" / "2" / "0", "--out", tmp_path / "o"), 3, plate / "B" / "2" / "0",
+               "cannot open its level '0'")
+    # A scale of another length than the axes is no pixel size (not a pixel of 1 in the other unit).
+    write_plate(plate, {("A", "1"): (18,)})
+    field = zarr.open_group(str(plate / "A" / "1" / "0"), mode="r+")
+    meta = field.attrs["multiscales"]
+    meta[0]["datasets"][0]["coordinateTransformations"] = [{"type": "scale", "scale": [0.65, 0.65]}]
+    field.attrs["multiscales"] = meta
+    assert read_pixel_size(plate / "A" / "1" / "0") is None
+
+
+def test_a_z_stack_field_s_z_step_and_a_blank_time_point(tmp_path):
+    plate = tmp_path / "z.ome.zarr"
+    write_plate(plate, {("A", "1"): (18,)}, axes="zyx", data=lambda im: np.stack([im, im, im]))
+    field = zarr.open_group(str(plate / "A" / "1" / "0"), mode="r+")
+    meta = field.attrs["multiscales"]
+    meta[0]["axes"][0]["unit"] = "micrometer"
+    meta[0]["datasets"][0]["coordinateTransformations"] = [{"type": "scale", "scale": [2.0, PIXEL, PIXEL]}]
+    field.attrs["multiscales"] = meta
+    assert read_z_step(plate / "A" / "1" / "0") == 2.0
+    result = run_dsb("segment", plate, "--out", tmp_path / "z", "--stitch")
+    assert result.exit_code == 0, result.stderr
+    solids = pd.read_csv(tmp_path / "z" / "z_A_1_0_nuclei3d.csv")
+    np.testing.assert_allclose(solids["volume_um3"], solids["volume"] * 2.0 * PIXEL**2)
+    # A time point without a nucleus in any well still has its rows: a blank frame is no missing one.
+    blank = np.zeros(SHAPE, np.uint8)
+    write_plate(tmp_path / "t.ome.zarr", {("A", "1"): (18,), ("A", "2"): (18,)},
+                data=lambda im: np.stack([im, blank])[:, None, None])
+    result = run_dsb("segment", tmp_path / "t.ome.zarr", "--out", tmp_path / "t", "--diameter", 18)
+    assert result.exit_code == 0, result.stderr
+    wells = pd.read_csv(tmp_path / "t" / "t_wells.csv")
+    assert wells[["well", "t"]].values.tolist() == [["A1", 0], ["A1", 1], ["A2", 0], ["A2", 1]]
+    assert wells["nuclei"].tolist()[1::2] == [0, 0] and (wells["nuclei"].to_numpy()[::2] > 0).all()

@@ -58,14 +58,16 @@ def is_zarr(path) -> bool:
     return path.is_dir() and any((path / marker).is_file() for marker in _ZARR_MARKERS)
 
 
-def _attrs(path) -> dict:
+def _attrs(path, strict: bool = False) -> dict:
     """The attributes of the Zarr group at ``path``; ``{}`` for an array, a store that cannot be opened
-    (whose reading names the problem) or no store."""
+    (whose reading names the problem; with ``strict`` its :class:`BadDataError`) or no store."""
     if not is_zarr(path):
         return {}
     try:
         node = open_zarr(path)
     except BadDataError:
+        if strict:
+            raise
         return {}
     return {} if hasattr(node, "shape") else dict(node.attrs)
 
@@ -112,6 +114,8 @@ def image_level(path, node=None):
         array = node[component]
     except KeyError:
         raise BadDataError(f"its multiscales name level {component!r}, which the store lacks", path=path) from None
+    except Exception as exc:  # damaged array metadata: zarr raises many types
+        raise BadDataError(f"cannot open its level {component!r} ({type(exc).__name__}: {exc})", path=path) from None
     if not hasattr(array, "shape"):
         raise BadDataError(f"its first level {component!r} is a group, not an array", path=path)
     return array, _axis_names(meta, array.ndim), meta
@@ -208,7 +212,12 @@ def plate_wells(path) -> tuple[list[Well], list[BadDataError]]:
             problems.append(BadDataError("a well the plate lists is not in it", path=well_path))
             found.append(Well(parts[0], parts[1], (), 0))
             continue
-        well = ngff(_attrs(well_path), "well")
+        try:
+            well = ngff(_attrs(well_path, strict=True), "well")
+        except BadDataError as exc:
+            problems.append(exc)
+            found.append(Well(parts[0], parts[1], (), 0))
+            continue
         images = well.get("images") if isinstance(well, dict) else None
         if not isinstance(images, list) or not images:
             problems.append(BadDataError("has no 'well' metadata listing its fields" if not isinstance(images, list)

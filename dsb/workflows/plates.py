@@ -16,6 +16,7 @@ import pandas as pd
 
 from dsb.core.atomic import atomic_path
 from dsb.core.errors import BadDataError
+from dsb.io.images import stack_shape
 from dsb.io.ome import Well, is_plate, plate_name, plate_wells
 
 __all__ = ["WELL_COLUMNS", "well_table", "with_well_tables"]
@@ -64,19 +65,22 @@ def well_table(wells: list[Well], summary: pd.DataFrame, plate: str = "") -> pd.
         A field's measurements that cannot be read, naming the file.
     """
     rows = {_key(file): row for file, row in zip(summary["file"], summary.to_dict("records"))}
-    parts, done = [], {}
+    parts, done, segmented_fields = [], {}, []
     for well in wells:
-        ok = [rows[_key(f)] for f in well.fields if rows.get(_key(f), {}).get("status") == "ok"]
+        ok = [f for f in well.fields if rows.get(_key(f), {}).get("status") == "ok"]
         done[well.name] = len(ok)
-        for row in ok:
-            parts.append(_read_measurements(row).assign(well=well.name))
+        segmented_fields += ok
+        for field in ok:
+            parts.append(_read_measurements(rows[_key(field)]).assign(well=well.name))
     nuclei = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["well"])
     timed = "t" in nuclei.columns
     measured = [c for c in nuclei.columns if _MEDIANS.fullmatch(c)]
     keys = ["well", "t"] if timed else ["well"]
     counts = nuclei.groupby(keys).size()
     medians = nuclei.groupby(keys)[measured].median() if measured else pd.DataFrame()
-    times = sorted(nuclei["t"].dropna().unique()) if timed else [None]
+    # Every time point the fields hold, those without a nucleus anywhere too (a lamp that failed).
+    times = sorted(set(nuclei["t"].dropna().astype(int)) | set(range(_time_points(segmented_fields)))) if timed \
+        else [None]
     out = []
     for well in wells:
         for t in times:
@@ -91,6 +95,18 @@ def well_table(wells: list[Well], summary: pd.DataFrame, plate: str = "") -> pd.
             out.append(record)
     head = [*WELL_COLUMNS[:4], *(["t"] if timed else []), *WELL_COLUMNS[4:]]
     return pd.DataFrame(out, columns=[*head, *(f"median_{c}" for c in measured)])
+
+
+def _time_points(fields) -> int:
+    """The most time points of any of ``fields``, from their headers (0 where none is a time series)."""
+    most = 0
+    for field in fields:
+        try:
+            shape, lead = stack_shape(field)
+        except BadDataError:  # read when it was segmented: not to be told again
+            continue
+        most = max(most, shape[lead.index("t")] if "t" in lead else 0)
+    return most
 
 
 def _key(path) -> str:
