@@ -3,6 +3,8 @@ well segmented as the image it holds, and each well's counts and medians in PLAT
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -366,3 +368,17 @@ def test_a_z_stack_field_s_z_step_and_a_blank_time_point(tmp_path):
     wells = pd.read_csv(tmp_path / "t" / "t_wells.csv")
     assert wells[["well", "t"]].values.tolist() == [["A1", 0], ["A1", 1], ["A2", 0], ["A2", 1]]
     assert wells["nuclei"].tolist()[1::2] == [0, 0] and (wells["nuclei"].to_numpy()[::2] > 0).all()
+
+
+def test_a_damaged_field_on_dask_workers_is_one_line(tmp_path):
+    pytest.importorskip("distributed")
+    plate = tmp_path / "p.ome.zarr"
+    write_plate(plate)
+    (chunk,) = [p for p in (plate / "A" / "1" / "0" / "0").iterdir() if not p.name.startswith(".")]
+    chunk.write_bytes(b"not a compressed chunk")  # damaged: the field's header reads, its pixels do not
+    # In a process of its own: the workers' logs go to its stderr, which this process's runner does not see.
+    result = subprocess.run([sys.executable, "-m", "dsb", "segment", str(plate), "--out", str(tmp_path / "out"),
+                             "--workers", "2"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 3, result.stderr
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(f"dsb: error: {plate / 'A' / '1' / '0'}: cannot read its pixels ("), line
