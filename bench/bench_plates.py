@@ -13,26 +13,14 @@ seconds a field, each in a fresh process. Not a test: it prints figures.
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from _memory import peak_kib  # noqa: E402
-
-
-def child(args: list[str]) -> None:
-    """``dsb ARGS`` in this process, then its time and peak memory as JSON on stdout's last line."""
-    from dsb.cli import cli
-
-    start = time.perf_counter()
-    cli.main(args, prog_name="dsb", standalone_mode=False)
-    print(json.dumps({"seconds": time.perf_counter() - start, "peak_kib": peak_kib()}))
+from _child import run_dsb  # noqa: E402
 
 
 def main() -> int:
@@ -41,11 +29,7 @@ def main() -> int:
     parser.add_argument("--fields", type=int, default=4)
     parser.add_argument("--side", type=int, default=1024)
     parser.add_argument("--workers", type=int, default=2, help="Dask workers of the third run; 0 to skip it")
-    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.child is not None:
-        child(json.loads(args.child))
-        return 0
     try:
         import tifffile
         import zarr  # noqa: F401
@@ -76,13 +60,11 @@ def main() -> int:
                          [str(folder / "plate.ome.zarr"), "--workers", str(args.workers)]))
         print("input | seconds | s a field | peak GiB (dsb's process)")
         for i, (what, given) in enumerate(runs):
-            argv = ["segment", *given, "--out", str(folder / f"out{i}")]
-            result = subprocess.run([sys.executable, __file__, "--child", json.dumps(argv)], capture_output=True,
-                                    text=True)
-            if result.returncode:
-                print(f"{what} | failed: {(result.stderr.strip().splitlines() or [result.returncode])[-1]}")
+            try:
+                run = run_dsb(["segment", *given, "--out", str(folder / f"out{i}")])
+            except RuntimeError as exc:
+                print(f"{what} | failed: {exc}")
                 continue
-            run = json.loads(result.stdout.strip().splitlines()[-1])
             print(f"{what} | {run['seconds']:.2f} | {run['seconds'] / count:.3f} | {run['peak_kib'] / 2 ** 20:.2f}",
                   flush=True)
     return 0
