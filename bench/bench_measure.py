@@ -16,8 +16,6 @@ figures.
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,7 +24,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from _memory import peak_kib  # noqa: E402
+from _child import run_dsb  # noqa: E402
 
 
 def _times(function, repeat: int) -> str:
@@ -81,22 +79,13 @@ def slide(side: int, folder: Path) -> None:
     for extra in ([], ["--cell-expansion", "10"]):
         args = ["segment", str(folder / "slide.tif"), "--out", str(folder / "out"), "--block-size", "1024",
                 "--diameter", "20", *extra]
-        result = subprocess.run([sys.executable, __file__, "--child", json.dumps(args)], capture_output=True, text=True)
-        if result.returncode:
-            print(f"failed: {(result.stderr.strip().splitlines() or [result.returncode])[-1]}")
+        try:
+            child = run_dsb(args)
+        except RuntimeError as exc:
+            print(f"failed: {exc}")
             continue
-        child = json.loads(result.stdout.strip().splitlines()[-1])
         print(f"{' '.join(extra) or 'no cells'} | {child['seconds']:.2f} s | {child['peak_kib'] / 2 ** 20:.2f} GiB peak",
               flush=True)
-
-
-def child(args: list[str]) -> None:
-    """``dsb ARGS`` in this process, then its time and peak memory as JSON on stdout's last line."""
-    from dsb.cli import cli
-
-    start = time.perf_counter()
-    cli.main(args, prog_name="dsb", standalone_mode=False)
-    print(json.dumps({"seconds": time.perf_counter() - start, "peak_kib": peak_kib()}))
 
 
 def main() -> int:
@@ -104,11 +93,7 @@ def main() -> int:
     parser.add_argument("--side", type=int, default=1024)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--slide", type=int, default=4096, help="side of the block-wise TIFF; 0 to skip it")
-    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.child is not None:
-        child(json.loads(args.child))
-        return 0
     with tempfile.TemporaryDirectory() as tmp:
         library(args.side, args.repeat, Path(tmp))
         if args.slide:

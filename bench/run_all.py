@@ -37,6 +37,7 @@ def main() -> int:
         ("bench_stitch.py", run),
         ("bench_measure.py", []),
         ("bench_blocks.py", []),
+        ("bench_plates.py", []),
         ("bench_gpu.py", data),  # says so and exits at once without a GPU
     ]
     here = Path(__file__).parent

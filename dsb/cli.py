@@ -677,7 +677,8 @@ def segment(paths, model_dir, out, tta, overlay, rois, geojson, diameter, diamet
     """Segment any PNG, TIFF, JPEG, BMP or Zarr microscope images and measure each nucleus.
 
     Images larger than memory (Zarr, OME-Zarr, big TIFF or PNG) are segmented
-    block by block, TIFF time series and z-stacks frame by frame (--stitch joins a
+    block by block; an OME-Zarr plate field by field, with PLATE_wells.csv of
+    each well's counts; TIFF time series and z-stacks frame by frame (--stitch joins a
     z-stack's planes into 3-D nuclei); --channel picks
     the DNA stain of multi-channel images; --diameter-um gives the nuclei's size in
     micrometres, which each file's own pixel size makes pixels; --workers or
@@ -743,6 +744,7 @@ def segment(paths, model_dir, out, tta, overlay, rois, geojson, diameter, diamet
     click.echo(f"{_count(done, 'image')} segmented into {out}" + (f", {skipped} skipped" if skipped else "")
                + (f", {len(unsure)} with an unsure diameter estimate" if len(unsure) else "")
                + (f", {len(empty)} with no nuclei found" if len(empty) else "") + f" ({computed})")
+    _report_wells(summary)
 
 
 def _one_expansion(pixels, micrometres) -> None:
@@ -780,7 +782,9 @@ def measure(paths, out, labels_dir, channel, pixel_size, overlay, rois, geojson,
     in --labels (where NAME.tif or NAME.geojson itself counts too), as napari, Fiji, Cellpose,
     StarDist, QuPath and dsb segment write them. Each nucleus keeps its value
     in the label image as its label. A TIFF stack is measured frame by frame
-    with its label stack, as dsb segment writes a stack's tables.
+    with its label stack, as dsb segment writes a stack's tables. An OME-Zarr
+    plate's fields pair with PLATE_ROW_COLUMN_FIELD label images, and its wells
+    get PLATE_wells.csv, as dsb segment writes them.
     """
     from dsb.workflows.measure_files import measure_files
 
@@ -797,6 +801,13 @@ def measure(paths, out, labels_dir, channel, pixel_size, overlay, rois, geojson,
     done = summary[summary["status"] == "ok"]
     click.echo(f"{int(done['nuclei'].sum())} nuclei of {_count(len(done), 'image')} measured into {out}"
                + (f", {skipped} skipped" if skipped else ""))
+    _report_wells(summary)
+
+
+def _report_wells(summary) -> None:
+    """Name the well table written for each OME-Zarr plate (:func:`dsb.workflows.plates.with_well_tables`)."""
+    for table in summary.attrs.get("wells", {}).values():
+        click.echo(f"{table}: each well's nuclei, per field and their medians")
 
 
 # ---------------------------------------------------------------- scoring and submission

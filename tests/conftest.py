@@ -76,6 +76,16 @@ def make_discs(shape=(64, 64), centres=((20, 20), (40, 44)), radius=8) -> np.nda
     return labels
 
 
+def same_nuclei(a: np.ndarray, b: np.ndarray) -> bool:
+    """The same nuclei, pixel for pixel, up to their numbering."""
+    a, b = np.asarray(a, np.int64), np.asarray(b, np.int64)
+    if not np.array_equal(a > 0, b > 0):
+        return False
+    fg = a > 0
+    pairs = np.unique(a[fg] * (b.max() + 1) + b[fg])
+    return len(pairs) == len(np.unique(a[fg])) == len(np.unique(b[fg]))
+
+
 @pytest.fixture
 def discs() -> np.ndarray:
     return make_discs()

@@ -28,7 +28,7 @@ tifffile = pytest.importorskip("tifffile")
 
 import dsb
 from conftest import dsb as run_dsb
-from conftest import error_line
+from conftest import error_line, same_nuclei
 from dsb.core.errors import BadDataError, EnvironmentProblem
 from dsb.inference.predict import predict_nuclei
 from dsb.io.bigimage import open_source
@@ -67,16 +67,6 @@ def one_piece(field) -> np.ndarray:
 def client():
     with cluster.cluster_client(workers=2) as client:
         yield client
-
-
-def same_nuclei(a: np.ndarray, b: np.ndarray) -> bool:
-    """The same nuclei, pixel for pixel, up to their numbering."""
-    a, b = np.asarray(a, np.int64), np.asarray(b, np.int64)
-    if not np.array_equal(a > 0, b > 0):
-        return False
-    fg = a > 0
-    pairs = np.unique(a[fg] * (b.max() + 1) + b[fg])
-    return len(pairs) == len(np.unique(a[fg])) == len(np.unique(b[fg]))
 
 
 def _no_leftovers(folder: Path) -> None:

@@ -25,8 +25,8 @@ import numpy as np
 from dsb.core.errors import BadDataError
 from dsb.io.channel_names import channel_names, file_channel
 from dsb.io.channels import axis_roles, check_channel, select
-from dsb.io.images import image_name, read_image
-from dsb.io.ome import ngff, open_zarr
+from dsb.io.images import image_header, image_name, read_image
+from dsb.io.ome import image_level, is_zarr, open_zarr
 from dsb.io.tiff_reading import open_tiff
 from dsb.io.writers import tiff_calibration
 
@@ -45,23 +45,19 @@ __all__ = [
 
 # Tiles of the label TIFF, in pixels a side (a multiple of 16, as TIFF asks).
 LABEL_TILE = 256
-_ZARR_MARKERS = ("zarr.json", ".zarray", ".zgroup")
 _TIFF_SUFFIXES = (".tif", ".tiff")
 
 
-def is_zarr(path) -> bool:
-    """Whether ``path`` is a Zarr store on disk (an array or a group, Zarr format 2 or 3)."""
-    path = Path(path)
-    return path.is_dir() and any((path / marker).is_file() for marker in _ZARR_MARKERS)
-
-
 def image_side(path) -> int:
-    """The longer side of a TIFF or PNG file in pixels, from its header (the pixels are not read)."""
+    """The longer side of a TIFF or PNG file or an OME-Zarr image in pixels, from its header (the pixels are not
+    read); 0 for a TIFF or OME-Zarr image whose header cannot be read (whose reading names the problem)."""
     path = Path(path)
-    if path.suffix.lower() in _TIFF_SUFFIXES:
-        with open_tiff(path) as tif:
-            shape, axes = tif.series[0].shape, tif.series[0].axes
-        return max(n for n, a in zip(shape, axes) if a in "YX")
+    if path.is_dir() or path.suffix.lower() in _TIFF_SUFFIXES:
+        header = image_header(path)
+        if header is None:
+            return 0
+        sides = [n for n, a in zip(header.shape, header.axes.upper()) if a in "YX"] or header.shape[-2:]
+        return max(sides)
     from PIL import Image
 
     try:
@@ -225,20 +221,8 @@ def _open_zarr(path: Path, channel: int | None = None) -> BlockSource:
         roles, channels = axis_roles(node.shape, channel=channel, path=path)
         _check_dtype(node.dtype, path)
         return BlockSource("zarr", node.shape, roles, channels, node.dtype, path=path, channel=channel)
-    multiscales = ngff(node.attrs, "multiscales")
-    if not multiscales:
-        arrays = sorted(name for name, _ in node.arrays())
-        raise BadDataError("is a Zarr group with no image: no OME-Zarr 'multiscales' metadata"
-                           + (f" (its arrays: {', '.join(arrays)})" if arrays else " and no arrays"), path=path)
-    meta = multiscales[0]
+    array, axes, meta = image_level(path, node)
     component = meta["datasets"][0]["path"]
-    try:
-        array = node[component]
-    except KeyError:
-        raise BadDataError(f"its multiscales name level {component!r}, which the store lacks", path=path) from None
-    axes = "".join(a["name"] if isinstance(a, dict) else a for a in meta.get("axes", [])) or None
-    if axes is not None and len(axes) != array.ndim:
-        axes = None
     roles, channels = axis_roles(array.shape, axes, channel=channel, path=path)
     _check_dtype(array.dtype, path)
     ome = {"axes": meta.get("axes"), "transforms": meta["datasets"][0].get("coordinateTransformations"),

@@ -32,6 +32,7 @@ from dsb.core.errors import BadDataError, DsbError
 from dsb.core.progress import track
 from dsb.io.annotations import label_stem
 from dsb.io.images import IMAGE_SUFFIXES, image_name, image_path, read_image
+from dsb.io.ome import is_plate, is_plate_field, plate_name, plate_wells
 
 #: The stem ending of ``dsb segment``'s overlay of an image (``NAME_overlay.png``).
 OVERLAY_SUFFIX = "_overlay"
@@ -177,7 +178,10 @@ def find_images(paths) -> tuple[dict[str, Path], list[BadDataError]]:
     (``NAME_overlay.png``) of an image ``NAME`` in the same folder, so that a
     folder of annotated images, or one ``dsb segment`` wrote into, is
     segmented again as the images it holds. A file named explicitly must have
-    one of those suffixes, and is taken whatever its name.
+    one of those suffixes, and is taken whatever its name. An OME-Zarr
+    high-content screening plate contributes the fields of its wells
+    (:func:`dsb.io.ome.plate_wells`), each an image named by the plate, its
+    well and its field (``plate_B_03_0``); a field is taken on its own too.
 
     Parameters
     ----------
@@ -191,16 +195,17 @@ def find_images(paths) -> tuple[dict[str, Path], list[BadDataError]]:
         sorted by name); a file reached twice counts once.
     problems : list of BadDataError
         Paths that cannot be segmented, each naming the path: missing, a file
-        with another suffix, a folder with no images.
+        with another suffix, a folder with no images, a plate's missing well or field.
 
     Raises
     ------
     BadDataError
-        For two different files with one name (their outputs would collide).
+        For two different files, or plates, with one name (their outputs would collide).
     """
     images: dict[str, Path] = {}
     problems: list[BadDataError] = []
     seen: set[Path] = set()
+    plates: dict[str, Path] = {}
 
     def add(path: Path) -> None:
         key = path.resolve()
@@ -210,15 +215,28 @@ def find_images(paths) -> tuple[dict[str, Path], list[BadDataError]]:
         claim_name(images, path)
 
     for path in map(Path, paths):
-        if path.is_dir():
+        if is_plate(path):
+            _claim_plate(plates, path)
+            try:
+                wells, bad = plate_wells(path)
+            except BadDataError as exc:
+                wells, bad = [], [exc]
+            problems.extend(bad)
+            for field in (field for well in wells for field in well.fields):
+                add(field)
+        elif is_plate_field(path):
+            add(path)
+        elif path.is_dir():
             found = sorted(
                 p for p in path.iterdir()
                 if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES
             )
             found = _without_derived(found)
             if not found:
+                plates = any(is_plate(p) for p in path.iterdir() if p.is_dir())
                 problems.append(BadDataError(
-                    f"folder holds no images (expected files ending {', '.join(IMAGE_SUFFIXES)})", path=path))
+                    f"folder holds no images (expected files ending {', '.join(IMAGE_SUFFIXES)})"
+                    + (", but OME-Zarr plates: give them (FOLDER/*.zarr)" if plates else ""), path=path))
             for p in found:
                 add(p)
         elif path.is_file():
@@ -253,6 +271,15 @@ def claim_name(names: dict[str, Path], path: Path) -> None:
     if other != path:
         raise BadDataError(f"would write the same output files as {other} (same name {name!r}); rename one of them",
                            path=path)
+
+
+def _claim_plate(plates: dict[str, Path], path: Path) -> None:
+    """Enter a plate in ``plates`` under the name of its wells table (:func:`dsb.io.ome.plate_name`); a
+    :class:`BadDataError` where another plate holds it."""
+    other = plates.setdefault(plate_name(path), path)
+    if other.resolve() != path.resolve():
+        raise BadDataError(f"would write the same wells table as {other} (same name {plate_name(path)!r}); rename "
+                           "one of them", path=path)
 
 
 def _read_or_problem(path: Path, channel: int | None = None) -> tuple[np.ndarray | None, DsbError | None]:

@@ -24,6 +24,7 @@ import numpy as np
 from dsb.core.errors import BadDataError
 from dsb.io.channel_names import file_channel
 from dsb.io.channels import FRAME_ROLES, axis_roles, page_note, pick_channel, select
+from dsb.io.ome import field_name, image_level, is_plate_field, is_zarr, open_zarr
 from dsb.io.tiff_reading import open_tiff
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
     "read_channels",
     "read_stack",
     "read_tiff_series",
+    "image_header",
     "stack_frames",
     "tiff_page_note",
     "check_finite",
@@ -54,7 +56,9 @@ IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
 
 def image_name(path) -> str:
     """The name an image's outputs take: the file name without its image suffix (or ``.zarr``), and
-    without ``.ome`` of an OME-TIFF or OME-Zarr (``a.ome.tif`` and ``a.ome.zarr`` give ``a``).
+    without ``.ome`` of an OME-TIFF or OME-Zarr (``a.ome.tif`` and ``a.ome.zarr`` give ``a``). A field of
+    an OME-Zarr plate (``plate.ome.zarr/B/03/0``) is named by its plate, well and field (``plate_B_03_0``:
+    :func:`dsb.io.ome.field_name`).
 
     >>> image_name("plate/A1.ome.tiff"), image_name("x.png"), image_name("well.ome.zarr"), image_name("run.v2")
     ('A1', 'x', 'well', 'run.v2')
@@ -62,7 +66,7 @@ def image_name(path) -> str:
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in (*IMAGE_SUFFIXES, ".zarr"):
-        return path.name
+        return field_name(path) if is_plate_field(path) else path.name
     name = path.stem
     if suffix in (".tif", ".tiff", ".zarr") and name.lower().endswith(".ome"):
         name = name[: -len(".ome")]
@@ -99,6 +103,10 @@ def read_image(path, channel: int | None = None) -> np.ndarray:
         not 2-D (stacks and time series are not supported), more than 4
         channels and no ``channel``, no such channel, or a float image
         without a single finite value.
+
+    Notes
+    -----
+    An OME-Zarr image (a folder; a field of a plate) is read too, its finest level whole.
     """
     path = Path(path)
     try:
@@ -107,7 +115,7 @@ def read_image(path, channel: int | None = None) -> np.ndarray:
         raise BadDataError("file not found", path=path) from None
     except OSError as exc:
         raise BadDataError(f"cannot read ({exc.strerror})", path=path) from None
-    if path.is_dir():
+    if path.is_dir() and not is_zarr(path):
         raise BadDataError("is a folder, expected an image file", path=path)
     if size == 0:
         raise BadDataError("empty file (0 bytes), expected an image", path=path)
@@ -144,10 +152,46 @@ def _read_pillow(path: Path) -> np.ndarray:
 
 
 def _read_stored(path: Path) -> tuple[np.ndarray, str | None]:
-    """An image file's pixels as stored and its axis names (a TIFF's; None for other formats)."""
+    """An image file's pixels as stored and its axis names (a TIFF's or an OME-Zarr image's; None for other
+    formats)."""
+    if path.is_dir():
+        return _read_zarr_level(path)
     if path.suffix.lower() in (".tif", ".tiff"):
         return read_tiff_series(path)
     return _read_pillow(path), None
+
+
+def _read_zarr_level(path: Path) -> tuple[np.ndarray, str | None]:
+    """The finest level of an OME-Zarr image (:func:`dsb.io.ome.image_level`), or a Zarr array, whole."""
+    array, axes = _zarr_level(path)
+    if np.dtype(array.dtype).kind not in "biuf":
+        raise BadDataError(f"holds {np.dtype(array.dtype)} values, expected an image of integers or floats", path=path)
+    if 0 in array.shape:
+        raise BadDataError(f"holds no pixels (shape {tuple(array.shape)})", path=path)
+    try:
+        pixels = np.asarray(array[...])
+    except Exception as exc:  # a damaged chunk: zarr and its codecs raise many types (a missing one is zeros)
+        raise BadDataError(f"cannot read its pixels ({type(exc).__name__}: {exc})", path=path) from None
+    if axes is None:
+        return pixels, None
+    shape, axes = _named(pixels.shape, axes)
+    return pixels.reshape(shape), axes
+
+
+def _named(shape: tuple[int, ...], axes: str) -> tuple[tuple[int, ...], str]:
+    """The shape and axis names of an OME-Zarr image as tifffile gives a TIFF's series: an axis of length 1
+    (a plate field's t, c or z) is no axis."""
+    keep = [i for i, (n, a) in enumerate(zip(shape, axes)) if n > 1 or a in "YX"]
+    return tuple(shape[i] for i in keep), "".join(axes[i] for i in keep)
+
+
+def _zarr_level(path: Path):
+    """A Zarr array, or an OME-Zarr image's finest level and its axis names in capitals (None where unnamed)."""
+    node = open_zarr(path)
+    if hasattr(node, "shape"):
+        return node, None
+    array, axes, _ = image_level(path, node)
+    return array, None if axes is None else axes.upper()
 
 
 def read_tiff_series(path: Path) -> tuple[np.ndarray, str | None]:
@@ -204,36 +248,46 @@ def read_channels(path, *, frames: bool = False) -> np.ndarray:
     image, axes = _read_stored(path)
     roles, channels = axis_roles(image.shape, axes, channel=0, frames=frames, path=path)
     every = select(image, roles, None)
-    return every if channels > 1 else every[..., None]
+    return every if "c" in roles else every[..., None]
 
 
 def stack_frames(path, channel: int | None = None) -> str:
-    """The frame axes of a TIFF that holds a stack of images (time points, planes), from its header:
-    ``"t"``, ``"z"``, ``"tz"``... (``"f"`` for an unnamed one), or ``""`` for one image or a file that
-    is no TIFF or cannot be read (whose reading then names the problem). See
+    """The frame axes of a TIFF or OME-Zarr image that holds a stack of images (time points, planes), from
+    its header: ``"t"``, ``"z"``, ``"tz"``... (``"f"`` for an unnamed one), or ``""`` for one image or a
+    file that is neither or cannot be read (whose reading then names the problem). See
     :func:`dsb.io.channels.axis_roles` for how axes are told apart.
 
     Raises
     ------
     BadDataError
-        A readable TIFF that is neither one image nor a stack of them, or has no channel ``channel``.
+        A readable TIFF or OME-Zarr image that is neither one image nor a stack of them, or has no channel
+        ``channel``.
     """
     found = _header_roles(path, channel)
     return "" if found is None else "".join(a for a in found[1] if a in FRAME_ROLES)
 
 
 class _Header(NamedTuple):
-    """What a TIFF's header says: its first series' shape and axis names, and how many series it holds."""
+    """What a TIFF's header says: its first series' shape and axis names, and how many series it holds (an
+    OME-Zarr image's: its finest level's shape and axis names, in capitals, and one series)."""
 
     shape: tuple[int, ...]
     axes: str
     series: int
 
 
-def _tiff_header(path) -> _Header | None:
-    """A TIFF's :class:`_Header`; None for another file or one that cannot be read (whose reading names the
-    problem)."""
+def image_header(path) -> _Header | None:
+    """A TIFF's or an OME-Zarr image's header: its shape, axis names and number of series; None for another
+    file, a Zarr store without axis names, or one that cannot be read (whose reading names the problem)."""
     path = Path(path)
+    if is_zarr(path):
+        try:
+            array, axes = _zarr_level(path)
+        except BadDataError:
+            return None
+        if axes is None:  # a plain Zarr array, or unnamed axes: the reading (by the shape) tells
+            return None
+        return _Header(*_named(tuple(array.shape), axes), 1)
     if path.suffix.lower() not in (".tif", ".tiff"):
         return None
     try:
@@ -244,12 +298,13 @@ def _tiff_header(path) -> _Header | None:
 
 
 def _header_roles(path, channel: int | None = None) -> tuple[tuple[int, ...], str] | None:
-    """A TIFF's first series' shape and each axis's role (:func:`dsb.io.channels.axis_roles`), from its header;
-    None as :func:`_tiff_header`."""
-    header = _tiff_header(path)
+    """:func:`image_header`'s shape and each axis's role (:func:`dsb.io.channels.axis_roles`);
+    None as :func:`image_header`."""
+    header = image_header(path)
     if header is None:
         return None
-    roles, _ = axis_roles(header.shape, header.axes, channel=file_channel(path, channel), frames=True, path=path)
+    roles, _ = axis_roles(header.shape, header.axes or None, channel=file_channel(path, channel), frames=True,
+                          path=path)
     return header.shape, roles
 
 
@@ -257,7 +312,7 @@ def tiff_page_note(path, channel: int | None = None) -> str:
     """:func:`dsb.io.channels.page_note` of a TIFF, from its header, and where it holds several series (the
     positions of a multi-position OME-TIFF, pages of another size or type after the first) that only the
     first was read; ``""`` for other files and for one that cannot be read (whose reading names the problem)."""
-    header = _tiff_header(path)
+    header = image_header(path) if Path(path).suffix.lower() in (".tif", ".tiff") else None
     if header is None:
         return ""
     try:
@@ -273,12 +328,12 @@ def tiff_page_note(path, channel: int | None = None) -> str:
 
 
 def read_stack(path, channel: int | None = None) -> tuple[np.ndarray, str]:
-    """Read a TIFF stack of 2-D images (a time series, the planes of a volume), frames first.
+    """Read a TIFF or OME-Zarr stack of 2-D images (a time series, the planes of a volume), frames first.
 
     Parameters
     ----------
     path : str or os.PathLike
-        A TIFF whose axes (ImageJ's or OME's names, else the shape: see
+        A TIFF or OME-Zarr image whose axes (ImageJ's, OME's or OME-Zarr's names, else the shape: see
         :func:`dsb.io.channels.axis_roles`) are rows, columns, perhaps channels, and one or
         more frame axes; any other image is read as a stack of no frames.
     channel : int, optional
@@ -297,10 +352,10 @@ def read_stack(path, channel: int | None = None) -> tuple[np.ndarray, str]:
         As :func:`read_image`.
     """
     path = Path(path)
-    if path.suffix.lower() not in (".tif", ".tiff"):
+    if path.suffix.lower() not in (".tif", ".tiff") and not is_zarr(path):
         return read_image(path, channel), ""
     channel = file_channel(path, channel)
-    image, axes = read_tiff_series(path)
+    image, axes = _read_stored(path)
     roles, _ = axis_roles(image.shape, axes, channel=channel, frames=True, path=path)
     frames = select(image, roles, channel)
     lead = "".join(a for a in roles if a in FRAME_ROLES)
@@ -540,6 +595,9 @@ def image_shape(path) -> tuple[int, int]:
     from PIL import Image
 
     path = Path(path)
+    found = _header_roles(path) if is_zarr(path) else None
+    if found is not None:
+        return tuple(n for n, role in zip(*found) if role in "yx")
     if path.suffix.lower() not in (".tif", ".tiff"):
         try:
             with Image.open(path) as im:

@@ -24,7 +24,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from dsb.io.ome import first_pixels, ngff, open_zarr
+from dsb.core.errors import BadDataError
+from dsb.io.ome import first_pixels, image_level, open_zarr
 from dsb.io.tiff_reading import open_tiff
 
 __all__ = ["PixelSize", "read_pixel_size", "read_z_step", "to_micrometres"]
@@ -143,9 +144,9 @@ def read_pixel_size(path) -> PixelSize | None:
 
 
 def read_z_step(path) -> float | None:
-    """The distance between the planes of a TIFF z-stack in micrometres, as its metadata say
-    (OME-XML's ``PhysicalSizeZ``, ImageJ's ``spacing`` in its ``unit``); None where they do not, or
-    say it in no unit of length.
+    """The distance between the planes of a TIFF or OME-Zarr z-stack in micrometres, as its metadata say
+    (OME-XML's ``PhysicalSizeZ``, ImageJ's ``spacing`` in its ``unit``, OME-Zarr's z scale and unit); None
+    where they do not, or say it in no unit of length.
 
     Raises
     ------
@@ -153,7 +154,9 @@ def read_z_step(path) -> float | None:
         A TIFF that cannot be opened.
     """
     path = Path(path)
-    if path.is_dir() or path.suffix.lower() not in (".tif", ".tiff"):
+    if path.is_dir():
+        return _zarr_steps(path).get("z")
+    if path.suffix.lower() not in (".tif", ".tiff"):
         return None
     with open_tiff(path) as tif:
         if tif.is_ome and tif.ome_metadata:
@@ -178,46 +181,44 @@ def _ome_xml_pixel_size(xml: str) -> PixelSize | None:
 
 def _zarr_pixel_size(path: Path) -> PixelSize | None:
     """The pixel size of the level of an OME-Zarr store that ``dsb segment`` reads (its first)."""
+    steps = _zarr_steps(path)
+    if steps.get("y") is None or steps.get("x") is None:
+        return None
+    return PixelSize(steps["y"], steps["x"], "OME-Zarr")
+
+
+def _zarr_steps(path: Path) -> dict[str, float | None]:
+    """Micrometres a step along each spatial axis (``z``, ``y``, ``x``) of the level of an OME-Zarr image
+    that dsb reads, from its scale and axis units; ``{}`` for a plain array and for metadata not as OME-NGFF
+    says (axes not one per array axis, scales of another length, values that are no numbers)."""
     node = open_zarr(path)
     if hasattr(node, "shape"):  # a plain array says no pixel size
-        return None
+        return {}
     try:
-        return _multiscales_pixel_size(node.attrs)
-    except (KeyError, IndexError, TypeError, AttributeError):  # metadata not as OME-NGFF says
-        return None
-
-
-def _multiscales_pixel_size(attrs) -> PixelSize | None:
-    multiscales = ngff(attrs, "multiscales")
-    if not multiscales:
-        return None
-    meta = multiscales[0]
-    axes = meta.get("axes") or []
-    names = [a.get("name") if isinstance(a, dict) else a for a in axes]
-    if "y" not in names or "x" not in names:
-        return None
-    scale = _scales(meta, len(names))
+        _, axes, meta = image_level(path, node)
+    except BadDataError:  # the reading names the problem
+        return {}
+    scale = None if axes is None else _scales(meta, len(axes))
     if scale is None:
-        return None
-    sides = []
-    for axis in "yx":
-        entry = axes[names.index(axis)]
-        unit = entry.get("unit") if isinstance(entry, dict) else None
-        sides.append(to_micrometres(scale[names.index(axis)], unit))
-    return None if None in sides else PixelSize(sides[0], sides[1], "OME-Zarr")
+        return {}
+    units = [a.get("unit") if isinstance(a, dict) else None for a in meta["axes"]]
+    return {a: to_micrometres(step, unit) for a, step, unit in zip(axes.lower(), scale, units) if a in "zyx"}
 
 
 def _scales(meta: dict, length: int) -> list[float] | None:
     """The scale of each axis of the first level of a ``multiscales`` entry: the level's own times the
-    whole multiscale's; None where a value is no number."""
+    whole multiscale's; None where a scale is not one number per axis."""
     scale = [1.0] * length
     for transforms in (meta["datasets"][0].get("coordinateTransformations"), meta.get("coordinateTransformations")):
         for transform in transforms or []:
             values = transform.get("scale") if isinstance(transform, dict) and transform.get("type") == "scale" \
                 else None
-            if values is not None and len(values) == length:
-                try:
-                    scale = [s * float(v) for s, v in zip(scale, values)]
-                except (TypeError, ValueError):
-                    return None
+            if values is None:
+                continue
+            if not isinstance(values, list) or len(values) != length:
+                return None
+            try:
+                scale = [s * float(v) for s, v in zip(scale, values)]
+            except (TypeError, ValueError):
+                return None
     return scale

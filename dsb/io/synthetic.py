@@ -3,7 +3,8 @@
 For tests, benchmarks, sample data and pictures: what the competition data lacks
 (nuclei 100 pixels across, fields of several hundred touching nuclei) can be
 made here at any size, with the truth known exactly; :func:`nuclei_volume` makes a z-stack of
-whole nuclei for ``dsb segment --stitch``. No competition image goes into them.
+whole nuclei for ``dsb segment --stitch``, and :func:`write_plate` stores fields as an OME-Zarr
+screening plate. No competition image goes into them.
 
 >>> image, labels = nuclei_field((128, 128), diameter=20, seed=1)
 >>> image.shape, image.dtype, int(labels.max()) > 5
@@ -12,12 +13,14 @@ whole nuclei for ``dsb segment --stitch``. No competition image goes into them.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 from scipy import ndimage
 
 from dsb.core.labels import renumber
 
-__all__ = ["KINDS", "nuclei_field", "nuclei_volume"]
+__all__ = ["KINDS", "nuclei_field", "nuclei_volume", "write_plate"]
 
 KINDS = ("fluorescence", "brightfield", "stained")
 
@@ -232,3 +235,62 @@ def nuclei_volume(
     image = np.clip(signal + 0.05 + rng.normal(0, 0.02, signal.shape), 0, 1)
     labels, _ = renumber(labels)
     return (image * 255).round().astype(np.uint8), labels
+
+
+def write_plate(path, wells: dict, *, axes: str = "tczyx", pixel_size: float | None = None,
+                version: str = "0.4") -> list[Path]:
+    """Store images as an OME-Zarr high-content screening plate (needs the ``zarr`` package).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The plate's folder (``plate.ome.zarr``); replaced if it exists.
+    wells : dict of (str, str) to sequence of ndarray
+        Each well's ``(row, column)`` names and its fields' arrays, stored as they are, with ``axes``.
+    axes : str
+        The fields' axis names, one letter each: ``"tczyx"`` (OME-NGFF's order), ``"yx"``, ``"czyx"``...
+    pixel_size : float, optional
+        Micrometres a pixel, as each field's y and x scale (``micrometer`` units); none without it.
+    version : str
+        ``"0.4"`` (Zarr format 2, metadata at the top of the attributes) or ``"0.5"`` (Zarr format 3,
+        metadata under ``ome``).
+
+    Returns
+    -------
+    list of Path
+        Each field's image group, in the order given.
+    """
+    import zarr
+
+    path = Path(path)
+    root = zarr.open_group(str(path), mode="w", zarr_format=2 if version == "0.4" else 3)
+
+    def put(group, key: str, value) -> None:
+        if version == "0.4":
+            group.attrs[key] = value
+        else:
+            group.attrs["ome"] = {**group.attrs.get("ome", {}), "version": "0.5", key: value}
+
+    unit = {} if pixel_size is None else {"unit": "micrometer"}
+    meta_axes = [{"name": a, "type": "space", **unit} if a in "yx" else
+                 {"name": a, "type": {"t": "time", "c": "channel"}.get(a, "space")} for a in axes]
+    scale = [1.0 if a not in "yx" or pixel_size is None else float(pixel_size) for a in axes]
+    fields, rows, columns = [], [], []
+    for (row, column), images in wells.items():
+        rows += [row] if row not in rows else []
+        columns += [column] if column not in columns else []
+        well = root.require_group(row).require_group(column)
+        put(well, "well", {"images": [{"path": str(i)} for i in range(len(images))]})
+        for i, data in enumerate(images):
+            data = np.asarray(data)
+            if data.ndim != len(axes):
+                raise ValueError(f"a field of shape {data.shape} for axes {axes!r}")
+            group = well.require_group(str(i))
+            group.create_array("0", shape=data.shape, dtype=data.dtype, chunks=data.shape)[...] = data
+            put(group, "multiscales", [{"version": version, "axes": meta_axes, "datasets": [
+                {"path": "0", "coordinateTransformations": [{"type": "scale", "scale": scale}]}]}])
+            fields.append(path / row / column / str(i))
+    put(root, "plate", {"rows": [{"name": r} for r in rows], "columns": [{"name": c} for c in columns],
+                        "wells": [{"path": f"{r}/{c}", "rowIndex": rows.index(r), "columnIndex": columns.index(c)}
+                                  for r, c in wells], "field_count": max(map(len, wells.values()), default=0)})
+    return fields

@@ -138,10 +138,11 @@ def cluster_client(workers: int | None = None, scheduler: str | None = None):
     cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
     # No dashboard, so no bokeh: dashboard_address=None alone still binds the scheduler's HTTP routes
     # to port 8787 (a second cluster then warns and moves); a free local port needs no warning.
-    # silence_logs keeps stderr to our one line.
+    # silence_logs keeps stderr to our one line: a task's error comes back to the client as an exception, and a
+    # worker still at work when an error shuts the cluster down would log its lost heartbeat at ERROR.
     with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
                       dashboard_address=None, scheduler_kwargs={"dashboard": False, "dashboard_address": "127.0.0.1:0"},
-                      silence_logs=logging.ERROR) as cluster, \
+                      silence_logs=logging.CRITICAL) as cluster, \
             Client(cluster, set_as_default=False) as client:
         if len(cores) >= workers:
             client.register_plugin(_pin_to_cores(cores, workers), name="dsb-pin-to-cores")

@@ -41,6 +41,7 @@ from dsb.io.images import read_channels, read_image, read_stack, stack_frames, t
 from dsb.workflows.calibration import calibrate
 from dsb.workflows.cells import grow_cells
 from dsb.workflows.drawing import outline_overlay
+from dsb.workflows.plates import with_well_tables
 from dsb.workflows.segment_files import (
     check_cell_options,
     channel_warning,
@@ -177,7 +178,7 @@ def measure_files(paths, *, out_dir, labels_dir=None, channel=None, pixel_size: 
     with atomic_path(out_dir / "summary.csv") as tmp:
         summary.to_csv(tmp, index=False)
     summary.attrs["skipped"] = skips.records
-    return summary
+    return with_well_tables(summary, paths, out_dir)
 
 
 def _measure_one(image: Path, labels_path: Path, out_dir: Path, name: str, *, channel, pixel_size, overlay,

@@ -1,9 +1,10 @@
 """``dsb segment``'s inputs, whatever they are: image files and folders in this process or one task per image
-on a Dask cluster, TIFF stacks frame by frame (:func:`dsb.workflows.segment_files.segment_stack`), and images
-larger than memory block by block (:mod:`dsb.workflows.blocks`).
+on a Dask cluster, TIFF stacks frame by frame (:func:`dsb.workflows.segment_files.segment_stack`), images
+larger than memory block by block (:mod:`dsb.workflows.blocks`), and OME-Zarr plates field by field.
 
 :func:`segment_inputs` sorts the inputs (a Zarr store, or a TIFF or PNG with a side above the block size, goes
-block-wise), runs them where :func:`dsb.workflows.cluster.cluster_client` says, and writes ``summary.csv``.
+block-wise; a plate's fields are images), runs them where :func:`dsb.workflows.cluster.cluster_client` says, and
+writes ``summary.csv`` (and each plate's ``PLATE_wells.csv``: :mod:`dsb.workflows.plates`).
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ import pandas as pd
 from dsb.core.atomic import atomic_path, writable_dir
 from dsb.core.errors import BadDataError, DsbError
 from dsb.inference.predict import predict_nuclei
-from dsb.io.bigimage import image_side, is_zarr, open_source
+from dsb.io.bigimage import image_side, open_source
 from dsb.io.channels import FRAME_WORDS
 from dsb.io.folders import Skips, claim_name, find_images
 from dsb.io.images import read_image, read_stack, stack_frames, tiff_page_note
+from dsb.io.ome import is_plate, is_plate_field, is_zarr
 from dsb.network.model_folder import resolve_model_dir
 from dsb.workflows.blocks import segment_image_file
 from dsb.workflows.calibration import Calibration, calibrate_files
@@ -31,6 +33,7 @@ from dsb.workflows.cluster import (
     worker_network,
 )
 from dsb.workflows.pipeline import nuclei_predictor
+from dsb.workflows.plates import with_well_tables
 from dsb.workflows.volumes import Stitch
 from dsb.workflows.segment_files import (
     check_cell_options,
@@ -168,13 +171,14 @@ BLOCK_WISE_NOTHING = "no overlay or ROIs are written for it (its label image hol
 
 def _split_inputs(paths: list[Path], block_size: int | None, channel: int | None = None):
     """What ``dsb segment`` was given, sorted out: the inputs to segment block by block (Zarr stores,
-    and TIFF and PNG files, named or in a folder, with a side above ``block_size`` or
-    :data:`BIG_SIDE`), the other images by name in the order given, those of them that are TIFF
-    stacks (:func:`dsb.io.images.stack_frames`), the paths that are no image
-    (:func:`dsb.io.folders.find_images`), and the TIFFs whose header says they are neither one image
-    nor a stack of them (or lack the channel asked for)."""
-    zarrs = [path for path in paths if is_zarr(path)]
-    others = [path for path in paths if not is_zarr(path)]
+    and TIFF and PNG files and OME-Zarr plates' fields, named or in a folder or plate, with a side above
+    ``block_size`` or :data:`BIG_SIDE`), the other images by name in the order given, those of them that
+    are TIFF or OME-Zarr stacks (:func:`dsb.io.images.stack_frames`), the paths that are no image
+    (:func:`dsb.io.folders.find_images`), and the TIFFs and fields whose header says they are neither one
+    image nor a stack of them (or lack the channel asked for)."""
+    # A plate's fields are images as a folder's files are: a field larger than `limit` goes block by block.
+    zarrs = [path for path in paths if is_zarr(path) and not is_plate(path) and not is_plate_field(path)]
+    others = [path for path in paths if path not in zarrs]
     images, problems = find_images(others) if others else ({}, [])
     # A store's outputs are named as a file's (a.ome.zarr and a.tif both write a_nuclei.csv).
     names = dict(images)
@@ -182,7 +186,7 @@ def _split_inputs(paths: list[Path], block_size: int | None, channel: int | None
         claim_name(names, path)
     limit = BIG_SIDE if block_size is None else block_size
     big = [path for path in images.values()
-           if path.suffix.lower() in (".tif", ".tiff", ".png") and _side(path) > limit]
+           if (path.suffix.lower() in (".tif", ".tiff", ".png") or is_zarr(path)) and _side(path) > limit]
     rest, stacks, refused = {}, {}, []
     for name, path in images.items():
         if path in big:
@@ -214,9 +218,11 @@ def segment_inputs(paths, *, model_dir=None, out_dir, tta: bool | None = None, o
                    cell_expansion_um: float | None = None) -> pd.DataFrame:
     """``dsb segment`` with large images block by block and, optionally, on a Dask cluster.
 
-    Zarr and OME-Zarr stores, and TIFF or PNG files with a side above
+    Zarr and OME-Zarr stores, and TIFF or PNG files and OME-Zarr plates' fields with a side above
     ``block_size`` (:data:`BIG_SIDE` when None), are segmented block-wise
-    (:func:`dsb.workflows.blocks.segment_image_file`); the other images as
+    (:func:`dsb.workflows.blocks.segment_image_file`); an OME-Zarr plate's other fields, as images of their
+    own, and its wells in ``PLATE_wells.csv`` (:func:`dsb.workflows.plates.with_well_tables`); the other
+    images as
     :func:`dsb.workflows.segment_files.segment_paths` does, on the cluster's workers
     when ``workers`` or ``scheduler`` is given. Parameters and the returned
     summary are those of :func:`~dsb.workflows.segment_files.segment_paths` (``rois``, ``geojson``,
@@ -247,6 +253,9 @@ def segment_inputs(paths, *, model_dir=None, out_dir, tta: bool | None = None, o
             frames = stack_frames(path, channel)
             if frames:
                 kinds = " and ".join(FRAME_WORDS[a] for a in frames)
+                if is_zarr(path) and not is_plate_field(path):
+                    raise BadDataError(f"is a stack (of {kinds}), and a Zarr store is segmented block by block, "
+                                       "which takes one 2-D image", path=path)
                 raise BadDataError(f"is a stack (of {kinds}), and block by block (a side above "
                                    f"{BIG_SIDE if block_size is None else block_size} px) dsb segment takes one "
                                    "2-D image" + ("" if block_size is None else "; give no --block-size"), path=path)
@@ -262,11 +271,12 @@ def segment_inputs(paths, *, model_dir=None, out_dir, tta: bool | None = None, o
     given = contextlib.nullcontext(client) if client is not None else cluster_client(workers, scheduler)
     with given as client:
         if client is None and not big and not refused and not stacks and not notes:  # as before
-            return segment_paths(paths, model_dir=spec.path, out_dir=out_dir, tta=tta, overlay=overlay, rois=rois,
+            summary = segment_paths(paths, model_dir=spec.path, out_dir=out_dir, tta=tta, overlay=overlay, rois=rois,
                                  geojson=geojson, diameter=diameter, skip_bad=skip_bad, progress=progress,
                                  engine=engine, precision=precision, scale_factor=scale_factor, channel=channel,
                                  diameter_um=diameter_um, pixel_size=pixel_size, cell_expansion=cell_expansion,
                                  cell_expansion_um=cell_expansion_um)
+            return with_well_tables(summary, paths, out_dir)
         for problem in problems + refused + unreadable:
             skips(problem)
         # The summary lists the inputs as they were given; a refused one in its place.
@@ -321,7 +331,7 @@ def segment_inputs(paths, *, model_dir=None, out_dir, tta: bool | None = None, o
     for path, note in notes.items():
         if path in rows:
             rows[path]["warning"] = join_warnings(rows[path]["warning"], note)
-    return _write_summary(out_dir, rows, skips, order)
+    return with_well_tables(_write_summary(out_dir, rows, skips, order), paths, out_dir)
 
 
 def _write_summary(out_dir: Path, rows: dict[str, dict], skips: Skips, order: list[str]) -> pd.DataFrame:
