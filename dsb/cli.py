@@ -209,7 +209,8 @@ class DsbGroup(click.Group):
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         try:
-            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+            with _terminate_as_interrupt():
+                code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except click.UsageError as exc:
             if _NO_ARGS is not None and isinstance(exc, _NO_ARGS) and exc.ctx is not None:
                 click.echo(exc.ctx.get_help())  # plain `dsb`: a first look, not a mistake
@@ -253,6 +254,30 @@ class DsbGroup(click.Group):
             ctx.exit(EXIT_BUG)
 
 
+@contextlib.contextmanager
+def _terminate_as_interrupt():
+    """SIGTERM (``kill``, a batch system's time limit) stops a command as Ctrl-C does: files being written
+    are removed, a training run saves its state to resume from, and one line says so (exit 130), instead of
+    dying where it stands with hidden temporary files left behind. Only where SIGTERM still has its default
+    action, in the main thread."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt("terminated (SIGTERM)")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _one_line(text: str) -> str:
     """``text`` with its line breaks (and the spaces around them) turned into single spaces."""
     return " ".join(part.strip() for part in text.strip().splitlines() if part.strip())
@@ -275,7 +300,8 @@ def cli(debug: bool) -> None:
     """Nucleus instance segmentation for the 2018 Data Science Bowl.
 
     Exit status: 0 success, 1 internal error, 2 usage error, 3 bad data,
-    4 environment (credentials, unwritable path, full disk, a missing engine or extra), 130 interrupted.
+    4 environment (credentials, unwritable path, full disk, a missing engine or extra), 130 interrupted
+    (Ctrl-C or SIGTERM).
     """
 
 

@@ -107,3 +107,37 @@ def test_engine_and_precision_choices_are_the_librarys(command):
     options = {p.name: p for p in cli.commands[command].params}
     assert tuple(options["engine"].type.choices) == ENGINE_CHOICES
     assert tuple(options["precision"].type.choices) == PRECISION_CHOICES
+
+
+SLOW_COMMAND = """
+import sys, time
+from pathlib import Path
+from dsb.cli import cli
+from dsb.core.atomic import atomic_path
+
+@cli.command("slow")
+def slow():
+    with atomic_path(Path(sys.argv[1]) / "out.csv") as tmp:
+        tmp.write_text("half")
+        print("writing", flush=True)
+        time.sleep(120)
+
+cli(["slow"], prog_name="dsb")
+"""
+
+
+def test_sigterm_stops_a_command_as_ctrl_c_does_and_leaves_no_temporary_file(tmp_path):
+    import signal
+
+    process = subprocess.Popen([sys.executable, "-c", SLOW_COMMAND, str(tmp_path)], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout.readline() == "writing\n"
+        assert [p.name for p in tmp_path.iterdir()][0].startswith(".")  # the hidden file being written
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 130, stderr
+    assert stderr.splitlines() == ["dsb: terminated (SIGTERM)"]
+    assert list(tmp_path.iterdir()) == []
