@@ -382,3 +382,14 @@ def test_a_damaged_field_on_dask_workers_is_one_line(tmp_path):
     assert result.returncode == 3, result.stderr
     (line,) = result.stderr.splitlines()
     assert line.startswith(f"dsb: error: {plate / 'A' / '1' / '0'}: cannot read its pixels ("), line
+
+
+def test_a_folder_of_plates_is_named_and_a_plate_after_it_still_read(tmp_path):
+    write_plate(tmp_path / "screen" / "p.ome.zarr", {("A", "1"): (18,)})
+    write_plate(tmp_path / "q.ome.zarr", {("A", "1"): (18,)})
+    # The folder first: its problem said, then the plate given after it segmented as any plate.
+    result = run_dsb("segment", tmp_path / "screen", tmp_path / "q.ome.zarr", "--out", tmp_path / "out",
+                     "--skip-bad")
+    assert result.exit_code == 0, result.stderr
+    assert "but OME-Zarr plates: give them (FOLDER/*.zarr)" in result.stderr
+    assert (tmp_path / "out" / "q_wells.csv").is_file()

@@ -56,8 +56,7 @@ def image_side(path) -> int:
         header = image_header(path)
         if header is None:
             return 0
-        sides = [n for n, a in zip(header.shape, header.axes.upper()) if a in "YX"] or header.shape[-2:]
-        return max(sides)
+        return max((n for n, a in zip(header.shape, header.axes) if a in "YX"), default=0)  # none: reading says
     from PIL import Image
 
     try:

@@ -233,10 +233,10 @@ def find_images(paths) -> tuple[dict[str, Path], list[BadDataError]]:
             )
             found = _without_derived(found)
             if not found:
-                plates = any(is_plate(p) for p in path.iterdir() if p.is_dir())
+                holds_plates = any(is_plate(p) for p in path.iterdir() if p.is_dir())
                 problems.append(BadDataError(
                     f"folder holds no images (expected files ending {', '.join(IMAGE_SUFFIXES)})"
-                    + (", but OME-Zarr plates: give them (FOLDER/*.zarr)" if plates else ""), path=path))
+                    + (", but OME-Zarr plates: give them (FOLDER/*.zarr)" if holds_plates else ""), path=path))
             for p in found:
                 add(p)
         elif path.is_file():

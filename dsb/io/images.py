@@ -303,8 +303,7 @@ def _header_roles(path, channel: int | None = None) -> tuple[tuple[int, ...], st
     header = image_header(path)
     if header is None:
         return None
-    roles, _ = axis_roles(header.shape, header.axes or None, channel=file_channel(path, channel), frames=True,
-                          path=path)
+    roles, _ = axis_roles(header.shape, header.axes, channel=file_channel(path, channel), frames=True, path=path)
     return header.shape, roles
 
 

@@ -175,10 +175,9 @@ def plate_name(path) -> str:
     return name
 
 
-def _name(entry) -> str | None:
-    """A well's or field's path in its parent's metadata, if it is one plain name."""
-    where = entry.get("path") if isinstance(entry, dict) else None
-    return where if isinstance(where, str) and where not in ("", ".", "..") and "/" not in where else None
+def _plain(name) -> bool:
+    """Whether ``name`` (a row's, column's or field's path in its parent's metadata) is one plain name."""
+    return isinstance(name, str) and name not in ("", ".", "..") and "/" not in name
 
 
 def plate_wells(path) -> tuple[list[Well], list[BadDataError]]:
@@ -201,7 +200,7 @@ def plate_wells(path) -> tuple[list[Well], list[BadDataError]]:
     for entry in wells:
         where = entry.get("path") if isinstance(entry, dict) else None
         parts = where.split("/") if isinstance(where, str) else []
-        if len(parts) != 2 or not all(_name({"path": part}) for part in parts):
+        if len(parts) != 2 or not all(map(_plain, parts)):
             problems.append(BadDataError(f"lists a well {entry!r} whose path is no ROW/COLUMN", path=path))
             continue
         if where in seen:
@@ -226,8 +225,8 @@ def plate_wells(path) -> tuple[list[Well], list[BadDataError]]:
             continue
         fields = []
         for image in images:
-            name = _name(image)
-            if name is None:
+            name = image.get("path") if isinstance(image, dict) else None
+            if not _plain(name):
                 problems.append(BadDataError(f"lists a field {image!r} whose path is no name in the well",
                                              path=well_path))
             elif not (well_path / name).is_dir():

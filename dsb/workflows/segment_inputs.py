@@ -271,11 +271,11 @@ def segment_inputs(paths, *, model_dir=None, out_dir, tta: bool | None = None, o
     given = contextlib.nullcontext(client) if client is not None else cluster_client(workers, scheduler)
     with given as client:
         if client is None and not big and not refused and not stacks and not notes:  # as before
-            summary = segment_paths(paths, model_dir=spec.path, out_dir=out_dir, tta=tta, overlay=overlay, rois=rois,
-                                 geojson=geojson, diameter=diameter, skip_bad=skip_bad, progress=progress,
-                                 engine=engine, precision=precision, scale_factor=scale_factor, channel=channel,
-                                 diameter_um=diameter_um, pixel_size=pixel_size, cell_expansion=cell_expansion,
-                                 cell_expansion_um=cell_expansion_um)
+            summary = segment_paths(paths, model_dir=spec.path, out_dir=out_dir, tta=tta, overlay=overlay,
+                                    rois=rois, geojson=geojson, diameter=diameter, skip_bad=skip_bad,
+                                    progress=progress, engine=engine, precision=precision, scale_factor=scale_factor,
+                                    channel=channel, diameter_um=diameter_um, pixel_size=pixel_size,
+                                    cell_expansion=cell_expansion, cell_expansion_um=cell_expansion_um)
             return with_well_tables(summary, paths, out_dir)
         for problem in problems + refused + unreadable:
             skips(problem)
