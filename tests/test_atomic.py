@@ -7,7 +7,14 @@ import os
 
 import pytest
 
-from dsb.core.atomic import atomic_dir, atomic_path, atomic_paths, writable_dir, write_text
+from dsb.core.atomic import (
+    atomic_dir,
+    atomic_path,
+    atomic_paths,
+    removed_if_left_empty,
+    writable_dir,
+    write_text,
+)
 from dsb.core.errors import EnvironmentProblem
 
 
@@ -156,3 +163,21 @@ def test_atomic_paths_interrupted_before_the_renames_keeps_everything(tmp_path):
             raise KeyboardInterrupt
     assert first.read_text() == "old config" and not second.exists()
     assert [p.name for p in tmp_path.iterdir()] == ["config.json"]
+
+
+def test_folders_made_for_a_run_that_fails_are_not_left_empty(tmp_path):
+    there = tmp_path / "there"
+    there.mkdir()
+    for folder in (tmp_path / "new" / "deeper", there):
+        with pytest.raises(ValueError), removed_if_left_empty(folder):
+            writable_dir(folder)
+            raise ValueError("a bad image")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["there"]  # made ones gone, the one there before kept
+    with pytest.raises(KeyboardInterrupt), removed_if_left_empty(tmp_path / "new" / "deeper") as folder:
+        writable_dir(folder)
+        (folder / "a_labels.tif").write_bytes(b"written before the failure")
+        raise KeyboardInterrupt
+    assert (tmp_path / "new" / "deeper" / "a_labels.tif").exists()  # what was written is kept, and its folders
+    with removed_if_left_empty(tmp_path / "ok") as folder:
+        writable_dir(folder)
+    assert folder.is_dir()  # a run that succeeds keeps its folder, empty or not

@@ -115,6 +115,15 @@ def test_bad_pairs_are_one_line_each(tmp_path, field):
     error_line(result, 3, "no image to measure", "all skipped", "has no label image")
 
 
+def test_a_bad_pair_leaves_no_new_output_folder(tmp_path, field):
+    image, labels = field
+    tifffile.imwrite(tmp_path / "b.tif", image)
+    tifffile.imwrite(tmp_path / "b_masks.tif", labels[:100])
+    result = run_dsb("measure", tmp_path / "b.tif", "--out", tmp_path / "new" / "out")
+    error_line(result, 3, "b_masks.tif", "label image is 100x200 but its image b.tif is 160x200")
+    assert not (tmp_path / "new").exists()
+
+
 def test_dsb_measure_in_python(field):
     image, labels = field
     table = dsb.measure(labels, image)

@@ -16,7 +16,8 @@ from pathlib import Path
 
 from dsb.core.errors import EnvironmentProblem
 
-__all__ = ["atomic_path", "atomic_paths", "atomic_dir", "write_text", "os_error", "scratch_dir", "writable_dir"]
+__all__ = ["atomic_path", "atomic_paths", "atomic_dir", "write_text", "os_error", "scratch_dir", "writable_dir",
+           "removed_if_left_empty"]
 
 
 def _umask() -> int:
@@ -195,6 +196,28 @@ def writable_dir(folder) -> Path:
     if not os.access(folder, os.W_OK):
         raise EnvironmentProblem("not writable (permission denied)", path=folder)
     return folder
+
+
+@contextlib.contextmanager
+def removed_if_left_empty(folder):
+    """Remove ``folder``, and the parents made with it, when the block fails and leaves them empty.
+
+    A command that makes its output folder before long work (:func:`writable_dir`) and then stops
+    at a bad input leaves no empty folder behind; a folder that was there before is left alone.
+    """
+    folder = Path(folder)
+    made = []
+    for level in (folder, *folder.parents):
+        if level.exists():
+            break
+        made.append(level)
+    try:
+        yield folder
+    except BaseException:
+        for level in made:  # innermost first; rmdir refuses a folder that holds anything
+            with contextlib.suppress(OSError):
+                level.rmdir()
+        raise
 
 
 def write_text(path, text: str) -> Path:

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from dsb.core.atomic import atomic_path, writable_dir
+from dsb.core.atomic import atomic_path, removed_if_left_empty, writable_dir
 from dsb.core.errors import BadDataError
 from dsb.core.progress import track
 from dsb.inference.preprocess import raw_intensity
@@ -159,24 +159,25 @@ def measure_files(paths, *, out_dir, labels_dir=None, channel=None, pixel_size: 
     pairs = pair_labels(paths, labels_dir, skips)
     if not pairs:
         raise nothing_to_segment([str(p) for p in paths], skips, verb="measure")
-    writable_dir(out_dir)
-    # The inputs skipped before any was read (no label image, no image), then each image measured.
-    rows = [{"file": skip.path, "status": "skipped", "nuclei": "", "error": skip.message} for skip in skips.records]
-    for name, (image, labels_path) in track(pairs.items(), length=len(pairs), label="measuring",
-                                             enabled=progress and len(pairs) > 1):
-        try:
-            rows.append(_measure_one(image, labels_path, out_dir, name, channel=channel, pixel_size=pixel_size,
-                                     overlay=overlay, rois=rois, geojson=geojson, volumes=volumes, z_step=z_step,
-                                     cells=(cell_expansion, cell_expansion_um)))
-        except BadDataError as exc:
-            skips(exc, path=image)
-            rows.append({"file": str(image), "labels": str(labels_path), "status": "skipped", "nuclei": "",
-                         "error": f"{exc.path}: {exc.message}" if exc.path else exc.message})
-    summary = pd.DataFrame(rows, columns=list(MEASURE_SUMMARY_COLUMNS))
-    if not (summary["status"] == "ok").any():
-        raise nothing_to_segment([str(p) for p in paths], skips, verb="measure")
-    with atomic_path(out_dir / "summary.csv") as tmp:
-        summary.to_csv(tmp, index=False)
+    with removed_if_left_empty(out_dir):
+        writable_dir(out_dir)
+        # The inputs skipped before any was read (no label image, no image), then each image measured.
+        rows = [{"file": skip.path, "status": "skipped", "nuclei": "", "error": skip.message} for skip in skips.records]
+        for name, (image, labels_path) in track(pairs.items(), length=len(pairs), label="measuring",
+                                                 enabled=progress and len(pairs) > 1):
+            try:
+                rows.append(_measure_one(image, labels_path, out_dir, name, channel=channel, pixel_size=pixel_size,
+                                         overlay=overlay, rois=rois, geojson=geojson, volumes=volumes, z_step=z_step,
+                                         cells=(cell_expansion, cell_expansion_um)))
+            except BadDataError as exc:
+                skips(exc, path=image)
+                rows.append({"file": str(image), "labels": str(labels_path), "status": "skipped", "nuclei": "",
+                             "error": f"{exc.path}: {exc.message}" if exc.path else exc.message})
+        summary = pd.DataFrame(rows, columns=list(MEASURE_SUMMARY_COLUMNS))
+        if not (summary["status"] == "ok").any():
+            raise nothing_to_segment([str(p) for p in paths], skips, verb="measure")
+        with atomic_path(out_dir / "summary.csv") as tmp:
+            summary.to_csv(tmp, index=False)
     summary.attrs["skipped"] = skips.records
     return with_well_tables(summary, paths, out_dir)
 
