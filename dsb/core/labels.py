@@ -45,7 +45,9 @@ def compact_labels(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
     labels = np.asarray(labels)
     if int(labels.max(initial=0)) <= 2 * labels.size + 1024:
         return labels, None
-    return renumber(labels, dtype=np.int64)[0], np.unique(labels[labels > 0])
+    values, inverse = np.unique(labels, return_inverse=True)  # one sort gives the values and the numbering
+    background = bool(values[0] == 0)
+    return (inverse.reshape(labels.shape) + (not background)).astype(np.int64), values[background:]
 
 
 def renumber(labels: np.ndarray, *, dtype=np.int32) -> tuple[np.ndarray, int]:
