@@ -324,3 +324,19 @@ def test_a_label_file_of_no_nuclei_is_warned_about(tmp_path, field):
     assert "b_masks.geojson) hold no objects dsb reads as nuclei" in summary.loc[str(tmp_path / "b.tif"), "warning"]
     assert summary.loc[str(tmp_path / "c.tif"), "warning"] == ""
     assert sum("hold no" in line for line in result.stderr.splitlines()) == 2  # said on stderr too
+
+
+def test_the_tables_keep_exact_counts_and_sub_pixel_centres_far_from_the_origin(tmp_path):
+    """Six significant digits wrote 48,725,937 counts as 4.87259e+07 and a centroid at column 100,010.5 as 100010."""
+    labels = np.zeros((16, 100_020), np.uint16)
+    labels[2:14, 10:40] = 1
+    labels[5:8, 100_010:100_012] = 2
+    image = np.full(labels.shape, 100, np.uint16)
+    image[labels == 1] = 54321
+    tifffile.imwrite(tmp_path / "w.tif", image)
+    tifffile.imwrite(tmp_path / "w_masks.tif", labels)
+    result = run_dsb("measure", tmp_path / "w.tif", "--out", tmp_path / "out")
+    assert result.exit_code == 0, result.stderr
+    table = pd.read_csv(tmp_path / "out" / "w_nuclei.csv").set_index("label")
+    assert table.loc[1, "integrated_intensity"] == 12 * 30 * 54321 * 1.0
+    assert table.loc[2, "centroid_col"] == 100_010.5 and table.loc[2, "centroid_row"] == 6.0

@@ -228,8 +228,8 @@ def raw_intensity(image: np.ndarray) -> np.ndarray:
     -------
     (H, W) ndarray of float64
         The grey channel's values as stored; for colour, the luminance of the three channels
-        (ITU-R BT.709 weights, which sum to 1); an RGB image with three equal channels gives
-        that channel exactly.
+        (scikit-image's rgb2gray weights: ITU-R BT.709's, rounded to sum to 1); an RGB image with three
+        equal channels gives that channel exactly.
 
     Examples
     --------
