@@ -268,7 +268,13 @@ def _terminate_as_interrupt():
         yield
         return
 
+    main = os.getpid()
+
     def interrupt(signum, frame):
+        if os.getpid() != main:  # a forked worker (a process pool's) ends as SIGTERM ends it, silently
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
         raise KeyboardInterrupt("terminated (SIGTERM)")
 
     previous = signal.signal(signal.SIGTERM, interrupt)
