@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 
 import pytest
 
@@ -181,3 +182,34 @@ def test_folders_made_for_a_run_that_fails_are_not_left_empty(tmp_path):
     with removed_if_left_empty(tmp_path / "ok") as folder:
         writable_dir(folder)
     assert folder.is_dir()  # a run that succeeds keeps its folder, empty or not
+
+
+def test_a_link_stays_a_link_and_a_named_pipe_a_pipe(tmp_path):
+    """A rename over them made both regular files: the link's target kept its old content, and a pipe
+    (as /dev/null, for a root user) was replaced by a file."""
+    import threading
+
+    target = tmp_path / "target.csv"
+    target.write_text("old")
+    link = tmp_path / "link.csv"
+    link.symlink_to(target)
+    with atomic_path(link) as tmp:
+        tmp.write_text("new")
+    assert link.is_symlink() and target.read_text() == "new"
+    folder = tmp_path / "real"
+    folder.mkdir()
+    (tmp_path / "linked").symlink_to(folder)
+    with atomic_dir(tmp_path / "linked") as tmp:
+        (tmp / "TRAINING.md").write_text("export")
+    assert (tmp_path / "linked").is_symlink() and (folder / "TRAINING.md").read_text() == "export"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link.csv", "linked", "real", "target.csv"]
+
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)
+    read = []
+    reader = threading.Thread(target=lambda: read.append(pipe.read_text()))
+    reader.start()
+    with atomic_path(pipe) as tmp:
+        tmp.write_text("through the pipe")
+    reader.join(timeout=30)
+    assert read == ["through the pipe"] and stat.S_ISFIFO(os.stat(pipe).st_mode)

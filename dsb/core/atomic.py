@@ -50,7 +50,9 @@ def atomic_path(path, *, suffix: str | None = None):
     """Yield a temporary path next to ``path``; rename it to ``path`` on success.
 
     The temporary file is removed if the block raises, so ``path`` either keeps
-    its previous content or gets the complete new one.
+    its previous content or gets the complete new one. A symbolic link keeps
+    pointing where it did, its target replaced; a special file (``/dev/null``,
+    a named pipe) gets the complete file written into it instead of being replaced.
 
     Parameters
     ----------
@@ -60,13 +62,31 @@ def atomic_path(path, *, suffix: str | None = None):
         Suffix of the temporary name (defaults to that of ``path``), for writers
         that pick a format from the file name.
     """
-    path = Path(path)
-    with _temporary(path, suffix) as tmp:
+    path, special = _destination(Path(path))
+    with _temporary(path, suffix, elsewhere=special) as tmp:
         try:
             yield tmp
-            os.replace(tmp, path)
+            if special:
+                _copy_into(tmp, path)
+            else:
+                os.replace(tmp, path)
         except OSError as exc:
             raise os_error(exc, path) from exc
+
+
+def _destination(path: Path) -> tuple[Path, bool]:
+    """Where a write to ``path`` lands: a symbolic link's target (the link stays a link), else ``path``; and
+    whether that is a special file (``/dev/null``, a named pipe) to write into, which a rename would replace
+    with a regular file."""
+    if path.is_symlink():
+        path = Path(os.path.realpath(path))
+    return path, path.exists() and not path.is_file() and not path.is_dir()
+
+
+def _copy_into(tmp: Path, path: Path) -> None:
+    """The whole file ``tmp`` written into the special file ``path``."""
+    with open(tmp, "rb") as source, open(path, "wb") as target:
+        shutil.copyfileobj(source, target)
 
 
 @contextlib.contextmanager
@@ -78,7 +98,7 @@ def atomic_paths(*paths):
     renamed get their previous content back (or are removed if they were new),
     so either every destination is new or every one is as it was.
     """
-    paths = [Path(p) for p in paths]
+    paths = [_destination(Path(p))[0] for p in paths]
     with contextlib.ExitStack() as stack:
         temps = [stack.enter_context(_temporary(path)) for path in paths]
         try:
@@ -108,12 +128,15 @@ def atomic_paths(*paths):
 
 
 @contextlib.contextmanager
-def _temporary(path: Path, suffix: str | None = None):
-    """A new empty file next to ``path`` with an ordinary file's mode, removed afterwards if still there."""
+def _temporary(path: Path, suffix: str | None = None, *, elsewhere: bool = False):
+    """A new empty file next to ``path`` (``elsewhere``: in the system's temporary folder, for a special file)
+    with an ordinary file's mode, removed afterwards if still there."""
     suffix = path.suffix if suffix is None else suffix
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{suffix}", dir=path.parent)
+        if not elsewhere:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{suffix}",
+                                   dir=None if elsewhere else path.parent)
         # mkstemp makes the file 0600; give it the mode an ordinary open() would.
         os.fchmod(fd, 0o666 & ~_umask())
         os.close(fd)
@@ -133,7 +156,7 @@ def atomic_dir(path):
 
     An existing ``path`` is replaced only after the new folder is complete.
     """
-    path = Path(path)
+    path = _destination(Path(path))[0]  # a link to a folder: the folder it links to is replaced
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
