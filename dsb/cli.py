@@ -581,6 +581,7 @@ def export(run_dir: Path, out: Path | None, in_place: bool, bioimageio: Path | N
         raise click.UsageError("--data is for --int8 only")
     _load_keras()
     from dsb.core.errors import BadDataError
+    from dsb.network.model_folder import INT8_FILE
     from dsb.network.quantize import require_quantizer
     from dsb.workflows.export import export_onnx_in_place, export_run, quantize_in_place
 
@@ -592,16 +593,20 @@ def export(run_dir: Path, out: Path | None, in_place: bool, bioimageio: Path | N
     except UnicodeDecodeError as exc:
         raise BadDataError(f"not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start})",
                            path=note) from None
+    if bioimageio is not None:
+        from dsb.workflows.bioimageio import check_package_folder, export_bioimageio
+
+        check_package_folder(out if out is not None else run_dir, bioimageio)  # before anything is written
     written = []
     if in_place:
         written.append(export_onnx_in_place(run_dir))
-    if out is not None:
-        written.append(export_run(run_dir, out, note=text))
-    if int8:
-        written.append(quantize_in_place(out if out is not None else run_dir, data, progress=True))
+    if out is not None:  # with its int8 file, made before the copy replaces an earlier one
+        written.append(export_run(run_dir, out, note=text, int8_data=data if int8 else None, progress=True))
+        if int8:
+            written.append(out / INT8_FILE)
+    elif int8:
+        written.append(quantize_in_place(run_dir, data, progress=True))
     if bioimageio is not None:
-        from dsb.workflows.bioimageio import export_bioimageio
-
         written.append(export_bioimageio(out if out is not None else run_dir, bioimageio))
     for path in written:
         files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]

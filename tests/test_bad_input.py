@@ -1086,6 +1086,14 @@ def test_export_never_replaces_what_is_not_an_export(tiny_run, tmp_path, blocker
     note.write_bytes(b"trained on the \xe9t\xe9 data")
     error_line(dsb("export", run, "--out", tmp_path / "export2", "--note", note), 3, note, "not UTF-8")
 
+    # A package folder that is refused stops the command before an earlier export is replaced.
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "notes.txt").write_text("mine")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    error_line(dsb("export", run, "--out", out, "--bioimageio", busy), 3, busy, "holds more than a bioimage.io")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
 
 # ---------------------------------------------------------------- train
 
