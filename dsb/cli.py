@@ -315,7 +315,8 @@ def cli(debug: bool) -> None:
 
 @cli.command(short_help="Fetch and verify the competition data.")
 @click.option("--source", type=_EXISTING, default=None,
-              help="A local copy of the competition files: the outer zip, or a folder of the inner zips.")
+              help="A local copy of the competition files: the outer zip, a folder of the inner zips, or an "
+                   "unzipped copy.")
 @click.option("--dest", type=_DIR, default=Path("data"), show_default=True, help="Where the data goes.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def fetch(source: Path | None, dest: Path, quiet: bool) -> None:
@@ -400,6 +401,12 @@ def train(config_path, data, out, epochs, steps_per_epoch, time_budget, seed, re
     init_dir = None if init is None else resolve_model_dir(Path(init) if init else None)
     # A fine-tune takes the init model's config; --config then gives only the train section.
     config = None if init_dir is not None and config_path is None else _load_config(config_path)
+    if init_dir is not None and config is not None and "model" in _json_keys(config_path):
+        # A U-Net the file gives, which the fine-tune would not build, is refused, naming the file and key.
+        from dsb.network.model_folder import load_run_config
+        from dsb.training.finetune import check_architecture
+
+        check_architecture(load_run_config(init_dir).model, config.model, path=config_path)
     run_dir = train_run(
         config, data_dir=data, out_dir=out, epochs=epochs, steps_per_epoch=steps_per_epoch,
         time_budget=time_budget, resume=resume, strategy=strategy, precision=precision, seed=seed,
@@ -934,6 +941,13 @@ def report(run_dir, submission, truth, images, data, out) -> None:
 
 
 # ---------------------------------------------------------------- helpers
+
+def _json_keys(path: Path) -> set[str]:
+    """The top-level keys of a JSON object file that :func:`_load_config` has read."""
+    import json
+
+    return set(json.loads(path.read_text(encoding="utf-8")))
+
 
 def _load_config(path: Path | None):
     from dsb.core.config import load_config, shipped_config

@@ -505,6 +505,11 @@ def test_training_on_one_channel_of_ones_own_images(init_run, tmp_path):
     config.write_text(json.dumps({"preprocess": {"channel": 1}}))
     finetune(data, tmp_path / "ft2", "--init", init_run, "--config", config)
     assert load_config(tmp_path / "ft2" / "config.json").preprocess.channel == 1
+    # One that gives another U-Net is refused, naming the file and the key; it was dropped without a word.
+    config.write_text(json.dumps({"model": {"depth": 3, "base_filters": 8, "dropout": [0.1]}, "train": {"batch_size": 2}}))
+    error_line(dsb("train", "--data", data, "--init", init_run, "--config", config, "--out", tmp_path / "ft3"), 3,
+               config, "model.filters", "the weights fit only the same U-Net")
+    assert not (tmp_path / "ft3").exists()
 
 
 def test_one_channel_of_images_that_lack_it_or_hold_nothing_there(init_run, tmp_path):
