@@ -113,6 +113,17 @@ def test_layout_b_labels_beside_images(tmp_path):
         check_discs(prep, f"cp-{name}", k)
 
 
+def test_both_layouts_in_one_folder_are_both_read(tmp_path):
+    """Pairs beside images/ and masks/ were dropped without a word."""
+    data = layout_b(layout_a(tmp_path / "mixed", 2))
+    prep = prepared(data)
+    assert prep.ids == ["mixed-a", "mixed-b", "mixed-c", "mixed-cell0", "mixed-cell1"]
+    for k, name in enumerate(["a", "b", "c", "cell0", "cell1"]):
+        check_discs(prep, f"mixed-{name}", k % 3 if k < 3 else k - 3)
+    tif(data / "d_masks.tif", disc_pair(0)[1].astype(np.uint16))  # a flat label image without its image
+    error_line(dsb("prepare", "--data", data), 3, data / "d_masks.tif", "labels without an image")
+
+
 def test_a_label_file_of_no_nucleus_is_warned_about(tmp_path):
     data = layout_b(tmp_path / "cp")
     tif(data / "a_masks.tif", np.zeros((48, 48), np.uint32))  # an empty export, or another image's file

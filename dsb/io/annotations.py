@@ -9,7 +9,8 @@ A training folder (``dsb train --data DIR``) may hold, alone or together:
 * layout (b), Cellpose's: ``NAME.png`` (or ``.tif``) with ``NAME_masks.tif``,
   ``NAME_labels.tif`` or ``NAME_cp_masks.png`` beside it.
 
-``DIR`` itself may be a folder in layout (a) or (b), or hold such folders beside
+``DIR`` itself may be a folder in layout (a) or (b) (or both: pairs beside its ``images/``
+and ``masks/``), or hold such folders beside
 ``stage1_train/`` (e.g. ``DIR/stage1_train/`` and ``DIR/my_images/``). A label
 image is an 8-, 16- or 32-bit integer TIFF or PNG, 0 background and one value
 per nucleus (any values: training renumbers them 1..N; ``dsb measure`` keeps them).
@@ -266,8 +267,15 @@ def _by_stem(files: list[Path], what: str) -> dict[str, Path]:
 
 
 def _user_samples(folder: Path, name: str) -> list[Sample]:
-    """The samples of a user folder in layout (a) (``images/``, ``masks/``) or (b) (labels beside images)."""
-    if _is_layout_a(folder):
+    """The samples of a user folder in layout (a) (``images/``, ``masks/``), (b) (labels beside images), or
+    both at once (pairs beside the ``images/`` and ``masks/`` folders)."""
+    layouts = [a for a, holds in ((True, _is_layout_a(folder)), (False, _is_layout_b(folder))) if holds]
+    return [sample for in_folders in layouts for sample in _layout_samples(folder, name, in_folders)]
+
+
+def _layout_samples(folder: Path, name: str, in_folders: bool) -> list[Sample]:
+    """The samples of ``folder`` in layout (a) (``in_folders``) or (b)."""
+    if in_folders:
         images = _by_stem(_images(_files(folder / "images")), "images")
         labels = _labels_by_stem(
             _files(folder / "masks"),
