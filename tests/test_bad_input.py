@@ -680,8 +680,12 @@ def test_damaged_model_file(tiny_run, tmp_path):
     flat = tmp_path / "images"
     png(flat / "x.png", np.zeros((20, 20), np.uint8))
     error_line(dsb("predict", run, "--images", flat, "--out", tmp_path / "o.csv"), 3,
-               run / "model.keras", "cannot load the model")
+               run / "model.keras", "cannot load the model: damaged or not a Keras model")
     assert not (tmp_path / "o.csv").exists()
+    (run / "model.keras").write_bytes((tiny_run / "model.keras").read_bytes()[:3000])  # a copy cut short
+    result = dsb("export", run, "--out", tmp_path / "export")
+    error_line(result, 3, run / "model.keras", "damaged or not a Keras model")
+    assert "File not found" not in result.stderr  # Keras's words for a file that is there
 
 
 def test_model_file_of_another_run_shape(tiny_run, tmp_path):
