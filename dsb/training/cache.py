@@ -32,7 +32,8 @@ from dsb.core.errors import BadDataError
 from dsb.core.progress import track
 from dsb.inference.preprocess import IMAGE_TYPES, image_type, mixed_channels, preprocess_image, to_uint8
 from dsb.io.annotations import find_samples, read_sample, user_group
-from dsb.io.images import MaskFixes, image_path, list_ids, read_image
+from dsb.io.folders import folder_images
+from dsb.io.images import MaskFixes, image_path, read_image
 from dsb.training.groups import FEATURES, N_GROUPS, assign_groups, image_features
 
 __all__ = [
@@ -552,7 +553,8 @@ def image_types(stage_dir, ids=None) -> dict[str, str]:
     Parameters
     ----------
     stage_dir : str or os.PathLike
-        A folder in stage layout (``{id}/images/{id}.png``).
+        A folder in stage layout (``{id}/images/{id}.png``), or a flat folder of images (the id being
+        the file name without its suffix), as :func:`dsb.io.folders.folder_images` reads them.
     ids : iterable of str, optional
         The images to classify; all of the folder by default.
 
@@ -562,8 +564,12 @@ def image_types(stage_dir, ids=None) -> dict[str, str]:
         ``ImageId -> "fluorescence" | "brightfield" | "stained"``.
     """
     stage_dir = Path(stage_dir)
-    ids = list_ids(stage_dir) if ids is None else list(ids)
-    return {i: image_type(read_image(image_path(stage_dir, i))) for i in ids}
+    if ids is not None:
+        return {i: image_type(read_image(image_path(stage_dir, i))) for i in ids}
+    images, problems = folder_images(stage_dir)
+    if problems:
+        raise problems[0]
+    return {i: image_type(read_image(path)) for i, path in images.items()}
 
 
 def load_colour_images(prepared, kinds=("stained",), *, stage_dir=None) -> dict[str, np.ndarray]:
