@@ -124,6 +124,18 @@ def test_both_layouts_in_one_folder_are_both_read(tmp_path):
     error_line(dsb("prepare", "--data", data), 3, data / "d_masks.tif", "labels without an image")
 
 
+def test_a_folder_of_user_folders_whose_images_are_ome_tiffs(tmp_path):
+    """images/w1.ome.tif with masks/w1.tif made the folder look like a competition sample (w1.ome is not w1),
+    and the parent a stage folder: 'ann/images/ann.png: file not found'."""
+    image, labels = disc_pair(0)
+    tif(tmp_path / "parent" / "ann" / "images" / "w1.ome.tif", image)
+    tif(tmp_path / "parent" / "ann" / "masks" / "w1.tif", labels.astype(np.uint16))
+    layout_b(tmp_path / "parent" / "cp")
+    prep = prepared(tmp_path / "parent")
+    assert prep.ids == ["ann-w1", "cp-a", "cp-b", "cp-c"]
+    check_discs(prep, "ann-w1", 0)
+
+
 def test_a_label_file_of_no_nucleus_is_warned_about(tmp_path):
     data = layout_b(tmp_path / "cp")
     tif(data / "a_masks.tif", np.zeros((48, 48), np.uint32))  # an empty export, or another image's file

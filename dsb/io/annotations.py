@@ -198,9 +198,9 @@ def _is_layout_a(folder: Path, *, strict: bool = False) -> bool:
         return False
     if not strict:
         return True
-    masks = {p.stem for p in _files(folder / "masks")}
+    masks = {image_name(p) for p in _files(folder / "masks")}  # as the pairs are matched: a.ome.tif is a
     masks |= {label_stem(p) for p in _files(folder / "masks")}
-    return any(p.stem in masks for p in _images(_files(folder / "images")))
+    return any(image_name(p) in masks for p in _images(_files(folder / "images")))
 
 
 def _labels_by_stem(paths, stem_of) -> dict[str, Path]:
