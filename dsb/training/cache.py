@@ -49,7 +49,8 @@ __all__ = [
 ]
 
 
-CACHE_VERSION = 4  # bump when the cache's content or format changes (4: grey RGB images by level, not by luma)
+CACHE_VERSION = 5  # bump when the cache's content or format changes (5: signed images with negative values scaled
+# from their own range, not clipped at 0; 4: grey RGB images by level, not by luma)
 
 
 # Fields of PreprocessConfig that only shape the training targets and scale (made per crop), not the cache.
