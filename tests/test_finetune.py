@@ -147,6 +147,47 @@ def test_a_label_file_of_no_nucleus_is_warned_about(tmp_path):
     assert "holds no nucleus" not in again.stderr
 
 
+def test_a_binary_mask_is_taken_object_by_object_and_warned_about(tmp_path):
+    """A 0/1 and a 0/255 mask of separate discs: each disc its own nucleus, said once on stderr and in the
+    mask fixes; a label image of one value over one disc (c_cp_masks.png) is no binary mask to fix."""
+    data = layout_b(tmp_path / "cp")
+    tif(data / "a_masks.tif", (disc_pair(0)[1] > 0).astype(np.uint8))
+    png(data / "b_labels.png", (disc_pair(1)[1] > 0).astype(np.uint8) * 255)
+    result = dsb("prepare", "--data", data)
+    assert result.exit_code == 0, (result.stderr, result.exception)
+    prep = load_prepared(data, PreprocessConfig(), workers=1)
+    for k, name in enumerate("abc"):
+        check_discs(prep, f"cp-{name}", k)
+    warned = [line for line in result.stderr.splitlines() if line.startswith("dsb: warning:")]
+    assert warned == [f"dsb: warning: {data / 'a_masks.tif'} (and 1 more of your label files): a binary mask "
+                      "(one value, 2 separate objects), not a label image: each object taken as one nucleus; "
+                      "touching nuclei stay merged, give each its own value"]
+    assert "2 binary mask(s) taken object by object" in result.stderr
+    assert "cp-b: b_labels.png: a binary mask (one value, 2 separate objects)" in result.stderr
+    assert set(prep.fixes) == {"cp-a", "cp-b"} and prep.fixes["cp-a"].binary == (("a_masks.tif", 2),)
+
+
+def test_read_label_image_splits_a_binary_mask_only(tmp_path):
+    """One value over several objects (8-connected: a diagonal step is one object) is a binary mask; several
+    values, one of them in two pieces, or one value over one object, are label images as they are."""
+    from dsb.io.images import MaskFixWarning
+
+    mask = np.zeros((6, 8), np.uint16)
+    mask[0:2, 0:2] = mask[2, 2] = mask[4:6, 5:8] = 7
+    with pytest.warns(MaskFixWarning, match=r"^m_masks\.tif: a binary mask \(one value, 2 separate objects\)"):
+        got = read_label_image(tif(tmp_path / "m_masks.tif", mask), renumbered=False)
+    assert got.tolist() == np.where(mask > 0, np.where(np.arange(8) < 4, 1, 2), 0).tolist()
+    labels, fixes = read_label_image(tmp_path / "m_masks.tif", return_fixes=True)
+    assert labels.max() == 2 and fixes.binary == (("m_masks.tif", 2),)
+    two_values = mask.copy()
+    two_values[4:6, 5:8] = 9
+    two_values[0, 7] = 9  # a stray fragment of 9
+    one_object = np.where(np.arange(8) < 4, mask, 0)
+    for kept in (two_values, one_object, np.zeros_like(mask)):
+        labels, fixes = read_label_image(tif(tmp_path / "k.tif", kept), renumbered=False, return_fixes=True)
+        assert labels.tolist() == kept.tolist() and not fixes
+
+
 def test_mixed_with_stage1_train_keeps_the_competition_groups(tmp_path):
     alone = write_stage(tmp_path / "alone" / "stage1_train")
     data = tmp_path / "data"

@@ -7,7 +7,8 @@ image (:func:`dsb.io.annotations.label_file`) and writes, into ``out_dir``:
 
 - ``<name>_nuclei.csv``: one row per nucleus, the columns of ``dsb segment``'s without
   ``confidence`` (:func:`dsb.workflows.segment_files.measure_nuclei`); each nucleus keeps its
-  value in the label image as its ``label``;
+  value in the label image as its ``label`` (a binary mask's objects, numbered 1..N, with a
+  ``warning``: :func:`dsb.io.annotations.read_label_image`);
 - with ``overlay``, ``<name>_overlay.png``; with ``rois``, ``<name>_rois.zip`` (Fiji ROIs); with
   ``geojson``, ``<name>_nuclei.geojson`` (QuPath detections, :mod:`dsb.io.geojson`); with a cell
   expansion, ``<name>_cells.tif`` and each cell's columns (:mod:`dsb.workflows.cells`);
@@ -192,7 +193,7 @@ def _measure_one(image: Path, labels_path: Path, out_dir: Path, name: str, *, ch
         return _measure_stack(image, labels_path, out_dir, name, picked=picked, calibration=calibration,
                               overlay=overlay, rois=rois, geojson=geojson, volumes=volumes, z_step=z_step)
     raw = read_image(image, picked)
-    labels = read_label_image(labels_path, raw.shape[:2], image=image, renumbered=False)
+    labels, fixes = read_label_image(labels_path, raw.shape[:2], image=image, renumbered=False, return_fixes=True)
     every = None if picked is None else read_channels(image)
     grown = None if calibration.cell_expansion is None else grow_cells(labels, calibration.cell_expansion)
     table = measure_nuclei(labels, raw_intensity(raw), None, pixel_size=calibration.pixel_size, channels=every,
@@ -202,7 +203,7 @@ def _measure_one(image: Path, labels_path: Path, out_dir: Path, name: str, *, ch
     warning = join_warnings(channel_warning(raw, image) if picked is None else "", calibration.note,
                             tiff_page_note(image, picked),
                             "one 2-D image: --volumes measures the 3-D nuclei of a z-stack" if volumes else "",
-                            _no_nuclei(labels_path) if table.empty else "")
+                            str(fixes) if fixes else "", _no_nuclei(labels_path) if table.empty else "")
     return _row(image, labels_path, len(table), calibration.pixel_size, written, warning)
 
 
