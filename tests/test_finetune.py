@@ -424,6 +424,28 @@ def test_finetune_few_images_default_init_and_resume(init_run, tmp_path, monkeyp
     assert dsb("train", "--data", data, "--out", run, "--resume", "--init").exit_code == 2
 
 
+def test_a_finetune_that_diverges_fails_with_one_line_and_keeps_no_model(init_run, tmp_path):
+    """A learning rate far too high: the loss turns NaN, training stops there, exit 3, and nothing
+    a user could segment with is left behind; the run cannot be resumed into the same fate."""
+    pytest.importorskip("keras")
+    data = layout_a(tmp_path / "mine", 4)
+    run = tmp_path / "ft"
+    result = dsb("train", "--data", data, "--out", run, "--epochs", 2, "--steps-per-epoch", 3, "--init", init_run,
+                 "--learning-rate", "1e30")
+    assert result.exit_code == 3, (result.stderr, result.exception)
+    errors = [line for line in result.stderr.splitlines() if "error" in line]
+    assert errors == result.stderr.splitlines()[-1:], result.stderr  # one line, the last, after the progress
+    assert errors[0].startswith(f"dsb: error: {run}: training diverged (")
+    assert errors[0].endswith("; no model was kept; start a new run with a lower --learning-rate (it was 1e+30)")
+    assert "Traceback" not in result.stderr and "done (" not in result.stderr
+    assert not (run / "model.keras").exists()
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["status"] == "diverged" and manifest["diverged"]["epoch"] == 1
+    error_line(dsb("train", "--data", data, "--out", run, "--resume"), 3, run, "the run diverged (",
+               "start a new run with a lower --learning-rate")
+    assert dsb("segment", data / "images", "--model", run, "--out", tmp_path / "seg").exit_code == 3
+
+
 def test_finetune_from_a_folder_that_is_no_run(tmp_path):
     pytest.importorskip("keras")
     data = layout_a(tmp_path / "mine", 2)
