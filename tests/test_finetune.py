@@ -661,3 +661,15 @@ def test_a_negative_channel_in_a_config_is_refused(tmp_path):
         Config.from_dict({"preprocess": {"channel": " "}})
     with pytest.raises(BadDataError, match=r"is 1.5 \(float\), expected int or str"):
         Config.from_dict({"preprocess": {"channel": 1.5}})
+
+
+def test_user_folders_of_geojson_masks_beside_each_other(tmp_path):
+    """masks/NAME.geojson pairs with images/NAME.png in the strict test too, or the parent reads as a stage."""
+    from dsb.io.geojson import write_geojson
+
+    for name in ("ann1", "ann2"):
+        image, labels = disc_pair(0)
+        png(tmp_path / "data" / name / "images" / f"{name}x.png", image)
+        (tmp_path / "data" / name / "masks").mkdir(parents=True)
+        write_geojson(tmp_path / "data" / name / "masks" / f"{name}x.geojson", labels)
+    assert [s.id for s in find_samples(tmp_path / "data")] == ["ann1-ann1x", "ann2-ann2x"]
