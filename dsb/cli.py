@@ -401,12 +401,11 @@ def train(config_path, data, out, epochs, steps_per_epoch, time_budget, seed, re
     init_dir = None if init is None else resolve_model_dir(Path(init) if init else None)
     # A fine-tune takes the init model's config; --config then gives only the train section.
     config = None if init_dir is not None and config_path is None else _load_config(config_path)
-    if init_dir is not None and config is not None and "model" in _json_keys(config_path):
-        # A U-Net the file gives, which the fine-tune would not build, is refused, naming the file and key.
+    if init_dir is not None and config is not None:  # a U-Net the file gives and the fine-tune would not build
         from dsb.network.model_folder import load_run_config
-        from dsb.training.finetune import check_architecture
+        from dsb.training.finetune import check_config_file
 
-        check_architecture(load_run_config(init_dir).model, config.model, path=config_path)
+        check_config_file(load_run_config(init_dir).model, config_path)
     run_dir = train_run(
         config, data_dir=data, out_dir=out, epochs=epochs, steps_per_epoch=steps_per_epoch,
         time_budget=time_budget, resume=resume, strategy=strategy, precision=precision, seed=seed,
@@ -941,13 +940,6 @@ def report(run_dir, submission, truth, images, data, out) -> None:
 
 
 # ---------------------------------------------------------------- helpers
-
-def _json_keys(path: Path) -> set[str]:
-    """The top-level keys of a JSON object file that :func:`_load_config` has read."""
-    import json
-
-    return set(json.loads(path.read_text(encoding="utf-8")))
-
 
 def _load_config(path: Path | None):
     from dsb.core.config import load_config, shipped_config
