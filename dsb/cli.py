@@ -254,6 +254,22 @@ class DsbGroup(click.Group):
             ctx.exit(EXIT_BUG)
 
 
+_FORK_HOOK = False
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt("terminated (SIGTERM)")
+
+
+def _default_sigterm() -> None:
+    """In a forked child: SIGTERM's default action back, in place of the parent's :func:`_interrupt` (a Python
+    handler runs only between bytecodes, so a worker inside a long C call would outlive its terminate)."""
+    import signal
+
+    if signal.getsignal(signal.SIGTERM) is _interrupt:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 @contextlib.contextmanager
 def _terminate_as_interrupt():
     """SIGTERM (``kill``, a batch system's time limit) stops a command as Ctrl-C does: files being written
@@ -268,16 +284,11 @@ def _terminate_as_interrupt():
         yield
         return
 
-    main = os.getpid()
-
-    def interrupt(signum, frame):
-        if os.getpid() != main:  # a forked worker (a process pool's) ends as SIGTERM ends it, silently
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            os.kill(os.getpid(), signal.SIGTERM)
-            return
-        raise KeyboardInterrupt("terminated (SIGTERM)")
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
+    global _FORK_HOOK
+    if not _FORK_HOOK:  # a forked worker (a process pool's) ends at SIGTERM at once and silently, as before
+        os.register_at_fork(after_in_child=_default_sigterm)
+        _FORK_HOOK = True
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         yield
     finally:
