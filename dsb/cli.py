@@ -254,6 +254,22 @@ class DsbGroup(click.Group):
             ctx.exit(EXIT_BUG)
 
 
+_FORK_HOOK = False
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt("terminated (SIGTERM)")
+
+
+def _default_sigterm() -> None:
+    """In a forked child: SIGTERM's default action back, in place of the parent's :func:`_interrupt` (a Python
+    handler runs only between bytecodes, so a worker inside a long C call would outlive its terminate)."""
+    import signal
+
+    if signal.getsignal(signal.SIGTERM) is _interrupt:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 @contextlib.contextmanager
 def _terminate_as_interrupt():
     """SIGTERM (``kill``, a batch system's time limit) stops a command as Ctrl-C does: files being written
@@ -268,16 +284,11 @@ def _terminate_as_interrupt():
         yield
         return
 
-    main = os.getpid()
-
-    def interrupt(signum, frame):
-        if os.getpid() != main:  # a forked worker (a process pool's) ends as SIGTERM ends it, silently
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            os.kill(os.getpid(), signal.SIGTERM)
-            return
-        raise KeyboardInterrupt("terminated (SIGTERM)")
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
+    global _FORK_HOOK
+    if not _FORK_HOOK:  # a forked worker (a process pool's) ends at SIGTERM at once and silently, as before
+        os.register_at_fork(after_in_child=_default_sigterm)
+        _FORK_HOOK = True
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         yield
     finally:
@@ -401,12 +412,11 @@ def train(config_path, data, out, epochs, steps_per_epoch, time_budget, seed, re
     init_dir = None if init is None else resolve_model_dir(Path(init) if init else None)
     # A fine-tune takes the init model's config; --config then gives only the train section.
     config = None if init_dir is not None and config_path is None else _load_config(config_path)
-    if init_dir is not None and config is not None and "model" in _json_keys(config_path):
-        # A U-Net the file gives, which the fine-tune would not build, is refused, naming the file and key.
+    if init_dir is not None and config is not None:  # a U-Net the file gives and the fine-tune would not build
         from dsb.network.model_folder import load_run_config
-        from dsb.training.finetune import check_architecture
+        from dsb.training.finetune import check_config_file
 
-        check_architecture(load_run_config(init_dir).model, config.model, path=config_path)
+        check_config_file(load_run_config(init_dir).model, config_path)
     run_dir = train_run(
         config, data_dir=data, out_dir=out, epochs=epochs, steps_per_epoch=steps_per_epoch,
         time_budget=time_budget, resume=resume, strategy=strategy, precision=precision, seed=seed,
@@ -941,13 +951,6 @@ def report(run_dir, submission, truth, images, data, out) -> None:
 
 
 # ---------------------------------------------------------------- helpers
-
-def _json_keys(path: Path) -> set[str]:
-    """The top-level keys of a JSON object file that :func:`_load_config` has read."""
-    import json
-
-    return set(json.loads(path.read_text(encoding="utf-8")))
-
 
 def _load_config(path: Path | None):
     from dsb.core.config import load_config, shipped_config

@@ -207,9 +207,32 @@ def test_a_link_stays_a_link_and_a_named_pipe_a_pipe(tmp_path):
     pipe = tmp_path / "pipe"
     os.mkfifo(pipe)
     read = []
-    reader = threading.Thread(target=lambda: read.append(pipe.read_text()))
+    reader = threading.Thread(target=lambda: read.append(pipe.read_text()), daemon=True)  # no hang if it fails
     reader.start()
     with atomic_path(pipe) as tmp:
         tmp.write_text("through the pipe")
     reader.join(timeout=30)
     assert read == ["through the pipe"] and stat.S_ISFIFO(os.stat(pipe).st_mode)
+
+
+PIPE_WRITER = """
+import sys
+from dsb.core.atomic import atomic_path, atomic_paths
+
+with atomic_path("/dev/stdout") as tmp:
+    tmp.write_text("one\\n")
+with atomic_paths("/dev/stdout", sys.argv[1]) as (a, b):
+    a.write_text("two\\n")
+    b.write_text("beside")
+"""
+
+
+def test_dev_stdout_into_a_pipe(tmp_path):
+    """/dev/stdout is a link to a pipe that has no path: resolving it first made the write fail in /proc."""
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", PIPE_WRITER, str(tmp_path / "b.txt")], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "one\ntwo\n" and (tmp_path / "b.txt").read_text() == "beside"

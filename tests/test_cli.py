@@ -163,3 +163,30 @@ def test_forked_workers_ended_by_sigterm_end_silently():
         result = subprocess.run([sys.executable, "-c", POOL_COMMAND], capture_output=True, text=True, timeout=60)
         assert result.returncode == 0 and result.stdout == "6\n"
         assert result.stderr == ""
+
+
+C_CALL_COMMAND = """
+import multiprocessing, time
+from dsb.cli import cli
+
+@cli.command("busy")
+def busy():
+    worker = multiprocessing.get_context("fork").Process(target=sum, args=(range(10**11),))  # one long C call
+    worker.start()
+    time.sleep(0.5)
+    started = time.monotonic()
+    worker.terminate()
+    worker.join(timeout=20)
+    print(worker.exitcode, round(time.monotonic() - started))
+    worker.kill()
+
+cli(["busy"], prog_name="dsb")
+"""
+
+
+def test_a_forked_worker_in_a_long_c_call_ends_at_sigterm_at_once():
+    """The parent's Python handler runs only between bytecodes: a worker inside one C call outlived its
+    terminate until the call returned."""
+    result = subprocess.run([sys.executable, "-c", C_CALL_COMMAND], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["-15", "0"]

@@ -301,6 +301,10 @@ def test_check_architecture_names_the_key():
         check_architecture(a, ModelConfig(depth=2, base_filters=8))
     with pytest.raises(BadDataError, match=r"model\.outputs"):
         check_architecture(a, ModelConfig(depth=2, base_filters=4, outputs=("body", "border")))
+    # Of a config file, only what the keys it gives decide: defaults of the others are not its U-Net.
+    check_architecture(a, ModelConfig(dropout=(0.2,)), given={"dropout"})
+    with pytest.raises(BadDataError, match=r"model\.filters"):
+        check_architecture(a, ModelConfig(depth=3, base_filters=4), given={"depth"})
 
 
 def test_finetune_split_holds_out_user_images_only():
@@ -591,8 +595,12 @@ def test_training_on_one_channel_of_ones_own_images(init_run, tmp_path):
     config.write_text(json.dumps({"preprocess": {"channel": 1}}))
     finetune(data, tmp_path / "ft2", "--init", init_run, "--config", config)
     assert load_config(tmp_path / "ft2" / "config.json").preprocess.channel == 1
+    # One that gives dropout only (not an architecture key) is taken; the init model's dropout stays.
+    config.write_text(json.dumps({"model": {"dropout": [0.2]}, "preprocess": {"channel": 1}}))
+    finetune(data, tmp_path / "ft4", "--init", init_run, "--config", config)
     # One that gives another U-Net is refused, naming the file and the key; it was dropped without a word.
-    config.write_text(json.dumps({"model": {"depth": 3, "base_filters": 8, "dropout": [0.1]}, "train": {"batch_size": 2}}))
+    config.write_text(json.dumps({"model": {"depth": 3, "base_filters": 8, "dropout": [0.1]},
+                                  "train": {"batch_size": 2}}))
     error_line(dsb("train", "--data", data, "--init", init_run, "--config", config, "--out", tmp_path / "ft3"), 3,
                config, "model.filters", "the weights fit only the same U-Net")
     assert not (tmp_path / "ft3").exists()
@@ -661,3 +669,15 @@ def test_a_negative_channel_in_a_config_is_refused(tmp_path):
         Config.from_dict({"preprocess": {"channel": " "}})
     with pytest.raises(BadDataError, match=r"is 1.5 \(float\), expected int or str"):
         Config.from_dict({"preprocess": {"channel": 1.5}})
+
+
+def test_user_folders_of_geojson_masks_beside_each_other(tmp_path):
+    """masks/NAME.geojson pairs with images/NAME.png in the strict test too, or the parent reads as a stage."""
+    from dsb.io.geojson import write_geojson
+
+    for name in ("ann1", "ann2"):
+        image, labels = disc_pair(0)
+        png(tmp_path / "data" / name / "images" / f"{name}x.png", image)
+        (tmp_path / "data" / name / "masks").mkdir(parents=True)
+        write_geojson(tmp_path / "data" / name / "masks" / f"{name}x.geojson", labels)
+    assert [s.id for s in find_samples(tmp_path / "data")] == ["ann1-ann1x", "ann2-ann2x"]

@@ -11,6 +11,7 @@ import contextlib
 import errno
 import os
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 
@@ -78,9 +79,15 @@ def _destination(path: Path) -> tuple[Path, bool]:
     """Where a write to ``path`` lands: a symbolic link's target (the link stays a link), else ``path``; and
     whether that is a special file (``/dev/null``, a named pipe) to write into, which a rename would replace
     with a regular file."""
+    try:
+        mode = os.stat(path).st_mode  # through links: /dev/stdout is a link to a pipe with no path of its own
+    except OSError:
+        mode = None
+    if mode is not None and not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
+        return path, True
     if path.is_symlink():
         path = Path(os.path.realpath(path))
-    return path, path.exists() and not path.is_file() and not path.is_dir()
+    return path, False
 
 
 def _copy_into(tmp: Path, path: Path) -> None:
@@ -98,9 +105,11 @@ def atomic_paths(*paths):
     renamed get their previous content back (or are removed if they were new),
     so either every destination is new or every one is as it was.
     """
-    paths = [_destination(Path(p))[0] for p in paths]
+    destinations = [_destination(Path(p)) for p in paths]
+    paths = [path for path, _ in destinations]
+    special = {path for path, is_special in destinations if is_special}  # written into, as atomic_path does
     with contextlib.ExitStack() as stack:
-        temps = [stack.enter_context(_temporary(path)) for path in paths]
+        temps = [stack.enter_context(_temporary(path, elsewhere=path in special)) for path in paths]
         try:
             yield temps
         except OSError as exc:
@@ -108,7 +117,7 @@ def atomic_paths(*paths):
         # Every previous version is kept aside before the first rename, so a failed one can be undone.
         backups = {}
         for path in paths:
-            if path.exists():
+            if path.exists() and path not in special:
                 backups[path] = stack.enter_context(_temporary(path))
                 try:
                     shutil.copy2(path, backups[path])
@@ -116,9 +125,12 @@ def atomic_paths(*paths):
                     raise os_error(exc, path.parent) from exc
         for done, (path, tmp) in enumerate(zip(paths, temps)):
             try:
-                os.replace(tmp, path)
+                if path in special:
+                    _copy_into(tmp, path)
+                else:
+                    os.replace(tmp, path)
             except OSError as exc:
-                for earlier in paths[:done]:
+                for earlier in (p for p in paths[:done] if p not in special):  # what went into a pipe is gone
                     with contextlib.suppress(OSError):
                         if earlier in backups:
                             os.replace(backups[earlier], earlier)

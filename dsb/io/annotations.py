@@ -201,7 +201,7 @@ def _is_layout_a(folder: Path, *, strict: bool = False) -> bool:
         return False
     if not strict:
         return True
-    masks = {image_name(p) for p in _files(folder / "masks")}  # as the pairs are matched: a.ome.tif is a
+    masks = {_named(p) for p in _files(folder / "masks")}  # as the pairs are matched: a.ome.tif, a.geojson
     masks |= {label_stem(p) for p in _files(folder / "masks")}
     return any(image_name(p) in masks for p in _images(_files(folder / "images")))
 
@@ -330,7 +330,8 @@ def read_label_image(path, shape: tuple[int, int] | None = None, *, image=None, 
     touching at a corner are one object) is taken as one nucleus, numbered 1..N in raster order, and
     that fix is returned with ``return_fixes=True``, and otherwise reported with a
     :class:`dsb.io.images.MaskFixWarning` naming the file. A label image of several values is never
-    relabelled, even where a nucleus's value covers stray separate fragments.
+    relabelled, even where a nucleus's value covers stray separate fragments; one of a single nucleus
+    with a stray fragment cannot be told from a binary mask, and is split so, with the warning.
 
     Parameters
     ----------

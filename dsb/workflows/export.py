@@ -6,7 +6,7 @@ import shutil
 from pathlib import Path
 
 from dsb.core.atomic import atomic_dir, write_text
-from dsb.core.errors import BadDataError, EnvironmentProblem
+from dsb.core.errors import BadDataError, DsbError, EnvironmentProblem
 from dsb.network.model_folder import (
     EXPORTED_FILES,
     INT8_FILE,
@@ -177,5 +177,10 @@ def export_run(run_dir, out_dir, *, note: str | None = None, int8_data=None, pro
         if note:
             write_text(tmp / "TRAINING.md", note.rstrip() + "\n")
         if int8_data is not None:
-            quantize_in_place(tmp, int8_data, progress=progress)
+            try:
+                quantize_in_place(tmp, int8_data, progress=progress)
+            except DsbError as exc:  # named as the user knows it, not by the staging folder, gone when read
+                if exc.path is not None and exc.path.startswith(str(tmp)):
+                    exc.path = str(out_dir) + exc.path[len(str(tmp)):]
+                raise
     return out_dir
