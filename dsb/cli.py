@@ -254,6 +254,22 @@ class DsbGroup(click.Group):
             ctx.exit(EXIT_BUG)
 
 
+_FORK_HOOK = False
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt("terminated (SIGTERM)")
+
+
+def _default_sigterm() -> None:
+    """In a forked child: SIGTERM's default action back, in place of the parent's :func:`_interrupt` (a Python
+    handler runs only between bytecodes, so a worker inside a long C call would outlive its terminate)."""
+    import signal
+
+    if signal.getsignal(signal.SIGTERM) is _interrupt:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 @contextlib.contextmanager
 def _terminate_as_interrupt():
     """SIGTERM (``kill``, a batch system's time limit) stops a command as Ctrl-C does: files being written
@@ -268,10 +284,11 @@ def _terminate_as_interrupt():
         yield
         return
 
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt("terminated (SIGTERM)")
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
+    global _FORK_HOOK
+    if not _FORK_HOOK:  # a forked worker (a process pool's) ends at SIGTERM at once and silently, as before
+        os.register_at_fork(after_in_child=_default_sigterm)
+        _FORK_HOOK = True
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         yield
     finally:
@@ -309,7 +326,8 @@ def cli(debug: bool) -> None:
 
 @cli.command(short_help="Fetch and verify the competition data.")
 @click.option("--source", type=_EXISTING, default=None,
-              help="A local copy of the competition files: the outer zip, or a folder of the inner zips.")
+              help="A local copy of the competition files: the outer zip, a folder of the inner zips, or an "
+                   "unzipped copy.")
 @click.option("--dest", type=_DIR, default=Path("data"), show_default=True, help="Where the data goes.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def fetch(source: Path | None, dest: Path, quiet: bool) -> None:
@@ -394,6 +412,11 @@ def train(config_path, data, out, epochs, steps_per_epoch, time_budget, seed, re
     init_dir = None if init is None else resolve_model_dir(Path(init) if init else None)
     # A fine-tune takes the init model's config; --config then gives only the train section.
     config = None if init_dir is not None and config_path is None else _load_config(config_path)
+    if init_dir is not None and config is not None:  # a U-Net the file gives and the fine-tune would not build
+        from dsb.network.model_folder import load_run_config
+        from dsb.training.finetune import check_config_file
+
+        check_config_file(load_run_config(init_dir).model, config_path)
     run_dir = train_run(
         config, data_dir=data, out_dir=out, epochs=epochs, steps_per_epoch=steps_per_epoch,
         time_budget=time_budget, resume=resume, strategy=strategy, precision=precision, seed=seed,
@@ -575,6 +598,7 @@ def export(run_dir: Path, out: Path | None, in_place: bool, bioimageio: Path | N
         raise click.UsageError("--data is for --int8 only")
     _load_keras()
     from dsb.core.errors import BadDataError
+    from dsb.network.model_folder import INT8_FILE
     from dsb.network.quantize import require_quantizer
     from dsb.workflows.export import export_onnx_in_place, export_run, quantize_in_place
 
@@ -586,16 +610,20 @@ def export(run_dir: Path, out: Path | None, in_place: bool, bioimageio: Path | N
     except UnicodeDecodeError as exc:
         raise BadDataError(f"not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start})",
                            path=note) from None
+    if bioimageio is not None:
+        from dsb.workflows.bioimageio import check_package_folder, export_bioimageio
+
+        check_package_folder(out if out is not None else run_dir, bioimageio)  # before anything is written
     written = []
     if in_place:
         written.append(export_onnx_in_place(run_dir))
-    if out is not None:
-        written.append(export_run(run_dir, out, note=text))
-    if int8:
-        written.append(quantize_in_place(out if out is not None else run_dir, data, progress=True))
+    if out is not None:  # with its int8 file, made before the copy replaces an earlier one
+        written.append(export_run(run_dir, out, note=text, int8_data=data if int8 else None, progress=True))
+        if int8:
+            written.append(out / INT8_FILE)
+    elif int8:
+        written.append(quantize_in_place(run_dir, data, progress=True))
     if bioimageio is not None:
-        from dsb.workflows.bioimageio import export_bioimageio
-
         written.append(export_bioimageio(out if out is not None else run_dir, bioimageio))
     for path in written:
         files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]

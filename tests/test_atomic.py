@@ -4,10 +4,18 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 
 import pytest
 
-from dsb.core.atomic import atomic_dir, atomic_path, atomic_paths, writable_dir, write_text
+from dsb.core.atomic import (
+    atomic_dir,
+    atomic_path,
+    atomic_paths,
+    removed_if_left_empty,
+    writable_dir,
+    write_text,
+)
 from dsb.core.errors import EnvironmentProblem
 
 
@@ -156,3 +164,75 @@ def test_atomic_paths_interrupted_before_the_renames_keeps_everything(tmp_path):
             raise KeyboardInterrupt
     assert first.read_text() == "old config" and not second.exists()
     assert [p.name for p in tmp_path.iterdir()] == ["config.json"]
+
+
+def test_folders_made_for_a_run_that_fails_are_not_left_empty(tmp_path):
+    there = tmp_path / "there"
+    there.mkdir()
+    for folder in (tmp_path / "new" / "deeper", there):
+        with pytest.raises(ValueError), removed_if_left_empty(folder):
+            writable_dir(folder)
+            raise ValueError("a bad image")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["there"]  # made ones gone, the one there before kept
+    with pytest.raises(KeyboardInterrupt), removed_if_left_empty(tmp_path / "new" / "deeper") as folder:
+        writable_dir(folder)
+        (folder / "a_labels.tif").write_bytes(b"written before the failure")
+        raise KeyboardInterrupt
+    assert (tmp_path / "new" / "deeper" / "a_labels.tif").exists()  # what was written is kept, and its folders
+    with removed_if_left_empty(tmp_path / "ok") as folder:
+        writable_dir(folder)
+    assert folder.is_dir()  # a run that succeeds keeps its folder, empty or not
+
+
+def test_a_link_stays_a_link_and_a_named_pipe_a_pipe(tmp_path):
+    """A rename over them made both regular files: the link's target kept its old content, and a pipe
+    (as /dev/null, for a root user) was replaced by a file."""
+    import threading
+
+    target = tmp_path / "target.csv"
+    target.write_text("old")
+    link = tmp_path / "link.csv"
+    link.symlink_to(target)
+    with atomic_path(link) as tmp:
+        tmp.write_text("new")
+    assert link.is_symlink() and target.read_text() == "new"
+    folder = tmp_path / "real"
+    folder.mkdir()
+    (tmp_path / "linked").symlink_to(folder)
+    with atomic_dir(tmp_path / "linked") as tmp:
+        (tmp / "TRAINING.md").write_text("export")
+    assert (tmp_path / "linked").is_symlink() and (folder / "TRAINING.md").read_text() == "export"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link.csv", "linked", "real", "target.csv"]
+
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)
+    read = []
+    reader = threading.Thread(target=lambda: read.append(pipe.read_text()), daemon=True)  # no hang if it fails
+    reader.start()
+    with atomic_path(pipe) as tmp:
+        tmp.write_text("through the pipe")
+    reader.join(timeout=30)
+    assert read == ["through the pipe"] and stat.S_ISFIFO(os.stat(pipe).st_mode)
+
+
+PIPE_WRITER = """
+import sys
+from dsb.core.atomic import atomic_path, atomic_paths
+
+with atomic_path("/dev/stdout") as tmp:
+    tmp.write_text("one\\n")
+with atomic_paths("/dev/stdout", sys.argv[1]) as (a, b):
+    a.write_text("two\\n")
+    b.write_text("beside")
+"""
+
+
+def test_dev_stdout_into_a_pipe(tmp_path):
+    """/dev/stdout is a link to a pipe that has no path: resolving it first made the write fail in /proc."""
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", PIPE_WRITER, str(tmp_path / "b.txt")], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "one\ntwo\n" and (tmp_path / "b.txt").read_text() == "beside"

@@ -680,8 +680,12 @@ def test_damaged_model_file(tiny_run, tmp_path):
     flat = tmp_path / "images"
     png(flat / "x.png", np.zeros((20, 20), np.uint8))
     error_line(dsb("predict", run, "--images", flat, "--out", tmp_path / "o.csv"), 3,
-               run / "model.keras", "cannot load the model")
+               run / "model.keras", "cannot load the model: damaged or not a Keras model")
     assert not (tmp_path / "o.csv").exists()
+    (run / "model.keras").write_bytes((tiny_run / "model.keras").read_bytes()[:3000])  # a copy cut short
+    result = dsb("export", run, "--out", tmp_path / "export")
+    error_line(result, 3, run / "model.keras", "damaged or not a Keras model")
+    assert "File not found" not in result.stderr  # Keras's words for a file that is there
 
 
 def test_model_file_of_another_run_shape(tiny_run, tmp_path):
@@ -792,7 +796,7 @@ def test_predict_stops_at_a_bad_image_or_skips_it(tiny_run, tmp_path, what, name
 
     error_line(dsb("predict", tiny_run, "--images", images, "--out", out, "--labels", labels), 3, bad, words)
     assert out.read_text() == "previous good submission\n"
-    assert not labels.exists() or list(labels.iterdir()) == []
+    assert not labels.exists()  # made for the run, and not left behind empty
     assert temporaries(tmp_path) == []
 
     result = dsb("predict", tiny_run, "--images", images, "--out", out, "--skip-bad")
@@ -886,7 +890,7 @@ def test_predict_outputs_that_cannot_be_written(tiny_run, tmp_path, blocker, ful
     error_line(dsb("predict", tiny_run, "--images", images, "--out", out, "--labels", labels), 4, out,
                "no space left on device")
     assert out.read_text() == "previous good submission\n" and temporaries(tmp_path) == []
-    assert list(labels.iterdir()) == []  # label images wait until the CSV is written and validated
+    assert not labels.exists()  # label images wait until the CSV is written and validated; its folder, made, goes
 
 
 # ---------------------------------------------------------------- segment
@@ -934,6 +938,16 @@ def test_segment_stops_at_a_bad_image_or_skips_it(tiny_run, tmp_path, what, name
     assert "1 image segmented" in result.stdout and "1 skipped" in result.stdout
     summary = pd.read_csv(out / "summary.csv", keep_default_na=False).set_index("file")
     assert summary.loc[str(bad), "status"] == "skipped" and summary.loc[str(images / "a.png"), "status"] == "ok"
+
+
+def test_segment_on_workers_leaves_no_output_folder_when_it_stops_at_a_bad_image(tiny_run, tmp_path):
+    pytest.importorskip("distributed")
+    images = tmp_path / "images"
+    png(images / "a.png", disc_image(truth("img_a")))
+    bad = _write_bad(images, "bad.tif", b"not a tiff")
+    out = tmp_path / "new" / "out"
+    error_line(dsb("segment", images, "--model", tiny_run, "--out", out, "--workers", 2), 3, bad, "corrupt")
+    assert not (tmp_path / "new").exists()
 
 
 def test_segment_an_empty_folder_or_a_non_image_file(tiny_run, tmp_path):
@@ -1075,6 +1089,14 @@ def test_export_never_replaces_what_is_not_an_export(tiny_run, tmp_path, blocker
     note = tmp_path / "note.md"
     note.write_bytes(b"trained on the \xe9t\xe9 data")
     error_line(dsb("export", run, "--out", tmp_path / "export2", "--note", note), 3, note, "not UTF-8")
+
+    # A package folder that is refused stops the command before an earlier export is replaced.
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "notes.txt").write_text("mine")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    error_line(dsb("export", run, "--out", out, "--bioimageio", busy), 3, busy, "holds more than a bioimage.io")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 
 # ---------------------------------------------------------------- train

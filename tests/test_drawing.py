@@ -34,6 +34,7 @@ def test_to_rgb8_stretches_dim_16_bit_and_drops_alpha():
     assert (out[..., 1:] == 0).all()
 
     assert (to_rgb8(np.full((4, 4), 7, np.uint8)) == 7).all()  # flat: kept, no division by zero
+    assert (to_rgb8(np.full((4, 4), 1023, np.uint16)) == 255).all()  # flat 10-bit: as the network reads it
     with pytest.raises(TypeError, match="shape"):
         to_rgb8(np.zeros((4, 4, 5)))
     assert to_rgb8(np.zeros((4, 4, 2), np.uint8)).shape == (4, 4, 3)  # grey and alpha

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from click.testing import CliRunner
 
 from dsb.cli import cli
@@ -72,3 +73,32 @@ def test_read_manifest_gives_what_training_wrote_or_nothing(tmp_path):
     assert read_manifest(tmp_path) == {}
     (tmp_path / "manifest.json").write_text('{"train_groups": ["a"], "seed": 42}')
     assert read_manifest(tmp_path) == {"train_groups": ["a"], "seed": 42}
+
+
+JAX_EXPORT = """
+import sys
+import keras
+from dsb.core.errors import EnvironmentProblem
+from dsb.network.onnx_export import export_onnx
+
+model = keras.Sequential([keras.Input((None, None, 1)), keras.layers.Conv2D(2, 3, padding="same")])
+try:
+    export_onnx(model, sys.argv[1], outputs=("body", "border"))
+except EnvironmentProblem as exc:
+    print(exc)
+"""
+
+
+def test_onnx_export_under_jax_says_it_needs_tensorflow(tmp_path):
+    """Keras on JAX looked for jax2onnx, and the message blamed onnx and tf2onnx, which were installed."""
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("jax")
+    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
+    result = subprocess.run([sys.executable, "-c", JAX_EXPORT, str(tmp_path / "model.onnx")], env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("ONNX export runs through TensorFlow (tf2onnx), and Keras runs on jax here")
+    assert not (tmp_path / "model.onnx").exists()

@@ -113,6 +113,29 @@ def test_layout_b_labels_beside_images(tmp_path):
         check_discs(prep, f"cp-{name}", k)
 
 
+def test_both_layouts_in_one_folder_are_both_read(tmp_path):
+    """Pairs beside images/ and masks/ were dropped without a word."""
+    data = layout_b(layout_a(tmp_path / "mixed", 2))
+    prep = prepared(data)
+    assert prep.ids == ["mixed-a", "mixed-b", "mixed-c", "mixed-cell0", "mixed-cell1"]
+    for k, name in enumerate(["a", "b", "c", "cell0", "cell1"]):
+        check_discs(prep, f"mixed-{name}", k % 3 if k < 3 else k - 3)
+    tif(data / "d_masks.tif", disc_pair(0)[1].astype(np.uint16))  # a flat label image without its image
+    error_line(dsb("prepare", "--data", data), 3, data / "d_masks.tif", "labels without an image")
+
+
+def test_a_folder_of_user_folders_whose_images_are_ome_tiffs(tmp_path):
+    """images/w1.ome.tif with masks/w1.tif made the folder look like a competition sample (w1.ome is not w1),
+    and the parent a stage folder: 'ann/images/ann.png: file not found'."""
+    image, labels = disc_pair(0)
+    tif(tmp_path / "parent" / "ann" / "images" / "w1.ome.tif", image)
+    tif(tmp_path / "parent" / "ann" / "masks" / "w1.tif", labels.astype(np.uint16))
+    layout_b(tmp_path / "parent" / "cp")
+    prep = prepared(tmp_path / "parent")
+    assert prep.ids == ["ann-w1", "cp-a", "cp-b", "cp-c"]
+    check_discs(prep, "ann-w1", 0)
+
+
 def test_a_label_file_of_no_nucleus_is_warned_about(tmp_path):
     data = layout_b(tmp_path / "cp")
     tif(data / "a_masks.tif", np.zeros((48, 48), np.uint32))  # an empty export, or another image's file
@@ -122,6 +145,47 @@ def test_a_label_file_of_no_nucleus_is_warned_about(tmp_path):
     assert len(warned) == 1 and str(data / "a_masks.tif") in warned[0] and "learnt as background" in warned[0]
     again = dsb("prepare", "--data", layout_b(tmp_path / "fine"))
     assert "holds no nucleus" not in again.stderr
+
+
+def test_a_binary_mask_is_taken_object_by_object_and_warned_about(tmp_path):
+    """A 0/1 and a 0/255 mask of separate discs: each disc its own nucleus, said once on stderr and in the
+    mask fixes; a label image of one value over one disc (c_cp_masks.png) is no binary mask to fix."""
+    data = layout_b(tmp_path / "cp")
+    tif(data / "a_masks.tif", (disc_pair(0)[1] > 0).astype(np.uint8))
+    png(data / "b_labels.png", (disc_pair(1)[1] > 0).astype(np.uint8) * 255)
+    result = dsb("prepare", "--data", data)
+    assert result.exit_code == 0, (result.stderr, result.exception)
+    prep = load_prepared(data, PreprocessConfig(), workers=1)
+    for k, name in enumerate("abc"):
+        check_discs(prep, f"cp-{name}", k)
+    warned = [line for line in result.stderr.splitlines() if line.startswith("dsb: warning:")]
+    assert warned == [f"dsb: warning: {data / 'a_masks.tif'} (and 1 more of your label files): a binary mask "
+                      "(one value, 2 separate objects), not a label image: each object taken as one nucleus; "
+                      "touching nuclei stay merged, give each its own value"]
+    assert "2 binary mask(s) taken object by object" in result.stderr
+    assert "cp-b: b_labels.png: a binary mask (one value, 2 separate objects)" in result.stderr
+    assert set(prep.fixes) == {"cp-a", "cp-b"} and prep.fixes["cp-a"].binary == (("a_masks.tif", 2),)
+
+
+def test_read_label_image_splits_a_binary_mask_only(tmp_path):
+    """One value over several objects (8-connected: a diagonal step is one object) is a binary mask; several
+    values, one of them in two pieces, or one value over one object, are label images as they are."""
+    from dsb.io.images import MaskFixWarning
+
+    mask = np.zeros((6, 8), np.uint16)
+    mask[0:2, 0:2] = mask[2, 2] = mask[4:6, 5:8] = 7
+    with pytest.warns(MaskFixWarning, match=r"^m_masks\.tif: a binary mask \(one value, 2 separate objects\)"):
+        got = read_label_image(tif(tmp_path / "m_masks.tif", mask), renumbered=False)
+    assert got.tolist() == np.where(mask > 0, np.where(np.arange(8) < 4, 1, 2), 0).tolist()
+    labels, fixes = read_label_image(tmp_path / "m_masks.tif", return_fixes=True)
+    assert labels.max() == 2 and fixes.binary == (("m_masks.tif", 2),)
+    two_values = mask.copy()
+    two_values[4:6, 5:8] = 9
+    two_values[0, 7] = 9  # a stray fragment of 9
+    one_object = np.where(np.arange(8) < 4, mask, 0)
+    for kept in (two_values, one_object, np.zeros_like(mask)):
+        labels, fixes = read_label_image(tif(tmp_path / "k.tif", kept), renumbered=False, return_fixes=True)
+        assert labels.tolist() == kept.tolist() and not fixes
 
 
 def test_mixed_with_stage1_train_keeps_the_competition_groups(tmp_path):
@@ -237,6 +301,10 @@ def test_check_architecture_names_the_key():
         check_architecture(a, ModelConfig(depth=2, base_filters=8))
     with pytest.raises(BadDataError, match=r"model\.outputs"):
         check_architecture(a, ModelConfig(depth=2, base_filters=4, outputs=("body", "border")))
+    # Of a config file, only what the keys it gives decide: defaults of the others are not its U-Net.
+    check_architecture(a, ModelConfig(dropout=(0.2,)), given={"dropout"})
+    with pytest.raises(BadDataError, match=r"model\.filters"):
+        check_architecture(a, ModelConfig(depth=3, base_filters=4), given={"depth"})
 
 
 def test_finetune_split_holds_out_user_images_only():
@@ -358,6 +426,28 @@ def test_finetune_few_images_default_init_and_resume(init_run, tmp_path, monkeyp
     assert manifest["epochs_run"] == 2 and manifest["init"] == str(init_run.resolve())
     assert manifest["validation_images"] == 0
     assert dsb("train", "--data", data, "--out", run, "--resume", "--init").exit_code == 2
+
+
+def test_a_finetune_that_diverges_fails_with_one_line_and_keeps_no_model(init_run, tmp_path):
+    """A learning rate far too high: the loss turns NaN, training stops there, exit 3, and nothing
+    a user could segment with is left behind; the run cannot be resumed into the same fate."""
+    pytest.importorskip("keras")
+    data = layout_a(tmp_path / "mine", 4)
+    run = tmp_path / "ft"
+    result = dsb("train", "--data", data, "--out", run, "--epochs", 2, "--steps-per-epoch", 3, "--init", init_run,
+                 "--learning-rate", "1e30")
+    assert result.exit_code == 3, (result.stderr, result.exception)
+    errors = [line for line in result.stderr.splitlines() if "error" in line]
+    assert errors == result.stderr.splitlines()[-1:], result.stderr  # one line, the last, after the progress
+    assert errors[0].startswith(f"dsb: error: {run}: training diverged (")
+    assert errors[0].endswith("; no model was kept; start a new run with a lower --learning-rate (it was 1e+30)")
+    assert "Traceback" not in result.stderr and "done (" not in result.stderr
+    assert not (run / "model.keras").exists()
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["status"] == "diverged" and manifest["diverged"]["epoch"] == 1
+    error_line(dsb("train", "--data", data, "--out", run, "--resume"), 3, run, "the run diverged (",
+               "start a new run with a lower --learning-rate")
+    assert dsb("segment", data / "images", "--model", run, "--out", tmp_path / "seg").exit_code == 3
 
 
 def test_finetune_from_a_folder_that_is_no_run(tmp_path):
@@ -505,6 +595,15 @@ def test_training_on_one_channel_of_ones_own_images(init_run, tmp_path):
     config.write_text(json.dumps({"preprocess": {"channel": 1}}))
     finetune(data, tmp_path / "ft2", "--init", init_run, "--config", config)
     assert load_config(tmp_path / "ft2" / "config.json").preprocess.channel == 1
+    # One that gives dropout only (not an architecture key) is taken; the init model's dropout stays.
+    config.write_text(json.dumps({"model": {"dropout": [0.2]}, "preprocess": {"channel": 1}}))
+    finetune(data, tmp_path / "ft4", "--init", init_run, "--config", config)
+    # One that gives another U-Net is refused, naming the file and the key; it was dropped without a word.
+    config.write_text(json.dumps({"model": {"depth": 3, "base_filters": 8, "dropout": [0.1]},
+                                  "train": {"batch_size": 2}}))
+    error_line(dsb("train", "--data", data, "--init", init_run, "--config", config, "--out", tmp_path / "ft3"), 3,
+               config, "model.filters", "the weights fit only the same U-Net")
+    assert not (tmp_path / "ft3").exists()
 
 
 def test_one_channel_of_images_that_lack_it_or_hold_nothing_there(init_run, tmp_path):
@@ -570,3 +669,15 @@ def test_a_negative_channel_in_a_config_is_refused(tmp_path):
         Config.from_dict({"preprocess": {"channel": " "}})
     with pytest.raises(BadDataError, match=r"is 1.5 \(float\), expected int or str"):
         Config.from_dict({"preprocess": {"channel": 1.5}})
+
+
+def test_user_folders_of_geojson_masks_beside_each_other(tmp_path):
+    """masks/NAME.geojson pairs with images/NAME.png in the strict test too, or the parent reads as a stage."""
+    from dsb.io.geojson import write_geojson
+
+    for name in ("ann1", "ann2"):
+        image, labels = disc_pair(0)
+        png(tmp_path / "data" / name / "images" / f"{name}x.png", image)
+        (tmp_path / "data" / name / "masks").mkdir(parents=True)
+        write_geojson(tmp_path / "data" / name / "masks" / f"{name}x.geojson", labels)
+    assert [s.id for s in find_samples(tmp_path / "data")] == ["ann1-ann1x", "ann2-ann2x"]

@@ -115,6 +115,15 @@ def test_bad_pairs_are_one_line_each(tmp_path, field):
     error_line(result, 3, "no image to measure", "all skipped", "has no label image")
 
 
+def test_a_bad_pair_leaves_no_new_output_folder(tmp_path, field):
+    image, labels = field
+    tifffile.imwrite(tmp_path / "b.tif", image)
+    tifffile.imwrite(tmp_path / "b_masks.tif", labels[:100])
+    result = run_dsb("measure", tmp_path / "b.tif", "--out", tmp_path / "new" / "out")
+    error_line(result, 3, "b_masks.tif", "label image is 100x200 but its image b.tif is 160x200")
+    assert not (tmp_path / "new").exists()
+
+
 def test_dsb_measure_in_python(field):
     image, labels = field
     table = dsb.measure(labels, image)
@@ -315,3 +324,47 @@ def test_a_label_file_of_no_nuclei_is_warned_about(tmp_path, field):
     assert "b_masks.geojson) hold no objects dsb reads as nuclei" in summary.loc[str(tmp_path / "b.tif"), "warning"]
     assert summary.loc[str(tmp_path / "c.tif"), "warning"] == ""
     assert sum("hold no" in line for line in result.stderr.splitlines()) == 2  # said on stderr too
+
+
+def test_a_binary_mask_is_measured_object_by_object_and_warned_about(tmp_path, field):
+    """0/255 over separate nuclei is a binary mask: one nucleus of solidity 0.2 before; a label image of two
+    values whose one label has a stray fragment keeps its labels."""
+    image, labels = field
+    tifffile.imwrite(tmp_path / "a.tif", image)
+    tifffile.imwrite(tmp_path / "a_masks.tif", np.where(labels > 0, 255, 0).astype(np.uint8))
+    stray = labels.copy()
+    stray[0:2, 0:2] = labels.max()  # a fragment of the last label, apart from it
+    tifffile.imwrite(tmp_path / "b.tif", image)
+    tifffile.imwrite(tmp_path / "b_masks.tif", stray)
+    result = run_dsb("measure", tmp_path / "a.tif", tmp_path / "b.tif", "--out", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    summary = pd.read_csv(tmp_path / "out" / "summary.csv", keep_default_na=False).set_index("file")
+    objects = len(np.unique(labels)) - 1
+    assert summary.loc[str(tmp_path / "a.tif"), "nuclei"] == objects > 1
+    note = (f"a_masks.tif: a binary mask (one value, {objects} separate objects), not a label image: each object "
+            "taken as one nucleus; touching nuclei stay merged, give each its own value")
+    assert summary.loc[str(tmp_path / "a.tif"), "warning"] == note
+    table = pd.read_csv(tmp_path / "out" / "a_nuclei.csv")
+    assert table["label"].tolist() == list(range(1, objects + 1)) and table["solidity"].min() > 0.8
+    assert table["area"].sum() == (labels > 0).sum()
+    assert summary.loc[str(tmp_path / "b.tif"), "warning"] == ""
+    kept = pd.read_csv(tmp_path / "out" / "b_nuclei.csv")
+    assert kept["label"].tolist() == sorted(set(np.unique(labels).tolist()) - {0})
+    assert [line for line in result.stderr.splitlines() if "binary mask" in line] == [
+        f"dsb: warning: {tmp_path / 'a.tif'}: {note}"]
+
+
+def test_the_tables_keep_exact_counts_and_sub_pixel_centres_far_from_the_origin(tmp_path):
+    """Six significant digits wrote 48,725,937 counts as 4.87259e+07 and a centroid at column 100,010.5 as 100010."""
+    labels = np.zeros((16, 100_020), np.uint16)
+    labels[2:14, 10:40] = 1
+    labels[5:8, 100_010:100_012] = 2
+    image = np.full(labels.shape, 100, np.uint16)
+    image[labels == 1] = 54321
+    tifffile.imwrite(tmp_path / "w.tif", image)
+    tifffile.imwrite(tmp_path / "w_masks.tif", labels)
+    result = run_dsb("measure", tmp_path / "w.tif", "--out", tmp_path / "out")
+    assert result.exit_code == 0, result.stderr
+    table = pd.read_csv(tmp_path / "out" / "w_nuclei.csv").set_index("label")
+    assert table.loc[1, "integrated_intensity"] == 12 * 30 * 54321 * 1.0
+    assert table.loc[2, "centroid_col"] == 100_010.5 and table.loc[2, "centroid_row"] == 6.0

@@ -278,6 +278,20 @@ def test_score_submission_against_a_solution_csv_or_a_folder(tmp_path, truth_kin
     assert CliRunner().invoke(cli, ["score", str(sub), "--truth", str(truth_path)]).stderr == ""
 
 
+def test_score_a_solution_csv_per_type_with_a_flat_folder_of_its_images(tmp_path):
+    """dsb validate took a flat folder of images and dsb score --images said it held none."""
+    truth = _discs_truth()
+    solution = _write_solution(tmp_path / "solution.csv", truth)
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for image_id, lab in truth.items():
+        Image.fromarray(np.zeros(lab.shape, np.uint8)).save(flat / f"{image_id}.png")
+    sub = write_submission(_submission_rows(truth), tmp_path / "perfect.csv")
+    result = CliRunner().invoke(cli, ["score", str(sub), "--truth", str(solution), "--images", str(flat)])
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.splitlines() == ["fluorescence: 1.000000 (3 images)", "1.000000"]
+
+
 def test_score_submission_unknown_images_and_bad_rows(tmp_path):
     truth = _discs_truth()
     solution = _write_solution(tmp_path / "solution.csv", truth)

@@ -672,6 +672,10 @@ def reports_then_fails(kind: str, *, report, cancel):
         raise BadDataError("is not a model", path="somewhere")
     if kind == "bug":
         raise KeyError("oops")
+    if kind == "diverged":
+        from dsb.training.divergence import Divergence, TrainingDiverged
+
+        raise TrainingDiverged("run", Divergence(1, 2, "loss", float("nan")), learning_rate=10.0)
     return cancel.is_set()
 
 
@@ -683,6 +687,11 @@ def test_child_process_passes_reports_results_and_errors():
             list(child_events(reports_then_fails, "bad data"))
         with pytest.raises(ChildFailed, match="KeyError"):
             list(child_events(reports_then_fails, "bug"))
+        # A subclass of one of them (training that diverged) comes back as that one, its line whole.
+        with pytest.raises(BadDataError) as caught:
+            list(child_events(reports_then_fails, "diverged"))
+        assert str(caught.value) == ("run: training diverged (loss nan at epoch 1, step 2); no model was kept; "
+                                     "start a new run with a lower --learning-rate (it was 10)")
         cancel = threading.Event()
         cancel.set()
         assert list(child_events(reports_then_fails, "ok", cancel=cancel))[-1] is True

@@ -286,8 +286,7 @@ def test_interrupted_run_leaves_no_file(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         predict_images(Counting(fail_on=3), CONFIG, stage, out_csv=out, labels_dir=labels_dir, progress=False)
     assert out.read_text() == "previous good file\n"
-    assert sorted(os.listdir(tmp_path)) == ["labels", "out.csv", "stage"]
-    assert os.listdir(labels_dir) == []
+    assert sorted(os.listdir(tmp_path)) == ["out.csv", "stage"]  # the label folder it made is not left empty
 
 
 def test_unwritable_output_fails_before_predicting(tmp_path):

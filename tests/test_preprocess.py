@@ -18,6 +18,7 @@ from dsb.inference.preprocess import (
     as_float,
     image_stats,
     image_type,
+    intensity_range,
     normalize_polarity,
     preprocess_image,
     stained_gray,
@@ -70,6 +71,25 @@ def test_as_float_scales_by_bit_depth():
     assert as_float(np.array([[True, False]])).dtype == np.float32
     assert as_float(np.array([[0.25, 0.5]])).tolist() == [[0.25, 0.5]]
     np.testing.assert_allclose(as_float(np.array([[-1.0, 3.0]])), [[0.0, 1.0]])
+
+
+def test_signed_images_with_negative_values_are_scaled_from_their_own_range_as_floats_are():
+    background_at_minus_300 = np.where(LABELS > 0, -100, -300).astype(np.int16)
+    floats = background_at_minus_300.astype(np.float32)
+    np.testing.assert_array_equal(as_float(background_at_minus_300), as_float(floats))
+    assert as_float(background_at_minus_300).tolist()[20][20] == 1.0  # not clipped to 0 with the background
+    np.testing.assert_array_equal(preprocess_image(background_at_minus_300), preprocess_image(floats))
+    assert _contrast(preprocess_image(background_at_minus_300)) > 0.9
+    assert image_type(background_at_minus_300) == "fluorescence"
+    # A signed image of no negative value keeps its unsigned reading: an int16 of 0..4095 is 12-bit data.
+    twelve_bit = np.where(LABELS > 0, 3000, 100).astype(np.int16)
+    np.testing.assert_array_equal(as_float(twelve_bit), as_float(twelve_bit.astype(np.uint16)))
+    assert intensity_range(twelve_bit) == (0.0, 4095.0)
+    assert intensity_range(np.array([[-5, 0, 7]], np.int32)) == (-5.0, 7.0)
+    # A block read with its whole image's range converts as the whole does.
+    whole = intensity_range(background_at_minus_300)
+    np.testing.assert_array_equal(as_float(background_at_minus_300[:10, :10], whole),
+                                  as_float(background_at_minus_300)[:10, :10])
 
 
 def test_to_gray_matches_skimage_luminance_and_ignores_alpha():

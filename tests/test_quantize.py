@@ -227,6 +227,35 @@ def test_export_out_with_int8_calibrates_the_copy(int8_run, tmp_path):
     assert choose_engine(out, "auto", "int8") in ONNX_ENGINES
 
 
+def test_export_out_with_int8_on_bad_data_keeps_the_earlier_export(int8_run, tmp_path):
+    path, stage = int8_run
+    out = tmp_path / "exported"
+    note = tmp_path / "note.md"
+    note.write_text("how it was trained")
+    assert dsb("export", path, "--out", out, "--note", note).exit_code == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = dsb("export", path, "--out", out, "--int8", "--data", empty)
+    assert result.exit_code == 3 and str(empty) in result.stderr
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # TRAINING.md was lost with it
+
+
+def test_an_int8_error_inside_the_staged_copy_names_the_export_folder(int8_run, tmp_path, monkeypatch):
+    from dsb.workflows import export
+
+    def fail(folder, data, progress=False):
+        raise BadDataError("cannot be quantized", path=Path(folder) / "model.onnx")
+
+    monkeypatch.setattr(export, "quantize_in_place", fail)
+    path, stage = int8_run
+    out = tmp_path / "exported"
+    result = dsb("export", path, "--out", out, "--int8", "--data", stage)
+    assert result.exit_code == 3
+    assert result.stderr == f"dsb: error: {out / 'model.onnx'}: cannot be quantized\n"  # not .exported.XXXX.tmp
+    assert not out.exists()
+
+
 def test_export_int8_without_data_is_a_usage_error(int8_run):
     path, _ = int8_run
     result = dsb("export", path, "--int8")

@@ -315,6 +315,20 @@ def test_summary_says_how_sure_the_estimate_is_and_the_cli_warns(tmp_path):
     assert "1 with no nuclei found" in result.stdout and "unsure" not in result.output
 
 
+def test_a_signed_image_of_negative_values_is_segmented_as_its_float_copy_and_measured_in_its_values(tmp_path):
+    """The shipped model on int16 discs at -100 on a background of -300: clipping below 0 lost them all."""
+    centres = ((30, 30), (30, 90), (90, 40), (95, 95))
+    signed = np.where(make_discs((128, 128), centres, 9) > 0, -100, -300).astype(np.int16)
+    tifffile.imwrite(tmp_path / "neg16.tif", signed)
+    tifffile.imwrite(tmp_path / "negf32.tif", signed.astype(np.float32))
+    summary = segment_paths([tmp_path / "neg16.tif", tmp_path / "negf32.tif"], out_dir=tmp_path / "out",
+                            progress=False).set_index("file")
+    assert summary["nuclei"].tolist() == [4, 4]
+    table = pd.read_csv(tmp_path / "out" / "neg16_nuclei.csv")
+    assert (table["mean_intensity"] == -100).all()
+    assert (table["integrated_intensity"] == -100 * table["area"]).all()
+
+
 def test_the_cli_names_images_of_an_unsure_estimate(tmp_path, monkeypatch):
     """An image with nuclei whose size was not confirmed, beside one with none found: each its own line."""
     from click.testing import CliRunner

@@ -326,6 +326,131 @@ def test_with_a_time_budget_the_learning_rate_follows_the_share_spent(tmp_path, 
     assert rates[0] == pytest.approx(budget_cosine(tc.learning_rate, tc.min_learning_rate, 0.9), rel=1e-5)
 
 
+# ---------------------------------------------------------------- divergence
+
+
+class Poison(keras.callbacks.Callback):
+    """Set the first kernel to ``value`` at (epoch, batch): at its start (``when="begin"``), so that
+    the step's loss is not finite, or at its end, after the step's loss; counts the steps begun."""
+
+    def __init__(self, epoch: int, batch: int, *, value=np.nan, when: str = "begin"):
+        super().__init__()
+        self.at, self.value, self.when = (epoch, batch), value, when
+        self.epoch, self.steps = None, 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.steps += 1
+        if self.when == "begin":
+            self._poison(batch)
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.when == "end":
+            self._poison(batch)
+
+    def _poison(self, batch):
+        if (self.epoch, batch) == self.at:
+            kernel = self.model.trainable_weights[0]
+            kernel.assign(np.full(kernel.shape, self.value, dtype="float32"))
+
+
+def manifest_of(run) -> dict:
+    return json.loads((Path(run) / "manifest.json").read_text())
+
+
+def finite_weights(path) -> list[np.ndarray]:
+    weights = keras.saving.load_model(path, compile=False).get_weights()
+    assert all(np.isfinite(w).all() for w in weights)
+    return weights
+
+
+def test_a_nan_loss_stops_training_at_once_and_keeps_the_model_of_the_epoch_before(tmp_path):
+    from dsb.training import TrainingDiverged
+
+    run, poison = tmp_path / "run", Poison(epoch=1, batch=1)
+    with pytest.raises(TrainingDiverged) as caught:
+        train_prepared(tiny_prepared(), TINY, out_dir=run, progress=False, callbacks=[poison])
+    error = caught.value
+    assert isinstance(error, BadDataError) and error.exit_code == 3  # bad settings, as the CLI reports them
+    assert str(error) == (f"{run}: training diverged (loss nan at epoch 2, step 2); model.keras holds epoch 1, "
+                          "the best before; start a new run with a lower --learning-rate (it was 0.001)")
+    assert poison.steps == TINY.train.steps_per_epoch + 2  # no step after the one whose loss was NaN
+
+    manifest = manifest_of(run)
+    assert manifest["status"] == "diverged" and manifest["epochs_run"] == 1
+    assert manifest["diverged"] == {"epoch": 2, "step": 2, "what": "loss", "value": "nan"}
+    assert manifest["best"]["epoch"] == 1
+    assert len(history(run)) == 1 and latest_checkpoint(run)[1]["epoch"] == 1
+    # model.keras is the best of the epochs before: epoch 1's weights, finite.
+    assert_same_weights(finite_weights(run / "model.keras"), checkpoint_weights(run), atol=0)
+
+    # A resume would diverge again from the same weights, rate and batches: it is refused, and changes nothing.
+    with pytest.raises(TrainingDiverged, match=r"diverged \(loss nan at epoch 2, step 2\) and would again"):
+        train_prepared(tiny_prepared(), None, out_dir=run, resume=True, progress=False)
+    assert manifest_of(run)["status"] == "diverged" and len(history(run)) == 1
+
+
+def test_a_run_that_diverges_in_its_first_epoch_leaves_no_model(tmp_path):
+    from dsb.training import TrainingDiverged
+
+    run = tmp_path / "run"
+    with pytest.raises(TrainingDiverged, match=r"\(loss nan at epoch 1, step 2\); no model was kept"):
+        train_prepared(tiny_prepared(), TINY, out_dir=run, progress=False, callbacks=[Poison(epoch=0, batch=1)])
+    assert not (run / "model.keras").exists()
+    manifest = manifest_of(run)
+    assert manifest["status"] == "diverged" and manifest["best"] is None and manifest["epochs_run"] == 0
+    assert manifest["diverged"] == {"epoch": 1, "step": 2, "what": "loss", "value": "nan"}
+
+
+@pytest.mark.parametrize("validation", [0.2, 0.0])
+def test_weights_that_turn_nan_in_the_last_step_of_an_epoch_are_never_kept(tmp_path, validation):
+    """The loss of a step is that of the weights before it: NaN weights after an epoch's last step
+    show in the validation loss, or without validation in the weights themselves."""
+    from dsb.training import TrainingDiverged
+
+    config = TINY.replace(train=dataclasses.replace(TINY.train, validation_fraction=validation))
+    run = tmp_path / "run"
+    with pytest.raises(TrainingDiverged) as caught:
+        train_prepared(tiny_prepared(), config, out_dir=run, progress=False,
+                       callbacks=[Poison(epoch=1, batch=1, when="end")])
+    what = "val_loss" if validation else "weights"
+    assert f"({what} nan at epoch 2, after step 2); model.keras holds epoch 1" in str(caught.value)
+    assert manifest_of(run)["diverged"] == {"epoch": 2, "step": 2, "what": what, "value": "nan"}
+    assert len(history(run)) == 1 and latest_checkpoint(run)[1]["epoch"] == 1
+    finite_weights(run / "model.keras")
+    finite_weights(latest_checkpoint(run)[0] / "model.keras")
+
+
+def test_without_validation_a_best_model_whose_next_step_is_nan_is_dropped(tmp_path):
+    """Without validation the best model is the weights an epoch ended with, which no loss has
+    looked at yet: huge finite weights that make the next step's loss NaN leave no model."""
+    from dsb.training import TrainingDiverged
+
+    config = TINY.replace(train=dataclasses.replace(TINY.train, validation_fraction=0.0))
+    run = tmp_path / "run"
+    with pytest.raises(TrainingDiverged, match=r"\(loss nan at epoch 2, step 1\); no model was kept"):
+        train_prepared(tiny_prepared(), config, out_dir=run, progress=False,
+                       callbacks=[Poison(epoch=0, batch=1, value=1e38, when="end")])
+    assert not (run / "model.keras").exists()
+    assert manifest_of(run)["best"]["epoch"] == 1  # the figures it had, though its model is gone
+
+
+def test_divergence_records_read_back_and_name_the_value():
+    from dsb.training.divergence import Divergence, non_finite_loss, non_finite_weight
+
+    d = Divergence(epoch=3, step=7, what="loss", value=float("inf"))
+    assert str(d) == "loss inf at epoch 3, step 7"
+    assert Divergence.from_dict(json.loads(json.dumps(d.as_dict()))) == d
+    assert Divergence.from_dict(None) is None and Divergence.from_dict({"epoch": 1}) is None
+    assert non_finite_loss({"loss": 0.5, "body_iou": float("nan"), "val_loss": float("-inf")}) == ("val_loss",
+                                                                                                  float("-inf"))
+    assert non_finite_loss({"loss": 0.5, "val_loss": 0.4}) is None
+    assert non_finite_weight([np.ones(3, "float32"), np.arange(3)]) is None
+    assert np.isnan(non_finite_weight([np.ones(2), np.array([1.0, np.nan])]))
+
+
 def test_precision_auto_times_both_and_trains_in_the_faster(tmp_path, monkeypatch):
     from dsb.training import probe
 

@@ -11,12 +11,14 @@ import contextlib
 import errno
 import os
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 
 from dsb.core.errors import EnvironmentProblem
 
-__all__ = ["atomic_path", "atomic_paths", "atomic_dir", "write_text", "os_error", "scratch_dir", "writable_dir"]
+__all__ = ["atomic_path", "atomic_paths", "atomic_dir", "write_text", "os_error", "scratch_dir", "writable_dir",
+           "removed_if_left_empty"]
 
 
 def _umask() -> int:
@@ -49,7 +51,9 @@ def atomic_path(path, *, suffix: str | None = None):
     """Yield a temporary path next to ``path``; rename it to ``path`` on success.
 
     The temporary file is removed if the block raises, so ``path`` either keeps
-    its previous content or gets the complete new one.
+    its previous content or gets the complete new one. A symbolic link keeps
+    pointing where it did, its target replaced; a special file (``/dev/null``,
+    a named pipe) gets the complete file written into it instead of being replaced.
 
     Parameters
     ----------
@@ -59,13 +63,37 @@ def atomic_path(path, *, suffix: str | None = None):
         Suffix of the temporary name (defaults to that of ``path``), for writers
         that pick a format from the file name.
     """
-    path = Path(path)
-    with _temporary(path, suffix) as tmp:
+    path, special = _destination(Path(path))
+    with _temporary(path, suffix, elsewhere=special) as tmp:
         try:
             yield tmp
-            os.replace(tmp, path)
+            if special:
+                _copy_into(tmp, path)
+            else:
+                os.replace(tmp, path)
         except OSError as exc:
             raise os_error(exc, path) from exc
+
+
+def _destination(path: Path) -> tuple[Path, bool]:
+    """Where a write to ``path`` lands: a symbolic link's target (the link stays a link), else ``path``; and
+    whether that is a special file (``/dev/null``, a named pipe) to write into, which a rename would replace
+    with a regular file."""
+    try:
+        mode = os.stat(path).st_mode  # through links: /dev/stdout is a link to a pipe with no path of its own
+    except OSError:
+        mode = None
+    if mode is not None and not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
+        return path, True
+    if path.is_symlink():
+        path = Path(os.path.realpath(path))
+    return path, False
+
+
+def _copy_into(tmp: Path, path: Path) -> None:
+    """The whole file ``tmp`` written into the special file ``path``."""
+    with open(tmp, "rb") as source, open(path, "wb") as target:
+        shutil.copyfileobj(source, target)
 
 
 @contextlib.contextmanager
@@ -77,9 +105,11 @@ def atomic_paths(*paths):
     renamed get their previous content back (or are removed if they were new),
     so either every destination is new or every one is as it was.
     """
-    paths = [Path(p) for p in paths]
+    destinations = [_destination(Path(p)) for p in paths]
+    paths = [path for path, _ in destinations]
+    special = {path for path, is_special in destinations if is_special}  # written into, as atomic_path does
     with contextlib.ExitStack() as stack:
-        temps = [stack.enter_context(_temporary(path)) for path in paths]
+        temps = [stack.enter_context(_temporary(path, elsewhere=path in special)) for path in paths]
         try:
             yield temps
         except OSError as exc:
@@ -87,7 +117,7 @@ def atomic_paths(*paths):
         # Every previous version is kept aside before the first rename, so a failed one can be undone.
         backups = {}
         for path in paths:
-            if path.exists():
+            if path.exists() and path not in special:
                 backups[path] = stack.enter_context(_temporary(path))
                 try:
                     shutil.copy2(path, backups[path])
@@ -95,9 +125,12 @@ def atomic_paths(*paths):
                     raise os_error(exc, path.parent) from exc
         for done, (path, tmp) in enumerate(zip(paths, temps)):
             try:
-                os.replace(tmp, path)
+                if path in special:
+                    _copy_into(tmp, path)
+                else:
+                    os.replace(tmp, path)
             except OSError as exc:
-                for earlier in paths[:done]:
+                for earlier in (p for p in paths[:done] if p not in special):  # what went into a pipe is gone
                     with contextlib.suppress(OSError):
                         if earlier in backups:
                             os.replace(backups[earlier], earlier)
@@ -107,12 +140,15 @@ def atomic_paths(*paths):
 
 
 @contextlib.contextmanager
-def _temporary(path: Path, suffix: str | None = None):
-    """A new empty file next to ``path`` with an ordinary file's mode, removed afterwards if still there."""
+def _temporary(path: Path, suffix: str | None = None, *, elsewhere: bool = False):
+    """A new empty file next to ``path`` (``elsewhere``: in the system's temporary folder, for a special file)
+    with an ordinary file's mode, removed afterwards if still there."""
     suffix = path.suffix if suffix is None else suffix
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{suffix}", dir=path.parent)
+        if not elsewhere:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{suffix}",
+                                   dir=None if elsewhere else path.parent)
         # mkstemp makes the file 0600; give it the mode an ordinary open() would.
         os.fchmod(fd, 0o666 & ~_umask())
         os.close(fd)
@@ -132,7 +168,7 @@ def atomic_dir(path):
 
     An existing ``path`` is replaced only after the new folder is complete.
     """
-    path = Path(path)
+    path = _destination(Path(path))[0]  # a link to a folder: the folder it links to is replaced
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
@@ -195,6 +231,28 @@ def writable_dir(folder) -> Path:
     if not os.access(folder, os.W_OK):
         raise EnvironmentProblem("not writable (permission denied)", path=folder)
     return folder
+
+
+@contextlib.contextmanager
+def removed_if_left_empty(folder):
+    """Remove ``folder``, and the parents made with it, when the block fails and leaves them empty.
+
+    A command that makes its output folder before long work (:func:`writable_dir`) and then stops
+    at a bad input leaves no empty folder behind; a folder that was there before is left alone.
+    """
+    folder = Path(folder)
+    made = []
+    for level in (folder, *folder.parents):
+        if level.exists():
+            break
+        made.append(level)
+    try:
+        yield folder
+    except BaseException:
+        for level in made:  # innermost first; rmdir refuses a folder that holds anything
+            with contextlib.suppress(OSError):
+                level.rmdir()
+        raise
 
 
 def write_text(path, text: str) -> Path:

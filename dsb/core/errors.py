@@ -9,7 +9,7 @@ code   meaning
 0      success
 1      unexpected internal error (a bug: please report it)
 2      usage error: a bad option or argument (click's own code)
-3      bad data: an image, mask, CSV, config or run folder is wrong
+3      bad data: an image, mask, CSV, config or run folder is wrong, or training diverged
 4      environment: no credentials, an unwritable path, a full disk, a missing engine or extra
 130    interrupted with Ctrl-C
 =====  ============================================================

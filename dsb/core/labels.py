@@ -45,7 +45,7 @@ def compact_labels(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
     labels = np.asarray(labels)
     if int(labels.max(initial=0)) <= 2 * labels.size + 1024:
         return labels, None
-    return renumber(labels, dtype=np.int64)[0], np.unique(labels[labels > 0])
+    return _renumber_by_sorting(labels, np.int64)
 
 
 def renumber(labels: np.ndarray, *, dtype=np.int32) -> tuple[np.ndarray, int]:
@@ -75,10 +75,16 @@ def renumber(labels: np.ndarray, *, dtype=np.int32) -> tuple[np.ndarray, int]:
         if n == top:
             return labels.astype(dtype, copy=False), n
         return np.take(np.cumsum(present).astype(dtype), labels), n
-    # Huge label values: np.unique's inverse is the renumbering.
+    numbered, values = _renumber_by_sorting(labels, dtype)  # huge label values
+    return numbered, values.size
+
+
+def _renumber_by_sorting(labels: np.ndarray, dtype) -> tuple[np.ndarray, np.ndarray]:
+    """``labels`` numbered 1..K in the order of their values, and the values (above 0): np.unique's one sort
+    gives both, its inverse being the numbering."""
     values, inverse = np.unique(labels, return_inverse=True)
-    has_background = bool(values[0] == 0)
-    return (inverse.reshape(labels.shape) + (not has_background)).astype(dtype), values.size - has_background
+    background = bool(values[0] == 0)
+    return (inverse.reshape(labels.shape) + (not background)).astype(dtype), values[background:]
 
 
 def relabel(labels: np.ndarray, keep: np.ndarray) -> np.ndarray:

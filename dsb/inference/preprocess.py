@@ -69,7 +69,8 @@ def intensity_range(image: np.ndarray) -> tuple[float, float]:
 
     (0, 255) for 8 bits; for wider integers (0, 2**b - 1), ``b`` the smallest of 10, 12, 14 or
     16 bits (and so on) that holds the maximum; (0, 1) for booleans and for floats within [0, 1];
-    the minimum and maximum of other floats. Taken once over a whole image (or a sample of it), the
+    the minimum and maximum of other floats, and of signed integers holding a negative value (whose
+    signal a range from 0 would clip away). Taken once over a whole image (or a sample of it), the
     range converts every part of that image alike (``as_float(part, value_range)``): each part
     on its own would be scaled by its own maximum.
 
@@ -77,11 +78,16 @@ def intensity_range(image: np.ndarray) -> tuple[float, float]:
     --------
     >>> intensity_range(np.array([0, 200], np.uint8)), intensity_range(np.array([0, 3000], np.uint16))
     ((0.0, 255.0), (0.0, 4095.0))
+    >>> intensity_range(np.array([0, 3000], np.int16)), intensity_range(np.array([-300, -100], np.int16))
+    ((0.0, 4095.0), (-300.0, -100.0))
     """
     image = np.asarray(image)
     if image.dtype == bool:
         return 0.0, 1.0
     if np.issubdtype(image.dtype, np.integer):
+        bottom = int(image.min()) if image.size and np.issubdtype(image.dtype, np.signedinteger) else 0
+        if bottom < 0:
+            return float(bottom), float(image.max())
         top = int(image.max()) if image.size else 0
         if image.dtype == np.uint8 or top <= 255:
             return 0.0, 255.0
@@ -119,9 +125,15 @@ def as_float(image: np.ndarray, value_range: tuple[float, float] | None = None) 
         Integer images are divided by the largest value of their bit depth:
         255 for 8 bits; for wider types the smallest of 10, 12, 14 or 16 bits
         (and so on) that holds the maximum, so a 12-bit camera image stored as
-        uint16 keeps its brightness. Floats already in [0, 1] are kept; other
-        floats are scaled from their minimum and maximum; NaN and infinite
-        values count as 0.
+        uint16 keeps its brightness. Signed integers are read so too while
+        none is negative (an int16 image of 0..4095 is a 12-bit one); one
+        holding a negative value is scaled from its minimum and maximum, as
+        floats are (its minimum to 0, its maximum to 1). Floats already in
+        [0, 1] are kept; other floats are scaled from their minimum and
+        maximum; NaN and infinite values count as 0. The one rule by which
+        every image's values become the network's grey and a display's
+        (:func:`intensity_range`); measurements keep the values as stored
+        (:func:`raw_intensity`).
     value_range : (float, float), optional
         The raw values to map to 0 and 1 instead of ``image``'s own
         (:func:`intensity_range` of the whole image it is part of); values
@@ -228,8 +240,8 @@ def raw_intensity(image: np.ndarray) -> np.ndarray:
     -------
     (H, W) ndarray of float64
         The grey channel's values as stored; for colour, the luminance of the three channels
-        (ITU-R BT.709 weights, which sum to 1); an RGB image with three equal channels gives
-        that channel exactly.
+        (scikit-image's rgb2gray weights: ITU-R BT.709's, rounded to sum to 1); an RGB image with three
+        equal channels gives that channel exactly.
 
     Examples
     --------

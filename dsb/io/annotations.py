@@ -9,10 +9,12 @@ A training folder (``dsb train --data DIR``) may hold, alone or together:
 * layout (b), Cellpose's: ``NAME.png`` (or ``.tif``) with ``NAME_masks.tif``,
   ``NAME_labels.tif`` or ``NAME_cp_masks.png`` beside it.
 
-``DIR`` itself may be a folder in layout (a) or (b), or hold such folders beside
+``DIR`` itself may be a folder in layout (a) or (b) (or both: pairs beside its ``images/``
+and ``masks/``), or hold such folders beside
 ``stage1_train/`` (e.g. ``DIR/stage1_train/`` and ``DIR/my_images/``). A label
 image is an 8-, 16- or 32-bit integer TIFF or PNG, 0 background and one value
-per nucleus (any values: training renumbers them 1..N; ``dsb measure`` keeps them).
+per nucleus (any values: training renumbers them 1..N; ``dsb measure`` keeps them); a
+binary mask (one value over several separate objects) is taken object by object, with a warning.
 
 The images of a user folder get ids ``{folder}-{stem}``, unique by
 construction, and form their own imaging-experiment group ``user:{folder}``
@@ -26,6 +28,7 @@ from them, so user images and competition images go through one loader.
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +41,7 @@ from dsb.io.geojson import read_geojson_labels
 from dsb.io.images import (
     IMAGE_SUFFIXES,
     MaskFixes,
+    MaskFixWarning,
     image_name,
     image_path,
     list_ids,
@@ -197,9 +201,9 @@ def _is_layout_a(folder: Path, *, strict: bool = False) -> bool:
         return False
     if not strict:
         return True
-    masks = {p.stem for p in _files(folder / "masks")}
+    masks = {_named(p) for p in _files(folder / "masks")}  # as the pairs are matched: a.ome.tif, a.geojson
     masks |= {label_stem(p) for p in _files(folder / "masks")}
-    return any(p.stem in masks for p in _images(_files(folder / "images")))
+    return any(image_name(p) in masks for p in _images(_files(folder / "images")))
 
 
 def _labels_by_stem(paths, stem_of) -> dict[str, Path]:
@@ -266,8 +270,15 @@ def _by_stem(files: list[Path], what: str) -> dict[str, Path]:
 
 
 def _user_samples(folder: Path, name: str) -> list[Sample]:
-    """The samples of a user folder in layout (a) (``images/``, ``masks/``) or (b) (labels beside images)."""
-    if _is_layout_a(folder):
+    """The samples of a user folder in layout (a) (``images/``, ``masks/``), (b) (labels beside images), or
+    both at once (pairs beside the ``images/`` and ``masks/`` folders)."""
+    layouts = [a for a, holds in ((True, _is_layout_a(folder)), (False, _is_layout_b(folder))) if holds]
+    return [sample for in_folders in layouts for sample in _layout_samples(folder, name, in_folders)]
+
+
+def _layout_samples(folder: Path, name: str, in_folders: bool) -> list[Sample]:
+    """The samples of ``folder`` in layout (a) (``in_folders``) or (b)."""
+    if in_folders:
         images = _by_stem(_images(_files(folder / "images")), "images")
         labels = _labels_by_stem(
             _files(folder / "masks"),
@@ -310,8 +321,17 @@ def _check_unique(samples: list[Sample]) -> list[Sample]:
 # ---------------------------------------------------------------- reading
 
 
-def read_label_image(path, shape: tuple[int, int] | None = None, *, image=None, renumbered: bool = True) -> np.ndarray:
+def read_label_image(path, shape: tuple[int, int] | None = None, *, image=None, renumbered: bool = True,
+                     return_fixes: bool = False):
     """Read a label image: 0 background, one integer value per nucleus.
+
+    A binary mask (a single value above 0, as 0/1 or 0/255, over several separate objects) is no label
+    image, and read as one it would make all its nuclei one: each of its objects (8-connected: pixels
+    touching at a corner are one object) is taken as one nucleus, numbered 1..N in raster order, and
+    that fix is returned with ``return_fixes=True``, and otherwise reported with a
+    :class:`dsb.io.images.MaskFixWarning` naming the file. A label image of several values is never
+    relabelled, even where a nucleus's value covers stray separate fragments; one of a single nucleus
+    with a stray fragment cannot be told from a binary mask, and is split so, with the warning.
 
     Parameters
     ----------
@@ -325,11 +345,16 @@ def read_label_image(path, shape: tuple[int, int] | None = None, *, image=None, 
     renumbered : bool
         Number the nuclei 1..N; False keeps the file's values (``dsb measure``, whose table names
         each nucleus by its value in the file).
+    return_fixes : bool
+        Also return the :class:`dsb.io.images.MaskFixes` (its ``binary``, for a binary mask).
 
     Returns
     -------
-    (H, W) ndarray of int32, or of the file's integer type when not ``renumbered``
-        The nuclei renumbered 1..N in the order of their values.
+    labels : (H, W) ndarray of int32, or of the file's integer type when not ``renumbered``
+        The nuclei renumbered 1..N in the order of their values (a binary mask's objects: int32,
+        1..N, renumbered or not).
+    fixes : MaskFixes
+        Only with ``return_fixes=True``.
 
     Raises
     ------
@@ -349,7 +374,8 @@ def read_label_image(path, shape: tuple[int, int] | None = None, *, image=None, 
     path = Path(path)
     if path.suffix.lower() == ".geojson":
         labels = read_geojson_labels(path, shape)
-        return renumber(labels)[0] if renumbered else labels
+        labels = renumber(labels)[0] if renumbered else labels
+        return (labels, MaskFixes()) if return_fixes else labels
     labels = _palette_indices(path)
     frames = stack_frames(path) if labels is None and path.suffix.lower() in (".tif", ".tiff") else ""
     if frames:
@@ -375,7 +401,35 @@ def read_label_image(path, shape: tuple[int, int] | None = None, *, image=None, 
             "(height x width)",
             path=path,
         )
-    return renumber(labels)[0] if renumbered else labels
+    labels, objects = _binary_mask_objects(labels)
+    fixes = MaskFixes(binary=((path.name, objects),)) if objects else MaskFixes()
+    labels = renumber(labels)[0] if renumbered else labels
+    if return_fixes:
+        return labels, fixes
+    if fixes:
+        warnings.warn(str(fixes), MaskFixWarning, stacklevel=2)
+    return labels
+
+
+def _binary_mask_objects(labels: np.ndarray) -> tuple[np.ndarray, int]:
+    """A binary mask's objects (8-connected) as labels 1..N in raster order, and N; for any other label
+    image (no value, several values, or one value over one object) ``labels`` itself, and 0.
+
+    >>> mask = np.array([[1, 1, 0, 1], [0, 0, 0, 1], [1, 0, 0, 0]], np.uint8)
+    >>> objects, n = _binary_mask_objects(mask)
+    >>> n, objects.tolist()
+    (3, [[1, 1, 0, 2], [0, 0, 0, 2], [3, 0, 0, 0]])
+    >>> _binary_mask_objects(mask * np.array([1, 1, 2, 2], np.uint8))[1]  # two values: a label image
+    0
+    """
+    from scipy import ndimage
+
+    top = labels.max(initial=0)
+    foreground = labels > 0
+    if top == 0 or not np.array_equal(foreground, labels == top):
+        return labels, 0
+    objects, count = ndimage.label(foreground, structure=np.ones((3, 3), bool))
+    return (objects, int(count)) if count > 1 else (labels, 0)
 
 
 def read_label_stack(path, shape: tuple[int, ...], roles: str, *, image=None) -> np.ndarray:
@@ -555,7 +609,8 @@ def read_sample(sample: Sample, channel: int | None = None) -> tuple[np.ndarray,
     labels : (H, W) ndarray of int32
         0 background, 1..N.
     fixes : MaskFixes
-        What :func:`dsb.io.images.read_labels` settled (none for a label image).
+        What :func:`dsb.io.images.read_labels` settled, or for a label image what
+        :func:`read_label_image` did (a binary mask taken object by object).
 
     Raises
     ------
@@ -570,4 +625,4 @@ def read_sample(sample: Sample, channel: int | None = None) -> tuple[np.ndarray,
     if not sample.user:
         labels, fixes = read_labels(sample.labels.parent, image.shape[:2], return_fixes=True)
         return image, labels, fixes
-    return image, read_label_image(sample.labels, image.shape[:2], image=sample.image), MaskFixes()
+    return image, *read_label_image(sample.labels, image.shape[:2], image=sample.image, return_fixes=True)

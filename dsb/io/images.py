@@ -41,6 +41,7 @@ __all__ = [
     "read_mask",
     "MaskFixWarning",
     "MaskFixes",
+    "binary_mask_note",
     "read_labels",
     "list_ids",
     "image_path",
@@ -411,7 +412,17 @@ def read_mask(path, shape: tuple[int, int] | None = None) -> np.ndarray:
 
 
 class MaskFixWarning(UserWarning):
-    """The masks of one image needed fixing (overlaps, empty masks); see :class:`MaskFixes`."""
+    """The masks of one image needed fixing (overlaps, empty masks, a binary mask); see :class:`MaskFixes`."""
+
+
+def binary_mask_note(objects: int) -> str:
+    """What a label image that is a binary mask of ``objects`` separate objects was taken as, and what to do.
+
+    >>> binary_mask_note(4)[:52]
+    'a binary mask (one value, 4 separate objects), not a'
+    """
+    return (f"a binary mask (one value, {objects} separate objects), not a label image: each object taken as one "
+            "nucleus; touching nuclei stay merged, give each its own value")
 
 
 @dataclass(frozen=True)
@@ -427,18 +438,22 @@ class MaskFixes:
         Mask files with no nucleus pixel: skipped.
     covered : tuple of str
         Mask files lying wholly inside earlier masks: skipped.
+    binary : tuple of (str, int)
+        A label image that was a binary mask (one value over several separate objects), with its number
+        of objects, each taken as one nucleus (:func:`dsb.io.annotations.read_label_image`).
     """
 
     overlapping: tuple[tuple[str, int], ...] = ()
     empty: tuple[str, ...] = ()
     covered: tuple[str, ...] = ()
+    binary: tuple[tuple[str, int], ...] = ()
 
     @property
     def overlap_pixels(self) -> int:
         return sum(n for _, n in self.overlapping)
 
     def __bool__(self) -> bool:
-        return bool(self.overlapping or self.empty or self.covered)
+        return bool(self.overlapping or self.empty or self.covered or self.binary)
 
     def __str__(self) -> str:
         parts = []
@@ -451,6 +466,7 @@ class MaskFixes:
             parts.append(f"{len(self.empty)} empty mask(s) skipped (e.g. {self.empty[0]})")
         if self.covered:
             parts.append(f"{len(self.covered)} mask(s) inside earlier ones skipped (e.g. {self.covered[0]})")
+        parts += [f"{name}: {binary_mask_note(objects)}" for name, objects in self.binary]
         return "; ".join(parts) if parts else "no fixes"
 
     def to_dict(self) -> dict:
@@ -458,6 +474,7 @@ class MaskFixes:
             "overlapping": [list(o) for o in self.overlapping],
             "empty": list(self.empty),
             "covered": list(self.covered),
+            "binary": [list(b) for b in self.binary],
         }
 
     @classmethod
@@ -466,6 +483,7 @@ class MaskFixes:
             overlapping=tuple((str(n), int(p)) for n, p in data.get("overlapping", ())),
             empty=tuple(data.get("empty", ())),
             covered=tuple(data.get("covered", ())),
+            binary=tuple((str(n), int(k)) for n, k in data.get("binary", ())),
         )
 
 

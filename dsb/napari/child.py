@@ -46,7 +46,9 @@ def _child(target: Callable, args: tuple, kwargs: dict, events, cancel) -> None:
     try:
         events.put(_Done(target(*args, report=events.put, cancel=cancel, **kwargs)))
     except BaseException as exc:  # every way out is reported, or the parent would wait in vain
-        events.put(_Error(type(exc).__name__, str(exc), traceback.format_exc()))
+        # A subclass (dsb.training.TrainingDiverged, RLEError) goes back as the class of errors.py it is.
+        kind = next((c.__name__ for c in type(exc).__mro__ if _ERRORS.get(c.__name__) is c), type(exc).__name__)
+        events.put(_Error(kind, str(exc), traceback.format_exc()))
 
 
 def child_events(target: Callable, *args, cancel: threading.Event | None = None, **kwargs) -> Iterator:
@@ -69,7 +71,8 @@ def child_events(target: Callable, *args, cancel: threading.Event | None = None,
     Raises
     ------
     DsbError
-        The child raised one (the same class, for the three of :mod:`dsb.core.errors`).
+        The child raised one (the same class for the three of :mod:`dsb.core.errors`, the one of
+        them it derives from for another).
     ChildFailed
         The child raised another error (its traceback in the message) or died.
     """

@@ -79,10 +79,16 @@ def export_onnx(model, path, *, outputs, source=None) -> Path:
     Raises
     ------
     EnvironmentProblem
-        The converter is not installed, or ``path`` cannot be written.
+        Keras runs on another backend than TensorFlow, the converter is not installed, or ``path``
+        cannot be written.
     """
     import keras
 
+    if keras.backend.backend() != "tensorflow":  # Keras would look for jax2onnx, which dsb does not use
+        raise EnvironmentProblem(
+            f"ONNX export runs through TensorFlow (tf2onnx), and Keras runs on {keras.backend.backend()} here: "
+            "export with KERAS_BACKEND=tensorflow (or unset), the cpu or gpu extra installed"
+        )
     try:
         import onnx
     except ImportError as exc:

@@ -22,7 +22,8 @@ one and, on CPU, ends with the same weights.
 The modules: :mod:`.plan` (what a run will do), :mod:`.state` (the typed run
 state in state.json), :mod:`.checkpoints` (the files of the run folder),
 :mod:`.environment` (precision, determinism, distribution), :mod:`.fit` (the
-fit loop and its callback) and :mod:`.session` (the entry points).
+fit loop and its callback), :mod:`.divergence` (a loss that is no longer finite
+stops the run) and :mod:`.session` (the entry points).
 """
 
 from dsb.core.lazy import lazy_names
@@ -30,7 +31,8 @@ from dsb.core.lazy import lazy_names
 # Not typing.TYPE_CHECKING: importing typing here costs more than the rest; checkers know the name.
 TYPE_CHECKING = False
 
-__all__ = ["train", "train_prepared", "TrainingInterrupted", "STRATEGIES", "TRAINING_PRECISIONS", "latest_checkpoint"]
+__all__ = ["train", "train_prepared", "TrainingInterrupted", "TrainingDiverged", "STRATEGIES", "TRAINING_PRECISIONS",
+           "latest_checkpoint"]
 
 # Public name -> its module. Loaded on first use, so that the Keras-free modules of this package
 # (the cache, groups, augmentation, fine-tuning plans) can be imported without Keras.
@@ -38,6 +40,7 @@ _HOMES = {
     "train": ".session",
     "train_prepared": ".session",
     "TrainingInterrupted": ".session",
+    "TrainingDiverged": ".divergence",
     "STRATEGIES": ".environment",
     "TRAINING_PRECISIONS": ".environment",
     "latest_checkpoint": ".checkpoints",
@@ -45,6 +48,7 @@ _HOMES = {
 
 if TYPE_CHECKING:
     from dsb.training.checkpoints import latest_checkpoint
+    from dsb.training.divergence import TrainingDiverged
     from dsb.training.environment import STRATEGIES, TRAINING_PRECISIONS
     from dsb.training.session import TrainingInterrupted, train, train_prepared
 

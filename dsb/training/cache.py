@@ -32,7 +32,8 @@ from dsb.core.errors import BadDataError
 from dsb.core.progress import track
 from dsb.inference.preprocess import IMAGE_TYPES, image_type, mixed_channels, preprocess_image, to_uint8
 from dsb.io.annotations import find_samples, read_sample, user_group
-from dsb.io.images import MaskFixes, image_path, list_ids, read_image
+from dsb.io.folders import folder_images
+from dsb.io.images import MaskFixes, MaskFixWarning, binary_mask_note, image_path, read_image
 from dsb.training.groups import FEATURES, N_GROUPS, assign_groups, image_features
 
 __all__ = [
@@ -49,7 +50,8 @@ __all__ = [
 ]
 
 
-CACHE_VERSION = 4  # bump when the cache's content or format changes (4: grey RGB images by level, not by luma)
+CACHE_VERSION = 5  # bump when the cache's content or format changes (5: signed images with negative values scaled
+# from their own range, not clipped at 0, and binary masks taken object by object; 4: grey RGB images by level)
 
 
 # Fields of PreprocessConfig that only shape the training targets and scale (made per crop), not the cache.
@@ -115,10 +117,12 @@ def _summary(ids, types, nuclei: int, fixes: dict, groups=(), diameters=()) -> s
         overlaps = [f for f in fixes.values() if f.overlapping]
         empty = sum(len(f.empty) for f in fixes.values())
         covered = sum(len(f.covered) for f in fixes.values())
+        binary = sum(len(f.binary) for f in fixes.values())
         lines.append(
             f"mask fixes: {len(overlaps)} image(s) with overlapping masks "
             f"({sum(f.overlap_pixels for f in overlaps)} pixel(s) kept by the earlier mask), "
             f"{empty} empty mask(s) skipped, {covered} mask(s) inside others skipped"
+            + (f", {binary} binary mask(s) taken object by object" if binary else "")
         )
         for image_id, f in sorted(fixes.items()):
             lines.append(f"  {image_id}: {f}")
@@ -385,6 +389,12 @@ def _prepare(data_dir, config, *, progress, cache_dir, workers) -> tuple[Path, d
         more = f" (and {len(mixed) - 1} more of your images)" if len(mixed) > 1 else ""
         warnings.warn(f"{path}{more}: {why}. dsb train reads such an image as dsb segment does; give --channel N to "
                       "learn from the DNA stain's channel", stacklevel=2)
+    binary = [(s.labels, fixes[s.id].binary[0][1]) for s in samples if s.id in fixes and fixes[s.id].binary]
+    if binary:
+        import warnings
+
+        more = f" (and {len(binary) - 1} more of your label files)" if len(binary) > 1 else ""
+        warnings.warn(f"{binary[0][0]}{more}: {binary_mask_note(binary[0][1])}", MaskFixWarning, stacklevel=2)
     empty = [s.labels for s in samples if s.user and not labels[s.id].any()]
     if empty:
         import warnings
@@ -552,7 +562,8 @@ def image_types(stage_dir, ids=None) -> dict[str, str]:
     Parameters
     ----------
     stage_dir : str or os.PathLike
-        A folder in stage layout (``{id}/images/{id}.png``).
+        A folder in stage layout (``{id}/images/{id}.png``), or a flat folder of images (the id being
+        the file name without its suffix), as :func:`dsb.io.folders.folder_images` reads them.
     ids : iterable of str, optional
         The images to classify; all of the folder by default.
 
@@ -562,8 +573,12 @@ def image_types(stage_dir, ids=None) -> dict[str, str]:
         ``ImageId -> "fluorescence" | "brightfield" | "stained"``.
     """
     stage_dir = Path(stage_dir)
-    ids = list_ids(stage_dir) if ids is None else list(ids)
-    return {i: image_type(read_image(image_path(stage_dir, i))) for i in ids}
+    if ids is not None:
+        return {i: image_type(read_image(image_path(stage_dir, i))) for i in ids}
+    images, problems = folder_images(stage_dir)
+    if problems:
+        raise problems[0]
+    return {i: image_type(read_image(path)) for i, path in images.items()}
 
 
 def load_colour_images(prepared, kinds=("stained",), *, stage_dir=None) -> dict[str, np.ndarray]:

@@ -12,6 +12,7 @@ import csv
 import hashlib
 import io
 import json
+import math
 import os
 import platform
 import re
@@ -28,8 +29,9 @@ from dsb import __version__
 from dsb.core.atomic import atomic_dir, atomic_path, write_text
 from dsb.core.config import Config, ModelConfig, load_config
 from dsb.core.errors import BadDataError, EnvironmentProblem
-from dsb.network.model_folder import load_run
+from dsb.network.model_folder import load_run, read_manifest
 from dsb.network.unet import build_unet
+from dsb.training.divergence import Divergence, TrainingDiverged
 from dsb.training.environment import Environment, float32_policy
 from dsb.training.finetune import check_architecture
 from dsb.training.state import RunState
@@ -186,10 +188,25 @@ def set_init_weights(model, init_model, init) -> None:
 
 
 def resume_config(out_dir: Path) -> Config:
-    """The run's own config.json."""
+    """The run's own config.json, once the run is known to be one to resume (:func:`check_not_diverged`)."""
     if not (out_dir / "config.json").is_file():
         raise BadDataError("no config.json: nothing to resume here", path=out_dir)
-    return load_config(out_dir / "config.json")
+    config = load_config(out_dir / "config.json")
+    check_not_diverged(out_dir, config)
+    return config
+
+
+def check_not_diverged(out_dir: Path, config: Config) -> None:
+    """Refuse to resume a run whose manifest says it diverged: the same rate, seed and batches would again.
+
+    Raises
+    ------
+    TrainingDiverged
+    """
+    manifest = read_manifest(out_dir)
+    if manifest.get("status") == "diverged":
+        divergence = Divergence.from_dict(manifest.get("diverged")) or Divergence(0, 0, "loss", math.nan)
+        raise TrainingDiverged(out_dir, divergence, learning_rate=config.train.learning_rate, resumed=True)
 
 
 def check_new_run(out_dir: Path) -> None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -36,6 +37,7 @@ __all__ = [
     "MIN_VALIDATION_IMAGES",
     "finetune_config",
     "check_architecture",
+    "check_config_file",
     "finetune_split",
     "user_image_count",
 ]
@@ -52,7 +54,12 @@ MIN_VALIDATION_IMAGES = 3
 _ARCHITECTURE = ("level_filters", "convs_per_block", "batch_norm", "upsampling", "outputs", "activation")
 
 
-def check_architecture(init: ModelConfig, model: ModelConfig, *, path=None) -> None:
+# A config file's model keys, and the architecture each decides.
+_DECIDES = {"depth": "level_filters", "base_filters": "level_filters", "filters": "level_filters",
+            **{key: key for key in _ARCHITECTURE if key != "level_filters"}}
+
+
+def check_architecture(init: ModelConfig, model: ModelConfig, *, path=None, given=None) -> None:
     """Refuse a U-Net that the init model's weights do not fit.
 
     Parameters
@@ -62,7 +69,10 @@ def check_architecture(init: ModelConfig, model: ModelConfig, *, path=None) -> N
     model : ModelConfig
         The model section of the new run.
     path : str or os.PathLike, optional
-        The init run folder, to name in the message.
+        The file or folder to name in the message.
+    given : iterable of str, optional
+        The model keys a config file gives (``depth``, ``outputs``...): only what they decide is
+        compared, the rest being the init model's anyway. Default: every key.
 
     Raises
     ------
@@ -70,7 +80,8 @@ def check_architecture(init: ModelConfig, model: ModelConfig, *, path=None) -> N
         Naming the first key that differs (``filters`` for depth, base filters
         or filters), with both values.
     """
-    for key in _ARCHITECTURE:
+    decided = None if given is None else {_DECIDES[key] for key in given if key in _DECIDES}
+    for key in (k for k in _ARCHITECTURE if decided is None or k in decided):
         a, b = getattr(init, key), getattr(model, key)
         a, b = (a(), b()) if callable(a) else (a, b)
         if tuple(np.atleast_1d(a).tolist()) != tuple(np.atleast_1d(b).tolist()):
@@ -80,6 +91,20 @@ def check_architecture(init: ModelConfig, model: ModelConfig, *, path=None) -> N
                 "the weights fit only the same U-Net (drop --config to take the init model's)",
                 path=path, where=f"model.{name}",
             )
+
+
+def check_config_file(init: ModelConfig, path) -> None:
+    """Refuse a fine-tune's ``--config`` file whose model section gives another U-Net than ``init``'s,
+    naming the file and the key (:func:`check_architecture` on the keys the file gives). A file
+    without a model section, or one that gives only dropout or the initializer, passes: a fine-tune
+    takes the init model's (:func:`finetune_config`)."""
+    import json
+
+    from dsb.core.config import load_config
+
+    config = load_config(path)  # says what is wrong with the file, naming it
+    model = json.loads(Path(path).read_text(encoding="utf-8")).get("model") or {}
+    check_architecture(init, config.model, path=path, given=set(model))
 
 
 def _show(value) -> str:

@@ -11,6 +11,7 @@ import keras
 from dsb.core.progress import say
 from dsb.training import checkpoints
 from dsb.training.checkpoints import BestModelFile
+from dsb.training.divergence import Diverged, Divergence, non_finite_loss, non_finite_weight
 from dsb.training.environment import Environment
 from dsb.training.plan import Plan
 from dsb.training.schedule import budget_cosine, schedule_progress
@@ -22,6 +23,8 @@ class RunKeeper(keras.callbacks.Callback):
 
     It updates ``state`` in place at the end of every epoch (and ``stop_reason``
     when the budget runs out), and the chief writes the checkpoint and history.csv.
+    A loss or weight that is not finite raises :class:`dsb.training.divergence.Diverged`
+    at once: after the step, or at the epoch's end before anything of the epoch is kept.
     """
 
     def __init__(self, run_dir: Path, plan: Plan, state: RunState, *, monitor: str, writer: bool,
@@ -67,6 +70,9 @@ class RunKeeper(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         self.steps_done += 1
+        bad = non_finite_loss(logs or {})
+        if bad is not None:
+            raise Diverged(Divergence(self.state.epoch + 1, self.steps_done, *bad))
         if self.budget_s is None:
             return
         spent = self.elapsed() >= self.budget_s
@@ -90,6 +96,7 @@ class RunKeeper(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         s, tc = self.state, self.plan.config.train
         logs = {k: float(keras.ops.convert_to_numpy(v)) for k, v in sorted((logs or {}).items(), key=_log_order)}
+        self._check_finite(logs)
         row = {"epoch": epoch + 1, "steps": self.steps_done, **logs, "learning_rate": self._learning_rate(),
                "time_s": round(time.monotonic() - self.epoch_start, 3)}
         s.history.append(row)
@@ -112,6 +119,15 @@ class RunKeeper(keras.callbacks.Callback):
             checkpoints.write_history(self.run_dir / "history.csv", s.history)
         if self.progress:
             self._report(row, improved)
+
+    def _check_finite(self, logs: dict) -> None:
+        """Raise :class:`Diverged` for a loss of the epoch, or a weight, that is not finite."""
+        bad = non_finite_loss(logs)
+        if bad is None:
+            weight = non_finite_weight(self.model.get_weights())
+            bad = None if weight is None else ("weights", weight)
+        if bad is not None:
+            raise Diverged(Divergence(self.state.epoch + 1, self.steps_done, *bad))
 
     def _early_stopping(self, value: float, logs: dict) -> bool:
         """Keep the best model; stop after the patience. Whether this epoch is the best."""

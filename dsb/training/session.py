@@ -21,6 +21,7 @@ from dsb.network.unet import build_unet, compile_model
 from dsb.training import checkpoints
 from dsb.training.cache import load_prepared
 from dsb.training.checkpoints import BestModelFile, check_new_run, resume_config
+from dsb.training.divergence import Diverged, Divergence, TrainingDiverged
 from dsb.training.environment import (
     STRATEGIES,
     TRAINING_PRECISIONS,
@@ -129,9 +130,13 @@ def train(
     ------
     TrainingInterrupted
         On Ctrl-C, after making sure a resumable checkpoint exists.
+    TrainingDiverged
+        A :class:`BadDataError`: a loss or weight became NaN or infinite. Training stops at
+        once; the manifest says ``"diverged"`` and where, ``model.keras`` is the best model of
+        the epochs before (none when there is none), and the run cannot be resumed.
     BadDataError
-        Bad config, non-empty ``out_dir`` without ``resume``, nothing to resume,
-        data that changed since the run started, or an ``init`` that is no run folder.
+        Bad config, non-empty ``out_dir`` without ``resume``, nothing to resume (or a diverged
+        run), data that changed since the run started, or an ``init`` that is no run folder.
     """
 
     out_dir = Path(out_dir)
@@ -393,7 +398,8 @@ class _Session:
                                        status=status, wall_start=self.wall_start)
 
     def run(self, model, train_data, val_data, callbacks, *, progress: bool) -> None:
-        """Fit unless the run is over; raise :class:`TrainingInterrupted` on Ctrl-C."""
+        """Fit unless the run is over; raise :class:`TrainingInterrupted` on Ctrl-C, :class:`TrainingDiverged`
+        where a loss or weight is no longer finite."""
         state = self.state
         state.stop_reason = finish_reason(state, epochs=self.plan.epochs)  # a resume may give more to do
         try:
@@ -404,6 +410,8 @@ class _Session:
                 fit(model, self.keeper, train_data, val_data, self._callbacks(callbacks))
         except KeyboardInterrupt:
             self._interrupted()
+        except Diverged as stop:
+            self._diverged(stop.divergence)
         if self.env.is_chief:
             if not (self.out_dir / "model.keras").exists():
                 self.keeper.best_file.save(model)
@@ -430,3 +438,19 @@ class _Session:
         with contextlib.suppress(BadDataError):
             epoch = checkpoints.latest_checkpoint(self.out_dir)[1]["epoch"]  # the one on disk, should ^C hit its writing
         raise TrainingInterrupted(self.out_dir, epoch) from None
+
+    def _diverged(self, divergence: Divergence):
+        """Record the run as diverged, keep no model that gave a non-finite figure, and raise."""
+        state, best_path = self.state, self.keeper.best_file.path
+        # Without validation the best model is the weights an epoch ended with, which no loss has looked
+        # at before the next epoch's first step: a loss there that is not finite condemns them.
+        condemned = self.keeper.monitor == "loss" and divergence.what == "loss" and divergence.step == 1
+        if self.env.is_chief:
+            state.wall_s = self.keeper.wall_s()
+            if condemned and state.best is not None and state.best.epoch == state.epoch:
+                best_path.unlink(missing_ok=True)
+        self.run_info["diverged"] = divergence.as_dict()
+        self.manifest("diverged")
+        kept = state.best.epoch if state.best is not None and best_path.exists() else None
+        raise TrainingDiverged(self.out_dir, divergence, learning_rate=self.plan.config.train.learning_rate,
+                               kept=kept) from None

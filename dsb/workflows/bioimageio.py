@@ -55,7 +55,7 @@ from dsb.network.model_folder import check_onnx, file_digest, load_run, read_man
 from dsb.network.onnx_export import export_onnx
 from dsb.workflows.drawing import to_rgb8
 
-__all__ = ["FORMAT_VERSION", "PACKAGE_FILES", "NAME", "export_bioimageio", "synthetic_image"]
+__all__ = ["FORMAT_VERSION", "PACKAGE_FILES", "NAME", "check_package_folder", "export_bioimageio", "synthetic_image"]
 
 # The model RDF format that bioimageio.spec 0.5.14 implements (the latest 0.5.x).
 FORMAT_VERSION = "0.5.14"
@@ -130,7 +130,11 @@ def synthetic_image(diameter: float, size: int, *, seed: int = 0) -> np.ndarray:
     return np.round(np.clip(image, 0, 1) * 255).astype(np.uint8)
 
 
-def _check_out_dir(model_dir: Path, out_dir: Path) -> None:
+def check_package_folder(model_dir, out_dir) -> None:
+    """Refuse ``out_dir`` as the package folder of ``model_dir`` (:class:`BadDataError`): the model folder
+    itself, a file, or a folder holding more than an earlier package. ``dsb export`` asks before it writes
+    anything else."""
+    model_dir, out_dir = Path(model_dir), Path(out_dir)
     if out_dir.resolve() == model_dir.resolve():
         raise BadDataError("the package folder is the model folder itself; give a new folder", path=out_dir)
     if not out_dir.exists():
@@ -492,7 +496,7 @@ def export_bioimageio(model_dir, out_dir, *, sample=None) -> Path:
     from PIL import Image
 
     model_dir, out_dir = Path(model_dir), Path(out_dir)
-    _check_out_dir(model_dir, out_dir)
+    check_package_folder(model_dir, out_dir)
     model, config = load_run(model_dir)
     if config.preprocess.percentile_high <= 1:
         raise BadDataError(

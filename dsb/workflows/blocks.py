@@ -68,6 +68,7 @@ from dsb.io.bigimage import (
 )
 from dsb.io.geojson import nucleus_features, write_features
 from dsb.io.images import check_finite
+from dsb.io.writers import write_table
 from dsb.network.engines import load_network
 from dsb.network.model_folder import resolve_model_dir
 from dsb.workflows.calibration import Calibration
@@ -771,8 +772,7 @@ def segment_image_file(path, *, spec: ModelSpec, out_dir, block_size: int | None
             if features is not None:  # traced from the labels as written, the store still at hand
                 write_features(features, block_features(plan, owners, open_labels(store, component), table,
                                                         cells=grown, reach=calibration.cell_expansion or 0))
-        with atomic_path(measurements) as tmp:
-            table.to_csv(tmp, index=False, float_format="%.6g")
+        write_table(measurements, table)
     _warn_cut(path, cut, plan)
     warning = settings.warning and f"{settings.warning}; {CHANNEL_ADVICE}"
     return summary_row(path, "ok", nuclei=count, diameter=settings.diameter, estimated=settings.estimated,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from dsb.core.validate import check_2d, check_image, check_same_grid
+from dsb.inference.preprocess import as_float
 
 __all__ = ["OUTLINE_COLOURS", "CELL_COLOURS", "OVERLAY_COLOURS", "to_rgb8", "draw_outlines", "outline_overlay",
            "compare_overlay"]
@@ -35,7 +36,9 @@ def to_rgb8(image: np.ndarray) -> np.ndarray:
 
     Grey is repeated into three channels, alpha is dropped, and the intensities
     are stretched between the 0.5 and 99.8 percentiles so that dim 8-bit and
-    16-bit fluorescence images are visible.
+    16-bit fluorescence images are visible (negative values of a signed or
+    float image too); a flat image shows its level as
+    :func:`dsb.inference.preprocess.as_float` reads it.
 
     Parameters
     ----------
@@ -59,9 +62,8 @@ def to_rgb8(image: np.ndarray) -> np.ndarray:
     if high > low:
         scaled = np.clip((values - low) / (high - low), 0.0, 1.0)
     else:
-        # A flat image has nothing to stretch: keep its level within its dtype's range.
-        top = np.iinfo(image.dtype).max if np.issubdtype(image.dtype, np.integer) else 1.0
-        scaled = np.clip(values / top, 0.0, 1.0)
+        # A flat image has nothing to stretch: its level as the network reads it (as_float's one rule).
+        scaled = as_float(image)
     return np.round(scaled * 255).astype(np.uint8)
 
 

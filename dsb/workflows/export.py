@@ -6,7 +6,7 @@ import shutil
 from pathlib import Path
 
 from dsb.core.atomic import atomic_dir, write_text
-from dsb.core.errors import BadDataError, EnvironmentProblem
+from dsb.core.errors import BadDataError, DsbError, EnvironmentProblem
 from dsb.network.model_folder import (
     EXPORTED_FILES,
     INT8_FILE,
@@ -90,8 +90,8 @@ def quantize_in_place(run_dir, data_dir, *, progress: bool = False) -> Path:
     require_quantizer()
     run_dir = Path(run_dir)
     config = load_run_config(run_dir)
+    prepared = load_prepared(data_dir, config.preprocess, progress=progress)  # bad data: nothing written yet
     fresh_onnx(run_dir)
-    prepared = load_prepared(data_dir, config.preprocess, progress=progress)
     trained = _trained_groups(run_dir)
     batches = calibration_batches(prepared, config, groups=trained)
     note = f"{len(batches)} training images (validation images" + (
@@ -122,7 +122,7 @@ def _trained_groups(run_dir: Path) -> set[str] | None:
     return set(groups) if isinstance(groups, list) else None
 
 
-def export_run(run_dir, out_dir, *, note: str | None = None) -> Path:
+def export_run(run_dir, out_dir, *, note: str | None = None, int8_data=None, progress: bool = False) -> Path:
     """Copy a run folder for inference only: the model without optimizer state.
 
     ``dsb/models/default`` is made this way, so that ``dsb predict`` and ``dsb
@@ -139,6 +139,11 @@ def export_run(run_dir, out_dir, *, note: str | None = None) -> Path:
         The folder to write; an existing one is replaced only once the copy is whole.
     note : str, optional
         Markdown saying how the run was made (the exact command).
+    int8_data : str or os.PathLike, optional
+        The training data: the copy also gets ``model.int8.onnx`` (:func:`quantize_in_place`), made before
+        it replaces ``out_dir``, so that bad data leaves an earlier export as it was.
+    progress : bool
+        A progress bar while the int8 calibration images are prepared.
 
     Returns
     -------
@@ -171,4 +176,11 @@ def export_run(run_dir, out_dir, *, note: str | None = None) -> Path:
                 shutil.copy2(run_dir / name, tmp / name)
         if note:
             write_text(tmp / "TRAINING.md", note.rstrip() + "\n")
+        if int8_data is not None:
+            try:
+                quantize_in_place(tmp, int8_data, progress=progress)
+            except DsbError as exc:  # named as the user knows it, not by the staging folder, gone when read
+                if exc.path is not None and exc.path.startswith(str(tmp)):
+                    exc.path = str(out_dir) + exc.path[len(str(tmp)):]
+                raise
     return out_dir

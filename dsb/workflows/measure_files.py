@@ -7,7 +7,8 @@ image (:func:`dsb.io.annotations.label_file`) and writes, into ``out_dir``:
 
 - ``<name>_nuclei.csv``: one row per nucleus, the columns of ``dsb segment``'s without
   ``confidence`` (:func:`dsb.workflows.segment_files.measure_nuclei`); each nucleus keeps its
-  value in the label image as its ``label``;
+  value in the label image as its ``label`` (a binary mask's objects, numbered 1..N, with a
+  ``warning``: :func:`dsb.io.annotations.read_label_image`);
 - with ``overlay``, ``<name>_overlay.png``; with ``rois``, ``<name>_rois.zip`` (Fiji ROIs); with
   ``geojson``, ``<name>_nuclei.geojson`` (QuPath detections, :mod:`dsb.io.geojson`); with a cell
   expansion, ``<name>_cells.tif`` and each cell's columns (:mod:`dsb.workflows.cells`);
@@ -30,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from dsb.core.atomic import atomic_path, writable_dir
+from dsb.core.atomic import atomic_path, removed_if_left_empty, writable_dir
 from dsb.core.errors import BadDataError
 from dsb.core.progress import track
 from dsb.inference.preprocess import raw_intensity
@@ -159,24 +160,25 @@ def measure_files(paths, *, out_dir, labels_dir=None, channel=None, pixel_size: 
     pairs = pair_labels(paths, labels_dir, skips)
     if not pairs:
         raise nothing_to_segment([str(p) for p in paths], skips, verb="measure")
-    writable_dir(out_dir)
-    # The inputs skipped before any was read (no label image, no image), then each image measured.
-    rows = [{"file": skip.path, "status": "skipped", "nuclei": "", "error": skip.message} for skip in skips.records]
-    for name, (image, labels_path) in track(pairs.items(), length=len(pairs), label="measuring",
-                                             enabled=progress and len(pairs) > 1):
-        try:
-            rows.append(_measure_one(image, labels_path, out_dir, name, channel=channel, pixel_size=pixel_size,
-                                     overlay=overlay, rois=rois, geojson=geojson, volumes=volumes, z_step=z_step,
-                                     cells=(cell_expansion, cell_expansion_um)))
-        except BadDataError as exc:
-            skips(exc, path=image)
-            rows.append({"file": str(image), "labels": str(labels_path), "status": "skipped", "nuclei": "",
-                         "error": f"{exc.path}: {exc.message}" if exc.path else exc.message})
-    summary = pd.DataFrame(rows, columns=list(MEASURE_SUMMARY_COLUMNS))
-    if not (summary["status"] == "ok").any():
-        raise nothing_to_segment([str(p) for p in paths], skips, verb="measure")
-    with atomic_path(out_dir / "summary.csv") as tmp:
-        summary.to_csv(tmp, index=False)
+    with removed_if_left_empty(out_dir):
+        writable_dir(out_dir)
+        # The inputs skipped before any was read (no label image, no image), then each image measured.
+        rows = [{"file": skip.path, "status": "skipped", "nuclei": "", "error": skip.message} for skip in skips.records]
+        for name, (image, labels_path) in track(pairs.items(), length=len(pairs), label="measuring",
+                                                 enabled=progress and len(pairs) > 1):
+            try:
+                rows.append(_measure_one(image, labels_path, out_dir, name, channel=channel, pixel_size=pixel_size,
+                                         overlay=overlay, rois=rois, geojson=geojson, volumes=volumes, z_step=z_step,
+                                         cells=(cell_expansion, cell_expansion_um)))
+            except BadDataError as exc:
+                skips(exc, path=image)
+                rows.append({"file": str(image), "labels": str(labels_path), "status": "skipped", "nuclei": "",
+                             "error": f"{exc.path}: {exc.message}" if exc.path else exc.message})
+        summary = pd.DataFrame(rows, columns=list(MEASURE_SUMMARY_COLUMNS))
+        if not (summary["status"] == "ok").any():
+            raise nothing_to_segment([str(p) for p in paths], skips, verb="measure")
+        with atomic_path(out_dir / "summary.csv") as tmp:
+            summary.to_csv(tmp, index=False)
     summary.attrs["skipped"] = skips.records
     return with_well_tables(summary, paths, out_dir)
 
@@ -191,7 +193,7 @@ def _measure_one(image: Path, labels_path: Path, out_dir: Path, name: str, *, ch
         return _measure_stack(image, labels_path, out_dir, name, picked=picked, calibration=calibration,
                               overlay=overlay, rois=rois, geojson=geojson, volumes=volumes, z_step=z_step)
     raw = read_image(image, picked)
-    labels = read_label_image(labels_path, raw.shape[:2], image=image, renumbered=False)
+    labels, fixes = read_label_image(labels_path, raw.shape[:2], image=image, renumbered=False, return_fixes=True)
     every = None if picked is None else read_channels(image)
     grown = None if calibration.cell_expansion is None else grow_cells(labels, calibration.cell_expansion)
     table = measure_nuclei(labels, raw_intensity(raw), None, pixel_size=calibration.pixel_size, channels=every,
@@ -201,7 +203,7 @@ def _measure_one(image: Path, labels_path: Path, out_dir: Path, name: str, *, ch
     warning = join_warnings(channel_warning(raw, image) if picked is None else "", calibration.note,
                             tiff_page_note(image, picked),
                             "one 2-D image: --volumes measures the 3-D nuclei of a z-stack" if volumes else "",
-                            _no_nuclei(labels_path) if table.empty else "")
+                            str(fixes) if fixes else "", _no_nuclei(labels_path) if table.empty else "")
     return _row(image, labels_path, len(table), calibration.pixel_size, written, warning)
 
 

@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from dsb.core.atomic import atomic_path
 from dsb.core.errors import BadDataError
 from dsb.io.images import stack_shape
 from dsb.io.ome import Well, is_plate, plate_name, plate_wells
+from dsb.io.writers import write_table
 
 __all__ = ["WELL_COLUMNS", "well_table", "with_well_tables"]
 
@@ -139,8 +139,7 @@ def with_well_tables(summary: pd.DataFrame, paths, out_dir) -> pd.DataFrame:
         except BadDataError:
             continue
         target = Path(out_dir) / f"{plate_name(path)}_wells.csv"
-        with atomic_path(target) as tmp:
-            well_table(wells, summary, plate_name(path)).to_csv(tmp, index=False, float_format="%.10g")
+        write_table(target, well_table(wells, summary, plate_name(path)))
         written[str(path)] = str(target)
     summary.attrs["wells"] = written
     return summary

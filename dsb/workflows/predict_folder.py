@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from dsb.core.atomic import atomic_path, os_error, writable_dir
+from dsb.core.atomic import atomic_path, os_error, removed_if_left_empty, writable_dir
 from dsb.core.config import Config
 from dsb.core.errors import BadDataError, DsbError, EnvironmentProblem
 from dsb.io.folders import Skips, folder_images, read_images
@@ -74,6 +74,16 @@ def predict_images(
     """
 
     out_csv = Path(out_csv)
+    with contextlib.ExitStack() as made:  # folders this call makes are not left empty by a failure
+        for folder in (out_csv.parent, labels_dir):
+            if folder is not None:
+                made.enter_context(removed_if_left_empty(folder))
+        return _predict_images(model, config, images_dir, out_csv=out_csv, labels_dir=labels_dir, tta=tta,
+                               diameter=diameter, skip_bad=skip_bad, progress=progress)
+
+
+def _predict_images(model, config: Config, images_dir, *, out_csv: Path, labels_dir, tta, diameter, skip_bad,
+                    progress) -> pd.DataFrame:
     _writable_file(out_csv)
     skips = Skips(skip_bad)
     images, problems = folder_images(images_dir)

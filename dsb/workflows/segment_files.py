@@ -43,7 +43,7 @@ from dsb.io.folders import OVERLAY_SUFFIX, Skips, find_images, read_images
 from dsb.io.geojson import write_geojson
 from dsb.io.images import read_channels, read_stack
 from dsb.io.rois import write_rois
-from dsb.io.writers import write_labels, write_png, write_rgb_stack
+from dsb.io.writers import write_labels, write_png, write_rgb_stack, write_table
 from dsb.network.engines import load_network
 from dsb.network.model_folder import resolve_model_dir
 from dsb.workflows.calibration import Calibration, calibrate_files, check_micrometres
@@ -456,8 +456,7 @@ def write_measurements(out_dir: Path, name: str, table: pd.DataFrame, raw: np.nd
     atomically: ``{"measurements": path, "cells": ..., "overlay": ..., "rois": ..., "geojson": ...}`` for the files
     written. Shared by ``dsb segment`` and ``dsb measure``."""
     targets = _outputs(out_dir, name)
-    with atomic_path(targets["measurements"]) as tmp:
-        table.to_csv(tmp, index=False, float_format="%.6g")
+    write_table(targets["measurements"], table)
     written = {"measurements": targets["measurements"]}
     if cells is not None:
         written["cells"] = write_labels(targets["cells"], cells, pixel_size=pixel_size)
@@ -615,11 +614,9 @@ def write_stack_measurements(out_dir: Path, name: str, sections: pd.DataFrame, l
     Shared by ``dsb segment`` (:func:`segment_stack`) and ``dsb measure`` of stacks."""
     targets = _outputs(Path(out_dir), name)
     written = {"measurements": targets["measurements"]}
-    with atomic_path(targets["measurements"]) as tmp:
-        sections.to_csv(tmp, index=False, float_format="%.6g")
+    write_table(targets["measurements"], sections)
     if volumes is not None:
-        with atomic_path(targets["measurements_3d"]) as tmp:
-            volumes.to_csv(tmp, index=False, float_format="%.6g")
+        write_table(targets["measurements_3d"], volumes)
         written["measurements_3d"] = targets["measurements_3d"]
     if cells is not None:
         written["cells"] = write_labels(targets["cells"], cells, roles, pixel_size=pixel_size, z_step=z_step)

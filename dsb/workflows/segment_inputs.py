@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from dsb.core.atomic import atomic_path, writable_dir
+from dsb.core.atomic import atomic_path, removed_if_left_empty, writable_dir
 from dsb.core.errors import BadDataError, DsbError
 from dsb.inference.predict import predict_nuclei
 from dsb.io.bigimage import image_side, open_source
@@ -269,7 +269,7 @@ def segment_inputs(paths, *, model_dir=None, out_dir, tta: bool | None = None, o
     notes = {str(p): note for p in listed.values() if (note := tiff_page_note(p, channel))}
     rows: dict[str, dict] = {}
     given = contextlib.nullcontext(client) if client is not None else cluster_client(workers, scheduler)
-    with given as client:
+    with removed_if_left_empty(out_dir), given as client:
         if client is None and not big and not refused and not stacks and not notes:  # as before
             summary = segment_paths(paths, model_dir=spec.path, out_dir=out_dir, tta=tta, overlay=overlay,
                                     rois=rois, geojson=geojson, diameter=diameter, skip_bad=skip_bad,
