@@ -16,6 +16,7 @@ import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from dsb.core.atomic import os_error
 from dsb.core.config import (
     Config,
     PostprocessConfig,
@@ -23,7 +24,6 @@ from dsb.core.config import (
     load_config,
     save_config,
 )
-from dsb.core.atomic import os_error
 from dsb.core.errors import BadDataError, EnvironmentProblem
 
 __all__ = [
@@ -130,12 +130,12 @@ def load_run(run_dir):
     path = run_dir / "model.keras"
     if not path.is_file():
         raise BadDataError("no model.keras here: the run has not finished an epoch yet", path=run_dir)
-    try:
-        with open(path, "rb"):  # one that cannot be read is not called damaged below
-            pass
+    try:  # opened once: one that cannot be read is said so, not called damaged
+        with open(path, "rb") as file:
+            damaged = not zipfile.is_zipfile(file)
     except OSError as exc:
         raise os_error(exc, path) from exc
-    if not zipfile.is_zipfile(path):  # Keras says "File not found" of a file that is there
+    if damaged:  # Keras says "File not found" of a file that is there
         raise BadDataError("cannot load the model: damaged or not a Keras model (a .keras file is a zip "
                            "archive); copy or export it again", path=path)
     with warnings.catch_warnings(record=True) as caught:
